@@ -1,0 +1,40 @@
+"""shmring: stream NumPy frames between processes through one shared-memory ring buffer.
+
+Writers copy a frame in once (`write`) or fill a claimed slot in place (`claim`); readers
+get read-only views with no copy. Any process attaches by name; the ring survives SIGKILL
+of any participant. See README.md and docs/API.md.
+"""
+
+from ._errors import (
+    EndOfStream,
+    IncompatibleRing,
+    RingCorrupted,
+    RingExists,
+    RingFull,
+    RingNotFound,
+    RingTimeout,
+    ShmringError,
+    StaleRingWarning,
+    WriterGone,
+)
+from ._reader import Frame, RingReader
+from ._writer import Claim, RingWriter
+
+__all__ = [
+    "Claim",
+    "EndOfStream",
+    "Frame",
+    "IncompatibleRing",
+    "RingCorrupted",
+    "RingExists",
+    "RingFull",
+    "RingNotFound",
+    "RingReader",
+    "RingTimeout",
+    "RingWriter",
+    "ShmringError",
+    "StaleRingWarning",
+    "WriterGone",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,52 @@
+# The exceptions shmring raises.
+#
+# Rules: every error a user can meet is a subclass of ShmringError and, where Python has a
+# matching built-in (FileNotFoundError, FileExistsError, EOFError, TimeoutError), of that
+# too, so code that already catches the built-in keeps working. Messages name the ring,
+# what was wrong, and what to do about it.
+
+from __future__ import annotations
+
+
+class ShmringError(Exception):
+    """Base class of every error shmring raises."""
+
+
+class RingNotFound(ShmringError, FileNotFoundError):
+    """No ring of that name exists (or it was already unlinked)."""
+
+
+class RingExists(ShmringError, FileExistsError):
+    """`create` was asked for a name that a live ring already holds."""
+
+
+class IncompatibleRing(ShmringError):
+    """The segment is not a shmring ring this version can read (magic, version, checksum,
+    geometry), or its geometry differs from what the caller expected."""
+
+
+class RingCorrupted(ShmringError):
+    """Shared state read from the ring failed validation in a process already using it.
+
+    Any process that attaches maps the header writable, so a buggy one can scribble on it;
+    shmring checks what it reads instead of trusting it."""
+
+
+class WriterGone(ShmringError):
+    """Every writer of the ring died without closing the stream."""
+
+
+class EndOfStream(ShmringError, EOFError):
+    """Every writer closed the stream and this reader has taken every frame."""
+
+
+class RingTimeout(ShmringError, TimeoutError):
+    """A bounded wait passed its timeout."""
+
+
+class RingFull(ShmringError):
+    """All reader (or writer) records of the ring are taken by live participants."""
+
+
+class StaleRingWarning(UserWarning):
+    """`create` reclaimed a ring whose creator had died without unlinking it."""

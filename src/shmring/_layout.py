@@ -1,0 +1,395 @@
+# The binary layout of a ring segment: the one module that knows offsets.
+#
+# docs/FORMAT.md describes the same layout for programs in other languages; this module
+# mirrors it exactly, and no other module computes an offset. Everything is little-endian.
+#
+# A segment is: a fixed header (geometry, written once by the creator and protected by a
+# CRC-32), a control block (the shared counters, one 64-byte cache line per group of words
+# that the same party writes), the descriptor table (one record per queued frame), the
+# reader, group and writer tables (one 64-byte record each), the free-buffer list, and,
+# page-aligned, the frame buffers. Every mutable field is an unsigned 64-bit word so that
+# one `memoryview.cast("Q")` per region serves all of them; the code elsewhere indexes those
+# views with the field constants below.
+#
+# Nothing read from shared memory is trusted: `Geometry.unpack` checks magic, version,
+# checksum and that the stored offsets equal the ones recomputed from the geometry.
+
+from __future__ import annotations
+
+import mmap
+import struct
+import sys
+import zlib
+from dataclasses import dataclass
+from math import prod
+
+import numpy as np
+
+from ._errors import IncompatibleRing
+
+MAGIC = b"\x93SHMRING"
+VERSION_MAJOR = 1
+VERSION_MINOR = 0
+
+CACHE_LINE = 64
+PAGE = mmap.PAGESIZE
+MAX_NDIM = 8
+MAX_READERS = 1024
+MAX_WRITERS = 1024
+MAX_META = 65536
+MAX_GROUP_NAME = 32
+NONE = 0xFFFF_FFFF_FFFF_FFFF  # "no value" in any u64 field (e.g. a descriptor never written)
+
+if sys.byteorder != "little":  # the views below use native order
+    raise ImportError("shmring's segment format is little-endian; this host is big-endian")
+
+# ---- fixed header: bytes 0..255, written once at create ---------------------------------
+FIXED_HEADER_BYTES = 256
+_FIXED = struct.Struct("<8s2HIQ8I16s8Q14Q")
+_FIXED_FIELDS = (
+    "magic version_major version_minor header_bytes segment_bytes "
+    "policy slots buffers max_readers max_writers meta_size ndim itemsize dtype "
+    "s0 s1 s2 s3 s4 s5 s6 s7 buffer_bytes buffer_stride control_offset descriptors_offset "
+    "descriptor_bytes readers_offset groups_offset writers_offset freelist_offset "
+    "data_offset creator_pid created_ns reserved0 reserved1"
+).split()
+CHECKSUM_OFFSET = FIXED_HEADER_BYTES - 8  # CRC-32 of bytes [0, CHECKSUM_OFFSET) as u64
+assert _FIXED.size <= CHECKSUM_OFFSET
+
+POLICY_BLOCK = 0
+POLICY_OVERWRITE = 1
+POLICIES = {"block": POLICY_BLOCK, "overwrite": POLICY_OVERWRITE}
+
+# ---- control block: 4 cache lines of u64 words at CONTROL_OFFSET -------------------------
+CONTROL_OFFSET = FIXED_HEADER_BYTES
+CONTROL_BYTES = 4 * CACHE_LINE
+# line 0: written by the writer on every frame
+C_HEAD = 0  # frames published so far == the next sequence number; futex word = low 32 bits
+C_TAIL = 1  # every frame with seq < tail is released by all groups and its buffer reused
+C_FREE_COUNT = 2  # number of valid entries at the start of the free-buffer list
+# line 1: written under the header lock
+C_LOCK_OWNER = 8  # token of the header-lock holder; non-zero at acquire => holder died
+C_FLAGS = 9  # F_* bits below
+C_WRITER_MODE = 10  # MODE_EXCLUSIVE or MODE_SHARED
+C_WRITERS = 11  # registered writer records
+C_READERS = 12  # registered reader records
+C_PUBLISHED_CLOSED = 13  # head at the moment the stream closed (valid with F_CLOSED)
+# line 2: wake-up words
+C_READER_WAITERS = 16  # readers asleep (or about to sleep) on the head futex
+C_WRITER_WAITERS = 17  # writers asleep (or about to sleep) on the space futex
+C_SPACE_FUTEX = 18  # bumped when space may have been freed; futex word = low 32 bits
+CONTROL_WORDS = CONTROL_BYTES // 8
+
+F_CLOSED = 1  # every writer closed: readers drain, then EndOfStream
+MODE_EXCLUSIVE = 0  # one writer: it publishes without the lock
+MODE_SHARED = 1  # several writers: each publish takes the header lock
+
+# ---- descriptor: one per queued frame -----------------------------------------------------
+D_SEQ = 0  # sequence number of the frame here; NONE until first published
+D_BUFFER = 1  # index of the buffer holding the frame
+D_FLAGS = 2  # DF_* bits
+D_TIMESTAMP = 3  # nanoseconds, CLOCK_MONOTONIC unless the writer passed its own
+D_META_LEN = 4  # bytes of user metadata
+D_SHAPE = 5  # 8 words: the frame's own shape (valid with DF_OWN_SHAPE)
+D_META_BYTE_OFFSET = (D_SHAPE + MAX_NDIM) * 8  # user metadata bytes start here
+DF_EVICTED = 1  # overwrite policy: the writer took this frame's buffer; readers skip it
+DF_OWN_SHAPE = 2  # the frame is smaller than the ring's shape: D_SHAPE holds its own
+
+# ---- reader record (64 bytes) -------------------------------------------------------------
+R_STATE = 0  # STATE_FREE / STATE_ACTIVE
+R_TOKEN = 1  # random non-zero id of the owning handle
+R_PID = 2
+R_GROUP = 3  # index into the group table, or NONE for a reader that is its own group
+R_RELEASE = 4  # frames with seq < release are released by this reader (NONE: holds nothing)
+R_DROPPED = 5  # frames this reader lost (overwrite policy)
+R_DELIVERED = 6  # frames this reader received
+R_PINNED = 7  # overwrite policy: buffer index this reader holds, or NONE
+
+# ---- group record (64 bytes): readers sharing one cursor ---------------------------------
+G_STATE = 0
+G_CURSOR = 1  # next sequence number to hand to a member
+G_MEMBERS = 2
+G_NAME = 3  # words 3..6: the group name, UTF-8, NUL padded (MAX_GROUP_NAME bytes)
+G_NAME_BYTE_OFFSET = G_NAME * 8
+
+# ---- writer record (64 bytes) -------------------------------------------------------------
+W_STATE = 0
+W_TOKEN = 1
+W_PID = 2
+W_IN_PUBLISH = 3  # 1 while an exclusive-mode writer is inside a lock-free section
+W_CLAIMED = 4  # buffer index this writer has claimed, or NONE
+W_PUBLISHED = 5  # frames this writer published
+
+RECORD_WORDS = CACHE_LINE // 8
+STATE_FREE = 0
+STATE_ACTIVE = 1
+
+# ---- byte-range locks (kernel OFD locks on the segment file, not bytes in it) ------------
+LOCK_HEADER = 0
+LOCK_CREATOR = 1
+LOCK_WRITER_BASE = 4096
+LOCK_READER_BASE = 8192
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Everything fixed at create time, and the offsets it implies."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype[np.generic]
+    slots: int
+    buffers: int
+    policy: int
+    max_readers: int
+    max_writers: int
+    meta_size: int
+    creator_pid: int = 0
+    created_ns: int = 0
+
+    @property
+    def buffer_bytes(self) -> int:
+        return prod(self.shape) * self.dtype.itemsize
+
+    @property
+    def buffer_stride(self) -> int:
+        # Big frames start on a page so that copies run on aligned, whole pages.
+        align = PAGE if self.buffer_bytes >= PAGE else CACHE_LINE
+        return _round_up(max(self.buffer_bytes, 1), align)
+
+    @property
+    def descriptor_bytes(self) -> int:
+        return _round_up(D_META_BYTE_OFFSET + self.meta_size, CACHE_LINE)
+
+    @property
+    def descriptors_offset(self) -> int:
+        return CONTROL_OFFSET + CONTROL_BYTES
+
+    @property
+    def readers_offset(self) -> int:
+        return self.descriptors_offset + self.slots * self.descriptor_bytes
+
+    @property
+    def groups_offset(self) -> int:
+        return self.readers_offset + self.max_readers * CACHE_LINE
+
+    @property
+    def writers_offset(self) -> int:
+        return self.groups_offset + self.max_readers * CACHE_LINE
+
+    @property
+    def freelist_offset(self) -> int:
+        return self.writers_offset + self.max_writers * CACHE_LINE
+
+    @property
+    def data_offset(self) -> int:
+        return _round_up(self.freelist_offset + self.buffers * 8, PAGE)
+
+    @property
+    def segment_bytes(self) -> int:
+        return self.data_offset + self.buffers * self.buffer_stride
+
+    def buffer_offset(self, index: int) -> int:
+        return self.data_offset + index * self.buffer_stride
+
+    def pack(self) -> bytes:
+        """The fixed header, checksum included."""
+        dims = list(self.shape) + [0] * (MAX_NDIM - len(self.shape))
+        body = _FIXED.pack(
+            MAGIC,
+            VERSION_MAJOR,
+            VERSION_MINOR,
+            FIXED_HEADER_BYTES,
+            self.segment_bytes,
+            self.policy,
+            self.slots,
+            self.buffers,
+            self.max_readers,
+            self.max_writers,
+            self.meta_size,
+            len(self.shape),
+            self.dtype.itemsize,
+            self.dtype.str.encode("ascii"),
+            *dims,
+            self.buffer_bytes,
+            self.buffer_stride,
+            CONTROL_OFFSET,
+            self.descriptors_offset,
+            self.descriptor_bytes,
+            self.readers_offset,
+            self.groups_offset,
+            self.writers_offset,
+            self.freelist_offset,
+            self.data_offset,
+            self.creator_pid,
+            self.created_ns,
+            0,
+            0,
+        )
+        body = body.ljust(CHECKSUM_OFFSET, b"\0")
+        return body + struct.pack("<Q", zlib.crc32(body))
+
+    @classmethod
+    def unpack(cls, header: bytes, name: str) -> Geometry:
+        """Parse and validate a fixed header; IncompatibleRing names what is wrong."""
+        if len(header) < FIXED_HEADER_BYTES:
+            raise IncompatibleRing(
+                f"ring {name!r}: segment is {len(header)} bytes, smaller than a shmring "
+                f"header ({FIXED_HEADER_BYTES}); it is not a shmring ring or is truncated"
+            )
+        if header[:8] != MAGIC:
+            raise IncompatibleRing(
+                f"ring {name!r}: bad magic {header[:8]!r} (expected {MAGIC!r}); "
+                "the segment is not a shmring ring"
+            )
+        fields = dict(zip(_FIXED_FIELDS, _FIXED.unpack_from(header), strict=True))
+        if fields["version_major"] != VERSION_MAJOR:
+            raise IncompatibleRing(
+                f"ring {name!r}: format version {fields['version_major']}."
+                f"{fields['version_minor']}, this shmring reads {VERSION_MAJOR}.x; "
+                "use the same shmring version on both sides"
+            )
+        (checksum,) = struct.unpack_from("<Q", header, CHECKSUM_OFFSET)
+        if checksum != zlib.crc32(header[:CHECKSUM_OFFSET]):
+            raise IncompatibleRing(
+                f"ring {name!r}: header checksum mismatch; the header was overwritten. "
+                "Remove the ring (shmring rm) and create it again"
+            )
+        try:
+            return cls._from_fields(fields, name)
+        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+            raise IncompatibleRing(f"ring {name!r}: invalid header: {exc}") from None
+
+    @classmethod
+    def _from_fields(cls, f: dict[str, object], name: str) -> Geometry:
+        def number(key: str, low: int, high: int) -> int:
+            value = f[key]
+            assert isinstance(value, int)
+            if not low <= value <= high:
+                raise ValueError(f"{key}={value} is outside [{low}, {high}]")
+            return value
+
+        ndim = number("ndim", 1, MAX_NDIM)
+        dims = [f[f"s{i}"] for i in range(MAX_NDIM)]
+        shape = tuple(int(d) for d in dims[:ndim])  # type: ignore[call-overload]
+        if any(d < 1 or d > 1 << 40 for d in shape) or any(dims[ndim:]):
+            raise ValueError(f"shape {dims} is not valid for ndim {ndim}")
+        raw_dtype = f["dtype"]
+        assert isinstance(raw_dtype, bytes)
+        dtype = checked_dtype(raw_dtype.rstrip(b"\0").decode("ascii"))
+        geometry = cls(
+            shape=shape,
+            dtype=dtype,
+            slots=number("slots", 1, 1 << 24),
+            buffers=number("buffers", 1, 1 << 24),
+            policy=number("policy", 0, 1),
+            max_readers=number("max_readers", 1, MAX_READERS),
+            max_writers=number("max_writers", 1, MAX_WRITERS),
+            meta_size=number("meta_size", 0, MAX_META),
+            creator_pid=number("creator_pid", 0, 1 << 32),
+            created_ns=number("created_ns", 0, (1 << 64) - 1),
+        )
+        expected = {
+            "header_bytes": FIXED_HEADER_BYTES,
+            "itemsize": dtype.itemsize,
+            "segment_bytes": geometry.segment_bytes,
+            "buffer_bytes": geometry.buffer_bytes,
+            "buffer_stride": geometry.buffer_stride,
+            "control_offset": CONTROL_OFFSET,
+            "descriptors_offset": geometry.descriptors_offset,
+            "descriptor_bytes": geometry.descriptor_bytes,
+            "readers_offset": geometry.readers_offset,
+            "groups_offset": geometry.groups_offset,
+            "writers_offset": geometry.writers_offset,
+            "freelist_offset": geometry.freelist_offset,
+            "data_offset": geometry.data_offset,
+        }
+        for key, value in expected.items():
+            if f[key] != value:
+                raise ValueError(f"{key}={f[key]} but the geometry implies {value}")
+        return geometry
+
+
+def checked_dtype(spec: object) -> np.dtype[np.generic]:
+    """A dtype a ring can carry: plain numbers or bytes, no objects, no structure."""
+    try:
+        dtype: np.dtype[np.generic] = np.dtype(spec)  # type: ignore[call-overload]
+    except TypeError as exc:
+        raise ValueError(f"dtype {spec!r} is not a NumPy dtype: {exc}") from None
+    if dtype.kind not in "biufcSUVmM" or dtype.hasobject or dtype.names or dtype.subdtype:
+        raise ValueError(
+            f"dtype {dtype} cannot live in shared memory: use a plain numeric dtype "
+            "(e.g. np.uint8, np.float32)"
+        )
+    if dtype.itemsize == 0:
+        raise ValueError(f"dtype {dtype} has no size; give it one (e.g. 'S16')")
+    return dtype
+
+
+class Views:
+    """Typed windows onto one mapped segment. Built once per handle; indexing these with
+    the field constants above is the whole hot path's contact with the layout."""
+
+    def __init__(self, geometry: Geometry, header: mmap.mmap, data: mmap.mmap) -> None:
+        g = geometry
+        whole = memoryview(header)
+        self.control = whole[CONTROL_OFFSET : CONTROL_OFFSET + CONTROL_BYTES].cast("Q")
+        self.descriptors = [
+            whole[o : o + g.descriptor_bytes].cast("Q")
+            for o in range(g.descriptors_offset, g.readers_offset, g.descriptor_bytes)
+        ]
+        self.descriptor_meta = [
+            whole[o + D_META_BYTE_OFFSET : o + D_META_BYTE_OFFSET + g.meta_size]
+            for o in range(g.descriptors_offset, g.readers_offset, g.descriptor_bytes)
+        ]
+        self.readers = _records(whole, g.readers_offset, g.max_readers)
+        self.groups = _records(whole, g.groups_offset, g.max_readers)
+        self.group_names = [
+            whole[o + G_NAME_BYTE_OFFSET : o + G_NAME_BYTE_OFFSET + MAX_GROUP_NAME]
+            for o in range(g.groups_offset, g.writers_offset, CACHE_LINE)
+        ]
+        self.writers = _records(whole, g.writers_offset, g.max_writers)
+        self.freelist = whole[g.freelist_offset : g.freelist_offset + g.buffers * 8].cast("Q")
+        # `data` maps [data_offset, segment_bytes): buffer i starts at i * buffer_stride.
+        self.buffers = [
+            np.frombuffer(data, g.dtype, prod(g.shape), i * g.buffer_stride).reshape(g.shape)
+            for i in range(g.buffers)
+        ]
+        self.data = data
+
+    def buffer_view(self, geometry: Geometry, index: int, shape: tuple[int, ...]) -> np.ndarray:
+        """A buffer seen with a frame's own (smaller) shape."""
+        return np.frombuffer(
+            self.data,
+            geometry.dtype,
+            prod(shape),
+            index * geometry.buffer_stride,
+        ).reshape(shape)
+
+    def release(self) -> None:
+        """Drop every export so the mmaps can close (views the user holds keep theirs)."""
+        for view in (self.control, self.freelist, *self.descriptors, *self.descriptor_meta):
+            view.release()
+        for view in (*self.readers, *self.groups, *self.writers, *self.group_names):
+            view.release()
+        self.buffers.clear()
+
+
+def _records(whole: memoryview, offset: int, count: int) -> list[memoryview]:
+    return [
+        whole[o : o + CACHE_LINE].cast("Q")
+        for o in range(offset, offset + count * CACHE_LINE, CACHE_LINE)
+    ]
+
+
+def futex_offset_of_head() -> int:
+    """Byte offset of the head word, whose low 32 bits readers sleep on."""
+    return CONTROL_OFFSET + C_HEAD * 8
+
+
+def futex_offset_of_space() -> int:
+    """Byte offset of the space word, whose low 32 bits writers sleep on."""
+    return CONTROL_OFFSET + C_SPACE_FUTEX * 8

@@ -1,0 +1,444 @@
+# RingReader and Frame: take frames out of a ring as read-only views, no copies.
+#
+# Rules: a frame a reader holds is never modified. Under the block policy that is because
+# writers reuse a buffer only after every group released its frame (R_RELEASE / G_CURSOR);
+# under the overwrite policy because the reader pins the buffer (R_PINNED) under the header
+# lock and writers evict only unpinned frames. A reader that is its own group reads block
+# rings without the lock; group members (shared cursor) and overwrite readers take it.
+# Iteration and latest() release the frame they returned last when they return the next.
+
+from __future__ import annotations
+
+import os
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from . import _layout as L
+from ._errors import EndOfStream, RingCorrupted, RingTimeout, ShmringError, WriterGone
+from ._ring import POLL_SLICE, Participant, deadline_from, remaining
+from ._segment import validate_name
+from ._sys import fence, futex_wait
+from ._writer import attach_segment
+
+DEFAULT_SPIN = 20e-6
+_STARTS = ("latest", "oldest")
+
+
+class Frame:
+    """One frame held by a reader. `array` is a read-only view into shared memory that stays
+    unchanged until the frame is released (context exit, `release()`, or the reader's next
+    frame when it came from iteration or `latest()`). Copy it to keep it longer."""
+
+    __slots__ = ("_meta", "_reader", "array", "dropped", "seq", "timestamp_ns")
+
+    def __init__(
+        self,
+        reader: RingReader,
+        array: np.ndarray,
+        seq: int,
+        timestamp_ns: int,
+        dropped: int,
+        meta: bytes,
+    ) -> None:
+        self._reader: RingReader | None = reader
+        self.array = array
+        self.seq = seq
+        self.timestamp_ns = timestamp_ns
+        self.dropped = dropped
+        self._meta = meta
+
+    @property
+    def meta(self) -> bytes:
+        """The per-frame user metadata the writer attached (b"" if none)."""
+        return self._meta
+
+    def release(self) -> None:
+        """Let writers reuse this frame's buffer. Idempotent."""
+        reader = self._reader
+        if reader is not None:
+            self._reader = None
+            reader._release(self)
+
+    def __enter__(self) -> Frame:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return (
+            f"<Frame seq={self.seq} shape={self.array.shape} dtype={self.array.dtype} "
+            f"dropped={self.dropped}>"
+        )
+
+
+class RingReader:
+    """Reads frames from a ring: every frame (its own group), or a share of them (group)."""
+
+    @classmethod
+    def attach(
+        cls,
+        name: str,
+        *,
+        group: str | None = None,
+        start: str = "latest",
+        timeout: float = 0.0,
+        spin: float = DEFAULT_SPIN,
+    ) -> RingReader:
+        """Join ring `name` as a reader (waiting up to `timeout` s for the ring to appear).
+
+        `start`: "latest" begins with the newest published frame, "oldest" with the oldest
+        one still in the ring. `spin`: seconds to poll before sleeping when no frame is
+        ready (lower latency for back-to-back frames, at the cost of CPU)."""
+        validate_name(name)
+        if group is not None and (
+            not isinstance(group, str) or not group or len(group.encode()) > L.MAX_GROUP_NAME
+        ):
+            raise ValueError(
+                f"group must be None or a non-empty name of at most {L.MAX_GROUP_NAME} UTF-8 "
+                f"bytes, got {group!r}"
+            )
+        if start not in _STARTS:
+            raise ValueError(f"start must be 'latest' or 'oldest', got {start!r}")
+        if isinstance(spin, bool) or not isinstance(spin, (int, float)) or not 0 <= spin <= 1:
+            raise ValueError(f"spin must be between 0 and 1 second, got {spin!r}")
+        segment = attach_segment(name, timeout, writable_data=False)
+        try:
+            return cls(Participant(segment), group, start, float(spin))
+        except BaseException:
+            segment.close()
+            raise
+
+    def __init__(
+        self, participant: Participant, group: str | None, start: str, spin: float
+    ) -> None:
+        p = self._p = participant
+        g = p.geometry
+        self._group_name = group
+        self._start = start
+        self._spin = spin
+        self._control = p.control
+        self._descriptors = p.views.descriptors
+        self._buffers = p.views.buffers
+        self._meta_views = p.views.descriptor_meta
+        self._slots = g.slots
+        self._block = g.policy == L.POLICY_BLOCK
+        self._held: list[int] = []  # block policy: sequence numbers of frames held
+        self._last: Frame | None = None  # frame returned by iteration / latest()
+        self._dropped = 0
+        self._group_record: memoryview | None = None
+        with p.lock:
+            index = p.take_record(p.views.readers, L.LOCK_READER_BASE, "reader")
+            record = p.views.readers[index]
+            tail, head = p.window().start, p.control[L.C_HEAD]
+            first = tail if start == "oldest" or head == tail else head - 1
+            record[L.R_DROPPED] = 0
+            record[L.R_DELIVERED] = 0
+            record[L.R_PINNED] = L.NONE
+            if group is None:
+                record[L.R_GROUP] = L.NONE
+                record[L.R_RELEASE] = first
+            else:
+                record[L.R_RELEASE] = L.NONE
+                record[L.R_GROUP] = self._join_group(group, first)
+                self._group_record = p.views.groups[record[L.R_GROUP]]
+            p.recount()
+        self._index = index
+        self._record = record
+        self._next = first
+        self._lock_free = self._block and group is None
+        self._finalizer = weakref.finalize(self, _close_reader, p, record, index)
+
+    def _join_group(self, group: str, first: int) -> int:
+        p = self._p
+        encoded = group.encode().ljust(L.MAX_GROUP_NAME, b"\0")
+        free = None
+        for index, record in enumerate(p.views.groups):
+            if record[L.G_STATE] == L.STATE_ACTIVE:
+                if bytes(p.views.group_names[index]) == encoded:
+                    return index
+            elif free is None:
+                free = index
+        if free is None:
+            raise RingCorrupted(f"ring {p.name!r}: no free group record; header overwritten")
+        record = p.views.groups[free]
+        record[L.G_CURSOR] = first
+        p.views.group_names[free][:] = encoded
+        record[L.G_STATE] = L.STATE_ACTIVE
+        return free
+
+    # ---- reading -----------------------------------------------------------------------
+    def read(self, timeout: float | None = None) -> Frame:
+        """The next frame, held until released (use `with r.read() as frame:`)."""
+        if self._p.closed:
+            self._p.check_usable()
+        deadline = None if timeout is None else deadline_from(timeout)
+        return self._wait_for(self._take_next, deadline)
+
+    def __iter__(self) -> Iterator[Frame]:
+        """Every frame until end of stream; each is released when the next is taken."""
+        take, wait_for = self._take_next, self._wait_for
+        while True:
+            try:
+                frame = take() or wait_for(take, None)
+            except EndOfStream:
+                self._release_last()
+                return
+            self._release_last()
+            self._last = frame
+            yield frame
+
+    def latest(self, timeout: float | None = None) -> Frame:
+        """The newest published frame; older unread ones are skipped (and counted as
+        dropped). Releases the frame the previous `latest()` returned."""
+        self._p.check_usable()
+        frame = self._wait_for(self._take_latest, deadline_from(timeout))
+        self._release_last()
+        self._last = frame
+        return frame
+
+    def _release_last(self) -> None:
+        if self._last is not None:
+            self._last.release()
+            self._last = None
+
+    def _wait_for(self, take: Callable[[], Frame | None], deadline: float | None) -> Frame:
+        """Poll `take`, spin briefly, then sleep on the head futex; raise at end of stream,
+        when every writer is gone, or at the deadline."""
+        frame = take()
+        if frame is not None:
+            return frame
+        p, control = self._p, self._control
+        spin_until = time.monotonic() + self._spin
+        while time.monotonic() < spin_until:
+            frame = take()
+            if frame is not None:
+                return frame
+        with p.lock:
+            control[L.C_READER_WAITERS] += 1
+        fence()  # the sleeper mark must be visible before we look again
+        try:
+            next_liveness_check = time.monotonic() + POLL_SLICE
+            while True:
+                observed = control[L.C_HEAD]
+                frame = take()
+                if frame is not None:
+                    return frame
+                if control[L.C_FLAGS] & L.F_CLOSED and control[L.C_WRITERS] == 0:
+                    frame = take()
+                    if frame is not None:
+                        return frame
+                    raise EndOfStream(f"ring {p.name!r}: the stream was closed and drained")
+                if time.monotonic() >= next_liveness_check:
+                    next_liveness_check = time.monotonic() + POLL_SLICE
+                    self._check_writers_alive()
+                wait = remaining(deadline)
+                if wait <= 0:
+                    raise RingTimeout(f"ring {p.name!r}: no frame arrived within the timeout")
+                futex_wait(p.head_address, observed, wait)
+        finally:
+            with p.lock:
+                control[L.C_READER_WAITERS] -= 1
+
+    def _check_writers_alive(self) -> None:
+        p = self._p
+        if p.live_writers() > 0:
+            return
+        with p.lock:
+            p.reap_dead()
+            gone = p.control[L.C_WRITERS] == 0 and not p.control[L.C_FLAGS] & L.F_CLOSED
+        if gone:
+            raise WriterGone(
+                f"ring {p.name!r}: every writer died without closing the stream; "
+                "frames published before that were delivered"
+            )
+
+    def _take_next(self) -> Frame | None:
+        if self._lock_free:
+            return self._take_own(self._next, 0)
+        with self._p.lock:
+            return self._take_locked(latest=False)
+
+    def _take_latest(self) -> Frame | None:
+        if self._lock_free:
+            head = self._control[L.C_HEAD]
+            seq = max(self._next, head - 1)
+            return self._take_own(seq, seq - self._next)
+        with self._p.lock:
+            return self._take_locked(latest=True)
+
+    def _take_own(self, seq: int, skipped: int) -> Frame | None:
+        """Block policy, own group, no lock: frame `seq` if published."""
+        descriptor = self._descriptors[seq % self._slots]
+        if descriptor[L.D_SEQ] != seq:
+            return None
+        frame = self._frame(descriptor, seq, skipped)
+        self._next = seq + 1
+        held = self._held
+        held.append(seq)
+        self._record[L.R_RELEASE] = held[0] if len(held) == 1 else min(held)
+        if skipped:
+            self._count_dropped(skipped)
+        return frame
+
+    def _take_locked(self, latest: bool) -> Frame | None:
+        """Group members and overwrite readers, under the header lock."""
+        p, group = self._p, self._group_record
+        cursor = self._next if group is None else group[L.G_CURSOR]
+        window = p.window()
+        skipped = 0
+        if cursor < window.start:
+            skipped, cursor = window.start - cursor, window.start
+        if latest and cursor < window.stop - 1:
+            skipped, cursor = skipped + window.stop - 1 - cursor, window.stop - 1
+        frame = None
+        while cursor < window.stop:
+            descriptor = self._descriptors[cursor % self._slots]
+            published = descriptor[L.D_SEQ] == cursor
+            if self._block and not published:
+                break  # a shared-mode writer is between descriptor and head: not yet
+            if published and not descriptor[L.D_FLAGS] & L.DF_EVICTED:
+                if not self._block and self._record[L.R_PINNED] != L.NONE:
+                    raise ShmringError(
+                        f"ring {p.name!r}: an overwrite-policy reader holds one frame at a "
+                        "time; release the frame it holds before reading the next"
+                    )
+                frame = self._frame(descriptor, cursor, skipped)
+                if self._block:
+                    self._held.append(cursor)
+                    self._record[L.R_RELEASE] = min(self._held)
+                else:
+                    self._record[L.R_PINNED] = descriptor[L.D_BUFFER]
+                cursor += 1
+                break
+            skipped += 1  # evicted by an overwriting writer
+            cursor += 1
+        if group is None:
+            self._next = cursor
+        else:
+            group[L.G_CURSOR] = cursor
+        if skipped:
+            self._count_dropped(skipped)
+        return frame
+
+    def _frame(self, descriptor: memoryview, seq: int, dropped: int) -> Frame:
+        buffer = descriptor[L.D_BUFFER]
+        try:
+            if descriptor[L.D_FLAGS] & L.DF_OWN_SHAPE:
+                array = self._own_shape_view(descriptor, buffer)
+            else:
+                array = self._buffers[buffer]
+        except IndexError:
+            raise RingCorrupted(
+                f"ring {self._p.name!r}: frame {seq} names buffer {buffer}, out of range; "
+                "the header was overwritten"
+            ) from None
+        meta_len = descriptor[L.D_META_LEN]
+        meta = bytes(self._meta_views[seq % self._slots][:meta_len]) if meta_len else b""
+        return Frame(self, array, seq, descriptor[L.D_TIMESTAMP], dropped, meta)
+
+    def _own_shape_view(self, descriptor: memoryview, buffer: int) -> np.ndarray:
+        p = self._p
+        ring_shape = p.geometry.shape
+        shape = tuple(descriptor[L.D_SHAPE + axis] for axis in range(len(ring_shape)))
+        if any(not 1 <= got <= limit for got, limit in zip(shape, ring_shape, strict=True)):
+            raise RingCorrupted(
+                f"ring {p.name!r}: a frame's shape {shape} does not fit the ring's "
+                f"{ring_shape}; the header was overwritten"
+            )
+        view = p.views.buffer_view(p.geometry, p.checked_buffer(buffer), shape)
+        view.flags.writeable = False
+        return view
+
+    def _count_dropped(self, count: int) -> None:
+        self._dropped += count
+        self._record[L.R_DROPPED] = self._dropped
+
+    def _release(self, frame: Frame) -> None:
+        if self._p.closed:
+            return
+        record = self._record
+        if not self._block:
+            record[L.R_PINNED] = L.NONE  # only frees a buffer: safe without the lock
+            return
+        held = self._held
+        held.remove(frame.seq)
+        if held:
+            record[L.R_RELEASE] = min(held)
+        else:
+            record[L.R_RELEASE] = self._next if self._group_record is None else L.NONE
+        fence()  # the release must be visible before we look for sleeping writers
+        if self._control[L.C_WRITER_WAITERS]:
+            self._p.wake_writers()
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    @property
+    def dropped(self) -> int:
+        """Frames this reader lost in total (overwrite policy, or skipped by latest())."""
+        return self._dropped
+
+    @property
+    def name(self) -> str:
+        return self._p.name
+
+    @property
+    def group(self) -> str | None:
+        return self._group_name
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._p.geometry.shape
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self._p.geometry.dtype
+
+    @property
+    def closed(self) -> bool:
+        return self._p.closed
+
+    def close(self) -> None:
+        """Leave the ring; frames still held are released."""
+        self._finalizer()
+
+    def __enter__(self) -> RingReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_attach_reader, (self._p.name, self._group_name, self._start, self._spin))
+
+    def __repr__(self) -> str:
+        state = "closed" if self._p.closed else f"next={self._next}"
+        return f"<RingReader {self._p.name!r} group={self._group_name!r} {state}>"
+
+
+def _attach_reader(name: str, group: str | None, start: str, spin: float) -> RingReader:
+    return RingReader.attach(name, group=group, start=start, spin=spin)
+
+
+def _close_reader(p: Participant, record: memoryview, index: int) -> None:
+    """Leave the ring (also run by the finalizer at garbage collection and interpreter exit)."""
+    if p.closed or p.pid != os.getpid():
+        return
+    try:
+        with p.lock:
+            if record[L.R_TOKEN] == p.token:
+                record[L.R_PINNED] = L.NONE
+                p.free_record(record, L.LOCK_READER_BASE + index)
+            p.recount()
+        p.wake_writers()
+    finally:
+        p.close()

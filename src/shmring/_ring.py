@@ -1,0 +1,321 @@
+# What every handle on a ring shares: its mapping, the header lock, participant records,
+# liveness, repair and reclamation. RingWriter and RingReader build on a Participant.
+#
+# Theory of operation (docs/FORMAT.md has the byte-level rules):
+#   - Frames are published in sequence order into descriptor `seq % slots`; a descriptor is
+#     visible to readers once its D_SEQ word equals the sequence number (written last).
+#   - Block policy: a reader's R_RELEASE (or a group's G_CURSOR) says which frames it still
+#     needs; `reclaim` moves the buffers of frames every group released onto the free list
+#     and advances C_TAIL. With `slots` buffers, a writer that holds a free buffer always
+#     finds its descriptor free, so publishing never waits; claiming does.
+#   - Overwrite policy: every step runs under the header lock; the writer takes the buffer of
+#     the oldest frame nobody pins, marking that frame evicted.
+#   - Exclusive writer mode: while a ring has one writer, that writer pops buffers and
+#     publishes without the lock (bracketed by W_IN_PUBLISH). A second writer switches the
+#     ring to shared mode under the lock, then membarrier() and waits for the first to leave
+#     its lock-free section: afterwards every writer publishes under the lock.
+#   - Liveness: each participant holds an OFD lock on its own byte (LOCK_*_BASE + index) for
+#     as long as it lives. A free byte under an active record means a dead participant; any
+#     process may then reap the record under the header lock. Pids are informational only,
+#     so recycled pids cannot fool the liveness test.
+#   - Repair is idempotent: it recomputes what a dead process may have left half-done from
+#     what is certain (records, descriptors), never from counters it could have corrupted.
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import time
+import weakref
+
+from . import _layout as L
+from ._errors import RingCorrupted, RingFull, RingTimeout, ShmringError
+from ._lock import HeaderLock
+from ._segment import Segment
+from ._sys import (
+    MEMBARRIER_AVAILABLE,
+    address_of,
+    futex_wake,
+    membarrier,
+    range_is_locked,
+    try_lock_range,
+    unlock_range,
+)
+
+POLL_SLICE = 0.1  # longest single sleep: bounds liveness checks and any lost wake-up
+QUIESCE_LIMIT = 5.0  # how long a new writer waits for the exclusive writer to step aside
+
+_live_participants: weakref.WeakSet[Participant] = weakref.WeakSet()
+
+
+def deadline_from(timeout: float | None) -> float | None:
+    """Absolute time.monotonic() deadline for a user timeout (None: wait forever)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
+    return time.monotonic() + timeout
+
+
+def remaining(deadline: float | None) -> float:
+    """Seconds left before `deadline`, capped at one poll slice."""
+    if deadline is None:
+        return POLL_SLICE
+    return min(POLL_SLICE, deadline - time.monotonic())
+
+
+class Participant:
+    """One handle's state on one ring: a segment it opened itself, typed views, the lock."""
+
+    def __init__(self, segment: Segment) -> None:
+        self.segment = segment
+        self.name = segment.name
+        self.geometry = segment.geometry
+        self.views = L.Views(segment.geometry, segment.header, segment.data)
+        self.control = self.views.control
+        self.token = secrets.randbits(62) | 1
+        self.pid = os.getpid()
+        self.lock = HeaderLock(self.name, segment.fd, self.control, self.token, self.repair)
+        self.head_address = address_of(segment.header, L.futex_offset_of_head())
+        self.space_address = address_of(segment.header, L.futex_offset_of_space())
+        self.closed = False
+        _live_participants.add(self)
+
+    # ---- records -----------------------------------------------------------------------
+    def take_record(self, records: list[memoryview], lock_base: int, what: str) -> int:
+        """Claim a free record and its liveness byte (under the header lock)."""
+        self.reap_dead()
+        for index, record in enumerate(records):
+            if record[L.R_STATE] == L.STATE_FREE and try_lock_range(
+                self.segment.fd, lock_base + index
+            ):
+                record[L.R_TOKEN] = self.token
+                record[L.R_PID] = self.pid
+                record[L.R_STATE] = L.STATE_ACTIVE
+                return index
+        raise RingFull(
+            f"ring {self.name!r}: all {len(records)} {what} records are taken by live "
+            f"{what}s; close one, or create the ring with a larger max_{what}s"
+        )
+
+    def free_record(self, record: memoryview, lock_byte: int) -> None:
+        record[L.R_STATE] = L.STATE_FREE
+        record[L.R_TOKEN] = 0
+        unlock_range(self.segment.fd, lock_byte)
+
+    def is_alive(self, lock_byte: int, record: memoryview) -> bool:
+        return record[L.R_TOKEN] == self.token or range_is_locked(self.segment.fd, lock_byte)
+
+    def live_writers(self, besides_me: bool = False) -> int:
+        return sum(
+            1
+            for index, record in enumerate(self.views.writers)
+            if record[L.W_STATE] == L.STATE_ACTIVE
+            and not (besides_me and record[L.W_TOKEN] == self.token)
+            and self.is_alive(L.LOCK_WRITER_BASE + index, record)
+        )
+
+    def reap_dead(self) -> bool:
+        """Free the records of dead participants (under the header lock)."""
+        reaped = False
+        for index, record in enumerate(self.views.writers):
+            if record[L.W_STATE] == L.STATE_ACTIVE and not self.is_alive(
+                L.LOCK_WRITER_BASE + index, record
+            ):
+                record[L.W_CLAIMED] = L.NONE
+                record[L.W_IN_PUBLISH] = 0
+                self.free_record(record, L.LOCK_WRITER_BASE + index)
+                reaped = True
+        for index, record in enumerate(self.views.readers):
+            if record[L.R_STATE] == L.STATE_ACTIVE and not self.is_alive(
+                L.LOCK_READER_BASE + index, record
+            ):
+                record[L.R_PINNED] = L.NONE
+                self.free_record(record, L.LOCK_READER_BASE + index)
+                reaped = True
+        if reaped:
+            self.recount()
+        return reaped
+
+    def recount(self) -> None:
+        """Recompute counters from the records (under the header lock)."""
+        control, views = self.control, self.views
+        writers = sum(1 for r in views.writers if r[L.W_STATE] == L.STATE_ACTIVE)
+        control[L.C_WRITERS] = writers
+        control[L.C_READERS] = sum(1 for r in views.readers if r[L.R_STATE] == L.STATE_ACTIVE)
+        members = [0] * len(views.groups)
+        for record in views.readers:
+            group = record[L.R_GROUP]
+            if record[L.R_STATE] == L.STATE_ACTIVE and group != L.NONE:
+                members[self.checked_group(group)] += 1
+        for group_record, count in zip(views.groups, members, strict=True):
+            group_record[L.G_MEMBERS] = count
+            if count == 0:
+                group_record[L.G_STATE] = L.STATE_FREE
+        if writers <= 1 and MEMBARRIER_AVAILABLE:
+            # Safe: the lock is held, so no shared-mode writer is mid-publish, and the one
+            # remaining writer re-reads the mode at the start of each lock-free section.
+            control[L.C_WRITER_MODE] = L.MODE_EXCLUSIVE
+
+    def repair(self) -> None:
+        """Undo what a holder that died inside the header lock may have left half-done."""
+        self.reap_dead()
+        self.recount()
+        if self.control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE and self.live_writers(True):
+            return  # a live exclusive writer owns head and free list; they are consistent
+        control = self.control
+        head = control[L.C_HEAD]
+        slots = self.geometry.slots
+        while self.views.descriptors[head % slots][L.D_SEQ] == head:
+            head += 1  # a publish that wrote its descriptor but died before head
+        control[L.C_HEAD] = head
+        self.rebuild_free_list()
+
+    # ---- buffers -----------------------------------------------------------------------
+    def checked_buffer(self, index: int) -> int:
+        if index >= self.geometry.buffers:
+            raise RingCorrupted(
+                f"ring {self.name!r}: buffer index {index} read from shared memory is out of "
+                f"range (ring has {self.geometry.buffers}); the header was overwritten"
+            )
+        return index
+
+    def checked_group(self, index: int) -> int:
+        if index >= len(self.views.groups):
+            raise RingCorrupted(
+                f"ring {self.name!r}: group index {index} read from shared memory is out of "
+                "range; the header was overwritten"
+            )
+        return index
+
+    def window(self) -> range:
+        """Sequence numbers whose descriptors may still hold a frame."""
+        head = self.control[L.C_HEAD]
+        tail = self.control[L.C_TAIL]
+        if tail > head or head - tail > self.geometry.slots:
+            raise RingCorrupted(
+                f"ring {self.name!r}: head {head} and tail {tail} are inconsistent; "
+                "the header was overwritten"
+            )
+        return range(tail, head)
+
+    def busy_buffers(self) -> set[int]:
+        """Buffers in use: queued frames, claims of live writers, pins of live readers."""
+        views, slots = self.views, self.geometry.slots
+        busy = set()
+        for seq in self.window():
+            descriptor = views.descriptors[seq % slots]
+            if descriptor[L.D_SEQ] == seq and not descriptor[L.D_FLAGS] & L.DF_EVICTED:
+                busy.add(self.checked_buffer(descriptor[L.D_BUFFER]))
+        for record in views.writers:
+            if record[L.W_STATE] == L.STATE_ACTIVE and record[L.W_CLAIMED] != L.NONE:
+                busy.add(self.checked_buffer(record[L.W_CLAIMED]))
+        for record in views.readers:
+            if record[L.R_STATE] == L.STATE_ACTIVE and record[L.R_PINNED] != L.NONE:
+                busy.add(self.checked_buffer(record[L.R_PINNED]))
+        return busy
+
+    def rebuild_free_list(self) -> None:
+        busy = self.busy_buffers()
+        free = [b for b in range(self.geometry.buffers - 1, -1, -1) if b not in busy]
+        for position, buffer in enumerate(free):
+            self.views.freelist[position] = buffer
+        self.control[L.C_FREE_COUNT] = len(free)
+
+    def release_floor(self) -> int:
+        """Lowest sequence number some reader group still needs (head when none does)."""
+        low = self.control[L.C_HEAD]
+        for record in self.views.readers:
+            if record[L.R_STATE] == L.STATE_ACTIVE:
+                low = min(low, record[L.R_RELEASE])
+        for group in self.views.groups:
+            if group[L.G_STATE] == L.STATE_ACTIVE:
+                low = min(low, group[L.G_CURSOR])
+        return low
+
+    def reclaim(self) -> int:
+        """Block policy: free the buffers of frames every group released (under the lock)."""
+        control, views, slots = self.control, self.views, self.geometry.slots
+        window = self.window()
+        floor = max(self.release_floor(), window.start)
+        count = control[L.C_FREE_COUNT]
+        for seq in range(window.start, floor):
+            if count >= self.geometry.buffers:
+                raise RingCorrupted(f"ring {self.name!r}: free list overflow; header overwritten")
+            views.freelist[count] = self.checked_buffer(views.descriptors[seq % slots][L.D_BUFFER])
+            count += 1
+        control[L.C_FREE_COUNT] = count
+        control[L.C_TAIL] = floor
+        return floor - window.start
+
+    def dead_reader_blocks(self) -> bool:
+        """Whether a dead reader is holding back the release floor (lock-free check)."""
+        for index, record in enumerate(self.views.readers):
+            if record[L.R_STATE] == L.STATE_ACTIVE and not self.is_alive(
+                L.LOCK_READER_BASE + index, record
+            ):
+                return True
+        return False
+
+    # ---- writers' mode switch ----------------------------------------------------------
+    def enter_shared_mode(self, deadline: float | None) -> None:
+        """Called under the lock by a writer that is not alone: stop lock-free publishing."""
+        if self.control[L.C_WRITER_MODE] == L.MODE_SHARED:
+            return
+        self.control[L.C_WRITER_MODE] = L.MODE_SHARED
+        membarrier()  # every later lock-free section now sees MODE_SHARED
+        limit = time.monotonic() + QUIESCE_LIMIT if deadline is None else deadline
+        for index, record in enumerate(self.views.writers):
+            while (
+                record[L.W_STATE] == L.STATE_ACTIVE
+                and record[L.W_IN_PUBLISH]
+                and record[L.W_TOKEN] != self.token
+                and range_is_locked(self.segment.fd, L.LOCK_WRITER_BASE + index)
+            ):
+                if time.monotonic() > limit:
+                    raise RingTimeout(
+                        f"ring {self.name!r}: the other writer (pid {record[L.W_PID]}) did "
+                        "not leave its publish step; is it stopped?"
+                    )
+                time.sleep(50e-6)
+
+    # ---- wake-ups ----------------------------------------------------------------------
+    def wake_readers(self) -> None:
+        futex_wake(self.head_address)
+
+    def wake_writers(self) -> None:
+        self.control[L.C_SPACE_FUTEX] = (self.control[L.C_SPACE_FUTEX] + 1) & 0xFFFFFFFF
+        futex_wake(self.space_address)
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    def check_usable(self) -> None:
+        if self.pid != os.getpid():
+            raise ShmringError(
+                f"ring {self.name!r}: this handle was inherited across fork(); attach again in "
+                "the child (handles passed as Process arguments re-attach by name)"
+            )
+        if self.closed:
+            raise ShmringError(f"ring {self.name!r}: this handle is closed")
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        _live_participants.discard(self)
+        self.views.release()
+        self.segment.close()
+
+
+def _forget_after_fork() -> None:
+    """In a forked child, drop inherited descriptors: keeping them would keep the parent's
+    liveness locks alive after the parent dies, and share its header-lock ownership."""
+    for participant in list(_live_participants):
+        participant.closed = True
+        participant.segment.close()
+    _live_participants.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

@@ -1,0 +1,229 @@
+# A ring's shared-memory segment: naming, atomic creation, attaching, unlinking.
+#
+# Rules:
+#   - A ring named N lives in the tmpfs file /dev/shm/shmring.N (what shm_open would use),
+#     opened directly so that no multiprocessing resource tracker ever learns about it: on
+#     Python < 3.13 the tracker unlinks segments that an *attaching* process registered.
+#   - Creation is atomic: the segment is built and initialised under a private temporary
+#     name, its creator takes the creator lock, and only then is it linked under its real
+#     name (link(2) fails if the name exists). An attacher therefore never sees a half-made
+#     ring, and a ring whose creator lock is free has a dead creator (stale).
+#   - Pages are reserved at creation (posix_fallocate), so a ring larger than /dev/shm's free
+#     space fails at create with ENOSPC instead of a SIGBUS on first touch.
+#   - The header (everything before the frame buffers) is mapped read-write by everyone; the
+#     buffers are mapped read-only by readers, so their views cannot be written.
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import mmap
+import os
+import re
+import secrets
+import warnings
+
+from . import _layout as L
+from ._errors import IncompatibleRing, RingExists, RingNotFound, StaleRingWarning
+from ._sys import range_is_locked, try_lock_range
+
+SHM_DIR = "/dev/shm"
+PREFIX = "shmring."
+TEMP_PREFIX = ".shmring-tmp-"
+MAX_NAME = 64
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def validate_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"ring name must be a str, got {type(name).__name__}")
+    if not name:
+        raise ValueError("ring name is empty; pass a short name such as 'cam0'")
+    if len(name) > MAX_NAME:
+        raise ValueError(f"ring name {name!r} is {len(name)} characters; the limit is {MAX_NAME}")
+    if not _NAME.fullmatch(name):
+        raise ValueError(
+            f"ring name {name!r} has characters shmring does not allow: use letters, digits, "
+            "'_', '-' and '.', not starting with '.' or '-' (no '/')"
+        )
+    return name
+
+
+def segment_path(name: str) -> str:
+    return os.path.join(SHM_DIR, PREFIX + name)
+
+
+def free_bytes() -> int:
+    stats = os.statvfs(SHM_DIR)
+    return stats.f_bavail * stats.f_frsize
+
+
+class Segment:
+    """One open, mapped ring segment. `fd` is this handle's own open file description, so
+    the OFD locks it takes belong to this handle alone."""
+
+    def __init__(self, name: str, fd: int, geometry: L.Geometry, writable_data: bool) -> None:
+        self.name = name
+        self.fd = fd
+        self.geometry = geometry
+        self.inode = os.fstat(fd).st_ino
+        self.header = mmap.mmap(fd, geometry.data_offset)
+        data_len = geometry.segment_bytes - geometry.data_offset
+        access = mmap.ACCESS_WRITE if writable_data else mmap.ACCESS_READ
+        self.data = mmap.mmap(fd, data_len, access=access, offset=geometry.data_offset)
+
+    # ---- create ------------------------------------------------------------------------
+    @classmethod
+    def create(cls, name: str, geometry: L.Geometry, mode: int) -> Segment:
+        size = geometry.segment_bytes
+        available = free_bytes()
+        if size > available:
+            raise _no_space(name, size, available)
+        temp = os.path.join(SHM_DIR, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}")
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+        try:
+            os.fchmod(fd, mode)  # exact mode, whatever the umask
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise _no_space(name, size, free_bytes()) from None
+                raise
+            os.pwrite(fd, geometry.pack(), 0)
+            segment = cls(name, fd, geometry, writable_data=True)
+            try:
+                _initialise(segment)
+                if not try_lock_range(fd, L.LOCK_CREATOR):
+                    raise OSError(errno.EAGAIN, "could not take the creator lock of a new ring")
+                _link_claiming_stale(temp, name)
+            except BaseException:
+                segment.close()
+                raise
+            return segment
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+
+    # ---- attach ------------------------------------------------------------------------
+    @classmethod
+    def open(cls, name: str, writable_data: bool) -> Segment:
+        path = segment_path(name)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            raise RingNotFound(
+                f"no ring named {name!r} ({path} does not exist); create it with "
+                "RingWriter.create, or pass timeout= to attach to wait for it"
+            ) from None
+        except PermissionError:
+            raise PermissionError(
+                errno.EACCES,
+                f"no permission to open ring {name!r} ({path}); it was created by another user "
+                "with a mode that excludes you: create it with mode=0o660 and a shared group, "
+                "or run as that user",
+            ) from None
+        try:
+            geometry = L.Geometry.unpack(os.pread(fd, L.FIXED_HEADER_BYTES, 0), name)
+            actual = os.fstat(fd).st_size
+            if actual != geometry.segment_bytes:
+                raise IncompatibleRing(
+                    f"ring {name!r}: segment is {actual} bytes but its header describes "
+                    f"{geometry.segment_bytes}; it was truncated or resized. Remove it "
+                    "(shmring rm) and create it again"
+                )
+            return cls(name, fd, geometry, writable_data)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    def creator_alive(self) -> bool:
+        return range_is_locked(self.fd, L.LOCK_CREATOR)
+
+    def unlink(self) -> None:
+        """Remove the name, if it still names this segment (not a newer ring)."""
+        path = segment_path(self.name)
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == self.inode:
+                os.unlink(path)
+
+    def close(self) -> None:
+        """Unmap and close the descriptor, which drops every OFD lock this handle holds.
+
+        A NumPy view the user still holds keeps its mapping alive (BufferError); the mapping
+        then goes away with the last view, never earlier."""
+        for mapping in (self.header, self.data):
+            with contextlib.suppress(BufferError):
+                mapping.close()
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        self.fd = -1
+
+
+def _no_space(name: str, size: int, available: int) -> OSError:
+    return OSError(
+        errno.ENOSPC,
+        f"cannot create ring {name!r}: it needs {size:,} bytes of {SHM_DIR} but only "
+        f"{available:,} are free. Use fewer or smaller slots, remove stale rings "
+        "(shmring gc), or enlarge /dev/shm (Docker: --shm-size)",
+    )
+
+
+def _initialise(segment: Segment) -> None:
+    views = L.Views(segment.geometry, segment.header, segment.data)
+    try:
+        g = segment.geometry
+        for descriptor in views.descriptors:
+            descriptor[L.D_SEQ] = L.NONE
+        for record in views.readers:
+            record[L.R_PINNED] = L.NONE
+        for record in views.writers:
+            record[L.W_CLAIMED] = L.NONE
+        # Highest index last: the free list is a stack, so buffer 0 is handed out first.
+        for index in range(g.buffers):
+            views.freelist[index] = g.buffers - 1 - index
+        views.control[L.C_FREE_COUNT] = g.buffers
+    finally:
+        views.release()
+
+
+def _link_claiming_stale(temp: str, name: str) -> None:
+    path = segment_path(name)
+    try:
+        os.link(temp, path)
+        return
+    except FileExistsError:
+        pass
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:  # removed meanwhile: the name is free now
+        os.link(temp, path)
+        return
+    try:
+        magic = os.pread(fd, len(L.MAGIC), 0)
+        if magic != L.MAGIC:
+            raise RingExists(
+                f"{path} exists and is not a shmring ring; choose another name or remove it"
+            )
+        # Taking the creator lock proves the creator is dead, and keeps a second reclaimer
+        # from unlinking a ring that this one is about to link.
+        if not try_lock_range(fd, L.LOCK_CREATOR):
+            raise RingExists(
+                f"ring {name!r} already exists and its creator is alive; attach to it, close "
+                "it first, or choose another name"
+            )
+        if os.stat(path).st_ino != os.fstat(fd).st_ino:
+            raise RingExists(f"ring {name!r} was re-created while this process was creating it")
+        warnings.warn(
+            f"ring {name!r}: its creator died without unlinking it; reclaiming the name",
+            StaleRingWarning,
+            stacklevel=5,
+        )
+        os.unlink(path)
+        os.link(temp, path)
+    finally:
+        os.close(fd)

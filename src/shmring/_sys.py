@@ -1,0 +1,135 @@
+# Linux primitives the ring is built from: futexes, byte-range OFD locks, memory fences.
+#
+# Rules: nothing here knows the ring's layout; callers pass byte addresses and offsets.
+# Every wait takes a timeout, and every primitive is one whose state the kernel owns or
+# repairs when a process dies:
+#   - futex wait/wake on a 32-bit word inside the shared mapping (no FUTEX_PRIVATE flag: the
+#     word is shared between processes). A SIGKILLed sleeper leaves nothing behind.
+#   - open-file-description (OFD) locks on byte ranges of the segment file: the kernel drops
+#     them when the last descriptor of the holder's open file closes, i.e. when it dies. They
+#     live in the kernel, not in the segment, so no bytes a buggy process scribbles can wedge
+#     them. Each handle opens the file itself, so two handles never share a lock owner.
+#   - fence(): a full memory barrier on x86-64 (a locked read-modify-write inside CPython's
+#     lock), needed where a store must be visible before a following load (Dekker pairs).
+#   - membarrier(GLOBAL): forces a barrier on every CPU; the slow side of an asymmetric
+#     Dekker pair whose fast side has no fence at all.
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import struct
+import threading
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+_SYS_FUTEX = {"x86_64": 202, "aarch64": 98}
+_SYS_MEMBARRIER = {"x86_64": 324, "aarch64": 283}
+_MACHINE = os.uname().machine
+_FUTEX_WAIT = 0
+_FUTEX_WAKE = 1
+_MEMBARRIER_CMD_QUERY = 0
+_MEMBARRIER_CMD_GLOBAL = 1
+_F_OFD_GETLK = 36
+_F_OFD_SETLK = 37
+_FLOCK = struct.Struct("hhqqi4x")  # struct flock on 64-bit Linux; l_pid must be 0 for OFD
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def _futex_syscall_number() -> int:
+    try:
+        return _SYS_FUTEX[_MACHINE]
+    except KeyError:
+        raise ImportError(f"shmring supports Linux on x86_64 and aarch64, not {_MACHINE}") from None
+
+
+_SYS_FUTEX_NR = _futex_syscall_number()
+
+
+def address_of(buffer: object, offset: int) -> int:
+    """Address of byte `offset` of a writable buffer (the mapping must outlive its use)."""
+    holder = ctypes.c_char.from_buffer(buffer, offset)  # type: ignore[arg-type]
+    address = ctypes.addressof(holder)
+    del holder  # drop the buffer export at once, or the mmap could never close
+    return address
+
+
+def futex_wait(address: int, expected: int, timeout: float) -> None:
+    """Sleep while the u32 at `address` equals `expected`, at most `timeout` seconds.
+
+    Returns on wake-up, value change, timeout or signal alike: callers re-check their
+    condition, so the reason does not matter."""
+    seconds = int(timeout)
+    spec = _Timespec(seconds, int((timeout - seconds) * 1e9))
+    _syscall(
+        _SYS_FUTEX_NR,
+        ctypes.c_void_p(address),
+        _FUTEX_WAIT,
+        ctypes.c_uint32(expected & 0xFFFFFFFF),
+        ctypes.byref(spec),
+        None,
+        0,
+    )
+
+
+def futex_wake(address: int) -> None:
+    """Wake every sleeper on the u32 at `address`."""
+    _syscall(_SYS_FUTEX_NR, ctypes.c_void_p(address), _FUTEX_WAKE, 0x7FFFFFFF, None, None, 0)
+
+
+def _membarrier_available() -> bool:
+    number = _SYS_MEMBARRIER.get(_MACHINE)
+    if number is None:
+        return False
+    supported = _syscall(number, _MEMBARRIER_CMD_QUERY, 0, 0)
+    return supported > 0 and bool(supported & _MEMBARRIER_CMD_GLOBAL)
+
+
+MEMBARRIER_AVAILABLE = _membarrier_available()
+
+
+def membarrier() -> None:
+    """Make every CPU execute a full barrier before this returns (a few ms)."""
+    if _syscall(_SYS_MEMBARRIER[_MACHINE], _MEMBARRIER_CMD_GLOBAL, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "membarrier(MEMBARRIER_CMD_GLOBAL) failed")
+
+
+_fence_lock = threading.Lock()
+_fence_acquire = _fence_lock.acquire
+_fence_release = _fence_lock.release
+
+
+def fence() -> None:
+    """Full memory barrier (x86-64: the lock's atomic read-modify-write)."""
+    _fence_acquire()
+    _fence_release()
+
+
+def try_lock_range(fd: int, start: int) -> bool:
+    """Take an exclusive OFD lock on byte `start` of `fd` without waiting."""
+    try:
+        fcntl.fcntl(fd, _F_OFD_SETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, start, 1, 0))
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def unlock_range(fd: int, start: int) -> None:
+    fcntl.fcntl(fd, _F_OFD_SETLK, _FLOCK.pack(fcntl.F_UNLCK, os.SEEK_SET, start, 1, 0))
+
+
+def range_is_locked(fd: int, start: int) -> bool:
+    """Whether another open file description holds a lock on byte `start`.
+
+    Used as a liveness test: a participant holds its byte for as long as it lives."""
+    answer = fcntl.fcntl(fd, _F_OFD_GETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, start, 1, 0))
+    return bool(_FLOCK.unpack(answer)[0] != fcntl.F_UNLCK)

@@ -1,0 +1,514 @@
+# RingWriter: create or attach to a ring and publish frames into it.
+#
+# Rules: `write` copies once; `claim` hands out the buffer itself. A frame is published
+# when its descriptor's D_SEQ word is written, after everything else about it. The
+# exclusive-mode fast path (one writer on the ring) runs without the header lock; every
+# other path takes it. See _ring.py for the theory, docs/FORMAT.md for the bytes.
+
+from __future__ import annotations
+
+import os
+import time
+import weakref
+from collections.abc import Sequence
+from math import prod
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+from numpy.typing import DTypeLike
+
+from . import _layout as L
+from ._errors import RingCorrupted, RingNotFound, RingTimeout
+from ._ring import POLL_SLICE, Participant, deadline_from, remaining
+from ._segment import Segment, validate_name
+from ._sys import MEMBARRIER_AVAILABLE, fence, futex_wait
+
+_ATTACH_POLL = 0.01
+
+
+def _positive_int(value: object, what: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what} must be an integer, got {value!r}")
+    if not low <= int(value) <= high:
+        raise ValueError(f"{what} must be between {low} and {high}, got {value}")
+    return int(value)
+
+
+def _checked_shape(shape: object) -> tuple[int, ...]:
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        shape = (shape,)
+    if not isinstance(shape, Sequence) or isinstance(shape, (str, bytes)):
+        raise TypeError(f"shape must be a tuple of positive integers, got {shape!r}")
+    if not 1 <= len(shape) <= L.MAX_NDIM:
+        raise ValueError(f"shape must have 1 to {L.MAX_NDIM} dimensions, got {shape!r}")
+    return tuple(_positive_int(d, "every dimension of shape", 1, 1 << 40) for d in shape)
+
+
+def attach_segment(name: str, timeout: float, writable_data: bool) -> Segment:
+    """Open a ring by name, waiting up to `timeout` seconds for it to appear."""
+    deadline = deadline_from(timeout)
+    assert deadline is not None
+    while True:
+        try:
+            return Segment.open(name, writable_data)
+        except RingNotFound:
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(min(_ATTACH_POLL, max(deadline - time.monotonic(), 0)))
+
+
+class Claim:
+    """A buffer claimed for one frame; use as a context manager.
+
+    Entering yields a writable ndarray inside the shared segment. Leaving the block normally
+    publishes it (then `seq` holds its sequence number); leaving by an exception abandons
+    it, and readers never see it."""
+
+    __slots__ = ("_buffer", "_meta", "_shape", "_timeout", "_timestamp_ns", "_writer", "seq")
+
+    def __init__(
+        self,
+        writer: RingWriter,
+        timeout: float | None,
+        shape: tuple[int, ...] | None,
+        timestamp_ns: int | None,
+        meta: bytes,
+    ) -> None:
+        self._writer = writer
+        self._timeout = timeout
+        self._shape = shape
+        self._timestamp_ns = timestamp_ns
+        self._meta = meta
+        self._buffer = -1
+        self.seq: int | None = None
+
+    def __enter__(self) -> np.ndarray:
+        if self._buffer >= 0:
+            raise RuntimeError("a Claim can be entered once; call claim() again")
+        writer = self._writer
+        self._buffer = writer._take_buffer(deadline_from(self._timeout))
+        if self._shape is None:
+            return writer._buffers[self._buffer]
+        return writer._p.views.buffer_view(writer._p.geometry, self._buffer, self._shape)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            timestamp = time.monotonic_ns() if self._timestamp_ns is None else self._timestamp_ns
+            self.seq = self._writer._publish(self._buffer, self._shape, timestamp, self._meta)
+        else:
+            self._writer._abandon(self._buffer)
+
+
+class RingWriter:
+    """Publishes frames into a ring. `create` makes (and owns) a ring; `attach` joins one."""
+
+    # ---- construction ------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        shape: int | Sequence[int],
+        dtype: DTypeLike,
+        *,
+        slots: int = 8,
+        policy: str = "block",
+        max_readers: int = 8,
+        max_writers: int = 4,
+        meta_size: int = 0,
+        mode: int = 0o600,
+    ) -> RingWriter:
+        """Create ring `name` and become its owner (the segment is unlinked when the owner
+        closes, exits, or is garbage-collected)."""
+        validate_name(name)
+        if policy not in L.POLICIES:
+            raise ValueError(f"policy must be 'block' or 'overwrite', got {policy!r}")
+        checked_shape = _checked_shape(shape)
+        slots = _positive_int(slots, "slots", 1, 1 << 20)
+        max_readers = _positive_int(max_readers, "max_readers", 1, L.MAX_READERS)
+        max_writers = _positive_int(max_writers, "max_writers", 1, L.MAX_WRITERS)
+        meta_size = _positive_int(meta_size, "meta_size", 0, L.MAX_META)
+        mode = _positive_int(mode, "mode", 0, 0o777)
+        if policy == "overwrite" and slots <= max_readers + max_writers:
+            raise ValueError(
+                f"overwrite policy needs slots > max_readers + max_writers (each reader may "
+                f"hold one frame and each writer one claim while the writer keeps going); got "
+                f"slots={slots}, max_readers={max_readers}, max_writers={max_writers}: raise "
+                "slots or lower max_readers/max_writers"
+            )
+        geometry = L.Geometry(
+            shape=checked_shape,
+            dtype=L.checked_dtype(dtype),
+            slots=slots,
+            buffers=slots,
+            policy=L.POLICIES[policy],
+            max_readers=max_readers,
+            max_writers=max_writers,
+            meta_size=meta_size,
+            creator_pid=os.getpid(),
+            created_ns=time.time_ns(),
+        )
+        segment = Segment.create(name, geometry, mode)
+        try:
+            return cls(Participant(segment), owner=True, deadline=None)
+        except BaseException:
+            segment.unlink()
+            segment.close()
+            raise
+
+    @classmethod
+    def attach(cls, name: str, *, timeout: float = 0.0) -> RingWriter:
+        """Join ring `name` as one more writer (waiting up to `timeout` s for it to exist)."""
+        validate_name(name)
+        segment = attach_segment(name, timeout, writable_data=True)
+        try:
+            return cls(Participant(segment), owner=False, deadline=deadline_from(timeout))
+        except BaseException:
+            segment.close()
+            raise
+
+    def __init__(self, participant: Participant, owner: bool, deadline: float | None) -> None:
+        p = self._p = participant
+        g = p.geometry
+        self._owner = owner
+        with p.lock:
+            self._index = p.take_record(p.views.writers, L.LOCK_WRITER_BASE, "writer")
+            self._record = p.views.writers[self._index]
+            self._record[L.W_CLAIMED] = L.NONE
+            self._record[L.W_IN_PUBLISH] = 0
+            p.control[L.C_FLAGS] &= ~L.F_CLOSED
+            p.recount()
+            if not MEMBARRIER_AVAILABLE or p.control[L.C_WRITERS] > 1:
+                p.enter_shared_mode(deadline)
+        self._control = p.control
+        self._descriptors = p.views.descriptors
+        self._meta_views = p.views.descriptor_meta
+        self._freelist = p.views.freelist
+        self._buffers = p.views.buffers
+        self._slots = g.slots
+        self._nbuffers = g.buffers
+        self._shape = g.shape
+        self._dtype = g.dtype
+        self._meta_size = g.meta_size
+        self._block = g.policy == L.POLICY_BLOCK
+        self._finalizer = weakref.finalize(self, _close_writer, p, self._record, self._index, owner)
+
+    # ---- publishing ----------------------------------------------------------------------
+    def write(
+        self,
+        frame: np.ndarray,
+        timeout: float | None = None,
+        *,
+        timestamp_ns: int | None = None,
+        meta: bytes = b"",
+    ) -> int:
+        """Copy `frame` into the ring and publish it; returns its sequence number.
+
+        Blocks (block policy) while a reader group would lose a frame, up to `timeout`."""
+        if self._p.closed:
+            self._p.check_usable()
+        try:
+            shape = frame.shape
+        except AttributeError:
+            raise TypeError(
+                f"write() takes a numpy.ndarray, got {type(frame).__name__}; "
+                "wrap it with np.asarray first"
+            ) from None
+        own_shape = None
+        if shape != self._shape or frame.dtype != self._dtype:
+            own_shape = self._check_frame(frame)
+        if meta and len(meta) > self._meta_size:
+            raise self._meta_error(meta)
+        buffer = self._take_buffer(None if timeout is None else deadline_from(timeout))
+        try:
+            if own_shape is None:
+                self._buffers[buffer][...] = frame
+            else:
+                self._p.views.buffer_view(self._p.geometry, buffer, own_shape)[...] = frame
+        except BaseException:
+            self._abandon(buffer)
+            raise
+        return self._publish(
+            buffer,
+            own_shape,
+            time.monotonic_ns() if timestamp_ns is None else timestamp_ns,
+            meta,
+        )
+
+    def claim(
+        self,
+        timeout: float | None = None,
+        *,
+        shape: Sequence[int] | None = None,
+        timestamp_ns: int | None = None,
+        meta: bytes = b"",
+    ) -> Claim:
+        """Claim a buffer to fill in place (zero copies); see Claim."""
+        self._p.check_usable()
+        own_shape = None
+        if shape is not None:
+            own_shape = self._check_frame(np.empty(_checked_shape(shape), self._dtype))
+        if meta and len(meta) > self._meta_size:
+            raise self._meta_error(meta)
+        deadline_from(timeout)  # validate now, not at __enter__
+        return Claim(self, timeout, own_shape, timestamp_ns, meta)
+
+    def _check_frame(self, frame: np.ndarray) -> tuple[int, ...] | None:
+        """Validate a frame that is not exactly ring-shaped; returns its own shape."""
+        if frame.dtype != self._dtype:
+            raise ValueError(
+                f"ring {self._p.name!r} carries dtype {self._dtype}, got a frame of dtype "
+                f"{frame.dtype}; convert it with frame.astype(np.{self._dtype.name})"
+            )
+        if frame.ndim != len(self._shape) or any(
+            got > limit for got, limit in zip(frame.shape, self._shape, strict=True)
+        ):
+            raise ValueError(
+                f"ring {self._p.name!r} takes frames of up to shape {self._shape}; got shape "
+                f"{frame.shape}. A frame needs the same number of dimensions and each "
+                "dimension no larger than the ring's"
+            )
+        if frame.shape == self._shape:
+            return None
+        if prod(frame.shape) == 0:
+            raise ValueError(f"ring {self._p.name!r}: an empty frame {frame.shape} has no data")
+        return tuple(frame.shape)
+
+    def _meta_error(self, meta: bytes) -> ValueError:
+        return ValueError(
+            f"ring {self._p.name!r}: meta is {len(meta)} bytes but the ring keeps "
+            f"{self._meta_size} per frame; create it with a larger meta_size"
+        )
+
+    def _take_buffer(self, deadline: float | None) -> int:
+        record, control = self._record, self._control
+        if self._block:
+            record[L.W_IN_PUBLISH] = 1
+            if control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE:
+                count = control[L.C_FREE_COUNT]
+                if 0 < count <= self._nbuffers:
+                    buffer = self._freelist[count - 1]
+                    control[L.C_FREE_COUNT] = count - 1
+                    record[L.W_CLAIMED] = buffer
+                    record[L.W_IN_PUBLISH] = 0
+                    return self._p.checked_buffer(buffer)
+            record[L.W_IN_PUBLISH] = 0
+        return self._take_buffer_locked(deadline)
+
+    def _take_buffer_locked(self, deadline: float | None) -> int:
+        p, control, record = self._p, self._control, self._record
+        waiting = False
+        next_liveness_check = time.monotonic() + POLL_SLICE
+        try:
+            while True:
+                with p.lock:
+                    if not waiting and self._block:
+                        control[L.C_WRITER_WAITERS] += 1
+                        waiting = True
+                        fence()  # the waiter mark must be visible before we look for space
+                    observed = control[L.C_SPACE_FUTEX]
+                    buffer = self._pop_free() if self._block else self._evict_for_overwrite()
+                    if buffer is not None:
+                        record[L.W_CLAIMED] = buffer
+                        return buffer
+                wait = remaining(deadline)
+                if wait <= 0:
+                    raise RingTimeout(
+                        f"ring {p.name!r}: no free slot within the timeout; every slot holds a "
+                        "frame some reader group has not released (block policy)"
+                    )
+                if time.monotonic() >= next_liveness_check:
+                    next_liveness_check = time.monotonic() + POLL_SLICE
+                    if p.dead_reader_blocks():
+                        with p.lock:
+                            p.reap_dead()
+                        continue
+                futex_wait(p.space_address, observed, wait)
+        finally:
+            if waiting:
+                with p.lock:
+                    control[L.C_WRITER_WAITERS] -= 1
+
+    def _pop_free(self) -> int | None:
+        control = self._control
+        if control[L.C_FREE_COUNT] == 0:
+            self._p.reclaim()
+        count = control[L.C_FREE_COUNT]
+        if count == 0:
+            return None
+        if count > self._nbuffers:
+            raise RingCorrupted(f"ring {self._p.name!r}: free count {count} is corrupted")
+        control[L.C_FREE_COUNT] = count - 1
+        return self._p.checked_buffer(self._freelist[count - 1])
+
+    def _evict_for_overwrite(self) -> int:
+        """Overwrite policy, under the lock: a free buffer, else the oldest unpinned frame's."""
+        p = self._p
+        busy = p.busy_buffers()
+        for buffer in range(self._nbuffers):
+            if buffer not in busy:
+                return buffer
+        pinned = {r[L.R_PINNED] for r in p.views.readers if r[L.R_STATE] == L.STATE_ACTIVE}
+        claimed = {r[L.W_CLAIMED] for r in p.views.writers if r[L.W_STATE] == L.STATE_ACTIVE}
+        for seq in p.window():
+            descriptor = self._descriptors[seq % self._slots]
+            buffer = descriptor[L.D_BUFFER]
+            if (
+                descriptor[L.D_SEQ] == seq
+                and not descriptor[L.D_FLAGS] & L.DF_EVICTED
+                and buffer not in pinned
+                and buffer not in claimed
+            ):
+                descriptor[L.D_FLAGS] |= L.DF_EVICTED
+                return p.checked_buffer(buffer)
+        raise RingCorrupted(
+            f"ring {p.name!r}: every buffer is pinned or claimed, which slots > max_readers + "
+            "max_writers rules out; the header was overwritten"
+        )
+
+    def _publish(
+        self, buffer: int, own_shape: tuple[int, ...] | None, timestamp_ns: int, meta: bytes
+    ) -> int:
+        record, control = self._record, self._control
+        if self._block:
+            record[L.W_IN_PUBLISH] = 1
+            if control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE:
+                seq = self._fill_descriptor(buffer, own_shape, timestamp_ns, meta)
+                record[L.W_CLAIMED] = L.NONE
+                record[L.W_IN_PUBLISH] = 0
+                fence()  # publish before looking for sleepers (they mark, then look)
+                if control[L.C_READER_WAITERS]:
+                    self._p.wake_readers()
+                return seq
+            record[L.W_IN_PUBLISH] = 0
+        with self._p.lock:
+            seq = self._fill_descriptor(buffer, own_shape, timestamp_ns, meta)
+            record[L.W_CLAIMED] = L.NONE
+            if not self._block:
+                control[L.C_TAIL] = max(control[L.C_TAIL], seq + 1 - self._slots)
+        fence()
+        if control[L.C_READER_WAITERS]:
+            self._p.wake_readers()
+        return seq
+
+    def _fill_descriptor(
+        self, buffer: int, own_shape: tuple[int, ...] | None, timestamp_ns: int, meta: bytes
+    ) -> int:
+        control = self._control
+        seq = control[L.C_HEAD]
+        position = seq % self._slots
+        descriptor = self._descriptors[position]
+        descriptor[L.D_BUFFER] = buffer
+        descriptor[L.D_TIMESTAMP] = timestamp_ns
+        descriptor[L.D_META_LEN] = len(meta)
+        if meta:
+            self._meta_views[position][: len(meta)] = meta
+        if own_shape is None:
+            descriptor[L.D_FLAGS] = 0
+        else:
+            descriptor[L.D_FLAGS] = L.DF_OWN_SHAPE
+            for axis, size in enumerate(own_shape):
+                descriptor[L.D_SHAPE + axis] = size
+        descriptor[L.D_SEQ] = seq  # the frame is visible from here on
+        control[L.C_HEAD] = seq + 1
+        return seq
+
+    def _abandon(self, buffer: int) -> None:
+        """Give a claimed buffer back unpublished."""
+        record, control = self._record, self._control
+        if self._block:
+            record[L.W_IN_PUBLISH] = 1
+            if control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE:
+                self._push_free(buffer)
+                record[L.W_IN_PUBLISH] = 0
+                return
+            record[L.W_IN_PUBLISH] = 0
+        with self._p.lock:
+            if self._block:
+                self._push_free(buffer)
+            record[L.W_CLAIMED] = L.NONE
+
+    def _push_free(self, buffer: int) -> None:
+        count = self._control[L.C_FREE_COUNT]
+        if count >= self._nbuffers:
+            raise RingCorrupted(f"ring {self._p.name!r}: free count {count} is corrupted")
+        self._freelist[count] = buffer
+        self._control[L.C_FREE_COUNT] = count + 1
+        self._record[L.W_CLAIMED] = L.NONE
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    def close(self) -> None:
+        """Leave the ring. The last writer to leave ends the stream: readers drain what was
+        published, then get EndOfStream. The creator also unlinks the ring's name."""
+        self._finalizer()
+
+    def __enter__(self) -> RingWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_attach_writer, (self._p.name,))
+
+    def __repr__(self) -> str:
+        state = "closed" if self._p.closed else ("owner" if self._owner else "attached")
+        return (
+            f"<RingWriter {self._p.name!r} {state} shape={self._shape} dtype={self._dtype} "
+            f"slots={self._slots} policy={self.policy!r}>"
+        )
+
+    @property
+    def name(self) -> str:
+        return self._p.name
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self._dtype
+
+    @property
+    def slots(self) -> int:
+        return self._slots
+
+    @property
+    def policy(self) -> str:
+        return "block" if self._block else "overwrite"
+
+    @property
+    def closed(self) -> bool:
+        return self._p.closed
+
+
+def _attach_writer(name: str) -> RingWriter:
+    return RingWriter.attach(name)
+
+
+def _close_writer(p: Participant, record: memoryview, index: int, owner: bool) -> None:
+    """Leave the ring (also run by the finalizer at garbage collection and interpreter exit)."""
+    if p.closed or p.pid != os.getpid():
+        return
+    try:
+        with p.lock:
+            if record[L.W_TOKEN] == p.token:
+                abandoned_claim = record[L.W_CLAIMED] != L.NONE
+                record[L.W_CLAIMED] = L.NONE
+                p.free_record(record, L.LOCK_WRITER_BASE + index)
+                if abandoned_claim and p.geometry.policy == L.POLICY_BLOCK:
+                    p.rebuild_free_list()  # safe: under the lock, and we were not mid-publish
+            p.recount()
+            if p.control[L.C_WRITERS] == 0:
+                p.control[L.C_FLAGS] |= L.F_CLOSED
+        p.wake_readers()
+        if owner:
+            p.segment.unlink()
+    finally:
+        p.close()
