@@ -73,11 +73,10 @@ C_FLAGS = 9  # F_* bits below
 C_WRITER_MODE = 10  # MODE_EXCLUSIVE or MODE_SHARED
 C_WRITERS = 11  # registered writer records
 C_READERS = 12  # registered reader records
-C_PUBLISHED_CLOSED = 13  # head at the moment the stream closed (valid with F_CLOSED)
 # line 2: wake-up words
 C_READER_WAITERS = 16  # readers asleep (or about to sleep) on the head futex
 C_WRITER_WAITERS = 17  # writers asleep (or about to sleep) on the space futex
-C_SPACE_FUTEX = 18  # bumped when space may have been freed; futex word = low 32 bits
+C_SPACE = 18  # bumped when space may have been freed; futex word = low 32 bits
 CONTROL_WORDS = CONTROL_BYTES // 8
 
 F_CLOSED = 1  # every writer closed: readers drain, then EndOfStream
@@ -118,7 +117,6 @@ W_TOKEN = 1
 W_PID = 2
 W_IN_PUBLISH = 3  # 1 while an exclusive-mode writer is inside a lock-free section
 W_CLAIMED = 4  # buffer index this writer has claimed, or NONE
-W_PUBLISHED = 5  # frames this writer published
 
 RECORD_WORDS = CACHE_LINE // 8
 STATE_FREE = 0
@@ -392,4 +390,4 @@ def futex_offset_of_head() -> int:
 
 def futex_offset_of_space() -> int:
     """Byte offset of the space word, whose low 32 bits writers sleep on."""
-    return CONTROL_OFFSET + C_SPACE_FUTEX * 8
+    return CONTROL_OFFSET + C_SPACE * 8

@@ -287,7 +287,7 @@ class Participant:
         futex_wake(self.head_address)
 
     def wake_writers(self) -> None:
-        self.control[L.C_SPACE_FUTEX] = (self.control[L.C_SPACE_FUTEX] + 1) & 0xFFFFFFFF
+        self.control[L.C_SPACE] = (self.control[L.C_SPACE] + 1) & 0xFFFFFFFF
         futex_wake(self.space_address)
 
     # ---- lifecycle ---------------------------------------------------------------------

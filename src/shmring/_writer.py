@@ -311,7 +311,7 @@ class RingWriter:
                         control[L.C_WRITER_WAITERS] += 1
                         waiting = True
                         fence()  # the waiter mark must be visible before we look for space
-                    observed = control[L.C_SPACE_FUTEX]
+                    observed = control[L.C_SPACE]
                     buffer = self._pop_free() if self._block else self._evict_for_overwrite()
                     if buffer is not None:
                         record[L.W_CLAIMED] = buffer
