@@ -127,6 +127,7 @@ class RingReader:
         self._group_name = group
         self._start = start
         self._spin = spin
+        self._lock = p.lock  # tests use it to die while holding the header lock
         self._control = p.control
         self._descriptors = p.views.descriptors
         self._buffers = p.views.buffers
@@ -189,6 +190,8 @@ class RingReader:
         """Every frame until end of stream; each is released when the next is taken."""
         take, wait_for = self._take_next, self._wait_for
         while True:
+            if not self._block:
+                self._release_last()  # an overwrite reader pins one frame at a time
             try:
                 frame = take() or wait_for(take, None)
             except EndOfStream:
@@ -202,6 +205,8 @@ class RingReader:
         """The newest published frame; older unread ones are skipped (and counted as
         dropped). Releases the frame the previous `latest()` returned."""
         self._p.check_usable()
+        if not self._block:
+            self._release_last()  # an overwrite reader pins one frame at a time
         frame = self._wait_for(self._take_latest, deadline_from(timeout))
         self._release_last()
         self._last = frame

@@ -59,18 +59,26 @@ def free_bytes() -> int:
 
 
 class Segment:
-    """One open, mapped ring segment. `fd` is this handle's own open file description, so
-    the OFD locks it takes belong to this handle alone."""
+    """One open, mapped ring segment.
+
+    `fd` is this handle's own open file description and is used for OFD locks only. The
+    mappings are made through a second description, closed at once: a mapping keeps its
+    file description alive, and with it any lock taken through it, so mapping through `fd`
+    would let a forked child's inherited mappings keep a dead parent's locks held."""
 
     def __init__(self, name: str, fd: int, geometry: L.Geometry, writable_data: bool) -> None:
         self.name = name
         self.fd = fd
         self.geometry = geometry
         self.inode = os.fstat(fd).st_ino
-        self.header = mmap.mmap(fd, geometry.data_offset)
-        data_len = geometry.segment_bytes - geometry.data_offset
-        access = mmap.ACCESS_WRITE if writable_data else mmap.ACCESS_READ
-        self.data = mmap.mmap(fd, data_len, access=access, offset=geometry.data_offset)
+        map_fd = os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            self.header = mmap.mmap(map_fd, geometry.data_offset)
+            data_len = geometry.segment_bytes - geometry.data_offset
+            access = mmap.ACCESS_WRITE if writable_data else mmap.ACCESS_READ
+            self.data = mmap.mmap(map_fd, data_len, access=access, offset=geometry.data_offset)
+        finally:
+            os.close(map_fd)
 
     # ---- create ------------------------------------------------------------------------
     @classmethod

@@ -185,6 +185,7 @@ class RingWriter:
             p.recount()
             if not MEMBARRIER_AVAILABLE or p.control[L.C_WRITERS] > 1:
                 p.enter_shared_mode(deadline)
+        self._lock = p.lock  # tests use it to die while holding the header lock
         self._control = p.control
         self._descriptors = p.views.descriptors
         self._meta_views = p.views.descriptor_meta
