@@ -181,11 +181,15 @@ def _open_capture(spec: str, size: tuple[int, int], fps: float) -> VideoSource:
 def open_source(spec: str, size: tuple[int, int], fps: float) -> OpenedSource:
     """Open `spec` (a camera index, device path, video file, URL, or 'synthetic')."""
     if spec != SYNTHETIC:
-        # OpenCV logs a multi-line warning for every source it fails to open; one line is ours.
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-        video = _open_capture(spec, size, fps)
-        opened = video.is_opened()
-        first = video.read_first() if opened else None
+        # OpenCV logs warnings and errors from each backend it tries; our one line says it.
+        log_level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        try:
+            video = _open_capture(spec, size, fps)
+            opened = video.is_opened()
+            first = video.read_first() if opened else None
+        finally:
+            cv2.utils.logging.setLogLevel(log_level)
         if first is not None:
             return OpenedSource(video, first, None)
         video.close()

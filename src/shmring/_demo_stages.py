@@ -250,7 +250,7 @@ def run_capture(stage: StageRuntime, spec: StageSpec) -> str:
         stage.send(Opened(shape, opened.source.description, opened.fallback_note))
         with _publish(stage, spec, FRAMES, shape) as frames:
             stage.send(Ready())
-            stage.wait_for_go(time.monotonic() + STARTUP_TIMEOUT_S)
+            stage.wait_for_go()
             return _stream(stage, config, opened.source, opened.first_frame, frames)
     finally:
         opened.source.close()

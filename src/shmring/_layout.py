@@ -74,9 +74,10 @@ C_WRITER_MODE = 10  # MODE_EXCLUSIVE or MODE_SHARED
 C_WRITERS = 11  # registered writer records
 C_READERS = 12  # registered reader records
 # line 2: wake-up words
-C_READER_WAITERS = 16  # readers asleep (or about to sleep) on the head futex
-C_WRITER_WAITERS = 17  # writers asleep (or about to sleep) on the space futex
+C_READER_WAITERS = 16  # readers asleep (or about to sleep) on head; atomic u32 adds
+C_WRITER_WAITERS = 17  # writers asleep (or about to sleep) on space; atomic u32 adds
 C_SPACE = 18  # bumped when space may have been freed; futex word = low 32 bits
+C_SPACE_WANTED = 19  # a sleeping writer wants waking once a release reaches this seq
 CONTROL_WORDS = CONTROL_BYTES // 8
 
 F_CLOSED = 1  # every writer closed: readers drain, then EndOfStream
@@ -383,11 +384,7 @@ def _records(whole: memoryview, offset: int, count: int) -> list[memoryview]:
     ]
 
 
-def futex_offset_of_head() -> int:
-    """Byte offset of the head word, whose low 32 bits readers sleep on."""
-    return CONTROL_OFFSET + C_HEAD * 8
-
-
-def futex_offset_of_space() -> int:
-    """Byte offset of the space word, whose low 32 bits writers sleep on."""
-    return CONTROL_OFFSET + C_SPACE * 8
+def control_word_offset(word: int) -> int:
+    """Byte offset of control word `word` (for futex and atomic operations, which take
+    addresses; their 32-bit value is the word's low half, little-endian)."""
+    return CONTROL_OFFSET + word * 8

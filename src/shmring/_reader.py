@@ -20,12 +20,11 @@ import numpy as np
 
 from . import _layout as L
 from ._errors import EndOfStream, RingCorrupted, RingTimeout, ShmringError, WriterGone
-from ._ring import POLL_SLICE, Participant, deadline_from, remaining
+from ._ring import DEFAULT_SPIN, POLL_SLICE, Participant, checked_spin, deadline_from, remaining
 from ._segment import validate_name
-from ._sys import fence, futex_wait
+from ._sys import atomic_add32, fence, futex_wait
 from ._writer import attach_segment
 
-DEFAULT_SPIN = 20e-6
 _STARTS = ("latest", "oldest")
 
 
@@ -110,8 +109,7 @@ class RingReader:
             )
         if start not in _STARTS:
             raise ValueError(f"start must be 'latest' or 'oldest', got {start!r}")
-        if isinstance(spin, bool) or not isinstance(spin, (int, float)) or not 0 <= spin <= 1:
-            raise ValueError(f"spin must be between 0 and 1 second, got {spin!r}")
+        checked_spin(spin)
         segment = attach_segment(name, timeout, writable_data=False)
         try:
             return cls(Participant(segment), group, start, float(spin))
@@ -154,6 +152,17 @@ class RingReader:
                 record[L.R_GROUP] = self._join_group(group, first)
                 self._group_record = p.views.groups[record[L.R_GROUP]]
             p.recount()
+            if self._block and p.control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE:
+                # The exclusive writer reclaims without the lock: once it has seen this
+                # reader, frames from `first` on are safe; any it freed before, we skip.
+                p.quiesce_exclusive_writer(None)
+                first = max(first, p.control[L.C_TAIL])
+                if group is None:
+                    record[L.R_RELEASE] = first
+                else:
+                    assert self._group_record is not None
+                    cursor = self._group_record[L.G_CURSOR]
+                    self._group_record[L.G_CURSOR] = max(cursor, p.control[L.C_TAIL])
         self._index = index
         self._record = record
         self._next = first
@@ -229,9 +238,7 @@ class RingReader:
             frame = take()
             if frame is not None:
                 return frame
-        with p.lock:
-            control[L.C_READER_WAITERS] += 1
-        fence()  # the sleeper mark must be visible before we look again
+        atomic_add32(p.reader_waiters_address, 1)  # a barrier too: marked before we look
         try:
             next_liveness_check = time.monotonic() + POLL_SLICE
             while True:
@@ -252,8 +259,7 @@ class RingReader:
                     raise RingTimeout(f"ring {p.name!r}: no frame arrived within the timeout")
                 futex_wait(p.head_address, observed, wait)
         finally:
-            with p.lock:
-                control[L.C_READER_WAITERS] -= 1
+            atomic_add32(p.reader_waiters_address, -1)
 
     def _check_writers_alive(self) -> None:
         p = self._p
@@ -379,11 +385,13 @@ class RingReader:
         held = self._held
         held.remove(frame.seq)
         if held:
-            record[L.R_RELEASE] = min(held)
+            release = min(held)
         else:
-            record[L.R_RELEASE] = self._next if self._group_record is None else L.NONE
+            release = self._next if self._group_record is None else L.NONE
+        record[L.R_RELEASE] = release
         fence()  # the release must be visible before we look for sleeping writers
-        if self._control[L.C_WRITER_WAITERS]:
+        control = self._control
+        if control[L.C_WRITER_WAITERS] and release >= control[L.C_SPACE_WANTED]:
             self._p.wake_writers()
 
     # ---- lifecycle -----------------------------------------------------------------------

@@ -44,6 +44,7 @@ from ._sys import (
 )
 
 POLL_SLICE = 0.1  # longest single sleep: bounds liveness checks and any lost wake-up
+DEFAULT_SPIN = 50e-6  # poll this long before sleeping: catches back-to-back frames
 QUIESCE_LIMIT = 5.0  # how long a new writer waits for the exclusive writer to step aside
 
 _live_participants: weakref.WeakSet[Participant] = weakref.WeakSet()
@@ -58,6 +59,12 @@ def deadline_from(timeout: float | None) -> float | None:
     if math.isnan(timeout) or timeout < 0:
         raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
     return time.monotonic() + timeout
+
+
+def checked_spin(spin: object) -> float:
+    if isinstance(spin, bool) or not isinstance(spin, (int, float)) or not 0 <= spin <= 1:
+        raise ValueError(f"spin must be a number of seconds between 0 and 1, got {spin!r}")
+    return float(spin)
 
 
 def remaining(deadline: float | None) -> float:
@@ -79,8 +86,14 @@ class Participant:
         self.token = secrets.randbits(62) | 1
         self.pid = os.getpid()
         self.lock = HeaderLock(self.name, segment.fd, self.control, self.token, self.repair)
-        self.head_address = address_of(segment.header, L.futex_offset_of_head())
-        self.space_address = address_of(segment.header, L.futex_offset_of_space())
+
+        def address(word: int) -> int:
+            return address_of(segment.header, L.control_word_offset(word))
+
+        self.head_address = address(L.C_HEAD)
+        self.space_address = address(L.C_SPACE)
+        self.reader_waiters_address = address(L.C_READER_WAITERS)
+        self.writer_waiters_address = address(L.C_WRITER_WAITERS)
         self.closed = False
         _live_participants.add(self)
 
@@ -226,18 +239,23 @@ class Participant:
         self.control[L.C_FREE_COUNT] = len(free)
 
     def release_floor(self) -> int:
-        """Lowest sequence number some reader group still needs (head when none does)."""
+        """Lowest sequence number some reader group still needs (head when none does).
+
+        Groups are read before readers: a member stores its R_RELEASE before advancing the
+        group cursor, so a cursor seen advanced implies the member's release is visible."""
         low = self.control[L.C_HEAD]
-        for record in self.views.readers:
-            if record[L.R_STATE] == L.STATE_ACTIVE:
-                low = min(low, record[L.R_RELEASE])
         for group in self.views.groups:
             if group[L.G_STATE] == L.STATE_ACTIVE:
                 low = min(low, group[L.G_CURSOR])
+        for record in self.views.readers:
+            if record[L.R_STATE] == L.STATE_ACTIVE:
+                low = min(low, record[L.R_RELEASE])
         return low
 
     def reclaim(self) -> int:
-        """Block policy: free the buffers of frames every group released (under the lock)."""
+        """Block policy: free the buffers of frames every group released; returns the new
+        free count. Runs under the lock, or lock-free inside the exclusive writer's
+        W_IN_PUBLISH bracket (joining readers quiesce it: see `quiesce_exclusive_writer`)."""
         control, views, slots = self.control, self.views, self.geometry.slots
         window = self.window()
         floor = max(self.release_floor(), window.start)
@@ -249,7 +267,7 @@ class Participant:
             count += 1
         control[L.C_FREE_COUNT] = count
         control[L.C_TAIL] = floor
-        return floor - window.start
+        return count
 
     def dead_reader_blocks(self) -> bool:
         """Whether a dead reader is holding back the release floor (lock-free check)."""
@@ -266,7 +284,18 @@ class Participant:
         if self.control[L.C_WRITER_MODE] == L.MODE_SHARED:
             return
         self.control[L.C_WRITER_MODE] = L.MODE_SHARED
-        membarrier()  # every later lock-free section now sees MODE_SHARED
+        self.quiesce_exclusive_writer(deadline)
+
+    def quiesce_exclusive_writer(self, deadline: float | None) -> None:
+        """Under the lock: make what this process stored visible to the exclusive writer's
+        next lock-free step, and wait until it is out of the step it may be in now.
+
+        The writer's side has no fence: it stores W_IN_PUBLISH, then loads shared state.
+        membarrier() forces a barrier on every CPU, so afterwards either the writer's flag
+        is visible here or its later loads see our stores (asymmetric Dekker)."""
+        if not MEMBARRIER_AVAILABLE:
+            return  # every writer publishes under the lock (shared mode) then
+        membarrier()
         limit = time.monotonic() + QUIESCE_LIMIT if deadline is None else deadline
         for index, record in enumerate(self.views.writers):
             while (
@@ -277,8 +306,8 @@ class Participant:
             ):
                 if time.monotonic() > limit:
                     raise RingTimeout(
-                        f"ring {self.name!r}: the other writer (pid {record[L.W_PID]}) did "
-                        "not leave its publish step; is it stopped?"
+                        f"ring {self.name!r}: the writer (pid {record[L.W_PID]}) did not "
+                        "leave its publish step; is it stopped?"
                     )
                 time.sleep(50e-6)
 

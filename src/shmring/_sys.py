@@ -13,6 +13,7 @@
 #     lock), needed where a store must be visible before a following load (Dekker pairs).
 #   - membarrier(GLOBAL): forces a barrier on every CPU; the slow side of an asymmetric
 #     Dekker pair whose fast side has no fence at all.
+#   - atomic_add32: an atomic add on a shared u32, done by the kernel (FUTEX_WAKE_OP).
 
 from __future__ import annotations
 
@@ -82,6 +83,21 @@ def futex_wait(address: int, expected: int, timeout: float) -> None:
 def futex_wake(address: int) -> None:
     """Wake every sleeper on the u32 at `address`."""
     _syscall(_SYS_FUTEX_NR, ctypes.c_void_p(address), _FUTEX_WAKE, 0x7FFFFFFF, None, None, 0)
+
+
+_FUTEX_WAKE_OP = 5
+_FUTEX_OP_ADD = 1
+
+
+def atomic_add32(address: int, delta: int) -> None:
+    """Atomically add `delta` (-2048..2047) to the u32 at `address`.
+
+    Python has no atomic read-modify-write on shared memory; FUTEX_WAKE_OP performs one in
+    the kernel (and wakes nobody here). Being a system call, it is also a full barrier."""
+    op = (_FUTEX_OP_ADD << 28) | ((delta & 0xFFF) << 12)
+    address_arg = ctypes.c_void_p(address)
+    if _syscall(_SYS_FUTEX_NR, address_arg, _FUTEX_WAKE_OP, 0, None, address_arg, op) < 0:
+        raise OSError(ctypes.get_errno(), "futex(FUTEX_WAKE_OP) failed")
 
 
 def _membarrier_available() -> bool:
