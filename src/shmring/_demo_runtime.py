@@ -134,15 +134,17 @@ class Meter:
         self._recent_ns: list[int] = []
         self._first_ns: int | None = None
         self._last_ns = 0
-        self._interval_start_ns = time.monotonic_ns()
+        self._interval_start_ns = 0
         self._interval_frames = 0
 
     def record(self, timestamp_ns: int | None, dropped: int = 0) -> float | None:
         """Count one frame; returns its latency from capture in ms (None: not timed)."""
         now = time.monotonic_ns()
+        if self._first_ns is None:  # rates count the gaps after the first frame, not start-up
+            self._first_ns = self._interval_start_ns = now
+            self._interval_frames = 1
         self.frames += 1
         self.dropped += dropped
-        self._first_ns = now if self._first_ns is None else self._first_ns
         self._last_ns = now
         latency_ms = None
         if timestamp_ns is not None:
@@ -159,7 +161,7 @@ class Meter:
         return latency_ms
 
     def finished(self, reason: str, outputs: dict[str, str]) -> Finished:
-        span_ns = self._last_ns - (self._first_ns or 0)
-        fps = (self.frames - 1) * 1e9 / span_ns if self.frames > 1 and span_ns else None
+        span_ns = self._last_ns - (self._first_ns or self._last_ns)
+        fps = (self.frames - 1) * 1e9 / span_ns if span_ns else None
         p50, p99 = _percentiles(self._latencies_ns)
         return Finished(self.frames, self.dropped, fps, p50, p99, reason, outputs)

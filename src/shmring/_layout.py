@@ -73,6 +73,7 @@ C_FLAGS = 9  # F_* bits below
 C_WRITER_MODE = 10  # MODE_EXCLUSIVE or MODE_SHARED
 C_WRITERS = 11  # registered writer records
 C_READERS = 12  # registered reader records
+C_MEMBERSHIP = 13  # bumped whenever reader or group records change state
 # line 2: wake-up words
 C_READER_WAITERS = 16  # readers asleep (or about to sleep) on head; atomic u32 adds
 C_WRITER_WAITERS = 17  # writers asleep (or about to sleep) on space; atomic u32 adds

@@ -197,6 +197,49 @@ class RingReader:
 
     def __iter__(self) -> Iterator[Frame]:
         """Every frame until end of stream; each is released when the next is taken."""
+        self._p.check_usable()
+        return self._iterate_own() if self._lock_free else self._iterate()
+
+    def _iterate_own(self) -> Iterator[Frame]:
+        """__iter__ for a block-policy reader that is its own group, with the common case
+        (a ring-shaped frame without metadata, only the previous frame held) inlined."""
+        descriptors, slots, buffers = self._descriptors, self._slots, self._buffers
+        record, control, held = self._record, self._control, self._held
+        wake_writers = self._p.wake_writers
+        while not self._p.closed:
+            seq = self._next
+            descriptor = descriptors[seq % slots]
+            last = self._last
+            if (
+                descriptor[L.D_SEQ] == seq
+                and not descriptor[L.D_FLAGS]
+                and not descriptor[L.D_META_LEN]
+                and last is not None
+                and len(held) == 1
+            ):
+                try:
+                    array = buffers[descriptor[L.D_BUFFER]]
+                except IndexError:
+                    raise self._p.corrupted_buffer(descriptor[L.D_BUFFER]) from None
+                frame = Frame(self, array, seq, descriptor[L.D_TIMESTAMP], 0, b"")
+                self._next = seq + 1
+                last._reader = None  # released here, in one step with taking the next
+                held[0] = seq
+                record[L.R_RELEASE] = seq
+                fence()  # the release must be visible before we look for sleeping writers
+                if control[L.C_WRITER_WAITERS] and seq >= control[L.C_SPACE_WANTED]:
+                    wake_writers()
+            else:
+                try:
+                    frame = self._take_next() or self._wait_for(self._take_next, None)
+                except EndOfStream:
+                    self._release_last()
+                    return
+                self._release_last()
+            self._last = frame
+            yield frame
+
+    def _iterate(self) -> Iterator[Frame]:
         take, wait_for = self._take_next, self._wait_for
         while True:
             if not self._block:

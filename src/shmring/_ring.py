@@ -95,6 +95,9 @@ class Participant:
         self.reader_waiters_address = address(L.C_READER_WAITERS)
         self.writer_waiters_address = address(L.C_WRITER_WAITERS)
         self.closed = False
+        self._membership = -1  # cached active records: see release_floor
+        self._active_groups: list[memoryview] = []
+        self._active_readers: list[memoryview] = []
         _live_participants.add(self)
 
     # ---- records -----------------------------------------------------------------------
@@ -168,6 +171,7 @@ class Participant:
             group_record[L.G_MEMBERS] = count
             if count == 0:
                 group_record[L.G_STATE] = L.STATE_FREE
+        control[L.C_MEMBERSHIP] += 1
         if writers <= 1 and MEMBARRIER_AVAILABLE:
             # Safe: the lock is held, so no shared-mode writer is mid-publish, and the one
             # remaining writer re-reads the mode at the start of each lock-free section.
@@ -190,11 +194,14 @@ class Participant:
     # ---- buffers -----------------------------------------------------------------------
     def checked_buffer(self, index: int) -> int:
         if index >= self.geometry.buffers:
-            raise RingCorrupted(
-                f"ring {self.name!r}: buffer index {index} read from shared memory is out of "
-                f"range (ring has {self.geometry.buffers}); the header was overwritten"
-            )
+            raise self.corrupted_buffer(index)
         return index
+
+    def corrupted_buffer(self, index: int) -> RingCorrupted:
+        return RingCorrupted(
+            f"ring {self.name!r}: buffer index {index} read from shared memory is out of "
+            f"range (ring has {self.geometry.buffers}); the header was overwritten"
+        )
 
     def checked_group(self, index: int) -> int:
         if index >= len(self.views.groups):
@@ -223,12 +230,15 @@ class Participant:
             descriptor = views.descriptors[seq % slots]
             if descriptor[L.D_SEQ] == seq and not descriptor[L.D_FLAGS] & L.DF_EVICTED:
                 busy.add(self.checked_buffer(descriptor[L.D_BUFFER]))
+        # Read each word once: its owner may clear it (lock-free) between two reads.
         for record in views.writers:
-            if record[L.W_STATE] == L.STATE_ACTIVE and record[L.W_CLAIMED] != L.NONE:
-                busy.add(self.checked_buffer(record[L.W_CLAIMED]))
+            claimed = record[L.W_CLAIMED]
+            if record[L.W_STATE] == L.STATE_ACTIVE and claimed != L.NONE:
+                busy.add(self.checked_buffer(claimed))
         for record in views.readers:
-            if record[L.R_STATE] == L.STATE_ACTIVE and record[L.R_PINNED] != L.NONE:
-                busy.add(self.checked_buffer(record[L.R_PINNED]))
+            pinned = record[L.R_PINNED]
+            if record[L.R_STATE] == L.STATE_ACTIVE and pinned != L.NONE:
+                busy.add(self.checked_buffer(pinned))
         return busy
 
     def rebuild_free_list(self) -> None:
@@ -243,13 +253,21 @@ class Participant:
 
         Groups are read before readers: a member stores its R_RELEASE before advancing the
         group cursor, so a cursor seen advanced implies the member's release is visible."""
-        low = self.control[L.C_HEAD]
-        for group in self.views.groups:
-            if group[L.G_STATE] == L.STATE_ACTIVE:
-                low = min(low, group[L.G_CURSOR])
-        for record in self.views.readers:
-            if record[L.R_STATE] == L.STATE_ACTIVE:
-                low = min(low, record[L.R_RELEASE])
+        control = self.control
+        if control[L.C_MEMBERSHIP] != self._membership:
+            # Scanning every record costs ~1 µs per frame batch; membership rarely changes.
+            self._membership = control[L.C_MEMBERSHIP]
+            self._active_groups = [g for g in self.views.groups if g[L.G_STATE] == L.STATE_ACTIVE]
+            self._active_readers = [r for r in self.views.readers if r[L.R_STATE] == L.STATE_ACTIVE]
+        low = control[L.C_HEAD]
+        for group in self._active_groups:
+            cursor = group[L.G_CURSOR]
+            if cursor < low:
+                low = cursor
+        for record in self._active_readers:
+            release = record[L.R_RELEASE]
+            if release < low:
+                low = release
         return low
 
     def reclaim(self) -> int:
