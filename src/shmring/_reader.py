@@ -163,6 +163,7 @@ class RingReader:
                     assert self._group_record is not None
                     cursor = self._group_record[L.G_CURSOR]
                     self._group_record[L.G_CURSOR] = max(cursor, p.control[L.C_TAIL])
+        p.announce_membership()
         self._index = index
         self._record = record
         self._next = first
@@ -496,5 +497,6 @@ def _close_reader(p: Participant, record: memoryview, index: int) -> None:
                 p.free_record(record, L.LOCK_READER_BASE + index)
             p.recount()
         p.wake_writers()
+        p.announce_membership()
     finally:
         p.close()

@@ -94,6 +94,7 @@ class Participant:
         self.space_address = address(L.C_SPACE)
         self.reader_waiters_address = address(L.C_READER_WAITERS)
         self.writer_waiters_address = address(L.C_WRITER_WAITERS)
+        self.membership_address = address(L.C_MEMBERSHIP)
         self.closed = False
         self._membership = -1  # cached active records: see release_floor
         self._active_groups: list[memoryview] = []
@@ -332,6 +333,10 @@ class Participant:
     # ---- wake-ups ----------------------------------------------------------------------
     def wake_readers(self) -> None:
         futex_wake(self.head_address)
+
+    def announce_membership(self) -> None:
+        """Wake writers waiting in wait_for_readers (after a reader joined or left)."""
+        futex_wake(self.membership_address)
 
     def wake_writers(self) -> None:
         self.control[L.C_SPACE] = (self.control[L.C_SPACE] + 1) & 0xFFFFFFFF

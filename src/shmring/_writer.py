@@ -512,6 +512,33 @@ class RingWriter:
         self._control[L.C_FREE_COUNT] = count + 1
         self._record[L.W_CLAIMED] = L.NONE
 
+    def wait_for_readers(self, count: int = 1, timeout: float | None = None) -> int:
+        """Wait until at least `count` readers are attached; returns how many are.
+
+        Under the block policy, frames published while no reader is attached are not kept
+        for readers that join later, so a producer that must not lose its first frames
+        waits for its consumers first."""
+        _positive_int(count, "count", 1, self._p.geometry.max_readers)
+        deadline = deadline_from(timeout)
+        control = self._control
+        while True:
+            observed = control[L.C_MEMBERSHIP]
+            attached = int(control[L.C_READERS])
+            if attached >= count:
+                return attached
+            wait = remaining(deadline)
+            if wait <= 0:
+                raise RingTimeout(
+                    f"ring {self._p.name!r}: {attached} of {count} readers attached within "
+                    "the timeout"
+                )
+            futex_wait(self._p.membership_address, observed, wait)
+
+    @property
+    def readers(self) -> int:
+        """Readers attached now."""
+        return int(self._control[L.C_READERS])
+
     # ---- lifecycle -----------------------------------------------------------------------
     def close(self) -> None:
         """Leave the ring. The last writer to leave ends the stream: readers drain what was
