@@ -17,24 +17,46 @@ from ._errors import (
     StaleRingWarning,
     WriterGone,
 )
+from ._inspect import (
+    BrokenRing,
+    GroupInfo,
+    ReaderInfo,
+    RingInfo,
+    SlotInfo,
+    WriterInfo,
+    inspect_ring,
+    list_rings,
+    remove_ring,
+    stale_rings,
+)
 from ._reader import Frame, RingReader
 from ._writer import Claim, RingWriter
 
 __all__ = [
+    "BrokenRing",
     "Claim",
     "EndOfStream",
     "Frame",
+    "GroupInfo",
     "IncompatibleRing",
+    "ReaderInfo",
     "RingCorrupted",
     "RingExists",
     "RingFull",
+    "RingInfo",
     "RingNotFound",
     "RingReader",
     "RingTimeout",
     "RingWriter",
     "ShmringError",
+    "SlotInfo",
     "StaleRingWarning",
     "WriterGone",
+    "WriterInfo",
+    "inspect_ring",
+    "list_rings",
+    "remove_ring",
+    "stale_rings",
 ]
 
 __version__ = "0.1.0"

@@ -1,0 +1,301 @@
+# Looking inside rings without taking part: the figures behind `shmring ls/inspect/top`.
+#
+# Rules: an observer never registers as a reader or writer, never takes the header lock
+# (a snapshot may be a few microseconds inconsistent; that is the price of never blocking a
+# pipeline), and treats every byte it reads as untrusted: damage shows up as a
+# `problems` entry, never as an exception from the middle of a listing.
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from . import _layout as L
+from ._errors import RingExists, ShmringError
+from ._segment import PREFIX, SHM_DIR, TEMP_PREFIX, Segment, segment_path, validate_name
+from ._sys import range_is_locked
+
+
+@dataclass
+class WriterInfo:
+    index: int
+    pid: int
+    alive: bool
+    claimed_buffer: int | None
+
+
+@dataclass
+class ReaderInfo:
+    index: int
+    pid: int
+    alive: bool
+    group: str | None
+    next_seq: int | None  # solo readers: the oldest frame it still needs
+    lag: int | None  # frames published that it has not released
+    dropped: int
+    pinned_buffer: int | None
+
+
+@dataclass
+class GroupInfo:
+    name: str
+    cursor: int
+    members: int
+    lag: int
+
+
+@dataclass
+class SlotInfo:
+    position: int
+    seq: int | None
+    buffer: int | None
+    state: str  # "empty", "queued", "released", "evicted"
+    timestamp_ns: int | None
+
+
+@dataclass
+class RingInfo:
+    """A snapshot of one ring's header, in readable form."""
+
+    name: str
+    path: str
+    size_bytes: int
+    shape: tuple[int, ...]
+    dtype: str
+    policy: str
+    slots: int
+    max_readers: int
+    max_writers: int
+    meta_size: int
+    format_version: str
+    created_ns: int
+    creator_pid: int
+    creator_alive: bool
+    published: int  # frames published so far (= head)
+    tail: int
+    free_buffers: int
+    writer_mode: str
+    closed: bool
+    writers: list[WriterInfo] = field(default_factory=list)
+    readers: list[ReaderInfo] = field(default_factory=list)
+    groups: list[GroupInfo] = field(default_factory=list)
+    slot_states: list[SlotInfo] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    snapshot_ns: int = 0  # CLOCK_MONOTONIC time of the snapshot, for rates
+
+    @property
+    def stale(self) -> bool:
+        """The creator and every writer are dead: nobody will publish or unlink it."""
+        return not self.creator_alive and not any(w.alive for w in self.writers)
+
+    @property
+    def live_participants(self) -> int:
+        return sum(w.alive for w in self.writers) + sum(r.alive for r in self.readers)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["stale"] = self.stale
+        return data
+
+
+@dataclass
+class BrokenRing:
+    """A /dev/shm/shmring.* entry that could not be read as a ring."""
+
+    name: str
+    path: str
+    size_bytes: int
+    error: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def inspect_ring(name: str) -> RingInfo:
+    """Snapshot ring `name` (RingNotFound, IncompatibleRing, PermissionError if unreadable)."""
+    validate_name(name)
+    segment = Segment.open(name, writable_data=False)
+    try:
+        views = L.Views(segment.geometry, segment.header, segment.data)
+        try:
+            return _snapshot(segment, views)
+        finally:
+            views.release()
+    finally:
+        segment.close()
+
+
+def list_rings() -> list[RingInfo | BrokenRing]:
+    """Every shmring ring on this machine, sorted by name; other files are ignored."""
+    found: list[RingInfo | BrokenRing] = []
+    try:
+        entries = sorted(os.listdir(SHM_DIR))
+    except FileNotFoundError:
+        return found
+    for entry in entries:
+        if not entry.startswith(PREFIX):
+            continue
+        name = entry[len(PREFIX) :]
+        path = os.path.join(SHM_DIR, entry)
+        try:
+            found.append(inspect_ring(name))
+        except FileNotFoundError:
+            continue  # removed while we listed
+        except (ShmringError, OSError, ValueError) as exc:
+            with contextlib.suppress(OSError):
+                size = os.stat(path).st_size
+                found.append(BrokenRing(name, path, size, str(exc)))
+    return found
+
+
+def remove_ring(name: str, force: bool = False) -> None:
+    """Unlink ring `name`. Refuses (RingExists) while a writer or reader is alive, unless
+    `force`: their mappings stay valid, but nobody new can attach."""
+    validate_name(name)
+    if not force:
+        try:
+            info = inspect_ring(name)
+        except FileNotFoundError:
+            raise
+        except (ShmringError, OSError):
+            info = None  # a broken ring has no live participants we can see
+        if info is not None and (info.live_participants or info.creator_alive):
+            raise RingExists(
+                f"ring {name!r} is in use ({info.live_participants} live participants, "
+                f"creator {'alive' if info.creator_alive else 'dead'}); close them first or "
+                "pass force=True (shmring rm --force)"
+            )
+    os.unlink(segment_path(name))
+
+
+def stale_rings() -> list[RingInfo | BrokenRing]:
+    """Rings nobody will clean up: creator and every writer dead (or unreadable), plus
+    leftover temporary files of creations that died half-way."""
+    stale: list[RingInfo | BrokenRing] = [
+        ring for ring in list_rings() if isinstance(ring, BrokenRing) or ring.stale
+    ]
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.listdir(SHM_DIR):
+            if entry.startswith(TEMP_PREFIX) and not _temp_owner_alive(entry):
+                path = os.path.join(SHM_DIR, entry)
+                with contextlib.suppress(OSError):
+                    size = os.stat(path).st_size
+                    stale.append(BrokenRing(entry, path, size, "abandoned creation"))
+    return stale
+
+
+def _temp_owner_alive(entry: str) -> bool:
+    pid_text = entry[len(TEMP_PREFIX) :].split("-", 1)[0]
+    try:
+        os.kill(int(pid_text), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _snapshot(segment: Segment, views: L.Views) -> RingInfo:
+    g = segment.geometry
+    fd = segment.fd
+    control = views.control
+    head, tail = control[L.C_HEAD], control[L.C_TAIL]
+    problems = []
+    if tail > head or head - tail > g.slots:
+        problems.append(f"head {head} and tail {tail} are inconsistent")
+
+    def alive(byte: int) -> bool:
+        return range_is_locked(fd, byte)
+
+    writers = [
+        WriterInfo(
+            index=i,
+            pid=int(w[L.W_PID]),
+            alive=alive(L.LOCK_WRITER_BASE + i),
+            claimed_buffer=None if w[L.W_CLAIMED] == L.NONE else int(w[L.W_CLAIMED]),
+        )
+        for i, w in enumerate(views.writers)
+        if w[L.W_STATE] == L.STATE_ACTIVE
+    ]
+    group_names: dict[int, str] = {}
+    groups = []
+    for i, record in enumerate(views.groups):
+        if record[L.G_STATE] != L.STATE_ACTIVE:
+            continue
+        name = bytes(views.group_names[i]).rstrip(b"\0").decode("utf-8", "replace")
+        group_names[i] = name
+        cursor = int(record[L.G_CURSOR])
+        groups.append(GroupInfo(name, cursor, int(record[L.G_MEMBERS]), max(head - cursor, 0)))
+    readers = []
+    for i, record in enumerate(views.readers):
+        if record[L.R_STATE] != L.STATE_ACTIVE:
+            continue
+        group_index = record[L.R_GROUP]
+        group = None
+        if group_index != L.NONE:
+            group = group_names.get(group_index)
+            if group is None:
+                problems.append(f"reader {i} names group {group_index}, which is not active")
+        release = record[L.R_RELEASE]
+        solo = group_index == L.NONE
+        readers.append(
+            ReaderInfo(
+                index=i,
+                pid=int(record[L.R_PID]),
+                alive=alive(L.LOCK_READER_BASE + i),
+                group=group,
+                next_seq=int(release) if solo and release != L.NONE else None,
+                lag=max(head - release, 0) if solo and release != L.NONE else None,
+                dropped=int(record[L.R_DROPPED]),
+                pinned_buffer=None if record[L.R_PINNED] == L.NONE else int(record[L.R_PINNED]),
+            )
+        )
+    slot_states = []
+    for position, descriptor in enumerate(views.descriptors):
+        seq = descriptor[L.D_SEQ]
+        if seq == L.NONE:
+            slot_states.append(SlotInfo(position, None, None, "empty", None))
+            continue
+        if descriptor[L.D_FLAGS] & L.DF_EVICTED:
+            state = "evicted"
+        elif tail <= seq < head:
+            state = "queued"
+        else:
+            state = "released"
+        buffer = int(descriptor[L.D_BUFFER])
+        if buffer >= g.buffers:
+            problems.append(f"slot {position} names buffer {buffer}, out of range")
+        slot_states.append(
+            SlotInfo(position, int(seq), buffer, state, int(descriptor[L.D_TIMESTAMP]))
+        )
+    policy = "block" if g.policy == L.POLICY_BLOCK else "overwrite"
+    return RingInfo(
+        name=segment.name,
+        path=segment_path(segment.name),
+        size_bytes=g.segment_bytes,
+        shape=g.shape,
+        dtype=str(g.dtype),
+        policy=policy,
+        slots=g.slots,
+        max_readers=g.max_readers,
+        max_writers=g.max_writers,
+        meta_size=g.meta_size,
+        format_version=f"{L.VERSION_MAJOR}.{L.VERSION_MINOR}",
+        created_ns=g.created_ns,
+        creator_pid=g.creator_pid,
+        creator_alive=segment.creator_alive(),
+        published=int(head),
+        tail=int(tail),
+        free_buffers=int(control[L.C_FREE_COUNT]),
+        writer_mode="exclusive" if control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE else "shared",
+        closed=bool(control[L.C_FLAGS] & L.F_CLOSED),
+        writers=writers,
+        readers=readers,
+        groups=groups,
+        slot_states=slot_states,
+        problems=problems,
+        snapshot_ns=time.monotonic_ns(),
+    )
