@@ -4,7 +4,9 @@
 # Rules:
 # - The stop flag is one int in shared memory, read without a lock: a stage killed at any
 #   moment can leave no lock held (a dead holder of a multiprocessing.Lock or Event blocks
-#   everyone). Only the supervisor sets it; a stage that wants everything stopped says so
+#   everyone). It has two levels. FINISH asks capture alone to stop, as if the source had
+#   ended, so the others drain and the outputs are complete; ABORT asks every stage to stop
+#   waiting. Only the supervisor sets it; a stage that wants the pipeline stopped says so
 #   with StopPipeline.
 # - Each stage talks to the supervisor over its own Pipe: no lock is shared between stages,
 #   and the supervisor learns of a death from the pipe's end and the process sentinel.
@@ -75,14 +77,17 @@ class Finished:
 
 
 class StopFlag:
+    RUN, FINISH, ABORT = 0, 1, 2
+
     def __init__(self, ctx: SpawnContext) -> None:
-        self._value = ctx.RawValue(ctypes.c_int, 0)
+        self._value = ctx.RawValue(ctypes.c_int, self.RUN)
 
-    def set(self) -> None:
-        self._value.value = 1
+    def raise_to(self, level: int) -> None:
+        self._value.value = max(self._value.value, level)
 
-    def is_set(self) -> bool:
-        return bool(self._value.value)
+    @property
+    def level(self) -> int:
+        return int(self._value.value)
 
 
 class StageRuntime:
@@ -96,7 +101,12 @@ class StageRuntime:
         self.outputs: dict[str, str] = {}
 
     def stopping(self) -> bool:
-        return self._stop.is_set() or os.getppid() != self._parent_pid
+        """Stop waiting: the pipeline is aborting, or the supervisor is gone."""
+        return self._stop.level >= StopFlag.ABORT or os.getppid() != self._parent_pid
+
+    def finishing(self) -> bool:
+        """Capture only: stop capturing and let the rest of the pipeline drain."""
+        return self._stop.level >= StopFlag.FINISH or self.stopping()
 
     def check(self) -> None:
         if self.stopping():
@@ -108,7 +118,7 @@ class StageRuntime:
             self._conn.send(message)
 
     def wait_for_go(self) -> None:
-        """Wait for the supervisor's go; its startup deadline (a stop) bounds the wait."""
+        """Wait for the supervisor's go; its startup deadline (an abort) bounds the wait."""
         while not self._conn.poll(WAIT_SLICE_S):
             self.check()
         message = self._conn.recv()

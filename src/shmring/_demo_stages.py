@@ -272,7 +272,8 @@ def _stream(
             return f"--frames {config.frames} reached"
         if config.seconds is not None and time.monotonic() - started >= config.seconds:
             return f"--seconds {config.seconds:g} reached"
-        stage.check()
+        if stage.finishing():
+            return "asked to stop"
         pacer.wait()
         try:
             with frames.claim(seq) as slot:

@@ -340,8 +340,11 @@ class QueuePublisher:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if kind is not None or self._interrupt.stopping():
-            # Readers may be gone: do not let interpreter exit wait to flush to them. Without
-            # end markers, readers end when the supervisor stops the pipeline.
+            # Readers may be gone, and a feeder thread blocked on a full pipe would keep this
+            # process from exiting: drop what is unsent. The price is mp.Queue's weak spot: a
+            # writer that exits (or dies) mid-message leaves a torn message in the pipe, and a
+            # reader that has started on it blocks in recv_bytes, where no timeout applies.
+            # The supervisor kills such a reader at its deadline; rings have no such state.
             for target in self._queues.values():
                 target.cancel_join_thread()
             return

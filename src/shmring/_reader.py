@@ -351,6 +351,11 @@ class RingReader:
         p, group = self._p, self._group_record
         cursor = self._next if group is None else group[L.G_CURSOR]
         window = p.window()
+        if cursor > window.stop:
+            raise RingCorrupted(
+                f"ring {p.name!r}: group cursor {cursor} is past head {window.stop}; the "
+                "header was overwritten"
+            )
         skipped = 0
         if cursor < window.start:
             skipped, cursor = window.start - cursor, window.start
@@ -496,6 +501,7 @@ def _close_reader(p: Participant, record: memoryview, index: int) -> None:
                 record[L.R_PINNED] = L.NONE
                 p.free_record(record, L.LOCK_READER_BASE + index)
             p.recount()
+            p.unlink_if_orphaned()
         p.wake_writers()
         p.announce_membership()
     finally:

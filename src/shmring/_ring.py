@@ -343,6 +343,15 @@ class Participant:
         futex_wake(self.space_address)
 
     # ---- lifecycle ---------------------------------------------------------------------
+    def unlink_if_orphaned(self) -> None:
+        """Called under the lock by a non-owner leaving the ring: when the creator died and
+        nobody else is left, nobody would ever unlink the ring, so the last one out does."""
+        if self.segment.creator_alive():
+            return
+        self.reap_dead()
+        if self.control[L.C_WRITERS] == 0 and self.control[L.C_READERS] == 0:
+            self.segment.unlink()
+
     def check_usable(self) -> None:
         if self.pid != os.getpid():
             raise ShmringError(

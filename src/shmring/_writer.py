@@ -606,6 +606,8 @@ def _close_writer(p: Participant, record: memoryview, index: int, owner: bool) -
             p.recount()
             if p.control[L.C_WRITERS] == 0:
                 p.control[L.C_FLAGS] |= L.F_CLOSED
+            if not owner:
+                p.unlink_if_orphaned()
         p.wake_readers()
         if owner:
             p.segment.unlink()
