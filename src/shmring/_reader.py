@@ -217,6 +217,8 @@ class RingReader:
                 and not descriptor[L.D_META_LEN]
                 and last is not None
                 and len(held) == 1
+                and held[0] == last.seq
+                and last._reader is not None
             ):
                 try:
                     array = buffers[descriptor[L.D_BUFFER]]
