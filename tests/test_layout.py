@@ -169,7 +169,7 @@ def test_live_segment_header_fields_round_trip() -> None:
         descriptor = geometry.descriptors_offset + (seq % 3) * geometry.descriptor_bytes
         assert word.unpack_from(raw, descriptor + 8 * L.D_SEQ)[0] == seq
         assert word.unpack_from(raw, descriptor + 8 * L.D_TIMESTAMP)[0] == 77
-        assert word.unpack_from(raw, descriptor + 8 * L.D_META_LEN)[0] == 5
+        assert word.unpack_from(raw, descriptor + 8 * L.D_FLAGS)[0] == 5 << 32  # meta length
         meta_at = descriptor + L.D_META_BYTE_OFFSET
         assert raw[meta_at : meta_at + 5] == b"hello"
         buffer = word.unpack_from(raw, descriptor + 8 * L.D_BUFFER)[0]

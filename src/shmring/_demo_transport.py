@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import os
 import queue
 import struct
 import time
@@ -35,8 +34,16 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from shmring import EndOfStream, Frame, RingNotFound, RingReader, RingTimeout, RingWriter
-from shmring._segment import segment_path
+from shmring import (
+    EndOfStream,
+    Frame,
+    RingExists,
+    RingNotFound,
+    RingReader,
+    RingTimeout,
+    RingWriter,
+    remove_ring,
+)
 
 WAIT_SLICE_S = 0.1
 # Room for a few readers beyond the pipeline's own (e.g. a viewer attached by name).
@@ -276,16 +283,17 @@ class ShmTransport:
             return ShmSubscriber(reader, interrupt)
 
     def remove_leftovers(self, channels: Mapping[str, Channel]) -> list[str]:
-        # A ring's creator unlinks it; one killed by SIGKILL cannot. shmring has no public
-        # call to unlink by name, so remove the segment file itself, last thing in the run.
+        # A creator killed by SIGKILL cannot unlink its ring. The last participant to leave
+        # it does, but a ring nobody else had attached yet stays: remove it here. One still
+        # in use belongs to an outside reader, and goes when that reader leaves.
         removed = []
         for channel in channels.values():
-            path = segment_path(self.ring_name(channel))
+            name = self.ring_name(channel)
             try:
-                os.unlink(path)
-            except FileNotFoundError:
+                remove_ring(name)
+            except (FileNotFoundError, RingExists):
                 continue
-            removed.append(path)
+            removed.append(name)
         return removed
 
 

@@ -88,13 +88,13 @@ MODE_SHARED = 1  # several writers: each publish takes the header lock
 # ---- descriptor: one per queued frame -----------------------------------------------------
 D_SEQ = 0  # sequence number of the frame here; NONE until first published
 D_BUFFER = 1  # index of the buffer holding the frame
-D_FLAGS = 2  # DF_* bits
+D_FLAGS = 2  # DF_* bits in the low 32 bits; bytes of user metadata in the high 32
 D_TIMESTAMP = 3  # nanoseconds, CLOCK_MONOTONIC unless the writer passed its own
-D_META_LEN = 4  # bytes of user metadata
 D_SHAPE = 5  # 8 words: the frame's own shape (valid with DF_OWN_SHAPE)
 D_META_BYTE_OFFSET = (D_SHAPE + MAX_NDIM) * 8  # user metadata bytes start here
 DF_EVICTED = 1  # overwrite policy: the writer took this frame's buffer; readers skip it
 DF_OWN_SHAPE = 2  # the frame is smaller than the ring's shape: D_SHAPE holds its own
+META_LEN_SHIFT = 32  # D_FLAGS >> META_LEN_SHIFT = bytes of user metadata
 
 # ---- reader record (64 bytes) -------------------------------------------------------------
 R_STATE = 0  # STATE_FREE / STATE_ACTIVE

@@ -22,7 +22,7 @@ from . import _layout as L
 from ._errors import EndOfStream, RingCorrupted, RingTimeout, ShmringError, WriterGone
 from ._ring import DEFAULT_SPIN, POLL_SLICE, Participant, checked_spin, deadline_from, remaining
 from ._segment import validate_name
-from ._sys import atomic_add32, fence, futex_wait
+from ._sys import atomic_add32, fence, fence_halves, futex_wait
 from ._writer import attach_segment
 
 _STARTS = ("latest", "oldest")
@@ -207,14 +207,14 @@ class RingReader:
         descriptors, slots, buffers = self._descriptors, self._slots, self._buffers
         record, control, held = self._record, self._control, self._held
         wake_writers = self._p.wake_writers
+        fence_enter, fence_exit = fence_halves()
         while not self._p.closed:
             seq = self._next
             descriptor = descriptors[seq % slots]
             last = self._last
             if (
                 descriptor[L.D_SEQ] == seq
-                and not descriptor[L.D_FLAGS]
-                and not descriptor[L.D_META_LEN]
+                and not descriptor[L.D_FLAGS]  # ring-shaped, no metadata
                 and last is not None
                 and len(held) == 1
                 and held[0] == last.seq
@@ -229,7 +229,8 @@ class RingReader:
                 last._reader = None  # released here, in one step with taking the next
                 held[0] = seq
                 record[L.R_RELEASE] = seq
-                fence()  # the release must be visible before we look for sleeping writers
+                fence_enter()  # the release must be visible before we look for sleeping
+                fence_exit()  # writers
                 if control[L.C_WRITER_WAITERS] and seq >= control[L.C_SPACE_WANTED]:
                     wake_writers()
             else:
@@ -405,7 +406,7 @@ class RingReader:
                 f"ring {self._p.name!r}: frame {seq} names buffer {buffer}, out of range; "
                 "the header was overwritten"
             ) from None
-        meta_len = descriptor[L.D_META_LEN]
+        meta_len = descriptor[L.D_FLAGS] >> L.META_LEN_SHIFT
         meta = bytes(self._meta_views[seq % self._slots][:meta_len]) if meta_len else b""
         return Frame(self, array, seq, descriptor[L.D_TIMESTAMP], dropped, meta)
 

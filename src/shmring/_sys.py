@@ -23,6 +23,7 @@ import fcntl
 import os
 import struct
 import threading
+from collections.abc import Callable
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
@@ -117,15 +118,20 @@ def membarrier() -> None:
         raise OSError(ctypes.get_errno(), "membarrier(MEMBARRIER_CMD_GLOBAL) failed")
 
 
-_fence_lock = threading.Lock()
-_fence_acquire = _fence_lock.acquire
-_fence_release = _fence_lock.release
+def fence_halves() -> tuple[Callable[[], bool], Callable[[], None]]:
+    """The two calls that make a full memory barrier when made back to back (x86-64: a
+    lock's atomic read-modify-write), for hot paths that cannot afford a Python call."""
+    lock = threading.Lock()
+    return lock.acquire, lock.release
+
+
+_fence_enter, _fence_exit = fence_halves()
 
 
 def fence() -> None:
-    """Full memory barrier (x86-64: the lock's atomic read-modify-write)."""
-    _fence_acquire()
-    _fence_release()
+    """Full memory barrier."""
+    _fence_enter()
+    _fence_exit()
 
 
 def try_lock_range(fd: int, start: int) -> bool:

@@ -23,7 +23,7 @@ from . import _layout as L
 from ._errors import RingCorrupted, RingNotFound, RingTimeout
 from ._ring import DEFAULT_SPIN, POLL_SLICE, Participant, checked_spin, deadline_from, remaining
 from ._segment import Segment, validate_name
-from ._sys import MEMBARRIER_AVAILABLE, atomic_add32, fence, futex_wait
+from ._sys import MEMBARRIER_AVAILABLE, atomic_add32, fence, fence_halves, futex_wait
 
 _ATTACH_POLL = 0.01
 
@@ -207,6 +207,7 @@ class RingWriter:
         self._meta_size = g.meta_size
         self._block = g.policy == L.POLICY_BLOCK
         self._fast_path = self._block
+        self._fence_enter, self._fence_exit = fence_halves()
         self._finalizer = weakref.finalize(self, _close_writer, p, self._record, self._index, owner)
 
     # ---- publishing ----------------------------------------------------------------------
@@ -251,12 +252,12 @@ class RingWriter:
                     descriptor[L.D_TIMESTAMP] = (
                         monotonic_ns() if timestamp_ns is None else timestamp_ns
                     )
-                    descriptor[L.D_META_LEN] = 0
-                    descriptor[L.D_FLAGS] = 0
+                    descriptor[L.D_FLAGS] = 0  # ring-shaped, no metadata
                     descriptor[L.D_SEQ] = seq  # the frame is visible from here on
                     control[L.C_HEAD] = seq + 1
                     record[L.W_IN_PUBLISH] = 0
-                    fence()  # publish before looking for sleepers (they mark, then look)
+                    self._fence_enter()  # publish before looking for sleepers:
+                    self._fence_exit()  # they mark themselves, then look
                     if control[L.C_READER_WAITERS]:
                         self._p.wake_readers()
                     return seq
@@ -476,15 +477,14 @@ class RingWriter:
         descriptor = self._descriptors[position]
         descriptor[L.D_BUFFER] = buffer
         descriptor[L.D_TIMESTAMP] = timestamp_ns
-        descriptor[L.D_META_LEN] = len(meta)
         if meta:
             self._meta_views[position][: len(meta)] = meta
-        if own_shape is None:
-            descriptor[L.D_FLAGS] = 0
-        else:
-            descriptor[L.D_FLAGS] = L.DF_OWN_SHAPE
+        flags = len(meta) << L.META_LEN_SHIFT
+        if own_shape is not None:
+            flags |= L.DF_OWN_SHAPE
             for axis, size in enumerate(own_shape):
                 descriptor[L.D_SHAPE + axis] = size
+        descriptor[L.D_FLAGS] = flags
         descriptor[L.D_SEQ] = seq  # the frame is visible from here on
         control[L.C_HEAD] = seq + 1
         return seq

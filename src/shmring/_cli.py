@@ -1,0 +1,654 @@
+# The `shmring` command: ls, inspect, top, rm and gc for the rings in /dev/shm.
+#
+# Rules:
+#   - Observe only. Every figure comes from the observer API (_inspect.py), which never
+#     registers as a reader or writer and never takes a ring's header lock, so pointing this
+#     tool at a live pipeline cannot block or slow it. Its only writes are unlinks (rm, gc);
+#     gc re-reads a ring just before unlinking it and keeps it if it came back to life.
+#   - Rates are differences between two snapshots of the same ring (same name and creation
+#     time) over the monotonic time between them. MB/s counts full-size frames
+#     (prod(shape) × itemsize), an upper bound when writers publish smaller frames.
+#   - Exit codes: 0 done; 1 refused or failed, with one line per failure on stderr saying
+#     what to do; 2 a usage error (argparse).
+#   - Text is for people; --json (RingInfo.to_dict() plus rates) is for scripts.
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fnmatch
+import itertools
+import json
+import os
+import select
+import shutil
+import sys
+import termios
+import time
+import tty
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from math import prod
+from types import TracebackType
+from typing import Any, Generic, Protocol, TypeVar
+
+import numpy as np
+
+from . import __version__
+from ._errors import ShmringError
+from ._inspect import (
+    BrokenRing,
+    GroupInfo,
+    ReaderInfo,
+    RingInfo,
+    SlotInfo,
+    WriterInfo,
+    inspect_ring,
+    list_rings,
+    remove_ring,
+    stale_rings,
+)
+from ._segment import SHM_DIR, validate_name
+
+RATE_WINDOW = 0.2  # seconds between the two snapshots that measure rates
+Listing = list[RingInfo | BrokenRing]
+T = TypeVar("T")
+N = TypeVar("N", int, float)
+
+
+class Refused(Exception):
+    """An operation this tool will not or could not do; the message says what to do."""
+
+
+# ---- snapshots and rates -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rate:
+    frames_per_s: float
+    bytes_per_s: float
+    drops_per_s: float
+
+
+@dataclass(frozen=True)
+class Row:
+    """One ring as shown by ls and top: its snapshot, and its rates if measured."""
+
+    info: RingInfo
+    rate: Rate | None
+
+    def to_dict(self) -> dict[str, Any]:
+        rates = asdict(self.rate) if self.rate else dict.fromkeys(Rate.__dataclass_fields__)
+        return {**self.info.to_dict(), **rates}
+
+
+def snapshot(patterns: Sequence[str]) -> Listing:
+    """Every ring (or broken entry) whose name matches one of `patterns` (all if none)."""
+    return [ring for ring in list_rings() if matches(ring.name, patterns)]
+
+
+def matches(name: str, patterns: Sequence[str]) -> bool:
+    return not patterns or any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def rows(listing: Listing, earlier: Listing) -> list[Row]:
+    """The rings of `listing`, with rates measured against the `earlier` snapshot."""
+    before = {ring.name: ring for ring in earlier if isinstance(ring, RingInfo)}
+    return [
+        Row(ring, measure(before.get(ring.name), ring))
+        for ring in listing
+        if isinstance(ring, RingInfo)
+    ]
+
+
+def measure(before: RingInfo | None, after: RingInfo) -> Rate | None:
+    """Rates between two snapshots; None if there is no earlier one of this same ring."""
+    if before is None or (before.created_ns, before.creator_pid) != (
+        after.created_ns,
+        after.creator_pid,
+    ):
+        return None
+    seconds = (after.snapshot_ns - before.snapshot_ns) / 1e9
+    if seconds <= 0:
+        return None
+    frames = (after.published - before.published) / seconds
+    drops = max(total_drops(after) - total_drops(before), 0) / seconds
+    return Rate(frames, frames * frame_bytes(after), drops)
+
+
+def frame_bytes(info: RingInfo) -> int:
+    return prod(info.shape) * np.dtype(info.dtype).itemsize
+
+
+def total_drops(info: RingInfo) -> int:
+    return sum(reader.dropped for reader in info.readers)
+
+
+def max_lag(info: RingInfo) -> int | None:
+    lags = [group.lag for group in info.groups]
+    lags += [reader.lag for reader in info.readers if reader.lag is not None]
+    return max(lags, default=None)
+
+
+# ---- words -------------------------------------------------------------------------------
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_duration(ns: int) -> str:
+    if ns < 1_000_000_000:
+        return f"{ns / 1e6:.1f} ms"
+    if ns < 3600 * 1_000_000_000:
+        return f"{ns / 1e9:.1f} s"
+    return f"{ns / 3600e9:.1f} h"
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def optional(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def alive_text(alive: bool) -> str:
+    return "alive" if alive else "dead"
+
+
+def headcount(participants: Sequence[WriterInfo] | Sequence[ReaderInfo]) -> str:
+    """'2', or '1+1 dead' when some registered participants have died."""
+    alive = sum(p.alive for p in participants)
+    dead = len(participants) - alive
+    return f"{alive}+{dead} dead" if dead else str(alive)
+
+
+def status(info: RingInfo) -> str:
+    flags = [
+        flag
+        for flag, present in (
+            ("STALE", info.stale),
+            ("DAMAGED", bool(info.problems)),
+            ("closed", info.closed),
+        )
+        if present
+    ]
+    return ",".join(flags) or "ok"
+
+
+def describe_writer(writer: WriterInfo) -> str:
+    claim = "idle" if writer.claimed_buffer is None else f"claims buffer {writer.claimed_buffer}"
+    return f"writer {writer.index} (pid {writer.pid}, {alive_text(writer.alive)}): {claim}"
+
+
+def describe_reader(reader: ReaderInfo) -> str:
+    who = f"reader {reader.index} (pid {reader.pid}, {alive_text(reader.alive)})"
+    if reader.group is None:
+        what = f"next seq {optional(reader.next_seq)}, lag {optional(reader.lag)}"
+    else:
+        what = f"in group {reader.group!r}"
+    held = "" if reader.pinned_buffer is None else f", holds buffer {reader.pinned_buffer}"
+    return f"{who}: {what}, dropped {reader.dropped}{held}"
+
+
+def describe_group(group: GroupInfo) -> str:
+    members = f"{group.members} member" + ("" if group.members == 1 else "s")
+    return f"group {group.name!r}: {members}, cursor {group.cursor}, lag {group.lag}"
+
+
+def participant_lines(info: RingInfo) -> list[str]:
+    """What ls and top print under a ring: its groups and readers with their lag, and any
+    damage the snapshot found."""
+    return [
+        *(describe_group(group) for group in info.groups),
+        *(describe_reader(reader) for reader in info.readers),
+        *(f"problem: {problem}" for problem in info.problems),
+    ]
+
+
+# ---- tables ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column(Generic[T]):
+    title: str
+    cell: Callable[[T], str]
+    numeric: bool = False  # right-aligned
+
+
+def render(columns: Sequence[Column[T]], items: Sequence[T]) -> list[str]:
+    """A header line and one line per item, columns padded to their widest cell."""
+    table = [[c.title for c in columns], *([c.cell(item) for c in columns] for item in items)]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    return [
+        "  ".join(
+            cell.rjust(width) if column.numeric else cell.ljust(width)
+            for cell, width, column in zip(line, widths, columns, strict=True)
+        ).rstrip()
+        for line in table
+    ]
+
+
+def rate_column(title: str, pick: Callable[[Rate], float], scale: float = 1.0) -> Column[Row]:
+    def cell(row: Row) -> str:
+        return "-" if row.rate is None else f"{pick(row.rate) / scale:.1f}"
+
+    return Column(title, cell, numeric=True)
+
+
+NAME = Column[Row]("NAME", lambda row: row.info.name)
+POLICY = Column[Row]("POLICY", lambda row: row.info.policy)
+WRITERS = Column[Row]("WRITERS", lambda row: headcount(row.info.writers))
+READERS = Column[Row]("READERS", lambda row: headcount(row.info.readers))
+PUBLISHED = Column[Row]("PUBLISHED", lambda row: str(row.info.published), numeric=True)
+FRAMES_PER_S = rate_column("FRAMES/S", lambda rate: rate.frames_per_s)
+STATUS = Column[Row]("STATUS", lambda row: status(row.info))
+
+LS_COLUMNS = [
+    NAME,
+    Column[Row]("SHAPE", lambda row: shape_text(row.info.shape)),
+    Column[Row]("DTYPE", lambda row: row.info.dtype),
+    POLICY,
+    Column[Row]("SLOTS", lambda row: str(row.info.slots), numeric=True),
+    Column[Row]("SIZE", lambda row: human_bytes(row.info.size_bytes), numeric=True),
+    WRITERS,
+    READERS,
+    PUBLISHED,
+    FRAMES_PER_S,
+    Column[Row](
+        "CREATOR", lambda row: f"{row.info.creator_pid} {alive_text(row.info.creator_alive)}"
+    ),
+    STATUS,
+]
+
+TOP_COLUMNS = [
+    NAME,
+    POLICY,
+    PUBLISHED,
+    FRAMES_PER_S,
+    rate_column("MB/S", lambda rate: rate.bytes_per_s, scale=1e6),
+    WRITERS,
+    READERS,
+    Column[Row]("MAX LAG", lambda row: optional(max_lag(row.info)), numeric=True),
+    Column[Row]("DROPS", lambda row: str(total_drops(row.info)), numeric=True),
+    rate_column("DROPS/S", lambda rate: rate.drops_per_s),
+    STATUS,
+]
+
+
+def ring_table(
+    columns: Sequence[Column[Row]], listing: Listing, earlier: Listing, patterns: Sequence[str]
+) -> list[str]:
+    """ls and top: one line per ring with its participants below it, then broken entries."""
+    ring_rows = rows(listing, earlier)
+    broken = [ring for ring in listing if isinstance(ring, BrokenRing)]
+    if not ring_rows and not broken:
+        matching = f" matching {' '.join(patterns)}" if patterns else ""
+        return [f"no shmring rings in {SHM_DIR}{matching}"]
+    table = render(columns, ring_rows)
+    lines = table[:1]
+    for line, row in zip(table[1:], ring_rows, strict=True):
+        lines += [line, *(f"  {detail}" for detail in participant_lines(row.info))]
+    lines += [f"{b.name}  BROKEN ({human_bytes(b.size_bytes)}): {b.error}" for b in broken]
+    if any(row.info.stale for row in ring_rows) or broken:
+        lines.append("STALE and BROKEN entries are garbage: `shmring gc` removes them")
+    return lines
+
+
+# ---- inspect -----------------------------------------------------------------------------
+
+
+def slot_columns(now_ns: int) -> list[Column[SlotInfo]]:
+    def age(slot: SlotInfo) -> str:
+        if slot.timestamp_ns is None:
+            return "-"
+        if slot.timestamp_ns > now_ns:  # the writer passed its own clock's stamp
+            return f"t={slot.timestamp_ns}"
+        return human_duration(now_ns - slot.timestamp_ns)
+
+    return [
+        Column("POSITION", lambda slot: str(slot.position), numeric=True),
+        Column("SEQ", lambda slot: optional(slot.seq), numeric=True),
+        Column("BUFFER", lambda slot: optional(slot.buffer), numeric=True),
+        Column("STATE", lambda slot: slot.state),
+        Column("AGE", age, numeric=True),
+    ]
+
+
+def section(title: str, lines: Sequence[str]) -> list[str]:
+    return [f"{title} ({len(lines)})", *(f"  {line}" for line in lines or ["none"])]
+
+
+def inspect_lines(info: RingInfo) -> list[str]:
+    created = datetime.fromtimestamp(info.created_ns / 1e9).astimezone()
+    fields = [
+        ("format version", info.format_version),
+        ("size", f"{human_bytes(info.size_bytes)} ({info.size_bytes:,} bytes)"),
+        ("frame", f"up to {shape_text(info.shape)} {info.dtype} ({frame_bytes(info):,} bytes)"),
+        ("policy", info.policy),
+        ("slots", str(info.slots)),
+        ("max readers", str(info.max_readers)),
+        ("max writers", str(info.max_writers)),
+        ("meta size", f"{info.meta_size} bytes per frame"),
+        ("created", f"{created:%Y-%m-%d %H:%M:%S %z} by pid {info.creator_pid}"),
+        ("creator", alive_text(info.creator_alive)),
+        ("status", status(info)),
+        ("head", f"{info.published} (frames published = the next sequence number)"),
+        ("tail", f"{info.tail} (every frame before it is gone)"),
+        ("in the ring", f"{info.published - info.tail} frames (head - tail)"),
+        ("free buffers", str(info.free_buffers)),
+        ("writer mode", info.writer_mode),
+        ("stream", "closed by every writer" if info.closed else "open"),
+    ]
+    width = max(len(label) for label, _ in fields)
+    return [
+        f"ring {info.name} ({info.path})",
+        *(f"  {label.ljust(width)}  {value}" for label, value in fields),
+        *section("writers", [describe_writer(writer) for writer in info.writers]),
+        *section("readers", [describe_reader(reader) for reader in info.readers]),
+        *section("groups", [describe_group(group) for group in info.groups]),
+        *section("slots", render(slot_columns(info.snapshot_ns), info.slot_states)),
+        *section("problems", info.problems),
+    ]
+
+
+# ---- top displays ------------------------------------------------------------------------
+
+
+class Display(Protocol):
+    hint: str
+
+    def show(self, lines: list[str]) -> None: ...
+
+    def wait(self, seconds: float) -> bool:
+        """Pause between refreshes; True if the user asked to quit."""
+        ...
+
+
+class Lines:
+    """Prints each refresh as a block of lines: for pipes, logs and tests."""
+
+    hint = "Ctrl-C quits"
+
+    def show(self, lines: list[str]) -> None:
+        sys.stdout.write("\n".join(lines) + "\n\n")
+        sys.stdout.flush()
+
+    def wait(self, seconds: float) -> bool:
+        time.sleep(seconds)
+        return False
+
+
+class Terminal:
+    """Redraws in place on the terminal's alternate screen; `q` quits. The terminal is put
+    in cbreak mode (keys arrive unbuffered, Ctrl-C still interrupts) and restored on exit."""
+
+    hint = "q or Ctrl-C quits"
+
+    def __init__(self) -> None:
+        self.fd = sys.stdin.fileno()
+        self.saved = termios.tcgetattr(self.fd)
+
+    def __enter__(self) -> Terminal:
+        tty.setcbreak(self.fd)
+        sys.stdout.write("\x1b[?1049h\x1b[?25l")  # alternate screen, hide the cursor
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        sys.stdout.write("\x1b[?25h\x1b[?1049l")
+        sys.stdout.flush()
+        termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+
+    def show(self, lines: list[str]) -> None:
+        width, height = shutil.get_terminal_size()
+        body = "".join(f"{line[:width]}\x1b[K\n" for line in lines[: height - 1])
+        sys.stdout.write(f"\x1b[H{body}\x1b[J")  # home, lines clearing their rest, clear below
+        sys.stdout.flush()
+
+    def wait(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if select.select([self.fd], [], [], left)[0]:
+                keys = os.read(self.fd, 64)
+                if not keys or b"q" in keys.lower():
+                    return True
+        return False
+
+
+def run_top(display: Display, args: argparse.Namespace) -> None:
+    earlier = snapshot(args.patterns)
+    if display.wait(RATE_WINDOW):
+        return
+    for iteration in itertools.count(1):
+        listing = snapshot(args.patterns)
+        rings = sum(isinstance(ring, RingInfo) for ring in listing)
+        header = (
+            f"shmring top  {time.strftime('%H:%M:%S')}  {rings} rings  "
+            f"every {args.interval:g} s  {display.hint}"
+        )
+        display.show([header, *ring_table(TOP_COLUMNS, listing, earlier, args.patterns)])
+        earlier = listing
+        if iteration == args.iterations or display.wait(args.interval):
+            return
+
+
+# ---- commands ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def about(name: str) -> Iterator[None]:
+    """Turn a missing or forbidden ring into a message that says what to do."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise Refused(f"no ring named {name!r}; `shmring ls` lists the rings here") from None
+    except PermissionError:
+        raise Refused(
+            f"not permitted to open or remove {name!r}: it belongs to another user; "
+            "run as that user or as root"
+        ) from None
+
+
+def emit_json(data: object) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    earlier: Listing = []
+    listing = snapshot(args.patterns)
+    if not args.no_rate:
+        earlier = listing
+        time.sleep(RATE_WINDOW)
+        listing = snapshot(args.patterns)
+    if args.json:
+        emit_json(
+            {
+                "rings": [row.to_dict() for row in rows(listing, earlier)],
+                "broken": [ring.to_dict() for ring in listing if isinstance(ring, BrokenRing)],
+            }
+        )
+    else:
+        print("\n".join(ring_table(LS_COLUMNS, listing, earlier, args.patterns)))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    with about(args.name):
+        info = inspect_ring(args.name)
+    if args.json:
+        emit_json(info.to_dict())
+    else:
+        print("\n".join(inspect_lines(info)))
+    return 0
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how one leaves top
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            with Terminal() as terminal:
+                run_top(terminal, args)
+        else:
+            run_top(Lines(), args)
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    with about(args.name):
+        remove_ring(args.name, force=args.force)
+    print(f"removed {args.name}")
+    return 0
+
+
+def why_stale(ring: RingInfo | BrokenRing) -> str:
+    if isinstance(ring, BrokenRing):
+        return f"broken ({ring.error})"
+    return (
+        f"creator pid {ring.creator_pid} and every writer dead, "
+        f"{ring.published} frames published, {human_bytes(ring.size_bytes)}"
+    )
+
+
+def remove_if_still_stale(ring: RingInfo | BrokenRing) -> bool:
+    """Unlink a ring found stale, unless it has since been re-created or re-attached."""
+    if isinstance(ring, BrokenRing):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(ring.path)
+        return True
+    try:
+        now = inspect_ring(ring.name)
+    except FileNotFoundError:
+        return True  # somebody else removed it
+    if not now.stale or now.created_ns != ring.created_ns:
+        return False
+    remove_ring(ring.name, force=True)
+    return True
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    garbage = [ring for ring in stale_rings() if matches(ring.name, args.patterns)]
+    if not garbage:
+        print("no stale rings")
+    failures = 0
+    for ring in garbage:
+        if args.dry_run:
+            print(f"would remove {ring.name}: {why_stale(ring)}")
+            continue
+        try:
+            with about(ring.name):
+                removed = remove_if_still_stale(ring)
+        except (Refused, ShmringError, OSError) as exc:
+            report(args, f"cannot remove {ring.name}: {exc}")
+            failures += 1
+            continue
+        print(
+            f"removed {ring.name}: {why_stale(ring)}"
+            if removed
+            else f"kept {ring.name}: it is in use again"
+        )
+    return 1 if failures else 0
+
+
+# ---- arguments and main ------------------------------------------------------------------
+
+
+def ring_name(text: str) -> str:
+    try:
+        return validate_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive(convert: Callable[[str], N]) -> Callable[[str], N]:
+    def parse(text: str) -> N:
+        with contextlib.suppress(ValueError):
+            value = convert(text)
+            if value > 0:
+                return value
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shmring",
+        description="Observe and clean up shmring rings (/dev/shm/shmring.*). The tool only "
+        "reads rings: it never attaches as a reader or writer and never takes a ring's lock.",
+    )
+    parser.add_argument("--version", action="version", version=f"shmring {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, run: Callable[[argparse.Namespace], int], summary: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=summary, description=summary)
+        sub.set_defaults(run=run)
+        return sub
+
+    def patterns(sub: argparse.ArgumentParser, what: str) -> None:
+        sub.add_argument(
+            "patterns",
+            nargs="*",
+            metavar="NAME",
+            help=f"only {what} whose name matches one of these shell patterns, e.g. 'cam*'",
+        )
+
+    ls = command("ls", cmd_ls, "list every ring on this machine")
+    patterns(ls, "rings")
+    ls.add_argument("--json", action="store_true", help="print JSON for scripts")
+    ls.add_argument(
+        "--no-rate",
+        action="store_true",
+        help=f"do not measure frames/s (which takes two snapshots {RATE_WINDOW} s apart)",
+    )
+
+    inspect = command("inspect", cmd_inspect, "show everything in one ring's header")
+    inspect.add_argument("name", type=ring_name, metavar="NAME")
+    inspect.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    top = command("top", cmd_top, "live view of frames/s, MB/s, reader lag and drops")
+    patterns(top, "rings")
+    top.add_argument(
+        "--interval", type=positive(float), default=1.0, help="seconds between refreshes"
+    )
+    top.add_argument(
+        "--iterations", type=positive(int), help="print this many refreshes, then exit"
+    )
+
+    rm = command("rm", cmd_rm, "remove a ring (refused while a participant is alive)")
+    rm.add_argument("name", type=ring_name, metavar="NAME")
+    rm.add_argument(
+        "--force",
+        action="store_true",
+        help="remove it even though processes use it (their mappings stay valid; nobody "
+        "new can attach)",
+    )
+
+    gc = command("gc", cmd_gc, "remove stale rings (creator and every writer dead)")
+    patterns(gc, "stale rings")
+    gc.add_argument("--dry-run", action="store_true", help="list them, remove nothing")
+    return parser
+
+
+def report(args: argparse.Namespace, message: str) -> None:
+    print(f"shmring {args.command}: {' '.join(message.split())}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except BrokenPipeError:  # `shmring ls | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (Refused, ShmringError, OSError) as exc:
+        report(args, str(exc))
+        return 1
+    except KeyboardInterrupt:
+        return 130
