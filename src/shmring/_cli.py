@@ -27,7 +27,7 @@ import termios
 import time
 import tty
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from math import prod
 from types import TracebackType
@@ -79,7 +79,7 @@ class Row:
     rate: Rate | None
 
     def to_dict(self) -> dict[str, Any]:
-        rates = asdict(self.rate) if self.rate else dict.fromkeys(Rate.__dataclass_fields__)
+        rates = asdict(self.rate) if self.rate else {f.name: None for f in fields(Rate)}
         return {**self.info.to_dict(), **rates}
 
 
@@ -158,6 +158,10 @@ def optional(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def alive_text(alive: bool) -> str:
     return "alive" if alive else "dead"
 
@@ -198,7 +202,7 @@ def describe_reader(reader: ReaderInfo) -> str:
 
 
 def describe_group(group: GroupInfo) -> str:
-    members = f"{group.members} member" + ("" if group.members == 1 else "s")
+    members = plural(group.members, "member")
     return f"group {group.name!r}: {members}, cursor {group.cursor}, lag {group.lag}"
 
 
@@ -262,7 +266,7 @@ LS_COLUMNS = [
     PUBLISHED,
     FRAMES_PER_S,
     Column[Row](
-        "CREATOR", lambda row: f"{row.info.creator_pid} {alive_text(row.info.creator_alive)}"
+        "CREATOR", lambda row: f"pid {row.info.creator_pid} {alive_text(row.info.creator_alive)}"
     ),
     STATUS,
 ]
@@ -327,7 +331,7 @@ def section(title: str, lines: Sequence[str]) -> list[str]:
 
 def inspect_lines(info: RingInfo) -> list[str]:
     created = datetime.fromtimestamp(info.created_ns / 1e9).astimezone()
-    fields = [
+    facts = [
         ("format version", info.format_version),
         ("size", f"{human_bytes(info.size_bytes)} ({info.size_bytes:,} bytes)"),
         ("frame", f"up to {shape_text(info.shape)} {info.dtype} ({frame_bytes(info):,} bytes)"),
@@ -346,14 +350,15 @@ def inspect_lines(info: RingInfo) -> list[str]:
         ("writer mode", info.writer_mode),
         ("stream", "closed by every writer" if info.closed else "open"),
     ]
-    width = max(len(label) for label, _ in fields)
+    width = max(len(label) for label, _ in facts)
     return [
         f"ring {info.name} ({info.path})",
-        *(f"  {label.ljust(width)}  {value}" for label, value in fields),
+        *(f"  {label.ljust(width)}  {value}" for label, value in facts),
         *section("writers", [describe_writer(writer) for writer in info.writers]),
         *section("readers", [describe_reader(reader) for reader in info.readers]),
         *section("groups", [describe_group(group) for group in info.groups]),
-        *section("slots", render(slot_columns(info.snapshot_ns), info.slot_states)),
+        f"slots ({info.slots})",
+        *(f"  {line}" for line in render(slot_columns(info.snapshot_ns), info.slot_states)),
         *section("problems", info.problems),
     ]
 
@@ -429,9 +434,9 @@ def run_top(display: Display, args: argparse.Namespace) -> None:
         return
     for iteration in itertools.count(1):
         listing = snapshot(args.patterns)
-        rings = sum(isinstance(ring, RingInfo) for ring in listing)
+        rings = plural(sum(isinstance(ring, RingInfo) for ring in listing), "ring")
         header = (
-            f"shmring top  {time.strftime('%H:%M:%S')}  {rings} rings  "
+            f"shmring top  {time.strftime('%H:%M:%S')}  {rings}  "
             f"every {args.interval:g} s  {display.hint}"
         )
         display.show([header, *ring_table(TOP_COLUMNS, listing, earlier, args.patterns)])
@@ -586,7 +591,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"shmring {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, run: Callable[[argparse.Namespace], int], summary: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, run: Callable[[argparse.Namespace], int], summary: str
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=summary, description=summary)
         sub.set_defaults(run=run)
         return sub

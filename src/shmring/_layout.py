@@ -64,7 +64,7 @@ POLICIES = {"block": POLICY_BLOCK, "overwrite": POLICY_OVERWRITE}
 CONTROL_OFFSET = FIXED_HEADER_BYTES
 CONTROL_BYTES = 4 * CACHE_LINE
 # line 0: written by the writer on every frame
-C_HEAD = 0  # frames published so far == the next sequence number; futex word = low 32 bits
+C_HEAD = 0  # frames published so far == the next sequence number
 C_TAIL = 1  # every frame with seq < tail is released by all groups and its buffer reused
 C_FREE_COUNT = 2  # number of valid entries at the start of the free-buffer list
 # line 1: written under the header lock
@@ -79,6 +79,7 @@ C_READER_WAITERS = 16  # readers asleep (or about to sleep) on head; atomic u32 
 C_WRITER_WAITERS = 17  # writers asleep (or about to sleep) on space; atomic u32 adds
 C_SPACE = 18  # bumped when space may have been freed; futex word = low 32 bits
 C_SPACE_WANTED = 19  # a sleeping writer wants waking once a release reaches this seq
+C_FRAMES = 20  # bumped when readers are woken (a frame, or the stream closed); futex word
 CONTROL_WORDS = CONTROL_BYTES // 8
 
 F_CLOSED = 1  # every writer closed: readers drain, then EndOfStream

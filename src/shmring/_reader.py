@@ -289,7 +289,7 @@ class RingReader:
         try:
             next_liveness_check = time.monotonic() + POLL_SLICE
             while True:
-                observed = control[L.C_HEAD]
+                observed = control[L.C_FRAMES]
                 frame = take()
                 if frame is not None:
                     return frame
@@ -304,7 +304,7 @@ class RingReader:
                 wait = remaining(deadline)
                 if wait <= 0:
                     raise RingTimeout(f"ring {p.name!r}: no frame arrived within the timeout")
-                futex_wait(p.head_address, observed, wait)
+                futex_wait(p.frames_address, observed, wait)
         finally:
             atomic_add32(p.reader_waiters_address, -1)
 

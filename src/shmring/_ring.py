@@ -90,7 +90,7 @@ class Participant:
         def address(word: int) -> int:
             return address_of(segment.header, L.control_word_offset(word))
 
-        self.head_address = address(L.C_HEAD)
+        self.frames_address = address(L.C_FRAMES)
         self.space_address = address(L.C_SPACE)
         self.reader_waiters_address = address(L.C_READER_WAITERS)
         self.writer_waiters_address = address(L.C_WRITER_WAITERS)
@@ -332,7 +332,10 @@ class Participant:
 
     # ---- wake-ups ----------------------------------------------------------------------
     def wake_readers(self) -> None:
-        futex_wake(self.head_address)
+        # A changed word cannot be slept through: a reader that read the old value and
+        # was about to sleep returns at once instead of missing this wake-up.
+        self.control[L.C_FRAMES] = (self.control[L.C_FRAMES] + 1) & 0xFFFFFFFF
+        futex_wake(self.frames_address)
 
     def announce_membership(self) -> None:
         """Wake writers waiting in wait_for_readers (after a reader joined or left)."""
