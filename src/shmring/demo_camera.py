@@ -6,10 +6,12 @@
 # second, and watches the process sentinels. It never touches a frame.
 #
 # Shutdown: the source ending (or --frames/--seconds) closes the capture ring; every stage
-# drains its input, closes its output and exits, in pipeline order. Ctrl-C, SIGTERM, a
-# stage dying or asking to stop (window closed) sets the shared stop flag instead; stages
-# see it at their next wait (<= 0.1 s) and unwind. Either way each stage has 2 s: then it is
-# killed. Last, rings whose creator was killed are removed, so nothing stays in /dev/shm.
+# drains its input, closes its output and exits, in pipeline order. Ctrl-C, SIGTERM or the
+# window closing end it the same way: the stop flag's FINISH level stops capture alone, so
+# the MP4 still has every frame captured. A stage dying raises the flag to ABORT: every stage
+# stops at its next wait (<= 0.1 s) and unwinds. A drain still running after 1 s is aborted
+# too, and a stage still alive 2 s after the shutdown began is killed. Last, rings whose
+# creator was killed are removed, so nothing stays in /dev/shm.
 
 from __future__ import annotations
 
@@ -64,9 +66,11 @@ __all__ = [
 ]
 
 SHUTDOWN_GRACE_S = 2.0
-# After a natural end, stages still running this long after capture finished are waiting
-# on something that will not come: the stop flag wakes them before the kill.
-DRAIN_BEFORE_STOP_S = 1.0
+# Longer than the stages' own waits for their rings, so their more precise reasons come first.
+STARTUP_DEADLINE_S = STARTUP_TIMEOUT_S + 5
+# Stages still draining this long after the shutdown began are waiting on something that
+# will not come: the abort wakes them before the kill.
+DRAIN_BEFORE_ABORT_S = 1.0
 TICK_S = 0.1
 PRINT_INTERVAL_S = 1.0
 STALLED_AFTER_S = 1.5  # stages report twice a second while frames flow
@@ -86,7 +90,7 @@ class _Child:
     conn_open: bool = True
     ready: bool = False
     progress: Progress | None = None
-    progress_at = 0.0
+    progress_at: float = 0.0
     finished: Finished | None = None
     exit_code: int | None = None
     exited_at: float | None = None
@@ -124,7 +128,7 @@ class Supervisor:
         self._children: dict[str, _Child] = {}
         self._opened: Opened | None = None
         self._went_at: float | None = None
-        self._startup_deadline = time.monotonic() + STARTUP_TIMEOUT_S + 5
+        self._startup_deadline = time.monotonic() + STARTUP_DEADLINE_S
         self._reason: str | None = None
         self._shutdown_at: float | None = None
         self._signal: int | None = None
@@ -148,8 +152,8 @@ class Supervisor:
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
-        for path in removed:
-            say(f"removed {path}: its creator was killed before it could unlink it")
+        for name in removed:
+            say(f"removed ring {name!r}: its creator was killed before it could unlink it")
         return self._summarise(removed)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -187,6 +191,7 @@ class Supervisor:
             message = child.conn.recv()
         except (EOFError, OSError):
             child.conn_open = False
+            child.conn.close()
             return
         if isinstance(message, Progress):
             child.progress, child.progress_at = message, time.monotonic()
@@ -201,7 +206,7 @@ class Supervisor:
             self._on_opened(message)
         elif isinstance(message, StopPipeline):
             self._shutdown(f"{child.name}: {message.reason}")
-            self._stop_stages()
+            self._stop.raise_to(StopFlag.FINISH)
 
     def _reap(self, child: _Child) -> None:
         child.process.join()
@@ -211,7 +216,7 @@ class Supervisor:
             self._receive(child)
         if child.failed() or self._reason is None:
             self._shutdown(f"stage {child.name} {_describe_exit(child)}")
-            self._stop_stages()
+            self._stop.raise_to(StopFlag.ABORT)
 
     def _on_opened(self, opened: Opened) -> None:
         self._opened = opened
@@ -235,12 +240,12 @@ class Supervisor:
         if self._signal is None:
             return
         signum, self._signal = self._signal, None
-        if self._signal_exit is not None:  # a second Ctrl-C: do not wait any longer
-            self._shutdown_at = time.monotonic() - SHUTDOWN_GRACE_S
+        if self._signal_exit is not None:  # a second Ctrl-C: do not wait for the drain
+            self._stop.raise_to(StopFlag.ABORT)
             return
         self._signal_exit = 128 + signum
         self._shutdown(f"{signal.Signals(signum).name} received")
-        self._stop_stages()
+        self._stop.raise_to(StopFlag.FINISH)
 
     def _shutdown(self, reason: str) -> None:
         """Start the clock on the shutdown; the first reason is the one reported."""
@@ -249,18 +254,16 @@ class Supervisor:
             self._shutdown_at = time.monotonic()
             say(f"stopping: {reason}")
 
-    def _stop_stages(self) -> None:
-        self._stop.set()
-
     def _check_deadlines(self) -> None:
         now = time.monotonic()
         if self._shutdown_at is None:
             if self._went_at is None and now > self._startup_deadline:
-                self._shutdown("the stages did not start in time")
-                self._stop_stages()
+                late = ", ".join(c.name for c in self._children.values() if not c.ready)
+                self._shutdown(f"not ready after {STARTUP_DEADLINE_S:g} s: {late}")
+                self._stop.raise_to(StopFlag.ABORT)
             return
-        if now - self._shutdown_at > DRAIN_BEFORE_STOP_S:
-            self._stop_stages()
+        if now - self._shutdown_at > DRAIN_BEFORE_ABORT_S:
+            self._stop.raise_to(StopFlag.ABORT)
         if now - self._shutdown_at > SHUTDOWN_GRACE_S:
             for child in self._children.values():
                 if child.running and not child.killed:
