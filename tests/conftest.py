@@ -1,0 +1,178 @@
+"""Suite-wide fixtures: no test may leave a shmring segment behind in /dev/shm.
+
+The autouse fixture ``no_leaked_segments`` snapshots /dev/shm/shmring.* and
+/dev/shm/.shmring-tmp-* before each test, and fails the test if new entries are left after
+it (removing them, so that later tests are not affected).
+
+Several test sessions may run on one machine at once (developers, CI jobs). An entry is
+never blamed on this test, nor removed, when it belongs to another session: when a live
+process outside this session maps or opens it, or -- while another session is running --
+when nothing ties it to this one (its creator pid or its name). Alone, this session blames
+every new entry nobody else holds. ``SHMRING_TEST_STRICT_LEAKS=1`` forces that mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gc
+import os
+import re
+from collections.abc import Generator, Iterator
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+SHM_DIR = "/dev/shm"
+PREFIXES = ("shmring.", ".shmring-tmp-")
+CREATOR_PID_OFFSET = 216  # docs/FORMAT.md: u64 creator_pid in the fixed header
+SESSIONS_LOCK = "/tmp/shmring-test-sessions.lock"
+
+
+def shm_entries() -> set[str]:
+    """Names of shmring segments and creation temp files currently in /dev/shm."""
+    try:
+        return {e for e in os.listdir(SHM_DIR) if e.startswith(PREFIXES)}
+    except FileNotFoundError:  # pragma: no cover - no /dev/shm at all
+        return set()
+
+
+# ------------------------------------------------------------------ other test sessions
+
+_session_fd: int | None = None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Hold a shared lock for the whole session, so others can tell we are running."""
+    global _session_fd
+    _session_fd = os.open(SESSIONS_LOCK, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    fcntl.flock(_session_fd, fcntl.LOCK_SH)
+
+
+def other_sessions_running() -> bool:
+    if os.environ.get("SHMRING_TEST_STRICT_LEAKS") == "1" or _session_fd is None:
+        return False
+    try:
+        fcntl.flock(_session_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(_session_fd, fcntl.LOCK_SH)
+    return False
+
+
+# ------------------------------------------------------------------ who holds / made it
+
+
+def _ppid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    return int(stat[stat.rindex(b")") + 2 :].split()[1])
+
+
+def is_ours(pid: int) -> bool:
+    """True for this process and its running descendants."""
+    me = os.getpid()
+    for _ in range(64):
+        if pid == me:
+            return True
+        if pid <= 1:
+            return False
+        try:
+            pid = _ppid(pid)
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
+
+
+def holders(path: str) -> Iterator[int]:
+    """Pids that map or have open the file at ``path``, matched by inode: a ring's
+    creator opened it under a temporary name, so /proc shows that name, not ``path``."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    ino, dev = st.st_ino, (os.major(st.st_dev), os.minor(st.st_dev))
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        pid = int(d)
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                for line in f:
+                    fields = line.split(maxsplit=5)
+                    if len(fields) >= 5 and fields[4] == str(ino):
+                        major, minor = (int(x, 16) for x in fields[3].split(":"))
+                        if (major, minor) == dev:
+                            yield pid
+                            break
+                else:
+                    for fd in os.listdir(f"/proc/{pid}/fd"):
+                        with contextlib.suppress(OSError):
+                            fst = os.stat(f"/proc/{pid}/fd/{fd}")
+                            if (fst.st_ino, fst.st_dev) == (ino, st.st_dev):
+                                yield pid
+                                break
+        except OSError:
+            continue
+
+
+def creator_pid(entry: str) -> int | None:
+    try:
+        with open(os.path.join(SHM_DIR, entry), "rb") as f:
+            f.seek(CREATOR_PID_OFFSET)
+            pid = int.from_bytes(f.read(8), "little")
+    except OSError:
+        return None
+    return pid if 0 < pid < 1 << 22 else None
+
+
+def describe(entry: str) -> str:
+    pid = creator_pid(entry)
+    if pid is None:
+        return entry
+    state = "running" if os.path.exists(f"/proc/{pid}") else "exited"
+    return f"{entry} (creator pid {pid}, {state})"
+
+
+def belongs_to_this_session(entry: str, others_running: bool) -> bool:
+    path = os.path.join(SHM_DIR, entry)
+    if any(not is_ours(pid) for pid in holders(path)):
+        return False  # a live process of another session uses it
+    if not others_running:
+        return True
+    pid = creator_pid(entry)
+    if pid is not None and os.path.exists(f"/proc/{pid}"):
+        return is_ours(pid)
+    return re.search(rf"(?<!\d){os.getpid()}(?!\d)", entry) is not None
+
+
+# ------------------------------------------------------------------ the fixture
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None]:
+    rep = yield
+    setattr(item, "rep_" + rep.when, rep)
+    return rep
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_segments(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail any test that leaves a new /dev/shm/shmring.* or .shmring-tmp-* entry behind;
+    remove such entries afterwards so later tests are not affected."""
+    before = shm_entries()
+    yield
+    gc.collect()  # rings only reachable from reference cycles are finalised now
+    new = [e for e in sorted(shm_entries() - before) if os.path.lexists(os.path.join(SHM_DIR, e))]
+    if not new:
+        return
+    others = other_sessions_running()
+    leaked = [e for e in new if belongs_to_this_session(e, others)]
+    details = [describe(e) for e in leaked]
+    for e in leaked:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(SHM_DIR, e))
+    call = getattr(request.node, "rep_call", None)
+    if leaked and (call is None or call.passed):
+        pytest.fail(f"test left shared-memory entries in {SHM_DIR}: {details}", pytrace=False)

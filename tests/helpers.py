@@ -1,0 +1,720 @@
+"""Shared helpers for the shmring test suite.
+
+* ``Pattern``: deterministic frame contents that encode a tag (writer id + counter), a
+  checksum and a body, so a reader can verify order, loss, duplication and tearing.
+* ``Child``: a child process (multiprocessing ``spawn`` / ``fork`` or an unrelated
+  ``python`` started with ``subprocess.Popen``) running one of the ``CHILD_FUNCS`` below,
+  talking to the test over a message channel. Every wait on it is bounded.
+
+Nothing here sleeps to synchronise: children and tests exchange messages.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import multiprocessing as mp
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any, Protocol
+
+import numpy as np
+
+from shmring import EndOfStream, RingReader, RingWriter
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+CHILD_SCRIPT = os.path.join(TESTS_DIR, "children", "child.py")
+SHM_DIR = "/dev/shm"
+
+#: Upper bound for any single wait that succeeds promptly when things work.
+WAIT = 30.0
+#: Scheduling slack allowed on top of a documented latency bound (2 busy cores).
+SLACK = 0.5
+
+VGA = (480, 640, 3)
+SMALL = (64,)
+
+
+def unique_name(tag: str = "t") -> str:
+    """A ring name unique to this test run: ``[A-Za-z0-9_.-]``, well under 64 chars."""
+    return f"{tag}{os.getpid()}_{uuid.uuid4().hex[:8]}"
+
+
+def seg_path(name: str) -> str:
+    return os.path.join(SHM_DIR, "shmring." + name)
+
+
+# --------------------------------------------------------------------------- patterns
+
+HEAD = 16  # tag (u64) + checksum (u64)
+TAIL = 8  # tag (u64) again: a torn frame has head != tail
+N_VARIANTS = 7
+
+
+def increasing(xs: Sequence[int]) -> bool:
+    """Strictly increasing."""
+    return all(b > a for a, b in itertools.pairwise(xs))
+
+
+def make_tag(writer: int, n: int) -> int:
+    return (writer << 48) | n
+
+
+def split_tag(tag: int) -> tuple[int, int]:
+    return tag >> 48, tag & ((1 << 48) - 1)
+
+
+class Pattern:
+    """Frames of uint8 laid out as ``[tag][crc32(body)][body][tag]``.
+
+    The body is a prefix of one of ``N_VARIANTS`` pseudo-random byte strings chosen by the
+    tag, so consecutive frames differ everywhere and a frame mixing two writes (tearing),
+    a stale slot (duplication) or a wrong stride/shape is detected byte for byte.
+    """
+
+    def __init__(self, shape: Sequence[int], seed: int = 1234) -> None:
+        self.shape = tuple(int(s) for s in shape)
+        self.size = int(np.prod(self.shape))
+        assert self.size >= HEAD + TAIL, "frame too small for the pattern"
+        rng = np.random.default_rng(seed)
+        base = rng.integers(0, 256, self.size, dtype=np.uint8)
+        self._base = [(base + np.uint8(31 * k)).astype(np.uint8) for k in range(N_VARIANTS)]
+        self._body: dict[tuple[int, int], bytes] = {}
+        self._crc: dict[tuple[int, int], int] = {}
+        self._scratch = np.empty(self.size, np.uint8)
+
+    def _key(self, tag: int, n: int) -> tuple[int, int]:
+        w, c = split_tag(tag)
+        return ((c * 3 + w) % N_VARIANTS, n)
+
+    def _expected(self, key: tuple[int, int]) -> tuple[bytes, int]:
+        body = self._body.get(key)
+        if body is None:
+            k, n = key
+            body = self._base[k][HEAD : n - TAIL].tobytes()
+            self._body[key] = body
+            self._crc[key] = zlib.crc32(body)
+        return body, self._crc[key]
+
+    def fill(self, out: np.ndarray, tag: int) -> None:
+        """Write the frame for ``tag`` into ``out`` (any shape, C-contiguous uint8)."""
+        flat = out.reshape(-1)
+        assert np.shares_memory(flat, out), "fill target must be C-contiguous"
+        n = flat.size
+        key = self._key(tag, n)
+        _, crc = self._expected(key)
+        flat[HEAD : n - TAIL] = self._base[key[0]][HEAD : n - TAIL]
+        hdr = np.frombuffer(struct.pack("<QQ", tag, crc), np.uint8)
+        flat[:HEAD] = hdr
+        flat[n - TAIL :] = hdr[:TAIL]
+
+    def make(self, tag: int, shape: Sequence[int] | None = None) -> np.ndarray:
+        """The frame for ``tag`` in a scratch buffer (reused by the next call)."""
+        shape = self.shape if shape is None else tuple(shape)
+        out = self._scratch[: int(np.prod(shape))].reshape(shape)
+        self.fill(out, tag)
+        return out
+
+    def check(self, arr: np.ndarray) -> int:
+        """Verify a frame's bytes; return its tag. Raises AssertionError on any damage."""
+        assert arr.dtype == np.uint8, arr.dtype
+        data = arr.tobytes()  # one snapshot copy; C order whatever the strides
+        n = len(data)
+        assert n >= HEAD + TAIL, f"frame of {n} bytes is too small"
+        tag, crc = struct.unpack_from("<QQ", data, 0)
+        (tail,) = struct.unpack_from("<Q", data, n - TAIL)
+        assert tag == tail, f"torn frame: head tag {tag:#x} != tail tag {tail:#x}"
+        body, want_crc = self._expected(self._key(tag, n))
+        assert crc == want_crc, f"frame {tag:#x}: checksum {crc:#x} != {want_crc:#x}"
+        assert data.startswith(body, HEAD), f"frame {tag:#x}: body differs from its pattern"
+        return int(tag)
+
+
+def variable_shape(n: int, full: Sequence[int]) -> tuple[int, ...]:
+    """A deterministic shape <= ``full`` (same ndim) for frame ``n`` of a variable stream."""
+    if len(full) == 1:
+        choices = [full[0], 24, full[0] // 2 + 8, 25]
+        return (max(24, min(full[0], choices[n % 4])),)
+    h, w = full[0], full[1]
+    rest = tuple(full[2:])
+    options = [
+        (h, w),
+        (1, max(8, -(-24 // int(np.prod(rest or (1,)))))),
+        (h // 2 + 1, w),
+        (h, w // 3 + 1),
+        (7, 13 if w >= 13 else w),
+    ]
+    hh, ww = options[n % len(options)]
+    return (min(h, hh), min(w, ww), *rest)
+
+
+# --------------------------------------------------------------------------- channels
+
+
+class Chan(Protocol):
+    def send(self, msg: Any) -> None: ...
+
+    def recv(self, timeout: float = WAIT) -> Any: ...
+
+
+class ConnChan:
+    """Channel over a multiprocessing Connection."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def send(self, msg: Any) -> None:
+        self.conn.send(msg)
+
+    def recv(self, timeout: float = WAIT) -> Any:
+        if not self.conn.poll(timeout):
+            raise TimeoutError(f"no message within {timeout} s")
+        return self.conn.recv()
+
+
+class FdChan:
+    """Newline-delimited JSON over a pair of file descriptors (Popen pipes, stdio)."""
+
+    def __init__(self, rfd: int, wfd: int) -> None:
+        self.rfd = rfd
+        self.wfd = wfd
+        self._buf = b""
+
+    def send(self, msg: Any) -> None:
+        data = (json.dumps(msg) + "\n").encode()
+        while data:
+            data = data[os.write(self.wfd, data) :]
+
+    def recv(self, timeout: float = WAIT) -> Any:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no message within {timeout} s")
+            ready, _, _ = select.select([self.rfd], [], [], left)
+            if ready:
+                chunk = os.read(self.rfd, 1 << 16)
+                if not chunk:
+                    raise EOFError("channel closed")
+                self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return json.loads(line)
+
+
+def expect(chan: Chan, want: str, timeout: float = WAIT) -> Any:
+    msg = chan.recv(timeout)
+    if msg == want or (isinstance(msg, dict) and want in msg):
+        return msg
+    raise AssertionError(f"expected {want!r}, got {msg!r}")
+
+
+# --------------------------------------------------------------------------- children
+
+
+def _mp_entry(func: str, conn: Connection, kwargs: dict[str, Any]) -> None:
+    chan = ConnChan(conn)
+    try:
+        CHILD_FUNCS[func](chan, **kwargs)
+    except BaseException:
+        chan.send({"error": traceback.format_exc()})
+        raise SystemExit(1) from None
+
+
+def popen_main(argv: Sequence[str]) -> int:
+    """Entry point of tests/children/child.py (an unrelated ``python`` process)."""
+    func, kwargs = argv[0], json.loads(argv[1])
+    chan = FdChan(0, 1)
+    try:
+        CHILD_FUNCS[func](chan, **kwargs)
+    except BaseException:
+        chan.send({"error": traceback.format_exc()})
+        return 1
+    return 0
+
+
+def wait_pid_exit(pid: int, timeout: float = WAIT) -> None:
+    """Wait (bounded) until process ``pid`` has exited (any process; nothing is reaped)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        assert ready, f"process {pid} still alive after {timeout} s"
+    finally:
+        os.close(fd)
+
+
+class ChildError(AssertionError):
+    pass
+
+
+class Child:
+    """A child process running ``CHILD_FUNCS[func](chan, **kwargs)``.
+
+    ``kind`` is ``"spawn"``, ``"fork"`` or ``"popen"`` (an unrelated ``python`` program:
+    kwargs must then be JSON). Use as a context manager: on exit the child is killed if
+    still running, and always reaped.
+    """
+
+    def __init__(self, kind: str, func: str, **kwargs: Any) -> None:
+        self.kind = kind
+        self.func = func
+        self._proc: Any
+        self._stderr: Any = None
+        if kind == "popen":
+            self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
+            self._proc = subprocess.Popen(
+                [sys.executable, CHILD_SCRIPT, func, json.dumps(kwargs)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr,
+                cwd=TESTS_DIR,
+            )
+            assert self._proc.stdin is not None and self._proc.stdout is not None
+            self.chan: Chan = FdChan(self._proc.stdout.fileno(), self._proc.stdin.fileno())
+        else:
+            ctx = mp.get_context(kind)
+            parent, child = ctx.Pipe()
+            self._proc = ctx.Process(target=_mp_entry, args=(func, child, kwargs), daemon=True)
+            self._proc.start()
+            child.close()
+            self.chan = ConnChan(parent)
+
+    @property
+    def pid(self) -> int:
+        return int(self._proc.pid)
+
+    def send(self, msg: Any) -> None:
+        self.chan.send(msg)
+
+    def recv(self, timeout: float = WAIT) -> Any:
+        try:
+            msg = self.chan.recv(timeout)
+        except (EOFError, OSError, TimeoutError) as e:
+            raise ChildError(f"{self.func} child: {e!r}; stderr: {self.stderr()}") from e
+        if isinstance(msg, dict) and "error" in msg:
+            raise ChildError(f"{self.func} child failed:\n{msg['error']}")
+        return msg
+
+    def expect(self, want: str, timeout: float = WAIT) -> Any:
+        msg = self.recv(timeout)
+        if msg == want or (isinstance(msg, dict) and want in msg):
+            return msg
+        raise AssertionError(f"{self.func} child: expected {want!r}, got {msg!r}")
+
+    def kill(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+
+    def wait_dead(self, timeout: float = WAIT) -> None:
+        """Wait (bounded) until the child has exited, WITHOUT reaping it: it stays a
+        zombie, which every survivor must treat as dead."""
+        wait_pid_exit(self.pid, timeout)
+
+    def join(self, timeout: float = WAIT) -> int:
+        """Wait (bounded) for the child to exit; return its exit code (-N for signal N)."""
+        if self.kind == "popen":
+            try:
+                return int(self._proc.wait(timeout))
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"{self.func} child did not exit in {timeout} s") from None
+        self._proc.join(timeout)
+        code = self._proc.exitcode
+        assert code is not None, f"{self.func} child did not exit in {timeout} s"
+        return int(code)
+
+    def stderr(self) -> str:
+        if self._stderr is None:
+            return "<not captured>"
+        self._stderr.seek(0)
+        return str(self._stderr.read().decode(errors="replace"))
+
+    def close(self) -> None:
+        try:
+            if self.kind == "popen":
+                if self._proc.poll() is None:
+                    self._proc.kill()
+                self._proc.wait(WAIT)
+                for f in (self._proc.stdin, self._proc.stdout):
+                    if f is not None:
+                        f.close()
+            else:
+                if self._proc.exitcode is None:
+                    self._proc.kill()
+                self._proc.join(WAIT)
+        finally:
+            if self._stderr is not None:
+                self._stderr.close()
+
+    def __enter__(self) -> Child:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def finish(child: Child, timeout: float = WAIT) -> Any:
+    """Receive a child's final report and check it exited cleanly."""
+    report = child.recv(timeout)
+    code = child.join(timeout)
+    assert code == 0, f"{child.func} child exit code {code}; stderr: {child.stderr()}"
+    return report
+
+
+class Waiter(threading.Thread):
+    """Run ``fn`` in a thread; record its result or exception and when it finished."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        super().__init__(daemon=True)
+        self.fn = fn
+        self.result: Any = None
+        self.exc: BaseException | None = None
+        self.t_end: float | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn()
+        except BaseException as e:
+            self.exc = e
+        finally:
+            self.t_end = time.monotonic()
+
+    def finish(self, timeout: float = WAIT) -> None:
+        self.join(timeout)
+        assert not self.is_alive(), f"waiting thread still blocked after {timeout} s"
+
+
+# ----------------------------------------------------------------- child functions
+# Each takes the channel first; kwargs are JSON-able (popen) or picklable (spawn/fork).
+
+
+def _open_writer(
+    name: str, shape: Sequence[int], create: bool, policy: str, slots: int, writer: Any
+) -> RingWriter:
+    if writer is not None:
+        return writer  # type: ignore[no-any-return]
+    if create:
+        return RingWriter.create(name, tuple(shape), np.uint8, slots=slots, policy=policy)
+    return RingWriter.attach(name, timeout=WAIT)
+
+
+def child_stream_writer(
+    chan: Chan,
+    name: str = "",
+    shape: Sequence[int] = SMALL,
+    count: int = 1000,
+    api: str = "write",
+    create: bool = True,
+    writer_id: int = 0,
+    policy: str = "block",
+    slots: int = 8,
+    variable: bool = False,
+    wait_go: bool = True,
+    writer: Any = None,
+) -> None:
+    """Write ``count`` pattern frames (tags writer_id/0..count-1), close, report seqs."""
+    pat = Pattern(shape)
+    w = _open_writer(name, shape, create, policy, slots, writer)
+    chan.send("ready")
+    if wait_go:
+        expect(chan, "go")
+    seqs = []
+    for n in range(count):
+        tag = make_tag(writer_id, n)
+        fshape = variable_shape(n, shape) if variable else None
+        use_claim = api == "claim" or (api == "mixed" and n % 2 == 1)
+        if use_claim:
+            c = w.claim(WAIT, shape=fshape)
+            with c as slot:
+                pat.fill(slot, tag)
+            seqs.append(c.seq)
+        else:
+            seqs.append(w.write(pat.make(tag, fshape), WAIT))
+    w.close()
+    assert increasing(seqs), "write() seqs not increasing"
+    chan.send({"seqs": seqs})
+
+
+@dataclass
+class Received:
+    """What a reader got: per frame its tag (verified pattern), seq, dropped and shape."""
+
+    tags: list[int] = field(default_factory=list)
+    seqs: list[int] = field(default_factory=list)
+    drops: list[int] = field(default_factory=list)
+    shapes: list[tuple[int, ...]] = field(default_factory=list)
+    dropped: int = 0  # the reader's total at the end
+
+    def take(self, frame: Any, pat: Pattern) -> None:
+        self.tags.append(pat.check(frame.array))
+        self.seqs.append(int(frame.seq))
+        self.drops.append(int(frame.dropped))
+        self.shapes.append(tuple(frame.array.shape))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tags": self.tags,
+            "seqs": self.seqs,
+            "drops": self.drops,
+            "shapes": [list(s) for s in self.shapes],
+            "dropped": self.dropped,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Received:
+        return cls(d["tags"], d["seqs"], d["drops"], [tuple(s) for s in d["shapes"]], d["dropped"])
+
+
+def collect(
+    r: RingReader,
+    pat: Pattern,
+    method: str = "read",
+    limit: int | None = None,
+    pause: Callable[[], None] | None = None,
+    timeout: float = WAIT,
+) -> Received:
+    """Read (verifying every frame) until end of stream, or ``limit`` frames.
+
+    ``method``: ``"read"`` (read with a timeout), ``"iter"`` (``for frame in r``: blocks
+    without a timeout, so only for children or already-closed streams) or ``"latest"``.
+    ``pause`` is called once, after the first frame.
+    """
+    got = Received()
+    if method == "iter":
+        for frame in r:
+            got.take(frame, pat)
+            if pause is not None and len(got.tags) == 1:
+                pause()
+            if limit is not None and len(got.tags) >= limit:
+                break
+    else:
+        get = r.read if method == "read" else r.latest
+        while limit is None or len(got.tags) < limit:
+            try:
+                frame = get(timeout)
+            except EndOfStream:
+                break
+            with frame:
+                got.take(frame, pat)
+            if pause is not None and len(got.tags) == 1:
+                pause()
+    got.dropped = int(r.dropped)
+    return got
+
+
+def child_stream_reader(
+    chan: Chan,
+    name: str = "",
+    shape: Sequence[int] = SMALL,
+    group: str | None = None,
+    start: str = "oldest",
+    reader: Any = None,
+    pause_after_first: bool = False,
+    method: str = "iter",
+) -> None:
+    """Attach, report ready, read until end of stream verifying every frame, report."""
+    pat = Pattern(shape)
+    r = reader if reader is not None else RingReader.attach(name, group=group, start=start)
+    chan.send("ready")
+
+    def pause() -> None:
+        chan.send("first")
+        expect(chan, "continue")
+
+    got = collect(r, pat, method, pause=pause if pause_after_first else None)
+    r.close()
+    chan.send({"got": got.as_dict()})
+
+
+def child_try_create(chan: Chan, name: str = "", shape: Sequence[int] = SMALL) -> None:
+    """Try to create a ring; report the exception type (or None)."""
+    try:
+        w = RingWriter.create(name, tuple(shape), np.uint8)
+    except Exception as e:
+        chan.send({"error_type": type(e).__name__, "file_exists": isinstance(e, FileExistsError)})
+        return
+    w.close()
+    chan.send({"error_type": None})
+
+
+def child_hold_reader(
+    chan: Chan, name: str = "", shape: Sequence[int] = SMALL, group: str | None = None
+) -> None:
+    """Attach, report, read one frame and hold it until told to release (or killed)."""
+    pat = Pattern(shape)
+    r = RingReader.attach(name, group=group, start="oldest", timeout=WAIT)
+    chan.send("ready")
+    frame = r.read(WAIT)
+    tag = pat.check(frame.array)
+    chan.send({"holding": frame.seq, "tag": tag})
+    expect(chan, "release")
+    frame.release()
+    r.close()
+    chan.send("done")
+
+
+def child_lock_holder(
+    chan: Chan,
+    name: str = "",
+    shape: Sequence[int] = SMALL,
+    create: bool = True,
+    mode: str = "lock",
+    frames: int = 3,
+    policy: str = "block",
+    slots: int = 8,
+) -> None:
+    """Create/attach a writer, write ``frames`` frames, then hold the header lock or a
+    claim (``mode``) or nothing (``"none"``) and wait to be SIGKILLed."""
+    pat = Pattern(shape)
+    w = _open_writer(name, shape, create, policy, slots, None)
+    chan.send("ready")
+    expect(chan, "go")
+    for n in range(frames):
+        w.write(pat.make(make_tag(9, n)), WAIT)
+    chan.send("wrote")
+    expect(chan, "hold")
+    if mode == "lock":
+        got = w._lock.acquire(5.0)
+        assert got is not False, "could not take the header lock"
+        chan.send("holding")
+        chan.recv(WAIT)  # killed here
+    elif mode == "claim":
+        with w.claim(5.0) as slot:
+            slot[...] = 0xAB
+            chan.send("holding")
+            chan.recv(WAIT)  # killed here
+    else:
+        chan.send("holding")
+        chan.recv(WAIT)
+    raise AssertionError("lock holder was not killed")
+
+
+def _linger(conn: Connection, parents_end: Connection) -> None:
+    """A forked grandchild that does nothing until its parent's end of the pipe closes."""
+    parents_end.close()
+    conn.poll(WAIT)
+
+
+def child_fork_then_hold(chan: Chan, name: str = "", shape: Sequence[int] = SMALL) -> None:
+    """Create a ring, write 2 frames, fork a grandchild that outlives us, wait to be killed.
+
+    The grandchild inherited the creator's descriptors: they must not keep the dead
+    creator looking alive."""
+    pat = Pattern(shape)
+    w = RingWriter.create(name, tuple(shape), np.uint8)
+    chan.send("ready")
+    expect(chan, "go")
+    for n in range(2):
+        w.write(pat.make(make_tag(9, n)), WAIT)
+    ctx = mp.get_context("fork")
+    keep, give = ctx.Pipe()
+    grandchild = ctx.Process(target=_linger, args=(give, keep), daemon=False)
+    grandchild.start()
+    _KEEP.extend([keep, grandchild])
+    chan.send({"grandchild": grandchild.pid})
+    chan.recv(WAIT)  # killed here
+    raise AssertionError("not killed")
+
+
+# Module-level references keep objects alive until interpreter exit on purpose.
+_KEEP: list[Any] = []
+
+
+def child_attach_exit(
+    chan: Chan, name: str = "", shape: Sequence[int] = SMALL, close: bool = True
+) -> None:
+    """Attach a reader and a writer by name, read one frame, write one, exit.
+
+    With ``close=False`` nothing is closed: interpreter exit / GC must clean up quietly
+    without touching the segment (the creator owns it).
+    """
+    pat = Pattern(shape)
+    r = RingReader.attach(name, start="oldest", timeout=WAIT)
+    w = RingWriter.attach(name, timeout=WAIT)
+    with r.read(WAIT) as frame:
+        tag = pat.check(frame.array)
+    seq = w.write(pat.make(make_tag(5, 0)), WAIT)
+    if close:
+        w.close()
+        r.close()
+    else:
+        _KEEP.extend([r, w])
+    chan.send({"tag": tag, "seq": seq})
+
+
+def child_create_exit(
+    chan: Chan, name: str = "", shape: Sequence[int] = SMALL, how: str = "close"
+) -> None:
+    """Create a ring, report, wait for "exit", then leave by ``how``:
+    ``close`` (explicit), ``with`` (context exit), ``gc`` (drop the last reference),
+    ``exit`` (keep a reference: interpreter exit)."""
+    if how == "with":
+        with RingWriter.create(name, tuple(shape), np.uint8) as w:
+            chan.send({"ready": w.name})
+            expect(chan, "exit")
+        chan.send({"bye": os.path.exists(seg_path(name))})
+        return
+    w = RingWriter.create(name, tuple(shape), np.uint8)
+    chan.send({"ready": w.name})
+    expect(chan, "exit")
+    if how == "close":
+        w.close()
+    elif how == "gc":
+        del w
+        import gc
+
+        gc.collect()
+    else:
+        _KEEP.append(w)
+    chan.send({"bye": os.path.exists(seg_path(name))})
+
+
+def child_attach_when_created(chan: Chan, name: str = "") -> None:
+    """Attach as a reader with a generous timeout before the ring exists."""
+    chan.send("ready")
+    r = RingReader.attach(name, start="oldest", timeout=WAIT)
+    chan.send("attached")
+    with r.read(WAIT) as frame:
+        first = int(frame.array[0])
+    r.close()
+    chan.send({"first": first})
+
+
+def child_overwrite_writer(
+    chan: Chan, name: str = "", shape: Sequence[int] = SMALL, count: int = 1000
+) -> None:
+    """Attach as a writer to an overwrite ring and write ``count`` frames without blocking."""
+    pat = Pattern(shape)
+    w = RingWriter.attach(name, timeout=WAIT)
+    chan.send("ready")
+    expect(chan, "go")
+    seqs = [w.write(pat.make(make_tag(1, n)), 0.0) for n in range(count)]
+    w.close()
+    chan.send({"seqs": [seqs[0], seqs[-1]]})
+
+
+CHILD_FUNCS: dict[str, Callable[..., None]] = {
+    "stream_writer": child_stream_writer,
+    "stream_reader": child_stream_reader,
+    "hold_reader": child_hold_reader,
+    "lock_holder": child_lock_holder,
+    "attach_exit": child_attach_exit,
+    "create_exit": child_create_exit,
+    "attach_when_created": child_attach_when_created,
+    "overwrite_writer": child_overwrite_writer,
+    "try_create": child_try_create,
+    "fork_then_hold": child_fork_then_hold,
+}

@@ -1,0 +1,366 @@
+"""Every typed error, when it is raised, and the checks on arguments and frames."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import signal
+import time
+import warnings
+
+import numpy as np
+import pytest
+from helpers import SLACK, SMALL, WAIT, Child, Pattern, collect, make_tag, seg_path, unique_name
+
+import shmring
+from shmring import (
+    EndOfStream,
+    IncompatibleRing,
+    RingExists,
+    RingFull,
+    RingNotFound,
+    RingReader,
+    RingTimeout,
+    RingWriter,
+    ShmringError,
+    WriterGone,
+)
+
+MAGIC_OFFSET = 0
+
+
+def test_error_hierarchy() -> None:
+    for cls, builtin in [
+        (RingNotFound, FileNotFoundError),
+        (RingExists, FileExistsError),
+        (EndOfStream, EOFError),
+        (RingTimeout, TimeoutError),
+    ]:
+        assert issubclass(cls, ShmringError) and issubclass(cls, builtin)
+    for cls in (IncompatibleRing, shmring.RingCorrupted, WriterGone, RingFull):
+        assert issubclass(cls, ShmringError)
+    assert issubclass(shmring.StaleRingWarning, UserWarning)
+
+
+# ----------------------------------------------------------------------------- not found
+
+
+def test_ring_not_found() -> None:
+    name = unique_name()
+    for attach in (RingReader.attach, RingWriter.attach):
+        with pytest.raises(RingNotFound) as ei:
+            attach(name)
+        assert isinstance(ei.value, FileNotFoundError)
+        assert name in str(ei.value)
+    t0 = time.monotonic()
+    with pytest.raises(RingNotFound):
+        RingReader.attach(name, timeout=0.2)  # waited for it, it never appeared
+    assert 0.2 <= time.monotonic() - t0 < 0.2 + SLACK
+
+
+def test_ring_exists() -> None:
+    name = unique_name()
+    with RingWriter.create(name, SMALL, np.uint8):
+        with pytest.raises(RingExists) as ei:
+            RingWriter.create(name, (3, 3), np.float32)
+        assert isinstance(ei.value, FileExistsError)
+        assert name in str(ei.value)
+        with RingReader.attach(name):  # the original ring is untouched
+            pass
+
+
+# ---------------------------------------------------------------------------- incompatible
+
+
+@pytest.fixture
+def ring_name() -> str:
+    return unique_name()
+
+
+def _patch(name: str, offset: int, data: bytes) -> bytes:
+    with open(seg_path(name), "r+b") as f:
+        f.seek(offset)
+        old = f.read(len(data))
+        f.seek(offset)
+        f.write(data)
+    return old
+
+
+@pytest.mark.parametrize(
+    ("offset", "what"), [(MAGIC_OFFSET, "magic"), (8, "version"), (100, "geometry")]
+)
+def test_incompatible_ring_damaged_header(ring_name: str, offset: int, what: str) -> None:
+    """Overwrite bytes of a live ring's fixed header (the magic at offset 0, the format
+    version after it, a geometry field covered by the header checksum): attaching fails
+    with IncompatibleRing naming the ring; restoring the bytes makes it attachable again."""
+    with RingWriter.create(ring_name, SMALL, np.uint8) as w:
+        old = _patch(ring_name, offset, b"\xa5\x5a\xa5\x5a")
+        try:
+            for attach in (RingReader.attach, RingWriter.attach):
+                with pytest.raises(IncompatibleRing) as ei:
+                    attach(ring_name)
+                assert ring_name in str(ei.value)
+        finally:
+            _patch(ring_name, offset, old)
+        with RingReader.attach(ring_name) as r:
+            w.write(np.ones(SMALL, np.uint8), 1.0)
+            assert r.read(1.0).seq == 0
+
+
+@pytest.mark.parametrize("size", [0, 10, 255, 4096, 1 << 20])
+def test_incompatible_ring_not_a_ring(ring_name: str, size: int) -> None:
+    """A file in the ring's place that is not a ring: a clear error, never a crash."""
+    path = seg_path(ring_name)
+    rng = np.random.default_rng(size)
+    with open(path, "wb") as f:
+        f.write(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+    try:
+        for attach in (RingReader.attach, RingWriter.attach):
+            with pytest.raises(IncompatibleRing):
+                attach(ring_name)
+    finally:
+        os.unlink(path)
+
+
+def test_incompatible_ring_truncated(ring_name: str) -> None:
+    with RingWriter.create(ring_name, SMALL, np.uint8):
+        size = os.path.getsize(seg_path(ring_name))
+        os.truncate(seg_path(ring_name), size - 1)
+        try:
+            with pytest.raises(IncompatibleRing):
+                RingReader.attach(ring_name)
+        finally:
+            os.truncate(seg_path(ring_name), size)
+
+
+# --------------------------------------------------------------------- gone / end / timeout
+
+
+def test_writer_gone_after_sigkill() -> None:
+    """The only writer SIGKILLed: what it published is still delivered, then WriterGone
+    (from read, latest and iteration alike)."""
+    name = unique_name()
+    pat = Pattern(SMALL)
+    with Child("popen", "lock_holder", name=name, create=True, mode="none", frames=2) as kid:
+        kid.expect("ready")
+        r = RingReader.attach(name, start="oldest")
+        r2 = RingReader.attach(name, start="oldest")
+        kid.send("go")
+        kid.expect("wrote")
+        kid.kill()
+        assert kid.join() == -signal.SIGKILL
+    assert collect(r, pat, limit=2, timeout=1.0).tags == [make_tag(9, 0), make_tag(9, 1)]
+    t0 = time.monotonic()
+    with pytest.raises(WriterGone) as ei:
+        r.read(WAIT)
+    assert time.monotonic() - t0 < 1.0 + SLACK
+    assert name in str(ei.value)
+    with pytest.raises(WriterGone):
+        r.latest(WAIT)
+    with pytest.raises(WriterGone):  # iteration does not silently end: the stream was cut
+        for _ in r2:
+            pass
+    r.close()
+    r2.close()
+    assert not os.path.exists(seg_path(name))  # the last reader out unlinked the orphan
+
+
+def test_end_of_stream() -> None:
+    name = unique_name()
+    pat = Pattern(SMALL)
+    with RingWriter.create(name, SMALL, np.uint8) as w:
+        r = RingReader.attach(name, start="oldest")
+        r_iter = RingReader.attach(name, start="oldest")
+        r_latest = RingReader.attach(name, start="oldest")
+        for i in range(3):
+            w.write(pat.make(make_tag(0, i)), 1.0)
+        w.close()
+        assert not os.path.exists(seg_path(name))  # unlinked, but attached readers drain
+        assert collect(r, pat, limit=3, timeout=1.0).seqs == [0, 1, 2]
+        for _ in range(2):  # and stays ended
+            with pytest.raises(EndOfStream) as ei:
+                r.read(WAIT)
+            assert isinstance(ei.value, EOFError)
+        assert [f.seq for f in r_iter] == [0, 1, 2]  # iteration just stops
+        assert list(r_iter) == []
+        with r_latest.latest(1.0) as f:
+            assert f.seq == 2
+        with pytest.raises(EndOfStream):
+            r_latest.latest(WAIT)
+        for rr in (r, r_iter, r_latest):
+            rr.close()
+
+
+def test_ring_timeout_reader() -> None:
+    name = unique_name()
+    with RingWriter.create(name, SMALL, np.uint8), RingReader.attach(name) as r:
+        for call in (r.read, r.latest):
+            t0 = time.monotonic()
+            with pytest.raises(RingTimeout) as ei:
+                call(0.15)
+            elapsed = time.monotonic() - t0
+            assert 0.15 <= elapsed < 0.15 + SLACK
+            assert isinstance(ei.value, TimeoutError)
+            t0 = time.monotonic()
+            with pytest.raises(RingTimeout):
+                call(0.0)
+            assert time.monotonic() - t0 < SLACK
+
+
+def test_ring_timeout_writer_block_policy() -> None:
+    """A block-policy ring whose reader does not read: write and claim time out."""
+    name = unique_name()
+    with (
+        RingWriter.create(name, SMALL, np.uint8, slots=4) as w,
+        RingReader.attach(name, start="oldest") as r,
+    ):
+        n = 0
+        while True:
+            assert n <= 64, "block policy never blocked the writer"
+            try:
+                w.write(np.full(SMALL, n, np.uint8), 0.0)
+            except RingTimeout:
+                break
+            n += 1
+        assert n >= 4  # at least `slots` frames fit
+        t0 = time.monotonic()
+        with pytest.raises(RingTimeout):
+            w.write(np.zeros(SMALL, np.uint8), 0.15)
+        assert 0.15 <= time.monotonic() - t0 < 0.15 + SLACK
+        with pytest.raises(RingTimeout), w.claim(0.1) as slot:
+            slot[...] = 1
+        with r.read(1.0) as f:  # one frame read and released makes room for one
+            assert f.seq == 0
+        w.write(np.zeros(SMALL, np.uint8), 1.0)
+        with pytest.raises(RingTimeout):
+            w.write(np.zeros(SMALL, np.uint8), 0.0)
+
+
+def test_ring_full() -> None:
+    name = unique_name()
+    with RingWriter.create(name, SMALL, np.uint8, max_readers=2, max_writers=2):
+        r1 = RingReader.attach(name)
+        r2 = RingReader.attach(name)
+        with pytest.raises(RingFull):
+            RingReader.attach(name)
+        r1.close()
+        RingReader.attach(name).close()  # a closed reader's record is free again
+        w2 = RingWriter.attach(name)
+        with pytest.raises(RingFull):
+            RingWriter.attach(name)
+        w2.close()
+        RingWriter.attach(name).close()
+        r2.close()
+
+
+# ------------------------------------------------------------------------ arguments, frames
+
+
+def test_frame_type_errors_name_expected_and_got() -> None:
+    name = unique_name()
+    with RingWriter.create(name, (4, 5), np.uint8) as w, RingReader.attach(name) as r:
+        cases = [
+            (np.zeros((4, 5), np.float32), ["uint8", "float32"]),
+            (np.zeros((4, 5, 1), np.uint8), ["(4, 5)", "(4, 5, 1)"]),
+            (np.zeros((20,), np.uint8), ["(4, 5)", "(20,)"]),
+            (np.zeros((4, 6), np.uint8), ["(4, 5)", "(4, 6)"]),
+            (np.zeros((5, 5), np.uint8), ["(4, 5)", "(5, 5)"]),
+        ]
+        for frame, words in cases:
+            with pytest.raises(ValueError) as ei:
+                w.write(frame, 1.0)
+            for word in words:
+                assert word in str(ei.value), (word, str(ei.value))
+        for shape in [(4, 6), (5, 5), (4, 5, 1), (20,)]:
+            with pytest.raises(ValueError) as ei, w.claim(1.0, shape=shape):
+                pass
+            assert str(shape) in str(ei.value) and "(4, 5)" in str(ei.value)
+        with pytest.raises(RingTimeout):  # nothing was published by the failed calls
+            r.read(0.0)
+        assert w.write(np.zeros((4, 5), np.uint8), 1.0) == 0
+
+
+def test_frame_array_is_read_only() -> None:
+    name = unique_name()
+    with RingWriter.create(name, SMALL, np.uint8) as w, RingReader.attach(name) as r:
+        w.write(np.full(SMALL, 9, np.uint8), 1.0)
+        with r.read(1.0) as f:
+            assert not f.array.flags.writeable
+            with pytest.raises(ValueError, match="read-only"):
+                f.array[0] = 1
+            with pytest.raises(ValueError):
+                f.array.flags.writeable = True
+            assert int(f.array[0]) == 9
+
+
+def test_claim_abandoned_on_exception_is_never_seen() -> None:
+    name = unique_name()
+    with RingWriter.create(name, SMALL, np.uint8) as w, RingReader.attach(name) as r:
+        with pytest.raises(KeyError), w.claim(1.0) as slot:
+            slot[...] = 77
+            raise KeyError("boom")
+        with pytest.raises(RingTimeout):
+            r.read(0.0)
+        c = w.claim(1.0)
+        with c as slot:
+            slot[...] = 5
+        with r.read(1.0) as f:
+            assert f.seq == c.seq
+            assert int(f.array[0]) == 5
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"policy": "overwrite", "slots": 8, "max_readers": 4, "max_writers": 4},
+        {"policy": "overwrite", "slots": 4},
+        {"policy": "sometimes"},
+        {"slots": 0},
+        {"max_readers": 0},
+    ],
+)
+def test_create_rejects_bad_arguments(ring_name: str, kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        RingWriter.create(ring_name, SMALL, np.uint8, **kwargs)  # type: ignore[arg-type]
+    assert not os.path.exists(seg_path(ring_name))
+
+
+def test_overwrite_minimum_slots_accepted(ring_name: str) -> None:
+    RingWriter.create(
+        ring_name, SMALL, np.uint8, policy="overwrite", slots=9, max_readers=4, max_writers=4
+    ).close()
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "x" * 65, "sp ace", "../up", "é"])
+def test_bad_names(name: str) -> None:
+    with pytest.raises(ValueError):
+        RingWriter.create(name, SMALL, np.uint8)
+    with pytest.raises(ValueError):
+        RingReader.attach(name)
+
+
+def test_longest_name_and_all_allowed_characters() -> None:
+    name = (unique_name("Az9_.-") + "x" * 64)[:64]
+    with RingWriter.create(name, SMALL, np.uint8), RingReader.attach(name) as r:
+        assert os.path.exists(seg_path(name))
+        assert r is not None
+
+
+def test_ring_larger_than_free_shm_space(ring_name: str) -> None:
+    """Fails at create with ENOSPC, naming the size asked and the space free, instead of a
+    SIGBUS later; nothing is left behind."""
+    st = os.statvfs("/dev/shm")
+    free = st.f_bavail * st.f_frsize
+    frame_bytes = free // 4 + (1 << 20)
+    with pytest.raises(OSError) as ei:
+        RingWriter.create(ring_name, (frame_bytes,), np.uint8, slots=8)
+    assert ei.value.errno == errno.ENOSPC
+    msg = str(ei.value)
+    numbers = [int(x.replace(",", "").replace("_", "")) for x in re.findall(r"\d[\d,_]*", msg)]
+    assert any(n >= 8 * frame_bytes for n in numbers), f"size asked not named: {msg}"
+    assert any(abs(n - free) <= free // 10 for n in numbers), f"space free not named: {msg}"
+    assert not os.path.exists(seg_path(ring_name))
+    with warnings.catch_warnings():  # and the name is free to use right away
+        warnings.simplefilter("error")
+        RingWriter.create(ring_name, SMALL, np.uint8).close()
