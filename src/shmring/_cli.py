@@ -104,10 +104,7 @@ def rows(listing: Listing, earlier: Listing) -> list[Row]:
 
 def measure(before: RingInfo | None, after: RingInfo) -> Rate | None:
     """Rates between two snapshots; None if there is no earlier one of this same ring."""
-    if before is None or (before.created_ns, before.creator_pid) != (
-        after.created_ns,
-        after.creator_pid,
-    ):
+    if before is None or identity(before) != identity(after):
         return None
     seconds = (after.snapshot_ns - before.snapshot_ns) / 1e9
     if seconds <= 0:
@@ -115,6 +112,11 @@ def measure(before: RingInfo | None, after: RingInfo) -> Rate | None:
     frames = (after.published - before.published) / seconds
     drops = max(total_drops(after) - total_drops(before), 0) / seconds
     return Rate(frames, frames * frame_bytes(after), drops)
+
+
+def identity(info: RingInfo) -> tuple[int, int]:
+    """Tells a ring from a later one created under the same name."""
+    return info.created_ns, info.creator_pid
 
 
 def frame_bytes(info: RingInfo) -> int:
@@ -135,11 +137,12 @@ def max_lag(info: RingInfo) -> int | None:
 
 
 def human_bytes(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    power = 0
+    while count >= 1024 and power < len(units) - 1:
         count /= 1024
-    raise AssertionError("unreachable")
+        power += 1
+    return f"{count:.0f} B" if power == 0 else f"{count:.1f} {units[power]}"
 
 
 def human_duration(ns: int) -> str:
@@ -449,7 +452,7 @@ def run_top(display: Display, args: argparse.Namespace) -> None:
 
 
 @contextlib.contextmanager
-def about(name: str) -> Iterator[None]:
+def ring_errors(name: str) -> Iterator[None]:
     """Turn a missing or forbidden ring into a message that says what to do."""
     try:
         yield
@@ -486,7 +489,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    with about(args.name):
+    with ring_errors(args.name):
         info = inspect_ring(args.name)
     if args.json:
         emit_json(info.to_dict())
@@ -506,7 +509,7 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    with about(args.name):
+    with ring_errors(args.name):
         remove_ring(args.name, force=args.force)
     print(f"removed {args.name}")
     return 0
@@ -523,17 +526,14 @@ def why_stale(ring: RingInfo | BrokenRing) -> str:
 
 def remove_if_still_stale(ring: RingInfo | BrokenRing) -> bool:
     """Unlink a ring found stale, unless it has since been re-created or re-attached."""
-    if isinstance(ring, BrokenRing):
-        with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(FileNotFoundError):  # somebody else removed it meanwhile
+        if isinstance(ring, BrokenRing):
             os.unlink(ring.path)
-        return True
-    try:
-        now = inspect_ring(ring.name)
-    except FileNotFoundError:
-        return True  # somebody else removed it
-    if not now.stale or now.created_ns != ring.created_ns:
-        return False
-    remove_ring(ring.name, force=True)
+        else:
+            now = inspect_ring(ring.name)
+            if not now.stale or identity(now) != identity(ring):
+                return False
+            remove_ring(ring.name, force=True)
     return True
 
 
@@ -547,7 +547,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
             print(f"would remove {ring.name}: {why_stale(ring)}")
             continue
         try:
-            with about(ring.name):
+            with ring_errors(ring.name):
                 removed = remove_if_still_stale(ring)
         except (Refused, ShmringError, OSError) as exc:
             report(args, f"cannot remove {ring.name}: {exc}")

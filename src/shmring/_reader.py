@@ -12,18 +12,19 @@ from __future__ import annotations
 import os
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from . import _layout as L
 from ._errors import EndOfStream, RingCorrupted, RingTimeout, ShmringError, WriterGone
-from ._ring import DEFAULT_SPIN, POLL_SLICE, Participant, checked_spin, deadline_from, remaining
-from ._segment import validate_name
+from ._ring import Participant
+from ._segment import Segment, validate_name
 from ._sys import atomic_add32, fence, fence_halves, futex_wait
-from ._writer import attach_segment
+from ._timing import DEFAULT_SPIN, POLL_SLICE, checked_spin, deadline_from, remaining
 
 _STARTS = ("latest", "oldest")
 
@@ -93,12 +94,15 @@ class RingReader:
         start: str = "latest",
         timeout: float = 0.0,
         spin: float = DEFAULT_SPIN,
+        shape: int | Sequence[int] | None = None,
+        dtype: DTypeLike | None = None,
     ) -> RingReader:
         """Join ring `name` as a reader (waiting up to `timeout` s for the ring to appear).
 
         `start`: "latest" begins with the newest published frame, "oldest" with the oldest
         one still in the ring. `spin`: seconds to poll before sleeping when no frame is
-        ready (lower latency for back-to-back frames, at the cost of CPU)."""
+        ready (lower latency for back-to-back frames, at the cost of CPU). With `shape`
+        and/or `dtype`, a ring of another geometry raises IncompatibleRing."""
         validate_name(name)
         if group is not None and (
             not isinstance(group, str) or not group or len(group.encode()) > L.MAX_GROUP_NAME
@@ -110,7 +114,7 @@ class RingReader:
         if start not in _STARTS:
             raise ValueError(f"start must be 'latest' or 'oldest', got {start!r}")
         checked_spin(spin)
-        segment = attach_segment(name, timeout, writable_data=False)
+        segment = Segment.attach(name, timeout, writable_data=False, shape=shape, dtype=dtype)
         try:
             return cls(Participant(segment), group, start, float(spin))
         except BaseException:

@@ -23,7 +23,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import secrets
 import time
@@ -43,35 +42,9 @@ from ._sys import (
     unlock_range,
 )
 
-POLL_SLICE = 0.1  # longest single sleep: bounds liveness checks and any lost wake-up
-DEFAULT_SPIN = 50e-6  # poll this long before sleeping: catches back-to-back frames
 QUIESCE_LIMIT = 5.0  # how long a new writer waits for the exclusive writer to step aside
 
 _live_participants: weakref.WeakSet[Participant] = weakref.WeakSet()
-
-
-def deadline_from(timeout: float | None) -> float | None:
-    """Absolute time.monotonic() deadline for a user timeout (None: wait forever)."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
-    if math.isnan(timeout) or timeout < 0:
-        raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
-    return time.monotonic() + timeout
-
-
-def checked_spin(spin: object) -> float:
-    if isinstance(spin, bool) or not isinstance(spin, (int, float)) or not 0 <= spin <= 1:
-        raise ValueError(f"spin must be a number of seconds between 0 and 1, got {spin!r}")
-    return float(spin)
-
-
-def remaining(deadline: float | None) -> float:
-    """Seconds left before `deadline`, capped at one poll slice."""
-    if deadline is None:
-        return POLL_SLICE
-    return min(POLL_SLICE, deadline - time.monotonic())
 
 
 class Participant:

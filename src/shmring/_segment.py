@@ -21,15 +21,22 @@ import mmap
 import os
 import re
 import secrets
+import time
 import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import DTypeLike
 
 from . import _layout as L
 from ._errors import IncompatibleRing, RingExists, RingNotFound, StaleRingWarning
 from ._sys import range_is_locked, try_lock_range
+from ._timing import deadline_from
 
 SHM_DIR = "/dev/shm"
 PREFIX = "shmring."
 TEMP_PREFIX = ".shmring-tmp-"
+_ATTACH_POLL = 0.01  # how often attach(timeout=...) looks for a ring that is not there yet
 MAX_NAME = 64
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -148,6 +155,34 @@ class Segment:
             os.close(fd)
             raise
 
+    @classmethod
+    def attach(
+        cls,
+        name: str,
+        timeout: float,
+        writable_data: bool,
+        shape: int | Sequence[int] | None = None,
+        dtype: DTypeLike | None = None,
+    ) -> Segment:
+        """Open ring `name`, waiting up to `timeout` seconds for it to appear, and check
+        that it has the geometry the caller expects (if it said)."""
+        deadline = deadline_from(timeout)
+        while True:
+            try:
+                segment = cls.open(name, writable_data)
+                break
+            except RingNotFound:
+                left = (deadline or 0.0) - time.monotonic()
+                if left <= 0:
+                    raise
+                time.sleep(min(_ATTACH_POLL, left))
+        try:
+            _check_expected(segment.geometry, name, shape, dtype)
+        except BaseException:
+            segment.close()
+            raise
+        return segment
+
     # ---- lifecycle ---------------------------------------------------------------------
     def creator_alive(self) -> bool:
         return range_is_locked(self.fd, L.LOCK_CREATOR)
@@ -170,6 +205,25 @@ class Segment:
         with contextlib.suppress(OSError):
             os.close(self.fd)
         self.fd = -1
+
+
+def _check_expected(
+    geometry: L.Geometry,
+    name: str,
+    shape: int | Sequence[int] | None,
+    dtype: DTypeLike | None,
+) -> None:
+    if shape is not None:
+        expected = (shape,) if isinstance(shape, int) else tuple(shape)
+        if expected != geometry.shape:
+            raise IncompatibleRing(
+                f"ring {name!r} has shape {geometry.shape}, expected {expected}; a ring "
+                "left from an earlier run? Remove it (shmring rm) or attach without shape="
+            )
+    if dtype is not None and L.checked_dtype(dtype) != geometry.dtype:
+        raise IncompatibleRing(
+            f"ring {name!r} has dtype {geometry.dtype}, expected {np.dtype(dtype)}"
+        )
 
 
 def _no_space(name: str, size: int, available: int) -> OSError:

@@ -20,12 +20,11 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from . import _layout as L
-from ._errors import RingCorrupted, RingNotFound, RingTimeout
-from ._ring import DEFAULT_SPIN, POLL_SLICE, Participant, checked_spin, deadline_from, remaining
+from ._errors import RingCorrupted, RingTimeout
+from ._ring import Participant
 from ._segment import Segment, validate_name
 from ._sys import MEMBARRIER_AVAILABLE, atomic_add32, fence, fence_halves, futex_wait
-
-_ATTACH_POLL = 0.01
+from ._timing import DEFAULT_SPIN, POLL_SLICE, checked_spin, deadline_from, remaining
 
 
 def _positive_int(value: object, what: str, low: int, high: int) -> int:
@@ -44,19 +43,6 @@ def _checked_shape(shape: object) -> tuple[int, ...]:
     if not 1 <= len(shape) <= L.MAX_NDIM:
         raise ValueError(f"shape must have 1 to {L.MAX_NDIM} dimensions, got {shape!r}")
     return tuple(_positive_int(d, "every dimension of shape", 1, 1 << 40) for d in shape)
-
-
-def attach_segment(name: str, timeout: float, writable_data: bool) -> Segment:
-    """Open a ring by name, waiting up to `timeout` seconds for it to appear."""
-    deadline = deadline_from(timeout)
-    assert deadline is not None
-    while True:
-        try:
-            return Segment.open(name, writable_data)
-        except RingNotFound:
-            if time.monotonic() >= deadline:
-                raise
-        time.sleep(min(_ATTACH_POLL, max(deadline - time.monotonic(), 0)))
 
 
 class Claim:
@@ -165,11 +151,22 @@ class RingWriter:
             raise
 
     @classmethod
-    def attach(cls, name: str, *, timeout: float = 0.0, spin: float = DEFAULT_SPIN) -> RingWriter:
-        """Join ring `name` as one more writer (waiting up to `timeout` s for it to exist)."""
+    def attach(
+        cls,
+        name: str,
+        *,
+        timeout: float = 0.0,
+        spin: float = DEFAULT_SPIN,
+        shape: int | Sequence[int] | None = None,
+        dtype: DTypeLike | None = None,
+    ) -> RingWriter:
+        """Join ring `name` as one more writer (waiting up to `timeout` s for it to exist).
+
+        With `shape` and/or `dtype`, a ring of another geometry raises IncompatibleRing
+        (e.g. a stale ring left from before a resolution change)."""
         validate_name(name)
         checked_spin(spin)
-        segment = attach_segment(name, timeout, writable_data=True)
+        segment = Segment.attach(name, timeout, writable_data=True, shape=shape, dtype=dtype)
         try:
             return cls(
                 Participant(segment), owner=False, deadline=deadline_from(timeout), spin=spin
