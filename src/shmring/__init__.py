@@ -26,6 +26,7 @@ from ._inspect import (
     WriterInfo,
     inspect_ring,
     list_rings,
+    remove_if_stale,
     remove_ring,
     stale_rings,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "WriterInfo",
     "inspect_ring",
     "list_rings",
+    "remove_if_stale",
     "remove_ring",
     "stale_rings",
 ]

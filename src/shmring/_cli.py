@@ -46,6 +46,7 @@ from ._inspect import (
     WriterInfo,
     inspect_ring,
     list_rings,
+    remove_if_stale,
     remove_ring,
     stale_rings,
 )
@@ -524,19 +525,6 @@ def why_stale(ring: RingInfo | BrokenRing) -> str:
     )
 
 
-def remove_if_still_stale(ring: RingInfo | BrokenRing) -> bool:
-    """Unlink a ring found stale, unless it has since been re-created or re-attached."""
-    with contextlib.suppress(FileNotFoundError):  # somebody else removed it meanwhile
-        if isinstance(ring, BrokenRing):
-            os.unlink(ring.path)
-        else:
-            now = inspect_ring(ring.name)
-            if not now.stale or identity(now) != identity(ring):
-                return False
-            remove_ring(ring.name, force=True)
-    return True
-
-
 def cmd_gc(args: argparse.Namespace) -> int:
     garbage = [ring for ring in stale_rings() if matches(ring.name, args.patterns)]
     if not garbage:
@@ -548,7 +536,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
             continue
         try:
             with ring_errors(ring.name):
-                removed = remove_if_still_stale(ring)
+                removed = remove_if_stale(ring)
         except (Refused, ShmringError, OSError) as exc:
             report(args, f"cannot remove {ring.name}: {exc}")
             failures += 1

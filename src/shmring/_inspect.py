@@ -16,7 +16,7 @@ from typing import Any
 from . import _layout as L
 from ._errors import RingExists, ShmringError
 from ._segment import PREFIX, SHM_DIR, TEMP_PREFIX, Segment, segment_path, validate_name
-from ._sys import range_is_locked
+from ._sys import range_is_locked, try_lock_range
 
 
 @dataclass
@@ -103,12 +103,17 @@ class RingInfo:
 
 @dataclass
 class BrokenRing:
-    """A /dev/shm/shmring.* entry that could not be read as a ring."""
+    """A /dev/shm/shmring.* entry that could not be read as a ring.
+
+    kind: "not-a-ring" (no shmring magic: somebody else's file, never garbage-collected),
+    "unreadable" (no permission), "damaged" (a ring's header or size is wrong), or
+    "abandoned-creation" (the temporary file of a create that died half-way)."""
 
     name: str
     path: str
     size_bytes: int
     error: str
+    kind: str = "damaged"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -147,7 +152,7 @@ def list_rings() -> list[RingInfo | BrokenRing]:
         except (ShmringError, OSError, ValueError) as exc:
             with contextlib.suppress(OSError):
                 size = os.stat(path).st_size
-                found.append(BrokenRing(name, path, size, str(exc)))
+                found.append(BrokenRing(name, path, size, str(exc), _broken_kind(path, exc)))
     return found
 
 
@@ -175,7 +180,13 @@ def stale_rings() -> list[RingInfo | BrokenRing]:
     """Rings nobody will clean up: creator and every writer dead (or unreadable), plus
     leftover temporary files of creations that died half-way."""
     stale: list[RingInfo | BrokenRing] = [
-        ring for ring in list_rings() if isinstance(ring, BrokenRing) or ring.stale
+        ring
+        for ring in list_rings()
+        if (
+            ring.kind == "damaged" and not _in_use(ring.path)
+            if isinstance(ring, BrokenRing)
+            else ring.stale
+        )
     ]
     with contextlib.suppress(FileNotFoundError):
         for entry in os.listdir(SHM_DIR):
@@ -183,8 +194,68 @@ def stale_rings() -> list[RingInfo | BrokenRing]:
                 path = os.path.join(SHM_DIR, entry)
                 with contextlib.suppress(OSError):
                     size = os.stat(path).st_size
-                    stale.append(BrokenRing(entry, path, size, "abandoned creation"))
+                    stale.append(
+                        BrokenRing(entry, path, size, "abandoned creation", "abandoned-creation")
+                    )
     return stale
+
+
+def _broken_kind(path: str, exc: BaseException) -> str:
+    if isinstance(exc, PermissionError):
+        return "unreadable"
+    try:
+        with open(path, "rb") as file:
+            magic = file.read(len(L.MAGIC))
+    except OSError:
+        return "unreadable"
+    return "damaged" if magic == L.MAGIC else "not-a-ring"
+
+
+def remove_if_stale(entry: RingInfo | BrokenRing) -> bool:
+    """Unlink an entry `stale_rings` returned, unless it came back to life meanwhile.
+
+    The check and the unlink are made safe against a concurrent `create` of the same name
+    the way create's own reclaim is: taking the dead creator's lock on the file proves the
+    creator dead and keeps a reclaimer out, and the inode must still be the one checked."""
+    if isinstance(entry, BrokenRing) and entry.kind == "abandoned-creation":
+        if _temp_owner_alive(entry.name):
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry.path)
+        return True
+    if isinstance(entry, BrokenRing) and entry.kind != "damaged":
+        return False
+    try:
+        fd = os.open(entry.path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return True  # somebody else removed it
+    try:
+        if not try_lock_range(fd, L.LOCK_CREATOR) or range_is_locked(
+            fd, L.LOCK_WRITER_BASE, L.MAX_WRITERS
+        ):
+            return False
+        if os.stat(entry.path).st_ino != os.fstat(fd).st_ino:
+            return False
+        os.unlink(entry.path)
+        return True
+    except FileNotFoundError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _in_use(path: str) -> bool:
+    """Whether a creator or writer still holds its liveness lock on the file at `path`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return True  # cannot tell: leave it alone
+    try:
+        return range_is_locked(fd, L.LOCK_CREATOR) or range_is_locked(
+            fd, L.LOCK_WRITER_BASE, L.MAX_WRITERS
+        )
+    finally:
+        os.close(fd)
 
 
 def _temp_owner_alive(entry: str) -> bool:

@@ -39,6 +39,8 @@ MAX_WRITERS = 1024
 MAX_META = 65536
 MAX_GROUP_NAME = 32
 NONE = 0xFFFF_FFFF_FFFF_FFFF  # "no value" in any u64 field (e.g. a descriptor never written)
+U64_MASK = NONE
+SEQ_LIMIT = 1 << 62  # sequence numbers beyond this can only come from a damaged header
 
 if sys.byteorder != "little":  # the views below use native order
     raise ImportError("shmring's segment format is little-endian; this host is big-endian")

@@ -92,7 +92,7 @@ class RingReader:
         *,
         group: str | None = None,
         start: str = "latest",
-        timeout: float = 0.0,
+        timeout: float | None = 0.0,
         spin: float = DEFAULT_SPIN,
         shape: int | Sequence[int] | None = None,
         dtype: DTypeLike | None = None,
@@ -314,6 +314,7 @@ class RingReader:
 
     def _check_writers_alive(self) -> None:
         p = self._p
+        p.check_size()
         if p.live_writers() > 0:
             return
         with p.lock:
@@ -392,6 +393,8 @@ class RingReader:
             cursor += 1
         if group is None:
             self._next = cursor
+            if not self._block:
+                self._record[L.R_RELEASE] = cursor  # unused by overwrite writers: for stats
         else:
             group[L.G_CURSOR] = cursor
         if skipped:

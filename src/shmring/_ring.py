@@ -145,14 +145,26 @@ class Participant:
             group_record[L.G_MEMBERS] = count
             if count == 0:
                 group_record[L.G_STATE] = L.STATE_FREE
-        control[L.C_MEMBERSHIP] += 1
+        control[L.C_MEMBERSHIP] = (control[L.C_MEMBERSHIP] + 1) & L.U64_MASK
         if writers <= 1 and MEMBARRIER_AVAILABLE:
             # Safe: the lock is held, so no shared-mode writer is mid-publish, and the one
             # remaining writer re-reads the mode at the start of each lock-free section.
             control[L.C_WRITER_MODE] = L.MODE_EXCLUSIVE
 
+    def check_size(self) -> None:
+        """Raise RingCorrupted if someone truncated or grew the segment file. Touching pages
+        a truncation dropped is a SIGBUS no library can catch, so the slow paths (waits,
+        repair) look before the fast paths can fault."""
+        size = os.fstat(self.segment.fd).st_size
+        if size != self.geometry.segment_bytes:
+            raise RingCorrupted(
+                f"ring {self.name!r}: its file is now {size} bytes, not "
+                f"{self.geometry.segment_bytes}; another process truncated or resized it"
+            )
+
     def repair(self) -> None:
         """Undo what a holder that died inside the header lock may have left half-done."""
+        self.check_size()
         self.reap_dead()
         self.recount()
         if self.control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE and self.live_writers(True):
@@ -160,7 +172,9 @@ class Participant:
         control = self.control
         head = control[L.C_HEAD]
         slots = self.geometry.slots
-        while self.views.descriptors[head % slots][L.D_SEQ] == head:
+        for _ in range(slots):
+            if head >= L.SEQ_LIMIT or self.views.descriptors[head % slots][L.D_SEQ] != head:
+                break
             head += 1  # a publish that wrote its descriptor but died before head
         control[L.C_HEAD] = head
         self.rebuild_free_list()
@@ -189,7 +203,7 @@ class Participant:
         """Sequence numbers whose descriptors may still hold a frame."""
         head = self.control[L.C_HEAD]
         tail = self.control[L.C_TAIL]
-        if tail > head or head - tail > self.geometry.slots:
+        if tail > head or head - tail > self.geometry.slots or head >= L.SEQ_LIMIT:
             raise RingCorrupted(
                 f"ring {self.name!r}: head {head} and tail {tail} are inconsistent; "
                 "the header was overwritten"

@@ -159,7 +159,7 @@ class Segment:
     def attach(
         cls,
         name: str,
-        timeout: float,
+        timeout: float | None,
         writable_data: bool,
         shape: int | Sequence[int] | None = None,
         dtype: DTypeLike | None = None,
@@ -172,7 +172,7 @@ class Segment:
                 segment = cls.open(name, writable_data)
                 break
             except RingNotFound:
-                left = (deadline or 0.0) - time.monotonic()
+                left = _ATTACH_POLL if deadline is None else deadline - time.monotonic()
                 if left <= 0:
                     raise
                 time.sleep(min(_ATTACH_POLL, left))

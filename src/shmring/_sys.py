@@ -149,9 +149,9 @@ def unlock_range(fd: int, start: int) -> None:
     fcntl.fcntl(fd, _F_OFD_SETLK, _FLOCK.pack(fcntl.F_UNLCK, os.SEEK_SET, start, 1, 0))
 
 
-def range_is_locked(fd: int, start: int) -> bool:
-    """Whether another open file description holds a lock on byte `start`.
-
-    Used as a liveness test: a participant holds its byte for as long as it lives."""
-    answer = fcntl.fcntl(fd, _F_OFD_GETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, start, 1, 0))
+def range_is_locked(fd: int, start: int, length: int = 1) -> bool:
+    """Whether another open file description holds a lock on any of `length` bytes from
+    `start`. Used as a liveness test: a participant holds its byte for as long as it lives."""
+    request = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, start, length, 0)
+    answer = fcntl.fcntl(fd, _F_OFD_GETLK, request)
     return bool(_FLOCK.unpack(answer)[0] != fcntl.F_UNLCK)

@@ -26,6 +26,8 @@ from ._segment import Segment, validate_name
 from ._sys import MEMBARRIER_AVAILABLE, atomic_add32, fence, fence_halves, futex_wait
 from ._timing import DEFAULT_SPIN, POLL_SLICE, checked_spin, deadline_from, remaining
 
+_SECONDS = (int, float)  # timeout types write()'s fast path accepts without a call
+
 
 def _positive_int(value: object, what: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -155,7 +157,7 @@ class RingWriter:
         cls,
         name: str,
         *,
-        timeout: float = 0.0,
+        timeout: float | None = 0.0,
         spin: float = DEFAULT_SPIN,
         shape: int | Sequence[int] | None = None,
         dtype: DTypeLike | None = None,
@@ -222,7 +224,9 @@ class RingWriter:
         control, record = self._control, self._record
         if (
             self._fast_path
+            and timestamp_ns is None
             and not meta
+            and (timeout is None or (timeout.__class__ in _SECONDS and timeout >= 0))
             and type(frame) is np.ndarray
             and frame.shape == self._shape
             and frame.dtype is self._dtype
@@ -233,25 +237,21 @@ class RingWriter:
             if control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE:
                 count = control[L.C_FREE_COUNT] or self._p.reclaim()
                 if 0 < count <= self._nbuffers:
-                    buffer = self._freelist[count - 1]
-                    control[L.C_FREE_COUNT] = count - 1
+                    published = False
                     try:
+                        buffer = self._freelist[count - 1]
+                        control[L.C_FREE_COUNT] = count - 1
                         self._buffers[buffer][...] = frame
+                        seq = control[L.C_HEAD]
+                        descriptor = self._descriptors[seq % self._slots]
+                        descriptor[L.D_BUFFER] = buffer
+                        descriptor[L.D_TIMESTAMP] = monotonic_ns()
+                        descriptor[L.D_FLAGS] = 0  # ring-shaped, no metadata
+                        descriptor[L.D_SEQ] = seq  # the frame is visible from here on
+                        published = True
+                        control[L.C_HEAD] = seq + 1
                     except BaseException as exc:
-                        control[L.C_FREE_COUNT] = count  # the buffer is still listed there
-                        record[L.W_IN_PUBLISH] = 0
-                        if isinstance(exc, IndexError):
-                            raise self._p.corrupted_buffer(buffer) from None
-                        raise
-                    seq = control[L.C_HEAD]
-                    descriptor = self._descriptors[seq % self._slots]
-                    descriptor[L.D_BUFFER] = buffer
-                    descriptor[L.D_TIMESTAMP] = (
-                        monotonic_ns() if timestamp_ns is None else timestamp_ns
-                    )
-                    descriptor[L.D_FLAGS] = 0  # ring-shaped, no metadata
-                    descriptor[L.D_SEQ] = seq  # the frame is visible from here on
-                    control[L.C_HEAD] = seq + 1
+                        raise self._fast_path_failed(exc, count, published) from None
                     record[L.W_IN_PUBLISH] = 0
                     self._fence_enter()  # publish before looking for sleepers:
                     self._fence_exit()  # they mark themselves, then look
@@ -261,12 +261,26 @@ class RingWriter:
             record[L.W_IN_PUBLISH] = 0
         return self._write(frame, timeout, timestamp_ns, meta)
 
+    def _fast_path_failed(self, exc: BaseException, count: int, published: bool) -> BaseException:
+        """Clean up after an exception inside write()'s fast path; returns what to raise."""
+        self._record[L.W_IN_PUBLISH] = 0
+        if isinstance(exc, (IndexError, ValueError, OverflowError)):
+            # Everything the user passed was checked: a value read from the ring was bad.
+            return RingCorrupted(
+                f"ring {self._p.name!r}: invalid shared state while publishing ({exc}); "
+                "the header was overwritten"
+            )
+        if not published:  # interrupted (say, Ctrl-C during the copy): hand the buffer back
+            self._control[L.C_FREE_COUNT] = count
+        return exc
+
     def _write(
         self, frame: np.ndarray, timeout: float | None, timestamp_ns: int | None, meta: bytes
     ) -> int:
         """write() for every case: validation, shared mode, overwrite, waiting for space."""
-        if self._p.closed:
-            self._p.check_usable()
+        self._p.check_usable()
+        deadline = deadline_from(timeout)
+        timestamp_ns, meta = self._checked_stamp_and_meta(timestamp_ns, meta)
         try:
             shape = frame.shape
         except AttributeError:
@@ -276,10 +290,8 @@ class RingWriter:
             ) from None
         own_shape = None
         if shape != self._shape or frame.dtype != self._dtype:
-            own_shape = self._check_frame(frame)
-        if meta and len(meta) > self._meta_size:
-            raise self._meta_error(meta)
-        buffer = self._take_buffer(None if timeout is None else deadline_from(timeout))
+            own_shape = self._check_frame(frame.shape, frame.dtype)
+        buffer = self._take_buffer(deadline)
         try:
             if own_shape is None:
                 self._buffers[buffer][...] = frame
@@ -295,6 +307,27 @@ class RingWriter:
             meta,
         )
 
+    def _checked_stamp_and_meta(
+        self, timestamp_ns: object, meta: object
+    ) -> tuple[int | None, bytes]:
+        if timestamp_ns is not None and (
+            isinstance(timestamp_ns, bool)
+            or not isinstance(timestamp_ns, (int, np.integer))
+            or not 0 <= int(timestamp_ns) < 1 << 64
+        ):
+            raise ValueError(
+                f"timestamp_ns must be None or an integer in [0, 2**64), got {timestamp_ns!r}"
+            )
+        if not isinstance(meta, (bytes, bytearray, memoryview)):
+            raise TypeError(f"meta must be bytes, got {type(meta).__name__}")
+        meta = bytes(meta)
+        if len(meta) > self._meta_size:
+            raise ValueError(
+                f"ring {self._p.name!r}: meta is {len(meta)} bytes but the ring keeps "
+                f"{self._meta_size} per frame; create it with a larger meta_size"
+            )
+        return None if timestamp_ns is None else int(timestamp_ns), meta
+
     def claim(
         self,
         timeout: float | None = None,
@@ -307,38 +340,31 @@ class RingWriter:
         self._p.check_usable()
         own_shape = None
         if shape is not None:
-            own_shape = self._check_frame(np.empty(_checked_shape(shape), self._dtype))
-        if meta and len(meta) > self._meta_size:
-            raise self._meta_error(meta)
+            own_shape = self._check_frame(_checked_shape(shape), self._dtype)
+        timestamp_ns, meta = self._checked_stamp_and_meta(timestamp_ns, meta)
         deadline_from(timeout)  # validate now, not at __enter__
         return Claim(self, timeout, own_shape, timestamp_ns, meta)
 
-    def _check_frame(self, frame: np.ndarray) -> tuple[int, ...] | None:
+    def _check_frame(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> tuple[int, ...] | None:
         """Validate a frame that is not exactly ring-shaped; returns its own shape."""
-        if frame.dtype != self._dtype:
+        if dtype != self._dtype:
             raise ValueError(
                 f"ring {self._p.name!r} carries dtype {self._dtype}, got a frame of dtype "
-                f"{frame.dtype}; convert it with frame.astype(np.{self._dtype.name})"
+                f"{dtype}; convert it with frame.astype(np.{self._dtype.name})"
             )
-        if frame.ndim != len(self._shape) or any(
-            got > limit for got, limit in zip(frame.shape, self._shape, strict=True)
+        if len(shape) != len(self._shape) or any(
+            got > limit for got, limit in zip(shape, self._shape, strict=True)
         ):
             raise ValueError(
                 f"ring {self._p.name!r} takes frames of up to shape {self._shape}; got shape "
-                f"{frame.shape}. A frame needs the same number of dimensions and each "
-                "dimension no larger than the ring's"
+                f"{shape}. A frame needs the same number of dimensions and each dimension "
+                "no larger than the ring's"
             )
-        if frame.shape == self._shape:
+        if shape == self._shape:
             return None
-        if prod(frame.shape) == 0:
-            raise ValueError(f"ring {self._p.name!r}: an empty frame {frame.shape} has no data")
-        return tuple(frame.shape)
-
-    def _meta_error(self, meta: bytes) -> ValueError:
-        return ValueError(
-            f"ring {self._p.name!r}: meta is {len(meta)} bytes but the ring keeps "
-            f"{self._meta_size} per frame; create it with a larger meta_size"
-        )
+        if prod(shape) == 0:
+            raise ValueError(f"ring {self._p.name!r}: an empty frame {shape} has no data")
+        return tuple(shape)
 
     def _take_buffer(self, deadline: float | None) -> int:
         if self._block:
@@ -396,6 +422,7 @@ class RingWriter:
                     )
                 if time.monotonic() >= next_liveness_check:
                     next_liveness_check = time.monotonic() + POLL_SLICE
+                    p.check_size()
                     if p.dead_reader_blocks():
                         with p.lock:
                             p.reap_dead()
@@ -470,6 +497,12 @@ class RingWriter:
     ) -> int:
         control = self._control
         seq = control[L.C_HEAD]
+        if seq >= L.SEQ_LIMIT:
+            self._record[L.W_IN_PUBLISH] = 0
+            raise RingCorrupted(
+                f"ring {self._p.name!r}: head {seq} is not a sequence number; the header was "
+                "overwritten"
+            )
         position = seq % self._slots
         descriptor = self._descriptors[position]
         descriptor[L.D_BUFFER] = buffer
@@ -593,20 +626,24 @@ def _close_writer(p: Participant, record: memoryview, index: int, owner: bool) -
     if p.closed or p.pid != os.getpid():
         return
     try:
-        with p.lock:
-            if record[L.W_TOKEN] == p.token:
-                abandoned_claim = record[L.W_CLAIMED] != L.NONE
-                record[L.W_CLAIMED] = L.NONE
-                p.free_record(record, L.LOCK_WRITER_BASE + index)
-                if abandoned_claim and p.geometry.policy == L.POLICY_BLOCK:
-                    p.rebuild_free_list()  # safe: under the lock, and we were not mid-publish
-            p.recount()
-            if p.control[L.C_WRITERS] == 0:
-                p.control[L.C_FLAGS] |= L.F_CLOSED
-            if not owner:
-                p.unlink_if_orphaned()
-        p.wake_readers()
-        if owner:
-            p.segment.unlink()
+        _leave_as_writer(p, record, index, owner)
     finally:
+        if owner:  # even when the header is damaged: the creator must not leak the name
+            p.segment.unlink()
         p.close()
+
+
+def _leave_as_writer(p: Participant, record: memoryview, index: int, owner: bool) -> None:
+    with p.lock:
+        if record[L.W_TOKEN] == p.token:
+            abandoned_claim = record[L.W_CLAIMED] != L.NONE
+            record[L.W_CLAIMED] = L.NONE
+            p.free_record(record, L.LOCK_WRITER_BASE + index)
+            if abandoned_claim and p.geometry.policy == L.POLICY_BLOCK:
+                p.rebuild_free_list()  # safe: under the lock, and we were not mid-publish
+        p.recount()
+        if p.control[L.C_WRITERS] == 0:
+            p.control[L.C_FLAGS] |= L.F_CLOSED
+        if not owner:
+            p.unlink_if_orphaned()
+    p.wake_readers()
