@@ -110,7 +110,7 @@ def test_ls_lists_rings_with_readers_and_marks_stale(prefix: str, stale: str) ->
         assert f"  reader 0 (pid {os.getpid()}, alive): next seq 1, lag 2, dropped 0" in out
         dead = line_of(out, stale)
         assert "  0+1 dead  " in dead and dead.split()[-2:] == ["dead", "STALE"]
-        assert "`shmring gc` removes them" in out
+        assert "`shmring gc` removes STALE rings" in out
 
         listing = as_json("ls", f"{prefix}*")
     rings = {ring["name"]: ring for ring in listing["rings"]}
@@ -204,7 +204,9 @@ def test_gc_dry_run_lists_stale_rings_then_gc_removes_them(prefix: str, stale: s
 
 def test_a_file_that_is_not_a_ring_is_reported_broken(junk: str) -> None:
     out = shmring("ls", "--no-rate").stdout
-    assert line_of(out, junk).startswith(f"{junk}  BROKEN (4.0 KiB): ring {junk!r}: bad magic")
+    assert line_of(out, junk).startswith(
+        f"{junk}  BROKEN not-a-ring (4.0 KiB): ring {junk!r}: bad magic"
+    )
     broken = as_json("ls", "--no-rate", junk)["broken"]
     assert [(b["name"], b["path"], b["size_bytes"]) for b in broken] == [
         (junk, seg_path(junk), 4096)

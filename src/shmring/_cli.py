@@ -303,9 +303,12 @@ def ring_table(
     lines = table[:1]
     for line, row in zip(table[1:], ring_rows, strict=True):
         lines += [line, *(f"  {detail}" for detail in participant_lines(row.info))]
-    lines += [f"{b.name}  BROKEN ({human_bytes(b.size_bytes)}): {b.error}" for b in broken]
+    lines += [f"{b.name}  BROKEN {b.kind} ({human_bytes(b.size_bytes)}): {b.error}" for b in broken]
     if any(row.info.stale for row in ring_rows) or broken:
-        lines.append("STALE and BROKEN entries are garbage: `shmring gc` removes them")
+        lines.append(
+            "`shmring gc` removes STALE rings and damaged ones nobody uses; "
+            "files that are not rings are left alone"
+        )
     return lines
 
 
