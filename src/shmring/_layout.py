@@ -106,7 +106,7 @@ R_PID = 2
 R_GROUP = 3  # index into the group table, or NONE for a reader that is its own group
 R_RELEASE = 4  # frames with seq < release are released by this reader (NONE: holds nothing)
 R_DROPPED = 5  # frames this reader lost (overwrite policy)
-R_DELIVERED = 6  # frames this reader received
+R_SLEEPING = 6  # 1 while counted in C_READER_WAITERS: a reaper of a dead sleeper uncounts it
 R_PINNED = 7  # overwrite policy: buffer index this reader holds, or NONE
 
 # ---- group record (64 bytes): readers sharing one cursor ---------------------------------
@@ -122,6 +122,7 @@ W_TOKEN = 1
 W_PID = 2
 W_IN_PUBLISH = 3  # 1 while an exclusive-mode writer is inside a lock-free section
 W_CLAIMED = 4  # buffer index this writer has claimed, or NONE
+W_SLEEPING = 5  # 1 while counted in C_WRITER_WAITERS: a reaper of a dead sleeper uncounts it
 
 RECORD_WORDS = CACHE_LINE // 8
 STATE_FREE = 0

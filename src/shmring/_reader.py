@@ -146,7 +146,7 @@ class RingReader:
             tail, head = p.window().start, p.control[L.C_HEAD]
             first = tail if start == "oldest" or head == tail else head - 1
             record[L.R_DROPPED] = 0
-            record[L.R_DELIVERED] = 0
+            record[L.R_SLEEPING] = 0
             record[L.R_PINNED] = L.NONE
             if group is None:
                 record[L.R_GROUP] = L.NONE
@@ -290,6 +290,7 @@ class RingReader:
             if frame is not None:
                 return frame
         atomic_add32(p.reader_waiters_address, 1)  # a barrier too: marked before we look
+        self._record[L.R_SLEEPING] = 1
         try:
             next_liveness_check = time.monotonic() + POLL_SLICE
             while True:
@@ -310,6 +311,7 @@ class RingReader:
                     raise RingTimeout(f"ring {p.name!r}: no frame arrived within the timeout")
                 futex_wait(p.frames_address, observed, wait)
         finally:
+            self._record[L.R_SLEEPING] = 0
             atomic_add32(p.reader_waiters_address, -1)
 
     def _check_writers_alive(self) -> None:

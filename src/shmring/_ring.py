@@ -35,6 +35,7 @@ from ._segment import Segment
 from ._sys import (
     MEMBARRIER_AVAILABLE,
     address_of,
+    atomic_add32,
     futex_wake,
     membarrier,
     range_is_locked,
@@ -109,26 +110,37 @@ class Participant:
         )
 
     def reap_dead(self) -> bool:
-        """Free the records of dead participants (under the header lock)."""
-        reaped = False
+        """Free the records of dead participants (under the header lock): uncount them if
+        they died asleep, and give back the buffer a dead writer had claimed."""
+        reaped_writer = reaped_reader = False
         for index, record in enumerate(self.views.writers):
             if record[L.W_STATE] == L.STATE_ACTIVE and not self.is_alive(
                 L.LOCK_WRITER_BASE + index, record
             ):
+                if record[L.W_SLEEPING]:
+                    record[L.W_SLEEPING] = 0
+                    atomic_add32(self.writer_waiters_address, -1)
                 record[L.W_CLAIMED] = L.NONE
                 record[L.W_IN_PUBLISH] = 0
                 self.free_record(record, L.LOCK_WRITER_BASE + index)
-                reaped = True
+                reaped_writer = True
         for index, record in enumerate(self.views.readers):
             if record[L.R_STATE] == L.STATE_ACTIVE and not self.is_alive(
                 L.LOCK_READER_BASE + index, record
             ):
+                if record[L.R_SLEEPING]:
+                    record[L.R_SLEEPING] = 0
+                    atomic_add32(self.reader_waiters_address, -1)
                 record[L.R_PINNED] = L.NONE
                 self.free_record(record, L.LOCK_READER_BASE + index)
-                reaped = True
-        if reaped:
+                reaped_reader = True
+        if reaped_writer and self.geometry.policy == L.POLICY_BLOCK:
+            # Before recount: with another writer alive the ring is still in shared mode
+            # here, so every writer uses the lock and the free list may be rebuilt.
+            self.repair_buffers()
+        if reaped_writer or reaped_reader:
             self.recount()
-        return reaped
+        return reaped_writer or reaped_reader
 
     def recount(self) -> None:
         """Recompute counters from the records (under the header lock)."""
@@ -167,6 +179,11 @@ class Participant:
         self.check_size()
         self.reap_dead()
         self.recount()
+        self.repair_buffers()
+
+    def repair_buffers(self) -> None:
+        """Under the lock: complete a publish a dead writer left between descriptor and head,
+        and rebuild the free list (which gives back buffers dead writers had claimed)."""
         if self.control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE and self.live_writers(True):
             return  # a live exclusive writer owns head and free list; they are consistent
         control = self.control

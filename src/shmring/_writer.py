@@ -189,6 +189,7 @@ class RingWriter:
             self._record = p.views.writers[self._index]
             self._record[L.W_CLAIMED] = L.NONE
             self._record[L.W_IN_PUBLISH] = 0
+            self._record[L.W_SLEEPING] = 0
             p.control[L.C_FLAGS] &= ~L.F_CLOSED
             p.recount()
             if not MEMBARRIER_AVAILABLE or p.control[L.C_WRITERS] > 1:
@@ -412,6 +413,7 @@ class RingWriter:
                     # frame would make writer and reader take turns sleeping.
                     control[L.C_SPACE_WANTED] = control[L.C_TAIL] + max(1, self._slots // 2)
                     atomic_add32(p.writer_waiters_address, 1)  # a barrier: marked, then look
+                    record[L.W_SLEEPING] = 1
                     waiting = True
                     continue
                 wait = remaining(deadline)
@@ -430,6 +432,7 @@ class RingWriter:
                 futex_wait(p.space_address, observed, wait)
         finally:
             if waiting:
+                record[L.W_SLEEPING] = 0
                 atomic_add32(p.writer_waiters_address, -1)
 
     def _pop_free(self) -> int | None:
