@@ -262,6 +262,10 @@ class ChildError(AssertionError):
     pass
 
 
+#: Pids of every child started through ``Child`` (conftest's leak check reads it).
+STARTED_PIDS: set[int] = set()
+
+
 class Child:
     """A child process running ``CHILD_FUNCS[func](chan, **kwargs)``.
 
@@ -293,6 +297,7 @@ class Child:
             self._proc.start()
             child.close()
             self.chan = ConnChan(parent)
+        STARTED_PIDS.add(self.pid)
 
     @property
     def pid(self) -> int:
@@ -395,6 +400,17 @@ class Waiter(threading.Thread):
     def finish(self, timeout: float = WAIT) -> None:
         self.join(timeout)
         assert not self.is_alive(), f"waiting thread still blocked after {timeout} s"
+
+
+def bounded(fn: Callable[[], Any], timeout: float = WAIT) -> Any:
+    """Run a call that has no timeout of its own (e.g. iterating a reader) in a thread and
+    fail if it has not returned after ``timeout`` s, instead of hanging the suite."""
+    waiter = Waiter(fn)
+    waiter.start()
+    waiter.finish(timeout)
+    if waiter.exc is not None:
+        raise waiter.exc
+    return waiter.result
 
 
 # ----------------------------------------------------------------- child functions

@@ -35,6 +35,7 @@ from helpers import (
 from shmring import RingReader, RingTimeout, RingWriter, WriterGone
 
 BOUND = 1.0  # documented: survivors react within 1 s
+GONE_WAIT = 5.0  # a read that must end in WriterGone long before this
 
 
 def _orphan_removed(name: str) -> None:
@@ -64,7 +65,7 @@ def test_only_writer_killed_readers_get_writer_gone(mode: str, kind: str) -> Non
         assert collect(r, pat, limit=3).tags == [make_tag(9, i) for i in range(3)]
         kid.send("hold")
         kid.expect("holding")
-        waiter = Waiter(lambda: r.read(WAIT))
+        waiter = Waiter(lambda: r.read(GONE_WAIT))
         waiter.start()
         kid.kill()
         t_kill = time.monotonic()
@@ -75,12 +76,12 @@ def test_only_writer_killed_readers_get_writer_gone(mode: str, kind: str) -> Non
     # not deadlocked afterwards either: reads fail fast, new readers can attach
     t0 = time.monotonic()
     with pytest.raises(WriterGone):
-        r.read(WAIT)
+        r.read(GONE_WAIT)
     assert time.monotonic() - t0 < BOUND + SLACK
     with RingReader.attach(name, start="oldest") as late:
         assert collect(late, pat, limit=3).tags == [make_tag(9, i) for i in range(3)]
         with pytest.raises(WriterGone):
-            late.read(WAIT)
+            late.read(GONE_WAIT)
     r.close()
     _orphan_removed(name)
 
@@ -205,7 +206,7 @@ def test_creator_killed_after_forking_a_child_that_outlives_it() -> None:
         kid.send("go")
         grandchild = kid.expect("grandchild")["grandchild"]
         assert collect(r, pat, limit=2, timeout=1.0).tags == [make_tag(9, 0), make_tag(9, 1)]
-        waiter = Waiter(lambda: r.read(WAIT))
+        waiter = Waiter(lambda: r.read(GONE_WAIT))
         waiter.start()
         kid.kill()
         t_kill = time.monotonic()
