@@ -116,6 +116,8 @@ class RingWriter:
         """Create ring `name` and become its owner (the segment is unlinked when the owner
         closes, exits, or is garbage-collected)."""
         validate_name(name)
+        if not isinstance(policy, str):
+            raise TypeError(f"policy must be 'block' or 'overwrite', got {policy!r}")
         if policy not in L.POLICIES:
             raise ValueError(f"policy must be 'block' or 'overwrite', got {policy!r}")
         checked_shape = _checked_shape(shape)
@@ -311,14 +313,13 @@ class RingWriter:
     def _checked_stamp_and_meta(
         self, timestamp_ns: object, meta: object
     ) -> tuple[int | None, bytes]:
-        if timestamp_ns is not None and (
-            isinstance(timestamp_ns, bool)
-            or not isinstance(timestamp_ns, (int, np.integer))
-            or not 0 <= int(timestamp_ns) < 1 << 64
-        ):
-            raise ValueError(
-                f"timestamp_ns must be None or an integer in [0, 2**64), got {timestamp_ns!r}"
-            )
+        if timestamp_ns is not None:
+            if isinstance(timestamp_ns, bool) or not isinstance(timestamp_ns, (int, np.integer)):
+                raise TypeError(
+                    f"timestamp_ns must be None or an integer (nanoseconds), got {timestamp_ns!r}"
+                )
+            if not 0 <= int(timestamp_ns) < 1 << 64:
+                raise ValueError(f"timestamp_ns must be in [0, 2**64), got {timestamp_ns}")
         if not isinstance(meta, (bytes, bytearray, memoryview)):
             raise TypeError(f"meta must be bytes, got {type(meta).__name__}")
         meta = bytes(meta)
