@@ -20,6 +20,7 @@ import mmap
 import struct
 import sys
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from math import prod
 
@@ -315,6 +316,24 @@ class Geometry:
             if f[key] != value:
                 raise ValueError(f"{key}={f[key]} but the geometry implies {value}")
         return geometry
+
+
+def positive_int(value: object, what: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what} must be an integer, got {value!r}")
+    if not low <= int(value) <= high:
+        raise ValueError(f"{what} must be between {low} and {high}, got {value}")
+    return int(value)
+
+
+def checked_shape(shape: object) -> tuple[int, ...]:
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        shape = (shape,)
+    if not isinstance(shape, Sequence) or isinstance(shape, (str, bytes)):
+        raise TypeError(f"shape must be a tuple of positive integers, got {shape!r}")
+    if not 1 <= len(shape) <= MAX_NDIM:
+        raise ValueError(f"shape must have 1 to {MAX_NDIM} dimensions, got {shape!r}")
+    return tuple(positive_int(d, "every dimension of shape", 1, 1 << 40) for d in shape)
 
 
 def checked_dtype(spec: object) -> np.dtype[np.generic]:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import weakref
@@ -31,8 +32,9 @@ _STARTS = ("latest", "oldest")
 
 class Frame:
     """One frame held by a reader. `array` is a read-only view into shared memory that stays
-    unchanged until the frame is released (context exit, `release()`, or the reader's next
-    frame when it came from iteration or `latest()`). Copy it to keep it longer."""
+    unchanged until the frame is released (context exit, `release()`, the reader's next
+    frame when it came from iteration or `latest()`, or the Frame being garbage-collected:
+    keep the Frame, not just its array, while you use the array). Copy it to keep it longer."""
 
     __slots__ = ("_meta", "_reader", "array", "dropped", "seq", "timestamp_ns")
 
@@ -63,6 +65,16 @@ class Frame:
         if reader is not None:
             self._reader = None
             reader._release(self)
+
+    def __del__(self) -> None:
+        # A frame nobody references any more can never be released by hand (say Ctrl-C
+        # arrived between read() returning it and the assignment): release it here, or the
+        # reader would hold it for ever.
+        reader = self._reader
+        if reader is not None:
+            self._reader = None
+            with contextlib.suppress(Exception):  # e.g. at interpreter shutdown
+                reader._release(self)
 
     def __enter__(self) -> Frame:
         return self
@@ -138,6 +150,7 @@ class RingReader:
         self._block = g.policy == L.POLICY_BLOCK
         self._held: list[int] = []  # block policy: sequence numbers of frames held
         self._last: Frame | None = None  # frame returned by iteration / latest()
+        self._pending: Frame | None = None  # taken, not yet handed to the caller
         self._dropped = 0
         self._group_record: memoryview | None = None
         with p.lock:
@@ -198,7 +211,13 @@ class RingReader:
         if self._p.closed:
             self._p.check_usable()
         deadline = None if timeout is None else deadline_from(timeout)
-        return self._wait_for(self._take_next, deadline)
+        try:
+            frame = self._wait_for(self._take_next, deadline)
+        except BaseException:
+            self._release_pending()
+            raise
+        self._pending = None
+        return frame
 
     def __iter__(self) -> Iterator[Frame]:
         """Every frame until end of stream; each is released when the next is taken."""
@@ -212,54 +231,73 @@ class RingReader:
         record, control, held = self._record, self._control, self._held
         wake_writers = self._p.wake_writers
         fence_enter, fence_exit = fence_halves()
-        while not self._p.closed:
-            seq = self._next
-            descriptor = descriptors[seq % slots]
-            last = self._last
-            if (
-                descriptor[L.D_SEQ] == seq
-                and not descriptor[L.D_FLAGS]  # ring-shaped, no metadata
-                and last is not None
-                and len(held) == 1
-                and held[0] == last.seq
-                and last._reader is not None
-            ):
+        try:
+            while not self._p.closed:
+                seq = self._next
+                descriptor = descriptors[seq % slots]
+                last = self._last
+                if (
+                    descriptor[L.D_SEQ] == seq
+                    and not descriptor[L.D_FLAGS]  # ring-shaped, no metadata
+                    and last is not None
+                    and len(held) == 1
+                    and held[0] == last.seq
+                    and last._reader is not None
+                ):
+                    try:
+                        array = buffers[descriptor[L.D_BUFFER]]
+                    except IndexError:
+                        raise self._p.corrupted_buffer(descriptor[L.D_BUFFER]) from None
+                    frame = self._pending = Frame(
+                        self, array, seq, descriptor[L.D_TIMESTAMP], 0, b""
+                    )
+                    self._next = seq + 1
+                    held[0] = seq  # holds the new frame and releases the last in one step
+                    last._reader = None
+                    record[L.R_RELEASE] = seq
+                    fence_enter()  # the release must be visible before we look for
+                    fence_exit()  # sleeping writers
+                    if control[L.C_WRITER_WAITERS] and seq >= control[L.C_SPACE_WANTED]:
+                        wake_writers()
+                else:
+                    try:
+                        frame = self._take_next() or self._wait_for(self._take_next, None)
+                    except EndOfStream:
+                        self._release_last()
+                        return
+                    self._release_last()
+                self._last = frame
+                self._pending = None
+                yield frame
+        except BaseException:
+            self._release_pending()  # e.g. Ctrl-C between taking a frame and handing it out
+            raise
+
+    def _iterate(self) -> Iterator[Frame]:
+        take, wait_for = self._take_next, self._wait_for
+        try:
+            while True:
+                if not self._block:
+                    self._release_last()  # an overwrite reader pins one frame at a time
                 try:
-                    array = buffers[descriptor[L.D_BUFFER]]
-                except IndexError:
-                    raise self._p.corrupted_buffer(descriptor[L.D_BUFFER]) from None
-                frame = Frame(self, array, seq, descriptor[L.D_TIMESTAMP], 0, b"")
-                self._next = seq + 1
-                last._reader = None  # released here, in one step with taking the next
-                held[0] = seq
-                record[L.R_RELEASE] = seq
-                fence_enter()  # the release must be visible before we look for sleeping
-                fence_exit()  # writers
-                if control[L.C_WRITER_WAITERS] and seq >= control[L.C_SPACE_WANTED]:
-                    wake_writers()
-            else:
-                try:
-                    frame = self._take_next() or self._wait_for(self._take_next, None)
+                    frame = take() or wait_for(take, None)
                 except EndOfStream:
                     self._release_last()
                     return
                 self._release_last()
-            self._last = frame
-            yield frame
+                self._last = frame
+                self._pending = None
+                yield frame
+        except BaseException:
+            self._release_pending()
+            raise
 
-    def _iterate(self) -> Iterator[Frame]:
-        take, wait_for = self._take_next, self._wait_for
-        while True:
-            if not self._block:
-                self._release_last()  # an overwrite reader pins one frame at a time
-            try:
-                frame = take() or wait_for(take, None)
-            except EndOfStream:
-                self._release_last()
-                return
-            self._release_last()
-            self._last = frame
-            yield frame
+    def _release_pending(self) -> None:
+        """Release a frame that was taken but never reached the caller (an exception, such
+        as KeyboardInterrupt, arrived in between); otherwise nobody could ever release it."""
+        frame, self._pending = self._pending, None
+        if frame is not None and frame is not self._last:
+            frame.release()
 
     def latest(self, timeout: float | None = None) -> Frame:
         """The newest published frame; older unread ones are skipped (and counted as
@@ -267,9 +305,14 @@ class RingReader:
         self._p.check_usable()
         if not self._block:
             self._release_last()  # an overwrite reader pins one frame at a time
-        frame = self._wait_for(self._take_latest, deadline_from(timeout))
+        try:
+            frame = self._wait_for(self._take_latest, deadline_from(timeout))
+        except BaseException:
+            self._release_pending()
+            raise
         self._release_last()
         self._last = frame
+        self._pending = None
         return frame
 
     def _release_last(self) -> None:
@@ -417,7 +460,8 @@ class RingReader:
             ) from None
         meta_len = descriptor[L.D_FLAGS] >> L.META_LEN_SHIFT
         meta = bytes(self._meta_views[seq % self._slots][:meta_len]) if meta_len else b""
-        return Frame(self, array, seq, descriptor[L.D_TIMESTAMP], dropped, meta)
+        frame = self._pending = Frame(self, array, seq, descriptor[L.D_TIMESTAMP], dropped, meta)
+        return frame
 
     def _own_shape_view(self, descriptor: memoryview, buffer: int) -> np.ndarray:
         p = self._p
@@ -444,7 +488,8 @@ class RingReader:
             record[L.R_PINNED] = L.NONE  # only frees a buffer: safe without the lock
             return
         held = self._held
-        held.remove(frame.seq)
+        if frame.seq in held:  # not if an interrupted take never got to record it
+            held.remove(frame.seq)
         if held:
             release = min(held)
         else:

@@ -214,7 +214,7 @@ def _check_expected(
     dtype: DTypeLike | None,
 ) -> None:
     if shape is not None:
-        expected = (shape,) if isinstance(shape, int) else tuple(shape)
+        expected = L.checked_shape(shape)
         if expected != geometry.shape:
             raise IncompatibleRing(
                 f"ring {name!r} has shape {geometry.shape}, expected {expected}; a ring "

@@ -29,24 +29,6 @@ from ._timing import DEFAULT_SPIN, POLL_SLICE, checked_spin, deadline_from, rema
 _SECONDS = (int, float)  # timeout types write()'s fast path accepts without a call
 
 
-def _positive_int(value: object, what: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{what} must be an integer, got {value!r}")
-    if not low <= int(value) <= high:
-        raise ValueError(f"{what} must be between {low} and {high}, got {value}")
-    return int(value)
-
-
-def _checked_shape(shape: object) -> tuple[int, ...]:
-    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
-        shape = (shape,)
-    if not isinstance(shape, Sequence) or isinstance(shape, (str, bytes)):
-        raise TypeError(f"shape must be a tuple of positive integers, got {shape!r}")
-    if not 1 <= len(shape) <= L.MAX_NDIM:
-        raise ValueError(f"shape must have 1 to {L.MAX_NDIM} dimensions, got {shape!r}")
-    return tuple(_positive_int(d, "every dimension of shape", 1, 1 << 40) for d in shape)
-
-
 class Claim:
     """A buffer claimed for one frame; use as a context manager.
 
@@ -120,12 +102,12 @@ class RingWriter:
             raise TypeError(f"policy must be 'block' or 'overwrite', got {policy!r}")
         if policy not in L.POLICIES:
             raise ValueError(f"policy must be 'block' or 'overwrite', got {policy!r}")
-        checked_shape = _checked_shape(shape)
-        slots = _positive_int(slots, "slots", 1, 1 << 20)
-        max_readers = _positive_int(max_readers, "max_readers", 1, L.MAX_READERS)
-        max_writers = _positive_int(max_writers, "max_writers", 1, L.MAX_WRITERS)
-        meta_size = _positive_int(meta_size, "meta_size", 0, L.MAX_META)
-        mode = _positive_int(mode, "mode", 0, 0o777)
+        checked_shape = L.checked_shape(shape)
+        slots = L.positive_int(slots, "slots", 1, 1 << 20)
+        max_readers = L.positive_int(max_readers, "max_readers", 1, L.MAX_READERS)
+        max_writers = L.positive_int(max_writers, "max_writers", 1, L.MAX_WRITERS)
+        meta_size = L.positive_int(meta_size, "meta_size", 0, L.MAX_META)
+        mode = L.positive_int(mode, "mode", 0, 0o777)
         checked_spin(spin)
         if policy == "overwrite" and slots <= max_readers + max_writers:
             raise ValueError(
@@ -148,7 +130,7 @@ class RingWriter:
         )
         segment = Segment.create(name, geometry, mode)
         try:
-            return cls(Participant(segment), owner=True, deadline=None, spin=spin)
+            return cls(Participant(segment), owner=True, spin=spin)
         except BaseException:
             segment.unlink()
             segment.close()
@@ -172,16 +154,12 @@ class RingWriter:
         checked_spin(spin)
         segment = Segment.attach(name, timeout, writable_data=True, shape=shape, dtype=dtype)
         try:
-            return cls(
-                Participant(segment), owner=False, deadline=deadline_from(timeout), spin=spin
-            )
+            return cls(Participant(segment), owner=False, spin=spin)
         except BaseException:
             segment.close()
             raise
 
-    def __init__(
-        self, participant: Participant, owner: bool, deadline: float | None, spin: float
-    ) -> None:
+    def __init__(self, participant: Participant, owner: bool, spin: float) -> None:
         p = self._p = participant
         g = p.geometry
         self._owner = owner
@@ -195,7 +173,7 @@ class RingWriter:
             p.control[L.C_FLAGS] &= ~L.F_CLOSED
             p.recount()
             if not MEMBARRIER_AVAILABLE or p.control[L.C_WRITERS] > 1:
-                p.enter_shared_mode(deadline)
+                p.enter_shared_mode(None)  # attach's timeout is for the ring to appear
         self._lock = p.lock  # tests use it to die while holding the header lock
         self._control = p.control
         self._descriptors = p.views.descriptors
@@ -342,7 +320,7 @@ class RingWriter:
         self._p.check_usable()
         own_shape = None
         if shape is not None:
-            own_shape = self._check_frame(_checked_shape(shape), self._dtype)
+            own_shape = self._check_frame(L.checked_shape(shape), self._dtype)
         timestamp_ns, meta = self._checked_stamp_and_meta(timestamp_ns, meta)
         deadline_from(timeout)  # validate now, not at __enter__
         return Claim(self, timeout, own_shape, timestamp_ns, meta)
@@ -552,7 +530,7 @@ class RingWriter:
         Under the block policy, frames published while no reader is attached are not kept
         for readers that join later, so a producer that must not lose its first frames
         waits for its consumers first."""
-        _positive_int(count, "count", 1, self._p.geometry.max_readers)
+        L.positive_int(count, "count", 1, self._p.geometry.max_readers)
         deadline = deadline_from(timeout)
         control = self._control
         while True:
