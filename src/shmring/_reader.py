@@ -151,6 +151,7 @@ class RingReader:
         self._held: list[int] = []  # block policy: sequence numbers of frames held
         self._last: Frame | None = None  # frame returned by iteration / latest()
         self._pending: Frame | None = None  # taken, not yet handed to the caller
+        self._pinning = False  # overwrite policy: this handle holds the frame it pinned
         self._dropped = 0
         self._group_record: memoryview | None = None
         with p.lock:
@@ -422,6 +423,11 @@ class RingReader:
                 break  # a shared-mode writer is between descriptor and head: not yet
             if published and not descriptor[L.D_FLAGS] & L.DF_EVICTED:
                 if not self._block and self._record[L.R_PINNED] != L.NONE:
+                    if not self._pinning:
+                        raise RingCorrupted(
+                            f"ring {p.name!r}: this reader's pinned-buffer word is set but it "
+                            "holds no frame; the header was overwritten"
+                        )
                     raise ShmringError(
                         f"ring {p.name!r}: an overwrite-policy reader holds one frame at a "
                         "time; release the frame it holds before reading the next"
@@ -432,6 +438,7 @@ class RingReader:
                     self._record[L.R_RELEASE] = min(self._held)
                 else:
                     self._record[L.R_PINNED] = descriptor[L.D_BUFFER]
+                    self._pinning = True
                 cursor += 1
                 break
             skipped += 1  # evicted by an overwriting writer
@@ -486,6 +493,7 @@ class RingReader:
         record = self._record
         if not self._block:
             record[L.R_PINNED] = L.NONE  # only frees a buffer: safe without the lock
+            self._pinning = False
             return
         held = self._held
         if frame.seq in held:  # not if an interrupted take never got to record it
