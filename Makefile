@@ -18,8 +18,8 @@ demo: $(STAMP)
 	$(BIN)/python -m shmring.demo_camera --headless --seconds 4 --out demo-output
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench examples
-	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/ruff check src tests bench examples stress
+	$(BIN)/ruff format --check src tests bench examples stress
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src
@@ -33,3 +33,15 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo-output bench/results .mypy_cache .pytest_cache .ruff_cache
+
+# Hardening harnesses (stress/): each prints its counts and exits non-zero on a violation.
+.PHONY: chaos fuzz soak
+
+chaos: $(STAMP)
+	$(BIN)/python -m stress.chaos
+
+fuzz: $(STAMP)
+	$(BIN)/python -m stress.fuzz
+
+soak: $(STAMP)
+	$(BIN)/python -m stress.soak

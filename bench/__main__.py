@@ -1,0 +1,141 @@
+# `python -m bench`: run the benchmark suite, write JSON + markdown + plots, print the ratios.
+#
+# Rules: the default run is the full suite (every transport, the five default sizes, 3
+# undisturbed repeats per cell; about ten minutes on 2 cores). --quick is the smoke-test mode
+# (tiny durations, one repeat). Transports whose library cannot be imported are reported as
+# skipped with the reason. Outputs go to bench/results/ (gitignored); --readme also writes
+# docs/performance.md and docs/img/*.png, which are committed for the README. --from-json
+# re-renders the reports of an earlier run without measuring again.
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.cell import Timing
+from bench.cpu import machine_info
+from bench.frames import DEFAULT_SIZES, parse_size
+from bench.suite import SCENARIOS, Plan, available, run_plan
+from bench.transports import REGISTRY
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "bench" / "results"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--sizes", default=",".join(DEFAULT_SIZES), help="bytes or WxHxC, comma list")
+    p.add_argument("--transports", default=",".join(REGISTRY), help="comma list (see --list)")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list of scenarios")
+    p.add_argument("--quick", action="store_true", help="tiny durations, 1 repeat (smoke test)")
+    p.add_argument("--repeats", type=int, help="undisturbed runs per cell (default 3; quick 1)")
+    p.add_argument("--max-extra", type=int, default=3, help="extra runs for disturbed cells")
+    p.add_argument("--duration", type=float, help="seconds measured per throughput run")
+    p.add_argument("--warmup", type=float, help="seconds of warm-up per throughput run")
+    p.add_argument(
+        "--noise-threshold",
+        type=float,
+        default=0.15,
+        help="cores used by other processes above which a run counts as disturbed",
+    )
+    p.add_argument(
+        "--quiet-budget",
+        type=float,
+        default=120.0,
+        help="seconds the whole run may wait for other processes to go quiet",
+    )
+    p.add_argument(
+        "--extra-budget",
+        type=float,
+        default=300.0,
+        help="seconds the whole run may spend re-running disturbed runs",
+    )
+    p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
+    p.add_argument("--readme", action="store_true", help="also write docs/performance.md + PNGs")
+    p.add_argument("--from-json", type=Path, help="re-render an earlier results.json")
+    p.add_argument("--list", action="store_true", help="list transports and whether they import")
+    return p
+
+
+def _plan(args: argparse.Namespace) -> tuple[Plan, dict[str, str]]:
+    names = [n.strip() for n in args.transports.split(",") if n.strip()]
+    unknown = [n for n in names if n not in REGISTRY]
+    scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
+    if unknown or set(scenarios) - set(SCENARIOS):
+        raise SystemExit(f"unknown transports/scenarios: {unknown} {scenarios}")
+    timing = Timing().quick() if args.quick else Timing()
+    if args.duration is not None:
+        timing = replace(timing, duration_s=args.duration)
+    if args.warmup is not None:
+        timing = replace(timing, warmup_s=args.warmup)
+    ok, skipped = available(names)
+    plan = Plan(
+        sizes=tuple(parse_size(s) for s in args.sizes.split(",") if s.strip()),
+        transports=ok,
+        scenarios=scenarios,
+        timing=timing,
+        repeats=args.repeats or (1 if args.quick else 3),
+        max_extra=0 if args.quick else args.max_extra,
+        noise_threshold=args.noise_threshold,
+        pin=not args.no_pin,
+        quiet_budget_s=0.0 if args.quick else args.quiet_budget,
+        extra_budget_s=args.extra_budget,
+    )
+    return plan, skipped
+
+
+def _measure(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    plan, skipped = _plan(args)
+    for name, reason in skipped.items():
+        print(f"skipped {name}: {reason}", flush=True)
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    t0 = time.perf_counter()
+    cells = run_plan(plan, log=lambda line: print(line, flush=True))
+    return {
+        "meta": {
+            "command": shlex.join(["python", "-m", "bench", *argv]),
+            "started": started,
+            "duration_s": time.perf_counter() - t0,
+            "machine": machine_info(),
+            "timing": asdict(plan.timing),
+            "repeats": plan.repeats,
+            "noise_threshold": plan.noise_threshold,
+            "pin": plan.pin,
+            "sizes": [s.label for s in plan.sizes],
+        },
+        "skipped": skipped,
+        "cells": cells,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+    if args.list:
+        for name in REGISTRY:
+            _, skipped = available([name])
+            print(f"{name:<16} {skipped.get(name, 'ok')}")
+        return 0
+    results = json.loads(args.from_json.read_text()) if args.from_json else _measure(args, argv)
+    written = report.write(results, args.out)
+    if args.readme:
+        written.update(
+            {f"docs {k}": p for k, p in report.write_docs(results, ROOT / "docs").items()}
+        )
+    print(report.console_summary(results))
+    if note := results["meta"].get("plots"):
+        print(note)
+    for what, path in written.items():
+        print(f"wrote {what}: {path}")
+    return 1 if any(c["status"] != "ok" for c in results["cells"]) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,62 @@
+# What one cell is: a transport, a frame size, a number of consumers and the phases to run.
+#
+# Rules: a Cell is plain picklable data (it crosses the spawn boundary); every duration that a
+# phase may take is here, so the parent can derive the cell's hard deadline from it.
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from bench.frames import FrameSize
+
+# Phases, in the order a cell may run them.
+THROUGHPUT = "throughput"  # flat out after a warm-up; lossless
+LATENCY = "latency"  # frames paced so they never queue; one-way latency per frame
+IDLE = "idle"  # no frames flow; the blocked consumer's CPU
+LATEST = "latest"  # overwrite ring, flat out; a slow reader takes only the newest frame
+
+
+@dataclass(frozen=True)
+class Timing:
+    warmup_s: float = 0.3
+    duration_s: float = 1.0
+    latency_s: float = 0.5  # paced phase length (at least latency_min_frames frames)
+    latency_min_frames: int = 20
+    latency_cap_s: float = 3.0  # a paced phase stops here even short of latency_min_frames
+    min_interval_s: float = 0.001  # fastest pacing (1000 frames/s)
+    idle_s: float = 1.0
+    work_s: float = 0.001  # the LATEST reader's per-frame work (it holds the frame meanwhile)
+    sync_timeout_s: float = 30.0  # any rendezvous between the processes of a cell
+    spawn_allowance_s: float = 30.0  # process start-up and teardown, added to the deadline
+
+    def quick(self) -> Timing:
+        return replace(
+            self,
+            warmup_s=0.05,
+            duration_s=0.2,
+            latency_s=0.05,
+            latency_min_frames=10,
+            latency_cap_s=1.0,
+            idle_s=0.2,
+        )
+
+
+@dataclass(frozen=True)
+class Cell:
+    transport: str
+    size: FrameSize
+    consumers: int
+    phases: tuple[str, ...]
+    timing: Timing
+    token: str  # unique per run of a cell; every named resource carries it
+    pin: bool  # pin each process to its own CPU (only when there are enough CPUs)
+
+    def deadline_s(self) -> float:
+        """Upper bound for one run of this cell; past it the processes are killed."""
+        t = self.timing
+        per_phase = {
+            THROUGHPUT: t.warmup_s + t.duration_s,
+            LATENCY: t.latency_cap_s,
+            IDLE: t.idle_s,
+            LATEST: t.warmup_s + t.duration_s,
+        }
+        return t.spawn_allowance_s + 3 * sum(per_phase[p] for p in self.phases)

@@ -1,0 +1,407 @@
+# The one producer/consumer harness every transport plugs into.
+#
+# Rules: one run of a cell = fresh processes started with multiprocessing "spawn" (one producer,
+# `cell.consumers` consumers), each pinned to its own CPU when there are enough CPUs. They meet at a
+# barrier once every end is open, then run the cell's phases in order; a phase ends with a
+# PHASE_END frame and another barrier, so the next phase starts with nothing queued. Every
+# rendezvous has a timeout, and the parent kills the processes of a run that passes the cell's
+# deadline (reported as failed). The parent always calls the transport's cleanup() and then
+# removes anything left in /dev/shm under the cell's token, reporting it as a leak.
+# Theory: throughput is counted by the consumer (frames delivered per second after a warm-up);
+# latency is the consumer's monotonic_ns() minus the stamp, with frames paced (a gap of at least
+# 4x the measured frame time, and >= 1 ms, after each send returns) so they never queue; CPU is
+# per process over the same window (see cpu.py).
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import queue
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import cpu
+from bench.cell import IDLE, LATENCY, LATEST, THROUGHPUT, Cell
+from bench.frames import HEAD, PHASE_END, TAIL, Frame
+from bench.transports import load
+
+PRODUCER = "producer"
+CONSUMER = "consumer"
+BATCH_BYTES = 64 * 1024  # the producer checks its clock every ~64 KiB of frames
+SHM_DIR = Path("/dev/shm")
+ERROR_LINE_CHARS = 400  # an exception may carry a whole frame in its message
+ERROR_GRACE_S = 2.0  # after a child fails, how long the others may take to report theirs
+
+Report = dict[str, Any]
+Send = Callable[[int, int], None]
+Unpack = Callable[..., tuple[Any, ...]]  # struct unpack_from on an ndarray (a buffer)
+
+
+class Tally:
+    """A consumer's lossless bookkeeping, carried across phases."""
+
+    def __init__(self, tail_offset: int) -> None:
+        self.tail_offset = tail_offset
+        self.expected = 0  # next sequence number due
+        self.gaps = 0  # frames skipped
+        self.dups = 0  # frames seen again or out of order
+        self.torn = 0  # head and tail disagree
+
+    def take(
+        self,
+        frames: Iterator[Frame],
+        until: float = math.inf,
+        latencies: list[int] | None = None,
+    ) -> bool:
+        """Verify frames up to PHASE_END (returns True) or until perf_counter() passes `until`."""
+        unpack_head: Unpack = HEAD.unpack_from
+        unpack_tail: Unpack = TAIL.unpack_from
+        tail_offset = self.tail_offset
+        clock = time.perf_counter
+        now = time.monotonic_ns
+        timed = until != math.inf
+        record = None if latencies is None else latencies.append
+        expected, gaps, dups, torn = self.expected, self.gaps, self.dups, self.torn
+        ended = False
+        for frame in frames:
+            received = now() if record is not None else 0
+            head, sent = unpack_head(frame)
+            (tail,) = unpack_tail(frame, tail_offset)
+            if head == expected and tail == head:
+                expected += 1
+            elif head != tail:
+                torn += 1
+            elif head == PHASE_END:
+                ended = True
+                break
+            elif head > expected:
+                gaps += head - expected
+                expected = head + 1
+            else:
+                dups += 1
+            if record is not None:
+                record(received - sent)
+            if timed and clock() >= until:
+                break
+        self.expected, self.gaps, self.dups, self.torn = expected, gaps, dups, torn
+        return ended
+
+
+# ---- producer phases: (send, next seq, cell, measured frames/s) -> (report, next seq) ----
+
+
+def _flat_out(send: Send, seq: int, cell: Cell, rate: float | None) -> tuple[Report, int]:
+    clock = time.perf_counter
+    now = time.monotonic_ns
+    batch = max(1, min(256, BATCH_BYTES // cell.size.nbytes))
+    warm_end = clock() + cell.timing.warmup_s
+    while clock() < warm_end:
+        stop = seq + batch
+        for s in range(seq, stop):
+            send(s, now())
+        seq = stop
+    start = cpu.snapshot(machine=cell.consumers == 0)
+    first = seq
+    end_at = start.wall + cell.timing.duration_s
+    while clock() < end_at:
+        stop = seq + batch
+        for s in range(seq, stop):
+            send(s, now())
+        seq = stop
+    end = cpu.snapshot(machine=cell.consumers == 0)
+    send(PHASE_END, now())
+    report = cpu.window(start, end)
+    report["frames"] = seq - first
+    report["fps"] = report["frames"] / report["wall_s"]
+    return report, seq
+
+
+def _paced(send: Send, seq: int, cell: Cell, rate: float | None) -> tuple[Report, int]:
+    t = cell.timing
+    clock = time.perf_counter
+    now = time.monotonic_ns
+    interval = t.min_interval_s if not rate else max(t.min_interval_s, 4.0 / rate)
+    frames = max(t.latency_min_frames, round(t.latency_s / interval))
+    start = cpu.snapshot()
+    cap = start.wall + t.latency_cap_s
+    first = seq
+    while seq - first < frames and clock() < cap:
+        time.sleep(interval)  # a gap after the previous send returned: nothing queues
+        send(seq, now())
+        seq += 1
+    end = cpu.snapshot()
+    time.sleep(interval)
+    send(PHASE_END, now())
+    report = cpu.window(start, end)
+    report.update(frames=seq - first, interval_s=interval)
+    return report, seq
+
+
+def _idle(send: Send, seq: int, cell: Cell, rate: float | None) -> tuple[Report, int]:
+    start = cpu.snapshot()
+    time.sleep(cell.timing.idle_s)
+    end = cpu.snapshot()
+    send(PHASE_END, time.monotonic_ns())
+    return cpu.window(start, end), seq
+
+
+PRODUCER_PHASES: dict[str, Callable[[Send, int, Cell, float | None], tuple[Report, int]]] = {
+    THROUGHPUT: _flat_out,
+    LATENCY: _paced,
+    IDLE: _idle,
+    LATEST: _flat_out,
+}
+
+
+# ---- consumer phases: (frames, tally, cell, read machine CPU?) -> report ----
+
+
+def _c_flat_out(frames: Iterator[Frame], tally: Tally, cell: Cell, machine: bool) -> Report:
+    if tally.take(frames, until=time.perf_counter() + cell.timing.warmup_s):
+        raise RuntimeError("the phase ended during the warm-up: raise --duration")
+    start = cpu.snapshot(machine)
+    first = tally.expected
+    tally.take(frames)
+    end = cpu.snapshot(machine)
+    report = cpu.window(start, end)
+    report["frames"] = tally.expected - first + 1  # + PHASE_END, a full frame inside the window
+    report["fps"] = report["frames"] / report["wall_s"]
+    return report
+
+
+def _percentiles(samples_ns: list[int], prefix: str) -> Report:
+    if not samples_ns:
+        return {}
+    p50, p99 = np.percentile(np.asarray(samples_ns, dtype=np.float64), [50, 99]) / 1e3
+    return {
+        f"{prefix}_p50_us": float(p50),
+        f"{prefix}_p99_us": float(p99),
+        f"{prefix}_max_us": max(samples_ns) / 1e3,
+    }
+
+
+def _c_paced(frames: Iterator[Frame], tally: Tally, cell: Cell, machine: bool) -> Report:
+    latencies: list[int] = []
+    start = cpu.snapshot(machine)
+    tally.take(frames, latencies=latencies)
+    end = cpu.snapshot(machine)
+    report = cpu.window(start, end)
+    report["frames"] = len(latencies)
+    report.update(_percentiles(latencies, "latency"))
+    return report
+
+
+def _c_idle(frames: Iterator[Frame], tally: Tally, cell: Cell, machine: bool) -> Report:
+    start = cpu.snapshot(machine)
+    first = tally.expected
+    tally.take(frames)
+    end = cpu.snapshot(machine)
+    report = cpu.window(start, end)
+    report["frames"] = tally.expected - first
+    return report
+
+
+def _c_latest(frames: Iterator[Frame], tally: Tally, cell: Cell, machine: bool) -> Report:
+    """A slow reader that only wants the newest frame: it holds each frame for `work_s`, then
+    checks the frame did not change under it (an overwrite ring must not reuse a held slot)."""
+    unpack_head: Unpack = HEAD.unpack_from
+    unpack_tail: Unpack = TAIL.unpack_from
+    tail_offset = cell.size.tail_offset
+    now = time.monotonic_ns
+    work = cell.timing.work_s
+    ages: list[int] = []
+    last = -1
+    torn = dups = 0
+    start = cpu.snapshot(machine)
+    for frame in frames:
+        got = now()
+        head, sent = unpack_head(frame)
+        if head == PHASE_END:
+            break
+        time.sleep(work)
+        again, _ = unpack_head(frame)
+        (tail,) = unpack_tail(frame, tail_offset)
+        if again != head or tail != head:
+            torn += 1
+        if head <= last:
+            dups += 1
+        last = head
+        ages.append(got - sent)
+    end = cpu.snapshot(machine)
+    tally.torn += torn
+    tally.dups += dups
+    report = cpu.window(start, end)
+    report.update(frames=len(ages), torn=torn, dups=dups)
+    report["fps"] = report["frames"] / report["wall_s"]
+    report.update(_percentiles(ages, "age"))
+    return report
+
+
+CONSUMER_PHASES: dict[str, Callable[[Iterator[Frame], Tally, Cell, bool], Report]] = {
+    THROUGHPUT: _c_flat_out,
+    LATENCY: _c_paced,
+    IDLE: _c_idle,
+    LATEST: _c_latest,
+}
+
+
+# ---- child processes ----
+
+
+def _pin(cell: Cell, slot: int) -> None:
+    """Pin to one CPU before any thread exists (threads inherit it), when each gets its own."""
+    if not cell.pin or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= 1 + cell.consumers:
+        os.sched_setaffinity(0, {cpus[slot]})
+
+
+def _produce(cell: Cell, endpoint: Any, barrier: Barrier) -> Report:
+    producer = load(cell.transport)().open_producer(endpoint, cell)
+    try:
+        wait = cell.timing.sync_timeout_s
+        barrier.wait(wait)  # every end is open
+        producer.start(cell.consumers)
+        report: Report = {}
+        seq = 0
+        rate = None
+        for phase in cell.phases:
+            report[phase], seq = PRODUCER_PHASES[phase](producer.send, seq, cell, rate)
+            rate = report[phase].get("fps", rate)
+            barrier.wait(wait)  # every consumer has taken PHASE_END
+        report["sent"] = seq
+        return report
+    finally:
+        producer.close()
+
+
+def _consume(cell: Cell, endpoint: Any, index: int, barrier: Barrier) -> Report:
+    consumer = load(cell.transport)().open_consumer(endpoint, cell, index)
+    try:
+        wait = cell.timing.sync_timeout_s
+        barrier.wait(wait)
+        tally = Tally(cell.size.tail_offset)
+        report: Report = {}
+        for phase in cell.phases:
+            report[phase] = CONSUMER_PHASES[phase](consumer.frames, tally, cell, index == 0)
+            barrier.wait(wait)
+        report.update(expected=tally.expected, gaps=tally.gaps, dups=tally.dups, torn=tally.torn)
+        return report
+    finally:
+        consumer.close()
+
+
+def child_main(
+    role: str, index: int, cell: Cell, endpoint: Any, barrier: Barrier, out: Any
+) -> None:
+    """Entry point of every child process: run the role, always send one report."""
+    _pin(cell, 0 if role == PRODUCER else 1 + index)
+    try:
+        if role == PRODUCER:
+            report = _produce(cell, endpoint, barrier)
+        else:
+            report = _consume(cell, endpoint, index, barrier)
+    except BaseException:  # the parent fails the run; the others stop at the broken barrier
+        barrier.abort()
+        lines = traceback.format_exc(limit=6).splitlines()
+        report = {"error": "\n".join(line[:ERROR_LINE_CHARS] for line in lines[-40:])}
+    out.put((role, index, report))
+
+
+# ---- parent ----
+
+
+def _collect(
+    procs: dict[tuple[str, int], Any], out: Any, deadline: float
+) -> tuple[dict[tuple[str, int], Report], dict[str, str]]:
+    """Every child's report; after the first error, the others' errors for ERROR_GRACE_S."""
+    reports: dict[tuple[str, int], Report] = {}
+    errors: dict[tuple[str, int], str] = {}
+    while len(reports) + len(errors) < len(procs):
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            if not errors:
+                errors[("parent", 0)] = "deadline passed: processes killed"
+            break
+        try:
+            role, index, report = out.get(timeout=min(left, 0.25))
+        except queue.Empty:
+            for key, proc in procs.items():
+                if key not in reports and key not in errors and proc.exitcode not in (None, 0):
+                    errors[key] = f"died with exit code {proc.exitcode}"
+            continue
+        if "error" in report:
+            errors[(role, index)] = report["error"].strip()
+            deadline = min(deadline, time.perf_counter() + ERROR_GRACE_S)
+        else:
+            reports[(role, index)] = report
+    return reports, {f"{role} {index}": text for (role, index), text in errors.items()}
+
+
+def _reap(procs: dict[tuple[str, int], Any], grace_s: float) -> None:
+    for proc in procs.values():
+        proc.join(grace_s)
+        if proc.is_alive():
+            proc.kill()  # only our own children, by pid
+            proc.join(5)
+
+
+def sweep_shm(token: str) -> list[str]:
+    """Remove what a run left in /dev/shm under its token; return the names (leaks)."""
+    leaked = []
+    if SHM_DIR.is_dir():
+        for entry in SHM_DIR.iterdir():
+            if token in entry.name:
+                entry.unlink(missing_ok=True)
+                leaked.append(entry.name)
+    return sorted(leaked)
+
+
+def run_once(cell: Cell) -> Report:
+    """One run of a cell in fresh processes. Never raises for a failing cell: returns an error."""
+    ctx = mp.get_context("spawn")
+    transport = load(cell.transport)()
+    procs: dict[tuple[str, int], Any] = {}
+    reports: dict[tuple[str, int], Report] = {}
+    errors: dict[str, str] = {}
+    out = ctx.Queue()
+    started = time.perf_counter()
+    try:
+        endpoint = transport.prepare(cell, ctx)
+        barrier = ctx.Barrier(1 + cell.consumers)
+        roles = [(PRODUCER, 0)] + [(CONSUMER, i) for i in range(cell.consumers)]
+        for role, index in roles:
+            procs[(role, index)] = ctx.Process(
+                target=child_main,
+                args=(role, index, cell, endpoint, barrier, out),
+                name=f"bench-{cell.transport}-{role}{index}",
+                daemon=True,
+            )
+        for proc in procs.values():
+            proc.start()
+        reports, errors = _collect(procs, out, started + cell.deadline_s())
+    except Exception:
+        errors["parent 0"] = traceback.format_exc(limit=6).strip()
+    finally:
+        _reap(procs, grace_s=0.0 if errors else 10.0)
+        out.close()
+        out.cancel_join_thread()
+        transport.cleanup()
+    leaked = sweep_shm(cell.token)
+    return {
+        # one line per failing process (its exception), then the full tracebacks
+        "error": "; ".join(f"{who}: {text.splitlines()[-1]}" for who, text in errors.items())
+        or None,
+        "tracebacks": errors,
+        "leaked": leaked,
+        "elapsed_s": time.perf_counter() - started,
+        "producer": reports.get((PRODUCER, 0), {}),
+        "consumers": [reports.get((CONSUMER, i), {}) for i in range(cell.consumers)],
+    }

@@ -1,0 +1,103 @@
+# The transport plug-in contract and the registry of transports.
+#
+# Rules: a transport is a Transport subclass in its own module, registered below by name. The
+# parent calls prepare() (create what must exist before the children start, e.g. OS handles that
+# only pass at spawn time; return a picklable endpoint) and cleanup() (always, even after a kill).
+# Each child calls open_producer() or open_consumer() with that endpoint. A Producer's send(seq,
+# t_ns) stamps and publishes one frame (copy-in transports stamp their source frame and copy it;
+# zero-copy ones stamp the slot in place); a Consumer's frames yield each received frame as a uint8
+# ndarray of the cell's shape — what a NumPy consumer works with — and hold it until the next one
+# is asked for. Modules import their peer library at the top: a module that fails to import is a
+# transport reported as skipped, with the ImportError as the reason.
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
+
+from bench.cell import Cell
+from bench.frames import Frame
+
+
+def _nothing() -> None:
+    return None
+
+
+class Producer:
+    """A cell's sending end, made of closures so the per-frame call does no attribute lookups."""
+
+    def __init__(
+        self,
+        send: Callable[[int, int], None],
+        close: Callable[[], None] = _nothing,
+        start: Callable[[int], None] | None = None,
+    ) -> None:
+        self.send = send
+        self.close = close
+        # start(consumers): called once every process has opened its end, before the first frame.
+        self.start = start or (lambda consumers: None)
+
+
+class Consumer:
+    """A cell's receiving end. close() must first close the frames generator."""
+
+    def __init__(self, frames: Iterator[Frame], close: Callable[[], None] = _nothing) -> None:
+        self.frames = frames
+        self.close = close
+
+
+class Transport:
+    name: ClassVar[str]
+    kind: ClassVar[str] = "peer"  # "shmring", "peer", "limit" (in-process copy), "floor" (wake)
+    fanout: ClassVar[bool] = False  # several consumers can each see every frame
+    spinning_reader: ClassVar[bool] = False  # the reader burns a core instead of blocking
+
+    # Parent side.
+    def prepare(self, cell: Cell, ctx: Any) -> Any:
+        """Create what must exist before the children start; return the picklable endpoint."""
+        return None
+
+    def cleanup(self) -> None:
+        """Remove what prepare() created; runs after the children are gone (or killed)."""
+
+    # Child side.
+    def open_producer(self, endpoint: Any, cell: Cell) -> Producer:
+        raise NotImplementedError
+
+    def open_consumer(self, endpoint: Any, cell: Cell, index: int) -> Consumer:
+        raise NotImplementedError
+
+
+# name -> "module:Class"; the order is the order of tables and plots.
+REGISTRY: dict[str, str] = {
+    "shmring-write": "bench.transports.shmring:Write",
+    "shmring-claim": "bench.transports.shmring:Claim",
+    "shmring-latest": "bench.transports.shmring:Latest",
+    "textbook-ring": "bench.transports.textbook:TextbookRing",
+    "mp-queue": "bench.transports.mpqueue:MpQueue",
+    "mp-pipe": "bench.transports.mppipe:MpPipe",
+    "faster-fifo": "bench.transports.fasterfifo:FasterFifo",
+    "pyzmq": "bench.transports.pyzmq:PushPull",
+    "iceoryx2-poll": "bench.transports.iox2:Polling",
+    "iceoryx2-event": "bench.transports.iox2:EventWait",
+    "memcpy-hot": "bench.transports.memcpy:CacheHot",
+    "memcpy-ring": "bench.transports.memcpy:StrictRing",
+    "floor-futex": "bench.transports.floor:Futex",
+    "floor-pipe": "bench.transports.floor:Pipe",
+}
+
+
+def load(name: str) -> type[Transport]:
+    """The transport class; ImportError (with the peer's own message) when it is unavailable."""
+    module_name, _, class_name = REGISTRY[name].partition(":")
+    cls: type[Transport] = getattr(importlib.import_module(module_name), class_name)
+    return cls
+
+
+def skip_reason(name: str) -> str | None:
+    """None when the transport imports, else why not (reported, never silently dropped)."""
+    try:
+        load(name)
+    except ImportError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None

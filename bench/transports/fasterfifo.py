@@ -1,0 +1,71 @@
+# faster-fifo: a C++ circular buffer in shared memory behind a multiprocessing.Queue-like API.
+#
+# Usage chosen, and why: Queue(max_size_bytes, loads=..., dumps=...) with per-instance
+# serializers that skip pickle — dumps hands put() a ctypes view of the frame (no copy; put()
+# copies it into the shared circular buffer) and loads wraps the received bytes in an ndarray
+# (no copy) — so a frame is copied exactly twice (in, out), the least this API allows; pickling
+# would add two more. The consumer uses get_many(), faster-fifo's batched receive (one lock for
+# every frame waiting). The buffer holds 8 frames, like the rings' 8 slots. put() copies before
+# it returns, so the producer reuses one source frame.
+from __future__ import annotations
+
+import ctypes
+import functools
+from collections.abc import Generator
+from queue import Empty
+from typing import Any
+
+import faster_fifo  # type: ignore[import-not-found]
+import faster_fifo_reduction  # type: ignore[import-untyped]  # noqa: F401  (pickles the queue for spawn)
+import numpy as np
+
+from bench.cell import Cell
+from bench.frames import Frame, make_source, stamper
+from bench.transports import Consumer, Producer, Transport
+
+SLOTS = 8
+MESSAGE_HEADER = 8  # faster-fifo stores a size_t before each message
+WAIT_S = 1.0  # each get_many() wait is bounded; the consumer loops
+
+
+def _dumps(frame: Any) -> Any:
+    return (ctypes.c_ubyte * frame.nbytes).from_buffer(frame)
+
+
+def _loads(shape: tuple[int, ...], message: memoryview) -> Frame:
+    return np.frombuffer(message, np.uint8).reshape(shape)
+
+
+class FasterFifo(Transport):
+    name = "faster-fifo"
+
+    def prepare(self, cell: Cell, ctx: Any) -> Any:
+        return faster_fifo.Queue(
+            max_size_bytes=SLOTS * (cell.size.nbytes + MESSAGE_HEADER),
+            loads=functools.partial(_loads, cell.size.shape),
+            dumps=_dumps,
+        )
+
+    def open_producer(self, endpoint: Any, cell: Cell) -> Producer:
+        put = endpoint.put
+        src = make_source(cell.size)
+        stamp = stamper(cell.size)
+
+        def send(seq: int, t_ns: int) -> None:
+            stamp(src, seq, t_ns)
+            put(src)
+
+        return Producer(send)
+
+    def open_consumer(self, endpoint: Any, cell: Cell, index: int) -> Consumer:
+        def frames() -> Generator[Frame, None, None]:
+            get_many = endpoint.get_many
+            while True:
+                try:
+                    batch = get_many(timeout=WAIT_S)
+                except Empty:
+                    continue
+                yield from batch
+
+        stream = frames()
+        return Consumer(stream, stream.close)

@@ -1,0 +1,105 @@
+# shmring itself: RingWriter / RingReader, per docs/API.md.
+#
+# Usage chosen, and why (the API's documented fast paths):
+#   shmring-write: RingWriter.create(..., policy="block"), w.write(frame) — one copy into the
+#     ring; the reader iterates `for frame in reader` (the previous frame is released when the
+#     next is taken) and works on frame.array, a zero-copy view.
+#   shmring-claim: `with w.claim() as slot:` — zero copies: the producer fills the slot in place.
+#     Here "filling" is writing the stamp; producing the pixels is the application's work.
+#   shmring-latest: policy="overwrite" (the writer never waits) and a reader that calls
+#     r.latest() for the newest frame, skipping older ones — the preview/monitor use case.
+#     Overwrite needs slots > max_readers + max_writers, so it declares 2 readers, 1 writer.
+# Block-policy rings keep the API's defaults (8 slots, max_readers=8, max_writers=4).
+# Readers attach with start="oldest" so nothing published before the first read is missed.
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+import numpy as np
+
+from bench.cell import Cell
+from bench.frames import Frame, make_source, stamper
+from bench.transports import Consumer, Producer, Transport
+from shmring import RingReader, RingWriter
+
+SLOTS = 8
+ATTACH_TIMEOUT_S = 30.0
+
+
+def _name(cell: Cell) -> str:
+    return f"sb{cell.token}"
+
+
+class Write(Transport):
+    name = "shmring-write"
+    kind = "shmring"
+    fanout = True
+
+    def _create(self, cell: Cell) -> Any:
+        return RingWriter.create(_name(cell), cell.size.shape, np.uint8, slots=SLOTS)
+
+    def _send(self, writer: Any, cell: Cell) -> Any:
+        src = make_source(cell.size)
+        stamp = stamper(cell.size)
+        write = writer.write
+
+        def send(seq: int, t_ns: int) -> None:
+            stamp(src, seq, t_ns)
+            write(src)
+
+        return send
+
+    def open_producer(self, endpoint: Any, cell: Cell) -> Producer:
+        writer = self._create(cell)
+        return Producer(self._send(writer, cell), writer.close)
+
+    def _frames(self, reader: Any) -> Generator[Frame, None, None]:
+        for frame in reader:
+            yield frame.array
+
+    def open_consumer(self, endpoint: Any, cell: Cell, index: int) -> Consumer:
+        reader = RingReader.attach(_name(cell), start="oldest", timeout=ATTACH_TIMEOUT_S)
+        stream = self._frames(reader)
+
+        def close() -> None:
+            stream.close()
+            reader.close()
+
+        return Consumer(stream, close)
+
+
+class Claim(Write):
+    name = "shmring-claim"
+
+    def _send(self, writer: Any, cell: Cell) -> Any:
+        stamp = stamper(cell.size)
+        claim = writer.claim
+
+        def send(seq: int, t_ns: int) -> None:
+            with claim() as slot:
+                stamp(slot, seq, t_ns)
+
+        return send
+
+
+class Latest(Write):
+    name = "shmring-latest"
+    fanout = False
+
+    def _create(self, cell: Cell) -> Any:
+        return RingWriter.create(
+            _name(cell),
+            cell.size.shape,
+            np.uint8,
+            slots=SLOTS,
+            policy="overwrite",
+            max_readers=2,
+            max_writers=1,
+        )
+
+    def _frames(self, reader: Any) -> Generator[Frame, None, None]:
+        latest = reader.latest
+        while True:
+            with latest(timeout=None) as frame:
+                yield frame.array

@@ -1,0 +1,575 @@
+# Chaos: SIGKILL participants of one ring at random moments while a steady stream goes on:
+# `python -m stress.chaos` (`make chaos`).
+#
+# A steady writer (the ring's creator) and a steady reader are never killed. Victims attach
+# beside them, a few at a time, each in one role (inside write, inside claim, holding a
+# claim, reading, iterating, holding a frame, in a reader group, holding the header lock as
+# a writer or as a reader, attaching and closing in a loop, or taking SIGINTs and carrying
+# on), and are SIGKILLed a random few milliseconds into it.
+#
+# Invariants, checked as it runs: every wait is bounded (a stall of STALL seconds anywhere
+# is a deadlock, and no steady write may take over MAX_WRITE_STALL); the steady reader gets
+# no torn frame, every sequence number once and in order, each writer's frames in order and
+# once, and, under the block policy, every steady frame (lossless); dead participants are
+# reclaimed (a probe's attach finds no dead record left, and attaching never fails for want
+# of a record); at the end the ring's name, the steady processes' file descriptors and
+# every child process are gone.
+#
+# Processes come from a forkserver (stress.forkserver), so a victim costs a fork, not an
+# interpreter start.
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import random
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from multiprocessing.connection import Connection, wait
+from multiprocessing.context import ForkServerContext
+from typing import Any
+
+import numpy as np
+
+import shmring
+from shmring import RingReader, RingWriter
+
+from . import (
+    STEADY,
+    StreamCheck,
+    check_next,
+    forkserver,
+    make_tag,
+    open_fds,
+    ring_name,
+    segment_path,
+    shm_entries,
+    stamp,
+    verify,
+)
+
+SHAPE = (512,)  # uint64 words: 4 KiB frames, long enough to tear if anything could
+DTYPE = np.uint64
+MAX_READERS = 8
+MAX_WRITERS = 6
+STALL = 10.0  # no bounded wait may come close to this
+START_LIMIT = 10.0  # a victim that has not reported ready by then is hung
+KILL_WINDOW = 0.03  # victims are killed up to this long after reporting ready
+# A dead participant may hold the steady writer back until it is reclaimed: within a second
+# (README), plus scheduling slack on a busy machine.
+MAX_WRITE_STALL = 2.0
+PROGRESS_EVERY = 256  # frames between the steady processes' progress reports
+
+
+# ---- victims (each runs in its own forked process) -------------------------------------------
+@contextmanager
+def no_sigint() -> Iterator[None]:
+    """Keep SIGINT from landing in the middle of a message on the pipe."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def report(conn: Connection, *message: object) -> None:
+    with no_sigint():
+        conn.send(message)
+
+
+def await_kill() -> None:
+    """Sleep until SIGKILLed (SIGINTs blocked)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    while True:
+        time.sleep(60)
+
+
+def writer_loop(writer: RingWriter, writer_id: int, use_claim: bool) -> None:
+    frame = np.empty(SHAPE, DTYPE)
+    n = 0
+    while True:
+        if use_claim:
+            with writer.claim(STALL) as slot:
+                stamp(slot, make_tag(writer_id, n))
+        else:
+            stamp(frame, make_tag(writer_id, n))
+            writer.write(frame, STALL)
+        n += 1
+
+
+def reader_loop(reader: RingReader) -> None:
+    while True:
+        with reader.read(STALL) as frame:
+            verify(frame.array)
+
+
+def v_write(conn: Connection, name: str, writer_id: int) -> None:
+    writer = RingWriter.attach(name)
+    report(conn, "ready")
+    writer_loop(writer, writer_id, use_claim=False)
+
+
+def v_claim(conn: Connection, name: str, writer_id: int) -> None:
+    writer = RingWriter.attach(name)
+    report(conn, "ready")
+    writer_loop(writer, writer_id, use_claim=True)
+
+
+def v_hold_claim(conn: Connection, name: str, writer_id: int) -> None:
+    writer = RingWriter.attach(name)
+    with writer.claim(STALL) as slot:
+        stamp(slot, make_tag(writer_id, 0))
+        report(conn, "ready")
+        await_kill()
+
+
+def v_read(conn: Connection, name: str, writer_id: int) -> None:
+    reader = RingReader.attach(name)
+    report(conn, "ready")
+    reader_loop(reader)
+
+
+def v_iterate(conn: Connection, name: str, writer_id: int) -> None:
+    reader = RingReader.attach(name)
+    report(conn, "ready")
+    for frame in reader:
+        verify(frame.array)
+
+
+def v_hold_frame(conn: Connection, name: str, writer_id: int) -> None:
+    reader = RingReader.attach(name)
+    with reader.read(STALL) as frame:
+        verify(frame.array)
+        report(conn, "ready")
+        await_kill()
+
+
+def v_group(conn: Connection, name: str, writer_id: int) -> None:
+    reader = RingReader.attach(name, group="victims")
+    report(conn, "ready")
+    reader_loop(reader)
+
+
+def v_lock_writer(conn: Connection, name: str, writer_id: int) -> None:
+    writer = RingWriter.attach(name)
+    writer._lock.acquire(STALL)  # private test hook: die holding the header lock
+    report(conn, "ready")
+    await_kill()
+
+
+def v_lock_reader(conn: Connection, name: str, writer_id: int) -> None:
+    reader = RingReader.attach(name)
+    reader._lock.acquire(STALL)  # private test hook: die holding the header lock
+    report(conn, "ready")
+    await_kill()
+
+
+def v_attach(conn: Connection, name: str, writer_id: int) -> None:
+    """Attach and close in a loop: killed inside attach or close."""
+    report(conn, "ready")
+    while True:
+        RingReader.attach(name).close()
+        RingWriter.attach(name).close()
+
+
+def survive_sigints(conn: Connection, step: Callable[[], None]) -> None:
+    """Report ready, then run `step` for ever, as an application that handles Ctrl-C and
+    carries on would (SIGINTs come once the victim is ready).
+
+    The handler disarms itself before raising, and the loop re-arms it inside the `try`,
+    so a second SIGINT that lands while the first is being handled is ignored instead of
+    escaping the handler."""
+    armed = True
+
+    def interrupt(signum: int, frame: object) -> None:
+        nonlocal armed
+        if armed:
+            armed = False
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    report(conn, "ready")
+    while True:
+        try:
+            armed = True
+            step()
+        except KeyboardInterrupt:
+            continue
+
+
+def v_sigint_write(conn: Connection, name: str, writer_id: int) -> None:
+    """Keep writing (write and claim in turn) through SIGINTs."""
+    writer = RingWriter.attach(name)
+    frame = np.empty(SHAPE, DTYPE)
+    counter = iter(range(1 << 30))  # a number is never reused, written or not
+
+    def step() -> None:
+        n = next(counter)
+        if n % 2:
+            with writer.claim(STALL) as slot:
+                stamp(slot, make_tag(writer_id, n))
+        else:
+            stamp(frame, make_tag(writer_id, n))
+            writer.write(frame, STALL)
+
+    survive_sigints(conn, step)
+
+
+def v_sigint_read(conn: Connection, name: str, writer_id: int) -> None:
+    reader = RingReader.attach(name)
+    survive_sigints(conn, partial(reader_loop, reader))
+
+
+ROLES: dict[str, Callable[[Connection, str, int], None]] = {
+    "write": v_write,
+    "claim": v_claim,
+    "hold_claim": v_hold_claim,
+    "read": v_read,
+    "iterate": v_iterate,
+    "hold_frame": v_hold_frame,
+    "group": v_group,
+    "lock_writer": v_lock_writer,
+    "lock_reader": v_lock_reader,
+    "attach": v_attach,
+    "sigint_write": v_sigint_write,
+    "sigint_read": v_sigint_read,
+}
+SIGINT_ROLES = ("sigint_write", "sigint_read")
+
+
+def victim(conn: Connection, name: str, role: str, writer_id: int) -> None:
+    try:
+        ROLES[role](conn, name, writer_id)
+    except BaseException:
+        report(conn, "violation", f"victim {role} failed:\n{traceback.format_exc()}")
+        await_kill()
+
+
+# ---- the steady pair --------------------------------------------------------------------------
+def steady_writer(conn: Connection, name: str, policy: str, slots: int) -> None:
+    fds = open_fds()
+    writer = RingWriter.create(
+        name,
+        SHAPE,
+        DTYPE,
+        slots=slots,
+        policy=policy,
+        max_readers=MAX_READERS,
+        max_writers=MAX_WRITERS,
+    )
+    conn.send(("created",))
+    frame = np.empty(SHAPE, DTYPE)
+    written, worst = 0, 0.0
+    try:
+        if not conn.poll(STALL) or conn.recv() != "go":  # the steady reader is attached
+            raise RuntimeError("no go from the orchestrator")
+        while not conn.poll():
+            stamp(frame, make_tag(STEADY, written))
+            started = time.monotonic()
+            writer.write(frame, STALL)
+            worst = max(worst, time.monotonic() - started)
+            written += 1
+            if written % PROGRESS_EVERY == 0:
+                conn.send(("progress", written, worst))
+    except Exception:
+        conn.send(("violation", f"steady writer failed:\n{traceback.format_exc()}"))
+        conn.recv()
+    writer.close()
+    conn.send(("done", {"written": written, "worst_write_s": worst, "fds": [fds, open_fds()]}))
+
+
+def steady_reader(conn: Connection, name: str, policy: str) -> None:
+    fds = open_fds()
+    reader = RingReader.attach(name, start="oldest", timeout=STALL)
+    conn.send(("attached",))
+    check = StreamCheck(lossless=policy == "block")
+    try:
+        while check_next(reader, check, STALL):
+            if check.frames % PROGRESS_EVERY == 0:
+                conn.send(("progress", check.frames))
+    except Exception:
+        check.fail(f"steady reader failed:\n{traceback.format_exc()}")
+    reader.close()
+    conn.send(("done", {**check.to_json(), "fds": [fds, open_fds()]}))
+
+
+# ---- the orchestrator -------------------------------------------------------------------------
+@dataclass
+class Victim:
+    role: str
+    process: Any  # multiprocessing.Process from the forkserver context
+    conn: Connection
+    started: float
+    kill_at: float | None = None
+    sigints: int = 0  # SIGINTs still to send before the SIGKILL
+
+
+@dataclass
+class Stats:
+    policy: str
+    kills: dict[str, int] = field(default_factory=dict)  # role -> SIGKILLs
+    sigints: int = 0
+    violations: list[str] = field(default_factory=list)
+    max_dead_records: int = 0
+    writer: dict[str, Any] = field(default_factory=dict)
+    reader: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def violation(self, what: str) -> None:
+        if len(self.violations) < 50:
+            self.violations.append(what)
+
+
+class Chaos:
+    def __init__(self, ctx: ForkServerContext, policy: str, concurrency: int, seed: int) -> None:
+        self.ctx = ctx
+        self.policy = policy
+        self.concurrency = concurrency
+        self.rng = random.Random(seed)
+        self.name = ring_name("ch")
+        self.stats = Stats(policy)
+        self.victims: list[Victim] = []
+        self.next_writer_id = STEADY + 1  # victims' writer ids count up from here
+        self.roles: list[str] = []
+        self.progress_at = time.monotonic()
+        self.temp_prefixes: list[str] = []
+
+    def start(
+        self, target: Callable[..., None], *args: object, duplex: bool = True
+    ) -> tuple[Any, Connection]:
+        ours, theirs = self.ctx.Pipe(duplex)
+        process = self.ctx.Process(target=target, args=(theirs, *args), daemon=True)
+        process.start()
+        theirs.close()
+        return process, ours
+
+    def run(self, kills: int) -> Stats:
+        started = time.monotonic()
+        slots = 8 if self.policy == "block" else MAX_READERS + MAX_WRITERS + 2
+        writer, writer_conn = self.start(steady_writer, self.name, self.policy, slots)
+        self.temp_prefixes = [f".shmring-tmp-{writer.pid}-"]  # the creator's temp file
+        self.expect(writer_conn, "created")
+        reader, reader_conn = self.start(steady_reader, self.name, self.policy)
+        self.expect(reader_conn, "attached")
+        writer_conn.send("go")
+        self.steady = {writer_conn: "writer", reader_conn: "reader"}
+        try:
+            while sum(self.stats.kills.values()) < kills and not self.stats.violations:
+                self.step()
+                if sum(self.stats.kills.values()) % 100 == 99:
+                    self.count_dead_records()
+        finally:
+            for v in list(self.victims):
+                self.kill(v)
+        self.check_reclaimed()
+        writer_conn.send("stop")
+        self.stats.writer = self.final(writer_conn)
+        self.stats.reader = self.final(reader_conn)
+        for process in (writer, reader):
+            process.join(STALL)
+            if process.exitcode != 0:
+                self.stats.violation(f"steady process exit code {process.exitcode}")
+        self.check_final()
+        self.stats.seconds = time.monotonic() - started
+        return self.stats
+
+    def step(self) -> None:
+        while len(self.victims) < self.concurrency:
+            self.spawn()
+        now = time.monotonic()
+        due = [v.kill_at for v in self.victims if v.kill_at is not None]
+        timeout = max(0.0, min([*due, now + 0.1]) - now)
+        conns = [v.conn for v in self.victims] + list(self.steady)
+        for conn in wait(conns, timeout):
+            self.receive(conn)  # type: ignore[arg-type]
+        now = time.monotonic()
+        for v in list(self.victims):
+            if v.kill_at is not None and v.kill_at <= now:
+                self.strike(v)
+            elif v.kill_at is None and now - v.started > START_LIMIT:
+                self.stats.violation(f"victim {v.role} did not start within {START_LIMIT} s")
+                self.kill(v)
+            elif v.process.exitcode is not None:
+                self.stats.violation(f"victim {v.role} exited by itself ({v.process.exitcode})")
+                self.victims.remove(v)
+        if now - self.progress_at > STALL:
+            self.stats.violation(f"the steady stream made no progress for {STALL} s")
+
+    def spawn(self) -> None:
+        if not self.roles:
+            self.roles = list(ROLES)
+            self.rng.shuffle(self.roles)
+        role = self.roles.pop()
+        process, conn = self.start(victim, self.name, role, self.next_writer_id, duplex=False)
+        self.next_writer_id += 1
+        v = Victim(role, process, conn, time.monotonic())
+        if role == "attach":
+            v.kill_at = v.started + self.rng.uniform(0.005, KILL_WINDOW)
+        if role in SIGINT_ROLES:
+            v.sigints = self.rng.randint(1, 4)
+        self.victims.append(v)
+
+    def receive(self, conn: Connection) -> bool:
+        """Handle one message; False at end of file (the sender died)."""
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return False
+        kind = message[0]
+        if kind == "violation":
+            self.stats.violation(message[1])
+        elif kind == "progress":
+            self.progress_at = time.monotonic()
+        elif kind == "ready":
+            v = next(v for v in self.victims if v.conn is conn)
+            if v.kill_at is None:
+                v.kill_at = time.monotonic() + self.rng.uniform(0.0, KILL_WINDOW)
+        return True
+
+    def strike(self, v: Victim) -> None:
+        """SIGINT a few times (the SIGINT roles), then SIGKILL."""
+        if v.sigints:
+            v.sigints -= 1
+            self.stats.sigints += 1
+            os.kill(v.process.pid, signal.SIGINT)
+            v.kill_at = time.monotonic() + self.rng.uniform(0.0, KILL_WINDOW / 3)
+            return
+        self.kill(v)
+
+    def kill(self, v: Victim) -> None:
+        os.kill(v.process.pid, signal.SIGKILL)
+        v.process.join(STALL)
+        if v.process.exitcode != -signal.SIGKILL:
+            self.stats.violation(f"victim {v.role} ended with {v.process.exitcode}, not SIGKILL")
+        self.drain(v.conn)
+        v.conn.close()
+        self.victims.remove(v)
+        self.stats.kills[v.role] = self.stats.kills.get(v.role, 0) + 1
+
+    def drain(self, conn: Connection) -> None:
+        """Messages a victim sent before it died (a violation it found, say)."""
+        while conn.poll(0) and self.receive(conn):
+            pass
+
+    def expect(self, conn: Connection, kind: str) -> Any:
+        if not conn.poll(STALL):
+            raise RuntimeError(f"no {kind!r} message within {STALL} s")
+        message = conn.recv()
+        if message[0] != kind:
+            raise RuntimeError(f"expected {kind!r}, got {message!r}")
+        return message
+
+    def final(self, conn: Connection) -> dict[str, Any]:
+        deadline = time.monotonic() + STALL
+        while time.monotonic() < deadline and conn.poll(max(0.0, deadline - time.monotonic())):
+            message = conn.recv()
+            if message[0] == "done":
+                done: dict[str, Any] = message[1]
+                return done
+            if message[0] == "violation":
+                self.stats.violation(message[1])
+                conn.send("stop")
+        self.stats.violation("a steady process did not finish")
+        return {}
+
+    def count_dead_records(self) -> None:
+        info = shmring.inspect_ring(self.name)
+        dead = sum(not p.alive for p in [*info.writers, *info.readers])
+        self.stats.max_dead_records = max(self.stats.max_dead_records, dead)
+
+    def check_reclaimed(self) -> None:
+        """Every victim is dead: a new participant's attach must find no dead record."""
+        with RingReader.attach(self.name), RingWriter.attach(self.name):
+            info = shmring.inspect_ring(self.name)
+        dead = [p for p in [*info.writers, *info.readers] if not p.alive]
+        if dead:
+            self.stats.violation(f"dead participants not reclaimed: {dead}")
+        if info.live_participants != 4:  # steady writer and reader, the two probes
+            self.stats.violation(f"{info.live_participants} live participants, expected 4")
+
+    def check_final(self) -> None:
+        reader, writer = self.stats.reader, self.stats.writer
+        for violation in reader.get("violations", []):
+            self.stats.violation(f"steady reader: {violation}")
+        if self.policy == "block" and reader.get("steady") != writer.get("written"):
+            self.stats.violation(
+                f"lossless stream: {writer.get('written')} steady frames written, "
+                f"{reader.get('steady')} read"
+            )
+        if writer.get("worst_write_s", 0.0) > MAX_WRITE_STALL:
+            self.stats.violation(
+                f"a steady write took {writer['worst_write_s']:.2f} s (> {MAX_WRITE_STALL} s)"
+            )
+        for who, summary in (("writer", writer), ("reader", reader)):
+            before, after = summary.get("fds", [0, 0])
+            if after != before:
+                self.stats.violation(f"steady {who}: {before} fds before, {after} after")
+        if os.path.lexists(segment_path(self.name)):
+            self.stats.violation("the ring's segment outlived its creator's close")
+
+
+def run(kills: int, policy: str, concurrency: int, seed: int) -> Stats:
+    chaos = Chaos(forkserver("stress.chaos"), policy, concurrency, seed)
+    stats = chaos.run(kills)
+    temp = [e for e in shm_entries() if e.startswith(tuple(chaos.temp_prefixes))]
+    if temp:
+        stats.violation(f"creation temp files left in /dev/shm: {temp}")
+    if mp.active_children():
+        stats.violation(f"child processes left: {mp.active_children()}")
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stress.chaos", description=__doc__)
+    parser.add_argument("--kills", type=int, default=1000, help="SIGKILLs per policy")
+    parser.add_argument("--policy", choices=("block", "overwrite", "both"), default="both")
+    parser.add_argument("--concurrency", type=int, default=3, help="victims alive at once")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print one JSON summary line")
+    args = parser.parse_args(argv)
+    policies = ("block", "overwrite") if args.policy == "both" else (args.policy,)
+    failed = False
+    for policy in policies:
+        stats = run(args.kills, policy, args.concurrency, args.seed)
+        failed = failed or bool(stats.violations)
+        if args.json:
+            print(json.dumps(asdict(stats)), flush=True)
+        else:
+            print_stats(stats)
+    return 1 if failed else 0
+
+
+def print_stats(stats: Stats) -> None:
+    total = sum(stats.kills.values())
+    print(f"== chaos, {stats.policy} policy: {total:,} SIGKILLs in {stats.seconds:.0f} s")
+    for role, count in sorted(stats.kills.items()):
+        print(f"  {count:6,}  killed in role {role}")
+    print(f"  {stats.sigints:6,}  SIGINTs delivered to running victims before their SIGKILL")
+    reader, writer = stats.reader, stats.writer
+    print(
+        f"  steady stream: {writer.get('written', 0):,} frames written, "
+        f"{reader.get('frames', 0):,} read ({reader.get('steady', 0):,} steady, "
+        f"{reader.get('dropped', 0):,} dropped), longest write "
+        f"{writer.get('worst_write_s', 0.0) * 1e3:.0f} ms"
+    )
+    print(f"  most dead records seen at once: {stats.max_dead_records}")
+    if stats.violations:
+        print(f"VIOLATIONS ({len(stats.violations)}):")
+        for violation in stats.violations:
+            print(f"  - {violation}")
+    else:
+        print("  invariants held: no deadlock, no torn, duplicated, reordered or lost frame")
+
+
+if __name__ == "__main__":
+    from stress.chaos import main as package_main  # see stress.forkserver
+
+    sys.exit(package_main())

@@ -1,0 +1,749 @@
+# Fuzzing a live ring's shared memory: `python -m stress.fuzz` (`make fuzz`).
+#
+# Any process that attaches maps the header writable, so the library must treat every byte
+# of it as untrusted. A case creates a ring, streams a few frames, then overwrites part of
+# it (the fixed header, the control block, the lock-owner word, descriptors, reader, group or
+# writer records, the free list, or frame data) with random or boundary values, or cuts the
+# file short / grows it. A fresh process then inspects, attaches, writes and reads, has the
+# ring damaged again under it and goes on; the owner keeps writing, reading, iterating, and
+# closes.
+#
+# Pass: every call works or raises a ShmringError subclass; no process dies by a signal;
+# nothing waits past its bound; no worker's memory peaks out of proportion (GIANT_KIB); the
+# owner's close still unlinks the segment and returns its file descriptors. Anything else
+# is a failure, reported with the case's seed
+# (`python -m stress.fuzz --replay SEED` re-runs it and prints the traceback).
+#
+# Layout: a case is plain data (`Case`: `Case.random(seed)` here, a Hypothesis strategy in
+# tests/test_fuzz.py). A `Lane` is two long-lived workers (`python -m stress.fuzz --worker`):
+# the owner, which creates, damages and keeps using the ring, and the prober, which attaches
+# afresh for each case. Running many cases per worker, in several lanes at once, keeps
+# 100,000 cases within minutes; a worker that crashes or hangs is recorded and replaced.
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import faulthandler
+import gc
+import json
+import os
+import random
+import select
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import IO, Any, TypeVar
+
+import numpy as np
+
+import shmring
+from shmring import Frame, RingReader, RingTimeout, RingWriter, ShmringError
+
+from . import ROOT, open_fds, ring_name, rss_kib, segment_path
+
+T = TypeVar("T")
+
+# ---- what a case is made of ------------------------------------------------------------------
+POLICIES = ("block", "overwrite")
+BLOCK_SLOTS = (1, 2, 3, 4, 8)
+OVERWRITE_SLOTS = (8, 9, 16)  # overwrite needs slots > max_readers + max_writers
+MAX_READERS = 4
+MAX_WRITERS = 3
+SHAPES = ((16,), (4, 4), (3, 5, 2), (1, 1, 1, 1, 1, 1, 1, 2), (5000,))
+DTYPES = ("uint8", "int16", "float32", "<u8")
+META_SIZES = (0, 8, 24)
+GROUPS = (None, "g", "h")
+REGIONS = tuple(
+    "fixed control lock descriptors readers groups writers freelist header data".split()
+)
+# Boundary values for one aligned u64 word: counts and indices just past a table, sign and
+# width edges (2**64 - 1 is the format's NONE).
+SMALL_WORDS = (0, 1, 2, 3, 4, 7, 8, 9, 15, 16, 17, 63, 64, 255, 4096)
+EDGE_WORDS = (2**31, 2**32 - 1, 2**32, 2**40, 2**63, 2**64 - 2, 2**64 - 1)
+WORDS = SMALL_WORDS + EDGE_WORDS
+RESIZES = tuple(
+    "empty tiny fixed control before-data data short long page-more double".split()
+)  # how the file is resized: see Layout.resized
+CALL_TIMEOUT = 30.0  # a worker silent this long is hung (the longest legal wait is ~5 s)
+SLOW = 2.0  # a step taking longer is counted as slow (bounded, but worth a look)
+GIANT_KIB = 512 * 1024  # a worker whose peak RSS passes this allocated out of proportion
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Bytes written at `offset` (taken modulo the region's length) inside `region`."""
+
+    region: str
+    offset: int
+    data: bytes
+
+    @classmethod
+    def word(cls, region: str, index: int, value: int) -> Patch:
+        """One aligned u64 (`index` counts words from the region's start)."""
+        return cls(region, 8 * index, struct.pack("<Q", value))
+
+    @classmethod
+    def random(cls, rng: random.Random) -> Patch:
+        region = rng.choice(REGIONS)
+        kind = rng.random()
+        if kind < 0.6:
+            value = rng.choice(WORDS) if rng.random() < 0.8 else rng.getrandbits(64)
+            return cls.word(region, rng.randrange(64), value)
+        if kind < 0.85:
+            return cls(region, rng.randrange(4096), rng.randbytes(rng.randint(1, 32)))
+        return cls(region, rng.randrange(4096), rng.choice((b"\0", b"\xff")) * rng.randint(8, 64))
+
+
+@dataclass(frozen=True)
+class Case:
+    """One fuzz case: a ring, how it is used before the damage, and the damage."""
+
+    seed: int
+    policy: str
+    shape: tuple[int, ...]
+    dtype: str
+    slots: int
+    meta_size: int
+    group: str | None  # the owner-side reader's group
+    fresh_group: str | None  # the fresh process's reader's group
+    written: int  # frames published before the damage
+    variable: bool  # every other frame smaller than the ring's shape
+    held: bool  # the owner-side reader holds its first frame across the damage
+    second_writer: bool  # the owner also attaches a second writer (shared writer mode)
+    patches: tuple[Patch, ...]
+    resize: str | None  # the file's size while the fresh process attaches (then restored)
+    late_patches: tuple[Patch, ...] = ()  # applied while the fresh process is attached
+
+    @classmethod
+    def random(cls, seed: int) -> Case:
+        rng = random.Random(seed)
+        policy = rng.choice(POLICIES)
+        count = rng.choice((1, 1, 1, 2, 3, 5))
+        return cls(
+            seed=seed,
+            policy=policy,
+            shape=rng.choice(SHAPES),
+            dtype=rng.choice(DTYPES),
+            slots=rng.choice(BLOCK_SLOTS if policy == "block" else OVERWRITE_SLOTS),
+            meta_size=rng.choice(META_SIZES),
+            group=rng.choice(GROUPS),
+            fresh_group=rng.choice(GROUPS),
+            written=rng.randint(0, 20),
+            variable=rng.random() < 0.3,
+            held=rng.random() < 0.4,
+            second_writer=rng.random() < 0.3,
+            patches=tuple(Patch.random(rng) for _ in range(count)),
+            resize=rng.choice(RESIZES) if rng.random() < 0.08 else None,
+            late_patches=tuple(Patch.random(rng) for _ in range(rng.choice((0, 0, 1, 2)))),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("patches", "late_patches"):
+            data[key] = [[p.region, p.offset, p.data.hex()] for p in getattr(self, key)]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Case:
+        fields = dict(data)
+        fields["shape"] = tuple(data["shape"])
+        for key in ("patches", "late_patches"):
+            fields[key] = tuple(Patch(r, o, bytes.fromhex(d)) for r, o, d in data[key])
+        return cls(**fields)
+
+
+# ---- the segment's layout, read from its fixed header (docs/FORMAT.md) -----------------------
+@dataclass(frozen=True)
+class Layout:
+    segment_bytes: int
+    descriptors: int
+    readers: int
+    groups: int
+    writers: int
+    freelist: int
+    data: int
+
+    @classmethod
+    def read(cls, path: str) -> Layout:
+        with open(path, "rb") as f:
+            header = f.read(256)
+        (segment_bytes,) = struct.unpack_from("<Q", header, 16)
+        (descriptors,) = struct.unpack_from("<Q", header, 160)
+        return cls(segment_bytes, descriptors, *struct.unpack_from("<5Q", header, 176))
+
+    def region(self, name: str) -> tuple[int, int]:
+        """[start, stop) of a region in bytes."""
+        return {
+            "fixed": (0, 256),
+            "control": (256, 512),
+            "lock": (256 + 8 * 8, 256 + 9 * 8),  # C_LOCK_OWNER
+            "descriptors": (self.descriptors, self.readers),
+            "readers": (self.readers, self.groups),
+            "groups": (self.groups, self.writers),
+            "writers": (self.writers, self.freelist),
+            "freelist": (self.freelist, self.data),
+            "header": (0, self.data),
+            "data": (self.data, self.segment_bytes),
+        }[name]
+
+    def resized(self, how: str) -> int:
+        return {
+            "empty": 0,
+            "tiny": 10,
+            "fixed": 256,
+            "control": 512,
+            "before-data": self.data - 1,
+            "data": self.data,
+            "short": self.segment_bytes - 1,
+            "long": self.segment_bytes + 1,
+            "page-more": self.segment_bytes + 4096,
+            "double": 2 * self.segment_bytes,
+        }[how]
+
+
+def apply_patches(path: str, layout: Layout, patches: Iterable[Patch]) -> None:
+    """Write the patches through the file, as any attached process could."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        for patch in patches:
+            start, stop = layout.region(patch.region)
+            offset = start + patch.offset % (stop - start)
+            os.pwrite(fd, patch.data[: stop - offset], offset)
+    finally:
+        os.close(fd)
+
+
+# ---- running steps and recording what they raised ----------------------------------------------
+class BadFrame(AssertionError):
+    """A frame whose view does not fit the ring's shape or dtype."""
+
+
+@dataclass
+class Steps:
+    """Outcome of every step of a case: "ok", a ShmringError subclass name, or a failure."""
+
+    outcomes: dict[str, str] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    slow: dict[str, float] = field(default_factory=dict)
+
+    def run(self, step: str, call: Callable[[], T]) -> T | None:
+        """Run one step; its result, or None when it raised."""
+        started = time.monotonic()
+        try:
+            result = call()
+        except ShmringError as exc:
+            self.outcomes[step] = type(exc).__name__
+            return None
+        except Exception as exc:
+            self.outcomes[step] = f"untyped {type(exc).__name__}"
+            self.failures.append(f"{step}: {traceback.format_exc(limit=-6)}")
+            return None
+        else:
+            self.outcomes[step] = "ok"
+            return result
+        finally:
+            elapsed = time.monotonic() - started
+            if elapsed > SLOW:
+                self.slow[step] = round(elapsed, 2)
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_frame(frame: Frame, shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
+    array = frame.array
+    if (
+        array.dtype != dtype
+        or array.ndim != len(shape)
+        or any(not 1 <= got <= limit for got, limit in zip(array.shape, shape, strict=True))
+    ):
+        raise BadFrame(f"frame {frame.seq}: view {array.shape} {array.dtype} in a {shape} ring")
+    array.sum()  # touch every byte of the view
+
+
+def drain(reader: RingReader, limit: int) -> int:
+    """Read (and release) frames until none is ready; their count."""
+    count = 0
+    while count < limit:
+        try:
+            frame = reader.read(0.0)
+        except RingTimeout:
+            break
+        with frame:
+            check_frame(frame, reader.shape, reader.dtype)
+        count += 1
+    return count
+
+
+def write_some(writer: RingWriter, count: int, variable: bool, meta_size: int) -> int:
+    """Publish up to `count` frames without waiting; how many went in."""
+    for n in range(count):
+        try:
+            writer.write(frame_for(writer, n, variable), 0.0, meta=meta_for(n, meta_size))
+        except RingTimeout:
+            return n
+    return count
+
+
+def frame_for(writer: RingWriter, n: int, variable: bool) -> np.ndarray:
+    shape = writer.shape
+    if variable and n % 2:
+        shape = tuple(max(1, d // 2) for d in shape)
+    return np.full(shape, n % 100, writer.dtype)
+
+
+def meta_for(n: int, meta_size: int) -> bytes:
+    return bytes([n % 256]) * min(meta_size, n % 9)
+
+
+# ---- the two sides of a case (run inside workers) ----------------------------------------------
+class Owner:
+    """The ring's creator: streams, damages the ring, then keeps using it and closes."""
+
+    def __init__(self, case: Case) -> None:
+        self.case = case
+        self.name = ring_name("fz")
+        self.path = segment_path(self.name)
+        self.fds = open_fds()
+        self.writers: list[RingWriter] = []
+        self.reader: RingReader | None = None
+        self.held: Frame | None = None
+
+    def setup(self) -> dict[str, Any]:
+        case = self.case
+        writer = RingWriter.create(
+            self.name,
+            case.shape,
+            case.dtype,
+            slots=case.slots,
+            policy=case.policy,
+            max_readers=MAX_READERS,
+            max_writers=MAX_WRITERS,
+            meta_size=case.meta_size,
+            spin=0,
+        )
+        self.writers.append(writer)
+        self.reader = RingReader.attach(self.name, group=case.group, start="oldest", spin=0)
+        if case.second_writer:
+            self.writers.append(RingWriter.attach(self.name, spin=0))
+        held = case.held and case.written > 0
+        write_some(writer, 1 if held else case.written, case.variable, case.meta_size)
+        if held:
+            self.held = self.reader.read(0.0)
+            write_some(writer, case.written - 1, case.variable, case.meta_size)
+        layout = Layout.read(self.path)
+        apply_patches(self.path, layout, case.patches)
+        return {"name": self.name, "layout": asdict(layout)}
+
+    def resume(self) -> dict[str, Any]:
+        steps = Steps()
+        self._keep_using(steps)
+        self.writers.clear()
+        self.reader = None
+        leaked = os.path.lexists(self.path)
+        if leaked:
+            os.unlink(self.path)
+        gc.collect()  # a closed handle's mapping lives until its last view is collected
+        return {
+            "steps": steps.as_json(),
+            "leaked_segment": leaked,
+            "fds_before": self.fds,
+            "fds_after": open_fds(),
+            "peak_rss_kib": rss_kib(field="VmHWM"),
+        }
+
+    def _keep_using(self, steps: Steps) -> None:
+        """Write, claim, read, inspect, close the writers, iterate to the end, close."""
+        case, reader = self.case, self.reader
+        assert reader is not None
+        if self.held is not None:
+            steps.run("owner_release", self.held.release)
+            self.held = None  # its array would keep the reader's mapping (and fd) open
+        for n, writer in enumerate(self.writers):
+            steps.run(
+                f"owner_write{n}", partial(write_some, writer, 2, case.variable, case.meta_size)
+            )
+        steps.run("owner_claim", self._claim)
+        steps.run("owner_read", partial(drain, reader, 3 * case.slots))
+        steps.run("owner_latest", self._latest)
+        steps.run("owner_inspect", partial(shmring.inspect_ring, self.name))
+        for n, writer in reversed(list(enumerate(self.writers))):
+            steps.run(f"owner_close_writer{n}", writer.close)
+        steps.run("owner_iterate", self._iterate)
+        steps.run("owner_close_reader", reader.close)
+
+    def _claim(self) -> int | None:
+        claim = self.writers[0].claim(0.0)
+        try:
+            with claim as slot:
+                slot[...] = 7
+        except RingTimeout:
+            return None
+        return claim.seq
+
+    def _latest(self) -> int | None:
+        assert self.reader is not None
+        try:
+            frame = self.reader.latest(0.0)
+        except RingTimeout:
+            return None
+        check_frame(frame, self.reader.shape, self.reader.dtype)
+        frame.release()
+        return frame.seq
+
+    def _iterate(self) -> int:
+        """Every writer is closed: iteration must end (EndOfStream or WriterGone) promptly."""
+        assert self.reader is not None
+        limit = 3 * self.case.slots + 10
+        count = 0
+        for frame in self.reader:
+            check_frame(frame, self.reader.shape, self.reader.dtype)
+            count += 1
+            if count > limit:
+                raise AssertionError(f"iteration returned {count} frames from {limit} slots")
+        return count
+
+
+def probe(case: Case, name: str, layout: Layout) -> dict[str, Any]:
+    """A fresh process: inspect, attach, write, read (file resized meanwhile); then, still
+    attached, damage the ring again (`late_patches`), write, read and close.
+
+    The writer attaches first: the ring is then in shared writer mode, so the reader's
+    attach skips the membarrier() (~13 ms, and machine-wide the fuzzer's bottleneck) that
+    joining an exclusive-mode ring costs; the owner's reader covers that path."""
+    steps = Steps()
+    path = segment_path(name)
+    if case.resize is not None:
+        os.truncate(path, layout.resized(case.resize))
+    try:
+        steps.run("inspect", partial(shmring.inspect_ring, name))
+        writer = steps.run("attach_writer", partial(RingWriter.attach, name, spin=0))
+        reader = steps.run(
+            "attach_reader",
+            partial(RingReader.attach, name, group=case.fresh_group, start="oldest", spin=0),
+        )
+    finally:
+        if case.resize is not None:
+            os.truncate(path, layout.segment_bytes)
+    for phase in ("", "late_"):
+        if phase:
+            apply_patches(path, layout, case.late_patches)
+        if writer is not None:
+            steps.run(
+                f"{phase}write", partial(write_some, writer, 2, case.variable, case.meta_size)
+            )
+        if reader is not None:
+            steps.run(f"{phase}read", partial(drain, reader, 3 * case.slots))
+    if reader is not None:
+        steps.run("close_reader", reader.close)
+    if writer is not None:
+        steps.run("close_writer", writer.close)
+    return {"steps": steps.as_json(), "peak_rss_kib": rss_kib(field="VmHWM")}
+
+
+def worker_main() -> int:
+    """Serve requests (one JSON object per line on stdin) until stdin closes."""
+    faulthandler.enable()  # a crash prints the Python stack to stderr
+    owner: Owner | None = None
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            if request["op"] == "setup":
+                owner = Owner(Case.from_json(request["case"]))
+                reply = owner.setup()
+            elif request["op"] == "resume":
+                assert owner is not None
+                reply = owner.resume()
+            else:
+                case = Case.from_json(request["case"])
+                reply = probe(case, request["name"], Layout(**request["layout"]))
+        except Exception:
+            reply = {"harness_error": traceback.format_exc()}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+# ---- the driver: lanes of worker pairs ---------------------------------------------------------
+class WorkerFailed(Exception):
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+class Worker:
+    """One `python -m stress.fuzz --worker` process, asked one request at a time."""
+
+    def __init__(self, role: str) -> None:
+        self.role = role
+        self.stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stress.fuzz", "--worker"],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+        )
+        self._buffer = b""
+
+    def call(self, request: dict[str, Any], timeout: float = CALL_TIMEOUT) -> dict[str, Any]:
+        proc = self.proc
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write((json.dumps(request) + "\n").encode())
+            proc.stdin.flush()
+        except BrokenPipeError:
+            raise self._died() from None
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([proc.stdout], [], [], max(left, 0))
+            if not ready:
+                raise WorkerFailed("hang", f"{self.role} silent for {timeout} s; {self.tail()}")
+            chunk = os.read(proc.stdout.fileno(), 1 << 16)
+            if not chunk:
+                raise self._died()
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def _died(self) -> WorkerFailed:
+        code = self.proc.wait(CALL_TIMEOUT)
+        if code < 0:
+            return WorkerFailed("crash", f"{self.role} killed by {signal.Signals(-code).name}")
+        return WorkerFailed("died", f"{self.role} exited with {code}; {self.tail()}")
+
+    def tail(self) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read().decode(errors="replace")[-2000:]
+
+    def stop(self) -> None:
+        """Close stdin (the worker exits); kill it if it does not, and reap it."""
+        with contextlib.suppress(OSError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(5.0)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(CALL_TIMEOUT)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        self.stderr.close()
+
+
+@dataclass
+class CaseResult:
+    case: Case
+    steps: dict[str, str] = field(default_factory=dict)
+    slow: dict[str, float] = field(default_factory=dict)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (kind, detail)
+
+
+class Lane:
+    """An owner worker and a prober worker, running cases one after another."""
+
+    def __init__(self) -> None:
+        self.owner = Worker("owner")
+        self.prober = Worker("prober")
+
+    def run(self, case: Case) -> CaseResult:
+        result = CaseResult(case)
+        name = None
+        try:
+            setup = self.owner.call({"op": "setup", "case": case.to_json()})
+            if "harness_error" in setup:
+                result.problems.append(("harness", setup["harness_error"]))
+                self._restart()
+                return result
+            name = setup["name"]
+            for role, reply in (
+                ("probe", self.prober.call({**setup, "op": "probe", "case": case.to_json()})),
+                ("owner", self.owner.call({"op": "resume"})),
+            ):
+                if "harness_error" in reply:
+                    result.problems.append(("harness", f"{role}: {reply['harness_error']}"))
+                    continue
+                self._record(result, reply)
+        except WorkerFailed as failure:
+            result.problems.append((failure.kind, failure.detail))
+            self._restart()
+        finally:
+            if name is not None and os.path.lexists(segment_path(name)):
+                os.unlink(segment_path(name))  # the owner died before closing
+        return result
+
+    @staticmethod
+    def _record(result: CaseResult, reply: dict[str, Any]) -> None:
+        steps = reply["steps"]
+        result.steps.update(steps["outcomes"])
+        result.slow.update(steps["slow"])
+        result.problems.extend(("untyped", failure) for failure in steps["failures"])
+        if reply.get("leaked_segment"):
+            result.problems.append(("leak", "the owner's close left the segment in /dev/shm"))
+        if reply["peak_rss_kib"] > GIANT_KIB:
+            result.problems.append(("giant", f"peak RSS {reply['peak_rss_kib'] // 1024} MiB"))
+        if reply.get("fds_after", 0) > reply.get("fds_before", 0):
+            result.problems.append(
+                ("leak", f"owner fds {reply['fds_before']} -> {reply['fds_after']}")
+            )
+
+    def _restart(self) -> None:
+        self.close()
+        self.owner = Worker("owner")
+        self.prober = Worker("prober")
+
+    def close(self) -> None:
+        for worker in (self.owner, self.prober):
+            if worker.proc.poll() is None:
+                worker.proc.kill()
+            worker.stop()
+
+
+@dataclass
+class Summary:
+    cases: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)  # "step outcome" -> count
+    problems: Counter[str] = field(default_factory=Counter)  # kind -> count
+    # step -> [how many were slow, the slowest's seconds, its seed]
+    slow: dict[str, list[float]] = field(default_factory=dict)
+    # one entry per distinct failure: its count, the first seeds, the first full detail
+    signatures: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, result: CaseResult) -> None:
+        self.cases += 1
+        self.outcomes.update(f"{step:20} {outcome}" for step, outcome in result.steps.items())
+        for step, seconds in result.slow.items():
+            entry = self.slow.setdefault(step, [0, 0.0, result.case.seed])
+            entry[0] += 1
+            if seconds > entry[1]:
+                entry[1:] = [seconds, result.case.seed]
+        for kind, detail in result.problems:
+            self.problems[kind] += 1
+            entry = self.signatures.setdefault(
+                signature(kind, detail), {"count": 0, "seeds": [], "detail": detail}
+            )
+            entry["count"] += 1
+            if len(entry["seeds"]) < 5 and result.case.seed not in entry["seeds"]:
+                entry["seeds"].append(result.case.seed)
+
+    def report(self) -> str:
+        lines = [f"{self.cases:,} cases; outcome of each step:"]
+        lines += [f"  {count:9,}  {key}" for key, count in sorted(self.outcomes.items())]
+        lines.append(f"slow steps (bounded, > {SLOW:.0f} s): {'none' if not self.slow else ''}")
+        for step, (count, seconds, seed) in sorted(self.slow.items()):
+            lines.append(f"  {int(count):9,}  {step:20} slowest {seconds:.1f} s (seed {seed})")
+        lines.append(f"problems: {dict(self.problems) or 'none'}")
+        for key, entry in sorted(self.signatures.items(), key=lambda kv: -kv[1]["count"]):
+            lines.append(f"--- {entry['count']} x {key} (seeds {entry['seeds']})")
+            lines.append(entry["detail"].rstrip())
+        return "\n".join(lines)
+
+
+def signature(kind: str, detail: str) -> str:
+    """What makes two failures the same bug: the kind, the innermost library line and the
+    exception (the same bug shows up in many steps, through different harness frames)."""
+    lines = detail.strip().splitlines()
+    if kind != "untyped" or len(lines) < 2:
+        return f"{kind}: {lines[0] if lines else ''}"
+    library = [line.strip() for line in lines if "/shmring/" in line]
+    where = library[-1].split("/shmring/", 1)[1] if library else "?"
+    return f"{kind}: {lines[-1]} at {where}"
+
+
+def run_cases(
+    cases: Iterable[Case], lanes: int, progress: Callable[[Summary], None] | None = None
+) -> Summary:
+    """Run cases over `lanes` worker pairs in parallel."""
+    summary = Summary()
+    source: Iterator[Case] = iter(cases)
+    lock = threading.Lock()
+
+    def lane_loop() -> None:
+        lane = Lane()
+        try:
+            while True:
+                with lock:
+                    case = next(source, None)
+                if case is None:
+                    return
+                result = lane.run(case)
+                with lock:
+                    summary.add(result)
+                    if progress is not None:
+                        progress(summary)
+        finally:
+            lane.close()
+
+    threads = [threading.Thread(target=lane_loop) for _ in range(lanes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stress.fuzz", description=__doc__)
+    parser.add_argument("--cases", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first case")
+    parser.add_argument("--lanes", type=int, default=12, help="worker pairs run in parallel")
+    parser.add_argument("--replay", type=int, nargs="*", help="re-run these seeds, verbosely")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return worker_main()
+    if args.replay:
+        return replay(args.replay)
+    started = time.monotonic()
+    last = [started]
+
+    def progress(summary: Summary) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 30:
+            last[0] = now
+            rate = summary.cases / (now - started)
+            print(
+                f"{summary.cases:,} cases, {rate:.0f}/s, problems {dict(summary.problems)}",
+                flush=True,
+            )
+
+    cases = (Case.random(seed) for seed in range(args.seed, args.seed + args.cases))
+    summary = run_cases(cases, args.lanes, progress)
+    print(summary.report())
+    print(f"{summary.cases:,} cases in {time.monotonic() - started:.0f} s")
+    return 1 if summary.problems else 0
+
+
+def replay(seeds: list[int]) -> int:
+    lane = Lane()
+    failed = 0
+    try:
+        for seed in seeds:
+            case = Case.random(seed)
+            result = lane.run(case)
+            print(f"seed {seed}: {case}")
+            for step, outcome in result.steps.items():
+                print(f"  {step:20} {outcome}")
+            for kind, detail in result.problems:
+                failed += 1
+                print(f"  PROBLEM {kind}: {detail}")
+    finally:
+        lane.close()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+# Smoke test of the benchmark suite (bench/): tiny counts, a few seconds, real processes.
+#
+# Rules: it proves the harness runs end to end — shmring and a stdlib peer deliver verified,
+# lossless frames, the limit and wake-floor cells run, reports are written — and that nothing
+# stays in /dev/shm. It needs no optional peer: one that is not installed must be reported as
+# skipped with a reason (checked directly by hiding pyzmq). The full run stays out of `make test`.
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.suite import available
+
+ROOT = Path(__file__).resolve().parent.parent
+SHM = Path("/dev/shm")
+TRANSPORTS = "shmring-write,mp-pipe,pyzmq,memcpy-hot,floor-pipe"
+COMMAND = ["-m", "bench", "--quick", "--sizes", "64,4096", "--transports", TRANSPORTS]
+
+
+def _ours(names: set[str]) -> set[str]:
+    return {n for n in names if n.startswith(("sb", "shmring.sb"))}  # bench names start "sb"
+
+
+def test_quick_run_is_verified_lossless_and_leaves_nothing(tmp_path: Path) -> None:
+    before = {p.name for p in SHM.iterdir()}
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--sizes",
+            "64,4096",
+            "--transports",
+            TRANSPORTS,
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert elapsed < 30, f"smoke run took {elapsed:.1f} s"
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    cells = {(c["scenario"], c["transport"], c["size"]): c for c in results["cells"]}
+    expected = [
+        ("main", name, size) for name in ("shmring-write", "mp-pipe") for size in ("64 B", "4 KiB")
+    ]
+    expected += [("fanout", "shmring-write", "64 B"), ("limit", "memcpy-hot", "4 KiB")]
+    for key in expected:
+        cell = cells[key]
+        assert cell["status"] == "ok", (key, cell["reason"])
+        assert cell["median"]["fps"] > 0
+        for run in cell["runs"]:
+            assert run["gaps"] == run["dups"] == run["torn"] == 0
+            if key[0] != "limit":
+                assert run["verified_frames"] > 0
+    main = cells[("main", "shmring-write", "64 B")]
+    assert main["median"]["latency_p99_us"] >= main["median"]["latency_p50_us"] > 0
+    assert main["median"]["idle_consumer_cores"] >= 0
+    assert cells[("wake", "floor-pipe", "24 B stamp")]["status"] == "ok"
+
+    zmq_cells = [c for c in results["cells"] if c["transport"] == "pyzmq"]
+    assert zmq_cells or "pyzmq" in results["skipped"]  # ran, or skipped with its reason
+    assert all(c["status"] == "ok" for c in zmq_cells)
+
+    report = (tmp_path / "results.md").read_text()
+    assert "shmring-write" in report and "Targets" in report
+    assert "shmring ÷ best peer" in done.stdout
+    assert not _ours({p.name for p in SHM.iterdir()} - before)
+
+
+def test_missing_peer_is_skipped_with_its_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "zmq", None)  # makes `import zmq` raise ImportError
+    monkeypatch.delitem(sys.modules, "bench.transports.pyzmq", raising=False)
+    ok, skipped = available(["mp-pipe", "pyzmq"])
+    assert ok == ("mp-pipe",)
+    assert "zmq" in skipped["pyzmq"]

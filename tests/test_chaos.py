@@ -1,0 +1,128 @@
+# Chaos, quick form: `python -m stress.chaos` with ~50 SIGKILLs per policy.
+#
+# The harness (stress/chaos.py) checks its invariants as it runs and reports them in one
+# JSON line per policy; this test runs it as a separate program, as `make chaos` does, and
+# asserts on each invariant separately so a failure says which one broke. The checks the
+# steady reader applies to every frame are tested first on made-up frames, so a harness
+# that could not see a torn, lost, duplicated or reordered frame would fail here.
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+import threading
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import seg_path, unique_name
+
+from shmring import RingWriter
+from stress import ROOT, STEADY, StreamCheck, make_tag, stamp
+from stress.chaos import DTYPE, ROLES, SHAPE
+
+KILLS = 50
+WRITERS_OFFSET = 192  # docs/FORMAT.md: fixed-header field writers_offset
+WRITER_IN_PUBLISH = 3  # word of a writer record
+
+
+def frame(seq: int, writer: int, counter: int, dropped: int = 0) -> Any:
+    array = np.empty(SHAPE, DTYPE)
+    stamp(array, make_tag(writer, counter))
+    return SimpleNamespace(seq=seq, dropped=dropped, array=array)
+
+
+def checked(*frames: Any, lossless: bool = True) -> list[str]:
+    check = StreamCheck(lossless)
+    for f in frames:
+        check.take(f)
+    return check.violations
+
+
+def test_stream_check_accepts_a_good_stream() -> None:
+    assert not checked(frame(0, STEADY, 0), frame(1, 7, 0), frame(2, STEADY, 1), frame(3, 7, 5))
+    assert not checked(frame(0, STEADY, 0), frame(3, STEADY, 3, dropped=2), lossless=False)
+
+
+def test_stream_check_sees_a_torn_frame() -> None:
+    torn = frame(1, STEADY, 1)
+    torn.array[100:] = frame(1, STEADY, 2).array[100:]
+    assert "mixes words" in " ".join(checked(frame(0, STEADY, 0), torn))
+
+
+@pytest.mark.parametrize(
+    ("frames", "says"),
+    [
+        ((frame(0, STEADY, 0), frame(1, STEADY, 2)), "lost frames"),
+        ((frame(0, 7, 3), frame(1, 7, 3)), "duplicate or reordered"),
+        ((frame(0, 7, 3), frame(1, 7, 2)), "duplicate or reordered"),
+        ((frame(0, STEADY, 0), frame(2, 7, 0)), "frame seq 2 after 0"),
+        ((frame(0, STEADY, 0), frame(0, 7, 0)), "frame seq 0 after 0"),
+    ],
+    ids=["lost", "duplicated", "reordered", "seq gap", "seq repeated"],
+)
+def test_stream_check_sees_a_bad_stream(frames: tuple[Any, ...], says: str) -> None:
+    assert says in " ".join(checked(*frames))
+
+
+def test_stream_check_counts_overwrite_drops() -> None:
+    assert "dropped 1" in " ".join(checked(frame(0, 7, 0), frame(3, 7, 1, 1), lossless=False))
+
+
+def test_quick_chaos_run_keeps_every_invariant() -> None:
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "stress.chaos", "--kills", str(KILLS), "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    runs = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [run["policy"] for run in runs] == ["block", "overwrite"], done.stderr[-3000:]
+    for run in runs:
+        policy = run["policy"]
+        assert run["violations"] == [], f"{policy}: {run['violations']}"
+        assert sum(run["kills"].values()) >= KILLS
+        assert set(run["kills"]) == set(ROLES), f"{policy}: some role was never killed"
+        assert run["sigints"] > 0
+        writer, reader = run["writer"], run["reader"]
+        assert writer["written"] > 0 and reader["steady"] > 0
+        if policy == "block":
+            assert reader["steady"] == writer["written"] and reader["dropped"] == 0
+        assert writer["fds"][0] == writer["fds"][1] and reader["fds"][0] == reader["fds"][1]
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert time.monotonic() - started < 30
+
+
+def test_writer_attach_waits_for_a_publish_in_progress() -> None:
+    """Found by chaos: a writer attaching while the exclusive writer is inside a publish
+    step must wait the microseconds it takes (here 50 ms), not fail at once because the
+    attach was not asked to wait for the ring to *appear* (timeout=0)."""
+    name = unique_name("aq")
+    with RingWriter.create(name, (64,), np.uint8):
+        with open(seg_path(name), "r+b") as f:
+            f.seek(WRITERS_OFFSET)
+            (writers,) = struct.unpack("<Q", f.read(8))
+        in_publish = writers + 8 * WRITER_IN_PUBLISH  # the creator's writer record
+        stepping_out = threading.Event()
+
+        def publish_step() -> None:
+            with open(seg_path(name), "r+b") as f:
+                f.seek(in_publish)
+                f.write(struct.pack("<Q", 1))
+                f.flush()
+                stepping_out.wait(0.05)
+                f.seek(in_publish)
+                f.write(struct.pack("<Q", 0))
+
+        step = threading.Thread(target=publish_step)
+        step.start()
+        try:
+            RingWriter.attach(name).close()
+        finally:
+            stepping_out.set()
+            step.join()

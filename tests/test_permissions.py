@@ -1,0 +1,147 @@
+# Who may attach to a ring: the segment's file mode.
+#
+# Rings are created 0600 whatever the umask; `mode=` sets the exact mode (0660 shares a
+# ring with the creator's group). The cross-user checks create the ring as root and attach
+# from a forked child that dropped to `nobody` (setgid, then setuid): a group member of a
+# 0660 ring streams through it; anyone else gets a PermissionError that names the ring.
+# Those need root and are skipped without it.
+from __future__ import annotations
+
+import errno
+import multiprocessing as mp
+import os
+import stat
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import WAIT, seg_path, unique_name
+
+import shmring
+from shmring import RingReader, RingWriter
+
+NOBODY = 65534  # uid of `nobody`, gid of `nogroup`
+OTHER_GROUP = 54321  # a group nobody is a member of
+SHAPE = (16,)
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
+
+
+@contextmanager
+def umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def file_mode(name: str) -> int:
+    return stat.S_IMODE(os.stat(seg_path(name)).st_mode)
+
+
+@pytest.mark.parametrize("mask", [0o000, 0o022, 0o077])
+def test_default_mode_is_0600_whatever_the_umask(mask: int) -> None:
+    name = unique_name("pm")
+    with umask(mask), RingWriter.create(name, SHAPE, np.uint8):
+        assert file_mode(name) == 0o600
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o660, 0o666, 0o400])
+def test_mode_option_is_exact_whatever_the_umask(mode: int) -> None:
+    name = unique_name("pm")
+    with umask(0o077), RingWriter.create(name, SHAPE, np.uint8, mode=mode):
+        assert file_mode(name) == mode
+
+
+# ---- other users ---------------------------------------------------------------------------
+def _roundtrip(name: str) -> str:
+    with RingReader.attach(name) as reader, RingWriter.attach(name) as writer:
+        writer.write(np.full(SHAPE, 42, np.uint8), 1.0)
+        with reader.read(1.0) as frame:
+            return f"read {int(frame.array[0])}"
+
+
+ATTEMPTS: dict[str, Callable[[str], object]] = {
+    "RingReader.attach": lambda name: RingReader.attach(name).close(),
+    "RingWriter.attach": lambda name: RingWriter.attach(name).close(),
+    "inspect_ring": shmring.inspect_ring,
+    "roundtrip": _roundtrip,
+}
+
+
+def _attempt_as(conn: Connection, name: str, gid: int) -> None:
+    """In a forked child: become nobody in group `gid`, try every attempt, report."""
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(NOBODY)
+    results: dict[str, tuple[str, str, int | None]] = {}
+    for what, attempt in ATTEMPTS.items():
+        try:
+            outcome = attempt(name)
+        except Exception as exc:
+            results[what] = (type(exc).__name__, str(exc), getattr(exc, "errno", None))
+        else:
+            results[what] = ("ok", str(outcome), None)
+    conn.send(results)
+
+
+def attempts_as(name: str, gid: int) -> dict[str, Any]:
+    ctx = mp.get_context("fork")  # the child must import nothing after dropping root
+    ours, theirs = ctx.Pipe()
+    child = ctx.Process(target=_attempt_as, args=(theirs, name, gid), daemon=True)
+    child.start()
+    theirs.close()
+    try:
+        assert ours.poll(WAIT), "child did not report"
+        results: dict[str, Any] = ours.recv()
+    finally:
+        child.join(WAIT)
+        if child.exitcode is None:
+            child.kill()
+            child.join(WAIT)
+    assert child.exitcode == 0
+    return results
+
+
+@needs_root
+@pytest.mark.parametrize(
+    ("mode", "group", "gid"),
+    [
+        (0o600, 0, NOBODY),  # default: only the creator
+        (0o660, NOBODY, OTHER_GROUP),  # shared with a group the child is not in
+        (0o640, NOBODY, NOBODY),  # group may read the file, but attaching maps it writable
+    ],
+    ids=["0600", "0660-other-group", "0640-group"],
+)
+def test_no_permission_is_a_permission_error_naming_the_ring(
+    mode: int, group: int, gid: int
+) -> None:
+    name = unique_name("pm")
+    with RingWriter.create(name, SHAPE, np.uint8, mode=mode) as writer:
+        os.chown(seg_path(name), -1, group)
+        results = attempts_as(name, gid)
+        for what, (error, message, code) in results.items():
+            assert error == "PermissionError", f"{what}: {error}: {message}"
+            assert code == errno.EACCES, f"{what}: errno {code}"
+            assert repr(name) in message, f"{what}: message does not name the ring: {message}"
+        # the refused attempts changed nothing
+        with RingReader.attach(name) as reader:
+            writer.write(np.full(SHAPE, 1, np.uint8), 1.0)
+            assert int(reader.read(1.0).array[0]) == 1
+            assert shmring.inspect_ring(name).live_participants == 2
+
+
+@needs_root
+def test_0660_shares_the_ring_with_its_group() -> None:
+    name = unique_name("pm")
+    with RingWriter.create(name, SHAPE, np.uint8, mode=0o660):
+        os.chown(seg_path(name), -1, NOBODY)  # as if the creator's group were nogroup
+        results = attempts_as(name, NOBODY)
+        assert {what: outcome[0] for what, outcome in results.items()} == dict.fromkeys(
+            ATTEMPTS, "ok"
+        )
+        assert results["roundtrip"][1] == "read 42"

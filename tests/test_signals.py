@@ -1,0 +1,250 @@
+# Ctrl-C (SIGINT) and SIGTERM while a process is blocked inside shmring.
+#
+# A child blocks in read, a group read, latest, iteration, write or claim (all without a
+# timeout); the test waits until the kernel shows it asleep in a futex, signals it, and
+# checks that the call was interrupted within 0.2 s (KeyboardInterrupt for SIGINT, the
+# handler's SystemExit for SIGTERM). Then everyone keeps using the ring: the child's own
+# handle still works, the test's reader gets every frame in order, a new reader attaches at
+# once, and no sleeper count is left behind. With SIGTERM's default action the child just
+# dies; the others must not notice beyond losing it.
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import struct
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from multiprocessing.connection import Connection
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import WAIT, seg_path, unique_name, wait_pid_exit
+
+from shmring import Claim, RingReader, RingWriter
+
+BOUND = 0.2  # the promise: interrupted within 0.2 s
+SHAPE = (64,)
+SLOTS = 4
+SYS_FUTEX = 202  # x86_64
+CONTROL = 256  # docs/FORMAT.md: the control block's byte offset
+READER_WAITERS, WRITER_WAITERS = 16, 17
+
+
+def _publish(claim: Claim) -> None:
+    with claim as slot:
+        slot[...] = 1
+
+
+BLOCKING: dict[str, Callable[[Any], object]] = {
+    "read": lambda reader: reader.read(None),
+    "group_read": lambda reader: reader.read(None),
+    "latest": lambda reader: reader.latest(None),
+    "iterate": lambda reader: next(iter(reader)),
+    "write": lambda writer: writer.write(np.ones(SHAPE, np.uint8), None),
+    "claim": lambda writer: _publish(writer.claim(None)),
+}
+WRITER_CALLS = ("write", "claim")
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def blocked_child(conn: Connection, name: str, call: str, handle_sigterm: bool) -> None:
+    """Attach, block in `call` until a signal interrupts it, report, then keep using the
+    ring through the same handle when told to."""
+    if handle_sigterm:
+        signal.signal(signal.SIGTERM, _terminate)
+    handle: RingReader | RingWriter
+    if call in WRITER_CALLS:
+        handle = RingWriter.attach(name)
+    else:
+        handle = RingReader.attach(name, group="g" if call == "group_read" else None)
+    conn.send("ready")
+    try:
+        BLOCKING[call](handle)
+        conn.send(("returned", "", 0.0))
+    except (KeyboardInterrupt, SystemExit) as exc:
+        conn.send(("interrupted", type(exc).__name__, time.monotonic()))
+    conn.recv()
+    if isinstance(handle, RingWriter):
+        conn.send(("wrote", handle.write(np.full(SHAPE, 77, np.uint8), WAIT)))
+    else:
+        with handle.read(WAIT) as frame:
+            conn.send(("read", int(frame.array[0])))
+    handle.close()
+    conn.send(("closed", 0, 0.0))
+
+
+@contextmanager
+def child(name: str, call: str, handle_sigterm: bool = False) -> Iterator[tuple[Any, Any]]:
+    ctx = mp.get_context("fork")  # fast, and inherited handles must be harmless anyway
+    ours, theirs = ctx.Pipe()
+    process = ctx.Process(
+        target=blocked_child, args=(theirs, name, call, handle_sigterm), daemon=True
+    )
+    process.start()
+    theirs.close()
+    try:
+        assert ours.poll(WAIT), "child did not start"
+        assert ours.recv() == "ready"
+        yield process, ours
+    finally:
+        if process.exitcode is None:
+            process.kill()
+        process.join(WAIT)
+
+
+def wait_asleep_in_futex(pid: int) -> None:
+    """Bounded wait until the child's main thread sleeps in futex(2) (blocked for real)."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/syscall") as f:
+            if f.read().split()[0] == str(SYS_FUTEX):
+                return
+        time.sleep(0.001)
+    raise AssertionError(f"child {pid} never blocked in futex()")
+
+
+def recv(conn: Connection) -> Any:
+    assert conn.poll(WAIT), "child is silent"
+    return conn.recv()
+
+
+def sleeper_counts(name: str) -> tuple[int, int]:
+    with open(seg_path(name), "rb") as f:
+        f.seek(CONTROL + 8 * READER_WAITERS)
+        readers, writers = struct.unpack("<QQ", f.read(16))
+    return readers, writers
+
+
+def fill(writer: RingWriter) -> None:
+    """Publish SLOTS frames (values 0..SLOTS-1) that the test's reader does not read yet:
+    under the block policy the ring is then full, and any further write waits."""
+    for n in range(SLOTS):
+        writer.write(np.full(SHAPE, n, np.uint8), 1.0)
+
+
+def check_ring_usable(name: str, writer: RingWriter, reader: RingReader, after: list[int]) -> None:
+    """The test's reader gets `after` then a fresh frame in order; a new reader joins fast."""
+    for value in after:
+        with reader.read(1.0) as frame:
+            assert int(frame.array[0]) == value
+    started = time.monotonic()
+    with RingReader.attach(name) as late:
+        assert time.monotonic() - started < 1.0
+        writer.write(np.full(SHAPE, 99, np.uint8), 1.0)
+        with reader.read(1.0) as frame:
+            assert int(frame.array[0]) == 99
+        assert int(late.latest(1.0).array[0]) == 99
+
+
+@pytest.mark.parametrize("call", list(BLOCKING))
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_interrupts_a_blocked_call(call: str, signum: signal.Signals) -> None:
+    name = unique_name("sg")
+    with (
+        RingWriter.create(name, SHAPE, np.uint8, slots=SLOTS) as writer,
+        RingReader.attach(name, start="oldest") as reader,
+    ):
+        if call in WRITER_CALLS:
+            fill(writer)
+        with child(name, call, handle_sigterm=signum == signal.SIGTERM) as (process, conn):
+            wait_asleep_in_futex(process.pid)
+            sent = time.monotonic()
+            os.kill(process.pid, signum)
+            what, exception, caught = recv(conn)
+            assert what == "interrupted"
+            expected = "KeyboardInterrupt" if signum == signal.SIGINT else "SystemExit"
+            assert exception == expected
+            assert caught - sent < BOUND, f"interrupted after {caught - sent:.3f} s"
+            # the interrupted handle still works, and nothing it did shows
+            conn.send("continue")
+            if call in WRITER_CALLS:
+                for n in range(SLOTS):
+                    with reader.read(1.0) as frame:
+                        assert int(frame.array[0]) == n
+                assert recv(conn)[0] == "wrote"
+                check_ring_usable(name, writer, reader, after=[77])
+            else:
+                writer.write(np.full(SHAPE, 5, np.uint8), 1.0)
+                assert recv(conn) == ("read", 5)
+                check_ring_usable(name, writer, reader, after=[5])
+            assert recv(conn)[0] == "closed"
+            process.join(WAIT)
+            assert process.exitcode == 0
+        assert sleeper_counts(name) == (0, 0)
+
+
+@pytest.mark.parametrize("call", ["read", "write"])
+def test_sigterm_default_action_kills_and_others_carry_on(call: str) -> None:
+    name = unique_name("st")
+    with (
+        RingWriter.create(name, SHAPE, np.uint8, slots=SLOTS) as writer,
+        RingReader.attach(name, start="oldest") as reader,
+    ):
+        if call in WRITER_CALLS:
+            fill(writer)
+        with child(name, call) as (process, _):
+            wait_asleep_in_futex(process.pid)
+            sent = time.monotonic()
+            os.kill(process.pid, signal.SIGTERM)
+            wait_pid_exit(process.pid, WAIT)
+            assert time.monotonic() - sent < BOUND
+            process.join(WAIT)
+            assert process.exitcode == -signal.SIGTERM
+        # a dead reader stops holding back the writer; a dead writer took nothing with it
+        if call in WRITER_CALLS:
+            check_ring_usable(name, writer, reader, after=list(range(SLOTS)))
+        for n in range(2 * SLOTS):
+            writer.write(np.full(SHAPE, n, np.uint8), 2.0)
+            with reader.read(1.0) as frame:
+                assert int(frame.array[0]) == n
+        check_ring_usable(name, writer, reader, after=[])
+        assert sleeper_counts(name) == (0, 0)
+
+
+def _interrupt_as_it_returns(function: str) -> Callable[..., Any]:
+    """A trace function that raises KeyboardInterrupt the moment `function` returns: what
+    a SIGINT delivered at that instant does (the caller never gets the return value)."""
+
+    def trace(frame: FrameType, event: str, arg: object) -> Any:
+        if event == "call" and frame.f_code.co_name == function:
+            return returning
+        return None
+
+    def returning(frame: FrameType, event: str, arg: object) -> Any:
+        if event == "return":
+            sys.settrace(None)
+            raise KeyboardInterrupt
+        return returning
+
+    return trace
+
+
+@pytest.mark.parametrize("policy", ["block", "overwrite"])
+def test_ctrl_c_as_read_returns_does_not_wedge_the_reader(policy: str) -> None:
+    """Ctrl-C can land as read() returns, after it took the frame but before the caller
+    holds it. An application that handles Ctrl-C and carries on must be able to: the frame
+    nobody holds may not stay pinned (overwrite) or held back (block) for ever."""
+    name = unique_name("ki")
+    with (
+        RingWriter.create(name, SHAPE, np.uint8, slots=16, policy=policy) as writer,
+        RingReader.attach(name) as reader,
+    ):
+        writer.write(np.zeros(SHAPE, np.uint8), 1.0)
+        sys.settrace(_interrupt_as_it_returns("read"))
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                reader.read(1.0)
+        finally:
+            sys.settrace(None)
+        for n in range(40):  # more than the ring holds
+            writer.write(np.full(SHAPE, n, np.uint8), 1.0)
+            with reader.read(1.0) as frame:
+                assert int(frame.array[0]) == n
