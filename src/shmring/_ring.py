@@ -184,7 +184,11 @@ class Participant:
     def repair_buffers(self) -> None:
         """Under the lock: complete a publish a dead writer left between descriptor and head,
         and rebuild the free list (which gives back buffers dead writers had claimed)."""
-        if self.control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE and self.live_writers(True):
+        if (
+            self.geometry.policy == L.POLICY_BLOCK
+            and self.control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE
+            and self.live_writers(True)
+        ):
             return  # a live exclusive writer owns head and free list; they are consistent
         control = self.control
         head = control[L.C_HEAD]
@@ -194,6 +198,8 @@ class Participant:
                 break
             head += 1  # a publish that wrote its descriptor but died before head
         control[L.C_HEAD] = head
+        if self.geometry.policy == L.POLICY_OVERWRITE:
+            control[L.C_TAIL] = min(max(control[L.C_TAIL], head - slots), head)
         self.rebuild_free_list()
 
     # ---- buffers -----------------------------------------------------------------------

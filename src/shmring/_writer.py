@@ -467,8 +467,6 @@ class RingWriter:
         with self._p.lock:
             seq = self._fill_descriptor(buffer, own_shape, timestamp_ns, meta)
             record[L.W_CLAIMED] = L.NONE
-            if not self._block:
-                control[L.C_TAIL] = max(control[L.C_TAIL], seq + 1 - self._slots)
         fence()
         if control[L.C_READER_WAITERS]:
             self._p.wake_readers()
@@ -497,6 +495,10 @@ class RingWriter:
             for axis, size in enumerate(own_shape):
                 descriptor[L.D_SHAPE + axis] = size
         descriptor[L.D_FLAGS] = flags
+        if not self._block:
+            # The frame at this descriptor leaves the window now, before head moves, so a
+            # writer killed anywhere in here never leaves head more than `slots` past tail.
+            control[L.C_TAIL] = max(control[L.C_TAIL], seq + 1 - self._slots)
         descriptor[L.D_SEQ] = seq  # the frame is visible from here on
         control[L.C_HEAD] = seq + 1
         return seq
