@@ -261,12 +261,10 @@ class RingReader:
                     if control[L.C_WRITER_WAITERS] and seq >= control[L.C_SPACE_WANTED]:
                         wake_writers()
                 else:
-                    try:
-                        frame = self._take_next() or self._wait_for(self._take_next, None)
-                    except EndOfStream:
-                        self._release_last()
+                    general = self._next_by_general_path()
+                    if general is None:
                         return
-                    self._release_last()
+                    frame = general
                 self._last = frame
                 self._pending = None
                 yield frame
@@ -275,23 +273,27 @@ class RingReader:
             raise
 
     def _iterate(self) -> Iterator[Frame]:
-        take, wait_for = self._take_next, self._wait_for
         try:
-            while True:
-                if not self._block:
-                    self._release_last()  # an overwrite reader pins one frame at a time
-                try:
-                    frame = take() or wait_for(take, None)
-                except EndOfStream:
-                    self._release_last()
-                    return
-                self._release_last()
+            while (frame := self._next_by_general_path()) is not None:
                 self._last = frame
                 self._pending = None
                 yield frame
         except BaseException:
             self._release_pending()
             raise
+
+    def _next_by_general_path(self) -> Frame | None:
+        """One step of iteration: the next frame, the previous one released; None at end of
+        stream."""
+        if not self._block:
+            self._release_last()  # an overwrite reader pins one frame at a time
+        try:
+            frame = self._take_next() or self._wait_for(self._take_next, None)
+        except EndOfStream:
+            self._release_last()
+            return None
+        self._release_last()
+        return frame
 
     def _release_pending(self) -> None:
         """Release a frame that was taken but never reached the caller (an exception, such

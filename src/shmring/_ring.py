@@ -112,28 +112,12 @@ class Participant:
     def reap_dead(self) -> bool:
         """Free the records of dead participants (under the header lock): uncount them if
         they died asleep, and give back the buffer a dead writer had claimed."""
-        reaped_writer = reaped_reader = False
-        for index, record in enumerate(self.views.writers):
-            if record[L.W_STATE] == L.STATE_ACTIVE and not self.is_alive(
-                L.LOCK_WRITER_BASE + index, record
-            ):
-                if record[L.W_SLEEPING]:
-                    record[L.W_SLEEPING] = 0
-                    atomic_add32(self.writer_waiters_address, -1)
-                record[L.W_CLAIMED] = L.NONE
-                record[L.W_IN_PUBLISH] = 0
-                self.free_record(record, L.LOCK_WRITER_BASE + index)
-                reaped_writer = True
-        for index, record in enumerate(self.views.readers):
-            if record[L.R_STATE] == L.STATE_ACTIVE and not self.is_alive(
-                L.LOCK_READER_BASE + index, record
-            ):
-                if record[L.R_SLEEPING]:
-                    record[L.R_SLEEPING] = 0
-                    atomic_add32(self.reader_waiters_address, -1)
-                record[L.R_PINNED] = L.NONE
-                self.free_record(record, L.LOCK_READER_BASE + index)
-                reaped_reader = True
+        reaped_writer = self._reap(
+            self.views.writers, L.LOCK_WRITER_BASE, L.W_SLEEPING, self.writer_waiters_address
+        )
+        reaped_reader = self._reap(
+            self.views.readers, L.LOCK_READER_BASE, L.R_SLEEPING, self.reader_waiters_address
+        )
         if reaped_writer and self.geometry.policy == L.POLICY_BLOCK:
             # Before recount: with another writer alive the ring is still in shared mode
             # here, so every writer uses the lock and the free list may be rebuilt.
@@ -141,6 +125,21 @@ class Participant:
         if reaped_writer or reaped_reader:
             self.recount()
         return reaped_writer or reaped_reader
+
+    def _reap(
+        self, records: list[memoryview], lock_base: int, sleeping: int, waiters_address: int
+    ) -> bool:
+        reaped = False
+        for index, record in enumerate(records):
+            if record[L.R_STATE] == L.STATE_ACTIVE and not self.is_alive(lock_base + index, record):
+                if record[sleeping]:
+                    record[sleeping] = 0
+                    atomic_add32(waiters_address, -1)
+                # Its claim or pin stops counting with the record: busy_buffers() and the
+                # rebuilt free list look at active records only.
+                self.free_record(record, lock_base + index)
+                reaped = True
+        return reaped
 
     def recount(self) -> None:
         """Recompute counters from the records (under the header lock)."""
