@@ -196,6 +196,14 @@ def _latency(cell: dict[str, Any]) -> str:
     return f"{_us(m.get('latency_p50_us'))} / {_us(m.get('latency_p99_us'))}"
 
 
+def _latest(cell: dict[str, Any]) -> str:
+    m = cell["median"]
+    return (
+        f"write {_rate(m.get('write_fps'))}/s, read {_rate(m.get('read_fps'))}/s, "
+        f"age {_us(m.get('age_p50_us'))} / {_us(m.get('age_p99_us'))}"
+    )
+
+
 def _cpu(cell: dict[str, Any]) -> str:
     m = cell["median"]
     return f"{_cores(m.get('producer_cores'))} / {_cores(m.get('consumer_cores'))}"
@@ -228,6 +236,11 @@ def markdown(results: dict[str, Any], images: dict[str, str]) -> str:
         lines += [f"![throughput]({images['throughput']})", ""]
     lines += ["## Throughput (frames/s · GB/s, after warm-up)", ""]
     lines += _grid(cells, "main", _throughput)
+    lines += [
+        "GB/s is frame bytes delivered per second; `shmring-claim` copies none (the producer "
+        "fills the slot in place), so its figure is bytes made available.",
+        "",
+    ]
     limit = _grid(cells, "limit", _throughput)
     if len(limit) > 3:
         lines += ["Physical limit: the same producer loop, one in-process copy, no consumer.", ""]
@@ -290,14 +303,7 @@ def markdown(results: dict[str, Any], images: dict[str, str]) -> str:
             "`latest()` returning.",
             "",
         ]
-        lines += _grid(
-            cells,
-            "overwrite",
-            lambda m: (
-                f"write {_rate(m.get('write_fps'))}/s, read {_rate(m.get('read_fps'))}/s, "
-                f"age {_us(m.get('age_p50_us'))} / {_us(m.get('age_p99_us'))}"
-            ),
-        )
+        lines += _grid(cells, "overwrite", _latest)
     lines += [
         "## Noise: other processes' CPU during each cell",
         "",
@@ -347,10 +353,14 @@ def _problems(results: dict[str, Any]) -> list[str]:
                 for c in failed
             ],
         )
-    noisy = [c for c in results["cells"] if c["noisy"] and c["status"] == "ok"]
+    ok = [c for c in results["cells"] if c["status"] == "ok"]
+    noisy = [c for c in ok if c["noisy"]]
     if noisy:
+        names = ", ".join(f"{c['scenario']} {c['transport']} {c['size']}" for c in noisy)
         lines += [
-            "Noisy cells (`~`): " + ", ".join(f"{c['transport']} {c['size']}" for c in noisy) + ".",
+            f"Noisy cells (`~`, {len(noisy)} of {len(ok)}: fewer than "
+            f"{results['meta']['repeats']} undisturbed runs, so the median includes disturbed "
+            f"ones): {names}.",
             "",
         ]
     return lines
@@ -443,7 +453,7 @@ def plots(results: dict[str, Any], outdir: Path) -> tuple[dict[str, Path], str |
             ax.set_xlabel("one-way latency (µs)")
             ax.set_title(f"Latency at {size}, paced")
             ax.grid(True, axis="x", which="both", alpha=0.3)
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, loc="lower right")
         made["latency"] = _save(fig, outdir / "latency.png")
 
         names = _transports(cells, "main")
