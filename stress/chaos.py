@@ -16,7 +16,8 @@
 # every child process are gone.
 #
 # Processes come from a forkserver (stress.forkserver), so a victim costs a fork, not an
-# interpreter start.
+# interpreter start. Then the kill-point sweep (stress/killpoints.py) kills a victim at
+# every line of each call, deterministically.
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ from . import (
     StreamCheck,
     check_next,
     forkserver,
+    killpoints,
     make_tag,
     open_fds,
     ring_name,
@@ -67,6 +69,7 @@ KILL_WINDOW = 0.03  # victims are killed up to this long after reporting ready
 # (README), plus scheduling slack on a busy machine.
 MAX_WRITE_STALL = 2.0
 PROGRESS_EVERY = 256  # frames between the steady processes' progress reports
+INSPECT_EVERY = 10  # kills between looks at the ring from outside (shmring.inspect_ring)
 
 
 # ---- victims (each runs in its own forked process) -------------------------------------------
@@ -184,10 +187,10 @@ def survive_sigints(conn: Connection, step: Callable[[], None]) -> None:
     """Report ready, then run `step` for ever, as an application that handles Ctrl-C and
     carries on would (SIGINTs come once the victim is ready).
 
-    The handler disarms itself before raising, and the loop re-arms it inside the `try`,
-    so a second SIGINT that lands while the first is being handled is ignored instead of
-    escaping the handler."""
-    armed = True
+    The handler disarms itself before raising, and the loop arms it only inside the `try`,
+    so a second SIGINT that lands while the first is being handled (or one that comes
+    before the loop starts) is ignored instead of escaping."""
+    armed = False
 
     def interrupt(signum: int, frame: object) -> None:
         nonlocal armed
@@ -201,6 +204,7 @@ def survive_sigints(conn: Connection, step: Callable[[], None]) -> None:
         try:
             armed = True
             step()
+            armed = False
         except KeyboardInterrupt:
             continue
 
@@ -329,8 +333,11 @@ class Stats:
 
 
 class Chaos:
-    def __init__(self, ctx: ForkServerContext, policy: str, concurrency: int, seed: int) -> None:
+    def __init__(
+        self, ctx: ForkServerContext, policy: str, concurrency: int, seed: int, roles: list[str]
+    ) -> None:
         self.ctx = ctx
+        self.role_set = roles
         self.policy = policy
         self.concurrency = concurrency
         self.rng = random.Random(seed)
@@ -338,9 +345,11 @@ class Chaos:
         self.stats = Stats(policy)
         self.victims: list[Victim] = []
         self.next_writer_id = STEADY + 1  # victims' writer ids count up from here
-        self.roles: list[str] = []
+        self.roles: list[str] = []  # this round of role_set, in random order
+        self.recent: list[str] = []  # the roles of the last victims killed
         self.progress_at = time.monotonic()
         self.temp_prefixes: list[str] = []
+        self.steady: dict[Connection, str] = {}  # the steady pair's pipes
 
     def start(
         self, target: Callable[..., None], *args: object, duplex: bool = True
@@ -361,11 +370,13 @@ class Chaos:
         self.expect(reader_conn, "attached")
         writer_conn.send("go")
         self.steady = {writer_conn: "writer", reader_conn: "reader"}
+        inspected = 0
         try:
             while sum(self.stats.kills.values()) < kills and not self.stats.violations:
                 self.step()
-                if sum(self.stats.kills.values()) % 100 == 99:
-                    self.count_dead_records()
+                if sum(self.stats.kills.values()) >= inspected + INSPECT_EVERY:
+                    inspected = sum(self.stats.kills.values())
+                    self.inspect()
         finally:
             for v in list(self.victims):
                 self.kill(v)
@@ -405,7 +416,7 @@ class Chaos:
 
     def spawn(self) -> None:
         if not self.roles:
-            self.roles = list(ROLES)
+            self.roles = list(self.role_set)
             self.rng.shuffle(self.roles)
         role = self.roles.pop()
         process, conn = self.start(victim, self.name, role, self.next_writer_id, duplex=False)
@@ -453,6 +464,7 @@ class Chaos:
         v.conn.close()
         self.victims.remove(v)
         self.stats.kills[v.role] = self.stats.kills.get(v.role, 0) + 1
+        self.recent = [*self.recent[-9:], v.role]
 
     def drain(self, conn: Connection) -> None:
         """Messages a victim sent before it died (a violation it found, say)."""
@@ -480,16 +492,28 @@ class Chaos:
         self.stats.violation("a steady process did not finish")
         return {}
 
-    def count_dead_records(self) -> None:
+    def inspect(self) -> None:
+        """Look at the ring as an observer: dead records pending, and whether head and tail
+        are still consistent (read in that order, a snapshot cannot show more frames in
+        flight than there are; seeing it means the ring lost track of a buffer)."""
         info = shmring.inspect_ring(self.name)
-        dead = sum(not p.alive for p in [*info.writers, *info.readers])
+        dead = len(dead_participants(info))
         self.stats.max_dead_records = max(self.stats.max_dead_records, dead)
+        if info.published - info.tail > info.slots:
+            self.stats.violation(
+                f"{info.published - info.tail} frames in flight in {info.slots} slots "
+                f"(head {info.published}, tail {info.tail}); last victims killed: {self.recent}"
+            )
 
     def check_reclaimed(self) -> None:
         """Every victim is dead: a new participant's attach must find no dead record."""
-        with RingReader.attach(self.name), RingWriter.attach(self.name):
-            info = shmring.inspect_ring(self.name)
-        dead = [p for p in [*info.writers, *info.readers] if not p.alive]
+        try:
+            with RingReader.attach(self.name), RingWriter.attach(self.name):
+                info = shmring.inspect_ring(self.name)
+        except shmring.ShmringError as exc:
+            self.stats.violation(f"after the kills, a new participant cannot attach: {exc!r}")
+            return
+        dead = dead_participants(info)
         if dead:
             self.stats.violation(f"dead participants not reclaimed: {dead}")
         if info.live_participants != 4:  # steady writer and reader, the two probes
@@ -516,8 +540,14 @@ class Chaos:
             self.stats.violation("the ring's segment outlived its creator's close")
 
 
-def run(kills: int, policy: str, concurrency: int, seed: int) -> Stats:
-    chaos = Chaos(forkserver("stress.chaos"), policy, concurrency, seed)
+def dead_participants(info: shmring.RingInfo) -> list[shmring.WriterInfo | shmring.ReaderInfo]:
+    """Records of participants that died and were not reclaimed yet."""
+    participants: list[shmring.WriterInfo | shmring.ReaderInfo] = [*info.writers, *info.readers]
+    return [p for p in participants if not p.alive]
+
+
+def run(kills: int, policy: str, concurrency: int, seed: int, roles: list[str]) -> Stats:
+    chaos = Chaos(forkserver("stress.chaos"), policy, concurrency, seed, roles)
     stats = chaos.run(kills)
     temp = [e for e in shm_entries() if e.startswith(tuple(chaos.temp_prefixes))]
     if temp:
@@ -533,18 +563,50 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policy", choices=("block", "overwrite", "both"), default="both")
     parser.add_argument("--concurrency", type=int, default=3, help="victims alive at once")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true", help="print one JSON summary line")
+    parser.add_argument(
+        "--roles", default=",".join(ROLES), help=f"victim roles (default: all of {list(ROLES)})"
+    )
+    parser.add_argument(
+        "--sweep-stride",
+        type=int,
+        default=1,
+        help="kill-point sweep: kill at every N-th line (0: no sweep; see stress.killpoints)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON summary lines")
     args = parser.parse_args(argv)
     policies = ("block", "overwrite") if args.policy == "both" else (args.policy,)
+    roles = args.roles.split(",")
+    if not set(roles) <= set(ROLES):
+        parser.error(f"unknown roles {sorted(set(roles) - set(ROLES))}")
     failed = False
     for policy in policies:
-        stats = run(args.kills, policy, args.concurrency, args.seed)
+        stats = run(args.kills, policy, args.concurrency, args.seed, roles)
         failed = failed or bool(stats.violations)
         if args.json:
             print(json.dumps(asdict(stats)), flush=True)
         else:
             print_stats(stats)
+    if args.sweep_stride:
+        swept = killpoints.sweep(args.sweep_stride)
+        failed = failed or bool(swept.violations)
+        if args.json:
+            print(json.dumps({"sweep": asdict(swept)}), flush=True)
+        else:
+            print_sweep(swept)
     return 1 if failed else 0
+
+
+def print_sweep(swept: killpoints.Sweep) -> None:
+    total = sum(swept.points.values())
+    print(f"== kill-point sweep: {total:,} SIGKILLs at chosen lines in {swept.seconds:.0f} s")
+    for scenario, count in swept.points.items():
+        print(f"  {count:6,}  {scenario}")
+    if swept.violations:
+        print(f"VIOLATIONS ({len(swept.violations)}):")
+        for violation in swept.violations[:50]:
+            print(f"  - {violation}")
+    else:
+        print("  after every kill the ring worked for the survivor, and nothing was left")
 
 
 def print_stats(stats: Stats) -> None:

@@ -626,10 +626,10 @@ class Summary:
         self.cases += 1
         self.outcomes.update(f"{step:20} {outcome}" for step, outcome in result.steps.items())
         for step, seconds in result.slow.items():
-            entry = self.slow.setdefault(step, [0, 0.0, result.case.seed])
-            entry[0] += 1
-            if seconds > entry[1]:
-                entry[1:] = [seconds, result.case.seed]
+            slow = self.slow.setdefault(step, [0, 0.0, result.case.seed])
+            slow[0] += 1
+            if seconds > slow[1]:
+                slow[1:] = [seconds, result.case.seed]
         for kind, detail in result.problems:
             self.problems[kind] += 1
             entry = self.signatures.setdefault(

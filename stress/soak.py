@@ -90,6 +90,8 @@ class Serve:
 def writer(conn: Connection, name: str, rate: float) -> None:
     ring = RingWriter.create(name, SHAPE, DTYPE, slots=SLOTS, max_readers=16, meta_size=16)
     conn.send(("created",))
+    if conn.recv() != "go":  # the steady reader is attached: it must get every frame
+        raise RuntimeError("expected go")
     written = 0
     serve = Serve(conn, lambda: sample(written=written))
     frame = np.empty(SHAPE, DTYPE)
@@ -233,6 +235,7 @@ class Soak:
         self.expect("writer", "created")
         self.start("reader", steady_reader, self.name)
         self.expect("reader", "attached")
+        self.procs["writer"][1].send("go")
         self.start("churn", churn, self.name, f"{self.name}side", self.seed)
         end = time.monotonic() + 60 * minutes
         next_sample = time.monotonic() + interval

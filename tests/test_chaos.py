@@ -1,4 +1,5 @@
-# Chaos, quick form: `python -m stress.chaos` with ~50 SIGKILLs per policy.
+# Chaos, quick form: `python -m stress.chaos` with ~50 SIGKILLs per policy, and a sample of
+# the kill-point sweep.
 #
 # The harness (stress/chaos.py) checks its invariants as it runs and reports them in one
 # JSON line per policy; this test runs it as a separate program, as `make chaos` does, and
@@ -21,7 +22,7 @@ import pytest
 from helpers import seg_path, unique_name
 
 from shmring import RingWriter
-from stress import ROOT, STEADY, StreamCheck, make_tag, stamp
+from stress import ROOT, STEADY, StreamCheck, killpoints, make_tag, stamp
 from stress.chaos import DTYPE, ROLES, SHAPE
 
 KILLS = 50
@@ -75,7 +76,7 @@ def test_stream_check_counts_overwrite_drops() -> None:
 def test_quick_chaos_run_keeps_every_invariant() -> None:
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "stress.chaos", "--kills", str(KILLS), "--json"],
+        [sys.executable, "-m", "stress.chaos", "--kills", str(KILLS), "--sweep-stride=0", "--json"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -126,3 +127,21 @@ def test_writer_attach_waits_for_a_publish_in_progress() -> None:
         finally:
             stepping_out.set()
             step.join()
+
+
+# ---- the kill-point sweep, sampled -----------------------------------------------------------
+CORE_CALLS = [s for s in killpoints.SCENARIOS if not s[1].startswith("attach")]
+ATTACH_CALLS = [s for s in killpoints.SCENARIOS if s[1].startswith("attach")]
+
+
+@pytest.mark.parametrize(
+    ("scenarios", "stride"),
+    [(CORE_CALLS, 7), (ATTACH_CALLS, 61)],
+    ids=["calls, every 7th line", "attach, every 61st line"],
+)
+def test_kill_point_sweep_sample(scenarios: list[tuple[str, str]], stride: int) -> None:
+    """`make chaos` kills a victim at every line of each call; here every stride-th."""
+    swept = killpoints.sweep(stride, scenarios)
+    assert set(swept.points) == {f"{policy}/{call}" for policy, call in scenarios}
+    assert all(count > 0 for count in swept.points.values()), swept.points
+    assert not swept.violations, "\n".join(swept.violations[:20])

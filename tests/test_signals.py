@@ -6,7 +6,8 @@
 # handler's SystemExit for SIGTERM). Then everyone keeps using the ring: the child's own
 # handle still works, the test's reader gets every frame in order, a new reader attaches at
 # once, and no sleeper count is left behind. With SIGTERM's default action the child just
-# dies; the others must not notice beyond losing it.
+# dies; the others must not notice beyond losing it. Last, Ctrl-C landing as read() returns
+# (injected at that exact instant) must not wedge a reader that handles it and goes on.
 from __future__ import annotations
 
 import multiprocessing as mp

@@ -485,6 +485,11 @@ class RingWriter:
             )
         position = seq % self._slots
         descriptor = self._descriptors[position]
+        if not self._block:
+            # Overwrite: the frame this descriptor still describes leaves the window before
+            # any of its words change, so a writer killed in here never leaves a frame in
+            # the window that points at the new frame's buffer, nor head a ring past tail.
+            control[L.C_TAIL] = max(control[L.C_TAIL], seq + 1 - self._slots)
         descriptor[L.D_BUFFER] = buffer
         descriptor[L.D_TIMESTAMP] = timestamp_ns
         if meta:
@@ -495,10 +500,6 @@ class RingWriter:
             for axis, size in enumerate(own_shape):
                 descriptor[L.D_SHAPE + axis] = size
         descriptor[L.D_FLAGS] = flags
-        if not self._block:
-            # The frame at this descriptor leaves the window now, before head moves, so a
-            # writer killed anywhere in here never leaves head more than `slots` past tail.
-            control[L.C_TAIL] = max(control[L.C_TAIL], seq + 1 - self._slots)
         descriptor[L.D_SEQ] = seq  # the frame is visible from here on
         control[L.C_HEAD] = seq + 1
         return seq
