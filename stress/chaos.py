@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -548,7 +549,18 @@ def dead_participants(info: shmring.RingInfo) -> list[shmring.WriterInfo | shmri
 
 def run(kills: int, policy: str, concurrency: int, seed: int, roles: list[str]) -> Stats:
     chaos = Chaos(forkserver("stress.chaos"), policy, concurrency, seed, roles)
-    stats = chaos.run(kills)
+    try:
+        stats = chaos.run(kills)
+    except Exception:
+        # Report it like any violation, and clean up after ourselves: the children are
+        # ours, and with the steady writer killed nobody else would unlink the ring.
+        chaos.stats.violation(f"the harness failed:\n{traceback.format_exc()}")
+        for child in mp.active_children():
+            child.kill()
+            child.join(STALL)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(segment_path(chaos.name))
+        return chaos.stats
     temp = [e for e in shm_entries() if e.startswith(tuple(chaos.temp_prefixes))]
     if temp:
         stats.violation(f"creation temp files left in /dev/shm: {temp}")

@@ -10,6 +10,8 @@
 # (injected at that exact instant) must not wedge a reader that handles it and goes on.
 from __future__ import annotations
 
+import contextlib
+import gc
 import multiprocessing as mp
 import os
 import signal
@@ -26,7 +28,7 @@ import numpy as np
 import pytest
 from helpers import WAIT, seg_path, unique_name, wait_pid_exit
 
-from shmring import Claim, RingReader, RingWriter
+from shmring import Claim, Frame, RingReader, RingTimeout, RingWriter
 
 BOUND = 0.2  # the promise: interrupted within 0.2 s
 SHAPE = (64,)
@@ -210,41 +212,59 @@ def test_sigterm_default_action_kills_and_others_carry_on(call: str) -> None:
         assert sleeper_counts(name) == (0, 0)
 
 
-def _interrupt_as_it_returns(function: str) -> Callable[..., Any]:
-    """A trace function that raises KeyboardInterrupt the moment `function` returns: what
-    a SIGINT delivered at that instant does (the caller never gets the return value)."""
+def _interrupt(cls: type, method: str, event: str) -> Callable[..., Any]:
+    """A trace function that raises KeyboardInterrupt at the first `event` ("line" or
+    "return") of `cls.method`: what a SIGINT delivered at that instant does."""
 
-    def trace(frame: FrameType, event: str, arg: object) -> Any:
-        if event == "call" and frame.f_code.co_name == function:
-            return returning
+    def trace(frame: FrameType, event_: str, arg: object) -> Any:
+        own = type(frame.f_locals.get("self")) is cls
+        if event_ == "call" and frame.f_code.co_name == method and own:
+            return interrupting
         return None
 
-    def returning(frame: FrameType, event: str, arg: object) -> Any:
-        if event == "return":
+    def interrupting(frame: FrameType, event_: str, arg: object) -> Any:
+        if event_ == event:
             sys.settrace(None)
             raise KeyboardInterrupt
-        return returning
+        return interrupting
 
     return trace
 
 
 @pytest.mark.parametrize("policy", ["block", "overwrite"])
-def test_ctrl_c_as_read_returns_does_not_wedge_the_reader(policy: str) -> None:
-    """Ctrl-C can land as read() returns, after it took the frame but before the caller
-    holds it. An application that handles Ctrl-C and carries on must be able to: the frame
-    nobody holds may not stay pinned (overwrite) or held back (block) for ever."""
+@pytest.mark.parametrize(
+    ("cls", "method", "event"),
+    [
+        pytest.param(RingReader, "read", "return", id="as read returns"),
+        pytest.param(Frame, "__init__", "line", id="inside Frame()"),
+    ],
+)
+def test_ctrl_c_inside_read_does_not_wedge_the_reader(
+    policy: str, cls: type, method: str, event: str
+) -> None:
+    """Ctrl-C can land after read() took the frame but before the caller holds it (even
+    before the Frame object is whole). An application that handles Ctrl-C and carries on
+    must be able to: the frame nobody holds may not stay pinned (overwrite) or held back
+    (block) for ever, and its clean-up must not fail."""
+    unraisable: list[Any] = []
     name = unique_name("ki")
     with (
         RingWriter.create(name, SHAPE, np.uint8, slots=16, policy=policy) as writer,
         RingReader.attach(name) as reader,
     ):
         writer.write(np.zeros(SHAPE, np.uint8), 1.0)
-        sys.settrace(_interrupt_as_it_returns("read"))
+        hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
+        sys.settrace(_interrupt(cls, method, event))
         try:
             with pytest.raises(KeyboardInterrupt):
                 reader.read(1.0)
+            gc.collect()
         finally:
             sys.settrace(None)
+            sys.unraisablehook = hook
+        assert not unraisable, [f"{u.exc_type.__name__}: {u.exc_value}" for u in unraisable]
+        with contextlib.suppress(RingTimeout), reader.read(0.0) as again:
+            assert again.seq == 0  # the interrupted frame, handed out again (or not at all)
         for n in range(40):  # more than the ring holds
             writer.write(np.full(SHAPE, n, np.uint8), 1.0)
             with reader.read(1.0) as frame:

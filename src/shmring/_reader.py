@@ -69,8 +69,8 @@ class Frame:
     def __del__(self) -> None:
         # A frame nobody references any more can never be released by hand (say Ctrl-C
         # arrived between read() returning it and the assignment): release it here, or the
-        # reader would hold it for ever.
-        reader = self._reader
+        # reader would hold it for ever. (getattr: Ctrl-C may have cut __init__ short.)
+        reader = getattr(self, "_reader", None)
         if reader is not None:
             self._reader = None
             with contextlib.suppress(Exception):  # e.g. at interpreter shutdown
