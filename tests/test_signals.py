@@ -217,7 +217,7 @@ def _interrupt(cls: type, method: str, event: str) -> Callable[..., Any]:
     "return") of `cls.method`: what a SIGINT delivered at that instant does."""
 
     def trace(frame: FrameType, event_: str, arg: object) -> Any:
-        own = type(frame.f_locals.get("self")) is cls
+        own = isinstance(frame.f_locals.get("self"), cls)  # Frame subclasses too
         if event_ == "call" and frame.f_code.co_name == method and own:
             return interrupting
         return None

@@ -283,15 +283,24 @@ class Participant:
     def reclaim(self) -> int:
         """Block policy: free the buffers of frames every group released; returns the new
         free count. Runs under the lock, or lock-free inside the exclusive writer's
-        W_IN_PUBLISH bracket (joining readers quiesce it: see `quiesce_exclusive_writer`)."""
-        control, views, slots = self.control, self.views, self.geometry.slots
+        W_IN_PUBLISH bracket (joining readers quiesce it: see `quiesce_exclusive_writer`).
+        On the exclusive writer's hot path (~every `slots` frames): hence no helper calls."""
+        control, geometry = self.control, self.geometry
         window = self.window()
-        floor = max(self.release_floor(), window.start)
+        floor = self.release_floor()
+        tail = window.start
+        if floor <= tail:
+            return control[L.C_FREE_COUNT]
         count = control[L.C_FREE_COUNT]
-        for seq in range(window.start, floor):
-            if count >= self.geometry.buffers:
-                raise RingCorrupted(f"ring {self.name!r}: free list overflow; header overwritten")
-            views.freelist[count] = self.checked_buffer(views.descriptors[seq % slots][L.D_BUFFER])
+        nbuffers, slots = geometry.buffers, geometry.slots
+        if count + floor - tail > nbuffers:
+            raise RingCorrupted(f"ring {self.name!r}: free list overflow; header overwritten")
+        freelist, descriptors = self.views.freelist, self.views.descriptors
+        for seq in range(tail, floor):
+            buffer = descriptors[seq % slots][L.D_BUFFER]
+            if buffer >= nbuffers:
+                raise self.corrupted_buffer(buffer)
+            freelist[count] = buffer
             count += 1
         control[L.C_FREE_COUNT] = count
         control[L.C_TAIL] = floor
