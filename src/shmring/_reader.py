@@ -353,7 +353,7 @@ class RingReader:
         if frame is not None:
             return frame
         p, control = self._p, self._control
-        spin_until = time.monotonic() + self._spin
+        spin_until = time.monotonic() + (self._spin if p.spinning_pays() else 0.0)
         while time.monotonic() < spin_until:
             frame = take()
             if frame is not None:

@@ -44,6 +44,7 @@ from ._sys import (
 )
 
 QUIESCE_LIMIT = 5.0  # how long a new writer waits for the exclusive writer to step aside
+_CPUS = os.cpu_count() or 1  # see Participant.spinning_pays
 
 _live_participants: weakref.WeakSet[Participant] = weakref.WeakSet()
 
@@ -349,6 +350,13 @@ class Participant:
                 time.sleep(50e-6)
 
     # ---- wake-ups ----------------------------------------------------------------------
+    def spinning_pays(self) -> bool:
+        """Whether polling before a sleep can pay: only while every participant can have a
+        CPU of its own. Otherwise the spinner takes the CPU from the process it waits for
+        (1 writer and 3 readers on 2 CPUs ran at under half the rate with spinning)."""
+        control = self.control
+        return control[L.C_READERS] + control[L.C_WRITERS] <= _CPUS
+
     def wake_readers(self) -> None:
         # A changed word cannot be slept through: a reader that read the old value and
         # was about to sleep returns at once instead of missing this wake-up.

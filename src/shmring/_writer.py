@@ -369,7 +369,7 @@ class RingWriter:
     def _take_buffer(self, deadline: float | None) -> int:
         if self._block:
             buffer = self._take_buffer_exclusive()
-            if buffer < 0 and self._spin:
+            if buffer < 0 and self._spin and self._p.spinning_pays():
                 # Readers release frames microseconds apart when they keep up; catching
                 # that by polling is far cheaper than a futex sleep and wake-up (~50 µs).
                 spin_until = time.monotonic() + self._spin
