@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import select
+import struct
 import subprocess
 import sys
 import threading
@@ -25,6 +26,7 @@ import pytest
 from helpers import SMALL, WAIT, Child, Waiter, seg_path, unique_name
 
 from shmring import RingReader, RingWriter
+from shmring import _layout as L
 
 
 def shmring(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
@@ -216,6 +218,26 @@ def test_a_file_that_is_not_a_ring_is_reported_broken(junk: str) -> None:
     # Somebody else's file under our prefix: gc leaves it alone.
     assert shmring("gc", junk).stdout == "no stale rings\n"
     assert os.path.exists(seg_path(junk))
+
+
+def test_a_ring_of_another_format_version_is_reported_and_kept(prefix: str) -> None:
+    """A ring made by a shmring with another major format version is nothing this version
+    can read, but it may be in use by programs of that version: reported, never collected."""
+    name = f"{prefix}_v{L.VERSION_MAJOR + 1}"
+    with open(seg_path(name), "xb") as f:
+        f.write(L.MAGIC + struct.pack("<H", L.VERSION_MAJOR + 1) + bytes(4096 - 10))
+    try:
+        broken = as_json("ls", "--no-rate", name)["broken"]
+        assert [(b["name"], b["kind"]) for b in broken] == [(name, "other-version")]
+        assert "format version" in broken[0]["error"]
+        assert "format version" in shmring("inspect", name, code=1).stderr
+        assert shmring("gc", name).stdout == "no stale rings\n"
+        assert "--force" in shmring("rm", name, code=1).stderr
+        assert os.path.exists(seg_path(name))
+        assert shmring("rm", "--force", name).stdout == f"removed {name}\n"
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(seg_path(name))
 
 
 def test_top_prints_refreshes_without_a_terminal(prefix: str) -> None:

@@ -106,8 +106,10 @@ class BrokenRing:
     """A /dev/shm/shmring.* entry that could not be read as a ring.
 
     kind: "not-a-ring" (no shmring magic: somebody else's file, never garbage-collected),
-    "unreadable" (no permission), "damaged" (a ring's header or size is wrong), or
-    "abandoned-creation" (the temporary file of a create that died half-way)."""
+    "unreadable" (no permission), "other-version" (a ring of another major format version:
+    its liveness locks may sit elsewhere, so it is never garbage-collected), "damaged" (a
+    ring's header or size is wrong), or "abandoned-creation" (the temporary file of a create
+    that died half-way)."""
 
     name: str
     path: str
@@ -165,7 +167,13 @@ def remove_ring(name: str, force: bool = False) -> None:
             info = inspect_ring(name)
         except FileNotFoundError:
             raise
-        except (ShmringError, OSError):
+        except (ShmringError, OSError) as exc:
+            if _broken_kind(segment_path(name), exc) == "other-version":
+                raise RingExists(
+                    f"ring {name!r} was made by a shmring with another format version ({exc}); "
+                    "programs of that version may be using it: stop them, then pass "
+                    "force=True (shmring rm --force)"
+                ) from None
             info = None  # a broken ring has no live participants we can see
         if info is not None and (info.live_participants or info.creator_alive):
             raise RingExists(
@@ -205,10 +213,14 @@ def _broken_kind(path: str, exc: BaseException) -> str:
         return "unreadable"
     try:
         with open(path, "rb") as file:
-            magic = file.read(len(L.MAGIC))
+            start = file.read(L.VERSION_END)
     except OSError:
         return "unreadable"
-    return "damaged" if magic == L.MAGIC else "not-a-ring"
+    if start[: len(L.MAGIC)] != L.MAGIC:
+        return "not-a-ring"
+    if len(start) == L.VERSION_END and L.version_major_of(start) != L.VERSION_MAJOR:
+        return "other-version"
+    return "damaged"
 
 
 def remove_if_stale(entry: RingInfo | BrokenRing) -> bool:

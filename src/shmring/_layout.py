@@ -56,8 +56,16 @@ _FIXED_FIELDS = (
     "descriptor_bytes readers_offset groups_offset writers_offset freelist_offset "
     "data_offset creator_pid created_ns reserved0 reserved1"
 ).split()
+VERSION_END = 10  # magic (8 bytes), then version_major (u16): all any version must keep
 CHECKSUM_OFFSET = FIXED_HEADER_BYTES - 8  # CRC-32 of bytes [0, CHECKSUM_OFFSET) as u64
 assert _FIXED.size <= CHECKSUM_OFFSET
+
+
+def version_major_of(start: bytes) -> int:
+    """The major format version in the first VERSION_END bytes of a segment."""
+    major: int = struct.unpack_from("<H", start, len(MAGIC))[0]
+    return major
+
 
 POLICY_BLOCK = 0
 POLICY_OVERWRITE = 1
