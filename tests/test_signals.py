@@ -17,6 +17,7 @@ import os
 import signal
 import struct
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -269,3 +270,30 @@ def test_ctrl_c_inside_read_does_not_wedge_the_reader(
             writer.write(np.full(SHAPE, n, np.uint8), 1.0)
             with reader.read(1.0) as frame:
                 assert int(frame.array[0]) == n
+
+
+def test_a_reader_woken_with_a_frame_stops_counting_as_a_sleeper() -> None:
+    """A reader woken with a frame stays counted as a sleeper (the subtraction is a system
+    call, kept off the wake-up path) only until its next step that needs no wait, or its
+    close: the count never leaks, so writers do not go on waking nobody."""
+    name = unique_name("wk")
+    with RingWriter.create(name, SHAPE, np.uint8, slots=SLOTS) as writer:
+        reader = RingReader.attach(name, spin=0)
+        for leave_by in ("next read", "close"):
+            got: list[int] = []
+            waiter = threading.Thread(target=lambda got=got: got.append(reader.read(WAIT).seq))
+            waiter.start()
+            deadline = time.monotonic() + WAIT
+            while sleeper_counts(name)[0] == 0 and time.monotonic() < deadline:
+                time.sleep(0.001)  # bounded poll for the reader to count itself asleep
+            assert sleeper_counts(name) == (1, 0)
+            seq = writer.write(np.zeros(SHAPE, np.uint8), 1.0)
+            waiter.join(WAIT)
+            assert got == [seq]
+            if leave_by == "next read":
+                writer.write(np.ones(SHAPE, np.uint8), 1.0)
+                with reader.read(0.0) as frame:
+                    assert frame.seq == seq + 1
+            else:
+                reader.close()
+            assert sleeper_counts(name) == (0, 0)

@@ -168,6 +168,10 @@ class RingReader:
         self._last: Frame | None = None  # frame returned by iteration / latest()
         self._pending: Frame | None = None  # taken, not yet handed to the caller
         self._pinning = False  # overwrite policy: this handle holds the frame it pinned
+        # Counted in C_READER_WAITERS (R_SLEEPING set). A reader woken with a frame stays
+        # counted until it next polls, takes a frame without waiting, or leaves: the
+        # subtraction, a system call, then costs nothing between the wake-up and the frame.
+        self._counted = False
         self._dropped = 0
         self._group_record: memoryview | None = None
         with p.lock:
@@ -266,6 +270,8 @@ class RingReader:
                         array = buffers[descriptor[L.D_BUFFER]]
                     except IndexError:
                         raise self._p.corrupted_buffer(descriptor[L.D_BUFFER]) from None
+                    if self._counted:  # woken for the last frame; no longer waiting
+                        self._uncount()
                     frame = self._pending = Frame(
                         self, array, seq, descriptor[L.D_TIMESTAMP], 0, b""
                     )
@@ -312,6 +318,8 @@ class RingReader:
                 # before waiting, so the writer reuses that buffer, which is still in cache.
                 self._release_last()
                 frame = self._wait_for(self._take_next, None)
+            elif self._counted:  # woken for the last frame; no longer waiting
+                self._uncount()
         except EndOfStream:
             self._release_last()
             return None
@@ -351,23 +359,30 @@ class RingReader:
         when every writer is gone, or at the deadline."""
         frame = take()
         if frame is not None:
+            if self._counted:  # woken for the last frame; no longer waiting
+                self._uncount()
             return frame
         p, control = self._p, self._control
-        spin_until = time.monotonic() + (self._spin if p.spinning_pays() else 0.0)
-        while time.monotonic() < spin_until:
-            frame = take()
-            if frame is not None:
-                return frame
-        atomic_add32(p.reader_waiters_address, 1)  # marked before we look again
-        before_sleep_barrier()
-        self._record[L.R_SLEEPING] = 1
+        if self._spin and p.spinning_pays():
+            if self._counted:  # a poller must not have writers wake it for nothing
+                self._uncount()
+            spin_until = time.monotonic() + self._spin
+            while time.monotonic() < spin_until:
+                frame = take()
+                if frame is not None:
+                    return frame
         try:
+            if not self._counted:
+                atomic_add32(p.reader_waiters_address, 1)  # marked before we look again
+                self._record[L.R_SLEEPING] = 1
+                self._counted = True
+                before_sleep_barrier()
             next_liveness_check = time.monotonic() + POLL_SLICE
             while True:
                 observed = control[L.C_FRAMES]
                 frame = take()
                 if frame is not None:
-                    return frame
+                    return frame  # still counted: see _counted
                 if control[L.C_FLAGS] & L.F_CLOSED and control[L.C_WRITERS] == 0:
                     frame = take()
                     if frame is not None:
@@ -380,9 +395,15 @@ class RingReader:
                 if wait <= 0:
                     raise RingTimeout(f"ring {p.name!r}: no frame arrived within the timeout")
                 futex_wait(p.frames_address, observed, wait)
-        finally:
+        except BaseException:
+            self._uncount()  # the caller may not come back for a long time
+            raise
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
             self._record[L.R_SLEEPING] = 0
-            atomic_add32(p.reader_waiters_address, -1)
+            atomic_add32(self._p.reader_waiters_address, -1)
 
     def _check_writers_alive(self) -> None:
         p = self._p
@@ -592,6 +613,9 @@ def _close_reader(p: Participant, record: memoryview, index: int) -> None:
         with p.lock:
             if record[L.R_TOKEN] == p.token:
                 record[L.R_PINNED] = L.NONE
+                if record[L.R_SLEEPING]:  # still counted since its last wake-up
+                    record[L.R_SLEEPING] = 0
+                    atomic_add32(p.reader_waiters_address, -1)
                 p.free_record(record, L.LOCK_READER_BASE + index)
             p.recount()
             p.unlink_if_orphaned()
