@@ -297,3 +297,28 @@ def test_a_reader_woken_with_a_frame_stops_counting_as_a_sleeper() -> None:
             else:
                 reader.close()
             assert sleeper_counts(name) == (0, 0)
+
+
+@pytest.mark.parametrize("policy", ["block", "overwrite"])
+@pytest.mark.parametrize("event", ["line", "return"], ids=["as release starts", "as it ends"])
+def test_ctrl_c_inside_release_leaves_the_frame_releasable(policy: str, event: str) -> None:
+    """Ctrl-C can land inside Frame.release(). The frame must still be released (again by
+    hand, or when it is garbage-collected), and a repeated release must not undo anything:
+    an overwrite reader whose pin stayed set could never read again (found by make chaos)."""
+    name = unique_name("kr")
+    with (
+        RingWriter.create(name, SHAPE, np.uint8, slots=16, policy=policy) as writer,
+        RingReader.attach(name) as reader,
+    ):
+        writer.write(np.zeros(SHAPE, np.uint8), 1.0)
+        sys.settrace(_interrupt(RingReader, "_release", event))
+        try:
+            with pytest.raises(KeyboardInterrupt), reader.read(1.0):
+                pass
+            gc.collect()  # the interrupted frame is unreachable now: its finalizer runs
+        finally:
+            sys.settrace(None)
+        for n in range(1, 40):  # more than the ring holds
+            writer.write(np.full(SHAPE, n, np.uint8), 1.0)
+            with reader.read(1.0) as frame:
+                assert int(frame.array[0]) == n

@@ -70,8 +70,11 @@ class Frame:
         """Let writers reuse this frame's buffer. Idempotent."""
         reader = self._reader
         if reader is not None:
-            self._reader = None
+            # Release first, forget the reader after: a Ctrl-C in between leaves a frame
+            # that can be released again (releasing is idempotent), never one that is
+            # held for ever with nobody able to release it.
             reader._release(self)
+            self._reader = None
 
     def __enter__(self) -> Frame:
         return self
@@ -105,9 +108,9 @@ class _CollectableFrame(Frame):
         # reader would hold it for ever. (getattr: Ctrl-C may have cut __init__ short.)
         reader = getattr(self, "_reader", None)
         if reader is not None:
-            self._reader = None
             with contextlib.suppress(Exception):  # e.g. at interpreter shutdown
                 reader._release(self)
+            self._reader = None
 
 
 class RingReader:
@@ -167,7 +170,7 @@ class RingReader:
         self._held: list[int] = []  # block policy: sequence numbers of frames held
         self._last: Frame | None = None  # frame returned by iteration / latest()
         self._pending: Frame | None = None  # taken, not yet handed to the caller
-        self._pinning = False  # overwrite policy: this handle holds the frame it pinned
+        self._pinned_seq: int | None = None  # overwrite policy: the frame it has pinned
         # Counted in C_READER_WAITERS (R_SLEEPING set). A reader woken with a frame stays
         # counted until it next polls, takes a frame without waiting, or leaves: the
         # subtraction, a system call, then costs nothing between the wake-up and the frame.
@@ -470,7 +473,7 @@ class RingReader:
                 break  # a shared-mode writer is between descriptor and head: not yet
             if published and not descriptor[L.D_FLAGS] & L.DF_EVICTED:
                 if not self._block and self._record[L.R_PINNED] != L.NONE:
-                    if not self._pinning:
+                    if self._pinned_seq is None:
                         raise RingCorrupted(
                             f"ring {p.name!r}: this reader's pinned-buffer word is set but it "
                             "holds no frame; the header was overwritten"
@@ -485,7 +488,7 @@ class RingReader:
                     self._record[L.R_RELEASE] = min(self._held)
                 else:
                     self._record[L.R_PINNED] = descriptor[L.D_BUFFER]
-                    self._pinning = True
+                    self._pinned_seq = cursor
                 cursor += 1
                 break
             skipped += 1  # evicted by an overwriting writer
@@ -541,8 +544,9 @@ class RingReader:
             return
         record = self._record
         if not self._block:
-            record[L.R_PINNED] = L.NONE  # only frees a buffer: safe without the lock
-            self._pinning = False
+            if self._pinned_seq == frame.seq:  # not a second release of an older frame
+                record[L.R_PINNED] = L.NONE  # only frees a buffer: safe without the lock
+                self._pinned_seq = None
             return
         held = self._held
         if frame.seq in held:  # not if an interrupted take never got to record it

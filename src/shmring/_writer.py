@@ -67,7 +67,8 @@ class Claim:
         if self._buffer >= 0:
             raise RuntimeError("a Claim can be entered once; call claim() again")
         writer = self._writer
-        self._buffer = writer._take_buffer(deadline_from(self._timeout))
+        timeout = self._timeout
+        self._buffer = writer._take_buffer(None if timeout is None else deadline_from(timeout))
         if self._shape is None:
             return writer._buffers[self._buffer]
         return writer._p.views.buffer_view(writer._p.geometry, self._buffer, self._shape)
@@ -393,7 +394,9 @@ class RingWriter:
                 control[L.C_FREE_COUNT] = count - 1
                 record[L.W_CLAIMED] = buffer
                 record[L.W_IN_PUBLISH] = 0
-                return self._p.checked_buffer(buffer)
+                if buffer >= self._nbuffers:
+                    raise self._p.corrupted_buffer(buffer)
+                return buffer
         record[L.W_IN_PUBLISH] = 0
         return -1
 
