@@ -72,6 +72,7 @@ class Transport:
 REGISTRY: dict[str, str] = {
     "shmring-write": "bench.transports.shmring:Write",
     "shmring-claim": "bench.transports.shmring:Claim",
+    "shmring-spin": "bench.transports.shmring:SpinningReader",
     "shmring-latest": "bench.transports.shmring:Latest",
     "textbook-ring": "bench.transports.textbook:TextbookRing",
     "mp-queue": "bench.transports.mpqueue:MpQueue",

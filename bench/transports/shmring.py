@@ -6,6 +6,10 @@
 #     next is taken) and works on frame.array, a zero-copy view.
 #   shmring-claim: `with w.claim() as slot:` — zero copies: the producer fills the slot in place.
 #     Here "filling" is writing the stamp; producing the pixels is the application's work.
+#   shmring-spin: shmring-write with the optional spin setting: the reader polls for 10 ms
+#     before it sleeps (RingReader.attach(spin=0.01)), so a stream faster than 100 frames/s
+#     never puts it to sleep. It trades a core while frames flow for throughput and latency,
+#     like iceoryx2's polling reader; it is not the blocking reader the targets are about.
 #   shmring-latest: policy="overwrite" (the writer never waits) and a reader that calls
 #     r.latest() for the newest frame, skipping older ones — the preview/monitor use case.
 #     Overwrite needs slots > max_readers + max_writers, so it declares 2 readers, 1 writer.
@@ -35,6 +39,7 @@ class Write(Transport):
     name = "shmring-write"
     kind = "shmring"
     fanout = True
+    reader_spin: float | None = None  # None: the API's default
 
     def _create(self, cell: Cell) -> Any:
         return RingWriter.create(_name(cell), cell.size.shape, np.uint8, slots=SLOTS)
@@ -59,7 +64,8 @@ class Write(Transport):
             yield frame.array
 
     def open_consumer(self, endpoint: Any, cell: Cell, index: int) -> Consumer:
-        reader = RingReader.attach(_name(cell), start="oldest", timeout=ATTACH_TIMEOUT_S)
+        spin = {} if self.reader_spin is None else {"spin": self.reader_spin}
+        reader = RingReader.attach(_name(cell), start="oldest", timeout=ATTACH_TIMEOUT_S, **spin)
         stream = self._frames(reader)
 
         def close() -> None:
@@ -81,6 +87,12 @@ class Claim(Write):
                 stamp(slot, seq, t_ns)
 
         return send
+
+
+class SpinningReader(Write):
+    name = "shmring-spin"
+    spinning_reader = True
+    reader_spin = 0.01
 
 
 class Latest(Write):
