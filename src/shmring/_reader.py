@@ -22,7 +22,7 @@ from numpy.typing import DTypeLike
 
 from . import _layout as L
 from ._errors import EndOfStream, RingCorrupted, RingTimeout, ShmringError, WriterGone
-from ._ring import Participant
+from ._ring import Participant, uncount_sleeper
 from ._segment import Segment, validate_name
 from ._sys import (
     FAST_PATH_FENCE,
@@ -273,7 +273,7 @@ class RingReader:
                         array = buffers[descriptor[L.D_BUFFER]]
                     except IndexError:
                         raise self._p.corrupted_buffer(descriptor[L.D_BUFFER]) from None
-                    if self._counted:  # woken for the last frame; no longer waiting
+                    if self._counted:  # woken for the last frame (checked inline: hot path)
                         self._uncount()
                     frame = self._pending = Frame(
                         self, array, seq, descriptor[L.D_TIMESTAMP], 0, b""
@@ -321,8 +321,8 @@ class RingReader:
                 # before waiting, so the writer reuses that buffer, which is still in cache.
                 self._release_last()
                 frame = self._wait_for(self._take_next, None)
-            elif self._counted:  # woken for the last frame; no longer waiting
-                self._uncount()
+            else:
+                self._uncount()  # woken for the last frame, if at all: no longer waiting
         except EndOfStream:
             self._release_last()
             return None
@@ -362,13 +362,11 @@ class RingReader:
         when every writer is gone, or at the deadline."""
         frame = take()
         if frame is not None:
-            if self._counted:  # woken for the last frame; no longer waiting
-                self._uncount()
+            self._uncount()  # woken for the last frame, if at all: no longer waiting
             return frame
         p, control = self._p, self._control
         if self._spin and p.spinning_pays():
-            if self._counted:  # a poller must not have writers wake it for nothing
-                self._uncount()
+            self._uncount()  # a poller must not have writers wake it for nothing
             spin_until = time.monotonic() + self._spin
             while time.monotonic() < spin_until:
                 frame = take()
@@ -405,8 +403,7 @@ class RingReader:
     def _uncount(self) -> None:
         if self._counted:
             self._counted = False
-            self._record[L.R_SLEEPING] = 0
-            atomic_add32(self._p.reader_waiters_address, -1)
+            uncount_sleeper(self._record, L.R_SLEEPING, self._p.reader_waiters_address)
 
     def _check_writers_alive(self) -> None:
         p = self._p
@@ -617,9 +614,8 @@ def _close_reader(p: Participant, record: memoryview, index: int) -> None:
         with p.lock:
             if record[L.R_TOKEN] == p.token:
                 record[L.R_PINNED] = L.NONE
-                if record[L.R_SLEEPING]:  # still counted since its last wake-up
-                    record[L.R_SLEEPING] = 0
-                    atomic_add32(p.reader_waiters_address, -1)
+                # A reader stays counted after a wake-up (see _counted): leave the count too.
+                uncount_sleeper(record, L.R_SLEEPING, p.reader_waiters_address)
                 p.free_record(record, L.LOCK_READER_BASE + index)
             p.recount()
             p.unlink_if_orphaned()

@@ -49,6 +49,13 @@ _CPUS = os.cpu_count() or 1  # see Participant.spinning_pays
 _live_participants: weakref.WeakSet[Participant] = weakref.WeakSet()
 
 
+def uncount_sleeper(record: memoryview, sleeping: int, waiters_address: int) -> None:
+    """Take a record's owner out of a waiter count, if its `sleeping` word says it is in."""
+    if record[sleeping]:
+        record[sleeping] = 0
+        atomic_add32(waiters_address, -1)
+
+
 class Participant:
     """One handle's state on one ring: a segment it opened itself, typed views, the lock."""
 
@@ -133,9 +140,7 @@ class Participant:
         reaped = False
         for index, record in enumerate(records):
             if record[L.R_STATE] == L.STATE_ACTIVE and not self.is_alive(lock_base + index, record):
-                if record[sleeping]:
-                    record[sleeping] = 0
-                    atomic_add32(waiters_address, -1)
+                uncount_sleeper(record, sleeping, waiters_address)
                 # Its claim or pin stops counting with the record: busy_buffers() and the
                 # rebuilt free list look at active records only.
                 self.free_record(record, lock_base + index)
