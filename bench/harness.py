@@ -100,20 +100,20 @@ def _flat_out(send: Send, seq: int, cell: Cell, rate: float | None) -> tuple[Rep
     clock = time.perf_counter
     now = time.monotonic_ns
     batch = max(1, min(256, BATCH_BYTES // cell.size.nbytes))
-    warm_end = clock() + cell.timing.warmup_s
-    while clock() < warm_end:
-        stop = seq + batch
-        for s in range(seq, stop):
-            send(s, now())
-        seq = stop
+
+    def send_until(deadline: float, seq: int) -> int:
+        """Send in batches (the clock is read once a batch) until `deadline`; next seq."""
+        while clock() < deadline:
+            stop = seq + batch
+            for s in range(seq, stop):
+                send(s, now())
+            seq = stop
+        return seq
+
+    seq = send_until(clock() + cell.timing.warmup_s, seq)
     start = cpu.snapshot(machine=cell.consumers == 0)
     first = seq
-    end_at = start.wall + cell.timing.duration_s
-    while clock() < end_at:
-        stop = seq + batch
-        for s in range(seq, stop):
-            send(s, now())
-        seq = stop
+    seq = send_until(start.wall + cell.timing.duration_s, seq)
     end = cpu.snapshot(machine=cell.consumers == 0)
     send(PHASE_END, now())
     report = cpu.window(start, end)

@@ -68,6 +68,19 @@ class Transport:
         raise NotImplementedError
 
 
+class OneWayPipe(Transport):
+    """Base of the transports that move frames through one multiprocessing.Pipe: the
+    endpoint is its (receive end, send end) pair, closed in the parent after the run."""
+
+    def prepare(self, cell: Cell, ctx: Any) -> Any:
+        self._ends = ctx.Pipe(duplex=False)  # (receive end, send end)
+        return self._ends
+
+    def cleanup(self) -> None:
+        for end in self._ends:
+            end.close()
+
+
 # name -> "module:Class"; the order is the order of tables and plots.
 REGISTRY: dict[str, str] = {
     "shmring-write": "bench.transports.shmring:Write",

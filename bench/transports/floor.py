@@ -24,7 +24,7 @@ import numpy as np
 
 from bench.cell import Cell
 from bench.frames import STAMP_BYTES, Frame, stamper
-from bench.transports import Consumer, Producer, Transport
+from bench.transports import Consumer, OneWayPipe, Producer, Transport
 
 SYS_FUTEX = {"x86_64": 202, "aarch64": 98}.get(platform.machine())
 if SYS_FUTEX is None:
@@ -121,17 +121,9 @@ class Futex(Transport):
         return Consumer(stream, close)
 
 
-class Pipe(Transport):
+class Pipe(OneWayPipe):
     name = "floor-pipe"
     kind = "floor"
-
-    def prepare(self, cell: Cell, ctx: Any) -> Any:
-        self._ends = ctx.Pipe(duplex=False)
-        return self._ends
-
-    def cleanup(self) -> None:
-        for end in self._ends:
-            end.close()
 
     def open_producer(self, endpoint: Any, cell: Cell) -> Producer:
         _, conn = endpoint

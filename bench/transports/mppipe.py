@@ -14,19 +14,11 @@ import numpy as np
 
 from bench.cell import Cell
 from bench.frames import Frame, make_source, stamper
-from bench.transports import Consumer, Producer, Transport
+from bench.transports import Consumer, OneWayPipe, Producer
 
 
-class MpPipe(Transport):
+class MpPipe(OneWayPipe):
     name = "mp-pipe"
-
-    def prepare(self, cell: Cell, ctx: Any) -> Any:
-        self._ends = ctx.Pipe(duplex=False)  # (receive end, send end)
-        return self._ends
-
-    def cleanup(self) -> None:
-        for end in self._ends:
-            end.close()
 
     def open_producer(self, endpoint: Any, cell: Cell) -> Producer:
         _, conn = endpoint

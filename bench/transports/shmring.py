@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -39,7 +39,7 @@ class Write(Transport):
     name = "shmring-write"
     kind = "shmring"
     fanout = True
-    reader_spin: float | None = None  # None: the API's default
+    reader_options: ClassVar[dict[str, Any]] = {}  # RingReader.attach keywords beyond these
 
     def _create(self, cell: Cell) -> Any:
         return RingWriter.create(_name(cell), cell.size.shape, np.uint8, slots=SLOTS)
@@ -64,8 +64,9 @@ class Write(Transport):
             yield frame.array
 
     def open_consumer(self, endpoint: Any, cell: Cell, index: int) -> Consumer:
-        spin = {} if self.reader_spin is None else {"spin": self.reader_spin}
-        reader = RingReader.attach(_name(cell), start="oldest", timeout=ATTACH_TIMEOUT_S, **spin)
+        reader = RingReader.attach(
+            _name(cell), start="oldest", timeout=ATTACH_TIMEOUT_S, **self.reader_options
+        )
         stream = self._frames(reader)
 
         def close() -> None:
@@ -92,7 +93,7 @@ class Claim(Write):
 class SpinningReader(Write):
     name = "shmring-spin"
     spinning_reader = True
-    reader_spin = 0.01
+    reader_options: ClassVar[dict[str, Any]] = {"spin": 0.01}
 
 
 class Latest(Write):
