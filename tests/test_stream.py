@@ -27,6 +27,7 @@ from helpers import (
 from shmring import RingReader, RingWriter
 
 N = 10_000
+FULL_HD = (1080, 1920, 3)
 
 WRITER_CASES = [
     ("spawn", SMALL, "write"),
@@ -70,11 +71,17 @@ def test_writer_in_child_reader_in_test(case: tuple[str, tuple[int, ...], str]) 
 
 
 @pytest.mark.parametrize(
-    ("kind", "shape"),
-    [("spawn", SMALL), ("fork", SMALL), ("popen", SMALL), ("popen", VGA)],
-    ids=["spawn-64", "fork-64", "popen-64", "popen-vga"],
+    ("kind", "shape", "count"),
+    [
+        ("spawn", SMALL, N),
+        ("fork", SMALL, N),
+        ("popen", SMALL, N),
+        ("popen", VGA, N),
+        ("popen", FULL_HD, 300),  # the writer waits for the hot buffer at this size
+    ],
+    ids=["spawn-64", "fork-64", "popen-64", "popen-vga", "popen-1080p"],
 )
-def test_reader_in_child_writer_in_test(kind: str, shape: tuple[int, ...]) -> None:
+def test_reader_in_child_writer_in_test(kind: str, shape: tuple[int, ...], count: int) -> None:
     """The test creates and writes; the child reads. With spawn the child gets a
     RingReader pickled by name and re-attaches; fork and popen children attach by name."""
     name = unique_name()
@@ -91,7 +98,7 @@ def test_reader_in_child_writer_in_test(kind: str, shape: tuple[int, ...]) -> No
             if parent_r is not None:
                 parent_r.close()  # the child holds its own reader now
             seqs = []
-            for n in range(N):
+            for n in range(count):
                 if n % 2:
                     c = w.claim(WAIT)
                     with c as slot:
@@ -101,10 +108,10 @@ def test_reader_in_child_writer_in_test(kind: str, shape: tuple[int, ...]) -> No
                     seqs.append(w.write(pat.make(make_tag(0, n)), WAIT))
             w.close()
             got = Received.from_dict(finish(child)["got"])
-    assert seqs == list(range(N))
-    assert got.tags == [make_tag(0, n) for n in range(N)]
+    assert seqs == list(range(count))
+    assert got.tags == [make_tag(0, n) for n in range(count)]
     assert got.seqs == seqs
-    assert got.drops == [0] * N
+    assert got.drops == [0] * count
     assert got.dropped == 0
     assert set(got.shapes) == {shape}
 

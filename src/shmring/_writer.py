@@ -35,6 +35,9 @@ from ._sys import (
 from ._timing import DEFAULT_SPIN, POLL_SLICE, checked_spin, deadline_from, remaining
 
 EAGER_RECLAIM_BYTES = 256 * 1024  # frames this large reclaim at every write (see __init__)
+HOT_BUFFER_BYTES = 4 * 1024 * 1024  # frames this large wait for the hot buffer (see there)
+HOT_BUFFER_WAIT = 200e-6  # the longest such wait, in seconds
+HOT_BUFFER_BACKOFF = 32  # writes that skip the wait after one that gave up
 _SECONDS = (int, float)  # timeout types write()'s fast path accepts without a call
 
 
@@ -202,6 +205,8 @@ class RingWriter:
         # 8 buffers are 50 MB, more than a last-level cache). The extra reclaim costs ~1 µs,
         # under 1% of copying such a frame; small frames reclaim only when out of buffers.
         self._reclaim_eagerly = g.buffer_bytes >= EAGER_RECLAIM_BYTES
+        self._awaits_hot_buffer = g.buffer_bytes >= HOT_BUFFER_BYTES and spin > 0
+        self._hot_wait_skips = 0
         self._fence_needed = FAST_PATH_FENCE
         self._fence_enter, self._fence_exit = fence_halves()
         self._finalizer = weakref.finalize(self, _close_writer, p, self._record, self._index, owner)
@@ -230,6 +235,8 @@ class RingWriter:
         ):
             # The common case inlined: exclusive block-policy writer, a ring-shaped frame.
             # Every Python call costs ~50 ns, which shows at 64-byte frames.
+            if self._awaits_hot_buffer:
+                self._await_hot_buffer()
             record[L.W_IN_PUBLISH] = 1
             if control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE:
                 count = control[L.C_FREE_COUNT]
@@ -260,6 +267,30 @@ class RingWriter:
                     return seq
             record[L.W_IN_PUBLISH] = 0
         return self._write(frame, timeout, timestamp_ns, meta)
+
+    def _await_hot_buffer(self) -> None:
+        """Give the readers a moment to release the frame just published, so that this
+        frame is copied into its buffer, which is still in cache.
+
+        Copying a frame of several MiB into a cache-cold buffer makes the CPU read every
+        line before overwriting it: at 1920x1080x3 on the development VM that took ~500 µs
+        against ~185 µs into the buffer just written, while a woken reader released its
+        frame ~35 µs after the wake-up (see issue 3's notes). At 1280x720x3 the wait did not
+        pay, hence HOT_BUFFER_BYTES. A reader that keeps its frame longer than
+        HOT_BUFFER_WAIT makes the next HOT_BUFFER_BACKOFF writes skip the wait, so a slow
+        consumer costs the writer at most ~6 µs per frame."""
+        if self._hot_wait_skips:
+            self._hot_wait_skips -= 1
+            return
+        p = self._p
+        head = self._control[L.C_HEAD]
+        if p.release_floor() >= head or not p.spinning_pays():
+            return
+        give_up = time.monotonic() + HOT_BUFFER_WAIT
+        while p.release_floor() < head:
+            if time.monotonic() > give_up:
+                self._hot_wait_skips = HOT_BUFFER_BACKOFF
+                return
 
     def _fast_path_failed(self, exc: BaseException, count: int, published: bool) -> BaseException:
         """Clean up after an exception inside write()'s fast path; returns what to raise."""

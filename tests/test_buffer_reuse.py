@@ -1,0 +1,67 @@
+"""Which buffer a writer copies a large frame into (issue 3: copying a frame of several MiB
+into the buffer just released, still in cache, took ~185 µs at 1080p against ~500 µs into
+a cold one). The cross-process stream of such frames is in test_stream.py."""
+
+from __future__ import annotations
+
+import numpy as np
+from helpers import unique_name
+
+import shmring
+from shmring import _writer
+
+LARGE = (1080, 1920, 3)  # above HOT_BUFFER_BYTES
+MEDIUM = (720, 1280, 3)  # above EAGER_RECLAIM_BYTES, below HOT_BUFFER_BYTES
+
+
+def _address(frame: shmring.Frame) -> int:
+    address: int = frame.array.__array_interface__["data"][0]
+    return address
+
+
+def _ring(shape: tuple[int, ...], spin: float = _writer.DEFAULT_SPIN) -> shmring.RingWriter:
+    return shmring.RingWriter.create(unique_name("reuse"), shape, np.uint8, slots=4, spin=spin)
+
+
+def test_the_sizes_here_sit_on_both_sides_of_the_threshold() -> None:
+    assert np.prod(LARGE) >= _writer.HOT_BUFFER_BYTES > np.prod(MEDIUM)
+    assert np.prod(MEDIUM) >= _writer.EAGER_RECLAIM_BYTES
+
+
+def test_a_large_frame_goes_into_the_buffer_just_released() -> None:
+    with _ring(LARGE) as w, shmring.RingReader.attach(w.name) as r:
+        addresses = []
+        for n in range(5):
+            w.write(np.full(LARGE, n, np.uint8))
+            with r.read(1.0) as frame:
+                assert int(frame.array[0, 0, 0]) == int(frame.array[-1, -1, -1]) == n
+                addresses.append(_address(frame))
+        assert len(set(addresses)) == 1
+        assert w._hot_wait_skips == 0  # every frame was released before the next write
+
+
+def test_a_reader_that_keeps_its_frame_costs_one_bounded_wait_then_a_back_off() -> None:
+    with _ring(LARGE) as w, shmring.RingReader.attach(w.name) as r:
+        w.write(np.full(LARGE, 0, np.uint8))
+        kept = r.read(1.0)  # held across the next writes: the writer cannot have its buffer
+        w.write(np.full(LARGE, 1, np.uint8), timeout=1.0)  # waits HOT_BUFFER_WAIT, gives up
+        assert w._hot_wait_skips == _writer.HOT_BUFFER_BACKOFF
+        newer = r.read(1.0)
+        newer.release()
+        w.write(np.full(LARGE, 2, np.uint8), timeout=1.0)  # skips the wait, as do the next
+        assert w._hot_wait_skips == _writer.HOT_BUFFER_BACKOFF - 1
+        assert int(kept.array[0, 0, 0]) == int(kept.array[-1, -1, -1]) == 0  # untouched
+        assert _address(kept) != _address(newer)
+        kept.release()
+        assert int(r.read(1.0).array[-1, -1, -1]) == 2
+
+
+def test_medium_frames_and_a_writer_without_spin_never_wait_for_the_buffer() -> None:
+    for writer in (_ring(MEDIUM), _ring(LARGE, spin=0)):
+        with writer as w, shmring.RingReader.attach(w.name) as r:
+            w.write(np.zeros(w.shape, np.uint8))
+            kept = r.read(1.0)
+            w.write(np.ones(w.shape, np.uint8), timeout=1.0)
+            assert w._hot_wait_skips == 0  # never waited, so never backed off
+            assert int(kept.array[-1, -1, -1]) == 0
+            kept.release()
