@@ -22,7 +22,7 @@ from numpy.typing import DTypeLike
 
 from . import _layout as L
 from ._errors import EndOfStream, RingCorrupted, RingTimeout, ShmringError, WriterGone
-from ._ring import Participant, uncount_sleeper
+from ._ring import Participant, RingHandle, uncount_sleeper
 from ._segment import Segment, validate_name
 from ._sys import (
     FAST_PATH_FENCE,
@@ -113,7 +113,7 @@ class _CollectableFrame(Frame):
             self._reader = None
 
 
-class RingReader:
+class RingReader(RingHandle):
     """Reads frames from a ring: every frame (its own group), or a share of them (group)."""
 
     @classmethod
@@ -565,10 +565,6 @@ class RingReader:
         return self._dropped
 
     @property
-    def name(self) -> str:
-        return self._p.name
-
-    @property
     def group(self) -> str | None:
         return self._group_name
 
@@ -579,20 +575,6 @@ class RingReader:
     @property
     def dtype(self) -> np.dtype[Any]:
         return self._p.geometry.dtype
-
-    @property
-    def closed(self) -> bool:
-        return self._p.closed
-
-    def close(self) -> None:
-        """Leave the ring; frames still held are released."""
-        self._finalizer()
-
-    def __enter__(self) -> RingReader:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_attach_reader, (self._p.name, self._group_name, self._start, self._spin))

@@ -1,5 +1,6 @@
 # What every handle on a ring shares: its mapping, the header lock, participant records,
-# liveness, repair and reclamation. RingWriter and RingReader build on a Participant.
+# liveness, repair and reclamation. RingWriter and RingReader build on a Participant and share
+# their lifecycle (close, context manager) through RingHandle.
 #
 # Theory of operation (docs/FORMAT.md has the byte-level rules):
 #   - Frames are published in sequence order into descriptor `seq % slots`; a descriptor is
@@ -27,6 +28,8 @@ import os
 import secrets
 import time
 import weakref
+from collections.abc import Callable
+from typing import Self
 
 from . import _layout as L
 from ._errors import RingCorrupted, RingFull, RingTimeout, ShmringError
@@ -402,6 +405,34 @@ class Participant:
         _live_participants.discard(self)
         self.views.release()
         self.segment.close()
+
+
+class RingHandle:
+    """The lifecycle RingReader and RingWriter share: a Participant, and a finalizer that
+    leaves the ring at close(), at garbage collection or at interpreter exit."""
+
+    _p: Participant
+    _finalizer: Callable[[], object]  # a weakref.finalize: leaves the ring once
+
+    def close(self) -> None:
+        """Leave the ring (idempotent). A reader's held frames are released; the last writer
+        to leave ends the stream (readers drain what was published, then get EndOfStream);
+        the creator also unlinks the ring's name."""
+        self._finalizer()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def name(self) -> str:
+        return self._p.name
+
+    @property
+    def closed(self) -> bool:
+        return self._p.closed
 
 
 def _forget_after_fork() -> None:

@@ -21,7 +21,7 @@ from numpy.typing import DTypeLike
 
 from . import _layout as L
 from ._errors import RingCorrupted, RingTimeout
-from ._ring import Participant
+from ._ring import Participant, RingHandle
 from ._segment import Segment, validate_name
 from ._sys import (
     FAST_PATH_FENCE,
@@ -89,7 +89,7 @@ class Claim:
             self._writer._abandon(self._buffer)
 
 
-class RingWriter:
+class RingWriter(RingHandle):
     """Publishes frames into a ring. `create` makes (and owns) a ring; `attach` joins one."""
 
     # ---- construction ------------------------------------------------------------------
@@ -614,16 +614,8 @@ class RingWriter:
 
     # ---- lifecycle -----------------------------------------------------------------------
     def close(self) -> None:
-        """Leave the ring. The last writer to leave ends the stream: readers drain what was
-        published, then get EndOfStream. The creator also unlinks the ring's name."""
-        self._fast_path = False
-        self._finalizer()
-
-    def __enter__(self) -> RingWriter:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        self._fast_path = False  # before leaving: write() must take the checked path
+        super().close()
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_attach_writer, (self._p.name,))
@@ -634,10 +626,6 @@ class RingWriter:
             f"<RingWriter {self._p.name!r} {state} shape={self._shape} dtype={self._dtype} "
             f"slots={self._slots} policy={self.policy!r}>"
         )
-
-    @property
-    def name(self) -> str:
-        return self._p.name
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -654,10 +642,6 @@ class RingWriter:
     @property
     def policy(self) -> str:
         return "block" if self._block else "overwrite"
-
-    @property
-    def closed(self) -> bool:
-        return self._p.closed
 
 
 def _attach_writer(name: str) -> RingWriter:
