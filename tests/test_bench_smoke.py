@@ -104,3 +104,22 @@ def test_cold_path_probe_runs_and_reports_every_row() -> None:
     assert len(rows) == 3, done.stdout
     assert all(float(row.split("µs cold")[0].split()[-1]) > 0 for row in rows)
     assert not [p for p in SHM.iterdir() if p.name.startswith("shmring.coldpath")]
+
+
+def test_copy_probe_reports_the_threshold_and_every_buffer_count() -> None:
+    """`python -m bench.copies` (docs/OPERATIONS.md, "Large frames") runs with a tiny frame
+    and duration, prints glibc's threshold and one positive rate per buffer count, and
+    unlinks its segment."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.copies", "--size", "65536", "--seconds", "0.05"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "x86_non_temporal_threshold: " in done.stdout
+    rates = [line.split()[-1] for line in done.stdout.splitlines() if line.startswith("  ")]
+    assert len(rates) == 3, done.stdout
+    assert all(int(rate.replace(",", "")) > 0 for rate in rates)
+    assert not [p for p in SHM.iterdir() if p.name.startswith("shmring-copies-")]
