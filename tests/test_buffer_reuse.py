@@ -1,6 +1,7 @@
-"""Which buffer a writer copies a large frame into (issue 3: copying a frame of several MiB
-into the buffer just released, still in cache, took ~185 µs at 1080p against ~500 µs into
-a cold one). The cross-process stream of such frames is in test_stream.py."""
+"""Which buffer a writer copies a large frame into. Copying a frame of several MiB into the
+buffer just released, still in cache, took ~185 µs at 1080p against ~500 µs into a cold one
+(docs/OPERATIONS.md, "Large frames"). The cross-process stream of such frames is in
+test_stream.py."""
 
 from __future__ import annotations
 
