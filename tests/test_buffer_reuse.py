@@ -1,7 +1,7 @@
 """Which buffer a writer copies a large frame into. Copying a frame of several MiB into the
-buffer just released, still in cache, took ~185 µs at 1080p against ~500 µs into a cold one
-(docs/OPERATIONS.md, "Large frames"). The cross-process stream of such frames is in
-test_stream.py."""
+buffer just written, still in cache, took ~170 µs at 1080p against 330-380 µs into one of
+eight taken in turn (docs/OPERATIONS.md, "Large frames"). The cross-process stream of such
+frames is in test_stream.py."""
 
 from __future__ import annotations
 
