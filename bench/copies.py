@@ -22,6 +22,7 @@ import numpy as np
 from bench.frames import make_source, parse_size
 
 BUFFER_COUNTS = (1, 2, 8)
+MOST_BUFFERS = max(BUFFER_COUNTS)
 LOADER = "/lib64/ld-linux-x86-64.so.2"
 SEGMENT_PREFIX = "shmring-copies-"  # /dev/shm name; the smoke test checks none is left
 
@@ -65,13 +66,13 @@ def main(argv: list[str] | None = None) -> None:
     source = make_source(size)
     stride = -(-size.nbytes // 4096) * 4096
     segment = shared_memory.SharedMemory(
-        f"{SEGMENT_PREFIX}{os.getpid()}", create=True, size=stride * max(BUFFER_COUNTS)
+        f"{SEGMENT_PREFIX}{os.getpid()}", create=True, size=stride * MOST_BUFFERS
     )
     try:
-        flat = np.ndarray((stride * max(BUFFER_COUNTS),), np.uint8, segment.buf)
+        flat = np.ndarray((stride * MOST_BUFFERS,), np.uint8, segment.buf)
         views = [
             flat[i * stride : i * stride + size.nbytes].reshape(size.shape)
-            for i in range(max(BUFFER_COUNTS))
+            for i in range(MOST_BUFFERS)
         ]
         print(f"glibc x86_non_temporal_threshold: {non_temporal_threshold()}")
         print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')}")
