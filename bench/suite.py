@@ -1,6 +1,7 @@
 # Which cells run, in what order, how often; what a run measured; medians over repeats.
 #
-# Rules: scenarios are `wake` (kernel wake floor, 24-byte stamp, paced), `main` (1 -> 1 for every
+# Rules: scenarios are `wake` (kernel wake floor and a blocked shmring reader, 24-byte stamp,
+# paced), `main` (1 -> 1 for every
 # transport and size: throughput then paced latency, plus the idle reader at the smallest size),
 # `limit` (in-process memcpy), `fanout` (1 -> 3, transports that deliver every frame to every
 # reader with a blocking reader) and `overwrite` (shmring-latest). Within a size, repeats go
@@ -216,13 +217,13 @@ def _cells(plan: Plan, size: FrameSize) -> list[tuple[str, Cell]]:
     return cells
 
 
-def _floor_cells(plan: Plan) -> list[tuple[str, Cell]]:
+def _wake_cells(plan: Plan) -> list[tuple[str, Cell]]:
     if "wake" not in plan.scenarios:
         return []
     return [
         ("wake", Cell(name, stamp_size(), 1, (LATENCY,), plan.timing, "", plan.pin))
         for name in plan.transports
-        if load(name).kind == "floor"
+        if load(name).kind in ("floor", "wake")
     ]
 
 
@@ -308,7 +309,7 @@ def run_plan(plan: Plan, log: Callable[[str], None] = print) -> list[dict[str, A
         """A new token per run, so a killed run's leftovers never meet the next run."""
         return replace(cell, token=token())
 
-    groups = [_floor_cells(plan)] + [_cells(plan, size) for size in plan.sizes]
+    groups = [_wake_cells(plan)] + [_cells(plan, size) for size in plan.sizes]
     out: list[dict[str, Any]] = []
     started = time.perf_counter()
     quiet = Quiet(plan, log)

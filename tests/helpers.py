@@ -440,8 +440,10 @@ def child_stream_writer(
     variable: bool = False,
     wait_go: bool = True,
     writer: Any = None,
+    interval: float = 0.0,
 ) -> None:
-    """Write ``count`` pattern frames (tags writer_id/0..count-1), close, report seqs."""
+    """Write ``count`` pattern frames (tags writer_id/0..count-1), close, report seqs.
+    ``interval``: seconds between frames, for a steady stream like a camera's."""
     pat = Pattern(shape)
     w = _open_writer(name, shape, create, policy, slots, writer)
     chan.send("ready")
@@ -459,6 +461,8 @@ def child_stream_writer(
             seqs.append(c.seq)
         else:
             seqs.append(w.write(pat.make(tag, fshape), WAIT))
+        if interval:
+            time.sleep(interval)  # the stream's own pace, not a synchronisation
     w.close()
     assert increasing(seqs), "write() seqs not increasing"
     chan.send({"seqs": seqs})

@@ -1,9 +1,10 @@
 # Smoke test of the benchmark suite (bench/): tiny counts, a few seconds, real processes.
 #
 # Rules: it proves the harness runs end to end — shmring and a stdlib peer deliver verified,
-# lossless frames, the limit and wake-floor cells run, reports are written — and that nothing
-# stays in /dev/shm. It needs no optional peer: one that is not installed must be reported as
-# skipped with a reason (checked directly by hiding pyzmq). The full run stays out of `make test`.
+# lossless frames, the limit and wake cells (a floor, a sleeping shmring reader) run, reports
+# are written — and that nothing stays in /dev/shm. It needs no optional peer: one that is not
+# installed must be reported as skipped with a reason (checked directly by hiding pyzmq). The
+# full run stays out of `make test`.
 from __future__ import annotations
 
 import json
@@ -18,7 +19,7 @@ from bench.suite import available
 
 ROOT = Path(__file__).resolve().parent.parent
 SHM = Path("/dev/shm")
-TRANSPORTS = "shmring-write,mp-pipe,pyzmq,memcpy-hot,floor-pipe"
+TRANSPORTS = "shmring-write,mp-pipe,pyzmq,memcpy-hot,floor-pipe,shmring-sleep"
 COMMAND = ["-m", "bench", "--quick", "--sizes", "64,4096", "--transports", TRANSPORTS]
 
 
@@ -69,7 +70,9 @@ def test_quick_run_is_verified_lossless_and_leaves_nothing(tmp_path: Path) -> No
     main = cells[("main", "shmring-write", "64 B")]
     assert main["median"]["latency_p99_us"] >= main["median"]["latency_p50_us"] > 0
     assert main["median"]["idle_consumer_cores"] >= 0
-    assert cells[("wake", "floor-pipe", "24 B stamp")]["status"] == "ok"
+    for floor_or_sleeper in ("floor-pipe", "shmring-sleep"):
+        wake = cells[("wake", floor_or_sleeper, "24 B stamp")]
+        assert wake["status"] == "ok" and wake["median"]["latency_p50_us"] > 0
 
     zmq_cells = [c for c in results["cells"] if c["transport"] == "pyzmq"]
     assert zmq_cells or "pyzmq" in results["skipped"]  # ran, or skipped with its reason

@@ -48,7 +48,9 @@ class Consumer:
 
 class Transport:
     name: ClassVar[str]
-    kind: ClassVar[str] = "peer"  # "shmring", "peer", "limit" (in-process copy), "floor" (wake)
+    # "shmring", "peer", "limit" (in-process copy), "floor" (the kernel's wake-up floor) or
+    # "wake" (a blocked shmring reader, measured beside the floors)
+    kind: ClassVar[str] = "peer"
     fanout: ClassVar[bool] = False  # several consumers can each see every frame
     spinning_reader: ClassVar[bool] = False  # the reader burns a core instead of blocking
 
@@ -86,6 +88,7 @@ REGISTRY: dict[str, str] = {
     "shmring-write": "bench.transports.shmring:Write",
     "shmring-claim": "bench.transports.shmring:Claim",
     "shmring-spin": "bench.transports.shmring:SpinningReader",
+    "shmring-sleep": "bench.transports.shmring:SleepingReader",
     "shmring-latest": "bench.transports.shmring:Latest",
     "textbook-ring": "bench.transports.textbook:TextbookRing",
     "mp-queue": "bench.transports.mpqueue:MpQueue",

@@ -10,6 +10,10 @@
 #     before it sleeps (RingReader.attach(spin=0.01)), so a stream faster than 100 frames/s
 #     never puts it to sleep. It trades a core while frames flow for throughput and latency,
 #     like iceoryx2's polling reader; it is not the blocking reader the targets are about.
+#   shmring-sleep: shmring-write with spin=0: the reader never polls and never naps ahead of a
+#     frame (docs/API.md, `spin`), so every frame reaches it through a futex wake-up. Measured
+#     only in the wake scenario, beside the kernel floors: the wake-up target is judged on it,
+#     since the default reader of a steady stream is already polling when its frame lands.
 #   shmring-latest: policy="overwrite" (the writer never waits) and a reader that calls
 #     r.latest() for the newest frame, skipping older ones — the preview/monitor use case.
 #     Overwrite needs slots > max_readers + max_writers, so it declares 2 readers, 1 writer.
@@ -94,6 +98,12 @@ class SpinningReader(Write):
     name = "shmring-spin"
     spinning_reader = True
     reader_options: ClassVar[dict[str, Any]] = {"spin": 0.01}
+
+
+class SleepingReader(Write):
+    name = "shmring-sleep"
+    kind = "wake"
+    reader_options: ClassVar[dict[str, Any]] = {"spin": 0}
 
 
 class Latest(Write):

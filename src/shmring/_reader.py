@@ -22,6 +22,7 @@ from numpy.typing import DTypeLike
 
 from . import _layout as L
 from ._errors import EndOfStream, RingCorrupted, RingTimeout, ShmringError, WriterGone
+from ._pacing import Pacer
 from ._ring import Participant, RingHandle, uncount_sleeper
 from ._segment import Segment, validate_name
 from ._sys import (
@@ -31,6 +32,7 @@ from ._sys import (
     fence,
     fence_halves,
     futex_wait,
+    precise_futex_wait,
 )
 from ._timing import DEFAULT_SPIN, POLL_SLICE, checked_spin, deadline_from, remaining
 
@@ -175,6 +177,7 @@ class RingReader(RingHandle):
         # counted until it next polls, takes a frame without waiting, or leaves: the
         # subtraction, a system call, then costs nothing between the wake-up and the frame.
         self._counted = False
+        self._pacer = Pacer()  # when this reader's frames are due, for a steady stream
         self._dropped = 0
         self._group_record: memoryview | None = None
         with p.lock:
@@ -358,31 +361,26 @@ class RingReader(RingHandle):
             self._last = None
 
     def _wait_for(self, take: Callable[[], Frame | None], deadline: float | None) -> Frame:
-        """Poll `take`, spin briefly, then sleep on the head futex; raise at end of stream,
-        when every writer is gone, or at the deadline."""
+        """Poll `take` (after a nap, for a steady stream: _pacing.py), then sleep on the
+        frames futex; raise at end of stream, when every writer is gone, or at the
+        deadline."""
         frame = take()
         if frame is not None:
             self._uncount()  # woken for the last frame, if at all: no longer waiting
             return frame
         p, control = self._p, self._control
         if self._spin and p.spinning_pays():
-            self._uncount()  # a poller must not have writers wake it for nothing
-            spin_until = time.monotonic() + self._spin
-            while time.monotonic() < spin_until:
-                frame = take()
-                if frame is not None:
-                    return frame
+            frame = self._poll(take, deadline)
+            if frame is not None:
+                return frame
         try:
-            if not self._counted:
-                atomic_add32(p.reader_waiters_address, 1)  # marked before we look again
-                self._record[L.R_SLEEPING] = 1
-                self._counted = True
-                before_sleep_barrier()
+            self._count()
             next_liveness_check = time.monotonic() + POLL_SLICE
             while True:
                 observed = control[L.C_FRAMES]
                 frame = take()
                 if frame is not None:
+                    self._pacer.arrived(frame.seq, time.monotonic())
                     return frame  # still counted: see _counted
                 if control[L.C_FLAGS] & L.F_CLOSED and control[L.C_WRITERS] == 0:
                     frame = take()
@@ -399,6 +397,65 @@ class RingReader(RingHandle):
         except BaseException:
             self._uncount()  # the caller may not come back for a long time
             raise
+
+    def _poll(self, take: Callable[[], Frame | None], deadline: float | None) -> Frame | None:
+        """The polling part of a wait: nap first if the stream is steady (_pacing.py), then
+        poll for up to `spin` seconds (past the frame's due time after a nap)."""
+        pacer = self._pacer
+        now = time.monotonic()
+        seq = self._control[L.C_HEAD]  # waiting means: for the next frame to be published
+        nap_end = pacer.nap_until(seq, now)
+        if nap_end is not None and (deadline is None or nap_end < deadline):
+            frame = self._nap(take, nap_end)
+            now = time.monotonic()
+            if frame is not None:
+                pacer.nap_outcome(overslept=True, polled=0.0)
+                pacer.arrived(frame.seq, now)
+                return frame  # still counted: see _counted
+            if self._control[L.C_FLAGS] & L.F_CLOSED:
+                return None  # the caller's wait drains the stream and reports its end
+            poll_until = max(pacer.due(seq), now) + self._spin
+            napped = True
+        else:
+            poll_until = now + self._spin
+            napped = False
+        self._uncount()  # a poller must not have writers wake it for nothing
+        woke = now
+        if deadline is not None and deadline < poll_until:
+            poll_until = deadline
+        while True:
+            frame = take()
+            if frame is not None:
+                if napped:  # there at the first look: it came while we slept
+                    pacer.nap_outcome(overslept=now == woke, polled=now - woke)
+                pacer.arrived(frame.seq, now)
+                return frame
+            now = time.monotonic()
+            if now >= poll_until:
+                return None
+
+    def _nap(self, take: Callable[[], Frame | None], nap_end: float) -> Frame | None:
+        """Sleep as a counted waiter (a frame that comes early wakes us) until `nap_end`;
+        the frame if one came, else None (also as soon as the stream is closed)."""
+        p, control = self._p, self._control
+        self._count()
+        while True:
+            observed = control[L.C_FRAMES]
+            frame = take()
+            if frame is not None or control[L.C_FLAGS] & L.F_CLOSED:
+                return frame
+            wait = nap_end - time.monotonic()
+            if wait <= 0:
+                return None
+            precise_futex_wait(p.frames_address, observed, min(wait, POLL_SLICE))
+
+    def _count(self) -> None:
+        """Count this reader in C_READER_WAITERS, so that writers wake it (see _counted)."""
+        if not self._counted:
+            atomic_add32(self._p.reader_waiters_address, 1)  # marked before we look again
+            self._record[L.R_SLEEPING] = 1
+            self._counted = True
+            before_sleep_barrier()
 
     def _uncount(self) -> None:
         if self._counted:

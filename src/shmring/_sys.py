@@ -21,6 +21,8 @@
 #     failed in some processes only (say, a seccomp filter in one container), a sleeper
 #     there could miss a wake-up; it is bounded by the 100 ms poll, never a hang.
 #   - atomic_add32: an atomic add on a shared u32, done by the kernel (FUTEX_WAKE_OP).
+#   - precise_futex_wait: a futex wait whose timeout ends on time (timer slack lowered for
+#     the wait), for readers that nap until a frame is due (_pacing.py).
 
 from __future__ import annotations
 
@@ -89,6 +91,24 @@ def futex_wait(address: int, expected: int, timeout: float) -> None:
         None,
         0,
     )
+
+
+_PR_SET_TIMERSLACK = 29
+_PR_GET_TIMERSLACK = 30
+_NAP_SLACK_NS = 1000
+_prctl = _libc.prctl
+
+
+def precise_futex_wait(address: int, expected: int, timeout: float) -> None:
+    """futex_wait for a nap that must end on time: Linux lets an ordinary thread's timed
+    sleep end up to its timer slack (50 µs by default) late, so the calling thread's slack
+    is 1 µs during the wait and restored after it."""
+    slack = _prctl(_PR_GET_TIMERSLACK, 0, 0, 0, 0)
+    _prctl(_PR_SET_TIMERSLACK, _NAP_SLACK_NS, 0, 0, 0)
+    try:
+        futex_wait(address, expected, timeout)
+    finally:
+        _prctl(_PR_SET_TIMERSLACK, slack, 0, 0, 0)
 
 
 def futex_wake(address: int) -> None:

@@ -1,0 +1,173 @@
+"""Pacing (_pacing.py): a reader of a steady stream naps until just before its next frame is
+due, then polls. The Pacer's advice is checked with explicit times; the reader's naps with a
+real stream from an unrelated ``python`` process, and with a frame that comes early."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+
+import numpy as np
+import pytest
+from helpers import WAIT, Child, Pattern, Waiter, collect, finish, make_tag, unique_name
+
+import shmring
+from shmring import _layout as L
+from shmring import _pacing, _reader
+from shmring._pacing import Pacer
+
+MS = 1e-3
+needs_two_cpus = pytest.mark.skipif(
+    (os.cpu_count() or 1) < 2, reason="nobody polls or naps with more participants than CPUs"
+)
+
+
+def _steady(pacer: Pacer, interval: float, frames: int, start: float = 100.0) -> float:
+    """Feed `frames` arrivals `interval` apart (seqs 0..frames-1); returns the last time."""
+    t = start
+    for seq in range(frames):
+        t = start + seq * interval
+        pacer.arrived(seq, t)
+    return t
+
+
+def test_a_steady_stream_is_learned_and_the_nap_ends_lead_before_the_frame() -> None:
+    pacer = Pacer()
+    assert pacer.nap_until(1, 0.0) is None  # nothing learned yet
+    last = _steady(pacer, 2 * MS, 10)
+    assert pacer.interval == pytest.approx(2 * MS)
+    nap_end = pacer.nap_until(10, last + 0.1 * MS)
+    assert nap_end == pytest.approx(last + 2 * MS - _pacing.LEAD_START)
+    assert pacer.due(10) == pytest.approx(last + 2 * MS)
+    assert pacer.nap_until(9, last) is None  # a frame that already arrived is not due
+
+
+def test_no_nap_when_the_frame_is_due_too_soon_or_the_stream_is_too_fast_or_slow() -> None:
+    pacer = Pacer()
+    last = _steady(pacer, 2 * MS, 10)
+    assert pacer.nap_until(10, last + 2 * MS - _pacing.LEAD_START - _pacing.NAP_MIN / 2) is None
+    fast = Pacer()
+    last = _steady(fast, _pacing.NAP_MIN / 10, 10)
+    assert fast.interval is None and fast.nap_until(10, last) is None
+    slow = Pacer()
+    last = _steady(slow, 2 * _pacing.MAX_INTERVAL, 10)
+    assert slow.interval is None and slow.nap_until(10, last) is None
+
+
+def test_a_pause_keeps_the_interval_and_a_new_pace_is_relearned() -> None:
+    pacer = Pacer()
+    last = _steady(pacer, 2 * MS, 10)
+    pacer.arrived(10, last + 50 * MS)  # the source paused: not a new rate
+    assert pacer.interval == pytest.approx(2 * MS)
+    assert pacer.nap_until(11, last + 50 * MS) == pytest.approx(last + 52 * MS - _pacing.LEAD_START)
+    for seq in range(11, 40):  # the source now runs at 5 ms a frame
+        pacer.arrived(seq, last + 50 * MS + (seq - 10) * 5 * MS)
+    assert pacer.interval == pytest.approx(5 * MS, rel=0.01)
+
+
+def test_the_lead_grows_after_oversleeping_and_shrinks_after_long_polls() -> None:
+    pacer = Pacer()
+    _steady(pacer, 2 * MS, 10)
+    pacer.nap_outcome(overslept=True, polled=0.0)
+    assert pacer.lead == pytest.approx(2 * _pacing.LEAD_START)
+    for _ in range(100):
+        pacer.nap_outcome(overslept=True, polled=0.0)
+    assert pacer.lead == pytest.approx(min(_pacing.LEAD_MAX, 1 * MS))  # at most half the interval
+    for _ in range(100):
+        pacer.nap_outcome(overslept=False, polled=pacer.lead)  # woke a whole lead early
+    assert pacer.lead == pytest.approx(_pacing.LEAD_MIN)
+    pacer.nap_outcome(overslept=False, polled=_pacing.POLL_TARGET)
+    assert pacer.lead == pytest.approx(_pacing.LEAD_MIN)  # polled as long as wanted: unchanged
+
+
+@pytest.fixture
+def naps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The timeouts of the naps readers take in this process (the real waits still run)."""
+    taken: list[float] = []
+    real_wait = _reader.precise_futex_wait
+
+    def recorded_wait(address: int, expected: int, timeout: float) -> None:
+        taken.append(timeout)
+        real_wait(address, expected, timeout)
+
+    monkeypatch.setattr(_reader, "precise_futex_wait", recorded_wait)
+    return taken
+
+
+@needs_two_cpus
+def test_a_steady_stream_from_another_program_is_paced_and_arrives_whole(
+    naps: list[float],
+) -> None:
+    """A camera-like stream (one frame every 2 ms) from an unrelated `python`: every frame
+    arrives, in order, and the reader learned the pace and napped between frames."""
+    name, shape, count = unique_name("paced"), (640,), 200
+    with Child(
+        "popen", "stream_writer", name=name, shape=list(shape), count=count, interval=2 * MS
+    ) as child:
+        child.expect("ready")
+        with shmring.RingReader.attach(name, start="oldest", timeout=WAIT) as r:
+            child.send("go")
+            got = collect(r, Pattern(shape), "read")
+            interval = r._pacer.interval
+        finish(child)
+    assert got.tags == [make_tag(0, n) for n in range(count)]
+    assert interval is not None and 1 * MS < interval < 50 * MS
+    assert naps, "the reader never napped"
+
+
+def _plan_a_nap(w: shmring.RingWriter, r: shmring.RingReader, seconds: float) -> None:
+    """Pass one frame, then make the reader's pacer expect the next `seconds` from now."""
+    w.write(np.zeros(w.shape, w.dtype))
+    r.read(0).release()
+    pacer = r._pacer
+    pacer.interval = _pacing.MAX_INTERVAL
+    pacer.lead = _pacing.LEAD_MIN
+    pacer._ref_seq = r._control[L.C_HEAD] - 1
+    pacer._ref_time = time.monotonic() + seconds - _pacing.MAX_INTERVAL
+
+
+@needs_two_cpus
+def test_a_frame_that_comes_during_a_nap_wakes_the_reader_at_once(naps: list[float]) -> None:
+    with (
+        shmring.RingWriter.create(unique_name("nap"), (64,), np.uint8) as w,
+        shmring.RingReader.attach(w.name) as r,
+    ):
+        _plan_a_nap(w, r, 2 * WAIT)
+        reading = Waiter(lambda: r.read(timeout=3 * WAIT))
+        reading.start()
+        deadline = time.monotonic() + WAIT
+        while not naps:  # until the reader is in its nap
+            assert time.monotonic() < deadline and reading.is_alive()
+        assert r._record[L.R_SLEEPING] == 1  # counted as a sleeper: writers wake it
+        written = time.monotonic()
+        w.write(np.full(64, 7, np.uint8))
+        reading.finish(WAIT)  # a nap that ran its course would take 2 * WAIT
+        assert reading.exc is None
+        with reading.result as frame:
+            assert frame.array[0] == 7
+        assert reading.t_end is not None and reading.t_end - written < WAIT
+
+
+def _timer_slack() -> int:
+    slack: int = ctypes.CDLL(None).prctl(30, 0, 0, 0, 0)  # PR_GET_TIMERSLACK
+    return slack
+
+
+@needs_two_cpus
+def test_a_nap_leaves_the_threads_timer_slack_as_it_was(naps: list[float]) -> None:
+    libc = ctypes.CDLL(None)
+    before = _timer_slack()
+    libc.prctl(29, 123_456, 0, 0, 0)  # PR_SET_TIMERSLACK
+    try:
+        with (
+            shmring.RingWriter.create(unique_name("slack"), (64,), np.uint8) as w,
+            shmring.RingReader.attach(w.name) as r,
+        ):
+            _plan_a_nap(w, r, 0.02)
+            with pytest.raises(shmring.RingTimeout):
+                r.read(timeout=0.2)  # naps ~20 ms, polls, sleeps, times out
+            assert naps and max(naps) <= 0.02
+            assert _timer_slack() == 123_456
+    finally:
+        libc.prctl(29, before, 0, 0, 0)
