@@ -372,6 +372,11 @@ class Views:
             whole[o : o + g.descriptor_bytes].cast("Q")
             for o in range(g.descriptors_offset, g.readers_offset, g.descriptor_bytes)
         ]
+        # Every descriptor's D_BUFFER word, as one strided view: the exclusive writer's
+        # reclaim copies a run of them into the free list with one slice assignment.
+        table = whole[g.descriptors_offset : g.readers_offset].cast("Q")
+        self.descriptor_buffers = table[D_BUFFER :: g.descriptor_bytes // 8]
+        self._table = table
         self.descriptor_meta = [
             whole[o + D_META_BYTE_OFFSET : o + D_META_BYTE_OFFSET + g.meta_size]
             for o in range(g.descriptors_offset, g.readers_offset, g.descriptor_bytes)
@@ -402,7 +407,9 @@ class Views:
 
     def release(self) -> None:
         """Drop every export so the mmaps can close (views the user holds keep theirs)."""
-        for view in (self.control, self.freelist, *self.descriptors, *self.descriptor_meta):
+        for view in (self.control, self.freelist, self.descriptor_buffers, self._table):
+            view.release()
+        for view in (*self.descriptors, *self.descriptor_meta):
             view.release()
         for view in (*self.readers, *self.groups, *self.writers, *self.group_names):
             view.release()

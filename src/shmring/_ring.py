@@ -304,13 +304,19 @@ class Participant:
         nbuffers, slots = geometry.buffers, geometry.slots
         if count + floor - tail > nbuffers:
             raise RingCorrupted(f"ring {self.name!r}: free list overflow; header overwritten")
-        freelist, descriptors = self.views.freelist, self.views.descriptors
-        for seq in range(tail, floor):
-            buffer = descriptors[seq % slots][L.D_BUFFER]
-            if buffer >= nbuffers:
-                raise self.corrupted_buffer(buffer)
-            freelist[count] = buffer
-            count += 1
+        # The freed frames' buffers, in order, onto the free list. They are not range-checked
+        # here: whoever pops one checks it (a bad index raises RingCorrupted there).
+        freelist, column = self.views.freelist, self.views.descriptor_buffers
+        freed = floor - tail
+        start = tail % slots
+        end = start + freed
+        if end <= slots:
+            freelist[count : count + freed] = column[start:end]
+        else:
+            wrapped = slots - start
+            freelist[count : count + wrapped] = column[start:]
+            freelist[count + wrapped : count + freed] = column[: end - slots]
+        count += freed
         control[L.C_FREE_COUNT] = count
         control[L.C_TAIL] = floor
         return count

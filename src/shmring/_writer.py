@@ -21,6 +21,18 @@ from numpy.typing import DTypeLike
 
 from . import _layout as L
 from ._errors import RingCorrupted, RingTimeout
+from ._layout import (  # bare names for write()'s fast path: one lookup each, not two
+    C_FREE_COUNT,
+    C_HEAD,
+    C_READER_WAITERS,
+    C_WRITER_MODE,
+    D_BUFFER,
+    D_FLAGS,
+    D_SEQ,
+    D_TIMESTAMP,
+    MODE_EXCLUSIVE,
+    W_IN_PUBLISH,
+)
 from ._ring import Participant, RingHandle
 from ._segment import Segment, validate_name
 from ._sys import (
@@ -237,35 +249,35 @@ class RingWriter(RingHandle):
             # Every Python call costs ~50 ns, which shows at 64-byte frames.
             if self._awaits_hot_buffer:
                 self._await_hot_buffer()
-            record[L.W_IN_PUBLISH] = 1
-            if control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE:
-                count = control[L.C_FREE_COUNT]
+            record[W_IN_PUBLISH] = 1
+            if control[C_WRITER_MODE] == MODE_EXCLUSIVE:
+                count = control[C_FREE_COUNT]
                 if self._reclaim_eagerly or not count:
                     count = self._p.reclaim()
                 if 0 < count <= self._nbuffers:
                     published = False
                     try:
                         buffer = self._freelist[count - 1]
-                        control[L.C_FREE_COUNT] = count - 1
+                        control[C_FREE_COUNT] = count - 1
                         self._buffers[buffer][...] = frame
-                        seq = control[L.C_HEAD]
+                        seq = control[C_HEAD]
                         descriptor = self._descriptors[seq % self._slots]
-                        descriptor[L.D_BUFFER] = buffer
-                        descriptor[L.D_TIMESTAMP] = monotonic_ns()
-                        descriptor[L.D_FLAGS] = 0  # ring-shaped, no metadata
-                        descriptor[L.D_SEQ] = seq  # the frame is visible from here on
+                        descriptor[D_BUFFER] = buffer
+                        descriptor[D_TIMESTAMP] = monotonic_ns()
+                        descriptor[D_FLAGS] = 0  # ring-shaped, no metadata
+                        descriptor[D_SEQ] = seq  # the frame is visible from here on
                         published = True
-                        control[L.C_HEAD] = seq + 1
+                        control[C_HEAD] = seq + 1
                     except BaseException as exc:
                         raise self._fast_path_failed(exc, count, published) from None
-                    record[L.W_IN_PUBLISH] = 0
+                    record[W_IN_PUBLISH] = 0
                     if self._fence_needed:  # publish before looking for sleepers, unless
                         self._fence_enter()  # they make the barrier (before_sleep_barrier)
                         self._fence_exit()
-                    if control[L.C_READER_WAITERS]:
+                    if control[C_READER_WAITERS]:
                         self._p.wake_readers()
                     return seq
-            record[L.W_IN_PUBLISH] = 0
+            record[W_IN_PUBLISH] = 0
         return self._write(frame, timeout, timestamp_ns, meta)
 
     def _await_hot_buffer(self) -> None:
