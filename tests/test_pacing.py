@@ -75,7 +75,7 @@ def test_the_lead_grows_after_oversleeping_and_shrinks_after_long_polls() -> Non
         pacer.nap_outcome(overslept=True, polled=0.0)
     assert pacer.lead == pytest.approx(min(_pacing.LEAD_MAX, 1 * MS))  # at most half the interval
     for _ in range(100):
-        pacer.nap_outcome(overslept=False, polled=pacer.lead)  # woke a whole lead early
+        pacer.nap_outcome(overslept=False, polled=1 * MS)  # woke far too early, every time
     assert pacer.lead == pytest.approx(_pacing.LEAD_MIN)
     pacer.nap_outcome(overslept=False, polled=_pacing.POLL_TARGET)
     assert pacer.lead == pytest.approx(_pacing.LEAD_MIN)  # polled as long as wanted: unchanged

@@ -26,7 +26,7 @@ MAX_INTERVAL = 0.1  # slower streams sleep until woken (and keep the reader's li
 LEAD_START = 100e-6  # how early the first nap ends
 LEAD_MIN = 10e-6
 LEAD_MAX = 1e-3
-POLL_TARGET = 10e-6  # how long a reader should poll after a nap before its frame comes
+POLL_TARGET = 30e-6  # how long a reader should poll after a nap before its frame comes
 _PAUSE = 4.0  # a gap this many intervals long is a pause in the stream, not a new rate
 _SMOOTHING = 0.25  # weight of a new gap in the interval estimate
 

@@ -380,7 +380,8 @@ class RingReader(RingHandle):
                 observed = control[L.C_FRAMES]
                 frame = take()
                 if frame is not None:
-                    self._pacer.arrived(frame.seq, time.monotonic())
+                    if self._spin:  # only a reader that polls paces itself
+                        self._pacer.arrived(frame.seq, time.monotonic())
                     return frame  # still counted: see _counted
                 if control[L.C_FLAGS] & L.F_CLOSED and control[L.C_WRITERS] == 0:
                     frame = take()
