@@ -288,7 +288,8 @@ class RingWriter(RingHandle):
         line before overwriting it (unless glibc streams the copy: docs/OPERATIONS.md,
         "Large frames"). At 1920x1080x3 on the development VM (python -m bench.copies) a
         copy took ~170 µs into the same buffer and 330-380 µs into one of eight taken in
-        turn, while a woken reader released its frame ~35 µs after the wake-up. At
+        turn, while a woken reader released its frame ~35 µs after the wake-up, and a
+        reader pacing itself (_pacing.py), already polling, within a few µs. At
         1280x720x3 the wait did not pay, hence HOT_BUFFER_BYTES. A reader that keeps its
         frame longer than HOT_BUFFER_WAIT makes the next HOT_BUFFER_BACKOFF writes skip the
         wait, so a slow consumer costs the writer at most ~6 µs per frame."""
