@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
+import threading
 import time
 
 import numpy as np
@@ -171,3 +173,36 @@ def test_a_nap_leaves_the_threads_timer_slack_as_it_was(naps: list[float]) -> No
             assert _timer_slack() == 123_456
     finally:
         libc.prctl(29, before, 0, 0, 0)
+
+
+@needs_two_cpus
+def test_ctrl_c_during_a_nap_leaves_no_sleeper_counted(naps: list[float]) -> None:
+    """SIGINT while the reader naps: KeyboardInterrupt, the reader is no longer counted as
+    a sleeper (writers stop waking it), its timer slack is back, and it reads on."""
+    main = threading.main_thread().ident
+    assert main is not None and threading.get_ident() == main
+    before = _timer_slack()
+    with (
+        shmring.RingWriter.create(unique_name("nap-int"), (64,), np.uint8) as w,
+        shmring.RingReader.attach(w.name) as r,
+    ):
+        _plan_a_nap(w, r, 2 * WAIT)
+
+        def interrupt_the_nap() -> None:
+            deadline = time.monotonic() + WAIT
+            while not naps and time.monotonic() < deadline:
+                time.sleep(0.001)  # polling for the nap to start, not synchronising on time
+            signal.pthread_kill(main, signal.SIGINT)
+
+        interrupter = threading.Thread(target=interrupt_the_nap, daemon=True)
+        interrupter.start()
+        with pytest.raises(KeyboardInterrupt):
+            r.read(timeout=3 * WAIT)
+        interrupter.join(WAIT)
+        assert naps  # it was napping when interrupted
+        assert r._record[L.R_SLEEPING] == 0
+        assert r._control[L.C_READER_WAITERS] & 0xFFFF_FFFF == 0
+        assert _timer_slack() == before
+        w.write(np.full(64, 3, np.uint8))
+        with r.read(WAIT) as frame:
+            assert frame.array[0] == 3

@@ -369,11 +369,11 @@ class RingReader(RingHandle):
             self._uncount()  # woken for the last frame, if at all: no longer waiting
             return frame
         p, control = self._p, self._control
-        if self._spin and p.spinning_pays():
-            frame = self._poll(take, deadline)
-            if frame is not None:
-                return frame
         try:
+            if self._spin and p.spinning_pays():
+                frame = self._poll(take, deadline)  # may nap as a counted sleeper
+                if frame is not None:
+                    return frame
             self._count()
             next_liveness_check = time.monotonic() + POLL_SLICE
             while True:
