@@ -12,7 +12,18 @@ import time
 
 import numpy as np
 import pytest
-from helpers import WAIT, Child, Pattern, Waiter, collect, finish, make_tag, unique_name
+from helpers import (
+    WAIT,
+    Child,
+    Pattern,
+    Waiter,
+    bounded,
+    collect,
+    finish,
+    increasing,
+    make_tag,
+    unique_name,
+)
 
 import shmring
 from shmring import _layout as L
@@ -98,22 +109,43 @@ def naps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 @needs_two_cpus
+@pytest.mark.parametrize(
+    ("method", "policy", "group"),
+    [
+        ("read", "block", None),
+        ("iter", "block", None),  # the lock-free iteration path, as in the bench
+        ("read", "block", "workers"),  # a group member takes frames under the header lock
+        ("latest", "overwrite", None),
+    ],
+    ids=["read", "iterate", "group-read", "overwrite-latest"],
+)
 def test_a_steady_stream_from_another_program_is_paced_and_arrives_whole(
-    naps: list[float],
+    naps: list[float], method: str, policy: str, group: str | None
 ) -> None:
     """A camera-like stream (one frame every 2 ms) from an unrelated `python`: every frame
-    arrives, in order, and the reader learned the pace and napped between frames."""
+    arrives whole and in order (or is counted as dropped, for latest() on an overwrite
+    ring), and the reader learned the pace and napped between frames."""
     name, shape, count = unique_name("paced"), (640,), 200
     with Child(
-        "popen", "stream_writer", name=name, shape=list(shape), count=count, interval=2 * MS
+        "popen",
+        "stream_writer",
+        name=name,
+        shape=list(shape),
+        count=count,
+        policy=policy,
+        slots=16,  # overwrite needs more slots than readers + writers (8 + 4 by default)
+        interval=2 * MS,
     ) as child:
         child.expect("ready")
-        with shmring.RingReader.attach(name, start="oldest", timeout=WAIT) as r:
+        with shmring.RingReader.attach(name, group=group, start="oldest", timeout=WAIT) as r:
             child.send("go")
-            got = collect(r, Pattern(shape), "read")
+            got = bounded(lambda: collect(r, Pattern(shape), method))
             interval = r._pacer.interval
         finish(child)
-    assert got.tags == [make_tag(0, n) for n in range(count)]
+    if method == "latest":
+        assert increasing(got.tags) and len(got.tags) + got.dropped == count
+    else:
+        assert got.tags == [make_tag(0, n) for n in range(count)]
     assert interval is not None and 1 * MS < interval < 50 * MS
     assert naps, "the reader never napped"
 
