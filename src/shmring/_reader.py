@@ -404,9 +404,12 @@ class RingReader(RingHandle):
         poll for up to `spin` seconds (past the frame's due time after a nap)."""
         pacer = self._pacer
         now = time.monotonic()
-        seq = self._control[L.C_HEAD]  # waiting means: for the next frame to be published
-        nap_end = pacer.nap_until(seq, now)
-        if nap_end is not None and (deadline is None or nap_end < deadline):
+        nap_end = seq = None
+        if pacer.interval is not None:  # only then: reading head costs the writer a cache miss
+            # Waiting means waiting for the next frame to be published.
+            seq = self._next if self._lock_free else self._control[L.C_HEAD]
+            nap_end = pacer.nap_until(seq, now)
+        if nap_end is not None and seq is not None and (deadline is None or nap_end < deadline):
             frame = self._nap(take, nap_end)
             now = time.monotonic()
             if frame is not None:
