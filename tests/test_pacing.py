@@ -29,8 +29,10 @@ import shmring
 from shmring import _layout as L
 from shmring import _pacing, _reader
 from shmring._pacing import Pacer
+from shmring._timing import DEFAULT_SPIN
 
 MS = 1e-3
+SPIN = DEFAULT_SPIN
 needs_two_cpus = pytest.mark.skipif(
     (os.cpu_count() or 1) < 2, reason="nobody polls or naps with more participants than CPUs"
 )
@@ -46,7 +48,7 @@ def _steady(pacer: Pacer, interval: float, frames: int, start: float = 100.0) ->
 
 
 def test_a_steady_stream_is_learned_and_the_nap_ends_lead_before_the_frame() -> None:
-    pacer = Pacer()
+    pacer = Pacer(SPIN)
     assert pacer.nap_until(1, 0.0) is None  # nothing learned yet
     last = _steady(pacer, 2 * MS, 10)
     assert pacer.interval == pytest.approx(2 * MS)
@@ -57,19 +59,19 @@ def test_a_steady_stream_is_learned_and_the_nap_ends_lead_before_the_frame() -> 
 
 
 def test_no_nap_when_the_frame_is_due_too_soon_or_the_stream_is_too_fast_or_slow() -> None:
-    pacer = Pacer()
+    pacer = Pacer(SPIN)
     last = _steady(pacer, 2 * MS, 10)
     assert pacer.nap_until(10, last + 2 * MS - _pacing.LEAD_START - _pacing.NAP_MIN / 2) is None
-    fast = Pacer()
+    fast = Pacer(SPIN)
     last = _steady(fast, _pacing.NAP_MIN / 10, 10)
     assert fast.interval is None and fast.nap_until(10, last) is None
-    slow = Pacer()
+    slow = Pacer(SPIN)
     last = _steady(slow, 2 * _pacing.MAX_INTERVAL, 10)
     assert slow.interval is None and slow.nap_until(10, last) is None
 
 
 def test_a_pause_keeps_the_interval_and_a_new_pace_is_relearned() -> None:
-    pacer = Pacer()
+    pacer = Pacer(SPIN)
     last = _steady(pacer, 2 * MS, 10)
     pacer.arrived(10, last + 50 * MS)  # the source paused: not a new rate
     assert pacer.interval == pytest.approx(2 * MS)
@@ -80,18 +82,35 @@ def test_a_pause_keeps_the_interval_and_a_new_pace_is_relearned() -> None:
 
 
 def test_the_lead_grows_after_oversleeping_and_shrinks_after_long_polls() -> None:
-    pacer = Pacer()
-    _steady(pacer, 2 * MS, 10)
+    pacer = Pacer(1 * MS)
+    _steady(pacer, 10 * MS, 10)
     pacer.nap_outcome(overslept=True, polled=0.0)
     assert pacer.lead == pytest.approx(2 * _pacing.LEAD_START)
-    for _ in range(100):
-        pacer.nap_outcome(overslept=True, polled=0.0)
-    assert pacer.lead == pytest.approx(min(_pacing.LEAD_MAX, 1 * MS))  # at most half the interval
     for _ in range(100):
         pacer.nap_outcome(overslept=False, polled=1 * MS)  # woke far too early, every time
     assert pacer.lead == pytest.approx(_pacing.LEAD_MIN)
     pacer.nap_outcome(overslept=False, polled=_pacing.POLL_TARGET)
     assert pacer.lead == pytest.approx(_pacing.LEAD_MIN)  # polled as long as wanted: unchanged
+
+
+@pytest.mark.parametrize(
+    ("spin", "interval", "most"),
+    [
+        (SPIN, 2 * MS, SPIN + _pacing.LEAD_SLACK),  # the reader's polling budget
+        (10 * MS, 2 * MS, 1 * MS),  # half the interval
+        (SPIN, 150e-6, 75e-6),  # half the interval of a fast stream
+    ],
+)
+def test_however_a_jittery_stream_grows_the_lead_it_stays_bounded(
+    spin: float, interval: float, most: float
+) -> None:
+    """A reader polls up to lead + spin per frame: the lead never passes its spin plus
+    LEAD_SLACK, nor half the stream's interval."""
+    pacer = Pacer(spin)
+    _steady(pacer, interval, 10)
+    for _ in range(100):
+        pacer.nap_outcome(overslept=True, polled=0.0)
+    assert pacer.lead == pytest.approx(most)
 
 
 @pytest.fixture

@@ -25,8 +25,11 @@ NAP_MIN = 50e-6  # shorter naps are not worth their ~8 µs of system calls: poll
 MAX_INTERVAL = 0.1  # slower streams sleep until woken (and keep the reader's liveness checks)
 LEAD_START = 100e-6  # how early the first nap ends
 LEAD_MIN = 10e-6
-LEAD_MAX = 1e-3
 POLL_TARGET = 30e-6  # how long a reader should poll after a nap before its frame comes
+# The lead is at most the reader's spin plus LEAD_SLACK (and half the interval): a jittery
+# stream makes it grow, and a reader polls up to lead + spin per frame. Capped so, a reader
+# polls at most ~2x what it did before pacing (spin, then a sleep and a wake-up).
+LEAD_SLACK = 2 * POLL_TARGET
 _PAUSE = 4.0  # a gap this many intervals long is a pause in the stream, not a new rate
 _SMOOTHING = 0.25  # weight of a new gap in the interval estimate
 
@@ -34,11 +37,12 @@ _SMOOTHING = 0.25  # weight of a new gap in the interval estimate
 class Pacer:
     """Learns one reader's stream interval and advises it when to nap."""
 
-    __slots__ = ("_ref_seq", "_ref_time", "interval", "lead")
+    __slots__ = ("_lead_max", "_ref_seq", "_ref_time", "interval", "lead")
 
-    def __init__(self) -> None:
+    def __init__(self, spin: float) -> None:
         self.interval: float | None = None  # seconds between frames, once learned
-        self.lead = LEAD_START
+        self._lead_max = spin + LEAD_SLACK
+        self.lead = min(LEAD_START, self._lead_max)
         self._ref_seq = -1  # the last frame that arrived while the reader waited ...
         self._ref_time = 0.0  # ... and when
 
@@ -79,5 +83,5 @@ class Pacer:
             lead = self.lead * 2
         else:
             lead = self.lead + (POLL_TARGET - polled) / 2
-        limit = LEAD_MAX if self.interval is None else min(LEAD_MAX, self.interval / 2)
+        limit = self._lead_max if self.interval is None else min(self._lead_max, self.interval / 2)
         self.lead = min(max(lead, LEAD_MIN), limit)

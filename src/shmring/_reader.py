@@ -177,7 +177,7 @@ class RingReader(RingHandle):
         # counted until it next polls, takes a frame without waiting, or leaves: the
         # subtraction, a system call, then costs nothing between the wake-up and the frame.
         self._counted = False
-        self._pacer = Pacer()  # when this reader's frames are due, for a steady stream
+        self._pacer = Pacer(spin)  # when this reader's frames are due, for a steady stream
         self._dropped = 0
         self._group_record: memoryview | None = None
         with p.lock:
