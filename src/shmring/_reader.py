@@ -404,12 +404,13 @@ class RingReader(RingHandle):
         poll for up to `spin` seconds (past the frame's due time after a nap)."""
         pacer = self._pacer
         now = time.monotonic()
-        nap_end = seq = None
+        nap_end: float | None = None
+        seq = 0
         if pacer.interval is not None:  # only then: reading head costs the writer a cache miss
             # Waiting means waiting for the next frame to be published.
             seq = self._next if self._lock_free else self._control[L.C_HEAD]
             nap_end = pacer.nap_until(seq, now)
-        if nap_end is not None and seq is not None and (deadline is None or nap_end < deadline):
+        if nap_end is not None and (deadline is None or nap_end < deadline):
             frame = self._nap(take, nap_end)
             now = time.monotonic()
             if frame is not None:
