@@ -726,7 +726,42 @@ def child_overwrite_writer(
     chan.send({"seqs": [seqs[0], seqs[-1]]})
 
 
+def data_address(reader_or_writer: Any) -> int:
+    """Where a handle's frame buffers are mapped in this process."""
+    return int(np.frombuffer(reader_or_writer._p.segment.data, np.uint8).ctypes.data)
+
+
+def huge_mapped_kib(address: int) -> int:
+    """ShmemPmdMapped of this process's mapping that contains `address`: how much of it
+    is mapped with huge pages (/proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            first = line.split(maxsplit=1)[0]
+            if "-" in first and not first.endswith(":"):
+                start, end = (int(x, 16) for x in first.split("-"))
+                inside = start <= address < end
+            elif inside and first == "ShmemPmdMapped:":
+                return int(line.split()[1])
+    raise AssertionError(f"no mapping contains {address:#x}")
+
+
+def child_report_huge_pages(chan: Chan, name: str = "") -> None:
+    """Attach a reader and report how its frame buffers are mapped, holding a frame."""
+    with RingReader.attach(name, start="oldest", timeout=WAIT) as r, r.read(WAIT) as frame:
+        address = data_address(r)
+        chan.send(
+            {
+                "address": address,
+                "data_offset": r._p.geometry.data_offset,
+                "huge_kib": huge_mapped_kib(address),
+                "first": int(frame.array.flat[0]),
+            }
+        )
+
+
 CHILD_FUNCS: dict[str, Callable[..., None]] = {
+    "report_huge_pages": child_report_huge_pages,
     "stream_writer": child_stream_writer,
     "stream_reader": child_stream_reader,
     "hold_reader": child_hold_reader,

@@ -364,7 +364,7 @@ class Views:
     """Typed windows onto one mapped segment. Built once per handle; indexing these with
     the field constants above is the whole hot path's contact with the layout."""
 
-    def __init__(self, geometry: Geometry, header: mmap.mmap, data: mmap.mmap) -> None:
+    def __init__(self, geometry: Geometry, header: mmap.mmap, data: memoryview) -> None:
         g = geometry
         whole = memoryview(header)
         self.control = whole[CONTROL_OFFSET : CONTROL_OFFSET + CONTROL_BYTES].cast("Q")

@@ -23,12 +23,16 @@
 #   - atomic_add32: an atomic add on a shared u32, done by the kernel (FUTEX_WAKE_OP).
 #   - precise_futex_wait: a futex wait whose timeout ends on time (timer slack lowered for
 #     the wait), for readers that nap until a frame is due (_pacing.py).
+#   - map_shared_at / collapse_to_huge_pages: place a file mapping at an address of the
+#     caller's choosing (inside address space it already owns) and ask the kernel to back it
+#     with huge pages now. Collapsing is best effort: it reports failure, never raises.
 
 from __future__ import annotations
 
 import ctypes
 import errno
 import fcntl
+import mmap
 import os
 import struct
 import threading
@@ -109,6 +113,59 @@ def precise_futex_wait(address: int, expected: int, timeout: float) -> None:
         futex_wait(address, expected, timeout)
     finally:
         _prctl(_PR_SET_TIMERSLACK, slack, 0, 0, 0)
+
+
+_PROT_READ = 0x1
+_PROT_WRITE = 0x2
+_MAP_SHARED = 0x01
+_MAP_FIXED = 0x10
+_MAP_NORESERVE = 0x4000  # not in Python 3.11's mmap module
+_MADV_COLLAPSE = 25  # Linux >= 6.1; an older kernel answers EINVAL
+_mmap = _libc.mmap
+_mmap.restype = ctypes.c_void_p
+_mmap.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+]
+_madvise = _libc.madvise
+_madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
+def _huge_page_bytes() -> int:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 2 * 1024 * 1024  # x86_64, and aarch64 with 4 KiB pages
+
+
+HUGE_PAGE_BYTES = _huge_page_bytes()
+
+
+def reserve_address_space(length: int) -> mmap.mmap:
+    """A writable private anonymous mapping that no page backs until touched (nothing
+    should touch it): address space for map_shared_at to place file mappings in."""
+    return mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | _MAP_NORESERVE)
+
+
+def map_shared_at(address: int, length: int, writable: bool, fd: int, offset: int) -> None:
+    """Map `length` bytes of file `fd` from `offset`, shared, at exactly `address`
+    (MAP_FIXED: it replaces whatever was mapped there, so the caller must own that range)."""
+    prot = _PROT_READ | _PROT_WRITE if writable else _PROT_READ
+    if _mmap(address, length, prot, _MAP_SHARED | _MAP_FIXED, fd, offset) != address:
+        raise OSError(ctypes.get_errno(), "mmap(MAP_FIXED) of the ring's buffers failed")
+
+
+def collapse_to_huge_pages(address: int, length: int) -> bool:
+    """Ask the kernel to back [address, address + length), 2 MiB-aligned, with huge pages
+    now (MADV_COLLAPSE), copying what is there. Works on tmpfs files whatever /dev/shm's
+    mount says, unless THP is off system-wide ("deny"); False if the kernel would not (too
+    old, no huge page free)."""
+    return int(_madvise(address, length, _MADV_COLLAPSE)) == 0
 
 
 def futex_wake(address: int) -> None:

@@ -1,0 +1,104 @@
+"""Frame buffers on huge pages (_segment.py, _map_data): every process maps the buffers at an
+address where 2 MiB pages fit, and a ring whose frames are at least that large gets them.
+Also the mapping's lifecycle: a frame's array outlives close(), and the mapping goes with it."""
+
+from __future__ import annotations
+
+import gc
+import os
+
+import numpy as np
+import pytest
+from helpers import WAIT, Child, data_address, finish, huge_mapped_kib, unique_name
+
+from shmring import RingReader, RingWriter
+from shmring._sys import (
+    HUGE_PAGE_BYTES,
+    address_of,
+    collapse_to_huge_pages,
+    map_shared_at,
+    reserve_address_space,
+)
+
+LARGE = (1024, 1024, 3)  # 3 MiB: at least one whole huge page in every buffer
+
+
+def _kernel_collapses_tmpfs() -> bool:
+    """Whether this kernel moves a /dev/shm file's pages onto huge pages on request
+    (MADV_COLLAPSE: Linux >= 6.1, THP not set to "deny")."""
+    path = f"/dev/shm/.shmring-probe-{os.getpid()}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.unlink(path)
+        os.posix_fallocate(fd, 0, HUGE_PAGE_BYTES)
+        reservation = reserve_address_space(2 * HUGE_PAGE_BYTES)
+        try:
+            base = address_of(reservation, 0)
+            aligned = base + -base % HUGE_PAGE_BYTES
+            map_shared_at(aligned, HUGE_PAGE_BYTES, True, fd, 0)
+            return collapse_to_huge_pages(aligned, HUGE_PAGE_BYTES)
+        finally:
+            reservation.close()
+    finally:
+        os.close(fd)
+
+
+def _congruent(address: int, data_offset: int) -> bool:
+    return (address - data_offset) % HUGE_PAGE_BYTES == 0
+
+
+@pytest.mark.parametrize("shape", [(64,), (480, 640, 3), LARGE])
+def test_buffers_are_mapped_where_huge_pages_fit(shape: tuple[int, ...]) -> None:
+    name = unique_name()
+    with RingWriter.create(name, shape, np.uint8, slots=3) as w, RingReader.attach(name) as r:
+        offset = w._p.geometry.data_offset
+        assert _congruent(data_address(w), offset)
+        assert _congruent(data_address(r), offset)
+        frame = np.arange(np.prod(shape), dtype=np.uint64).astype(np.uint8).reshape(shape)
+        w.write(frame, WAIT)
+        with r.read(WAIT) as got:
+            assert np.array_equal(got.array, frame)
+            assert not got.array.flags.writeable
+
+
+@pytest.mark.skipif(not _kernel_collapses_tmpfs(), reason="the kernel refuses MADV_COLLAPSE")
+def test_large_frames_get_huge_pages_in_every_process() -> None:
+    name = unique_name()
+    slots = 3
+    with RingWriter.create(name, LARGE, np.uint8, slots=slots) as w:
+        g = w._p.geometry
+        # Every whole 2 MiB page of the file inside the buffers is mapped huge.
+        first = -g.data_offset % HUGE_PAGE_BYTES
+        whole = (g.segment_bytes - g.data_offset - first) // HUGE_PAGE_BYTES
+        assert whole >= slots  # each 3 MiB buffer holds at least one
+        want_kib = whole * HUGE_PAGE_BYTES // 1024
+        assert huge_mapped_kib(data_address(w)) == want_kib
+        w.write(np.full(LARGE, 42, np.uint8), WAIT)
+        with Child("popen", "report_huge_pages", name=name) as kid:
+            report = finish(kid)
+        assert _congruent(report["address"], report["data_offset"])
+        assert report["huge_kib"] == want_kib
+        assert report["first"] == 42
+
+
+def _mapped(name: str) -> bool:
+    with open("/proc/self/maps") as maps:
+        # after unlink the line reads ".../shmring.NAME (deleted)"
+        return any(f"/shmring.{name}" in line for line in maps)
+
+
+def test_frame_array_outlives_close_and_nothing_stays_mapped_after_it() -> None:
+    name = unique_name()
+    w = RingWriter.create(name, LARGE, np.uint8, slots=2)
+    r = RingReader.attach(name)
+    w.write(np.full(LARGE, 7, np.uint8), WAIT)
+    frame = r.read(WAIT)
+    array = frame.array
+    frame.release()
+    r.close()
+    w.close()
+    assert _mapped(name)  # the array still reads the ring's pages: they must stay mapped
+    assert int(array[-1, -1, -1]) == 7 and int(array.sum()) == 7 * array.size
+    del array, frame, r, w
+    gc.collect()
+    assert not _mapped(name)
