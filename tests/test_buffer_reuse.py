@@ -16,6 +16,7 @@ from shmring import _writer
 
 LARGE = (1080, 1920, 3)  # above HOT_BUFFER_BYTES
 MEDIUM = (720, 1280, 3)  # above EAGER_RECLAIM_BYTES, below HOT_BUFFER_BYTES
+VGA = (480, 640, 3)  # above EAGER_RECLAIM_BYTES, but 4 of them fit in CACHED_POOL_BYTES
 
 
 def _address(frame: shmring.Frame) -> int:
@@ -30,6 +31,22 @@ def _ring(shape: tuple[int, ...], spin: float = _writer.DEFAULT_SPIN) -> shmring
 def test_the_sizes_here_sit_on_both_sides_of_the_threshold() -> None:
     assert np.prod(LARGE) >= _writer.HOT_BUFFER_BYTES > np.prod(MEDIUM)
     assert np.prod(MEDIUM) >= _writer.EAGER_RECLAIM_BYTES
+    assert 4 * np.prod(MEDIUM) > _writer.CACHED_POOL_BYTES >= 4 * np.prod(VGA)
+    assert np.prod(VGA) >= _writer.EAGER_RECLAIM_BYTES
+
+
+@pytest.mark.parametrize(("shape", "buffers_used"), [(VGA, 4), (MEDIUM, 1)])
+def test_the_buffer_just_released_is_reused_when_the_pool_outgrows_the_cache(
+    shape: tuple[int, ...], buffers_used: int
+) -> None:
+    with _ring(shape) as w, shmring.RingReader.attach(w.name) as r:
+        addresses = set()
+        for n in range(8):
+            w.write(np.full(shape, n, np.uint8))
+            with r.read(1.0) as frame:
+                assert int(frame.array[0, 0, 0]) == int(frame.array[-1, -1, -1]) == n
+                addresses.add(_address(frame))
+        assert len(addresses) == buffers_used
 
 
 def test_a_large_frame_goes_into_the_buffer_just_released() -> None:
