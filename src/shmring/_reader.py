@@ -254,41 +254,47 @@ class RingReader(RingHandle):
     def _iterate_own(self) -> Iterator[Frame]:
         """__iter__ for a block-policy reader that is its own group, with the common case
         (a ring-shaped frame without metadata, only the previous frame held) inlined."""
+        p = self._p
         descriptors, slots, buffers = self._descriptors, self._slots, self._buffers
         record, control, held = self._record, self._control, self._held
-        wake_writers = self._p.wake_writers
+        wake_writers = p.wake_writers
         fence_needed = FAST_PATH_FENCE
         fence_enter, fence_exit = fence_halves()
+        # Local names, one fast lookup each: every Python lookup shows at 64-byte frames.
+        d_seq, d_flags, d_buffer, d_timestamp = L.D_SEQ, L.D_FLAGS, L.D_BUFFER, L.D_TIMESTAMP
+        r_release, c_writer_waiters, c_space_wanted = (
+            L.R_RELEASE,
+            L.C_WRITER_WAITERS,
+            L.C_SPACE_WANTED,
+        )
         try:
-            while not self._p.closed:
+            while not p.closed:
                 seq = self._next
                 descriptor = descriptors[seq % slots]
                 last = self._last
                 if (
-                    descriptor[L.D_SEQ] == seq
-                    and not descriptor[L.D_FLAGS]  # ring-shaped, no metadata
+                    descriptor[d_seq] == seq
+                    and not descriptor[d_flags]  # ring-shaped, no metadata
                     and last is not None
                     and len(held) == 1
                     and held[0] == last.seq
                     and last._reader is not None
                 ):
                     try:
-                        array = buffers[descriptor[L.D_BUFFER]]
+                        array = buffers[descriptor[d_buffer]]
                     except IndexError:
-                        raise self._p.corrupted_buffer(descriptor[L.D_BUFFER]) from None
+                        raise p.corrupted_buffer(descriptor[d_buffer]) from None
                     if self._counted:  # woken for the last frame (checked inline: hot path)
                         self._uncount()
-                    frame = self._pending = Frame(
-                        self, array, seq, descriptor[L.D_TIMESTAMP], 0, b""
-                    )
+                    frame = self._pending = Frame(self, array, seq, descriptor[d_timestamp], 0, b"")
                     self._next = seq + 1
                     held[0] = seq  # holds the new frame and releases the last in one step
                     last._reader = None
-                    record[L.R_RELEASE] = seq
+                    record[r_release] = seq
                     if fence_needed:  # the release must be visible before we look for
                         fence_enter()  # sleeping writers (unless they make the barrier)
                         fence_exit()
-                    if control[L.C_WRITER_WAITERS] and seq >= control[L.C_SPACE_WANTED]:
+                    if control[c_writer_waiters] and seq >= control[c_space_wanted]:
                         wake_writers()
                 else:
                     general = self._next_by_general_path()
