@@ -22,7 +22,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench examples stress
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict src
+	$(BIN)/mypy --strict src tests bench stress examples
 
 test: lint typecheck
 	$(BIN)/python -m pytest -q

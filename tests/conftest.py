@@ -62,7 +62,7 @@ def other_sessions_running() -> bool:
         except BlockingIOError:
             return True
         fcntl.flock(_session_fd, fcntl.LOCK_SH)
-    ancestors = set()
+    ancestors: set[int] = set()
     pid = os.getpid()
     while pid > 1 and len(ancestors) < 64:
         try:
@@ -196,7 +196,9 @@ def belongs_to_this_session(entry: str, strict: bool) -> bool:
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     rep = yield
     setattr(item, "rep_" + rep.when, rep)
     return rep

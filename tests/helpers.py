@@ -291,7 +291,7 @@ class Child:
             assert self._proc.stdin is not None and self._proc.stdout is not None
             self.chan: Chan = FdChan(self._proc.stdout.fileno(), self._proc.stdin.fileno())
         else:
-            ctx = mp.get_context(kind)
+            ctx: Any = mp.get_context(kind)  # "spawn" or "fork": both have Process
             parent, child = ctx.Pipe()
             self._proc = ctx.Process(target=_mp_entry, args=(func, child, kwargs), daemon=True)
             self._proc.start()
@@ -449,7 +449,7 @@ def child_stream_writer(
     chan.send("ready")
     if wait_go:
         expect(chan, "go")
-    seqs = []
+    seqs: list[int] = []
     for n in range(count):
         tag = make_tag(writer_id, n)
         fshape = variable_shape(n, shape) if variable else None
@@ -458,6 +458,7 @@ def child_stream_writer(
             c = w.claim(WAIT, shape=fshape)
             with c as slot:
                 pat.fill(slot, tag)
+            assert c.seq is not None  # set when the claim was published
             seqs.append(c.seq)
         else:
             seqs.append(w.write(pat.make(tag, fshape), WAIT))
@@ -607,8 +608,7 @@ def child_lock_holder(
     chan.send("wrote")
     expect(chan, "hold")
     if mode == "lock":
-        got = w._lock.acquire(5.0)
-        assert got is not False, "could not take the header lock"
+        w._lock.acquire(5.0)  # raises RingTimeout if it cannot take the header lock
         chan.send("holding")
         chan.recv(WAIT)  # killed here
     elif mode == "claim":

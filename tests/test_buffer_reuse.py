@@ -13,6 +13,7 @@ from helpers import unique_name
 
 import shmring
 from shmring import _writer
+from shmring._timing import DEFAULT_SPIN
 
 LARGE = (1080, 1920, 3)  # above HOT_BUFFER_BYTES
 MEDIUM = (720, 1280, 3)  # above EAGER_RECLAIM_BYTES, below HOT_BUFFER_BYTES
@@ -24,7 +25,7 @@ def _address(frame: shmring.Frame) -> int:
     return address
 
 
-def _ring(shape: tuple[int, ...], spin: float = _writer.DEFAULT_SPIN) -> shmring.RingWriter:
+def _ring(shape: tuple[int, ...], spin: float = DEFAULT_SPIN) -> shmring.RingWriter:
     return shmring.RingWriter.create(unique_name("reuse"), shape, np.uint8, slots=4, spin=spin)
 
 

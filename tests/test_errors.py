@@ -270,7 +270,7 @@ def test_ring_full() -> None:
 def test_frame_type_errors_name_expected_and_got() -> None:
     name = unique_name()
     with RingWriter.create(name, (4, 5), np.uint8) as w, RingReader.attach(name) as r:
-        cases = [
+        cases: list[tuple[np.ndarray, list[str]]] = [
             (np.zeros((4, 5), np.float32), ["uint8", "float32"]),
             (np.zeros((4, 5, 1), np.uint8), ["(4, 5)", "(4, 5, 1)"]),
             (np.zeros((20,), np.uint8), ["(4, 5)", "(20,)"]),

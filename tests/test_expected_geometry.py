@@ -11,7 +11,9 @@ import shmring
 
 
 @pytest.mark.parametrize("role", [shmring.RingReader, shmring.RingWriter])
-def test_attach_checks_the_geometry_it_was_told_to_expect(role: type) -> None:
+def test_attach_checks_the_geometry_it_was_told_to_expect(
+    role: type[shmring.RingReader] | type[shmring.RingWriter],
+) -> None:
     with shmring.RingWriter.create(unique_name("geo"), (480, 640, 3), np.uint8) as w:
         with pytest.raises(shmring.IncompatibleRing, match=r"shape \(480, 640, 3\), expected"):
             role.attach(w.name, shape=(1080, 1920, 3))

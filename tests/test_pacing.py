@@ -27,7 +27,7 @@ from helpers import (
 
 import shmring
 from shmring import _layout as L
-from shmring import _pacing, _reader
+from shmring import _pacing, _reader, _sys
 from shmring._pacing import Pacer
 from shmring._timing import DEFAULT_SPIN
 
@@ -117,7 +117,7 @@ def test_however_a_jittery_stream_grows_the_lead_it_stays_bounded(
 def naps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The timeouts of the naps readers take in this process (the real waits still run)."""
     taken: list[float] = []
-    real_wait = _reader.precise_futex_wait
+    real_wait = _sys.precise_futex_wait
 
     def recorded_wait(address: int, expected: int, timeout: float) -> None:
         taken.append(timeout)

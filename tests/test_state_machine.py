@@ -172,6 +172,7 @@ class RingMachine(RuleBasedStateMachine):
             assert fits
             return  # abandoned: nothing published, no seq used
         assert fits, "block policy: claim succeeded although a reader would lose a frame"
+        assert c.seq is not None, "a published claim has a sequence number"
         self._published(c.seq, data, meta, ts, lo)
 
     @precondition(lambda self: self.writer is not None and not self.closed)
