@@ -31,7 +31,7 @@ def _kernel_collapses_tmpfs() -> bool:
     try:
         os.unlink(path)
         os.posix_fallocate(fd, 0, HUGE_PAGE_BYTES)
-        reservation = reserve_address_space(2 * HUGE_PAGE_BYTES)
+        reservation = reserve_address_space(2 * HUGE_PAGE_BYTES, writable=True)
         try:
             base = address_of(reservation, 0)
             aligned = base + -base % HUGE_PAGE_BYTES

@@ -38,7 +38,6 @@ from . import _layout as L
 from ._errors import IncompatibleRing, RingExists, RingNotFound, StaleRingWarning
 from ._sys import (
     HUGE_PAGE_BYTES,
-    address_of,
     collapse_to_huge_pages,
     map_shared_at,
     range_is_locked,
@@ -234,20 +233,20 @@ def _map_data(map_fd: int, geometry: L.Geometry, writable: bool) -> tuple[mmap.m
     takes the address space (no memory), and the file is mapped over it at the right place.
     Closing the reservation unmaps both."""
     length = geometry.segment_bytes - geometry.data_offset
-    reservation = reserve_address_space(length + HUGE_PAGE_BYTES)
+    reservation = reserve_address_space(length + HUGE_PAGE_BYTES, writable)
     try:
-        base = address_of(reservation, 0)
+        base = np.frombuffer(reservation, np.uint8, 1).ctypes.data  # touches no page
         skip = (geometry.data_offset - base) % HUGE_PAGE_BYTES
         map_shared_at(base + skip, length, writable, map_fd, geometry.data_offset)
         if geometry.buffer_bytes >= HUGE_PAGE_BYTES:
             first = -geometry.data_offset % HUGE_PAGE_BYTES  # into the buffers
             whole_pages = (length - first) // HUGE_PAGE_BYTES * HUGE_PAGE_BYTES
             collapse_to_huge_pages(base + skip + first, whole_pages)
-        view = memoryview(reservation)[skip : skip + length]
+        view = memoryview(reservation)[skip : skip + length]  # read-only unless writable
     except BaseException:
         reservation.close()
         raise
-    return reservation, view if writable else view.toreadonly()
+    return reservation, view
 
 
 def _check_expected(

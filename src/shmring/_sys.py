@@ -146,10 +146,14 @@ def _huge_page_bytes() -> int:
 HUGE_PAGE_BYTES = _huge_page_bytes()
 
 
-def reserve_address_space(length: int) -> mmap.mmap:
-    """A writable private anonymous mapping that no page backs until touched (nothing
-    should touch it): address space for map_shared_at to place file mappings in."""
-    return mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | _MAP_NORESERVE)
+def reserve_address_space(length: int, writable: bool) -> mmap.mmap:
+    """A private anonymous mapping that no page backs (nothing may touch it): address space
+    for map_shared_at to place file mappings in. Its buffer is read-only unless `writable`;
+    a read-only one is PROT_NONE, which no overcommit policy charges for, while a writable
+    one is charged under vm.overcommit_memory=2 (strict accounting ignores MAP_NORESERVE)."""
+    if writable:
+        return mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | _MAP_NORESERVE)
+    return mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | _MAP_NORESERVE, prot=0)
 
 
 def map_shared_at(address: int, length: int, writable: bool, fd: int, offset: int) -> None:
