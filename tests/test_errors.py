@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
+import select
 import signal
 import time
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -22,6 +25,7 @@ from helpers import (
     make_tag,
     seg_path,
     unique_name,
+    wait_pid_exit,
 )
 
 import shmring
@@ -374,3 +378,67 @@ def test_ring_larger_than_free_shm_space(ring_name: str) -> None:
     with warnings.catch_warnings():  # and the name is free to use right away
         warnings.simplefilter("error")
         RingWriter.create(ring_name, SMALL, np.uint8).close()
+
+
+def _in_forked_child(calls: dict[str, Callable[[], object]]) -> dict[str, str]:
+    """Fork; in the child, run each call and report what it raised (or that it did not)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running any cleanup of the parent's
+        try:
+            outcomes = {}
+            for label, call in calls.items():
+                try:
+                    call()
+                    outcomes[label] = "no error"
+                except BaseException as exc:  # reported to the parent, whatever it is
+                    outcomes[label] = f"{type(exc).__name__}: {exc}"
+            os.write(write_end, json.dumps(outcomes).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        ready, _, _ = select.select([read_end], [], [], WAIT)
+        assert ready, "the forked child did not report"
+        report: dict[str, str] = json.loads(os.read(read_end, 1 << 16))
+    finally:
+        os.close(read_end)
+        wait_pid_exit(pid)
+        os.waitpid(pid, 0)
+    return report
+
+
+def test_handles_inherited_across_fork_refuse_and_say_so() -> None:
+    """A forked child's copies of the parent's handles must not touch the ring (write()'s
+    fast path takes no lock: a second process publishing through it would break the ring)."""
+    name = unique_name()
+    with (
+        RingWriter.create(name, SMALL, np.uint8) as w,
+        RingReader.attach(name, start="oldest") as r,
+        RingReader.attach(name, group="g", start="oldest") as member,
+    ):
+        w.write(np.zeros(SMALL, np.uint8), WAIT)
+        w.write(np.zeros(SMALL, np.uint8), WAIT)
+        iterating = iter(r)
+        assert next(iterating).seq == 0  # an iterator the child goes on with
+        report = _in_forked_child(
+            {
+                "write": lambda: w.write(np.ones(SMALL, np.uint8), 1.0),
+                "claim": lambda: w.claim(1.0),
+                "read": lambda: r.read(1.0),
+                "iter": lambda: iter(r),
+                "next": lambda: next(iterating),
+                "latest": lambda: r.latest(1.0),
+                "group read": lambda: member.read(1.0),
+            }
+        )
+        for label, outcome in report.items():
+            assert outcome.startswith("ShmringError") and "inherited across fork()" in outcome, (
+                label,
+                outcome,
+            )
+        # The parent's ring saw nothing of it: the same two frames, then nothing.
+        assert next(iterating).seq == 1
+        with pytest.raises(RingTimeout):
+            r.read(0.0)
+        assert [member.read(WAIT).seq for _ in range(2)] == [0, 1]

@@ -268,7 +268,9 @@ class RingReader(RingHandle):
             L.C_SPACE_WANTED,
         )
         try:
-            while not p.closed:
+            while True:
+                if p.closed:
+                    p.check_usable()  # raises: closed, or inherited across fork()
                 seq = self._next
                 descriptor = descriptors[seq % slots]
                 last = self._last

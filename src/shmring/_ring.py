@@ -396,12 +396,14 @@ class Participant:
             self.segment.unlink()
 
     def check_usable(self) -> None:
-        if self.pid != os.getpid():
-            raise ShmringError(
-                f"ring {self.name!r}: this handle was inherited across fork(); attach again in "
-                "the child (handles passed as Process arguments re-attach by name)"
-            )
+        # A forked child's copies are closed by _forget_after_fork, so only a closed handle
+        # needs the pid test (getpid() is a system call, ~0.8 µs on a per-frame path).
         if self.closed:
+            if self.pid != os.getpid():
+                raise ShmringError(
+                    f"ring {self.name!r}: this handle was inherited across fork(); attach "
+                    "again in the child (handles passed as Process arguments re-attach by name)"
+                )
             raise ShmringError(f"ring {self.name!r}: this handle is closed")
 
     def close(self) -> None:

@@ -228,6 +228,7 @@ class RingWriter(RingHandle):
         self._fence_needed = FAST_PATH_FENCE
         self._fence_enter, self._fence_exit = fence_halves()
         self._finalizer = weakref.finalize(self, _close_writer, p, self._record, self._index, owner)
+        _live_writers.add(self)
 
     # ---- publishing ----------------------------------------------------------------------
     def write(
@@ -662,6 +663,20 @@ class RingWriter(RingHandle):
     @property
     def policy(self) -> str:
         return "block" if self._block else "overwrite"
+
+
+_live_writers: weakref.WeakSet[RingWriter] = weakref.WeakSet()
+
+
+def _disable_after_fork() -> None:
+    """In a forked child, inherited writers must not publish: write()'s fast path takes no
+    lock and checks nothing, so it is turned off, and the checked path says what to do
+    (the child's copy of the ring handle is closed by _ring._forget_after_fork)."""
+    for writer in list(_live_writers):
+        writer._fast_path = False
+
+
+os.register_at_fork(after_in_child=_disable_after_fork)
 
 
 def _attach_writer(name: str) -> RingWriter:
