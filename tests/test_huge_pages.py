@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from helpers import WAIT, Child, data_address, finish, huge_mapped_kib, unique_name
 
-from shmring import RingReader, RingWriter
+import shmring
+from shmring import RingReader, RingWriter, _segment
 from shmring._sys import (
     HUGE_PAGE_BYTES,
     address_of,
@@ -102,3 +103,24 @@ def test_frame_array_outlives_close_and_nothing_stays_mapped_after_it() -> None:
     del array, frame, r, w
     gc.collect()
     assert not _mapped(name)
+
+
+def test_only_participants_ask_for_huge_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asking can move a ring's pages while it streams (when the creator's request failed),
+    so looking at a ring (inspect, ls, top) never asks; attaching to it does."""
+    asked: list[int] = []
+
+    def recorded(address: int, length: int) -> bool:
+        asked.append(length)
+        return collapse_to_huge_pages(address, length)
+
+    monkeypatch.setattr(_segment, "collapse_to_huge_pages", recorded)
+    name = unique_name()
+    with RingWriter.create(name, LARGE, np.uint8, slots=2) as w:
+        assert len(asked) == 1
+        info = shmring.inspect_ring(name)
+        assert info.shape == LARGE and len(asked) == 1
+        assert any(ring.name == name for ring in shmring.list_rings())
+        assert len(asked) == 1
+        with RingReader.attach(w.name):
+            assert len(asked) == 2

@@ -124,7 +124,7 @@ class BrokenRing:
 def inspect_ring(name: str) -> RingInfo:
     """Snapshot ring `name` (RingNotFound, IncompatibleRing, PermissionError if unreadable)."""
     validate_name(name)
-    segment = Segment.open(name, writable_data=False)
+    segment = Segment.open(name, writable_data=False, huge_pages=False)  # moves no page
     try:
         views = L.Views(segment.geometry, segment.header, segment.data)
         try:

@@ -15,9 +15,11 @@
 #   - The buffers are mapped at an address congruent to their file offset modulo the huge
 #     page size (2 MiB), and a ring whose frames are at least that large asks the kernel to
 #     back them with huge pages (MADV_COLLAPSE; the creator's call moves the pages, ~2 ms per
-#     MiB here, later ones only map them). /dev/shm gives 4 KiB pages by default, and a
-#     1920x1080x3 stream ran 4-7 % faster on huge ones (docs/OPERATIONS.md). Best effort: a
-#     kernel that refuses leaves the 4 KiB pages, which work the same.
+#     MiB here, later ones only map them; inspecting a ring never asks, since asking can
+#     move pages under a live stream). /dev/shm gives 4 KiB pages by default, and copying a
+#     1920x1080x3 frame into a ring buffer ran 4-7 % faster on huge ones (docs/OPERATIONS.md,
+#     "Huge pages"). Best effort: a kernel that refuses leaves the 4 KiB pages, which work
+#     the same.
 
 from __future__ import annotations
 
@@ -86,7 +88,14 @@ class Segment:
     file description alive, and with it any lock taken through it, so mapping through `fd`
     would let a forked child's inherited mappings keep a dead parent's locks held."""
 
-    def __init__(self, name: str, fd: int, geometry: L.Geometry, writable_data: bool) -> None:
+    def __init__(
+        self,
+        name: str,
+        fd: int,
+        geometry: L.Geometry,
+        writable_data: bool,
+        huge_pages: bool = True,
+    ) -> None:
         self.name = name
         self.fd = fd
         self.geometry = geometry
@@ -95,7 +104,9 @@ class Segment:
         try:
             self.header = mmap.mmap(map_fd, geometry.data_offset)
             try:
-                self._data_mapping, self.data = _map_data(map_fd, geometry, writable_data)
+                self._data_mapping, self.data = _map_data(
+                    map_fd, geometry, writable_data, huge_pages
+                )
             except BaseException:
                 self.header.close()
                 raise
@@ -140,7 +151,9 @@ class Segment:
 
     # ---- attach ------------------------------------------------------------------------
     @classmethod
-    def open(cls, name: str, writable_data: bool) -> Segment:
+    def open(cls, name: str, writable_data: bool, huge_pages: bool = True) -> Segment:
+        """Open and map ring `name`. `huge_pages=False` never asks for huge pages, which can
+        move the buffers' pages: for looking at a ring, not taking part in it."""
         path = segment_path(name)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
@@ -165,7 +178,7 @@ class Segment:
                     f"{geometry.segment_bytes}; it was truncated or resized. Remove it "
                     "(shmring rm) and create it again"
                 )
-            return cls(name, fd, geometry, writable_data)
+            return cls(name, fd, geometry, writable_data, huge_pages)
         except BaseException:
             os.close(fd)
             raise
@@ -224,7 +237,9 @@ class Segment:
         self.fd = -1
 
 
-def _map_data(map_fd: int, geometry: L.Geometry, writable: bool) -> tuple[mmap.mmap, memoryview]:
+def _map_data(
+    map_fd: int, geometry: L.Geometry, writable: bool, huge_pages: bool
+) -> tuple[mmap.mmap, memoryview]:
     """Map the frame buffers [data_offset, segment_bytes) so that huge pages can back them;
     returns the mapping (to close) and a view of exactly the buffers.
 
@@ -238,7 +253,7 @@ def _map_data(map_fd: int, geometry: L.Geometry, writable: bool) -> tuple[mmap.m
         base = np.frombuffer(reservation, np.uint8, 1).ctypes.data  # touches no page
         skip = (geometry.data_offset - base) % HUGE_PAGE_BYTES
         map_shared_at(base + skip, length, writable, map_fd, geometry.data_offset)
-        if geometry.buffer_bytes >= HUGE_PAGE_BYTES:
+        if huge_pages and geometry.buffer_bytes >= HUGE_PAGE_BYTES:
             first = -geometry.data_offset % HUGE_PAGE_BYTES  # into the buffers
             whole_pages = (length - first) // HUGE_PAGE_BYTES * HUGE_PAGE_BYTES
             collapse_to_huge_pages(base + skip + first, whole_pages)
