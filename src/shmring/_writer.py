@@ -96,7 +96,7 @@ class Claim:
         tb: TracebackType | None,
     ) -> None:
         if exc_type is None:
-            timestamp = time.monotonic_ns() if self._timestamp_ns is None else self._timestamp_ns
+            timestamp = monotonic_ns() if self._timestamp_ns is None else self._timestamp_ns
             self.seq = self._writer._publish(self._buffer, self._shape, timestamp, self._meta)
         else:
             self._writer._abandon(self._buffer)
@@ -388,7 +388,8 @@ class RingWriter(RingHandle):
         meta: bytes = b"",
     ) -> Claim:
         """Claim a buffer to fill in place (zero copies); see Claim."""
-        self._p.check_usable()
+        if self._p.closed:
+            self._p.check_usable()
         if shape is None and timestamp_ns is None and not meta and timeout is None:
             return Claim(self, None, None, None, b"")  # the common case, nothing to check
         own_shape = None
