@@ -115,11 +115,8 @@ def precise_futex_wait(address: int, expected: int, timeout: float) -> None:
         _prctl(_PR_SET_TIMERSLACK, slack, 0, 0, 0)
 
 
-_PROT_READ = 0x1
-_PROT_WRITE = 0x2
-_MAP_SHARED = 0x01
-_MAP_FIXED = 0x10
-_MAP_NORESERVE = 0x4000  # not in Python 3.11's mmap module
+_MAP_FIXED = 0x10  # these two are not in Python 3.11's mmap module
+_MAP_NORESERVE = 0x4000
 _MADV_COLLAPSE = 25  # Linux >= 6.1; an older kernel answers EINVAL
 _mmap = _libc.mmap
 _mmap.restype = ctypes.c_void_p
@@ -159,8 +156,8 @@ def reserve_address_space(length: int, writable: bool) -> mmap.mmap:
 def map_shared_at(address: int, length: int, writable: bool, fd: int, offset: int) -> None:
     """Map `length` bytes of file `fd` from `offset`, shared, at exactly `address`
     (MAP_FIXED: it replaces whatever was mapped there, so the caller must own that range)."""
-    prot = _PROT_READ | _PROT_WRITE if writable else _PROT_READ
-    if _mmap(address, length, prot, _MAP_SHARED | _MAP_FIXED, fd, offset) != address:
+    prot = mmap.PROT_READ | mmap.PROT_WRITE if writable else mmap.PROT_READ
+    if _mmap(address, length, prot, mmap.MAP_SHARED | _MAP_FIXED, fd, offset) != address:
         raise OSError(ctypes.get_errno(), "mmap(MAP_FIXED) of the ring's buffers failed")
 
 
