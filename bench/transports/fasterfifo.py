@@ -15,8 +15,8 @@ from collections.abc import Generator
 from queue import Empty
 from typing import Any
 
-import faster_fifo  # type: ignore[import-not-found]
-import faster_fifo_reduction  # type: ignore[import-untyped]  # noqa: F401  (pickles the queue for spawn)
+import faster_fifo
+import faster_fifo_reduction  # noqa: F401  (pickles the queue for spawn)
 import numpy as np
 
 from bench.cell import Cell

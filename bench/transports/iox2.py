@@ -27,7 +27,7 @@ from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
-import iceoryx2 as iox2  # type: ignore[import-untyped]
+import iceoryx2 as iox2
 import numpy as np
 
 from bench.cell import Cell
