@@ -374,7 +374,8 @@ class RingReader(RingHandle):
         deadline."""
         frame = take()
         if frame is not None:
-            self._uncount()  # woken for the last frame, if at all: no longer waiting
+            if self._counted:  # woken for the last frame: no longer waiting (inline: hot)
+                self._uncount()
             return frame
         p, control = self._p, self._control
         try:
@@ -572,8 +573,9 @@ class RingReader(RingHandle):
 
     def _frame(self, descriptor: memoryview, seq: int, dropped: int) -> Frame:
         buffer = descriptor[L.D_BUFFER]
+        flags = descriptor[L.D_FLAGS]
         try:
-            if descriptor[L.D_FLAGS] & L.DF_OWN_SHAPE:
+            if flags & L.DF_OWN_SHAPE:
                 array = self._own_shape_view(descriptor, buffer)
             else:
                 array = self._buffers[buffer]
@@ -582,7 +584,7 @@ class RingReader(RingHandle):
                 f"ring {self._p.name!r}: frame {seq} names buffer {buffer}, out of range; "
                 "the header was overwritten"
             ) from None
-        meta_len = descriptor[L.D_FLAGS] >> L.META_LEN_SHIFT
+        meta_len = flags >> L.META_LEN_SHIFT
         meta = bytes(self._meta_views[seq % self._slots][:meta_len]) if meta_len else b""
         frame = self._pending = _CollectableFrame(
             self, array, seq, descriptor[L.D_TIMESTAMP], dropped, meta
@@ -623,7 +625,8 @@ class RingReader(RingHandle):
         else:
             release = self._next if self._group_record is None else L.NONE
         record[L.R_RELEASE] = release
-        fence()  # the release must be visible before we look for sleeping writers
+        if FAST_PATH_FENCE:  # as in iteration: visible before we look for sleeping writers
+            fence()  # (unless they make the barrier: _sys.before_sleep_barrier)
         control = self._control
         if control[L.C_WRITER_WAITERS] and release >= control[L.C_SPACE_WANTED]:
             self._p.wake_writers()
