@@ -143,6 +143,27 @@ def _huge_page_bytes() -> int:
 HUGE_PAGE_BYTES = _huge_page_bytes()
 
 
+_CACHE_DIR = "/sys/devices/system/cpu/cpu0/cache"
+_SIZE_UNITS = {"K": 1024, "M": 1024 * 1024}
+
+
+def _last_level_cache_bytes() -> int | None:
+    """The largest CPU cache the kernel reports for CPU 0 (sysfs: "32768K"), or None."""
+    sizes = []
+    try:
+        for entry in os.listdir(_CACHE_DIR):
+            if entry.startswith("index"):
+                with open(os.path.join(_CACHE_DIR, entry, "size")) as f:
+                    text = f.read().strip()
+                sizes.append(int(text[:-1]) * _SIZE_UNITS[text[-1]])
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+    return max(sizes, default=None)
+
+
+LAST_LEVEL_CACHE_BYTES = _last_level_cache_bytes()
+
+
 def reserve_address_space(length: int, writable: bool) -> mmap.mmap:
     """A private anonymous mapping that no page backs (nothing may touch it): address space
     for map_shared_at to place file mappings in. Its buffer is read-only unless `writable`;
