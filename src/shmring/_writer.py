@@ -57,6 +57,7 @@ HOT_BUFFER_BYTES = 4 * 1024 * 1024  # frames this large wait for the hot buffer 
 HOT_BUFFER_WAIT = 200e-6  # the longest such wait, in seconds
 HOT_BUFFER_BACKOFF = 32  # writes that skip the wait after one that gave up
 _SECONDS = (int, float)  # timeout types write()'s fast path accepts without a call
+_NDARRAY = np.ndarray  # one global lookup in write()'s fast path, not two (~18 ns)
 
 
 class Claim:
@@ -253,7 +254,7 @@ class RingWriter(RingHandle):
             and timestamp_ns is None
             and not meta
             and (timeout is None or (timeout.__class__ in _SECONDS and timeout >= 0))
-            and type(frame) is np.ndarray
+            and type(frame) is _NDARRAY
             and frame.shape == self._shape
             and frame.dtype is self._dtype
         ):
