@@ -5,7 +5,6 @@ Also the mapping's lifecycle: a frame's array outlives close(), and the mapping 
 from __future__ import annotations
 
 import gc
-import os
 
 import numpy as np
 import pytest
@@ -13,35 +12,22 @@ from helpers import WAIT, Child, data_address, finish, huge_mapped_kib, unique_n
 
 import shmring
 from shmring import RingReader, RingWriter, _segment
-from shmring._sys import (
-    HUGE_PAGE_BYTES,
-    address_of,
-    collapse_to_huge_pages,
-    map_shared_at,
-    reserve_address_space,
-)
+from shmring._sys import HUGE_PAGE_BYTES, collapse_to_huge_pages
 
 LARGE = (1024, 1024, 3)  # 3 MiB: at least one whole huge page in every buffer
 
 
-def _kernel_collapses_tmpfs() -> bool:
-    """Whether this kernel moves a /dev/shm file's pages onto huge pages on request
-    (MADV_COLLAPSE: Linux >= 6.1, THP not set to "deny")."""
-    path = f"/dev/shm/.shmring-probe-{os.getpid()}"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.unlink(path)
-        os.posix_fallocate(fd, 0, HUGE_PAGE_BYTES)
-        reservation = reserve_address_space(2 * HUGE_PAGE_BYTES, writable=True)
-        try:
-            base = address_of(reservation, 0)
-            aligned = base + -base % HUGE_PAGE_BYTES
-            map_shared_at(aligned, HUGE_PAGE_BYTES, True, fd, 0)
-            return collapse_to_huge_pages(aligned, HUGE_PAGE_BYTES)
-        finally:
-            reservation.close()
-    finally:
-        os.close(fd)
+@pytest.fixture
+def collapses(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """What each request for huge pages in this process answered (the real request runs)."""
+    answers: list[bool] = []
+
+    def recorded(address: int, length: int) -> bool:
+        answers.append(collapse_to_huge_pages(address, length))
+        return answers[-1]
+
+    monkeypatch.setattr(_segment, "collapse_to_huge_pages", recorded)
+    return answers
 
 
 def _congruent(address: int, data_offset: int) -> bool:
@@ -62,11 +48,12 @@ def test_buffers_are_mapped_where_huge_pages_fit(shape: tuple[int, ...]) -> None
             assert not got.array.flags.writeable
 
 
-@pytest.mark.skipif(not _kernel_collapses_tmpfs(), reason="the kernel refuses MADV_COLLAPSE")
-def test_large_frames_get_huge_pages_in_every_process() -> None:
+def test_large_frames_get_huge_pages_in_every_process(collapses: list[bool]) -> None:
     name = unique_name()
     slots = 3
     with RingWriter.create(name, LARGE, np.uint8, slots=slots) as w:
+        if collapses != [True]:
+            pytest.skip("the kernel refuses MADV_COLLAPSE (Linux < 6.1, or THP set to deny)")
         g = w._p.geometry
         # Every whole 2 MiB page of the file inside the buffers is mapped huge.
         first = -g.data_offset % HUGE_PAGE_BYTES
@@ -105,16 +92,10 @@ def test_frame_array_outlives_close_and_nothing_stays_mapped_after_it() -> None:
     assert not _mapped(name)
 
 
-def test_only_participants_ask_for_huge_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_only_participants_ask_for_huge_pages(collapses: list[bool]) -> None:
     """Asking can move a ring's pages while it streams (when the creator's request failed),
     so looking at a ring (inspect, ls, top) never asks; attaching to it does."""
-    asked: list[int] = []
-
-    def recorded(address: int, length: int) -> bool:
-        asked.append(length)
-        return collapse_to_huge_pages(address, length)
-
-    monkeypatch.setattr(_segment, "collapse_to_huge_pages", recorded)
+    asked = collapses
     name = unique_name()
     with RingWriter.create(name, LARGE, np.uint8, slots=2) as w:
         assert len(asked) == 1

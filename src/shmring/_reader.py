@@ -212,7 +212,7 @@ class RingReader(RingHandle):
         self._record = record
         self._next = first
         self._lock_free = self._block and group is None
-        self._finalizer = weakref.finalize(self, _close_reader, p, record, index)
+        self._leave_at(weakref.finalize(self, _close_reader, p, record, index))
 
     def _join_group(self, group: str, first: int) -> int:
         p = self._p

@@ -49,7 +49,7 @@ from ._sys import (
 QUIESCE_LIMIT = 5.0  # how long a new writer waits for the exclusive writer to step aside
 _CPUS = os.cpu_count() or 1  # see Participant.spinning_pays
 
-_live_participants: weakref.WeakSet[Participant] = weakref.WeakSet()
+_live_handles: weakref.WeakSet[RingHandle] = weakref.WeakSet()  # see _forget_after_fork
 
 
 def uncount_sleeper(record: memoryview, sleeping: int, waiters_address: int) -> None:
@@ -84,7 +84,6 @@ class Participant:
         self._membership = -1  # cached active records: see release_floor
         self._active_groups: list[memoryview] = []
         self._active_readers: list[memoryview] = []
-        _live_participants.add(self)
 
     # ---- records -----------------------------------------------------------------------
     def take_record(self, records: list[memoryview], lock_base: int, what: str) -> int:
@@ -410,7 +409,6 @@ class Participant:
         if self.closed:
             return
         self.closed = True
-        _live_participants.discard(self)
         self.views.release()
         self.segment.close()
 
@@ -421,6 +419,21 @@ class RingHandle:
 
     _p: Participant
     _finalizer: Callable[[], object]  # a weakref.finalize: leaves the ring once
+
+    def _leave_at(self, finalizer: Callable[[], object]) -> None:
+        """The last step of construction: how this handle leaves the ring, and tracking
+        across fork()."""
+        self._finalizer = finalizer
+        _live_handles.add(self)
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child, drop this inherited handle's descriptors: keeping them would keep
+        the parent's liveness locks alive after the parent dies, and share its header-lock
+        ownership. Every later call then raises ShmringError (check_usable)."""
+        p = self._p
+        if not p.closed:
+            p.closed = True
+            p.segment.close()
 
     def close(self) -> None:
         """Leave the ring (idempotent). A reader's held frames are released; the last writer
@@ -444,12 +457,9 @@ class RingHandle:
 
 
 def _forget_after_fork() -> None:
-    """In a forked child, drop inherited descriptors: keeping them would keep the parent's
-    liveness locks alive after the parent dies, and share its header-lock ownership."""
-    for participant in list(_live_participants):
-        participant.closed = True
-        participant.segment.close()
-    _live_participants.clear()
+    for handle in list(_live_handles):
+        handle._forget_after_fork()
+    _live_handles.clear()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)

@@ -26,6 +26,7 @@
 #   - map_shared_at / collapse_to_huge_pages: place a file mapping at an address of the
 #     caller's choosing (inside address space it already owns) and ask the kernel to back it
 #     with huge pages now. Collapsing is best effort: it reports failure, never raises.
+#   - Machine facts read once at import: HUGE_PAGE_BYTES, LAST_LEVEL_CACHE_BYTES (sysfs).
 
 from __future__ import annotations
 
@@ -169,9 +170,8 @@ def reserve_address_space(length: int, writable: bool) -> mmap.mmap:
     for map_shared_at to place file mappings in. Its buffer is read-only unless `writable`;
     a read-only one is PROT_NONE, which no overcommit policy charges for, while a writable
     one is charged under vm.overcommit_memory=2 (strict accounting ignores MAP_NORESERVE)."""
-    if writable:
-        return mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | _MAP_NORESERVE)
-    return mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | _MAP_NORESERVE, prot=0)
+    prot = mmap.PROT_READ | mmap.PROT_WRITE if writable else 0  # 0: a read-only buffer
+    return mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | _MAP_NORESERVE, prot=prot)
 
 
 def map_shared_at(address: int, length: int, writable: bool, fd: int, offset: int) -> None:

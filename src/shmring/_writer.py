@@ -233,8 +233,7 @@ class RingWriter(RingHandle):
         self._hot_wait_skips = 0
         self._fence_needed = FAST_PATH_FENCE
         self._fence_enter, self._fence_exit = fence_halves()
-        self._finalizer = weakref.finalize(self, _close_writer, p, self._record, self._index, owner)
-        _live_writers.add(self)
+        self._leave_at(weakref.finalize(self, _close_writer, p, self._record, self._index, owner))
 
     # ---- publishing ----------------------------------------------------------------------
     def write(
@@ -645,6 +644,10 @@ class RingWriter(RingHandle):
         self._fast_path = False  # before leaving: write() must take the checked path
         super().close()
 
+    def _forget_after_fork(self) -> None:
+        self._fast_path = False  # it takes no lock and checks nothing: not in a child
+        super()._forget_after_fork()
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (_attach_writer, (self._p.name,))
 
@@ -670,20 +673,6 @@ class RingWriter(RingHandle):
     @property
     def policy(self) -> str:
         return "block" if self._block else "overwrite"
-
-
-_live_writers: weakref.WeakSet[RingWriter] = weakref.WeakSet()
-
-
-def _disable_after_fork() -> None:
-    """In a forked child, inherited writers must not publish: write()'s fast path takes no
-    lock and checks nothing, so it is turned off, and the checked path says what to do
-    (the child's copy of the ring handle is closed by _ring._forget_after_fork)."""
-    for writer in list(_live_writers):
-        writer._fast_path = False
-
-
-os.register_at_fork(after_in_child=_disable_after_fork)
 
 
 def _attach_writer(name: str) -> RingWriter:
