@@ -10,7 +10,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml
+$(STAMP): $(BIN)/python pyproject.toml src/shmring/_fastpath.c  # C: rebuilt by reinstalling
 	$(BIN)/python -m pip install --quiet -e '.[test,demo]'
 	touch $(STAMP)
 
@@ -32,7 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) demo-output bench/results .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo-output bench/results build src/shmring/*.so .mypy_cache .pytest_cache .ruff_cache
 
 # Hardening harnesses (stress/): each prints its counts and exits non-zero on a violation.
 .PHONY: chaos fuzz soak

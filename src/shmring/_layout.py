@@ -376,7 +376,7 @@ class Views:
         # reclaim copies a run of them into the free list with one slice assignment.
         table = whole[g.descriptors_offset : g.readers_offset].cast("Q")
         self.descriptor_buffers = table[D_BUFFER :: g.descriptor_bytes // 8]
-        self._table = table
+        self.descriptor_table = table  # every descriptor, one view
         self.descriptor_meta = [
             whole[o + D_META_BYTE_OFFSET : o + D_META_BYTE_OFFSET + g.meta_size]
             for o in range(g.descriptors_offset, g.readers_offset, g.descriptor_bytes)
@@ -407,7 +407,7 @@ class Views:
 
     def release(self) -> None:
         """Drop every export so the mmaps can close (views the user holds keep theirs)."""
-        for view in (self.control, self.freelist, self.descriptor_buffers, self._table):
+        for view in (self.control, self.freelist, self.descriptor_buffers, self.descriptor_table):
             view.release()
         for view in (*self.descriptors, *self.descriptor_meta):
             view.release()

@@ -21,18 +21,7 @@ from numpy.typing import DTypeLike
 
 from . import _layout as L
 from ._errors import RingCorrupted, RingTimeout
-from ._layout import (  # bare names for write()'s fast path: one lookup each, not two
-    C_FREE_COUNT,
-    C_HEAD,
-    C_READER_WAITERS,
-    C_WRITER_MODE,
-    D_BUFFER,
-    D_FLAGS,
-    D_SEQ,
-    D_TIMESTAMP,
-    MODE_EXCLUSIVE,
-    W_IN_PUBLISH,
-)
+from ._fastpath import PUBLISH_CORRUPTED, Publisher
 from ._ring import Participant, RingHandle
 from ._segment import Segment, validate_name
 from ._sys import (
@@ -42,7 +31,6 @@ from ._sys import (
     atomic_add32,
     before_sleep_barrier,
     fence,
-    fence_halves,
     futex_wait,
 )
 from ._timing import DEFAULT_SPIN, POLL_SLICE, checked_spin, deadline_from, remaining
@@ -232,8 +220,13 @@ class RingWriter(RingHandle):
         self._awaits_hot_buffer = g.buffer_bytes >= HOT_BUFFER_BYTES and spin > 0
         self._hot_wait_skips = 0
         self._fence_needed = FAST_PATH_FENCE
-        self._fence_enter, self._fence_exit = fence_halves()
-        self._leave_at(weakref.finalize(self, _close_writer, p, self._record, self._index, owner))
+        self._publisher = _publisher(p, self._record, self._reclaim_eagerly)
+        self._publish_fast = self._publisher.publish
+        self._leave_at(
+            weakref.finalize(
+                self, _close_writer, p, self._record, self._index, owner, self._publisher
+            )
+        )
 
     # ---- publishing ----------------------------------------------------------------------
     def write(
@@ -247,7 +240,6 @@ class RingWriter(RingHandle):
         """Copy `frame` into the ring and publish it; returns its sequence number.
 
         Blocks (block policy) while a reader group would lose a frame, up to `timeout`."""
-        control, record = self._control, self._record
         if (
             self._fast_path
             and timestamp_ns is None
@@ -257,39 +249,18 @@ class RingWriter(RingHandle):
             and frame.shape == self._shape
             and frame.dtype is self._dtype
         ):
-            # The common case inlined: exclusive block-policy writer, a ring-shaped frame.
-            # Every Python call costs ~50 ns, which shows at 64-byte frames.
+            # The common case, in C (_fastpath.c): exclusive block-policy writer, a
+            # ring-shaped frame. It falls back (a negative result) when anything else holds.
             if self._awaits_hot_buffer:
                 self._await_hot_buffer()
-            record[W_IN_PUBLISH] = 1
-            if control[C_WRITER_MODE] == MODE_EXCLUSIVE:
-                count = control[C_FREE_COUNT]
-                if self._reclaim_eagerly or not count:
-                    count = self._p.reclaim()
-                if 0 < count <= self._nbuffers:
-                    published = False
-                    try:
-                        buffer = self._freelist[count - 1]
-                        control[C_FREE_COUNT] = count - 1
-                        self._buffers[buffer][...] = frame
-                        seq = control[C_HEAD]
-                        descriptor = self._descriptors[seq % self._slots]
-                        descriptor[D_BUFFER] = buffer
-                        descriptor[D_TIMESTAMP] = monotonic_ns()
-                        descriptor[D_FLAGS] = 0  # ring-shaped, no metadata
-                        descriptor[D_SEQ] = seq  # the frame is visible from here on
-                        published = True
-                        control[C_HEAD] = seq + 1
-                    except BaseException as exc:
-                        raise self._fast_path_failed(exc, count, published) from None
-                    record[W_IN_PUBLISH] = 0
-                    if self._fence_needed:  # publish before looking for sleepers, unless
-                        self._fence_enter()  # they make the barrier (before_sleep_barrier)
-                        self._fence_exit()
-                    if control[C_READER_WAITERS]:
-                        self._p.wake_readers()
-                    return seq
-            record[W_IN_PUBLISH] = 0
+            seq: int = self._publish_fast(frame)
+            if seq >= 0:
+                return seq
+            if seq == PUBLISH_CORRUPTED:
+                raise RingCorrupted(
+                    f"ring {self._p.name!r}: invalid shared state while publishing (a free "
+                    "buffer index out of range); the header was overwritten"
+                )
         return self._write(frame, timeout, timestamp_ns, meta)
 
     def _await_hot_buffer(self) -> None:
@@ -317,19 +288,6 @@ class RingWriter(RingHandle):
             if time.monotonic() > give_up:
                 self._hot_wait_skips = HOT_BUFFER_BACKOFF
                 return
-
-    def _fast_path_failed(self, exc: BaseException, count: int, published: bool) -> BaseException:
-        """Clean up after an exception inside write()'s fast path; returns what to raise."""
-        self._record[L.W_IN_PUBLISH] = 0
-        if isinstance(exc, (IndexError, ValueError, OverflowError)):
-            # Everything the user passed was checked: a value read from the ring was bad.
-            return RingCorrupted(
-                f"ring {self._p.name!r}: invalid shared state while publishing ({exc}); "
-                "the header was overwritten"
-            )
-        if not published:  # interrupted (say, Ctrl-C during the copy): hand the buffer back
-            self._control[L.C_FREE_COUNT] = count
-        return exc
 
     def _write(
         self, frame: np.ndarray, timeout: float | None, timestamp_ns: int | None, meta: bytes
@@ -646,6 +604,7 @@ class RingWriter(RingHandle):
 
     def _forget_after_fork(self) -> None:
         self._fast_path = False  # it takes no lock and checks nothing: not in a child
+        self._publisher.close()
         super()._forget_after_fork()
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -679,8 +638,43 @@ def _attach_writer(name: str) -> RingWriter:
     return RingWriter.attach(name)
 
 
-def _close_writer(p: Participant, record: memoryview, index: int, owner: bool) -> None:
+def _publisher(p: Participant, record: memoryview, reclaim_eagerly: bool) -> Publisher:
+    """write()'s fast path over this handle's views (_fastpath.c)."""
+    g, views = p.geometry, p.views
+    return Publisher(
+        header=p.segment.header,
+        data=p.segment.data,
+        control=views.control,
+        record=record,
+        descriptors=views.descriptor_table,
+        freelist=views.freelist,
+        frame_bytes=g.buffer_bytes,
+        buffer_stride=g.buffer_stride,
+        slots=g.slots,
+        nbuffers=g.buffers,
+        descriptor_words=g.descriptor_bytes // 8,
+        c_head=L.C_HEAD,
+        c_free_count=L.C_FREE_COUNT,
+        c_writer_mode=L.C_WRITER_MODE,
+        c_reader_waiters=L.C_READER_WAITERS,
+        w_in_publish=L.W_IN_PUBLISH,
+        d_seq=L.D_SEQ,
+        d_buffer=L.D_BUFFER,
+        d_timestamp=L.D_TIMESTAMP,
+        d_flags=L.D_FLAGS,
+        mode_exclusive=L.MODE_EXCLUSIVE,
+        reclaim_eagerly=reclaim_eagerly,
+        fence=FAST_PATH_FENCE,
+        reclaim=p.reclaim,
+        wake_readers=p.wake_readers,
+    )
+
+
+def _close_writer(
+    p: Participant, record: memoryview, index: int, owner: bool, publisher: Publisher
+) -> None:
     """Leave the ring (also run by the finalizer at garbage collection and interpreter exit)."""
+    publisher.close()  # its exports would keep the mappings alive
     if p.closed or p.pid != os.getpid():
         return
     try:
