@@ -1,0 +1,152 @@
+"""write()'s fast path in C (_fastpath.c): what it publishes, when it gives way to the general
+path, and how it fails. Streams across processes and kills are covered elsewhere (every
+test_stream / test_crash write of a ring-shaped frame goes through it); here the Publisher is
+also driven directly, to see which path a write took."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+from helpers import WAIT, unique_name
+
+import shmring._layout as L
+from shmring import RingCorrupted, RingReader, RingWriter, ShmringError
+from shmring._fastpath import PUBLISH_CORRUPTED, PUBLISH_FALLBACK
+from shmring._writer import _publisher
+
+SHAPE = (4, 6)
+
+
+def _frame(value: int) -> np.ndarray:
+    return np.arange(24, dtype=np.uint8).reshape(SHAPE) + value
+
+
+def test_publishes_the_frame_with_its_sequence_number_and_stamp() -> None:
+    with (
+        RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w,
+        RingReader.attach(w.name, start="oldest") as r,
+    ):
+        publish = w._publisher.publish
+        assert [publish(_frame(i)) for i in range(10) if i % 3 == 0] == [0, 1, 2, 3]
+        for seq, value in enumerate((0, 3, 6, 9)):
+            frame = r.read(WAIT)
+            assert frame.seq == seq
+            assert np.array_equal(frame.array, _frame(value))
+            assert frame.timestamp_ns > 0
+            frame.release()
+
+
+@pytest.mark.parametrize("layout", ["fortran", "strided"])
+def test_a_frame_that_is_not_one_contiguous_run_takes_the_general_path(layout: str) -> None:
+    source = np.arange(2 * 24, dtype=np.uint8).reshape(4, 12)
+    frame = np.asfortranarray(_frame(5)) if layout == "fortran" else source[:, ::2]
+    assert frame.shape == SHAPE and not frame.flags.c_contiguous
+    with (
+        RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w,
+        RingReader.attach(w.name, start="oldest") as r,
+    ):
+        assert w._publisher.publish(frame) == PUBLISH_FALLBACK
+        assert w.write(frame, WAIT) == 0  # ... which numpy copies
+        with r.read(WAIT) as got:
+            assert np.array_equal(got.array, frame)
+
+
+def test_a_read_only_frame_is_published() -> None:
+    frame = _frame(1)
+    frame.flags.writeable = False
+    with (
+        RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w,
+        RingReader.attach(w.name, start="oldest") as r,
+    ):
+        assert w._publisher.publish(frame) == 0
+        with r.read(WAIT) as got:
+            assert np.array_equal(got.array, frame)
+
+
+def test_in_shared_mode_it_gives_way_to_the_locked_path() -> None:
+    with (
+        RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w,
+        RingReader.attach(w.name, start="oldest") as r,
+        RingWriter.attach(w.name) as other,
+    ):
+        assert w._control[L.C_WRITER_MODE] == L.MODE_SHARED
+        assert w._publisher.publish(_frame(0)) == PUBLISH_FALLBACK
+        assert w._record[L.W_IN_PUBLISH] == 0
+        assert w.write(_frame(1), WAIT) == 0
+        assert other.write(_frame(2), WAIT) == 1
+        assert [int(f.array[0, 0]) for f in (r.read(WAIT), r.read(WAIT))] == [1, 2]
+
+
+def test_a_free_buffer_index_out_of_range_is_corruption_and_publishes_nothing() -> None:
+    with RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w:
+        count = w._control[L.C_FREE_COUNT]
+        w._freelist[count - 1] = 1 << 40  # what a stray write into the header would do
+        assert w._publisher.publish(_frame(0)) == PUBLISH_CORRUPTED
+        assert w._control[L.C_HEAD] == 0 and w._control[L.C_FREE_COUNT] == count
+        assert w._record[L.W_IN_PUBLISH] == 0
+        with pytest.raises(RingCorrupted, match="header was overwritten"):
+            w.write(_frame(0), WAIT)
+
+
+def test_an_error_in_the_reclaim_leaves_the_publish_bracket() -> None:
+    """A reclaim runs inside the W_IN_PUBLISH bracket; whatever it raises (RingCorrupted,
+    KeyboardInterrupt) must not leave the bracket open, or joining writers wait for it."""
+    with RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w:
+        p = w._p
+
+        def interrupted() -> int:
+            raise KeyboardInterrupt
+
+        p.reclaim = interrupted  # type: ignore[method-assign]
+        publisher = _publisher(p, w._record, reclaim_eagerly=True)
+        with pytest.raises(KeyboardInterrupt):
+            publisher.publish(_frame(0))
+        assert w._record[L.W_IN_PUBLISH] == 0 and w._control[L.C_HEAD] == 0
+        publisher.close()
+
+
+def test_two_threads_in_one_publisher_get_an_error_not_a_shared_buffer() -> None:
+    """Re-entering a publish that is under way (another thread, while a large copy runs
+    without the GIL; here, deterministically, from inside its reclaim) raises."""
+    with RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w:
+        p = w._p
+        errors: list[BaseException] = []
+
+        def reenter() -> int:
+            try:
+                publisher.publish(_frame(1))
+            except RuntimeError as exc:
+                errors.append(exc)
+            return int(w._control[L.C_FREE_COUNT])
+
+        p.reclaim = reenter  # type: ignore[method-assign]
+        publisher = _publisher(p, w._record, reclaim_eagerly=True)
+        assert publisher.publish(_frame(0)) == 0  # the outer publish completes
+        assert len(errors) == 1 and "two threads" in str(errors[0])
+        publisher.close()
+
+
+def test_after_close_it_falls_back_and_holds_no_mapping() -> None:
+    name = unique_name()
+    w = RingWriter.create(name, SHAPE, np.uint8, slots=4)
+    publisher = w._publisher
+    w.close()
+    assert publisher.publish(_frame(0)) == PUBLISH_FALLBACK
+    with pytest.raises(ShmringError, match="this handle is closed"):
+        w.write(_frame(0), WAIT)
+    del w
+    gc.collect()
+    with open("/proc/self/maps") as maps:
+        assert not any(f"/shmring.{name}" in line for line in maps)
+
+
+def test_garbage_collection_unmaps_the_ring_too() -> None:
+    name = unique_name()
+    w = RingWriter.create(name, SHAPE, np.uint8, slots=4)
+    w.write(_frame(0), WAIT)
+    del w
+    gc.collect()
+    with open("/proc/self/maps") as maps:
+        assert not any(f"/shmring.{name}" in line for line in maps)
