@@ -10,7 +10,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml src/shmring/_fastpath.c  # C: rebuilt by reinstalling
+$(STAMP): $(BIN)/python pyproject.toml setup.py src/shmring/_fastpath.c  # C: rebuilt by reinstalling
 	$(BIN)/python -m pip install --quiet -e '.[test,demo]'
 	touch $(STAMP)
 
@@ -18,8 +18,8 @@ demo: $(STAMP)
 	$(BIN)/python -m shmring.demo_camera --headless --seconds 4 --out demo-output
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench examples stress
-	$(BIN)/ruff format --check src tests bench examples stress
+	$(BIN)/ruff check setup.py src tests bench examples stress
+	$(BIN)/ruff format --check setup.py src tests bench examples stress
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src tests bench stress examples
