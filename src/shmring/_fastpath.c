@@ -34,6 +34,49 @@
 #define PUBLISH_CORRUPTED (-2) /* a value read from the ring is out of range */
 #define COPY_WITHOUT_GIL_BYTES (1 << 20) /* copies this large let other threads run */
 
+/* The copy. glibc copies blocks above a few KiB with `rep movsb`, which on the AMD EPYC
+ * development VM ran slower whenever source and destination differ modulo 64, as they do
+ * for most frames: a large NumPy array's data starts 16 bytes into its allocation, a ring
+ * buffer on a page. One process, microseconds per copy into a page-aligned buffer, source at
+ * 16 mod 64, memcpy vs the loop below: 16 KiB 0.23 vs 0.15, 64 KiB 1.26 vs 1.14, 640x480x3
+ * 23.1 vs 21.3, 1920x1080x3 161.7 vs 156.9 (with the source at 0 mod 64 memcpy took 0.16,
+ * 1.16, 20.7, 156.4). The loop does what glibc's own vector loop does below that threshold:
+ * unaligned loads, aligned stores. Mutually aligned copies and small ones keep memcpy. */
+#define VECTOR_COPY_BYTES 8192
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define HAVE_VECTOR_COPY 1
+static int vector_copy_available; /* the CPU has AVX2: set when the module loads */
+
+__attribute__((target("avx2"))) static void copy_to_aligned(char *destination,
+                                                            const char *source, size_t n) {
+    size_t i = 0;
+    for (; i + 128 <= n; i += 128) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)(source + i));
+        __m256i b = _mm256_loadu_si256((const __m256i *)(source + i + 32));
+        __m256i c = _mm256_loadu_si256((const __m256i *)(source + i + 64));
+        __m256i d = _mm256_loadu_si256((const __m256i *)(source + i + 96));
+        _mm256_store_si256((__m256i *)(destination + i), a);
+        _mm256_store_si256((__m256i *)(destination + i + 32), b);
+        _mm256_store_si256((__m256i *)(destination + i + 64), c);
+        _mm256_store_si256((__m256i *)(destination + i + 96), d);
+    }
+    memcpy(destination + i, source + i, n - i);
+}
+#endif
+
+static void copy_frame(char *destination, const char *source, size_t n) {
+#ifdef HAVE_VECTOR_COPY
+    if (n >= VECTOR_COPY_BYTES && vector_copy_available &&
+        ((uintptr_t)destination & 31) == 0 &&
+        (((uintptr_t)destination ^ (uintptr_t)source) & 63) != 0) {
+        copy_to_aligned(destination, source, n);
+        return;
+    }
+#endif
+    memcpy(destination, source, n);
+}
+
 typedef struct {
     PyObject_HEAD
     Py_buffer header; /* exports that keep the two mappings alive (see Rules) */
@@ -253,10 +296,10 @@ static PyObject *Publisher_publish(Publisher *self, PyObject *frame_object) {
     char *destination = self->buffers + buffer * (uint64_t)self->buffer_stride;
     if (frame.len >= COPY_WITHOUT_GIL_BYTES) {
         Py_BEGIN_ALLOW_THREADS
-        memcpy(destination, frame.buf, frame.len);
+        copy_frame(destination, frame.buf, frame.len);
         Py_END_ALLOW_THREADS
     } else {
-        memcpy(destination, frame.buf, frame.len);
+        copy_frame(destination, frame.buf, frame.len);
     }
     PyBuffer_Release(&frame);
     struct timespec now;
@@ -343,6 +386,10 @@ static PyTypeObject PublisherType = {
 };
 
 static int fastpath_exec(PyObject *module) {
+#ifdef HAVE_VECTOR_COPY
+    __builtin_cpu_init();
+    vector_copy_available = __builtin_cpu_supports("avx2");
+#endif
     if (PyType_Ready(&PublisherType) < 0) {
         return -1;
     }
