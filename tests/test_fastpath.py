@@ -150,3 +150,21 @@ def test_garbage_collection_unmaps_the_ring_too() -> None:
     gc.collect()
     with open("/proc/self/maps") as maps:
         assert not any(f"/shmring.{name}" in line for line in maps)
+
+
+@pytest.mark.parametrize("nbytes", [8192, 8192 + 77, 300_001])
+@pytest.mark.parametrize("misalignment", [1, 16, 63])
+def test_a_source_at_any_alignment_arrives_intact(nbytes: int, misalignment: int) -> None:
+    """Large copies from a source that differs from the buffer modulo 64 take the vector
+    loop (_fastpath.c, copy_frame), which has its own tail handling."""
+    raw = np.random.default_rng(nbytes).integers(0, 256, nbytes + 128, dtype=np.uint8)
+    start = (misalignment - raw.ctypes.data) % 64
+    frame = raw[start : start + nbytes]
+    assert frame.ctypes.data % 64 == misalignment
+    with (
+        RingWriter.create(unique_name(), (nbytes,), np.uint8, slots=2) as w,
+        RingReader.attach(w.name, start="oldest") as r,
+    ):
+        assert w._publisher.publish(frame) == 0
+        with r.read(WAIT) as got:
+            assert np.array_equal(got.array, frame)
