@@ -6,14 +6,17 @@ also driven directly, to see which path a write took."""
 from __future__ import annotations
 
 import gc
+import sys
+from typing import Any
 
 import numpy as np
 import pytest
 from helpers import WAIT, unique_name
 
 import shmring._layout as L
+import shmring._writer
 from shmring import RingCorrupted, RingReader, RingWriter, ShmringError
-from shmring._fastpath import PUBLISH_CORRUPTED, PUBLISH_FALLBACK
+from shmring._fastpath import PUBLISH_CORRUPTED, PUBLISH_FALLBACK, Publisher
 from shmring._writer import _publisher
 
 SHAPE = (4, 6)
@@ -124,8 +127,85 @@ def test_two_threads_in_one_publisher_get_an_error_not_a_shared_buffer() -> None
         p.reclaim = reenter  # type: ignore[method-assign]
         publisher = _publisher(p, w._record, reclaim_eagerly=True)
         assert publisher.publish(_frame(0)) == 0  # the outer publish completes
-        assert len(errors) == 1 and "two threads" in str(errors[0])
+        assert len(errors) == 1 and "under way" in str(errors[0])
         publisher.close()
+
+
+def test_closing_the_writer_during_its_write_raises_and_leaves_it_whole() -> None:
+    """close() from another thread while write() runs (here, deterministically, from inside
+    the write's reclaim) must not leave the ring under the write's feet."""
+    with (
+        RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w,
+        RingReader.attach(w.name, start="oldest") as r,
+    ):
+        p, reclaim = w._p, w._p.reclaim
+        refused: list[BaseException] = []
+
+        def close_meanwhile() -> int:
+            try:
+                w.close()
+            except RuntimeError as exc:
+                refused.append(exc)
+            return reclaim()
+
+        p.reclaim = close_meanwhile  # type: ignore[method-assign]
+        w._publisher.close()
+        w._publisher = _publisher(p, w._record, reclaim_eagerly=True)
+        w._publish_fast = w._publisher.publish
+        assert w.write(_frame(3), WAIT) == 0
+        assert len(refused) == 1 and "under way" in str(refused[0])
+        assert not w.closed and w.readers == 1
+        with r.read(WAIT) as got:
+            assert np.array_equal(got.array, _frame(3))
+        p.reclaim = reclaim  # type: ignore[method-assign]
+        w.close()
+        assert w.closed
+
+
+def test_a_reclaim_that_returns_no_count_is_an_error_not_corruption() -> None:
+    with RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w:
+        p = w._p
+        p.reclaim = lambda: None  # type: ignore[assignment, method-assign, return-value]
+        publisher = _publisher(p, w._record, reclaim_eagerly=True)
+        with pytest.raises(TypeError):
+            publisher.publish(_frame(0))
+        assert w._record[L.W_IN_PUBLISH] == 0 and w._control[L.C_HEAD] == 0
+        publisher.close()
+
+
+def test_bad_arguments_are_refused_without_leaking_references() -> None:
+    with RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w:
+        p = w._p
+
+        def reclaim() -> int:
+            return 0
+
+        p.reclaim = reclaim  # type: ignore[method-assign]
+        publisher = _publisher(p, w._record, reclaim_eagerly=False)
+        before = sys.getrefcount(reclaim)
+        with pytest.raises(RuntimeError, match="initialized once"):
+            publisher.__init__(**_arguments(p, w._record))  # type: ignore[misc]
+        for _ in range(20):
+            for wrong in ({"frame_bytes": 0}, {"c_head": -1}, {"d_seq": 1000}, {"slots": 1 << 60}):
+                with pytest.raises(ValueError):
+                    Publisher(**{**_arguments(p, w._record), **wrong})
+        gc.collect()
+        assert sys.getrefcount(reclaim) == before
+        publisher.close()
+
+
+def _arguments(p: Any, record: memoryview) -> dict[str, Any]:
+    """The keywords _writer._publisher passes, to vary one at a time."""
+    made: dict[str, Any] = {}
+
+    class Recorder:
+        def __init__(self, **kwargs: Any) -> None:
+            made.update(kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(shmring._writer, "Publisher", Recorder)
+        _publisher(p, record, reclaim_eagerly=False)
+    return made
 
 
 def test_after_close_it_falls_back_and_holds_no_mapping() -> None:

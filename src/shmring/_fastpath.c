@@ -20,8 +20,8 @@
  * Python (callbacks), run when a reclaim is due (every `slots` frames) or a reader sleeps.
  *
  * A Publisher is used by one thread at a time, like the writer it belongs to: the copy of
- * a large frame runs without the GIL, and a second thread entering meanwhile gets a
- * RuntimeError rather than a shared buffer.
+ * a large frame runs without the GIL, and a second thread entering meanwhile (or closing
+ * the writer) gets a RuntimeError rather than a shared buffer or a half-left ring.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -32,6 +32,7 @@
 
 #define PUBLISH_FALLBACK (-1)  /* the fast path does not apply: use the general path */
 #define PUBLISH_CORRUPTED (-2) /* a value read from the ring is out of range */
+#define SEQ_LIMIT ((uint64_t)1 << 62) /* _layout.SEQ_LIMIT: beyond, the header is damaged */
 #define COPY_WITHOUT_GIL_BYTES (1 << 20) /* copies this large let other threads run */
 
 /* The copy. glibc copies blocks above a few KiB with `rep movsb`, which on the AMD EPYC
@@ -81,9 +82,9 @@ typedef struct {
     PyObject_HEAD
     Py_buffer header; /* exports that keep the two mappings alive (see Rules) */
     Py_buffer data;
-    int holds_exports;
+    int initialized;   /* __init__ succeeded once; it never runs again */
+    int holds_exports; /* until close(): the pointers below are valid */
     int busy;          /* a publish is running (maybe without the GIL) */
-    int close_pending; /* close() came during that publish: release when it ends */
     uint64_t *control;
     uint64_t *record;
     uint64_t *descriptors;
@@ -112,24 +113,24 @@ static inline void store(uint64_t *word, uint64_t value) {
     __atomic_store_n(word, value, __ATOMIC_RELEASE);
 }
 
-/* The address and length of a writable memoryview made by _layout.Views, checked to lie
- * inside `within` (one of the held exports). */
-static int view_pointer(PyObject *view, const Py_buffer *within, const char *what,
-                        void **pointer, Py_ssize_t *length) {
+/* The address of a writable memoryview made by _layout.Views, checked to lie inside
+ * `within` (one of the held exports), to be 8-byte aligned and to hold `words` words. */
+static uint64_t *word_view(PyObject *view, const Py_buffer *within, const char *what,
+                           uint64_t words) {
     Py_buffer b;
     if (PyObject_GetBuffer(view, &b, PyBUF_WRITABLE) < 0) {
-        return -1;
+        return NULL;
     }
-    char *start = (char *)within->buf;
-    int inside = (char *)b.buf >= start && (char *)b.buf + b.len <= start + within->len;
-    *pointer = b.buf;
-    *length = b.len;
+    uintptr_t start = (uintptr_t)within->buf, first = (uintptr_t)b.buf;
+    int fits = first >= start && first + (uintptr_t)b.len <= start + (uintptr_t)within->len &&
+               (first & 7) == 0 && (uint64_t)b.len / 8 >= words;
     PyBuffer_Release(&b);
-    if (!inside) {
-        PyErr_Format(PyExc_ValueError, "Publisher: the %s view lies outside its mapping", what);
-        return -1;
+    if (!fits) {
+        PyErr_Format(PyExc_ValueError,
+                     "Publisher: the %s view is misplaced, misaligned or too short", what);
+        return NULL;
     }
-    return 0;
+    return (uint64_t *)first;
 }
 
 static void release_exports(Publisher *self) {
@@ -142,6 +143,20 @@ static void release_exports(Publisher *self) {
     }
 }
 
+/* 1 + the largest of `count` word indices, or 0 if one is negative. */
+static uint64_t words_needed(const Py_ssize_t *indices, int count) {
+    uint64_t needed = 0;
+    for (int i = 0; i < count; i++) {
+        if (indices[i] < 0) {
+            return 0;
+        }
+        if ((uint64_t)indices[i] + 1 > needed) {
+            needed = (uint64_t)indices[i] + 1;
+        }
+    }
+    return needed;
+}
+
 static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {
         "header", "data", "control", "record", "descriptors", "freelist",
@@ -150,31 +165,34 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
         "d_seq", "d_buffer", "d_timestamp", "d_flags", "mode_exclusive",
         "reclaim_eagerly", "fence", "reclaim", "wake_readers", NULL,
     };
-    PyObject *header, *data, *control, *record, *descriptors, *freelist;
+    PyObject *header, *data, *control, *record, *descriptors, *freelist, *reclaim, *wake;
+    Py_ssize_t frame_bytes, stride, descriptor_words, c_words[4], w_in_publish, d_words[4];
     unsigned long long slots, nbuffers, mode_exclusive;
-    if (self->holds_exports) {
-        PyErr_SetString(PyExc_RuntimeError, "Publisher is initialized once");
+    int reclaim_eagerly, fence;
+    if (self->initialized) {
+        PyErr_SetString(PyExc_RuntimeError, "a Publisher is initialized once");
         return -1;
     }
     if (!PyArg_ParseTupleAndKeywords(
             args, kwargs, "$OOOOOOnnKKnnnnnnnnnnKppOO:Publisher", keywords, &header, &data,
-            &control, &record, &descriptors, &freelist, &self->frame_bytes,
-            &self->buffer_stride, &slots, &nbuffers, &self->descriptor_words, &self->c_head,
-            &self->c_free_count, &self->c_writer_mode, &self->c_reader_waiters,
-            &self->w_in_publish, &self->d_seq, &self->d_buffer, &self->d_timestamp,
-            &self->d_flags, &mode_exclusive, &self->reclaim_eagerly, &self->fence,
-            &self->reclaim, &self->wake_readers)) {
+            &control, &record, &descriptors, &freelist, &frame_bytes, &stride, &slots,
+            &nbuffers, &descriptor_words, &c_words[0], &c_words[1], &c_words[2], &c_words[3],
+            &w_in_publish, &d_words[0], &d_words[1], &d_words[2], &d_words[3],
+            &mode_exclusive, &reclaim_eagerly, &fence, &reclaim, &wake)) {
         return -1;
     }
-    self->slots = slots;
-    self->nbuffers = nbuffers;
-    self->mode_exclusive = mode_exclusive;
-    if (slots == 0 || nbuffers == 0 || self->frame_bytes <= 0 ||
-        self->buffer_stride < self->frame_bytes || self->descriptor_words <= 0) {
+    uint64_t table_words, data_bytes;
+    if (slots == 0 || nbuffers == 0 || frame_bytes <= 0 || stride < frame_bytes ||
+        descriptor_words <= 0 || words_needed(d_words, 4) == 0 ||
+        words_needed(d_words, 4) > (uint64_t)descriptor_words ||
+        words_needed(c_words, 4) == 0 || w_in_publish < 0 ||
+        __builtin_mul_overflow(slots, (uint64_t)descriptor_words, &table_words) ||
+        __builtin_mul_overflow(nbuffers - 1, (uint64_t)stride, &data_bytes) ||
+        __builtin_add_overflow(data_bytes, (uint64_t)frame_bytes, &data_bytes)) {
         PyErr_SetString(PyExc_ValueError, "Publisher: impossible ring geometry");
         return -1;
     }
-    if (!PyCallable_Check(self->reclaim) || !PyCallable_Check(self->wake_readers)) {
+    if (!PyCallable_Check(reclaim) || !PyCallable_Check(wake)) {
         PyErr_SetString(PyExc_TypeError, "Publisher: reclaim and wake_readers must be callable");
         return -1;
     }
@@ -186,55 +204,43 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
         return -1;
     }
     self->holds_exports = 1;
-    Py_INCREF(self->reclaim);
-    Py_INCREF(self->wake_readers);
-
-    void *pointer;
-    Py_ssize_t length;
-    if (view_pointer(control, &self->header, "control", &pointer, &length) < 0) goto fail;
-    self->control = pointer;
-    {
-        Py_ssize_t words = length / 8;
-        if (self->c_head >= words || self->c_free_count >= words ||
-            self->c_writer_mode >= words || self->c_reader_waiters >= words) {
-            PyErr_SetString(PyExc_ValueError, "Publisher: a control word lies past the block");
-            goto fail;
-        }
+    if (!(self->control = word_view(control, &self->header, "control", words_needed(c_words, 4))) ||
+        !(self->record = word_view(record, &self->header, "record", (uint64_t)w_in_publish + 1)) ||
+        !(self->descriptors = word_view(descriptors, &self->header, "descriptors", table_words)) ||
+        !(self->freelist = word_view(freelist, &self->header, "freelist", nbuffers))) {
+        release_exports(self);
+        return -1;
     }
-    if (view_pointer(record, &self->header, "record", &pointer, &length) < 0) goto fail;
-    self->record = pointer;
-    if (self->w_in_publish >= length / 8) {
-        PyErr_SetString(PyExc_ValueError, "Publisher: W_IN_PUBLISH lies past the record");
-        goto fail;
-    }
-    if (view_pointer(descriptors, &self->header, "descriptors", &pointer, &length) < 0)
-        goto fail;
-    self->descriptors = pointer;
-    if ((uint64_t)(length / 8) < slots * (uint64_t)self->descriptor_words ||
-        self->d_seq >= self->descriptor_words || self->d_buffer >= self->descriptor_words ||
-        self->d_timestamp >= self->descriptor_words || self->d_flags >= self->descriptor_words) {
-        PyErr_SetString(PyExc_ValueError, "Publisher: the descriptor table is too small");
-        goto fail;
-    }
-    if (view_pointer(freelist, &self->header, "freelist", &pointer, &length) < 0) goto fail;
-    self->freelist = pointer;
-    if ((uint64_t)(length / 8) < nbuffers) {
-        PyErr_SetString(PyExc_ValueError, "Publisher: the free list is too small");
-        goto fail;
+    if ((uint64_t)self->data.len < data_bytes) {
+        PyErr_SetString(PyExc_ValueError, "Publisher: the buffers do not fit their mapping");
+        release_exports(self);
+        return -1;
     }
     self->buffers = self->data.buf;
-    if ((uint64_t)self->data.len <
-        (nbuffers - 1) * (uint64_t)self->buffer_stride + (uint64_t)self->frame_bytes) {
-        PyErr_SetString(PyExc_ValueError, "Publisher: the buffers do not fit their mapping");
-        goto fail;
-    }
+    self->frame_bytes = frame_bytes;
+    self->buffer_stride = stride;
+    self->slots = slots;
+    self->nbuffers = nbuffers;
+    self->descriptor_words = descriptor_words;
+    self->c_head = c_words[0];
+    self->c_free_count = c_words[1];
+    self->c_writer_mode = c_words[2];
+    self->c_reader_waiters = c_words[3];
+    self->w_in_publish = w_in_publish;
+    self->d_seq = d_words[0];
+    self->d_buffer = d_words[1];
+    self->d_timestamp = d_words[2];
+    self->d_flags = d_words[3];
+    self->mode_exclusive = mode_exclusive;
+    self->reclaim_eagerly = reclaim_eagerly;
+    self->fence = fence;
+    self->reclaim = Py_NewRef(reclaim);
+    self->wake_readers = Py_NewRef(wake);
+    self->initialized = 1;
     return 0;
-fail:
-    release_exports(self);
-    return -1;
 }
 
-/* Leave the bracket and say the fast path does not apply. */
+/* Leave the bracket and say the fast path does not apply (or why not). */
 static PyObject *fall_back(Publisher *self, Py_buffer *frame, long code) {
     store(&self->record[self->w_in_publish], 0);
     self->busy = 0;
@@ -242,23 +248,31 @@ static PyObject *fall_back(Publisher *self, Py_buffer *frame, long code) {
     return PyLong_FromLong(code);
 }
 
+/* Leave the bracket with the exception that is set. */
+static PyObject *fail(Publisher *self, Py_buffer *frame) {
+    store(&self->record[self->w_in_publish], 0);
+    self->busy = 0;
+    PyBuffer_Release(frame);
+    return NULL;
+}
+
 static PyObject *Publisher_publish(Publisher *self, PyObject *frame_object) {
     if (self->busy) {
         PyErr_SetString(PyExc_RuntimeError,
-                        "RingWriter.write() was called from two threads at once; give each "
-                        "thread its own RingWriter (RingWriter.attach) or serialize the calls");
+                        "RingWriter.write() was entered while a write() on the same writer was "
+                        "under way (from another thread, or a signal handler); give each thread "
+                        "its own RingWriter (RingWriter.attach) or serialize the calls");
         return NULL;
     }
-    if (!self->holds_exports) {
-        return PyLong_FromLong(PUBLISH_FALLBACK);
+    if (!self->holds_exports || self->reclaim == NULL || self->wake_readers == NULL) {
+        return PyLong_FromLong(PUBLISH_FALLBACK); /* closed */
     }
     Py_buffer frame;
-    if (PyObject_GetBuffer(frame_object, &frame, PyBUF_C_CONTIGUOUS) < 0) {
-        PyErr_Clear(); /* not one contiguous run: numpy copies it in the general path */
-        return PyLong_FromLong(PUBLISH_FALLBACK);
+    if (PyObject_GetBuffer(frame_object, &frame, PyBUF_STRIDES) < 0) {
+        return NULL;
     }
-    if (frame.len != self->frame_bytes) {
-        PyBuffer_Release(&frame);
+    if (frame.len != self->frame_bytes || !PyBuffer_IsContiguous(&frame, 'C')) {
+        PyBuffer_Release(&frame); /* strided: numpy copies it in the general path */
         return PyLong_FromLong(PUBLISH_FALLBACK);
     }
     uint64_t *control = self->control;
@@ -268,21 +282,20 @@ static PyObject *Publisher_publish(Publisher *self, PyObject *frame_object) {
     if (load(&control[self->c_writer_mode]) != self->mode_exclusive) {
         return fall_back(self, &frame, PUBLISH_FALLBACK);
     }
+    uint64_t seq = load(&control[self->c_head]); /* only this writer moves it, in this mode */
+    if (seq >= SEQ_LIMIT) {
+        return fall_back(self, &frame, PUBLISH_FALLBACK); /* the general path reports it */
+    }
     uint64_t count = load(&control[self->c_free_count]);
     if (self->reclaim_eagerly || count == 0) {
         PyObject *result = PyObject_CallNoArgs(self->reclaim);
         if (result == NULL) {
-            PyObject *type, *value, *traceback;
-            PyErr_Fetch(&type, &value, &traceback);
-            Py_XDECREF(fall_back(self, &frame, PUBLISH_FALLBACK));
-            PyErr_Restore(type, value, traceback);
-            return NULL;
+            return fail(self, &frame);
         }
         count = PyLong_AsUnsignedLongLong(result);
         Py_DECREF(result);
-        if (PyErr_Occurred()) {
-            PyErr_Clear();
-            return fall_back(self, &frame, PUBLISH_CORRUPTED);
+        if (count == (uint64_t)-1 && PyErr_Occurred()) {
+            return fail(self, &frame);
         }
     }
     if (count == 0 || count > self->nbuffers) {
@@ -304,7 +317,6 @@ static PyObject *Publisher_publish(Publisher *self, PyObject *frame_object) {
     PyBuffer_Release(&frame);
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now); /* time.monotonic_ns()'s clock */
-    uint64_t seq = load(&control[self->c_head]);
     uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
     store(&descriptor[self->d_buffer], buffer);
     store(&descriptor[self->d_timestamp],
@@ -322,9 +334,6 @@ static PyObject *Publisher_publish(Publisher *self, PyObject *frame_object) {
     }
     uint64_t sleepers = load(&control[self->c_reader_waiters]);
     self->busy = 0;
-    if (self->close_pending) {
-        release_exports(self);
-    }
     if (sleepers) {
         PyObject *result = PyObject_CallNoArgs(self->wake_readers);
         if (result == NULL) {
@@ -337,10 +346,19 @@ static PyObject *Publisher_publish(Publisher *self, PyObject *frame_object) {
 
 static PyObject *Publisher_close(Publisher *self, PyObject *Py_UNUSED(ignored)) {
     if (self->busy) {
-        self->close_pending = 1; /* another thread is copying: it releases at the end */
-    } else {
-        release_exports(self);
+        PyErr_SetString(PyExc_RuntimeError,
+                        "RingWriter closed while a write() on it was under way in another "
+                        "thread; close it after that write() returns");
+        return NULL;
     }
+    release_exports(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Publisher_forget(Publisher *self, PyObject *Py_UNUSED(ignored)) {
+    /* In a forked child: the thread that was publishing (if any) does not exist here. */
+    self->busy = 0;
+    release_exports(self);
     Py_RETURN_NONE;
 }
 
@@ -368,6 +386,8 @@ static PyMethodDef Publisher_methods[] = {
      "publish(frame) -> sequence number, PUBLISH_FALLBACK or PUBLISH_CORRUPTED."},
     {"close", (PyCFunction)Publisher_close, METH_NOARGS,
      "Drop the exports of the ring's mappings; publish() falls back from then on."},
+    {"forget", (PyCFunction)Publisher_forget, METH_NOARGS,
+     "close() in a forked child, whatever the parent's threads were doing."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -403,6 +423,10 @@ static int fastpath_exec(PyObject *module) {
 
 static PyModuleDef_Slot fastpath_slots[] = {
     {Py_mod_exec, fastpath_exec},
+#if PY_VERSION_HEX >= 0x030C0000
+    /* PublisherType is a static type: one interpreter only. */
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
     {0, NULL},
 };
 

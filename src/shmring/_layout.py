@@ -78,6 +78,10 @@ CONTROL_BYTES = 4 * CACHE_LINE
 C_HEAD = 0  # frames published so far == the next sequence number
 C_TAIL = 1  # every frame with seq < tail is released by all groups and its buffer reused
 C_FREE_COUNT = 2  # number of valid entries at the start of the free-buffer list
+# A reclaim stores tail and free count with one slice assignment, which no signal handler
+# (KeyboardInterrupt) can split: split, the next reclaim would free the same buffers twice.
+TAIL_AND_FREE_COUNT = slice(C_TAIL, C_FREE_COUNT + 1)
+assert C_FREE_COUNT == C_TAIL + 1
 # line 1: written under the header lock
 C_LOCK_OWNER = 8  # token of the header-lock holder; non-zero at acquire => holder died
 C_FLAGS = 9  # F_* bits below

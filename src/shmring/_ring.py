@@ -28,6 +28,7 @@ import os
 import secrets
 import time
 import weakref
+from array import array
 from collections.abc import Callable
 from typing import Self
 
@@ -84,6 +85,7 @@ class Participant:
         self._membership = -1  # cached active records: see release_floor
         self._active_groups: list[memoryview] = []
         self._active_readers: list[memoryview] = []
+        self._tail_and_free_count = array("Q", (0, 0))  # see reclaim
 
     # ---- records -----------------------------------------------------------------------
     def take_record(self, records: list[memoryview], lock_base: int, what: str) -> int:
@@ -316,8 +318,9 @@ class Participant:
             freelist[count : count + wrapped] = column[start:]
             freelist[count + wrapped : count + freed] = column[: end - slots]
         count += freed
-        control[L.C_FREE_COUNT] = count
-        control[L.C_TAIL] = floor
+        pair = self._tail_and_free_count
+        pair[0], pair[1] = floor, count
+        control[L.TAIL_AND_FREE_COUNT] = pair
         return count
 
     def dead_reader_blocks(self) -> bool:

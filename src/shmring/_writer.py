@@ -600,12 +600,13 @@ class RingWriter(RingHandle):
 
     # ---- lifecycle -----------------------------------------------------------------------
     def close(self) -> None:
+        self._publisher.close()  # first: it raises if another thread's write() is under way
         self._fast_path = False  # before leaving: write() must take the checked path
         super().close()
 
     def _forget_after_fork(self) -> None:
         self._fast_path = False  # it takes no lock and checks nothing: not in a child
-        self._publisher.close()
+        self._publisher.forget()
         super()._forget_after_fork()
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -675,7 +676,7 @@ def _close_writer(
     p: Participant, record: memoryview, index: int, owner: bool, publisher: Publisher
 ) -> None:
     """Leave the ring (also run by the finalizer at garbage collection and interpreter exit)."""
-    publisher.close()  # its exports would keep the mappings alive
+    publisher.close()  # its exports would keep the mappings alive (idempotent)
     if p.closed or p.pid != os.getpid():
         return
     try:
