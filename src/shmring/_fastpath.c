@@ -13,11 +13,14 @@
  * is most of a 64-byte frame's time and a quarter of a 64 KiB frame's. The same steps here
  * cost ~0.2 µs with the call. The order of the shared stores is the protocol's: the
  * W_IN_PUBLISH bracket around everything, descriptor fields, then D_SEQ (the frame is
- * visible), then C_HEAD; then, outside the bracket, a look for sleeping readers. Stores
- * that publish are release stores; the bracket's opening store is followed by a compiler
- * barrier only, because writers joining the ring make the barrier for both sides with
- * membarrier() (_ring.quiesce_exclusive_writer). Reclaiming and waking readers stay in
- * Python (callbacks), run when a reclaim is due (every `slots` frames) or a reader sleeps.
+ * visible), then C_HEAD; then, outside the bracket, a look for sleeping readers, and waking
+ * them as Participant.wake_readers does (bump C_FRAMES, FUTEX_WAKE on its low 32 bits): a
+ * reader that sleeps is woken by code that ran cold after the writer's own pause, and every
+ * Python step there costs microseconds of wake-up latency. Stores that publish are release
+ * stores; the bracket's opening store is followed by a compiler barrier only, because
+ * writers joining the ring make the barrier for both sides with membarrier()
+ * (_ring.quiesce_exclusive_writer). Reclaiming stays in Python (a callback), run when a
+ * reclaim is due (every `slots` frames).
  *
  * A Publisher is used by one thread at a time, like the writer it belongs to: the copy of
  * a large frame runs without the GIL, and a second thread entering meanwhile (or closing
@@ -26,9 +29,17 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <limits.h>
+#include <linux/futex.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the futex words are the low halves of 64-bit words: little-endian only (docs/FORMAT.md)"
+#endif
 
 #define PUBLISH_FALLBACK (-1)  /* the fast path does not apply: use the general path */
 #define PUBLISH_CORRUPTED (-2) /* a value read from the ring is out of range */
@@ -95,14 +106,13 @@ typedef struct {
     uint64_t slots;
     uint64_t nbuffers;
     Py_ssize_t descriptor_words;
-    Py_ssize_t c_head, c_free_count, c_writer_mode, c_reader_waiters;
+    Py_ssize_t c_head, c_free_count, c_writer_mode, c_reader_waiters, c_frames;
     Py_ssize_t w_in_publish;
     Py_ssize_t d_seq, d_buffer, d_timestamp, d_flags;
     uint64_t mode_exclusive;
     int reclaim_eagerly;
     int fence;
-    PyObject *reclaim;      /* () -> free count, Participant.reclaim */
-    PyObject *wake_readers; /* () -> None, Participant.wake_readers */
+    PyObject *reclaim; /* () -> free count, Participant.reclaim */
 } Publisher;
 
 static inline uint64_t load(const uint64_t *word) {
@@ -161,12 +171,12 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {
         "header", "data", "control", "record", "descriptors", "freelist",
         "frame_bytes", "buffer_stride", "slots", "nbuffers", "descriptor_words",
-        "c_head", "c_free_count", "c_writer_mode", "c_reader_waiters", "w_in_publish",
-        "d_seq", "d_buffer", "d_timestamp", "d_flags", "mode_exclusive",
-        "reclaim_eagerly", "fence", "reclaim", "wake_readers", NULL,
+        "c_head", "c_free_count", "c_writer_mode", "c_reader_waiters", "c_frames",
+        "w_in_publish", "d_seq", "d_buffer", "d_timestamp", "d_flags", "mode_exclusive",
+        "reclaim_eagerly", "fence", "reclaim", NULL,
     };
-    PyObject *header, *data, *control, *record, *descriptors, *freelist, *reclaim, *wake;
-    Py_ssize_t frame_bytes, stride, descriptor_words, c_words[4], w_in_publish, d_words[4];
+    PyObject *header, *data, *control, *record, *descriptors, *freelist, *reclaim;
+    Py_ssize_t frame_bytes, stride, descriptor_words, c_words[5], w_in_publish, d_words[4];
     unsigned long long slots, nbuffers, mode_exclusive;
     int reclaim_eagerly, fence;
     if (self->initialized) {
@@ -174,26 +184,26 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
         return -1;
     }
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$OOOOOOnnKKnnnnnnnnnnKppOO:Publisher", keywords, &header, &data,
+            args, kwargs, "$OOOOOOnnKKnnnnnnnnnnnKppO:Publisher", keywords, &header, &data,
             &control, &record, &descriptors, &freelist, &frame_bytes, &stride, &slots,
             &nbuffers, &descriptor_words, &c_words[0], &c_words[1], &c_words[2], &c_words[3],
-            &w_in_publish, &d_words[0], &d_words[1], &d_words[2], &d_words[3],
-            &mode_exclusive, &reclaim_eagerly, &fence, &reclaim, &wake)) {
+            &c_words[4], &w_in_publish, &d_words[0], &d_words[1], &d_words[2], &d_words[3],
+            &mode_exclusive, &reclaim_eagerly, &fence, &reclaim)) {
         return -1;
     }
     uint64_t table_words, data_bytes;
     if (slots == 0 || nbuffers == 0 || frame_bytes <= 0 || stride < frame_bytes ||
         descriptor_words <= 0 || words_needed(d_words, 4) == 0 ||
         words_needed(d_words, 4) > (uint64_t)descriptor_words ||
-        words_needed(c_words, 4) == 0 || w_in_publish < 0 ||
+        words_needed(c_words, 5) == 0 || w_in_publish < 0 ||
         __builtin_mul_overflow(slots, (uint64_t)descriptor_words, &table_words) ||
         __builtin_mul_overflow(nbuffers - 1, (uint64_t)stride, &data_bytes) ||
         __builtin_add_overflow(data_bytes, (uint64_t)frame_bytes, &data_bytes)) {
         PyErr_SetString(PyExc_ValueError, "Publisher: impossible ring geometry");
         return -1;
     }
-    if (!PyCallable_Check(reclaim) || !PyCallable_Check(wake)) {
-        PyErr_SetString(PyExc_TypeError, "Publisher: reclaim and wake_readers must be callable");
+    if (!PyCallable_Check(reclaim)) {
+        PyErr_SetString(PyExc_TypeError, "Publisher: reclaim must be callable");
         return -1;
     }
     if (PyObject_GetBuffer(header, &self->header, PyBUF_WRITABLE) < 0) {
@@ -204,7 +214,7 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
         return -1;
     }
     self->holds_exports = 1;
-    if (!(self->control = word_view(control, &self->header, "control", words_needed(c_words, 4))) ||
+    if (!(self->control = word_view(control, &self->header, "control", words_needed(c_words, 5))) ||
         !(self->record = word_view(record, &self->header, "record", (uint64_t)w_in_publish + 1)) ||
         !(self->descriptors = word_view(descriptors, &self->header, "descriptors", table_words)) ||
         !(self->freelist = word_view(freelist, &self->header, "freelist", nbuffers))) {
@@ -226,6 +236,7 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
     self->c_free_count = c_words[1];
     self->c_writer_mode = c_words[2];
     self->c_reader_waiters = c_words[3];
+    self->c_frames = c_words[4];
     self->w_in_publish = w_in_publish;
     self->d_seq = d_words[0];
     self->d_buffer = d_words[1];
@@ -235,7 +246,6 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
     self->reclaim_eagerly = reclaim_eagerly;
     self->fence = fence;
     self->reclaim = Py_NewRef(reclaim);
-    self->wake_readers = Py_NewRef(wake);
     self->initialized = 1;
     return 0;
 }
@@ -264,7 +274,7 @@ static PyObject *Publisher_publish(Publisher *self, PyObject *frame_object) {
                         "its own RingWriter (RingWriter.attach) or serialize the calls");
         return NULL;
     }
-    if (!self->holds_exports || self->reclaim == NULL || self->wake_readers == NULL) {
+    if (!self->holds_exports || self->reclaim == NULL) {
         return PyLong_FromLong(PUBLISH_FALLBACK); /* closed */
     }
     Py_buffer frame;
@@ -332,15 +342,14 @@ static PyObject *Publisher_publish(Publisher *self, PyObject *frame_object) {
     } else {
         __atomic_signal_fence(__ATOMIC_SEQ_CST);
     }
-    uint64_t sleepers = load(&control[self->c_reader_waiters]);
-    self->busy = 0;
-    if (sleepers) {
-        PyObject *result = PyObject_CallNoArgs(self->wake_readers);
-        if (result == NULL) {
-            return NULL;
-        }
-        Py_DECREF(result);
+    if (load(&control[self->c_reader_waiters])) {
+        /* A changed word cannot be slept through: a reader that read the old value and
+         * was about to sleep returns at once instead of missing this wake-up. */
+        uint64_t *frames = &control[self->c_frames];
+        store(frames, (load(frames) + 1) & 0xFFFFFFFFu);
+        syscall(SYS_futex, (uint32_t *)frames, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
     }
+    self->busy = 0;
     return PyLong_FromUnsignedLongLong(seq);
 }
 
@@ -364,13 +373,11 @@ static PyObject *Publisher_forget(Publisher *self, PyObject *Py_UNUSED(ignored))
 
 static int Publisher_traverse(Publisher *self, visitproc visit, void *arg) {
     Py_VISIT(self->reclaim);
-    Py_VISIT(self->wake_readers);
     return 0;
 }
 
 static int Publisher_clear(Publisher *self) {
     Py_CLEAR(self->reclaim);
-    Py_CLEAR(self->wake_readers);
     return 0;
 }
 

@@ -26,6 +26,7 @@ class Publisher:
         c_free_count: int,
         c_writer_mode: int,
         c_reader_waiters: int,
+        c_frames: int,
         w_in_publish: int,
         d_seq: int,
         d_buffer: int,
@@ -35,7 +36,6 @@ class Publisher:
         reclaim_eagerly: bool,
         fence: bool,
         reclaim: Callable[[], int],
-        wake_readers: Callable[[], None],
     ) -> None: ...
     def publish(self, frame: np.ndarray) -> int: ...
     def close(self) -> None: ...

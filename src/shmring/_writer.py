@@ -659,6 +659,7 @@ def _publisher(p: Participant, record: memoryview, reclaim_eagerly: bool) -> Pub
         c_free_count=L.C_FREE_COUNT,
         c_writer_mode=L.C_WRITER_MODE,
         c_reader_waiters=L.C_READER_WAITERS,
+        c_frames=L.C_FRAMES,
         w_in_publish=L.W_IN_PUBLISH,
         d_seq=L.D_SEQ,
         d_buffer=L.D_BUFFER,
@@ -668,7 +669,6 @@ def _publisher(p: Participant, record: memoryview, reclaim_eagerly: bool) -> Pub
         reclaim_eagerly=reclaim_eagerly,
         fence=FAST_PATH_FENCE,
         reclaim=p.reclaim,
-        wake_readers=p.wake_readers,
     )
 
 
