@@ -93,18 +93,26 @@ def test_a_free_buffer_index_out_of_range_is_corruption_and_publishes_nothing() 
             w.write(_frame(0), WAIT)
 
 
-def test_an_error_in_the_reclaim_leaves_the_publish_bracket() -> None:
+def _interrupted() -> int:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(
+    ("reclaim", "error"),
+    [(_interrupted, KeyboardInterrupt), (lambda: None, TypeError)],
+    ids=["interrupted", "no-count"],
+)
+def test_an_error_in_the_reclaim_leaves_the_publish_bracket(
+    reclaim: Any, error: type[BaseException]
+) -> None:
     """A reclaim runs inside the W_IN_PUBLISH bracket; whatever it raises (RingCorrupted,
-    KeyboardInterrupt) must not leave the bracket open, or joining writers wait for it."""
+    KeyboardInterrupt) must not leave the bracket open, or joining writers wait for it. A
+    result that is no count is an error (TypeError), not corruption of the ring."""
     with RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w:
         p = w._p
-
-        def interrupted() -> int:
-            raise KeyboardInterrupt
-
-        p.reclaim = interrupted  # type: ignore[method-assign]
+        p.reclaim = reclaim  # type: ignore[method-assign]
         publisher = _publisher(p, w._record, reclaim_eagerly=True)
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(error):
             publisher.publish(_frame(0))
         assert w._record[L.W_IN_PUBLISH] == 0 and w._control[L.C_HEAD] == 0
         publisher.close()
@@ -160,17 +168,6 @@ def test_closing_the_writer_during_its_write_raises_and_leaves_it_whole() -> Non
         p.reclaim = reclaim  # type: ignore[method-assign]
         w.close()
         assert w.closed
-
-
-def test_a_reclaim_that_returns_no_count_is_an_error_not_corruption() -> None:
-    with RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w:
-        p = w._p
-        p.reclaim = lambda: None  # type: ignore[assignment, method-assign, return-value]
-        publisher = _publisher(p, w._record, reclaim_eagerly=True)
-        with pytest.raises(TypeError):
-            publisher.publish(_frame(0))
-        assert w._record[L.W_IN_PUBLISH] == 0 and w._control[L.C_HEAD] == 0
-        publisher.close()
 
 
 def test_bad_arguments_are_refused_without_leaking_references() -> None:
