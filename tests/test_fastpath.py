@@ -14,10 +14,9 @@ import pytest
 from helpers import WAIT, unique_name
 
 import shmring._layout as L
-import shmring._writer
 from shmring import RingCorrupted, RingReader, RingWriter, ShmringError
 from shmring._fastpath import PUBLISH_CORRUPTED, PUBLISH_FALLBACK, Publisher
-from shmring._writer import _publisher
+from shmring._writer import _publisher, publisher_arguments
 
 SHAPE = (4, 6)
 
@@ -179,30 +178,17 @@ def test_bad_arguments_are_refused_without_leaking_references() -> None:
 
         p.reclaim = reclaim  # type: ignore[method-assign]
         publisher = _publisher(p, w._record, reclaim_eagerly=False)
+        arguments = publisher_arguments(p, w._record, reclaim_eagerly=False)
         before = sys.getrefcount(reclaim)
         with pytest.raises(RuntimeError, match="initialized once"):
-            publisher.__init__(**_arguments(p, w._record))  # type: ignore[misc]
+            publisher.__init__(**arguments)  # type: ignore[misc]
         for _ in range(20):
             for wrong in ({"frame_bytes": 0}, {"c_head": -1}, {"d_seq": 1000}, {"slots": 1 << 60}):
                 with pytest.raises(ValueError):
-                    Publisher(**{**_arguments(p, w._record), **wrong})
+                    Publisher(**{**arguments, **wrong})
         gc.collect()
         assert sys.getrefcount(reclaim) == before
         publisher.close()
-
-
-def _arguments(p: Any, record: memoryview) -> dict[str, Any]:
-    """The keywords _writer._publisher passes, to vary one at a time."""
-    made: dict[str, Any] = {}
-
-    class Recorder:
-        def __init__(self, **kwargs: Any) -> None:
-            made.update(kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(shmring._writer, "Publisher", Recorder)
-        _publisher(p, record, reclaim_eagerly=False)
-    return made
 
 
 def test_after_close_it_falls_back_and_holds_no_mapping() -> None:

@@ -250,19 +250,22 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
     return 0;
 }
 
-/* Leave the bracket and say the fast path does not apply (or why not). */
-static PyObject *fall_back(Publisher *self, Py_buffer *frame, long code) {
+/* Leave the bracket early: the frame's export released, the next publish allowed. */
+static void leave(Publisher *self, Py_buffer *frame) {
     store(&self->record[self->w_in_publish], 0);
     self->busy = 0;
     PyBuffer_Release(frame);
+}
+
+/* ... and say the fast path does not apply (or why not). */
+static PyObject *fall_back(Publisher *self, Py_buffer *frame, long code) {
+    leave(self, frame);
     return PyLong_FromLong(code);
 }
 
-/* Leave the bracket with the exception that is set. */
+/* ... with the exception that is set. */
 static PyObject *fail(Publisher *self, Py_buffer *frame) {
-    store(&self->record[self->w_in_publish], 0);
-    self->busy = 0;
-    PyBuffer_Release(frame);
+    leave(self, frame);
     return NULL;
 }
 

@@ -642,8 +642,15 @@ def _attach_writer(name: str) -> RingWriter:
 
 def _publisher(p: Participant, record: memoryview, reclaim_eagerly: bool) -> Publisher:
     """write()'s fast path over this handle's views (_fastpath.c)."""
+    return Publisher(**publisher_arguments(p, record, reclaim_eagerly))
+
+
+def publisher_arguments(
+    p: Participant, record: memoryview, reclaim_eagerly: bool
+) -> dict[str, Any]:
+    """Publisher's keyword arguments: this handle's views and _layout's word indices."""
     g, views = p.geometry, p.views
-    return Publisher(
+    return dict(
         header=p.segment.header,
         data=p.segment.data,
         control=views.control,
