@@ -10,7 +10,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml setup.py src/shmring/_fastpath.c  # C: rebuilt by reinstalling
+$(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard src/shmring/*.c src/shmring/*.h)  # C: rebuilt by reinstalling
 	$(BIN)/python -m pip install --quiet -e '.[test,demo]'
 	touch $(STAMP)
 

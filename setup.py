@@ -1,12 +1,14 @@
-# The C extension, write()'s fast path (src/shmring/_fastpath.c); everything else about the
-# package is in pyproject.toml. Installing from source needs a C compiler.
+# The C extension, the writer's and reader's per-frame steps (src/shmring/_fastpath.c and the
+# files it names); everything else about the package is in pyproject.toml. Installing from
+# source needs a C compiler.
 from setuptools import Extension, setup
 
 setup(
     ext_modules=[
         Extension(
             "shmring._fastpath",
-            ["src/shmring/_fastpath.c"],
+            [f"src/shmring/{name}.c" for name in ("_fastpath", "_publisher", "_taker")],
+            depends=["src/shmring/_fastpath.h"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"],
         )
     ]

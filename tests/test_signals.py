@@ -237,14 +237,14 @@ def _interrupt(cls: type, method: str, event: str) -> Callable[..., Any]:
     ("cls", "method", "event"),
     [
         pytest.param(RingReader, "read", "return", id="as read returns"),
-        pytest.param(Frame, "__init__", "line", id="inside Frame()"),
+        pytest.param(RingReader, "_frame", "return", id="as the Frame is built"),
     ],
 )
 def test_ctrl_c_inside_read_does_not_wedge_the_reader(
     policy: str, cls: type, method: str, event: str
 ) -> None:
     """Ctrl-C can land after read() took the frame but before the caller holds it (even
-    before the Frame object is whole). An application that handles Ctrl-C and carries on
+    before the reader has recorded it). An application that handles Ctrl-C and carries on
     must be able to: the frame nobody holds may not stay pinned (overwrite) or held back
     (block) for ever, and its clean-up must not fail."""
     unraisable: list[Any] = []

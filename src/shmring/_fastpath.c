@@ -1,132 +1,32 @@
-/* shmring._fastpath: the exclusive writer's write() fast path, in C.
+/* shmring._fastpath: the per-frame steps that Python makes too slow, in C.
  *
- * Rules: this module computes no offset and knows no field. _writer.py hands it the
- * memoryviews that _layout.Views made (control block, the writer's record, the descriptor
- * table, the free list, the buffers) and _layout's word indices; it holds a buffer export
- * of the two mappings those views live in, so its raw pointers stay valid for its lifetime.
- * It runs only the step the Python code would run lock-free in exclusive mode (docs/FORMAT.md,
- * "Writers"), and gives up (PUBLISH_FALLBACK, nothing changed) on anything else: shared
- * mode, no free buffer after a reclaim, a frame that is not one C-contiguous run of the
- * ring's frame size. Python's general path then does the work, or raises the error.
+ *   _publisher.c  Publisher: the exclusive writer's write().
+ *   _taker.c      Taker: an own-group block reader's taking of (and one sleep for) the next
+ *                 frame, and FrameBase, the fields of shmring.Frame, so that a Frame is built
+ *                 without running Python.
  *
- * Theory: a Python write() costs ~0.9 µs before its copy (each bytecode ~20-50 ns), which
- * is most of a 64-byte frame's time and a quarter of a 64 KiB frame's. The same steps here
- * cost ~0.2 µs with the call. The order of the shared stores is the protocol's: the
- * W_IN_PUBLISH bracket around everything, descriptor fields, then D_SEQ (the frame is
- * visible), then C_HEAD; then, outside the bracket, a look for sleeping readers, and waking
- * them as Participant.wake_readers does (bump C_FRAMES, FUTEX_WAKE on its low 32 bits): a
- * reader that sleeps is woken by code that ran cold after the writer's own pause, and every
- * Python step there costs microseconds of wake-up latency. Stores that publish are release
- * stores; the bracket's opening store is followed by a compiler barrier only, because
- * writers joining the ring make the barrier for both sides with membarrier()
- * (_ring.quiesce_exclusive_writer). Reclaiming stays in Python (a callback), run when a
- * reclaim is due (every `slots` frames).
+ * Rules, for every file: no offset is computed and no field known here. The Python side
+ * hands over the memoryviews that _layout.Views made and _layout's word indices; an object
+ * holds buffer exports of the mappings those views live in, so its raw pointers stay valid
+ * until its close(). Anything out of the ordinary makes an object give up with nothing
+ * changed, and Python's general path does the work or raises the error. An object is used
+ * by one thread at a time, like the handle it belongs to: where it lets go of the GIL, a
+ * second thread entering it (or closing it) meanwhile gets a RuntimeError.
  *
- * A Publisher is used by one thread at a time, like the writer it belongs to: the copy of
- * a large frame runs without the GIL, and a second thread entering meanwhile (or closing
- * the writer) gets a RuntimeError rather than a shared buffer or a half-left ring.
+ * Theory: a Python step costs ~20-50 ns warm and several times that right after a sleep,
+ * when caches are cold; a 64-byte frame's whole budget is a few hundred nanoseconds, and a
+ * sleeping reader's wake-up is judged against the kernel's own, which a few microseconds of
+ * Python double-count.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_fastpath.h"
 
 #include <limits.h>
 #include <linux/futex.h>
-#include <stdint.h>
-#include <string.h>
 #include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
 
-#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "the futex words are the low halves of 64-bit words: little-endian only (docs/FORMAT.md)"
-#endif
-
-#define PUBLISH_FALLBACK (-1)  /* the fast path does not apply: use the general path */
-#define PUBLISH_CORRUPTED (-2) /* a value read from the ring is out of range */
-#define SEQ_LIMIT ((uint64_t)1 << 62) /* _layout.SEQ_LIMIT: beyond, the header is damaged */
-#define COPY_WITHOUT_GIL_BYTES (1 << 20) /* copies this large let other threads run */
-
-/* The copy. glibc copies blocks above a few KiB with `rep movsb`, which on the AMD EPYC
- * development VM ran slower whenever source and destination differ modulo 64, as they do
- * for most frames: a large NumPy array's data starts 16 bytes into its allocation, a ring
- * buffer on a page. One process, microseconds per copy into a page-aligned buffer, source at
- * 16 mod 64, memcpy vs the loop below: 16 KiB 0.23 vs 0.15, 64 KiB 1.26 vs 1.14, 640x480x3
- * 23.1 vs 21.3, 1920x1080x3 161.7 vs 156.9 (with the source at 0 mod 64 memcpy took 0.16,
- * 1.16, 20.7, 156.4). The loop does what glibc's own vector loop does below that threshold:
- * unaligned loads, aligned stores. Mutually aligned copies and small ones keep memcpy. */
-#define VECTOR_COPY_BYTES 8192
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define HAVE_VECTOR_COPY 1
-static int vector_copy_available; /* the CPU has AVX2: set when the module loads */
-
-__attribute__((target("avx2"))) static void copy_to_aligned(char *destination,
-                                                            const char *source, size_t n) {
-    size_t i = 0;
-    for (; i + 128 <= n; i += 128) {
-        __m256i a = _mm256_loadu_si256((const __m256i *)(source + i));
-        __m256i b = _mm256_loadu_si256((const __m256i *)(source + i + 32));
-        __m256i c = _mm256_loadu_si256((const __m256i *)(source + i + 64));
-        __m256i d = _mm256_loadu_si256((const __m256i *)(source + i + 96));
-        _mm256_store_si256((__m256i *)(destination + i), a);
-        _mm256_store_si256((__m256i *)(destination + i + 32), b);
-        _mm256_store_si256((__m256i *)(destination + i + 64), c);
-        _mm256_store_si256((__m256i *)(destination + i + 96), d);
-    }
-    memcpy(destination + i, source + i, n - i);
-}
-#endif
-
-static void copy_frame(char *destination, const char *source, size_t n) {
-#ifdef HAVE_VECTOR_COPY
-    if (n >= VECTOR_COPY_BYTES && vector_copy_available &&
-        ((uintptr_t)destination & 31) == 0 &&
-        (((uintptr_t)destination ^ (uintptr_t)source) & 63) != 0) {
-        copy_to_aligned(destination, source, n);
-        return;
-    }
-#endif
-    memcpy(destination, source, n);
-}
-
-typedef struct {
-    PyObject_HEAD
-    Py_buffer header; /* exports that keep the two mappings alive (see Rules) */
-    Py_buffer data;
-    int initialized;   /* __init__ succeeded once; it never runs again */
-    int holds_exports; /* until close(): the pointers below are valid */
-    int busy;          /* a publish is running (maybe without the GIL) */
-    uint64_t *control;
-    uint64_t *record;
-    uint64_t *descriptors;
-    uint64_t *freelist;
-    char *buffers;
-    Py_ssize_t frame_bytes;
-    Py_ssize_t buffer_stride;
-    uint64_t slots;
-    uint64_t nbuffers;
-    Py_ssize_t descriptor_words;
-    Py_ssize_t c_head, c_free_count, c_writer_mode, c_reader_waiters, c_frames;
-    Py_ssize_t w_in_publish;
-    Py_ssize_t d_seq, d_buffer, d_timestamp, d_flags;
-    uint64_t mode_exclusive;
-    int reclaim_eagerly;
-    int fence;
-    PyObject *reclaim; /* () -> free count, Participant.reclaim */
-} Publisher;
-
-static inline uint64_t load(const uint64_t *word) {
-    return __atomic_load_n(word, __ATOMIC_ACQUIRE);
-}
-
-static inline void store(uint64_t *word, uint64_t value) {
-    __atomic_store_n(word, value, __ATOMIC_RELEASE);
-}
-
-/* The address of a writable memoryview made by _layout.Views, checked to lie inside
- * `within` (one of the held exports), to be 8-byte aligned and to hold `words` words. */
-static uint64_t *word_view(PyObject *view, const Py_buffer *within, const char *what,
-                           uint64_t words) {
+uint64_t *shmring_word_view(PyObject *view, const Py_buffer *within, const char *owner,
+                            const char *what, uint64_t words) {
     Py_buffer b;
     if (PyObject_GetBuffer(view, &b, PyBUF_WRITABLE) < 0) {
         return NULL;
@@ -136,25 +36,14 @@ static uint64_t *word_view(PyObject *view, const Py_buffer *within, const char *
                (first & 7) == 0 && (uint64_t)b.len / 8 >= words;
     PyBuffer_Release(&b);
     if (!fits) {
-        PyErr_Format(PyExc_ValueError,
-                     "Publisher: the %s view is misplaced, misaligned or too short", what);
+        PyErr_Format(PyExc_ValueError, "%s: the %s view is misplaced, misaligned or too short",
+                     owner, what);
         return NULL;
     }
     return (uint64_t *)first;
 }
 
-static void release_exports(Publisher *self) {
-    if (self->holds_exports) {
-        self->holds_exports = 0;
-        self->control = self->record = self->descriptors = self->freelist = NULL;
-        self->buffers = NULL;
-        PyBuffer_Release(&self->header);
-        PyBuffer_Release(&self->data);
-    }
-}
-
-/* 1 + the largest of `count` word indices, or 0 if one is negative. */
-static uint64_t words_needed(const Py_ssize_t *indices, int count) {
+uint64_t shmring_words_needed(const Py_ssize_t *indices, int count) {
     uint64_t needed = 0;
     for (int i = 0; i < count; i++) {
         if (indices[i] < 0) {
@@ -167,274 +56,18 @@ static uint64_t words_needed(const Py_ssize_t *indices, int count) {
     return needed;
 }
 
-static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {
-        "header", "data", "control", "record", "descriptors", "freelist",
-        "frame_bytes", "buffer_stride", "slots", "nbuffers", "descriptor_words",
-        "c_head", "c_free_count", "c_writer_mode", "c_reader_waiters", "c_frames",
-        "w_in_publish", "d_seq", "d_buffer", "d_timestamp", "d_flags", "mode_exclusive",
-        "reclaim_eagerly", "fence", "reclaim", NULL,
-    };
-    PyObject *header, *data, *control, *record, *descriptors, *freelist, *reclaim;
-    Py_ssize_t frame_bytes, stride, descriptor_words, c_words[5], w_in_publish, d_words[4];
-    unsigned long long slots, nbuffers, mode_exclusive;
-    int reclaim_eagerly, fence;
-    if (self->initialized) {
-        PyErr_SetString(PyExc_RuntimeError, "a Publisher is initialized once");
-        return -1;
-    }
-    if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$OOOOOOnnKKnnnnnnnnnnnKppO:Publisher", keywords, &header, &data,
-            &control, &record, &descriptors, &freelist, &frame_bytes, &stride, &slots,
-            &nbuffers, &descriptor_words, &c_words[0], &c_words[1], &c_words[2], &c_words[3],
-            &c_words[4], &w_in_publish, &d_words[0], &d_words[1], &d_words[2], &d_words[3],
-            &mode_exclusive, &reclaim_eagerly, &fence, &reclaim)) {
-        return -1;
-    }
-    uint64_t table_words, data_bytes;
-    if (slots == 0 || nbuffers == 0 || frame_bytes <= 0 || stride < frame_bytes ||
-        descriptor_words <= 0 || words_needed(d_words, 4) == 0 ||
-        words_needed(d_words, 4) > (uint64_t)descriptor_words ||
-        words_needed(c_words, 5) == 0 || w_in_publish < 0 ||
-        __builtin_mul_overflow(slots, (uint64_t)descriptor_words, &table_words) ||
-        __builtin_mul_overflow(nbuffers - 1, (uint64_t)stride, &data_bytes) ||
-        __builtin_add_overflow(data_bytes, (uint64_t)frame_bytes, &data_bytes)) {
-        PyErr_SetString(PyExc_ValueError, "Publisher: impossible ring geometry");
-        return -1;
-    }
-    if (!PyCallable_Check(reclaim)) {
-        PyErr_SetString(PyExc_TypeError, "Publisher: reclaim must be callable");
-        return -1;
-    }
-    if (PyObject_GetBuffer(header, &self->header, PyBUF_WRITABLE) < 0) {
-        return -1;
-    }
-    if (PyObject_GetBuffer(data, &self->data, PyBUF_WRITABLE) < 0) {
-        PyBuffer_Release(&self->header);
-        return -1;
-    }
-    self->holds_exports = 1;
-    if (!(self->control = word_view(control, &self->header, "control", words_needed(c_words, 5))) ||
-        !(self->record = word_view(record, &self->header, "record", (uint64_t)w_in_publish + 1)) ||
-        !(self->descriptors = word_view(descriptors, &self->header, "descriptors", table_words)) ||
-        !(self->freelist = word_view(freelist, &self->header, "freelist", nbuffers))) {
-        release_exports(self);
-        return -1;
-    }
-    if ((uint64_t)self->data.len < data_bytes) {
-        PyErr_SetString(PyExc_ValueError, "Publisher: the buffers do not fit their mapping");
-        release_exports(self);
-        return -1;
-    }
-    self->buffers = self->data.buf;
-    self->frame_bytes = frame_bytes;
-    self->buffer_stride = stride;
-    self->slots = slots;
-    self->nbuffers = nbuffers;
-    self->descriptor_words = descriptor_words;
-    self->c_head = c_words[0];
-    self->c_free_count = c_words[1];
-    self->c_writer_mode = c_words[2];
-    self->c_reader_waiters = c_words[3];
-    self->c_frames = c_words[4];
-    self->w_in_publish = w_in_publish;
-    self->d_seq = d_words[0];
-    self->d_buffer = d_words[1];
-    self->d_timestamp = d_words[2];
-    self->d_flags = d_words[3];
-    self->mode_exclusive = mode_exclusive;
-    self->reclaim_eagerly = reclaim_eagerly;
-    self->fence = fence;
-    self->reclaim = Py_NewRef(reclaim);
-    self->initialized = 1;
-    return 0;
+void shmring_futex_wake_all(uint64_t *word) {
+    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
-
-/* Leave the bracket early: the frame's export released, the next publish allowed. */
-static void leave(Publisher *self, Py_buffer *frame) {
-    store(&self->record[self->w_in_publish], 0);
-    self->busy = 0;
-    PyBuffer_Release(frame);
-}
-
-/* ... and say the fast path does not apply (or why not). */
-static PyObject *fall_back(Publisher *self, Py_buffer *frame, long code) {
-    leave(self, frame);
-    return PyLong_FromLong(code);
-}
-
-/* ... with the exception that is set. */
-static PyObject *fail(Publisher *self, Py_buffer *frame) {
-    leave(self, frame);
-    return NULL;
-}
-
-static PyObject *Publisher_publish(Publisher *self, PyObject *frame_object) {
-    if (self->busy) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "RingWriter.write() was entered while a write() on the same writer was "
-                        "under way (from another thread, or a signal handler); give each thread "
-                        "its own RingWriter (RingWriter.attach) or serialize the calls");
-        return NULL;
-    }
-    if (!self->holds_exports || self->reclaim == NULL) {
-        return PyLong_FromLong(PUBLISH_FALLBACK); /* closed */
-    }
-    Py_buffer frame;
-    if (PyObject_GetBuffer(frame_object, &frame, PyBUF_STRIDES) < 0) {
-        return NULL;
-    }
-    if (frame.len != self->frame_bytes || !PyBuffer_IsContiguous(&frame, 'C')) {
-        PyBuffer_Release(&frame); /* strided: numpy copies it in the general path */
-        return PyLong_FromLong(PUBLISH_FALLBACK);
-    }
-    uint64_t *control = self->control;
-    self->busy = 1;
-    __atomic_store_n(&self->record[self->w_in_publish], 1, __ATOMIC_RELAXED);
-    __atomic_signal_fence(__ATOMIC_SEQ_CST); /* the other side's membarrier() orders it */
-    if (load(&control[self->c_writer_mode]) != self->mode_exclusive) {
-        return fall_back(self, &frame, PUBLISH_FALLBACK);
-    }
-    uint64_t seq = load(&control[self->c_head]); /* only this writer moves it, in this mode */
-    if (seq >= SEQ_LIMIT) {
-        return fall_back(self, &frame, PUBLISH_FALLBACK); /* the general path reports it */
-    }
-    uint64_t count = load(&control[self->c_free_count]);
-    if (self->reclaim_eagerly || count == 0) {
-        PyObject *result = PyObject_CallNoArgs(self->reclaim);
-        if (result == NULL) {
-            return fail(self, &frame);
-        }
-        count = PyLong_AsUnsignedLongLong(result);
-        Py_DECREF(result);
-        if (count == (uint64_t)-1 && PyErr_Occurred()) {
-            return fail(self, &frame);
-        }
-    }
-    if (count == 0 || count > self->nbuffers) {
-        return fall_back(self, &frame, PUBLISH_FALLBACK);
-    }
-    uint64_t buffer = load(&self->freelist[count - 1]);
-    if (buffer >= self->nbuffers) {
-        return fall_back(self, &frame, PUBLISH_CORRUPTED);
-    }
-    store(&control[self->c_free_count], count - 1);
-    char *destination = self->buffers + buffer * (uint64_t)self->buffer_stride;
-    if (frame.len >= COPY_WITHOUT_GIL_BYTES) {
-        Py_BEGIN_ALLOW_THREADS
-        copy_frame(destination, frame.buf, frame.len);
-        Py_END_ALLOW_THREADS
-    } else {
-        copy_frame(destination, frame.buf, frame.len);
-    }
-    PyBuffer_Release(&frame);
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now); /* time.monotonic_ns()'s clock */
-    uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
-    store(&descriptor[self->d_buffer], buffer);
-    store(&descriptor[self->d_timestamp],
-          (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec);
-    store(&descriptor[self->d_flags], 0); /* ring-shaped, no metadata */
-    store(&descriptor[self->d_seq], seq); /* the frame is visible from here on */
-    store(&control[self->c_head], seq + 1);
-    store(&self->record[self->w_in_publish], 0);
-    /* Publish before looking for sleepers: a full fence, unless sleepers make it for us
-     * (_sys.before_sleep_barrier, the expedited membarrier). */
-    if (self->fence) {
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    } else {
-        __atomic_signal_fence(__ATOMIC_SEQ_CST);
-    }
-    if (load(&control[self->c_reader_waiters])) {
-        /* A changed word cannot be slept through: a reader that read the old value and
-         * was about to sleep returns at once instead of missing this wake-up. */
-        uint64_t *frames = &control[self->c_frames];
-        store(frames, (load(frames) + 1) & 0xFFFFFFFFu);
-        syscall(SYS_futex, (uint32_t *)frames, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
-    }
-    self->busy = 0;
-    return PyLong_FromUnsignedLongLong(seq);
-}
-
-static PyObject *Publisher_close(Publisher *self, PyObject *Py_UNUSED(ignored)) {
-    if (self->busy) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "RingWriter closed while a write() on it was under way in another "
-                        "thread; close it after that write() returns");
-        return NULL;
-    }
-    release_exports(self);
-    Py_RETURN_NONE;
-}
-
-static PyObject *Publisher_forget(Publisher *self, PyObject *Py_UNUSED(ignored)) {
-    /* In a forked child: the thread that was publishing (if any) does not exist here. */
-    self->busy = 0;
-    release_exports(self);
-    Py_RETURN_NONE;
-}
-
-static int Publisher_traverse(Publisher *self, visitproc visit, void *arg) {
-    Py_VISIT(self->reclaim);
-    return 0;
-}
-
-static int Publisher_clear(Publisher *self) {
-    Py_CLEAR(self->reclaim);
-    return 0;
-}
-
-static void Publisher_dealloc(Publisher *self) {
-    PyObject_GC_UnTrack(self);
-    release_exports(self);
-    Publisher_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static PyMethodDef Publisher_methods[] = {
-    {"publish", (PyCFunction)Publisher_publish, METH_O,
-     "publish(frame) -> sequence number, PUBLISH_FALLBACK or PUBLISH_CORRUPTED."},
-    {"close", (PyCFunction)Publisher_close, METH_NOARGS,
-     "Drop the exports of the ring's mappings; publish() falls back from then on."},
-    {"forget", (PyCFunction)Publisher_forget, METH_NOARGS,
-     "close() in a forked child, whatever the parent's threads were doing."},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyTypeObject PublisherType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "shmring._fastpath.Publisher",
-    .tp_doc = "The exclusive writer's write() fast path over one ring (see _fastpath.c).",
-    .tp_basicsize = sizeof(Publisher),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Publisher_init,
-    .tp_dealloc = (destructor)Publisher_dealloc,
-    .tp_traverse = (traverseproc)Publisher_traverse,
-    .tp_clear = (inquiry)Publisher_clear,
-    .tp_methods = Publisher_methods,
-};
 
 static int fastpath_exec(PyObject *module) {
-#ifdef HAVE_VECTOR_COPY
-    __builtin_cpu_init();
-    vector_copy_available = __builtin_cpu_supports("avx2");
-#endif
-    if (PyType_Ready(&PublisherType) < 0) {
-        return -1;
-    }
-    if (PyModule_AddObjectRef(module, "Publisher", (PyObject *)&PublisherType) < 0 ||
-        PyModule_AddIntConstant(module, "PUBLISH_FALLBACK", PUBLISH_FALLBACK) < 0 ||
-        PyModule_AddIntConstant(module, "PUBLISH_CORRUPTED", PUBLISH_CORRUPTED) < 0) {
-        return -1;
-    }
-    return 0;
+    return shmring_add_publisher(module) < 0 || shmring_add_taker(module) < 0 ? -1 : 0;
 }
 
 static PyModuleDef_Slot fastpath_slots[] = {
     {Py_mod_exec, fastpath_exec},
 #if PY_VERSION_HEX >= 0x030C0000
-    /* PublisherType is a static type: one interpreter only. */
+    /* The types are static: one interpreter only. */
     {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
 #endif
     {0, NULL},
@@ -443,7 +76,7 @@ static PyModuleDef_Slot fastpath_slots[] = {
 static struct PyModuleDef fastpath_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "shmring._fastpath",
-    .m_doc = "The exclusive writer's write() fast path (see the comment atop _fastpath.c).",
+    .m_doc = "Per-frame steps of the writer and reader in C (see the comment atop _fastpath.c).",
     .m_size = 0,
     .m_slots = fastpath_slots,
 };

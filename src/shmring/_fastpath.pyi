@@ -1,8 +1,11 @@
 # Type stub for the C extension _fastpath.c (see the comment atop that file).
 from collections.abc import Callable
 from mmap import mmap
+from typing import Self
 
 import numpy as np
+
+from shmring._reader import Frame, RingReader
 
 PUBLISH_FALLBACK: int
 PUBLISH_CORRUPTED: int
@@ -38,5 +41,52 @@ class Publisher:
         reclaim: Callable[[], int],
     ) -> None: ...
     def publish(self, frame: np.ndarray) -> int: ...
+    def close(self) -> None: ...
+    def forget(self) -> None: ...
+
+class FrameBase:
+    _reader: RingReader | None
+    def __new__(
+        cls,
+        reader: RingReader,
+        array: np.ndarray,
+        seq: int,
+        timestamp_ns: int,
+        dropped: int,
+        meta: bytes,
+    ) -> Self: ...
+    @property
+    def array(self) -> np.ndarray: ...
+    @property
+    def _meta(self) -> bytes: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def timestamp_ns(self) -> int: ...
+    @property
+    def dropped(self) -> int: ...
+
+class Taker:
+    def __init__(
+        self,
+        *,
+        header: mmap,
+        control: memoryview,
+        descriptors: memoryview,
+        buffers: list[np.ndarray],
+        frame_type: type[FrameBase],
+        slots: int,
+        descriptor_words: int,
+        c_frames: int,
+        c_flags: int,
+        d_seq: int,
+        d_buffer: int,
+        d_timestamp: int,
+        d_flags: int,
+        f_closed: int,
+    ) -> None: ...
+    # Built as frame_type, which _reader.py passes as Frame.
+    def take(self, reader: RingReader, seq: int) -> Frame | None: ...
+    def wait(self, reader: RingReader, seq: int, timeout: float) -> Frame | None: ...
     def close(self) -> None: ...
     def forget(self) -> None: ...

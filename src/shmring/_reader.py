@@ -15,13 +15,14 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import DTypeLike
 
 from . import _layout as L
 from ._errors import EndOfStream, RingCorrupted, RingTimeout, ShmringError, WriterGone
+from ._fastpath import FrameBase, Taker
 from ._pacing import Pacer
 from ._ring import Participant, RingHandle, uncount_sleeper
 from ._segment import Segment, validate_name
@@ -38,30 +39,24 @@ from ._timing import DEFAULT_SPIN, POLL_SLICE, checked_spin, deadline_from, rema
 
 _STARTS = ("latest", "oldest")
 
+# What a wait waits for: a frame it takes, or the sequence number of a published frame that
+# the caller takes itself (iteration, see _iterate_own).
+_Ready = TypeVar("_Ready", "Frame", int)
 
-class Frame:
+
+def _seq_of(ready: Frame | int) -> int:
+    return ready if isinstance(ready, int) else ready.seq
+
+
+class Frame(FrameBase):
     """One frame held by a reader. `array` is a read-only view into shared memory that stays
     unchanged until the frame is released (context exit, `release()`, the reader's next
     frame when it came from iteration or `latest()`, or the Frame being garbage-collected:
-    keep the Frame, not just its array, while you use the array). Copy it to keep it longer."""
+    keep the Frame, not just its array, while you use the array). Copy it to keep it longer.
+    `seq`, `timestamp_ns` and `dropped` are read-only. (The fields live in C, FrameBase, so
+    that iteration builds a Frame without running Python: _taker.c.)"""
 
-    __slots__ = ("_meta", "_reader", "array", "dropped", "seq", "timestamp_ns")
-
-    def __init__(
-        self,
-        reader: RingReader,
-        array: np.ndarray,
-        seq: int,
-        timestamp_ns: int,
-        dropped: int,
-        meta: bytes,
-    ) -> None:
-        self._reader: RingReader | None = reader
-        self.array = array
-        self.seq = seq
-        self.timestamp_ns = timestamp_ns
-        self.dropped = dropped
-        self._meta = meta
+    __slots__ = ()
 
     @property
     def meta(self) -> bytes:
@@ -107,8 +102,8 @@ class _CollectableFrame(Frame):
     def __del__(self) -> None:
         # A frame nobody references any more can never be released by hand (say Ctrl-C
         # arrived between read() returning it and the assignment): release it here, or the
-        # reader would hold it for ever. (getattr: Ctrl-C may have cut __init__ short.)
-        reader = getattr(self, "_reader", None)
+        # reader would hold it for ever.
+        reader = self._reader
         if reader is not None:
             with contextlib.suppress(Exception):  # e.g. at interpreter shutdown
                 reader._release(self)
@@ -212,7 +207,8 @@ class RingReader(RingHandle):
         self._record = record
         self._next = first
         self._lock_free = self._block and group is None
-        self._leave_at(weakref.finalize(self, _close_reader, p, record, index))
+        self._taker = _taker(p)
+        self._leave_at(weakref.finalize(self, _close_reader, p, record, index, self._taker))
 
     def _join_group(self, group: str, first: int) -> int:
         p = self._p
@@ -252,62 +248,83 @@ class RingReader(RingHandle):
         return self._iterate_own() if self._lock_free else self._iterate()
 
     def _iterate_own(self) -> Iterator[Frame]:
-        """__iter__ for a block-policy reader that is its own group, with the common case
-        (a ring-shaped frame without metadata, only the previous frame held) inlined."""
+        """__iter__ for a block-policy reader that is its own group. The common case, a
+        ring-shaped frame without metadata with only the previous frame held, runs inline
+        with the frame built in C (_taker.c). So does a wait for an unpublished frame when
+        the reader does not poll: after a wake-up every line of Python runs with cold
+        caches, so the frame it slept for reaches the caller through as few as possible."""
         p = self._p
-        descriptors, slots, buffers = self._descriptors, self._slots, self._buffers
-        record, control, held = self._record, self._control, self._held
+        descriptors, slots, held = self._descriptors, self._slots, self._held
+        record, control = self._record, self._control
+        take, wait = self._taker.take, self._taker.wait
         wake_writers = p.wake_writers
         fence_needed = FAST_PATH_FENCE
         fence_enter, fence_exit = fence_halves()
         # Local names, one fast lookup each: every Python lookup shows at 64-byte frames.
-        d_seq, d_flags, d_buffer, d_timestamp = L.D_SEQ, L.D_FLAGS, L.D_BUFFER, L.D_TIMESTAMP
-        r_release, c_writer_waiters, c_space_wanted = (
-            L.R_RELEASE,
-            L.C_WRITER_WAITERS,
-            L.C_SPACE_WANTED,
-        )
+        d_seq, r_release = L.D_SEQ, L.R_RELEASE
+        c_writer_waiters, c_space_wanted = L.C_WRITER_WAITERS, L.C_SPACE_WANTED
+        sleeps_at_once = not self._spin
+
+        def published() -> int | None:
+            seq = self._next
+            return seq if descriptors[seq % slots][d_seq] == seq else None
+
         try:
             while True:
                 if p.closed:
                     p.check_usable()  # raises: closed, or inherited across fork()
                 seq = self._next
-                descriptor = descriptors[seq % slots]
                 last = self._last
+                frame = None
                 if (
-                    descriptor[d_seq] == seq
-                    and not descriptor[d_flags]  # ring-shaped, no metadata
-                    and last is not None
+                    last is not None
                     and len(held) == 1
                     and held[0] == last.seq
                     and last._reader is not None
                 ):
-                    try:
-                        array = buffers[descriptor[d_buffer]]
-                    except IndexError:
-                        raise p.corrupted_buffer(descriptor[d_buffer]) from None
-                    if self._counted:  # woken for the last frame (checked inline: hot path)
-                        self._uncount()
-                    frame = self._pending = Frame(self, array, seq, descriptor[d_timestamp], 0, b"")
-                    self._next = seq + 1
-                    held[0] = seq  # holds the new frame and releases the last in one step
-                    last._reader = None
-                    record[r_release] = seq
-                    if fence_needed:  # the release must be visible before we look for
-                        fence_enter()  # sleeping writers (unless they make the barrier)
-                        fence_exit()
-                    if control[c_writer_waiters] and seq >= control[c_space_wanted]:
-                        wake_writers()
-                else:
-                    general = self._next_by_general_path()
-                    if general is None:
+                    frame = self._pending = take(self, seq)
+                    if frame is not None:
+                        if self._counted:  # woken for the last frame (inline: hot path)
+                            self._uncount()
+                        self._next = seq + 1
+                        held[0] = seq  # holds the new frame and releases the last in one step
+                        last._reader = None
+                        record[r_release] = seq
+                        if fence_needed:  # the release must be visible before we look for
+                            fence_enter()  # sleeping writers (unless they make the barrier)
+                            fence_exit()
+                        if control[c_writer_waiters] and seq >= control[c_space_wanted]:
+                            wake_writers()
+                if frame is None and descriptors[seq % slots][d_seq] != seq:
+                    # Asking for the next frame means being done with the last: release it
+                    # before waiting, so the writer reuses that buffer, which is still in cache.
+                    self._release_last()
+                    if sleeps_at_once:
+                        self._count()
+                        frame = self._pending = wait(self, seq, POLL_SLICE)  # one sleep
+                    if frame is None:  # polling, timed out, closed, or not for take()
+                        try:
+                            self._wait_for(published, None)
+                        except EndOfStream:
+                            return
+                        frame = self._pending = take(self, seq)
+                    if frame is not None and not held:  # (held: frames kept from read())
+                        # R_RELEASE reads seq already (_release stored self._next), and the
+                        # reader stays counted as a sleeper (see _counted).
+                        self._next = seq + 1
+                        held.append(seq)
+                    else:
+                        frame = self._pending = None
+                if frame is None:
+                    frame = self._next_by_general_path()
+                    if frame is None:
                         return
-                    frame = general
                 self._last = frame
                 self._pending = None
                 yield frame
         except BaseException:
-            self._release_pending()  # e.g. Ctrl-C between taking a frame and handing it out
+            self._uncount()  # e.g. Ctrl-C in a sleep: the caller may not come back for long
+            self._release_pending()  # or between taking a frame and handing it out
             raise
 
     def _iterate(self) -> Iterator[Frame]:
@@ -368,7 +385,7 @@ class RingReader(RingHandle):
             self._last.release()
             self._last = None
 
-    def _wait_for(self, take: Callable[[], Frame | None], deadline: float | None) -> Frame:
+    def _wait_for(self, take: Callable[[], _Ready | None], deadline: float | None) -> _Ready:
         """Poll `take` (after a nap, for a steady stream: _pacing.py), then sleep on the
         frames futex; raise at end of stream, when every writer is gone, or at the
         deadline."""
@@ -390,7 +407,7 @@ class RingReader(RingHandle):
                 frame = take()
                 if frame is not None:
                     if self._spin:  # only a reader that polls paces itself
-                        self._pacer.arrived(frame.seq, time.monotonic())
+                        self._pacer.arrived(_seq_of(frame), time.monotonic())
                     return frame  # still counted: see _counted
                 if control[L.C_FLAGS] & L.F_CLOSED and control[L.C_WRITERS] == 0:
                     frame = take()
@@ -408,7 +425,7 @@ class RingReader(RingHandle):
             self._uncount()  # the caller may not come back for a long time
             raise
 
-    def _poll(self, take: Callable[[], Frame | None], deadline: float | None) -> Frame | None:
+    def _poll(self, take: Callable[[], _Ready | None], deadline: float | None) -> _Ready | None:
         """The polling part of a wait: nap first if the stream is steady (_pacing.py), then
         poll for up to `spin` seconds (past the frame's due time after a nap)."""
         pacer = self._pacer
@@ -424,7 +441,7 @@ class RingReader(RingHandle):
             now = time.monotonic()
             if frame is not None:
                 pacer.nap_outcome(overslept=True, polled=0.0)
-                pacer.arrived(frame.seq, now)
+                pacer.arrived(_seq_of(frame), now)
                 return frame  # still counted: see _counted
             if self._control[L.C_FLAGS] & L.F_CLOSED:
                 return None  # the caller's wait drains the stream and reports its end
@@ -442,13 +459,13 @@ class RingReader(RingHandle):
             if frame is not None:
                 if napped:  # there at the first look: it came while we slept
                     pacer.nap_outcome(overslept=now == woke, polled=now - woke)
-                pacer.arrived(frame.seq, now)
+                pacer.arrived(_seq_of(frame), now)
                 return frame
             now = time.monotonic()
             if now >= poll_until:
                 return None
 
-    def _nap(self, take: Callable[[], Frame | None], nap_end: float) -> Frame | None:
+    def _nap(self, take: Callable[[], _Ready | None], nap_end: float) -> _Ready | None:
         """Sleep as a counted waiter (a frame that comes early wakes us) until `nap_end`;
         the frame if one came, else None (also as soon as the stream is closed)."""
         p, control = self._p, self._control
@@ -649,6 +666,14 @@ class RingReader(RingHandle):
     def dtype(self) -> np.dtype[Any]:
         return self._p.geometry.dtype
 
+    def close(self) -> None:
+        self._taker.close()  # first: it raises if another thread waits in it for a frame
+        super().close()
+
+    def _forget_after_fork(self) -> None:
+        self._taker.forget()
+        super()._forget_after_fork()
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (_attach_reader, (self._p.name, self._group_name, self._start, self._spin))
 
@@ -661,8 +686,30 @@ def _attach_reader(name: str, group: str | None, start: str, spin: float) -> Rin
     return RingReader.attach(name, group=group, start=start, spin=spin)
 
 
-def _close_reader(p: Participant, record: memoryview, index: int) -> None:
+def _taker(p: Participant) -> Taker:
+    """Iteration's taking of frames, in C (_taker.c), over this handle's views."""
+    g = p.geometry
+    return Taker(
+        header=p.segment.header,
+        control=p.views.control,
+        descriptors=p.views.descriptor_table,
+        buffers=p.views.buffers,
+        frame_type=Frame,
+        slots=g.slots,
+        descriptor_words=g.descriptor_bytes // 8,
+        c_frames=L.C_FRAMES,
+        c_flags=L.C_FLAGS,
+        d_seq=L.D_SEQ,
+        d_buffer=L.D_BUFFER,
+        d_timestamp=L.D_TIMESTAMP,
+        d_flags=L.D_FLAGS,
+        f_closed=L.F_CLOSED,
+    )
+
+
+def _close_reader(p: Participant, record: memoryview, index: int, taker: Taker) -> None:
     """Leave the ring (also run by the finalizer at garbage collection and interpreter exit)."""
+    taker.close()  # first: it raises if another thread waits in it (idempotent)
     if p.closed or p.pid != os.getpid():
         return
     try:

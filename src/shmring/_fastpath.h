@@ -1,0 +1,39 @@
+/* Shared by the C files of shmring._fastpath (see the comment atop _fastpath.c). */
+#ifndef SHMRING_FASTPATH_H
+#define SHMRING_FASTPATH_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the futex words are the low halves of 64-bit words: little-endian only (docs/FORMAT.md)"
+#endif
+
+static inline uint64_t load(const uint64_t *word) {
+    return __atomic_load_n(word, __ATOMIC_ACQUIRE);
+}
+
+static inline void store(uint64_t *word, uint64_t value) {
+    __atomic_store_n(word, value, __ATOMIC_RELEASE);
+}
+
+/* The address of a writable memoryview made by _layout.Views, checked to lie inside
+ * `within` (one of the held exports), to be 8-byte aligned and to hold `words` words;
+ * NULL with ValueError (naming `owner` and `what`) otherwise. */
+uint64_t *shmring_word_view(PyObject *view, const Py_buffer *within, const char *owner,
+                            const char *what, uint64_t words);
+
+/* 1 + the largest of `count` word indices, or 0 if one is negative. */
+uint64_t shmring_words_needed(const Py_ssize_t *indices, int count);
+
+/* FUTEX_WAKE every sleeper on the futex word at the low half of `word`. */
+void shmring_futex_wake_all(uint64_t *word);
+
+/* Ready a file's types and add them (and its constants) to the module: 0, or -1 with an
+ * exception set. */
+int shmring_add_publisher(PyObject *module); /* _publisher.c */
+int shmring_add_taker(PyObject *module);     /* _taker.c */
+
+#endif
