@@ -1,4 +1,4 @@
-"""write()'s fast path in C (_fastpath.c): what it publishes, when it gives way to the general
+"""write()'s fast path in C (_publisher.c): what it publishes, when it gives way to the general
 path, and how it fails. Streams across processes and kills are covered elsewhere (every
 test_stream / test_crash write of a ring-shaped frame goes through it); here the Publisher is
 also driven directly, to see which path a write took."""
@@ -219,7 +219,7 @@ def test_garbage_collection_unmaps_the_ring_too() -> None:
 @pytest.mark.parametrize("misalignment", [1, 16, 63])
 def test_a_source_at_any_alignment_arrives_intact(nbytes: int, misalignment: int) -> None:
     """Large copies from a source that differs from the buffer modulo 64 take the vector
-    loop (_fastpath.c, copy_frame), which has its own tail handling."""
+    loop (_publisher.c, copy_frame), which has its own tail handling."""
     raw = np.random.default_rng(nbytes).integers(0, 256, nbytes + 128, dtype=np.uint8)
     start = (misalignment - raw.ctypes.data) % 64
     frame = raw[start : start + nbytes]

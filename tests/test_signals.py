@@ -29,7 +29,8 @@ import numpy as np
 import pytest
 from helpers import WAIT, seg_path, unique_name, wait_pid_exit
 
-from shmring import Claim, Frame, RingReader, RingTimeout, RingWriter
+from shmring import Claim, RingReader, RingTimeout, RingWriter
+from shmring._timing import DEFAULT_SPIN
 
 BOUND = 0.2  # the promise: interrupted within 0.2 s
 SHAPE = (64,)
@@ -49,6 +50,7 @@ BLOCKING: dict[str, Callable[[Any], object]] = {
     "group_read": lambda reader: reader.read(None),
     "latest": lambda reader: reader.latest(None),
     "iterate": lambda reader: next(iter(reader)),
+    "iterate_sleeping": lambda reader: next(iter(reader)),  # spin=0: it sleeps in C (_taker.c)
     "write": lambda writer: writer.write(np.ones(SHAPE, np.uint8), None),
     "claim": lambda writer: _publish(writer.claim(None)),
 }
@@ -68,7 +70,11 @@ def blocked_child(conn: Connection, name: str, call: str, handle_sigterm: bool) 
     if call in WRITER_CALLS:
         handle = RingWriter.attach(name)
     else:
-        handle = RingReader.attach(name, group="g" if call == "group_read" else None)
+        handle = RingReader.attach(
+            name,
+            group="g" if call == "group_read" else None,
+            spin=0 if call == "iterate_sleeping" else DEFAULT_SPIN,
+        )
     conn.send("ready")
     try:
         BLOCKING[call](handle)

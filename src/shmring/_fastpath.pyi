@@ -1,4 +1,4 @@
-# Type stub for the C extension _fastpath.c (see the comment atop that file).
+# Type stub for the C extension shmring._fastpath (see the comment atop _fastpath.c).
 from collections.abc import Callable
 from mmap import mmap
 from typing import Self

@@ -688,12 +688,17 @@ def _attach_reader(name: str, group: str | None, start: str, spin: float) -> Rin
 
 def _taker(p: Participant) -> Taker:
     """Iteration's taking of frames, in C (_taker.c), over this handle's views."""
-    g = p.geometry
-    return Taker(
+    return Taker(**taker_arguments(p))
+
+
+def taker_arguments(p: Participant) -> dict[str, Any]:
+    """Taker's keyword arguments: this handle's views and _layout's word indices."""
+    g, views = p.geometry, p.views
+    return dict(
         header=p.segment.header,
-        control=p.views.control,
-        descriptors=p.views.descriptor_table,
-        buffers=p.views.buffers,
+        control=views.control,
+        descriptors=views.descriptor_table,
+        buffers=views.buffers,
         frame_type=Frame,
         slots=g.slots,
         descriptor_words=g.descriptor_bytes // 8,

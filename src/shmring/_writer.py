@@ -3,7 +3,7 @@
 # Rules: `write` copies once; `claim` hands out the buffer itself. A frame is published
 # when its descriptor's D_SEQ word is written, after everything else about it. The
 # exclusive-mode fast path (one writer on the ring) runs without the header lock, for
-# write() in C (_fastpath.c); every other path takes it. See _ring.py for the theory,
+# write() in C (_publisher.c); every other path takes it. See _ring.py for the theory,
 # docs/FORMAT.md for the bytes.
 
 from __future__ import annotations
@@ -250,7 +250,7 @@ class RingWriter(RingHandle):
             and frame.shape == self._shape
             and frame.dtype is self._dtype
         ):
-            # The common case, in C (_fastpath.c): exclusive block-policy writer, a
+            # The common case, in C (_publisher.c): exclusive block-policy writer, a
             # ring-shaped frame. It falls back (a negative result) when anything else holds.
             if self._awaits_hot_buffer:
                 self._await_hot_buffer()
@@ -641,7 +641,7 @@ def _attach_writer(name: str) -> RingWriter:
 
 
 def _publisher(p: Participant, record: memoryview, reclaim_eagerly: bool) -> Publisher:
-    """write()'s fast path over this handle's views (_fastpath.c)."""
+    """write()'s fast path over this handle's views (_publisher.c)."""
     return Publisher(**publisher_arguments(p, record, reclaim_eagerly))
 
 

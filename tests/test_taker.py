@@ -1,0 +1,252 @@
+"""Iteration's taking of frames in C (_taker.c): what Taker.take builds and when it declines,
+what one Taker.wait does, and Frame's fields (FrameBase). Streams across processes go through
+it in test_stream and test_crash (every iterating own-group reader); the signal tests cover
+Ctrl-C in its sleep (test_signals, "iterate_sleeping")."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import WAIT, unique_name
+
+import shmring._layout as L
+from shmring import Frame, RingCorrupted, RingReader, RingWriter
+from shmring._fastpath import FrameBase, Taker
+from shmring._reader import taker_arguments
+
+SHAPE = (4, 6)
+SYS_FUTEX = 202  # x86_64
+
+
+def _frame(value: int) -> np.ndarray:
+    return np.full(SHAPE, value, np.uint8)
+
+
+def test_take_builds_the_frame_and_records_nothing() -> None:
+    with (
+        RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w,
+        RingReader.attach(w.name, start="oldest") as r,
+    ):
+        w.write(_frame(7), WAIT)
+        release_before = r._record[L.R_RELEASE]
+        frame = r._taker.take(r, 0)
+        assert type(frame) is Frame
+        assert frame.seq == 0 and frame.dropped == 0 and frame.meta == b""
+        assert frame.timestamp_ns > 0 and frame._reader is r
+        assert np.array_equal(frame.array, _frame(7)) and not frame.array.flags.writeable
+        buffer = r._descriptors[0][L.D_BUFFER]
+        assert frame.array is r._buffers[buffer]
+        # the caller records the frame; take() itself left the reader as it was
+        assert r._held == [] and r._next == 0
+        assert r._record[L.R_RELEASE] == release_before
+
+
+def test_take_declines_what_the_general_path_must_handle() -> None:
+    with (
+        RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4, meta_size=8) as w,
+        RingReader.attach(w.name, start="oldest") as r,
+    ):
+        take = r._taker.take
+        assert take(r, 0) is None  # not published yet
+        w.write(_frame(1), WAIT, meta=b"m")
+        with w.claim(WAIT, shape=(2, 6)) as slot:
+            slot[...] = 2
+        w.write(_frame(3), WAIT)
+        assert take(r, 0) is None  # metadata
+        assert take(r, 1) is None  # its own shape
+        assert take(r, 2) is not None
+        assert take(r, 6) is None  # the descriptor slot holds frame 2, not 6
+        got = [(f.seq, f.meta, f.array.shape) for f in _first(r, 3)]
+        assert got == [(0, b"m", SHAPE), (1, b"", (2, 6)), (2, b"", SHAPE)]
+
+
+def _first(reader: RingReader, count: int) -> list[Frame]:
+    frames = []
+    for frame in reader:
+        frames.append(frame)
+        if len(frames) == count:
+            return frames
+    raise AssertionError("the stream ended early")
+
+
+def test_an_out_of_range_buffer_index_is_reported_as_corruption() -> None:
+    with (
+        RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w,
+        RingReader.attach(w.name, start="oldest") as r,
+    ):
+        w.write(_frame(1), WAIT)
+        r._descriptors[0][L.D_BUFFER] = 1000
+        assert r._taker.take(r, 0) is None
+        with pytest.raises(RingCorrupted, match="buffer"):
+            next(iter(r))
+
+
+def test_wait_returns_the_frame_at_once_when_it_is_there() -> None:
+    with (
+        RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w,
+        RingReader.attach(w.name, start="oldest", spin=0) as r,
+    ):
+        w.write(_frame(4), WAIT)
+        frame = r._taker.wait(r, 0, WAIT)
+        assert frame is not None and frame.seq == 0 and int(frame.array[0, 0]) == 4
+
+
+def test_wait_sleeps_at_most_its_timeout() -> None:
+    with (
+        RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w,
+        RingReader.attach(w.name, start="oldest", spin=0) as r,
+    ):
+        assert r._taker.wait(r, 0, 0.0) is None
+        assert r._taker.wait(r, 0, 0.01) is None
+        with pytest.raises(ValueError, match="timeout"):
+            r._taker.wait(r, 0, -1.0)
+        with pytest.raises(ValueError, match="timeout"):
+            r._taker.wait(r, 0, float("nan"))
+
+
+def test_wait_does_not_sleep_once_the_stream_is_closed() -> None:
+    w = RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)
+    with RingReader.attach(w.name, start="oldest", spin=0) as r:
+        w.close()
+        started = time.monotonic()
+        assert r._taker.wait(r, 0, WAIT) is None
+        assert time.monotonic() - started < WAIT / 2  # did not sleep out its timeout
+        assert list(r) == []  # ... and iteration reports the end of the stream
+
+
+def _sleep_in_wait(reader: RingReader, seq: int, out: list[Any]) -> threading.Thread:
+    """A thread that counts `reader` as a sleeper and waits in Taker.wait; returned once it
+    sleeps in futex(2)."""
+
+    def run() -> None:
+        reader._count()
+        try:
+            out.append(reader._taker.wait(reader, seq, WAIT))
+        except BaseException as exc:  # reported to the test
+            out.append(exc)
+        finally:
+            reader._uncount()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + WAIT
+    while thread.native_id is None and time.monotonic() < deadline:
+        time.sleep(0.001)  # bounded poll for the thread to start
+    path = f"/proc/self/task/{thread.native_id}/syscall"
+    while time.monotonic() < deadline:
+        with open(path) as f:
+            if f.read().split()[0] == str(SYS_FUTEX):
+                return thread
+        time.sleep(0.001)  # bounded poll for the thread to block
+    raise AssertionError("the waiting thread never slept in futex()")
+
+
+def test_a_write_wakes_the_wait_with_the_frame() -> None:
+    with (
+        RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w,
+        RingReader.attach(w.name, start="oldest", spin=0) as r,
+    ):
+        out: list[Any] = []
+        thread = _sleep_in_wait(r, 0, out)
+        w.write(_frame(9), WAIT)
+        thread.join(WAIT)
+        assert not thread.is_alive()
+        [frame] = out
+        assert isinstance(frame, Frame) and frame.seq == 0 and int(frame.array[0, 0]) == 9
+
+
+def test_closing_the_reader_while_another_thread_waits_in_it_raises() -> None:
+    w = RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)
+    r = RingReader.attach(w.name, start="oldest", spin=0)
+    out: list[Any] = []
+    thread = _sleep_in_wait(r, 0, out)
+    with pytest.raises(RuntimeError, match="another thread waits"):
+        r.close()
+    assert not r.closed  # nothing was closed: the waiting thread's memory stays mapped
+    w.close()  # ends the stream: the wait returns
+    thread.join(WAIT)
+    assert out == [None]
+    r.close()
+    assert r.closed
+
+
+def test_after_close_take_and_wait_decline() -> None:
+    with RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w:
+        r = RingReader.attach(w.name, start="oldest")
+        w.write(_frame(1), WAIT)
+        taker = r._taker
+        r.close()
+        assert taker.take(r, 0) is None
+        assert taker.wait(r, 0, WAIT) is None
+
+
+def test_bad_arguments_are_refused_without_leaking_references() -> None:
+    with (
+        RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w,
+        RingReader.attach(w.name, start="oldest") as r,
+    ):
+        arguments = taker_arguments(r._p)
+        before = sys.getrefcount(r._p.views.buffers), sys.getrefcount(Frame)
+        bad: list[tuple[dict[str, Any], type[Exception]]] = [
+            ({"frame_type": int}, TypeError),
+            ({"buffers": tuple(r._p.views.buffers)}, TypeError),
+            ({"slots": 0}, ValueError),
+            ({"d_flags": -1}, ValueError),
+            ({"d_seq": 10_000}, ValueError),
+            ({"control": memoryview(bytearray(64)).cast("Q")}, ValueError),
+        ]
+        for change, error in bad:
+            with pytest.raises(error):
+                Taker(**{**arguments, **change})
+        taker = Taker(**arguments)
+        with pytest.raises(RuntimeError, match="once"):
+            taker.__init__(**arguments)  # type: ignore[misc]
+        with pytest.raises(TypeError):
+            taker.take(r)  # type: ignore[call-arg]
+        with pytest.raises(OverflowError):
+            taker.take(r, -1)
+        taker.close()
+        del taker
+        gc.collect()
+        assert (sys.getrefcount(r._p.views.buffers), sys.getrefcount(Frame)) == before
+
+
+def test_frame_fields_are_read_only_and_checked() -> None:
+    with (
+        RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w,
+        RingReader.attach(w.name, start="oldest") as r,
+    ):
+        w.write(_frame(1), WAIT)
+        with r.read(WAIT) as frame:
+            for field in ("seq", "timestamp_ns", "dropped", "array"):
+                with pytest.raises(AttributeError):
+                    setattr(frame, field, getattr(frame, field))
+            assert isinstance(frame, FrameBase)
+        array = np.zeros(SHAPE, np.uint8)
+        with pytest.raises(OverflowError):
+            Frame(r, array, -1, 0, 0, b"")
+        with pytest.raises(TypeError, match="timestamp_ns"):
+            Frame(r, array, 0, 1.5, 0, b"")  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            Frame(r, array, 0, 0, 0, "text")  # type: ignore[arg-type]
+        stamp = Frame(r, array, 3, 2**64 - 1, 0, b"x")  # the largest stamp a writer may give
+        assert (stamp.seq, stamp.timestamp_ns, stamp.meta) == (3, 2**64 - 1, b"x")
+
+
+def test_a_frame_and_its_reader_in_a_cycle_are_collected() -> None:
+    """A Frame references its reader and the reader its last frame: the garbage collector
+    must see through FrameBase to free both (and leave the ring)."""
+    with RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w:
+        r = RingReader.attach(w.name, start="oldest")
+        w.write(_frame(1), WAIT)
+        next(iter(r))
+        assert w.readers == 1
+        del r
+        gc.collect()
+        assert w.readers == 0
