@@ -251,8 +251,9 @@ class RingReader(RingHandle):
         """__iter__ for a block-policy reader that is its own group. The common case, a
         ring-shaped frame without metadata with only the previous frame held, runs inline
         with the frame built in C (_taker.c). So does a wait for an unpublished frame when
-        the reader does not poll: after a wake-up every line of Python runs with cold
-        caches, so the frame it slept for reaches the caller through as few as possible."""
+        the reader does not poll (spin=0, or more participants than CPUs): after a wake-up
+        every line of Python runs with cold caches, so the frame it slept for reaches the
+        caller through as few of them as possible."""
         p = self._p
         descriptors, slots, held = self._descriptors, self._slots, self._held
         record, control = self._record, self._control
@@ -263,7 +264,7 @@ class RingReader(RingHandle):
         # Local names, one fast lookup each: every Python lookup shows at 64-byte frames.
         d_seq, r_release = L.D_SEQ, L.R_RELEASE
         c_writer_waiters, c_space_wanted = L.C_WRITER_WAITERS, L.C_SPACE_WANTED
-        sleeps_at_once = not self._spin
+        sleeps_at_once, spinning_pays = not self._spin, p.spinning_pays
 
         def published() -> int | None:
             seq = self._next
@@ -299,7 +300,7 @@ class RingReader(RingHandle):
                     # Asking for the next frame means being done with the last: release it
                     # before waiting, so the writer reuses that buffer, which is still in cache.
                     self._release_last()
-                    if sleeps_at_once:
+                    if sleeps_at_once or not spinning_pays():  # (then _wait_for would too)
                         self._count()
                         frame = self._pending = wait(self, seq, POLL_SLICE)  # one sleep
                     if frame is None:  # polling, timed out, closed, or not for take()
