@@ -1,7 +1,7 @@
-"""write()'s fast path in C (_publisher.c): what it publishes, when it gives way to the general
-path, and how it fails. Streams across processes and kills are covered elsewhere (every
-test_stream / test_crash write of a ring-shaped frame goes through it); here the Publisher is
-also driven directly, to see which path a write took."""
+"""write()'s and claim()'s fast path in C (_publisher.c): what it publishes, when it gives
+way to the general path, and how it fails. Streams across processes and kills are covered
+elsewhere (every test_stream / test_crash write or claim of a ring-shaped frame goes through
+it); here the Publisher is also driven directly, to see which path a call took."""
 
 from __future__ import annotations
 
@@ -81,28 +81,77 @@ def test_in_shared_mode_it_gives_way_to_the_locked_path() -> None:
         assert [int(f.array[0, 0]) for f in (r.read(WAIT), r.read(WAIT))] == [1, 2]
 
 
-def test_a_free_buffer_index_out_of_range_is_corruption_and_publishes_nothing() -> None:
+def test_claim_takes_a_buffer_and_publishes_it_in_place() -> None:
+    with (
+        RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w,
+        RingReader.attach(w.name, start="oldest") as r,
+    ):
+        publisher = w._publisher
+        count = w._control[L.C_FREE_COUNT]
+        buffer = publisher.claim_buffer()
+        assert 0 <= buffer < w._p.geometry.buffers
+        assert w._record[L.W_CLAIMED] == buffer and w._record[L.W_IN_PUBLISH] == 0
+        assert w._control[L.C_FREE_COUNT] == count - 1 and w._control[L.C_HEAD] == 0
+        w._buffers[buffer][...] = _frame(8)
+        assert publisher.publish_claimed(buffer) == 0
+        assert w._record[L.W_CLAIMED] == L.NONE and w._record[L.W_IN_PUBLISH] == 0
+        with r.read(WAIT) as got:
+            assert got.seq == 0 and got.timestamp_ns > 0
+            assert np.array_equal(got.array, _frame(8))
+        with w.claim() as slot:  # ... which claim() uses
+            slot[...] = _frame(9)
+        with r.read(WAIT) as got:
+            assert np.array_equal(got.array, _frame(9))
+        with pytest.raises(ValueError, match="no buffer"):
+            publisher.publish_claimed(1 << 40)
+
+
+def test_in_shared_mode_claim_gives_way_to_the_locked_path() -> None:
+    with (
+        RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w,
+        RingReader.attach(w.name, start="oldest") as r,
+        RingWriter.attach(w.name) as other,
+    ):
+        assert w._publisher.claim_buffer() == PUBLISH_FALLBACK
+        assert w._publisher.publish_claimed(0) == PUBLISH_FALLBACK
+        assert w._record[L.W_IN_PUBLISH] == 0 and w._record[L.W_CLAIMED] == L.NONE
+        for writer, value in ((w, 1), (other, 2)):
+            claim = writer.claim(WAIT)
+            with claim as slot:
+                slot[...] = _frame(value)
+            assert claim.seq == value - 1
+        assert [int(f.array[0, 0]) for f in (r.read(WAIT), r.read(WAIT))] == [1, 2]
+
+
+@pytest.mark.parametrize("call", ["write", "claim"])
+def test_a_free_buffer_index_out_of_range_is_corruption_and_publishes_nothing(call: str) -> None:
     with RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w:
         count = w._control[L.C_FREE_COUNT]
         w._freelist[count - 1] = 1 << 40  # what a stray write into the header would do
-        assert w._publisher.publish(_frame(0)) == PUBLISH_CORRUPTED
+        fast = w._publisher.publish if call == "write" else lambda _: w._publisher.claim_buffer()
+        assert fast(_frame(0)) == PUBLISH_CORRUPTED
         assert w._control[L.C_HEAD] == 0 and w._control[L.C_FREE_COUNT] == count
-        assert w._record[L.W_IN_PUBLISH] == 0
+        assert w._record[L.W_IN_PUBLISH] == 0 and w._record[L.W_CLAIMED] == L.NONE
         with pytest.raises(RingCorrupted, match="header was overwritten"):
-            w.write(_frame(0), WAIT)
+            if call == "write":
+                w.write(_frame(0), WAIT)
+            else:
+                with w.claim(WAIT):
+                    pass
 
 
 def _interrupted() -> int:
     raise KeyboardInterrupt
 
 
+@pytest.mark.parametrize("call", ["write", "claim"])
 @pytest.mark.parametrize(
     ("reclaim", "error"),
     [(_interrupted, KeyboardInterrupt), (lambda: None, TypeError)],
     ids=["interrupted", "no-count"],
 )
 def test_an_error_in_the_reclaim_leaves_the_publish_bracket(
-    reclaim: Any, error: type[BaseException]
+    reclaim: Any, error: type[BaseException], call: str
 ) -> None:
     """A reclaim runs inside the W_IN_PUBLISH bracket; whatever it raises (RingCorrupted,
     KeyboardInterrupt) must not leave the bracket open, or joining writers wait for it. A
@@ -112,8 +161,12 @@ def test_an_error_in_the_reclaim_leaves_the_publish_bracket(
         p.reclaim = reclaim  # type: ignore[method-assign]
         publisher = _publisher(p, w._record, reclaim_eagerly=True)
         with pytest.raises(error):
-            publisher.publish(_frame(0))
+            if call == "write":
+                publisher.publish(_frame(0))
+            else:
+                publisher.claim_buffer()
         assert w._record[L.W_IN_PUBLISH] == 0 and w._control[L.C_HEAD] == 0
+        assert w._record[L.W_CLAIMED] == L.NONE
         publisher.close()
 
 

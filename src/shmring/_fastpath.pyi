@@ -31,16 +31,20 @@ class Publisher:
         c_reader_waiters: int,
         c_frames: int,
         w_in_publish: int,
+        w_claimed: int,
         d_seq: int,
         d_buffer: int,
         d_timestamp: int,
         d_flags: int,
         mode_exclusive: int,
+        none: int,
         reclaim_eagerly: bool,
         fence: bool,
         reclaim: Callable[[], int],
     ) -> None: ...
     def publish(self, frame: np.ndarray) -> int: ...
+    def claim_buffer(self) -> int: ...
+    def publish_claimed(self, buffer: int) -> int: ...
     def close(self) -> None: ...
     def forget(self) -> None: ...
 

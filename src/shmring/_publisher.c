@@ -78,7 +78,7 @@ static void copy_frame(char *destination, const char *source, size_t n) {
 
 typedef struct {
     PyObject_HEAD
-    Py_buffer header; /* exports that keep the two mappings alive (see Rules) */
+    Py_buffer header; /* exports that keep the two mappings alive (see _fastpath.c) */
     Py_buffer data;
     int initialized;   /* __init__ succeeded once; it never runs again */
     int holds_exports; /* until close(): the pointers below are valid */
@@ -94,9 +94,10 @@ typedef struct {
     uint64_t nbuffers;
     Py_ssize_t descriptor_words;
     Py_ssize_t c_head, c_free_count, c_writer_mode, c_reader_waiters, c_frames;
-    Py_ssize_t w_in_publish;
+    Py_ssize_t w_in_publish, w_claimed;
     Py_ssize_t d_seq, d_buffer, d_timestamp, d_flags;
     uint64_t mode_exclusive;
+    uint64_t none; /* _layout.NONE: "no value" (W_CLAIMED with no claim) */
     int reclaim_eagerly;
     int fence;
     PyObject *reclaim; /* () -> free count, Participant.reclaim */
@@ -117,30 +118,30 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
         "header", "data", "control", "record", "descriptors", "freelist",
         "frame_bytes", "buffer_stride", "slots", "nbuffers", "descriptor_words",
         "c_head", "c_free_count", "c_writer_mode", "c_reader_waiters", "c_frames",
-        "w_in_publish", "d_seq", "d_buffer", "d_timestamp", "d_flags", "mode_exclusive",
-        "reclaim_eagerly", "fence", "reclaim", NULL,
+        "w_in_publish", "w_claimed", "d_seq", "d_buffer", "d_timestamp", "d_flags",
+        "mode_exclusive", "none", "reclaim_eagerly", "fence", "reclaim", NULL,
     };
     PyObject *header, *data, *control, *record, *descriptors, *freelist, *reclaim;
-    Py_ssize_t frame_bytes, stride, descriptor_words, c_words[5], w_in_publish, d_words[4];
-    unsigned long long slots, nbuffers, mode_exclusive;
+    Py_ssize_t frame_bytes, stride, descriptor_words, c_words[5], w_words[2], d_words[4];
+    unsigned long long slots, nbuffers, mode_exclusive, none;
     int reclaim_eagerly, fence;
     if (self->initialized) {
         PyErr_SetString(PyExc_RuntimeError, "a Publisher is initialized once");
         return -1;
     }
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$OOOOOOnnKKnnnnnnnnnnnKppO:Publisher", keywords, &header, &data,
+            args, kwargs, "$OOOOOOnnKKnnnnnnnnnnnnKKppO:Publisher", keywords, &header, &data,
             &control, &record, &descriptors, &freelist, &frame_bytes, &stride, &slots,
             &nbuffers, &descriptor_words, &c_words[0], &c_words[1], &c_words[2], &c_words[3],
-            &c_words[4], &w_in_publish, &d_words[0], &d_words[1], &d_words[2], &d_words[3],
-            &mode_exclusive, &reclaim_eagerly, &fence, &reclaim)) {
+            &c_words[4], &w_words[0], &w_words[1], &d_words[0], &d_words[1], &d_words[2],
+            &d_words[3], &mode_exclusive, &none, &reclaim_eagerly, &fence, &reclaim)) {
         return -1;
     }
     uint64_t table_words, data_bytes;
     if (slots == 0 || nbuffers == 0 || frame_bytes <= 0 || stride < frame_bytes ||
         descriptor_words <= 0 || shmring_words_needed(d_words, 4) == 0 ||
         shmring_words_needed(d_words, 4) > (uint64_t)descriptor_words ||
-        shmring_words_needed(c_words, 5) == 0 || w_in_publish < 0 ||
+        shmring_words_needed(c_words, 5) == 0 || shmring_words_needed(w_words, 2) == 0 ||
         __builtin_mul_overflow(slots, (uint64_t)descriptor_words, &table_words) ||
         __builtin_mul_overflow(nbuffers - 1, (uint64_t)stride, &data_bytes) ||
         __builtin_add_overflow(data_bytes, (uint64_t)frame_bytes, &data_bytes)) {
@@ -159,10 +160,15 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
         return -1;
     }
     self->holds_exports = 1;
-    if (!(self->control = shmring_word_view(control, &self->header, "Publisher", "control", shmring_words_needed(c_words, 5))) ||
-        !(self->record = shmring_word_view(record, &self->header, "Publisher", "record", (uint64_t)w_in_publish + 1)) ||
-        !(self->descriptors = shmring_word_view(descriptors, &self->header, "Publisher", "descriptors", table_words)) ||
-        !(self->freelist = shmring_word_view(freelist, &self->header, "Publisher", "freelist", nbuffers))) {
+    const Py_buffer *within = &self->header;
+    const char *owner = "Publisher";
+    if (!(self->control = shmring_word_view(control, within, owner, "control",
+                                            shmring_words_needed(c_words, 5))) ||
+        !(self->record = shmring_word_view(record, within, owner, "record",
+                                           shmring_words_needed(w_words, 2))) ||
+        !(self->descriptors =
+              shmring_word_view(descriptors, within, owner, "descriptors", table_words)) ||
+        !(self->freelist = shmring_word_view(freelist, within, owner, "freelist", nbuffers))) {
         release_exports(self);
         return -1;
     }
@@ -182,12 +188,14 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
     self->c_writer_mode = c_words[2];
     self->c_reader_waiters = c_words[3];
     self->c_frames = c_words[4];
-    self->w_in_publish = w_in_publish;
+    self->w_in_publish = w_words[0];
+    self->w_claimed = w_words[1];
     self->d_seq = d_words[0];
     self->d_buffer = d_words[1];
     self->d_timestamp = d_words[2];
     self->d_flags = d_words[3];
     self->mode_exclusive = mode_exclusive;
+    self->none = none;
     self->reclaim_eagerly = reclaim_eagerly;
     self->fence = fence;
     self->reclaim = Py_NewRef(reclaim);
@@ -195,84 +203,73 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
     return 0;
 }
 
-/* Leave the bracket early: the frame's export released, the next publish allowed. */
-static void leave(Publisher *self, Py_buffer *frame) {
-    store(&self->record[self->w_in_publish], 0);
-    self->busy = 0;
-    PyBuffer_Release(frame);
-}
+/* The steps of a publish, shared by publish() (write()) and by claim_buffer() and
+ * publish_claimed() (claim()). They run inside the W_IN_PUBLISH bracket that enter() opens;
+ * every way out closes it. */
 
-/* ... and say the fast path does not apply (or why not). */
-static PyObject *fall_back(Publisher *self, Py_buffer *frame, long code) {
-    leave(self, frame);
-    return PyLong_FromLong(code);
-}
+#define POP_FAILED (-3) /* the reclaim raised: an exception is set */
 
-/* ... with the exception that is set. */
-static PyObject *fail(Publisher *self, Py_buffer *frame) {
-    leave(self, frame);
+static PyObject *busy_error(void) {
+    PyErr_SetString(PyExc_RuntimeError,
+                    "RingWriter.write() or claim() was entered while a write() on the same "
+                    "writer was under way (from another thread, or a signal handler); give each "
+                    "thread its own RingWriter (RingWriter.attach) or serialize the calls");
     return NULL;
 }
 
-static PyObject *Publisher_publish(Publisher *self, PyObject *frame_object) {
-    if (self->busy) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "RingWriter.write() was entered while a write() on the same writer was "
-                        "under way (from another thread, or a signal handler); give each thread "
-                        "its own RingWriter (RingWriter.attach) or serialize the calls");
-        return NULL;
-    }
-    if (!self->holds_exports || self->reclaim == NULL) {
-        return PyLong_FromLong(PUBLISH_FALLBACK); /* closed */
-    }
-    Py_buffer frame;
-    if (PyObject_GetBuffer(frame_object, &frame, PyBUF_STRIDES) < 0) {
-        return NULL;
-    }
-    if (frame.len != self->frame_bytes || !PyBuffer_IsContiguous(&frame, 'C')) {
-        PyBuffer_Release(&frame); /* strided: numpy copies it in the general path */
-        return PyLong_FromLong(PUBLISH_FALLBACK);
-    }
-    uint64_t *control = self->control;
+/* Open the bracket; whether this writer may go on lock-free (the ring is in exclusive mode). */
+static int enter(Publisher *self) {
     self->busy = 1;
     __atomic_store_n(&self->record[self->w_in_publish], 1, __ATOMIC_RELAXED);
     __atomic_signal_fence(__ATOMIC_SEQ_CST); /* the other side's membarrier() orders it */
-    if (load(&control[self->c_writer_mode]) != self->mode_exclusive) {
-        return fall_back(self, &frame, PUBLISH_FALLBACK);
-    }
-    uint64_t seq = load(&control[self->c_head]); /* only this writer moves it, in this mode */
-    if (seq >= SEQ_LIMIT) {
-        return fall_back(self, &frame, PUBLISH_FALLBACK); /* the general path reports it */
-    }
+    return load(&self->control[self->c_writer_mode]) == self->mode_exclusive;
+}
+
+/* Close the bracket early: nothing published, the next call allowed. */
+static void leave(Publisher *self) {
+    store(&self->record[self->w_in_publish], 0);
+    self->busy = 0;
+}
+
+/* The next sequence number, or PUBLISH_FALLBACK if head is damaged (the general path
+ * reports it). Only this writer moves head, in exclusive mode. */
+static long long next_seq(Publisher *self) {
+    uint64_t seq = load(&self->control[self->c_head]);
+    return seq >= SEQ_LIMIT ? PUBLISH_FALLBACK : (long long)seq;
+}
+
+/* A buffer popped off the free list (after a reclaim, when one is due); PUBLISH_FALLBACK if
+ * none is free and PUBLISH_CORRUPTED if the list names one out of range (nothing changed),
+ * POP_FAILED if the reclaim raised. */
+static long long pop_buffer(Publisher *self) {
+    uint64_t *control = self->control;
     uint64_t count = load(&control[self->c_free_count]);
     if (self->reclaim_eagerly || count == 0) {
         PyObject *result = PyObject_CallNoArgs(self->reclaim);
         if (result == NULL) {
-            return fail(self, &frame);
+            return POP_FAILED;
         }
         count = PyLong_AsUnsignedLongLong(result);
         Py_DECREF(result);
         if (count == (uint64_t)-1 && PyErr_Occurred()) {
-            return fail(self, &frame);
+            return POP_FAILED;
         }
     }
     if (count == 0 || count > self->nbuffers) {
-        return fall_back(self, &frame, PUBLISH_FALLBACK);
+        return PUBLISH_FALLBACK;
     }
     uint64_t buffer = load(&self->freelist[count - 1]);
     if (buffer >= self->nbuffers) {
-        return fall_back(self, &frame, PUBLISH_CORRUPTED);
+        return PUBLISH_CORRUPTED;
     }
     store(&control[self->c_free_count], count - 1);
-    char *destination = self->buffers + buffer * (uint64_t)self->buffer_stride;
-    if (frame.len >= COPY_WITHOUT_GIL_BYTES) {
-        Py_BEGIN_ALLOW_THREADS
-        copy_frame(destination, frame.buf, frame.len);
-        Py_END_ALLOW_THREADS
-    } else {
-        copy_frame(destination, frame.buf, frame.len);
-    }
-    PyBuffer_Release(&frame);
+    return (long long)buffer;
+}
+
+/* Describe frame `seq` in `buffer` (ring-shaped, no metadata, stamped now) and make it
+ * visible; close the bracket; wake sleeping readers. Returns `seq`. */
+static PyObject *publish_frame(Publisher *self, uint64_t seq, uint64_t buffer, int claimed) {
+    uint64_t *control = self->control;
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now); /* time.monotonic_ns()'s clock */
     uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
@@ -282,6 +279,9 @@ static PyObject *Publisher_publish(Publisher *self, PyObject *frame_object) {
     store(&descriptor[self->d_flags], 0); /* ring-shaped, no metadata */
     store(&descriptor[self->d_seq], seq); /* the frame is visible from here on */
     store(&control[self->c_head], seq + 1);
+    if (claimed) {
+        store(&self->record[self->w_claimed], self->none);
+    }
     store(&self->record[self->w_in_publish], 0);
     /* Publish before looking for sleepers: a full fence, unless sleepers make it for us
      * (_sys.before_sleep_barrier, the expedited membarrier). */
@@ -299,6 +299,81 @@ static PyObject *Publisher_publish(Publisher *self, PyObject *frame_object) {
     }
     self->busy = 0;
     return PyLong_FromUnsignedLongLong(seq);
+}
+
+static PyObject *Publisher_publish(Publisher *self, PyObject *frame_object) {
+    if (self->busy) {
+        return busy_error();
+    }
+    if (!self->holds_exports || self->reclaim == NULL) {
+        return PyLong_FromLong(PUBLISH_FALLBACK); /* closed */
+    }
+    Py_buffer frame;
+    if (PyObject_GetBuffer(frame_object, &frame, PyBUF_STRIDES) < 0) {
+        return NULL;
+    }
+    if (frame.len != self->frame_bytes || !PyBuffer_IsContiguous(&frame, 'C')) {
+        PyBuffer_Release(&frame); /* strided: numpy copies it in the general path */
+        return PyLong_FromLong(PUBLISH_FALLBACK);
+    }
+    long long seq = PUBLISH_FALLBACK, buffer = PUBLISH_FALLBACK;
+    if (!enter(self) || (seq = next_seq(self)) < 0 || (buffer = pop_buffer(self)) < 0) {
+        leave(self);
+        PyBuffer_Release(&frame);
+        if (buffer == POP_FAILED) {
+            return NULL;
+        }
+        return PyLong_FromLongLong(seq < 0 ? seq : buffer);
+    }
+    char *destination = self->buffers + (uint64_t)buffer * (uint64_t)self->buffer_stride;
+    if (frame.len >= COPY_WITHOUT_GIL_BYTES) {
+        Py_BEGIN_ALLOW_THREADS
+        copy_frame(destination, frame.buf, frame.len);
+        Py_END_ALLOW_THREADS
+    } else {
+        copy_frame(destination, frame.buf, frame.len);
+    }
+    PyBuffer_Release(&frame);
+    return publish_frame(self, (uint64_t)seq, (uint64_t)buffer, 0);
+}
+
+static PyObject *Publisher_claim_buffer(Publisher *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->busy) {
+        return busy_error();
+    }
+    if (!self->holds_exports || self->reclaim == NULL) {
+        return PyLong_FromLong(PUBLISH_FALLBACK); /* closed */
+    }
+    long long buffer = enter(self) ? pop_buffer(self) : PUBLISH_FALLBACK;
+    if (buffer >= 0) {
+        store(&self->record[self->w_claimed], (uint64_t)buffer);
+    }
+    leave(self);
+    return buffer == POP_FAILED ? NULL : PyLong_FromLongLong(buffer);
+}
+
+static PyObject *Publisher_publish_claimed(Publisher *self, PyObject *buffer_object) {
+    if (self->busy) {
+        return busy_error();
+    }
+    uint64_t buffer = PyLong_AsUnsignedLongLong(buffer_object);
+    if (buffer == (uint64_t)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!self->holds_exports || self->reclaim == NULL) {
+        return PyLong_FromLong(PUBLISH_FALLBACK); /* closed */
+    }
+    if (buffer >= self->nbuffers) {
+        PyErr_Format(PyExc_ValueError, "Publisher.publish_claimed: no buffer %llu",
+                     (unsigned long long)buffer);
+        return NULL;
+    }
+    long long seq = PUBLISH_FALLBACK;
+    if (!enter(self) || (seq = next_seq(self)) < 0) {
+        leave(self);
+        return PyLong_FromLongLong(PUBLISH_FALLBACK);
+    }
+    return publish_frame(self, (uint64_t)seq, buffer, 1);
 }
 
 static PyObject *Publisher_close(Publisher *self, PyObject *Py_UNUSED(ignored)) {
@@ -339,6 +414,12 @@ static void Publisher_dealloc(Publisher *self) {
 static PyMethodDef Publisher_methods[] = {
     {"publish", (PyCFunction)Publisher_publish, METH_O,
      "publish(frame) -> sequence number, PUBLISH_FALLBACK or PUBLISH_CORRUPTED."},
+    {"claim_buffer", (PyCFunction)Publisher_claim_buffer, METH_NOARGS,
+     "claim_buffer() -> a free buffer's index (now this writer's claim), PUBLISH_FALLBACK or "
+     "PUBLISH_CORRUPTED."},
+    {"publish_claimed", (PyCFunction)Publisher_publish_claimed, METH_O,
+     "publish_claimed(buffer) -> sequence number of the claimed buffer, now published, or "
+     "PUBLISH_FALLBACK."},
     {"close", (PyCFunction)Publisher_close, METH_NOARGS,
      "Drop the exports of the ring's mappings; publish() falls back from then on."},
     {"forget", (PyCFunction)Publisher_forget, METH_NOARGS,

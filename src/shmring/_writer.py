@@ -91,8 +91,19 @@ class Claim:
         tb: TracebackType | None,
     ) -> None:
         if exc_type is None:
+            writer = self._writer
+            if (
+                writer._fast_path
+                and self._shape is None
+                and self._timestamp_ns is None
+                and not self._meta
+            ):  # the common case, in C (_publisher.c); it falls back (-1) in shared mode
+                seq: int = writer._publish_claimed_fast(self._buffer)
+                if seq >= 0:
+                    self.seq = seq
+                    return
             timestamp = monotonic_ns() if self._timestamp_ns is None else self._timestamp_ns
-            self.seq = self._writer._publish(self._buffer, self._shape, timestamp, self._meta)
+            self.seq = writer._publish(self._buffer, self._shape, timestamp, self._meta)
         else:
             self._writer._abandon(self._buffer)
 
@@ -223,6 +234,8 @@ class RingWriter(RingHandle):
         self._fence_needed = FAST_PATH_FENCE
         self._publisher = _publisher(p, self._record, self._reclaim_eagerly)
         self._publish_fast = self._publisher.publish
+        self._claim_buffer_fast = self._publisher.claim_buffer
+        self._publish_claimed_fast = self._publisher.publish_claimed
         self._leave_at(
             weakref.finalize(
                 self, _close_writer, p, self._record, self._index, owner, self._publisher
@@ -258,11 +271,15 @@ class RingWriter(RingHandle):
             if seq >= 0:
                 return seq
             if seq == PUBLISH_CORRUPTED:
-                raise RingCorrupted(
-                    f"ring {self._p.name!r}: invalid shared state while publishing (a free "
-                    "buffer index out of range); the header was overwritten"
-                )
+                raise self._corrupted_free_list()
         return self._write(frame, timeout, timestamp_ns, meta)
+
+    def _corrupted_free_list(self) -> RingCorrupted:
+        """What the C fast path's PUBLISH_CORRUPTED means."""
+        return RingCorrupted(
+            f"ring {self._p.name!r}: invalid shared state (a free buffer index out of "
+            "range); the header was overwritten"
+        )
 
     def _await_hot_buffer(self) -> None:
         """Give the readers a moment to release the frame just published, so that this
@@ -398,24 +415,12 @@ class RingWriter(RingHandle):
         return self._take_buffer_locked(deadline)
 
     def _take_buffer_exclusive(self) -> int:
-        """Block policy, exclusive mode: pop a free buffer without the lock; -1 if none
-        (or if the ring is in shared mode)."""
-        record, control = self._record, self._control
-        record[L.W_IN_PUBLISH] = 1
-        if control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE:
-            count = control[L.C_FREE_COUNT]
-            if self._reclaim_eagerly or not count:
-                count = self._p.reclaim()
-            if 0 < count <= self._nbuffers:
-                buffer = self._freelist[count - 1]
-                control[L.C_FREE_COUNT] = count - 1
-                record[L.W_CLAIMED] = buffer
-                record[L.W_IN_PUBLISH] = 0
-                if buffer >= self._nbuffers:
-                    raise self._p.corrupted_buffer(buffer)
-                return buffer
-        record[L.W_IN_PUBLISH] = 0
-        return -1
+        """Block policy, exclusive mode: pop a free buffer without the lock (in C,
+        _publisher.c); -1 if none (or if the ring is in shared mode, or closed)."""
+        buffer: int = self._claim_buffer_fast()
+        if buffer == PUBLISH_CORRUPTED:
+            raise self._corrupted_free_list()
+        return buffer
 
     def _take_buffer_locked(self, deadline: float | None) -> int:
         p, control, record = self._p, self._control, self._record
@@ -668,11 +673,13 @@ def publisher_arguments(
         c_reader_waiters=L.C_READER_WAITERS,
         c_frames=L.C_FRAMES,
         w_in_publish=L.W_IN_PUBLISH,
+        w_claimed=L.W_CLAIMED,
         d_seq=L.D_SEQ,
         d_buffer=L.D_BUFFER,
         d_timestamp=L.D_TIMESTAMP,
         d_flags=L.D_FLAGS,
         mode_exclusive=L.MODE_EXCLUSIVE,
+        none=L.NONE,
         reclaim_eagerly=reclaim_eagerly,
         fence=FAST_PATH_FENCE,
         reclaim=p.reclaim,
