@@ -140,6 +140,42 @@ def test_a_free_buffer_index_out_of_range_is_corruption_and_publishes_nothing(ca
                     pass
 
 
+def test_the_reclaim_in_c_frees_what_every_group_released_and_no_more() -> None:
+    """Buffers come back once both a reader of its own and a group have released their frames:
+    the floor is the lower of R_RELEASE and G_CURSOR (_publisher.c, reclaim_in_c)."""
+    with (
+        RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w,
+        RingReader.attach(w.name, start="oldest") as own,
+        RingReader.attach(w.name, start="oldest", group="g") as member,
+    ):
+        for value in range(4):  # the ring is full: 4 frames in 4 buffers
+            assert w._publisher.publish(_frame(value)) == value
+        for _ in range(3):
+            own.read(WAIT).release()  # own group: released 0-2
+        member.read(WAIT).release()  # the group: released 0
+        assert w._publisher.publish(_frame(4)) == 4  # reclaims frame 0's buffer only
+        assert w._control[L.C_TAIL] == 1 and w._control[L.C_FREE_COUNT] == 0
+        assert w._publisher.publish(_frame(5)) == PUBLISH_FALLBACK  # nothing more is free
+        for _ in range(2):
+            member.read(WAIT).release()  # the group: released 1-2 (own group: 0-2)
+        assert w._publisher.publish(_frame(5)) == 5
+        assert w._control[L.C_TAIL] == 3 and w._control[L.C_FREE_COUNT] == 1
+        with own.read(WAIT) as got:
+            assert got.seq == 3 and np.array_equal(got.array, _frame(3))
+
+
+def test_a_damaged_window_makes_the_reclaim_in_c_defer_to_python() -> None:
+    """tail past head is no state the C reclaim handles: Python's reclaim runs and says what
+    is wrong, and nothing is published."""
+    with RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w:
+        for value in range(4):
+            w.write(_frame(value), WAIT)  # free count 0: the next write reclaims
+        w._control[L.C_TAIL] = 7
+        with pytest.raises(RingCorrupted, match="inconsistent"):
+            w._publisher.publish(_frame(4))
+        assert w._control[L.C_HEAD] == 4 and w._record[L.W_IN_PUBLISH] == 0
+
+
 def _interrupted() -> int:
     raise KeyboardInterrupt
 
@@ -159,7 +195,7 @@ def test_an_error_in_the_reclaim_leaves_the_publish_bracket(
     with RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w:
         p = w._p
         p.reclaim = reclaim  # type: ignore[method-assign]
-        publisher = _publisher(p, w._record, reclaim_eagerly=True)
+        publisher = _publisher(p, w._record, reclaim_eagerly=True, reclaim_in_c=False)
         with pytest.raises(error):
             if call == "write":
                 publisher.publish(_frame(0))
@@ -185,7 +221,7 @@ def test_two_threads_in_one_publisher_get_an_error_not_a_shared_buffer() -> None
             return int(w._control[L.C_FREE_COUNT])
 
         p.reclaim = reenter  # type: ignore[method-assign]
-        publisher = _publisher(p, w._record, reclaim_eagerly=True)
+        publisher = _publisher(p, w._record, reclaim_eagerly=True, reclaim_in_c=False)
         assert publisher.publish(_frame(0)) == 0  # the outer publish completes
         assert len(errors) == 1 and "under way" in str(errors[0])
         publisher.close()
@@ -210,7 +246,7 @@ def test_closing_the_writer_during_its_write_raises_and_leaves_it_whole() -> Non
 
         p.reclaim = close_meanwhile  # type: ignore[method-assign]
         w._publisher.close()
-        w._publisher = _publisher(p, w._record, reclaim_eagerly=True)
+        w._publisher = _publisher(p, w._record, reclaim_eagerly=True, reclaim_in_c=False)
         w._publish_fast = w._publisher.publish
         assert w.write(_frame(3), WAIT) == 0
         assert len(refused) == 1 and "under way" in str(refused[0])

@@ -388,6 +388,10 @@ class Views:
         ]
         self.readers = _records(whole, g.readers_offset, g.max_readers)
         self.groups = _records(whole, g.groups_offset, g.max_readers)
+        # Every reader record, then every group record, one view each (CACHE_LINE apart):
+        # the exclusive writer's reclaim in C scans them (_publisher.c).
+        self.reader_table = whole[g.readers_offset : g.groups_offset].cast("Q")
+        self.group_table = whole[g.groups_offset : g.writers_offset].cast("Q")
         self.group_names = [
             whole[o + G_NAME_BYTE_OFFSET : o + G_NAME_BYTE_OFFSET + MAX_GROUP_NAME]
             for o in range(g.groups_offset, g.writers_offset, CACHE_LINE)
@@ -414,6 +418,8 @@ class Views:
         """Drop every export so the mmaps can close (views the user holds keep theirs)."""
         for view in (self.control, self.freelist, self.descriptor_buffers, self.descriptor_table):
             view.release()
+        self.reader_table.release()
+        self.group_table.release()
         for view in (*self.descriptors, *self.descriptor_meta):
             view.release()
         for view in (*self.readers, *self.groups, *self.writers, *self.group_names):

@@ -87,26 +87,33 @@ typedef struct {
     uint64_t *record;
     uint64_t *descriptors;
     uint64_t *freelist;
+    uint64_t *reader_records, *group_records; /* max_readers of each, record_words apart */
     char *buffers;
     Py_ssize_t frame_bytes;
     Py_ssize_t buffer_stride;
     uint64_t slots;
     uint64_t nbuffers;
     Py_ssize_t descriptor_words;
-    Py_ssize_t c_head, c_free_count, c_writer_mode, c_reader_waiters, c_frames;
+    Py_ssize_t c_head, c_tail, c_free_count, c_writer_mode, c_reader_waiters, c_frames;
+    uint64_t max_readers;
+    Py_ssize_t record_words;
+    Py_ssize_t r_state, r_release, g_state, g_cursor;
+    uint64_t state_active;
     Py_ssize_t w_in_publish, w_claimed;
     Py_ssize_t d_seq, d_buffer, d_timestamp, d_flags;
     uint64_t mode_exclusive;
     uint64_t none; /* _layout.NONE: "no value" (W_CLAIMED with no claim) */
     int reclaim_eagerly;
+    int reclaim_in_c; /* else every reclaim calls back Python (tests use that as a hook) */
     int fence;
-    PyObject *reclaim; /* () -> free count, Participant.reclaim */
+    PyObject *reclaim; /* () -> free count, Participant.reclaim: damage is reported there */
 } Publisher;
 
 static void release_exports(Publisher *self) {
     if (self->holds_exports) {
         self->holds_exports = 0;
         self->control = self->record = self->descriptors = self->freelist = NULL;
+        self->reader_records = self->group_records = NULL;
         self->buffers = NULL;
         PyBuffer_Release(&self->header);
         PyBuffer_Release(&self->data);
@@ -115,33 +122,43 @@ static void release_exports(Publisher *self) {
 
 static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {
-        "header", "data", "control", "record", "descriptors", "freelist",
-        "frame_bytes", "buffer_stride", "slots", "nbuffers", "descriptor_words",
-        "c_head", "c_free_count", "c_writer_mode", "c_reader_waiters", "c_frames",
-        "w_in_publish", "w_claimed", "d_seq", "d_buffer", "d_timestamp", "d_flags",
-        "mode_exclusive", "none", "reclaim_eagerly", "fence", "reclaim", NULL,
+        "header", "data", "control", "record", "descriptors", "freelist", "reader_records",
+        "group_records", "frame_bytes", "buffer_stride", "slots", "nbuffers",
+        "descriptor_words", "max_readers", "record_words", "c_head", "c_tail", "c_free_count",
+        "c_writer_mode", "c_reader_waiters", "c_frames", "w_in_publish", "w_claimed", "d_seq",
+        "d_buffer", "d_timestamp", "d_flags", "r_state", "r_release", "g_state", "g_cursor",
+        "mode_exclusive", "none", "state_active", "reclaim_eagerly", "reclaim_in_c", "fence",
+        "reclaim", NULL,
     };
-    PyObject *header, *data, *control, *record, *descriptors, *freelist, *reclaim;
-    Py_ssize_t frame_bytes, stride, descriptor_words, c_words[5], w_words[2], d_words[4];
-    unsigned long long slots, nbuffers, mode_exclusive, none;
-    int reclaim_eagerly, fence;
+    PyObject *header, *data, *control, *record, *descriptors, *freelist, *readers, *groups;
+    PyObject *reclaim;
+    Py_ssize_t frame_bytes, stride, descriptor_words, record_words, c_words[6], w_words[2];
+    Py_ssize_t d_words[4], rg_words[4];
+    unsigned long long slots, nbuffers, max_readers, mode_exclusive, none, state_active;
+    int reclaim_eagerly, reclaim_in_c, fence;
     if (self->initialized) {
         PyErr_SetString(PyExc_RuntimeError, "a Publisher is initialized once");
         return -1;
     }
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$OOOOOOnnKKnnnnnnnnnnnnKKppO:Publisher", keywords, &header, &data,
-            &control, &record, &descriptors, &freelist, &frame_bytes, &stride, &slots,
-            &nbuffers, &descriptor_words, &c_words[0], &c_words[1], &c_words[2], &c_words[3],
-            &c_words[4], &w_words[0], &w_words[1], &d_words[0], &d_words[1], &d_words[2],
-            &d_words[3], &mode_exclusive, &none, &reclaim_eagerly, &fence, &reclaim)) {
+            args, kwargs, "$OOOOOOOOnnKKnKnnnnnnnnnnnnnnnnnKKKpppO:Publisher", keywords,
+            &header, &data, &control, &record, &descriptors, &freelist, &readers, &groups,
+            &frame_bytes, &stride, &slots, &nbuffers, &descriptor_words, &max_readers,
+            &record_words, &c_words[0], &c_words[1], &c_words[2], &c_words[3], &c_words[4],
+            &c_words[5], &w_words[0], &w_words[1], &d_words[0], &d_words[1], &d_words[2],
+            &d_words[3], &rg_words[0], &rg_words[1], &rg_words[2], &rg_words[3],
+            &mode_exclusive, &none, &state_active, &reclaim_eagerly, &reclaim_in_c, &fence,
+            &reclaim)) {
         return -1;
     }
-    uint64_t table_words, data_bytes;
+    uint64_t table_words, data_bytes, record_table_words;
     if (slots == 0 || nbuffers == 0 || frame_bytes <= 0 || stride < frame_bytes ||
         descriptor_words <= 0 || shmring_words_needed(d_words, 4) == 0 ||
         shmring_words_needed(d_words, 4) > (uint64_t)descriptor_words ||
-        shmring_words_needed(c_words, 5) == 0 || shmring_words_needed(w_words, 2) == 0 ||
+        shmring_words_needed(c_words, 6) == 0 || shmring_words_needed(w_words, 2) == 0 ||
+        max_readers == 0 || record_words <= 0 || shmring_words_needed(rg_words, 4) == 0 ||
+        shmring_words_needed(rg_words, 4) > (uint64_t)record_words ||
+        __builtin_mul_overflow(max_readers, (uint64_t)record_words, &record_table_words) ||
         __builtin_mul_overflow(slots, (uint64_t)descriptor_words, &table_words) ||
         __builtin_mul_overflow(nbuffers - 1, (uint64_t)stride, &data_bytes) ||
         __builtin_add_overflow(data_bytes, (uint64_t)frame_bytes, &data_bytes)) {
@@ -163,7 +180,11 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
     const Py_buffer *within = &self->header;
     const char *owner = "Publisher";
     if (!(self->control = shmring_word_view(control, within, owner, "control",
-                                            shmring_words_needed(c_words, 5))) ||
+                                            shmring_words_needed(c_words, 6))) ||
+        !(self->reader_records = shmring_word_view(readers, within, owner, "reader records",
+                                                   record_table_words)) ||
+        !(self->group_records = shmring_word_view(groups, within, owner, "group records",
+                                                  record_table_words)) ||
         !(self->record = shmring_word_view(record, within, owner, "record",
                                            shmring_words_needed(w_words, 2))) ||
         !(self->descriptors =
@@ -183,11 +204,19 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
     self->slots = slots;
     self->nbuffers = nbuffers;
     self->descriptor_words = descriptor_words;
+    self->max_readers = max_readers;
+    self->record_words = record_words;
     self->c_head = c_words[0];
-    self->c_free_count = c_words[1];
-    self->c_writer_mode = c_words[2];
-    self->c_reader_waiters = c_words[3];
-    self->c_frames = c_words[4];
+    self->c_tail = c_words[1];
+    self->c_free_count = c_words[2];
+    self->c_writer_mode = c_words[3];
+    self->c_reader_waiters = c_words[4];
+    self->c_frames = c_words[5];
+    self->r_state = rg_words[0];
+    self->r_release = rg_words[1];
+    self->g_state = rg_words[2];
+    self->g_cursor = rg_words[3];
+    self->state_active = state_active;
     self->w_in_publish = w_words[0];
     self->w_claimed = w_words[1];
     self->d_seq = d_words[0];
@@ -197,6 +226,7 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
     self->mode_exclusive = mode_exclusive;
     self->none = none;
     self->reclaim_eagerly = reclaim_eagerly;
+    self->reclaim_in_c = reclaim_in_c;
     self->fence = fence;
     self->reclaim = Py_NewRef(reclaim);
     self->initialized = 1;
@@ -238,13 +268,63 @@ static long long next_seq(Publisher *self) {
     return seq >= SEQ_LIMIT ? PUBLISH_FALLBACK : (long long)seq;
 }
 
+/* Participant.reclaim (_ring.py) in C: free the buffers of the frames every reader group
+ * has released, in order, onto the free list; the new free count, or -1 if the ring's state
+ * is not what it can be (Python's reclaim then runs and says what is wrong). The floor scans
+ * every record each time (Python caches the active ones per membership change): group
+ * cursors before readers' release words, as release_floor() does, since a member stores its
+ * release before it advances the cursor. */
+static long long reclaim_in_c(Publisher *self) {
+    uint64_t *control = self->control;
+    uint64_t head = load(&control[self->c_head]);
+    uint64_t tail = load(&control[self->c_tail]);
+    uint64_t count = load(&control[self->c_free_count]);
+    if (tail > head || head - tail > self->slots || head >= SEQ_LIMIT || count > self->nbuffers) {
+        return -1;
+    }
+    uint64_t floor = head;
+    for (uint64_t i = 0; i < self->max_readers; i++) {
+        const uint64_t *group = self->group_records + i * (uint64_t)self->record_words;
+        if (load(&group[self->g_state]) == self->state_active) {
+            uint64_t cursor = load(&group[self->g_cursor]);
+            floor = cursor < floor ? cursor : floor;
+        }
+    }
+    for (uint64_t i = 0; i < self->max_readers; i++) {
+        const uint64_t *reader = self->reader_records + i * (uint64_t)self->record_words;
+        if (load(&reader[self->r_state]) == self->state_active) {
+            uint64_t release = load(&reader[self->r_release]);
+            floor = release < floor ? release : floor;
+        }
+    }
+    if (floor <= tail) {
+        return (long long)count;
+    }
+    uint64_t freed = floor - tail;
+    if (count + freed > self->nbuffers) {
+        return -1; /* free list overflow */
+    }
+    for (uint64_t i = 0; i < freed; i++) { /* not range-checked here: pop_buffer() does */
+        const uint64_t *descriptor =
+            self->descriptors + ((tail + i) % self->slots) * self->descriptor_words;
+        store(&self->freelist[count + i], load(&descriptor[self->d_buffer]));
+    }
+    store(&control[self->c_tail], floor);
+    store(&control[self->c_free_count], count + freed);
+    return (long long)(count + freed);
+}
+
 /* A buffer popped off the free list (after a reclaim, when one is due); PUBLISH_FALLBACK if
  * none is free and PUBLISH_CORRUPTED if the list names one out of range (nothing changed),
  * POP_FAILED if the reclaim raised. */
 static long long pop_buffer(Publisher *self) {
     uint64_t *control = self->control;
     uint64_t count = load(&control[self->c_free_count]);
-    if (self->reclaim_eagerly || count == 0) {
+    long long reclaimed = -1;
+    if ((self->reclaim_eagerly || count == 0) && self->reclaim_in_c &&
+        (reclaimed = reclaim_in_c(self)) >= 0) {
+        count = (uint64_t)reclaimed;
+    } else if (self->reclaim_eagerly || count == 0) {
         PyObject *result = PyObject_CallNoArgs(self->reclaim);
         if (result == NULL) {
             return POP_FAILED;

@@ -645,13 +645,16 @@ def _attach_writer(name: str) -> RingWriter:
     return RingWriter.attach(name)
 
 
-def _publisher(p: Participant, record: memoryview, reclaim_eagerly: bool) -> Publisher:
-    """write()'s fast path over this handle's views (_publisher.c)."""
-    return Publisher(**publisher_arguments(p, record, reclaim_eagerly))
+def _publisher(
+    p: Participant, record: memoryview, reclaim_eagerly: bool, reclaim_in_c: bool = True
+) -> Publisher:
+    """write()'s and claim()'s fast path over this handle's views (_publisher.c). With
+    `reclaim_in_c` False every reclaim calls p.reclaim (tests hook into a publish there)."""
+    return Publisher(**publisher_arguments(p, record, reclaim_eagerly, reclaim_in_c))
 
 
 def publisher_arguments(
-    p: Participant, record: memoryview, reclaim_eagerly: bool
+    p: Participant, record: memoryview, reclaim_eagerly: bool, reclaim_in_c: bool = True
 ) -> dict[str, Any]:
     """Publisher's keyword arguments: this handle's views and _layout's word indices."""
     g, views = p.geometry, p.views
@@ -662,12 +665,17 @@ def publisher_arguments(
         record=record,
         descriptors=views.descriptor_table,
         freelist=views.freelist,
+        reader_records=views.reader_table,
+        group_records=views.group_table,
         frame_bytes=g.buffer_bytes,
         buffer_stride=g.buffer_stride,
         slots=g.slots,
         nbuffers=g.buffers,
         descriptor_words=g.descriptor_bytes // 8,
+        max_readers=g.max_readers,
+        record_words=L.CACHE_LINE // 8,
         c_head=L.C_HEAD,
+        c_tail=L.C_TAIL,
         c_free_count=L.C_FREE_COUNT,
         c_writer_mode=L.C_WRITER_MODE,
         c_reader_waiters=L.C_READER_WAITERS,
@@ -678,9 +686,15 @@ def publisher_arguments(
         d_buffer=L.D_BUFFER,
         d_timestamp=L.D_TIMESTAMP,
         d_flags=L.D_FLAGS,
+        r_state=L.R_STATE,
+        r_release=L.R_RELEASE,
+        g_state=L.G_STATE,
+        g_cursor=L.G_CURSOR,
         mode_exclusive=L.MODE_EXCLUSIVE,
         none=L.NONE,
+        state_active=L.STATE_ACTIVE,
         reclaim_eagerly=reclaim_eagerly,
+        reclaim_in_c=reclaim_in_c,
         fence=FAST_PATH_FENCE,
         reclaim=p.reclaim,
     )
