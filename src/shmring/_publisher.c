@@ -1,11 +1,13 @@
-/* shmring._fastpath.Publisher: the exclusive writer's write() fast path, in C.
+/* shmring._fastpath.Publisher: the exclusive writer's write() and claim(), in C.
  *
  * Rules (beyond _fastpath.c's): _writer.py hands it the views of the control block, the
- * writer's record, the descriptor table, the free list and the buffers. It runs only the
- * step the Python code would run lock-free in exclusive mode (docs/FORMAT.md, "Writers"),
- * and gives up (PUBLISH_FALLBACK, nothing changed) on anything else: shared mode, no free
- * buffer after a reclaim, a frame that is not one C-contiguous run of the ring's frame
- * size. Python's general path then does the work, or raises the error.
+ * writer's record, the descriptor table, the free list, the reader and group records and
+ * the buffers. It runs only the steps the Python code would run lock-free in exclusive mode
+ * (docs/FORMAT.md, "Writers"): take a free buffer (claim_buffer), or take one and copy a
+ * frame in (publish), and publish it (publish_claimed, publish). It gives up
+ * (PUBLISH_FALLBACK, nothing changed) on anything else: shared mode, no free buffer after a
+ * reclaim, a frame that is not one C-contiguous run of the ring's frame size. Python's
+ * general path then does the work, or raises the error.
  *
  * Theory: a Python write() costs ~0.9 µs before its copy (each bytecode ~20-50 ns), which
  * is most of a 64-byte frame's time and a quarter of a 64 KiB frame's. The same steps here
@@ -17,8 +19,9 @@
  * Python step there costs microseconds of wake-up latency. Stores that publish are release
  * stores; the bracket's opening store is followed by a compiler barrier only, because
  * writers joining the ring make the barrier for both sides with membarrier()
- * (_ring.quiesce_exclusive_writer). Reclaiming stays in Python (a callback), run when a
- * reclaim is due (every `slots` frames).
+ * (_ring.quiesce_exclusive_writer). The reclaim, due when the free list is empty (or at
+ * every frame for large frames, to reuse the buffer still in cache), is Participant.reclaim
+ * done in C; on a state it does not expect it calls Python's, which reports the damage.
  *
  * The copy of a large frame runs without the GIL: a second thread entering meanwhile (or
  * closing the writer) gets a RuntimeError rather than a shared buffer or a half-left ring.
@@ -320,19 +323,20 @@ static long long reclaim_in_c(Publisher *self) {
 static long long pop_buffer(Publisher *self) {
     uint64_t *control = self->control;
     uint64_t count = load(&control[self->c_free_count]);
-    long long reclaimed = -1;
-    if ((self->reclaim_eagerly || count == 0) && self->reclaim_in_c &&
-        (reclaimed = reclaim_in_c(self)) >= 0) {
-        count = (uint64_t)reclaimed;
-    } else if (self->reclaim_eagerly || count == 0) {
-        PyObject *result = PyObject_CallNoArgs(self->reclaim);
-        if (result == NULL) {
-            return POP_FAILED;
-        }
-        count = PyLong_AsUnsignedLongLong(result);
-        Py_DECREF(result);
-        if (count == (uint64_t)-1 && PyErr_Occurred()) {
-            return POP_FAILED;
+    if (self->reclaim_eagerly || count == 0) {
+        long long reclaimed = self->reclaim_in_c ? reclaim_in_c(self) : -1;
+        if (reclaimed >= 0) {
+            count = (uint64_t)reclaimed;
+        } else {
+            PyObject *result = PyObject_CallNoArgs(self->reclaim);
+            if (result == NULL) {
+                return POP_FAILED;
+            }
+            count = PyLong_AsUnsignedLongLong(result);
+            Py_DECREF(result);
+            if (count == (uint64_t)-1 && PyErr_Occurred()) {
+                return POP_FAILED;
+            }
         }
     }
     if (count == 0 || count > self->nbuffers) {
@@ -510,7 +514,7 @@ static PyMethodDef Publisher_methods[] = {
 static PyTypeObject PublisherType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "shmring._fastpath.Publisher",
-    .tp_doc = "The exclusive writer's write() fast path over one ring (see _fastpath.c).",
+    .tp_doc = "The exclusive writer's write() and claim() over one ring (see _publisher.c).",
     .tp_basicsize = sizeof(Publisher),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = PyType_GenericNew,

@@ -294,7 +294,8 @@ class Participant:
         """Block policy: free the buffers of frames every group released; returns the new
         free count. Runs under the lock, or lock-free inside the exclusive writer's
         W_IN_PUBLISH bracket (joining readers quiesce it: see `quiesce_exclusive_writer`).
-        On the exclusive writer's hot path (~every `slots` frames): hence no helper calls."""
+        The exclusive writer's fast paths run the same in C (_publisher.c, reclaim_in_c),
+        and call this only where that finds a state it does not expect: keep the two alike."""
         control, geometry = self.control, self.geometry
         window = self.window()
         floor = self.release_floor()
