@@ -694,21 +694,11 @@ def _taker(p: Participant) -> Taker:
 
 def taker_arguments(p: Participant) -> dict[str, Any]:
     """Taker's keyword arguments: this handle's views and _layout's word indices."""
-    g, views = p.geometry, p.views
     return dict(
-        header=p.segment.header,
-        control=views.control,
-        descriptors=views.descriptor_table,
-        buffers=views.buffers,
+        p.c_arguments(),
+        buffers=p.views.buffers,
         frame_type=Frame,
-        slots=g.slots,
-        descriptor_words=g.descriptor_bytes // 8,
-        c_frames=L.C_FRAMES,
         c_flags=L.C_FLAGS,
-        d_seq=L.D_SEQ,
-        d_buffer=L.D_BUFFER,
-        d_timestamp=L.D_TIMESTAMP,
-        d_flags=L.D_FLAGS,
         f_closed=L.F_CLOSED,
     )
 

@@ -30,7 +30,7 @@ import time
 import weakref
 from array import array
 from collections.abc import Callable
-from typing import Self
+from typing import Any, Self
 
 from . import _layout as L
 from ._errors import RingCorrupted, RingFull, RingTimeout, ShmringError
@@ -230,6 +230,23 @@ class Participant:
                 "range; the header was overwritten"
             )
         return index
+
+    def c_arguments(self) -> dict[str, Any]:
+        """The keyword arguments every object of the C extension takes (_fastpath.c): the
+        header mapping, the control block and descriptor table, and their geometry."""
+        g, views = self.geometry, self.views
+        return dict(
+            header=self.segment.header,
+            control=views.control,
+            descriptors=views.descriptor_table,
+            slots=g.slots,
+            descriptor_words=g.descriptor_bytes // 8,
+            c_frames=L.C_FRAMES,
+            d_seq=L.D_SEQ,
+            d_buffer=L.D_BUFFER,
+            d_timestamp=L.D_TIMESTAMP,
+            d_flags=L.D_FLAGS,
+        )
 
     def window(self) -> range:
         """Sequence numbers whose descriptors may still hold a frame."""
