@@ -366,8 +366,8 @@ def checked_dtype(spec: object) -> np.dtype[np.generic]:
 
 class Views:
     """Typed windows onto one mapped segment. Built once per handle; indexing these with
-    the field constants above is the whole hot path's contact with the layout (write()'s C
-    fast path is handed these views and constants: _writer._publisher)."""
+    the field constants above is the whole hot path's contact with the layout (the C
+    extension is handed these views and constants: Participant.c_arguments)."""
 
     def __init__(self, geometry: Geometry, header: mmap.mmap, data: memoryview) -> None:
         g = geometry

@@ -53,7 +53,7 @@ class Frame(FrameBase):
     unchanged until the frame is released (context exit, `release()`, the reader's next
     frame when it came from iteration or `latest()`, or the Frame being garbage-collected:
     keep the Frame, not just its array, while you use the array). Copy it to keep it longer.
-    `seq`, `timestamp_ns` and `dropped` are read-only. (The fields live in C, FrameBase, so
+    `array`, `seq`, `timestamp_ns` and `dropped` are read-only. (The fields live in C, FrameBase, so
     that iteration builds a Frame without running Python: _taker.c.)"""
 
     __slots__ = ()

@@ -3,7 +3,7 @@
 # Rules: `write` copies once; `claim` hands out the buffer itself. A frame is published
 # when its descriptor's D_SEQ word is written, after everything else about it. The
 # exclusive-mode fast path (one writer on the ring) runs without the header lock, for
-# write() in C (_publisher.c); every other path takes it. See _ring.py for the theory,
+# write() and claim() in C (_publisher.c); every other path takes it. See _ring.py for the theory,
 # docs/FORMAT.md for the bytes.
 
 from __future__ import annotations
