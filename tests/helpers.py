@@ -676,11 +676,15 @@ def child_attach_exit(
 
 
 def child_create_exit(
-    chan: Chan, name: str = "", shape: Sequence[int] = SMALL, how: str = "close"
+    chan: Chan,
+    name: str = "",
+    shape: Sequence[int] = SMALL,
+    how: str = "close",
+    write: bool = False,
 ) -> None:
-    """Create a ring, report, wait for "exit", then leave by ``how``:
-    ``close`` (explicit), ``with`` (context exit), ``gc`` (drop the last reference),
-    ``exit`` (keep a reference: interpreter exit)."""
+    """Create a ring (and with ``write``, write a frame: the creator then is a writer too),
+    report, wait for "exit", then leave by ``how``: ``close`` (explicit), ``with`` (context
+    exit), ``gc`` (drop the last reference), ``exit`` (keep a reference: interpreter exit)."""
     if how == "with":
         with RingWriter.create(name, tuple(shape), np.uint8) as w:
             chan.send({"ready": w.name})
@@ -688,6 +692,8 @@ def child_create_exit(
         chan.send({"bye": os.path.exists(seg_path(name))})
         return
     w = RingWriter.create(name, tuple(shape), np.uint8)
+    if write:
+        w.write(np.zeros(tuple(shape), np.uint8))
     chan.send({"ready": w.name})
     expect(chan, "exit")
     if how == "close":

@@ -105,6 +105,7 @@ class Ring:
 def ring() -> Iterator[Ring]:
     name = unique_name("bi")
     writer = RingWriter.create(name, SHAPE, np.uint8, slots=SLOTS, meta_size=8)
+    writer._join()  # a writer from the start: another writer's close must not end the stream
     reader = RingReader.attach(name)
     try:
         yield Ring(name, writer, reader)

@@ -72,7 +72,7 @@ def prefix() -> str:
 def stale(prefix: str) -> Iterator[str]:
     """A ring whose creator (its only writer) was SIGKILLed."""
     name = f"{prefix}_stale"
-    with Child("spawn", "create_exit", name=name) as child:
+    with Child("spawn", "create_exit", name=name, write=True) as child:
         child.expect("ready")
         child.kill()
         child.wait_dead()

@@ -260,11 +260,13 @@ def test_ring_full() -> None:
             RingReader.attach(name)
         r1.close()
         RingReader.attach(name).close()  # a closed reader's record is free again
-        w2 = RingWriter.attach(name)
+        w2 = RingWriter.attach(name)  # the creator has not written: it holds no record
+        w3 = RingWriter.attach(name)
         with pytest.raises(RingFull):
             RingWriter.attach(name)
         w2.close()
         RingWriter.attach(name).close()
+        w3.close()
         r2.close()
 
 
@@ -327,8 +329,8 @@ def test_claim_abandoned_on_exception_is_never_seen() -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"policy": "overwrite", "slots": 8, "max_readers": 4, "max_writers": 4},
-        {"policy": "overwrite", "slots": 4},
+        {"policy": "overwrite", "slots": 1},
+        {"policy": "overwrite", "spare_buffers": -1},
         {"policy": "sometimes"},
         {"slots": 0},
         {"max_readers": 0},

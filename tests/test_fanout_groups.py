@@ -168,11 +168,9 @@ def test_two_writer_processes_one_reader() -> None:
         w2.send("go")
         got = collect(r, pat, "read", limit=2 * n)
         reports = {1: finish(w1)["seqs"], 2: finish(w2)["seqs"]}
-        with pytest.raises(RingTimeout):  # the creator is still open: no end of stream yet
-            r.read(0.05)
-        w.close()
-        with pytest.raises(EndOfStream):
+        with pytest.raises(EndOfStream):  # both writers closed; the creator never wrote
             r.read(WAIT)
+        assert not w.closed
     assert len(got.tags) == 2 * n
     assert got.seqs == list(range(2 * n))
     assert Counter(got.tags) == Counter(make_tag(k, i) for k in (1, 2) for i in range(n))

@@ -21,13 +21,20 @@ from shmring._writer import _publisher, publisher_arguments
 SHAPE = (4, 6)
 
 
+def joined(w: RingWriter) -> RingWriter:
+    """A writer that has joined (the creator joins at its first frame): these tests drive
+    its Publisher before any frame."""
+    w._join()
+    return w
+
+
 def _frame(value: int) -> np.ndarray:
     return np.arange(24, dtype=np.uint8).reshape(SHAPE) + value
 
 
 def test_publishes_the_frame_with_its_sequence_number_and_stamp() -> None:
     with (
-        RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w,
+        joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)) as w,
         RingReader.attach(w.name, start="oldest") as r,
     ):
         publish = w._publisher.publish
@@ -46,7 +53,7 @@ def test_a_frame_that_is_not_one_contiguous_run_takes_the_general_path(layout: s
     frame = np.asfortranarray(_frame(5)) if layout == "fortran" else source[:, ::2]
     assert frame.shape == SHAPE and not frame.flags.c_contiguous
     with (
-        RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w,
+        joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)) as w,
         RingReader.attach(w.name, start="oldest") as r,
     ):
         assert w._publisher.publish(frame) == PUBLISH_FALLBACK
@@ -59,7 +66,7 @@ def test_a_read_only_frame_is_published() -> None:
     frame = _frame(1)
     frame.flags.writeable = False
     with (
-        RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w,
+        joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)) as w,
         RingReader.attach(w.name, start="oldest") as r,
     ):
         assert w._publisher.publish(frame) == 0
@@ -69,7 +76,7 @@ def test_a_read_only_frame_is_published() -> None:
 
 def test_in_shared_mode_it_gives_way_to_the_locked_path() -> None:
     with (
-        RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w,
+        joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)) as w,
         RingReader.attach(w.name, start="oldest") as r,
         RingWriter.attach(w.name) as other,
     ):
@@ -83,7 +90,7 @@ def test_in_shared_mode_it_gives_way_to_the_locked_path() -> None:
 
 def test_claim_takes_a_buffer_and_publishes_it_in_place() -> None:
     with (
-        RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w,
+        joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)) as w,
         RingReader.attach(w.name, start="oldest") as r,
     ):
         publisher = w._publisher
@@ -108,7 +115,7 @@ def test_claim_takes_a_buffer_and_publishes_it_in_place() -> None:
 
 def test_in_shared_mode_claim_gives_way_to_the_locked_path() -> None:
     with (
-        RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w,
+        joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)) as w,
         RingReader.attach(w.name, start="oldest") as r,
         RingWriter.attach(w.name) as other,
     ):
@@ -125,9 +132,9 @@ def test_in_shared_mode_claim_gives_way_to_the_locked_path() -> None:
 
 @pytest.mark.parametrize("call", ["write", "claim"])
 def test_a_free_buffer_index_out_of_range_is_corruption_and_publishes_nothing(call: str) -> None:
-    with RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w:
+    with joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)) as w:
         count = w._control[L.C_FREE_COUNT]
-        w._freelist[count - 1] = 1 << 40  # what a stray write into the header would do
+        w._p.views.freelist[count - 1] = 1 << 40  # what a stray write into the header would do
         fast = w._publisher.publish if call == "write" else lambda _: w._publisher.claim_buffer()
         assert fast(_frame(0)) == PUBLISH_CORRUPTED
         assert w._control[L.C_HEAD] == 0 and w._control[L.C_FREE_COUNT] == count
@@ -144,7 +151,7 @@ def test_the_reclaim_in_c_frees_what_every_group_released_and_no_more() -> None:
     """Buffers come back once both a reader of its own and a group have released their frames:
     the floor is the lower of R_RELEASE and G_CURSOR (_publisher.c, reclaim_in_c)."""
     with (
-        RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w,
+        joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)) as w,
         RingReader.attach(w.name, start="oldest") as own,
         RingReader.attach(w.name, start="oldest", group="g") as member,
     ):
@@ -167,7 +174,7 @@ def test_the_reclaim_in_c_frees_what_every_group_released_and_no_more() -> None:
 def test_a_damaged_window_makes_the_reclaim_in_c_defer_to_python() -> None:
     """tail past head is no state the C reclaim handles: Python's reclaim runs and says what
     is wrong, and nothing is published."""
-    with RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w:
+    with joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)) as w:
         for value in range(4):
             w.write(_frame(value), WAIT)  # free count 0: the next write reclaims
         w._control[L.C_TAIL] = 7
@@ -192,7 +199,7 @@ def test_an_error_in_the_reclaim_leaves_the_publish_bracket(
     """A reclaim runs inside the W_IN_PUBLISH bracket; whatever it raises (RingCorrupted,
     KeyboardInterrupt) must not leave the bracket open, or joining writers wait for it. A
     result that is no count is an error (TypeError), not corruption of the ring."""
-    with RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w:
+    with joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)) as w:
         p = w._p
         p.reclaim = reclaim  # type: ignore[method-assign]
         publisher = _publisher(p, w._record, reclaim_eagerly=True, reclaim_in_c=False)
@@ -209,7 +216,7 @@ def test_an_error_in_the_reclaim_leaves_the_publish_bracket(
 def test_two_threads_in_one_publisher_get_an_error_not_a_shared_buffer() -> None:
     """Re-entering a publish that is under way (another thread, while a large copy runs
     without the GIL; here, deterministically, from inside its reclaim) raises."""
-    with RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w:
+    with joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)) as w:
         p = w._p
         errors: list[BaseException] = []
 
@@ -231,7 +238,7 @@ def test_closing_the_writer_during_its_write_raises_and_leaves_it_whole() -> Non
     """close() from another thread while write() runs (here, deterministically, from inside
     the write's reclaim) must not leave the ring under the write's feet."""
     with (
-        RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w,
+        joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)) as w,
         RingReader.attach(w.name, start="oldest") as r,
     ):
         p, reclaim = w._p, w._p.reclaim
@@ -259,7 +266,7 @@ def test_closing_the_writer_during_its_write_raises_and_leaves_it_whole() -> Non
 
 
 def test_bad_arguments_are_refused_without_leaking_references() -> None:
-    with RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w:
+    with joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)) as w:
         p = w._p
 
         def reclaim() -> int:
@@ -282,7 +289,7 @@ def test_bad_arguments_are_refused_without_leaking_references() -> None:
 
 def test_after_close_it_falls_back_and_holds_no_mapping() -> None:
     name = unique_name()
-    w = RingWriter.create(name, SHAPE, np.uint8, slots=4)
+    w = joined(RingWriter.create(name, SHAPE, np.uint8, slots=4))
     publisher = w._publisher
     w.close()
     assert publisher.publish(_frame(0)) == PUBLISH_FALLBACK
@@ -296,7 +303,7 @@ def test_after_close_it_falls_back_and_holds_no_mapping() -> None:
 
 def test_garbage_collection_unmaps_the_ring_too() -> None:
     name = unique_name()
-    w = RingWriter.create(name, SHAPE, np.uint8, slots=4)
+    w = joined(RingWriter.create(name, SHAPE, np.uint8, slots=4))
     w.write(_frame(0), WAIT)
     del w
     gc.collect()
@@ -314,7 +321,7 @@ def test_a_source_at_any_alignment_arrives_intact(nbytes: int, misalignment: int
     frame = raw[start : start + nbytes]
     assert frame.ctypes.data % 64 == misalignment
     with (
-        RingWriter.create(unique_name(), (nbytes,), np.uint8, slots=2) as w,
+        joined(RingWriter.create(unique_name(), (nbytes,), np.uint8, slots=2)) as w,
         RingReader.attach(w.name, start="oldest") as r,
     ):
         assert w._publisher.publish(frame) == 0

@@ -208,6 +208,7 @@ def test_writer_stuck_in_publish_is_a_bounded_wait() -> None:
     writer's next publish clears the flag and joining works again."""
     name = unique_name("ip")
     with RingWriter.create(name, SHAPE, np.uint8) as writer:
+        writer._join()  # the creator takes writer record 0 at its first frame; take it now
         with open(seg_path(name), "r+b") as f:
             f.seek(WRITERS_OFFSET)
             (writers,) = struct.unpack("<Q", f.read(8))

@@ -238,12 +238,16 @@ def _interrupt(cls: type, method: str, event: str) -> Callable[..., Any]:
     return trace
 
 
-@pytest.mark.parametrize("policy", ["block", "overwrite"])
 @pytest.mark.parametrize(
-    ("cls", "method", "event"),
+    ("policy", "cls", "method", "event"),
     [
-        pytest.param(RingReader, "read", "return", id="as read returns"),
-        pytest.param(RingReader, "_frame", "return", id="as the Frame is built"),
+        pytest.param("block", RingReader, "read", "return", id="as read returns-block"),
+        pytest.param("overwrite", RingReader, "read", "return", id="as read returns-overwrite"),
+        pytest.param("block", RingReader, "_frame", "return", id="as the Frame is built-block"),
+        # An overwrite reader's Frame is built in C (take_pinned): interrupt as it is recorded.
+        pytest.param(
+            "overwrite", RingReader, "_take_pinned", "return", id="as the Frame is pinned"
+        ),
     ],
 )
 def test_ctrl_c_inside_read_does_not_wedge_the_reader(

@@ -191,7 +191,7 @@ def test_bad_arguments_are_refused_without_leaking_references() -> None:
         RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w,
         RingReader.attach(w.name, start="oldest") as r,
     ):
-        arguments = taker_arguments(r._p)
+        arguments = taker_arguments(r._p, r._record)
         before = sys.getrefcount(r._p.views.buffers), sys.getrefcount(Frame)
         bad: list[tuple[dict[str, Any], type[Exception]]] = [
             ({"frame_type": int}, TypeError),

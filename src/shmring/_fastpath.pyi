@@ -9,6 +9,8 @@ from shmring._reader import Frame, RingReader
 
 PUBLISH_FALLBACK: int
 PUBLISH_CORRUPTED: int
+TAKE_FALLBACK: int
+TAKE_NO_ROOM: int
 
 class Publisher:
     def __init__(
@@ -52,10 +54,29 @@ class Publisher:
         reclaim_in_c: bool,
         fence: bool,
         reclaim: Callable[[], int],
+        overwrite: bool,
+        r_pinned: int,
+        d_shape: int,
+        meta_offset: int,
+        df_evicted: int,
+        df_own_shape: int,
+        meta_shift: int,
+        meta_size: int,
+        ndim: int,
     ) -> None: ...
     def publish(self, frame: np.ndarray) -> int: ...
     def claim_buffer(self) -> int: ...
     def publish_claimed(self, buffer: int) -> int: ...
+    def claim_buffer_locked(self) -> int: ...
+    def publish_described(
+        self,
+        buffer: int,
+        timestamp_ns: int,
+        shape: tuple[int, ...] | None,
+        meta: bytes,
+        locked: bool,
+    ) -> int: ...
+    def abandon_claimed(self, buffer: int, locked: bool) -> int: ...
     def close(self) -> None: ...
     def forget(self) -> None: ...
 
@@ -99,9 +120,26 @@ class Taker:
         d_timestamp: int,
         d_flags: int,
         f_closed: int,
+        record: memoryview,
+        reader_records: memoryview,
+        pinned_frame_type: type[FrameBase],
+        max_readers: int,
+        record_words: int,
+        nbuffers: int,
+        state_active: int,
+        df_evicted: int,
+        none: int,
+        c_head: int,
+        c_tail: int,
+        c_writers: int,
+        r_state: int,
+        r_pinned: int,
     ) -> None: ...
-    # Built as frame_type, which _reader.py passes as Frame.
+    # Built as frame_type (pinned_frame_type), which _reader.py passes as Frame (a subclass).
     def take(self, reader: RingReader, seq: int) -> Frame | None: ...
     def wait(self, reader: RingReader, seq: int, timeout: float) -> Frame | None: ...
+    def take_pinned(self, reader: RingReader, next: int, latest: bool) -> Frame | int | None: ...
+    def pin(self, seq: int) -> int: ...
+    def holds(self, seq: int) -> bool: ...
     def close(self) -> None: ...
     def forget(self) -> None: ...

@@ -97,7 +97,8 @@ C_SPACE_WANTED = 19  # a sleeping writer wants waking once a release reaches thi
 C_FRAMES = 20  # bumped when readers are woken (a frame, or the stream closed); futex word
 CONTROL_WORDS = CONTROL_BYTES // 8
 
-F_CLOSED = 1  # every writer closed: readers drain, then EndOfStream
+F_CLOSED = 1  # the stream ended (see docs/API.md, "End of stream"): readers drain, then stop
+F_STARTED = 2  # a writer has joined: from now on no live writer and no F_CLOSED = writers died
 MODE_EXCLUSIVE = 0  # one writer: it publishes without the lock
 MODE_SHARED = 1  # several writers: each publish takes the header lock
 

@@ -2,12 +2,21 @@
  *
  * Rules (beyond _fastpath.c's): _writer.py hands it the views of the control block, the
  * writer's record, the descriptor table, the free list, the reader and group records and
- * the buffers. It runs only the steps the Python code would run lock-free in exclusive mode
- * (docs/FORMAT.md, "Writers"): take a free buffer (claim_buffer), or take one and copy a
- * frame in (publish), and publish it (publish_claimed, publish). It gives up
- * (PUBLISH_FALLBACK, nothing changed) on anything else: shared mode, no free buffer after a
- * reclaim, a frame that is not one C-contiguous run of the ring's frame size. Python's
- * general path then does the work, or raises the error.
+ * the buffers. It runs every step a writer takes lock-free, which is every step of the
+ * exclusive writer, the one writer of a ring in exclusive mode (docs/FORMAT.md, "Writers"):
+ * take a buffer (claim_buffer), or take one and copy a frame in (publish), publish it
+ * (publish_claimed; publish_described for frames with their own shape, stamp or metadata),
+ * or give it back (abandon_claimed). It gives up (PUBLISH_FALLBACK, nothing changed) on
+ * anything else: shared mode, no buffer to take, a frame that is not one C-contiguous run of
+ * the ring's frame size. Python's general path then takes the header lock and calls the same
+ * steps as `locked` (claim_buffer_locked, ...): in shared mode every writer's steps run so,
+ * one at a time, and readers, which never take the lock to read, see one protocol. Python
+ * itself never writes a descriptor or the free list.
+ *
+ * Policies: under `block`, buffers come off the free list, refilled by a reclaim of what
+ * every reader group released. Under `overwrite`, the free list holds the buffers of frames
+ * that newer ones replaced (maybe still pinned by a reader), and pop_overwrite() takes an
+ * unpinned one, or evicts the oldest unpinned frame of the window.
  *
  * Theory: a Python write() costs ~0.9 µs before its copy (each bytecode ~20-50 ns), which
  * is most of a 64-byte frame's time and a quarter of a 64 KiB frame's. The same steps here
@@ -106,6 +115,9 @@ typedef struct {
     Py_ssize_t d_seq, d_buffer, d_timestamp, d_flags;
     uint64_t mode_exclusive;
     uint64_t none; /* _layout.NONE: "no value" (W_CLAIMED with no claim) */
+    int overwrite; /* the ring's policy: buffers come from pop_overwrite(), not a reclaim */
+    Py_ssize_t r_pinned, d_shape, meta_offset; /* meta_offset: bytes into a descriptor */
+    uint64_t df_evicted, df_own_shape, meta_shift, meta_size, ndim;
     int reclaim_eagerly;
     int reclaim_in_c; /* else every reclaim calls back Python (tests use that as a hook) */
     int fence;
@@ -131,27 +143,31 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
         "c_writer_mode", "c_reader_waiters", "c_frames", "w_in_publish", "w_claimed", "d_seq",
         "d_buffer", "d_timestamp", "d_flags", "r_state", "r_release", "g_state", "g_cursor",
         "mode_exclusive", "none", "state_active", "reclaim_eagerly", "reclaim_in_c", "fence",
-        "reclaim", NULL,
+        "reclaim", "overwrite", "r_pinned", "d_shape", "meta_offset", "df_evicted",
+        "df_own_shape", "meta_shift", "meta_size", "ndim", NULL,
     };
     PyObject *header, *data, *control, *record, *descriptors, *freelist, *readers, *groups;
     PyObject *reclaim;
     Py_ssize_t frame_bytes, stride, descriptor_words, record_words, c_words[6], w_words[2];
     Py_ssize_t d_words[4], rg_words[4];
     unsigned long long slots, nbuffers, max_readers, mode_exclusive, none, state_active;
-    int reclaim_eagerly, reclaim_in_c, fence;
+    int reclaim_eagerly, reclaim_in_c, fence, overwrite;
+    Py_ssize_t r_pinned, d_shape, meta_offset;
+    unsigned long long df_evicted, df_own_shape, meta_shift, meta_size, ndim;
     if (self->initialized) {
         PyErr_SetString(PyExc_RuntimeError, "a Publisher is initialized once");
         return -1;
     }
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$OOOOOOOOnnKKnKnnnnnnnnnnnnnnnnnKKKpppO:Publisher", keywords,
+            args, kwargs, "$OOOOOOOOnnKKnKnnnnnnnnnnnnnnnnnKKKpppOpnnnKKKKK:Publisher", keywords,
             &header, &data, &control, &record, &descriptors, &freelist, &readers, &groups,
             &frame_bytes, &stride, &slots, &nbuffers, &descriptor_words, &max_readers,
             &record_words, &c_words[0], &c_words[1], &c_words[2], &c_words[3], &c_words[4],
             &c_words[5], &w_words[0], &w_words[1], &d_words[0], &d_words[1], &d_words[2],
             &d_words[3], &rg_words[0], &rg_words[1], &rg_words[2], &rg_words[3],
             &mode_exclusive, &none, &state_active, &reclaim_eagerly, &reclaim_in_c, &fence,
-            &reclaim)) {
+            &reclaim, &overwrite, &r_pinned, &d_shape, &meta_offset, &df_evicted, &df_own_shape,
+            &meta_shift, &meta_size, &ndim)) {
         return -1;
     }
     uint64_t table_words, data_bytes, record_table_words;
@@ -160,7 +176,10 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
         shmring_words_needed(d_words, 4) > (uint64_t)descriptor_words ||
         shmring_words_needed(c_words, 6) == 0 || shmring_words_needed(w_words, 2) == 0 ||
         max_readers == 0 || record_words <= 0 || shmring_words_needed(rg_words, 4) == 0 ||
-        shmring_words_needed(rg_words, 4) > (uint64_t)record_words ||
+        shmring_words_needed(rg_words, 4) > (uint64_t)record_words || r_pinned < 0 ||
+        r_pinned >= record_words || d_shape < 0 || ndim == 0 || ndim > 64 || meta_offset < 0 ||
+        meta_shift >= 64 || (uint64_t)d_shape + ndim > (uint64_t)descriptor_words ||
+        (uint64_t)meta_offset + meta_size > (uint64_t)descriptor_words * 8 ||
         __builtin_mul_overflow(max_readers, (uint64_t)record_words, &record_table_words) ||
         __builtin_mul_overflow(slots, (uint64_t)descriptor_words, &table_words) ||
         __builtin_mul_overflow(nbuffers - 1, (uint64_t)stride, &data_bytes) ||
@@ -231,6 +250,15 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
     self->reclaim_eagerly = reclaim_eagerly;
     self->reclaim_in_c = reclaim_in_c;
     self->fence = fence;
+    self->overwrite = overwrite;
+    self->r_pinned = r_pinned;
+    self->d_shape = d_shape;
+    self->meta_offset = meta_offset;
+    self->df_evicted = df_evicted;
+    self->df_own_shape = df_own_shape;
+    self->meta_shift = meta_shift;
+    self->meta_size = meta_size;
+    self->ndim = ndim;
     self->reclaim = Py_NewRef(reclaim);
     self->initialized = 1;
     return 0;
@@ -250,12 +278,17 @@ static PyObject *busy_error(void) {
     return NULL;
 }
 
-/* Open the bracket; whether this writer may go on lock-free (the ring is in exclusive mode). */
-static int enter(Publisher *self) {
+/* Open the bracket; whether this writer may go on: it holds the header lock (`locked`, shared
+ * mode), or the ring is in exclusive mode, where it goes on lock-free. */
+static int enter_as(Publisher *self, int locked) {
     self->busy = 1;
     __atomic_store_n(&self->record[self->w_in_publish], 1, __ATOMIC_RELAXED);
     __atomic_signal_fence(__ATOMIC_SEQ_CST); /* the other side's membarrier() orders it */
-    return load(&self->control[self->c_writer_mode]) == self->mode_exclusive;
+    return locked || load(&self->control[self->c_writer_mode]) == self->mode_exclusive;
+}
+
+static int enter(Publisher *self) {
+    return enter_as(self, 0);
 }
 
 /* Close the bracket early: nothing published, the next call allowed. */
@@ -350,19 +383,147 @@ static long long pop_buffer(Publisher *self) {
     return (long long)buffer;
 }
 
-/* Describe frame `seq` in `buffer` (ring-shaped, no metadata, stamped now) and make it
- * visible; close the bracket; wake sleeping readers. Returns `seq`. */
-static PyObject *publish_frame(Publisher *self, uint64_t seq, uint64_t buffer, int claimed) {
+/* Overwrite policy: whether a live reader has pinned `buffer` (R_PINNED). The caller has
+ * made its own stores visible first (a full fence): a reader stores its pin, fences, then
+ * looks again at the frame, so either it sees the writer's eviction or the writer sees the
+ * pin (docs/FORMAT.md, "Overwrite"). */
+static int pinned(Publisher *self, uint64_t buffer) {
+    for (uint64_t i = 0; i < self->max_readers; i++) {
+        const uint64_t *reader = self->reader_records + i * (uint64_t)self->record_words;
+        if (load(&reader[self->r_state]) == self->state_active &&
+            load(&reader[self->r_pinned]) == buffer) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Overwrite policy, exclusive writer: a buffer to write the next frame into. First an
+ * unpinned one off the free list (buffers no frame in the window names: publish_frame puts
+ * a frame's buffer there when a newer frame replaces it; it may still be pinned), else the
+ * buffer of the oldest frame in the window that nobody pins, which is marked evicted first
+ * (readers skip it and count it dropped). PUBLISH_FALLBACK if every buffer is pinned (the
+ * general path says which knob to raise), PUBLISH_CORRUPTED for an index out of range. */
+static long long pop_overwrite(Publisher *self) {
     uint64_t *control = self->control;
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now); /* time.monotonic_ns()'s clock */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST); /* the stores that retired a buffer, then pins */
+    uint64_t count = load(&control[self->c_free_count]);
+    if (count > self->nbuffers) {
+        return PUBLISH_CORRUPTED;
+    }
+    for (uint64_t i = count; i-- > 0;) {
+        uint64_t buffer = load(&self->freelist[i]);
+        if (buffer >= self->nbuffers) {
+            return PUBLISH_CORRUPTED;
+        }
+        if (!pinned(self, buffer)) {
+            store(&self->freelist[i], load(&self->freelist[count - 1]));
+            store(&control[self->c_free_count], count - 1);
+            return (long long)buffer;
+        }
+    }
+    uint64_t head = load(&control[self->c_head]), tail = load(&control[self->c_tail]);
+    if (tail > head || head - tail > self->slots || head >= SEQ_LIMIT) {
+        return PUBLISH_CORRUPTED;
+    }
+    for (uint64_t seq = tail; seq < head; seq++) {
+        uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
+        uint64_t flags = load(&descriptor[self->d_flags]);
+        if (load(&descriptor[self->d_seq]) != seq || flags & self->df_evicted) {
+            continue;
+        }
+        uint64_t buffer = load(&descriptor[self->d_buffer]);
+        if (buffer >= self->nbuffers) {
+            return PUBLISH_CORRUPTED;
+        }
+        __atomic_store_n(&descriptor[self->d_flags], flags | self->df_evicted, __ATOMIC_SEQ_CST);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        if (!pinned(self, buffer)) {
+            return (long long)buffer;
+        }
+        /* Pinned: the frame stays evicted (its reader has it) and its buffer joins the free
+         * list, to be taken once unpinned, since no frame of the window names it any more. */
+        count = load(&control[self->c_free_count]);
+        if (count >= self->nbuffers) {
+            return PUBLISH_CORRUPTED;
+        }
+        store(&self->freelist[count], buffer);
+        store(&control[self->c_free_count], count + 1);
+    }
+    return PUBLISH_FALLBACK;
+}
+
+/* A buffer for the next frame by the ring's policy (see pop_buffer and pop_overwrite). */
+static long long take_buffer(Publisher *self) {
+    return self->overwrite ? pop_overwrite(self) : pop_buffer(self);
+}
+
+/* A frame's stamp, and how it differs from a ring-shaped one without metadata (NULL shape:
+ * the ring's; no metadata: meta_len 0). Without one, a frame is ring-shaped, bare and
+ * stamped now. */
+typedef struct {
+    uint64_t timestamp_ns;
+    const uint64_t *shape; /* ndim sizes, or NULL: the ring's shape */
+    const char *meta;
+    uint64_t meta_len;
+} Description;
+
+/* Overwrite policy: the frame that frame `seq` replaces in its descriptor leaves the window
+ * (C_TAIL) before any word of the descriptor changes, so that no reader ever finds a window
+ * frame whose descriptor is half rewritten; its buffer, unless it was evicted (and so taken),
+ * is the one to put on the free list once `seq` is published, else NONE. */
+static uint64_t retire_replaced(Publisher *self, uint64_t seq, const uint64_t *descriptor) {
+    if (seq < self->slots) {
+        return self->none;
+    }
+    uint64_t replaced = seq - self->slots, buffer = self->none;
+    if (load(&descriptor[self->d_seq]) == replaced &&
+        !(load(&descriptor[self->d_flags]) & self->df_evicted)) {
+        buffer = load(&descriptor[self->d_buffer]);
+    }
+    if (load(&self->control[self->c_tail]) <= replaced) {
+        store(&self->control[self->c_tail], replaced + 1);
+    }
+    return buffer;
+}
+
+/* Describe frame `seq` in `buffer` (as `how` says, or ring-shaped, no metadata, stamped now)
+ * and make it visible; close the bracket; wake sleeping readers. Returns `seq`. */
+static PyObject *publish_frame(Publisher *self, uint64_t seq, uint64_t buffer, int claimed,
+                               const Description *how) {
+    uint64_t *control = self->control;
     uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
+    uint64_t retired = self->overwrite ? retire_replaced(self, seq, descriptor) : self->none;
+    uint64_t stamp, flags = 0;
+    if (how) {
+        stamp = how->timestamp_ns;
+    } else {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now); /* time.monotonic_ns()'s clock */
+        stamp = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+    }
+    if (how && how->meta_len) {
+        memcpy((char *)descriptor + self->meta_offset, how->meta, how->meta_len);
+        flags |= how->meta_len << self->meta_shift;
+    }
+    if (how && how->shape) {
+        for (uint64_t axis = 0; axis < self->ndim; axis++) {
+            store(&descriptor[self->d_shape + axis], how->shape[axis]);
+        }
+        flags |= self->df_own_shape;
+    }
     store(&descriptor[self->d_buffer], buffer);
-    store(&descriptor[self->d_timestamp],
-          (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec);
-    store(&descriptor[self->d_flags], 0); /* ring-shaped, no metadata */
+    store(&descriptor[self->d_timestamp], stamp);
+    store(&descriptor[self->d_flags], flags); /* 0: ring-shaped, no metadata */
     store(&descriptor[self->d_seq], seq); /* the frame is visible from here on */
     store(&control[self->c_head], seq + 1);
+    if (retired < self->nbuffers) { /* the replaced frame's buffer is free (maybe pinned) */
+        uint64_t count = load(&control[self->c_free_count]);
+        if (count < self->nbuffers) {
+            store(&self->freelist[count], retired);
+            store(&control[self->c_free_count], count + 1);
+        }
+    }
     if (claimed) {
         store(&self->record[self->w_claimed], self->none);
     }
@@ -401,7 +562,7 @@ static PyObject *Publisher_publish(Publisher *self, PyObject *frame_object) {
         return PyLong_FromLong(PUBLISH_FALLBACK);
     }
     long long seq = PUBLISH_FALLBACK, buffer = PUBLISH_FALLBACK;
-    if (!enter(self) || (seq = next_seq(self)) < 0 || (buffer = pop_buffer(self)) < 0) {
+    if (!enter(self) || (seq = next_seq(self)) < 0 || (buffer = take_buffer(self)) < 0) {
         leave(self);
         PyBuffer_Release(&frame);
         if (buffer == POP_FAILED) {
@@ -418,22 +579,30 @@ static PyObject *Publisher_publish(Publisher *self, PyObject *frame_object) {
         copy_frame(destination, frame.buf, frame.len);
     }
     PyBuffer_Release(&frame);
-    return publish_frame(self, (uint64_t)seq, (uint64_t)buffer, 0);
+    return publish_frame(self, (uint64_t)seq, (uint64_t)buffer, 0, NULL);
 }
 
-static PyObject *Publisher_claim_buffer(Publisher *self, PyObject *Py_UNUSED(ignored)) {
+static PyObject *claim_buffer(Publisher *self, int locked) {
     if (self->busy) {
         return busy_error();
     }
     if (!self->holds_exports || self->reclaim == NULL) {
         return PyLong_FromLong(PUBLISH_FALLBACK); /* closed */
     }
-    long long buffer = enter(self) ? pop_buffer(self) : PUBLISH_FALLBACK;
+    long long buffer = enter_as(self, locked) ? take_buffer(self) : PUBLISH_FALLBACK;
     if (buffer >= 0) {
         store(&self->record[self->w_claimed], (uint64_t)buffer);
     }
     leave(self);
     return buffer == POP_FAILED ? NULL : PyLong_FromLongLong(buffer);
+}
+
+static PyObject *Publisher_claim_buffer(Publisher *self, PyObject *Py_UNUSED(ignored)) {
+    return claim_buffer(self, 0);
+}
+
+static PyObject *Publisher_claim_buffer_locked(Publisher *self, PyObject *Py_UNUSED(ignored)) {
+    return claim_buffer(self, 1);
 }
 
 static PyObject *Publisher_publish_claimed(Publisher *self, PyObject *buffer_object) {
@@ -457,7 +626,108 @@ static PyObject *Publisher_publish_claimed(Publisher *self, PyObject *buffer_obj
         leave(self);
         return PyLong_FromLongLong(PUBLISH_FALLBACK);
     }
-    return publish_frame(self, (uint64_t)seq, buffer, 1);
+    return publish_frame(self, (uint64_t)seq, buffer, 1, NULL);
+}
+
+/* publish_described(buffer, timestamp_ns, shape, meta, locked): publish_claimed() for any
+ * frame the general path filled: its stamp, shape (a tuple of ndim ints, or None) and
+ * metadata (bytes), which the caller has checked against the ring's limits. With `locked`
+ * the caller holds the header lock (shared mode), and it publishes whatever the mode. */
+static PyObject *Publisher_publish_described(Publisher *self, PyObject *const *args,
+                                             Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "publish_described takes 5 arguments");
+        return NULL;
+    }
+    int locked = PyObject_IsTrue(args[4]);
+    if (locked < 0) {
+        return NULL;
+    }
+    if (self->busy) {
+        return busy_error();
+    }
+    uint64_t buffer = PyLong_AsUnsignedLongLong(args[0]);
+    if (buffer == (uint64_t)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Description how = {0, NULL, NULL, 0};
+    how.timestamp_ns = PyLong_AsUnsignedLongLong(args[1]);
+    if (how.timestamp_ns == (uint64_t)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    uint64_t shape[64];
+    if (args[2] != Py_None) {
+        if (!PyTuple_Check(args[2]) || (uint64_t)PyTuple_GET_SIZE(args[2]) != self->ndim) {
+            PyErr_SetString(PyExc_ValueError, "publish_described: shape must have ndim sizes");
+            return NULL;
+        }
+        for (uint64_t axis = 0; axis < self->ndim; axis++) {
+            shape[axis] = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(args[2], axis));
+            if (shape[axis] == (uint64_t)-1 && PyErr_Occurred()) {
+                return NULL;
+            }
+        }
+        how.shape = shape;
+    }
+    if (!PyBytes_Check(args[3]) || (uint64_t)PyBytes_GET_SIZE(args[3]) > self->meta_size) {
+        PyErr_SetString(PyExc_ValueError, "publish_described: meta must be bytes of meta_size");
+        return NULL;
+    }
+    how.meta = PyBytes_AS_STRING(args[3]);
+    how.meta_len = (uint64_t)PyBytes_GET_SIZE(args[3]);
+    if (!self->holds_exports || self->reclaim == NULL) {
+        return PyLong_FromLong(PUBLISH_FALLBACK); /* closed */
+    }
+    if (buffer >= self->nbuffers) {
+        PyErr_Format(PyExc_ValueError, "Publisher.publish_described: no buffer %llu",
+                     (unsigned long long)buffer);
+        return NULL;
+    }
+    long long seq = PUBLISH_FALLBACK;
+    if (!enter_as(self, locked) || (seq = next_seq(self)) < 0) {
+        leave(self);
+        return PyLong_FromLong(PUBLISH_FALLBACK);
+    }
+    return publish_frame(self, (uint64_t)seq, buffer, 1, &how);
+}
+
+/* abandon_claimed(buffer, locked): give a claimed buffer back unpublished (onto the free
+ * list), in exclusive mode or holding the header lock; PUBLISH_FALLBACK (nothing changed)
+ * otherwise. */
+static PyObject *Publisher_abandon_claimed(Publisher *self, PyObject *const *args,
+                                           Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "abandon_claimed takes 2 arguments");
+        return NULL;
+    }
+    if (self->busy) {
+        return busy_error();
+    }
+    uint64_t buffer = PyLong_AsUnsignedLongLong(args[0]);
+    if (buffer == (uint64_t)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    int locked = PyObject_IsTrue(args[1]);
+    if (locked < 0) {
+        return NULL;
+    }
+    if (!self->holds_exports || self->reclaim == NULL || buffer >= self->nbuffers) {
+        return PyLong_FromLong(PUBLISH_FALLBACK);
+    }
+    long long result = PUBLISH_FALLBACK;
+    if (enter_as(self, locked)) {
+        uint64_t count = load(&self->control[self->c_free_count]);
+        if (count < self->nbuffers) {
+            store(&self->freelist[count], buffer);
+            store(&self->control[self->c_free_count], count + 1);
+            result = 0;
+        } else {
+            result = PUBLISH_CORRUPTED;
+        }
+        store(&self->record[self->w_claimed], self->none);
+    }
+    leave(self);
+    return PyLong_FromLongLong(result);
 }
 
 static PyObject *Publisher_close(Publisher *self, PyObject *Py_UNUSED(ignored)) {
@@ -504,6 +774,15 @@ static PyMethodDef Publisher_methods[] = {
     {"publish_claimed", (PyCFunction)Publisher_publish_claimed, METH_O,
      "publish_claimed(buffer) -> sequence number of the claimed buffer, now published, or "
      "PUBLISH_FALLBACK."},
+    {"claim_buffer_locked", (PyCFunction)Publisher_claim_buffer_locked, METH_NOARGS,
+     "claim_buffer() for a caller that holds the header lock (shared mode)."},
+    {"publish_described", (PyCFunction)(void (*)(void))Publisher_publish_described,
+     METH_FASTCALL,
+     "publish_described(buffer, timestamp_ns, shape, meta, locked) -> publish_claimed() for a "
+     "frame with its stamp, shape (tuple or None) and metadata (bytes)."},
+    {"abandon_claimed", (PyCFunction)(void (*)(void))Publisher_abandon_claimed, METH_FASTCALL,
+     "abandon_claimed(buffer, locked) -> 0 (the buffer is free again), PUBLISH_FALLBACK "
+     "(shared mode and not locked: nothing changed) or PUBLISH_CORRUPTED."},
     {"close", (PyCFunction)Publisher_close, METH_NOARGS,
      "Drop the exports of the ring's mappings; publish() falls back from then on."},
     {"forget", (PyCFunction)Publisher_forget, METH_NOARGS,

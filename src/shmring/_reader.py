@@ -2,10 +2,11 @@
 #
 # Rules: a frame a reader holds is never modified. Under the block policy that is because
 # writers reuse a buffer only after every group released its frame (R_RELEASE / G_CURSOR);
-# under the overwrite policy because the reader pins the buffer (R_PINNED) under the header
-# lock and writers evict only unpinned frames. A reader that is its own group reads block
-# rings without the lock; group members (shared cursor) and overwrite readers take it.
-# Iteration and latest() release the frame they returned last when they return the next.
+# under the overwrite policy because the reader pins the buffer (R_PINNED) as a hazard
+# pointer, in C (_taker.c): it stores the pin, then looks at the frame again, while writers
+# mark a frame evicted before they look at the pins. A reader that is its own group reads
+# without the lock; group members (shared cursor) take it. Iteration and latest() release
+# the frame they returned last when they return the next.
 
 from __future__ import annotations
 
@@ -21,8 +22,15 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from . import _layout as L
-from ._errors import EndOfStream, RingCorrupted, RingTimeout, ShmringError, WriterGone
-from ._fastpath import FrameBase, Taker
+from ._errors import (
+    EndOfStream,
+    RingCorrupted,
+    RingFull,
+    RingTimeout,
+    ShmringError,
+    WriterGone,
+)
+from ._fastpath import TAKE_NO_ROOM, FrameBase, Taker
 from ._pacing import Pacer
 from ._ring import Participant, RingHandle, uncount_sleeper
 from ._segment import Segment, validate_name
@@ -207,7 +215,8 @@ class RingReader(RingHandle):
         self._record = record
         self._next = first
         self._lock_free = self._block and group is None
-        self._taker = _taker(p)
+        self._pins_lock_free = not self._block and group is None
+        self._taker = _taker(p, record)
         self._leave_at(weakref.finalize(self, _close_reader, p, record, index, self._taker))
 
     def _join_group(self, group: str, first: int) -> int:
@@ -495,22 +504,33 @@ class RingReader(RingHandle):
             uncount_sleeper(self._record, L.R_SLEEPING, self._p.reader_waiters_address)
 
     def _check_writers_alive(self) -> None:
+        """Raise WriterGone when nobody is left to end the stream: every writer that joined
+        died without closing it, or no writer ever joined and the ring's creator died."""
         p = self._p
         p.check_size()
         if p.live_writers() > 0:
             return
         with p.lock:
             p.reap_dead()
-            gone = p.control[L.C_WRITERS] == 0 and not p.control[L.C_FLAGS] & L.F_CLOSED
-        if gone:
+            flags = p.control[L.C_FLAGS]
+            orphaned = p.control[L.C_WRITERS] == 0 and not flags & L.F_CLOSED
+            started = bool(flags & L.F_STARTED)
+        if orphaned and started:
             raise WriterGone(
                 f"ring {p.name!r}: every writer died without closing the stream; "
                 "frames published before that were delivered"
+            )
+        if orphaned and not p.segment.creator_alive():
+            raise WriterGone(
+                f"ring {p.name!r}: its creator died and no writer ever joined; "
+                "nothing can end this stream"
             )
 
     def _take_next(self) -> Frame | None:
         if self._lock_free:
             return self._take_own(self._next, 0)
+        if self._pins_lock_free:
+            return self._take_pinned(latest=False)
         with self._p.lock:
             return self._take_locked(latest=False)
 
@@ -519,8 +539,30 @@ class RingReader(RingHandle):
             head = self._control[L.C_HEAD]
             seq = max(self._next, head - 1)
             return self._take_own(seq, seq - self._next)
+        if self._pins_lock_free:
+            return self._take_pinned(latest=True)
         with self._p.lock:
             return self._take_locked(latest=True)
+
+    def _take_pinned(self, latest: bool) -> Frame | None:
+        """Overwrite policy, own group: the next (or newest) frame, pinned lock-free in C
+        (_taker.c, take_pinned); the general path for what that declines."""
+        if self._pinned_seq is not None:
+            raise self._holds_a_frame()
+        frame = self._taker.take_pinned(self, self._next, latest)
+        if frame is None or isinstance(frame, Frame):
+            if frame is not None:
+                self._pending = frame
+                seq = self._pinned_seq = frame.seq
+                self._next = seq + 1
+                self._record[L.R_RELEASE] = seq + 1  # unused by overwrite writers: for stats
+                if frame.dropped:
+                    self._count_dropped(frame.dropped)
+            return frame
+        if frame == TAKE_NO_ROOM:
+            raise self._no_room_to_pin()
+        with self._p.lock:
+            return self._take_locked(latest)
 
     def _take_own(self, seq: int, skipped: int) -> Frame | None:
         """Block policy, own group, no lock: frame `seq` if published."""
@@ -564,17 +606,18 @@ class RingReader(RingHandle):
                             f"ring {p.name!r}: this reader's pinned-buffer word is set but it "
                             "holds no frame; the header was overwritten"
                         )
-                    raise ShmringError(
-                        f"ring {p.name!r}: an overwrite-policy reader holds one frame at a "
-                        "time; release the frame it holds before reading the next"
-                    )
+                    raise self._holds_a_frame()
+                if not self._block:
+                    frame = self._pin_and_frame(descriptor, cursor, skipped)
+                    cursor += 1
+                    if frame is None:  # evicted or replaced by the lock-free writer meanwhile
+                        skipped += 1
+                        continue
+                    break
                 frame = self._frame(descriptor, cursor, skipped)
                 if self._block:
                     self._held.append(cursor)
                     self._record[L.R_RELEASE] = min(self._held)
-                else:
-                    self._record[L.R_PINNED] = descriptor[L.D_BUFFER]
-                    self._pinned_seq = cursor
                 cursor += 1
                 break
             skipped += 1  # evicted by an overwriting writer
@@ -588,6 +631,55 @@ class RingReader(RingHandle):
         if skipped:
             self._count_dropped(skipped)
         return frame
+
+    def _pin_and_frame(self, descriptor: memoryview, seq: int, dropped: int) -> Frame | None:
+        """Overwrite policy, under the lock: pin frame `seq` (in C: the writer does not take
+        the lock) and build it; None if it was evicted or replaced meanwhile."""
+        self._check_room_to_pin()
+        if self._taker.pin(seq) < 0:
+            return None
+        self._pinned_seq = seq
+        try:
+            frame = self._frame(descriptor, seq, dropped)
+        except RingCorrupted:
+            if self._taker.holds(seq):
+                raise
+            frame = None  # what it read was half the next frame's: this one is gone
+        if frame is not None and self._taker.holds(seq):
+            return frame
+        if frame is not None:
+            frame._reader = None  # never handed out
+            self._pending = None
+        self._record[L.R_PINNED] = L.NONE
+        self._pinned_seq = None
+        return None
+
+    def _check_room_to_pin(self) -> None:
+        """Overwrite policy, under the lock: holding one more frame must leave every writer
+        a buffer to write into, or writers would have to wait, which overwrite rules out.
+        (take_pinned in _taker.c checks the same lock-free.)"""
+        p = self._p
+        held = sum(
+            1
+            for record in p.views.readers
+            if record[L.R_STATE] == L.STATE_ACTIVE and record[L.R_PINNED] != L.NONE
+        )
+        if held + 1 + max(int(p.control[L.C_WRITERS]), 1) > p.geometry.buffers:
+            raise self._no_room_to_pin()
+
+    def _no_room_to_pin(self) -> RingFull:
+        p = self._p
+        return RingFull(
+            f"ring {p.name!r}: readers hold as many frames as its {p.geometry.buffers} buffers "
+            f"allow while leaving one to each of its writers; create the ring with a larger "
+            "spare_buffers, or release frames sooner"
+        )
+
+    def _holds_a_frame(self) -> ShmringError:
+        return ShmringError(
+            f"ring {self._p.name!r}: an overwrite-policy reader holds one frame at a time; "
+            "release the frame it holds before reading the next"
+        )
 
     def _frame(self, descriptor: memoryview, seq: int, dropped: int) -> Frame:
         buffer = descriptor[L.D_BUFFER]
@@ -687,19 +779,34 @@ def _attach_reader(name: str, group: str | None, start: str, spin: float) -> Rin
     return RingReader.attach(name, group=group, start=start, spin=spin)
 
 
-def _taker(p: Participant) -> Taker:
-    """Iteration's taking of frames, in C (_taker.c), over this handle's views."""
-    return Taker(**taker_arguments(p))
+def _taker(p: Participant, record: memoryview) -> Taker:
+    """Taking frames lock-free, in C (_taker.c), over this handle's views."""
+    return Taker(**taker_arguments(p, record))
 
 
-def taker_arguments(p: Participant) -> dict[str, Any]:
+def taker_arguments(p: Participant, record: memoryview) -> dict[str, Any]:
     """Taker's keyword arguments: this handle's views and _layout's word indices."""
+    g = p.geometry
     return dict(
         p.c_arguments(),
         buffers=p.views.buffers,
         frame_type=Frame,
         c_flags=L.C_FLAGS,
         f_closed=L.F_CLOSED,
+        record=record,
+        reader_records=p.views.reader_table,
+        pinned_frame_type=_CollectableFrame,
+        max_readers=g.max_readers,
+        record_words=L.RECORD_WORDS,
+        nbuffers=g.buffers,
+        state_active=L.STATE_ACTIVE,
+        df_evicted=L.DF_EVICTED,
+        none=L.NONE,
+        c_head=L.C_HEAD,
+        c_tail=L.C_TAIL,
+        c_writers=L.C_WRITERS,
+        r_state=L.R_STATE,
+        r_pinned=L.R_PINNED,
     )
 
 

@@ -130,7 +130,7 @@ class Participant:
         reaped_reader = self._reap(
             self.views.readers, L.LOCK_READER_BASE, L.R_SLEEPING, self.reader_waiters_address
         )
-        if reaped_writer and self.geometry.policy == L.POLICY_BLOCK:
+        if reaped_writer:
             # Before recount: with another writer alive the ring is still in shared mode
             # here, so every writer uses the lock and the free list may be rebuilt.
             self.repair_buffers()
@@ -167,7 +167,7 @@ class Participant:
             if count == 0:
                 group_record[L.G_STATE] = L.STATE_FREE
         control[L.C_MEMBERSHIP] = (control[L.C_MEMBERSHIP] + 1) & L.U64_MASK
-        if writers <= 1 and MEMBARRIER_AVAILABLE:
+        if writers <= 1 and MEMBARRIER_AVAILABLE and control[L.C_WRITER_MODE] != L.MODE_EXCLUSIVE:
             # Safe: the lock is held, so no shared-mode writer is mid-publish, and the one
             # remaining writer re-reads the mode at the start of each lock-free section.
             control[L.C_WRITER_MODE] = L.MODE_EXCLUSIVE
@@ -193,11 +193,7 @@ class Participant:
     def repair_buffers(self) -> None:
         """Under the lock: complete a publish a dead writer left between descriptor and head,
         and rebuild the free list (which gives back buffers dead writers had claimed)."""
-        if (
-            self.geometry.policy == L.POLICY_BLOCK
-            and self.control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE
-            and self.live_writers(True)
-        ):
+        if self.control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE and self.live_writers(True):
             return  # a live exclusive writer owns head and free list; they are consistent
         control = self.control
         head = control[L.C_HEAD]
@@ -260,7 +256,8 @@ class Participant:
         return range(tail, head)
 
     def busy_buffers(self) -> set[int]:
-        """Buffers in use: queued frames, claims of live writers, pins of live readers."""
+        """Buffers in use: queued frames and claims of live writers. (A buffer an overwrite
+        reader pinned after its frame left the window is free: writers skip pinned ones.)"""
         views, slots = self.views, self.geometry.slots
         busy = set()
         for seq in self.window():
@@ -272,10 +269,6 @@ class Participant:
             claimed = record[L.W_CLAIMED]
             if record[L.W_STATE] == L.STATE_ACTIVE and claimed != L.NONE:
                 busy.add(self.checked_buffer(claimed))
-        for record in views.readers:
-            pinned = record[L.R_PINNED]
-            if record[L.R_STATE] == L.STATE_ACTIVE and pinned != L.NONE:
-                busy.add(self.checked_buffer(pinned))
         return busy
 
     def rebuild_free_list(self) -> None:
@@ -385,11 +378,16 @@ class Participant:
 
     # ---- wake-ups ----------------------------------------------------------------------
     def spinning_pays(self) -> bool:
-        """Whether polling before a sleep can pay: only while every participant can have a
-        CPU of its own. Otherwise the spinner takes the CPU from the process it waits for
-        (1 writer and 3 readers on 2 CPUs ran at under half the rate with spinning)."""
+        """Whether polling before a sleep can pay: only while every runnable participant can
+        have a CPU of its own. Otherwise the spinner takes the CPU from the process it waits
+        for (1 writer and 3 readers on 2 CPUs ran at under half the rate with spinning).
+        Runnable: joined, and not counted as asleep (a creator that never writes has not
+        joined)."""
         control = self.control
-        return control[L.C_READERS] + control[L.C_WRITERS] <= _CPUS
+        asleep = (control[L.C_READER_WAITERS] & 0xFFFF_FFFF) + (
+            control[L.C_WRITER_WAITERS] & 0xFFFF_FFFF
+        )
+        return control[L.C_READERS] + control[L.C_WRITERS] <= _CPUS + asleep
 
     def wake_readers(self) -> None:
         # A changed word cannot be slept through: a reader that read the old value and

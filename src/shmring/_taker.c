@@ -1,4 +1,5 @@
-/* shmring._fastpath.Taker and FrameBase: how an own-group block reader takes its next frame.
+/* shmring._fastpath.Taker and FrameBase: how a reader that is its own group takes its next
+ * frame (block policy: take, wait; overwrite policy: take_pinned, further down).
  *
  * Rules (beyond _fastpath.c's): _reader.py hands a Taker the views of the control block and
  * the descriptor table, the list of buffer arrays, and shmring.Frame, a Python subclass of
@@ -140,12 +141,17 @@ typedef struct {
     PyObject *buffers;         /* list: the ring's buffers as read-only arrays */
     PyTypeObject *frame_type;  /* shmring.Frame */
     PyObject *no_meta;         /* b"" */
+    /* take_pinned(): an overwrite reader's pin (R_PINNED in its record) */
+    uint64_t *record, *reader_records; /* max_readers records, record_words apart */
+    PyTypeObject *pinned_frame_type;   /* a Frame released when garbage-collected */
+    uint64_t max_readers, record_words, nbuffers, state_active, df_evicted, none;
+    Py_ssize_t c_head, c_tail, c_writers, r_state, r_pinned;
 } Taker;
 
 static void Taker_release_exports(Taker *self) {
     if (self->holds_exports) {
         self->holds_exports = 0;
-        self->control = self->descriptors = NULL;
+        self->control = self->descriptors = self->record = self->reader_records = NULL;
         PyBuffer_Release(&self->header);
     }
 }
@@ -154,32 +160,42 @@ static int Taker_init(Taker *self, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {
         "header", "control", "descriptors", "buffers", "frame_type", "slots",
         "descriptor_words", "c_frames", "c_flags", "d_seq", "d_buffer", "d_timestamp",
-        "d_flags", "f_closed", NULL,
+        "d_flags", "f_closed", "record", "reader_records", "pinned_frame_type", "max_readers",
+        "record_words", "nbuffers", "state_active", "df_evicted", "none", "c_head", "c_tail",
+        "c_writers", "r_state", "r_pinned", NULL,
     };
-    PyObject *header, *control, *descriptors, *buffers, *frame_type;
-    Py_ssize_t descriptor_words, c_words[2], d_words[4];
-    unsigned long long slots, f_closed;
+    PyObject *header, *control, *descriptors, *buffers, *frame_type, *record, *readers;
+    PyObject *pinned_frame_type;
+    Py_ssize_t descriptor_words, c_words[5], d_words[4], r_words[2];
+    unsigned long long slots, f_closed, max_readers, record_words, nbuffers, state_active;
+    unsigned long long df_evicted, none;
     if (self->initialized) {
         PyErr_SetString(PyExc_RuntimeError, "a Taker is initialized once");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$OOOO!O!KnnnnnnnK:Taker", keywords, &header,
-                                     &control, &descriptors, &PyList_Type, &buffers,
-                                     &PyType_Type, &frame_type, &slots, &descriptor_words,
-                                     &c_words[0], &c_words[1], &d_words[0], &d_words[1],
-                                     &d_words[2], &d_words[3], &f_closed)) {
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwargs, "$OOOO!O!KnnnnnnnKOOO!KKKKKKnnnnn:Taker", keywords, &header, &control,
+            &descriptors, &PyList_Type, &buffers, &PyType_Type, &frame_type, &slots,
+            &descriptor_words, &c_words[0], &c_words[1], &d_words[0], &d_words[1], &d_words[2],
+            &d_words[3], &f_closed, &record, &readers, &PyType_Type, &pinned_frame_type,
+            &max_readers, &record_words, &nbuffers, &state_active, &df_evicted, &none,
+            &c_words[2], &c_words[3], &c_words[4], &r_words[0], &r_words[1])) {
         return -1;
     }
-    uint64_t table_words;
+    uint64_t table_words, records_words;
     if (slots == 0 || descriptor_words <= 0 || shmring_words_needed(d_words, 4) == 0 ||
         shmring_words_needed(d_words, 4) > (uint64_t)descriptor_words ||
-        shmring_words_needed(c_words, 2) == 0 ||
+        shmring_words_needed(c_words, 5) == 0 || shmring_words_needed(r_words, 2) == 0 ||
+        max_readers == 0 || nbuffers == 0 ||
+        shmring_words_needed(r_words, 2) > record_words ||
+        __builtin_mul_overflow(max_readers, record_words, &records_words) ||
         __builtin_mul_overflow(slots, (uint64_t)descriptor_words, &table_words)) {
         PyErr_SetString(PyExc_ValueError, "Taker: impossible ring geometry");
         return -1;
     }
-    if (!PyType_IsSubtype((PyTypeObject *)frame_type, &FrameBaseType)) {
-        PyErr_SetString(PyExc_TypeError, "Taker: frame_type must be a subclass of FrameBase");
+    if (!PyType_IsSubtype((PyTypeObject *)frame_type, &FrameBaseType) ||
+        !PyType_IsSubtype((PyTypeObject *)pinned_frame_type, &FrameBaseType)) {
+        PyErr_SetString(PyExc_TypeError, "Taker: frame types must subclass FrameBase");
         return -1;
     }
     if (PyObject_GetBuffer(header, &self->header, PyBUF_WRITABLE) < 0) {
@@ -187,9 +203,13 @@ static int Taker_init(Taker *self, PyObject *args, PyObject *kwargs) {
     }
     self->holds_exports = 1;
     if (!(self->control = shmring_word_view(control, &self->header, "Taker", "control",
-                                            shmring_words_needed(c_words, 2))) ||
+                                            shmring_words_needed(c_words, 5))) ||
         !(self->descriptors = shmring_word_view(descriptors, &self->header, "Taker",
-                                                "descriptors", table_words))) {
+                                                "descriptors", table_words)) ||
+        !(self->record = shmring_word_view(record, &self->header, "Taker", "record",
+                                           shmring_words_needed(r_words, 2))) ||
+        !(self->reader_records = shmring_word_view(readers, &self->header, "Taker",
+                                                   "reader records", records_words))) {
         Taker_release_exports(self);
         return -1;
     }
@@ -207,10 +227,38 @@ static int Taker_init(Taker *self, PyObject *args, PyObject *kwargs) {
     self->d_timestamp = d_words[2];
     self->d_flags = d_words[3];
     self->f_closed = f_closed;
+    self->max_readers = max_readers;
+    self->record_words = record_words;
+    self->nbuffers = nbuffers;
+    self->state_active = state_active;
+    self->df_evicted = df_evicted;
+    self->none = none;
+    self->c_head = c_words[2];
+    self->c_tail = c_words[3];
+    self->c_writers = c_words[4];
+    self->r_state = r_words[0];
+    self->r_pinned = r_words[1];
     self->buffers = Py_NewRef(buffers);
     self->frame_type = (PyTypeObject *)Py_NewRef(frame_type);
+    self->pinned_frame_type = (PyTypeObject *)Py_NewRef(pinned_frame_type);
     self->initialized = 1;
     return 0;
+}
+
+/* A new Frame of `type` over buffer `buffer` (in range), held by `reader`. */
+static PyObject *build_frame(Taker *self, PyTypeObject *type, PyObject *reader, uint64_t seq,
+                             uint64_t buffer, uint64_t timestamp_ns, uint64_t dropped) {
+    FrameBase *frame = (FrameBase *)type->tp_alloc(type, 0);
+    if (frame == NULL) {
+        return NULL;
+    }
+    frame->reader = Py_NewRef(reader);
+    frame->array = Py_NewRef(PyList_GET_ITEM(self->buffers, buffer));
+    frame->meta = Py_NewRef(self->no_meta);
+    frame->seq = seq;
+    frame->timestamp_ns = timestamp_ns;
+    frame->dropped = dropped;
+    return (PyObject *)frame;
 }
 
 /* The Frame of frame `seq` (see Rules); a new reference to None if there is none to build,
@@ -227,17 +275,8 @@ static PyObject *take_frame(Taker *self, PyObject *reader, uint64_t seq) {
     if (buffer >= (uint64_t)PyList_GET_SIZE(self->buffers)) {
         Py_RETURN_NONE;
     }
-    FrameBase *frame = (FrameBase *)self->frame_type->tp_alloc(self->frame_type, 0);
-    if (frame == NULL) {
-        return NULL;
-    }
-    frame->reader = Py_NewRef(reader);
-    frame->array = Py_NewRef(PyList_GET_ITEM(self->buffers, buffer));
-    frame->meta = Py_NewRef(self->no_meta);
-    frame->seq = seq;
-    frame->timestamp_ns = load(&descriptor[self->d_timestamp]);
-    frame->dropped = 0;
-    return (PyObject *)frame;
+    return build_frame(self, self->frame_type, reader, seq, buffer,
+                       load(&descriptor[self->d_timestamp]), 0);
 }
 
 static int positional(const char *method, Py_ssize_t given, Py_ssize_t wanted) {
@@ -316,6 +355,163 @@ static PyObject *Taker_wait(Taker *self, PyObject *const *args, Py_ssize_t nargs
     return take_frame(self, args[0], seq);
 }
 
+/* ---- take_pinned: an overwrite reader that is its own group -------------------------------
+ *
+ * The frame at or after `next` (the newest one with `latest`) that is published and not
+ * evicted, pinned: R_PINNED names its buffer, so the writer will not take it. The pin is a
+ * hazard pointer: store it, fence, then look at the frame again; the writer marks a frame
+ * evicted (or replaces it), fences, then looks at the pins, so one of the two sees the other.
+ * Frames behind the window or evicted on the way are counted in the Frame's `dropped`. */
+#define TAKE_FALLBACK (-1) /* not for this path: the general path (under the lock) decides */
+#define TAKE_NO_ROOM (-4)  /* holding one more frame would leave a writer no buffer */
+#define PIN_TRIES 64       /* a writer lapping the reader this often: the general path */
+#define SEQ_LIMIT ((uint64_t)1 << 62)
+
+/* Whether this reader may pin one more buffer: every writer must keep one to write into. */
+static int room_to_pin(Taker *self) {
+    uint64_t held = 0;
+    for (uint64_t i = 0; i < self->max_readers; i++) {
+        const uint64_t *reader = self->reader_records + i * self->record_words;
+        if (reader != self->record && load(&reader[self->r_state]) == self->state_active &&
+            load(&reader[self->r_pinned]) != self->none) {
+            held++;
+        }
+    }
+    uint64_t writers = load(&self->control[self->c_writers]);
+    return held + 1 + (writers ? writers : 1) <= self->nbuffers;
+}
+
+/* Whether frame `seq` is still in `descriptor`, not evicted, in `buffer`. A writer that
+ * replaces a frame moves C_TAIL past it before it changes any word of its descriptor, so a
+ * tail at or before `seq` means that every word read before this look (with acquire loads)
+ * was the frame's own. */
+static int still_there(Taker *self, const uint64_t *descriptor, uint64_t seq, uint64_t buffer) {
+    return load(&descriptor[self->d_seq]) == seq &&
+           !(load(&descriptor[self->d_flags]) & self->df_evicted) &&
+           load(&descriptor[self->d_buffer]) == buffer &&
+           load(&self->control[self->c_tail]) <= seq;
+}
+
+/* Pin `buffer`, that of frame `seq` in `descriptor`: 1 if, once the pin was visible, the
+ * frame was still there; else 0, with the pin undone. */
+static int pin_buffer(Taker *self, const uint64_t *descriptor, uint64_t seq, uint64_t buffer) {
+    uint64_t *pin = &self->record[self->r_pinned];
+    __atomic_store_n(pin, buffer, __ATOMIC_SEQ_CST);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (still_there(self, descriptor, seq, buffer)) {
+        return 1;
+    }
+    store(pin, self->none);
+    return 0;
+}
+
+/* One look along the window; *again is set when the writer moved it under us. */
+static PyObject *pin_once(Taker *self, PyObject *reader, uint64_t next, int latest, int *again) {
+    uint64_t head = load(&self->control[self->c_head]);
+    uint64_t tail = load(&self->control[self->c_tail]);
+    if (tail > head || head - tail > self->slots || head >= SEQ_LIMIT || next > head) {
+        return PyLong_FromLong(TAKE_FALLBACK);
+    }
+    uint64_t cursor = next, skipped = 0;
+    if (cursor < tail) {
+        skipped = tail - cursor;
+        cursor = tail;
+    }
+    if (latest && cursor + 1 < head) {
+        skipped += head - 1 - cursor;
+        cursor = head - 1;
+    }
+    for (; cursor < head; cursor++) {
+        const uint64_t *descriptor =
+            self->descriptors + (cursor % self->slots) * self->descriptor_words;
+        uint64_t flags = load(&descriptor[self->d_flags]);
+        if (load(&descriptor[self->d_seq]) != cursor) {
+            *again = 1; /* replaced since head was read */
+            Py_RETURN_NONE;
+        }
+        if (flags & self->df_evicted) {
+            skipped++;
+            continue;
+        }
+        uint64_t buffer = load(&descriptor[self->d_buffer]);
+        if (flags != 0 || buffer >= self->nbuffers ||
+            buffer >= (uint64_t)PyList_GET_SIZE(self->buffers)) {
+            return PyLong_FromLong(TAKE_FALLBACK); /* own shape or metadata, or damage */
+        }
+        if (!room_to_pin(self)) {
+            return PyLong_FromLong(TAKE_NO_ROOM);
+        }
+        uint64_t timestamp_ns = load(&descriptor[self->d_timestamp]); /* checked by the pin */
+        if (pin_buffer(self, descriptor, cursor, buffer)) {
+            return build_frame(self, self->pinned_frame_type, reader, cursor, buffer,
+                               timestamp_ns, skipped);
+        }
+        *again = 1; /* evicted or replaced meanwhile */
+        Py_RETURN_NONE;
+    }
+    Py_RETURN_NONE; /* nothing new yet */
+}
+
+static PyObject *Taker_take_pinned(Taker *self, PyObject *const *args, Py_ssize_t nargs) {
+    uint64_t next;
+    if (!positional("take_pinned", nargs, 3) || sequence_number(args[1], &next) < 0) {
+        return NULL;
+    }
+    int latest = PyObject_IsTrue(args[2]);
+    if (latest < 0) {
+        return NULL;
+    }
+    if (!self->holds_exports) {
+        return PyLong_FromLong(TAKE_FALLBACK); /* closed: the general path raises */
+    }
+    for (int tries = 0; tries < PIN_TRIES; tries++) {
+        int again = 0;
+        PyObject *result = pin_once(self, args[0], next, latest, &again);
+        if (!again) {
+            return result;
+        }
+        Py_DECREF(result);
+    }
+    return PyLong_FromLong(TAKE_FALLBACK);
+}
+
+/* pin(seq): for the general path (group members, frames of their own shape), which holds
+ * the header lock but races the lock-free writer all the same: pin frame `seq` if it is
+ * published and not evicted; its buffer, or -1 (nothing pinned). The caller reads the rest
+ * of the frame's descriptor afterwards, then asks holds(seq) whether it was the frame's. */
+static PyObject *Taker_pin(Taker *self, PyObject *seq_object) {
+    uint64_t seq;
+    if (sequence_number(seq_object, &seq) < 0) {
+        return NULL;
+    }
+    if (!self->holds_exports) {
+        return PyLong_FromLong(-1);
+    }
+    const uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
+    uint64_t buffer = load(&descriptor[self->d_buffer]);
+    if (load(&descriptor[self->d_seq]) != seq ||
+        load(&descriptor[self->d_flags]) & self->df_evicted || buffer >= self->nbuffers ||
+        !pin_buffer(self, descriptor, seq, buffer)) {
+        return PyLong_FromLong(-1);
+    }
+    return PyLong_FromUnsignedLongLong(buffer);
+}
+
+/* holds(seq): whether frame `seq`, pinned by pin(), is still in its descriptor (see
+ * still_there): what the caller read of the descriptor since was the frame's own. */
+static PyObject *Taker_holds(Taker *self, PyObject *seq_object) {
+    uint64_t seq;
+    if (sequence_number(seq_object, &seq) < 0) {
+        return NULL;
+    }
+    if (!self->holds_exports) {
+        Py_RETURN_FALSE;
+    }
+    const uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
+    return PyBool_FromLong(
+        still_there(self, descriptor, seq, load(&self->record[self->r_pinned])));
+}
+
 static PyObject *Taker_close(Taker *self, PyObject *Py_UNUSED(ignored)) {
     if (self->busy) {
         PyErr_SetString(PyExc_RuntimeError,
@@ -337,12 +533,14 @@ static PyObject *Taker_forget(Taker *self, PyObject *Py_UNUSED(ignored)) {
 static int Taker_traverse(Taker *self, visitproc visit, void *arg) {
     Py_VISIT(self->buffers);
     Py_VISIT(self->frame_type);
+    Py_VISIT(self->pinned_frame_type);
     return 0;
 }
 
 static int Taker_clear(Taker *self) {
     Py_CLEAR(self->buffers);
     Py_CLEAR(self->frame_type);
+    Py_CLEAR(self->pinned_frame_type);
     Py_CLEAR(self->no_meta);
     return 0;
 }
@@ -359,6 +557,13 @@ static PyMethodDef Taker_methods[] = {
      "take(reader, seq) -> Frame of frame seq, or None (see _taker.c)."},
     {"wait", (PyCFunction)(void (*)(void))Taker_wait, METH_FASTCALL,
      "wait(reader, seq, timeout) -> take()'s answer after at most one sleep on C_FRAMES."},
+    {"take_pinned", (PyCFunction)(void (*)(void))Taker_take_pinned, METH_FASTCALL,
+     "take_pinned(reader, next, latest) -> the next (or newest) frame of an overwrite ring, "
+     "pinned; None if none is new; TAKE_FALLBACK or TAKE_NO_ROOM (see _taker.c)."},
+    {"pin", (PyCFunction)Taker_pin, METH_O,
+     "pin(seq) -> the buffer of frame seq, now pinned by this reader, or -1 (see _taker.c)."},
+    {"holds", (PyCFunction)Taker_holds, METH_O,
+     "holds(seq) -> whether pinned frame seq is still in its descriptor (see _taker.c)."},
     {"close", (PyCFunction)Taker_close, METH_NOARGS,
      "Drop the export of the header mapping; take() and wait() answer None from then on."},
     {"forget", (PyCFunction)Taker_forget, METH_NOARGS,
@@ -383,7 +588,9 @@ static PyTypeObject TakerType = {
 int shmring_add_taker(PyObject *module) {
     if (PyType_Ready(&FrameBaseType) < 0 || PyType_Ready(&TakerType) < 0 ||
         PyModule_AddObjectRef(module, "FrameBase", (PyObject *)&FrameBaseType) < 0 ||
-        PyModule_AddObjectRef(module, "Taker", (PyObject *)&TakerType) < 0) {
+        PyModule_AddObjectRef(module, "Taker", (PyObject *)&TakerType) < 0 ||
+        PyModule_AddIntConstant(module, "TAKE_FALLBACK", TAKE_FALLBACK) < 0 ||
+        PyModule_AddIntConstant(module, "TAKE_NO_ROOM", TAKE_NO_ROOM) < 0) {
         return -1;
     }
     return 0;

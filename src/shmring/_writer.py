@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from math import prod
 from time import monotonic_ns
 from types import TracebackType
@@ -21,8 +21,8 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from . import _layout as L
-from ._errors import RingCorrupted, RingTimeout
-from ._fastpath import PUBLISH_CORRUPTED, Publisher
+from ._errors import RingCorrupted, RingFull, RingTimeout
+from ._fastpath import PUBLISH_CORRUPTED, PUBLISH_FALLBACK, Publisher
 from ._ring import Participant, RingHandle
 from ._segment import Segment, validate_name
 from ._sys import (
@@ -31,7 +31,6 @@ from ._sys import (
     MEMBARRIER_AVAILABLE,
     atomic_add32,
     before_sleep_barrier,
-    fence,
     futex_wait,
 )
 from ._timing import DEFAULT_SPIN, POLL_SLICE, checked_spin, deadline_from, remaining
@@ -45,6 +44,9 @@ CACHED_POOL_BYTES = min((LAST_LEVEL_CACHE_BYTES or 0) // 4, 8 * 1024 * 1024)
 HOT_BUFFER_BYTES = 4 * 1024 * 1024  # frames this large wait for the hot buffer (see there)
 HOT_BUFFER_WAIT = 200e-6  # the longest such wait, in seconds
 HOT_BUFFER_BACKOFF = 32  # writes that skip the wait after one that gave up
+# An overwrite ring's buffers beyond its slots, by default: room for two more held frames or
+# open claims than the slots leave (docs/API.md, "Overwrite").
+OVERWRITE_SPARE_BUFFERS = 2
 _SECONDS = (int, float)  # timeout types write()'s fast path accepts without a call
 _NDARRAY = np.ndarray  # one global lookup in write()'s fast path, not two (~18 ns)
 
@@ -111,6 +113,12 @@ class Claim:
 class RingWriter(RingHandle):
     """Publishes frames into a ring. `create` makes (and owns) a ring; `attach` joins one."""
 
+    _record: memoryview  # this handle's writer record, from _join on
+    _publisher: Publisher  # the C fast paths, from _join on
+    _publish_fast: Callable[[np.ndarray], int]
+    _claim_buffer_fast: Callable[[], int]
+    _publish_claimed_fast: Callable[[int], int]
+
     # ---- construction ------------------------------------------------------------------
     @classmethod
     def create(
@@ -126,9 +134,14 @@ class RingWriter(RingHandle):
         meta_size: int = 0,
         mode: int = 0o600,
         spin: float = DEFAULT_SPIN,
+        spare_buffers: int | None = None,
     ) -> RingWriter:
         """Create ring `name` and become its owner (the segment is unlinked when the owner
-        closes, exits, or is garbage-collected)."""
+        closes, exits, or is garbage-collected). The owner joins as a writer at its first
+        write() or claim(), not before (see _join).
+
+        `spare_buffers` (overwrite policy only): buffers beyond `slots` for frames readers
+        hold and writers' open claims (default OVERWRITE_SPARE_BUFFERS)."""
         validate_name(name)
         if not isinstance(policy, str):
             raise TypeError(f"policy must be 'block' or 'overwrite', got {policy!r}")
@@ -141,18 +154,12 @@ class RingWriter(RingHandle):
         meta_size = L.positive_int(meta_size, "meta_size", 0, L.MAX_META)
         mode = L.positive_int(mode, "mode", 0, 0o777)
         checked_spin(spin)
-        if policy == "overwrite" and slots <= max_readers + max_writers:
-            raise ValueError(
-                f"overwrite policy needs slots > max_readers + max_writers (each reader may "
-                f"hold one frame and each writer one claim while the writer keeps going); got "
-                f"slots={slots}, max_readers={max_readers}, max_writers={max_writers}: raise "
-                "slots or lower max_readers/max_writers"
-            )
+        buffers = slots + _checked_spare_buffers(policy, slots, spare_buffers)
         geometry = L.Geometry(
             shape=checked_shape,
             dtype=L.checked_dtype(dtype),
             slots=slots,
-            buffers=slots,
+            buffers=buffers,
             policy=L.POLICIES[policy],
             max_readers=max_readers,
             max_writers=max_writers,
@@ -196,21 +203,8 @@ class RingWriter(RingHandle):
         g = p.geometry
         self._owner = owner
         self._spin = spin
-        with p.lock:
-            self._index = p.take_record(p.views.writers, L.LOCK_WRITER_BASE, "writer")
-            self._record = p.views.writers[self._index]
-            self._record[L.W_CLAIMED] = L.NONE
-            self._record[L.W_IN_PUBLISH] = 0
-            self._record[L.W_SLEEPING] = 0
-            p.control[L.C_FLAGS] &= ~L.F_CLOSED
-            p.recount()
-            if not MEMBARRIER_AVAILABLE or p.control[L.C_WRITERS] > 1:
-                p.enter_shared_mode(None)  # attach's timeout is for the ring to appear
         self._lock = p.lock  # tests use it to die while holding the header lock
         self._control = p.control
-        self._descriptors = p.views.descriptors
-        self._meta_views = p.views.descriptor_meta
-        self._freelist = p.views.freelist
         self._buffers = p.views.buffers
         self._slots = g.slots
         self._nbuffers = g.buffers
@@ -218,29 +212,50 @@ class RingWriter(RingHandle):
         self._dtype = g.dtype
         self._meta_size = g.meta_size
         self._block = g.policy == L.POLICY_BLOCK
-        self._fast_path = self._block
+        self._fast_path = False  # until this handle has joined as a writer: see _join
         # Large frames in a pool too big to stay in cache: reclaim at every write, so the
         # writer reuses the buffer a reader has just released (still in cache) instead of
-        # cycling through all of them. The extra reclaim costs ~1.5 µs; other rings reclaim
-        # only when out of buffers. Two processes, frames/s, eager vs cycling (2 s runs):
-        # 1280x720x3 x 4 buffers (10.5 MiB) 11.6-12.6k vs 11.0-11.4k, x 8 12.7-12.9k vs
-        # 8.1-8.6k; 640x480x3 x 16 (14 MiB) 38.3-39.3k vs 27.6-32.6k, but x 8 (7 MiB)
-        # 38.2-40.9k vs 40.2-41.6k.
+        # cycling through all of them (docs/performance.md, "Buffer reuse").
         self._reclaim_eagerly = (
             g.buffer_bytes >= EAGER_RECLAIM_BYTES and g.buffers * g.buffer_bytes > CACHED_POOL_BYTES
         )
-        self._awaits_hot_buffer = g.buffer_bytes >= HOT_BUFFER_BYTES and spin > 0
+        self._awaits_hot_buffer = self._block and g.buffer_bytes >= HOT_BUFFER_BYTES and spin > 0
         self._hot_wait_skips = 0
-        self._fence_needed = FAST_PATH_FENCE
-        self._publisher = _publisher(p, self._record, self._reclaim_eagerly)
-        self._publish_fast = self._publisher.publish
-        self._claim_buffer_fast = self._publisher.claim_buffer
-        self._publish_claimed_fast = self._publisher.publish_claimed
-        self._leave_at(
-            weakref.finalize(
-                self, _close_writer, p, self._record, self._index, owner, self._publisher
-            )
-        )
+        self._membership = _Membership()
+        self._joined = False
+        if not owner:
+            self._join()  # an attached writer writes; the creator joins at its first frame
+        self._leave_at(weakref.finalize(self, _close_writer, p, self._membership, owner))
+
+    def _join(self) -> None:
+        """Become one of the ring's writers: take a writer record (from here on readers wait
+        for this handle's frames, and its close() can end the stream) and the fast path.
+
+        Owning a ring is not writing to it: a creator that never writes (a supervisor that
+        starts the writer and reader processes) takes no record, so it neither puts the ring
+        in shared mode nor keeps the stream open nor uses up max_writers."""
+        p = self._p
+        p.check_usable()
+        with p.lock:
+            index = p.take_record(p.views.writers, L.LOCK_WRITER_BASE, "writer")
+            record = p.views.writers[index]
+            record[L.W_CLAIMED] = L.NONE
+            record[L.W_IN_PUBLISH] = 0
+            record[L.W_SLEEPING] = 0
+            p.control[L.C_FLAGS] = (p.control[L.C_FLAGS] & ~L.F_CLOSED) | L.F_STARTED
+            p.recount()
+            if not MEMBARRIER_AVAILABLE or p.control[L.C_WRITERS] > 1:
+                p.enter_shared_mode(None)  # attach's timeout is for the ring to appear
+        membership = self._membership
+        membership.index, membership.record = index, record
+        publisher = membership.publisher = _publisher(p, record, self._reclaim_eagerly)
+        self._record = record
+        self._publisher = publisher
+        self._joined = True
+        self._publish_fast = publisher.publish
+        self._claim_buffer_fast = publisher.claim_buffer
+        self._publish_claimed_fast = publisher.publish_claimed
+        self._fast_path = True
 
     # ---- publishing ----------------------------------------------------------------------
     def write(
@@ -402,21 +417,22 @@ class RingWriter(RingHandle):
         return tuple(shape)
 
     def _take_buffer(self, deadline: float | None) -> int:
-        if self._block:
-            buffer = self._take_buffer_exclusive()
-            if buffer < 0 and self._spin and self._p.spinning_pays():
-                # Readers release frames microseconds apart when they keep up; catching
-                # that by polling is far cheaper than a futex sleep and wake-up (~50 µs).
-                spin_until = time.monotonic() + self._spin
-                while buffer < 0 and time.monotonic() < spin_until:
-                    buffer = self._take_buffer_exclusive()
-            if buffer >= 0:
-                return buffer
+        if not self._joined:
+            self._join()
+        buffer = self._take_buffer_exclusive()
+        if buffer < 0 and self._block and self._spin and self._p.spinning_pays():
+            # Readers release frames microseconds apart when they keep up; catching
+            # that by polling is far cheaper than a futex sleep and wake-up (~50 µs).
+            spin_until = time.monotonic() + self._spin
+            while buffer < 0 and time.monotonic() < spin_until:
+                buffer = self._take_buffer_exclusive()
+        if buffer >= 0:
+            return buffer
         return self._take_buffer_locked(deadline)
 
     def _take_buffer_exclusive(self) -> int:
-        """Block policy, exclusive mode: pop a free buffer without the lock (in C,
-        _publisher.c); -1 if none (or if the ring is in shared mode, or closed)."""
+        """Exclusive mode: take a buffer without the lock (in C, _publisher.c); -1 if none
+        (or if the ring is in shared mode, or closed)."""
         buffer: int = self._claim_buffer_fast()
         if buffer == PUBLISH_CORRUPTED:
             raise self._corrupted_free_list()
@@ -430,10 +446,13 @@ class RingWriter(RingHandle):
             while True:
                 with p.lock:
                     observed = control[L.C_SPACE]
-                    buffer = self._pop_free() if self._block else self._evict_for_overwrite()
-                    if buffer is not None:
-                        record[L.W_CLAIMED] = buffer
-                        return buffer
+                    buffer = self._publisher.claim_buffer_locked()
+                if buffer >= 0:
+                    return buffer
+                if buffer == PUBLISH_CORRUPTED:
+                    raise self._corrupted_free_list()
+                if not self._block:
+                    raise self._all_buffers_held()
                 if not waiting:
                     # Ask to be woken only when half the ring is free: waking per released
                     # frame would make writer and reader take turns sleeping.
@@ -462,119 +481,36 @@ class RingWriter(RingHandle):
                 record[L.W_SLEEPING] = 0
                 atomic_add32(p.writer_waiters_address, -1)
 
-    def _pop_free(self) -> int | None:
-        control = self._control
-        count = control[L.C_FREE_COUNT] or self._p.reclaim()
-        if count == 0:
-            return None
-        if count > self._nbuffers:
-            raise RingCorrupted(f"ring {self._p.name!r}: free count {count} is corrupted")
-        control[L.C_FREE_COUNT] = count - 1
-        return self._p.checked_buffer(self._freelist[count - 1])
-
-    def _evict_for_overwrite(self) -> int:
-        """Overwrite policy, under the lock: a free buffer, else the oldest unpinned frame's."""
-        p = self._p
-        busy = p.busy_buffers()
-        for buffer in range(self._nbuffers):
-            if buffer not in busy:
-                return buffer
-        pinned = {r[L.R_PINNED] for r in p.views.readers if r[L.R_STATE] == L.STATE_ACTIVE}
-        claimed = {r[L.W_CLAIMED] for r in p.views.writers if r[L.W_STATE] == L.STATE_ACTIVE}
-        for seq in p.window():
-            descriptor = self._descriptors[seq % self._slots]
-            buffer = descriptor[L.D_BUFFER]
-            if (
-                descriptor[L.D_SEQ] == seq
-                and not descriptor[L.D_FLAGS] & L.DF_EVICTED
-                and buffer not in pinned
-                and buffer not in claimed
-            ):
-                descriptor[L.D_FLAGS] |= L.DF_EVICTED
-                return p.checked_buffer(buffer)
-        raise RingCorrupted(
-            f"ring {p.name!r}: every buffer is pinned or claimed, which slots > max_readers + "
-            "max_writers rules out; the header was overwritten"
+    def _all_buffers_held(self) -> RingFull:
+        return RingFull(
+            f"ring {self._p.name!r}: all {self._nbuffers} buffers hold frames readers keep or "
+            "other writers' claims, so there is none to write into; create the ring with a "
+            "larger spare_buffers, or have readers release frames sooner"
         )
 
     def _publish(
         self, buffer: int, own_shape: tuple[int, ...] | None, timestamp_ns: int, meta: bytes
     ) -> int:
-        record, control = self._record, self._control
-        if self._block:
-            record[L.W_IN_PUBLISH] = 1
-            if control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE:
-                seq = self._fill_descriptor(buffer, own_shape, timestamp_ns, meta)
-                record[L.W_CLAIMED] = L.NONE
-                record[L.W_IN_PUBLISH] = 0
-                if self._fence_needed:  # as in write()
-                    fence()
-                if control[L.C_READER_WAITERS]:
-                    self._p.wake_readers()
-                return seq
-            record[L.W_IN_PUBLISH] = 0
-        with self._p.lock:
-            seq = self._fill_descriptor(buffer, own_shape, timestamp_ns, meta)
-            record[L.W_CLAIMED] = L.NONE
-        fence()
-        if control[L.C_READER_WAITERS]:
-            self._p.wake_readers()
-        return seq
-
-    def _fill_descriptor(
-        self, buffer: int, own_shape: tuple[int, ...] | None, timestamp_ns: int, meta: bytes
-    ) -> int:
-        control = self._control
-        seq = control[L.C_HEAD]
-        if seq >= L.SEQ_LIMIT:
-            self._record[L.W_IN_PUBLISH] = 0
+        describe = self._publisher.publish_described
+        seq: int = describe(buffer, timestamp_ns, own_shape, meta, False)
+        if seq < 0:  # shared mode: the same step, one writer at a time
+            with self._p.lock:
+                seq = describe(buffer, timestamp_ns, own_shape, meta, True)
+        if seq < 0:
             raise RingCorrupted(
-                f"ring {self._p.name!r}: head {seq} is not a sequence number; the header was "
+                f"ring {self._p.name!r}: head is not a sequence number; the header was "
                 "overwritten"
             )
-        position = seq % self._slots
-        descriptor = self._descriptors[position]
-        if not self._block:
-            # Overwrite: the frame this descriptor still describes leaves the window before
-            # any of its words change, so a writer killed in here never leaves a frame in
-            # the window that points at the new frame's buffer, nor head a ring past tail.
-            control[L.C_TAIL] = max(control[L.C_TAIL], seq + 1 - self._slots)
-        descriptor[L.D_BUFFER] = buffer
-        descriptor[L.D_TIMESTAMP] = timestamp_ns
-        if meta:
-            self._meta_views[position][: len(meta)] = meta
-        flags = len(meta) << L.META_LEN_SHIFT
-        if own_shape is not None:
-            flags |= L.DF_OWN_SHAPE
-            for axis, size in enumerate(own_shape):
-                descriptor[L.D_SHAPE + axis] = size
-        descriptor[L.D_FLAGS] = flags
-        descriptor[L.D_SEQ] = seq  # the frame is visible from here on
-        control[L.C_HEAD] = seq + 1
         return seq
 
     def _abandon(self, buffer: int) -> None:
         """Give a claimed buffer back unpublished."""
-        record, control = self._record, self._control
-        if self._block:
-            record[L.W_IN_PUBLISH] = 1
-            if control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE:
-                self._push_free(buffer)
-                record[L.W_IN_PUBLISH] = 0
-                return
-            record[L.W_IN_PUBLISH] = 0
-        with self._p.lock:
-            if self._block:
-                self._push_free(buffer)
-            record[L.W_CLAIMED] = L.NONE
-
-    def _push_free(self, buffer: int) -> None:
-        count = self._control[L.C_FREE_COUNT]
-        if count >= self._nbuffers:
-            raise RingCorrupted(f"ring {self._p.name!r}: free count {count} is corrupted")
-        self._freelist[count] = buffer
-        self._control[L.C_FREE_COUNT] = count + 1
-        self._record[L.W_CLAIMED] = L.NONE
+        result = self._publisher.abandon_claimed(buffer, False)
+        if result == PUBLISH_FALLBACK:  # shared mode: the same step, one writer at a time
+            with self._p.lock:
+                result = self._publisher.abandon_claimed(buffer, True)
+        if result == PUBLISH_CORRUPTED:
+            raise self._corrupted_free_list()
 
     def wait_for_readers(self, count: int = 1, timeout: float | None = None) -> int:
         """Wait until at least `count` readers are attached; returns how many are.
@@ -605,13 +541,15 @@ class RingWriter(RingHandle):
 
     # ---- lifecycle -----------------------------------------------------------------------
     def close(self) -> None:
-        self._publisher.close()  # first: it raises if another thread's write() is under way
+        if self._joined:
+            self._publisher.close()  # first: it raises if another thread's write() is under way
         self._fast_path = False  # before leaving: write() must take the checked path
         super().close()
 
     def _forget_after_fork(self) -> None:
         self._fast_path = False  # it takes no lock and checks nothing: not in a child
-        self._publisher.forget()
+        if self._joined:
+            self._publisher.forget()
         super()._forget_after_fork()
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -639,6 +577,25 @@ class RingWriter(RingHandle):
     @property
     def policy(self) -> str:
         return "block" if self._block else "overwrite"
+
+
+def _checked_spare_buffers(policy: str, slots: int, spare_buffers: object) -> int:
+    """How many buffers beyond `slots` a new ring gets (create's arguments, checked)."""
+    if policy == "block":
+        if spare_buffers not in (None, 0):
+            raise ValueError(
+                "spare_buffers is for overwrite rings; a block ring's writers wait for "
+                "readers instead (leave it out)"
+            )
+        return 0
+    if slots < 2:
+        raise ValueError(
+            f"overwrite policy needs slots >= 2 (one frame to read while the next is "
+            f"written), got slots={slots}"
+        )
+    if spare_buffers is None:
+        return OVERWRITE_SPARE_BUFFERS
+    return L.positive_int(spare_buffers, "spare_buffers", 0, 1 << 20)
 
 
 def _attach_writer(name: str) -> RingWriter:
@@ -688,35 +645,68 @@ def publisher_arguments(
         reclaim_in_c=reclaim_in_c,
         fence=FAST_PATH_FENCE,
         reclaim=p.reclaim,
+        overwrite=g.policy == L.POLICY_OVERWRITE,
+        r_pinned=L.R_PINNED,
+        d_shape=L.D_SHAPE,
+        meta_offset=L.D_META_BYTE_OFFSET,
+        df_evicted=L.DF_EVICTED,
+        df_own_shape=L.DF_OWN_SHAPE,
+        meta_shift=L.META_LEN_SHIFT,
+        meta_size=g.meta_size,
+        ndim=len(g.shape),
     )
 
 
-def _close_writer(
-    p: Participant, record: memoryview, index: int, owner: bool, publisher: Publisher
-) -> None:
+class _Membership:
+    """What a writer handle holds as a writer once it has joined (see RingWriter._join);
+    the finalizer's view of it, since the finalizer must not reference the handle."""
+
+    __slots__ = ("index", "publisher", "record")
+
+    def __init__(self) -> None:
+        self.index = -1
+        self.record: memoryview | None = None
+        self.publisher: Publisher | None = None
+
+
+def _close_writer(p: Participant, membership: _Membership, owner: bool) -> None:
     """Leave the ring (also run by the finalizer at garbage collection and interpreter exit)."""
-    publisher.close()  # its exports would keep the mappings alive (idempotent)
+    if membership.publisher is not None:
+        membership.publisher.close()  # its exports would keep the mappings alive (idempotent)
     if p.closed or p.pid != os.getpid():
         return
     try:
-        _leave_as_writer(p, record, index, owner)
+        with p.lock:
+            if membership.record is not None:
+                _leave_as_writer(p, membership.record, membership.index)
+            elif owner:
+                _end_unwritten_stream(p)
+            if not owner:
+                p.unlink_if_orphaned()
+        p.wake_readers()
     finally:
         if owner:  # even when the header is damaged: the creator must not leak the name
             p.segment.unlink()
         p.close()
 
 
-def _leave_as_writer(p: Participant, record: memoryview, index: int, owner: bool) -> None:
-    with p.lock:
-        if record[L.W_TOKEN] == p.token:
-            abandoned_claim = record[L.W_CLAIMED] != L.NONE
-            record[L.W_CLAIMED] = L.NONE
-            p.free_record(record, L.LOCK_WRITER_BASE + index)
-            if abandoned_claim and p.geometry.policy == L.POLICY_BLOCK:
-                p.rebuild_free_list()  # safe: under the lock, and we were not mid-publish
-        p.recount()
-        if p.control[L.C_WRITERS] == 0:
-            p.control[L.C_FLAGS] |= L.F_CLOSED
-        if not owner:
-            p.unlink_if_orphaned()
-    p.wake_readers()
+def _leave_as_writer(p: Participant, record: memoryview, index: int) -> None:
+    """Under the lock: give up the writer record; the last writer out ends the stream."""
+    if record[L.W_TOKEN] == p.token:
+        abandoned_claim = record[L.W_CLAIMED] != L.NONE
+        record[L.W_CLAIMED] = L.NONE
+        p.free_record(record, L.LOCK_WRITER_BASE + index)
+        if abandoned_claim:
+            p.rebuild_free_list()  # safe: under the lock, and we were not mid-publish
+    p.reap_dead()  # a writer that died before us must not keep the stream from ending
+    p.recount()
+    if p.control[L.C_WRITERS] == 0:
+        p.control[L.C_FLAGS] |= L.F_CLOSED
+
+
+def _end_unwritten_stream(p: Participant) -> None:
+    """Under the lock, for a creator that never wrote: if no writer ever joined, closing the
+    ring ends its stream (its readers would otherwise wait for frames nobody can send)."""
+    p.reap_dead()
+    if p.control[L.C_WRITERS] == 0 and not p.control[L.C_FLAGS] & L.F_STARTED:
+        p.control[L.C_FLAGS] |= L.F_CLOSED

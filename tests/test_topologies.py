@@ -1,0 +1,284 @@
+"""The ways users wire a pipeline (issue 16): the supervisor wiring, a parent that creates a
+ring for several writer children, latest-frame overwrite rings with the default limits.
+
+Real processes throughout; every frame is verified (Pattern) for order, loss and tearing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import shmring
+from shmring import EndOfStream, RingFull, RingReader, RingWriter, WriterGone
+from tests.helpers import (
+    SMALL,
+    WAIT,
+    Child,
+    Pattern,
+    Waiter,
+    finish,
+    make_tag,
+    seg_path,
+    split_tag,
+    unique_name,
+)
+
+EXAMPLE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "examples",
+    "supervisor",
+    "supervisor.py",
+)
+
+
+# ---- owning a ring is not writing to it ---------------------------------------------------
+
+
+def test_supervisor_program_ends_by_itself_on_the_fast_path() -> None:
+    """examples/supervisor: parent creates, a writer child and a reader child stream 10,000
+    verified frames; the program returns by itself, and mid-stream the ring has one writer
+    in exclusive mode (the parent's handle took no writer record)."""
+    name = unique_name("sup")
+    done = subprocess.run(
+        [sys.executable, EXAMPLE, "--frames", "10000", "--name", name],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "writer: 1 writer(s), mode exclusive" in lines
+    assert "reader: 10000 frames verified, in order" in lines
+    assert lines[-1] == "supervisor: done"
+
+
+def test_a_creator_that_never_writes_takes_no_writer_record() -> None:
+    name = unique_name("own")
+    with RingWriter.create(name, SMALL, np.uint8, max_writers=1) as owner:
+        info = shmring.inspect_ring(name)
+        assert info.writers == [] and info.writer_mode == "exclusive"
+        with RingWriter.attach(name) as writer:  # max_writers=1: the owner left room
+            writer.write(np.zeros(SMALL, np.uint8))
+            assert len(shmring.inspect_ring(name).writers) == 1
+            with pytest.raises(RingFull, match="max_writers"):
+                owner.write(np.zeros(SMALL, np.uint8))  # joining now needs a second record
+
+
+def test_closing_the_only_writer_ends_the_stream_while_the_owner_lives() -> None:
+    name = unique_name("eos")
+    pat = Pattern(SMALL)
+    with RingWriter.create(name, SMALL, np.uint8), RingReader.attach(name) as reader:
+        iterating = Waiter(lambda: [pat.check(frame.array) for frame in reader])
+        with Child("spawn", "stream_writer", name=name, count=500, create=False) as child:
+            child.expect("ready")
+            iterating.start()
+            child.send("go")
+            finish(child)
+        iterating.finish()  # the loop ended: EndOfStream, though the owner's handle is open
+        assert iterating.exc is None
+        assert [split_tag(t)[1] for t in iterating.result] == list(range(500))
+
+
+def test_a_ring_that_never_had_a_writer_waits_then_ends_when_its_owner_closes() -> None:
+    name = unique_name("nw")
+    owner = RingWriter.create(name, SMALL, np.uint8)
+    reader = RingReader.attach(name)
+    try:
+        with pytest.raises(shmring.RingTimeout):
+            reader.read(0.3)  # no writer yet: neither EndOfStream nor WriterGone
+        waiting = Waiter(lambda: reader.read(WAIT))
+        waiting.start()
+        owner.close()
+        waiting.finish()
+        assert isinstance(waiting.exc, EndOfStream)
+    finally:
+        reader.close()
+        owner.close()
+
+
+def test_reader_of_a_dead_creator_that_never_wrote_gets_writer_gone() -> None:
+    name = unique_name("dc")
+    with Child("spawn", "create_exit", name=name) as creator:
+        creator.expect("ready")
+        with RingReader.attach(name, timeout=WAIT) as reader:
+            creator.kill()
+            started = time.monotonic()
+            with pytest.raises(WriterGone, match="no writer ever joined"):
+                reader.read(WAIT)
+            assert time.monotonic() - started < 1.5
+    assert not os.path.exists(seg_path(name))  # the last one out of an orphaned ring unlinks
+
+
+# ---- several writers attach to a parent's ring -----------------------------------------------
+
+
+def test_four_writer_children_of_a_parent_one_killed_mid_stream() -> None:
+    """The parent creates with the default max_writers=4; four writer children attach and
+    write tagged frames; one is SIGKILLed mid-stream. The reader gets every survivor's frames
+    in order, none torn or duplicated, and the survivors go on within 1 s."""
+    name = unique_name("fan")
+    pat = Pattern(SMALL)
+    count, victim = 3000, 3
+    with RingWriter.create(name, SMALL, np.uint8, slots=8) as owner:
+        with RingReader.attach(name, start="oldest") as reader:
+            children = [
+                Child("spawn", "stream_writer", name=name, count=count, create=False, writer_id=i)
+                for i in range(4)
+            ]
+            try:
+                for child in children:
+                    child.expect("ready")
+                for child in children:
+                    child.send("go")
+                per_writer: dict[int, list[int]] = {i: [] for i in range(4)}
+                killed_at = None
+                first_after_kill = None
+                while True:
+                    try:
+                        frame = reader.read(WAIT)
+                    except EndOfStream:
+                        break
+                    with frame:
+                        writer, n = split_tag(pat.check(frame.array))
+                    per_writer[writer].append(n)
+                    if killed_at is None and len(per_writer[victim]) == 200:
+                        children[victim].kill()
+                        children[victim].wait_dead()
+                        killed_at = time.monotonic()
+                    elif killed_at is not None and first_after_kill is None and writer != victim:
+                        first_after_kill = time.monotonic()
+                for child in children[:victim]:
+                    finish(child)
+            finally:
+                for child in children:
+                    child.close()
+        assert owner.readers == 0
+    assert killed_at is not None and first_after_kill is not None
+    assert first_after_kill - killed_at < 1.0, "survivors stalled after the kill"
+    for writer in range(4):
+        got = per_writer[writer]
+        if writer == victim:
+            assert got == list(range(len(got))) and 200 <= len(got) < count
+        else:
+            assert got == list(range(count)), f"writer {writer}: lost or reordered frames"
+
+
+# ---- overwrite: the latest-frame ring with the default limits ------------------------------
+
+
+@pytest.mark.parametrize("slots", [None, 2, 4, 8])
+def test_overwrite_with_default_limits(slots: int | None) -> None:
+    """The pinned calls: policy="overwrite" with the default slots, and slots=2, 4, 8, with the
+    default max_readers/max_writers. A frame held across 1,000 overwrites is unchanged;
+    latest() then returns one of the newest frames."""
+    name = unique_name("ow")
+    pat = Pattern(SMALL)
+    kwargs = {} if slots is None else {"slots": slots}
+    with (
+        RingWriter.create(name, SMALL, np.uint8, policy="overwrite", **kwargs) as writer,
+        RingReader.attach(name) as reader,
+    ):
+        writer.write(pat.make(make_tag(0, 0)))
+        held = reader.read(1.0)
+        before = held.array.tobytes()
+        for n in range(1, 1001):
+            writer.write(pat.make(make_tag(0, n)), 0.0)  # never waits
+        assert held.array.tobytes() == before and pat.check(held.array) == make_tag(0, 0)
+        held.release()
+        with reader.latest(1.0) as newest:
+            assert split_tag(pat.check(newest.array))[1] == 1000
+            assert newest.seq == 1000
+            assert newest.dropped == 999  # received + dropped = published since joining
+
+
+def test_overwrite_readers_each_holding_a_frame_while_a_child_writes_flat_out() -> None:
+    """Three readers each hold a frame while a writer process overwrites 2,000 times:
+    the writer never waits, held frames stay intact, received + dropped = published."""
+    name = unique_name("ow3")
+    pat = Pattern(SMALL)
+    with RingWriter.create(name, SMALL, np.uint8, policy="overwrite", slots=2) as owner:
+        readers = [RingReader.attach(name) for _ in range(3)]
+        try:
+            with Child("spawn", "overwrite_writer", name=name, count=2000) as child:
+                child.expect("ready")
+                child.send("go")
+                held = []
+                for reader in readers:
+                    held.append(reader.latest(WAIT))
+                snapshots = [frame.array.tobytes() for frame in held]
+                report = finish(child)
+                assert [frame.array.tobytes() for frame in held] == snapshots
+                for frame in held:
+                    pat.check(frame.array)
+                    frame.release()
+            published = report["seqs"][1] + 1  # the readers joined before the first frame
+            for reader in readers:
+                received = 1  # the frame it held
+                while True:
+                    try:
+                        with reader.read(WAIT):
+                            received += 1
+                    except EndOfStream:
+                        break
+                assert received + reader.dropped == published
+        finally:
+            for reader in readers:
+                reader.close()
+        assert owner.policy == "overwrite"
+
+
+def test_overwrite_holding_more_than_the_ring_was_sized_for_names_the_knob() -> None:
+    name = unique_name("owf")
+    with RingWriter.create(
+        name, SMALL, np.uint8, policy="overwrite", slots=2, spare_buffers=0
+    ) as writer:
+        writer.write(np.zeros(SMALL, np.uint8))
+        with RingReader.attach(name) as first, RingReader.attach(name) as second:
+            with first.latest(1.0), pytest.raises(RingFull, match="spare_buffers"):
+                second.latest(1.0)
+            with second.latest(1.0) as frame:  # room again once the first let go
+                assert frame.seq == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"slots": 0}, ValueError, "slots must be between 1"),
+        ({"slots": 1, "policy": "overwrite"}, ValueError, "slots >= 2"),
+        ({"max_readers": -1}, ValueError, "max_readers must be between"),
+        ({"max_writers": 0}, ValueError, "max_writers must be between"),
+        ({"policy": "newest"}, ValueError, "policy must be 'block' or 'overwrite'"),
+        ({"spare_buffers": 2}, ValueError, "spare_buffers is for overwrite rings"),
+        ({"policy": "overwrite", "spare_buffers": -1}, ValueError, "spare_buffers must be"),
+    ],
+)
+def test_bad_geometry_gets_a_typed_error(
+    kwargs: dict[str, object], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        RingWriter.create(unique_name("bad"), SMALL, np.uint8, **kwargs)  # type: ignore[arg-type]
+
+
+# ---- polling is decided by who is runnable ---------------------------------------------
+
+
+def test_an_owner_and_sleeping_readers_do_not_switch_polling_off() -> None:
+    name = unique_name("poll")
+    cpus = os.cpu_count() or 1
+    with RingWriter.create(name, SMALL, np.uint8) as owner, RingWriter.attach(name) as writer:
+        readers = [RingReader.attach(name) for _ in range(cpus + 1)]
+        try:
+            p = writer._p
+            assert not p.spinning_pays()  # cpus + 2 runnable participants
+            for sleeper in readers[1:]:
+                sleeper._count()  # what a reader does before its futex sleep
+            assert p.spinning_pays()  # one writer, one reader awake; the owner never counts
+        finally:
+            for reader in readers:
+                reader.close()
+        assert owner.readers == 0
