@@ -498,8 +498,7 @@ class RingWriter(RingHandle):
                 seq = describe(buffer, timestamp_ns, own_shape, meta, True)
         if seq < 0:
             raise RingCorrupted(
-                f"ring {self._p.name!r}: head is not a sequence number; the header was "
-                "overwritten"
+                f"ring {self._p.name!r}: head is not a sequence number; the header was overwritten"
             )
         return seq
 
