@@ -12,10 +12,7 @@ import time
 
 import numpy as np
 import pytest
-
-import shmring
-from shmring import EndOfStream, RingFull, RingReader, RingWriter, WriterGone
-from tests.helpers import (
+from helpers import (
     SMALL,
     WAIT,
     Child,
@@ -27,6 +24,9 @@ from tests.helpers import (
     split_tag,
     unique_name,
 )
+
+import shmring
+from shmring import EndOfStream, RingFull, RingReader, RingWriter, WriterGone
 
 EXAMPLE = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
