@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # the six-process demo, end to end
+
 cv2 = pytest.importorskip("cv2", reason="the demo needs OpenCV: pip install -e '.[demo]'")
 
 RUN_TIMEOUT_S = 60
