@@ -509,11 +509,20 @@ def write(results: dict[str, Any], outdir: Path) -> dict[str, Path]:
     return written
 
 
+# In docs/performance.md, what follows this line is written by hand (run history, notes,
+# other benches' pasted output) and survives a rewrite of the generated part above it.
+KEPT_BELOW = (
+    "<!-- python -m bench --readme rewrites everything above this line and keeps what follows -->"
+)
+
+
 def write_docs(results: dict[str, Any], docs: Path) -> dict[str, Path]:
-    """docs/performance.md and docs/img/*.png, for the README's Performance section."""
+    """docs/performance.md (keeping what follows KEPT_BELOW) and docs/img/*.png."""
     images, _ = plots(results, docs / "img")
     path = docs / "performance.md"
-    path.write_text(markdown(results, {k: f"img/{p.name}" for k, p in images.items()}))
+    kept = path.read_text().partition(KEPT_BELOW)[2].lstrip("\n") if path.exists() else ""
+    generated = markdown(results, {k: f"img/{p.name}" for k, p in images.items()})
+    path.write_text(f"{generated.rstrip()}\n\n{KEPT_BELOW}\n\n{kept}")
     return {"markdown": path, **images}
 
 

@@ -17,6 +17,8 @@ import pytest
 
 from bench.suite import available
 
+pytestmark = pytest.mark.slow  # a real, if short, benchmark run
+
 ROOT = Path(__file__).resolve().parent.parent
 SHM = Path("/dev/shm")
 TRANSPORTS = "shmring-write,mp-pipe,pyzmq,memcpy-hot,floor-pipe,shmring-sleep"

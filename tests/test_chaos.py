@@ -25,6 +25,8 @@ from shmring import RingWriter
 from stress import ROOT, STEADY, StreamCheck, killpoints, make_tag, stamp
 from stress.chaos import DTYPE, ROLES, SHAPE
 
+pytestmark = pytest.mark.stress  # kills participants at every kill point
+
 KILLS = 50
 WRITERS_OFFSET = 192  # docs/FORMAT.md: fixed-header field writers_offset
 WRITER_IN_PUBLISH = 3  # word of a writer record

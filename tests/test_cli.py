@@ -183,12 +183,31 @@ def test_inspect_and_rm_explain_what_is_wrong(prefix: str) -> None:
 def test_rm_refuses_a_live_ring_and_force_removes_it(prefix: str) -> None:
     with RingWriter.create(prefix, SMALL, np.uint8) as w:
         err = shmring("rm", w.name, code=1).stderr
-        assert "in use" in err and "--force" in err
+        assert "in use" in err and f"`shmring rm --force {w.name}`" in err
+        assert "force=True" not in err
         assert os.path.exists(seg_path(w.name))
 
         assert shmring("rm", "--force", w.name).stdout == f"removed {w.name}\n"
         assert not os.path.exists(seg_path(w.name))
         w.write(np.zeros(SMALL, np.uint8))  # its mapping stays valid
+
+
+def test_rings_are_named_by_their_dev_shm_files_too(prefix: str, stale: str) -> None:
+    """`shmring.NAME` (what `ls /dev/shm` shows) and its path name the ring NAME."""
+    with RingWriter.create(prefix, SMALL, np.uint8) as w:
+        w.write(np.zeros(SMALL, np.uint8))
+        for given in (f"shmring.{w.name}", seg_path(w.name)):
+            assert as_json("inspect", given)["name"] == w.name
+            assert "1 frame (head - tail)" in shmring("inspect", given).stdout
+        assert line_of(shmring("ls", "--no-rate", f"shmring.{prefix}").stdout, w.name)
+        err = shmring("inspect", "/tmp/shmring.x", code=2).stderr
+        assert "/dev/shm/shmring.NAME is accepted too" in err
+    # Counts agree with their nouns ("1 frame" above, "0 frames" here).
+    out = shmring("gc", "--dry-run", f"shmring.{stale}").stdout
+    assert out.startswith(f"would remove {stale}: creator pid ") and "0 frames published" in out
+    assert shmring("rm", seg_path(stale)).stdout == f"removed {stale}\n"
+    assert not os.path.exists(seg_path(stale))
+    assert "no ring named" in shmring("rm", f"shmring.{stale}", code=1).stderr
 
 
 def test_gc_dry_run_lists_stale_rings_then_gc_removes_them(prefix: str, stale: str) -> None:

@@ -19,9 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pytest
+
+pytestmark = pytest.mark.slow  # the six-process demo, end to end
+
+cv2 = pytest.importorskip("cv2", reason="the demo needs OpenCV: pip install -e '.[demo]'")
 
 RUN_TIMEOUT_S = 60
 # The supervisor prints "  1.0 s | capture 30.0 fps | ..." about once a second once frames flow.

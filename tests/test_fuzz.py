@@ -41,6 +41,8 @@ from stress.fuzz import (
     Patch,
 )
 
+pytestmark = pytest.mark.stress  # randomized damage and hypothesis rounds
+
 NONE = 2**64 - 1
 CONTROL_HEAD, CONTROL_TAIL, CONTROL_FREE_COUNT = 0, 1, 2
 CONTROL_WRITERS, CONTROL_READERS, CONTROL_MEMBERSHIP = 11, 12, 13

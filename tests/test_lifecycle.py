@@ -178,6 +178,7 @@ def test_stale_ring_is_reclaimed_live_ring_is_not() -> None:
     with pytest.warns(StaleRingWarning) as rec:
         w = RingWriter.create(name, (8, 8), np.uint16, slots=3)
     assert name in str(rec[0].message)
+    assert rec[0].filename == __file__, "attributed to the line that called create()"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with w, RingReader.attach(name) as r:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pytest
 from helpers import unique_name
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -35,6 +36,8 @@ from hypothesis.stateful import (
 )
 
 from shmring import EndOfStream, Frame, RingReader, RingTimeout, RingWriter
+
+pytestmark = pytest.mark.stress  # hypothesis-driven sequences of operations
 
 SHAPE = (4, 6)
 META_SIZE = 8

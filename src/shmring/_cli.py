@@ -47,10 +47,10 @@ from ._inspect import (
     inspect_ring,
     list_rings,
     remove_if_stale,
-    remove_ring,
     stale_rings,
+    unlink_ring,
 )
-from ._segment import SHM_DIR, validate_name
+from ._segment import PREFIX, SHM_DIR, segment_path, validate_name
 
 RATE_WINDOW = 0.2  # seconds between the two snapshots that measure rates
 Listing = list[RingInfo | BrokenRing]
@@ -90,7 +90,11 @@ def snapshot(patterns: Sequence[str]) -> Listing:
 
 
 def matches(name: str, patterns: Sequence[str]) -> bool:
-    return not patterns or any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+    """Patterns match the ring name, or its /dev/shm file name (shmring.NAME) or path."""
+    files = (name, PREFIX + name, segment_path(name))
+    return not patterns or any(
+        fnmatch.fnmatchcase(file, pattern) for pattern in patterns for file in files
+    )
 
 
 def rows(listing: Listing, earlier: Listing) -> list[Row]:
@@ -352,7 +356,7 @@ def inspect_lines(info: RingInfo) -> list[str]:
         ("status", status(info)),
         ("head", f"{info.published} (frames published = the next sequence number)"),
         ("tail", f"{info.tail} (every frame before it is gone)"),
-        ("in the ring", f"{info.published - info.tail} frames (head - tail)"),
+        ("in the ring", f"{plural(info.published - info.tail, 'frame')} (head - tail)"),
         ("free buffers", str(info.free_buffers)),
         ("writer mode", info.writer_mode),
         ("stream", "closed by every writer" if info.closed else "open"),
@@ -514,7 +518,7 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     with ring_errors(args.name):
-        remove_ring(args.name, force=args.force)
+        unlink_ring(args.name, args.force, how_to_force=f"use `shmring rm --force {args.name}`")
     print(f"removed {args.name}")
     return 0
 
@@ -524,7 +528,7 @@ def why_stale(ring: RingInfo | BrokenRing) -> str:
         return f"broken ({ring.error})"
     return (
         f"creator pid {ring.creator_pid} and every writer dead, "
-        f"{ring.published} frames published, {human_bytes(ring.size_bytes)}"
+        f"{plural(ring.published, 'frame')} published, {human_bytes(ring.size_bytes)}"
     )
 
 
@@ -556,10 +560,18 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def ring_name(text: str) -> str:
+    """A ring's name, also given as its file in /dev/shm: shmring.NAME or its path."""
+    name = text
+    if os.path.dirname(text) == SHM_DIR and os.path.basename(text).startswith(PREFIX):
+        name = os.path.basename(text)[len(PREFIX) :]
+    elif text.startswith(PREFIX) and not os.path.lexists(segment_path(text)):
+        name = text[len(PREFIX) :]  # the file name, unless a ring is really named so
     try:
-        return validate_name(text)
+        return validate_name(name)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise argparse.ArgumentTypeError(
+            f"{exc}; a ring's file /dev/shm/{PREFIX}NAME is accepted too"
+        ) from None
 
 
 def positive(convert: Callable[[str], N]) -> Callable[[str], N]:

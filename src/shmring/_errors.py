@@ -1,11 +1,21 @@
-# The exceptions shmring raises.
+# The exceptions shmring raises, and its one warning.
 #
-# Rules: every error a user can meet is a subclass of ShmringError and, where Python has a
-# matching built-in (FileNotFoundError, FileExistsError, EOFError, TimeoutError), of that
-# too, so code that already catches the built-in keeps working. Messages name the ring,
-# what was wrong, and what to do about it.
+# Rules: every error about a ring (missing, taken, incompatible, corrupted, a timeout, the
+# end of a stream) is a subclass of ShmringError and, where Python has a matching built-in
+# (FileNotFoundError, FileExistsError, EOFError, TimeoutError), of that too, so code that
+# already catches the built-in keeps working. Messages name the ring, what was wrong, and
+# what to do about it. Not ShmringErrors, as Python's conventions have them: bad arguments
+# (ValueError, TypeError), errors the OS reports (OSError: ENOSPC when /dev/shm is full,
+# PermissionError), and misuse of a handle (RuntimeError). docs/OPERATIONS.md lists them.
+#
+# A warning names the user's line that caused it, not a line inside shmring: the stack level
+# is counted at run time, past every frame of this package.
 
 from __future__ import annotations
+
+import os
+import sys
+import warnings
 
 
 class ShmringError(Exception):
@@ -50,3 +60,12 @@ class RingFull(ShmringError):
 
 class StaleRingWarning(UserWarning):
     """`create` reclaimed a ring whose creator had died without unlinking it."""
+
+
+def warn_stale_ring(message: str) -> None:
+    """Warn StaleRingWarning, attributed to the first caller outside the shmring package."""
+    package = os.path.dirname(__file__) + os.sep
+    level, frame = 2, sys._getframe(1)
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, StaleRingWarning, stacklevel=level)

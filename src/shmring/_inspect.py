@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import _layout as L
-from ._errors import RingExists, ShmringError
+from ._errors import RingExists, RingNotFound, ShmringError
 from ._segment import PREFIX, SHM_DIR, TEMP_PREFIX, Segment, segment_path, validate_name
 from ._sys import range_is_locked, try_lock_range
 
@@ -160,7 +160,13 @@ def list_rings() -> list[RingInfo | BrokenRing]:
 
 def remove_ring(name: str, force: bool = False) -> None:
     """Unlink ring `name`. Refuses (RingExists) while a writer or reader is alive, unless
-    `force`: their mappings stay valid, but nobody new can attach."""
+    `force`: their mappings stay valid, but nobody new can attach. RingNotFound if there is
+    no such ring."""
+    unlink_ring(name, force, how_to_force="pass force=True")
+
+
+def unlink_ring(name: str, force: bool, how_to_force: str) -> None:
+    """remove_ring, whose refusals end with `how_to_force` (the CLI names its --force)."""
     validate_name(name)
     if not force:
         try:
@@ -171,17 +177,20 @@ def remove_ring(name: str, force: bool = False) -> None:
             if _broken_kind(segment_path(name), exc) == "other-version":
                 raise RingExists(
                     f"ring {name!r} was made by a shmring with another format version ({exc}); "
-                    "programs of that version may be using it: stop them, then pass "
-                    "force=True (shmring rm --force)"
+                    "programs of that version may be using it: stop them, then "
+                    f"{how_to_force}"
                 ) from None
             info = None  # a broken ring has no live participants we can see
         if info is not None and (info.live_participants or info.creator_alive):
             raise RingExists(
-                f"ring {name!r} is in use ({info.live_participants} live participants, "
+                f"ring {name!r} is in use (live participants: {info.live_participants}, "
                 f"creator {'alive' if info.creator_alive else 'dead'}); close them first or "
-                "pass force=True (shmring rm --force)"
+                f"{how_to_force}"
             )
-    os.unlink(segment_path(name))
+    try:
+        os.unlink(segment_path(name))
+    except FileNotFoundError:
+        raise RingNotFound(f"no ring named {name!r} (already removed?)") from None
 
 
 def stale_rings() -> list[RingInfo | BrokenRing]:

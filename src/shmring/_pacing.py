@@ -1,8 +1,8 @@
 # Pacing: a reader of a steady stream naps until just before its next frame is due, then
 # polls, so that it is awake when the frame lands instead of being woken by the writer.
 #
-# Why: a reader woken by the writer costs the writer a FUTEX_WAKE (~7.5 µs on the
-# development VM) and arrives after the kernel's wake-up latency (35-50 µs there). A writer
+# Why: a reader woken by the writer costs the writer a FUTEX_WAKE system call and arrives
+# after the kernel's wake-up latency (docs/performance.md: `floor-futex`). A writer
 # that waits for the reader's release before copying a large frame (_writer.py, "hot
 # buffer") waits that long for every frame. A reader already polling when the frame is
 # published takes it within a microsecond, and the writer finds nobody to wake.
@@ -21,7 +21,7 @@
 
 from __future__ import annotations
 
-NAP_MIN = 50e-6  # shorter naps are not worth their ~8 µs of system calls: poll instead
+NAP_MIN = 50e-6  # shorter naps are not worth their system calls: poll instead
 MAX_INTERVAL = 0.1  # slower streams sleep until woken (and keep the reader's liveness checks)
 LEAD_START = 100e-6  # how early the first nap ends
 LEAD_MIN = 10e-6

@@ -30,14 +30,13 @@ import os
 import re
 import secrets
 import time
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import DTypeLike
 
 from . import _layout as L
-from ._errors import IncompatibleRing, RingExists, RingNotFound, StaleRingWarning
+from ._errors import IncompatibleRing, RingExists, RingNotFound, warn_stale_ring
 from ._sys import (
     HUGE_PAGE_BYTES,
     collapse_to_huge_pages,
@@ -337,10 +336,8 @@ def _link_claiming_stale(temp: str, name: str) -> None:
             )
         if os.stat(path).st_ino != os.fstat(fd).st_ino:
             raise RingExists(f"ring {name!r} was re-created while this process was creating it")
-        warnings.warn(
-            f"ring {name!r}: its creator died without unlinking it; reclaiming the name",
-            StaleRingWarning,
-            stacklevel=5,
+        warn_stale_ring(
+            f"ring {name!r}: its creator died without unlinking it; reclaiming the name"
         )
         os.unlink(path)
         os.link(temp, path)

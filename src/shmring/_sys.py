@@ -11,12 +11,13 @@
 #     them. Each handle opens the file itself, so two handles never share a lock owner.
 #   - fence(): a full memory barrier on x86-64 (a locked read-modify-write inside CPython's
 #     lock), needed where a store must be visible before a following load (Dekker pairs).
-#   - membarrier(): forces a barrier on every CPU (GLOBAL, ~10 ms); the slow side of the
-#     asymmetric Dekker pair whose fast side (the exclusive writer's in_publish) has no fence.
+#   - membarrier(): forces a barrier on every CPU (GLOBAL: slow, an RCU grace period); the
+#     slow side of the asymmetric Dekker pair whose fast side (the exclusive writer's
+#     in_publish) has no fence.
 #   - before_sleep_barrier(): the slow side of the per-frame pairs (publish, then look for
 #     sleeping readers; release, then look for sleeping writers). Every process that imports
-#     this module registers for MEMBARRIER_CMD_GLOBAL_EXPEDITED; a sleeper then pays ~2 µs
-#     once per sleep and the per-frame fast sides need no fence. Where the kernel lacks the
+#     this module registers for MEMBARRIER_CMD_GLOBAL_EXPEDITED; a sleeper then pays one
+#     system call per sleep and the per-frame fast sides need no fence. Where the kernel lacks the
 #     expedited command, the fast sides fence instead (FAST_PATH_FENCE). If registration
 #     failed in some processes only (say, a seccomp filter in one container), a sleeper
 #     there could miss a wake-up; it is bounded by the 100 ms poll, never a hang.
@@ -234,7 +235,7 @@ if _EXPEDITED:
 
 # Whether the fast side of a per-frame Dekker pair (publish then look for sleeping readers,
 # release then look for sleeping writers) needs a fence of its own: only when sleepers cannot
-# use the expedited membarrier, which costs them ~2 µs once per sleep instead.
+# use the expedited membarrier, which costs them one system call per sleep instead.
 FAST_PATH_FENCE = not _EXPEDITED
 
 

@@ -1,6 +1,6 @@
 # How the camera demo's stages hand frames to each other: one small interface, two transports.
 #
-# Theory: the pipeline is written once against Publisher/Subscriber; ShmTransport maps them
+# Theory: the pipeline is written once against Sender/Receiver; ShmTransport maps them
 # onto shmring rings (a claimed slot is the frame: zero copies), QueueTransport onto
 # multiprocessing.Queue (every hop pickles a copy), so `--transport queue` measures the
 # difference on identical stage code.
@@ -9,7 +9,7 @@
 # - Every wait is cut into WAIT_SLICE_S pieces; between pieces the stage's Interrupt is
 #   consulted, so a stage notices a shutdown within a slice even when its peer is dead.
 #   A stage with input pending never looks at it, so a shutdown drains what is queued.
-# - A channel's topology (policy, subscriber groups and their sizes, writer count) is fixed
+# - A channel's topology (policy, receiver groups and their sizes, writer count) is fixed
 #   up front in a Channel; the queue transport needs it to fan frames out and to count
 #   end-of-stream markers, the ring transport to size its rings.
 # - Each frame carries (seq, producer, timestamp_ns): seq is the capture's frame number,
@@ -72,7 +72,7 @@ class Interrupt(Protocol):
 class Channel:
     name: str
     policy: Policy
-    groups: Mapping[str, int]  # subscriber group -> how many processes share it
+    groups: Mapping[str, int]  # receiver group -> how many processes share it
     writers: int = 1
     slots: int = 8
     dtype: str = "uint8"
@@ -81,30 +81,30 @@ class Channel:
 
 @dataclass(frozen=True)
 class Received:
-    array: NDArray[Any]  # valid until the next frame is taken from the same subscriber
+    array: NDArray[Any]  # valid until the next frame is taken from the same receiver
     seq: int
     producer: int
     timestamp_ns: int
     dropped: int
 
 
-class Publisher(Protocol):
+class Sender(Protocol):
     def claim(
         self, seq: int, timestamp_ns: int | None = None
     ) -> AbstractContextManager[NDArray[Any]]:
         """Context manager yielding a writable array; published when the block exits
         normally, discarded if it raises. timestamp_ns None: stamped at publish time."""
 
-    def __enter__(self) -> Publisher: ...
+    def __enter__(self) -> Sender: ...
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None: ...
 
 
-class Subscriber(Protocol):
+class Receiver(Protocol):
     def frames(self) -> Iterator[Received]:
-        """Every frame for this subscriber, in order, until end of stream."""
+        """Every frame for this receiver, in order, until end of stream."""
 
     def freshest(self) -> Iterator[Received]:
         """The newest frame each time, skipping (and counting) older ones."""
@@ -112,7 +112,7 @@ class Subscriber(Protocol):
     def poll(self) -> list[Received]:
         """Whatever is ready now, copied out, without waiting; [] at end of stream."""
 
-    def __enter__(self) -> Subscriber: ...
+    def __enter__(self) -> Receiver: ...
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -125,13 +125,13 @@ class Transport(Protocol):
     def host(self, channel: Channel) -> ExitStack:
         """Create `channel` here if it has several writers; it lives until the stack closes."""
 
-    def publisher(
+    def sender(
         self, channel: Channel, shape: tuple[int, ...], producer: int, interrupt: Interrupt
-    ) -> Publisher: ...
+    ) -> Sender: ...
 
-    def subscriber(
+    def receiver(
         self, channel: Channel, group: str, interrupt: Interrupt, deadline: float
-    ) -> Subscriber: ...
+    ) -> Receiver: ...
 
     def remove_leftovers(self, channels: Mapping[str, Channel]) -> list[str]:
         """After every stage exited: remove what a killed stage could not; say what."""
@@ -151,7 +151,7 @@ def _slice_until(deadline: float, interrupt: Interrupt, what: str) -> float:
 _META = struct.Struct("<qq")  # seq, producer
 
 
-class ShmPublisher:
+class ShmSender:
     def __init__(self, writer: RingWriter, producer: int, interrupt: Interrupt) -> None:
         self._writer = writer
         self._producer = producer
@@ -173,7 +173,7 @@ class ShmPublisher:
                     self._interrupt.check()
             yield slot
 
-    def __enter__(self) -> ShmPublisher:
+    def __enter__(self) -> ShmSender:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -185,7 +185,7 @@ def _received(frame: Frame, array: NDArray[Any]) -> Received:
     return Received(array, seq, producer, frame.timestamp_ns, frame.dropped)
 
 
-class ShmSubscriber:
+class ShmReceiver:
     def __init__(self, reader: RingReader, interrupt: Interrupt) -> None:
         self._reader = reader
         self._interrupt = interrupt
@@ -222,7 +222,7 @@ class ShmSubscriber:
                 self._ended = True
         return ready
 
-    def __enter__(self) -> ShmSubscriber:
+    def __enter__(self) -> ShmReceiver:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -259,18 +259,18 @@ class ShmTransport:
             stack.enter_context(self._create(channel, channel.shape))
         return stack
 
-    def publisher(
+    def sender(
         self, channel: Channel, shape: tuple[int, ...], producer: int, interrupt: Interrupt
-    ) -> ShmPublisher:
+    ) -> ShmSender:
         if channel.writers > 1:
             writer = RingWriter.attach(self.ring_name(channel))
         else:
             writer = self._create(channel, shape)
-        return ShmPublisher(writer, producer, interrupt)
+        return ShmSender(writer, producer, interrupt)
 
-    def subscriber(
+    def receiver(
         self, channel: Channel, group: str, interrupt: Interrupt, deadline: float
-    ) -> ShmSubscriber:
+    ) -> ShmReceiver:
         name = self.ring_name(channel)
         # A group of one is plain fan-out: the reader is its own group and sees every frame.
         shared_group = group if channel.groups[group] > 1 else None
@@ -280,7 +280,7 @@ class ShmTransport:
                 reader = RingReader.attach(name, group=shared_group, timeout=slice_s)
             except (RingNotFound, RingTimeout):
                 continue
-            return ShmSubscriber(reader, interrupt)
+            return ShmReceiver(reader, interrupt)
 
     def remove_leftovers(self, channels: Mapping[str, Channel]) -> list[str]:
         # A creator killed by SIGKILL cannot unlink its ring. The last participant to leave
@@ -303,7 +303,7 @@ class ShmTransport:
 _Item = tuple[int, int, int, NDArray[Any]] | None
 
 
-class QueuePublisher:
+class QueueSender:
     def __init__(
         self,
         channel: Channel,
@@ -341,7 +341,7 @@ class QueuePublisher:
         for target in self._queues.values():
             self._put(target, (seq, self._producer, stamp, array))
 
-    def __enter__(self) -> QueuePublisher:
+    def __enter__(self) -> QueueSender:
         return self
 
     def __exit__(
@@ -361,7 +361,7 @@ class QueuePublisher:
                 self._put(target, None)
 
 
-class QueueSubscriber:
+class QueueReceiver:
     def __init__(self, channel: Channel, source: Queue[_Item], interrupt: Interrupt) -> None:
         self._source = source
         self._interrupt = interrupt
@@ -420,7 +420,7 @@ class QueueSubscriber:
                 return ready
             ready.append(self._received(item, 0))
 
-    def __enter__(self) -> QueueSubscriber:
+    def __enter__(self) -> QueueReceiver:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -428,7 +428,7 @@ class QueueSubscriber:
 
 
 class QueueTransport:
-    """One bounded multiprocessing.Queue per (channel, subscriber group), made up front."""
+    """One bounded multiprocessing.Queue per (channel, receiver group), made up front."""
 
     kind: TransportKind = "queue"
 
@@ -441,15 +441,15 @@ class QueueTransport:
     def host(self, channel: Channel) -> ExitStack:
         return ExitStack()
 
-    def publisher(
+    def sender(
         self, channel: Channel, shape: tuple[int, ...], producer: int, interrupt: Interrupt
-    ) -> QueuePublisher:
-        return QueuePublisher(channel, self._queues[channel.name], shape, producer, interrupt)
+    ) -> QueueSender:
+        return QueueSender(channel, self._queues[channel.name], shape, producer, interrupt)
 
-    def subscriber(
+    def receiver(
         self, channel: Channel, group: str, interrupt: Interrupt, deadline: float
-    ) -> QueueSubscriber:
-        return QueueSubscriber(channel, self._queues[channel.name][group], interrupt)
+    ) -> QueueReceiver:
+        return QueueReceiver(channel, self._queues[channel.name][group], interrupt)
 
     def remove_leftovers(self, channels: Mapping[str, Channel]) -> list[str]:
         return []

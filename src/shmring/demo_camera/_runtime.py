@@ -27,7 +27,7 @@ from multiprocessing.context import SpawnContext
 
 import numpy as np
 
-from shmring._demo_transport import WAIT_SLICE_S, StopRequested
+from ._transport import WAIT_SLICE_S, StopRequested
 
 REPORT_INTERVAL_S = 0.5
 # Overall percentiles cover the most recent frames only, so memory stays bounded.

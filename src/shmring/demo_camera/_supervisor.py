@@ -1,4 +1,5 @@
-# python -m shmring.demo_camera: a camera pipeline of six processes over shmring rings.
+# The supervisor of `python -m shmring.demo_camera`: a camera pipeline of six processes over
+# shmring rings.
 #
 # Theory: this process is only the supervisor. It starts capture first (the first frame's
 # shape is the rings' geometry), then the other stages; once all of them are attached it
@@ -20,7 +21,6 @@ import json
 import multiprocessing
 import os
 import signal
-import sys
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -30,7 +30,8 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
-from shmring._demo_runtime import (
+from ._drawing import display_available
+from ._runtime import (
     GO,
     Finished,
     Opened,
@@ -39,31 +40,16 @@ from shmring._demo_runtime import (
     StopFlag,
     StopPipeline,
 )
-from shmring._demo_sources import SYNTHETIC, open_source, parse_size
-from shmring._demo_stages import (
+from ._sources import parse_size
+from ._stages import (
     PIPELINE,
     STAGES,
     STARTUP_TIMEOUT_S,
-    ContactSheet,
     PipelineConfig,
     StageSpec,
-    display_available,
-    draw_edges,
-    draw_text,
     stage_main,
 )
-from shmring._demo_transport import TransportKind, make_transport
-
-__all__ = [
-    "SYNTHETIC",
-    "ContactSheet",
-    "display_available",
-    "draw_edges",
-    "draw_text",
-    "main",
-    "open_source",
-    "parse_size",
-]
+from ._transport import TransportKind, make_transport
 
 SHUTDOWN_GRACE_S = 2.0
 # Longer than the stages' own waits for their rings, so their more precise reasons come first.
@@ -433,7 +419,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         gui=gui,
     )
     return Supervisor(config, args.transport).run()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from shmring._demo_transport import WAIT_SLICE_S, Interrupt
+from ._transport import WAIT_SLICE_S, Interrupt
 
 SYNTHETIC = "synthetic"
 
@@ -203,7 +203,7 @@ def open_source(spec: str, size: tuple[int, int], fps: float) -> OpenedSource:
     return OpenedSource(synthetic, first, note)
 
 
-class Pacer:
+class Metronome:
     """Spaces frames 1/fps apart on a fixed schedule (fps 0: no pacing). After a stall it
     restarts the schedule instead of bursting to catch up."""
 
