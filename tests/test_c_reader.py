@@ -198,7 +198,9 @@ def sanitized_reader(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(params=["plain", "sanitized"])
 def any_reader(request: pytest.FixtureRequest) -> Path:
-    return Path(request.getfixturevalue("c_reader" if request.param == "plain" else "sanitized_reader"))
+    return Path(
+        request.getfixturevalue("c_reader" if request.param == "plain" else "sanitized_reader")
+    )
 
 
 def _start(binary: Path, name: str, count: int, **popen: Any) -> subprocess.Popen[str]:
@@ -305,9 +307,7 @@ def test_end_of_stream_before_count(c_reader: Path, start_writer: Any) -> None:
     assert _lines(out) == published
 
 
-def test_writer_killed_reported_within_1s_beside_python(
-    c_reader: Path, start_writer: Any
-) -> None:
+def test_writer_killed_reported_within_1s_beside_python(c_reader: Path, start_writer: Any) -> None:
     writer = start_writer(count=3, readers=2, then="wait")
     with shmring.RingReader.attach(writer.name, timeout=WAIT) as python_reader:
         reader = _start(c_reader, writer.name, 10)
@@ -446,7 +446,9 @@ def test_refuses_a_missing_ring_and_bad_arguments(c_reader: Path) -> None:
     code, _, err = _run(_start(c_reader, unique_name("absent"), 1))
     assert code == EXIT_REFUSED and "does not exist" in err
     for argv in (["only-a-name"], ["../x", "1"], ["name", "0"], ["name", "-3"], ["name", "x"]):
-        code, _, err = _run(subprocess.Popen([str(c_reader), *argv], stderr=subprocess.PIPE, text=True))
+        code, _, err = _run(
+            subprocess.Popen([str(c_reader), *argv], stderr=subprocess.PIPE, text=True)
+        )
         assert code == 2 and "usage: shmring-read" in err
 
 
@@ -469,9 +471,8 @@ def _c_offsets() -> dict[str, dict[str, int]]:
 
 def test_layout_header_constants_match_layout_py() -> None:
     c = _c_constants()
-    assert c["MAGIC"] == '"' + "".join(
-        f"\\x{b:02x}" if b >= 0x80 else chr(b) for b in L.MAGIC
-    ) + '"'
+    magic = "".join(f"\\x{b:02x}" if b >= 0x80 else chr(b) for b in L.MAGIC)
+    assert c["MAGIC"] == f'"{magic}"'
     expected = {
         "VERSION_MAJOR": L.VERSION_MAJOR, "VERSION_MINOR": L.VERSION_MINOR,
         "HEADER_BYTES": L.FIXED_HEADER_BYTES, "CHECKSUM_OFFSET": L.CHECKSUM_OFFSET,
@@ -510,10 +511,11 @@ def test_layout_header_offsets_match_layout_py() -> None:
         "reserved": 0, "checksum": zlib.crc32(packed[: L.CHECKSUM_OFFSET]),
         "creator_pid": 4321, "created_ns": 987, "control_offset": L.CONTROL_OFFSET,
     }  # fmt: skip
-    for member in "segment_bytes buffer_bytes buffer_stride descriptors_offset".split() + (
-        "descriptor_bytes readers_offset groups_offset writers_offset freelist_offset "
-        "data_offset"
-    ).split():
+    derived = (
+        "segment_bytes buffer_bytes buffer_stride descriptors_offset descriptor_bytes "
+        "readers_offset groups_offset writers_offset freelist_offset data_offset"
+    )
+    for member in derived.split():
         values[member] = getattr(geometry, member)
     assert set(offsets["header"]) == set(values)
     for member, offset in offsets["header"].items():

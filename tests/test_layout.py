@@ -15,6 +15,7 @@ from helpers import unique_name
 import shmring
 from shmring import _layout as L
 
+
 def test_fixed_header_offsets_match_format_md() -> None:
     rows = _table_after("## Fixed header")
     documented = {row[3]: (int(row[0]), int(row[1])) for row in rows}
