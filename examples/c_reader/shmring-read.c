@@ -1143,6 +1143,10 @@ int main(int argc, char **argv) {
         }
     }
     detach(&ring);
+    if (result <= -EXIT_SIGNAL_BASE) {
+        fprintf(stderr, "shmring-read: ring '%s': interrupted by signal %d; left the ring\n",
+                name, -result - EXIT_SIGNAL_BASE);
+    }
     if (fflush(stdout) != 0 && result >= 0) {
         result = fail(&ring, EXIT_DAMAGED, "cannot write to stdout: %s", strerror(errno));
     }
