@@ -7,7 +7,8 @@
 # the return of its last: with the block policy it cannot get more than `slots` frames
 # ahead of its reader, so frames/s is the reader's pace. The C reader is built with `make`
 # into a temporary directory; its output goes to /dev/null. Every reader must exit 0 having
-# read every frame, or the run fails. Figures are medians of --runs runs per cell.
+# read every frame, or the run fails. Figures are medians of --runs runs per cell, the runs
+# of the readers interleaved.
 # Theory: the Python reader (`for frame in reader`) touches no frame byte; shmring-read
 # --no-hash does the same work in C, and plain shmring-read also hashes every byte (FNV-1a,
 # one byte per multiply: the frame size, not the ring, bounds it at large frames).
@@ -98,9 +99,9 @@ def one_run(size: FrameSize, command: Command, frames: int, tag: str) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=3, help="runs per cell (median)")
-    parser.add_argument("--small-frames", type=int, default=100_000, help="frames at 64 B")
-    parser.add_argument("--large-frames", type=int, default=2_000, help="frames at 640x480x3")
+    parser.add_argument("--runs", type=int, default=5, help="runs per cell (median)")
+    parser.add_argument("--small-frames", type=int, default=50_000, help="frames at 64 B")
+    parser.add_argument("--large-frames", type=int, default=1_000, help="frames at 640x480x3")
     args = parser.parse_args(argv)
     cells = [(parse_size("64"), args.small_frames), (parse_size("640x480x3"), args.large_frames)]
     with tempfile.TemporaryDirectory() as directory:
@@ -112,11 +113,15 @@ def main(argv: list[str] | None = None) -> None:
         )
         print("| size | frames | reader | frames/s | × python |\n|---|---:|---|---:|---:|")
         for size, frames in cells:
-            baseline = None
-            for label, command in commands.items():
-                rates = [one_run(size, command, frames, f"{run}") for run in range(args.runs)]
-                rate = statistics.median(rates)
-                baseline = baseline or rate
+            # Runs alternate between the readers, so that a disturbance of this shared
+            # machine falls on all of them alike.
+            rates: dict[str, list[float]] = {label: [] for label in commands}
+            for run in range(args.runs):
+                for label, command in commands.items():
+                    rates[label].append(one_run(size, command, frames, str(run)))
+            baseline = statistics.median(rates[next(iter(commands))])
+            for label, measured in rates.items():
+                rate = statistics.median(measured)
                 print(
                     f"| {size.label} | {frames} | {label} | {rate:,.0f} | {rate / baseline:.2f} |",
                     flush=True,
