@@ -48,6 +48,24 @@ VGA = (480, 640, 3)
 SMALL = (64,)
 
 
+FORMAT_MD = os.path.join(os.path.dirname(TESTS_DIR), "docs", "FORMAT.md")
+
+
+def format_md_table(heading: str) -> list[list[str]]:
+    """Rows of the first markdown table after the first occurrence of `heading` in
+    docs/FORMAT.md (cells stripped; header and separator rows removed)."""
+    with open(FORMAT_MD, encoding="utf-8") as f:
+        text = f.read()
+    section = text[text.index(heading) :]
+    rows = []
+    for line in section.splitlines()[1:]:
+        if line.startswith("|"):
+            rows.append([cell.strip() for cell in line.strip("|").split("|")])
+        elif rows:
+            break
+    return rows[2:]
+
+
 def unique_name(tag: str = "t") -> str:
     """A ring name unique to this test run: ``[A-Za-z0-9_.-]``, well under 64 chars."""
     return f"{tag}{os.getpid()}_{uuid.uuid4().hex[:8]}"

@@ -9,25 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import format_md_table as _table_after
 from helpers import unique_name
 
 import shmring
 from shmring import _layout as L
-
-FORMAT_MD = Path(__file__).resolve().parents[1] / "docs" / "FORMAT.md"
-
-
-def _table_after(heading: str) -> list[list[str]]:
-    """Rows of the first markdown table after `heading` (cells stripped, header removed)."""
-    text = FORMAT_MD.read_text()
-    section = text[text.index(heading) :]
-    rows = []
-    for line in section.splitlines()[1:]:
-        if line.startswith("|"):
-            rows.append([cell.strip() for cell in line.strip("|").split("|")])
-        elif rows:
-            break
-    return [row for row in rows[2:]]  # drop header and separator
 
 
 def test_fixed_header_offsets_match_format_md() -> None:

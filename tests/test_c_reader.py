@@ -1,0 +1,544 @@
+"""examples/c_reader: a C reader written from docs/FORMAT.md reads what Python writes.
+
+The C reader is built here with `make` and `cc` (into a temporary directory), once as is
+and once with -fsanitize=address,undefined, and run as its own process against Python
+writers in other processes (`sys.executable -c WRITER`). The writer reports the FNV-1a
+hash of every frame it published; the C reader's lines must carry the same. Its layout
+header's constants and offsets are checked against FORMAT.md's tables and _layout.py.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import STARTED_PIDS, WAIT, FdChan, expect, format_md_table, seg_path, unique_name
+
+import shmring
+from shmring import _layout as L
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "c_reader"
+LAYOUT_H = EXAMPLE / "shmring_layout.h"
+SANITIZE = "-fsanitize=address,undefined"
+SANITIZER_CFLAGS = f"-O1 -g {SANITIZE} -fno-omit-frame-pointer -fno-sanitize-recover=all"
+EXIT_REFUSED, EXIT_END, EXIT_GONE = 3, 4, 5
+DETECT_WITHIN = 1.0  # issue 21: a dead writer or reader is noticed within 1 s
+LINE = re.compile(r"seq=(\d+) bytes=(\d+) fnv1a64=([0-9a-f]{16})")
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("cc") is None or shutil.which("make") is None,
+    reason="building the C reader needs cc and make",
+)
+
+# A Python writer in its own process: creates the ring, waits for its readers, publishes
+# `count` frames of random bytes (own shapes and metadata when `variable`), reports
+# [seq, bytes, fnv1a64] for each, then does what `then` says.
+WRITER = r"""
+import json, sys
+import numpy as np
+import shmring
+
+cfg = json.loads(sys.argv[1])
+
+def send(message):
+    print(json.dumps(message), flush=True)
+
+def fnv1a64(data):
+    value = 0xCBF29CE484222325
+    for byte in data:
+        value = ((value ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return value
+
+shape, dtype = tuple(cfg["shape"]), np.dtype(cfg["dtype"])
+w = shmring.RingWriter.create(
+    cfg["name"], shape, dtype, slots=cfg["slots"], policy=cfg["policy"],
+    max_readers=cfg["max_readers"], max_writers=1, meta_size=cfg["meta_size"],
+)
+send("ready")
+w.wait_for_readers(cfg["readers"], timeout=30)
+rng = np.random.default_rng(7)
+
+def frame(n):
+    own = cfg["variable"] and n % 3 == 1
+    frame_shape = tuple(max(1, d - 1 - n % 2) for d in shape) if own else shape
+    size = int(np.prod(frame_shape)) * dtype.itemsize
+    return rng.integers(0, 256, size, np.uint8).view(dtype).reshape(frame_shape)
+
+hashes = []
+for n in range(cfg["count"]):
+    data = frame(n)
+    meta = b"m%d" % n if cfg["meta_size"] and n % 2 else b""
+    seq = w.write(data, 30, meta=meta)
+    hashes.append([seq, data.nbytes, f"{fnv1a64(data.tobytes()):016x}"])
+send({"hashes": hashes})
+if cfg["then"] == "until_blocked":
+    try:
+        while True:
+            w.write(frame(0), 0.5)
+    except shmring.RingTimeout:
+        send("blocked")
+    w.write(frame(0), 30)
+    send("unblocked")
+elif cfg["then"] == "wait":
+    sys.stdin.readline()  # "close" (or SIGKILL here)
+w.close()
+send("closed")
+"""
+
+
+@dataclass
+class Writer:
+    """A WRITER process and its message channel."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    chan: FdChan = field(init=False)
+
+    def __post_init__(self) -> None:
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        self.chan = FdChan(self.proc.stdout.fileno(), self.proc.stdin.fileno())
+
+    def hashes(self) -> list[tuple[int, int, str]]:
+        return [tuple(row) for row in expect(self.chan, "hashes")["hashes"]]
+
+    def finish(self) -> None:
+        """Let a writer in `then="wait"` close its ring, and check that it exited cleanly."""
+        if self.proc.poll() is None and self.proc.stdin is not None:
+            self.chan.send("close")
+        assert self.proc.wait(WAIT) == 0
+
+
+@pytest.fixture
+def start_writer() -> Iterator[Any]:
+    writers: list[Writer] = []
+
+    def start(
+        count: int,
+        readers: int = 1,
+        then: str = "close",
+        shape: tuple[int, ...] = (64,),
+        dtype: str = "u1",
+        slots: int = 8,
+        policy: str = "block",
+        variable: bool = False,
+        meta_size: int = 0,
+    ) -> Writer:
+        name = unique_name("cread")
+        config = dict(
+            name=name, count=count, readers=readers, then=then, shape=shape, dtype=dtype,
+            slots=slots, policy=policy, variable=variable, meta_size=meta_size,
+            max_readers=max(readers, 2),
+        )  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, json.dumps(config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        STARTED_PIDS.add(proc.pid)
+        writer = Writer(name, proc)
+        writers.append(writer)
+        expect(writer.chan, "ready")
+        return writer
+
+    yield start
+    for writer in writers:
+        if writer.proc.poll() is None:
+            writer.proc.kill()
+        writer.proc.wait(WAIT)
+        for pipe in (writer.proc.stdin, writer.proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+def _build(directory: Path, cflags: str, ldflags: str = "") -> Path:
+    subprocess.run(
+        ["make", "-s", "-C", str(EXAMPLE), f"BUILD={directory}", f"CFLAGS={cflags}"]
+        + ([f"LDFLAGS={ldflags}"] if ldflags else []),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return directory / "shmring-read"
+
+
+@pytest.fixture(scope="module")
+def c_reader(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _build(tmp_path_factory.mktemp("c_reader"), "-O2 -g -Werror")
+
+
+@pytest.fixture(scope="module")
+def sanitized_reader(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The C reader built with ASan and UBSan; skipped where their runtime is missing."""
+    directory = tmp_path_factory.mktemp("c_reader_asan")
+    probe = directory / "probe.c"
+    probe.write_text("int main(void) { return 0; }\n")
+    built = subprocess.run(
+        ["cc", SANITIZE, "-o", str(directory / "probe"), str(probe)], capture_output=True
+    )
+    if built.returncode != 0 or subprocess.run([str(directory / "probe")]).returncode != 0:
+        pytest.skip("the address/undefined sanitizer runtime is not installed")
+    return _build(directory, SANITIZER_CFLAGS + " -Werror", SANITIZE)
+
+
+@pytest.fixture(params=["plain", "sanitized"])
+def any_reader(request: pytest.FixtureRequest) -> Path:
+    return Path(
+        request.getfixturevalue("c_reader" if request.param == "plain" else "sanitized_reader")
+    )
+
+
+def _start(binary: Path, name: str, count: int, **popen: Any) -> subprocess.Popen[str]:
+    popen.setdefault("stdout", subprocess.PIPE)
+    proc = subprocess.Popen(
+        [str(binary), name, str(count)], stderr=subprocess.PIPE, text=True, **popen
+    )
+    STARTED_PIDS.add(proc.pid)
+    return proc
+
+
+def _run(proc: subprocess.Popen[str], timeout: float = WAIT) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"shmring-read did not exit in {timeout} s; stderr: {err}") from None
+    assert "Sanitizer" not in err and "runtime error" not in err, err
+    return proc.returncode, out, err
+
+
+def _lines(out: str) -> list[tuple[int, int, str]]:
+    rows = []
+    for line in out.splitlines():
+        match = LINE.fullmatch(line)
+        assert match, f"not a frame line: {line!r}"
+        rows.append((int(match[1]), int(match[2]), match[3]))
+    return rows
+
+
+def _fnv1a64(data: bytes) -> str:
+    value = 0xCBF29CE484222325
+    for byte in data:
+        value = ((value ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"{value:016x}"
+
+
+# ---- reading what Python writes ----------------------------------------------------------
+
+
+def test_reads_a_thousand_frames_with_pythons_hashes(c_reader: Path, start_writer: Any) -> None:
+    writer = start_writer(count=1000)
+    reader = _start(c_reader, writer.name, 1000)
+    published = writer.hashes()
+    code, out, err = _run(reader)
+    assert code == 0, err
+    assert _lines(out) == published
+    assert [seq for seq, _, _ in published] == list(range(1000))
+    writer.finish()
+
+
+def test_own_shapes_metadata_and_sanitizers(sanitized_reader: Path, start_writer: Any) -> None:
+    writer = start_writer(
+        count=200, shape=(6, 5), dtype="<u2", slots=4, variable=True, meta_size=16
+    )
+    reader = _start(sanitized_reader, writer.name, 200)
+    published = writer.hashes()
+    code, out, err = _run(reader)
+    assert code == 0, err
+    assert _lines(out) == published
+    assert {size for _, size, _ in published} == {60, 40, 24}  # ring-shaped and two own
+    writer.finish()
+
+
+def test_beside_a_python_reader_both_get_every_frame(c_reader: Path, start_writer: Any) -> None:
+    writer = start_writer(count=500, readers=2, shape=(16,), dtype="<f4")
+    with shmring.RingReader.attach(writer.name, timeout=WAIT) as python_reader:
+        reader = _start(c_reader, writer.name, 500)
+        got = []
+        for _ in range(500):
+            with python_reader.read(WAIT) as frame:
+                got.append((frame.seq, frame.array.nbytes, _fnv1a64(frame.array.tobytes())))
+        code, out, err = _run(reader)
+    published = writer.hashes()
+    assert code == 0, err
+    assert _lines(out) == published == got
+    writer.finish()
+
+
+def test_overwrite_ring(any_reader: Path, start_writer: Any) -> None:
+    writer = start_writer(count=300, then="wait", slots=8, policy="overwrite")
+    reader = _start(any_reader, writer.name, 5)
+    published = {row[0]: row for row in writer.hashes()}
+    code, out, err = _run(reader)
+    assert code == 0, err
+    lines = _lines(out)
+    assert len(lines) == 5 and all(published[line[0]] == line for line in lines)
+    assert [line[0] for line in lines] == sorted({line[0] for line in lines})
+    writer.finish()
+
+
+# ---- ends: end of stream, a dead writer, a dead reader, Ctrl-C ---------------------------
+
+
+def test_end_of_stream_before_count(c_reader: Path, start_writer: Any) -> None:
+    writer = start_writer(count=3)
+    reader = _start(c_reader, writer.name, 10)
+    published = writer.hashes()
+    writer.finish()
+    code, out, err = _run(reader)
+    assert code == EXIT_END, err
+    assert "end of stream" in err
+    assert _lines(out) == published
+
+
+def test_writer_killed_reported_within_1s_beside_python(c_reader: Path, start_writer: Any) -> None:
+    writer = start_writer(count=3, readers=2, then="wait")
+    with shmring.RingReader.attach(writer.name, timeout=WAIT) as python_reader:
+        reader = _start(c_reader, writer.name, 10)
+        published = writer.hashes()
+        writer.proc.kill()
+        killed = time.monotonic()
+        code, out, err = _run(reader)
+        noticed = time.monotonic() - killed
+        assert code == EXIT_GONE, err
+        assert "every writer died" in err
+        assert noticed < DETECT_WITHIN, f"noticed after {noticed:.2f} s"
+        assert _lines(out) == published
+        for seq, _, _ in published:
+            with python_reader.read(WAIT) as frame:
+                assert frame.seq == seq
+        with pytest.raises(shmring.WriterGone):
+            python_reader.read(WAIT)
+
+
+def test_last_one_out_unlinks_an_orphaned_ring(c_reader: Path, start_writer: Any) -> None:
+    writer = start_writer(count=1, then="wait")
+    reader = _start(c_reader, writer.name, 2)
+    writer.hashes()
+    writer.proc.kill()
+    code, _, err = _run(reader)
+    assert code == EXIT_GONE, err
+    assert not os.path.exists(seg_path(writer.name))  # its creator is dead: the reader unlinked
+
+
+def test_reader_killed_holding_a_frame_frees_the_writer_within_1s(
+    c_reader: Path, start_writer: Any
+) -> None:
+    writer = start_writer(count=0, then="until_blocked", slots=4)
+    # The reader writes each frame's line while it holds the frame: with its stdout a small
+    # pipe nobody reads, it stops inside a frame, and the block writer fills the ring.
+    read_end, write_end = os.pipe()
+    try:
+        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
+        reader = _start(c_reader, writer.name, 1 << 40, stdout=write_end)
+        os.close(write_end)
+        write_end = -1
+        writer.hashes()
+        expect(writer.chan, "blocked")
+        (held,) = shmring.inspect_ring(writer.name).readers
+        assert held.pid == reader.pid and held.alive and held.lag == 4
+        reader.kill()
+        killed = time.monotonic()
+        expect(writer.chan, "unblocked")
+        assert time.monotonic() - killed < DETECT_WITHIN
+        reader.wait(WAIT)
+        writer.finish()
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+
+
+def test_sigint_leaves_the_ring(c_reader: Path, start_writer: Any) -> None:
+    writer = start_writer(count=0, then="wait")
+    reader = _start(c_reader, writer.name, 5)
+    writer.hashes()  # sent once the reader joined
+    reader.send_signal(signal.SIGINT)
+    code, out, err = _run(reader)
+    assert code == 128 + signal.SIGINT, err
+    assert "interrupted" in err and out == ""
+    assert shmring.inspect_ring(writer.name).readers == []  # left, not merely dead
+    raw = Path(seg_path(writer.name)).read_bytes()
+    assert struct.unpack_from("<Q", raw, L.control_word_offset(L.C_READER_WAITERS)) == (0,)
+    writer.finish()
+
+
+# ---- refusing what it cannot read --------------------------------------------------------
+
+
+def _geometry(**changes: Any) -> L.Geometry:
+    fields: dict[str, Any] = dict(
+        shape=(4, 4),
+        dtype=np.dtype(np.uint8),
+        slots=4,
+        buffers=4,
+        policy=L.POLICY_BLOCK,
+        max_readers=2,
+        max_writers=1,
+        meta_size=0,
+    )
+    fields.update(changes)
+    return L.Geometry(**fields)
+
+
+def _resealed(header: bytearray) -> bytes:
+    struct.pack_into("<Q", header, L.CHECKSUM_OFFSET, zlib.crc32(header[: L.CHECKSUM_OFFSET]))
+    return bytes(header)
+
+
+def _patched(offset: int, fmt: str, value: Any, seal: bool = True) -> bytes:
+    header = bytearray(_geometry().pack())
+    struct.pack_into(fmt, header, offset, value)
+    return _resealed(header) if seal else bytes(header)
+
+
+VALID_SIZE = _geometry().segment_bytes
+REFUSALS = {
+    "version": (_patched(8, "<H", 2), VALID_SIZE, "format version 2.0"),
+    "magic": (_patched(0, "8s", b"NOTARING"), VALID_SIZE, "bad magic"),
+    "checksum": (_patched(28, "<I", 5, seal=False), VALID_SIZE, "checksum mismatch"),
+    "offset": (_patched(208, "<Q", 1 << 40), VALID_SIZE, "data_offset"),
+    "ndim": (_patched(48, "<I", 9), VALID_SIZE, "ndim 9"),
+    "dtype": (_patched(56, "16s", b"|O8"), VALID_SIZE, "dtype '|O8'"),
+    "short": (_geometry().pack()[:100], 100, "smaller than a shmring header"),
+    "truncated": (_geometry().pack(), VALID_SIZE - 64, "truncated or resized"),
+    "buffers": (
+        _geometry(buffers=6).pack(),
+        _geometry(buffers=6).segment_bytes,
+        "more buffers (6) than slots (4)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_refuses_other_versions_and_geometries(any_reader: Path, case: str) -> None:
+    header, size, message = REFUSALS[case]
+    name = unique_name("crefuse")
+    path = seg_path(name)
+    with open(path, "wb") as f:
+        f.write(header[:size])
+        f.truncate(size)
+    try:
+        code, out, err = _run(_start(any_reader, name, 1))
+    finally:
+        os.unlink(path)
+    assert code == EXIT_REFUSED, err
+    assert message in err and out == ""
+
+
+def test_refuses_a_missing_ring_and_bad_arguments(c_reader: Path) -> None:
+    code, _, err = _run(_start(c_reader, unique_name("absent"), 1))
+    assert code == EXIT_REFUSED and "does not exist" in err
+    for argv in (["only-a-name"], ["../x", "1"], ["name", "0"], ["name", "-3"], ["name", "x"]):
+        code, _, err = _run(
+            subprocess.Popen([str(c_reader), *argv], stderr=subprocess.PIPE, text=True)
+        )
+        assert code == 2 and "usage: shmring-read" in err
+
+
+# ---- one layout: the C header, FORMAT.md and _layout.py agree ----------------------------
+
+
+def _c_constants() -> dict[str, str]:
+    text = LAYOUT_H.read_text()
+    return dict(re.findall(r"^#define SHMRING_(\w+) (.+?)\s*(?:/\*.*)?$", text, re.MULTILINE))
+
+
+def _c_offsets() -> dict[str, dict[str, int]]:
+    text = LAYOUT_H.read_text()
+    offsets: dict[str, dict[str, int]] = {}
+    pattern = r"_Static_assert\(offsetof\(struct shmring_(\w+), (\w+)\) == (\d+),"
+    for struct_name, member, offset in re.findall(pattern, text):
+        offsets.setdefault(struct_name, {})[member] = int(offset)
+    return offsets
+
+
+def test_layout_header_constants_match_layout_py() -> None:
+    c = _c_constants()
+    magic = "".join(f"\\x{b:02x}" if b >= 0x80 else chr(b) for b in L.MAGIC)
+    assert c["MAGIC"] == f'"{magic}"'
+    expected = {
+        "VERSION_MAJOR": L.VERSION_MAJOR, "VERSION_MINOR": L.VERSION_MINOR,
+        "HEADER_BYTES": L.FIXED_HEADER_BYTES, "CHECKSUM_OFFSET": L.CHECKSUM_OFFSET,
+        "CONTROL_OFFSET": L.CONTROL_OFFSET, "CONTROL_BYTES": L.CONTROL_BYTES,
+        "DESCRIPTORS_OFFSET": L.CONTROL_OFFSET + L.CONTROL_BYTES, "CACHE_LINE": L.CACHE_LINE,
+        "RECORD_BYTES": L.RECORD_WORDS * 8, "MAX_NDIM": L.MAX_NDIM,
+        "MAX_READERS": L.MAX_READERS, "MAX_WRITERS": L.MAX_WRITERS, "MAX_META": L.MAX_META,
+        "MAX_GROUP_NAME": L.MAX_GROUP_NAME, "POLICY_BLOCK": L.POLICY_BLOCK,
+        "POLICY_OVERWRITE": L.POLICY_OVERWRITE, "F_CLOSED": L.F_CLOSED,
+        "MODE_EXCLUSIVE": L.MODE_EXCLUSIVE, "MODE_SHARED": L.MODE_SHARED,
+        "D_META_BYTE_OFFSET": L.D_META_BYTE_OFFSET, "DF_EVICTED": L.DF_EVICTED,
+        "DF_OWN_SHAPE": L.DF_OWN_SHAPE, "META_LEN_SHIFT": L.META_LEN_SHIFT,
+        "STATE_FREE": L.STATE_FREE, "STATE_ACTIVE": L.STATE_ACTIVE,
+        "LOCK_HEADER": L.LOCK_HEADER, "LOCK_CREATOR": L.LOCK_CREATOR,
+        "LOCK_WRITER_BASE": L.LOCK_WRITER_BASE, "LOCK_READER_BASE": L.LOCK_READER_BASE,
+        "MAX_NAME": 64,
+    }  # fmt: skip
+    for key, value in expected.items():
+        assert int(c[key]) == value, key
+    assert c["NONE"] == "UINT64_MAX" and L.NONE == (1 << 64) - 1
+    assert c["SEQ_LIMIT"] == "((uint64_t)1 << 62)" and L.SEQ_LIMIT == 1 << 62
+
+
+def test_layout_header_offsets_match_layout_py() -> None:
+    offsets = _c_offsets()
+    geometry = _geometry(shape=(3, 5, 7), slots=6, buffers=5, max_readers=9, meta_size=24)
+    geometry = L.Geometry(**{**geometry.__dict__, "creator_pid": 4321, "created_ns": 987})
+    packed = geometry.pack()
+    sizes = {"magic": "8s", "version_major": "<H", "version_minor": "<H", "dtype": "16s"}
+    u32 = "header_bytes policy slots buffers max_readers max_writers meta_size ndim itemsize"
+    values = {
+        "magic": L.MAGIC, "version_major": L.VERSION_MAJOR, "version_minor": L.VERSION_MINOR,
+        "dtype": geometry.dtype.str.encode().ljust(16, b"\0"), "header_bytes": 256,
+        "policy": geometry.policy, "slots": 6, "buffers": 5, "max_readers": 9,
+        "max_writers": 1, "meta_size": 24, "ndim": 3, "itemsize": 1, "shape": 3,
+        "reserved": 0, "checksum": zlib.crc32(packed[: L.CHECKSUM_OFFSET]),
+        "creator_pid": 4321, "created_ns": 987, "control_offset": L.CONTROL_OFFSET,
+    }  # fmt: skip
+    derived = (
+        "segment_bytes buffer_bytes buffer_stride descriptors_offset descriptor_bytes "
+        "readers_offset groups_offset writers_offset freelist_offset data_offset"
+    )
+    for member in derived.split():
+        values[member] = getattr(geometry, member)
+    assert set(offsets["header"]) == set(values)
+    for member, offset in offsets["header"].items():
+        fmt = sizes.get(member, "<I" if member in u32.split() else "<Q")
+        assert struct.unpack_from(fmt, packed, offset)[0] == values[member], member
+    prefixes = {"control": "C_", "descriptor": "D_", "reader": "R_", "group": "G_", "writer": "W_"}
+    for struct_name, prefix in prefixes.items():
+        for member, offset in offsets[struct_name].items():
+            if prefix + member.upper() == "G_NAME":
+                assert offset == L.G_NAME_BYTE_OFFSET
+            else:
+                assert offset == 8 * getattr(L, prefix + member.upper()), member
+
+
+def test_layout_header_offsets_match_format_md() -> None:
+    offsets = _c_offsets()
+    fixed = {row[3]: int(row[0]) for row in format_md_table("## Fixed header")}
+    assert fixed == offsets["header"]
+    control = {row[2]: int(row[1]) for row in format_md_table("## Control block")}
+    assert control == {m: L.CONTROL_OFFSET + o for m, o in offsets["control"].items()}
+    descriptor = {row[2]: int(row[1]) for row in format_md_table("## Descriptor")}
+    assert descriptor == {**offsets["descriptor"], "meta": L.D_META_BYTE_OFFSET}
+    for struct_name in ("reader", "group", "writer"):
+        rows = format_md_table(f"### {struct_name.capitalize()} record")
+        documented = {row[1]: 8 * int(row[0].split("–")[0]) for row in rows}
+        assert documented == offsets[struct_name], struct_name
