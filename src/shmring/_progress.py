@@ -36,9 +36,12 @@ class Progress:
         now = time.monotonic()
         if now - self._shown >= 1 / REFRESH:
             self._shown = now
-            megabytes = self._bytes / 1e6
-            rate = megabytes / max(now - self._start, 1e-9)
-            self._bar.set_postfix_str(f"{megabytes:.1f} MB, {rate:.1f} MB/s", refresh=False)
+            self._show_bytes(now)
+
+    def _show_bytes(self, now: float) -> None:
+        megabytes = self._bytes / 1e6
+        rate = megabytes / max(now - self._start, 1e-9)
+        self._bar.set_postfix_str(f"{megabytes:.1f} MB, {rate:.1f} MB/s", refresh=False)
 
     def __enter__(self) -> Progress:
         return self
@@ -46,4 +49,5 @@ class Progress:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self._show_bytes(time.monotonic())
         self._bar.close()
