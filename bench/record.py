@@ -38,7 +38,7 @@ from bench.cpu import machine_info
 from shmring import EndOfStream, RingReader, RingWriter
 
 SIZES = {"640×480×3": (480, 640, 3), "1920×1080×3": (1080, 1920, 3)}
-BYTES_PER_SIZE = 600e6  # frame bytes per cell (~650 VGA frames, ~100 1080p frames)
+BYTES_PER_SIZE = 400e6  # frame bytes per cell (~430 VGA frames, ~64 1080p frames)
 KEEP_UP_FPS = 30
 WAIT = 30.0
 
@@ -55,11 +55,14 @@ def sources(shape: tuple[int, ...]) -> list[np.ndarray]:
 # ---- processes ---------------------------------------------------------------------------
 
 
-def publish(name: str, shape: tuple[int, ...], count: int, fps: float, policy: str) -> None:
-    """Create ring `name`, wait for one reader, write `count` frames (paced at `fps` if
-    non-zero), close."""
+def publish(
+    name: str, shape: tuple[int, ...], count: int, fps: float, policy: str, ready: Connection
+) -> None:
+    """Create ring `name`, say so, wait for one reader, write `count` frames (paced at `fps`
+    if non-zero), close."""
     frames = sources(shape)
     with RingWriter.create(name, shape, np.uint8, policy=policy, slots=16) as writer:
+        ready.send("created")
         writer.wait_for_readers(1, WAIT)
         start = time.monotonic()
         for n in range(count):
@@ -87,6 +90,16 @@ def drain(name: str, done: Connection) -> None:
 def spawn(target: Callable[..., None], *args: object) -> mp.process.BaseProcess:
     process = mp.get_context("spawn").Process(target=target, args=args, daemon=True)
     process.start()
+    return process
+
+
+def spawn_writer(*args: object) -> mp.process.BaseProcess:
+    """A publish() process whose ring exists: its start-up is not timed."""
+    ours, theirs = mp.get_context("spawn").Pipe()
+    process = spawn(publish, *args, theirs)
+    if not ours.poll(WAIT):
+        raise RuntimeError("the writer process did not create its ring")
+    ours.recv()
     return process
 
 
@@ -127,7 +140,7 @@ def record(
 ) -> tuple[float, float, int]:
     """Seconds to record `count` frames of a writer process, with the fsync; file bytes."""
     name = f"benchrec{os.getpid()}"
-    writer = spawn(publish, name, shape, count, 0.0, "block")
+    writer = spawn_writer(name, shape, count, 0.0, "block")
     os.sync()
     start = time.perf_counter()
     result = shmring.record(
@@ -146,7 +159,7 @@ def keep_up(path: Path, shape: tuple[int, ...], seconds: float) -> tuple[int, in
     """(frames published, recorded, dropped) recording a paced overwrite ring."""
     name = f"benchkeep{os.getpid()}"
     count = int(seconds * KEEP_UP_FPS)
-    writer = spawn(publish, name, shape, count, KEEP_UP_FPS, "overwrite")
+    writer = spawn_writer(name, shape, count, KEEP_UP_FPS, "overwrite")
     result = shmring.record(name, str(path), start="oldest", timeout=WAIT)
     joined(writer)
     path.unlink()

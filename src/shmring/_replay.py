@@ -91,8 +91,8 @@ class Recording:
             if self.recover:
                 return None
             raise RecordingTruncated(
-                f"{self.path} ends without its index ({exc or type(exc).__name__}): its "
-                "recorder was killed or ran out of disk. `shmring replay --recover` "
+                f"{self.path} ends without its index: its recorder was killed or ran out "
+                "of disk, or the file was cut short. `shmring replay --recover` "
                 "(recover=True) reads the frames of its complete chunks"
             ) from exc
         if summary is None:
