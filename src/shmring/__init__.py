@@ -8,6 +8,11 @@ of any participant. See README.md and docs/API.md.
 from ._errors import (
     EndOfStream,
     IncompatibleRing,
+    NotARecording,
+    RecordExtraMissing,
+    RecordingDiskFull,
+    RecordingError,
+    RecordingTruncated,
     RingCorrupted,
     RingExists,
     RingFull,
@@ -31,6 +36,15 @@ from ._inspect import (
     stale_rings,
 )
 from ._reader import Frame, RingReader
+from ._recording import (
+    RecordedFrame,
+    RecordedRing,
+    RecordResult,
+    ReplayResult,
+    read_recording,
+    record,
+    replay,
+)
 from ._writer import Claim, RingWriter
 
 __all__ = [
@@ -40,7 +54,16 @@ __all__ = [
     "Frame",
     "GroupInfo",
     "IncompatibleRing",
+    "NotARecording",
     "ReaderInfo",
+    "RecordExtraMissing",
+    "RecordResult",
+    "RecordedFrame",
+    "RecordedRing",
+    "RecordingDiskFull",
+    "RecordingError",
+    "RecordingTruncated",
+    "ReplayResult",
     "RingCorrupted",
     "RingExists",
     "RingFull",
@@ -56,8 +79,11 @@ __all__ = [
     "WriterInfo",
     "inspect_ring",
     "list_rings",
+    "read_recording",
+    "record",
     "remove_if_stale",
     "remove_ring",
+    "replay",
     "stale_rings",
 ]
 

@@ -1,4 +1,5 @@
-# The `shmring` command: ls, inspect, top, rm and gc for the rings in /dev/shm.
+# The `shmring` command: ls, inspect, top, rm and gc for the rings in /dev/shm (and record
+# and replay, which _record_cli.py adds and which the rules below do not cover).
 #
 # Rules:
 #   - Observe only. Every figure comes from the observer API (_inspect.py), which never
@@ -588,8 +589,9 @@ def positive(convert: Callable[[str], N]) -> Callable[[str], N]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shmring",
-        description="Observe and clean up shmring rings (/dev/shm/shmring.*). The tool only "
-        "reads rings: it never attaches as a reader or writer and never takes a ring's lock.",
+        description="Observe and clean up shmring rings (/dev/shm/shmring.*). Apart from "
+        "record and replay, the tool only reads rings: it never attaches as a reader or writer "
+        "and never takes a ring's lock.",
     )
     parser.add_argument("--version", action="version", version=f"shmring {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -643,6 +645,10 @@ def build_parser() -> argparse.ArgumentParser:
     gc = command("gc", cmd_gc, "remove stale rings (creator and every writer dead)")
     patterns(gc, "stale rings")
     gc.add_argument("--dry-run", action="store_true", help="list them, remove nothing")
+
+    from ._record_cli import add_record_commands  # it imports this module's helpers
+
+    add_record_commands(command)
     return parser
 
 

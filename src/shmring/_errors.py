@@ -69,3 +69,24 @@ def warn_stale_ring(message: str) -> None:
     while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
         level, frame = level + 1, frame.f_back
     warnings.warn(message, StaleRingWarning, stacklevel=level)
+
+class RecordingError(ShmringError):
+    """A recording (`shmring record` / `replay`, an MCAP file) could not be written or read."""
+
+
+class NotARecording(RecordingError):
+    """The file is not MCAP, not a shmring recording, or its contents fail validation."""
+
+
+class RecordingTruncated(RecordingError, EOFError):
+    """The recording ends without its index: its recorder was killed or ran out of disk.
+    Its complete chunks can still be read (`recover=True`, `shmring replay --recover`)."""
+
+
+class RecordingDiskFull(RecordingError, OSError):
+    """The disk filled up while recording (ENOSPC). The file was cut back to its last
+    complete chunk: it has no index, so read it with `recover=True`."""
+
+
+class RecordExtraMissing(ShmringError, ImportError):
+    """Recording and replay need the optional packages of `shmring[record]`."""

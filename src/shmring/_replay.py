@@ -1,0 +1,342 @@
+# Reading recordings back (Recording) and replaying them into a ring (replay_file), with the
+# `mcap` library; the layout is _mcap_format.py's.
+#
+# Rules:
+#   - A file is checked before any frame is written: MCAP's magic (else NotARecording), its
+#     footer and summary (else RecordingTruncated, unless `recover`), the "shmring.ring"
+#     metadata (else NotARecording), and, when replaying into an existing ring, its shape,
+#     dtype and meta_size (else IncompatibleRing).
+#   - Frames are read in the order they were written, linearly, by mcap's StreamReader.
+#     With `recover`, chunk CRCs are checked and reading stops quietly at the first record
+#     that is cut short or fails its check: what remains is every frame of the complete
+#     chunks, none torn (a Frame whose image message was lost is not a frame). Without it,
+#     damage raises NotARecording.
+#   - Every frame read is validated against the recorded geometry (dtype, number of
+#     dimensions, sizes, byte count) before it is handed out.
+#   - Replay writes each frame with its recorded timestamp_ns and metadata, at its recorded
+#     time offset divided by `speed` (None: back to back), measured from the first frame
+#     of each pass. Every wait is cut into STOP_POLL slices (see _recording.py).
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+from google.protobuf.message import DecodeError
+from mcap.exceptions import McapError
+from mcap.reader import SeekingReader
+from mcap.records import Channel, Header, Message, Metadata
+from mcap.stream_reader import StreamReader
+from mcap.summary import Summary
+from mcap.writer import MCAP0_MAGIC
+
+from ._errors import (
+    IncompatibleRing,
+    NotARecording,
+    RecordingTruncated,
+    RingExists,
+    RingTimeout,
+)
+from ._inspect import inspect_ring
+from ._mcap_format import (
+    RING_METADATA,
+    Frame,
+    Image,
+    frame_bytes,
+    frames_topic,
+    image_topic,
+    ring_from_metadata,
+)
+from ._progress import Progress
+from ._recording import STOP_POLL, RecordedFrame, RecordedRing, ReplayResult, StopRequest
+from ._writer import RingWriter
+
+# What mcap, struct and protobuf raise on bytes that are not what they should be.
+_DAMAGE = (McapError, ValueError, struct.error, DecodeError, EOFError)
+
+
+class Recording:
+    """An open recording: `ring`, `frame_count`, `frames()`. See read_recording."""
+
+    def __init__(self, path: str, *, recover: bool = False) -> None:
+        self.path = path
+        self.recover = recover
+        self._file = open(path, "rb")  # noqa: SIM115 (closed by close())
+        try:
+            head = self._file.read(len(MCAP0_MAGIC))
+            if head != MCAP0_MAGIC:
+                raise NotARecording(
+                    f"{path} is not an MCAP file (it starts with {head!r}); "
+                    "give a file made by `shmring record`"
+                )
+            summary = self._summary()
+            self.ring = self._ring()
+            self._frames_topic = frames_topic(self.ring.name)
+            self._image_topic = image_topic(self.ring.name) if self.ring.image_encoding else ""
+            self.frame_count = None if summary is None else self._count(summary)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _summary(self) -> Summary | None:
+        """The file's summary; None if it was cut short and `recover` allows that."""
+        try:
+            self._file.seek(0)
+            summary = SeekingReader(self._file).get_summary()
+        except (*_DAMAGE, OSError) as exc:
+            if self.recover:
+                return None
+            raise RecordingTruncated(
+                f"{self.path} ends without its index: its recorder was killed or ran out "
+                "of disk, or the file was cut short. `shmring replay --recover` "
+                "(recover=True) reads the frames of its complete chunks"
+            ) from exc
+        if summary is None:
+            raise NotARecording(f"{self.path} has no summary section: it was not made by shmring")
+        return summary
+
+    def _ring(self) -> RecordedRing:
+        """The recorded ring's geometry, from the metadata record after the header."""
+        self._file.seek(0)
+        try:
+            for record in StreamReader(self._file, emit_chunks=True).records:
+                if isinstance(record, Metadata) and record.name == RING_METADATA:
+                    return ring_from_metadata(record.metadata)
+                if not isinstance(record, (Header, Metadata)):
+                    break
+        except (*_DAMAGE, KeyError, TypeError) as exc:
+            raise NotARecording(f"{self.path}: unreadable shmring metadata ({exc})") from exc
+        raise NotARecording(
+            f"{self.path} is an MCAP file but not a shmring recording (no {RING_METADATA!r} "
+            "metadata after its header); give a file made by `shmring record`"
+        )
+
+    def _count(self, summary: Summary) -> int | None:
+        if summary.statistics is None:
+            return None
+        counts = summary.statistics.channel_message_counts
+        return sum(
+            counts.get(channel.id, 0)
+            for channel in summary.channels.values()
+            if channel.topic == self._frames_topic
+        )
+
+    def frames(self) -> Iterator[RecordedFrame]:
+        """Every complete frame, in recorded order (a new pass over the file each call)."""
+        self._file.seek(0)
+        topics: dict[int, str] = {}
+        pending: tuple[Any, int] | None = None  # a Frame message waiting for its image
+        try:
+            for record in StreamReader(self._file, validate_crcs=self.recover).records:
+                if isinstance(record, Channel):
+                    topics[record.id] = record.topic
+                if not isinstance(record, Message):
+                    continue
+                topic = topics.get(record.channel_id)
+                if topic == self._frames_topic:
+                    fields = Frame.FromString(record.data)
+                    if fields.image_topic:
+                        pending = (fields, record.log_time)
+                    else:
+                        yield self._frame(fields, record.log_time, fields.data)
+                elif topic == self._image_topic and pending is not None:
+                    fields, log_time = pending
+                    pending = None
+                    yield self._frame(fields, log_time, Image.FromString(record.data).data)
+        except _DAMAGE as exc:
+            if not self.recover:
+                raise NotARecording(f"{self.path} is damaged: {exc}") from exc
+
+    def _frame(self, fields: Any, log_time: int, data: bytes) -> RecordedFrame:
+        ring = self.ring
+        shape = tuple(int(size) for size in fields.shape)
+        dtype = np.dtype(fields.dtype)
+        if (
+            dtype != ring.dtype
+            or len(shape) != len(ring.shape)
+            or any(size > most for size, most in zip(shape, ring.shape, strict=True))
+            or len(data) != frame_bytes(shape, dtype)
+        ):
+            raise NotARecording(
+                f"{self.path}: frame {fields.seq} ({shape} {dtype}, {len(data)} bytes) does "
+                f"not fit the recorded ring ({ring.shape} {ring.dtype}); the file is damaged"
+            )
+        return RecordedFrame(
+            seq=int(fields.seq),
+            timestamp_ns=int(fields.timestamp_ns),
+            log_time_ns=log_time,
+            dropped=int(fields.dropped),
+            meta=bytes(fields.meta),
+            array=np.frombuffer(data, dtype).reshape(shape),
+        )
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> Recording:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def replay_file(
+    path: str,
+    ring: str,
+    *,
+    speed: float | None,
+    loop: bool,
+    wait_readers: int,
+    slots: int | None,
+    policy: str | None,
+    timeout: float | None,
+    recover: bool,
+    progress: bool,
+) -> ReplayResult:
+    """shmring.replay (_recording.py), once the optional packages are imported."""
+    if speed is not None and not speed > 0:
+        raise ValueError(f"speed must be positive (or None: as fast as possible), got {speed}")
+    if wait_readers < 0:
+        raise ValueError(f"wait_readers must be 0 or more, got {wait_readers}")
+    began = time.monotonic()
+    with (
+        Recording(path, recover=recover) as recording,
+        _open_ring(path, ring, recording.ring, slots, policy) as writer,
+        StopRequest() as stop,
+    ):
+        total = None if loop else recording.frame_count
+        frames = passes = 0
+        with Progress(progress, total, "replaying") as bar:
+            complete = _wait_for_readers(writer, wait_readers, timeout, stop)
+            while complete:
+                written, complete = _replay_pass(writer, recording, speed, timeout, stop, bar)
+                frames += written
+                passes += complete
+                complete = complete and loop
+        return ReplayResult(
+            frames=frames,
+            seconds=time.monotonic() - began,
+            passes=passes,
+            ended="stop request" if stop.requested else "end of recording",
+        )
+
+
+def _open_ring(
+    path: str, name: str, recorded: RecordedRing, slots: int | None, policy: str | None
+) -> RingWriter:
+    """Create ring `name` with the recorded geometry, or attach to it if it exists."""
+    policy = policy or recorded.policy
+    if slots is None:
+        slots = recorded.slots
+        if policy == "overwrite":  # one slot more than readers and writers can hold
+            slots = max(slots, recorded.max_readers + recorded.max_writers + 1)
+    try:
+        return RingWriter.create(
+            name,
+            recorded.shape,
+            recorded.dtype,
+            slots=slots,
+            policy=policy,
+            max_readers=recorded.max_readers,
+            max_writers=recorded.max_writers,
+            meta_size=recorded.meta_size,
+        )
+    except RingExists:
+        pass
+    what = f"cannot replay {path} into the existing ring {name!r}"
+    try:
+        writer = RingWriter.attach(name, shape=recorded.shape, dtype=recorded.dtype)
+    except IncompatibleRing as exc:
+        raise IncompatibleRing(
+            f"{what}: {exc}; the recording holds {recorded.shape} {recorded.dtype} frames. "
+            "Replay into another name, or remove that ring"
+        ) from exc
+    meta_size = inspect_ring(name).meta_size
+    if meta_size < recorded.meta_size:
+        writer.close()
+        raise IncompatibleRing(
+            f"{what}: it keeps {meta_size} bytes of metadata per frame and the recording "
+            f"up to {recorded.meta_size}. Replay into another name, or remove that ring"
+        )
+    return writer
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _slice(deadline: float | None) -> float:
+    return STOP_POLL if deadline is None else max(0.0, min(STOP_POLL, deadline - time.monotonic()))
+
+
+def _wait_for_readers(
+    writer: RingWriter, count: int, timeout: float | None, stop: StopRequest
+) -> bool:
+    """Wait until `count` readers are attached; False if asked to stop first."""
+    deadline = _deadline(timeout)
+    while count:
+        try:
+            writer.wait_for_readers(count, _slice(deadline))
+            return True
+        except RingTimeout:
+            if stop.requested:
+                return False
+            if deadline is not None and time.monotonic() >= deadline:
+                raise RingTimeout(
+                    f"ring {writer.name!r}: fewer than {count} readers attached after "
+                    f"{timeout} s; start them, or wait longer (--timeout)"
+                ) from None
+    return True
+
+
+def _replay_pass(
+    writer: RingWriter,
+    recording: Recording,
+    speed: float | None,
+    timeout: float | None,
+    stop: StopRequest,
+    bar: Progress,
+) -> tuple[int, bool]:
+    """Write every frame once, paced: (frames written, False if asked to stop first)."""
+    written = 0
+    origin: tuple[float, int] | None = None  # (monotonic time, timestamp) of the first frame
+    for frame in recording.frames():
+        if speed is not None:
+            if origin is None:
+                origin = (time.monotonic(), frame.timestamp_ns)
+            due = origin[0] + (frame.timestamp_ns - origin[1]) / 1e9 / speed
+            while (left := due - time.monotonic()) > 0 and not stop.requested:
+                time.sleep(min(left, STOP_POLL))
+        if stop.requested or not _write(writer, frame, timeout, stop):
+            return written, False
+        written += 1
+        bar.add(1, frame.array.nbytes)
+    return written, True
+
+
+def _write(
+    writer: RingWriter, frame: RecordedFrame, timeout: float | None, stop: StopRequest
+) -> bool:
+    """Write one frame, waiting up to `timeout` for room; False if asked to stop first."""
+    deadline = _deadline(timeout)
+    while True:
+        try:
+            writer.write(
+                frame.array, _slice(deadline), timestamp_ns=frame.timestamp_ns, meta=frame.meta
+            )
+            return True
+        except RingTimeout:
+            if stop.requested:
+                return False
+            if deadline is not None and time.monotonic() >= deadline:
+                raise RingTimeout(
+                    f"ring {writer.name!r}: no room for frame {frame.seq} after {timeout} s: "
+                    "its readers do not keep up; wait longer (--timeout) or replay into an "
+                    "overwrite ring (--policy overwrite)"
+                ) from None

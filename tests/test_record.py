@@ -1,0 +1,496 @@
+"""`shmring record` / `shmring replay`: real writer processes, real rings, real MCAP files.
+
+* Writers run in spawned processes (`write_pattern` below) and stamp every frame with a
+  pattern (helpers.Pattern), a known timestamp and known metadata, so a frame read back
+  anywhere is verified byte for byte.
+* The recorder and the replayer run as the real CLI (`python -m shmring ...`) in
+  subprocesses; recordings are checked with `mcap`'s own reader and the protobuf decoders.
+* Nothing sleeps to synchronise: children answer over pipes; a recorder's progress is
+  seen in its file's size, polled with a deadline.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import multiprocessing as mp
+import os
+import pty
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from foxglove_schemas_protobuf.RawImage_pb2 import RawImage
+from helpers import (
+    STARTED_PIDS,
+    VGA,
+    WAIT,
+    Pattern,
+    make_tag,
+    seg_path,
+    split_tag,
+    unique_name,
+    variable_shape,
+)
+from mcap.exceptions import McapError
+from mcap.reader import make_reader
+from mcap.records import Channel, Chunk, Message
+from mcap.stream_reader import StreamReader
+from mcap.writer import Writer
+from mcap_protobuf.decoder import DecoderFactory
+
+import shmring
+from shmring import EndOfStream, RingReader, RingWriter
+
+SHAPE = (48, 64, 3)
+COUNT = 500
+STAMP0 = 10**12
+STEP_NS = 4_000_000  # 4 ms between recorded timestamps: 500 frames span ~2 s
+META_SIZE = 16
+CHUNK = 1 << 20  # the recorder's default chunk size
+
+
+def meta_of(n: int) -> bytes:
+    return f"frame-{n}".encode()
+
+
+def stamp_of(n: int) -> int:
+    return STAMP0 + n * STEP_NS
+
+
+# ------------------------------------------------------------------ processes
+
+
+def write_pattern(
+    conn: Connection, name: str, shape: Sequence[int], count: int, variable: bool
+) -> None:
+    """Create ring `name`, wait for a reader, write `count` pattern frames (or until told
+    "stop"), close, report how many."""
+    pat = Pattern(shape)
+    with RingWriter.create(name, tuple(shape), np.uint8, meta_size=META_SIZE) as writer:
+        conn.send("created")
+        writer.wait_for_readers(1, WAIT)
+        n = 0
+        while n < count and not conn.poll():
+            frame = pat.make(make_tag(0, n), variable_shape(n, shape) if variable else None)
+            writer.write(frame, WAIT, timestamp_ns=stamp_of(n), meta=meta_of(n))
+            n += 1
+    conn.send(n)
+
+
+class Writer_:
+    """A spawned write_pattern process."""
+
+    def __init__(self, name: str, shape: Sequence[int], count: int, variable: bool = False):
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(
+            target=write_pattern, args=(child, name, shape, count, variable), daemon=True
+        )
+        self.proc.start()
+        child.close()
+        STARTED_PIDS.add(int(self.proc.pid or 0))
+        self.expect("created")
+
+    def expect(self, want: object) -> Any:
+        assert self.conn.poll(WAIT), "writer sent nothing"
+        got = self.conn.recv()
+        assert want is None or got == want, got
+        return got
+
+    def finish(self, stop: bool = False) -> int:
+        if stop:
+            self.conn.send("stop")
+        written = int(self.expect(None))
+        self.proc.join(WAIT)
+        assert self.proc.exitcode == 0, self.proc.exitcode
+        return written
+
+    def __enter__(self) -> Writer_:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.exitcode is None:
+            self.proc.kill()
+        self.proc.join(WAIT)
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "shmring", *args]
+
+
+def run(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cli(*args), capture_output=True, text=True, timeout=WAIT, check=False)
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    if code == 1:
+        assert proc.stderr.count("\n") == 1, f"not one line: {proc.stderr!r}"
+    return proc
+
+
+def start(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
+    kwargs.setdefault("stdout", subprocess.PIPE)
+    kwargs.setdefault("stderr", subprocess.PIPE)
+    proc = subprocess.Popen(cli(*args), text=True, **kwargs)
+    STARTED_PIDS.add(proc.pid)
+    return proc
+
+
+def wait_for_size(path: Path, size: int) -> None:
+    deadline = time.monotonic() + WAIT
+    while not (path.exists() and path.stat().st_size >= size):
+        assert time.monotonic() < deadline, f"{path} never reached {size} bytes"
+        time.sleep(0.01)  # polling a condition with a deadline, not synchronising
+
+
+def record(name: str, path: Path, count: int, *extra: str, variable: bool = True) -> None:
+    """Record `count` frames of a fresh writer process with the CLI."""
+    with Writer_(name, SHAPE, count, variable=variable) as writer:
+        proc = run("record", name, str(path), "--frames", str(count), *extra)
+        assert f"recorded {count} frames" in proc.stdout, proc.stdout
+        assert proc.stderr == "", proc.stderr  # not a terminal: no progress
+        assert writer.finish() == count
+
+
+def collect(name: str) -> list[tuple[int, int, int, bytes, tuple[int, ...], float]]:
+    """(tag, seq, timestamp, meta, shape, arrival) of every frame until end of stream."""
+    pat = Pattern(SHAPE)
+    got: list[tuple[int, int, int, bytes, tuple[int, ...], float]] = []
+    with RingReader.attach(name, timeout=WAIT, start="oldest") as reader:
+        while True:
+            try:
+                frame = reader.read(WAIT)
+            except EndOfStream:
+                return got
+            with frame:
+                arrival = time.monotonic()
+                got.append(
+                    (
+                        pat.check(frame.array),
+                        frame.seq,
+                        frame.timestamp_ns,
+                        frame.meta,
+                        frame.array.shape,
+                        arrival,
+                    )
+                )
+
+
+def expected(count: int) -> list[tuple[int, int, int, bytes, tuple[int, ...]]]:
+    return [
+        (make_tag(0, n), n, stamp_of(n), meta_of(n), variable_shape(n, SHAPE)) for n in range(count)
+    ]
+
+
+# ------------------------------------------------------------------ the recording
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """500 verified frames of variable shape, with metadata, recorded with zstd."""
+    path = tmp_path_factory.mktemp("rec") / "frames.mcap"
+    record(unique_name("rec"), path, COUNT, "--compression", "zstd")
+    return path
+
+
+def test_round_trip_identical_frames(recording: Path) -> None:
+    ring = unique_name("rep")
+    replayer = start("replay", str(recording), ring, "--as-fast-as-possible", "--wait-readers", "1")
+    got = collect(ring)
+    out, err = replayer.communicate(timeout=WAIT)
+    assert replayer.returncode == 0, err
+    assert f"replayed {COUNT} frames" in out and err == ""
+    assert [g[:5] for g in got] == expected(COUNT)
+    assert not os.path.exists(seg_path(ring))
+
+
+def test_speed_one_keeps_spacing(recording: Path) -> None:
+    ring = unique_name("rep")
+    replayer = start("replay", str(recording), ring, "--speed", "1", "--wait-readers", "1")
+    got = collect(ring)
+    assert replayer.wait(WAIT) == 0
+    assert [g[2] for g in got] == [stamp_of(n) for n in range(COUNT)]
+    span = got[-1][5] - got[0][5]
+    want = (COUNT - 1) * STEP_NS / 1e9
+    assert abs(span - want) <= 0.1 * want, (span, want)
+    gaps = np.diff([g[5] for g in got])
+    assert abs(float(np.median(gaps)) - STEP_NS / 1e9) <= 0.1 * STEP_NS / 1e9, np.median(gaps)
+
+
+def test_mcap_reader_decodes_frames_and_images(recording: Path) -> None:
+    pat = Pattern(SHAPE)
+    frames: list[Any] = []
+    images: list[Any] = []
+    with open(recording, "rb") as f:
+        reader = make_reader(f, decoder_factories=[DecoderFactory()])
+        summary = reader.get_summary()
+        assert summary is not None and summary.chunk_indexes  # indexed, chunked
+        assert {c.compression for c in summary.chunk_indexes} == {"zstd"}
+        metadata = {m.name: m.metadata for m in reader.iter_metadata()}
+        for schema, channel, message, decoded in reader.iter_decoded_messages():
+            assert schema is not None
+            (images if schema.name == "foxglove.RawImage" else frames).append(
+                (channel.topic, message, decoded)
+            )
+    ring = metadata["shmring.ring"]
+    assert (ring["shape"], ring["dtype"], ring["policy"], ring["meta_size"]) == (
+        "[48, 64, 3]",
+        "|u1",
+        "block",
+        str(META_SIZE),
+    )
+    assert metadata["shmring.end"]["frames"] == str(COUNT)
+    assert len(frames) == len(images) == COUNT
+    for n, ((_, message, frame), (topic, _, image)) in enumerate(zip(frames, images, strict=True)):
+        assert topic.endswith("/image") and image.DESCRIPTOR.full_name == "foxglove.RawImage"
+        shape = variable_shape(n, SHAPE)
+        assert (frame.seq, frame.timestamp_ns, tuple(frame.shape), frame.meta) == (
+            n,
+            stamp_of(n),
+            shape,
+            meta_of(n),
+        )
+        assert message.publish_time == stamp_of(n) and message.sequence == n
+        assert (image.height, image.width, image.encoding, image.step) == (
+            shape[0],
+            shape[1],
+            "rgb8",
+            shape[1] * 3,
+        )
+        pixels = np.frombuffer(image.data, np.uint8).reshape(image.height, image.width, 3)
+        assert pat.check(pixels) == make_tag(0, n)
+
+
+def test_progress_only_on_a_terminal(recording: Path) -> None:
+    main, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    try:
+        replayer = start(
+            "replay", str(recording), unique_name("rep"), "--as-fast-as-possible",
+            stderr=secondary,
+        )  # fmt: skip
+        os.close(secondary)
+        replayer.communicate(timeout=WAIT)
+        screen = b""
+        while True:
+            try:
+                chunk = os.read(main, 1 << 16)
+            except OSError:  # EIO: the terminal's other side is closed
+                break
+            if not chunk:
+                break
+            screen += chunk
+    finally:
+        os.close(main)
+    assert replayer.returncode == 0
+    text = screen.decode(errors="replace")
+    assert "replaying" in text and f"{COUNT}/{COUNT}" in text and "MB" in text, text
+    quiet = run("replay", str(recording), unique_name("rep"), "--as-fast-as-possible", "--quiet")
+    assert quiet.stdout == quiet.stderr == ""
+
+
+# ------------------------------------------------------------------ crashes and stops
+
+
+def recovered(path: Path) -> tuple[list[int], int]:
+    """What mcap's own reader recovers from a file cut short: the tags of the complete
+    frames (every image verified), and the offset where the readable records end."""
+    pat = Pattern(VGA)
+    tags: list[int] = []
+    topics: dict[int, str] = {}
+    end = 0
+    with open(path, "rb") as f:
+        try:
+            for record in StreamReader(f, validate_crcs=True).records:
+                end = f.tell()
+                if isinstance(record, Channel):
+                    topics[record.id] = record.topic
+                if isinstance(record, Message) and topics[record.channel_id].endswith("/image"):
+                    image = RawImage.FromString(record.data)
+                    pixels = np.frombuffer(image.data, np.uint8).reshape(VGA)
+                    tags.append(pat.check(pixels))
+        except (McapError, ValueError):
+            pass
+    return tags, end
+
+
+def complete_chunk_end(path: Path) -> tuple[int, int]:
+    """(complete chunks, offset just past the last one), by mcap's reader."""
+    chunks = end = 0
+    with open(path, "rb") as f:
+        try:
+            for record in StreamReader(f, emit_chunks=True, validate_crcs=True).records:
+                if isinstance(record, Chunk):
+                    chunks += 1
+                    end = f.tell()
+        except (McapError, ValueError):
+            pass
+    return chunks, end
+
+
+def test_sigkilled_recorder_leaves_every_complete_chunk(tmp_path: Path) -> None:
+    name, path = unique_name("kill"), tmp_path / "killed.mcap"
+    with Writer_(name, VGA, 10_000) as writer:
+        recorder = start("record", name, str(path))
+        wait_for_size(path, 8 * CHUNK)
+        recorder.kill()
+        recorder.wait(WAIT)
+        written = writer.finish(stop=True)  # the dead reader no longer holds it back
+    tags, _ = recovered(path)
+    chunks, end = complete_chunk_end(path)
+    assert chunks >= 4
+    # every frame up to the last complete chunk (two VGA frames fill a 1 MiB chunk), in
+    # order from the first, none torn; what is left after that chunk is less than a chunk
+    assert tags == [make_tag(0, n) for n in range(len(tags))]
+    assert 2 * chunks - 1 <= len(tags) <= 2 * chunks < written
+    assert path.stat().st_size - end < 2 * CHUNK + 4096
+    # replay refuses the file, or reads the same frames with --recover
+    failed = run("replay", str(path), unique_name("rep"), code=1)
+    assert "ends without its index" in failed.stderr and "--recover" in failed.stderr
+    with shmring.read_recording(str(path), recover=True) as rec:
+        assert rec.frame_count is None
+        assert [Pattern(VGA).check(f.array) for f in rec.frames()] == tags
+
+
+def test_ctrl_c_finishes_the_file(tmp_path: Path) -> None:
+    name, path = unique_name("int"), tmp_path / "stopped.mcap"
+    with Writer_(name, SHAPE, 100_000) as writer:
+        recorder = start("record", name, str(path), "--compression", "lz4")
+        wait_for_size(path, 2 * CHUNK)
+        recorder.send_signal(signal.SIGINT)
+        out, err = recorder.communicate(timeout=WAIT)
+        writer.finish(stop=True)
+    assert recorder.returncode == 0, err
+    assert "ended by stop request" in out
+    with shmring.read_recording(str(path)) as rec:  # complete: no recover needed
+        frames = list(rec.frames())
+        assert rec.frame_count == len(frames) > 200
+    assert [f.meta for f in frames] == [meta_of(n) for n in range(len(frames))]
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_not_mcap(tmp_path: Path) -> None:
+    ring = unique_name("bad")
+    text, empty, foreign = tmp_path / "notes.txt", tmp_path / "empty.mcap", tmp_path / "x.mcap"
+    text.write_text("hello, not a recording\n")
+    empty.write_bytes(b"")
+    with open(foreign, "wb") as f:  # valid MCAP, but not shmring's
+        mcap = Writer(f)
+        mcap.start()
+        mcap.add_message(mcap.register_channel("/x", "json", 0), 1, b"{}", 1)
+        mcap.finish()  # type: ignore[no-untyped-call]
+    for path, words in (
+        (text, "is not an MCAP file"),
+        (empty, "is not an MCAP file"),
+        (foreign, "not a shmring recording"),
+    ):
+        with pytest.raises(shmring.NotARecording, match=words):
+            shmring.replay(str(path), ring)
+        assert words in run("replay", str(path), ring, code=1).stderr
+    assert not os.path.exists(seg_path(ring))
+
+
+def test_truncated_file(recording: Path, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.mcap"
+    data = recording.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    ring = unique_name("cut")
+    with pytest.raises(shmring.RecordingTruncated, match="--recover"):
+        shmring.replay(str(cut), ring)
+    assert not os.path.exists(seg_path(ring))
+    with shmring.read_recording(str(cut), recover=True) as rec:
+        got = [
+            (Pattern(SHAPE).check(f.array), f.seq, f.timestamp_ns, f.meta, f.array.shape)
+            for f in rec.frames()
+        ]
+    assert 0 < len(got) < COUNT
+    assert got == expected(len(got))
+
+
+@pytest.mark.parametrize("shape, meta_size", [((32, 32), META_SIZE), (SHAPE, 0)])
+def test_geometry_mismatch(recording: Path, shape: tuple[int, ...], meta_size: int) -> None:
+    name = unique_name("geo")
+    with RingWriter.create(name, shape, np.uint8, meta_size=meta_size) as owner:
+        failed = run("replay", str(recording), name, code=1)
+        assert "cannot replay" in failed.stderr and name in failed.stderr
+        with pytest.raises(shmring.IncompatibleRing):
+            shmring.replay(str(recording), name)
+        # nothing left locked or attached: the ring works as before
+        assert {w.pid for w in shmring.inspect_ring(name).writers} <= {os.getpid()}
+        with RingReader.attach(name, start="oldest") as reader:
+            owner.write(np.ones(shape, np.uint8), 1.0)
+            with reader.read(1.0) as frame:
+                assert frame.array.shape == shape
+
+
+def test_disk_full_dev_full() -> None:
+    name = unique_name("full")
+    with Writer_(name, SHAPE, 100_000) as writer:
+        failed = run("record", name, "/dev/full", code=1)
+        assert "disk full" in failed.stderr
+        assert writer.finish(stop=True) > 0  # the ring is not held: the writer went on
+
+
+def test_disk_full_tmpfs(tmp_path: Path) -> None:
+    """A 3 MiB tmpfs, mounted in a private mount namespace (so nothing outlives the test),
+    fills up mid-recording; the file is copied out before the namespace goes away."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1)")
+    mount, copy, name = tmp_path / "mnt", tmp_path / "full.mcap", unique_name("fill")
+    mount.mkdir()
+    command = " ".join(cli("record", name, f"{mount}/f.mcap"))
+    script = (
+        f"mount -t tmpfs -o size=3m none {mount} || exit 77; {command}; code=$?; "
+        f"cp {mount}/f.mcap {copy}; exit $code"
+    )
+    with Writer_(name, VGA, 100_000) as writer:
+        proc = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            check=False,
+        )
+        writer.finish(stop=True)
+    if proc.returncode == 77 or "unshare failed" in proc.stderr:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    assert proc.returncode == 1 and "disk full" in proc.stderr, proc.stderr
+    tags, end = recovered(copy)
+    assert tags == [make_tag(0, n) for n in range(len(tags))] and len(tags) >= 2
+    assert end == copy.stat().st_size  # cut back to the last complete record
+    with shmring.read_recording(str(copy), recover=True) as rec:
+        assert len(list(rec.frames())) == len(tags)
+
+
+def test_missing_extra_names_it() -> None:
+    code = (
+        "import sys; sys.modules['mcap'] = None; from shmring._cli import main; "
+        "sys.exit(main(['record', 'nothing', '/nonexistent/x.mcap']))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=WAIT, check=False
+    )
+    assert proc.returncode == 1
+    assert "pip install 'shmring[record]'" in proc.stderr, proc.stderr
+
+
+def test_no_tags_lost_in_order(recording: Path) -> None:
+    """read_recording gives the original ring's sequence numbers and the recorder's times."""
+    with shmring.read_recording(str(recording)) as rec:
+        frames = list(rec.frames())
+        assert rec.frame_count == COUNT and rec.ring.image_encoding == "rgb8"
+    assert [f.seq for f in frames] == list(range(COUNT))
+    assert all(f.dropped == 0 for f in frames)
+    assert [split_tag(Pattern(SHAPE).check(f.array))[1] for f in frames] == list(range(COUNT))
+    log_times = [f.log_time_ns for f in frames]
+    assert log_times == sorted(log_times)
