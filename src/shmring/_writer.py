@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from . import _layout as L
+from ._async import AsyncWriting
 from ._errors import RingCorrupted, RingTimeout
 from ._fastpath import PUBLISH_CORRUPTED, Publisher
 from ._ring import Participant, RingHandle
@@ -108,7 +109,7 @@ class Claim:
             self._writer._abandon(self._buffer)
 
 
-class RingWriter(RingHandle):
+class RingWriter(AsyncWriting, RingHandle):
     """Publishes frames into a ring. `create` makes (and owns) a ring; `attach` joins one."""
 
     # ---- construction ------------------------------------------------------------------
