@@ -29,9 +29,9 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from itertools import cycle
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -106,7 +106,7 @@ class Tally:
 def produce(kind: str, size: FrameSize, endpoint: Any, barrier: Any) -> None:
     stamp = stamper(size)
     sources = [make_source(size) for _ in range(QUEUE_SIZE + 1)]  # see bench.transports.mpqueue
-    send: Callable[[np.ndarray], object]
+    send: Callable[[Any], object]
     close: Callable[[], object]
     if kind == "mp-queue-executor":
         send, close = endpoint.put, endpoint.close
@@ -119,7 +119,7 @@ def produce(kind: str, size: FrameSize, endpoint: Any, barrier: Any) -> None:
         server.settimeout(SYNC_S)
         conn, _ = server.accept()
         server.close()
-        send, close = conn.sendall, conn.close
+        send, close = cast(Callable[[Any], object], conn.sendall), conn.close
     else:
         writer = shmring.RingWriter.create(endpoint, size.shape, np.uint8, slots=QUEUE_SIZE)
         barrier.wait(SYNC_S)
@@ -164,7 +164,7 @@ def consume(kind: str, size: FrameSize, endpoint: Any, barrier: Any, results: An
                 if tally.add(frame.array):
                     break
     else:
-        run: Callable[[Awaitable[None]], None] = asyncio.run  # type: ignore[assignment]
+        run: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
         if kind == "async-uvloop":
             import uvloop
 
@@ -272,7 +272,10 @@ def _table(sizes: list[FrameSize], rows: dict[str, dict[str, dict[str, float]]])
         label: max(rows[peer][label]["fps"] for peer in PEERS if peer in rows) for label in labels
     }
     checks = [
-        ("async ÷ blocking, frames/s", ratio("async", lambda lb: rows["blocking"][lb]["fps"], "fps")),
+        (
+            "async ÷ blocking, frames/s",
+            ratio("async", lambda lb: rows["blocking"][lb]["fps"], "fps"),
+        ),
         (
             "async ÷ blocking, latency p50",
             ratio("async", lambda lb: rows["blocking"][lb]["p50_us"], "p50_us"),

@@ -206,9 +206,7 @@ class AsyncReading(AsyncHandle):
         return cast("RingReader", self)
 
     @classmethod
-    async def aattach(
-        cls, name: str, *, timeout: float | None = 0.0, **options: Any
-    ) -> RingReader:
+    async def aattach(cls, name: str, *, timeout: float | None = 0.0, **options: Any) -> RingReader:
         """RingReader.attach, waiting for the ring to appear without blocking the loop."""
         attach = cast("type[RingReader]", cls).attach
         return await _attach(lambda: attach(name, timeout=0.0, **options), timeout)
@@ -297,9 +295,7 @@ class AsyncReading(AsyncHandle):
             frame = take()
             if frame is not None:
                 return frame
-            if (control[L.C_FLAGS] & L.F_CLOSED and control[L.C_WRITERS] == 0) or _passed(
-                deadline
-            ):
+            if (control[L.C_FLAGS] & L.F_CLOSED and control[L.C_WRITERS] == 0) or _passed(deadline):
                 # The blocking wait reports the end of the stream or the timeout (with a
                 # last look), without sleeping: its deadline has passed or the stream ended.
                 return r._wait_for(take, deadline_from(0.0))
@@ -340,9 +336,7 @@ class AsyncWriting(AsyncHandle):
         return cast("RingWriter", self)
 
     @classmethod
-    async def aattach(
-        cls, name: str, *, timeout: float | None = 0.0, **options: Any
-    ) -> RingWriter:
+    async def aattach(cls, name: str, *, timeout: float | None = 0.0, **options: Any) -> RingWriter:
         """RingWriter.attach, waiting for the ring to appear without blocking the loop."""
         attach = cast("type[RingWriter]", cls).attach
         return await _attach(lambda: attach(name, timeout=0.0, **options), timeout)
