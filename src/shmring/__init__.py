@@ -5,6 +5,7 @@ get read-only views with no copy. Any process attaches by name; the ring survive
 of any participant. See README.md and docs/API.md.
 """
 
+from ._async import AsyncClaim
 from ._errors import (
     EndOfStream,
     IncompatibleRing,
@@ -48,6 +49,7 @@ from ._recording import (
 from ._writer import Claim, RingWriter
 
 __all__ = [
+    "AsyncClaim",
     "BrokenRing",
     "Claim",
     "EndOfStream",

@@ -22,6 +22,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from . import _layout as L
+from ._async import AsyncReading
 from ._errors import (
     EndOfStream,
     RingCorrupted,
@@ -118,7 +119,7 @@ class _CollectableFrame(Frame):
             self._reader = None
 
 
-class RingReader(RingHandle):
+class RingReader(AsyncReading, RingHandle):
     """Reads frames from a ring: every frame (its own group), or a share of them (group)."""
 
     @classmethod

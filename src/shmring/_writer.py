@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from . import _layout as L
+from ._async import AsyncWriting
 from ._errors import RingCorrupted, RingFull, RingTimeout
 from ._fastpath import PUBLISH_CORRUPTED, PUBLISH_FALLBACK, Publisher
 from ._ring import Participant, RingHandle
@@ -110,7 +111,7 @@ class Claim:
             self._writer._abandon(self._buffer)
 
 
-class RingWriter(RingHandle):
+class RingWriter(AsyncWriting, RingHandle):
     """Publishes frames into a ring. `create` makes (and owns) a ring; `attach` joins one."""
 
     _record: memoryview  # this handle's writer record, from _join on

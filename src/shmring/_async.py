@@ -1,0 +1,451 @@
+# asyncio: `async for frame in reader`, awaitable reads, writes, claims and attaches.
+#
+# Rules: every step that touches a ring (taking a frame, releasing one, publishing, counting
+# the handle as a sleeper) runs on the event loop's thread, synchronously, with the same code
+# the blocking calls use. A frame is therefore either handed to the awaiting task or left in
+# the ring: a task cancelled while it waits has taken nothing, so under the block policy the
+# next read gets the frame published meanwhile, and under the overwrite policy the frames
+# evicted meanwhile show up in the next frame's `dropped`.
+#
+# Theory of operation: a wait first polls (a read: yielding to the loop between looks, for up
+# to the reader's `spin` seconds, so other tasks run meanwhile), then the handle counts
+# itself as a sleeper exactly as a blocking wait does (so the writer, or the reader that frees
+# space, wakes its futex word), reads the word, looks once more, and hands the word's
+# address and value to its _Sleeper: a daemon thread that only calls futex_wait(address,
+# value, timeout) and then resolves the task's future with call_soon_threadsafe. The thread
+# never reads the ring's memory (the kernel compares the word), so a handle closed or
+# unmapped under it cannot crash it: the wait ends in EFAULT or at its timeout (at most
+# POLL_SLICE). Each sleep lasts at most POLL_SLICE, so liveness checks (WriterGone, dead
+# readers) run on the loop as often as in the blocking calls. Cancelling a task that sleeps
+# wakes its thread (FUTEX_WAKE on the word: other sleepers on it look once more and sleep
+# again); close() resolves the waiting future at once, and the woken task raises what the
+# blocking calls raise on a closed handle. A thread with nothing to do for IDLE_EXIT seconds
+# exits; close() stops it at once. One task at a time may wait on a handle (as one thread at
+# a time may use it): a second raises RuntimeError.
+#
+# Internals this module relies on (keep them when changing the core): RingReader._take_next,
+# _take_latest, _wait_for, _count, _uncount, _check_writers_alive, _release_last,
+# _release_pending, _last, _pending, _spin, _block; RingWriter._record, _slots; Participant's
+# futex addresses, check_usable, check_size, dead_reader_blocks, reap_dead, spinning_pays.
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import numpy as np
+
+from . import _layout as L
+from ._errors import EndOfStream, RingNotFound, RingTimeout
+from ._ring import RingHandle
+from ._segment import _ATTACH_POLL
+from ._sys import atomic_add32, before_sleep_barrier, futex_wait, futex_wake
+from ._timing import POLL_SLICE, deadline_from, remaining
+
+if TYPE_CHECKING:
+    from ._reader import Frame, RingReader
+    from ._writer import Claim, RingWriter
+
+IDLE_EXIT = 1.0  # seconds a sleeper thread waits for work before it exits
+
+_T = TypeVar("_T")
+_Request = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]", int, int, float]
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class _Sleeper:
+    """A daemon thread that sleeps on futex words for one handle's tasks, one at a time."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # guards _thread against the idle exit
+        self._thread: threading.Thread | None = None
+        self.address = 0  # the word the thread sleeps on now (0: none)
+
+    def sleep(self, address: int, expected: int, timeout: float) -> asyncio.Future[None]:
+        """A future resolved once the u32 at `address` is not `expected`, or on a wake-up,
+        or after `timeout` s."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._lock:
+            self._requests.put((loop, future, address, expected, timeout))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"shmring-sleeper {self._name}", daemon=True
+                )
+                self._thread.start()
+        return future
+
+    def wake(self) -> None:
+        """End the sleep under way (the word's other sleepers look once more)."""
+        address = self.address
+        if address:
+            futex_wake(address)
+
+    def stop(self) -> None:
+        """Make the thread exit after its current sleep, which is woken now."""
+        with self._lock:
+            if self._thread is not None:
+                self._thread = None
+                self._requests.put(None)
+        self.wake()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                request = self._requests.get(timeout=IDLE_EXIT)
+            except queue.Empty:
+                with self._lock:
+                    if self._requests.empty():
+                        self._thread = None
+                        return
+                continue
+            if request is None:
+                return
+            loop, future, address, expected, timeout = request
+            if not future.done():  # not cancelled before we got to it
+                self.address = address
+                futex_wait(address, expected, max(timeout, 0.0))
+                self.address = 0
+            with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
+                loop.call_soon_threadsafe(_resolve, future)
+
+
+class _Liveness:
+    """When a waiting loop is due to check that its peers live (every POLL_SLICE)."""
+
+    def __init__(self) -> None:
+        self._next = time.monotonic() + POLL_SLICE
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + POLL_SLICE
+        return True
+
+
+class AsyncHandle(RingHandle):
+    """What RingReader and RingWriter share for asyncio: the sleeper thread, the one waiting
+    task, and a close() that ends that task's wait at once."""
+
+    _sleeper: _Sleeper | None = None
+    _waiting: asyncio.Future[None] | None = None
+
+    def close(self) -> None:
+        sleeper, self._sleeper = self._sleeper, None
+        if sleeper is not None:
+            sleeper.stop()  # wakes its futex sleep while the ring is still mapped
+        future = self._waiting
+        if future is not None and not future.done():
+            future.get_loop().call_soon_threadsafe(_resolve, future)
+        super().close()
+
+    async def _sleep(self, address: int, expected: int, deadline: float | None) -> None:
+        """Wait (without blocking the loop) until the u32 at `address` is not `expected`,
+        a wake-up, POLL_SLICE, or the deadline; then raise if this handle was closed."""
+        if self._waiting is not None:
+            raise RuntimeError(
+                f"ring {self.name!r}: another task is already waiting on this handle; use one "
+                "handle per task (attach another reader or writer)"
+            )
+        sleeper = self._sleeper
+        if sleeper is None:
+            sleeper = self._sleeper = _Sleeper(self.name)
+        future = self._waiting = sleeper.sleep(address, expected, remaining(deadline))
+        try:
+            await future
+        except asyncio.CancelledError:
+            if not self._p.closed:
+                sleeper.wake()  # free the thread for this handle's next wait
+            raise
+        finally:
+            self._waiting = None
+        self._p.check_usable()
+
+    async def _until(
+        self,
+        address: int,
+        word: int,
+        attempt: Callable[[], _T | None],
+        deadline: float | None,
+    ) -> _T:
+        """Call `attempt` until it returns something, sleeping on the control word `word`
+        (whose futex is at `address`) between attempts. `attempt` raises to end the wait."""
+        control = self._p.control
+        while True:
+            observed = control[word]
+            result = attempt()
+            if result is not None:
+                return result
+            await self._sleep(address, observed, deadline)
+
+
+def _passed(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
+
+
+# ---- reading ---------------------------------------------------------------------------
+
+
+class AsyncReading(AsyncHandle):
+    """RingReader's awaitable calls (see docs/API.md, "asyncio")."""
+
+    def _reader(self) -> RingReader:
+        return cast("RingReader", self)
+
+    @classmethod
+    async def aattach(cls, name: str, *, timeout: float | None = 0.0, **options: Any) -> RingReader:
+        """RingReader.attach, waiting for the ring to appear without blocking the loop."""
+        attach = cast("type[RingReader]", cls).attach
+        return await _attach(lambda: attach(name, timeout=0.0, **options), timeout)
+
+    def __aiter__(self) -> AsyncReading:
+        self._p.check_usable()
+        return self
+
+    async def __anext__(self) -> Frame:
+        """The next frame of `async for`; releases the previous one, as iteration does."""
+        r = self._reader()
+        r._p.check_usable()
+        try:
+            if not r._block:
+                r._release_last()  # an overwrite reader pins one frame at a time
+            frame = r._take_next()
+            if frame is None:
+                r._release_last()  # done with it: the writer may reuse its buffer meanwhile
+                frame = await self._wait_frame(r._take_next, None)
+            else:
+                r._uncount()  # woken for the last frame, if at all: no longer waiting
+            r._release_last()
+            r._last = frame
+            r._pending = None
+        except EndOfStream:
+            r._release_last()
+            raise StopAsyncIteration from None
+        except BaseException:
+            r._release_pending()
+            raise
+        return frame
+
+    async def aread(self, timeout: float | None = None) -> Frame:
+        """RingReader.read: the next frame, held until released."""
+        r = self._reader()
+        r._p.check_usable()
+        deadline = deadline_from(timeout)
+        try:
+            frame = await self._wait_frame(r._take_next, deadline)
+        except BaseException:
+            r._release_pending()
+            raise
+        r._pending = None
+        return frame
+
+    async def alatest(self, timeout: float | None = None) -> Frame:
+        """RingReader.latest: the newest frame; releases the one alatest/latest returned."""
+        r = self._reader()
+        r._p.check_usable()
+        deadline = deadline_from(timeout)
+        if not r._block:
+            r._release_last()
+        try:
+            frame = await self._wait_frame(r._take_latest, deadline)
+        except BaseException:
+            r._release_pending()
+            raise
+        r._release_last()
+        r._last = frame
+        r._pending = None
+        return frame
+
+    async def _wait_frame(self, take: Callable[[], Frame | None], deadline: float | None) -> Frame:
+        """RingReader._wait_for for the event loop: poll, yielding to the loop, for up to
+        `spin` s; then sleep on the frames futex as a counted sleeper."""
+        r = self._reader()
+        p = r._p
+        frame = take()
+        if frame is not None:
+            r._uncount()
+            return frame
+        if r._spin and p.spinning_pays():
+            poll_until = time.monotonic() + r._spin
+            if deadline is not None:
+                poll_until = min(poll_until, deadline)
+            while time.monotonic() < poll_until:
+                await asyncio.sleep(0)  # other tasks run between looks
+                p.check_usable()
+                frame = take()
+                if frame is not None:
+                    return frame
+        control = p.control
+        liveness = _Liveness()
+
+        def attempt() -> Frame | None:
+            frame = take()
+            if frame is not None:
+                return frame
+            if (control[L.C_FLAGS] & L.F_CLOSED and control[L.C_WRITERS] == 0) or _passed(deadline):
+                # The blocking wait reports the end of the stream or the timeout (with a
+                # last look), without sleeping: its deadline has passed or the stream ended.
+                return r._wait_for(take, deadline_from(0.0))
+            if liveness.due():
+                r._check_writers_alive()
+            return None
+
+        r._count()  # a writer now wakes the futex for the next frame
+        try:
+            return await self._until(p.frames_address, L.C_FRAMES, attempt, deadline)
+        except BaseException:
+            if not p.closed:
+                r._uncount()  # the task may not come back for a long time
+            raise
+
+
+async def _attach(attach: Callable[[], _T], timeout: float | None) -> _T:
+    """Call `attach` (an attach with timeout 0) until the ring exists or `timeout` passes,
+    sleeping on the loop between looks as the blocking attach sleeps."""
+    deadline = deadline_from(timeout)
+    while True:
+        try:
+            return attach()
+        except RingNotFound:
+            left = _ATTACH_POLL if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise
+            await asyncio.sleep(min(_ATTACH_POLL, left))
+
+
+# ---- writing ---------------------------------------------------------------------------
+
+
+class AsyncWriting(AsyncHandle):
+    """RingWriter's awaitable calls (see docs/API.md, "asyncio")."""
+
+    def _writer(self) -> RingWriter:
+        return cast("RingWriter", self)
+
+    @classmethod
+    async def aattach(cls, name: str, *, timeout: float | None = 0.0, **options: Any) -> RingWriter:
+        """RingWriter.attach, waiting for the ring to appear without blocking the loop."""
+        attach = cast("type[RingWriter]", cls).attach
+        return await _attach(lambda: attach(name, timeout=0.0, **options), timeout)
+
+    async def awrite(
+        self,
+        frame: np.ndarray,
+        timeout: float | None = None,
+        *,
+        timestamp_ns: int | None = None,
+        meta: bytes = b"",
+    ) -> int:
+        """RingWriter.write: copy `frame` in and publish it, waiting for space (block)."""
+        write = self._writer().write
+        return await self._until_space(
+            lambda: write(frame, 0.0, timestamp_ns=timestamp_ns, meta=meta), timeout
+        )
+
+    def aclaim(
+        self,
+        timeout: float | None = None,
+        *,
+        shape: tuple[int, ...] | None = None,
+        timestamp_ns: int | None = None,
+        meta: bytes = b"",
+    ) -> AsyncClaim:
+        """RingWriter.claim for `async with`: waits for a free buffer without blocking."""
+        claim = self._writer().claim(0.0, shape=shape, timestamp_ns=timestamp_ns, meta=meta)
+        return AsyncClaim(self, claim, timeout)
+
+    async def await_for_readers(self, count: int = 1, timeout: float | None = None) -> int:
+        """RingWriter.wait_for_readers: until `count` readers are attached; how many are."""
+        w = self._writer()
+        L.positive_int(count, "count", 1, w._p.geometry.max_readers)
+        deadline = deadline_from(timeout)
+
+        def attempt() -> int | None:
+            try:
+                return w.wait_for_readers(count, 0.0)
+            except RingTimeout:
+                if _passed(deadline):
+                    raise
+                return None
+
+        return await self._until(w._p.membership_address, L.C_MEMBERSHIP, attempt, deadline)
+
+    async def _until_space(self, take: Callable[[], _T], timeout: float | None) -> _T:
+        """Call `take` (a write or claim with timeout 0) until it finds a free buffer,
+        sleeping meanwhile as a counted space waiter, as RingWriter's blocking wait does."""
+        deadline = deadline_from(timeout)
+        try:
+            return take()
+        except RingTimeout:
+            if _passed(deadline):
+                raise
+        w = self._writer()
+        p, control, record = w._p, w._p.control, w._record
+        liveness = _Liveness()
+
+        def attempt() -> _T | None:
+            try:
+                return take()
+            except RingTimeout:
+                if _passed(deadline):
+                    raise
+            record[L.W_SLEEPING] = 1  # take() counted and uncounted itself on the way
+            if liveness.due():
+                p.check_size()
+                if p.dead_reader_blocks():
+                    with p.lock:
+                        p.reap_dead()
+            return None
+
+        # Ask to be woken when half the ring is free, as the blocking wait does.
+        control[L.C_SPACE_WANTED] = control[L.C_TAIL] + max(1, w._slots // 2)
+        atomic_add32(p.writer_waiters_address, 1)
+        before_sleep_barrier()
+        record[L.W_SLEEPING] = 1
+        try:
+            return await self._until(p.space_address, L.C_SPACE, attempt, deadline)
+        finally:
+            if not p.closed:
+                record[L.W_SLEEPING] = 0
+                atomic_add32(p.writer_waiters_address, -1)
+
+
+class AsyncClaim:
+    """A Claim for `async with`: entering waits for a free buffer on the loop and yields the
+    writable slot; leaving publishes it (or abandons it on an exception), as Claim does."""
+
+    __slots__ = ("_claim", "_timeout", "_writer")
+
+    def __init__(self, writer: AsyncWriting, claim: Claim, timeout: float | None) -> None:
+        self._writer = writer
+        self._claim = claim
+        self._timeout = timeout
+
+    @property
+    def seq(self) -> int | None:
+        """The published frame's sequence number (None until published)."""
+        return self._claim.seq
+
+    async def __aenter__(self) -> np.ndarray:
+        return await self._writer._until_space(self._claim.__enter__, self._timeout)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._claim.__exit__(exc_type, exc, tb)

@@ -1,0 +1,415 @@
+"""asyncio: `async for`, awaitable reads and writes, cancellation, close, crashes, timeouts.
+
+Every test runs its coroutine on the standard event loop and, when uvloop is installed (the
+`async` extra), on uvloop too. Writers live in other processes where the issue asks for it;
+waits on the loop are bounded by asyncio.timeout / the API's own timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import os
+import resource
+import signal
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import (
+    SLACK,
+    SMALL,
+    WAIT,
+    Child,
+    Pattern,
+    make_tag,
+    unique_name,
+)
+
+import shmring
+from shmring import RingReader, RingTimeout, RingWriter, ShmringError, WriterGone
+
+Runner = Callable[[Coroutine[Any, Any, None]], None]
+GONE_BOUND = 1.0  # WriterGone after the writer's death, as for the blocking reader
+
+
+def _uvloop_run() -> Runner:
+    uvloop = pytest.importorskip("uvloop")
+    return uvloop.run  # type: ignore[no-any-return]
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Runner:
+    """Run a coroutine to completion on the standard loop or on uvloop."""
+    if request.param == "uvloop":
+        return _uvloop_run()
+    return asyncio.run
+
+
+async def until(condition: Callable[[], bool], timeout: float = WAIT) -> None:
+    """Yield to the loop until `condition()` holds (bounded)."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
+def waiting(handle: RingReader | RingWriter) -> bool:
+    """The handle's task sleeps in its sleeper thread."""
+    return handle._waiting is not None
+
+
+def sleeper_threads(name: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == f"shmring-sleeper {name}"]
+
+
+async def no_sleeper_left(name: str) -> None:
+    await until(lambda: not sleeper_threads(name))
+
+
+# ---------------------------------------------------------------- async for, other tasks run
+
+
+def test_async_for_2000_frames_while_a_ticker_ticks(run: Runner) -> None:
+    name = unique_name()
+    pat = Pattern(SMALL)
+    count = 2000
+
+    async def main() -> None:
+        with Child("spawn", "stream_writer", name=name, count=count, interval=0.0003) as kid:
+            kid.expect("ready")
+            reader = await RingReader.aattach(name, start="oldest", timeout=WAIT)
+            gaps: list[float] = []
+            done = asyncio.Event()
+
+            async def tick() -> None:
+                last = time.monotonic()
+                while not done.is_set():
+                    await asyncio.sleep(0.001)
+                    now = time.monotonic()
+                    gaps.append(now - last)
+                    last = now
+
+            ticker = asyncio.create_task(tick())
+            kid.send("go")
+            tags = []
+            async with asyncio.timeout(WAIT):
+                async for frame in reader:
+                    tags.append(pat.check(frame.array))
+            done.set()
+            await ticker
+            reader.close()
+            assert tags == [make_tag(0, n) for n in range(count)]
+            assert len(gaps) > 100 and max(gaps) < 0.05, max(gaps)
+            assert len(kid.recv()["seqs"]) == count
+
+    run(main())
+
+
+# ---------------------------------------------------------------- cancellation
+
+
+def test_cancelled_read_loses_no_frame_block(run: Runner) -> None:
+    name = unique_name()
+
+    async def main() -> None:
+        with (
+            RingWriter.create(name, SMALL, np.uint8) as w,
+            RingReader.attach(name, start="oldest") as r,
+        ):
+            for cancel_after_publish in (False, True):
+                task = asyncio.create_task(r.aread())
+                await until(lambda: waiting(r))
+                if cancel_after_publish:  # the wake-up is on its way when the task is cancelled
+                    seq = w.write(np.full(SMALL, 7, np.uint8))
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                if not cancel_after_publish:
+                    seq = w.write(np.full(SMALL, 7, np.uint8))
+                with await r.aread(1.0) as frame:
+                    assert frame.seq == seq and int(frame.array[0]) == 7
+            # async for after a cancelled step gets the frame too
+            task = asyncio.create_task(anext(aiter(r)))
+            await until(lambda: waiting(r))
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            seq = w.write(np.full(SMALL, 8, np.uint8))
+            frame = await asyncio.wait_for(anext(aiter(r)), WAIT)
+            assert frame.seq == seq
+        await no_sleeper_left(name)  # leaks no thread
+
+    run(main())
+
+
+def test_cancelled_read_counts_evicted_frames_overwrite(run: Runner) -> None:
+    name = unique_name()
+    slots = 6
+
+    async def main() -> None:
+        with (
+            RingWriter.create(
+                name, SMALL, np.uint8, slots=slots, policy="overwrite", max_readers=2, max_writers=1
+            ) as w,
+            RingReader.attach(name, start="oldest") as r,
+        ):
+            task = asyncio.create_task(r.aread())
+            await until(lambda: waiting(r))
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            published = 3 * slots
+            for n in range(published):
+                w.write(np.full(SMALL, n, np.uint8), 0.0)
+            got = 0
+            while True:
+                try:
+                    frame = await r.aread(0.0)
+                except RingTimeout:
+                    break
+                with frame:
+                    got += 1
+            assert got > 0 and got + r.dropped == published, (got, r.dropped)
+
+    run(main())
+
+
+# ---------------------------------------------------------------- close, timeouts, idle CPU
+
+
+def test_close_from_the_loop_ends_a_waiting_iteration(run: Runner) -> None:
+    name = unique_name()
+
+    async def main() -> None:
+        with RingWriter.create(name, SMALL, np.uint8):
+            r = RingReader.attach(name)
+
+            async def iterate() -> None:
+                async for _ in r:
+                    pass
+
+            task = asyncio.create_task(iterate())
+            await until(lambda: waiting(r))
+            t0 = time.monotonic()
+            r.close()
+            with pytest.raises(ShmringError, match="closed"):
+                await asyncio.wait_for(task, WAIT)
+            assert time.monotonic() - t0 < 0.1
+            await no_sleeper_left(name)
+
+    run(main())
+
+
+def test_timeouts_and_reader_usable_after(run: Runner) -> None:
+    name = unique_name()
+
+    async def main() -> None:
+        with RingWriter.create(name, SMALL, np.uint8) as w, RingReader.attach(name) as r:
+            for _ in range(2):
+                t0 = time.monotonic()
+                with pytest.raises(TimeoutError):
+                    async with asyncio.timeout(0.05):
+                        await r.aread()
+                assert 0.045 <= time.monotonic() - t0 < 0.05 + SLACK
+            t0 = time.monotonic()
+            with pytest.raises(RingTimeout):
+                await r.aread(0.05)
+            assert 0.045 <= time.monotonic() - t0 < 0.05 + SLACK
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(r.alatest(), 0.05)
+            seq = w.write(np.full(SMALL, 1, np.uint8))
+            with await r.aread(1.0) as frame:
+                assert frame.seq == seq
+            seq = w.write(np.full(SMALL, 2, np.uint8))
+            frame = await r.alatest(1.0)
+            assert frame.seq == seq
+
+    run(main())
+
+
+def test_idle_async_reader_uses_under_one_percent_of_a_core() -> None:
+    name = unique_name()
+
+    async def main() -> None:
+        with RingWriter.create(name, SMALL, np.uint8), RingReader.attach(name) as r:
+            task = asyncio.create_task(r.aread())
+            await until(lambda: waiting(r))
+            before, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+            await asyncio.sleep(1.0)  # the measurement window, not a synchronisation
+            after, t1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+            task.cancel()
+            cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+            assert cpu / (t1 - t0) < 0.01, cpu
+
+    asyncio.run(main())
+
+
+# ---------------------------------------------------------------- crashes
+
+
+def test_writer_killed_while_async_reader_waits(run: Runner) -> None:
+    name = unique_name()
+
+    async def main() -> None:
+        with Child("spawn", "lock_holder", name=name, create=True, mode="none", frames=1) as kid:
+            kid.expect("ready")
+            r = RingReader.attach(name, start="oldest")
+            kid.send("go")
+            kid.expect("wrote")
+            with await r.aread(WAIT) as frame:
+                assert frame.seq == 0
+            kid.send("hold")
+            kid.expect("holding")
+            task = asyncio.create_task(r.aread())
+            await until(lambda: waiting(r))
+            kid.kill()
+            t_kill = time.monotonic()
+            with pytest.raises(WriterGone):
+                await asyncio.wait_for(task, WAIT)
+            assert time.monotonic() - t_kill < GONE_BOUND + SLACK
+            assert kid.join() == -signal.SIGKILL
+            r.close()  # the last one out unlinks the dead creator's ring
+
+    run(main())
+
+
+def _async_reader_then_killed(name: str, slots: int, conn: Connection) -> None:
+    """Attach, take frames and keep them all; once it holds `slots`, report that it waits
+    in aread for the next one, and wait there until SIGKILLed."""
+
+    async def main() -> None:
+        r = await RingReader.aattach(name, start="oldest", timeout=WAIT)
+        conn.send("attached")
+        held: list[shmring.Frame] = []  # kept: a dropped Frame is released
+        while True:
+            task = asyncio.create_task(r.aread(WAIT))
+            await until(lambda task=task: waiting(r) or task.done())  # type: ignore[misc]
+            if len(held) == slots and not task.done():
+                conn.send("waiting")
+            held.append(await task)
+
+    asyncio.run(main())
+
+
+def test_reader_killed_while_waiting_frees_a_waiting_async_writer(run: Runner) -> None:
+    name = unique_name()
+    slots = 4
+    ctx = mp.get_context("spawn")
+
+    async def main() -> None:
+        with RingWriter.create(name, SMALL, np.uint8, slots=slots) as w:
+            parent, child = ctx.Pipe()
+            kid = ctx.Process(
+                target=_async_reader_then_killed, args=(name, slots, child), daemon=True
+            )
+            kid.start()
+            try:
+                assert parent.poll(WAIT) and parent.recv() == "attached"
+                assert await w.await_for_readers(1, WAIT) == 1
+                for n in range(slots):
+                    await w.awrite(np.full(SMALL, n, np.uint8), 1.0)
+                assert parent.poll(WAIT) and parent.recv() == "waiting"
+                with pytest.raises(RingTimeout):  # full: the reader holds every frame
+                    await w.awrite(np.zeros(SMALL, np.uint8), 0.05)
+                task = asyncio.create_task(w.awrite(np.zeros(SMALL, np.uint8), WAIT))
+                await until(lambda: waiting(w))
+                assert kid.pid is not None
+                os.kill(kid.pid, signal.SIGKILL)
+                t_kill = time.monotonic()
+                await asyncio.wait_for(task, WAIT)
+                assert time.monotonic() - t_kill < GONE_BOUND + SLACK
+                assert w.readers == 0
+            finally:
+                kid.kill()
+                kid.join(WAIT)
+
+    run(main())
+
+
+# ---------------------------------------------------------------- many rings, writer side
+
+
+def _round_robin_writer(names: list[str], count: int, conn: Connection) -> None:
+    """Create one ring per name, wait for a reader on each, write `count` pattern frames to
+    each in turn, close them all."""
+    pat = Pattern(SMALL)
+    writers = [RingWriter.create(n, SMALL, np.uint8) for n in names]
+    conn.send("ready")
+    for w in writers:
+        w.wait_for_readers(1, WAIT)
+    for n in range(count):
+        for i, w in enumerate(writers):
+            w.write(pat.make(make_tag(i, n)), WAIT)
+    for w in writers:
+        w.close()
+    conn.send("done")
+
+
+def test_many_rings_in_one_loop_all_progress(run: Runner) -> None:
+    names = [unique_name(f"m{i}") for i in range(8)]
+    count = 300
+    pat = Pattern(SMALL)
+    ctx = mp.get_context("spawn")
+
+    async def main() -> None:
+        parent, child = ctx.Pipe()
+        kid = ctx.Process(target=_round_robin_writer, args=(names, count, child), daemon=True)
+        kid.start()
+        try:
+            assert parent.poll(WAIT) and parent.recv() == "ready"
+
+            async def read_all(i: int, name: str) -> list[int]:
+                tags = []
+                with await RingReader.aattach(name, start="oldest", timeout=WAIT) as r:
+                    async for frame in r:
+                        tags.append(pat.check(frame.array))
+                return tags
+
+            async with asyncio.timeout(WAIT):
+                results = await asyncio.gather(*(read_all(i, n) for i, n in enumerate(names)))
+            for i, tags in enumerate(results):
+                assert tags == [make_tag(i, n) for n in range(count)]
+            assert parent.poll(WAIT) and parent.recv() == "done"
+        finally:
+            kid.join(WAIT)
+            if kid.exitcode is None:
+                kid.kill()
+                kid.join(WAIT)
+
+    run(main())
+
+
+def test_awrite_aclaim_and_aattach(run: Runner) -> None:
+    name = unique_name()
+
+    async def main() -> None:
+        attaching = asyncio.create_task(RingReader.aattach(name, start="oldest", timeout=WAIT))
+        await asyncio.sleep(0.02)  # the attach is waiting for the ring (the loop runs)
+        assert not attaching.done()
+        with RingWriter.create(name, SMALL, np.uint8, slots=2) as w, await attaching as r:
+            assert w.readers == 1
+            second = await RingWriter.aattach(name, timeout=0.0)
+            second.close()
+            claim = w.aclaim(1.0)
+            async with claim as slot:
+                slot[...] = 5
+            assert claim.seq == 0
+            await w.awrite(np.full(SMALL, 6, np.uint8), 1.0)
+            blocked = asyncio.create_task(w.awrite(np.full(SMALL, 9, np.uint8), WAIT))
+            await until(lambda: waiting(w))
+            with await r.aread(1.0) as frame:  # frees a slot: the writer is woken
+                assert int(frame.array[0]) == 5
+            assert await asyncio.wait_for(blocked, WAIT) == 2
+            values = []
+            for _ in range(2):
+                with await r.aread(1.0) as frame:
+                    values.append(int(frame.array[0]))
+            assert values == [6, 9]
+        with pytest.raises(shmring.RingNotFound):
+            await RingReader.aattach(name, timeout=0.02)
+
+    run(main())
