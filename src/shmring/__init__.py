@@ -5,6 +5,8 @@ get read-only views with no copy. Any process attaches by name; the ring survive
 of any participant. See README.md and docs/API.md.
 """
 
+from ._bridge import BridgeReceiver, BridgeSender, BridgeStats
+from ._bridge_wire import BridgeError
 from ._errors import (
     EndOfStream,
     IncompatibleRing,
@@ -34,6 +36,10 @@ from ._reader import Frame, RingReader
 from ._writer import Claim, RingWriter
 
 __all__ = [
+    "BridgeError",
+    "BridgeReceiver",
+    "BridgeSender",
+    "BridgeStats",
     "BrokenRing",
     "Claim",
     "EndOfStream",

@@ -36,6 +36,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 
 from . import __version__
+from ._bridge_cli import add_bridge_command
 from ._errors import ShmringError
 from ._inspect import (
     BrokenRing,
@@ -577,7 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shmring",
         description="Observe and clean up shmring rings (/dev/shm/shmring.*). The tool only "
-        "reads rings: it never attaches as a reader or writer and never takes a ring's lock.",
+        "reads rings: it never attaches as a reader or writer and never takes a ring's lock "
+        "(except `bridge`, which reads or writes the one ring it bridges).",
     )
     parser.add_argument("--version", action="version", version=f"shmring {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -631,6 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     gc = command("gc", cmd_gc, "remove stale rings (creator and every writer dead)")
     patterns(gc, "stale rings")
     gc.add_argument("--dry-run", action="store_true", help="list them, remove nothing")
+    add_bridge_command(commands)
     return parser
 
 
