@@ -88,6 +88,11 @@ def default_key(ring: str) -> str:
     return f"shmring/{ring}"
 
 
+def receiver_token(key: str, zid: str) -> str:
+    """The liveliness token by which a receiver of `key` tells senders it is there."""
+    return f"{key}/@shmring-receiver/{zid}"
+
+
 def zenoh_config(
     listen: Sequence[str] = (), connect: Sequence[str] = (), config: str | None = None
 ) -> zenoh.Config:
@@ -139,6 +144,7 @@ class BridgeStats:
     malformed: int = 0  # receiver: samples that did not decode, skipped
     rejected: int = 0  # receiver: samples of another geometry or repeated, skipped
     peers: int = 0  # Zenoh peers and routers connected now
+    receivers: int = 0  # sender: receivers subscribed to its key now
     state: str = "starting"
 
 
@@ -151,6 +157,7 @@ class _Counters:
     dropped: int = 0
     malformed: int = 0
     rejected: int = 0
+    receivers: int = 0
     state: str = "starting"
 
 
@@ -207,7 +214,8 @@ class _Bridge:
 class BridgeSender(_Bridge):
     """Publishes every frame of local ring `ring` on Zenoh key `key` (default
     "shmring/RING") from a background thread, until close(). Waits for the ring to exist,
-    and for the next ring of that name after its stream ends."""
+    and for the next ring of that name after its stream ends. Lossless (not `latest`), it
+    takes no frame from the ring while fewer than `wait_receivers` receivers are there."""
 
     def __init__(
         self,
@@ -218,10 +226,13 @@ class BridgeSender(_Bridge):
         connect: Sequence[str] = (),
         config: str | None = None,
         latest: bool = False,
+        wait_receivers: int = 1,
     ) -> None:
         self.ring = validate_name(ring)
         self.key = key or default_key(ring)
         self.latest = latest
+        self.wait_receivers = wait_receivers
+        self._receivers: set[str] = set()
         self._what = f"bridge send {ring}"
         super().__init__(listen, connect, config)
         z = _zenoh()
@@ -233,11 +244,30 @@ class BridgeSender(_Bridge):
                 else z.CongestionControl.BLOCK,
                 reliability=z.Reliability.RELIABLE,
             )
+            self._tokens = self._session.liveliness().declare_subscriber(
+                receiver_token(self.key, "*"), self._on_token, history=True
+            )
         except z.ZError as exc:
             self._session.close()
             raise BridgeError(f"cannot publish on key {self.key!r}: {exc}") from None
         self._thread = threading.Thread(target=self._run, name=self._what, daemon=True)
         self._thread.start()
+
+    def _on_token(self, sample: zenoh.Sample) -> None:
+        """Zenoh's callback: a receiver appeared (PUT) or left (DELETE)."""
+        token = str(sample.key_expr)
+        if sample.kind == _zenoh().SampleKind.PUT:
+            self._receivers.add(token)
+        else:
+            self._receivers.discard(token)
+        self._n.receivers = len(self._receivers)
+
+    def _ready(self) -> bool:
+        """Lossless: a frame may be taken only once enough receivers will get it."""
+        return self.latest or (
+            len(self._receivers) >= self.wait_receivers
+            and bool(self._publisher.matching_status.matching)
+        )
 
     def _run(self) -> None:
         ended: int | None = None  # the stream (ring creation time) we saw end
@@ -284,8 +314,8 @@ class BridgeSender(_Bridge):
         flags = FLAG_LATEST if self.latest else 0
         last = -1
         while not self._stop.is_set():
-            if not self.latest and not self._publisher.matching_status.matching:
-                self._n.state = "waiting for a receiver"
+            if not self._ready():
+                self._n.state = f"waiting for {self.wait_receivers} receivers"
                 self._stop.wait(POLL / 10)
                 continue
             self._n.state = "sending"
@@ -322,6 +352,7 @@ class BridgeSender(_Bridge):
 
     def _shutdown(self) -> None:
         self._thread.join(2 * POLL)
+        self._tokens.undeclare()
         self._publisher.undeclare()
 
 
@@ -388,6 +419,9 @@ class BridgeReceiver(_Bridge):
         z = _zenoh()
         try:
             self._subscriber = self._session.declare_subscriber(self.key, self._on_sample)
+            self._token = self._session.liveliness().declare_token(
+                receiver_token(self.key, str(self._session.zid()))
+            )
         except z.ZError as exc:
             self._session.close()
             raise BridgeError(f"cannot subscribe to key {self.key!r}: {exc}") from None
@@ -516,6 +550,7 @@ class BridgeReceiver(_Bridge):
         self._writer, self._geometry, self._stream, self._last = None, None, None, None
 
     def _shutdown(self) -> None:
+        self._token.undeclare()
         self._subscriber.undeclare()
         with self._lock:  # a running handler notices the stop flag within POLL
             self._close_ring()

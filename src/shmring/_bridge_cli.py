@@ -22,22 +22,9 @@ from types import FrameType
 from typing import Any
 
 from ._bridge import BridgeReceiver, BridgeSender, BridgeStats, _Bridge
-from ._segment import validate_name
+from ._cli import plural, positive, ring_name
 
 PROGRESS_INTERVAL = 1.0  # seconds between progress lines
-
-
-def ring_name(text: str) -> str:
-    try:
-        return validate_name(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def slot_count(text: str) -> int:
-    if text.isdigit() and int(text) > 0:
-        return int(text)
-    raise argparse.ArgumentTypeError(f"expected a positive number of slots, got {text!r}")
 
 
 def add_bridge_command(commands: Any) -> None:
@@ -59,6 +46,13 @@ def add_bridge_command(commands: Any) -> None:
         help="congestion control drop: never slow the ring's writer; receivers get the "
         "newest frames and count the rest as dropped (default: lossless, backpressure)",
     )
+    send.add_argument(
+        "--wait-receivers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="lossless: take no frame from the ring while fewer than N receivers are there",
+    )
     send.set_defaults(run=cmd_send)
 
     recv = ends.add_parser(
@@ -70,7 +64,7 @@ def add_bridge_command(commands: Any) -> None:
     recv.add_argument(
         "--as", dest="local", type=ring_name, metavar="LOCAL", help="local ring name (RING)"
     )
-    recv.add_argument("--slots", type=slot_count, help="slots of the local ring (the sender's)")
+    recv.add_argument("--slots", type=positive(int), help="slots of the local ring (the sender's)")
     recv.add_argument(
         "--policy",
         choices=("block", "overwrite"),
@@ -118,6 +112,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             connect=args.connect,
             config=args.config,
             latest=args.latest,
+            wait_receivers=args.wait_receivers,
         ),
     )
 
@@ -160,17 +155,27 @@ def run_bridge(args: argparse.Namespace, make: Callable[[], _Bridge]) -> int:
                 if not args.quiet:
                     print(progress(args, earlier, current, now - since), flush=True)
                 earlier, since = current, now
+        if not args.quiet:
+            print(progress(args, earlier, bridge.stats(), 0.0, "stopped"), flush=True)
     return 0
 
 
-def progress(args: argparse.Namespace, before: BridgeStats, now: BridgeStats, secs: float) -> str:
-    rate = (now.frames - before.frames) / secs
-    mbps = (now.bytes - before.bytes) / secs / 1e6
-    peers = f"{now.peers} peer" + ("" if now.peers == 1 else "s")
+def progress(
+    args: argparse.Namespace,
+    before: BridgeStats,
+    now: BridgeStats,
+    seconds: float,
+    state: str | None = None,
+) -> str:
+    """One line: rates over `seconds` (none if 0), totals, link, state."""
+    rates = ""
+    if seconds > 0:
+        mbps = (now.bytes - before.bytes) / seconds / 1e6
+        rates = f"{(now.frames - before.frames) / seconds:.1f} frames/s, {mbps:.1f} MB/s, "
     counts = f"{now.frames} frames, {now.dropped} dropped"
     if args.end == "recv":
         counts += f", {now.malformed} malformed, {now.rejected} rejected"
-    return (
-        f"bridge {args.end} {args.ring}: {rate:.1f} frames/s, {mbps:.1f} MB/s, {counts}; "
-        f"link {'up' if now.peers else 'down'} ({peers}), {now.state}"
-    )
+    link = f"link {'up' if now.peers else 'down'} ({plural(now.peers, 'peer')}"
+    if args.end == "send":
+        link += f", {plural(now.receivers, 'receiver')}"
+    return f"bridge {args.end} {args.ring}: {rates}{counts}; {link}), {state or now.state}"

@@ -36,7 +36,6 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 
 from . import __version__
-from ._bridge_cli import add_bridge_command
 from ._errors import ShmringError
 from ._inspect import (
     BrokenRing,
@@ -633,6 +632,8 @@ def build_parser() -> argparse.ArgumentParser:
     gc = command("gc", cmd_gc, "remove stale rings (creator and every writer dead)")
     patterns(gc, "stale rings")
     gc.add_argument("--dry-run", action="store_true", help="list them, remove nothing")
+    from ._bridge_cli import add_bridge_command  # it builds on this module's helpers
+
     add_bridge_command(commands)
     return parser
 
