@@ -263,10 +263,10 @@ class BridgeSender(_Bridge):
         self._n.receivers = len(self._receivers)
 
     def _ready(self) -> bool:
-        """Lossless: a frame may be taken only once enough receivers will get it."""
-        return self.latest or (
-            len(self._receivers) >= self.wait_receivers
-            and bool(self._publisher.matching_status.matching)
+        """Enough receivers are there to send a frame to. Until then a lossless sender takes
+        no frame; a latest one takes them and counts them as dropped."""
+        return len(self._receivers) >= self.wait_receivers and bool(
+            self._publisher.matching_status.matching
         )
 
     def _run(self) -> None:
@@ -302,23 +302,17 @@ class BridgeSender(_Bridge):
 
     def _pump(self, reader: RingReader, info: RingInfo) -> int | None:
         """Forward frames until the stream ends (returns its id) or the bridge stops."""
-        geometry = Geometry(
-            shape=info.shape,
-            dtype=np.dtype(info.dtype).str,
-            slots=info.slots,
-            policy=info.policy,
-            max_readers=info.max_readers,
-            max_writers=info.max_writers,
-            meta_size=info.meta_size,
-        )
+        geometry = geometry_of(info)
         flags = FLAG_LATEST if self.latest else 0
-        last = -1
+        last = -1  # the last frame published
+        n = self._n
         while not self._stop.is_set():
-            if not self._ready():
-                self._n.state = f"waiting for {self.wait_receivers} receivers"
+            ready = self._ready()
+            if not ready and not self.latest:
+                n.state = f"waiting for {self.wait_receivers} receivers"
                 self._stop.wait(POLL / 10)
                 continue
-            self._n.state = "sending"
+            n.state = "sending" if ready else "dropping: too few receivers"
             try:
                 frame = reader.read(timeout=POLL)
             except RingTimeout:
@@ -340,14 +334,14 @@ class BridgeSender(_Bridge):
                 LOG.info("%s: stream of ring %s ended (%s)", self._what, self.ring, end)
                 return info.created_ns
             with frame:
+                n.dropped += frame.dropped + (not ready)
+                if not ready:
+                    continue
                 payload, size = _frame_payload(frame, flags, info.created_ns, geometry)
                 last = frame.seq
-                dropped = frame.dropped
             self._publisher.put(payload)
-            n = self._n
             n.frames += 1
             n.bytes += size
-            n.dropped += dropped
         return None
 
     def _shutdown(self) -> None:
@@ -372,6 +366,18 @@ def _frame_payload(frame: Frame, flags: int, stream: int, geometry: Geometry) ->
     )
     data = array.data if array.flags.c_contiguous else np.ascontiguousarray(array).data
     return b"".join((header, meta, data.cast("B"))), array.nbytes
+
+
+def geometry_of(info: RingInfo) -> Geometry:
+    return Geometry(
+        shape=info.shape,
+        dtype=np.dtype(info.dtype).str,
+        slots=info.slots,
+        policy=info.policy,
+        max_readers=info.max_readers,
+        max_writers=info.max_writers,
+        meta_size=info.meta_size,
+    )
 
 
 def _describe(info: RingInfo) -> str:
@@ -526,16 +532,7 @@ class BridgeReceiver(_Bridge):
         return writer
 
     def _attach_existing(self, geometry: Geometry) -> RingWriter:
-        info = inspect_ring(self.local)
-        mine = Geometry(
-            shape=info.shape,
-            dtype=np.dtype(info.dtype).str,
-            slots=info.slots,
-            policy=info.policy,
-            max_readers=info.max_readers,
-            max_writers=info.max_writers,
-            meta_size=info.meta_size,
-        )
+        mine = geometry_of(inspect_ring(self.local))
         if not _same_frames(geometry, mine):
             raise IncompatibleRing(
                 f"local ring {self.local!r} exists with {mine.describe()}, but the sender's "
