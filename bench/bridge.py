@@ -203,7 +203,7 @@ def zmq_producer(conn: Connection, run: Run) -> None:
             trackers[slot].wait(WAIT)
 
     def send(frame: np.ndarray, slot: int) -> None:
-        trackers[slot] = sock.send(memoryview(frame), 0, copy=False, track=True)
+        trackers[slot] = sock.send(frame.data, 0, copy=False, track=True)
 
     with zmq.Context() as ctx, ctx.socket(zmq.PUSH) as sock:
         sock.connect(f"tcp://127.0.0.1:{run.port}")
