@@ -6,6 +6,8 @@ of any participant. See README.md and docs/API.md.
 """
 
 from ._async import AsyncClaim
+from ._bridge import BridgeReceiver, BridgeSender, BridgeStats
+from ._bridge_wire import BridgeError
 from ._errors import (
     EndOfStream,
     IncompatibleRing,
@@ -50,6 +52,10 @@ from ._writer import Claim, RingWriter
 
 __all__ = [
     "AsyncClaim",
+    "BridgeError",
+    "BridgeReceiver",
+    "BridgeSender",
+    "BridgeStats",
     "BrokenRing",
     "Claim",
     "EndOfStream",

@@ -590,8 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shmring",
         description="Observe and clean up shmring rings (/dev/shm/shmring.*). Apart from "
-        "record and replay, the tool only reads rings: it never attaches as a reader or writer "
-        "and never takes a ring's lock.",
+        "record, replay and bridge, which read or write the ring they work on, the tool only "
+        "reads rings: it never attaches as a reader or writer and never takes a ring's lock.",
     )
     parser.add_argument("--version", action="version", version=f"shmring {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -649,6 +649,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ._record_cli import add_record_commands  # it imports this module's helpers
 
     add_record_commands(command)
+
+    from ._bridge_cli import add_bridge_command  # likewise
+
+    add_bridge_command(commands)
     return parser
 
 

@@ -1,0 +1,558 @@
+# Bridges: extend a ring across hosts over Eclipse Zenoh (the `bridge` extra).
+#
+# BridgeSender reads a local ring as a reader of its own group and publishes every frame on a
+# Zenoh key; BridgeReceiver subscribes to that key and writes every frame into a local ring
+# it creates with the sender's geometry. Programs on either side use rings as usual.
+#
+# Rules:
+#   - The wire format is _bridge_wire.py's; Zenoh carries it. Lossless (default): reliable,
+#     congestion control `block`, and the sender takes no frame from its ring while no
+#     receiver matches its key, so a slow or absent receiver holds back the ring's writer
+#     through the `block` policy instead of losing frames. Latest (`latest=True`):
+#     congestion control `drop`; the receiver's ring defaults to `overwrite`.
+#   - Gaps: every sample carries the source ring's sequence number. A receiver counts a jump
+#     in it (a sender restarted, the link dropped, Zenoh dropped under `latest`) as dropped
+#     frames in its stats and logs it; a frame is never written torn or twice.
+#   - Never a hang: every wait is a slice of at most POLL seconds that re-checks the stop
+#     flag, so close() returns within about a second whatever the peers do.
+#   - /dev/shm: Zenoh's own shared-memory transport is always turned off. It adds a
+#     `<number>.zenoh` file to /dev/shm that a SIGKILLed session leaves behind, and the
+#     frames are in shared memory already; a receiver removes the ring it created at close.
+#   - Nothing listens on a port unless asked: with no --config the endpoints are exactly the
+#     ones given, multicast scouting is off, and a config file that names no listen
+#     endpoints gets none (Zenoh's default would listen on every interface).
+#   - Zenoh is imported when a bridge is made, so `import shmring` works without the extra.
+#
+# Copies per frame: sender, ring → one bytes object (header + metadata + frame) → Zenoh's
+# buffer (zenoh-python 1.10 copies any bytes it is given); receiver, Zenoh's buffer → bytes
+# (the abi3 wheel has no buffer protocol on ZBytes) → the ring's slot. Two on each side.
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from math import prod
+from types import ModuleType, TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+import numpy as np
+
+from ._bridge_wire import (
+    FLAG_LATEST,
+    FLAG_WRITER_GONE,
+    KIND_END,
+    KIND_FRAME,
+    BridgeError,
+    Geometry,
+    MalformedSample,
+    Sample,
+    decode,
+    encode_header,
+)
+from ._errors import (
+    EndOfStream,
+    IncompatibleRing,
+    RingExists,
+    RingNotFound,
+    RingTimeout,
+    WriterGone,
+)
+from ._inspect import RingInfo, inspect_ring
+from ._reader import Frame, RingReader
+from ._segment import validate_name
+from ._writer import RingWriter
+
+if TYPE_CHECKING:
+    import zenoh
+
+POLL = 0.1  # seconds: the longest slice of any wait (stop flag re-checked after each)
+LOG = logging.getLogger("shmring.bridge")
+RETRY = {"period_init_ms": 200, "period_max_ms": 1000, "period_increase_factor": 2}
+
+
+def _zenoh() -> ModuleType:
+    try:
+        return importlib.import_module("zenoh")
+    except ImportError:
+        raise BridgeError(
+            "bridges need Eclipse Zenoh: pip install 'shmring[bridge]' (eclipse-zenoh)"
+        ) from None
+
+
+def default_key(ring: str) -> str:
+    return f"shmring/{ring}"
+
+
+def receiver_token(key: str, zid: str) -> str:
+    """The liveliness token by which a receiver of `key` tells senders it is there."""
+    return f"{key}/@shmring-receiver/{zid}"
+
+
+def zenoh_config(
+    listen: Sequence[str] = (), connect: Sequence[str] = (), config: str | None = None
+) -> zenoh.Config:
+    """The Zenoh configuration of a bridge: `config` (a JSON5 file) if given, then the
+    endpoints, then the rules at the top of this module."""
+    z = _zenoh()
+    if config is None and not listen and not connect:
+        raise BridgeError(
+            "no Zenoh endpoint: give --listen (e.g. tcp/127.0.0.1:7447) on one side and "
+            "--connect to it on the other, or a --config file"
+        )
+    try:
+        cfg: zenoh.Config = z.Config.from_file(config) if config is not None else z.Config()
+        settings: dict[str, object] = {"transport/shared_memory/enabled": False}
+        if config is None:
+            settings.update(
+                {"mode": "peer", "scouting/multicast/enabled": False, "connect/retry": RETRY}
+            )
+        if listen or cfg.get_json("listen/endpoints") == z.Config().get_json("listen/endpoints"):
+            settings["listen/endpoints"] = list(listen)
+        if connect:
+            settings["connect/endpoints"] = list(connect)
+        for key, value in settings.items():
+            cfg.insert_json5(key, json.dumps(value))
+    except z.ZError as exc:
+        raise BridgeError(f"bad Zenoh configuration: {exc}") from None
+    return cfg
+
+
+def _open_session(listen: Sequence[str], connect: Sequence[str], config: str | None) -> Any:
+    z = _zenoh()
+    cfg = zenoh_config(listen, connect, config)
+    try:
+        return z.open(cfg)
+    except z.ZError as exc:
+        raise BridgeError(
+            f"cannot open a Zenoh session: {exc}; check the --listen/--connect endpoints "
+            "(a port in use, an address this host does not have) and the --config file"
+        ) from None
+
+
+@dataclass(frozen=True)
+class BridgeStats:
+    """Counters of one bridge since it started; `state` says what it is doing now."""
+
+    frames: int = 0  # frames sent (sender) or written into the local ring (receiver)
+    bytes: int = 0  # their frame bytes (metadata and headers not counted)
+    dropped: int = 0  # receiver: gaps in the sequence; sender: frames its ring dropped
+    malformed: int = 0  # receiver: samples that did not decode, skipped
+    rejected: int = 0  # receiver: samples of another geometry or repeated, skipped
+    peers: int = 0  # Zenoh peers and routers connected now
+    receivers: int = 0  # sender: receivers subscribed to its key now
+    state: str = "starting"
+
+
+@dataclass
+class _Counters:
+    """BridgeStats as the one thread that counts (worker or Zenoh callback) updates them."""
+
+    frames: int = 0
+    bytes: int = 0
+    dropped: int = 0
+    malformed: int = 0
+    rejected: int = 0
+    receivers: int = 0
+    state: str = "starting"
+
+
+class _Bridge:
+    """What both ends share: a Zenoh session, a worker, stats, close within a second."""
+
+    _what = "bridge"
+
+    def __init__(self, listen: Sequence[str], connect: Sequence[str], config: str | None):
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._n = _Counters()
+        self._session = _open_session(listen, connect, config)
+        self._closed = False
+
+    def stats(self) -> BridgeStats:
+        info = self._session.info
+        peers = len(list(info.peers_zid())) + len(list(info.routers_zid()))
+        return BridgeStats(**asdict(self._n), peers=peers)
+
+    def _fail(self, exc: BaseException) -> None:
+        LOG.error("%s failed: %s", self._what, exc)
+        self._error = exc
+        self._stop.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to `timeout` s; True once the bridge stopped. Re-raises what stopped it."""
+        self._stop.wait(timeout)
+        if self._error is not None:
+            raise self._error
+        return self._stop.is_set()
+
+    def close(self) -> None:
+        """Stop, leave the rings (a receiver removes the ring it created) and the session."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._shutdown()
+        self._session.close()
+
+    def _shutdown(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class BridgeSender(_Bridge):
+    """Publishes every frame of local ring `ring` on Zenoh key `key` (default
+    "shmring/RING") from a background thread, until close(). Waits for the ring to exist,
+    and for the next ring of that name after its stream ends. Lossless (not `latest`), it
+    takes no frame from the ring while fewer than `wait_receivers` receivers are there."""
+
+    def __init__(
+        self,
+        ring: str,
+        *,
+        key: str | None = None,
+        listen: Sequence[str] = (),
+        connect: Sequence[str] = (),
+        config: str | None = None,
+        latest: bool = False,
+        wait_receivers: int = 1,
+    ) -> None:
+        self.ring = validate_name(ring)
+        self.key = key or default_key(ring)
+        self.latest = latest
+        self.wait_receivers = wait_receivers
+        self._receivers: set[str] = set()
+        self._what = f"bridge send {ring}"
+        super().__init__(listen, connect, config)
+        z = _zenoh()
+        try:
+            self._publisher = self._session.declare_publisher(
+                self.key,
+                congestion_control=z.CongestionControl.DROP
+                if latest
+                else z.CongestionControl.BLOCK,
+                reliability=z.Reliability.RELIABLE,
+            )
+            self._tokens = self._session.liveliness().declare_subscriber(
+                receiver_token(self.key, "*"), self._on_token, history=True
+            )
+        except z.ZError as exc:
+            self._session.close()
+            raise BridgeError(f"cannot publish on key {self.key!r}: {exc}") from None
+        self._thread = threading.Thread(target=self._run, name=self._what, daemon=True)
+        self._thread.start()
+
+    def _on_token(self, sample: zenoh.Sample) -> None:
+        """Zenoh's callback: a receiver appeared (PUT) or left (DELETE)."""
+        token = str(sample.key_expr)
+        if sample.kind == _zenoh().SampleKind.PUT:
+            self._receivers.add(token)
+        else:
+            self._receivers.discard(token)
+        self._n.receivers = len(self._receivers)
+
+    def _ready(self) -> bool:
+        """Enough receivers are there to send a frame to. Until then a lossless sender takes
+        no frame; a latest one takes them and counts them as dropped."""
+        return len(self._receivers) >= self.wait_receivers and bool(
+            self._publisher.matching_status.matching
+        )
+
+    def _run(self) -> None:
+        ended: int | None = None  # the stream (ring creation time) we saw end
+        try:
+            while not self._stop.is_set():
+                attached = self._attach(ended)
+                if attached is None:
+                    continue
+                reader, info = attached
+                with reader:
+                    ended = self._pump(reader, info)
+        except BaseException as exc:  # reported by wait(); the thread must not die silently
+            self._fail(exc)
+
+    def _attach(self, ended: int | None) -> tuple[RingReader, RingInfo] | None:
+        """The ring as a reader of its own group, and its header; None to try again."""
+        self._n.state = f"waiting for ring {self.ring}"
+        try:
+            reader = RingReader.attach(self.ring, start="latest", timeout=POLL)
+        except (RingNotFound, RingTimeout):
+            return None
+        try:
+            info = inspect_ring(self.ring)
+        except RingNotFound:
+            info = None
+        if info is None or info.created_ns == ended or info.shape != reader.shape:
+            reader.close()  # gone again, the stream we already ended, or a newer ring
+            self._stop.wait(POLL)
+            return None
+        LOG.info("%s: attached to ring %s (%s)", self._what, self.ring, _describe(info))
+        return reader, info
+
+    def _pump(self, reader: RingReader, info: RingInfo) -> int | None:
+        """Forward frames until the stream ends (returns its id) or the bridge stops."""
+        geometry = geometry_of(info)
+        flags = FLAG_LATEST if self.latest else 0
+        last = -1  # the last frame published
+        n = self._n
+        while not self._stop.is_set():
+            ready = self._ready()
+            if not ready and not self.latest:
+                n.state = f"waiting for {self.wait_receivers} receivers"
+                self._stop.wait(POLL / 10)
+                continue
+            n.state = "sending" if ready else "dropping: too few receivers"
+            try:
+                frame = reader.read(timeout=POLL)
+            except RingTimeout:
+                continue
+            except (EndOfStream, WriterGone) as end:
+                gone = FLAG_WRITER_GONE if isinstance(end, WriterGone) else 0
+                header = encode_header(
+                    kind=KIND_END,
+                    flags=flags | gone,
+                    stream=info.created_ns,
+                    seq=last + 1,
+                    timestamp_ns=time.monotonic_ns(),
+                    geometry=geometry,
+                    shape=geometry.shape,
+                    meta_len=0,
+                )
+                z = _zenoh()
+                self._session.put(self.key, header, congestion_control=z.CongestionControl.BLOCK)
+                LOG.info("%s: stream of ring %s ended (%s)", self._what, self.ring, end)
+                return info.created_ns
+            with frame:
+                n.dropped += frame.dropped + (not ready)
+                if not ready:
+                    continue
+                payload, size = _frame_payload(frame, flags, info.created_ns, geometry)
+                last = frame.seq
+            self._publisher.put(payload)
+            n.frames += 1
+            n.bytes += size
+        return None
+
+    def _shutdown(self) -> None:
+        self._thread.join(2 * POLL)
+        self._tokens.undeclare()
+        self._publisher.undeclare()
+
+
+def _frame_payload(frame: Frame, flags: int, stream: int, geometry: Geometry) -> tuple[bytes, int]:
+    """One sample's bytes (the one copy out of the ring) and the frame's size."""
+    array = frame.array
+    meta = frame.meta
+    header = encode_header(
+        kind=KIND_FRAME,
+        flags=flags,
+        stream=stream,
+        seq=frame.seq,
+        timestamp_ns=frame.timestamp_ns,
+        geometry=geometry,
+        shape=array.shape,
+        meta_len=len(meta),
+    )
+    data = array.data if array.flags.c_contiguous else np.ascontiguousarray(array).data
+    return b"".join((header, meta, data.cast("B"))), array.nbytes
+
+
+def geometry_of(info: RingInfo) -> Geometry:
+    return Geometry(
+        shape=info.shape,
+        dtype=np.dtype(info.dtype).str,
+        slots=info.slots,
+        policy=info.policy,
+        max_readers=info.max_readers,
+        max_writers=info.max_writers,
+        meta_size=info.meta_size,
+    )
+
+
+def _describe(info: RingInfo) -> str:
+    shape = "x".join(str(d) for d in info.shape)
+    return f"{shape} {info.dtype}, {info.policy}, {info.slots} slots"
+
+
+class BridgeReceiver(_Bridge):
+    """Subscribes to Zenoh key `key` (default "shmring/RING") and writes every frame into
+    local ring `local` (default `ring`), created on the first frame with the sender's
+    geometry (`slots`, `policy` override it) and removed at close(). A ring of that name that
+    already exists is used if its geometry matches (and left at close), else the receiver
+    fails with IncompatibleRing (raised by wait()). With `wait_readers`, the first frame of
+    each stream waits until that many readers attached to the local ring."""
+
+    def __init__(
+        self,
+        ring: str,
+        *,
+        key: str | None = None,
+        local: str | None = None,
+        listen: Sequence[str] = (),
+        connect: Sequence[str] = (),
+        config: str | None = None,
+        slots: int | None = None,
+        policy: str | None = None,
+        wait_readers: int = 0,
+    ) -> None:
+        self.ring = validate_name(ring)
+        self.local = validate_name(local or ring)
+        self.key = key or default_key(ring)
+        if policy not in (None, "block", "overwrite"):
+            raise ValueError(f"policy must be 'block' or 'overwrite', got {policy!r}")
+        self._slots = slots
+        self._policy = policy
+        self._wait_readers = wait_readers
+        self._what = f"bridge recv {self.local}"
+        self._lock = threading.Lock()  # the sample handler vs close()
+        self._writer: RingWriter | None = None
+        self._geometry: Geometry | None = None
+        self._stream: int | None = None
+        self._last: int | None = None
+        super().__init__(listen, connect, config)
+        self._n.state = "waiting for a sender"
+        z = _zenoh()
+        try:
+            self._subscriber = self._session.declare_subscriber(self.key, self._on_sample)
+            self._token = self._session.liveliness().declare_token(
+                receiver_token(self.key, str(self._session.zid()))
+            )
+        except z.ZError as exc:
+            self._session.close()
+            raise BridgeError(f"cannot subscribe to key {self.key!r}: {exc}") from None
+
+    def _on_sample(self, sample: zenoh.Sample) -> None:
+        """Zenoh's callback thread. Blocking here (a full `block` ring) backpressures."""
+        with self._lock:
+            if self._stop.is_set():
+                return
+            try:
+                self._handle(decode(sample.payload.to_bytes()))
+            except MalformedSample as exc:
+                self._n.malformed += 1
+                LOG.warning("%s: skipped a malformed sample on %s: %s", self._what, self.key, exc)
+            except BaseException as exc:
+                self._fail(exc)
+
+    def _handle(self, sample: Sample) -> None:
+        if sample.kind == KIND_END:
+            if self._writer is not None and sample.stream == self._stream:
+                self._count_gap(sample.seq)
+                self._close_ring()
+                self._n.state = "stream ended; waiting for a sender"
+            return
+        writer = self._ring_for(sample)
+        if writer is None:
+            return
+        if sample.stream != self._stream:
+            self._stream, self._last = sample.stream, None
+        elif self._last is not None and sample.seq <= self._last:
+            self._n.rejected += 1  # written already: a restarted sender repeats its first
+            return
+        self._count_gap(sample.seq)
+        self._last = sample.seq
+        count = prod(sample.shape)
+        array = np.frombuffer(sample.data, writer.dtype, count).reshape(sample.shape)
+        while not self._stop.is_set():
+            try:
+                writer.write(array, POLL, timestamp_ns=sample.timestamp_ns, meta=sample.meta)
+            except RingTimeout:
+                continue
+            n = self._n
+            n.frames += 1
+            n.bytes += array.nbytes
+            n.state = "receiving"
+            return
+
+    def _count_gap(self, seq: int) -> None:
+        if self._last is None or seq <= self._last + 1:
+            return
+        lost = seq - self._last - 1
+        self._n.dropped += lost
+        LOG.warning(
+            "%s: %d frames lost between seq %d and %d (link or sender restarted, or dropped "
+            "under --latest)",
+            self._what,
+            lost,
+            self._last,
+            seq,
+        )
+
+    def _ring_for(self, sample: Sample) -> RingWriter | None:
+        """The local ring for this sample's geometry: created on first use."""
+        geometry = sample.geometry
+        if self._writer is not None:
+            if _same_frames(geometry, self._geometry):
+                return self._writer
+            self._n.rejected += 1
+            LOG.warning(
+                "%s: skipped a frame of %s: the local ring holds %s; the sender's ring "
+                "changed geometry mid-stream (restart bridge recv to follow it)",
+                self._what,
+                geometry.describe(),
+                self._geometry.describe() if self._geometry else "?",
+            )
+            return None
+        policy = self._policy or ("overwrite" if sample.flags & FLAG_LATEST else geometry.policy)
+        slots = self._slots or geometry.slots
+        if policy == "overwrite":
+            slots = max(slots, geometry.max_readers + geometry.max_writers + 1)
+        try:
+            writer = RingWriter.create(
+                self.local,
+                geometry.shape,
+                geometry.dtype,
+                slots=slots,
+                policy=policy,
+                max_readers=geometry.max_readers,
+                max_writers=geometry.max_writers,
+                meta_size=geometry.meta_size,
+            )
+        except RingExists:
+            writer = self._attach_existing(geometry)
+        LOG.info("%s: ring %s ready (%s, %s)", self._what, self.local, geometry.describe(), policy)
+        self._writer, self._geometry = writer, geometry
+        while writer.readers < self._wait_readers and not self._stop.is_set():
+            self._n.state = f"waiting for {self._wait_readers} local readers"
+            try:
+                writer.wait_for_readers(self._wait_readers, POLL)
+            except RingTimeout:
+                continue
+        return writer
+
+    def _attach_existing(self, geometry: Geometry) -> RingWriter:
+        mine = geometry_of(inspect_ring(self.local))
+        if not _same_frames(geometry, mine):
+            raise IncompatibleRing(
+                f"local ring {self.local!r} exists with {mine.describe()}, but the sender's "
+                f"ring has {geometry.describe()}: remove it (shmring rm {self.local}) or "
+                "receive into another name (--as)"
+            )
+        return RingWriter.attach(self.local, shape=geometry.shape, dtype=geometry.dtype)
+
+    def _close_ring(self) -> None:
+        if self._writer is not None:
+            self._writer.close()  # readers drain it, then get EndOfStream; unlinked if ours
+        self._writer, self._geometry, self._stream, self._last = None, None, None, None
+
+    def _shutdown(self) -> None:
+        self._token.undeclare()
+        self._subscriber.undeclare()
+        with self._lock:  # a running handler notices the stop flag within POLL
+            self._close_ring()
+
+
+def _same_frames(a: Geometry, b: Geometry | None) -> bool:
+    """Frames of `a` fit a ring of `b` (slots and policy may differ)."""
+    return b is not None and (a.shape, a.dtype, a.meta_size) == (b.shape, b.dtype, b.meta_size)

@@ -1,0 +1,188 @@
+# The bytes of one bridge sample: what `shmring bridge send` publishes on its Zenoh key and
+# `shmring bridge recv` decodes (docs/API.md, "Bridging rings across hosts", has the table).
+#
+# Rules:
+#   - One sample is one Zenoh payload: a fixed 196-byte little-endian header, then the
+#     frame's metadata bytes, then the frame's bytes in C order. Nothing else is sent: the
+#     ring's geometry and policy ride in every header, so a receiver that joins late, or
+#     a sender that restarts, needs no handshake.
+#   - Everything a sample says is checked before it is used (magic, version, kind, dtype,
+#     dimensions against the ring's, lengths against the payload's size); a sample that
+#     fails any check raises MalformedSample and is counted and skipped by the receiver,
+#     which never trusts a sample to size an allocation or an index.
+#   - `stream` identifies the source ring (its creation time): a change of stream tells the
+#     receiver that sequence numbers started again, and is not a gap.
+#   - Pure functions of bytes: no Zenoh and no ring here, so this is testable on its own.
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from math import prod
+from typing import Any
+
+import numpy as np
+
+from ._errors import ShmringError
+
+MAGIC = b"SRBR"
+VERSION = 1
+KIND_FRAME = 0
+KIND_END = 1  # the source stream ended (every writer closed, or died: FLAG_WRITER_GONE)
+FLAG_LATEST = 1  # the sender runs --latest (Zenoh congestion control drop)
+FLAG_OVERWRITE = 2  # the source ring's policy is overwrite (else block)
+FLAG_WRITER_GONE = 4  # KIND_END: the writers died instead of closing the stream
+MAX_NDIM = 8  # docs/API.md: frames have up to 8 dimensions
+DTYPE_BYTES = 16
+
+# magic, version, kind, flags, stream, seq, timestamp_ns, slots, meta_size, max_readers,
+# max_writers, ndim, meta_len, dtype, frame shape (8 dims), ring shape (8 dims)
+HEADER = struct.Struct(f"<4sBBHQQQIIHHB3xI{DTYPE_BYTES}s{MAX_NDIM}Q{MAX_NDIM}Q")
+HEADER_SIZE = HEADER.size
+
+
+class BridgeError(ShmringError):
+    """A bridge could not do what it was asked: Zenoh is not installed, a session could not
+    open (a bad endpoint, a port in use, an unreadable config), or no endpoint was given."""
+
+
+class MalformedSample(BridgeError, ValueError):
+    """A bridge sample that does not decode (another program on the key, a newer version,
+    damaged bytes); the receiver counts it and skips it."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What a receiver needs to create a matching ring, as the sender's ring has it."""
+
+    shape: tuple[int, ...]
+    dtype: str  # numpy's dtype.str, e.g. "|u1", "<f4"
+    slots: int
+    policy: str  # "block" or "overwrite"
+    max_readers: int
+    max_writers: int
+    meta_size: int
+
+    def describe(self) -> str:
+        shape = "x".join(str(d) for d in self.shape)
+        return f"{shape} {np.dtype(self.dtype).name}, meta_size {self.meta_size}"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A decoded sample; `data` is the frame (empty for an end-of-stream sample)."""
+
+    kind: int
+    flags: int
+    stream: int
+    seq: int
+    timestamp_ns: int
+    geometry: Geometry
+    shape: tuple[int, ...]
+    meta: bytes
+    data: memoryview
+
+
+def encode_header(
+    *,
+    kind: int,
+    flags: int,
+    stream: int,
+    seq: int,
+    timestamp_ns: int,
+    geometry: Geometry,
+    shape: tuple[int, ...],
+    meta_len: int,
+) -> bytes:
+    """The fixed header; the caller appends the metadata and the frame's bytes."""
+    ndim = len(geometry.shape)
+    pad = (0,) * (MAX_NDIM - ndim)
+    return HEADER.pack(
+        MAGIC,
+        VERSION,
+        kind,
+        flags | (FLAG_OVERWRITE if geometry.policy == "overwrite" else 0),
+        stream,
+        seq,
+        timestamp_ns,
+        geometry.slots,
+        geometry.meta_size,
+        geometry.max_readers,
+        geometry.max_writers,
+        ndim,
+        meta_len,
+        geometry.dtype.encode("ascii"),
+        *shape,
+        *pad,
+        *geometry.shape,
+        *pad,
+    )
+
+
+def decode(payload: bytes) -> Sample:
+    """Decode and check one sample; MalformedSample says what is wrong with it."""
+    if len(payload) < HEADER_SIZE:
+        raise MalformedSample(f"{len(payload)} bytes, shorter than the {HEADER_SIZE}-byte header")
+    fields = HEADER.unpack_from(payload)
+    magic, version, kind, flags, stream, seq, timestamp_ns = fields[:7]
+    slots, meta_size, max_readers, max_writers, ndim, meta_len, dtype_text = fields[7:14]
+    if magic != MAGIC:
+        raise MalformedSample(f"magic {magic!r} is not {MAGIC!r}: not a shmring bridge sample")
+    if version != VERSION:
+        raise MalformedSample(f"wire version {version}, this shmring reads {VERSION}")
+    if kind not in (KIND_FRAME, KIND_END):
+        raise MalformedSample(f"unknown sample kind {kind}")
+    if not 1 <= ndim <= MAX_NDIM:
+        raise MalformedSample(f"{ndim} dimensions (1 to {MAX_NDIM} allowed)")
+    dims: tuple[Any, ...] = fields[14:]
+    shape = tuple(int(d) for d in dims[:ndim])
+    ring_shape = tuple(int(d) for d in dims[MAX_NDIM : MAX_NDIM + ndim])
+    dtype = _dtype(dtype_text)
+    if slots < 1 or max_readers < 1 or max_writers < 1:
+        raise MalformedSample("slots, max_readers and max_writers must be positive")
+    if any(d < 1 for d in ring_shape) or any(
+        not 0 <= d <= r for d, r in zip(shape, ring_shape, strict=True)
+    ):
+        raise MalformedSample(f"frame shape {shape} does not fit the ring's shape {ring_shape}")
+    if meta_len > meta_size:
+        raise MalformedSample(f"{meta_len} bytes of metadata, the ring holds {meta_size}")
+    size = prod(shape) * dtype.itemsize if kind == KIND_FRAME else 0
+    if len(payload) != HEADER_SIZE + meta_len + size:
+        raise MalformedSample(
+            f"{len(payload)} bytes; header, {meta_len} bytes of metadata and a frame of "
+            f"{size} bytes make {HEADER_SIZE + meta_len + size}"
+        )
+    geometry = Geometry(
+        shape=ring_shape,
+        dtype=dtype.str,
+        slots=slots,
+        policy="overwrite" if flags & FLAG_OVERWRITE else "block",
+        max_readers=max_readers,
+        max_writers=max_writers,
+        meta_size=meta_size,
+    )
+    view = memoryview(payload)
+    start = HEADER_SIZE + meta_len
+    return Sample(
+        kind=kind,
+        flags=flags,
+        stream=stream,
+        seq=seq,
+        timestamp_ns=timestamp_ns,
+        geometry=geometry,
+        shape=shape,
+        meta=bytes(view[HEADER_SIZE:start]),
+        data=view[start:],
+    )
+
+
+def _dtype(text: bytes) -> np.dtype[Any]:
+    try:
+        dtype = np.dtype(text.rstrip(b"\0").decode("ascii"))
+    except (TypeError, ValueError, UnicodeDecodeError) as exc:
+        raise MalformedSample(f"dtype {text!r} is not a NumPy dtype") from exc
+    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+        raise MalformedSample(f"dtype {dtype} is not a plain NumPy dtype")
+    if dtype.itemsize == 0:
+        raise MalformedSample(f"dtype {dtype} has no size")
+    return dtype

@@ -1,0 +1,340 @@
+"""`shmring bridge send/recv` over real Zenoh sessions on 127.0.0.1 (multicast scouting off,
+explicit endpoints on ports the kernel picked), between real processes.
+
+* The ring writer and the readers are spawned children; the bridges are `python -m shmring
+  bridge ...` subprocesses. Frames carry a verified pattern, their index as metadata and a
+  timestamp derived from the index, so order, loss, tearing, metadata and timestamps are all
+  checked at the far end.
+* Nothing sleeps to synchronise: children send messages, the lossless sender waits for its
+  receivers (Zenoh liveliness), `recv --wait-readers 1` holds the first frame until the
+  test's reader attached, and the end of the source stream travels to the far ring (its
+  readers get EndOfStream). Every wait is bounded.
+* No segment may be left in /dev/shm: conftest checks rings; `no_zenoh_files` checks that
+  no Zenoh session left its `<number>.zenoh` file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import SHM_DIR, STARTED_PIDS, VGA, WAIT, Pattern, make_tag, split_tag, unique_name
+
+zenoh = pytest.importorskip("zenoh")
+
+from shmring import (  # noqa: E402 (after the skip: the bridge extra may be absent)
+    BridgeReceiver,
+    BridgeSender,
+    EndOfStream,
+    IncompatibleRing,
+    RingReader,
+    RingWriter,
+)
+
+META_SIZE = 16
+EXIT_BOUND = 1.0  # the promise: SIGINT/SIGTERM → exit 0 within 1 s
+
+
+def stamp(n: int) -> int:
+    """The timestamp the writer gives frame n (not the clock: so it can be checked)."""
+    return 1_000_000_007 * (n + 1)
+
+
+# ---------------------------------------------------------------- spawned children
+
+
+def writer_child(
+    conn: Connection, name: str, count: int, interval: float, policy: str = "block"
+) -> None:
+    """Create ring `name`, wait for the sender bridge to attach, write `count` frames."""
+    pat = Pattern(VGA)
+    with RingWriter.create(name, VGA, np.uint8, policy=policy, meta_size=META_SIZE) as w:
+        conn.send("ready")
+        w.wait_for_readers(1, timeout=WAIT)
+        start = time.monotonic()
+        longest = 0.0
+        for n in range(count):
+            t = time.monotonic()
+            w.write(pat.make(make_tag(0, n)), WAIT, timestamp_ns=stamp(n), meta=b"%d" % n)
+            longest = max(longest, time.monotonic() - t)
+            if interval:
+                time.sleep(interval)  # the stream's own pace (a camera's), not a synchronisation
+        conn.send({"longest": longest, "seconds": time.monotonic() - start})
+
+
+def reader_child(conn: Connection, name: str, delay: float = 0.0, notify_at: int = 0) -> None:
+    """Attach to ring `name` once it exists; read and verify until end of stream."""
+    pat = Pattern(VGA)
+    with RingReader.attach(name, timeout=WAIT, start="oldest") as r:
+        got: list[list[int]] = []  # per frame: index, index from meta, timestamp, arrival ns
+        while True:
+            try:
+                frame = r.read(WAIT)
+            except EndOfStream:
+                break
+            with frame:
+                n = split_tag(pat.check(frame.array))[1]
+                got.append([n, int(frame.meta), frame.timestamp_ns, time.monotonic_ns()])
+            if len(got) == notify_at:
+                conn.send("halfway")
+            if delay:
+                time.sleep(delay)  # a slow consumer, on purpose
+        conn.send({"got": got, "dropped": r.dropped})
+
+
+class Spawned:
+    """A spawned child running one of the functions above, with a message pipe."""
+
+    def __init__(self, target: Any, **kwargs: Any) -> None:
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=target, args=(child,), kwargs=kwargs, daemon=True)
+        self.proc.start()
+        child.close()
+        STARTED_PIDS.add(int(self.proc.pid or 0))
+
+    def recv(self, timeout: float = WAIT) -> Any:
+        assert self.conn.poll(timeout), f"no message from {self.proc.name} in {timeout} s"
+        return self.conn.recv()
+
+    def finish(self) -> Any:
+        report = self.recv()
+        self.proc.join(WAIT)
+        assert self.proc.exitcode == 0, f"child exit code {self.proc.exitcode}"
+        return report
+
+    def close(self) -> None:
+        if self.proc.exitcode is None:
+            self.proc.kill()
+        self.proc.join(WAIT)
+
+
+# ---------------------------------------------------------------- bridge processes
+
+TOTALS = re.compile(
+    r"(?P<frames>\d+) frames, (?P<dropped>\d+) dropped"
+    r"(?:, (?P<malformed>\d+) malformed, (?P<rejected>\d+) rejected)?"
+)
+
+
+class Bridge:
+    """`python -m shmring bridge ARGS...` with its output in temporary files."""
+
+    def __init__(self, *args: str) -> None:
+        self.out = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
+        self.err = tempfile.TemporaryFile()  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "shmring", "bridge", *args], stdout=self.out, stderr=self.err
+        )
+        STARTED_PIDS.add(self.proc.pid)
+
+    def text(self, which: str = "out") -> str:
+        f = self.out if which == "out" else self.err
+        f.seek(0)
+        return f.read().decode(errors="replace")
+
+    def stop(self, signum: int = signal.SIGTERM) -> dict[str, int]:
+        """Signal it; check it exits 0 within the bound; its final totals."""
+        start = time.monotonic()
+        self.proc.send_signal(signum)
+        code = self.proc.wait(WAIT)
+        elapsed = time.monotonic() - start
+        assert code == 0, f"bridge exited {code}:\n{self.text()}\n{self.text('err')}"
+        assert elapsed < EXIT_BOUND, f"bridge took {elapsed:.2f} s to exit after {signum}"
+        return self.totals()
+
+    def totals(self) -> dict[str, int]:
+        last = self.text().strip().splitlines()[-1]
+        assert "stopped" in last, last
+        found = TOTALS.search(last)
+        assert found, last
+        return {k: int(v) for k, v in found.groupdict().items() if v is not None}
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(WAIT)
+        self.out.close()
+        self.err.close()
+
+
+@pytest.fixture
+def cleanup() -> Iterator[list[Any]]:
+    """Children and bridges to kill if a test fails half-way."""
+    started: list[Any] = []
+    yield started
+    for thing in reversed(started):
+        thing.close()
+
+
+@pytest.fixture(autouse=True)
+def no_zenoh_files() -> Iterator[None]:
+    """Zenoh's shared-memory transport (off in bridges) would leave <number>.zenoh files."""
+    before = {e for e in os.listdir(SHM_DIR) if e.endswith(".zenoh")}
+    yield
+    after = {e for e in os.listdir(SHM_DIR) if e.endswith(".zenoh")}
+    assert not after - before, f"Zenoh left {sorted(after - before)} in {SHM_DIR}"
+
+
+def endpoint() -> str:
+    """A TCP endpoint on 127.0.0.1 with a port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp/127.0.0.1:{s.getsockname()[1]}"
+
+
+def start(cleanup: list[Any], thing: Any) -> Any:
+    cleanup.append(thing)
+    return thing
+
+
+def check_frames(got: list[list[int]], expected: list[int]) -> None:
+    """Every frame verified in the child; here: which ones, their metadata and stamps."""
+    assert [g[0] for g in got] == expected
+    assert [g[1] for g in got] == expected, "metadata changed on the way"
+    assert [g[2] for g in got] == [stamp(n) for n in expected], "timestamps changed"
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_lossless_pipeline_1000_vga_frames(cleanup: list[Any]) -> None:
+    src, dst, ep = unique_name("bs"), unique_name("bd"), endpoint()
+    recv = start(cleanup, Bridge("recv", src, "--as", dst, "--connect", ep, "--wait-readers", "1"))
+    send = start(cleanup, Bridge("send", src, "--listen", ep))
+    writer = start(cleanup, Spawned(writer_child, name=src, count=1000, interval=0.0))
+    assert writer.recv() == "ready"
+    reader = start(cleanup, Spawned(reader_child, name=dst))
+    writer.finish()
+    report = reader.finish()
+    check_frames(report["got"], list(range(1000)))
+    assert report["dropped"] == 0
+    assert recv.stop(signal.SIGINT) == {"frames": 1000, "dropped": 0, "malformed": 0, "rejected": 0}
+    assert send.stop(signal.SIGTERM) == {"frames": 1000, "dropped": 0}
+    assert "1 receiver" in send.text() and "frames/s" in send.text()
+
+
+def test_two_receivers_both_get_every_frame(cleanup: list[Any]) -> None:
+    src, ep = unique_name("bs"), endpoint()
+    dsts = [unique_name("bd"), unique_name("bd")]
+    send = start(cleanup, Bridge("send", src, "--listen", ep, "--wait-receivers", "2"))
+    recvs = [
+        start(cleanup, Bridge("recv", src, "--as", d, "--connect", ep, "--wait-readers", "1"))
+        for d in dsts
+    ]
+    writer = start(cleanup, Spawned(writer_child, name=src, count=200, interval=0.0))
+    assert writer.recv() == "ready"
+    readers = [start(cleanup, Spawned(reader_child, name=d)) for d in dsts]
+    writer.finish()
+    for reader in readers:
+        check_frames(reader.finish()["got"], list(range(200)))
+    for recv in recvs:
+        assert recv.stop()["frames"] == 200
+    assert send.stop()["frames"] == 200
+
+
+def test_latest_slow_reader_never_slows_the_writer(cleanup: list[Any]) -> None:
+    src, dst, ep = unique_name("bs"), unique_name("bd"), endpoint()
+    count, interval = 200, 0.005
+    recv = start(cleanup, Bridge("recv", src, "--as", dst, "--connect", ep, "--wait-readers", "1"))
+    send = start(cleanup, Bridge("send", src, "--listen", ep, "--latest"))
+    writer = start(cleanup, Spawned(writer_child, name=src, count=count, interval=interval))
+    assert writer.recv() == "ready"
+    reader = start(cleanup, Spawned(reader_child, name=dst, delay=0.03))
+    timing = writer.finish()
+    report = reader.finish()
+    got = [g[0] for g in report["got"]]
+    assert got == sorted(set(got)), "out of order or repeated"
+    check_frames(report["got"], got)
+    assert len(got) < count / 2, "the reader was not slow: this test tested nothing"
+    totals, sent = recv.stop(), send.stop()
+    # Every frame written is received, or counted as dropped: by the sender while no
+    # receiver was there, by the link (a gap), or by the local overwrite ring.
+    assert sent["frames"] + sent["dropped"] == count
+    assert totals["frames"] + totals["dropped"] == sent["frames"]
+    assert len(got) + report["dropped"] == totals["frames"]
+    # Never slowed: no write waited for the slow reader (it would wait ~30 ms per frame).
+    assert timing["longest"] < 0.25, timing
+    assert timing["seconds"] < count * interval * 1.5 + 1.0, timing
+
+
+def test_sender_killed_and_restarted(cleanup: list[Any]) -> None:
+    src, dst, ep = unique_name("bs"), unique_name("bd"), endpoint()
+    recv = start(cleanup, Bridge("recv", src, "--as", dst, "--connect", ep, "--wait-readers", "1"))
+    send = start(cleanup, Bridge("send", src, "--listen", ep))
+    writer = start(cleanup, Spawned(writer_child, name=src, count=1500, interval=0.002))
+    assert writer.recv() == "ready"
+    reader = start(cleanup, Spawned(reader_child, name=dst, notify_at=100))
+    assert reader.recv() == "halfway"
+    send.proc.kill()
+    send.proc.wait(WAIT)
+    start(cleanup, Bridge("send", src, "--listen", ep))
+    writer.finish()
+    report = reader.finish()  # the same reader, the same handle, to the end of the stream
+    got = [g[0] for g in report["got"]]
+    assert got == sorted(set(got)), "out of order or repeated"
+    check_frames(report["got"], got)
+    missing = sorted(set(range(got[0], 1500)) - set(got))
+    assert missing, "no gap: the kill came too late to test anything"
+    assert got[-1] == 1499, "frames did not come back after the restart"
+    assert recv.stop()["dropped"] == len(missing), "the gap was not counted as dropped"
+    gap = max(b[3] - a[3] for a, b in zip(report["got"], report["got"][1:], strict=False))
+    assert gap < 5e9, f"frames came back only after {gap / 1e9:.1f} s"
+
+
+def test_garbage_samples_are_counted_and_skipped(cleanup: list[Any]) -> None:
+    src, dst, ep = unique_name("bs"), unique_name("bd"), endpoint()
+    recv = start(cleanup, Bridge("recv", src, "--as", dst, "--listen", ep, "--wait-readers", "1"))
+    config = zenoh.Config.from_json5(
+        '{mode: "peer", scouting: {multicast: {enabled: false}}, listen: {endpoints: []},'
+        f' connect: {{endpoints: ["{ep}"]}}, transport: {{shared_memory: {{enabled: false}}}}}}'
+    )
+    with zenoh.open(config) as session:
+        matched = threading.Event()
+        publisher = session.declare_publisher(f"shmring/{src}")
+        listener = publisher.declare_matching_listener(
+            lambda status: matched.set() if status.matching else None
+        )
+        assert matched.wait(WAIT), "the receiver never subscribed"
+        publisher.put(b"not a frame at all")
+        publisher.put(b"SRBR" + bytes(300))  # the right magic, nonsense after it
+        listener.undeclare()
+        publisher.undeclare()
+    start(cleanup, Bridge("send", src, "--connect", ep))
+    writer = start(cleanup, Spawned(writer_child, name=src, count=50, interval=0.0))
+    assert writer.recv() == "ready"
+    reader = start(cleanup, Spawned(reader_child, name=dst))
+    writer.finish()
+    check_frames(reader.finish()["got"], list(range(50)))
+    assert recv.stop() == {"frames": 50, "dropped": 0, "malformed": 2, "rejected": 0}
+    assert recv.text("err").count("malformed sample") == 2
+
+
+def test_local_ring_of_another_geometry_is_incompatible(cleanup: list[Any]) -> None:
+    src, dst, ep = unique_name("bs"), unique_name("bd"), endpoint()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(RingWriter.create(dst, (64,), np.uint8))  # in the way
+        recv = start(cleanup, Bridge("recv", src, "--as", dst, "--connect", ep))
+        receiver = stack.enter_context(BridgeReceiver(src, local=dst, connect=[ep]))
+        stack.enter_context(BridgeSender(src, listen=[ep], wait_receivers=2))
+        source = stack.enter_context(RingWriter.create(src, VGA, np.uint8))
+        source.wait_for_readers(1, timeout=WAIT)
+        source.write(np.zeros(VGA, np.uint8), WAIT)
+        with pytest.raises(IncompatibleRing, match="exists with 64 uint8"):
+            receiver.wait(WAIT)
+        assert recv.proc.wait(WAIT) == 1
+        assert "exists with 64 uint8" in recv.text("err")
