@@ -19,7 +19,7 @@ import faster_fifo
 import faster_fifo_reduction  # noqa: F401  (pickles the queue for spawn)
 import numpy as np
 
-from bench.cell import Cell
+from bench.cell import FAN_IN, GROUPS, MAIN, SUPERVISOR, Cell
 from bench.frames import Frame, make_source, stamper
 from bench.transports import Consumer, Producer, Transport
 
@@ -38,6 +38,9 @@ def _loads(shape: tuple[int, ...], message: memoryview) -> Frame:
 
 class FasterFifo(Transport):
     name = "faster-fifo"
+    # The parent always creates the queue (main and supervisor are the same program); any
+    # number of processes put and get.
+    topologies = frozenset({MAIN, SUPERVISOR, FAN_IN, GROUPS})
 
     def prepare(self, cell: Cell, ctx: Any) -> Any:
         return faster_fifo.Queue(
