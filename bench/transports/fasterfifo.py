@@ -5,8 +5,10 @@
 # copies it into the shared circular buffer) and loads wraps the received bytes in an ndarray
 # (no copy) — so a frame is copied exactly twice (in, out), the least this API allows; pickling
 # would add two more. The consumer uses get_many(), faster-fifo's batched receive (one lock for
-# every frame waiting). The buffer holds 8 frames, like the rings' 8 slots. put() copies before
-# it returns, so the producer reuses one source frame.
+# every frame waiting) — except in groups, where the consumers share the work: there each takes
+# one frame at a time with get(), since a batch would hand one consumer frames the other could
+# take (and could swallow the other's PHASE_END). The buffer holds 8 frames, like the rings' 8
+# slots. put() copies before it returns, so the producer reuses one source frame.
 from __future__ import annotations
 
 import ctypes
@@ -70,5 +72,14 @@ class FasterFifo(Transport):
                     continue
                 yield from batch
 
-        stream = frames()
+        def shared() -> Generator[Frame, None, None]:
+            get = endpoint.get
+            while True:
+                try:
+                    frame: Frame = get(timeout=WAIT_S)
+                except Empty:
+                    continue
+                yield frame
+
+        stream = shared() if cell.topology == GROUPS else frames()
         return Consumer(stream, stream.close)

@@ -15,8 +15,10 @@
 #   publisher is an XPUB with XPUB_VERBOSE (a PUB that also receives each subscription), so it
 #   starts only once every subscriber is connected: a plain PUB would drop the first frames
 #   while they connect (ZeroMQ's "slow joiner").
-# pyzmq-conflate (latest frame): the same with CONFLATE on the SUB, which keeps only the newest
-#   message: recv() returns the latest frame.
+# pyzmq-conflate (latest frame): a PUB and a SUB, both with CONFLATE (ZeroMQ's last-value
+#   option: each end's queue keeps only the newest message; an XPUB ignores it, so no
+#   subscription handshake here: frames sent while the SUB connects are skipped, like any
+#   frame the reader does not take). recv() returns the latest frame.
 from __future__ import annotations
 
 import shutil
@@ -149,7 +151,8 @@ class PubSub(PushPull):
                 left_ms = round(1000 * (deadline - time.monotonic()))
                 if left_ms <= 0 or not sock.poll(left_ms, zmq.POLLIN):
                     raise TimeoutError(f"{subscribed} of {consumers} subscribers connected")
-                subscribed += sock.recv()[0] == SUBSCRIBE
+                if sock.recv()[0] == SUBSCRIBE:
+                    subscribed += 1
 
         return start
 
@@ -157,8 +160,12 @@ class PubSub(PushPull):
 class Conflate(PubSub):
     name = "pyzmq-conflate"
     topologies = frozenset({LATEST_FRAME})
+    sender_type = zmq.PUB
 
     def _configure(self, sock: Any, kind: int) -> None:
+        sock.setsockopt(zmq.CONFLATE, 1)  # keep only the newest message
         if kind == zmq.SUB:
-            sock.setsockopt(zmq.CONFLATE, 1)  # keep only the newest message
-        super()._configure(sock, kind)
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+
+    def _start(self, sock: Any, cell: Cell) -> Callable[[int], None] | None:
+        return None
