@@ -18,7 +18,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bench.suite import available
+from bench.cell import FAN_IN, GROUPS, THROUGHPUT, Cell, Timing
+from bench.frames import PHASE_END, WRITER_SHIFT, make_source, parse_size, stamper
+from bench.suite import SHAPES, available
+from bench.verify import verdict, verifier
 from shmring import RingWriter
 from tests.helpers import unique_name
 
@@ -209,3 +212,38 @@ def test_copy_probe_reports_the_threshold_and_every_buffer_count() -> None:
     assert len(rates) == 3, done.stdout
     assert all(int(rate.replace(",", "")) > 0 for rate in rates)
     assert not [p for p in SHM.iterdir() if p.name.startswith("shmring-copies-")]
+
+
+def _consume(cell: Cell, seqs: list[int]) -> dict[str, Any]:
+    """A consumer's report after it verified frames numbered `seqs` (then its PHASE_ENDs)."""
+    stamp, frames = stamper(cell.size), []
+    for seq in [*seqs, *[PHASE_END] * cell.ends_due]:
+        frame = make_source(cell.size)
+        stamp(frame, seq, 0)
+        frames.append(frame)
+    tally = verifier(cell)
+    assert tally.take(iter(frames))
+    return tally.report()
+
+
+def test_verdict_catches_what_fan_in_and_groups_must_not_do() -> None:
+    """Fan-in: each writer's frames complete and in order; groups: each frame exactly once
+    across the readers. The checks accept the right streams and name each violation."""
+    size = parse_size("64")
+
+    def cell(topology: str) -> Cell:
+        producers, consumers = SHAPES[topology]
+        return Cell("x", size, consumers, (THROUGHPUT,), Timing(), "t", False, topology, producers)
+
+    fan_in, groups = cell(FAN_IN), cell(GROUPS)
+    second = 1 << WRITER_SHIFT
+    sent = [{"sent": 3}, {"sent": 3}]
+    interleaved = [0, second, 1, second + 1, second + 2, 2]
+    assert verdict(fan_in, False, sent, [_consume(fan_in, interleaved)])[0] is None
+    swapped = [0, second + 1, second, 1, 2, second + 2]  # writer 1's frames out of order
+    reason, counts = verdict(fan_in, False, sent, [_consume(fan_in, swapped)])
+    assert reason and counts["dups"] == 1
+    shares = [_consume(groups, [0, 2, 3]), _consume(groups, [1, 4])]
+    assert verdict(groups, False, [{"sent": 5}], shares)[0] is None
+    twice = [_consume(groups, [0, 2, 3]), _consume(groups, [1, 3])]  # 3 twice, 4 never
+    assert verdict(groups, False, [{"sent": 5}], twice)[0]
