@@ -49,23 +49,20 @@ def plots(results: dict[str, Any], outdir: Path) -> tuple[dict[str, Path], str |
 def _lines(
     ax: Any, cells: Cells, scenario: str, key: str, color: dict[str, Any], style: str = "-"
 ) -> None:
-    """One line per transport of `scenario`: `key` against frame size."""
+    """One line per transport of `scenario`: `key` against frame size (dashed: a peer that
+    drops frames, where the others deliver every one)."""
     for name in transports(cells, scenario):
-        points = sorted(
-            (c["nbytes"], value)
-            for c in cells
-            if c["scenario"] == scenario and c["transport"] == name
-            if (value := metric(c, key)) is not None
-        )
+        mine = [c for c in cells if c["scenario"] == scenario and c["transport"] == name]
+        points = sorted((c["nbytes"], v) for c in mine if (v := metric(c, key)) is not None)
         if points:
-            width = 2.6 if name.startswith("shmring") else 1.3
+            drops = scenario != LATEST_FRAME and any(c.get("drops") for c in mine)
             ax.plot(
                 [p[0] for p in points],
                 [p[1] for p in points],
-                style,
-                lw=width,
+                "--" if drops else style,
+                lw=2.6 if name.startswith("shmring") else 1.3,
                 marker="o",
-                label=name,
+                label=f"{name} (drops frames)" if drops else name,
                 color=color[name],
             )
 
