@@ -1,7 +1,8 @@
 # `python -m bench`: run the benchmark suite, write JSON + markdown + plots, print the ratios.
 #
-# Rules: the default run is the full suite (every transport, the five default sizes, 3
-# undisturbed repeats per cell; about ten minutes on 2 cores). --quick is the smoke-test mode
+# Rules: the default run is the full suite (every transport in every topology it takes part in,
+# the five default sizes, 3 undisturbed repeats per cell; about 25 minutes on 2 cores, 40 or
+# more with --repeats 5). --quick is the smoke-test mode
 # (tiny durations, one repeat). Transports whose library cannot be imported are reported as
 # skipped with the reason. Outputs go to bench/results/ (gitignored); --readme also writes
 # docs/performance.md and docs/img/*.png, which are committed for the README. --from-json

@@ -7,7 +7,9 @@
 # and computes one-way latency as its own monotonic_ns() minus the stamp. The rest of the frame is
 # a fixed non-zero pattern, so pages are real and copies move real bytes.
 # The sequence number PHASE_END (2**64 - 1) in head and tail ends a phase; it is a full-size frame
-# sent through the same path as the others.
+# sent through the same path as the others. With several producers (fan-in), producer i numbers
+# its frames from i << WRITER_SHIFT, so a consumer tells the streams apart and checks each one's
+# order; a single producer's numbers are plain 0, 1, 2, ...
 from __future__ import annotations
 
 import math
@@ -24,6 +26,9 @@ Frame = NDArray[np.uint8]
 
 PHASE_END = 2**64 - 1
 STAMP_BYTES = 24  # head (seq, ns) + tail (seq): the smallest possible frame
+
+WRITER_SHIFT = 48
+SEQ_MASK = (1 << WRITER_SHIFT) - 1
 
 HEAD = struct.Struct("<QQ")
 TAIL = struct.Struct("<Q")

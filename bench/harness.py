@@ -1,26 +1,28 @@
 # The one producer/consumer harness every transport plugs into.
 #
-# Rules: one run of a cell = fresh processes started with multiprocessing "spawn" (one producer,
-# `cell.consumers` consumers), each pinned to its own CPU when there are enough CPUs. They meet at a
-# barrier once every end is open, then run the cell's phases in order; a phase ends with a
-# PHASE_END frame and another barrier, so the next phase starts with nothing queued. Every
-# rendezvous has a timeout, and the parent kills the processes of a run that passes the cell's
-# deadline (reported as failed). The parent always calls the transport's cleanup() and then
-# removes anything left in /dev/shm under the cell's token, reporting it as a leak.
+# Rules: one run of a cell = fresh processes started with multiprocessing "spawn"
+# (`cell.producers` producers, `cell.consumers` consumers), each pinned to its own CPU when there
+# are enough CPUs. They meet at a barrier once every end is open, then run the cell's phases in
+# order; a phase ends with PHASE_END frames (cell.ends_sent per producer, cell.ends_due per
+# consumer) and another barrier, so the next phase starts with nothing queued. A transport that
+# may drop any frame (PUB/SUB) gets its PHASE_END re-sent until every consumer has acknowledged
+# one (such cells run a single phase, so no stale PHASE_END meets a later one). Every rendezvous
+# has a timeout, and the parent kills the processes of a run that passes the cell's deadline
+# (reported as failed). The parent always calls the transport's cleanup() and then removes
+# anything left in /dev/shm under the cell's token, reporting it as a leak.
 # Theory: throughput is counted by the consumer (frames delivered per second after a warm-up);
 # latency is the consumer's monotonic_ns() minus the stamp, with frames paced (a gap of at least
 # 4x the measured frame time, and >= 1 ms, after each send returns) so they never queue; CPU is
 # per process over the same window (see cpu.py).
 from __future__ import annotations
 
-import math
 import multiprocessing as mp
 import os
 import queue
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from multiprocessing.synchronize import Barrier
+from multiprocessing.synchronize import Barrier, Semaphore
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +30,9 @@ import numpy as np
 
 from bench import cpu
 from bench.cell import IDLE, LATENCY, LATEST, THROUGHPUT, Cell
-from bench.frames import HEAD, PHASE_END, TAIL, Frame
+from bench.frames import HEAD, PHASE_END, TAIL, WRITER_SHIFT, Frame
 from bench.transports import load
+from bench.verify import Unpack, Verifier, verifier
 
 PRODUCER = "producer"
 CONSUMER = "consumer"
@@ -37,60 +40,10 @@ BATCH_BYTES = 64 * 1024  # the producer checks its clock every ~64 KiB of frames
 SHM_DIR = Path("/dev/shm")
 ERROR_LINE_CHARS = 400  # an exception may carry a whole frame in its message
 ERROR_GRACE_S = 2.0  # after a child fails, how long the others may take to report theirs
+RESEND_S = 0.001  # a dropping transport's PHASE_END is re-sent this often until acknowledged
 
 Report = dict[str, Any]
 Send = Callable[[int, int], None]
-Unpack = Callable[..., tuple[Any, ...]]  # struct unpack_from on an ndarray (a buffer)
-
-
-class Tally:
-    """A consumer's lossless bookkeeping, carried across phases."""
-
-    def __init__(self, tail_offset: int) -> None:
-        self.tail_offset = tail_offset
-        self.expected = 0  # next sequence number due
-        self.gaps = 0  # frames skipped
-        self.dups = 0  # frames seen again or out of order
-        self.torn = 0  # head and tail disagree
-
-    def take(
-        self,
-        frames: Iterator[Frame],
-        until: float = math.inf,
-        latencies: list[int] | None = None,
-    ) -> bool:
-        """Verify frames up to PHASE_END (returns True) or until perf_counter() passes `until`."""
-        unpack_head: Unpack = HEAD.unpack_from
-        unpack_tail: Unpack = TAIL.unpack_from
-        tail_offset = self.tail_offset
-        clock = time.perf_counter
-        now = time.monotonic_ns
-        timed = until != math.inf
-        record = None if latencies is None else latencies.append
-        expected, gaps, dups, torn = self.expected, self.gaps, self.dups, self.torn
-        ended = False
-        for frame in frames:
-            received = now() if record is not None else 0
-            head, sent = unpack_head(frame)
-            (tail,) = unpack_tail(frame, tail_offset)
-            if head == expected and tail == head:
-                expected += 1
-            elif head != tail:
-                torn += 1
-            elif head == PHASE_END:
-                ended = True
-                break
-            elif head > expected:
-                gaps += head - expected
-                expected = head + 1
-            else:
-                dups += 1
-            if record is not None:
-                record(received - sent)
-            if timed and clock() >= until:
-                break
-        self.expected, self.gaps, self.dups, self.torn = expected, gaps, dups, torn
-        return ended
 
 
 # ---- producer phases: (send, next seq, cell, measured frames/s) -> (report, next seq) ----
@@ -115,7 +68,6 @@ def _flat_out(send: Send, seq: int, cell: Cell, rate: float | None) -> tuple[Rep
     first = seq
     seq = send_until(start.wall + cell.timing.duration_s, seq)
     end = cpu.snapshot(machine=cell.consumers == 0)
-    send(PHASE_END, now())
     report = cpu.window(start, end)
     report["frames"] = seq - first
     report["fps"] = report["frames"] / report["wall_s"]
@@ -136,8 +88,7 @@ def _paced(send: Send, seq: int, cell: Cell, rate: float | None) -> tuple[Report
         send(seq, now())
         seq += 1
     end = cpu.snapshot()
-    time.sleep(interval)
-    send(PHASE_END, now())
+    time.sleep(interval)  # PHASE_END, too, comes after a gap
     report = cpu.window(start, end)
     report.update(frames=seq - first, interval_s=interval)
     return report, seq
@@ -147,7 +98,6 @@ def _idle(send: Send, seq: int, cell: Cell, rate: float | None) -> tuple[Report,
     start = cpu.snapshot()
     time.sleep(cell.timing.idle_s)
     end = cpu.snapshot()
-    send(PHASE_END, time.monotonic_ns())
     return cpu.window(start, end), seq
 
 
@@ -159,18 +109,33 @@ PRODUCER_PHASES: dict[str, Callable[[Send, int, Cell, float | None], tuple[Repor
 }
 
 
+def _end_phase(send: Send, cell: Cell, acks: Semaphore | None) -> None:
+    """Send this producer's PHASE_END frames; with `acks` (a transport that may drop them),
+    re-send until every consumer has acknowledged one."""
+    for _ in range(cell.ends_sent):
+        send(PHASE_END, time.monotonic_ns())
+    if acks is None:
+        return
+    deadline = time.perf_counter() + cell.timing.sync_timeout_s
+    for _ in range(cell.consumers):
+        while not acks.acquire(timeout=RESEND_S):
+            if time.perf_counter() > deadline:
+                raise TimeoutError("PHASE_END was not acknowledged by every consumer")
+            send(PHASE_END, time.monotonic_ns())
+
+
 # ---- consumer phases: (frames, tally, cell, read machine CPU?) -> report ----
 
 
-def _c_flat_out(frames: Iterator[Frame], tally: Tally, cell: Cell, machine: bool) -> Report:
+def _c_flat_out(frames: Iterator[Frame], tally: Verifier, cell: Cell, machine: bool) -> Report:
     if tally.take(frames, until=time.perf_counter() + cell.timing.warmup_s):
         raise RuntimeError("the phase ended during the warm-up: raise --duration")
     start = cpu.snapshot(machine)
-    first = tally.expected
+    first = tally.delivered
     tally.take(frames)
     end = cpu.snapshot(machine)
     report = cpu.window(start, end)
-    report["frames"] = tally.expected - first + 1  # + PHASE_END, a full frame inside the window
+    report["frames"] = tally.delivered - first + cell.ends_due  # PHASE_END: full frames too
     report["fps"] = report["frames"] / report["wall_s"]
     return report
 
@@ -186,7 +151,7 @@ def _percentiles(samples_ns: list[int], prefix: str) -> Report:
     }
 
 
-def _c_paced(frames: Iterator[Frame], tally: Tally, cell: Cell, machine: bool) -> Report:
+def _c_paced(frames: Iterator[Frame], tally: Verifier, cell: Cell, machine: bool) -> Report:
     latencies: list[int] = []
     start = cpu.snapshot(machine)
     tally.take(frames, latencies=latencies)
@@ -197,17 +162,17 @@ def _c_paced(frames: Iterator[Frame], tally: Tally, cell: Cell, machine: bool) -
     return report
 
 
-def _c_idle(frames: Iterator[Frame], tally: Tally, cell: Cell, machine: bool) -> Report:
+def _c_idle(frames: Iterator[Frame], tally: Verifier, cell: Cell, machine: bool) -> Report:
     start = cpu.snapshot(machine)
-    first = tally.expected
+    first = tally.delivered
     tally.take(frames)
     end = cpu.snapshot(machine)
     report = cpu.window(start, end)
-    report["frames"] = tally.expected - first
+    report["frames"] = tally.delivered - first
     return report
 
 
-def _c_latest(frames: Iterator[Frame], tally: Tally, cell: Cell, machine: bool) -> Report:
+def _c_latest(frames: Iterator[Frame], tally: Verifier, cell: Cell, machine: bool) -> Report:
     """A slow reader that only wants the newest frame: it holds each frame for `work_s`, then
     checks the frame did not change under it (an overwrite ring must not reuse a held slot)."""
     unpack_head: Unpack = HEAD.unpack_from
@@ -243,7 +208,7 @@ def _c_latest(frames: Iterator[Frame], tally: Tally, cell: Cell, machine: bool) 
     return report
 
 
-CONSUMER_PHASES: dict[str, Callable[[Iterator[Frame], Tally, Cell, bool], Report]] = {
+CONSUMER_PHASES: dict[str, Callable[[Iterator[Frame], Verifier, Cell, bool], Report]] = {
     THROUGHPUT: _c_flat_out,
     LATENCY: _c_paced,
     IDLE: _c_idle,
@@ -259,55 +224,68 @@ def _pin(cell: Cell, slot: int) -> None:
     if not cell.pin or not hasattr(os, "sched_setaffinity"):
         return
     cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) >= 1 + cell.consumers:
+    if len(cpus) >= cell.processes:
         os.sched_setaffinity(0, {cpus[slot]})
 
 
-def _produce(cell: Cell, endpoint: Any, barrier: Barrier) -> Report:
+def _produce(
+    cell: Cell, endpoint: Any, index: int, barrier: Barrier, acks: Semaphore | None
+) -> Report:
     producer = load(cell.transport)().open_producer(endpoint, cell)
     try:
         wait = cell.timing.sync_timeout_s
         barrier.wait(wait)  # every end is open
         producer.start(cell.consumers)
         report: Report = {}
-        seq = 0
+        first = seq = index << WRITER_SHIFT
         rate = None
         for phase in cell.phases:
             report[phase], seq = PRODUCER_PHASES[phase](producer.send, seq, cell, rate)
+            _end_phase(producer.send, cell, acks)
             rate = report[phase].get("fps", rate)
-            barrier.wait(wait)  # every consumer has taken PHASE_END
-        report["sent"] = seq
+            barrier.wait(wait)  # every consumer has taken its PHASE_END
+        report["sent"] = seq - first
         return report
     finally:
         producer.close()
 
 
-def _consume(cell: Cell, endpoint: Any, index: int, barrier: Barrier) -> Report:
+def _consume(
+    cell: Cell, endpoint: Any, index: int, barrier: Barrier, acks: Semaphore | None
+) -> Report:
     consumer = load(cell.transport)().open_consumer(endpoint, cell, index)
     try:
         wait = cell.timing.sync_timeout_s
         barrier.wait(wait)
-        tally = Tally(cell.size.tail_offset)
+        tally = verifier(cell)
         report: Report = {}
         for phase in cell.phases:
             report[phase] = CONSUMER_PHASES[phase](consumer.frames, tally, cell, index == 0)
+            if acks is not None:
+                acks.release()
             barrier.wait(wait)
-        report.update(expected=tally.expected, gaps=tally.gaps, dups=tally.dups, torn=tally.torn)
+        report.update(tally.report())
         return report
     finally:
         consumer.close()
 
 
 def child_main(
-    role: str, index: int, cell: Cell, endpoint: Any, barrier: Barrier, out: Any
+    role: str,
+    index: int,
+    cell: Cell,
+    endpoint: Any,
+    barrier: Barrier,
+    acks: Semaphore | None,
+    out: Any,
 ) -> None:
     """Entry point of every child process: run the role, always send one report."""
-    _pin(cell, 0 if role == PRODUCER else 1 + index)
+    _pin(cell, index if role == PRODUCER else cell.producers + index)
     try:
         if role == PRODUCER:
-            report = _produce(cell, endpoint, barrier)
+            report = _produce(cell, endpoint, index, barrier, acks)
         else:
-            report = _consume(cell, endpoint, index, barrier)
+            report = _consume(cell, endpoint, index, barrier, acks)
     except BaseException:  # the parent fails the run; the others stop at the broken barrier
         barrier.abort()
         lines = traceback.format_exc(limit=6).splitlines()
@@ -375,12 +353,14 @@ def run_once(cell: Cell) -> Report:
     started = time.perf_counter()
     try:
         endpoint = transport.prepare(cell, ctx)
-        barrier = ctx.Barrier(1 + cell.consumers)
-        roles = [(PRODUCER, 0)] + [(CONSUMER, i) for i in range(cell.consumers)]
+        barrier = ctx.Barrier(cell.processes)
+        acks = ctx.Semaphore(0) if transport.drops else None
+        roles = [(PRODUCER, i) for i in range(cell.producers)]
+        roles += [(CONSUMER, i) for i in range(cell.consumers)]
         for role, index in roles:
             procs[(role, index)] = ctx.Process(
                 target=child_main,
-                args=(role, index, cell, endpoint, barrier, out),
+                args=(role, index, cell, endpoint, barrier, acks, out),
                 name=f"bench-{cell.transport}-{role}{index}",
                 daemon=True,
             )
@@ -402,6 +382,6 @@ def run_once(cell: Cell) -> Report:
         "tracebacks": errors,
         "leaked": leaked,
         "elapsed_s": time.perf_counter() - started,
-        "producer": reports.get((PRODUCER, 0), {}),
+        "producers": [reports.get((PRODUCER, i), {}) for i in range(cell.producers)],
         "consumers": [reports.get((CONSUMER, i), {}) for i in range(cell.consumers)],
     }

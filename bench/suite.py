@@ -1,10 +1,11 @@
 # Which cells run, in what order, how often; what a run measured; medians over repeats.
 #
 # Rules: scenarios are `wake` (kernel wake floor and a blocked shmring reader, 24-byte stamp,
-# paced), `main` (1 -> 1 for every
-# transport and size: throughput then paced latency, plus the idle reader at the smallest size),
-# `limit` (in-process memcpy), `fanout` (1 -> 3, transports that deliver every frame to every
-# reader with a blocking reader) and `overwrite` (shmring-latest). Within a size, repeats go
+# paced), `limit` (in-process memcpy) and the topologies of bench/cell.py, each run by every
+# transport that lists it: `main` (1 -> 1, the producer creates: throughput then paced latency,
+# plus the idle reader at the smallest size), `supervisor` (1 -> 1, the parent creates),
+# `latest` (newest frame only), `fanin` (2 -> 1), `groups` (1 -> 2 sharing the work) and
+# `fanout` (1 -> 3), throughput only. Within a size, repeats go
 # round-robin over the cells so a slow drift on this shared machine spreads over all of them.
 # Noise: a run is *disturbed* when other processes used more than `noise_threshold` cores during
 # any of its measurement windows; disturbed runs are repeated (up to `max_extra` more runs per
@@ -24,12 +25,34 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from bench import cpu, harness
-from bench.cell import IDLE, LATENCY, LATEST, THROUGHPUT, Cell, Timing
+from bench.cell import (
+    FAN_IN,
+    FAN_OUT,
+    GROUPS,
+    IDLE,
+    LATENCY,
+    LATEST,
+    LATEST_FRAME,
+    MAIN,
+    SUPERVISOR,
+    THROUGHPUT,
+    TOPOLOGIES,
+    Cell,
+    Timing,
+)
 from bench.frames import FrameSize, stamp_size
 from bench.transports import load, skip_reason
+from bench.verify import verdict
 
-SCENARIOS = ("wake", "main", "limit", "fanout", "overwrite")
-FANOUT_READERS = 3
+SCENARIOS = ("wake", MAIN, "limit", *TOPOLOGIES[1:])
+SHAPES = {  # topology: (producers, consumers)
+    MAIN: (1, 1),
+    SUPERVISOR: (1, 1),
+    LATEST_FRAME: (1, 1),
+    FAN_IN: (2, 1),
+    GROUPS: (1, 2),
+    FAN_OUT: (1, 3),
+}
 
 
 @dataclass(frozen=True)
@@ -91,9 +114,11 @@ class CellResult:
             "scenario": self.scenario,
             "transport": self.cell.transport,
             "kind": load(self.cell.transport).kind,
+            "drops": load(self.cell.transport).drops,
             "size": self.cell.size.label,
             "shape": list(self.cell.size.shape),
             "nbytes": self.cell.size.nbytes,
+            "producers": self.cell.producers,
             "consumers": self.cell.consumers,
             "phases": list(self.cell.phases),
             "status": "failed" if failed else "ok",
@@ -124,59 +149,47 @@ def _other(machine: dict[str, Any], *windows: dict[str, Any]) -> float | None:
 
 def assess(cell: Cell, run: dict[str, Any], noise_threshold: float) -> dict[str, Any]:
     """Status, verification and figures of one run (all plain numbers, JSON-ready)."""
-    producer, consumers = run["producer"], run["consumers"]
+    producers, consumers = run["producers"], run["consumers"]
     reason = run["error"]
-    verified = {
-        k: sum(c.get(k, 0) for c in consumers) for k in ("gaps", "dups", "torn")
-    }  # summed over readers
+    counts = {"lost": 0, "dups": 0, "torn": 0, "dropped": 0}
     if reason is None and run["leaked"]:
         reason = f"left in /dev/shm: {', '.join(run['leaked'])}"
+    drops = load(cell.transport).drops
     if reason is None:
-        lossless = LATEST not in cell.phases
-        lost = any(c.get("expected") != producer.get("sent") for c in consumers) and lossless
-        bad = verified["gaps"] or verified["dups"] or verified["torn"]
-        if bad or lost:
-            reason = (
-                f"verification failed: gaps={verified['gaps']} dups={verified['dups']} "
-                f"torn={verified['torn']} delivered={[c.get('expected') for c in consumers]} "
-                f"sent={producer.get('sent')}"
-            )
+        reason, counts = verdict(cell, drops, producers, consumers)
     metrics: dict[str, float | None] = {}
     others: list[float] = []
     if reason is None:
-        first = consumers[0] if consumers else producer
+        first = consumers[0] if consumers else producers[0]
         for phase in cell.phases:
-            prod, windows = producer[phase], [c[phase] for c in consumers]
-            other = _other(first[phase], prod, *windows)
+            prods, windows = [p[phase] for p in producers], [c[phase] for c in consumers]
+            other = _other(first[phase], *prods, *windows)
             if other is not None:
                 others.append(other)
                 metrics[f"{phase}_other_cores"] = other
                 metrics[f"{phase}_steal_cores"] = first[phase].get("steal_cores")
             if phase == THROUGHPUT:
-                fps = min(w["fps"] for w in windows) if windows else prod["fps"]
-                metrics.update(
-                    fps=fps,
-                    gbps=fps * cell.size.nbytes / 1e9,
-                    producer_cores=prod["cores"],
-                    consumer_cores=sum(w["cores"] for w in windows) if windows else None,
-                )
+                metrics.update(_throughput(cell, prods, windows))
+                if drops:
+                    sent = sum(p["sent"] for p in producers) * len(consumers)
+                    metrics["dropped_pct"] = 100 * counts["dropped"] / max(1, sent)
             elif phase == LATENCY:
                 metrics.update(
                     latency_p50_us=windows[0].get("latency_p50_us"),
                     latency_p99_us=windows[0].get("latency_p99_us"),
                     latency_max_us=windows[0].get("latency_max_us"),
-                    latency_interval_ms=prod["interval_s"] * 1e3,
+                    latency_interval_ms=prods[0]["interval_s"] * 1e3,
                     latency_consumer_cores=windows[0]["cores"],
                 )
             elif phase == IDLE:
                 metrics["idle_consumer_cores"] = windows[0]["cores"]
             elif phase == LATEST:
                 metrics.update(
-                    write_fps=prod["fps"],
+                    write_fps=prods[0]["fps"],
                     read_fps=windows[0]["fps"],
                     age_p50_us=windows[0].get("age_p50_us"),
                     age_p99_us=windows[0].get("age_p99_us"),
-                    producer_cores=prod["cores"],
+                    producer_cores=prods[0]["cores"],
                     consumer_cores=windows[0]["cores"],
                 )
     return {
@@ -185,11 +198,33 @@ def assess(cell: Cell, run: dict[str, Any], noise_threshold: float) -> dict[str,
         "disturbed": bool(others) and max(others) > noise_threshold,
         "elapsed_s": run["elapsed_s"],
         "tracebacks": run["tracebacks"],
-        "verified_frames": sum(c.get("expected", 0) for c in consumers),
-        **verified,
+        "verified_frames": sum(  # lossless phases, then the newest frames a LATEST phase took
+            c.get("delivered", 0) + c.get(LATEST, {}).get("frames", 0) for c in consumers
+        ),
+        **counts,
         "metrics": metrics,
-        "producer": producer,
+        "producers": producers,
         "consumers": consumers,
+    }
+
+
+def _throughput(
+    cell: Cell, prods: list[dict[str, Any]], windows: list[dict[str, Any]]
+) -> dict[str, float | None]:
+    """frames/s: per consumer (the slowest one) — for groups, all consumers together; a
+    limit cell (no consumer) counts the producer's. CPU: all producers, all consumers."""
+    if not windows:
+        fps = prods[0]["fps"]
+    elif cell.topology == GROUPS:
+        fps = sum(w["fps"] for w in windows)
+    else:
+        fps = min(w["fps"] for w in windows)
+    return {
+        "fps": fps,
+        "gbps": fps * cell.size.nbytes / 1e9,
+        "producer_fps": sum(p["fps"] for p in prods),
+        "producer_cores": sum(p["cores"] for p in prods),
+        "consumer_cores": sum(w["cores"] for w in windows) if windows else None,
     }
 
 
@@ -197,23 +232,26 @@ def _cells(plan: Plan, size: FrameSize) -> list[tuple[str, Cell]]:
     """The cells of one frame size, in table order (each run gets its own token later)."""
     smallest = min(plan.sizes, key=lambda s: s.nbytes)
     cells: list[tuple[str, Cell]] = []
-
-    def add(scenario: str, name: str, consumers: int, phases: tuple[str, ...]) -> None:
-        cell = Cell(name, size, consumers, phases, plan.timing, "", plan.pin)
-        cells.append((scenario, cell))
-
-    for name in plan.transports:
-        transport = load(name)
-        if transport.kind in ("shmring", "peer") and name != "shmring-latest":
-            if "main" in plan.scenarios:
-                idle = (IDLE,) if size == smallest else ()
-                add("main", name, 1, (THROUGHPUT, LATENCY, *idle))
-            if "fanout" in plan.scenarios and transport.fanout and not transport.spinning_reader:
-                add("fanout", name, FANOUT_READERS, (THROUGHPUT,))
-        elif transport.kind == "limit" and "limit" in plan.scenarios:
-            add("limit", name, 0, (THROUGHPUT,))
-        elif name == "shmring-latest" and "overwrite" in plan.scenarios:
-            add("overwrite", name, 1, (LATEST,))
+    for topology in TOPOLOGIES:
+        if topology not in plan.scenarios:
+            continue
+        producers, consumers = SHAPES[topology]
+        if topology == MAIN:
+            phases: tuple[str, ...] = (THROUGHPUT, LATENCY, *((IDLE,) if size == smallest else ()))
+        else:
+            phases = (LATEST,) if topology == LATEST_FRAME else (THROUGHPUT,)
+        for name in plan.transports:
+            if topology in load(name).topologies:
+                cell = Cell(
+                    name, size, consumers, phases, plan.timing, "", plan.pin, topology, producers
+                )
+                cells.append((topology, cell))
+    if "limit" in plan.scenarios:
+        for name in plan.transports:
+            if load(name).kind == "limit":
+                cells.append(
+                    ("limit", Cell(name, size, 0, (THROUGHPUT,), plan.timing, "", plan.pin))
+                )
     return cells
 
 
@@ -277,13 +315,17 @@ def _run_group(
 
 def _progress(result: CellResult, run: dict[str, Any]) -> str:
     cell = result.cell
-    head = f"{cell.size.label:>12} {cell.transport:<15} {result.scenario:<9} run {len(result.runs)}"
+    head = (
+        f"{cell.size.label:>12} {cell.transport:<15} {result.scenario:<10} run {len(result.runs)}"
+    )
     if run["status"] == "failed":
         return f"{head}: FAILED {run['reason'][:300]}"
     m = run["metrics"]
     parts = []
     if "fps" in m:
         parts.append(f"{m['fps']:,.0f} frames/s ({m['gbps']:.2f} GB/s)")
+    if "dropped_pct" in m:
+        parts.append(f"dropped {m['dropped_pct']:.1f}%")
     if m.get("latency_p50_us") is not None:
         parts.append(f"latency {m['latency_p50_us']:.0f}/{m['latency_p99_us']:.0f} µs")
     if "read_fps" in m:

@@ -1,10 +1,11 @@
 # Smoke test of the benchmark suite (bench/): tiny counts, a few seconds, real processes.
 #
 # Rules: it proves the harness runs end to end — shmring and a stdlib peer deliver verified,
-# lossless frames, the limit and wake cells (a floor, a sleeping shmring reader) run, reports
-# are written — and that nothing stays in /dev/shm. It needs no optional peer: one that is not
-# installed must be reported as skipped with a reason (checked directly by hiding pyzmq). The
-# full run stays out of `make test`.
+# lossless frames, the limit and wake cells (a floor, a sleeping shmring reader) run, each
+# topology (supervisor, latest frame, fan-in, groups, fan-out) runs at a tiny size with its
+# verification, reports are written — and that nothing stays in /dev/shm. It needs no optional
+# peer: one that is not installed must be reported as skipped with a reason (checked directly
+# by hiding pyzmq). The full run stays out of `make test`.
 from __future__ import annotations
 
 import json
@@ -12,17 +13,26 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
-from bench.suite import available
+from bench.cell import FAN_IN, GROUPS, THROUGHPUT, Cell, Timing
+from bench.frames import PHASE_END, WRITER_SHIFT, make_source, parse_size, stamper
+from bench.suite import SHAPES, available
+from bench.verify import verdict, verifier
+from shmring import RingWriter
+from tests.helpers import unique_name
 
 pytestmark = pytest.mark.slow  # a real, if short, benchmark run
 
 ROOT = Path(__file__).resolve().parent.parent
 SHM = Path("/dev/shm")
 TRANSPORTS = "shmring-write,mp-pipe,pyzmq,memcpy-hot,floor-pipe,shmring-sleep"
-COMMAND = ["-m", "bench", "--quick", "--sizes", "64,4096", "--transports", TRANSPORTS]
+# Each topology: shmring and a stdlib peer; pyzmq-pubsub (optional) for a peer that drops.
+TOPOLOGY_TRANSPORTS = "shmring-write,shmring-latest,textbook-latest,mp-queue,pyzmq-pubsub"
+TOPOLOGIES = "supervisor,latest,fanin,groups,fanout"
 
 
 def _ours(names: set[str]) -> set[str]:
@@ -42,6 +52,8 @@ def test_quick_run_is_verified_lossless_and_leaves_nothing(tmp_path: Path) -> No
             "64,4096",
             "--transports",
             TRANSPORTS,
+            "--scenarios",
+            "wake,main,limit",
             "--out",
             str(tmp_path),
         ],
@@ -60,15 +72,9 @@ def test_quick_run_is_verified_lossless_and_leaves_nothing(tmp_path: Path) -> No
     expected = [
         ("main", name, size) for name in ("shmring-write", "mp-pipe") for size in ("64 B", "4 KiB")
     ]
-    expected += [("fanout", "shmring-write", "64 B"), ("limit", "memcpy-hot", "4 KiB")]
+    expected += [("limit", "memcpy-hot", "4 KiB")]
     for key in expected:
-        cell = cells[key]
-        assert cell["status"] == "ok", (key, cell["reason"])
-        assert cell["median"]["fps"] > 0
-        for run in cell["runs"]:
-            assert run["gaps"] == run["dups"] == run["torn"] == 0
-            if key[0] != "limit":
-                assert run["verified_frames"] > 0
+        _assert_verified(cells[key], "fps")
     main = cells[("main", "shmring-write", "64 B")]
     assert main["median"]["latency_p99_us"] >= main["median"]["latency_p50_us"] > 0
     assert main["median"]["idle_consumer_cores"] >= 0
@@ -83,6 +89,86 @@ def test_quick_run_is_verified_lossless_and_leaves_nothing(tmp_path: Path) -> No
     report = (tmp_path / "results.md").read_text()
     assert "shmring-write" in report and "Targets" in report
     assert "shmring ÷ best peer" in done.stdout
+    assert not _ours({p.name for p in SHM.iterdir()} - before)
+
+
+def _assert_verified(cell: dict[str, Any], rate: str) -> None:
+    """The cell ran, measured a rate, and every run's frames passed verification."""
+    assert cell["status"] == "ok", (cell["scenario"], cell["transport"], cell["reason"])
+    assert cell["median"][rate] > 0
+    for run in cell["runs"]:
+        assert run["lost"] == run["dups"] == run["torn"] == 0
+        if cell["scenario"] != "limit":
+            assert run["verified_frames"] > 0
+
+
+def _core_takes_default_overwrite() -> bool:
+    """Whether RingWriter.create(..., policy="overwrite", slots=4) works with the default
+    max_readers / max_writers (issue 16's core change); until it does it raises ValueError."""
+    try:
+        RingWriter.create(unique_name("ow"), (64,), np.uint8, policy="overwrite", slots=4).close()
+    except ValueError:
+        return False
+    return True
+
+
+def test_every_topology_runs_verified_at_a_tiny_size(tmp_path: Path) -> None:
+    """Supervisor, latest frame, fan-in, groups and fan-out: shmring and a peer each run one
+    verified cell; a cell the core rejects shows as FAILED with the core's error."""
+    before = {p.name for p in SHM.iterdir()}
+    overwrite_ok = _core_takes_default_overwrite()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--sizes",
+            "64",
+            "--transports",
+            TOPOLOGY_TRANSPORTS,
+            "--scenarios",
+            TOPOLOGIES,
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == (0 if overwrite_ok else 1), done.stdout + done.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    cells = {(c["scenario"], c["transport"]): c for c in results["cells"]}
+    for key in [
+        ("supervisor", "shmring-write"),
+        ("fanin", "shmring-write"),
+        ("fanin", "mp-queue"),
+        ("groups", "shmring-write"),
+        ("groups", "mp-queue"),
+        ("fanout", "shmring-write"),
+    ]:
+        _assert_verified(cells[key], "fps")
+    assert cells[("fanin", "shmring-write")]["producers"] == 2
+    assert cells[("groups", "mp-queue")]["consumers"] == 2
+    assert cells[("fanout", "shmring-write")]["consumers"] == 3
+    _assert_verified(cells[("latest", "textbook-latest")], "write_fps")
+    latest = cells[("latest", "shmring-latest")]
+    report = (tmp_path / "results.md").read_text()
+    if overwrite_ok:
+        _assert_verified(latest, "age_p50_us")
+    else:  # shown as failed, with the core's error, in the report
+        assert latest["status"] == "failed" and "ValueError" in latest["reason"]
+        assert "overwrite policy" in report.split("## Failed cells")[1]
+    pubsub = cells.get(("fanout", "pyzmq-pubsub"))
+    assert pubsub or "pyzmq-pubsub" in results["skipped"]
+    if pubsub:  # a peer that may drop: verified otherwise, its drops reported
+        assert pubsub["status"] == "ok" and pubsub["median"]["dropped_pct"] >= 0
+    for heading in ("## Supervisor", "## Latest frame", "## Fan-in", "## Groups", "## Fan-out"):
+        assert heading in report
+    for topology in TOPOLOGIES.split(","):
+        assert f"{topology}: shmring ÷ best peer" in done.stdout
     assert not _ours({p.name for p in SHM.iterdir()} - before)
 
 
@@ -128,3 +214,38 @@ def test_copy_probe_reports_the_threshold_and_every_buffer_count() -> None:
     assert len(rates) == 3, done.stdout
     assert all(int(rate.replace(",", "")) > 0 for rate in rates)
     assert not [p for p in SHM.iterdir() if p.name.startswith("shmring-copies-")]
+
+
+def _consume(cell: Cell, seqs: list[int]) -> dict[str, Any]:
+    """A consumer's report after it verified frames numbered `seqs` (then its PHASE_ENDs)."""
+    stamp, frames = stamper(cell.size), []
+    for seq in [*seqs, *[PHASE_END] * cell.ends_due]:
+        frame = make_source(cell.size)
+        stamp(frame, seq, 0)
+        frames.append(frame)
+    tally = verifier(cell)
+    assert tally.take(iter(frames))
+    return tally.report()
+
+
+def test_verdict_catches_what_fan_in_and_groups_must_not_do() -> None:
+    """Fan-in: each writer's frames complete and in order; groups: each frame exactly once
+    across the readers. The checks accept the right streams and name each violation."""
+    size = parse_size("64")
+
+    def cell(topology: str) -> Cell:
+        producers, consumers = SHAPES[topology]
+        return Cell("x", size, consumers, (THROUGHPUT,), Timing(), "t", False, topology, producers)
+
+    fan_in, groups = cell(FAN_IN), cell(GROUPS)
+    second = 1 << WRITER_SHIFT
+    sent = [{"sent": 3}, {"sent": 3}]
+    interleaved = [0, second, 1, second + 1, second + 2, 2]
+    assert verdict(fan_in, False, sent, [_consume(fan_in, interleaved)])[0] is None
+    swapped = [0, second + 1, second, 1, 2, second + 2]  # writer 1's frames out of order
+    reason, counts = verdict(fan_in, False, sent, [_consume(fan_in, swapped)])
+    assert reason and counts["dups"] == 1
+    shares = [_consume(groups, [0, 2, 3]), _consume(groups, [1, 4])]
+    assert verdict(groups, False, [{"sent": 5}], shares)[0] is None
+    twice = [_consume(groups, [0, 2, 3]), _consume(groups, [1, 3])]  # 3 twice, 4 never
+    assert verdict(groups, False, [{"sent": 5}], twice)[0]

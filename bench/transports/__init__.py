@@ -1,6 +1,8 @@
 # The transport plug-in contract and the registry of transports.
 #
-# Rules: a transport is a Transport subclass in its own module, registered below by name. The
+# Rules: a transport is a Transport subclass in its own module, registered below by name; it
+# lists the topologies (bench/cell.py) it takes part in and reads cell.topology to wire itself
+# (who creates the channel, how many producers, whether consumers share the work). The
 # parent calls prepare() (create what must exist before the children start, e.g. OS handles that
 # only pass at spawn time; return a picklable endpoint) and cleanup() (always, even after a kill).
 # Each child calls open_producer() or open_consumer() with that endpoint. A Producer's send(seq,
@@ -17,6 +19,8 @@ from typing import Any, ClassVar
 
 from bench.cell import Cell
 from bench.frames import Frame
+
+Topologies = frozenset[str]
 
 
 def _nothing() -> None:
@@ -51,8 +55,11 @@ class Transport:
     # "shmring", "peer", "limit" (in-process copy), "floor" (the kernel's wake-up floor) or
     # "wake" (a blocked shmring reader, measured beside the floors)
     kind: ClassVar[str] = "peer"
-    fanout: ClassVar[bool] = False  # several consumers can each see every frame
+    topologies: ClassVar[Topologies] = frozenset()  # the topologies it takes part in
     spinning_reader: ClassVar[bool] = False  # the reader burns a core instead of blocking
+    # It may drop any frame by design (PUB/SUB): its losses are reported, not a failure, and
+    # its PHASE_END is re-sent until acknowledged (topologies with one producer only).
+    drops: ClassVar[bool] = False
 
     # Parent side.
     def prepare(self, cell: Cell, ctx: Any) -> Any:
@@ -91,12 +98,16 @@ REGISTRY: dict[str, str] = {
     "shmring-sleep": "bench.transports.shmring:SleepingReader",
     "shmring-latest": "bench.transports.shmring:Latest",
     "textbook-ring": "bench.transports.textbook:TextbookRing",
+    "textbook-latest": "bench.transports.textbook:TextbookLatest",
     "mp-queue": "bench.transports.mpqueue:MpQueue",
     "mp-pipe": "bench.transports.mppipe:MpPipe",
     "faster-fifo": "bench.transports.fasterfifo:FasterFifo",
     "pyzmq": "bench.transports.pyzmq:PushPull",
+    "pyzmq-pubsub": "bench.transports.pyzmq:PubSub",
+    "pyzmq-conflate": "bench.transports.pyzmq:Conflate",
     "iceoryx2-poll": "bench.transports.iox2:Polling",
     "iceoryx2-event": "bench.transports.iox2:EventWait",
+    "iceoryx2-latest": "bench.transports.iox2:Latest",
     "memcpy-hot": "bench.transports.memcpy:CacheHot",
     "memcpy-ring": "bench.transports.memcpy:StrictRing",
     "floor-futex": "bench.transports.floor:Futex",

@@ -5,8 +5,10 @@
 # copies it into the shared circular buffer) and loads wraps the received bytes in an ndarray
 # (no copy) — so a frame is copied exactly twice (in, out), the least this API allows; pickling
 # would add two more. The consumer uses get_many(), faster-fifo's batched receive (one lock for
-# every frame waiting). The buffer holds 8 frames, like the rings' 8 slots. put() copies before
-# it returns, so the producer reuses one source frame.
+# every frame waiting) — except in groups, where the consumers share the work: there each takes
+# one frame at a time with get(), since a batch would hand one consumer frames the other could
+# take (and could swallow the other's PHASE_END). The buffer holds 8 frames, like the rings' 8
+# slots. put() copies before it returns, so the producer reuses one source frame.
 from __future__ import annotations
 
 import ctypes
@@ -19,7 +21,7 @@ import faster_fifo
 import faster_fifo_reduction  # noqa: F401  (pickles the queue for spawn)
 import numpy as np
 
-from bench.cell import Cell
+from bench.cell import FAN_IN, GROUPS, MAIN, SUPERVISOR, Cell
 from bench.frames import Frame, make_source, stamper
 from bench.transports import Consumer, Producer, Transport
 
@@ -38,6 +40,9 @@ def _loads(shape: tuple[int, ...], message: memoryview) -> Frame:
 
 class FasterFifo(Transport):
     name = "faster-fifo"
+    # The parent always creates the queue (main and supervisor are the same program); any
+    # number of processes put and get.
+    topologies = frozenset({MAIN, SUPERVISOR, FAN_IN, GROUPS})
 
     def prepare(self, cell: Cell, ctx: Any) -> Any:
         return faster_fifo.Queue(
@@ -67,5 +72,14 @@ class FasterFifo(Transport):
                     continue
                 yield from batch
 
-        stream = frames()
+        def shared() -> Generator[Frame, None, None]:
+            get = endpoint.get
+            while True:
+                try:
+                    frame: Frame = get(timeout=WAIT_S)
+                except Empty:
+                    continue
+                yield frame
+
+        stream = shared() if cell.topology == GROUPS else frames()
         return Consumer(stream, stream.close)

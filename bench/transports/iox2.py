@@ -15,8 +15,15 @@
 # until every subscriber is registered, then update_connections(), before the first frame. And a
 # subscriber created before the publisher loses samples in lossless mode (iceoryx2 issue #1697,
 # seen here as one early gap of a few hundred frames), so readers wait for the publisher first.
+# Topologies: every process makes its own node (iceoryx2's rule: one node per process); in the
+# supervisor topology the parent also makes one and creates the services before the children
+# start, holding them until the run is over; fan-in: 2 publishers on one service (each waits
+# for the subscriber; the subscriber waits for both). iceoryx2-latest (latest frame): safe
+# overflow on and subscriber buffers of 1, so receive() returns the newest sample, older ones
+# being replaced; the reader sleeps on the event like iceoryx2-event when none is new.
 # Each cell gets its own iceoryx2 file prefix and root directory; cleanup() removes them
-# (iceoryx2 keeps a per-prefix global management segment in /dev/shm by design).
+# (iceoryx2 keeps a per-prefix global management segment in /dev/shm by design, and a killed
+# process leaves its other files there): the sweep removes every /dev/shm file of the prefix.
 from __future__ import annotations
 
 import ctypes
@@ -30,7 +37,7 @@ from typing import Any
 import iceoryx2 as iox2
 import numpy as np
 
-from bench.cell import Cell
+from bench.cell import FAN_IN, FAN_OUT, LATEST_FRAME, MAIN, SUPERVISOR, Cell
 from bench.frames import Frame, make_source, stamper
 from bench.transports import Consumer, Producer, Transport
 
@@ -47,13 +54,16 @@ def _node(endpoint: tuple[str, str, str]) -> Any:
     return iox2.NodeBuilder.new().config(config).create(iox2.ServiceType.Ipc)
 
 
-def _service(node: Any, endpoint: tuple[str, str, str], cell: Cell) -> Any:
+def _service(node: Any, endpoint: tuple[str, str, str], cell: Cell, buffer: int) -> Any:
+    """The frames service; safe overflow (the newest sample replaces the oldest) when
+    subscribers keep a single sample."""
     return (
         node.service_builder(iox2.ServiceName.new(endpoint[2]))
         .publish_subscribe(iox2.Slice[ctypes.c_uint8])
-        .enable_safe_overflow(False)
-        .subscriber_max_buffer_size(SLOTS)
+        .enable_safe_overflow(buffer == 1)
+        .subscriber_max_buffer_size(buffer)
         .max_subscribers(max(1, cell.consumers))
+        .max_publishers(cell.producers)
         .open_or_create()
     )
 
@@ -72,23 +82,32 @@ def _wait_for(ready: Callable[[], bool], cell: Cell, what: str) -> None:
 
 class Polling(Transport):
     name = "iceoryx2-poll"
-    fanout = True
+    topologies = frozenset({MAIN, SUPERVISOR, FAN_OUT})
     spinning_reader = True
     event = False
+    buffer = SLOTS  # subscriber buffer (samples)
+    _parent: tuple[Any, ...] = ()  # supervisor: the parent's node and services
 
     def prepare(self, cell: Cell, ctx: Any) -> Any:
         self._prefix = f"sb{cell.token}_"
         self._root = tempfile.mkdtemp(prefix=f"sb{cell.token}iox")
-        return self._prefix, self._root + "/", f"bench/{cell.token}"
+        endpoint = self._prefix, self._root + "/", f"bench/{cell.token}"
+        if cell.topology == SUPERVISOR:
+            node = _node(endpoint)
+            self._parent = (node, _service(node, endpoint, cell, self.buffer))
+            if self.event:
+                self._parent += (_event(node, endpoint),)
+        return endpoint
 
     def cleanup(self) -> None:
-        for entry in SHM_DIR.glob(f"{self._prefix}*.global_mgmt"):
+        self._parent = ()  # drops the parent's services and node before their files go
+        for entry in SHM_DIR.glob(f"{self._prefix}*"):
             entry.unlink(missing_ok=True)
         shutil.rmtree(self._root, ignore_errors=True)
 
     def open_producer(self, endpoint: Any, cell: Cell) -> Producer:
         node = _node(endpoint)
-        service = _service(node, endpoint, cell)
+        service = _service(node, endpoint, cell, self.buffer)
         n = cell.size.nbytes
         publisher = (
             service.publisher_builder()
@@ -137,9 +156,13 @@ class Polling(Transport):
 
     def open_consumer(self, endpoint: Any, cell: Cell, index: int) -> Consumer:
         node = _node(endpoint)
-        service = _service(node, endpoint, cell)
-        _wait_for(lambda: service.dynamic_config.number_of_publishers >= 1, cell, "publisher")
-        subscriber = service.subscriber_builder().buffer_size(SLOTS).create()
+        service = _service(node, endpoint, cell, self.buffer)
+
+        def published() -> bool:
+            return bool(service.dynamic_config.number_of_publishers >= cell.producers)
+
+        _wait_for(published, cell, "publishers")
+        subscriber = service.subscriber_builder().buffer_size(self.buffer).create()
         listener = _event(node, endpoint).listener_builder().create() if self.event else None
         shape = cell.size.shape
         payload_type = ctypes.c_uint8 * cell.size.nbytes
@@ -171,5 +194,12 @@ class Polling(Transport):
 
 class EventWait(Polling):
     name = "iceoryx2-event"
+    topologies = frozenset({MAIN, SUPERVISOR, FAN_IN, FAN_OUT})
     spinning_reader = False
     event = True
+
+
+class Latest(EventWait):
+    name = "iceoryx2-latest"
+    topologies = frozenset({LATEST_FRAME})
+    buffer = 1

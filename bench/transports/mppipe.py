@@ -12,13 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from bench.cell import Cell
+from bench.cell import MAIN, Cell
 from bench.frames import Frame, make_source, stamper
 from bench.transports import Consumer, OneWayPipe, Producer
 
 
 class MpPipe(OneWayPipe):
     name = "mp-pipe"
+    topologies = frozenset({MAIN})
 
     def open_producer(self, endpoint: Any, cell: Cell) -> Producer:
         _, conn = endpoint

@@ -13,7 +13,7 @@ from collections.abc import Generator
 from itertools import cycle
 from typing import Any
 
-from bench.cell import Cell
+from bench.cell import FAN_IN, GROUPS, MAIN, Cell
 from bench.frames import Frame, make_source, stamper
 from bench.transports import Consumer, Producer, Transport
 
@@ -22,6 +22,7 @@ MAXSIZE = 8
 
 class MpQueue(Transport):
     name = "mp-queue"
+    topologies = frozenset({MAIN, FAN_IN, GROUPS})  # any number of putters and getters
 
     def prepare(self, cell: Cell, ctx: Any) -> Any:
         self._queue = ctx.Queue(maxsize=MAXSIZE)

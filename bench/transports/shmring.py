@@ -15,8 +15,14 @@
 #     only in the wake scenario, beside the kernel floors: the wake-up target is judged on it,
 #     since the default reader of a steady stream is already polling when its frame lands.
 #   shmring-latest: policy="overwrite" (the writer never waits) and a reader that calls
-#     r.latest() for the newest frame, skipping older ones — the preview/monitor use case.
-#     Overwrite needs slots > max_readers + max_writers, so it declares 2 readers, 1 writer.
+#     r.latest() for the newest frame, skipping older ones — the preview/monitor use case. The
+#     ring is made with the natural call, RingWriter.create(name, shape, dtype,
+#     policy="overwrite", slots=4), default max_readers / max_writers (issue 16: until the core
+#     accepts that, the cell fails with the core's ValueError, shown in the report).
+# Topologies: the producer creates the ring (main, groups, fanout); the parent creates it and
+# the producers attach with RingWriter.attach (supervisor, fanin: the textbook supervisor
+# program, the parent holding its handle, never writing, until the run is over); groups:
+# readers attach with group="workers" and share the frames.
 # Block-policy rings keep the API's defaults (8 slots, max_readers=8, max_writers=4).
 # Readers attach with start="oldest" so nothing published before the first read is missed.
 from __future__ import annotations
@@ -26,13 +32,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from bench.cell import Cell
+from bench.cell import FAN_IN, FAN_OUT, GROUPS, LATEST_FRAME, MAIN, SUPERVISOR, Cell
 from bench.frames import Frame, make_source, stamper
 from bench.transports import Consumer, Producer, Transport
 from shmring import RingReader, RingWriter
 
 SLOTS = 8
+LATEST_SLOTS = 4
 ATTACH_TIMEOUT_S = 30.0
+GROUP = "workers"
+PARENT_CREATES = frozenset({SUPERVISOR, FAN_IN})
 
 
 def _name(cell: Cell) -> str:
@@ -42,11 +51,21 @@ def _name(cell: Cell) -> str:
 class Write(Transport):
     name = "shmring-write"
     kind = "shmring"
-    fanout = True
+    topologies = frozenset({MAIN, SUPERVISOR, FAN_IN, GROUPS, FAN_OUT})
     reader_options: ClassVar[dict[str, Any]] = {}  # RingReader.attach keywords beyond these
+    _owner: Any = None  # the parent's handle, when the parent creates the ring
 
     def _create(self, cell: Cell) -> Any:
         return RingWriter.create(_name(cell), cell.size.shape, np.uint8, slots=SLOTS)
+
+    def prepare(self, cell: Cell, ctx: Any) -> Any:
+        if cell.topology in PARENT_CREATES:
+            self._owner = self._create(cell)
+        return None
+
+    def cleanup(self) -> None:
+        if self._owner is not None:
+            self._owner.close()
 
     def _send(self, writer: Any, cell: Cell) -> Any:
         src = make_source(cell.size)
@@ -60,7 +79,10 @@ class Write(Transport):
         return send
 
     def open_producer(self, endpoint: Any, cell: Cell) -> Producer:
-        writer = self._create(cell)
+        if cell.topology in PARENT_CREATES:
+            writer = RingWriter.attach(_name(cell), timeout=ATTACH_TIMEOUT_S)
+        else:
+            writer = self._create(cell)
         return Producer(self._send(writer, cell), writer.close)
 
     def _frames(self, reader: Any) -> Generator[Frame, None, None]:
@@ -69,7 +91,11 @@ class Write(Transport):
 
     def open_consumer(self, endpoint: Any, cell: Cell, index: int) -> Consumer:
         reader = RingReader.attach(
-            _name(cell), start="oldest", timeout=ATTACH_TIMEOUT_S, **self.reader_options
+            _name(cell),
+            start="oldest",
+            timeout=ATTACH_TIMEOUT_S,
+            group=GROUP if cell.topology == GROUPS else None,
+            **self.reader_options,
         )
         stream = self._frames(reader)
 
@@ -82,6 +108,7 @@ class Write(Transport):
 
 class Claim(Write):
     name = "shmring-claim"
+    topologies = frozenset({MAIN, SUPERVISOR, FAN_OUT})
 
     def _send(self, writer: Any, cell: Cell) -> Any:
         stamp = stamper(cell.size)
@@ -96,6 +123,7 @@ class Claim(Write):
 
 class SpinningReader(Write):
     name = "shmring-spin"
+    topologies = frozenset({MAIN})
     spinning_reader = True
     reader_options: ClassVar[dict[str, Any]] = {"spin": 0.01}
 
@@ -103,22 +131,17 @@ class SpinningReader(Write):
 class SleepingReader(Write):
     name = "shmring-sleep"
     kind = "wake"
+    topologies = frozenset()
     reader_options: ClassVar[dict[str, Any]] = {"spin": 0}
 
 
 class Latest(Write):
     name = "shmring-latest"
-    fanout = False
+    topologies = frozenset({LATEST_FRAME})
 
     def _create(self, cell: Cell) -> Any:
         return RingWriter.create(
-            _name(cell),
-            cell.size.shape,
-            np.uint8,
-            slots=SLOTS,
-            policy="overwrite",
-            max_readers=2,
-            max_writers=1,
+            _name(cell), cell.size.shape, np.uint8, policy="overwrite", slots=LATEST_SLOTS
         )
 
     def _frames(self, reader: Any) -> Generator[Frame, None, None]:
