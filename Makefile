@@ -11,7 +11,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard src/shmring/*.c src/shmring/*.h)  # C: rebuilt by reinstalling
-	$(BIN)/python -m pip install --quiet -e '.[test,demo,wheel]'
+	$(BIN)/python -m pip install --quiet -e '.[test,demo,wheel,async,bridge,record]'
 	touch $(STAMP)
 
 demo: $(STAMP)

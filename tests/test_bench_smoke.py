@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import unique_name
 
 from bench.cell import FAN_IN, GROUPS, THROUGHPUT, Cell, Timing
 from bench.frames import PHASE_END, WRITER_SHIFT, make_source, parse_size, stamper
 from bench.suite import SHAPES, available
 from bench.verify import verdict, verifier
 from shmring import RingWriter
-from tests.helpers import unique_name
 
 pytestmark = pytest.mark.slow  # a real, if short, benchmark run
 

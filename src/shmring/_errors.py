@@ -70,6 +70,7 @@ def warn_stale_ring(message: str) -> None:
         level, frame = level + 1, frame.f_back
     warnings.warn(message, StaleRingWarning, stacklevel=level)
 
+
 class RecordingError(ShmringError):
     """A recording (`shmring record` / `replay`, an MCAP file) could not be written or read."""
 
