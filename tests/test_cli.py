@@ -202,9 +202,9 @@ def test_rings_are_named_by_their_dev_shm_files_too(prefix: str, stale: str) -> 
         assert line_of(shmring("ls", "--no-rate", f"shmring.{prefix}").stdout, w.name)
         err = shmring("inspect", "/tmp/shmring.x", code=2).stderr
         assert "/dev/shm/shmring.NAME is accepted too" in err
-    # Counts agree with their nouns ("1 frame" above, "0 frames" here).
+    # Counts agree with their nouns (the stale ring's creator wrote one frame).
     out = shmring("gc", "--dry-run", f"shmring.{stale}").stdout
-    assert out.startswith(f"would remove {stale}: creator pid ") and "0 frames published" in out
+    assert out.startswith(f"would remove {stale}: creator pid ") and "1 frame published" in out
     assert shmring("rm", seg_path(stale)).stdout == f"removed {stale}\n"
     assert not os.path.exists(seg_path(stale))
     assert "no ring named" in shmring("rm", f"shmring.{stale}", code=1).stderr
