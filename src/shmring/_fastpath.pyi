@@ -122,7 +122,7 @@ class Taker:
         f_closed: int,
         record: memoryview,
         reader_records: memoryview,
-        pinned_frame_type: type[FrameBase],
+        collectable_frame_type: type[FrameBase],
         max_readers: int,
         record_words: int,
         nbuffers: int,
@@ -134,11 +134,17 @@ class Taker:
         c_writers: int,
         r_state: int,
         r_pinned: int,
+        group: memoryview | None,
+        r_release: int,
+        g_cursor: int,
     ) -> None: ...
-    # Built as frame_type (pinned_frame_type), which _reader.py passes as Frame (a subclass).
+    # Built as frame_type (collectable_frame_type): _reader.py passes Frame (a subclass).
     def take(self, reader: RingReader, seq: int) -> Frame | None: ...
     def wait(self, reader: RingReader, seq: int, timeout: float) -> Frame | None: ...
     def take_pinned(self, reader: RingReader, next: int, latest: bool) -> Frame | int | None: ...
+    def take_group(
+        self, reader: RingReader, held: int, latest: bool
+    ) -> Frame | tuple[int, int] | int | None: ...
     def pin(self, seq: int) -> int: ...
     def holds(self, seq: int) -> bool: ...
     def close(self) -> None: ...

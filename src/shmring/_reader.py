@@ -209,15 +209,17 @@ class RingReader(AsyncReading, RingHandle):
                     record[L.R_RELEASE] = first
                 else:
                     assert self._group_record is not None
-                    cursor = self._group_record[L.G_CURSOR]
-                    self._group_record[L.G_CURSOR] = max(cursor, p.control[L.C_TAIL])
+                    tail = p.control[L.C_TAIL]
+                    if self._group_record[L.G_CURSOR] < tail:  # a new group: no member yet
+                        self._group_record[L.G_CURSOR] = tail
         p.announce_membership()
         self._index = index
         self._record = record
         self._next = first
         self._lock_free = self._block and group is None
         self._pins_lock_free = not self._block and group is None
-        self._taker = _taker(p, record)
+        self._group_lock_free = self._block and group is not None
+        self._taker = _taker(p, record, self._group_record)
         self._leave_at(weakref.finalize(self, _close_reader, p, record, index, self._taker))
 
     def _join_group(self, group: str, first: int) -> int:
@@ -532,6 +534,8 @@ class RingReader(AsyncReading, RingHandle):
             return self._take_own(self._next, 0)
         if self._pins_lock_free:
             return self._take_pinned(latest=False)
+        if self._group_lock_free:
+            return self._take_group(latest=False)
         with self._p.lock:
             return self._take_locked(latest=False)
 
@@ -542,8 +546,32 @@ class RingReader(AsyncReading, RingHandle):
             return self._take_own(seq, seq - self._next)
         if self._pins_lock_free:
             return self._take_pinned(latest=True)
+        if self._group_lock_free:
+            return self._take_group(latest=True)
         with self._p.lock:
             return self._take_locked(latest=True)
+
+    def _take_group(self, latest: bool) -> Frame | None:
+        """Block policy, a group member: claim the group's next (or newest) frame lock-free
+        in C (_taker.c, take_group), which holds it for this member before claiming it."""
+        held = self._held
+        taken = self._taker.take_group(self, min(held) if held else L.NONE, latest)
+        if taken is None:
+            return None
+        if isinstance(taken, Frame):
+            frame, seq, dropped = taken, taken.seq, taken.dropped
+            self._pending = frame
+        elif isinstance(taken, tuple):  # its own shape or metadata: built here, held already
+            seq, dropped = taken
+            frame = self._frame(self._descriptors[seq % self._slots], seq, dropped)
+        else:  # a state a block ring cannot be in: the general path says what is wrong
+            with self._p.lock:
+                return self._take_locked(latest)
+        held.append(seq)
+        self._record[L.R_RELEASE] = min(held)
+        if dropped:
+            self._count_dropped(dropped)
+        return frame
 
     def _take_pinned(self, latest: bool) -> Frame | None:
         """Overwrite policy, own group: the next (or newest) frame, pinned lock-free in C
@@ -780,12 +808,14 @@ def _attach_reader(name: str, group: str | None, start: str, spin: float) -> Rin
     return RingReader.attach(name, group=group, start=start, spin=spin)
 
 
-def _taker(p: Participant, record: memoryview) -> Taker:
+def _taker(p: Participant, record: memoryview, group: memoryview | None) -> Taker:
     """Taking frames lock-free, in C (_taker.c), over this handle's views."""
-    return Taker(**taker_arguments(p, record))
+    return Taker(**taker_arguments(p, record, group))
 
 
-def taker_arguments(p: Participant, record: memoryview) -> dict[str, Any]:
+def taker_arguments(
+    p: Participant, record: memoryview, group: memoryview | None = None
+) -> dict[str, Any]:
     """Taker's keyword arguments: this handle's views and _layout's word indices."""
     g = p.geometry
     return dict(
@@ -796,7 +826,7 @@ def taker_arguments(p: Participant, record: memoryview) -> dict[str, Any]:
         f_closed=L.F_CLOSED,
         record=record,
         reader_records=p.views.reader_table,
-        pinned_frame_type=_CollectableFrame,
+        collectable_frame_type=_CollectableFrame,
         max_readers=g.max_readers,
         record_words=L.RECORD_WORDS,
         nbuffers=g.buffers,
@@ -808,6 +838,9 @@ def taker_arguments(p: Participant, record: memoryview) -> dict[str, Any]:
         c_writers=L.C_WRITERS,
         r_state=L.R_STATE,
         r_pinned=L.R_PINNED,
+        group=group,
+        r_release=L.R_RELEASE,
+        g_cursor=L.G_CURSOR,
     )
 
 

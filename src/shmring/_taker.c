@@ -141,9 +141,12 @@ typedef struct {
     PyObject *buffers;         /* list: the ring's buffers as read-only arrays */
     PyTypeObject *frame_type;  /* shmring.Frame */
     PyObject *no_meta;         /* b"" */
-    /* take_pinned(): an overwrite reader's pin (R_PINNED in its record) */
+    /* take_pinned(): an overwrite reader's pin (R_PINNED in its record); take_group(): a
+     * block group member's hold (R_RELEASE) and its group's cursor (G_CURSOR) */
     uint64_t *record, *reader_records; /* max_readers records, record_words apart */
-    PyTypeObject *pinned_frame_type;   /* a Frame released when garbage-collected */
+    uint64_t *group;                   /* this reader's group record, or NULL */
+    PyTypeObject *collectable_frame_type; /* a Frame released when garbage-collected */
+    Py_ssize_t r_release, g_cursor;
     uint64_t max_readers, record_words, nbuffers, state_active, df_evicted, none;
     Py_ssize_t c_head, c_tail, c_writers, r_state, r_pinned;
 } Taker;
@@ -152,6 +155,7 @@ static void Taker_release_exports(Taker *self) {
     if (self->holds_exports) {
         self->holds_exports = 0;
         self->control = self->descriptors = self->record = self->reader_records = NULL;
+        self->group = NULL;
         PyBuffer_Release(&self->header);
     }
 }
@@ -160,13 +164,13 @@ static int Taker_init(Taker *self, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {
         "header", "control", "descriptors", "buffers", "frame_type", "slots",
         "descriptor_words", "c_frames", "c_flags", "d_seq", "d_buffer", "d_timestamp",
-        "d_flags", "f_closed", "record", "reader_records", "pinned_frame_type", "max_readers",
+        "d_flags", "f_closed", "record", "reader_records", "collectable_frame_type", "max_readers",
         "record_words", "nbuffers", "state_active", "df_evicted", "none", "c_head", "c_tail",
-        "c_writers", "r_state", "r_pinned", NULL,
+        "c_writers", "r_state", "r_pinned", "group", "r_release", "g_cursor", NULL,
     };
     PyObject *header, *control, *descriptors, *buffers, *frame_type, *record, *readers;
-    PyObject *pinned_frame_type;
-    Py_ssize_t descriptor_words, c_words[5], d_words[4], r_words[2];
+    PyObject *collectable_frame_type, *group;
+    Py_ssize_t descriptor_words, c_words[5], d_words[4], r_words[3], g_cursor;
     unsigned long long slots, f_closed, max_readers, record_words, nbuffers, state_active;
     unsigned long long df_evicted, none;
     if (self->initialized) {
@@ -174,27 +178,28 @@ static int Taker_init(Taker *self, PyObject *args, PyObject *kwargs) {
         return -1;
     }
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$OOOO!O!KnnnnnnnKOOO!KKKKKKnnnnn:Taker", keywords, &header, &control,
-            &descriptors, &PyList_Type, &buffers, &PyType_Type, &frame_type, &slots,
+            args, kwargs, "$OOOO!O!KnnnnnnnKOOO!KKKKKKnnnnnOnn:Taker", keywords, &header,
+            &control, &descriptors, &PyList_Type, &buffers, &PyType_Type, &frame_type, &slots,
             &descriptor_words, &c_words[0], &c_words[1], &d_words[0], &d_words[1], &d_words[2],
-            &d_words[3], &f_closed, &record, &readers, &PyType_Type, &pinned_frame_type,
+            &d_words[3], &f_closed, &record, &readers, &PyType_Type, &collectable_frame_type,
             &max_readers, &record_words, &nbuffers, &state_active, &df_evicted, &none,
-            &c_words[2], &c_words[3], &c_words[4], &r_words[0], &r_words[1])) {
+            &c_words[2], &c_words[3], &c_words[4], &r_words[0], &r_words[1], &group,
+            &r_words[2], &g_cursor)) {
         return -1;
     }
     uint64_t table_words, records_words;
     if (slots == 0 || descriptor_words <= 0 || shmring_words_needed(d_words, 4) == 0 ||
         shmring_words_needed(d_words, 4) > (uint64_t)descriptor_words ||
-        shmring_words_needed(c_words, 5) == 0 || shmring_words_needed(r_words, 2) == 0 ||
-        max_readers == 0 || nbuffers == 0 ||
-        shmring_words_needed(r_words, 2) > record_words ||
+        shmring_words_needed(c_words, 5) == 0 || shmring_words_needed(r_words, 3) == 0 ||
+        max_readers == 0 || nbuffers == 0 || g_cursor < 0 ||
+        shmring_words_needed(r_words, 3) > record_words || (uint64_t)g_cursor >= record_words ||
         __builtin_mul_overflow(max_readers, record_words, &records_words) ||
         __builtin_mul_overflow(slots, (uint64_t)descriptor_words, &table_words)) {
         PyErr_SetString(PyExc_ValueError, "Taker: impossible ring geometry");
         return -1;
     }
     if (!PyType_IsSubtype((PyTypeObject *)frame_type, &FrameBaseType) ||
-        !PyType_IsSubtype((PyTypeObject *)pinned_frame_type, &FrameBaseType)) {
+        !PyType_IsSubtype((PyTypeObject *)collectable_frame_type, &FrameBaseType)) {
         PyErr_SetString(PyExc_TypeError, "Taker: frame types must subclass FrameBase");
         return -1;
     }
@@ -207,7 +212,9 @@ static int Taker_init(Taker *self, PyObject *args, PyObject *kwargs) {
         !(self->descriptors = shmring_word_view(descriptors, &self->header, "Taker",
                                                 "descriptors", table_words)) ||
         !(self->record = shmring_word_view(record, &self->header, "Taker", "record",
-                                           shmring_words_needed(r_words, 2))) ||
+                                           shmring_words_needed(r_words, 3))) ||
+        (group != Py_None && !(self->group = shmring_word_view(group, &self->header, "Taker",
+                                                               "group", record_words))) ||
         !(self->reader_records = shmring_word_view(readers, &self->header, "Taker",
                                                    "reader records", records_words))) {
         Taker_release_exports(self);
@@ -238,9 +245,11 @@ static int Taker_init(Taker *self, PyObject *args, PyObject *kwargs) {
     self->c_writers = c_words[4];
     self->r_state = r_words[0];
     self->r_pinned = r_words[1];
+    self->r_release = r_words[2];
+    self->g_cursor = g_cursor;
     self->buffers = Py_NewRef(buffers);
     self->frame_type = (PyTypeObject *)Py_NewRef(frame_type);
-    self->pinned_frame_type = (PyTypeObject *)Py_NewRef(pinned_frame_type);
+    self->collectable_frame_type = (PyTypeObject *)Py_NewRef(collectable_frame_type);
     self->initialized = 1;
     return 0;
 }
@@ -443,7 +452,7 @@ static PyObject *pin_once(Taker *self, PyObject *reader, uint64_t next, int late
         }
         uint64_t timestamp_ns = load(&descriptor[self->d_timestamp]); /* checked by the pin */
         if (pin_buffer(self, descriptor, cursor, buffer)) {
-            return build_frame(self, self->pinned_frame_type, reader, cursor, buffer,
+            return build_frame(self, self->collectable_frame_type, reader, cursor, buffer,
                                timestamp_ns, skipped);
         }
         *again = 1; /* evicted or replaced meanwhile */
@@ -471,6 +480,60 @@ static PyObject *Taker_take_pinned(Taker *self, PyObject *const *args, Py_ssize_
             return result;
         }
         Py_DECREF(result);
+    }
+    return PyLong_FromLong(TAKE_FALLBACK);
+}
+
+/* ---- take_group: a member of a block-policy reader group ------------------------------------
+ *
+ * take_group(reader, held, latest) claims the group's next frame (the newest with `latest`)
+ * for this member with a compare-and-swap on G_CURSOR, so members need no lock. Before the
+ * swap the member holds the frame (R_RELEASE at most its seq, `held` being the lowest seq it
+ * already holds, or NONE): a writer that sees the cursor past a frame also sees the member
+ * that holds it, since the writer reads group cursors before readers' release words. Returns
+ * the Frame; (seq, skipped) for a frame it cannot build (own shape or metadata), which the
+ * caller builds, holding it already; None if no frame is new; TAKE_FALLBACK on a state a
+ * block ring cannot be in (the general path reports it). */
+static PyObject *Taker_take_group(Taker *self, PyObject *const *args, Py_ssize_t nargs) {
+    uint64_t held;
+    if (!positional("take_group", nargs, 3) || sequence_number(args[1], &held) < 0) {
+        return NULL;
+    }
+    int latest = PyObject_IsTrue(args[2]);
+    if (latest < 0) {
+        return NULL;
+    }
+    if (!self->holds_exports || self->group == NULL) {
+        return PyLong_FromLong(TAKE_FALLBACK);
+    }
+    uint64_t *cursor_word = &self->group[self->g_cursor];
+    uint64_t *release = &self->record[self->r_release];
+    for (int tries = 0; tries < PIN_TRIES; tries++) {
+        uint64_t cursor = load(cursor_word);
+        uint64_t head = load(&self->control[self->c_head]);
+        uint64_t tail = load(&self->control[self->c_tail]);
+        if (tail > head || head - tail > self->slots || head >= SEQ_LIMIT || cursor > head ||
+            cursor < tail) {
+            return PyLong_FromLong(TAKE_FALLBACK);
+        }
+        uint64_t seq = latest && cursor + 1 < head ? head - 1 : cursor;
+        const uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
+        if (seq >= head || load(&descriptor[self->d_seq]) != seq) {
+            Py_RETURN_NONE; /* nothing new yet */
+        }
+        __atomic_store_n(release, held < seq ? held : seq, __ATOMIC_SEQ_CST);
+        if (!__atomic_compare_exchange_n(cursor_word, &cursor, seq + 1, 0, __ATOMIC_SEQ_CST,
+                                         __ATOMIC_SEQ_CST)) {
+            store(release, held); /* another member took it: look again */
+            continue;
+        }
+        uint64_t skipped = seq - cursor, buffer = load(&descriptor[self->d_buffer]);
+        if (load(&descriptor[self->d_flags]) != 0 || buffer >= self->nbuffers ||
+            buffer >= (uint64_t)PyList_GET_SIZE(self->buffers)) {
+            return Py_BuildValue("(KK)", (unsigned long long)seq, (unsigned long long)skipped);
+        }
+        return build_frame(self, self->collectable_frame_type, args[0], seq, buffer,
+                           load(&descriptor[self->d_timestamp]), skipped);
     }
     return PyLong_FromLong(TAKE_FALLBACK);
 }
@@ -533,14 +596,14 @@ static PyObject *Taker_forget(Taker *self, PyObject *Py_UNUSED(ignored)) {
 static int Taker_traverse(Taker *self, visitproc visit, void *arg) {
     Py_VISIT(self->buffers);
     Py_VISIT(self->frame_type);
-    Py_VISIT(self->pinned_frame_type);
+    Py_VISIT(self->collectable_frame_type);
     return 0;
 }
 
 static int Taker_clear(Taker *self) {
     Py_CLEAR(self->buffers);
     Py_CLEAR(self->frame_type);
-    Py_CLEAR(self->pinned_frame_type);
+    Py_CLEAR(self->collectable_frame_type);
     Py_CLEAR(self->no_meta);
     return 0;
 }
@@ -560,6 +623,9 @@ static PyMethodDef Taker_methods[] = {
     {"take_pinned", (PyCFunction)(void (*)(void))Taker_take_pinned, METH_FASTCALL,
      "take_pinned(reader, next, latest) -> the next (or newest) frame of an overwrite ring, "
      "pinned; None if none is new; TAKE_FALLBACK or TAKE_NO_ROOM (see _taker.c)."},
+    {"take_group", (PyCFunction)(void (*)(void))Taker_take_group, METH_FASTCALL,
+     "take_group(reader, held, latest) -> the group's next (or newest) frame, now this "
+     "member's; (seq, skipped) to build; None; or TAKE_FALLBACK (see _taker.c)."},
     {"pin", (PyCFunction)Taker_pin, METH_O,
      "pin(seq) -> the buffer of frame seq, now pinned by this reader, or -1 (see _taker.c)."},
     {"holds", (PyCFunction)Taker_holds, METH_O,
