@@ -94,8 +94,8 @@ def test_quick_chaos_run_keeps_every_invariant() -> None:
         assert run["sigints"] > 0
         writer, reader = run["writer"], run["reader"]
         assert writer["written"] > 0 and reader["steady"] > 0
-        if policy == "block":
-            assert reader["steady"] == writer["written"] and reader["dropped"] == 0
+        if policy == "block":  # every steady frame; "dropped" counts dead victims' claims
+            assert reader["steady"] == writer["written"]
         assert writer["fds"][0] == writer["fds"][1] and reader["fds"][0] == reader["fds"][1]
     assert done.returncode == 0, done.stderr[-3000:]
     assert time.monotonic() - started < 30

@@ -138,7 +138,7 @@ def test_inspect_shows_the_header(prefix: str) -> None:
         info = as_json("inspect", w.name)
         text = shmring("inspect", w.name).stdout
     assert pick(info, "format_version", "shape", "dtype", "policy", "slots", "meta_size") == {
-        "format_version": "1.0",
+        "format_version": f"{L.VERSION_MAJOR}.{L.VERSION_MINOR}",
         "shape": [64],
         "dtype": "uint8",
         "policy": "block",
@@ -167,7 +167,11 @@ def test_inspect_shows_the_header(prefix: str) -> None:
     assert info["problems"] == []
 
     assert f"ring {prefix} ({seg_path(prefix)})" in text
-    for want in ("format version  1.0", "head            3", "tail            0"):
+    for want in (
+        f"format version  {L.VERSION_MAJOR}.{L.VERSION_MINOR}",
+        "head            3",
+        "tail            0",
+    ):
         assert want in text
     assert "  group 'workers': 1 member, cursor 1, lag 2" in text
     assert "slots (4)\n  POSITION  SEQ  BUFFER  STATE  " in text

@@ -15,7 +15,7 @@ from helpers import WAIT, unique_name
 
 import shmring._layout as L
 from shmring import RingCorrupted, RingReader, RingWriter, ShmringError
-from shmring._fastpath import PUBLISH_CORRUPTED, PUBLISH_FALLBACK, Publisher
+from shmring._fastpath import PUBLISH_ALONE, PUBLISH_CORRUPTED, PUBLISH_FALLBACK, Publisher
 from shmring._writer import _publisher, publisher_arguments
 
 SHAPE = (4, 6)
@@ -74,9 +74,30 @@ def test_a_read_only_frame_is_published() -> None:
             assert np.array_equal(got.array, frame)
 
 
-def test_in_shared_mode_it_gives_way_to_the_locked_path() -> None:
+def test_in_shared_mode_block_writers_sequence_their_frames_without_the_lock() -> None:
+    """Two writers: each claims the next number (C_NEXT_SEQ) and publishes lock-free."""
     with (
         joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)) as w,
+        RingReader.attach(w.name, start="oldest") as r,
+        RingWriter.attach(w.name) as other,
+    ):
+        assert w._control[L.C_WRITER_MODE] == L.MODE_SHARED
+        assert w._publisher.publish(_frame(0)) == 0
+        assert w._record[L.W_IN_PUBLISH] == 0 and w._record[L.W_CLAIMED_SEQ] == L.NONE
+        assert other.write(_frame(1), WAIT) == 1
+        assert w.write(_frame(2), WAIT) == 2
+        assert w._control[L.C_NEXT_SEQ] == w._control[L.C_HEAD] == 3
+        assert [int(f.array[0, 0]) for f in (r.read(WAIT), r.read(WAIT), r.read(WAIT))] == [
+            0,
+            1,
+            2,
+        ]
+    assert w._p.closed
+
+
+def test_overwrite_in_shared_mode_gives_way_to_the_locked_path() -> None:
+    with (
+        joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4, policy="overwrite")) as w,
         RingReader.attach(w.name, start="oldest") as r,
         RingWriter.attach(w.name) as other,
     ):
@@ -85,7 +106,26 @@ def test_in_shared_mode_it_gives_way_to_the_locked_path() -> None:
         assert w._record[L.W_IN_PUBLISH] == 0
         assert w.write(_frame(1), WAIT) == 0
         assert other.write(_frame(2), WAIT) == 1
-        assert [int(f.array[0, 0]) for f in (r.read(WAIT), r.read(WAIT))] == [1, 2]
+        for value in (1, 2):  # an overwrite reader holds one frame at a time
+            with r.read(WAIT) as got:
+                assert int(got.array[0, 0]) == value
+
+
+def test_the_writer_left_alone_switches_back_to_exclusive_mode() -> None:
+    with (
+        joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)) as w,
+        RingReader.attach(w.name, start="oldest") as r,
+    ):
+        with RingWriter.attach(w.name) as other:
+            assert other.write(_frame(1), WAIT) == 0
+        assert w._control[L.C_WRITER_MODE] == L.MODE_SHARED  # until w writes again
+        assert w._publisher.publish(_frame(2)) == PUBLISH_ALONE
+        assert w.write(_frame(2), WAIT) == 1
+        assert w._control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE
+        for value in range(3, 9):  # more than the ring holds: the free list is whole again
+            assert w.write(_frame(value), WAIT) == value - 1
+            with r.read(WAIT) as got:
+                assert int(got.array[0, 0]) == value - 2 if value > 3 else 1
 
 
 def test_claim_takes_a_buffer_and_publishes_it_in_place() -> None:
@@ -113,21 +153,25 @@ def test_claim_takes_a_buffer_and_publishes_it_in_place() -> None:
             publisher.publish_claimed(1 << 40)
 
 
-def test_in_shared_mode_claim_gives_way_to_the_locked_path() -> None:
+def test_in_shared_mode_claims_hold_numbers_and_an_abandoned_one_is_skipped() -> None:
     with (
         joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)) as w,
         RingReader.attach(w.name, start="oldest") as r,
         RingWriter.attach(w.name) as other,
     ):
-        assert w._publisher.claim_buffer() == PUBLISH_FALLBACK
-        assert w._publisher.publish_claimed(0) == PUBLISH_FALLBACK
-        assert w._record[L.W_IN_PUBLISH] == 0 and w._record[L.W_CLAIMED] == L.NONE
-        for writer, value in ((w, 1), (other, 2)):
-            claim = writer.claim(WAIT)
-            with claim as slot:
-                slot[...] = _frame(value)
-            assert claim.seq == value - 1
-        assert [int(f.array[0, 0]) for f in (r.read(WAIT), r.read(WAIT))] == [1, 2]
+        first = w.claim(WAIT)
+        with first as slot:  # number 0 ...
+            slot[...] = _frame(1)
+            with other.claim(WAIT) as later:  # ... number 1, published first
+                later[...] = _frame(2)
+        assert first.seq == 0
+        with pytest.raises(KeyError), other.claim(WAIT) as slot:  # number 2: abandoned
+            slot[...] = _frame(3)
+            raise KeyError
+        assert w.write(_frame(4), WAIT) == 3
+        got = [r.read(WAIT) for _ in range(3)]
+        assert [int(f.array[0, 0]) for f in got] == [1, 2, 4]
+        assert [f.seq for f in got] == [0, 1, 3] and got[2].dropped == 1
 
 
 @pytest.mark.parametrize("call", ["write", "claim"])

@@ -122,8 +122,8 @@ def test_unpack_rejects_each_kind_of_damage() -> None:
     with pytest.raises(shmring.IncompatibleRing, match="bad magic"):
         L.Geometry.unpack(bad_magic, "x")
     future = bytearray(packed)
-    struct.pack_into("<H", future, 8, 2)
-    with pytest.raises(shmring.IncompatibleRing, match="format version 2"):
+    struct.pack_into("<H", future, 8, L.VERSION_MAJOR + 1)
+    with pytest.raises(shmring.IncompatibleRing, match=f"format version {L.VERSION_MAJOR + 1}"):
         L.Geometry.unpack(bytes(future), "x")
     flipped = bytearray(packed)
     flipped[30] ^= 1

@@ -26,7 +26,7 @@
 # Internals this module relies on (keep them when changing the core): RingReader._take_next,
 # _take_latest, _wait_for, _count, _uncount, _check_writers_alive, _release_last,
 # _release_pending, _last, _pending, _spin, _block; RingWriter._record, _slots; Participant's
-# futex addresses, check_usable, check_size, dead_reader_blocks, reap_dead, spinning_pays.
+# futex addresses, check_usable, check_size, dead_participant_blocks, reap_dead, spinning_pays.
 
 from __future__ import annotations
 
@@ -405,7 +405,7 @@ class AsyncWriting(AsyncHandle):
             record[L.W_SLEEPING] = 1  # take() counted and uncounted itself on the way
             if liveness.due():
                 p.check_size()
-                if p.dead_reader_blocks():
+                if p.dead_participant_blocks():
                     with p.lock:
                         p.reap_dead()
             return None

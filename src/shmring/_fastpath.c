@@ -1,6 +1,8 @@
 /* shmring._fastpath: the per-frame steps that Python makes too slow, in C.
  *
- *   _publisher.c  Publisher: the exclusive writer's write().
+ *   _publisher.c  Publisher: a writer's write() and claim(): the exclusive writer's, and the
+ *                 multi-producer sequencer of several writers (shared mode, block policy).
+ *   settle()      (here) the repair of a sequenced ring: dead writers' numbers, head.
  *   _taker.c      Taker: an own-group block reader's taking of (and one sleep for) the next
  *                 frame, and FrameBase, the fields of shmring.Frame, so that a Frame is built
  *                 without running Python.
@@ -60,6 +62,78 @@ void shmring_futex_wake_all(uint64_t *word) {
     syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
+/* settle(control, descriptors, holes, *, slots, descriptor_words, c_head, d_seq, d_flags,
+ * df_skip): the repair of a sequenced ring (shared mode, block policy), run under the header
+ * lock while live writers go on without it. Publish every number in `holes` (claimed by
+ * writers that died) as a skip, then move C_HEAD over what is published, with the same
+ * compare-and-swap the writers use (_publisher.c, help_head). Returns the new head. */
+static PyObject *settle(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"control", "descriptors", "holes", "slots", "descriptor_words",
+                               "c_head", "d_seq", "d_flags", "df_skip", NULL};
+    PyObject *control_view, *descriptors_view, *holes;
+    unsigned long long slots, df_skip;
+    Py_ssize_t descriptor_words, c_head, words[2];
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO!$KnnnnK:settle", keywords, &control_view,
+                                     &descriptors_view, &PyList_Type, &holes, &slots,
+                                     &descriptor_words, &c_head, &words[0], &words[1], &df_skip)) {
+        return NULL;
+    }
+    Py_buffer control, descriptors;
+    if (PyObject_GetBuffer(control_view, &control, PyBUF_WRITABLE) < 0) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(descriptors_view, &descriptors, PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&control);
+        return NULL;
+    }
+    uint64_t table_words;
+    int fits = slots > 0 && descriptor_words > 0 && c_head >= 0 &&
+               shmring_words_needed(words, 2) > 0 &&
+               shmring_words_needed(words, 2) <= (uint64_t)descriptor_words &&
+               !__builtin_mul_overflow(slots, (uint64_t)descriptor_words, &table_words) &&
+               (uint64_t)control.len / 8 > (uint64_t)c_head &&
+               (uint64_t)descriptors.len / 8 >= table_words &&
+               ((uintptr_t)control.buf & 7) == 0 && ((uintptr_t)descriptors.buf & 7) == 0;
+    PyObject *result = NULL;
+    if (!fits) {
+        PyErr_SetString(PyExc_ValueError, "settle: impossible ring geometry");
+        goto done;
+    }
+    uint64_t *table = descriptors.buf, *head_word = (uint64_t *)control.buf + c_head;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(holes); i++) {
+        uint64_t seq = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(holes, i));
+        if (seq == (uint64_t)-1 && PyErr_Occurred()) {
+            goto done;
+        }
+        uint64_t *descriptor = table + (seq % slots) * (uint64_t)descriptor_words;
+        store(&descriptor[words[1]], df_skip);
+        __atomic_store_n(&descriptor[words[0]], seq, __ATOMIC_SEQ_CST);
+    }
+    uint64_t head = __atomic_load_n(head_word, __ATOMIC_SEQ_CST);
+    while (head < ((uint64_t)1 << 62)) {
+        const uint64_t *descriptor = table + (head % slots) * (uint64_t)descriptor_words;
+        if (__atomic_load_n(&descriptor[words[0]], __ATOMIC_SEQ_CST) != head) {
+            break;
+        }
+        if (__atomic_compare_exchange_n(head_word, &head, head + 1, 0, __ATOMIC_SEQ_CST,
+                                        __ATOMIC_SEQ_CST)) {
+            head++;
+        }
+    }
+    result = PyLong_FromUnsignedLongLong(head);
+done:
+    PyBuffer_Release(&control);
+    PyBuffer_Release(&descriptors);
+    return result;
+}
+
+static PyMethodDef fastpath_functions[] = {
+    {"settle", (PyCFunction)(void (*)(void))settle, METH_VARARGS | METH_KEYWORDS,
+     "settle(control, descriptors, holes, *, ...) -> head: publish holes as skips, move head "
+     "(see _fastpath.c)."},
+    {NULL, NULL, 0, NULL},
+};
+
 static int fastpath_exec(PyObject *module) {
     return shmring_add_publisher(module) < 0 || shmring_add_taker(module) < 0 ? -1 : 0;
 }
@@ -79,6 +153,7 @@ static struct PyModuleDef fastpath_module = {
     .m_doc = "Per-frame steps of the writer and reader in C (see the comment atop _fastpath.c).",
     .m_size = 0,
     .m_slots = fastpath_slots,
+    .m_methods = fastpath_functions,
 };
 
 PyMODINIT_FUNC PyInit__fastpath(void) {

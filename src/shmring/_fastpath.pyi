@@ -9,8 +9,22 @@ from shmring._reader import Frame, RingReader
 
 PUBLISH_FALLBACK: int
 PUBLISH_CORRUPTED: int
+PUBLISH_ALONE: int
 TAKE_FALLBACK: int
 TAKE_NO_ROOM: int
+
+def settle(
+    control: memoryview,
+    descriptors: memoryview,
+    holes: list[int],
+    *,
+    slots: int,
+    descriptor_words: int,
+    c_head: int,
+    d_seq: int,
+    d_flags: int,
+    df_skip: int,
+) -> int: ...
 
 class Publisher:
     def __init__(
@@ -63,6 +77,12 @@ class Publisher:
         meta_shift: int,
         meta_size: int,
         ndim: int,
+        c_next_seq: int,
+        c_writers: int,
+        w_claimed_seq: int,
+        df_skip: int,
+        c_flags: int,
+        f_sequenced: int,
     ) -> None: ...
     def publish(self, frame: np.ndarray) -> int: ...
     def claim_buffer(self) -> int: ...
@@ -137,6 +157,7 @@ class Taker:
         group: memoryview | None,
         r_release: int,
         g_cursor: int,
+        df_skip: int,
     ) -> None: ...
     # Built as frame_type (collectable_frame_type): _reader.py passes Frame (a subclass).
     def take(self, reader: RingReader, seq: int) -> Frame | None: ...

@@ -381,7 +381,7 @@ def _snapshot(segment: Segment, views: L.Views) -> RingInfo:
         creator_alive=segment.creator_alive(),
         published=int(head),
         tail=int(tail),
-        free_buffers=int(control[L.C_FREE_COUNT]),
+        free_buffers=_free_buffers(control, g),
         writer_mode="exclusive" if control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE else "shared",
         closed=bool(control[L.C_FLAGS] & L.F_CLOSED),
         writers=writers,
@@ -391,3 +391,11 @@ def _snapshot(segment: Segment, views: L.Views) -> RingInfo:
         problems=problems,
         snapshot_ns=time.monotonic_ns(),
     )
+
+
+def _free_buffers(control: memoryview, g: L.Geometry) -> int:
+    """Buffers no frame, claim or write holds: the free list's, or in a sequenced ring
+    (several writers, block policy) those of the positions nobody has claimed."""
+    if control[L.C_WRITER_MODE] == L.MODE_SHARED and control[L.C_FLAGS] & L.F_SEQUENCED:
+        return int(control[L.C_TAIL] + g.slots - control[L.C_NEXT_SEQ])
+    return int(control[L.C_FREE_COUNT])

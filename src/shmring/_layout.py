@@ -29,7 +29,7 @@ import numpy as np
 from ._errors import IncompatibleRing
 
 MAGIC = b"\x93SHMRING"
-VERSION_MAJOR = 1
+VERSION_MAJOR = 2  # 2: several writers sequence frames without the lock (C_NEXT_SEQ)
 VERSION_MINOR = 0
 
 CACHE_LINE = 64
@@ -78,6 +78,7 @@ CONTROL_BYTES = 4 * CACHE_LINE
 C_HEAD = 0  # frames published so far == the next sequence number
 C_TAIL = 1  # every frame with seq < tail is released by all groups and its buffer reused
 C_FREE_COUNT = 2  # number of valid entries at the start of the free-buffer list
+C_NEXT_SEQ = 3  # shared mode, block policy: the next sequence number a writer may claim
 # A reclaim stores tail and free count with one slice assignment, which no signal handler
 # (KeyboardInterrupt) can split: split, the next reclaim would free the same buffers twice.
 TAIL_AND_FREE_COUNT = slice(C_TAIL, C_FREE_COUNT + 1)
@@ -99,8 +100,9 @@ CONTROL_WORDS = CONTROL_BYTES // 8
 
 F_CLOSED = 1  # the stream ended (see docs/API.md, "End of stream"): readers drain, then stop
 F_STARTED = 2  # a writer has joined: from now on no live writer and no F_CLOSED = writers died
+F_SEQUENCED = 4  # shared mode, block policy: writers claim numbers (C_NEXT_SEQ), no lock
 MODE_EXCLUSIVE = 0  # one writer: it publishes without the lock
-MODE_SHARED = 1  # several writers: each publish takes the header lock
+MODE_SHARED = 1  # several writers: block rings sequence frames lock-free, overwrite ones lock
 
 # ---- descriptor: one per queued frame -----------------------------------------------------
 D_SEQ = 0  # sequence number of the frame here; NONE until first published
@@ -111,6 +113,7 @@ D_SHAPE = 5  # 8 words: the frame's own shape (valid with DF_OWN_SHAPE)
 D_META_BYTE_OFFSET = (D_SHAPE + MAX_NDIM) * 8  # user metadata bytes start here
 DF_EVICTED = 1  # overwrite policy: the writer took this frame's buffer; readers skip it
 DF_OWN_SHAPE = 2  # the frame is smaller than the ring's shape: D_SHAPE holds its own
+DF_SKIP = 4  # no frame: a claim abandoned, or its writer died; readers skip it (dropped)
 META_LEN_SHIFT = 32  # D_FLAGS >> META_LEN_SHIFT = bytes of user metadata
 
 # ---- reader record (64 bytes) -------------------------------------------------------------
@@ -137,6 +140,7 @@ W_PID = 2
 W_IN_PUBLISH = 3  # 1 while an exclusive-mode writer is inside a lock-free section
 W_CLAIMED = 4  # buffer index this writer has claimed, or NONE
 W_SLEEPING = 5  # 1 while counted in C_WRITER_WAITERS: a reaper of a dead sleeper uncounts it
+W_CLAIMED_SEQ = 6  # shared mode, block policy: the sequence number it claims, or NONE
 
 RECORD_WORDS = CACHE_LINE // 8
 STATE_FREE = 0

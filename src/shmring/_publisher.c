@@ -42,6 +42,7 @@
 
 #define PUBLISH_FALLBACK (-1)  /* the fast path does not apply: use the general path */
 #define PUBLISH_CORRUPTED (-2) /* a value read from the ring is out of range */
+#define PUBLISH_ALONE (-4)     /* shared mode, one writer left: switch back, then again */
 #define SEQ_LIMIT ((uint64_t)1 << 62) /* _layout.SEQ_LIMIT: beyond, the header is damaged */
 #define COPY_WITHOUT_GIL_BYTES (1 << 20) /* copies this large let other threads run */
 
@@ -116,6 +117,8 @@ typedef struct {
     uint64_t mode_exclusive;
     uint64_t none; /* _layout.NONE: "no value" (W_CLAIMED with no claim) */
     int overwrite; /* the ring's policy: buffers come from pop_overwrite(), not a reclaim */
+    Py_ssize_t c_next_seq, c_writers, w_claimed_seq, c_flags;
+    uint64_t df_skip, f_sequenced;
     Py_ssize_t r_pinned, d_shape, meta_offset; /* meta_offset: bytes into a descriptor */
     uint64_t df_evicted, df_own_shape, meta_shift, meta_size, ndim;
     int reclaim_eagerly;
@@ -144,7 +147,8 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
         "d_buffer", "d_timestamp", "d_flags", "r_state", "r_release", "g_state", "g_cursor",
         "mode_exclusive", "none", "state_active", "reclaim_eagerly", "reclaim_in_c", "fence",
         "reclaim", "overwrite", "r_pinned", "d_shape", "meta_offset", "df_evicted",
-        "df_own_shape", "meta_shift", "meta_size", "ndim", NULL,
+        "df_own_shape", "meta_shift", "meta_size", "ndim", "c_next_seq", "c_writers",
+        "w_claimed_seq", "df_skip", "c_flags", "f_sequenced", NULL,
     };
     PyObject *header, *data, *control, *record, *descriptors, *freelist, *readers, *groups;
     PyObject *reclaim;
@@ -153,13 +157,15 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
     unsigned long long slots, nbuffers, max_readers, mode_exclusive, none, state_active;
     int reclaim_eagerly, reclaim_in_c, fence, overwrite;
     Py_ssize_t r_pinned, d_shape, meta_offset;
-    unsigned long long df_evicted, df_own_shape, meta_shift, meta_size, ndim;
+    unsigned long long df_evicted, df_own_shape, meta_shift, meta_size, ndim, df_skip;
+    unsigned long long f_sequenced;
+    Py_ssize_t mp_words[4];
     if (self->initialized) {
         PyErr_SetString(PyExc_RuntimeError, "a Publisher is initialized once");
         return -1;
     }
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$OOOOOOOOnnKKnKnnnnnnnnnnnnnnnnnKKKpppOpnnnKKKKK:Publisher", keywords,
+            args, kwargs, "$OOOOOOOOnnKKnKnnnnnnnnnnnnnnnnnKKKpppOpnnnKKKKKnnnKnK:Publisher", keywords,
             &header, &data, &control, &record, &descriptors, &freelist, &readers, &groups,
             &frame_bytes, &stride, &slots, &nbuffers, &descriptor_words, &max_readers,
             &record_words, &c_words[0], &c_words[1], &c_words[2], &c_words[3], &c_words[4],
@@ -167,7 +173,8 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
             &d_words[3], &rg_words[0], &rg_words[1], &rg_words[2], &rg_words[3],
             &mode_exclusive, &none, &state_active, &reclaim_eagerly, &reclaim_in_c, &fence,
             &reclaim, &overwrite, &r_pinned, &d_shape, &meta_offset, &df_evicted, &df_own_shape,
-            &meta_shift, &meta_size, &ndim)) {
+            &meta_shift, &meta_size, &ndim, &mp_words[0], &mp_words[1], &mp_words[2],
+            &df_skip, &mp_words[3], &f_sequenced)) {
         return -1;
     }
     uint64_t table_words, data_bytes, record_table_words;
@@ -175,6 +182,7 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
         descriptor_words <= 0 || shmring_words_needed(d_words, 4) == 0 ||
         shmring_words_needed(d_words, 4) > (uint64_t)descriptor_words ||
         shmring_words_needed(c_words, 6) == 0 || shmring_words_needed(w_words, 2) == 0 ||
+        shmring_words_needed(mp_words, 4) == 0 || (uint64_t)mp_words[2] >= (uint64_t)record_words ||
         max_readers == 0 || record_words <= 0 || shmring_words_needed(rg_words, 4) == 0 ||
         shmring_words_needed(rg_words, 4) > (uint64_t)record_words || r_pinned < 0 ||
         r_pinned >= record_words || d_shape < 0 || ndim == 0 || ndim > 64 || meta_offset < 0 ||
@@ -201,14 +209,16 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
     self->holds_exports = 1;
     const Py_buffer *within = &self->header;
     const char *owner = "Publisher";
+    Py_ssize_t control_words[9] = {c_words[0], c_words[1], c_words[2],  c_words[3], c_words[4],
+                                   c_words[5], mp_words[0], mp_words[1], mp_words[3]};
     if (!(self->control = shmring_word_view(control, within, owner, "control",
-                                            shmring_words_needed(c_words, 6))) ||
+                                            shmring_words_needed(control_words, 9))) ||
         !(self->reader_records = shmring_word_view(readers, within, owner, "reader records",
                                                    record_table_words)) ||
         !(self->group_records = shmring_word_view(groups, within, owner, "group records",
                                                   record_table_words)) ||
         !(self->record = shmring_word_view(record, within, owner, "record",
-                                           shmring_words_needed(w_words, 2))) ||
+                                           (uint64_t)record_words)) ||
         !(self->descriptors =
               shmring_word_view(descriptors, within, owner, "descriptors", table_words)) ||
         !(self->freelist = shmring_word_view(freelist, within, owner, "freelist", nbuffers))) {
@@ -251,6 +261,12 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
     self->reclaim_in_c = reclaim_in_c;
     self->fence = fence;
     self->overwrite = overwrite;
+    self->c_next_seq = mp_words[0];
+    self->c_writers = mp_words[1];
+    self->w_claimed_seq = mp_words[2];
+    self->df_skip = df_skip;
+    self->c_flags = mp_words[3];
+    self->f_sequenced = f_sequenced;
     self->r_pinned = r_pinned;
     self->d_shape = d_shape;
     self->meta_offset = meta_offset;
@@ -278,13 +294,24 @@ static PyObject *busy_error(void) {
     return NULL;
 }
 
-/* Open the bracket; whether this writer may go on: it holds the header lock (`locked`, shared
- * mode), or the ring is in exclusive mode, where it goes on lock-free. */
+/* How a step may go on (enter_as): not at all (shared mode, overwrite, without the lock);
+ * as the only writer (exclusive mode, or holding the header lock); or sequenced with the
+ * other writers (shared mode, block policy: the multi-producer steps further down). */
+enum { GO_NOT = 0, GO_ALONE = 1, GO_SEQUENCED = 2 };
+
+/* Open the bracket; how this writer may go on (see above). */
 static int enter_as(Publisher *self, int locked) {
     self->busy = 1;
     __atomic_store_n(&self->record[self->w_in_publish], 1, __ATOMIC_RELAXED);
     __atomic_signal_fence(__ATOMIC_SEQ_CST); /* the other side's membarrier() orders it */
-    return locked || load(&self->control[self->c_writer_mode]) == self->mode_exclusive;
+    if (load(&self->control[self->c_writer_mode]) == self->mode_exclusive) {
+        return GO_ALONE;
+    }
+    if (self->overwrite) {
+        return locked ? GO_ALONE : GO_NOT;
+    }
+    /* Block policy: sequenced once the switch is complete (F_SEQUENCED, _ring.py). */
+    return load(&self->control[self->c_flags]) & self->f_sequenced ? GO_SEQUENCED : GO_NOT;
 }
 
 static int enter(Publisher *self) {
@@ -304,20 +331,11 @@ static long long next_seq(Publisher *self) {
     return seq >= SEQ_LIMIT ? PUBLISH_FALLBACK : (long long)seq;
 }
 
-/* Participant.reclaim (_ring.py) in C: free the buffers of the frames every reader group
- * has released, in order, onto the free list; the new free count, or -1 if the ring's state
- * is not what it can be (Python's reclaim then runs and says what is wrong). The floor scans
- * every record each time (Python caches the active ones per membership change): group
- * cursors before readers' release words, as release_floor() does, since a member stores its
- * release before it advances the cursor. */
-static long long reclaim_in_c(Publisher *self) {
-    uint64_t *control = self->control;
-    uint64_t head = load(&control[self->c_head]);
-    uint64_t tail = load(&control[self->c_tail]);
-    uint64_t count = load(&control[self->c_free_count]);
-    if (tail > head || head - tail > self->slots || head >= SEQ_LIMIT || count > self->nbuffers) {
-        return -1;
-    }
+/* The lowest sequence number some reader group still needs (at most `head`). It scans every
+ * record each time (Python caches the active ones per membership change): group cursors
+ * before readers' release words, as Participant.release_floor() does, since a member stores
+ * its release before it advances the cursor. */
+static uint64_t release_floor(Publisher *self, uint64_t head) {
     uint64_t floor = head;
     for (uint64_t i = 0; i < self->max_readers; i++) {
         const uint64_t *group = self->group_records + i * (uint64_t)self->record_words;
@@ -333,6 +351,21 @@ static long long reclaim_in_c(Publisher *self) {
             floor = release < floor ? release : floor;
         }
     }
+    return floor;
+}
+
+/* Participant.reclaim (_ring.py) in C: free the buffers of the frames every reader group
+ * has released, in order, onto the free list; the new free count, or -1 if the ring's state
+ * is not what it can be (Python's reclaim then runs and says what is wrong). */
+static long long reclaim_in_c(Publisher *self) {
+    uint64_t *control = self->control;
+    uint64_t head = load(&control[self->c_head]);
+    uint64_t tail = load(&control[self->c_tail]);
+    uint64_t count = load(&control[self->c_free_count]);
+    if (tail > head || head - tail > self->slots || head >= SEQ_LIMIT || count > self->nbuffers) {
+        return -1;
+    }
+    uint64_t floor = release_floor(self, head);
     if (floor <= tail) {
         return (long long)count;
     }
@@ -381,6 +414,82 @@ static long long pop_buffer(Publisher *self) {
     }
     store(&control[self->c_free_count], count - 1);
     return (long long)buffer;
+}
+
+/* ---- shared mode, block policy: the multi-producer sequencer ------------------------------
+ *
+ * With several writers no lock is taken per frame (the LMAX Disruptor's multi-producer
+ * sequencer). Every descriptor position owns one buffer (D_BUFFER), handed over by the
+ * switch to shared mode (_ring.start_sequencing). A writer claims the next sequence number
+ * with a compare-and-swap on C_NEXT_SEQ once the position is free (seq < tail + slots, the
+ * frame there before it released by every group), having first written the number into its
+ * record (W_CLAIMED_SEQ): a repairer that finds a claimed number unpublished and no live
+ * writer naming it knows its writer died, and publishes it as a skip (DF_SKIP). A writer
+ * publishes by storing D_SEQ, then moves C_HEAD over every published number it finds: each
+ * publisher does, so head reaches the end of the published prefix. Readers go by D_SEQ and
+ * C_HEAD as with one writer. */
+
+/* Move C_TAIL up to what every group released (writers race: compare-and-swap); the tail. */
+static uint64_t advance_tail(Publisher *self) {
+    uint64_t *tail_word = &self->control[self->c_tail];
+    uint64_t tail = __atomic_load_n(tail_word, __ATOMIC_SEQ_CST);
+    uint64_t floor = release_floor(self, load(&self->control[self->c_head]));
+    while (floor > tail) {
+        if (__atomic_compare_exchange_n(tail_word, &tail, floor, 0, __ATOMIC_SEQ_CST,
+                                        __ATOMIC_SEQ_CST)) {
+            return floor;
+        }
+    }
+    return tail;
+}
+
+/* Claim the next sequence number; PUBLISH_FALLBACK if every position holds a frame some group
+ * still needs (the caller waits for space), PUBLISH_CORRUPTED for a damaged header. */
+static long long sequence_claim(Publisher *self) {
+    uint64_t *control = self->control, *claimed = &self->record[self->w_claimed_seq];
+    for (;;) {
+        uint64_t seq = __atomic_load_n(&control[self->c_next_seq], __ATOMIC_SEQ_CST);
+        uint64_t tail = load(&control[self->c_tail]);
+        if (seq >= SEQ_LIMIT || tail > seq || seq - tail > self->slots) {
+            return PUBLISH_CORRUPTED;
+        }
+        if (seq - tail == self->slots) {
+            if (advance_tail(self) == tail) {
+                return PUBLISH_FALLBACK;
+            }
+            continue;
+        }
+        __atomic_store_n(claimed, seq, __ATOMIC_SEQ_CST); /* named before it is taken */
+        if (__atomic_compare_exchange_n(&control[self->c_next_seq], &seq, seq + 1, 0,
+                                        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+            return (long long)seq;
+        }
+        store(claimed, self->none); /* another writer took it */
+    }
+}
+
+/* Move C_HEAD over every published number from where it is. */
+static void help_head(Publisher *self) {
+    uint64_t *head_word = &self->control[self->c_head];
+    uint64_t head = __atomic_load_n(head_word, __ATOMIC_SEQ_CST);
+    while (head < SEQ_LIMIT) {
+        const uint64_t *descriptor =
+            self->descriptors + (head % self->slots) * self->descriptor_words;
+        if (__atomic_load_n(&descriptor[self->d_seq], __ATOMIC_SEQ_CST) != head) {
+            return;
+        }
+        if (__atomic_compare_exchange_n(head_word, &head, head + 1, 0, __ATOMIC_SEQ_CST,
+                                        __ATOMIC_SEQ_CST)) {
+            head++;
+        } /* else `head` now holds the newer value: look there */
+    }
+}
+
+/* The buffer of claimed number `seq` (its position's), or PUBLISH_CORRUPTED. */
+static long long position_buffer(Publisher *self, uint64_t seq) {
+    const uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
+    uint64_t buffer = load(&descriptor[self->d_buffer]);
+    return buffer < self->nbuffers ? (long long)buffer : PUBLISH_CORRUPTED;
 }
 
 /* Overwrite policy: whether a live reader has pinned `buffer` (R_PINNED). The caller has
@@ -487,10 +596,31 @@ static uint64_t retire_replaced(Publisher *self, uint64_t seq, const uint64_t *d
     return buffer;
 }
 
+/* After a publish: make it visible before looking for sleepers (a full fence, unless
+ * sleepers make it for us: _sys.before_sleep_barrier, the expedited membarrier), then wake
+ * them as Participant.wake_readers does. */
+static void wake_readers(Publisher *self) {
+    uint64_t *control = self->control;
+    if (self->fence) {
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    } else {
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    }
+    if (load(&control[self->c_reader_waiters])) {
+        /* A changed word cannot be slept through: a reader that read the old value and
+         * was about to sleep returns at once instead of missing this wake-up. */
+        uint64_t *frames = &control[self->c_frames];
+        store(frames, (load(frames) + 1) & 0xFFFFFFFFu);
+        shmring_futex_wake_all(frames);
+    }
+}
+
 /* Describe frame `seq` in `buffer` (as `how` says, or ring-shaped, no metadata, stamped now)
- * and make it visible; close the bracket; wake sleeping readers. Returns `seq`. */
+ * and make it visible; close the bracket; wake sleeping readers. Returns `seq`. A
+ * `sequenced` frame (shared mode, block policy) is in its position's buffer already, and
+ * head moves over whatever is published. */
 static PyObject *publish_frame(Publisher *self, uint64_t seq, uint64_t buffer, int claimed,
-                               const Description *how) {
+                               const Description *how, int sequenced) {
     uint64_t *control = self->control;
     uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
     uint64_t retired = self->overwrite ? retire_replaced(self, seq, descriptor) : self->none;
@@ -512,11 +642,19 @@ static PyObject *publish_frame(Publisher *self, uint64_t seq, uint64_t buffer, i
         }
         flags |= self->df_own_shape;
     }
-    store(&descriptor[self->d_buffer], buffer);
+    if (!sequenced) {
+        store(&descriptor[self->d_buffer], buffer);
+    }
     store(&descriptor[self->d_timestamp], stamp);
     store(&descriptor[self->d_flags], flags); /* 0: ring-shaped, no metadata */
-    store(&descriptor[self->d_seq], seq); /* the frame is visible from here on */
-    store(&control[self->c_head], seq + 1);
+    if (sequenced) {
+        __atomic_store_n(&descriptor[self->d_seq], seq, __ATOMIC_SEQ_CST); /* visible */
+        store(&self->record[self->w_claimed_seq], self->none);
+        help_head(self);
+    } else {
+        store(&descriptor[self->d_seq], seq); /* the frame is visible from here on */
+        store(&control[self->c_head], seq + 1);
+    }
     if (retired < self->nbuffers) { /* the replaced frame's buffer is free (maybe pinned) */
         uint64_t count = load(&control[self->c_free_count]);
         if (count < self->nbuffers) {
@@ -528,22 +666,36 @@ static PyObject *publish_frame(Publisher *self, uint64_t seq, uint64_t buffer, i
         store(&self->record[self->w_claimed], self->none);
     }
     store(&self->record[self->w_in_publish], 0);
-    /* Publish before looking for sleepers: a full fence, unless sleepers make it for us
-     * (_sys.before_sleep_barrier, the expedited membarrier). */
-    if (self->fence) {
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    } else {
-        __atomic_signal_fence(__ATOMIC_SEQ_CST);
-    }
-    if (load(&control[self->c_reader_waiters])) {
-        /* A changed word cannot be slept through: a reader that read the old value and
-         * was about to sleep returns at once instead of missing this wake-up. */
-        uint64_t *frames = &control[self->c_frames];
-        store(frames, (load(frames) + 1) & 0xFFFFFFFFu);
-        shmring_futex_wake_all(frames);
-    }
+    wake_readers(self);
     self->busy = 0;
     return PyLong_FromUnsignedLongLong(seq);
+}
+
+/* Sequenced: publish claimed number `seq` as no frame (DF_SKIP: readers skip it and count
+ * it dropped), for a claim given back or one whose buffer index is damaged. */
+static void publish_skip(Publisher *self, uint64_t seq) {
+    uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
+    store(&descriptor[self->d_flags], self->df_skip);
+    __atomic_store_n(&descriptor[self->d_seq], seq, __ATOMIC_SEQ_CST);
+    store(&self->record[self->w_claimed_seq], self->none);
+    store(&self->record[self->w_claimed], self->none);
+    help_head(self);
+    wake_readers(self);
+}
+
+/* Sequenced: the number this writer's claim of `buffer` holds, or PUBLISH_CORRUPTED. */
+static long long claimed_seq(Publisher *self, uint64_t buffer) {
+    uint64_t seq = load(&self->record[self->w_claimed_seq]);
+    if (seq == self->none || seq >= SEQ_LIMIT || position_buffer(self, seq) != (long long)buffer) {
+        return PUBLISH_CORRUPTED;
+    }
+    return (long long)seq;
+}
+
+/* Sequenced: whether this writer is the only one left (Python then switches the ring back
+ * to exclusive mode under the lock: PUBLISH_ALONE). */
+static int alone(Publisher *self) {
+    return load(&self->control[self->c_writers]) <= 1;
 }
 
 static PyObject *Publisher_publish(Publisher *self, PyObject *frame_object) {
@@ -562,7 +714,17 @@ static PyObject *Publisher_publish(Publisher *self, PyObject *frame_object) {
         return PyLong_FromLong(PUBLISH_FALLBACK);
     }
     long long seq = PUBLISH_FALLBACK, buffer = PUBLISH_FALLBACK;
-    if (!enter(self) || (seq = next_seq(self)) < 0 || (buffer = take_buffer(self)) < 0) {
+    int go = enter(self);
+    if (go == GO_SEQUENCED) {
+        seq = alone(self) ? PUBLISH_ALONE : sequence_claim(self);
+        if (seq >= 0 && (buffer = position_buffer(self, seq)) < 0) {
+            publish_skip(self, (uint64_t)seq);
+            seq = PUBLISH_CORRUPTED;
+        }
+    } else if (go == GO_ALONE && (seq = next_seq(self)) >= 0) {
+        buffer = take_buffer(self);
+    }
+    if (seq < 0 || buffer < 0) {
         leave(self);
         PyBuffer_Release(&frame);
         if (buffer == POP_FAILED) {
@@ -579,7 +741,7 @@ static PyObject *Publisher_publish(Publisher *self, PyObject *frame_object) {
         copy_frame(destination, frame.buf, frame.len);
     }
     PyBuffer_Release(&frame);
-    return publish_frame(self, (uint64_t)seq, (uint64_t)buffer, 0, NULL);
+    return publish_frame(self, (uint64_t)seq, (uint64_t)buffer, 0, NULL, go == GO_SEQUENCED);
 }
 
 static PyObject *claim_buffer(Publisher *self, int locked) {
@@ -589,7 +751,17 @@ static PyObject *claim_buffer(Publisher *self, int locked) {
     if (!self->holds_exports || self->reclaim == NULL) {
         return PyLong_FromLong(PUBLISH_FALLBACK); /* closed */
     }
-    long long buffer = enter_as(self, locked) ? take_buffer(self) : PUBLISH_FALLBACK;
+    long long buffer = PUBLISH_FALLBACK;
+    int go = enter_as(self, locked);
+    if (go == GO_SEQUENCED) {
+        long long seq = alone(self) ? PUBLISH_ALONE : sequence_claim(self);
+        buffer = seq < 0 ? seq : position_buffer(self, (uint64_t)seq);
+        if (seq >= 0 && buffer < 0) {
+            publish_skip(self, (uint64_t)seq);
+        }
+    } else if (go == GO_ALONE) {
+        buffer = take_buffer(self);
+    }
     if (buffer >= 0) {
         store(&self->record[self->w_claimed], (uint64_t)buffer);
     }
@@ -605,6 +777,31 @@ static PyObject *Publisher_claim_buffer_locked(Publisher *self, PyObject *Py_UNU
     return claim_buffer(self, 1);
 }
 
+/* Publish claimed `buffer` (as `how` says): the steps publish_claimed() and
+ * publish_described() share. */
+static PyObject *publish_claim(Publisher *self, uint64_t buffer, const Description *how,
+                               int locked) {
+    if (!self->holds_exports || self->reclaim == NULL) {
+        return PyLong_FromLong(PUBLISH_FALLBACK); /* closed */
+    }
+    if (buffer >= self->nbuffers) {
+        PyErr_Format(PyExc_ValueError, "Publisher: no buffer %llu", (unsigned long long)buffer);
+        return NULL;
+    }
+    long long seq = PUBLISH_FALLBACK;
+    int go = enter_as(self, locked);
+    if (go == GO_SEQUENCED) {
+        seq = claimed_seq(self, buffer);
+    } else if (go == GO_ALONE) {
+        seq = next_seq(self);
+    }
+    if (seq < 0) {
+        leave(self);
+        return PyLong_FromLongLong(seq);
+    }
+    return publish_frame(self, (uint64_t)seq, buffer, 1, how, go == GO_SEQUENCED);
+}
+
 static PyObject *Publisher_publish_claimed(Publisher *self, PyObject *buffer_object) {
     if (self->busy) {
         return busy_error();
@@ -613,26 +810,13 @@ static PyObject *Publisher_publish_claimed(Publisher *self, PyObject *buffer_obj
     if (buffer == (uint64_t)-1 && PyErr_Occurred()) {
         return NULL;
     }
-    if (!self->holds_exports || self->reclaim == NULL) {
-        return PyLong_FromLong(PUBLISH_FALLBACK); /* closed */
-    }
-    if (buffer >= self->nbuffers) {
-        PyErr_Format(PyExc_ValueError, "Publisher.publish_claimed: no buffer %llu",
-                     (unsigned long long)buffer);
-        return NULL;
-    }
-    long long seq = PUBLISH_FALLBACK;
-    if (!enter(self) || (seq = next_seq(self)) < 0) {
-        leave(self);
-        return PyLong_FromLongLong(PUBLISH_FALLBACK);
-    }
-    return publish_frame(self, (uint64_t)seq, buffer, 1, NULL);
+    return publish_claim(self, buffer, NULL, 0);
 }
 
 /* publish_described(buffer, timestamp_ns, shape, meta, locked): publish_claimed() for any
  * frame the general path filled: its stamp, shape (a tuple of ndim ints, or None) and
  * metadata (bytes), which the caller has checked against the ring's limits. With `locked`
- * the caller holds the header lock (shared mode), and it publishes whatever the mode. */
+ * the caller holds the header lock (shared mode, overwrite policy). */
 static PyObject *Publisher_publish_described(Publisher *self, PyObject *const *args,
                                              Py_ssize_t nargs) {
     if (nargs != 5) {
@@ -675,25 +859,12 @@ static PyObject *Publisher_publish_described(Publisher *self, PyObject *const *a
     }
     how.meta = PyBytes_AS_STRING(args[3]);
     how.meta_len = (uint64_t)PyBytes_GET_SIZE(args[3]);
-    if (!self->holds_exports || self->reclaim == NULL) {
-        return PyLong_FromLong(PUBLISH_FALLBACK); /* closed */
-    }
-    if (buffer >= self->nbuffers) {
-        PyErr_Format(PyExc_ValueError, "Publisher.publish_described: no buffer %llu",
-                     (unsigned long long)buffer);
-        return NULL;
-    }
-    long long seq = PUBLISH_FALLBACK;
-    if (!enter_as(self, locked) || (seq = next_seq(self)) < 0) {
-        leave(self);
-        return PyLong_FromLong(PUBLISH_FALLBACK);
-    }
-    return publish_frame(self, (uint64_t)seq, buffer, 1, &how);
+    return publish_claim(self, buffer, &how, locked);
 }
 
-/* abandon_claimed(buffer, locked): give a claimed buffer back unpublished (onto the free
- * list), in exclusive mode or holding the header lock; PUBLISH_FALLBACK (nothing changed)
- * otherwise. */
+/* abandon_claimed(buffer, locked): give a claimed buffer back unpublished: onto the free
+ * list, or (sequenced) publish its number as a skip; PUBLISH_FALLBACK (nothing changed) in
+ * shared mode under the overwrite policy without the lock. */
 static PyObject *Publisher_abandon_claimed(Publisher *self, PyObject *const *args,
                                            Py_ssize_t nargs) {
     if (nargs != 2) {
@@ -715,7 +886,14 @@ static PyObject *Publisher_abandon_claimed(Publisher *self, PyObject *const *arg
         return PyLong_FromLong(PUBLISH_FALLBACK);
     }
     long long result = PUBLISH_FALLBACK;
-    if (enter_as(self, locked)) {
+    int go = enter_as(self, locked);
+    if (go == GO_SEQUENCED) {
+        long long seq = claimed_seq(self, buffer);
+        if (seq >= 0) {
+            publish_skip(self, (uint64_t)seq);
+        }
+        result = seq < 0 ? seq : 0;
+    } else if (go == GO_ALONE) {
         uint64_t count = load(&self->control[self->c_free_count]);
         if (count < self->nbuffers) {
             store(&self->freelist[count], buffer);
@@ -724,6 +902,8 @@ static PyObject *Publisher_abandon_claimed(Publisher *self, PyObject *const *arg
         } else {
             result = PUBLISH_CORRUPTED;
         }
+    }
+    if (go != GO_NOT) {
         store(&self->record[self->w_claimed], self->none);
     }
     leave(self);
@@ -813,7 +993,8 @@ int shmring_add_publisher(PyObject *module) {
     if (PyType_Ready(&PublisherType) < 0 ||
         PyModule_AddObjectRef(module, "Publisher", (PyObject *)&PublisherType) < 0 ||
         PyModule_AddIntConstant(module, "PUBLISH_FALLBACK", PUBLISH_FALLBACK) < 0 ||
-        PyModule_AddIntConstant(module, "PUBLISH_CORRUPTED", PUBLISH_CORRUPTED) < 0) {
+        PyModule_AddIntConstant(module, "PUBLISH_CORRUPTED", PUBLISH_CORRUPTED) < 0 ||
+        PyModule_AddIntConstant(module, "PUBLISH_ALONE", PUBLISH_ALONE) < 0) {
         return -1;
     }
     return 0;

@@ -511,9 +511,9 @@ class RingReader(AsyncReading, RingHandle):
         died without closing it, or no writer ever joined and the ring's creator died."""
         p = self._p
         p.check_size()
-        if p.live_writers() > 0:
+        if p.live_writers() > 0 and not p.dead_writers() and not p.lock_holder_died():
             return
-        with p.lock:
+        with p.lock:  # a dead writer's claimed number is published as a skip in reap_dead
             p.reap_dead()
             flags = p.control[L.C_FLAGS]
             orphaned = p.control[L.C_WRITERS] == 0 and not flags & L.F_CLOSED
@@ -563,6 +563,10 @@ class RingReader(AsyncReading, RingHandle):
             self._pending = frame
         elif isinstance(taken, tuple):  # its own shape or metadata: built here, held already
             seq, dropped = taken
+            if seq == L.NONE:  # no frame, only numbers published as skips: dropped
+                self._record[L.R_RELEASE] = min(held) if held else L.NONE
+                self._count_dropped(dropped)
+                return None
             frame = self._frame(self._descriptors[seq % self._slots], seq, dropped)
         else:  # a state a block ring cannot be in: the general path says what is wrong
             with self._p.lock:
@@ -594,9 +598,18 @@ class RingReader(AsyncReading, RingHandle):
             return self._take_locked(latest)
 
     def _take_own(self, seq: int, skipped: int) -> Frame | None:
-        """Block policy, own group, no lock: frame `seq` if published."""
+        """Block policy, own group, no lock: frame `seq` if published (numbers published
+        as skips, DF_SKIP, are passed over and counted dropped)."""
         descriptor = self._descriptors[seq % self._slots]
+        while descriptor[L.D_SEQ] == seq and descriptor[L.D_FLAGS] & L.DF_SKIP:
+            seq, skipped = seq + 1, skipped + 1
+            descriptor = self._descriptors[seq % self._slots]
         if descriptor[L.D_SEQ] != seq:
+            if skipped:  # passed over skips: release them
+                self._next = seq
+                if not self._held:
+                    self._record[L.R_RELEASE] = seq
+                self._count_dropped(skipped)
             return None
         frame = self._frame(descriptor, seq, skipped)
         self._next = seq + 1
@@ -628,7 +641,7 @@ class RingReader(AsyncReading, RingHandle):
             published = descriptor[L.D_SEQ] == cursor
             if self._block and not published:
                 break  # a shared-mode writer is between descriptor and head: not yet
-            if published and not descriptor[L.D_FLAGS] & L.DF_EVICTED:
+            if published and not descriptor[L.D_FLAGS] & (L.DF_EVICTED | L.DF_SKIP):
                 if not self._block and self._record[L.R_PINNED] != L.NONE:
                     if self._pinned_seq is None:
                         raise RingCorrupted(
@@ -841,6 +854,7 @@ def taker_arguments(
         group=group,
         r_release=L.R_RELEASE,
         g_cursor=L.G_CURSOR,
+        df_skip=L.DF_SKIP,
     )
 
 

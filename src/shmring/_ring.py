@@ -34,6 +34,7 @@ from typing import Any, Self
 
 from . import _layout as L
 from ._errors import RingCorrupted, RingFull, RingTimeout, ShmringError
+from ._fastpath import settle
 from ._lock import HeaderLock
 from ._segment import Segment
 from ._sys import (
@@ -167,9 +168,16 @@ class Participant:
             if count == 0:
                 group_record[L.G_STATE] = L.STATE_FREE
         control[L.C_MEMBERSHIP] = (control[L.C_MEMBERSHIP] + 1) & L.U64_MASK
-        if writers <= 1 and MEMBARRIER_AVAILABLE and control[L.C_WRITER_MODE] != L.MODE_EXCLUSIVE:
+        if (
+            writers <= 1
+            and MEMBARRIER_AVAILABLE
+            and self.geometry.policy == L.POLICY_OVERWRITE
+            and control[L.C_WRITER_MODE] != L.MODE_EXCLUSIVE
+        ):
             # Safe: the lock is held, so no shared-mode writer is mid-publish, and the one
             # remaining writer re-reads the mode at the start of each lock-free section.
+            # (Block rings: the writer left switches back itself, leave_shared_mode, since
+            # its sequenced steps take no lock.)
             control[L.C_WRITER_MODE] = L.MODE_EXCLUSIVE
 
     def check_size(self) -> None:
@@ -192,9 +200,15 @@ class Participant:
 
     def repair_buffers(self) -> None:
         """Under the lock: complete a publish a dead writer left between descriptor and head,
-        and rebuild the free list (which gives back buffers dead writers had claimed)."""
+        and rebuild the free list (which gives back buffers dead writers had claimed); in a
+        sequenced ring, publish the numbers dead writers claimed as skips (settle)."""
         if self.control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE and self.live_writers(True):
             return  # a live exclusive writer owns head and free list; they are consistent
+        if self.switch_interrupted():
+            self.finish_switch()
+        if self.sequenced():
+            self.settle()
+            return
         control = self.control
         head = control[L.C_HEAD]
         slots = self.geometry.slots
@@ -334,22 +348,160 @@ class Participant:
         control[L.TAIL_AND_FREE_COUNT] = pair
         return count
 
-    def dead_reader_blocks(self) -> bool:
-        """Whether a dead reader is holding back the release floor (lock-free check)."""
-        for index, record in enumerate(self.views.readers):
-            if record[L.R_STATE] == L.STATE_ACTIVE and not self.is_alive(
-                L.LOCK_READER_BASE + index, record
-            ):
-                return True
-        return False
+    def dead_participant_blocks(self) -> bool:
+        """Whether a dead reader may hold back the release floor, a dead writer a number it
+        claimed, or a process died holding the header lock with its update half done (the
+        next holder repairs it: lock-free steps alone never would). Lock-free check."""
+        return (
+            self.lock_holder_died()
+            or self.dead_writers()
+            or any(
+                record[L.R_STATE] == L.STATE_ACTIVE
+                and not self.is_alive(L.LOCK_READER_BASE + index, record)
+                for index, record in enumerate(self.views.readers)
+            )
+        )
+
+    def lock_holder_died(self) -> bool:
+        """Whether the header lock's last holder died in it (its mark is left, the lock free)."""
+        return self.control[L.C_LOCK_OWNER] != 0 and not range_is_locked(
+            self.segment.fd, L.LOCK_HEADER
+        )
+
+    def dead_writers(self) -> bool:
+        """Whether a writer record belongs to a dead writer (lock-free check)."""
+        return any(
+            record[L.W_STATE] == L.STATE_ACTIVE
+            and not self.is_alive(L.LOCK_WRITER_BASE + index, record)
+            for index, record in enumerate(self.views.writers)
+        )
+
+    # ---- several writers: the sequenced ring (shared mode, block policy) ----------------
+    def sequenced(self) -> bool:
+        """Whether writers claim numbers without the lock (_publisher.c, the sequencer)."""
+        control = self.control
+        return control[L.C_WRITER_MODE] == L.MODE_SHARED and bool(
+            control[L.C_FLAGS] & L.F_SEQUENCED
+        )
+
+    def switch_interrupted(self) -> bool:
+        """Whether a block ring is in shared mode but not sequenced: the writer switching it
+        died (or timed out) between the two; until it is finished, writers wait."""
+        return (
+            self.geometry.policy == L.POLICY_BLOCK
+            and self.control[L.C_WRITER_MODE] == L.MODE_SHARED
+            and not self.control[L.C_FLAGS] & L.F_SEQUENCED
+        )
+
+    def finish_switch(self) -> None:
+        """Under the lock: finish an interrupted switch to shared mode, or undo it when
+        fewer than two writers are left (the free list is still whole until the switch's
+        last step: start_sequencing)."""
+        if MEMBARRIER_AVAILABLE and self.live_writers() > 1:
+            self.quiesce_exclusive_writer(None)
+            self.start_sequencing()
+        else:
+            self.control[L.C_WRITER_MODE] = L.MODE_EXCLUSIVE
+
+    def start_sequencing(self) -> None:
+        """Under the lock, the exclusive writer quiesced: hand every free descriptor position
+        a buffer of its own, from the free list. The exclusive writer's open claim, if any,
+        gets the next number, so that it publishes there."""
+        control, views, slots = self.control, self.views, self.geometry.slots
+        count = self.reclaim()  # what every group released, onto the free list first
+        head, tail = control[L.C_HEAD], control[L.C_TAIL]
+        next_seq = head
+        for record in views.writers:
+            claimed = record[L.W_CLAIMED]
+            if record[L.W_STATE] == L.STATE_ACTIVE and claimed != L.NONE:
+                views.descriptors[next_seq % slots][L.D_BUFFER] = self.checked_buffer(claimed)
+                record[L.W_CLAIMED_SEQ] = next_seq
+                next_seq += 1
+        positions = range(next_seq, tail + slots)
+        if len(positions) != count:
+            raise RingCorrupted(
+                f"ring {self.name!r}: {count} free buffers for {len(positions)} free "
+                "positions; the header was overwritten"
+            )
+        for seq, index in zip(positions, range(count), strict=True):
+            views.descriptors[seq % slots][L.D_BUFFER] = self.checked_buffer(views.freelist[index])
+        control[L.C_NEXT_SEQ] = next_seq
+        control[L.C_FLAGS] |= L.F_SEQUENCED  # the switch is done: a kill before undoes it
+        control[L.C_FREE_COUNT] = 0
+
+    def leave_shared_mode(self) -> None:
+        """Under the lock, by the one writer left (holding no claim): exclusive mode again.
+        A sequenced ring's free positions give their buffers back to the free list."""
+        control = self.control
+        if (
+            control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE
+            or not MEMBARRIER_AVAILABLE
+            or control[L.C_WRITERS] > 1
+        ):
+            return
+        if self.sequenced():
+            self.reap_dead()
+            self.settle()
+            head, tail, slots = control[L.C_HEAD], control[L.C_TAIL], self.geometry.slots
+            if control[L.C_NEXT_SEQ] != head or head - tail > slots:
+                raise RingCorrupted(
+                    f"ring {self.name!r}: numbers claimed by no live writer remain unpublished "
+                    "after a repair; the header was overwritten"
+                )
+            free = [
+                self.checked_buffer(self.views.descriptors[seq % slots][L.D_BUFFER])
+                for seq in range(head, tail + slots)
+            ]
+            for position, buffer in enumerate(free):
+                self.views.freelist[position] = buffer
+            control[L.C_FREE_COUNT] = len(free)
+        control[L.C_WRITER_MODE] = L.MODE_EXCLUSIVE  # the switch is done: a kill before
+        control[L.C_FLAGS] &= ~L.F_SEQUENCED  # leaves the ring sequenced
+
+    def settle(self) -> None:
+        """Under the lock, in a sequenced ring whose live writers go on without it: publish
+        the numbers claimed by writers that died as skips, and move head (in C: settle)."""
+        control, views, slots = self.control, self.views, self.geometry.slots
+        head, claimed = control[L.C_HEAD], control[L.C_NEXT_SEQ]
+        if not head <= claimed <= head + slots or claimed >= L.SEQ_LIMIT:
+            raise RingCorrupted(
+                f"ring {self.name!r}: head {head} and next number {claimed} are inconsistent; "
+                "the header was overwritten"
+            )
+        held = {r[L.W_CLAIMED_SEQ] for r in views.writers if r[L.W_STATE] == L.STATE_ACTIVE}
+        holes = [
+            seq
+            for seq in range(head, claimed)
+            if views.descriptors[seq % slots][L.D_SEQ] != seq and seq not in held
+        ]
+        settle(
+            control,
+            views.descriptor_table,
+            holes,
+            slots=slots,
+            descriptor_words=self.geometry.descriptor_bytes // 8,
+            c_head=L.C_HEAD,
+            d_seq=L.D_SEQ,
+            d_flags=L.D_FLAGS,
+            df_skip=L.DF_SKIP,
+        )
 
     # ---- writers' mode switch ----------------------------------------------------------
     def enter_shared_mode(self, deadline: float | None) -> None:
-        """Called under the lock by a writer that is not alone: stop lock-free publishing."""
+        """Called under the lock by a writer that is not alone: no writer goes on alone any
+        more (block rings: writers sequence their frames; overwrite rings: take the lock)."""
         if self.control[L.C_WRITER_MODE] == L.MODE_SHARED:
+            if self.switch_interrupted():
+                self.finish_switch()
             return
         self.control[L.C_WRITER_MODE] = L.MODE_SHARED
-        self.quiesce_exclusive_writer(deadline)
+        try:
+            self.quiesce_exclusive_writer(deadline)
+        except RingTimeout:
+            self.control[L.C_WRITER_MODE] = L.MODE_EXCLUSIVE  # nothing else changed yet
+            raise
+        if self.geometry.policy == L.POLICY_BLOCK:
+            self.start_sequencing()
 
     def quiesce_exclusive_writer(self, deadline: float | None) -> None:
         """Under the lock: make what this process stored visible to the exclusive writer's

@@ -147,7 +147,7 @@ typedef struct {
     uint64_t *group;                   /* this reader's group record, or NULL */
     PyTypeObject *collectable_frame_type; /* a Frame released when garbage-collected */
     Py_ssize_t r_release, g_cursor;
-    uint64_t max_readers, record_words, nbuffers, state_active, df_evicted, none;
+    uint64_t max_readers, record_words, nbuffers, state_active, df_evicted, df_skip, none;
     Py_ssize_t c_head, c_tail, c_writers, r_state, r_pinned;
 } Taker;
 
@@ -166,25 +166,25 @@ static int Taker_init(Taker *self, PyObject *args, PyObject *kwargs) {
         "descriptor_words", "c_frames", "c_flags", "d_seq", "d_buffer", "d_timestamp",
         "d_flags", "f_closed", "record", "reader_records", "collectable_frame_type", "max_readers",
         "record_words", "nbuffers", "state_active", "df_evicted", "none", "c_head", "c_tail",
-        "c_writers", "r_state", "r_pinned", "group", "r_release", "g_cursor", NULL,
+        "c_writers", "r_state", "r_pinned", "group", "r_release", "g_cursor", "df_skip", NULL,
     };
     PyObject *header, *control, *descriptors, *buffers, *frame_type, *record, *readers;
     PyObject *collectable_frame_type, *group;
     Py_ssize_t descriptor_words, c_words[5], d_words[4], r_words[3], g_cursor;
     unsigned long long slots, f_closed, max_readers, record_words, nbuffers, state_active;
-    unsigned long long df_evicted, none;
+    unsigned long long df_evicted, df_skip, none;
     if (self->initialized) {
         PyErr_SetString(PyExc_RuntimeError, "a Taker is initialized once");
         return -1;
     }
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$OOOO!O!KnnnnnnnKOOO!KKKKKKnnnnnOnn:Taker", keywords, &header,
+            args, kwargs, "$OOOO!O!KnnnnnnnKOOO!KKKKKKnnnnnOnnK:Taker", keywords, &header,
             &control, &descriptors, &PyList_Type, &buffers, &PyType_Type, &frame_type, &slots,
             &descriptor_words, &c_words[0], &c_words[1], &d_words[0], &d_words[1], &d_words[2],
             &d_words[3], &f_closed, &record, &readers, &PyType_Type, &collectable_frame_type,
             &max_readers, &record_words, &nbuffers, &state_active, &df_evicted, &none,
             &c_words[2], &c_words[3], &c_words[4], &r_words[0], &r_words[1], &group,
-            &r_words[2], &g_cursor)) {
+            &r_words[2], &g_cursor, &df_skip)) {
         return -1;
     }
     uint64_t table_words, records_words;
@@ -239,6 +239,7 @@ static int Taker_init(Taker *self, PyObject *args, PyObject *kwargs) {
     self->nbuffers = nbuffers;
     self->state_active = state_active;
     self->df_evicted = df_evicted;
+    self->df_skip = df_skip;
     self->none = none;
     self->c_head = c_words[2];
     self->c_tail = c_words[3];
@@ -508,6 +509,7 @@ static PyObject *Taker_take_group(Taker *self, PyObject *const *args, Py_ssize_t
     }
     uint64_t *cursor_word = &self->group[self->g_cursor];
     uint64_t *release = &self->record[self->r_release];
+    uint64_t passed = 0; /* skips claimed on the way: dropped */
     for (int tries = 0; tries < PIN_TRIES; tries++) {
         uint64_t cursor = load(cursor_word);
         uint64_t head = load(&self->control[self->c_head]);
@@ -519,6 +521,10 @@ static PyObject *Taker_take_group(Taker *self, PyObject *const *args, Py_ssize_t
         uint64_t seq = latest && cursor + 1 < head ? head - 1 : cursor;
         const uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
         if (seq >= head || load(&descriptor[self->d_seq]) != seq) {
+            if (passed) { /* only skips: their count rides on the next frame's */
+                return Py_BuildValue("(KK)", (unsigned long long)self->none,
+                                     (unsigned long long)passed);
+            }
             Py_RETURN_NONE; /* nothing new yet */
         }
         __atomic_store_n(release, held < seq ? held : seq, __ATOMIC_SEQ_CST);
@@ -528,7 +534,15 @@ static PyObject *Taker_take_group(Taker *self, PyObject *const *args, Py_ssize_t
             continue;
         }
         uint64_t skipped = seq - cursor, buffer = load(&descriptor[self->d_buffer]);
-        if (load(&descriptor[self->d_flags]) != 0 || buffer >= self->nbuffers ||
+        uint64_t flags = load(&descriptor[self->d_flags]);
+        if (flags & self->df_skip) { /* no frame (a sequenced ring's skip): the next one */
+            passed += skipped + 1;
+            store(release, held);
+            tries = 0;
+            continue;
+        }
+        skipped += passed;
+        if (flags != 0 || buffer >= self->nbuffers ||
             buffer >= (uint64_t)PyList_GET_SIZE(self->buffers)) {
             return Py_BuildValue("(KK)", (unsigned long long)seq, (unsigned long long)skipped);
         }

@@ -23,7 +23,7 @@ from numpy.typing import DTypeLike
 from . import _layout as L
 from ._async import AsyncWriting
 from ._errors import RingCorrupted, RingFull, RingTimeout
-from ._fastpath import PUBLISH_CORRUPTED, PUBLISH_FALLBACK, Publisher
+from ._fastpath import PUBLISH_ALONE, PUBLISH_CORRUPTED, PUBLISH_FALLBACK, Publisher
 from ._ring import Participant, RingHandle
 from ._segment import Segment, validate_name
 from ._sys import (
@@ -241,12 +241,15 @@ class RingWriter(AsyncWriting, RingHandle):
             index = p.take_record(p.views.writers, L.LOCK_WRITER_BASE, "writer")
             record = p.views.writers[index]
             record[L.W_CLAIMED] = L.NONE
+            record[L.W_CLAIMED_SEQ] = L.NONE
             record[L.W_IN_PUBLISH] = 0
             record[L.W_SLEEPING] = 0
             p.control[L.C_FLAGS] = (p.control[L.C_FLAGS] & ~L.F_CLOSED) | L.F_STARTED
             p.recount()
             if not MEMBARRIER_AVAILABLE or p.control[L.C_WRITERS] > 1:
                 p.enter_shared_mode(None)  # attach's timeout is for the ring to appear
+            else:
+                p.leave_shared_mode()  # alone: the writers before it have left
         membership = self._membership
         membership.index, membership.record = index, record
         publisher = membership.publisher = _publisher(p, record, self._reclaim_eagerly)
@@ -429,25 +432,33 @@ class RingWriter(AsyncWriting, RingHandle):
                 buffer = self._take_buffer_exclusive()
         if buffer >= 0:
             return buffer
-        return self._take_buffer_locked(deadline)
+        return self._wait_for_buffer(deadline)
 
     def _take_buffer_exclusive(self) -> int:
-        """Exclusive mode: take a buffer without the lock (in C, _publisher.c); -1 if none
-        (or if the ring is in shared mode, or closed)."""
+        """Take a buffer without the lock (in C, _publisher.c): in exclusive mode, or in
+        shared mode under the block policy (sequenced); -1 if none, or if the ring is in
+        shared mode under the overwrite policy, or closed."""
         buffer: int = self._claim_buffer_fast()
+        if buffer == PUBLISH_ALONE:  # the other writers left: back to exclusive mode
+            with self._p.lock:
+                self._p.leave_shared_mode()
+            buffer = self._claim_buffer_fast()
         if buffer == PUBLISH_CORRUPTED:
             raise self._corrupted_free_list()
         return buffer
 
-    def _take_buffer_locked(self, deadline: float | None) -> int:
+    def _wait_for_buffer(self, deadline: float | None) -> int:
         p, control, record = self._p, self._control, self._record
         waiting = False
         next_liveness_check = time.monotonic() + POLL_SLICE
         try:
             while True:
-                with p.lock:
-                    observed = control[L.C_SPACE]
-                    buffer = self._publisher.claim_buffer_locked()
+                observed = control[L.C_SPACE]
+                if self._block:  # exclusive, or sequenced: no lock
+                    buffer = self._take_buffer_exclusive()
+                else:
+                    with p.lock:
+                        buffer = self._publisher.claim_buffer_locked()
                 if buffer >= 0:
                     return buffer
                 if buffer == PUBLISH_CORRUPTED:
@@ -472,7 +483,7 @@ class RingWriter(AsyncWriting, RingHandle):
                 if time.monotonic() >= next_liveness_check:
                     next_liveness_check = time.monotonic() + POLL_SLICE
                     p.check_size()
-                    if p.dead_reader_blocks():
+                    if p.dead_participant_blocks():
                         with p.lock:
                             p.reap_dead()
                         continue
@@ -654,6 +665,12 @@ def publisher_arguments(
         meta_shift=L.META_LEN_SHIFT,
         meta_size=g.meta_size,
         ndim=len(g.shape),
+        c_next_seq=L.C_NEXT_SEQ,
+        c_writers=L.C_WRITERS,
+        w_claimed_seq=L.W_CLAIMED_SEQ,
+        df_skip=L.DF_SKIP,
+        c_flags=L.C_FLAGS,
+        f_sequenced=L.F_SEQUENCED,
     )
 
 
@@ -696,8 +713,8 @@ def _leave_as_writer(p: Participant, record: memoryview, index: int) -> None:
         abandoned_claim = record[L.W_CLAIMED] != L.NONE
         record[L.W_CLAIMED] = L.NONE
         p.free_record(record, L.LOCK_WRITER_BASE + index)
-        if abandoned_claim:
-            p.rebuild_free_list()  # safe: under the lock, and we were not mid-publish
+        if abandoned_claim:  # its buffer (or claimed number) goes back
+            p.repair_buffers()  # safe: under the lock, and we were not mid-publish
     p.reap_dead()  # a writer that died before us must not keep the stream from ending
     p.recount()
     if p.control[L.C_WRITERS] == 0:
