@@ -3,6 +3,12 @@
 Writers copy a frame in once (`write`) or fill a claimed slot in place (`claim`); readers
 get read-only views with no copy. Any process attaches by name; the ring survives SIGKILL
 of any participant. See README.md and docs/API.md.
+
+Rule of the core: Python touches a ring's shared words under the header lock (joining,
+leaving, repair), and the lock-free steps live in the C core (shmring._fastpath: publishing,
+claiming sequence numbers, taking buffers, pinning, group cursors, taking frames). Left in
+Python so far: a reader's own release word and waiter count, stored lock-free, and the
+reclaim fallback that reports a damaged ring.
 """
 
 from ._async import AsyncClaim
