@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from helpers import STARTED_PIDS, WAIT, FdChan, expect, format_md_table, seg_pat
 
 import shmring
 from shmring import _layout as L
+from shmring._sys import try_lock_range, unlock_range
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "c_reader"
@@ -46,10 +47,8 @@ pytestmark = pytest.mark.skipif(
     reason="building the C reader needs cc and make",
 )
 
-# A Python writer in its own process: creates the ring, waits for its readers, publishes
-# `count` frames of random bytes (own shapes and metadata when `variable`), reports
-# [seq, bytes, fnv1a64] for each, then does what `then` says.
-WRITER = r"""
+# What the Python writer scripts below share: their configuration, messages and hash.
+PRELUDE = r"""
 import json, sys
 import numpy as np
 import shmring
@@ -64,7 +63,14 @@ def fnv1a64(data):
     for byte in data:
         value = ((value ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
     return value
+"""
 
+# A Python writer in its own process: creates the ring, waits for its readers, publishes
+# `count` frames of random bytes (own shapes and metadata when `variable`), reports
+# [seq, bytes, fnv1a64] for each, then does what `then` says.
+WRITER = (
+    PRELUDE
+    + r"""
 shape, dtype = tuple(cfg["shape"]), np.dtype(cfg["dtype"])
 w = shmring.RingWriter.create(
     cfg["name"], shape, dtype, slots=cfg["slots"], policy=cfg["policy"],
@@ -100,19 +106,73 @@ elif cfg["then"] == "wait":
 w.close()
 send("closed")
 """
+)
+
+# A Python process the test drives step by step (one JSON command a line on stdin): it
+# creates the ring (or, with create false, attaches to it as one more writer), then writes
+# frames of 64 random bytes, attaches a second writer in the same process, gives back a
+# claim of that second writer (a skip, the ring being sequenced), holds a claim of its own
+# (to be killed holding it), or closes everything.
+STEPPED = (
+    PRELUDE
+    + r"""
+if cfg["create"]:
+    w = shmring.RingWriter.create(
+        cfg["name"], (64,), np.uint8, slots=8, max_writers=3, policy=cfg["policy"]
+    )
+else:
+    w = shmring.RingWriter.attach(cfg["name"], timeout=30)
+send("ready")
+rng = np.random.default_rng(11)
+second = None
+for line in sys.stdin:
+    command = json.loads(line)
+    if command == "close":
+        break
+    if command == "wait_for_reader":
+        w.wait_for_readers(1, timeout=30)
+        send("joined")
+    elif command == "write":
+        data = rng.integers(0, 256, 64, np.uint8)
+        send({"frame": [w.write(data, 30), data.nbytes, f"{fnv1a64(data.tobytes()):016x}"]})
+    elif command == "attach":
+        second = shmring.RingWriter.attach(cfg["name"], timeout=30)
+        send("attached")
+    elif command == "abandon":
+        try:
+            with second.claim(30):
+                raise KeyError("abandoned")
+        except KeyError:
+            send("abandoned")
+    elif command == "hold":
+        w.claim(30).__enter__()
+        send("holding")
+if second is not None:
+    second.close()
+w.close()
+send("closed")
+"""
+)
 
 
 @dataclass
-class Writer:
-    """A WRITER process and its message channel."""
+class Child:
+    """A Python script in its own process (`sys.executable -c`) and its message channel."""
 
-    name: str
     proc: subprocess.Popen[bytes]
     chan: FdChan = field(init=False)
 
     def __post_init__(self) -> None:
         assert self.proc.stdout is not None and self.proc.stdin is not None
         self.chan = FdChan(self.proc.stdout.fileno(), self.proc.stdin.fileno())
+        expect(self.chan, "ready")
+
+
+@dataclass
+class Writer(Child):
+    """A WRITER process."""
+
+    name: str = ""
 
     def hashes(self) -> list[tuple[int, int, str]]:
         return [tuple(row) for row in expect(self.chan, "hashes")["hashes"]]
@@ -124,10 +184,49 @@ class Writer:
         assert self.proc.wait(WAIT) == 0
 
 
-@pytest.fixture
-def start_writer() -> Iterator[Any]:
-    writers: list[Writer] = []
+class Stepped(Child):
+    """A STEPPED process."""
 
+    def step(self, command: str, reply: str) -> Any:
+        self.chan.send(command)
+        return expect(self.chan, reply)
+
+    def write(self) -> tuple[int, int, str]:
+        seq, size, digest = self.step("write", "frame")["frame"]
+        return seq, size, digest
+
+    def finish(self) -> None:
+        self.step("close", "closed")
+        assert self.proc.wait(WAIT) == 0
+
+
+@pytest.fixture
+def start_child() -> Iterator[Callable[[str, dict[str, Any]], subprocess.Popen[bytes]]]:
+    """Start a script with its configuration; every process started is gone afterwards."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(script: str, config: dict[str, Any]) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script, json.dumps(config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        STARTED_PIDS.add(proc.pid)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(WAIT)
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+@pytest.fixture
+def start_writer(start_child: Any) -> Callable[..., Writer]:
     def start(
         count: int,
         readers: int = 1,
@@ -145,25 +244,17 @@ def start_writer() -> Iterator[Any]:
             slots=slots, policy=policy, variable=variable, meta_size=meta_size,
             max_readers=max(readers, 2),
         )  # fmt: skip
-        proc = subprocess.Popen(
-            [sys.executable, "-c", WRITER, json.dumps(config)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        STARTED_PIDS.add(proc.pid)
-        writer = Writer(name, proc)
-        writers.append(writer)
-        expect(writer.chan, "ready")
-        return writer
+        return Writer(start_child(WRITER, config), name)
 
-    yield start
-    for writer in writers:
-        if writer.proc.poll() is None:
-            writer.proc.kill()
-        writer.proc.wait(WAIT)
-        for pipe in (writer.proc.stdin, writer.proc.stdout):
-            if pipe is not None:
-                pipe.close()
+    return start
+
+
+@pytest.fixture
+def start_stepped(start_child: Any) -> Callable[..., Stepped]:
+    def start(name: str, create: bool = True, policy: str = "block") -> Stepped:
+        return Stepped(start_child(STEPPED, dict(name=name, create=create, policy=policy)))
+
+    return start
 
 
 def _build(directory: Path, cflags: str, ldflags: str = "") -> Path:
@@ -239,6 +330,46 @@ def _fnv1a64(data: bytes) -> str:
     return f"{value:016x}"
 
 
+def _until(condition: Callable[[], bool], what: str) -> None:
+    """Wait (bounded) until `condition()` holds: what another process does, seen from here."""
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {WAIT} s: {what}"
+        time.sleep(0.005)
+
+
+def _word(name: str, offset: int) -> int:
+    """The u64 at `offset` in ring `name`'s segment file, as it is now."""
+    with open(seg_path(name), "rb") as f:
+        value: int = struct.unpack("<Q", os.pread(f.fileno(), 8, offset))[0]
+    return value
+
+
+def _geometry_of(name: str) -> L.Geometry:
+    with open(seg_path(name), "rb") as f:
+        return L.Geometry.unpack(f.read(L.FIXED_HEADER_BYTES), name)
+
+
+def _control(name: str, word: int) -> int:
+    return _word(name, L.control_word_offset(word))
+
+
+def _set_control(name: str, word: int, value: int) -> None:
+    with open(seg_path(name), "r+b") as f:
+        os.pwrite(f.fileno(), struct.pack("<Q", value), L.control_word_offset(word))
+
+
+def _reader_word(name: str, index: int, word: int) -> int:
+    return _word(name, _geometry_of(name).readers_offset + index * L.CACHE_LINE + 8 * word)
+
+
+def _descriptor(name: str, seq: int) -> tuple[int, int]:
+    """Frame `seq`'s descriptor as the segment file holds it now: (seq, flags)."""
+    g = _geometry_of(name)
+    offset = g.descriptors_offset + seq % g.slots * g.descriptor_bytes
+    return _word(name, offset + 8 * L.D_SEQ), _word(name, offset + 8 * L.D_FLAGS)
+
+
 # ---- reading what Python writes ----------------------------------------------------------
 
 
@@ -290,6 +421,32 @@ def test_overwrite_ring(any_reader: Path, start_writer: Any) -> None:
     lines = _lines(out)
     assert len(lines) == 5 and all(published[line[0]] == line for line in lines)
     assert [line[0] for line in lines] == sorted({line[0] for line in lines})
+    writer.finish()
+
+
+def test_overwrite_frames_are_taken_without_the_header_lock(
+    c_reader: Path, start_stepped: Any
+) -> None:
+    """The pin is a hazard pointer: the reader takes frames while another process holds the
+    header lock (it needs the lock only to join and leave)."""
+    name = unique_name("cpin")
+    writer = start_stepped(name, policy="overwrite")
+    reader = _start(c_reader, name, 6)
+    writer.step("wait_for_reader", "joined")
+    published = [writer.write()]  # the creator joins as a writer (that takes the lock)
+    fd = os.open(seg_path(name), os.O_RDWR | os.O_CLOEXEC)
+    try:
+        assert try_lock_range(fd, L.LOCK_HEADER)
+        published += [writer.write() for _ in range(5)]  # the lone writer takes no lock
+        (info,) = shmring.inspect_ring(name).readers
+        _until(lambda: _reader_word(name, info.index, L.R_RELEASE) == 6, "six frames taken")
+        assert reader.poll() is None  # done reading, waiting for the lock to leave
+        unlock_range(fd, L.LOCK_HEADER)
+    finally:
+        os.close(fd)
+    code, out, err = _run(reader)
+    assert code == 0, err
+    assert _lines(out) == published
     writer.finish()
 
 
@@ -374,9 +531,107 @@ def test_sigint_leaves_the_ring(c_reader: Path, start_writer: Any) -> None:
     assert code == 128 + signal.SIGINT, err
     assert "interrupted" in err and out == ""
     assert shmring.inspect_ring(writer.name).readers == []  # left, not merely dead
-    raw = Path(seg_path(writer.name)).read_bytes()
-    assert struct.unpack_from("<Q", raw, L.control_word_offset(L.C_READER_WAITERS)) == (0,)
+    assert _control(writer.name, L.C_READER_WAITERS) == 0
     writer.finish()
+
+
+# ---- several writers: a sequenced ring, skips ---------------------------------------------
+
+
+def test_a_claim_given_back_is_skipped_and_counted_dropped(
+    sanitized_reader: Path, start_stepped: Any
+) -> None:
+    name = unique_name("cskip")
+    writer = start_stepped(name)
+    reader = _start(sanitized_reader, name, 5)
+    writer.step("wait_for_reader", "joined")
+    published = [writer.write()]  # the creator joins as a writer: exclusive mode
+    writer.step("attach", "attached")  # a second writer: the ring is sequenced
+    assert _control(name, L.C_FLAGS) & L.F_SEQUENCED
+    published.append(writer.write())
+    writer.step("abandon", "abandoned")  # number 2: published as a skip
+    published += [writer.write(), writer.write()]
+    assert [seq for seq, _, _ in published] == [0, 1, 3, 4]
+    assert _descriptor(name, 2) == (2, L.DF_SKIP)
+    _until(lambda: shmring.inspect_ring(name).readers[0].dropped == 1, "the skip counted")
+    writer.finish()  # the last writer out ends the stream
+    code, out, err = _run(reader)
+    assert code == EXIT_END, err
+    assert _lines(out) == published
+
+
+def test_a_writer_killed_holding_a_number_is_settled_by_the_c_reader(
+    c_reader: Path, start_stepped: Any
+) -> None:
+    name = unique_name("csettle")
+    writer = start_stepped(name)
+    reader = _start(c_reader, name, 3)
+    writer.step("wait_for_reader", "joined")
+    published = [writer.write()]
+    holder = start_stepped(name, create=False)  # joins: the ring is sequenced
+    holder.step("hold", "holding")  # claims number 1 and never publishes it
+    assert _control(name, L.C_FLAGS) & L.F_SEQUENCED
+    published += [writer.write(), writer.write()]
+    assert [seq for seq, _, _ in published] == [0, 2, 3]
+    assert _control(name, L.C_HEAD) == 1  # head waits at the claimed number
+    holder.proc.kill()
+    killed = time.monotonic()
+    code, out, err = _run(reader)  # nobody else looks: the C reader repairs
+    noticed = time.monotonic() - killed
+    assert code == 0, err
+    assert noticed < DETECT_WITHIN, f"settled after {noticed:.2f} s"
+    assert _lines(out) == published
+    assert _descriptor(name, 1) == (1, L.DF_SKIP)
+    assert _control(name, L.C_HEAD) == 4
+    writer.finish()
+
+
+def test_an_interrupted_switch_is_left_to_shmring(c_reader: Path, start_stepped: Any) -> None:
+    """A block ring in shared mode without SEQUENCED, and a lock holder that died (as if a
+    writer died switching the ring to shared mode): the C reader, repairing, changes nothing
+    and keeps the lock's mark; the Python writer's next frame finishes the repair."""
+    name = unique_name("cswitch")
+    writer = start_stepped(name)
+    reader = _start(c_reader, name, 2)
+    writer.step("wait_for_reader", "joined")
+    published = [writer.write()]
+    free_count = _control(name, L.C_FREE_COUNT)
+    dead_token = 12345
+    _set_control(name, L.C_WRITER_MODE, L.MODE_SHARED)
+    _set_control(name, L.C_LOCK_OWNER, dead_token)  # the header lock's byte is free
+    _until(lambda: _control(name, L.C_LOCK_OWNER) != dead_token, "the C reader repaired")
+    assert _control(name, L.C_LOCK_OWNER) != 0  # its mark left for shmring to repair
+    assert _control(name, L.C_WRITER_MODE) == L.MODE_SHARED
+    assert not _control(name, L.C_FLAGS) & L.F_SEQUENCED
+    assert _control(name, L.C_FREE_COUNT) == free_count
+    published.append(writer.write())  # the writer repairs: one writer, exclusive again
+    code, out, err = _run(reader)
+    assert code == 0, err
+    assert _lines(out) == published
+    assert _control(name, L.C_WRITER_MODE) == L.MODE_EXCLUSIVE
+    assert _control(name, L.C_LOCK_OWNER) == 0
+    writer.finish()
+
+
+@pytest.mark.parametrize("end", ["close", "kill"])
+def test_a_creator_that_never_wrote(c_reader: Path, start_stepped: Any, end: str) -> None:
+    """Not a writer until it writes: closing ends the stream; dying leaves nobody to end it."""
+    name = unique_name("ccreator")
+    creator = start_stepped(name)
+    reader = _start(c_reader, name, 1)
+    creator.step("wait_for_reader", "joined")
+    assert not _control(name, L.C_FLAGS) & L.F_STARTED
+    if end == "close":
+        creator.finish()
+        code, out, err = _run(reader)
+        assert code == EXIT_END and "end of stream" in err and out == "", err
+        return
+    creator.proc.kill()
+    killed = time.monotonic()
+    code, out, err = _run(reader)
+    assert code == EXIT_GONE and "creator died" in err and out == "", err
+    assert time.monotonic() - killed < DETECT_WITHIN
+    assert not os.path.exists(seg_path(name))  # the last one out unlinked it
 
 
 # ---- refusing what it cannot read --------------------------------------------------------
@@ -410,7 +665,8 @@ def _patched(offset: int, fmt: str, value: Any, seal: bool = True) -> bytes:
 
 VALID_SIZE = _geometry().segment_bytes
 REFUSALS = {
-    "version": (_patched(8, "<H", 2), VALID_SIZE, "format version 2.0"),
+    "older_version": (_patched(8, "<H", L.VERSION_MAJOR - 1), VALID_SIZE, "format version 1.0"),
+    "newer_version": (_patched(8, "<H", L.VERSION_MAJOR + 1), VALID_SIZE, "format version 3.0"),
     "magic": (_patched(0, "8s", b"NOTARING"), VALID_SIZE, "bad magic"),
     "checksum": (_patched(28, "<I", 5, seal=False), VALID_SIZE, "checksum mismatch"),
     "offset": (_patched(208, "<Q", 1 << 40), VALID_SIZE, "data_offset"),
@@ -482,6 +738,7 @@ def test_layout_header_constants_match_layout_py() -> None:
         "MAX_READERS": L.MAX_READERS, "MAX_WRITERS": L.MAX_WRITERS, "MAX_META": L.MAX_META,
         "MAX_GROUP_NAME": L.MAX_GROUP_NAME, "POLICY_BLOCK": L.POLICY_BLOCK,
         "POLICY_OVERWRITE": L.POLICY_OVERWRITE, "F_CLOSED": L.F_CLOSED,
+        "F_STARTED": L.F_STARTED, "F_SEQUENCED": L.F_SEQUENCED, "DF_SKIP": L.DF_SKIP,
         "MODE_EXCLUSIVE": L.MODE_EXCLUSIVE, "MODE_SHARED": L.MODE_SHARED,
         "D_META_BYTE_OFFSET": L.D_META_BYTE_OFFSET, "DF_EVICTED": L.DF_EVICTED,
         "DF_OWN_SHAPE": L.DF_OWN_SHAPE, "META_LEN_SHIFT": L.META_LEN_SHIFT,

@@ -11,23 +11,29 @@
  * (the 64-bit FNV-1a hash of the frame's bytes; --no-hash prints `seq=... bytes=...` only).
  * After COUNT frames it leaves the ring and exits 0. Exit statuses: 2 usage, 3 the ring is
  * missing or refused (another format version, a geometry this reader cannot read, no free
- * reader record), 4 end of stream before COUNT frames, 5 every writer died, 6 the ring is
- * damaged or a system call failed, 128 + N after signal N (SIGINT, SIGTERM), having left
- * the ring. Block and overwrite rings are both read.
+ * reader record, readers already holding every buffer an overwrite ring can spare), 4 end
+ * of stream before COUNT frames, 5 every writer died (or the creator died before any
+ * writer joined), 6 the ring is damaged or a system call failed, 128 + N after signal N
+ * (SIGINT, SIGTERM), having left the ring. Block and overwrite rings are both read, with
+ * one writer or several; numbers with no frame (skips) are passed over.
  *
  * Rules: written from docs/FORMAT.md alone; its section names are cited where a step
  * follows one. Nothing read from shared memory is trusted: every index is range-checked
  * before use, and a value out of range ends the program (status 6) after it leaves the
  * ring. Every wait is bounded: the header lock is given up after LOCK_LIMIT_NS, and a sleep
  * on the frames futex lasts at most SLICE_NS, after which the writers' liveness is checked,
- * so a dead writer is noticed within about 0.2 s.
+ * so a dead writer (or header-lock holder) is noticed, and repaired, within about 0.2 s.
  *
  * Theory of operation: a block-policy reader that is its own group reads without the header
  * lock: it waits for the descriptor of its next sequence number to carry that number
  * (acquire), reads the frame, then raises its release word past it (release), which is all
- * a writer needs to reuse the buffer. An overwrite-policy reader takes the header lock to
- * choose its frame and pin its buffer, and unpins it after reading. Joining, leaving and
- * repairing the shared state after a dead participant run under the header lock.
+ * a writer needs to reuse the buffer; a number published as a skip (DF_SKIP: a claim given
+ * back, or a writer that died holding it) is passed over and counted dropped. An
+ * overwrite-policy reader also reads without the lock: it pins the frame's buffer as a
+ * hazard pointer (store the pin, full fence, look at the frame again) and unpins it after
+ * reading. Joining, leaving and repairing the shared state after a dead participant run
+ * under the header lock; a repair this reader does not do (finishing a writer's interrupted
+ * switch to shared mode) it leaves to shmring by releasing the lock with its mark still set.
  */
 #define _GNU_SOURCE
 
@@ -99,7 +105,9 @@ struct ring {
     uint64_t next;    /* the sequence number it reads next */
     uint64_t dropped; /* overwrite: frames it lost */
     int counted;      /* counted in reader_waiters (me->sleeping set) */
-    int seen_writer;  /* a live writer was seen since joining (FORMAT.md, "Writer gone") */
+    int leave_mark;   /* while holding the lock: release it with lock_owner still set, so
+                         that shmring repairs what this reader does not (FORMAT.md, "A
+                         minimal correct reader") */
 };
 
 /* ---- small helpers -------------------------------------------------------------------- */
@@ -108,6 +116,10 @@ static uint64_t ld(const uint64_t *word) { return __atomic_load_n(word, __ATOMIC
 
 static void st(uint64_t *word, uint64_t value) {
     __atomic_store_n(word, value, __ATOMIC_RELEASE);
+}
+
+static void st_seq_cst(uint64_t *word, uint64_t value) {
+    __atomic_store_n(word, value, __ATOMIC_SEQ_CST);
 }
 
 /* Atomic add on the low 32 bits of a u64 word (reader_waiters, writer_waiters). */
@@ -329,7 +341,7 @@ static int check_header(struct ring *r, const uint8_t raw[SHMRING_HEADER_BYTES],
           file_bytes, segment);
     CHECK(h->policy != SHMRING_POLICY_BLOCK || h->buffers <= h->slots,
           "a block-policy ring with more buffers (%u) than slots (%u) is not defined by "
-          "format 1.0",
+          "format 2.0",
           h->buffers, h->slots);
     CHECK(segment <= SIZE_MAX, "the ring is too large to map");
     return 0;
@@ -497,7 +509,9 @@ static int recount(struct ring *r) {
     st(&r->control->writers, writers);
     st(&r->control->readers, readers);
     st(&r->control->membership, ld(&r->control->membership) + 1);
-    if (writers <= 1 && r->membarrier_global) {
+    /* Only an overwrite ring returns to exclusive mode here: the last writer of a block ring
+     * switches back itself, since its sequenced steps take no lock ("Recount"). */
+    if (writers <= 1 && r->membarrier_global && r->h.policy == SHMRING_POLICY_OVERWRITE) {
         st(&r->control->writer_mode, SHMRING_MODE_EXCLUSIVE);
     }
     return 0;
@@ -532,13 +546,7 @@ static int rebuild_free_list(struct ring *r) {
             return result;
         }
     }
-    for (uint32_t i = 0; i < r->h.max_readers; i++) {
-        uint64_t pinned = ld(&r->readers[i].pinned);
-        if (ld(&r->readers[i].state) == SHMRING_STATE_ACTIVE && pinned != SHMRING_NONE &&
-            (result = mark_busy(r, pinned, "pinned buffer index")) < 0) {
-            return result;
-        }
-    }
+    /* Pinned buffers are not busy: writers skip a pinned buffer when they take one. */
     uint64_t count = 0;
     for (uint64_t buffer = r->h.buffers; buffer-- > 0;) {
         if (!r->busy[buffer]) {
@@ -549,12 +557,62 @@ static int rebuild_free_list(struct ring *r) {
     return 0;
 }
 
+/* A sequenced ring (shared mode, block policy, F_SEQUENCED): publish every number in
+ * [head, next_seq) that is unpublished and that no active writer record claims as a skip
+ * (its writer died, or gave it back), then move head over what is published with the
+ * writers' own compare-and-swap ("Several writers: the sequenced ring"). */
+static int settle(struct ring *r) {
+    struct shmring_control *c = r->control;
+    uint64_t head = ld(&c->head), next_seq = ld(&c->next_seq);
+    if (next_seq < head || next_seq - head > r->h.slots || next_seq >= SHMRING_SEQ_LIMIT) {
+        return damaged(r, "next_seq", next_seq);
+    }
+    /* Every claim before any descriptor: a writer publishes (seq) before it clears its
+     * claim, so a number whose claim is not seen here is seen published below. */
+    uint64_t claims[SHMRING_MAX_WRITERS];
+    uint32_t count = 0;
+    for (uint32_t i = 0; i < r->h.max_writers; i++) {
+        uint64_t claimed = __atomic_load_n(&r->writers[i].claimed_seq, __ATOMIC_SEQ_CST);
+        if (ld(&r->writers[i].state) == SHMRING_STATE_ACTIVE && claimed != SHMRING_NONE) {
+            claims[count++] = claimed;
+        }
+    }
+    for (uint64_t seq = head; seq < next_seq; seq++) {
+        int held = 0;
+        for (uint32_t i = 0; i < count && !held; i++) {
+            held = claims[i] == seq;
+        }
+        struct shmring_descriptor *d = descriptor(r, seq);
+        if (!held && __atomic_load_n(&d->seq, __ATOMIC_SEQ_CST) != seq) {
+            st(&d->flags, SHMRING_DF_SKIP);
+            st_seq_cst(&d->seq, seq); /* published: no frame */
+        }
+    }
+    while (head < SHMRING_SEQ_LIMIT &&
+           __atomic_load_n(&descriptor(r, head)->seq, __ATOMIC_SEQ_CST) == head) {
+        if (__atomic_compare_exchange_n(&c->head, &head, head + 1, 0, __ATOMIC_SEQ_CST,
+                                        __ATOMIC_SEQ_CST)) {
+            head++;
+        } /* else `head` now holds the newer value: look there */
+    }
+    return 0;
+}
+
 /* Complete a publish a dead writer left between its descriptor and head, and rebuild the
- * free list; not while a live exclusive-mode writer owns both. */
+ * free list; not while a live exclusive-mode writer owns both. A sequenced ring is settled
+ * instead; a block ring in shared mode without F_SEQUENCED (a switch to shared mode that
+ * its writer did not finish) is left to shmring, which finishes or undoes the switch. */
 static int repair_buffers(struct ring *r) {
     struct shmring_control *c = r->control;
-    if (r->h.policy == SHMRING_POLICY_BLOCK && ld(&c->writer_mode) == SHMRING_MODE_EXCLUSIVE &&
-        live_writers(r) > 0) {
+    uint64_t mode = ld(&c->writer_mode);
+    if (mode == SHMRING_MODE_EXCLUSIVE && live_writers(r) > 0) {
+        return 0;
+    }
+    if (r->h.policy == SHMRING_POLICY_BLOCK && mode == SHMRING_MODE_SHARED) {
+        if (ld(&c->flags) & SHMRING_F_SEQUENCED) {
+            return settle(r);
+        }
+        r->leave_mark = 1; /* an interrupted switch: the next shmring lock holder repairs */
         return 0;
     }
     uint64_t head = ld(&c->head);
@@ -603,7 +661,7 @@ static int reap_dead(struct ring *r) {
             reaped_reader = 1;
         }
     }
-    if (reaped_writer && r->h.policy == SHMRING_POLICY_BLOCK) {
+    if (reaped_writer) {
         result = repair_buffers(r); /* before recount: the ring is still in shared mode */
     }
     if (result >= 0 && (reaped_writer || reaped_reader)) {
@@ -644,6 +702,7 @@ static int lock_header(struct ring *r) {
     if (taken < 0) {
         return fail(r, EXIT_DAMAGED, "fcntl(F_OFD_SETLK): %s", strerror(errno));
     }
+    r->leave_mark = 0;
     if (ld(&r->control->lock_owner) != 0) { /* the last holder died inside: repair first */
         int repaired = repair(r);
         if (repaired < 0) {
@@ -655,9 +714,10 @@ static int lock_header(struct ring *r) {
     return 0;
 }
 
-/* `clean` 0 leaves the owner mark so that the next holder repairs. */
+/* `clean` 0 (or a repair left to shmring) leaves the owner mark so that the next holder
+ * repairs. */
 static void unlock_header(struct ring *r, int clean) {
-    if (clean) {
+    if (clean && !r->leave_mark) {
         st(&r->control->lock_owner, 0);
     }
     unlock(r, SHMRING_LOCK_HEADER);
@@ -670,9 +730,10 @@ static int unlock_with(struct ring *r, int result) {
 
 /* ---- joining and leaving ("Joining and leaving") ----------------------------------- */
 
-/* Under the lock, block policy, exclusive mode: make our record visible to the lock-free
- * writer and wait until it is out of any publish step it may be in. */
-static int quiesce_exclusive_writer(struct ring *r) {
+/* Under the lock, block policy: make our record visible to the writers' lock-free steps
+ * (the exclusive writer's reclaim, sequenced writers' advance of tail) and wait until no
+ * writer is inside one it may have begun before. */
+static int quiesce_writers(struct ring *r) {
     if (!r->membarrier_global) {
         return 0;
     }
@@ -736,18 +797,16 @@ static int join_locked(struct ring *r) {
     if ((result = recount(r)) < 0) {
         return result;
     }
-    if (r->h.policy == SHMRING_POLICY_BLOCK &&
-        ld(&r->control->writer_mode) == SHMRING_MODE_EXCLUSIVE) {
-        if ((result = quiesce_exclusive_writer(r)) < 0) {
+    if (r->h.policy == SHMRING_POLICY_BLOCK) { /* exclusive or sequenced writers */
+        if ((result = quiesce_writers(r)) < 0) {
             return result;
         }
-        tail = ld(&r->control->tail); /* frames the writer freed before it saw us: skip */
+        tail = ld(&r->control->tail); /* frames a writer freed before it saw us: skip */
         if (tail > r->next) {
             r->next = tail;
             st(&me->release, tail);
         }
     }
-    r->seen_writer = live_writers(r) > 0;
     return 0;
 }
 
@@ -817,15 +876,25 @@ struct frame {
     const uint8_t *start;
 };
 
-/* Check a published descriptor's words and describe the frame; < 0 if they are damaged. */
+/* What is wrong with a descriptor's words: the name of the word and its value. */
+struct defect {
+    const char *what;
+    uint64_t value;
+};
+
+/* Check a published descriptor's words and describe the frame; -1 (with `defect` filled
+ * in) if they are out of range. Reports nothing: an overwrite reader learns only after its
+ * pin whether what it read was the frame's own. */
 static int describe(const struct ring *r, const struct shmring_descriptor *d, uint64_t seq,
-                    struct frame *frame) {
+                    struct frame *frame, struct defect *defect) {
     uint64_t buffer = ld(&d->buffer), flags = ld(&d->flags);
     if (buffer >= r->h.buffers) {
-        return damaged(r, "buffer index", buffer);
+        *defect = (struct defect){"buffer index", buffer};
+        return -1;
     }
     if ((flags >> SHMRING_META_LEN_SHIFT) > r->h.meta_size) {
-        return damaged(r, "metadata length", flags >> SHMRING_META_LEN_SHIFT);
+        *defect = (struct defect){"metadata length", flags >> SHMRING_META_LEN_SHIFT};
+        return -1;
     }
     uint64_t bytes = r->h.buffer_bytes;
     if (flags & SHMRING_DF_OWN_SHAPE) {
@@ -833,7 +902,8 @@ static int describe(const struct ring *r, const struct shmring_descriptor *d, ui
         for (uint32_t axis = 0; axis < r->h.ndim; axis++) {
             uint64_t size = ld(&d->shape[axis]);
             if (size < 1 || size > r->h.shape[axis]) {
-                return damaged(r, "frame dimension", size);
+                *defect = (struct defect){"frame dimension", size};
+                return -1;
             }
             bytes *= size; /* no overflow: each size is at most the ring's */
         }
@@ -844,72 +914,144 @@ static int describe(const struct ring *r, const struct shmring_descriptor *d, ui
     return 0;
 }
 
-/* Block policy, own group, no lock: frame `next` if it is published (1), else 0. */
-static int take_own(struct ring *r, struct frame *frame) {
-    struct shmring_descriptor *d = descriptor(r, r->next);
-    if (ld(&d->seq) != r->next) { /* acquire: the frame's words and bytes are visible */
-        return 0;
+static void count_dropped(struct ring *r, uint64_t frames) {
+    if (frames) {
+        r->dropped += frames;
+        st(&r->me->dropped, r->dropped);
     }
-    int result = describe(r, d, r->next, frame);
-    return result < 0 ? result : 1;
 }
 
-/* Block policy: done with frame `seq`; raise the release word past it (release), then wake
- * a writer that sleeps for space, if it asked to be woken by now. */
-static void release_own(struct ring *r, uint64_t seq) {
-    r->next = seq + 1;
-    st(&r->me->release, seq + 1);
+/* Block policy: raise the release word to `release` (release store; this reader holds no
+ * frame below it), then wake a writer that sleeps for space, if it asked to be woken by
+ * now. */
+static void release_to(struct ring *r, uint64_t release) {
+    st(&r->me->release, release);
     __atomic_thread_fence(__ATOMIC_SEQ_CST); /* the release before the load of writer_waiters */
     struct shmring_control *c = r->control;
-    if ((uint32_t)ld(&c->writer_waiters) != 0 && seq + 1 >= ld(&c->space_wanted)) {
+    if ((uint32_t)ld(&c->writer_waiters) != 0 && release >= ld(&c->space_wanted)) {
         wake_writers(r);
     }
 }
 
-/* Overwrite policy, under the lock: the oldest frame from `next` on that is still in the
- * window and not evicted, its buffer pinned (1); 0 if none. Skipped frames are dropped. */
-static int take_overwrite_locked(struct ring *r, struct frame *frame) {
-    uint64_t tail, head;
-    int result = window(r, &tail, &head);
-    if (result < 0) {
-        return result;
+/* Block policy, own group, no lock: frame `next` if it is published (1), else 0. Numbers
+ * published as skips (DF_SKIP) are passed over, released and counted dropped. */
+static int take_own(struct ring *r, struct frame *frame) {
+    struct shmring_descriptor *d = descriptor(r, r->next);
+    uint64_t skipped = 0;
+    /* acquire: the frame's words and bytes are visible once seq reads the number */
+    while (ld(&d->seq) == r->next && (ld(&d->flags) & SHMRING_DF_SKIP)) {
+        r->next++;
+        skipped++;
+        d = descriptor(r, r->next);
     }
-    uint64_t cursor = r->next, skipped = 0;
-    if (cursor > head) {
-        return damaged(r, "head", head);
-    }
-    if (cursor < tail) {
-        skipped = tail - cursor;
-        cursor = tail;
-    }
-    int taken = 0;
-    for (; cursor < head && !taken; cursor++) {
-        struct shmring_descriptor *d = descriptor(r, cursor);
-        if (ld(&d->seq) == cursor && !(ld(&d->flags) & SHMRING_DF_EVICTED)) {
-            if ((result = describe(r, d, cursor, frame)) < 0) {
-                return result;
-            }
-            st(&r->me->pinned, ld(&d->buffer));
-            taken = 1;
-        } else {
-            skipped++;
-        }
-    }
-    r->next = cursor;
-    st(&r->me->release, cursor);
     if (skipped) {
-        r->dropped += skipped;
-        st(&r->me->dropped, r->dropped);
+        count_dropped(r, skipped);
+        release_to(r, r->next);
     }
-    return taken;
-}
-
-static int take_overwrite(struct ring *r, struct frame *frame) {
-    if (ld(&r->control->head) <= r->next) {
+    if (ld(&d->seq) != r->next) {
         return 0;
     }
-    int result = lock_header(r);
-    return result < 0 ? result : unlock_with(r, take_overwrite_locked(r, frame));
+    struct defect defect;
+    if (describe(r, d, r->next, frame, &defect) < 0) {
+        return damaged(r, defect.what, defect.value);
+    }
+    return 1;
+}
+
+/* Block policy: done with frame `seq`. */
+static void release_own(struct ring *r, uint64_t seq) {
+    r->next = seq + 1;
+    release_to(r, seq + 1);
+}
+
+/* Overwrite policy: whether one more pin leaves every writer a buffer to write into
+ * (pins + 1 + max(writers, 1) <= buffers). */
+static int room_to_pin(const struct ring *r) {
+    uint64_t pins = 0;
+    for (uint32_t i = 0; i < r->h.max_readers; i++) {
+        const struct shmring_reader *reader = &r->readers[i];
+        pins += reader != r->me && ld(&reader->state) == SHMRING_STATE_ACTIVE &&
+                ld(&reader->pinned) != SHMRING_NONE;
+    }
+    uint64_t writers = ld(&r->control->writers);
+    return pins + 1 + (writers ? writers : 1) <= r->h.buffers;
+}
+
+/* Overwrite policy: whether frame `seq` is still in `d`, not evicted, in `buffer`. A writer
+ * moves tail past a frame before it rewrites any word of its descriptor, so a tail at or
+ * below `seq` here means that every word read before this look was the frame's own. */
+static int still_there(const struct ring *r, const struct shmring_descriptor *d, uint64_t seq,
+                       uint64_t buffer) {
+    return ld(&d->seq) == seq && !(ld(&d->flags) & SHMRING_DF_EVICTED) &&
+           ld(&d->buffer) == buffer && ld(&r->control->tail) <= seq;
+}
+
+#define PIN_TRIES 64 /* looks per take: a writer lapping the reader this often, try later */
+
+/* Overwrite policy, own group, no lock ("Reading", overwrite policy): the oldest frame from
+ * `next` on that is in the window and not evicted, its buffer pinned (1); 0 if none yet.
+ * The pin is a hazard pointer: store it, fence, look at the frame again; a writer marks a
+ * frame evicted (or retires it), fences, then looks at the pins, so one sees the other.
+ * Frames passed over (behind tail, evicted) are counted dropped. */
+static int take_overwrite(struct ring *r, struct frame *frame) {
+    for (int tries = 0; tries < PIN_TRIES; tries++) {
+        uint64_t tail, head;
+        int result = window(r, &tail, &head);
+        if (result < 0) {
+            return result;
+        }
+        if (r->next > head) {
+            return damaged(r, "head", head);
+        }
+        uint64_t cursor = r->next, skipped = 0;
+        if (cursor < tail) {
+            skipped = tail - cursor;
+            cursor = tail;
+        }
+        int again = 0;
+        for (; cursor < head; cursor++) {
+            struct shmring_descriptor *d = descriptor(r, cursor);
+            uint64_t flags = ld(&d->flags);
+            if (ld(&d->seq) != cursor) {
+                again = 1; /* replaced since head was read */
+                break;
+            }
+            if (flags & SHMRING_DF_EVICTED) {
+                skipped++;
+                continue;
+            }
+            uint64_t buffer = ld(&d->buffer);
+            struct defect defect;
+            int bad = describe(r, d, cursor, frame, &defect);
+            if (!room_to_pin(r)) {
+                return fail(r, EXIT_REFUSED,
+                            "readers hold as many frames as its %u buffers allow while leaving "
+                            "one to each writer; create the ring with a larger spare_buffers",
+                            r->h.buffers);
+            }
+            st_seq_cst(&r->me->pinned, buffer);
+            __atomic_thread_fence(__ATOMIC_SEQ_CST); /* the pin, then the second look */
+            if (!still_there(r, d, cursor, buffer)) {
+                st(&r->me->pinned, SHMRING_NONE);
+                again = 1; /* evicted or replaced meanwhile */
+                break;
+            }
+            if (bad < 0) { /* the frame's own words, out of range */
+                return damaged(r, defect.what, defect.value);
+            }
+            r->next = cursor + 1;
+            st(&r->me->release, cursor + 1); /* informational under this policy */
+            count_dropped(r, skipped);
+            return 1;
+        }
+        if (!again) { /* nothing new: what was passed over is dropped */
+            r->next = cursor;
+            st(&r->me->release, cursor);
+            count_dropped(r, skipped);
+            return 0;
+        }
+    }
+    return 0; /* the wait loop looks again at once */
 }
 
 static int take(struct ring *r, struct frame *frame) {
@@ -955,31 +1097,56 @@ static void uncount_self(struct ring *r) {
     }
 }
 
-/* Every writer that registered is dead and none closed the stream: < 0, else 0. */
+/* Whether an active writer record belongs to a dead writer (a sequenced ring waits for
+ * the number it claimed until a repair publishes it as a skip). */
+static int dead_writer(const struct ring *r) {
+    for (uint32_t i = 0; i < r->h.max_writers; i++) {
+        struct shmring_writer *w = &r->writers[i];
+        if (ld(&w->state) == SHMRING_STATE_ACTIVE &&
+            !alive(r, ld(&w->token), SHMRING_LOCK_WRITER_BASE + i)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Whether the header lock's last holder died in it: its mark is set, the lock free. */
+static int lock_holder_died(const struct ring *r) {
+    return ld(&r->control->lock_owner) != 0 && !is_locked(r, SHMRING_LOCK_HEADER);
+}
+
+/* The liveness check of a waiting reader ("Writer gone"): repair what dead writers or a
+ * dead lock holder left (the frame it waits for may be a dead writer's claimed number);
+ * < 0 when nobody is left to end the stream, else 0. */
 static int check_writers(struct ring *r) {
     int result = check_size(r);
     if (result < 0) {
         return result;
     }
-    if (live_writers(r) > 0) {
-        r->seen_writer = 1;
+    if (live_writers(r) > 0 && !dead_writer(r) && !lock_holder_died(r)) {
         return 0;
     }
-    if ((result = lock_header(r)) < 0) {
+    if ((result = lock_header(r)) < 0) { /* a dead holder's mark: lock_header repairs */
         return result;
     }
     result = reap_dead(r);
-    int gone = result >= 0 && ld(&r->control->writers) == 0 &&
-               !(ld(&r->control->flags) & SHMRING_F_CLOSED) &&
-               (r->seen_writer || ld(&r->control->head) > 0);
+    uint64_t flags = ld(&r->control->flags);
+    int orphaned = result >= 0 && ld(&r->control->writers) == 0 && !(flags & SHMRING_F_CLOSED);
+    /* Gone: a writer joined and none is left, or none ever joined and the creator died. */
+    int gone = orphaned &&
+               ((flags & SHMRING_F_STARTED) || !is_locked(r, SHMRING_LOCK_CREATOR));
     unlock_with(r, result);
     if (result < 0) {
         return result;
     }
-    if (gone) {
+    if (gone && (flags & SHMRING_F_STARTED)) {
         return fail(r, EXIT_GONE,
                     "every writer died without closing the stream; frames published before "
                     "that were delivered");
+    }
+    if (gone) {
+        return fail(r, EXIT_GONE,
+                    "its creator died and no writer ever joined; nothing can end this stream");
     }
     return 0;
 }

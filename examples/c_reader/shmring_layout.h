@@ -1,4 +1,4 @@
-/* shmring_layout.h: the bytes of a shmring segment, format version 1.0, for C11.
+/* shmring_layout.h: the bytes of a shmring segment, format version 2.0, for C11.
  *
  * Written from docs/FORMAT.md, which is the reference: every struct below is one of its
  * tables, and a _Static_assert pins each field's offset to the number FORMAT.md gives, so a
@@ -22,7 +22,7 @@
 /* ---- version and limits ------------------------------------------------------------- */
 #define SHMRING_MAGIC "\x93SHMRING"
 #define SHMRING_MAGIC_BYTES 8
-#define SHMRING_VERSION_MAJOR 1
+#define SHMRING_VERSION_MAJOR 2
 #define SHMRING_VERSION_MINOR 0
 #define SHMRING_HEADER_BYTES 256
 #define SHMRING_CHECKSUM_OFFSET 248
@@ -115,7 +115,8 @@ struct shmring_control {
     uint64_t head;           /* word 0 */
     uint64_t tail;           /* word 1 */
     uint64_t free_count;     /* word 2 */
-    uint64_t reserved3[5];   /* words 3-7 */
+    uint64_t next_seq;       /* word 3: sequenced rings: the next number a writer may claim */
+    uint64_t reserved4[4];   /* words 4-7 */
     uint64_t lock_owner;     /* word 8 */
     uint64_t flags;          /* word 9 */
     uint64_t writer_mode;    /* word 10 */
@@ -133,6 +134,7 @@ struct shmring_control {
 _Static_assert(offsetof(struct shmring_control, head) == 0, "head");
 _Static_assert(offsetof(struct shmring_control, tail) == 8, "tail");
 _Static_assert(offsetof(struct shmring_control, free_count) == 16, "free_count");
+_Static_assert(offsetof(struct shmring_control, next_seq) == 24, "next_seq");
 _Static_assert(offsetof(struct shmring_control, lock_owner) == 64, "lock_owner");
 _Static_assert(offsetof(struct shmring_control, flags) == 72, "flags");
 _Static_assert(offsetof(struct shmring_control, writer_mode) == 80, "writer_mode");
@@ -146,7 +148,9 @@ _Static_assert(offsetof(struct shmring_control, space_wanted) == 152, "space_wan
 _Static_assert(offsetof(struct shmring_control, frames) == 160, "frames");
 _Static_assert(sizeof(struct shmring_control) == SHMRING_CONTROL_BYTES, "control size");
 
-#define SHMRING_F_CLOSED 1 /* flags: the last registered writer left the stream */
+#define SHMRING_F_CLOSED 1    /* flags: the stream ended (the last writer left cleanly) */
+#define SHMRING_F_STARTED 2   /* flags: a writer has joined since the ring was created */
+#define SHMRING_F_SEQUENCED 4 /* flags: shared mode, block policy: writers are sequenced */
 #define SHMRING_MODE_EXCLUSIVE 0
 #define SHMRING_MODE_SHARED 1
 
@@ -169,6 +173,7 @@ _Static_assert(sizeof(struct shmring_descriptor) == 104, "descriptor fixed part"
 #define SHMRING_D_META_BYTE_OFFSET 104
 #define SHMRING_DF_EVICTED 1
 #define SHMRING_DF_OWN_SHAPE 2
+#define SHMRING_DF_SKIP 4 /* no frame at this number: readers pass over it, counted dropped */
 #define SHMRING_META_LEN_SHIFT 32
 
 /* ---- records (64 bytes each) -------------------------------------------------------- */
@@ -206,13 +211,14 @@ _Static_assert(offsetof(struct shmring_group, name) == 24, "name");
 _Static_assert(sizeof(struct shmring_group) == SHMRING_RECORD_BYTES, "group record size");
 
 struct shmring_writer {
-    uint64_t state;      /* word 0 */
-    uint64_t token;      /* word 1 */
-    uint64_t pid;        /* word 2 */
-    uint64_t in_publish; /* word 3 */
-    uint64_t claimed;    /* word 4 */
-    uint64_t sleeping;   /* word 5 */
-    uint64_t reserved6[2];
+    uint64_t state;       /* word 0 */
+    uint64_t token;       /* word 1 */
+    uint64_t pid;         /* word 2 */
+    uint64_t in_publish;  /* word 3 */
+    uint64_t claimed;     /* word 4 */
+    uint64_t sleeping;    /* word 5 */
+    uint64_t claimed_seq; /* word 6: sequenced rings: the number its claim holds, or NONE */
+    uint64_t reserved7;
 };
 _Static_assert(offsetof(struct shmring_writer, state) == 0, "state");
 _Static_assert(offsetof(struct shmring_writer, token) == 8, "token");
@@ -220,6 +226,7 @@ _Static_assert(offsetof(struct shmring_writer, pid) == 16, "pid");
 _Static_assert(offsetof(struct shmring_writer, in_publish) == 24, "in_publish");
 _Static_assert(offsetof(struct shmring_writer, claimed) == 32, "claimed");
 _Static_assert(offsetof(struct shmring_writer, sleeping) == 40, "sleeping");
+_Static_assert(offsetof(struct shmring_writer, claimed_seq) == 48, "claimed_seq");
 _Static_assert(sizeof(struct shmring_writer) == SHMRING_RECORD_BYTES, "writer record size");
 
 #define SHMRING_STATE_FREE 0

@@ -19,6 +19,23 @@ static inline void store(uint64_t *word, uint64_t value) {
     __atomic_store_n(word, value, __ATOMIC_RELEASE);
 }
 
+/* Load `*word` between two loads of `*tail` that agree (bounded tries): then `tail` (which
+ * only grows) had that value when `*word` was read, so invariants such as tail <= head <=
+ * tail + slots hold between the two values even while writers move both. 0 if tail kept
+ * moving: the caller looks again later. */
+static inline int load_with_tail(const uint64_t *tail_word, const uint64_t *word, uint64_t *tail,
+                                 uint64_t *value) {
+    for (int tries = 0; tries < 64; tries++) {
+        uint64_t before = __atomic_load_n(tail_word, __ATOMIC_SEQ_CST);
+        *value = __atomic_load_n(word, __ATOMIC_SEQ_CST);
+        *tail = __atomic_load_n(tail_word, __ATOMIC_SEQ_CST);
+        if (*tail == before) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* The address of a writable memoryview made by _layout.Views, checked to lie inside
  * `within` (one of the held exports), to be 8-byte aligned and to hold `words` words;
  * NULL with ValueError (naming `owner` and `what`) otherwise. */

@@ -448,8 +448,10 @@ static uint64_t advance_tail(Publisher *self) {
 static long long sequence_claim(Publisher *self) {
     uint64_t *control = self->control, *claimed = &self->record[self->w_claimed_seq];
     for (;;) {
-        uint64_t seq = __atomic_load_n(&control[self->c_next_seq], __ATOMIC_SEQ_CST);
-        uint64_t tail = load(&control[self->c_tail]);
+        uint64_t tail, seq;
+        if (!load_with_tail(&control[self->c_tail], &control[self->c_next_seq], &tail, &seq)) {
+            return PUBLISH_FALLBACK; /* tail kept moving: wait, then look again */
+        }
         if (seq >= SEQ_LIMIT || tail > seq || seq - tail > self->slots) {
             return PUBLISH_CORRUPTED;
         }
@@ -531,7 +533,7 @@ static long long pop_overwrite(Publisher *self) {
             return (long long)buffer;
         }
     }
-    uint64_t head = load(&control[self->c_head]), tail = load(&control[self->c_tail]);
+    uint64_t tail = load(&control[self->c_tail]), head = load(&control[self->c_head]);
     if (tail > head || head - tail > self->slots || head >= SEQ_LIMIT) {
         return PUBLISH_CORRUPTED;
     }

@@ -200,9 +200,10 @@ class RingReader(AsyncReading, RingHandle):
                 record[L.R_GROUP] = self._join_group(group, first)
                 self._group_record = p.views.groups[record[L.R_GROUP]]
             p.recount()
-            if self._block and p.control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE:
-                # The exclusive writer reclaims without the lock: once it has seen this
-                # reader, frames from `first` on are safe; any it freed before, we skip.
+            if self._block:
+                # Writers reclaim without the lock (the exclusive writer, or sequenced ones):
+                # once they have seen this reader, frames from `first` on are safe; any they
+                # freed before, we skip.
                 p.quiesce_exclusive_writer(None)
                 first = max(first, p.control[L.C_TAIL])
                 if group is None:
@@ -568,9 +569,11 @@ class RingReader(AsyncReading, RingHandle):
                 self._count_dropped(dropped)
                 return None
             frame = self._frame(self._descriptors[seq % self._slots], seq, dropped)
-        else:  # a state a block ring cannot be in: the general path says what is wrong
-            with self._p.lock:
-                return self._take_locked(latest)
+        else:  # a state a block ring cannot be in (no plain store may race the swaps)
+            raise RingCorrupted(
+                f"ring {self._p.name!r}: group {self._group_name!r}'s cursor is outside the "
+                "window of published frames; the header was overwritten"
+            )
         held.append(seq)
         self._record[L.R_RELEASE] = min(held)
         if dropped:

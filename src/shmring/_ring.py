@@ -202,10 +202,10 @@ class Participant:
         """Under the lock: complete a publish a dead writer left between descriptor and head,
         and rebuild the free list (which gives back buffers dead writers had claimed); in a
         sequenced ring, publish the numbers dead writers claimed as skips (settle)."""
-        if self.control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE and self.live_writers(True):
-            return  # a live exclusive writer owns head and free list; they are consistent
         if self.switch_interrupted():
             self.finish_switch()
+        if self.control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE and self.live_writers(True):
+            return  # a live exclusive writer owns head and free list; they are consistent
         if self.sequenced():
             self.settle()
             return
@@ -260,8 +260,12 @@ class Participant:
 
     def window(self) -> range:
         """Sequence numbers whose descriptors may still hold a frame."""
-        head = self.control[L.C_HEAD]
-        tail = self.control[L.C_TAIL]
+        control = self.control
+        for _ in range(64):  # head read while tail held still: writers move both lock-free
+            tail = control[L.C_TAIL]
+            head = control[L.C_HEAD]
+            if control[L.C_TAIL] == tail:
+                break
         if tail > head or head - tail > self.geometry.slots or head >= L.SEQ_LIMIT:
             raise RingCorrupted(
                 f"ring {self.name!r}: head {head} and tail {tail} are inconsistent; "
@@ -494,6 +498,7 @@ class Participant:
             if self.switch_interrupted():
                 self.finish_switch()
             return
+        self.control[L.C_FLAGS] &= ~L.F_SEQUENCED  # a kill in leave_shared_mode may leave it
         self.control[L.C_WRITER_MODE] = L.MODE_SHARED
         try:
             self.quiesce_exclusive_writer(deadline)

@@ -417,8 +417,12 @@ static int pin_buffer(Taker *self, const uint64_t *descriptor, uint64_t seq, uin
 
 /* One look along the window; *again is set when the writer moved it under us. */
 static PyObject *pin_once(Taker *self, PyObject *reader, uint64_t next, int latest, int *again) {
-    uint64_t head = load(&self->control[self->c_head]);
-    uint64_t tail = load(&self->control[self->c_tail]);
+    uint64_t tail, head;
+    if (!load_with_tail(&self->control[self->c_tail], &self->control[self->c_head], &tail,
+                        &head)) {
+        *again = 1; /* the writer kept moving the window */
+        Py_RETURN_NONE;
+    }
     if (tail > head || head - tail > self->slots || head >= SEQ_LIMIT || next > head) {
         return PyLong_FromLong(TAKE_FALLBACK);
     }
@@ -511,9 +515,15 @@ static PyObject *Taker_take_group(Taker *self, PyObject *const *args, Py_ssize_t
     uint64_t *release = &self->record[self->r_release];
     uint64_t passed = 0; /* skips claimed on the way: dropped */
     for (int tries = 0; tries < PIN_TRIES; tries++) {
-        uint64_t cursor = load(cursor_word);
-        uint64_t head = load(&self->control[self->c_head]);
-        uint64_t tail = load(&self->control[self->c_tail]);
+        /* Cursor, then head, both while tail held still: tail <= cursor <= head <= tail +
+         * slots then hold for what was read (each only grows), and anything else is damage. */
+        uint64_t tail, cursor, head, again;
+        if (!load_with_tail(&self->control[self->c_tail], cursor_word, &tail, &cursor) ||
+            !load_with_tail(&self->control[self->c_tail], &self->control[self->c_head], &again,
+                            &head) ||
+            again != tail) {
+            continue; /* tail moved meanwhile: look again */
+        }
         if (tail > head || head - tail > self->slots || head >= SEQ_LIMIT || cursor > head ||
             cursor < tail) {
             return PyLong_FromLong(TAKE_FALLBACK);
@@ -549,7 +559,10 @@ static PyObject *Taker_take_group(Taker *self, PyObject *const *args, Py_ssize_t
         return build_frame(self, self->collectable_frame_type, args[0], seq, buffer,
                            load(&descriptor[self->d_timestamp]), skipped);
     }
-    return PyLong_FromLong(TAKE_FALLBACK);
+    if (passed) { /* the other members kept winning: what it claimed so far were skips */
+        return Py_BuildValue("(KK)", (unsigned long long)self->none, (unsigned long long)passed);
+    }
+    Py_RETURN_NONE; /* the other members kept winning: the caller looks again */
 }
 
 /* pin(seq): for the general path (group members, frames of their own shape), which holds
