@@ -183,6 +183,9 @@ class RingReader(AsyncReading, RingHandle):
         self._counted = False
         self._pacer = Pacer(spin)  # when this reader's frames are due, for a steady stream
         self._dropped = 0
+        # Skips passed over before their next frame was published: that frame's `dropped`
+        # reports them (they are in `dropped` already). Iteration's C steps wait meanwhile.
+        self._carried_drops = 0
         self._group_record: memoryview | None = None
         with p.lock:
             index = p.take_record(p.views.readers, L.LOCK_READER_BASE, "reader")
@@ -295,6 +298,7 @@ class RingReader(AsyncReading, RingHandle):
                     and len(held) == 1
                     and held[0] == last.seq
                     and last._reader is not None
+                    and not self._carried_drops
                 ):
                     frame = self._pending = take(self, seq)
                     if frame is not None:
@@ -313,7 +317,7 @@ class RingReader(AsyncReading, RingHandle):
                     # Asking for the next frame means being done with the last: release it
                     # before waiting, so the writer reuses that buffer, which is still in cache.
                     self._release_last()
-                    if sleeps_at_once or not spinning_pays():  # (then _wait_for would too)
+                    if (sleeps_at_once or not spinning_pays()) and not self._carried_drops:
                         self._count()
                         frame = self._pending = wait(self, seq, POLL_SLICE)  # one sleep
                     if frame is None:  # polling, timed out, closed, or not for take()
@@ -321,7 +325,7 @@ class RingReader(AsyncReading, RingHandle):
                             self._wait_for(published, None)
                         except EndOfStream:
                             return
-                        frame = self._pending = take(self, seq)
+                        frame = self._pending = None if self._carried_drops else take(self, seq)
                     if frame is not None and not held:  # (held: frames kept from read())
                         # R_RELEASE reads seq already (_release stored self._next), and the
                         # reader stays counted as a sleeper (see _counted).
@@ -608,13 +612,15 @@ class RingReader(AsyncReading, RingHandle):
             seq, skipped = seq + 1, skipped + 1
             descriptor = self._descriptors[seq % self._slots]
         if descriptor[L.D_SEQ] != seq:
-            if skipped:  # passed over skips: release them
+            if skipped:  # passed over skips: release them; the next frame reports them
                 self._next = seq
                 if not self._held:
                     self._record[L.R_RELEASE] = seq
                 self._count_dropped(skipped)
+                self._carried_drops += skipped
             return None
-        frame = self._frame(descriptor, seq, skipped)
+        frame = self._frame(descriptor, seq, skipped + self._carried_drops)
+        self._carried_drops = 0
         self._next = seq + 1
         held = self._held
         held.append(seq)

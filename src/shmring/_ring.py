@@ -446,8 +446,9 @@ class Participant:
         if self.sequenced():
             self.reap_dead()
             self.settle()
-            head, tail, slots = control[L.C_HEAD], control[L.C_TAIL], self.geometry.slots
-            if control[L.C_NEXT_SEQ] != head or head - tail > slots:
+            window, slots = self.window(), self.geometry.slots
+            head, tail = window.stop, window.start
+            if control[L.C_NEXT_SEQ] != head:
                 raise RingCorrupted(
                     f"ring {self.name!r}: numbers claimed by no live writer remain unpublished "
                     "after a repair; the header was overwritten"
