@@ -815,6 +815,22 @@ static PyObject *Publisher_publish_claimed(Publisher *self, PyObject *buffer_obj
     return publish_claim(self, buffer, NULL, 0);
 }
 
+/* The claimed buffer's index and the `locked` flag of a call on a claim; -1 with an
+ * exception (also while another call on this writer is under way). */
+static int claim_arguments(Publisher *self, PyObject *buffer_object, PyObject *locked_object,
+                           uint64_t *buffer, int *locked) {
+    if (self->busy) {
+        busy_error();
+        return -1;
+    }
+    *buffer = PyLong_AsUnsignedLongLong(buffer_object);
+    if (*buffer == (uint64_t)-1 && PyErr_Occurred()) {
+        return -1;
+    }
+    *locked = PyObject_IsTrue(locked_object);
+    return *locked < 0 ? -1 : 0;
+}
+
 /* publish_described(buffer, timestamp_ns, shape, meta, locked): publish_claimed() for any
  * frame the general path filled: its stamp, shape (a tuple of ndim ints, or None) and
  * metadata (bytes), which the caller has checked against the ring's limits. With `locked`
@@ -825,15 +841,9 @@ static PyObject *Publisher_publish_described(Publisher *self, PyObject *const *a
         PyErr_SetString(PyExc_TypeError, "publish_described takes 5 arguments");
         return NULL;
     }
-    int locked = PyObject_IsTrue(args[4]);
-    if (locked < 0) {
-        return NULL;
-    }
-    if (self->busy) {
-        return busy_error();
-    }
-    uint64_t buffer = PyLong_AsUnsignedLongLong(args[0]);
-    if (buffer == (uint64_t)-1 && PyErr_Occurred()) {
+    uint64_t buffer;
+    int locked;
+    if (claim_arguments(self, args[0], args[4], &buffer, &locked) < 0) {
         return NULL;
     }
     Description how = {0, NULL, NULL, 0};
@@ -873,15 +883,9 @@ static PyObject *Publisher_abandon_claimed(Publisher *self, PyObject *const *arg
         PyErr_SetString(PyExc_TypeError, "abandon_claimed takes 2 arguments");
         return NULL;
     }
-    if (self->busy) {
-        return busy_error();
-    }
-    uint64_t buffer = PyLong_AsUnsignedLongLong(args[0]);
-    if (buffer == (uint64_t)-1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    int locked = PyObject_IsTrue(args[1]);
-    if (locked < 0) {
+    uint64_t buffer;
+    int locked;
+    if (claim_arguments(self, args[0], args[1], &buffer, &locked) < 0) {
         return NULL;
     }
     if (!self->holds_exports || self->reclaim == NULL || buffer >= self->nbuffers) {
