@@ -665,8 +665,16 @@ def _patched(offset: int, fmt: str, value: Any, seal: bool = True) -> bytes:
 
 VALID_SIZE = _geometry().segment_bytes
 REFUSALS = {
-    "older_version": (_patched(8, "<H", L.VERSION_MAJOR - 1), VALID_SIZE, "format version 1.0"),
-    "newer_version": (_patched(8, "<H", L.VERSION_MAJOR + 1), VALID_SIZE, "format version 3.0"),
+    "older_version": (
+        _patched(8, "<H", L.VERSION_MAJOR - 1),
+        VALID_SIZE,
+        f"format version 1.{L.VERSION_MINOR}",
+    ),
+    "newer_version": (
+        _patched(8, "<H", L.VERSION_MAJOR + 1),
+        VALID_SIZE,
+        f"format version 3.{L.VERSION_MINOR}",
+    ),
     "magic": (_patched(0, "8s", b"NOTARING"), VALID_SIZE, "bad magic"),
     "checksum": (_patched(28, "<I", 5, seal=False), VALID_SIZE, "checksum mismatch"),
     "offset": (_patched(208, "<Q", 1 << 40), VALID_SIZE, "data_offset"),

@@ -23,7 +23,7 @@
 #define SHMRING_MAGIC "\x93SHMRING"
 #define SHMRING_MAGIC_BYTES 8
 #define SHMRING_VERSION_MAJOR 2
-#define SHMRING_VERSION_MINOR 0
+#define SHMRING_VERSION_MINOR 1
 #define SHMRING_HEADER_BYTES 256
 #define SHMRING_CHECKSUM_OFFSET 248
 #define SHMRING_CONTROL_OFFSET 256
@@ -218,7 +218,7 @@ struct shmring_writer {
     uint64_t claimed;     /* word 4 */
     uint64_t sleeping;    /* word 5 */
     uint64_t claimed_seq; /* word 6: sequenced rings: the number its claim holds, or NONE */
-    uint64_t reserved7;
+    uint64_t expedited;   /* word 7: 1 if its process registered for expedited membarrier */
 };
 _Static_assert(offsetof(struct shmring_writer, state) == 0, "state");
 _Static_assert(offsetof(struct shmring_writer, token) == 8, "token");
@@ -227,6 +227,7 @@ _Static_assert(offsetof(struct shmring_writer, in_publish) == 24, "in_publish");
 _Static_assert(offsetof(struct shmring_writer, claimed) == 32, "claimed");
 _Static_assert(offsetof(struct shmring_writer, sleeping) == 40, "sleeping");
 _Static_assert(offsetof(struct shmring_writer, claimed_seq) == 48, "claimed_seq");
+_Static_assert(offsetof(struct shmring_writer, expedited) == 56, "expedited");
 _Static_assert(sizeof(struct shmring_writer) == SHMRING_RECORD_BYTES, "writer record size");
 
 #define SHMRING_STATE_FREE 0

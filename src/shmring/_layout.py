@@ -30,7 +30,7 @@ from ._errors import IncompatibleRing
 
 MAGIC = b"\x93SHMRING"
 VERSION_MAJOR = 2  # 2: several writers sequence frames without the lock (C_NEXT_SEQ)
-VERSION_MINOR = 0
+VERSION_MINOR = 1  # 1: W_EXPEDITED (joiners quiesce registered writers cheaply)
 
 CACHE_LINE = 64
 PAGE = mmap.PAGESIZE
@@ -141,6 +141,7 @@ W_IN_PUBLISH = 3  # 1 while an exclusive-mode writer is inside a lock-free secti
 W_CLAIMED = 4  # buffer index this writer has claimed, or NONE
 W_SLEEPING = 5  # 1 while counted in C_WRITER_WAITERS: a reaper of a dead sleeper uncounts it
 W_CLAIMED_SEQ = 6  # shared mode, block policy: the sequence number it claims, or NONE
+W_EXPEDITED = 7  # 1: its process registered for MEMBARRIER_CMD_GLOBAL_EXPEDITED (since 2.1)
 
 RECORD_WORDS = CACHE_LINE // 8
 STATE_FREE = 0

@@ -515,10 +515,12 @@ class Participant:
 
         The writer's side has no fence: it stores W_IN_PUBLISH, then loads shared state.
         membarrier() forces a barrier on every CPU, so afterwards either the writer's flag
-        is visible here or its later loads see our stores (asymmetric Dekker)."""
+        is visible here or its later loads see our stores (asymmetric Dekker). The expedited
+        command suffices when every other writer's process registered for it (W_EXPEDITED);
+        then a storm of joining readers does not hold the lock for a grace period each."""
         if not MEMBARRIER_AVAILABLE:
             return  # every writer publishes under the lock (shared mode) then
-        membarrier()
+        membarrier(self.other_writers_registered())
         limit = time.monotonic() + QUIESCE_LIMIT if deadline is None else deadline
         for index, record in enumerate(self.views.writers):
             while (
@@ -533,6 +535,15 @@ class Participant:
                         "leave its publish step; is it stopped?"
                     )
                 time.sleep(50e-6)
+
+    def other_writers_registered(self) -> bool:
+        """Under the lock: whether every other active writer's process takes part in
+        expedited barriers (W_EXPEDITED), so that quiescing it needs only those."""
+        return all(
+            record[L.W_EXPEDITED] == 1
+            for record in self.views.writers
+            if record[L.W_STATE] == L.STATE_ACTIVE and record[L.W_TOKEN] != self.token
+        )
 
     # ---- wake-ups ----------------------------------------------------------------------
     def spinning_pays(self) -> bool:

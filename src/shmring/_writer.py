@@ -27,6 +27,7 @@ from ._fastpath import PUBLISH_ALONE, PUBLISH_CORRUPTED, PUBLISH_FALLBACK, Publi
 from ._ring import Participant, RingHandle
 from ._segment import Segment, validate_name
 from ._sys import (
+    BARRIER_REGISTERED,
     FAST_PATH_FENCE,
     LAST_LEVEL_CACHE_BYTES,
     MEMBARRIER_AVAILABLE,
@@ -244,6 +245,7 @@ class RingWriter(AsyncWriting, RingHandle):
             record[L.W_CLAIMED_SEQ] = L.NONE
             record[L.W_IN_PUBLISH] = 0
             record[L.W_SLEEPING] = 0
+            record[L.W_EXPEDITED] = int(BARRIER_REGISTERED)
             p.control[L.C_FLAGS] = (p.control[L.C_FLAGS] & ~L.F_CLOSED) | L.F_STARTED
             p.recount()
             if not MEMBARRIER_AVAILABLE or p.control[L.C_WRITERS] > 1:
