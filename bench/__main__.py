@@ -2,7 +2,7 @@
 #
 # Rules: the default run is the full suite (every transport in every topology it takes part in,
 # the five default sizes, 3 undisturbed repeats per cell; about 25 minutes on 2 cores, 40 or
-# more with --repeats 5). --quick is the smoke-test mode
+# more with --repeats 5, then ~3 minutes of asyncio cells). --quick is the smoke-test mode
 # (tiny durations, one repeat). Transports whose library cannot be imported are reported as
 # skipped with the reason. Outputs go to bench/results/ (gitignored); --readme also writes
 # docs/performance.md and docs/img/*.png, which are committed for the README. --from-json
@@ -18,7 +18,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import async_reader, report
 from bench.cell import Timing
 from bench.cpu import machine_info
 from bench.frames import DEFAULT_SIZES, parse_size
@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--readme", action="store_true", help="also write docs/performance.md + PNGs")
     p.add_argument("--from-json", type=Path, help="re-render an earlier results.json")
     p.add_argument("--list", action="store_true", help="list transports and whether they import")
+    p.add_argument(
+        "--asyncio",
+        choices=("on", "off"),
+        help="also run bench.async_reader (the asyncio reader against the blocking one and "
+        "the asyncio peers, at the sizes of bench.async_reader); default on, off with --quick",
+    )
     return p
 
 
@@ -99,6 +105,15 @@ def _measure(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     t0 = time.perf_counter()
     cells = run_plan(plan, log=lambda line: print(line, flush=True))
+    extra: dict[str, Any] = {}
+    if (args.asyncio or ("off" if args.quick else "on")) == "on":
+        sizes = [parse_size(s) for s in async_reader.SIZES]
+        extra["async_reader"] = {
+            "sizes": [s.label for s in sizes],
+            "rows": async_reader.measure(
+                sizes, [*async_reader.SHMRING, *async_reader.PEERS], lambda line: print(line)
+            ),
+        }
     return {
         "meta": {
             "command": shlex.join(["python", "-m", "bench", *argv]),
@@ -113,6 +128,7 @@ def _measure(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         },
         "skipped": skipped,
         "cells": cells,
+        **extra,
     }
 
 

@@ -245,8 +245,8 @@ def _si(value: float) -> str:
     return f"{value:.3g}"
 
 
-def _table(sizes: list[FrameSize], rows: dict[str, dict[str, dict[str, float]]]) -> Iterator[str]:
-    labels = [s.label for s in sizes]
+def table(labels: list[str], rows: dict[str, dict[str, dict[str, float]]]) -> Iterator[str]:
+    """The markdown tables of a run, then the issue's ratios (async ÷ blocking, ÷ peers)."""
     head = "| {} | " + " | ".join(labels) + " |"
     rule = "|---|" + "---:|" * len(labels)
     metrics: list[tuple[str, Callable[[dict[str, float]], str]]] = [
@@ -286,13 +286,10 @@ def _table(sizes: list[FrameSize], rows: dict[str, dict[str, dict[str, float]]])
         yield f"| {title} | " + " | ".join(show_ratio(label) for label in labels) + " |"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sizes", default=",".join(SIZES))
-    parser.add_argument("--kinds", default=",".join(SHMRING + PEERS))
-    args = parser.parse_args()
-    sizes = [parse_size(s) for s in args.sizes.split(",")]
-    kinds = args.kinds.split(",")
+def measure(
+    sizes: list[FrameSize], kinds: list[str], log: Callable[[str], None] = print
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Every cell (kind x size): {kind: {size label: report}}; SystemExit on a bad frame."""
     rows: dict[str, dict[str, dict[str, float]]] = {}
     for kind in kinds:
         rows[kind] = {}
@@ -300,12 +297,22 @@ def main() -> None:
             report = rows[kind][size.label] = run_cell(kind, size)
             if report["errors"]:
                 raise SystemExit(f"{kind} {size.label}: {report['errors']:.0f} bad frames")
-            print(f"# {kind} {size.label}: {report}", flush=True)
+            log(f"# {kind} {size.label}: {report}")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default=",".join(SIZES))
+    parser.add_argument("--kinds", default=",".join(SHMRING + PEERS))
+    args = parser.parse_args()
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
+    rows = measure(sizes, args.kinds.split(","), lambda line: print(line, flush=True))
     print(
         f"\npython -m bench.async_reader, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"Python {'.'.join(map(str, sys.version_info[:3]))}, {os.cpu_count()} CPUs"
     )
-    for line in _table(sizes, rows):
+    for line in table([s.label for s in sizes], rows):
         print(line)
 
 

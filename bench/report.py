@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import async_reader
 from bench.analysis import (
     SLEEP,
     Cells,
@@ -209,6 +210,16 @@ def markdown(results: dict[str, Any], images: dict[str, str]) -> str:
         if any(c["scenario"] == scenario for c in cells):
             lines += [f"{scenario}:", ""]
             lines += _grid(cells, scenario, _noise)
+    if asyncio_run := results.get("async_reader"):
+        lines += [
+            "## asyncio reader",
+            "",
+            "1 producer → 1 consumer, every frame verified (bench/async_reader.py says what "
+            "each row is): `async for` against `for` over the same ring, and against the "
+            "asyncio peers; flat out for the frames/s and CPU, paced for latency.",
+            *async_reader.table(asyncio_run["sizes"], asyncio_run["rows"]),
+            "",
+        ]
     lines += _problems(results)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -371,6 +382,9 @@ def console_summary(results: dict[str, Any]) -> str:
                     f"{_x(row['age_per_peer'])} best peer ({row['age_peer']} "
                     f"{fmt_us(row['age_peer_us'])})"
                 )
+    if asyncio_run := results.get("async_reader"):
+        lines += ["asyncio reader (bench/async_reader.py):"]
+        lines += async_reader.table(asyncio_run["sizes"], asyncio_run["rows"])
     lines.append("targets:")
     lines += [f"  [{_met(t['met'])}] {t['target']}: {t['detail']}" for t in targets(cells)]
     skipped = results.get("skipped", {})
