@@ -245,7 +245,7 @@ class RingWriter(AsyncWriting, RingHandle):
             self._join(deadline)  # an attached writer writes; the creator joins at its first frame
         self._leave_at(weakref.finalize(self, _close_writer, p, self._membership, owner))
 
-    def _join(self, deadline: float | None) -> None:
+    def _join(self, deadline: float | None = None) -> None:
         """Become one of the ring's writers: take a writer record (from here on readers wait
         for this handle's frames, and its close() can end the stream) and the fast path.
 
