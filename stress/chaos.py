@@ -584,6 +584,8 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="kill-point sweep: kill at every N-th line (0: no sweep; see stress.killpoints)",
     )
+    parser.add_argument("--stops", type=int, default=50, help="SIGSTOPs of a lock holder")
+    parser.add_argument("--truncations", type=int, default=20, help="rings truncated live")
     parser.add_argument("--json", action="store_true", help="print JSON summary lines")
     args = parser.parse_args(argv)
     policies = ("block", "overwrite") if args.policy == "both" else (args.policy,)
@@ -598,6 +600,14 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(asdict(stats)), flush=True)
         else:
             print_stats(stats)
+    if args.stops:
+        stopped = stop_chaos(args.stops, args.seed)
+        failed = failed or bool(stopped.get("hung") or stopped.get("late") or stopped["leaked"])
+        # Text, also with --json: its lines are one per kill run (tests/test_chaos.py).
+        print(f"== stopped lock holder: {json.dumps(stopped)}", flush=True)
+    if args.truncations:
+        truncated = truncate_chaos(args.truncations, args.seed)
+        print(f"== truncated rings (SIGBUS: docs/BAD_INPUT.md): {json.dumps(truncated)}")
     if args.sweep_stride:
         swept = killpoints.sweep(args.sweep_stride)
         failed = failed or bool(swept.violations)
@@ -647,3 +657,136 @@ if __name__ == "__main__":
     from stress.chaos import main as package_main  # see stress.forkserver
 
     sys.exit(package_main())
+
+
+# ---- issue 17: a stopped lock holder, a truncated ring ------------------------------------
+# Not SIGKILLs: a participant SIGSTOPped at random moments (often inside the header lock) for
+# random times, while another one's timed calls must each return within its timeout plus
+# LOCK_FLOOR plus slack; and rings truncated to 0 at random moments under a live writer and
+# reader, counting who died of SIGBUS (the hot paths check no size: docs/BAD_INPUT.md) and
+# what leaked.
+
+STOP_SLACK = 1.0  # scheduling slack on top of max(timeout, LOCK_FLOOR) for a timed call
+STOP_TIMEOUT = 0.2
+
+
+def _stopper(name: str) -> None:
+    """Write and hold the header lock in turns, until killed (SIGSTOPped meanwhile)."""
+    writer = RingWriter.attach(name, timeout=STALL)
+    frame = np.zeros(SHAPE, DTYPE)
+    while True:
+        with contextlib.suppress(shmring.RingTimeout):
+            writer.write(frame, STALL)
+        writer._lock.acquire(STALL)
+        time.sleep(random.random() * 2e-3)  # holding the lock: a stop may land here
+        writer._lock.release()
+
+
+def _timed_caller(conn: Connection, name: str) -> None:
+    """Timed calls that take the header lock until told to stop; report their count,
+    timeouts and the slowest."""
+    from shmring._lock import LOCK_FLOOR
+
+    writer = RingWriter.attach(name, timeout=STALL)
+    member = RingReader.attach(name, group="g", timeout=STALL)
+    frame = np.zeros(SHAPE, DTYPE)
+    late, timeouts, worst, calls = 0, 0, 0.0, 0
+    while not conn.poll():
+        n = calls = calls + 1
+        start = time.monotonic()
+        try:
+            if n % 2:
+                writer.write(frame, STOP_TIMEOUT)
+            else:
+                member.read(STOP_TIMEOUT).release()
+        except shmring.RingTimeout:
+            timeouts += 1
+        elapsed = time.monotonic() - start
+        worst = max(worst, elapsed)
+        late += elapsed > max(STOP_TIMEOUT, LOCK_FLOOR) + STOP_SLACK
+    for handle in (member, writer):
+        with contextlib.suppress(shmring.RingTimeout):
+            handle.close()
+    conn.send({"calls": calls, "timeouts": timeouts, "late": late, "worst_s": worst})
+
+
+def stop_chaos(stops: int, seed: int) -> dict[str, Any]:
+    """SIGSTOP a lock-taking writer `stops` times at random moments for random times."""
+    rng = random.Random(seed)
+    ctx = mp.get_context("fork")
+    name = ring_name("stop")
+    owner = RingWriter.create(
+        name, SHAPE, DTYPE, slots=4, policy="overwrite", max_writers=3, max_readers=2
+    )
+    stopper = ctx.Process(target=_stopper, args=(name,), daemon=True)
+    stopper.start()
+    parent, child = ctx.Pipe()
+    caller = ctx.Process(target=_timed_caller, args=(child, name), daemon=True)
+    caller.start()
+    stopped_for = 0.0
+    try:
+        for _ in range(stops):
+            time.sleep(rng.random() * 0.05)
+            os.kill(stopper.pid or 0, signal.SIGSTOP)
+            pause = rng.choice((0.01, 0.1, 0.5, 1.5)) * rng.random()
+            stopped_for += pause
+            time.sleep(pause)
+            os.kill(stopper.pid or 0, signal.SIGCONT)
+        parent.send("stop")
+        result: dict[str, Any] = parent.recv() if parent.poll(STALL * 10) else {"hung": True}
+    finally:
+        for process in (stopper, caller):
+            process.kill()
+            process.join(STALL)
+        with contextlib.suppress(shmring.RingTimeout):
+            owner.close()
+    result.update(stops=stops, stopped_s=round(stopped_for, 1))
+    result["leaked"] = os.path.lexists(segment_path(name))
+    return result
+
+
+def _truncated_writer(name: str) -> None:
+    with contextlib.suppress(shmring.RingCorrupted):
+        writer = RingWriter.create(name, SHAPE, DTYPE, slots=4)
+        try:
+            while True:
+                writer.write(np.zeros(SHAPE, DTYPE), 1.0)
+        finally:
+            writer.close()  # unlinks even when it raises
+
+
+def _truncated_reader(name: str) -> None:
+    quiet = contextlib.suppress(shmring.RingCorrupted, shmring.RingTimeout)
+    with quiet, RingReader.attach(name, timeout=STALL) as reader:
+        while True:
+            reader.read(1.0).release()
+
+
+def truncate_chaos(rounds: int, seed: int) -> dict[str, Any]:
+    """Truncate a live ring to 0 at a random moment, `rounds` times; count the outcomes."""
+    rng = random.Random(seed)
+    ctx = mp.get_context("fork")
+    outcomes = {"writer_sigbus": 0, "reader_sigbus": 0, "writer_raised": 0, "reader_raised": 0}
+    leaks = 0
+    for round_ in range(rounds):
+        name = ring_name(f"trunc{round_}")
+        writer = ctx.Process(target=_truncated_writer, args=(name,), daemon=True)
+        writer.start()
+        while not os.path.lexists(segment_path(name)) and writer.is_alive():
+            time.sleep(1e-3)
+        reader = ctx.Process(target=_truncated_reader, args=(name,), daemon=True)
+        reader.start()
+        time.sleep(rng.random() * 0.2)
+        with contextlib.suppress(FileNotFoundError):
+            os.truncate(segment_path(name), 0)
+        for role, process in (("writer", writer), ("reader", reader)):
+            process.join(STALL)
+            if process.exitcode is None:
+                process.kill()
+                process.join(STALL)
+            dead = process.exitcode == -signal.SIGBUS
+            outcomes[f"{role}_{'sigbus' if dead else 'raised'}"] += 1
+        if os.path.lexists(segment_path(name)):
+            leaks += 1
+            os.unlink(segment_path(name))
+    return {"rounds": rounds, **outcomes, "leaked": leaks}

@@ -173,6 +173,7 @@ class AsyncHandle(RingHandle):
         finally:
             self._waiting = None
         self._p.check_usable()
+        self._p.check_size()  # a truncated ring: raise before the next look faults (SIGBUS)
 
     async def _until(
         self,
@@ -245,7 +246,7 @@ class AsyncReading(AsyncHandle):
         r._p.check_usable()
         deadline = deadline_from(timeout)
         try:
-            frame = await self._wait_frame(r._take_next, deadline)
+            frame = await self._wait_frame(lambda: r._take_next(deadline), deadline)
         except BaseException:
             r._release_pending()
             raise
@@ -260,7 +261,7 @@ class AsyncReading(AsyncHandle):
         if not r._block:
             r._release_last()
         try:
-            frame = await self._wait_frame(r._take_latest, deadline)
+            frame = await self._wait_frame(lambda: r._take_latest(deadline), deadline)
         except BaseException:
             r._release_pending()
             raise
@@ -300,7 +301,7 @@ class AsyncReading(AsyncHandle):
                 # last look), without sleeping: its deadline has passed or the stream ended.
                 return r._wait_for(take, deadline_from(0.0))
             if liveness.due():
-                r._check_writers_alive()
+                r._check_writers_alive(deadline)
             return None
 
         r._count()  # a writer now wakes the futex for the next frame
@@ -406,7 +407,7 @@ class AsyncWriting(AsyncHandle):
             if liveness.due():
                 p.check_size()
                 if p.dead_participant_blocks():
-                    with p.lock:
+                    with p.lock.until(deadline):
                         p.reap_dead()
             return None
 

@@ -33,7 +33,7 @@ from ._errors import (
 )
 from ._fastpath import TAKE_NO_ROOM, FrameBase, Taker
 from ._pacing import Pacer
-from ._ring import Participant, RingHandle, uncount_sleeper
+from ._ring import CLOSE_LIMIT, Participant, RingHandle, left_without_lock, uncount_sleeper
 from ._segment import Segment, validate_name
 from ._sys import (
     FAST_PATH_FENCE,
@@ -151,15 +151,21 @@ class RingReader(AsyncReading, RingHandle):
         if start not in _STARTS:
             raise ValueError(f"start must be 'latest' or 'oldest', got {start!r}")
         checked_spin(spin)
+        deadline = deadline_from(timeout)
         segment = Segment.attach(name, timeout, writable_data=False, shape=shape, dtype=dtype)
         try:
-            return cls(Participant(segment), group, start, float(spin))
+            return cls(Participant(segment), group, start, float(spin), deadline)
         except BaseException:
             segment.close()
             raise
 
     def __init__(
-        self, participant: Participant, group: str | None, start: str, spin: float
+        self,
+        participant: Participant,
+        group: str | None,
+        start: str,
+        spin: float,
+        deadline: float | None = None,
     ) -> None:
         p = self._p = participant
         g = p.geometry
@@ -187,7 +193,7 @@ class RingReader(AsyncReading, RingHandle):
         # reports them (they are in `dropped` already). Iteration's C steps wait meanwhile.
         self._carried_drops = 0
         self._group_record: memoryview | None = None
-        with p.lock:
+        with p.lock.until(deadline):
             index = p.take_record(p.views.readers, L.LOCK_READER_BASE, "reader")
             record = p.views.readers[index]
             tail, head = p.window().start, p.control[L.C_HEAD]
@@ -207,7 +213,7 @@ class RingReader(AsyncReading, RingHandle):
                 # Writers reclaim without the lock (the exclusive writer, or sequenced ones):
                 # once they have seen this reader, frames from `first` on are safe; any they
                 # freed before, we skip.
-                p.quiesce_exclusive_writer(None)
+                p.quiesce_exclusive_writer(deadline)
                 first = max(first, p.control[L.C_TAIL])
                 if group is None:
                     record[L.R_RELEASE] = first
@@ -251,7 +257,7 @@ class RingReader(AsyncReading, RingHandle):
             self._p.check_usable()
         deadline = None if timeout is None else deadline_from(timeout)
         try:
-            frame = self._wait_for(self._take_next, deadline)
+            frame = self._wait_for(lambda: self._take_next(deadline), deadline)
         except BaseException:
             self._release_pending()
             raise
@@ -388,8 +394,9 @@ class RingReader(AsyncReading, RingHandle):
         self._p.check_usable()
         if not self._block:
             self._release_last()  # an overwrite reader pins one frame at a time
+        deadline = deadline_from(timeout)
         try:
-            frame = self._wait_for(self._take_latest, deadline_from(timeout))
+            frame = self._wait_for(lambda: self._take_latest(deadline), deadline)
         except BaseException:
             self._release_pending()
             raise
@@ -434,11 +441,12 @@ class RingReader(AsyncReading, RingHandle):
                     raise EndOfStream(f"ring {p.name!r}: the stream was closed and drained")
                 if time.monotonic() >= next_liveness_check:
                     next_liveness_check = time.monotonic() + POLL_SLICE
-                    self._check_writers_alive()
+                    self._check_writers_alive(deadline)
                 wait = remaining(deadline)
                 if wait <= 0:
                     raise RingTimeout(f"ring {p.name!r}: no frame arrived within the timeout")
                 futex_wait(p.frames_address, observed, wait)
+                p.check_size()  # truncated while we slept: raise before a look faults
         except BaseException:
             self._uncount()  # the caller may not come back for a long time
             raise
@@ -497,6 +505,7 @@ class RingReader(AsyncReading, RingHandle):
             if wait <= 0:
                 return None
             precise_futex_wait(p.frames_address, observed, min(wait, POLL_SLICE))
+            p.check_size()  # as in _wait_for
 
     def _count(self) -> None:
         """Count this reader in C_READER_WAITERS, so that writers wake it (see _counted)."""
@@ -507,18 +516,25 @@ class RingReader(AsyncReading, RingHandle):
             before_sleep_barrier()
 
     def _uncount(self) -> None:
-        if self._counted:
+        if self._counted and not self._p.truncated:
             self._counted = False
             uncount_sleeper(self._record, L.R_SLEEPING, self._p.reader_waiters_address)
 
-    def _check_writers_alive(self) -> None:
+    def _check_writers_alive(self, deadline: float | None) -> None:
         """Raise WriterGone when nobody is left to end the stream: every writer that joined
         died without closing it, or no writer ever joined and the ring's creator died."""
         p = self._p
         p.check_size()
+        p.check_counters()
+        awaited = self._descriptors[self._next % self._slots][L.D_SEQ]
+        if self._lock_free and L.SEQ_LIMIT <= awaited != L.NONE:
+            raise RingCorrupted(
+                f"ring {p.name!r}: a descriptor's sequence number {awaited} is past the "
+                "sequence limit; the header was overwritten"
+            )
         if p.live_writers() > 0 and not p.dead_writers() and not p.lock_holder_died():
             return
-        with p.lock:  # a dead writer's claimed number is published as a skip in reap_dead
+        with p.lock.until(deadline):  # a dead writer's claimed number is published as a skip
             p.reap_dead()
             flags = p.control[L.C_FLAGS]
             orphaned = p.control[L.C_WRITERS] == 0 and not flags & L.F_CLOSED
@@ -534,26 +550,28 @@ class RingReader(AsyncReading, RingHandle):
                 "nothing can end this stream"
             )
 
-    def _take_next(self) -> Frame | None:
+    def _take_next(self, deadline: float | None = None) -> Frame | None:
         if self._lock_free:
             return self._take_own(self._next, 0)
         if self._pins_lock_free:
-            return self._take_pinned(latest=False)
+            return self._take_pinned(False, deadline)
         if self._group_lock_free:
             return self._take_group(latest=False)
-        with self._p.lock:
+        with self._p.lock.until(deadline):
             return self._take_locked(latest=False)
 
-    def _take_latest(self) -> Frame | None:
+    def _take_latest(self, deadline: float | None = None) -> Frame | None:
         if self._lock_free:
             head = self._control[L.C_HEAD]
+            if head >= L.SEQ_LIMIT:
+                raise self._p.corrupted_head(head)
             seq = max(self._next, head - 1)
             return self._take_own(seq, seq - self._next)
         if self._pins_lock_free:
-            return self._take_pinned(latest=True)
+            return self._take_pinned(True, deadline)
         if self._group_lock_free:
             return self._take_group(latest=True)
-        with self._p.lock:
+        with self._p.lock.until(deadline):
             return self._take_locked(latest=True)
 
     def _take_group(self, latest: bool) -> Frame | None:
@@ -584,7 +602,7 @@ class RingReader(AsyncReading, RingHandle):
             self._count_dropped(dropped)
         return frame
 
-    def _take_pinned(self, latest: bool) -> Frame | None:
+    def _take_pinned(self, latest: bool, deadline: float | None) -> Frame | None:
         """Overwrite policy, own group: the next (or newest) frame, pinned lock-free in C
         (_taker.c, take_pinned); the general path for what that declines."""
         if self._pinned_seq is not None:
@@ -601,7 +619,7 @@ class RingReader(AsyncReading, RingHandle):
             return frame
         if frame == TAKE_NO_ROOM:
             raise self._no_room_to_pin()
-        with self._p.lock:
+        with self._p.lock.until(deadline):
             return self._take_locked(latest)
 
     def _take_own(self, seq: int, skipped: int) -> Frame | None:
@@ -770,7 +788,7 @@ class RingReader(AsyncReading, RingHandle):
         self._record[L.R_DROPPED] = self._dropped
 
     def _release(self, frame: Frame) -> None:
-        if self._p.closed:
+        if self._p.closed or self._p.truncated:
             return
         record = self._record
         if not self._block:
@@ -873,15 +891,19 @@ def _close_reader(p: Participant, record: memoryview, index: int, taker: Taker) 
     if p.closed or p.pid != os.getpid():
         return
     try:
-        with p.lock:
+        p.check_size()  # a truncated ring: touch nothing, close (RingCorrupted)
+        if record[L.R_TOKEN] == p.token:  # lock-free steps first: done if the lock times out
+            record[L.R_PINNED] = L.NONE
+            # A reader stays counted after a wake-up (see _counted): leave the count too.
+            uncount_sleeper(record, L.R_SLEEPING, p.reader_waiters_address)
+        with p.lock.until(time.monotonic() + CLOSE_LIMIT):
             if record[L.R_TOKEN] == p.token:
-                record[L.R_PINNED] = L.NONE
-                # A reader stays counted after a wake-up (see _counted): leave the count too.
-                uncount_sleeper(record, L.R_SLEEPING, p.reader_waiters_address)
                 p.free_record(record, L.LOCK_READER_BASE + index)
             p.recount()
             p.unlink_if_orphaned()
         p.wake_writers()
         p.announce_membership()
+    except RingTimeout as exc:
+        raise left_without_lock(p, "reader") from exc
     finally:
         p.close()

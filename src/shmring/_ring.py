@@ -35,7 +35,7 @@ from typing import Any, Self
 from . import _layout as L
 from ._errors import RingCorrupted, RingFull, RingTimeout, ShmringError
 from ._fastpath import settle
-from ._lock import HeaderLock
+from ._lock import LOCK_FLOOR, HeaderLock
 from ._segment import Segment
 from ._sys import (
     MEMBARRIER_AVAILABLE,
@@ -49,9 +49,22 @@ from ._sys import (
 )
 
 QUIESCE_LIMIT = 5.0  # how long a new writer waits for the exclusive writer to step aside
+CLOSE_LIMIT = 2.0  # how long close() waits for the header lock (it takes no timeout)
 _CPUS = os.cpu_count() or 1  # see Participant.spinning_pays
 
 _live_handles: weakref.WeakSet[RingHandle] = weakref.WeakSet()  # see _forget_after_fork
+
+
+def left_without_lock(p: Participant, what: str) -> RingTimeout:
+    """What close() raises when it left without the header lock (CLOSE_LIMIT passed): it
+    closed the handle all the same, which frees its liveness lock, so the others reap its
+    record at their next repair; a creator unlinked the name."""
+    return RingTimeout(
+        f"ring {p.name!r}: this {what} left without the header lock, which another process "
+        f"held for {CLOSE_LIMIT} s (stopped?); the handle is closed and its record will be "
+        "reaped by the others"
+        + ("; its readers get WriterGone, not EndOfStream" if what == "writer" else "")
+    )
 
 
 def uncount_sleeper(record: memoryview, sleeping: int, waiters_address: int) -> None:
@@ -72,7 +85,15 @@ class Participant:
         self.control = self.views.control
         self.token = secrets.randbits(62) | 1
         self.pid = os.getpid()
-        self.lock = HeaderLock(self.name, segment.fd, self.control, self.token, self.repair)
+        self.lock = HeaderLock(
+            self.name,
+            segment.fd,
+            self.control,
+            self.token,
+            self.repair,
+            self.pid_of_token,
+            self.check_size,
+        )
 
         def address(word: int) -> int:
             return address_of(segment.header, L.control_word_offset(word))
@@ -83,6 +104,7 @@ class Participant:
         self.writer_waiters_address = address(L.C_WRITER_WAITERS)
         self.membership_address = address(L.C_MEMBERSHIP)
         self.closed = False
+        self.truncated = False  # set by check_size: no shared word may be touched any more
         self._membership = -1  # cached active records: see release_floor
         self._active_groups: list[memoryview] = []
         self._active_readers: list[memoryview] = []
@@ -104,6 +126,14 @@ class Participant:
             f"ring {self.name!r}: all {len(records)} {what} records are taken by live "
             f"{what}s; close one, or create the ring with a larger max_{what}s"
         )
+
+    def pid_of_token(self, token: int) -> int | None:
+        """The pid in the active record that `token` owns (None: no such record, e.g. a
+        creator that never wrote); for messages only, as pids may be recycled."""
+        for record in (*self.views.writers, *self.views.readers):
+            if token and record[L.R_TOKEN] == token and record[L.R_STATE] == L.STATE_ACTIVE:
+                return int(record[L.R_PID])
+        return None
 
     def free_record(self, record: memoryview, lock_byte: int) -> None:
         record[L.R_STATE] = L.STATE_FREE
@@ -186,6 +216,7 @@ class Participant:
         repair) look before the fast paths can fault."""
         size = os.fstat(self.segment.fd).st_size
         if size != self.geometry.segment_bytes:
+            self.truncated = True
             raise RingCorrupted(
                 f"ring {self.name!r}: its file is now {size} bytes, not "
                 f"{self.geometry.segment_bytes}; another process truncated or resized it"
@@ -266,12 +297,33 @@ class Participant:
             head = control[L.C_HEAD]
             if control[L.C_TAIL] == tail:
                 break
-        if tail > head or head - tail > self.geometry.slots or head >= L.SEQ_LIMIT:
+        if head >= L.SEQ_LIMIT:
+            raise self.corrupted_head(head)
+        if tail > head or head - tail > self.geometry.slots:
             raise RingCorrupted(
                 f"ring {self.name!r}: head {head} and tail {tail} are inconsistent; "
                 "the header was overwritten"
             )
         return range(tail, head)
+
+    def check_counters(self) -> None:
+        """Raise RingCorrupted if head, tail or the next number to claim is past the
+        sequence limit or inconsistent (a forged header). For the slow paths: waits run it
+        once per liveness round, since lock-free readers look at descriptors only."""
+        window = self.window()
+        claimed = self.control[L.C_NEXT_SEQ]
+        if self.sequenced() and not window.stop <= claimed <= window.start + self.geometry.slots:
+            raise RingCorrupted(
+                f"ring {self.name!r}: the next number to claim, {claimed}, is outside "
+                f"[{window.stop}, {window.start + self.geometry.slots}]; the header was "
+                "overwritten"
+            )
+
+    def corrupted_head(self, head: int) -> RingCorrupted:
+        return RingCorrupted(
+            f"ring {self.name!r}: head {head} is past the sequence limit {L.SEQ_LIMIT}; the "
+            "header was overwritten (remove the ring and create it again)"
+        )
 
     def busy_buffers(self) -> set[int]:
         """Buffers in use: queued frames and claims of live writers. (A buffer an overwrite
@@ -521,7 +573,8 @@ class Participant:
         if not MEMBARRIER_AVAILABLE:
             return  # every writer publishes under the lock (shared mode) then
         membarrier(self.other_writers_registered())
-        limit = time.monotonic() + QUIESCE_LIMIT if deadline is None else deadline
+        now = time.monotonic()
+        limit = now + QUIESCE_LIMIT if deadline is None else max(deadline, now + LOCK_FLOOR)
         for index, record in enumerate(self.views.writers):
             while (
                 record[L.W_STATE] == L.STATE_ACTIVE

@@ -24,7 +24,7 @@ from . import _layout as L
 from ._async import AsyncWriting
 from ._errors import RingCorrupted, RingFull, RingTimeout
 from ._fastpath import PUBLISH_ALONE, PUBLISH_CORRUPTED, PUBLISH_FALLBACK, Publisher
-from ._ring import Participant, RingHandle
+from ._ring import CLOSE_LIMIT, Participant, RingHandle, left_without_lock
 from ._segment import Segment, validate_name
 from ._sys import (
     BARRIER_REGISTERED,
@@ -60,7 +60,16 @@ class Claim:
     publishes it (then `seq` holds its sequence number); leaving by an exception abandons
     it, and readers never see it."""
 
-    __slots__ = ("_buffer", "_meta", "_shape", "_timeout", "_timestamp_ns", "_writer", "seq")
+    __slots__ = (
+        "_buffer",
+        "_deadline",
+        "_meta",
+        "_shape",
+        "_timeout",
+        "_timestamp_ns",
+        "_writer",
+        "seq",
+    )
 
     def __init__(
         self,
@@ -76,6 +85,7 @@ class Claim:
         self._timestamp_ns = timestamp_ns
         self._meta = meta
         self._buffer = -1
+        self._deadline: float | None = None
         self.seq: int | None = None
 
     def __enter__(self) -> np.ndarray:
@@ -83,7 +93,8 @@ class Claim:
             raise RuntimeError("a Claim can be entered once; call claim() again")
         writer = self._writer
         timeout = self._timeout
-        self._buffer = writer._take_buffer(None if timeout is None else deadline_from(timeout))
+        self._deadline = None if timeout is None else deadline_from(timeout)
+        self._buffer = writer._take_buffer(self._deadline)
         if self._shape is None:
             return writer._buffers[self._buffer]
         return writer._p.views.buffer_view(writer._p.geometry, self._buffer, self._shape)
@@ -107,9 +118,11 @@ class Claim:
                     self.seq = seq
                     return
             timestamp = monotonic_ns() if self._timestamp_ns is None else self._timestamp_ns
-            self.seq = writer._publish(self._buffer, self._shape, timestamp, self._meta)
+            self.seq = writer._publish(
+                self._buffer, self._shape, timestamp, self._meta, self._deadline
+            )
         else:
-            self._writer._abandon(self._buffer)
+            self._writer._abandon(self._buffer, self._deadline)
 
 
 class RingWriter(AsyncWriting, RingHandle):
@@ -193,14 +206,17 @@ class RingWriter(AsyncWriting, RingHandle):
         (e.g. a stale ring left from before a resolution change)."""
         validate_name(name)
         checked_spin(spin)
+        deadline = deadline_from(timeout)
         segment = Segment.attach(name, timeout, writable_data=True, shape=shape, dtype=dtype)
         try:
-            return cls(Participant(segment), owner=False, spin=spin)
+            return cls(Participant(segment), owner=False, spin=spin, deadline=deadline)
         except BaseException:
             segment.close()
             raise
 
-    def __init__(self, participant: Participant, owner: bool, spin: float) -> None:
+    def __init__(
+        self, participant: Participant, owner: bool, spin: float, deadline: float | None = None
+    ) -> None:
         p = self._p = participant
         g = p.geometry
         self._owner = owner
@@ -225,11 +241,12 @@ class RingWriter(AsyncWriting, RingHandle):
         self._hot_wait_skips = 0
         self._membership = _Membership()
         self._joined = False
+        self._stranded = -1  # a claimed buffer a timed-out publish kept (see _publish)
         if not owner:
-            self._join()  # an attached writer writes; the creator joins at its first frame
+            self._join(deadline)  # an attached writer writes; the creator joins at its first frame
         self._leave_at(weakref.finalize(self, _close_writer, p, self._membership, owner))
 
-    def _join(self) -> None:
+    def _join(self, deadline: float | None = None) -> None:
         """Become one of the ring's writers: take a writer record (from here on readers wait
         for this handle's frames, and its close() can end the stream) and the fast path.
 
@@ -238,7 +255,7 @@ class RingWriter(AsyncWriting, RingHandle):
         in shared mode nor keeps the stream open nor uses up max_writers."""
         p = self._p
         p.check_usable()
-        with p.lock:
+        with p.lock.until(deadline):
             index = p.take_record(p.views.writers, L.LOCK_WRITER_BASE, "writer")
             record = p.views.writers[index]
             record[L.W_CLAIMED] = L.NONE
@@ -249,7 +266,7 @@ class RingWriter(AsyncWriting, RingHandle):
             p.control[L.C_FLAGS] = (p.control[L.C_FLAGS] & ~L.F_CLOSED) | L.F_STARTED
             p.recount()
             if not MEMBARRIER_AVAILABLE or p.control[L.C_WRITERS] > 1:
-                p.enter_shared_mode(None)  # attach's timeout is for the ring to appear
+                p.enter_shared_mode(deadline)
             else:
                 p.leave_shared_mode()  # alone: the writers before it have left
         membership = self._membership
@@ -298,8 +315,8 @@ class RingWriter(AsyncWriting, RingHandle):
     def _corrupted_free_list(self) -> RingCorrupted:
         """What the C fast path's PUBLISH_CORRUPTED means."""
         return RingCorrupted(
-            f"ring {self._p.name!r}: invalid shared state (a free buffer index out of "
-            "range); the header was overwritten"
+            f"ring {self._p.name!r}: invalid shared state (a free buffer index, or the next "
+            "sequence number to claim, out of range); the header was overwritten"
         )
 
     def _await_hot_buffer(self) -> None:
@@ -352,13 +369,14 @@ class RingWriter(AsyncWriting, RingHandle):
             else:
                 self._p.views.buffer_view(self._p.geometry, buffer, own_shape)[...] = frame
         except BaseException:
-            self._abandon(buffer)
+            self._abandon(buffer, deadline)
             raise
         return self._publish(
             buffer,
             own_shape,
             time.monotonic_ns() if timestamp_ns is None else timestamp_ns,
             meta,
+            deadline,
         )
 
     def _checked_stamp_and_meta(
@@ -424,25 +442,28 @@ class RingWriter(AsyncWriting, RingHandle):
 
     def _take_buffer(self, deadline: float | None) -> int:
         if not self._joined:
-            self._join()
-        buffer = self._take_buffer_exclusive()
+            self._join(deadline)
+        if self._stranded >= 0:  # still claimed by this writer: fill it again
+            buffer, self._stranded = self._stranded, -1
+            return buffer
+        buffer = self._take_buffer_exclusive(deadline)
         if buffer < 0 and self._block and self._spin and self._p.spinning_pays():
             # Readers release frames microseconds apart when they keep up; catching
             # that by polling is far cheaper than a futex sleep and wake-up (~50 µs).
             spin_until = time.monotonic() + self._spin
             while buffer < 0 and time.monotonic() < spin_until:
-                buffer = self._take_buffer_exclusive()
+                buffer = self._take_buffer_exclusive(deadline)
         if buffer >= 0:
             return buffer
         return self._wait_for_buffer(deadline)
 
-    def _take_buffer_exclusive(self) -> int:
+    def _take_buffer_exclusive(self, deadline: float | None) -> int:
         """Take a buffer without the lock (in C, _publisher.c): in exclusive mode, or in
         shared mode under the block policy (sequenced); -1 if none, or if the ring is in
         shared mode under the overwrite policy, or closed."""
         buffer: int = self._claim_buffer_fast()
         if buffer == PUBLISH_ALONE:  # the other writers left: back to exclusive mode
-            with self._p.lock:
+            with self._p.lock.until(deadline):
                 self._p.leave_shared_mode()
             buffer = self._claim_buffer_fast()
         if buffer == PUBLISH_CORRUPTED:
@@ -457,9 +478,9 @@ class RingWriter(AsyncWriting, RingHandle):
             while True:
                 observed = control[L.C_SPACE]
                 if self._block:  # exclusive, or sequenced: no lock
-                    buffer = self._take_buffer_exclusive()
+                    buffer = self._take_buffer_exclusive(deadline)
                 else:
-                    with p.lock:
+                    with p.lock.until(deadline):
                         buffer = self._publisher.claim_buffer_locked()
                 if buffer >= 0:
                     return buffer
@@ -485,13 +506,15 @@ class RingWriter(AsyncWriting, RingHandle):
                 if time.monotonic() >= next_liveness_check:
                     next_liveness_check = time.monotonic() + POLL_SLICE
                     p.check_size()
+                    p.check_counters()
                     if p.dead_participant_blocks():
-                        with p.lock:
+                        with p.lock.until(deadline):
                             p.reap_dead()
                         continue
                 futex_wait(p.space_address, observed, wait)
+                p.check_size()  # truncated while we slept: raise before a look faults
         finally:
-            if waiting:
+            if waiting and not p.truncated:
                 record[L.W_SLEEPING] = 0
                 atomic_add32(p.writer_waiters_address, -1)
 
@@ -503,25 +526,44 @@ class RingWriter(AsyncWriting, RingHandle):
         )
 
     def _publish(
-        self, buffer: int, own_shape: tuple[int, ...] | None, timestamp_ns: int, meta: bytes
+        self,
+        buffer: int,
+        own_shape: tuple[int, ...] | None,
+        timestamp_ns: int,
+        meta: bytes,
+        deadline: float | None,
     ) -> int:
         describe = self._publisher.publish_described
         seq: int = describe(buffer, timestamp_ns, own_shape, meta, False)
         if seq < 0:  # shared mode: the same step, one writer at a time
-            with self._p.lock:
-                seq = describe(buffer, timestamp_ns, own_shape, meta, True)
+            seq = self._locked_step(
+                buffer, deadline, lambda: describe(buffer, timestamp_ns, own_shape, meta, True)
+            )
         if seq < 0:
             raise RingCorrupted(
                 f"ring {self._p.name!r}: head is not a sequence number; the header was overwritten"
             )
         return seq
 
-    def _abandon(self, buffer: int) -> None:
+    def _locked_step(self, buffer: int, deadline: float | None, step: Callable[[], int]) -> int:
+        """Run `step` on claimed `buffer` under the header lock (shared mode). Should the
+        wait for the lock time out, the buffer stays claimed by this writer (W_CLAIMED): its
+        next write or claim fills it again (_take_buffer), and leaving the ring gives it
+        back, so a stopped lock holder cannot make it leak."""
+        try:
+            with self._p.lock.until(deadline):
+                return step()
+        except RingTimeout:
+            self._stranded = buffer
+            raise
+
+    def _abandon(self, buffer: int, deadline: float | None) -> None:
         """Give a claimed buffer back unpublished."""
         result = self._publisher.abandon_claimed(buffer, False)
         if result == PUBLISH_FALLBACK:  # shared mode: the same step, one writer at a time
-            with self._p.lock:
-                result = self._publisher.abandon_claimed(buffer, True)
+            result = self._locked_step(
+                buffer, deadline, lambda: self._publisher.abandon_claimed(buffer, True)
+            )
         if result == PUBLISH_CORRUPTED:
             raise self._corrupted_free_list()
 
@@ -535,6 +577,7 @@ class RingWriter(AsyncWriting, RingHandle):
         deadline = deadline_from(timeout)
         control = self._control
         while True:
+            self._p.check_size()  # first and after each sleep: a truncated ring raises
             observed = control[L.C_MEMBERSHIP]
             attached = int(control[L.C_READERS])
             if attached >= count:
@@ -695,7 +738,8 @@ def _close_writer(p: Participant, membership: _Membership, owner: bool) -> None:
     if p.closed or p.pid != os.getpid():
         return
     try:
-        with p.lock:
+        p.check_size()  # a truncated ring: touch nothing, unlink and close (RingCorrupted)
+        with p.lock.until(time.monotonic() + CLOSE_LIMIT):
             if membership.record is not None:
                 _leave_as_writer(p, membership.record, membership.index)
             elif owner:
@@ -703,6 +747,8 @@ def _close_writer(p: Participant, membership: _Membership, owner: bool) -> None:
             if not owner:
                 p.unlink_if_orphaned()
         p.wake_readers()
+    except RingTimeout as exc:
+        raise left_without_lock(p, "writer") from exc
     finally:
         if owner:  # even when the header is damaged: the creator must not leak the name
             p.segment.unlink()

@@ -1,0 +1,259 @@
+"""Issue 17, findings 1, 5 and 7: a stopped lock holder, a truncated ring, a forged head.
+
+* A participant that holds the header lock and is stopped (SIGSTOP) is not dead, so the
+  kernel keeps its lock: every call with a timeout must still return or raise RingTimeout
+  within about max(timeout, LOCK_FLOOR), and close() within CLOSE_LIMIT (it takes none).
+* A ring truncated under a waiting reader: the reader raises RingCorrupted instead of dying
+  of SIGBUS, and the creator's close() still unlinks the name.
+* head, tail or the next number to claim past the sequence limit is RingCorrupted.
+
+The stopped or waiting participant is an unrelated ``python -c`` process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import SMALL, WAIT, seg_path, unique_name
+
+from shmring import RingCorrupted, RingReader, RingTimeout, RingWriter
+from shmring import _layout as L
+from shmring._ring import CLOSE_LIMIT
+
+HANG_BOUND = 2.0  # the generous bound above each timeout: a hang check, not a perf assertion
+TIMEOUT = 0.5
+
+
+def _child(code: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _expect_line(proc: subprocess.Popen[str], want: str) -> None:
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()  # the child prints it or dies: bounded by its exit
+    assert line == want, f"child said {line!r}; stderr: {proc.stderr.read() if proc.stderr else ''}"
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    return stat[stat.rindex(")") + 2]
+
+
+def _wait_state(pid: int, states: str) -> None:
+    give_up = time.monotonic() + WAIT
+    while _state(pid) not in states:
+        assert time.monotonic() < give_up, f"process {pid} never reached state {states}"
+        time.sleep(0.005)  # polling a /proc state: no event to wait on
+
+
+def _bounded(call: Callable[[], Any], limit: float) -> BaseException | None:
+    """Run `call`; return what it raised (None if nothing), failing if it took too long."""
+    start = time.monotonic()
+    try:
+        call()
+        raised: BaseException | None = None
+    except Exception as exc:
+        raised = exc
+    elapsed = time.monotonic() - start
+    assert elapsed < limit, f"{call} took {elapsed:.2f} s (limit {limit} s): a hang"
+    return raised
+
+
+@pytest.fixture
+def stopped_holder() -> Iterator[Callable[[str, str], int]]:
+    """Start a child that attaches to a ring as `role` ("writer" or "reader"), takes its
+    header lock and stops itself; returns its pid. Killed and reaped afterwards."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(name: str, role: str) -> int:
+        proc = _child(
+            f"""
+            import os, signal, numpy as np
+            from shmring import RingReader, RingWriter
+            if {role!r} == "writer":
+                h = RingWriter.attach({name!r})
+                h.write(np.zeros({SMALL}, np.uint8), 5.0)
+            else:
+                h = RingReader.attach({name!r})
+            h._lock.acquire(5.0)
+            print("holding", flush=True)
+            os.kill(os.getpid(), signal.SIGSTOP)
+            """
+        )
+        procs.append(proc)
+        _expect_line(proc, "holding")
+        _wait_state(proc.pid, "T")
+        return proc.pid
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait(WAIT)
+
+
+def _assert_timeout(exc: BaseException | None, pid: int) -> None:
+    assert isinstance(exc, RingTimeout), repr(exc)
+    text = f"{exc} {exc.__cause__}"  # close() chains the lock's timeout
+    assert f"process {pid} holds it" in text, text  # the holder, named from its record
+
+
+def test_overwrite_ring_calls_time_out_while_the_lock_holder_is_stopped(
+    stopped_holder: Callable[[str, str], int],
+) -> None:
+    name = unique_name()
+    frame = np.ones(SMALL, np.uint8)
+    limit = TIMEOUT + HANG_BOUND
+    w = RingWriter.create(name, SMALL, np.uint8, slots=4, policy="overwrite", max_writers=2)
+    w.write(frame, WAIT)  # joined: with the child, two writers take the lock (shared mode)
+    member = RingReader.attach(name, group="g")
+    pid = stopped_holder(name, "writer")
+    exc = _bounded(lambda: w.write(frame, timeout=TIMEOUT), limit)
+    _assert_timeout(exc, pid)
+
+    def claim() -> None:
+        with w.claim(TIMEOUT) as slot:
+            slot[...] = 1
+
+    _assert_timeout(_bounded(claim, limit), pid)
+    _assert_timeout(_bounded(lambda: member.read(TIMEOUT), limit), pid)
+    _assert_timeout(_bounded(lambda: member.latest(TIMEOUT), limit), pid)
+    _assert_timeout(_bounded(lambda: RingReader.attach(name, timeout=TIMEOUT), limit), pid)
+    _assert_timeout(_bounded(lambda: RingWriter.attach(name, timeout=TIMEOUT), limit), pid)
+    _assert_timeout(_bounded(lambda: asyncio.run(w.awrite(frame, timeout=TIMEOUT)), limit), pid)
+    _assert_timeout(_bounded(lambda: asyncio.run(member.aread(TIMEOUT)), limit), pid)
+    close_limit = CLOSE_LIMIT + HANG_BOUND
+    _assert_timeout(_bounded(member.close, close_limit), pid)
+    _assert_timeout(_bounded(w.close, close_limit), pid)
+    assert member.closed and w.closed
+    assert not os.path.exists(seg_path(name))  # the creator unlinked it all the same
+
+
+def test_block_ring_calls_time_out_while_a_reader_holding_the_lock_is_stopped(
+    stopped_holder: Callable[[str, str], int],
+) -> None:
+    name = unique_name()
+    limit = TIMEOUT + HANG_BOUND
+    with RingWriter.create(name, SMALL, np.uint8, slots=2) as w:
+        member = RingReader.attach(name, group="g")
+        w.write(np.zeros(SMALL, np.uint8), WAIT)
+        pid = stopped_holder(name, "reader")
+        # The exclusive writer and group members take no lock: they go on.
+        assert _bounded(lambda: w.write(np.zeros(SMALL, np.uint8), TIMEOUT), limit) is None
+        with member.read(TIMEOUT) as got:
+            assert got.seq == 0
+        assert isinstance(
+            _bounded(lambda: w.write(np.zeros(SMALL, np.uint8), TIMEOUT), limit), RingTimeout
+        )  # full: the stopped reader holds frames back
+        _assert_timeout(_bounded(lambda: RingReader.attach(name, timeout=TIMEOUT), limit), pid)
+        _assert_timeout(_bounded(lambda: RingWriter.attach(name, timeout=TIMEOUT), limit), pid)
+        assert isinstance(_bounded(lambda: w.wait_for_readers(4, TIMEOUT), limit), RingTimeout)
+        _assert_timeout(_bounded(member.close, CLOSE_LIMIT + HANG_BOUND), pid)
+        with pytest.raises(RingTimeout):
+            w.close()
+    assert not os.path.exists(seg_path(name))
+
+
+def test_truncated_ring_raises_in_a_waiting_reader_and_the_creator_still_unlinks() -> None:
+    name = unique_name()
+    path = seg_path(name)
+    w = RingWriter.create(name, SMALL, np.uint8, slots=4)
+    w.write(np.zeros(SMALL, np.uint8), WAIT)  # the stream has begun: the reader waits
+    proc = _child(
+        f"""
+        from shmring import RingCorrupted, RingReader
+        r = RingReader.attach({name!r})
+        r.read(5.0).release()
+        print("reading", flush=True)
+        try:
+            r.read(5.0)
+        except RingCorrupted:
+            print("RingCorrupted", flush=True)
+        try:
+            r.close()
+        except RingCorrupted:
+            print("closed", flush=True)
+        """
+    )
+    try:
+        _expect_line(proc, "reading")
+        _wait_state(proc.pid, "S")  # asleep in its wait
+        os.truncate(path, 0)
+        _expect_line(proc, "RingCorrupted")
+        _expect_line(proc, "closed")
+        assert proc.wait(WAIT) == 0  # not killed by SIGBUS
+        with pytest.raises(RingCorrupted):
+            w.wait_for_readers(2, TIMEOUT)
+        # (A write now would fault: the fast path checks no size; docs/BAD_INPUT.md.)
+    finally:
+        proc.kill()
+        proc.wait(WAIT)
+        with pytest.raises(RingCorrupted):
+            w.close()
+    assert w.closed and not os.path.exists(path)
+
+
+@pytest.mark.parametrize("word", ["head", "tail"])
+def test_forged_head_or_tail_is_ring_corrupted(word: str) -> None:
+    name = unique_name()
+    slots = 4
+    forged = L.NONE  # 2**64 - 1, past the sequence limit
+    w = RingWriter.create(name, SMALL, np.uint8, slots=slots)
+    r = RingReader.attach(name, start="oldest")
+    try:
+        for value in range(2):
+            w.write(np.full(SMALL, value, np.uint8), WAIT)
+        for _ in range(2):
+            r.read(WAIT).release()
+        if word == "head":  # with a matching descriptor: the frame "before" it looks published
+            w._control[L.C_HEAD] = forged
+            w._p.views.descriptors[(forged - 1) % slots][L.D_SEQ] = forged - 1
+            with pytest.raises(RingCorrupted, match="sequence limit"):
+                r.latest(TIMEOUT)
+        else:
+            w._control[L.C_TAIL] = forged
+        with pytest.raises(RingCorrupted):
+            r.read(TIMEOUT)
+        with pytest.raises(RingCorrupted):
+            next(iter(r))
+        with pytest.raises(RingCorrupted):
+            for _ in range(slots + 1):
+                w.write(np.zeros(SMALL, np.uint8), TIMEOUT)
+    finally:
+        r.close()
+        with contextlib.suppress(RingCorrupted):  # it may find the damage too: it unlinks
+            w.close()
+    assert not os.path.exists(seg_path(name))
+
+
+def test_forged_next_number_is_ring_corrupted() -> None:
+    name = unique_name()
+    with (
+        RingWriter.create(name, SMALL, np.uint8, slots=4, max_writers=2) as w,
+        RingWriter.attach(name) as w2,
+        RingReader.attach(name, start="oldest") as r,
+    ):
+        w.write(np.zeros(SMALL, np.uint8), WAIT)  # two writers: the ring is sequenced
+        assert w._p.sequenced()
+        r.read(WAIT).release()
+        w._control[L.C_NEXT_SEQ] = L.SEQ_LIMIT
+        with pytest.raises(RingCorrupted):
+            w2.write(np.zeros(SMALL, np.uint8), TIMEOUT)
+        with pytest.raises(RingCorrupted):
+            r.read(TIMEOUT)
+        w._control[L.C_NEXT_SEQ] = w._control[L.C_HEAD]  # repaired: they close cleanly
