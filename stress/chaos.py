@@ -4,16 +4,18 @@
 # A steady writer (the ring's creator) and a steady reader are never killed. Victims attach
 # beside them, a few at a time, each in one role (inside write, inside claim, holding a
 # claim, reading, iterating, holding a frame, in a reader group, holding the header lock as
-# a writer or as a reader, attaching and closing in a loop, or taking SIGINTs and carrying
-# on), and are SIGKILLed a random few milliseconds into it.
+# a writer or as a reader, attaching and closing in a loop, taking SIGINTs and carrying on,
+# or creating a ring of their own of 16-128 MiB), and are SIGKILLed a random few
+# milliseconds into it.
 #
 # Invariants, checked as it runs: every wait is bounded (a stall of STALL seconds anywhere
 # is a deadlock, and no steady write may take over MAX_WRITE_STALL); the steady reader gets
 # no torn frame, every sequence number once and in order, each writer's frames in order and
 # once, and, under the block policy, every steady frame (lossless); dead participants are
 # reclaimed (a probe's attach finds no dead record left, and attaching never fails for want
-# of a record); at the end the ring's name, the steady processes' file descriptors and
-# every child process are gone.
+# of a record); a creator killed inside create leaves nothing in /dev/shm, and one killed
+# after naming its ring leaves a stale ring that the next create reclaims; at the end the
+# ring's name, the steady processes' file descriptors and every child process are gone.
 #
 # Processes come from a forkserver (stress.forkserver), so a victim costs a fork, not an
 # interpreter start. Then the kill-point sweep (stress/killpoints.py) kills a victim at
@@ -31,13 +33,14 @@ import signal
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import ForkServerContext
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -69,6 +72,7 @@ KILL_WINDOW = 0.03  # victims are killed up to this long after reporting ready
 # A dead participant may hold the steady writer back until it is reclaimed: within a second
 # (README), plus scheduling slack on a busy machine.
 MAX_WRITE_STALL = 2.0
+CREATE_FRAME = 16 * 1024 * 1024  # create victims make rings of 1-8 such uint8 frames
 PROGRESS_EVERY = 256  # frames between the steady processes' progress reports
 INSPECT_EVERY = 10  # kills between looks at the ring from outside (shmring.inspect_ring)
 
@@ -233,6 +237,26 @@ def v_sigint_read(conn: Connection, name: str, writer_id: int) -> None:
     survive_sigints(conn, partial(reader_loop, reader))
 
 
+def own_ring(name: str, writer_id: int) -> str:
+    """The name of the ring a create victim makes beside the steady ring `name`."""
+    return f"{name}c{writer_id}"
+
+
+def v_create(conn: Connection, name: str, writer_id: int) -> None:
+    """Create a ring of its own, of any size and huge_pages choice: killed inside create
+    (reserving pages, moving them to huge pages, naming the ring) or just after it."""
+    rng = random.Random(writer_id)
+    choices: list[bool | Literal["auto"]] = [False, "auto", True]
+    slots, huge_pages = rng.randint(1, 8), rng.choice(choices)
+    report(conn, "ready")
+    writer = RingWriter.create(
+        own_ring(name, writer_id), (CREATE_FRAME,), np.uint8, slots=slots, huge_pages=huge_pages
+    )
+    report(conn, "created")
+    await_kill()
+    writer.close()  # never reached
+
+
 ROLES: dict[str, Callable[[Connection, str, int], None]] = {
     "write": v_write,
     "claim": v_claim,
@@ -246,6 +270,7 @@ ROLES: dict[str, Callable[[Connection, str, int], None]] = {
     "attach": v_attach,
     "sigint_write": v_sigint_write,
     "sigint_read": v_sigint_read,
+    "create": v_create,
 }
 SIGINT_ROLES = ("sigint_write", "sigint_read")
 
@@ -315,6 +340,7 @@ class Victim:
     started: float
     kill_at: float | None = None
     sigints: int = 0  # SIGINTs still to send before the SIGKILL
+    own_ring: str | None = None  # the ring a create victim makes
 
 
 @dataclass
@@ -324,6 +350,7 @@ class Stats:
     sigints: int = 0
     violations: list[str] = field(default_factory=list)
     max_dead_records: int = 0
+    creates: dict[str, int] = field(default_factory=dict)  # "inside", "named": where killed
     writer: dict[str, Any] = field(default_factory=dict)
     reader: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
@@ -423,6 +450,9 @@ class Chaos:
         process, conn = self.start(victim, self.name, role, self.next_writer_id, duplex=False)
         self.next_writer_id += 1
         v = Victim(role, process, conn, time.monotonic())
+        if role == "create":
+            v.own_ring = own_ring(self.name, self.next_writer_id - 1)
+            self.temp_prefixes.append(f".shmring-tmp-{process.pid}-")
         if role == "attach":
             v.kill_at = v.started + self.rng.uniform(0.005, KILL_WINDOW)
         if role in SIGINT_ROLES:
@@ -464,8 +494,26 @@ class Chaos:
         self.drain(v.conn)
         v.conn.close()
         self.victims.remove(v)
+        if v.own_ring is not None:
+            self.check_killed_creation(v.own_ring)
         self.stats.kills[v.role] = self.stats.kills.get(v.role, 0) + 1
         self.recent = [*self.recent[-9:], v.role]
+
+    def check_killed_creation(self, name: str) -> None:
+        """A creator killed before naming its ring leaves nothing (temp files are checked
+        at the end); one killed after leaves a stale ring, which the next create reclaims."""
+        where = "named" if os.path.lexists(segment_path(name)) else "inside"
+        self.stats.creates[where] = self.stats.creates.get(where, 0) + 1
+        if where == "inside":
+            return
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", shmring.StaleRingWarning)
+                RingWriter.create(name, (8,), np.uint8).close()
+        except shmring.ShmringError as exc:
+            self.stats.violation(f"the ring of a killed creator was not reclaimed: {exc!r}")
+        if os.path.lexists(segment_path(name)):
+            self.stats.violation(f"ring {name} outlived the create that reclaimed it")
 
     def drain(self, conn: Connection) -> None:
         """Messages a victim sent before it died (a violation it found, say)."""
@@ -645,6 +693,11 @@ def print_stats(stats: Stats) -> None:
         f"{writer.get('worst_write_s', 0.0) * 1e3:.0f} ms"
     )
     print(f"  most dead records seen at once: {stats.max_dead_records}")
+    creates = stats.creates
+    print(
+        f"  creators killed: {creates.get('inside', 0):,} inside create (nothing left in "
+        f"/dev/shm), {creates.get('named', 0):,} after naming the ring (stale, reclaimed)"
+    )
     if stats.violations:
         print(f"VIOLATIONS ({len(stats.violations)}):")
         for violation in stats.violations:

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -178,7 +179,7 @@ def test_overwrite_with_default_limits(slots: int | None) -> None:
     latest() then returns one of the newest frames."""
     name = unique_name("ow")
     pat = Pattern(SMALL)
-    kwargs = {} if slots is None else {"slots": slots}
+    kwargs: dict[str, Any] = {} if slots is None else {"slots": slots}
     with (
         RingWriter.create(name, SMALL, np.uint8, policy="overwrite", **kwargs) as writer,
         RingReader.attach(name) as reader,

@@ -29,6 +29,7 @@ from ._errors import (
     RingTimeout,
     ShmringError,
     StaleRingWarning,
+    UntrustedRing,
     WriterGone,
 )
 from ._inspect import (
@@ -89,6 +90,7 @@ __all__ = [
     "ShmringError",
     "SlotInfo",
     "StaleRingWarning",
+    "UntrustedRing",
     "WriterGone",
     "WriterInfo",
     "inspect_ring",

@@ -30,6 +30,12 @@ class RingExists(ShmringError, FileExistsError):
     """`create` was asked for a name that a live ring already holds."""
 
 
+class UntrustedRing(ShmringError, PermissionError):
+    """The ring's segment file belongs to a user this process was not told to trust
+    (`attach(..., owner=...)`): whoever owns it can inject frames and read the ones written.
+    docs/OPERATIONS.md, "Trust model"."""
+
+
 class IncompatibleRing(ShmringError):
     """The segment is not a shmring ring this version can read (magic, version, checksum,
     geometry), or its geometry differs from what the caller expected."""

@@ -15,7 +15,15 @@ from typing import Any
 
 from . import _layout as L
 from ._errors import RingExists, RingNotFound, ShmringError
-from ._segment import PREFIX, SHM_DIR, TEMP_PREFIX, Segment, segment_path, validate_name
+from ._segment import (
+    PREFIX,
+    SHM_DIR,
+    TEMP_PREFIX,
+    Segment,
+    segment_path,
+    temp_owner_alive,
+    validate_name,
+)
 from ._sys import range_is_locked, try_lock_range
 
 
@@ -207,7 +215,7 @@ def stale_rings() -> list[RingInfo | BrokenRing]:
     ]
     with contextlib.suppress(FileNotFoundError):
         for entry in os.listdir(SHM_DIR):
-            if entry.startswith(TEMP_PREFIX) and not _temp_owner_alive(entry):
+            if entry.startswith(TEMP_PREFIX) and not temp_owner_alive(entry):
                 path = os.path.join(SHM_DIR, entry)
                 with contextlib.suppress(OSError):
                     size = os.stat(path).st_size
@@ -239,7 +247,7 @@ def remove_if_stale(entry: RingInfo | BrokenRing) -> bool:
     the way create's own reclaim is: taking the dead creator's lock on the file proves the
     creator dead and keeps a reclaimer out, and the inode must still be the one checked."""
     if isinstance(entry, BrokenRing) and entry.kind == "abandoned-creation":
-        if _temp_owner_alive(entry.name):
+        if temp_owner_alive(entry.name):
             return False
         with contextlib.suppress(FileNotFoundError):
             os.unlink(entry.path)
@@ -277,17 +285,6 @@ def _in_use(path: str) -> bool:
         )
     finally:
         os.close(fd)
-
-
-def _temp_owner_alive(entry: str) -> bool:
-    pid_text = entry[len(TEMP_PREFIX) :].split("-", 1)[0]
-    try:
-        os.kill(int(pid_text), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _snapshot(segment: Segment, views: L.Views) -> RingInfo:

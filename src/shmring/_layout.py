@@ -101,6 +101,7 @@ CONTROL_WORDS = CONTROL_BYTES // 8
 F_CLOSED = 1  # the stream ended (see docs/API.md, "End of stream"): readers drain, then stop
 F_STARTED = 2  # a writer has joined: from now on no live writer and no F_CLOSED = writers died
 F_SEQUENCED = 4  # shared mode, block policy: writers claim numbers (C_NEXT_SEQ), no lock
+F_HUGE_PAGES = 8  # set at create: the creator asked for huge pages, so participants ask too
 MODE_EXCLUSIVE = 0  # one writer: it publishes without the lock
 MODE_SHARED = 1  # several writers: block rings sequence frames lock-free, overwrite ones lock
 

@@ -133,13 +133,16 @@ class RingReader(AsyncReading, RingHandle):
         spin: float = DEFAULT_SPIN,
         shape: int | Sequence[int] | None = None,
         dtype: DTypeLike | None = None,
+        owner: int | str | None = None,
     ) -> RingReader:
         """Join ring `name` as a reader (waiting up to `timeout` s for the ring to appear).
 
         `start`: "latest" begins with the newest published frame, "oldest" with the oldest
         one still in the ring. `spin`: seconds to poll before sleeping when no frame is
         ready (lower latency for back-to-back frames, at the cost of CPU). With `shape`
-        and/or `dtype`, a ring of another geometry raises IncompatibleRing."""
+        and/or `dtype`, a ring of another geometry raises IncompatibleRing. `owner`: the user
+        (uid or name) the ring must belong to; by default, this process's user or root, else
+        UntrustedRing."""
         validate_name(name)
         if group is not None and (
             not isinstance(group, str) or not group or len(group.encode()) > L.MAX_GROUP_NAME
@@ -152,7 +155,9 @@ class RingReader(AsyncReading, RingHandle):
             raise ValueError(f"start must be 'latest' or 'oldest', got {start!r}")
         checked_spin(spin)
         deadline = deadline_from(timeout)
-        segment = Segment.attach(name, timeout, writable_data=False, shape=shape, dtype=dtype)
+        segment = Segment.attach(
+            name, timeout, writable_data=False, shape=shape, dtype=dtype, owner=owner
+        )
         try:
             return cls(Participant(segment), group, start, float(spin), deadline)
         except BaseException:
@@ -837,15 +842,18 @@ class RingReader(AsyncReading, RingHandle):
         super()._forget_after_fork()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_attach_reader, (self._p.name, self._group_name, self._start, self._spin))
+        return (
+            _attach_reader,
+            (self._p.name, self._group_name, self._start, self._spin, self._p.segment.owner_uid),
+        )
 
     def __repr__(self) -> str:
         state = "closed" if self._p.closed else f"next={self._next}"
         return f"<RingReader {self._p.name!r} group={self._group_name!r} {state}>"
 
 
-def _attach_reader(name: str, group: str | None, start: str, spin: float) -> RingReader:
-    return RingReader.attach(name, group=group, start=start, spin=spin)
+def _attach_reader(name: str, group: str | None, start: str, spin: float, owner: int) -> RingReader:
+    return RingReader.attach(name, group=group, start=start, spin=spin, owner=owner)
 
 
 def _taker(p: Participant, record: memoryview, group: memoryview | None) -> Taker:

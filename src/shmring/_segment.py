@@ -4,22 +4,33 @@
 #   - A ring named N lives in the tmpfs file /dev/shm/shmring.N (what shm_open would use),
 #     opened directly so that no multiprocessing resource tracker ever learns about it: on
 #     Python < 3.13 the tracker unlinks segments that an *attaching* process registered.
-#   - Creation is atomic: the segment is built and initialised under a private temporary
-#     name, its creator takes the creator lock, and only then is it linked under its real
-#     name (link(2) fails if the name exists). An attacher therefore never sees a half-made
-#     ring, and a ring whose creator lock is free has a dead creator (stale).
+#   - Creation is atomic: the segment is built and initialised as a file with no name
+#     (O_TMPFILE), its creator takes the creator lock, and only then is it linked under its
+#     real name (linkat through /proc/self/fd; it fails if the name exists). An attacher
+#     therefore never sees a half-made ring, a ring whose creator lock is free has a dead
+#     creator (stale), and a creator killed before the link leaves nothing: the kernel frees
+#     a nameless file with its last descriptor. Where /dev/shm has no O_TMPFILE, the file is
+#     made under a private temporary name instead, and every create first removes the
+#     temporary files of this user whose creating process is dead.
+#   - Trust: a ring's owner (the segment file's uid) and whoever may write the file can feed
+#     it frames and read what is written. Attaching checks the owner before reading a byte:
+#     by default it must be this process's effective user or root, else UntrustedRing;
+#     `owner=` names the one user to trust instead. `create` never takes over a name whose
+#     file another user owns (RingExists names that user). Observers (inspect, ls) read any
+#     ring they can open. docs/OPERATIONS.md, "Trust model".
 #   - Pages are reserved at creation (posix_fallocate), so a ring larger than /dev/shm's free
 #     space fails at create with ENOSPC instead of a SIGBUS on first touch.
 #   - The header (everything before the frame buffers) is mapped read-write by everyone; the
 #     buffers are mapped read-only by readers, so their views cannot be written.
 #   - The buffers are mapped at an address congruent to their file offset modulo the huge
-#     page size (2 MiB), and a ring whose frames are at least that large asks the kernel to
-#     back them with huge pages (MADV_COLLAPSE; the creator's call moves the pages, ~2 ms per
-#     MiB here, later ones only map them; inspecting a ring never asks, since asking can
-#     move pages under a live stream). /dev/shm gives 4 KiB pages by default, and copying a
-#     1920x1080x3 frame into a ring buffer ran 4-7 % faster on huge ones (docs/OPERATIONS.md,
-#     "Huge pages"). Best effort: a kernel that refuses leaves the 4 KiB pages, which work
-#     the same.
+#     page size (2 MiB), so that huge pages can back them. The creator decides whether they
+#     do (`huge_pages=`: by default, frames of at least 2 MiB in a ring of at most
+#     AUTO_HUGE_PAGES_LIMIT bytes of buffers, since moving pages costs milliseconds per MiB)
+#     and records it in the control flags (F_HUGE_PAGES); every participant whose ring has
+#     the flag asks the kernel (MADV_COLLAPSE: the creator's call moves the pages, later ones
+#     only map them), and no other ever does; inspecting a ring never asks, since asking can
+#     move pages under a live stream. Best effort: a kernel that refuses leaves the 4 KiB
+#     pages, which work the same. docs/OPERATIONS.md, "Huge pages", has what each costs.
 
 from __future__ import annotations
 
@@ -27,8 +38,10 @@ import contextlib
 import errno
 import mmap
 import os
+import pwd
 import re
 import secrets
+import stat
 import time
 from collections.abc import Sequence
 
@@ -36,7 +49,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from . import _layout as L
-from ._errors import IncompatibleRing, RingExists, RingNotFound, warn_stale_ring
+from ._errors import IncompatibleRing, RingExists, RingNotFound, UntrustedRing, warn_stale_ring
 from ._sys import (
     HUGE_PAGE_BYTES,
     collapse_to_huge_pages,
@@ -52,6 +65,8 @@ PREFIX = "shmring."
 TEMP_PREFIX = ".shmring-tmp-"
 _ATTACH_POLL = 0.01  # how often attach(timeout=...) looks for a ring that is not there yet
 MAX_NAME = 64
+AUTO_HUGE_PAGES_LIMIT = 128 * 1024 * 1024  # huge_pages="auto": buffers of at most this many bytes
+_NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)  # open(O_TMPFILE) unsupported
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
@@ -79,6 +94,56 @@ def free_bytes() -> int:
     return stats.f_bavail * stats.f_frsize
 
 
+def checked_owner(owner: object) -> frozenset[int]:
+    """The uids whose rings `attach(..., owner=owner)` trusts: None, this process's effective
+    user and root (who can do anything to it anyway); a uid or a user name, that user."""
+    if owner is None:
+        return frozenset({os.geteuid(), 0})
+    if isinstance(owner, str):
+        try:
+            return frozenset({pwd.getpwnam(owner).pw_uid})
+        except KeyError:
+            raise ValueError(
+                f"owner={owner!r} is not a user of this machine; pass a user name or a uid"
+            ) from None
+    if isinstance(owner, bool) or not isinstance(owner, int):
+        raise TypeError(f"owner must be None, a user name or a uid, got {owner!r}")
+    if owner < 0:
+        raise ValueError(f"owner must be a uid (0 or more), got {owner}")
+    return frozenset({owner})
+
+
+def user_label(uid: int) -> str:
+    """'alice (uid 1000)', or 'uid 1000' for a uid with no user name."""
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def checked_huge_pages(choice: object) -> bool | str:
+    """`huge_pages=` of create: True, False or "auto"."""
+    if isinstance(choice, bool):
+        return choice
+    if isinstance(choice, str):
+        if choice == "auto":
+            return choice
+        raise ValueError(f"huge_pages must be 'auto', True or False, got {choice!r}")
+    raise TypeError(f"huge_pages must be 'auto', True or False, got {choice!r}")
+
+
+def temp_owner_alive(entry: str) -> bool:
+    """Whether the process that made creation temporary file `entry` may still be running."""
+    pid_text = entry[len(TEMP_PREFIX) :].split("-", 1)[0]
+    try:
+        os.kill(int(pid_text), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Segment:
     """One open, mapped ring segment.
 
@@ -93,15 +158,19 @@ class Segment:
         fd: int,
         geometry: L.Geometry,
         writable_data: bool,
-        huge_pages: bool = True,
+        huge_pages: bool | None = None,
     ) -> None:
+        """`huge_pages`: whether to ask for huge pages; None, if the ring's creator did."""
         self.name = name
         self.fd = fd
         self.geometry = geometry
-        self.inode = os.fstat(fd).st_ino
+        info = os.fstat(fd)
+        self.inode, self.owner_uid = info.st_ino, info.st_uid
         map_fd = os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
         try:
             self.header = mmap.mmap(map_fd, geometry.data_offset)
+            if huge_pages is None:
+                huge_pages = _creator_chose_huge_pages(self.header)
             try:
                 self._data_mapping, self.data = _map_data(
                     map_fd, geometry, writable_data, huge_pages
@@ -114,13 +183,14 @@ class Segment:
 
     # ---- create ------------------------------------------------------------------------
     @classmethod
-    def create(cls, name: str, geometry: L.Geometry, mode: int) -> Segment:
+    def create(cls, name: str, geometry: L.Geometry, mode: int, huge_pages: bool | str) -> Segment:
+        """Make ring `name`; `huge_pages` is create's choice (checked_huge_pages)."""
         size = geometry.segment_bytes
         available = free_bytes()
         if size > available:
             raise _no_space(name, size, available)
-        temp = os.path.join(SHM_DIR, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}")
-        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+        _reclaim_abandoned_temps()
+        fd, temp = _new_file(mode)
         try:
             os.fchmod(fd, mode)  # exact mode, whatever the umask
             try:
@@ -130,12 +200,13 @@ class Segment:
                     raise _no_space(name, size, free_bytes()) from None
                 raise
             os.pwrite(fd, geometry.pack(), 0)
-            segment = cls(name, fd, geometry, writable_data=True)
+            huge = _wants_huge_pages(huge_pages, geometry)
+            segment = cls(name, fd, geometry, writable_data=True, huge_pages=huge)
             try:
-                _initialise(segment)
+                _initialise(segment, huge)
                 if not try_lock_range(fd, L.LOCK_CREATOR):
                     raise OSError(errno.EAGAIN, "could not take the creator lock of a new ring")
-                _link_claiming_stale(temp, name)
+                _link_claiming_stale(f"/proc/self/fd/{fd}" if temp is None else temp, name)
             except BaseException:
                 segment.close()
                 raise
@@ -145,14 +216,22 @@ class Segment:
                 os.close(fd)
             raise
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
+            if temp is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
 
     # ---- attach ------------------------------------------------------------------------
     @classmethod
-    def open(cls, name: str, writable_data: bool, huge_pages: bool = True) -> Segment:
+    def open(
+        cls,
+        name: str,
+        writable_data: bool,
+        huge_pages: bool = True,
+        owners: frozenset[int] | None = None,
+    ) -> Segment:
         """Open and map ring `name`. `huge_pages=False` never asks for huge pages, which can
-        move the buffers' pages: for looking at a ring, not taking part in it."""
+        move the buffers' pages: for looking at a ring, not taking part in it (True: ask if
+        its creator did). `owners`: the uids trusted to own it (checked_owner); None, any."""
         path = segment_path(name)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
@@ -169,6 +248,8 @@ class Segment:
                 "or run as that user",
             ) from None
         try:
+            if owners is not None:
+                _check_owner(fd, name, owners)
             geometry = L.Geometry.unpack(os.pread(fd, L.FIXED_HEADER_BYTES, 0), name)
             actual = os.fstat(fd).st_size
             if actual != geometry.segment_bytes:
@@ -177,7 +258,7 @@ class Segment:
                     f"{geometry.segment_bytes}; it was truncated or resized. Remove it "
                     "(shmring rm) and create it again"
                 )
-            return cls(name, fd, geometry, writable_data, huge_pages)
+            return cls(name, fd, geometry, writable_data, None if huge_pages else False)
         except BaseException:
             os.close(fd)
             raise
@@ -190,13 +271,16 @@ class Segment:
         writable_data: bool,
         shape: int | Sequence[int] | None = None,
         dtype: DTypeLike | None = None,
+        owner: int | str | None = None,
     ) -> Segment:
         """Open ring `name`, waiting up to `timeout` seconds for it to appear, and check
-        that it has the geometry the caller expects (if it said)."""
+        that it belongs to `owner` (checked_owner) and has the geometry the caller expects
+        (if it said)."""
+        owners = checked_owner(owner)
         deadline = deadline_from(timeout)
         while True:
             try:
-                segment = cls.open(name, writable_data)
+                segment = cls.open(name, writable_data, owners=owners)
                 break
             except RingNotFound:
                 left = _ATTACH_POLL if deadline is None else deadline - time.monotonic()
@@ -252,15 +336,79 @@ def _map_data(
         base = np.frombuffer(reservation, np.uint8, 1).ctypes.data  # touches no page
         skip = (geometry.data_offset - base) % HUGE_PAGE_BYTES
         map_shared_at(base + skip, length, writable, map_fd, geometry.data_offset)
-        if huge_pages and geometry.buffer_bytes >= HUGE_PAGE_BYTES:
-            first = -geometry.data_offset % HUGE_PAGE_BYTES  # into the buffers
-            whole_pages = (length - first) // HUGE_PAGE_BYTES * HUGE_PAGE_BYTES
+        first = -geometry.data_offset % HUGE_PAGE_BYTES  # into the buffers
+        whole_pages = (length - first) // HUGE_PAGE_BYTES * HUGE_PAGE_BYTES
+        if huge_pages and whole_pages > 0:
             collapse_to_huge_pages(base + skip + first, whole_pages)
         view = memoryview(reservation)[skip : skip + length]  # read-only unless writable
     except BaseException:
         reservation.close()
         raise
     return reservation, view
+
+
+def _wants_huge_pages(choice: bool | str, geometry: L.Geometry) -> bool:
+    if choice == "auto":
+        buffers = geometry.segment_bytes - geometry.data_offset
+        return geometry.buffer_bytes >= HUGE_PAGE_BYTES and buffers <= AUTO_HUGE_PAGES_LIMIT
+    return bool(choice)
+
+
+def _creator_chose_huge_pages(header: mmap.mmap) -> bool:
+    offset = L.control_word_offset(L.C_FLAGS)
+    return bool(int.from_bytes(header[offset : offset + 8], "little") & L.F_HUGE_PAGES)
+
+
+def _check_owner(fd: int, name: str, owners: frozenset[int]) -> None:
+    uid = os.fstat(fd).st_uid
+    if uid not in owners:
+        trusted = " or ".join(user_label(owner) for owner in sorted(owners))
+        raise UntrustedRing(
+            f"ring {name!r} ({segment_path(name)}) belongs to {user_label(uid)}, not to "
+            f"{trusted}: its owner can feed you frames and read the ones written. If you trust "
+            f"that user, attach with owner={uid}; if not, have it removed (by that user or "
+            f"root: shmring rm {name}) and create the ring again"
+        )
+
+
+def _new_file(mode: int) -> tuple[int, str | None]:
+    """A new, empty file in /dev/shm for a ring: nameless (O_TMPFILE) where the kernel can,
+    else under a temporary name (returned) whose creator lock is taken at once, so that
+    _reclaim_abandoned_temps can tell a live creation from one that died."""
+    try:
+        return os.open(SHM_DIR, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, mode), None
+    except OSError as exc:
+        if exc.errno not in _NO_TMPFILE:
+            raise
+    temp = os.path.join(SHM_DIR, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}")
+    fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+    try_lock_range(fd, L.LOCK_CREATOR)  # a new file: nobody else can hold it
+    return fd, temp
+
+
+def _reclaim_abandoned_temps() -> None:
+    """Remove this user's creation temporary files whose creator is dead: its process is
+    gone and its creator lock is free (taking it also keeps a second reclaimer out)."""
+    for entry in os.listdir(SHM_DIR):
+        if not entry.startswith(TEMP_PREFIX) or temp_owner_alive(entry):
+            continue
+        path = os.path.join(SHM_DIR, entry)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue  # gone meanwhile, another user's, or not a file
+        try:
+            info = os.fstat(fd)
+            if (
+                info.st_uid == os.geteuid()
+                and stat.S_ISREG(info.st_mode)
+                and try_lock_range(fd, L.LOCK_CREATOR)
+            ):
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def _check_expected(
@@ -291,10 +439,11 @@ def _no_space(name: str, size: int, available: int) -> OSError:
     )
 
 
-def _initialise(segment: Segment) -> None:
+def _initialise(segment: Segment, huge_pages: bool) -> None:
     views = L.Views(segment.geometry, segment.header, segment.data)
     try:
         g = segment.geometry
+        views.control[L.C_FLAGS] = L.F_HUGE_PAGES if huge_pages else 0
         for descriptor in views.descriptors:
             descriptor[L.D_SEQ] = L.NONE
         for record in views.readers:
@@ -309,19 +458,42 @@ def _initialise(segment: Segment) -> None:
         views.release()
 
 
-def _link_claiming_stale(temp: str, name: str) -> None:
+def _link(source: str, path: str) -> None:
+    """Give file `source` (a path, or /proc/self/fd/N of a nameless file) the name `path`.
+    linkat(AT_SYMLINK_FOLLOW), which os.link calls only when given a directory fd."""
+    directory = os.open(SHM_DIR, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.link(source, path, dst_dir_fd=directory, follow_symlinks=True)
+    finally:
+        os.close(directory)
+
+
+def _taken_by_another_user(name: str, uid: int) -> RingExists:
+    return RingExists(
+        f"cannot create ring {name!r}: {segment_path(name)} already exists and belongs to "
+        f"another user, {user_label(uid)}; that user controls the name. Choose another name, "
+        f"or have it removed (by that user or root: shmring rm {name}) if it should not be there"
+    )
+
+
+def _link_claiming_stale(source: str, name: str) -> None:
     path = segment_path(name)
     try:
-        os.link(temp, path)
+        _link(source, path)
         return
     except FileExistsError:
         pass
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:  # removed meanwhile: the name is free now
-        os.link(temp, path)
+        _link(source, path)
         return
+    except PermissionError:  # another user's file that we may not open
+        raise _taken_by_another_user(name, os.lstat(path).st_uid) from None
     try:
+        uid = os.fstat(fd).st_uid
+        if uid != os.geteuid():
+            raise _taken_by_another_user(name, uid)
         magic = os.pread(fd, len(L.MAGIC), 0)
         if magic != L.MAGIC:
             raise RingExists(
@@ -340,6 +512,6 @@ def _link_claiming_stale(temp: str, name: str) -> None:
             f"ring {name!r}: its creator died without unlinking it; reclaiming the name"
         )
         os.unlink(path)
-        os.link(temp, path)
+        _link(source, path)
     finally:
         os.close(fd)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from math import prod
 from time import monotonic_ns
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import DTypeLike
@@ -25,7 +25,7 @@ from ._async import AsyncWriting
 from ._errors import RingCorrupted, RingFull, RingTimeout
 from ._fastpath import PUBLISH_ALONE, PUBLISH_CORRUPTED, PUBLISH_FALLBACK, Publisher
 from ._ring import CLOSE_LIMIT, Participant, RingHandle, left_without_lock
-from ._segment import Segment, validate_name
+from ._segment import Segment, checked_huge_pages, validate_name
 from ._sys import (
     BARRIER_REGISTERED,
     FAST_PATH_FENCE,
@@ -150,13 +150,16 @@ class RingWriter(AsyncWriting, RingHandle):
         mode: int = 0o600,
         spin: float = DEFAULT_SPIN,
         spare_buffers: int | None = None,
+        huge_pages: bool | Literal["auto"] = "auto",
     ) -> RingWriter:
         """Create ring `name` and become its owner (the segment is unlinked when the owner
         closes, exits, or is garbage-collected). The owner joins as a writer at its first
         write() or claim(), not before (see _join).
 
         `spare_buffers` (overwrite policy only): buffers beyond `slots` for frames readers
-        hold and writers' open claims (default OVERWRITE_SPARE_BUFFERS)."""
+        hold and writers' open claims (default OVERWRITE_SPARE_BUFFERS). `huge_pages`: True,
+        False, or "auto" (frames of 2 MiB or more in a ring of at most 128 MiB of buffers);
+        docs/API.md."""
         validate_name(name)
         if not isinstance(policy, str):
             raise TypeError(f"policy must be 'block' or 'overwrite', got {policy!r}")
@@ -168,6 +171,7 @@ class RingWriter(AsyncWriting, RingHandle):
         max_writers = L.positive_int(max_writers, "max_writers", 1, L.MAX_WRITERS)
         meta_size = L.positive_int(meta_size, "meta_size", 0, L.MAX_META)
         mode = L.positive_int(mode, "mode", 0, 0o777)
+        huge = checked_huge_pages(huge_pages)
         checked_spin(spin)
         buffers = slots + _checked_spare_buffers(policy, slots, spare_buffers)
         geometry = L.Geometry(
@@ -182,7 +186,7 @@ class RingWriter(AsyncWriting, RingHandle):
             creator_pid=os.getpid(),
             created_ns=time.time_ns(),
         )
-        segment = Segment.create(name, geometry, mode)
+        segment = Segment.create(name, geometry, mode, huge)
         try:
             return cls(Participant(segment), owner=True, spin=spin)
         except BaseException:
@@ -199,15 +203,20 @@ class RingWriter(AsyncWriting, RingHandle):
         spin: float = DEFAULT_SPIN,
         shape: int | Sequence[int] | None = None,
         dtype: DTypeLike | None = None,
+        owner: int | str | None = None,
     ) -> RingWriter:
         """Join ring `name` as one more writer (waiting up to `timeout` s for it to exist).
 
         With `shape` and/or `dtype`, a ring of another geometry raises IncompatibleRing
-        (e.g. a stale ring left from before a resolution change)."""
+        (e.g. a stale ring left from before a resolution change). `owner`: the user (uid or
+        name) the ring must belong to; by default, this process's user or root, else
+        UntrustedRing."""
         validate_name(name)
         checked_spin(spin)
         deadline = deadline_from(timeout)
-        segment = Segment.attach(name, timeout, writable_data=True, shape=shape, dtype=dtype)
+        segment = Segment.attach(
+            name, timeout, writable_data=True, shape=shape, dtype=dtype, owner=owner
+        )
         try:
             return cls(Participant(segment), owner=False, spin=spin, deadline=deadline)
         except BaseException:
@@ -609,7 +618,7 @@ class RingWriter(AsyncWriting, RingHandle):
         super()._forget_after_fork()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_attach_writer, (self._p.name,))
+        return (_attach_writer, (self._p.name, self._p.segment.owner_uid))
 
     def __repr__(self) -> str:
         state = "closed" if self._p.closed else ("owner" if self._owner else "attached")
@@ -654,8 +663,8 @@ def _checked_spare_buffers(policy: str, slots: int, spare_buffers: object) -> in
     return L.positive_int(spare_buffers, "spare_buffers", 0, 1 << 20)
 
 
-def _attach_writer(name: str) -> RingWriter:
-    return RingWriter.attach(name)
+def _attach_writer(name: str, owner: int) -> RingWriter:
+    return RingWriter.attach(name, owner=owner)
 
 
 def _publisher(

@@ -1,0 +1,162 @@
+"""Whose rings a process trusts (docs/OPERATIONS.md, "Trust model"; issue 17, finding 2).
+
+Attaching checks the segment file's owner before reading a byte of it: by default the ring
+must belong to this process's user or to root, else `UntrustedRing`; `owner=` (a uid or a
+user name) names the one user to trust instead. `create` never takes over a name whose file
+another user owns, live or stale: `RingExists` names that user.
+
+The cross-user checks play the impostor in a forked child that dropped to `nobody` (setgid,
+then setuid) and made `shmring.NAME` first, mode 0666, as a real ring or a planted file; they
+need root and are skipped without it. Root removes what the impostor leaves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import pickle
+import pwd
+from collections.abc import Iterator
+from contextlib import contextmanager
+from multiprocessing.connection import Connection
+
+import numpy as np
+import pytest
+from helpers import WAIT, seg_path, unique_name
+
+import shmring
+from shmring import RingExists, RingReader, RingWriter, UntrustedRing
+
+NOBODY = 65534  # uid and gid of `nobody`
+SHAPE = (16,)
+IMPOSTOR_FRAME = 66
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to play another user")
+
+
+def _impostor(conn: Connection, name: str, kind: str) -> None:
+    """In a forked child: become nobody and take `name` first, then wait for "done"."""
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+    writer = None
+    if kind == "file":  # not a ring at all: attach must refuse it before reading it
+        fd = os.open(seg_path(name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        os.fchmod(fd, 0o666)
+        os.write(fd, b"\x93SHMRING" + bytes(4088))
+        os.close(fd)
+    else:
+        writer = RingWriter.create(name, SHAPE, np.uint8, mode=0o666)
+        writer.write(np.full(SHAPE, IMPOSTOR_FRAME, np.uint8), 1.0)
+    conn.send("ready")
+    if kind == "stale":
+        os._exit(0)  # dies without closing: its ring stays, stale
+    assert conn.poll(WAIT) and conn.recv() == "done"
+    if writer is not None:
+        writer.close()
+    conn.send("closed")
+
+
+@contextmanager
+def impostor(kind: str) -> Iterator[tuple[str, Connection]]:
+    """A ring name another user (nobody) took first: "ring" (live), "stale" or "file"."""
+    name = unique_name("trust")
+    ctx = mp.get_context("fork")  # the child must import nothing after dropping root
+    ours, theirs = ctx.Pipe()
+    child = ctx.Process(target=_impostor, args=(theirs, name, kind), daemon=True)
+    child.start()
+    theirs.close()
+    try:
+        assert ours.poll(WAIT) and ours.recv() == "ready", "the impostor did not start"
+        if kind == "stale":
+            child.join(WAIT)  # dead: its ring is stale
+        assert os.stat(seg_path(name)).st_uid == NOBODY
+        yield name, ours
+    finally:
+        if child.is_alive():
+            ours.send("done")
+            assert ours.poll(WAIT) and ours.recv() == "closed"
+        child.join(WAIT)
+        if child.exitcode is None:
+            child.kill()
+            child.join(WAIT)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(seg_path(name))  # root may remove anyone's file
+    assert child.exitcode == 0
+
+
+def _refused(exc: pytest.ExceptionInfo[UntrustedRing], name: str) -> None:
+    message = str(exc.value)
+    assert isinstance(exc.value, shmring.ShmringError)
+    assert isinstance(exc.value, PermissionError)
+    assert repr(name) in message
+    assert f"belongs to nobody (uid {NOBODY})" in message
+    assert f"owner={NOBODY}" in message  # what to do
+
+
+@needs_root
+def test_attach_refuses_another_users_ring_unless_told_to_trust_its_owner() -> None:
+    with impostor("ring") as (name, _):
+        with pytest.raises(UntrustedRing) as refused:
+            RingReader.attach(name, timeout=1.0)
+        _refused(refused, name)
+        with pytest.raises(UntrustedRing) as refused:
+            RingWriter.attach(name)
+        _refused(refused, name)
+        # Looking is not trusting: inspection shows the ring.
+        assert shmring.inspect_ring(name).creator_alive
+        # Told to trust nobody, by name or uid, both attach and the stream flows.
+        with (
+            RingReader.attach(name, owner="nobody", start="oldest") as reader,
+            RingWriter.attach(name, owner=NOBODY) as writer,
+        ):
+            with reader.read(WAIT) as frame:
+                assert int(frame.array[0]) == IMPOSTOR_FRAME
+            writer.write(np.full(SHAPE, 7, np.uint8), WAIT)
+            with reader.read(WAIT) as frame:
+                assert int(frame.array[0]) == 7
+            # A pickled handle attaches again trusting the same owner, not the default.
+            with pickle.loads(pickle.dumps(reader)) as again:
+                assert again.name == name
+        # create neither takes the name nor opens the impostor's ring.
+        with pytest.raises(RingExists, match=rf"belongs to another user, nobody \(uid {NOBODY}\)"):
+            RingWriter.create(name, SHAPE, np.uint8)
+
+
+@needs_root
+def test_a_planted_file_is_refused_before_it_is_read() -> None:
+    with impostor("file") as (name, _):
+        for attach in (RingReader.attach, RingWriter.attach):
+            with pytest.raises(UntrustedRing) as refused:
+                attach(name)
+            _refused(refused, name)
+        with pytest.raises(RingExists, match=rf"belongs to another user, nobody \(uid {NOBODY}\)"):
+            RingWriter.create(name, SHAPE, np.uint8)
+
+
+@needs_root
+def test_create_does_not_reclaim_another_users_stale_ring() -> None:
+    with impostor("stale") as (name, _):
+        inode = os.stat(seg_path(name)).st_ino
+        assert shmring.inspect_ring(name).stale
+        with pytest.raises(RingExists, match=r"shmring rm"):
+            RingWriter.create(name, SHAPE, np.uint8)
+        assert os.stat(seg_path(name)).st_ino == inode  # untouched
+
+
+def test_owner_names_the_one_user_to_trust() -> None:
+    me = os.geteuid()
+    other = NOBODY if me != NOBODY else 0
+    name = unique_name("trust")
+    with RingWriter.create(name, SHAPE, np.uint8) as writer:
+        with (
+            RingReader.attach(name, owner=me) as reader,
+            RingWriter.attach(name, owner=pwd.getpwuid(me).pw_name),
+        ):
+            writer.write(np.full(SHAPE, 3, np.uint8), WAIT)
+            with reader.read(WAIT) as frame:
+                assert int(frame.array[0]) == 3
+        with pytest.raises(UntrustedRing, match=rf"not to \w+ \(uid {other}\)"):
+            RingReader.attach(name, owner=other)
+        assert writer.readers == 0  # the refused attach left nothing behind
