@@ -197,8 +197,8 @@ def test_bad_arguments_are_refused_without_leaking_references() -> None:
             ({"frame_type": int}, TypeError),
             ({"buffers": tuple(r._p.views.buffers)}, TypeError),
             ({"slots": 0}, ValueError),
-            ({"d_flags": -1}, ValueError),
-            ({"d_seq": 10_000}, ValueError),
+            ({"descriptor_words": 1}, ValueError),
+            ({"slots": 1 << 60}, ValueError),
             ({"control": memoryview(bytearray(64)).cast("Q")}, ValueError),
         ]
         for change, error in bad:

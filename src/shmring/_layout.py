@@ -109,6 +109,7 @@ MODE_EXCLUSIVE = 0  # one writer: it publishes without the lock
 MODE_SHARED = 1  # several writers: block rings sequence frames lock-free, overwrite ones lock
 
 # ---- descriptor: one per queued frame -----------------------------------------------------
+DESCRIPTORS_OFFSET = CONTROL_OFFSET + CONTROL_BYTES  # the table follows the control block
 D_SEQ = 0  # sequence number of the frame here; NONE until first published
 D_BUFFER = 1  # index of the buffer holding the frame
 D_FLAGS = 2  # DF_* bits in the low 32 bits; bytes of user metadata in the high 32
@@ -192,7 +193,7 @@ class Geometry:
 
     @property
     def descriptors_offset(self) -> int:
-        return CONTROL_OFFSET + CONTROL_BYTES
+        return DESCRIPTORS_OFFSET
 
     @property
     def readers_offset(self) -> int:

@@ -63,7 +63,7 @@ PREAMBLE = """\
  * stale). docs/FORMAT.md describes the same layout in prose and tables.
  *
  * Every constant of _layout.py is here as SHMRING_<its name>: the word indices of each
- * table (C_*: control block, D_*: descriptor, R_*/G_*/W_*: reader, group and writer
+ * table (C_*: control block, D_*: descriptor, R_*, G_*, W_*: reader, group and writer
  * records) index the u64 words of that table; the structs below name the same words, and a
  * _Static_assert pins each member's offset, so a compiler that lays a struct out differently
  * refuses to build. Everything is little-endian; every mutable field is a u64 that shmring
@@ -142,6 +142,7 @@ def _banner(title: str) -> str:
 
 def _comment(text: str, indent: str) -> str:
     """`text` as a C comment of its own (wrapped), each line starting with `indent`."""
+    assert "*/" not in text, text
     lines = textwrap.wrap(text, WIDTH - len(indent) - 6)
     if len(lines) == 1:
         return f"{indent}/* {lines[0]} */\n"
@@ -153,7 +154,7 @@ def _with_comment(code: str, comment: str, indent: str = "") -> str:
     """A line of code and its comment: on the line if it fits, else above it."""
     if not comment:
         return f"{indent}{code}\n"
-    assert "*/" not in comment
+    assert "*/" not in comment, comment
     line = f"{indent}{code} /* {comment} */"
     return line + "\n" if len(line) <= WIDTH else _comment(comment, indent) + f"{indent}{code}\n"
 

@@ -5,7 +5,7 @@
  * stale). docs/FORMAT.md describes the same layout in prose and tables.
  *
  * Every constant of _layout.py is here as SHMRING_<its name>: the word indices of each
- * table (C_*: control block, D_*: descriptor, R_*/G_*/W_*: reader, group and writer
+ * table (C_*: control block, D_*: descriptor, R_*, G_*, W_*: reader, group and writer
  * records) index the u64 words of that table; the structs below name the same words, and a
  * _Static_assert pins each member's offset, so a compiler that lays a struct out differently
  * refuses to build. Everything is little-endian; every mutable field is a u64 that shmring
@@ -90,6 +90,7 @@
 #define SHMRING_MODE_SHARED 1
 
 /* ---- descriptor: one per queued frame -------------------------------------------------------- */
+#define SHMRING_DESCRIPTORS_OFFSET 512 /* the table follows the control block */
 #define SHMRING_D_SEQ 0 /* sequence number of the frame here; NONE until first published */
 #define SHMRING_D_BUFFER 1 /* index of the buffer holding the frame */
 #define SHMRING_D_FLAGS 2 /* DF_* bits in the low 32 bits; bytes of user metadata in the high 32 */
