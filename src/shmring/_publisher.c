@@ -294,7 +294,8 @@ static long long reclaim_in_c(Publisher *self) {
     uint64_t head = load(&control[SHMRING_C_HEAD]);
     uint64_t tail = load(&control[SHMRING_C_TAIL]);
     uint64_t count = load(&control[SHMRING_C_FREE_COUNT]);
-    if (tail > head || head - tail > self->slots || head >= SHMRING_SEQ_LIMIT || count > self->nbuffers) {
+    if (tail > head || head - tail > self->slots || head >= SHMRING_SEQ_LIMIT ||
+        count > self->nbuffers) {
         return -1;
     }
     uint64_t floor = release_floor(self, head);
@@ -479,7 +480,8 @@ static long long pop_overwrite(Publisher *self) {
         if (buffer >= self->nbuffers) {
             return PUBLISH_CORRUPTED;
         }
-        __atomic_store_n(&descriptor[SHMRING_D_FLAGS], flags | SHMRING_DF_EVICTED, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&descriptor[SHMRING_D_FLAGS], flags | SHMRING_DF_EVICTED,
+                         __ATOMIC_SEQ_CST);
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
         if (!pinned(self, buffer)) {
             return (long long)buffer;
@@ -620,7 +622,8 @@ static void publish_skip(Publisher *self, uint64_t seq) {
 /* Sequenced: the number this writer's claim of `buffer` holds, or PUBLISH_CORRUPTED. */
 static long long claimed_seq(Publisher *self, uint64_t buffer) {
     uint64_t seq = load(&self->record[SHMRING_W_CLAIMED_SEQ]);
-    if (seq == SHMRING_NONE || seq >= SHMRING_SEQ_LIMIT || position_buffer(self, seq) != (long long)buffer) {
+    if (seq == SHMRING_NONE || seq >= SHMRING_SEQ_LIMIT ||
+        position_buffer(self, seq) != (long long)buffer) {
         return PUBLISH_CORRUPTED;
     }
     return (long long)seq;

@@ -489,8 +489,8 @@ static PyObject *Taker_take_group(Taker *self, PyObject *const *args, Py_ssize_t
             again != tail) {
             continue; /* tail moved meanwhile: look again */
         }
-        if (tail > head || head - tail > self->slots || head >= SHMRING_SEQ_LIMIT || cursor > head ||
-            cursor < tail) {
+        if (tail > head || head - tail > self->slots || head >= SHMRING_SEQ_LIMIT ||
+            cursor > head || cursor < tail) {
             return PyLong_FromLong(TAKE_FALLBACK);
         }
         uint64_t seq = latest && cursor + 1 < head ? head - 1 : cursor;
