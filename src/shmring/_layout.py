@@ -1,7 +1,9 @@
 # The binary layout of a ring segment: the one module that knows offsets.
 #
 # docs/FORMAT.md describes the same layout for programs in other languages; this module
-# mirrors it exactly, and no other module computes an offset. Everything is little-endian.
+# mirrors it exactly, and no other module computes an offset. C takes it from
+# shmring_layout.h, generated from this module's constants and comments (_layout_header.py:
+# run `python -m shmring._layout_header` after changing one). Everything is little-endian.
 #
 # A segment is: a fixed header (geometry, written once by the creator and protected by a
 # CRC-32), a control block (the shared counters, one 64-byte cache line per group of words
@@ -377,7 +379,8 @@ def checked_dtype(spec: object) -> np.dtype[np.generic]:
 class Views:
     """Typed windows onto one mapped segment. Built once per handle; indexing these with
     the field constants above is the whole hot path's contact with the layout (the C
-    extension is handed these views and constants: Participant.c_arguments)."""
+    extension is handed these views, Participant.c_arguments, and compiles the constants in
+    from shmring_layout.h)."""
 
     def __init__(self, geometry: Geometry, header: mmap.mmap, data: memoryview) -> None:
         g = geometry
