@@ -301,8 +301,8 @@ static int check_header(struct ring *r, const uint8_t raw[SHMRING_FIXED_HEADER_B
     }
     CHECK(h->policy <= SHMRING_POLICY_OVERWRITE, "policy %u is unknown", h->policy);
     CHECK(h->slots >= 1 && h->slots <= SHMRING_MAX_SLOTS, "slots %u is out of range", h->slots);
-    CHECK(h->buffers >= 1 && h->buffers <= SHMRING_MAX_BUFFERS, "buffers %u is out of range",
-          h->buffers);
+    CHECK(h->buffers >= 1 && h->buffers <= SHMRING_MAX_SLOTS + SHMRING_MAX_SPARE_BUFFERS,
+          "buffers %u is out of range", h->buffers);
     CHECK(h->max_readers >= 1 && h->max_readers <= SHMRING_MAX_READERS,
           "max_readers %u is out of range", h->max_readers);
     CHECK(h->max_writers >= 1 && h->max_writers <= SHMRING_MAX_WRITERS,

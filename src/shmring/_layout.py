@@ -41,10 +41,9 @@ MAX_READERS = 1024
 MAX_WRITERS = 1024
 MAX_META = 65536
 MAX_GROUP_NAME = 32
-MAX_SLOTS = 1 << 24  # the most slots an attacher accepts (more than create makes)
-MAX_CREATE_SLOTS = 1 << 20  # the most slots, and spare buffers, RingWriter.create makes
-MAX_BUFFERS = 1 << 24  # the most buffers an attacher accepts
-MAX_DIM = 1 << 40  # the largest dimension of a shape
+MAX_SLOTS = 1 << 20
+MAX_SPARE_BUFFERS = 1 << 20  # overwrite rings: buffers beyond `slots`
+MAX_DIM = 1 << 40  # any one dimension of a frame's shape
 NONE = 0xFFFF_FFFF_FFFF_FFFF  # "no value" in any u64 field (e.g. a descriptor never written)
 U64_MASK = NONE
 SEQ_LIMIT = 1 << 62  # sequence numbers beyond this can only come from a damaged header
@@ -304,7 +303,7 @@ class Geometry:
         ndim = number("ndim", 1, MAX_NDIM)
         dims = [f[f"s{i}"] for i in range(MAX_NDIM)]
         shape = tuple(int(d) for d in dims[:ndim])  # type: ignore[call-overload]
-        if any(d < 1 or d > MAX_DIM for d in shape) or any(dims[ndim:]):
+        if any(d < 1 or d > 1 << 40 for d in shape) or any(dims[ndim:]):
             raise ValueError(f"shape {dims} is not valid for ndim {ndim}")
         raw_dtype = f["dtype"]
         assert isinstance(raw_dtype, bytes)
@@ -312,8 +311,8 @@ class Geometry:
         geometry = cls(
             shape=shape,
             dtype=dtype,
-            slots=number("slots", 1, MAX_SLOTS),
-            buffers=number("buffers", 1, MAX_BUFFERS),
+            slots=number("slots", 1, 1 << 24),
+            buffers=number("buffers", 1, 1 << 24),
             policy=number("policy", 0, 1),
             max_readers=number("max_readers", 1, MAX_READERS),
             max_writers=number("max_writers", 1, MAX_WRITERS),
@@ -357,7 +356,7 @@ def checked_shape(shape: object) -> tuple[int, ...]:
         raise TypeError(f"shape must be a tuple of positive integers, got {shape!r}")
     if not 1 <= len(shape) <= MAX_NDIM:
         raise ValueError(f"shape must have 1 to {MAX_NDIM} dimensions, got {shape!r}")
-    return tuple(positive_int(d, "every dimension of shape", 1, MAX_DIM) for d in shape)
+    return tuple(positive_int(d, "every dimension of shape", 1, 1 << 40) for d in shape)
 
 
 def checked_dtype(spec: object) -> np.dtype[np.generic]:

@@ -149,7 +149,7 @@ class RingWriter(AsyncWriting, RingHandle):
         if policy not in L.POLICIES:
             raise ValueError(f"policy must be 'block' or 'overwrite', got {policy!r}")
         checked_shape = L.checked_shape(shape)
-        slots = L.positive_int(slots, "slots", 1, L.MAX_CREATE_SLOTS)
+        slots = L.positive_int(slots, "slots", 1, 1 << 20)
         max_readers = L.positive_int(max_readers, "max_readers", 1, L.MAX_READERS)
         max_writers = L.positive_int(max_writers, "max_writers", 1, L.MAX_WRITERS)
         meta_size = L.positive_int(meta_size, "meta_size", 0, L.MAX_META)
@@ -606,7 +606,7 @@ def _checked_spare_buffers(policy: str, slots: int, spare_buffers: object) -> in
         )
     if spare_buffers is None:
         return OVERWRITE_SPARE_BUFFERS
-    return L.positive_int(spare_buffers, "spare_buffers", 0, L.MAX_CREATE_SLOTS)
+    return L.positive_int(spare_buffers, "spare_buffers", 0, 1 << 20)
 
 
 def _attach_writer(name: str) -> RingWriter:

@@ -33,11 +33,9 @@
 #define SHMRING_MAX_WRITERS 1024
 #define SHMRING_MAX_META 65536
 #define SHMRING_MAX_GROUP_NAME 32
-#define SHMRING_MAX_SLOTS 16777216 /* the most slots an attacher accepts (more than create makes) */
-/* the most slots, and spare buffers, RingWriter.create makes */
-#define SHMRING_MAX_CREATE_SLOTS 1048576
-#define SHMRING_MAX_BUFFERS 16777216 /* the most buffers an attacher accepts */
-#define SHMRING_MAX_DIM ((uint64_t)1 << 40) /* the largest dimension of a shape */
+#define SHMRING_MAX_SLOTS 1048576
+#define SHMRING_MAX_SPARE_BUFFERS 1048576 /* overwrite rings: buffers beyond `slots` */
+#define SHMRING_MAX_DIM ((uint64_t)1 << 40) /* any one dimension of a frame's shape */
 #define SHMRING_NONE UINT64_MAX /* "no value" in any u64 field (e.g. a descriptor never written) */
 /* sequence numbers beyond this can only come from a damaged header */
 #define SHMRING_SEQ_LIMIT ((uint64_t)1 << 62)
