@@ -8,7 +8,7 @@ setup(
         Extension(
             "shmring._fastpath",
             [f"src/shmring/{name}.c" for name in ("_fastpath", "_publisher", "_taker")],
-            depends=["src/shmring/_fastpath.h"],
+            depends=[f"src/shmring/{name}.h" for name in ("_fastpath", "shmring_layout")],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"],
         )
     ]

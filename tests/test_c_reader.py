@@ -3,8 +3,9 @@
 The C reader is built here with `make` and `cc` (into a temporary directory), once as is
 and once with -fsanitize=address,undefined, and run as its own process against Python
 writers in other processes (`sys.executable -c WRITER`). The writer reports the FNV-1a
-hash of every frame it published; the C reader's lines must carry the same. Its layout
-header's constants and offsets are checked against FORMAT.md's tables and _layout.py.
+hash of every frame it published; the C reader's lines must carry the same. The layout
+header it includes (src/shmring/shmring_layout.h) has its constants and offsets checked
+against FORMAT.md's tables and _layout.py.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from shmring._sys import try_lock_range, unlock_range
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "c_reader"
-LAYOUT_H = EXAMPLE / "shmring_layout.h"
+LAYOUT_H = ROOT / "src" / "shmring" / "shmring_layout.h"
 SANITIZE = "-fsanitize=address,undefined"
 SANITIZER_CFLAGS = f"-O1 -g {SANITIZE} -fno-omit-frame-pointer -fno-sanitize-recover=all"
 EXIT_REFUSED, EXIT_END, EXIT_GONE = 3, 4, 5
@@ -739,7 +740,7 @@ def test_layout_header_constants_match_layout_py() -> None:
     assert c["MAGIC"] == f'"{magic}"'
     expected = {
         "VERSION_MAJOR": L.VERSION_MAJOR, "VERSION_MINOR": L.VERSION_MINOR,
-        "HEADER_BYTES": L.FIXED_HEADER_BYTES, "CHECKSUM_OFFSET": L.CHECKSUM_OFFSET,
+        "FIXED_HEADER_BYTES": L.FIXED_HEADER_BYTES, "CHECKSUM_OFFSET": L.CHECKSUM_OFFSET,
         "CONTROL_OFFSET": L.CONTROL_OFFSET, "CONTROL_BYTES": L.CONTROL_BYTES,
         "DESCRIPTORS_OFFSET": L.CONTROL_OFFSET + L.CONTROL_BYTES, "CACHE_LINE": L.CACHE_LINE,
         "RECORD_BYTES": L.RECORD_WORDS * 8, "MAX_NDIM": L.MAX_NDIM,

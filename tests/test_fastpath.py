@@ -323,7 +323,13 @@ def test_bad_arguments_are_refused_without_leaking_references() -> None:
         with pytest.raises(RuntimeError, match="initialized once"):
             publisher.__init__(**arguments)  # type: ignore[misc]
         for _ in range(20):
-            for wrong in ({"frame_bytes": 0}, {"c_head": -1}, {"d_seq": 1000}, {"slots": 1 << 60}):
+            for wrong in (
+                {"frame_bytes": 0},
+                {"ndim": 9},
+                {"descriptor_words": 1},
+                {"slots": 1 << 60},
+                {"control": memoryview(bytearray(64)).cast("Q")},
+            ):
                 with pytest.raises(ValueError):
                     Publisher(**{**arguments, **wrong})
         gc.collect()

@@ -5,7 +5,8 @@
 # no gcc, so nothing can be compiled, and pip is told to take wheels only. A writer and a
 # reader, two processes of the new venv, then stream frames through it; the reader checks
 # every frame, that the shmring it imported is the installed one with its C extension, and
-# that no compiler was on its PATH.
+# that no compiler was on its PATH. The layout header the wheel ships for C programs
+# (shmring_layout.h) must be the one its _layout.py generates.
 #
 # Rules: the wheel in dist/ is reused when it is newer than every source it is built from,
 # else `make wheel` builds it (~10 s). pip uses its usual cache, so numpy comes from there
@@ -132,3 +133,13 @@ def test_the_wheel_streams_where_there_is_no_compiler(tmp_path: Path) -> None:
     assert report["module"].startswith(str(venv)), report["module"]
     assert report["extension"].startswith(str(venv)) and report["extension"].endswith(".so")
     assert report["seen"] == [i % 251 for i in range(FRAMES)]
+    # The wheel carries the layout header for C programs, current with its _layout.py.
+    checked = subprocess.run(
+        [python, "-m", "shmring._layout_header", "--check"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert checked.returncode == 0, checked.stderr

@@ -17,8 +17,9 @@
  * (SIGINT, SIGTERM), having left the ring. Block and overwrite rings are both read, with
  * one writer or several; numbers with no frame (skips) are passed over.
  *
- * Rules: written from docs/FORMAT.md alone; its section names are cited where a step
- * follows one. Nothing read from shared memory is trusted: every index is range-checked
+ * Rules: written from docs/FORMAT.md alone (its numbers, offsets and structs come from
+ * shmring_layout.h, the header shmring generates from its _layout.py and compiles into its
+ * own C core); FORMAT.md's section names are cited where a step follows one. Nothing read from shared memory is trusted: every index is range-checked
  * before use, and a value out of range ends the program (status 6) after it leaves the
  * ring. Every wait is bounded: the header lock is given up after LOCK_LIMIT_NS, and a sleep
  * on the frames futex lasts at most SLICE_NS, after which the writers' liveness is checked,
@@ -267,7 +268,7 @@ static uint64_t dtype_itemsize(const char dtype[16]) {
           "; not a ring this reader can read",                                              \
           (uint64_t)h->field, (uint64_t)(value))
 
-static int check_header(struct ring *r, const uint8_t raw[SHMRING_HEADER_BYTES],
+static int check_header(struct ring *r, const uint8_t raw[SHMRING_FIXED_HEADER_BYTES],
                         uint64_t file_bytes) {
     struct shmring_header *h = &r->h;
     memcpy(h, raw, sizeof *h);
@@ -280,8 +281,8 @@ static int check_header(struct ring *r, const uint8_t raw[SHMRING_HEADER_BYTES],
     CHECK(h->checksum == crc32_ieee(raw, SHMRING_CHECKSUM_OFFSET),
           "header checksum mismatch: the header was overwritten");
     uint64_t itemsize = dtype_itemsize(h->dtype);
-    CHECK(h->header_bytes == SHMRING_HEADER_BYTES, "header_bytes is %u, not %d",
-          h->header_bytes, SHMRING_HEADER_BYTES);
+    CHECK(h->header_bytes == SHMRING_FIXED_HEADER_BYTES, "header_bytes is %u, not %d",
+          h->header_bytes, SHMRING_FIXED_HEADER_BYTES);
     CHECK(h->ndim >= 1 && h->ndim <= SHMRING_MAX_NDIM, "ndim %u is outside [1, %d]", h->ndim,
           SHMRING_MAX_NDIM);
     CHECK(itemsize != 0 && itemsize == h->itemsize,
@@ -300,8 +301,8 @@ static int check_header(struct ring *r, const uint8_t raw[SHMRING_HEADER_BYTES],
     }
     CHECK(h->policy <= SHMRING_POLICY_OVERWRITE, "policy %u is unknown", h->policy);
     CHECK(h->slots >= 1 && h->slots <= SHMRING_MAX_SLOTS, "slots %u is out of range", h->slots);
-    CHECK(h->buffers >= 1 && h->buffers <= SHMRING_MAX_BUFFERS, "buffers %u is out of range",
-          h->buffers);
+    CHECK(h->buffers >= 1 && h->buffers <= SHMRING_MAX_SLOTS + SHMRING_MAX_SPARE_BUFFERS,
+          "buffers %u is out of range", h->buffers);
     CHECK(h->max_readers >= 1 && h->max_readers <= SHMRING_MAX_READERS,
           "max_readers %u is out of range", h->max_readers);
     CHECK(h->max_writers >= 1 && h->max_writers <= SHMRING_MAX_WRITERS,
@@ -365,12 +366,12 @@ static int attach(struct ring *r) {
         return fail(r, EXIT_DAMAGED, "fstat: %s", strerror(errno));
     }
     r->inode = file.st_ino;
-    uint8_t raw[SHMRING_HEADER_BYTES];
-    if (file.st_size < SHMRING_HEADER_BYTES ||
+    uint8_t raw[SHMRING_FIXED_HEADER_BYTES];
+    if (file.st_size < SHMRING_FIXED_HEADER_BYTES ||
         pread(r->fd, raw, sizeof raw, 0) != (ssize_t)sizeof raw) {
         return fail(r, EXIT_REFUSED,
                     "the file is %lld bytes, smaller than a shmring header (%d): not a ring",
-                    (long long)file.st_size, SHMRING_HEADER_BYTES);
+                    (long long)file.st_size, SHMRING_FIXED_HEADER_BYTES);
     }
     int checked = check_header(r, raw, (uint64_t)file.st_size);
     if (checked < 0) {

@@ -7,10 +7,12 @@
  *                 frame, and FrameBase, the fields of shmring.Frame, so that a Frame is built
  *                 without running Python.
  *
- * Rules, for every file: no offset is computed and no field known here. The Python side
- * hands over the memoryviews that _layout.Views made and _layout's word indices; an object
- * holds buffer exports of the mappings those views live in, so its raw pointers stay valid
- * until its close(). Anything out of the ordinary makes an object give up with nothing
+ * Rules, for every file: no offset is computed here. The word indices and flags come from
+ * shmring_layout.h, generated from _layout.py (python -m shmring._layout_header); the Python
+ * side hands over the memoryviews that _layout.Views made and the ring's geometry (slots,
+ * buffers, descriptor words, ...), which the header cannot know. An object holds buffer
+ * exports of the mappings those views live in, so its raw pointers stay valid until its
+ * close(). Anything out of the ordinary makes an object give up with nothing
  * changed, and Python's general path does the work or raises the error. An object is used
  * by one thread at a time, like the handle it belongs to: where it lets go of the GIL, a
  * second thread entering it (or closing it) meanwhile gets a RuntimeError.
@@ -45,37 +47,24 @@ uint64_t *shmring_word_view(PyObject *view, const Py_buffer *within, const char 
     return (uint64_t *)first;
 }
 
-uint64_t shmring_words_needed(const Py_ssize_t *indices, int count) {
-    uint64_t needed = 0;
-    for (int i = 0; i < count; i++) {
-        if (indices[i] < 0) {
-            return 0;
-        }
-        if ((uint64_t)indices[i] + 1 > needed) {
-            needed = (uint64_t)indices[i] + 1;
-        }
-    }
-    return needed;
-}
-
 void shmring_futex_wake_all(uint64_t *word) {
     syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
-/* settle(control, descriptors, holes, *, slots, descriptor_words, c_head, d_seq, d_flags,
- * df_skip): the repair of a sequenced ring (shared mode, block policy), run under the header
- * lock while live writers go on without it. Publish every number in `holes` (claimed by
- * writers that died) as a skip, then move C_HEAD over what is published, with the same
- * compare-and-swap the writers use (_publisher.c, help_head). Returns the new head. */
+/* settle(control, descriptors, holes, *, slots, descriptor_words): the repair of a sequenced
+ * ring (shared mode, block policy), run under the header lock while live writers go on
+ * without it. Publish every number in `holes` (claimed by writers that died) as a skip, then
+ * move C_HEAD over what is published, with the same compare-and-swap the writers use
+ * (_publisher.c, help_head). Returns the new head. */
 static PyObject *settle(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"control", "descriptors", "holes", "slots", "descriptor_words",
-                               "c_head", "d_seq", "d_flags", "df_skip", NULL};
+                               NULL};
     PyObject *control_view, *descriptors_view, *holes;
-    unsigned long long slots, df_skip;
-    Py_ssize_t descriptor_words, c_head, words[2];
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO!$KnnnnK:settle", keywords, &control_view,
+    unsigned long long slots;
+    Py_ssize_t descriptor_words;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO!$Kn:settle", keywords, &control_view,
                                      &descriptors_view, &PyList_Type, &holes, &slots,
-                                     &descriptor_words, &c_head, &words[0], &words[1], &df_skip)) {
+                                     &descriptor_words)) {
         return NULL;
     }
     Py_buffer control, descriptors;
@@ -87,11 +76,9 @@ static PyObject *settle(PyObject *Py_UNUSED(module), PyObject *args, PyObject *k
         return NULL;
     }
     uint64_t table_words;
-    int fits = slots > 0 && descriptor_words > 0 && c_head >= 0 &&
-               shmring_words_needed(words, 2) > 0 &&
-               shmring_words_needed(words, 2) <= (uint64_t)descriptor_words &&
+    int fits = slots > 0 && descriptor_words >= SHMRING_D_META_BYTE_OFFSET / 8 &&
                !__builtin_mul_overflow(slots, (uint64_t)descriptor_words, &table_words) &&
-               (uint64_t)control.len / 8 > (uint64_t)c_head &&
+               (uint64_t)control.len / 8 >= SHMRING_CONTROL_WORDS &&
                (uint64_t)descriptors.len / 8 >= table_words &&
                ((uintptr_t)control.buf & 7) == 0 && ((uintptr_t)descriptors.buf & 7) == 0;
     PyObject *result = NULL;
@@ -99,20 +86,20 @@ static PyObject *settle(PyObject *Py_UNUSED(module), PyObject *args, PyObject *k
         PyErr_SetString(PyExc_ValueError, "settle: impossible ring geometry");
         goto done;
     }
-    uint64_t *table = descriptors.buf, *head_word = (uint64_t *)control.buf + c_head;
+    uint64_t *table = descriptors.buf, *head_word = (uint64_t *)control.buf + SHMRING_C_HEAD;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(holes); i++) {
         uint64_t seq = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(holes, i));
         if (seq == (uint64_t)-1 && PyErr_Occurred()) {
             goto done;
         }
         uint64_t *descriptor = table + (seq % slots) * (uint64_t)descriptor_words;
-        store(&descriptor[words[1]], df_skip);
-        __atomic_store_n(&descriptor[words[0]], seq, __ATOMIC_SEQ_CST);
+        store(&descriptor[SHMRING_D_FLAGS], SHMRING_DF_SKIP);
+        __atomic_store_n(&descriptor[SHMRING_D_SEQ], seq, __ATOMIC_SEQ_CST);
     }
     uint64_t head = __atomic_load_n(head_word, __ATOMIC_SEQ_CST);
-    while (head < ((uint64_t)1 << 62)) {
+    while (head < SHMRING_SEQ_LIMIT) {
         const uint64_t *descriptor = table + (head % slots) * (uint64_t)descriptor_words;
-        if (__atomic_load_n(&descriptor[words[0]], __ATOMIC_SEQ_CST) != head) {
+        if (__atomic_load_n(&descriptor[SHMRING_D_SEQ], __ATOMIC_SEQ_CST) != head) {
             break;
         }
         if (__atomic_compare_exchange_n(head_word, &head, head + 1, 0, __ATOMIC_SEQ_CST,

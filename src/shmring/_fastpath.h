@@ -7,9 +7,7 @@
 
 #include <stdint.h>
 
-#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "the futex words are the low halves of 64-bit words: little-endian only (docs/FORMAT.md)"
-#endif
+#include "shmring_layout.h" /* SHMRING_*: the layout, generated from _layout.py */
 
 static inline uint64_t load(const uint64_t *word) {
     return __atomic_load_n(word, __ATOMIC_ACQUIRE);
@@ -41,9 +39,6 @@ static inline int load_with_tail(const uint64_t *tail_word, const uint64_t *word
  * NULL with ValueError (naming `owner` and `what`) otherwise. */
 uint64_t *shmring_word_view(PyObject *view, const Py_buffer *within, const char *owner,
                             const char *what, uint64_t words);
-
-/* 1 + the largest of `count` word indices, or 0 if one is negative. */
-uint64_t shmring_words_needed(const Py_ssize_t *indices, int count);
 
 /* FUTEX_WAKE every sleeper on the futex word at the low half of `word`. */
 void shmring_futex_wake_all(uint64_t *word);

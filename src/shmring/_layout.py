@@ -1,7 +1,9 @@
 # The binary layout of a ring segment: the one module that knows offsets.
 #
 # docs/FORMAT.md describes the same layout for programs in other languages; this module
-# mirrors it exactly, and no other module computes an offset. Everything is little-endian.
+# mirrors it exactly, and no other module computes an offset. C takes it from
+# shmring_layout.h, generated from this module's constants and comments (_layout_header.py:
+# run `python -m shmring._layout_header` after changing one). Everything is little-endian.
 #
 # A segment is: a fixed header (geometry, written once by the creator and protected by a
 # CRC-32), a control block (the shared counters, one 64-byte cache line per group of words
@@ -39,6 +41,9 @@ MAX_READERS = 1024
 MAX_WRITERS = 1024
 MAX_META = 65536
 MAX_GROUP_NAME = 32
+MAX_SLOTS = 1 << 20
+MAX_SPARE_BUFFERS = 1 << 20  # overwrite rings: buffers beyond `slots`
+MAX_DIM = 1 << 40  # any one dimension of a frame's shape
 NONE = 0xFFFF_FFFF_FFFF_FFFF  # "no value" in any u64 field (e.g. a descriptor never written)
 U64_MASK = NONE
 SEQ_LIMIT = 1 << 62  # sequence numbers beyond this can only come from a damaged header
@@ -106,6 +111,7 @@ MODE_EXCLUSIVE = 0  # one writer: it publishes without the lock
 MODE_SHARED = 1  # several writers: block rings sequence frames lock-free, overwrite ones lock
 
 # ---- descriptor: one per queued frame -----------------------------------------------------
+DESCRIPTORS_OFFSET = CONTROL_OFFSET + CONTROL_BYTES  # the table follows the control block
 D_SEQ = 0  # sequence number of the frame here; NONE until first published
 D_BUFFER = 1  # index of the buffer holding the frame
 D_FLAGS = 2  # DF_* bits in the low 32 bits; bytes of user metadata in the high 32
@@ -190,7 +196,7 @@ class Geometry:
 
     @property
     def descriptors_offset(self) -> int:
-        return CONTROL_OFFSET + CONTROL_BYTES
+        return DESCRIPTORS_OFFSET
 
     @property
     def readers_offset(self) -> int:
@@ -374,7 +380,8 @@ def checked_dtype(spec: object) -> np.dtype[np.generic]:
 class Views:
     """Typed windows onto one mapped segment. Built once per handle; indexing these with
     the field constants above is the whole hot path's contact with the layout (the C
-    extension is handed these views and constants: Participant.c_arguments)."""
+    extension is handed these views, Participant.c_arguments, and compiles the constants in
+    from shmring_layout.h)."""
 
     def __init__(self, geometry: Geometry, header: mmap.mmap, data: memoryview) -> None:
         g = geometry

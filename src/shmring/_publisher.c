@@ -43,7 +43,6 @@
 #define PUBLISH_FALLBACK (-1)  /* the fast path does not apply: use the general path */
 #define PUBLISH_CORRUPTED (-2) /* a value read from the ring is out of range */
 #define PUBLISH_ALONE (-4)     /* shared mode, one writer left: switch back, then again */
-#define SEQ_LIMIT ((uint64_t)1 << 62) /* _layout.SEQ_LIMIT: beyond, the header is damaged */
 #define COPY_WITHOUT_GIL_BYTES (1 << 20) /* copies this large let other threads run */
 
 /* The copy. glibc copies blocks above a few KiB with `rep movsb`, which on the AMD EPYC
@@ -100,27 +99,16 @@ typedef struct {
     uint64_t *record;
     uint64_t *descriptors;
     uint64_t *freelist;
-    uint64_t *reader_records, *group_records; /* max_readers of each, record_words apart */
+    uint64_t *reader_records, *group_records; /* max_readers of each, RECORD_WORDS apart */
     char *buffers;
     Py_ssize_t frame_bytes;
     Py_ssize_t buffer_stride;
     uint64_t slots;
     uint64_t nbuffers;
     Py_ssize_t descriptor_words;
-    Py_ssize_t c_head, c_tail, c_free_count, c_writer_mode, c_reader_waiters, c_frames;
     uint64_t max_readers;
-    Py_ssize_t record_words;
-    Py_ssize_t r_state, r_release, g_state, g_cursor;
-    uint64_t state_active;
-    Py_ssize_t w_in_publish, w_claimed;
-    Py_ssize_t d_seq, d_buffer, d_timestamp, d_flags;
-    uint64_t mode_exclusive;
-    uint64_t none; /* _layout.NONE: "no value" (W_CLAIMED with no claim) */
     int overwrite; /* the ring's policy: buffers come from pop_overwrite(), not a reclaim */
-    Py_ssize_t c_next_seq, c_writers, w_claimed_seq, c_flags;
-    uint64_t df_skip, f_sequenced;
-    Py_ssize_t r_pinned, d_shape, meta_offset; /* meta_offset: bytes into a descriptor */
-    uint64_t df_evicted, df_own_shape, meta_shift, meta_size, ndim;
+    uint64_t meta_size, ndim;
     int reclaim_eagerly;
     int reclaim_in_c; /* else every reclaim calls back Python (tests use that as a hook) */
     int fence;
@@ -142,53 +130,31 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {
         "header", "data", "control", "record", "descriptors", "freelist", "reader_records",
         "group_records", "frame_bytes", "buffer_stride", "slots", "nbuffers",
-        "descriptor_words", "max_readers", "record_words", "c_head", "c_tail", "c_free_count",
-        "c_writer_mode", "c_reader_waiters", "c_frames", "w_in_publish", "w_claimed", "d_seq",
-        "d_buffer", "d_timestamp", "d_flags", "r_state", "r_release", "g_state", "g_cursor",
-        "mode_exclusive", "none", "state_active", "reclaim_eagerly", "reclaim_in_c", "fence",
-        "reclaim", "overwrite", "r_pinned", "d_shape", "meta_offset", "df_evicted",
-        "df_own_shape", "meta_shift", "meta_size", "ndim", "c_next_seq", "c_writers",
-        "w_claimed_seq", "df_skip", "c_flags", "f_sequenced", NULL,
+        "descriptor_words", "max_readers", "reclaim_eagerly", "reclaim_in_c", "fence",
+        "reclaim", "overwrite", "meta_size", "ndim", NULL,
     };
     PyObject *header, *data, *control, *record, *descriptors, *freelist, *readers, *groups;
     PyObject *reclaim;
-    Py_ssize_t frame_bytes, stride, descriptor_words, record_words, c_words[6], w_words[2];
-    Py_ssize_t d_words[4], rg_words[4];
-    unsigned long long slots, nbuffers, max_readers, mode_exclusive, none, state_active;
+    Py_ssize_t frame_bytes, stride, descriptor_words;
+    unsigned long long slots, nbuffers, max_readers, meta_size, ndim;
     int reclaim_eagerly, reclaim_in_c, fence, overwrite;
-    Py_ssize_t r_pinned, d_shape, meta_offset;
-    unsigned long long df_evicted, df_own_shape, meta_shift, meta_size, ndim, df_skip;
-    unsigned long long f_sequenced;
-    Py_ssize_t mp_words[4];
     if (self->initialized) {
         PyErr_SetString(PyExc_RuntimeError, "a Publisher is initialized once");
         return -1;
     }
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$OOOOOOOOnnKKnKnnnnnnnnnnnnnnnnnKKKpppOpnnnKKKKKnnnKnK:Publisher", keywords,
-            &header, &data, &control, &record, &descriptors, &freelist, &readers, &groups,
-            &frame_bytes, &stride, &slots, &nbuffers, &descriptor_words, &max_readers,
-            &record_words, &c_words[0], &c_words[1], &c_words[2], &c_words[3], &c_words[4],
-            &c_words[5], &w_words[0], &w_words[1], &d_words[0], &d_words[1], &d_words[2],
-            &d_words[3], &rg_words[0], &rg_words[1], &rg_words[2], &rg_words[3],
-            &mode_exclusive, &none, &state_active, &reclaim_eagerly, &reclaim_in_c, &fence,
-            &reclaim, &overwrite, &r_pinned, &d_shape, &meta_offset, &df_evicted, &df_own_shape,
-            &meta_shift, &meta_size, &ndim, &mp_words[0], &mp_words[1], &mp_words[2],
-            &df_skip, &mp_words[3], &f_sequenced)) {
+            args, kwargs, "$OOOOOOOOnnKKnKpppOpKK:Publisher", keywords, &header, &data, &control,
+            &record, &descriptors, &freelist, &readers, &groups, &frame_bytes, &stride, &slots,
+            &nbuffers, &descriptor_words, &max_readers, &reclaim_eagerly, &reclaim_in_c, &fence,
+            &reclaim, &overwrite, &meta_size, &ndim)) {
         return -1;
     }
     uint64_t table_words, data_bytes, record_table_words;
     if (slots == 0 || nbuffers == 0 || frame_bytes <= 0 || stride < frame_bytes ||
-        descriptor_words <= 0 || shmring_words_needed(d_words, 4) == 0 ||
-        shmring_words_needed(d_words, 4) > (uint64_t)descriptor_words ||
-        shmring_words_needed(c_words, 6) == 0 || shmring_words_needed(w_words, 2) == 0 ||
-        shmring_words_needed(mp_words, 4) == 0 || (uint64_t)mp_words[2] >= (uint64_t)record_words ||
-        max_readers == 0 || record_words <= 0 || shmring_words_needed(rg_words, 4) == 0 ||
-        shmring_words_needed(rg_words, 4) > (uint64_t)record_words || r_pinned < 0 ||
-        r_pinned >= record_words || d_shape < 0 || ndim == 0 || ndim > 64 || meta_offset < 0 ||
-        meta_shift >= 64 || (uint64_t)d_shape + ndim > (uint64_t)descriptor_words ||
-        (uint64_t)meta_offset + meta_size > (uint64_t)descriptor_words * 8 ||
-        __builtin_mul_overflow(max_readers, (uint64_t)record_words, &record_table_words) ||
+        descriptor_words <= 0 || max_readers == 0 || ndim == 0 || ndim > SHMRING_MAX_NDIM ||
+        meta_size > SHMRING_MAX_META ||
+        SHMRING_D_META_BYTE_OFFSET + meta_size > (uint64_t)descriptor_words * 8 ||
+        __builtin_mul_overflow(max_readers, (uint64_t)SHMRING_RECORD_WORDS, &record_table_words) ||
         __builtin_mul_overflow(slots, (uint64_t)descriptor_words, &table_words) ||
         __builtin_mul_overflow(nbuffers - 1, (uint64_t)stride, &data_bytes) ||
         __builtin_add_overflow(data_bytes, (uint64_t)frame_bytes, &data_bytes)) {
@@ -209,16 +175,14 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
     self->holds_exports = 1;
     const Py_buffer *within = &self->header;
     const char *owner = "Publisher";
-    Py_ssize_t control_words[9] = {c_words[0], c_words[1], c_words[2],  c_words[3], c_words[4],
-                                   c_words[5], mp_words[0], mp_words[1], mp_words[3]};
     if (!(self->control = shmring_word_view(control, within, owner, "control",
-                                            shmring_words_needed(control_words, 9))) ||
+                                            SHMRING_CONTROL_WORDS)) ||
         !(self->reader_records = shmring_word_view(readers, within, owner, "reader records",
                                                    record_table_words)) ||
         !(self->group_records = shmring_word_view(groups, within, owner, "group records",
                                                   record_table_words)) ||
         !(self->record = shmring_word_view(record, within, owner, "record",
-                                           (uint64_t)record_words)) ||
+                                           SHMRING_RECORD_WORDS)) ||
         !(self->descriptors =
               shmring_word_view(descriptors, within, owner, "descriptors", table_words)) ||
         !(self->freelist = shmring_word_view(freelist, within, owner, "freelist", nbuffers))) {
@@ -237,42 +201,10 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
     self->nbuffers = nbuffers;
     self->descriptor_words = descriptor_words;
     self->max_readers = max_readers;
-    self->record_words = record_words;
-    self->c_head = c_words[0];
-    self->c_tail = c_words[1];
-    self->c_free_count = c_words[2];
-    self->c_writer_mode = c_words[3];
-    self->c_reader_waiters = c_words[4];
-    self->c_frames = c_words[5];
-    self->r_state = rg_words[0];
-    self->r_release = rg_words[1];
-    self->g_state = rg_words[2];
-    self->g_cursor = rg_words[3];
-    self->state_active = state_active;
-    self->w_in_publish = w_words[0];
-    self->w_claimed = w_words[1];
-    self->d_seq = d_words[0];
-    self->d_buffer = d_words[1];
-    self->d_timestamp = d_words[2];
-    self->d_flags = d_words[3];
-    self->mode_exclusive = mode_exclusive;
-    self->none = none;
     self->reclaim_eagerly = reclaim_eagerly;
     self->reclaim_in_c = reclaim_in_c;
     self->fence = fence;
     self->overwrite = overwrite;
-    self->c_next_seq = mp_words[0];
-    self->c_writers = mp_words[1];
-    self->w_claimed_seq = mp_words[2];
-    self->df_skip = df_skip;
-    self->c_flags = mp_words[3];
-    self->f_sequenced = f_sequenced;
-    self->r_pinned = r_pinned;
-    self->d_shape = d_shape;
-    self->meta_offset = meta_offset;
-    self->df_evicted = df_evicted;
-    self->df_own_shape = df_own_shape;
-    self->meta_shift = meta_shift;
     self->meta_size = meta_size;
     self->ndim = ndim;
     self->reclaim = Py_NewRef(reclaim);
@@ -302,16 +234,16 @@ enum { GO_NOT = 0, GO_ALONE = 1, GO_SEQUENCED = 2 };
 /* Open the bracket; how this writer may go on (see above). */
 static int enter_as(Publisher *self, int locked) {
     self->busy = 1;
-    __atomic_store_n(&self->record[self->w_in_publish], 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&self->record[SHMRING_W_IN_PUBLISH], 1, __ATOMIC_RELAXED);
     __atomic_signal_fence(__ATOMIC_SEQ_CST); /* the other side's membarrier() orders it */
-    if (load(&self->control[self->c_writer_mode]) == self->mode_exclusive) {
+    if (load(&self->control[SHMRING_C_WRITER_MODE]) == SHMRING_MODE_EXCLUSIVE) {
         return GO_ALONE;
     }
     if (self->overwrite) {
         return locked ? GO_ALONE : GO_NOT;
     }
     /* Block policy: sequenced once the switch is complete (F_SEQUENCED, _ring.py). */
-    return load(&self->control[self->c_flags]) & self->f_sequenced ? GO_SEQUENCED : GO_NOT;
+    return load(&self->control[SHMRING_C_FLAGS]) & SHMRING_F_SEQUENCED ? GO_SEQUENCED : GO_NOT;
 }
 
 static int enter(Publisher *self) {
@@ -320,15 +252,15 @@ static int enter(Publisher *self) {
 
 /* Close the bracket early: nothing published, the next call allowed. */
 static void leave(Publisher *self) {
-    store(&self->record[self->w_in_publish], 0);
+    store(&self->record[SHMRING_W_IN_PUBLISH], 0);
     self->busy = 0;
 }
 
 /* The next sequence number, or PUBLISH_FALLBACK if head is damaged (the general path
  * reports it). Only this writer moves head, in exclusive mode. */
 static long long next_seq(Publisher *self) {
-    uint64_t seq = load(&self->control[self->c_head]);
-    return seq >= SEQ_LIMIT ? PUBLISH_FALLBACK : (long long)seq;
+    uint64_t seq = load(&self->control[SHMRING_C_HEAD]);
+    return seq >= SHMRING_SEQ_LIMIT ? PUBLISH_FALLBACK : (long long)seq;
 }
 
 /* The lowest sequence number some reader group still needs (at most `head`). It scans every
@@ -338,16 +270,16 @@ static long long next_seq(Publisher *self) {
 static uint64_t release_floor(Publisher *self, uint64_t head) {
     uint64_t floor = head;
     for (uint64_t i = 0; i < self->max_readers; i++) {
-        const uint64_t *group = self->group_records + i * (uint64_t)self->record_words;
-        if (load(&group[self->g_state]) == self->state_active) {
-            uint64_t cursor = load(&group[self->g_cursor]);
+        const uint64_t *group = self->group_records + i * (uint64_t)SHMRING_RECORD_WORDS;
+        if (load(&group[SHMRING_G_STATE]) == SHMRING_STATE_ACTIVE) {
+            uint64_t cursor = load(&group[SHMRING_G_CURSOR]);
             floor = cursor < floor ? cursor : floor;
         }
     }
     for (uint64_t i = 0; i < self->max_readers; i++) {
-        const uint64_t *reader = self->reader_records + i * (uint64_t)self->record_words;
-        if (load(&reader[self->r_state]) == self->state_active) {
-            uint64_t release = load(&reader[self->r_release]);
+        const uint64_t *reader = self->reader_records + i * (uint64_t)SHMRING_RECORD_WORDS;
+        if (load(&reader[SHMRING_R_STATE]) == SHMRING_STATE_ACTIVE) {
+            uint64_t release = load(&reader[SHMRING_R_RELEASE]);
             floor = release < floor ? release : floor;
         }
     }
@@ -359,10 +291,11 @@ static uint64_t release_floor(Publisher *self, uint64_t head) {
  * is not what it can be (Python's reclaim then runs and says what is wrong). */
 static long long reclaim_in_c(Publisher *self) {
     uint64_t *control = self->control;
-    uint64_t head = load(&control[self->c_head]);
-    uint64_t tail = load(&control[self->c_tail]);
-    uint64_t count = load(&control[self->c_free_count]);
-    if (tail > head || head - tail > self->slots || head >= SEQ_LIMIT || count > self->nbuffers) {
+    uint64_t head = load(&control[SHMRING_C_HEAD]);
+    uint64_t tail = load(&control[SHMRING_C_TAIL]);
+    uint64_t count = load(&control[SHMRING_C_FREE_COUNT]);
+    if (tail > head || head - tail > self->slots || head >= SHMRING_SEQ_LIMIT ||
+        count > self->nbuffers) {
         return -1;
     }
     uint64_t floor = release_floor(self, head);
@@ -376,10 +309,10 @@ static long long reclaim_in_c(Publisher *self) {
     for (uint64_t i = 0; i < freed; i++) { /* not range-checked here: pop_buffer() does */
         const uint64_t *descriptor =
             self->descriptors + ((tail + i) % self->slots) * self->descriptor_words;
-        store(&self->freelist[count + i], load(&descriptor[self->d_buffer]));
+        store(&self->freelist[count + i], load(&descriptor[SHMRING_D_BUFFER]));
     }
-    store(&control[self->c_tail], floor);
-    store(&control[self->c_free_count], count + freed);
+    store(&control[SHMRING_C_TAIL], floor);
+    store(&control[SHMRING_C_FREE_COUNT], count + freed);
     return (long long)(count + freed);
 }
 
@@ -388,7 +321,7 @@ static long long reclaim_in_c(Publisher *self) {
  * POP_FAILED if the reclaim raised. */
 static long long pop_buffer(Publisher *self) {
     uint64_t *control = self->control;
-    uint64_t count = load(&control[self->c_free_count]);
+    uint64_t count = load(&control[SHMRING_C_FREE_COUNT]);
     if (self->reclaim_eagerly || count == 0) {
         long long reclaimed = self->reclaim_in_c ? reclaim_in_c(self) : -1;
         if (reclaimed >= 0) {
@@ -412,7 +345,7 @@ static long long pop_buffer(Publisher *self) {
     if (buffer >= self->nbuffers) {
         return PUBLISH_CORRUPTED;
     }
-    store(&control[self->c_free_count], count - 1);
+    store(&control[SHMRING_C_FREE_COUNT], count - 1);
     return (long long)buffer;
 }
 
@@ -431,9 +364,9 @@ static long long pop_buffer(Publisher *self) {
 
 /* Move C_TAIL up to what every group released (writers race: compare-and-swap); the tail. */
 static uint64_t advance_tail(Publisher *self) {
-    uint64_t *tail_word = &self->control[self->c_tail];
+    uint64_t *tail_word = &self->control[SHMRING_C_TAIL];
     uint64_t tail = __atomic_load_n(tail_word, __ATOMIC_SEQ_CST);
-    uint64_t floor = release_floor(self, load(&self->control[self->c_head]));
+    uint64_t floor = release_floor(self, load(&self->control[SHMRING_C_HEAD]));
     while (floor > tail) {
         if (__atomic_compare_exchange_n(tail_word, &tail, floor, 0, __ATOMIC_SEQ_CST,
                                         __ATOMIC_SEQ_CST)) {
@@ -446,13 +379,13 @@ static uint64_t advance_tail(Publisher *self) {
 /* Claim the next sequence number; PUBLISH_FALLBACK if every position holds a frame some group
  * still needs (the caller waits for space), PUBLISH_CORRUPTED for a damaged header. */
 static long long sequence_claim(Publisher *self) {
-    uint64_t *control = self->control, *claimed = &self->record[self->w_claimed_seq];
+    uint64_t *control = self->control, *claimed = &self->record[SHMRING_W_CLAIMED_SEQ];
     for (;;) {
         uint64_t tail, seq;
-        if (!load_with_tail(&control[self->c_tail], &control[self->c_next_seq], &tail, &seq)) {
+        if (!load_with_tail(&control[SHMRING_C_TAIL], &control[SHMRING_C_NEXT_SEQ], &tail, &seq)) {
             return PUBLISH_FALLBACK; /* tail kept moving: wait, then look again */
         }
-        if (seq >= SEQ_LIMIT || tail > seq || seq - tail > self->slots) {
+        if (seq >= SHMRING_SEQ_LIMIT || tail > seq || seq - tail > self->slots) {
             return PUBLISH_CORRUPTED;
         }
         if (seq - tail == self->slots) {
@@ -462,22 +395,22 @@ static long long sequence_claim(Publisher *self) {
             continue;
         }
         __atomic_store_n(claimed, seq, __ATOMIC_SEQ_CST); /* named before it is taken */
-        if (__atomic_compare_exchange_n(&control[self->c_next_seq], &seq, seq + 1, 0,
+        if (__atomic_compare_exchange_n(&control[SHMRING_C_NEXT_SEQ], &seq, seq + 1, 0,
                                         __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
             return (long long)seq;
         }
-        store(claimed, self->none); /* another writer took it */
+        store(claimed, SHMRING_NONE); /* another writer took it */
     }
 }
 
 /* Move C_HEAD over every published number from where it is. */
 static void help_head(Publisher *self) {
-    uint64_t *head_word = &self->control[self->c_head];
+    uint64_t *head_word = &self->control[SHMRING_C_HEAD];
     uint64_t head = __atomic_load_n(head_word, __ATOMIC_SEQ_CST);
-    while (head < SEQ_LIMIT) {
+    while (head < SHMRING_SEQ_LIMIT) {
         const uint64_t *descriptor =
             self->descriptors + (head % self->slots) * self->descriptor_words;
-        if (__atomic_load_n(&descriptor[self->d_seq], __ATOMIC_SEQ_CST) != head) {
+        if (__atomic_load_n(&descriptor[SHMRING_D_SEQ], __ATOMIC_SEQ_CST) != head) {
             return;
         }
         if (__atomic_compare_exchange_n(head_word, &head, head + 1, 0, __ATOMIC_SEQ_CST,
@@ -490,7 +423,7 @@ static void help_head(Publisher *self) {
 /* The buffer of claimed number `seq` (its position's), or PUBLISH_CORRUPTED. */
 static long long position_buffer(Publisher *self, uint64_t seq) {
     const uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
-    uint64_t buffer = load(&descriptor[self->d_buffer]);
+    uint64_t buffer = load(&descriptor[SHMRING_D_BUFFER]);
     return buffer < self->nbuffers ? (long long)buffer : PUBLISH_CORRUPTED;
 }
 
@@ -500,9 +433,9 @@ static long long position_buffer(Publisher *self, uint64_t seq) {
  * pin (docs/FORMAT.md, "Overwrite"). */
 static int pinned(Publisher *self, uint64_t buffer) {
     for (uint64_t i = 0; i < self->max_readers; i++) {
-        const uint64_t *reader = self->reader_records + i * (uint64_t)self->record_words;
-        if (load(&reader[self->r_state]) == self->state_active &&
-            load(&reader[self->r_pinned]) == buffer) {
+        const uint64_t *reader = self->reader_records + i * (uint64_t)SHMRING_RECORD_WORDS;
+        if (load(&reader[SHMRING_R_STATE]) == SHMRING_STATE_ACTIVE &&
+            load(&reader[SHMRING_R_PINNED]) == buffer) {
             return 1;
         }
     }
@@ -518,7 +451,7 @@ static int pinned(Publisher *self, uint64_t buffer) {
 static long long pop_overwrite(Publisher *self) {
     uint64_t *control = self->control;
     __atomic_thread_fence(__ATOMIC_SEQ_CST); /* the stores that retired a buffer, then pins */
-    uint64_t count = load(&control[self->c_free_count]);
+    uint64_t count = load(&control[SHMRING_C_FREE_COUNT]);
     if (count > self->nbuffers) {
         return PUBLISH_CORRUPTED;
     }
@@ -529,37 +462,38 @@ static long long pop_overwrite(Publisher *self) {
         }
         if (!pinned(self, buffer)) {
             store(&self->freelist[i], load(&self->freelist[count - 1]));
-            store(&control[self->c_free_count], count - 1);
+            store(&control[SHMRING_C_FREE_COUNT], count - 1);
             return (long long)buffer;
         }
     }
-    uint64_t tail = load(&control[self->c_tail]), head = load(&control[self->c_head]);
-    if (tail > head || head - tail > self->slots || head >= SEQ_LIMIT) {
+    uint64_t tail = load(&control[SHMRING_C_TAIL]), head = load(&control[SHMRING_C_HEAD]);
+    if (tail > head || head - tail > self->slots || head >= SHMRING_SEQ_LIMIT) {
         return PUBLISH_CORRUPTED;
     }
     for (uint64_t seq = tail; seq < head; seq++) {
         uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
-        uint64_t flags = load(&descriptor[self->d_flags]);
-        if (load(&descriptor[self->d_seq]) != seq || flags & self->df_evicted) {
+        uint64_t flags = load(&descriptor[SHMRING_D_FLAGS]);
+        if (load(&descriptor[SHMRING_D_SEQ]) != seq || flags & SHMRING_DF_EVICTED) {
             continue;
         }
-        uint64_t buffer = load(&descriptor[self->d_buffer]);
+        uint64_t buffer = load(&descriptor[SHMRING_D_BUFFER]);
         if (buffer >= self->nbuffers) {
             return PUBLISH_CORRUPTED;
         }
-        __atomic_store_n(&descriptor[self->d_flags], flags | self->df_evicted, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&descriptor[SHMRING_D_FLAGS], flags | SHMRING_DF_EVICTED,
+                         __ATOMIC_SEQ_CST);
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
         if (!pinned(self, buffer)) {
             return (long long)buffer;
         }
         /* Pinned: the frame stays evicted (its reader has it) and its buffer joins the free
          * list, to be taken once unpinned, since no frame of the window names it any more. */
-        count = load(&control[self->c_free_count]);
+        count = load(&control[SHMRING_C_FREE_COUNT]);
         if (count >= self->nbuffers) {
             return PUBLISH_CORRUPTED;
         }
         store(&self->freelist[count], buffer);
-        store(&control[self->c_free_count], count + 1);
+        store(&control[SHMRING_C_FREE_COUNT], count + 1);
     }
     return PUBLISH_FALLBACK;
 }
@@ -585,15 +519,15 @@ typedef struct {
  * is the one to put on the free list once `seq` is published, else NONE. */
 static uint64_t retire_replaced(Publisher *self, uint64_t seq, const uint64_t *descriptor) {
     if (seq < self->slots) {
-        return self->none;
+        return SHMRING_NONE;
     }
-    uint64_t replaced = seq - self->slots, buffer = self->none;
-    if (load(&descriptor[self->d_seq]) == replaced &&
-        !(load(&descriptor[self->d_flags]) & self->df_evicted)) {
-        buffer = load(&descriptor[self->d_buffer]);
+    uint64_t replaced = seq - self->slots, buffer = SHMRING_NONE;
+    if (load(&descriptor[SHMRING_D_SEQ]) == replaced &&
+        !(load(&descriptor[SHMRING_D_FLAGS]) & SHMRING_DF_EVICTED)) {
+        buffer = load(&descriptor[SHMRING_D_BUFFER]);
     }
-    if (load(&self->control[self->c_tail]) <= replaced) {
-        store(&self->control[self->c_tail], replaced + 1);
+    if (load(&self->control[SHMRING_C_TAIL]) <= replaced) {
+        store(&self->control[SHMRING_C_TAIL], replaced + 1);
     }
     return buffer;
 }
@@ -608,10 +542,10 @@ static void wake_readers(Publisher *self) {
     } else {
         __atomic_signal_fence(__ATOMIC_SEQ_CST);
     }
-    if (load(&control[self->c_reader_waiters])) {
+    if (load(&control[SHMRING_C_READER_WAITERS])) {
         /* A changed word cannot be slept through: a reader that read the old value and
          * was about to sleep returns at once instead of missing this wake-up. */
-        uint64_t *frames = &control[self->c_frames];
+        uint64_t *frames = &control[SHMRING_C_FRAMES];
         store(frames, (load(frames) + 1) & 0xFFFFFFFFu);
         shmring_futex_wake_all(frames);
     }
@@ -625,7 +559,7 @@ static PyObject *publish_frame(Publisher *self, uint64_t seq, uint64_t buffer, i
                                const Description *how, int sequenced) {
     uint64_t *control = self->control;
     uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
-    uint64_t retired = self->overwrite ? retire_replaced(self, seq, descriptor) : self->none;
+    uint64_t retired = self->overwrite ? retire_replaced(self, seq, descriptor) : SHMRING_NONE;
     uint64_t stamp, flags = 0;
     if (how) {
         stamp = how->timestamp_ns;
@@ -635,39 +569,39 @@ static PyObject *publish_frame(Publisher *self, uint64_t seq, uint64_t buffer, i
         stamp = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
     }
     if (how && how->meta_len) {
-        memcpy((char *)descriptor + self->meta_offset, how->meta, how->meta_len);
-        flags |= how->meta_len << self->meta_shift;
+        memcpy((char *)descriptor + SHMRING_D_META_BYTE_OFFSET, how->meta, how->meta_len);
+        flags |= how->meta_len << SHMRING_META_LEN_SHIFT;
     }
     if (how && how->shape) {
         for (uint64_t axis = 0; axis < self->ndim; axis++) {
-            store(&descriptor[self->d_shape + axis], how->shape[axis]);
+            store(&descriptor[SHMRING_D_SHAPE + axis], how->shape[axis]);
         }
-        flags |= self->df_own_shape;
+        flags |= SHMRING_DF_OWN_SHAPE;
     }
     if (!sequenced) {
-        store(&descriptor[self->d_buffer], buffer);
+        store(&descriptor[SHMRING_D_BUFFER], buffer);
     }
-    store(&descriptor[self->d_timestamp], stamp);
-    store(&descriptor[self->d_flags], flags); /* 0: ring-shaped, no metadata */
+    store(&descriptor[SHMRING_D_TIMESTAMP], stamp);
+    store(&descriptor[SHMRING_D_FLAGS], flags); /* 0: ring-shaped, no metadata */
     if (sequenced) {
-        __atomic_store_n(&descriptor[self->d_seq], seq, __ATOMIC_SEQ_CST); /* visible */
-        store(&self->record[self->w_claimed_seq], self->none);
+        __atomic_store_n(&descriptor[SHMRING_D_SEQ], seq, __ATOMIC_SEQ_CST); /* visible */
+        store(&self->record[SHMRING_W_CLAIMED_SEQ], SHMRING_NONE);
         help_head(self);
     } else {
-        store(&descriptor[self->d_seq], seq); /* the frame is visible from here on */
-        store(&control[self->c_head], seq + 1);
+        store(&descriptor[SHMRING_D_SEQ], seq); /* the frame is visible from here on */
+        store(&control[SHMRING_C_HEAD], seq + 1);
     }
     if (retired < self->nbuffers) { /* the replaced frame's buffer is free (maybe pinned) */
-        uint64_t count = load(&control[self->c_free_count]);
+        uint64_t count = load(&control[SHMRING_C_FREE_COUNT]);
         if (count < self->nbuffers) {
             store(&self->freelist[count], retired);
-            store(&control[self->c_free_count], count + 1);
+            store(&control[SHMRING_C_FREE_COUNT], count + 1);
         }
     }
     if (claimed) {
-        store(&self->record[self->w_claimed], self->none);
+        store(&self->record[SHMRING_W_CLAIMED], SHMRING_NONE);
     }
-    store(&self->record[self->w_in_publish], 0);
+    store(&self->record[SHMRING_W_IN_PUBLISH], 0);
     wake_readers(self);
     self->busy = 0;
     return PyLong_FromUnsignedLongLong(seq);
@@ -677,18 +611,19 @@ static PyObject *publish_frame(Publisher *self, uint64_t seq, uint64_t buffer, i
  * it dropped), for a claim given back or one whose buffer index is damaged. */
 static void publish_skip(Publisher *self, uint64_t seq) {
     uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
-    store(&descriptor[self->d_flags], self->df_skip);
-    __atomic_store_n(&descriptor[self->d_seq], seq, __ATOMIC_SEQ_CST);
-    store(&self->record[self->w_claimed_seq], self->none);
-    store(&self->record[self->w_claimed], self->none);
+    store(&descriptor[SHMRING_D_FLAGS], SHMRING_DF_SKIP);
+    __atomic_store_n(&descriptor[SHMRING_D_SEQ], seq, __ATOMIC_SEQ_CST);
+    store(&self->record[SHMRING_W_CLAIMED_SEQ], SHMRING_NONE);
+    store(&self->record[SHMRING_W_CLAIMED], SHMRING_NONE);
     help_head(self);
     wake_readers(self);
 }
 
 /* Sequenced: the number this writer's claim of `buffer` holds, or PUBLISH_CORRUPTED. */
 static long long claimed_seq(Publisher *self, uint64_t buffer) {
-    uint64_t seq = load(&self->record[self->w_claimed_seq]);
-    if (seq == self->none || seq >= SEQ_LIMIT || position_buffer(self, seq) != (long long)buffer) {
+    uint64_t seq = load(&self->record[SHMRING_W_CLAIMED_SEQ]);
+    if (seq == SHMRING_NONE || seq >= SHMRING_SEQ_LIMIT ||
+        position_buffer(self, seq) != (long long)buffer) {
         return PUBLISH_CORRUPTED;
     }
     return (long long)seq;
@@ -697,7 +632,7 @@ static long long claimed_seq(Publisher *self, uint64_t buffer) {
 /* Sequenced: whether this writer is the only one left (Python then switches the ring back
  * to exclusive mode under the lock: PUBLISH_ALONE). */
 static int alone(Publisher *self) {
-    return load(&self->control[self->c_writers]) <= 1;
+    return load(&self->control[SHMRING_C_WRITERS]) <= 1;
 }
 
 static PyObject *Publisher_publish(Publisher *self, PyObject *frame_object) {
@@ -765,7 +700,7 @@ static PyObject *claim_buffer(Publisher *self, int locked) {
         buffer = take_buffer(self);
     }
     if (buffer >= 0) {
-        store(&self->record[self->w_claimed], (uint64_t)buffer);
+        store(&self->record[SHMRING_W_CLAIMED], (uint64_t)buffer);
     }
     leave(self);
     return buffer == POP_FAILED ? NULL : PyLong_FromLongLong(buffer);
@@ -851,7 +786,7 @@ static PyObject *Publisher_publish_described(Publisher *self, PyObject *const *a
     if (how.timestamp_ns == (uint64_t)-1 && PyErr_Occurred()) {
         return NULL;
     }
-    uint64_t shape[64];
+    uint64_t shape[SHMRING_MAX_NDIM];
     if (args[2] != Py_None) {
         if (!PyTuple_Check(args[2]) || (uint64_t)PyTuple_GET_SIZE(args[2]) != self->ndim) {
             PyErr_SetString(PyExc_ValueError, "publish_described: shape must have ndim sizes");
@@ -900,17 +835,17 @@ static PyObject *Publisher_abandon_claimed(Publisher *self, PyObject *const *arg
         }
         result = seq < 0 ? seq : 0;
     } else if (go == GO_ALONE) {
-        uint64_t count = load(&self->control[self->c_free_count]);
+        uint64_t count = load(&self->control[SHMRING_C_FREE_COUNT]);
         if (count < self->nbuffers) {
             store(&self->freelist[count], buffer);
-            store(&self->control[self->c_free_count], count + 1);
+            store(&self->control[SHMRING_C_FREE_COUNT], count + 1);
             result = 0;
         } else {
             result = PUBLISH_CORRUPTED;
         }
     }
     if (go != GO_NOT) {
-        store(&self->record[self->w_claimed], self->none);
+        store(&self->record[SHMRING_W_CLAIMED], SHMRING_NONE);
     }
     leave(self);
     return PyLong_FromLongLong(result);

@@ -864,32 +864,18 @@ def _taker(p: Participant, record: memoryview, group: memoryview | None) -> Take
 def taker_arguments(
     p: Participant, record: memoryview, group: memoryview | None = None
 ) -> dict[str, Any]:
-    """Taker's keyword arguments: this handle's views and _layout's word indices."""
+    """Taker's keyword arguments: this handle's views and the ring's geometry."""
     g = p.geometry
     return dict(
         p.c_arguments(),
         buffers=p.views.buffers,
         frame_type=Frame,
-        c_flags=L.C_FLAGS,
-        f_closed=L.F_CLOSED,
         record=record,
         reader_records=p.views.reader_table,
         collectable_frame_type=_CollectableFrame,
         max_readers=g.max_readers,
-        record_words=L.RECORD_WORDS,
         nbuffers=g.buffers,
-        state_active=L.STATE_ACTIVE,
-        df_evicted=L.DF_EVICTED,
-        none=L.NONE,
-        c_head=L.C_HEAD,
-        c_tail=L.C_TAIL,
-        c_writers=L.C_WRITERS,
-        r_state=L.R_STATE,
-        r_pinned=L.R_PINNED,
         group=group,
-        r_release=L.R_RELEASE,
-        g_cursor=L.G_CURSOR,
-        df_skip=L.DF_SKIP,
     )
 
 

@@ -274,7 +274,8 @@ class Participant:
 
     def c_arguments(self) -> dict[str, Any]:
         """The keyword arguments every object of the C extension takes (_fastpath.c): the
-        header mapping, the control block and descriptor table, and their geometry."""
+        header mapping, the control block and descriptor table, and their geometry (the
+        layout itself is compiled in: shmring_layout.h)."""
         g, views = self.geometry, self.views
         return dict(
             header=self.segment.header,
@@ -282,11 +283,6 @@ class Participant:
             descriptors=views.descriptor_table,
             slots=g.slots,
             descriptor_words=g.descriptor_bytes // 8,
-            c_frames=L.C_FRAMES,
-            d_seq=L.D_SEQ,
-            d_buffer=L.D_BUFFER,
-            d_timestamp=L.D_TIMESTAMP,
-            d_flags=L.D_FLAGS,
         )
 
     def window(self) -> range:
@@ -537,10 +533,6 @@ class Participant:
             holes,
             slots=slots,
             descriptor_words=self.geometry.descriptor_bytes // 8,
-            c_head=L.C_HEAD,
-            d_seq=L.D_SEQ,
-            d_flags=L.D_FLAGS,
-            df_skip=L.DF_SKIP,
         )
 
     # ---- writers' mode switch ----------------------------------------------------------

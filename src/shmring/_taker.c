@@ -135,20 +135,15 @@ typedef struct {
     uint64_t *descriptors;
     uint64_t slots;
     Py_ssize_t descriptor_words;
-    Py_ssize_t c_frames, c_flags;
-    Py_ssize_t d_seq, d_buffer, d_timestamp, d_flags;
-    uint64_t f_closed;
     PyObject *buffers;         /* list: the ring's buffers as read-only arrays */
     PyTypeObject *frame_type;  /* shmring.Frame */
     PyObject *no_meta;         /* b"" */
     /* take_pinned(): an overwrite reader's pin (R_PINNED in its record); take_group(): a
      * block group member's hold (R_RELEASE) and its group's cursor (G_CURSOR) */
-    uint64_t *record, *reader_records; /* max_readers records, record_words apart */
+    uint64_t *record, *reader_records; /* max_readers records, RECORD_WORDS apart */
     uint64_t *group;                   /* this reader's group record, or NULL */
     PyTypeObject *collectable_frame_type; /* a Frame released when garbage-collected */
-    Py_ssize_t r_release, g_cursor;
-    uint64_t max_readers, record_words, nbuffers, state_active, df_evicted, df_skip, none;
-    Py_ssize_t c_head, c_tail, c_writers, r_state, r_pinned;
+    uint64_t max_readers, nbuffers;
 } Taker;
 
 static void Taker_release_exports(Taker *self) {
@@ -163,37 +158,27 @@ static void Taker_release_exports(Taker *self) {
 static int Taker_init(Taker *self, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {
         "header", "control", "descriptors", "buffers", "frame_type", "slots",
-        "descriptor_words", "c_frames", "c_flags", "d_seq", "d_buffer", "d_timestamp",
-        "d_flags", "f_closed", "record", "reader_records", "collectable_frame_type", "max_readers",
-        "record_words", "nbuffers", "state_active", "df_evicted", "none", "c_head", "c_tail",
-        "c_writers", "r_state", "r_pinned", "group", "r_release", "g_cursor", "df_skip", NULL,
+        "descriptor_words", "record", "reader_records", "collectable_frame_type", "max_readers",
+        "nbuffers", "group", NULL,
     };
     PyObject *header, *control, *descriptors, *buffers, *frame_type, *record, *readers;
     PyObject *collectable_frame_type, *group;
-    Py_ssize_t descriptor_words, c_words[5], d_words[4], r_words[3], g_cursor;
-    unsigned long long slots, f_closed, max_readers, record_words, nbuffers, state_active;
-    unsigned long long df_evicted, df_skip, none;
+    Py_ssize_t descriptor_words;
+    unsigned long long slots, max_readers, nbuffers;
     if (self->initialized) {
         PyErr_SetString(PyExc_RuntimeError, "a Taker is initialized once");
         return -1;
     }
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$OOOO!O!KnnnnnnnKOOO!KKKKKKnnnnnOnnK:Taker", keywords, &header,
-            &control, &descriptors, &PyList_Type, &buffers, &PyType_Type, &frame_type, &slots,
-            &descriptor_words, &c_words[0], &c_words[1], &d_words[0], &d_words[1], &d_words[2],
-            &d_words[3], &f_closed, &record, &readers, &PyType_Type, &collectable_frame_type,
-            &max_readers, &record_words, &nbuffers, &state_active, &df_evicted, &none,
-            &c_words[2], &c_words[3], &c_words[4], &r_words[0], &r_words[1], &group,
-            &r_words[2], &g_cursor, &df_skip)) {
+            args, kwargs, "$OOOO!O!KnOOO!KKO:Taker", keywords, &header, &control, &descriptors,
+            &PyList_Type, &buffers, &PyType_Type, &frame_type, &slots, &descriptor_words, &record,
+            &readers, &PyType_Type, &collectable_frame_type, &max_readers, &nbuffers, &group)) {
         return -1;
     }
     uint64_t table_words, records_words;
-    if (slots == 0 || descriptor_words <= 0 || shmring_words_needed(d_words, 4) == 0 ||
-        shmring_words_needed(d_words, 4) > (uint64_t)descriptor_words ||
-        shmring_words_needed(c_words, 5) == 0 || shmring_words_needed(r_words, 3) == 0 ||
-        max_readers == 0 || nbuffers == 0 || g_cursor < 0 ||
-        shmring_words_needed(r_words, 3) > record_words || (uint64_t)g_cursor >= record_words ||
-        __builtin_mul_overflow(max_readers, record_words, &records_words) ||
+    if (slots == 0 || descriptor_words < SHMRING_D_META_BYTE_OFFSET / 8 || max_readers == 0 ||
+        nbuffers == 0 ||
+        __builtin_mul_overflow(max_readers, (uint64_t)SHMRING_RECORD_WORDS, &records_words) ||
         __builtin_mul_overflow(slots, (uint64_t)descriptor_words, &table_words)) {
         PyErr_SetString(PyExc_ValueError, "Taker: impossible ring geometry");
         return -1;
@@ -208,13 +193,13 @@ static int Taker_init(Taker *self, PyObject *args, PyObject *kwargs) {
     }
     self->holds_exports = 1;
     if (!(self->control = shmring_word_view(control, &self->header, "Taker", "control",
-                                            shmring_words_needed(c_words, 5))) ||
+                                            SHMRING_CONTROL_WORDS)) ||
         !(self->descriptors = shmring_word_view(descriptors, &self->header, "Taker",
                                                 "descriptors", table_words)) ||
         !(self->record = shmring_word_view(record, &self->header, "Taker", "record",
-                                           shmring_words_needed(r_words, 3))) ||
+                                           SHMRING_RECORD_WORDS)) ||
         (group != Py_None && !(self->group = shmring_word_view(group, &self->header, "Taker",
-                                                               "group", record_words))) ||
+                                                               "group", SHMRING_RECORD_WORDS))) ||
         !(self->reader_records = shmring_word_view(readers, &self->header, "Taker",
                                                    "reader records", records_words))) {
         Taker_release_exports(self);
@@ -227,27 +212,8 @@ static int Taker_init(Taker *self, PyObject *args, PyObject *kwargs) {
     }
     self->slots = slots;
     self->descriptor_words = descriptor_words;
-    self->c_frames = c_words[0];
-    self->c_flags = c_words[1];
-    self->d_seq = d_words[0];
-    self->d_buffer = d_words[1];
-    self->d_timestamp = d_words[2];
-    self->d_flags = d_words[3];
-    self->f_closed = f_closed;
     self->max_readers = max_readers;
-    self->record_words = record_words;
     self->nbuffers = nbuffers;
-    self->state_active = state_active;
-    self->df_evicted = df_evicted;
-    self->df_skip = df_skip;
-    self->none = none;
-    self->c_head = c_words[2];
-    self->c_tail = c_words[3];
-    self->c_writers = c_words[4];
-    self->r_state = r_words[0];
-    self->r_pinned = r_words[1];
-    self->r_release = r_words[2];
-    self->g_cursor = g_cursor;
     self->buffers = Py_NewRef(buffers);
     self->frame_type = (PyTypeObject *)Py_NewRef(frame_type);
     self->collectable_frame_type = (PyTypeObject *)Py_NewRef(collectable_frame_type);
@@ -278,15 +244,15 @@ static PyObject *take_frame(Taker *self, PyObject *reader, uint64_t seq) {
         Py_RETURN_NONE; /* closed: the caller's general path raises */
     }
     const uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
-    if (load(&descriptor[self->d_seq]) != seq || load(&descriptor[self->d_flags]) != 0) {
+    if (load(&descriptor[SHMRING_D_SEQ]) != seq || load(&descriptor[SHMRING_D_FLAGS]) != 0) {
         Py_RETURN_NONE;
     }
-    uint64_t buffer = load(&descriptor[self->d_buffer]);
+    uint64_t buffer = load(&descriptor[SHMRING_D_BUFFER]);
     if (buffer >= (uint64_t)PyList_GET_SIZE(self->buffers)) {
         Py_RETURN_NONE;
     }
     return build_frame(self, self->frame_type, reader, seq, buffer,
-                       load(&descriptor[self->d_timestamp]), 0);
+                       load(&descriptor[SHMRING_D_TIMESTAMP]), 0);
 }
 
 static int positional(const char *method, Py_ssize_t given, Py_ssize_t wanted) {
@@ -333,7 +299,7 @@ static PyObject *Taker_wait(Taker *self, PyObject *const *args, Py_ssize_t nargs
     if (!self->holds_exports) {
         Py_RETURN_NONE;
     }
-    uint64_t *frames = &self->control[self->c_frames];
+    uint64_t *frames = &self->control[SHMRING_C_FRAMES];
     uint32_t observed = (uint32_t)load(frames);
     PyObject *frame = take_frame(self, args[0], seq);
     if (frame != Py_None) {
@@ -341,8 +307,8 @@ static PyObject *Taker_wait(Taker *self, PyObject *const *args, Py_ssize_t nargs
     }
     Py_DECREF(frame);
     const uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
-    if (load(&descriptor[self->d_seq]) == seq ||
-        (load(&self->control[self->c_flags]) & self->f_closed)) {
+    if (load(&descriptor[SHMRING_D_SEQ]) == seq ||
+        (load(&self->control[SHMRING_C_FLAGS]) & SHMRING_F_CLOSED)) {
         Py_RETURN_NONE; /* there, but not for take(); or the end of the stream */
     }
     time_t seconds = (time_t)timeout;
@@ -375,19 +341,18 @@ static PyObject *Taker_wait(Taker *self, PyObject *const *args, Py_ssize_t nargs
 #define TAKE_FALLBACK (-1) /* not for this path: the general path (under the lock) decides */
 #define TAKE_NO_ROOM (-4)  /* holding one more frame would leave a writer no buffer */
 #define PIN_TRIES 64       /* a writer lapping the reader this often: the general path */
-#define SEQ_LIMIT ((uint64_t)1 << 62)
 
 /* Whether this reader may pin one more buffer: every writer must keep one to write into. */
 static int room_to_pin(Taker *self) {
     uint64_t held = 0;
     for (uint64_t i = 0; i < self->max_readers; i++) {
-        const uint64_t *reader = self->reader_records + i * self->record_words;
-        if (reader != self->record && load(&reader[self->r_state]) == self->state_active &&
-            load(&reader[self->r_pinned]) != self->none) {
+        const uint64_t *reader = self->reader_records + i * SHMRING_RECORD_WORDS;
+        if (reader != self->record && load(&reader[SHMRING_R_STATE]) == SHMRING_STATE_ACTIVE &&
+            load(&reader[SHMRING_R_PINNED]) != SHMRING_NONE) {
             held++;
         }
     }
-    uint64_t writers = load(&self->control[self->c_writers]);
+    uint64_t writers = load(&self->control[SHMRING_C_WRITERS]);
     return held + 1 + (writers ? writers : 1) <= self->nbuffers;
 }
 
@@ -396,34 +361,34 @@ static int room_to_pin(Taker *self) {
  * tail at or before `seq` means that every word read before this look (with acquire loads)
  * was the frame's own. */
 static int still_there(Taker *self, const uint64_t *descriptor, uint64_t seq, uint64_t buffer) {
-    return load(&descriptor[self->d_seq]) == seq &&
-           !(load(&descriptor[self->d_flags]) & self->df_evicted) &&
-           load(&descriptor[self->d_buffer]) == buffer &&
-           load(&self->control[self->c_tail]) <= seq;
+    return load(&descriptor[SHMRING_D_SEQ]) == seq &&
+           !(load(&descriptor[SHMRING_D_FLAGS]) & SHMRING_DF_EVICTED) &&
+           load(&descriptor[SHMRING_D_BUFFER]) == buffer &&
+           load(&self->control[SHMRING_C_TAIL]) <= seq;
 }
 
 /* Pin `buffer`, that of frame `seq` in `descriptor`: 1 if, once the pin was visible, the
  * frame was still there; else 0, with the pin undone. */
 static int pin_buffer(Taker *self, const uint64_t *descriptor, uint64_t seq, uint64_t buffer) {
-    uint64_t *pin = &self->record[self->r_pinned];
+    uint64_t *pin = &self->record[SHMRING_R_PINNED];
     __atomic_store_n(pin, buffer, __ATOMIC_SEQ_CST);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     if (still_there(self, descriptor, seq, buffer)) {
         return 1;
     }
-    store(pin, self->none);
+    store(pin, SHMRING_NONE);
     return 0;
 }
 
 /* One look along the window; *again is set when the writer moved it under us. */
 static PyObject *pin_once(Taker *self, PyObject *reader, uint64_t next, int latest, int *again) {
     uint64_t tail, head;
-    if (!load_with_tail(&self->control[self->c_tail], &self->control[self->c_head], &tail,
+    if (!load_with_tail(&self->control[SHMRING_C_TAIL], &self->control[SHMRING_C_HEAD], &tail,
                         &head)) {
         *again = 1; /* the writer kept moving the window */
         Py_RETURN_NONE;
     }
-    if (tail > head || head - tail > self->slots || head >= SEQ_LIMIT || next > head) {
+    if (tail > head || head - tail > self->slots || head >= SHMRING_SEQ_LIMIT || next > head) {
         return PyLong_FromLong(TAKE_FALLBACK);
     }
     uint64_t cursor = next, skipped = 0;
@@ -438,16 +403,16 @@ static PyObject *pin_once(Taker *self, PyObject *reader, uint64_t next, int late
     for (; cursor < head; cursor++) {
         const uint64_t *descriptor =
             self->descriptors + (cursor % self->slots) * self->descriptor_words;
-        uint64_t flags = load(&descriptor[self->d_flags]);
-        if (load(&descriptor[self->d_seq]) != cursor) {
+        uint64_t flags = load(&descriptor[SHMRING_D_FLAGS]);
+        if (load(&descriptor[SHMRING_D_SEQ]) != cursor) {
             *again = 1; /* replaced since head was read */
             Py_RETURN_NONE;
         }
-        if (flags & self->df_evicted) {
+        if (flags & SHMRING_DF_EVICTED) {
             skipped++;
             continue;
         }
-        uint64_t buffer = load(&descriptor[self->d_buffer]);
+        uint64_t buffer = load(&descriptor[SHMRING_D_BUFFER]);
         if (flags != 0 || buffer >= self->nbuffers ||
             buffer >= (uint64_t)PyList_GET_SIZE(self->buffers)) {
             return PyLong_FromLong(TAKE_FALLBACK); /* own shape or metadata, or damage */
@@ -455,7 +420,7 @@ static PyObject *pin_once(Taker *self, PyObject *reader, uint64_t next, int late
         if (!room_to_pin(self)) {
             return PyLong_FromLong(TAKE_NO_ROOM);
         }
-        uint64_t timestamp_ns = load(&descriptor[self->d_timestamp]); /* checked by the pin */
+        uint64_t timestamp_ns = load(&descriptor[SHMRING_D_TIMESTAMP]); /* checked by the pin */
         if (pin_buffer(self, descriptor, cursor, buffer)) {
             return build_frame(self, self->collectable_frame_type, reader, cursor, buffer,
                                timestamp_ns, skipped);
@@ -511,28 +476,28 @@ static PyObject *Taker_take_group(Taker *self, PyObject *const *args, Py_ssize_t
     if (!self->holds_exports || self->group == NULL) {
         return PyLong_FromLong(TAKE_FALLBACK);
     }
-    uint64_t *cursor_word = &self->group[self->g_cursor];
-    uint64_t *release = &self->record[self->r_release];
+    uint64_t *cursor_word = &self->group[SHMRING_G_CURSOR];
+    uint64_t *release = &self->record[SHMRING_R_RELEASE];
     uint64_t passed = 0; /* skips claimed on the way: dropped */
     for (int tries = 0; tries < PIN_TRIES; tries++) {
         /* Cursor, then head, both while tail held still: tail <= cursor <= head <= tail +
          * slots then hold for what was read (each only grows), and anything else is damage. */
         uint64_t tail, cursor, head, again;
-        if (!load_with_tail(&self->control[self->c_tail], cursor_word, &tail, &cursor) ||
-            !load_with_tail(&self->control[self->c_tail], &self->control[self->c_head], &again,
+        if (!load_with_tail(&self->control[SHMRING_C_TAIL], cursor_word, &tail, &cursor) ||
+            !load_with_tail(&self->control[SHMRING_C_TAIL], &self->control[SHMRING_C_HEAD], &again,
                             &head) ||
             again != tail) {
             continue; /* tail moved meanwhile: look again */
         }
-        if (tail > head || head - tail > self->slots || head >= SEQ_LIMIT || cursor > head ||
-            cursor < tail) {
+        if (tail > head || head - tail > self->slots || head >= SHMRING_SEQ_LIMIT ||
+            cursor > head || cursor < tail) {
             return PyLong_FromLong(TAKE_FALLBACK);
         }
         uint64_t seq = latest && cursor + 1 < head ? head - 1 : cursor;
         const uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
-        if (seq >= head || load(&descriptor[self->d_seq]) != seq) {
+        if (seq >= head || load(&descriptor[SHMRING_D_SEQ]) != seq) {
             if (passed) { /* only skips: their count rides on the next frame's */
-                return Py_BuildValue("(KK)", (unsigned long long)self->none,
+                return Py_BuildValue("(KK)", (unsigned long long)SHMRING_NONE,
                                      (unsigned long long)passed);
             }
             Py_RETURN_NONE; /* nothing new yet */
@@ -543,9 +508,9 @@ static PyObject *Taker_take_group(Taker *self, PyObject *const *args, Py_ssize_t
             store(release, held); /* another member took it: look again */
             continue;
         }
-        uint64_t skipped = seq - cursor, buffer = load(&descriptor[self->d_buffer]);
-        uint64_t flags = load(&descriptor[self->d_flags]);
-        if (flags & self->df_skip) { /* no frame (a sequenced ring's skip): the next one */
+        uint64_t skipped = seq - cursor, buffer = load(&descriptor[SHMRING_D_BUFFER]);
+        uint64_t flags = load(&descriptor[SHMRING_D_FLAGS]);
+        if (flags & SHMRING_DF_SKIP) { /* no frame (a sequenced ring's skip): the next one */
             passed += skipped + 1;
             store(release, held);
             tries = 0;
@@ -557,10 +522,10 @@ static PyObject *Taker_take_group(Taker *self, PyObject *const *args, Py_ssize_t
             return Py_BuildValue("(KK)", (unsigned long long)seq, (unsigned long long)skipped);
         }
         return build_frame(self, self->collectable_frame_type, args[0], seq, buffer,
-                           load(&descriptor[self->d_timestamp]), skipped);
+                           load(&descriptor[SHMRING_D_TIMESTAMP]), skipped);
     }
     if (passed) { /* the other members kept winning: what it claimed so far were skips */
-        return Py_BuildValue("(KK)", (unsigned long long)self->none, (unsigned long long)passed);
+        return Py_BuildValue("(KK)", (unsigned long long)SHMRING_NONE, (unsigned long long)passed);
     }
     Py_RETURN_NONE; /* the other members kept winning: the caller looks again */
 }
@@ -578,9 +543,9 @@ static PyObject *Taker_pin(Taker *self, PyObject *seq_object) {
         return PyLong_FromLong(-1);
     }
     const uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
-    uint64_t buffer = load(&descriptor[self->d_buffer]);
-    if (load(&descriptor[self->d_seq]) != seq ||
-        load(&descriptor[self->d_flags]) & self->df_evicted || buffer >= self->nbuffers ||
+    uint64_t buffer = load(&descriptor[SHMRING_D_BUFFER]);
+    if (load(&descriptor[SHMRING_D_SEQ]) != seq ||
+        load(&descriptor[SHMRING_D_FLAGS]) & SHMRING_DF_EVICTED || buffer >= self->nbuffers ||
         !pin_buffer(self, descriptor, seq, buffer)) {
         return PyLong_FromLong(-1);
     }
@@ -599,7 +564,7 @@ static PyObject *Taker_holds(Taker *self, PyObject *seq_object) {
     }
     const uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
     return PyBool_FromLong(
-        still_there(self, descriptor, seq, load(&self->record[self->r_pinned])));
+        still_there(self, descriptor, seq, load(&self->record[SHMRING_R_PINNED])));
 }
 
 static PyObject *Taker_close(Taker *self, PyObject *Py_UNUSED(ignored)) {

@@ -678,7 +678,7 @@ def _publisher(
 def publisher_arguments(
     p: Participant, record: memoryview, reclaim_eagerly: bool, reclaim_in_c: bool = True
 ) -> dict[str, Any]:
-    """Publisher's keyword arguments: this handle's views and _layout's word indices."""
+    """Publisher's keyword arguments: this handle's views and the ring's geometry."""
     g, views = p.geometry, p.views
     return dict(
         p.c_arguments(),
@@ -691,40 +691,13 @@ def publisher_arguments(
         buffer_stride=g.buffer_stride,
         nbuffers=g.buffers,
         max_readers=g.max_readers,
-        record_words=L.CACHE_LINE // 8,
-        c_head=L.C_HEAD,
-        c_tail=L.C_TAIL,
-        c_free_count=L.C_FREE_COUNT,
-        c_writer_mode=L.C_WRITER_MODE,
-        c_reader_waiters=L.C_READER_WAITERS,
-        w_in_publish=L.W_IN_PUBLISH,
-        w_claimed=L.W_CLAIMED,
-        r_state=L.R_STATE,
-        r_release=L.R_RELEASE,
-        g_state=L.G_STATE,
-        g_cursor=L.G_CURSOR,
-        mode_exclusive=L.MODE_EXCLUSIVE,
-        none=L.NONE,
-        state_active=L.STATE_ACTIVE,
         reclaim_eagerly=reclaim_eagerly,
         reclaim_in_c=reclaim_in_c,
         fence=FAST_PATH_FENCE,
         reclaim=p.reclaim,
         overwrite=g.policy == L.POLICY_OVERWRITE,
-        r_pinned=L.R_PINNED,
-        d_shape=L.D_SHAPE,
-        meta_offset=L.D_META_BYTE_OFFSET,
-        df_evicted=L.DF_EVICTED,
-        df_own_shape=L.DF_OWN_SHAPE,
-        meta_shift=L.META_LEN_SHIFT,
         meta_size=g.meta_size,
         ndim=len(g.shape),
-        c_next_seq=L.C_NEXT_SEQ,
-        c_writers=L.C_WRITERS,
-        w_claimed_seq=L.W_CLAIMED_SEQ,
-        df_skip=L.DF_SKIP,
-        c_flags=L.C_FLAGS,
-        f_sequenced=L.F_SEQUENCED,
     )
 
 
