@@ -605,6 +605,26 @@ def child_hold_reader(
     chan.send("done")
 
 
+def child_attached_reader(chan: Chan, name: str = "", busy: bool = False) -> None:
+    """Attach a reader and stay attached until told to leave: idle (blocked on the channel),
+    or busy (burning its CPU, as a process with work of its own does)."""
+    with RingReader.attach(name, timeout=WAIT):
+        chan.send("ready")
+        if busy:
+            done = threading.Event()
+
+            def leave_when_told() -> None:
+                expect(chan, "leave")
+                done.set()
+
+            threading.Thread(target=leave_when_told).start()
+            while not done.is_set():
+                pass  # a runnable process, all the time
+        else:
+            expect(chan, "leave")
+    chan.send("done")
+
+
 def child_lock_holder(
     chan: Chan,
     name: str = "",
@@ -789,6 +809,7 @@ CHILD_FUNCS: dict[str, Callable[..., None]] = {
     "stream_writer": child_stream_writer,
     "stream_reader": child_stream_reader,
     "hold_reader": child_hold_reader,
+    "attached_reader": child_attached_reader,
     "lock_holder": child_lock_holder,
     "attach_exit": child_attach_exit,
     "create_exit": child_create_exit,

@@ -306,11 +306,13 @@ class AsyncReading(AsyncHandle):
 
         r._count()  # a writer now wakes the futex for the next frame
         try:
-            return await self._until(p.frames_address, L.C_FRAMES, attempt, deadline)
+            frame = await self._until(p.frames_address, L.C_FRAMES, attempt, deadline)
         except BaseException:
             if not p.closed:
                 r._uncount()  # the task may not come back for a long time
             raise
+        r._uncount()  # running again (see RingReader._counted)
+        return frame
 
 
 async def _attach(attach: Callable[[], _T], timeout: float | None) -> _T:

@@ -36,9 +36,8 @@ from ._pacing import Pacer
 from ._ring import CLOSE_LIMIT, Participant, RingHandle, left_without_lock, uncount_sleeper
 from ._segment import Segment, validate_name
 from ._sys import (
+    BARRIER_REGISTERED,
     FAST_PATH_FENCE,
-    atomic_add32,
-    before_sleep_barrier,
     fence,
     fence_halves,
     futex_wait,
@@ -188,9 +187,9 @@ class RingReader(AsyncReading, RingHandle):
         self._last: Frame | None = None  # frame returned by iteration / latest()
         self._pending: Frame | None = None  # taken, not yet handed to the caller
         self._pinned_seq: int | None = None  # overwrite policy: the frame it has pinned
-        # Counted in C_READER_WAITERS (R_SLEEPING set). A reader woken with a frame stays
-        # counted until it next polls, takes a frame without waiting, or leaves: the
-        # subtraction, a system call, then costs nothing between the wake-up and the frame.
+        # Counted in C_READER_WAITERS (R_SLEEPING set) while about to sleep or asleep. A
+        # woken reader uncounts itself as soon as it has its frame (_taker.c: an atomic add),
+        # so the count says who is asleep (spinning_pays) and writers stop waking it.
         self._counted = False
         self._pacer = Pacer(spin)  # when this reader's frames are due, for a steady stream
         self._dropped = 0
@@ -331,6 +330,8 @@ class RingReader(AsyncReading, RingHandle):
                     if (sleeps_at_once or not spinning_pays()) and not self._carried_drops:
                         self._count()
                         frame = self._pending = wait(self, seq, POLL_SLICE)  # one sleep
+                        if frame is not None:
+                            self._uncount()  # running again (see _counted)
                     if frame is None:  # polling, timed out, closed, or not for take()
                         try:
                             self._wait_for(published, None)
@@ -338,8 +339,7 @@ class RingReader(AsyncReading, RingHandle):
                             return
                         frame = self._pending = None if self._carried_drops else take(self, seq)
                     if frame is not None and not held:  # (held: frames kept from read())
-                        # R_RELEASE reads seq already (_release stored self._next), and the
-                        # reader stays counted as a sleeper (see _counted).
+                        # R_RELEASE reads seq already (_release stored self._next).
                         self._next = seq + 1
                         held.append(seq)
                     else:
@@ -438,7 +438,8 @@ class RingReader(AsyncReading, RingHandle):
                 if frame is not None:
                     if self._spin:  # only a reader that polls paces itself
                         self._pacer.arrived(_seq_of(frame), time.monotonic())
-                    return frame  # still counted: see _counted
+                    self._uncount()  # running again (see _counted)
+                    return frame
                 if control[L.C_FLAGS] & L.F_CLOSED and control[L.C_WRITERS] == 0:
                     frame = take()
                     if frame is not None:
@@ -473,7 +474,8 @@ class RingReader(AsyncReading, RingHandle):
             if frame is not None:
                 pacer.nap_outcome(overslept=True, polled=0.0)
                 pacer.arrived(_seq_of(frame), now)
-                return frame  # still counted: see _counted
+                self._uncount()  # running again (see _counted)
+                return frame
             if self._control[L.C_FLAGS] & L.F_CLOSED:
                 return None  # the caller's wait drains the stream and reports its end
             poll_until = max(pacer.due(seq), now) + self._spin
@@ -515,15 +517,13 @@ class RingReader(AsyncReading, RingHandle):
     def _count(self) -> None:
         """Count this reader in C_READER_WAITERS, so that writers wake it (see _counted)."""
         if not self._counted:
-            atomic_add32(self._p.reader_waiters_address, 1)  # marked before we look again
-            self._record[L.R_SLEEPING] = 1
+            self._taker.count()  # _taker.c: the add, R_SLEEPING, the barrier
             self._counted = True
-            before_sleep_barrier()
 
     def _uncount(self) -> None:
         if self._counted and not self._p.truncated:
             self._counted = False
-            uncount_sleeper(self._record, L.R_SLEEPING, self._p.reader_waiters_address)
+            self._taker.uncount()
 
     def _check_writers_alive(self, deadline: float | None) -> None:
         """Raise WriterGone when nobody is left to end the stream: every writer that joined
@@ -876,6 +876,7 @@ def taker_arguments(
         max_readers=g.max_readers,
         nbuffers=g.buffers,
         group=group,
+        sleep_barrier=BARRIER_REGISTERED,
     )
 
 
@@ -888,7 +889,7 @@ def _close_reader(p: Participant, record: memoryview, index: int, taker: Taker) 
         p.check_size()  # a truncated ring: touch nothing, close (RingCorrupted)
         if record[L.R_TOKEN] == p.token:  # lock-free steps first: done if the lock times out
             record[L.R_PINNED] = L.NONE
-            # A reader stays counted after a wake-up (see _counted): leave the count too.
+            # A reader that leaves from a wait (an exception) may be counted: uncount it.
             uncount_sleeper(record, L.R_SLEEPING, p.reader_waiters_address)
         with p.lock.until(time.monotonic() + CLOSE_LIMIT):
             if record[L.R_TOKEN] == p.token:

@@ -29,10 +29,11 @@ import secrets
 import time
 import weakref
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Self
 
 from . import _layout as L
+from ._cpu_use import CpuUse, usable_cpus
 from ._errors import RingCorrupted, RingFull, RingTimeout, ShmringError
 from ._fastpath import settle
 from ._lock import LOCK_FLOOR, HeaderLock
@@ -50,7 +51,6 @@ from ._sys import (
 
 QUIESCE_LIMIT = 5.0  # how long a new writer waits for the exclusive writer to step aside
 CLOSE_LIMIT = 2.0  # how long close() waits for the header lock (it takes no timeout)
-_CPUS = os.cpu_count() or 1  # see Participant.spinning_pays
 
 _live_handles: weakref.WeakSet[RingHandle] = weakref.WeakSet()  # see _forget_after_fork
 
@@ -85,6 +85,7 @@ class Participant:
         self.control = self.views.control
         self.token = secrets.randbits(62) | 1
         self.pid = os.getpid()
+        self._cpu_use = CpuUse(usable_cpus())
         self.lock = HeaderLock(
             self.name,
             segment.fd,
@@ -592,14 +593,23 @@ class Participant:
 
     # ---- wake-ups ----------------------------------------------------------------------
     def spinning_pays(self) -> bool:
-        """Whether polling before a sleep can pay: only while every participant can have a
-        CPU of its own. Otherwise the spinner takes the CPU from the process it waits for
-        (1 writer and 3 readers on 2 CPUs ran at under half the rate with spinning). A
-        creator that never writes has not joined, so it does not count. (Readers asleep are
-        counted too: a reader woken for every frame stays counted as a sleeper, and leaving
-        those out let four processes poll on two CPUs, halving fan-out in the bench.)"""
+        """Whether polling before a sleep can pay: only while every participant that runs
+        can have a CPU of its own, measured (_cpu_use.py)."""
         control = self.control
-        return control[L.C_READERS] + control[L.C_WRITERS] <= _CPUS
+        return self._cpu_use.polling_pays(
+            control[L.C_READERS] + control[L.C_WRITERS], self._other_pids
+        )
+
+    def _other_pids(self) -> Iterator[int]:
+        """Pids of the other processes with an active reader or writer record."""
+        views = self.views
+        for records, state, pid in (
+            (views.readers, L.R_STATE, L.R_PID),
+            (views.writers, L.W_STATE, L.W_PID),
+        ):
+            for record in records:
+                if record[state] == L.STATE_ACTIVE and record[pid] != self.pid:
+                    yield record[pid]
 
     def wake_readers(self) -> None:
         # A changed word cannot be slept through: a reader that read the old value and

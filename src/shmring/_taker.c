@@ -23,6 +23,7 @@
 
 #include <errno.h>
 #include <linux/futex.h>
+#include <linux/membarrier.h>
 #include <structmember.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -131,6 +132,7 @@ typedef struct {
     int initialized;   /* __init__ succeeded once; it never runs again */
     int holds_exports; /* until close(): the pointers below are valid */
     int busy;          /* a wait is sleeping without the GIL */
+    int sleep_barrier; /* count() makes the expedited membarrier (publishers do not fence) */
     uint64_t *control;
     uint64_t *descriptors;
     uint64_t slots;
@@ -159,20 +161,22 @@ static int Taker_init(Taker *self, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {
         "header", "control", "descriptors", "buffers", "frame_type", "slots",
         "descriptor_words", "record", "reader_records", "collectable_frame_type", "max_readers",
-        "nbuffers", "group", NULL,
+        "nbuffers", "group", "sleep_barrier", NULL,
     };
     PyObject *header, *control, *descriptors, *buffers, *frame_type, *record, *readers;
     PyObject *collectable_frame_type, *group;
     Py_ssize_t descriptor_words;
     unsigned long long slots, max_readers, nbuffers;
+    int sleep_barrier;
     if (self->initialized) {
         PyErr_SetString(PyExc_RuntimeError, "a Taker is initialized once");
         return -1;
     }
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$OOOO!O!KnOOO!KKO:Taker", keywords, &header, &control, &descriptors,
+            args, kwargs, "$OOOO!O!KnOOO!KKOp:Taker", keywords, &header, &control, &descriptors,
             &PyList_Type, &buffers, &PyType_Type, &frame_type, &slots, &descriptor_words, &record,
-            &readers, &PyType_Type, &collectable_frame_type, &max_readers, &nbuffers, &group)) {
+            &readers, &PyType_Type, &collectable_frame_type, &max_readers, &nbuffers, &group,
+            &sleep_barrier)) {
         return -1;
     }
     uint64_t table_words, records_words;
@@ -214,6 +218,7 @@ static int Taker_init(Taker *self, PyObject *args, PyObject *kwargs) {
     self->descriptor_words = descriptor_words;
     self->max_readers = max_readers;
     self->nbuffers = nbuffers;
+    self->sleep_barrier = sleep_barrier;
     self->buffers = Py_NewRef(buffers);
     self->frame_type = (PyTypeObject *)Py_NewRef(frame_type);
     self->collectable_frame_type = (PyTypeObject *)Py_NewRef(collectable_frame_type);
@@ -329,6 +334,40 @@ static PyObject *Taker_wait(Taker *self, PyObject *const *args, Py_ssize_t nargs
         return NULL; /* Ctrl-C: raise it now, not after another look */
     }
     return take_frame(self, args[0], seq);
+}
+
+/* ---- count, uncount: this reader among the sleepers ---------------------------------------
+ *
+ * A reader about to sleep counts itself in C_READER_WAITERS (publishers wake the frames futex
+ * only while it is non-zero), then sets R_SLEEPING, by which a reaper of a dead sleeper
+ * uncounts it. The add is sequentially consistent: the reader's next look for its frame
+ * cannot pass it, and a publisher that fences sees it (FORMAT.md, "Store-then-load pairs");
+ * publishers that do not fence rely on the expedited membarrier made here. A woken reader
+ * uncounts itself at once: it is running again, which spinning_pays counts, and publishers
+ * stop making wake-up calls for it. */
+
+static uint32_t *reader_waiters(Taker *self) {
+    return (uint32_t *)&self->control[SHMRING_C_READER_WAITERS]; /* the low half (LE) */
+}
+
+static PyObject *Taker_count(Taker *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->holds_exports && !load(&self->record[SHMRING_R_SLEEPING])) {
+        __atomic_fetch_add(reader_waiters(self), 1, __ATOMIC_SEQ_CST);
+        store(&self->record[SHMRING_R_SLEEPING], 1);
+        if (self->sleep_barrier &&
+            syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) != 0) {
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Taker_uncount(Taker *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->holds_exports && load(&self->record[SHMRING_R_SLEEPING])) {
+        store(&self->record[SHMRING_R_SLEEPING], 0);
+        __atomic_fetch_sub(reader_waiters(self), 1, __ATOMIC_SEQ_CST);
+    }
+    Py_RETURN_NONE;
 }
 
 /* ---- take_pinned: an overwrite reader that is its own group -------------------------------
@@ -622,6 +661,10 @@ static PyMethodDef Taker_methods[] = {
      "pin(seq) -> the buffer of frame seq, now pinned by this reader, or -1 (see _taker.c)."},
     {"holds", (PyCFunction)Taker_holds, METH_O,
      "holds(seq) -> whether pinned frame seq is still in its descriptor (see _taker.c)."},
+    {"count", (PyCFunction)Taker_count, METH_NOARGS,
+     "Count this reader among the sleepers, publishers then wake it (see _taker.c)."},
+    {"uncount", (PyCFunction)Taker_uncount, METH_NOARGS,
+     "Leave the sleepers' count, if counted (see _taker.c)."},
     {"close", (PyCFunction)Taker_close, METH_NOARGS,
      "Drop the export of the header mapping; take() and wait() answer None from then on."},
     {"forget", (PyCFunction)Taker_forget, METH_NOARGS,

@@ -1,0 +1,80 @@
+"""Polling is decided by who runs, not by who is attached (issue 16, item 3; _cpu_use.py).
+
+A reader polls before it sleeps only while every participant that runs can have a CPU of its
+own. Participants that are attached but idle (asleep between frames, waiting for work of
+another group, a creator that never writes) must not switch polling off; busy ones must."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+import numpy as np
+from helpers import SMALL, WAIT, Child, unique_name
+
+from shmring import RingReader, RingWriter
+from shmring._cpu_use import SAMPLE, usable_cpus
+from shmring._ring import Participant
+
+CPUS = usable_cpus()
+
+
+@contextmanager
+def attached_readers(name: str, count: int, busy: bool) -> Iterator[None]:
+    with ExitStack() as stack:
+        children = [
+            stack.enter_context(Child("spawn", "attached_reader", name=name, busy=busy))
+            for _ in range(count)
+        ]
+        for child in children:
+            child.expect("ready")
+        yield
+        for child in children:
+            child.send("leave")
+            child.expect("done")
+
+
+def measured(p: Participant) -> bool:
+    """spinning_pays() once an interval that began after this call has been measured."""
+    deadline = time.monotonic() + WAIT
+    first = p._cpu_use.intervals
+    while p._cpu_use.intervals < first + 2:  # the first may reach back before this call
+        p.spinning_pays()
+        assert time.monotonic() < deadline, "spinning_pays never measured an interval"
+        time.sleep(SAMPLE / 5)  # bounded poll for the sampler's next interval
+    return p.spinning_pays()
+
+
+def test_no_more_participants_than_cpus_poll_without_measuring() -> None:
+    name = unique_name("poll")
+    with (
+        RingWriter.create(name, SMALL, np.uint8) as owner,
+        RingReader.attach(name) as reader,
+    ):
+        owner.write(np.zeros(SMALL, np.uint8))  # the owner joins: 2 participants
+        assert reader._p.spinning_pays() == (CPUS >= 2)
+        assert reader._p._cpu_use.intervals == 0
+
+
+def test_idle_participants_do_not_switch_polling_off() -> None:
+    """More readers attached than CPUs, all but this one idle: polling pays."""
+    name = unique_name("poll")
+    with (
+        RingWriter.create(name, SMALL, np.uint8, max_readers=CPUS + 4),
+        RingReader.attach(name) as reader,
+        attached_readers(name, CPUS + 1, busy=False),
+    ):
+        assert measured(reader._p)
+
+
+def test_busy_participants_switch_polling_off() -> None:
+    """As many busy processes as CPUs beside this reader: polling would take a CPU from one
+    of them, so it does not pay."""
+    name = unique_name("poll")
+    with (
+        RingWriter.create(name, SMALL, np.uint8, max_readers=CPUS + 4),
+        RingReader.attach(name) as reader,
+        attached_readers(name, CPUS, busy=True),
+    ):
+        assert not measured(reader._p)
