@@ -186,6 +186,19 @@ class Recording:
         self.close()
 
 
+def complete_length(path: str) -> int:
+    """How many bytes at the start of `path` mcap's reader reads as whole records (chunk
+    CRCs checked): where a recording cut short by a failed write should end."""
+    end = 0
+    with open(path, "rb") as file:
+        try:
+            for _ in StreamReader(file, emit_chunks=True, validate_crcs=True).records:
+                end = file.tell()
+        except _DAMAGE:
+            pass
+    return end
+
+
 def replay_file(
     path: str,
     ring: str,
