@@ -10,16 +10,18 @@
 #     and each Frame message says how many it lost just before it.
 #   - Each recording has its own foxglove.Context: its channels reach only its own file,
 #     never another recording's or a sink of the process's default context.
-#   - The SDK writes through _Output, a file object without a buffer in this process: every
-#     record goes straight to the kernel. The writer streams each chunk into the file behind
-#     a placeholder header (record length all ones) and, when the chunk is complete, seeks
-#     back and writes the real header. So a recorder killed at any point leaves every chunk
-#     it finished in the file, followed by at most a chunk that mcap's reader cannot read
-#     past (tests/test_record.py).
-#   - The SDK does not raise a failed write from Channel.log (it logs a warning and stops
-#     writing), so _Output keeps the first OSError and writes nothing after it, and the
-#     recorder raises that error after the SDK call that met it. The file is then cut back
-#     to the end of the last record mcap's reader reads whole (_replay.complete_length).
+#   - The SDK's writer builds each chunk in memory (disable_seeking) and the recorder ends
+#     the chunk itself (MCAPWriter.flush) once it holds `chunk_size` bytes of messages: the
+#     chunk, its message indexes and everything before them then reach the kernel. So a
+#     recorder killed at any point leaves every chunk it finished in the file, followed by
+#     at most part of one chunk, which mcap's reader does not read (tests/test_record.py).
+#   - Only flush, write_metadata and close write to the file, and they raise when a write
+#     fails; Channel.log only adds to the chunk in memory (when it writes, as it would with
+#     the SDK's own chunking, it logs a failure instead of raising it). The SDK's error
+#     does not say why the write failed, so the recorder asks the kernel: it writes a
+#     chunk's worth of bytes at the end of the file itself, and raises what that write
+#     gets (ENOSPC on a full disk). The file is then cut back to the end of the last record
+#     mcap's reader reads whole (_replay.complete_length), which drops that probe too.
 #   - MCAP message fields: the SDK sets publish_time to log_time (when the recorder took the
 #     frame) and numbers each channel's messages 1, 2, ... in `sequence`; a frame's own
 #     sequence number and timestamp are in its Frame message.
@@ -33,6 +35,8 @@ from __future__ import annotations
 import errno
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from types import TracebackType
 from typing import Any
 
@@ -73,57 +77,35 @@ _COMPRESSION = {"none": None, "zstd": MCAPCompression.Zstd, "lz4": MCAPCompressi
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-class _Output:
-    """The recording's file for the SDK's writer, without a buffer in this process. After
-    a failed write it keeps the error in `failure` and writes nothing more, but goes on
-    counting positions as if it did: the SDK checks them when it finishes a chunk, and it
-    is closed after the failure."""
+class _File:
+    """The recording's file as the kernel sees it, beside the SDK's writer of it: its size,
+    why a write of it fails, and cutting it back."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        self.failure: OSError | None = None
-        self._at = self._end = 0  # positions after a failure
-
-    def write(self, data: bytes | bytearray) -> int:
-        if self.failure is None:
-            view = memoryview(data)
-            done = 0
-            try:
-                while done < len(view):
-                    done += os.write(self._fd, view[done:])
-            except OSError as exc:
-                self.failure = exc
-                self._at = os.lseek(self._fd, 0, os.SEEK_CUR) + len(view) - done
-                self._end = max(self._at, os.fstat(self._fd).st_size)
-        else:
-            self._at += len(data)
-            self._end = max(self._end, self._at)
-        return len(data)
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        if self.failure is None:
-            return os.lseek(self._fd, offset, whence)
-        self._at = offset + {os.SEEK_SET: 0, os.SEEK_CUR: self._at, os.SEEK_END: self._end}[whence]
-        return self._at
-
-    def flush(self) -> None:
-        """Nothing is buffered here (the SDK calls it)."""
-
-    def check(self) -> None:
-        """Raise the error of the first failed write, if any."""
-        if self.failure is not None:
-            raise self.failure
 
     def size(self) -> int:
         return os.fstat(self._fd).st_size
+
+    def failure(self, error: RuntimeError, size: int) -> OSError:
+        """The OSError behind the SDK's failed write `error`: what a write of `size` bytes at
+        the end of the file gets (EIO with the SDK's message if it succeeds)."""
+        os.lseek(self._fd, 0, os.SEEK_END)
+        probe = memoryview(bytes(size))
+        try:
+            while probe:
+                probe = probe[os.write(self._fd, probe) :]
+        except OSError as exc:
+            return exc
+        return OSError(errno.EIO, f"writing {self.path} failed: {error}")
 
     def cut(self) -> None:
         """Drop what follows the last complete record (regular files)."""
         if os.path.isfile(f"/proc/self/fd/{self._fd}"):
             os.ftruncate(self._fd, complete_length(self.path))
 
-    def __enter__(self) -> _Output:
+    def __enter__(self) -> _File:
         return self
 
     def __exit__(
@@ -134,30 +116,44 @@ class _Output:
 
 class _Recorder:
     """Writes a ring's frames into an MCAP file: metadata, channels, messages, index. Use
-    it as a context manager: leaving it finishes the file (nothing is written after a
-    failed write)."""
+    it as a context manager: leaving it finishes the file, unless a write failed."""
 
-    def __init__(
-        self, output: _Output, ring: RecordedRing, compression: str, chunk_size: int
-    ) -> None:
+    def __init__(self, file: _File, ring: RecordedRing, compression: str, chunk_size: int) -> None:
         self.ring = ring
         self.frames = 0
         self.dropped = 0
-        self._output = output
+        self._file = file
+        self._chunk_size = chunk_size
+        self._pending = 0  # bytes of messages in the chunk being built
         context = self._context = Context()  # its channels close when it is freed
-        options = MCAPWriteOptions(compression=_COMPRESSION[compression], chunk_size=chunk_size)
-        self._mcap = open_mcap(output, context=context, writer_options=options)
+        options = MCAPWriteOptions(
+            compression=_COMPRESSION[compression],
+            chunk_size=None,  # chunks end in add(), where a failed write raises
+            disable_seeking=True,  # each chunk is built in memory and written whole
+            calculate_data_section_crc=False,  # the chunks have their own CRCs
+        )
+        self._mcap = open_mcap(
+            file.path, allow_overwrite=True, context=context, writer_options=options
+        )
         try:
-            self._mcap.write_metadata(RING_METADATA, ring_metadata(ring))
-            output.check()
+            with self._writing():
+                self._mcap.write_metadata(RING_METADATA, ring_metadata(ring))
         except BaseException:
-            self._mcap.close()
+            self._close()
             raise
         self._frames_channel = _channel(context, frames_topic(ring.name), Frame)
         self._image_topic = image_topic(ring.name) if ring.image_encoding else ""
         self._image_channel: Channel | None = None
         if ring.image_encoding:
             self._image_channel = _channel(context, self._image_topic, Image)
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Raise a failed write of the SDK's writer as the OSError behind it."""
+        try:
+            yield
+        except RuntimeError as exc:  # the SDK's FoxgloveError
+            raise self._file.failure(exc, self._chunk_size) from exc
 
     def add(self, frame: RingFrame) -> None:
         array = frame.array
@@ -184,20 +180,31 @@ class _Recorder:
             image.timestamp.FromNanoseconds(taken)
             pixels = with_bytes_field(image.SerializeToString(), Image.DATA_FIELD_NUMBER, array)
             self._image_channel.log(pixels, log_time=taken)
+            self._pending += len(fields) + len(pixels)
         else:
             message = with_bytes_field(fields, FRAME_DATA_FIELD, array)
             self._frames_channel.log(message, log_time=taken)
-        self._output.check()
+            self._pending += len(message)
         self.frames += 1
         self.dropped += frame.dropped
+        if self._pending >= self._chunk_size:
+            self._pending = 0
+            with self._writing():
+                self._mcap.flush()
 
     def finish(self, ended: str) -> None:
-        self._mcap.write_metadata(
-            END_METADATA,
-            {"frames": str(self.frames), "dropped": str(self.dropped), "ended": ended},
-        )
-        self._mcap.close()
-        self._output.check()
+        with self._writing():
+            self._mcap.write_metadata(
+                END_METADATA,
+                {"frames": str(self.frames), "dropped": str(self.dropped), "ended": ended},
+            )
+            self._mcap.close()
+
+    def _close(self) -> None:
+        """Close the SDK's writer, finishing the file (after a failed write it only says
+        that again)."""
+        with suppress(RuntimeError):
+            self._mcap.close()  # a no-op once closed
 
     def __enter__(self) -> _Recorder:
         return self
@@ -205,7 +212,7 @@ class _Recorder:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._mcap.close()  # a no-op once finished
+        self._close()
 
 
 def _channel(context: Context, topic: str, message_class: Any) -> Channel:
@@ -256,17 +263,17 @@ def record_ring(
             image_encoding=image_encoding(reader.shape, reader.dtype, color),
         )
         with (
-            _Output(path) as output,
+            _File(path) as file,
             StopRequest() as stop,
             Progress(progress, frames, "recording") as bar,
         ):
             recorder: _Recorder | None = None
             try:
-                with _Recorder(output, recorded, compression, chunk_size) as recorder:
+                with _Recorder(file, recorded, compression, chunk_size) as recorder:
                     ended = _take_frames(reader, recorder, frames, seconds, stop, bar)
                     recorder.finish(ended)
             except OSError as exc:
-                output.cut()
+                file.cut()
                 if exc.errno in _DISK_FULL:
                     count = recorder.frames if recorder else 0
                     raise RecordingDiskFull(
@@ -280,7 +287,7 @@ def record_ring(
             return RecordResult(
                 path=path,
                 frames=recorder.frames,
-                bytes=output.size(),
+                bytes=file.size(),
                 seconds=time.monotonic() - began,
                 dropped=recorder.dropped,
                 ended=ended,
