@@ -132,9 +132,10 @@ class _Recorder:
             disable_seeking=True,  # each chunk is built in memory and written whole
             calculate_data_section_crc=False,  # the chunks have their own CRCs
         )
-        self._mcap = open_mcap(
-            file.path, allow_overwrite=True, context=context, writer_options=options
-        )
+        with self._writing():
+            self._mcap = open_mcap(
+                file.path, allow_overwrite=True, context=context, writer_options=options
+            )
         try:
             with self._writing():
                 self._mcap.write_metadata(RING_METADATA, ring_metadata(ring))
