@@ -15,6 +15,9 @@
 #     chunk, its message indexes and everything before them then reach the kernel. So a
 #     recorder killed at any point leaves every chunk it finished in the file, followed by
 #     at most part of one chunk, which mcap's reader does not read (tests/test_record.py).
+#   - The SDK opens (creates or truncates) the file itself; the recorder opens it only after
+#     a failure. (Opening it first and letting the SDK truncate it again made ext4 write the
+#     whole file back when the SDK closed it: its rule for files truncated and rewritten.)
 #   - Only flush, write_metadata and close write to the file, and they raise when a write
 #     fails; Channel.log only adds to the chunk in memory (when it writes, as it would with
 #     the SDK's own chunking, it logs a failure instead of raising it). The SDK's error
@@ -77,52 +80,37 @@ _COMPRESSION = {"none": None, "zstd": MCAPCompression.Zstd, "lz4": MCAPCompressi
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-class _File:
-    """The recording's file as the kernel sees it, beside the SDK's writer of it: its size,
-    why a write of it fails, and cutting it back."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-
-    def size(self) -> int:
-        return os.fstat(self._fd).st_size
-
-    def failure(self, error: RuntimeError, size: int) -> OSError:
-        """The OSError behind the SDK's failed write `error`: what a write of `size` bytes at
-        the end of the file gets (EIO with the SDK's message if it succeeds)."""
-        os.lseek(self._fd, 0, os.SEEK_END)
-        probe = memoryview(bytes(size))
+def _failure(path: str, error: RuntimeError, size: int) -> OSError:
+    """The OSError behind the SDK's failed write `error` of `path`: what a write of `size`
+    bytes at its end gets (EIO with the SDK's message if it succeeds)."""
+    probe = memoryview(bytes(size))
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         try:
             while probe:
-                probe = probe[os.write(self._fd, probe) :]
-        except OSError as exc:
-            return exc
-        return OSError(errno.EIO, f"writing {self.path} failed: {error}")
+                probe = probe[os.write(fd, probe) :]
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        return exc
+    return OSError(errno.EIO, f"writing {path} failed: {error}")
 
-    def cut(self) -> None:
-        """Drop what follows the last complete record (regular files)."""
-        if os.path.isfile(f"/proc/self/fd/{self._fd}"):
-            os.ftruncate(self._fd, complete_length(self.path))
 
-    def __enter__(self) -> _File:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        os.close(self._fd)
+def _cut(path: str) -> None:
+    """Drop what follows the last complete record of `path` (a regular file)."""
+    if os.path.isfile(path):
+        os.truncate(path, complete_length(path))
 
 
 class _Recorder:
     """Writes a ring's frames into an MCAP file: metadata, channels, messages, index. Use
     it as a context manager: leaving it finishes the file, unless a write failed."""
 
-    def __init__(self, file: _File, ring: RecordedRing, compression: str, chunk_size: int) -> None:
+    def __init__(self, path: str, ring: RecordedRing, compression: str, chunk_size: int) -> None:
         self.ring = ring
         self.frames = 0
         self.dropped = 0
-        self._file = file
+        self._path = path
         self._chunk_size = chunk_size
         self._pending = 0  # bytes of messages in the chunk being built
         context = self._context = Context()  # its channels close when it is freed
@@ -134,7 +122,7 @@ class _Recorder:
         )
         with self._writing():
             self._mcap = open_mcap(
-                file.path, allow_overwrite=True, context=context, writer_options=options
+                path, allow_overwrite=True, context=context, writer_options=options
             )
         try:
             with self._writing():
@@ -154,7 +142,7 @@ class _Recorder:
         try:
             yield
         except RuntimeError as exc:  # the SDK's FoxgloveError
-            raise self._file.failure(exc, self._chunk_size) from exc
+            raise _failure(self._path, exc, self._chunk_size) from exc
 
     def add(self, frame: RingFrame) -> None:
         array = frame.array
@@ -263,18 +251,14 @@ def record_ring(
             meta_size=info.meta_size,
             image_encoding=image_encoding(reader.shape, reader.dtype, color),
         )
-        with (
-            _File(path) as file,
-            StopRequest() as stop,
-            Progress(progress, frames, "recording") as bar,
-        ):
+        with StopRequest() as stop, Progress(progress, frames, "recording") as bar:
             recorder: _Recorder | None = None
             try:
-                with _Recorder(file, recorded, compression, chunk_size) as recorder:
+                with _Recorder(path, recorded, compression, chunk_size) as recorder:
                     ended = _take_frames(reader, recorder, frames, seconds, stop, bar)
                     recorder.finish(ended)
             except OSError as exc:
-                file.cut()
+                _cut(path)
                 if exc.errno in _DISK_FULL:
                     count = recorder.frames if recorder else 0
                     raise RecordingDiskFull(
@@ -288,7 +272,7 @@ def record_ring(
             return RecordResult(
                 path=path,
                 frames=recorder.frames,
-                bytes=file.size(),
+                bytes=os.path.getsize(path),
                 seconds=time.monotonic() - began,
                 dropped=recorder.dropped,
                 ended=ended,
