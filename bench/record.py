@@ -11,10 +11,6 @@
 #     policy); this process records them with shmring.record (no compression, zstd), then
 #     fsyncs the file. frames/s and MB/s of frame bytes, ÷ plain (page cache, and both
 #     with fsync).
-#   - record, frames in the ring: the writer process first fills an overwrite ring with
-#     every frame (slots for all of them), then the recording is timed: the recorder's own
-#     speed, with no wait for the writer (on a busy machine, handing frames between two
-#     processes costs scheduling delays that a single process writing a file does not).
 #   - keep-up: a writer process publishes 1920×1080×3 frames at 30 frames/s into an
 #     overwrite ring for a few seconds; the recorder must get all of them (none dropped).
 #   - replay: a reader process drains the ring and times its first frame to its last;
@@ -60,34 +56,19 @@ def sources(shape: tuple[int, ...]) -> list[np.ndarray]:
 
 
 def publish(
-    name: str,
-    shape: tuple[int, ...],
-    count: int,
-    fps: float,
-    policy: str,
-    prefill: bool,
-    ready: Connection,
+    name: str, shape: tuple[int, ...], count: int, fps: float, policy: str, ready: Connection
 ) -> None:
     """Create ring `name`, say so, wait for one reader, write `count` frames (paced at `fps`
-    if non-zero), close. `prefill`: an overwrite ring with room for every frame, written
-    before saying so and waiting for the reader."""
+    if non-zero), close."""
     frames = sources(shape)
-    slots = count + 16 if prefill else 16  # overwrite: 13 slots more than it keeps
-    with RingWriter.create(name, shape, np.uint8, policy=policy, slots=slots) as writer:
-        if not prefill:
-            ready.send("created")
-            writer.wait_for_readers(1, WAIT)
+    with RingWriter.create(name, shape, np.uint8, policy=policy, slots=16) as writer:
+        ready.send("created")
+        writer.wait_for_readers(1, WAIT)
         start = time.monotonic()
         for n in range(count):
             if fps:
                 time.sleep(max(0.0, start + n / fps - time.monotonic()))
             writer.write(frames[n % len(frames)], WAIT)
-        if prefill:  # keep the ring until the recorder has read it and left
-            ready.send("created")
-            writer.wait_for_readers(1, WAIT)
-            deadline = time.monotonic() + WAIT
-            while shmring.inspect_ring(name).readers and time.monotonic() < deadline:
-                time.sleep(0.01)
 
 
 def drain(name: str, done: Connection) -> None:
@@ -155,13 +136,12 @@ def plain(path: Path, shape: tuple[int, ...], count: int) -> tuple[float, float]
 
 
 def record(
-    path: Path, shape: tuple[int, ...], count: int, compression: str, prefill: bool = False
+    path: Path, shape: tuple[int, ...], count: int, compression: str
 ) -> tuple[float, float, int]:
-    """Seconds to record `count` frames of a writer process, with the fsync; file bytes.
-    `prefill`: the frames are all in the ring before the recording starts."""
+    """Seconds to record `count` frames of a writer process, with the fsync; file bytes."""
     name = f"benchrec{os.getpid()}"
     path.unlink(missing_ok=True)  # as plain: ext4 flushes a file truncated and rewritten on close
-    writer = spawn_writer(name, shape, count, 0.0, "overwrite" if prefill else "block", prefill)
+    writer = spawn_writer(name, shape, count, 0.0, "block")
     os.sync()
     start = time.perf_counter()
     result = shmring.record(
@@ -180,7 +160,7 @@ def keep_up(path: Path, shape: tuple[int, ...], seconds: float) -> tuple[int, in
     """(frames published, recorded, dropped) recording a paced overwrite ring."""
     name = f"benchkeep{os.getpid()}"
     count = int(seconds * KEEP_UP_FPS)
-    writer = spawn_writer(name, shape, count, KEEP_UP_FPS, "overwrite", False)
+    writer = spawn_writer(name, shape, count, KEEP_UP_FPS, "overwrite")
     result = shmring.record(name, str(path), start="oldest", timeout=WAIT)
     joined(writer)
     path.unlink()
@@ -261,18 +241,14 @@ def main(argv: list[str] | None = None) -> None:
                 f"| {label} | plain `file.write` ({count} frames) | {base[0]:.0f} | "
                 f"{base[1]:.0f} | 1.00× | {base_synced[0]:.0f} | 1.00× |"
             )
-            for compression, prefill in (("none", False), ("zstd", False), ("none", True)):
-                results = [
-                    record(path, shape, count, compression, prefill) for _ in range(args.repeats)
-                ]
+            for compression in ("none", "zstd"):
+                results = [record(path, shape, count, compression) for _ in range(args.repeats)]
                 got, synced = (rate(count, [r[i] for r in results], nbytes) for i in (0, 1))
                 ratio = results[-1][2] / (count * nbytes)
                 print(
-                    f"| {label} | `shmring record`, {compression}"
-                    + (", frames in the ring" if prefill else "")
-                    + f" (file {ratio:.2f}× the frame bytes) | {got[0]:.0f} | {got[1]:.0f} | "
-                    f"{got[0] / base[0]:.2f}× | {synced[0]:.0f} | "
-                    f"{synced[0] / base_synced[0]:.2f}× |"
+                    f"| {label} | `shmring record`, {compression} (file {ratio:.2f}× the "
+                    f"frame bytes) | {got[0]:.0f} | {got[1]:.0f} | {got[0] / base[0]:.2f}× | "
+                    f"{synced[0]:.0f} | {synced[0] / base_synced[0]:.2f}× |"
                 )
             record(path, shape, count, "none")  # the file replayed below
             replayed = statistics.median(replay_rate(path, count) for _ in range(args.repeats))
