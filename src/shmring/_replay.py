@@ -11,6 +11,8 @@
 #     that is cut short or fails its check: what remains is every frame of the complete
 #     chunks, none torn (a Frame whose image message was lost is not a frame). Without it,
 #     damage raises NotARecording.
+#   - complete_length says how far a file reads whole (records cut short or failing their
+#     CRC end it): the recorder cuts a file there after a failed write (_record.py).
 #   - Every frame read is validated against the recorded geometry (dtype, number of
 #     dimensions, sizes, byte count) before it is handed out.
 #   - Replay writes each frame with its recorded timestamp_ns and metadata, at its recorded
