@@ -140,6 +140,7 @@ def record(
 ) -> tuple[float, float, int]:
     """Seconds to record `count` frames of a writer process, with the fsync; file bytes."""
     name = f"benchrec{os.getpid()}"
+    path.unlink(missing_ok=True)  # as plain: ext4 flushes a file truncated and rewritten on close
     writer = spawn_writer(name, shape, count, 0.0, "block")
     os.sync()
     start = time.perf_counter()

@@ -11,12 +11,13 @@
 #   - Image-shaped frames (uint8, H×W, H×W×1 or H×W×3) keep their pixels in a
 #     `foxglove.RawImage` message on topic /shmring/RING/image, which Foxglove shows as
 #     an image, instead of in `Frame.data`: the bytes are stored once. That message
-#     follows its Frame message directly (same MCAP sequence and log time), and
+#     follows its Frame message directly (same MCAP log time), and
 #     `Frame.image_topic` names its topic; a Frame whose image message is missing (the file
 #     was cut there) is not a complete frame.
-#   - MCAP fields: log_time is when the recorder took the frame (time.time_ns(): Foxglove
-#     shows wall-clock times), publish_time the frame's own timestamp_ns, sequence the low
-#     32 bits of its sequence number. The full values are in the Frame message.
+#   - MCAP fields: log_time, and publish_time with it, is when the recorder took the frame
+#     (time.time_ns(): Foxglove shows wall-clock times); sequence counts each channel's
+#     messages from 1 (the writer, foxglove-sdk, sets both). The frame's own sequence
+#     number and timestamp are in its Frame message.
 #   - The large bytes field of each message (Frame.data, RawImage.data) is appended to the
 #     protobuf encoding of the other fields by hand (field key and length, then the bytes
 #     copied once from shared memory): protobuf defines a message's encoding as the
@@ -42,7 +43,6 @@ RING_METADATA = "shmring.ring"
 END_METADATA = "shmring.end"
 PROTOBUF = "protobuf"  # MCAP's well-known message and schema encoding names
 LIBRARY = f"shmring {__version__}"
-SEQUENCE_MASK = 0xFFFFFFFF
 _F = descriptor_pb2.FieldDescriptorProto
 
 # (name, protobuf type, repeated) of shmring.Frame's fields, numbered from 1; data is last.
@@ -101,17 +101,12 @@ def frame_bytes(shape: tuple[int, ...], dtype: np.dtype[Any]) -> int:
     return prod(shape) * dtype.itemsize
 
 
-def with_bytes_field(encoded: bytes, field_number: int, array: np.ndarray) -> bytearray:
+def with_bytes_field(encoded: bytes, field_number: int, array: np.ndarray) -> bytes:
     """`encoded` (a message's other fields) followed by bytes field `field_number` holding
     `array`'s bytes in C order: one copy of the array."""
     key = _varint(field_number << 3 | _WIRE_LENGTH_DELIMITED) + _varint(array.nbytes)
-    head = len(encoded) + len(key)
-    out = bytearray(head + array.nbytes)
-    out[: len(encoded)] = encoded
-    out[len(encoded) : head] = key
     flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)  # no copy if contiguous
-    np.frombuffer(out, np.uint8, offset=head)[...] = flat
-    return out
+    return b"".join((encoded, key, flat.data))
 
 
 def _varint(value: int) -> bytes:

@@ -1,40 +1,59 @@
 # Recording: a reader of a ring writes every frame it gets into an MCAP file (the layout is
-# _mcap_format.py's), with the `mcap` library.
+# _mcap_format.py's), with the MCAP writer of foxglove-sdk (Foxglove's SDK; its writer is the
+# `mcap` Rust crate). The `mcap` Python package only reads recordings (_replay.py): its
+# writer copies every frame about five times (chunk buffer, record buffer, CRCs), which
+# held recording to a tenth of the disk's speed (docs/performance.md).
 #
 # Rules:
 #   - The recorder is an ordinary reader (its own group unless told otherwise): under the
 #     block policy it holds writers back like any reader; under overwrite it can lose frames,
 #     and each Frame message says how many it lost just before it.
-#   - The file is written without a buffer in this process (_Output): every record mcap
-#     hands over goes straight to the kernel. mcap builds each chunk in memory and hands it
-#     over whole, so a recorder killed at any point leaves every chunk it finished in the file
-#     (mcap's reader recovers them: tests/test_record.py), and after a failed write (a full
-#     disk) the file is cut back to the end of the last record written whole.
+#   - Each recording has its own foxglove.Context: its channels reach only its own file,
+#     never another recording's or a sink of the process's default context.
+#   - The SDK's writer builds each chunk in memory (disable_seeking) and the recorder ends
+#     the chunk itself (MCAPWriter.flush) once it holds `chunk_size` bytes of messages: the
+#     chunk, its message indexes and everything before them then reach the kernel. So a
+#     recorder killed at any point leaves every chunk it finished in the file, followed by
+#     at most part of one chunk, which mcap's reader does not read (tests/test_record.py).
+#   - The SDK opens (creates or truncates) the file itself; the recorder opens it only after
+#     a failure. (Opening it first and letting the SDK truncate it again made ext4 write the
+#     whole file back when the SDK closed it: its rule for files truncated and rewritten.)
+#   - Only flush, write_metadata and close write to the file, and they raise when a write
+#     fails; Channel.log only adds to the chunk in memory (when it writes, as it would with
+#     the SDK's own chunking, it logs a failure instead of raising it). The SDK's error
+#     does not say why the write failed, so the recorder asks the kernel: it writes a
+#     chunk's worth of bytes at the end of the file itself, and raises what that write
+#     gets (ENOSPC on a full disk). The file is then cut back to the end of the last record
+#     mcap's reader reads whole (_replay.complete_length), which drops that probe too.
+#   - MCAP message fields: the SDK sets publish_time to log_time (when the recorder took the
+#     frame) and numbers each channel's messages 1, 2, ... in `sequence`; a frame's own
+#     sequence number and timestamp are in its Frame message.
 #   - The recording ends, and the file is finished (chunk, index, summary, footer), on
-#     `frames`, `seconds`, end of stream, every writer gone, or a stop request (Ctrl-C,
-#     SIGTERM; _recording.StopRequest). A failed write is the only end that leaves the file
-#     unfinished: mcap's writer cannot go on after one.
+#     `frames`, `seconds`, end of stream, every writer gone, a stop request (Ctrl-C,
+#     SIGTERM; _recording.StopRequest), or any error but a failed write, which is the only
+#     end that leaves the file unfinished.
 
 from __future__ import annotations
 
 import errno
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from types import TracebackType
-from typing import IO, cast
+from typing import Any
 
-from mcap.writer import CompressionType, Writer
-from mcap_protobuf.schema import register_schema
+from foxglove import Channel, Context, Schema, open_mcap
+from foxglove.mcap import MCAPCompression, MCAPWriteOptions
+from mcap_protobuf.schema import build_file_descriptor_set
 
 from ._errors import EndOfStream, RecordingDiskFull, RingTimeout, WriterGone
 from ._inspect import inspect_ring
 from ._mcap_format import (
     END_METADATA,
     FRAME_DATA_FIELD,
-    LIBRARY,
     PROTOBUF,
     RING_METADATA,
-    SEQUENCE_MASK,
     Frame,
     Image,
     frames_topic,
@@ -55,90 +74,90 @@ from ._recording import (
     StopRequest,
     choice,
 )
+from ._replay import complete_length
 
-_COMPRESSION = {
-    "none": CompressionType.NONE,
-    "zstd": CompressionType.ZSTD,
-    "lz4": CompressionType.LZ4,
-}
+_COMPRESSION = {"none": None, "zstd": MCAPCompression.Zstd, "lz4": MCAPCompression.Lz4}
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-class _Output:
-    """The recording's file, written without a buffer in this process."""
+def _failure(path: str, error: RuntimeError, size: int) -> OSError:
+    """The OSError behind the SDK's failed write `error` of `path`: what a write of `size`
+    bytes at its end gets (EIO with the SDK's message if it succeeds)."""
+    probe = memoryview(bytes(size))
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        try:
+            while probe:
+                probe = probe[os.write(fd, probe) :]
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        return exc
+    return OSError(errno.EIO, f"writing {path} failed: {error}")
 
-    def __init__(self, path: str) -> None:
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        self.position = 0  # bytes written by write() calls that completed
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        view = memoryview(data)
-        done = 0
-        while done < len(view):
-            done += os.write(self._fd, view[done:])
-        self.position += done
-        return done
-
-    def tell(self) -> int:
-        return self.position
-
-    def flush(self) -> None:
-        """Nothing is buffered here (mcap calls it)."""
-
-    def cut(self) -> None:
-        """Drop what a failed write left after the last complete one (regular files)."""
-        if os.path.isfile(f"/proc/self/fd/{self._fd}"):
-            os.ftruncate(self._fd, self.position)
-
-    def __enter__(self) -> _Output:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        os.close(self._fd)
+def _cut(path: str) -> None:
+    """Drop what follows the last complete record of `path` (a regular file)."""
+    if os.path.isfile(path):
+        os.truncate(path, complete_length(path))
 
 
 class _Recorder:
-    """Writes a ring's frames into an MCAP file: metadata, channels, messages, index."""
+    """Writes a ring's frames into an MCAP file: metadata, channels, messages, index. Use
+    it as a context manager: leaving it finishes the file, unless a write failed."""
 
-    def __init__(
-        self, output: _Output, ring: RecordedRing, compression: str, chunk_size: int
-    ) -> None:
+    def __init__(self, path: str, ring: RecordedRing, compression: str, chunk_size: int) -> None:
         self.ring = ring
         self.frames = 0
         self.dropped = 0
-        mcap = self._mcap = Writer(
-            cast(IO[bytes], output), chunk_size=chunk_size, compression=_COMPRESSION[compression]
+        self._path = path
+        self._chunk_size = chunk_size
+        self._pending = 0  # bytes of messages in the chunk being built
+        context = self._context = Context()  # its channels close when it is freed
+        options = MCAPWriteOptions(
+            compression=_COMPRESSION[compression],
+            chunk_size=None,  # chunks end in add(), where a failed write raises
+            disable_seeking=True,  # each chunk is built in memory and written whole
+            calculate_data_section_crc=False,  # the chunks have their own CRCs
         )
-        mcap.start(library=LIBRARY)
-        mcap.add_metadata(RING_METADATA, ring_metadata(ring))
-        frame_schema = register_schema(mcap, Frame)
-        self._frames_channel = mcap.register_channel(
-            frames_topic(ring.name), PROTOBUF, frame_schema
-        )
+        with self._writing():
+            self._mcap = open_mcap(
+                path, allow_overwrite=True, context=context, writer_options=options
+            )
+        try:
+            with self._writing():
+                self._mcap.write_metadata(RING_METADATA, ring_metadata(ring))
+        except BaseException:
+            self._close()
+            raise
+        self._frames_channel = _channel(context, frames_topic(ring.name), Frame)
         self._image_topic = image_topic(ring.name) if ring.image_encoding else ""
-        self._image_channel = 0
+        self._image_channel: Channel | None = None
         if ring.image_encoding:
-            image_schema = register_schema(mcap, Image)
-            self._image_channel = mcap.register_channel(self._image_topic, PROTOBUF, image_schema)
+            self._image_channel = _channel(context, self._image_topic, Image)
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Raise a failed write of the SDK's writer as the OSError behind it."""
+        try:
+            yield
+        except RuntimeError as exc:  # the SDK's FoxgloveError
+            raise _failure(self._path, exc, self._chunk_size) from exc
 
     def add(self, frame: RingFrame) -> None:
         array = frame.array
-        stamp = frame.timestamp_ns
         taken = time.time_ns()
-        sequence = frame.seq & SEQUENCE_MASK
         fields = Frame(
             seq=frame.seq,
-            timestamp_ns=stamp,
+            timestamp_ns=frame.timestamp_ns,
             shape=array.shape,
             dtype=array.dtype.str,
             meta=frame.meta,
             dropped=frame.dropped,
             image_topic=self._image_topic,
         ).SerializeToString()
-        if self._image_topic:
-            self._mcap.add_message(self._frames_channel, taken, fields, stamp, sequence)
+        if self._image_channel is not None:
+            self._frames_channel.log(fields, log_time=taken)
             height, width = array.shape[:2]
             image = Image(
                 frame_id=self.ring.name,
@@ -149,25 +168,50 @@ class _Recorder:
             )
             image.timestamp.FromNanoseconds(taken)
             pixels = with_bytes_field(image.SerializeToString(), Image.DATA_FIELD_NUMBER, array)
-            self._mcap.add_message(self._image_channel, taken, _as_bytes(pixels), stamp, sequence)
+            self._image_channel.log(pixels, log_time=taken)
+            self._pending += len(fields) + len(pixels)
         else:
             message = with_bytes_field(fields, FRAME_DATA_FIELD, array)
-            self._mcap.add_message(self._frames_channel, taken, _as_bytes(message), stamp, sequence)
+            self._frames_channel.log(message, log_time=taken)
+            self._pending += len(message)
         self.frames += 1
         self.dropped += frame.dropped
+        if self._pending >= self._chunk_size:
+            self._pending = 0
+            with self._writing():
+                self._mcap.flush()
 
     def finish(self, ended: str) -> None:
-        self._mcap.add_metadata(
-            END_METADATA,
-            {"frames": str(self.frames), "dropped": str(self.dropped), "ended": ended},
-        )
-        self._mcap.finish()  # type: ignore[no-untyped-call]  # mcap leaves it unannotated
+        with self._writing():
+            self._mcap.write_metadata(
+                END_METADATA,
+                {"frames": str(self.frames), "dropped": str(self.dropped), "ended": ended},
+            )
+            self._mcap.close()
+
+    def _close(self) -> None:
+        """Close the SDK's writer, finishing the file (after a failed write it only says
+        that again)."""
+        with suppress(RuntimeError):
+            self._mcap.close()  # a no-op once closed
+
+    def __enter__(self) -> _Recorder:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._close()
 
 
-def _as_bytes(data: bytearray) -> bytes:
-    """mcap types message data as bytes; it only writes it to a stream, which takes any
-    buffer, so the one copy made by with_bytes_field is the last."""
-    return cast(bytes, data)
+def _channel(context: Context, topic: str, message_class: Any) -> Channel:
+    """A channel of protobuf messages of `message_class`, its schema stored in the file."""
+    schema = Schema(
+        name=message_class.DESCRIPTOR.full_name,
+        encoding=PROTOBUF,
+        data=build_file_descriptor_set(message_class).SerializeToString(),
+    )
+    return Channel(topic, message_encoding=PROTOBUF, schema=schema, context=context)
 
 
 def record_ring(
@@ -207,18 +251,14 @@ def record_ring(
             meta_size=info.meta_size,
             image_encoding=image_encoding(reader.shape, reader.dtype, color),
         )
-        with (
-            _Output(path) as output,
-            StopRequest() as stop,
-            Progress(progress, frames, "recording") as bar,
-        ):
+        with StopRequest() as stop, Progress(progress, frames, "recording") as bar:
             recorder: _Recorder | None = None
             try:
-                recorder = _Recorder(output, recorded, compression, chunk_size)
-                ended = _take_frames(reader, recorder, frames, seconds, stop, bar)
-                recorder.finish(ended)
+                with _Recorder(path, recorded, compression, chunk_size) as recorder:
+                    ended = _take_frames(reader, recorder, frames, seconds, stop, bar)
+                    recorder.finish(ended)
             except OSError as exc:
-                output.cut()
+                _cut(path)
                 if exc.errno in _DISK_FULL:
                     count = recorder.frames if recorder else 0
                     raise RecordingDiskFull(
@@ -232,7 +272,7 @@ def record_ring(
             return RecordResult(
                 path=path,
                 frames=recorder.frames,
-                bytes=output.position,
+                bytes=os.path.getsize(path),
                 seconds=time.monotonic() - began,
                 dropped=recorder.dropped,
                 ended=ended,

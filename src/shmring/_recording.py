@@ -2,9 +2,9 @@
 # one; and what the recording and replaying sides share.
 #
 # Rules:
-#   - This module imports without the optional packages of `shmring[record]` (mcap, its
-#     protobuf support, the Foxglove schemas, tqdm), so that `import shmring` never needs
-#     them. The work is done by _record.py (ring -> file) and _replay.py (file -> ring),
+#   - This module imports without the optional packages of `shmring[record]` (foxglove-sdk,
+#     mcap, its protobuf support, the Foxglove schemas, tqdm), so that `import shmring`
+#     never needs them. The work is done by _record.py (ring -> file) and _replay.py (file -> ring),
 #     imported on first use; a missing package raises RecordExtraMissing, which says what
 #     to install.
 #   - Ctrl-C (SIGINT) and SIGTERM stop a recording or a replay between two frames, never in
@@ -33,7 +33,14 @@ if TYPE_CHECKING:
     from ._replay import Recording
 
 STOP_POLL = 0.1  # seconds: the longest a stop request waits to be seen
-OPTIONAL_PACKAGES = ("mcap", "mcap_protobuf", "foxglove_schemas_protobuf", "google", "tqdm")
+OPTIONAL_PACKAGES = (
+    "foxglove",
+    "mcap",
+    "mcap_protobuf",
+    "foxglove_schemas_protobuf",
+    "google",
+    "tqdm",
+)
 COMPRESSIONS = ("none", "zstd", "lz4")
 COLORS = ("rgb8", "bgr8")  # the RawImage encoding of H×W×3 uint8 frames
 
