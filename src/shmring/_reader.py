@@ -39,7 +39,6 @@ from ._sys import (
     BARRIER_REGISTERED,
     FAST_PATH_FENCE,
     fence,
-    fence_halves,
     futex_wait,
     precise_futex_wait,
 )
@@ -277,19 +276,14 @@ class RingReader(AsyncReading, RingHandle):
         """__iter__ for a block-policy reader that is its own group. The common case, a
         ring-shaped frame without metadata with only the previous frame held, runs inline
         with the frame built in C (_taker.c). So does a wait for an unpublished frame when
-        the reader does not poll (spin=0, or more participants than CPUs): after a wake-up
+        the reader does not poll (spin=0, or no CPU to spare: spinning_pays): after a wake-up
         every line of Python runs with cold caches, so the frame it slept for reaches the
         caller through as few of them as possible."""
         p = self._p
         descriptors, slots, held = self._descriptors, self._slots, self._held
-        record, control = self._record, self._control
-        take, wait = self._taker.take, self._taker.wait
-        wake_writers = p.wake_writers
-        fence_needed = FAST_PATH_FENCE
-        fence_enter, fence_exit = fence_halves()
+        take, advance, wait = self._taker.take, self._taker.advance, self._taker.wait
         # Local names, one fast lookup each: every Python lookup shows at 64-byte frames.
-        d_seq, r_release = L.D_SEQ, L.R_RELEASE
-        c_writer_waiters, c_space_wanted = L.C_WRITER_WAITERS, L.C_SPACE_WANTED
+        d_seq = L.D_SEQ
         sleeps_at_once, spinning_pays = not self._spin, p.spinning_pays
 
         def published() -> int | None:
@@ -310,19 +304,15 @@ class RingReader(AsyncReading, RingHandle):
                     and last._reader is not None
                     and not self._carried_drops
                 ):
-                    frame = self._pending = take(self, seq)
+                    # Holds the new frame and releases the last in one store (R_RELEASE),
+                    # then wakes writers waiting for that space: all in C.
+                    frame = self._pending = advance(self, seq)
                     if frame is not None:
-                        if self._counted:  # woken for the last frame (inline: hot path)
+                        if self._counted:  # (an exception in a wait left it counted)
                             self._uncount()
                         self._next = seq + 1
-                        held[0] = seq  # holds the new frame and releases the last in one step
+                        held[0] = seq
                         last._reader = None
-                        record[r_release] = seq
-                        if fence_needed:  # the release must be visible before we look for
-                            fence_enter()  # sleeping writers (unless they make the barrier)
-                            fence_exit()
-                        if control[c_writer_waiters] and seq >= control[c_space_wanted]:
-                            wake_writers()
                 if frame is None and descriptors[seq % slots][d_seq] != seq:
                     # Asking for the next frame means being done with the last: release it
                     # before waiting, so the writer reuses that buffer, which is still in cache.

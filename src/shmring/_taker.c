@@ -282,6 +282,36 @@ static PyObject *Taker_take(Taker *self, PyObject *const *args, Py_ssize_t nargs
     return take_frame(self, args[0], seq);
 }
 
+/* advance(reader, seq): iteration's step for a reader that holds only frame seq - 1: take
+ * frame seq and, if it is there, hold it and release seq - 1 in one store (R_RELEASE = seq),
+ * then wake writers that sleep for that space. The release must be visible before the look
+ * for sleeping writers: a fence, unless the sleepers make the barrier (see count()). None,
+ * with nothing stored, if take() would answer None. */
+static PyObject *Taker_advance(Taker *self, PyObject *const *args, Py_ssize_t nargs) {
+    uint64_t seq;
+    if (!positional("advance", nargs, 2) || sequence_number(args[1], &seq) < 0) {
+        return NULL;
+    }
+    PyObject *frame = take_frame(self, args[0], seq);
+    if (frame == NULL || frame == Py_None) {
+        return frame;
+    }
+    uint64_t *control = self->control;
+    store(&self->record[SHMRING_R_RELEASE], seq);
+    if (self->sleep_barrier) {
+        __atomic_signal_fence(__ATOMIC_SEQ_CST); /* the sleepers' membarrier orders it */
+    } else {
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    }
+    if (load(&control[SHMRING_C_WRITER_WAITERS]) &&
+        seq >= load(&control[SHMRING_C_SPACE_WANTED])) {
+        uint64_t *space = &control[SHMRING_C_SPACE];
+        store(space, (load(space) + 1) & 0xFFFFFFFFu); /* a changed word is not slept through */
+        shmring_futex_wake_all(space);
+    }
+    return frame;
+}
+
 static PyObject *Taker_wait(Taker *self, PyObject *const *args, Py_ssize_t nargs) {
     uint64_t seq;
     if (!positional("wait", nargs, 3) || sequence_number(args[1], &seq) < 0) {
@@ -649,6 +679,8 @@ static void Taker_dealloc(Taker *self) {
 static PyMethodDef Taker_methods[] = {
     {"take", (PyCFunction)(void (*)(void))Taker_take, METH_FASTCALL,
      "take(reader, seq) -> Frame of frame seq, or None (see _taker.c)."},
+    {"advance", (PyCFunction)(void (*)(void))Taker_advance, METH_FASTCALL,
+     "advance(reader, seq) -> take()'s answer; if a Frame, this reader now holds seq only."},
     {"wait", (PyCFunction)(void (*)(void))Taker_wait, METH_FASTCALL,
      "wait(reader, seq, timeout) -> take()'s answer after at most one sleep on C_FRAMES."},
     {"take_pinned", (PyCFunction)(void (*)(void))Taker_take_pinned, METH_FASTCALL,
