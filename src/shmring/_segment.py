@@ -29,6 +29,7 @@ import mmap
 import os
 import re
 import secrets
+import stat
 import time
 from collections.abc import Sequence
 
@@ -115,6 +116,7 @@ class Segment:
     # ---- create ------------------------------------------------------------------------
     @classmethod
     def create(cls, name: str, geometry: L.Geometry, mode: int) -> Segment:
+        geometry.check_size()
         size = geometry.segment_bytes
         available = free_bytes()
         if size > available:
@@ -155,7 +157,7 @@ class Segment:
         move the buffers' pages: for looking at a ring, not taking part in it."""
         path = segment_path(name)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+            fd = open_regular(path, os.O_RDWR)
         except FileNotFoundError:
             raise RingNotFound(
                 f"no ring named {name!r} ({path} does not exist); create it with "
@@ -170,12 +172,19 @@ class Segment:
             ) from None
         try:
             geometry = L.Geometry.unpack(os.pread(fd, L.FIXED_HEADER_BYTES, 0), name)
-            actual = os.fstat(fd).st_size
-            if actual != geometry.segment_bytes:
+            info = os.fstat(fd)
+            if info.st_size != geometry.segment_bytes:
                 raise IncompatibleRing(
-                    f"ring {name!r}: segment is {actual} bytes but its header describes "
+                    f"ring {name!r}: segment is {info.st_size} bytes but its header describes "
                     f"{geometry.segment_bytes}; it was truncated or resized. Remove it "
                     "(shmring rm) and create it again"
+                )
+            if info.st_blocks * 512 < info.st_size:  # tmpfs counts pages, so whole pages
+                raise IncompatibleRing(
+                    f"ring {name!r}: only {info.st_blocks * 512:,} of its {info.st_size:,} "
+                    "bytes are allocated, and create allocates every page: the file was "
+                    "made or punched by something else (a planted file?). Remove it "
+                    "(shmring rm) and create the ring again"
                 )
             return cls(name, fd, geometry, writable_data, huge_pages)
         except BaseException:
@@ -234,6 +243,53 @@ class Segment:
         with contextlib.suppress(OSError):
             os.close(self.fd)
         self.fd = -1
+
+
+def open_regular(path: str, flags: int) -> int:
+    """Open `path` (a name found in /dev/shm, which any local user can fill) as a ring
+    file: never through a symbolic link, never waiting (a FIFO's open would block until a
+    writer came), and only a regular file (looked at before the open, so that no device is
+    ever opened, and checked on the open file). IncompatibleRing names what the entry is
+    instead; FileNotFoundError and PermissionError come through."""
+    mode = os.lstat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise IncompatibleRing(_not_a_ring(path, file_kind(mode)))
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise IncompatibleRing(_not_a_ring(path, "a symbolic link")) from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise IncompatibleRing(_not_a_ring(path, file_kind(mode)))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def file_kind(mode: int) -> str:
+    """What a stat mode says a file is, in words ("a fifo", "a directory", ...)."""
+    kinds = (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a fifo"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    return next((kind for test, kind in kinds if test(mode)), "not a regular file")
+
+
+def _not_a_ring(path: str, kind: str) -> str:
+    return (
+        f"{path} is {kind}, not a ring (rings are regular files); shmring never made it. "
+        "Remove it by hand if it is yours, or choose another ring name"
+    )
 
 
 def _map_data(
