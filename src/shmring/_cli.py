@@ -534,17 +534,9 @@ def why_stale(ring: RingInfo | BrokenRing) -> str:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    listing = list_rings()
-    garbage = [ring for ring in stale_rings(listing) if matches(ring.name, args.patterns)]
+    garbage = [ring for ring in stale_rings() if matches(ring.name, args.patterns)]
     if not garbage:
         print("no stale rings")
-    for entry in listing:  # what gc does not touch, and why: a FIFO, a link, another version
-        if (
-            isinstance(entry, BrokenRing)
-            and entry not in garbage
-            and matches(entry.name, args.patterns)
-        ):
-            print(f"left {entry.name} alone: {entry.kind}: {entry.error}")
     failures = 0
     for ring in garbage:
         if args.dry_run:

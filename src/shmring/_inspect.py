@@ -220,13 +220,12 @@ def unlink_ring(name: str, force: bool, how_to_force: str) -> None:
         raise RingNotFound(f"no ring named {name!r} (already removed?)") from None
 
 
-def stale_rings(listing: list[RingInfo | BrokenRing] | None = None) -> list[RingInfo | BrokenRing]:
+def stale_rings() -> list[RingInfo | BrokenRing]:
     """Rings nobody will clean up: creator and every writer dead (or unreadable), plus
-    leftover temporary files of creations that died half-way. From `listing` (what
-    list_rings returned) if given, else from a fresh one."""
+    leftover temporary files of creations that died half-way."""
     stale: list[RingInfo | BrokenRing] = [
         ring
-        for ring in (list_rings() if listing is None else listing)
+        for ring in list_rings()
         if (
             ring.kind == "damaged" and not _in_use(ring.path)
             if isinstance(ring, BrokenRing)
