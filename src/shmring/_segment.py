@@ -116,11 +116,11 @@ class Segment:
     # ---- create ------------------------------------------------------------------------
     @classmethod
     def create(cls, name: str, geometry: L.Geometry, mode: int) -> Segment:
-        geometry.check_size()
         size = geometry.segment_bytes
         available = free_bytes()
         if size > available:
             raise _no_space(name, size, available)
+        geometry.check_size()  # a /dev/shm larger than the limit: what unpack would refuse
         temp = os.path.join(SHM_DIR, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}")
         fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
         try:
