@@ -18,6 +18,7 @@ import contextlib
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -160,10 +161,11 @@ def _inspect(name: str, slot_states: bool) -> RingInfo:
         segment.close()
 
 
-def list_rings() -> list[RingInfo | BrokenRing]:
-    """Every shmring.* entry on this machine, sorted by name: a RingInfo per ring (with
-    `slot_states` left empty: inspect_ring fills it), a BrokenRing per entry that is not a
-    readable ring. Other files in /dev/shm are ignored."""
+def list_rings(select: Callable[[str], bool] | None = None) -> list[RingInfo | BrokenRing]:
+    """Every shmring.* entry on this machine (whose name `select` accepts, if given: the
+    others are not opened), sorted by name: a RingInfo per ring (with `slot_states` left
+    empty: inspect_ring fills it), a BrokenRing per entry that is not a readable ring.
+    Other files in /dev/shm are ignored."""
     found: list[RingInfo | BrokenRing] = []
     try:
         entries = sorted(os.listdir(SHM_DIR))
@@ -173,6 +175,8 @@ def list_rings() -> list[RingInfo | BrokenRing]:
         if not entry.startswith(PREFIX):
             continue
         name = entry[len(PREFIX) :]
+        if select is not None and not select(name):
+            continue
         path = os.path.join(SHM_DIR, entry)
         try:
             found.append(_inspect(name, slot_states=False))
