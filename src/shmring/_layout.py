@@ -12,7 +12,8 @@
 # views with the field constants below.
 #
 # Nothing read from shared memory is trusted: `Geometry.unpack` checks magic, version,
-# checksum and that the stored offsets equal the ones recomputed from the geometry.
+# checksum, create's limits (LIMITS, the one table both use) and that the stored offsets
+# equal the ones recomputed from the geometry.
 
 from __future__ import annotations
 
@@ -422,8 +423,7 @@ class Rows(dict[int, memoryview]):
             raise IndexError(f"row {index} of a table of {self._count}")
         offset = self._start + index * self._stride
         row = self._whole[offset : offset + self._width]
-        self[index] = row = row.cast("Q") if self._words else row
-        return row
+        return self.setdefault(index, row.cast("Q") if self._words else row)  # one per index
 
     def __len__(self) -> int:
         return self._count

@@ -9,7 +9,12 @@
 #     name (link(2) fails if the name exists). An attacher therefore never sees a half-made
 #     ring, and a ring whose creator lock is free has a dead creator (stale).
 #   - Pages are reserved at creation (posix_fallocate), so a ring larger than /dev/shm's free
-#     space fails at create with ENOSPC instead of a SIGBUS on first touch.
+#     space fails at create with ENOSPC instead of a SIGBUS on first touch. The converse is
+#     checked at attach: a file with fewer allocated bytes than its size (sparse: planted,
+#     not created) is refused before it is mapped.
+#   - /dev/shm is writable by every local user: an entry under a ring's name is opened only
+#     if it is a regular file, never through a symbolic link, never with an open that waits
+#     (open_regular; a FIFO's open would block ls and gc forever).
 #   - The header (everything before the frame buffers) is mapped read-write by everyone; the
 #     buffers are mapped read-only by readers, so their views cannot be written.
 #   - The buffers are mapped at an address congruent to their file offset modulo the huge
@@ -253,7 +258,7 @@ def open_regular(path: str, flags: int) -> int:
     instead; FileNotFoundError and PermissionError come through."""
     mode = os.lstat(path).st_mode
     if not stat.S_ISREG(mode):
-        raise IncompatibleRing(_not_a_ring(path, file_kind(mode)))
+        raise IncompatibleRing(_not_a_ring(path, _file_kind(mode)))
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -263,7 +268,7 @@ def open_regular(path: str, flags: int) -> int:
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise IncompatibleRing(_not_a_ring(path, file_kind(mode)))
+            raise IncompatibleRing(_not_a_ring(path, _file_kind(mode)))
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
@@ -271,7 +276,7 @@ def open_regular(path: str, flags: int) -> int:
     return fd
 
 
-def file_kind(mode: int) -> str:
+def _file_kind(mode: int) -> str:
     """What a stat mode says a file is, in words ("a fifo", "a directory", ...)."""
     kinds = (
         (stat.S_ISREG, "a regular file"),
