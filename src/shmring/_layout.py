@@ -410,19 +410,18 @@ class Rows(dict[int, memoryview]):
     as the list it replaces: `rows[i]` (IndexError out of range), `len`, and iteration over
     every row, in order."""
 
-    def __init__(
-        self, whole: memoryview, start: int, count: int, stride: int, width: int, words: bool
-    ) -> None:
+    def __init__(self, table: memoryview, count: int, stride: int, width: int, words: bool):
+        """Row i is table[i * stride : i * stride + width] (as u64 words if `words`)."""
         super().__init__()
-        self._whole, self._start, self._count = whole, start, count
+        self._table, self._count = table, count
         self._stride, self._width, self._words = stride, width, words
 
     def __missing__(self, index: int) -> memoryview:
         index = operator.index(index)
         if not 0 <= index < self._count:
             raise IndexError(f"row {index} of a table of {self._count}")
-        offset = self._start + index * self._stride
-        row = self._whole[offset : offset + self._width]
+        offset = index * self._stride
+        row = self._table[offset : offset + self._width]
         return self.setdefault(index, row.cast("Q") if self._words else row)  # one per index
 
     def __len__(self) -> int:
@@ -432,9 +431,12 @@ class Rows(dict[int, memoryview]):
         return (self[index] for index in range(self._count))
 
     def release(self) -> None:
+        """Release every row made, and the table: the mapping can close (as with any
+        view, not while the caller still holds a row)."""
         for row in self.values():
             row.release()
         self.clear()
+        self._table.release()
 
 
 class Views:
@@ -449,18 +451,15 @@ class Views:
         g = self._geometry = geometry
         whole = memoryview(header)
         self.control = whole[CONTROL_OFFSET : CONTROL_OFFSET + CONTROL_BYTES].cast("Q")
-        self.descriptors = Rows(
-            whole, g.descriptors_offset, g.slots, g.descriptor_bytes, g.descriptor_bytes, True
-        )
+        rows = whole[g.descriptors_offset : g.readers_offset]
+        self.descriptors = Rows(rows, g.slots, g.descriptor_bytes, g.descriptor_bytes, True)
         # Every descriptor's D_BUFFER word, as one strided view: the exclusive writer's
         # reclaim copies a run of them into the free list with one slice assignment.
         table = whole[g.descriptors_offset : g.readers_offset].cast("Q")
         self.descriptor_buffers = table[D_BUFFER :: g.descriptor_bytes // 8]
         self.descriptor_table = table  # every descriptor, one view
-        meta_offset = g.descriptors_offset + D_META_BYTE_OFFSET
-        self.descriptor_meta = Rows(
-            whole, meta_offset, g.slots, g.descriptor_bytes, g.meta_size, False
-        )
+        rows = whole[g.descriptors_offset + D_META_BYTE_OFFSET : g.readers_offset]
+        self.descriptor_meta = Rows(rows, g.slots, g.descriptor_bytes, g.meta_size, False)
         self.readers = _records(whole, g.readers_offset, g.max_readers)
         self.groups = _records(whole, g.groups_offset, g.max_readers)
         # Every reader record, then every group record, one view each (CACHE_LINE apart):
