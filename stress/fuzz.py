@@ -6,7 +6,10 @@
 # writer records, the free list, or frame data) with random or boundary values, or cuts the
 # file short / grows it. A fresh process then inspects, attaches, writes and reads, has the
 # ring damaged again under it and goes on; the owner keeps writing, reading, iterating, and
-# closes.
+# closes. Some cases also plant a forged ring beside it (`plant`, issue 17 finding 4): a
+# valid header on a sparse file, with a legal geometry or one past create's limits; the
+# fresh process must find it refused (IncompatibleRing) by inspect, attach and a listing,
+# promptly and without memory out of proportion.
 #
 # Pass: every call works or raises a ShmringError subclass; no process dies by a signal;
 # nothing waits past its bound; no worker's memory peaks out of proportion (GIANT_KIB); the
@@ -38,6 +41,7 @@ import tempfile
 import threading
 import time
 import traceback
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -48,6 +52,7 @@ import numpy as np
 
 import shmring
 from shmring import Frame, RingReader, RingTimeout, RingWriter, ShmringError
+from shmring import _layout as L
 
 from . import ROOT, open_fds, ring_name, rss_kib, segment_path
 
@@ -74,6 +79,10 @@ WORDS = SMALL_WORDS + EDGE_WORDS
 RESIZES = tuple(
     "empty tiny fixed control before-data data short long page-more double".split()
 )  # how the file is resized: see Layout.resized
+# Forged rings planted beside a case's ring: "sparse" declares a legal geometry on a sparse
+# file; the others put one field (or the total size) past create's limits (L.LIMITS).
+PLANTS = "sparse slots buffers max_readers max_writers meta_size ndim dimension total".split()
+PLANT_SHARE = 0.05  # of the cases
 CALL_TIMEOUT = 30.0  # a worker silent this long is hung (the longest legal wait is ~5 s)
 SLOW = 2.0  # a step taking longer is counted as slow (bounded, but worth a look)
 GIANT_KIB = 512 * 1024  # a worker whose peak RSS passes this allocated out of proportion
@@ -123,6 +132,7 @@ class Case:
     patches: tuple[Patch, ...]
     resize: str | None  # the file's size while the fresh process attaches (then restored)
     late_patches: tuple[Patch, ...] = ()  # applied while the fresh process is attached
+    plant: str | None = None  # a forged ring planted beside it (PLANTS)
 
     @classmethod
     def random(cls, seed: int) -> Case:
@@ -145,6 +155,7 @@ class Case:
             patches=tuple(Patch.random(rng) for _ in range(count)),
             resize=rng.choice(RESIZES) if rng.random() < 0.08 else None,
             late_patches=tuple(Patch.random(rng) for _ in range(rng.choice((0, 0, 1, 2)))),
+            plant=rng.choice(PLANTS) if rng.random() < PLANT_SHARE else None,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -343,6 +354,8 @@ class Owner:
             write_some(writer, case.written - 1, case.variable, case.meta_size)
         layout = Layout.read(self.path)
         apply_patches(self.path, layout, case.patches)
+        if case.plant is not None:
+            plant(self.path + "-plant", case.plant, random.Random(case.seed))
         return {"name": self.name, "layout": asdict(layout)}
 
     def resume(self) -> dict[str, Any]:
@@ -353,6 +366,8 @@ class Owner:
         leaked = os.path.lexists(self.path)
         if leaked:
             os.unlink(self.path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path + "-plant")
         gc.collect()  # a closed handle's mapping lives until its last view is collected
         return {
             "steps": steps.as_json(),
@@ -448,7 +463,78 @@ def probe(case: Case, name: str, layout: Layout) -> dict[str, Any]:
         steps.run("close_reader", reader.close)
     if writer is not None:
         steps.run("close_writer", writer.close)
+    if case.plant is not None:
+        probe_plant(steps, name + "-plant")
     return {"steps": steps.as_json(), "peak_rss_kib": rss_kib(field="VmHWM")}
+
+
+def plant(path: str, kind: str, rng: random.Random) -> None:
+    """Write a forged ring at `path`: a header with a valid checksum on a sparse file of
+    the size it declares (capped at 1 TiB; one page is really written)."""
+    slots = rng.choice((1 << 16, L.MAX_SLOTS))
+    fields = dict(
+        shape=rng.choice(((64,), (480, 640, 3))),
+        dtype=np.dtype(np.uint8),
+        slots=slots,
+        buffers=slots,
+        policy=L.POLICY_BLOCK,
+        max_readers=4,
+        max_writers=2,
+        meta_size=0,
+        creator_pid=os.getpid(),
+    )
+    past = {  # one past the limit, the issue's 2**22 and 2**24, and the field's maximum
+        "slots": (L.MAX_SLOTS + 1, 1 << 22, 1 << 24, 2**32 - 1),
+        "buffers": (slots + L.MAX_SPARE_BUFFERS + 1, slots - 1, 2**32 - 1),
+        "max_readers": (L.MAX_READERS + 1, 2**32 - 1),
+        "max_writers": (L.MAX_WRITERS + 1, 2**32 - 1),
+        "meta_size": (L.MAX_META + 1, 2**32 - 1),
+    }
+    forged: dict[str, int] = {}
+    if kind in past:
+        value = rng.choice(past[kind])
+        fields[kind] = value
+        if kind == "slots":
+            fields["buffers"] = value
+    elif kind == "ndim":
+        forged["ndim"] = rng.choice((0, L.MAX_NDIM + 1))
+    elif kind == "dimension":
+        fields["shape"] = (L.MAX_DIM + 1,)
+    elif kind == "total":
+        fields["shape"], fields["slots"], fields["buffers"] = (L.MAX_DIM,), 16, 16
+    geometry = L.Geometry(**fields)  # type: ignore[arg-type]
+    header = geometry.pack()
+    if forged:
+        values = dict(zip(L._FIXED_FIELDS, L._FIXED.unpack_from(header), strict=True))
+        body = L._FIXED.pack(*{**values, **forged}.values()).ljust(L.CHECKSUM_OFFSET, b"\0")
+        header = body + struct.pack("<Q", zlib.crc32(body))
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.pwrite(fd, header, 0)
+        os.ftruncate(fd, min(geometry.segment_bytes, 1 << 40))
+    finally:
+        os.close(fd)
+
+
+def probe_plant(steps: Steps, path: str) -> None:
+    """Inspect, attach to and list the forged ring at `path`: each must refuse it (the
+    outcome to see in the counts is IncompatibleRing; any other ShmringError shows too)."""
+    name = os.path.basename(path).removeprefix("shmring.")
+
+    def refused(call: Callable[[str], object]) -> None:
+        call(name)
+        raise AssertionError(f"a forged ring was accepted by {call}")
+
+    steps.run("plant_inspect", partial(refused, shmring.inspect_ring))
+    steps.run("plant_attach_reader", partial(refused, partial(RingReader.attach, spin=0)))
+    steps.run("plant_attach_writer", partial(refused, partial(RingWriter.attach, spin=0)))
+
+    def listed_broken() -> None:
+        listing = shmring.list_rings(lambda entry: entry == name)
+        if [type(ring).__name__ for ring in listing] != ["BrokenRing"]:
+            raise AssertionError(f"the forged ring was listed as {listing}")
+
+    steps.run("plant_list", listed_broken)
 
 
 def worker_main() -> int:
@@ -583,6 +669,9 @@ class Lane:
         finally:
             if name is not None and os.path.lexists(segment_path(name)):
                 os.unlink(segment_path(name))  # the owner died before closing
+            if name is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(segment_path(name) + "-plant")
         return result
 
     @staticmethod

@@ -20,6 +20,7 @@ import fcntl
 import gc
 import os
 import re
+import stat
 import sys
 from collections.abc import Generator, Iterator
 
@@ -138,12 +139,18 @@ def holders(path: str) -> Iterator[int]:
 
 
 def creator_pid(entry: str) -> int | None:
+    """The header's creator pid; None for anything but a regular file (a FIFO named
+    shmring.* that a test planted must not block this open: O_NONBLOCK, no links)."""
     try:
-        with open(os.path.join(SHM_DIR, entry), "rb") as f:
-            f.seek(CREATOR_PID_OFFSET)
-            pid = int.from_bytes(f.read(8), "little")
+        fd = os.open(os.path.join(SHM_DIR, entry), os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        pid = int.from_bytes(os.pread(fd, 8, CREATOR_PID_OFFSET), "little")
+    finally:
+        os.close(fd)
     return pid if 0 < pid < 1 << 22 else None
 
 

@@ -87,7 +87,7 @@ class Row:
 
 def snapshot(patterns: Sequence[str]) -> Listing:
     """Every ring (or broken entry) whose name matches one of `patterns` (all if none)."""
-    return [ring for ring in list_rings() if matches(ring.name, patterns)]
+    return list_rings(lambda name: matches(name, patterns))
 
 
 def matches(name: str, patterns: Sequence[str]) -> bool:

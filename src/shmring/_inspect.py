@@ -4,14 +4,25 @@
 # (a snapshot may be a few microseconds inconsistent; that is the price of never blocking a
 # pipeline), and treats every byte it reads as untrusted: damage shows up as a
 # `problems` entry, never as an exception from the middle of a listing.
+#   - Any local user can put anything named shmring.* into /dev/shm. Entries are opened
+#     only through _segment.open_regular (no symbolic link followed, no FIFO or device
+#     opened, no open that waits); anything but a regular file is listed as "not-a-ring"
+#     and never garbage-collected, and so are files without the shmring magic.
+#   - A listing costs nothing per slot: list_rings() leaves `slot_states` empty (a legal
+#     ring has up to 2**20 slots); inspect_ring() fills it, from strided columns of the
+#     descriptor table, not one object per descriptor.
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import numpy as np
 
 from . import _layout as L
 from ._errors import RingExists, RingNotFound, ShmringError
@@ -20,11 +31,14 @@ from ._segment import (
     SHM_DIR,
     TEMP_PREFIX,
     Segment,
+    open_regular,
     segment_path,
     temp_owner_alive,
     validate_name,
 )
 from ._sys import range_is_locked, try_lock_range
+
+MAX_SLOT_PROBLEMS = 8  # slots with a buffer out of range listed one by one; then a count
 
 
 @dataclass
@@ -113,7 +127,8 @@ class RingInfo:
 class BrokenRing:
     """A /dev/shm/shmring.* entry that could not be read as a ring.
 
-    kind: "not-a-ring" (no shmring magic: somebody else's file, never garbage-collected),
+    kind: "not-a-ring" (no shmring magic, or not a regular file at all: a FIFO, a symbolic
+    link, a directory; somebody else's file, never garbage-collected),
     "unreadable" (no permission), "other-version" (a ring of another major format version:
     its liveness locks may sit elsewhere, so it is never garbage-collected), "damaged" (a
     ring's header or size is wrong), or "abandoned-creation" (the temporary file of a create
@@ -131,20 +146,27 @@ class BrokenRing:
 
 def inspect_ring(name: str) -> RingInfo:
     """Snapshot ring `name` (RingNotFound, IncompatibleRing, PermissionError if unreadable)."""
+    return _inspect(name, slot_states=True)
+
+
+def _inspect(name: str, slot_states: bool) -> RingInfo:
     validate_name(name)
     segment = Segment.open(name, writable_data=False, huge_pages=False)  # moves no page
     try:
         views = L.Views(segment.geometry, segment.header, segment.data)
         try:
-            return _snapshot(segment, views)
+            return _snapshot(segment, views, with_states=slot_states)
         finally:
             views.release()
     finally:
         segment.close()
 
 
-def list_rings() -> list[RingInfo | BrokenRing]:
-    """Every shmring ring on this machine, sorted by name; other files are ignored."""
+def list_rings(select: Callable[[str], bool] | None = None) -> list[RingInfo | BrokenRing]:
+    """Every shmring.* entry on this machine (whose name `select` accepts, if given: the
+    others are not opened), sorted by name: a RingInfo per ring (with `slot_states` left
+    empty: inspect_ring fills it), a BrokenRing per entry that is not a readable ring.
+    Other files in /dev/shm are ignored."""
     found: list[RingInfo | BrokenRing] = []
     try:
         entries = sorted(os.listdir(SHM_DIR))
@@ -154,14 +176,16 @@ def list_rings() -> list[RingInfo | BrokenRing]:
         if not entry.startswith(PREFIX):
             continue
         name = entry[len(PREFIX) :]
+        if select is not None and not select(name):
+            continue
         path = os.path.join(SHM_DIR, entry)
         try:
-            found.append(inspect_ring(name))
+            found.append(_inspect(name, slot_states=False))
         except FileNotFoundError:
             continue  # removed while we listed
         except (ShmringError, OSError, ValueError) as exc:
             with contextlib.suppress(OSError):
-                size = os.stat(path).st_size
+                size = os.lstat(path).st_size
                 found.append(BrokenRing(name, path, size, str(exc), _broken_kind(path, exc)))
     return found
 
@@ -218,10 +242,17 @@ def stale_rings() -> list[RingInfo | BrokenRing]:
             if entry.startswith(TEMP_PREFIX) and not temp_owner_alive(entry):
                 path = os.path.join(SHM_DIR, entry)
                 with contextlib.suppress(OSError):
-                    size = os.stat(path).st_size
-                    stale.append(
-                        BrokenRing(entry, path, size, "abandoned creation", "abandoned-creation")
-                    )
+                    info = os.lstat(path)
+                    if stat.S_ISREG(info.st_mode):  # create makes regular files only
+                        stale.append(
+                            BrokenRing(
+                                entry,
+                                path,
+                                info.st_size,
+                                "abandoned creation",
+                                "abandoned-creation",
+                            )
+                        )
     return stale
 
 
@@ -229,10 +260,17 @@ def _broken_kind(path: str, exc: BaseException) -> str:
     if isinstance(exc, PermissionError):
         return "unreadable"
     try:
-        with open(path, "rb") as file:
-            start = file.read(L.VERSION_END)
+        fd = open_regular(path, os.O_RDONLY)
+    except ShmringError:
+        return "not-a-ring"  # not a regular file
     except OSError:
         return "unreadable"
+    try:
+        start = os.pread(fd, L.VERSION_END, 0)
+    except OSError:
+        return "unreadable"
+    finally:
+        os.close(fd)
     if start[: len(L.MAGIC)] != L.MAGIC:
         return "not-a-ring"
     if len(start) == L.VERSION_END and L.version_major_of(start) != L.VERSION_MAJOR:
@@ -255,9 +293,11 @@ def remove_if_stale(entry: RingInfo | BrokenRing) -> bool:
     if isinstance(entry, BrokenRing) and entry.kind != "damaged":
         return False
     try:
-        fd = os.open(entry.path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = open_regular(entry.path, os.O_RDWR)
     except FileNotFoundError:
         return True  # somebody else removed it
+    except ShmringError:
+        return False  # replaced by something that is not a regular file: not ours
     try:
         if not try_lock_range(fd, L.LOCK_CREATOR) or range_is_locked(
             fd, L.LOCK_WRITER_BASE, L.MAX_WRITERS
@@ -276,8 +316,8 @@ def remove_if_stale(entry: RingInfo | BrokenRing) -> bool:
 def _in_use(path: str) -> bool:
     """Whether a creator or writer still holds its liveness lock on the file at `path`."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
+        fd = open_regular(path, os.O_RDONLY)
+    except (OSError, ShmringError):
         return True  # cannot tell: leave it alone
     try:
         return range_is_locked(fd, L.LOCK_CREATOR) or range_is_locked(
@@ -287,7 +327,7 @@ def _in_use(path: str) -> bool:
         os.close(fd)
 
 
-def _snapshot(segment: Segment, views: L.Views) -> RingInfo:
+def _snapshot(segment: Segment, views: L.Views, with_states: bool) -> RingInfo:
     g = segment.geometry
     fd = segment.fd
     control = views.control
@@ -342,24 +382,7 @@ def _snapshot(segment: Segment, views: L.Views) -> RingInfo:
                 pinned_buffer=None if record[L.R_PINNED] == L.NONE else int(record[L.R_PINNED]),
             )
         )
-    slot_states = []
-    for position, descriptor in enumerate(views.descriptors):
-        seq = descriptor[L.D_SEQ]
-        if seq == L.NONE:
-            slot_states.append(SlotInfo(position, None, None, "empty", None))
-            continue
-        if descriptor[L.D_FLAGS] & L.DF_EVICTED:
-            state = "evicted"
-        elif tail <= seq < head:
-            state = "queued"
-        else:
-            state = "released"
-        buffer = int(descriptor[L.D_BUFFER])
-        if buffer >= g.buffers:
-            problems.append(f"slot {position} names buffer {buffer}, out of range")
-        slot_states.append(
-            SlotInfo(position, int(seq), buffer, state, int(descriptor[L.D_TIMESTAMP]))
-        )
+    slot_states = _slot_states(views, g, head, tail, problems, with_states)
     policy = "block" if g.policy == L.POLICY_BLOCK else "overwrite"
     return RingInfo(
         name=segment.name,
@@ -388,6 +411,39 @@ def _snapshot(segment: Segment, views: L.Views) -> RingInfo:
         problems=problems,
         snapshot_ns=time.monotonic_ns(),
     )
+
+
+def _slot_states(
+    views: L.Views, g: L.Geometry, head: int, tail: int, problems: list[str], with_states: bool
+) -> list[SlotInfo]:
+    """Each descriptor's state (if `with_states`), and a problem per descriptor naming a
+    buffer out of range: from columns of the descriptor table, no object per slot unless
+    the states are asked for."""
+    table = np.frombuffer(views.descriptor_table, np.uint64).reshape(g.slots, -1)
+    seqs, flags, buffers = table[:, L.D_SEQ], table[:, L.D_FLAGS], table[:, L.D_BUFFER]
+    bad = np.flatnonzero((seqs != L.NONE) & (buffers >= g.buffers))
+    problems += [
+        f"slot {position} names buffer {buffers[position]}, out of range"
+        for position in bad[:MAX_SLOT_PROBLEMS].tolist()
+    ]
+    if len(bad) > MAX_SLOT_PROBLEMS:
+        problems.append(f"{len(bad) - MAX_SLOT_PROBLEMS} more slots name buffers out of range")
+    if not with_states:
+        return []
+    states = []
+    columns = (seqs.tolist(), flags.tolist(), buffers.tolist(), table[:, L.D_TIMESTAMP].tolist())
+    for position, (seq, flag, buffer, timestamp) in enumerate(zip(*columns, strict=True)):
+        if seq == L.NONE:
+            states.append(SlotInfo(position, None, None, "empty", None))
+            continue
+        if flag & L.DF_EVICTED:
+            state = "evicted"
+        elif tail <= seq < head:
+            state = "queued"
+        else:
+            state = "released"
+        states.append(SlotInfo(position, seq, buffer, state, timestamp))
+    return states
 
 
 def _free_buffers(control: memoryview, g: L.Geometry) -> int:

@@ -19,7 +19,12 @@
 #     file another user owns (RingExists names that user). Observers (inspect, ls) read any
 #     ring they can open. docs/OPERATIONS.md, "Trust model".
 #   - Pages are reserved at creation (posix_fallocate), so a ring larger than /dev/shm's free
-#     space fails at create with ENOSPC instead of a SIGBUS on first touch.
+#     space fails at create with ENOSPC instead of a SIGBUS on first touch. The converse is
+#     checked at attach: a file with fewer allocated bytes than its size (sparse: planted,
+#     not created) is refused before it is mapped.
+#   - /dev/shm is writable by every local user: an entry under a ring's name is opened only
+#     if it is a regular file, never through a symbolic link, never with an open that waits
+#     (open_regular; a FIFO's open would block ls and gc forever).
 #   - The header (everything before the frame buffers) is mapped read-write by everyone; the
 #     buffers are mapped read-only by readers, so their views cannot be written.
 #   - The buffers are mapped at an address congruent to their file offset modulo the huge
@@ -189,6 +194,7 @@ class Segment:
         available = free_bytes()
         if size > available:
             raise _no_space(name, size, available)
+        geometry.check_size()  # a /dev/shm larger than the limit: what unpack would refuse
         _reclaim_abandoned_temps()
         fd, temp = _new_file(mode)
         try:
@@ -234,7 +240,7 @@ class Segment:
         its creator did). `owners`: the uids trusted to own it (checked_owner); None, any."""
         path = segment_path(name)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+            fd = open_regular(path, os.O_RDWR)
         except FileNotFoundError:
             raise RingNotFound(
                 f"no ring named {name!r} ({path} does not exist); create it with "
@@ -251,12 +257,19 @@ class Segment:
             if owners is not None:
                 _check_owner(fd, name, owners)
             geometry = L.Geometry.unpack(os.pread(fd, L.FIXED_HEADER_BYTES, 0), name)
-            actual = os.fstat(fd).st_size
-            if actual != geometry.segment_bytes:
+            info = os.fstat(fd)
+            if info.st_size != geometry.segment_bytes:
                 raise IncompatibleRing(
-                    f"ring {name!r}: segment is {actual} bytes but its header describes "
+                    f"ring {name!r}: segment is {info.st_size} bytes but its header describes "
                     f"{geometry.segment_bytes}; it was truncated or resized. Remove it "
                     "(shmring rm) and create it again"
+                )
+            if info.st_blocks * 512 < info.st_size:  # tmpfs counts pages, so whole pages
+                raise IncompatibleRing(
+                    f"ring {name!r}: only {info.st_blocks * 512:,} of its {info.st_size:,} "
+                    "bytes are allocated, and create allocates every page: the file was "
+                    "made or punched by something else (a planted file?). Remove it "
+                    "(shmring rm) and create the ring again"
                 )
             return cls(name, fd, geometry, writable_data, None if huge_pages else False)
         except BaseException:
@@ -318,6 +331,53 @@ class Segment:
         with contextlib.suppress(OSError):
             os.close(self.fd)
         self.fd = -1
+
+
+def open_regular(path: str, flags: int) -> int:
+    """Open `path` (a name found in /dev/shm, which any local user can fill) as a ring
+    file: never through a symbolic link, never waiting (a FIFO's open would block until a
+    writer came), and only a regular file (looked at before the open, so that no device is
+    ever opened, and checked on the open file). IncompatibleRing names what the entry is
+    instead; FileNotFoundError and PermissionError come through."""
+    mode = os.lstat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise IncompatibleRing(_not_a_ring(path, _file_kind(mode)))
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise IncompatibleRing(_not_a_ring(path, "a symbolic link")) from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise IncompatibleRing(_not_a_ring(path, _file_kind(mode)))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _file_kind(mode: int) -> str:
+    """What a stat mode says a file is, in words ("a fifo", "a directory", ...)."""
+    kinds = (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a fifo"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    return next((kind for test, kind in kinds if test(mode)), "not a regular file")
+
+
+def _not_a_ring(path: str, kind: str) -> str:
+    return (
+        f"{path} is {kind}, not a ring (rings are regular files); shmring never made it. "
+        "Remove it by hand if it is yours, or choose another ring name"
+    )
 
 
 def _map_data(

@@ -166,10 +166,10 @@ class RingWriter(AsyncWriting, RingHandle):
         if policy not in L.POLICIES:
             raise ValueError(f"policy must be 'block' or 'overwrite', got {policy!r}")
         checked_shape = L.checked_shape(shape)
-        slots = L.positive_int(slots, "slots", 1, 1 << 20)
-        max_readers = L.positive_int(max_readers, "max_readers", 1, L.MAX_READERS)
-        max_writers = L.positive_int(max_writers, "max_writers", 1, L.MAX_WRITERS)
-        meta_size = L.positive_int(meta_size, "meta_size", 0, L.MAX_META)
+        slots = L.positive_int(slots, "slots", *L.LIMITS["slots"])
+        max_readers = L.positive_int(max_readers, "max_readers", *L.LIMITS["max_readers"])
+        max_writers = L.positive_int(max_writers, "max_writers", *L.LIMITS["max_writers"])
+        meta_size = L.positive_int(meta_size, "meta_size", *L.LIMITS["meta_size"])
         mode = L.positive_int(mode, "mode", 0, 0o777)
         huge = checked_huge_pages(huge_pages)
         checked_spin(spin)
@@ -660,7 +660,7 @@ def _checked_spare_buffers(policy: str, slots: int, spare_buffers: object) -> in
         )
     if spare_buffers is None:
         return OVERWRITE_SPARE_BUFFERS
-    return L.positive_int(spare_buffers, "spare_buffers", 0, 1 << 20)
+    return L.positive_int(spare_buffers, "spare_buffers", *L.LIMITS["spare_buffers"])
 
 
 def _attach_writer(name: str, owner: int) -> RingWriter:

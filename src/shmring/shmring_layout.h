@@ -36,6 +36,8 @@
 #define SHMRING_MAX_SLOTS 1048576
 #define SHMRING_MAX_SPARE_BUFFERS 1048576 /* overwrite rings: buffers beyond `slots` */
 #define SHMRING_MAX_DIM ((uint64_t)1 << 40) /* any one dimension of a frame's shape */
+/* 16 TiB: far beyond any /dev/shm, within what mmap can map */
+#define SHMRING_MAX_SEGMENT_BYTES ((uint64_t)1 << 44)
 #define SHMRING_NONE UINT64_MAX /* "no value" in any u64 field (e.g. a descriptor never written) */
 /* sequence numbers beyond this can only come from a damaged header */
 #define SHMRING_SEQ_LIMIT ((uint64_t)1 << 62)
