@@ -169,19 +169,30 @@ def test_block_ring_calls_time_out_while_a_reader_holding_the_lock_is_stopped(
     assert not os.path.exists(seg_path(name))
 
 
-def test_truncated_ring_raises_in_a_waiting_reader_and_the_creator_still_unlinks() -> None:
+# How the child waits: read()'s general path, or iteration's wait in C (spin=0: no polling).
+_WAITS = {
+    "read": ("r = RingReader.attach({name!r})", "r.read(5.0).release()", "r.read(5.0)"),
+    "iterate": ("r = RingReader.attach({name!r}, spin=0); it = iter(r)", "next(it)", "next(it)"),
+}
+
+
+@pytest.mark.parametrize("wait", list(_WAITS))
+def test_truncated_ring_raises_in_a_waiting_reader_and_the_creator_still_unlinks(
+    wait: str,
+) -> None:
     name = unique_name()
     path = seg_path(name)
     w = RingWriter.create(name, SMALL, np.uint8, slots=4)
     w.write(np.zeros(SMALL, np.uint8), WAIT)  # the stream has begun: the reader waits
+    attach, first, second = (line.format(name=name) for line in _WAITS[wait])
     proc = _child(
         f"""
         from shmring import RingCorrupted, RingReader
-        r = RingReader.attach({name!r})
-        r.read(5.0).release()
+        {attach}
+        {first}
         print("reading", flush=True)
         try:
-            r.read(5.0)
+            {second}
         except RingCorrupted:
             print("RingCorrupted", flush=True)
         try:

@@ -12,7 +12,7 @@
 #   3. So the answer is measured, not counted: a participant process is busy if it used at
 #      least IDLE_SHARE of a CPU (utime + stime of /proc/PID/stat, all threads) over the last
 #      interval of at least SAMPLE seconds; polling pays if the busy other processes and the
-#      poller are no more than the CPUs this process may run on. (Summing the CPU they used
+#      poller are no more than the machine's CPUs. (Summing the CPU they used
 #      instead let 3 readers woken by every frame, each using a fifth of a CPU, poll beside
 #      their writer on 2 CPUs: 640x480x3 fan-out ran at half the rate.)
 #   4. While the participants are no more than the CPUs, polling pays without measuring. A
@@ -44,7 +44,9 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 def usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) or 1
+    """The machine's CPUs, not this process's affinity: a poller pinned to one CPU still
+    leaves the others to the rest of the ring's processes."""
+    return os.cpu_count() or 1
 
 
 class CpuUse:

@@ -104,6 +104,9 @@ class Taker:
         nbuffers: int,
         group: memoryview | None,
         sleep_barrier: bool,
+        fd: int,
+        segment_bytes: int,
+        check_size: Callable[[], None],
     ) -> None: ...
     # Built as frame_type (collectable_frame_type): _reader.py passes Frame (a subclass).
     def take(self, reader: RingReader, seq: int) -> Frame | None: ...

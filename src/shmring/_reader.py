@@ -867,6 +867,9 @@ def taker_arguments(
         nbuffers=g.buffers,
         group=group,
         sleep_barrier=BARRIER_REGISTERED,
+        fd=p.segment.fd,
+        segment_bytes=g.segment_bytes,
+        check_size=p.check_size,
     )
 
 

@@ -11,7 +11,9 @@
  * under it meanwhile: it is at or past the reader's release cursor. wait() is one sleep of
  * the caller's wait loop, done after the caller counted itself as a sleeper (C_READER_WAITERS,
  * then the barrier), in the same order as Python's loop: read C_FRAMES, look for the frame
- * and for the end of the stream, FUTEX_WAIT on C_FRAMES while it is unchanged.
+ * and for the end of the stream, FUTEX_WAIT on C_FRAMES while it is unchanged; then, before
+ * it looks again, the file's size (a ring truncated meanwhile raises RingCorrupted through
+ * check_size instead of faulting).
  *
  * Theory: a reader woken from FUTEX_WAIT runs with cold caches; on the development VM each
  * line of Python between the wake-up and the frame reaching the caller cost ~0.3-0.5 µs
@@ -25,6 +27,7 @@
 #include <linux/futex.h>
 #include <linux/membarrier.h>
 #include <structmember.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -133,6 +136,9 @@ typedef struct {
     int holds_exports; /* until close(): the pointers below are valid */
     int busy;          /* a wait is sleeping without the GIL */
     int sleep_barrier; /* count() makes the expedited membarrier (publishers do not fence) */
+    int fd;                  /* the segment's file, to see a truncation after a sleep */
+    long long segment_bytes; /* its size */
+    PyObject *check_size;    /* Participant.check_size: raises RingCorrupted */
     uint64_t *control;
     uint64_t *descriptors;
     uint64_t slots;
@@ -161,22 +167,24 @@ static int Taker_init(Taker *self, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {
         "header", "control", "descriptors", "buffers", "frame_type", "slots",
         "descriptor_words", "record", "reader_records", "collectable_frame_type", "max_readers",
-        "nbuffers", "group", "sleep_barrier", NULL,
+        "nbuffers", "group", "sleep_barrier", "fd", "segment_bytes", "check_size", NULL,
     };
     PyObject *header, *control, *descriptors, *buffers, *frame_type, *record, *readers;
     PyObject *collectable_frame_type, *group;
     Py_ssize_t descriptor_words;
     unsigned long long slots, max_readers, nbuffers;
-    int sleep_barrier;
+    int sleep_barrier, fd;
+    long long segment_bytes;
+    PyObject *check_size;
     if (self->initialized) {
         PyErr_SetString(PyExc_RuntimeError, "a Taker is initialized once");
         return -1;
     }
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$OOOO!O!KnOOO!KKOp:Taker", keywords, &header, &control, &descriptors,
-            &PyList_Type, &buffers, &PyType_Type, &frame_type, &slots, &descriptor_words, &record,
-            &readers, &PyType_Type, &collectable_frame_type, &max_readers, &nbuffers, &group,
-            &sleep_barrier)) {
+            args, kwargs, "$OOOO!O!KnOOO!KKOpiLO:Taker", keywords, &header, &control,
+            &descriptors, &PyList_Type, &buffers, &PyType_Type, &frame_type, &slots,
+            &descriptor_words, &record, &readers, &PyType_Type, &collectable_frame_type,
+            &max_readers, &nbuffers, &group, &sleep_barrier, &fd, &segment_bytes, &check_size)) {
         return -1;
     }
     uint64_t table_words, records_words;
@@ -219,6 +227,9 @@ static int Taker_init(Taker *self, PyObject *args, PyObject *kwargs) {
     self->max_readers = max_readers;
     self->nbuffers = nbuffers;
     self->sleep_barrier = sleep_barrier;
+    self->fd = fd;
+    self->segment_bytes = segment_bytes;
+    self->check_size = Py_NewRef(check_size);
     self->buffers = Py_NewRef(buffers);
     self->frame_type = (PyTypeObject *)Py_NewRef(frame_type);
     self->collectable_frame_type = (PyTypeObject *)Py_NewRef(collectable_frame_type);
@@ -362,6 +373,13 @@ static PyObject *Taker_wait(Taker *self, PyObject *const *args, Py_ssize_t nargs
     }
     if (PyErr_CheckSignals() < 0) {
         return NULL; /* Ctrl-C: raise it now, not after another look */
+    }
+    struct stat file;
+    if (fstat(self->fd, &file) == 0 && file.st_size != self->segment_bytes) {
+        /* Truncated while we slept: the next look would fault (SIGBUS). */
+        PyObject *result = PyObject_CallNoArgs(self->check_size); /* raises RingCorrupted */
+        Py_XDECREF(result);
+        return result == NULL ? NULL : Py_NewRef(Py_None);
     }
     return take_frame(self, args[0], seq);
 }
@@ -658,6 +676,7 @@ static int Taker_traverse(Taker *self, visitproc visit, void *arg) {
     Py_VISIT(self->buffers);
     Py_VISIT(self->frame_type);
     Py_VISIT(self->collectable_frame_type);
+    Py_VISIT(self->check_size);
     return 0;
 }
 
@@ -666,6 +685,7 @@ static int Taker_clear(Taker *self) {
     Py_CLEAR(self->frame_type);
     Py_CLEAR(self->collectable_frame_type);
     Py_CLEAR(self->no_meta);
+    Py_CLEAR(self->check_size);
     return 0;
 }
 
