@@ -498,6 +498,7 @@ class RingWriter(AsyncWriting, RingHandle):
                 if not self._block:
                     raise self._all_buffers_held()
                 if not waiting:
+                    p.check_counters()  # a forged tail must not overflow space_wanted
                     # Ask to be woken only when half the ring is free: waking per released
                     # frame would make writer and reader take turns sleeping.
                     control[L.C_SPACE_WANTED] = control[L.C_TAIL] + max(1, self._slots // 2)
