@@ -26,9 +26,11 @@ import time
 import traceback
 import uuid
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
 import numpy as np
@@ -274,6 +276,26 @@ def wait_pid_exit(pid: int, timeout: float = WAIT) -> None:
         assert ready, f"process {pid} still alive after {timeout} s"
     finally:
         os.close(fd)
+
+
+@contextmanager
+def forked(target: Callable[..., None], *args: Any) -> Iterator[tuple[Connection, BaseProcess]]:
+    """A fork()ed child running `target(conn, *args)` (forked, so that a child which drops
+    root imports nothing afterwards), with our end of its pipe. Reaped on exit, killed if it
+    did not end; it must have exited with 0."""
+    ctx = mp.get_context("fork")
+    ours, theirs = ctx.Pipe()
+    child = ctx.Process(target=target, args=(theirs, *args), daemon=True)
+    child.start()
+    theirs.close()
+    try:
+        yield ours, child
+    finally:
+        child.join(WAIT)
+        if child.exitcode is None:
+            child.kill()
+            child.join(WAIT)
+    assert child.exitcode == 0
 
 
 class ChildError(AssertionError):

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import errno
-import multiprocessing as mp
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import WAIT, seg_path, unique_name
+from helpers import WAIT, forked, seg_path, unique_name
 
 import shmring
 from shmring import RingReader, RingWriter
@@ -90,20 +89,9 @@ def _attempt_as(conn: Connection, name: str, gid: int) -> None:
 
 
 def attempts_as(name: str, gid: int) -> dict[str, Any]:
-    ctx = mp.get_context("fork")  # the child must import nothing after dropping root
-    ours, theirs = ctx.Pipe()
-    child = ctx.Process(target=_attempt_as, args=(theirs, name, gid), daemon=True)
-    child.start()
-    theirs.close()
-    try:
+    with forked(_attempt_as, name, gid) as (ours, _):
         assert ours.poll(WAIT), "child did not report"
         results: dict[str, Any] = ours.recv()
-    finally:
-        child.join(WAIT)
-        if child.exitcode is None:
-            child.kill()
-            child.join(WAIT)
-    assert child.exitcode == 0
     return results
 
 

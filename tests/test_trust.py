@@ -13,7 +13,6 @@ need root and are skipped without it. Root removes what the impostor leaves.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing as mp
 import os
 import pickle
 import pwd
@@ -23,7 +22,7 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 import pytest
-from helpers import WAIT, seg_path, unique_name
+from helpers import WAIT, forked, seg_path, unique_name
 
 import shmring
 from shmring import RingExists, RingReader, RingWriter, UntrustedRing
@@ -62,28 +61,20 @@ def _impostor(conn: Connection, name: str, kind: str) -> None:
 def impostor(kind: str) -> Iterator[tuple[str, Connection]]:
     """A ring name another user (nobody) took first: "ring" (live), "stale" or "file"."""
     name = unique_name("trust")
-    ctx = mp.get_context("fork")  # the child must import nothing after dropping root
-    ours, theirs = ctx.Pipe()
-    child = ctx.Process(target=_impostor, args=(theirs, name, kind), daemon=True)
-    child.start()
-    theirs.close()
-    try:
-        assert ours.poll(WAIT) and ours.recv() == "ready", "the impostor did not start"
-        if kind == "stale":
-            child.join(WAIT)  # dead: its ring is stale
-        assert os.stat(seg_path(name)).st_uid == NOBODY
-        yield name, ours
-    finally:
-        if child.is_alive():
-            ours.send("done")
-            assert ours.poll(WAIT) and ours.recv() == "closed"
-        child.join(WAIT)
-        if child.exitcode is None:
-            child.kill()
+    with forked(_impostor, name, kind) as (ours, child):
+        try:
+            assert ours.poll(WAIT) and ours.recv() == "ready", "the impostor did not start"
+            if kind == "stale":
+                child.join(WAIT)  # dead: its ring is stale
+            assert os.stat(seg_path(name)).st_uid == NOBODY
+            yield name, ours
+        finally:
+            if child.is_alive():
+                ours.send("done")
+                assert ours.poll(WAIT) and ours.recv() == "closed"
             child.join(WAIT)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(seg_path(name))  # root may remove anyone's file
-    assert child.exitcode == 0
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(seg_path(name))  # root may remove anyone's file
 
 
 def _refused(exc: pytest.ExceptionInfo[UntrustedRing], name: str) -> None:
