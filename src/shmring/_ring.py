@@ -307,9 +307,15 @@ class Participant:
         """Raise RingCorrupted if head, tail or the next number to claim is past the
         sequence limit or inconsistent (a forged header). For the slow paths: waits run it
         once per liveness round, since lock-free readers look at descriptors only."""
+        # Writers move all three lock-free: a number read before the window is at most its
+        # tail + slots, one read after it at least its head (both words only grow).
+        claimed_before = self.control[L.C_NEXT_SEQ]
         window = self.window()
-        claimed = self.control[L.C_NEXT_SEQ]
-        if self.sequenced() and not window.stop <= claimed <= window.start + self.geometry.slots:
+        claimed_after = self.control[L.C_NEXT_SEQ]
+        if not self.sequenced():
+            return
+        if claimed_after < window.stop or claimed_before > window.start + self.geometry.slots:
+            claimed = claimed_before if claimed_after >= window.stop else claimed_after
             raise RingCorrupted(
                 f"ring {self.name!r}: the next number to claim, {claimed}, is outside "
                 f"[{window.stop}, {window.start + self.geometry.slots}]; the header was "
