@@ -27,7 +27,8 @@
 #
 # Copies per frame: sender, ring → one bytes object (header + metadata + frame) → Zenoh's
 # buffer (zenoh-python 1.10 copies any bytes it is given); receiver, Zenoh's buffer → bytes
-# (the abi3 wheel has no buffer protocol on ZBytes) → the ring's slot. Two on each side.
+# (the abi3 wheel has no buffer protocol on ZBytes) → the ring's slot. Two on each side:
+# docs/API.md ("Copies") says why the binding allows no fewer.
 
 from __future__ import annotations
 
