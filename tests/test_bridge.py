@@ -266,7 +266,9 @@ def test_latest_slow_reader_never_slows_the_writer(cleanup: list[Any]) -> None:
     # receiver was there, by the link (a gap), or by the local overwrite ring.
     assert sent["frames"] + sent["dropped"] == count
     assert totals["frames"] + totals["dropped"] == sent["frames"]
-    assert len(got) + report["dropped"] == totals["frames"]
+    # The reader counts the frames the overwrite ring dropped and the link's gaps, which the
+    # receiver published into the ring; a gap the slow reader was lapped past counts one.
+    assert totals["frames"] <= len(got) + report["dropped"] <= sent["frames"]
     # Never slowed: no write waited for the slow reader (it would wait ~30 ms per frame).
     assert timing["longest"] < 0.25, timing
     assert timing["seconds"] < count * interval * 1.5 + 1.0, timing
@@ -291,7 +293,11 @@ def test_sender_killed_and_restarted(cleanup: list[Any]) -> None:
     missing = sorted(set(range(got[0], 1500)) - set(got))
     assert missing, "no gap: the kill came too late to test anything"
     assert got[-1] == 1499, "frames did not come back after the restart"
-    assert recv.stop()["dropped"] == len(missing), "the gap was not counted as dropped"
+    # The receiving ring's reader saw the gap: counted as dropped (what `shmring inspect`
+    # shows), so that received + dropped is every frame the writer sent.
+    assert report["dropped"] == len(missing), "the gap was not counted in the ring's dropped"
+    assert len(got) + report["dropped"] == 1500 - got[0]
+    assert recv.stop()["dropped"] == len(missing), "the gap was not counted by the receiver"
     gap = max(b[3] - a[3] for a, b in zip(report["got"], report["got"][1:], strict=False))
     assert gap < 5e9, f"frames came back only after {gap / 1e9:.1f} s"
 

@@ -112,10 +112,13 @@ send("closed")
 # A Python process the test drives step by step (one JSON command a line on stdin): it
 # creates the ring (or, with create false, attaches to it as one more writer), then writes
 # frames of 64 random bytes, attaches a second writer in the same process, gives back a
-# claim of that second writer (a skip, the ring being sequenced), holds a claim of its own
-# (to be killed holding it), or closes everything.
+# claim of that second writer (a skip, the ring being sequenced), publishes a gap of
+# GAP frames (RingWriter.skip), holds a claim of its own (to be killed holding it), or closes
+# everything.
+GAP = 1000  # the frames a STEPPED writer's "gap" stands for
 STEPPED = (
     PRELUDE
+    + f"GAP = {GAP}\n"
     + r"""
 if cfg["create"]:
     w = shmring.RingWriter.create(
@@ -145,6 +148,8 @@ for line in sys.stdin:
                 raise KeyError("abandoned")
         except KeyError:
             send("abandoned")
+    elif command == "gap":
+        send({"gap": w.skip(GAP, 30)})
     elif command == "hold":
         w.claim(30).__enter__()
         send("holding")
@@ -559,6 +564,27 @@ def test_a_claim_given_back_is_skipped_and_counted_dropped(
     code, out, err = _run(reader)
     assert code == EXIT_END, err
     assert _lines(out) == published
+
+
+@pytest.mark.parametrize("policy", ["block", "overwrite"])
+def test_a_gap_counts_its_frames_dropped(c_reader: Path, start_stepped: Any, policy: str) -> None:
+    """A gap a writer published (RingWriter.skip): one skip descriptor carrying its count
+    (since 2.2), which the C reader counts as that many dropped frames."""
+    name = unique_name("cgap")
+    writer = start_stepped(name, policy=policy)
+    reader = _start(c_reader, name, 3)
+    writer.step("wait_for_reader", "joined")
+    published = [writer.write()]
+    gap = writer.step("gap", "gap")["gap"]
+    published.append(writer.write())
+    assert (published[0][0], gap, published[1][0]) == (0, 1, 2)
+    assert _descriptor(name, gap) == (gap, L.DF_SKIP | GAP << L.SKIP_COUNT_SHIFT)
+    _until(lambda: shmring.inspect_ring(name).readers[0].dropped == GAP, "the gap counted")
+    published.append(writer.write())  # the reader's third frame: it exits
+    code, out, err = _run(reader)
+    assert code == 0, err
+    assert _lines(out) == published
+    writer.finish()
 
 
 def test_a_writer_killed_holding_a_number_is_settled_by_the_c_reader(

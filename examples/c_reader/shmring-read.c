@@ -29,7 +29,8 @@
  * lock: it waits for the descriptor of its next sequence number to carry that number
  * (acquire), reads the frame, then raises its release word past it (release), which is all
  * a writer needs to reuse the buffer; a number published as a skip (DF_SKIP: a claim given
- * back, or a writer that died holding it) is passed over and counted dropped. An
+ * back, a writer that died holding it, or a gap a writer published, which since 2.2 carries
+ * the number of frames it stands for) is passed over and counted dropped. An
  * overwrite-policy reader also reads without the lock: it pins the frame's buffer as a
  * hazard pointer (store the pin, full fence, look at the frame again) and unpins it after
  * reading. Joining, leaving and repairing the shared state after a dead participant run
@@ -934,15 +935,23 @@ static void release_to(struct ring *r, uint64_t release) {
     }
 }
 
+/* The frames a skip descriptor's `flags` stand for (since 2.2; a count of 0: one). */
+static uint64_t skip_count(uint64_t flags) {
+    uint64_t count = flags >> SHMRING_SKIP_COUNT_SHIFT;
+    return count ? count : 1;
+}
+
 /* Block policy, own group, no lock: frame `next` if it is published (1), else 0. Numbers
- * published as skips (DF_SKIP) are passed over, released and counted dropped. */
+ * published as skips (DF_SKIP) are passed over, released and counted dropped, each as the
+ * frames it stands for. */
 static int take_own(struct ring *r, struct frame *frame) {
     struct shmring_descriptor *d = descriptor(r, r->next);
     uint64_t skipped = 0;
     /* acquire: the frame's words and bytes are visible once seq reads the number */
-    while (ld(&d->seq) == r->next && (ld(&d->flags) & SHMRING_DF_SKIP)) {
+    uint64_t flags;
+    while (ld(&d->seq) == r->next && ((flags = ld(&d->flags)) & SHMRING_DF_SKIP)) {
         r->next++;
-        skipped++;
+        skipped += skip_count(flags);
         d = descriptor(r, r->next);
     }
     if (skipped) {
@@ -993,7 +1002,7 @@ static int still_there(const struct ring *r, const struct shmring_descriptor *d,
  * `next` on that is in the window and not evicted, its buffer pinned (1); 0 if none yet.
  * The pin is a hazard pointer: store it, fence, look at the frame again; a writer marks a
  * frame evicted (or retires it), fences, then looks at the pins, so one sees the other.
- * Frames passed over (behind tail, evicted) are counted dropped. */
+ * Frames passed over (behind tail, evicted, skips) are counted dropped. */
 static int take_overwrite(struct ring *r, struct frame *frame) {
     for (int tries = 0; tries < PIN_TRIES; tries++) {
         uint64_t tail, head;
@@ -1017,8 +1026,8 @@ static int take_overwrite(struct ring *r, struct frame *frame) {
                 again = 1; /* replaced since head was read */
                 break;
             }
-            if (flags & SHMRING_DF_EVICTED) {
-                skipped++;
+            if (flags & (SHMRING_DF_EVICTED | SHMRING_DF_SKIP)) { /* no frame: dropped */
+                skipped += flags & SHMRING_DF_SKIP ? skip_count(flags) : 1;
                 continue;
             }
             uint64_t buffer = ld(&d->buffer);

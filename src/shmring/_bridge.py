@@ -12,7 +12,9 @@
 #     congestion control `drop`; the receiver's ring defaults to `overwrite`.
 #   - Gaps: every sample carries the source ring's sequence number. A receiver counts a jump
 #     in it (a sender restarted, the link dropped, Zenoh dropped under `latest`) as dropped
-#     frames in its stats and logs it; a frame is never written torn or twice.
+#     frames in its stats, logs it, and publishes it into the local ring as one gap
+#     (RingWriter.skip), which its readers count in `dropped` like frames lost locally; a
+#     frame is never written torn or twice.
 #   - Never a hang: every wait is a slice of at most POLL seconds that re-checks the stop
 #     flag, so close() returns within about a second whatever the peers do.
 #   - /dev/shm: Zenoh's own shared-memory transport is always turned off. It adds a
@@ -25,7 +27,8 @@
 #
 # Copies per frame: sender, ring → one bytes object (header + metadata + frame) → Zenoh's
 # buffer (zenoh-python 1.10 copies any bytes it is given); receiver, Zenoh's buffer → bytes
-# (the abi3 wheel has no buffer protocol on ZBytes) → the ring's slot. Two on each side.
+# (the abi3 wheel has no buffer protocol on ZBytes) → the ring's slot. Two on each side:
+# docs/API.md ("Copies") says why the binding allows no fewer.
 
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from math import prod
 from types import ModuleType, TracebackType
@@ -63,6 +66,7 @@ from ._errors import (
     WriterGone,
 )
 from ._inspect import RingInfo, inspect_ring
+from ._layout import MAX_SKIP_COUNT
 from ._reader import Frame, RingReader
 from ._segment import validate_name
 from ._writer import RingWriter
@@ -448,7 +452,7 @@ class BridgeReceiver(_Bridge):
     def _handle(self, sample: Sample) -> None:
         if sample.kind == KIND_END:
             if self._writer is not None and sample.stream == self._stream:
-                self._count_gap(sample.seq)
+                self._publish_gap(self._writer, sample.seq)
                 self._close_ring()
                 self._n.state = "stream ended; waiting for a sender"
             return
@@ -460,26 +464,40 @@ class BridgeReceiver(_Bridge):
         elif self._last is not None and sample.seq <= self._last:
             self._n.rejected += 1  # written already: a restarted sender repeats its first
             return
-        self._count_gap(sample.seq)
+        self._publish_gap(writer, sample.seq)
         self._last = sample.seq
         count = prod(sample.shape)
         array = np.frombuffer(sample.data, writer.dtype, count).reshape(sample.shape)
-        while not self._stop.is_set():
-            try:
-                writer.write(array, POLL, timestamp_ns=sample.timestamp_ns, meta=sample.meta)
-            except RingTimeout:
-                continue
+        meta = sample.meta
+        if self._blocking(
+            lambda: writer.write(array, POLL, timestamp_ns=sample.timestamp_ns, meta=meta)
+        ):
             n = self._n
             n.frames += 1
             n.bytes += array.nbytes
             n.state = "receiving"
-            return
 
-    def _count_gap(self, seq: int) -> None:
+    def _blocking(self, step: Callable[[], object]) -> bool:
+        """Run `step` (a write into the local ring, waiting up to POLL) until it goes
+        through (True) or the bridge stops (False)."""
+        while not self._stop.is_set():
+            try:
+                step()
+            except RingTimeout:
+                continue
+            return True
+        return False
+
+    def _publish_gap(self, writer: RingWriter, seq: int) -> None:
+        """Frames of the stream lost before `seq` (the link, a sender restart, drops under
+        --latest): counted, and published into the local ring as one gap (RingWriter.skip),
+        so that its readers count them in `dropped` too."""
         if self._last is None or seq <= self._last + 1:
             return
         lost = seq - self._last - 1
         self._n.dropped += lost
+        gap = min(lost, MAX_SKIP_COUNT)  # more only from a damaged sample: 2**32 - 1 at most
+        self._blocking(lambda: writer.skip(gap, POLL))
         LOG.warning(
             "%s: %d frames lost between seq %d and %d (link or sender restarted, or dropped "
             "under --latest)",

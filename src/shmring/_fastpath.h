@@ -17,6 +17,12 @@ static inline void store(uint64_t *word, uint64_t value) {
     __atomic_store_n(word, value, __ATOMIC_RELEASE);
 }
 
+/* The frames a DF_SKIP descriptor's `flags` stand for (a count of 0, before 2.2: one). */
+static inline uint64_t skip_count(uint64_t flags) {
+    uint64_t count = flags >> SHMRING_SKIP_COUNT_SHIFT;
+    return count ? count : 1;
+}
+
 /* Load `*word` between two loads of `*tail` that agree (bounded tries): then `tail` (which
  * only grows) had that value when `*word` was read, so invariants such as tail <= head <=
  * tail + slots hold between the two values even while writers move both. 0 if tail kept

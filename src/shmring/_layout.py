@@ -35,7 +35,7 @@ from ._errors import IncompatibleRing
 
 MAGIC = b"\x93SHMRING"
 VERSION_MAJOR = 2  # 2: several writers sequence frames without the lock (C_NEXT_SEQ)
-VERSION_MINOR = 1  # 1: W_EXPEDITED (joiners quiesce registered writers cheaply)
+VERSION_MINOR = 2  # 1: W_EXPEDITED (joiners quiesce registered writers cheaply); 2: skip counts
 
 CACHE_LINE = 64
 PAGE = mmap.PAGESIZE
@@ -139,6 +139,16 @@ DF_EVICTED = 1  # overwrite policy: the writer took this frame's buffer; readers
 DF_OWN_SHAPE = 2  # the frame is smaller than the ring's shape: D_SHAPE holds its own
 DF_SKIP = 4  # no frame: a claim abandoned, or its writer died; readers skip it (dropped)
 META_LEN_SHIFT = 32  # D_FLAGS >> META_LEN_SHIFT = bytes of user metadata
+# A skip's count (since 2.2): D_FLAGS >> SKIP_COUNT_SHIFT on a DF_SKIP descriptor = frames it
+# stands for (0, as before 2.2: one), so that one descriptor publishes a gap of many frames
+SKIP_COUNT_SHIFT = 32
+MAX_SKIP_COUNT = 0xFFFF_FFFF  # the most frames one skip descriptor stands for
+
+
+def skip_count(flags: int) -> int:
+    """The frames a DF_SKIP descriptor whose D_FLAGS word is `flags` stands for."""
+    return flags >> SKIP_COUNT_SHIFT or 1
+
 
 # ---- reader record (64 bytes) -------------------------------------------------------------
 R_STATE = 0  # STATE_FREE / STATE_ACTIVE

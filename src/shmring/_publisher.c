@@ -504,13 +504,15 @@ static long long take_buffer(Publisher *self) {
 }
 
 /* A frame's stamp, and how it differs from a ring-shaped one without metadata (NULL shape:
- * the ring's; no metadata: meta_len 0). Without one, a frame is ring-shaped, bare and
- * stamped now. */
+ * the ring's; no metadata: meta_len 0), or, with a `skip` count, a gap: no frame, standing
+ * for that many lost ones (DF_SKIP). Without one, a frame is ring-shaped, bare and stamped
+ * now. */
 typedef struct {
     uint64_t timestamp_ns;
     const uint64_t *shape; /* ndim sizes, or NULL: the ring's shape */
     const char *meta;
     uint64_t meta_len;
+    uint64_t skip; /* 0: a frame; else the frames this gap stands for (1..MAX_SKIP_COUNT) */
 } Description;
 
 /* Overwrite policy: the frame that frame `seq` replaces in its descriptor leaves the window
@@ -567,6 +569,9 @@ static PyObject *publish_frame(Publisher *self, uint64_t seq, uint64_t buffer, i
         struct timespec now;
         clock_gettime(CLOCK_MONOTONIC, &now); /* time.monotonic_ns()'s clock */
         stamp = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+    }
+    if (how && how->skip) {
+        flags = SHMRING_DF_SKIP | how->skip << SHMRING_SKIP_COUNT_SHIFT;
     }
     if (how && how->meta_len) {
         memcpy((char *)descriptor + SHMRING_D_META_BYTE_OFFSET, how->meta, how->meta_len);
@@ -781,7 +786,7 @@ static PyObject *Publisher_publish_described(Publisher *self, PyObject *const *a
     if (claim_arguments(self, args[0], args[4], &buffer, &locked) < 0) {
         return NULL;
     }
-    Description how = {0, NULL, NULL, 0};
+    Description how = {0, NULL, NULL, 0, 0};
     how.timestamp_ns = PyLong_AsUnsignedLongLong(args[1]);
     if (how.timestamp_ns == (uint64_t)-1 && PyErr_Occurred()) {
         return NULL;
@@ -806,6 +811,36 @@ static PyObject *Publisher_publish_described(Publisher *self, PyObject *const *a
     }
     how.meta = PyBytes_AS_STRING(args[3]);
     how.meta_len = (uint64_t)PyBytes_GET_SIZE(args[3]);
+    return publish_claim(self, buffer, &how, locked);
+}
+
+/* publish_skip(buffer, count, timestamp_ns, locked): publish claimed `buffer` as a gap, a
+ * DF_SKIP descriptor standing for `count` lost frames (readers count them dropped), stamped
+ * `timestamp_ns`. The buffer carries no frame; it is reclaimed as a frame's would be. */
+static PyObject *Publisher_publish_skip(Publisher *self, PyObject *const *args,
+                                        Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "publish_skip takes 4 arguments");
+        return NULL;
+    }
+    uint64_t buffer;
+    int locked;
+    if (claim_arguments(self, args[0], args[3], &buffer, &locked) < 0) {
+        return NULL;
+    }
+    Description how = {0, NULL, NULL, 0, 0};
+    how.skip = PyLong_AsUnsignedLongLong(args[1]);
+    if (how.skip == (uint64_t)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (how.skip == 0 || how.skip > SHMRING_MAX_SKIP_COUNT) {
+        PyErr_SetString(PyExc_ValueError, "publish_skip: count must be 1 to MAX_SKIP_COUNT");
+        return NULL;
+    }
+    how.timestamp_ns = PyLong_AsUnsignedLongLong(args[2]);
+    if (how.timestamp_ns == (uint64_t)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
     return publish_claim(self, buffer, &how, locked);
 }
 
@@ -901,6 +936,9 @@ static PyMethodDef Publisher_methods[] = {
      METH_FASTCALL,
      "publish_described(buffer, timestamp_ns, shape, meta, locked) -> publish_claimed() for a "
      "frame with its stamp, shape (tuple or None) and metadata (bytes)."},
+    {"publish_skip", (PyCFunction)(void (*)(void))Publisher_publish_skip, METH_FASTCALL,
+     "publish_skip(buffer, count, timestamp_ns, locked) -> publish_claimed() for a gap: no "
+     "frame, `count` frames dropped (DF_SKIP)."},
     {"abandon_claimed", (PyCFunction)(void (*)(void))Publisher_abandon_claimed, METH_FASTCALL,
      "abandon_claimed(buffer, locked) -> 0 (the buffer is free again), PUBLISH_FALLBACK "
      "(shared mode and not locked: nothing changed) or PUBLISH_CORRUPTED."},

@@ -619,10 +619,11 @@ class RingReader(AsyncReading, RingHandle):
 
     def _take_own(self, seq: int, skipped: int) -> Frame | None:
         """Block policy, own group, no lock: frame `seq` if published (numbers published
-        as skips, DF_SKIP, are passed over and counted dropped)."""
+        as skips, DF_SKIP, are passed over and counted dropped, each as the frames it stands
+        for)."""
         descriptor = self._descriptors[seq % self._slots]
         while descriptor[L.D_SEQ] == seq and descriptor[L.D_FLAGS] & L.DF_SKIP:
-            seq, skipped = seq + 1, skipped + 1
+            seq, skipped = seq + 1, skipped + L.skip_count(descriptor[L.D_FLAGS])
             descriptor = self._descriptors[seq % self._slots]
         if descriptor[L.D_SEQ] != seq:
             if skipped:  # passed over skips: release them; the next frame reports them
@@ -663,7 +664,8 @@ class RingReader(AsyncReading, RingHandle):
             published = descriptor[L.D_SEQ] == cursor
             if self._block and not published:
                 break  # a shared-mode writer is between descriptor and head: not yet
-            if published and not descriptor[L.D_FLAGS] & (L.DF_EVICTED | L.DF_SKIP):
+            flags = descriptor[L.D_FLAGS]
+            if published and not flags & (L.DF_EVICTED | L.DF_SKIP):
                 if not self._block and self._record[L.R_PINNED] != L.NONE:
                     if self._pinned_seq is None:
                         raise RingCorrupted(
@@ -684,7 +686,8 @@ class RingReader(AsyncReading, RingHandle):
                     self._record[L.R_RELEASE] = min(self._held)
                 cursor += 1
                 break
-            skipped += 1  # evicted by an overwriting writer
+            # evicted by an overwriting writer, or a skip (standing for its count of frames)
+            skipped += L.skip_count(flags) if published and flags & L.DF_SKIP else 1
             cursor += 1
         if group is None:
             self._next = cursor

@@ -424,7 +424,8 @@ static PyObject *Taker_uncount(Taker *self, PyObject *Py_UNUSED(ignored)) {
  * evicted, pinned: R_PINNED names its buffer, so the writer will not take it. The pin is a
  * hazard pointer: store it, fence, then look at the frame again; the writer marks a frame
  * evicted (or replaces it), fences, then looks at the pins, so one of the two sees the other.
- * Frames behind the window or evicted on the way are counted in the Frame's `dropped`. */
+ * Frames behind the window, evicted or published as skips on the way are counted in the
+ * Frame's `dropped` (a skip as the frames it stands for). */
 #define TAKE_FALLBACK (-1) /* not for this path: the general path (under the lock) decides */
 #define TAKE_NO_ROOM (-4)  /* holding one more frame would leave a writer no buffer */
 #define PIN_TRIES 64       /* a writer lapping the reader this often: the general path */
@@ -495,8 +496,8 @@ static PyObject *pin_once(Taker *self, PyObject *reader, uint64_t next, int late
             *again = 1; /* replaced since head was read */
             Py_RETURN_NONE;
         }
-        if (flags & SHMRING_DF_EVICTED) {
-            skipped++;
+        if (flags & (SHMRING_DF_EVICTED | SHMRING_DF_SKIP)) { /* no frame: dropped */
+            skipped += flags & SHMRING_DF_SKIP ? skip_count(flags) : 1;
             continue;
         }
         uint64_t buffer = load(&descriptor[SHMRING_D_BUFFER]);
@@ -598,7 +599,7 @@ static PyObject *Taker_take_group(Taker *self, PyObject *const *args, Py_ssize_t
         uint64_t skipped = seq - cursor, buffer = load(&descriptor[SHMRING_D_BUFFER]);
         uint64_t flags = load(&descriptor[SHMRING_D_FLAGS]);
         if (flags & SHMRING_DF_SKIP) { /* no frame (a sequenced ring's skip): the next one */
-            passed += skipped + 1;
+            passed += skipped + skip_count(flags);
             store(release, held);
             tries = 0;
             continue;

@@ -535,6 +535,21 @@ class RingWriter(AsyncWriting, RingHandle):
             "larger spare_buffers, or have readers release frames sooner"
         )
 
+    def skip(self, count: int = 1, timeout: float | None = None) -> int:
+        """Publish a gap: readers count `count` frames (1 to 2**32 - 1) as dropped, in order
+        with the frames around it, as if they had been written and lost (e.g. frames a
+        bridge lost on its link). One descriptor stands for all of them; it takes a slot
+        like a frame, so it waits for space (block policy) up to `timeout`. Returns its
+        sequence number."""
+        count = L.positive_int(count, "count", 1, L.MAX_SKIP_COUNT)
+        self._p.check_usable()
+        deadline = deadline_from(timeout)
+        buffer = self._take_buffer(deadline)
+        publish = self._publisher.publish_skip
+        return self._published(
+            buffer, deadline, lambda locked: publish(buffer, count, monotonic_ns(), locked)
+        )
+
     def _publish(
         self,
         buffer: int,
@@ -544,11 +559,16 @@ class RingWriter(AsyncWriting, RingHandle):
         deadline: float | None,
     ) -> int:
         describe = self._publisher.publish_described
-        seq: int = describe(buffer, timestamp_ns, own_shape, meta, False)
+        return self._published(
+            buffer, deadline, lambda locked: describe(buffer, timestamp_ns, own_shape, meta, locked)
+        )
+
+    def _published(self, buffer: int, deadline: float | None, step: Callable[[bool], int]) -> int:
+        """Run publishing `step` on claimed `buffer` (locked=False), else, in shared mode,
+        under the header lock (locked=True); the sequence number it published."""
+        seq = step(False)
         if seq < 0:  # shared mode: the same step, one writer at a time
-            seq = self._locked_step(
-                buffer, deadline, lambda: describe(buffer, timestamp_ns, own_shape, meta, True)
-            )
+            seq = self._locked_step(buffer, deadline, lambda: step(True))
         if seq < 0:
             raise RingCorrupted(
                 f"ring {self._p.name!r}: head is not a sequence number; the header was overwritten"

@@ -1,4 +1,4 @@
-/* shmring_layout.h: the bytes of a shmring segment, format version 2.1, for C11.
+/* shmring_layout.h: the bytes of a shmring segment, format version 2.2, for C11.
  *
  * GENERATED from src/shmring/_layout.py by `python -m shmring._layout_header`: do not edit;
  * change _layout.py and run it again (tests/test_layout_header.py fails while this file is
@@ -26,7 +26,8 @@
 #define SHMRING_MAGIC "\x93SHMRING"
 /* 2: several writers sequence frames without the lock (C_NEXT_SEQ) */
 #define SHMRING_VERSION_MAJOR 2
-#define SHMRING_VERSION_MINOR 1 /* 1: W_EXPEDITED (joiners quiesce registered writers cheaply) */
+/* 1: W_EXPEDITED (joiners quiesce registered writers cheaply); 2: skip counts */
+#define SHMRING_VERSION_MINOR 2
 #define SHMRING_CACHE_LINE 64
 #define SHMRING_MAX_NDIM 8
 #define SHMRING_MAX_READERS 1024
@@ -106,6 +107,11 @@
 /* no frame: a claim abandoned, or its writer died; readers skip it (dropped) */
 #define SHMRING_DF_SKIP 4
 #define SHMRING_META_LEN_SHIFT 32 /* D_FLAGS >> META_LEN_SHIFT = bytes of user metadata */
+/* A skip's count (since 2.2): D_FLAGS >> SKIP_COUNT_SHIFT on a DF_SKIP descriptor = frames it */
+/* stands for (0, as before 2.2: one), so that one descriptor publishes a gap of many frames */
+#define SHMRING_SKIP_COUNT_SHIFT 32
+/* the most frames one skip descriptor stands for */
+#define SHMRING_MAX_SKIP_COUNT UINT64_C(4294967295)
 
 /* ---- reader record (64 bytes) ---------------------------------------------------------------- */
 #define SHMRING_R_STATE 0 /* STATE_FREE / STATE_ACTIVE */
