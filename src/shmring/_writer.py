@@ -545,9 +545,10 @@ class RingWriter(AsyncWriting, RingHandle):
         self._p.check_usable()
         deadline = deadline_from(timeout)
         buffer = self._take_buffer(deadline)
-        publish = self._publisher.publish_skip
+        publish, timestamp_ns = self._publisher.publish_skip, monotonic_ns()
+        seq: int = publish(buffer, count, timestamp_ns, False)
         return self._published(
-            buffer, deadline, lambda locked: publish(buffer, count, monotonic_ns(), locked)
+            seq, buffer, deadline, lambda: publish(buffer, count, timestamp_ns, True)
         )
 
     def _publish(
@@ -559,16 +560,20 @@ class RingWriter(AsyncWriting, RingHandle):
         deadline: float | None,
     ) -> int:
         describe = self._publisher.publish_described
+        seq: int = describe(buffer, timestamp_ns, own_shape, meta, False)
+        if seq >= 0:  # no closure on the way of every frame
+            return seq
         return self._published(
-            buffer, deadline, lambda locked: describe(buffer, timestamp_ns, own_shape, meta, locked)
+            seq, buffer, deadline, lambda: describe(buffer, timestamp_ns, own_shape, meta, True)
         )
 
-    def _published(self, buffer: int, deadline: float | None, step: Callable[[bool], int]) -> int:
-        """Run publishing `step` on claimed `buffer` (locked=False), else, in shared mode,
-        under the header lock (locked=True); the sequence number it published."""
-        seq = step(False)
+    def _published(
+        self, seq: int, buffer: int, deadline: float | None, locked_step: Callable[[], int]
+    ) -> int:
+        """The number a publishing step on claimed `buffer` returned lock-free (`seq`), or in
+        shared mode (a negative `seq`) what the same step returns under the header lock."""
         if seq < 0:  # shared mode: the same step, one writer at a time
-            seq = self._locked_step(buffer, deadline, lambda: step(True))
+            seq = self._locked_step(buffer, deadline, locked_step)
         if seq < 0:
             raise RingCorrupted(
                 f"ring {self._p.name!r}: head is not a sequence number; the header was overwritten"
