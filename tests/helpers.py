@@ -627,6 +627,15 @@ def child_hold_reader(
     chan.send("done")
 
 
+def child_hold_frames(chan: Chan, name: str = "", count: int = 1) -> None:
+    """Attach (oldest first), read `count` frames, report their seqs, and hold every one of
+    them (none released) until killed."""
+    r = RingReader.attach(name, start="oldest", timeout=WAIT)
+    frames = [r.read(WAIT) for _ in range(count)]
+    chan.send([frame.seq for frame in frames])
+    expect(chan, "never sent", timeout=3600)
+
+
 def child_attached_reader(chan: Chan, name: str = "", busy: bool = False) -> None:
     """Attach a reader and stay attached until told to leave: idle (blocked on the channel),
     or busy (burning its CPU, as a process with work of its own does)."""
@@ -831,6 +840,7 @@ CHILD_FUNCS: dict[str, Callable[..., None]] = {
     "stream_writer": child_stream_writer,
     "stream_reader": child_stream_reader,
     "hold_reader": child_hold_reader,
+    "hold_frames": child_hold_frames,
     "attached_reader": child_attached_reader,
     "lock_holder": child_lock_holder,
     "attach_exit": child_attach_exit,

@@ -805,7 +805,7 @@ def test_layout_header_offsets_match_layout_py() -> None:
     }  # fmt: skip
     derived = (
         "segment_bytes buffer_bytes buffer_stride descriptors_offset descriptor_bytes "
-        "readers_offset groups_offset writers_offset freelist_offset data_offset"
+        "readers_offset groups_offset writers_offset freelist_offset data_offset pins_offset"
     )
     for member in derived.split():
         values[member] = getattr(geometry, member)
@@ -813,7 +813,10 @@ def test_layout_header_offsets_match_layout_py() -> None:
     for member, offset in offsets["header"].items():
         fmt = sizes.get(member, "<I" if member in u32.split() else "<Q")
         assert struct.unpack_from(fmt, packed, offset)[0] == values[member], member
-    prefixes = {"control": "C_", "descriptor": "D_", "reader": "R_", "group": "G_", "writer": "W_"}
+    prefixes = {
+        "control": "C_", "descriptor": "D_", "reader": "R_", "group": "G_", "writer": "W_",
+        "pin_line": "PIN_",
+    }  # fmt: skip
     for struct_name, prefix in prefixes.items():
         for member, offset in offsets[struct_name].items():
             if prefix + member.upper() == "G_NAME":
@@ -830,7 +833,8 @@ def test_layout_header_offsets_match_format_md() -> None:
     assert control == {m: L.CONTROL_OFFSET + o for m, o in offsets["control"].items()}
     descriptor = {row[2]: int(row[1]) for row in format_md_table("## Descriptor")}
     assert descriptor == {**offsets["descriptor"], "meta": L.D_META_BYTE_OFFSET}
-    for struct_name in ("reader", "group", "writer"):
-        rows = format_md_table(f"### {struct_name.capitalize()} record")
+    for struct_name in ("reader", "group", "writer", "pin_line"):
+        title = "Pin line" if struct_name == "pin_line" else f"{struct_name.capitalize()} record"
+        rows = format_md_table(f"### {title}")
         documented = {row[1]: 8 * int(row[0].split("–")[0]) for row in rows}
         assert documented == offsets[struct_name], struct_name

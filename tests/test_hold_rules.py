@@ -46,13 +46,23 @@ def test_block_writer_waits_for_a_held_frame_then_goes_on() -> None:
         assert w.write(np.full(4, 8, np.uint8), timeout=1.0) == 8
 
 
-def test_overwrite_reader_holds_one_frame_at_a_time() -> None:
-    with _ring("overwrite") as w, shmring.RingReader.attach(w.name) as r:
-        w.write(np.full(4, 0, np.uint8))
-        w.write(np.full(4, 1, np.uint8))
-        held = r.read(1.0)
-        with pytest.raises(shmring.ShmringError, match="one frame at a time"):
-            r.read(1.0)
-        held.release()
-        with r.read(1.0) as frame:
-            assert frame.seq == 1
+def test_overwrite_reader_holds_frames_like_a_block_reader() -> None:
+    """read() frames stay held until released, iteration releases only the frame it
+    returned last, and each held frame is intact while newer frames replace the ring's."""
+    with _ring("overwrite") as w, shmring.RingReader.attach(w.name, start="oldest") as r:
+        for i in range(3):
+            w.write(np.full(4, i, np.uint8))
+        first, second = r.read(1.0), r.read(1.0)  # two at once, neither released
+        frames = iter(r)
+        third = next(frames)
+        for i in range(3, 30):  # the writer laps the ring around the held frames
+            w.write(np.full(4, i, np.uint8))
+        assert [first.seq, second.seq, third.seq] == [0, 1, 2]
+        assert [int(f.array[0]) for f in (first, second, third)] == [0, 1, 2]
+        newer = next(frames)  # releases `third` only
+        assert third._reader is None and first._reader is not None
+        assert int(first.array[0]) == 0 and int(second.array[0]) == 1
+        assert int(newer.array[0]) == newer.seq
+        first.release()
+        first.release()  # idempotent
+        second.release()

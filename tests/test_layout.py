@@ -34,7 +34,7 @@ def test_fixed_header_offsets_match_format_md() -> None:
     assert documented["magic"] == code_offsets["magic"]
     assert documented["dtype"] == code_offsets["dtype"]
     assert documented["shape"] == (code_offsets["s0"][0], 8 * L.MAX_NDIM)
-    assert documented["reserved"] == (code_offsets["reserved0"][0], 16)
+    assert documented["reserved"] == code_offsets["reserved1"]
     assert documented["checksum"] == (L.CHECKSUM_OFFSET, 8)
     for name, place in code_offsets.items():
         if (name[0] == "s" and name[1:].isdigit()) or name.startswith("reserved"):
@@ -65,6 +65,8 @@ def test_record_and_lock_constants_match_format_md() -> None:
     readers = {row[1]: int(row[0]) for row in _table_after("Reader record")}
     for name, word in readers.items():
         assert getattr(L, "R_" + name.upper()) == word
+    pins = {row[1]: row[0] for row in _table_after("### Pin line")}
+    assert pins == {"top": str(L.PIN_TOP), "held": f"{L.PIN_HELD}–{L.PINS_PER_LINE}"}
     locks = {row[1]: row[0] for row in _table_after("## Locks and liveness")}
     assert locks["the header lock, while updating shared state"] == str(L.LOCK_HEADER)
     assert locks["the creator, for its whole life (free ⇒ the ring is stale)"] == str(

@@ -96,6 +96,7 @@ struct ring {
     struct shmring_reader *readers;
     struct shmring_group *groups;
     struct shmring_writer *writers;
+    struct shmring_pin_line *pins; /* overwrite: one line per reader record; block: NULL */
     uint64_t *freelist;
     uint8_t *busy; /* scratch: one byte per buffer, for rebuilding the free list */
     uint64_t token;
@@ -320,7 +321,12 @@ static int check_header(struct ring *r, const uint8_t raw[SHMRING_FIXED_HEADER_B
     uint64_t readers = SHMRING_DESCRIPTORS_OFFSET + (uint64_t)h->slots * descriptor_bytes;
     uint64_t groups = readers + SHMRING_RECORD_BYTES * (uint64_t)h->max_readers;
     uint64_t writers = groups + SHMRING_RECORD_BYTES * (uint64_t)h->max_readers;
-    uint64_t freelist = writers + SHMRING_RECORD_BYTES * (uint64_t)h->max_writers;
+    /* Overwrite rings (format 2.3): the pin table, one line per reader, before the free list */
+    uint64_t pins = h->policy == SHMRING_POLICY_OVERWRITE
+                        ? writers + SHMRING_RECORD_BYTES * (uint64_t)h->max_writers
+                        : 0;
+    uint64_t freelist = writers + SHMRING_RECORD_BYTES * (uint64_t)h->max_writers +
+                        (pins ? SHMRING_RECORD_BYTES * (uint64_t)h->max_readers : 0);
     uint64_t data = round_up(freelist + 8 * (uint64_t)h->buffers, r->page);
     uint64_t segment;
     CHECK(!__builtin_mul_overflow(stride, (uint64_t)h->buffers, &segment) &&
@@ -334,6 +340,7 @@ static int check_header(struct ring *r, const uint8_t raw[SHMRING_FIXED_HEADER_B
     CHECK_DERIVED(readers_offset, readers);
     CHECK_DERIVED(groups_offset, groups);
     CHECK_DERIVED(writers_offset, writers);
+    CHECK_DERIVED(pins_offset, pins);
     CHECK_DERIVED(freelist_offset, freelist);
     CHECK_DERIVED(data_offset, data);
     CHECK_DERIVED(segment_bytes, segment);
@@ -406,6 +413,7 @@ static int attach(struct ring *r) {
     r->readers = (struct shmring_reader *)(r->header + r->h.readers_offset);
     r->groups = (struct shmring_group *)(r->header + r->h.groups_offset);
     r->writers = (struct shmring_writer *)(r->header + r->h.writers_offset);
+    r->pins = r->h.pins_offset ? (struct shmring_pin_line *)(r->header + r->h.pins_offset) : NULL;
     r->freelist = (uint64_t *)(r->header + r->h.freelist_offset);
     r->busy = calloc(r->h.buffers, 1);
     if (r->busy == NULL) {
@@ -793,6 +801,13 @@ static int join_locked(struct ring *r) {
     st(&me->dropped, 0);
     st(&me->sleeping, 0);
     st(&me->pinned, SHMRING_NONE);
+    if (r->pins) { /* a reaped reader's pins must not outlive it */
+        struct shmring_pin_line *line = &r->pins[index];
+        for (int i = 0; i < SHMRING_PINS_PER_LINE; i++) {
+            st(&line->held[i], SHMRING_NONE);
+        }
+        st(&line->top, 0);
+    }
     st(&me->group, SHMRING_NONE);
     st(&me->release, head); /* the frames published from now on */
     r->next = head;
@@ -975,13 +990,22 @@ static void release_own(struct ring *r, uint64_t seq) {
 }
 
 /* Overwrite policy: whether one more pin leaves every writer a buffer to write into
- * (pins + 1 + max(writers, 1) <= buffers). */
+ * (pins + 1 + max(writers, 1) <= buffers), counting every pin of the other active readers:
+ * `pinned`, and the words of their pin line up to its top (at most PINS_PER_LINE). This
+ * reader holds one frame at a time, in `pinned`, and never writes its own line. */
 static int room_to_pin(const struct ring *r) {
     uint64_t pins = 0;
     for (uint32_t i = 0; i < r->h.max_readers; i++) {
         const struct shmring_reader *reader = &r->readers[i];
-        pins += reader != r->me && ld(&reader->state) == SHMRING_STATE_ACTIVE &&
-                ld(&reader->pinned) != SHMRING_NONE;
+        if (reader == r->me || ld(&reader->state) != SHMRING_STATE_ACTIVE) {
+            continue;
+        }
+        pins += ld(&reader->pinned) != SHMRING_NONE;
+        const struct shmring_pin_line *line = &r->pins[i];
+        uint64_t top = ld(&line->top);
+        for (uint64_t j = 0; j < top && j < SHMRING_PINS_PER_LINE; j++) {
+            pins += ld(&line->held[j]) != SHMRING_NONE;
+        }
     }
     uint64_t writers = ld(&r->control->writers);
     return pins + 1 + (writers ? writers : 1) <= r->h.buffers;

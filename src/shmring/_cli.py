@@ -206,7 +206,9 @@ def describe_reader(reader: ReaderInfo) -> str:
         what = f"next seq {optional(reader.next_seq)}, lag {optional(reader.lag)}"
     else:
         what = f"in group {reader.group!r}"
-    held = "" if reader.pinned_buffer is None else f", holds buffer {reader.pinned_buffer}"
+    buffers = ", ".join(map(str, reader.held_buffers))
+    noun = "buffers" if len(reader.held_buffers) > 1 else "buffer"
+    held = f", holds {noun} {buffers}" if buffers else ""
     return f"{who}: {what}, dropped {reader.dropped}{held}"
 
 

@@ -40,6 +40,25 @@ static inline int load_with_tail(const uint64_t *tail_word, const uint64_t *word
     return 0;
 }
 
+/* Overwrite policy: the pins of reader record `reader` (active: the caller checked), each a
+ * buffer index or SHMRING_NONE, into `pins`: its R_PINNED word, then the words of its pin
+ * line `line` up to the line's top (never more than the line has, whatever top says); NULL
+ * `line`: a ring without a pin table. The number of words read. Writers (pinned) and readers
+ * (room_to_pin) scan pins through this one function (docs/FORMAT.md, "Overwrite policy"). */
+static inline int shmring_reader_pins(const uint64_t *reader, const uint64_t *line,
+                                      uint64_t pins[SHMRING_MAX_PINS]) {
+    pins[0] = load(&reader[SHMRING_R_PINNED]);
+    if (line == NULL) {
+        return 1;
+    }
+    uint64_t top = load(&line[SHMRING_PIN_TOP]);
+    int count = 1 + (int)(top < SHMRING_PINS_PER_LINE ? top : SHMRING_PINS_PER_LINE);
+    for (int i = 1; i < count; i++) {
+        pins[i] = load(&line[SHMRING_PIN_HELD + i - 1]);
+    }
+    return count;
+}
+
 /* The address of a writable memoryview made by _layout.Views, checked to lie inside
  * `within` (one of the held exports), to be 8-byte aligned and to hold `words` words;
  * NULL with ValueError (naming `owner` and `what`) otherwise. */

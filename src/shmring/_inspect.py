@@ -58,7 +58,7 @@ class ReaderInfo:
     next_seq: int | None  # solo readers: the oldest frame it still needs
     lag: int | None  # frames published that it has not released
     dropped: int
-    pinned_buffer: int | None
+    held_buffers: tuple[int, ...]  # overwrite policy: the buffers it pins (frames it holds)
 
 
 @dataclass
@@ -379,7 +379,7 @@ def _snapshot(segment: Segment, views: L.Views, with_states: bool) -> RingInfo:
                 next_seq=int(release) if solo and release != L.NONE else None,
                 lag=max(head - release, 0) if solo and release != L.NONE else None,
                 dropped=int(record[L.R_DROPPED]),
-                pinned_buffer=None if record[L.R_PINNED] == L.NONE else int(record[L.R_PINNED]),
+                held_buffers=_held_buffers(i, record, views, g, problems),
             )
         )
     slot_states = _slot_states(views, g, head, tail, problems, with_states)
@@ -444,6 +444,26 @@ def _slot_states(
             state = "released"
         states.append(SlotInfo(position, seq, buffer, state, timestamp))
     return states
+
+
+def _held_buffers(
+    index: int, record: memoryview, views: L.Views, g: L.Geometry, problems: list[str]
+) -> tuple[int, ...]:
+    """The buffers reader `index` pins (overwrite policy): its R_PINNED word, then its pin
+    line up to the line's top (at most PINS_PER_LINE words, as writers scan it)."""
+    words = [record[L.R_PINNED]]
+    if views.pins:
+        line = views.pins[index]
+        words += line[L.PIN_HELD : L.PIN_HELD + min(line[L.PIN_TOP], L.PINS_PER_LINE)]
+    held = []
+    for word in words:
+        if word == L.NONE:
+            continue
+        if word >= g.buffers:
+            problems.append(f"reader {index} pins buffer {word}, out of range")
+        else:
+            held.append(int(word))
+    return tuple(held)
 
 
 def _free_buffers(control: memoryview, g: L.Geometry) -> int:

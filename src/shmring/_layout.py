@@ -24,6 +24,7 @@ import operator
 import struct
 import sys
 import zlib
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -35,7 +36,8 @@ from ._errors import IncompatibleRing
 
 MAGIC = b"\x93SHMRING"
 VERSION_MAJOR = 2  # 2: several writers sequence frames without the lock (C_NEXT_SEQ)
-VERSION_MINOR = 2  # 1: W_EXPEDITED (joiners quiesce registered writers cheaply); 2: skip counts
+VERSION_MINOR = 3  # 1: W_EXPEDITED (cheap quiescing); 2: skip counts; 3: pin table
+PINS_SINCE_MINOR = 3  # overwrite rings of an earlier minor have no pin table: refused
 
 CACHE_LINE = 64
 PAGE = mmap.PAGESIZE
@@ -76,7 +78,7 @@ _FIXED_FIELDS = (
     "policy slots buffers max_readers max_writers meta_size ndim itemsize dtype "
     "s0 s1 s2 s3 s4 s5 s6 s7 buffer_bytes buffer_stride control_offset descriptors_offset "
     "descriptor_bytes readers_offset groups_offset writers_offset freelist_offset "
-    "data_offset creator_pid created_ns reserved0 reserved1"
+    "data_offset creator_pid created_ns pins_offset reserved1"
 ).split()
 VERSION_END = 10  # magic (8 bytes), then version_major (u16): all any version must keep
 CHECKSUM_OFFSET = FIXED_HEADER_BYTES - 8  # CRC-32 of bytes [0, CHECKSUM_OFFSET) as u64
@@ -158,7 +160,14 @@ R_GROUP = 3  # index into the group table, or NONE for a reader that is its own 
 R_RELEASE = 4  # frames with seq < release are released by this reader (NONE: holds nothing)
 R_DROPPED = 5  # frames this reader lost (overwrite policy)
 R_SLEEPING = 6  # 1 while counted in C_READER_WAITERS: a reaper of a dead sleeper uncounts it
-R_PINNED = 7  # overwrite policy: buffer index this reader holds, or NONE
+R_PINNED = 7  # overwrite policy: a buffer this reader holds (its first pin), or NONE
+
+# ---- pin line (64 bytes, overwrite rings, since 2.3): a reader's pins beyond R_PINNED ----
+# One line per reader record, same index, in the pin table right before the free list.
+PIN_TOP = 0  # writers scan words PIN_HELD .. PIN_HELD + top - 1 (never more than PINS_PER_LINE)
+PIN_HELD = 1  # words 1..7: buffers this reader holds beyond R_PINNED, each or NONE
+PINS_PER_LINE = 7
+MAX_PINS = 1 + PINS_PER_LINE  # frames one overwrite reader may hold at once
 
 # ---- group record (64 bytes): readers sharing one cursor ---------------------------------
 G_STATE = 0
@@ -238,8 +247,17 @@ class Geometry:
         return self.groups_offset + self.max_readers * CACHE_LINE
 
     @property
-    def freelist_offset(self) -> int:
+    def pins_offset(self) -> int:
+        """The pin table (overwrite rings): one line per reader, before the free list; 0
+        for block rings, which have none."""
+        if self.policy != POLICY_OVERWRITE:
+            return 0
         return self.writers_offset + self.max_writers * CACHE_LINE
+
+    @property
+    def freelist_offset(self) -> int:
+        pins = self.max_readers * CACHE_LINE if self.policy == POLICY_OVERWRITE else 0
+        return self.writers_offset + self.max_writers * CACHE_LINE + pins
 
     @property
     def data_offset(self) -> int:
@@ -292,7 +310,7 @@ class Geometry:
             self.data_offset,
             self.creator_pid,
             self.created_ns,
-            0,
+            self.pins_offset,
             0,
         )
         body = body.ljust(CHECKSUM_OFFSET, b"\0")
@@ -317,6 +335,13 @@ class Geometry:
                 f"ring {name!r}: format version {fields['version_major']}."
                 f"{fields['version_minor']}, this shmring reads {VERSION_MAJOR}.x; "
                 "use the same shmring version on both sides"
+            )
+        if fields["policy"] == POLICY_OVERWRITE and fields["version_minor"] < PINS_SINCE_MINOR:
+            raise IncompatibleRing(
+                f"ring {name!r}: an overwrite ring of format version {VERSION_MAJOR}."
+                f"{fields['version_minor']}, which has no pin table; this shmring reads "
+                f"overwrite rings of {VERSION_MAJOR}.{PINS_SINCE_MINOR} and later. Use the same "
+                "shmring version on both sides"
             )
         (checksum,) = struct.unpack_from("<Q", header, CHECKSUM_OFFSET)
         if checksum != zlib.crc32(header[:CHECKSUM_OFFSET]):
@@ -376,6 +401,7 @@ class Geometry:
             "writers_offset": geometry.writers_offset,
             "freelist_offset": geometry.freelist_offset,
             "data_offset": geometry.data_offset,
+            "pins_offset": geometry.pins_offset,
         }
         for key, value in expected.items():
             if f[key] != value:
@@ -487,6 +513,10 @@ class Views:
             for o in range(g.groups_offset, g.writers_offset, CACHE_LINE)
         ]
         self.writers = _records(whole, g.writers_offset, g.max_writers)
+        # Overwrite rings: every reader's pin line, one view (for C), and one per reader.
+        pins = g.max_readers * CACHE_LINE if g.pins_offset else 0
+        self.pin_table = whole[g.pins_offset : g.pins_offset + pins].cast("Q")
+        self.pins = _records(whole, g.pins_offset, g.max_readers) if pins else []
         self.freelist = whole[g.freelist_offset : g.freelist_offset + g.buffers * 8].cast("Q")
         self.data = data
 
@@ -520,9 +550,10 @@ class Views:
             view.release()
         self.reader_table.release()
         self.group_table.release()
+        self.pin_table.release()
         self.descriptors.release()
         self.descriptor_meta.release()
-        for view in (*self.readers, *self.groups, *self.writers, *self.group_names):
+        for view in (*self.readers, *self.groups, *self.writers, *self.pins, *self.group_names):
             view.release()
         if "buffers" in self.__dict__:  # made (cached_property)
             self.buffers.clear()
@@ -539,3 +570,10 @@ def control_word_offset(word: int) -> int:
     """Byte offset of control word `word` (for futex and atomic operations, which take
     addresses; their 32-bit value is the word's low half, little-endian)."""
     return CONTROL_OFFSET + word * 8
+
+
+def clear_pin_line(line: memoryview) -> None:
+    """Empty a reader's pin line (at create, and when a reader takes the record, under the
+    header lock: a reaped reader's pins must not outlive it)."""
+    line[PIN_HELD : PIN_HELD + PINS_PER_LINE] = array("Q", [NONE] * PINS_PER_LINE)
+    line[PIN_TOP] = 0

@@ -6,7 +6,7 @@
 # Rules: _layout.py is the only source. Every public integer constant of it becomes a
 # `#define SHMRING_<NAME>`, in its order, under its section banners, with its comment (the
 # comment on its line, and the comment block right above it); the word indices of each table
-# (C_*, D_*, R_*, G_*, W_*) also become a struct whose members are named after them, and
+# (C_*, D_*, R_*, G_*, W_*, PIN_*) also become a struct whose members are named after them, and
 # every member's offset is pinned by a `_Static_assert(offsetof(...))`, as is the fixed
 # header's (taken from _layout's struct format), so that a compiler that lays a struct out
 # otherwise refuses to build. The few values C needs that are no constant of _layout (the
@@ -44,11 +44,13 @@ TABLES = (
     ("R_", "reader", L.RECORD_WORDS),
     ("G_", "group", L.RECORD_WORDS),
     ("W_", "writer", L.RECORD_WORDS),
+    ("PIN_", "pin_line", L.RECORD_WORDS),
 )
 # Table fields wider than one word: (C type, elements, words).
 WIDE_FIELDS = {
     "D_SHAPE": ("uint64_t", L.MAX_NDIM, L.MAX_NDIM),
     "G_NAME": ("char", L.MAX_GROUP_NAME, L.MAX_GROUP_NAME // 8),
+    "PIN_HELD": ("uint64_t", L.PINS_PER_LINE, L.PINS_PER_LINE),
 }
 # The fixed header's struct codes in C, and the member that runs of numbered fields become.
 C_TYPES = {"H": "uint16_t", "I": "uint32_t", "Q": "uint64_t", "s": "char"}

@@ -189,6 +189,12 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
         release_exports(self);
         return -1;
     }
+    if (overwrite && (uint64_t)(self->freelist - self->reader_records) <
+                         3 * record_table_words) { /* readers, groups, then the pin table */
+        PyErr_SetString(PyExc_ValueError, "Publisher: no pin table before the free list");
+        release_exports(self);
+        return -1;
+    }
     if ((uint64_t)self->data.len < data_bytes) {
         PyErr_SetString(PyExc_ValueError, "Publisher: the buffers do not fit their mapping");
         release_exports(self);
@@ -427,16 +433,23 @@ static long long position_buffer(Publisher *self, uint64_t seq) {
     return buffer < self->nbuffers ? (long long)buffer : PUBLISH_CORRUPTED;
 }
 
-/* Overwrite policy: whether a live reader has pinned `buffer` (R_PINNED). The caller has
- * made its own stores visible first (a full fence): a reader stores its pin, fences, then
- * looks again at the frame, so either it sees the writer's eviction or the writer sees the
- * pin (docs/FORMAT.md, "Overwrite"). */
+/* Overwrite policy: whether a live reader has pinned `buffer` (R_PINNED, or its pin line
+ * up to the line's top). The caller has made its own stores visible first (a full fence): a
+ * reader stores its pin (and raises its top), fences, then looks again at the frame, so
+ * either it sees the writer's eviction or the writer sees the pin (docs/FORMAT.md,
+ * "Overwrite"). The pin table lies right before the free list, one line per reader record. */
 static int pinned(Publisher *self, uint64_t buffer) {
+    const uint64_t *table = self->freelist - self->max_readers * (uint64_t)SHMRING_RECORD_WORDS;
+    uint64_t pins[SHMRING_MAX_PINS];
     for (uint64_t i = 0; i < self->max_readers; i++) {
         const uint64_t *reader = self->reader_records + i * (uint64_t)SHMRING_RECORD_WORDS;
-        if (load(&reader[SHMRING_R_STATE]) == SHMRING_STATE_ACTIVE &&
-            load(&reader[SHMRING_R_PINNED]) == buffer) {
-            return 1;
+        if (load(&reader[SHMRING_R_STATE]) == SHMRING_STATE_ACTIVE) {
+            int count = shmring_reader_pins(reader, table + i * SHMRING_RECORD_WORDS, pins);
+            for (int j = 0; j < count; j++) {
+                if (pins[j] == buffer) {
+                    return 1;
+                }
+            }
         }
     }
     return 0;

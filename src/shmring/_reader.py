@@ -2,11 +2,14 @@
 #
 # Rules: a frame a reader holds is never modified. Under the block policy that is because
 # writers reuse a buffer only after every group released its frame (R_RELEASE / G_CURSOR);
-# under the overwrite policy because the reader pins the buffer (R_PINNED) as a hazard
-# pointer, in C (_taker.c): it stores the pin, then looks at the frame again, while writers
-# mark a frame evicted before they look at the pins. A reader that is its own group reads
-# without the lock; group members (shared cursor) take it. Iteration and latest() release
-# the frame they returned last when they return the next.
+# under the overwrite policy because the reader pins the buffer (R_PINNED, or a word of its
+# pin line: up to MAX_PINS frames at once) as a hazard pointer, in C (_taker.c): it stores
+# the pin, then looks at the frame again, while writers mark a frame evicted before they look
+# at the pins. Every pin is stored and cleared in C; Python only clears a reader's pin line
+# when it takes the record, under the header lock. A reader that is its own group reads
+# without the lock; group members (shared cursor) take it. Either policy: frames from read()
+# stay held until released; iteration and latest() release the frame they returned last
+# when they return the next (an overwrite reader before it takes the next: one pin less).
 
 from __future__ import annotations
 
@@ -28,10 +31,9 @@ from ._errors import (
     RingCorrupted,
     RingFull,
     RingTimeout,
-    ShmringError,
     WriterGone,
 )
-from ._fastpath import TAKE_NO_ROOM, FrameBase, Taker
+from ._fastpath import TAKE_NO_PIN, TAKE_NO_ROOM, FrameBase, Taker
 from ._pacing import Pacer
 from ._ring import CLOSE_LIMIT, Participant, RingHandle, left_without_lock, uncount_sleeper
 from ._segment import Segment, validate_name
@@ -185,7 +187,6 @@ class RingReader(AsyncReading, RingHandle):
         self._held: list[int] = []  # block policy: sequence numbers of frames held
         self._last: Frame | None = None  # frame returned by iteration / latest()
         self._pending: Frame | None = None  # taken, not yet handed to the caller
-        self._pinned_seq: int | None = None  # overwrite policy: the frame it has pinned
         # Counted in C_READER_WAITERS (R_SLEEPING set) while about to sleep or asleep. A
         # woken reader uncounts itself as soon as it has its frame (_taker.c: an atomic add),
         # so the count says who is asleep (spinning_pays) and writers stop waking it.
@@ -204,6 +205,8 @@ class RingReader(AsyncReading, RingHandle):
             record[L.R_DROPPED] = 0
             record[L.R_SLEEPING] = 0
             record[L.R_PINNED] = L.NONE
+            if p.views.pins:  # overwrite: a reaped reader's pins must not outlive it
+                L.clear_pin_line(p.views.pins[index])
             if group is None:
                 record[L.R_GROUP] = L.NONE
                 record[L.R_RELEASE] = first
@@ -360,7 +363,7 @@ class RingReader(AsyncReading, RingHandle):
         """One step of iteration: the next frame, the previous one released; None at end of
         stream."""
         if not self._block:
-            self._release_last()  # an overwrite reader pins one frame at a time
+            self._release_last()  # pinned frames are scarce: one pin less to ask for
         try:
             frame = self._take_next()
             if frame is None:
@@ -388,7 +391,7 @@ class RingReader(AsyncReading, RingHandle):
         dropped). Releases the frame the previous `latest()` returned."""
         self._p.check_usable()
         if not self._block:
-            self._release_last()  # an overwrite reader pins one frame at a time
+            self._release_last()  # pinned frames are scarce: one pin less to ask for
         deadline = deadline_from(timeout)
         try:
             frame = self._wait_for(lambda: self._take_latest(deadline), deadline)
@@ -600,22 +603,28 @@ class RingReader(AsyncReading, RingHandle):
     def _take_pinned(self, latest: bool, deadline: float | None) -> Frame | None:
         """Overwrite policy, own group: the next (or newest) frame, pinned lock-free in C
         (_taker.c, take_pinned); the general path for what that declines."""
-        if self._pinned_seq is not None:
-            raise self._holds_a_frame()
         frame = self._taker.take_pinned(self, self._next, latest)
+        if frame in (TAKE_NO_ROOM, TAKE_NO_PIN) and self._reaped_dead_readers(deadline):
+            frame = self._taker.take_pinned(self, self._next, latest)  # their pins are gone
         if frame is None or isinstance(frame, Frame):
             if frame is not None:
                 self._pending = frame
-                seq = self._pinned_seq = frame.seq
+                seq = frame.seq
                 self._next = seq + 1
                 self._record[L.R_RELEASE] = seq + 1  # unused by overwrite writers: for stats
                 if frame.dropped:
                     self._count_dropped(frame.dropped)
             return frame
-        if frame == TAKE_NO_ROOM:
-            raise self._no_room_to_pin()
+        if frame in (TAKE_NO_ROOM, TAKE_NO_PIN):
+            raise self._no_room_to_pin(frame)
         with self._p.lock.until(deadline):
             return self._take_locked(latest)
+
+    def _reaped_dead_readers(self, deadline: float | None) -> bool:
+        """Overwrite policy, no room to pin: whether dead readers' records (and with them
+        their pins) were reaped, so that taking again may find room."""
+        with self._p.lock.until(deadline):
+            return self._p.reap_dead()
 
     def _take_own(self, seq: int, skipped: int) -> Frame | None:
         """Block policy, own group, no lock: frame `seq` if published (numbers published
@@ -666,13 +675,6 @@ class RingReader(AsyncReading, RingHandle):
                 break  # a shared-mode writer is between descriptor and head: not yet
             flags = descriptor[L.D_FLAGS]
             if published and not flags & (L.DF_EVICTED | L.DF_SKIP):
-                if not self._block and self._record[L.R_PINNED] != L.NONE:
-                    if self._pinned_seq is None:
-                        raise RingCorrupted(
-                            f"ring {p.name!r}: this reader's pinned-buffer word is set but it "
-                            "holds no frame; the header was overwritten"
-                        )
-                    raise self._holds_a_frame()
                 if not self._block:
                     frame = self._pin_and_frame(descriptor, cursor, skipped)
                     cursor += 1
@@ -702,10 +704,13 @@ class RingReader(AsyncReading, RingHandle):
     def _pin_and_frame(self, descriptor: memoryview, seq: int, dropped: int) -> Frame | None:
         """Overwrite policy, under the lock: pin frame `seq` (in C: the writer does not take
         the lock) and build it; None if it was evicted or replaced meanwhile."""
-        self._check_room_to_pin()
-        if self._taker.pin(seq) < 0:
+        pinned = self._taker.pin(seq)
+        if pinned in (TAKE_NO_ROOM, TAKE_NO_PIN) and self._p.reap_dead():
+            pinned = self._taker.pin(seq)  # dead readers' pins are gone
+        if pinned in (TAKE_NO_ROOM, TAKE_NO_PIN):
+            raise self._no_room_to_pin(pinned)
+        if pinned < 0:
             return None
-        self._pinned_seq = seq
         try:
             frame = self._frame(descriptor, seq, dropped)
         except RingCorrupted:
@@ -717,35 +722,23 @@ class RingReader(AsyncReading, RingHandle):
         if frame is not None:
             frame._reader = None  # never handed out
             self._pending = None
-        self._record[L.R_PINNED] = L.NONE
-        self._pinned_seq = None
+        self._taker.unpin(seq)
         return None
 
-    def _check_room_to_pin(self) -> None:
-        """Overwrite policy, under the lock: holding one more frame must leave every writer
-        a buffer to write into, or writers would have to wait, which overwrite rules out.
-        (take_pinned in _taker.c checks the same lock-free.)"""
+    def _no_room_to_pin(self, why: int) -> RingFull:
+        """Overwrite policy: holding one more frame would leave a writer no buffer to write
+        into (writers never wait), or this reader holds as many as it may (TAKE_NO_PIN)."""
         p = self._p
-        held = sum(
-            1
-            for record in p.views.readers
-            if record[L.R_STATE] == L.STATE_ACTIVE and record[L.R_PINNED] != L.NONE
-        )
-        if held + 1 + max(int(p.control[L.C_WRITERS]), 1) > p.geometry.buffers:
-            raise self._no_room_to_pin()
-
-    def _no_room_to_pin(self) -> RingFull:
-        p = self._p
+        if why == TAKE_NO_PIN:
+            return RingFull(
+                f"ring {p.name!r}: this reader holds {L.MAX_PINS} frames, as many as a reader "
+                "of an overwrite ring may hold at once; release one before reading the next"
+            )
         return RingFull(
             f"ring {p.name!r}: readers hold as many frames as its {p.geometry.buffers} buffers "
-            f"allow while leaving one to each of its writers; create the ring with a larger "
-            "spare_buffers, or release frames sooner"
-        )
-
-    def _holds_a_frame(self) -> ShmringError:
-        return ShmringError(
-            f"ring {self._p.name!r}: an overwrite-policy reader holds one frame at a time; "
-            "release the frame it holds before reading the next"
+            f"allow while leaving one to each of its writers (this reader holds "
+            f"{self._taker.held()}); create the ring with a larger spare_buffers, or release "
+            "frames sooner"
         )
 
     def _frame(self, descriptor: memoryview, seq: int, dropped: int) -> Frame:
@@ -790,9 +783,7 @@ class RingReader(AsyncReading, RingHandle):
             return
         record = self._record
         if not self._block:
-            if self._pinned_seq == frame.seq:  # not a second release of an older frame
-                record[L.R_PINNED] = L.NONE  # only frees a buffer: safe without the lock
-                self._pinned_seq = None
+            self._taker.unpin(frame.seq)  # in C; a second release unpins nothing
             return
         held = self._held
         if frame.seq in held:  # not if an interrupted take never got to record it
@@ -873,6 +864,7 @@ def taker_arguments(
         fd=p.segment.fd,
         segment_bytes=g.segment_bytes,
         check_size=p.check_size,
+        pin_table=p.views.pin_table if p.views.pins else None,
     )
 
 
@@ -884,8 +876,8 @@ def _close_reader(p: Participant, record: memoryview, index: int, taker: Taker) 
     try:
         p.check_size()  # a truncated ring: touch nothing, close (RingCorrupted)
         if record[L.R_TOKEN] == p.token:  # lock-free steps first: done if the lock times out
-            record[L.R_PINNED] = L.NONE
-            # A reader that leaves from a wait (an exception) may be counted: uncount it.
+            # (taker.close() above cleared its pins.) A reader that leaves from a wait (an
+            # exception) may be counted: uncount it.
             uncount_sleeper(record, L.R_SLEEPING, p.reader_waiters_address)
         with p.lock.until(time.monotonic() + CLOSE_LIMIT):
             if record[L.R_TOKEN] == p.token:

@@ -508,6 +508,8 @@ def _initialise(segment: Segment, huge_pages: bool) -> None:
             descriptor[L.D_SEQ] = L.NONE
         for record in views.readers:
             record[L.R_PINNED] = L.NONE
+        for line in views.pins:  # overwrite rings
+            L.clear_pin_line(line)
         for record in views.writers:
             record[L.W_CLAIMED] = L.NONE
         # Highest index last: the free list is a stack, so buffer 0 is handed out first.

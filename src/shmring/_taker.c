@@ -146,19 +146,26 @@ typedef struct {
     PyObject *buffers;         /* list: the ring's buffers as read-only arrays */
     PyTypeObject *frame_type;  /* shmring.Frame */
     PyObject *no_meta;         /* b"" */
-    /* take_pinned(): an overwrite reader's pin (R_PINNED in its record); take_group(): a
-     * block group member's hold (R_RELEASE) and its group's cursor (G_CURSOR) */
+    /* take_pinned(): an overwrite reader's pins (R_PINNED in its record, then its pin line);
+     * take_group(): a block group member's hold (R_RELEASE) and its group's cursor (G_CURSOR) */
     uint64_t *record, *reader_records; /* max_readers records, RECORD_WORDS apart */
     uint64_t *group;                   /* this reader's group record, or NULL */
+    uint64_t *pin_table; /* overwrite: max_readers pin lines, RECORD_WORDS apart; else NULL */
+    uint64_t *pin_line;  /* this reader's (same index as its record), or NULL */
     PyTypeObject *collectable_frame_type; /* a Frame released when garbage-collected */
     uint64_t max_readers, nbuffers;
+    /* This reader's pins as it stored them (slot 0: R_PINNED, slot i: pin line word i - 1):
+     * the frame's seq (NONE: the slot is free) and buffer; and the top it stored last. */
+    uint64_t pin_seq[SHMRING_MAX_PINS], pin_buffer[SHMRING_MAX_PINS];
+    uint64_t pin_top;
+    pid_t pid; /* the process that made it: close() unpins only there (not in a forked child) */
 } Taker;
 
 static void Taker_release_exports(Taker *self) {
     if (self->holds_exports) {
         self->holds_exports = 0;
         self->control = self->descriptors = self->record = self->reader_records = NULL;
-        self->group = NULL;
+        self->group = self->pin_table = self->pin_line = NULL;
         PyBuffer_Release(&self->header);
     }
 }
@@ -167,10 +174,11 @@ static int Taker_init(Taker *self, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {
         "header", "control", "descriptors", "buffers", "frame_type", "slots",
         "descriptor_words", "record", "reader_records", "collectable_frame_type", "max_readers",
-        "nbuffers", "group", "sleep_barrier", "fd", "segment_bytes", "check_size", NULL,
+        "nbuffers", "group", "sleep_barrier", "fd", "segment_bytes", "check_size", "pin_table",
+        NULL,
     };
     PyObject *header, *control, *descriptors, *buffers, *frame_type, *record, *readers;
-    PyObject *collectable_frame_type, *group;
+    PyObject *collectable_frame_type, *group, *pin_table;
     Py_ssize_t descriptor_words;
     unsigned long long slots, max_readers, nbuffers;
     int sleep_barrier, fd;
@@ -181,10 +189,11 @@ static int Taker_init(Taker *self, PyObject *args, PyObject *kwargs) {
         return -1;
     }
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$OOOO!O!KnOOO!KKOpiLO:Taker", keywords, &header, &control,
+            args, kwargs, "$OOOO!O!KnOOO!KKOpiLOO:Taker", keywords, &header, &control,
             &descriptors, &PyList_Type, &buffers, &PyType_Type, &frame_type, &slots,
             &descriptor_words, &record, &readers, &PyType_Type, &collectable_frame_type,
-            &max_readers, &nbuffers, &group, &sleep_barrier, &fd, &segment_bytes, &check_size)) {
+            &max_readers, &nbuffers, &group, &sleep_barrier, &fd, &segment_bytes, &check_size,
+            &pin_table)) {
         return -1;
     }
     uint64_t table_words, records_words;
@@ -213,10 +222,26 @@ static int Taker_init(Taker *self, PyObject *args, PyObject *kwargs) {
         (group != Py_None && !(self->group = shmring_word_view(group, &self->header, "Taker",
                                                                "group", SHMRING_RECORD_WORDS))) ||
         !(self->reader_records = shmring_word_view(readers, &self->header, "Taker",
-                                                   "reader records", records_words))) {
+                                                   "reader records", records_words)) ||
+        (pin_table != Py_None &&
+         !(self->pin_table = shmring_word_view(pin_table, &self->header, "Taker", "pin table",
+                                               records_words)))) {
         Taker_release_exports(self);
         return -1;
     }
+    uint64_t index = (uint64_t)(self->record - self->reader_records); /* its record's, in words */
+    if (self->record < self->reader_records || index >= records_words ||
+        index % SHMRING_RECORD_WORDS != 0) {
+        PyErr_SetString(PyExc_ValueError, "Taker: the record is not one of the reader records");
+        Taker_release_exports(self);
+        return -1;
+    }
+    self->pin_line = self->pin_table ? self->pin_table + index : NULL;
+    for (int slot = 0; slot < SHMRING_MAX_PINS; slot++) {
+        self->pin_seq[slot] = SHMRING_NONE;
+    }
+    self->pin_top = 0;
+    self->pid = getpid();
     self->no_meta = PyBytes_FromStringAndSize(NULL, 0);
     if (self->no_meta == NULL) {
         Taker_release_exports(self);
@@ -421,27 +446,94 @@ static PyObject *Taker_uncount(Taker *self, PyObject *Py_UNUSED(ignored)) {
 /* ---- take_pinned: an overwrite reader that is its own group -------------------------------
  *
  * The frame at or after `next` (the newest one with `latest`) that is published and not
- * evicted, pinned: R_PINNED names its buffer, so the writer will not take it. The pin is a
- * hazard pointer: store it, fence, then look at the frame again; the writer marks a frame
- * evicted (or replaces it), fences, then looks at the pins, so one of the two sees the other.
- * Frames behind the window, evicted or published as skips on the way are counted in the
- * Frame's `dropped` (a skip as the frames it stands for). */
+ * evicted, pinned: one of this reader's pins names its buffer, so the writer will not take
+ * it. The pin is a hazard pointer: store it, fence, then look at the frame again; the writer
+ * marks a frame evicted (or replaces it), fences, then looks at the pins, so one of the two
+ * sees the other. Frames behind the window, evicted or published as skips on the way are
+ * counted in the Frame's `dropped` (a skip as the frames it stands for).
+ *
+ * A reader holds up to MAX_PINS frames: pin slot 0 is R_PINNED, slots 1..7 the words of its
+ * pin line (pin table, docs/FORMAT.md), whose top word bounds the writers' scan. A free slot
+ * is taken lowest first, so a reader that holds one frame at a time never writes its line.
+ * The top is raised before the pin's store (both precede the fence) and lowered after the
+ * pin's clear, so a writer that scans up to the top it loads sees every pin that counts. */
 #define TAKE_FALLBACK (-1) /* not for this path: the general path (under the lock) decides */
 #define TAKE_NO_ROOM (-4)  /* holding one more frame would leave a writer no buffer */
+#define TAKE_NO_PIN (-5)   /* this reader holds MAX_PINS frames already */
 #define PIN_TRIES 64       /* a writer lapping the reader this often: the general path */
 
-/* Whether this reader may pin one more buffer: every writer must keep one to write into. */
+/* This reader's pin word of slot `slot`. */
+static uint64_t *pin_word(Taker *self, int slot) {
+    return slot == 0 ? &self->record[SHMRING_R_PINNED]
+                     : &self->pin_line[SHMRING_PIN_HELD + slot - 1];
+}
+
+/* Its lowest free pin slot, or -1 if it holds as many frames as it may. */
+static int free_pin_slot(Taker *self) {
+    int slots = self->pin_line ? SHMRING_MAX_PINS : 1;
+    for (int slot = 0; slot < slots; slot++) {
+        if (self->pin_seq[slot] == SHMRING_NONE) {
+            return slot;
+        }
+    }
+    return -1;
+}
+
+/* Its slot that holds frame `seq`, or -1. */
+static int pin_slot_of(Taker *self, uint64_t seq) {
+    for (int slot = 0; slot < SHMRING_MAX_PINS; slot++) {
+        if (self->pin_seq[slot] == seq) {
+            return slot;
+        }
+    }
+    return -1;
+}
+
+/* Clear pin `slot` (release stores: it only frees a buffer), then lower the top over the
+ * line's free slots at its end. */
+static void clear_pin(Taker *self, int slot) {
+    store(pin_word(self, slot), SHMRING_NONE);
+    self->pin_seq[slot] = SHMRING_NONE;
+    uint64_t top = self->pin_top;
+    while (top > 0 && self->pin_seq[top] == SHMRING_NONE) {
+        top--;
+    }
+    if (top != self->pin_top) {
+        store(&self->pin_line[SHMRING_PIN_TOP], top);
+        self->pin_top = top;
+    }
+}
+
+/* Whether this reader may pin one more buffer: the frames every reader holds, plus this
+ * one, must leave every writer a buffer to write into. */
 static int room_to_pin(Taker *self) {
-    uint64_t held = 0;
+    uint64_t held = 0, pins[SHMRING_MAX_PINS];
+    for (int slot = 0; slot < SHMRING_MAX_PINS; slot++) {
+        held += self->pin_seq[slot] != SHMRING_NONE;
+    }
     for (uint64_t i = 0; i < self->max_readers; i++) {
         const uint64_t *reader = self->reader_records + i * SHMRING_RECORD_WORDS;
-        if (reader != self->record && load(&reader[SHMRING_R_STATE]) == SHMRING_STATE_ACTIVE &&
-            load(&reader[SHMRING_R_PINNED]) != SHMRING_NONE) {
-            held++;
+        if (reader != self->record && load(&reader[SHMRING_R_STATE]) == SHMRING_STATE_ACTIVE) {
+            const uint64_t *line = self->pin_table ? self->pin_table + i * SHMRING_RECORD_WORDS
+                                                   : NULL;
+            int count = shmring_reader_pins(reader, line, pins);
+            for (int j = 0; j < count; j++) {
+                held += pins[j] != SHMRING_NONE;
+            }
         }
     }
     uint64_t writers = load(&self->control[SHMRING_C_WRITERS]);
     return held + 1 + (writers ? writers : 1) <= self->nbuffers;
+}
+
+/* TAKE_NO_PIN or TAKE_NO_ROOM if this reader may not pin one more buffer, else its free
+ * slot for it. */
+static int slot_to_pin(Taker *self) {
+    int slot = free_pin_slot(self);
+    if (slot < 0) {
+        return TAKE_NO_PIN;
+    }
+    return room_to_pin(self) ? slot : TAKE_NO_ROOM;
 }
 
 /* Whether frame `seq` is still in `descriptor`, not evicted, in `buffer`. A writer that
@@ -455,16 +547,23 @@ static int still_there(Taker *self, const uint64_t *descriptor, uint64_t seq, ui
            load(&self->control[SHMRING_C_TAIL]) <= seq;
 }
 
-/* Pin `buffer`, that of frame `seq` in `descriptor`: 1 if, once the pin was visible, the
- * frame was still there; else 0, with the pin undone. */
-static int pin_buffer(Taker *self, const uint64_t *descriptor, uint64_t seq, uint64_t buffer) {
-    uint64_t *pin = &self->record[SHMRING_R_PINNED];
-    __atomic_store_n(pin, buffer, __ATOMIC_SEQ_CST);
+/* Pin `buffer`, that of frame `seq` in `descriptor`, in free slot `slot`: 1 if, once the
+ * pin was visible, the frame was still there (this reader now holds it); else 0, with the
+ * pin undone. */
+static int pin_buffer(Taker *self, int slot, const uint64_t *descriptor, uint64_t seq,
+                      uint64_t buffer) {
+    if ((uint64_t)slot > self->pin_top) { /* the writers' scan reaches the slot first */
+        store(&self->pin_line[SHMRING_PIN_TOP], (uint64_t)slot);
+        self->pin_top = (uint64_t)slot;
+    }
+    __atomic_store_n(pin_word(self, slot), buffer, __ATOMIC_SEQ_CST);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     if (still_there(self, descriptor, seq, buffer)) {
+        self->pin_seq[slot] = seq;
+        self->pin_buffer[slot] = buffer;
         return 1;
     }
-    store(pin, SHMRING_NONE);
+    clear_pin(self, slot);
     return 0;
 }
 
@@ -505,11 +604,12 @@ static PyObject *pin_once(Taker *self, PyObject *reader, uint64_t next, int late
             buffer >= (uint64_t)PyList_GET_SIZE(self->buffers)) {
             return PyLong_FromLong(TAKE_FALLBACK); /* own shape or metadata, or damage */
         }
-        if (!room_to_pin(self)) {
-            return PyLong_FromLong(TAKE_NO_ROOM);
+        int slot = slot_to_pin(self);
+        if (slot < 0) {
+            return PyLong_FromLong(slot); /* TAKE_NO_PIN, TAKE_NO_ROOM */
         }
         uint64_t timestamp_ns = load(&descriptor[SHMRING_D_TIMESTAMP]); /* checked by the pin */
-        if (pin_buffer(self, descriptor, cursor, buffer)) {
+        if (pin_buffer(self, slot, descriptor, cursor, buffer)) {
             return build_frame(self, self->collectable_frame_type, reader, cursor, buffer,
                                timestamp_ns, skipped);
         }
@@ -620,8 +720,9 @@ static PyObject *Taker_take_group(Taker *self, PyObject *const *args, Py_ssize_t
 
 /* pin(seq): for the general path (group members, frames of their own shape), which holds
  * the header lock but races the lock-free writer all the same: pin frame `seq` if it is
- * published and not evicted; its buffer, or -1 (nothing pinned). The caller reads the rest
- * of the frame's descriptor afterwards, then asks holds(seq) whether it was the frame's. */
+ * published and not evicted; its buffer, or -1 (nothing pinned), TAKE_NO_PIN or TAKE_NO_ROOM
+ * (as take_pinned). The caller reads the rest of the frame's descriptor afterwards, then asks
+ * holds(seq) whether it was the frame's. */
 static PyObject *Taker_pin(Taker *self, PyObject *seq_object) {
     uint64_t seq;
     if (sequence_number(seq_object, &seq) < 0) {
@@ -633,8 +734,14 @@ static PyObject *Taker_pin(Taker *self, PyObject *seq_object) {
     const uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
     uint64_t buffer = load(&descriptor[SHMRING_D_BUFFER]);
     if (load(&descriptor[SHMRING_D_SEQ]) != seq ||
-        load(&descriptor[SHMRING_D_FLAGS]) & SHMRING_DF_EVICTED || buffer >= self->nbuffers ||
-        !pin_buffer(self, descriptor, seq, buffer)) {
+        load(&descriptor[SHMRING_D_FLAGS]) & SHMRING_DF_EVICTED || buffer >= self->nbuffers) {
+        return PyLong_FromLong(-1);
+    }
+    int slot = slot_to_pin(self);
+    if (slot < 0) {
+        return PyLong_FromLong(slot); /* TAKE_NO_PIN, TAKE_NO_ROOM */
+    }
+    if (!pin_buffer(self, slot, descriptor, seq, buffer)) {
         return PyLong_FromLong(-1);
     }
     return PyLong_FromUnsignedLongLong(buffer);
@@ -647,12 +754,51 @@ static PyObject *Taker_holds(Taker *self, PyObject *seq_object) {
     if (sequence_number(seq_object, &seq) < 0) {
         return NULL;
     }
-    if (!self->holds_exports) {
+    int slot = pin_slot_of(self, seq);
+    if (!self->holds_exports || slot < 0) {
         Py_RETURN_FALSE;
     }
     const uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
-    return PyBool_FromLong(
-        still_there(self, descriptor, seq, load(&self->record[SHMRING_R_PINNED])));
+    return PyBool_FromLong(still_there(self, descriptor, seq, self->pin_buffer[slot]));
+}
+
+/* unpin(seq): release frame `seq` of this overwrite reader (its pin cleared: writers may
+ * take its buffer again); whether it held it (a second release is no error). */
+static PyObject *Taker_unpin(Taker *self, PyObject *seq_object) {
+    uint64_t seq;
+    if (sequence_number(seq_object, &seq) < 0) {
+        return NULL;
+    }
+    int slot = pin_slot_of(self, seq);
+    if (!self->holds_exports || slot < 0) {
+        Py_RETURN_FALSE;
+    }
+    clear_pin(self, slot);
+    Py_RETURN_TRUE;
+}
+
+/* held(): how many frames this reader holds pinned. */
+static PyObject *Taker_held(Taker *self, PyObject *Py_UNUSED(ignored)) {
+    long held = 0;
+    for (int slot = 0; slot < SHMRING_MAX_PINS; slot++) {
+        held += self->pin_seq[slot] != SHMRING_NONE;
+    }
+    return PyLong_FromLong(held);
+}
+
+/* At close, in the process that pinned: clear every pin, unless the file was truncated (a
+ * store would fault, SIGBUS; the reader's record is reaped with its pins then). */
+static void unpin_all(Taker *self) {
+    struct stat file;
+    if (!self->holds_exports || getpid() != self->pid || fstat(self->fd, &file) != 0 ||
+        file.st_size != self->segment_bytes) {
+        return;
+    }
+    for (int slot = SHMRING_MAX_PINS; slot-- > 0;) {
+        if (self->pin_seq[slot] != SHMRING_NONE) {
+            clear_pin(self, slot);
+        }
+    }
 }
 
 static PyObject *Taker_close(Taker *self, PyObject *Py_UNUSED(ignored)) {
@@ -662,6 +808,7 @@ static PyObject *Taker_close(Taker *self, PyObject *Py_UNUSED(ignored)) {
                         "it from the thread that reads, or after that read returns");
         return NULL;
     }
+    unpin_all(self);
     Taker_release_exports(self);
     Py_RETURN_NONE;
 }
@@ -714,12 +861,17 @@ static PyMethodDef Taker_methods[] = {
      "pin(seq) -> the buffer of frame seq, now pinned by this reader, or -1 (see _taker.c)."},
     {"holds", (PyCFunction)Taker_holds, METH_O,
      "holds(seq) -> whether pinned frame seq is still in its descriptor (see _taker.c)."},
+    {"unpin", (PyCFunction)Taker_unpin, METH_O,
+     "unpin(seq) -> release pinned frame seq; whether this reader held it (see _taker.c)."},
+    {"held", (PyCFunction)Taker_held, METH_NOARGS,
+     "held() -> how many frames this reader holds pinned (overwrite policy)."},
     {"count", (PyCFunction)Taker_count, METH_NOARGS,
      "Count this reader among the sleepers, publishers then wake it (see _taker.c)."},
     {"uncount", (PyCFunction)Taker_uncount, METH_NOARGS,
      "Leave the sleepers' count, if counted (see _taker.c)."},
     {"close", (PyCFunction)Taker_close, METH_NOARGS,
-     "Drop the export of the header mapping; take() and wait() answer None from then on."},
+     "Unpin every frame this reader holds, then drop the export of the header mapping; "
+     "take() and wait() answer None from then on."},
     {"forget", (PyCFunction)Taker_forget, METH_NOARGS,
      "close() in a forked child, whatever the parent's threads were doing."},
     {NULL, NULL, 0, NULL},
@@ -744,7 +896,8 @@ int shmring_add_taker(PyObject *module) {
         PyModule_AddObjectRef(module, "FrameBase", (PyObject *)&FrameBaseType) < 0 ||
         PyModule_AddObjectRef(module, "Taker", (PyObject *)&TakerType) < 0 ||
         PyModule_AddIntConstant(module, "TAKE_FALLBACK", TAKE_FALLBACK) < 0 ||
-        PyModule_AddIntConstant(module, "TAKE_NO_ROOM", TAKE_NO_ROOM) < 0) {
+        PyModule_AddIntConstant(module, "TAKE_NO_ROOM", TAKE_NO_ROOM) < 0 ||
+        PyModule_AddIntConstant(module, "TAKE_NO_PIN", TAKE_NO_PIN) < 0) {
         return -1;
     }
     return 0;

@@ -1,4 +1,4 @@
-/* shmring_layout.h: the bytes of a shmring segment, format version 2.2, for C11.
+/* shmring_layout.h: the bytes of a shmring segment, format version 2.3, for C11.
  *
  * GENERATED from src/shmring/_layout.py by `python -m shmring._layout_header`: do not edit;
  * change _layout.py and run it again (tests/test_layout_header.py fails while this file is
@@ -26,8 +26,9 @@
 #define SHMRING_MAGIC "\x93SHMRING"
 /* 2: several writers sequence frames without the lock (C_NEXT_SEQ) */
 #define SHMRING_VERSION_MAJOR 2
-/* 1: W_EXPEDITED (joiners quiesce registered writers cheaply); 2: skip counts */
-#define SHMRING_VERSION_MINOR 2
+#define SHMRING_VERSION_MINOR 3 /* 1: W_EXPEDITED (cheap quiescing); 2: skip counts; 3: pin table */
+/* overwrite rings of an earlier minor have no pin table: refused */
+#define SHMRING_PINS_SINCE_MINOR 3
 #define SHMRING_CACHE_LINE 64
 #define SHMRING_MAX_NDIM 8
 #define SHMRING_MAX_READERS 1024
@@ -124,7 +125,16 @@
 #define SHMRING_R_DROPPED 5 /* frames this reader lost (overwrite policy) */
 /* 1 while counted in C_READER_WAITERS: a reaper of a dead sleeper uncounts it */
 #define SHMRING_R_SLEEPING 6
-#define SHMRING_R_PINNED 7 /* overwrite policy: buffer index this reader holds, or NONE */
+/* overwrite policy: a buffer this reader holds (its first pin), or NONE */
+#define SHMRING_R_PINNED 7
+
+/* ---- pin line (64 bytes, overwrite rings, since 2.3): a reader's pins beyond R_PINNED -------- */
+/* One line per reader record, same index, in the pin table right before the free list. */
+/* writers scan words PIN_HELD .. PIN_HELD + top - 1 (never more than PINS_PER_LINE) */
+#define SHMRING_PIN_TOP 0
+#define SHMRING_PIN_HELD 1 /* words 1..7: buffers this reader holds beyond R_PINNED, each or NONE */
+#define SHMRING_PINS_PER_LINE 7
+#define SHMRING_MAX_PINS 8 /* frames one overwrite reader may hold at once */
 
 /* ---- group record (64 bytes): readers sharing one cursor ------------------------------------- */
 #define SHMRING_G_STATE 0
@@ -190,7 +200,8 @@ struct shmring_header {
     uint64_t data_offset;
     uint64_t creator_pid;
     uint64_t created_ns;
-    uint64_t reserved[2];
+    uint64_t pins_offset;
+    uint64_t reserved;
     uint64_t checksum; /* CRC-32 of bytes [0, CHECKSUM_OFFSET), zero-extended */
 };
 _Static_assert(offsetof(struct shmring_header, magic) == 0, "magic");
@@ -220,7 +231,8 @@ _Static_assert(offsetof(struct shmring_header, freelist_offset) == 200, "freelis
 _Static_assert(offsetof(struct shmring_header, data_offset) == 208, "data_offset");
 _Static_assert(offsetof(struct shmring_header, creator_pid) == 216, "creator_pid");
 _Static_assert(offsetof(struct shmring_header, created_ns) == 224, "created_ns");
-_Static_assert(offsetof(struct shmring_header, reserved) == 232, "reserved");
+_Static_assert(offsetof(struct shmring_header, pins_offset) == 232, "pins_offset");
+_Static_assert(offsetof(struct shmring_header, reserved) == 240, "reserved");
 _Static_assert(offsetof(struct shmring_header, checksum) == 248, "checksum");
 _Static_assert(sizeof(struct shmring_header) == 256, "header size");
 
@@ -297,7 +309,8 @@ struct shmring_reader {
     uint64_t dropped; /* word 5: frames this reader lost (overwrite policy) */
     /* word 6: 1 while counted in C_READER_WAITERS: a reaper of a dead sleeper uncounts it */
     uint64_t sleeping;
-    uint64_t pinned; /* word 7: overwrite policy: buffer index this reader holds, or NONE */
+    /* word 7: overwrite policy: a buffer this reader holds (its first pin), or NONE */
+    uint64_t pinned;
 };
 _Static_assert(offsetof(struct shmring_reader, state) == 0, "state");
 _Static_assert(offsetof(struct shmring_reader, token) == 8, "token");
@@ -347,5 +360,15 @@ _Static_assert(offsetof(struct shmring_writer, sleeping) == 40, "sleeping");
 _Static_assert(offsetof(struct shmring_writer, claimed_seq) == 48, "claimed_seq");
 _Static_assert(offsetof(struct shmring_writer, expedited) == 56, "expedited");
 _Static_assert(sizeof(struct shmring_writer) == 64, "writer size");
+
+/* ---- pin_line (64 bytes of u64 words) -------------------------------------------------------- */
+struct shmring_pin_line {
+    /* writers scan words PIN_HELD .. PIN_HELD + top - 1 (never more than PINS_PER_LINE) */
+    uint64_t top;
+    uint64_t held[7]; /* words 1..7: buffers this reader holds beyond R_PINNED, each or NONE */
+};
+_Static_assert(offsetof(struct shmring_pin_line, top) == 0, "top");
+_Static_assert(offsetof(struct shmring_pin_line, held) == 8, "held");
+_Static_assert(sizeof(struct shmring_pin_line) == 64, "pin_line size");
 
 #endif
