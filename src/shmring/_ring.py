@@ -35,7 +35,7 @@ from typing import Any, Self
 from . import _layout as L
 from ._cpu_use import CpuUse, usable_cpus
 from ._errors import RingCorrupted, RingFull, RingTimeout, ShmringError
-from ._fastpath import settle
+from ._fastpath import settle, wake
 from ._lock import LOCK_FLOOR, HeaderLock
 from ._segment import Segment
 from ._sys import (
@@ -68,7 +68,8 @@ def left_without_lock(p: Participant, what: str) -> RingTimeout:
 
 
 def uncount_sleeper(record: memoryview, sleeping: int, waiters_address: int) -> None:
-    """Take a record's owner out of a waiter count, if its `sleeping` word says it is in."""
+    """Under the header lock: take a record's owner out of a waiter count, if its `sleeping`
+    word says it is in (owners count and uncount themselves lock-free, in C)."""
     if record[sleeping]:
         record[sleeping] = 0
         atomic_add32(waiters_address, -1)
@@ -612,18 +613,14 @@ class Participant:
                     yield record[pid]
 
     def wake_readers(self) -> None:
-        # A changed word cannot be slept through: a reader that read the old value and
-        # was about to sleep returns at once instead of missing this wake-up.
-        self.control[L.C_FRAMES] = (self.control[L.C_FRAMES] + 1) & 0xFFFFFFFF
-        futex_wake(self.frames_address)
+        wake(self.control, L.C_FRAMES)  # in C: bump the word (not slept through), FUTEX_WAKE
 
     def announce_membership(self) -> None:
         """Wake writers waiting in wait_for_readers (after a reader joined or left)."""
         futex_wake(self.membership_address)
 
     def wake_writers(self) -> None:
-        self.control[L.C_SPACE] = (self.control[L.C_SPACE] + 1) & 0xFFFFFFFF
-        futex_wake(self.space_address)
+        wake(self.control, L.C_SPACE)
 
     # ---- lifecycle ---------------------------------------------------------------------
     def unlink_if_orphaned(self) -> None:
