@@ -35,7 +35,7 @@ from typing import Any, Self
 from . import _layout as L
 from ._cpu_use import CpuUse, usable_cpus
 from ._errors import RingCorrupted, RingFull, RingTimeout, ShmringError
-from ._fastpath import settle, wake
+from ._fastpath import load_word, settle, wake
 from ._lock import LOCK_FLOOR, HeaderLock
 from ._segment import Segment
 from ._sys import (
@@ -133,8 +133,12 @@ class Participant:
         """The pid in the active record that `token` owns (None: no such record, e.g. a
         creator that never wrote); for messages only, as pids may be recycled."""
         for record in (*self.views.writers, *self.views.readers):
-            if token and record[L.R_TOKEN] == token and record[L.R_STATE] == L.STATE_ACTIVE:
-                return int(record[L.R_PID])
+            if (
+                token
+                and load_word(record, L.R_TOKEN) == token
+                and load_word(record, L.R_STATE) == L.STATE_ACTIVE
+            ):
+                return load_word(record, L.R_PID)
         return None
 
     def free_record(self, record: memoryview, lock_byte: int) -> None:
@@ -143,14 +147,16 @@ class Participant:
         unlock_range(self.segment.fd, lock_byte)
 
     def is_alive(self, lock_byte: int, record: memoryview) -> bool:
-        return record[L.R_TOKEN] == self.token or range_is_locked(self.segment.fd, lock_byte)
+        return load_word(record, L.R_TOKEN) == self.token or range_is_locked(
+            self.segment.fd, lock_byte
+        )
 
     def live_writers(self, besides_me: bool = False) -> int:
         return sum(
             1
             for index, record in enumerate(self.views.writers)
-            if record[L.W_STATE] == L.STATE_ACTIVE
-            and not (besides_me and record[L.W_TOKEN] == self.token)
+            if load_word(record, L.W_STATE) == L.STATE_ACTIVE
+            and not (besides_me and load_word(record, L.W_TOKEN) == self.token)
             and self.is_alive(L.LOCK_WRITER_BASE + index, record)
         )
 
@@ -291,9 +297,9 @@ class Participant:
         """Sequence numbers whose descriptors may still hold a frame."""
         control = self.control
         for _ in range(64):  # head read while tail held still: writers move both lock-free
-            tail = control[L.C_TAIL]
-            head = control[L.C_HEAD]
-            if control[L.C_TAIL] == tail:
+            tail = load_word(control, L.C_TAIL)
+            head = load_word(control, L.C_HEAD)
+            if load_word(control, L.C_TAIL) == tail:
                 break
         if head >= L.SEQ_LIMIT:
             raise self.corrupted_head(head)
@@ -309,7 +315,7 @@ class Participant:
         sequence limit or inconsistent (a forged header). For the slow paths: waits run it
         once per liveness round, since lock-free readers look at descriptors only."""
         window = self.window()
-        claimed = self.control[L.C_NEXT_SEQ]
+        claimed = load_word(self.control, L.C_NEXT_SEQ)
         if self.sequenced() and not window.stop <= claimed <= window.start + self.geometry.slots:
             raise RingCorrupted(
                 f"ring {self.name!r}: the next number to claim, {claimed}, is outside "
@@ -410,7 +416,7 @@ class Participant:
             self.lock_holder_died()
             or self.dead_writers()
             or any(
-                record[L.R_STATE] == L.STATE_ACTIVE
+                load_word(record, L.R_STATE) == L.STATE_ACTIVE
                 and not self.is_alive(L.LOCK_READER_BASE + index, record)
                 for index, record in enumerate(self.views.readers)
             )
@@ -418,14 +424,14 @@ class Participant:
 
     def lock_holder_died(self) -> bool:
         """Whether the header lock's last holder died in it (its mark is left, the lock free)."""
-        return self.control[L.C_LOCK_OWNER] != 0 and not range_is_locked(
+        return load_word(self.control, L.C_LOCK_OWNER) != 0 and not range_is_locked(
             self.segment.fd, L.LOCK_HEADER
         )
 
     def dead_writers(self) -> bool:
         """Whether a writer record belongs to a dead writer (lock-free check)."""
         return any(
-            record[L.W_STATE] == L.STATE_ACTIVE
+            load_word(record, L.W_STATE) == L.STATE_ACTIVE
             and not self.is_alive(L.LOCK_WRITER_BASE + index, record)
             for index, record in enumerate(self.views.writers)
         )
@@ -434,8 +440,8 @@ class Participant:
     def sequenced(self) -> bool:
         """Whether writers claim numbers without the lock (_publisher.c, the sequencer)."""
         control = self.control
-        return control[L.C_WRITER_MODE] == L.MODE_SHARED and bool(
-            control[L.C_FLAGS] & L.F_SEQUENCED
+        return load_word(control, L.C_WRITER_MODE) == L.MODE_SHARED and bool(
+            load_word(control, L.C_FLAGS) & L.F_SEQUENCED
         )
 
     def switch_interrupted(self) -> bool:
@@ -598,7 +604,7 @@ class Participant:
         can have a CPU of its own, measured (_cpu_use.py)."""
         control = self.control
         return self._cpu_use.polling_pays(
-            control[L.C_READERS] + control[L.C_WRITERS], self._other_pids
+            load_word(control, L.C_READERS) + load_word(control, L.C_WRITERS), self._other_pids
         )
 
     def _other_pids(self) -> Iterator[int]:
@@ -609,8 +615,9 @@ class Participant:
             (views.writers, L.W_STATE, L.W_PID),
         ):
             for record in records:
-                if record[state] == L.STATE_ACTIVE and record[pid] != self.pid:
-                    yield record[pid]
+                owner = load_word(record, pid)  # once: its owner may leave meanwhile
+                if load_word(record, state) == L.STATE_ACTIVE and owner != self.pid:
+                    yield owner
 
     def wake_readers(self) -> None:
         wake(self.control, L.C_FRAMES)  # in C: bump the word (not slept through), FUTEX_WAKE
