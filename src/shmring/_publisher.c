@@ -901,6 +901,18 @@ static PyObject *Publisher_uncount_sleeper(Publisher *self, PyObject *Py_UNUSED(
     Py_RETURN_NONE;
 }
 
+/* behind() -> how many published frames some reader group has not released yet (head minus
+ * the release floor, acquire loads as the reclaim makes them); 0 once closed. For the
+ * writer's wait for the hot buffer (_writer.py, _await_hot_buffer), which polls it. */
+static PyObject *Publisher_behind(Publisher *self, PyObject *Py_UNUSED(ignored)) {
+    if (!self->holds_exports) {
+        return PyLong_FromLong(0);
+    }
+    uint64_t head = load(&self->control[SHMRING_C_HEAD]);
+    uint64_t floor = release_floor(self, head);
+    return PyLong_FromUnsignedLongLong(floor < head ? head - floor : 0);
+}
+
 static PyObject *Publisher_close(Publisher *self, PyObject *Py_UNUSED(ignored)) {
     if (self->busy) {
         PyErr_SetString(PyExc_RuntimeError,
@@ -949,6 +961,8 @@ static PyMethodDef Publisher_methods[] = {
      "count_sleeper() -> 0: ask for space, count this writer among the sleepers (_publisher.c)."},
     {"uncount_sleeper", (PyCFunction)Publisher_uncount_sleeper, METH_NOARGS,
      "uncount_sleeper(): leave the sleepers' count, if counted (see _publisher.c)."},
+    {"behind", (PyCFunction)Publisher_behind, METH_NOARGS,
+     "behind() -> published frames some reader group has not released (see _publisher.c)."},
     {"claim_buffer_locked", (PyCFunction)Publisher_claim_buffer_locked, METH_NOARGS,
      "claim_buffer() for a caller that holds the header lock (shared mode)."},
     {"publish_described", (PyCFunction)(void (*)(void))Publisher_publish_described,

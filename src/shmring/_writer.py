@@ -342,12 +342,11 @@ class RingWriter(AsyncWriting, RingHandle):
         if self._hot_wait_skips:
             self._hot_wait_skips -= 1
             return
-        p = self._p
-        head = self._control[L.C_HEAD]
-        if p.release_floor() >= head or not p.spinning_pays():
+        behind = self._publisher.behind  # in C: head, then every group's release (acquire)
+        if not behind() or not self._p.spinning_pays():
             return
         give_up = time.monotonic() + HOT_BUFFER_WAIT
-        while p.release_floor() < head:
+        while behind():
             if time.monotonic() > give_up:
                 self._hot_wait_skips = HOT_BUFFER_BACKOFF
                 return
