@@ -25,7 +25,7 @@
 #
 # Internals this module relies on (keep them when changing the core): RingReader._take_next,
 # _take_latest, _wait_for, _count, _uncount, _check_writers_alive, _release_last,
-# _release_pending, _last, _pending, _spin, _block; RingWriter._record, _slots; Participant's
+# _release_pending, _ended, _last, _pending, _spin, _block; RingWriter._publisher; Participant's
 # futex addresses, check_usable, check_size, dead_participant_blocks, reap_dead, spinning_pays.
 
 from __future__ import annotations
@@ -43,9 +43,10 @@ import numpy as np
 
 from . import _layout as L
 from ._errors import EndOfStream, RingNotFound, RingTimeout
+from ._fastpath import load_word
 from ._ring import RingHandle
 from ._segment import _ATTACH_POLL
-from ._sys import atomic_add32, before_sleep_barrier, futex_wait, futex_wake
+from ._sys import futex_wait, futex_wake
 from ._timing import POLL_SLICE, deadline_from, remaining
 
 if TYPE_CHECKING:
@@ -186,7 +187,7 @@ class AsyncHandle(RingHandle):
         (whose futex is at `address`) between attempts. `attempt` raises to end the wait."""
         control = self._p.control
         while True:
-            observed = control[word]
+            observed = load_word(control, word)
             result = attempt()
             if result is not None:
                 return result
@@ -289,14 +290,13 @@ class AsyncReading(AsyncHandle):
                 frame = take()
                 if frame is not None:
                     return frame
-        control = p.control
         liveness = _Liveness()
 
         def attempt() -> Frame | None:
             frame = take()
             if frame is not None:
                 return frame
-            if (control[L.C_FLAGS] & L.F_CLOSED and control[L.C_WRITERS] == 0) or _passed(deadline):
+            if r._ended() or _passed(deadline):
                 # The blocking wait reports the end of the stream or the timeout (with a
                 # last look), without sleeping: its deadline has passed or the stream ended.
                 return r._wait_for(take, deadline_from(0.0))
@@ -396,7 +396,7 @@ class AsyncWriting(AsyncHandle):
             if _passed(deadline):
                 raise
         w = self._writer()
-        p, control, record = w._p, w._p.control, w._record
+        p, publisher = w._p, w._publisher
         liveness = _Liveness()
 
         def attempt() -> _T | None:
@@ -405,7 +405,7 @@ class AsyncWriting(AsyncHandle):
             except RingTimeout:
                 if _passed(deadline):
                     raise
-            record[L.W_SLEEPING] = 1  # take() counted and uncounted itself on the way
+            publisher.count_sleeper()  # take() counted and uncounted itself on the way
             if liveness.due():
                 p.check_size()
                 if p.dead_participant_blocks():
@@ -413,17 +413,14 @@ class AsyncWriting(AsyncHandle):
                         p.reap_dead()
             return None
 
-        # Ask to be woken when half the ring is free, as the blocking wait does.
-        control[L.C_SPACE_WANTED] = control[L.C_TAIL] + max(1, w._slots // 2)
-        atomic_add32(p.writer_waiters_address, 1)
-        before_sleep_barrier()
-        record[L.W_SLEEPING] = 1
+        # Ask to be woken when half the ring is free, as the blocking wait does (in C; a
+        # forged head or tail made take() raise already).
+        publisher.count_sleeper()
         try:
             return await self._until(p.space_address, L.C_SPACE, attempt, deadline)
         finally:
             if not p.closed:
-                record[L.W_SLEEPING] = 0
-                atomic_add32(p.writer_waiters_address, -1)
+                publisher.uncount_sleeper()
 
 
 class AsyncClaim:

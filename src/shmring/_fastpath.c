@@ -3,6 +3,8 @@
  *   _publisher.c  Publisher: a writer's write() and claim(): the exclusive writer's, and the
  *                 multi-producer sequencer of several writers (shared mode, block policy).
  *   settle()      (here) the repair of a sequenced ring: dead writers' numbers, head.
+ *   load_word(), wake()  (here) Python's lock-free look at a shared word (acquire) and its
+ *                 wake-up of a futex word's sleepers (bump, FUTEX_WAKE).
  *   _taker.c      Taker: an own-group block reader's taking of (and one sleep for) the next
  *                 frame, and FrameBase, the fields of shmring.Frame, so that a Frame is built
  *                 without running Python.
@@ -114,7 +116,76 @@ done:
     return result;
 }
 
+/* The address of word `index` of a memoryview of u64 words (writable: _layout.Views makes
+ * them so) in `*word`, and 0, the view's export held in `*view` (the caller releases it);
+ * or -1 with an exception set. */
+static int word_of(PyObject *view_object, Py_ssize_t index, Py_buffer *view, uint64_t **word) {
+    if (PyObject_GetBuffer(view_object, view, PyBUF_WRITABLE) < 0) {
+        return -1;
+    }
+    if (index < 0 || index >= view->len / 8 || ((uintptr_t)view->buf & 7) != 0) {
+        PyBuffer_Release(view);
+        PyErr_Format(PyExc_IndexError, "word %zd is outside the view (or the view is misaligned)",
+                     index);
+        return -1;
+    }
+    *word = (uint64_t *)view->buf + index;
+    return 0;
+}
+
+/* load_word(view, index): the u64 word `index` of `view`, with an acquire load. How Python
+ * reads a shared word without the header lock (a futex word's value before it looks, the
+ * end-of-stream flags, counts it only reports or decides a nap by): acquire, so that what
+ * it looks at next (in C, with acquire loads too) is at least as new as the word, which a
+ * plain CPython read does not promise on aarch64. */
+static PyObject *load_word(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "load_word takes 2 arguments, got %zd", nargs);
+        return NULL;
+    }
+    Py_ssize_t index = PyLong_AsSsize_t(args[1]);
+    Py_buffer view;
+    uint64_t *word;
+    if ((index == -1 && PyErr_Occurred()) || word_of(args[0], index, &view, &word) < 0) {
+        return NULL;
+    }
+    uint64_t value = load(word);
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLongLong(value);
+}
+
+/* wake(control, index): bump control word `index` (a futex word: C_FRAMES, C_SPACE) and wake
+ * every sleeper on it, as the per-frame paths in C do (_publisher.c, wake_readers). A
+ * changed word cannot be slept through: a sleeper that read the old value and was about to
+ * sleep returns at once. The bump is an atomic add (seq_cst): it is also the full barrier
+ * between what the caller stored before (a release, a close) and the wake-up. */
+static PyObject *wake(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "wake takes 2 arguments, got %zd", nargs);
+        return NULL;
+    }
+    Py_ssize_t index = PyLong_AsSsize_t(args[1]);
+    Py_buffer view;
+    uint64_t *word;
+    if ((index == -1 && PyErr_Occurred()) || word_of(args[0], index, &view, &word) < 0) {
+        return NULL;
+    }
+    if (index != SHMRING_C_FRAMES && index != SHMRING_C_SPACE) {
+        PyBuffer_Release(&view);
+        PyErr_Format(PyExc_ValueError, "wake: word %zd is not a futex word", index);
+        return NULL;
+    }
+    __atomic_fetch_add((uint32_t *)word, 1, __ATOMIC_SEQ_CST); /* the low half (LE) */
+    shmring_futex_wake_all(word);
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef fastpath_functions[] = {
+    {"load_word", (PyCFunction)(void (*)(void))load_word, METH_FASTCALL,
+     "load_word(view, index) -> word index of a u64 view, loaded with acquire (_fastpath.c)."},
+    {"wake", (PyCFunction)(void (*)(void))wake, METH_FASTCALL,
+     "wake(control, index): bump futex word index (C_FRAMES, C_SPACE) and wake its sleepers."},
     {"settle", (PyCFunction)(void (*)(void))settle, METH_VARARGS | METH_KEYWORDS,
      "settle(control, descriptors, holes, *, ...) -> head: publish holes as skips, move head "
      "(see _fastpath.c)."},

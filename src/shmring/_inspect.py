@@ -3,7 +3,9 @@
 # Rules: an observer never registers as a reader or writer, never takes the header lock
 # (a snapshot may be a few microseconds inconsistent; that is the price of never blocking a
 # pipeline), and treats every byte it reads as untrusted: damage shows up as a
-# `problems` entry, never as an exception from the middle of a listing.
+# `problems` entry, never as an exception from the middle of a listing. Its plain reads of a
+# live ring are the display-only exception to the core's rule (shmring/__init__.py): they
+# store nothing and decide nothing, so a stale word only shows a figure a moment old.
 #   - Any local user can put anything named shmring.* into /dev/shm. Entries are opened
 #     only through _segment.open_regular (no symbolic link followed, no FIFO or device
 #     opened, no open that waits); anything but a regular file is listed as "not-a-ring"

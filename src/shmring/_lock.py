@@ -29,6 +29,7 @@ from types import TracebackType
 
 from . import _layout as L
 from ._errors import RingTimeout
+from ._fastpath import load_word
 from ._sys import try_lock_range, unlock_range
 
 _FIRST_BACKOFF = 20e-6
@@ -116,7 +117,7 @@ class HeaderLock:
         self.release(clean=exc_type is None)
 
     def _timeout(self) -> RingTimeout:
-        pid = self._holder_pid(self._control[L.C_LOCK_OWNER])
+        pid = self._holder_pid(load_word(self._control, L.C_LOCK_OWNER))  # lock-free
         holder = "another process" if pid is None else f"process {pid}"
         return RingTimeout(
             f"ring {self._name!r}: timed out waiting for the header lock; {holder} holds it "

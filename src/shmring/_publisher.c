@@ -37,8 +37,11 @@
  */
 #include "_fastpath.h"
 
+#include <linux/membarrier.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #define PUBLISH_FALLBACK (-1)  /* the fast path does not apply: use the general path */
 #define PUBLISH_CORRUPTED (-2) /* a value read from the ring is out of range */
@@ -899,6 +902,65 @@ static PyObject *Publisher_abandon_claimed(Publisher *self, PyObject *const *arg
     return PyLong_FromLongLong(result);
 }
 
+/* ---- count_sleeper, uncount_sleeper: this writer among the sleepers for space -------------
+ *
+ * A writer about to sleep for space asks to be woken once half the ring is free
+ * (C_SPACE_WANTED: waking per released frame would make writer and reader take turns
+ * sleeping), counts itself in C_WRITER_WAITERS (readers that release wake C_SPACE only while
+ * it is non-zero), then sets W_SLEEPING, by which a reaper of a dead sleeper uncounts it. The
+ * add is sequentially consistent, so the writer's next look for space cannot pass it, and a
+ * releasing reader that fences sees it; readers that do not fence rely on the expedited
+ * membarrier made here (the reader's side: _taker.c, count()). Idempotent: a writer already
+ * counted only asks for space again. */
+
+static uint32_t *writer_waiters(Publisher *self) {
+    return (uint32_t *)&self->control[SHMRING_C_WRITER_WAITERS]; /* the low half (LE) */
+}
+
+/* count_sleeper() -> 0; PUBLISH_CORRUPTED (nothing changed) if head and tail are not what
+ * they can be (a forged header: the space wanted must not overflow); PUBLISH_FALLBACK
+ * (nothing changed) if tail kept moving or the writer is closed: the caller looks again. */
+static PyObject *Publisher_count_sleeper(Publisher *self, PyObject *Py_UNUSED(ignored)) {
+    uint64_t tail, head;
+    if (!self->holds_exports || !load_with_tail(&self->control[SHMRING_C_TAIL],
+                                                &self->control[SHMRING_C_HEAD], &tail, &head)) {
+        return PyLong_FromLong(PUBLISH_FALLBACK);
+    }
+    if (tail > head || head - tail > self->slots || head >= SHMRING_SEQ_LIMIT) {
+        return PyLong_FromLong(PUBLISH_CORRUPTED);
+    }
+    uint64_t half = self->slots / 2;
+    store(&self->control[SHMRING_C_SPACE_WANTED], tail + (half ? half : 1));
+    if (!load(&self->record[SHMRING_W_SLEEPING])) {
+        __atomic_fetch_add(writer_waiters(self), 1, __ATOMIC_SEQ_CST);
+        store(&self->record[SHMRING_W_SLEEPING], 1);
+        if (!self->fence && syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) != 0) {
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+    }
+    return PyLong_FromLong(0);
+}
+
+static PyObject *Publisher_uncount_sleeper(Publisher *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->holds_exports && load(&self->record[SHMRING_W_SLEEPING])) {
+        store(&self->record[SHMRING_W_SLEEPING], 0);
+        __atomic_fetch_sub(writer_waiters(self), 1, __ATOMIC_SEQ_CST);
+    }
+    Py_RETURN_NONE;
+}
+
+/* behind() -> how many published frames some reader group has not released yet (head minus
+ * the release floor, acquire loads as the reclaim makes them); 0 once closed. For the
+ * writer's wait for the hot buffer (_writer.py, _await_hot_buffer), which polls it. */
+static PyObject *Publisher_behind(Publisher *self, PyObject *Py_UNUSED(ignored)) {
+    if (!self->holds_exports) {
+        return PyLong_FromLong(0);
+    }
+    uint64_t head = load(&self->control[SHMRING_C_HEAD]);
+    uint64_t floor = release_floor(self, head);
+    return PyLong_FromUnsignedLongLong(floor < head ? head - floor : 0);
+}
+
 static PyObject *Publisher_close(Publisher *self, PyObject *Py_UNUSED(ignored)) {
     if (self->busy) {
         PyErr_SetString(PyExc_RuntimeError,
@@ -943,6 +1005,12 @@ static PyMethodDef Publisher_methods[] = {
     {"publish_claimed", (PyCFunction)Publisher_publish_claimed, METH_O,
      "publish_claimed(buffer) -> sequence number of the claimed buffer, now published, or "
      "PUBLISH_FALLBACK."},
+    {"count_sleeper", (PyCFunction)Publisher_count_sleeper, METH_NOARGS,
+     "count_sleeper() -> 0: ask for space, count this writer among the sleepers (_publisher.c)."},
+    {"uncount_sleeper", (PyCFunction)Publisher_uncount_sleeper, METH_NOARGS,
+     "uncount_sleeper(): leave the sleepers' count, if counted (see _publisher.c)."},
+    {"behind", (PyCFunction)Publisher_behind, METH_NOARGS,
+     "behind() -> published frames some reader group has not released (see _publisher.c)."},
     {"claim_buffer_locked", (PyCFunction)Publisher_claim_buffer_locked, METH_NOARGS,
      "claim_buffer() for a caller that holds the header lock (shared mode)."},
     {"publish_described", (PyCFunction)(void (*)(void))Publisher_publish_described,

@@ -33,17 +33,11 @@ from ._errors import (
     RingTimeout,
     WriterGone,
 )
-from ._fastpath import TAKE_NO_PIN, TAKE_NO_ROOM, FrameBase, Taker
+from ._fastpath import TAKE_NO_PIN, TAKE_NO_ROOM, FrameBase, Taker, load_word
 from ._pacing import Pacer
 from ._ring import CLOSE_LIMIT, Participant, RingHandle, left_without_lock, uncount_sleeper
 from ._segment import Segment, validate_name
-from ._sys import (
-    BARRIER_REGISTERED,
-    FAST_PATH_FENCE,
-    fence,
-    futex_wait,
-    precise_futex_wait,
-)
+from ._sys import BARRIER_REGISTERED, futex_wait, precise_futex_wait
 from ._timing import DEFAULT_SPIN, POLL_SLICE, checked_spin, deadline_from, remaining
 
 _STARTS = ("latest", "oldest")
@@ -181,7 +175,7 @@ class RingReader(AsyncReading, RingHandle):
         self._control = p.control
         self._descriptors = p.views.descriptors
         self._buffers = p.views.buffers
-        self._meta_views = p.views.descriptor_meta
+        self._meta_size = g.meta_size
         self._slots = g.slots
         self._block = g.policy == L.POLICY_BLOCK
         self._held: list[int] = []  # block policy: sequence numbers of frames held
@@ -283,15 +277,15 @@ class RingReader(AsyncReading, RingHandle):
         every line of Python runs with cold caches, so the frame it slept for reaches the
         caller through as few of them as possible."""
         p = self._p
-        descriptors, slots, held = self._descriptors, self._slots, self._held
+        held = self._held
         take, advance, wait = self._taker.take, self._taker.advance, self._taker.wait
         # Local names, one fast lookup each: every Python lookup shows at 64-byte frames.
-        d_seq = L.D_SEQ
+        is_published = self._taker.published
         sleeps_at_once, spinning_pays = not self._spin, p.spinning_pays
 
         def published() -> int | None:
             seq = self._next
-            return seq if descriptors[seq % slots][d_seq] == seq else None
+            return seq if is_published(seq) else None
 
         try:
             while True:
@@ -316,7 +310,7 @@ class RingReader(AsyncReading, RingHandle):
                         self._next = seq + 1
                         held[0] = seq
                         last._reader = None
-                if frame is None and descriptors[seq % slots][d_seq] != seq:
+                if frame is None and not is_published(seq):
                     # Asking for the next frame means being done with the last: release it
                     # before waiting, so the writer reuses that buffer, which is still in cache.
                     self._release_last()
@@ -426,14 +420,14 @@ class RingReader(AsyncReading, RingHandle):
             self._count()
             next_liveness_check = time.monotonic() + POLL_SLICE
             while True:
-                observed = control[L.C_FRAMES]
+                observed = load_word(control, L.C_FRAMES)
                 frame = take()
                 if frame is not None:
                     if self._spin:  # only a reader that polls paces itself
                         self._pacer.arrived(_seq_of(frame), time.monotonic())
                     self._uncount()  # running again (see _counted)
                     return frame
-                if control[L.C_FLAGS] & L.F_CLOSED and control[L.C_WRITERS] == 0:
+                if self._ended():
                     frame = take()
                     if frame is not None:
                         return frame
@@ -459,7 +453,7 @@ class RingReader(AsyncReading, RingHandle):
         seq = 0
         if pacer.interval is not None:  # only then: reading head costs the writer a cache miss
             # Waiting means waiting for the next frame to be published.
-            seq = self._next if self._lock_free else self._control[L.C_HEAD]
+            seq = self._next if self._lock_free else load_word(self._control, L.C_HEAD)
             nap_end = pacer.nap_until(seq, now)
         if nap_end is not None and (deadline is None or nap_end < deadline):
             frame = self._nap(take, nap_end)
@@ -469,7 +463,7 @@ class RingReader(AsyncReading, RingHandle):
                 pacer.arrived(_seq_of(frame), now)
                 self._uncount()  # running again (see _counted)
                 return frame
-            if self._control[L.C_FLAGS] & L.F_CLOSED:
+            if self._ended():
                 return None  # the caller's wait drains the stream and reports its end
             poll_until = max(pacer.due(seq), now) + self._spin
             napped = True
@@ -497,15 +491,23 @@ class RingReader(AsyncReading, RingHandle):
         p, control = self._p, self._control
         self._count()
         while True:
-            observed = control[L.C_FRAMES]
+            observed = load_word(control, L.C_FRAMES)
             frame = take()
-            if frame is not None or control[L.C_FLAGS] & L.F_CLOSED:
+            if frame is not None or self._ended():
                 return frame
             wait = nap_end - time.monotonic()
             if wait <= 0:
                 return None
             precise_futex_wait(p.frames_address, observed, min(wait, POLL_SLICE))
             p.check_size()  # as in _wait_for
+
+    def _ended(self) -> bool:
+        """Whether the stream was closed and no writer is left (lock-free: flags first,
+        each an acquire load, so a look for frames after it sees every frame published)."""
+        control = self._control
+        return bool(load_word(control, L.C_FLAGS) & L.F_CLOSED) and not load_word(
+            control, L.C_WRITERS
+        )
 
     def _count(self) -> None:
         """Count this reader in C_READER_WAITERS, so that writers wake it (see _counted)."""
@@ -524,7 +526,7 @@ class RingReader(AsyncReading, RingHandle):
         p = self._p
         p.check_size()
         p.check_counters()
-        awaited = self._descriptors[self._next % self._slots][L.D_SEQ]
+        awaited = load_word(self._descriptors[self._next % self._slots], L.D_SEQ)
         if self._lock_free and L.SEQ_LIMIT <= awaited != L.NONE:
             raise RingCorrupted(
                 f"ring {p.name!r}: a descriptor's sequence number {awaited} is past the "
@@ -560,7 +562,7 @@ class RingReader(AsyncReading, RingHandle):
 
     def _take_latest(self, deadline: float | None = None) -> Frame | None:
         if self._lock_free:
-            head = self._control[L.C_HEAD]
+            head = load_word(self._control, L.C_HEAD)
             if head >= L.SEQ_LIMIT:
                 raise self._p.corrupted_head(head)
             seq = max(self._next, head - 1)
@@ -585,17 +587,17 @@ class RingReader(AsyncReading, RingHandle):
         elif isinstance(taken, tuple):  # its own shape or metadata: built here, held already
             seq, dropped = taken
             if seq == L.NONE:  # no frame, only numbers published as skips: dropped
-                self._record[L.R_RELEASE] = min(held) if held else L.NONE
+                self._taker.release(min(held) if held else L.NONE)
                 self._count_dropped(dropped)
                 return None
-            frame = self._frame(self._descriptors[seq % self._slots], seq, dropped)
+            frame = self._frame(seq, dropped)
         else:  # a state a block ring cannot be in (no plain store may race the swaps)
             raise RingCorrupted(
                 f"ring {self._p.name!r}: group {self._group_name!r}'s cursor is outside the "
                 "window of published frames; the header was overwritten"
             )
         held.append(seq)
-        self._record[L.R_RELEASE] = min(held)
+        self._taker.release(min(held))
         if dropped:
             self._count_dropped(dropped)
         return frame
@@ -611,7 +613,7 @@ class RingReader(AsyncReading, RingHandle):
                 self._pending = frame
                 seq = frame.seq
                 self._next = seq + 1
-                self._record[L.R_RELEASE] = seq + 1  # unused by overwrite writers: for stats
+                self._taker.release(seq + 1)  # unused by overwrite writers: for stats
                 if frame.dropped:
                     self._count_dropped(frame.dropped)
             return frame
@@ -630,24 +632,25 @@ class RingReader(AsyncReading, RingHandle):
         """Block policy, own group, no lock: frame `seq` if published (numbers published
         as skips, DF_SKIP, are passed over and counted dropped, each as the frames it stands
         for)."""
-        descriptor = self._descriptors[seq % self._slots]
-        while descriptor[L.D_SEQ] == seq and descriptor[L.D_FLAGS] & L.DF_SKIP:
-            seq, skipped = seq + 1, skipped + L.skip_count(descriptor[L.D_FLAGS])
-            descriptor = self._descriptors[seq % self._slots]
-        if descriptor[L.D_SEQ] != seq:
+        describe = self._taker.describe
+        description = describe(seq)
+        while description is not None and description[0] & L.DF_SKIP:
+            seq, skipped = seq + 1, skipped + L.skip_count(description[0])
+            description = describe(seq)
+        if description is None:
             if skipped:  # passed over skips: release them; the next frame reports them
                 self._next = seq
                 if not self._held:
-                    self._record[L.R_RELEASE] = seq
+                    self._taker.release(seq)
                 self._count_dropped(skipped)
                 self._carried_drops += skipped
             return None
-        frame = self._frame(descriptor, seq, skipped + self._carried_drops)
+        frame = self._frame(seq, skipped + self._carried_drops, description)
         self._carried_drops = 0
         self._next = seq + 1
         held = self._held
         held.append(seq)
-        self._record[L.R_RELEASE] = held[0] if len(held) == 1 else min(held)
+        self._taker.release(held[0] if len(held) == 1 else min(held))
         if skipped:
             self._count_dropped(skipped)
         return frame
@@ -676,13 +679,13 @@ class RingReader(AsyncReading, RingHandle):
             flags = descriptor[L.D_FLAGS]
             if published and not flags & (L.DF_EVICTED | L.DF_SKIP):
                 if not self._block:
-                    frame = self._pin_and_frame(descriptor, cursor, skipped)
+                    frame = self._pin_and_frame(cursor, skipped)
                     cursor += 1
                     if frame is None:  # evicted or replaced by the lock-free writer meanwhile
                         skipped += 1
                         continue
                     break
-                frame = self._frame(descriptor, cursor, skipped)
+                frame = self._frame(cursor, skipped)
                 if self._block:
                     self._held.append(cursor)
                     self._record[L.R_RELEASE] = min(self._held)
@@ -701,7 +704,7 @@ class RingReader(AsyncReading, RingHandle):
             self._count_dropped(skipped)
         return frame
 
-    def _pin_and_frame(self, descriptor: memoryview, seq: int, dropped: int) -> Frame | None:
+    def _pin_and_frame(self, seq: int, dropped: int) -> Frame | None:
         """Overwrite policy, under the lock: pin frame `seq` (in C: the writer does not take
         the lock) and build it; None if it was evicted or replaced meanwhile."""
         pinned = self._taker.pin(seq)
@@ -712,7 +715,7 @@ class RingReader(AsyncReading, RingHandle):
         if pinned < 0:
             return None
         try:
-            frame = self._frame(descriptor, seq, dropped)
+            frame = self._frame(seq, dropped)
         except RingCorrupted:
             if self._taker.holds(seq):
                 raise
@@ -741,12 +744,25 @@ class RingReader(AsyncReading, RingHandle):
             "frames sooner"
         )
 
-    def _frame(self, descriptor: memoryview, seq: int, dropped: int) -> Frame:
-        buffer = descriptor[L.D_BUFFER]
-        flags = descriptor[L.D_FLAGS]
+    def _frame(
+        self,
+        seq: int,
+        dropped: int,
+        description: tuple[int, int, int, tuple[int, ...] | None, bytes] | None = None,
+    ) -> Frame:
+        """Frame `seq`, built from its descriptor as read in C (Taker.describe; the caller's
+        `description` if it has one): the caller holds it, or pinned it and checks after."""
+        if description is None:
+            description = self._taker.describe(seq)
+            if description is None:
+                raise RingCorrupted(
+                    f"ring {self._p.name!r}: frame {seq} left its descriptor while held; "
+                    "the header was overwritten"
+                )
+        flags, buffer, timestamp_ns, own_shape, meta = description
         try:
-            if flags & L.DF_OWN_SHAPE:
-                array = self._own_shape_view(descriptor, buffer)
+            if flags & L.DF_OWN_SHAPE and own_shape is not None:  # (set together)
+                array = self._own_shape_view(own_shape, buffer)
             else:
                 array = self._buffers[buffer]
         except IndexError:
@@ -754,17 +770,15 @@ class RingReader(AsyncReading, RingHandle):
                 f"ring {self._p.name!r}: frame {seq} names buffer {buffer}, out of range; "
                 "the header was overwritten"
             ) from None
-        meta_len = flags >> L.META_LEN_SHIFT
-        meta = bytes(self._meta_views[seq % self._slots][:meta_len]) if meta_len else b""
         frame = self._pending = _CollectableFrame(
-            self, array, seq, descriptor[L.D_TIMESTAMP], dropped, meta
+            self, array, seq, timestamp_ns, dropped, meta[: self._meta_size]
         )
         return frame
 
-    def _own_shape_view(self, descriptor: memoryview, buffer: int) -> np.ndarray:
+    def _own_shape_view(self, own_shape: tuple[int, ...], buffer: int) -> np.ndarray:
         p = self._p
         ring_shape = p.geometry.shape
-        shape = tuple(descriptor[L.D_SHAPE + axis] for axis in range(len(ring_shape)))
+        shape = own_shape[: len(ring_shape)]
         if any(not 1 <= got <= limit for got, limit in zip(shape, ring_shape, strict=True)):
             raise RingCorrupted(
                 f"ring {p.name!r}: a frame's shape {shape} does not fit the ring's "
@@ -776,12 +790,11 @@ class RingReader(AsyncReading, RingHandle):
 
     def _count_dropped(self, count: int) -> None:
         self._dropped += count
-        self._record[L.R_DROPPED] = self._dropped
+        self._taker.count_dropped(self._dropped)
 
     def _release(self, frame: Frame) -> None:
         if self._p.closed or self._p.truncated:
             return
-        record = self._record
         if not self._block:
             self._taker.unpin(frame.seq)  # in C; a second release unpins nothing
             return
@@ -792,12 +805,7 @@ class RingReader(AsyncReading, RingHandle):
             release = min(held)
         else:
             release = self._next if self._group_record is None else L.NONE
-        record[L.R_RELEASE] = release
-        if FAST_PATH_FENCE:  # as in iteration: visible before we look for sleeping writers
-            fence()  # (unless they make the barrier: _sys.before_sleep_barrier)
-        control = self._control
-        if control[L.C_WRITER_WAITERS] and release >= control[L.C_SPACE_WANTED]:
-            self._p.wake_writers()
+        self._taker.release(release)  # in C: the store, then wake writers waiting for it
 
     # ---- lifecycle -----------------------------------------------------------------------
     @property
@@ -875,12 +883,12 @@ def _close_reader(p: Participant, record: memoryview, index: int, taker: Taker) 
         return
     try:
         p.check_size()  # a truncated ring: touch nothing, close (RingCorrupted)
-        if record[L.R_TOKEN] == p.token:  # lock-free steps first: done if the lock times out
-            # (taker.close() above cleared its pins.) A reader that leaves from a wait (an
-            # exception) may be counted: uncount it.
-            uncount_sleeper(record, L.R_SLEEPING, p.reader_waiters_address)
+        # (taker.close() above cleared its pins.)
         with p.lock.until(time.monotonic() + CLOSE_LIMIT):
             if record[L.R_TOKEN] == p.token:
+                # A reader that leaves from a wait (an exception) may be counted: uncount it
+                # (if the lock times out, whoever reaps the record does).
+                uncount_sleeper(record, L.R_SLEEPING, p.reader_waiters_address)
                 p.free_record(record, L.LOCK_READER_BASE + index)
             p.recount()
             p.unlink_if_orphaned()

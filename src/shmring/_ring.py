@@ -35,7 +35,7 @@ from typing import Any, Self
 from . import _layout as L
 from ._cpu_use import CpuUse, usable_cpus
 from ._errors import RingCorrupted, RingFull, RingTimeout, ShmringError
-from ._fastpath import settle
+from ._fastpath import load_word, settle, wake
 from ._lock import LOCK_FLOOR, HeaderLock
 from ._segment import Segment
 from ._sys import (
@@ -68,7 +68,8 @@ def left_without_lock(p: Participant, what: str) -> RingTimeout:
 
 
 def uncount_sleeper(record: memoryview, sleeping: int, waiters_address: int) -> None:
-    """Take a record's owner out of a waiter count, if its `sleeping` word says it is in."""
+    """Under the header lock: take a record's owner out of a waiter count, if its `sleeping`
+    word says it is in (owners count and uncount themselves lock-free, in C)."""
     if record[sleeping]:
         record[sleeping] = 0
         atomic_add32(waiters_address, -1)
@@ -132,8 +133,12 @@ class Participant:
         """The pid in the active record that `token` owns (None: no such record, e.g. a
         creator that never wrote); for messages only, as pids may be recycled."""
         for record in (*self.views.writers, *self.views.readers):
-            if token and record[L.R_TOKEN] == token and record[L.R_STATE] == L.STATE_ACTIVE:
-                return int(record[L.R_PID])
+            if (
+                token
+                and load_word(record, L.R_TOKEN) == token
+                and load_word(record, L.R_STATE) == L.STATE_ACTIVE
+            ):
+                return load_word(record, L.R_PID)
         return None
 
     def free_record(self, record: memoryview, lock_byte: int) -> None:
@@ -142,14 +147,16 @@ class Participant:
         unlock_range(self.segment.fd, lock_byte)
 
     def is_alive(self, lock_byte: int, record: memoryview) -> bool:
-        return record[L.R_TOKEN] == self.token or range_is_locked(self.segment.fd, lock_byte)
+        return load_word(record, L.R_TOKEN) == self.token or range_is_locked(
+            self.segment.fd, lock_byte
+        )
 
     def live_writers(self, besides_me: bool = False) -> int:
         return sum(
             1
             for index, record in enumerate(self.views.writers)
-            if record[L.W_STATE] == L.STATE_ACTIVE
-            and not (besides_me and record[L.W_TOKEN] == self.token)
+            if load_word(record, L.W_STATE) == L.STATE_ACTIVE
+            and not (besides_me and load_word(record, L.W_TOKEN) == self.token)
             and self.is_alive(L.LOCK_WRITER_BASE + index, record)
         )
 
@@ -290,9 +297,9 @@ class Participant:
         """Sequence numbers whose descriptors may still hold a frame."""
         control = self.control
         for _ in range(64):  # head read while tail held still: writers move both lock-free
-            tail = control[L.C_TAIL]
-            head = control[L.C_HEAD]
-            if control[L.C_TAIL] == tail:
+            tail = load_word(control, L.C_TAIL)
+            head = load_word(control, L.C_HEAD)
+            if load_word(control, L.C_TAIL) == tail:
                 break
         if head >= L.SEQ_LIMIT:
             raise self.corrupted_head(head)
@@ -309,9 +316,9 @@ class Participant:
         once per liveness round, since lock-free readers look at descriptors only."""
         # Writers move all three lock-free: a number read before the window is at most its
         # tail + slots, one read after it at least its head (both words only grow).
-        claimed_before = self.control[L.C_NEXT_SEQ]
+        claimed_before = load_word(self.control, L.C_NEXT_SEQ)
         window = self.window()
-        claimed_after = self.control[L.C_NEXT_SEQ]
+        claimed_after = load_word(self.control, L.C_NEXT_SEQ)
         if not self.sequenced():
             return
         if claimed_after < window.stop or claimed_before > window.start + self.geometry.slots:
@@ -415,7 +422,7 @@ class Participant:
             self.lock_holder_died()
             or self.dead_writers()
             or any(
-                record[L.R_STATE] == L.STATE_ACTIVE
+                load_word(record, L.R_STATE) == L.STATE_ACTIVE
                 and not self.is_alive(L.LOCK_READER_BASE + index, record)
                 for index, record in enumerate(self.views.readers)
             )
@@ -423,14 +430,14 @@ class Participant:
 
     def lock_holder_died(self) -> bool:
         """Whether the header lock's last holder died in it (its mark is left, the lock free)."""
-        return self.control[L.C_LOCK_OWNER] != 0 and not range_is_locked(
+        return load_word(self.control, L.C_LOCK_OWNER) != 0 and not range_is_locked(
             self.segment.fd, L.LOCK_HEADER
         )
 
     def dead_writers(self) -> bool:
         """Whether a writer record belongs to a dead writer (lock-free check)."""
         return any(
-            record[L.W_STATE] == L.STATE_ACTIVE
+            load_word(record, L.W_STATE) == L.STATE_ACTIVE
             and not self.is_alive(L.LOCK_WRITER_BASE + index, record)
             for index, record in enumerate(self.views.writers)
         )
@@ -439,8 +446,8 @@ class Participant:
     def sequenced(self) -> bool:
         """Whether writers claim numbers without the lock (_publisher.c, the sequencer)."""
         control = self.control
-        return control[L.C_WRITER_MODE] == L.MODE_SHARED and bool(
-            control[L.C_FLAGS] & L.F_SEQUENCED
+        return load_word(control, L.C_WRITER_MODE) == L.MODE_SHARED and bool(
+            load_word(control, L.C_FLAGS) & L.F_SEQUENCED
         )
 
     def switch_interrupted(self) -> bool:
@@ -603,7 +610,7 @@ class Participant:
         can have a CPU of its own, measured (_cpu_use.py)."""
         control = self.control
         return self._cpu_use.polling_pays(
-            control[L.C_READERS] + control[L.C_WRITERS], self._other_pids
+            load_word(control, L.C_READERS) + load_word(control, L.C_WRITERS), self._other_pids
         )
 
     def _other_pids(self) -> Iterator[int]:
@@ -614,22 +621,19 @@ class Participant:
             (views.writers, L.W_STATE, L.W_PID),
         ):
             for record in records:
-                if record[state] == L.STATE_ACTIVE and record[pid] != self.pid:
-                    yield record[pid]
+                owner = load_word(record, pid)  # once: its owner may leave meanwhile
+                if load_word(record, state) == L.STATE_ACTIVE and owner != self.pid:
+                    yield owner
 
     def wake_readers(self) -> None:
-        # A changed word cannot be slept through: a reader that read the old value and
-        # was about to sleep returns at once instead of missing this wake-up.
-        self.control[L.C_FRAMES] = (self.control[L.C_FRAMES] + 1) & 0xFFFFFFFF
-        futex_wake(self.frames_address)
+        wake(self.control, L.C_FRAMES)  # in C: bump the word (not slept through), FUTEX_WAKE
 
     def announce_membership(self) -> None:
         """Wake writers waiting in wait_for_readers (after a reader joined or left)."""
         futex_wake(self.membership_address)
 
     def wake_writers(self) -> None:
-        self.control[L.C_SPACE] = (self.control[L.C_SPACE] + 1) & 0xFFFFFFFF
-        futex_wake(self.space_address)
+        wake(self.control, L.C_SPACE)
 
     # ---- lifecycle ---------------------------------------------------------------------
     def unlink_if_orphaned(self) -> None:

@@ -318,6 +318,26 @@ static PyObject *Taker_take(Taker *self, PyObject *const *args, Py_ssize_t nargs
     return take_frame(self, args[0], seq);
 }
 
+/* R_RELEASE = `release`, then wake the writers that sleep for the space it frees (C_SPACE,
+ * as Participant.wake_writers): the release must be visible before the look for sleeping
+ * writers, a full fence, unless the sleepers make the barrier (see count()); the loads
+ * after it are acquire loads. */
+static void release_and_wake(Taker *self, uint64_t release) {
+    uint64_t *control = self->control;
+    store(&self->record[SHMRING_R_RELEASE], release);
+    if (self->sleep_barrier) {
+        __atomic_signal_fence(__ATOMIC_SEQ_CST); /* the sleepers' membarrier orders it */
+    } else {
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    }
+    if (load(&control[SHMRING_C_WRITER_WAITERS]) &&
+        release >= load(&control[SHMRING_C_SPACE_WANTED])) {
+        uint64_t *space = &control[SHMRING_C_SPACE];
+        store(space, (load(space) + 1) & 0xFFFFFFFFu); /* a changed word is not slept through */
+        shmring_futex_wake_all(space);
+    }
+}
+
 /* advance(reader, seq): iteration's step for a reader that holds only frame seq - 1: take
  * frame seq and, if it is there, hold it and release seq - 1 in one store (R_RELEASE = seq),
  * then wake writers that sleep for that space. The release must be visible before the look
@@ -332,20 +352,104 @@ static PyObject *Taker_advance(Taker *self, PyObject *const *args, Py_ssize_t na
     if (frame == NULL || frame == Py_None) {
         return frame;
     }
-    uint64_t *control = self->control;
-    store(&self->record[SHMRING_R_RELEASE], seq);
-    if (self->sleep_barrier) {
-        __atomic_signal_fence(__ATOMIC_SEQ_CST); /* the sleepers' membarrier orders it */
-    } else {
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    }
-    if (load(&control[SHMRING_C_WRITER_WAITERS]) &&
-        seq >= load(&control[SHMRING_C_SPACE_WANTED])) {
-        uint64_t *space = &control[SHMRING_C_SPACE];
-        store(space, (load(space) + 1) & 0xFFFFFFFFu); /* a changed word is not slept through */
-        shmring_futex_wake_all(space);
-    }
+    release_and_wake(self, seq);
     return frame;
+}
+
+/* release(value): this reader's release word R_RELEASE (the lowest frame it still holds or
+ * will take; NONE: none, for a group member) is now `value`, and writers sleeping for the
+ * space it frees are woken (as in advance). For every release the reader stores outside
+ * the header lock: read()'s frames released, frames taken and held, skips passed over. */
+static PyObject *Taker_release(Taker *self, PyObject *value_object) {
+    uint64_t value;
+    if (sequence_number(value_object, &value) < 0) {
+        return NULL;
+    }
+    if (self->holds_exports) {
+        release_and_wake(self, value);
+    }
+    Py_RETURN_NONE;
+}
+
+/* count_dropped(total): R_DROPPED, the frames this reader lost in total, for observers
+ * (shmring inspect) only: a release store, nothing orders on it. */
+static PyObject *Taker_count_dropped(Taker *self, PyObject *total_object) {
+    uint64_t total;
+    if (sequence_number(total_object, &total) < 0) {
+        return NULL;
+    }
+    if (self->holds_exports) {
+        store(&self->record[SHMRING_R_DROPPED], total);
+    }
+    Py_RETURN_NONE;
+}
+
+/* published(seq): whether frame `seq` is published in its descriptor (D_SEQ, acquire: what
+ * the caller then reads of the frame is the writer's). */
+static PyObject *Taker_published(Taker *self, PyObject *seq_object) {
+    uint64_t seq;
+    if (sequence_number(seq_object, &seq) < 0) {
+        return NULL;
+    }
+    if (!self->holds_exports) {
+        Py_RETURN_FALSE;
+    }
+    const uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
+    return PyBool_FromLong(load(&descriptor[SHMRING_D_SEQ]) == seq);
+}
+
+/* describe(seq): frame `seq`'s descriptor as (flags, buffer, timestamp_ns, shape, meta), for
+ * the frames Python builds itself (own shape, metadata, skips: take() builds the rest);
+ * None if it is not published there. D_SEQ is loaded first (acquire), so the fields are the
+ * frame's as its writer published them. `shape`: MAX_NDIM words (the caller keeps the
+ * ring's ndim of them), or None without DF_OWN_SHAPE; `meta`: the D_FLAGS >> META_LEN_SHIFT
+ * bytes of user metadata, cut at the descriptor's end (the caller cuts at meta_size). The
+ * caller holds the frame (or pinned it and asks holds() after), so nothing changes it. */
+static PyObject *Taker_describe(Taker *self, PyObject *seq_object) {
+    uint64_t seq;
+    if (sequence_number(seq_object, &seq) < 0) {
+        return NULL;
+    }
+    if (!self->holds_exports) {
+        Py_RETURN_NONE;
+    }
+    const uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
+    if (load(&descriptor[SHMRING_D_SEQ]) != seq) {
+        Py_RETURN_NONE;
+    }
+    uint64_t flags = load(&descriptor[SHMRING_D_FLAGS]);
+    uint64_t buffer = load(&descriptor[SHMRING_D_BUFFER]);
+    uint64_t timestamp_ns = load(&descriptor[SHMRING_D_TIMESTAMP]);
+    PyObject *shape = Py_None, *meta = NULL;
+    if (flags & SHMRING_DF_OWN_SHAPE) {
+        shape = PyTuple_New(SHMRING_MAX_NDIM);
+        if (shape == NULL) {
+            return NULL;
+        }
+        for (Py_ssize_t axis = 0; axis < SHMRING_MAX_NDIM; axis++) {
+            PyObject *size = PyLong_FromUnsignedLongLong(load(&descriptor[SHMRING_D_SHAPE + axis]));
+            if (size == NULL) {
+                Py_DECREF(shape);
+                return NULL;
+            }
+            PyTuple_SET_ITEM(shape, axis, size);
+        }
+    } else {
+        Py_INCREF(shape);
+    }
+    uint64_t meta_len = flags & SHMRING_DF_SKIP ? 0 : flags >> SHMRING_META_LEN_SHIFT; /* a count */
+    uint64_t room = (uint64_t)self->descriptor_words * 8 - SHMRING_D_META_BYTE_OFFSET;
+    meta_len = meta_len < room ? meta_len : room;
+    /* Plain byte copies after the acquire load of D_SEQ: the writer stored them before its
+     * release store of D_SEQ. */
+    meta = PyBytes_FromStringAndSize((const char *)descriptor + SHMRING_D_META_BYTE_OFFSET,
+                                     (Py_ssize_t)meta_len);
+    if (meta == NULL) {
+        Py_DECREF(shape);
+        return NULL;
+    }
+    return Py_BuildValue("(KKKNN)", (unsigned long long)flags, (unsigned long long)buffer,
+                         (unsigned long long)timestamp_ns, shape, meta);
 }
 
 static PyObject *Taker_wait(Taker *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -849,6 +953,14 @@ static PyMethodDef Taker_methods[] = {
      "take(reader, seq) -> Frame of frame seq, or None (see _taker.c)."},
     {"advance", (PyCFunction)(void (*)(void))Taker_advance, METH_FASTCALL,
      "advance(reader, seq) -> take()'s answer; if a Frame, this reader now holds seq only."},
+    {"release", (PyCFunction)Taker_release, METH_O,
+     "release(value): R_RELEASE = value, then wake writers sleeping for that space."},
+    {"count_dropped", (PyCFunction)Taker_count_dropped, METH_O,
+     "count_dropped(total): R_DROPPED = total (for observers)."},
+    {"published", (PyCFunction)Taker_published, METH_O,
+     "published(seq) -> whether frame seq is published in its descriptor."},
+    {"describe", (PyCFunction)Taker_describe, METH_O,
+     "describe(seq) -> (flags, buffer, timestamp_ns, shape, meta) of frame seq, or None."},
     {"wait", (PyCFunction)(void (*)(void))Taker_wait, METH_FASTCALL,
      "wait(reader, seq, timeout) -> take()'s answer after at most one sleep on C_FRAMES."},
     {"take_pinned", (PyCFunction)(void (*)(void))Taker_take_pinned, METH_FASTCALL,

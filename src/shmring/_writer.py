@@ -23,7 +23,7 @@ from numpy.typing import DTypeLike
 from . import _layout as L
 from ._async import AsyncWriting
 from ._errors import RingCorrupted, RingFull, RingTimeout
-from ._fastpath import PUBLISH_ALONE, PUBLISH_CORRUPTED, PUBLISH_FALLBACK, Publisher
+from ._fastpath import PUBLISH_ALONE, PUBLISH_CORRUPTED, PUBLISH_FALLBACK, Publisher, load_word
 from ._ring import CLOSE_LIMIT, Participant, RingHandle, left_without_lock
 from ._segment import Segment, checked_huge_pages, validate_name
 from ._sys import (
@@ -31,8 +31,6 @@ from ._sys import (
     FAST_PATH_FENCE,
     LAST_LEVEL_CACHE_BYTES,
     MEMBARRIER_AVAILABLE,
-    atomic_add32,
-    before_sleep_barrier,
     futex_wait,
 )
 from ._timing import DEFAULT_SPIN, POLL_SLICE, checked_spin, deadline_from, remaining
@@ -344,12 +342,11 @@ class RingWriter(AsyncWriting, RingHandle):
         if self._hot_wait_skips:
             self._hot_wait_skips -= 1
             return
-        p = self._p
-        head = self._control[L.C_HEAD]
-        if p.release_floor() >= head or not p.spinning_pays():
+        behind = self._publisher.behind  # in C: head, then every group's release (acquire)
+        if not behind() or not self._p.spinning_pays():
             return
         give_up = time.monotonic() + HOT_BUFFER_WAIT
-        while p.release_floor() < head:
+        while behind():
             if time.monotonic() > give_up:
                 self._hot_wait_skips = HOT_BUFFER_BACKOFF
                 return
@@ -480,12 +477,12 @@ class RingWriter(AsyncWriting, RingHandle):
         return buffer
 
     def _wait_for_buffer(self, deadline: float | None) -> int:
-        p, control, record = self._p, self._control, self._record
+        p, control, publisher = self._p, self._control, self._publisher
         waiting = False
         next_liveness_check = time.monotonic() + POLL_SLICE
         try:
             while True:
-                observed = control[L.C_SPACE]
+                observed = load_word(control, L.C_SPACE)
                 if self._block:  # exclusive, or sequenced: no lock
                     buffer = self._take_buffer_exclusive(deadline)
                 else:
@@ -498,13 +495,11 @@ class RingWriter(AsyncWriting, RingHandle):
                 if not self._block:
                     raise self._all_buffers_held()
                 if not waiting:
-                    p.check_counters()  # a forged tail must not overflow space_wanted
-                    # Ask to be woken only when half the ring is free: waking per released
-                    # frame would make writer and reader take turns sleeping.
-                    control[L.C_SPACE_WANTED] = control[L.C_TAIL] + max(1, self._slots // 2)
-                    atomic_add32(p.writer_waiters_address, 1)  # marked, then look again
-                    before_sleep_barrier()
-                    record[L.W_SLEEPING] = 1
+                    # Counted (in C: it asks to be woken when half the ring is free), then
+                    # look again. Forged head or tail: nothing counted (check_counters raises).
+                    if publisher.count_sleeper() == PUBLISH_CORRUPTED:
+                        p.check_counters()
+                        continue  # (they changed meanwhile: not forged after all)
                     waiting = True
                     continue
                 wait = remaining(deadline)
@@ -525,8 +520,7 @@ class RingWriter(AsyncWriting, RingHandle):
                 p.check_size()  # truncated while we slept: raise before a look faults
         finally:
             if waiting and not p.truncated:
-                record[L.W_SLEEPING] = 0
-                atomic_add32(p.writer_waiters_address, -1)
+                publisher.uncount_sleeper()
 
     def _all_buffers_held(self) -> RingFull:
         return RingFull(
@@ -613,8 +607,8 @@ class RingWriter(AsyncWriting, RingHandle):
         control = self._control
         while True:
             self._p.check_size()  # first and after each sleep: a truncated ring raises
-            observed = control[L.C_MEMBERSHIP]
-            attached = int(control[L.C_READERS])
+            observed = load_word(control, L.C_MEMBERSHIP)
+            attached = load_word(control, L.C_READERS)
             if attached >= count:
                 return attached
             wait = remaining(deadline)
@@ -628,7 +622,7 @@ class RingWriter(AsyncWriting, RingHandle):
     @property
     def readers(self) -> int:
         """Readers attached now."""
-        return int(self._control[L.C_READERS])
+        return load_word(self._control, L.C_READERS)
 
     # ---- lifecycle -----------------------------------------------------------------------
     def close(self) -> None:
