@@ -7,6 +7,9 @@
 #   - plain: a buffered `file.write` loop of the same frame bytes into a file in the same
 #     directory: the ceiling of the page cache; "+ fsync" adds the time to get them onto
 #     the disk (os.fsync at the end), the disk's ceiling.
+#   - chunked: the same bytes copied into a 1 MiB chunk buffer first, each full chunk
+#     written: the floor of any writer that builds chunks in memory, as an indexed MCAP
+#     writer does (one copy more than plain).
 #   - record: a writer process publishes the frames as fast as the ring lets it (block
 #     policy); this process records them with shmring.record (no compression, zstd), then
 #     fsyncs the file. frames/s and MB/s of frame bytes, ÷ plain (page cache, and both
@@ -30,6 +33,7 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -40,6 +44,7 @@ from shmring import EndOfStream, RingReader, RingWriter
 SIZES = {"640×480×3": (480, 640, 3), "1920×1080×3": (1080, 1920, 3)}
 BYTES_PER_SIZE = 400e6  # frame bytes per cell (~430 VGA frames, ~64 1080p frames)
 KEEP_UP_FPS = 30
+CHUNK = 2**20  # bytes: shmring.record's default chunk_size
 WAIT = 30.0
 
 
@@ -123,11 +128,41 @@ def fsynced(path: Path) -> None:
 def plain(path: Path, shape: tuple[int, ...], count: int) -> tuple[float, float]:
     """Seconds to write `count` frames with file.write, and to have them on the disk."""
     frames = [frame.tobytes() for frame in sources(shape)]
+
+    def write_frames(f: BinaryIO) -> None:
+        for n in range(count):
+            f.write(frames[n % len(frames)])
+
+    return timed_write(path, write_frames)
+
+
+def chunked(path: Path, shape: tuple[int, ...], count: int) -> tuple[float, float]:
+    """As plain, but each frame is first copied into a chunk buffer of CHUNK bytes, which is
+    written when full: the floor of any writer that builds chunks in memory (MCAP's)."""
+    frames = sources(shape)
+    chunk = bytearray(CHUNK + frames[0].nbytes)
+    view = memoryview(chunk)
+
+    def write_frames(f: BinaryIO) -> None:
+        filled = 0
+        for n in range(count):
+            frame = frames[n % len(frames)]
+            view[filled : filled + frame.nbytes] = frame.data.cast("B")
+            filled += frame.nbytes
+            if filled >= CHUNK:
+                f.write(view[:filled])
+                filled = 0
+        f.write(view[:filled])
+
+    return timed_write(path, write_frames)
+
+
+def timed_write(path: Path, write_frames: Callable[[BinaryIO], None]) -> tuple[float, float]:
+    """Seconds `write_frames` takes to write into `path`, and to have it on the disk."""
     os.sync()  # every cell starts with no dirty pages waiting for the disk
     start = time.perf_counter()
     with open(path, "wb") as f:
-        for n in range(count):
-            f.write(frames[n % len(frames)])
+        write_frames(f)
     written = time.perf_counter()
     fsynced(path)
     synced = time.perf_counter()
@@ -240,6 +275,13 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"| {label} | plain `file.write` ({count} frames) | {base[0]:.0f} | "
                 f"{base[1]:.0f} | 1.00× | {base_synced[0]:.0f} | 1.00× |"
+            )
+            runs = [chunked(directory / "chunked.bin", shape, count) for _ in range(args.repeats)]
+            got, synced = (rate(count, [r[i] for r in runs], nbytes) for i in (0, 1))
+            print(
+                f"| {label} | copy into 1 MiB chunks, `file.write` each | {got[0]:.0f} | "
+                f"{got[1]:.0f} | {got[0] / base[0]:.2f}× | {synced[0]:.0f} | "
+                f"{synced[0] / base_synced[0]:.2f}× |"
             )
             for compression in ("none", "zstd"):
                 results = [record(path, shape, count, compression) for _ in range(args.repeats)]
