@@ -4,7 +4,32 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench wheel clean
+# Every CPython that pyproject.toml claims (its "Programming Language :: Python :: 3.X"
+# classifiers) is tested: the whole suite on .venv's Python, QUICK_TESTS on each other one,
+# in its own .venv-3.X with shmring installed from this checkout's sdist (not editable: the
+# tests import what a user gets). Python 3.X is `python3.X` on PATH if that runs, else
+# the newest $(PYENV_ROOT)/versions/3.X.*; with neither, make test fails and says what to
+# install. requires-python and [tool.cibuildwheel] must name the same versions.
+PYTHONS := $(shell sed -n 's/^ *"Programming Language :: Python :: \(3\.[0-9]*\)".*/\1/p' pyproject.toml)
+VENV_PYTHON_VERSION = $(shell $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -c \
+	'import sys; print("%d.%d" % sys.version_info[:2])')
+OTHER_PYTHONS = $(filter-out $(VENV_PYTHON_VERSION),$(PYTHONS))
+OTHER_STAMPS = $(foreach v,$(OTHER_PYTHONS),.venv-$(v)/.installed)
+PYENV_ROOT ?= $(HOME)/.pyenv
+PACKAGE_SOURCES := pyproject.toml setup.py README.md $(shell find src -type f \( -name '*.py' \
+	-o -name '*.pyi' -o -name '*.c' -o -name '*.h' -o -name py.typed \))
+# ~30 s a Python: what is version-sensitive (the C extension's write, claim and taking of
+# frames, its no-GIL copies of a 1080p stream, start methods, crash recovery, signals,
+# interpreter exit, asyncio on both loops) and the bad input the C code must refuse. Left to
+# the whole run: the 10,000-frame VGA streams, and the leak fixture's own test (pytest
+# internals; a concurrent session's create() sweeps the temp file it plants).
+QUICK_TESTS := -m 'not slow and not stress' -k 'not 480x640x3 and not vga and not test_leak_fixture' \
+	tests/test_stream.py tests/test_lifecycle.py tests/test_crash.py tests/test_bad_input.py \
+	tests/test_overwrite.py tests/test_taker.py tests/test_fastpath.py tests/test_async.py \
+	tests/test_signals.py tests/test_errors.py
+.PRECIOUS: .venv-%/bin/python .venv-%/.installed build/sdist/.built
+
+.PHONY: demo test test-pythons python-claims lint typecheck bench wheel clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +49,44 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src tests bench stress examples
 
-test: lint typecheck
+# The other Pythons' venvs first: a missing interpreter fails in seconds, not after the suite.
+test: lint typecheck python-claims $(OTHER_STAMPS)
 	$(BIN)/python -m pytest -q
+	@$(MAKE) --no-print-directory test-pythons
+
+python-claims:
+	@grep -qxF 'requires-python = ">=$(firstword $(PYTHONS))"' pyproject.toml \
+	  && grep -qxF 'build = "$(foreach v,$(PYTHONS),cp$(subst .,,$(v))-*)"' pyproject.toml \
+	  || { echo "pyproject.toml: its classifiers claim Python $(PYTHONS); requires-python" \
+	       "and [tool.cibuildwheel] build must name the same versions" >&2; exit 1; }
+
+test-pythons: $(addprefix test-python,$(OTHER_PYTHONS))
+
+test-python%: .venv-%/.installed
+	.venv-$*/bin/python -c 'import shmring._fastpath as f, sys; \
+	  assert "site-packages" in f.__file__, f.__file__; print(sys.version.split()[0], f.__file__)'
+	.venv-$*/bin/python -m pytest -q -p no:cacheprovider $(QUICK_TESTS)
+
+# From the sdist, as pip installs it from PyPI: a clean build of the extension per Python.
+.venv-%/.installed: .venv-%/bin/python build/sdist/.built
+	.venv-$*/bin/python -m pip install --quiet "$$(echo build/sdist/shmring-*.tar.gz)[test,async]"
+	touch $@
+
+build/sdist/.built: $(STAMP) $(PACKAGE_SOURCES)
+	rm -rf build/sdist
+	$(BIN)/python -m build --quiet --sdist --outdir build/sdist .
+	touch $@
+
+.venv-%/bin/python:
+	@py=$$(command -v python$* || true); "$$py" -c '' 2>/dev/null \
+	  || py=$$(ls -d $(PYENV_ROOT)/versions/$*.*/bin/python$* 2>/dev/null | sort -V | tail -n 1); \
+	if [ -z "$$py" ]; then \
+	  echo "make test: no Python $* (pyproject.toml claims it): neither python$* on PATH nor" \
+	       "$(PYENV_ROOT)/versions/$*.*. Install CPython $* with its venv module and headers" \
+	       "(pyenv install $*, or Debian's python$*-venv and python$*-dev)." >&2; exit 1; fi; \
+	echo "Python $*: $$py"; "$$py" -m venv --clear .venv-$*
+	printf '*\n' > .venv-$*/.gitignore  # as venv itself writes from 3.13 on
+	.venv-$*/bin/python -m pip install --quiet --upgrade pip
 
 # A manylinux wheel and the source distribution in dist/. build makes the sdist, then the
 # wheel from it (so the sdist is known to build); auditwheel checks the extension's libraries
@@ -41,7 +102,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) demo-output bench/results build dist src/shmring/*.so .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-3.* demo-output bench/results build dist src/shmring/*.so .mypy_cache .pytest_cache .ruff_cache
 
 # Hardening harnesses (stress/): each prints its counts and exits non-zero on a violation.
 .PHONY: chaos fuzz soak
