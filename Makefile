@@ -22,7 +22,7 @@ PACKAGE_SOURCES := pyproject.toml setup.py README.md $(shell find src -type f \(
 # frames, its no-GIL copies of a 1080p stream, start methods, crash recovery, signals,
 # interpreter exit, asyncio on both loops) and the bad input the C code must refuse. Left to
 # the whole run: the 10,000-frame VGA streams, and the leak fixture's own test (pytest
-# internals; a concurrent session's create() sweeps the temp file it plants).
+# internals).
 QUICK_TESTS := -m 'not slow and not stress' -k 'not 480x640x3 and not vga and not test_leak_fixture' \
 	tests/test_stream.py tests/test_lifecycle.py tests/test_crash.py tests/test_bad_input.py \
 	tests/test_overwrite.py tests/test_taker.py tests/test_fastpath.py tests/test_async.py \

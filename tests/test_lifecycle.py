@@ -42,6 +42,8 @@ def test_leak_fixture_fails_tests_that_leave_segments(
     into a test error, and removes it so the next test starts clean."""
     monkeypatch.setenv("SHMRING_TEST_STRICT_LEAKS", "1")  # this session runs beside it
     ring_leak, file_leak, tmp_leak = (unique_name("leak") for _ in range(3))
+    # A temp file named after a live pid (this one): other sessions' create() sweeps dead ones
+    tmp_leak = f"{os.getpid()}-{tmp_leak}"
     pytester.makeconftest(CONFTEST.read_text())
     pytester.makepyfile(
         test_inner=textwrap.dedent(
