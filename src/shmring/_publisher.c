@@ -37,9 +37,7 @@
  */
 #include "_fastpath.h"
 
-#include <linux/membarrier.h>
 #include <string.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -114,7 +112,6 @@ typedef struct {
     uint64_t meta_size, ndim;
     int reclaim_eagerly;
     int reclaim_in_c; /* else every reclaim calls back Python (tests use that as a hook) */
-    int fence;
     PyObject *reclaim; /* () -> free count, Participant.reclaim: damage is reported there */
 } Publisher;
 
@@ -133,22 +130,22 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {
         "header", "data", "control", "record", "descriptors", "freelist", "reader_records",
         "group_records", "frame_bytes", "buffer_stride", "slots", "nbuffers",
-        "descriptor_words", "max_readers", "reclaim_eagerly", "reclaim_in_c", "fence",
-        "reclaim", "overwrite", "meta_size", "ndim", NULL,
+        "descriptor_words", "max_readers", "reclaim_eagerly", "reclaim_in_c", "reclaim",
+        "overwrite", "meta_size", "ndim", NULL,
     };
     PyObject *header, *data, *control, *record, *descriptors, *freelist, *readers, *groups;
     PyObject *reclaim;
     Py_ssize_t frame_bytes, stride, descriptor_words;
     unsigned long long slots, nbuffers, max_readers, meta_size, ndim;
-    int reclaim_eagerly, reclaim_in_c, fence, overwrite;
+    int reclaim_eagerly, reclaim_in_c, overwrite;
     if (self->initialized) {
         PyErr_SetString(PyExc_RuntimeError, "a Publisher is initialized once");
         return -1;
     }
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$OOOOOOOOnnKKnKpppOpKK:Publisher", keywords, &header, &data, &control,
+            args, kwargs, "$OOOOOOOOnnKKnKppOpKK:Publisher", keywords, &header, &data, &control,
             &record, &descriptors, &freelist, &readers, &groups, &frame_bytes, &stride, &slots,
-            &nbuffers, &descriptor_words, &max_readers, &reclaim_eagerly, &reclaim_in_c, &fence,
+            &nbuffers, &descriptor_words, &max_readers, &reclaim_eagerly, &reclaim_in_c,
             &reclaim, &overwrite, &meta_size, &ndim)) {
         return -1;
     }
@@ -212,7 +209,6 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
     self->max_readers = max_readers;
     self->reclaim_eagerly = reclaim_eagerly;
     self->reclaim_in_c = reclaim_in_c;
-    self->fence = fence;
     self->overwrite = overwrite;
     self->meta_size = meta_size;
     self->ndim = ndim;
@@ -550,16 +546,13 @@ static uint64_t retire_replaced(Publisher *self, uint64_t seq, const uint64_t *d
     return buffer;
 }
 
-/* After a publish: make it visible before looking for sleepers (a full fence, unless
- * sleepers make it for us: _sys.before_sleep_barrier, the expedited membarrier), then wake
- * them as Participant.wake_readers does. */
+/* After a publish: make it visible before looking for sleepers (a full fence: the fast side
+ * of a store-then-load pair fences, FORMAT.md; a sleeper's membarrier instead cost every
+ * sleep a system call and every CPU an interrupt, which at fan-out halved the frame rate),
+ * then wake them as Participant.wake_readers does. */
 static void wake_readers(Publisher *self) {
     uint64_t *control = self->control;
-    if (self->fence) {
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    } else {
-        __atomic_signal_fence(__ATOMIC_SEQ_CST);
-    }
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
     if (load(&control[SHMRING_C_READER_WAITERS])) {
         /* A changed word cannot be slept through: a reader that read the old value and
          * was about to sleep returns at once instead of missing this wake-up. */
@@ -909,9 +902,9 @@ static PyObject *Publisher_abandon_claimed(Publisher *self, PyObject *const *arg
  * sleeping), counts itself in C_WRITER_WAITERS (readers that release wake C_SPACE only while
  * it is non-zero), then sets W_SLEEPING, by which a reaper of a dead sleeper uncounts it. The
  * add is sequentially consistent, so the writer's next look for space cannot pass it, and a
- * releasing reader that fences sees it; readers that do not fence rely on the expedited
- * membarrier made here (the reader's side: _taker.c, count()). Idempotent: a writer already
- * counted only asks for space again. */
+ * releasing reader, which fences between its release and its look (_taker.c,
+ * release_and_wake), sees it. Idempotent: a writer already counted only asks for space
+ * again. */
 
 static uint32_t *writer_waiters(Publisher *self) {
     return (uint32_t *)&self->control[SHMRING_C_WRITER_WAITERS]; /* the low half (LE) */
@@ -934,9 +927,6 @@ static PyObject *Publisher_count_sleeper(Publisher *self, PyObject *Py_UNUSED(ig
     if (!load(&self->record[SHMRING_W_SLEEPING])) {
         __atomic_fetch_add(writer_waiters(self), 1, __ATOMIC_SEQ_CST);
         store(&self->record[SHMRING_W_SLEEPING], 1);
-        if (!self->fence && syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) != 0) {
-            return PyErr_SetFromErrno(PyExc_OSError);
-        }
     }
     return PyLong_FromLong(0);
 }

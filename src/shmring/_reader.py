@@ -37,7 +37,7 @@ from ._fastpath import TAKE_NO_PIN, TAKE_NO_ROOM, FrameBase, Taker, load_word
 from ._pacing import Pacer
 from ._ring import CLOSE_LIMIT, Participant, RingHandle, left_without_lock, uncount_sleeper
 from ._segment import Segment, validate_name
-from ._sys import BARRIER_REGISTERED, futex_wait, precise_futex_wait
+from ._sys import futex_wait, precise_futex_wait
 from ._timing import DEFAULT_SPIN, POLL_SLICE, checked_spin, deadline_from, remaining
 
 _STARTS = ("latest", "oldest")
@@ -868,7 +868,6 @@ def taker_arguments(
         max_readers=g.max_readers,
         nbuffers=g.buffers,
         group=group,
-        sleep_barrier=BARRIER_REGISTERED,
         fd=p.segment.fd,
         segment_bytes=g.segment_bytes,
         check_size=p.check_size,

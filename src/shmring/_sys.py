@@ -14,13 +14,10 @@
 #   - membarrier(): forces a barrier on every CPU (GLOBAL: slow, an RCU grace period); the
 #     slow side of the asymmetric Dekker pair whose fast side (the exclusive writer's
 #     in_publish) has no fence.
-#   - before_sleep_barrier(): the slow side of the per-frame pairs (publish, then look for
-#     sleeping readers; release, then look for sleeping writers). Every process that imports
-#     this module registers for MEMBARRIER_CMD_GLOBAL_EXPEDITED; a sleeper then pays one
-#     system call per sleep and the per-frame fast sides need no fence. Where the kernel lacks the
-#     expedited command, the fast sides fence instead (FAST_PATH_FENCE). If registration
-#     failed in some processes only (say, a seccomp filter in one container), a sleeper
-#     there could miss a wake-up; it is bounded by the 100 ms poll, never a hang.
+#   - Every process that imports this module registers for MEMBARRIER_CMD_GLOBAL_EXPEDITED,
+#     so that a writer joining the ring quiesces the others in microseconds (W_EXPEDITED).
+#     The per-frame pairs (publish, then look for sleeping readers; release, then look for
+#     sleeping writers) do not use it: their fast sides fence, in C (_publisher.c, _taker.c).
 #   - atomic_add32: an atomic add on a shared u32, done by the kernel (FUTEX_WAKE_OP).
 #   - precise_futex_wait: a futex wait whose timeout ends on time (timer slack lowered for
 #     the wait), for readers that nap until a frame is due (_pacing.py).
@@ -237,11 +234,6 @@ if _EXPEDITED:
 # joiner can quiesce them in microseconds instead of the ~10 ms of the plain command.
 BARRIER_REGISTERED = _EXPEDITED
 
-# Whether the fast side of a per-frame Dekker pair (publish then look for sleeping readers,
-# release then look for sleeping writers) needs a fence of its own: only when sleepers cannot
-# use the expedited membarrier, which costs them one system call per sleep instead.
-FAST_PATH_FENCE = not _EXPEDITED
-
 
 def membarrier(expedited: bool) -> None:
     """Make every thread that may run a lock-free step execute a full barrier before this
@@ -251,15 +243,6 @@ def membarrier(expedited: bool) -> None:
     command = _MEMBARRIER_CMD_GLOBAL_EXPEDITED if expedited else _MEMBARRIER_CMD_GLOBAL
     if _syscall(_SYS_MEMBARRIER_NR, command, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), f"membarrier({command}) failed")
-
-
-def before_sleep_barrier() -> None:
-    """The slow side of the per-frame Dekker pairs: called after a sleeper has counted itself
-    (atomic_add32) and before it looks once more. With the expedited command this stands in
-    for the fence the fast side no longer makes; without it the fast side fences and the
-    atomic add, a system call, is barrier enough."""
-    if _EXPEDITED:
-        _syscall(_SYS_MEMBARRIER_NR, _MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0)
 
 
 def fence_halves() -> tuple[Callable[[], bool], Callable[[], None]]:

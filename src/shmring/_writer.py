@@ -28,7 +28,6 @@ from ._ring import CLOSE_LIMIT, Participant, RingHandle, left_without_lock
 from ._segment import Segment, checked_huge_pages, validate_name
 from ._sys import (
     BARRIER_REGISTERED,
-    FAST_PATH_FENCE,
     LAST_LEVEL_CACHE_BYTES,
     MEMBARRIER_AVAILABLE,
     futex_wait,
@@ -713,7 +712,6 @@ def publisher_arguments(
         max_readers=g.max_readers,
         reclaim_eagerly=reclaim_eagerly,
         reclaim_in_c=reclaim_in_c,
-        fence=FAST_PATH_FENCE,
         reclaim=p.reclaim,
         overwrite=g.policy == L.POLICY_OVERWRITE,
         meta_size=g.meta_size,
