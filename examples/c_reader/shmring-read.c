@@ -101,7 +101,6 @@ struct ring {
     uint8_t *busy; /* scratch: one byte per buffer, for rebuilding the free list */
     uint64_t token;
     int membarrier_global;    /* MEMBARRIER_CMD_GLOBAL works: exclusive writer mode exists */
-    int membarrier_expedited; /* MEMBARRIER_CMD_GLOBAL_EXPEDITED works */
     long cpus;
     /* this reader */
     struct shmring_reader *me;
@@ -428,7 +427,6 @@ static int attach(struct ring *r) {
     int commands = membarrier(MEMBARRIER_CMD_QUERY);
     if (commands > 0) {
         r->membarrier_global = (commands & MEMBARRIER_CMD_GLOBAL) != 0;
-        r->membarrier_expedited = (commands & MEMBARRIER_CMD_GLOBAL_EXPEDITED) != 0;
     }
     return 0;
 }
@@ -1114,14 +1112,10 @@ static void count_sleeper(struct ring *r) {
     if (r->counted) {
         return;
     }
+    /* Seq_cst: the other half of the writer's "publish, fence, load reader_waiters". */
     add32(&r->control->reader_waiters, 1);
     st(&r->me->sleeping, 1);
     r->counted = 1;
-    /* The other half of the writer's "publish, then load reader_waiters": shmring writers
-     * make no fence there when every CPU can be made to make one for them. */
-    if (!r->membarrier_expedited || membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) != 0) {
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    }
 }
 
 static void uncount_self(struct ring *r) {
