@@ -824,10 +824,12 @@ def print_stats(stats: Stats) -> None:
         f"{reader.get('dropped', 0):,} dropped), longest write "
         f"{writer.get('worst_write_s', 0.0) * 1e3:.0f} ms"
     )
+    low = writer.get("skip_excess", 0) + stats.skip_excess
     print(
         f"  gaps: steady writer {writer.get('skips', 0):,} skips, victims {stats.skips:,} "
         f"returned and {stats.skips_killed:,} killed inside skip(); dropped beyond the "
-        f"numbers passed over: {reader.get('excess', 0):,}"
+        f"numbers passed over: {reader.get('excess', 0):,} (the gaps stood for {low:,} "
+        f"to {low + stats.skip_excess_killed:,})"
     )
     print(f"  most dead records seen at once: {stats.max_dead_records}")
     held = ", ".join(f"{count} x {frames}" for frames, count in sorted(stats.held.items()))
