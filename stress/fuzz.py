@@ -11,9 +11,9 @@
 # ring damaged again under it and goes on; the owner keeps writing, reading, iterating, and
 # closes. Some cases also plant a forged ring beside it (`plant`, issue 17 finding 4): a
 # valid header on a sparse file, with a legal geometry, one past create's limits, or a pin
-# table offset the geometry does not imply; the
-# fresh process must find it refused (IncompatibleRing) by inspect, attach and a listing,
-# promptly and without memory out of proportion.
+# table offset the geometry does not imply; the fresh process must find it refused
+# (IncompatibleRing) by inspect, attach and a listing, promptly and without memory out of
+# proportion.
 #
 # Pass: every call works or raises a ShmringError subclass; no process dies by a signal;
 # nothing waits past its bound; no worker's memory peaks out of proportion (GIANT_KIB); the
