@@ -3,19 +3,27 @@
 #
 # A steady writer (the ring's creator) and a steady reader are never killed. Victims attach
 # beside them, a few at a time, each in one role (inside write, inside claim, holding a
-# claim, reading, iterating, holding a frame, in a reader group, holding the header lock as
-# a writer or as a reader, attaching and closing in a loop, taking SIGINTs and carrying on,
-# or creating a ring of their own of 16-128 MiB), and are SIGKILLed a random few
-# milliseconds into it.
+# claim, writing and publishing gaps with skip(), reading, iterating, holding a frame,
+# holding several frames and releasing them out of order, in a reader group, holding the
+# header lock as a writer or as a reader, attaching and closing in a loop, taking SIGINTs and
+# carrying on, or creating a ring of their own of 16-128 MiB), and are SIGKILLed a random
+# few milliseconds into it. The steady writer publishes a gap now and then too. Under the
+# overwrite policy a reader holds several frames through its pin line, and a second writer
+# makes a block ring sequenced, so kills land in the multi-writer and overwrite paths.
 #
 # Invariants, checked as it runs: every wait is bounded (a stall of STALL seconds anywhere
 # is a deadlock, and no steady write may take over MAX_WRITE_STALL); the steady reader gets
 # no torn frame, every sequence number once and in order, each writer's frames in order and
-# once, and, under the block policy, every steady frame (lossless); dead participants are
-# reclaimed (a probe's attach finds no dead record left, and attaching never fails for want
-# of a record); a creator killed inside create leaves nothing in /dev/shm, and one killed
-# after naming its ring leaves a stale ring that the next create reclaims; at the end the
-# ring's name, the steady processes' file descriptors and every child process are gone.
+# once, and, under the block policy, every steady frame (lossless); a frame a victim holds
+# never changes while held; the reader's dropped count adds up: every number it passed over
+# counts at least one, and what it counted beyond them (a skip of k counts k) equals what
+# the skips made stand for (at most that under the overwrite policy, whose lapped readers
+# count a skip as one; a victim killed inside skip() may have published its gap or not);
+# dead participants are reclaimed (a probe's attach finds no dead record left, attaching
+# never fails for want of a record, and no reader record pins buffers it does not hold); a
+# creator killed inside create leaves nothing in /dev/shm, and one killed after naming its
+# ring leaves a stale ring that the next create reclaims; at the end the ring's name, the
+# steady processes' file descriptors and every child process are gone.
 #
 # Processes come from a forkserver (stress.forkserver), so a victim costs a fork, not an
 # interpreter start. Then the kill-point sweep (stress/killpoints.py) kills a victim at
@@ -45,7 +53,8 @@ from typing import Any, Literal
 import numpy as np
 
 import shmring
-from shmring import RingReader, RingWriter
+from shmring import Frame, RingReader, RingTimeout, RingWriter
+from shmring import _layout as L
 
 from . import (
     STEADY,
@@ -64,8 +73,17 @@ from . import (
 
 SHAPE = (512,)  # uint64 words: 4 KiB frames, long enough to tear if anything could
 DTYPE = np.uint64
+SLOTS = 8  # either policy (overwrite works with any slots >= 2)
 MAX_READERS = 8
 MAX_WRITERS = 6
+# Overwrite: spares enough for every reader to hold its most while every writer has a buffer,
+# so no reader's read and no writer's write ever meets RingFull (the sizing rule), however
+# many frames live and dead victims hold; a pin a dead reader leaves is checked by inspect.
+SPARE_BUFFERS = MAX_READERS * L.MAX_PINS + MAX_WRITERS
+HOLD_SPAN = SLOTS // 2  # block policy: a victim's held frames span at most this many numbers
+HOLD_WAIT = 1.0  # block policy: a holder that waits this long releases its oldest frame
+SKIP_COUNTS = (1, 2, 3, 7, 1000, L.MAX_SKIP_COUNT)  # gaps victims publish with skip()
+STEADY_SKIP_EVERY = 97  # the steady writer publishes a gap after every this many frames
 STALL = 10.0  # no bounded wait may come close to this
 START_LIMIT = 10.0  # a victim that has not reported ready by then is hung
 KILL_WINDOW = 0.03  # victims are killed up to this long after reporting ready
@@ -139,6 +157,26 @@ def v_hold_claim(conn: Connection, name: str, writer_id: int) -> None:
         await_kill()
 
 
+def v_skip(conn: Connection, name: str, writer_id: int) -> None:
+    """Write (or claim) a frame, publish a gap, and again. Each gap is announced before
+    skip() and confirmed after it, so the orchestrator knows what the gaps stood for."""
+    writer = RingWriter.attach(name)
+    rng = random.Random(writer_id)
+    frame = np.empty(SHAPE, DTYPE)
+    report(conn, "ready")
+    for n in range(1 << 30):
+        if n % 2:
+            with writer.claim(STALL) as slot:
+                stamp(slot, make_tag(writer_id, n))
+        else:
+            stamp(frame, make_tag(writer_id, n))
+            writer.write(frame, STALL)
+        count = rng.choice(SKIP_COUNTS)
+        report(conn, "skip", count)
+        writer.skip(count, STALL)
+        report(conn, "skipped", count)
+
+
 def v_read(conn: Connection, name: str, writer_id: int) -> None:
     reader = RingReader.attach(name)
     report(conn, "ready")
@@ -158,6 +196,42 @@ def v_hold_frame(conn: Connection, name: str, writer_id: int) -> None:
         verify(frame.array)
         report(conn, "ready")
         await_kill()
+
+
+def v_hold_frames(conn: Connection, name: str, writer_id: int) -> None:
+    """Hold several frames at once, then go on releasing one of them (any one: out of
+    order) and reading the next, checking that no held frame changes while held. Overwrite:
+    up to MAX_PINS frames, pinned through the reader's pin line. Block: two or three frames
+    spanning at most HOLD_SPAN numbers (a holder's oldest frame holds the writers back), and
+    one that waits HOLD_WAIT (the numbers up to a full ring were all gaps) lets its oldest go."""
+    rng = random.Random(writer_id)
+    block = shmring.inspect_ring(name).policy == "block"
+    reader = RingReader.attach(name)
+    held: list[tuple[Frame, int]] = []  # in the order read: oldest first
+
+    def take() -> None:
+        while True:
+            try:
+                frame = reader.read(HOLD_WAIT if block else STALL)
+            except RingTimeout:
+                if not block or not held:
+                    raise
+                held.pop(0)[0].release()
+                continue
+            held.append((frame, verify(frame.array)))
+            return
+
+    for _ in range(rng.randint(2, 3 if block else L.MAX_PINS)):
+        take()
+    report(conn, "ready", len(held))
+    while True:
+        for frame, tag in held:
+            if verify(frame.array) != tag:
+                raise AssertionError(f"held frame {frame.seq} changed from tag {tag:#x}")
+        span = held[-1][0].seq - held[0][0].seq + 2  # with the next frame, at the least
+        at = 0 if block and span > HOLD_SPAN else rng.randrange(len(held))
+        held.pop(at)[0].release()
+        take()
 
 
 def v_group(conn: Connection, name: str, writer_id: int) -> None:
@@ -261,9 +335,11 @@ ROLES: dict[str, Callable[[Connection, str, int], None]] = {
     "write": v_write,
     "claim": v_claim,
     "hold_claim": v_hold_claim,
+    "skip": v_skip,
     "read": v_read,
     "iterate": v_iterate,
     "hold_frame": v_hold_frame,
+    "hold_frames": v_hold_frames,
     "group": v_group,
     "lock_writer": v_lock_writer,
     "lock_reader": v_lock_reader,
@@ -284,36 +360,48 @@ def victim(conn: Connection, name: str, role: str, writer_id: int) -> None:
 
 
 # ---- the steady pair --------------------------------------------------------------------------
-def steady_writer(conn: Connection, name: str, policy: str, slots: int) -> None:
+def steady_writer(conn: Connection, name: str, policy: str) -> None:
     fds = open_fds()
     writer = RingWriter.create(
         name,
         SHAPE,
         DTYPE,
-        slots=slots,
+        slots=SLOTS,
         policy=policy,
         max_readers=MAX_READERS,
         max_writers=MAX_WRITERS,
+        spare_buffers=SPARE_BUFFERS if policy == "overwrite" else None,
     )
     conn.send(("created",))
     frame = np.empty(SHAPE, DTYPE)
-    written, worst = 0, 0.0
+    written, worst, skips, skip_excess = 0, 0.0, 0, 0
+
+    def write() -> None:
+        nonlocal written, worst
+        stamp(frame, make_tag(STEADY, written))
+        started = time.monotonic()
+        writer.write(frame, STALL)
+        worst = max(worst, time.monotonic() - started)
+        written += 1
+
     try:
         if not conn.poll(STALL) or conn.recv() != "go":  # the steady reader is attached
             raise RuntimeError("no go from the orchestrator")
         while not conn.poll():
-            stamp(frame, make_tag(STEADY, written))
-            started = time.monotonic()
-            writer.write(frame, STALL)
-            worst = max(worst, time.monotonic() - started)
-            written += 1
+            if written % STEADY_SKIP_EVERY == STEADY_SKIP_EVERY - 1:  # a frame follows
+                count = SKIP_COUNTS[skips % len(SKIP_COUNTS)]
+                writer.skip(count, STALL)
+                skips, skip_excess = skips + 1, skip_excess + count - 1
+            write()
             if written % PROGRESS_EVERY == 0:
                 conn.send(("progress", written, worst))
+        write()  # after every victim died: a gap a victim published last is counted
     except Exception:
         conn.send(("violation", f"steady writer failed:\n{traceback.format_exc()}"))
         conn.recv()
     writer.close()
-    conn.send(("done", {"written": written, "worst_write_s": worst, "fds": [fds, open_fds()]}))
+    summary = {"written": written, "worst_write_s": worst, "skips": skips}
+    conn.send(("done", {**summary, "skip_excess": skip_excess, "fds": [fds, open_fds()]}))
 
 
 def steady_reader(conn: Connection, name: str, policy: str) -> None:
@@ -341,6 +429,7 @@ class Victim:
     kill_at: float | None = None
     sigints: int = 0  # SIGINTs still to send before the SIGKILL
     own_ring: str | None = None  # the ring a create victim makes
+    skipping: int = 0  # the count of a skip() announced and not yet confirmed
 
 
 @dataclass
@@ -351,6 +440,12 @@ class Stats:
     violations: list[str] = field(default_factory=list)
     max_dead_records: int = 0
     creates: dict[str, int] = field(default_factory=dict)  # "inside", "named": where killed
+    skips: int = 0  # victims' skip() calls that returned
+    skip_excess: int = 0  # what their gaps stood for beyond their numbers: sum of count - 1
+    skips_killed: int = 0  # victims killed inside skip(): published or not
+    skip_excess_killed: int = 0  # what those would stand for beyond their numbers
+    pins_seen: int = 0  # most frames the readers of the ring held at once (overwrite)
+    held: dict[int, int] = field(default_factory=dict)  # frames a holder held -> holders
     writer: dict[str, Any] = field(default_factory=dict)
     reader: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
@@ -390,8 +485,7 @@ class Chaos:
 
     def run(self, kills: int) -> Stats:
         started = time.monotonic()
-        slots = 8 if self.policy == "block" else MAX_READERS + MAX_WRITERS + 2
-        writer, writer_conn = self.start(steady_writer, self.name, self.policy, slots)
+        writer, writer_conn = self.start(steady_writer, self.name, self.policy)
         self.temp_prefixes = [f".shmring-tmp-{writer.pid}-"]  # the creator's temp file
         self.expect(writer_conn, "created")
         reader, reader_conn = self.start(steady_reader, self.name, self.policy)
@@ -471,10 +565,21 @@ class Chaos:
         elif kind == "progress":
             self.progress_at = time.monotonic()
         elif kind == "ready":
-            v = next(v for v in self.victims if v.conn is conn)
+            if len(message) > 1:  # frames a holder holds
+                self.stats.held[message[1]] = self.stats.held.get(message[1], 0) + 1
+            v = self.victim_of(conn)
             if v.kill_at is None:
                 v.kill_at = time.monotonic() + self.rng.uniform(0.0, KILL_WINDOW)
+        elif kind == "skip":
+            self.victim_of(conn).skipping = message[1]
+        elif kind == "skipped":
+            self.victim_of(conn).skipping = 0
+            self.stats.skips += 1
+            self.stats.skip_excess += message[1] - 1
         return True
+
+    def victim_of(self, conn: Connection) -> Victim:
+        return next(v for v in self.victims if v.conn is conn)
 
     def strike(self, v: Victim) -> None:
         """SIGINT a few times (the SIGINT roles), then SIGKILL."""
@@ -494,6 +599,9 @@ class Chaos:
         self.drain(v.conn)
         v.conn.close()
         self.victims.remove(v)
+        if v.skipping:
+            self.stats.skips_killed += 1
+            self.stats.skip_excess_killed += v.skipping - 1
         if v.own_ring is not None:
             self.check_killed_creation(v.own_ring)
         self.stats.kills[v.role] = self.stats.kills.get(v.role, 0) + 1
@@ -548,6 +656,11 @@ class Chaos:
         info = shmring.inspect_ring(self.name)
         dead = len(dead_participants(info))
         self.stats.max_dead_records = max(self.stats.max_dead_records, dead)
+        pinned = sum(len(r.held_buffers) for r in info.readers)
+        self.stats.pins_seen = max(self.stats.pins_seen, pinned)
+        for problem in info.problems:
+            if "pins buffer" in problem:  # no pin word is ever stored out of range
+                self.stats.violation(f"{problem}; last victims killed: {self.recent}")
         if info.published - info.tail > info.slots:
             self.stats.violation(
                 f"{info.published - info.tail} frames in flight in {info.slots} slots "
@@ -565,6 +678,9 @@ class Chaos:
         dead = dead_participants(info)
         if dead:
             self.stats.violation(f"dead participants not reclaimed: {dead}")
+        pinned = [r.held_buffers for r in info.readers if r.held_buffers]
+        if sum(map(len, pinned)) > 1:  # the steady reader holds at most its current frame
+            self.stats.violation(f"after the kills, readers pin buffers {pinned}")
         if info.live_participants != 4:  # steady writer and reader, the two probes
             self.stats.violation(f"{info.live_participants} live participants, expected 4")
 
@@ -577,6 +693,7 @@ class Chaos:
                 f"lossless stream: {writer.get('written')} steady frames written, "
                 f"{reader.get('steady')} read"
             )
+        self.check_dropped(reader.get("excess", 0), writer.get("skip_excess", 0))
         if writer.get("worst_write_s", 0.0) > MAX_WRITE_STALL:
             self.stats.violation(
                 f"a steady write took {writer['worst_write_s']:.2f} s (> {MAX_WRITE_STALL} s)"
@@ -587,6 +704,21 @@ class Chaos:
                 self.stats.violation(f"steady {who}: {before} fds before, {after} after")
         if os.path.lexists(segment_path(self.name)):
             self.stats.violation("the ring's segment outlived its creator's close")
+
+    def check_dropped(self, excess: int, steady_excess: int) -> None:
+        """What the steady reader counted dropped beyond the numbers it passed over against
+        what the gaps published stand for beyond theirs: the steady writer's (exact), the
+        victims' that returned (exact) and those of victims killed inside skip() (each may
+        have been published whole, as a hole of one, or not at all). Block policy: every
+        gap is counted whole; overwrite: a gap the reader was lapped past counts one."""
+        s = self.stats
+        low = steady_excess + s.skip_excess
+        high = low + s.skip_excess_killed
+        if excess > high or (self.policy == "block" and excess < low):
+            s.violation(
+                f"dropped frames beyond the numbers passed over: {excess:,}, the gaps stood "
+                f"for {low:,} (up to {high:,} with the gaps of victims killed inside skip)"
+            )
 
 
 def dead_participants(info: shmring.RingInfo) -> list[shmring.WriterInfo | shmring.ReaderInfo]:
@@ -692,7 +824,18 @@ def print_stats(stats: Stats) -> None:
         f"{reader.get('dropped', 0):,} dropped), longest write "
         f"{writer.get('worst_write_s', 0.0) * 1e3:.0f} ms"
     )
+    low = writer.get("skip_excess", 0) + stats.skip_excess
+    print(
+        f"  gaps: steady writer {writer.get('skips', 0):,} skips, victims {stats.skips:,} "
+        f"returned and {stats.skips_killed:,} killed inside skip(); dropped beyond the "
+        f"numbers passed over: {reader.get('excess', 0):,} (the gaps stood for {low:,} "
+        f"to {low + stats.skip_excess_killed:,})"
+    )
     print(f"  most dead records seen at once: {stats.max_dead_records}")
+    held = ", ".join(f"{count} x {frames}" for frames, count in sorted(stats.held.items()))
+    print(f"  holders of several frames (holders x frames each): {held or 'none'}")
+    if stats.policy == "overwrite":
+        print(f"  most frames readers pinned at once (inspect): {stats.pins_seen}")
     creates = stats.creates
     print(
         f"  creators killed: {creates.get('inside', 0):,} inside create (nothing left in "

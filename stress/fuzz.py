@@ -3,13 +3,17 @@
 # Any process that attaches maps the header writable, so the library must treat every byte
 # of it as untrusted. A case creates a ring, streams a few frames, then overwrites part of
 # it (the fixed header, the control block, the lock-owner word, descriptors, reader, group or
-# writer records, the free list, or frame data) with random or boundary values, or cuts the
-# file short / grows it. A fresh process then inspects, attaches, writes and reads, has the
+# writer records, the pin table, the free list, or frame data) with random or boundary values
+# (some forge a skip descriptor's count or a reader's pins on purpose), or cuts the file
+# short / grows it. The stream before the damage may hold gaps (RingWriter.skip), and the
+# owner's reader may hold several frames across it (overwrite: pins in its pin line), which
+# it releases out of order. A fresh process then inspects, attaches, writes and reads, has the
 # ring damaged again under it and goes on; the owner keeps writing, reading, iterating, and
 # closes. Some cases also plant a forged ring beside it (`plant`, issue 17 finding 4): a
-# valid header on a sparse file, with a legal geometry or one past create's limits; the
-# fresh process must find it refused (IncompatibleRing) by inspect, attach and a listing,
-# promptly and without memory out of proportion.
+# valid header on a sparse file, with a legal geometry, one past create's limits, or a pin
+# table offset the geometry does not imply; the fresh process must find it refused
+# (IncompatibleRing) by inspect, attach and a listing, promptly and without memory out of
+# proportion.
 #
 # Pass: every call works or raises a ShmringError subclass; no process dies by a signal;
 # nothing waits past its bound; no worker's memory peaks out of proportion (GIANT_KIB); the
@@ -61,7 +65,7 @@ T = TypeVar("T")
 # ---- what a case is made of ------------------------------------------------------------------
 POLICIES = ("block", "overwrite")
 BLOCK_SLOTS = (1, 2, 3, 4, 8)
-OVERWRITE_SLOTS = (8, 9, 16)  # overwrite needs slots > max_readers + max_writers
+OVERWRITE_SLOTS = (2, 4, 8, 9, 16)  # any slots >= 2 (and 2 spare buffers)
 MAX_READERS = 4
 MAX_WRITERS = 3
 SHAPES = ((16,), (4, 4), (3, 5, 2), (1, 1, 1, 1, 1, 1, 1, 2), (5000,))
@@ -69,7 +73,7 @@ DTYPES = ("uint8", "int16", "float32", "<u8")
 META_SIZES = (0, 8, 24)
 GROUPS = (None, "g", "h")
 REGIONS = tuple(
-    "fixed control lock descriptors readers groups writers freelist header data".split()
+    "fixed control lock descriptors readers groups writers pins freelist header data".split()
 )
 # Boundary values for one aligned u64 word: counts and indices just past a table, sign and
 # width edges (2**64 - 1 is the format's NONE).
@@ -80,8 +84,19 @@ RESIZES = tuple(
     "empty tiny fixed control before-data data short long page-more double".split()
 )  # how the file is resized: see Layout.resized
 # Forged rings planted beside a case's ring: "sparse" declares a legal geometry on a sparse
-# file; the others put one field (or the total size) past create's limits (L.LIMITS).
-PLANTS = "sparse slots buffers max_readers max_writers meta_size ndim dimension total".split()
+# file; "pins_offset" a pin table where the geometry has none or another; the others put one
+# field (or the total size) past create's limits (L.LIMITS).
+PLANTS = (
+    "sparse slots buffers max_readers max_writers meta_size ndim dimension total pins_offset"
+).split()
+# Forged on purpose (FORGED_SHARE of the patches): a skip descriptor's count, and the words
+# that say which buffers a reader holds (R_PINNED, its pin line's top and held words).
+FORGED_SHARE = 0.1
+SKIP_COUNTS = (0, 1, 2, 1000, L.MAX_SKIP_COUNT)  # a gap's count, also one a skip() publishes
+PIN_WORDS = (0, 1, 2, 3, 7, 8, 9, 17, 2**32, 2**33, 2**64 - 2, L.NONE)  # tops and buffers
+(DESCRIPTOR_BYTES,) = {  # the same for every meta size a case uses
+    L.Geometry((1,), np.dtype("u1"), 1, 1, 0, 1, 1, meta).descriptor_bytes for meta in META_SIZES
+}
 PLANT_SHARE = 0.05  # of the cases
 CALL_TIMEOUT = 30.0  # a worker silent this long is hung (the longest legal wait is ~5 s)
 SLOW = 2.0  # a step taking longer is counted as slow (bounded, but worth a look)
@@ -102,7 +117,24 @@ class Patch:
         return cls(region, 8 * index, struct.pack("<Q", value))
 
     @classmethod
+    def forged(cls, rng: random.Random) -> Patch:
+        """A skip descriptor with a count (any descriptor, published or not, other flags or
+        not), or a reader's pin words (R_PINNED, or its pin line's top or held words)."""
+        kind = rng.choice(("skip", "pinned", "pin_line"))
+        if kind == "skip":
+            flags = L.DF_SKIP | rng.choice((0, L.DF_EVICTED, L.DF_OWN_SHAPE))
+            value = flags | rng.choice(SKIP_COUNTS) << L.SKIP_COUNT_SHIFT
+            words = DESCRIPTOR_BYTES // 8
+            return cls.word("descriptors", rng.randrange(16) * words + L.D_FLAGS, value)
+        line = rng.randrange(MAX_READERS) * L.RECORD_WORDS
+        if kind == "pinned":
+            return cls.word("readers", line + L.R_PINNED, rng.choice(PIN_WORDS))
+        return cls.word("pins", line + rng.randrange(L.RECORD_WORDS), rng.choice(PIN_WORDS))
+
+    @classmethod
     def random(cls, rng: random.Random) -> Patch:
+        if rng.random() < FORGED_SHARE:
+            return cls.forged(rng)
         region = rng.choice(REGIONS)
         kind = rng.random()
         if kind < 0.6:
@@ -127,12 +159,13 @@ class Case:
     fresh_group: str | None  # the fresh process's reader's group
     written: int  # frames published before the damage
     variable: bool  # every other frame smaller than the ring's shape
-    held: bool  # the owner-side reader holds its first frame across the damage
+    held: int  # frames the owner-side reader holds across the damage (the first ones)
     second_writer: bool  # the owner also attaches a second writer (shared writer mode)
     patches: tuple[Patch, ...]
     resize: str | None  # the file's size while the fresh process attaches (then restored)
     late_patches: tuple[Patch, ...] = ()  # applied while the fresh process is attached
     plant: str | None = None  # a forged ring planted beside it (PLANTS)
+    skips: bool = False  # every third number every writer publishes is a gap (skip)
 
     @classmethod
     def random(cls, seed: int) -> Case:
@@ -150,12 +183,13 @@ class Case:
             fresh_group=rng.choice(GROUPS),
             written=rng.randint(0, 20),
             variable=rng.random() < 0.3,
-            held=rng.random() < 0.4,
+            held=rng.choice((0, 0, 0, 1, 1, 2, 3, L.MAX_PINS)),
             second_writer=rng.random() < 0.3,
             patches=tuple(Patch.random(rng) for _ in range(count)),
             resize=rng.choice(RESIZES) if rng.random() < 0.08 else None,
             late_patches=tuple(Patch.random(rng) for _ in range(rng.choice((0, 0, 1, 2)))),
             plant=rng.choice(PLANTS) if rng.random() < PLANT_SHARE else None,
+            skips=rng.random() < 0.3,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -183,14 +217,14 @@ class Layout:
     writers: int
     freelist: int
     data: int
+    pins: int  # 0: no pin table (block rings)
 
     @classmethod
     def read(cls, path: str) -> Layout:
         with open(path, "rb") as f:
-            header = f.read(256)
-        (segment_bytes,) = struct.unpack_from("<Q", header, 16)
-        (descriptors,) = struct.unpack_from("<Q", header, 160)
-        return cls(segment_bytes, descriptors, *struct.unpack_from("<5Q", header, 176))
+            header = dict(zip(L._FIXED_FIELDS, L._FIXED.unpack(f.read(L._FIXED.size)), strict=True))
+        names = "segment_bytes descriptors readers groups writers freelist data pins".split()
+        return cls(*(header[n if n == "segment_bytes" else f"{n}_offset"] for n in names))
 
     def region(self, name: str) -> tuple[int, int]:
         """[start, stop) of a region in bytes."""
@@ -201,7 +235,8 @@ class Layout:
             "descriptors": (self.descriptors, self.readers),
             "readers": (self.readers, self.groups),
             "groups": (self.groups, self.writers),
-            "writers": (self.writers, self.freelist),
+            "writers": (self.writers, self.pins or self.freelist),
+            "pins": (self.pins, self.freelist) if self.pins else (0, 0),
             "freelist": (self.freelist, self.data),
             "header": (0, self.data),
             "data": (self.data, self.segment_bytes),
@@ -228,6 +263,8 @@ def apply_patches(path: str, layout: Layout, patches: Iterable[Patch]) -> None:
     try:
         for patch in patches:
             start, stop = layout.region(patch.region)
+            if start == stop:  # a region this ring has not (block rings: pins)
+                continue
             offset = start + patch.offset % (stop - start)
             os.pwrite(fd, patch.data[: stop - offset], offset)
     finally:
@@ -296,14 +333,29 @@ def drain(reader: RingReader, limit: int) -> int:
     return count
 
 
-def write_some(writer: RingWriter, count: int, variable: bool, meta_size: int) -> int:
-    """Publish up to `count` frames without waiting; how many went in."""
+def write_some(writer: RingWriter, count: int, case: Case) -> int:
+    """Publish up to `count` frames without waiting (every third number a gap, with
+    `case.skips`); how many went in."""
     for n in range(count):
         try:
-            writer.write(frame_for(writer, n, variable), 0.0, meta=meta_for(n, meta_size))
+            if case.skips and n % 3 == 2:
+                writer.skip(SKIP_COUNTS[n % len(SKIP_COUNTS)] or 1, 0.0)
+            else:
+                frame = frame_for(writer, n, case.variable)
+                writer.write(frame, 0.0, meta=meta_for(n, case.meta_size))
         except RingTimeout:
             return n
     return count
+
+
+def hold_some(reader: RingReader, count: int) -> list[Frame]:
+    """Read and keep up to `count` frames without waiting (fewer when none is ready, or when
+    the ring has no room for more: RingFull)."""
+    held: list[Frame] = []
+    with contextlib.suppress(RingTimeout, shmring.RingFull):
+        while len(held) < count:
+            held.append(reader.read(0.0))
+    return held
 
 
 def frame_for(writer: RingWriter, n: int, variable: bool) -> np.ndarray:
@@ -328,7 +380,7 @@ class Owner:
         self.fds = open_fds()
         self.writers: list[RingWriter] = []
         self.reader: RingReader | None = None
-        self.held: Frame | None = None
+        self.held: list[Frame] = []
 
     def setup(self) -> dict[str, Any]:
         case = self.case
@@ -347,11 +399,10 @@ class Owner:
         self.reader = RingReader.attach(self.name, group=case.group, start="oldest", spin=0)
         if case.second_writer:
             self.writers.append(RingWriter.attach(self.name, spin=0))
-        held = case.held and case.written > 0
-        write_some(writer, 1 if held else case.written, case.variable, case.meta_size)
-        if held:
-            self.held = self.reader.read(0.0)
-            write_some(writer, case.written - 1, case.variable, case.meta_size)
+        held = min(case.held, case.written)
+        write_some(writer, held, case)
+        self.held = hold_some(self.reader, held)
+        write_some(writer, case.written - held, case)
         layout = Layout.read(self.path)
         apply_patches(self.path, layout, case.patches)
         if case.plant is not None:
@@ -381,13 +432,13 @@ class Owner:
         """Write, claim, read, inspect, close the writers, iterate to the end, close."""
         case, reader = self.case, self.reader
         assert reader is not None
-        if self.held is not None:
-            steps.run("owner_release", self.held.release)
-            self.held = None  # its array would keep the reader's mapping (and fd) open
+        if self.held:
+            random.Random(case.seed).shuffle(self.held)  # released out of order
+            for frame in self.held:
+                steps.run("owner_release", frame.release)
+            self.held = []  # their arrays would keep the reader's mapping (and fd) open
         for n, writer in enumerate(self.writers):
-            steps.run(
-                f"owner_write{n}", partial(write_some, writer, 2, case.variable, case.meta_size)
-            )
+            steps.run(f"owner_write{n}", partial(write_some, writer, 3, case))
         steps.run("owner_claim", self._claim)
         steps.run("owner_read", partial(drain, reader, 3 * case.slots))
         steps.run("owner_latest", self._latest)
@@ -454,9 +505,7 @@ def probe(case: Case, name: str, layout: Layout) -> dict[str, Any]:
         if phase:
             apply_patches(path, layout, case.late_patches)
         if writer is not None:
-            steps.run(
-                f"{phase}write", partial(write_some, writer, 2, case.variable, case.meta_size)
-            )
+            steps.run(f"{phase}write", partial(write_some, writer, 3, case))
         if reader is not None:
             steps.run(f"{phase}read", partial(drain, reader, 3 * case.slots))
     if reader is not None:
@@ -470,7 +519,8 @@ def probe(case: Case, name: str, layout: Layout) -> dict[str, Any]:
 
 def plant(path: str, kind: str, rng: random.Random) -> None:
     """Write a forged ring at `path`: a header with a valid checksum on a sparse file of
-    the size it declares (capped at 1 TiB; one page is really written)."""
+    the size it declares (capped at 1 TiB; one page is really written). A forged pin table
+    offset comes on a small ring written whole: nothing but that offset is wrong with it."""
     slots = rng.choice((1 << 16, L.MAX_SLOTS))
     fields = dict(
         shape=rng.choice(((64,), (480, 640, 3))),
@@ -502,7 +552,13 @@ def plant(path: str, kind: str, rng: random.Random) -> None:
         fields["shape"] = (L.MAX_DIM + 1,)
     elif kind == "total":
         fields["shape"], fields["slots"], fields["buffers"] = (L.MAX_DIM,), 16, 16
+    elif kind == "pins_offset":
+        policy = rng.choice((L.POLICY_BLOCK, L.POLICY_OVERWRITE))
+        fields.update(shape=(64,), slots=2, buffers=2 + 2 * policy, policy=policy)
     geometry = L.Geometry(**fields)  # type: ignore[arg-type]
+    if kind == "pins_offset":
+        real = geometry.pins_offset
+        forged["pins_offset"] = rng.choice([v for v in (0, 64, real + 64, 2**63) if v != real])
     header = geometry.pack()
     if forged:
         values = dict(zip(L._FIXED_FIELDS, L._FIXED.unpack_from(header), strict=True))
@@ -510,7 +566,8 @@ def plant(path: str, kind: str, rng: random.Random) -> None:
         header = body + struct.pack("<Q", zlib.crc32(body))
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        os.pwrite(fd, header, 0)
+        whole = kind == "pins_offset"
+        os.pwrite(fd, header.ljust(geometry.segment_bytes, b"\0") if whole else header, 0)
         os.ftruncate(fd, min(geometry.segment_bytes, 1 << 40))
     finally:
         os.close(fd)

@@ -4,13 +4,18 @@
 #
 # Random kills (stress/chaos.py) find the likely windows; this finds the narrow ones,
 # deterministically. For each scenario (a call, made by a victim process that created the
-# ring or attached to it, under either policy) a first victim runs the call under a trace
-# function that counts the lines it executes in shmring's source; then, for k = 1, 2, ...,
-# a fresh victim runs the same call and SIGKILLs itself at its k-th line. After each death
+# ring or attached to it, under either policy: writing, claiming, publishing a gap with
+# skip(), reading, releasing one of several held frames out of order and reading one more,
+# ...) a first victim runs the call under a trace function that counts the lines it executes
+# in shmring's source; then, for k = 1, 2, ..., a fresh victim runs the same call and
+# SIGKILLs itself at its k-th line. After each death
 # the survivor (this process) checks: frames already published are whole and in order; it
 # can write 2 * SLOTS + 1 frames and read each back at once (nothing stays blocked, nothing
-# is lost); a new reader attaches at once; the header is consistent (no more frames in flight
-# than slots, and under the block policy every buffer is free, queued or claimed); and when
+# is lost); what its reader counted dropped adds up (beyond the numbers it passed over, only
+# the victim's gap: SKIP_COUNT - 1, or nothing if the gap was not published whole); under the
+# overwrite policy its reader can hold MAX_PINS frames (a dead reader's pins are reaped); a
+# new reader attaches at once; the header is consistent (no more frames in flight than
+# slots, and under the block policy every buffer is free, queued or claimed); and when
 # everyone has left, the segment is gone.
 
 from __future__ import annotations
@@ -29,12 +34,14 @@ import numpy as np
 
 import shmring
 from shmring import (
+    Frame,
     RingReader,
     RingTimeout,
     RingWriter,
     ShmringError,
     WriterGone,
 )
+from shmring import _layout as L
 
 from . import make_tag, ring_name, segment_path, split_tag, stamp, verify
 
@@ -43,9 +50,12 @@ DTYPE = np.uint64
 SLOTS = 9  # overwrite needs slots > max_readers + max_writers
 MAX_PARTICIPANTS = 4  # max_readers and max_writers
 SURVIVOR, VICTIM = 1, 2  # writer ids in frame tags
-# Frames published before the victim's call: some, so reads do not wait; under the
-# overwrite policy more than the ring holds, so a write also moves tail.
-PREFILL = {"block": 2, "overwrite": SLOTS + 2}
+# Frames published before the victim's call: some, so reads do not wait (a holder takes
+# HOLD of them, then one more); under the overwrite policy more than the ring holds, so a
+# write also moves tail.
+PREFILL = {"block": 4, "overwrite": SLOTS + 2}
+HOLD = 3  # frames the holding victim holds when its traced call starts
+SKIP_COUNT = 5  # frames the victim's gap stands for
 SOURCE = os.path.dirname(shmring.__file__)
 TIMEOUT = 2.0  # every wait of the survivor's checks
 
@@ -115,6 +125,24 @@ def _read(name: str, counter: int, group: str | None = None) -> Callable[[], obj
     return read
 
 
+def _skip(name: str, counter: int) -> Callable[[], object]:
+    writer = RingWriter.attach(name)
+    return lambda: writer.skip(SKIP_COUNT, TIMEOUT)
+
+
+def _hold(name: str, counter: int) -> Callable[[], object]:
+    """Hold HOLD frames (overwrite: pins in the reader's pin line), then release the middle
+    one (out of order) and read one more."""
+    reader = RingReader.attach(name, start="oldest")
+    held = [reader.read(TIMEOUT) for _ in range(HOLD)]
+
+    def hold() -> None:
+        held.pop(1).release()
+        held.append(reader.read(TIMEOUT))
+
+    return hold
+
+
 def _latest(name: str, counter: int) -> Callable[[], object]:
     reader = RingReader.attach(name, start="oldest")
     return lambda: reader.latest(TIMEOUT)
@@ -146,6 +174,8 @@ def _own(call: str) -> Callable[[RingWriter], Callable[[], object]]:
         counter = PREFILL[writer.policy]
         if call == "write":
             return lambda: writer.write(_frame(counter), TIMEOUT)
+        if call == "skip":
+            return lambda: writer.skip(SKIP_COUNT, TIMEOUT)
         if call == "claim":
 
             def claim() -> None:
@@ -164,7 +194,9 @@ ATTACHED: dict[str, Callable[[str, int], Callable[[], object]]] = {
     "write": _write,
     "claim": _claim,
     "abandon": _abandon,
+    "skip": _skip,
     "read": _read,
+    "hold": _hold,
     "group_read": lambda name, counter: _read(name, counter, group="g"),
     "latest": _latest,
     "iterate": _iterate,
@@ -177,6 +209,7 @@ ATTACHED: dict[str, Callable[[str, int], Callable[[], object]]] = {
 CREATOR: dict[str, Callable[[RingWriter], Callable[[], object]]] = {
     "own_write": _own("write"),
     "own_claim": _own("claim"),
+    "own_skip": _own("skip"),
     "own_close": _own("close"),
 }
 SCENARIOS = [(policy, call) for policy in ("block", "overwrite") for call in (*ATTACHED, *CREATOR)]
@@ -229,6 +262,8 @@ class Survivor:
     writer: RingWriter | None = None
     reader: RingReader | None = None
     problems: list[str] = field(default_factory=list)
+    excess: int = 0  # what its reader counted dropped beyond the numbers it passed over
+    last_seq: int | None = None  # of the frame its reader read last
 
     def setup(self) -> None:
         self.writer = create(self.name, self.policy)
@@ -249,8 +284,18 @@ class Survivor:
             stamp(frame, make_tag(SURVIVOR, 1000 + n))
             self.writer.write(frame, TIMEOUT)
             with self.reader.read(TIMEOUT) as got:
+                self.count(got)
                 if verify(got.array) != make_tag(SURVIVOR, 1000 + n):
                     raise AssertionError(f"frame {n} after the death is not the one written")
+        if self.policy == "overwrite":  # a dead reader's pins do not count against the rule
+            for n in range(L.MAX_PINS):
+                stamp(frame, make_tag(SURVIVOR, 2000 + n))
+                self.writer.write(frame, TIMEOUT)
+            held = [self.reader.read(TIMEOUT) for _ in range(L.MAX_PINS)]
+            for got in held:
+                self.count(got)
+                verify(got.array)
+                got.release()
         started = time.monotonic()
         RingReader.attach(self.name).close()
         if time.monotonic() - started > 1.0:
@@ -279,9 +324,17 @@ class Survivor:
             except (RingTimeout, WriterGone):
                 return
             with frame:
+                self.count(frame)
                 writer, counter = split_tag(verify(frame.array))
                 if counter != frame.seq:
                     raise AssertionError(f"frame {frame.seq} holds frame {counter} of {writer}")
+
+    def count(self, frame: Frame) -> None:
+        """Add up what the reader counted dropped beyond the numbers it passed over (from
+        its first frame: before that, what it joined at is not known here)."""
+        if self.last_seq is not None:
+            self.excess += frame.dropped - (frame.seq - self.last_seq - 1)
+        self.last_seq = frame.seq
 
     def close(self) -> None:
         for handle in (self.reader, self.writer):
@@ -324,6 +377,11 @@ def kill_point(policy: str, call: str, kill_at: int) -> tuple[int, list[str]]:
             survivor.problems.append(f"the victim ended with status {status}")
         if os.path.lexists(segment_path(survivor.name)):
             survivor.check()
+            gap = {0, SKIP_COUNT - 1} if call in ("skip", "own_skip") else {0}
+            if survivor.excess not in gap:
+                survivor.problems.append(
+                    f"dropped beyond the numbers passed over: {survivor.excess}, not in {gap}"
+                )
         elif call != "own_close":
             survivor.problems.append("the segment is gone, yet its creator did not close")
     except (ShmringError, AssertionError) as exc:

@@ -75,6 +75,16 @@ def test_stream_check_counts_overwrite_drops() -> None:
     assert "dropped 1" in " ".join(checked(frame(0, 7, 0), frame(3, 7, 1, 1), lossless=False))
 
 
+def test_stream_check_adds_up_what_gaps_stand_for() -> None:
+    """A skip of k frames takes one number and counts k dropped: the k - 1 beyond its
+    number add up in `excess`, which chaos compares with the gaps the writers published."""
+    check = StreamCheck(lossless=True)
+    for f in (frame(0, STEADY, 0), frame(2, STEADY, 1, dropped=5), frame(5, 7, 0, dropped=3)):
+        check.take(f)
+    assert check.violations == []
+    assert (check.dropped, check.excess) == (8, 5)  # numbers 1, 3, 4 passed over
+
+
 def test_quick_chaos_run_keeps_every_invariant() -> None:
     started = time.monotonic()
     done = subprocess.run(
@@ -94,6 +104,10 @@ def test_quick_chaos_run_keeps_every_invariant() -> None:
         assert run["sigints"] > 0
         writer, reader = run["writer"], run["reader"]
         assert writer["written"] > 0 and reader["steady"] > 0
+        # gaps were published (the steady writer's and victims') and counted beyond their
+        # numbers; victims held several frames at once
+        assert writer["skips"] > 0 and run["skips"] > 0 and reader["excess"] > 0
+        assert run["held"] and min(map(int, run["held"])) >= 2
         if policy == "block":  # every steady frame; "dropped" counts dead victims' claims
             assert reader["steady"] == writer["written"]
         assert writer["fds"][0] == writer["fds"][1] and reader["fds"][0] == reader["fds"][1]

@@ -6,7 +6,9 @@
 # damaged ring, a fresh prober inspects, attaches, writes and reads. So a crash shows up as a
 # signal and a hang as a timeout; either fails the test, as does an exception that is not a
 # ShmringError and a segment or file descriptor that the owner's close left behind. Known
-# damage patterns are pinned as explicit cases beside the generated ones.
+# damage patterns are pinned as explicit cases beside the generated ones: among them forged
+# skip counts and pin lines, an overwrite reader holding its most frames across the damage,
+# a stream with gaps, and a planted ring whose pin table offset the geometry does not imply.
 from __future__ import annotations
 
 import dataclasses
@@ -24,8 +26,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shmring import RingReader, RingTimeout, RingWriter
+from shmring import _layout as L
 from stress.fuzz import (
     BLOCK_SLOTS,
+    DESCRIPTOR_BYTES,
     DTYPES,
     GROUPS,
     META_SIZES,
@@ -52,6 +56,7 @@ RECORD_STATE, RECORD_TOKEN, READER_GROUP, READER_RELEASE, READER_PINNED = 0, 1, 
 WRITER_IN_PUBLISH, WRITER_CLAIMED = 3, 4
 WRITERS_OFFSET = 192  # docs/FORMAT.md: fixed-header field writers_offset
 SHAPE = (8192,)  # two pages per buffer
+DESCRIPTOR_WORDS = DESCRIPTOR_BYTES // 8
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +80,8 @@ word_patches = st.builds(
 byte_patches = st.builds(
     Patch, st.sampled_from(REGIONS), st.integers(0, 4095), st.binary(min_size=1, max_size=32)
 )
+forged_patches = st.builds(Patch.forged, st.randoms(use_true_random=False))  # skips, pins
+patches = word_patches | byte_patches | forged_patches
 
 
 @st.composite
@@ -91,11 +98,12 @@ def cases(draw: st.DrawFn) -> Case:
         fresh_group=draw(st.sampled_from(GROUPS)),
         written=draw(st.integers(0, 20)),
         variable=draw(st.booleans()),
-        held=draw(st.booleans()),
+        held=draw(st.integers(0, L.MAX_PINS)),
         second_writer=draw(st.booleans()),
-        patches=tuple(draw(st.lists(word_patches | byte_patches, min_size=1, max_size=4))),
+        patches=tuple(draw(st.lists(patches, min_size=1, max_size=4))),
         resize=draw(st.none() | st.sampled_from(RESIZES)),
-        late_patches=tuple(draw(st.lists(word_patches | byte_patches, max_size=2))),
+        late_patches=tuple(draw(st.lists(patches, max_size=2))),
+        skips=draw(st.booleans()),
     )
 
 
@@ -124,12 +132,14 @@ PLAIN = Case(
     fresh_group=None,
     written=3,
     variable=True,
-    held=True,
+    held=1,
     second_writer=False,
     patches=(),
     resize=None,
 )
 LOCK_MARK = Patch.word("lock", 0, 0x5A5A_5A5A_5A5A_5A5A)  # "a holder died": repair runs
+# An overwrite ring whose owner-side reader holds three frames (pins in its pin line, 0).
+OVERWRITE_HOLDING = {"policy": "overwrite", "slots": 4, "written": 6, "held": 3}
 
 
 def damaged(*patches: Patch, **changes: object) -> Case:
@@ -185,7 +195,40 @@ PINNED = {
         Patch.word("writers", WRITER_CLAIMED, 2**20), LOCK_MARK
     ),
     "free list entries out of range": damaged(
-        *(Patch.word("freelist", i, 2**31 + i) for i in range(4)), written=0, held=False
+        *(Patch.word("freelist", i, 2**31 + i) for i in range(4)), written=0, held=0
+    ),
+    "skip count at its most on a published frame": damaged(
+        Patch.word("descriptors", DESCRIPTOR_FLAGS, L.DF_SKIP | L.MAX_SKIP_COUNT << 32)
+    ),
+    "skip count on an evicted descriptor, overwrite": damaged(
+        Patch.word("descriptors", DESCRIPTOR_FLAGS, L.DF_SKIP | L.DF_EVICTED | 1000 << 32),
+        policy="overwrite",
+        slots=2,
+        written=9,
+    ),
+    "pin line top far past the line": damaged(
+        Patch.word("pins", L.PIN_TOP, 2**32), LOCK_MARK, **OVERWRITE_HOLDING
+    ),
+    "pin line holds buffers out of range": damaged(
+        *(Patch.word("pins", L.PIN_HELD + i, 2**33 + i) for i in range(L.PINS_PER_LINE)),
+        Patch.word("pins", L.PIN_TOP, L.PINS_PER_LINE),
+        **OVERWRITE_HOLDING,
+    ),
+    "pin line pins every buffer": damaged(
+        *(Patch.word("pins", L.PIN_HELD + i, i) for i in range(L.PINS_PER_LINE)),
+        Patch.word("pins", L.PIN_TOP, L.PINS_PER_LINE),
+        **OVERWRITE_HOLDING,
+    ),
+    "stream with gaps, the reader holding up to eight frames": damaged(
+        Patch.word("descriptors", 2 * DESCRIPTOR_WORDS + DESCRIPTOR_FLAGS, L.DF_SKIP | 7 << 32),
+        policy="overwrite",
+        slots=8,
+        written=20,
+        held=L.MAX_PINS,
+        skips=True,
+    ),
+    "planted ring with a pin table offset its geometry does not imply": damaged(
+        plant="pins_offset"
     ),
     "whole header zeroed past the fixed part": damaged(Patch("header", 256, bytes(3840))),
     "fixed header magic": damaged(Patch("fixed", 0, b"\x00SHMRING")),
@@ -202,6 +245,11 @@ def test_pinned_damage(lane: Lane, case: Case) -> None:
     if case.resize is not None or any(p.region == "fixed" for p in case.patches):
         for step in ("inspect", "attach_reader", "attach_writer"):
             assert result.steps[step] == "IncompatibleRing", result.steps
+    if case.plant is not None:
+        for step in ("plant_inspect", "plant_attach_reader", "plant_attach_writer"):
+            assert result.steps[step] == "IncompatibleRing", result.steps
+    if case.held:  # every frame it held was released (out of order), each step typed
+        assert "owner_release" in result.steps, result.steps
 
 
 def test_writer_stuck_in_publish_is_a_bounded_wait() -> None:
