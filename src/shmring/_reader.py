@@ -577,8 +577,8 @@ class RingReader(AsyncReading, RingHandle):
     def _take_group(self, latest: bool) -> Frame | None:
         """Block policy, a group member: claim the group's next (or newest) frame lock-free
         in C (_taker.c, take_group), which holds it for this member before claiming it."""
-        held = self._held
-        taken = self._taker.take_group(self, min(held) if held else L.NONE, latest)
+        held, carried = self._held, self._carried_drops
+        taken = self._taker.take_group(self, min(held) if held else L.NONE, latest, carried)
         if taken is None:
             return None
         if isinstance(taken, Frame):
@@ -586,9 +586,10 @@ class RingReader(AsyncReading, RingHandle):
             self._pending = frame
         elif isinstance(taken, tuple):  # its own shape or metadata: built here, held already
             seq, dropped = taken
-            if seq == L.NONE:  # no frame, only numbers published as skips: dropped
-                self._taker.release(min(held) if held else L.NONE)
-                self._count_dropped(dropped)
+            if seq == L.NONE:  # no frame, only numbers published as skips: dropped, and
+                self._taker.release(min(held) if held else L.NONE)  # reported by the next frame
+                self._count_dropped(dropped - carried)
+                self._carried_drops = dropped
                 return None
             frame = self._frame(seq, dropped)
         else:  # a state a block ring cannot be in (no plain store may race the swaps)
@@ -598,8 +599,9 @@ class RingReader(AsyncReading, RingHandle):
             )
         held.append(seq)
         self._taker.release(min(held))
-        if dropped:
-            self._count_dropped(dropped)
+        self._carried_drops = 0
+        if dropped > carried:
+            self._count_dropped(dropped - carried)
         return frame
 
     def _take_pinned(self, latest: bool, deadline: float | None) -> Frame | None:

@@ -739,17 +739,20 @@ static PyObject *Taker_take_pinned(Taker *self, PyObject *const *args, Py_ssize_
 
 /* ---- take_group: a member of a block-policy reader group ------------------------------------
  *
- * take_group(reader, held, latest) claims the group's next frame (the newest with `latest`)
+ * take_group(reader, held, latest, carried) claims the group's next frame (the newest with `latest`)
  * for this member with a compare-and-swap on G_CURSOR, so members need no lock. Before the
  * swap the member holds the frame (R_RELEASE at most its seq, `held` being the lowest seq it
  * already holds, or NONE): a writer that sees the cursor past a frame also sees the member
  * that holds it, since the writer reads group cursors before readers' release words. Returns
  * the Frame; (seq, skipped) for a frame it cannot build (own shape or metadata), which the
  * caller builds, holding it already; None if no frame is new; TAKE_FALLBACK on a state a
- * block ring cannot be in (the general path reports it). */
+ * block ring cannot be in (the general path reports it). Skips it claims before any frame
+ * is published return (NONE, their count plus `carried`): the caller passes that back as
+ * `carried`, so the next frame's `dropped` reports them (the cursor has moved past them). */
 static PyObject *Taker_take_group(Taker *self, PyObject *const *args, Py_ssize_t nargs) {
-    uint64_t held;
-    if (!positional("take_group", nargs, 3) || sequence_number(args[1], &held) < 0) {
+    uint64_t held, passed; /* passed: skips claimed on the way (dropped), and carried ones */
+    if (!positional("take_group", nargs, 4) || sequence_number(args[1], &held) < 0 ||
+        sequence_number(args[3], &passed) < 0) {
         return NULL;
     }
     int latest = PyObject_IsTrue(args[2]);
@@ -761,7 +764,6 @@ static PyObject *Taker_take_group(Taker *self, PyObject *const *args, Py_ssize_t
     }
     uint64_t *cursor_word = &self->group[SHMRING_G_CURSOR];
     uint64_t *release = &self->record[SHMRING_R_RELEASE];
-    uint64_t passed = 0; /* skips claimed on the way: dropped */
     for (int tries = 0; tries < PIN_TRIES; tries++) {
         /* Cursor, then head, both while tail held still: tail <= cursor <= head <= tail +
          * slots then hold for what was read (each only grows), and anything else is damage. */
@@ -958,7 +960,7 @@ static PyMethodDef Taker_methods[] = {
      "take_pinned(reader, next, latest) -> the next (or newest) frame of an overwrite ring, "
      "pinned; None if none is new; TAKE_FALLBACK or TAKE_NO_ROOM (see _taker.c)."},
     {"take_group", (PyCFunction)(void (*)(void))Taker_take_group, METH_FASTCALL,
-     "take_group(reader, held, latest) -> the group's next (or newest) frame, now this "
+     "take_group(reader, held, latest, carried) -> the group's next (or newest) frame, now this "
      "member's; (seq, skipped) to build; None; or TAKE_FALLBACK (see _taker.c)."},
     {"pin", (PyCFunction)Taker_pin, METH_O,
      "pin(seq) -> the buffer of frame seq, now pinned by this reader, or -1 (see _taker.c)."},
