@@ -35,7 +35,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -43,6 +43,7 @@ import numpy as np
 
 from . import _layout as L
 from ._errors import EndOfStream, RingNotFound, RingTimeout
+from ._fastpath import Ready
 from ._ring import RingHandle
 from ._segment import _ATTACH_POLL
 from ._sys import atomic_add32, before_sleep_barrier, futex_wait, futex_wake
@@ -216,8 +217,37 @@ class AsyncReading(AsyncHandle):
         self._p.check_usable()
         return self
 
-    async def __anext__(self) -> Frame:
-        """The next frame of `async for`; releases the previous one, as iteration does."""
+    def __anext__(self) -> Awaitable[Frame]:
+        """The next frame of `async for`; releases the previous one, as iteration does.
+
+        While frames flow, the common case of RingReader._iterate_own (a ring-shaped frame
+        without metadata, only the previous frame held) is taken here, at once, in C
+        (Taker.advance), and handed over already done (Ready): no coroutine, no suspension."""
+        r = self._reader()
+        last, held = r._last, r._held
+        if (
+            r._lock_free
+            and last is not None
+            and len(held) == 1
+            and held[0] == last.seq
+            and last._reader is not None
+            and not r._carried_drops
+        ):
+            seq = r._next
+            frame = r._pending = r._taker.advance(r, seq)
+            if frame is not None:  # held, and the last released (None if closed: below)
+                if r._counted:
+                    r._uncount()
+                r._next = seq + 1
+                held[0] = seq
+                last._reader = None
+                r._last = frame
+                r._pending = None
+                return Ready(frame)
+        return self._anext_waiting()
+
+    async def _anext_waiting(self) -> Frame:
+        """__anext__ when the frame is not there yet (or not for the C step)."""
         r = self._reader()
         r._p.check_usable()
         try:

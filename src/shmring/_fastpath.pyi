@@ -1,5 +1,5 @@
 # Type stub for the C extension shmring._fastpath (see the comment atop _fastpath.c).
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from mmap import mmap
 from typing import Self
 
@@ -85,6 +85,10 @@ class FrameBase:
     def timestamp_ns(self) -> int: ...
     @property
     def dropped(self) -> int: ...
+
+class Ready[T]:
+    def __new__(cls, value: T) -> Self: ...
+    def __await__(self) -> Generator[None, None, T]: ...
 
 class Taker:
     def __init__(
