@@ -46,7 +46,13 @@ from ._errors import EndOfStream, RingNotFound, RingTimeout
 from ._fastpath import Ready
 from ._ring import RingHandle
 from ._segment import _ATTACH_POLL
-from ._sys import atomic_add32, before_sleep_barrier, futex_wait, futex_wake
+from ._sys import (
+    atomic_add32,
+    before_sleep_barrier,
+    futex_wait,
+    futex_wake,
+    precise_futex_wait,
+)
 from ._timing import POLL_SLICE, deadline_from, remaining
 
 if TYPE_CHECKING:
@@ -54,9 +60,12 @@ if TYPE_CHECKING:
     from ._writer import Claim, RingWriter
 
 IDLE_EXIT = 1.0  # seconds a sleeper thread waits for work before it exits
+HANDOFF_START = 50e-6  # how long a timed-out sleep takes to resume its task, first guess
+HANDOFF_MAX = 500e-6
+HANDOFF_SMOOTHING = 0.25  # weight of a new measurement
 
 _T = TypeVar("_T")
-_Request = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]", int, int, float]
+_Request = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]", int, int, float, bool]
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -74,13 +83,15 @@ class _Sleeper:
         self._thread: threading.Thread | None = None
         self.address = 0  # the word the thread sleeps on now (0: none)
 
-    def sleep(self, address: int, expected: int, timeout: float) -> asyncio.Future[None]:
+    def sleep(
+        self, address: int, expected: int, timeout: float, precise: bool
+    ) -> asyncio.Future[None]:
         """A future resolved once the u32 at `address` is not `expected`, or on a wake-up,
         or after `timeout` s."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         with self._lock:
-            self._requests.put((loop, future, address, expected, timeout))
+            self._requests.put((loop, future, address, expected, timeout, precise))
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name=f"shmring-sleeper {self._name}", daemon=True
@@ -114,10 +125,12 @@ class _Sleeper:
                 continue
             if request is None:
                 return
-            loop, future, address, expected, timeout = request
+            loop, future, address, expected, timeout, precise = request
             if not future.done():  # not cancelled before we got to it
                 self.address = address
-                futex_wait(address, expected, max(timeout, 0.0))
+                (precise_futex_wait if precise else futex_wait)(
+                    address, expected, max(timeout, 0.0)
+                )
                 self.address = 0
             with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
                 loop.call_soon_threadsafe(_resolve, future)
@@ -143,6 +156,7 @@ class AsyncHandle(RingHandle):
 
     _sleeper: _Sleeper | None = None
     _waiting: asyncio.Future[None] | None = None
+    _handoff = HANDOFF_START
 
     def close(self) -> None:
         sleeper, self._sleeper = self._sleeper, None
@@ -153,7 +167,9 @@ class AsyncHandle(RingHandle):
             future.get_loop().call_soon_threadsafe(_resolve, future)
         super().close()
 
-    async def _sleep(self, address: int, expected: int, deadline: float | None) -> None:
+    async def _sleep(
+        self, address: int, expected: int, deadline: float | None, precise: bool = False
+    ) -> None:
         """Wait (without blocking the loop) until the u32 at `address` is not `expected`,
         a wake-up, POLL_SLICE, or the deadline; then raise if this handle was closed."""
         if self._waiting is not None:
@@ -164,7 +180,7 @@ class AsyncHandle(RingHandle):
         sleeper = self._sleeper
         if sleeper is None:
             sleeper = self._sleeper = _Sleeper(self.name)
-        future = self._waiting = sleeper.sleep(address, expected, remaining(deadline))
+        future = self._waiting = sleeper.sleep(address, expected, remaining(deadline), precise)
         try:
             await future
         except asyncio.CancelledError:
@@ -223,7 +239,7 @@ class AsyncReading(AsyncHandle):
         While frames flow, the common case of RingReader._iterate_own (a ring-shaped frame
         without metadata, only the previous frame held) is taken here, at once, in C
         (Taker.advance), and handed over already done (Ready): no coroutine, no suspension."""
-        r = self._reader()
+        r: RingReader = self  # type: ignore[assignment]  # (no call: this runs per frame)
         last, held = r._last, r._held
         if (
             r._lock_free
@@ -310,15 +326,14 @@ class AsyncReading(AsyncHandle):
             r._uncount()
             return frame
         if r._spin and p.spinning_pays():
-            poll_until = time.monotonic() + r._spin
-            if deadline is not None:
-                poll_until = min(poll_until, deadline)
-            while time.monotonic() < poll_until:
-                await asyncio.sleep(0)  # other tasks run between looks
-                p.check_usable()
-                frame = take()
-                if frame is not None:
-                    return frame
+            try:
+                frame = await self._poll_async(take, deadline)
+            except BaseException:
+                if not p.closed:
+                    r._uncount()
+                raise
+            if frame is not None:
+                return frame
         control = p.control
         liveness = _Liveness()
 
@@ -342,7 +357,46 @@ class AsyncReading(AsyncHandle):
                 r._uncount()  # the task may not come back for a long time
             raise
         r._uncount()  # running again (see RingReader._counted)
+        if r._spin:
+            r._pacer.arrived(frame.seq, time.monotonic())
         return frame
+
+    async def _poll_async(
+        self, take: Callable[[], Frame | None], deadline: float | None
+    ) -> Frame | None:
+        """RingReader._poll on the loop: the naps as _nap_async, the loop runs between looks."""
+        r = self._reader()
+        polling = r._polling(take, deadline, between_looks=True)
+        try:
+            step = next(polling)
+            while True:
+                if step is None:
+                    await asyncio.sleep(0)  # other tasks run between looks
+                    r._p.check_usable()
+                    step = polling.send(None)
+                else:
+                    step = polling.send(await self._nap_async(take, step))
+        except StopIteration as done:
+            result: Frame | None = done.value
+            return result
+
+    async def _nap_async(self, take: Callable[[], Frame | None], nap_end: float) -> Frame | None:
+        r = self._reader()
+        p, control = r._p, r._control
+        r._count()
+        while True:
+            observed = control[L.C_FRAMES]
+            frame = take()
+            if frame is not None or control[L.C_FLAGS] & L.F_CLOSED:
+                return frame
+            wake_at = nap_end - self._handoff
+            if time.monotonic() >= wake_at:
+                return None
+            await self._sleep(p.frames_address, observed, wake_at, precise=True)
+            late = time.monotonic() - wake_at
+            if late >= 0:  # the sleep timed out: how long the loop took to resume us
+                handoff = self._handoff + (late - self._handoff) * HANDOFF_SMOOTHING
+                self._handoff = min(handoff, HANDOFF_MAX)
 
 
 async def _attach(attach: Callable[[], _T], timeout: float | None) -> _T:

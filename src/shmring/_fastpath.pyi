@@ -1,7 +1,7 @@
 # Type stub for the C extension shmring._fastpath (see the comment atop _fastpath.c).
 from collections.abc import Callable, Generator
 from mmap import mmap
-from typing import Self
+from typing import Generic, Self, TypeVar
 
 import numpy as np
 
@@ -86,9 +86,12 @@ class FrameBase:
     @property
     def dropped(self) -> int: ...
 
-class Ready[T]:
-    def __new__(cls, value: T) -> Self: ...
-    def __await__(self) -> Generator[None, None, T]: ...
+_T = TypeVar("_T")
+
+# An awaitable already done: awaiting it gives `value` without suspending (see _taker.c).
+class Ready(Generic[_T]):
+    def __new__(cls, value: _T) -> Self: ...
+    def __await__(self) -> Generator[None, None, _T]: ...
 
 class Taker:
     def __init__(

@@ -14,7 +14,7 @@ import contextlib
 import os
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -448,8 +448,26 @@ class RingReader(AsyncReading, RingHandle):
             raise
 
     def _poll(self, take: Callable[[], _Ready | None], deadline: float | None) -> _Ready | None:
-        """The polling part of a wait: nap first if the stream is steady (_pacing.py), then
-        poll for up to `spin` seconds (past the frame's due time after a nap)."""
+        """The polling part of a wait (see _polling), naps done here."""
+        polling = self._polling(take, deadline, between_looks=False)
+        try:
+            nap_end = next(polling)
+            while True:  # _polling yields only nap ends here (no pause between looks)
+                assert nap_end is not None
+                nap_end = polling.send(self._nap(take, nap_end))
+        except StopIteration as done:
+            result: _Ready | None = done.value
+            return result
+
+    def _polling(
+        self, take: Callable[[], _Ready | None], deadline: float | None, between_looks: bool
+    ) -> Generator[float | None, _Ready | None, _Ready | None]:
+        """The polling part of a wait, for a driver (_poll, or the asyncio reader's): nap
+        first if the stream is steady (_pacing.py), then poll for up to `spin` seconds (past
+        the frame's due time after a nap). Yields a nap's end (the driver naps as a counted
+        sleeper until then and sends the frame that came, or None) and, with
+        `between_looks`, None between two looks (the driver lets others run). Returns the
+        frame, or None."""
         pacer = self._pacer
         now = time.monotonic()
         nap_end: float | None = None
@@ -459,7 +477,7 @@ class RingReader(AsyncReading, RingHandle):
             seq = self._next if self._lock_free else self._control[L.C_HEAD]
             nap_end = pacer.nap_until(seq, now)
         if nap_end is not None and (deadline is None or nap_end < deadline):
-            frame = self._nap(take, nap_end)
+            frame = yield nap_end
             now = time.monotonic()
             if frame is not None:
                 pacer.nap_outcome(overslept=True, polled=0.0)
@@ -487,6 +505,8 @@ class RingReader(AsyncReading, RingHandle):
             now = time.monotonic()
             if now >= poll_until:
                 return None
+            if between_looks:
+                yield None
 
     def _nap(self, take: Callable[[], _Ready | None], nap_end: float) -> _Ready | None:
         """Sleep as a counted waiter (a frame that comes early wakes us) until `nap_end`;
