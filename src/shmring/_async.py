@@ -65,6 +65,7 @@ HANDOFF_MAX = 500e-6
 HANDOFF_SMOOTHING = 0.25  # weight of a new measurement
 
 _T = TypeVar("_T")
+_Ready = TypeVar("_Ready", "Frame", int)  # as in _reader.py: a frame, or a published seq
 _Request = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]", int, int, float, bool]
 
 
@@ -267,14 +268,16 @@ class AsyncReading(AsyncHandle):
         r = self._reader()
         r._p.check_usable()
         try:
-            if not r._block:
-                r._release_last()  # an overwrite reader pins one frame at a time
-            frame = r._take_next()
+            frame = await self._next_own() if r._lock_free else None
             if frame is None:
-                r._release_last()  # done with it: the writer may reuse its buffer meanwhile
-                frame = await self._wait_frame(r._take_next, None)
-            else:
-                r._uncount()  # woken for the last frame, if at all: no longer waiting
+                if not r._block:
+                    r._release_last()  # an overwrite reader pins one frame at a time
+                frame = r._take_next()
+                if frame is None:
+                    r._release_last()  # done with it: the writer may reuse its buffer meanwhile
+                    frame = await self._wait_frame(r._take_next, None)
+                else:
+                    r._uncount()  # woken for the last frame, if at all: no longer waiting
             r._release_last()
             r._last = frame
             r._pending = None
@@ -284,6 +287,29 @@ class AsyncReading(AsyncHandle):
         except BaseException:
             r._release_pending()
             raise
+        return frame
+
+    async def _next_own(self) -> Frame | None:
+        """RingReader._iterate_own's wait for the next frame: release the last, wait until
+        the next is published, take it in C; None (nothing taken) where iteration's general
+        path decides (a frame there already or not for the C step, skips carried)."""
+        r = self._reader()
+        seq = r._next
+        descriptors, slots = r._descriptors, r._slots
+        if descriptors[seq % slots][L.D_SEQ] == seq:
+            return None
+        r._release_last()  # done with it: the writer may reuse its buffer meanwhile
+
+        def published() -> int | None:
+            return seq if descriptors[seq % slots][L.D_SEQ] == seq else None
+
+        await self._wait_frame(published, None)
+        frame = r._pending = None if r._carried_drops else r._taker.take(r, seq)
+        if frame is None or r._held:  # (held: frames kept from aread())
+            r._pending = None
+            return None
+        r._next = seq + 1  # R_RELEASE reads seq already (_release stored r._next)
+        r._held.append(seq)
         return frame
 
     async def aread(self, timeout: float | None = None) -> Frame:
@@ -316,7 +342,9 @@ class AsyncReading(AsyncHandle):
         r._pending = None
         return frame
 
-    async def _wait_frame(self, take: Callable[[], Frame | None], deadline: float | None) -> Frame:
+    async def _wait_frame(
+        self, take: Callable[[], _Ready | None], deadline: float | None
+    ) -> _Ready:
         """RingReader._wait_for for the event loop: poll, yielding to the loop, for up to
         `spin` s; then sleep on the frames futex as a counted sleeper."""
         r = self._reader()
@@ -337,7 +365,7 @@ class AsyncReading(AsyncHandle):
         control = p.control
         liveness = _Liveness()
 
-        def attempt() -> Frame | None:
+        def attempt() -> _Ready | None:
             frame = take()
             if frame is not None:
                 return frame
@@ -358,12 +386,12 @@ class AsyncReading(AsyncHandle):
             raise
         r._uncount()  # running again (see RingReader._counted)
         if r._spin:
-            r._pacer.arrived(frame.seq, time.monotonic())
+            r._pacer.arrived(frame if isinstance(frame, int) else frame.seq, time.monotonic())
         return frame
 
     async def _poll_async(
-        self, take: Callable[[], Frame | None], deadline: float | None
-    ) -> Frame | None:
+        self, take: Callable[[], _Ready | None], deadline: float | None
+    ) -> _Ready | None:
         """RingReader._poll on the loop: the naps as _nap_async, the loop runs between looks."""
         r = self._reader()
         polling = r._polling(take, deadline, between_looks=True)
@@ -377,10 +405,10 @@ class AsyncReading(AsyncHandle):
                 else:
                     step = polling.send(await self._nap_async(take, step))
         except StopIteration as done:
-            result: Frame | None = done.value
+            result: _Ready | None = done.value
             return result
 
-    async def _nap_async(self, take: Callable[[], Frame | None], nap_end: float) -> Frame | None:
+    async def _nap_async(self, take: Callable[[], _Ready | None], nap_end: float) -> _Ready | None:
         r = self._reader()
         p, control = r._p, r._control
         r._count()
