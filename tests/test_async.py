@@ -143,6 +143,9 @@ def test_published_frames_are_handed_over_without_suspending(run: Runner) -> Non
             assert ticks == at_first
             for n in range(slots - 1):  # every slot but the held one is free again
                 w.write(np.full(SMALL, n, np.uint8), 0.0)
+            # A step that needs no wait is a coroutine all the same (Ready: see _taker.c).
+            frame = await asyncio.create_task(anext(frames))
+            assert int(frame.array[0]) == 0 and previous._reader is None
             ticker.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await ticker

@@ -35,7 +35,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -234,7 +234,7 @@ class AsyncReading(AsyncHandle):
         self._p.check_usable()
         return self
 
-    def __anext__(self) -> Awaitable[Frame]:
+    def __anext__(self) -> Coroutine[Any, Any, Frame]:
         """The next frame of `async for`; releases the previous one, as iteration does.
 
         While frames flow, the common case of RingReader._iterate_own (a ring-shaped frame

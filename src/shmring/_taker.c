@@ -744,7 +744,9 @@ static PyTypeObject TakerType = {
  * already (frames flowing), _async.py takes it on the spot and returns Ready(frame): awaiting
  * it gives the frame without suspending the task and without a coroutine object, a frame
  * and a StopIteration per step (am_send answers PYGEN_RETURN). A Ready gives its value once,
- * like a coroutine. */
+ * and has a coroutine's send, throw and close: collections.abc.Coroutine counts it as one,
+ * so asyncio.create_task(anext(aiter(reader))) takes it as it takes the coroutine of a step
+ * that waits. */
 
 typedef struct {
     PyObject_HEAD
@@ -818,6 +820,39 @@ static PyObject *Ready_next(Ready *self) {
     return NULL;
 }
 
+static PyObject *Ready_send_method(Ready *self, PyObject *Py_UNUSED(arg)) {
+    return Ready_next(self);
+}
+
+/* throw() and close() as for a coroutine that has not started: it never suspends. */
+static PyObject *Ready_throw(Ready *self, PyObject *args) {
+    PyObject *type, *value = NULL, *traceback = NULL;
+    if (!PyArg_UnpackTuple(args, "throw", 1, 3, &type, &value, &traceback)) {
+        return NULL;
+    }
+    Py_CLEAR(self->value);
+    if (PyExceptionInstance_Check(type)) {
+        PyErr_SetObject((PyObject *)Py_TYPE(type), type);
+    } else if (PyExceptionClass_Check(type)) {
+        PyErr_SetObject(type, value);
+    } else {
+        PyErr_SetString(PyExc_TypeError, "throw() needs an exception");
+    }
+    return NULL;
+}
+
+static PyObject *Ready_close(Ready *self, PyObject *Py_UNUSED(ignored)) {
+    Py_CLEAR(self->value);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Ready_methods[] = {
+    {"send", (PyCFunction)Ready_send_method, METH_O, "send(None): raise StopIteration(value)."},
+    {"throw", (PyCFunction)Ready_throw, METH_VARARGS, "throw(exc): raise exc (never suspended)."},
+    {"close", (PyCFunction)Ready_close, METH_NOARGS, "Drop the value."},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyAsyncMethods Ready_async = {
     .am_await = Ready_await,
     .am_send = (sendfunc)Ready_send,
@@ -836,6 +871,7 @@ static PyTypeObject ReadyType = {
     .tp_as_async = &Ready_async,
     .tp_iter = PyObject_SelfIter,
     .tp_iternext = (iternextfunc)Ready_next,
+    .tp_methods = Ready_methods,
 };
 
 int shmring_add_taker(PyObject *module) {
