@@ -392,21 +392,26 @@ class AsyncReading(AsyncHandle):
     async def _poll_async(
         self, take: Callable[[], _Ready | None], deadline: float | None
     ) -> _Ready | None:
-        """RingReader._poll on the loop: the naps as _nap_async, the loop runs between looks."""
+        """RingReader._poll's steps on the loop: the nap as _nap_async, and the loop runs
+        between two looks."""
         r = self._reader()
-        polling = r._polling(take, deadline, between_looks=True)
-        try:
-            step = next(polling)
-            while True:
-                if step is None:
-                    await asyncio.sleep(0)  # other tasks run between looks
-                    r._p.check_usable()
-                    step = polling.send(None)
-                else:
-                    step = polling.send(await self._nap_async(take, step))
-        except StopIteration as done:
-            result: _Ready | None = done.value
-            return result
+        nap = r._nap_plan(deadline)
+        frame = None if nap is None else await self._nap_async(take, nap[0])
+        window = r._poll_window(nap, frame, deadline)
+        if window is None:
+            return frame
+        poll_until, now = window
+        woke = now
+        while True:
+            frame = take()
+            if frame is not None:
+                r._polled(frame, nap is not None, now == woke, now - woke)
+                return frame
+            now = time.monotonic()
+            if now >= poll_until:
+                return None
+            await asyncio.sleep(0)  # other tasks run between looks
+            r._p.check_usable()
 
     async def _nap_async(self, take: Callable[[], _Ready | None], nap_end: float) -> _Ready | None:
         r = self._reader()
