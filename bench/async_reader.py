@@ -9,14 +9,18 @@
 # flat-out phase, one-way latency p50/p99 over the paced phase (its monotonic_ns() minus the
 # producer's stamp), and its CPU while idle.
 # Consumers: "blocking" is `for frame in reader`; "async" is `async for frame in reader`
-# (the chosen design: the loop takes frames, polls for `spin` while they flow, and a sleeper
-# thread only sleeps), "async-uvloop" the same under uvloop, "async-spin0" the same with
+# (the chosen design: the loop takes frames, a published one at once, polls for `spin` while
+# they flow, naps in the sleeper thread until a steady stream's next frame is due, and the
+# sleeper thread only sleeps), "async-uvloop" the same under uvloop, "async-spin0" the same with
 # spin=0 (the sleeper thread at every miss, no polling: the design without polling), and
 # "executor-read" `await loop.run_in_executor(None, reader.read)` per frame (a thread takes
 # every frame and hands it to the loop: the waiter-thread design). The peers an asyncio user
 # would write today: "mp-queue-executor" `await loop.run_in_executor(None, queue.get)` over a
 # multiprocessing.Queue(maxsize=8), and "unix-stream" an asyncio StreamReader reading the
 # same frames from a Unix socket (readexactly).
+# With --repeats N every cell runs N times, the kinds interleaved within each round (so a
+# change in the machine's load hits them alike); the tables show each metric's median, and
+# the header the load average before and after.
 from __future__ import annotations
 
 import argparse

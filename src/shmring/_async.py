@@ -7,8 +7,13 @@
 # next read gets the frame published meanwhile, and under the overwrite policy the frames
 # evicted meanwhile show up in the next frame's `dropped`.
 #
-# Theory of operation: a wait first polls (a read: yielding to the loop between looks, for up
-# to the reader's `spin` seconds, so other tasks run meanwhile), then the handle counts
+# Theory of operation: `async for` takes a frame that is published already at once, with
+# iteration's C step (Taker.advance), and hands it over as a Ready (_taker.c: an awaitable
+# already done), so a stream that flows costs no coroutine and no trip through the loop per
+# frame. A wait first polls (a read: yielding to the loop between looks, for up to the
+# reader's `spin` seconds, so other tasks run meanwhile; for a steady stream, after a nap in
+# the sleeper thread that ends before the frame is due, earlier by the measured time the
+# thread takes to resume the task: RingReader's pacing, _pacing.py), then the handle counts
 # itself as a sleeper exactly as a blocking wait does (so the writer, or the reader that frees
 # space, wakes its futex word), reads the word, looks once more, and hands the word's
 # address and value to its _Sleeper: a daemon thread that only calls futex_wait(address,
@@ -25,8 +30,10 @@
 #
 # Internals this module relies on (keep them when changing the core): RingReader._take_next,
 # _take_latest, _wait_for, _count, _uncount, _check_writers_alive, _release_last,
-# _release_pending, _last, _pending, _spin, _block; RingWriter._record, _slots; Participant's
-# futex addresses, check_usable, check_size, dead_participant_blocks, reap_dead, spinning_pays.
+# _release_pending, _nap_plan, _poll_window, _polled, _last, _pending, _held, _next,
+# _descriptors, _slots, _carried_drops, _counted, _lock_free, _taker, _pacer, _spin, _block;
+# RingWriter._record, _slots; Participant's futex addresses, check_usable, check_size,
+# dead_participant_blocks, reap_dead, spinning_pays.
 
 from __future__ import annotations
 
@@ -251,16 +258,20 @@ class AsyncReading(AsyncHandle):
             and not r._carried_drops
         ):
             seq = r._next
-            frame = r._pending = r._taker.advance(r, seq)
-            if frame is not None:  # held, and the last released (None if closed: below)
-                if r._counted:
-                    r._uncount()
-                r._next = seq + 1
-                held[0] = seq
-                last._reader = None
-                r._last = frame
-                r._pending = None
-                return Ready(frame)
+            try:
+                frame = r._pending = r._taker.advance(r, seq)
+                if frame is not None:  # held, and the last released (None if closed: below)
+                    if r._counted:
+                        r._uncount()
+                    r._next = seq + 1
+                    held[0] = seq
+                    last._reader = None
+                    r._last = frame
+                    r._pending = None
+                    return Ready(frame)
+            except BaseException:  # as in iteration: a frame taken is never left held
+                r._release_pending()
+                raise
         return self._anext_waiting()
 
     async def _anext_waiting(self) -> Frame:
@@ -414,6 +425,9 @@ class AsyncReading(AsyncHandle):
             r._p.check_usable()
 
     async def _nap_async(self, take: Callable[[], _Ready | None], nap_end: float) -> _Ready | None:
+        """RingReader._nap on the loop: sleep as a counted waiter (a frame that comes early
+        wakes us) until `nap_end`, less the handoff (how late a timed-out sleep resumes
+        the task, measured here), so the loop is polling when the frame is due."""
         r = self._reader()
         p, control = r._p, r._control
         r._count()
