@@ -9,14 +9,18 @@
 # flat-out phase, one-way latency p50/p99 over the paced phase (its monotonic_ns() minus the
 # producer's stamp), and its CPU while idle.
 # Consumers: "blocking" is `for frame in reader`; "async" is `async for frame in reader`
-# (the chosen design: the loop takes frames, polls for `spin` while they flow, and a sleeper
-# thread only sleeps), "async-uvloop" the same under uvloop, "async-spin0" the same with
+# (the chosen design: the loop takes frames, a published one at once, polls for `spin` while
+# they flow, naps in the sleeper thread until a steady stream's next frame is due, and the
+# sleeper thread only sleeps), "async-uvloop" the same under uvloop, "async-spin0" the same with
 # spin=0 (the sleeper thread at every miss, no polling: the design without polling), and
 # "executor-read" `await loop.run_in_executor(None, reader.read)` per frame (a thread takes
 # every frame and hands it to the loop: the waiter-thread design). The peers an asyncio user
 # would write today: "mp-queue-executor" `await loop.run_in_executor(None, queue.get)` over a
 # multiprocessing.Queue(maxsize=8), and "unix-stream" an asyncio StreamReader reading the
 # same frames from a Unix socket (readexactly).
+# With --repeats N every cell runs N times, the kinds interleaved within each round (so a
+# change in the machine's load hits them alike); the tables show each metric's median, and
+# the header the load average before and after.
 from __future__ import annotations
 
 import argparse
@@ -268,49 +272,80 @@ def table(labels: list[str], rows: dict[str, dict[str, dict[str, float]]]) -> It
     def ratio(kind: str, base: Callable[[str], float], metric: str) -> Callable[[str], str]:
         return lambda label: f"{rows[kind][label][metric] / base(label):.2f}×"
 
-    best_peer = {
-        label: max(rows[peer][label]["fps"] for peer in PEERS if peer in rows) for label in labels
-    }
-    checks = [
-        (
-            "async ÷ blocking, frames/s",
-            ratio("async", lambda lb: rows["blocking"][lb]["fps"], "fps"),
-        ),
-        (
-            "async ÷ blocking, latency p50",
-            ratio("async", lambda lb: rows["blocking"][lb]["p50_us"], "p50_us"),
-        ),
-        ("async ÷ best asyncio peer, frames/s", ratio("async", best_peer.__getitem__, "fps")),
-    ]
+    checks = []
+    if "async" in rows and "blocking" in rows:
+        checks += [
+            (
+                "async ÷ blocking, frames/s",
+                ratio("async", lambda lb: rows["blocking"][lb]["fps"], "fps"),
+            ),
+            (
+                "async ÷ blocking, latency p50",
+                ratio("async", lambda lb: rows["blocking"][lb]["p50_us"], "p50_us"),
+            ),
+        ]
+    if "async" in rows and any(peer in rows for peer in PEERS):
+        best_peer = {
+            label: max(rows[peer][label]["fps"] for peer in PEERS if peer in rows)
+            for label in labels
+        }
+        checks.append(
+            ("async ÷ best asyncio peer, frames/s", ratio("async", best_peer.__getitem__, "fps"))
+        )
     for title, show_ratio in checks:
         yield f"| {title} | " + " | ".join(show_ratio(label) for label in labels) + " |"
 
 
 def measure(
-    sizes: list[FrameSize], kinds: list[str], log: Callable[[str], None] = print
+    sizes: list[FrameSize],
+    kinds: list[str],
+    log: Callable[[str], None] = print,
+    repeats: int = 1,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Every cell (kind x size): {kind: {size label: report}}; SystemExit on a bad frame."""
-    rows: dict[str, dict[str, dict[str, float]]] = {}
-    for kind in kinds:
-        rows[kind] = {}
+    """Every cell (kind x size), `repeats` times, the kinds interleaved (each round runs every
+    kind once per size, so a change in the machine's load hits all of them alike): {kind:
+    {size label: the median of each metric over the rounds}}; SystemExit on a bad frame."""
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {
+        kind: {size.label: [] for size in sizes} for kind in kinds
+    }
+    for round_ in range(repeats):
         for size in sizes:
-            report = rows[kind][size.label] = run_cell(kind, size)
-            if report["errors"]:
-                raise SystemExit(f"{kind} {size.label}: {report['errors']:.0f} bad frames")
-            log(f"# {kind} {size.label}: {report}")
-    return rows
+            for kind in kinds:
+                report = run_cell(kind, size)
+                if report["errors"]:
+                    raise SystemExit(f"{kind} {size.label}: {report['errors']:.0f} bad frames")
+                runs[kind][size.label].append(report)
+                log(f"# round {round_ + 1} {kind} {size.label}: {report}")
+    return {
+        kind: {
+            label: {key: statistics.median(r[key] for r in reports) for key in reports[0]}
+            for label, reports in cells.items()
+        }
+        for kind, cells in runs.items()
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default=",".join(SIZES))
     parser.add_argument("--kinds", default=",".join(SHMRING + PEERS))
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="rounds of every cell, kinds interleaved; the tables show each metric's median",
+    )
     args = parser.parse_args()
     sizes = [parse_size(s) for s in args.sizes.split(",")]
-    rows = measure(sizes, args.kinds.split(","), lambda line: print(line, flush=True))
+    kinds = list(dict.fromkeys(args.kinds.split(",")))
+    load_before = os.getloadavg()
+    rows = measure(sizes, kinds, lambda line: print(line, flush=True), max(1, args.repeats))
+    load_after = os.getloadavg()
     print(
         f"\npython -m bench.async_reader, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-        f"Python {'.'.join(map(str, sys.version_info[:3]))}, {os.cpu_count()} CPUs"
+        f"Python {'.'.join(map(str, sys.version_info[:3]))}, {os.cpu_count()} CPUs, "
+        f"median of {max(1, args.repeats)} interleaved round(s), load average "
+        f"{load_before[0]:.2f} before, {load_after[0]:.2f} after"
     )
     for line in table([s.label for s in sizes], rows):
         print(line)

@@ -30,7 +30,9 @@ from helpers import (
 )
 
 import shmring
-from shmring import RingReader, RingTimeout, RingWriter, ShmringError, WriterGone
+from shmring import RingReader, RingTimeout, RingWriter, ShmringError, WriterGone, _pacing
+from shmring import _layout as L
+from shmring._fastpath import Ready
 from shmring._timing import POLL_SLICE
 
 Runner = Callable[[Coroutine[Any, Any, None]], None]
@@ -109,6 +111,87 @@ def test_async_for_2000_frames_while_a_ticker_ticks(run: Runner) -> None:
     run(main())
 
 
+def test_published_frames_are_handed_over_without_suspending(run: Runner) -> None:
+    """While frames are there, each `async for` step takes one at once (no trip through
+    the loop: another task does not run in between) and releases the previous one."""
+    name = unique_name()
+    slots = 8
+
+    async def main() -> None:
+        with (
+            RingWriter.create(name, SMALL, np.uint8, slots=slots) as w,
+            RingReader.attach(name, start="oldest") as r,
+        ):
+            ticks = 0
+
+            async def tick() -> None:
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0)
+                    ticks += 1
+
+            ticker = asyncio.create_task(tick())
+            for n in range(slots):
+                w.write(np.full(SMALL, n, np.uint8), 0.0)
+            frames = aiter(r)
+            previous = await anext(frames)  # (the first step may go through the loop)
+            at_first = ticks
+            for n in range(1, slots):
+                frame = await anext(frames)
+                assert int(frame.array[0]) == n and previous._reader is None
+                previous = frame
+            assert ticks == at_first
+            for n in range(slots - 1):  # every slot but the held one is free again
+                w.write(np.full(SMALL, n, np.uint8), 0.0)
+            # A step that needs no wait is a coroutine all the same (Ready: see _taker.c).
+            frame = await asyncio.create_task(anext(frames))
+            assert int(frame.array[0]) == 0 and previous._reader is None
+            ticker.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await ticker
+        ready = Ready(5)
+        assert await ready == 5
+        with pytest.raises(RuntimeError, match="already awaited"):
+            await ready
+
+    run(main())
+
+
+def test_a_steady_stream_is_paced_by_the_async_reader(
+    run: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A camera-like stream (one frame every 2 ms) from another process: every frame arrives
+    in order, and the reader learned the pace and napped (in its sleeper thread) between
+    frames, to poll on the loop when the next one is due (as the blocking reader does)."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("nobody polls or naps with more participants than CPUs")
+    name, count = unique_name(), 150
+    pat = Pattern(SMALL)
+    naps: list[float] = []
+    real_wait = shmring._sys.precise_futex_wait  # what _async imported
+
+    def recorded_wait(address: int, expected: int, timeout: float) -> None:
+        naps.append(timeout)
+        real_wait(address, expected, timeout)
+
+    monkeypatch.setattr(shmring._async, "precise_futex_wait", recorded_wait)
+
+    async def main() -> None:
+        with Child("spawn", "stream_writer", name=name, count=count, interval=0.002) as kid:
+            kid.expect("ready")
+            with await RingReader.aattach(name, start="oldest", timeout=WAIT) as r:
+                kid.send("go")
+                async with asyncio.timeout(WAIT):
+                    tags = [pat.check(frame.array) async for frame in r]
+                interval = r._pacer.interval
+            assert len(kid.recv()["seqs"]) == count
+        assert tags == [make_tag(0, n) for n in range(count)]
+        assert interval is not None and 0.001 < interval < 0.05, interval
+        assert naps, "the reader never napped"
+
+    run(main())
+
+
 # ---------------------------------------------------------------- cancellation
 
 
@@ -142,6 +225,35 @@ def test_cancelled_read_loses_no_frame_block(run: Runner) -> None:
             frame = await asyncio.wait_for(anext(aiter(r)), WAIT)
             assert frame.seq == seq
         await no_sleeper_left(name)  # leaks no thread
+
+    run(main())
+
+
+def test_cancelled_nap_leaves_no_sleeper_counted(run: Runner) -> None:
+    """A task cancelled while it naps before a frame that is due (a paced stream) is no
+    longer counted as a sleeper, frees its sleeper thread, and the frame published after
+    the cancellation reaches the next read."""
+    name = unique_name()
+
+    async def main() -> None:
+        with RingWriter.create(name, SMALL, np.uint8) as w, RingReader.attach(name) as r:
+            w.write(np.zeros(SMALL, np.uint8))
+            (await r.aread(0.0)).release()
+            pacer = r._pacer  # the next frame is due in 2 * WAIT: a long nap
+            pacer.interval = _pacing.MAX_INTERVAL
+            pacer._ref_seq = r._control[L.C_HEAD] - 1
+            pacer._ref_time = time.monotonic() + 2 * WAIT - _pacing.MAX_INTERVAL
+            task = asyncio.create_task(r.aread())
+            await until(lambda: waiting(r))
+            assert r._record[L.R_SLEEPING] == 1  # napping as a counted sleeper
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert r._record[L.R_SLEEPING] == 0 and not r._counted
+            seq = w.write(np.full(SMALL, 3, np.uint8))
+            with await r.aread(1.0) as frame:
+                assert frame.seq == seq and int(frame.array[0]) == 3
+        await no_sleeper_left(name)
 
     run(main())
 

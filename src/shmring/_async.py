@@ -7,8 +7,13 @@
 # next read gets the frame published meanwhile, and under the overwrite policy the frames
 # evicted meanwhile show up in the next frame's `dropped`.
 #
-# Theory of operation: a wait first polls (a read: yielding to the loop between looks, for up
-# to the reader's `spin` seconds, so other tasks run meanwhile), then the handle counts
+# Theory of operation: `async for` takes a frame that is published already at once, with
+# iteration's C step (Taker.advance), and hands it over as a Ready (_taker.c: an awaitable
+# already done), so a stream that flows costs no coroutine and no trip through the loop per
+# frame. A wait first polls (a read: yielding to the loop between looks, for up to the
+# reader's `spin` seconds, so other tasks run meanwhile; for a steady stream, after a nap in
+# the sleeper thread that ends before the frame is due, earlier by the measured time the
+# thread takes to resume the task: RingReader's pacing, _pacing.py), then the handle counts
 # itself as a sleeper exactly as a blocking wait does (so the writer, or the reader that frees
 # space, wakes its futex word), reads the word, looks once more, and hands the word's
 # address and value to its _Sleeper: a daemon thread that only calls futex_wait(address,
@@ -25,8 +30,10 @@
 #
 # Internals this module relies on (keep them when changing the core): RingReader._take_next,
 # _take_latest, _wait_for, _count, _uncount, _check_writers_alive, _release_last,
-# _release_pending, _ended, _last, _pending, _spin, _block; RingWriter._publisher; Participant's
-# futex addresses, check_usable, check_size, dead_participant_blocks, reap_dead, spinning_pays.
+# _release_pending, _nap_plan, _poll_window, _polled, _ended, _last, _pending, _held, _next,
+# _control, _carried_drops, _counted, _lock_free, _taker, _pacer, _spin, _block;
+# RingWriter._publisher; Participant's futex addresses, check_usable, check_size,
+# dead_participant_blocks, reap_dead, spinning_pays.
 
 from __future__ import annotations
 
@@ -35,7 +42,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -43,10 +50,10 @@ import numpy as np
 
 from . import _layout as L
 from ._errors import EndOfStream, RingNotFound, RingTimeout
-from ._fastpath import load_word
+from ._fastpath import Ready, load_word
 from ._ring import RingHandle
 from ._segment import _ATTACH_POLL
-from ._sys import futex_wait, futex_wake
+from ._sys import futex_wait, futex_wake, precise_futex_wait
 from ._timing import POLL_SLICE, deadline_from, remaining
 
 if TYPE_CHECKING:
@@ -54,9 +61,13 @@ if TYPE_CHECKING:
     from ._writer import Claim, RingWriter
 
 IDLE_EXIT = 1.0  # seconds a sleeper thread waits for work before it exits
+HANDOFF_START = 50e-6  # how long a timed-out sleep takes to resume its task, first guess
+HANDOFF_MAX = 500e-6
+HANDOFF_SMOOTHING = 0.25  # weight of a new measurement
 
 _T = TypeVar("_T")
-_Request = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]", int, int, float]
+_Ready = TypeVar("_Ready", "Frame", int)  # as in _reader.py: a frame, or a published seq
+_Request = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]", int, int, float, bool]
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -74,13 +85,15 @@ class _Sleeper:
         self._thread: threading.Thread | None = None
         self.address = 0  # the word the thread sleeps on now (0: none)
 
-    def sleep(self, address: int, expected: int, timeout: float) -> asyncio.Future[None]:
+    def sleep(
+        self, address: int, expected: int, timeout: float, precise: bool
+    ) -> asyncio.Future[None]:
         """A future resolved once the u32 at `address` is not `expected`, or on a wake-up,
         or after `timeout` s."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         with self._lock:
-            self._requests.put((loop, future, address, expected, timeout))
+            self._requests.put((loop, future, address, expected, timeout, precise))
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name=f"shmring-sleeper {self._name}", daemon=True
@@ -114,10 +127,12 @@ class _Sleeper:
                 continue
             if request is None:
                 return
-            loop, future, address, expected, timeout = request
+            loop, future, address, expected, timeout, precise = request
             if not future.done():  # not cancelled before we got to it
                 self.address = address
-                futex_wait(address, expected, max(timeout, 0.0))
+                (precise_futex_wait if precise else futex_wait)(
+                    address, expected, max(timeout, 0.0)
+                )
                 self.address = 0
             with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
                 loop.call_soon_threadsafe(_resolve, future)
@@ -143,6 +158,7 @@ class AsyncHandle(RingHandle):
 
     _sleeper: _Sleeper | None = None
     _waiting: asyncio.Future[None] | None = None
+    _handoff = HANDOFF_START
 
     def close(self) -> None:
         sleeper, self._sleeper = self._sleeper, None
@@ -153,7 +169,9 @@ class AsyncHandle(RingHandle):
             future.get_loop().call_soon_threadsafe(_resolve, future)
         super().close()
 
-    async def _sleep(self, address: int, expected: int, deadline: float | None) -> None:
+    async def _sleep(
+        self, address: int, expected: int, deadline: float | None, precise: bool = False
+    ) -> None:
         """Wait (without blocking the loop) until the u32 at `address` is not `expected`,
         a wake-up, POLL_SLICE, or the deadline; then raise if this handle was closed."""
         if self._waiting is not None:
@@ -164,7 +182,7 @@ class AsyncHandle(RingHandle):
         sleeper = self._sleeper
         if sleeper is None:
             sleeper = self._sleeper = _Sleeper(self.name)
-        future = self._waiting = sleeper.sleep(address, expected, remaining(deadline))
+        future = self._waiting = sleeper.sleep(address, expected, remaining(deadline), precise)
         try:
             await future
         except asyncio.CancelledError:
@@ -217,19 +235,54 @@ class AsyncReading(AsyncHandle):
         self._p.check_usable()
         return self
 
-    async def __anext__(self) -> Frame:
-        """The next frame of `async for`; releases the previous one, as iteration does."""
+    def __anext__(self) -> Coroutine[Any, Any, Frame]:
+        """The next frame of `async for`; releases the previous one, as iteration does.
+
+        While frames flow, the common case of RingReader._iterate_own (a ring-shaped frame
+        without metadata, only the previous frame held) is taken here, at once, in C
+        (Taker.advance), and handed over already done (Ready): no coroutine, no suspension."""
+        r: RingReader = self  # type: ignore[assignment]  # (no call: this runs per frame)
+        last, held = r._last, r._held
+        if (
+            r._lock_free
+            and last is not None
+            and len(held) == 1
+            and held[0] == last.seq
+            and last._reader is not None
+            and not r._carried_drops
+        ):
+            seq = r._next
+            try:
+                frame = r._pending = r._taker.advance(r, seq)
+                if frame is not None:  # held, and the last released (None if closed: below)
+                    if r._counted:
+                        r._uncount()
+                    r._next = seq + 1
+                    held[0] = seq
+                    last._reader = None
+                    r._last = frame
+                    r._pending = None
+                    return Ready(frame)
+            except BaseException:  # as in iteration: a frame taken is never left held
+                r._release_pending()
+                raise
+        return self._anext_waiting()
+
+    async def _anext_waiting(self) -> Frame:
+        """__anext__ when the frame is not there yet (or not for the C step)."""
         r = self._reader()
         r._p.check_usable()
         try:
-            if not r._block:
-                r._release_last()  # an overwrite reader pins one frame at a time
-            frame = r._take_next()
+            frame = await self._next_own() if r._lock_free else None
             if frame is None:
-                r._release_last()  # done with it: the writer may reuse its buffer meanwhile
-                frame = await self._wait_frame(r._take_next, None)
-            else:
-                r._uncount()  # woken for the last frame, if at all: no longer waiting
+                if not r._block:
+                    r._release_last()  # an overwrite reader pins one frame at a time
+                frame = r._take_next()
+                if frame is None:
+                    r._release_last()  # done with it: the writer may reuse its buffer meanwhile
+                    frame = await self._wait_frame(r._take_next, None)
+                else:
+                    r._uncount()  # woken for the last frame, if at all: no longer waiting
             r._release_last()
             r._last = frame
             r._pending = None
@@ -239,6 +292,29 @@ class AsyncReading(AsyncHandle):
         except BaseException:
             r._release_pending()
             raise
+        return frame
+
+    async def _next_own(self) -> Frame | None:
+        """RingReader._iterate_own's wait for the next frame: release the last, wait until
+        the next is published, take it in C; None (nothing taken) where iteration's general
+        path decides (a frame there already or not for the C step, skips carried)."""
+        r = self._reader()
+        seq = r._next
+        is_published = r._taker.published
+        if is_published(seq):
+            return None
+        r._release_last()  # done with it: the writer may reuse its buffer meanwhile
+
+        def published() -> int | None:
+            return seq if is_published(seq) else None
+
+        await self._wait_frame(published, None)
+        frame = r._pending = None if r._carried_drops else r._taker.take(r, seq)
+        if frame is None or r._held:  # (held: frames kept from aread())
+            r._pending = None
+            return None
+        r._next = seq + 1  # R_RELEASE reads seq already (_release stored r._next)
+        r._held.append(seq)
         return frame
 
     async def aread(self, timeout: float | None = None) -> Frame:
@@ -271,7 +347,9 @@ class AsyncReading(AsyncHandle):
         r._pending = None
         return frame
 
-    async def _wait_frame(self, take: Callable[[], Frame | None], deadline: float | None) -> Frame:
+    async def _wait_frame(
+        self, take: Callable[[], _Ready | None], deadline: float | None
+    ) -> _Ready:
         """RingReader._wait_for for the event loop: poll, yielding to the loop, for up to
         `spin` s; then sleep on the frames futex as a counted sleeper."""
         r = self._reader()
@@ -281,18 +359,17 @@ class AsyncReading(AsyncHandle):
             r._uncount()
             return frame
         if r._spin and p.spinning_pays():
-            poll_until = time.monotonic() + r._spin
-            if deadline is not None:
-                poll_until = min(poll_until, deadline)
-            while time.monotonic() < poll_until:
-                await asyncio.sleep(0)  # other tasks run between looks
-                p.check_usable()
-                frame = take()
-                if frame is not None:
-                    return frame
+            try:
+                frame = await self._poll_async(take, deadline)
+            except BaseException:
+                if not p.closed:
+                    r._uncount()
+                raise
+            if frame is not None:
+                return frame
         liveness = _Liveness()
 
-        def attempt() -> Frame | None:
+        def attempt() -> _Ready | None:
             frame = take()
             if frame is not None:
                 return frame
@@ -312,7 +389,54 @@ class AsyncReading(AsyncHandle):
                 r._uncount()  # the task may not come back for a long time
             raise
         r._uncount()  # running again (see RingReader._counted)
+        if r._spin:
+            r._pacer.arrived(frame if isinstance(frame, int) else frame.seq, time.monotonic())
         return frame
+
+    async def _poll_async(
+        self, take: Callable[[], _Ready | None], deadline: float | None
+    ) -> _Ready | None:
+        """RingReader._poll's steps on the loop: the nap as _nap_async, and the loop runs
+        between two looks."""
+        r = self._reader()
+        nap = r._nap_plan(deadline)
+        frame = None if nap is None else await self._nap_async(take, nap[0])
+        window = r._poll_window(nap, frame, deadline)
+        if window is None:
+            return frame
+        poll_until, now = window
+        woke = now
+        while True:
+            frame = take()
+            if frame is not None:
+                r._polled(frame, nap is not None, now == woke, now - woke)
+                return frame
+            now = time.monotonic()
+            if now >= poll_until:
+                return None
+            await asyncio.sleep(0)  # other tasks run between looks
+            r._p.check_usable()
+
+    async def _nap_async(self, take: Callable[[], _Ready | None], nap_end: float) -> _Ready | None:
+        """RingReader._nap on the loop: sleep as a counted waiter (a frame that comes early
+        wakes us) until `nap_end`, less the handoff (how late a timed-out sleep resumes
+        the task, measured here), so the loop is polling when the frame is due."""
+        r = self._reader()
+        p, control = r._p, r._control
+        r._count()
+        while True:
+            observed = load_word(control, L.C_FRAMES)
+            frame = take()
+            if frame is not None or load_word(control, L.C_FLAGS) & L.F_CLOSED:
+                return frame
+            wake_at = nap_end - self._handoff
+            if time.monotonic() >= wake_at:
+                return None
+            await self._sleep(p.frames_address, observed, wake_at, precise=True)
+            late = time.monotonic() - wake_at
+            if late >= 0:  # the sleep timed out: how long the loop took to resume us
+                handoff = self._handoff + (late - self._handoff) * HANDOFF_SMOOTHING
+                self._handoff = min(handoff, HANDOFF_MAX)
 
 
 async def _attach(attach: Callable[[], _T], timeout: float | None) -> _T:

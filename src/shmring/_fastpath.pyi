@@ -1,7 +1,8 @@
 # Type stub for the C extension shmring._fastpath (see the comment atop _fastpath.c).
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator
 from mmap import mmap
-from typing import Self
+from types import TracebackType
+from typing import Self, TypeVar
 
 import numpy as np
 
@@ -91,6 +92,22 @@ class FrameBase:
     def timestamp_ns(self) -> int: ...
     @property
     def dropped(self) -> int: ...
+
+_T = TypeVar("_T")
+
+# An awaitable already done: awaiting it gives `value` without suspending (see _taker.c).
+class Ready(Coroutine[None, None, _T]):
+    def __new__(cls, value: _T) -> Self: ...
+    def __await__(self) -> Generator[None, None, _T]: ...
+    def send(self, value: None, /) -> None: ...
+    def throw(
+        self,
+        typ: type[BaseException] | BaseException,
+        val: object = None,
+        tb: TracebackType | None = None,
+        /,
+    ) -> None: ...
+    def close(self) -> None: ...
 
 class Taker:
     def __init__(

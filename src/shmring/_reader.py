@@ -446,44 +446,66 @@ class RingReader(AsyncReading, RingHandle):
 
     def _poll(self, take: Callable[[], _Ready | None], deadline: float | None) -> _Ready | None:
         """The polling part of a wait: nap first if the stream is steady (_pacing.py), then
-        poll for up to `spin` seconds (past the frame's due time after a nap)."""
-        pacer = self._pacer
-        now = time.monotonic()
-        nap_end: float | None = None
-        seq = 0
-        if pacer.interval is not None:  # only then: reading head costs the writer a cache miss
-            # Waiting means waiting for the next frame to be published.
-            seq = self._next if self._lock_free else load_word(self._control, L.C_HEAD)
-            nap_end = pacer.nap_until(seq, now)
-        if nap_end is not None and (deadline is None or nap_end < deadline):
-            frame = self._nap(take, nap_end)
-            now = time.monotonic()
-            if frame is not None:
-                pacer.nap_outcome(overslept=True, polled=0.0)
-                pacer.arrived(_seq_of(frame), now)
-                self._uncount()  # running again (see _counted)
-                return frame
-            if self._ended():
-                return None  # the caller's wait drains the stream and reports its end
-            poll_until = max(pacer.due(seq), now) + self._spin
-            napped = True
-        else:
-            poll_until = now + self._spin
-            napped = False
-        self._uncount()  # a poller must not have writers wake it for nothing
+        poll for up to `spin` seconds (past the frame's due time after a nap). The asyncio
+        reader's wait (_async.py) runs the same steps, napping and polling on the loop."""
+        nap = self._nap_plan(deadline)
+        frame = None if nap is None else self._nap(take, nap[0])
+        window = self._poll_window(nap, frame, deadline)
+        if window is None:
+            return frame
+        poll_until, now = window
         woke = now
-        if deadline is not None and deadline < poll_until:
-            poll_until = deadline
         while True:
             frame = take()
             if frame is not None:
-                if napped:  # there at the first look: it came while we slept
-                    pacer.nap_outcome(overslept=now == woke, polled=now - woke)
-                pacer.arrived(_seq_of(frame), now)
+                self._polled(frame, nap is not None, now == woke, now - woke)
                 return frame
             now = time.monotonic()
             if now >= poll_until:
                 return None
+
+    def _nap_plan(self, deadline: float | None) -> tuple[float, int] | None:
+        """When a wait's nap ends and the frame it waits for; None: no nap, poll at once."""
+        pacer = self._pacer
+        if pacer.interval is None:  # only then: reading head costs the writer a cache miss
+            return None
+        # Waiting means waiting for the next frame to be published.
+        seq = self._next if self._lock_free else load_word(self._control, L.C_HEAD)
+        nap_end = pacer.nap_until(seq, time.monotonic())
+        if nap_end is None or (deadline is not None and nap_end >= deadline):
+            return None
+        return nap_end, seq
+
+    def _poll_window(
+        self, nap: tuple[float, int] | None, frame: _Ready | None, deadline: float | None
+    ) -> tuple[float, float] | None:
+        """After the nap (if any), which got `frame`: None if the wait is over (the frame
+        came during the nap, or the stream was closed); else (when polling ends, now), with
+        the reader no longer counted as a sleeper."""
+        now = time.monotonic()
+        if nap is None:
+            poll_until = now + self._spin
+        else:
+            pacer = self._pacer
+            if frame is not None:
+                pacer.nap_outcome(overslept=True, polled=0.0)
+                pacer.arrived(_seq_of(frame), now)
+                self._uncount()  # running again (see _counted)
+                return None
+            if self._ended():
+                return None  # the caller's wait drains the stream and reports its end
+            poll_until = max(pacer.due(nap[1]), now) + self._spin
+        self._uncount()  # a poller must not have writers wake it for nothing
+        if deadline is not None and deadline < poll_until:
+            poll_until = deadline
+        return poll_until, now
+
+    def _polled(self, frame: _Ready, napped: bool, at_first_look: bool, polled: float) -> None:
+        """Polling found `frame` after `polled` seconds: what the pacer learns."""
+        pacer = self._pacer
+        if napped:  # there at the first look: it came while we slept
+            pacer.nap_outcome(overslept=at_first_look, polled=polled)
+        pacer.arrived(_seq_of(frame), time.monotonic())
 
     def _nap(self, take: Callable[[], _Ready | None], nap_end: float) -> _Ready | None:
         """Sleep as a counted waiter (a frame that comes early wakes us) until `nap_end`;

@@ -996,10 +996,148 @@ static PyTypeObject TakerType = {
     .tp_methods = Taker_methods,
 };
 
+/* ---- Ready: an awaitable that is already done ----------------------------------------------
+ *
+ * `async for frame in reader` calls __anext__ for every frame. When the frame is published
+ * already (frames flowing), _async.py takes it on the spot and returns Ready(frame): awaiting
+ * it gives the frame without suspending the task and without a coroutine object, a frame
+ * and a StopIteration per step (am_send answers PYGEN_RETURN). A Ready gives its value once,
+ * and has a coroutine's send, throw and close: collections.abc.Coroutine counts it as one,
+ * so asyncio.create_task(anext(aiter(reader))) takes it as it takes the coroutine of a step
+ * that waits. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *value; /* NULL once given */
+} Ready;
+
+static PyObject *Ready_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    PyObject *value;
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) {
+        PyErr_SetString(PyExc_TypeError, "Ready() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_UnpackTuple(args, "Ready", 1, 1, &value)) {
+        return NULL;
+    }
+    Ready *self = (Ready *)type->tp_alloc(type, 0);
+    if (self != NULL) {
+        self->value = Py_NewRef(value);
+    }
+    return (PyObject *)self;
+}
+
+static int Ready_traverse(Ready *self, visitproc visit, void *arg) {
+    Py_VISIT(self->value);
+    return 0;
+}
+
+static int Ready_clear(Ready *self) {
+    Py_CLEAR(self->value);
+    return 0;
+}
+
+static void Ready_dealloc(Ready *self) {
+    PyObject_GC_UnTrack(self);
+    Ready_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Ready_await(PyObject *self) {
+    return Py_NewRef(self);
+}
+
+/* The value, handed over (NULL with RuntimeError if it was given already). */
+static PyObject *Ready_take(Ready *self) {
+    PyObject *value = self->value;
+    if (value == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse an already awaited shmring Ready");
+        return NULL;
+    }
+    self->value = NULL;
+    return value;
+}
+
+static PySendResult Ready_send(Ready *self, PyObject *Py_UNUSED(arg), PyObject **result) {
+    *result = Ready_take(self);
+    return *result == NULL ? PYGEN_ERROR : PYGEN_RETURN;
+}
+
+static PyObject *Ready_next(Ready *self) {
+    /* For callers that iterate instead of sending: the value rides on StopIteration. */
+    PyObject *value = Ready_take(self);
+    if (value == NULL) {
+        return NULL;
+    }
+    PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, value);
+    Py_DECREF(value);
+    if (stop != NULL) {
+        PyErr_SetObject(PyExc_StopIteration, stop);
+        Py_DECREF(stop);
+    }
+    return NULL;
+}
+
+static PyObject *Ready_send_method(Ready *self, PyObject *Py_UNUSED(arg)) {
+    return Ready_next(self);
+}
+
+/* throw() and close() as for a coroutine that has not started: it never suspends. */
+static PyObject *Ready_throw(Ready *self, PyObject *args) {
+    PyObject *type, *value = NULL, *traceback = NULL;
+    if (!PyArg_UnpackTuple(args, "throw", 1, 3, &type, &value, &traceback)) {
+        return NULL;
+    }
+    Py_CLEAR(self->value);
+    if (PyExceptionInstance_Check(type)) {
+        PyErr_SetObject((PyObject *)Py_TYPE(type), type);
+    } else if (PyExceptionClass_Check(type)) {
+        PyErr_SetObject(type, value);
+    } else {
+        PyErr_SetString(PyExc_TypeError, "throw() needs an exception");
+    }
+    return NULL;
+}
+
+static PyObject *Ready_close(Ready *self, PyObject *Py_UNUSED(ignored)) {
+    Py_CLEAR(self->value);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Ready_methods[] = {
+    {"send", (PyCFunction)Ready_send_method, METH_O, "send(None): raise StopIteration(value)."},
+    {"throw", (PyCFunction)Ready_throw, METH_VARARGS, "throw(exc): raise exc (never suspended)."},
+    {"close", (PyCFunction)Ready_close, METH_NOARGS, "Drop the value."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyAsyncMethods Ready_async = {
+    .am_await = Ready_await,
+    .am_send = (sendfunc)Ready_send,
+};
+
+static PyTypeObject ReadyType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmring._fastpath.Ready",
+    .tp_doc = "Ready(value): an awaitable already done; awaiting it gives value (see _taker.c).",
+    .tp_basicsize = sizeof(Ready),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = Ready_new,
+    .tp_dealloc = (destructor)Ready_dealloc,
+    .tp_traverse = (traverseproc)Ready_traverse,
+    .tp_clear = (inquiry)Ready_clear,
+    .tp_as_async = &Ready_async,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)Ready_next,
+    .tp_methods = Ready_methods,
+};
+
 int shmring_add_taker(PyObject *module) {
     if (PyType_Ready(&FrameBaseType) < 0 || PyType_Ready(&TakerType) < 0 ||
+        PyType_Ready(&ReadyType) < 0 ||
         PyModule_AddObjectRef(module, "FrameBase", (PyObject *)&FrameBaseType) < 0 ||
         PyModule_AddObjectRef(module, "Taker", (PyObject *)&TakerType) < 0 ||
+        PyModule_AddObjectRef(module, "Ready", (PyObject *)&ReadyType) < 0 ||
         PyModule_AddIntConstant(module, "TAKE_FALLBACK", TAKE_FALLBACK) < 0 ||
         PyModule_AddIntConstant(module, "TAKE_NO_ROOM", TAKE_NO_ROOM) < 0 ||
         PyModule_AddIntConstant(module, "TAKE_NO_PIN", TAKE_NO_PIN) < 0) {
