@@ -183,10 +183,11 @@ def test_a_steady_stream_is_paced_by_the_async_reader(
                 kid.send("go")
                 async with asyncio.timeout(WAIT):
                     tags = [pat.check(frame.array) async for frame in r]
-                interval = r._pacer.interval
             assert len(kid.recv()["seqs"]) == count
         assert tags == [make_tag(0, n) for n in range(count)]
-        assert interval is not None and 0.001 < interval < 0.05, interval
+        # Naps happen only once the pace is learned (the value learned depends on how the
+        # machine scheduled the writer: a late writer catches up in a burst; test_pacing.py
+        # checks the estimate itself).
         assert naps, "the reader never napped"
 
     run(main())
