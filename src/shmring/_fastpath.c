@@ -116,20 +116,28 @@ done:
     return result;
 }
 
-/* The address of word `index` of a memoryview of u64 words (writable: _layout.Views makes
- * them so) in `*word`, and 0, the view's export held in `*view` (the caller releases it);
- * or -1 with an exception set. */
-static int word_of(PyObject *view_object, Py_ssize_t index, Py_buffer *view, uint64_t **word) {
-    if (PyObject_GetBuffer(view_object, view, PyBUF_WRITABLE) < 0) {
+/* The arguments (view, index) of `function`: the address of word `index` of a memoryview of
+ * u64 words (writable: _layout.Views makes them so) in `*word` and the index in `*index`,
+ * and 0, the view's export held in `*view` (the caller releases it); or -1 with an exception
+ * set. */
+static int word_arguments(const char *function, PyObject *const *args, Py_ssize_t nargs,
+                          Py_buffer *view, uint64_t **word, Py_ssize_t *index) {
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "%s takes 2 arguments, got %zd", function, nargs);
         return -1;
     }
-    if (index < 0 || index >= view->len / 8 || ((uintptr_t)view->buf & 7) != 0) {
+    *index = PyLong_AsSsize_t(args[1]);
+    if ((*index == -1 && PyErr_Occurred()) ||
+        PyObject_GetBuffer(args[0], view, PyBUF_WRITABLE) < 0) {
+        return -1;
+    }
+    if (*index < 0 || *index >= view->len / 8 || ((uintptr_t)view->buf & 7) != 0) {
         PyBuffer_Release(view);
         PyErr_Format(PyExc_IndexError, "word %zd is outside the view (or the view is misaligned)",
-                     index);
+                     *index);
         return -1;
     }
-    *word = (uint64_t *)view->buf + index;
+    *word = (uint64_t *)view->buf + *index;
     return 0;
 }
 
@@ -139,14 +147,10 @@ static int word_of(PyObject *view_object, Py_ssize_t index, Py_buffer *view, uin
  * it looks at next (in C, with acquire loads too) is at least as new as the word, which a
  * plain CPython read does not promise on aarch64. */
 static PyObject *load_word(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "load_word takes 2 arguments, got %zd", nargs);
-        return NULL;
-    }
-    Py_ssize_t index = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t index;
     Py_buffer view;
     uint64_t *word;
-    if ((index == -1 && PyErr_Occurred()) || word_of(args[0], index, &view, &word) < 0) {
+    if (word_arguments("load_word", args, nargs, &view, &word, &index) < 0) {
         return NULL;
     }
     uint64_t value = load(word);
@@ -160,14 +164,10 @@ static PyObject *load_word(PyObject *Py_UNUSED(module), PyObject *const *args, P
  * sleep returns at once. The bump is an atomic add (seq_cst): it is also the full barrier
  * between what the caller stored before (a release, a close) and the wake-up. */
 static PyObject *wake(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "wake takes 2 arguments, got %zd", nargs);
-        return NULL;
-    }
-    Py_ssize_t index = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t index;
     Py_buffer view;
     uint64_t *word;
-    if ((index == -1 && PyErr_Occurred()) || word_of(args[0], index, &view, &word) < 0) {
+    if (word_arguments("wake", args, nargs, &view, &word, &index) < 0) {
         return NULL;
     }
     if (index != SHMRING_C_FRAMES && index != SHMRING_C_SPACE) {
