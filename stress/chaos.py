@@ -157,6 +157,16 @@ def v_hold_claim(conn: Connection, name: str, writer_id: int) -> None:
         await_kill()
 
 
+def write_or_claim(writer: RingWriter, frame: np.ndarray, tag: int, claim: bool) -> None:
+    """Publish a frame stamped `tag`: filled in a claimed slot, or written from `frame`."""
+    if claim:
+        with writer.claim(STALL) as slot:
+            stamp(slot, tag)
+    else:
+        stamp(frame, tag)
+        writer.write(frame, STALL)
+
+
 def v_skip(conn: Connection, name: str, writer_id: int) -> None:
     """Write (or claim) a frame, publish a gap, and again. Each gap is announced before
     skip() and confirmed after it, so the orchestrator knows what the gaps stood for."""
@@ -165,12 +175,7 @@ def v_skip(conn: Connection, name: str, writer_id: int) -> None:
     frame = np.empty(SHAPE, DTYPE)
     report(conn, "ready")
     for n in range(1 << 30):
-        if n % 2:
-            with writer.claim(STALL) as slot:
-                stamp(slot, make_tag(writer_id, n))
-        else:
-            stamp(frame, make_tag(writer_id, n))
-            writer.write(frame, STALL)
+        write_or_claim(writer, frame, make_tag(writer_id, n), claim=bool(n % 2))
         count = rng.choice(SKIP_COUNTS)
         report(conn, "skip", count)
         writer.skip(count, STALL)
@@ -296,12 +301,7 @@ def v_sigint_write(conn: Connection, name: str, writer_id: int) -> None:
 
     def step() -> None:
         n = next(counter)
-        if n % 2:
-            with writer.claim(STALL) as slot:
-                stamp(slot, make_tag(writer_id, n))
-        else:
-            stamp(frame, make_tag(writer_id, n))
-            writer.write(frame, STALL)
+        write_or_claim(writer, frame, make_tag(writer_id, n), claim=bool(n % 2))
 
     survive_sigints(conn, step)
 
