@@ -101,6 +101,7 @@ typedef struct {
     uint64_t *descriptors;
     uint64_t *freelist;
     uint64_t *reader_records, *group_records; /* max_readers of each, RECORD_WORDS apart */
+    uint64_t *pin_table; /* overwrite: max_readers pin lines, RECORD_WORDS apart; else NULL */
     char *buffers;
     Py_ssize_t frame_bytes;
     Py_ssize_t buffer_stride;
@@ -119,7 +120,7 @@ static void release_exports(Publisher *self) {
     if (self->holds_exports) {
         self->holds_exports = 0;
         self->control = self->record = self->descriptors = self->freelist = NULL;
-        self->reader_records = self->group_records = NULL;
+        self->reader_records = self->group_records = self->pin_table = NULL;
         self->buffers = NULL;
         PyBuffer_Release(&self->header);
         PyBuffer_Release(&self->data);
@@ -131,10 +132,10 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
         "header", "data", "control", "record", "descriptors", "freelist", "reader_records",
         "group_records", "frame_bytes", "buffer_stride", "slots", "nbuffers",
         "descriptor_words", "max_readers", "reclaim_eagerly", "reclaim_in_c", "reclaim",
-        "overwrite", "meta_size", "ndim", NULL,
+        "overwrite", "meta_size", "ndim", "pin_table", NULL,
     };
     PyObject *header, *data, *control, *record, *descriptors, *freelist, *readers, *groups;
-    PyObject *reclaim;
+    PyObject *reclaim, *pin_table;
     Py_ssize_t frame_bytes, stride, descriptor_words;
     unsigned long long slots, nbuffers, max_readers, meta_size, ndim;
     int reclaim_eagerly, reclaim_in_c, overwrite;
@@ -143,10 +144,10 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
         return -1;
     }
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$OOOOOOOOnnKKnKppOpKK:Publisher", keywords, &header, &data, &control,
+            args, kwargs, "$OOOOOOOOnnKKnKppOpKKO:Publisher", keywords, &header, &data, &control,
             &record, &descriptors, &freelist, &readers, &groups, &frame_bytes, &stride, &slots,
             &nbuffers, &descriptor_words, &max_readers, &reclaim_eagerly, &reclaim_in_c,
-            &reclaim, &overwrite, &meta_size, &ndim)) {
+            &reclaim, &overwrite, &meta_size, &ndim, &pin_table)) {
         return -1;
     }
     uint64_t table_words, data_bytes, record_table_words;
@@ -185,13 +186,9 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
                                            SHMRING_RECORD_WORDS)) ||
         !(self->descriptors =
               shmring_word_view(descriptors, within, owner, "descriptors", table_words)) ||
-        !(self->freelist = shmring_word_view(freelist, within, owner, "freelist", nbuffers))) {
-        release_exports(self);
-        return -1;
-    }
-    if (overwrite && (uint64_t)(self->freelist - self->reader_records) <
-                         3 * record_table_words) { /* readers, groups, then the pin table */
-        PyErr_SetString(PyExc_ValueError, "Publisher: no pin table before the free list");
+        !(self->freelist = shmring_word_view(freelist, within, owner, "freelist", nbuffers)) ||
+        (overwrite && !(self->pin_table = shmring_word_view(pin_table, within, owner, "pin table",
+                                                            record_table_words)))) {
         release_exports(self);
         return -1;
     }
@@ -436,9 +433,9 @@ static long long position_buffer(Publisher *self, uint64_t seq) {
  * up to the line's top). The caller has made its own stores visible first (a full fence): a
  * reader stores its pin (and raises its top), fences, then looks again at the frame, so
  * either it sees the writer's eviction or the writer sees the pin (docs/FORMAT.md,
- * "Overwrite"). The pin table lies right before the free list, one line per reader record. */
+ * "Overwrite"). The pin table holds one line per reader record. */
 static int pinned(Publisher *self, uint64_t buffer) {
-    const uint64_t *table = self->freelist - self->max_readers * (uint64_t)SHMRING_RECORD_WORDS;
+    const uint64_t *table = self->pin_table;
     uint64_t pins[SHMRING_MAX_PINS];
     for (uint64_t i = 0; i < self->max_readers; i++) {
         const uint64_t *reader = self->reader_records + i * (uint64_t)SHMRING_RECORD_WORDS;

@@ -714,6 +714,7 @@ def publisher_arguments(
         reclaim_in_c=reclaim_in_c,
         reclaim=p.reclaim,
         overwrite=g.policy == L.POLICY_OVERWRITE,
+        pin_table=views.pin_table if views.pins else None,
         meta_size=g.meta_size,
         ndim=len(g.shape),
     )
