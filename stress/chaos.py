@@ -169,17 +169,20 @@ def write_or_claim(writer: RingWriter, frame: np.ndarray, tag: int, claim: bool)
 
 def v_skip(conn: Connection, name: str, writer_id: int) -> None:
     """Write (or claim) a frame, publish a gap, and again. Each gap is announced before
-    skip() and confirmed after it, so the orchestrator knows what the gaps stood for."""
+    skip() and confirmed after it, so the orchestrator knows what the gaps stood for. Ready
+    (the kill clock starts) after the first gap, so every victim publishes one: a slow
+    first write under load would otherwise leave a short run with no victim gap at all."""
     writer = RingWriter.attach(name)
     rng = random.Random(writer_id)
     frame = np.empty(SHAPE, DTYPE)
-    report(conn, "ready")
     for n in range(1 << 30):
         write_or_claim(writer, frame, make_tag(writer_id, n), claim=bool(n % 2))
         count = rng.choice(SKIP_COUNTS)
         report(conn, "skip", count)
         writer.skip(count, STALL)
         report(conn, "skipped", count)
+        if n == 0:
+            report(conn, "ready")
 
 
 def v_read(conn: Connection, name: str, writer_id: int) -> None:
