@@ -245,3 +245,36 @@ def test_close_clears_every_pin_it_stored() -> None:
         assert all(frame._reader is not None for frame in held)  # closing kept the objects
         for frame in held:
             frame.release()  # a no-op now
+
+
+def test_writer_finding_every_buffer_taken_reaps_a_dead_holder_first() -> None:
+    """The sizing rule is checked when a reader pins, against the writers attached then;
+    writers that join later may find every buffer held or claimed. If a dead reader holds
+    some, the writer reaps it and goes on instead of raising RingFull."""
+    name = unique_name("pinw")
+    pat = Pattern((64,))
+    with RingWriter.create(
+        name, (64,), np.uint8, slots=4, policy="overwrite", spare_buffers=3, max_readers=3
+    ) as w:
+        for n in range(6):
+            w.write(pat.make(make_tag(0, n)), 0.0)
+        others: list[RingWriter] = []
+        try:
+            with Child("fork", "hold_frames", name=name, count=4) as child:
+                assert child.recv() == [2, 3, 4, 5]  # 4 of the 7 buffers pinned
+                others += [RingWriter.attach(name, timeout=WAIT) for _ in range(3)]
+                child.kill()
+                child.wait_dead()
+            assert len(inspect_ring(name).readers) == 1  # not reaped yet
+            claims = [writer.claim(0.0) for writer in (w, *others)]  # 4 claims, 3 unpinned
+            for n, claim in enumerate(claims):
+                claim.__enter__()[:] = pat.make(make_tag(n + 1, 0))
+            assert inspect_ring(name).readers == []  # the fourth claim reaped the holder
+            for claim in claims:
+                claim.__exit__(None, None, None)
+            with RingReader.attach(name, start="oldest") as r:
+                got = sorted(pat.check(r.read(1.0).array) for _ in range(4))
+            assert got == [make_tag(n + 1, 0) for n in range(4)]
+        finally:
+            for writer in others:
+                writer.close()

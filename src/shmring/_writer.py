@@ -487,6 +487,9 @@ class RingWriter(AsyncWriting, RingHandle):
                 else:
                     with p.lock.until(deadline):
                         buffer = self._publisher.claim_buffer_locked()
+                        # Dead readers' pins and dead writers' claims count until reaped.
+                        if buffer == PUBLISH_FALLBACK and p.reap_dead():
+                            buffer = self._publisher.claim_buffer_locked()
                 if buffer >= 0:
                     return buffer
                 if buffer == PUBLISH_CORRUPTED:
