@@ -11,6 +11,7 @@ import asyncio
 import multiprocessing as mp
 import os
 import signal
+import statistics
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -105,7 +106,10 @@ def test_async_for_2000_frames_while_a_ticker_ticks(run: Runner) -> None:
             await ticker
             reader.close()
             assert tags == [make_tag(0, n) for n in range(count)]
-            assert len(gaps) > 100 and max(gaps) < 0.05, max(gaps)
+            # The loop ran the ticker throughout: a wait that blocked it would show in the
+            # typical gap; a lone long one is another process taking the CPU.
+            assert len(gaps) > 100 and statistics.median(gaps) < 0.005, sorted(gaps)[-5:]
+            assert max(gaps) < 0.5, max(gaps)
             assert len(kid.recv()["seqs"]) == count
 
     run(main())
@@ -311,7 +315,7 @@ def test_close_from_the_loop_ends_a_waiting_iteration(run: Runner) -> None:
             r.close()
             with pytest.raises(ShmringError, match="closed"):
                 await asyncio.wait_for(task, WAIT)
-            assert time.monotonic() - t0 < 0.1
+            assert time.monotonic() - t0 < SLACK  # promptly: not after a poll slice or timeout
             await no_sleeper_left(name)
 
     run(main())
