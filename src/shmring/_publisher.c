@@ -332,7 +332,7 @@ static long long corrupted(const ShmringReclaim *ring, const char *format, ...) 
  * buffers in neither, out of use until a repair rebuilds the free list, and never in both,
  * which the next reclaim would hand out a second time. Buffer indices are not range-checked
  * here: whoever pops one checks it. */
-long long shmring_reclaim(const ShmringReclaim *ring) {
+static long long reclaim(const ShmringReclaim *ring) {
     uint64_t *control = ring->control;
     uint64_t head = load(&control[SHMRING_C_HEAD]);
     uint64_t tail = load(&control[SHMRING_C_TAIL]);
@@ -377,6 +377,10 @@ long long shmring_reclaim(const ShmringReclaim *ring) {
     return (long long)(count + freed);
 }
 
+long long shmring_reclaim(const ShmringReclaim *ring) { /* for _fastpath.reclaim */
+    return reclaim(ring); /* (the writer calls reclaim: no call through the PLT) */
+}
+
 /* A buffer popped off the free list (after a reclaim, when one is due: also for a free
  * count out of range, which the reclaim reports); PUBLISH_FALLBACK if none is free and
  * PUBLISH_CORRUPTED if the list names one out of range (nothing changed), POP_FAILED if the
@@ -393,7 +397,7 @@ static long long pop_buffer(Publisher *self) {
             Py_DECREF(result);
         }
         ShmringReclaim ring = reclaim_parts(self);
-        long long reclaimed = shmring_reclaim(&ring);
+        long long reclaimed = reclaim(&ring);
         if (reclaimed < 0) {
             return POP_FAILED;
         }
