@@ -17,7 +17,8 @@
  * buffers, descriptor words, ...), which the header cannot know. An object holds buffer
  * exports of the mappings those views live in, so its raw pointers stay valid until its
  * close(). Anything out of the ordinary makes an object give up with nothing
- * changed, and Python's general path does the work or raises the error. An object is used
+ * changed, and Python's general path does the work or raises the error; the reclaim, which
+ * has no general path, raises RingCorrupted itself (nothing changed). An object is used
  * by one thread at a time, like the handle it belongs to: where it lets go of the GIL, a
  * second thread entering it (or closing it) meanwhile gets a RuntimeError.
  *
