@@ -14,7 +14,13 @@ from helpers import WAIT, unique_name
 
 import shmring._layout as L
 from shmring import RingCorrupted, RingReader, RingWriter, ShmringError
-from shmring._fastpath import PUBLISH_ALONE, PUBLISH_CORRUPTED, PUBLISH_FALLBACK, Publisher
+from shmring._fastpath import (
+    PUBLISH_ALONE,
+    PUBLISH_CORRUPTED,
+    PUBLISH_FALLBACK,
+    Publisher,
+    reclaim,
+)
 from shmring._writer import _publisher, publisher_arguments
 
 SHAPE = (4, 6)
@@ -356,6 +362,32 @@ def test_bad_arguments_are_refused_without_leaking_references() -> None:
         gc.collect()
         assert sys.getrefcount(name) == before
         publisher.close()
+
+
+def test_the_reclaim_under_the_lock_refuses_views_that_do_not_fit() -> None:
+    """_fastpath.reclaim (Participant.reclaim's) takes views of the header it is handed and
+    the geometry; views elsewhere, or a geometry they cannot hold, are a ValueError."""
+    with joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)) as w:
+        p, views = w._p, w._p.views
+        arguments = dict(
+            p.c_arguments(),
+            freelist=views.freelist,
+            reader_records=views.reader_table,
+            group_records=views.group_table,
+            nbuffers=4,
+            max_readers=p.geometry.max_readers,
+            name=p.name,
+        )
+        with p.lock.until(None):
+            assert reclaim(**arguments) == 4  # nothing published: all 4 free
+            for wrong in (
+                {"slots": 0},
+                {"nbuffers": 1 << 20},
+                {"max_readers": 1 << 62},
+                {"freelist": memoryview(bytearray(64)).cast("Q")},
+            ):
+                with pytest.raises(ValueError):
+                    reclaim(**{**arguments, **wrong})
 
 
 def test_after_close_it_falls_back_and_holds_no_mapping() -> None:
