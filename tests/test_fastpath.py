@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gc
 import sys
-from typing import Any
 
 import numpy as np
 import pytest
@@ -15,7 +14,13 @@ from helpers import WAIT, unique_name
 
 import shmring._layout as L
 from shmring import RingCorrupted, RingReader, RingWriter, ShmringError
-from shmring._fastpath import PUBLISH_ALONE, PUBLISH_CORRUPTED, PUBLISH_FALLBACK, Publisher
+from shmring._fastpath import (
+    PUBLISH_ALONE,
+    PUBLISH_CORRUPTED,
+    PUBLISH_FALLBACK,
+    Publisher,
+    reclaim,
+)
 from shmring._writer import _publisher, publisher_arguments
 
 SHAPE = (4, 6)
@@ -193,7 +198,7 @@ def test_a_free_buffer_index_out_of_range_is_corruption_and_publishes_nothing(ca
 
 def test_the_reclaim_in_c_frees_what_every_group_released_and_no_more() -> None:
     """Buffers come back once both a reader of its own and a group have released their frames:
-    the floor is the lower of R_RELEASE and G_CURSOR (_publisher.c, reclaim_in_c)."""
+    the floor is the lower of R_RELEASE and G_CURSOR (_publisher.c, shmring_reclaim)."""
     with (
         joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)) as w,
         RingReader.attach(w.name, start="oldest") as own,
@@ -215,111 +220,133 @@ def test_the_reclaim_in_c_frees_what_every_group_released_and_no_more() -> None:
             assert got.seq == 3 and np.array_equal(got.array, _frame(3))
 
 
-def test_a_damaged_window_makes_the_reclaim_in_c_defer_to_python() -> None:
-    """tail past head is no state the C reclaim handles: Python's reclaim runs and says what
-    is wrong, and nothing is published."""
+# What a forged word makes the reclaim say (after three frames: head 3, tail 2, 3 free).
+_DAMAGES = {
+    "tail-past-head": (L.C_TAIL, 9, "head 3 and tail 9 are inconsistent: tail is past head"),
+    "window": (L.C_HEAD, 8, "head 8 and tail 2 are inconsistent: a window of 6 frames in 4 slots"),
+    "sequence-limit": (L.C_HEAD, L.SEQ_LIMIT, f"head {L.SEQ_LIMIT} is past the sequence limit"),
+    "free-count": (L.C_FREE_COUNT, 99, "free count 99 is inconsistent: the ring has 4 buffers"),
+    "overflow": (L.C_FREE_COUNT, 4, "free list overflow: 4 buffers free and 1 frames released"),
+}
+
+
+@pytest.mark.parametrize(
+    ("call", "word", "value", "message"),
+    [
+        pytest.param(call, *damage, id=f"{call}-{what}")
+        for call in ("write", "claim")
+        for what, damage in _DAMAGES.items()
+        # write: a head past the limit is no number to publish under, so publish() gives way
+        # before any reclaim; the claim case reaches the reclaim with that head
+        if (call, what) != ("write", "sequence-limit")
+    ],
+)
+def test_a_damaged_window_or_free_list_makes_the_reclaim_raise(
+    word: int, value: int, message: str, call: str
+) -> None:
+    """The one reclaim, in C, names what is wrong and what to do, stores nothing, and the
+    publish leaves its bracket; the same reclaim under the header lock says the same."""
     with joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)) as w:
-        for value in range(4):
-            w.write(_frame(value), WAIT)  # free count 0: the next write reclaims
-        w._control[L.C_TAIL] = 7
-        with pytest.raises(RingCorrupted, match="inconsistent"):
-            w._publisher.publish(_frame(4))
-        assert w._control[L.C_HEAD] == 4 and w._record[L.W_IN_PUBLISH] == 0
+        publisher = _publisher(w._p, w._record, reclaim_eagerly=True)  # reclaims at every frame
+        for value_written in range(3):  # no reader: each frees the frame before (free count 3)
+            assert publisher.publish(_frame(value_written)) == value_written
+        good = w._control[word]
+        w._control[word] = value
+        state = list(w._control[L.C_HEAD : L.C_FREE_COUNT + 1])
+        expected = f"ring '{w.name}': {message}.*remove the ring \\(shmring rm --force {w.name}"
+        with pytest.raises(RingCorrupted, match=expected):
+            if call == "write":
+                publisher.publish(_frame(3))
+            else:
+                publisher.claim_buffer()
+        assert list(w._control[L.C_HEAD : L.C_FREE_COUNT + 1]) == state
+        assert w._record[L.W_IN_PUBLISH] == 0 and w._record[L.W_CLAIMED] == L.NONE
+        with w._p.lock.until(None), pytest.raises(RingCorrupted, match=expected):
+            w._p.reclaim()
+        assert list(w._control[L.C_HEAD : L.C_FREE_COUNT + 1]) == state
+        w._control[word] = good
+        assert publisher.publish(_frame(3)) == 3  # repaired by hand: it goes on
+        publisher.close()
 
 
-def _interrupted() -> int:
+def _interrupted() -> None:
     raise KeyboardInterrupt
 
 
 @pytest.mark.parametrize("call", ["write", "claim"])
-@pytest.mark.parametrize(
-    ("reclaim", "error"),
-    [(_interrupted, KeyboardInterrupt), (lambda: None, TypeError)],
-    ids=["interrupted", "no-count"],
-)
-def test_an_error_in_the_reclaim_leaves_the_publish_bracket(
-    reclaim: Any, error: type[BaseException], call: str
-) -> None:
-    """A reclaim runs inside the W_IN_PUBLISH bracket; whatever it raises (RingCorrupted,
-    KeyboardInterrupt) must not leave the bracket open, or joining writers wait for it. A
-    result that is no count is an error (TypeError), not corruption of the ring."""
+def test_an_error_in_the_reclaim_leaves_the_publish_bracket(call: str) -> None:
+    """A reclaim runs inside the W_IN_PUBLISH bracket; whatever is raised there (the
+    reclaim's RingCorrupted, above; here a KeyboardInterrupt from the test hook before it)
+    must not leave the bracket open, or joining writers wait for it."""
     with joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)) as w:
-        p = w._p
-        p.reclaim = reclaim  # type: ignore[method-assign]
-        publisher = _publisher(p, w._record, reclaim_eagerly=True, reclaim_in_c=False)
-        with pytest.raises(error):
+        publisher = _publisher(w._p, w._record, reclaim_eagerly=True)
+        publisher.on_reclaim = _interrupted
+        with pytest.raises(KeyboardInterrupt):
             if call == "write":
                 publisher.publish(_frame(0))
             else:
                 publisher.claim_buffer()
         assert w._record[L.W_IN_PUBLISH] == 0 and w._control[L.C_HEAD] == 0
         assert w._record[L.W_CLAIMED] == L.NONE
+        publisher.on_reclaim = None
+        assert publisher.publish(_frame(0)) == 0  # without the hook: the reclaim alone
         publisher.close()
 
 
 def test_two_threads_in_one_publisher_get_an_error_not_a_shared_buffer() -> None:
     """Re-entering a publish that is under way (another thread, while a large copy runs
-    without the GIL; here, deterministically, from inside its reclaim) raises."""
+    without the GIL; here, deterministically, from the test hook at its reclaim) raises."""
     with joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)) as w:
-        p = w._p
         errors: list[BaseException] = []
 
-        def reenter() -> int:
+        def reenter() -> None:
             try:
                 publisher.publish(_frame(1))
             except RuntimeError as exc:
                 errors.append(exc)
-            return int(w._control[L.C_FREE_COUNT])
 
-        p.reclaim = reenter  # type: ignore[method-assign]
-        publisher = _publisher(p, w._record, reclaim_eagerly=True, reclaim_in_c=False)
+        publisher = _publisher(w._p, w._record, reclaim_eagerly=True)
+        publisher.on_reclaim = reenter
         assert publisher.publish(_frame(0)) == 0  # the outer publish completes
         assert len(errors) == 1 and "under way" in str(errors[0])
         publisher.close()
 
 
 def test_closing_the_writer_during_its_write_raises_and_leaves_it_whole() -> None:
-    """close() from another thread while write() runs (here, deterministically, from inside
-    the write's reclaim) must not leave the ring under the write's feet."""
+    """close() from another thread while write() runs (here, deterministically, from the
+    test hook at the write's reclaim) must not leave the ring under the write's feet."""
     with (
         joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)) as w,
         RingReader.attach(w.name, start="oldest") as r,
     ):
-        p, reclaim = w._p, w._p.reclaim
         refused: list[BaseException] = []
 
-        def close_meanwhile() -> int:
+        def close_meanwhile() -> None:
             try:
                 w.close()
             except RuntimeError as exc:
                 refused.append(exc)
-            return reclaim()
 
-        p.reclaim = close_meanwhile  # type: ignore[method-assign]
         w._publisher.close()
-        w._publisher = _publisher(p, w._record, reclaim_eagerly=True, reclaim_in_c=False)
+        w._publisher = _publisher(w._p, w._record, reclaim_eagerly=True)
+        w._publisher.on_reclaim = close_meanwhile
         w._publish_fast = w._publisher.publish
         assert w.write(_frame(3), WAIT) == 0
         assert len(refused) == 1 and "under way" in str(refused[0])
         assert not w.closed and w.readers == 1
         with r.read(WAIT) as got:
             assert np.array_equal(got.array, _frame(3))
-        p.reclaim = reclaim  # type: ignore[method-assign]
+        w._publisher.on_reclaim = None
         w.close()
         assert w.closed
 
 
 def test_bad_arguments_are_refused_without_leaking_references() -> None:
     with joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)) as w:
-        p = w._p
-
-        def reclaim() -> int:
-            return 0
-
-        p.reclaim = reclaim  # type: ignore[method-assign]
-        publisher = _publisher(p, w._record, reclaim_eagerly=False)
-        arguments = publisher_arguments(p, w._record, reclaim_eagerly=False)
-        before = sys.getrefcount(reclaim)
+        name = "".join(("not", "interned"))  # a str of its own, to count its references
+        arguments = {**publisher_arguments(w._p, w._record, reclaim_eagerly=False), "name": name}
+        publisher = Publisher(**arguments)
+        before = sys.getrefcount(name)
         with pytest.raises(RuntimeError, match="initialized once"):
             publisher.__init__(**arguments)  # type: ignore[misc]
         for _ in range(20):
@@ -333,8 +360,34 @@ def test_bad_arguments_are_refused_without_leaking_references() -> None:
                 with pytest.raises(ValueError):
                     Publisher(**{**arguments, **wrong})
         gc.collect()
-        assert sys.getrefcount(reclaim) == before
+        assert sys.getrefcount(name) == before
         publisher.close()
+
+
+def test_the_reclaim_under_the_lock_refuses_views_that_do_not_fit() -> None:
+    """_fastpath.reclaim (Participant.reclaim's) takes views of the header it is handed and
+    the geometry; views elsewhere, or a geometry they cannot hold, are a ValueError."""
+    with joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)) as w:
+        p, views = w._p, w._p.views
+        arguments = dict(
+            p.c_arguments(),
+            freelist=views.freelist,
+            reader_records=views.reader_table,
+            group_records=views.group_table,
+            nbuffers=4,
+            max_readers=p.geometry.max_readers,
+            name=p.name,
+        )
+        with p.lock.until(None):
+            assert reclaim(**arguments) == 4  # nothing published: all 4 free
+            for wrong in (
+                {"slots": 0},
+                {"nbuffers": 1 << 20},
+                {"max_readers": 1 << 62},
+                {"freelist": memoryview(bytearray(64)).cast("Q")},
+            ):
+                with pytest.raises(ValueError):
+                    reclaim(**{**arguments, **wrong})
 
 
 def test_after_close_it_falls_back_and_holds_no_mapping() -> None:

@@ -7,15 +7,15 @@ of any participant. See README.md and docs/API.md.
 Rule of the core: Python touches shared memory only while holding the header lock (joining,
 leaving, repair); every lock-free access lives in the C core, shmring._fastpath, with its
 memory ordering named there (acquire loads, release stores, seq_cst read-modify-writes and
-fences): publishing, claiming sequence numbers, taking buffers, pinning, group cursors,
-taking, describing and releasing frames, counting and waking sleepers. Without the lock,
-Python reads only (1) the geometry, fixed at create and never written again; (2) single
-words through _fastpath.load_word, an acquire load: a futex word's value before a sleep, the
-end-of-stream flags, counts and liveness marks it decides a wait, a poll or a locked repair
-by; (3) in `shmring inspect` (_inspect.py), a monitor's racy snapshot of a live ring, which
-stores nothing, takes no lock so as never to stall a pipeline, and reports what is
-inconsistent as a problem. Left in Python so far: Participant.reclaim as the C reclaim's
-fallback (it raises on the damage that made C decline; tests also hook into it).
+fences): publishing, claiming sequence numbers, taking and reclaiming buffers, pinning,
+group cursors, taking, describing and releasing frames, counting and waking sleepers.
+Without the lock, Python reads only (1) the geometry, fixed at create and never written
+again; (2) single words through _fastpath.load_word, an acquire load: a futex word's value
+before a sleep, the end-of-stream flags, counts and liveness marks it decides a wait, a poll
+or a locked repair by; (3) in `shmring inspect` (_inspect.py), a monitor's racy snapshot of
+a live ring, which stores nothing, takes no lock so as never to stall a pipeline, and
+reports what is inconsistent as a problem. Each lock-free step exists once, in C: where
+Python runs one under the lock (the reclaim, settle), it calls the C step.
 """
 
 from ._async import AsyncClaim

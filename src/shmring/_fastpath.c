@@ -3,6 +3,8 @@
  *   _publisher.c  Publisher: a writer's write() and claim(): the exclusive writer's, and the
  *                 multi-producer sequencer of several writers (shared mode, block policy).
  *   settle()      (here) the repair of a sequenced ring: dead writers' numbers, head.
+ *   reclaim()     (here) the reclaim (_publisher.c, shmring_reclaim) for Python, which runs it
+ *                 under the header lock; the exclusive writer runs the same one lock-free.
  *   load_word(), wake()  (here) Python's lock-free look at a shared word (acquire) and its
  *                 wake-up of a futex word's sleepers (bump, FUTEX_WAKE).
  *   _taker.c      Taker: an own-group block reader's taking of (and one sleep for) the next
@@ -15,7 +17,8 @@
  * buffers, descriptor words, ...), which the header cannot know. An object holds buffer
  * exports of the mappings those views live in, so its raw pointers stay valid until its
  * close(). Anything out of the ordinary makes an object give up with nothing
- * changed, and Python's general path does the work or raises the error. An object is used
+ * changed, and Python's general path does the work or raises the error; the reclaim, which
+ * has no general path, raises RingCorrupted itself (nothing changed). An object is used
  * by one thread at a time, like the handle it belongs to: where it lets go of the GIL, a
  * second thread entering it (or closing it) meanwhile gets a RuntimeError.
  *
@@ -30,6 +33,8 @@
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+PyObject *shmring_ring_corrupted;
 
 uint64_t *shmring_word_view(PyObject *view, const Py_buffer *within, const char *owner,
                             const char *what, uint64_t words) {
@@ -116,6 +121,59 @@ done:
     return result;
 }
 
+/* reclaim(*, header, control, descriptors, freelist, reader_records, group_records, slots,
+ * descriptor_words, nbuffers, max_readers, name) -> the new free count: the ring's one
+ * reclaim (_publisher.c, shmring_reclaim) over the views _layout.Views made of `header`, for
+ * a caller that holds the header lock (Participant.reclaim). It raises RingCorrupted, having
+ * changed nothing, on a damaged window or free list. */
+static PyObject *reclaim(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"header", "control", "descriptors", "freelist",
+                               "reader_records", "group_records", "slots", "descriptor_words",
+                               "nbuffers", "max_readers", "name", NULL};
+    PyObject *header_object, *control, *descriptors, *freelist, *readers, *groups;
+    ShmringReclaim ring;
+    unsigned long long slots, descriptor_words, nbuffers, max_readers;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$OOOOOOKKKKU:reclaim", keywords,
+                                     &header_object, &control, &descriptors, &freelist, &readers,
+                                     &groups, &slots, &descriptor_words, &nbuffers, &max_readers,
+                                     &ring.name)) {
+        return NULL;
+    }
+    uint64_t table_words, record_table_words;
+    if (slots == 0 || nbuffers == 0 || max_readers == 0 ||
+        descriptor_words < SHMRING_D_META_BYTE_OFFSET / 8 ||
+        __builtin_mul_overflow(slots, descriptor_words, &table_words) ||
+        __builtin_mul_overflow(max_readers, (uint64_t)SHMRING_RECORD_WORDS,
+                               &record_table_words)) {
+        PyErr_SetString(PyExc_ValueError, "reclaim: impossible ring geometry");
+        return NULL;
+    }
+    Py_buffer header;
+    if (PyObject_GetBuffer(header_object, &header, PyBUF_WRITABLE) < 0) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    const char *owner = "reclaim";
+    if ((ring.control = shmring_word_view(control, &header, owner, "control",
+                                          SHMRING_CONTROL_WORDS)) &&
+        (ring.descriptors =
+             shmring_word_view(descriptors, &header, owner, "descriptors", table_words)) &&
+        (ring.freelist = shmring_word_view(freelist, &header, owner, "freelist", nbuffers)) &&
+        (ring.reader_records = shmring_word_view(readers, &header, owner, "reader records",
+                                                 record_table_words)) &&
+        (ring.group_records = shmring_word_view(groups, &header, owner, "group records",
+                                                record_table_words))) {
+        ring.slots = slots;
+        ring.nbuffers = nbuffers;
+        ring.descriptor_words = descriptor_words;
+        ring.max_readers = max_readers;
+        long long count = shmring_reclaim(&ring);
+        result = count < 0 ? NULL : PyLong_FromLongLong(count);
+    }
+    PyBuffer_Release(&header);
+    return result;
+}
+
 /* The arguments (view, index) of `function`: the address of word `index` of a memoryview of
  * u64 words (writable: _layout.Views makes them so) in `*word` and the index in `*index`,
  * and 0, the view's export held in `*view` (the caller releases it); or -1 with an exception
@@ -189,10 +247,24 @@ static PyMethodDef fastpath_functions[] = {
     {"settle", (PyCFunction)(void (*)(void))settle, METH_VARARGS | METH_KEYWORDS,
      "settle(control, descriptors, holes, *, ...) -> head: publish holes as skips, move head "
      "(see _fastpath.c)."},
+    {"reclaim", (PyCFunction)(void (*)(void))reclaim, METH_VARARGS | METH_KEYWORDS,
+     "reclaim(*, header, control, ...) -> free count: the reclaim, under the header lock "
+     "(see _fastpath.c)."},
     {NULL, NULL, 0, NULL},
 };
 
 static int fastpath_exec(PyObject *module) {
+    if (shmring_ring_corrupted == NULL) { /* one interpreter: kept for the process's life */
+        PyObject *errors = PyImport_ImportModule("shmring._errors");
+        if (errors == NULL) {
+            return -1;
+        }
+        shmring_ring_corrupted = PyObject_GetAttrString(errors, "RingCorrupted");
+        Py_DECREF(errors);
+        if (shmring_ring_corrupted == NULL) {
+            return -1;
+        }
+    }
     return shmring_add_publisher(module) < 0 || shmring_add_taker(module) < 0 ? -1 : 0;
 }
 

@@ -59,6 +59,26 @@ static inline int shmring_reader_pins(const uint64_t *reader, const uint64_t *li
     return count;
 }
 
+/* What a reclaim works on (_publisher.c, shmring_reclaim): one ring's words, by address, and
+ * its geometry. The Publisher builds one from its own fields; _fastpath.reclaim() (for Python,
+ * under the header lock) from the views it is handed. */
+typedef struct {
+    uint64_t *control;
+    const uint64_t *descriptors;
+    uint64_t *freelist;
+    const uint64_t *reader_records, *group_records; /* max_readers of each, RECORD_WORDS apart */
+    uint64_t slots, nbuffers, descriptor_words, max_readers;
+    PyObject *name; /* the ring's name (borrowed), for the error's message */
+} ShmringReclaim;
+
+/* Block policy: move the buffers of the frames every reader group released onto the free
+ * list and tail past them (see _publisher.c); the new free count, or -1 with RingCorrupted
+ * set (nothing changed) when the ring's words are not what they can be. */
+long long shmring_reclaim(const ShmringReclaim *ring);
+
+/* shmring.RingCorrupted, looked up when the module loads (_fastpath.c). */
+extern PyObject *shmring_ring_corrupted;
+
 /* The address of a writable memoryview made by _layout.Views, checked to lie inside
  * `within` (one of the held exports), to be 8-byte aligned and to hold `words` words;
  * NULL with ValueError (naming `owner` and `what`) otherwise. */

@@ -23,10 +23,27 @@ def settle(
     slots: int,
     descriptor_words: int,
 ) -> int: ...
+def reclaim(
+    *,
+    header: mmap,
+    control: memoryview,
+    descriptors: memoryview,
+    freelist: memoryview,
+    reader_records: memoryview,
+    group_records: memoryview,
+    slots: int,
+    descriptor_words: int,
+    nbuffers: int,
+    max_readers: int,
+    name: str,
+) -> int: ...
 def load_word(view: memoryview, index: int, /) -> int: ...
 def wake(control: memoryview, index: int, /) -> None: ...
 
 class Publisher:
+    # A test hook, None in use: called inside the publish bracket before each reclaim, so a
+    # test can act at a known point of a publish (re-enter it, close the writer, raise).
+    on_reclaim: Callable[[], object] | None
     def __init__(
         self,
         *,
@@ -45,12 +62,11 @@ class Publisher:
         descriptor_words: int,
         max_readers: int,
         reclaim_eagerly: bool,
-        reclaim_in_c: bool,
-        reclaim: Callable[[], int],
         overwrite: bool,
         meta_size: int,
         ndim: int,
         pin_table: memoryview | None,
+        name: str,
     ) -> None: ...
     def publish(self, frame: np.ndarray) -> int: ...
     def claim_buffer(self) -> int: ...

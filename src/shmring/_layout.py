@@ -103,10 +103,11 @@ C_HEAD = 0  # frames published so far == the next sequence number
 C_TAIL = 1  # every frame with seq < tail is released by all groups and its buffer reused
 C_FREE_COUNT = 2  # number of valid entries at the start of the free-buffer list
 C_NEXT_SEQ = 3  # shared mode, block policy: the next sequence number a writer may claim
-# A reclaim stores tail and free count with one slice assignment, which no signal handler
-# (KeyboardInterrupt) can split: split, the next reclaim would free the same buffers twice.
-TAIL_AND_FREE_COUNT = slice(C_TAIL, C_FREE_COUNT + 1)
-assert C_FREE_COUNT == C_TAIL + 1
+# A reclaim (in C only: _publisher.c, shmring_reclaim) stores the free list entries, then
+# tail, then free count, release stores in that order, with no signal handler between them:
+# a reader that loads free count and then tail (acquire) never sees a freed buffer both in
+# the window and on the free list, and a kill between the two stores leaves it in neither
+# (out of use until a repair rebuilds the list), never in both (freed twice by the next).
 # line 1: written under the header lock
 C_LOCK_OWNER = 8  # token of the header-lock holder; non-zero at acquire => holder died
 C_FLAGS = 9  # F_* bits below
@@ -495,17 +496,14 @@ class Views:
         self.control = whole[CONTROL_OFFSET : CONTROL_OFFSET + CONTROL_BYTES].cast("Q")
         rows = whole[g.descriptors_offset : g.readers_offset]
         self.descriptors = Rows(rows, g.slots, g.descriptor_bytes, g.descriptor_bytes, True)
-        # Every descriptor's D_BUFFER word, as one strided view: the exclusive writer's
-        # reclaim copies a run of them into the free list with one slice assignment.
-        table = whole[g.descriptors_offset : g.readers_offset].cast("Q")
-        self.descriptor_buffers = table[D_BUFFER :: g.descriptor_bytes // 8]
-        self.descriptor_table = table  # every descriptor, one view
+        # Every descriptor, one view: how the C extension takes them (_fastpath.c).
+        self.descriptor_table = whole[g.descriptors_offset : g.readers_offset].cast("Q")
         rows = whole[g.descriptors_offset + D_META_BYTE_OFFSET : g.readers_offset]
         self.descriptor_meta = Rows(rows, g.slots, g.descriptor_bytes, g.meta_size, False)
         self.readers = _records(whole, g.readers_offset, g.max_readers)
         self.groups = _records(whole, g.groups_offset, g.max_readers)
         # Every reader record, then every group record, one view each (CACHE_LINE apart):
-        # the exclusive writer's reclaim in C scans them (_publisher.c).
+        # the reclaim in C scans them (_publisher.c, shmring_reclaim).
         self.reader_table = whole[g.readers_offset : g.groups_offset].cast("Q")
         self.group_table = whole[g.groups_offset : g.writers_offset].cast("Q")
         self.group_names = [
@@ -546,7 +544,7 @@ class Views:
 
     def release(self) -> None:
         """Drop every export so the mmaps can close (views the user holds keep theirs)."""
-        for view in (self.control, self.freelist, self.descriptor_buffers, self.descriptor_table):
+        for view in (self.control, self.freelist, self.descriptor_table):
             view.release()
         self.reader_table.release()
         self.group_table.release()

@@ -29,15 +29,19 @@
  * stores; the bracket's opening store is followed by a compiler barrier only, because
  * writers joining the ring make the barrier for both sides with membarrier()
  * (_ring.quiesce_exclusive_writer). The reclaim, due when the free list is empty (or at
- * every frame for large frames, to reuse the buffer still in cache), is Participant.reclaim
- * done in C; on a state it does not expect it calls Python's, which reports the damage.
+ * every frame for large frames, to reuse the buffer still in cache), is the ring's one
+ * reclaim (shmring_reclaim, which Python runs under the header lock through
+ * _fastpath.reclaim): on a state it does not expect it raises RingCorrupted, naming what is
+ * wrong, before it stores anything, and the publish leaves its bracket with nothing done.
  *
  * The copy of a large frame runs without the GIL: a second thread entering meanwhile (or
  * closing the writer) gets a RuntimeError rather than a shared buffer or a half-left ring.
  */
 #include "_fastpath.h"
 
+#include <stdarg.h>
 #include <string.h>
+#include <structmember.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -112,8 +116,8 @@ typedef struct {
     int overwrite; /* the ring's policy: buffers come from pop_overwrite(), not a reclaim */
     uint64_t meta_size, ndim;
     int reclaim_eagerly;
-    int reclaim_in_c; /* else every reclaim calls back Python (tests use that as a hook) */
-    PyObject *reclaim; /* () -> free count, Participant.reclaim: damage is reported there */
+    PyObject *name;       /* the ring's name (a str), for the reclaim's errors */
+    PyObject *on_reclaim; /* a test hook (NULL or None: none), called before each reclaim */
 } Publisher;
 
 static void release_exports(Publisher *self) {
@@ -131,23 +135,23 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {
         "header", "data", "control", "record", "descriptors", "freelist", "reader_records",
         "group_records", "frame_bytes", "buffer_stride", "slots", "nbuffers",
-        "descriptor_words", "max_readers", "reclaim_eagerly", "reclaim_in_c", "reclaim",
-        "overwrite", "meta_size", "ndim", "pin_table", NULL,
+        "descriptor_words", "max_readers", "reclaim_eagerly", "overwrite", "meta_size", "ndim",
+        "pin_table", "name", NULL,
     };
     PyObject *header, *data, *control, *record, *descriptors, *freelist, *readers, *groups;
-    PyObject *reclaim, *pin_table;
+    PyObject *pin_table, *name;
     Py_ssize_t frame_bytes, stride, descriptor_words;
     unsigned long long slots, nbuffers, max_readers, meta_size, ndim;
-    int reclaim_eagerly, reclaim_in_c, overwrite;
+    int reclaim_eagerly, overwrite;
     if (self->initialized) {
         PyErr_SetString(PyExc_RuntimeError, "a Publisher is initialized once");
         return -1;
     }
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$OOOOOOOOnnKKnKppOpKKO:Publisher", keywords, &header, &data, &control,
+            args, kwargs, "$OOOOOOOOnnKKnKppKKOU:Publisher", keywords, &header, &data, &control,
             &record, &descriptors, &freelist, &readers, &groups, &frame_bytes, &stride, &slots,
-            &nbuffers, &descriptor_words, &max_readers, &reclaim_eagerly, &reclaim_in_c,
-            &reclaim, &overwrite, &meta_size, &ndim, &pin_table)) {
+            &nbuffers, &descriptor_words, &max_readers, &reclaim_eagerly, &overwrite,
+            &meta_size, &ndim, &pin_table, &name)) {
         return -1;
     }
     uint64_t table_words, data_bytes, record_table_words;
@@ -160,10 +164,6 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
         __builtin_mul_overflow(nbuffers - 1, (uint64_t)stride, &data_bytes) ||
         __builtin_add_overflow(data_bytes, (uint64_t)frame_bytes, &data_bytes)) {
         PyErr_SetString(PyExc_ValueError, "Publisher: impossible ring geometry");
-        return -1;
-    }
-    if (!PyCallable_Check(reclaim)) {
-        PyErr_SetString(PyExc_TypeError, "Publisher: reclaim must be callable");
         return -1;
     }
     if (PyObject_GetBuffer(header, &self->header, PyBUF_WRITABLE) < 0) {
@@ -205,11 +205,10 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
     self->descriptor_words = descriptor_words;
     self->max_readers = max_readers;
     self->reclaim_eagerly = reclaim_eagerly;
-    self->reclaim_in_c = reclaim_in_c;
     self->overwrite = overwrite;
     self->meta_size = meta_size;
     self->ndim = ndim;
-    self->reclaim = Py_NewRef(reclaim);
+    self->name = Py_NewRef(name);
     self->initialized = 1;
     return 0;
 }
@@ -265,21 +264,36 @@ static long long next_seq(Publisher *self) {
     return seq >= SHMRING_SEQ_LIMIT ? PUBLISH_FALLBACK : (long long)seq;
 }
 
+/* What a reclaim of this writer's ring works on (see shmring_reclaim). */
+static ShmringReclaim reclaim_parts(const Publisher *self) {
+    return (ShmringReclaim){
+        .control = self->control,
+        .descriptors = self->descriptors,
+        .freelist = self->freelist,
+        .reader_records = self->reader_records,
+        .group_records = self->group_records,
+        .slots = self->slots,
+        .nbuffers = self->nbuffers,
+        .descriptor_words = (uint64_t)self->descriptor_words,
+        .max_readers = self->max_readers,
+        .name = self->name,
+    };
+}
+
 /* The lowest sequence number some reader group still needs (at most `head`). It scans every
- * record each time (Python caches the active ones per membership change): group cursors
- * before readers' release words, as Participant.release_floor() does, since a member stores
- * its release before it advances the cursor. */
-static uint64_t release_floor(Publisher *self, uint64_t head) {
+ * record each time: group cursors before readers' release words, since a member stores its
+ * release before it advances the cursor (docs/FORMAT.md, "Memory ordering"). */
+static uint64_t release_floor(const ShmringReclaim *ring, uint64_t head) {
     uint64_t floor = head;
-    for (uint64_t i = 0; i < self->max_readers; i++) {
-        const uint64_t *group = self->group_records + i * (uint64_t)SHMRING_RECORD_WORDS;
+    for (uint64_t i = 0; i < ring->max_readers; i++) {
+        const uint64_t *group = ring->group_records + i * (uint64_t)SHMRING_RECORD_WORDS;
         if (load(&group[SHMRING_G_STATE]) == SHMRING_STATE_ACTIVE) {
             uint64_t cursor = load(&group[SHMRING_G_CURSOR]);
             floor = cursor < floor ? cursor : floor;
         }
     }
-    for (uint64_t i = 0; i < self->max_readers; i++) {
-        const uint64_t *reader = self->reader_records + i * (uint64_t)SHMRING_RECORD_WORDS;
+    for (uint64_t i = 0; i < ring->max_readers; i++) {
+        const uint64_t *reader = ring->reader_records + i * (uint64_t)SHMRING_RECORD_WORDS;
         if (load(&reader[SHMRING_R_STATE]) == SHMRING_STATE_ACTIVE) {
             uint64_t release = load(&reader[SHMRING_R_RELEASE]);
             floor = release < floor ? release : floor;
@@ -288,59 +302,108 @@ static uint64_t release_floor(Publisher *self, uint64_t head) {
     return floor;
 }
 
-/* Participant.reclaim (_ring.py) in C: free the buffers of the frames every reader group
- * has released, in order, onto the free list; the new free count, or -1 if the ring's state
- * is not what it can be (Python's reclaim then runs and says what is wrong). */
-static long long reclaim_in_c(Publisher *self) {
-    uint64_t *control = self->control;
+/* Raise RingCorrupted for `ring`: what is wrong (a format and its values), and what to do. */
+static long long corrupted(const ShmringReclaim *ring, const char *format, ...) {
+    va_list values;
+    va_start(values, format);
+    PyObject *wrong = PyUnicode_FromFormatV(format, values);
+    va_end(values);
+    if (wrong != NULL) {
+        PyErr_Format(shmring_ring_corrupted,
+                     "ring %R: %U; the header was overwritten: remove the ring (shmring rm "
+                     "--force %U) and create it again",
+                     ring->name, wrong, ring->name);
+        Py_DECREF(wrong);
+    }
+    return -1;
+}
+
+/* The ring's one reclaim (block policy): the buffers of the frames every reader group has
+ * released go, in order, onto the free list, and tail moves past those frames; returns the
+ * new free count. The exclusive writer runs it lock-free inside its W_IN_PUBLISH bracket
+ * (pop_buffer); Python, under the header lock (_fastpath.reclaim, Participant.reclaim). On a
+ * state it cannot be in (a forged header) it raises RingCorrupted before any store.
+ *
+ * The stores: the free list entries, then C_TAIL, then C_FREE_COUNT, each a release store,
+ * in that order. A reader of both words (shmring inspect: frames in the window, buffers
+ * free) that loads the free count and then tail, acquire loads, sees a tail at least as new
+ * as the count, so never counts a freed buffer twice, in the window and on the free list.
+ * A kill between the two stores (no signal handler runs between them: C) leaves the freed
+ * buffers in neither, out of use until a repair rebuilds the free list, and never in both,
+ * which the next reclaim would hand out a second time. Buffer indices are not range-checked
+ * here: whoever pops one checks it. */
+static long long reclaim(const ShmringReclaim *ring) {
+    uint64_t *control = ring->control;
     uint64_t head = load(&control[SHMRING_C_HEAD]);
     uint64_t tail = load(&control[SHMRING_C_TAIL]);
     uint64_t count = load(&control[SHMRING_C_FREE_COUNT]);
-    if (tail > head || head - tail > self->slots || head >= SHMRING_SEQ_LIMIT ||
-        count > self->nbuffers) {
-        return -1;
+    typedef unsigned long long ull; /* what the message's %llu takes */
+    if (head >= SHMRING_SEQ_LIMIT) {
+        return corrupted(ring, "head %llu is past the sequence limit %llu", (ull)head,
+                         (ull)SHMRING_SEQ_LIMIT);
     }
-    uint64_t floor = release_floor(self, head);
+    if (tail > head) {
+        return corrupted(ring, "head %llu and tail %llu are inconsistent: tail is past head",
+                         (ull)head, (ull)tail);
+    }
+    if (head - tail > ring->slots) {
+        return corrupted(ring,
+                         "head %llu and tail %llu are inconsistent: a window of %llu frames "
+                         "in %llu slots",
+                         (ull)head, (ull)tail, (ull)(head - tail), (ull)ring->slots);
+    }
+    if (count > ring->nbuffers) {
+        return corrupted(ring, "free count %llu is inconsistent: the ring has %llu buffers",
+                         (ull)count, (ull)ring->nbuffers);
+    }
+    uint64_t floor = release_floor(ring, head);
     if (floor <= tail) {
         return (long long)count;
     }
     uint64_t freed = floor - tail;
-    if (count + freed > self->nbuffers) {
-        return -1; /* free list overflow */
+    if (count + freed > ring->nbuffers) {
+        return corrupted(ring,
+                         "free list overflow: %llu buffers free and %llu frames released, "
+                         "of %llu buffers",
+                         (ull)count, (ull)freed, (ull)ring->nbuffers);
     }
-    for (uint64_t i = 0; i < freed; i++) { /* not range-checked here: pop_buffer() does */
+    for (uint64_t i = 0; i < freed; i++) {
         const uint64_t *descriptor =
-            self->descriptors + ((tail + i) % self->slots) * self->descriptor_words;
-        store(&self->freelist[count + i], load(&descriptor[SHMRING_D_BUFFER]));
+            ring->descriptors + ((tail + i) % ring->slots) * ring->descriptor_words;
+        store(&ring->freelist[count + i], load(&descriptor[SHMRING_D_BUFFER]));
     }
     store(&control[SHMRING_C_TAIL], floor);
     store(&control[SHMRING_C_FREE_COUNT], count + freed);
     return (long long)(count + freed);
 }
 
-/* A buffer popped off the free list (after a reclaim, when one is due); PUBLISH_FALLBACK if
- * none is free and PUBLISH_CORRUPTED if the list names one out of range (nothing changed),
- * POP_FAILED if the reclaim raised. */
+long long shmring_reclaim(const ShmringReclaim *ring) { /* for _fastpath.reclaim */
+    return reclaim(ring); /* (the writer calls reclaim: no call through the PLT) */
+}
+
+/* A buffer popped off the free list (after a reclaim, when one is due: also for a free
+ * count out of range, which the reclaim reports); PUBLISH_FALLBACK if none is free and
+ * PUBLISH_CORRUPTED if the list names one out of range (nothing changed), POP_FAILED if the
+ * reclaim (or the test hook before it) raised. */
 static long long pop_buffer(Publisher *self) {
     uint64_t *control = self->control;
     uint64_t count = load(&control[SHMRING_C_FREE_COUNT]);
-    if (self->reclaim_eagerly || count == 0) {
-        long long reclaimed = self->reclaim_in_c ? reclaim_in_c(self) : -1;
-        if (reclaimed >= 0) {
-            count = (uint64_t)reclaimed;
-        } else {
-            PyObject *result = PyObject_CallNoArgs(self->reclaim);
+    if (self->reclaim_eagerly || count == 0 || count > self->nbuffers) {
+        if (self->on_reclaim != NULL && self->on_reclaim != Py_None) {
+            PyObject *result = PyObject_CallNoArgs(self->on_reclaim);
             if (result == NULL) {
                 return POP_FAILED;
             }
-            count = PyLong_AsUnsignedLongLong(result);
             Py_DECREF(result);
-            if (count == (uint64_t)-1 && PyErr_Occurred()) {
-                return POP_FAILED;
-            }
         }
+        ShmringReclaim ring = reclaim_parts(self);
+        long long reclaimed = reclaim(&ring);
+        if (reclaimed < 0) {
+            return POP_FAILED;
+        }
+        count = (uint64_t)reclaimed;
     }
-    if (count == 0 || count > self->nbuffers) {
+    if (count == 0) {
         return PUBLISH_FALLBACK;
     }
     uint64_t buffer = load(&self->freelist[count - 1]);
@@ -368,7 +431,8 @@ static long long pop_buffer(Publisher *self) {
 static uint64_t advance_tail(Publisher *self) {
     uint64_t *tail_word = &self->control[SHMRING_C_TAIL];
     uint64_t tail = __atomic_load_n(tail_word, __ATOMIC_SEQ_CST);
-    uint64_t floor = release_floor(self, load(&self->control[SHMRING_C_HEAD]));
+    ShmringReclaim ring = reclaim_parts(self);
+    uint64_t floor = release_floor(&ring, load(&self->control[SHMRING_C_HEAD]));
     while (floor > tail) {
         if (__atomic_compare_exchange_n(tail_word, &tail, floor, 0, __ATOMIC_SEQ_CST,
                                         __ATOMIC_SEQ_CST)) {
@@ -650,7 +714,7 @@ static PyObject *Publisher_publish(Publisher *self, PyObject *frame_object) {
     if (self->busy) {
         return busy_error();
     }
-    if (!self->holds_exports || self->reclaim == NULL) {
+    if (!self->holds_exports) {
         return PyLong_FromLong(PUBLISH_FALLBACK); /* closed */
     }
     Py_buffer frame;
@@ -696,7 +760,7 @@ static PyObject *claim_buffer(Publisher *self, int locked) {
     if (self->busy) {
         return busy_error();
     }
-    if (!self->holds_exports || self->reclaim == NULL) {
+    if (!self->holds_exports) {
         return PyLong_FromLong(PUBLISH_FALLBACK); /* closed */
     }
     long long buffer = PUBLISH_FALLBACK;
@@ -729,7 +793,7 @@ static PyObject *Publisher_claim_buffer_locked(Publisher *self, PyObject *Py_UNU
  * publish_described() share. */
 static PyObject *publish_claim(Publisher *self, uint64_t buffer, const Description *how,
                                int locked) {
-    if (!self->holds_exports || self->reclaim == NULL) {
+    if (!self->holds_exports) {
         return PyLong_FromLong(PUBLISH_FALLBACK); /* closed */
     }
     if (buffer >= self->nbuffers) {
@@ -864,7 +928,7 @@ static PyObject *Publisher_abandon_claimed(Publisher *self, PyObject *const *arg
     if (claim_arguments(self, args[0], args[1], &buffer, &locked) < 0) {
         return NULL;
     }
-    if (!self->holds_exports || self->reclaim == NULL || buffer >= self->nbuffers) {
+    if (!self->holds_exports || buffer >= self->nbuffers) {
         return PyLong_FromLong(PUBLISH_FALLBACK);
     }
     long long result = PUBLISH_FALLBACK;
@@ -944,7 +1008,8 @@ static PyObject *Publisher_behind(Publisher *self, PyObject *Py_UNUSED(ignored))
         return PyLong_FromLong(0);
     }
     uint64_t head = load(&self->control[SHMRING_C_HEAD]);
-    uint64_t floor = release_floor(self, head);
+    ShmringReclaim ring = reclaim_parts(self);
+    uint64_t floor = release_floor(&ring, head);
     return PyLong_FromUnsignedLongLong(floor < head ? head - floor : 0);
 }
 
@@ -967,12 +1032,12 @@ static PyObject *Publisher_forget(Publisher *self, PyObject *Py_UNUSED(ignored))
 }
 
 static int Publisher_traverse(Publisher *self, visitproc visit, void *arg) {
-    Py_VISIT(self->reclaim);
+    Py_VISIT(self->on_reclaim);
     return 0;
 }
 
 static int Publisher_clear(Publisher *self) {
-    Py_CLEAR(self->reclaim);
+    Py_CLEAR(self->on_reclaim);
     return 0;
 }
 
@@ -980,8 +1045,16 @@ static void Publisher_dealloc(Publisher *self) {
     PyObject_GC_UnTrack(self);
     release_exports(self);
     Publisher_clear(self);
+    Py_CLEAR(self->name); /* a str: no cycle, so the reclaim's messages keep it until here */
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
+
+static PyMemberDef Publisher_members[] = {
+    {"on_reclaim", T_OBJECT, offsetof(Publisher, on_reclaim), 0,
+     "A test hook: a callable run inside the publish bracket before each reclaim (what it "
+     "raises, the publish raises, nothing published); None (the default) for none."},
+    {NULL, 0, 0, 0, NULL},
+};
 
 static PyMethodDef Publisher_methods[] = {
     {"publish", (PyCFunction)Publisher_publish, METH_O,
@@ -1029,6 +1102,7 @@ static PyTypeObject PublisherType = {
     .tp_traverse = (traverseproc)Publisher_traverse,
     .tp_clear = (inquiry)Publisher_clear,
     .tp_methods = Publisher_methods,
+    .tp_members = Publisher_members,
 };
 
 

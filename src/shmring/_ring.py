@@ -28,14 +28,13 @@ import os
 import secrets
 import time
 import weakref
-from array import array
 from collections.abc import Callable, Iterator
 from typing import Any, Self
 
 from . import _layout as L
 from ._cpu_use import CpuUse, usable_cpus
 from ._errors import RingCorrupted, RingFull, RingTimeout, ShmringError
-from ._fastpath import load_word, settle, wake
+from ._fastpath import load_word, reclaim, settle, wake
 from ._lock import LOCK_FLOOR, HeaderLock
 from ._segment import Segment
 from ._sys import (
@@ -107,10 +106,6 @@ class Participant:
         self.membership_address = address(L.C_MEMBERSHIP)
         self.closed = False
         self.truncated = False  # set by check_size: no shared word may be touched any more
-        self._membership = -1  # cached active records: see release_floor
-        self._active_groups: list[memoryview] = []
-        self._active_readers: list[memoryview] = []
-        self._tail_and_free_count = array("Q", (0, 0))  # see reclaim
 
     # ---- records -----------------------------------------------------------------------
     def take_record(self, records: list[memoryview], lock_base: int, what: str) -> int:
@@ -358,61 +353,21 @@ class Participant:
             self.views.freelist[position] = buffer
         self.control[L.C_FREE_COUNT] = len(free)
 
-    def release_floor(self) -> int:
-        """Lowest sequence number some reader group still needs (head when none does).
-
-        Groups are read before readers: a member stores its R_RELEASE before advancing the
-        group cursor, so a cursor seen advanced implies the member's release is visible."""
-        control = self.control
-        if control[L.C_MEMBERSHIP] != self._membership:
-            # Scanning every record costs ~1 µs per frame batch; membership rarely changes.
-            self._membership = control[L.C_MEMBERSHIP]
-            self._active_groups = [g for g in self.views.groups if g[L.G_STATE] == L.STATE_ACTIVE]
-            self._active_readers = [r for r in self.views.readers if r[L.R_STATE] == L.STATE_ACTIVE]
-        low = control[L.C_HEAD]
-        for group in self._active_groups:
-            cursor = group[L.G_CURSOR]
-            if cursor < low:
-                low = cursor
-        for record in self._active_readers:
-            release = record[L.R_RELEASE]
-            if release < low:
-                low = release
-        return low
-
     def reclaim(self) -> int:
-        """Block policy: free the buffers of frames every group released; returns the new
-        free count. Runs under the lock, or lock-free inside the exclusive writer's
-        W_IN_PUBLISH bracket (joining readers quiesce it: see `quiesce_exclusive_writer`).
-        The exclusive writer's fast paths run the same in C (_publisher.c, reclaim_in_c),
-        and call this only where that finds a state it does not expect: keep the two alike."""
-        control, geometry = self.control, self.geometry
-        window = self.window()
-        floor = self.release_floor()
-        tail = window.start
-        if floor <= tail:
-            return control[L.C_FREE_COUNT]
-        count = control[L.C_FREE_COUNT]
-        nbuffers, slots = geometry.buffers, geometry.slots
-        if count + floor - tail > nbuffers:
-            raise RingCorrupted(f"ring {self.name!r}: free list overflow; header overwritten")
-        # The freed frames' buffers, in order, onto the free list. They are not range-checked
-        # here: whoever pops one checks it (a bad index raises RingCorrupted there).
-        freelist, column = self.views.freelist, self.views.descriptor_buffers
-        freed = floor - tail
-        start = tail % slots
-        end = start + freed
-        if end <= slots:
-            freelist[count : count + freed] = column[start:end]
-        else:
-            wrapped = slots - start
-            freelist[count : count + wrapped] = column[start:]
-            freelist[count + wrapped : count + freed] = column[: end - slots]
-        count += freed
-        pair = self._tail_and_free_count
-        pair[0], pair[1] = floor, count
-        control[L.TAIL_AND_FREE_COUNT] = pair
-        return count
+        """Block policy, under the lock: free the buffers of frames every group released;
+        returns the new free count. The one reclaim, in C (_publisher.c, shmring_reclaim),
+        which the exclusive writer runs lock-free; it raises RingCorrupted on a damaged
+        window or free list."""
+        views = self.views
+        return reclaim(
+            **self.c_arguments(),
+            freelist=views.freelist,
+            reader_records=views.reader_table,
+            group_records=views.group_table,
+            nbuffers=self.geometry.buffers,
+            max_readers=self.geometry.max_readers,
+            name=self.name,
+        )
 
     def dead_participant_blocks(self) -> bool:
         """Whether a dead reader may hold back the release floor, a dead writer a number it

@@ -689,16 +689,13 @@ def _attach_writer(name: str, owner: int) -> RingWriter:
     return RingWriter.attach(name, owner=owner)
 
 
-def _publisher(
-    p: Participant, record: memoryview, reclaim_eagerly: bool, reclaim_in_c: bool = True
-) -> Publisher:
-    """write()'s and claim()'s fast path over this handle's views (_publisher.c). With
-    `reclaim_in_c` False every reclaim calls p.reclaim (tests hook into a publish there)."""
-    return Publisher(**publisher_arguments(p, record, reclaim_eagerly, reclaim_in_c))
+def _publisher(p: Participant, record: memoryview, reclaim_eagerly: bool) -> Publisher:
+    """write()'s and claim()'s fast path over this handle's views (_publisher.c)."""
+    return Publisher(**publisher_arguments(p, record, reclaim_eagerly))
 
 
 def publisher_arguments(
-    p: Participant, record: memoryview, reclaim_eagerly: bool, reclaim_in_c: bool = True
+    p: Participant, record: memoryview, reclaim_eagerly: bool
 ) -> dict[str, Any]:
     """Publisher's keyword arguments: this handle's views and the ring's geometry."""
     g, views = p.geometry, p.views
@@ -714,12 +711,11 @@ def publisher_arguments(
         nbuffers=g.buffers,
         max_readers=g.max_readers,
         reclaim_eagerly=reclaim_eagerly,
-        reclaim_in_c=reclaim_in_c,
-        reclaim=p.reclaim,
         overwrite=g.policy == L.POLICY_OVERWRITE,
         pin_table=views.pin_table if views.pins else None,
         meta_size=g.meta_size,
         ndim=len(g.shape),
+        name=p.name,
     )
 
 

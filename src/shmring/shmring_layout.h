@@ -62,6 +62,11 @@
 #define SHMRING_C_FREE_COUNT 2 /* number of valid entries at the start of the free-buffer list */
 /* shared mode, block policy: the next sequence number a writer may claim */
 #define SHMRING_C_NEXT_SEQ 3
+/* A reclaim (in C only: _publisher.c, shmring_reclaim) stores the free list entries, then */
+/* tail, then free count, release stores in that order, with no signal handler between them: */
+/* a reader that loads free count and then tail (acquire) never sees a freed buffer both in */
+/* the window and on the free list, and a kill between the two stores leaves it in neither */
+/* (out of use until a repair rebuilds the list), never in both (freed twice by the next). */
 /* line 1: written under the header lock */
 /* token of the header-lock holder; non-zero at acquire => holder died */
 #define SHMRING_C_LOCK_OWNER 8
