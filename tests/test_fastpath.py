@@ -430,3 +430,27 @@ def test_a_source_at_any_alignment_arrives_intact(nbytes: int, misalignment: int
         assert w._publisher.publish(frame) == 0
         with r.read(WAIT) as got:
             assert np.array_equal(got.array, frame)
+
+
+def test_a_switch_cut_inside_its_reclaim_loses_no_buffer() -> None:
+    """The reclaim stores tail, then the free count: a writer switching the ring to shared
+    mode, killed between the two, leaves released buffers neither in the window nor free.
+    The repair that finishes (here: undoes) the switch rebuilds the free list."""
+    with (
+        joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)) as w,
+        RingReader.attach(w.name, start="oldest") as r,
+    ):
+        for value in range(4):
+            w.write(_frame(value), WAIT)
+        for _ in range(4):
+            r.read(WAIT).release()
+        p = r._p  # the repair runs in another participant (here the reader), w alive
+        with p.lock.until(WAIT):  # the cut switch: shared mode, tail stored, count not
+            w._control[L.C_WRITER_MODE] = L.MODE_SHARED
+            w._control[L.C_TAIL] = 4
+            assert p.switch_interrupted() and w._control[L.C_FREE_COUNT] == 0
+            p.repair_buffers()
+        assert w._control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE
+        for value in range(4, 8):  # a whole ring's worth: every buffer came back
+            assert w.write(_frame(value), 0.0) == value
+        assert [r.read(WAIT).seq for _ in range(4)] == [4, 5, 6, 7]

@@ -417,9 +417,12 @@ class Participant:
     def finish_switch(self) -> None:
         """Under the lock: finish an interrupted switch to shared mode, or undo it when
         fewer than two writers are left (the free list is still whole until the switch's
-        last step: start_sequencing)."""
+        last step: start_sequencing). A switcher killed between the reclaim's stores of tail
+        and free count lost the buffers it freed: the list is rebuilt first, the exclusive
+        writer out of its step (it may have entered before the switch began)."""
+        self.quiesce_exclusive_writer(None)
+        self.rebuild_free_list()
         if MEMBARRIER_AVAILABLE and self.live_writers() > 1:
-            self.quiesce_exclusive_writer(None)
             self.start_sequencing()
         else:
             self.control[L.C_WRITER_MODE] = L.MODE_EXCLUSIVE
