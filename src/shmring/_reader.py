@@ -477,11 +477,15 @@ class RingReader(AsyncReading, RingHandle):
         return nap_end, seq
 
     def _poll_window(
-        self, nap: tuple[float, int] | None, frame: _Ready | None, deadline: float | None
+        self,
+        nap: tuple[float, int] | None,
+        frame: _Ready | None,
+        deadline: float | None,
+        arrived: float | None = None,
     ) -> tuple[float, float] | None:
-        """After the nap (if any), which got `frame`: None if the wait is over (the frame
-        came during the nap, or the stream was closed); else (when polling ends, now), with
-        the reader no longer counted as a sleeper."""
+        """After the nap (if any), which got `frame` (which `arrived` then, if known): None
+        if the wait is over (the frame came during the nap, or the stream was closed); else
+        (when polling ends, now), with the reader no longer counted as a sleeper."""
         now = time.monotonic()
         if nap is None:
             poll_until = now + self._spin
@@ -489,7 +493,7 @@ class RingReader(AsyncReading, RingHandle):
             pacer = self._pacer
             if frame is not None:
                 pacer.nap_outcome(overslept=True, polled=0.0)
-                pacer.arrived(_seq_of(frame), now)
+                pacer.arrived(_seq_of(frame), now if arrived is None else arrived)
                 self._uncount()  # running again (see _counted)
                 return None
             if self._ended():
