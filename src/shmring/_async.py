@@ -73,15 +73,13 @@ HANDOFF_SMOOTHING = 0.25  # weight of a new measurement
 
 _T = TypeVar("_T")
 _Ready = TypeVar("_Ready", "Frame", int)  # as in _reader.py: a frame, or a published seq
-# A sleep's future: when the sleeper thread's futex wait ended (time.monotonic()), or None
-# when a nap's timer ended the sleep.
-_Woke = asyncio.Future[float | None]
-_Request = tuple[asyncio.AbstractEventLoop, _Woke, int, int, float]
+_Request = tuple[asyncio.AbstractEventLoop, "asyncio.Future[bool]", int, int, float]
 
 
-def _resolve(future: _Woke, woke: float | None) -> None:
+def _resolve(future: asyncio.Future[bool], by_timer: bool = False) -> None:
+    """End a sleep (by_timer: a nap's timer ended it)."""
     if not future.done():
-        future.set_result(woke)
+        future.set_result(by_timer)
 
 
 class _Sleeper:
@@ -96,10 +94,10 @@ class _Sleeper:
 
     def sleep(
         self, loop: asyncio.AbstractEventLoop, address: int, expected: int, timeout: float
-    ) -> _Woke:
-        """A future resolved (with the time) once the u32 at `address` is not `expected`,
-        or on a wake-up, or after `timeout` s."""
-        future: _Woke = loop.create_future()
+    ) -> asyncio.Future[bool]:
+        """A future resolved once the u32 at `address` is not `expected`, or on a wake-up,
+        or after `timeout` s."""
+        future: asyncio.Future[bool] = loop.create_future()
         with self._lock:
             self._requests.put((loop, future, address, expected, timeout))
             if self._thread is None:
@@ -140,11 +138,10 @@ class _Sleeper:
                 continue
             self.address = address
             futex_wait(address, expected, max(timeout, 0.0))
-            woke = time.monotonic()
             self.address = 0
             if not future.done():  # (racy, but _resolve looks again on the loop)
                 with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
-                    loop.call_soon_threadsafe(_resolve, future, woke)
+                    loop.call_soon_threadsafe(_resolve, future)
 
 
 class _Liveness:
@@ -167,9 +164,8 @@ class AsyncHandle(RingHandle):
 
     _sleeper: _Sleeper | None = None
     _timer: MonotonicTimer | None = None
-    _waiting: _Woke | None = None
+    _waiting: asyncio.Future[bool] | None = None
     _handoff = HANDOFF_START
-    _woke = 0.0  # when the sleeper thread's last futex wait ended (0: the timer ended it)
 
     def close(self) -> None:
         sleeper, self._sleeper = self._sleeper, None
@@ -177,7 +173,7 @@ class AsyncHandle(RingHandle):
             sleeper.stop()  # wakes its futex sleep while the ring is still mapped
         future = self._waiting
         if future is not None and not future.done():
-            future.get_loop().call_soon_threadsafe(_resolve, future, time.monotonic())
+            future.get_loop().call_soon_threadsafe(_resolve, future)
         elif self._timer is not None:  # (else the waiting task closes it, once unwatched)
             self._timer.close()
         super().close()
@@ -206,7 +202,7 @@ class AsyncHandle(RingHandle):
             loop.add_reader(timer.fileno(), _rang, timer, future)
             timer.arm(wake_at)
         try:
-            woke = await future
+            by_timer = await future
         except asyncio.CancelledError:
             if not self._p.closed:
                 sleeper.wake()  # free the thread for this handle's next wait
@@ -219,14 +215,7 @@ class AsyncHandle(RingHandle):
                     timer.close()
         self._p.check_usable()
         self._p.check_size()  # a truncated ring: raise before the next look faults (SIGBUS)
-        self._woke = woke or 0.0
-        return woke is None
-
-    def _arrival(self) -> float:
-        """When the frame found after a sleep arrived, as the pacer counts arrivals: when
-        the futex wait that it ended returned (as for a blocking reader), not when the loop
-        got round to the task; now, if the sleeper thread did not wake for it."""
-        return self._woke or time.monotonic()
+        return by_timer
 
     async def _until(
         self,
@@ -249,7 +238,7 @@ class AsyncHandle(RingHandle):
 def _rang(timer: MonotonicTimer, future: asyncio.Future[bool]) -> None:
     """The loop saw a nap's timer expire: end the nap."""
     timer.clear()
-    _resolve(future, None)
+    _resolve(future, by_timer=True)
 
 
 def _passed(deadline: float | None) -> bool:
@@ -422,7 +411,6 @@ class AsyncReading(AsyncHandle):
             return None
 
         r._count()  # a writer now wakes the futex for the next frame
-        self._woke = 0.0
         try:
             frame = await self._until(p.frames_address, L.C_FRAMES, attempt, deadline)
         except BaseException:
@@ -431,7 +419,7 @@ class AsyncReading(AsyncHandle):
             raise
         r._uncount()  # running again (see RingReader._counted)
         if r._spin:
-            r._pacer.arrived(frame if isinstance(frame, int) else frame.seq, self._arrival())
+            r._pacer.arrived(frame if isinstance(frame, int) else frame.seq, time.monotonic())
         return frame
 
     async def _poll_async(
@@ -442,7 +430,7 @@ class AsyncReading(AsyncHandle):
         r = self._reader()
         nap = r._nap_plan(deadline)
         frame = None if nap is None else await self._nap_async(take, nap[0])
-        window = r._poll_window(nap, frame, deadline, self._arrival())
+        window = r._poll_window(nap, frame, deadline)
         if window is None:
             return frame
         poll_until, now = window
@@ -450,7 +438,7 @@ class AsyncReading(AsyncHandle):
         while True:
             frame = take()
             if frame is not None:
-                r._polled(frame, nap is not None, now == woke, now - woke)
+                r._polled(frame, nap, now == woke, now - woke)
                 return frame
             now = time.monotonic()
             if now >= poll_until:
@@ -465,7 +453,6 @@ class AsyncReading(AsyncHandle):
         r = self._reader()
         p, control = r._p, r._control
         r._count()
-        self._woke = 0.0
         while True:
             observed = load_word(control, L.C_FRAMES)
             frame = take()

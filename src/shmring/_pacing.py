@@ -11,7 +11,9 @@
 # seconds) and their sequence numbers. From those it learns the stream's interval, and so
 # when frame `seq` is due. A nap ends `lead` seconds before that: the lead covers how late
 # a timed sleep ends on this machine plus the stream's jitter, and it adapts: a nap that
-# ends after the frame arrived lengthens it, a long poll after the nap shortens it. A gap
+# ends after the frame arrived lengthens it, a long poll after the nap shortens it. A frame
+# that came during the nap counts as arriving when the nap was to end at the latest (the
+# reader saw it late, by a wake-up's latency). A gap
 # of _PAUSE intervals or more is a pause in the stream, which keeps the interval, unless the
 # next gap is one too: then the stream slowed down (a writer that ran flat out, then paced),
 # and the last gap is its new interval.
@@ -66,8 +68,14 @@ class Pacer:
         assert self.interval is not None
         return self._ref_time + (seq - self._ref_seq) * self.interval
 
-    def arrived(self, seq: int, now: float) -> None:
-        """Frame `seq` arrived at `now` while the reader was waiting for it."""
+    def arrived(self, seq: int, now: float, nap_end: float | None = None) -> None:
+        """Frame `seq` arrived at `now` while the reader was waiting for it, or (`nap_end`
+        given) was there when the reader woke from a nap meant to end at `nap_end`."""
+        if nap_end is not None:
+            # It came before the nap ended, as far as we know, and the reader saw it late,
+            # by its wake-up's latency. Counted at `now`, that lateness would move the next
+            # nap's end as late, past the next frame, which would wake the reader late again.
+            now = min(now, nap_end)
         if 0 <= self._ref_seq < seq:
             gap = (now - self._ref_time) / (seq - self._ref_seq)
             interval = self.interval

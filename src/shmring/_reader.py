@@ -458,7 +458,7 @@ class RingReader(AsyncReading, RingHandle):
         while True:
             frame = take()
             if frame is not None:
-                self._polled(frame, nap is not None, now == woke, now - woke)
+                self._polled(frame, nap, now == woke, now - woke)
                 return frame
             now = time.monotonic()
             if now >= poll_until:
@@ -477,15 +477,11 @@ class RingReader(AsyncReading, RingHandle):
         return nap_end, seq
 
     def _poll_window(
-        self,
-        nap: tuple[float, int] | None,
-        frame: _Ready | None,
-        deadline: float | None,
-        arrived: float | None = None,
+        self, nap: tuple[float, int] | None, frame: _Ready | None, deadline: float | None
     ) -> tuple[float, float] | None:
-        """After the nap (if any), which got `frame` (which `arrived` then, if known): None
-        if the wait is over (the frame came during the nap, or the stream was closed); else
-        (when polling ends, now), with the reader no longer counted as a sleeper."""
+        """After the nap (if any), which got `frame`: None if the wait is over (the frame
+        came during the nap, or the stream was closed); else (when polling ends, now), with
+        the reader no longer counted as a sleeper."""
         now = time.monotonic()
         if nap is None:
             poll_until = now + self._spin
@@ -493,7 +489,7 @@ class RingReader(AsyncReading, RingHandle):
             pacer = self._pacer
             if frame is not None:
                 pacer.nap_outcome(overslept=True, polled=0.0)
-                pacer.arrived(_seq_of(frame), now if arrived is None else arrived)
+                pacer.arrived(_seq_of(frame), now, nap_end=nap[0])
                 self._uncount()  # running again (see _counted)
                 return None
             if self._ended():
@@ -504,12 +500,18 @@ class RingReader(AsyncReading, RingHandle):
             poll_until = deadline
         return poll_until, now
 
-    def _polled(self, frame: _Ready, napped: bool, at_first_look: bool, polled: float) -> None:
-        """Polling found `frame` after `polled` seconds: what the pacer learns."""
+    def _polled(
+        self, frame: _Ready, nap: tuple[float, int] | None, at_first_look: bool, polled: float
+    ) -> None:
+        """Polling (after `nap`, if any) found `frame` after `polled` seconds: what the pacer
+        learns."""
         pacer = self._pacer
-        if napped:  # there at the first look: it came while we slept
+        nap_end = None
+        if nap is not None:
             pacer.nap_outcome(overslept=at_first_look, polled=polled)
-        pacer.arrived(_seq_of(frame), time.monotonic())
+            if at_first_look:  # it came while we slept
+                nap_end = nap[0]
+        pacer.arrived(_seq_of(frame), time.monotonic(), nap_end)
 
     def _nap(self, take: Callable[[], _Ready | None], nap_end: float) -> _Ready | None:
         """Sleep as a counted waiter (a frame that comes early wakes us) until `nap_end`;
