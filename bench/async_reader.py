@@ -7,7 +7,8 @@
 # a last PHASE_END. The consumer verifies every frame (sequence in head and tail: no gap, no
 # duplicate, no tear) and reports frames/s and its CPU (all threads, getrusage) over the
 # flat-out phase, one-way latency p50/p99 over the paced phase (its monotonic_ns() minus the
-# producer's stamp), and its CPU while idle.
+# producer's stamp) and its CPU over the paced phase (a steady stream, 1 kHz up to 640x480x3:
+# "reader cores, paced"), and its CPU while idle.
 # Consumers: "blocking" is `for frame in reader`; "async" is `async for frame in reader`
 # (the chosen design: the loop takes frames, a published one at once, polls for `spin` while
 # they flow, naps in the sleeper thread until a steady stream's next frame is due, and the
@@ -92,6 +93,7 @@ class Tally:
     def report(self) -> dict[str, float]:
         assert self.start is not None and len(self.marks) == 3
         flat = cpu.window(self.start, self.marks[0])
+        paced = cpu.window(self.marks[0], self.marks[1])
         idle = cpu.window(self.marks[1], self.marks[2])
         lat = sorted(self.latencies)
         return {
@@ -99,6 +101,7 @@ class Tally:
             "cores": flat["cores"],
             "p50_us": statistics.median(lat) / 1e3,
             "p99_us": lat[min(len(lat) - 1, int(len(lat) * 0.99))] / 1e3,
+            "paced_cores": paced["cores"],
             "idle_cores": idle["cores"],
             "errors": float(self.errors),
         }
@@ -257,6 +260,7 @@ def table(labels: list[str], rows: dict[str, dict[str, dict[str, float]]]) -> It
         ("frames/s", lambda r: _si(r["fps"])),
         ("latency p50/p99 µs", lambda r: f"{r['p50_us']:.0f}/{r['p99_us']:.0f}"),
         ("reader cores, flat out", lambda r: f"{r['cores']:.2f}"),
+        ("reader cores, paced", lambda r: f"{100 * r['paced_cores']:.2f}%"),
         ("reader cores, idle", lambda r: f"{100 * r['idle_cores']:.2f}%"),
     ]
     for title, show in metrics:
@@ -282,6 +286,10 @@ def table(labels: list[str], rows: dict[str, dict[str, dict[str, float]]]) -> It
             (
                 "async ÷ blocking, latency p50",
                 ratio("async", lambda lb: rows["blocking"][lb]["p50_us"], "p50_us"),
+            ),
+            (
+                "async ÷ blocking, reader cores paced",
+                ratio("async", lambda lb: rows["blocking"][lb]["paced_cores"], "paced_cores"),
             ),
         ]
     if "async" in rows and any(peer in rows for peer in PEERS):

@@ -165,20 +165,21 @@ def test_a_steady_stream_is_paced_by_the_async_reader(
     run: Runner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A camera-like stream (one frame every 2 ms) from another process: every frame arrives
-    in order, and the reader learned the pace and napped (in its sleeper thread) between
-    frames, to poll on the loop when the next one is due (as the blocking reader does)."""
+    in order, and the reader learned the pace and napped (on a timer the loop watches)
+    between frames, to poll on the loop when the next one is due (as the blocking reader
+    does)."""
     if (os.cpu_count() or 1) < 2:
         pytest.skip("nobody polls or naps with more participants than CPUs")
     name, count = unique_name(), 150
     pat = Pattern(SMALL)
     naps: list[float] = []
-    real_wait = shmring._sys.precise_futex_wait  # what _async imported
+    real_arm = shmring._sys.MonotonicTimer.arm
 
-    def recorded_wait(address: int, expected: int, timeout: float) -> None:
-        naps.append(timeout)
-        real_wait(address, expected, timeout)
+    def recorded_arm(timer: shmring._sys.MonotonicTimer, when: float) -> None:
+        naps.append(when)
+        real_arm(timer, when)
 
-    monkeypatch.setattr(shmring._async, "precise_futex_wait", recorded_wait)
+    monkeypatch.setattr(shmring._sys.MonotonicTimer, "arm", recorded_arm)
 
     async def main() -> None:
         with Child("spawn", "stream_writer", name=name, count=count, interval=0.002) as kid:
@@ -187,8 +188,10 @@ def test_a_steady_stream_is_paced_by_the_async_reader(
                 kid.send("go")
                 async with asyncio.timeout(WAIT):
                     tags = [pat.check(frame.array) async for frame in r]
+                timer = r._timer
             assert len(kid.recv()["seqs"]) == count
         assert tags == [make_tag(0, n) for n in range(count)]
+        assert timer is not None and timer.fileno() == -1  # close() closed the nap's timerfd
         # Naps happen only once the pace is learned (the value learned depends on how the
         # machine scheduled the writer: a late writer catches up in a burst; test_pacing.py
         # checks the estimate itself).

@@ -81,6 +81,23 @@ def test_a_pause_keeps_the_interval_and_a_new_pace_is_relearned() -> None:
     assert pacer.interval == pytest.approx(5 * MS, rel=0.01)
 
 
+def test_a_stream_that_slows_down_past_the_pause_length_is_relearned() -> None:
+    """A writer that ran flat out, then paces itself: the first long gap is a pause, the
+    second one in a row the stream's new interval."""
+    pacer = Pacer(SPIN)
+    last = _steady(pacer, 70e-6, 10)
+    assert pacer.interval == pytest.approx(70e-6)
+    pacer.arrived(10, last + 1 * MS)
+    assert pacer.interval == pytest.approx(70e-6)  # a pause, so far
+    pacer.arrived(11, last + 2.2 * MS)
+    assert pacer.interval == pytest.approx(1.2 * MS)
+    nap_end = pacer.nap_until(12, last + 2.3 * MS)
+    assert nap_end == pytest.approx(last + 3.4 * MS - pacer.lead)
+    pacer.arrived(12, last + 3.4 * MS)
+    pacer.arrived(13, last + 23.4 * MS)  # one pause after a normal gap keeps the interval
+    assert pacer.interval == pytest.approx(1.2 * MS)
+
+
 def test_the_lead_grows_after_oversleeping_and_shrinks_after_long_polls() -> None:
     pacer = Pacer(1 * MS)
     _steady(pacer, 10 * MS, 10)

@@ -11,16 +11,22 @@
 # iteration's C step (Taker.advance), and hands it over as a Ready (_taker.c: an awaitable
 # already done), so a stream that flows costs no coroutine and no trip through the loop per
 # frame. A wait first polls (a read: yielding to the loop between looks, for up to the
-# reader's `spin` seconds, so other tasks run meanwhile; for a steady stream, after a nap in
-# the sleeper thread that ends before the frame is due, earlier by the measured time the
-# thread takes to resume the task: RingReader's pacing, _pacing.py), then the handle counts
+# reader's `spin` seconds, so other tasks run meanwhile; for a steady stream, after a nap
+# that ends before the frame is due: RingReader's pacing, _pacing.py), then the handle counts
 # itself as a sleeper exactly as a blocking wait does (so the writer, or the reader that frees
 # space, wakes its futex word), reads the word, looks once more, and hands the word's
 # address and value to its _Sleeper: a daemon thread that only calls futex_wait(address,
 # value, timeout) and then resolves the task's future with call_soon_threadsafe. The thread
 # never reads the ring's memory (the kernel compares the word), so a handle closed or
 # unmapped under it cannot crash it: the wait ends in EFAULT or at its timeout (at most
-# POLL_SLICE). Each sleep lasts at most POLL_SLICE, so liveness checks (WriterGone, dead
+# POLL_SLICE). A nap is such a sleep (so a frame that comes early ends it) that the loop
+# also ends itself on time, on a timerfd it watches (MonotonicTimer, one per handle): the
+# kernel wakes the loop's thread directly, earlier by the measured time the loop takes to
+# resume the task, instead of through the sleeper thread and call_soon_threadsafe (two
+# wake-ups in a row, each of which waits for a CPU on a busy machine: at 640x480x3 the
+# frame came during that hand-off, and the task took it 100-250 µs late). The sleeper
+# thread does not touch the loop for a future that is done already. Each sleep lasts at
+# most POLL_SLICE, so liveness checks (WriterGone, dead
 # readers) run on the loop as often as in the blocking calls. Cancelling a task that sleeps
 # wakes its thread (FUTEX_WAKE on the word: other sleepers on it look once more and sleep
 # again); close() resolves the waiting future at once, and the woken task raises what the
@@ -53,7 +59,7 @@ from ._errors import EndOfStream, RingNotFound, RingTimeout
 from ._fastpath import Ready, load_word
 from ._ring import RingHandle
 from ._segment import _ATTACH_POLL
-from ._sys import futex_wait, futex_wake, precise_futex_wait
+from ._sys import MonotonicTimer, futex_wait, futex_wake
 from ._timing import POLL_SLICE, deadline_from, remaining
 
 if TYPE_CHECKING:
@@ -61,18 +67,19 @@ if TYPE_CHECKING:
     from ._writer import Claim, RingWriter
 
 IDLE_EXIT = 1.0  # seconds a sleeper thread waits for work before it exits
-HANDOFF_START = 50e-6  # how long a timed-out sleep takes to resume its task, first guess
+HANDOFF_START = 50e-6  # how long the nap's timer takes to resume its task, first guess
 HANDOFF_MAX = 500e-6
 HANDOFF_SMOOTHING = 0.25  # weight of a new measurement
 
 _T = TypeVar("_T")
 _Ready = TypeVar("_Ready", "Frame", int)  # as in _reader.py: a frame, or a published seq
-_Request = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]", int, int, float, bool]
+_Request = tuple[asyncio.AbstractEventLoop, "asyncio.Future[bool]", int, int, float]
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
+def _resolve(future: asyncio.Future[bool], by_timer: bool = False) -> None:
+    """End a sleep (by_timer: a nap's timer ended it)."""
     if not future.done():
-        future.set_result(None)
+        future.set_result(by_timer)
 
 
 class _Sleeper:
@@ -86,14 +93,13 @@ class _Sleeper:
         self.address = 0  # the word the thread sleeps on now (0: none)
 
     def sleep(
-        self, address: int, expected: int, timeout: float, precise: bool
-    ) -> asyncio.Future[None]:
+        self, loop: asyncio.AbstractEventLoop, address: int, expected: int, timeout: float
+    ) -> asyncio.Future[bool]:
         """A future resolved once the u32 at `address` is not `expected`, or on a wake-up,
         or after `timeout` s."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        future: asyncio.Future[bool] = loop.create_future()
         with self._lock:
-            self._requests.put((loop, future, address, expected, timeout, precise))
+            self._requests.put((loop, future, address, expected, timeout))
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name=f"shmring-sleeper {self._name}", daemon=True
@@ -127,15 +133,15 @@ class _Sleeper:
                 continue
             if request is None:
                 return
-            loop, future, address, expected, timeout, precise = request
-            if not future.done():  # not cancelled before we got to it
-                self.address = address
-                (precise_futex_wait if precise else futex_wait)(
-                    address, expected, max(timeout, 0.0)
-                )
-                self.address = 0
-            with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
-                loop.call_soon_threadsafe(_resolve, future)
+            loop, future, address, expected, timeout = request
+            if future.done():  # cancelled before we got to it, or a nap's timer ended it
+                continue
+            self.address = address
+            futex_wait(address, expected, max(timeout, 0.0))
+            self.address = 0
+            if not future.done():  # (racy, but _resolve looks again on the loop)
+                with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
+                    loop.call_soon_threadsafe(_resolve, future)
 
 
 class _Liveness:
@@ -157,7 +163,8 @@ class AsyncHandle(RingHandle):
     task, and a close() that ends that task's wait at once."""
 
     _sleeper: _Sleeper | None = None
-    _waiting: asyncio.Future[None] | None = None
+    _timer: MonotonicTimer | None = None
+    _waiting: asyncio.Future[bool] | None = None
     _handoff = HANDOFF_START
 
     def close(self) -> None:
@@ -167,13 +174,16 @@ class AsyncHandle(RingHandle):
         future = self._waiting
         if future is not None and not future.done():
             future.get_loop().call_soon_threadsafe(_resolve, future)
+        elif self._timer is not None:  # (else the waiting task closes it, once unwatched)
+            self._timer.close()
         super().close()
 
     async def _sleep(
-        self, address: int, expected: int, deadline: float | None, precise: bool = False
-    ) -> None:
+        self, address: int, expected: int, deadline: float | None, wake_at: float | None = None
+    ) -> bool:
         """Wait (without blocking the loop) until the u32 at `address` is not `expected`,
-        a wake-up, POLL_SLICE, or the deadline; then raise if this handle was closed."""
+        a wake-up, POLL_SLICE, or the deadline, or (a nap) until the loop's timer rings at
+        `wake_at`; then raise if this handle was closed. Whether the timer ended the wait."""
         if self._waiting is not None:
             raise RuntimeError(
                 f"ring {self.name!r}: another task is already waiting on this handle; use one "
@@ -182,17 +192,30 @@ class AsyncHandle(RingHandle):
         sleeper = self._sleeper
         if sleeper is None:
             sleeper = self._sleeper = _Sleeper(self.name)
-        future = self._waiting = sleeper.sleep(address, expected, remaining(deadline), precise)
+        loop = asyncio.get_running_loop()
+        future = self._waiting = sleeper.sleep(loop, address, expected, remaining(deadline))
+        timer = None
+        if wake_at is not None:
+            timer = self._timer
+            if timer is None:
+                timer = self._timer = MonotonicTimer()
+            loop.add_reader(timer.fileno(), _rang, timer, future)
+            timer.arm(wake_at)
         try:
-            await future
+            by_timer = await future
         except asyncio.CancelledError:
             if not self._p.closed:
                 sleeper.wake()  # free the thread for this handle's next wait
             raise
         finally:
             self._waiting = None
+            if timer is not None:
+                loop.remove_reader(timer.fileno())
+                if self._p.closed:
+                    timer.close()
         self._p.check_usable()
         self._p.check_size()  # a truncated ring: raise before the next look faults (SIGBUS)
+        return by_timer
 
     async def _until(
         self,
@@ -210,6 +233,12 @@ class AsyncHandle(RingHandle):
             if result is not None:
                 return result
             await self._sleep(address, observed, deadline)
+
+
+def _rang(timer: MonotonicTimer, future: asyncio.Future[bool]) -> None:
+    """The loop saw a nap's timer expire: end the nap."""
+    timer.clear()
+    _resolve(future, by_timer=True)
 
 
 def _passed(deadline: float | None) -> bool:
@@ -409,7 +438,7 @@ class AsyncReading(AsyncHandle):
         while True:
             frame = take()
             if frame is not None:
-                r._polled(frame, nap is not None, now == woke, now - woke)
+                r._polled(frame, nap, now == woke, now - woke)
                 return frame
             now = time.monotonic()
             if now >= poll_until:
@@ -419,8 +448,8 @@ class AsyncReading(AsyncHandle):
 
     async def _nap_async(self, take: Callable[[], _Ready | None], nap_end: float) -> _Ready | None:
         """RingReader._nap on the loop: sleep as a counted waiter (a frame that comes early
-        wakes us) until `nap_end`, less the handoff (how late a timed-out sleep resumes
-        the task, measured here), so the loop is polling when the frame is due."""
+        wakes us) until `nap_end`, less the handoff (how late the loop's timer resumes the
+        task, measured here), so the loop is polling when the frame is due."""
         r = self._reader()
         p, control = r._p, r._control
         r._count()
@@ -432,9 +461,8 @@ class AsyncReading(AsyncHandle):
             wake_at = nap_end - self._handoff
             if time.monotonic() >= wake_at:
                 return None
-            await self._sleep(p.frames_address, observed, wake_at, precise=True)
-            late = time.monotonic() - wake_at
-            if late >= 0:  # the sleep timed out: how long the loop took to resume us
+            if await self._sleep(p.frames_address, observed, nap_end, wake_at):
+                late = time.monotonic() - wake_at  # how long the loop took to resume us
                 handoff = self._handoff + (late - self._handoff) * HANDOFF_SMOOTHING
                 self._handoff = min(handoff, HANDOFF_MAX)
 

@@ -11,7 +11,12 @@
 # seconds) and their sequence numbers. From those it learns the stream's interval, and so
 # when frame `seq` is due. A nap ends `lead` seconds before that: the lead covers how late
 # a timed sleep ends on this machine plus the stream's jitter, and it adapts: a nap that
-# ends after the frame arrived lengthens it, a long poll after the nap shortens it.
+# ends after the frame arrived lengthens it, a long poll after the nap shortens it. A frame
+# that came during the nap counts as arriving when the nap was to end at the latest (the
+# reader saw it late, by a wake-up's latency). A gap
+# of _PAUSE intervals or more is a pause in the stream, which keeps the interval, unless the
+# next gap is one too: then the stream slowed down (a writer that ran flat out, then paced),
+# and the last gap is its new interval.
 #
 # Rules: the Pacer only advises; it never waits, reads shared memory or raises. The reader
 # naps as a counted sleeper, so a frame that comes early still wakes it at once: a wrong
@@ -37,7 +42,7 @@ _SMOOTHING = 0.25  # weight of a new gap in the interval estimate
 class Pacer:
     """Learns one reader's stream interval and advises it when to nap."""
 
-    __slots__ = ("_lead_max", "_ref_seq", "_ref_time", "interval", "lead")
+    __slots__ = ("_lead_max", "_paused", "_ref_seq", "_ref_time", "interval", "lead")
 
     def __init__(self, spin: float) -> None:
         self.interval: float | None = None  # seconds between frames, once learned
@@ -45,6 +50,7 @@ class Pacer:
         self.lead = min(LEAD_START, self._lead_max)
         self._ref_seq = -1  # the last frame that arrived while the reader waited ...
         self._ref_time = 0.0  # ... and when
+        self._paused = False  # whether the last gap was a pause
 
     def nap_until(self, seq: int, now: float) -> float | None:
         """When a reader waiting for frame `seq` at `now` should end its nap (None: do not
@@ -62,8 +68,14 @@ class Pacer:
         assert self.interval is not None
         return self._ref_time + (seq - self._ref_seq) * self.interval
 
-    def arrived(self, seq: int, now: float) -> None:
-        """Frame `seq` arrived at `now` while the reader was waiting for it."""
+    def arrived(self, seq: int, now: float, nap_end: float | None = None) -> None:
+        """Frame `seq` arrived at `now` while the reader was waiting for it, or (`nap_end`
+        given) was there when the reader woke from a nap meant to end at `nap_end`."""
+        if nap_end is not None:
+            # It came before the nap ended, as far as we know, and the reader saw it late,
+            # by its wake-up's latency. Counted at `now`, that lateness would move the next
+            # nap's end as late, past the next frame, which would wake the reader late again.
+            now = min(now, nap_end)
         if 0 <= self._ref_seq < seq:
             gap = (now - self._ref_time) / (seq - self._ref_seq)
             interval = self.interval
@@ -74,6 +86,12 @@ class Pacer:
                 self.interval = None  # the stream changed pace: relearn it
             elif gap < _PAUSE * interval:
                 self.interval = interval + (gap - interval) * _SMOOTHING
+                self._paused = False
+            elif self._paused:  # a second pause in a row: the stream's new pace
+                self.interval = gap
+                self._paused = False
+            else:
+                self._paused = True
         self._ref_seq, self._ref_time = seq, now
 
     def nap_outcome(self, overslept: bool, polled: float) -> None:

@@ -458,7 +458,7 @@ class RingReader(AsyncReading, RingHandle):
         while True:
             frame = take()
             if frame is not None:
-                self._polled(frame, nap is not None, now == woke, now - woke)
+                self._polled(frame, nap, now == woke, now - woke)
                 return frame
             now = time.monotonic()
             if now >= poll_until:
@@ -489,7 +489,7 @@ class RingReader(AsyncReading, RingHandle):
             pacer = self._pacer
             if frame is not None:
                 pacer.nap_outcome(overslept=True, polled=0.0)
-                pacer.arrived(_seq_of(frame), now)
+                pacer.arrived(_seq_of(frame), now, nap_end=nap[0])
                 self._uncount()  # running again (see _counted)
                 return None
             if self._ended():
@@ -500,12 +500,18 @@ class RingReader(AsyncReading, RingHandle):
             poll_until = deadline
         return poll_until, now
 
-    def _polled(self, frame: _Ready, napped: bool, at_first_look: bool, polled: float) -> None:
-        """Polling found `frame` after `polled` seconds: what the pacer learns."""
+    def _polled(
+        self, frame: _Ready, nap: tuple[float, int] | None, at_first_look: bool, polled: float
+    ) -> None:
+        """Polling (after `nap`, if any) found `frame` after `polled` seconds: what the pacer
+        learns."""
         pacer = self._pacer
-        if napped:  # there at the first look: it came while we slept
+        nap_end = None
+        if nap is not None:
             pacer.nap_outcome(overslept=at_first_look, polled=polled)
-        pacer.arrived(_seq_of(frame), time.monotonic())
+            if at_first_look:  # it came while we slept
+                nap_end = nap[0]
+        pacer.arrived(_seq_of(frame), time.monotonic(), nap_end)
 
     def _nap(self, take: Callable[[], _Ready | None], nap_end: float) -> _Ready | None:
         """Sleep as a counted waiter (a frame that comes early wakes us) until `nap_end`;

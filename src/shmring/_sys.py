@@ -21,6 +21,10 @@
 #   - atomic_add32: an atomic add on a shared u32, done by the kernel (FUTEX_WAKE_OP).
 #   - precise_futex_wait: a futex wait whose timeout ends on time (timer slack lowered for
 #     the wait), for readers that nap until a frame is due (_pacing.py).
+#   - MonotonicTimer: a timerfd (CLOCK_MONOTONIC, time.monotonic()'s clock) armed at an
+#     absolute time, for an asyncio reader's nap: the event loop watches the descriptor, so
+#     the kernel wakes the loop's own thread on time (a timerfd's expiry has no timer slack;
+#     the loop's own timeouts are rounded up to milliseconds).
 #   - map_shared_at / collapse_to_huge_pages: place a file mapping at an address of the
 #     caller's choosing (inside address space it already owns) and ask the kernel to back it
 #     with huge pages now. Collapsing is best effort: it reports failure, never raises.
@@ -28,6 +32,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -112,6 +117,54 @@ def precise_futex_wait(address: int, expected: int, timeout: float) -> None:
         futex_wait(address, expected, timeout)
     finally:
         _prctl(_PR_SET_TIMERSLACK, slack, 0, 0, 0)
+
+
+_CLOCK_MONOTONIC = 1
+_TFD_NONBLOCK = os.O_NONBLOCK
+_TFD_CLOEXEC = os.O_CLOEXEC
+_TFD_TIMER_ABSTIME = 1
+_timerfd_create = _libc.timerfd_create
+_timerfd_settime = _libc.timerfd_settime
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+class MonotonicTimer:
+    """A one-shot timerfd: its descriptor becomes readable at the time given to arm()."""
+
+    __slots__ = ("_fd",)
+
+    def __init__(self) -> None:
+        fd = int(_timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC))
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "timerfd_create failed")
+        self._fd = fd
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def arm(self, when: float) -> None:
+        """Expire at time.monotonic() `when` (at once if that has passed); forgets an expiry
+        not yet read."""
+        seconds = int(when)
+        spec = _Itimerspec(_Timespec(0, 0), _Timespec(seconds, int((when - seconds) * 1e9)))
+        if _timerfd_settime(self._fd, _TFD_TIMER_ABSTIME, ctypes.byref(spec), None) != 0:
+            raise OSError(ctypes.get_errno(), "timerfd_settime failed")
+
+    def clear(self) -> None:
+        """Consume an expiry, so the descriptor is no longer readable."""
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._fd, 8)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:
+        self.close()
 
 
 _MAP_FIXED = 0x10  # these two are not in Python 3.11's mmap module
