@@ -106,10 +106,10 @@ def test_async_for_2000_frames_while_a_ticker_ticks(run: Runner) -> None:
             await ticker
             reader.close()
             assert tags == [make_tag(0, n) for n in range(count)]
-            # The loop ran the ticker throughout: a wait that blocked it would show in the
-            # typical gap; a lone long one is another process taking the CPU.
+            # The loop ran the ticker throughout (issue 19 pins the bound: 50 ms on this
+            # 2-core machine; other processes running at the same time can exceed it).
             assert len(gaps) > 100 and statistics.median(gaps) < 0.005, sorted(gaps)[-5:]
-            assert max(gaps) < 0.5, max(gaps)
+            assert max(gaps) < 0.05, sorted(gaps)[-5:]
             assert len(kid.recv()["seqs"]) == count
 
     run(main())
