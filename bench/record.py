@@ -20,7 +20,11 @@
 #     shmring.replay(speed=None) of the recorded file against a write() loop of the same
 #     frames from memory into a ring of the same geometry (8 slots, block) and reader.
 # Medians over --repeats runs per cell; nothing is pinned to a CPU (2 cores, 2 processes).
-# Each plain and record run starts after os.sync(), with no dirty pages left by the last.
+# Each plain, chunked and record run starts after os.sync(), with no dirty pages left by the
+# last, and after touching and freeing as much memory as it will write (recycle_pages): on
+# the development VM a page touched for the first time after a while costs ~4x one recycled
+# at once (the host backs guest pages lazily and takes freed ones back), which made a cell's
+# figure depend on what ran before it, by up to 4x (docs/performance.md).
 
 from __future__ import annotations
 
@@ -133,7 +137,7 @@ def plain(path: Path, shape: tuple[int, ...], count: int) -> tuple[float, float]
         for n in range(count):
             f.write(frames[n % len(frames)])
 
-    return timed_write(path, write_frames)
+    return timed_write(path, count * len(frames[0]), write_frames)
 
 
 def chunked(path: Path, shape: tuple[int, ...], count: int) -> tuple[float, float]:
@@ -154,12 +158,22 @@ def chunked(path: Path, shape: tuple[int, ...], count: int) -> tuple[float, floa
                 filled = 0
         f.write(view[:filled])
 
-    return timed_write(path, write_frames)
+    return timed_write(path, count * frames[0].nbytes, write_frames)
 
 
-def timed_write(path: Path, write_frames: Callable[[BinaryIO], None]) -> tuple[float, float]:
-    """Seconds `write_frames` takes to write into `path`, and to have it on the disk."""
+def recycle_pages(nbytes: int) -> None:
+    """Touch `nbytes` of memory and free it: the page cache of the run that follows gets
+    pages the machine has just used (see the header)."""
+    np.ones(nbytes // 8 + 1)
+
+
+def timed_write(
+    path: Path, nbytes: int, write_frames: Callable[[BinaryIO], None]
+) -> tuple[float, float]:
+    """Seconds `write_frames` takes to write `nbytes` into `path`, and to have them on the
+    disk."""
     os.sync()  # every cell starts with no dirty pages waiting for the disk
+    recycle_pages(nbytes)
     start = time.perf_counter()
     with open(path, "wb") as f:
         write_frames(f)
@@ -178,6 +192,7 @@ def record(
     path.unlink(missing_ok=True)  # as plain: ext4 flushes a file truncated and rewritten on close
     writer = spawn_writer(name, shape, count, 0.0, "block")
     os.sync()
+    recycle_pages(count * int(np.prod(shape)))
     start = time.perf_counter()
     result = shmring.record(
         name, str(path), frames=count, compression=compression, start="oldest", timeout=WAIT
