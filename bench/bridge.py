@@ -385,13 +385,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bridge", description=__doc__)
     parser.add_argument("--seconds", type=float, default=1.5, help="flat-out time per cell")
     parser.add_argument("--transports", nargs="*", default=list(TRANSPORTS))
+    parser.add_argument("--sizes", nargs="*", choices=list(SIZES), default=list(SIZES))
     args = parser.parse_args(argv)
     info = machine_info()
     print(f"# bench.bridge {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"# {info['cpu']}, {info['cpus']} CPUs, Python {info['python']}", end=", ")
     print(f"commit {info['git_commit']}, zenoh {metadata.version('eclipse-zenoh')}")
     results: dict[tuple[str, str], dict[str, float]] = {}
-    for size, shape in SIZES.items():
+    for size in args.sizes:
+        shape = SIZES[size]
         for transport in args.transports:
             tag = f"bb{os.getpid()}_{len(results)}"
             flat = Run(shape, counts(shape, args.seconds), 0.0, free_port(), tag)
