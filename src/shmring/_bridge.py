@@ -78,6 +78,11 @@ if TYPE_CHECKING:
 POLL = 0.1  # seconds: the longest slice of any wait (stop flag re-checked after each)
 LOG = logging.getLogger("shmring.bridge")
 RETRY = {"period_init_ms": 200, "period_max_ms": 1000, "period_increase_factor": 2}
+# A lossless sender's queue of batches (of up to 64 KiB) for data, Zenoh's default 2 unless a
+# config file sets it: with 2, put() blocked while the link thread sent; 8 gave ~1.25x the
+# frames/s at 64 KiB (python -m bench.bridge, docs/performance.md), raw Zenoh likewise. Not
+# under --latest: there a longer queue would hold older frames before any is dropped.
+DATA_QUEUE, LOSSLESS_QUEUE = "transport/link/tx/queue/size/data", 8
 
 
 def _zenoh() -> ModuleType:
@@ -99,10 +104,14 @@ def receiver_token(key: str, zid: str) -> str:
 
 
 def zenoh_config(
-    listen: Sequence[str] = (), connect: Sequence[str] = (), config: str | None = None
+    listen: Sequence[str] = (),
+    connect: Sequence[str] = (),
+    config: str | None = None,
+    *,
+    lossless_sender: bool = False,
 ) -> zenoh.Config:
     """The Zenoh configuration of a bridge: `config` (a JSON5 file) if given, then the
-    endpoints, then the rules at the top of this module."""
+    endpoints, then the rules at the top of this module (and LOSSLESS_QUEUE)."""
     z = _zenoh()
     if config is None and not listen and not connect:
         raise BridgeError(
@@ -120,6 +129,8 @@ def zenoh_config(
             settings["listen/endpoints"] = list(listen)
         if connect:
             settings["connect/endpoints"] = list(connect)
+        if lossless_sender and cfg.get_json(DATA_QUEUE) == z.Config().get_json(DATA_QUEUE):
+            settings[DATA_QUEUE] = LOSSLESS_QUEUE
         for key, value in settings.items():
             cfg.insert_json5(key, json.dumps(value))
     except z.ZError as exc:
@@ -127,9 +138,11 @@ def zenoh_config(
     return cfg
 
 
-def _open_session(listen: Sequence[str], connect: Sequence[str], config: str | None) -> Any:
+def _open_session(
+    listen: Sequence[str], connect: Sequence[str], config: str | None, lossless_sender: bool
+) -> Any:
     z = _zenoh()
-    cfg = zenoh_config(listen, connect, config)
+    cfg = zenoh_config(listen, connect, config, lossless_sender=lossless_sender)
     try:
         return z.open(cfg)
     except z.ZError as exc:
@@ -171,11 +184,17 @@ class _Bridge:
 
     _what = "bridge"
 
-    def __init__(self, listen: Sequence[str], connect: Sequence[str], config: str | None):
+    def __init__(
+        self,
+        listen: Sequence[str],
+        connect: Sequence[str],
+        config: str | None,
+        lossless_sender: bool = False,
+    ):
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._n = _Counters()
-        self._session = _open_session(listen, connect, config)
+        self._session = _open_session(listen, connect, config, lossless_sender)
         self._closed = False
 
     def stats(self) -> BridgeStats:
@@ -239,7 +258,7 @@ class BridgeSender(_Bridge):
         self.wait_receivers = wait_receivers
         self._receivers: set[str] = set()
         self._what = f"bridge send {ring}"
-        super().__init__(listen, connect, config)
+        super().__init__(listen, connect, config, lossless_sender=not latest)
         z = _zenoh()
         try:
             self._publisher = self._session.declare_publisher(
