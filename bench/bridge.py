@@ -15,6 +15,8 @@
 #     start and end of the throughput window; "send side" is writer + sender bridge (or the
 #     producer), "recv side" receiver bridge + reader (or the consumer).
 #   - Ratios are taken within this run only.
+#   - Raw Zenoh's sessions are configured as the bridge's (shmring._bridge.zenoh_config, the
+#     publisher as a lossless sender): the same transport settings, so it stays the ceiling.
 from __future__ import annotations
 
 import argparse
@@ -153,16 +155,16 @@ def bridge_reader(conn: Connection, run: Run) -> None:
 
 
 def zenoh_session(run: Run, role: str) -> Any:
+    """A session configured as the bridge's end of the same role (the same Zenoh settings:
+    the bridge's ceiling)."""
     import zenoh
 
-    ep = f'"tcp/127.0.0.1:{run.port}"'
-    where = f"listen: {{endpoints: [{ep}]}}" if role == "pub" else f"connect: {{endpoints: [{ep}]}}"
-    return zenoh.open(
-        zenoh.Config.from_json5(
-            f'{{mode: "peer", scouting: {{multicast: {{enabled: false}}}}, {where},'
-            " transport: {shared_memory: {enabled: false}}}"
-        )
-    )
+    from shmring._bridge import zenoh_config
+
+    ep = [f"tcp/127.0.0.1:{run.port}"]
+    if role == "pub":
+        return zenoh.open(zenoh_config(listen=ep, lossless_sender=True))
+    return zenoh.open(zenoh_config(connect=ep))
 
 
 def zenoh_producer(conn: Connection, run: Run) -> None:
@@ -385,13 +387,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bridge", description=__doc__)
     parser.add_argument("--seconds", type=float, default=1.5, help="flat-out time per cell")
     parser.add_argument("--transports", nargs="*", default=list(TRANSPORTS))
+    parser.add_argument("--sizes", nargs="*", choices=list(SIZES), default=list(SIZES))
     args = parser.parse_args(argv)
     info = machine_info()
     print(f"# bench.bridge {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"# {info['cpu']}, {info['cpus']} CPUs, Python {info['python']}", end=", ")
     print(f"commit {info['git_commit']}, zenoh {metadata.version('eclipse-zenoh')}")
     results: dict[tuple[str, str], dict[str, float]] = {}
-    for size, shape in SIZES.items():
+    for size in args.sizes:
+        shape = SIZES[size]
         for transport in args.transports:
             tag = f"bb{os.getpid()}_{len(results)}"
             flat = Run(shape, counts(shape, args.seconds), 0.0, free_port(), tag)

@@ -344,3 +344,55 @@ def test_local_ring_of_another_geometry_is_incompatible(cleanup: list[Any]) -> N
             receiver.wait(WAIT)
         assert recv.proc.wait(WAIT) == 1
         assert "exists with 64 uint8" in recv.text("err")
+
+
+def test_wire_reuses_checks_only_when_just_seq_and_timestamp_changed() -> None:
+    """FrameEncoder's reused buffer and Decoder's reused checks give exactly what the plain
+    encode_header + decode give, and a sample that differs anywhere else is checked again."""
+    from shmring._bridge_wire import (
+        HEADER_SIZE,
+        KIND_FRAME,
+        SEQ_OFFSET,
+        Decoder,
+        FrameEncoder,
+        Geometry,
+        MalformedSample,
+        decode,
+        encode_header,
+    )
+
+    geometry = Geometry((4, 8), "<f4", 8, "block", 8, 4, META_SIZE)
+    frame = np.arange(32, dtype=np.float32).reshape(4, 8)
+    encoder, decoder = FrameEncoder(flags=0, stream=7, geometry=geometry), Decoder()
+
+    def plain(seq: int, shape: tuple[int, ...], meta: bytes) -> bytes:
+        header = encode_header(
+            kind=KIND_FRAME,
+            flags=0,
+            stream=7,
+            seq=seq,
+            timestamp_ns=stamp(seq),
+            geometry=geometry,
+            shape=shape,
+            meta_len=len(meta),
+        )
+        return header + meta + frame[: shape[0], : shape[1]].tobytes()
+
+    cases = [(0, (4, 8), b""), (1, (4, 8), b""), (2, (4, 8), b"meta"), (3, (2, 8), b"")]
+    cases += [(4, (4, 8), b""), (5, (4, 8), b"")]
+    for seq, shape, meta in cases:
+        data = np.ascontiguousarray(frame[: shape[0], : shape[1]]).data.cast("B")
+        payload = bytes(encoder.encode(seq, stamp(seq), shape, meta, data))
+        assert payload == plain(seq, shape, meta)
+        assert decoder.decode(payload) == decode(payload)
+        assert decoder.decode(payload).seq == seq
+
+    good = plain(6, (4, 8), b"")
+    assert decoder.decode(good).timestamp_ns == stamp(6)
+    # The ring shape's first dimension (the header ends with the ring shape, 8 x 8 bytes) = 0.
+    no_ring = good[: HEADER_SIZE - 64] + bytes(8) + good[HEADER_SIZE - 56 :]
+    bad_magic = b"XXXX" + good[4:]
+    for bad in (no_ring, bad_magic, good[:-4], good + bytes(4)):
+        with pytest.raises(MalformedSample):
+            decoder.decode(bad)
+    assert decoder.decode(good[:SEQ_OFFSET] + bytes(16) + good[SEQ_OFFSET + 16 :]).seq == 0

@@ -25,8 +25,9 @@
 #     endpoints gets none (Zenoh's default would listen on every interface).
 #   - Zenoh is imported when a bridge is made, so `import shmring` works without the extra.
 #
-# Copies per frame: sender, ring → one bytes object (header + metadata + frame) → Zenoh's
-# buffer (zenoh-python 1.10 copies any bytes it is given); receiver, Zenoh's buffer → bytes
+# Copies per frame: sender, ring → the sample's buffer (header + metadata + frame, reused
+# frame after frame: _bridge_wire.FrameEncoder) → Zenoh's buffer (zenoh-python 1.10 copies
+# any bytes or bytearray it is given); receiver, Zenoh's buffer → bytes
 # (the abi3 wheel has no buffer protocol on ZBytes) → the ring's slot. Two on each side:
 # docs/API.md ("Copies") says why the binding allows no fewer.
 
@@ -49,12 +50,12 @@ from ._bridge_wire import (
     FLAG_LATEST,
     FLAG_WRITER_GONE,
     KIND_END,
-    KIND_FRAME,
     BridgeError,
+    Decoder,
+    FrameEncoder,
     Geometry,
     MalformedSample,
     Sample,
-    decode,
     encode_header,
 )
 from ._errors import (
@@ -67,7 +68,7 @@ from ._errors import (
 )
 from ._inspect import RingInfo, inspect_ring
 from ._layout import MAX_SKIP_COUNT
-from ._reader import Frame, RingReader
+from ._reader import RingReader
 from ._segment import validate_name
 from ._writer import RingWriter
 
@@ -77,6 +78,11 @@ if TYPE_CHECKING:
 POLL = 0.1  # seconds: the longest slice of any wait (stop flag re-checked after each)
 LOG = logging.getLogger("shmring.bridge")
 RETRY = {"period_init_ms": 200, "period_max_ms": 1000, "period_increase_factor": 2}
+# A lossless sender's queue of batches (of up to 64 KiB) for data, Zenoh's default 2 unless a
+# config file sets it: with 2, put() blocked while the link thread sent; 8 gave ~1.25x the
+# frames/s at 64 KiB (python -m bench.bridge, docs/performance.md), raw Zenoh likewise. Not
+# under --latest: there a longer queue would hold older frames before any is dropped.
+DATA_QUEUE, LOSSLESS_QUEUE = "transport/link/tx/queue/size/data", 8
 
 
 def _zenoh() -> ModuleType:
@@ -98,10 +104,14 @@ def receiver_token(key: str, zid: str) -> str:
 
 
 def zenoh_config(
-    listen: Sequence[str] = (), connect: Sequence[str] = (), config: str | None = None
+    listen: Sequence[str] = (),
+    connect: Sequence[str] = (),
+    config: str | None = None,
+    *,
+    lossless_sender: bool = False,
 ) -> zenoh.Config:
     """The Zenoh configuration of a bridge: `config` (a JSON5 file) if given, then the
-    endpoints, then the rules at the top of this module."""
+    endpoints, then the rules at the top of this module (and LOSSLESS_QUEUE)."""
     z = _zenoh()
     if config is None and not listen and not connect:
         raise BridgeError(
@@ -119,6 +129,8 @@ def zenoh_config(
             settings["listen/endpoints"] = list(listen)
         if connect:
             settings["connect/endpoints"] = list(connect)
+        if lossless_sender and cfg.get_json(DATA_QUEUE) == z.Config().get_json(DATA_QUEUE):
+            settings[DATA_QUEUE] = LOSSLESS_QUEUE
         for key, value in settings.items():
             cfg.insert_json5(key, json.dumps(value))
     except z.ZError as exc:
@@ -126,9 +138,11 @@ def zenoh_config(
     return cfg
 
 
-def _open_session(listen: Sequence[str], connect: Sequence[str], config: str | None) -> Any:
+def _open_session(
+    listen: Sequence[str], connect: Sequence[str], config: str | None, lossless_sender: bool
+) -> Any:
     z = _zenoh()
-    cfg = zenoh_config(listen, connect, config)
+    cfg = zenoh_config(listen, connect, config, lossless_sender=lossless_sender)
     try:
         return z.open(cfg)
     except z.ZError as exc:
@@ -170,11 +184,17 @@ class _Bridge:
 
     _what = "bridge"
 
-    def __init__(self, listen: Sequence[str], connect: Sequence[str], config: str | None):
+    def __init__(
+        self,
+        listen: Sequence[str],
+        connect: Sequence[str],
+        config: str | None,
+        lossless_sender: bool = False,
+    ):
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._n = _Counters()
-        self._session = _open_session(listen, connect, config)
+        self._session = _open_session(listen, connect, config, lossless_sender)
         self._closed = False
 
     def stats(self) -> BridgeStats:
@@ -238,7 +258,7 @@ class BridgeSender(_Bridge):
         self.wait_receivers = wait_receivers
         self._receivers: set[str] = set()
         self._what = f"bridge send {ring}"
-        super().__init__(listen, connect, config)
+        super().__init__(listen, connect, config, lossless_sender=not latest)
         z = _zenoh()
         try:
             self._publisher = self._session.declare_publisher(
@@ -308,6 +328,8 @@ class BridgeSender(_Bridge):
         """Forward frames until the stream ends (returns its id) or the bridge stops."""
         geometry = geometry_of(info)
         flags = FLAG_LATEST if self.latest else 0
+        encoder = FrameEncoder(flags=flags, stream=info.created_ns, geometry=geometry)
+        put = self._publisher.put
         last = -1  # the last frame published
         n = self._n
         while not self._stop.is_set():
@@ -341,9 +363,12 @@ class BridgeSender(_Bridge):
                 n.dropped += frame.dropped + (not ready)
                 if not ready:
                     continue
-                payload, size = _frame_payload(frame, flags, info.created_ns, geometry)
-                last = frame.seq
-            self._publisher.put(payload)
+                array = frame.array
+                last, size = frame.seq, array.nbytes
+                payload = encoder.encode(
+                    last, frame.timestamp_ns, array.shape, frame.meta, _bytes(array)
+                )
+            put(payload)  # the frame is back in the ring: its bytes are in the payload
             n.frames += 1
             n.bytes += size
         return None
@@ -354,22 +379,10 @@ class BridgeSender(_Bridge):
         self._publisher.undeclare()
 
 
-def _frame_payload(frame: Frame, flags: int, stream: int, geometry: Geometry) -> tuple[bytes, int]:
-    """One sample's bytes (the one copy out of the ring) and the frame's size."""
-    array = frame.array
-    meta = frame.meta
-    header = encode_header(
-        kind=KIND_FRAME,
-        flags=flags,
-        stream=stream,
-        seq=frame.seq,
-        timestamp_ns=frame.timestamp_ns,
-        geometry=geometry,
-        shape=array.shape,
-        meta_len=len(meta),
-    )
+def _bytes(array: np.ndarray) -> memoryview:
+    """A frame's bytes in C order: a view of the ring's buffer (the copy is the encoder's)."""
     data = array.data if array.flags.c_contiguous else np.ascontiguousarray(array).data
-    return b"".join((header, meta, data.cast("B"))), array.nbytes
+    return data.cast("B")
 
 
 def geometry_of(info: RingInfo) -> Geometry:
@@ -424,6 +437,7 @@ class BridgeReceiver(_Bridge):
         self._geometry: Geometry | None = None
         self._stream: int | None = None
         self._last: int | None = None
+        self._decode = Decoder().decode
         super().__init__(listen, connect, config)
         self._n.state = "waiting for a sender"
         z = _zenoh()
@@ -442,7 +456,7 @@ class BridgeReceiver(_Bridge):
             if self._stop.is_set():
                 return
             try:
-                self._handle(decode(sample.payload.to_bytes()))
+                self._handle(self._decode(sample.payload.to_bytes()))
             except MalformedSample as exc:
                 self._n.malformed += 1
                 LOG.warning("%s: skipped a malformed sample on %s: %s", self._what, self.key, exc)
@@ -511,7 +525,7 @@ class BridgeReceiver(_Bridge):
         """The local ring for this sample's geometry: created on first use."""
         geometry = sample.geometry
         if self._writer is not None:
-            if _same_frames(geometry, self._geometry):
+            if geometry is self._geometry or _same_frames(geometry, self._geometry):
                 return self._writer
             self._n.rejected += 1
             LOG.warning(

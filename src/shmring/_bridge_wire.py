@@ -13,13 +13,19 @@
 #   - `stream` identifies the source ring (its creation time): a change of stream tells the
 #     receiver that sequence numbers started again, and is not a gap.
 #   - Pure functions of bytes: no Zenoh and no ring here, so this is testable on its own.
+#   - Per frame, only `seq` and `timestamp_ns` change in a steady stream (ring-shaped frames
+#     without metadata). FrameEncoder keeps one sample's bytes and rewrites just those two
+#     fields and the frame; Decoder compares a sample's other header bytes and its size with
+#     the last one it checked and, when equal, reuses that one's checks and objects, which
+#     depend on nothing else. At 64 KiB a whole decode cost ~7 µs warm and ~50 µs cold (a
+#     frame every 10 ms), a reused one ~1 µs; encoding likewise.
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
 from math import prod
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -39,6 +45,9 @@ DTYPE_BYTES = 16
 # max_writers, ndim, meta_len, dtype, frame shape (8 dims), ring shape (8 dims)
 HEADER = struct.Struct(f"<4sBBHQQQIIHHB3xI{DTYPE_BYTES}s{MAX_NDIM}Q{MAX_NDIM}Q")
 HEADER_SIZE = HEADER.size
+SEQ_STAMP = struct.Struct("<QQ")  # seq, timestamp_ns: the fields that change frame to frame
+SEQ_OFFSET = struct.calcsize("<4sBBHQ")  # where they are: after magic ... stream
+REST_OFFSET = SEQ_OFFSET + SEQ_STAMP.size  # the rest of the header: the same frame to frame
 
 
 class BridgeError(ShmringError):
@@ -68,9 +77,9 @@ class Geometry:
         return f"{shape} {np.dtype(self.dtype).name}, meta_size {self.meta_size}"
 
 
-@dataclass(frozen=True)
-class Sample:
-    """A decoded sample; `data` is the frame (empty for an end-of-stream sample)."""
+class Sample(NamedTuple):
+    """A decoded sample; `data` is the frame (empty for an end-of-stream sample). A tuple:
+    built per frame, it costs a fraction of a frozen dataclass."""
 
     kind: int
     flags: int
@@ -174,6 +183,85 @@ def decode(payload: bytes) -> Sample:
         meta=bytes(view[HEADER_SIZE:start]),
         data=view[start:],
     )
+
+
+class FrameEncoder:
+    """The samples of one stream's frames. A ring-shaped frame without metadata is written
+    into one buffer, reused: encode() returns that buffer, valid until the next encode()
+    (zenoh copies it in put()). Other frames get bytes of their own."""
+
+    __slots__ = ("_buffer", "_flags", "_frame", "_geometry", "_stream")
+
+    def __init__(self, *, flags: int, stream: int, geometry: Geometry) -> None:
+        self._flags, self._stream, self._geometry = flags, stream, geometry
+        header = self._header(0, 0, geometry.shape, 0)
+        size = prod(geometry.shape) * np.dtype(geometry.dtype).itemsize
+        self._buffer = bytearray(header) + bytearray(size)
+        self._frame = memoryview(self._buffer)[HEADER_SIZE:]
+
+    def _header(self, seq: int, timestamp_ns: int, shape: tuple[int, ...], meta_len: int) -> bytes:
+        return encode_header(
+            kind=KIND_FRAME,
+            flags=self._flags,
+            stream=self._stream,
+            seq=seq,
+            timestamp_ns=timestamp_ns,
+            geometry=self._geometry,
+            shape=shape,
+            meta_len=meta_len,
+        )
+
+    def encode(
+        self, seq: int, timestamp_ns: int, shape: tuple[int, ...], meta: bytes, data: memoryview
+    ) -> bytes | bytearray:
+        """One frame's sample; `data` is the frame's bytes in C order (format "B")."""
+        if meta or shape != self._geometry.shape:
+            return b"".join((self._header(seq, timestamp_ns, shape, len(meta)), meta, data))
+        buffer = self._buffer
+        SEQ_STAMP.pack_into(buffer, SEQ_OFFSET, seq, timestamp_ns)
+        self._frame[:] = data
+        return buffer
+
+
+class Decoder:
+    """decode() for one subscriber's samples: a sample of the last checked one's size whose
+    header differs from it at most in `seq` and `timestamp_ns` is that sample with those two
+    changed (every check depends on the rest only)."""
+
+    __slots__ = ("_head", "_last", "_rest", "_size", "_start")
+
+    def __init__(self) -> None:
+        self._last: Sample | None = None
+        self._size = -1
+        self._start = HEADER_SIZE
+        self._head = self._rest = b""
+
+    def decode(self, payload: bytes) -> Sample:
+        last = self._last
+        if (
+            last is not None
+            and len(payload) == self._size
+            and payload[REST_OFFSET:HEADER_SIZE] == self._rest
+            and payload[:SEQ_OFFSET] == self._head
+        ):
+            seq, timestamp_ns = SEQ_STAMP.unpack_from(payload, SEQ_OFFSET)
+            start = self._start
+            return Sample(
+                last.kind,
+                last.flags,
+                last.stream,
+                seq,
+                timestamp_ns,
+                last.geometry,
+                last.shape,
+                payload[HEADER_SIZE:start],
+                memoryview(payload)[start:],
+            )
+        sample = decode(payload)  # raises before anything is remembered
+        self._last, self._size = sample, len(payload)
+        self._start = len(payload) - len(sample.data)
+        self._head, self._rest = payload[:SEQ_OFFSET], payload[REST_OFFSET:HEADER_SIZE]
+        return sample
 
 
 def _dtype(text: bytes) -> np.dtype[Any]:
