@@ -36,10 +36,11 @@ from ._timing import DEFAULT_SPIN, POLL_SLICE, checked_spin, deadline_from, rema
 
 EAGER_RECLAIM_BYTES = 256 * 1024  # frames this large reclaim at every write (see __init__)
 # ... unless all the buffers together fit in a quarter of the last-level cache (which the
-# source frame, the reader and other tenants share), and never more than 8 MiB: VMs may
-# report the host's cache, and cycling through a pool the cache does not hold is far worse
-# than one reclaim too many (figures in __init__, with a 32 MiB L3). Unknown: 0, always.
-CACHED_POOL_BYTES = min((LAST_LEVEL_CACHE_BYTES or 0) // 4, 8 * 1024 * 1024)
+# source frame, the reader and other tenants share), and never more than 2 MiB, a core's
+# own cache: VMs may report the host's cache, and a writer that takes its buffers in turn
+# copies into cold ones; one reclaim too many costs far less (docs/performance.md,
+# "Buffer reuse"). Unknown cache: 0, always.
+CACHED_POOL_BYTES = min((LAST_LEVEL_CACHE_BYTES or 0) // 4, 2 * 1024 * 1024)
 HOT_BUFFER_BYTES = 4 * 1024 * 1024  # frames this large wait for the hot buffer (see there)
 HOT_BUFFER_WAIT = 200e-6  # the longest such wait, in seconds
 HOT_BUFFER_BACKOFF = 32  # writes that skip the wait after one that gave up
