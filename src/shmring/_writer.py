@@ -469,12 +469,9 @@ class RingWriter(AsyncWriting, RingHandle):
         (sched_yield), so that it runs only when no other process wants its CPU.
 
         Several writers that sleep for space wake together and one of them finds the space
-        freed; the others sleep again. 2 writers -> 1 reader on 2 CPUs (bench fanin), asleep:
-        each writer slept ~0.16 times per frame and the reader made ~0.4 FUTEX_WAKE calls
-        per frame waking them; polling so took 64 KiB from 143k-177k to 267k-280k frames/s
-        and 4 KiB from 596k-635k to 988k-1.13M. One writer polling so beside 2 group readers
-        took their CPU: 4 KiB 306k -> 133k frames/s, hence not with one writer
-        (docs/performance.md, "Fan-in: writers waiting for space")."""
+        freed; the others sleep again, and the reader spends its time waking them. One
+        writer polling so beside group readers takes their CPU, hence not with one writer
+        (figures: docs/performance.md, "Fan-in: writers waiting for space")."""
         yields = not self._p.spinning_pays()
         if yields and load_word(self._control, L.C_WRITERS) < 2:
             return -1
