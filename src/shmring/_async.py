@@ -23,8 +23,8 @@
 # also ends itself on time, on a timerfd it watches (MonotonicTimer, one per handle): the
 # kernel wakes the loop's thread directly, earlier by the measured time the loop takes to
 # resume the task, instead of through the sleeper thread and call_soon_threadsafe (two
-# wake-ups in a row, each of which waits for a CPU on a busy machine: at 640x480x3 the
-# frame came during that hand-off, and the task took it 100-250 µs late). The sleeper
+# wake-ups in a row, each of which waits for a CPU on a busy machine, so that a frame
+# came during that hand-off and the task took it late). The sleeper
 # thread does not touch the loop for a future that is done already. Each sleep lasts at
 # most POLL_SLICE, so liveness checks (WriterGone, dead
 # readers) run on the loop as often as in the blocking calls. Cancelling a task that sleeps
