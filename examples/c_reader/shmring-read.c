@@ -1072,7 +1072,7 @@ static int take_overwrite(struct ring *r, struct frame *frame) {
                 return damaged(r, defect.what, defect.value);
             }
             r->next = cursor + 1;
-            st(&r->me->release, cursor + 1); /* informational under this policy */
+            st(&r->me->release, cursor + 1); /* what it may still want (FORMAT.md step 5) */
             count_dropped(r, skipped);
             return 1;
         }

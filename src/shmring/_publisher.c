@@ -515,18 +515,67 @@ static int pinned(Publisher *self, uint64_t buffer) {
     return 0;
 }
 
-/* Overwrite policy, exclusive writer: a buffer to write the next frame into. First an
- * unpinned one off the free list (buffers no frame in the window names: publish_frame puts
- * a frame's buffer there when a newer frame replaces it; it may still be pinned), else the
- * buffer of the oldest frame in the window that nobody pins, which is marked evicted first
- * (readers skip it and count it dropped). PUBLISH_FALLBACK if every buffer is pinned (the
- * general path says which knob to raise), PUBLISH_CORRUPTED for an index out of range. */
+#define NOT_TAKEN (-5) /* evict(): no buffer from this frame (gone, evicted, or pinned) */
+
+/* Overwrite policy: evict frame `seq` of the window and return its buffer if no reader
+ * pins it; a pinned one stays evicted (its reader has it) and its buffer joins the free
+ * list, to be taken once unpinned, since no frame of the window names it any more.
+ * NOT_TAKEN for a frame replaced or evicted already, or pinned; PUBLISH_CORRUPTED for an
+ * index out of range. */
+static long long evict(Publisher *self, uint64_t seq) {
+    uint64_t *control = self->control;
+    uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
+    uint64_t flags = load(&descriptor[SHMRING_D_FLAGS]);
+    if (load(&descriptor[SHMRING_D_SEQ]) != seq || flags & SHMRING_DF_EVICTED) {
+        return NOT_TAKEN;
+    }
+    uint64_t buffer = load(&descriptor[SHMRING_D_BUFFER]);
+    if (buffer >= self->nbuffers) {
+        return PUBLISH_CORRUPTED;
+    }
+    __atomic_store_n(&descriptor[SHMRING_D_FLAGS], flags | SHMRING_DF_EVICTED, __ATOMIC_SEQ_CST);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (!pinned(self, buffer)) {
+        return (long long)buffer;
+    }
+    uint64_t count = load(&control[SHMRING_C_FREE_COUNT]);
+    if (count >= self->nbuffers) {
+        return PUBLISH_CORRUPTED;
+    }
+    store(&self->freelist[count], buffer);
+    store(&control[SHMRING_C_FREE_COUNT], count + 1);
+    return NOT_TAKEN;
+}
+
+/* Overwrite policy, exclusive writer: a buffer to write the next frame into. For a ring
+ * that reclaims eagerly (large buffers, see pop_buffer) and has readers, first the buffer of
+ * the newest frame every reader has passed (below the release floor; never the newest
+ * frame, which latest() hands out): written a frame or two ago, it is still in cache (with
+ * no reader, the window keeps its `slots` newest frames for whoever attaches). Then an unpinned
+ * one off the free list (buffers no frame in the window names: publish_frame puts a frame's
+ * buffer there when a newer frame replaces it; it may still be pinned), else the buffer of
+ * the oldest frame in the window that nobody pins (readers skip evicted frames and count
+ * them dropped). PUBLISH_FALLBACK if every buffer is pinned (the general path says which
+ * knob to raise), PUBLISH_CORRUPTED for an index out of range. */
 static long long pop_overwrite(Publisher *self) {
     uint64_t *control = self->control;
     __atomic_thread_fence(__ATOMIC_SEQ_CST); /* the stores that retired a buffer, then pins */
+    uint64_t tail = load(&control[SHMRING_C_TAIL]), head = load(&control[SHMRING_C_HEAD]);
     uint64_t count = load(&control[SHMRING_C_FREE_COUNT]);
-    if (count > self->nbuffers) {
+    if (tail > head || head - tail > self->slots || head >= SHMRING_SEQ_LIMIT ||
+        count > self->nbuffers) {
         return PUBLISH_CORRUPTED;
+    }
+    long long taken = NOT_TAKEN;
+    if (self->reclaim_eagerly && head > tail && load(&control[SHMRING_C_READERS])) {
+        ShmringReclaim ring = reclaim_parts(self);
+        for (uint64_t seq = release_floor(&ring, head - 1); seq-- > tail && taken == NOT_TAKEN;) {
+            taken = evict(self, seq);
+        }
+        if (taken != NOT_TAKEN) {
+            return taken;
+        }
+        count = load(&control[SHMRING_C_FREE_COUNT]); /* evict() may have added to it */
     }
     for (uint64_t i = count; i-- > 0;) {
         uint64_t buffer = load(&self->freelist[i]);
@@ -539,36 +588,10 @@ static long long pop_overwrite(Publisher *self) {
             return (long long)buffer;
         }
     }
-    uint64_t tail = load(&control[SHMRING_C_TAIL]), head = load(&control[SHMRING_C_HEAD]);
-    if (tail > head || head - tail > self->slots || head >= SHMRING_SEQ_LIMIT) {
-        return PUBLISH_CORRUPTED;
+    for (uint64_t seq = tail; seq < head && taken == NOT_TAKEN; seq++) {
+        taken = evict(self, seq);
     }
-    for (uint64_t seq = tail; seq < head; seq++) {
-        uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
-        uint64_t flags = load(&descriptor[SHMRING_D_FLAGS]);
-        if (load(&descriptor[SHMRING_D_SEQ]) != seq || flags & SHMRING_DF_EVICTED) {
-            continue;
-        }
-        uint64_t buffer = load(&descriptor[SHMRING_D_BUFFER]);
-        if (buffer >= self->nbuffers) {
-            return PUBLISH_CORRUPTED;
-        }
-        __atomic_store_n(&descriptor[SHMRING_D_FLAGS], flags | SHMRING_DF_EVICTED,
-                         __ATOMIC_SEQ_CST);
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
-        if (!pinned(self, buffer)) {
-            return (long long)buffer;
-        }
-        /* Pinned: the frame stays evicted (its reader has it) and its buffer joins the free
-         * list, to be taken once unpinned, since no frame of the window names it any more. */
-        count = load(&control[SHMRING_C_FREE_COUNT]);
-        if (count >= self->nbuffers) {
-            return PUBLISH_CORRUPTED;
-        }
-        store(&self->freelist[count], buffer);
-        store(&control[SHMRING_C_FREE_COUNT], count + 1);
-    }
-    return PUBLISH_FALLBACK;
+    return taken == NOT_TAKEN ? PUBLISH_FALLBACK : taken;
 }
 
 /* A buffer for the next frame by the ring's policy (see pop_buffer and pop_overwrite). */

@@ -643,7 +643,10 @@ class RingReader(AsyncReading, RingHandle):
                 self._pending = frame
                 seq = frame.seq
                 self._next = seq + 1
-                self._taker.release(seq + 1)  # unused by overwrite writers: for stats
+                # What this reader may still want: frames from seq + 1 on, or, after
+                # latest(), none but the newest (NONE). Overwrite writers reuse the buffers
+                # of frames below every reader's release first (FORMAT.md, "Overwrite").
+                self._taker.release(L.NONE if latest else seq + 1)
                 if frame.dropped:
                     self._count_dropped(frame.dropped)
             return frame
@@ -727,7 +730,7 @@ class RingReader(AsyncReading, RingHandle):
         if group is None:
             self._next = cursor
             if not self._block:
-                self._record[L.R_RELEASE] = cursor  # unused by overwrite writers: for stats
+                self._record[L.R_RELEASE] = L.NONE if latest else cursor  # (_take_pinned)
         else:
             group[L.G_CURSOR] = cursor
         if skipped:

@@ -41,7 +41,7 @@ EAGER_RECLAIM_BYTES = 256 * 1024  # frames this large reclaim at every write (se
 # copies into cold ones; one reclaim too many costs far less (docs/performance.md,
 # "Buffer reuse"). Unknown cache: 0, always.
 CACHED_POOL_BYTES = min((LAST_LEVEL_CACHE_BYTES or 0) // 4, 2 * 1024 * 1024)
-HOT_BUFFER_BYTES = 4 * 1024 * 1024  # frames this large wait for the hot buffer (see there)
+HOT_BUFFER_BYTES = 512 * 1024  # frames this large wait for their one reader (see there)
 HOT_BUFFER_WAIT = 200e-6  # the longest such wait, in seconds
 HOT_BUFFER_BACKOFF = 32  # writes that skip the wait after one that gave up
 # An overwrite ring's buffers beyond its slots, by default: room for two more held frames or
@@ -327,23 +327,24 @@ class RingWriter(AsyncWriting, RingHandle):
         )
 
     def _await_hot_buffer(self) -> None:
-        """Give the readers a moment to release the frame just published, so that this
-        frame is copied into its buffer, which is still in cache.
-
-        Copying a frame of several MiB into a cache-cold buffer makes the CPU read every
-        line before overwriting it (unless glibc streams the copy: docs/OPERATIONS.md,
-        "Large frames"). At 1920x1080x3 on the development VM (python -m bench.copies) a
-        copy took ~170 µs into the same buffer and 330-380 µs into one of eight taken in
-        turn, while a woken reader released its frame ~35 µs after the wake-up, and a
-        reader pacing itself (_pacing.py), already polling, within a few µs. At
-        1280x720x3 the wait did not pay, hence HOT_BUFFER_BYTES. A reader that keeps its
-        frame longer than HOT_BUFFER_WAIT makes the next HOT_BUFFER_BACKOFF writes skip the
-        wait, so a slow consumer costs the writer at most ~6 µs per frame."""
+        """Give the ring's one reader a moment to release the frame just published, so
+        that this frame is copied into that buffer, still in cache: a copy into a cold
+        buffer reads every line before overwriting it (unless glibc streams the copy:
+        docs/OPERATIONS.md, "Large frames"). It pays from HOT_BUFFER_BYTES on when a single
+        reader, polling, releases within microseconds; with several readers (fan-out,
+        groups) waiting for the last of them held the writer back (docs/performance.md,
+        "Hot buffer"). A reader that keeps its frame longer than HOT_BUFFER_WAIT makes the
+        next HOT_BUFFER_BACKOFF writes skip the wait, so a slow consumer costs the writer
+        at most HOT_BUFFER_WAIT / HOT_BUFFER_BACKOFF per frame."""
         if self._hot_wait_skips:
             self._hot_wait_skips -= 1
             return
         behind = self._publisher.behind  # in C: head, then every group's release (acquire)
-        if not behind() or not self._p.spinning_pays():
+        if (
+            load_word(self._control, L.C_READERS) != 1
+            or not behind()
+            or not self._p.spinning_pays()
+        ):
             return
         give_up = time.monotonic() + HOT_BUFFER_WAIT
         while behind():
