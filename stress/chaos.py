@@ -71,7 +71,11 @@ from . import (
     verify,
 )
 
-SHAPE = (512,)  # uint64 words: 4 KiB frames, long enough to tear if anything could
+# uint64 words: 4 KiB frames, long enough to tear if anything could. CHAOS_FRAME_WORDS in the
+# environment sets another size (read at import, so victims forked from the server see it):
+# 65536 (512 KiB) takes the writers' cache-reuse paths (the reclaim at every write, the wait
+# for the hot buffer, overwrite's newest-first eviction: docs/performance.md).
+SHAPE = (int(os.environ.get("CHAOS_FRAME_WORDS", "512")),)
 DTYPE = np.uint64
 SLOTS = 8  # either policy (overwrite works with any slots >= 2)
 MAX_READERS = 8
@@ -132,9 +136,14 @@ def writer_loop(writer: RingWriter, writer_id: int, use_claim: bool) -> None:
 
 
 def reader_loop(reader: RingReader) -> None:
+    """read() and latest() in turn: latest() passes frames over (under overwrite its release
+    word then says NONE, and writers may evict what it passed first: docs/FORMAT.md)."""
+    takes = (reader.read, reader.latest)
+    n = 0
     while True:
-        with reader.read(STALL) as frame:
+        with takes[n & 1](STALL) as frame:
             verify(frame.array)
+        n += 1
 
 
 def v_write(conn: Connection, name: str, writer_id: int) -> None:

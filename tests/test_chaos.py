@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -113,6 +114,27 @@ def test_quick_chaos_run_keeps_every_invariant() -> None:
         assert writer["fds"][0] == writer["fds"][1] and reader["fds"][0] == reader["fds"][1]
     assert done.returncode == 0, done.stderr[-3000:]
     assert time.monotonic() - started < 60  # ~20 s on 2 busy cores; a hang would take 120
+
+
+def test_quick_chaos_run_with_large_frames_keeps_every_invariant() -> None:
+    """512 KiB frames: the writers' cache-reuse paths (the reclaim at every write, the wait
+    for the hot buffer, overwrite's newest-first eviction behind latest()) under kills."""
+    command = ["-m", "stress.chaos", "--kills=30", "--sweep-stride=0", "--stops=0"]
+    done = subprocess.run(
+        [sys.executable, *command, "--truncations=0", "--json"],
+        cwd=ROOT,
+        env={**os.environ, "CHAOS_FRAME_WORDS": "65536"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    runs = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [run["policy"] for run in runs] == ["block", "overwrite"], done.stderr[-3000:]
+    for run in runs:
+        assert run["violations"] == [], f"{run['policy']}: {run['violations']}"
+        assert sum(run["kills"].values()) >= 30
+        assert run["writer"]["written"] > 0 and run["reader"]["steady"] > 0
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_writer_attach_waits_for_a_publish_in_progress() -> None:
