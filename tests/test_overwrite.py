@@ -75,29 +75,40 @@ def test_held_frame_survives_1000_writes_from_another_process() -> None:
         _check_accounting(got, 1001, lambda s: make_tag(1, s - 1) if s else make_tag(0, 0))
 
 
-def test_dropped_counts_add_up_per_reader() -> None:
+@pytest.mark.parametrize(
+    ("frame_bytes", "n"),
+    [(64, 20_000), (512 * 1024, 4_000)],  # 512 KiB: the writer reuses what readers passed
+)
+def test_dropped_counts_add_up_per_reader(frame_bytes: int, n: int) -> None:
     """Three reader processes on a fast overwrite stream; one pauses for 1,000 frames.
     For each: received + dropped == published, and each frame's dropped equals its gap."""
-    n = 20_000
     name = unique_name()
-    pat = Pattern((64,))
+    shape = [frame_bytes]
+    pat = Pattern(shape)
     with (
         RingWriter.create(
-            name, (64,), np.uint8, slots=12, policy="overwrite", max_readers=4, max_writers=1
+            name,
+            (frame_bytes,),
+            np.uint8,
+            slots=12,
+            policy="overwrite",
+            max_readers=4,
+            max_writers=1,
         ) as w,
         contextlib.ExitStack() as st,
     ):
         fast_read = st.enter_context(
-            Child("spawn", "stream_reader", name=name, method="read", start="oldest")
+            Child("spawn", "stream_reader", name=name, shape=shape, method="read", start="oldest")
         )
         fast_latest = st.enter_context(
-            Child("popen", "stream_reader", name=name, method="latest", start="oldest")
+            Child("popen", "stream_reader", name=name, shape=shape, method="latest", start="oldest")
         )
         slow = st.enter_context(
             Child(
                 "fork",
                 "stream_reader",
                 name=name,
+                shape=shape,
                 method="iter",
                 start="oldest",
                 pause_after_first=True,
