@@ -645,7 +645,7 @@ class RingReader(AsyncReading, RingHandle):
                 self._next = seq + 1
                 # What this reader may still want: frames from seq + 1 on, or, after
                 # latest(), none but the newest (NONE). Overwrite writers reuse the buffers
-                # of frames below every reader's release first (FORMAT.md, "Overwrite").
+                # of frames below every reader's release first (FORMAT.md, "Reading").
                 self._taker.release(L.NONE if latest else seq + 1)
                 if frame.dropped:
                     self._count_dropped(frame.dropped)
