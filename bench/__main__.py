@@ -2,11 +2,13 @@
 #
 # Rules: the default run is the full suite (every transport in every topology it takes part in,
 # the five default sizes, 3 undisturbed repeats per cell; about 25 minutes on 2 cores, 40 or
-# more with --repeats 5, then ~3 minutes of asyncio cells). --quick is the smoke-test mode
-# (tiny durations, one repeat). Transports whose library cannot be imported are reported as
-# skipped with the reason. Outputs go to bench/results/ (gitignored); --readme also writes
-# docs/performance.md and docs/img/*.png, which are committed for the README. --from-json
-# re-renders the reports of an earlier run without measuring again.
+# more with --repeats 5; then ~3 minutes of asyncio cells per repeat, the kinds interleaved
+# in each round, since single asyncio runs swing by 2x with the readers' pacing). --quick is
+# the smoke-test mode (tiny durations, one repeat). Transports whose library cannot be
+# imported are reported as skipped with the reason. Outputs go to bench/results/
+# (gitignored); --readme also writes docs/performance.md and docs/img/*.png, which are
+# committed for the README. --from-json re-renders the reports of an earlier run without
+# measuring again.
 from __future__ import annotations
 
 import argparse
@@ -110,8 +112,12 @@ def _measure(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         sizes = [parse_size(s) for s in async_reader.SIZES]
         extra["async_reader"] = {
             "sizes": [s.label for s in sizes],
+            "repeats": plan.repeats,
             "rows": async_reader.measure(
-                sizes, [*async_reader.SHMRING, *async_reader.PEERS], lambda line: print(line)
+                sizes,
+                [*async_reader.SHMRING, *async_reader.PEERS],
+                lambda line: print(line),
+                repeats=plan.repeats,
             ),
         }
     return {

@@ -216,7 +216,8 @@ def markdown(results: dict[str, Any], images: dict[str, str]) -> str:
             "",
             "1 producer → 1 consumer, every frame verified (bench/async_reader.py says what "
             "each row is): `async for` against `for` over the same ring, and against the "
-            "asyncio peers; flat out for the frames/s and CPU, paced for latency.",
+            "asyncio peers; flat out for the frames/s and CPU, paced for latency; medians of "
+            f"{asyncio_run.get('repeats', 1)} round(s), every kind once per round.",
             *async_reader.table(asyncio_run["sizes"], asyncio_run["rows"]),
             "",
         ]
