@@ -6,14 +6,16 @@ another group, a creator that never writes) must not switch polling off; busy on
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 import numpy as np
+import pytest
 from helpers import SMALL, WAIT, Child, unique_name
 
-from shmring import RingReader, RingWriter
+from shmring import RingReader, RingTimeout, RingWriter
 from shmring._cpu_use import SAMPLE, usable_cpus
 from shmring._ring import Participant
 
@@ -78,3 +80,38 @@ def test_busy_participants_switch_polling_off() -> None:
         attached_readers(name, CPUS, busy=True),
     ):
         assert not measured(reader._p)
+
+
+@pytest.mark.parametrize("writers", [1, 2])
+def test_a_reader_among_several_writers_yields_while_it_polls(
+    writers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When polling does not pay, a reader of a ring that several writers share still polls
+    for `spin`, yielding the CPU before each look (as those writers do for space); with one
+    writer it sleeps at once. Either way the wait ends at its timeout."""
+    name = unique_name("poll")
+    with RingWriter.create(name, SMALL, np.uint8) as first, ExitStack() as stack:
+        for writer in [first] + [
+            stack.enter_context(RingWriter.attach(name)) for _ in range(writers - 1)
+        ]:
+            writer.write(np.zeros(SMALL, np.uint8))  # joins: a writer from its first frame
+        reader = stack.enter_context(RingReader.attach(name, start="latest"))
+        reader.read(WAIT).release()  # the newest frame; none is left
+        monkeypatch.setattr(reader._p, "spinning_pays", lambda: False)
+        yields = 0
+        real_yield = os.sched_yield
+
+        def counted_yield() -> None:
+            nonlocal yields
+            yields += 1
+            real_yield()
+
+        monkeypatch.setattr(os, "sched_yield", counted_yield)
+        started = time.monotonic()
+        with pytest.raises(RingTimeout):
+            reader.read(0.2)
+        assert 0.2 <= time.monotonic() - started < 0.2 + WAIT
+        assert (yields > 0) == (writers > 1)
+        frames = iter(reader)  # iteration takes the same wait
+        first.write(np.ones(SMALL, np.uint8))
+        assert int(next(frames).array[0]) == 1

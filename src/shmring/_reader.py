@@ -314,7 +314,11 @@ class RingReader(AsyncReading, RingHandle):
                     # Asking for the next frame means being done with the last: release it
                     # before waiting, so the writer reuses that buffer, which is still in cache.
                     self._release_last()
-                    if (sleeps_at_once or not spinning_pays()) and not self._carried_drops:
+                    if (
+                        (sleeps_at_once or not spinning_pays())
+                        and not self._carried_drops
+                        and (sleeps_at_once or self._yield_poll(published) is None)
+                    ):
                         self._count()
                         frame = self._pending = wait(self, seq, POLL_SLICE)  # one sleep
                         if frame is not None:
@@ -413,8 +417,9 @@ class RingReader(AsyncReading, RingHandle):
             return frame
         p, control = self._p, self._control
         try:
-            if self._spin and p.spinning_pays():
-                frame = self._poll(take, deadline)  # may nap as a counted sleeper
+            if self._spin:
+                polled = self._poll if p.spinning_pays() else self._yield_poll
+                frame = polled(take, deadline)  # _poll may nap as a counted sleeper
                 if frame is not None:
                     return frame
             self._count()
@@ -463,6 +468,26 @@ class RingReader(AsyncReading, RingHandle):
             now = time.monotonic()
             if now >= poll_until:
                 return None
+
+    def _yield_poll(
+        self, take: Callable[[], _Ready | None], deadline: float | None = None
+    ) -> _Ready | None:
+        """When polling does not pay (more busy participants than CPUs) but several writers
+        share the ring: poll for up to `spin` seconds, yielding the CPU before each look,
+        so that the reader runs only when no other process wants its CPU. Frames from
+        several writers come microseconds apart; a reader that sleeps for each costs every
+        publish a wake-up (docs/performance.md, "Fan-in: the reader yields"). Writers among
+        several poll for space the same way (_writer.py, _poll_for_space)."""
+        if load_word(self._control, L.C_WRITERS) < 2:
+            return None
+        poll_until = time.monotonic() + self._spin
+        if deadline is not None:
+            poll_until = min(poll_until, deadline)
+        while True:
+            os.sched_yield()
+            frame = take()
+            if frame is not None or time.monotonic() >= poll_until:
+                return frame
 
     def _nap_plan(self, deadline: float | None) -> tuple[float, int] | None:
         """When a wait's nap ends and the frame it waits for; None: no nap, poll at once."""
