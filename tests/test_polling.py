@@ -82,20 +82,21 @@ def test_busy_participants_switch_polling_off() -> None:
         assert not measured(reader._p)
 
 
-@pytest.mark.parametrize("writers", [1, 2])
-def test_a_reader_among_several_writers_yields_while_it_polls(
-    writers: int, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("writers", "group"), [(1, None), (2, None), (1, "workers")])
+def test_a_reader_among_several_writers_or_in_a_group_yields_while_it_polls(
+    writers: int, group: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """When polling does not pay, a reader of a ring that several writers share still polls
-    for `spin`, yielding the CPU before each look (as those writers do for space); with one
-    writer it sleeps at once. Either way the wait ends at its timeout."""
+    """When polling does not pay, a reader of a ring that several writers share, or a group
+    member, still polls for `spin`, yielding the CPU before each look (as those writers do
+    for space); a reader of its own with one writer sleeps at once. Either way the wait ends
+    at its timeout."""
     name = unique_name("poll")
     with RingWriter.create(name, SMALL, np.uint8) as first, ExitStack() as stack:
         for writer in [first] + [
             stack.enter_context(RingWriter.attach(name)) for _ in range(writers - 1)
         ]:
             writer.write(np.zeros(SMALL, np.uint8))  # joins: a writer from its first frame
-        reader = stack.enter_context(RingReader.attach(name, start="latest"))
+        reader = stack.enter_context(RingReader.attach(name, start="latest", group=group))
         reader.read(WAIT).release()  # the newest frame; none is left
         monkeypatch.setattr(reader._p, "spinning_pays", lambda: False)
         yields = 0
@@ -111,7 +112,7 @@ def test_a_reader_among_several_writers_yields_while_it_polls(
         with pytest.raises(RingTimeout):
             reader.read(0.2)
         assert 0.2 <= time.monotonic() - started < 0.2 + WAIT
-        assert (yields > 0) == (writers > 1)
+        assert (yields > 0) == (writers > 1 or group is not None)
         frames = iter(reader)  # iteration takes the same wait
         first.write(np.ones(SMALL, np.uint8))
         assert int(next(frames).array[0]) == 1

@@ -473,12 +473,14 @@ class RingReader(AsyncReading, RingHandle):
         self, take: Callable[[], _Ready | None], deadline: float | None = None
     ) -> _Ready | None:
         """When polling does not pay (more busy participants than CPUs) but several writers
-        share the ring: poll for up to `spin` seconds, yielding the CPU before each look,
-        so that the reader runs only when no other process wants its CPU. Frames from
-        several writers come microseconds apart; a reader that sleeps for each costs every
-        publish a wake-up (docs/performance.md, "Fan-in: the reader yields"). Writers among
-        several poll for space the same way (_writer.py, _poll_for_space)."""
-        if load_word(self._control, L.C_WRITERS) < 2:
+        share the ring, or the reader is a group member: poll for up to `spin` seconds,
+        yielding the CPU before each look, so that the reader runs only when no other
+        process wants its CPU. Frames from several writers come microseconds apart, and a
+        group's members take turns; a reader that sleeps for each frame costs every publish
+        a wake-up (docs/performance.md, "Fan-in: the reader yields" and the section after
+        it, which also says why not every reader: fan-out readers lost at small frames).
+        Writers among several poll for space the same way (_writer.py, _poll_for_space)."""
+        if self._group_record is None and load_word(self._control, L.C_WRITERS) < 2:
             return None
         poll_until = time.monotonic() + self._spin
         if deadline is not None:
