@@ -86,17 +86,27 @@ def test_stream_check_adds_up_what_gaps_stand_for() -> None:
     assert (check.dropped, check.excess) == (8, 5)  # numbers 1, 3, 4 passed over
 
 
-def test_quick_chaos_run_keeps_every_invariant() -> None:
-    started = time.monotonic()
+def _chaos(
+    *options: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
+    """`python -m stress.chaos --json` with `options`: the process and its run per policy,
+    block then overwrite (checked)."""
     done = subprocess.run(
-        [sys.executable, "-m", "stress.chaos", "--kills", str(KILLS), "--sweep-stride=0", "--json"],
+        [sys.executable, "-m", "stress.chaos", *options, "--json"],
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
     runs = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert [run["policy"] for run in runs] == ["block", "overwrite"], done.stderr[-3000:]
+    return done, runs
+
+
+def test_quick_chaos_run_keeps_every_invariant() -> None:
+    started = time.monotonic()
+    done, runs = _chaos("--kills", str(KILLS), "--sweep-stride=0")
     for run in runs:
         policy = run["policy"]
         assert run["violations"] == [], f"{policy}: {run['violations']}"
@@ -119,17 +129,13 @@ def test_quick_chaos_run_keeps_every_invariant() -> None:
 def test_quick_chaos_run_with_large_frames_keeps_every_invariant() -> None:
     """512 KiB frames: the writers' cache-reuse paths (the reclaim at every write, the wait
     for the hot buffer, overwrite's newest-first eviction behind latest()) under kills."""
-    command = ["-m", "stress.chaos", "--kills=30", "--sweep-stride=0", "--stops=0"]
-    done = subprocess.run(
-        [sys.executable, *command, "--truncations=0", "--json"],
-        cwd=ROOT,
+    done, runs = _chaos(
+        "--kills=30",
+        "--sweep-stride=0",
+        "--stops=0",
+        "--truncations=0",
         env={**os.environ, "CHAOS_FRAME_WORDS": "65536"},
-        capture_output=True,
-        text=True,
-        timeout=120,
     )
-    runs = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    assert [run["policy"] for run in runs] == ["block", "overwrite"], done.stderr[-3000:]
     for run in runs:
         assert run["violations"] == [], f"{run['policy']}: {run['violations']}"
         assert sum(run["kills"].values()) >= 30
