@@ -98,6 +98,25 @@ def test_a_stream_that_slows_down_past_the_pause_length_is_relearned() -> None:
     assert pacer.interval == pytest.approx(1.2 * MS)
 
 
+def test_a_stream_is_steady_when_the_reader_waits_for_every_frame_and_gaps_keep_time() -> None:
+    """`steady` (what a reader that cannot poll freely needs before it naps): the gaps keep
+    to the interval, and the reader waited for each frame rather than finding a backlog."""
+    pacer = Pacer(SPIN)
+    last = _steady(pacer, 2 * MS, 3)
+    assert not pacer.steady  # an interval learned from two gaps is not shown to hold yet
+    last = _steady(pacer, 2 * MS, 20, start=last - 2 * MS)
+    assert pacer.steady
+    pacer.arrived(21, last + 4 * MS)  # frame 20 was there when the reader looked: a backlog
+    assert not pacer.steady
+    jittery = Pacer(SPIN)
+    t = 100.0
+    for seq in range(40):  # 1 ms and 3 ms gaps in turn: a 2 ms interval, not kept
+        t += (1 if seq % 2 else 3) * MS
+        jittery.arrived(seq, t)
+    assert jittery.interval == pytest.approx(2 * MS, rel=0.3)
+    assert not jittery.steady
+
+
 def test_the_lead_grows_after_oversleeping_and_shrinks_after_long_polls() -> None:
     pacer = Pacer(1 * MS)
     _steady(pacer, 10 * MS, 10)
@@ -111,22 +130,23 @@ def test_the_lead_grows_after_oversleeping_and_shrinks_after_long_polls() -> Non
 
 
 @pytest.mark.parametrize(
-    ("spin", "interval", "most"),
+    ("spin", "interval", "yielding", "most"),
     [
-        (SPIN, 2 * MS, SPIN + _pacing.LEAD_SLACK),  # the reader's polling budget
-        (10 * MS, 2 * MS, 1 * MS),  # half the interval
-        (SPIN, 150e-6, 75e-6),  # half the interval of a fast stream
+        (SPIN, 2 * MS, False, SPIN + _pacing.LEAD_SLACK),  # the reader's polling budget
+        (10 * MS, 2 * MS, False, 1 * MS),  # half the interval
+        (SPIN, 150e-6, False, 75e-6),  # half the interval of a fast stream
+        (SPIN, 2 * MS, True, 1 * MS),  # polling yielding the CPU: half the interval only
     ],
 )
 def test_however_a_jittery_stream_grows_the_lead_it_stays_bounded(
-    spin: float, interval: float, most: float
+    spin: float, interval: float, yielding: bool, most: float
 ) -> None:
     """A reader polls up to lead + spin per frame: the lead never passes its spin plus
-    LEAD_SLACK, nor half the stream's interval."""
+    LEAD_SLACK (unless it polls yielding the CPU), nor half the stream's interval."""
     pacer = Pacer(spin)
     _steady(pacer, interval, 10)
     for _ in range(100):
-        pacer.nap_outcome(overslept=True, polled=0.0)
+        pacer.nap_outcome(overslept=True, polled=0.0, yielding=yielding)
     assert pacer.lead == pytest.approx(most)
 
 
@@ -184,6 +204,38 @@ def test_a_steady_stream_from_another_program_is_paced_and_arrives_whole(
         assert got.tags == [make_tag(0, n) for n in range(count)]
     assert interval is not None and 1 * MS < interval < 50 * MS
     assert naps, "the reader never napped"
+
+
+@needs_two_cpus
+def test_a_paced_reader_naps_and_polls_yielding_when_polling_does_not_pay(
+    naps: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More busy processes than CPUs (fan-out: a writer and three readers on two CPUs): a
+    reader of its own with one writer does not poll after every frame, but a steady stream
+    it still paces: it naps until just before each frame and then polls yielding the CPU,
+    so the writer finds it awake instead of waking it. Every frame arrives whole, in order."""
+    name, shape, count = unique_name("paced-yield"), (640,), 200
+    yields = 0
+    real_yield = os.sched_yield
+
+    def counted_yield() -> None:
+        nonlocal yields
+        yields += 1
+        real_yield()
+
+    monkeypatch.setattr(os, "sched_yield", counted_yield)
+    with Child(
+        "popen", "stream_writer", name=name, shape=list(shape), count=count, interval=2 * MS
+    ) as child:
+        child.expect("ready")
+        with shmring.RingReader.attach(name, start="oldest", timeout=WAIT) as r:
+            monkeypatch.setattr(r._p, "spinning_pays", lambda: False)
+            child.send("go")
+            got = bounded(lambda: collect(r, Pattern(shape), "iter"))
+        finish(child)
+    assert got.tags == [make_tag(0, n) for n in range(count)]
+    assert naps, "the reader never napped"
+    assert yields > 0, "the reader never polled after a nap"
 
 
 def _plan_a_nap(w: shmring.RingWriter, r: shmring.RingReader, seconds: float) -> None:

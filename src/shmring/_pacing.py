@@ -18,6 +18,10 @@
 # next gap is one too: then the stream slowed down (a writer that ran flat out, then paced),
 # and the last gap is its new interval.
 #
+# A reader that may not poll freely (more busy processes than CPUs) naps only on a `steady`
+# stream: it waited for each of its last frames and the gaps keep within STEADY_JITTER of
+# the interval; it then polls yielding the CPU, and its lead may grow to half the interval.
+#
 # Rules: the Pacer only advises; it never waits, reads shared memory or raises. The reader
 # naps as a counted sleeper, so a frame that comes early still wakes it at once: a wrong
 # guess costs polling, never a lost frame or a later one than without pacing. Streams whose
@@ -35,6 +39,7 @@ POLL_TARGET = 30e-6  # how long a reader should poll after a nap before its fram
 # stream makes it grow, and a reader polls up to lead + spin per frame. Capped so, a reader
 # polls at most ~2x what it did before pacing (spin, then a sleep and a wake-up).
 LEAD_SLACK = 2 * POLL_TARGET
+STEADY_JITTER = 0.25  # a steady stream's gaps stray at most this share of its interval
 _PAUSE = 4.0  # a gap this many intervals long is a pause in the stream, not a new rate
 _SMOOTHING = 0.25  # weight of a new gap in the interval estimate
 
@@ -42,7 +47,16 @@ _SMOOTHING = 0.25  # weight of a new gap in the interval estimate
 class Pacer:
     """Learns one reader's stream interval and advises it when to nap."""
 
-    __slots__ = ("_lead_max", "_paused", "_ref_seq", "_ref_time", "interval", "lead")
+    __slots__ = (
+        "_jitter",
+        "_lead_max",
+        "_paused",
+        "_ref_seq",
+        "_ref_time",
+        "interval",
+        "lead",
+        "steady",
+    )
 
     def __init__(self, spin: float) -> None:
         self.interval: float | None = None  # seconds between frames, once learned
@@ -51,6 +65,10 @@ class Pacer:
         self._ref_seq = -1  # the last frame that arrived while the reader waited ...
         self._ref_time = 0.0  # ... and when
         self._paused = False  # whether the last gap was a pause
+        self._jitter = 0.0  # how far gaps stray from the interval, smoothed like it
+        # Whether the reader waited for each of its last two frames (it keeps pace, rather
+        # than catching up with a backlog between waits) and the gaps keep to the interval.
+        self.steady = False
 
     def nap_until(self, seq: int, now: float) -> float | None:
         """When a reader waiting for frame `seq` at `now` should end its nap (None: do not
@@ -82,24 +100,36 @@ class Pacer:
             if interval is None:
                 if NAP_MIN <= gap <= MAX_INTERVAL:
                     self.interval = gap
+                    self._jitter = gap  # steady only once gaps have kept to it
             elif gap > MAX_INTERVAL or gap < NAP_MIN:
                 self.interval = None  # the stream changed pace: relearn it
             elif gap < _PAUSE * interval:
                 self.interval = interval + (gap - interval) * _SMOOTHING
+                self._jitter += (abs(gap - interval) - self._jitter) * _SMOOTHING
                 self._paused = False
             elif self._paused:  # a second pause in a row: the stream's new pace
                 self.interval = gap
                 self._paused = False
             else:
                 self._paused = True
+        self.steady = (
+            seq == self._ref_seq + 1
+            and self.interval is not None
+            and self._jitter <= self.interval * STEADY_JITTER
+        )
         self._ref_seq, self._ref_time = seq, now
 
-    def nap_outcome(self, overslept: bool, polled: float) -> None:
+    def nap_outcome(self, overslept: bool, polled: float, yielding: bool = False) -> None:
         """After a nap: `overslept` if the frame was there when the reader woke (or woke it);
-        else `polled` seconds of polling before it came. Adapts the lead."""
+        else `polled` seconds of polling before it came. Adapts the lead. A reader that
+        polls `yielding` the CPU (more busy processes than CPUs) lets whoever wants the CPU
+        run first, so its timer wake-up may wait its turn; its lead is not capped by the
+        spin, only by half the interval, so that it is awake before the writer publishes
+        and the writer has nobody to wake."""
         if overslept:
             lead = self.lead * 2
         else:
             lead = self.lead + (POLL_TARGET - polled) / 2
-        limit = self._lead_max if self.interval is None else min(self._lead_max, self.interval / 2)
+        lead_max = float("inf") if yielding else self._lead_max
+        limit = lead_max if self.interval is None else min(lead_max, self.interval / 2)
         self.lead = min(max(lead, LEAD_MIN), limit)
