@@ -579,16 +579,17 @@ def collect(
 def child_stream_reader(
     chan: Chan,
     name: str = "",
-    shape: Sequence[int] = SMALL,
+    shape: Sequence[int] | None = None,
     group: str | None = None,
     start: str = "oldest",
     reader: Any = None,
     pause_after_first: bool = False,
     method: str = "iter",
 ) -> None:
-    """Attach, report ready, read until end of stream verifying every frame, report."""
-    pat = Pattern(shape)
+    """Attach, report ready, read until end of stream verifying every frame, report.
+    ``shape``: the frames' pattern shape, by default the ring's frame shape."""
     r = reader if reader is not None else RingReader.attach(name, group=group, start=start)
+    pat = Pattern(r.shape if shape is None else shape)
     chan.send("ready")
 
     def pause() -> None:
@@ -612,11 +613,11 @@ def child_try_create(chan: Chan, name: str = "", shape: Sequence[int] = SMALL) -
 
 
 def child_hold_reader(
-    chan: Chan, name: str = "", shape: Sequence[int] = SMALL, group: str | None = None
+    chan: Chan, name: str = "", shape: Sequence[int] | None = None, group: str | None = None
 ) -> None:
     """Attach, report, read one frame and hold it until told to release (or killed)."""
-    pat = Pattern(shape)
     r = RingReader.attach(name, group=group, start="oldest", timeout=WAIT)
+    pat = Pattern(r.shape if shape is None else shape)
     chan.send("ready")
     frame = r.read(WAIT)
     tag = pat.check(frame.array)
