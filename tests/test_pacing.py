@@ -144,9 +144,10 @@ def test_however_a_jittery_stream_grows_the_lead_it_stays_bounded(
     """A reader polls up to lead + spin per frame: the lead never passes its spin plus
     LEAD_SLACK (unless it polls yielding the CPU), nor half the stream's interval."""
     pacer = Pacer(spin)
+    pacer.yielding = yielding
     _steady(pacer, interval, 10)
     for _ in range(100):
-        pacer.nap_outcome(overslept=True, polled=0.0, yielding=yielding)
+        pacer.nap_outcome(overslept=True, polled=0.0)
     assert pacer.lead == pytest.approx(most)
 
 

@@ -56,6 +56,7 @@ class Pacer:
         "interval",
         "lead",
         "steady",
+        "yielding",
     )
 
     def __init__(self, spin: float) -> None:
@@ -69,6 +70,7 @@ class Pacer:
         # Whether the reader waited for each of its last two frames (it keeps pace, rather
         # than catching up with a backlog between waits) and the gaps keep to the interval.
         self.steady = False
+        self.yielding = False  # whether the reader polls yielding the CPU (set by it)
 
     def nap_until(self, seq: int, now: float) -> float | None:
         """When a reader waiting for frame `seq` at `now` should end its nap (None: do not
@@ -119,7 +121,7 @@ class Pacer:
         )
         self._ref_seq, self._ref_time = seq, now
 
-    def nap_outcome(self, overslept: bool, polled: float, yielding: bool = False) -> None:
+    def nap_outcome(self, overslept: bool, polled: float) -> None:
         """After a nap: `overslept` if the frame was there when the reader woke (or woke it);
         else `polled` seconds of polling before it came. Adapts the lead. A reader that
         polls `yielding` the CPU (more busy processes than CPUs) lets whoever wants the CPU
@@ -130,6 +132,6 @@ class Pacer:
             lead = self.lead * 2
         else:
             lead = self.lead + (POLL_TARGET - polled) / 2
-        lead_max = float("inf") if yielding else self._lead_max
+        lead_max = float("inf") if self.yielding else self._lead_max
         limit = lead_max if self.interval is None else min(lead_max, self.interval / 2)
         self.lead = min(max(lead, LEAD_MIN), limit)

@@ -452,25 +452,21 @@ class RingReader(AsyncReading, RingHandle):
             self._uncount()  # the caller may not come back for a long time
             raise
 
-    def _poll(
-        self, take: Callable[[], _Ready | None], deadline: float | None, yielding: bool = False
-    ) -> _Ready | None:
+    def _poll(self, take: Callable[[], _Ready | None], deadline: float | None) -> _Ready | None:
         """The polling part of a wait: nap first if the stream is steady (_pacing.py), then
         poll for up to `spin` seconds (past the frame's due time after a nap). The asyncio
         reader's wait (_async.py) runs the same steps, napping and polling on the loop."""
         nap = self._nap_plan(deadline)
         frame = None if nap is None else self._nap(take, nap[0])
-        window = self._poll_window(nap, frame, deadline, yielding)
+        window = self._poll_window(nap, frame, deadline)
         if window is None:
             return frame
         poll_until, now = window
         woke = now
         while True:
-            if yielding:
-                os.sched_yield()
             frame = take()
             if frame is not None:
-                self._polled(frame, nap, now == woke, now - woke, yielding)
+                self._polled(frame, nap, now == woke, now - woke)
                 return frame
             now = time.monotonic()
             if now >= poll_until:
@@ -487,16 +483,25 @@ class RingReader(AsyncReading, RingHandle):
         a wake-up (docs/performance.md, "Fan-in: the reader yields" and the section after
         it, which also says why not every reader: fan-out readers lost at small frames).
         Writers among several poll for space the same way (_writer.py, _poll_for_space).
-        Any other reader does so only for a paced stream (_pacing.py): it naps until just
+        Any other reader does so only for a steady stream (_pacing.py): it naps until just
         before its frame is due and then polls yielding, so the writer finds it awake and
         has nobody to wake (docs/performance.md, "Fan-out: paced readers yield")."""
-        paced = self._paces_sleeps = (
-            self._group_record is None and load_word(self._control, L.C_WRITERS) < 2
-        )
-        if paced:
-            if not self._pacer.steady or self._nap_plan(deadline) is None:
+        pacer = self._pacer
+        if self._group_record is None and load_word(self._control, L.C_WRITERS) < 2:
+            self._paces_sleeps = True
+            if not pacer.steady or self._nap_plan(deadline) is None:
                 return None
-            return self._poll(take, deadline, yielding=True)
+
+            def look() -> _Ready | None:
+                os.sched_yield()
+                return take()
+
+            pacer.yielding = True
+            try:
+                return self._poll(look, deadline)
+            finally:
+                pacer.yielding = False
+        self._paces_sleeps = False
         poll_until = time.monotonic() + self._spin
         if deadline is not None:
             poll_until = min(poll_until, deadline)
@@ -519,11 +524,7 @@ class RingReader(AsyncReading, RingHandle):
         return nap_end, seq
 
     def _poll_window(
-        self,
-        nap: tuple[float, int] | None,
-        frame: _Ready | None,
-        deadline: float | None,
-        yielding: bool = False,
+        self, nap: tuple[float, int] | None, frame: _Ready | None, deadline: float | None
     ) -> tuple[float, float] | None:
         """After the nap (if any), which got `frame`: None if the wait is over (the frame
         came during the nap, or the stream was closed); else (when polling ends, now), with
@@ -534,7 +535,7 @@ class RingReader(AsyncReading, RingHandle):
         else:
             pacer = self._pacer
             if frame is not None:
-                pacer.nap_outcome(overslept=True, polled=0.0, yielding=yielding)
+                pacer.nap_outcome(overslept=True, polled=0.0)
                 pacer.arrived(_seq_of(frame), now, nap_end=nap[0])
                 self._uncount()  # running again (see _counted)
                 return None
@@ -547,19 +548,14 @@ class RingReader(AsyncReading, RingHandle):
         return poll_until, now
 
     def _polled(
-        self,
-        frame: _Ready,
-        nap: tuple[float, int] | None,
-        at_first_look: bool,
-        polled: float,
-        yielding: bool = False,
+        self, frame: _Ready, nap: tuple[float, int] | None, at_first_look: bool, polled: float
     ) -> None:
         """Polling (after `nap`, if any) found `frame` after `polled` seconds: what the pacer
         learns."""
         pacer = self._pacer
         nap_end = None
         if nap is not None:
-            pacer.nap_outcome(overslept=at_first_look, polled=polled, yielding=yielding)
+            pacer.nap_outcome(overslept=at_first_look, polled=polled)
             if at_first_look:  # it came while we slept
                 nap_end = nap[0]
         pacer.arrived(_seq_of(frame), time.monotonic(), nap_end)
