@@ -5,12 +5,14 @@ cross-process stream of such frames is in test_stream.py."""
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
-from helpers import unique_name
+from helpers import WAIT, Waiter, bounded, unique_name
 
 import shmring
+from shmring import _layout as L
 from shmring import _writer
 from shmring._timing import DEFAULT_SPIN
 
@@ -78,6 +80,32 @@ def test_a_large_frame_goes_into_the_buffer_just_released() -> None:
                 addresses.append(_address(frame))
         assert len(set(addresses)) == 1
         assert w._hot_wait_skips == 0  # every frame was released before the next write
+
+
+def test_an_iterating_reader_releases_its_frame_before_it_waits_for_the_next() -> None:
+    """`for frame in reader`: asking for the next frame releases the last one at once, also
+    while the next is not there yet, so the writer (which waits for that release) copies
+    the next frame into the same buffer; iteration goes on with every frame in order."""
+    with _ring(LARGE) as w, shmring.RingReader.attach(w.name) as r:
+        frames = iter(r)
+        w.write(np.full(LARGE, 0, np.uint8))
+        first = next(frames)
+        address = _address(first)
+        waiting = Waiter(lambda: next(frames))
+        waiting.start()
+        deadline = time.monotonic() + WAIT
+        while r._record[L.R_RELEASE] != 1:  # the iterator released frame 0, and waits
+            assert time.monotonic() < deadline, "frame 0 was not released before the wait"
+        assert first._reader is None and waiting.is_alive()
+        w.write(np.full(LARGE, 1, np.uint8), timeout=WAIT)
+        waiting.finish()
+        assert waiting.exc is None
+        second = waiting.result
+        assert int(second.array[0, 0, 0]) == int(second.array[-1, -1, -1]) == 1
+        assert _address(second) == address and w._hot_wait_skips == 0
+        w.write(np.full(LARGE, 2, np.uint8), timeout=WAIT)
+        assert int(bounded(lambda: next(frames)).array[-1, -1, -1]) == 2
+        assert r._held == [2]
 
 
 @pytest.mark.skipif(

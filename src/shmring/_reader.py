@@ -279,7 +279,8 @@ class RingReader(AsyncReading, RingHandle):
         caller through as few of them as possible."""
         p = self._p
         held = self._held
-        take, advance, wait = self._taker.take, self._taker.advance, self._taker.wait
+        taker = self._taker
+        take, advance, wait, release = taker.take, taker.advance, taker.wait, taker.release
         # Local names, one fast lookup each: every Python lookup shows at 64-byte frames.
         is_published = self._taker.published
         sleeps_at_once, spinning_pays = not self._spin, p.spinning_pays
@@ -295,13 +296,17 @@ class RingReader(AsyncReading, RingHandle):
                 seq = self._next
                 last = self._last
                 frame = None
-                if (
-                    last is not None
+                # The last frame, if it is all this reader holds (the common case).
+                alone = (
+                    last
+                    if last is not None
                     and len(held) == 1
                     and held[0] == last.seq
                     and last._reader is not None
                     and not self._carried_drops
-                ):
+                    else None
+                )
+                if alone is not None:
                     # Holds the new frame and releases the last in one store (R_RELEASE),
                     # then wakes writers waiting for that space: all in C.
                     frame = self._pending = advance(self, seq)
@@ -310,11 +315,18 @@ class RingReader(AsyncReading, RingHandle):
                             self._uncount()
                         self._next = seq + 1
                         held[0] = seq
-                        last._reader = None
+                        alone._reader = None
                 if frame is None and not is_published(seq):
                     # Asking for the next frame means being done with the last: release it
-                    # before waiting, so the writer reuses that buffer, which is still in cache.
-                    self._release_last()
+                    # before waiting, so the writer reuses that buffer, which is still in cache
+                    # (a large frame's writer waits for it: _writer.py, "hot buffer").
+                    if alone is not None:  # _release_last's store, without its Python steps
+                        release(seq)  # first: a Ctrl-C after it leaves a frame to release again
+                        held.clear()
+                        alone._reader = None
+                        self._last = None
+                    else:
+                        self._release_last()
                     if (
                         (sleeps_at_once or not spinning_pays())
                         and not self._carried_drops
