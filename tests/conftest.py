@@ -11,6 +11,9 @@ temp file's name) is this process, a process it started, or a running descendant
 name carries this process's pid (``helpers.unique_name``). Entries a live foreign process
 maps or has open are never ours. In strict mode (``SHMRING_TEST_STRICT_LEAKS=1``, or a CI
 run with no other test session on the machine) every other new entry counts too.
+
+The fixture ``sched_yields`` counts the ``os.sched_yield`` calls of this process (readers and
+writers that poll yielding the CPU).
 """
 
 from __future__ import annotations
@@ -230,3 +233,23 @@ def no_leaked_segments(request: pytest.FixtureRequest) -> Iterator[None]:
     call = getattr(request.node, "rep_call", None)
     if leaked and (call is None or call.passed):
         pytest.fail(f"test left shared-memory entries in {SHM_DIR}: {details}", pytrace=False)
+
+
+class YieldCount:
+    """How many times this process called os.sched_yield since the fixture (or a reset)."""
+
+    count = 0
+
+
+@pytest.fixture
+def sched_yields(monkeypatch: pytest.MonkeyPatch) -> YieldCount:
+    """Count os.sched_yield calls (the real yield still runs); set `count` to 0 to restart."""
+    counted = YieldCount()
+    real_yield = os.sched_yield
+
+    def counted_yield() -> None:
+        counted.count += 1
+        real_yield()
+
+    monkeypatch.setattr(os, "sched_yield", counted_yield)
+    return counted

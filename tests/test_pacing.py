@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import YieldCount
 from helpers import (
     WAIT,
     Child,
@@ -209,22 +210,13 @@ def test_a_steady_stream_from_another_program_is_paced_and_arrives_whole(
 
 @needs_two_cpus
 def test_a_paced_reader_naps_and_polls_yielding_when_polling_does_not_pay(
-    naps: list[float], monkeypatch: pytest.MonkeyPatch
+    naps: list[float], sched_yields: YieldCount, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """More busy processes than CPUs (fan-out: a writer and three readers on two CPUs): a
     reader of its own with one writer does not poll after every frame, but a steady stream
     it still paces: it naps until just before each frame and then polls yielding the CPU,
     so the writer finds it awake instead of waking it. Every frame arrives whole, in order."""
     name, shape, count = unique_name("paced-yield"), (640,), 200
-    yields = 0
-    real_yield = os.sched_yield
-
-    def counted_yield() -> None:
-        nonlocal yields
-        yields += 1
-        real_yield()
-
-    monkeypatch.setattr(os, "sched_yield", counted_yield)
     with Child(
         "popen", "stream_writer", name=name, shape=list(shape), count=count, interval=2 * MS
     ) as child:
@@ -236,7 +228,7 @@ def test_a_paced_reader_naps_and_polls_yielding_when_polling_does_not_pay(
         finish(child)
     assert got.tags == [make_tag(0, n) for n in range(count)]
     assert naps, "the reader never napped"
-    assert yields > 0, "the reader never polled after a nap"
+    assert sched_yields.count > 0, "the reader never polled after a nap"
 
 
 def _plan_a_nap(w: shmring.RingWriter, r: shmring.RingReader, seconds: float) -> None:

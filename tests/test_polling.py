@@ -6,13 +6,13 @@ another group, a creator that never writes) must not switch polling off; busy on
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 import numpy as np
 import pytest
+from conftest import YieldCount
 from helpers import SMALL, WAIT, Child, unique_name
 
 from shmring import RingReader, RingTimeout, RingWriter
@@ -84,7 +84,7 @@ def test_busy_participants_switch_polling_off() -> None:
 
 @pytest.mark.parametrize(("writers", "group"), [(1, None), (2, None), (1, "workers")])
 def test_a_reader_among_several_writers_or_in_a_group_yields_while_it_polls(
-    writers: int, group: str | None, monkeypatch: pytest.MonkeyPatch
+    writers: int, group: str | None, sched_yields: YieldCount, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """When polling does not pay, a reader of a ring that several writers share, or a group
     member, still polls for `spin`, yielding the CPU before each look (as those writers do
@@ -99,20 +99,12 @@ def test_a_reader_among_several_writers_or_in_a_group_yields_while_it_polls(
         reader = stack.enter_context(RingReader.attach(name, start="latest", group=group))
         reader.read(WAIT).release()  # the newest frame; none is left
         monkeypatch.setattr(reader._p, "spinning_pays", lambda: False)
-        yields = 0
-        real_yield = os.sched_yield
-
-        def counted_yield() -> None:
-            nonlocal yields
-            yields += 1
-            real_yield()
-
-        monkeypatch.setattr(os, "sched_yield", counted_yield)
+        sched_yields.count = 0
         started = time.monotonic()
         with pytest.raises(RingTimeout):
             reader.read(0.2)
         assert 0.2 <= time.monotonic() - started < 0.2 + WAIT
-        assert (yields > 0) == (writers > 1 or group is not None)
+        assert (sched_yields.count > 0) == (writers > 1 or group is not None)
         frames = iter(reader)  # iteration takes the same wait
         first.write(np.ones(SMALL, np.uint8))
         assert int(next(frames).array[0]) == 1

@@ -282,7 +282,7 @@ class RingReader(AsyncReading, RingHandle):
         taker = self._taker
         take, advance, wait, release = taker.take, taker.advance, taker.wait, taker.release
         # Local names, one fast lookup each: every Python lookup shows at 64-byte frames.
-        is_published = self._taker.published
+        is_published = taker.published
         sleeps_at_once, spinning_pays = not self._spin, p.spinning_pays
 
         def published() -> int | None:
@@ -498,9 +498,9 @@ class RingReader(AsyncReading, RingHandle):
         Any other reader does so only for a steady stream (_pacing.py): it naps until just
         before its frame is due and then polls yielding, so the writer finds it awake and
         has nobody to wake (docs/performance.md, "Fan-out: paced readers yield")."""
-        pacer = self._pacer
         if self._group_record is None and load_word(self._control, L.C_WRITERS) < 2:
             self._paces_sleeps = True
+            pacer = self._pacer
             if not pacer.steady or self._nap_plan(deadline) is None:
                 return None
 
