@@ -7,13 +7,13 @@
 #   - plain: a buffered `file.write` loop of the same frame bytes into a file in the same
 #     directory: the ceiling of the page cache; "+ fsync" adds the time to get them onto
 #     the disk (os.fsync at the end), the disk's ceiling.
-#   - chunked: the same bytes copied into a 1 MiB chunk buffer first, each full chunk
-#     written: the floor of any writer that builds chunks in memory, as an indexed MCAP
-#     writer does (one copy more than plain).
+#   - via bytes: each frame copied into a new bytes object, which is written: the floor of a
+#     writer that takes its messages as bytes, as foxglove-sdk's Channel.log does (one
+#     copy more than plain).
 #   - record: a writer process publishes the frames as fast as the ring lets it (block
-#     policy); this process records them with shmring.record (no compression, zstd), then
-#     fsyncs the file. frames/s and MB/s of frame bytes, ÷ plain (page cache, and both
-#     with fsync).
+#     policy); this process records them with shmring.record (no compression; with chunk
+#     CRCs; zstd), then fsyncs the file. frames/s and MB/s of frame bytes, ÷ plain (page
+#     cache, and both with fsync).
 #   - keep-up: a writer process publishes 1920×1080×3 frames at 30 frames/s into an
 #     overwrite ring for a few seconds; the recorder must get all of them (none dropped).
 #   - replay: a reader process drains the ring and times its first frame to its last;
@@ -48,7 +48,6 @@ from shmring import EndOfStream, RingReader, RingWriter
 SIZES = {"640×480×3": (480, 640, 3), "1920×1080×3": (1080, 1920, 3)}
 BYTES_PER_SIZE = 400e6  # frame bytes per cell (~430 VGA frames, ~64 1080p frames)
 KEEP_UP_FPS = 30
-CHUNK = 2**20  # bytes: shmring.record's default chunk_size
 WAIT = 30.0
 
 
@@ -140,23 +139,14 @@ def plain(path: Path, shape: tuple[int, ...], count: int) -> tuple[float, float]
     return timed_write(path, count * len(frames[0]), write_frames)
 
 
-def chunked(path: Path, shape: tuple[int, ...], count: int) -> tuple[float, float]:
-    """As plain, but each frame is first copied into a chunk buffer of CHUNK bytes, which is
-    written when full: the floor of any writer that builds chunks in memory (MCAP's)."""
+def via_bytes(path: Path, shape: tuple[int, ...], count: int) -> tuple[float, float]:
+    """As plain, but each frame is first copied into a new bytes object, which is written:
+    the floor of a writer whose API takes bytes (foxglove-sdk's Channel.log)."""
     frames = sources(shape)
-    chunk = bytearray(CHUNK + frames[0].nbytes)
-    view = memoryview(chunk)
 
     def write_frames(f: BinaryIO) -> None:
-        filled = 0
         for n in range(count):
-            frame = frames[n % len(frames)]
-            view[filled : filled + frame.nbytes] = frame.data.cast("B")
-            filled += frame.nbytes
-            if filled >= CHUNK:
-                f.write(view[:filled])
-                filled = 0
-        f.write(view[:filled])
+            f.write(frames[n % len(frames)].tobytes())
 
     return timed_write(path, count * frames[0].nbytes, write_frames)
 
@@ -185,7 +175,7 @@ def timed_write(
 
 
 def record(
-    path: Path, shape: tuple[int, ...], count: int, compression: str
+    path: Path, shape: tuple[int, ...], count: int, compression: str, crc: bool = False
 ) -> tuple[float, float, int]:
     """Seconds to record `count` frames of a writer process, with the fsync; file bytes."""
     name = f"benchrec{os.getpid()}"
@@ -195,7 +185,13 @@ def record(
     recycle_pages(count * int(np.prod(shape)))
     start = time.perf_counter()
     result = shmring.record(
-        name, str(path), frames=count, compression=compression, start="oldest", timeout=WAIT
+        name,
+        str(path),
+        frames=count,
+        compression=compression,
+        crc=crc,
+        start="oldest",
+        timeout=WAIT,
     )
     written = time.perf_counter()
     fsynced(path)
@@ -291,19 +287,22 @@ def main(argv: list[str] | None = None) -> None:
                 f"| {label} | plain `file.write` ({count} frames) | {base[0]:.0f} | "
                 f"{base[1]:.0f} | 1.00× | {base_synced[0]:.0f} | 1.00× |"
             )
-            runs = [chunked(directory / "chunked.bin", shape, count) for _ in range(args.repeats)]
+            runs = [via_bytes(directory / "bytes.bin", shape, count) for _ in range(args.repeats)]
             got, synced = (rate(count, [r[i] for r in runs], nbytes) for i in (0, 1))
             print(
-                f"| {label} | copy into 1 MiB chunks, `file.write` each | {got[0]:.0f} | "
+                f"| {label} | copy into a new `bytes`, `file.write` each | {got[0]:.0f} | "
                 f"{got[1]:.0f} | {got[0] / base[0]:.2f}× | {synced[0]:.0f} | "
                 f"{synced[0] / base_synced[0]:.2f}× |"
             )
-            for compression in ("none", "zstd"):
-                results = [record(path, shape, count, compression) for _ in range(args.repeats)]
+            for compression, crc in (("none", False), ("none", True), ("zstd", False)):
+                results = [
+                    record(path, shape, count, compression, crc) for _ in range(args.repeats)
+                ]
                 got, synced = (rate(count, [r[i] for r in results], nbytes) for i in (0, 1))
                 ratio = results[-1][2] / (count * nbytes)
+                cell = compression + (", chunk CRCs" if crc else "")
                 print(
-                    f"| {label} | `shmring record`, {compression} (file {ratio:.2f}× the "
+                    f"| {label} | `shmring record`, {cell} (file {ratio:.2f}× the "
                     f"frame bytes) | {got[0]:.0f} | {got[1]:.0f} | {got[0] / base[0]:.2f}× | "
                     f"{synced[0]:.0f} | {synced[0] / base_synced[0]:.2f}× |"
                 )

@@ -15,6 +15,8 @@ import fcntl
 import multiprocessing as mp
 import os
 import pty
+import re
+import shlex
 import shutil
 import signal
 import struct
@@ -362,6 +364,26 @@ def test_sigkilled_recorder_leaves_every_complete_chunk(tmp_path: Path) -> None:
         assert [Pattern(VGA).check(f.array) for f in rec.frames()] == tags
 
 
+def chunk_crcs(path: Path) -> list[int]:
+    """Every chunk's uncompressed CRC, each checked by mcap's reader (0: none written)."""
+    with open(path, "rb") as f:
+        reader = StreamReader(f, emit_chunks=True, validate_crcs=True)
+        return [r.uncompressed_crc for r in reader.records if isinstance(r, Chunk)]
+
+
+def test_chunk_crcs_only_with_crc(tmp_path: Path) -> None:
+    plain, checked = tmp_path / "plain.mcap", tmp_path / "crc.mcap"
+    record(unique_name("nocrc"), plain, 300, variable=False)
+    record(unique_name("crc"), checked, 300, "--crc", variable=False)
+    assert set(chunk_crcs(plain)) == {0}
+    crcs = chunk_crcs(checked)
+    assert crcs and 0 not in crcs
+    with shmring.read_recording(str(checked)) as rec:
+        assert [Pattern(SHAPE).check(f.array) for f in rec.frames()] == [
+            make_tag(0, n) for n in range(300)
+        ]
+
+
 def test_ctrl_c_finishes_the_file(tmp_path: Path) -> None:
     name, path = unique_name("int"), tmp_path / "stopped.mcap"
     with Writer_(name, SHAPE, 100_000) as writer:
@@ -443,35 +465,68 @@ def test_disk_full_dev_full() -> None:
         assert writer.finish(stop=True) > 0  # the ring is not held: the writer went on
 
 
-def test_disk_full_tmpfs(tmp_path: Path) -> None:
-    """A 3 MiB tmpfs, mounted in a private mount namespace (so nothing outlives the test),
-    fills up mid-recording; the file is copied out before the namespace goes away."""
+def on_small_tmpfs(
+    tmp_path: Path, size: str, command: list[str]
+) -> subprocess.CompletedProcess[str]:
+    """Run `command`, "{mount}" in it replaced, with a tmpfs of `size` mounted at {mount} in a
+    private mount namespace (so nothing outlives it); {mount}/f.mcap is copied out to
+    tmp_path/full.mcap before the namespace goes away. Skips if no tmpfs can be mounted."""
     if shutil.which("unshare") is None:
         pytest.skip("needs unshare(1)")
-    mount, copy, name = tmp_path / "mnt", tmp_path / "full.mcap", unique_name("fill")
+    mount = tmp_path / "mnt"
     mount.mkdir()
-    command = " ".join(cli("record", name, f"{mount}/f.mcap"))
+    argv = " ".join(shlex.quote(arg.replace("{mount}", str(mount))) for arg in command)
     script = (
-        f"mount -t tmpfs -o size=3m none {mount} || exit 77; {command}; code=$?; "
-        f"cp {mount}/f.mcap {copy}; exit $code"
+        f"mount -t tmpfs -o size={size} none {mount} || exit 77; {argv}; code=$?; "
+        f"cp {mount}/f.mcap {tmp_path / 'full.mcap'}; exit $code"
     )
-    with Writer_(name, VGA, 100_000) as writer:
-        proc = subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-            capture_output=True,
-            text=True,
-            timeout=WAIT,
-            check=False,
-        )
-        writer.finish(stop=True)
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
     if proc.returncode == 77 or "unshare failed" in proc.stderr:
         pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    return proc
+
+
+def test_disk_full_tmpfs(tmp_path: Path) -> None:
+    """A 3 MiB disk fills up mid-recording."""
+    name, copy = unique_name("fill"), tmp_path / "full.mcap"
+    with Writer_(name, VGA, 100_000) as writer:
+        proc = on_small_tmpfs(tmp_path, "3m", cli("record", name, "{mount}/f.mcap"))
+        writer.finish(stop=True)
     assert proc.returncode == 1 and "disk full" in proc.stderr, proc.stderr
     tags, end = recovered(copy)
     assert tags == [make_tag(0, n) for n in range(len(tags))] and len(tags) >= 2
     assert end == copy.stat().st_size  # cut back to the last complete record
     with shmring.read_recording(str(copy), recover=True) as rec:
         assert len(list(rec.frames())) == len(tags)
+
+
+def test_disk_full_inside_a_chunk_raises_at_that_frame(tmp_path: Path) -> None:
+    """A write that fails inside a chunk (foxglove-sdk's Channel.log only logs it) ends the
+    recording at that frame, not at the chunk's end: with chunks of 1 GiB, nothing else
+    would stop it before its 200th frame of 64 KiB on a disk of 1 MiB."""
+    name = unique_name("fillchunk")
+    code = (
+        "import sys, shmring\n"
+        "try:\n"
+        f"    shmring.record({name!r}, '{{mount}}/f.mcap', frames=200, chunk_size=1 << 30,"
+        f" start='oldest', timeout={WAIT})\n"
+        "except shmring.RecordingDiskFull as exc:\n"
+        "    sys.exit(str(exc))\n"
+    )
+    with Writer_(name, (256, 256), 200) as writer:
+        proc = on_small_tmpfs(tmp_path, "1m", [sys.executable, "-c", code])
+        writer.finish()  # its reader gone, it wrote the rest
+    taken = re.search(r"disk full writing \S+ after (\d+) frames", proc.stderr)
+    assert proc.returncode == 1 and taken, proc.stderr
+    assert int(taken.group(1)) <= 16  # 1 MiB holds 15 frames and the file's header
+    assert "its last complete chunk (0 frames)" in proc.stderr
+    assert (tmp_path / "full.mcap").stat().st_size < 4096  # the header and metadata
 
 
 def test_missing_extra_names_it() -> None:

@@ -10,21 +10,28 @@
 #     and each Frame message says how many it lost just before it.
 #   - Each recording has its own foxglove.Context: its channels reach only its own file,
 #     never another recording's or a sink of the process's default context.
-#   - The SDK's writer builds each chunk in memory (disable_seeking) and the recorder ends
-#     the chunk itself (MCAPWriter.flush) once it holds `chunk_size` bytes of messages: the
-#     chunk, its message indexes and everything before them then reach the kernel. So a
-#     recorder killed at any point leaves every chunk it finished in the file, followed by
-#     at most part of one chunk, which mcap's reader does not read (tests/test_record.py).
+#   - The SDK's writer streams each chunk straight into the file (one copy of a frame: our
+#     bytes into the page cache; building chunks in memory cost a second one) and patches
+#     the chunk's header when the recorder ends the chunk (MCAPWriter.flush), once it holds
+#     `chunk_size` bytes of messages; the chunk's message indexes follow. Until then the
+#     chunk's record length is the SDK's placeholder (all ones), which mcap's reader takes
+#     for a record cut short. So a recorder killed at any point leaves every chunk it
+#     finished in the file, followed by at most part of one chunk, which mcap's reader
+#     does not read (tests/test_record.py).
+#   - Chunk CRCs only with `crc`: they cost a pass over every byte (docs/performance.md).
+#     A killed recorder's file needs none (record lengths end it); they detect chunks
+#     damaged at rest, e.g. by a power loss before the page cache reached the disk.
 #   - The SDK opens (creates or truncates) the file itself; the recorder opens it only after
 #     a failure. (Opening it first and letting the SDK truncate it again made ext4 write the
 #     whole file back when the SDK closed it: its rule for files truncated and rewritten.)
-#   - Only flush, write_metadata and close write to the file, and they raise when a write
-#     fails; Channel.log only adds to the chunk in memory (when it writes, as it would with
-#     the SDK's own chunking, it logs a failure instead of raising it). The SDK's error
-#     does not say why the write failed, so the recorder asks the kernel: it writes a
+#   - Every failed write raises. flush, write_metadata and close raise it themselves;
+#     Channel.log, which now writes too, only logs it as a warning of logger
+#     "foxglove.log_sink_set" (_WriteFailures catches those and add() raises). The SDK's
+#     error does not say why the write failed, so the recorder asks the kernel: it writes a
 #     chunk's worth of bytes at the end of the file itself, and raises what that write
-#     gets (ENOSPC on a full disk). The file is then cut back to the end of the last record
-#     mcap's reader reads whole (_replay.complete_length), which drops that probe too.
+#     gets (ENOSPC on a full disk). The file is then cut back to where it ended after the
+#     last chunk the recorder finished (`complete`), which drops the chunk being written
+#     (whatever the SDK patched into it on closing) and that probe.
 #   - MCAP message fields: the SDK sets publish_time to log_time (when the recorder took the
 #     frame) and numbers each channel's messages 1, 2, ... in `sequence`; a frame's own
 #     sequence number and timestamp are in its Frame message.
@@ -36,7 +43,9 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -74,10 +83,38 @@ from ._recording import (
     StopRequest,
     choice,
 )
-from ._replay import complete_length
 
 _COMPRESSION = {"none": None, "zstd": MCAPCompression.Zstd, "lz4": MCAPCompression.Lz4}
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_SDK_WRITE_LOG = "foxglove.log_sink_set"  # where foxglove-sdk reports a failed Channel.log
+
+
+class _WriteFailures(logging.Filter):
+    """Catches the SDK's warnings of failed Channel.log writes made on this thread (the
+    SDK logs them on the thread that called log) and keeps them out of the program's log:
+    the recorder raises them instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = ""
+        self._thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if threading.get_ident() != self._thread:
+            return True  # another recording's
+        self.first = self.first or record.getMessage()
+        return False
+
+    @contextmanager
+    def watching(self) -> Iterator[_WriteFailures]:
+        logger = logging.getLogger(_SDK_WRITE_LOG)
+        if not logger.isEnabledFor(logging.WARNING):  # the SDK asks before it logs
+            logger.setLevel(logging.WARNING)
+        logger.addFilter(self)
+        try:
+            yield self
+        finally:
+            logger.removeFilter(self)
 
 
 def _failure(path: str, error: RuntimeError, size: int) -> OSError:
@@ -96,29 +133,40 @@ def _failure(path: str, error: RuntimeError, size: int) -> OSError:
     return OSError(errno.EIO, f"writing {path} failed: {error}")
 
 
-def _cut(path: str) -> None:
-    """Drop what follows the last complete record of `path` (a regular file)."""
+def _cut(path: str, length: int) -> None:
+    """Cut `path` back to `length` bytes, if it is a regular file."""
     if os.path.isfile(path):
-        os.truncate(path, complete_length(path))
+        os.truncate(path, length)
 
 
 class _Recorder:
     """Writes a ring's frames into an MCAP file: metadata, channels, messages, index. Use
     it as a context manager: leaving it finishes the file, unless a write failed."""
 
-    def __init__(self, path: str, ring: RecordedRing, compression: str, chunk_size: int) -> None:
+    def __init__(
+        self,
+        path: str,
+        ring: RecordedRing,
+        compression: str,
+        chunk_size: int,
+        crc: bool,
+        failures: _WriteFailures,
+    ) -> None:
         self.ring = ring
         self.frames = 0
         self.dropped = 0
         self._path = path
         self._chunk_size = chunk_size
-        self._pending = 0  # bytes of messages in the chunk being built
+        self._pending = 0  # bytes of messages in the chunk being written
+        self.complete = 0  # bytes of the file up to the end of the last finished chunk
+        self.complete_frames = 0  # frames in the file up to there
+        self._failures = failures
         context = self._context = Context()  # its channels close when it is freed
         options = MCAPWriteOptions(
             compression=_COMPRESSION[compression],
-            chunk_size=None,  # chunks end in add(), where a failed write raises
-            disable_seeking=True,  # each chunk is built in memory and written whole
-            calculate_data_section_crc=False,  # the chunks have their own CRCs
+            chunk_size=None,  # chunks end in add()
+            calculate_chunk_crcs=crc,
+            calculate_data_section_crc=False,  # a pass over the whole file again
         )
         with self._writing():
             self._mcap = open_mcap(
@@ -127,6 +175,7 @@ class _Recorder:
         try:
             with self._writing():
                 self._mcap.write_metadata(RING_METADATA, ring_metadata(ring))
+                self._end_chunk()
         except BaseException:
             self._close()
             raise
@@ -174,12 +223,21 @@ class _Recorder:
             message = with_bytes_field(fields, FRAME_DATA_FIELD, array)
             self._frames_channel.log(message, log_time=taken)
             self._pending += len(message)
+        if self._failures.first:
+            raise _failure(self._path, RuntimeError(self._failures.first), self._chunk_size)
         self.frames += 1
         self.dropped += frame.dropped
         if self._pending >= self._chunk_size:
-            self._pending = 0
-            with self._writing():
-                self._mcap.flush()
+            self._end_chunk()
+
+    def _end_chunk(self) -> None:
+        """Finish the chunk being written (its header, message indexes) and hand it, with
+        everything before it, to the kernel."""
+        self._pending = 0
+        with self._writing():
+            self._mcap.flush()
+        self.complete = os.path.getsize(self._path) if os.path.isfile(self._path) else 0
+        self.complete_frames = self.frames
 
     def finish(self, ended: str) -> None:
         with self._writing():
@@ -226,6 +284,7 @@ def record_ring(
     color: str,
     timeout: float | None,
     chunk_size: int,
+    crc: bool,
     progress: bool,
 ) -> RecordResult:
     """shmring.record (_recording.py), once the optional packages are imported."""
@@ -251,20 +310,26 @@ def record_ring(
             meta_size=info.meta_size,
             image_encoding=image_encoding(reader.shape, reader.dtype, color),
         )
-        with StopRequest() as stop, Progress(progress, frames, "recording") as bar:
+        with (
+            StopRequest() as stop,
+            Progress(progress, frames, "recording") as bar,
+            _WriteFailures().watching() as failures,
+        ):
             recorder: _Recorder | None = None
             try:
-                with _Recorder(path, recorded, compression, chunk_size) as recorder:
+                with _Recorder(path, recorded, compression, chunk_size, crc, failures) as recorder:
                     ended = _take_frames(reader, recorder, frames, seconds, stop, bar)
                     recorder.finish(ended)
             except OSError as exc:
-                _cut(path)
+                _cut(path, recorder.complete if recorder else 0)
                 if exc.errno in _DISK_FULL:
-                    count = recorder.frames if recorder else 0
+                    taken = recorder.frames if recorder else 0
+                    kept = recorder.complete_frames if recorder else 0
                     raise RecordingDiskFull(
                         exc.errno,
-                        f"disk full writing {path} after {count} frames: the file was cut back "
-                        "to its last complete chunk and has no index; read it with `shmring "
+                        f"disk full writing {path} after {taken} frames: the file was cut back "
+                        f"to its last complete chunk ({kept} frames) and has no index; read it "
+                        "with `shmring "
                         "replay --recover` (recover=True), and free space before recording "
                         "again",
                     ) from exc

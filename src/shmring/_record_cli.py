@@ -30,6 +30,7 @@ def cmd_record(args: argparse.Namespace) -> int:
             group=args.group,
             color=args.color,
             timeout=args.timeout,
+            crc=args.crc,
             progress=not args.quiet,
         )
     except ValueError as exc:
@@ -96,6 +97,11 @@ def add_record_commands(command: AddCommand) -> None:
         type=float,
         default=0.0,
         help="seconds to wait for the ring to appear (default 0)",
+    )
+    rec.add_argument(
+        "--crc",
+        action="store_true",
+        help="give each chunk a CRC, to detect damage at rest (slower: a pass over every byte)",
     )
     quiet(rec)
 

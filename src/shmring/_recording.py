@@ -112,6 +112,7 @@ def record(
     color: str = "rgb8",
     timeout: float | None = 0.0,
     chunk_size: int = 1 << 20,
+    crc: bool = False,
     progress: bool = False,
 ) -> RecordResult:
     """Record ring `ring` into the MCAP file `path` until `frames` frames, `seconds`
@@ -119,9 +120,10 @@ def record(
 
     Attaches as a reader (its own group unless `group`), starting at `start`, waiting up to
     `timeout` s for the ring to appear. `compression`: "none", "zstd" or "lz4" per chunk
-    of about `chunk_size` bytes. `color`: how H×W×3 uint8 frames are shown ("rgb8" or
-    "bgr8"). `progress`: show frames, MB, rate and elapsed time on stderr if it is a
-    terminal. The file is finished (indexed) whatever ends the recording, except a full
+    of about `chunk_size` bytes; `crc`: give each chunk a CRC of its bytes, to detect
+    damage at rest (a pass over every byte: slower). `color`: how H×W×3 uint8 frames are
+    shown ("rgb8" or "bgr8"). `progress`: show frames, MB, rate and elapsed time on stderr
+    if it is a terminal. The file is finished (indexed) whatever ends the recording, except a full
     disk (RecordingDiskFull) or the recorder's death."""
     try:
         from ._record import record_ring
@@ -138,6 +140,7 @@ def record(
         color=color,
         timeout=timeout,
         chunk_size=chunk_size,
+        crc=crc,
         progress=progress,
     )
 

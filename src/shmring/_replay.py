@@ -11,8 +11,6 @@
 #     that is cut short or fails its check: what remains is every frame of the complete
 #     chunks, none torn (a Frame whose image message was lost is not a frame). Without it,
 #     damage raises NotARecording.
-#   - complete_length says how far a file reads whole (records cut short or failing their
-#     CRC end it): the recorder cuts a file there after a failed write (_record.py).
 #   - Every frame read is validated against the recorded geometry (dtype, number of
 #     dimensions, sizes, byte count) before it is handed out.
 #   - Replay writes each frame with its recorded timestamp_ns and metadata, at its recorded
@@ -186,19 +184,6 @@ class Recording:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-def complete_length(path: str) -> int:
-    """How many bytes at the start of `path` mcap's reader reads as whole records (chunk
-    CRCs checked): where a recording cut short by a failed write should end."""
-    end = 0
-    with open(path, "rb") as file:
-        try:
-            for _ in StreamReader(file, emit_chunks=True, validate_crcs=True).records:
-                end = file.tell()
-        except _DAMAGE:
-            pass
-    return end
 
 
 def replay_file(
