@@ -25,7 +25,7 @@
 #     a failure. (Opening it first and letting the SDK truncate it again made ext4 write the
 #     whole file back when the SDK closed it: its rule for files truncated and rewritten.)
 #   - Every failed write raises. flush, write_metadata and close raise it themselves;
-#     Channel.log, which now writes too, only logs it as a warning of logger
+#     Channel.log, which writes too, only logs it as a warning of logger
 #     "foxglove.log_sink_set" (_WriteFailures catches those and add() raises). The SDK's
 #     error does not say why the write failed, so the recorder asks the kernel: it writes a
 #     chunk's worth of bytes at the end of the file itself, and raises what that write
