@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from shmring import EndOfStream, RingReader, RingWriter
+from shmring import EndOfStream, RingReader, RingWriter, _writer
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 CHILD_SCRIPT = os.path.join(TESTS_DIR, "children", "child.py")
@@ -481,10 +481,15 @@ def child_stream_writer(
     wait_go: bool = True,
     writer: Any = None,
     interval: float = 0.0,
+    stream_copies: bool = False,
 ) -> None:
     """Write ``count`` pattern frames (tags writer_id/0..count-1), close, report seqs.
-    ``interval``: seconds between frames, for a steady stream like a camera's."""
+    ``interval``: seconds between frames, for a steady stream like a camera's.
+    ``stream_copies``: copy with non-temporal stores in shared mode whatever the ring's
+    size (_writer.STREAMED_POOL_BYTES); the report says whether the fast path did."""
     pat = Pattern(shape)
+    if stream_copies:
+        _writer.STREAMED_POOL_BYTES = 1
     w = _open_writer(name, shape, create, policy, slots, writer)
     chan.send("ready")
     if wait_go:
@@ -504,9 +509,10 @@ def child_stream_writer(
             seqs.append(w.write(pat.make(tag, fshape), WAIT))
         if interval:
             time.sleep(interval)  # the stream's own pace, not a synchronisation
+    streamed = bool(w._publisher.stream_copies)
     w.close()
     assert increasing(seqs), "write() seqs not increasing"
-    chan.send({"seqs": seqs})
+    chan.send({"seqs": seqs, "streamed": streamed})
 
 
 @dataclass

@@ -44,6 +44,8 @@ class Publisher:
     # A test hook, None in use: called inside the publish bracket before each reclaim, so a
     # test can act at a known point of a publish (re-enter it, close the writer, raise).
     on_reclaim: Callable[[], object] | None
+    @property
+    def stream_copies(self) -> int: ...
     def __init__(
         self,
         *,
@@ -67,6 +69,7 @@ class Publisher:
         ndim: int,
         pin_table: memoryview | None,
         name: str,
+        stream_copies: bool = False,
     ) -> None: ...
     def publish(self, frame: np.ndarray) -> int: ...
     def claim_buffer(self) -> int: ...

@@ -79,10 +79,36 @@ __attribute__((target("avx2"))) static void copy_to_aligned(char *destination,
     }
     memcpy(destination + i, source + i, n - i);
 }
+
+/* The same copy with non-temporal stores, which write whole lines without reading them
+ * first and leave them out of the cache: for a destination that is cold anyway (see
+ * Publisher.stream_copies). Non-temporal stores are weakly ordered even on x86, so the
+ * sfence makes them visible before anything stored after it: the publish's release stores
+ * that hand the frame to readers. */
+__attribute__((target("avx2"))) static void stream_to_aligned(char *destination,
+                                                              const char *source, size_t n) {
+    size_t i = 0;
+    for (; i + 128 <= n; i += 128) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)(source + i));
+        __m256i b = _mm256_loadu_si256((const __m256i *)(source + i + 32));
+        __m256i c = _mm256_loadu_si256((const __m256i *)(source + i + 64));
+        __m256i d = _mm256_loadu_si256((const __m256i *)(source + i + 96));
+        _mm256_stream_si256((__m256i *)(destination + i), a);
+        _mm256_stream_si256((__m256i *)(destination + i + 32), b);
+        _mm256_stream_si256((__m256i *)(destination + i + 64), c);
+        _mm256_stream_si256((__m256i *)(destination + i + 96), d);
+    }
+    _mm_sfence();
+    memcpy(destination + i, source + i, n - i);
+}
 #endif
 
-static void copy_frame(char *destination, const char *source, size_t n) {
+static void copy_frame(char *destination, const char *source, size_t n, int stream) {
 #ifdef HAVE_VECTOR_COPY
+    if (stream && vector_copy_available && ((uintptr_t)destination & 31) == 0) {
+        stream_to_aligned(destination, source, n);
+        return;
+    }
     if (n >= VECTOR_COPY_BYTES && vector_copy_available &&
         ((uintptr_t)destination & 31) == 0 &&
         (((uintptr_t)destination ^ (uintptr_t)source) & 63) != 0) {
@@ -116,6 +142,7 @@ typedef struct {
     int overwrite; /* the ring's policy: buffers come from pop_overwrite(), not a reclaim */
     uint64_t meta_size, ndim;
     int reclaim_eagerly;
+    int stream_copies; /* shared mode copies stream past the cache (non-temporal stores) */
     PyObject *name;       /* the ring's name (a str), for the reclaim's errors */
     PyObject *on_reclaim; /* a test hook (NULL or None: none), called before each reclaim */
 } Publisher;
@@ -136,22 +163,22 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
         "header", "data", "control", "record", "descriptors", "freelist", "reader_records",
         "group_records", "frame_bytes", "buffer_stride", "slots", "nbuffers",
         "descriptor_words", "max_readers", "reclaim_eagerly", "overwrite", "meta_size", "ndim",
-        "pin_table", "name", NULL,
+        "pin_table", "name", "stream_copies", NULL,
     };
     PyObject *header, *data, *control, *record, *descriptors, *freelist, *readers, *groups;
     PyObject *pin_table, *name;
     Py_ssize_t frame_bytes, stride, descriptor_words;
     unsigned long long slots, nbuffers, max_readers, meta_size, ndim;
-    int reclaim_eagerly, overwrite;
+    int reclaim_eagerly, overwrite, stream_copies = 0;
     if (self->initialized) {
         PyErr_SetString(PyExc_RuntimeError, "a Publisher is initialized once");
         return -1;
     }
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$OOOOOOOOnnKKnKppKKOU:Publisher", keywords, &header, &data, &control,
-            &record, &descriptors, &freelist, &readers, &groups, &frame_bytes, &stride, &slots,
-            &nbuffers, &descriptor_words, &max_readers, &reclaim_eagerly, &overwrite,
-            &meta_size, &ndim, &pin_table, &name)) {
+            args, kwargs, "$OOOOOOOOnnKKnKppKKOUp:Publisher", keywords, &header, &data,
+            &control, &record, &descriptors, &freelist, &readers, &groups, &frame_bytes, &stride,
+            &slots, &nbuffers, &descriptor_words, &max_readers, &reclaim_eagerly, &overwrite,
+            &meta_size, &ndim, &pin_table, &name, &stream_copies)) {
         return -1;
     }
     uint64_t table_words, data_bytes, record_table_words;
@@ -205,6 +232,7 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
     self->descriptor_words = descriptor_words;
     self->max_readers = max_readers;
     self->reclaim_eagerly = reclaim_eagerly;
+    self->stream_copies = stream_copies;
     self->overwrite = overwrite;
     self->meta_size = meta_size;
     self->ndim = ndim;
@@ -768,12 +796,13 @@ static PyObject *Publisher_publish(Publisher *self, PyObject *frame_object) {
         return PyLong_FromLongLong(seq < 0 ? seq : buffer);
     }
     char *destination = self->buffers + (uint64_t)buffer * (uint64_t)self->buffer_stride;
+    int stream = go == GO_SEQUENCED && self->stream_copies; /* each position's own buffer */
     if (frame.len >= COPY_WITHOUT_GIL_BYTES) {
         Py_BEGIN_ALLOW_THREADS
-        copy_frame(destination, frame.buf, frame.len);
+        copy_frame(destination, frame.buf, frame.len, stream);
         Py_END_ALLOW_THREADS
     } else {
-        copy_frame(destination, frame.buf, frame.len);
+        copy_frame(destination, frame.buf, frame.len, stream);
     }
     PyBuffer_Release(&frame);
     return publish_frame(self, (uint64_t)seq, (uint64_t)buffer, 0, NULL, go == GO_SEQUENCED);
@@ -1076,6 +1105,8 @@ static PyMemberDef Publisher_members[] = {
     {"on_reclaim", T_OBJECT, offsetof(Publisher, on_reclaim), 0,
      "A test hook: a callable run inside the publish bracket before each reclaim (what it "
      "raises, the publish raises, nothing published); None (the default) for none."},
+    {"stream_copies", T_INT, offsetof(Publisher, stream_copies), READONLY,
+     "Whether a frame published in shared mode is copied with non-temporal stores."},
     {NULL, 0, 0, 0, NULL},
 };
 

@@ -41,6 +41,12 @@ EAGER_RECLAIM_BYTES = 256 * 1024  # frames this large reclaim at every write (se
 # copies into cold ones; one reclaim too many costs far less (docs/performance.md,
 # "Buffer reuse"). Unknown cache: 0, always.
 CACHED_POOL_BYTES = min((LAST_LEVEL_CACHE_BYTES or 0) // 4, 2 * 1024 * 1024)
+# With several writers each position of the ring keeps its own buffer (_publisher.c, "shared
+# mode"), so a copy goes into the buffer written `slots` frames before: once the buffers
+# outgrow half the last-level cache, a cold one, which a copy first reads line by line. Such
+# copies stream past the cache instead (non-temporal stores: docs/performance.md, "Fan-in:
+# streamed copies"). Unknown cache: 0, never.
+STREAMED_POOL_BYTES = (LAST_LEVEL_CACHE_BYTES or 0) // 2
 HOT_BUFFER_BYTES = 512 * 1024  # frames this large wait for their one reader (see there)
 HOT_BUFFER_WAIT = 200e-6  # the longest such wait, in seconds
 HOT_BUFFER_BACKOFF = 32  # writes that skip the wait after one that gave up
@@ -244,6 +250,7 @@ class RingWriter(AsyncWriting, RingHandle):
         self._reclaim_eagerly = (
             g.buffer_bytes >= EAGER_RECLAIM_BYTES and g.buffers * g.buffer_bytes > CACHED_POOL_BYTES
         )
+        self._stream_copies = 0 < STREAMED_POOL_BYTES < g.slots * g.buffer_bytes
         self._awaits_hot_buffer = self._block and g.buffer_bytes >= HOT_BUFFER_BYTES and spin > 0
         self._hot_wait_skips = 0
         self._membership = _Membership()
@@ -278,7 +285,9 @@ class RingWriter(AsyncWriting, RingHandle):
                 p.leave_shared_mode()  # alone: the writers before it have left
         membership = self._membership
         membership.index, membership.record = index, record
-        publisher = membership.publisher = _publisher(p, record, self._reclaim_eagerly)
+        publisher = membership.publisher = _publisher(
+            p, record, self._reclaim_eagerly, self._stream_copies
+        )
         self._record = record
         self._publisher = publisher
         self._joined = True
@@ -711,13 +720,15 @@ def _attach_writer(name: str, owner: int) -> RingWriter:
     return RingWriter.attach(name, owner=owner)
 
 
-def _publisher(p: Participant, record: memoryview, reclaim_eagerly: bool) -> Publisher:
+def _publisher(
+    p: Participant, record: memoryview, reclaim_eagerly: bool, stream_copies: bool = False
+) -> Publisher:
     """write()'s and claim()'s fast path over this handle's views (_publisher.c)."""
-    return Publisher(**publisher_arguments(p, record, reclaim_eagerly))
+    return Publisher(**publisher_arguments(p, record, reclaim_eagerly, stream_copies))
 
 
 def publisher_arguments(
-    p: Participant, record: memoryview, reclaim_eagerly: bool
+    p: Participant, record: memoryview, reclaim_eagerly: bool, stream_copies: bool = False
 ) -> dict[str, Any]:
     """Publisher's keyword arguments: this handle's views and the ring's geometry."""
     g, views = p.geometry, p.views
@@ -733,6 +744,7 @@ def publisher_arguments(
         nbuffers=g.buffers,
         max_readers=g.max_readers,
         reclaim_eagerly=reclaim_eagerly,
+        stream_copies=stream_copies,
         overwrite=g.policy == L.POLICY_OVERWRITE,
         pin_table=views.pin_table if views.pins else None,
         meta_size=g.meta_size,
