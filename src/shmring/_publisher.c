@@ -88,15 +88,9 @@ __attribute__((target("avx2"))) static void copy_to_aligned(char *destination,
 __attribute__((target("avx2"))) static void stream_to_aligned(char *destination,
                                                               const char *source, size_t n) {
     size_t i = 0;
-    for (; i + 128 <= n; i += 128) {
-        __m256i a = _mm256_loadu_si256((const __m256i *)(source + i));
-        __m256i b = _mm256_loadu_si256((const __m256i *)(source + i + 32));
-        __m256i c = _mm256_loadu_si256((const __m256i *)(source + i + 64));
-        __m256i d = _mm256_loadu_si256((const __m256i *)(source + i + 96));
-        _mm256_stream_si256((__m256i *)(destination + i), a);
-        _mm256_stream_si256((__m256i *)(destination + i + 32), b);
-        _mm256_stream_si256((__m256i *)(destination + i + 64), c);
-        _mm256_stream_si256((__m256i *)(destination + i + 96), d);
+    for (; i + 32 <= n; i += 32) { /* bound by memory: no unrolling needed */
+        _mm256_stream_si256((__m256i *)(destination + i),
+                            _mm256_loadu_si256((const __m256i *)(source + i)));
     }
     _mm_sfence();
     memcpy(destination + i, source + i, n - i);
