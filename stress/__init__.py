@@ -34,7 +34,7 @@ SHM_PREFIXES = ("shmring.", ".shmring-tmp-")
 COUNTER_BITS = 40
 STEADY = 1  # writer id of the stream a steady reader checks for loss
 
-_SALT = np.random.default_rng(0x5EED).integers(0, 2**63, 1 << 16, dtype=np.uint64)
+_SALT = np.random.default_rng(0x5EED).integers(0, 2**63, 1 << 19, dtype=np.uint64)
 _SALT[0] = 0
 
 
@@ -89,7 +89,7 @@ def split_tag(tag: int) -> tuple[int, int]:
 
 
 def stamp(out: np.ndarray, tag: int) -> None:
-    """Fill a C-contiguous uint64 frame (at most 65536 words) with the pattern of `tag`."""
+    """Fill a C-contiguous uint64 frame (at most 2**19 words) with the pattern of `tag`."""
     flat = out.reshape(-1)
     np.bitwise_xor(_SALT[: flat.size], np.uint64(tag), out=flat)
 

@@ -74,7 +74,9 @@ from . import (
 # uint64 words: 4 KiB frames, long enough to tear if anything could. CHAOS_FRAME_WORDS in the
 # environment sets another size (read at import, so victims forked from the server see it):
 # 65536 (512 KiB) takes the writers' cache-reuse paths (the reclaim at every write, the wait
-# for the hot buffer, overwrite's newest-first eviction: docs/performance.md).
+# for the hot buffer, overwrite's newest-first eviction: docs/performance.md); 524288 (4 MiB,
+# the most) also the streamed copies of several writers where 8 such buffers outgrow half
+# the last-level cache (_writer.STREAMED_POOL_BYTES).
 SHAPE = (int(os.environ.get("CHAOS_FRAME_WORDS", "512")),)
 DTYPE = np.uint64
 SLOTS = 8  # either policy (overwrite works with any slots >= 2)
