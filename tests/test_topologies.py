@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -119,6 +121,24 @@ def test_reader_of_a_dead_creator_that_never_wrote_gets_writer_gone() -> None:
 # ---- several writers attach to a parent's ring -----------------------------------------------
 
 
+@contextmanager
+def writer_children(writers: int, **kwargs: Any) -> Iterator[list[Child]]:
+    """`writers` stream_writer children attached to a ring (writer_id 0, 1, ...), each
+    ready and told to go; closed (killed if still running) on exit."""
+    children = [
+        Child("spawn", "stream_writer", create=False, writer_id=i, **kwargs) for i in range(writers)
+    ]
+    try:
+        for child in children:
+            child.expect("ready")
+        for child in children:
+            child.send("go")
+        yield children
+    finally:
+        for child in children:
+            child.close()
+
+
 def test_four_writer_children_of_a_parent_one_killed_mid_stream() -> None:
     """The parent creates with the default max_writers=4; four writer children attach and
     write tagged frames; one is SIGKILLed mid-stream. The reader gets every survivor's frames
@@ -127,38 +147,29 @@ def test_four_writer_children_of_a_parent_one_killed_mid_stream() -> None:
     pat = Pattern(SMALL)
     count, victim = 3000, 3
     with RingWriter.create(name, SMALL, np.uint8, slots=8) as owner:
-        with RingReader.attach(name, start="oldest") as reader:
-            children = [
-                Child("spawn", "stream_writer", name=name, count=count, create=False, writer_id=i)
-                for i in range(4)
-            ]
-            try:
-                for child in children:
-                    child.expect("ready")
-                for child in children:
-                    child.send("go")
-                per_writer: dict[int, list[int]] = {i: [] for i in range(4)}
-                killed_at = None
-                first_after_kill = None
-                while True:
-                    try:
-                        frame = reader.read(WAIT)
-                    except EndOfStream:
-                        break
-                    with frame:
-                        writer, n = split_tag(pat.check(frame.array))
-                    per_writer[writer].append(n)
-                    if killed_at is None and len(per_writer[victim]) == 200:
-                        children[victim].kill()
-                        children[victim].wait_dead()
-                        killed_at = time.monotonic()
-                    elif killed_at is not None and first_after_kill is None and writer != victim:
-                        first_after_kill = time.monotonic()
-                for child in children[:victim]:
-                    finish(child)
-            finally:
-                for child in children:
-                    child.close()
+        with (
+            RingReader.attach(name, start="oldest") as reader,
+            writer_children(4, name=name, count=count) as children,
+        ):
+            per_writer: dict[int, list[int]] = {i: [] for i in range(4)}
+            killed_at = None
+            first_after_kill = None
+            while True:
+                try:
+                    frame = reader.read(WAIT)
+                except EndOfStream:
+                    break
+                with frame:
+                    writer, n = split_tag(pat.check(frame.array))
+                per_writer[writer].append(n)
+                if killed_at is None and len(per_writer[victim]) == 200:
+                    children[victim].kill()
+                    children[victim].wait_dead()
+                    killed_at = time.monotonic()
+                elif killed_at is not None and first_after_kill is None and writer != victim:
+                    first_after_kill = time.monotonic()
+            for child in children[:victim]:
+                finish(child)
         assert owner.readers == 0
     assert killed_at is not None and first_after_kill is not None
     assert first_after_kill - killed_at < 1.0, "survivors stalled after the kill"
@@ -173,42 +184,22 @@ def test_four_writer_children_of_a_parent_one_killed_mid_stream() -> None:
 def test_two_writers_streaming_their_copies_deliver_whole_frames() -> None:
     """Shared mode copies past the cache (non-temporal stores, then a fence before the
     publish) when the ring outgrows half the last-level cache; forced here for a frame
-    that is no multiple of the 128-byte vector loop, so the tail is copied too. Every byte
+    that is no multiple of the 32-byte vector step, so the tail is copied too. Every byte
     of every frame of both writer processes is checked, in each writer's order."""
     name, shape, count = unique_name("stream"), (241, 333), 1500
     pat = Pattern(shape)
     with (
         RingWriter.create(name, shape, np.uint8, slots=8) as owner,
         RingReader.attach(name, start="oldest") as reader,
+        writer_children(2, name=name, shape=list(shape), count=count, stream_copies=True) as kids,
     ):
-        children = [
-            Child(
-                "spawn",
-                "stream_writer",
-                name=name,
-                shape=list(shape),
-                count=count,
-                create=False,
-                writer_id=i,
-                stream_copies=True,
-            )
-            for i in range(2)
-        ]
-        try:
-            for child in children:
-                child.expect("ready")
-            for child in children:
-                child.send("go")
-            per_writer: dict[int, list[int]] = {0: [], 1: []}
-            shared = 0  # frames published while both writers were writing
-            for frame in reader:
-                writer, n = split_tag(pat.check(frame.array))
-                per_writer[writer].append(n)
-                shared += owner._control[L.C_WRITER_MODE] == L.MODE_SHARED
-            reports = [finish(child) for child in children]
-        finally:
-            for child in children:
-                child.close()
+        per_writer: dict[int, list[int]] = {0: [], 1: []}
+        shared = 0  # frames published while both writers were writing
+        for frame in reader:
+            writer, n = split_tag(pat.check(frame.array))
+            per_writer[writer].append(n)
+            shared += owner._control[L.C_WRITER_MODE] == L.MODE_SHARED
+        reports = [finish(child) for child in kids]
     assert all(report["streamed"] for report in reports)
     assert per_writer == {0: list(range(count)), 1: list(range(count))}
     assert shared > count // 2  # most frames took the shared (streamed) path
