@@ -147,6 +147,13 @@ class Bridge:
         f.seek(0)
         return f.read().decode(errors="replace")
 
+    def wait_for_output(self, text: str) -> None:
+        """Until `text` is in its output (a progress line comes once a second)."""
+        deadline = time.monotonic() + WAIT
+        while text not in self.text():
+            assert time.monotonic() < deadline, f"never printed {text!r}:\n{self.text()}"
+            time.sleep(0.05)  # polling a condition with a deadline, not synchronising
+
     def stop(self, signum: int = signal.SIGTERM) -> dict[str, int]:
         """Signal it; check it exits 0 within the bound; its final totals."""
         start = time.monotonic()
@@ -223,10 +230,11 @@ def test_lossless_pipeline_1000_vga_frames(cleanup: list[Any]) -> None:
     report = reader.finish()
     check_frames(report["got"], list(range(1000)))
     assert report["dropped"] == 0
+    send.wait_for_output("frames/s")  # its once-a-second line, which the transfer may beat
     # the sender first: its last line, printed as it stops, counts the receiver still there
     assert send.stop(signal.SIGTERM) == {"frames": 1000, "dropped": 0}
     assert recv.stop(signal.SIGINT) == {"frames": 1000, "dropped": 0, "malformed": 0, "rejected": 0}
-    assert "1 receiver" in send.text().splitlines()[-1] and "frames/s" in send.text()
+    assert "1 receiver" in send.text().splitlines()[-1]
 
 
 def test_two_receivers_both_get_every_frame(cleanup: list[Any]) -> None:
