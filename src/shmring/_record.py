@@ -329,9 +329,8 @@ def record_ring(
                         exc.errno,
                         f"disk full writing {path} after {taken} frames: the file was cut back "
                         f"to its last complete chunk ({kept} frames) and has no index; read it "
-                        "with `shmring "
-                        "replay --recover` (recover=True), and free space before recording "
-                        "again",
+                        "with `shmring replay --recover` (recover=True), and free space before "
+                        "recording again",
                     ) from exc
                 raise
             return RecordResult(

@@ -123,8 +123,8 @@ def record(
     of about `chunk_size` bytes; `crc`: give each chunk a CRC of its bytes, to detect
     damage at rest (a pass over every byte: slower). `color`: how H×W×3 uint8 frames are
     shown ("rgb8" or "bgr8"). `progress`: show frames, MB, rate and elapsed time on stderr
-    if it is a terminal. The file is finished (indexed) whatever ends the recording, except a full
-    disk (RecordingDiskFull) or the recorder's death."""
+    if it is a terminal. The file is finished (indexed) whatever ends the recording, except
+    a full disk (RecordingDiskFull) or the recorder's death."""
     try:
         from ._record import record_ring
     except ImportError as exc:
