@@ -643,23 +643,35 @@ def child_hold_frames(chan: Chan, name: str = "", count: int = 1) -> None:
     expect(chan, "never sent", timeout=3600)
 
 
+def _stay_until_told(chan: Chan, busy: bool) -> None:
+    """Return when told to leave; meanwhile idle (blocked on the channel) or busy (burning
+    a CPU, as a process with work of its own does)."""
+    if not busy:
+        expect(chan, "leave")
+        return
+    done = threading.Event()
+
+    def leave_when_told() -> None:
+        expect(chan, "leave")
+        done.set()
+
+    threading.Thread(target=leave_when_told).start()
+    while not done.is_set():
+        pass  # a runnable process, all the time
+
+
 def child_attached_reader(chan: Chan, name: str = "", busy: bool = False) -> None:
-    """Attach a reader and stay attached until told to leave: idle (blocked on the channel),
-    or busy (burning its CPU, as a process with work of its own does)."""
+    """Attach a reader and stay attached, idle or busy, until told to leave."""
     with RingReader.attach(name, timeout=WAIT):
         chan.send("ready")
-        if busy:
-            done = threading.Event()
+        _stay_until_told(chan, busy)
+    chan.send("done")
 
-            def leave_when_told() -> None:
-                expect(chan, "leave")
-                done.set()
 
-            threading.Thread(target=leave_when_told).start()
-            while not done.is_set():
-                pass  # a runnable process, all the time
-        else:
-            expect(chan, "leave")
+def child_busy_outsider(chan: Chan) -> None:
+    """Burn a CPU until told to leave, attached to no ring: another program on the machine."""
+    chan.send("ready")
+    _stay_until_told(chan, busy=True)
     chan.send("done")
 
 
@@ -849,6 +861,7 @@ CHILD_FUNCS: dict[str, Callable[..., None]] = {
     "hold_reader": child_hold_reader,
     "hold_frames": child_hold_frames,
     "attached_reader": child_attached_reader,
+    "busy_outsider": child_busy_outsider,
     "lock_holder": child_lock_holder,
     "attach_exit": child_attach_exit,
     "create_exit": child_create_exit,

@@ -23,10 +23,16 @@ CPUS = usable_cpus()
 
 
 @contextmanager
-def attached_readers(name: str, count: int, busy: bool) -> Iterator[None]:
+def busy_processes(count: int, ring: str | None = None, busy: bool = True) -> Iterator[None]:
+    """`count` child processes, readers attached to `ring` or (None) programs that attach
+    to nothing, idle or busy until the block ends."""
     with ExitStack() as stack:
         children = [
-            stack.enter_context(Child("spawn", "attached_reader", name=name, busy=busy))
+            stack.enter_context(
+                Child("spawn", "busy_outsider")
+                if ring is None
+                else Child("spawn", "attached_reader", name=ring, busy=busy)
+            )
             for _ in range(count)
         ]
         for child in children:
@@ -48,7 +54,7 @@ def measured(p: Participant) -> bool:
     return p.spinning_pays()
 
 
-def test_no_more_participants_than_cpus_poll_without_measuring() -> None:
+def test_no_more_participants_than_cpus_poll_before_a_first_measurement() -> None:
     name = unique_name("poll")
     with (
         RingWriter.create(name, SMALL, np.uint8) as owner,
@@ -65,7 +71,7 @@ def test_idle_participants_do_not_switch_polling_off() -> None:
     with (
         RingWriter.create(name, SMALL, np.uint8, max_readers=CPUS + 4),
         RingReader.attach(name) as reader,
-        attached_readers(name, CPUS + 1, busy=False),
+        busy_processes(CPUS + 1, name, busy=False),
     ):
         assert measured(reader._p)
 
@@ -77,9 +83,25 @@ def test_busy_participants_switch_polling_off() -> None:
     with (
         RingWriter.create(name, SMALL, np.uint8, max_readers=CPUS + 4),
         RingReader.attach(name) as reader,
-        attached_readers(name, CPUS, busy=True),
+        busy_processes(CPUS, name),
     ):
         assert not measured(reader._p)
+
+
+def test_busy_processes_outside_the_ring_switch_polling_off() -> None:
+    """A writer and its reader on a machine whose other CPUs run other programs: polling
+    would take the CPU from the writer or from them (rule 4). It pays again once they
+    stop."""
+    name = unique_name("poll")
+    with (
+        RingWriter.create(name, SMALL, np.uint8, max_readers=4),
+        RingReader.attach(name) as reader,
+        busy_processes(1, name),  # the ring's other participant, busy
+    ):
+        assert measured(reader._p)
+        with busy_processes(CPUS - 1):
+            assert not measured(reader._p)
+        assert measured(reader._p)
 
 
 @pytest.mark.parametrize(("writers", "group"), [(1, None), (2, None), (1, "workers")])

@@ -11,14 +11,20 @@
 #      another group with nothing to do: they use no CPU and must not switch polling off.
 #   3. So the answer is measured, not counted: a participant process is busy if it used at
 #      least IDLE_SHARE of a CPU (utime + stime of /proc/PID/stat, all threads) over the last
-#      interval of at least SAMPLE seconds; polling pays if the busy other processes and the
-#      poller are no more than the machine's CPUs. (Summing the CPU they used
-#      instead let 3 readers woken by every frame, each using a fifth of a CPU, poll beside
-#      their writer on 2 CPUs: 640x480x3 fan-out ran at half the rate.)
-#   4. While the participants are no more than the CPUs, polling pays without measuring. A
-#      process whose /proc entry cannot be read (another PID namespace, exited) or that
-#      joined within the interval counts as busy; before a first interval is measured
-#      polling does not pay (the count says there are more participants than CPUs).
+#      interval of at least SAMPLE seconds; polling pays if the poller, the busy other
+#      participants and the CPUs that other processes keep busy are no more than the
+#      machine's CPUs. (Summing the CPU the participants used instead let 3 readers woken by
+#      every frame, each using a fifth of a CPU, poll beside their writer on 2 CPUs:
+#      640x480x3 fan-out ran at half the rate.)
+#   4. Processes outside the ring count too (a bridge runs two rings of two participants
+#      each, four busy processes, on 2 CPUs: each pair polled, taking the CPU from the
+#      other). What they used is the machine's busy time (/proc/stat, without steal) minus
+#      the participants' own, rounded to whole CPUs: the two are accounted differently and
+#      disagree by up to a quarter of a CPU. An interval in which a participant joined
+#      keeps the previous figure (its CPU before it joined cannot be told apart).
+#   5. Before a first interval is measured, polling pays while the participants are no
+#      more than the CPUs. A process whose /proc entry cannot be read (another PID
+#      namespace, exited) or that joined within the interval counts as busy.
 
 from __future__ import annotations
 
@@ -43,6 +49,18 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[_UTIME]) + int(fields[_UTIME + 1])) * _TICK
 
 
+def machine_busy_seconds() -> float | None:
+    """CPU time the whole machine has spent running anything (not idle, not stolen by the
+    hypervisor), or None without /proc/stat."""
+    try:
+        with open("/proc/stat", "rb") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[1:8])
+    return (user + nice + system + irq + softirq) * _TICK
+
+
 def usable_cpus() -> int:
     """The machine's CPUs, not this process's affinity: a poller pinned to one CPU still
     leaves the others to the rest of the ring's processes."""
@@ -50,35 +68,58 @@ def usable_cpus() -> int:
 
 
 class CpuUse:
-    """Rule 3 for one process's handle on a ring, measured at most every SAMPLE seconds."""
+    """Rules 3-5 for one process's handle on a ring, measured at most every SAMPLE seconds."""
 
-    __slots__ = ("_cpus", "_measured_at", "_pays", "_seconds", "_until", "intervals")
+    __slots__ = (
+        "_busy",
+        "_cpus",
+        "_machine",
+        "_measured_at",
+        "_outsiders",
+        "_seconds",
+        "_until",
+        "intervals",
+    )
 
     def __init__(self, cpus: int) -> None:
         self._cpus = cpus
-        self._until = 0.0  # the answer holds until then
-        self._pays = False
+        self._until = 0.0  # the next measurement is due then
         self._measured_at = 0.0
-        self._seconds: dict[int, float | None] = {}
+        self._seconds: dict[int, float | None] = {}  # CPU time of each participant process
+        self._machine: float | None = None  # and of the machine, at _measured_at
+        self._busy = 0  # other participant processes busy over the last interval (rule 3)
+        self._outsiders = 0  # CPUs that processes outside the ring kept busy (rule 4)
         self.intervals = 0  # intervals measured so far (tests wait for one)
 
     def polling_pays(self, participants: int, other_pids: Callable[[], Iterable[int]]) -> bool:
-        if participants <= self._cpus:
-            return True
         now = time.monotonic()
-        if now < self._until:
-            return self._pays
+        if now >= self._until:
+            self._measure(now, other_pids)
+        if not self.intervals:
+            return participants <= self._cpus
+        return self._busy + self._outsiders + 1 <= self._cpus
+
+    def _measure(self, now: float, other_pids: Callable[[], Iterable[int]]) -> None:
         self._until = now + SAMPLE
-        seconds = {pid: cpu_seconds(pid) for pid in set(other_pids())}
-        first, elapsed = self._measured_at == 0.0, now - self._measured_at
-        previous, self._seconds, self._measured_at = self._seconds, seconds, now
-        if first:
-            self._pays = False
-            return False
+        own = os.getpid()
+        seconds = {pid: cpu_seconds(pid) for pid in {*other_pids(), own}}
+        machine = machine_busy_seconds()
+        previous, before_machine, elapsed = self._seconds, self._machine, now - self._measured_at
+        self._seconds, self._machine, self._measured_at = seconds, machine, now
+        if not previous:
+            return  # the first sample: an interval begins
         busy = 0
+        used: float | None = 0.0  # by the participants, while they can all be told
         for pid, spent in seconds.items():
             before = previous.get(pid)
-            busy += spent is None or before is None or spent - before >= IDLE_SHARE * elapsed
+            if spent is None or before is None:
+                busy += pid != own
+                used = None
+                continue
+            if used is not None:
+                used += spent - before
+            busy += pid != own and spent - before >= IDLE_SHARE * elapsed
+        if used is not None and machine is not None and before_machine is not None:
+            self._outsiders = max(0, round((machine - before_machine - used) / elapsed))
+        self._busy = busy
         self.intervals += 1
-        self._pays = busy + 1 <= self._cpus
-        return self._pays
