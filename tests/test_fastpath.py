@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import gc
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
 from helpers import WAIT, unique_name
 
 import shmring._layout as L
-from shmring import RingCorrupted, RingReader, RingWriter, ShmringError
+from shmring import RingCorrupted, RingReader, RingTimeout, RingWriter, ShmringError
 from shmring._fastpath import (
     PUBLISH_ALONE,
     PUBLISH_CORRUPTED,
@@ -50,6 +51,42 @@ def test_publishes_the_frame_with_its_sequence_number_and_stamp() -> None:
             assert np.array_equal(frame.array, _frame(value))
             assert frame.timestamp_ns > 0
             frame.release()
+
+
+def test_a_frame_stamped_by_the_caller_takes_the_fast_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """write(frame, timestamp_ns=...) with an int (a capture time, a bridge's sender stamp)
+    is published in C with that stamp; a stamp C does not take (a numpy integer, one out
+    of range) falls back, and the general path takes it or says what is wrong."""
+    with (
+        joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=8)) as w,
+        RingReader.attach(w.name, start="oldest") as r,
+    ):
+        publish: Any = w._publisher.publish  # also called with what its stub refuses
+        assert publish(_frame(1), 0) == 0
+        assert publish(_frame(2), 2**64 - 1) == 1
+        for stamp in (-1, 2**64, np.uint64(5), True, 1.0, None):
+            assert publish(_frame(3), stamp) == PUBLISH_FALLBACK
+        with pytest.raises(TypeError):
+            publish(_frame(3), 1, 2)
+        with monkeypatch.context() as patch:
+
+            def general_path(*args: object) -> int:
+                raise AssertionError("write() took the general path")
+
+            patch.setattr(w, "_write", general_path)
+            assert w.write(_frame(4), WAIT, timestamp_ns=123) == 2
+        numpy_stamp: Any = np.uint64(456)
+        assert w.write(_frame(5), WAIT, timestamp_ns=numpy_stamp) == 3
+        with pytest.raises(ValueError, match="timestamp_ns must be in"):
+            w.write(_frame(6), WAIT, timestamp_ns=-1)
+        for seq, (value, stamp) in enumerate(((1, 0), (2, 2**64 - 1), (4, 123), (5, 456))):
+            with r.read(WAIT) as frame:
+                assert (frame.seq, frame.timestamp_ns) == (seq, stamp)
+                assert np.array_equal(frame.array, _frame(value))
+        with pytest.raises(RingTimeout):  # the calls that fell back published nothing
+            r.read(0.01)
 
 
 @pytest.mark.parametrize("layout", ["fortran", "strided"])

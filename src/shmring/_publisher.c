@@ -755,13 +755,32 @@ static int alone(Publisher *self) {
     return load(&self->control[SHMRING_C_WRITERS]) <= 1;
 }
 
-static PyObject *Publisher_publish(Publisher *self, PyObject *frame_object) {
+/* publish(frame[, timestamp_ns]): a stamp that is not an int in [0, 2**64) falls back, so
+ * that Python's general path says what is wrong with it (or takes a numpy integer). */
+static PyObject *Publisher_publish(Publisher *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "publish(frame[, timestamp_ns])");
+        return NULL;
+    }
     if (self->busy) {
         return busy_error();
     }
     if (!self->holds_exports) {
         return PyLong_FromLong(PUBLISH_FALLBACK); /* closed */
     }
+    Description stamped = {0}, *how = NULL;
+    if (nargs == 2) {
+        if (!PyLong_CheckExact(args[1])) {
+            return PyLong_FromLong(PUBLISH_FALLBACK);
+        }
+        stamped.timestamp_ns = PyLong_AsUnsignedLongLong(args[1]);
+        if (stamped.timestamp_ns == (uint64_t)-1 && PyErr_Occurred()) {
+            PyErr_Clear(); /* negative or too large */
+            return PyLong_FromLong(PUBLISH_FALLBACK);
+        }
+        how = &stamped;
+    }
+    PyObject *frame_object = args[0];
     Py_buffer frame;
     if (PyObject_GetBuffer(frame_object, &frame, PyBUF_STRIDES) < 0) {
         return NULL;
@@ -799,7 +818,7 @@ static PyObject *Publisher_publish(Publisher *self, PyObject *frame_object) {
         copy_frame(destination, frame.buf, frame.len, stream);
     }
     PyBuffer_Release(&frame);
-    return publish_frame(self, (uint64_t)seq, (uint64_t)buffer, 0, NULL, go == GO_SEQUENCED);
+    return publish_frame(self, (uint64_t)seq, (uint64_t)buffer, 0, how, go == GO_SEQUENCED);
 }
 
 static PyObject *claim_buffer(Publisher *self, int locked) {
@@ -1105,8 +1124,9 @@ static PyMemberDef Publisher_members[] = {
 };
 
 static PyMethodDef Publisher_methods[] = {
-    {"publish", (PyCFunction)Publisher_publish, METH_O,
-     "publish(frame) -> sequence number, PUBLISH_FALLBACK or PUBLISH_CORRUPTED."},
+    {"publish", (PyCFunction)(void (*)(void))Publisher_publish, METH_FASTCALL,
+     "publish(frame[, timestamp_ns]) -> sequence number, PUBLISH_FALLBACK or "
+     "PUBLISH_CORRUPTED. Without timestamp_ns the frame is stamped now."},
     {"claim_buffer", (PyCFunction)Publisher_claim_buffer, METH_NOARGS,
      "claim_buffer() -> a free buffer's index (now this writer's claim), PUBLISH_FALLBACK or "
      "PUBLISH_CORRUPTED."},

@@ -134,7 +134,7 @@ class RingWriter(AsyncWriting, RingHandle):
 
     _record: memoryview  # this handle's writer record, from _join on
     _publisher: Publisher  # the C fast paths, from _join on
-    _publish_fast: Callable[[np.ndarray], int]
+    _publish_fast: Callable[..., int]
     _claim_buffer_fast: Callable[[], int]
     _publish_claimed_fast: Callable[[int], int]
 
@@ -310,18 +310,22 @@ class RingWriter(AsyncWriting, RingHandle):
         Blocks (block policy) while a reader group would lose a frame, up to `timeout`."""
         if (
             self._fast_path
-            and timestamp_ns is None
             and not meta
             and (timeout is None or (timeout.__class__ in _SECONDS and timeout >= 0))
             and type(frame) is _NDARRAY
             and frame.shape == self._shape
             and frame.dtype is self._dtype
         ):
-            # The common case, in C (_publisher.c): exclusive block-policy writer, a
-            # ring-shaped frame. It falls back (a negative result) when anything else holds.
+            # The common case, in C (_publisher.c): a ring-shaped frame without metadata,
+            # stamped now or with the caller's int. It falls back (a negative result) when
+            # anything else holds.
             if self._awaits_hot_buffer:
                 self._await_hot_buffer()
-            seq: int = self._publish_fast(frame)
+            seq: int = (
+                self._publish_fast(frame)
+                if timestamp_ns is None
+                else self._publish_fast(frame, timestamp_ns)
+            )
             if seq >= 0:
                 return seq
             if seq == PUBLISH_CORRUPTED:
