@@ -451,11 +451,12 @@ def test_garbage_collection_unmaps_the_ring_too() -> None:
         assert not any(f"/shmring.{name}" in line for line in maps)
 
 
-@pytest.mark.parametrize("nbytes", [8192, 8192 + 77, 300_001])
+@pytest.mark.parametrize("nbytes", [8192, 8192 + 77, 300_001, (2 << 20) + 77])
 @pytest.mark.parametrize("misalignment", [1, 16, 63])
 def test_a_source_at_any_alignment_arrives_intact(nbytes: int, misalignment: int) -> None:
     """Large copies from a source that differs from the buffer modulo 64 take the vector
-    loop (_publisher.c, copy_frame), which has its own tail handling."""
+    loop (_publisher.c, copy_frame: from 8 KiB, or from 2 MiB on a CPU with FSRM), which
+    has its own tail handling."""
     raw = np.random.default_rng(nbytes).integers(0, 256, nbytes + 128, dtype=np.uint8)
     start = (misalignment - raw.ctypes.data) % 64
     frame = raw[start : start + nbytes]
