@@ -55,9 +55,9 @@ def machine_busy_seconds() -> float | None:
     try:
         with open("/proc/stat", "rb") as stat:
             fields = stat.readline().split()
-    except OSError:
+        user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[1:8])
+    except (OSError, ValueError):  # no procfs, or not Linux's layout
         return None
-    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[1:8])
     return (user + nice + system + irq + softirq) * _TICK
 
 
