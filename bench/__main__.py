@@ -33,7 +33,9 @@ DEFAULT_OUT = ROOT / "bench" / "results"
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--sizes", default=",".join(DEFAULT_SIZES), help="bytes or WxHxC, comma list")
+    p.add_argument(
+        "--sizes", default=",".join(DEFAULT_SIZES), help="bytes (4096, 64KiB) or WxHxC, comma list"
+    )
     p.add_argument("--transports", default=",".join(REGISTRY), help="comma list (see --list)")
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list of scenarios")
     p.add_argument("--quick", action="store_true", help="tiny durations, 1 repeat (smoke test)")
@@ -85,8 +87,12 @@ def _plan(args: argparse.Namespace) -> tuple[Plan, dict[str, str]]:
     if args.warmup is not None:
         timing = replace(timing, warmup_s=args.warmup)
     ok, skipped = available(names)
+    try:
+        sizes = tuple(parse_size(s) for s in args.sizes.split(",") if s.strip())
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     plan = Plan(
-        sizes=tuple(parse_size(s) for s in args.sizes.split(",") if s.strip()),
+        sizes=sizes,
         transports=ok,
         scenarios=scenarios,
         timing=timing,

@@ -59,17 +59,23 @@ def _byte_label(n: int) -> str:
     return f"{n} B"
 
 
+_UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20}
+
+
 def parse_size(token: str) -> FrameSize:
-    """`64` (bytes, 1-d) or `WxHxC` / `WxH` (an image: shape (H, W, C) / (H, W))."""
+    """`64`, `64KiB`, `1 MiB` (bytes, 1-d; as the tables label them) or `WxHxC` / `WxH` (an
+    image: shape (H, W, C) / (H, W))."""
     text = token.strip().lower().replace("×", "x")
-    if re.fullmatch(r"\d+", text):
-        size = FrameSize(_byte_label(int(text)), (int(text),))
+    plain = re.fullmatch(r"(\d+) ?(b|kib|mib)?", text)
+    if plain:
+        nbytes = int(plain[1]) * _UNITS[plain[2] or ""]
+        size = FrameSize(_byte_label(nbytes), (nbytes,))
     elif re.fullmatch(r"\d+x\d+(x\d+)?", text):
         dims = [int(d) for d in text.split("x")]
         width, height, *channels = dims
         size = FrameSize("×".join(str(d) for d in dims), (height, width, *channels))
     else:
-        raise ValueError(f"bad frame size {token!r}: use bytes (4096) or WxHxC (640x480x3)")
+        raise ValueError(f"bad frame size {token!r}: use bytes (4096, 64KiB) or WxHxC (640x480x3)")
     if size.nbytes < STAMP_BYTES:
         raise ValueError(f"frame size {token!r} is below the {STAMP_BYTES}-byte stamp")
     return size

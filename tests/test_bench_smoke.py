@@ -249,3 +249,15 @@ def test_verdict_catches_what_fan_in_and_groups_must_not_do() -> None:
     assert verdict(groups, False, [{"sent": 5}], shares)[0] is None
     twice = [_consume(groups, [0, 2, 3]), _consume(groups, [1, 3])]  # 3 twice, 4 never
     assert verdict(groups, False, [{"sent": 5}], twice)[0]
+
+
+def test_frame_sizes_are_read_as_the_tables_label_them() -> None:
+    """`--sizes` takes what the tables print (64 B, 64 KiB, 640×480×3) and plain bytes, and
+    refuses anything else by name."""
+    assert parse_size("64KiB") == parse_size("65536") == parse_size("64 KiB")
+    assert parse_size("64 KiB").label == "64 KiB"
+    assert parse_size("1MiB").shape == (1 << 20,)
+    assert parse_size("64 B").shape == (64,)
+    assert parse_size("640×480×3").shape == (480, 640, 3)
+    with pytest.raises(ValueError, match="bad frame size '64QB'"):
+        parse_size("64QB")
