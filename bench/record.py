@@ -10,6 +10,10 @@
 #   - via bytes: each frame copied into a new bytes object, which is written: the floor of a
 #     writer that takes its messages as bytes, as foxglove-sdk's Channel.log does (one
 #     copy more than plain).
+#   - from the ring: a writer process publishes the frames (as for record); this process
+#     reads each and writes it with `file.write` straight from shared memory: no MCAP, no
+#     `bytes`. The floor of any recorder of a ring (its frames come from another core), and
+#     the most a recorder that wrote frames from the ring itself (writev) could reach.
 #   - record: a writer process publishes the frames as fast as the ring lets it (block
 #     policy); this process records them with shmring.record (no compression; with chunk
 #     CRCs; zstd), then fsyncs the file. frames/s and MB/s of frame bytes, ÷ plain (page
@@ -149,6 +153,27 @@ def via_bytes(path: Path, shape: tuple[int, ...], count: int) -> tuple[float, fl
             f.write(frames[n % len(frames)].tobytes())
 
     return timed_write(path, count * frames[0].nbytes, write_frames)
+
+
+def from_ring(path: Path, shape: tuple[int, ...], count: int) -> tuple[float, float]:
+    """Seconds to read `count` frames of a writer process from a ring and file.write each
+    from shared memory, and to have them on the disk (see the header)."""
+    name = f"benchfromring{os.getpid()}"
+    path.unlink(missing_ok=True)  # as record
+    writer = spawn_writer(name, shape, count, 0.0, "block")
+    os.sync()
+    recycle_pages(count * int(np.prod(shape)))
+    start = time.perf_counter()
+    with RingReader.attach(name, timeout=WAIT, start="oldest") as reader, open(path, "wb") as f:
+        for _ in range(count):
+            with reader.read(WAIT) as frame:
+                f.write(frame.array.data)  # a memoryview of shared memory
+    written = time.perf_counter()
+    fsynced(path)
+    synced = time.perf_counter()
+    joined(writer)
+    path.unlink()
+    return written - start, synced - start
 
 
 def recycle_pages(nbytes: int) -> None:
@@ -291,6 +316,13 @@ def main(argv: list[str] | None = None) -> None:
             got, synced = (rate(count, [r[i] for r in runs], nbytes) for i in (0, 1))
             print(
                 f"| {label} | copy into a new `bytes`, `file.write` each | {got[0]:.0f} | "
+                f"{got[1]:.0f} | {got[0] / base[0]:.2f}× | {synced[0]:.0f} | "
+                f"{synced[0] / base_synced[0]:.2f}× |"
+            )
+            runs = [from_ring(directory / "ring.bin", shape, count) for _ in range(args.repeats)]
+            got, synced = (rate(count, [r[i] for r in runs], nbytes) for i in (0, 1))
+            print(
+                f"| {label} | read from the ring, `file.write` each (no MCAP) | {got[0]:.0f} | "
                 f"{got[1]:.0f} | {got[0] / base[0]:.2f}× | {synced[0]:.0f} | "
                 f"{synced[0] / base_synced[0]:.2f}× |"
             )
