@@ -277,6 +277,18 @@ def rate(count: int, seconds: list[float], nbytes: int) -> tuple[float, float]:
     return fps, fps * nbytes / 1e6
 
 
+Timed = tuple[float, float]  # seconds written, and seconds until on the disk
+Rate = tuple[float, float]  # frames/s, MB/s
+
+
+def row(label: str, cell: str, got: Rate, synced: Rate, base: Rate, base_synced: Rate) -> str:
+    """A table row: the cell's rates and its ratios to the plain write's."""
+    return (
+        f"| {label} | {cell} | {got[0]:.0f} | {got[1]:.0f} | {got[0] / base[0]:.2f}× | "
+        f"{synced[0]:.0f} | {synced[0] / base_synced[0]:.2f}× |"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3, help="runs per cell (median)")
@@ -312,32 +324,23 @@ def main(argv: list[str] | None = None) -> None:
                 f"| {label} | plain `file.write` ({count} frames) | {base[0]:.0f} | "
                 f"{base[1]:.0f} | 1.00× | {base_synced[0]:.0f} | 1.00× |"
             )
-            runs = [via_bytes(directory / "bytes.bin", shape, count) for _ in range(args.repeats)]
-            got, synced = (rate(count, [r[i] for r in runs], nbytes) for i in (0, 1))
-            print(
-                f"| {label} | copy into a new `bytes`, `file.write` each | {got[0]:.0f} | "
-                f"{got[1]:.0f} | {got[0] / base[0]:.2f}× | {synced[0]:.0f} | "
-                f"{synced[0] / base_synced[0]:.2f}× |"
+            floors: tuple[tuple[str, Callable[[Path, tuple[int, ...], int], Timed]], ...] = (
+                ("copy into a new `bytes`, `file.write` each", via_bytes),
+                ("read from the ring, `file.write` each (no MCAP)", from_ring),
             )
-            runs = [from_ring(directory / "ring.bin", shape, count) for _ in range(args.repeats)]
-            got, synced = (rate(count, [r[i] for r in runs], nbytes) for i in (0, 1))
-            print(
-                f"| {label} | read from the ring, `file.write` each (no MCAP) | {got[0]:.0f} | "
-                f"{got[1]:.0f} | {got[0] / base[0]:.2f}× | {synced[0]:.0f} | "
-                f"{synced[0] / base_synced[0]:.2f}× |"
-            )
+            for cell, measure in floors:
+                runs = [measure(directory / "floor.bin", shape, count) for _ in range(args.repeats)]
+                got, synced = (rate(count, [r[i] for r in runs], nbytes) for i in (0, 1))
+                print(row(label, cell, got, synced, base, base_synced))
             for compression, crc in (("none", False), ("none", True), ("zstd", False)):
                 results = [
                     record(path, shape, count, compression, crc) for _ in range(args.repeats)
                 ]
                 got, synced = (rate(count, [r[i] for r in results], nbytes) for i in (0, 1))
                 ratio = results[-1][2] / (count * nbytes)
-                cell = compression + (", chunk CRCs" if crc else "")
-                print(
-                    f"| {label} | `shmring record`, {cell} (file {ratio:.2f}× the "
-                    f"frame bytes) | {got[0]:.0f} | {got[1]:.0f} | {got[0] / base[0]:.2f}× | "
-                    f"{synced[0]:.0f} | {synced[0] / base_synced[0]:.2f}× |"
-                )
+                cell = f"`shmring record`, {compression}" + (", chunk CRCs" if crc else "")
+                cell += f" (file {ratio:.2f}× the frame bytes)"
+                print(row(label, cell, got, synced, base, base_synced))
             record(path, shape, count, "none")  # the file replayed below
             replayed = statistics.median(replay_rate(path, count) for _ in range(args.repeats))
             written = statistics.median(write_rate(shape, count) for _ in range(args.repeats))
