@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 
@@ -53,6 +53,9 @@ SIZES = {"640×480×3": (480, 640, 3), "1920×1080×3": (1080, 1920, 3)}
 BYTES_PER_SIZE = 400e6  # frame bytes per cell (~430 VGA frames, ~64 1080p frames)
 KEEP_UP_FPS = 30
 WAIT = 30.0
+Timed = tuple[float, float]  # seconds written, and seconds until on the disk
+Rate = tuple[float, float]  # frames/s, MB/s
+T = TypeVar("T")
 
 
 def frames_for(shape: tuple[int, ...]) -> int:
@@ -155,27 +158,6 @@ def via_bytes(path: Path, shape: tuple[int, ...], count: int) -> tuple[float, fl
     return timed_write(path, count * frames[0].nbytes, write_frames)
 
 
-def from_ring(path: Path, shape: tuple[int, ...], count: int) -> tuple[float, float]:
-    """Seconds to read `count` frames of a writer process from a ring and file.write each
-    from shared memory, and to have them on the disk (see the header)."""
-    name = f"benchfromring{os.getpid()}"
-    path.unlink(missing_ok=True)  # as record
-    writer = spawn_writer(name, shape, count, 0.0, "block")
-    os.sync()
-    recycle_pages(count * int(np.prod(shape)))
-    start = time.perf_counter()
-    with RingReader.attach(name, timeout=WAIT, start="oldest") as reader, open(path, "wb") as f:
-        for _ in range(count):
-            with reader.read(WAIT) as frame:
-                f.write(frame.array.data)  # a memoryview of shared memory
-    written = time.perf_counter()
-    fsynced(path)
-    synced = time.perf_counter()
-    joined(writer)
-    path.unlink()
-    return written - start, synced - start
-
-
 def recycle_pages(nbytes: int) -> None:
     """Touch `nbytes` of memory and free it: the page cache of the run that follows gets
     pages the machine has just used (see the header)."""
@@ -199,32 +181,62 @@ def timed_write(
     return written - start, synced - start
 
 
-def record(
-    path: Path, shape: tuple[int, ...], count: int, compression: str, crc: bool = False
-) -> tuple[float, float, int]:
-    """Seconds to record `count` frames of a writer process, with the fsync; file bytes."""
+def from_writer(
+    path: Path, shape: tuple[int, ...], count: int, consume: Callable[[str], T]
+) -> tuple[float, float, T]:
+    """Seconds `consume(ring)` takes to turn `count` frames of a writer process into the
+    file `path`, and to have it on the disk; what `consume` returned."""
     name = f"benchrec{os.getpid()}"
     path.unlink(missing_ok=True)  # as plain: ext4 flushes a file truncated and rewritten on close
     writer = spawn_writer(name, shape, count, 0.0, "block")
     os.sync()
     recycle_pages(count * int(np.prod(shape)))
     start = time.perf_counter()
-    result = shmring.record(
-        name,
-        str(path),
-        frames=count,
-        compression=compression,
-        crc=crc,
-        start="oldest",
-        timeout=WAIT,
-    )
+    result = consume(name)
     written = time.perf_counter()
     fsynced(path)
     synced = time.perf_counter()
     joined(writer)
+    return written - start, synced - start, result
+
+
+def from_ring(path: Path, shape: tuple[int, ...], count: int) -> Timed:
+    """Read each frame and file.write it from shared memory (see the header)."""
+
+    def write_frames(name: str) -> None:
+        with (
+            RingReader.attach(name, timeout=WAIT, start="oldest") as reader,
+            open(path, "wb") as f,
+        ):
+            for _ in range(count):
+                with reader.read(WAIT) as frame:
+                    f.write(frame.array.data)  # a memoryview of shared memory
+
+    written, synced, _ = from_writer(path, shape, count, write_frames)
+    path.unlink()
+    return written, synced
+
+
+def record(
+    path: Path, shape: tuple[int, ...], count: int, compression: str, crc: bool = False
+) -> tuple[float, float, int]:
+    """Seconds to record `count` frames of a writer process, with the fsync; file bytes."""
+
+    def recorded(name: str) -> shmring.RecordResult:
+        return shmring.record(
+            name,
+            str(path),
+            frames=count,
+            compression=compression,
+            crc=crc,
+            start="oldest",
+            timeout=WAIT,
+        )
+
+    written, synced, result = from_writer(path, shape, count, recorded)
     if result.frames != count:
         raise RuntimeError(f"recorded {result.frames} of {count} frames")
-    return written - start, synced - start, result.bytes
+    return written, synced, result.bytes
 
 
 def keep_up(path: Path, shape: tuple[int, ...], seconds: float) -> tuple[int, int, int]:
@@ -275,10 +287,6 @@ def rate(count: int, seconds: list[float], nbytes: int) -> tuple[float, float]:
     """Median frames/s and MB/s of frame bytes."""
     fps = count / statistics.median(seconds)
     return fps, fps * nbytes / 1e6
-
-
-Timed = tuple[float, float]  # seconds written, and seconds until on the disk
-Rate = tuple[float, float]  # frames/s, MB/s
 
 
 def row(label: str, cell: str, got: Rate, synced: Rate, base: Rate, base_synced: Rate) -> str:
