@@ -17,6 +17,10 @@
 #   - Ratios are taken within this run only.
 #   - Raw Zenoh's sessions are configured as the bridge's (shmring._bridge.zenoh_config, the
 #     publisher as a lossless sender): the same transport settings, so it stays the ceiling.
+#   - `--copies` measures instead, in this process, what each copy the bridge makes of a frame
+#     costs: the one the design wants per side (a NumPy copy of the frame's bytes) and the
+#     two the binding adds (`ZBytes(bytearray)` on the sender, `ZBytes.to_bytes()` on the
+#     receiver; docs/API.md, "Copies"). Medians of COPY_REPEATS timings of a loop each.
 from __future__ import annotations
 
 import argparse
@@ -28,6 +32,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from importlib import metadata
 from multiprocessing.connection import Connection
 from statistics import quantiles
@@ -42,6 +47,8 @@ LATENCY_FRAMES = 60
 SIZES = {"64KiB": (65536,), "640x480x3": (480, 640, 3), "1920x1080x3": (1080, 1920, 3)}
 PACE_S = {"64KiB": 0.01, "640x480x3": 0.02, "1920x1080x3": 0.05}  # slower than any peer
 TICK = os.sysconf("SC_CLK_TCK")
+COPY_REPEATS = 7
+COPY_BYTES = 200e6  # bytes each timed loop copies
 
 
 @dataclass(frozen=True)
@@ -383,16 +390,58 @@ def ratio(results: dict[tuple[str, str], dict[str, float]], size: str, peer: str
     return f"{bridge[key] / other[key]:.2f}×" if bridge and other else "-"
 
 
+def per_copy_us(step: Callable[[], object], count: int) -> float:
+    """Median over COPY_REPEATS loops of `count` calls of `step`: µs per call."""
+    times = []
+    for _ in range(COPY_REPEATS):
+        start = time.perf_counter()
+        for _ in range(count):
+            step()
+        times.append((time.perf_counter() - start) / count * 1e6)
+    return sorted(times)[COPY_REPEATS // 2]
+
+
+def binding_copies(sizes: list[str]) -> list[str]:
+    """A table of what each copy of a frame costs in this process, per size."""
+    import zenoh
+
+    lines = [
+        "| size | one copy (NumPy) µs | sender: `ZBytes(bytearray)` µs | "
+        "receiver: `to_bytes()` µs | a binding copy ÷ one copy (mean of the two) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for size in sizes:
+        nbytes = int(np.prod(SIZES[size]))
+        source = np.random.default_rng(0).integers(0, 256, nbytes, np.uint8)
+        target = np.empty_like(source)
+        sample = bytearray(source.tobytes())
+        payload = zenoh.ZBytes(sample)
+        count = max(20, int(COPY_BYTES / nbytes))
+        one = per_copy_us(partial(np.copyto, target, source), count)
+        into = per_copy_us(partial(zenoh.ZBytes, sample), count)
+        out = per_copy_us(payload.to_bytes, count)
+        lines.append(
+            f"| {size} | {one:,.1f} | {into:,.1f} | {out:,.1f} | {(into + out) / (2 * one):.2f}× |"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bridge", description=__doc__)
     parser.add_argument("--seconds", type=float, default=1.5, help="flat-out time per cell")
     parser.add_argument("--transports", nargs="*", default=list(TRANSPORTS))
     parser.add_argument("--sizes", nargs="*", choices=list(SIZES), default=list(SIZES))
+    parser.add_argument(
+        "--copies", action="store_true", help="measure what each copy of a frame costs instead"
+    )
     args = parser.parse_args(argv)
     info = machine_info()
     print(f"# bench.bridge {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"# {info['cpu']}, {info['cpus']} CPUs, Python {info['python']}", end=", ")
     print(f"commit {info['git_commit']}, zenoh {metadata.version('eclipse-zenoh')}")
+    if args.copies:
+        print("\n".join(binding_copies(args.sizes)))
+        return 0
     results: dict[tuple[str, str], dict[str, float]] = {}
     for size in args.sizes:
         shape = SIZES[size]

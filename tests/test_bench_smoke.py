@@ -216,6 +216,23 @@ def test_copy_probe_reports_the_threshold_and_every_buffer_count() -> None:
     assert not [p for p in SHM.iterdir() if p.name.startswith("shmring-copies-")]
 
 
+def test_bridge_copy_probe_times_every_copy() -> None:
+    """`python -m bench.bridge --copies` (docs/performance.md, "Bridge: what the binding's
+    copies cost") prints one row per size with a positive time for each copy it names."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.bridge", "--copies", "--sizes", "64KiB"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| 64KiB |")]
+    assert len(rows) == 1, done.stdout
+    cells = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    assert all(float(cell.rstrip("×").replace(",", "")) > 0 for cell in cells[1:]), rows
+
+
 def _consume(cell: Cell, seqs: list[int]) -> dict[str, Any]:
     """A consumer's report after it verified frames numbered `seqs` (then its PHASE_ENDs)."""
     stamp, frames = stamper(cell.size), []

@@ -79,9 +79,9 @@ POLL = 0.1  # seconds: the longest slice of any wait (stop flag re-checked after
 LOG = logging.getLogger("shmring.bridge")
 RETRY = {"period_init_ms": 200, "period_max_ms": 1000, "period_increase_factor": 2}
 # A lossless sender's queue of batches (of up to 64 KiB) for data, Zenoh's default 2 unless a
-# config file sets it: with 2, put() blocked while the link thread sent; 8 gave ~1.25x the
-# frames/s at 64 KiB (python -m bench.bridge, docs/performance.md), raw Zenoh likewise. Not
-# under --latest: there a longer queue would hold older frames before any is dropped.
+# config file sets it: with 2, put() blocked while the link thread sent (docs/performance.md,
+# "64 KiB: where the time went"). Not under --latest: there a longer queue would hold older
+# frames before any is dropped.
 DATA_QUEUE, LOSSLESS_QUEUE = "transport/link/tx/queue/size/data", 8
 
 

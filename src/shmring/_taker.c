@@ -15,11 +15,10 @@
  * it looks again, the file's size (a ring truncated meanwhile raises RingCorrupted through
  * check_size instead of faulting).
  *
- * Theory: a reader woken from FUTEX_WAIT runs with cold caches; on the development VM each
- * line of Python between the wake-up and the frame reaching the caller cost ~0.3-0.5 µs
- * (in-process probes: 6-10 µs from the wake-up to the yield through the general path, ~4 µs
- * with the take inlined in the iterator). Waking in C and building the Frame there leaves
- * the caller a few stores.
+ * Theory: a reader woken from FUTEX_WAIT runs with cold caches, where each line of Python
+ * between the wake-up and the frame reaching the caller costs several times its warm price
+ * and adds to the wake-up's latency. Waking in C and building the Frame there leaves the
+ * caller a few stores.
  */
 #include "_fastpath.h"
 
