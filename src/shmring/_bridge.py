@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
+from . import _sys
 from ._bridge_wire import (
     FLAG_LATEST,
     FLAG_WRITER_GONE,
@@ -83,6 +84,11 @@ RETRY = {"period_init_ms": 200, "period_max_ms": 1000, "period_increase_factor":
 # "64 KiB: where the time went"). Not under --latest: there a longer queue would hold older
 # frames before any is dropped.
 DATA_QUEUE, LOSSLESS_QUEUE = "transport/link/tx/queue/size/data", 8
+# A receiver frees every sample's bytes (and Zenoh its buffers) as the next arrives; by
+# default glibc hands freed memory beyond 128 KiB back to the kernel and faults it in again
+# for the next samples (docs/performance.md, "Bridge: the receiver's page faults"). Kept
+# instead, up to this much per allocator arena.
+KEEP_FREED_BYTES = 64 << 20
 
 
 def _zenoh() -> ModuleType:
@@ -408,7 +414,9 @@ class BridgeReceiver(_Bridge):
     geometry (`slots`, `policy` override it) and removed at close(). A ring of that name that
     already exists is used if its geometry matches (and left at close), else the receiver
     fails with IncompatibleRing (raised by wait()). With `wait_readers`, the first frame of
-    each stream waits until that many readers attached to the local ring."""
+    each stream waits until that many readers attached to the local ring. Unless
+    `keep_freed_memory=False`, the process's allocator keeps up to KEEP_FREED_BYTES of the
+    memory it frees (_sys.keep_freed_memory) for the samples to come."""
 
     def __init__(
         self,
@@ -422,9 +430,12 @@ class BridgeReceiver(_Bridge):
         slots: int | None = None,
         policy: str | None = None,
         wait_readers: int = 0,
+        keep_freed_memory: bool = True,
     ) -> None:
         self.ring = validate_name(ring)
         self.local = validate_name(local or ring)
+        if keep_freed_memory:
+            _sys.keep_freed_memory(KEEP_FREED_BYTES)
         self.key = key or default_key(ring)
         if policy not in (None, "block", "overwrite"):
             raise ValueError(f"policy must be 'block' or 'overwrite', got {policy!r}")

@@ -28,6 +28,11 @@
 #   - map_shared_at / collapse_to_huge_pages: place a file mapping at an address of the
 #     caller's choosing (inside address space it already owns) and ask the kernel to back it
 #     with huge pages now. Collapsing is best effort: it reports failure, never raises.
+#   - keep_freed_memory: glibc's allocator keeps up to the given bytes of freed memory in the
+#     process (mallopt M_TRIM_THRESHOLD and M_MMAP_THRESHOLD, which also ends their dynamic
+#     adjustment) instead of handing it back to the kernel and faulting it in again on the
+#     next allocation of that size. Best effort: False where the C library has no mallopt
+#     (glibc's accepts any value for these two).
 #   - Machine facts read once at import: HUGE_PAGE_BYTES, LAST_LEVEL_CACHE_BYTES (sysfs).
 
 from __future__ import annotations
@@ -55,6 +60,9 @@ _MEMBARRIER_CMD_QUERY = 0
 _MEMBARRIER_CMD_GLOBAL = 1
 _MEMBARRIER_CMD_GLOBAL_EXPEDITED = 1 << 1
 _MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED = 1 << 2
+_M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
+_M_MMAP_THRESHOLD = -3
+_GLIBC_MMAP_THRESHOLD_MAX = 32 << 20  # on 64-bit: what mallopt accepts, and glibc's own cap
 _F_OFD_GETLK = 36
 _F_OFD_SETLK = 37
 _FLOCK = struct.Struct("hhqqi4x")  # struct flock on 64-bit Linux; l_pid must be 0 for OFD
@@ -214,6 +222,16 @@ def _last_level_cache_bytes() -> int | None:
 
 
 LAST_LEVEL_CACHE_BYTES = _last_level_cache_bytes()
+
+
+def keep_freed_memory(nbytes: int) -> bool:
+    """Let this process keep up to `nbytes` of freed heap, and allocate blocks up to that
+    size (at most 32 MiB) from it rather than by mmap: see the module's rules."""
+    mallopt = getattr(_libc, "mallopt", None)
+    if mallopt is None:
+        return False
+    mmap_threshold = min(nbytes, _GLIBC_MMAP_THRESHOLD_MAX)
+    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold) and mallopt(_M_TRIM_THRESHOLD, nbytes))
 
 
 def reserve_address_space(length: int, writable: bool) -> mmap.mmap:
