@@ -216,6 +216,39 @@ def test_copy_probe_reports_the_threshold_and_every_buffer_count() -> None:
     assert not [p for p in SHM.iterdir() if p.name.startswith("shmring-copies-")]
 
 
+def test_bridge_bench_runs_every_cell_it_is_given() -> None:
+    """`python -m bench.bridge` with a tiny run: the bridge (four processes), raw Zenoh and
+    pyzmq each deliver every frame in order (the consumers check, or the cell fails), the
+    table has their rows with positive rates, and the ratio row is filled."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.bridge",
+            "--sizes",
+            "64KiB",
+            "--seconds",
+            "0.1",
+            "--transports",
+            "shmring bridge",
+            "raw zenoh put→sub",
+            "pyzmq PUSH/PULL tcp",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| 64KiB | ")]
+    rates = {row.split("|")[2].strip(): row.split("|")[3].strip() for row in rows[:3]}
+    assert set(rates) == {"shmring bridge", "raw zenoh put→sub", "pyzmq PUSH/PULL tcp"}, rows
+    assert all(int(rate.replace(",", "")) > 0 for rate in rates.values()), rates
+    ratios = rows[3].strip("|").split("|")
+    assert ratios[1].strip().endswith("×") and ratios[2].strip().endswith("×"), rows[3]
+    assert not [p for p in SHM.iterdir() if p.name.endswith(".zenoh")]
+
+
 def test_bridge_copy_probe_times_every_copy() -> None:
     """`python -m bench.bridge --copies` (docs/performance.md, "Bridge: what the binding's
     copies cost") prints one row per size with a positive time for each copy it names."""
