@@ -89,6 +89,11 @@ DATA_QUEUE, LOSSLESS_QUEUE = "transport/link/tx/queue/size/data", 8
 # for the next samples (docs/performance.md, "Bridge: the receiver's page faults"). Kept
 # instead, up to this much per allocator arena.
 KEEP_FREED_BYTES = 64 << 20
+# The sender's reader never polls: it sleeps until the writer wakes it. Its process runs
+# Zenoh's threads, which need a CPU the moment it takes a frame, beside the processes on
+# either side of the ring and the link; polling (or napping, then polling, on a steady
+# stream) took it from them (docs/performance.md, "Bridge: the sender's reader sleeps").
+SENDER_SPIN = 0.0
 
 
 def _zenoh() -> ModuleType:
@@ -316,7 +321,7 @@ class BridgeSender(_Bridge):
         """The ring as a reader of its own group, and its header; None to try again."""
         self._n.state = f"waiting for ring {self.ring}"
         try:
-            reader = RingReader.attach(self.ring, start="latest", timeout=POLL)
+            reader = RingReader.attach(self.ring, start="latest", timeout=POLL, spin=SENDER_SPIN)
         except (RingNotFound, RingTimeout):
             return None
         try:
