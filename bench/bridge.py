@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from importlib import metadata
+from importlib.util import find_spec
 from multiprocessing.connection import Connection
 from statistics import quantiles
 from typing import Any
@@ -279,6 +280,12 @@ TRANSPORTS: dict[str, list[Role]] = {
     "pyzmq PUSH/PULL tcp": [Role(zmq_consumer, "recv"), Role(zmq_producer, "send")],
     "imagezmq (REQ/REP)": [Role(imagezmq_consumer, "recv"), Role(imagezmq_producer, "send")],
 }
+NEEDS = {  # the module each transport imports: a peer not installed is skipped, not run
+    "shmring bridge": "zenoh",
+    "raw zenoh put→sub": "zenoh",
+    "pyzmq PUSH/PULL tcp": "zmq",
+    "imagezmq (REQ/REP)": "imagezmq",
+}
 PRODUCERS = (bridge_writer, zenoh_producer, zmq_producer, imagezmq_producer)
 CONSUMERS = (bridge_reader, zenoh_consumer, zmq_consumer, imagezmq_consumer)
 
@@ -429,7 +436,9 @@ def binding_copies(sizes: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bridge", description=__doc__)
     parser.add_argument("--seconds", type=float, default=1.5, help="flat-out time per cell")
-    parser.add_argument("--transports", nargs="*", default=list(TRANSPORTS))
+    parser.add_argument(
+        "--transports", nargs="*", choices=list(TRANSPORTS), default=list(TRANSPORTS)
+    )
     parser.add_argument("--sizes", nargs="*", choices=list(SIZES), default=list(SIZES))
     parser.add_argument(
         "--copies", action="store_true", help="measure what each copy of a frame costs instead"
@@ -443,9 +452,15 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(binding_copies(args.sizes)))
         return 0
     results: dict[tuple[str, str], dict[str, float]] = {}
+    transports = []
+    for transport in args.transports:
+        if find_spec(NEEDS[transport]) is None:
+            print(f"# {transport}: skipped, {NEEDS[transport]} is not installed (the bench extra)")
+        else:
+            transports.append(transport)
     for size in args.sizes:
         shape = SIZES[size]
-        for transport in args.transports:
+        for transport in transports:
             tag = f"bb{os.getpid()}_{len(results)}"
             flat = Run(shape, counts(shape, args.seconds), 0.0, free_port(), tag)
             paced = Run(shape, LATENCY_FRAMES, PACE_S[size], free_port(), tag + "p")
