@@ -355,6 +355,69 @@ def test_local_ring_of_another_geometry_is_incompatible(cleanup: list[Any]) -> N
         assert "exists with 64 uint8" in recv.text("err")
 
 
+# A receiver's threads in miniature: one allocates, fills and frees a few blocks of 1 MiB,
+# round after round, in a process with a BridgeReceiver (made with argv[2]'s
+# keep_freed_memory, connecting to argv[3], where nobody listens). Prints the page faults
+# the rounds took.
+FREED_MEMORY_CHILD = """
+import ctypes, sys, threading
+from shmring import BridgeReceiver
+
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+BLOCK, BLOCKS, ROUNDS = 1 << 20, 4, 50
+
+
+def faults():
+    with open("/proc/self/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])
+
+
+def rounds(count, out):
+    start = faults()
+    for _ in range(count):
+        blocks = [libc.malloc(BLOCK) for _ in range(BLOCKS)]
+        for block in blocks:
+            libc.memset(block, 1, BLOCK)
+        for block in reversed(blocks):
+            libc.free(block)
+    out.append(faults() - start)
+
+
+with BridgeReceiver(sys.argv[1], connect=[sys.argv[3]], keep_freed_memory=sys.argv[2] == "keep"):
+    out = []
+    for count in (3, ROUNDS):  # the first to let glibc settle its thresholds
+        thread = threading.Thread(target=rounds, args=(count, out))
+        thread.start()
+        thread.join()
+print(out[-1])
+"""
+
+
+def test_a_receivers_process_keeps_the_memory_it_frees() -> None:
+    """With glibc's defaults, a thread that frees 4 MiB of blocks and allocates them again
+    gets fresh pages each round (a fault per 4 KiB page); in a process with a
+    BridgeReceiver (keep_freed_memory, the default) it gets its own pages back."""
+
+    def faults(keep: str) -> int:
+        done = subprocess.run(
+            [sys.executable, "-c", FREED_MEMORY_CHILD, unique_name("fm"), keep, endpoint()],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            check=True,
+        )
+        return int(done.stdout.split()[-1])
+
+    kept, default = faults("keep"), faults("default")
+    pages = 50 * 4 * 256  # every page of every round
+    assert kept < 256, f"{kept} page faults over 50 rounds with the memory kept"
+    assert default > pages // 4, f"only {default} page faults with glibc's defaults"
+
+
 def test_wire_reuses_checks_only_when_just_seq_and_timestamp_changed() -> None:
     """FrameEncoder's reused buffer and Decoder's reused checks give exactly what the plain
     encode_header + decode give, and a sample that differs anywhere else is checked again."""
