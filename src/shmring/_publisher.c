@@ -50,20 +50,15 @@
 #define PUBLISH_ALONE (-4)     /* shared mode, one writer left: switch back, then again */
 #define COPY_WITHOUT_GIL_BYTES (1 << 20) /* copies this large let other threads run */
 
-/* The copy. glibc copies blocks above a few KiB with `rep movsb`, which on an AMD EPYC VM
- * without FSRM (fast short `rep movsb`, CPUID 7.EDX bit 4) ran slower whenever source and
+/* The copy. glibc copies blocks above a few KiB with `rep movsb`, which on a CPU without
+ * FSRM (fast short `rep movsb`, CPUID 7.EDX bit 4) ran slower whenever source and
  * destination differ modulo 64, as they do for most frames: a large NumPy array's data
- * starts 16 bytes into its allocation, a ring buffer on a page. One process, microseconds
- * per copy into a page-aligned buffer, source at 16 mod 64, memcpy vs the loop below:
- * 16 KiB 0.23 vs 0.15, 64 KiB 1.26 vs 1.14, 640x480x3 23.1 vs 21.3, 1920x1080x3 161.7 vs
- * 156.9 (with the source at 0 mod 64 memcpy took 0.16, 1.16, 20.7, 156.4). On an AMD EPYC
- * VM with FSRM and AVX-512 (glibc 2.36's avx512 memmove), write() of the same copies took
- * 16 KiB 0.35 vs 0.43, 64 KiB 0.80 vs 0.87, 640x480x3 14.7-15.5 vs 17.3-18.1, 1280x720x3
- * 49-57 vs 50-60, 1920x1080x3 181-201 vs 169-180 (4 alternated runs): memcpy wins there
- * until a copy outgrows the core's L2 cache. So the loop copies when the CPU lacks FSRM,
- * and from ALIGNED_COPY_ALWAYS_BYTES on. It does what glibc's own vector loop does below
- * rep movsb's threshold: unaligned loads, aligned stores. Mutually aligned copies and small
- * ones keep memcpy. */
+ * starts 16 bytes into its allocation, a ring buffer on a page. On a CPU with FSRM, glibc's
+ * memmove won until a copy outgrew the core's L2 cache (docs/performance.md, "write()'s copy
+ * on a CPU with FSRM", has both machines' figures). So the loop below copies when the CPU
+ * lacks FSRM, and from ALIGNED_COPY_ALWAYS_BYTES on. It does what glibc's own vector loop
+ * does below rep movsb's threshold: unaligned loads, aligned stores. Mutually aligned copies
+ * and small ones keep memcpy. */
 #define VECTOR_COPY_BYTES 8192
 #define ALIGNED_COPY_ALWAYS_BYTES (2u << 20)
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
