@@ -820,6 +820,22 @@ def child_overwrite_writer(
     chan.send({"seqs": [seqs[0], seqs[-1]]})
 
 
+def child_tagged_overwrite_writer(
+    chan: Chan, name: str = "", writer_id: int = 0, count: int = 1000
+) -> None:
+    """Attach as a writer to an overwrite ring, write ``count`` tagged frames (writer_id/n)
+    without blocking, report the first and last seq, and close when told to."""
+    pat = Pattern(SMALL)
+    w = RingWriter.attach(name, timeout=WAIT)
+    chan.send("ready")
+    expect(chan, "go")
+    seqs = [w.write(pat.make(make_tag(writer_id, n)), 0.0) for n in range(count)]
+    chan.send({"seqs": [seqs[0], seqs[-1]], "increasing": increasing(seqs)})
+    expect(chan, "close")
+    w.close()
+    chan.send("closed")
+
+
 def data_address(reader_or_writer: Any) -> int:
     """Where a handle's frame buffers are mapped in this process."""
     return int(np.frombuffer(reader_or_writer._p.segment.data, np.uint8).ctypes.data)
@@ -863,6 +879,7 @@ CHILD_FUNCS: dict[str, Callable[..., None]] = {
     "attached_reader": child_attached_reader,
     "busy_outsider": child_busy_outsider,
     "lock_holder": child_lock_holder,
+    "tagged_overwrite_writer": child_tagged_overwrite_writer,
     "attach_exit": child_attach_exit,
     "create_exit": child_create_exit,
     "attach_when_created": child_attach_when_created,

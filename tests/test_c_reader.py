@@ -695,12 +695,12 @@ REFUSALS = {
     "older_version": (
         _patched(8, "<H", L.VERSION_MAJOR - 1),
         VALID_SIZE,
-        f"format version 1.{L.VERSION_MINOR}",
+        f"format version {L.VERSION_MAJOR - 1}.{L.VERSION_MINOR}",
     ),
     "newer_version": (
         _patched(8, "<H", L.VERSION_MAJOR + 1),
         VALID_SIZE,
-        f"format version 3.{L.VERSION_MINOR}",
+        f"format version {L.VERSION_MAJOR + 1}.{L.VERSION_MINOR}",
     ),
     "magic": (_patched(0, "8s", b"NOTARING"), VALID_SIZE, "bad magic"),
     "checksum": (_patched(28, "<I", 5, seal=False), VALID_SIZE, "checksum mismatch"),

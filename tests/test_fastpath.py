@@ -137,17 +137,23 @@ def test_in_shared_mode_block_writers_sequence_their_frames_without_the_lock() -
     assert w._p.closed
 
 
-def test_overwrite_in_shared_mode_gives_way_to_the_locked_path() -> None:
+def test_overwrite_in_shared_mode_is_sequenced_in_c() -> None:
+    """Two writers of an overwrite ring publish in C without the lock: numbers from
+    C_NEXT_SEQ, buffers from the pool (the free list, one entry per buffer)."""
     with (
         joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4, policy="overwrite")) as w,
         RingReader.attach(w.name, start="oldest") as r,
         RingWriter.attach(w.name) as other,
     ):
         assert w._control[L.C_WRITER_MODE] == L.MODE_SHARED
-        assert w._publisher.publish(_frame(0)) == PUBLISH_FALLBACK
+        assert w._control[L.C_FLAGS] & L.F_SEQUENCED and w._control[L.C_FREE_COUNT] == 0
+        assert w._publisher.publish(_frame(1)) == 0
         assert w._record[L.W_IN_PUBLISH] == 0
-        assert w.write(_frame(1), WAIT) == 0
-        assert other.write(_frame(2), WAIT) == 1
+        assert other._publisher.publish(_frame(2)) == 1
+        assert w._control[L.C_NEXT_SEQ] == w._control[L.C_HEAD] == 2
+        pool = [b for b in w._p.views.freelist if b != L.NONE]
+        in_window = {w._p.views.descriptors[seq][L.D_BUFFER] for seq in (0, 1)}
+        assert len(pool) == len(set(pool)) == 6 - 2 and not in_window & set(pool)
         for value in (1, 2):  # an overwrite reader holds one frame at a time
             with r.read(WAIT) as got:
                 assert int(got.array[0, 0]) == value

@@ -116,26 +116,29 @@ def _assert_timeout(exc: BaseException | None, pid: int) -> None:
 def test_overwrite_ring_calls_time_out_while_the_lock_holder_is_stopped(
     stopped_holder: Callable[[str, str], int],
 ) -> None:
+    """With two writers (the ring sequenced) writes and claims take no lock, so they go on;
+    a group member's reads, attaching and closing need it, and time out naming the holder."""
     name = unique_name()
     frame = np.ones(SMALL, np.uint8)
     limit = TIMEOUT + HANG_BOUND
     w = RingWriter.create(name, SMALL, np.uint8, slots=4, policy="overwrite", max_writers=2)
-    w.write(frame, WAIT)  # joined: with the child, two writers take the lock (shared mode)
+    w.write(frame, WAIT)  # joined: with the child, two writers sequence their frames
     member = RingReader.attach(name, group="g")
     pid = stopped_holder(name, "writer")
-    exc = _bounded(lambda: w.write(frame, timeout=TIMEOUT), limit)
-    _assert_timeout(exc, pid)
+    head = w._control[L.C_HEAD]
+    assert _bounded(lambda: w.write(frame, timeout=TIMEOUT), limit) is None
 
     def claim() -> None:
         with w.claim(TIMEOUT) as slot:
             slot[...] = 1
 
-    _assert_timeout(_bounded(claim, limit), pid)
+    assert _bounded(claim, limit) is None
+    assert _bounded(lambda: asyncio.run(w.awrite(frame, timeout=TIMEOUT)), limit) is None
+    assert w._control[L.C_HEAD] == head + 3  # all published beside the stopped lock holder
     _assert_timeout(_bounded(lambda: member.read(TIMEOUT), limit), pid)
     _assert_timeout(_bounded(lambda: member.latest(TIMEOUT), limit), pid)
     _assert_timeout(_bounded(lambda: RingReader.attach(name, timeout=TIMEOUT), limit), pid)
     _assert_timeout(_bounded(lambda: RingWriter.attach(name, timeout=TIMEOUT), limit), pid)
-    _assert_timeout(_bounded(lambda: asyncio.run(w.awrite(frame, timeout=TIMEOUT)), limit), pid)
     _assert_timeout(_bounded(lambda: asyncio.run(member.aread(TIMEOUT)), limit), pid)
     close_limit = CLOSE_LIMIT + HANG_BOUND
     _assert_timeout(_bounded(member.close, close_limit), pid)

@@ -205,6 +205,128 @@ def test_two_writers_streaming_their_copies_deliver_whole_frames() -> None:
     assert shared > count // 2  # most frames took the shared (streamed) path
 
 
+# ---- several writers of an overwrite ring: no lock per frame --------------------------------
+
+
+@contextmanager
+def overwrite_writers(writers: int, name: str, count: int) -> Iterator[list[Child]]:
+    """`writers` tagged_overwrite_writer children attached (joined) to overwrite ring `name`,
+    each ready to write `count` frames on "go"; killed if still running on exit."""
+    children = [
+        Child("spawn", "tagged_overwrite_writer", name=name, writer_id=i, count=count)
+        for i in range(writers)
+    ]
+    try:
+        for child in children:
+            child.expect("ready")
+        yield children
+    finally:
+        for child in children:
+            child.close()
+
+
+def drain_tags(reader: RingReader, pat: Pattern) -> dict[int, list[int]]:
+    """Every frame the reader can take now (none torn: Pattern checks each byte), as each
+    writer's frame numbers, in the order received."""
+    per_writer: dict[int, list[int]] = {}
+    while True:
+        try:
+            frame = reader.read(0)
+        except shmring.RingTimeout:
+            return per_writer
+        with frame:
+            writer, n = split_tag(pat.check(frame.array))
+        per_writer.setdefault(writer, []).append(n)
+
+
+def test_overwrite_writers_publish_while_another_process_holds_the_lock() -> None:
+    """Two writer children of an overwrite ring that a parent created write 2,000 frames
+    each while a third process holds the header lock: no step of theirs takes it (the ring
+    is sequenced, F_SEQUENCED). Their frames arrive whole, each writer's in its order; once
+    the holder is SIGKILLed, the writers close and the reader gets EndOfStream."""
+    name, pat, count = unique_name("owlock"), Pattern(SMALL), 2000
+    with (
+        RingWriter.create(name, SMALL, np.uint8, policy="overwrite") as owner,
+        RingReader.attach(name, start="oldest") as reader,
+        overwrite_writers(2, name, count) as writers,
+        Child(
+            "spawn", "lock_holder", name=name, create=False, policy="overwrite", frames=0
+        ) as holder,
+    ):
+        holder.expect("ready")
+        holder.send("go")
+        holder.expect("wrote")
+        assert owner._p.sequenced() and owner._control[L.C_WRITERS] == 3
+        holder.send("hold")
+        holder.expect("holding")
+        for writer in writers:
+            writer.send("go")
+        reports = [writer.expect("seqs") for writer in writers]  # no lock needed to write
+        assert all(report["increasing"] for report in reports)
+        per_writer = drain_tags(reader, pat)
+        assert set(per_writer) <= {0, 1} and per_writer
+        for got in per_writer.values():
+            assert got == sorted(set(got)), "a writer's frames out of order or twice"
+        assert max(n for got in per_writer.values() for n in got) == count - 1
+        holder.kill()
+        holder.wait_dead()
+        for writer in writers:
+            writer.send("close")
+            writer.expect("closed")
+        with pytest.raises(EndOfStream):
+            reader.read(WAIT)
+
+
+def test_an_overwrite_writer_killed_mid_stream_stalls_the_others_less_than_a_second() -> None:
+    """Three writer children of an overwrite ring write flat out; one is SIGKILLed mid-stream
+    (anywhere: copying, owning a position, between its steps). The survivors write all
+    their frames, the reader gets frames of theirs within 1 s of the kill, none torn, each
+    writer's in order and once; every number the reader passed is counted (received +
+    dropped = numbers published)."""
+    name, pat, count, victim = unique_name("owkill"), Pattern(SMALL), 200_000, 2
+    with (
+        RingWriter.create(name, SMALL, np.uint8, policy="overwrite") as owner,
+        RingReader.attach(name, start="oldest") as reader,
+        overwrite_writers(3, name, count) as writers,
+    ):
+        for writer in writers:
+            writer.send("go")
+        per_writer: dict[int, list[int]] = {0: [], 1: [], 2: []}
+        received, killed_at, first_after_kill, head_at_kill = 0, None, None, 0
+        while first_after_kill is None:
+            with reader.read(WAIT) as frame:
+                writer_id, n = split_tag(pat.check(frame.array))
+                seq = frame.seq
+            per_writer[writer_id].append(n)
+            received += 1
+            if killed_at is None and len(per_writer[victim]) >= 100:
+                writers[victim].kill()
+                writers[victim].wait_dead()
+                killed_at, head_at_kill = time.monotonic(), owner._control[L.C_HEAD]
+            elif killed_at is not None and seq >= head_at_kill:  # published after the kill
+                first_after_kill = time.monotonic()
+        for writer in writers[:victim]:
+            assert writer.expect("seqs")["increasing"]
+            writer.send("close")
+            writer.expect("closed")
+        while True:
+            try:
+                frame = reader.read(WAIT)
+            except EndOfStream:
+                break
+            with frame:
+                writer_id, n = split_tag(pat.check(frame.array))
+            per_writer[writer_id].append(n)
+            received += 1
+        published = owner._control[L.C_HEAD]
+    assert killed_at is not None and first_after_kill is not None
+    assert first_after_kill - killed_at < 1.0, "survivors' frames stalled after the kill"
+    for got in per_writer.values():
+        assert got == sorted(set(got)), "a writer's frames out of order or twice"
+    assert max(per_writer[w][-1] for w in range(victim)) == count - 1  # the newest frame
+    assert received + reader.dropped == published
+
+
 # ---- overwrite: the latest-frame ring with the default limits ------------------------------
 
 

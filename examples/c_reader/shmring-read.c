@@ -517,9 +517,11 @@ static int recount(struct ring *r) {
     st(&r->control->writers, writers);
     st(&r->control->readers, readers);
     st(&r->control->membership, ld(&r->control->membership) + 1);
-    /* Only an overwrite ring returns to exclusive mode here: the last writer of a block ring
-     * switches back itself, since its sequenced steps take no lock ("Recount"). */
-    if (writers <= 1 && r->membarrier_global && r->h.policy == SHMRING_POLICY_OVERWRITE) {
+    /* Only an overwrite ring that is not sequenced returns to exclusive mode here: the last
+     * writer of a sequenced ring switches back itself, since its steps take no lock
+     * ("Recount"). */
+    if (writers <= 1 && r->membarrier_global && r->h.policy == SHMRING_POLICY_OVERWRITE &&
+        !(ld(&r->control->flags) & SHMRING_F_SEQUENCED)) {
         st(&r->control->writer_mode, SHMRING_MODE_EXCLUSIVE);
     }
     return 0;
@@ -607,20 +609,21 @@ static int settle(struct ring *r) {
 }
 
 /* Complete a publish a dead writer left between its descriptor and head, and rebuild the
- * free list; not while a live exclusive-mode writer owns both. A sequenced ring is settled
- * instead; a block ring in shared mode without F_SEQUENCED (a switch to shared mode that
- * its writer did not finish) is left to shmring, which finishes or undoes the switch. */
+ * free list; not while a live exclusive-mode writer owns both. A sequenced block ring is
+ * settled instead; a block ring in shared mode without F_SEQUENCED (a switch to shared
+ * mode that its writer did not finish), and an overwrite ring in shared mode (its repair
+ * quiesces the writers, which this reader does not implement), are left to shmring. */
 static int repair_buffers(struct ring *r) {
     struct shmring_control *c = r->control;
     uint64_t mode = ld(&c->writer_mode);
     if (mode == SHMRING_MODE_EXCLUSIVE && live_writers(r) > 0) {
         return 0;
     }
-    if (r->h.policy == SHMRING_POLICY_BLOCK && mode == SHMRING_MODE_SHARED) {
-        if (ld(&c->flags) & SHMRING_F_SEQUENCED) {
+    if (mode == SHMRING_MODE_SHARED) {
+        if (r->h.policy == SHMRING_POLICY_BLOCK && ld(&c->flags) & SHMRING_F_SEQUENCED) {
             return settle(r);
         }
-        r->leave_mark = 1; /* an interrupted switch: the next shmring lock holder repairs */
+        r->leave_mark = 1; /* the next shmring lock holder repairs */
         return 0;
     }
     uint64_t head = ld(&c->head);
@@ -1010,8 +1013,9 @@ static int room_to_pin(const struct ring *r) {
 }
 
 /* Overwrite policy: whether frame `seq` is still in `d`, not evicted, in `buffer`. A writer
- * moves tail past a frame before it rewrites any word of its descriptor, so a tail at or
- * below `seq` here means that every word read before this look was the frame's own. */
+ * moves tail past a frame (one writer) or takes its seq word (several: seq | SEQ_BUSY)
+ * before it rewrites any other word of its descriptor, so a seq still `seq` and a tail at
+ * or below it here mean that every word read before this look was the frame's own. */
 static int still_there(const struct ring *r, const struct shmring_descriptor *d, uint64_t seq,
                        uint64_t buffer) {
     return ld(&d->seq) == seq && !(ld(&d->flags) & SHMRING_DF_EVICTED) &&
@@ -1043,11 +1047,16 @@ static int take_overwrite(struct ring *r, struct frame *frame) {
         int again = 0;
         for (; cursor < head; cursor++) {
             struct shmring_descriptor *d = descriptor(r, cursor);
-            uint64_t flags = ld(&d->flags);
-            if (ld(&d->seq) != cursor) {
-                again = 1; /* replaced since head was read */
+            uint64_t held = ld(&d->seq); /* then the words it publishes */
+            if (held != cursor) {
+                if (held != SHMRING_NONE && (held & ~SHMRING_SEQ_BUSY) >= cursor) {
+                    skipped++; /* replaced, or being evicted (a writer owns it): dropped */
+                    continue;
+                }
+                again = 1; /* not what a window frame can hold: look again */
                 break;
             }
+            uint64_t flags = ld(&d->flags);
             if (flags & (SHMRING_DF_EVICTED | SHMRING_DF_SKIP)) { /* no frame: dropped */
                 skipped += flags & SHMRING_DF_SKIP ? skip_count(flags) : 1;
                 continue;

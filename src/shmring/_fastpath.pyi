@@ -11,6 +11,7 @@ from shmring._reader import Frame, RingReader
 PUBLISH_FALLBACK: int
 PUBLISH_CORRUPTED: int
 PUBLISH_ALONE: int
+PUBLISH_STALLED: int
 TAKE_FALLBACK: int
 TAKE_NO_ROOM: int
 TAKE_NO_PIN: int
@@ -46,6 +47,8 @@ class Publisher:
     on_reclaim: Callable[[], object] | None
     @property
     def stream_copies(self) -> int: ...
+    @property
+    def stalled(self) -> int: ...
     def __init__(
         self,
         *,

@@ -76,7 +76,7 @@ class SlotInfo:
     position: int
     seq: int | None
     buffer: int | None
-    state: str  # "empty", "queued", "released", "evicted"
+    state: str  # "empty", "queued", "released", "evicted", "writing"
     timestamp_ns: int | None
 
 
@@ -403,7 +403,7 @@ def _snapshot(segment: Segment, views: L.Views, with_states: bool) -> RingInfo:
         creator_alive=segment.creator_alive(),
         published=int(head),
         tail=int(tail),
-        free_buffers=_free_buffers(control, g),
+        free_buffers=_free_buffers(control, views, g),
         writer_mode="exclusive" if control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE else "shared",
         closed=bool(control[L.C_FLAGS] & L.F_CLOSED),
         writers=writers,
@@ -438,6 +438,9 @@ def _slot_states(
         if seq == L.NONE:
             states.append(SlotInfo(position, None, None, "empty", None))
             continue
+        if seq & L.SEQ_BUSY:  # a writer of a sequenced overwrite ring is rewriting it
+            states.append(SlotInfo(position, seq & ~L.SEQ_BUSY, buffer, "writing", timestamp))
+            continue
         if flag & L.DF_EVICTED:
             state = "evicted"
         elif tail <= seq < head:
@@ -468,9 +471,12 @@ def _held_buffers(
     return tuple(held)
 
 
-def _free_buffers(control: memoryview, g: L.Geometry) -> int:
-    """Buffers no frame, claim or write holds: the free list's, or in a sequenced ring
-    (several writers, block policy) those of the positions nobody has claimed."""
+def _free_buffers(control: memoryview, views: L.Views, g: L.Geometry) -> int:
+    """Buffers no frame, claim or write holds: the free list's; in a sequenced ring (several
+    writers) those of the positions nobody has claimed (block policy) or the pool's
+    (overwrite policy: its entries that name a buffer)."""
     if control[L.C_WRITER_MODE] == L.MODE_SHARED and control[L.C_FLAGS] & L.F_SEQUENCED:
+        if g.policy == L.POLICY_OVERWRITE:
+            return sum(1 for entry in views.freelist if entry != L.NONE)
         return int(control[L.C_TAIL] + g.slots - control[L.C_NEXT_SEQ])
     return int(control[L.C_FREE_COUNT])

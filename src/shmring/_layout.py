@@ -35,9 +35,8 @@ import numpy as np
 from ._errors import IncompatibleRing
 
 MAGIC = b"\x93SHMRING"
-VERSION_MAJOR = 2  # 2: several writers sequence frames without the lock (C_NEXT_SEQ)
-VERSION_MINOR = 3  # 1: W_EXPEDITED (cheap quiescing); 2: skip counts; 3: pin table
-PINS_SINCE_MINOR = 3  # overwrite rings of an earlier minor have no pin table: refused
+VERSION_MAJOR = 3  # 3: several writers of an overwrite ring take no lock per frame either
+VERSION_MINOR = 0
 
 CACHE_LINE = 64
 PAGE = mmap.PAGESIZE
@@ -66,6 +65,9 @@ LIMITS: dict[str, tuple[int, int]] = {
 NONE = 0xFFFF_FFFF_FFFF_FFFF  # "no value" in any u64 field (e.g. a descriptor never written)
 U64_MASK = NONE
 SEQ_LIMIT = 1 << 62  # sequence numbers beyond this can only come from a damaged header
+# A descriptor's D_SEQ while a writer of a sequenced overwrite ring owns its position (the
+# number it writes there, or the frame it evicts, | SEQ_BUSY): readers pass it by.
+SEQ_BUSY = 1 << 63
 
 if sys.byteorder != "little":  # the views below use native order
     raise ImportError("shmring's segment format is little-endian; this host is big-endian")
@@ -125,10 +127,10 @@ CONTROL_WORDS = CONTROL_BYTES // 8
 
 F_CLOSED = 1  # the stream ended (see docs/API.md, "End of stream"): readers drain, then stop
 F_STARTED = 2  # a writer has joined: from now on no live writer and no F_CLOSED = writers died
-F_SEQUENCED = 4  # shared mode, block policy: writers claim numbers (C_NEXT_SEQ), no lock
+F_SEQUENCED = 4  # shared mode: writers claim numbers (C_NEXT_SEQ) without the lock
 F_HUGE_PAGES = 8  # set at create: the creator asked for huge pages, so participants ask too
 MODE_EXCLUSIVE = 0  # one writer: it publishes without the lock
-MODE_SHARED = 1  # several writers: block rings sequence frames lock-free, overwrite ones lock
+MODE_SHARED = 1  # several writers: they sequence frames lock-free (F_SEQUENCED)
 
 # ---- descriptor: one per queued frame -----------------------------------------------------
 DESCRIPTORS_OFFSET = CONTROL_OFFSET + CONTROL_BYTES  # the table follows the control block
@@ -336,13 +338,6 @@ class Geometry:
                 f"ring {name!r}: format version {fields['version_major']}."
                 f"{fields['version_minor']}, this shmring reads {VERSION_MAJOR}.x; "
                 "use the same shmring version on both sides"
-            )
-        if fields["policy"] == POLICY_OVERWRITE and fields["version_minor"] < PINS_SINCE_MINOR:
-            raise IncompatibleRing(
-                f"ring {name!r}: an overwrite ring of format version {VERSION_MAJOR}."
-                f"{fields['version_minor']}, which has no pin table; this shmring reads "
-                f"overwrite rings of {VERSION_MAJOR}.{PINS_SINCE_MINOR} and later. Use the same "
-                "shmring version on both sides"
             )
         (checksum,) = struct.unpack_from("<Q", header, CHECKSUM_OFFSET)
         if checksum != zlib.crc32(header[:CHECKSUM_OFFSET]):

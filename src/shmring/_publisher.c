@@ -28,7 +28,7 @@
  * Python step there costs microseconds of wake-up latency. Stores that publish are release
  * stores; the bracket's opening store is followed by a compiler barrier only, because
  * writers joining the ring make the barrier for both sides with membarrier()
- * (_ring.quiesce_exclusive_writer). The reclaim, due when the free list is empty (or at
+ * (_ring.quiesce_writers). The reclaim, due when the free list is empty (or at
  * every frame for large frames, to reuse the buffer still in cache), is the ring's one
  * reclaim (shmring_reclaim, which Python runs under the header lock through
  * _fastpath.reclaim): on a state it does not expect it raises RingCorrupted, naming what is
@@ -42,12 +42,14 @@
 #include <stdarg.h>
 #include <string.h>
 #include <structmember.h>
+#include <sched.h>
 #include <time.h>
 #include <unistd.h>
 
 #define PUBLISH_FALLBACK (-1)  /* the fast path does not apply: use the general path */
 #define PUBLISH_CORRUPTED (-2) /* a value read from the ring is out of range */
 #define PUBLISH_ALONE (-4)     /* shared mode, one writer left: switch back, then again */
+#define PUBLISH_STALLED (-6)   /* a position held too long: the buffer stays claimed (stalled) */
 #define COPY_WITHOUT_GIL_BYTES (1 << 20) /* copies this large let other threads run */
 
 /* The copy. glibc copies blocks above a few KiB with `rep movsb`, which on a CPU without
@@ -141,6 +143,7 @@ typedef struct {
     uint64_t meta_size, ndim;
     int reclaim_eagerly;
     int stream_copies; /* shared mode copies stream past the cache (non-temporal stores) */
+    long long stalled; /* the buffer a publish left claimed with PUBLISH_STALLED, else -1 */
     PyObject *name;       /* the ring's name (a str), for the reclaim's errors */
     PyObject *on_reclaim; /* a test hook (NULL or None: none), called before each reclaim */
 } Publisher;
@@ -235,6 +238,7 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
     self->meta_size = meta_size;
     self->ndim = ndim;
     self->name = Py_NewRef(name);
+    self->stalled = -1;
     self->initialized = 1;
     return 0;
 }
@@ -253,9 +257,10 @@ static PyObject *busy_error(void) {
     return NULL;
 }
 
-/* How a step may go on (enter_as): not at all (shared mode, overwrite, without the lock);
- * as the only writer (exclusive mode, or holding the header lock); or sequenced with the
- * other writers (shared mode, block policy: the multi-producer steps further down). */
+/* How a step may go on (enter_as): not at all (shared mode while a switch or a repair is
+ * under way, without the lock); as the only writer (exclusive mode, or, overwrite policy,
+ * holding the header lock during such a switch); or sequenced with the other writers
+ * (shared mode: the multi-producer steps further down, one set per policy). */
 enum { GO_NOT = 0, GO_ALONE = 1, GO_SEQUENCED = 2 };
 
 /* Open the bracket; how this writer may go on (see above). */
@@ -266,11 +271,11 @@ static int enter_as(Publisher *self, int locked) {
     if (load(&self->control[SHMRING_C_WRITER_MODE]) == SHMRING_MODE_EXCLUSIVE) {
         return GO_ALONE;
     }
-    if (self->overwrite) {
-        return locked ? GO_ALONE : GO_NOT;
+    /* Sequenced once the switch is complete (F_SEQUENCED, _ring.py), lock or no lock. */
+    if (load(&self->control[SHMRING_C_FLAGS]) & SHMRING_F_SEQUENCED) {
+        return GO_SEQUENCED;
     }
-    /* Block policy: sequenced once the switch is complete (F_SEQUENCED, _ring.py). */
-    return load(&self->control[SHMRING_C_FLAGS]) & SHMRING_F_SEQUENCED ? GO_SEQUENCED : GO_NOT;
+    return self->overwrite && locked ? GO_ALONE : GO_NOT;
 }
 
 static int enter(Publisher *self) {
@@ -495,15 +500,31 @@ static long long sequence_claim(Publisher *self) {
     }
 }
 
-/* Move C_HEAD over every published number from where it is. */
+/* Raise C_TAIL to at least `floor` (writers race: compare-and-swap). */
+static void raise_tail(Publisher *self, uint64_t floor) {
+    uint64_t *tail_word = &self->control[SHMRING_C_TAIL];
+    uint64_t tail = __atomic_load_n(tail_word, __ATOMIC_SEQ_CST);
+    while (tail < floor && !__atomic_compare_exchange_n(tail_word, &tail, floor, 0,
+                                                        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+    }
+}
+
+/* Move C_HEAD over every published number from where it is. Under the overwrite policy also
+ * over a number whose position a later frame took (that frame is lost), raising C_TAIL
+ * first so that the window never outgrows the ring (head - tail <= slots). */
 static void help_head(Publisher *self) {
     uint64_t *head_word = &self->control[SHMRING_C_HEAD];
     uint64_t head = __atomic_load_n(head_word, __ATOMIC_SEQ_CST);
     while (head < SHMRING_SEQ_LIMIT) {
         const uint64_t *descriptor =
             self->descriptors + (head % self->slots) * self->descriptor_words;
-        if (__atomic_load_n(&descriptor[SHMRING_D_SEQ], __ATOMIC_SEQ_CST) != head) {
-            return;
+        uint64_t held = __atomic_load_n(&descriptor[SHMRING_D_SEQ], __ATOMIC_SEQ_CST);
+        if (held != head && (!self->overwrite || held == SHMRING_NONE ||
+                             (held & ~SHMRING_SEQ_BUSY) <= head)) {
+            return; /* not published yet (or being written) */
+        }
+        if (self->overwrite && head + 1 > self->slots) {
+            raise_tail(self, head + 1 - self->slots);
         }
         if (__atomic_compare_exchange_n(head_word, &head, head + 1, 0, __ATOMIC_SEQ_CST,
                                         __ATOMIC_SEQ_CST)) {
@@ -672,23 +693,19 @@ static void wake_readers(Publisher *self) {
     }
 }
 
-/* Describe frame `seq` in `buffer` (as `how` says, or ring-shaped, no metadata, stamped now)
- * and make it visible; close the bracket; wake sleeping readers. Returns `seq`. A
- * `sequenced` frame (shared mode, block policy) is in its position's buffer already, and
- * head moves over whatever is published. */
-static PyObject *publish_frame(Publisher *self, uint64_t seq, uint64_t buffer, int claimed,
-                               const Description *how, int sequenced) {
-    uint64_t *control = self->control;
-    uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
-    uint64_t retired = self->overwrite ? retire_replaced(self, seq, descriptor) : SHMRING_NONE;
-    uint64_t stamp, flags = 0;
-    if (how) {
-        stamp = how->timestamp_ns;
-    } else {
-        struct timespec now;
-        clock_gettime(CLOCK_MONOTONIC, &now); /* time.monotonic_ns()'s clock */
-        stamp = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
-    }
+/* Nanoseconds of CLOCK_MONOTONIC, time.monotonic_ns()'s clock. */
+static uint64_t monotonic_ns(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+}
+
+/* Write every word of `descriptor` but D_SEQ for a frame in `buffer` (NONE: leave D_BUFFER,
+ * a sequenced block ring's position owns it), as `how` says, or ring-shaped, no metadata,
+ * stamped now. */
+static void describe_frame(Publisher *self, uint64_t *descriptor, uint64_t buffer,
+                           const Description *how) {
+    uint64_t stamp = how ? how->timestamp_ns : monotonic_ns(), flags = 0;
     if (how && how->skip) {
         flags = SHMRING_DF_SKIP | how->skip << SHMRING_SKIP_COUNT_SHIFT;
     }
@@ -702,11 +719,35 @@ static PyObject *publish_frame(Publisher *self, uint64_t seq, uint64_t buffer, i
         }
         flags |= SHMRING_DF_OWN_SHAPE;
     }
-    if (!sequenced) {
+    if (buffer != SHMRING_NONE) {
         store(&descriptor[SHMRING_D_BUFFER], buffer);
     }
     store(&descriptor[SHMRING_D_TIMESTAMP], stamp);
     store(&descriptor[SHMRING_D_FLAGS], flags); /* 0: ring-shaped, no metadata */
+}
+
+/* After a publish: the claim (if it was one) is done, the bracket closed, sleeping readers
+ * woken; returns `seq`. */
+static PyObject *published(Publisher *self, uint64_t seq, int claimed) {
+    if (claimed) {
+        store(&self->record[SHMRING_W_CLAIMED], SHMRING_NONE);
+    }
+    store(&self->record[SHMRING_W_IN_PUBLISH], 0);
+    wake_readers(self);
+    self->busy = 0;
+    return PyLong_FromUnsignedLongLong(seq);
+}
+
+/* Describe frame `seq` in `buffer` (as `how` says, or ring-shaped, no metadata, stamped now)
+ * and make it visible; close the bracket; wake sleeping readers. Returns `seq`. A
+ * `sequenced` frame (shared mode, block policy) is in its position's buffer already, and
+ * head moves over whatever is published. */
+static PyObject *publish_frame(Publisher *self, uint64_t seq, uint64_t buffer, int claimed,
+                               const Description *how, int sequenced) {
+    uint64_t *control = self->control;
+    uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
+    uint64_t retired = self->overwrite ? retire_replaced(self, seq, descriptor) : SHMRING_NONE;
+    describe_frame(self, descriptor, sequenced ? SHMRING_NONE : buffer, how);
     if (sequenced) {
         __atomic_store_n(&descriptor[SHMRING_D_SEQ], seq, __ATOMIC_SEQ_CST); /* visible */
         store(&self->record[SHMRING_W_CLAIMED_SEQ], SHMRING_NONE);
@@ -722,13 +763,201 @@ static PyObject *publish_frame(Publisher *self, uint64_t seq, uint64_t buffer, i
             store(&control[SHMRING_C_FREE_COUNT], count + 1);
         }
     }
-    if (claimed) {
-        store(&self->record[SHMRING_W_CLAIMED], SHMRING_NONE);
+    return published(self, seq, claimed);
+}
+
+/* ---- shared mode, overwrite policy: several writers without the lock -----------------------
+ *
+ * Overwrite writers never wait for readers, so unlike the block sequencer a writer cannot
+ * wait for a position to be released; instead it owns a position for the few stores that
+ * rewrite it. Its buffer comes from the pool (the free list, one entry per buffer, each a
+ * free buffer's index or NONE, taken and refilled with compare-and-swaps; pool_take), and
+ * it copies its frame in before it claims anything. Then (publish_owned) it takes the next
+ * number with a fetch-add on C_NEXT_SEQ and the number's position with a compare-and-swap of
+ * D_SEQ from the older frame there to number | SEQ_BUSY. Readers validate a frame by its
+ * D_SEQ after pinning its buffer, so from that swap on no reader takes the old frame, whose
+ * buffer goes back to the pool (pinned or not: pool_take skips pinned ones). It writes the
+ * descriptor, then D_SEQ = number, then moves head (help_head). A position whose D_SEQ is
+ * already past the number was taken by a later frame: this frame is lost, as a frame
+ * overwritten before anyone read it is. A position another writer owns is waited for: a
+ * few stores, unless that writer was preempted or died there; after POSITION_WAIT_NS, or
+ * when a repair is under way (F_SEQUENCED cleared), the writer keeps its buffer claimed and
+ * returns PUBLISH_STALLED: Python takes the lock, which reaps and repairs, and publishes
+ * the claim under a new number. Evicting a frame (every pool buffer pinned) owns its
+ * position the same way. What a writer that died leaves (a position it owned, a number it
+ * never placed, the buffer in its hands) is repaired under the header lock with every live
+ * writer out of its bracket (_ring.py, resequence): lock-free, only certain states exist. */
+#define POSITION_WAIT_NS 2000000u /* a position held longer: maybe by a dead writer */
+#define POSITION_SPINS 64         /* pauses before yielding the CPU to the holder */
+#if defined(__x86_64__) || defined(__i386__)
+#define CPU_PAUSE() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define CPU_PAUSE() __asm__ __volatile__("yield")
+#else
+#define CPU_PAUSE() ((void)0)
+#endif
+
+/* Put free `buffer` into an empty entry of the pool: 0, or PUBLISH_CORRUPTED if none is
+ * empty (each buffer is in one entry at most, so one is, unless the ring is damaged). */
+static long long pool_put(Publisher *self, uint64_t buffer) {
+    for (int pass = 0; pass < 4; pass++) { /* other writers may fill the entry seen empty */
+        for (uint64_t i = 0; i < self->nbuffers; i++) {
+            uint64_t empty = SHMRING_NONE;
+            if (load(&self->freelist[i]) == SHMRING_NONE &&
+                __atomic_compare_exchange_n(&self->freelist[i], &empty, buffer, 0,
+                                            __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+                return 0;
+            }
+        }
     }
-    store(&self->record[SHMRING_W_IN_PUBLISH], 0);
-    wake_readers(self);
-    self->busy = 0;
-    return PyLong_FromUnsignedLongLong(seq);
+    return PUBLISH_CORRUPTED;
+}
+
+/* Sequenced overwrite: evict frame `seq` of the window (as evict() does, owning its
+ * position meanwhile) and return its buffer if no reader pins it; a pinned one goes to the
+ * pool. NOT_TAKEN for a frame replaced, evicted or owned by another writer, or pinned. */
+static long long evict_owned(Publisher *self, uint64_t seq) {
+    uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
+    uint64_t expected = seq;
+    if (!__atomic_compare_exchange_n(&descriptor[SHMRING_D_SEQ], &expected,
+                                     seq | SHMRING_SEQ_BUSY, 0, __ATOMIC_SEQ_CST,
+                                     __ATOMIC_SEQ_CST)) {
+        return NOT_TAKEN;
+    }
+    uint64_t flags = load(&descriptor[SHMRING_D_FLAGS]);
+    uint64_t buffer = load(&descriptor[SHMRING_D_BUFFER]);
+    long long taken = NOT_TAKEN;
+    if (buffer >= self->nbuffers) {
+        taken = PUBLISH_CORRUPTED;
+    } else if (!(flags & SHMRING_DF_EVICTED)) {
+        __atomic_store_n(&descriptor[SHMRING_D_FLAGS], flags | SHMRING_DF_EVICTED,
+                         __ATOMIC_SEQ_CST);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST); /* evicted, then the pins */
+        if (!pinned(self, buffer)) {
+            taken = (long long)buffer;
+        } else if (pool_put(self, buffer) < 0) {
+            taken = PUBLISH_CORRUPTED;
+        }
+    }
+    store(&descriptor[SHMRING_D_SEQ], seq);
+    return taken;
+}
+
+/* Sequenced overwrite: a buffer to write into, from the pool (not pinned), else evicted,
+ * oldest frame first. PUBLISH_FALLBACK if every buffer is pinned or held (the general path
+ * says which knob to raise), PUBLISH_CORRUPTED for an index out of range. A buffer is
+ * checked for pins after it was taken: whoever pins it later finds its frame gone. */
+static long long pool_take(Publisher *self) {
+    for (uint64_t i = 0; i < self->nbuffers; i++) {
+        uint64_t buffer = load(&self->freelist[i]);
+        if (buffer == SHMRING_NONE) {
+            continue;
+        }
+        if (buffer >= self->nbuffers) {
+            return PUBLISH_CORRUPTED;
+        }
+        if (__atomic_compare_exchange_n(&self->freelist[i], &buffer, SHMRING_NONE, 0,
+                                        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+            __atomic_thread_fence(__ATOMIC_SEQ_CST); /* taken, then the pins */
+            if (!pinned(self, buffer)) {
+                return (long long)buffer;
+            }
+            if (pool_put(self, buffer) < 0) {
+                return PUBLISH_CORRUPTED;
+            }
+        }
+    }
+    uint64_t tail, head;
+    if (!load_with_tail(&self->control[SHMRING_C_TAIL], &self->control[SHMRING_C_HEAD], &tail,
+                        &head)) {
+        return PUBLISH_FALLBACK;
+    }
+    if (tail > head || head - tail > self->slots || head >= SHMRING_SEQ_LIMIT) {
+        return PUBLISH_CORRUPTED;
+    }
+    /* Position by position from tail's: a position may hold a number past head already
+     * (head waits for an older number still being written) */
+    long long taken = NOT_TAKEN;
+    for (uint64_t seq = tail; seq < tail + self->slots && taken == NOT_TAKEN; seq++) {
+        const uint64_t *descriptor =
+            self->descriptors + (seq % self->slots) * self->descriptor_words;
+        uint64_t held = load(&descriptor[SHMRING_D_SEQ]);
+        if (held != SHMRING_NONE && !(held & SHMRING_SEQ_BUSY) && held < SHMRING_SEQ_LIMIT) {
+            taken = evict_owned(self, held);
+        }
+    }
+    return taken == NOT_TAKEN ? PUBLISH_FALLBACK : taken;
+}
+
+/* Sequenced overwrite: publish the frame in `buffer` (see above) and close the bracket.
+ * Returns its number, or PUBLISH_STALLED (the buffer left claimed, in `stalled`) or
+ * PUBLISH_CORRUPTED. */
+static PyObject *publish_owned(Publisher *self, uint64_t buffer, int claimed,
+                               const Description *how) {
+    uint64_t *control = self->control;
+    uint64_t seq = __atomic_fetch_add(&control[SHMRING_C_NEXT_SEQ], 1, __ATOMIC_SEQ_CST);
+    uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
+    uint64_t *seq_word = &descriptor[SHMRING_D_SEQ];
+    uint64_t held = 0, give_up = 0;
+    long long result = (long long)seq;
+    for (unsigned spins = 0; seq < SHMRING_SEQ_LIMIT; spins++) {
+        held = load(seq_word);
+        if (held == SHMRING_NONE || (!(held & SHMRING_SEQ_BUSY) && held < seq)) {
+            if (__atomic_compare_exchange_n(seq_word, &held, seq | SHMRING_SEQ_BUSY, 0,
+                                            __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+                break; /* owned */
+            }
+            continue;
+        }
+        if ((held & ~SHMRING_SEQ_BUSY) >= seq) { /* a later frame took it: this one is lost */
+            result = pool_put(self, buffer) < 0 ? PUBLISH_CORRUPTED : (long long)seq;
+            help_head(self);
+            goto done;
+        }
+        /* owned by the writer of an older number, for a few stores */
+        if (!(load(&control[SHMRING_C_FLAGS]) & SHMRING_F_SEQUENCED)) {
+            goto stalled; /* a repair quiesces the writers: leave the bracket */
+        }
+        if (spins < POSITION_SPINS) {
+            CPU_PAUSE();
+        } else {
+            sched_yield();
+            uint64_t now = monotonic_ns();
+            if (give_up == 0) {
+                give_up = now + POSITION_WAIT_NS;
+            } else if (now > give_up) {
+                goto stalled;
+            }
+        }
+    }
+    if (seq >= SHMRING_SEQ_LIMIT) {
+        result = PUBLISH_CORRUPTED;
+        goto stalled; /* the buffer stays claimed: leaving the ring gives it back */
+    }
+    uint64_t old_flags = load(&descriptor[SHMRING_D_FLAGS]);
+    uint64_t retired = held != SHMRING_NONE && !(old_flags & SHMRING_DF_EVICTED)
+                           ? load(&descriptor[SHMRING_D_BUFFER])
+                           : SHMRING_NONE;
+    describe_frame(self, descriptor, buffer, how);
+    __atomic_store_n(seq_word, seq, __ATOMIC_SEQ_CST); /* visible */
+    help_head(self);
+    if (retired != SHMRING_NONE && (retired >= self->nbuffers || pool_put(self, retired) < 0)) {
+        result = PUBLISH_CORRUPTED; /* published all the same; the buffer waits for a repair */
+    }
+done:
+    if (result < 0) {
+        if (claimed) {
+            store(&self->record[SHMRING_W_CLAIMED], SHMRING_NONE);
+        }
+        leave(self);
+        return PyLong_FromLongLong(result);
+    }
+    return published(self, (uint64_t)result, claimed);
+stalled:
+    store(&self->record[SHMRING_W_CLAIMED], buffer); /* the frame stays this writer's */
+    self->stalled = (long long)buffer;
+    leave(self);
+    return PyLong_FromLongLong(result < 0 ? result : PUBLISH_STALLED);
 }
 
 /* Sequenced: publish claimed number `seq` as no frame (DF_SKIP: readers skip it and count
@@ -795,7 +1024,11 @@ static PyObject *Publisher_publish(Publisher *self, PyObject *const *args, Py_ss
     }
     long long seq = PUBLISH_FALLBACK, buffer = PUBLISH_FALLBACK;
     int go = enter(self);
-    if (go == GO_SEQUENCED) {
+    int owned = go == GO_SEQUENCED && self->overwrite; /* its number comes at the publish */
+    if (owned) {
+        seq = alone(self) ? PUBLISH_ALONE : 0;
+        buffer = seq < 0 ? seq : pool_take(self);
+    } else if (go == GO_SEQUENCED) {
         seq = alone(self) ? PUBLISH_ALONE : sequence_claim(self);
         if (seq >= 0 && (buffer = position_buffer(self, seq)) < 0) {
             publish_skip(self, (uint64_t)seq);
@@ -813,7 +1046,7 @@ static PyObject *Publisher_publish(Publisher *self, PyObject *const *args, Py_ss
         return PyLong_FromLongLong(seq < 0 ? seq : buffer);
     }
     char *destination = self->buffers + (uint64_t)buffer * (uint64_t)self->buffer_stride;
-    int stream = go == GO_SEQUENCED && self->stream_copies; /* each position's own buffer */
+    int stream = go == GO_SEQUENCED && !owned && self->stream_copies; /* positions' buffers */
     if (frame.len >= COPY_WITHOUT_GIL_BYTES) {
         Py_BEGIN_ALLOW_THREADS
         copy_frame(destination, frame.buf, frame.len, stream);
@@ -822,6 +1055,9 @@ static PyObject *Publisher_publish(Publisher *self, PyObject *const *args, Py_ss
         copy_frame(destination, frame.buf, frame.len, stream);
     }
     PyBuffer_Release(&frame);
+    if (owned) {
+        return publish_owned(self, (uint64_t)buffer, 0, how);
+    }
     return publish_frame(self, (uint64_t)seq, (uint64_t)buffer, 0, how, go == GO_SEQUENCED);
 }
 
@@ -834,7 +1070,9 @@ static PyObject *claim_buffer(Publisher *self, int locked) {
     }
     long long buffer = PUBLISH_FALLBACK;
     int go = enter_as(self, locked);
-    if (go == GO_SEQUENCED) {
+    if (go == GO_SEQUENCED && self->overwrite) {
+        buffer = alone(self) ? PUBLISH_ALONE : pool_take(self);
+    } else if (go == GO_SEQUENCED) {
         long long seq = alone(self) ? PUBLISH_ALONE : sequence_claim(self);
         buffer = seq < 0 ? seq : position_buffer(self, (uint64_t)seq);
         if (seq >= 0 && buffer < 0) {
@@ -871,6 +1109,9 @@ static PyObject *publish_claim(Publisher *self, uint64_t buffer, const Descripti
     }
     long long seq = PUBLISH_FALLBACK;
     int go = enter_as(self, locked);
+    if (go == GO_SEQUENCED && self->overwrite) {
+        return publish_owned(self, buffer, 1, how);
+    }
     if (go == GO_SEQUENCED) {
         seq = claimed_seq(self, buffer);
     } else if (go == GO_ALONE) {
@@ -1002,7 +1243,9 @@ static PyObject *Publisher_abandon_claimed(Publisher *self, PyObject *const *arg
     }
     long long result = PUBLISH_FALLBACK;
     int go = enter_as(self, locked);
-    if (go == GO_SEQUENCED) {
+    if (go == GO_SEQUENCED && self->overwrite) {
+        result = pool_put(self, buffer);
+    } else if (go == GO_SEQUENCED) {
         long long seq = claimed_seq(self, buffer);
         if (seq >= 0) {
             publish_skip(self, (uint64_t)seq);
@@ -1124,6 +1367,8 @@ static PyMemberDef Publisher_members[] = {
      "raises, the publish raises, nothing published); None (the default) for none."},
     {"stream_copies", T_INT, offsetof(Publisher, stream_copies), READONLY,
      "Whether a frame published in shared mode is copied with non-temporal stores."},
+    {"stalled", T_LONGLONG, offsetof(Publisher, stalled), READONLY,
+     "The buffer the last PUBLISH_STALLED left claimed by this writer (-1 before any)."},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -1190,7 +1435,8 @@ int shmring_add_publisher(PyObject *module) {
         PyModule_AddObjectRef(module, "Publisher", (PyObject *)&PublisherType) < 0 ||
         PyModule_AddIntConstant(module, "PUBLISH_FALLBACK", PUBLISH_FALLBACK) < 0 ||
         PyModule_AddIntConstant(module, "PUBLISH_CORRUPTED", PUBLISH_CORRUPTED) < 0 ||
-        PyModule_AddIntConstant(module, "PUBLISH_ALONE", PUBLISH_ALONE) < 0) {
+        PyModule_AddIntConstant(module, "PUBLISH_ALONE", PUBLISH_ALONE) < 0 ||
+        PyModule_AddIntConstant(module, "PUBLISH_STALLED", PUBLISH_STALLED) < 0) {
         return -1;
     }
     return 0;

@@ -214,7 +214,7 @@ class RingReader(AsyncReading, RingHandle):
                 # Writers reclaim without the lock (the exclusive writer, or sequenced ones):
                 # once they have seen this reader, frames from `first` on are safe; any they
                 # freed before, we skip.
-                p.quiesce_exclusive_writer(deadline)
+                p.quiesce_writers(deadline)
                 first = max(first, p.control[L.C_TAIL])
                 if group is None:
                     record[L.R_RELEASE] = first

@@ -9,12 +9,14 @@
 #     needs; `reclaim` moves the buffers of frames every group released onto the free list
 #     and advances C_TAIL. With `slots` buffers, a writer that holds a free buffer always
 #     finds its descriptor free, so publishing never waits; claiming does.
-#   - Overwrite policy: every step runs under the header lock; the writer takes the buffer of
-#     the oldest frame nobody pins, marking that frame evicted.
+#   - Overwrite policy: a writer takes a free buffer no reader pins (a reader's pin is a
+#     hazard pointer), or evicts the oldest frame nobody pins.
 #   - Exclusive writer mode: while a ring has one writer, that writer pops buffers and
 #     publishes without the lock (bracketed by W_IN_PUBLISH). A second writer switches the
 #     ring to shared mode under the lock, then membarrier() and waits for the first to leave
-#     its lock-free section: afterwards every writer publishes under the lock.
+#     its lock-free section: afterwards every writer claims sequence numbers without the
+#     lock (F_SEQUENCED, _publisher.c), under either policy. Python runs only the switches
+#     and the repairs, under the lock.
 #   - Liveness: each participant holds an OFD lock on its own byte (LOCK_*_BASE + index) for
 #     as long as it lives. A free byte under an active record means a dead participant; any
 #     process may then reap the record under the header lock. Pids are informational only,
@@ -206,11 +208,12 @@ class Participant:
             and MEMBARRIER_AVAILABLE
             and self.geometry.policy == L.POLICY_OVERWRITE
             and control[L.C_WRITER_MODE] != L.MODE_EXCLUSIVE
+            and not control[L.C_FLAGS] & L.F_SEQUENCED
         ):
-            # Safe: the lock is held, so no shared-mode writer is mid-publish, and the one
-            # remaining writer re-reads the mode at the start of each lock-free section.
-            # (Block rings: the writer left switches back itself, leave_shared_mode, since
-            # its sequenced steps take no lock.)
+            # Safe: the lock is held and the ring is not sequenced, so no shared-mode writer
+            # is mid-publish, and the one remaining writer re-reads the mode at the start of
+            # each lock-free section. (A sequenced ring: the writer left switches back
+            # itself, leave_shared_mode, since its sequenced steps take no lock.)
             control[L.C_WRITER_MODE] = L.MODE_EXCLUSIVE
 
     def check_size(self) -> None:
@@ -235,7 +238,13 @@ class Participant:
     def repair_buffers(self) -> None:
         """Under the lock: complete a publish a dead writer left between descriptor and head,
         and rebuild the free list (which gives back buffers dead writers had claimed); in a
-        sequenced ring, publish the numbers dead writers claimed as skips (settle)."""
+        sequenced ring, publish the numbers dead writers claimed as skips (settle), or,
+        under the overwrite policy, quiesce the writers and repair (resequence)."""
+        if self.geometry.policy == L.POLICY_OVERWRITE and (
+            self.sequenced() or self.switch_interrupted()
+        ):
+            self.resequence()
+            return
         if self.switch_interrupted():
             self.finish_switch()
         if self.control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE and self.live_writers(True):
@@ -314,8 +323,8 @@ class Participant:
         claimed_before = load_word(self.control, L.C_NEXT_SEQ)
         window = self.window()
         claimed_after = load_word(self.control, L.C_NEXT_SEQ)
-        if not self.sequenced():
-            return
+        if not self.sequenced() or self.geometry.policy == L.POLICY_OVERWRITE:
+            return  # (overwrite: numbers may run ahead of a head held up by a stopped writer)
         if claimed_after < window.stop or claimed_before > window.start + self.geometry.slots:
             claimed = claimed_before if claimed_after >= window.stop else claimed_after
             raise RingCorrupted(
@@ -397,19 +406,21 @@ class Participant:
             for index, record in enumerate(self.views.writers)
         )
 
-    # ---- several writers: the sequenced ring (shared mode, block policy) ----------------
+    # ---- several writers: the sequenced ring (shared mode) ------------------------------
     def sequenced(self) -> bool:
-        """Whether writers claim numbers without the lock (_publisher.c, the sequencer)."""
+        """Whether writers claim numbers without the lock (_publisher.c, the sequencers)."""
         control = self.control
         return load_word(control, L.C_WRITER_MODE) == L.MODE_SHARED and bool(
             load_word(control, L.C_FLAGS) & L.F_SEQUENCED
         )
 
     def switch_interrupted(self) -> bool:
-        """Whether a block ring is in shared mode but not sequenced: the writer switching it
-        died (or timed out) between the two; until it is finished, writers wait."""
+        """Whether a ring is in shared mode but not sequenced: the writer switching it (or a
+        repair) died or timed out between the two; until it is finished, block writers
+        wait and overwrite writers take the lock for each step. (Without membarrier an
+        overwrite ring stays so: a repair could not quiesce its writers.)"""
         return (
-            self.geometry.policy == L.POLICY_BLOCK
+            (self.geometry.policy == L.POLICY_BLOCK or MEMBARRIER_AVAILABLE)
             and self.control[L.C_WRITER_MODE] == L.MODE_SHARED
             and not self.control[L.C_FLAGS] & L.F_SEQUENCED
         )
@@ -420,7 +431,7 @@ class Participant:
         last step: start_sequencing). A switcher killed between the reclaim's stores of tail
         and free count lost the buffers it freed: the list is rebuilt first, the exclusive
         writer out of its step (it may have entered before the switch began)."""
-        self.quiesce_exclusive_writer(None)
+        self.quiesce_writers(None)
         self.rebuild_free_list()
         if MEMBARRIER_AVAILABLE and self.live_writers() > 1:
             self.start_sequencing()
@@ -428,10 +439,22 @@ class Participant:
             self.control[L.C_WRITER_MODE] = L.MODE_EXCLUSIVE
 
     def start_sequencing(self) -> None:
-        """Under the lock, the exclusive writer quiesced: hand every free descriptor position
-        a buffer of its own, from the free list. The exclusive writer's open claim, if any,
-        gets the next number, so that it publishes there."""
+        """Under the lock, the writers quiesced. Block policy: hand every free descriptor
+        position a buffer of its own, from the free list; the exclusive writer's open claim,
+        if any, gets the next number, so that it publishes there. Overwrite policy: the free
+        list becomes the pool (its free entries, then NONE); claims stay buffers."""
         control, views, slots = self.control, self.views, self.geometry.slots
+        if self.geometry.policy == L.POLICY_OVERWRITE:
+            count = control[L.C_FREE_COUNT]
+            if count > self.geometry.buffers:
+                raise self._corrupted_free_count(count)
+            free = [self.checked_buffer(views.freelist[index]) for index in range(count)]
+            for index in range(self.geometry.buffers):
+                views.freelist[index] = free[index] if index < count else L.NONE
+            control[L.C_NEXT_SEQ] = control[L.C_HEAD]
+            control[L.C_FLAGS] |= L.F_SEQUENCED  # the switch is done: a kill before repeats it
+            control[L.C_FREE_COUNT] = 0
+            return
         count = self.reclaim()  # what every group released, onto the free list first
         head, tail = control[L.C_HEAD], control[L.C_TAIL]
         next_seq = head
@@ -462,6 +485,11 @@ class Participant:
             or not MEMBARRIER_AVAILABLE
             or control[L.C_WRITERS] > 1
         ):
+            return
+        if self.sequenced() and self.geometry.policy == L.POLICY_OVERWRITE:
+            self.reap_dead()
+            if self.sequenced():  # (a writer reaped: the repair has switched back already)
+                self.resequence()
             return
         if self.sequenced():
             self.reap_dead()
@@ -507,6 +535,73 @@ class Participant:
             descriptor_words=self.geometry.descriptor_bytes // 8,
         )
 
+    def resequence(self) -> None:
+        """Under the lock, overwrite policy, shared mode: repair what writers that died left
+        behind lock-free (a position they owned, a number they never placed, the buffer in
+        their hands) with every live writer out of its lock-free step, then sequence the ring
+        again, or switch it to exclusive mode if one writer is left. Writers that enter a
+        step meanwhile find F_SEQUENCED clear and wait for the lock."""
+        control = self.control
+        control[L.C_FLAGS] &= ~L.F_SEQUENCED
+        self.quiesce_writers(None)
+        self.place_numbers()
+        self.rebuild_free_list()
+        if self.live_writers() > 1:
+            self.start_sequencing()
+        else:
+            control[L.C_WRITER_MODE] = L.MODE_EXCLUSIVE
+
+    def place_numbers(self) -> None:
+        """Under the lock, overwrite policy, the writers quiesced: every number claimed so far
+        (below C_NEXT_SEQ) gets placed. A position a dead writer owned (D_SEQ | SEQ_BUSY),
+        and the newest number of each position if it was claimed and never placed, become
+        skips (no frame: readers count one dropped); head moves to the next number, and tail
+        with it, in steps that keep tail <= head <= tail + slots for lock-free readers."""
+        control, views, slots = self.control, self.views, self.geometry.slots
+        head = control[L.C_HEAD]
+        if head >= L.SEQ_LIMIT:
+            raise self.corrupted_head(head)
+        claimed = max(control[L.C_NEXT_SEQ], head)  # stale (older) after exclusive mode
+        if claimed >= L.SEQ_LIMIT:
+            raise RingCorrupted(
+                f"ring {self.name!r}: the next number to claim, {claimed}, is past the "
+                "sequence limit; the header was overwritten"
+            )
+        for position in range(slots):
+            descriptor = views.descriptors[position]
+            seq = descriptor[L.D_SEQ]
+            if seq != L.NONE and seq & L.SEQ_BUSY:
+                seq &= ~L.SEQ_BUSY
+                self._place_skip(descriptor, seq)
+            if claimed > position:
+                newest = claimed - 1 - (claimed - 1 - position) % slots
+                if newest >= head and (seq == L.NONE or seq < newest):
+                    self._place_skip(descriptor, newest)
+        tail = self.window().start
+        while head < claimed:
+            head = min(claimed, tail + slots)
+            control[L.C_HEAD] = head
+            tail = max(tail, min(head, claimed - slots))
+            control[L.C_TAIL] = tail
+
+    def _place_skip(self, descriptor: memoryview, seq: int) -> None:
+        """Publish number `seq` in `descriptor` as a skip of one frame, taking its position
+        as a writer does: readers that pinned the frame there find it gone."""
+        if seq >= L.SEQ_LIMIT:
+            raise RingCorrupted(
+                f"ring {self.name!r}: a descriptor holds number {seq}, past the sequence "
+                "limit; the header was overwritten"
+            )
+        descriptor[L.D_SEQ] = seq | L.SEQ_BUSY
+        descriptor[L.D_FLAGS] = L.DF_SKIP | L.DF_EVICTED  # its buffer is free
+        descriptor[L.D_SEQ] = seq
+
+    def _corrupted_free_count(self, count: int) -> RingCorrupted:
+        return RingCorrupted(
+            f"ring {self.name!r}: free count {count} is inconsistent: the ring has "
+            f"{self.geometry.buffers} buffers; the header was overwritten"
+        )
+
     # ---- writers' mode switch ----------------------------------------------------------
     def enter_shared_mode(self, deadline: float | None) -> None:
         """Called under the lock by a writer that is not alone: no writer goes on alone any
@@ -518,16 +613,16 @@ class Participant:
         self.control[L.C_FLAGS] &= ~L.F_SEQUENCED  # a kill in leave_shared_mode may leave it
         self.control[L.C_WRITER_MODE] = L.MODE_SHARED
         try:
-            self.quiesce_exclusive_writer(deadline)
+            self.quiesce_writers(deadline)
         except RingTimeout:
             self.control[L.C_WRITER_MODE] = L.MODE_EXCLUSIVE  # nothing else changed yet
             raise
-        if self.geometry.policy == L.POLICY_BLOCK:
+        if self.geometry.policy == L.POLICY_BLOCK or MEMBARRIER_AVAILABLE:
             self.start_sequencing()
 
-    def quiesce_exclusive_writer(self, deadline: float | None) -> None:
-        """Under the lock: make what this process stored visible to the exclusive writer's
-        next lock-free step, and wait until it is out of the step it may be in now.
+    def quiesce_writers(self, deadline: float | None) -> None:
+        """Under the lock: make what this process stored visible to the other writers' next
+        lock-free steps, and wait until each is out of the step it may be in now.
 
         The writer's side has no fence: it stores W_IN_PUBLISH, then loads shared state.
         membarrier() forces a barrier on every CPU, so afterwards either the writer's flag
@@ -536,6 +631,11 @@ class Participant:
         then a storm of joining readers does not hold the lock for a grace period each."""
         if not MEMBARRIER_AVAILABLE:
             return  # every writer publishes under the lock (shared mode) then
+        if not any(
+            record[L.W_STATE] == L.STATE_ACTIVE and record[L.W_TOKEN] != self.token
+            for record in self.views.writers
+        ):
+            return  # nobody to quiesce: spare every CPU the barrier
         membarrier(self.other_writers_registered())
         now = time.monotonic()
         limit = now + QUIESCE_LIMIT if deadline is None else max(deadline, now + LOCK_FLOOR)

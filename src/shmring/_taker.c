@@ -631,9 +631,10 @@ static int slot_to_pin(Taker *self) {
 }
 
 /* Whether frame `seq` is still in `descriptor`, not evicted, in `buffer`. A writer that
- * replaces a frame moves C_TAIL past it before it changes any word of its descriptor, so a
- * tail at or before `seq` means that every word read before this look (with acquire loads)
- * was the frame's own. */
+ * replaces a frame first moves C_TAIL past it (one writer) or takes its D_SEQ (several:
+ * seq | SEQ_BUSY) before it changes any other word of its descriptor, so a D_SEQ still
+ * `seq` and a tail at or before it mean that every word read before this look (with
+ * acquire loads) was the frame's own. */
 static int still_there(Taker *self, const uint64_t *descriptor, uint64_t seq, uint64_t buffer) {
     return load(&descriptor[SHMRING_D_SEQ]) == seq &&
            !(load(&descriptor[SHMRING_D_FLAGS]) & SHMRING_DF_EVICTED) &&
@@ -684,11 +685,16 @@ static PyObject *pin_once(Taker *self, PyObject *reader, uint64_t next, int late
     for (; cursor < head; cursor++) {
         const uint64_t *descriptor =
             self->descriptors + (cursor % self->slots) * self->descriptor_words;
-        uint64_t flags = load(&descriptor[SHMRING_D_FLAGS]);
-        if (load(&descriptor[SHMRING_D_SEQ]) != cursor) {
-            *again = 1; /* replaced since head was read */
+        uint64_t held = load(&descriptor[SHMRING_D_SEQ]); /* then the words it publishes */
+        if (held != cursor) {
+            if (held != SHMRING_NONE && (held & ~SHMRING_SEQ_BUSY) >= cursor) {
+                skipped++; /* replaced, or being evicted (a writer owns it): dropped */
+                continue;
+            }
+            *again = 1; /* not what a window frame can hold: look again */
             Py_RETURN_NONE;
         }
+        uint64_t flags = load(&descriptor[SHMRING_D_FLAGS]);
         if (flags & (SHMRING_DF_EVICTED | SHMRING_DF_SKIP)) { /* no frame: dropped */
             skipped += flags & SHMRING_DF_SKIP ? skip_count(flags) : 1;
             continue;

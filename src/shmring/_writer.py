@@ -23,7 +23,14 @@ from numpy.typing import DTypeLike
 from . import _layout as L
 from ._async import AsyncWriting
 from ._errors import RingCorrupted, RingFull, RingTimeout
-from ._fastpath import PUBLISH_ALONE, PUBLISH_CORRUPTED, PUBLISH_FALLBACK, Publisher, load_word
+from ._fastpath import (
+    PUBLISH_ALONE,
+    PUBLISH_CORRUPTED,
+    PUBLISH_FALLBACK,
+    PUBLISH_STALLED,
+    Publisher,
+    load_word,
+)
 from ._ring import CLOSE_LIMIT, Participant, RingHandle, left_without_lock
 from ._segment import Segment, checked_huge_pages, validate_name
 from ._sys import (
@@ -330,6 +337,8 @@ class RingWriter(AsyncWriting, RingHandle):
                 return seq
             if seq == PUBLISH_CORRUPTED:
                 raise self._corrupted_free_list()
+            if seq == PUBLISH_STALLED:  # the buffer it filled is still claimed: fill it again
+                self._stranded = self._publisher.stalled
         return self._write(frame, timeout, timestamp_ns, meta)
 
     def _corrupted_free_list(self) -> RingCorrupted:
@@ -602,7 +611,13 @@ class RingWriter(AsyncWriting, RingHandle):
         self, seq: int, buffer: int, deadline: float | None, locked_step: Callable[[], int]
     ) -> int:
         """The number a publishing step on claimed `buffer` returned lock-free (`seq`), or in
-        shared mode (a negative `seq`) what the same step returns under the header lock."""
+        shared mode (a negative `seq`) what the same step returns under the header lock.
+
+        PUBLISH_STALLED: the frame's position, in a sequenced overwrite ring, stayed held by
+        another writer, which may have died there. Under the lock, dead writers are reaped
+        (which repairs what they left), then the claim is published under a new number."""
+        while seq == PUBLISH_STALLED:
+            seq = self._locked_step(buffer, deadline, lambda: self._reap_then(locked_step))
         if seq < 0:  # shared mode: the same step, one writer at a time
             seq = self._locked_step(buffer, deadline, locked_step)
         if seq < 0:
@@ -610,6 +625,10 @@ class RingWriter(AsyncWriting, RingHandle):
                 f"ring {self._p.name!r}: head is not a sequence number; the header was overwritten"
             )
         return seq
+
+    def _reap_then(self, step: Callable[[], int]) -> int:
+        self._p.reap_dead()
+        return step()
 
     def _locked_step(self, buffer: int, deadline: float | None, step: Callable[[], int]) -> int:
         """Run `step` on claimed `buffer` under the header lock (shared mode). Should the

@@ -1,4 +1,4 @@
-/* shmring_layout.h: the bytes of a shmring segment, format version 2.3, for C11.
+/* shmring_layout.h: the bytes of a shmring segment, format version 3.0, for C11.
  *
  * GENERATED from src/shmring/_layout.py by `python -m shmring._layout_header`: do not edit;
  * change _layout.py and run it again (tests/test_layout_header.py fails while this file is
@@ -24,11 +24,9 @@
 
 /* ---- format version and limits --------------------------------------------------------------- */
 #define SHMRING_MAGIC "\x93SHMRING"
-/* 2: several writers sequence frames without the lock (C_NEXT_SEQ) */
-#define SHMRING_VERSION_MAJOR 2
-#define SHMRING_VERSION_MINOR 3 /* 1: W_EXPEDITED (cheap quiescing); 2: skip counts; 3: pin table */
-/* overwrite rings of an earlier minor have no pin table: refused */
-#define SHMRING_PINS_SINCE_MINOR 3
+/* 3: several writers of an overwrite ring take no lock per frame either */
+#define SHMRING_VERSION_MAJOR 3
+#define SHMRING_VERSION_MINOR 0
 #define SHMRING_CACHE_LINE 64
 #define SHMRING_MAX_NDIM 8
 #define SHMRING_MAX_READERS 1024
@@ -43,6 +41,9 @@
 #define SHMRING_NONE UINT64_MAX /* "no value" in any u64 field (e.g. a descriptor never written) */
 /* sequence numbers beyond this can only come from a damaged header */
 #define SHMRING_SEQ_LIMIT ((uint64_t)1 << 62)
+/* A descriptor's D_SEQ while a writer of a sequenced overwrite ring owns its position (the */
+/* number it writes there, or the frame it evicts, | SEQ_BUSY): readers pass it by. */
+#define SHMRING_SEQ_BUSY ((uint64_t)1 << 63)
 
 /* ---- fixed header: bytes 0..255, written once at create -------------------------------------- */
 #define SHMRING_FIXED_HEADER_BYTES 256
@@ -90,13 +91,11 @@
 #define SHMRING_F_CLOSED 1
 /* a writer has joined: from now on no live writer and no F_CLOSED = writers died */
 #define SHMRING_F_STARTED 2
-/* shared mode, block policy: writers claim numbers (C_NEXT_SEQ), no lock */
-#define SHMRING_F_SEQUENCED 4
+#define SHMRING_F_SEQUENCED 4 /* shared mode: writers claim numbers (C_NEXT_SEQ) without the lock */
 /* set at create: the creator asked for huge pages, so participants ask too */
 #define SHMRING_F_HUGE_PAGES 8
 #define SHMRING_MODE_EXCLUSIVE 0 /* one writer: it publishes without the lock */
-/* several writers: block rings sequence frames lock-free, overwrite ones lock */
-#define SHMRING_MODE_SHARED 1
+#define SHMRING_MODE_SHARED 1 /* several writers: they sequence frames lock-free (F_SEQUENCED) */
 
 /* ---- descriptor: one per queued frame -------------------------------------------------------- */
 #define SHMRING_DESCRIPTORS_OFFSET 512 /* the table follows the control block */
