@@ -531,6 +531,9 @@ class RingWriter(AsyncWriting, RingHandle):
                 else:
                     with p.lock.until(deadline):
                         buffer = self._publisher.claim_buffer_locked()
+                        if buffer == PUBLISH_ALONE:  # sequenced, the others gone: switch back
+                            p.leave_shared_mode()
+                            buffer = self._publisher.claim_buffer_locked()
                         # Dead readers' pins and dead writers' claims count until reaped.
                         if buffer == PUBLISH_FALLBACK and p.reap_dead():
                             buffer = self._publisher.claim_buffer_locked()
