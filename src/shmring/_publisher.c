@@ -1,22 +1,24 @@
-/* shmring._fastpath.Publisher: the exclusive writer's write() and claim(), in C.
+/* shmring._fastpath.Publisher: every writer's write() and claim() steps, in C.
  *
  * Rules (beyond _fastpath.c's): _writer.py hands it the views of the control block, the
  * writer's record, the descriptor table, the free list, the reader and group records and
- * the buffers. It runs every step a writer takes lock-free, which is every step of the
- * exclusive writer, the one writer of a ring in exclusive mode (docs/FORMAT.md, "Writers"):
+ * the buffers. It runs every step a writer takes lock-free (docs/FORMAT.md, "Writers"):
  * take a buffer (claim_buffer), or take one and copy a frame in (publish), publish it
  * (publish_claimed; publish_described for frames with their own shape, stamp or metadata),
- * or give it back (abandon_claimed). It gives up (PUBLISH_FALLBACK, nothing changed) on
- * anything else: shared mode, no buffer to take, a frame that is not one C-contiguous run of
- * the ring's frame size. Python's general path then takes the header lock and calls the same
- * steps as `locked` (claim_buffer_locked, ...): in shared mode every writer's steps run so,
- * one at a time, and readers, which never take the lock to read, see one protocol. Python
- * itself never writes a descriptor or the free list.
+ * or give it back (abandon_claimed): alone in exclusive mode; with the other writers in
+ * shared mode once the ring is sequenced (F_SEQUENCED), by the block sequencer or the
+ * overwrite one (sections further down). It gives up (PUBLISH_FALLBACK, nothing changed)
+ * on anything else: a switch or repair under way, no buffer to take, a frame that is not
+ * one C-contiguous run of the ring's frame size. Python's general path then takes the
+ * header lock and calls the same steps as `locked` (claim_buffer_locked, ...). Python
+ * itself writes a descriptor or the free list only in the switches and repairs, under the
+ * lock, with the writers quiesced (_ring.py).
  *
  * Policies: under `block`, buffers come off the free list, refilled by a reclaim of what
  * every reader group released. Under `overwrite`, the free list holds the buffers of frames
  * that newer ones replaced (maybe still pinned by a reader), and pop_overwrite() takes an
- * unpinned one, or evicts the oldest unpinned frame of the window.
+ * unpinned one, or evicts the oldest unpinned frame of the window; several writers use it
+ * as a pool of entries (pool_take).
  *
  * Theory: a Python write() costs ~0.9 µs before its copy (each bytecode ~20-50 ns), which
  * is most of a 64-byte frame's time and a quarter of a 64 KiB frame's. The same steps here
@@ -515,7 +517,9 @@ static void raise_tail(Publisher *self, uint64_t floor) {
 static void help_head(Publisher *self) {
     uint64_t *head_word = &self->control[SHMRING_C_HEAD];
     uint64_t head = __atomic_load_n(head_word, __ATOMIC_SEQ_CST);
-    while (head < SHMRING_SEQ_LIMIT) {
+    /* Overwrite: never past the numbers claimed (whatever a damaged descriptor says) */
+    uint64_t limit = self->overwrite ? load(&self->control[SHMRING_C_NEXT_SEQ]) : SHMRING_SEQ_LIMIT;
+    while (head < SHMRING_SEQ_LIMIT && head < limit) {
         const uint64_t *descriptor =
             self->descriptors + (head % self->slots) * self->descriptor_words;
         uint64_t held = __atomic_load_n(&descriptor[SHMRING_D_SEQ], __ATOMIC_SEQ_CST);
@@ -895,11 +899,20 @@ static long long pool_take(Publisher *self) {
 static PyObject *publish_owned(Publisher *self, uint64_t buffer, int claimed,
                                const Description *how) {
     uint64_t *control = self->control;
+    long long result = 0;
+    uint64_t head = load(&control[SHMRING_C_HEAD]), next = load(&control[SHMRING_C_NEXT_SEQ]);
+    if (next < head || next >= SHMRING_SEQ_LIMIT) {
+        result = PUBLISH_CORRUPTED;
+        goto stalled;
+    }
+    if (next - head >= 2 * self->slots) {
+        goto stalled; /* head waits for a number a stopped or dead writer holds: no further */
+    }
     uint64_t seq = __atomic_fetch_add(&control[SHMRING_C_NEXT_SEQ], 1, __ATOMIC_SEQ_CST);
     uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
     uint64_t *seq_word = &descriptor[SHMRING_D_SEQ];
     uint64_t held = 0, give_up = 0;
-    long long result = (long long)seq;
+    result = (long long)seq;
     for (unsigned spins = 0; seq < SHMRING_SEQ_LIMIT; spins++) {
         held = load(seq_word);
         if (held == SHMRING_NONE || (!(held & SHMRING_SEQ_BUSY) && held < seq)) {
@@ -1225,8 +1238,9 @@ static PyObject *Publisher_publish_skip(Publisher *self, PyObject *const *args,
 }
 
 /* abandon_claimed(buffer, locked): give a claimed buffer back unpublished: onto the free
- * list, or (sequenced) publish its number as a skip; PUBLISH_FALLBACK (nothing changed) in
- * shared mode under the overwrite policy without the lock. */
+ * list or into the pool, or (sequenced, block policy) publish its number as a skip;
+ * PUBLISH_FALLBACK (nothing changed) while a switch or repair is under way, without the
+ * lock. */
 static PyObject *Publisher_abandon_claimed(Publisher *self, PyObject *const *args,
                                            Py_ssize_t nargs) {
     if (nargs != 2) {

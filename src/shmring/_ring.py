@@ -323,9 +323,13 @@ class Participant:
         claimed_before = load_word(self.control, L.C_NEXT_SEQ)
         window = self.window()
         claimed_after = load_word(self.control, L.C_NEXT_SEQ)
-        if not self.sequenced() or self.geometry.policy == L.POLICY_OVERWRITE:
-            return  # (overwrite: numbers may run ahead of a head held up by a stopped writer)
-        if claimed_after < window.stop or claimed_before > window.start + self.geometry.slots:
+        if not self.sequenced():
+            return
+        # Overwrite writers claim up to 2 x slots past head, a few at once (_publisher.c).
+        ahead = self.geometry.slots
+        if self.geometry.policy == L.POLICY_OVERWRITE:
+            ahead = 3 * self.geometry.slots + self.geometry.max_writers
+        if claimed_after < window.stop or claimed_before > window.start + ahead:
             claimed = claimed_before if claimed_after >= window.stop else claimed_after
             raise RingCorrupted(
                 f"ring {self.name!r}: the next number to claim, {claimed}, is outside "
@@ -562,10 +566,11 @@ class Participant:
         if head >= L.SEQ_LIMIT:
             raise self.corrupted_head(head)
         claimed = max(control[L.C_NEXT_SEQ], head)  # stale (older) after exclusive mode
-        if claimed >= L.SEQ_LIMIT:
+        tail = self.window().start
+        if claimed > tail + 3 * slots + self.geometry.max_writers:  # (see check_counters)
             raise RingCorrupted(
-                f"ring {self.name!r}: the next number to claim, {claimed}, is past the "
-                "sequence limit; the header was overwritten"
+                f"ring {self.name!r}: the next number to claim, {claimed}, is too far past "
+                f"head {head}; the header was overwritten"
             )
         for position in range(slots):
             descriptor = views.descriptors[position]
@@ -577,7 +582,6 @@ class Participant:
                 newest = claimed - 1 - (claimed - 1 - position) % slots
                 if newest >= head and (seq == L.NONE or seq < newest):
                     self._place_skip(descriptor, newest)
-        tail = self.window().start
         while head < claimed:
             head = min(claimed, tail + slots)
             control[L.C_HEAD] = head
@@ -605,10 +609,11 @@ class Participant:
     # ---- writers' mode switch ----------------------------------------------------------
     def enter_shared_mode(self, deadline: float | None) -> None:
         """Called under the lock by a writer that is not alone: no writer goes on alone any
-        more (block rings: writers sequence their frames; overwrite rings: take the lock)."""
+        more; the writers sequence their frames (without membarrier, overwrite writers take
+        the lock for each step instead)."""
         if self.control[L.C_WRITER_MODE] == L.MODE_SHARED:
             if self.switch_interrupted():
-                self.finish_switch()
+                self.repair_buffers()  # finishes the switch, or the repair, that was cut short
             return
         self.control[L.C_FLAGS] &= ~L.F_SEQUENCED  # a kill in leave_shared_mode may leave it
         self.control[L.C_WRITER_MODE] = L.MODE_SHARED

@@ -57,6 +57,10 @@ STREAMED_POOL_BYTES = (LAST_LEVEL_CACHE_BYTES or 0) // 2
 HOT_BUFFER_BYTES = 512 * 1024  # frames this large wait for their one reader (see there)
 HOT_BUFFER_WAIT = 200e-6  # the longest such wait, in seconds
 HOT_BUFFER_BACKOFF = 32  # writes that skip the wait after one that gave up
+# A sequenced overwrite writer held back by another writer (_published) looks again after
+# this pause, doubling up to the last: a stopped writer may resume at any time.
+STALLED_FIRST_PAUSE = 50e-6
+STALLED_LAST_PAUSE = 1e-3
 # An overwrite ring's buffers beyond its slots, by default: room for two more held frames or
 # open claims than the slots leave (docs/API.md, "Overwrite").
 OVERWRITE_SPARE_BUFFERS = 2
@@ -616,11 +620,24 @@ class RingWriter(AsyncWriting, RingHandle):
         """The number a publishing step on claimed `buffer` returned lock-free (`seq`), or in
         shared mode (a negative `seq`) what the same step returns under the header lock.
 
-        PUBLISH_STALLED: the frame's position, in a sequenced overwrite ring, stayed held by
-        another writer, which may have died there. Under the lock, dead writers are reaped
-        (which repairs what they left), then the claim is published under a new number."""
+        PUBLISH_STALLED: in a sequenced overwrite ring, the frame's position stayed held by
+        another writer, or head waits for a number another writer holds; that writer may
+        have died there. Under the lock, dead writers are reaped (which repairs what they
+        left), then the claim is published under a new number; a writer stopped there
+        (SIGSTOP) is waited for, up to the deadline."""
+        pause = STALLED_FIRST_PAUSE
         while seq == PUBLISH_STALLED:
             seq = self._locked_step(buffer, deadline, lambda: self._reap_then(locked_step))
+            if seq == PUBLISH_STALLED:
+                if remaining(deadline) <= 0:
+                    self._stranded = buffer  # still claimed: the next write fills it again
+                    raise RingTimeout(
+                        f"ring {self._p.name!r}: another writer holds back the frames "
+                        "published after its own (is it stopped?); no frame published "
+                        "within the timeout"
+                    )
+                time.sleep(min(pause, remaining(deadline)))
+                pause = min(pause * 2, STALLED_LAST_PAUSE)
         if seq < 0:  # shared mode: the same step, one writer at a time
             seq = self._locked_step(buffer, deadline, locked_step)
         if seq < 0:
@@ -630,6 +647,7 @@ class RingWriter(AsyncWriting, RingHandle):
         return seq
 
     def _reap_then(self, step: Callable[[], int]) -> int:
+        self._p.check_counters()  # a forged next number must not hold the writer for ever
         self._p.reap_dead()
         return step()
 
