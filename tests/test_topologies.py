@@ -327,6 +327,45 @@ def test_an_overwrite_writer_killed_mid_stream_stalls_the_others_less_than_a_sec
     assert received + reader.dropped == published
 
 
+def test_a_position_a_dead_writer_owned_becomes_a_skip_and_the_stream_goes_on() -> None:
+    """A writer SIGKILLed while it owned a position (D_SEQ = number | SEQ_BUSY; forged here
+    for a child killed idle, since no kill lands there on cue): head waits at that number
+    while the survivor's frames go on past it; the next repair (here: a reader attaching
+    reaps the dead writer) makes the number a skip, head moves over the frames published
+    meanwhile, and the ring returns to exclusive mode. Readers count the skip as dropped;
+    every frame is whole and in order, and later writes go on."""
+    name, pat, slots = unique_name("owbusy"), Pattern(SMALL), 8
+    with (
+        RingWriter.create(name, SMALL, np.uint8, policy="overwrite", slots=slots) as w,
+        RingReader.attach(name, start="oldest") as reader,
+        Child("spawn", "lock_holder", name=name, create=False, policy="overwrite", frames=0)
+        as dead,
+    ):
+        w.write(pat.make(make_tag(0, 0)))
+        dead.expect("ready")
+        assert w._p.sequenced()
+        dead.kill()
+        dead.wait_dead()
+        control, descriptors = w._control, w._p.views.descriptors
+        owned = control[L.C_NEXT_SEQ]  # the dead writer "took" this number and its position
+        descriptors[owned % slots][L.D_SEQ] = owned | L.SEQ_BUSY
+        control[L.C_NEXT_SEQ] = owned + 1
+        assert [w.write(pat.make(make_tag(0, n))) for n in (1, 2)] == [owned + 1, owned + 2]
+        assert control[L.C_HEAD] == owned  # waiting for the owned position
+        with RingReader.attach(name):  # joining reaps the dead writer, which repairs
+            pass
+        assert descriptors[owned % slots][L.D_SEQ] == owned
+        assert descriptors[owned % slots][L.D_FLAGS] == L.DF_SKIP | L.DF_EVICTED
+        assert control[L.C_HEAD] == owned + 3
+        assert control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE and not w._p.sequenced()
+        assert w.write(pat.make(make_tag(0, 3))) == owned + 3
+        received = []
+        for _ in range(4):
+            with reader.read(WAIT) as frame:
+                received.append((split_tag(pat.check(frame.array))[1], frame.dropped))
+        assert received == [(0, 0), (1, 1), (2, 0), (3, 0)]  # the skip counted once
+
+
 # ---- overwrite: the latest-frame ring with the default limits ------------------------------
 
 
