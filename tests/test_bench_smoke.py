@@ -295,3 +295,17 @@ def test_frame_sizes_are_read_as_the_tables_label_them() -> None:
     assert parse_size("640×480×3").shape == (480, 640, 3)
     with pytest.raises(ValueError, match="bad frame size '64QB'"):
         parse_size("64QB")
+
+
+def test_overwrite_writers_probe_checks_frames_and_reports_each_count() -> None:
+    """`python -m bench.overwrite_writers` (docs/performance.md, "Several writers of an
+    overwrite ring") runs 1 and 2 writer processes with a checking reader, prints a
+    positive rate for each and their ratio, and leaves no ring behind."""
+    out = bench_stdout(
+        "bench.overwrite_writers", "--sizes", "64", "--seconds", "0.2", "--repeats", "1"
+    )
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] == ["64"]]
+    written = {int(row[1]): float(row[2].replace(",", "")) for row in rows if len(row) == 5}
+    assert set(written) == {1, 2} and all(rate > 0 for rate in written.values()), out
+    assert "2 writers ÷ 1: " in out
+    assert not [p for p in SHM.iterdir() if p.name.startswith("shmring.bench-ow-")]

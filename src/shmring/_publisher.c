@@ -791,7 +791,7 @@ static PyObject *publish_frame(Publisher *self, uint64_t seq, uint64_t buffer, i
  * position the same way. What a writer that died leaves (a position it owned, a number it
  * never placed, the buffer in its hands) is repaired under the header lock with every live
  * writer out of its bracket (_ring.py, resequence): lock-free, only certain states exist. */
-#define POSITION_WAIT_NS 2000000u /* a position held longer: maybe by a dead writer */
+#define POSITION_WAIT_NS 20000000u /* held longer than a preemption: maybe a dead writer */
 #define POSITION_SPINS 64         /* pauses before yielding the CPU to the holder */
 #if defined(__x86_64__) || defined(__i386__)
 #define CPU_PAUSE() __builtin_ia32_pause()
