@@ -26,9 +26,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import helpers
 import numpy as np
 import pytest
-from helpers import STARTED_PIDS, WAIT, FdChan, expect, format_md_table, seg_path, unique_name
+from helpers import (
+    SMALL,
+    STARTED_PIDS,
+    WAIT,
+    FdChan,
+    Pattern,
+    expect,
+    format_md_table,
+    make_tag,
+    seg_path,
+    unique_name,
+)
 
 import shmring
 from shmring import _layout as L
@@ -428,6 +440,47 @@ def test_overwrite_ring(any_reader: Path, start_writer: Any) -> None:
     assert len(lines) == 5 and all(published[line[0]] == line for line in lines)
     assert [line[0] for line in lines] == sorted({line[0] for line in lines})
     writer.finish()
+
+
+def test_overwrite_ring_of_two_writers(c_reader: Path) -> None:
+    """Two writer processes sequence their frames into one overwrite ring, without the lock;
+    the C reader takes frames lock-free, passing over positions that later numbers took or
+    that a writer owns: every frame it prints is one a writer wrote, whole, each writer's in
+    order, numbers increasing."""
+    name, pat, count = unique_name("cow2"), Pattern(SMALL), 20_000
+    frames = {
+        _fnv1a64(pat.make(make_tag(writer_id, n)).tobytes()): (writer_id, n)
+        for writer_id in (0, 1)
+        for n in range(count)
+    }
+    with shmring.RingWriter.create(name, SMALL, np.uint8, policy="overwrite"):
+        writers = [
+            helpers.Child("spawn", "tagged_overwrite_writer", name=name, writer_id=i, count=count)
+            for i in (0, 1)
+        ]
+        try:
+            for writer in writers:
+                writer.expect("ready")
+            reader = _start(c_reader, name, 100)
+            _until(lambda: len(shmring.inspect_ring(name).readers) == 1, "the C reader joined")
+            assert shmring.inspect_ring(name).writer_mode == "shared"
+            for writer in writers:
+                writer.send("go")
+            for writer in writers:
+                writer.expect("seqs")
+                writer.send("close")  # the end of the stream, if it took fewer than 100
+            code, out, err = _run(reader)
+        finally:
+            for writer in writers:
+                writer.close()
+    assert code in (0, EXIT_END), err
+    lines = _lines(out)
+    assert lines and all(nbytes == len(pat.make(0).tobytes()) for _, nbytes, _ in lines)
+    taken = [frames[digest] for _, _, digest in lines]  # KeyError: a torn frame
+    for writer_id in (0, 1):
+        numbers = [n for w, n in taken if w == writer_id]
+        assert numbers == sorted(set(numbers))
+    assert [seq for seq, _, _ in lines] == sorted({seq for seq, _, _ in lines})
 
 
 def test_overwrite_frames_are_taken_without_the_header_lock(
