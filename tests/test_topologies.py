@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import numpy as np
@@ -122,21 +122,35 @@ def test_reader_of_a_dead_creator_that_never_wrote_gets_writer_gone() -> None:
 
 
 @contextmanager
-def writer_children(writers: int, **kwargs: Any) -> Iterator[list[Child]]:
-    """`writers` stream_writer children attached to a ring (writer_id 0, 1, ...), each
-    ready and told to go; closed (killed if still running) on exit."""
-    children = [
-        Child("spawn", "stream_writer", create=False, writer_id=i, **kwargs) for i in range(writers)
-    ]
+def writer_children(
+    writers: int, func: str = "stream_writer", go: bool = True, **kwargs: Any
+) -> Iterator[list[Child]]:
+    """`writers` children running `func` (writer_id 0, 1, ...), each ready and, with `go`,
+    told to go; closed (killed if still running) on exit."""
+    children = [Child("spawn", func, writer_id=i, **kwargs) for i in range(writers)]
     try:
         for child in children:
             child.expect("ready")
-        for child in children:
+        for child in children if go else ():
             child.send("go")
         yield children
     finally:
         for child in children:
             child.close()
+
+
+def tags_until_end(reader: RingReader, pat: Pattern) -> Iterator[tuple[int, int, int]]:
+    """(writer, n, seq) of each frame the reader gets, every byte checked (Pattern), until
+    the end of the stream."""
+    while True:
+        try:
+            frame = reader.read(WAIT)
+        except EndOfStream:
+            return
+        with frame:
+            writer, n = split_tag(pat.check(frame.array))
+            seq = frame.seq
+        yield writer, n, seq
 
 
 def test_four_writer_children_of_a_parent_one_killed_mid_stream() -> None:
@@ -149,18 +163,12 @@ def test_four_writer_children_of_a_parent_one_killed_mid_stream() -> None:
     with RingWriter.create(name, SMALL, np.uint8, slots=8) as owner:
         with (
             RingReader.attach(name, start="oldest") as reader,
-            writer_children(4, name=name, count=count) as children,
+            writer_children(4, name=name, count=count, create=False) as children,
         ):
             per_writer: dict[int, list[int]] = {i: [] for i in range(4)}
             killed_at = None
             first_after_kill = None
-            while True:
-                try:
-                    frame = reader.read(WAIT)
-                except EndOfStream:
-                    break
-                with frame:
-                    writer, n = split_tag(pat.check(frame.array))
+            for writer, n, _ in tags_until_end(reader, pat):
                 per_writer[writer].append(n)
                 if killed_at is None and len(per_writer[victim]) == 200:
                     children[victim].kill()
@@ -191,7 +199,9 @@ def test_two_writers_streaming_their_copies_deliver_whole_frames() -> None:
     with (
         RingWriter.create(name, shape, np.uint8, slots=8) as owner,
         RingReader.attach(name, start="oldest") as reader,
-        writer_children(2, name=name, shape=list(shape), count=count, stream_copies=True) as kids,
+        writer_children(
+            2, name=name, shape=list(shape), count=count, create=False, stream_copies=True
+        ) as kids,
     ):
         per_writer: dict[int, list[int]] = {0: [], 1: []}
         shared = 0  # frames published while both writers were writing
@@ -208,21 +218,10 @@ def test_two_writers_streaming_their_copies_deliver_whole_frames() -> None:
 # ---- several writers of an overwrite ring: no lock per frame --------------------------------
 
 
-@contextmanager
-def overwrite_writers(writers: int, name: str, count: int) -> Iterator[list[Child]]:
-    """`writers` tagged_overwrite_writer children attached (joined) to overwrite ring `name`,
-    each ready to write `count` frames on "go"; killed if still running on exit."""
-    children = [
-        Child("spawn", "tagged_overwrite_writer", name=name, writer_id=i, count=count)
-        for i in range(writers)
-    ]
-    try:
-        for child in children:
-            child.expect("ready")
-        yield children
-    finally:
-        for child in children:
-            child.close()
+def overwrite_writers(writers: int, name: str, count: int) -> AbstractContextManager[list[Child]]:
+    """`writers` tagged_overwrite_writer children joined to overwrite ring `name`, each
+    ready to write `count` frames on "go" (see writer_children)."""
+    return writer_children(writers, "tagged_overwrite_writer", go=False, name=name, count=count)
 
 
 def drain_tags(reader: RingReader, pat: Pattern) -> dict[int, list[int]]:
@@ -293,10 +292,8 @@ def test_an_overwrite_writer_killed_mid_stream_stalls_the_others_less_than_a_sec
             writer.send("go")
         per_writer: dict[int, list[int]] = {0: [], 1: [], 2: []}
         received, killed_at, first_after_kill, head_at_kill = 0, None, None, 0
-        while first_after_kill is None:
-            with reader.read(WAIT) as frame:
-                writer_id, n = split_tag(pat.check(frame.array))
-                seq = frame.seq
+        frames = tags_until_end(reader, pat)
+        for writer_id, n, seq in frames:
             per_writer[writer_id].append(n)
             received += 1
             if killed_at is None and len(per_writer[victim]) >= 100:
@@ -305,17 +302,12 @@ def test_an_overwrite_writer_killed_mid_stream_stalls_the_others_less_than_a_sec
                 killed_at, head_at_kill = time.monotonic(), owner._control[L.C_HEAD]
             elif killed_at is not None and seq >= head_at_kill:  # published after the kill
                 first_after_kill = time.monotonic()
+                break
         for writer in writers[:victim]:
             assert writer.expect("seqs")["increasing"]
             writer.send("close")
             writer.expect("closed")
-        while True:
-            try:
-                frame = reader.read(WAIT)
-            except EndOfStream:
-                break
-            with frame:
-                writer_id, n = split_tag(pat.check(frame.array))
+        for writer_id, n, _ in frames:  # the rest, to the end of the stream
             per_writer[writer_id].append(n)
             received += 1
         published = owner._control[L.C_HEAD]
@@ -338,8 +330,9 @@ def test_a_position_a_dead_writer_owned_becomes_a_skip_and_the_stream_goes_on() 
     with (
         RingWriter.create(name, SMALL, np.uint8, policy="overwrite", slots=slots) as w,
         RingReader.attach(name, start="oldest") as reader,
-        Child("spawn", "lock_holder", name=name, create=False, policy="overwrite", frames=0)
-        as dead,
+        Child(
+            "spawn", "lock_holder", name=name, create=False, policy="overwrite", frames=0
+        ) as dead,
     ):
         w.write(pat.make(make_tag(0, 0)))
         dead.expect("ready")
