@@ -359,6 +359,39 @@ def test_a_position_a_dead_writer_owned_becomes_a_skip_and_the_stream_goes_on() 
         assert received == [(0, 0), (1, 1), (2, 0), (3, 0)]  # the skip counted once
 
 
+def test_a_writer_stopped_holding_a_position_makes_the_others_wait_up_to_their_timeout() -> None:
+    """A live writer that holds a position (forged: D_SEQ = number | SEQ_BUSY, as if it were
+    stopped inside its publish) holds head back; another writer goes on for 2 x slots
+    numbers, then its write() waits, and raises RingTimeout at its timeout. Once the holder
+    is gone (SIGKILL) the repair places its number and writes go on."""
+    name, pat, slots, timeout = unique_name("owstop"), Pattern(SMALL), 4, 0.2
+    with (
+        RingWriter.create(name, SMALL, np.uint8, policy="overwrite", slots=slots) as w,
+        Child(
+            "spawn", "lock_holder", name=name, create=False, policy="overwrite", frames=0
+        ) as holder,
+    ):
+        w.write(pat.make(make_tag(0, 0)))
+        holder.expect("ready")
+        control, descriptors = w._control, w._p.views.descriptors
+        owned = control[L.C_NEXT_SEQ]
+        descriptors[owned % slots][L.D_SEQ] = owned | L.SEQ_BUSY
+        control[L.C_NEXT_SEQ] = owned + 1
+        written = 0
+        started = time.monotonic()
+        with pytest.raises(shmring.RingTimeout, match="holds back"):
+            for n in range(1, 4 * slots):
+                started = time.monotonic()
+                w.write(pat.make(make_tag(0, n)), timeout)
+                written += 1
+        assert timeout <= time.monotonic() - started < timeout + 1.0
+        assert slots <= written < 2 * slots and control[L.C_HEAD] == owned
+        holder.kill()
+        holder.wait_dead()
+        assert w.write(pat.make(make_tag(0, 99)), timeout) > owned  # reaped, repaired
+        assert control[L.C_HEAD] > owned
+
+
 # ---- overwrite: the latest-frame ring with the default limits ------------------------------
 
 
