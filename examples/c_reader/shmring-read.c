@@ -320,7 +320,7 @@ static int check_header(struct ring *r, const uint8_t raw[SHMRING_FIXED_HEADER_B
     uint64_t readers = SHMRING_DESCRIPTORS_OFFSET + (uint64_t)h->slots * descriptor_bytes;
     uint64_t groups = readers + SHMRING_RECORD_BYTES * (uint64_t)h->max_readers;
     uint64_t writers = groups + SHMRING_RECORD_BYTES * (uint64_t)h->max_readers;
-    /* Overwrite rings (since format 2.3): the pin table, one line per reader, before the free list */
+    /* Overwrite rings: the pin table, one line per reader, before the free list */
     uint64_t pins = h->policy == SHMRING_POLICY_OVERWRITE
                         ? writers + SHMRING_RECORD_BYTES * (uint64_t)h->max_writers
                         : 0;
