@@ -345,6 +345,8 @@ def test_a_position_a_dead_writer_owned_becomes_a_skip_and_the_stream_goes_on() 
         control[L.C_NEXT_SEQ] = owned + 1
         assert [w.write(pat.make(make_tag(0, n))) for n in (1, 2)] == [owned + 1, owned + 2]
         assert control[L.C_HEAD] == owned  # waiting for the owned position
+        (slot,) = [s for s in shmring.inspect_ring(name).slot_states if s.state == "writing"]
+        assert slot.seq == owned and slot.position == owned % slots
         with RingReader.attach(name):  # joining reaps the dead writer, which repairs
             pass
         assert descriptors[owned % slots][L.D_SEQ] == owned
