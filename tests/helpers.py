@@ -823,13 +823,14 @@ def child_overwrite_writer(
 def child_tagged_overwrite_writer(
     chan: Chan, name: str = "", writer_id: int = 0, count: int = 1000
 ) -> None:
-    """Attach as a writer to an overwrite ring, write ``count`` tagged frames (writer_id/n)
-    without blocking, report the first and last seq, and close when told to."""
+    """Attach as a writer to an overwrite ring, write ``count`` tagged frames (writer_id/n),
+    report the first and last seq, and close when told to. (Overwrite writes never wait for
+    readers; the timeout bounds a wait for another writer preempted inside its publish.)"""
     pat = Pattern(SMALL)
     w = RingWriter.attach(name, timeout=WAIT)
     chan.send("ready")
     expect(chan, "go")
-    seqs = [w.write(pat.make(make_tag(writer_id, n)), 0.0) for n in range(count)]
+    seqs = [w.write(pat.make(make_tag(writer_id, n)), WAIT) for n in range(count)]
     chan.send({"seqs": [seqs[0], seqs[-1]], "increasing": increasing(seqs)})
     expect(chan, "close")
     w.close()

@@ -363,9 +363,11 @@ def test_a_position_a_dead_writer_owned_becomes_a_skip_and_the_stream_goes_on() 
 
 def test_a_writer_stopped_holding_a_position_makes_the_others_wait_up_to_their_timeout() -> None:
     """A live writer that holds a position (forged: D_SEQ = number | SEQ_BUSY, as if it were
-    stopped inside its publish) holds head back; another writer goes on for 2 x slots
-    numbers, then its write() waits, and raises RingTimeout at its timeout. Once the holder
-    is gone (SIGKILL) the repair places its number and writes go on."""
+    stopped inside its publish) holds head back; another writer goes on until its next
+    number falls on that position, then its write() waits (keeping the number: no hole),
+    and raises RingTimeout at its timeout. When the holder finishes (forged: it places its
+    number), the next write publishes under the kept number: head passes both, no hole.
+    Once the holder is gone (SIGKILL) the repair sees nothing to place; writes go on."""
     name, pat, slots, timeout = unique_name("owstop"), Pattern(SMALL), 4, 0.2
     with (
         RingWriter.create(name, SMALL, np.uint8, policy="overwrite", slots=slots) as w,
@@ -387,11 +389,16 @@ def test_a_writer_stopped_holding_a_position_makes_the_others_wait_up_to_their_t
                 w.write(pat.make(make_tag(0, n)), timeout)
                 written += 1
         assert timeout <= time.monotonic() - started < timeout + 1.0
-        assert slots <= written < 2 * slots and control[L.C_HEAD] == owned
+        assert written == slots - 1 and control[L.C_HEAD] == owned  # then it needs that one
+        kept = owned + slots
+        assert w._record[L.W_CLAIMED_SEQ] == kept and control[L.C_NEXT_SEQ] == kept + 1
+        descriptors[owned % slots][L.D_FLAGS] = L.DF_SKIP  # the holder places its number
+        descriptors[owned % slots][L.D_SEQ] = owned
+        assert w.write(pat.make(make_tag(0, slots)), timeout) == kept
+        assert control[L.C_HEAD] == kept + 1 and w._record[L.W_CLAIMED_SEQ] == L.NONE
         holder.kill()
         holder.wait_dead()
-        assert w.write(pat.make(make_tag(0, 99)), timeout) > owned  # reaped, repaired
-        assert control[L.C_HEAD] > owned
+        assert w.write(pat.make(make_tag(0, 99)), timeout) == kept + 1
 
 
 # ---- overwrite: the latest-frame ring with the default limits ------------------------------

@@ -787,9 +787,11 @@ static PyObject *publish_frame(Publisher *self, uint64_t seq, uint64_t buffer, i
  * already past the number was taken by a later frame: this frame is lost, as a frame
  * overwritten before anyone read it is. A position another writer owns is waited for: a
  * few stores, unless that writer was preempted or died there; after POSITION_WAIT_NS, or
- * when a repair is under way (F_SEQUENCED cleared), the writer keeps its buffer claimed and
- * returns PUBLISH_STALLED: Python takes the lock, which reaps and repairs, and publishes
- * the claim under a new number. Evicting a frame (every pool buffer pinned) owns its
+ * when a repair is under way (F_SEQUENCED cleared), the writer keeps its buffer claimed
+ * (W_CLAIMED) and its number (W_CLAIMED_SEQ: the next publish places that number, so no
+ * hole is left behind) and returns PUBLISH_STALLED: Python reaps dead writers, which
+ * repairs, and publishes again. A repair places every number claimed but not placed as a
+ * skip and clears the writers' kept numbers. Evicting a frame (every pool buffer pinned) owns its
  * position the same way. What a writer that died leaves (a position it owned, a number it
  * never placed, the buffer in its hands) is repaired under the header lock with every live
  * writer out of its bracket (_ring.py, resequence): lock-free, only certain states exist. */
@@ -900,17 +902,22 @@ static long long pool_take(Publisher *self) {
  * PUBLISH_CORRUPTED. */
 static PyObject *publish_owned(Publisher *self, uint64_t buffer, int claimed,
                                const Description *how) {
-    uint64_t *control = self->control;
+    uint64_t *control = self->control, *claimed_seq = &self->record[SHMRING_W_CLAIMED_SEQ];
     long long result = 0;
-    uint64_t head = load(&control[SHMRING_C_HEAD]), next = load(&control[SHMRING_C_NEXT_SEQ]);
-    if (next < head || next >= SHMRING_SEQ_LIMIT) {
-        result = PUBLISH_CORRUPTED;
-        goto stalled;
+    uint64_t seq = load(claimed_seq); /* a number kept from a stalled publish, else NONE */
+    if (seq == SHMRING_NONE) {
+        uint64_t head = load(&control[SHMRING_C_HEAD]);
+        uint64_t next = load(&control[SHMRING_C_NEXT_SEQ]);
+        if (next < head || next >= SHMRING_SEQ_LIMIT) {
+            result = PUBLISH_CORRUPTED;
+            goto stalled;
+        }
+        if (next - head >= 2 * self->slots) {
+            goto stalled; /* head waits for a number a stopped or dead writer holds */
+        }
+        seq = __atomic_fetch_add(&control[SHMRING_C_NEXT_SEQ], 1, __ATOMIC_SEQ_CST);
+        store(claimed_seq, seq); /* kept until placed: a stall must not leave a hole */
     }
-    if (next - head >= 2 * self->slots) {
-        goto stalled; /* head waits for a number a stopped or dead writer holds: no further */
-    }
-    uint64_t seq = __atomic_fetch_add(&control[SHMRING_C_NEXT_SEQ], 1, __ATOMIC_SEQ_CST);
     uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
     uint64_t *seq_word = &descriptor[SHMRING_D_SEQ];
     uint64_t held = 0, give_up = 0;
@@ -925,6 +932,7 @@ static PyObject *publish_owned(Publisher *self, uint64_t buffer, int claimed,
             continue;
         }
         if ((held & ~SHMRING_SEQ_BUSY) >= seq) { /* a later frame took it: this one is lost */
+            store(claimed_seq, SHMRING_NONE);
             result = pool_put(self, buffer) < 0 ? PUBLISH_CORRUPTED : (long long)seq;
             help_head(self);
             goto done;
@@ -955,6 +963,7 @@ static PyObject *publish_owned(Publisher *self, uint64_t buffer, int claimed,
                            : SHMRING_NONE;
     describe_frame(self, descriptor, buffer, how);
     __atomic_store_n(seq_word, seq, __ATOMIC_SEQ_CST); /* visible */
+    store(claimed_seq, SHMRING_NONE);
     help_head(self);
     if (retired != SHMRING_NONE && (retired >= self->nbuffers || pool_put(self, retired) < 0)) {
         result = PUBLISH_CORRUPTED; /* published all the same; the buffer waits for a repair */

@@ -558,9 +558,10 @@ class Participant:
     def place_numbers(self) -> None:
         """Under the lock, overwrite policy, the writers quiesced: every number claimed so far
         (below C_NEXT_SEQ) gets placed. A position a dead writer owned (D_SEQ | SEQ_BUSY),
-        and the newest number of each position if it was claimed and never placed, become
-        skips (no frame: readers count one dropped); head moves to the next number, and tail
-        with it, in steps that keep tail <= head <= tail + slots for lock-free readers."""
+        and the newest number of each position if it was claimed and never placed (a dead
+        writer's, or one a stalled writer kept: W_CLAIMED_SEQ, cleared), become skips (no
+        frame: readers count one dropped); head moves to the next number, and tail with it,
+        in steps that keep tail <= head <= tail + slots for lock-free readers."""
         control, views, slots = self.control, self.views, self.geometry.slots
         head = control[L.C_HEAD]
         if head >= L.SEQ_LIMIT:
@@ -587,6 +588,9 @@ class Participant:
             control[L.C_HEAD] = head
             tail = max(tail, min(head, claimed - slots))
             control[L.C_TAIL] = tail
+        for record in views.writers:  # a number a stalled writer kept is placed: it takes anew
+            if record[L.W_STATE] == L.STATE_ACTIVE:
+                record[L.W_CLAIMED_SEQ] = L.NONE
 
     def _place_skip(self, descriptor: memoryview, seq: int) -> None:
         """Publish number `seq` in `descriptor` as a skip of one frame, taking its position

@@ -595,7 +595,7 @@ class RingWriter(AsyncWriting, RingHandle):
         publish, timestamp_ns = self._publisher.publish_skip, monotonic_ns()
         seq: int = publish(buffer, count, timestamp_ns, False)
         return self._published(
-            seq, buffer, deadline, lambda: publish(buffer, count, timestamp_ns, True)
+            seq, buffer, deadline, lambda locked: publish(buffer, count, timestamp_ns, locked)
         )
 
     def _publish(
@@ -611,45 +611,51 @@ class RingWriter(AsyncWriting, RingHandle):
         if seq >= 0:  # no closure on the way of every frame
             return seq
         return self._published(
-            seq, buffer, deadline, lambda: describe(buffer, timestamp_ns, own_shape, meta, True)
+            seq,
+            buffer,
+            deadline,
+            lambda locked: describe(buffer, timestamp_ns, own_shape, meta, locked),
         )
 
     def _published(
-        self, seq: int, buffer: int, deadline: float | None, locked_step: Callable[[], int]
+        self, seq: int, buffer: int, deadline: float | None, step: Callable[[bool], int]
     ) -> int:
         """The number a publishing step on claimed `buffer` returned lock-free (`seq`), or in
-        shared mode (a negative `seq`) what the same step returns under the header lock.
+        shared mode (a negative `seq`) what the same step, `step(locked)`, returns under the
+        header lock.
 
         PUBLISH_STALLED: in a sequenced overwrite ring, the frame's position stayed held by
         another writer, or head waits for a number another writer holds; that writer may
-        have died there. Under the lock, dead writers are reaped (which repairs what they
-        left), then the claim is published under a new number; a writer stopped there
-        (SIGSTOP) is waited for, up to the deadline."""
+        have died there, or be stopped (SIGSTOP). The buffer and the frame's number stay
+        this writer's; dead writers are reaped (which repairs what they left), then the
+        step runs again, lock-free, up to the deadline."""
         pause = STALLED_FIRST_PAUSE
         while seq == PUBLISH_STALLED:
-            seq = self._locked_step(buffer, deadline, lambda: self._reap_then(locked_step))
+            p = self._p
+            p.check_counters()  # a forged next number must not hold the writer for ever
+            if p.dead_participant_blocks():
+                self._locked_step(buffer, deadline, self._reap)
+            seq = step(False)
             if seq == PUBLISH_STALLED:
                 if remaining(deadline) <= 0:
                     self._stranded = buffer  # still claimed: the next write fills it again
                     raise RingTimeout(
-                        f"ring {self._p.name!r}: another writer holds back the frames "
-                        "published after its own (is it stopped?); no frame published "
-                        "within the timeout"
+                        f"ring {p.name!r}: another writer holds back the frames published "
+                        "after its own (is it stopped?); no frame published within the timeout"
                     )
                 time.sleep(min(pause, remaining(deadline)))
                 pause = min(pause * 2, STALLED_LAST_PAUSE)
         if seq < 0:  # shared mode: the same step, one writer at a time
-            seq = self._locked_step(buffer, deadline, locked_step)
+            seq = self._locked_step(buffer, deadline, lambda: step(True))
         if seq < 0:
             raise RingCorrupted(
                 f"ring {self._p.name!r}: head is not a sequence number; the header was overwritten"
             )
         return seq
 
-    def _reap_then(self, step: Callable[[], int]) -> int:
-        self._p.check_counters()  # a forged next number must not hold the writer for ever
+    def _reap(self) -> int:
         self._p.reap_dead()
-        return step()
+        return 0
 
     def _locked_step(self, buffer: int, deadline: float | None, step: Callable[[], int]) -> int:
         """Run `step` on claimed `buffer` under the header lock (shared mode). Should the
