@@ -69,6 +69,9 @@ def test_the_creators_choice_holds_in_every_process(
     mine, reader, flagged = _huge_kib_here_and_in_a_reader(shape, slots, choice)
     assert flagged == huge
     if huge:
-        assert mine > 0 and reader == mine
+        # Both map huge pages; not always the same amount: MADV_COLLAPSE of the shared
+        # file's pages may succeed for more of them in the later process (seen once in a
+        # fresh-clone CI: 135,168 KiB in the creator, 145,408 in the reader).
+        assert mine > 0 and reader > 0
     else:
         assert mine == 0 and reader == 0
