@@ -139,13 +139,18 @@ def writer_children(
             child.close()
 
 
-def tags_until_end(reader: RingReader, pat: Pattern) -> Iterator[tuple[int, int, int]]:
+def tagged_frames(
+    reader: RingReader,
+    pat: Pattern,
+    timeout: float = WAIT,
+    until: type[Exception] = EndOfStream,
+) -> Iterator[tuple[int, int, int]]:
     """(writer, n, seq) of each frame the reader gets, every byte checked (Pattern), until
-    the end of the stream."""
+    a read raises `until` (the end of the stream; RingTimeout with timeout 0: none is left)."""
     while True:
         try:
-            frame = reader.read(WAIT)
-        except EndOfStream:
+            frame = reader.read(timeout)
+        except until:
             return
         with frame:
             writer, n = split_tag(pat.check(frame.array))
@@ -168,7 +173,7 @@ def test_four_writer_children_of_a_parent_one_killed_mid_stream() -> None:
             per_writer: dict[int, list[int]] = {i: [] for i in range(4)}
             killed_at = None
             first_after_kill = None
-            for writer, n, _ in tags_until_end(reader, pat):
+            for writer, n, _ in tagged_frames(reader, pat):
                 per_writer[writer].append(n)
                 if killed_at is None and len(per_writer[victim]) == 200:
                     children[victim].kill()
@@ -224,20 +229,6 @@ def overwrite_writers(writers: int, name: str, count: int) -> AbstractContextMan
     return writer_children(writers, "tagged_overwrite_writer", go=False, name=name, count=count)
 
 
-def drain_tags(reader: RingReader, pat: Pattern) -> dict[int, list[int]]:
-    """Every frame the reader can take now (none torn: Pattern checks each byte), as each
-    writer's frame numbers, in the order received."""
-    per_writer: dict[int, list[int]] = {}
-    while True:
-        try:
-            frame = reader.read(0)
-        except shmring.RingTimeout:
-            return per_writer
-        with frame:
-            writer, n = split_tag(pat.check(frame.array))
-        per_writer.setdefault(writer, []).append(n)
-
-
 def test_overwrite_writers_publish_while_another_process_holds_the_lock() -> None:
     """Two writer children of an overwrite ring that a parent created write 2,000 frames
     each while a third process holds the header lock: no step of theirs takes it (the ring
@@ -262,7 +253,9 @@ def test_overwrite_writers_publish_while_another_process_holds_the_lock() -> Non
             writer.send("go")
         reports = [writer.expect("seqs") for writer in writers]  # no lock needed to write
         assert all(report["increasing"] for report in reports)
-        per_writer = drain_tags(reader, pat)
+        per_writer: dict[int, list[int]] = {}
+        for writer_id, n, _ in tagged_frames(reader, pat, 0, shmring.RingTimeout):
+            per_writer.setdefault(writer_id, []).append(n)
         assert set(per_writer) <= {0, 1} and per_writer
         for got in per_writer.values():
             assert got == sorted(set(got)), "a writer's frames out of order or twice"
@@ -292,7 +285,7 @@ def test_an_overwrite_writer_killed_mid_stream_stalls_the_others_less_than_a_sec
             writer.send("go")
         per_writer: dict[int, list[int]] = {0: [], 1: [], 2: []}
         received, killed_at, first_after_kill, head_at_kill = 0, None, None, 0
-        frames = tags_until_end(reader, pat)
+        frames = tagged_frames(reader, pat)
         for writer_id, n, seq in frames:
             per_writer[writer_id].append(n)
             received += 1

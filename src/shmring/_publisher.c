@@ -1050,8 +1050,8 @@ static PyObject *Publisher_publish(Publisher *self, PyObject *const *args, Py_ss
     int go = enter(self);
     int owned = go == GO_SEQUENCED && self->overwrite; /* its number comes at the publish */
     if (owned) {
-        seq = alone(self) ? PUBLISH_ALONE : 0;
-        buffer = seq < 0 ? seq : pool_take(self);
+        seq = 0; /* (taken by publish_owned) */
+        buffer = alone(self) ? PUBLISH_ALONE : pool_take(self);
     } else if (go == GO_SEQUENCED) {
         seq = alone(self) ? PUBLISH_ALONE : sequence_claim(self);
         if (seq >= 0 && (buffer = position_buffer(self, seq)) < 0) {
