@@ -34,6 +34,7 @@ import shmring
 from shmring import RingReader, RingTimeout, RingWriter, ShmringError, WriterGone, _pacing
 from shmring import _layout as L
 from shmring._fastpath import Ready
+from shmring._sys import futex_wake
 from shmring._timing import POLL_SLICE
 
 Runner = Callable[[Coroutine[Any, Any, None]], None]
@@ -320,6 +321,148 @@ def test_close_from_the_loop_ends_a_waiting_iteration(run: Runner) -> None:
                 await asyncio.wait_for(task, WAIT)
             assert time.monotonic() - t0 < SLACK  # promptly: not after a poll slice or timeout
             await no_sleeper_left(name)
+
+    run(main())
+
+
+def test_close_after_the_loop_closed_leaves_the_ring() -> None:
+    """A task left waiting when its loop was closed (no one cancelled it): closing the
+    handle afterwards still leaves the ring, without an error from the dead loop."""
+    name = unique_name()
+    with RingWriter.create(name, SMALL, np.uint8):
+        r = RingReader.attach(name)
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(r.aread())
+        loop.run_until_complete(until(lambda: waiting(r)))
+        loop.close()
+        r.close()
+        assert shmring.inspect_ring(name).readers == []
+        del task  # (pending for good: its loop is gone)
+
+
+def test_a_second_waiting_task_leaves_the_first_counted(run: Runner) -> None:
+    """One task at a time waits on a handle: a second gets RuntimeError at once, and the
+    first stays counted as a sleeper, so the writer's next frame wakes it (not a poll slice
+    later)."""
+    name = unique_name()
+
+    async def main() -> None:
+        with RingWriter.create(name, SMALL, np.uint8) as w, RingReader.attach(name) as r:
+            first = asyncio.create_task(r.aread(WAIT))
+            await until(lambda: waiting(r))
+            with pytest.raises(RuntimeError, match="another task is already waiting"):
+                await r.aread(WAIT)
+            assert r._counted and w._control[L.C_READER_WAITERS] == 1
+            w.write(np.full(SMALL, 3, np.uint8))
+            with await asyncio.wait_for(first, WAIT) as frame:
+                assert int(frame.array[0]) == 3
+
+    run(main())
+
+
+class CountingPublisher:
+    """A writer's Publisher that counts how often its writer counts itself as a sleeper
+    for space, and uncounts itself."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.counts = self.uncounts = 0
+
+    def count_sleeper(self) -> Any:
+        self.counts += 1
+        return self._inner.count_sleeper()
+
+    def uncount_sleeper(self) -> Any:
+        self.uncounts += 1
+        return self._inner.uncount_sleeper()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def test_an_async_writer_stays_counted_between_its_looks(run: Runner) -> None:
+    """An awrite waiting for space looks again at each wake-up; it stays counted as a space
+    waiter from its first look to its last, so a release between two looks wakes it (a
+    count dropped between looks would let that release wake nobody: a poll slice lost)."""
+    name = unique_name()
+
+    async def main() -> None:
+        with (
+            RingWriter.create(name, SMALL, np.uint8, slots=2) as w,
+            RingReader.attach(name) as r,
+        ):
+            for n in range(2):
+                await w.awrite(np.full(SMALL, n, np.uint8), 1.0)
+            publisher = w._publisher = CountingPublisher(w._publisher)  # type: ignore[assignment]
+            blocked = asyncio.create_task(w.awrite(np.full(SMALL, 2, np.uint8), WAIT))
+            await until(lambda: waiting(w))
+            uncounts = publisher.uncounts  # (its first try, before it waits, counts and uncounts)
+            for _ in range(3):  # wake-ups that free nothing: the writer looks, sleeps again
+                looks = publisher.counts
+                futex_wake(w._p.space_address)
+                await until(lambda: publisher.counts > looks and waiting(w))  # noqa: B023
+            assert publisher.uncounts == uncounts and w._control[L.C_WRITER_WAITERS] == 1
+            for n in range(3):
+                with await r.aread(1.0) as frame:
+                    assert int(frame.array[0]) == n
+                if n == 0:
+                    assert await asyncio.wait_for(blocked, WAIT) == 2
+            assert publisher.uncounts == uncounts + 1 and w._control[L.C_WRITER_WAITERS] == 0
+
+    run(main())
+
+
+def test_an_async_claim_publishes_within_its_own_timeout(run: Runner) -> None:
+    """The claim waits for its buffer with timeout 0 on the loop; its publish (which may
+    wait for the header lock, or for another writer of an overwrite ring) has what is left
+    of the caller's timeout, as claim(timeout) has."""
+    name = unique_name()
+
+    async def main() -> None:
+        with RingWriter.create(name, SMALL, np.uint8) as w:
+            claim = w.aclaim(5.0)
+            async with claim as slot:
+                slot[...] = 1
+                left = claim._claim._deadline
+                assert left is not None and left - time.monotonic() > 4.0
+            assert claim.seq == 0
+
+    run(main())
+
+
+def test_an_async_overwrite_writer_held_back_retries_without_sleeping_on_space(
+    run: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two writers of an overwrite ring: a position the other writer holds (forged, as if
+    it were preempted there) makes awrite() retry after short pauses, never sleeping on the
+    space futex, which nobody wakes in an overwrite ring; it publishes once the position is
+    let go."""
+    name, slots = unique_name("owasync"), 4
+
+    async def no_space_sleep(*args: object, **kwargs: object) -> bool:
+        raise AssertionError("an overwrite writer slept on the space futex")
+
+    async def main() -> None:
+        with (
+            RingWriter.create(name, SMALL, np.uint8, policy="overwrite", slots=slots) as w,
+            RingWriter.attach(name) as other,
+        ):
+            w.write(np.zeros(SMALL, np.uint8))
+            other.write(np.zeros(SMALL, np.uint8))
+            assert w._p.sequenced()
+            control, descriptors = w._control, w._p.views.descriptors
+            held = control[L.C_NEXT_SEQ]  # `other` holds this number's position
+            descriptors[held % slots][L.D_SEQ] = held | L.SEQ_BUSY
+            control[L.C_NEXT_SEQ] = held + 1
+            for _ in range(slots - 1):  # up to the number that falls on that position
+                await w.awrite(np.ones(SMALL, np.uint8), WAIT)
+            monkeypatch.setattr(type(w), "_sleep", no_space_sleep)
+            blocked = asyncio.create_task(w.awrite(np.full(SMALL, 2, np.uint8), WAIT))
+            await asyncio.sleep(0.05)  # it retries meanwhile (the result does not depend on it)
+            assert not blocked.done()
+            descriptors[held % slots][L.D_FLAGS] = L.DF_SKIP  # the holder places its number
+            descriptors[held % slots][L.D_SEQ] = held
+            assert await asyncio.wait_for(blocked, WAIT) == held + slots
 
     run(main())
 

@@ -4,9 +4,10 @@ every browser that opens it, as a JPEG stream (multipart/x-mixed-replace).
     python server.py [--ring camera-edges] [--host 127.0.0.1] [--port 8080] [--fps 15]
 
 Open http://127.0.0.1:8080/ in a browser. Each viewer gets its own reader, which takes the
-newest frame (`alatest`: older ones are skipped, so a slow viewer never holds the pipeline
-back) at most `--fps` times a second; JPEG encoding runs in a worker thread, so the event
-loop keeps serving other viewers meanwhile. Frames are uint8 images, (H, W) or (H, W, 3)
+newest frame (`alatest`: older ones are skipped) at most `--fps` times a second; on a
+`block` ring, a viewer that stops asking (a network that stops draining) holds the writer
+back once the ring is full, as any reader does. JPEG encoding runs in a worker thread, so
+the event loop keeps serving other viewers meanwhile. Frames are uint8 images, (H, W) or (H, W, 3)
 BGR (what OpenCV and the camera demo produce). Needs `pip install 'shmring[async,demo]'`.
 """
 

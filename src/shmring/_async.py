@@ -48,7 +48,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -60,7 +60,13 @@ from ._fastpath import Ready, load_word
 from ._ring import RingHandle
 from ._segment import _ATTACH_POLL
 from ._sys import MonotonicTimer, futex_wait, futex_wake
-from ._timing import POLL_SLICE, deadline_from, remaining
+from ._timing import (
+    POLL_SLICE,
+    STALLED_FIRST_PAUSE,
+    STALLED_LAST_PAUSE,
+    deadline_from,
+    remaining,
+)
 
 if TYPE_CHECKING:
     from ._reader import Frame, RingReader
@@ -165,45 +171,47 @@ class AsyncHandle(RingHandle):
     _sleeper: _Sleeper | None = None
     _timer: MonotonicTimer | None = None
     _waiting: asyncio.Future[bool] | None = None
+    _waiter_busy = False  # a task waits on this handle (_one_waiter)
     _handoff = HANDOFF_START
 
     def close(self) -> None:
-        sleeper, self._sleeper = self._sleeper, None
-        if sleeper is not None:
-            sleeper.stop()  # wakes its futex sleep while the ring is still mapped
-        future = self._waiting
-        if future is not None and not future.done():
-            future.get_loop().call_soon_threadsafe(_resolve, future)
-        elif self._timer is not None:  # (else the waiting task closes it, once unwatched)
-            self._timer.close()
-        super().close()
+        try:
+            sleeper, self._sleeper = self._sleeper, None
+            if sleeper is not None:
+                sleeper.stop()  # wakes its futex sleep while the ring is still mapped
+            future = self._waiting
+            if future is not None:  # the waiting task closes the timer, once unwatched
+                if not future.done():
+                    with contextlib.suppress(RuntimeError):  # its loop is closed already
+                        future.get_loop().call_soon_threadsafe(_resolve, future)
+            elif self._timer is not None:
+                self._timer.close()
+        finally:
+            super().close()
 
     async def _sleep(
         self, address: int, expected: int, deadline: float | None, wake_at: float | None = None
     ) -> bool:
         """Wait (without blocking the loop) until the u32 at `address` is not `expected`,
         a wake-up, POLL_SLICE, or the deadline, or (a nap) until the loop's timer rings at
-        `wake_at`; then raise if this handle was closed. Whether the timer ended the wait."""
-        if self._waiting is not None:
-            raise RuntimeError(
-                f"ring {self.name!r}: another task is already waiting on this handle; use one "
-                "handle per task (attach another reader or writer)"
-            )
+        `wake_at`; then raise if this handle was closed. Whether the timer ended the wait.
+        The caller waits as the handle's one waiting task (_one_waiter)."""
         sleeper = self._sleeper
         if sleeper is None:
             sleeper = self._sleeper = _Sleeper(self.name)
         loop = asyncio.get_running_loop()
         future = self._waiting = sleeper.sleep(loop, address, expected, remaining(deadline))
         timer = None
-        if wake_at is not None:
-            timer = self._timer
-            if timer is None:
-                timer = self._timer = MonotonicTimer()
-            loop.add_reader(timer.fileno(), _rang, timer, future)
-            timer.arm(wake_at)
         try:
+            if wake_at is not None:
+                timer = self._timer
+                if timer is None:
+                    timer = self._timer = MonotonicTimer()
+                loop.add_reader(timer.fileno(), _rang, timer, future)
+                timer.arm(wake_at)
             by_timer = await future
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, Exception):  # or the nap's timer could not be set
+            future.cancel()
             if not self._p.closed:
                 sleeper.wake()  # free the thread for this handle's next wait
             raise
@@ -216,6 +224,21 @@ class AsyncHandle(RingHandle):
         self._p.check_usable()
         self._p.check_size()  # a truncated ring: raise before the next look faults (SIGBUS)
         return by_timer
+
+    @contextlib.contextmanager
+    def _one_waiter(self) -> Iterator[None]:
+        """Around a task's wait: a second task that would wait meanwhile raises, before it
+        counts itself as a sleeper (the count is the handle's, one flag for both)."""
+        if self._waiter_busy:
+            raise RuntimeError(
+                f"ring {self.name!r}: another task is already waiting on this handle; use one "
+                "handle per task (attach another reader or writer)"
+            )
+        self._waiter_busy = True
+        try:
+            yield
+        finally:
+            self._waiter_busy = False
 
     async def _until(
         self,
@@ -382,11 +405,18 @@ class AsyncReading(AsyncHandle):
         """RingReader._wait_for for the event loop: poll, yielding to the loop, for up to
         `spin` s; then sleep on the frames futex as a counted sleeper."""
         r = self._reader()
-        p = r._p
         frame = take()
         if frame is not None:
             r._uncount()
             return frame
+        with self._one_waiter():
+            return await self._wait_frame_as_waiter(take, deadline)
+
+    async def _wait_frame_as_waiter(
+        self, take: Callable[[], _Ready | None], deadline: float | None
+    ) -> _Ready:
+        r = self._reader()
+        p = r._p
         if r._spin and p.spinning_pays():
             try:
                 frame = await self._poll_async(take, deadline)
@@ -536,17 +566,28 @@ class AsyncWriting(AsyncHandle):
                     raise
                 return None
 
-        return await self._until(w._p.membership_address, L.C_MEMBERSHIP, attempt, deadline)
+        with self._one_waiter():
+            return await self._until(w._p.membership_address, L.C_MEMBERSHIP, attempt, deadline)
 
     async def _until_space(self, take: Callable[[], _T], timeout: float | None) -> _T:
         """Call `take` (a write or claim with timeout 0) until it finds a free buffer,
         sleeping meanwhile as a counted space waiter, as RingWriter's blocking wait does."""
         deadline = deadline_from(timeout)
+        w = self._writer()
         try:
             return take()
         except RingTimeout:
-            if _passed(deadline):
-                raise
+            if _passed(deadline) or not w._joined:  # (a creator's first frame joins, which
+                raise  # waited for the header lock as long as a write may)
+        with self._one_waiter():
+            if not w._block:  # overwrite: another writer held a position; it lets go itself
+                return await self._retry_stalled(take, deadline)
+            return await self._wait_for_space(take, deadline)
+
+    async def _wait_for_space(self, take: Callable[[], _T], deadline: float | None) -> _T:
+        """Block policy: sleep on the space futex, counted from before the first look to
+        after the last (each `take` leaves the count to this wait, _wait_for_buffer), so a
+        release between two looks wakes the sleep."""
         w = self._writer()
         p, publisher = w._p, w._publisher
         liveness = _Liveness()
@@ -557,7 +598,7 @@ class AsyncWriting(AsyncHandle):
             except RingTimeout:
                 if _passed(deadline):
                     raise
-            publisher.count_sleeper()  # take() counted and uncounted itself on the way
+            publisher.count_sleeper()  # asks again for half the ring: tail may have moved
             if liveness.due():
                 p.check_size()
                 if p.dead_participant_blocks():
@@ -573,6 +614,19 @@ class AsyncWriting(AsyncHandle):
         finally:
             if not p.closed:
                 publisher.uncount_sleeper()
+
+    async def _retry_stalled(self, take: Callable[[], _T], deadline: float | None) -> _T:
+        """Call `take` again after pauses that double (the blocking write's, _published)
+        until it goes through."""
+        pause = STALLED_FIRST_PAUSE
+        while True:
+            await asyncio.sleep(min(pause, remaining(deadline)))
+            pause = min(2 * pause, STALLED_LAST_PAUSE)
+            try:
+                return take()
+            except RingTimeout:
+                if _passed(deadline):
+                    raise
 
 
 class AsyncClaim:
@@ -592,7 +646,10 @@ class AsyncClaim:
         return self._claim.seq
 
     async def __aenter__(self) -> np.ndarray:
-        return await self._writer._until_space(self._claim.__enter__, self._timeout)
+        deadline = deadline_from(self._timeout)  # (checked here, as claim() checks it)
+        slot = await self._writer._until_space(self._claim.__enter__, self._timeout)
+        self._claim._deadline = deadline  # publishing may wait (the lock, a stall) as long
+        return slot
 
     async def __aexit__(
         self,

@@ -12,6 +12,11 @@ import time
 
 POLL_SLICE = 0.1  # longest single sleep: bounds liveness checks and any lost wake-up
 DEFAULT_SPIN = 50e-6  # poll this long before sleeping: catches back-to-back frames
+# A sequenced overwrite writer held back by another writer (_writer._published, and
+# _async's retries) looks again after this pause, doubling up to the last: a stopped writer
+# may resume at any time.
+STALLED_FIRST_PAUSE = 50e-6
+STALLED_LAST_PAUSE = 1e-3
 
 
 def deadline_from(timeout: float | None) -> float | None:

@@ -39,7 +39,15 @@ from ._sys import (
     MEMBARRIER_AVAILABLE,
     futex_wait,
 )
-from ._timing import DEFAULT_SPIN, POLL_SLICE, checked_spin, deadline_from, remaining
+from ._timing import (
+    DEFAULT_SPIN,
+    POLL_SLICE,
+    STALLED_FIRST_PAUSE,
+    STALLED_LAST_PAUSE,
+    checked_spin,
+    deadline_from,
+    remaining,
+)
 
 EAGER_RECLAIM_BYTES = 256 * 1024  # frames this large reclaim at every write (see __init__)
 # ... unless all the buffers together fit in a quarter of the last-level cache (which the
@@ -57,10 +65,6 @@ STREAMED_POOL_BYTES = (LAST_LEVEL_CACHE_BYTES or 0) // 2
 HOT_BUFFER_BYTES = 512 * 1024  # frames this large wait for their one reader (see there)
 HOT_BUFFER_WAIT = 200e-6  # the longest such wait, in seconds
 HOT_BUFFER_BACKOFF = 32  # writes that skip the wait after one that gave up
-# A sequenced overwrite writer held back by another writer (_published) looks again after
-# this pause, doubling up to the last: a stopped writer may resume at any time.
-STALLED_FIRST_PAUSE = 50e-6
-STALLED_LAST_PAUSE = 1e-3
 # An overwrite ring's buffers beyond its slots, by default: room for two more held frames or
 # open claims than the slots leave (docs/API.md, "Overwrite").
 OVERWRITE_SPARE_BUFFERS = 2
@@ -525,7 +529,8 @@ class RingWriter(AsyncWriting, RingHandle):
 
     def _wait_for_buffer(self, deadline: float | None) -> int:
         p, control, publisher = self._p, self._control, self._publisher
-        waiting = False
+        # An awaitable write's tries (_async.py) run counted: the count is theirs to end.
+        waiting = counted_before = self._record[L.W_SLEEPING] == 1
         next_liveness_check = time.monotonic() + POLL_SLICE
         try:
             while True:
@@ -572,7 +577,7 @@ class RingWriter(AsyncWriting, RingHandle):
                 futex_wait(p.space_address, observed, wait)
                 p.check_size()  # truncated while we slept: raise before a look faults
         finally:
-            if waiting and not p.truncated:
+            if waiting and not counted_before and not p.truncated:
                 publisher.uncount_sleeper()
 
     def _all_buffers_held(self) -> RingFull:
