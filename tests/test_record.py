@@ -19,6 +19,7 @@ import re
 import shlex
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -444,25 +445,42 @@ def test_truncated_file(recording: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("shape, meta_size", [((32, 32), META_SIZE), (SHAPE, 0)])
 def test_geometry_mismatch(recording: Path, shape: tuple[int, ...], meta_size: int) -> None:
     name = unique_name("geo")
-    with RingWriter.create(name, shape, np.uint8, meta_size=meta_size) as owner:
+    with (
+        RingWriter.create(name, shape, np.uint8, meta_size=meta_size) as owner,
+        RingReader.attach(name, start="oldest") as reader,
+    ):
         failed = run("replay", str(recording), name, code=1)
         assert "cannot replay" in failed.stderr and name in failed.stderr
         with pytest.raises(shmring.IncompatibleRing):
             shmring.replay(str(recording), name)
-        # nothing left locked or attached: the ring works as before
+        # nothing left locked or attached, and the stream (no writer yet) did not end
         assert {w.pid for w in shmring.inspect_ring(name).writers} <= {os.getpid()}
-        with RingReader.attach(name, start="oldest") as reader:
-            owner.write(np.ones(shape, np.uint8), 1.0)
-            with reader.read(1.0) as frame:
-                assert frame.array.shape == shape
+        with pytest.raises(shmring.RingTimeout):
+            reader.read(0)
+        owner.write(np.ones(shape, np.uint8), 1.0)
+        with reader.read(1.0) as frame:
+            assert frame.array.shape == shape
+
+
+def test_looping_over_a_recording_without_frames_ends(tmp_path: Path) -> None:
+    """A recording stopped before its first frame is a valid file of no frame; replaying
+    it with --loop makes one pass and ends (it must not read the file over and over)."""
+    path, source = tmp_path / "empty.mcap", unique_name("empty")
+    with RingWriter.create(source, SHAPE, np.uint8, meta_size=META_SIZE):
+        assert "recorded 0 frames" in run("record", source, str(path), "--seconds", "0.1").stdout
+    name = unique_name("loop")
+    done = run("replay", str(path), name, "--loop", "--as-fast-as-possible", "--wait-readers", "0")
+    assert "replayed 0 frames" in done.stdout, done.stdout
+    assert not os.path.exists(seg_path(name))
 
 
 def test_disk_full_dev_full() -> None:
     name = unique_name("full")
     with Writer_(name, SHAPE, 100_000) as writer:
         failed = run("record", name, "/dev/full", code=1)
-        assert "disk full" in failed.stderr
+        assert "disk full" in failed.stderr and "nothing of it was complete" in failed.stderr
         assert writer.finish(stop=True) > 0  # the ring is not held: the writer went on
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)  # a device is neither cut nor removed
 
 
 def on_small_tmpfs(

@@ -577,15 +577,25 @@ def ring_name(text: str) -> str:
         ) from None
 
 
-def positive(convert: Callable[[str], N]) -> Callable[[str], N]:
+def _checked(
+    convert: Callable[[str], N], accept: Callable[[N], bool], expected: str
+) -> Callable[[str], N]:
     def parse(text: str) -> N:
         with contextlib.suppress(ValueError):
             value = convert(text)
-            if value > 0:
+            if accept(value):
                 return value
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
 
     return parse
+
+
+def positive(convert: Callable[[str], N]) -> Callable[[str], N]:
+    return _checked(convert, lambda value: value > 0, "a positive number")
+
+
+def non_negative(convert: Callable[[str], N]) -> Callable[[str], N]:
+    return _checked(convert, lambda value: value >= 0, "0 or more")
 
 
 def build_parser() -> argparse.ArgumentParser:

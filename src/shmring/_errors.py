@@ -91,8 +91,8 @@ class RecordingTruncated(RecordingError, EOFError):
 
 
 class RecordingDiskFull(RecordingError, OSError):
-    """The disk filled up while recording (ENOSPC). The file was cut back to its last
-    complete chunk: it has no index, so read it with `recover=True`."""
+    """The disk filled up, or a quota ran out, while recording (ENOSPC, EDQUOT). The file was
+    cut back to its last complete chunk: it has no index, so read it with `recover=True`."""
 
 
 class RecordExtraMissing(ShmringError, ImportError):

@@ -321,16 +321,25 @@ def record_ring(
                     ended = _take_frames(reader, recorder, frames, seconds, stop, bar)
                     recorder.finish(ended)
             except OSError as exc:
-                _cut(path, recorder.complete if recorder else 0)
+                removed = recorder is None and os.path.isfile(path)  # (not /dev/full)
+                if removed:  # not even the file's start was written: nothing to keep
+                    os.unlink(path)
+                elif recorder is not None:
+                    _cut(path, recorder.complete)
                 if exc.errno in _DISK_FULL:
-                    taken = recorder.frames if recorder else 0
-                    kept = recorder.complete_frames if recorder else 0
+                    kept = (
+                        f"the file was cut back to its last complete chunk "
+                        f"({recorder.complete_frames} frames) and has no index; read it with "
+                        "`shmring replay --recover` (recover=True)"
+                        if recorder is not None
+                        else "nothing of it was complete" + ("; it was removed" if removed else "")
+                    )
                     raise RecordingDiskFull(
                         exc.errno,
-                        f"disk full writing {path} after {taken} frames: the file was cut back "
-                        f"to its last complete chunk ({kept} frames) and has no index; read it "
-                        "with `shmring replay --recover` (recover=True), and free space before "
-                        "recording again",
+                        f"{'disk full' if exc.errno == errno.ENOSPC else 'disk quota exceeded'} "
+                        f"writing {path} after "
+                        f"{recorder.frames if recorder else 0} frames: {kept}; free space "
+                        "before recording again",
                     ) from exc
                 raise
             return RecordResult(

@@ -1,7 +1,7 @@
-# The `shmring record` and `shmring replay` commands (the CLI's other commands only observe;
-# these attach as a reader and as a writer). They parse arguments, call shmring.record /
-# shmring.replay (_recording.py) and print one summary line; progress is drawn on stderr
-# when it is a terminal, and --quiet silences both.
+# The `shmring record` and `shmring replay` commands (they attach as a reader and as a
+# writer, as `bridge` does; the CLI's other commands only observe). They parse arguments,
+# call shmring.record / shmring.replay (_recording.py) and print one summary line; progress
+# is drawn on stderr when it is a terminal, and --quiet silences both.
 #
 # Exit codes as the rest of the CLI (_cli.py): 0 done (Ctrl-C and SIGTERM stop cleanly and
 # count as done), 1 failed with one line on stderr saying what to do, 2 a usage error.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from ._cli import Refused, human_bytes, positive, ring_name
+from ._cli import Refused, human_bytes, non_negative, positive, ring_name
 from ._recording import COLORS, COMPRESSIONS, record, replay
 
 Command = Callable[[argparse.Namespace], int]
@@ -121,7 +121,7 @@ def add_record_commands(command: AddCommand) -> None:
     rep.add_argument("--loop", action="store_true", help="start over at the end, until Ctrl-C")
     rep.add_argument(
         "--wait-readers",
-        type=positive(int),
+        type=non_negative(int),
         default=0,
         metavar="N",
         help="start once N readers are attached",

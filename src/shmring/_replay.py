@@ -154,7 +154,13 @@ class Recording:
     def _frame(self, fields: Any, log_time: int, data: bytes) -> RecordedFrame:
         ring = self.ring
         shape = tuple(int(size) for size in fields.shape)
-        dtype = np.dtype(fields.dtype)
+        try:
+            dtype = np.dtype(fields.dtype)
+        except TypeError:
+            raise NotARecording(
+                f"{self.path}: frame {fields.seq} has dtype {fields.dtype!r}, which is none; the "
+                "file is damaged"
+            ) from None
         if (
             dtype != ring.dtype
             or len(shape) != len(ring.shape)
@@ -212,13 +218,13 @@ def replay_file(
     ):
         total = None if loop else recording.frame_count
         frames = passes = 0
-        with Progress(progress, total, "replaying") as bar:
-            complete = _wait_for_readers(writer, wait_readers, timeout, stop)
+        complete = _wait_for_readers(writer, wait_readers, timeout, stop)
+        with Progress(progress, total, "replaying") as bar:  # (its clock starts here)
             while complete:
                 written, complete = _replay_pass(writer, recording, speed, timeout, stop, bar)
                 frames += written
                 passes += complete
-                complete = complete and loop
+                complete = complete and loop and written > 0  # (a loop over no frame ends)
         return ReplayResult(
             frames=frames,
             seconds=time.monotonic() - began,
@@ -234,8 +240,8 @@ def _open_ring(
     policy = policy or recorded.policy
     if slots is None:
         slots = recorded.slots
-        if policy == "overwrite":  # one slot more than readers and writers can hold
-            slots = max(slots, recorded.max_readers + recorded.max_writers + 1)
+        if policy == "overwrite":  # (a block ring of 1 slot replayed as latest frames)
+            slots = max(slots, 2)
     try:
         return RingWriter.create(
             name,
@@ -250,21 +256,19 @@ def _open_ring(
     except RingExists:
         pass
     what = f"cannot replay {path} into the existing ring {name!r}"
+    meta_size = inspect_ring(name).meta_size  # before joining: a writer that left ends it
+    if meta_size < recorded.meta_size:
+        raise IncompatibleRing(
+            f"{what}: it keeps {meta_size} bytes of metadata per frame and the recording "
+            f"up to {recorded.meta_size}. Replay into another name, or remove that ring"
+        )
     try:
-        writer = RingWriter.attach(name, shape=recorded.shape, dtype=recorded.dtype)
+        return RingWriter.attach(name, shape=recorded.shape, dtype=recorded.dtype)
     except IncompatibleRing as exc:
         raise IncompatibleRing(
             f"{what}: {exc}; the recording holds {recorded.shape} {recorded.dtype} frames. "
             "Replay into another name, or remove that ring"
         ) from exc
-    meta_size = inspect_ring(name).meta_size
-    if meta_size < recorded.meta_size:
-        writer.close()
-        raise IncompatibleRing(
-            f"{what}: it keeps {meta_size} bytes of metadata per frame and the recording "
-            f"up to {recorded.meta_size}. Replay into another name, or remove that ring"
-        )
-    return writer
 
 
 def _deadline(timeout: float | None) -> float | None:
