@@ -58,9 +58,16 @@ def stamp(n: int) -> int:
 
 
 def writer_child(
-    conn: Connection, name: str, count: int, interval: float, policy: str = "block"
+    conn: Connection,
+    name: str,
+    count: int,
+    interval: float,
+    policy: str = "block",
+    skip_at: int = -1,
+    skip: int = 0,
 ) -> None:
-    """Create ring `name`, wait for the sender bridge to attach, write `count` frames."""
+    """Create ring `name`, wait for the sender bridge to attach, write `count` frames (and,
+    before frame `skip_at`, a gap standing for `skip` frames)."""
     pat = Pattern(VGA)
     with RingWriter.create(name, VGA, np.uint8, policy=policy, meta_size=META_SIZE) as w:
         conn.send("ready")
@@ -68,6 +75,8 @@ def writer_child(
         start = time.monotonic()
         longest = 0.0
         for n in range(count):
+            if n == skip_at:
+                w.skip(skip, WAIT)
             t = time.monotonic()
             w.write(pat.make(make_tag(0, n)), WAIT, timestamp_ns=stamp(n), meta=b"%d" % n)
             longest = max(longest, time.monotonic() - t)
@@ -311,6 +320,47 @@ def test_sender_killed_and_restarted(cleanup: list[Any]) -> None:
     assert gap < 5e9, f"frames came back only after {gap / 1e9:.1f} s"
 
 
+def test_a_gap_the_source_ring_holds_as_one_skip_is_counted_whole(cleanup: list[Any]) -> None:
+    """A gap of 5 frames that the source ring holds under one number (a skip, as a ring a
+    bridge receives into holds a gap of its link) reaches the far ring as 5 dropped frames,
+    so received + dropped stays true along a chain of bridges."""
+    src, dst, ep = unique_name("bs"), unique_name("bd"), endpoint()
+    recv = start(cleanup, Bridge("recv", src, "--as", dst, "--listen", ep, "--wait-readers", "1"))
+    start(cleanup, Bridge("send", src, "--connect", ep))
+    writer = start(
+        cleanup, Spawned(writer_child, name=src, count=20, interval=0.0, skip_at=10, skip=5)
+    )
+    assert writer.recv() == "ready"
+    reader = start(cleanup, Spawned(reader_child, name=dst))
+    writer.finish()
+    report = reader.finish()
+    check_frames(report["got"], list(range(20)))  # the gap is no frame
+    assert report["dropped"] == 5
+    assert recv.stop()["dropped"] == 5
+
+
+def test_sender_follows_a_ring_whose_writer_comes_back(cleanup: list[Any]) -> None:
+    """The supervisor wiring: the ring's owner never writes; a writer attaches, writes and
+    leaves (the far ring's readers get EndOfStream), then another writer attaches to the
+    same ring. The sender, still attached, forwards the new stream, every frame of it, into
+    a new far ring."""
+    src, dst, ep = unique_name("bs"), unique_name("bd"), endpoint()
+    pat = Pattern(VGA)
+    with RingWriter.create(src, VGA, np.uint8, meta_size=META_SIZE):  # the owner
+        recv = start(
+            cleanup, Bridge("recv", src, "--as", dst, "--listen", ep, "--wait-readers", "1")
+        )
+        start(cleanup, Bridge("send", src, "--connect", ep))
+        for _ in range(2):
+            reader = start(cleanup, Spawned(reader_child, name=dst))
+            with RingWriter.attach(src) as w:
+                w.wait_for_readers(1, timeout=WAIT)  # the sender's reader
+                for n in range(5):
+                    w.write(pat.make(make_tag(0, n)), WAIT, timestamp_ns=stamp(n), meta=b"%d" % n)
+            check_frames(reader.finish()["got"], list(range(5)))
+        assert recv.stop()["frames"] == 10
+
+
 def test_garbage_samples_are_counted_and_skipped(cleanup: list[Any]) -> None:
     src, dst, ep = unique_name("bs"), unique_name("bd"), endpoint()
     recv = start(cleanup, Bridge("recv", src, "--as", dst, "--listen", ep, "--wait-readers", "1"))
@@ -327,6 +377,9 @@ def test_garbage_samples_are_counted_and_skipped(cleanup: list[Any]) -> None:
         assert matched.wait(WAIT), "the receiver never subscribed"
         publisher.put(b"not a frame at all")
         publisher.put(b"SRBR" + bytes(300))  # the right magic, nonsense after it
+        for sample in impossible_samples():  # well-formed, but no ring could hold them
+            publisher.put(sample)
+        publisher.put(too_large_here())
         listener.undeclare()
         publisher.undeclare()
     start(cleanup, Bridge("send", src, "--connect", ep))
@@ -335,8 +388,42 @@ def test_garbage_samples_are_counted_and_skipped(cleanup: list[Any]) -> None:
     reader = start(cleanup, Spawned(reader_child, name=dst))
     writer.finish()
     check_frames(reader.finish()["got"], list(range(50)))
-    assert recv.stop() == {"frames": 50, "dropped": 0, "malformed": 2, "rejected": 0}
-    assert recv.text("err").count("malformed sample") == 2
+    malformed = 2 + len(impossible_samples())
+    assert recv.stop() == {"frames": 50, "dropped": 0, "malformed": malformed, "rejected": 1}
+    # One warning per second at most: the others are counted, not logged one by one.
+    assert 1 <= recv.text("err").count("malformed sample") < malformed
+    assert "cannot create ring" in recv.text("err")  # the frame /dev/shm has no room for
+
+
+def frame_sample(geometry: Any, shape: tuple[int, ...]) -> bytes:
+    """A well-formed frame sample of zeros, in a ring of `geometry` (_bridge_wire.Geometry)."""
+    from shmring._bridge_wire import KIND_FRAME, encode_header
+
+    frame = bytes(int(np.prod(shape)) * np.dtype(geometry.dtype).itemsize)
+    fields = dict(kind=KIND_FRAME, flags=0, stream=1, seq=0, timestamp_ns=1, meta_len=0)
+    return encode_header(geometry=geometry, shape=shape, **fields) + frame
+
+
+def impossible_samples() -> list[bytes]:
+    """Headers that decode field by field, of frames no ring can hold: a frame with a
+    dimension of 0, rings past create's limits or the format's largest segment."""
+    from shmring._bridge_wire import Geometry
+    from shmring._layout import MAX_READERS, MAX_SLOTS
+
+    return [
+        frame_sample(Geometry((4, 8), "|u1", 8, "block", 8, 4, 0), (0, 8)),
+        frame_sample(Geometry((4, 8), "|u1", MAX_SLOTS + 1, "block", 8, 4, 0), (4, 8)),
+        frame_sample(Geometry((4, 8), "|u1", 8, "block", MAX_READERS + 1, 4, 0), (4, 8)),
+        frame_sample(Geometry((1 << 30, 1 << 30), "|u1", 8, "block", 8, 4, 0), (1, 1)),
+    ]
+
+
+def too_large_here() -> bytes:
+    """A frame of a ring of 8 TiB: within the format's limits, beyond this /dev/shm."""
+    from shmring._bridge_wire import Geometry
+    from shmring._layout import MAX_SLOTS
+
+    return frame_sample(Geometry((1 << 23,), "|u1", MAX_SLOTS, "block", 8, 4, 0), (1,))
 
 
 def test_local_ring_of_another_geometry_is_incompatible(cleanup: list[Any]) -> None:
@@ -461,6 +548,11 @@ def test_wire_reuses_checks_only_when_just_seq_and_timestamp_changed() -> None:
 
     good = plain(6, (4, 8), b"")
     assert decoder.decode(good).timestamp_ns == stamp(6)
+    data = frame.data.cast("B")
+    for lost in (3, 0):  # `lost` changes frame to frame: rewritten in place, decoded as such
+        payload = bytes(encoder.encode(7, stamp(7), (4, 8), b"", data, lost))
+        assert decoder.decode(payload).lost == decode(payload).lost == lost
+    assert decode(bytes(encoder.encode(8, stamp(8), (2, 8), b"m", data[:64], 9))).lost == 9
     # The ring shape's first dimension (the header ends with the ring shape, 8 x 8 bytes) = 0.
     no_ring = good[: HEADER_SIZE - 64] + bytes(8) + good[HEADER_SIZE - 56 :]
     bad_magic = b"XXXX" + good[4:]

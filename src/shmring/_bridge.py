@@ -15,8 +15,14 @@
 #     frames in its stats, logs it, and publishes it into the local ring as one gap
 #     (RingWriter.skip), which its readers count in `dropped` like frames lost locally; a
 #     frame is never written torn or twice.
-#   - Never a hang: every wait is a slice of at most POLL seconds that re-checks the stop
-#     flag, so close() returns within about a second whatever the peers do.
+#   - A stream's end (its ring closed, or its writers died) reaches receivers as an END
+#     sample, and they close their rings (whose readers drain and get EndOfStream). The
+#     sender stays attached: a writer that joins that ring again starts the next stream, none
+#     of whose frames it misses; a ring removed or replaced is attached to anew.
+#   - Never a hang: every wait of the bridge's own is a slice of at most POLL seconds that
+#     re-checks the stop flag, and close() does not wait for a put that Zenoh blocks
+#     (lossless, a stalled link): it closes the session under it. So close() returns within
+#     about a second whatever the peers do.
 #   - /dev/shm: Zenoh's own shared-memory transport is always turned off. It adds a
 #     `<number>.zenoh` file to /dev/shm that a SIGKILLed session leaves behind, and the
 #     frames are in shared memory already; a receiver removes the ring it created at close.
@@ -78,6 +84,7 @@ if TYPE_CHECKING:
 
 POLL = 0.1  # seconds: the longest slice of any wait (stop flag re-checked after each)
 LOG = logging.getLogger("shmring.bridge")
+WARN_EVERY = 1.0  # seconds: at most one warning of each kind (samples skipped, frames lost)
 RETRY = {"period_init_ms": 200, "period_max_ms": 1000, "period_increase_factor": 2}
 # A lossless sender's queue of batches (of up to 64 KiB) for data, Zenoh's default 2 unless a
 # config file sets it: with 2, put() blocked while the link thread sent (docs/performance.md,
@@ -214,6 +221,9 @@ class _Bridge:
         return BridgeStats(**asdict(self._n), peers=peers)
 
     def _fail(self, exc: BaseException) -> None:
+        if self._closed:  # a step cut short by close() (e.g. a put the session's close ended)
+            LOG.debug("%s: %s while closing", self._what, exc)
+            return
         LOG.error("%s failed: %s", self._what, exc)
         self._error = exc
         self._stop.set()
@@ -231,8 +241,10 @@ class _Bridge:
             return
         self._closed = True
         self._stop.set()
-        self._shutdown()
-        self._session.close()
+        try:
+            self._shutdown()
+        finally:
+            self._session.close()  # (under a put Zenoh may still block: not waited for)
 
     def _shutdown(self) -> None:
         raise NotImplementedError
@@ -248,8 +260,9 @@ class _Bridge:
 
 class BridgeSender(_Bridge):
     """Publishes every frame of local ring `ring` on Zenoh key `key` (default
-    "shmring/RING") from a background thread, until close(). Waits for the ring to exist,
-    and for the next ring of that name after its stream ends. Lossless (not `latest`), it
+    "shmring/RING") from a background thread, until close(). Waits for the ring to exist;
+    after its stream ends it stays attached (a writer that joins again starts the next
+    stream) until the ring is removed or replaced. Lossless (not `latest`), it
     takes no frame from the ring while fewer than `wait_receivers` receivers are there."""
 
     def __init__(
@@ -305,19 +318,18 @@ class BridgeSender(_Bridge):
         )
 
     def _run(self) -> None:
-        ended: int | None = None  # the stream (ring creation time) we saw end
         try:
             while not self._stop.is_set():
-                attached = self._attach(ended)
+                attached = self._attach()
                 if attached is None:
                     continue
                 reader, info = attached
                 with reader:
-                    ended = self._pump(reader, info)
+                    self._pump(reader, info)
         except BaseException as exc:  # reported by wait(); the thread must not die silently
             self._fail(exc)
 
-    def _attach(self, ended: int | None) -> tuple[RingReader, RingInfo] | None:
+    def _attach(self) -> tuple[RingReader, RingInfo] | None:
         """The ring as a reader of its own group, and its header; None to try again."""
         self._n.state = f"waiting for ring {self.ring}"
         try:
@@ -328,20 +340,26 @@ class BridgeSender(_Bridge):
             info = inspect_ring(self.ring)
         except RingNotFound:
             info = None
-        if info is None or info.created_ns == ended or info.shape != reader.shape:
-            reader.close()  # gone again, the stream we already ended, or a newer ring
+        if info is None or info.shape != reader.shape:
+            reader.close()  # gone again, or a newer ring of that name
             self._stop.wait(POLL)
             return None
         LOG.info("%s: attached to ring %s (%s)", self._what, self.ring, _describe(info))
         return reader, info
 
-    def _pump(self, reader: RingReader, info: RingInfo) -> int | None:
-        """Forward frames until the stream ends (returns its id) or the bridge stops."""
+    def _pump(self, reader: RingReader, info: RingInfo) -> None:
+        """Forward frames until the ring is removed or replaced, or the bridge stops. When
+        its stream ends (or its writers die), receivers are told, and the reader stays: a
+        writer that joins the ring again (a supervisor's ring, its writer restarted) starts
+        the next stream, every frame of it forwarded."""
         geometry = geometry_of(info)
         flags = FLAG_LATEST if self.latest else 0
         encoder = FrameEncoder(flags=flags, stream=info.created_ns, geometry=geometry)
         put = self._publisher.put
-        last = -1  # the last frame published
+        taken = -1  # the ring's number of the last frame taken (sent or not)
+        unsent = 0  # frames lost since the last one sent that numbers do not show (the wire's
+        # `lost`): a skip in the ring stands for many frames; frames taken but not sent
+        ended = False  # the stream ended: receivers were told
         n = self._n
         while not self._stop.is_set():
             ready = self._ready()
@@ -355,34 +373,54 @@ class BridgeSender(_Bridge):
             except RingTimeout:
                 continue
             except (EndOfStream, WriterGone) as end:
-                gone = FLAG_WRITER_GONE if isinstance(end, WriterGone) else 0
-                header = encode_header(
-                    kind=KIND_END,
-                    flags=flags | gone,
-                    stream=info.created_ns,
-                    seq=last + 1,
-                    timestamp_ns=time.monotonic_ns(),
-                    geometry=geometry,
-                    shape=geometry.shape,
-                    meta_len=0,
-                )
-                z = _zenoh()
-                self._session.put(self.key, header, congestion_control=z.CongestionControl.BLOCK)
-                LOG.info("%s: stream of ring %s ended (%s)", self._what, self.ring, end)
-                return info.created_ns
+                if not ended:
+                    gone = FLAG_WRITER_GONE if isinstance(end, WriterGone) else 0
+                    header = encode_header(
+                        kind=KIND_END,
+                        flags=flags | gone,
+                        stream=info.created_ns,
+                        seq=taken + 1,
+                        timestamp_ns=time.monotonic_ns(),
+                        geometry=geometry,
+                        shape=geometry.shape,
+                        meta_len=0,
+                        lost=unsent,
+                    )
+                    z = _zenoh()
+                    self._session.put(
+                        self.key, header, congestion_control=z.CongestionControl.BLOCK
+                    )
+                    LOG.info("%s: stream of ring %s ended (%s)", self._what, self.ring, end)
+                    ended = True
+                if self._replaced(info):
+                    return
+                n.state = f"stream ended; waiting for a writer of ring {self.ring}"
+                self._stop.wait(POLL)
+                continue
+            ended = False
             with frame:
                 n.dropped += frame.dropped + (not ready)
+                if taken >= 0:  # (before the first frame: not this sender's stream)
+                    unsent += max(frame.dropped - (frame.seq - taken - 1), 0)
+                taken = frame.seq
                 if not ready:
                     continue
                 array = frame.array
-                last, size = frame.seq, array.nbytes
+                size = array.nbytes
                 payload = encoder.encode(
-                    last, frame.timestamp_ns, array.shape, frame.meta, _bytes(array)
+                    taken, frame.timestamp_ns, array.shape, frame.meta, _bytes(array), unsent
                 )
+                unsent = 0
             put(payload)  # the frame is back in the ring: its bytes are in the payload
             n.frames += 1
             n.bytes += size
-        return None
+
+    def _replaced(self, info: RingInfo) -> bool:
+        """Whether ring `info` was removed, or another ring now has its name."""
+        try:
+            return inspect_ring(self.ring).created_ns != info.created_ns
+        except RingNotFound:
+            return True
 
     def _shutdown(self) -> None:
         self._thread.join(2 * POLL)
@@ -454,6 +492,7 @@ class BridgeReceiver(_Bridge):
         self._stream: int | None = None
         self._last: int | None = None
         self._decode = Decoder().decode
+        self._warnings = _Warnings()
         super().__init__(listen, connect, config)
         self._n.state = "waiting for a sender"
         z = _zenoh()
@@ -475,16 +514,29 @@ class BridgeReceiver(_Bridge):
                 self._handle(self._decode(sample.payload.to_bytes()))
             except MalformedSample as exc:
                 self._n.malformed += 1
-                LOG.warning("%s: skipped a malformed sample on %s: %s", self._what, self.key, exc)
+                self._warnings.warn(
+                    "malformed",
+                    "%s: skipped a malformed sample on %s: %s",
+                    self._what,
+                    self.key,
+                    exc,
+                )
             except BaseException as exc:
                 self._fail(exc)
 
     def _handle(self, sample: Sample) -> None:
         if sample.kind == KIND_END:
             if self._writer is not None and sample.stream == self._stream:
-                self._publish_gap(self._writer, sample.seq)
+                self._publish_gap(self._writer, sample)
                 self._close_ring()
                 self._n.state = "stream ended; waiting for a sender"
+                if sample.flags & FLAG_WRITER_GONE:  # there, readers got WriterGone
+                    LOG.warning(
+                        "%s: the writers of ring %s died on the sending host; the local "
+                        "ring's readers get EndOfStream",
+                        self._what,
+                        self.ring,
+                    )
             return
         writer = self._ring_for(sample)
         if writer is None:
@@ -494,7 +546,7 @@ class BridgeReceiver(_Bridge):
         elif self._last is not None and sample.seq <= self._last:
             self._n.rejected += 1  # written already: a restarted sender repeats its first
             return
-        self._publish_gap(writer, sample.seq)
+        self._publish_gap(writer, sample)
         self._last = sample.seq
         count = prod(sample.shape)
         array = np.frombuffer(sample.data, writer.dtype, count).reshape(sample.shape)
@@ -518,19 +570,24 @@ class BridgeReceiver(_Bridge):
             return True
         return False
 
-    def _publish_gap(self, writer: RingWriter, seq: int) -> None:
-        """Frames of the stream lost before `seq` (the link, a sender restart, drops under
-        --latest): counted, and published into the local ring as one gap (RingWriter.skip),
-        so that its readers count them in `dropped` too."""
-        if self._last is None or seq <= self._last + 1:
+    def _publish_gap(self, writer: RingWriter, sample: Sample) -> None:
+        """Frames of the stream lost before `sample` (the link, a sender restart, drops under
+        --latest, or in the source ring: the sample's `lost`): counted, and published into
+        the local ring as one gap (RingWriter.skip), so that its readers count them in
+        `dropped` too."""
+        seq = sample.seq
+        if self._last is None:
             return
-        lost = seq - self._last - 1
+        lost = max(seq - self._last - 1, 0) + sample.lost
+        if lost == 0:
+            return
         self._n.dropped += lost
         gap = min(lost, MAX_SKIP_COUNT)  # more only from a damaged sample: 2**32 - 1 at most
         self._blocking(lambda: writer.skip(gap, POLL))
-        LOG.warning(
-            "%s: %d frames lost between seq %d and %d (link or sender restarted, or dropped "
-            "under --latest)",
+        self._warnings.warn(
+            "lost",
+            "%s: %d frames lost between seq %d and %d (link or sender restarted, dropped "
+            "under --latest, or lost in the sending ring)",
             self._what,
             lost,
             self._last,
@@ -544,7 +601,8 @@ class BridgeReceiver(_Bridge):
             if geometry is self._geometry or _same_frames(geometry, self._geometry):
                 return self._writer
             self._n.rejected += 1
-            LOG.warning(
+            self._warnings.warn(
+                "geometry",
                 "%s: skipped a frame of %s: the local ring holds %s; the sender's ring "
                 "changed geometry mid-stream (restart bridge recv to follow it)",
                 self._what,
@@ -555,7 +613,7 @@ class BridgeReceiver(_Bridge):
         policy = self._policy or ("overwrite" if sample.flags & FLAG_LATEST else geometry.policy)
         slots = self._slots or geometry.slots
         if policy == "overwrite":
-            slots = max(slots, geometry.max_readers + geometry.max_writers + 1)
+            slots = max(slots, 2)  # (a block ring of 1 slot received as latest frames)
         try:
             writer = RingWriter.create(
                 self.local,
@@ -569,6 +627,16 @@ class BridgeReceiver(_Bridge):
             )
         except RingExists:
             writer = self._attach_existing(geometry)
+        except (ValueError, OSError) as exc:  # (not here: /dev/shm has no room for it, ...)
+            self._n.rejected += 1
+            self._warnings.warn(
+                "create",
+                "%s: skipped a frame of %s: %s",
+                self._what,
+                geometry.describe(),
+                exc,
+            )
+            return None
         LOG.info("%s: ring %s ready (%s, %s)", self._what, self.local, geometry.describe(), policy)
         self._writer, self._geometry = writer, geometry
         while writer.readers < self._wait_readers and not self._stop.is_set():
@@ -595,10 +663,32 @@ class BridgeReceiver(_Bridge):
         self._writer, self._geometry, self._stream, self._last = None, None, None, None
 
     def _shutdown(self) -> None:
-        self._token.undeclare()
-        self._subscriber.undeclare()
-        with self._lock:  # a running handler notices the stop flag within POLL
-            self._close_ring()
+        try:
+            self._token.undeclare()
+            self._subscriber.undeclare()
+        finally:
+            with self._lock:  # a running handler notices the stop flag within POLL
+                self._close_ring()
+
+
+class _Warnings:
+    """Warnings of the receiver's callback, each kind at most once per WARN_EVERY seconds
+    (a sender whose ring changed geometry, or a link that drops, would log at the frame
+    rate); a warning says how many of its kind were held back since the last one."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[float, int]] = {}  # kind -> (when logged, held back)
+
+    def warn(self, kind: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        logged, held = self._last.get(kind, (now - WARN_EVERY, 0))
+        if now - logged < WARN_EVERY:
+            self._last[kind] = (logged, held + 1)
+            return
+        if held:
+            message += f" (and {held} more since the last such warning)"
+        LOG.warning(message, *args)
+        self._last[kind] = (now, 0)
 
 
 def _same_frames(a: Geometry, b: Geometry | None) -> bool:

@@ -22,7 +22,7 @@ from types import FrameType
 from typing import Any
 
 from ._bridge import BridgeReceiver, BridgeSender, BridgeStats, _Bridge
-from ._cli import plural, positive, ring_name
+from ._cli import non_negative, plural, positive, ring_name
 
 PROGRESS_INTERVAL = 1.0  # seconds between progress lines
 
@@ -48,7 +48,7 @@ def add_bridge_command(commands: Any) -> None:
     )
     send.add_argument(
         "--wait-receivers",
-        type=int,
+        type=non_negative(int),
         default=1,
         metavar="N",
         help="lossless: take no frame from the ring while fewer than N receivers are there",
@@ -72,7 +72,7 @@ def add_bridge_command(commands: Any) -> None:
     )
     recv.add_argument(
         "--wait-readers",
-        type=int,
+        type=non_negative(int),
         default=0,
         metavar="N",
         help="hold the first frame of each stream until N readers attached to the local ring",

@@ -2,7 +2,7 @@
 # `shmring bridge recv` decodes (docs/API.md, "Bridging rings across hosts", has the table).
 #
 # Rules:
-#   - One sample is one Zenoh payload: a fixed 196-byte little-endian header, then the
+#   - One sample is one Zenoh payload: a fixed 204-byte little-endian header, then the
 #     frame's metadata bytes, then the frame's bytes in C order. Nothing else is sent: the
 #     ring's geometry and policy ride in every header, so a receiver that joins late, or
 #     a sender that restarts, needs no handshake.
@@ -11,10 +11,14 @@
 #     fails any check raises MalformedSample and is counted and skipped by the receiver,
 #     which never trusts a sample to size an allocation or an index.
 #   - `stream` identifies the source ring (its creation time): a change of stream tells the
-#     receiver that sequence numbers started again, and is not a gap.
+#     receiver that sequence numbers started again, and is not a gap. Within a stream the
+#     frames lost before a sample are its jump in `seq` (less one) plus its `lost`: frames
+#     lost in the source ring that took no number there (one skip stands for many, e.g. in
+#     a ring that itself receives a bridge's frames) or that the sender took but did not
+#     send.
 #   - Pure functions of bytes: no Zenoh and no ring here, so this is testable on its own.
-#   - Per frame, only `seq` and `timestamp_ns` change in a steady stream (ring-shaped frames
-#     without metadata). FrameEncoder keeps one sample's bytes and rewrites just those two
+#   - Per frame, only `seq`, `timestamp_ns` and `lost` change in a steady stream (ring-shaped
+#     frames without metadata). FrameEncoder keeps one sample's bytes and rewrites just those
 #     fields and the frame; Decoder compares a sample's other header bytes and its size with
 #     the last one it checked and, when equal, reuses that one's checks and objects, which
 #     depend on nothing else (figures: docs/performance.md, the bridge at 64 KiB).
@@ -29,9 +33,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._errors import ShmringError
+from ._layout import LIMITS
 
 MAGIC = b"SRBR"
-VERSION = 1
+VERSION = 2  # 2: `lost`
 KIND_FRAME = 0
 KIND_END = 1  # the source stream ended (every writer closed, or died: FLAG_WRITER_GONE)
 FLAG_LATEST = 1  # the sender runs --latest (Zenoh congestion control drop)
@@ -40,11 +45,11 @@ FLAG_WRITER_GONE = 4  # KIND_END: the writers died instead of closing the stream
 MAX_NDIM = 8  # docs/API.md: frames have up to 8 dimensions
 DTYPE_BYTES = 16
 
-# magic, version, kind, flags, stream, seq, timestamp_ns, slots, meta_size, max_readers,
-# max_writers, ndim, meta_len, dtype, frame shape (8 dims), ring shape (8 dims)
-HEADER = struct.Struct(f"<4sBBHQQQIIHHB3xI{DTYPE_BYTES}s{MAX_NDIM}Q{MAX_NDIM}Q")
+# magic, version, kind, flags, stream, seq, timestamp_ns, lost, slots, meta_size,
+# max_readers, max_writers, ndim, meta_len, dtype, frame shape (8 dims), ring shape (8 dims)
+HEADER = struct.Struct(f"<4sBBHQQQQIIHHB3xI{DTYPE_BYTES}s{MAX_NDIM}Q{MAX_NDIM}Q")
 HEADER_SIZE = HEADER.size
-SEQ_STAMP = struct.Struct("<QQ")  # seq, timestamp_ns: the fields that change frame to frame
+SEQ_STAMP = struct.Struct("<QQQ")  # seq, timestamp_ns, lost: what changes frame to frame
 SEQ_OFFSET = struct.calcsize("<4sBBHQ")  # where they are: after magic ... stream
 REST_OFFSET = SEQ_OFFSET + SEQ_STAMP.size  # the rest of the header: the same frame to frame
 
@@ -85,6 +90,7 @@ class Sample(NamedTuple):
     stream: int
     seq: int
     timestamp_ns: int
+    lost: int  # frames lost just before this one that the jump in `seq` does not show
     geometry: Geometry
     shape: tuple[int, ...]
     meta: bytes
@@ -101,6 +107,7 @@ def encode_header(
     geometry: Geometry,
     shape: tuple[int, ...],
     meta_len: int,
+    lost: int = 0,
 ) -> bytes:
     """The fixed header; the caller appends the metadata and the frame's bytes."""
     ndim = len(geometry.shape)
@@ -113,6 +120,7 @@ def encode_header(
         stream,
         seq,
         timestamp_ns,
+        lost,
         geometry.slots,
         geometry.meta_size,
         geometry.max_readers,
@@ -132,8 +140,8 @@ def decode(payload: bytes) -> Sample:
     if len(payload) < HEADER_SIZE:
         raise MalformedSample(f"{len(payload)} bytes, shorter than the {HEADER_SIZE}-byte header")
     fields = HEADER.unpack_from(payload)
-    magic, version, kind, flags, stream, seq, timestamp_ns = fields[:7]
-    slots, meta_size, max_readers, max_writers, ndim, meta_len, dtype_text = fields[7:14]
+    magic, version, kind, flags, stream, seq, timestamp_ns, lost = fields[:8]
+    slots, meta_size, max_readers, max_writers, ndim, meta_len, dtype_text = fields[8:15]
     if magic != MAGIC:
         raise MalformedSample(f"magic {magic!r} is not {MAGIC!r}: not a shmring bridge sample")
     if version != VERSION:
@@ -142,16 +150,29 @@ def decode(payload: bytes) -> Sample:
         raise MalformedSample(f"unknown sample kind {kind}")
     if not 1 <= ndim <= MAX_NDIM:
         raise MalformedSample(f"{ndim} dimensions (1 to {MAX_NDIM} allowed)")
-    dims: tuple[Any, ...] = fields[14:]
+    dims: tuple[Any, ...] = fields[15:]
     shape = tuple(int(d) for d in dims[:ndim])
     ring_shape = tuple(int(d) for d in dims[MAX_NDIM : MAX_NDIM + ndim])
     dtype = _dtype(dtype_text)
-    if slots < 1 or max_readers < 1 or max_writers < 1:
-        raise MalformedSample("slots, max_readers and max_writers must be positive")
-    if any(d < 1 for d in ring_shape) or any(
-        not 0 <= d <= r for d, r in zip(shape, ring_shape, strict=True)
+    for what, value in (
+        ("slots", slots),
+        ("max_readers", max_readers),
+        ("max_writers", max_writers),
+        ("meta_size", meta_size),
+    ):
+        low, high = LIMITS[what]
+        if not low <= value <= high:
+            raise MalformedSample(f"{what} {value} is outside [{low}, {high}]")
+    low, high = LIMITS["dimension"]
+    if any(not low <= d <= high for d in ring_shape) or any(
+        not 1 <= d <= r for d, r in zip(shape, ring_shape, strict=True)
     ):
         raise MalformedSample(f"frame shape {shape} does not fit the ring's shape {ring_shape}")
+    most = LIMITS["segment_bytes"][1]
+    if prod(ring_shape) * dtype.itemsize * slots > most:
+        raise MalformedSample(
+            f"{slots} frames of {ring_shape} {dtype} take more than a ring's {most} bytes"
+        )
     if meta_len > meta_size:
         raise MalformedSample(f"{meta_len} bytes of metadata, the ring holds {meta_size}")
     size = prod(shape) * dtype.itemsize if kind == KIND_FRAME else 0
@@ -177,6 +198,7 @@ def decode(payload: bytes) -> Sample:
         stream=stream,
         seq=seq,
         timestamp_ns=timestamp_ns,
+        lost=lost,
         geometry=geometry,
         shape=shape,
         meta=bytes(view[HEADER_SIZE:start]),
@@ -198,7 +220,9 @@ class FrameEncoder:
         self._buffer = bytearray(header) + bytearray(size)
         self._frame = memoryview(self._buffer)[HEADER_SIZE:]
 
-    def _header(self, seq: int, timestamp_ns: int, shape: tuple[int, ...], meta_len: int) -> bytes:
+    def _header(
+        self, seq: int, timestamp_ns: int, shape: tuple[int, ...], meta_len: int, lost: int = 0
+    ) -> bytes:
         return encode_header(
             kind=KIND_FRAME,
             flags=self._flags,
@@ -208,24 +232,32 @@ class FrameEncoder:
             geometry=self._geometry,
             shape=shape,
             meta_len=meta_len,
+            lost=lost,
         )
 
     def encode(
-        self, seq: int, timestamp_ns: int, shape: tuple[int, ...], meta: bytes, data: memoryview
+        self,
+        seq: int,
+        timestamp_ns: int,
+        shape: tuple[int, ...],
+        meta: bytes,
+        data: memoryview,
+        lost: int = 0,
     ) -> bytes | bytearray:
         """One frame's sample; `data` is the frame's bytes in C order (format "B")."""
         if meta or shape != self._geometry.shape:
-            return b"".join((self._header(seq, timestamp_ns, shape, len(meta)), meta, data))
+            header = self._header(seq, timestamp_ns, shape, len(meta), lost)
+            return b"".join((header, meta, data))
         buffer = self._buffer
-        SEQ_STAMP.pack_into(buffer, SEQ_OFFSET, seq, timestamp_ns)
+        SEQ_STAMP.pack_into(buffer, SEQ_OFFSET, seq, timestamp_ns, lost)
         self._frame[:] = data
         return buffer
 
 
 class Decoder:
     """decode() for one subscriber's samples: a sample of the last checked one's size whose
-    header differs from it at most in `seq` and `timestamp_ns` is that sample with those two
-    changed (every check depends on the rest only)."""
+    header differs from it at most in `seq`, `timestamp_ns` and `lost` is that sample with
+    those changed (every check depends on the rest only)."""
 
     __slots__ = ("_head", "_last", "_rest", "_size", "_start")
 
@@ -243,7 +275,7 @@ class Decoder:
             and payload[REST_OFFSET:HEADER_SIZE] == self._rest
             and payload[:SEQ_OFFSET] == self._head
         ):
-            seq, timestamp_ns = SEQ_STAMP.unpack_from(payload, SEQ_OFFSET)
+            seq, timestamp_ns, lost = SEQ_STAMP.unpack_from(payload, SEQ_OFFSET)
             start = self._start
             return Sample(
                 last.kind,
@@ -251,6 +283,7 @@ class Decoder:
                 last.stream,
                 seq,
                 timestamp_ns,
+                lost,
                 last.geometry,
                 last.shape,
                 payload[HEADER_SIZE:start],
