@@ -219,8 +219,8 @@ class AsyncHandle(RingHandle):
             self._waiting = None
             if timer is not None:
                 loop.remove_reader(timer.fileno())
-                if self._p.closed:
-                    timer.close()
+            if self._p.closed and self._timer is not None:  # (close() left it to us)
+                self._timer.close()
         self._p.check_usable()
         self._p.check_size()  # a truncated ring: raise before the next look faults (SIGBUS)
         return by_timer

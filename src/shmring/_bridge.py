@@ -391,7 +391,7 @@ class BridgeSender(_Bridge):
                         self.key, header, congestion_control=z.CongestionControl.BLOCK
                     )
                     LOG.info("%s: stream of ring %s ended (%s)", self._what, self.ring, end)
-                    ended = True
+                    ended, unsent = True, 0
                 if self._replaced(info):
                     return
                 n.state = f"stream ended; waiting for a writer of ring {self.ring}"

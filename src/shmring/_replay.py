@@ -158,8 +158,8 @@ class Recording:
             dtype = np.dtype(fields.dtype)
         except TypeError:
             raise NotARecording(
-                f"{self.path}: frame {fields.seq} has dtype {fields.dtype!r}, which is none; the "
-                "file is damaged"
+                f"{self.path}: frame {fields.seq} has dtype {fields.dtype!r}, which NumPy does "
+                "not know; the file is damaged"
             ) from None
         if (
             dtype != ring.dtype
