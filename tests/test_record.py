@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import multiprocessing as mp
 import os
 import pty
@@ -460,6 +461,20 @@ def test_geometry_mismatch(recording: Path, shape: tuple[int, ...], meta_size: i
         owner.write(np.ones(shape, np.uint8), 1.0)
         with reader.read(1.0) as frame:
             assert frame.array.shape == shape
+
+
+def test_recording_leaves_the_sdk_logger_as_it_was(tmp_path: Path) -> None:
+    """The recorder raises the SDK's write-failure logger to WARNING while it records (the
+    SDK reports failed writes there), and gives the program back the level it had."""
+    logger = logging.getLogger("foxglove.log_sink_set")
+    logger.setLevel(logging.ERROR)
+    try:
+        name = unique_name("log")
+        with RingWriter.create(name, SHAPE, np.uint8, meta_size=META_SIZE):
+            shmring.record(name, str(tmp_path / "none.mcap"), seconds=0.05)
+        assert logger.level == logging.ERROR
+    finally:
+        logger.setLevel(logging.NOTSET)
 
 
 def test_looping_over_a_recording_without_frames_ends(tmp_path: Path) -> None:

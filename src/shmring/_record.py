@@ -108,6 +108,7 @@ class _WriteFailures(logging.Filter):
     @contextmanager
     def watching(self) -> Iterator[_WriteFailures]:
         logger = logging.getLogger(_SDK_WRITE_LOG)
+        level = logger.level
         if not logger.isEnabledFor(logging.WARNING):  # the SDK asks before it logs
             logger.setLevel(logging.WARNING)
         logger.addFilter(self)
@@ -115,6 +116,7 @@ class _WriteFailures(logging.Filter):
             yield self
         finally:
             logger.removeFilter(self)
+            logger.setLevel(level)
 
 
 def _failure(path: str, error: RuntimeError, size: int) -> OSError:
