@@ -176,7 +176,8 @@ class BridgeStats:
 
     frames: int = 0  # frames sent (sender) or written into the local ring (receiver)
     bytes: int = 0  # their frame bytes (metadata and headers not counted)
-    dropped: int = 0  # receiver: gaps in the sequence; sender: frames its ring dropped
+    dropped: int = 0  # receiver: gaps in the stream; sender: frames its ring dropped, and
+    # (latest) frames it took while too few receivers were there
     malformed: int = 0  # receiver: samples that did not decode, skipped
     rejected: int = 0  # receiver: samples of another geometry or repeated, skipped
     peers: int = 0  # Zenoh peers and routers connected now
@@ -340,8 +341,11 @@ class BridgeSender(_Bridge):
             info = inspect_ring(self.ring)
         except RingNotFound:
             info = None
-        if info is None or info.shape != reader.shape:
-            reader.close()  # gone again, or a newer ring of that name
+        except BaseException:
+            reader.close()
+            raise
+        if info is None or info.created_ns != reader._p.geometry.created_ns:
+            reader.close()  # gone again, or another ring of that name since the attach
             self._stop.wait(POLL)
             return None
         LOG.info("%s: attached to ring %s (%s)", self._what, self.ring, _describe(info))

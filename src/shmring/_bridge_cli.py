@@ -51,7 +51,8 @@ def add_bridge_command(commands: Any) -> None:
         type=non_negative(int),
         default=1,
         metavar="N",
-        help="lossless: take no frame from the ring while fewer than N receivers are there",
+        help="while fewer than N receivers are there, take no frame from the ring (lossless), "
+        "or take and drop them (--latest)",
     )
     send.set_defaults(run=cmd_send)
 
