@@ -577,8 +577,10 @@ class AsyncWriting(AsyncHandle):
         try:
             return take()
         except RingTimeout:
-            if _passed(deadline) or not w._joined:  # (a creator's first frame joins, which
-                raise  # waited for the header lock as long as a write may)
+            # Not joined: a creator's first frame joins, which waited for the header lock as
+            # long as a write may.
+            if _passed(deadline) or not w._joined:
+                raise
         with self._one_waiter():
             if not w._block:  # overwrite: another writer held a position; it lets go itself
                 return await self._retry_stalled(take, deadline)
