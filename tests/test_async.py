@@ -412,20 +412,50 @@ def test_an_async_writer_stays_counted_between_its_looks(run: Runner) -> None:
     run(main())
 
 
-def test_an_async_claim_publishes_within_its_own_timeout(run: Runner) -> None:
-    """The claim waits for its buffer with timeout 0 on the loop; its publish (which may
-    wait for the header lock, or for another writer of an overwrite ring) has what is left
-    of the caller's timeout, as claim(timeout) has."""
-    name = unique_name()
+def test_an_async_claim_held_back_at_publish_waits_on_the_loop(run: Runner) -> None:
+    """Two writers of an overwrite ring: a claim whose publish falls on a position the other
+    writer holds (forged, as if it were stopped there) waits on the loop, not on its thread:
+    the test's own task lets the position go. Up to the claim's own timeout: one that runs
+    out raises RingTimeout about then and keeps its buffer and number, which the next claim
+    publishes."""
+    name, slots, short = unique_name("owclaim"), 4, 0.2
 
     async def main() -> None:
-        with RingWriter.create(name, SMALL, np.uint8) as w:
-            claim = w.aclaim(5.0)
-            async with claim as slot:
-                slot[...] = 1
-                left = claim._claim._deadline
-                assert left is not None and left - time.monotonic() > 4.0
-            assert claim.seq == 0
+        with (
+            RingWriter.create(name, SMALL, np.uint8, policy="overwrite", slots=slots) as w,
+            RingWriter.attach(name) as other,
+        ):
+            w.write(np.zeros(SMALL, np.uint8))
+            other.write(np.zeros(SMALL, np.uint8))
+            control, descriptors = w._control, w._p.views.descriptors
+            held = control[L.C_NEXT_SEQ]  # `other` holds this number's position
+            descriptors[held % slots][L.D_SEQ] = held | L.SEQ_BUSY
+            control[L.C_NEXT_SEQ] = held + 1
+            for _ in range(slots - 1):  # up to the number that falls on that position
+                await w.awrite(np.ones(SMALL, np.uint8), WAIT)
+            started = time.monotonic()
+            with pytest.raises(RingTimeout, match="holds back"):
+                async with w.aclaim(short) as slot:
+                    slot[...] = 2
+            assert short <= time.monotonic() - started < short + 1.0
+            claim = w.aclaim(WAIT)
+
+            async def publish() -> None:
+                async with claim as slot:
+                    slot[...] = 3
+
+            blocked = asyncio.create_task(publish())
+            ticks = 0
+            while ticks < 20:  # the loop runs this task while the claim waits
+                await asyncio.sleep(0.001)
+                ticks += 1
+            assert not blocked.done()
+            descriptors[held % slots][L.D_FLAGS] = L.DF_SKIP  # the holder places its number
+            descriptors[held % slots][L.D_SEQ] = held
+            await asyncio.wait_for(blocked, WAIT)
+            assert claim.seq == held + slots  # the number the timed-out claim kept
+            with RingReader.attach(name, start="oldest") as reader:
+                assert (await reader.alatest(WAIT)).array[0] == 3
 
     run(main())
 

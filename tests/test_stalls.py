@@ -28,6 +28,7 @@ from helpers import SMALL, WAIT, seg_path, unique_name
 
 from shmring import RingCorrupted, RingReader, RingTimeout, RingWriter
 from shmring import _layout as L
+from shmring._lock import LOCK_FLOOR
 from shmring._ring import CLOSE_LIMIT
 
 HANG_BOUND = 2.0  # the generous bound above each timeout: a hang check, not a perf assertion
@@ -271,3 +272,115 @@ def test_forged_next_number_is_ring_corrupted() -> None:
         with pytest.raises(RingCorrupted):
             r.read(TIMEOUT)
         w._control[L.C_NEXT_SEQ] = w._control[L.C_HEAD]  # repaired: they close cleanly
+
+
+class _Ticker:
+    """A task that ticks every 1 ms on the running loop: its longest gap shows whether
+    anything blocked the loop meanwhile."""
+
+    def __init__(self) -> None:
+        self.gaps: list[float] = []
+        self._task = asyncio.create_task(self._tick())
+
+    async def _tick(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.001)
+            now = time.monotonic()
+            self.gaps.append(now - last)
+            last = now
+
+    async def longest_gap(self) -> float:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        assert len(self.gaps) > 100, self.gaps  # it ran throughout
+        return max(self.gaps)
+
+
+async def _timed(call: Any) -> tuple[BaseException | None, float]:
+    """Await `call`; what it raised (None if nothing) and how long it took."""
+    start = time.monotonic()
+    try:
+        await call
+        raised: BaseException | None = None
+    except Exception as exc:
+        raised = exc
+    return raised, time.monotonic() - start
+
+
+def test_async_calls_wait_for_a_stopped_lock_holder_on_the_loop(
+    stopped_holder: Callable[[str, str], int],
+) -> None:
+    """Awaitable calls whose step needs the header lock that a stopped process holds wait
+    for it on the loop (other tasks run: issue 19's 50 ms bound) as long as the blocking
+    calls wait, max(timeout, LOCK_FLOOR), then raise the lock's RingTimeout; calls that need
+    no lock go on meanwhile."""
+    name = unique_name()
+    frame = np.ones(SMALL, np.uint8)
+    w = RingWriter.create(name, SMALL, np.uint8, slots=4, policy="overwrite", max_writers=2)
+    w.write(frame, WAIT)
+    member = RingReader.attach(name, group="g")
+    pid = stopped_holder(name, "writer")
+
+    async def main() -> None:
+        ticker = _Ticker()
+        calls = {
+            "aattach": RingReader.aattach(name, timeout=TIMEOUT),
+            "aread": member.aread(TIMEOUT),
+            "alatest": member.alatest(TIMEOUT),
+        }
+        for call, awaitable in calls.items():
+            raised, took = await _timed(awaitable)
+            _assert_timeout(raised, pid)
+            assert LOCK_FLOOR <= took < LOCK_FLOOR + HANG_BOUND, (call, took)
+        assert await w.awrite(frame, TIMEOUT) >= 0  # sequenced with the child: no lock
+        longest = await ticker.longest_gap()
+        assert longest < 0.05, f"the loop was blocked for {longest:.3f} s"
+
+    try:
+        asyncio.run(main())
+    finally:
+        with contextlib.suppress(RingTimeout):
+            member.close()
+        with contextlib.suppress(RingTimeout):
+            w.close()
+    assert not os.path.exists(seg_path(name))
+
+
+def _active_writers(w: RingWriter) -> int:
+    return sum(record[L.W_STATE] == L.STATE_ACTIVE for record in w._p.views.writers)
+
+
+def test_a_join_that_times_out_gives_its_writer_record_back() -> None:
+    """A creator's first write joins; with another writer inside its publish step (forged:
+    as if it were stopped there) the join's switch to shared mode times out. The record it
+    took goes back each time, so retrying never runs into RingFull; the awaitable write
+    waits on the loop meanwhile. Once the other writer leaves its step, the write joins."""
+    name = unique_name()
+    frame = np.ones(SMALL, np.uint8)
+    with (
+        RingWriter.create(name, SMALL, np.uint8, slots=4, max_writers=2) as w,
+        RingWriter.attach(name) as other,
+    ):
+        other.write(frame, WAIT)
+        other._record[L.W_IN_PUBLISH] = 1  # forged: "stopped inside its publish step"
+        for _ in range(2):  # max_writers=2: a record kept by the first would fail the second
+            raised = _bounded(lambda: w.write(frame, 0.0), LOCK_FLOOR + HANG_BOUND)
+            assert isinstance(raised, RingTimeout) and "publish step" in str(raised), raised
+            assert _active_writers(w) == 1 and w._control[L.C_WRITERS] == 1
+
+        async def main() -> None:
+            ticker = _Ticker()
+            raised, took = await _timed(w.awrite(frame, TIMEOUT))
+            assert isinstance(raised, RingTimeout) and "publish step" in str(raised), raised
+            assert LOCK_FLOOR <= took < LOCK_FLOOR + HANG_BOUND, took
+            longest = await ticker.longest_gap()
+            assert longest < 0.05, f"the loop was blocked for {longest:.3f} s"
+
+        asyncio.run(main())
+        assert _active_writers(w) == 1 and w._control[L.C_WRITERS] == 1
+        assert w._control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE
+        other._record[L.W_IN_PUBLISH] = 0  # it left its step
+        assert w.write(frame, WAIT) == 1
+        assert _active_writers(w) == 2 and w._control[L.C_WRITER_MODE] == L.MODE_SHARED

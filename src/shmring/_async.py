@@ -5,7 +5,10 @@
 # the blocking calls use. A frame is therefore either handed to the awaiting task or left in
 # the ring: a task cancelled while it waits has taken nothing, so under the block policy the
 # next read gets the frame published meanwhile, and under the overwrite policy the frames
-# evicted meanwhile show up in the next frame's `dropped`.
+# evicted meanwhile show up in the next frame's `dropped`. Those steps run `impatiently`
+# (_lock.py): where one would wait for the header lock that another process holds (perhaps
+# stopped), it gives up at once, and the task waits on the loop and runs it again
+# (_patiently), as long as the blocking call would wait.
 #
 # Theory of operation: `async for` takes a frame that is published already at once, with
 # iteration's C step (Taker.advance), and hands it over as a Ready (_taker.c: an awaitable
@@ -57,6 +60,7 @@ import numpy as np
 from . import _layout as L
 from ._errors import EndOfStream, RingNotFound, RingTimeout
 from ._fastpath import Ready, load_word
+from ._lock import LockBusy, impatiently, lock_deadline
 from ._ring import RingHandle
 from ._segment import _ATTACH_POLL
 from ._sys import MonotonicTimer, futex_wait, futex_wake
@@ -73,6 +77,8 @@ if TYPE_CHECKING:
     from ._writer import Claim, RingWriter
 
 IDLE_EXIT = 1.0  # seconds a sleeper thread waits for work before it exits
+LOCK_FIRST_PAUSE = 1e-3  # between tries of a step that met a busy header lock (_patiently)
+LOCK_LAST_PAUSE = 10e-3
 HANDOFF_START = 50e-6  # how long the nap's timer takes to resume its task, first guess
 HANDOFF_MAX = 500e-6
 HANDOFF_SMOOTHING = 0.25  # weight of a new measurement
@@ -252,7 +258,7 @@ class AsyncHandle(RingHandle):
         control = self._p.control
         while True:
             observed = load_word(control, word)
-            result = attempt()
+            result = await _patiently(attempt, deadline)
             if result is not None:
                 return result
             await self._sleep(address, observed, deadline)
@@ -266,6 +272,27 @@ def _rang(timer: MonotonicTimer, future: asyncio.Future[bool]) -> None:
 
 def _passed(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() >= deadline
+
+
+async def _patiently(step: Callable[[], _T], deadline: float | None) -> _T:
+    """Run `step`, a synchronous step that may take the header lock, on the loop's thread
+    with its waits for the lock cut short (_lock.impatiently). While another process holds
+    the lock (it may be stopped), wait here on the loop between tries, for as long as the
+    blocking call waits for the lock: until lock_deadline(deadline), then raise its
+    RingTimeout."""
+    try:
+        return impatiently(step)
+    except LockBusy:
+        give_up = lock_deadline(deadline)  # the wait for the lock starts
+    pause = LOCK_FIRST_PAUSE
+    while True:
+        await asyncio.sleep(min(pause, remaining(give_up)))
+        pause = min(2 * pause, LOCK_LAST_PAUSE)
+        try:
+            return impatiently(step)
+        except LockBusy as busy:
+            if _passed(give_up):
+                raise RingTimeout(str(busy)) from None
 
 
 # ---- reading ---------------------------------------------------------------------------
@@ -329,7 +356,7 @@ class AsyncReading(AsyncHandle):
             if frame is None:
                 if not r._block:
                     r._release_last()  # an overwrite reader pins one frame at a time
-                frame = r._take_next()
+                frame = await _patiently(r._take_next, None)
                 if frame is None:
                     r._release_last()  # done with it: the writer may reuse its buffer meanwhile
                     frame = await self._wait_frame(r._take_next, None)
@@ -405,7 +432,7 @@ class AsyncReading(AsyncHandle):
         """RingReader._wait_for for the event loop: poll, yielding to the loop, for up to
         `spin` s; then sleep on the frames futex as a counted sleeper."""
         r = self._reader()
-        frame = take()
+        frame = await _patiently(take, deadline)
         if frame is not None:
             r._uncount()
             return frame
@@ -466,7 +493,7 @@ class AsyncReading(AsyncHandle):
         poll_until, now = window
         woke = now
         while True:
-            frame = take()
+            frame = await _patiently(take, deadline)
             if frame is not None:
                 r._polled(frame, nap, now == woke, now - woke)
                 return frame
@@ -485,7 +512,7 @@ class AsyncReading(AsyncHandle):
         r._count()
         while True:
             observed = load_word(control, L.C_FRAMES)
-            frame = take()
+            frame = await _patiently(take, nap_end)
             if frame is not None or load_word(control, L.C_FLAGS) & L.F_CLOSED:
                 return frame
             wake_at = nap_end - self._handoff
@@ -503,7 +530,7 @@ async def _attach(attach: Callable[[], _T], timeout: float | None) -> _T:
     deadline = deadline_from(timeout)
     while True:
         try:
-            return attach()
+            return await _patiently(attach, deadline)
         except RingNotFound:
             left = _ATTACH_POLL if deadline is None else deadline - time.monotonic()
             if left <= 0:
@@ -575,7 +602,7 @@ class AsyncWriting(AsyncHandle):
         deadline = deadline_from(timeout)
         w = self._writer()
         try:
-            return take()
+            return await _patiently(take, deadline)
         except RingTimeout:
             # Not joined: a creator's first frame joins, which waited for the header lock as
             # long as a write may.
@@ -597,6 +624,8 @@ class AsyncWriting(AsyncHandle):
         def attempt() -> _T | None:
             try:
                 return take()
+            except LockBusy:  # (_until waits for the lock)
+                raise
             except RingTimeout:
                 if _passed(deadline):
                     raise
@@ -625,7 +654,7 @@ class AsyncWriting(AsyncHandle):
             await asyncio.sleep(min(pause, remaining(deadline)))
             pause = min(2 * pause, STALLED_LAST_PAUSE)
             try:
-                return take()
+                return await _patiently(take, deadline)
             except RingTimeout:
                 if _passed(deadline):
                     raise
@@ -633,14 +662,16 @@ class AsyncWriting(AsyncHandle):
 
 class AsyncClaim:
     """A Claim for `async with`: entering waits for a free buffer on the loop and yields the
-    writable slot; leaving publishes it (or abandons it on an exception), as Claim does."""
+    writable slot; leaving publishes it (or abandons it on an exception), as Claim does,
+    waiting on the loop for a busy header lock or a stalled position up to the deadline."""
 
-    __slots__ = ("_claim", "_timeout", "_writer")
+    __slots__ = ("_claim", "_deadline", "_timeout", "_writer")
 
     def __init__(self, writer: AsyncWriting, claim: Claim, timeout: float | None) -> None:
         self._writer = writer
         self._claim = claim
         self._timeout = timeout
+        self._deadline: float | None = None
 
     @property
     def seq(self) -> int | None:
@@ -648,10 +679,8 @@ class AsyncClaim:
         return self._claim.seq
 
     async def __aenter__(self) -> np.ndarray:
-        deadline = deadline_from(self._timeout)  # (checked here, as claim() checks it)
-        slot = await self._writer._until_space(self._claim.__enter__, self._timeout)
-        self._claim._deadline = deadline  # publishing may wait (the lock, a stall) as long
-        return slot
+        self._deadline = deadline_from(self._timeout)  # (checked here, as claim() checks it)
+        return await self._writer._until_space(self._claim.__enter__, self._timeout)
 
     async def __aexit__(
         self,
@@ -659,4 +688,20 @@ class AsyncClaim:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._claim.__exit__(exc_type, exc, tb)
+        claim, deadline = self._claim, self._deadline
+        writer = claim._writer
+
+        def leave() -> None:
+            # A try that timed out (the lock busy, a stalled position) left the buffer
+            # stranded (RingWriter._published) for the next write to fill; this try
+            # publishes or abandons it itself, and waits for nothing: the loop waits.
+            writer._stranded = -1
+            claim._deadline = deadline_from(0.0)
+            claim.__exit__(exc_type, exc, tb)
+
+        try:
+            await _patiently(leave, deadline)
+        except RingTimeout:
+            if _passed(deadline):
+                raise
+            await self._writer._retry_stalled(leave, deadline)

@@ -19,13 +19,23 @@
 # "fail when another process is in the middle of a microsecond update". So a call returns
 # or raises RingTimeout at most max(timeout, LOCK_FLOOR) after it starts waiting for the
 # lock; timeout=None waits for ever, as the caller asked.
+#
+# Impatience: an awaitable call runs its steps on the event loop's thread, where a wait of
+# LOCK_FLOOR would stall every other task. It runs them `impatiently`: within that, a wait
+# for the lock (or for a writer to leave its lock-free step) gives up after IMPATIENT_WAIT
+# with LockBusy, a RingTimeout, so the step unwinds as from any timeout; the awaitable call
+# then waits on the loop and runs the step again, up to the deadline the blocking call has.
+# A context variable marks the steps: other threads, and the loop's own synchronous calls
+# (close()), keep waiting as above.
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from types import TracebackType
+from typing import TypeVar, overload
 
 from . import _layout as L
 from ._errors import RingTimeout
@@ -35,6 +45,40 @@ from ._sys import try_lock_range, unlock_range
 _FIRST_BACKOFF = 20e-6
 _MAX_BACKOFF = 1e-3
 LOCK_FLOOR = 1.0  # seconds: the shortest wait for the lock, whatever the caller's timeout
+IMPATIENT_WAIT = 200e-6  # seconds an impatient step waits before LockBusy: holds take µs
+
+_T = TypeVar("_T")
+_impatient: ContextVar[bool] = ContextVar("shmring_impatient", default=False)
+
+
+class LockBusy(RingTimeout):
+    """An impatient step gave up waiting for the header lock (or for a writer to leave its
+    lock-free step) after IMPATIENT_WAIT; the message says what a timeout would."""
+
+
+def impatiently(step: Callable[[], _T]) -> _T:
+    """Run `step` with its waits for the lock cut to IMPATIENT_WAIT (LockBusy after)."""
+    token = _impatient.set(True)
+    try:
+        return step()
+    finally:
+        _impatient.reset(token)
+
+
+@overload
+def give_up_at(deadline: float, now: float) -> float: ...
+@overload
+def give_up_at(deadline: float | None, now: float) -> float | None: ...
+def give_up_at(deadline: float | None, now: float) -> float | None:
+    """When a wait that started `now` with `deadline` ends: sooner in an impatient step."""
+    if not _impatient.get():
+        return deadline
+    return now + IMPATIENT_WAIT if deadline is None else min(deadline, now + IMPATIENT_WAIT)
+
+
+def gave_up(error: RingTimeout, deadline: float | None, give_up: float | None) -> RingTimeout:
+    """`error` for a wait that reached its deadline, LockBusy if impatience ended it."""
+    return error if give_up == deadline else LockBusy(str(error))
 
 
 def lock_deadline(deadline: float | None) -> float | None:
@@ -66,17 +110,20 @@ class HeaderLock:
         self._thread_lock = threading.Lock()
 
     def acquire(self, timeout: float | None = None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._thread_lock.acquire(timeout=-1 if timeout is None else max(timeout, 0)):
-            raise self._timeout()
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
+        give_up = give_up_at(deadline, now)
+        wait = -1 if give_up is None else max(give_up - now, 0)
+        if not self._thread_lock.acquire(timeout=wait):
+            raise gave_up(self._timeout(), deadline, give_up)
         try:
             backoff = _FIRST_BACKOFF
             while not try_lock_range(self._fd, L.LOCK_HEADER):
                 # Contended: look at the file's size at each round, so that a truncation
                 # met while waiting raises instead of faulting (SIGBUS) on the owner word.
                 self._check_size()
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise self._timeout()
+                if give_up is not None and time.monotonic() >= give_up:
+                    raise gave_up(self._timeout(), deadline, give_up)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
             try:

@@ -37,7 +37,7 @@ from . import _layout as L
 from ._cpu_use import CpuUse, usable_cpus
 from ._errors import RingCorrupted, RingFull, RingTimeout, ShmringError
 from ._fastpath import load_word, reclaim, settle, wake
-from ._lock import LOCK_FLOOR, HeaderLock
+from ._lock import LOCK_FLOOR, HeaderLock, gave_up, give_up_at
 from ._segment import Segment
 from ._sys import (
     MEMBARRIER_AVAILABLE,
@@ -648,6 +648,7 @@ class Participant:
         membarrier(self.other_writers_registered())
         now = time.monotonic()
         limit = now + QUIESCE_LIMIT if deadline is None else max(deadline, now + LOCK_FLOOR)
+        give_up = give_up_at(limit, now)
         for index, record in enumerate(self.views.writers):
             while (
                 record[L.W_STATE] == L.STATE_ACTIVE
@@ -655,11 +656,12 @@ class Participant:
                 and record[L.W_TOKEN] != self.token
                 and range_is_locked(self.segment.fd, L.LOCK_WRITER_BASE + index)
             ):
-                if time.monotonic() > limit:
-                    raise RingTimeout(
+                if time.monotonic() > give_up:
+                    stuck = RingTimeout(
                         f"ring {self.name!r}: the writer (pid {record[L.W_PID]}) did not "
                         "leave its publish step; is it stopped?"
                     )
+                    raise gave_up(stuck, limit, give_up)
                 time.sleep(50e-6)
 
     def other_writers_registered(self) -> bool:

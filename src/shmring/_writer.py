@@ -292,12 +292,23 @@ class RingWriter(AsyncWriting, RingHandle):
             record[L.W_IN_PUBLISH] = 0
             record[L.W_SLEEPING] = 0
             record[L.W_EXPEDITED] = int(BARRIER_REGISTERED)
+            stream = p.control[L.C_FLAGS] & (L.F_CLOSED | L.F_STARTED)
             p.control[L.C_FLAGS] = (p.control[L.C_FLAGS] & ~L.F_CLOSED) | L.F_STARTED
             p.recount()
-            if not MEMBARRIER_AVAILABLE or p.control[L.C_WRITERS] > 1:
-                p.enter_shared_mode(deadline)
-            else:
-                p.leave_shared_mode()  # alone: the writers before it have left
+            try:
+                if not MEMBARRIER_AVAILABLE or p.control[L.C_WRITERS] > 1:
+                    p.enter_shared_mode(deadline)  # may time out on a stopped writer
+                else:
+                    p.leave_shared_mode()  # alone: the writers before it have left
+            except BaseException:
+                # Not joined: give the record back, or each retry of a write would take
+                # one more until RingFull (an attached handle's close would free it; a
+                # creator's stays open).
+                flags = p.control[L.C_FLAGS] & ~(L.F_CLOSED | L.F_STARTED)
+                p.control[L.C_FLAGS] = flags | stream
+                p.free_record(record, L.LOCK_WRITER_BASE + index)
+                p.recount()
+                raise
         membership = self._membership
         membership.index, membership.record = index, record
         publisher = membership.publisher = _publisher(
