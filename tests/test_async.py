@@ -434,7 +434,7 @@ def test_an_async_claim_held_back_at_publish_waits_on_the_loop(run: Runner) -> N
             for _ in range(slots - 1):  # up to the number that falls on that position
                 await w.awrite(np.ones(SMALL, np.uint8), WAIT)
             started = time.monotonic()
-            with pytest.raises(RingTimeout, match="holds back"):
+            with pytest.raises(shmring.ParticipantStalled, match="holds back"):
                 async with w.aclaim(short) as slot:
                     slot[...] = 2
             assert short <= time.monotonic() - started < short + 1.0

@@ -17,6 +17,7 @@ import multiprocessing as mp
 import os
 import pty
 import re
+import logging
 import shlex
 import shutil
 import signal
@@ -54,6 +55,7 @@ from mcap_protobuf.decoder import DecoderFactory
 
 import shmring
 from shmring import EndOfStream, RingReader, RingWriter
+from shmring import _layout as L
 
 SHAPE = (48, 64, 3)
 COUNT = 500
@@ -303,6 +305,29 @@ def test_progress_only_on_a_terminal(recording: Path) -> None:
     assert quiet.stdout == quiet.stderr == ""
 
 
+def test_a_terminal_that_goes_away_ends_the_progress_not_the_recording(tmp_path: Path) -> None:
+    """Progress is drawn on a terminal that then closes, so that the bar's writes fail
+    (EIO): the recording goes on to its end and leaves a complete file."""
+    name, path = unique_name("tty"), tmp_path / "tty.mcap"
+    main, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    with Writer_(name, SHAPE, 10**9) as writer:
+        try:
+            recorder = start("record", name, str(path), "--seconds", "2", stderr=secondary)
+            os.close(secondary)
+            screen = b""
+            while b"recording" not in screen:  # the bar is drawn: the terminal works
+                screen += os.read(main, 1 << 16)  # (bounded: the recorder ends in 2 s)
+        finally:
+            os.close(main)  # the terminal goes away; the bar's next redraws fail
+        out, _ = recorder.communicate(timeout=WAIT)
+        writer.finish(stop=True)
+    assert recorder.returncode == 0
+    assert "ended by time limit" in out, out
+    with shmring.read_recording(str(path)) as rec:  # complete: no recover needed
+        assert rec.frame_count == len(list(rec.frames())) > 0
+
+
 # ------------------------------------------------------------------ crashes and stops
 
 
@@ -441,6 +466,36 @@ def test_truncated_file(recording: Path, tmp_path: Path) -> None:
         ]
     assert 0 < len(got) < COUNT
     assert got == expected(len(got))
+
+
+def test_a_replay_held_back_by_a_stalled_writer_raises_what_held_it(
+    recording: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Replay into an overwrite ring whose writers sequence their frames, one of them
+    holding a position (forged, as if it were stopped in its publish step): the replay's
+    writes go on until their number falls on that position, then wait; the stall is logged
+    once, and at `timeout` the replay raises the ParticipantStalled that held it."""
+    ring, slots = unique_name("stall"), 4
+    frame = np.zeros(SHAPE, np.uint8)
+    with (
+        RingWriter.create(
+            ring, SHAPE, np.uint8, policy="overwrite", slots=slots, meta_size=META_SIZE
+        ) as w,
+        RingWriter.attach(ring) as other,
+    ):
+        w.write(frame)
+        other.write(frame)
+        control, descriptors = w._control, w._p.views.descriptors
+        held = control[L.C_NEXT_SEQ]  # `other` holds this number's position
+        descriptors[held % slots][L.D_SEQ] = held | L.SEQ_BUSY
+        control[L.C_NEXT_SEQ] = held + 1
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, "shmring.replay"):
+            with pytest.raises(shmring.ParticipantStalled, match="holds back"):
+                shmring.replay(str(recording), ring, speed=None, timeout=0.5)
+        assert 0.5 <= time.monotonic() - started < 0.5 + 2.0
+        stalls = [r for r in caplog.records if r.name == "shmring.replay"]
+        assert len(stalls) == 1 and "holds back" in stalls[0].getMessage(), stalls
 
 
 @pytest.mark.parametrize("shape, meta_size", [((32, 32), META_SIZE), (SHAPE, 0)])

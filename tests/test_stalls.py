@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -26,7 +27,7 @@ import numpy as np
 import pytest
 from helpers import SMALL, WAIT, seg_path, unique_name
 
-from shmring import RingCorrupted, RingReader, RingTimeout, RingWriter
+from shmring import ParticipantStalled, RingCorrupted, RingReader, RingTimeout, RingWriter
 from shmring import _layout as L
 from shmring._lock import LOCK_FLOOR
 from shmring._ring import CLOSE_LIMIT
@@ -109,7 +110,7 @@ def stopped_holder() -> Iterator[Callable[[str, str], int]]:
 
 
 def _assert_timeout(exc: BaseException | None, pid: int) -> None:
-    assert isinstance(exc, RingTimeout), repr(exc)
+    assert isinstance(exc, ParticipantStalled), repr(exc)
     text = f"{exc} {exc.__cause__}"  # close() chains the lock's timeout
     assert f"process {pid} holds it" in text, text  # the holder, named from its record
 
@@ -367,13 +368,15 @@ def test_a_join_that_times_out_gives_its_writer_record_back() -> None:
         other._record[L.W_IN_PUBLISH] = 1  # forged: "stopped inside its publish step"
         for _ in range(2):  # max_writers=2: a record kept by the first would fail the second
             raised = _bounded(lambda: w.write(frame, 0.0), LOCK_FLOOR + HANG_BOUND)
-            assert isinstance(raised, RingTimeout) and "publish step" in str(raised), raised
+            assert isinstance(raised, ParticipantStalled), raised
+            assert "publish step" in str(raised)
             assert _active_writers(w) == 1 and w._control[L.C_WRITERS] == 1
 
         async def main() -> None:
             ticker = _Ticker()
             raised, took = await _timed(w.awrite(frame, TIMEOUT))
-            assert isinstance(raised, RingTimeout) and "publish step" in str(raised), raised
+            assert isinstance(raised, ParticipantStalled), raised
+            assert "publish step" in str(raised)
             assert LOCK_FLOOR <= took < LOCK_FLOOR + HANG_BOUND, took
             longest = await ticker.longest_gap()
             assert longest < 0.05, f"the loop was blocked for {longest:.3f} s"
@@ -384,3 +387,35 @@ def test_a_join_that_times_out_gives_its_writer_record_back() -> None:
         other._record[L.W_IN_PUBLISH] = 0  # it left its step
         assert w.write(frame, WAIT) == 1
         assert _active_writers(w) == 2 and w._control[L.C_WRITER_MODE] == L.MODE_SHARED
+
+
+def test_a_recording_held_up_by_a_stopped_lock_holder_says_so_once(
+    stopped_holder: Callable[[str, str], int], tmp_path: Any
+) -> None:
+    """`shmring record` of a group (its reads take the lock in an overwrite ring) waits while
+    a stopped process holds the lock, and says so on stderr once, naming it; resumed, the
+    holder leaves and the recording ends as asked."""
+    name, path = unique_name(), tmp_path / "stalled.mcap"
+    with RingWriter.create(name, SMALL, np.uint8, slots=4, policy="overwrite") as w:
+        command = ["record", name, str(path), "--group", "g", "--seconds", "3"]
+        recorder = subprocess.Popen(
+            [sys.executable, "-m", "shmring", *command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            w.wait_for_readers(1, WAIT)
+            w.write(np.ones(SMALL, np.uint8), WAIT)
+            pid = stopped_holder(name, "writer")
+            assert recorder.stderr is not None
+            warning = recorder.stderr.readline()  # (bounded: the recorder ends in 3 s)
+            assert warning.startswith("shmring record: ") and f"process {pid} holds" in warning
+            assert warning.rstrip().endswith("waiting for it"), warning
+            os.kill(pid, signal.SIGCONT)  # it releases the lock and exits
+            out, err = recorder.communicate(timeout=WAIT)
+        finally:
+            recorder.kill()
+            recorder.wait(WAIT)
+    assert recorder.returncode == 0, err
+    assert "ended by time limit" in out and err == "", (out, err)

@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import numpy as np
 
 from . import _layout as L
-from ._errors import EndOfStream, RingNotFound, RingTimeout
+from ._errors import EndOfStream, ParticipantStalled, RingNotFound, RingTimeout
 from ._fastpath import Ready, load_word
 from ._lock import LockBusy, impatiently, lock_deadline
 from ._ring import RingHandle
@@ -292,7 +292,7 @@ async def _patiently(step: Callable[[], _T], deadline: float | None) -> _T:
             return impatiently(step)
         except LockBusy as busy:
             if _passed(give_up):
-                raise RingTimeout(str(busy)) from None
+                raise ParticipantStalled(str(busy)) from None
 
 
 # ---- reading ---------------------------------------------------------------------------

@@ -60,6 +60,12 @@ class RingTimeout(ShmringError, TimeoutError):
     """A bounded wait passed its timeout."""
 
 
+class ParticipantStalled(RingTimeout):
+    """The wait passed its timeout because another participant, alive but not running (SIGSTOP,
+    a debugger, Ctrl-Z), held the header lock or a step the others wait for; the message
+    names it where it can. Resume it (kill -CONT) or see `shmring inspect`."""
+
+
 class RingFull(ShmringError):
     """All reader (or writer) records of the ring are taken by live participants."""
 

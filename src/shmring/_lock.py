@@ -38,7 +38,7 @@ from types import TracebackType
 from typing import TypeVar, overload
 
 from . import _layout as L
-from ._errors import RingTimeout
+from ._errors import ParticipantStalled, RingTimeout
 from ._fastpath import load_word
 from ._sys import try_lock_range, unlock_range
 
@@ -51,7 +51,7 @@ _T = TypeVar("_T")
 _impatient: ContextVar[bool] = ContextVar("shmring_impatient", default=False)
 
 
-class LockBusy(RingTimeout):
+class LockBusy(ParticipantStalled):
     """An impatient step gave up waiting for the header lock (or for a writer to leave its
     lock-free step) after IMPATIENT_WAIT; the message says what a timeout would."""
 
@@ -163,10 +163,10 @@ class HeaderLock:
     ) -> None:
         self.release(clean=exc_type is None)
 
-    def _timeout(self) -> RingTimeout:
+    def _timeout(self) -> ParticipantStalled:
         pid = self._holder_pid(load_word(self._control, L.C_LOCK_OWNER))  # lock-free
         holder = "another process" if pid is None else f"process {pid}"
-        return RingTimeout(
+        return ParticipantStalled(
             f"ring {self._name!r}: timed out waiting for the header lock; {holder} holds it "
             "and may be stopped (SIGSTOP, a debugger, Ctrl-Z): resume it (kill -CONT), or "
             f"see `shmring inspect {self._name}`"

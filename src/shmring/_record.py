@@ -56,7 +56,7 @@ from foxglove import Channel, Context, Schema, open_mcap
 from foxglove.mcap import MCAPCompression, MCAPWriteOptions
 from mcap_protobuf.schema import build_file_descriptor_set
 
-from ._errors import EndOfStream, RecordingDiskFull, RingTimeout, WriterGone
+from ._errors import EndOfStream, ParticipantStalled, RecordingDiskFull, RingTimeout, WriterGone
 from ._inspect import inspect_ring
 from ._mcap_format import (
     END_METADATA,
@@ -80,6 +80,7 @@ from ._recording import (
     STOP_POLL,
     RecordedRing,
     RecordResult,
+    StallNotice,
     StopRequest,
     choice,
 )
@@ -87,6 +88,7 @@ from ._recording import (
 _COMPRESSION = {"none": None, "zstd": MCAPCompression.Zstd, "lz4": MCAPCompression.Lz4}
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _SDK_WRITE_LOG = "foxglove.log_sink_set"  # where foxglove-sdk reports a failed Channel.log
+_log = logging.getLogger("shmring.record")
 
 
 class _WriteFailures(logging.Filter):
@@ -364,6 +366,7 @@ def _take_frames(
 ) -> str:
     """Record until one of the ends; returns which."""
     deadline = None if seconds is None else time.monotonic() + seconds
+    stall = StallNotice(_log)
     while True:
         if stop.requested:
             return "stop request"
@@ -376,12 +379,16 @@ def _take_frames(
                 return "time limit"
         try:
             frame = reader.read(wait)
+        except ParticipantStalled as stalled:
+            stall.stall(stalled)
+            continue
         except RingTimeout:
             continue
         except EndOfStream:
             return "end of stream"
         except WriterGone:
             return "writer gone"
+        stall.went_through()
         with frame:
             recorder.add(frame)
             bar.add(1, frame.array.nbytes)

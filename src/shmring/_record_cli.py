@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable
 
 from ._cli import Refused, human_bytes, non_negative, positive, ring_name
@@ -19,6 +20,7 @@ AddCommand = Callable[[str, Command, str], argparse.ArgumentParser]
 
 
 def cmd_record(args: argparse.Namespace) -> int:
+    logging.basicConfig(format="shmring record: %(message)s")  # a stalled ring's warning
     try:
         result = record(
             args.ring,
@@ -45,6 +47,7 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    logging.basicConfig(format="shmring replay: %(message)s")
     try:
         result = replay(
             args.file,

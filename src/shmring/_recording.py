@@ -15,9 +15,13 @@
 #   - Every wait (for a frame, for readers, for room in a ring, for a frame's due time) is
 #     cut into slices of at most STOP_POLL seconds, so a stop request is seen promptly and
 #     every wait honours its timeout.
+#   - A wait held up by a stopped participant (ParticipantStalled: it holds the ring's header
+#     lock) goes on as any wait, but is logged once per stall (logger "shmring.record" or
+#     "shmring.replay"), so a recording that stands still says why.
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from collections.abc import Sequence
@@ -27,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._errors import RecordExtraMissing
+from ._errors import ParticipantStalled, RecordExtraMissing
 
 if TYPE_CHECKING:
     from ._replay import Recording
@@ -204,6 +208,22 @@ def choice(value: str, allowed: Sequence[str], what: str) -> str:
     if value not in allowed:
         raise ValueError(f"{what} must be one of {', '.join(allowed)}; got {value!r}")
     return value
+
+
+class StallNotice:
+    """Logs a ParticipantStalled once per stall: again only after a step went through."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self._log = log
+        self.stalled: ParticipantStalled | None = None
+
+    def stall(self, stalled: ParticipantStalled) -> None:
+        if self.stalled is None:
+            self._log.warning("%s; waiting for it", stalled)
+        self.stalled = stalled
+
+    def went_through(self) -> None:
+        self.stalled = None
 
 
 class StopRequest:

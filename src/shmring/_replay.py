@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import logging
 import struct
 import time
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ from mcap.writer import MCAP0_MAGIC
 from ._errors import (
     IncompatibleRing,
     NotARecording,
+    ParticipantStalled,
     RecordingTruncated,
     RingExists,
     RingTimeout,
@@ -52,11 +54,19 @@ from ._mcap_format import (
     ring_from_metadata,
 )
 from ._progress import Progress
-from ._recording import STOP_POLL, RecordedFrame, RecordedRing, ReplayResult, StopRequest
+from ._recording import (
+    STOP_POLL,
+    RecordedFrame,
+    RecordedRing,
+    ReplayResult,
+    StallNotice,
+    StopRequest,
+)
 from ._writer import RingWriter
 
 # What mcap, struct and protobuf raise on bytes that are not what they should be.
 _DAMAGE = (McapError, ValueError, struct.error, DecodeError, EOFError)
+_log = logging.getLogger("shmring.replay")
 
 
 class Recording:
@@ -310,6 +320,7 @@ def _replay_pass(
     """Write every frame once, paced: (frames written, False if asked to stop first)."""
     written = 0
     origin: tuple[float, int] | None = None  # (monotonic time, timestamp) of the first frame
+    stall = StallNotice(_log)
     for frame in recording.frames():
         if speed is not None:
             if origin is None:
@@ -317,7 +328,7 @@ def _replay_pass(
             due = origin[0] + (frame.timestamp_ns - origin[1]) / 1e9 / speed
             while (left := due - time.monotonic()) > 0 and not stop.requested:
                 time.sleep(min(left, STOP_POLL))
-        if stop.requested or not _write(writer, frame, timeout, stop):
+        if stop.requested or not _write(writer, frame, timeout, stop, stall):
             return written, False
         written += 1
         bar.add(1, frame.array.nbytes)
@@ -325,7 +336,11 @@ def _replay_pass(
 
 
 def _write(
-    writer: RingWriter, frame: RecordedFrame, timeout: float | None, stop: StopRequest
+    writer: RingWriter,
+    frame: RecordedFrame,
+    timeout: float | None,
+    stop: StopRequest,
+    stall: StallNotice,
 ) -> bool:
     """Write one frame, waiting up to `timeout` for room; False if asked to stop first."""
     deadline = _deadline(timeout)
@@ -334,11 +349,16 @@ def _write(
             writer.write(
                 frame.array, _slice(deadline), timestamp_ns=frame.timestamp_ns, meta=frame.meta
             )
+            stall.went_through()
             return True
-        except RingTimeout:
+        except RingTimeout as exc:
+            if isinstance(exc, ParticipantStalled):
+                stall.stall(exc)
             if stop.requested:
                 return False
             if deadline is not None and time.monotonic() >= deadline:
+                if stall.stalled is not None:
+                    raise stall.stalled from None  # its message names the holder
                 raise RingTimeout(
                     f"ring {writer.name!r}: no room for frame {frame.seq} after {timeout} s: "
                     "its readers do not keep up; wait longer (--timeout) or replay into an "

@@ -35,7 +35,7 @@ from typing import Any, Self
 
 from . import _layout as L
 from ._cpu_use import CpuUse, usable_cpus
-from ._errors import RingCorrupted, RingFull, RingTimeout, ShmringError
+from ._errors import ParticipantStalled, RingCorrupted, RingFull, RingTimeout, ShmringError
 from ._fastpath import load_word, reclaim, settle, wake
 from ._lock import LOCK_FLOOR, HeaderLock, gave_up, give_up_at
 from ._segment import Segment
@@ -56,11 +56,11 @@ CLOSE_LIMIT = 2.0  # how long close() waits for the header lock (it takes no tim
 _live_handles: weakref.WeakSet[RingHandle] = weakref.WeakSet()  # see _forget_after_fork
 
 
-def left_without_lock(p: Participant, what: str) -> RingTimeout:
+def left_without_lock(p: Participant, what: str) -> ParticipantStalled:
     """What close() raises when it left without the header lock (CLOSE_LIMIT passed): it
     closed the handle all the same, which frees its liveness lock, so the others reap its
     record at their next repair; a creator unlinked the name."""
-    return RingTimeout(
+    return ParticipantStalled(
         f"ring {p.name!r}: this {what} left without the header lock, which another process "
         f"held for {CLOSE_LIMIT} s (stopped?); the handle is closed and its record will be "
         "reaped by the others"
@@ -657,7 +657,7 @@ class Participant:
                 and range_is_locked(self.segment.fd, L.LOCK_WRITER_BASE + index)
             ):
                 if time.monotonic() > give_up:
-                    stuck = RingTimeout(
+                    stuck = ParticipantStalled(
                         f"ring {self.name!r}: the writer (pid {record[L.W_PID]}) did not "
                         "leave its publish step; is it stopped?"
                     )

@@ -22,7 +22,7 @@ from numpy.typing import DTypeLike
 
 from . import _layout as L
 from ._async import AsyncWriting
-from ._errors import RingCorrupted, RingFull, RingTimeout
+from ._errors import ParticipantStalled, RingCorrupted, RingFull, RingTimeout
 from ._fastpath import (
     PUBLISH_ALONE,
     PUBLISH_CORRUPTED,
@@ -655,7 +655,7 @@ class RingWriter(AsyncWriting, RingHandle):
             if seq == PUBLISH_STALLED:
                 if remaining(deadline) <= 0:
                     self._stranded = buffer  # still claimed: the next write fills it again
-                    raise RingTimeout(
+                    raise ParticipantStalled(
                         f"ring {p.name!r}: another writer holds back the frames published "
                         "after its own (is it stopped?); no frame published within the timeout"
                     )
