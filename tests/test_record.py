@@ -17,7 +17,6 @@ import multiprocessing as mp
 import os
 import pty
 import re
-import logging
 import shlex
 import shutil
 import signal
@@ -490,9 +489,11 @@ def test_a_replay_held_back_by_a_stalled_writer_raises_what_held_it(
         descriptors[held % slots][L.D_SEQ] = held | L.SEQ_BUSY
         control[L.C_NEXT_SEQ] = held + 1
         started = time.monotonic()
-        with caplog.at_level(logging.WARNING, "shmring.replay"):
-            with pytest.raises(shmring.ParticipantStalled, match="holds back"):
-                shmring.replay(str(recording), ring, speed=None, timeout=0.5)
+        with (
+            caplog.at_level(logging.WARNING, "shmring.replay"),
+            pytest.raises(shmring.ParticipantStalled, match="holds back"),
+        ):
+            shmring.replay(str(recording), ring, speed=None, timeout=0.5)
         assert 0.5 <= time.monotonic() - started < 0.5 + 2.0
         stalls = [r for r in caplog.records if r.name == "shmring.replay"]
         assert len(stalls) == 1 and "holds back" in stalls[0].getMessage(), stalls
