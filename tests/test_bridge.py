@@ -42,6 +42,7 @@ from shmring import (  # noqa: E402 (after the skip: the bridge extra may be abs
     EndOfStream,
     IncompatibleRing,
     RingReader,
+    RingTimeout,
     RingWriter,
 )
 
@@ -244,6 +245,76 @@ def test_lossless_pipeline_1000_vga_frames(cleanup: list[Any]) -> None:
     assert send.stop(signal.SIGTERM) == {"frames": 1000, "dropped": 0}
     assert recv.stop(signal.SIGINT) == {"frames": 1000, "dropped": 0, "malformed": 0, "rejected": 0}
     assert "1 receiver" in send.text().splitlines()[-1]
+
+
+def test_sigint_ends_bridges_that_zenoh_or_the_local_ring_holds_up(cleanup: list[Any]) -> None:
+    """A lossless pipeline whose far reader takes no frame: the receiver waits to write into
+    its full ring, Zenoh backpressures the sender, whose put then blocks until Zenoh gives
+    up on the link (5 s). SIGINT still ends each bridge, exit 0 within 1 s, and the source
+    ring's writer goes on once the sender is gone (its reader is reaped)."""
+    src, dst, ep = unique_name("bs"), unique_name("bd"), endpoint()
+    frame = np.zeros(VGA, np.uint8)
+    with RingWriter.create(src, VGA, np.uint8, slots=4) as writer:
+        recv = start(
+            cleanup, Bridge("recv", src, "--as", dst, "--connect", ep, "--wait-readers", "1")
+        )
+        send = start(cleanup, Bridge("send", src, "--listen", ep))
+        writer.write(frame, WAIT)  # the receiver creates its ring, and waits for a reader
+        with RingReader.attach(dst, timeout=WAIT):  # which never reads
+            deadline = time.monotonic() + WAIT
+            with pytest.raises(RingTimeout):
+                while time.monotonic() < deadline:  # fill both rings and everything between
+                    writer.write(frame, 1.0)  # until the sender takes no frame for 1 s
+            send.stop(signal.SIGINT)
+            recv.stop(signal.SIGINT)
+        writer.write(frame, WAIT)
+
+
+CLOSED_WHILE_BLOCKED = """
+import sys, time, numpy as np
+from shmring import BridgeReceiver, BridgeSender, RingReader, RingTimeout, RingWriter
+src, dst, ep, config = sys.argv[1:]
+frame = np.zeros((480, 640, 3), np.uint8)
+writer = RingWriter.create(src, frame.shape, np.uint8, slots=4)
+receiver = BridgeReceiver(src, local=dst, connect=[ep], wait_readers=1)
+sender = BridgeSender(src, listen=[ep], config=config)
+writer.write(frame, 10.0)
+reader = RingReader.attach(dst, timeout=10.0)  # it never reads
+try:
+    while True:
+        writer.write(frame, 0.3)  # until the sender takes no frame for 0.3 s
+except RingTimeout:
+    pass
+start = time.monotonic()
+sender.close()
+print(sender.closing, time.monotonic() - start < 1.0, flush=True)
+receiver.close()
+reader.close()
+writer.close()
+"""
+
+
+def test_a_program_that_closes_a_blocked_sender_exits_cleanly(tmp_path: Any) -> None:
+    """The API: close() of a sender whose put Zenoh blocks returns at once, its thread
+    still closing (`closing`); the program then ends, and its exit waits for that thread
+    (Zenoh gives the put up after wait_before_close, 2 s in this config) instead of
+    aborting under it."""
+    src, dst, ep = unique_name("bs"), unique_name("bd"), endpoint()
+    config = tmp_path / "sender.json5"
+    config.write_text(
+        '{mode: "peer", scouting: {multicast: {enabled: false}}, transport: {link: {tx: '
+        "{queue: {congestion_control: {block: {wait_before_close: 2000000}}}}}}}"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", CLOSED_WHILE_BLOCKED, src, dst, ep, str(config)],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True"], done.stdout
+    assert not os.path.exists(os.path.join(SHM_DIR, src))
 
 
 def test_two_receivers_both_get_every_frame(cleanup: list[Any]) -> None:

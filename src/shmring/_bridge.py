@@ -21,8 +21,11 @@
 #     of whose frames it misses; a ring removed or replaced is attached to anew.
 #   - Never a hang: every wait of the bridge's own is a slice of at most POLL seconds that
 #     re-checks the stop flag, and close() does not wait for a put that Zenoh blocks
-#     (lossless, a stalled link): it closes the session under it. So close() returns within
-#     about a second whatever the peers do.
+#     (lossless, a stalled link). Nothing ends such a put before Zenoh gives up on the link
+#     (`wait_before_close`, 5 s by default; closing the session waits for it too), so the
+#     sender's thread closes its session itself once the put returns (`closing`), and at
+#     interpreter exit the process waits for that (_finish_closing); `bridge send` exits at
+#     once instead. So close() returns within about a second whatever the peers do.
 #   - /dev/shm: Zenoh's own shared-memory transport is always turned off. It adds a
 #     `<number>.zenoh` file to /dev/shm that a SIGKILLed session leaves behind, and the
 #     frames are in shared memory already; a receiver removes the ring it created at close.
@@ -39,6 +42,7 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import json
 import logging
@@ -101,6 +105,18 @@ KEEP_FREED_BYTES = 64 << 20
 # either side of the ring and the link; polling (or napping, then polling, on a steady
 # stream) took it from them (docs/performance.md, "Bridge: the sender's reader sleeps").
 SENDER_SPIN = 0.0
+# Senders' threads that close their sessions themselves (BridgeSender._close_session), and how
+# long interpreter exit waits for each: past Zenoh's wait_before_close, with a margin.
+_CLOSING: set[threading.Thread] = set()
+CLOSING_LIMIT = 10.0
+
+
+@atexit.register
+def _finish_closing() -> None:
+    """Wait for the senders' threads still in a put Zenoh blocks: one that got its put back
+    while the interpreter finalized would abort the process ("exception not rethrown")."""
+    for thread in list(_CLOSING):
+        thread.join(CLOSING_LIMIT)
 
 
 def _zenoh() -> ModuleType:
@@ -245,10 +261,19 @@ class _Bridge:
         try:
             self._shutdown()
         finally:
-            self._session.close()  # (under a put Zenoh may still block: not waited for)
+            self._close_session()
 
     def _shutdown(self) -> None:
         raise NotImplementedError
+
+    def _close_session(self) -> None:
+        self._session.close()
+
+    @property
+    def closing(self) -> bool:
+        """After close(): the bridge's thread has yet to close its Zenoh session (a sender
+        whose put Zenoh blocks; see BridgeSender)."""
+        return False
 
     def __enter__(self) -> Self:
         return self
@@ -299,6 +324,8 @@ class BridgeSender(_Bridge):
         except z.ZError as exc:
             self._session.close()
             raise BridgeError(f"cannot publish on key {self.key!r}: {exc}") from None
+        self._handoff = threading.Lock()  # who closes the session: see _close_session
+        self._thread_done = self._thread_closes_session = False
         self._thread = threading.Thread(target=self._run, name=self._what, daemon=True)
         self._thread.start()
 
@@ -329,6 +356,13 @@ class BridgeSender(_Bridge):
                     self._pump(reader, info)
         except BaseException as exc:  # reported by wait(); the thread must not die silently
             self._fail(exc)
+        finally:
+            with self._handoff:
+                self._thread_done = True
+                closes_session = self._thread_closes_session
+            if closes_session:
+                self._session.close()
+                _CLOSING.discard(self._thread)
 
     def _attach(self) -> tuple[RingReader, RingInfo] | None:
         """The ring as a reader of its own group, and its header; None to try again."""
@@ -428,8 +462,27 @@ class BridgeSender(_Bridge):
 
     def _shutdown(self) -> None:
         self._thread.join(2 * POLL)
+        if self._thread.is_alive():  # in a put Zenoh blocks, which holds the publisher
+            return  # (undeclaring it would raise): closing the session undeclares all
         self._tokens.undeclare()
         self._publisher.undeclare()
+
+    def _close_session(self) -> None:
+        """Close the session, unless the thread is still in a put that Zenoh blocks
+        (lossless, receivers behind). Nothing ends that put before Zenoh gives up on the
+        link (`wait_before_close`, 5 s by default), and closing the session waits for it;
+        so the thread closes the session itself when its put returns, and leaves the ring
+        then. close() returns meanwhile, and a process that exits leaves at once."""
+        with self._handoff:
+            if not self._thread_done:
+                self._thread_closes_session = True
+                _CLOSING.add(self._thread)
+                return
+        self._session.close()
+
+    @property
+    def closing(self) -> bool:
+        return self._thread in _CLOSING
 
 
 def _bytes(array: np.ndarray) -> memoryview:

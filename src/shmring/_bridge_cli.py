@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -158,6 +160,13 @@ def run_bridge(args: argparse.Namespace, make: Callable[[], _Bridge]) -> int:
                 earlier, since = current, now
         if not args.quiet:
             print(progress(args, earlier, bridge.stats(), 0.0, "stopped"), flush=True)
+    if bridge.closing:
+        # Its thread waits for Zenoh to give up a blocked put (up to 5 s): exit now, as a
+        # killed sender would (the ring reaps its reader; the peers see the link close).
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 
