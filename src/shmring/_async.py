@@ -278,8 +278,8 @@ async def _patiently(step: Callable[[], _T], deadline: float | None) -> _T:
     """Run `step`, a synchronous step that may take the header lock, on the loop's thread
     with its waits for the lock cut short (_lock.impatiently). While another process holds
     the lock (it may be stopped), wait here on the loop between tries, for as long as the
-    blocking call waits for the lock: until lock_deadline(deadline), then raise its
-    RingTimeout."""
+    blocking call waits for the lock: until lock_deadline(deadline), then raise the
+    ParticipantStalled it would raise."""
     try:
         return impatiently(step)
     except LockBusy:
