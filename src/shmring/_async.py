@@ -432,7 +432,7 @@ class AsyncReading(AsyncHandle):
         """RingReader._wait_for for the event loop: poll, yielding to the loop, for up to
         `spin` s; then sleep on the frames futex as a counted sleeper."""
         r = self._reader()
-        frame = await _patiently(take, deadline)
+        frame = take() if r._lock_free else await _patiently(take, deadline)
         if frame is not None:
             r._uncount()
             return frame
@@ -492,8 +492,9 @@ class AsyncReading(AsyncHandle):
             return frame
         poll_until, now = window
         woke = now
+        lock_free = r._lock_free  # its takes are C steps: no lock to wait for
         while True:
-            frame = await _patiently(take, deadline)
+            frame = take() if lock_free else await _patiently(take, deadline)
             if frame is not None:
                 r._polled(frame, nap, now == woke, now - woke)
                 return frame
@@ -512,7 +513,7 @@ class AsyncReading(AsyncHandle):
         r._count()
         while True:
             observed = load_word(control, L.C_FRAMES)
-            frame = await _patiently(take, nap_end)
+            frame = take() if r._lock_free else await _patiently(take, nap_end)
             if frame is not None or load_word(control, L.C_FLAGS) & L.F_CLOSED:
                 return frame
             wake_at = nap_end - self._handoff
