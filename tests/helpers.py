@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from shmring import EndOfStream, RingReader, RingWriter, _writer
+from shmring import _layout as L
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 CHILD_SCRIPT = os.path.join(TESTS_DIR, "children", "child.py")
@@ -51,6 +52,24 @@ SMALL = (64,)
 
 
 FORMAT_MD = os.path.join(os.path.dirname(TESTS_DIR), "docs", "FORMAT.md")
+
+
+def hold_next_position(writer: RingWriter, slots: int) -> int:
+    """In a ring whose writers sequence their frames: forge the next number as taken by a
+    writer that holds its position (D_SEQ = number | SEQ_BUSY), as if it were stopped
+    inside its publish step. Returns that number."""
+    control, descriptors = writer._control, writer._p.views.descriptors
+    held: int = control[L.C_NEXT_SEQ]
+    descriptors[held % slots][L.D_SEQ] = held | L.SEQ_BUSY
+    control[L.C_NEXT_SEQ] = held + 1
+    return held
+
+
+def let_go_position(writer: RingWriter, held: int, slots: int) -> None:
+    """The forged holder of `held` places its number (as a skip) and leaves its step."""
+    descriptors = writer._p.views.descriptors
+    descriptors[held % slots][L.D_FLAGS] = L.DF_SKIP
+    descriptors[held % slots][L.D_SEQ] = held
 
 
 def format_md_table(heading: str) -> list[list[str]]:

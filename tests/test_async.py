@@ -26,6 +26,8 @@ from helpers import (
     WAIT,
     Child,
     Pattern,
+    hold_next_position,
+    let_go_position,
     make_tag,
     unique_name,
 )
@@ -427,10 +429,7 @@ def test_an_async_claim_held_back_at_publish_waits_on_the_loop(run: Runner) -> N
         ):
             w.write(np.zeros(SMALL, np.uint8))
             other.write(np.zeros(SMALL, np.uint8))
-            control, descriptors = w._control, w._p.views.descriptors
-            held = control[L.C_NEXT_SEQ]  # `other` holds this number's position
-            descriptors[held % slots][L.D_SEQ] = held | L.SEQ_BUSY
-            control[L.C_NEXT_SEQ] = held + 1
+            held = hold_next_position(w, slots)  # as if `other` were stopped there
             for _ in range(slots - 1):  # up to the number that falls on that position
                 await w.awrite(np.ones(SMALL, np.uint8), WAIT)
             started = time.monotonic()
@@ -450,8 +449,7 @@ def test_an_async_claim_held_back_at_publish_waits_on_the_loop(run: Runner) -> N
                 await asyncio.sleep(0.001)
                 ticks += 1
             assert not blocked.done()
-            descriptors[held % slots][L.D_FLAGS] = L.DF_SKIP  # the holder places its number
-            descriptors[held % slots][L.D_SEQ] = held
+            let_go_position(w, held, slots)
             await asyncio.wait_for(blocked, WAIT)
             assert claim.seq == held + slots  # the number the timed-out claim kept
             with RingReader.attach(name, start="oldest") as reader:
@@ -480,18 +478,14 @@ def test_an_async_overwrite_writer_held_back_retries_without_sleeping_on_space(
             w.write(np.zeros(SMALL, np.uint8))
             other.write(np.zeros(SMALL, np.uint8))
             assert w._p.sequenced()
-            control, descriptors = w._control, w._p.views.descriptors
-            held = control[L.C_NEXT_SEQ]  # `other` holds this number's position
-            descriptors[held % slots][L.D_SEQ] = held | L.SEQ_BUSY
-            control[L.C_NEXT_SEQ] = held + 1
+            held = hold_next_position(w, slots)  # as if `other` were stopped there
             for _ in range(slots - 1):  # up to the number that falls on that position
                 await w.awrite(np.ones(SMALL, np.uint8), WAIT)
             monkeypatch.setattr(type(w), "_sleep", no_space_sleep)
             blocked = asyncio.create_task(w.awrite(np.full(SMALL, 2, np.uint8), WAIT))
             await asyncio.sleep(0.05)  # it retries meanwhile (the result does not depend on it)
             assert not blocked.done()
-            descriptors[held % slots][L.D_FLAGS] = L.DF_SKIP  # the holder places its number
-            descriptors[held % slots][L.D_SEQ] = held
+            let_go_position(w, held, slots)
             assert await asyncio.wait_for(blocked, WAIT) == held + slots
 
     run(main())

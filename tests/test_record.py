@@ -39,6 +39,7 @@ from helpers import (
     VGA,
     WAIT,
     Pattern,
+    hold_next_position,
     make_tag,
     seg_path,
     split_tag,
@@ -54,7 +55,6 @@ from mcap_protobuf.decoder import DecoderFactory
 
 import shmring
 from shmring import EndOfStream, RingReader, RingWriter
-from shmring import _layout as L
 
 SHAPE = (48, 64, 3)
 COUNT = 500
@@ -484,10 +484,7 @@ def test_a_replay_held_back_by_a_stalled_writer_raises_what_held_it(
     ):
         w.write(frame)
         other.write(frame)
-        control, descriptors = w._control, w._p.views.descriptors
-        held = control[L.C_NEXT_SEQ]  # `other` holds this number's position
-        descriptors[held % slots][L.D_SEQ] = held | L.SEQ_BUSY
-        control[L.C_NEXT_SEQ] = held + 1
+        hold_next_position(w, slots)  # as if `other` were stopped there
         started = time.monotonic()
         with (
             caplog.at_level(logging.WARNING, "shmring.replay"),

@@ -22,6 +22,8 @@ from helpers import (
     Pattern,
     Waiter,
     finish,
+    hold_next_position,
+    let_go_position,
     make_tag,
     seg_path,
     split_tag,
@@ -370,10 +372,8 @@ def test_a_writer_stopped_holding_a_position_makes_the_others_wait_up_to_their_t
     ):
         w.write(pat.make(make_tag(0, 0)))
         holder.expect("ready")
-        control, descriptors = w._control, w._p.views.descriptors
-        owned = control[L.C_NEXT_SEQ]
-        descriptors[owned % slots][L.D_SEQ] = owned | L.SEQ_BUSY
-        control[L.C_NEXT_SEQ] = owned + 1
+        control = w._control
+        owned = hold_next_position(w, slots)
         written = 0
         started = time.monotonic()
         with pytest.raises(shmring.RingTimeout, match="holds back"):
@@ -385,8 +385,7 @@ def test_a_writer_stopped_holding_a_position_makes_the_others_wait_up_to_their_t
         assert written == slots - 1 and control[L.C_HEAD] == owned  # then it needs that one
         kept = owned + slots
         assert w._record[L.W_CLAIMED_SEQ] == kept and control[L.C_NEXT_SEQ] == kept + 1
-        descriptors[owned % slots][L.D_FLAGS] = L.DF_SKIP  # the holder places its number
-        descriptors[owned % slots][L.D_SEQ] = owned
+        let_go_position(w, owned, slots)
         assert w.write(pat.make(make_tag(0, slots)), timeout) == kept
         assert control[L.C_HEAD] == kept + 1 and w._record[L.W_CLAIMED_SEQ] == L.NONE
         holder.kill()
