@@ -335,9 +335,7 @@ def test_a_position_a_dead_writer_owned_becomes_a_skip_and_the_stream_goes_on() 
         dead.kill()
         dead.wait_dead()
         control, descriptors = w._control, w._p.views.descriptors
-        owned = control[L.C_NEXT_SEQ]  # the dead writer "took" this number and its position
-        descriptors[owned % slots][L.D_SEQ] = owned | L.SEQ_BUSY
-        control[L.C_NEXT_SEQ] = owned + 1
+        owned = hold_next_position(w, slots)  # as if the dead writer had taken it
         assert [w.write(pat.make(make_tag(0, n))) for n in (1, 2)] == [owned + 1, owned + 2]
         assert control[L.C_HEAD] == owned  # waiting for the owned position
         (slot,) = [s for s in shmring.inspect_ring(name).slot_states if s.state == "writing"]
