@@ -762,10 +762,20 @@ REFUSALS = {
     "dtype": (_patched(56, "16s", b"|O8"), VALID_SIZE, "dtype '|O8'"),
     "short": (_geometry().pack()[:100], 100, "smaller than a shmring header"),
     "truncated": (_geometry().pack(), VALID_SIZE - 64, "truncated or resized"),
-    "buffers": (
+    "block_buffers": (
         _geometry(buffers=6).pack(),
         _geometry(buffers=6).segment_bytes,
-        "more buffers (6) than slots (4)",
+        "not 6 buffers and 4 slots",
+    ),
+    "block_fewer_buffers": (
+        _geometry(buffers=2).pack(),
+        _geometry(buffers=2).segment_bytes,
+        "not 2 buffers and 4 slots",
+    ),
+    "overwrite_fewer_buffers": (
+        _geometry(buffers=3, policy=L.POLICY_OVERWRITE).pack(),
+        _geometry(buffers=3, policy=L.POLICY_OVERWRITE).segment_bytes,
+        "not 3 buffers and 4 slots",
     ),
 }
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -165,7 +166,9 @@ def test_unpack_refuses_what_create_would_refuse(field: str) -> None:
 
 
 def test_unpack_accepts_create_limits_and_create_refuses_one_more() -> None:
-    most = geometry(slots=L.MAX_SLOTS, buffers=L.MAX_SLOTS + L.MAX_SPARE_BUFFERS)
+    most = geometry(  # spare buffers: overwrite rings only
+        slots=L.MAX_SLOTS, buffers=L.MAX_SLOTS + L.MAX_SPARE_BUFFERS, policy=L.POLICY_OVERWRITE
+    )
     assert L.Geometry.unpack(most.pack(), "most") == most
     name = unique_name("plantlimit")
     cases: list[tuple[dict[str, Any], int]] = [
@@ -181,6 +184,29 @@ def test_unpack_accepts_create_limits_and_create_refuses_one_more() -> None:
         with pytest.raises(ValueError, match=str(limit)):
             RingWriter.create(name, **{"shape": SMALL, "dtype": np.uint8, **arguments})
     assert not os.path.lexists(seg_path(name))
+
+
+@pytest.mark.parametrize(
+    "policy, buffers, allowed",
+    [
+        (L.POLICY_BLOCK, 10, "[8, 8]"),
+        (L.POLICY_BLOCK, 6, "[8, 8]"),
+        (L.POLICY_OVERWRITE, 7, "[8, "),
+    ],
+)
+def test_buffers_the_format_does_not_define_are_refused(
+    policy: int, buffers: int, allowed: str
+) -> None:
+    """A block ring has one buffer per slot (each descriptor position owns one); an
+    overwrite ring from `slots` to `slots` + MAX_SPARE_BUFFERS (docs/FORMAT.md, "Fixed
+    header"). The C reader checks the same (test_c_reader.py)."""
+    planted_geometry = geometry(policy=policy, buffers=buffers)
+    with planted(planted_geometry.pack(), planted_geometry.segment_bytes) as name:
+        for attach in (RingReader.attach, RingWriter.attach, shmring.inspect_ring):
+            with pytest.raises(
+                IncompatibleRing, match=re.escape(f"buffers={buffers} is outside {allowed}")
+            ):
+                attach(name)
 
 
 def test_a_created_ring_is_fully_allocated() -> None:

@@ -309,6 +309,8 @@ static int check_header(struct ring *r, const uint8_t raw[SHMRING_FIXED_HEADER_B
     CHECK(h->max_writers >= 1 && h->max_writers <= SHMRING_MAX_WRITERS,
           "max_writers %u is out of range", h->max_writers);
     CHECK(h->meta_size <= SHMRING_MAX_META, "meta_size %u is out of range", h->meta_size);
+    CHECK(h->creator_pid <= (uint64_t)1 << 32, "creator_pid %" PRIu64 " is out of range",
+          h->creator_pid);
     /* The derived offsets (FORMAT.md, "Fixed header"); the bounds above keep every sum
      * below 2^62 except those involving buffer_bytes, which are checked. */
     uint64_t align = buffer_bytes >= r->page ? r->page : SHMRING_CACHE_LINE;
@@ -347,10 +349,16 @@ static int check_header(struct ring *r, const uint8_t raw[SHMRING_FIXED_HEADER_B
           "the file is %" PRIu64 " bytes but its header describes %" PRIu64
           "; it was truncated or resized",
           file_bytes, segment);
-    CHECK(h->policy != SHMRING_POLICY_BLOCK || h->buffers <= h->slots,
-          "a block-policy ring with more buffers (%u) than slots (%u) is not defined by "
-          "the format",
+    CHECK(h->policy != SHMRING_POLICY_BLOCK || h->buffers == h->slots,
+          "a block-policy ring has as many buffers as slots, not %u buffers and %u slots",
           h->buffers, h->slots);
+    CHECK(h->policy != SHMRING_POLICY_OVERWRITE ||
+              (h->buffers >= h->slots && h->buffers - h->slots <= SHMRING_MAX_SPARE_BUFFERS),
+          "an overwrite-policy ring has from slots to slots + %u buffers, not %u buffers "
+          "and %u slots",
+          SHMRING_MAX_SPARE_BUFFERS, h->buffers, h->slots);
+    CHECK(segment <= SHMRING_MAX_SEGMENT_BYTES, "the segment's %" PRIu64 " bytes are too many",
+          segment);
     CHECK(segment <= SIZE_MAX, "the ring is too large to map");
     return 0;
 }
@@ -478,10 +486,20 @@ static uint64_t live_writers(const struct ring *r) {
     return live;
 }
 
-/* The window [tail, head) of sequence numbers whose descriptors may hold a frame. */
+#define WINDOW_TRIES 64 /* then the last look stands: writers moved tail at every one */
+
+/* The window [tail, head) of sequence numbers whose descriptors may hold a frame: head loaded
+ * between two loads of tail that agree (FORMAT.md, "A consistent window"), since writers
+ * move both without the lock; then tail <= head <= tail + slots holds between the two. */
 static int window(const struct ring *r, uint64_t *tail, uint64_t *head) {
-    *head = ld(&r->control->head);
-    *tail = ld(&r->control->tail);
+    for (int tries = 0; tries < WINDOW_TRIES; tries++) {
+        uint64_t before = ld(&r->control->tail);
+        *head = ld(&r->control->head);
+        *tail = ld(&r->control->tail);
+        if (*tail == before) {
+            break;
+        }
+    }
     if (*tail > *head || *head - *tail > r->h.slots || *head >= SHMRING_SEQ_LIMIT) {
         return damaged(r, "head", *head);
     }
@@ -517,13 +535,9 @@ static int recount(struct ring *r) {
     st(&r->control->writers, writers);
     st(&r->control->readers, readers);
     st(&r->control->membership, ld(&r->control->membership) + 1);
-    /* Only an overwrite ring that is not sequenced returns to exclusive mode here: the last
-     * writer of a sequenced ring switches back itself, since its steps take no lock
-     * ("Recount"). */
-    if (writers <= 1 && r->membarrier_global && r->h.policy == SHMRING_POLICY_OVERWRITE &&
-        !(ld(&r->control->flags) & SHMRING_F_SEQUENCED)) {
-        st(&r->control->writer_mode, SHMRING_MODE_EXCLUSIVE);
-    }
+    /* The writers' mode is not this reader's to change ("Recount"): an overwrite ring in
+     * shared mode and not sequenced is one whose resequencing was cut short, which it
+     * leaves to shmring (repair_buffers). */
     return 0;
 }
 

@@ -104,7 +104,7 @@ CONTROL_BYTES = 4 * CACHE_LINE
 C_HEAD = 0  # frames published so far == the next sequence number
 C_TAIL = 1  # every frame with seq < tail is released by all groups and its buffer reused
 C_FREE_COUNT = 2  # number of valid entries at the start of the free-buffer list
-C_NEXT_SEQ = 3  # shared mode, block policy: the next sequence number a writer may claim
+C_NEXT_SEQ = 3  # sequenced (shared mode): the next sequence number a writer may claim
 # A reclaim (in C only: _publisher.c, shmring_reclaim) stores the free list entries, then
 # tail, then free count, release stores in that order, with no signal handler between them:
 # a reader that loads free count and then tail (acquire) never sees a freed buffer both in
@@ -161,7 +161,7 @@ R_TOKEN = 1  # random non-zero id of the owning handle
 R_PID = 2
 R_GROUP = 3  # index into the group table, or NONE for a reader that is its own group
 R_RELEASE = 4  # frames with seq < release are released by this reader (NONE: holds nothing)
-R_DROPPED = 5  # frames this reader lost (overwrite policy)
+R_DROPPED = 5  # frames this reader lost (overwrite policy, skips, latest())
 R_SLEEPING = 6  # 1 while counted in C_READER_WAITERS: a reaper of a dead sleeper uncounts it
 R_PINNED = 7  # overwrite policy: a buffer this reader holds (its first pin), or NONE
 
@@ -183,10 +183,10 @@ G_NAME_BYTE_OFFSET = G_NAME * 8
 W_STATE = 0
 W_TOKEN = 1
 W_PID = 2
-W_IN_PUBLISH = 3  # 1 while an exclusive-mode writer is inside a lock-free section
+W_IN_PUBLISH = 3  # 1 while the writer is inside a lock-free step (exclusive or sequenced)
 W_CLAIMED = 4  # buffer index this writer has claimed, or NONE
 W_SLEEPING = 5  # 1 while counted in C_WRITER_WAITERS: a reaper of a dead sleeper uncounts it
-W_CLAIMED_SEQ = 6  # shared mode, block policy: the sequence number it claims, or NONE
+W_CLAIMED_SEQ = 6  # sequenced: the sequence number it claims (or kept), or NONE
 W_EXPEDITED = 7  # 1: its process registered for MEMBARRIER_CMD_GLOBAL_EXPEDITED (since 2.1)
 
 RECORD_WORDS = CACHE_LINE // 8
@@ -369,13 +369,15 @@ class Geometry:
         assert isinstance(raw_dtype, bytes)
         dtype = checked_dtype(raw_dtype.rstrip(b"\0").decode("ascii"))
         slots = number("slots", *LIMITS["slots"])
-        low, high = LIMITS["spare_buffers"]
+        policy = number("policy", 0, 1)
+        # A block ring's descriptor positions each own a buffer; overwrite adds spares.
+        low, high = LIMITS["spare_buffers"] if policy == POLICY_OVERWRITE else (0, 0)
         geometry = cls(
             shape=shape,
             dtype=dtype,
             slots=slots,
             buffers=number("buffers", slots + low, slots + high),
-            policy=number("policy", 0, 1),
+            policy=policy,
             max_readers=number("max_readers", *LIMITS["max_readers"]),
             max_writers=number("max_writers", *LIMITS["max_writers"]),
             meta_size=number("meta_size", *LIMITS["meta_size"]),

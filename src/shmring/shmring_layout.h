@@ -61,7 +61,7 @@
 /* every frame with seq < tail is released by all groups and its buffer reused */
 #define SHMRING_C_TAIL 1
 #define SHMRING_C_FREE_COUNT 2 /* number of valid entries at the start of the free-buffer list */
-/* shared mode, block policy: the next sequence number a writer may claim */
+/* sequenced (shared mode): the next sequence number a writer may claim */
 #define SHMRING_C_NEXT_SEQ 3
 /* A reclaim (in C only: _publisher.c, shmring_reclaim) stores the free list entries, then */
 /* tail, then free count, release stores in that order, with no signal handler between them: */
@@ -126,7 +126,7 @@
 #define SHMRING_R_GROUP 3
 /* frames with seq < release are released by this reader (NONE: holds nothing) */
 #define SHMRING_R_RELEASE 4
-#define SHMRING_R_DROPPED 5 /* frames this reader lost (overwrite policy) */
+#define SHMRING_R_DROPPED 5 /* frames this reader lost (overwrite policy, skips, latest()) */
 /* 1 while counted in C_READER_WAITERS: a reaper of a dead sleeper uncounts it */
 #define SHMRING_R_SLEEPING 6
 /* overwrite policy: a buffer this reader holds (its first pin), or NONE */
@@ -151,12 +151,12 @@
 #define SHMRING_W_STATE 0
 #define SHMRING_W_TOKEN 1
 #define SHMRING_W_PID 2
-#define SHMRING_W_IN_PUBLISH 3 /* 1 while an exclusive-mode writer is inside a lock-free section */
+/* 1 while the writer is inside a lock-free step (exclusive or sequenced) */
+#define SHMRING_W_IN_PUBLISH 3
 #define SHMRING_W_CLAIMED 4 /* buffer index this writer has claimed, or NONE */
 /* 1 while counted in C_WRITER_WAITERS: a reaper of a dead sleeper uncounts it */
 #define SHMRING_W_SLEEPING 5
-/* shared mode, block policy: the sequence number it claims, or NONE */
-#define SHMRING_W_CLAIMED_SEQ 6
+#define SHMRING_W_CLAIMED_SEQ 6 /* sequenced: the sequence number it claims (or kept), or NONE */
 /* 1: its process registered for MEMBARRIER_CMD_GLOBAL_EXPEDITED (since 2.1) */
 #define SHMRING_W_EXPEDITED 7
 #define SHMRING_RECORD_WORDS 8
@@ -246,7 +246,7 @@ struct shmring_control {
     /* word 1: every frame with seq < tail is released by all groups and its buffer reused */
     uint64_t tail;
     uint64_t free_count; /* word 2: number of valid entries at the start of the free-buffer list */
-    /* word 3: shared mode, block policy: the next sequence number a writer may claim */
+    /* word 3: sequenced (shared mode): the next sequence number a writer may claim */
     uint64_t next_seq;
     uint64_t reserved4[4]; /* words 4-7 */
     /* word 8: token of the header-lock holder; non-zero at acquire => holder died */
@@ -310,7 +310,7 @@ struct shmring_reader {
     uint64_t group;
     /* word 4: frames with seq < release are released by this reader (NONE: holds nothing) */
     uint64_t release;
-    uint64_t dropped; /* word 5: frames this reader lost (overwrite policy) */
+    uint64_t dropped; /* word 5: frames this reader lost (overwrite policy, skips, latest()) */
     /* word 6: 1 while counted in C_READER_WAITERS: a reaper of a dead sleeper uncounts it */
     uint64_t sleeping;
     /* word 7: overwrite policy: a buffer this reader holds (its first pin), or NONE */
@@ -345,13 +345,12 @@ struct shmring_writer {
     uint64_t state; /* word 0 */
     uint64_t token; /* word 1 */
     uint64_t pid; /* word 2 */
-    /* word 3: 1 while an exclusive-mode writer is inside a lock-free section */
+    /* word 3: 1 while the writer is inside a lock-free step (exclusive or sequenced) */
     uint64_t in_publish;
     uint64_t claimed; /* word 4: buffer index this writer has claimed, or NONE */
     /* word 5: 1 while counted in C_WRITER_WAITERS: a reaper of a dead sleeper uncounts it */
     uint64_t sleeping;
-    /* word 6: shared mode, block policy: the sequence number it claims, or NONE */
-    uint64_t claimed_seq;
+    uint64_t claimed_seq; /* word 6: sequenced: the sequence number it claims (or kept), or NONE */
     /* word 7: 1: its process registered for MEMBARRIER_CMD_GLOBAL_EXPEDITED (since 2.1) */
     uint64_t expedited;
 };
