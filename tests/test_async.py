@@ -36,6 +36,7 @@ import shmring
 from shmring import RingReader, RingTimeout, RingWriter, ShmringError, WriterGone, _pacing
 from shmring import _layout as L
 from shmring._fastpath import Ready
+from shmring._lock import LockBusy
 from shmring._sys import futex_wake
 from shmring._timing import POLL_SLICE
 
@@ -454,6 +455,97 @@ def test_an_async_claim_held_back_at_publish_waits_on_the_loop(run: Runner) -> N
             assert claim.seq == held + slots  # the number the timed-out claim kept
             with RingReader.attach(name, start="oldest") as reader:
                 assert (await reader.alatest(WAIT)).array[0] == 3
+
+    run(main())
+
+
+def test_a_claim_retrying_its_publish_keeps_its_buffer_from_other_tasks(
+    run: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim's publish that meets a busy header lock (simulated: its first try raises
+    LockBusy, leaving the buffer stranded for the writer's next write, as
+    RingWriter._locked_step does) retries on the loop. Meanwhile another task's claim on
+    the same writer gets a buffer of its own, not the one still holding the first frame."""
+    name = unique_name()
+
+    async def main() -> None:
+        with (
+            RingWriter.create(name, SMALL, np.uint8, slots=4) as w,
+            RingReader.attach(name, start="oldest") as reader,
+        ):
+            w.write(np.zeros(SMALL, np.uint8))
+            reader.read(WAIT).release()
+            real_fast, real_publish, busy = w._publish_claimed_fast, w._publish, [True]
+
+            def fast(buffer: int) -> int:
+                return -1 if busy[0] else real_fast(buffer)
+
+            def publish(buffer: int, *rest: Any) -> int:
+                if busy[0]:
+                    busy[0] = False
+                    w._stranded = buffer
+                    raise LockBusy("simulated: the header lock is busy")
+                return real_publish(buffer, *rest)
+
+            monkeypatch.setattr(w, "_publish_claimed_fast", fast)
+            monkeypatch.setattr(w, "_publish", publish)
+
+            async def fill(value: int, after_a_yield: bool) -> None:
+                if after_a_yield:  # the first task is then between two tries of its publish
+                    await asyncio.sleep(0)
+                async with w.aclaim(WAIT) as slot:
+                    slot[...] = value
+
+            await asyncio.wait_for(asyncio.gather(fill(1, False), fill(2, True)), WAIT)
+            got = []
+            for _ in range(2):
+                with reader.read(WAIT) as frame:
+                    got.append((int(frame.array[0]), frame.array.ctypes.data))
+            assert sorted(value for value, _ in got) == [1, 2]
+            assert got[0][1] != got[1][1], "two frames in one buffer"
+
+    run(main())
+
+
+def test_an_async_read_napping_waits_for_a_busy_lock_as_long_as_it_may(
+    run: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An overwrite group member (its takes need the header lock) naps before a frame that
+    is due; the lock stays busy (another thread holds it) past LOCK_FLOOR. With no timeout
+    the read waits for it, as the blocking read does, and returns the frame then."""
+    name = unique_name()
+    held = 1.5  # seconds: past LOCK_FLOOR (1 s)
+
+    async def main() -> None:
+        with (
+            RingWriter.create(name, SMALL, np.uint8, policy="overwrite") as w,
+            RingReader.attach(name, group="g") as r,
+        ):
+            w.write(np.zeros(SMALL, np.uint8))  # joined: its next write takes no lock
+            (await r.aread(WAIT)).release()
+            taken, done = threading.Event(), threading.Event()
+
+            def hold() -> None:
+                with r._p.lock:
+                    taken.set()
+                    done.wait(held)
+
+            holder = threading.Thread(target=hold, daemon=True)
+
+            def nap_plan(deadline: float | None) -> tuple[float, int]:
+                holder.start()
+                taken.wait(WAIT)
+                w.write(np.full(SMALL, 7, np.uint8))  # the frame is there; the lock is not
+                return (time.monotonic() + 0.02, 0)
+
+            monkeypatch.setattr(r, "_nap_plan", nap_plan)
+            monkeypatch.setattr(r._p, "spinning_pays", lambda: True)
+            started = time.monotonic()
+            frame = await asyncio.wait_for(r.aread(), WAIT)
+            assert held <= time.monotonic() - started < held + 1.0
+            assert int(frame.array[0]) == 7
+            frame.release()
+            holder.join(WAIT)
 
     run(main())
 

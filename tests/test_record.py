@@ -55,6 +55,7 @@ from mcap_protobuf.decoder import DecoderFactory
 
 import shmring
 from shmring import EndOfStream, RingReader, RingWriter
+from shmring._recording import StallNotice
 
 SHAPE = (48, 64, 3)
 COUNT = 500
@@ -494,6 +495,22 @@ def test_a_replay_held_back_by_a_stalled_writer_raises_what_held_it(
         assert 0.5 <= time.monotonic() - started < 0.5 + 2.0
         stalls = [r for r in caplog.records if r.name == "shmring.replay"]
         assert len(stalls) == 1 and "holds back" in stalls[0].getMessage(), stalls
+
+
+def test_a_stall_is_logged_once_until_something_else_happens(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """StallNotice, which record and replay share: one warning per stall; a step that went
+    through, or a wait for a plain reason (no frame, no room), ends the stall."""
+    notice = StallNotice(logging.getLogger("shmring.record"))
+    stalled = shmring.ParticipantStalled("process 1 holds it")
+    with caplog.at_level(logging.WARNING, "shmring.record"):
+        notice.stall(stalled)
+        notice.stall(stalled)
+        assert len(caplog.records) == 1
+        notice.clear()
+        notice.stall(stalled)
+    assert [r.getMessage() for r in caplog.records] == ["process 1 holds it; waiting for it"] * 2
 
 
 @pytest.mark.parametrize("shape, meta_size", [((32, 32), META_SIZE), (SHAPE, 0)])

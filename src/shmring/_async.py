@@ -486,7 +486,7 @@ class AsyncReading(AsyncHandle):
         between two looks."""
         r = self._reader()
         nap = r._nap_plan(deadline)
-        frame = None if nap is None else await self._nap_async(take, nap[0])
+        frame = None if nap is None else await self._nap_async(take, nap[0], deadline)
         window = r._poll_window(nap, frame, deadline)
         if window is None:
             return frame
@@ -504,7 +504,9 @@ class AsyncReading(AsyncHandle):
             await asyncio.sleep(0)  # other tasks run between looks
             r._p.check_usable()
 
-    async def _nap_async(self, take: Callable[[], _Ready | None], nap_end: float) -> _Ready | None:
+    async def _nap_async(
+        self, take: Callable[[], _Ready | None], nap_end: float, deadline: float | None
+    ) -> _Ready | None:
         """RingReader._nap on the loop: sleep as a counted waiter (a frame that comes early
         wakes us) until `nap_end`, less the handoff (how late the loop's timer resumes the
         task, measured here), so the loop is polling when the frame is due."""
@@ -513,7 +515,7 @@ class AsyncReading(AsyncHandle):
         r._count()
         while True:
             observed = load_word(control, L.C_FRAMES)
-            frame = take() if r._lock_free else await _patiently(take, nap_end)
+            frame = take() if r._lock_free else await _patiently(take, deadline)
             if frame is not None or load_word(control, L.C_FLAGS) & L.F_CLOSED:
                 return frame
             wake_at = nap_end - self._handoff
@@ -691,18 +693,35 @@ class AsyncClaim:
     ) -> None:
         claim, deadline = self._claim, self._deadline
         writer = claim._writer
+        kept = False  # a try timed out: the claim keeps its buffer for the next try
 
         def leave() -> None:
-            # A try that timed out (the lock busy, a stalled position) left the buffer
-            # stranded (RingWriter._published) for the next write to fill; this try
-            # publishes or abandons it itself, and waits for nothing: the loop waits.
-            writer._stranded = -1
-            claim._deadline = deadline_from(0.0)
-            claim.__exit__(exc_type, exc, tb)
+            nonlocal kept
+            claim._deadline = deadline_from(0.0)  # each try waits for nothing: the loop waits
+            try:
+                claim.__exit__(exc_type, exc, tb)
+            except RingTimeout:
+                # The try left the buffer stranded (RingWriter._published) for the writer's
+                # next write or claim to fill; another task's must not take it meanwhile.
+                writer._stranded, kept = -1, True
+                raise
+            kept = False
 
         try:
-            await _patiently(leave, deadline)
-        except RingTimeout:
-            if _passed(deadline):
-                raise
-            await self._writer._retry_stalled(leave, deadline)
+            try:
+                impatiently(leave)
+                return
+            except RingTimeout as timed_out:
+                if _passed(deadline) and not isinstance(timed_out, LockBusy):
+                    raise
+            with self._writer._one_waiter():  # the next tries wait on the loop
+                try:
+                    await _patiently(leave, deadline)
+                except RingTimeout:
+                    if _passed(deadline):
+                        raise
+                    await self._writer._retry_stalled(leave, deadline)
+        except BaseException:
+            if kept:  # timed out or cancelled: kept as a publish that timed out keeps it
+                writer._stranded = claim._buffer
+            raise

@@ -361,8 +361,10 @@ class BridgeSender(_Bridge):
                 self._thread_done = True
                 closes_session = self._thread_closes_session
             if closes_session:
-                self._session.close()
-                _CLOSING.discard(self._thread)
+                try:
+                    self._session.close()
+                finally:
+                    _CLOSING.discard(self._thread)
 
     def _attach(self) -> tuple[RingReader, RingInfo] | None:
         """The ring as a reader of its own group, and its header; None to try again."""

@@ -22,8 +22,9 @@
 #
 # Impatience: an awaitable call runs its steps on the event loop's thread, where a wait of
 # LOCK_FLOOR would stall every other task. It runs them `impatiently`: within that, a wait
-# for the lock (or for a writer to leave its lock-free step) gives up after IMPATIENT_WAIT
-# with LockBusy, a RingTimeout, so the step unwinds as from any timeout; the awaitable call
+# for the lock gives up after IMPATIENT_WAIT (and one for a writer to leave its lock-free
+# step, which may be copying a large frame, after IMPATIENT_QUIESCE) with LockBusy, a
+# RingTimeout, so the step unwinds as from any timeout; the awaitable call
 # then waits on the loop and runs the step again, up to the deadline the blocking call has.
 # A context variable marks the steps: other threads, and the loop's own synchronous calls
 # (close()), keep waiting as above.
@@ -46,6 +47,7 @@ _FIRST_BACKOFF = 20e-6
 _MAX_BACKOFF = 1e-3
 LOCK_FLOOR = 1.0  # seconds: the shortest wait for the lock, whatever the caller's timeout
 IMPATIENT_WAIT = 200e-6  # seconds an impatient step waits before LockBusy: holds take µs
+IMPATIENT_QUIESCE = 20e-3  # ... for a writer to leave its step: that holds a frame's copy
 
 _T = TypeVar("_T")
 _impatient: ContextVar[bool] = ContextVar("shmring_impatient", default=False)
@@ -66,14 +68,17 @@ def impatiently(step: Callable[[], _T]) -> _T:
 
 
 @overload
-def give_up_at(deadline: float, now: float) -> float: ...
+def give_up_at(deadline: float, now: float, patience: float = ...) -> float: ...
 @overload
-def give_up_at(deadline: float | None, now: float) -> float | None: ...
-def give_up_at(deadline: float | None, now: float) -> float | None:
-    """When a wait that started `now` with `deadline` ends: sooner in an impatient step."""
+def give_up_at(deadline: float | None, now: float, patience: float = ...) -> float | None: ...
+def give_up_at(
+    deadline: float | None, now: float, patience: float = IMPATIENT_WAIT
+) -> float | None:
+    """When a wait that started `now` with `deadline` ends: in an impatient step, after
+    `patience` at most."""
     if not _impatient.get():
         return deadline
-    return now + IMPATIENT_WAIT if deadline is None else min(deadline, now + IMPATIENT_WAIT)
+    return now + patience if deadline is None else min(deadline, now + patience)
 
 
 def gave_up(error: RingTimeout, deadline: float | None, give_up: float | None) -> RingTimeout:

@@ -383,12 +383,13 @@ def _take_frames(
             stall.stall(stalled)
             continue
         except RingTimeout:
+            stall.clear()
             continue
         except EndOfStream:
             return "end of stream"
         except WriterGone:
             return "writer gone"
-        stall.went_through()
+        stall.clear()
         with frame:
             recorder.add(frame)
             bar.add(1, frame.array.nbytes)

@@ -211,7 +211,8 @@ def choice(value: str, allowed: Sequence[str], what: str) -> str:
 
 
 class StallNotice:
-    """Logs a ParticipantStalled once per stall: again only after a step went through."""
+    """Logs a ParticipantStalled once per stall: again only after a step went through or
+    waited for another reason (no frame, no room)."""
 
     def __init__(self, log: logging.Logger) -> None:
         self._log = log
@@ -222,7 +223,7 @@ class StallNotice:
             self._log.warning("%s; waiting for it", stalled)
         self.stalled = stalled
 
-    def went_through(self) -> None:
+    def clear(self) -> None:
         self.stalled = None
 
 

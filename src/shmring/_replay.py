@@ -349,11 +349,13 @@ def _write(
             writer.write(
                 frame.array, _slice(deadline), timestamp_ns=frame.timestamp_ns, meta=frame.meta
             )
-            stall.went_through()
+            stall.clear()
             return True
         except RingTimeout as exc:
             if isinstance(exc, ParticipantStalled):
                 stall.stall(exc)
+            else:
+                stall.clear()
             if stop.requested:
                 return False
             if deadline is not None and time.monotonic() >= deadline:

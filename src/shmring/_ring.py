@@ -37,7 +37,7 @@ from . import _layout as L
 from ._cpu_use import CpuUse, usable_cpus
 from ._errors import ParticipantStalled, RingCorrupted, RingFull, RingTimeout, ShmringError
 from ._fastpath import load_word, reclaim, settle, wake
-from ._lock import LOCK_FLOOR, HeaderLock, gave_up, give_up_at
+from ._lock import IMPATIENT_QUIESCE, LOCK_FLOOR, HeaderLock, gave_up, give_up_at
 from ._segment import Segment
 from ._sys import (
     MEMBARRIER_AVAILABLE,
@@ -648,7 +648,7 @@ class Participant:
         membarrier(self.other_writers_registered())
         now = time.monotonic()
         limit = now + QUIESCE_LIMIT if deadline is None else max(deadline, now + LOCK_FLOOR)
-        give_up = give_up_at(limit, now)
+        give_up = give_up_at(limit, now, IMPATIENT_QUIESCE)
         for index, record in enumerate(self.views.writers):
             while (
                 record[L.W_STATE] == L.STATE_ACTIVE
