@@ -510,7 +510,24 @@ def test_local_ring_of_another_geometry_is_incompatible(cleanup: list[Any]) -> N
         with pytest.raises(IncompatibleRing, match="exists with 64 uint8"):
             receiver.wait(WAIT)
         assert recv.proc.wait(WAIT) == 1
-        assert "exists with 64 uint8" in recv.text("err")
+        assert recv.text("err").count("exists with 64 uint8") == 1  # said once, at exit
+
+
+def test_bad_arguments_get_one_line_without_zenohs_source_paths() -> None:
+    ring = unique_name("bs")
+    for args, code, said in (
+        (["--config", "/nonexistent.json5"], 1, "cannot read the Zenoh config file"),
+        (["--listen", "bogus"], 1, "Endpoints must be of the form"),
+        (["--listen", "tcp/127.0.0.1:0", "--key", ""], 2, "expected a Zenoh key expression"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "shmring", "bridge", "send", ring, *args],
+            capture_output=True, text=True, timeout=WAIT, check=False,
+        )  # fmt: skip
+        assert done.returncode == code, (args, done.stderr)
+        assert said in done.stderr and ".rs:" not in done.stderr, done.stderr
+        if code == 1:
+            assert done.stderr.count("\n") == 1, done.stderr
 
 
 # A receiver's threads in miniature: one allocates, fills and frees a few blocks of 1 MiB,

@@ -350,3 +350,9 @@ def test_usage_errors_exit_2() -> None:
     shmring("frobnicate", code=2)
     shmring("top", "--iterations", "0", code=2)
     assert "ls" in shmring("--help").stdout
+
+
+def test_numbers_that_are_not_finite_are_usage_errors() -> None:
+    for value in ("inf", "nan", "1e400"):
+        proc = shmring("top", "--interval", value, "--iterations", "1", code=2)
+        assert "expected a positive number" in proc.stderr, proc.stderr

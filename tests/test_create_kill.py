@@ -122,3 +122,36 @@ def test_create_removes_temp_files_that_dead_creators_left() -> None:
             os.close(fds[what])
             if os.path.exists(path):
                 os.unlink(path)
+
+
+def test_gc_removes_only_temp_files_whose_creator_lock_is_free() -> None:
+    """`shmring gc` judges a creation's temporary file as create does: its pid gone *and*
+    its creator lock free. A pid from another pid namespace (containers sharing /dev/shm)
+    names no process here, while that creator holds the lock: its file is left alone."""
+    dead = _dead_pid()
+    token = unique_name("gc")
+    planted = {
+        what: os.path.join(SHM_DIR, f"{TEMP_PREFIX}{dead}-{what}{token}")
+        for what in ("abandoned", "locked")
+    }
+    fds = {}
+    for what, path in planted.items():
+        fds[what] = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fds[what], bytes(4096))
+    try:
+        assert try_lock_range(fds["locked"], L.LOCK_CREATOR)  # a creator elsewhere
+        pattern = f"*{token}"
+        listed = subprocess.run(
+            [sys.executable, "-m", "shmring", "gc", "--dry-run", pattern],
+            capture_output=True, text=True, timeout=WAIT, check=True,
+        ).stdout  # fmt: skip
+        assert os.path.basename(planted["abandoned"]) in listed, listed
+        assert os.path.basename(planted["locked"]) not in listed, listed
+        subprocess.run([sys.executable, "-m", "shmring", "gc", pattern], timeout=WAIT, check=True)
+        assert not os.path.exists(planted["abandoned"])
+        assert os.path.exists(planted["locked"])
+    finally:
+        for what, path in planted.items():
+            os.close(fds[what])
+            if os.path.exists(path):
+                os.unlink(path)

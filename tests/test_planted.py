@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import struct
 import subprocess
 import sys
 import time
@@ -27,7 +28,7 @@ import pytest
 from helpers import SMALL, WAIT, seg_path, unique_name
 
 import shmring
-from shmring import IncompatibleRing, RingReader, RingWriter
+from shmring import IncompatibleRing, RingExists, RingReader, RingWriter
 from shmring import _layout as L
 
 ADDRESS_SPACE = 1 << 30  # RLIMIT_AS of the children: a listing may not need more
@@ -207,6 +208,21 @@ def test_buffers_the_format_does_not_define_are_refused(
                 IncompatibleRing, match=re.escape(f"buffers={buffers} is outside {allowed}")
             ):
                 attach(name)
+
+
+def test_create_leaves_a_ring_of_another_format_version_alone() -> None:
+    """A ring of another major format version may be in use by that version's programs
+    (whose creator lock may mean something else): `create` of its name refuses, as `gc`
+    and `rm` without --force do, and the file stays as it was."""
+    header = bytearray(geometry().pack())
+    struct.pack_into("<H", header, 8, L.VERSION_MAJOR - 1)
+    struct.pack_into("<Q", header, L.CHECKSUM_OFFSET, zlib.crc32(header[: L.CHECKSUM_OFFSET]))
+    with planted(bytes(header), geometry().segment_bytes) as name:
+        before = os.stat(seg_path(name))
+        with pytest.raises(RingExists, match=f"format version {L.VERSION_MAJOR - 1}"):
+            RingWriter.create(name, SMALL, np.uint8)
+        after = os.stat(seg_path(name))
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
 
 def test_a_created_ring_is_fully_allocated() -> None:

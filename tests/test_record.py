@@ -38,6 +38,7 @@ from helpers import (
     STARTED_PIDS,
     VGA,
     WAIT,
+    Child,
     Pattern,
     hold_next_position,
     make_tag,
@@ -425,6 +426,55 @@ def test_ctrl_c_finishes_the_file(tmp_path: Path) -> None:
         frames = list(rec.frames())
         assert rec.frame_count == len(frames) > 200
     assert [f.meta for f in frames] == [meta_of(n) for n in range(len(frames))]
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler for `signum` (/proc: SigCgt)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_while_waiting_for_the_ring_ends_cleanly(tmp_path: Path, signum: int) -> None:
+    """`record --timeout` waits for a ring that is not there yet; Ctrl-C or SIGTERM then
+    ends it as any stop does (exit 0), with no file, saying nothing was recorded."""
+    name, path = unique_name("absent"), tmp_path / "never.mcap"
+    recorder = start("record", name, str(path), "--timeout", "60")
+    deadline = time.monotonic() + WAIT
+    while not catches(recorder.pid, signal.SIGTERM):  # its stop request is set up: it waits
+        assert time.monotonic() < deadline, "the recorder never set up its stop request"
+        time.sleep(0.01)  # polling a condition with a deadline, not synchronising
+    recorder.send_signal(signum)
+    out, err = recorder.communicate(timeout=WAIT)
+    assert recorder.returncode == 0, err
+    assert out == f"nothing recorded: stopped before ring {name} appeared\n", out
+    assert not path.exists()
+
+
+def test_no_ring_within_the_timeout_names_the_option() -> None:
+    name = unique_name("absent")
+    proc = run("record", name, "never.mcap", "--timeout", "0.2", code=1)
+    assert f"no ring named {name!r} within 0.2 s" in proc.stderr
+    assert "--timeout SECONDS" in proc.stderr, proc.stderr
+    run("record", name, "never.mcap", "--timeout", "-1", code=2)
+
+
+def test_replay_reclaims_a_stale_ring_with_a_one_line_warning(recording: Path) -> None:
+    """A ring whose creator was SIGKILLed is reclaimed by the replay that creates its name;
+    the CLI says so in one line (not Python's two-line warning form)."""
+    name = unique_name("stale")
+    with Child("spawn", "create_exit", name=name, write=True) as child:
+        child.expect("ready")
+        child.kill()
+        child.wait_dead()
+    proc = run("replay", str(recording), name, "--as-fast-as-possible", "--quiet")
+    assert proc.stderr == (
+        f"shmring replay: warning: ring {name!r}: its creator died without unlinking it; "
+        "reclaiming the name\n"
+    )
 
 
 # ------------------------------------------------------------------ bad input

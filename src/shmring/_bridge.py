@@ -46,6 +46,7 @@ import atexit
 import importlib
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -154,6 +155,9 @@ def zenoh_config(
         )
     try:
         cfg: zenoh.Config = z.Config.from_file(config) if config is not None else z.Config()
+    except z.ZError as exc:
+        raise BridgeError(f"cannot read the Zenoh config file {config!r}: {_said(exc)}") from None
+    try:
         settings: dict[str, object] = {"transport/shared_memory/enabled": False}
         if config is None:
             settings.update(
@@ -168,8 +172,13 @@ def zenoh_config(
         for key, value in settings.items():
             cfg.insert_json5(key, json.dumps(value))
     except z.ZError as exc:
-        raise BridgeError(f"bad Zenoh configuration: {exc}") from None
+        raise BridgeError(f"bad Zenoh configuration: {_said(exc)}") from None
     return cfg
+
+
+def _said(error: Exception) -> str:
+    """What a Zenoh error says, without the Rust source locations it appends."""
+    return re.sub(r" at /\S+\.rs:\d+\.?", "", str(error))
 
 
 def _open_session(
@@ -181,7 +190,7 @@ def _open_session(
         return z.open(cfg)
     except z.ZError as exc:
         raise BridgeError(
-            f"cannot open a Zenoh session: {exc}; check the --listen/--connect endpoints "
+            f"cannot open a Zenoh session: {_said(exc)}; check the --listen/--connect endpoints "
             "(a port in use, an address this host does not have) and the --config file"
         ) from None
 
@@ -241,7 +250,7 @@ class _Bridge:
         if self._closed:  # a step cut short by close() (e.g. a put the session's close ended)
             LOG.debug("%s: %s while closing", self._what, exc)
             return
-        LOG.error("%s failed: %s", self._what, exc)
+        LOG.error("%s failed: %s", self._what, exc, extra={"bridge_failed": True})
         self._error = exc
         self._stop.set()
 
@@ -323,7 +332,7 @@ class BridgeSender(_Bridge):
             )
         except z.ZError as exc:
             self._session.close()
-            raise BridgeError(f"cannot publish on key {self.key!r}: {exc}") from None
+            raise BridgeError(f"cannot publish on key {self.key!r}: {_said(exc)}") from None
         self._handoff = threading.Lock()  # who closes the session: see _close_session
         self._thread_done = self._thread_closes_session = False
         self._thread = threading.Thread(target=self._run, name=self._what, daemon=True)
@@ -404,7 +413,8 @@ class BridgeSender(_Bridge):
         while not self._stop.is_set():
             ready = self._ready()
             if not ready and not self.latest:
-                n.state = f"waiting for {self.wait_receivers} receivers"
+                wanted = self.wait_receivers
+                n.state = f"waiting for {wanted} receiver{'s' if wanted != 1 else ''}"
                 self._stop.wait(POLL / 10)
                 continue
             n.state = "sending" if ready else "dropping: too few receivers"
@@ -562,7 +572,7 @@ class BridgeReceiver(_Bridge):
             )
         except z.ZError as exc:
             self._session.close()
-            raise BridgeError(f"cannot subscribe to key {self.key!r}: {exc}") from None
+            raise BridgeError(f"cannot subscribe to key {self.key!r}: {_said(exc)}") from None
 
     def _on_sample(self, sample: zenoh.Sample) -> None:
         """Zenoh's callback thread. Blocking here (a full `block` ring) backpressures."""
@@ -699,7 +709,8 @@ class BridgeReceiver(_Bridge):
         LOG.info("%s: ring %s ready (%s, %s)", self._what, self.local, geometry.describe(), policy)
         self._writer, self._geometry = writer, geometry
         while writer.readers < self._wait_readers and not self._stop.is_set():
-            self._n.state = f"waiting for {self._wait_readers} local readers"
+            wanted = self._wait_readers
+            self._n.state = f"waiting for {wanted} local reader{'s' if wanted != 1 else ''}"
             try:
                 writer.wait_for_readers(self._wait_readers, POLL)
             except RingTimeout:

@@ -84,7 +84,9 @@ def add_bridge_command(commands: Any) -> None:
 
     for end in (send, recv):
         end.add_argument("ring", type=ring_name, metavar="RING")
-        end.add_argument("--key", help="Zenoh key expression (default shmring/RING)")
+        end.add_argument(
+            "--key", type=key_expression, help="Zenoh key expression (default shmring/RING)"
+        )
         end.add_argument(
             "--listen",
             action="append",
@@ -103,6 +105,13 @@ def add_bridge_command(commands: Any) -> None:
             "--config", metavar="FILE", help="Zenoh JSON5 config (TLS, routers, access control)"
         )
         end.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def key_expression(text: str) -> str:
+    """A --key: Zenoh checks the rest when the bridge declares it (BridgeError)."""
+    if not text.strip("/"):
+        raise argparse.ArgumentTypeError(f"expected a Zenoh key expression, got {text!r}")
+    return text
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -140,6 +149,10 @@ def cmd_recv(args: argparse.Namespace) -> int:
 def run_bridge(args: argparse.Namespace, make: Callable[[], _Bridge]) -> int:
     """Run a bridge until SIGINT/SIGTERM (exit 0) or its failure (raised)."""
     logging.basicConfig(format="shmring bridge: %(message)s", level=logging.INFO)
+    # A failure is reported once, as the exit's one-line error, not logged as well.
+    logging.getLogger("shmring.bridge").addFilter(
+        lambda record: not getattr(record, "bridge_failed", False)
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

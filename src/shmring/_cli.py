@@ -20,6 +20,7 @@ import contextlib
 import fnmatch
 import itertools
 import json
+import math
 import os
 import select
 import shutil
@@ -27,6 +28,7 @@ import sys
 import termios
 import time
 import tty
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
@@ -583,7 +585,7 @@ def _checked(
     def parse(text: str) -> N:
         with contextlib.suppress(ValueError):
             value = convert(text)
-            if accept(value):
+            if math.isfinite(value) and accept(value):  # (not inf, nan)
                 return value
         raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
 
@@ -674,6 +676,11 @@ def report(args: argparse.Namespace, message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+
+    def show_warning(message: Warning | str, *_: object, **__: object) -> None:
+        report(args, f"warning: {message}")  # one line, not Python's file:line form
+
+    warnings.showwarning = show_warning
     try:
         return int(args.run(args))
     except BrokenPipeError:  # `shmring ls | head`: the reader has all it wanted

@@ -34,8 +34,9 @@ from ._segment import (
     TEMP_PREFIX,
     Segment,
     open_regular,
+    remove_abandoned_temp,
     segment_path,
-    temp_owner_alive,
+    temp_abandoned,
     validate_name,
 )
 from ._sys import range_is_locked, try_lock_range
@@ -241,7 +242,7 @@ def stale_rings() -> list[RingInfo | BrokenRing]:
     ]
     with contextlib.suppress(FileNotFoundError):
         for entry in os.listdir(SHM_DIR):
-            if entry.startswith(TEMP_PREFIX) and not temp_owner_alive(entry):
+            if entry.startswith(TEMP_PREFIX) and temp_abandoned(entry):
                 path = os.path.join(SHM_DIR, entry)
                 with contextlib.suppress(OSError):
                     info = os.lstat(path)
@@ -287,11 +288,7 @@ def remove_if_stale(entry: RingInfo | BrokenRing) -> bool:
     the way create's own reclaim is: taking the dead creator's lock on the file proves the
     creator dead and keeps a reclaimer out, and the inode must still be the one checked."""
     if isinstance(entry, BrokenRing) and entry.kind == "abandoned-creation":
-        if temp_owner_alive(entry.name):
-            return False
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(entry.path)
-        return True
+        return remove_abandoned_temp(entry.name, any_owner=True)
     if isinstance(entry, BrokenRing) and entry.kind != "damaged":
         return False
     try:

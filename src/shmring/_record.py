@@ -56,7 +56,14 @@ from foxglove import Channel, Context, Schema, open_mcap
 from foxglove.mcap import MCAPCompression, MCAPWriteOptions
 from mcap_protobuf.schema import build_file_descriptor_set
 
-from ._errors import EndOfStream, ParticipantStalled, RecordingDiskFull, RingTimeout, WriterGone
+from ._errors import (
+    EndOfStream,
+    ParticipantStalled,
+    RecordingDiskFull,
+    RingNotFound,
+    RingTimeout,
+    WriterGone,
+)
 from ._inspect import inspect_ring
 from ._mcap_format import (
     END_METADATA,
@@ -301,59 +308,92 @@ def record_ring(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of bytes, got {chunk_size}")
     began = time.monotonic()
-    with RingReader.attach(ring, group=group, start=start, timeout=timeout) as reader:
-        info = inspect_ring(ring)
-        recorded = RecordedRing(
-            name=ring,
-            shape=reader.shape,
-            dtype=reader.dtype,
-            policy=info.policy,
-            slots=info.slots,
-            max_readers=info.max_readers,
-            max_writers=info.max_writers,
-            meta_size=info.meta_size,
-            image_encoding=image_encoding(reader.shape, reader.dtype, color),
-        )
-        with (
-            StopRequest() as stop,
-            Progress(progress, frames, "recording") as bar,
-            _WriteFailures().watching() as failures,
-        ):
-            recorder: _Recorder | None = None
-            try:
-                with _Recorder(path, recorded, compression, chunk_size, crc, failures) as recorder:
-                    ended = _take_frames(reader, recorder, frames, seconds, stop, bar)
-                    recorder.finish(ended)
-            except OSError as exc:
-                removed = recorder is None and os.path.isfile(path)  # (not /dev/full)
-                if removed:  # not even the file's start was written: nothing to keep
-                    os.unlink(path)
-                elif recorder is not None:
-                    _cut(path, recorder.complete)
-                if exc.errno in _DISK_FULL:
-                    kept = (
-                        f"the file was cut back to its last complete chunk "
-                        f"({recorder.complete_frames} frames) and has no index; read it with "
-                        "`shmring replay --recover` (recover=True)"
-                        if recorder is not None
-                        else "nothing of it was complete" + ("; it was removed" if removed else "")
-                    )
-                    raise RecordingDiskFull(
-                        exc.errno,
-                        f"{'disk full' if exc.errno == errno.ENOSPC else 'disk quota exceeded'} "
-                        f"writing {path} after "
-                        f"{recorder.frames if recorder else 0} frames: {kept}; free space "
-                        "before recording again",
-                    ) from exc
-                raise
-            return RecordResult(
-                path=path,
-                frames=recorder.frames,
-                bytes=os.path.getsize(path),
-                seconds=time.monotonic() - began,
-                dropped=recorder.dropped,
-                ended=ended,
+    with StopRequest() as stop:
+        attached = _attach(ring, group, start, timeout, stop)
+        if attached is None:  # stopped before the ring appeared: nothing recorded, no file
+            return RecordResult(path, 0, 0, time.monotonic() - began, 0, "stop request")
+        with attached as reader:
+            info = inspect_ring(ring)
+            recorded = RecordedRing(
+                name=ring,
+                shape=reader.shape,
+                dtype=reader.dtype,
+                policy=info.policy,
+                slots=info.slots,
+                max_readers=info.max_readers,
+                max_writers=info.max_writers,
+                meta_size=info.meta_size,
+                image_encoding=image_encoding(reader.shape, reader.dtype, color),
             )
+            with (
+                Progress(progress, frames, "recording") as bar,
+                _WriteFailures().watching() as failures,
+            ):
+                recorder: _Recorder | None = None
+                try:
+                    with _Recorder(
+                        path, recorded, compression, chunk_size, crc, failures
+                    ) as recorder:
+                        ended = _take_frames(reader, recorder, frames, seconds, stop, bar)
+                        recorder.finish(ended)
+                except OSError as exc:
+                    failure = _write_failed(exc, path, recorder)
+                    if failure is exc:
+                        raise
+                    raise failure from exc
+                return RecordResult(
+                    path=path,
+                    frames=recorder.frames,
+                    bytes=os.path.getsize(path),
+                    seconds=time.monotonic() - began,
+                    dropped=recorder.dropped,
+                    ended=ended,
+                )
+
+
+def _attach(
+    ring: str, group: str | None, start: str, timeout: float | None, stop: StopRequest
+) -> RingReader | None:
+    """RingReader.attach, waiting for the ring up to `timeout` in slices of STOP_POLL, so
+    that a stop request ends the wait (None)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = STOP_POLL if deadline is None else deadline - time.monotonic()
+        try:
+            return RingReader.attach(
+                ring, group=group, start=start, timeout=max(min(left, STOP_POLL), 0.0)
+            )
+        except RingNotFound:
+            if stop.requested:
+                return None
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
+
+
+def _write_failed(exc: OSError, path: str, recorder: _Recorder | None) -> OSError:
+    """What a failed write of the file raises, after cutting the file back to its last
+    complete chunk (or removing it, if not even its start was written)."""
+    removed = recorder is None and os.path.isfile(path)  # (not /dev/full)
+    if removed:  # not even the file's start was written: nothing to keep
+        os.unlink(path)
+    elif recorder is not None:
+        _cut(path, recorder.complete)
+    if exc.errno not in _DISK_FULL:
+        return exc
+    kept = (
+        f"the file was cut back to its last complete chunk "
+        f"({recorder.complete_frames} frames) and has no index; read it with "
+        "`shmring replay --recover` (recover=True)"
+        if recorder is not None
+        else "nothing of it was complete" + ("; it was removed" if removed else "")
+    )
+    return RecordingDiskFull(
+        exc.errno,
+        f"{'disk full' if exc.errno == errno.ENOSPC else 'disk quota exceeded'} "
+        f"writing {path} after "
+        f"{recorder.frames if recorder else 0} frames: {kept}; free space "
+        "before recording again",
+    )
 
 
 def _take_frames(

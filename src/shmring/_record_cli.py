@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 
 from ._cli import Refused, human_bytes, non_negative, positive, ring_name
+from ._errors import RingNotFound
 from ._recording import COLORS, COMPRESSIONS, record, replay
 
 Command = Callable[[argparse.Namespace], int]
@@ -37,7 +38,15 @@ def cmd_record(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise Refused(str(exc)) from None
-    if not args.quiet:
+    except RingNotFound:
+        waited = f"within {args.timeout:g} s" if args.timeout else "(--timeout 0: no wait)"
+        raise Refused(
+            f"no ring named {args.ring!r} {waited}; start its writer first, or wait for it "
+            "with --timeout SECONDS"
+        ) from None
+    if not args.quiet and result.bytes == 0:  # no file: stopped before the ring appeared
+        print(f"nothing recorded: stopped before ring {args.ring} appeared")
+    elif not args.quiet:
         print(
             f"recorded {result.frames} frames ({human_bytes(result.bytes)}) from "
             f"{args.ring} to {result.path} in {result.seconds:.1f} s; ended by "
@@ -66,7 +75,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(
             f"replayed {result.frames} frames from {args.file} into {args.ring} in "
-            f"{result.seconds:.1f} s ({result.passes} complete passes); ended by "
+            f"{result.seconds:.1f} s ({result.passes} complete "
+            f"pass{'' if result.passes == 1 else 'es'}); ended by "
             f"{result.ended}"
         )
     return 0
@@ -97,7 +107,7 @@ def add_record_commands(command: AddCommand) -> None:
     )
     rec.add_argument(
         "--timeout",
-        type=float,
+        type=non_negative(float),
         default=0.0,
         help="seconds to wait for the ring to appear (default 0)",
     )

@@ -47,6 +47,7 @@ import pwd
 import re
 import secrets
 import stat
+import struct
 import time
 from collections.abc import Sequence
 
@@ -447,28 +448,56 @@ def _new_file(mode: int) -> tuple[int, str | None]:
 
 
 def _reclaim_abandoned_temps() -> None:
-    """Remove this user's creation temporary files whose creator is dead: its process is
-    gone and its creator lock is free (taking it also keeps a second reclaimer out)."""
+    """Remove this user's creation temporary files whose creator is dead."""
     for entry in os.listdir(SHM_DIR):
-        if not entry.startswith(TEMP_PREFIX) or temp_owner_alive(entry):
-            continue
-        path = os.path.join(SHM_DIR, entry)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError:
-            continue  # gone meanwhile, another user's, or not a file
-        try:
-            info = os.fstat(fd)
-            if (
-                info.st_uid == os.geteuid()
-                and stat.S_ISREG(info.st_mode)
-                and try_lock_range(fd, L.LOCK_CREATOR)
-            ):
-                os.unlink(path)
-        except FileNotFoundError:
-            pass
-        finally:
-            os.close(fd)
+        if entry.startswith(TEMP_PREFIX):
+            remove_abandoned_temp(entry, any_owner=False)
+
+
+def temp_abandoned(entry: str) -> bool:
+    """Whether creation temporary file `entry` was left by a creator that died: its pid is
+    gone and its creator lock is free (a creator in another pid namespace, whose pid means
+    nothing here, holds its lock)."""
+    if temp_owner_alive(entry):
+        return False
+    path = os.path.join(SHM_DIR, entry)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False  # gone meanwhile, or not ours to open
+    try:
+        return not range_is_locked(fd, L.LOCK_CREATOR)
+    finally:
+        os.close(fd)
+
+
+def remove_abandoned_temp(entry: str, any_owner: bool) -> bool:
+    """Remove creation temporary file `entry` (this user's, unless `any_owner`) if its
+    creator died: its pid is gone and its creator lock free, which taking it proves (and
+    keeps a second reclaimer out). Whether it was removed."""
+    if temp_owner_alive(entry):
+        return False
+    path = os.path.join(SHM_DIR, entry)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return True  # somebody else removed it
+    except OSError:
+        return False  # another user's, or not a file
+    try:
+        info = os.fstat(fd)
+        if (
+            (any_owner or info.st_uid == os.geteuid())
+            and stat.S_ISREG(info.st_mode)
+            and try_lock_range(fd, L.LOCK_CREATOR)
+        ):
+            os.unlink(path)
+            return True
+        return False
+    except FileNotFoundError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _check_expected(
@@ -556,10 +585,17 @@ def _link_claiming_stale(source: str, name: str) -> None:
         uid = os.fstat(fd).st_uid
         if uid != os.geteuid():
             raise _taken_by_another_user(name, uid)
-        magic = os.pread(fd, len(L.MAGIC), 0)
-        if magic != L.MAGIC:
+        start = os.pread(fd, len(L.MAGIC) + 2, 0)
+        if start[: len(L.MAGIC)] != L.MAGIC:
             raise RingExists(
                 f"{path} exists and is not a shmring ring; choose another name or remove it"
+            )
+        (major,) = struct.unpack_from("<H", start.ljust(len(L.MAGIC) + 2, b"\0"), len(L.MAGIC))
+        if major != L.VERSION_MAJOR:  # its creator lock may mean something else there
+            raise RingExists(
+                f"ring {name!r} exists, made by a shmring of format version {major}, whose "
+                "programs may be using it; stop them and remove it (shmring rm --force "
+                f"{name}), or choose another name"
             )
         # Taking the creator lock proves the creator is dead, and keeps a second reclaimer
         # from unlinking a ring that this one is about to link.
