@@ -444,3 +444,27 @@ def test_handles_inherited_across_fork_refuse_and_say_so() -> None:
         with pytest.raises(RingTimeout):
             r.read(0.0)
         assert [member.read(WAIT).seq for _ in range(2)] == [0, 1]
+
+
+def test_an_infinite_timeout_waits_as_none_does(ring_name: str) -> None:
+    """timeout=math.inf (or anything past what the OS can time) means "for ever", as None:
+    it reached the lock's wait as a number the OS refused (OverflowError)."""
+    frame = np.ones(SMALL, np.uint8)
+    for forever in (float("inf"), 1e300):
+        with (
+            RingWriter.create(ring_name, SMALL, np.uint8) as w,
+            RingReader.attach(ring_name, timeout=forever) as r,
+        ):
+            assert w.write(frame, forever) == 0  # the creator's first frame joins, locked
+            with r.read(forever) as got:
+                assert got.seq == 0
+            assert w.wait_for_readers(1, forever) == 1
+
+
+def test_a_closed_writer_says_so_everywhere(ring_name: str) -> None:
+    w = RingWriter.create(ring_name, SMALL, np.uint8)
+    w.close()
+    calls: list[Callable[[], object]] = [lambda: w.wait_for_readers(1, 0.0), lambda: w.readers]
+    for call in calls:
+        with pytest.raises(shmring.ShmringError, match="closed"):
+            call()

@@ -25,7 +25,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import SMALL, WAIT, seg_path, unique_name
+from helpers import (
+    SMALL,
+    WAIT,
+    Child,
+    hold_next_position,
+    let_go_position,
+    seg_path,
+    unique_name,
+)
 
 from shmring import ParticipantStalled, RingCorrupted, RingReader, RingTimeout, RingWriter
 from shmring import _layout as L
@@ -419,3 +427,64 @@ def test_a_recording_held_up_by_a_stopped_lock_holder_says_so_once(
             recorder.wait(WAIT)
     assert recorder.returncode == 0, err
     assert "ended by time limit" in out and err == "", (out, err)
+
+
+def test_a_repair_waits_for_a_stopped_writer_only_as_long_as_the_call_may() -> None:
+    """An overwrite ring of two writers, one SIGKILLed (its record needs a repair, which
+    resequences the ring) and the other stopped inside its publish step (forged). An
+    attach with timeout 0 repairs under the lock and waits for the stopped writer: about
+    LOCK_FLOOR, as any wait of the call, not the 5 s of a join's quiesce."""
+    name = unique_name()
+    frame = np.ones(SMALL, np.uint8)
+    with RingWriter.create(name, SMALL, np.uint8, slots=4, policy="overwrite") as w:
+        w.write(frame, WAIT)
+        with Child(
+            "spawn", "lock_holder", name=name, create=False, policy="overwrite", mode="none"
+        ) as dead:
+            dead.expect("ready")
+            dead.send("go")
+            dead.expect("wrote")
+            dead.kill()
+            dead.wait_dead()
+        assert w._p.sequenced()
+        w._record[L.W_IN_PUBLISH] = 1  # forged: stopped inside its publish step
+        try:
+            raised = _bounded(lambda: RingReader.attach(name, timeout=0.0), LOCK_FLOOR + 1.0)
+            assert isinstance(raised, ParticipantStalled), raised
+            assert "did not leave its publish step" in str(raised)
+        finally:
+            w._record[L.W_IN_PUBLISH] = 0
+        with RingReader.attach(name, timeout=WAIT):  # the repair goes through now
+            pass
+
+
+def test_an_interrupted_stalled_write_keeps_its_buffer_for_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A write held back by another writer's position, interrupted in its pause (Ctrl-C):
+    its claimed buffer and number stay the writer's, as after a timeout, and its next write
+    publishes under that number; nothing is lost from the pool."""
+    name, slots = unique_name(), 4
+    frame = np.ones(SMALL, np.uint8)
+    with (
+        RingWriter.create(name, SMALL, np.uint8, policy="overwrite", slots=slots) as w,
+        RingWriter.attach(name) as other,
+    ):
+        w.write(frame)
+        other.write(frame)
+        held = hold_next_position(w, slots)
+        for _ in range(slots - 1):  # up to the number that falls on that position
+            w.write(frame, WAIT)
+
+        def interrupted(seconds: float) -> None:
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(time, "sleep", interrupted)  # the stalled write's pause
+        with pytest.raises(KeyboardInterrupt):
+            w.write(frame, WAIT)
+        monkeypatch.undo()
+        claimed = w._record[L.W_CLAIMED]
+        assert claimed != L.NONE and w._stranded == claimed
+        let_go_position(w, held, slots)
+        assert w.write(frame, WAIT) == held + slots
+        assert w._record[L.W_CLAIMED] == L.NONE and w._stranded == -1

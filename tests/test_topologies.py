@@ -386,6 +386,7 @@ def test_a_writer_stopped_holding_a_position_makes_the_others_wait_up_to_their_t
         let_go_position(w, owned, slots)
         assert w.write(pat.make(make_tag(0, slots)), timeout) == kept
         assert control[L.C_HEAD] == kept + 1 and w._record[L.W_CLAIMED_SEQ] == L.NONE
+        assert w._record[L.W_CLAIMED] == L.NONE  # the kept buffer was filled, not a new one
         holder.kill()
         holder.wait_dead()
         assert w.write(pat.make(make_tag(0, 99)), timeout) == kept + 1

@@ -703,7 +703,8 @@ class AsyncClaim:
             except RingTimeout:
                 # The try left the buffer stranded (RingWriter._published) for the writer's
                 # next write or claim to fill; another task's must not take it meanwhile.
-                writer._stranded, kept = -1, True
+                writer._unstrand()
+                kept = True
                 raise
             kept = False
 
@@ -723,5 +724,5 @@ class AsyncClaim:
                     await self._writer._retry_stalled(leave, deadline)
         except BaseException:
             if kept:  # timed out or cancelled: kept as a publish that timed out keeps it
-                writer._stranded = claim._buffer
+                writer._strand(claim._buffer)
             raise

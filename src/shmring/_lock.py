@@ -113,6 +113,7 @@ class HeaderLock:
         self._repair = repair
         self._check_size = check_size  # raises if the file was truncated: see acquire
         self._thread_lock = threading.Lock()
+        self.held_until: float | None = None  # the deadline of the call that holds it
 
     def acquire(self, timeout: float | None = None) -> None:
         now = time.monotonic()
@@ -131,6 +132,7 @@ class HeaderLock:
                     raise gave_up(self._timeout(), deadline, give_up)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
+            self.held_until = deadline  # a repair below waits no longer (quiesce_writers)
             try:
                 if backoff != _FIRST_BACKOFF:  # slept: the file may be truncated since
                     self._check_size()

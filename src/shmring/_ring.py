@@ -51,6 +51,7 @@ from ._sys import (
 )
 
 QUIESCE_LIMIT = 5.0  # how long a new writer waits for the exclusive writer to step aside
+REPAIR_FLOOR = 50e-3  # a repair's least wait for writers to leave their steps (a frame copy)
 CLOSE_LIMIT = 2.0  # how long close() waits for the header lock (it takes no timeout)
 
 _live_handles: weakref.WeakSet[RingHandle] = weakref.WeakSet()  # see _forget_after_fork
@@ -435,7 +436,7 @@ class Participant:
         last step: start_sequencing). A switcher killed between the reclaim's stores of tail
         and free count lost the buffers it freed: the list is rebuilt first, the exclusive
         writer out of its step (it may have entered before the switch began)."""
-        self.quiesce_writers(None)
+        self.quiesce_writers(None, repairing=True)
         self.rebuild_free_list()
         if MEMBARRIER_AVAILABLE and self.live_writers() > 1:
             self.start_sequencing()
@@ -547,7 +548,7 @@ class Participant:
         step meanwhile find F_SEQUENCED clear and wait for the lock."""
         control = self.control
         control[L.C_FLAGS] &= ~L.F_SEQUENCED
-        self.quiesce_writers(None)
+        self.quiesce_writers(None, repairing=True)
         self.place_numbers()
         self.rebuild_free_list()
         if self.live_writers() > 1:
@@ -629,7 +630,7 @@ class Participant:
         if self.geometry.policy == L.POLICY_BLOCK or MEMBARRIER_AVAILABLE:
             self.start_sequencing()
 
-    def quiesce_writers(self, deadline: float | None) -> None:
+    def quiesce_writers(self, deadline: float | None, repairing: bool = False) -> None:
         """Under the lock: make what this process stored visible to the other writers' next
         lock-free steps, and wait until each is out of the step it may be in now.
 
@@ -637,7 +638,10 @@ class Participant:
         membarrier() forces a barrier on every CPU, so afterwards either the writer's flag
         is visible here or its later loads see our stores (asymmetric Dekker). The expedited
         command suffices when every other writer's process registered for it (W_EXPEDITED);
-        then a storm of joining readers does not hold the lock for a grace period each."""
+        then a storm of joining readers does not hold the lock for a grace period each.
+
+        `repairing`: a repair, which waits as long as the call that took the lock may (its
+        lock deadline, LOCK_FLOOR included), at least REPAIR_FLOOR."""
         if not MEMBARRIER_AVAILABLE:
             return  # every writer publishes under the lock (shared mode) then
         if not any(
@@ -647,7 +651,11 @@ class Participant:
             return  # nobody to quiesce: spare every CPU the barrier
         membarrier(self.other_writers_registered())
         now = time.monotonic()
-        limit = now + QUIESCE_LIMIT if deadline is None else max(deadline, now + LOCK_FLOOR)
+        if repairing:
+            deadline, floor = self.lock.held_until, REPAIR_FLOOR
+        else:
+            floor = LOCK_FLOOR
+        limit = now + QUIESCE_LIMIT if deadline is None else max(deadline, now + floor)
         give_up = give_up_at(limit, now, IMPATIENT_QUIESCE)
         for index, record in enumerate(self.views.writers):
             while (

@@ -1,13 +1,15 @@
 # Timeouts and polling: how every wait in shmring is bounded.
 #
-# Rules: a user timeout is None (wait forever) or a finite number of seconds >= 0, turned
-# into an absolute time.monotonic() deadline once, at the start of the call. No single
+# Rules: a user timeout is None (wait forever) or a number of seconds >= 0, turned into an
+# absolute time.monotonic() deadline once, at the start of the call; one past any wait the
+# OS can time (math.inf, or beyond threading.TIMEOUT_MAX) is taken as None. No single
 # sleep lasts longer than POLL_SLICE, so liveness checks run and a lost wake-up costs at
 # most one slice, whatever the timeout.
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 POLL_SLICE = 0.1  # longest single sleep: bounds liveness checks and any lost wake-up
@@ -27,6 +29,8 @@ def deadline_from(timeout: float | None) -> float | None:
         raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
     if math.isnan(timeout) or timeout < 0:
         raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
+    if timeout >= threading.TIMEOUT_MAX:
+        return None
     return time.monotonic() + timeout
 
 

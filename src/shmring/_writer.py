@@ -357,7 +357,7 @@ class RingWriter(AsyncWriting, RingHandle):
             if seq == PUBLISH_CORRUPTED:
                 raise self._corrupted_free_list()
             if seq == PUBLISH_STALLED:  # the buffer it filled is still claimed: fill it again
-                self._stranded = self._publisher.stalled
+                self._strand(self._publisher.stalled)
         return self._write(frame, timeout, timestamp_ns, meta)
 
     def _corrupted_free_list(self) -> RingCorrupted:
@@ -492,8 +492,7 @@ class RingWriter(AsyncWriting, RingHandle):
         if not self._joined:
             self._join(deadline)
         if self._stranded >= 0:  # still claimed by this writer: fill it again
-            buffer, self._stranded = self._stranded, -1
-            return buffer
+            return self._unstrand()
         buffer = self._take_buffer_exclusive(deadline)
         if buffer < 0 and self._block and self._spin:
             buffer = self._poll_for_space(deadline)
@@ -653,13 +652,18 @@ class RingWriter(AsyncWriting, RingHandle):
                 self._locked_step(buffer, deadline, self._reap)
             seq = step(False)
             if seq == PUBLISH_STALLED:
-                if remaining(deadline) <= 0:
-                    self._stranded = buffer  # still claimed: the next write fills it again
+                left = remaining(deadline)
+                if left <= 0:
+                    self._strand(buffer)  # still claimed: the next write fills it again
                     raise ParticipantStalled(
                         f"ring {p.name!r}: another writer holds back the frames published "
                         "after its own (is it stopped?); no frame published within the timeout"
                     )
-                time.sleep(min(pause, remaining(deadline)))
+                try:
+                    time.sleep(min(pause, left))
+                except BaseException:  # (Ctrl-C): still claimed, as after a timeout
+                    self._strand(buffer)
+                    raise
                 pause = min(pause * 2, STALLED_LAST_PAUSE)
         if seq < 0:  # shared mode: the same step, one writer at a time
             seq = self._locked_step(buffer, deadline, lambda: step(True))
@@ -681,9 +685,23 @@ class RingWriter(AsyncWriting, RingHandle):
         try:
             with self._p.lock.until(deadline):
                 return step()
-        except RingTimeout:
-            self._stranded = buffer
+        except BaseException:  # a timeout, or Ctrl-C in the wait: the buffer is still ours
+            self._strand(buffer)
             raise
+
+    def _strand(self, buffer: int) -> None:
+        """Keep claimed `buffer` (a publish timed out or was interrupted) for this writer's
+        next write or claim to fill: write() takes the general path until then, since the
+        C fast path would claim another buffer and leave this one claimed for good."""
+        self._stranded = buffer
+        self._fast_path = False
+
+    def _unstrand(self) -> int:
+        """The stranded buffer, no longer stranded (-1: none); the fast path again."""
+        buffer, self._stranded = self._stranded, -1
+        if buffer >= 0 and self._joined and not self._p.closed:
+            self._fast_path = True
+        return buffer
 
     def _abandon(self, buffer: int, deadline: float | None) -> None:
         """Give a claimed buffer back unpublished."""
@@ -701,6 +719,7 @@ class RingWriter(AsyncWriting, RingHandle):
         Under the block policy, frames published while no reader is attached are not kept
         for readers that join later, so a producer that must not lose its first frames
         waits for its consumers first."""
+        self._p.check_usable()
         L.positive_int(count, "count", 1, self._p.geometry.max_readers)
         deadline = deadline_from(timeout)
         control = self._control
@@ -721,6 +740,7 @@ class RingWriter(AsyncWriting, RingHandle):
     @property
     def readers(self) -> int:
         """Readers attached now."""
+        self._p.check_usable()
         return load_word(self._control, L.C_READERS)
 
     # ---- lifecycle -----------------------------------------------------------------------
