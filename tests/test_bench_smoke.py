@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from helpers import unique_name
 
+from bench import analysis
 from bench.cell import FAN_IN, GROUPS, THROUGHPUT, Cell, Timing
 from bench.frames import PHASE_END, WRITER_SHIFT, make_source, parse_size, stamper
 from bench.suite import SHAPES, available
@@ -309,3 +310,32 @@ def test_overwrite_writers_probe_checks_frames_and_reports_each_count() -> None:
     assert set(written) == {1, 2} and all(rate > 0 for rate in written.values()), out
     assert "2 writers ÷ 1: " in out
     assert not [p for p in SHM.iterdir() if p.name.startswith("shmring.bench-ow-")]
+
+
+def test_a_failed_peer_leaves_a_target_unjudged_unless_the_copy_limit_decides() -> None:
+    """The best peer is unknown when a peer's cell failed: a target that depends on it is
+    not judged, rather than judged against the next peer down; one met through the copy
+    limit (which does not depend on peers) still is."""
+
+    def cell(kind: str, transport: str, fps: float, status: str = "ok") -> dict[str, Any]:
+        return {
+            "scenario": "limit" if kind == "limit" else "main", "size": "64 B", "nbytes": 64,
+            "kind": kind, "transport": transport, "status": status, "median": {"fps": fps},
+            "drops": False,
+        }  # fmt: skip
+
+    def verdict(shmring_fps: float) -> dict[str, Any]:
+        cells = [
+            cell("shmring", "shmring-write", shmring_fps),
+            cell("peer", "iceoryx2-event", 900e3, status="failed"),
+            cell("peer", "pyzmq", 300e3),
+            cell("limit", "memcpy-hot", 1e6),
+        ]
+        (target,) = [
+            t for t in analysis.targets(cells) if t["target"].startswith("main: shmring-write")
+        ]
+        return target
+
+    unjudged = verdict(500e3)  # 1.67x pyzmq, but the failed peer may have been best
+    assert unjudged["met"] is None and "iceoryx2-event failed" in unjudged["detail"]
+    assert verdict(960e3)["met"] is True  # >= 0.95x memcpy-hot: met whatever the peers
