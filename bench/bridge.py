@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from bench.cpu import machine_info
+from bench.frames import FrameSize, make_source
 
 WAIT = 60.0  # the longest any step may take
 LATENCY_FRAMES = 60
@@ -62,12 +63,19 @@ class Run:
 
 
 def stamp(frame: np.ndarray, index: int) -> None:
+    """The frame's index and send time in its first 16 bytes, its index in its last 8."""
     flat = frame.reshape(-1).view(np.uint8)
     flat[:16] = np.array([index, time.monotonic_ns()], np.uint64).view(np.uint8)
+    flat[-8:] = np.array([index], np.uint64).view(np.uint8)
 
 
 def unstamp(buffer: Any) -> tuple[int, int]:
+    """(index, send time) of a frame stamp() stamped; a torn frame (head and tail from
+    different frames) raises."""
     index, stamped = np.frombuffer(buffer, np.uint64, 2)
+    (tail,) = np.frombuffer(buffer, np.uint64, 1, offset=len(memoryview(buffer).cast("B")) - 8)
+    if tail != index:
+        raise AssertionError(f"frame {index} came with the tail of frame {tail}: torn")
     return int(index), int(stamped)
 
 
@@ -108,7 +116,7 @@ def produce(
     """The producer's loop, after its transport is ready: wait for go, send, report.
     Frames come from a pool of `pool` used in turn; `reuse(slot)` returns once the
     transport is done with that one, `send(frame, slot)` sends it."""
-    frames = [np.zeros(run.shape, np.uint8) for _ in range(pool)]
+    frames = [make_source(FrameSize("bridge", run.shape)) for _ in range(pool)]  # every page
     conn.send("ready")
     assert conn.recv() == "go"
     for index in range(run.count):

@@ -339,3 +339,19 @@ def test_a_failed_peer_leaves_a_target_unjudged_unless_the_copy_limit_decides() 
     unjudged = verdict(500e3)  # 1.67x pyzmq, but the failed peer may have been best
     assert unjudged["met"] is None and "iceoryx2-event failed" in unjudged["detail"]
     assert verdict(960e3)["met"] is True  # >= 0.95x memcpy-hot: met whatever the peers
+
+
+def test_bridge_bench_frames_are_checked_head_and_tail() -> None:
+    """bench.bridge's frames carry their index at both ends, over a pattern that touches
+    every page (not the kernel's zero page); a frame whose ends disagree is torn."""
+    from bench import bridge
+    from bench.frames import FrameSize
+
+    frame = make_source(FrameSize("t", (4096,)))
+    bridge.stamp(frame, 7)
+    assert bridge.unstamp(frame.tobytes())[0] == 7
+    assert frame[16:-8].all()  # the pattern, no zero bytes
+    torn = frame.copy()
+    torn[-8:] = np.array([8], np.uint64).view(np.uint8)
+    with pytest.raises(AssertionError, match="torn"):
+        bridge.unstamp(torn.tobytes())
