@@ -236,7 +236,21 @@ def record(
     written, synced, result = from_writer(path, shape, count, recorded)
     if result.frames != count:
         raise RuntimeError(f"recorded {result.frames} of {count} frames")
+    verify_recording(path, shape, count)
     return written, synced, result.bytes
+
+
+def verify_recording(path: Path, shape: tuple[int, ...], count: int) -> None:
+    """Untimed: the recording holds the writer's frames, whole, in order, each once."""
+    frames = sources(shape)
+    with shmring.read_recording(str(path)) as recording:
+        seqs = []
+        for frame in recording.frames():
+            if not np.array_equal(frame.array, frames[frame.seq % len(frames)]):
+                raise RuntimeError(f"recorded frame {frame.seq} differs from the one written")
+            seqs.append(frame.seq)
+    if seqs != list(range(count)):
+        raise RuntimeError(f"recorded frames out of order or repeated: {seqs[:10]}...")
 
 
 def keep_up(path: Path, shape: tuple[int, ...], seconds: float) -> tuple[int, int, int]:
