@@ -65,6 +65,24 @@ def hold_next_position(writer: RingWriter, slots: int) -> int:
     return held
 
 
+@contextmanager
+def writer_held_back(name: str, slots: int) -> Iterator[tuple[RingWriter, int]]:
+    """An overwrite ring (SMALL frames) whose two writers sequence their frames, the second
+    one forged as stopped while it holds the next number's position (hold_next_position);
+    the first has written up to the number that falls on that position, so its next
+    publish waits. Yields (the first writer, the held number)."""
+    with (
+        RingWriter.create(name, SMALL, np.uint8, policy="overwrite", slots=slots) as writer,
+        RingWriter.attach(name) as other,
+    ):
+        writer.write(np.zeros(SMALL, np.uint8))
+        other.write(np.zeros(SMALL, np.uint8))
+        held = hold_next_position(writer, slots)
+        for _ in range(slots - 1):
+            writer.write(np.ones(SMALL, np.uint8), WAIT)
+        yield writer, held
+
+
 def let_go_position(writer: RingWriter, held: int, slots: int) -> None:
     """The forged holder of `held` places its number (as a skip) and leaves its step."""
     descriptors = writer._p.views.descriptors

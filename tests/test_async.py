@@ -26,10 +26,10 @@ from helpers import (
     WAIT,
     Child,
     Pattern,
-    hold_next_position,
     let_go_position,
     make_tag,
     unique_name,
+    writer_held_back,
 )
 
 import shmring
@@ -424,15 +424,7 @@ def test_an_async_claim_held_back_at_publish_waits_on_the_loop(run: Runner) -> N
     name, slots, short = unique_name("owclaim"), 4, 0.2
 
     async def main() -> None:
-        with (
-            RingWriter.create(name, SMALL, np.uint8, policy="overwrite", slots=slots) as w,
-            RingWriter.attach(name) as other,
-        ):
-            w.write(np.zeros(SMALL, np.uint8))
-            other.write(np.zeros(SMALL, np.uint8))
-            held = hold_next_position(w, slots)  # as if `other` were stopped there
-            for _ in range(slots - 1):  # up to the number that falls on that position
-                await w.awrite(np.ones(SMALL, np.uint8), WAIT)
+        with writer_held_back(name, slots) as (w, held):
             started = time.monotonic()
             with pytest.raises(shmring.ParticipantStalled, match="holds back"):
                 async with w.aclaim(short) as slot:
@@ -563,16 +555,8 @@ def test_an_async_overwrite_writer_held_back_retries_without_sleeping_on_space(
         raise AssertionError("an overwrite writer slept on the space futex")
 
     async def main() -> None:
-        with (
-            RingWriter.create(name, SMALL, np.uint8, policy="overwrite", slots=slots) as w,
-            RingWriter.attach(name) as other,
-        ):
-            w.write(np.zeros(SMALL, np.uint8))
-            other.write(np.zeros(SMALL, np.uint8))
+        with writer_held_back(name, slots) as (w, held):
             assert w._p.sequenced()
-            held = hold_next_position(w, slots)  # as if `other` were stopped there
-            for _ in range(slots - 1):  # up to the number that falls on that position
-                await w.awrite(np.ones(SMALL, np.uint8), WAIT)
             monkeypatch.setattr(type(w), "_sleep", no_space_sleep)
             blocked = asyncio.create_task(w.awrite(np.full(SMALL, 2, np.uint8), WAIT))
             await asyncio.sleep(0.05)  # it retries meanwhile (the result does not depend on it)

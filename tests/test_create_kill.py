@@ -11,10 +11,12 @@ creators: the last test plants some.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -95,33 +97,41 @@ def _dead_pid() -> int:
     return int(done.stdout)
 
 
+@contextlib.contextmanager
+def planted_temps(token: str, **pids: int) -> Iterator[dict[str, str]]:
+    """Creation temporary files, one per keyword (its name and the pid in its file name),
+    each 4 KiB; "locked" has its creator lock held (a creator in another pid namespace,
+    whose pid means nothing here). Yields their paths; removed at exit."""
+    planted = {
+        what: os.path.join(SHM_DIR, f"{TEMP_PREFIX}{pid}-{what}{token}")
+        for what, pid in pids.items()
+    }
+    fds = {}
+    try:
+        for what, path in planted.items():
+            fds[what] = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(fds[what], bytes(4096))
+        if "locked" in fds:
+            assert try_lock_range(fds["locked"], L.LOCK_CREATOR)
+        yield planted
+    finally:
+        for what, path in planted.items():
+            if what in fds:
+                os.close(fds[what])
+            if os.path.exists(path):
+                os.unlink(path)
+
+
 def test_create_removes_temp_files_that_dead_creators_left() -> None:
     """A temporary file of the fallback is abandoned when its creator's pid is gone and its
     creator lock is free; create then removes it, and leaves every other one alone."""
     dead = _dead_pid()
-    token = unique_name("ck")
-    planted = {
-        what: os.path.join(SHM_DIR, f"{TEMP_PREFIX}{pid}-{what}{token}")
-        for what, pid in (("abandoned", dead), ("live", os.getpid()), ("locked", dead))
-    }
-    fds = {}
-    for what, path in planted.items():
-        fds[what] = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        os.write(fds[what], bytes(4096))
-    try:
-        assert try_lock_range(
-            fds["locked"], L.LOCK_CREATOR
-        )  # held: a creator in another pid namespace
+    with planted_temps(unique_name("ck"), abandoned=dead, live=os.getpid(), locked=dead) as planted:
         with RingWriter.create(unique_name("ck"), SMALL, np.uint8):
             pass
         assert not os.path.exists(planted["abandoned"])
         assert os.path.exists(planted["live"])
         assert os.path.exists(planted["locked"])
-    finally:
-        for what, path in planted.items():
-            os.close(fds[what])
-            if os.path.exists(path):
-                os.unlink(path)
 
 
 def test_gc_removes_only_temp_files_whose_creator_lock_is_free() -> None:
@@ -130,16 +140,7 @@ def test_gc_removes_only_temp_files_whose_creator_lock_is_free() -> None:
     names no process here, while that creator holds the lock: its file is left alone."""
     dead = _dead_pid()
     token = unique_name("gc")
-    planted = {
-        what: os.path.join(SHM_DIR, f"{TEMP_PREFIX}{dead}-{what}{token}")
-        for what in ("abandoned", "locked")
-    }
-    fds = {}
-    for what, path in planted.items():
-        fds[what] = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        os.write(fds[what], bytes(4096))
-    try:
-        assert try_lock_range(fds["locked"], L.LOCK_CREATOR)  # a creator elsewhere
+    with planted_temps(token, abandoned=dead, locked=dead) as planted:
         pattern = f"*{token}"
         listed = subprocess.run(
             [sys.executable, "-m", "shmring", "gc", "--dry-run", pattern],
@@ -150,8 +151,3 @@ def test_gc_removes_only_temp_files_whose_creator_lock_is_free() -> None:
         subprocess.run([sys.executable, "-m", "shmring", "gc", pattern], timeout=WAIT, check=True)
         assert not os.path.exists(planted["abandoned"])
         assert os.path.exists(planted["locked"])
-    finally:
-        for what, path in planted.items():
-            os.close(fds[what])
-            if os.path.exists(path):
-                os.unlink(path)

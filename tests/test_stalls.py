@@ -29,10 +29,10 @@ from helpers import (
     SMALL,
     WAIT,
     Child,
-    hold_next_position,
     let_go_position,
     seg_path,
     unique_name,
+    writer_held_back,
 )
 
 from shmring import ParticipantStalled, RingCorrupted, RingReader, RingTimeout, RingWriter
@@ -466,15 +466,7 @@ def test_an_interrupted_stalled_write_keeps_its_buffer_for_the_next(
     publishes under that number; nothing is lost from the pool."""
     name, slots = unique_name(), 4
     frame = np.ones(SMALL, np.uint8)
-    with (
-        RingWriter.create(name, SMALL, np.uint8, policy="overwrite", slots=slots) as w,
-        RingWriter.attach(name) as other,
-    ):
-        w.write(frame)
-        other.write(frame)
-        held = hold_next_position(w, slots)
-        for _ in range(slots - 1):  # up to the number that falls on that position
-            w.write(frame, WAIT)
+    with writer_held_back(name, slots) as (w, held):
 
         def interrupted(seconds: float) -> None:
             raise KeyboardInterrupt

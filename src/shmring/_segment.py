@@ -454,17 +454,25 @@ def _reclaim_abandoned_temps() -> None:
             remove_abandoned_temp(entry, any_owner=False)
 
 
+def _open_temp(entry: str, flags: int) -> int:
+    """Creation temporary file `entry`, opened, if the pid in its name is gone (-1 if that
+    process may still run); OSError if it cannot be opened."""
+    if temp_owner_alive(entry):
+        return -1
+    path = os.path.join(SHM_DIR, entry)
+    return os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+
+
 def temp_abandoned(entry: str) -> bool:
     """Whether creation temporary file `entry` was left by a creator that died: its pid is
     gone and its creator lock is free (a creator in another pid namespace, whose pid means
     nothing here, holds its lock)."""
-    if temp_owner_alive(entry):
-        return False
-    path = os.path.join(SHM_DIR, entry)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = _open_temp(entry, os.O_RDONLY)
     except OSError:
         return False  # gone meanwhile, or not ours to open
+    if fd < 0:
+        return False
     try:
         return not range_is_locked(fd, L.LOCK_CREATOR)
     finally:
@@ -475,15 +483,15 @@ def remove_abandoned_temp(entry: str, any_owner: bool) -> bool:
     """Remove creation temporary file `entry` (this user's, unless `any_owner`) if its
     creator died: its pid is gone and its creator lock free, which taking it proves (and
     keeps a second reclaimer out). Whether it was removed."""
-    if temp_owner_alive(entry):
-        return False
-    path = os.path.join(SHM_DIR, entry)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = _open_temp(entry, os.O_RDWR)
     except FileNotFoundError:
         return True  # somebody else removed it
     except OSError:
         return False  # another user's, or not a file
+    if fd < 0:
+        return False
+    path = os.path.join(SHM_DIR, entry)
     try:
         info = os.fstat(fd)
         if (
