@@ -4,11 +4,12 @@
 # "spawn"), meeting at a barrier; every rendezvous has a timeout. The producer writes frames
 # flat out for THROUGHPUT_S (then a PHASE_END frame), then LATENCY_FRAMES frames paced at
 # least 1 ms (and 4x its own frame time) apart (then PHASE_END), then nothing for IDLE_S, then
-# a last PHASE_END. The consumer verifies every frame (sequence in head and tail: no gap, no
-# duplicate, no tear) and reports frames/s and its CPU (all threads, getrusage) over the
-# flat-out phase, one-way latency p50/p99 over the paced phase (its monotonic_ns() minus the
-# producer's stamp) and its CPU over the paced phase (a steady stream, 1 kHz up to 640x480x3:
-# "reader cores, paced"), and its CPU while idle.
+# a last PHASE_END; a PHASE_END carries the count of frames sent before it. The consumer
+# verifies every frame (sequence in head and tail: no gap, no duplicate, no tear; the counts
+# at each PHASE_END: no frame lost just before it) and reports frames/s and its CPU (all
+# threads, getrusage) over the flat-out phase, one-way latency p50/p99 over the paced phase
+# (its monotonic_ns() minus the producer's stamp) and its CPU over the paced phase (a steady
+# stream, 1 kHz up to 640x480x3: "reader cores, paced"), and its CPU while idle.
 # Consumers: "blocking" is `for frame in reader`; "async" is `async for frame in reader`
 # (the chosen design: the loop takes frames, a published one at once, polls for `spin` while
 # they flow, naps in the sleeper thread until a steady stream's next frame is due, and the
@@ -75,6 +76,8 @@ class Tally:
         if head != tail:
             self.errors += 1
         if head == PHASE_END:
+            if sent != self.expected:  # frames lost just before the end of a phase
+                self.errors += 1
             self.marks.append(cpu.snapshot())
             self.phase += 1
             return self.phase == 3
@@ -140,21 +143,26 @@ def produce(kind: str, size: FrameSize, endpoint: Any, barrier: Any) -> None:
         stamp(src, number, time.monotonic_ns())
         send(src)
 
+    def phase_end() -> None:  # it carries the count sent, in place of a send time
+        src = source()
+        stamp(src, PHASE_END, seq)
+        send(src)
+
     end = time.perf_counter() + THROUGHPUT_S
     while time.perf_counter() < end:
         for _ in range(64):
             one(seq)
             seq += 1
     frame_time = THROUGHPUT_S / seq
-    one(PHASE_END)
+    phase_end()
     gap = max(0.001, 4 * frame_time)
     for _ in range(LATENCY_FRAMES):
         time.sleep(gap)  # pacing, so that frames never queue
         one(seq)
         seq += 1
-    one(PHASE_END)
+    phase_end()
     time.sleep(IDLE_S)  # the consumer waits meanwhile: its idle CPU
-    one(PHASE_END)
+    phase_end()
     barrier.wait(SYNC_S)  # the consumer took everything
     close()
 
