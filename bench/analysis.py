@@ -15,11 +15,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from bench.cell import FAN_IN, FAN_OUT, GROUPS, LATEST_FRAME, MAIN, SUPERVISOR
+from bench.cell import ALONE, FAN_IN, FAN_OUT, GROUPS, LATEST_FRAME, MAIN, SUPERVISOR
 
 Cells = list[dict[str, Any]]
 WRITE, CLAIM, LATEST = "shmring-write", "shmring-claim", "shmring-latest"
 RATED = (WRITE, CLAIM, LATEST)
+WRITE_ALONE = "shmring-write-alone"  # scenario ALONE's block writer, the others' base
 SLEEP = "shmring-sleep"  # the wake scenario's blocked shmring reader; its other cells: floors
 PEER_TARGET_TOPOLOGIES = (MAIN, SUPERVISOR, FAN_IN, GROUPS, FAN_OUT)
 SUPERVISOR_SHARE = 0.9  # supervisor >= 0.9x producer-creates
@@ -127,6 +128,21 @@ def ratios(cells: Cells, scenario: str = MAIN) -> list[dict[str, Any]]:
             age = metric(find(cells, scenario, LATEST, size), "age_p50_us")
             row["age_us"] = age
             row["age_per_peer"] = age / row["age_peer_us"] if age and row["age_peer_us"] else None
+        out.append(row)
+    return out
+
+
+def alone_ratios(cells: Cells) -> list[dict[str, Any]]:
+    """Per size: each writer of scenario ALONE ÷ the block writer alone (information: the
+    overwrite target is judged on the latest-frame writer against the 1 -> 1 writer, the
+    comparison behind the issue's own figures)."""
+    out = []
+    for size in sizes(cells, ALONE):
+        base = metric(find(cells, ALONE, WRITE_ALONE, size), "fps")
+        row: dict[str, Any] = {"size": size}
+        for name in transports(cells, ALONE):
+            have = metric(find(cells, ALONE, name, size), "fps")
+            row[name] = have / base if have and base else None
         out.append(row)
     return out
 

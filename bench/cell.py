@@ -29,6 +29,8 @@ LATEST_FRAME = "latest"
 FAN_IN = "fanin"
 GROUPS = "groups"
 FAN_OUT = "fanout"
+# A scenario beside the topologies: a writer alone in its process, no consumer process.
+ALONE = "alone"
 TOPOLOGIES = (MAIN, SUPERVISOR, LATEST_FRAME, FAN_IN, GROUPS, FAN_OUT)
 TITLES = {  # topology: heading in the report and its plot
     MAIN: "Producer creates: 1 writer → 1 reader",

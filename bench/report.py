@@ -15,7 +15,9 @@ from typing import Any
 from bench import async_reader
 from bench.analysis import (
     SLEEP,
+    WRITE_ALONE,
     Cells,
+    alone_ratios,
     find,
     fmt_rate,
     fmt_us,
@@ -24,7 +26,17 @@ from bench.analysis import (
     targets,
     transports,
 )
-from bench.cell import FAN_IN, FAN_OUT, GROUPS, LATEST_FRAME, MAIN, SUPERVISOR, TITLES, TOPOLOGIES
+from bench.cell import (
+    ALONE,
+    FAN_IN,
+    FAN_OUT,
+    GROUPS,
+    LATEST_FRAME,
+    MAIN,
+    SUPERVISOR,
+    TITLES,
+    TOPOLOGIES,
+)
 from bench.plots import plots
 from bench.suite import SCENARIOS
 
@@ -241,6 +253,23 @@ def _throughput_sections(cells: Cells, images: dict[str, str]) -> list[str]:
     if len(limit) > 3:
         lines += ["Physical limit: the same producer loop, one in-process copy, no consumer.", ""]
         lines += limit
+    alone = _grid(cells, ALONE, _throughput)
+    if len(alone) > 3:
+        lines += [
+            "write() alone, no reader process: the same producer loop into a block ring with "
+            "no reader (frames nobody reads are not kept), into the latest-frame cell's "
+            "overwrite ring with no reader (it keeps its newest frames for a reader to come), "
+            "and into that overwrite ring with a reader in the writer's process that reads "
+            "nothing (`lagging`). Each ÷ the block writer alone:",
+            "",
+        ]
+        lines += alone
+        rows = alone_ratios(cells)
+        names = [n for n in transports(cells, ALONE) if n != WRITE_ALONE]
+        lines += _table(
+            ["size", *(f"{n.split('-', 1)[1]} ÷ write-alone" for n in names)],
+            [[row["size"], *(_x(row[n]) for n in names)] for row in rows],
+        )
     lines += ["## shmring ÷ best peer and ÷ memcpy limit (same run)", ""]
     return lines + _ratio_table(cells, MAIN)
 

@@ -1,7 +1,8 @@
 # Which cells run, in what order, how often; what a run measured; medians over repeats.
 #
 # Rules: scenarios are `wake` (kernel wake floor and a blocked shmring reader, 24-byte stamp,
-# paced), `limit` (in-process memcpy) and the topologies of bench/cell.py, each run by every
+# paced), `limit` (in-process memcpy), `alone` (shmring's write() with no reader process) and
+# the topologies of bench/cell.py, each run by every
 # transport that lists it: `main` (1 -> 1, the producer creates: throughput then paced latency,
 # plus the idle reader at the smallest size), `supervisor` (1 -> 1, the parent creates),
 # `latest` (newest frame only), `fanin` (2 -> 1), `groups` (1 -> 2 sharing the work) and
@@ -26,6 +27,7 @@ from typing import Any
 
 from bench import cpu, harness
 from bench.cell import (
+    ALONE,
     FAN_IN,
     FAN_OUT,
     GROUPS,
@@ -44,7 +46,7 @@ from bench.frames import FrameSize, stamp_size
 from bench.transports import load, skip_reason
 from bench.verify import verdict
 
-SCENARIOS = ("wake", MAIN, "limit", *TOPOLOGIES[1:])
+SCENARIOS = ("wake", MAIN, "limit", ALONE, *TOPOLOGIES[1:])
 SHAPES = {  # topology: (producers, consumers)
     MAIN: (1, 1),
     SUPERVISOR: (1, 1),
@@ -246,12 +248,13 @@ def _cells(plan: Plan, size: FrameSize) -> list[tuple[str, Cell]]:
                     name, size, consumers, phases, plan.timing, "", plan.pin, topology, producers
                 )
                 cells.append((topology, cell))
-    if "limit" in plan.scenarios:
-        for name in plan.transports:
-            if load(name).kind == "limit":
-                cells.append(
-                    ("limit", Cell(name, size, 0, (THROUGHPUT,), plan.timing, "", plan.pin))
-                )
+    for scenario in ("limit", ALONE):  # producer-only cells: the transport's kind names them
+        if scenario in plan.scenarios:
+            cells += [
+                (scenario, Cell(name, size, 0, (THROUGHPUT,), plan.timing, "", plan.pin))
+                for name in plan.transports
+                if load(name).kind == scenario
+            ]
     return cells
 
 

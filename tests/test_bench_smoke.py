@@ -30,7 +30,10 @@ pytestmark = pytest.mark.slow  # a real, if short, benchmark run
 
 ROOT = Path(__file__).resolve().parent.parent
 SHM = Path("/dev/shm")
-TRANSPORTS = "shmring-write,mp-pipe,pyzmq,memcpy-hot,floor-pipe,shmring-sleep"
+TRANSPORTS = (
+    "shmring-write,mp-pipe,pyzmq,memcpy-hot,floor-pipe,shmring-sleep,"
+    "shmring-write-alone,shmring-overwrite-alone,shmring-overwrite-lagging"
+)
 # Each topology: shmring and a stdlib peer; pyzmq-pubsub (optional) for a peer that drops.
 TOPOLOGY_TRANSPORTS = "shmring-write,shmring-latest,textbook-latest,mp-queue,pyzmq-pubsub"
 TOPOLOGIES = "supervisor,latest,fanin,groups,fanout"
@@ -54,7 +57,7 @@ def test_quick_run_is_verified_lossless_and_leaves_nothing(tmp_path: Path) -> No
             "--transports",
             TRANSPORTS,
             "--scenarios",
-            "wake,main,limit",
+            "wake,main,limit,alone",
             "--out",
             str(tmp_path),
         ],
@@ -74,6 +77,11 @@ def test_quick_run_is_verified_lossless_and_leaves_nothing(tmp_path: Path) -> No
         ("main", name, size) for name in ("shmring-write", "mp-pipe") for size in ("64 B", "4 KiB")
     ]
     expected += [("limit", "memcpy-hot", "4 KiB")]
+    expected += [
+        ("alone", name, size)
+        for name in ("shmring-write-alone", "shmring-overwrite-alone", "shmring-overwrite-lagging")
+        for size in ("64 B", "4 KiB")
+    ]
     for key in expected:
         _assert_verified(cells[key], "fps")
     main = cells[("main", "shmring-write", "64 B")]
@@ -87,8 +95,15 @@ def test_quick_run_is_verified_lossless_and_leaves_nothing(tmp_path: Path) -> No
     assert zmq_cells or "pyzmq" in results["skipped"]  # ran, or skipped with its reason
     assert all(c["status"] == "ok" for c in zmq_cells)
 
+    by_size = {row["size"]: row for row in analysis.alone_ratios(results["cells"])}
+    assert set(by_size) == {"64 B", "4 KiB"}
+    for row in by_size.values():
+        assert row["shmring-write-alone"] == 1.0  # the base
+        assert row["shmring-overwrite-alone"] > 0 and row["shmring-overwrite-lagging"] > 0
+
     report = (tmp_path / "results.md").read_text()
     assert "shmring-write" in report and "Targets" in report
+    assert "write() alone" in report
     assert "shmring ÷ best peer" in done.stdout
     assert not _ours({p.name for p in SHM.iterdir()} - before)
 
@@ -99,7 +114,7 @@ def _assert_verified(cell: dict[str, Any], rate: str) -> None:
     assert cell["median"][rate] > 0
     for run in cell["runs"]:
         assert run["lost"] == run["dups"] == run["torn"] == 0
-        if cell["scenario"] != "limit":
+        if cell["scenario"] not in ("limit", "alone"):  # no consumer: the producer checks
             assert run["verified_frames"] > 0
 
 

@@ -52,8 +52,9 @@ class Consumer:
 
 class Transport:
     name: ClassVar[str]
-    # "shmring", "peer", "limit" (in-process copy), "floor" (the kernel's wake-up floor) or
-    # "wake" (a blocked shmring reader, measured beside the floors)
+    # "shmring", "peer", "limit" (in-process copy), "alone" (shmring's writer with no reader
+    # process), "floor" (the kernel's wake-up floor) or "wake" (a blocked shmring reader,
+    # measured beside the floors)
     kind: ClassVar[str] = "peer"
     topologies: ClassVar[Topologies] = frozenset()  # the topologies it takes part in
     spinning_reader: ClassVar[bool] = False  # the reader burns a core instead of blocking
@@ -97,6 +98,9 @@ REGISTRY: dict[str, str] = {
     "shmring-spin": "bench.transports.shmring:SpinningReader",
     "shmring-sleep": "bench.transports.shmring:SleepingReader",
     "shmring-latest": "bench.transports.shmring:Latest",
+    "shmring-write-alone": "bench.transports.shmring:WriteAlone",
+    "shmring-overwrite-alone": "bench.transports.shmring:OverwriteAlone",
+    "shmring-overwrite-lagging": "bench.transports.shmring:OverwriteLagging",
     "textbook-ring": "bench.transports.textbook:TextbookRing",
     "textbook-latest": "bench.transports.textbook:TextbookLatest",
     "mp-queue": "bench.transports.mpqueue:MpQueue",

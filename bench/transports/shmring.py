@@ -19,6 +19,15 @@
 #     ring is made with the natural call, RingWriter.create(name, shape, dtype,
 #     policy="overwrite", slots=4), default max_readers / max_writers (issue 16: until the core
 #     accepts that, the cell fails with the core's ValueError, shown in the report).
+#   shmring-write-alone / shmring-overwrite-alone: write() with no reader at all, the
+#     scenario `alone` where issue 16's "overwrite write >= 0.8x block write" is judged: the
+#     same producer loop into a block ring (8 slots; frames nobody reads are not kept) and
+#     into the latest-frame cell's overwrite ring (4 slots; it keeps its newest frames).
+#     shmring-overwrite-lagging: the overwrite ring with a reader attached in the writer's
+#     process that reads nothing, shown beside them: the ring keeps its frames for that reader,
+#     so at large frames the writer copies into buffers out of its cache (block would wait).
+#     Verified at close: the overwrite ring's newest frame is the PHASE_END frame; the block
+#     ring, which keeps no frame, has published some (every write() raises if it fails).
 # Topologies: the producer creates the ring (main, groups, fanout); the parent creates it and
 # the producers attach with RingWriter.attach (supervisor, fanin: the textbook supervisor
 # program, the parent holding its handle, never writing, until the run is over); groups:
@@ -33,9 +42,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from bench.cell import FAN_IN, FAN_OUT, GROUPS, LATEST_FRAME, MAIN, SUPERVISOR, Cell
-from bench.frames import Frame, make_source, stamper
+from bench.frames import PHASE_END, Frame, make_source, read_head, stamper
 from bench.transports import Consumer, Producer, Transport
-from shmring import RingReader, RingWriter
+from shmring import RingReader, RingWriter, inspect_ring
 
 SLOTS = 8
 LATEST_SLOTS = 4
@@ -149,3 +158,71 @@ class Latest(Write):
         while True:
             with latest(timeout=None) as frame:
                 yield frame.array
+
+
+class WriteAlone(Transport):
+    """write() into a block ring that no reader holds back (scenario `alone`)."""
+
+    name = "shmring-write-alone"
+    kind = "alone"
+
+    def open_producer(self, endpoint: Any, cell: Cell) -> Producer:
+        name = _name(cell)
+        writer = RingWriter.create(name, cell.size.shape, np.uint8, slots=SLOTS)
+        src = make_source(cell.size)
+        stamp = stamper(cell.size)
+        write = writer.write
+
+        def send(seq: int, t_ns: int) -> None:
+            stamp(src, seq, t_ns)
+            write(src)
+
+        def close() -> None:
+            try:
+                if not inspect_ring(name).published:
+                    raise RuntimeError("no frame was published")
+            finally:
+                writer.close()
+
+        return Producer(send, close)
+
+
+class OverwriteAlone(Transport):
+    """write() into the latest-frame cell's overwrite ring, no reader attached."""
+
+    name = "shmring-overwrite-alone"
+    kind = "alone"
+    lagging_reader = False
+
+    def open_producer(self, endpoint: Any, cell: Cell) -> Producer:
+        name = _name(cell)
+        writer = Latest()._create(cell)
+        lagging = RingReader.attach(name, timeout=0) if self.lagging_reader else None
+        src = make_source(cell.size)
+        stamp = stamper(cell.size)
+        write = writer.write
+
+        def send(seq: int, t_ns: int) -> None:
+            stamp(src, seq, t_ns)
+            write(src)
+
+        def close() -> None:
+            try:
+                with RingReader.attach(name, timeout=0) as reader, reader.latest(0) as frame:
+                    if read_head(frame.array) != PHASE_END:
+                        raise RuntimeError("the newest frame is not the end frame")
+            finally:
+                if lagging is not None:
+                    lagging.close()
+                writer.close()
+
+        return Producer(send, close)
+
+
+class OverwriteLagging(OverwriteAlone):
+    """The same with a reader attached in the writer's process that reads nothing: the ring
+    keeps its newest frames for that reader, so the writer cannot reuse the buffer just
+    passed (docs/FORMAT.md, "Writers")."""
+
+    name = "shmring-overwrite-lagging"
+    lagging_reader = True
