@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import gc
+import weakref
 from collections import Counter
 
 import numpy as np
@@ -24,6 +26,7 @@ from helpers import (
 )
 
 from shmring import EndOfStream, RingReader, RingTimeout, RingWriter
+from shmring import _layout as L
 
 SHAPE = (32, 32, 3)
 
@@ -292,3 +295,63 @@ def test_claim_shape_gives_a_writable_view_of_that_shape() -> None:
         with r.read(1.0) as f:
             assert f.array.shape == (6, 1, 3)
             np.testing.assert_array_equal(f.array, small)
+
+
+@pytest.mark.parametrize("own_shape", [False, True], ids=["ring-shaped", "own-shape"])
+def test_a_frame_finalized_while_a_member_takes_the_next_keeps_the_next_held(
+    own_shape: bool,
+) -> None:
+    """A group member's frame that only a reference cycle keeps dies in a garbage collection
+    that an allocation inside the member's next take runs (the Frame it builds, or the
+    tuple for a frame of its own shape). Its finalizer releases it; the frame being taken,
+    which the group's cursor has already passed, must stay held (R_RELEASE at most its
+    seq), or a writer may reuse its buffer under the member. The collection is placed after
+    the claim by setting the collector's threshold a few allocations ahead; the test looks
+    for the first count that lands there."""
+    shape = (16,) if own_shape else (64,)
+    if not any(_collect_inside_a_take(ahead, shape) for ahead in range(12)):
+        pytest.fail("no garbage collection ran between the claim and the end of the take")
+
+
+class _Marker:
+    """An object with a weak-reference finalizer, to see when its cycle is collected."""
+
+
+def _collect_inside_a_take(allocations_ahead: int, shape: tuple[int, ...]) -> bool:
+    """Whether the collection landed after the claim (then checked as the test says)."""
+    name = unique_name("gcg")
+    with (
+        RingWriter.create(name, (64,), np.uint8, slots=8) as w,
+        RingReader.attach(name, group="g") as r,
+    ):
+        for value in range(3):
+            w.write(np.full(shape, value, np.uint8))
+        cursor, release = r._group_record, r._record  # type: ignore[attr-defined]
+        first = r.read(0)
+        marker = _Marker()
+        cycle: list[object] = [first, marker]
+        cycle.append(cycle)
+        died: list[int] = []  # the group's cursor when the cycle was collected
+        weakref.finalize(marker, lambda: died.append(cursor[L.G_CURSOR]))
+        after_collections: list[tuple[int, int]] = []  # (cursor, R_RELEASE) after each
+
+        def look(phase: str, info: dict[str, int]) -> None:
+            if phase == "stop":
+                after_collections.append((cursor[L.G_CURSOR], release[L.R_RELEASE]))
+
+        del first, marker, cycle
+        thresholds = gc.get_threshold()
+        gc.callbacks.append(look)
+        gc.set_threshold(gc.get_count()[0] + allocations_ahead)
+        try:
+            taken = r.read(0)
+        finally:
+            gc.set_threshold(*thresholds)
+            gc.callbacks.remove(look)
+        with taken:
+            if not died or died[0] <= taken.seq:
+                return False
+            held_after = [held for at, held in after_collections if at > taken.seq]
+            assert held_after and max(held_after) <= taken.seq, after_collections
+            assert int(taken.array[0]) == 1
+            return True

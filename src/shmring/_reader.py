@@ -663,9 +663,10 @@ class RingReader(AsyncReading, RingHandle):
 
     def _take_group(self, latest: bool) -> Frame | None:
         """Block policy, a group member: claim the group's next (or newest) frame lock-free
-        in C (_taker.c, take_group), which holds it for this member before claiming it."""
+        in C (_taker.c, take_group), which holds it for this member before claiming it, and
+        records it in `held` before anything can run a finalizer that releases frames."""
         held, carried = self._held, self._carried_drops
-        taken = self._taker.take_group(self, min(held) if held else L.NONE, latest, carried)
+        taken = self._taker.take_group(self, held, latest, carried)
         if taken is None:
             return None
         if isinstance(taken, Frame):
@@ -678,13 +679,17 @@ class RingReader(AsyncReading, RingHandle):
                 self._count_dropped(dropped - carried)
                 self._carried_drops = dropped
                 return None
-            frame = self._frame(seq, dropped)
+            try:
+                frame = self._frame(seq, dropped)
+            except BaseException:  # never handed out: let it go
+                held.remove(seq)
+                self._taker.release(min(held) if held else L.NONE)
+                raise
         else:  # a state a block ring cannot be in (no plain store may race the swaps)
             raise RingCorrupted(
                 f"ring {self._p.name!r}: group {self._group_name!r}'s cursor is outside the "
                 "window of published frames; the header was overwritten"
             )
-        held.append(seq)
         self._taker.release(min(held))
         self._carried_drops = 0
         if dropped > carried:

@@ -746,17 +746,51 @@ static PyObject *Taker_take_pinned(Taker *self, PyObject *const *args, Py_ssize_
  *
  * take_group(reader, held, latest, carried) claims the group's next frame (the newest with `latest`)
  * for this member with a compare-and-swap on G_CURSOR, so members need no lock. Before the
- * swap the member holds the frame (R_RELEASE at most its seq, `held` being the lowest seq it
- * already holds, or NONE): a writer that sees the cursor past a frame also sees the member
- * that holds it, since the writer reads group cursors before readers' release words. Returns
- * the Frame; (seq, skipped) for a frame it cannot build (own shape or metadata), which the
- * caller builds, holding it already; None if no frame is new; TAKE_FALLBACK on a state a
- * block ring cannot be in (the general path reports it). Skips it claims before any frame
- * is published return (NONE, their count plus `carried`): the caller passes that back as
- * `carried`, so the next frame's `dropped` reports them (the cursor has moved past them). */
+ * swap the member holds the frame (R_RELEASE at most its seq; `held` is the list of the seqs
+ * it already holds): a writer that sees the cursor past a frame also sees the member that
+ * holds it, since the writer reads group cursors before readers' release words. After the
+ * swap, and before any allocation, the seq joins `held`: an allocation may run the garbage
+ * collector, whose finalizers may release another frame of this member (_CollectableFrame),
+ * and that release computes R_RELEASE from `held`. Returns the Frame; (seq, skipped) for a
+ * frame it cannot build (own shape or metadata), which the caller builds, holding it
+ * already; None if no frame is new; TAKE_FALLBACK on a state a block ring cannot be in (the
+ * general path reports it). Skips it claims before any frame is published return (NONE,
+ * their count plus `carried`): the caller passes that back as `carried`, so the next
+ * frame's `dropped` reports them (the cursor has moved past them). */
+/* The lowest seq in `held_list` (a list of ints), NONE if empty; -1 with an exception. */
+static int lowest_held(PyObject *held_list, uint64_t *lowest) {
+    if (!PyList_Check(held_list)) {
+        PyErr_SetString(PyExc_TypeError, "Taker.take_group: held must be a list");
+        return -1;
+    }
+    *lowest = SHMRING_NONE;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(held_list); i++) {
+        uint64_t seq;
+        if (sequence_number(PyList_GET_ITEM(held_list, i), &seq) < 0) {
+            return -1;
+        }
+        *lowest = seq < *lowest ? seq : *lowest;
+    }
+    return 0;
+}
+
+/* After take_group's swap: `seq` joins the member's `held` list (see above); on failure
+ * R_RELEASE goes back to `held`: the frame is lost to the group (claimed, never handed out),
+ * as it would be for a member that dies there. */
+static int record_held(PyObject *held_list, uint64_t seq, uint64_t *release, uint64_t held) {
+    PyObject *number = PyLong_FromUnsignedLongLong(seq);
+    if (number == NULL || PyList_Append(held_list, number) < 0) {
+        Py_XDECREF(number);
+        store(release, held);
+        return -1;
+    }
+    Py_DECREF(number);
+    return 0;
+}
+
 static PyObject *Taker_take_group(Taker *self, PyObject *const *args, Py_ssize_t nargs) {
     uint64_t held, passed; /* passed: skips claimed on the way (dropped), and carried ones */
-    if (!positional("take_group", nargs, 4) || sequence_number(args[1], &held) < 0 ||
+    if (!positional("take_group", nargs, 4) || lowest_held(args[1], &held) < 0 ||
         sequence_number(args[3], &passed) < 0) {
         return NULL;
     }
@@ -807,12 +841,21 @@ static PyObject *Taker_take_group(Taker *self, PyObject *const *args, Py_ssize_t
             continue;
         }
         skipped += passed;
-        if (flags != 0 || buffer >= self->nbuffers ||
-            buffer >= (uint64_t)PyList_GET_SIZE(self->buffers)) {
-            return Py_BuildValue("(KK)", (unsigned long long)seq, (unsigned long long)skipped);
+        if (record_held(args[1], seq, release, held) < 0) {
+            return NULL;
         }
-        return build_frame(self, self->collectable_frame_type, args[0], seq, buffer,
-                           load(&descriptor[SHMRING_D_TIMESTAMP]), skipped);
+        PyObject *taken =
+            flags != 0 || buffer >= self->nbuffers ||
+                    buffer >= (uint64_t)PyList_GET_SIZE(self->buffers)
+                ? Py_BuildValue("(KK)", (unsigned long long)seq, (unsigned long long)skipped)
+                : build_frame(self, self->collectable_frame_type, args[0], seq, buffer,
+                              load(&descriptor[SHMRING_D_TIMESTAMP]), skipped);
+        if (taken == NULL) { /* (out of memory) lost to the group, as above */
+            Py_ssize_t last = PyList_GET_SIZE(args[1]) - 1;
+            PyList_SetSlice(args[1], last, last + 1, NULL);
+            store(release, held);
+        }
+        return taken;
     }
     if (passed) { /* the other members kept winning: what it claimed so far were skips */
         return Py_BuildValue("(KK)", (unsigned long long)SHMRING_NONE, (unsigned long long)passed);
