@@ -326,7 +326,8 @@ def _collect_inside_a_take(allocations_ahead: int, shape: tuple[int, ...]) -> bo
     ):
         for value in range(3):
             w.write(np.full(shape, value, np.uint8))
-        cursor, release = r._group_record, r._record  # type: ignore[attr-defined]
+        cursor, release = r._group_record, r._record
+        assert cursor is not None  # a group member's record
         first = r.read(0)
         marker = _Marker()
         cycle: list[object] = [first, marker]

@@ -480,3 +480,27 @@ def test_an_interrupted_stalled_write_keeps_its_buffer_for_the_next(
         let_go_position(w, held, slots)
         assert w.write(frame, WAIT) == held + slots
         assert w._record[L.W_CLAIMED] == L.NONE and w._stranded == -1
+
+
+def test_a_claim_given_back_after_a_stalled_write_leaves_no_hole_at_close() -> None:
+    """A write held back by another writer's position times out and keeps its number; the
+    next claim (handed the kept buffer) is given back, its `with` block having raised; then
+    the writer closes. The kept number must be placed (as a skip) when it leaves, or head
+    stops there and the frames the other writers publish after it never reach readers."""
+    name, slots = unique_name(), 4
+    with writer_held_back(name, slots) as (w, held), RingReader.attach(name) as r:
+        with pytest.raises(RingTimeout):
+            w.write(np.ones(SMALL, np.uint8), 0.05)
+        assert w._record[L.W_CLAIMED_SEQ] == held + slots  # kept for its next publish
+        with pytest.raises(ValueError), w.claim():
+            raise ValueError("the producer failed while it filled the claim")
+        let_go_position(w, held, slots)
+        with RingWriter.attach(name) as survivor:  # before the creator's close unlinks the name
+            w.close()
+            last = survivor.write(np.full(SMALL, 7, np.uint8), WAIT)
+        got = []
+        with contextlib.suppress(RingTimeout):
+            while not got or got[-1][1] != 7:
+                with r.read(0.5) as frame:
+                    got.append((frame.seq, int(frame.array.flat[0])))
+        assert got and got[-1] == (last, 7), got

@@ -878,7 +878,9 @@ def _close_writer(p: Participant, membership: _Membership, owner: bool) -> None:
 def _leave_as_writer(p: Participant, record: memoryview, index: int) -> None:
     """Under the lock: give up the writer record; the last writer out ends the stream."""
     if record[L.W_TOKEN] == p.token:
-        abandoned_claim = record[L.W_CLAIMED] != L.NONE
+        # A buffer claimed, or a number kept from a stalled publish (its claim given back
+        # since): left unplaced, that number would stop head for the writers that go on.
+        abandoned_claim = record[L.W_CLAIMED] != L.NONE or record[L.W_CLAIMED_SEQ] != L.NONE
         record[L.W_CLAIMED] = L.NONE
         p.free_record(record, L.LOCK_WRITER_BASE + index)
         if abandoned_claim:  # its buffer (or claimed number) goes back
