@@ -498,7 +498,7 @@ def test_a_claim_given_back_after_a_stalled_write_leaves_no_hole_at_close() -> N
         with RingWriter.attach(name) as survivor:  # before the creator's close unlinks the name
             w.close()
             last = survivor.write(np.full(SMALL, 7, np.uint8), WAIT)
-        got = []
+        got: list[tuple[int, int]] = []
         with contextlib.suppress(RingTimeout):
             while not got or got[-1][1] != 7:
                 with r.read(0.5) as frame:
