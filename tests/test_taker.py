@@ -256,3 +256,16 @@ def test_a_frame_and_its_reader_in_a_cycle_are_collected() -> None:
         del r
         gc.collect()
         assert w.readers == 0
+
+
+@pytest.mark.parametrize("gap", [L.DF_SKIP, L.DF_EVICTED], ids=["skip", "evicted"])
+def test_a_gap_is_never_built_into_a_frame(gap: int) -> None:
+    """The general path builds a frame from its descriptor as read in C (describe): if
+    that look finds a gap where the caller saw a frame (a skip, an evicted frame), it raises
+    instead of handing out the stale bytes of the position's buffer."""
+    name = unique_name("gap")
+    with RingWriter.create(name, (64,), np.uint8) as w, RingReader.attach(name) as r:
+        seq = w.write(np.ones(64, np.uint8))
+        r._descriptors[seq % w.slots][L.D_FLAGS] = gap  # what a look in between would find
+        with pytest.raises(RingCorrupted, match="turned into a gap"):
+            r._frame(seq, 0)

@@ -1135,8 +1135,10 @@ static void count_sleeper(struct ring *r) {
     if (r->counted) {
         return;
     }
-    /* Seq_cst: the other half of the writer's "publish, fence, load reader_waiters". */
+    /* The other half of the writer's "publish, fence, load reader_waiters": a seq_cst add,
+     * then a full fence, or the next look (an acquire load) may pass the add. */
     add32(&r->control->reader_waiters, 1);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
     st(&r->me->sleeping, 1);
     r->counted = 1;
 }

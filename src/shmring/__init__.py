@@ -14,7 +14,9 @@ again; (2) single words through _fastpath.load_word, an acquire load: a futex wo
 before a sleep, the end-of-stream flags, counts and liveness marks it decides a wait, a poll
 or a locked repair by; (3) in `shmring inspect` (_inspect.py), a monitor's racy snapshot of
 a live ring, which stores nothing, takes no lock so as never to stall a pipeline, and
-reports what is inconsistent as a problem. Each lock-free step exists once, in C: where
+reports what is inconsistent as a problem. Under the lock too, a word that lock-free steps
+store meanwhile (a descriptor's D_SEQ and flags, a writer's claimed number and publish
+bracket) is read through load_word. Each lock-free step exists once, in C: where
 Python runs one under the lock (the reclaim, settle), it calls the C step.
 """
 

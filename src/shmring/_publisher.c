@@ -716,6 +716,9 @@ static inline __attribute__((always_inline)) void describe_frame(Publisher *self
         flags = SHMRING_DF_SKIP | how->skip << SHMRING_SKIP_COUNT_SHIFT;
     }
     if (how && how->meta_len) {
+        /* The plain stores of the copy after the stores that took the descriptor (C_TAIL,
+         * or the swap of D_SEQ): a reader's check after its look (still_there) relies on it. */
+        __atomic_thread_fence(__ATOMIC_RELEASE);
         memcpy((char *)descriptor + SHMRING_D_META_BYTE_OFFSET, how->meta, how->meta_len);
         flags |= how->meta_len << SHMRING_META_LEN_SHIFT;
     }
@@ -1299,7 +1302,8 @@ static PyObject *Publisher_abandon_claimed(Publisher *self, PyObject *const *arg
  * (C_SPACE_WANTED: waking per released frame would make writer and reader take turns
  * sleeping), counts itself in C_WRITER_WAITERS (readers that release wake C_SPACE only while
  * it is non-zero), then sets W_SLEEPING, by which a reaper of a dead sleeper uncounts it. The
- * add is sequentially consistent, so the writer's next look for space cannot pass it, and a
+ * add is sequentially consistent and followed by a full fence (as _taker.c's count), so the
+ * writer's next look for space cannot pass it, and a
  * releasing reader, which fences between its release and its look (_taker.c,
  * release_and_wake), sees it. Idempotent: a writer already counted only asks for space
  * again. */
@@ -1324,6 +1328,7 @@ static PyObject *Publisher_count_sleeper(Publisher *self, PyObject *Py_UNUSED(ig
     store(&self->control[SHMRING_C_SPACE_WANTED], tail + (half ? half : 1));
     if (!load(&self->record[SHMRING_W_SLEEPING])) {
         __atomic_fetch_add(writer_waiters(self), 1, __ATOMIC_SEQ_CST);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST); /* the add before the next look: see above */
         store(&self->record[SHMRING_W_SLEEPING], 1);
     }
     return PyLong_FromLong(0);

@@ -770,10 +770,11 @@ class RingReader(AsyncReading, RingHandle):
         frame = None
         while cursor < window.stop:
             descriptor = self._descriptors[cursor % self._slots]
-            published = descriptor[L.D_SEQ] == cursor
+            # Acquire loads, D_SEQ first: lock-free writers store these words meanwhile.
+            published = load_word(descriptor, L.D_SEQ) == cursor
             if self._block and not published:
                 break  # a shared-mode writer is between descriptor and head: not yet
-            flags = descriptor[L.D_FLAGS]
+            flags = load_word(descriptor, L.D_FLAGS)
             if published and not flags & (L.DF_EVICTED | L.DF_SKIP):
                 if not self._block:
                     frame = self._pin_and_frame(cursor, skipped)
@@ -857,6 +858,11 @@ class RingReader(AsyncReading, RingHandle):
                     "the header was overwritten"
                 )
         flags, buffer, timestamp_ns, own_shape, meta = description
+        if flags & (L.DF_SKIP | L.DF_EVICTED):  # the caller saw a frame there
+            raise RingCorrupted(
+                f"ring {self._p.name!r}: frame {seq} turned into a gap while taken; the header "
+                "was overwritten"
+            )
         try:
             if flags & L.DF_OWN_SHAPE and own_shape is not None:  # (set together)
                 array = self._own_shape_view(own_shape, buffer)

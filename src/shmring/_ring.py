@@ -520,17 +520,22 @@ class Participant:
         """Under the lock, in a sequenced ring whose live writers go on without it: publish
         the numbers claimed by writers that died as skips, and move head (in C: settle)."""
         control, views, slots = self.control, self.views, self.geometry.slots
-        head, claimed = control[L.C_HEAD], control[L.C_NEXT_SEQ]
+        # Acquire loads, in the order that makes a live writer's number never a hole: next
+        # number, then what writers name (stored before they take a number), then D_SEQ
+        # (stored before they stop naming it).
+        head, claimed = load_word(control, L.C_HEAD), load_word(control, L.C_NEXT_SEQ)
         if not head <= claimed <= head + slots or claimed >= L.SEQ_LIMIT:
             raise RingCorrupted(
                 f"ring {self.name!r}: head {head} and next number {claimed} are inconsistent; "
                 "the header was overwritten"
             )
-        held = {r[L.W_CLAIMED_SEQ] for r in views.writers if r[L.W_STATE] == L.STATE_ACTIVE}
+        held = {
+            load_word(r, L.W_CLAIMED_SEQ) for r in views.writers if r[L.W_STATE] == L.STATE_ACTIVE
+        }
         holes = [
             seq
             for seq in range(head, claimed)
-            if views.descriptors[seq % slots][L.D_SEQ] != seq and seq not in held
+            if load_word(views.descriptors[seq % slots], L.D_SEQ) != seq and seq not in held
         ]
         settle(
             control,
@@ -660,7 +665,7 @@ class Participant:
         for index, record in enumerate(self.views.writers):
             while (
                 record[L.W_STATE] == L.STATE_ACTIVE
-                and record[L.W_IN_PUBLISH]
+                and load_word(record, L.W_IN_PUBLISH)  # acquire: what it stored before leaving
                 and record[L.W_TOKEN] != self.token
                 and range_is_locked(self.segment.fd, L.LOCK_WRITER_BASE + index)
             ):

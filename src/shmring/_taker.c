@@ -509,9 +509,10 @@ static PyObject *Taker_wait(Taker *self, PyObject *const *args, Py_ssize_t nargs
  *
  * A reader about to sleep counts itself in C_READER_WAITERS (publishers wake the frames futex
  * only while it is non-zero), then sets R_SLEEPING, by which a reaper of a dead sleeper
- * uncounts it. The add is sequentially consistent: the reader's next look for its frame
- * cannot pass it, and a publisher, which fences between its publish and its look, sees it
- * (FORMAT.md, "Store-then-load pairs"). No membarrier here: made at every sleep it cost a
+ * uncounts it. The add is sequentially consistent and followed by a full fence: the
+ * reader's next look for its frame, an acquire load, cannot pass it (C11 lets an acquire
+ * load pass a seq_cst add; aarch64's LDAPR does), and a publisher, which fences between its
+ * publish and its look, sees it (FORMAT.md, "Store-then-load pairs"). No membarrier here: made at every sleep it cost a
  * system call and an interrupt of every CPU running a participant, and 1 writer -> 3
  * readers on 2 CPUs ran at about half the rate of a fence per publish. A woken reader
  * uncounts itself at once: it is running again, which spinning_pays counts, and publishers
@@ -524,6 +525,7 @@ static uint32_t *reader_waiters(Taker *self) {
 static PyObject *Taker_count(Taker *self, PyObject *Py_UNUSED(ignored)) {
     if (self->holds_exports && !load(&self->record[SHMRING_R_SLEEPING])) {
         __atomic_fetch_add(reader_waiters(self), 1, __ATOMIC_SEQ_CST);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST); /* the add before the next look: see above */
         store(&self->record[SHMRING_R_SLEEPING], 1);
     }
     Py_RETURN_NONE;
@@ -633,9 +635,11 @@ static int slot_to_pin(Taker *self) {
 /* Whether frame `seq` is still in `descriptor`, not evicted, in `buffer`. A writer that
  * replaces a frame first moves C_TAIL past it (one writer) or takes its D_SEQ (several:
  * seq | SEQ_BUSY) before it changes any other word of its descriptor, so a D_SEQ still
- * `seq` and a tail at or before it mean that every word read before this look (with
- * acquire loads) was the frame's own. */
+ * `seq` and a tail at or before it mean that every word read before this look was the
+ * frame's own. The acquire fence keeps the plain loads before it (describe's copy of the
+ * metadata) from passing these loads, as acquire loads alone do not. */
 static int still_there(Taker *self, const uint64_t *descriptor, uint64_t seq, uint64_t buffer) {
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
     return load(&descriptor[SHMRING_D_SEQ]) == seq &&
            !(load(&descriptor[SHMRING_D_FLAGS]) & SHMRING_DF_EVICTED) &&
            load(&descriptor[SHMRING_D_BUFFER]) == buffer &&
@@ -877,9 +881,11 @@ static PyObject *Taker_pin(Taker *self, PyObject *seq_object) {
         return PyLong_FromLong(-1);
     }
     const uint64_t *descriptor = self->descriptors + (seq % self->slots) * self->descriptor_words;
+    if (load(&descriptor[SHMRING_D_SEQ]) != seq) { /* first: the words after it are seq's */
+        return PyLong_FromLong(-1);
+    }
     uint64_t buffer = load(&descriptor[SHMRING_D_BUFFER]);
-    if (load(&descriptor[SHMRING_D_SEQ]) != seq ||
-        load(&descriptor[SHMRING_D_FLAGS]) & SHMRING_DF_EVICTED || buffer >= self->nbuffers) {
+    if (load(&descriptor[SHMRING_D_FLAGS]) & SHMRING_DF_EVICTED || buffer >= self->nbuffers) {
         return PyLong_FromLong(-1);
     }
     int slot = slot_to_pin(self);
