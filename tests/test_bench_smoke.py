@@ -17,14 +17,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import unique_name
 
 from bench import analysis
 from bench.cell import FAN_IN, GROUPS, THROUGHPUT, Cell, Timing
 from bench.frames import PHASE_END, WRITER_SHIFT, make_source, parse_size, stamper
 from bench.suite import SHAPES, available
 from bench.verify import verdict, verifier
-from shmring import RingWriter
 
 pytestmark = pytest.mark.slow  # a real, if short, benchmark run
 
@@ -118,21 +116,10 @@ def _assert_verified(cell: dict[str, Any], rate: str) -> None:
             assert run["verified_frames"] > 0
 
 
-def _core_takes_default_overwrite() -> bool:
-    """Whether RingWriter.create(..., policy="overwrite", slots=4) works with the default
-    max_readers / max_writers (issue 16's core change); until it does it raises ValueError."""
-    try:
-        RingWriter.create(unique_name("ow"), (64,), np.uint8, policy="overwrite", slots=4).close()
-    except ValueError:
-        return False
-    return True
-
-
 def test_every_topology_runs_verified_at_a_tiny_size(tmp_path: Path) -> None:
     """Supervisor, latest frame, fan-in, groups and fan-out: shmring and a peer each run one
-    verified cell; a cell the core rejects shows as FAILED with the core's error."""
+    verified cell (the latest-frame ring made with the natural call, default limits)."""
     before = {p.name for p in SHM.iterdir()}
-    overwrite_ok = _core_takes_default_overwrite()
     done = subprocess.run(
         [
             sys.executable,
@@ -154,7 +141,7 @@ def test_every_topology_runs_verified_at_a_tiny_size(tmp_path: Path) -> None:
         timeout=120,
         check=False,
     )
-    assert done.returncode == (0 if overwrite_ok else 1), done.stdout + done.stderr
+    assert done.returncode == 0, done.stdout + done.stderr
     results = json.loads((tmp_path / "results.json").read_text())
     cells = {(c["scenario"], c["transport"]): c for c in results["cells"]}
     for key in [
@@ -170,13 +157,8 @@ def test_every_topology_runs_verified_at_a_tiny_size(tmp_path: Path) -> None:
     assert cells[("groups", "mp-queue")]["consumers"] == 2
     assert cells[("fanout", "shmring-write")]["consumers"] == 3
     _assert_verified(cells[("latest", "textbook-latest")], "write_fps")
-    latest = cells[("latest", "shmring-latest")]
+    _assert_verified(cells[("latest", "shmring-latest")], "age_p50_us")
     report = (tmp_path / "results.md").read_text()
-    if overwrite_ok:
-        _assert_verified(latest, "age_p50_us")
-    else:  # shown as failed, with the core's error, in the report
-        assert latest["status"] == "failed" and "ValueError" in latest["reason"]
-        assert "overwrite policy" in report.split("## Failed cells")[1]
     pubsub = cells.get(("fanout", "pyzmq-pubsub"))
     assert pubsub or "pyzmq-pubsub" in results["skipped"]
     if pubsub:  # a peer that may drop: verified otherwise, its drops reported

@@ -17,8 +17,7 @@
 #   shmring-latest: policy="overwrite" (the writer never waits) and a reader that calls
 #     r.latest() for the newest frame, skipping older ones — the preview/monitor use case. The
 #     ring is made with the natural call, RingWriter.create(name, shape, dtype,
-#     policy="overwrite", slots=4), default max_readers / max_writers (issue 16: until the core
-#     accepts that, the cell fails with the core's ValueError, shown in the report).
+#     policy="overwrite", slots=4), default max_readers / max_writers.
 #   shmring-write-alone / shmring-overwrite-alone: write() with no reader at all, the
 #     scenario `alone` where issue 16's "overwrite write >= 0.8x block write" is judged: the
 #     same producer loop into a block ring (8 slots; frames nobody reads are not kept) and
