@@ -44,7 +44,7 @@ from helpers import (
 
 import shmring
 from shmring import _layout as L
-from shmring._sys import try_lock_range, unlock_range
+from shmring._sys import _F_OFD_SETLK, _FLOCK, try_lock_range, unlock_range
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "c_reader"
@@ -551,6 +551,27 @@ def test_last_one_out_unlinks_an_orphaned_ring(c_reader: Path, start_writer: Any
     code, _, err = _run(reader)
     assert code == EXIT_GONE, err
     assert not os.path.exists(seg_path(writer.name))  # its creator is dead: the reader unlinked
+
+
+def test_a_read_lock_does_not_keep_a_dead_writer_alive(c_reader: Path, start_writer: Any) -> None:
+    """Liveness asks for write locks only: a read lock, which anyone who can read the file can
+    take, on a dead writer's byte does not keep the C reader waiting for it."""
+    writer = start_writer(count=1, then="wait")
+    reader = _start(c_reader, writer.name, 2)
+    writer.hashes()
+    (joined,) = shmring.inspect_ring(writer.name).writers
+    reader.send_signal(signal.SIGSTOP)  # so that it looks only once the read lock is there
+    writer.proc.kill()
+    writer.proc.wait(WAIT)
+    fd = os.open(seg_path(writer.name), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        byte = L.LOCK_WRITER_BASE + joined.index
+        fcntl.fcntl(fd, _F_OFD_SETLK, _FLOCK.pack(fcntl.F_RDLCK, os.SEEK_SET, byte, 1, 0))
+        reader.send_signal(signal.SIGCONT)
+        code, _, err = _run(reader)
+    finally:
+        os.close(fd)
+    assert code == EXIT_GONE, err
 
 
 def test_reader_killed_holding_a_frame_frees_the_writer_within_1s(

@@ -211,9 +211,11 @@ static void unlock(const struct ring *r, uint64_t byte) {
     fcntl(r->fd, F_OFD_SETLK, &lock);
 }
 
-/* Whether another open file description holds byte `byte` (a participant is alive). */
+/* Whether another open file description write-locks byte `byte` (a participant is alive);
+ * asked as a read lock, which conflicts with write locks only: a read lock, which anyone
+ * who can read the file can take, proves nobody alive (FORMAT.md, "Locks and liveness"). */
 static int is_locked(const struct ring *r, uint64_t byte) {
-    struct flock lock = byte_lock(F_WRLCK, byte);
+    struct flock lock = byte_lock(F_RDLCK, byte);
     if (fcntl(r->fd, F_OFD_GETLK, &lock) != 0) {
         return 1; /* cannot tell: never declare anyone dead on a failed check */
     }

@@ -17,7 +17,9 @@
 #     by default it must be this process's effective user or root, else UntrustedRing;
 #     `owner=` names the one user to trust instead. `create` never takes over a name whose
 #     file another user owns (RingExists names that user). Observers (inspect, ls) read any
-#     ring they can open. docs/OPERATIONS.md, "Trust model".
+#     ring they can open. A user who could read the file but not write it could still lock
+#     its bytes, so `create` refuses modes that allow that (checked_mode), and only write
+#     locks count as alive (range_is_locked). docs/OPERATIONS.md, "Trust model".
 #   - Pages are reserved at creation (posix_fallocate), so a ring larger than /dev/shm's free
 #     space fails at create with ENOSPC instead of a SIGBUS on first touch. The converse is
 #     checked at attach: a file with fewer allocated bytes than its size (sparse: planted,
@@ -125,6 +127,22 @@ def user_label(uid: int) -> str:
         return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
     except KeyError:
         return f"uid {uid}"
+
+
+def checked_mode(mode: object) -> int:
+    """`mode=` of create: permission bits that let neither the group nor others read the
+    file without writing it. Such a user cannot attach (every participant maps the header
+    writable), yet could take read locks on its lock bytes and stall the ring."""
+    mode = L.positive_int(mode, "mode", 0, 0o777)
+    for who, bits in (("its group", mode >> 3 & 0o6), ("other users", mode & 0o6)):
+        if bits == 0o4:
+            raise ValueError(
+                f"mode {mode:#o} lets {who} read the ring but not write it: they could not "
+                "attach (every participant maps the header writable), but could lock bytes "
+                "of the file and stall the ring. Use 0o600 (this user only), 0o660 (its "
+                "group too) or 0o666 (every local user)"
+            )
+    return mode
 
 
 def checked_huge_pages(choice: object) -> bool | str:
