@@ -34,6 +34,7 @@ from shmring import _layout as L
 from shmring._sys import _F_OFD_SETLK, _FLOCK
 
 NOBODY = 65534  # uid and gid of `nobody`
+THIRD_USER = 54321  # a uid and gid that neither owns the ring nor is root
 SHAPE = (16,)
 IMPOSTOR_FRAME = 66
 
@@ -140,6 +141,36 @@ def test_create_does_not_reclaim_another_users_stale_ring() -> None:
         with pytest.raises(RingExists, match=r"shmring rm"):
             RingWriter.create(name, SHAPE, np.uint8)
         assert os.stat(seg_path(name)).st_ino == inode  # untouched
+
+
+def _leave_as_third_user(conn: Connection, name: str, kind: str) -> None:
+    """In a forked child: become a third user, attach to nobody's ring and close it."""
+    os.setgroups([])
+    os.setgid(THIRD_USER)
+    os.setuid(THIRD_USER)
+    attach = RingReader.attach if kind == "reader" else RingWriter.attach
+    handle = attach(name, owner=NOBODY)
+    try:
+        handle.close()
+    except Exception as exc:
+        conn.send(f"{type(exc).__name__}: {exc}")
+    else:
+        conn.send("closed")
+
+
+@needs_root
+@pytest.mark.parametrize("kind", ["reader", "writer"])
+def test_the_last_one_out_leaves_another_users_ring_without_failing(kind: str) -> None:
+    """Sticky /dev/shm lets only the owner (or root) unlink a ring: the last participant of
+    another user's orphaned ring leaves it, stale, and its close() succeeds."""
+    with impostor("stale") as (name, _):
+        with forked(_leave_as_third_user, name, kind) as (ours, _child):
+            assert ours.poll(WAIT) and ours.recv() == "closed"
+        info = shmring.inspect_ring(name)
+        assert info.stale and info.live_participants == 0
+        with open(seg_path(name), "rb") as f:
+            f.seek(L.control_word_offset(L.C_LOCK_OWNER))
+            assert f.read(8) == bytes(8)  # the header lock was released cleanly
 
 
 # ---- read locks: anyone who can read the file can take them, so they prove nobody alive ----

@@ -331,11 +331,18 @@ class Segment:
         return range_is_locked(self.fd, L.LOCK_CREATOR)
 
     def unlink(self) -> None:
-        """Remove the name, if it still names this segment (not a newer ring)."""
+        """Remove the name, if it still names this segment (not a newer ring). Another
+        user's ring may not be ours to remove (sticky /dev/shm: EPERM); it is then left,
+        stale, to its owner or root (shmring gc)."""
         path = segment_path(self.name)
-        with contextlib.suppress(FileNotFoundError):
+        try:
             if os.stat(path).st_ino == self.inode:
                 os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except PermissionError:
+            if self.owner_uid == os.geteuid():
+                raise
 
     def close(self) -> None:
         """Unmap and close the descriptor, which drops every OFD lock this handle holds.
