@@ -608,12 +608,14 @@ def _link_claiming_stale(source: str, name: str) -> None:
     except FileExistsError:
         pass
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = open_regular(path, os.O_RDWR)
     except FileNotFoundError:  # removed meanwhile: the name is free now
         _link(source, path)
         return
     except PermissionError:  # another user's file that we may not open
         raise _taken_by_another_user(name, os.lstat(path).st_uid) from None
+    except IncompatibleRing as exc:  # a link, directory, fifo or socket planted there
+        raise RingExists(f"cannot create ring {name!r}: {exc}") from None
     try:
         uid = os.fstat(fd).st_uid
         if uid != os.geteuid():
