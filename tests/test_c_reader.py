@@ -44,7 +44,7 @@ from helpers import (
 
 import shmring
 from shmring import _layout as L
-from shmring._sys import try_lock_range, unlock_range
+from shmring._sys import _F_OFD_SETLK, _FLOCK, try_lock_range, unlock_range
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "c_reader"
@@ -52,6 +52,7 @@ LAYOUT_H = ROOT / "src" / "shmring" / "shmring_layout.h"
 SANITIZE = "-fsanitize=address,undefined"
 SANITIZER_CFLAGS = f"-O1 -g {SANITIZE} -fno-omit-frame-pointer -fno-sanitize-recover=all"
 EXIT_REFUSED, EXIT_END, EXIT_GONE = 3, 4, 5
+NOBODY = 65534  # uid of `nobody`
 DETECT_WITHIN = 1.0  # issue 21: a dead writer or reader is noticed within 1 s
 LINE = re.compile(r"seq=(\d+) bytes=(\d+) fnv1a64=([0-9a-f]{16})")
 
@@ -312,10 +313,12 @@ def any_reader(request: pytest.FixtureRequest) -> Path:
     )
 
 
-def _start(binary: Path, name: str, count: int, **popen: Any) -> subprocess.Popen[str]:
+def _start(
+    binary: Path, name: str, count: int, *options: str, **popen: Any
+) -> subprocess.Popen[str]:
     popen.setdefault("stdout", subprocess.PIPE)
     proc = subprocess.Popen(
-        [str(binary), name, str(count)], stderr=subprocess.PIPE, text=True, **popen
+        [str(binary), *options, name, str(count)], stderr=subprocess.PIPE, text=True, **popen
     )
     STARTED_PIDS.add(proc.pid)
     return proc
@@ -553,6 +556,27 @@ def test_last_one_out_unlinks_an_orphaned_ring(c_reader: Path, start_writer: Any
     assert not os.path.exists(seg_path(writer.name))  # its creator is dead: the reader unlinked
 
 
+def test_a_read_lock_does_not_keep_a_dead_writer_alive(c_reader: Path, start_writer: Any) -> None:
+    """Liveness asks for write locks only: a read lock, which anyone who can read the file can
+    take, on a dead writer's byte does not keep the C reader waiting for it."""
+    writer = start_writer(count=1, then="wait")
+    reader = _start(c_reader, writer.name, 2)
+    writer.hashes()
+    (joined,) = shmring.inspect_ring(writer.name).writers
+    reader.send_signal(signal.SIGSTOP)  # so that it looks only once the read lock is there
+    writer.proc.kill()
+    writer.proc.wait(WAIT)
+    fd = os.open(seg_path(writer.name), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        byte = L.LOCK_WRITER_BASE + joined.index
+        fcntl.fcntl(fd, _F_OFD_SETLK, _FLOCK.pack(fcntl.F_RDLCK, os.SEEK_SET, byte, 1, 0))
+        reader.send_signal(signal.SIGCONT)
+        code, _, err = _run(reader)
+    finally:
+        os.close(fd)
+    assert code == EXIT_GONE, err
+
+
 def test_reader_killed_holding_a_frame_frees_the_writer_within_1s(
     c_reader: Path, start_writer: Any
 ) -> None:
@@ -762,6 +786,11 @@ REFUSALS = {
     "dtype": (_patched(56, "16s", b"|O8"), VALID_SIZE, "dtype '|O8'"),
     "short": (_geometry().pack()[:100], 100, "smaller than a shmring header"),
     "truncated": (_geometry().pack(), VALID_SIZE - 64, "truncated or resized"),
+    "sparse": (
+        _geometry().pack(),
+        VALID_SIZE,
+        f"only 4096 of its {VALID_SIZE} bytes are allocated",
+    ),
     "block_buffers": (
         _geometry(buffers=6).pack(),
         _geometry(buffers=6).segment_bytes,
@@ -796,10 +825,39 @@ def test_refuses_other_versions_and_geometries(any_reader: Path, case: str) -> N
     assert message in err and out == ""
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a ring to another user")
+def test_refuses_another_users_ring_unless_told_its_owner(
+    c_reader: Path, start_writer: Any
+) -> None:
+    writer = start_writer(count=2)
+    os.chown(seg_path(writer.name), NOBODY, -1)  # as if nobody had planted it
+    code, out, err = _run(_start(c_reader, writer.name, 2))
+    assert code == EXIT_REFUSED and out == "", err
+    assert f"belongs to uid {NOBODY}" in err and f"pass --owner {NOBODY}" in err
+    for owner in ("0", str(os.geteuid())):  # --owner trusts that one user only
+        code, _, err = _run(_start(c_reader, writer.name, 2, "--owner", owner))
+        assert code == EXIT_REFUSED and f"belongs to uid {NOBODY}" in err
+    reader = _start(c_reader, writer.name, 2, "--no-hash", "--owner", str(NOBODY))
+    published = writer.hashes()
+    code, out, err = _run(reader)
+    assert code == 0, err
+    assert out.splitlines() == [f"seq={seq} bytes={size}" for seq, size, _ in published]
+
+
 def test_refuses_a_missing_ring_and_bad_arguments(c_reader: Path) -> None:
     code, _, err = _run(_start(c_reader, unique_name("absent"), 1))
     assert code == EXIT_REFUSED and "does not exist" in err
-    for argv in (["only-a-name"], ["../x", "1"], ["name", "0"], ["name", "-3"], ["name", "x"]):
+    for argv in (
+        ["only-a-name"],
+        ["../x", "1"],
+        ["name", "0"],
+        ["name", "-3"],
+        ["name", "x"],
+        ["--owner", "name", "1"],
+        ["--owner", "-1", "name", "1"],
+        ["--owner"],
+        ["--hash", "name", "1"],
+    ):
         code, _, err = _run(
             subprocess.Popen([str(c_reader), *argv], stderr=subprocess.PIPE, text=True)
         )

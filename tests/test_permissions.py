@@ -1,10 +1,11 @@
 # Who may attach to a ring: the segment's file mode.
 #
 # Rings are created 0600 whatever the umask; `mode=` sets the exact mode (0660 shares a
-# ring with the creator's group). The cross-user checks create the ring as root and attach
-# from a forked child that dropped to `nobody` (setgid, then setuid): a group member of a
-# 0660 ring streams through it; anyone else gets a PermissionError that names the ring.
-# Those need root and are skipped without it.
+# ring with the creator's group), and create refuses a mode that lets the group or others
+# read without writing (they could lock bytes of the file). The cross-user checks create
+# the ring as root and attach from a forked child that dropped to `nobody` (setgid, then
+# setuid): a group member of a 0660 ring streams through it; anyone else gets a
+# PermissionError that names the ring. Those need root and are skipped without it.
 from __future__ import annotations
 
 import errno
@@ -49,11 +50,27 @@ def test_default_mode_is_0600_whatever_the_umask(mask: int) -> None:
         assert file_mode(name) == 0o600
 
 
-@pytest.mark.parametrize("mode", [0o600, 0o640, 0o660, 0o666, 0o400])
+@pytest.mark.parametrize("mode", [0o600, 0o660, 0o666, 0o606, 0o620, 0o400])
 def test_mode_option_is_exact_whatever_the_umask(mode: int) -> None:
     name = unique_name("pm")
     with umask(0o077), RingWriter.create(name, SHAPE, np.uint8, mode=mode):
         assert file_mode(name) == mode
+
+
+@pytest.mark.parametrize(
+    ("mode", "who"),
+    [(0o640, "its group"), (0o644, "its group"), (0o604, "other users"), (0o664, "other users")],
+)
+def test_create_refuses_a_mode_that_lets_others_read_without_writing(mode: int, who: str) -> None:
+    """Such a user cannot attach, but could read-lock the header lock's byte and stall the
+    ring: create makes no such file."""
+    name = unique_name("pm")
+    with pytest.raises(ValueError) as refused:
+        RingWriter.create(name, SHAPE, np.uint8, mode=mode)
+    message = str(refused.value)
+    assert f"mode {mode:#o} lets {who} read the ring but not write it" in message
+    assert "0o600" in message and "0o660" in message and "0o666" in message
+    assert not os.path.lexists(seg_path(name))
 
 
 # ---- other users ---------------------------------------------------------------------------
@@ -109,7 +126,8 @@ def test_no_permission_is_a_permission_error_naming_the_ring(
     mode: int, group: int, gid: int
 ) -> None:
     name = unique_name("pm")
-    with RingWriter.create(name, SHAPE, np.uint8, mode=mode) as writer:
+    with RingWriter.create(name, SHAPE, np.uint8) as writer:
+        os.chmod(seg_path(name), mode)  # by hand: create refuses 0640
         os.chown(seg_path(name), -1, group)
         results = attempts_as(name, gid)
         for what, (error, message, code) in results.items():

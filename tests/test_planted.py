@@ -2,7 +2,8 @@
 
 * Finding 3: a FIFO named shmring.*, a symbolic link to it and one to /etc/passwd made
   `shmring ls` and `gc` block forever in open(). They are listed as "not-a-ring", left alone
-  by gc, and attaching to them raises IncompatibleRing.
+  by gc, attaching to them raises IncompatibleRing, and creating a ring of their name
+  RingExists (so does a planted directory or socket).
 * Finding 4: a sparse file with a valid header declaring 2**22 slots cost `ls` 53 s and
   5.3 GiB. A header outside create's limits (one table, L.LIMITS) is refused, a file with
   fewer allocated bytes than its size is broken, and listing or attaching to a legal ring of
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 import struct
 import subprocess
 import sys
@@ -144,6 +146,30 @@ def test_attaching_to_a_fifo_or_link_raises_incompatible_ring(attach: Any) -> No
         for name, kind in entries.items():
             with pytest.raises(IncompatibleRing, match=f"is {kind}, not a ring"):
                 attach(name)
+
+
+def test_create_over_a_planted_non_file_raises_ring_exists_and_leaves_it() -> None:
+    """create's reclaim opens what holds the name as attach does: RingExists naming what it
+    is and what to do, never a raw OSError (ELOOP, EISDIR, ENXIO)."""
+    base = unique_name("plantother")
+    others = {f"{base}-dir": "a directory", f"{base}-socket": "a socket"}
+    os.mkdir(seg_path(f"{base}-dir"))
+    listening = socket.socket(socket.AF_UNIX)
+    try:
+        listening.bind(seg_path(f"{base}-socket"))
+        with fifo_and_links() as entries:
+            for name, kind in {**entries, **others}.items():
+                with pytest.raises(RingExists) as refused:
+                    RingWriter.create(name, SMALL, np.uint8)
+                message = str(refused.value)
+                assert f"cannot create ring {name!r}: {seg_path(name)} is {kind}" in message
+                assert "choose another ring name" in message
+                assert os.path.lexists(seg_path(name))
+    finally:
+        listening.close()
+        os.rmdir(seg_path(f"{base}-dir"))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(seg_path(f"{base}-socket"))
 
 
 # ---- finding 4: create's limits, sparse files, lazy views -----------------------------------

@@ -8,11 +8,15 @@ another user owns, live or stale: `RingExists` names that user.
 The cross-user checks play the impostor in a forked child that dropped to `nobody` (setgid,
 then setuid) and made `shmring.NAME` first, mode 0666, as a real ring or a planted file; they
 need root and are skipped without it. Root removes what the impostor leaves.
+
+Liveness counts write locks only: a read lock, which anyone who can read the file can take,
+on a dead participant's byte does not make it look alive.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pickle
 import pwd
@@ -25,9 +29,12 @@ import pytest
 from helpers import WAIT, forked, seg_path, unique_name
 
 import shmring
-from shmring import RingExists, RingReader, RingWriter, UntrustedRing
+from shmring import RingExists, RingReader, RingWriter, StaleRingWarning, UntrustedRing
+from shmring import _layout as L
+from shmring._sys import _F_OFD_SETLK, _FLOCK
 
 NOBODY = 65534  # uid and gid of `nobody`
+THIRD_USER = 54321  # a uid and gid that neither owns the ring nor is root
 SHAPE = (16,)
 IMPOSTOR_FRAME = 66
 
@@ -134,6 +141,94 @@ def test_create_does_not_reclaim_another_users_stale_ring() -> None:
         with pytest.raises(RingExists, match=r"shmring rm"):
             RingWriter.create(name, SHAPE, np.uint8)
         assert os.stat(seg_path(name)).st_ino == inode  # untouched
+
+
+def _leave_as_third_user(conn: Connection, name: str, kind: str) -> None:
+    """In a forked child: become a third user, attach to nobody's ring and close it."""
+    os.setgroups([])
+    os.setgid(THIRD_USER)
+    os.setuid(THIRD_USER)
+    attach = RingReader.attach if kind == "reader" else RingWriter.attach
+    handle = attach(name, owner=NOBODY)
+    try:
+        handle.close()
+    except Exception as exc:
+        conn.send(f"{type(exc).__name__}: {exc}")
+    else:
+        conn.send("closed")
+
+
+@needs_root
+@pytest.mark.parametrize("kind", ["reader", "writer"])
+def test_the_last_one_out_leaves_another_users_ring_without_failing(kind: str) -> None:
+    """Sticky /dev/shm lets only the owner (or root) unlink a ring: the last participant of
+    another user's orphaned ring leaves it, stale, and its close() succeeds."""
+    with impostor("stale") as (name, _):
+        with forked(_leave_as_third_user, name, kind) as (ours, _child):
+            assert ours.poll(WAIT) and ours.recv() == "closed"
+        info = shmring.inspect_ring(name)
+        assert info.stale and info.live_participants == 0
+        with open(seg_path(name), "rb") as f:
+            f.seek(L.control_word_offset(L.C_LOCK_OWNER))
+            assert f.read(8) == bytes(8)  # the header lock was released cleanly
+
+
+# ---- read locks: anyone who can read the file can take them, so they prove nobody alive ----
+def _read_lock(name: str, byte: int) -> int:
+    """A read-only descriptor of ring `name` holding a read lock on `byte`, as any user who
+    can read the file could take (close it to drop the lock)."""
+    fd = os.open(seg_path(name), os.O_RDONLY | os.O_CLOEXEC)
+    fcntl.fcntl(fd, _F_OFD_SETLK, _FLOCK.pack(fcntl.F_RDLCK, os.SEEK_SET, byte, 1, 0))
+    return fd
+
+
+def _create_and_die(conn: Connection, name: str) -> None:
+    """In a forked child: create ring `name` and die without closing it (stale)."""
+    writer = RingWriter.create(name, SHAPE, np.uint8)
+    conn.send(writer.name)
+    os._exit(0)
+
+
+def _attach_and_die(conn: Connection, name: str) -> None:
+    """In a forked child: attach to ring `name` as a reader and die without leaving it."""
+    reader = RingReader.attach(name)
+    conn.send(reader.name)
+    os._exit(0)
+
+
+def test_a_read_lock_does_not_keep_a_dead_creator_alive() -> None:
+    """(Reclaiming the name still takes the byte's write lock: that waits for the read lock
+    to go, which is why create makes no file that users who cannot write it can read.)"""
+    name = unique_name("trust")
+    with forked(_create_and_die, name) as (ours, child):
+        assert ours.poll(WAIT) and ours.recv() == name
+        child.join(WAIT)
+    fd = _read_lock(name, L.LOCK_CREATOR)
+    try:
+        info = shmring.inspect_ring(name)
+        assert not info.creator_alive and info.stale
+    finally:
+        os.close(fd)
+    with pytest.warns(StaleRingWarning):
+        RingWriter.create(name, SHAPE, np.uint8).close()  # reclaims it, then unlinks it
+
+
+def test_a_read_lock_does_not_keep_a_dead_reader_alive() -> None:
+    """A block writer does not wait for a dead reader whose byte is read-locked."""
+    name = unique_name("trust")
+    with RingWriter.create(name, SHAPE, np.uint8, slots=1) as writer:
+        with forked(_attach_and_die, name) as (ours, child):
+            assert ours.poll(WAIT) and ours.recv() == name
+            child.join(WAIT)
+        (dead,) = shmring.inspect_ring(name).readers
+        fd = _read_lock(name, L.LOCK_READER_BASE + dead.index)
+        try:
+            assert not dead.alive
+            writer.write(np.full(SHAPE, 1, np.uint8), WAIT)  # fills the one slot
+            writer.write(np.full(SHAPE, 2, np.uint8), WAIT)  # reaps the dead reader's hold
+            assert writer.readers == 0
+        finally:
+            os.close(fd)
 
 
 def test_owner_names_the_one_user_to_trust() -> None:

@@ -1,21 +1,24 @@
 /* shmring-read: a second, independent implementation of a shmring reader, in C11 and libc.
  *
- *     shmring-read [--no-hash] NAME COUNT
+ *     shmring-read [--no-hash] [--owner UID] NAME COUNT
  *
- * Attaches to ring NAME (/dev/shm/shmring.NAME), checks its header (magic, format version,
- * checksum, geometry), joins it as a reader that is its own group and starts with the
- * frames published after it joined, and prints one line per frame:
+ * Attaches to ring NAME (/dev/shm/shmring.NAME) if its file belongs to this process's
+ * effective user or root (or to UID, given --owner UID), checks its header (magic, format
+ * version, checksum, geometry) and that every byte is allocated, joins it as a reader that
+ * is its own group and starts with the frames published after it joined, and prints one
+ * line per frame:
  *
  *     seq=<sequence number> bytes=<frame bytes> fnv1a64=<16 lowercase hex digits>
  *
  * (the 64-bit FNV-1a hash of the frame's bytes; --no-hash prints `seq=... bytes=...` only).
  * After COUNT frames it leaves the ring and exits 0. Exit statuses: 2 usage, 3 the ring is
- * missing or refused (another format version, a geometry this reader cannot read, no free
- * reader record, readers already holding every buffer an overwrite ring can spare), 4 end
- * of stream before COUNT frames, 5 every writer died (or the creator died before any
- * writer joined), 6 the ring is damaged or a system call failed, 128 + N after signal N
- * (SIGINT, SIGTERM), having left the ring. Block and overwrite rings are both read, with
- * one writer or several; numbers with no frame (skips) are passed over.
+ * missing or refused (an owner it does not trust, another format version, a geometry this
+ * reader cannot read, a sparse file, no free reader record, readers already holding every
+ * buffer an overwrite ring can spare), 4 end of stream before COUNT frames, 5 every writer
+ * died (or the creator died before any writer joined), 6 the ring is damaged or a system
+ * call failed, 128 + N after signal N (SIGINT, SIGTERM), having left the ring. Block and
+ * overwrite rings are both read, with one writer or several; numbers with no frame (skips)
+ * are passed over.
  *
  * Rules: written from docs/FORMAT.md alone (its numbers, offsets and structs come from
  * shmring_layout.h, the header shmring generates from its _layout.py and compiles into its
@@ -83,6 +86,8 @@ static void on_signal(int signo) { stop_signal = signo; }
 
 struct ring {
     const char *name;
+    uid_t owner;     /* with owner_given (--owner): the one user trusted to own the ring */
+    int owner_given; /* else this process's effective user and root are */
     char path[sizeof SHMRING_SHM_PREFIX + SHMRING_MAX_NAME];
     int fd; /* the lock descriptor: OFD locks only, never mapped (FORMAT.md, "Mapping") */
     ino_t inode;
@@ -211,9 +216,11 @@ static void unlock(const struct ring *r, uint64_t byte) {
     fcntl(r->fd, F_OFD_SETLK, &lock);
 }
 
-/* Whether another open file description holds byte `byte` (a participant is alive). */
+/* Whether another open file description write-locks byte `byte` (a participant is alive);
+ * asked as a read lock, which conflicts with write locks only: a read lock, which anyone
+ * who can read the file can take, proves nobody alive (FORMAT.md, "Locks and liveness"). */
 static int is_locked(const struct ring *r, uint64_t byte) {
-    struct flock lock = byte_lock(F_WRLCK, byte);
+    struct flock lock = byte_lock(F_RDLCK, byte);
     if (fcntl(r->fd, F_OFD_GETLK, &lock) != 0) {
         return 1; /* cannot tell: never declare anyone dead on a failed check */
     }
@@ -381,6 +388,16 @@ static int attach(struct ring *r) {
         return fail(r, EXIT_DAMAGED, "fstat: %s", strerror(errno));
     }
     r->inode = file.st_ino;
+    /* Before reading a byte: whoever owns the file can feed this reader frames, and any
+     * local user can plant a ring under the name while its producer is down. */
+    if (r->owner_given ? file.st_uid != r->owner
+                       : file.st_uid != geteuid() && file.st_uid != 0) {
+        return fail(r, EXIT_REFUSED,
+                    "%s belongs to uid %u, a user this reader does not trust: its owner can "
+                    "feed it frames. If you trust that user, pass --owner %u; if not, have it "
+                    "removed (by that user or root: shmring rm %s) and create the ring again",
+                    r->path, (unsigned)file.st_uid, (unsigned)file.st_uid, r->name);
+    }
     uint8_t raw[SHMRING_FIXED_HEADER_BYTES];
     if (file.st_size < SHMRING_FIXED_HEADER_BYTES ||
         pread(r->fd, raw, sizeof raw, 0) != (ssize_t)sizeof raw) {
@@ -391,6 +408,15 @@ static int attach(struct ring *r) {
     int checked = check_header(r, raw, (uint64_t)file.st_size);
     if (checked < 0) {
         return checked;
+    }
+    /* A hole in a sparse file gets its page at first touch, which a full /dev/shm answers
+     * with SIGBUS; shmring's create allocates every page, so a sparse file was planted. */
+    if ((uint64_t)file.st_blocks * 512 < (uint64_t)file.st_size) {
+        return fail(r, EXIT_REFUSED,
+                    "only %lld of its %lld bytes are allocated, and shmring's create allocates "
+                    "every page: the file was made or punched by something else (a planted "
+                    "file?). Remove it (shmring rm %s) and create the ring again",
+                    (long long)file.st_blocks * 512, (long long)file.st_size, r->name);
     }
     /* Map through a second open file description, closed at once: a mapping keeps the
      * description it was made from alive, and with it every OFD lock taken through it. */
@@ -1313,18 +1339,40 @@ static int valid_name(const char *name) {
 static int usage(const char *message) {
     fprintf(stderr,
             "shmring-read: %s\n"
-            "usage: shmring-read [--no-hash] NAME COUNT\n"
+            "usage: shmring-read [--no-hash] [--owner UID] NAME COUNT\n"
             "  reads COUNT frames published to ring NAME after it joined, printing\n"
-            "  seq=<n> bytes=<n> fnv1a64=<16 hex digits> for each\n",
+            "  seq=<n> bytes=<n> fnv1a64=<16 hex digits> for each; the ring must belong\n"
+            "  to this user or root, or to UID if given\n",
             message);
     return EXIT_USAGE;
 }
 
+/* A uid written in decimal digits; 0 if `text` is not one. */
+static int parse_uid(const char *text, uid_t *uid) {
+    char *end = NULL;
+    errno = 0;
+    unsigned long long value = strtoull(text, &end, 10);
+    if (text[0] < '0' || text[0] > '9' || errno != 0 || *end != '\0' || value >= (uid_t)-1) {
+        return 0;
+    }
+    *uid = (uid_t)value;
+    return 1;
+}
+
 int main(int argc, char **argv) {
+    struct ring ring;
+    memset(&ring, 0, sizeof ring);
     int hash = 1, first = 1;
-    if (argc > 1 && strcmp(argv[1], "--no-hash") == 0) {
-        hash = 0;
-        first = 2;
+    for (; first < argc && strncmp(argv[first], "--", 2) == 0; first++) {
+        if (strcmp(argv[first], "--no-hash") == 0) {
+            hash = 0;
+        } else if (strcmp(argv[first], "--owner") == 0 && first + 1 < argc &&
+                   parse_uid(argv[first + 1], &ring.owner)) {
+            ring.owner_given = 1;
+            first++;
+        } else {
+            return usage("options are --no-hash and --owner UID (a number)");
+        }
     }
     if (argc - first != 2) {
         return usage("expected a ring name and a frame count");
@@ -1349,8 +1397,6 @@ int main(int argc, char **argv) {
     sigaction(SIGTERM, &action, NULL);
     signal(SIGPIPE, SIG_IGN); /* a closed stdout is an error we report, after leaving */
 
-    struct ring ring;
-    memset(&ring, 0, sizeof ring);
     ring.name = name;
     ring.fd = -1;
     int result = attach(&ring);

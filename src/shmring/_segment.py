@@ -17,7 +17,9 @@
 #     by default it must be this process's effective user or root, else UntrustedRing;
 #     `owner=` names the one user to trust instead. `create` never takes over a name whose
 #     file another user owns (RingExists names that user). Observers (inspect, ls) read any
-#     ring they can open. docs/OPERATIONS.md, "Trust model".
+#     ring they can open. A user who could read the file but not write it could still lock
+#     its bytes, so `create` refuses modes that allow that (checked_mode), and only write
+#     locks count as alive (range_is_locked). docs/OPERATIONS.md, "Trust model".
 #   - Pages are reserved at creation (posix_fallocate), so a ring larger than /dev/shm's free
 #     space fails at create with ENOSPC instead of a SIGBUS on first touch. The converse is
 #     checked at attach: a file with fewer allocated bytes than its size (sparse: planted,
@@ -125,6 +127,22 @@ def user_label(uid: int) -> str:
         return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
     except KeyError:
         return f"uid {uid}"
+
+
+def checked_mode(mode: object) -> int:
+    """`mode=` of create: permission bits that let neither the group nor others read the
+    file without writing it. Such a user cannot attach (every participant maps the header
+    writable), yet could take read locks on its lock bytes and stall the ring."""
+    mode = L.positive_int(mode, "mode", 0, 0o777)
+    for who, bits in (("its group", mode >> 3 & 0o6), ("other users", mode & 0o6)):
+        if bits == 0o4:
+            raise ValueError(
+                f"mode {mode:#o} lets {who} read the ring but not write it: they could not "
+                "attach (every participant maps the header writable), but could lock bytes "
+                "of the file and stall the ring. Use 0o600 (this user only), 0o660 (its "
+                "group too) or 0o666 (every local user)"
+            )
+    return mode
 
 
 def checked_huge_pages(choice: object) -> bool | str:
@@ -313,11 +331,18 @@ class Segment:
         return range_is_locked(self.fd, L.LOCK_CREATOR)
 
     def unlink(self) -> None:
-        """Remove the name, if it still names this segment (not a newer ring)."""
+        """Remove the name, if it still names this segment (not a newer ring). Another
+        user's ring may not be ours to remove (sticky /dev/shm: EPERM); it is then left,
+        stale, to its owner or root (shmring gc)."""
         path = segment_path(self.name)
-        with contextlib.suppress(FileNotFoundError):
+        try:
             if os.stat(path).st_ino == self.inode:
                 os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except PermissionError:
+            if self.owner_uid == os.geteuid():
+                raise
 
     def close(self) -> None:
         """Unmap and close the descriptor, which drops every OFD lock this handle holds.
@@ -583,12 +608,14 @@ def _link_claiming_stale(source: str, name: str) -> None:
     except FileExistsError:
         pass
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = open_regular(path, os.O_RDWR)
     except FileNotFoundError:  # removed meanwhile: the name is free now
         _link(source, path)
         return
     except PermissionError:  # another user's file that we may not open
         raise _taken_by_another_user(name, os.lstat(path).st_uid) from None
+    except IncompatibleRing as exc:  # a link, directory, fifo or socket planted there
+        raise RingExists(f"cannot create ring {name!r}: {exc}") from None
     try:
         uid = os.fstat(fd).st_uid
         if uid != os.geteuid():

@@ -348,8 +348,10 @@ def unlock_range(fd: int, start: int) -> None:
 
 
 def range_is_locked(fd: int, start: int, length: int = 1) -> bool:
-    """Whether another open file description holds a lock on any of `length` bytes from
-    `start`. Used as a liveness test: a participant holds its byte for as long as it lives."""
-    request = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, start, length, 0)
+    """Whether another open file description holds a write lock on any of `length` bytes
+    from `start`. Used as a liveness test: a participant write-locks its byte for as long as
+    it lives. Asking with a read lock makes other read locks invisible: anyone who can read
+    the file can take those, so they prove nothing."""
+    request = _FLOCK.pack(fcntl.F_RDLCK, os.SEEK_SET, start, length, 0)
     answer = fcntl.fcntl(fd, _F_OFD_GETLK, request)
     return bool(_FLOCK.unpack(answer)[0] != fcntl.F_UNLCK)

@@ -32,7 +32,7 @@ from ._fastpath import (
     load_word,
 )
 from ._ring import CLOSE_LIMIT, Participant, RingHandle, left_without_lock
-from ._segment import Segment, checked_huge_pages, validate_name
+from ._segment import Segment, checked_huge_pages, checked_mode, validate_name
 from ._sys import (
     BARRIER_REGISTERED,
     LAST_LEVEL_CACHE_BYTES,
@@ -189,7 +189,7 @@ class RingWriter(AsyncWriting, RingHandle):
         max_readers = L.positive_int(max_readers, "max_readers", *L.LIMITS["max_readers"])
         max_writers = L.positive_int(max_writers, "max_writers", *L.LIMITS["max_writers"])
         meta_size = L.positive_int(meta_size, "meta_size", *L.LIMITS["meta_size"])
-        mode = L.positive_int(mode, "mode", 0, 0o777)
+        mode = checked_mode(mode)
         huge = checked_huge_pages(huge_pages)
         checked_spin(spin)
         buffers = slots + _checked_spare_buffers(policy, slots, spare_buffers)
