@@ -9,6 +9,8 @@
   2**20 slots costs no object per slot (the children run with a 1 GiB address-space limit).
 * A ring truncated by its owner under an observer (`shmring ls` as root died of SIGBUS
   reading its mapping): observers read rings with pread, and a short read is a broken entry.
+* Names that would forge output (a newline, an escape sequence, bytes that are not UTF-8):
+  ls, top and gc print them escaped.
 * Real subprocesses (`python -m shmring`), real files in /dev/shm, each removed in `finally`.
 """
 
@@ -348,3 +350,36 @@ def test_a_ring_truncated_under_an_observer_is_listed_broken(when: str) -> None:
     error = results["inspect"].stderr
     assert error.startswith(f"shmring inspect: ring {name!r}: ") and "truncated" in error
     assert results["gc"].stdout.startswith(f"would remove {name}: broken (ring {name!r}: ")
+
+
+# ---- names that would forge output -----------------------------------------------------------
+
+FORGING = {  # the rest of a planted name, and how it is printed
+    "newline and escape": (b"\nfake-cam  block ok\x1b[8m", "\\nfake-cam  block ok\\x1b[8m"),
+    "not UTF-8": (b"\xff\\xff", "\\xff\\\\xff"),
+}
+
+
+@pytest.mark.parametrize("rest", FORGING.values(), ids=FORGING.keys())
+def test_names_that_would_forge_output_are_printed_escaped(rest: tuple[bytes, str]) -> None:
+    """Anyone can plant /dev/shm/shmring.<any bytes>; ls, top and gc print its name escaped
+    (a ring's magic makes it a damaged ring, which gc would remove)."""
+    tag = unique_name("plantname")
+    path = os.fsencode(seg_path(tag)) + rest[0]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, L.MAGIC + struct.pack("<H", L.VERSION_MAJOR) + bytes(4086))
+    finally:
+        os.close(fd)
+    listings = [command for command in OBSERVERS if command[0] != "inspect"]  # no patterns
+    try:
+        outputs = {command[0]: cli(*command, f"{tag}*")[0] for command in listings}
+    finally:
+        os.unlink(path)
+    printed = tag + rest[1]
+    for observer, proc in outputs.items():
+        assert proc.returncode == 0, (observer, proc)
+        assert "\x1b" not in proc.stdout and "\nfake" not in proc.stdout, (observer, proc.stdout)
+    for listing in ("ls", "top"):
+        assert f"\n{printed}  BROKEN damaged (4.0 KiB): ring name " in outputs[listing].stdout
+    assert outputs["gc"].stdout.startswith(f"would remove {printed}: broken (ring name ")

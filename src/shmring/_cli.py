@@ -12,6 +12,8 @@
 #   - Exit codes: 0 done; 1 refused or failed, with one line per failure on stderr saying
 #     what to do; 2 a usage error (argparse).
 #   - Text is for people; --json (RingInfo.to_dict() plus rates) is for scripts.
+#   - Any local user can name a file in /dev/shm anything: a name read from there is printed
+#     through `shown`, so that it cannot forge lines of output or drive the terminal.
 
 from __future__ import annotations
 
@@ -159,6 +161,14 @@ def human_duration(ns: int) -> str:
     if ns < 3600 * 1_000_000_000:
         return f"{ns / 1e9:.1f} s"
     return f"{ns / 3600e9:.1f} h"
+
+
+def shown(name: str) -> str:
+    """`name` (read from /dev/shm) safe to print: bytes that are not UTF-8 as \\xNN, other
+    characters a terminal would act on (newline, escape, ...) as Python writes them (\\n,
+    \\x1b), and backslashes doubled, so that no escaped form can be faked."""
+    text = os.fsencode(name).replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def shape_text(shape: Sequence[int]) -> str:
@@ -312,7 +322,9 @@ def ring_table(
     lines = table[:1]
     for line, row in zip(table[1:], ring_rows, strict=True):
         lines += [line, *(f"  {detail}" for detail in participant_lines(row.info))]
-    lines += [f"{b.name}  BROKEN {b.kind} ({human_bytes(b.size_bytes)}): {b.error}" for b in broken]
+    lines += [
+        f"{shown(b.name)}  BROKEN {b.kind} ({human_bytes(b.size_bytes)}): {b.error}" for b in broken
+    ]
     if any(row.info.stale for row in ring_rows) or broken:
         lines.append(
             "`shmring gc` removes STALE rings and damaged ones nobody uses; "
@@ -543,20 +555,19 @@ def cmd_gc(args: argparse.Namespace) -> int:
         print("no stale rings")
     failures = 0
     for ring in garbage:
+        name = shown(ring.name)
         if args.dry_run:
-            print(f"would remove {ring.name}: {why_stale(ring)}")
+            print(f"would remove {name}: {why_stale(ring)}")
             continue
         try:
             with ring_errors(ring.name):
                 removed = remove_if_stale(ring)
         except (Refused, ShmringError, OSError) as exc:
-            report(args, f"cannot remove {ring.name}: {exc}")
+            report(args, f"cannot remove {name}: {exc}")
             failures += 1
             continue
         print(
-            f"removed {ring.name}: {why_stale(ring)}"
-            if removed
-            else f"kept {ring.name}: it is in use again"
+            f"removed {name}: {why_stale(ring)}" if removed else f"kept {name}: it is in use again"
         )
     return 1 if failures else 0
 
