@@ -14,6 +14,8 @@
 #   - Text is for people; --json (RingInfo.to_dict() plus rates) is for scripts.
 #   - Any local user can name a file in /dev/shm anything: a name read from there is printed
 #     through `shown`, so that it cannot forge lines of output or drive the terminal.
+#   - gc run by a user other than root leaves other users' entries alone, and says so: in
+#     /dev/shm (a sticky directory) only a file's owner or root may remove it.
 
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ from ._inspect import (
     stale_rings,
     unlink_ring,
 )
-from ._segment import PREFIX, SHM_DIR, segment_path, validate_name
+from ._segment import PREFIX, SHM_DIR, segment_path, user_label, validate_name
 
 RATE_WINDOW = 0.2  # seconds between the two snapshots that measure rates
 Listing = list[RingInfo | BrokenRing]
@@ -549,6 +551,18 @@ def why_stale(ring: RingInfo | BrokenRing) -> str:
     )
 
 
+def others_owner(ring: RingInfo | BrokenRing) -> int | None:
+    """The user owning `ring`'s file, if this process may not remove it: another user's,
+    and this process is not root. None otherwise (or if the file is gone)."""
+    if os.geteuid() == 0:
+        return None
+    try:
+        owner = os.lstat(ring.path).st_uid
+    except FileNotFoundError:
+        return None  # remove_if_stale finds it gone
+    return None if owner == os.geteuid() else owner
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     garbage = [ring for ring in stale_rings() if matches(ring.name, args.patterns)]
     if not garbage:
@@ -556,6 +570,11 @@ def cmd_gc(args: argparse.Namespace) -> int:
     failures = 0
     for ring in garbage:
         name = shown(ring.name)
+        owner = others_owner(ring)
+        if owner is not None:
+            whose = user_label(owner)
+            print(f"leaving {name}: it belongs to {whose}; that user or root can remove it")
+            continue
         if args.dry_run:
             print(f"would remove {name}: {why_stale(ring)}")
             continue
