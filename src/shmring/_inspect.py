@@ -204,31 +204,50 @@ def remove_ring(name: str, force: bool = False) -> None:
 
 
 def unlink_ring(name: str, force: bool, how_to_force: str) -> None:
-    """remove_ring, whose refusals end with `how_to_force` (the CLI names its --force)."""
+    """remove_ring, whose refusals end with `how_to_force` (the CLI names its --force).
+
+    Without force, a ring (readable or damaged) is unlinked only if no creator, writer or
+    reader holds its liveness lock, looked at on the very file unlinked (_unlink_unheld): a
+    check by name, then an unlink by name, could remove a ring created meanwhile."""
     validate_name(name)
-    if not force:
-        try:
-            info = inspect_ring(name)
-        except FileNotFoundError:
-            raise
-        except (ShmringError, OSError) as exc:
-            if _broken_kind(segment_path(name), exc) == "other-version":
-                raise RingExists(
-                    f"ring {name!r} was made by a shmring with another format version ({exc}); "
-                    "programs of that version may be using it: stop them, then "
-                    f"{how_to_force}"
-                ) from None
-            info = None  # a broken ring has no live participants we can see
-        if info is not None and (info.live_participants or info.creator_alive):
-            raise RingExists(
-                f"ring {name!r} is in use (live participants: {info.live_participants}, "
-                f"creator {'alive' if info.creator_alive else 'dead'}); close them first or "
-                f"{how_to_force}"
-            )
+    path = segment_path(name)
     try:
-        os.unlink(segment_path(name))
+        if force or not _has_liveness_locks(name, how_to_force):
+            os.unlink(path)
+        elif not _unlink_unheld(path, readers_too=True):
+            raise RingExists(
+                f"ring {name!r} is in use (its creator, a writer or a reader holds it, or it "
+                f"was created again meanwhile); close them first or {how_to_force}"
+            )
     except FileNotFoundError:
         raise RingNotFound(f"no ring named {name!r} (already removed?)") from None
+
+
+def _has_liveness_locks(name: str, how_to_force: str) -> bool:
+    """Whether entry `name` is a ring whose liveness locks say who uses it: one this version
+    reads (RingExists at once if its snapshot shows it in use) or a damaged one; not a file
+    that is no ring, nor one we may not open. RingExists for a ring of another format
+    version, whose locks may mean something else."""
+    try:
+        info = inspect_ring(name)
+    except FileNotFoundError:
+        raise
+    except (ShmringError, OSError) as exc:
+        kind = _broken_kind(segment_path(name), exc)
+        if kind == "other-version":
+            raise RingExists(
+                f"ring {name!r} was made by a shmring with another format version ({exc}); "
+                "programs of that version may be using it: stop them, then "
+                f"{how_to_force}"
+            ) from None
+        return kind == "damaged"
+    if info.live_participants or info.creator_alive:
+        raise RingExists(
+            f"ring {name!r} is in use (live participants: {info.live_participants}, "
+            f"creator {'alive' if info.creator_alive else 'dead'}); close them first or "
+            f"{how_to_force}"
+        )
+    return True
 
 
 def stale_rings() -> list[RingInfo | BrokenRing]:
@@ -285,31 +304,38 @@ def _broken_kind(path: str, exc: BaseException) -> str:
 
 
 def remove_if_stale(entry: RingInfo | BrokenRing) -> bool:
-    """Unlink an entry `stale_rings` returned, unless it came back to life meanwhile.
-
-    The check and the unlink are made safe against a concurrent `create` of the same name
-    the way create's own reclaim is: taking the dead creator's lock on the file proves the
-    creator dead and keeps a reclaimer out, and the inode must still be the one checked."""
+    """Unlink an entry `stale_rings` returned, unless it came back to life meanwhile (safe
+    against a concurrent `create` of the same name: _unlink_unheld)."""
     if isinstance(entry, BrokenRing) and entry.kind == "abandoned-creation":
         return remove_abandoned_temp(entry.name, any_owner=True)
     if isinstance(entry, BrokenRing) and entry.kind != "damaged":
         return False
     try:
-        fd = open_regular(entry.path, os.O_RDWR)
+        return _unlink_unheld(entry.path, readers_too=False)
     except FileNotFoundError:
         return True  # somebody else removed it
     except ShmringError:
         return False  # replaced by something that is not a regular file: not ours
+
+
+def _unlink_unheld(path: str, readers_too: bool) -> bool:
+    """Unlink the ring file at `path` unless its creator or a writer (or, `readers_too`, a
+    reader) holds its liveness lock on it; whether it did. FileNotFoundError if it is gone.
+
+    The check and the unlink are made safe against a concurrent `create` of the same name
+    the way create's own reclaim is: taking the dead creator's lock on the file proves the
+    creator dead and keeps a reclaimer out, and the inode must still be the one checked."""
+    fd = open_regular(path, os.O_RDWR)
     try:
         if not try_lock_range(fd, L.LOCK_CREATOR) or range_is_locked(
             fd, L.LOCK_WRITER_BASE, L.MAX_WRITERS
         ):
             return False
-        if os.stat(entry.path).st_ino != os.fstat(fd).st_ino:
+        if readers_too and range_is_locked(fd, L.LOCK_READER_BASE, L.MAX_READERS):
             return False
-        os.unlink(entry.path)
-        return True
-    except FileNotFoundError:
+        if os.stat(path).st_ino != os.fstat(fd).st_ino:
+            return False
+        os.unlink(path)
         return True
     finally:
         os.close(fd)
