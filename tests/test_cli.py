@@ -196,6 +196,65 @@ def test_rm_refuses_a_live_ring_and_force_removes_it(prefix: str) -> None:
         w.write(np.zeros(SMALL, np.uint8))  # its mapping stays valid
 
 
+@contextlib.contextmanager
+def header_damaged(name: str) -> Iterator[None]:
+    """Ring `name` with its fixed header's checksum wrong (a damaged ring), put right at exit."""
+    with open(seg_path(name), "r+b") as f:
+        f.seek(L.CHECKSUM_OFFSET)
+        checksum = f.read(1)
+        f.seek(L.CHECKSUM_OFFSET)
+        f.write(bytes([checksum[0] ^ 0xFF]))
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(L.CHECKSUM_OFFSET)
+            f.write(checksum)
+
+
+@pytest.mark.parametrize("holder", ["creator", "reader"])
+def test_rm_refuses_a_damaged_ring_that_is_in_use(prefix: str, stale: str, holder: str) -> None:
+    """A damaged ring has no snapshot to show who uses it; its liveness locks do."""
+    with contextlib.ExitStack() as stack:
+        if holder == "creator":
+            name = stack.enter_context(RingWriter.create(prefix, SMALL, np.uint8)).name
+        else:  # the only participant left of a ring whose creator died
+            name = stack.enter_context(RingReader.attach(stale)).name
+        with header_damaged(name):
+            assert as_json("ls", "--no-rate", name)["broken"][0]["kind"] == "damaged"
+            err = shmring("rm", name, code=1).stderr
+            assert f"ring {name!r} is in use (its creator, a writer or a reader holds it" in err
+            assert os.path.exists(seg_path(name))
+
+
+def test_rm_leaves_a_ring_created_under_the_name_after_its_check(stale: str) -> None:
+    """`rm` sees a stale ring; before it unlinks, a new pipeline's create reclaims the name
+    (in the child: wrapped around the check). The new ring keeps its name."""
+    child = (
+        "import os, sys, warnings\n"
+        "import numpy as np\n"
+        "from shmring import RingWriter, _inspect\n"
+        "from shmring._cli import main\n"
+        "warnings.simplefilter('ignore')  # create's StaleRingWarning\n"
+        "check = _inspect.inspect_ring\n"
+        "created = []\n"
+        "def then_created_again(name):\n"
+        "    info = check(name)\n"
+        "    created.append(RingWriter.create(name, (64,), np.uint8))\n"
+        "    return info\n"
+        "_inspect.inspect_ring = then_created_again\n"
+        f"code = main(['rm', {stale!r}])\n"
+        f"print('kept' if os.path.exists({seg_path(stale)!r}) else 'unlinked')\n"
+        "created[0].close()\n"
+        "sys.exit(code)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", child], capture_output=True, text=True, timeout=WAIT, check=False
+    )
+    assert (proc.returncode, proc.stdout) == (1, "kept\n"), proc
+    assert f"ring {stale!r} is in use (its creator, a writer or a reader holds it" in proc.stderr
+
+
 def test_rings_are_named_by_their_dev_shm_files_too(prefix: str, stale: str) -> None:
     """`shmring.NAME` (what `ls /dev/shm` shows) and its path name the ring NAME."""
     with RingWriter.create(prefix, SMALL, np.uint8) as w:

@@ -8,6 +8,10 @@
   5.3 GiB. A header outside create's limits (one table, L.LIMITS) is refused, a file with
   fewer allocated bytes than its size is broken, and listing or attaching to a legal ring of
   2**20 slots costs no object per slot (the children run with a 1 GiB address-space limit).
+* A ring truncated by its owner under an observer (`shmring ls` as root died of SIGBUS
+  reading its mapping): observers read rings with pread, and a short read is a broken entry.
+* Names that would forge output (a newline, an escape sequence, bytes that are not UTF-8):
+  ls, top and gc print them escaped.
 * Real subprocesses (`python -m shmring`), real files in /dev/shm, each removed in `finally`.
 """
 
@@ -81,15 +85,18 @@ def forged(base: L.Geometry, **fields: int) -> bytes:
 
 
 @contextlib.contextmanager
-def planted(header: bytes, size: int) -> Iterator[str]:
-    """A sparse /dev/shm/shmring.NAME of `size` bytes, of which only the header is
-    written (one page allocated); removed at exit."""
+def planted(header: bytes, size: int, allocated: bool = False) -> Iterator[str]:
+    """A /dev/shm/shmring.NAME of `size` bytes, of which only the header is written: sparse
+    (one page allocated) unless `allocated`, as create makes rings; removed at exit."""
     name = unique_name("plant")
     fd = os.open(seg_path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         try:
             os.pwrite(fd, header, 0)
-            os.ftruncate(fd, size)
+            if allocated:
+                os.posix_fallocate(fd, 0, size)
+            else:
+                os.ftruncate(fd, size)
         finally:
             os.close(fd)
         yield name
@@ -312,3 +319,93 @@ def test_views_make_rows_on_first_use_and_read_as_lists() -> None:
             assert len(fresh.buffers) == 4 and fresh.buffers[0].sum() == 64
         finally:
             fresh.release()
+
+
+# ---- a ring truncated under an observer ------------------------------------------------------
+
+OBSERVERS = (  # every command that reads a ring without taking part
+    ["ls", "--no-rate"],
+    ["top", "--iterations", "1"],
+    ["inspect"],
+    ["gc", "--dry-run"],
+)
+
+
+def cli_truncating(path: str, size: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """`shmring ARGS` in a limited child that truncates the ring file at `path` to `size`
+    bytes after it opened and checked it, right before reading it (_inspect._snapshot, the
+    reading step): what the ring's owner can do at any moment."""
+    return run_limited(
+        "import os, sys\n"
+        "from shmring import _inspect\n"
+        "from shmring._cli import main\n"
+        "read = _inspect._snapshot\n"
+        "def truncate_first(*args, **kwargs):\n"
+        f"    os.truncate({path!r}, {size})\n"
+        "    return read(*args, **kwargs)\n"
+        "_inspect._snapshot = truncate_first\n"
+        f"sys.exit(main({list(args)!r}))\n"
+    )[0]
+
+
+@pytest.mark.parametrize("when", ["before the open", "between the checks and the reads"])
+def test_a_ring_truncated_under_an_observer_is_listed_broken(when: str) -> None:
+    """Before an observer opens a ring, its size check finds the truncation; after, its
+    reads come short (a mapping would be a SIGBUS). Either way the ring is a broken entry,
+    or an error for inspect, and the observer lives."""
+    ring = geometry(slots=64, buffers=64)  # its tables lie beyond the first page
+    with planted(ring.pack(), ring.segment_bytes, allocated=True) as name:
+        path = seg_path(name)
+        results: dict[str, subprocess.CompletedProcess[str]] = {}
+        for command in OBSERVERS:
+            if when == "before the open":
+                os.truncate(path, L.PAGE)
+                results[command[0]] = cli(*command, name)[0]
+            else:
+                results[command[0]] = cli_truncating(path, L.PAGE, *command, name)
+            fd = os.open(path, os.O_RDWR)
+            try:
+                os.posix_fallocate(fd, 0, ring.segment_bytes)  # whole again, for the next
+            finally:
+                os.close(fd)
+    for observer, proc in results.items():
+        assert proc.returncode == (1 if observer == "inspect" else 0), (observer, proc)
+    for listing in ("ls", "top"):
+        assert f"{name}  BROKEN damaged (4.0 KiB): ring {name!r}: " in results[listing].stdout
+        assert "truncated" in results[listing].stdout
+    error = results["inspect"].stderr
+    assert error.startswith(f"shmring inspect: ring {name!r}: ") and "truncated" in error
+    assert results["gc"].stdout.startswith(f"would remove {name}: broken (ring {name!r}: ")
+
+
+# ---- names that would forge output -----------------------------------------------------------
+
+FORGING = {  # the rest of a planted name, and how it is printed
+    "newline and escape": (b"\nfake-cam  block ok\x1b[8m", "\\nfake-cam  block ok\\x1b[8m"),
+    "not UTF-8": (b"\xff\\xff", "\\xff\\\\xff"),
+}
+
+
+@pytest.mark.parametrize("rest", FORGING.values(), ids=FORGING.keys())
+def test_names_that_would_forge_output_are_printed_escaped(rest: tuple[bytes, str]) -> None:
+    """Anyone can plant /dev/shm/shmring.<any bytes>; ls, top and gc print its name escaped
+    (a ring's magic makes it a damaged ring, which gc would remove)."""
+    tag = unique_name("plantname")
+    path = os.fsencode(seg_path(tag)) + rest[0]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, L.MAGIC + struct.pack("<H", L.VERSION_MAJOR) + bytes(4086))
+    finally:
+        os.close(fd)
+    listings = [command for command in OBSERVERS if command[0] != "inspect"]  # no patterns
+    try:
+        outputs = {command[0]: cli(*command, f"{tag}*")[0] for command in listings}
+    finally:
+        os.unlink(path)
+    printed = tag + rest[1]
+    for observer, proc in outputs.items():
+        assert proc.returncode == 0, (observer, proc)
+        assert "\x1b" not in proc.stdout and "\nfake" not in proc.stdout, (observer, proc.stdout)
+    for listing in ("ls", "top"):
+        assert f"\n{printed}  BROKEN damaged (4.0 KiB): ring name " in outputs[listing].stdout
+    assert outputs["gc"].stdout.startswith(f"would remove {printed}: broken (ring name ")

@@ -11,12 +11,16 @@ need root and are skipped without it. Root removes what the impostor leaves.
 
 Liveness counts write locks only: a read lock, which anyone who can read the file can take,
 on a dead participant's byte does not make it look alive.
+
+`shmring gc` run by a third user leaves the impostor's stale entries alone and says so,
+without failing: only their owner or root may remove them from /dev/shm.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import os
 import pickle
 import pwd
@@ -26,16 +30,18 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 import pytest
-from helpers import WAIT, forked, seg_path, unique_name
+from helpers import SHM_DIR, WAIT, forked, seg_path, unique_name
 
 import shmring
 from shmring import RingExists, RingReader, RingWriter, StaleRingWarning, UntrustedRing
 from shmring import _layout as L
+from shmring._cli import build_parser, main
 from shmring._sys import _F_OFD_SETLK, _FLOCK
 
 NOBODY = 65534  # uid and gid of `nobody`
 THIRD_USER = 54321  # a uid and gid that neither owns the ring nor is root
 SHAPE = (16,)
+DEAD_PID = 1 << 22  # no process has it (pids stay below 2**22): the "creator" of a temp file
 IMPOSTOR_FRAME = 66
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to play another user")
@@ -246,3 +252,57 @@ def test_owner_names_the_one_user_to_trust() -> None:
         with pytest.raises(UntrustedRing, match=rf"not to \w+ \(uid {other}\)"):
             RingReader.attach(name, owner=other)
         assert writer.readers == 0  # the refused attach left nothing behind
+
+
+def _plant_temp(conn: Connection, path: str) -> None:
+    """In a forked child: become nobody and leave a creation temporary file, mode 0666."""
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    os.fchmod(fd, 0o666)
+    os.close(fd)
+    conn.send("planted")
+
+
+def _gc_as(conn: Connection, uid: int, patterns: list[str]) -> None:
+    """In a forked child: become user `uid` and run `shmring gc PATTERNS`; report its exit
+    code, stdout and stderr."""
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["gc", *patterns])
+    conn.send((code, out.getvalue(), err.getvalue()))
+
+
+def gc_as(uid: int, *patterns: str) -> tuple[int, str, str]:
+    build_parser()  # imports what main needs while we may still read every file
+    with forked(_gc_as, uid, list(patterns)) as (ours, _):
+        assert ours.poll(WAIT), "gc did not report"
+        result: tuple[int, str, str] = ours.recv()
+    return result
+
+
+@needs_root
+def test_gc_by_a_third_user_leaves_other_users_entries_and_does_not_fail() -> None:
+    temp = f".shmring-tmp-{DEAD_PID}-{unique_name('trust')}"
+    temp_path = os.path.join(SHM_DIR, temp)
+    with impostor("stale") as (name, _):
+        try:
+            with forked(_plant_temp, temp_path) as (ours, _):
+                assert ours.poll(WAIT) and ours.recv() == "planted"
+            code, out, err = gc_as(THIRD_USER, name, temp)
+            assert (code, err) == (0, ""), (code, out, err)
+            for entry in (name, temp):
+                assert f"leaving {entry}: it belongs to nobody (uid {NOBODY}); " in out
+            assert os.path.exists(seg_path(name)) and os.path.exists(temp_path)
+            # root may remove anyone's entries, and does
+            code, out, err = gc_as(0, name, temp)
+            assert (code, err) == (0, ""), (code, out, err)
+            assert f"removed {name}: " in out and f"removed {temp}: " in out
+            assert not os.path.exists(seg_path(name)) and not os.path.exists(temp_path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp_path)

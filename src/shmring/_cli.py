@@ -12,6 +12,10 @@
 #   - Exit codes: 0 done; 1 refused or failed, with one line per failure on stderr saying
 #     what to do; 2 a usage error (argparse).
 #   - Text is for people; --json (RingInfo.to_dict() plus rates) is for scripts.
+#   - Any local user can name a file in /dev/shm anything: a name read from there is printed
+#     through `shown`, so that it cannot forge lines of output or drive the terminal.
+#   - gc run by a user other than root leaves other users' entries alone, and says so: in
+#     /dev/shm (a sticky directory) only a file's owner or root may remove it.
 
 from __future__ import annotations
 
@@ -53,7 +57,7 @@ from ._inspect import (
     stale_rings,
     unlink_ring,
 )
-from ._segment import PREFIX, SHM_DIR, segment_path, validate_name
+from ._segment import PREFIX, SHM_DIR, segment_path, user_label, validate_name
 
 RATE_WINDOW = 0.2  # seconds between the two snapshots that measure rates
 Listing = list[RingInfo | BrokenRing]
@@ -159,6 +163,14 @@ def human_duration(ns: int) -> str:
     if ns < 3600 * 1_000_000_000:
         return f"{ns / 1e9:.1f} s"
     return f"{ns / 3600e9:.1f} h"
+
+
+def shown(name: str) -> str:
+    """`name` (read from /dev/shm) safe to print: bytes that are not UTF-8 as \\xNN, other
+    characters a terminal would act on (newline, escape, ...) as Python writes them (\\n,
+    \\x1b), and backslashes doubled, so that no escaped form can be faked."""
+    text = os.fsencode(name).replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def shape_text(shape: Sequence[int]) -> str:
@@ -312,7 +324,9 @@ def ring_table(
     lines = table[:1]
     for line, row in zip(table[1:], ring_rows, strict=True):
         lines += [line, *(f"  {detail}" for detail in participant_lines(row.info))]
-    lines += [f"{b.name}  BROKEN {b.kind} ({human_bytes(b.size_bytes)}): {b.error}" for b in broken]
+    lines += [
+        f"{shown(b.name)}  BROKEN {b.kind} ({human_bytes(b.size_bytes)}): {b.error}" for b in broken
+    ]
     if any(row.info.stale for row in ring_rows) or broken:
         lines.append(
             "`shmring gc` removes STALE rings and damaged ones nobody uses; "
@@ -537,26 +551,42 @@ def why_stale(ring: RingInfo | BrokenRing) -> str:
     )
 
 
+def others_owner(ring: RingInfo | BrokenRing) -> int | None:
+    """The user owning `ring`'s file, if this process may not remove it: another user's,
+    and this process is not root. None otherwise (or if the file is gone)."""
+    if os.geteuid() == 0:
+        return None
+    try:
+        owner = os.lstat(ring.path).st_uid
+    except FileNotFoundError:
+        return None  # remove_if_stale finds it gone
+    return None if owner == os.geteuid() else owner
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     garbage = [ring for ring in stale_rings() if matches(ring.name, args.patterns)]
     if not garbage:
         print("no stale rings")
     failures = 0
     for ring in garbage:
+        name = shown(ring.name)
+        owner = others_owner(ring)
+        if owner is not None:
+            whose = user_label(owner)
+            print(f"leaving {name}: it belongs to {whose}; that user or root can remove it")
+            continue
         if args.dry_run:
-            print(f"would remove {ring.name}: {why_stale(ring)}")
+            print(f"would remove {name}: {why_stale(ring)}")
             continue
         try:
             with ring_errors(ring.name):
                 removed = remove_if_stale(ring)
         except (Refused, ShmringError, OSError) as exc:
-            report(args, f"cannot remove {ring.name}: {exc}")
+            report(args, f"cannot remove {name}: {exc}")
             failures += 1
             continue
         print(
-            f"removed {ring.name}: {why_stale(ring)}"
-            if removed
-            else f"kept {ring.name}: it is in use again"
+            f"removed {name}: {why_stale(ring)}" if removed else f"kept {name}: it is in use again"
         )
     return 1 if failures else 0
 

@@ -6,6 +6,10 @@
 # `problems` entry, never as an exception from the middle of a listing. Its plain reads of a
 # live ring are the display-only exception to the core's rule (shmring/__init__.py): they
 # store nothing and decide nothing, so a stale word only shows a figure a moment old.
+#   - An observer never maps a ring: it reads the control block, the tables and what it shows
+#     of the descriptors into its own memory (pread), a bounded piece at a time. A ring's
+#     owner can truncate the file at any moment, and touching a mapping's lost pages is a
+#     SIGBUS no process can catch; a short read is a BrokenRing instead.
 #   - Any local user can put anything named shmring.* into /dev/shm. Entries are opened
 #     only through _segment.open_regular (no symbolic link followed, no FIFO or device
 #     opened, no open that waits); anything but a regular file is listed as "not-a-ring"
@@ -17,17 +21,18 @@
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from . import _layout as L
-from ._errors import RingExists, RingNotFound, ShmringError
+from ._errors import IncompatibleRing, RingExists, RingNotFound, ShmringError
 from ._segment import (
     PREFIX,
     SHM_DIR,
@@ -42,6 +47,8 @@ from ._segment import (
 from ._sys import range_is_locked, try_lock_range
 
 MAX_SLOT_PROBLEMS = 8  # slots with a buffer out of range listed one by one; then a count
+SLOT_WORDS = L.D_TIMESTAMP + 1  # what a snapshot shows of a descriptor: seq, buffer, flags, time
+READ_BYTES = 1 << 20  # descriptors are read at most this many bytes at a time
 
 
 @dataclass
@@ -154,15 +161,11 @@ def inspect_ring(name: str) -> RingInfo:
 
 def _inspect(name: str, slot_states: bool) -> RingInfo:
     validate_name(name)
-    segment = Segment.open(name, writable_data=False, huge_pages=False)  # moves no page
+    fd, geometry = Segment.open_file(name)
     try:
-        views = L.Views(segment.geometry, segment.header, segment.data)
-        try:
-            return _snapshot(segment, views, with_states=slot_states)
-        finally:
-            views.release()
+        return _snapshot(name, fd, geometry, with_states=slot_states)
     finally:
-        segment.close()
+        os.close(fd)
 
 
 def list_rings(select: Callable[[str], bool] | None = None) -> list[RingInfo | BrokenRing]:
@@ -201,31 +204,50 @@ def remove_ring(name: str, force: bool = False) -> None:
 
 
 def unlink_ring(name: str, force: bool, how_to_force: str) -> None:
-    """remove_ring, whose refusals end with `how_to_force` (the CLI names its --force)."""
+    """remove_ring, whose refusals end with `how_to_force` (the CLI names its --force).
+
+    Without force, a ring (readable or damaged) is unlinked only if no creator, writer or
+    reader holds its liveness lock, looked at on the very file unlinked (_unlink_unheld): a
+    check by name, then an unlink by name, could remove a ring created meanwhile."""
     validate_name(name)
-    if not force:
-        try:
-            info = inspect_ring(name)
-        except FileNotFoundError:
-            raise
-        except (ShmringError, OSError) as exc:
-            if _broken_kind(segment_path(name), exc) == "other-version":
-                raise RingExists(
-                    f"ring {name!r} was made by a shmring with another format version ({exc}); "
-                    "programs of that version may be using it: stop them, then "
-                    f"{how_to_force}"
-                ) from None
-            info = None  # a broken ring has no live participants we can see
-        if info is not None and (info.live_participants or info.creator_alive):
-            raise RingExists(
-                f"ring {name!r} is in use (live participants: {info.live_participants}, "
-                f"creator {'alive' if info.creator_alive else 'dead'}); close them first or "
-                f"{how_to_force}"
-            )
+    path = segment_path(name)
     try:
-        os.unlink(segment_path(name))
+        if force or not _has_liveness_locks(name, how_to_force):
+            os.unlink(path)
+        elif not _unlink_unheld(path, readers_too=True):
+            raise RingExists(
+                f"ring {name!r} is in use (its creator, a writer or a reader holds it, or it "
+                f"was created again meanwhile); close them first or {how_to_force}"
+            )
     except FileNotFoundError:
         raise RingNotFound(f"no ring named {name!r} (already removed?)") from None
+
+
+def _has_liveness_locks(name: str, how_to_force: str) -> bool:
+    """Whether entry `name` is a ring whose liveness locks say who uses it: one this version
+    reads (RingExists at once if its snapshot shows it in use) or a damaged one; not a file
+    that is no ring, nor one we may not open. RingExists for a ring of another format
+    version, whose locks may mean something else."""
+    try:
+        info = inspect_ring(name)
+    except FileNotFoundError:
+        raise
+    except (ShmringError, OSError) as exc:
+        kind = _broken_kind(segment_path(name), exc)
+        if kind == "other-version":
+            raise RingExists(
+                f"ring {name!r} was made by a shmring with another format version ({exc}); "
+                "programs of that version may be using it: stop them, then "
+                f"{how_to_force}"
+            ) from None
+        return kind == "damaged"
+    if info.live_participants or info.creator_alive:
+        raise RingExists(
+            f"ring {name!r} is in use (live participants: {info.live_participants}, "
+            f"creator {'alive' if info.creator_alive else 'dead'}); close them first or "
+            f"{how_to_force}"
+        )
+    return True
 
 
 def stale_rings() -> list[RingInfo | BrokenRing]:
@@ -282,31 +304,38 @@ def _broken_kind(path: str, exc: BaseException) -> str:
 
 
 def remove_if_stale(entry: RingInfo | BrokenRing) -> bool:
-    """Unlink an entry `stale_rings` returned, unless it came back to life meanwhile.
-
-    The check and the unlink are made safe against a concurrent `create` of the same name
-    the way create's own reclaim is: taking the dead creator's lock on the file proves the
-    creator dead and keeps a reclaimer out, and the inode must still be the one checked."""
+    """Unlink an entry `stale_rings` returned, unless it came back to life meanwhile (safe
+    against a concurrent `create` of the same name: _unlink_unheld)."""
     if isinstance(entry, BrokenRing) and entry.kind == "abandoned-creation":
         return remove_abandoned_temp(entry.name, any_owner=True)
     if isinstance(entry, BrokenRing) and entry.kind != "damaged":
         return False
     try:
-        fd = open_regular(entry.path, os.O_RDWR)
+        return _unlink_unheld(entry.path, readers_too=False)
     except FileNotFoundError:
         return True  # somebody else removed it
     except ShmringError:
         return False  # replaced by something that is not a regular file: not ours
+
+
+def _unlink_unheld(path: str, readers_too: bool) -> bool:
+    """Unlink the ring file at `path` unless its creator or a writer (or, `readers_too`, a
+    reader) holds its liveness lock on it; whether it did. FileNotFoundError if it is gone.
+
+    The check and the unlink are made safe against a concurrent `create` of the same name
+    the way create's own reclaim is: taking the dead creator's lock on the file proves the
+    creator dead and keeps a reclaimer out, and the inode must still be the one checked."""
+    fd = open_regular(path, os.O_RDWR)
     try:
         if not try_lock_range(fd, L.LOCK_CREATOR) or range_is_locked(
             fd, L.LOCK_WRITER_BASE, L.MAX_WRITERS
         ):
             return False
-        if os.stat(entry.path).st_ino != os.fstat(fd).st_ino:
+        if readers_too and range_is_locked(fd, L.LOCK_READER_BASE, L.MAX_READERS):
             return False
-        os.unlink(entry.path)
-        return True
-    except FileNotFoundError:
+        if os.stat(path).st_ino != os.fstat(fd).st_ino:
+            return False
+        os.unlink(path)
         return True
     finally:
         os.close(fd)
@@ -326,9 +355,63 @@ def _in_use(path: str) -> bool:
         os.close(fd)
 
 
-def _snapshot(segment: Segment, views: L.Views, with_states: bool) -> RingInfo:
-    g = segment.geometry
-    fd = segment.fd
+def _snapshot(name: str, fd: int, g: L.Geometry, with_states: bool) -> RingInfo:
+    """Read ring `name` (open as `fd`, its file checked against `g`) and describe it."""
+    with _copied_views(fd, name, g) as views:
+        return _describe(name, fd, g, views, _slot_words(fd, name, g), with_states)
+
+
+@contextlib.contextmanager
+def _copied_views(fd: int, name: str, g: L.Geometry) -> Iterator[L.Views]:
+    """Views of a private copy of the ring's control block and its reader, group, writer
+    and pin tables and free list; the descriptor table is left unread (_slot_words)."""
+    copy = mmap.mmap(-1, g.data_offset, mmap.MAP_PRIVATE)  # pages never written cost nothing
+    try:
+        for start, stop in (
+            (L.CONTROL_OFFSET, g.descriptors_offset),
+            (g.readers_offset, g.freelist_offset + g.buffers * 8),
+        ):
+            copy[start:stop] = _read(fd, name, stop - start, start)
+        views = L.Views(g, copy, memoryview(b""))  # no frame buffers: never looked at
+        try:
+            yield views
+        finally:
+            views.release()
+    finally:
+        copy.close()
+
+
+def _slot_words(fd: int, name: str, g: L.Geometry) -> np.ndarray:
+    """The first SLOT_WORDS words of every descriptor, one row per slot. Read READ_BYTES at
+    a time, and one descriptor at a time once one is a page or more: a legal table holds up
+    to 64 GiB of metadata, which must cost neither that memory nor that copying."""
+    words = np.empty((g.slots, SLOT_WORDS), np.uint64)
+    per_read = 1 if g.descriptor_bytes >= L.PAGE else READ_BYTES // g.descriptor_bytes
+    for first in range(0, g.slots, per_read):
+        count = min(per_read, g.slots - first)
+        size = (count - 1) * g.descriptor_bytes + SLOT_WORDS * 8
+        piece = _read(fd, name, size, g.descriptors_offset + first * g.descriptor_bytes)
+        strides = (g.descriptor_bytes, 8)
+        words[first : first + count] = np.ndarray((count, SLOT_WORDS), np.uint64, piece, 0, strides)
+    return words
+
+
+def _read(fd: int, name: str, size: int, offset: int) -> bytes:
+    """`size` bytes of the ring from `offset`; IncompatibleRing if fewer are there (a regular
+    file reads short only at its end, and this one was whole when opened: truncated since)."""
+    data = os.pread(fd, size, offset)
+    if len(data) < size:
+        raise IncompatibleRing(
+            f"ring {name!r}: its file ends at byte {offset + len(data):,}, inside its header, "
+            "though it was whole when opened: it was truncated while being read. Remove it "
+            "(shmring rm) and create it again"
+        )
+    return data
+
+
+def _describe(
+    ring: str, fd: int, g: L.Geometry, views: L.Views, slot_words: np.ndarray, with_states: bool
+) -> RingInfo:
     control = views.control
     head, tail = control[L.C_HEAD], control[L.C_TAIL]
     problems = []
@@ -381,11 +464,11 @@ def _snapshot(segment: Segment, views: L.Views, with_states: bool) -> RingInfo:
                 held_buffers=_held_buffers(i, record, views, g, problems),
             )
         )
-    slot_states = _slot_states(views, g, head, tail, problems, with_states)
+    slot_states = _slot_states(slot_words, g, head, tail, problems, with_states)
     policy = "block" if g.policy == L.POLICY_BLOCK else "overwrite"
     return RingInfo(
-        name=segment.name,
-        path=segment_path(segment.name),
+        name=ring,
+        path=segment_path(ring),
         size_bytes=g.segment_bytes,
         shape=g.shape,
         dtype=str(g.dtype),
@@ -397,7 +480,7 @@ def _snapshot(segment: Segment, views: L.Views, with_states: bool) -> RingInfo:
         format_version=f"{L.VERSION_MAJOR}.{L.VERSION_MINOR}",
         created_ns=g.created_ns,
         creator_pid=g.creator_pid,
-        creator_alive=segment.creator_alive(),
+        creator_alive=alive(L.LOCK_CREATOR),
         published=int(head),
         tail=int(tail),
         free_buffers=_free_buffers(control, views, g),
@@ -413,12 +496,11 @@ def _snapshot(segment: Segment, views: L.Views, with_states: bool) -> RingInfo:
 
 
 def _slot_states(
-    views: L.Views, g: L.Geometry, head: int, tail: int, problems: list[str], with_states: bool
+    table: np.ndarray, g: L.Geometry, head: int, tail: int, problems: list[str], with_states: bool
 ) -> list[SlotInfo]:
     """Each descriptor's state (if `with_states`), and a problem per descriptor naming a
-    buffer out of range: from columns of the descriptor table, no object per slot unless
+    buffer out of range: from columns of `table` (_slot_words), no object per slot unless
     the states are asked for."""
-    table = np.frombuffer(views.descriptor_table, np.uint64).reshape(g.slots, -1)
     seqs, flags, buffers = table[:, L.D_SEQ], table[:, L.D_FLAGS], table[:, L.D_BUFFER]
     bad = np.flatnonzero((seqs != L.NONE) & (buffers >= g.buffers))
     problems += [

@@ -17,9 +17,10 @@
 #     by default it must be this process's effective user or root, else UntrustedRing;
 #     `owner=` names the one user to trust instead. `create` never takes over a name whose
 #     file another user owns (RingExists names that user). Observers (inspect, ls) read any
-#     ring they can open. A user who could read the file but not write it could still lock
-#     its bytes, so `create` refuses modes that allow that (checked_mode), and only write
-#     locks count as alive (range_is_locked). docs/OPERATIONS.md, "Trust model".
+#     ring they can open, never mapping it (open_file; _inspect.py says why). A user who
+#     could read the file but not write it could still lock its bytes, so `create` refuses
+#     modes that allow that (checked_mode), and only write locks count as alive
+#     (range_is_locked). docs/OPERATIONS.md, "Trust model".
 #   - Pages are reserved at creation (posix_fallocate), so a ring larger than /dev/shm's free
 #     space fails at create with ENOSPC instead of a SIGBUS on first touch. The converse is
 #     checked at attach: a file with fewer allocated bytes than its size (sparse: planted,
@@ -247,16 +248,21 @@ class Segment:
 
     # ---- attach ------------------------------------------------------------------------
     @classmethod
-    def open(
-        cls,
-        name: str,
-        writable_data: bool,
-        huge_pages: bool = True,
-        owners: frozenset[int] | None = None,
-    ) -> Segment:
-        """Open and map ring `name`. `huge_pages=False` never asks for huge pages, which can
-        move the buffers' pages: for looking at a ring, not taking part in it (True: ask if
-        its creator did). `owners`: the uids trusted to own it (checked_owner); None, any."""
+    def open(cls, name: str, writable_data: bool, owners: frozenset[int] | None = None) -> Segment:
+        """Open, check (open_file) and map ring `name`, asking for huge pages if its creator
+        did."""
+        fd, geometry = cls.open_file(name, owners)
+        try:
+            return cls(name, fd, geometry, writable_data)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @staticmethod
+    def open_file(name: str, owners: frozenset[int] | None = None) -> tuple[int, L.Geometry]:
+        """Open ring `name`'s file and check its header and size, mapping nothing: its
+        descriptor and geometry. `owners`: the uids trusted to own it (checked_owner); None,
+        any."""
         path = segment_path(name)
         try:
             fd = open_regular(path, os.O_RDWR)
@@ -290,7 +296,7 @@ class Segment:
                     "made or punched by something else (a planted file?). Remove it "
                     "(shmring rm) and create the ring again"
                 )
-            return cls(name, fd, geometry, writable_data, None if huge_pages else False)
+            return fd, geometry
         except BaseException:
             os.close(fd)
             raise
