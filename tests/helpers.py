@@ -114,6 +114,28 @@ def seg_path(name: str) -> str:
     return os.path.join(SHM_DIR, "shmring." + name)
 
 
+def segment_file_id(name: str) -> tuple[int, int]:
+    """(inode, device) of ring `name`'s file, for ``mapped_here`` after it is unlinked."""
+    st = os.stat(seg_path(name))
+    return st.st_ino, st.st_dev
+
+
+def mapped_here(file_id: tuple[int, int]) -> bool:
+    """Whether this process maps the file `file_id` (``segment_file_id``). Matched by inode
+    and device, as conftest.holders does: the creator maps a ring before it has its name, so
+    /proc/self/maps shows a temporary name there ("/dev/shm/#INODE (deleted)"), not
+    "shmring.NAME"."""
+    ino, dev = file_id
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) >= 5 and fields[4] == str(ino):
+                major, minor = (int(x, 16) for x in fields[3].split(":"))
+                if os.makedev(major, minor) == dev:
+                    return True
+    return False
+
+
 # --------------------------------------------------------------------------- patterns
 
 HEAD = 16  # tag (u64) + checksum (u64)
