@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import WAIT, unique_name
+from helpers import SLACK, WAIT, unique_name
 
 import shmring._layout as L
 from shmring import Frame, RingCorrupted, RingReader, RingWriter
@@ -104,6 +104,10 @@ def test_wait_sleeps_at_most_its_timeout() -> None:
     ):
         assert r._taker.wait(r, 0, 0.0) is None
         assert r._taker.wait(r, 0, 0.01) is None
+        started = time.monotonic()
+        assert r._taker.wait(r, 0, 0.2) is None  # nothing comes: it sleeps out its timeout
+        slept = time.monotonic() - started
+        assert 0.2 <= slept < 0.2 + SLACK, slept
         with pytest.raises(ValueError, match="timeout"):
             r._taker.wait(r, 0, -1.0)
         with pytest.raises(ValueError, match="timeout"):
