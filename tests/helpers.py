@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import numpy as np
 
@@ -322,6 +322,28 @@ def popen_main(argv: Sequence[str]) -> int:
         chan.send({"error": traceback.format_exc()})
         return 1
     return 0
+
+
+def readable_within(fd: int, deadline: float) -> bool:
+    """Whether `fd` has something to read (or its end) before `deadline` (monotonic)."""
+    left = deadline - time.monotonic()
+    return left > 0 and bool(select.select([fd], [], [], left)[0])
+
+
+def readline_within(stream: IO[str], timeout: float = WAIT) -> str:
+    """The next line of a child's pipe, with its newline ("" once the child closed it), or
+    an AssertionError after `timeout` s instead of blocking for ever. Read a byte at a time
+    from the descriptor, so nothing after the line is taken from the pipe: a later
+    communicate() gets the rest. (Never mix with the stream's own buffered reads.)"""
+    fd, deadline, line = stream.fileno(), time.monotonic() + timeout, b""
+    while not line.endswith(b"\n"):
+        if not readable_within(fd, deadline):
+            raise AssertionError(f"no whole line within {timeout} s (got {line!r})")
+        byte = os.read(fd, 1)
+        if not byte:
+            break
+        line += byte
+    return line.decode(errors="replace")
 
 
 def wait_pid_exit(pid: int, timeout: float = WAIT) -> None:

@@ -30,6 +30,7 @@ from helpers import (
     WAIT,
     Child,
     let_go_position,
+    readline_within,
     seg_path,
     unique_name,
     writer_held_back,
@@ -55,8 +56,11 @@ def _child(code: str) -> subprocess.Popen[str]:
 
 def _expect_line(proc: subprocess.Popen[str], want: str) -> None:
     assert proc.stdout is not None
-    line = proc.stdout.readline().strip()  # the child prints it or dies: bounded by its exit
-    assert line == want, f"child said {line!r}; stderr: {proc.stderr.read() if proc.stderr else ''}"
+    line = readline_within(proc.stdout).strip()
+    if line != want:
+        proc.kill()  # so that its stderr ends
+        _, err = proc.communicate(timeout=WAIT)
+        raise AssertionError(f"child said {line!r}, not {want!r}; stderr: {err}")
 
 
 def _state(pid: int) -> str:
@@ -417,7 +421,7 @@ def test_a_recording_held_up_by_a_stopped_lock_holder_says_so_once(
             w.write(np.ones(SMALL, np.uint8), WAIT)
             pid = stopped_holder(name, "writer")
             assert recorder.stderr is not None
-            warning = recorder.stderr.readline()  # (bounded: the recorder ends in 3 s)
+            warning = readline_within(recorder.stderr)
             assert warning.startswith("shmring record: ") and f"process {pid} holds" in warning
             assert warning.rstrip().endswith("waiting for it"), warning
             os.kill(pid, signal.SIGCONT)  # it releases the lock and exits
