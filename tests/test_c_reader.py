@@ -312,12 +312,28 @@ def any_reader(request: pytest.FixtureRequest) -> Path:
     )
 
 
+_READERS: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _end_started_readers() -> Iterator[None]:
+    """Each shmring-read a test started (_start) is killed and reaped after it, if a failed
+    step left it running."""
+    yield
+    while _READERS:
+        proc = _READERS.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=WAIT)
+
+
 def _start(binary: Path, name: str, count: int, **popen: Any) -> subprocess.Popen[str]:
     popen.setdefault("stdout", subprocess.PIPE)
     proc = subprocess.Popen(
         [str(binary), name, str(count)], stderr=subprocess.PIPE, text=True, **popen
     )
     STARTED_PIDS.add(proc.pid)
+    _READERS.append(proc)
     return proc
 
 

@@ -412,10 +412,16 @@ def _in_forked_child(calls: dict[str, Callable[[], object]]) -> dict[str, str]:
         ready, _, _ = select.select([read_end], [], [], WAIT)
         assert ready, "the forked child did not report"
         report: dict[str, str] = json.loads(os.read(read_end, 1 << 16))
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)  # it will not report now: do not wait for it
+        raise
     finally:
         os.close(read_end)
-        wait_pid_exit(pid)
-        os.waitpid(pid, 0)
+        try:
+            wait_pid_exit(pid)
+        finally:
+            os.kill(pid, signal.SIGKILL)  # (a no-op once it has exited: it is not reaped yet)
+            os.waitpid(pid, 0)
     return report
 
 
