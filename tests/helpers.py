@@ -346,6 +346,21 @@ def readline_within(stream: IO[str], timeout: float = WAIT) -> str:
     return line.decode(errors="replace")
 
 
+def process_state(pid: int) -> str:
+    """Process `pid`'s state letter (/proc/PID/stat: R running, S sleeping, T stopped...)."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    return stat[stat.rindex(")") + 2]
+
+
+def wait_for_state(pid: int, states: str, timeout: float = WAIT) -> None:
+    """Wait (bounded) until process `pid` is in one of `states` (e.g. "S": asleep)."""
+    give_up = time.monotonic() + timeout
+    while process_state(pid) not in states:
+        assert time.monotonic() < give_up, f"process {pid} never reached state {states}"
+        time.sleep(0.005)  # polling a /proc state: no event to wait on
+
+
 def wait_pid_exit(pid: int, timeout: float = WAIT) -> None:
     """Wait (bounded) until process ``pid`` has exited (any process; nothing is reaped)."""
     try:

@@ -33,6 +33,7 @@ from helpers import (
     readline_within,
     seg_path,
     unique_name,
+    wait_for_state,
     writer_held_back,
 )
 
@@ -61,19 +62,6 @@ def _expect_line(proc: subprocess.Popen[str], want: str) -> None:
         proc.kill()  # so that its stderr ends
         _, err = proc.communicate(timeout=WAIT)
         raise AssertionError(f"child said {line!r}, not {want!r}; stderr: {err}")
-
-
-def _state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-    return stat[stat.rindex(")") + 2]
-
-
-def _wait_state(pid: int, states: str) -> None:
-    give_up = time.monotonic() + WAIT
-    while _state(pid) not in states:
-        assert time.monotonic() < give_up, f"process {pid} never reached state {states}"
-        time.sleep(0.005)  # polling a /proc state: no event to wait on
 
 
 def _bounded(call: Callable[[], Any], limit: float) -> BaseException | None:
@@ -112,7 +100,7 @@ def stopped_holder() -> Iterator[Callable[[str, str], int]]:
         )
         procs.append(proc)
         _expect_line(proc, "holding")
-        _wait_state(proc.pid, "T")
+        wait_for_state(proc.pid, "T")
         return proc.pid
 
     yield start
@@ -220,7 +208,7 @@ def test_truncated_ring_raises_in_a_waiting_reader_and_the_creator_still_unlinks
     )
     try:
         _expect_line(proc, "reading")
-        _wait_state(proc.pid, "S")  # asleep in its wait
+        wait_for_state(proc.pid, "S")  # asleep in its wait
         os.truncate(path, 0)
         _expect_line(proc, "RingCorrupted")
         _expect_line(proc, "closed")
