@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import numpy as np
 
@@ -112,6 +112,28 @@ def unique_name(tag: str = "t") -> str:
 
 def seg_path(name: str) -> str:
     return os.path.join(SHM_DIR, "shmring." + name)
+
+
+def segment_file_id(name: str) -> tuple[int, int]:
+    """(inode, device) of ring `name`'s file, for ``mapped_here`` after it is unlinked."""
+    st = os.stat(seg_path(name))
+    return st.st_ino, st.st_dev
+
+
+def mapped_here(file_id: tuple[int, int]) -> bool:
+    """Whether this process maps the file `file_id` (``segment_file_id``). Matched by inode
+    and device, as conftest.holders does: the creator maps a ring before it has its name, so
+    /proc/self/maps shows a temporary name there ("/dev/shm/#INODE (deleted)"), not
+    "shmring.NAME"."""
+    ino, dev = file_id
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) >= 5 and fields[4] == str(ino):
+                major, minor = (int(x, 16) for x in fields[3].split(":"))
+                if os.makedev(major, minor) == dev:
+                    return True
+    return False
 
 
 # --------------------------------------------------------------------------- patterns
@@ -300,6 +322,43 @@ def popen_main(argv: Sequence[str]) -> int:
         chan.send({"error": traceback.format_exc()})
         return 1
     return 0
+
+
+def readable_within(fd: int, deadline: float) -> bool:
+    """Whether `fd` has something to read (or its end) before `deadline` (monotonic)."""
+    left = deadline - time.monotonic()
+    return left > 0 and bool(select.select([fd], [], [], left)[0])
+
+
+def readline_within(stream: IO[str], timeout: float = WAIT) -> str:
+    """The next line of a child's pipe, with its newline ("" once the child closed it), or
+    an AssertionError after `timeout` s instead of blocking for ever. Read a byte at a time
+    from the descriptor, so nothing after the line is taken from the pipe: a later
+    communicate() gets the rest. (Never mix with the stream's own buffered reads.)"""
+    fd, deadline, line = stream.fileno(), time.monotonic() + timeout, b""
+    while not line.endswith(b"\n"):
+        if not readable_within(fd, deadline):
+            raise AssertionError(f"no whole line within {timeout} s (got {line!r})")
+        byte = os.read(fd, 1)
+        if not byte:
+            break
+        line += byte
+    return line.decode(errors="replace")
+
+
+def process_state(pid: int) -> str:
+    """Process `pid`'s state letter (/proc/PID/stat: R running, S sleeping, T stopped...)."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    return stat[stat.rindex(")") + 2]
+
+
+def wait_for_state(pid: int, states: str, timeout: float = WAIT) -> None:
+    """Wait (bounded) until process `pid` is in one of `states` (e.g. "S": asleep)."""
+    give_up = time.monotonic() + timeout
+    while process_state(pid) not in states:
+        assert time.monotonic() < give_up, f"process {pid} never reached state {states}"
+        time.sleep(0.005)  # polling a /proc state: no event to wait on
 
 
 def wait_pid_exit(pid: int, timeout: float = WAIT) -> None:

@@ -558,9 +558,17 @@ def test_an_async_overwrite_writer_held_back_retries_without_sleeping_on_space(
         with writer_held_back(name, slots) as (w, held):
             assert w._p.sequenced()
             monkeypatch.setattr(type(w), "_sleep", no_space_sleep)
+            attempts = []
+            write = w.write
+
+            def counted_write(*args: Any, **kwargs: Any) -> int:
+                attempts.append(time.monotonic())
+                return write(*args, **kwargs)
+
+            monkeypatch.setattr(w, "write", counted_write)  # awrite's attempts, each timeout 0
             blocked = asyncio.create_task(w.awrite(np.full(SMALL, 2, np.uint8), WAIT))
-            await asyncio.sleep(0.05)  # it retries meanwhile (the result does not depend on it)
-            assert not blocked.done()
+            await until(lambda: len(attempts) >= 3)  # it tried, and retried after pauses
+            assert not blocked.done() and w._waiter_busy
             let_go_position(w, held, slots)
             assert await asyncio.wait_for(blocked, WAIT) == held + slots
 
@@ -758,12 +766,20 @@ def test_many_rings_in_one_loop_all_progress(run: Runner) -> None:
     run(main())
 
 
-def test_awrite_aclaim_and_aattach(run: Runner) -> None:
+def test_awrite_aclaim_and_aattach(run: Runner, monkeypatch: pytest.MonkeyPatch) -> None:
     name = unique_name()
+    looks = []
+    attach = RingReader.attach
+
+    def counted_attach(*args: Any, **kwargs: Any) -> RingReader:
+        looks.append(args[0])
+        return attach(*args, **kwargs)
+
+    monkeypatch.setattr(RingReader, "attach", counted_attach)  # aattach's looks, timeout 0
 
     async def main() -> None:
         attaching = asyncio.create_task(RingReader.aattach(name, start="oldest", timeout=WAIT))
-        await asyncio.sleep(0.02)  # the attach is waiting for the ring (the loop runs)
+        await until(lambda: len(looks) >= 2)  # it looked, found no ring, and looks again
         assert not attaching.done()
         with RingWriter.create(name, SMALL, np.uint8, slots=2) as w, await attaching as r:
             assert w.readers == 1

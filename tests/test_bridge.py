@@ -32,7 +32,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import SHM_DIR, STARTED_PIDS, VGA, WAIT, Pattern, make_tag, split_tag, unique_name
+from helpers import (
+    SHM_DIR,
+    STARTED_PIDS,
+    VGA,
+    WAIT,
+    Pattern,
+    make_tag,
+    seg_path,
+    split_tag,
+    unique_name,
+)
 
 zenoh = pytest.importorskip("zenoh")
 
@@ -314,7 +324,7 @@ def test_a_program_that_closes_a_blocked_sender_exits_cleanly(tmp_path: Any) -> 
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "True"], done.stdout
-    assert not os.path.exists(os.path.join(SHM_DIR, src))
+    assert not os.path.exists(seg_path(src)) and not os.path.exists(seg_path(dst))
 
 
 def test_two_receivers_both_get_every_frame(cleanup: list[Any]) -> None:

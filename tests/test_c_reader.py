@@ -313,6 +313,21 @@ def any_reader(request: pytest.FixtureRequest) -> Path:
     )
 
 
+_READERS: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _end_started_readers() -> Iterator[None]:
+    """Each shmring-read a test started (_start) is killed and reaped after it, if a failed
+    step left it running."""
+    yield
+    while _READERS:
+        proc = _READERS.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=WAIT)
+
+
 def _start(
     binary: Path, name: str, count: int, *options: str, **popen: Any
 ) -> subprocess.Popen[str]:
@@ -321,6 +336,7 @@ def _start(
         [str(binary), *options, name, str(count)], stderr=subprocess.PIPE, text=True, **popen
     )
     STARTED_PIDS.add(proc.pid)
+    _READERS.append(proc)
     return proc
 
 

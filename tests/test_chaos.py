@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import seg_path, unique_name
+from helpers import WAIT, seg_path, unique_name
 
 from shmring import RingWriter
 from stress import ROOT, STEADY, StreamCheck, killpoints, make_tag, stamp
@@ -148,29 +148,29 @@ def test_writer_attach_waits_for_a_publish_in_progress() -> None:
     step must wait the microseconds it takes (here 50 ms), not fail at once because the
     attach was not asked to wait for the ring to *appear* (timeout=0)."""
     name = unique_name("aq")
-    with RingWriter.create(name, (64,), np.uint8):
+    with RingWriter.create(name, (64,), np.uint8) as w:
+        w.write(np.zeros(64, np.uint8))  # the creator joins (takes its writer record)
         with open(seg_path(name), "r+b") as f:
             f.seek(WRITERS_OFFSET)
             (writers,) = struct.unpack("<Q", f.read(8))
         in_publish = writers + 8 * WRITER_IN_PUBLISH  # the creator's writer record
-        stepping_out = threading.Event()
 
-        def publish_step() -> None:
+        def set_in_publish(value: int) -> None:
             with open(seg_path(name), "r+b") as f:
                 f.seek(in_publish)
-                f.write(struct.pack("<Q", 1))
-                f.flush()
-                stepping_out.wait(0.05)
-                f.seek(in_publish)
-                f.write(struct.pack("<Q", 0))
+                f.write(struct.pack("<Q", value))
 
-        step = threading.Thread(target=publish_step)
-        step.start()
+        set_in_publish(1)  # the creator is inside a publish step ...
+        step_out = threading.Timer(0.05, set_in_publish, (0,))  # ... for 50 ms
+        started = time.monotonic()
+        step_out.start()
         try:
             RingWriter.attach(name).close()
+            waited = time.monotonic() - started
         finally:
-            stepping_out.set()
-            step.join()
+            step_out.join(WAIT)
+            assert not step_out.is_alive()
+        assert waited >= 0.05, f"attach took {waited:.3f} s: it did not wait for the step"
 
 
 # ---- the kill-point sweep, sampled -----------------------------------------------------------

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +33,41 @@ FIRST_PROGRESS_LINE = r"^\s*\d+\.\d s \| capture"
 PIPELINE_STAGES = {"capture", "edges", "stats0", "stats1", "recorder", "display"}
 
 
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _end_started_processes() -> Iterator[None]:
+    """Each process a test started (start_demo, start) is killed and reaped after it,
+    if a failed step left it running. (A demo's stages stop once their supervisor is gone.)"""
+    yield
+    while _STARTED:
+        process = _STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+        process.wait(RUN_TIMEOUT_S)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
 def start_demo(out_dir: Path, *args: str) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "shmring.demo_camera", "--headless", "--out", str(out_dir)]
-    return subprocess.Popen(
-        [*command, *args],
-        cwd=out_dir.parent,
+    return start([*command, *args], cwd=out_dir.parent)
+
+
+def start(command: list[str], cwd: Path) -> subprocess.Popen[str]:
+    """`command`, its output (stdout and stderr) read through a pipe, unbuffered whatever
+    this run's environment says: the tests wait for lines printed without flush=True."""
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+    _STARTED.append(process)
+    return process
 
 
 def finish(demo: subprocess.Popen[str], timeout: float = RUN_TIMEOUT_S) -> str:
@@ -243,10 +270,7 @@ def test_example_scripts_find_each_other_by_name(tmp_path: Path) -> None:
     sheet = tmp_path / "sheet.png"
 
     def script(name: str, *args: str) -> subprocess.Popen[str]:
-        command = [sys.executable, str(examples / name), *args]
-        return subprocess.Popen(
-            command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
+        return start([sys.executable, str(examples / name), *args], cwd=tmp_path)
 
     # Readers first: they wait for their rings to appear by name.
     display = script("display.py", "--ring", f"{ring}-edges", "--headless", "--out", str(sheet))

@@ -343,9 +343,18 @@ def test_create_rejects_bad_arguments(ring_name: str, kwargs: dict[str, object])
 
 
 def test_overwrite_minimum_slots_accepted(ring_name: str) -> None:
-    RingWriter.create(
-        ring_name, SMALL, np.uint8, policy="overwrite", slots=9, max_readers=4, max_writers=4
-    ).close()
+    """slots=2 is the least an overwrite ring takes with the default max_readers and
+    max_writers (API.md; slots=1 is refused: test_create_rejects_bad_arguments), and it
+    streams: 2 slots + 2 spare buffers."""
+    with (
+        RingWriter.create(ring_name, SMALL, np.uint8, policy="overwrite", slots=2) as w,
+        RingReader.attach(ring_name) as r,
+    ):
+        assert (w._p.geometry.slots, w._p.geometry.buffers) == (2, 4)
+        for value in range(5):
+            w.write(np.full(SMALL, value, np.uint8), 0.0)
+        with r.latest(1.0) as frame:
+            assert frame.seq == 4 and int(frame.array[0]) == 4
 
 
 @pytest.mark.parametrize("name", ["", "a/b", "x" * 65, "sp ace", "../up", "é"])
@@ -403,10 +412,16 @@ def _in_forked_child(calls: dict[str, Callable[[], object]]) -> dict[str, str]:
         ready, _, _ = select.select([read_end], [], [], WAIT)
         assert ready, "the forked child did not report"
         report: dict[str, str] = json.loads(os.read(read_end, 1 << 16))
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)  # it will not report now: do not wait for it
+        raise
     finally:
         os.close(read_end)
-        wait_pid_exit(pid)
-        os.waitpid(pid, 0)
+        try:
+            wait_pid_exit(pid)
+        finally:
+            os.kill(pid, signal.SIGKILL)  # (a no-op once it has exited: it is not reaped yet)
+            os.waitpid(pid, 0)
     return report
 
 

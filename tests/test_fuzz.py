@@ -21,7 +21,7 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 import pytest
-from helpers import WAIT, seg_path, unique_name
+from helpers import WAIT, seg_path, unique_name, wait_for_state
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -306,6 +306,8 @@ def test_file_cut_short_under_a_waiting_process_is_ring_corrupted(call: str) -> 
             child.start()
             try:
                 assert ours.poll(WAIT) and ours.recv() == "ready"
+                assert child.pid is not None
+                wait_for_state(child.pid, "S")  # asleep in its wait, not before it
                 os.truncate(path, size - 4096)  # the last frame buffer's page
                 assert ours.poll(WAIT), "the waiting child did not notice"
                 assert ours.recv() == "RingCorrupted"

@@ -8,7 +8,16 @@ import gc
 
 import numpy as np
 import pytest
-from helpers import WAIT, Child, data_address, finish, huge_mapped_kib, unique_name
+from helpers import (
+    WAIT,
+    Child,
+    data_address,
+    finish,
+    huge_mapped_kib,
+    mapped_here,
+    segment_file_id,
+    unique_name,
+)
 
 import shmring
 from shmring import RingReader, RingWriter, _segment
@@ -69,27 +78,22 @@ def test_large_frames_get_huge_pages_in_every_process(collapses: list[bool]) -> 
         assert report["first"] == 42
 
 
-def _mapped(name: str) -> bool:
-    with open("/proc/self/maps") as maps:
-        # after unlink the line reads ".../shmring.NAME (deleted)"
-        return any(f"/shmring.{name}" in line for line in maps)
-
-
 def test_frame_array_outlives_close_and_nothing_stays_mapped_after_it() -> None:
     name = unique_name()
     w = RingWriter.create(name, LARGE, np.uint8, slots=2)
     r = RingReader.attach(name)
+    segment = segment_file_id(name)
     w.write(np.full(LARGE, 7, np.uint8), WAIT)
     frame = r.read(WAIT)
     array = frame.array
     frame.release()
     r.close()
     w.close()
-    assert _mapped(name)  # the array still reads the ring's pages: they must stay mapped
+    assert mapped_here(segment)  # the array still reads the ring's pages: they must stay mapped
     assert int(array[-1, -1, -1]) == 7 and int(array.sum()) == 7 * array.size
     del array, frame, r, w
     gc.collect()
-    assert not _mapped(name)
+    assert not mapped_here(segment)
 
 
 def test_only_participants_ask_for_huge_pages(collapses: list[bool]) -> None:

@@ -209,16 +209,29 @@ def test_iteration_and_latest_release_the_previous_frame(policy: str) -> None:
         r_latest = RingReader.attach(name, start="oldest")
         w.write(pat.make(make_tag(0, 0)), 0.0)
         first = r_latest.latest(1.0)
-        assert first.seq == 0
+        assert first.seq == 0 and first._reader is r_latest  # held
         w.write(pat.make(make_tag(0, 1)), 0.0)
-        second = r_latest.latest(1.0)  # releases `first`
+        second = r_latest.latest(1.0)
+        assert first._reader is None, "latest() did not release the frame it returned before"
         assert second.seq == 1 and pat.check(second.array) == make_tag(0, 1)
         for i in range(2, 5):
             w.write(pat.make(make_tag(0, i)), 0.0)
         w.close()
-        tags = bounded(lambda: [pat.check(f.array) for f in r_iter])
-        assert tags == [make_tag(0, i) for i in range(5)]
+
+        def iterate() -> list[int]:
+            tags, previous = [], None
+            for frame in r_iter:
+                assert frame._reader is r_iter  # held
+                if previous is not None:
+                    assert previous._reader is None, f"frame {previous.seq} still held"
+                tags.append(pat.check(frame.array))
+                previous = frame
+            assert previous is not None and previous._reader is None  # at the end, too
+            return tags
+
+        assert bounded(iterate) == [make_tag(0, i) for i in range(5)]
         with r_latest.latest(1.0) as third:
+            assert second._reader is None, "latest() did not release the frame it returned before"
             assert third.seq == 4 and third.dropped == 2
         for r in (r_iter, r_latest):
             r.close()

@@ -243,7 +243,12 @@ def _plan_a_nap(w: shmring.RingWriter, r: shmring.RingReader, seconds: float) ->
 
 
 @needs_two_cpus
-def test_a_frame_that_comes_during_a_nap_wakes_the_reader_at_once(naps: list[float]) -> None:
+def test_a_frame_that_comes_during_a_nap_wakes_the_reader_at_once(
+    naps: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A nap sleeps in slices of POLL_SLICE and looks for its frame after each: one slice
+    # longer than the whole nap, so that only the writer's wake-up can end it early.
+    monkeypatch.setattr(_reader, "POLL_SLICE", 3 * WAIT)
     with (
         shmring.RingWriter.create(unique_name("nap"), (64,), np.uint8) as w,
         shmring.RingReader.attach(w.name) as r,

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import termios
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from helpers import (
     Pattern,
     hold_next_position,
     make_tag,
+    readable_within,
     seg_path,
     split_tag,
     unique_name,
@@ -143,11 +144,27 @@ def run(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
     return proc
 
 
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _end_started_processes() -> Iterator[None]:
+    """Each CLI process a test started (start) is killed and reaped after it, if a failed
+    step left it running."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=WAIT)
+
+
 def start(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
     kwargs.setdefault("stdout", subprocess.PIPE)
     kwargs.setdefault("stderr", subprocess.PIPE)
     proc = subprocess.Popen(cli(*args), text=True, **kwargs)
     STARTED_PIDS.add(proc.pid)
+    _STARTED.append(proc)
     return proc
 
 
@@ -316,9 +333,10 @@ def test_a_terminal_that_goes_away_ends_the_progress_not_the_recording(tmp_path:
         try:
             recorder = start("record", name, str(path), "--seconds", "2", stderr=secondary)
             os.close(secondary)
-            screen = b""
+            screen, deadline = b"", time.monotonic() + WAIT
             while b"recording" not in screen:  # the bar is drawn: the terminal works
-                screen += os.read(main, 1 << 16)  # (bounded: the recorder ends in 2 s)
+                assert readable_within(main, deadline), f"no progress bar: {screen!r}"
+                screen += os.read(main, 1 << 16)
         finally:
             os.close(main)  # the terminal goes away; the bar's next redraws fail
         out, _ = recorder.communicate(timeout=WAIT)

@@ -30,8 +30,10 @@ from helpers import (
     WAIT,
     Child,
     let_go_position,
+    readline_within,
     seg_path,
     unique_name,
+    wait_for_state,
     writer_held_back,
 )
 
@@ -55,21 +57,11 @@ def _child(code: str) -> subprocess.Popen[str]:
 
 def _expect_line(proc: subprocess.Popen[str], want: str) -> None:
     assert proc.stdout is not None
-    line = proc.stdout.readline().strip()  # the child prints it or dies: bounded by its exit
-    assert line == want, f"child said {line!r}; stderr: {proc.stderr.read() if proc.stderr else ''}"
-
-
-def _state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-    return stat[stat.rindex(")") + 2]
-
-
-def _wait_state(pid: int, states: str) -> None:
-    give_up = time.monotonic() + WAIT
-    while _state(pid) not in states:
-        assert time.monotonic() < give_up, f"process {pid} never reached state {states}"
-        time.sleep(0.005)  # polling a /proc state: no event to wait on
+    line = readline_within(proc.stdout).strip()
+    if line != want:
+        proc.kill()  # so that its stderr ends
+        _, err = proc.communicate(timeout=WAIT)
+        raise AssertionError(f"child said {line!r}, not {want!r}; stderr: {err}")
 
 
 def _bounded(call: Callable[[], Any], limit: float) -> BaseException | None:
@@ -108,7 +100,7 @@ def stopped_holder() -> Iterator[Callable[[str, str], int]]:
         )
         procs.append(proc)
         _expect_line(proc, "holding")
-        _wait_state(proc.pid, "T")
+        wait_for_state(proc.pid, "T")
         return proc.pid
 
     yield start
@@ -216,7 +208,7 @@ def test_truncated_ring_raises_in_a_waiting_reader_and_the_creator_still_unlinks
     )
     try:
         _expect_line(proc, "reading")
-        _wait_state(proc.pid, "S")  # asleep in its wait
+        wait_for_state(proc.pid, "S")  # asleep in its wait
         os.truncate(path, 0)
         _expect_line(proc, "RingCorrupted")
         _expect_line(proc, "closed")
@@ -417,7 +409,7 @@ def test_a_recording_held_up_by_a_stopped_lock_holder_says_so_once(
             w.write(np.ones(SMALL, np.uint8), WAIT)
             pid = stopped_holder(name, "writer")
             assert recorder.stderr is not None
-            warning = recorder.stderr.readline()  # (bounded: the recorder ends in 3 s)
+            warning = readline_within(recorder.stderr)
             assert warning.startswith("shmring record: ") and f"process {pid} holds" in warning
             assert warning.rstrip().endswith("waiting for it"), warning
             os.kill(pid, signal.SIGCONT)  # it releases the lock and exits

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import WAIT, unique_name
+from helpers import SLACK, WAIT, unique_name
 
 import shmring._layout as L
 from shmring import Frame, RingCorrupted, RingReader, RingWriter
@@ -104,6 +104,10 @@ def test_wait_sleeps_at_most_its_timeout() -> None:
     ):
         assert r._taker.wait(r, 0, 0.0) is None
         assert r._taker.wait(r, 0, 0.01) is None
+        started = time.monotonic()
+        assert r._taker.wait(r, 0, 0.2) is None  # nothing comes: it sleeps out its timeout
+        slept = time.monotonic() - started
+        assert 0.2 <= slept < 0.2 + SLACK, slept
         with pytest.raises(ValueError, match="timeout"):
             r._taker.wait(r, 0, -1.0)
         with pytest.raises(ValueError, match="timeout"):
@@ -126,12 +130,13 @@ _FUTEX_WAITS = {0, 9}  # FUTEX_WAIT, FUTEX_WAIT_BITSET
 
 def _sleep_in_wait(reader: RingReader, seq: int, out: list[Any]) -> threading.Thread:
     """A thread that counts `reader` as a sleeper and waits in Taker.wait; returned once it
-    sleeps in futex(2)."""
+    sleeps in futex(2). Its wait lasts 3 * WAIT: a test that joins it within WAIT sees a
+    wake-up, not the end of the timeout."""
 
     def run() -> None:
         reader._count()
         try:
-            out.append(reader._taker.wait(reader, seq, WAIT))
+            out.append(reader._taker.wait(reader, seq, 3 * WAIT))
         except BaseException as exc:  # reported to the test
             out.append(exc)
         finally:
@@ -162,7 +167,7 @@ def test_a_write_wakes_the_wait_with_the_frame() -> None:
         thread = _sleep_in_wait(r, 0, out)
         w.write(_frame(9), WAIT)
         thread.join(WAIT)
-        assert not thread.is_alive()
+        assert not thread.is_alive(), "the write did not wake the wait"
         [frame] = out
         assert isinstance(frame, Frame) and frame.seq == 0 and int(frame.array[0, 0]) == 9
 
@@ -177,6 +182,7 @@ def test_closing_the_reader_while_another_thread_waits_in_it_raises() -> None:
     assert not r.closed  # nothing was closed: the waiting thread's memory stays mapped
     w.close()  # ends the stream: the wait returns
     thread.join(WAIT)
+    assert not thread.is_alive(), "closing the stream did not wake the wait"
     assert out == [None]
     r.close()
     assert r.closed

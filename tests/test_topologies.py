@@ -173,15 +173,19 @@ def test_four_writer_children_of_a_parent_one_killed_mid_stream() -> None:
             writer_children(4, name=name, count=count, create=False) as children,
         ):
             per_writer: dict[int, list[int]] = {i: [] for i in range(4)}
-            killed_at = None
-            first_after_kill = None
-            for writer, n, _ in tagged_frames(reader, pat):
+            killed_at, first_after_kill, head_at_kill = None, None, 0
+            for writer, n, seq in tagged_frames(reader, pat):
                 per_writer[writer].append(n)
                 if killed_at is None and len(per_writer[victim]) == 200:
                     children[victim].kill()
                     children[victim].wait_dead()
-                    killed_at = time.monotonic()
-                elif killed_at is not None and first_after_kill is None and writer != victim:
+                    killed_at, head_at_kill = time.monotonic(), owner._control[L.C_HEAD]
+                elif (
+                    killed_at is not None
+                    and first_after_kill is None
+                    and writer != victim
+                    and seq >= head_at_kill  # published after the kill, not queued before it
+                ):
                     first_after_kill = time.monotonic()
             for child in children[:victim]:
                 finish(child)
