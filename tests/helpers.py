@@ -105,6 +105,17 @@ def format_md_table(heading: str) -> list[list[str]]:
     return rows[2:]
 
 
+def end_started(processes: list[subprocess.Popen[str]], timeout: float = WAIT) -> None:
+    """Kill each process in `processes` that still runs, reap it and close its pipes,
+    emptying the list: an autouse fixture's step after each test, for what a failed step
+    left running."""
+    while processes:
+        process = processes.pop()
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=timeout)
+
+
 def unique_name(tag: str = "t") -> str:
     """A ring name unique to this test run: ``[A-Za-z0-9_.-]``, well under 64 chars."""
     return f"{tag}{os.getpid()}_{uuid.uuid4().hex[:8]}"

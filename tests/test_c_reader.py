@@ -35,6 +35,7 @@ from helpers import (
     WAIT,
     FdChan,
     Pattern,
+    end_started,
     expect,
     format_md_table,
     make_tag,
@@ -321,11 +322,7 @@ def _end_started_readers() -> Iterator[None]:
     """Each shmring-read a test started (_start) is killed and reaped after it, if a failed
     step left it running."""
     yield
-    while _READERS:
-        proc = _READERS.pop()
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=WAIT)
+    end_started(_READERS)
 
 
 def _start(

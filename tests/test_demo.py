@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import end_started
 
 pytestmark = pytest.mark.slow  # the six-process demo, end to end
 
@@ -41,13 +42,7 @@ def _end_started_processes() -> Iterator[None]:
     """Each process a test started (start_demo, start) is killed and reaped after it,
     if a failed step left it running. (A demo's stages stop once their supervisor is gone.)"""
     yield
-    while _STARTED:
-        process = _STARTED.pop()
-        if process.poll() is None:
-            process.kill()
-        process.wait(RUN_TIMEOUT_S)
-        if process.stdout is not None:
-            process.stdout.close()
+    end_started(_STARTED, RUN_TIMEOUT_S)
 
 
 def start_demo(out_dir: Path, *args: str) -> subprocess.Popen[str]:

@@ -40,6 +40,7 @@ from helpers import (
     WAIT,
     Child,
     Pattern,
+    end_started,
     hold_next_position,
     make_tag,
     readable_within,
@@ -152,11 +153,7 @@ def _end_started_processes() -> Iterator[None]:
     """Each CLI process a test started (start) is killed and reaped after it, if a failed
     step left it running."""
     yield
-    while _STARTED:
-        proc = _STARTED.pop()
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=WAIT)
+    end_started(_STARTED)
 
 
 def start(*args: str, **kwargs: Any) -> subprocess.Popen[str]:

@@ -35,7 +35,7 @@
 # Readers attach with start="oldest" so nothing published before the first read is missed.
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -76,15 +76,7 @@ class Write(Transport):
             self._owner.close()
 
     def _send(self, writer: Any, cell: Cell) -> Any:
-        src = make_source(cell.size)
-        stamp = stamper(cell.size)
-        write = writer.write
-
-        def send(seq: int, t_ns: int) -> None:
-            stamp(src, seq, t_ns)
-            write(src)
-
-        return send
+        return _copy_in(writer, cell)
 
     def open_producer(self, endpoint: Any, cell: Cell) -> Producer:
         if cell.topology in PARENT_CREATES:
@@ -159,63 +151,64 @@ class Latest(Write):
                 yield frame.array
 
 
+def _copy_in(writer: Any, cell: Cell) -> Callable[[int, int], None]:
+    """send(seq, t_ns): stamp the source frame, then write() it (one copy into the ring)."""
+    src = make_source(cell.size)
+    stamp = stamper(cell.size)
+    write = writer.write
+
+    def send(seq: int, t_ns: int) -> None:
+        stamp(src, seq, t_ns)
+        write(src)
+
+    return send
+
+
 class WriteAlone(Transport):
-    """write() into a block ring that no reader holds back (scenario `alone`)."""
+    """write() into a block ring with no reader (scenario `alone`): nothing waits, and
+    frames nobody reads are not kept."""
 
     name = "shmring-write-alone"
     kind = "alone"
+    lagging_reader = False  # a reader attached in the writer's process that reads nothing
+
+    def _create(self, cell: Cell) -> Any:
+        return RingWriter.create(_name(cell), cell.size.shape, np.uint8, slots=SLOTS)
+
+    def _check(self, name: str) -> None:
+        """After the run: the ring, which keeps no frame, published some."""
+        if not inspect_ring(name).published:
+            raise RuntimeError("no frame was published")
 
     def open_producer(self, endpoint: Any, cell: Cell) -> Producer:
         name = _name(cell)
-        writer = RingWriter.create(name, cell.size.shape, np.uint8, slots=SLOTS)
-        src = make_source(cell.size)
-        stamp = stamper(cell.size)
-        write = writer.write
-
-        def send(seq: int, t_ns: int) -> None:
-            stamp(src, seq, t_ns)
-            write(src)
-
-        def close() -> None:
-            try:
-                if not inspect_ring(name).published:
-                    raise RuntimeError("no frame was published")
-            finally:
-                writer.close()
-
-        return Producer(send, close)
-
-
-class OverwriteAlone(Transport):
-    """write() into the latest-frame cell's overwrite ring, no reader attached."""
-
-    name = "shmring-overwrite-alone"
-    kind = "alone"
-    lagging_reader = False
-
-    def open_producer(self, endpoint: Any, cell: Cell) -> Producer:
-        name = _name(cell)
-        writer = Latest()._create(cell)
+        writer = self._create(cell)
         lagging = RingReader.attach(name, timeout=0) if self.lagging_reader else None
-        src = make_source(cell.size)
-        stamp = stamper(cell.size)
-        write = writer.write
-
-        def send(seq: int, t_ns: int) -> None:
-            stamp(src, seq, t_ns)
-            write(src)
 
         def close() -> None:
             try:
-                with RingReader.attach(name, timeout=0) as reader, reader.latest(0) as frame:
-                    if read_head(frame.array) != PHASE_END:
-                        raise RuntimeError("the newest frame is not the end frame")
+                self._check(name)
             finally:
                 if lagging is not None:
                     lagging.close()
                 writer.close()
 
-        return Producer(send, close)
+        return Producer(_copy_in(writer, cell), close)
+
+
+class OverwriteAlone(WriteAlone):
+    """write() into the latest-frame cell's overwrite ring, no reader attached."""
+
+    name = "shmring-overwrite-alone"
+
+    def _create(self, cell: Cell) -> Any:
+        return Latest()._create(cell)
+
+    def _check(self, name: str) -> None:
+        """After the run: the newest frame the ring keeps is the PHASE_END frame."""
+        with RingReader.attach(name, timeout=0) as reader, reader.latest(0) as frame:
+            if read_head(frame.array) != PHASE_END:
+                raise RuntimeError("the newest frame is not the end frame")
 
 
 class OverwriteLagging(OverwriteAlone):
