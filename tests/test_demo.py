@@ -11,7 +11,6 @@ import glob
 import json
 import os
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import end_started
+from helpers import end_started, readline_within
 
 pytestmark = pytest.mark.slow  # the six-process demo, end to end
 
@@ -76,14 +75,18 @@ def finish(demo: subprocess.Popen[str], timeout: float = RUN_TIMEOUT_S) -> str:
 
 
 def read_until(demo: subprocess.Popen[str], pattern: str, timeout: float) -> str:
-    """The demo's output up to the first line matching `pattern`."""
+    """The demo's output up to the first line matching `pattern`, read from the pipe's
+    descriptor (readline_within): a buffered readline could take several lines at once,
+    which select() would then not see."""
     assert demo.stdout is not None
     deadline = time.monotonic() + timeout
     seen = []
     while (left := deadline - time.monotonic()) > 0:
-        readable, _, _ = select.select([demo.stdout], [], [], left)
-        line = demo.stdout.readline() if readable else ""
-        if readable and not line:
+        try:
+            line = readline_within(demo.stdout, left)
+        except AssertionError:  # nothing more within the time left
+            break
+        if not line:
             break  # the demo ended
         seen.append(line)
         if re.search(pattern, line):
