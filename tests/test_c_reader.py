@@ -838,6 +838,20 @@ def test_refuses_other_versions_and_geometries(any_reader: Path, case: str) -> N
     assert message in err and out == ""
 
 
+def test_refuses_a_fifo_planted_under_the_name_without_blocking(c_reader: Path) -> None:
+    """POSIX leaves an O_RDWR open of a FIFO undefined (Linux does not block it; a system
+    may): the reader opens without blocking and refuses what is not a regular file, saying
+    so."""
+    name = unique_name("cfifo")
+    os.mkfifo(seg_path(name), 0o600)
+    try:
+        code, out, err = _run(_start(c_reader, name, 1))
+    finally:
+        os.unlink(seg_path(name))
+    assert code == EXIT_REFUSED and out == "", err
+    assert "is not a regular file" in err
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a ring to another user")
 def test_refuses_another_users_ring_unless_told_its_owner(
     c_reader: Path, start_writer: Any

@@ -6,6 +6,7 @@ import contextlib
 import gc
 import weakref
 from collections import Counter
+from typing import Any
 
 import numpy as np
 import pytest
@@ -356,3 +357,38 @@ def _collect_inside_a_take(allocations_ahead: int, shape: tuple[int, ...]) -> bo
             assert held_after and max(held_after) <= taken.seq, after_collections
             assert int(taken.array[0]) == 1
             return True
+
+
+class _CutShort:
+    """A reader's Taker whose take_group is interrupted (as by Ctrl-C's handler) right after
+    the call returned, before the caller stored its result."""
+
+    def __init__(self, taker: Any) -> None:
+        self._taker = taker
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self._taker, attribute)
+
+    def take_group(self, *args: Any) -> Any:
+        self._taker.take_group(*args)
+        raise KeyboardInterrupt
+
+
+def test_a_group_take_cut_short_before_its_frame_is_built_lets_it_go() -> None:
+    """A frame of its own shape is built in Python after take_group held it; an interrupt
+    before that leaves nobody to release it, so the member lets it go (out of `held`,
+    R_RELEASE back to nothing) and the writer keeps its space."""
+    name, slots = unique_name("cut"), 4
+    with (
+        RingWriter.create(name, (64,), np.uint8, slots=slots) as w,
+        RingReader.attach(name, group="g") as r,
+    ):
+        w.write(np.ones(16, np.uint8), timeout=0)  # its own shape: built in Python
+        taker = r._taker
+        r._taker = _CutShort(taker)  # type: ignore[assignment]
+        with pytest.raises(KeyboardInterrupt):
+            r.read(0)
+        r._taker = taker
+        assert r._held == [] and r._record[L.R_RELEASE] == L.NONE
+        for _ in range(slots):  # the whole ring is the writer's again
+            w.write(np.ones(64, np.uint8), timeout=0)

@@ -57,6 +57,30 @@ def test_mode_option_is_exact_whatever_the_umask(mode: int) -> None:
         assert file_mode(name) == mode
 
 
+@pytest.mark.parametrize("mode", [0o600, 0o660, 0o666])
+def test_a_new_ring_file_is_private_until_its_mode_is_set(
+    mode: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file is made 0600 and given its mode (fchmod) afterwards: made with the mode
+    itself, the umask could leave it readable by others for a moment (0666 & ~022 = 0644),
+    long enough to open it read-only and keep that descriptor (checked_mode says why that
+    matters)."""
+    made: list[int] = []
+    real_open = os.open
+
+    def watched(path: Any, flags: int, mode: int = 0o777, *args: Any, **kwargs: Any) -> int:
+        if flags & os.O_CREAT or flags & os.O_TMPFILE == os.O_TMPFILE:
+            made.append(mode)
+        return real_open(path, flags, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", watched)
+    name = unique_name()
+    with RingWriter.create(name, (16,), np.uint8, mode=mode):
+        monkeypatch.undo()
+        assert stat.S_IMODE(os.stat(seg_path(name)).st_mode) == mode
+    assert made == [0o600]
+
+
 @pytest.mark.parametrize(
     ("mode", "who"),
     [(0o640, "its group"), (0o644, "its group"), (0o604, "other users"), (0o664, "other users")],

@@ -376,7 +376,10 @@ static int attach(struct ring *r) {
     r->page = (uint64_t)sysconf(_SC_PAGESIZE);
     r->cpus = sysconf(_SC_NPROCESSORS_ONLN);
     snprintf(r->path, sizeof r->path, "%s%s", SHMRING_SHM_PREFIX, r->name);
-    r->fd = open(r->path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    /* O_NONBLOCK: POSIX leaves an O_RDWR open of a FIFO (planted under the name) undefined,
+     * and a system may block it until the other end opens; cleared once the entry proves a
+     * regular file. */
+    r->fd = open(r->path, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (r->fd < 0) {
         if (errno == ENOENT) {
             return fail(r, EXIT_REFUSED, "no such ring (%s does not exist)", r->path);
@@ -386,6 +389,15 @@ static int attach(struct ring *r) {
     struct stat file;
     if (fstat(r->fd, &file) != 0) {
         return fail(r, EXIT_DAMAGED, "fstat: %s", strerror(errno));
+    }
+    if (!S_ISREG(file.st_mode)) {
+        return fail(r, EXIT_REFUSED,
+                    "%s is not a regular file (a FIFO, socket or device planted under the "
+                    "name?): no ring. Remove it (shmring rm %s) and create the ring again",
+                    r->path, r->name);
+    }
+    if (fcntl(r->fd, F_SETFL, fcntl(r->fd, F_GETFL) & ~O_NONBLOCK) != 0) {
+        return fail(r, EXIT_DAMAGED, "fcntl: %s", strerror(errno));
     }
     r->inode = file.st_ino;
     /* Before reading a byte: whoever owns the file can feed this reader frames, and any

@@ -664,32 +664,37 @@ class RingReader(AsyncReading, RingHandle):
     def _take_group(self, latest: bool) -> Frame | None:
         """Block policy, a group member: claim the group's next (or newest) frame lock-free
         in C (_taker.c, take_group), which holds it for this member before claiming it, and
-        records it in `held` before anything can run a finalizer that releases frames."""
+        records it in `held` before anything can run a finalizer that releases frames. A
+        frame C cannot build (own shape or metadata) is built here; if that is cut short
+        (an exception, Ctrl-C even before the call's result is stored), it is let go."""
         held, carried = self._held, self._carried_drops
-        taken = self._taker.take_group(self, held, latest, carried)
-        if taken is None:
-            return None
-        if isinstance(taken, Frame):
-            frame, seq, dropped = taken, taken.seq, taken.dropped
-            self._pending = frame
-        elif isinstance(taken, tuple):  # its own shape or metadata: built here, held already
-            seq, dropped = taken
-            if seq == L.NONE:  # no frame, only numbers published as skips: dropped, and
-                self._taker.release(min(held) if held else L.NONE)  # reported by the next frame
-                self._count_dropped(dropped - carried)
-                self._carried_drops = dropped
+        try:
+            taken = self._taker.take_group(self, held, latest, carried)
+            if taken is None:
                 return None
-            try:
+            if isinstance(taken, Frame):
+                frame, seq, dropped = taken, taken.seq, taken.dropped
+                self._pending = frame
+            elif isinstance(taken, tuple):  # its own shape or metadata: held already
+                seq, dropped = taken
+                if seq == L.NONE:  # no frame, only numbers published as skips: dropped,
+                    self._taker.release(min(held) if held else L.NONE)  # and reported by
+                    self._count_dropped(dropped - carried)  # the next frame
+                    self._carried_drops = dropped
+                    return None
                 frame = self._frame(seq, dropped)
-            except BaseException:  # never handed out: let it go
-                held.remove(seq)
+                self._taker.unbuilt()  # a Frame holds it now
+            else:  # a state a block ring cannot be in (no plain store may race the swaps)
+                raise RingCorrupted(
+                    f"ring {self._p.name!r}: group {self._group_name!r}'s cursor is outside "
+                    "the window of published frames; the header was overwritten"
+                )
+        except BaseException:
+            unbuilt = self._taker.unbuilt()
+            if unbuilt in held:  # never handed out: let it go
+                held.remove(unbuilt)
                 self._taker.release(min(held) if held else L.NONE)
-                raise
-        else:  # a state a block ring cannot be in (no plain store may race the swaps)
-            raise RingCorrupted(
-                f"ring {self._p.name!r}: group {self._group_name!r}'s cursor is outside the "
-                "window of published frames; the header was overwritten"
-            )
+            raise
         self._taker.release(min(held))
         self._carried_drops = 0
         if dropped > carried:

@@ -216,7 +216,7 @@ class Segment:
             raise _no_space(name, size, available)
         geometry.check_size()  # a /dev/shm larger than the limit: what unpack would refuse
         _reclaim_abandoned_temps()
-        fd, temp = _new_file(mode)
+        fd, temp = _new_file()
         try:
             os.fchmod(fd, mode)  # exact mode, whatever the umask
             try:
@@ -463,10 +463,13 @@ def _check_owner(fd: int, name: str, owners: frozenset[int]) -> None:
         )
 
 
-def _new_file(mode: int) -> tuple[int, str | None]:
+def _new_file() -> tuple[int, str | None]:
     """A new, empty file in /dev/shm for a ring: nameless (O_TMPFILE) where the kernel can,
     else under a temporary name (returned) whose creator lock is taken at once, so that
-    _reclaim_abandoned_temps can tell a live creation from one that died."""
+    _reclaim_abandoned_temps can tell a live creation from one that died. Mode 0600 until
+    the caller sets the ring's: with the umask, another mode could let other users open
+    it read-only meanwhile (checked_mode says why that matters)."""
+    mode = 0o600
     try:
         return os.open(SHM_DIR, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, mode), None
     except OSError as exc:

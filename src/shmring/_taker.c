@@ -155,6 +155,7 @@ typedef struct {
      * the frame's seq (NONE: the slot is free) and buffer; and the top it stored last. */
     uint64_t pin_seq[SHMRING_MAX_PINS], pin_buffer[SHMRING_MAX_PINS];
     uint64_t pin_top;
+    uint64_t unbuilt; /* a frame take_group held and returned as (seq, skipped), else NONE */
     pid_t pid; /* the process that made it: close() unpins only there (not in a forked child) */
 } Taker;
 
@@ -238,6 +239,7 @@ static int Taker_init(Taker *self, PyObject *args, PyObject *kwargs) {
         self->pin_seq[slot] = SHMRING_NONE;
     }
     self->pin_top = 0;
+    self->unbuilt = SHMRING_NONE;
     self->pid = getpid();
     self->no_meta = PyBytes_FromStringAndSize(NULL, 0);
     if (self->no_meta == NULL) {
@@ -848,16 +850,23 @@ static PyObject *Taker_take_group(Taker *self, PyObject *const *args, Py_ssize_t
         if (record_held(args[1], seq, release, held) < 0) {
             return NULL;
         }
+        int built_here = flags == 0 && buffer < self->nbuffers &&
+                         buffer < (uint64_t)PyList_GET_SIZE(self->buffers);
+        if (!built_here) {
+            self->unbuilt = seq; /* until the caller's Frame holds it (unbuilt()) */
+        }
         PyObject *taken =
-            flags != 0 || buffer >= self->nbuffers ||
-                    buffer >= (uint64_t)PyList_GET_SIZE(self->buffers)
-                ? Py_BuildValue("(KK)", (unsigned long long)seq, (unsigned long long)skipped)
-                : build_frame(self, self->collectable_frame_type, args[0], seq, buffer,
-                              load(&descriptor[SHMRING_D_TIMESTAMP]), skipped);
+            built_here ? build_frame(self, self->collectable_frame_type, args[0], seq, buffer,
+                                     load(&descriptor[SHMRING_D_TIMESTAMP]), skipped)
+                       : Py_BuildValue("(KK)", (unsigned long long)seq, (unsigned long long)skipped);
         if (taken == NULL) { /* (out of memory) lost to the group, as above */
+            self->unbuilt = SHMRING_NONE;
             Py_ssize_t last = PyList_GET_SIZE(args[1]) - 1;
-            PyList_SetSlice(args[1], last, last + 1, NULL);
-            store(release, held);
+            uint64_t lowest = SHMRING_NONE;
+            if (PyList_SetSlice(args[1], last, last + 1, NULL) == 0) { /* a finalizer during */
+                lowest_held(args[1], &lowest); /* the allocation may have released others */
+            }
+            store(release, lowest);
         }
         return taken;
     }
@@ -865,6 +874,15 @@ static PyObject *Taker_take_group(Taker *self, PyObject *const *args, Py_ssize_t
         return Py_BuildValue("(KK)", (unsigned long long)SHMRING_NONE, (unsigned long long)passed);
     }
     Py_RETURN_NONE; /* the other members kept winning: the caller looks again */
+}
+
+/* unbuilt(): the seq of the frame take_group last returned as (seq, skipped), which the
+ * caller holds (in `held`) and builds; NONE if none. Forgets it: the caller asks once it
+ * built the Frame, or when the building was cut short, to let the frame go. */
+static PyObject *Taker_unbuilt(Taker *self, PyObject *Py_UNUSED(ignored)) {
+    uint64_t seq = self->unbuilt;
+    self->unbuilt = SHMRING_NONE;
+    return PyLong_FromUnsignedLongLong(seq);
 }
 
 /* pin(seq): for the general path (group members, frames of their own shape), which holds
@@ -1016,6 +1034,8 @@ static PyMethodDef Taker_methods[] = {
     {"take_group", (PyCFunction)(void (*)(void))Taker_take_group, METH_FASTCALL,
      "take_group(reader, held, latest, carried) -> the group's next (or newest) frame, now this "
      "member's; (seq, skipped) to build; None; or TAKE_FALLBACK (see _taker.c)."},
+    {"unbuilt", (PyCFunction)Taker_unbuilt, METH_NOARGS,
+     "unbuilt() -> the frame take_group last returned to be built, now forgotten; NONE."},
     {"pin", (PyCFunction)Taker_pin, METH_O,
      "pin(seq) -> the buffer of frame seq, now pinned by this reader, or -1 (see _taker.c)."},
     {"holds", (PyCFunction)Taker_holds, METH_O,
