@@ -28,8 +28,20 @@ QUICK_TESTS := -m 'not slow and not stress' -k 'not 480x640x3 and not vga and no
 	tests/test_overwrite.py tests/test_taker.py tests/test_fastpath.py tests/test_async.py \
 	tests/test_signals.py tests/test_errors.py
 .PRECIOUS: .venv-%/bin/python .venv-%/.installed build/sdist/.built
+# The C core under AddressSanitizer and UndefinedBehaviorSanitizer (~2 min): the tests that
+# drive its every step (write, claim, take, wait, several writers, overwrite pins, repairs,
+# kills), the package imported from build/sanitized, built with both. A memory error or
+# undefined behaviour aborts the process it happens in (the report on stderr), and so fails
+# the test. Not here: tests that cap their address space (ASan maps terabytes of shadow)
+# or measure memory.
+SANITIZE := -fsanitize=address,undefined
+SANITIZED_TESTS := tests/test_fastpath.py tests/test_taker.py tests/test_overwrite.py \
+	tests/test_overwrite_pins.py tests/test_fanout_groups.py tests/test_topologies.py \
+	tests/test_stalls.py tests/test_lockfree_words.py tests/test_skip.py tests/test_hold_rules.py \
+	tests/test_state_machine.py tests/test_crash.py tests/test_lifecycle.py tests/test_stream.py \
+	tests/test_buffer_reuse.py tests/test_bad_input.py tests/test_async.py
 
-.PHONY: demo test test-pythons python-claims lint typecheck bench wheel clean
+.PHONY: demo test test-pythons python-claims lint typecheck bench wheel clean sanitize
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,7 +64,7 @@ typecheck: $(STAMP)
 # The other Pythons' venvs first: a missing interpreter fails in seconds, not after the suite.
 test: lint typecheck python-claims $(OTHER_STAMPS)
 	$(BIN)/python -m pytest -q
-	@$(MAKE) --no-print-directory test-pythons
+	@$(MAKE) --no-print-directory test-pythons sanitize
 
 python-claims:
 	@grep -qxF 'requires-python = ">=$(firstword $(PYTHONS))"' pyproject.toml \
@@ -66,6 +78,31 @@ test-python%: .venv-%/.installed
 	.venv-$*/bin/python -c 'import shmring._fastpath as f, sys; \
 	  assert "site-packages" in f.__file__, f.__file__; print(sys.version.split()[0], f.__file__)'
 	.venv-$*/bin/python -m pytest -q -p no:cacheprovider $(QUICK_TESTS)
+
+# ASan's runtime must be the first library loaded (LD_PRELOAD); SIGBUS is left to the
+# kernel, as tests of truncated rings expect. Reports go to files, which are printed: pytest
+# would swallow the stderr of a process that aborts, and tests that kill processes on
+# purpose would not notice one that aborted. Undefined behaviour traps (SIGILL), which ASan
+# reports with its stack into the same files (GCC's UBSan runtime writes to stderr whatever
+# its log_path says). The first two lines check what is tested.
+SANITIZER_REPORTS := $(CURDIR)/build/sanitized/report
+SANITIZED_RUN = LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" PYTHONPATH=build/sanitized \
+	ASAN_OPTIONS=detect_leaks=0:handle_sigbus=0:handle_sigill=1:log_path=$(SANITIZER_REPORTS) \
+	$(BIN)/python
+
+sanitize: build/sanitized/.built
+	ldd build/sanitized/shmring/_fastpath.*.so | grep -q libasan
+	$(SANITIZED_RUN) -c 'import shmring._fastpath as f; assert "build/sanitized" in f.__file__, f.__file__'
+	rm -f $(SANITIZER_REPORTS).*
+	$(SANITIZED_RUN) -m pytest -q -p no:cacheprovider $(SANITIZED_TESTS); status=$$?; \
+	  if ls $(SANITIZER_REPORTS).* >/dev/null 2>&1; then cat $(SANITIZER_REPORTS).*; exit 1; fi; \
+	  exit $$status
+
+build/sanitized/.built: $(STAMP) $(PACKAGE_SOURCES)
+	rm -rf build/sanitized
+	CFLAGS="-g $(SANITIZE) -fsanitize-undefined-trap-on-error -fno-omit-frame-pointer" \
+	  LDFLAGS="$(SANITIZE)" $(BIN)/python -m pip install --quiet --no-deps --target build/sanitized .
+	touch $@
 
 # From the sdist, as pip installs it from PyPI: a clean build of the extension per Python.
 .venv-%/.installed: .venv-%/bin/python build/sdist/.built
