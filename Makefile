@@ -31,8 +31,8 @@ QUICK_TESTS := -m 'not slow and not stress' -k 'not 480x640x3 and not vga and no
 # The C core under AddressSanitizer and UndefinedBehaviorSanitizer (~2 min): the tests that
 # drive its every step (write, claim, take, wait, several writers, overwrite pins, repairs,
 # kills), the package imported from build/sanitized, built with both. A memory error or
-# undefined behaviour aborts the process it happens in (the report on stderr), and so fails
-# the test. Not here: tests that cap their address space (ASan maps terabytes of shadow)
+# undefined behaviour aborts the process it happens in and leaves a report, which fails the
+# run (below). Not here: tests that cap their address space (ASan maps terabytes of shadow)
 # or measure memory.
 SANITIZE := -fsanitize=address,undefined
 SANITIZED_TESTS := tests/test_fastpath.py tests/test_taker.py tests/test_overwrite.py \
