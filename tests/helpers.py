@@ -549,6 +549,35 @@ class Waiter(threading.Thread):
         assert not self.is_alive(), f"waiting thread still blocked after {timeout} s"
 
 
+SYS_FUTEX = 202  # x86_64
+_FUTEX_CMD = 0x7F  # the command bits of futex(2)'s op (without PRIVATE/CLOCK_REALTIME)
+_FUTEX_WAITS = {0, 9}  # FUTEX_WAIT, FUTEX_WAIT_BITSET
+
+
+def started_thread(run: Callable[[], None]) -> threading.Thread:
+    """A thread running `run`, returned once it has started (its native id is known)."""
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + WAIT
+    while thread.native_id is None and time.monotonic() < deadline:
+        time.sleep(0.001)  # bounded poll for the thread to start
+    return thread
+
+
+def wait_until_asleep_in_futex(thread: threading.Thread, timeout: float = WAIT) -> None:
+    """Return once `thread` (started) sleeps in futex(2) waiting (/proc/self/task/TID/syscall),
+    not in the FUTEX_WAKE_OP with which a reader counts itself as a sleeper."""
+    path = f"/proc/self/task/{thread.native_id}/syscall"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(path) as f:
+            call = f.read().split()
+        if call[0] == str(SYS_FUTEX) and int(call[2], 16) & _FUTEX_CMD in _FUTEX_WAITS:
+            return
+        time.sleep(0.001)  # bounded poll for the thread to block
+    raise AssertionError("the thread never slept in futex()")
+
+
 def bounded(fn: Callable[[], Any], timeout: float = WAIT) -> Any:
     """Run a call that has no timeout of its own (e.g. iterating a reader) in a thread and
     fail if it has not returned after ``timeout`` s, instead of hanging the suite."""

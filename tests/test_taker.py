@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import SLACK, WAIT, unique_name
+from helpers import SLACK, WAIT, started_thread, unique_name, wait_until_asleep_in_futex
 
 import shmring._layout as L
 from shmring import Frame, RingCorrupted, RingReader, RingWriter
@@ -21,7 +21,6 @@ from shmring._fastpath import FrameBase, Taker
 from shmring._reader import taker_arguments
 
 SHAPE = (4, 6)
-SYS_FUTEX = 202  # x86_64
 
 
 def _frame(value: int) -> np.ndarray:
@@ -124,10 +123,6 @@ def test_wait_does_not_sleep_once_the_stream_is_closed() -> None:
         assert list(r) == []  # ... and iteration reports the end of the stream
 
 
-_FUTEX_CMD = 0x7F  # the command bits of futex(2)'s op (without PRIVATE/CLOCK_REALTIME)
-_FUTEX_WAITS = {0, 9}  # FUTEX_WAIT, FUTEX_WAIT_BITSET
-
-
 def _sleep_in_wait(reader: RingReader, seq: int, out: list[Any]) -> threading.Thread:
     """A thread that counts `reader` as a sleeper and waits in Taker.wait; returned once it
     sleeps in futex(2). Its wait lasts 3 * WAIT: a test that joins it within WAIT sees a
@@ -142,20 +137,9 @@ def _sleep_in_wait(reader: RingReader, seq: int, out: list[Any]) -> threading.Th
         finally:
             reader._uncount()
 
-    thread = threading.Thread(target=run)
-    thread.start()
-    deadline = time.monotonic() + WAIT
-    while thread.native_id is None and time.monotonic() < deadline:
-        time.sleep(0.001)  # bounded poll for the thread to start
-    path = f"/proc/self/task/{thread.native_id}/syscall"
-    while time.monotonic() < deadline:
-        with open(path) as f:
-            call = f.read().split()
-        # futex(FUTEX_WAIT...), not the FUTEX_WAKE_OP with which _count() adds itself
-        if call[0] == str(SYS_FUTEX) and int(call[2], 16) & _FUTEX_CMD in _FUTEX_WAITS:
-            return thread
-        time.sleep(0.001)  # bounded poll for the thread to block
-    raise AssertionError("the waiting thread never slept in futex()")
+    thread = started_thread(run)
+    wait_until_asleep_in_futex(thread)
+    return thread
 
 
 def test_a_write_wakes_the_wait_with_the_frame() -> None:

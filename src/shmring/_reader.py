@@ -254,14 +254,17 @@ class RingReader(AsyncReading, RingHandle):
     # ---- reading -----------------------------------------------------------------------
     def read(self, timeout: float | None = None) -> Frame:
         """The next frame, held until released (use `with r.read() as frame:`)."""
-        if self._p.closed:
-            self._p.check_usable()
         deadline = None if timeout is None else deadline_from(timeout)
+        self._calls += 1
         try:
+            if self._p.closed:
+                self._p.check_usable()
             frame = self._wait_for(lambda: self._take_next(deadline), deadline)
         except BaseException:
             self._release_pending()
             raise
+        finally:
+            self._calls -= 1
         self._pending = None
         return frame
 
@@ -280,10 +283,9 @@ class RingReader(AsyncReading, RingHandle):
         p = self._p
         held = self._held
         taker = self._taker
-        take, advance, wait, release = taker.take, taker.advance, taker.wait, taker.release
+        advance = taker.advance
         # Local names, one fast lookup each: every Python lookup shows at 64-byte frames.
         is_published = taker.published
-        sleeps_at_once, spinning_pays = not self._spin, p.spinning_pays
 
         def published() -> int | None:
             seq = self._next
@@ -317,39 +319,7 @@ class RingReader(AsyncReading, RingHandle):
                         held[0] = seq
                         alone._reader = None
                 if frame is None and not is_published(seq):
-                    # Asking for the next frame means being done with the last: release it
-                    # before waiting, so the writer reuses that buffer, which is still in cache
-                    # (a large frame's writer waits for it: _writer.py, "hot buffer").
-                    if alone is not None:  # _release_last's store, without its Python steps
-                        release(seq)  # first: a Ctrl-C after it leaves a frame to release again
-                        held.clear()
-                        alone._reader = None
-                        self._last = None
-                    else:
-                        self._release_last()
-                    if (
-                        (sleeps_at_once or not spinning_pays())
-                        and not self._carried_drops
-                        and (sleeps_at_once or self._yield_poll(published) is None)
-                    ):
-                        self._count()
-                        frame = self._pending = wait(self, seq, POLL_SLICE)  # one sleep
-                        if frame is not None:
-                            self._uncount()  # running again (see _counted)
-                            if self._paces_sleeps:
-                                self._pacer.arrived(seq, time.monotonic())
-                    if frame is None:  # polling, timed out, closed, or not for take()
-                        try:
-                            self._wait_for(published, None)
-                        except EndOfStream:
-                            return
-                        frame = self._pending = None if self._carried_drops else take(self, seq)
-                    if frame is not None and not held:  # (held: frames kept from read())
-                        # R_RELEASE reads seq already (_release stored self._next).
-                        self._next = seq + 1
-                        held.append(seq)
-                    else:
-                        frame = self._pending = None
+                    frame = self._wait_in_iteration(seq, alone, published)
                 if frame is None:
                     frame = self._next_by_general_path()
                     if frame is None:
@@ -361,6 +331,55 @@ class RingReader(AsyncReading, RingHandle):
             self._uncount()  # e.g. Ctrl-C in a sleep: the caller may not come back for long
             self._release_pending()  # or between taking a frame and handing it out
             raise
+
+    def _wait_in_iteration(
+        self, seq: int, alone: Frame | None, published: Callable[[], int | None]
+    ) -> Frame | None:
+        """_iterate_own's wait for frame `seq`, not yet published: the frame, or None for
+        the general path (which also reports the end of the stream)."""
+        p, held, taker = self._p, self._held, self._taker
+        self._calls += 1
+        try:
+            if p.closed:
+                p.check_usable()  # closed by another thread since the loop looked
+            # Asking for the next frame means being done with the last: release it before
+            # waiting, so the writer reuses that buffer, which is still in cache (a large
+            # frame's writer waits for it: _writer.py, "hot buffer").
+            if alone is not None:  # _release_last's store, without its Python steps
+                taker.release(seq)  # first: a Ctrl-C after it leaves a frame to release again
+                held.clear()
+                alone._reader = None
+                self._last = None
+            else:
+                self._release_last()
+            frame = None
+            sleeps_at_once = not self._spin
+            if (
+                (sleeps_at_once or not p.spinning_pays())
+                and not self._carried_drops
+                and (sleeps_at_once or self._yield_poll(published) is None)
+            ):
+                self._count()
+                frame = self._pending = taker.wait(self, seq, POLL_SLICE)  # one sleep
+                if frame is not None:
+                    self._uncount()  # running again (see _counted)
+                    if self._paces_sleeps:
+                        self._pacer.arrived(seq, time.monotonic())
+            if frame is None:  # polling, timed out, closed, or not for take()
+                try:
+                    self._wait_for(published, None)
+                except EndOfStream:
+                    return None
+                frame = self._pending = None if self._carried_drops else taker.take(self, seq)
+            if frame is not None and not held:  # (held: frames kept from read())
+                # R_RELEASE reads seq already (_release stored self._next).
+                self._next = seq + 1
+                held.append(seq)
+                return frame
+            self._pending = None
+            return None
+        finally:
+            self._calls -= 1
 
     def _iterate(self) -> Iterator[Frame]:
         try:
@@ -375,9 +394,11 @@ class RingReader(AsyncReading, RingHandle):
     def _next_by_general_path(self) -> Frame | None:
         """One step of iteration: the next frame, the previous one released; None at end of
         stream."""
-        if not self._block:
-            self._release_last()  # pinned frames are scarce: one pin less to ask for
+        self._calls += 1
         try:
+            self._p.check_usable()
+            if not self._block:
+                self._release_last()  # pinned frames are scarce: one pin less to ask for
             frame = self._take_next()
             if frame is None:
                 # Asking for the next frame means being done with the last: release it
@@ -389,6 +410,8 @@ class RingReader(AsyncReading, RingHandle):
         except EndOfStream:
             self._release_last()
             return None
+        finally:
+            self._calls -= 1
         self._release_last()
         return frame
 
@@ -402,15 +425,18 @@ class RingReader(AsyncReading, RingHandle):
     def latest(self, timeout: float | None = None) -> Frame:
         """The newest published frame; older unread ones are skipped (and counted as
         dropped). Releases the frame the previous `latest()` returned."""
-        self._p.check_usable()
-        if not self._block:
-            self._release_last()  # pinned frames are scarce: one pin less to ask for
         deadline = deadline_from(timeout)
+        self._calls += 1
         try:
+            self._p.check_usable()
+            if not self._block:
+                self._release_last()  # pinned frames are scarce: one pin less to ask for
             frame = self._wait_for(lambda: self._take_latest(deadline), deadline)
         except BaseException:
             self._release_pending()
             raise
+        finally:
+            self._calls -= 1
         self._release_last()
         self._last = frame
         self._pending = None
@@ -431,7 +457,9 @@ class RingReader(AsyncReading, RingHandle):
                 self._uncount()
             return frame
         p, control = self._p, self._control
+        self._calls += 1
         try:
+            p.check_usable()  # (closed by another thread since the look above)
             if self._spin:
                 polled = self._poll if p.spinning_pays() else self._yield_poll
                 frame = polled(take, deadline)  # _poll may nap as a counted sleeper
@@ -463,6 +491,8 @@ class RingReader(AsyncReading, RingHandle):
         except BaseException:
             self._uncount()  # the caller may not come back for a long time
             raise
+        finally:
+            self._calls -= 1
 
     def _poll(self, take: Callable[[], _Ready | None], deadline: float | None) -> _Ready | None:
         """The polling part of a wait: nap first if the stream is steady (_pacing.py), then
@@ -934,7 +964,8 @@ class RingReader(AsyncReading, RingHandle):
         return self._p.geometry.dtype
 
     def close(self) -> None:
-        self._taker.close()  # first: it raises if another thread waits in it for a frame
+        self._refuse_close_in_call()  # first: nothing is closed if a call is under way
+        self._taker.close()  # it raises if another thread waits in it for a frame
         super().close()
 
     def _forget_after_fork(self) -> None:

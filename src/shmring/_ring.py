@@ -752,6 +752,12 @@ class RingHandle:
 
     _p: Participant
     _finalizer: Callable[[], object]  # a weakref.finalize: leaves the ring once
+    # Calls on this handle under way in a wait or a step of its slow path, in any thread:
+    # close() refuses meanwhile (as the C objects refuse while a thread is inside them), so
+    # that no call finds its handle gone half-way. Each such call counts itself first, then
+    # checks that the handle is open (check_usable): a close() before the count is reported
+    # by the call, one after it is refused.
+    _calls = 0
 
     def _leave_at(self, finalizer: Callable[[], object]) -> None:
         """The last step of construction: how this handle leaves the ring, and tracking
@@ -772,7 +778,17 @@ class RingHandle:
         """Leave the ring (idempotent). A reader's held frames are released; the last writer
         to leave ends the stream (readers drain what was published, then get EndOfStream);
         the creator also unlinks the ring's name."""
+        self._refuse_close_in_call()
         self._finalizer()
+
+    def _refuse_close_in_call(self) -> None:
+        """Raise RuntimeError if a call on this handle is under way (see _calls)."""
+        if self._calls:
+            raise RuntimeError(
+                f"ring {self._p.name!r}: close() while a call on this handle is under way in "
+                "another thread (or in the code a signal handler interrupted); nothing was "
+                "closed. Close it after that call returns: a handle is one thread's at a time"
+            )
 
     def __enter__(self) -> Self:
         return self

@@ -397,7 +397,16 @@ class RingWriter(AsyncWriting, RingHandle):
         self, frame: np.ndarray, timeout: float | None, timestamp_ns: int | None, meta: bytes
     ) -> int:
         """write() for every case: validation, shared mode, overwrite, waiting for space."""
-        self._p.check_usable()
+        self._calls += 1
+        try:
+            self._p.check_usable()
+            return self._write_counted(frame, timeout, timestamp_ns, meta)
+        finally:
+            self._calls -= 1
+
+    def _write_counted(
+        self, frame: np.ndarray, timeout: float | None, timestamp_ns: int | None, meta: bytes
+    ) -> int:
         deadline = deadline_from(timeout)
         timestamp_ns, meta = self._checked_stamp_and_meta(timestamp_ns, meta)
         try:
@@ -489,16 +498,25 @@ class RingWriter(AsyncWriting, RingHandle):
         return tuple(shape)
 
     def _take_buffer(self, deadline: float | None) -> int:
-        if not self._joined:
-            self._join(deadline)
-        if self._stranded >= 0:  # still claimed by this writer: fill it again
-            return self._unstrand()
-        buffer = self._take_buffer_exclusive(deadline)
-        if buffer < 0 and self._block and self._spin:
-            buffer = self._poll_for_space(deadline)
-        if buffer >= 0:
-            return buffer
-        return self._wait_for_buffer(deadline)
+        if self._fast_path:
+            buffer: int = self._claim_buffer_fast()
+            if buffer >= 0:
+                return buffer
+        self._calls += 1
+        try:
+            self._p.check_usable()  # (closed by another thread: say so)
+            if not self._joined:
+                self._join(deadline)
+            if self._stranded >= 0:  # still claimed by this writer: fill it again
+                return self._unstrand()
+            buffer = self._take_buffer_exclusive(deadline)
+            if buffer < 0 and self._block and self._spin:
+                buffer = self._poll_for_space(deadline)
+            if buffer >= 0:
+                return buffer
+            return self._wait_for_buffer(deadline)
+        finally:
+            self._calls -= 1
 
     def _poll_for_space(self, deadline: float | None) -> int:
         """Poll for a free slot for up to `spin` seconds; the buffer, or -1 (then sleep).
@@ -644,6 +662,16 @@ class RingWriter(AsyncWriting, RingHandle):
         have died there, or be stopped (SIGSTOP). The buffer and the frame's number stay
         this writer's; dead writers are reaped (which repairs what they left), then the
         step runs again, lock-free, up to the deadline."""
+        self._calls += 1
+        try:
+            self._p.check_usable()
+            return self._published_counted(seq, buffer, deadline, step)
+        finally:
+            self._calls -= 1
+
+    def _published_counted(
+        self, seq: int, buffer: int, deadline: float | None, step: Callable[[bool], int]
+    ) -> int:
         pause = STALLED_FIRST_PAUSE
         while seq == PUBLISH_STALLED:
             p = self._p
@@ -705,11 +733,16 @@ class RingWriter(AsyncWriting, RingHandle):
 
     def _abandon(self, buffer: int, deadline: float | None) -> None:
         """Give a claimed buffer back unpublished."""
-        result = self._publisher.abandon_claimed(buffer, False)
-        if result == PUBLISH_FALLBACK:  # shared mode: the same step, one writer at a time
-            result = self._locked_step(
-                buffer, deadline, lambda: self._publisher.abandon_claimed(buffer, True)
-            )
+        self._calls += 1
+        try:
+            self._p.check_usable()
+            result = self._publisher.abandon_claimed(buffer, False)
+            if result == PUBLISH_FALLBACK:  # shared mode: the same step, one writer at a time
+                result = self._locked_step(
+                    buffer, deadline, lambda: self._publisher.abandon_claimed(buffer, True)
+                )
+        finally:
+            self._calls -= 1
         if result == PUBLISH_CORRUPTED:
             raise self._corrupted_free_list()
 
@@ -719,23 +752,27 @@ class RingWriter(AsyncWriting, RingHandle):
         Under the block policy, frames published while no reader is attached are not kept
         for readers that join later, so a producer that must not lose its first frames
         waits for its consumers first."""
-        self._p.check_usable()
         L.positive_int(count, "count", 1, self._p.geometry.max_readers)
         deadline = deadline_from(timeout)
         control = self._control
-        while True:
-            self._p.check_size()  # first and after each sleep: a truncated ring raises
-            observed = load_word(control, L.C_MEMBERSHIP)
-            attached = load_word(control, L.C_READERS)
-            if attached >= count:
-                return attached
-            wait = remaining(deadline)
-            if wait <= 0:
-                raise RingTimeout(
-                    f"ring {self._p.name!r}: {attached} of {count} readers attached within "
-                    "the timeout"
-                )
-            futex_wait(self._p.membership_address, observed, wait)
+        self._calls += 1
+        try:
+            self._p.check_usable()
+            while True:
+                self._p.check_size()  # first and after each sleep: a truncated ring raises
+                observed = load_word(control, L.C_MEMBERSHIP)
+                attached = load_word(control, L.C_READERS)
+                if attached >= count:
+                    return attached
+                wait = remaining(deadline)
+                if wait <= 0:
+                    raise RingTimeout(
+                        f"ring {self._p.name!r}: {attached} of {count} readers attached "
+                        "within the timeout"
+                    )
+                futex_wait(self._p.membership_address, observed, wait)
+        finally:
+            self._calls -= 1
 
     @property
     def readers(self) -> int:
@@ -745,8 +782,9 @@ class RingWriter(AsyncWriting, RingHandle):
 
     # ---- lifecycle -----------------------------------------------------------------------
     def close(self) -> None:
+        self._refuse_close_in_call()  # first: nothing is closed if a call is under way
         if self._joined:
-            self._publisher.close()  # first: it raises if another thread's write() is under way
+            self._publisher.close()  # it raises if another thread's write() is in it
         self._fast_path = False  # before leaving: write() must take the checked path
         super().close()
 
