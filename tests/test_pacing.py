@@ -71,6 +71,17 @@ def test_no_nap_when_the_frame_is_due_too_soon_or_the_stream_is_too_fast_or_slow
     assert slow.interval is None and slow.nap_until(10, last) is None
 
 
+def test_a_nap_lasts_one_interval_at_most_after_frames_taken_without_a_wait() -> None:
+    """A burst taken without waiting leaves the reference 300 frames back: its due time is
+    300 intervals ahead, where a writer that died would keep a napping reader from seeing
+    it (a nap checks no liveness). The nap ends within one interval."""
+    pacer = Pacer(SPIN)
+    last = _steady(pacer, 10 * MS, 10)
+    now = last + 5 * MS
+    nap_end = pacer.nap_until(310, now)
+    assert nap_end is not None and nap_end == pytest.approx(now + 10 * MS)
+
+
 def test_a_pause_keeps_the_interval_and_a_new_pace_is_relearned() -> None:
     pacer = Pacer(SPIN)
     last = _steady(pacer, 2 * MS, 10)

@@ -516,6 +516,16 @@ def test_not_mcap(tmp_path: Path) -> None:
     assert not os.path.exists(seg_path(ring))
 
 
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    """Opening a FIFO for reading waits until something opens it for writing: a recording
+    is opened without waiting, and only a regular file is read."""
+    fifo = tmp_path / "pipe.mcap"
+    os.mkfifo(fifo)
+    ring = unique_name("fifo")
+    assert "is a fifo, not a recording" in run("replay", str(fifo), ring, code=1).stderr
+    assert not os.path.exists(seg_path(ring))
+
+
 def test_truncated_file(recording: Path, tmp_path: Path) -> None:
     cut = tmp_path / "cut.mcap"
     data = recording.read_bytes()

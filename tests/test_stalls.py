@@ -275,6 +275,56 @@ def test_forged_next_number_is_ring_corrupted() -> None:
         w._control[L.C_NEXT_SEQ] = w._control[L.C_HEAD]  # repaired: they close cleanly
 
 
+def test_a_forged_next_number_cannot_hold_a_writer_that_kept_a_number() -> None:
+    """An overwrite writer among several, with a number kept from a stalled publish (its
+    record's claimed_seq), must not walk head towards a forged next number: that loop held
+    the GIL and took no signal. Run in a child, which a hang would not take down with
+    the suite."""
+    script = f"""
+import numpy as np, shmring, shmring._layout as L
+a = shmring.RingWriter.create({unique_name()!r}, (4,), np.uint8, slots=4, policy="overwrite")
+a.write(np.zeros(4, np.uint8))
+b = shmring.RingWriter.attach(a.name)  # two writers: the ring is sequenced
+assert a._p.sequenced()
+a._control[L.C_NEXT_SEQ] = L.SEQ_LIMIT - 1
+for descriptor in a._p.views.descriptors:
+    descriptor[L.D_SEQ] = L.SEQ_LIMIT - 2  # every position "taken by a later number"
+a._record[L.W_CLAIMED_SEQ] = 1  # a kept number
+try:
+    a.write(np.ones(4, np.uint8), timeout=0.1)
+except shmring.RingCorrupted:
+    print("RingCorrupted")
+for writer in (b, a):  # (the creator unlinks the ring, whatever else it finds)
+    try:
+        writer.close()
+    except shmring.RingCorrupted:
+        pass
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=WAIT
+    )
+    assert done.stdout == "RingCorrupted\n", (done.stdout, done.stderr)
+
+
+def test_a_head_forged_for_a_moment_does_not_move_latest_past_every_frame() -> None:
+    name = unique_name()
+    with (
+        RingWriter.create(name, SMALL, np.uint8, slots=8) as w,
+        RingReader.attach(name) as r,
+    ):
+        w.write(np.zeros(SMALL, np.uint8), WAIT)
+        assert r.latest(WAIT).seq == 0
+        head = w._control[L.C_HEAD]
+        w._control[L.C_HEAD] = 1 << 40  # forged, for one call
+        with pytest.raises(RingCorrupted, match="inconsistent"):
+            r.latest(TIMEOUT)
+        w._control[L.C_HEAD] = head  # put back
+        for value in range(1, 4):
+            w.write(np.full(SMALL, value, np.uint8), WAIT)
+        with r.read(WAIT) as frame:
+            assert frame.seq == 1 and int(frame.array.flat[0]) == 1
+
+
 class _Ticker:
     """A task that ticks every 1 ms on the running loop: its longest gap shows whether
     anything blocked the loop meanwhile."""

@@ -81,7 +81,10 @@ class Pacer:
         nap_end = self._ref_time + (seq - self._ref_seq) * interval - self.lead
         if nap_end - now < NAP_MIN:
             return None
-        return nap_end
+        # At most one interval: frames taken without a wait since the reference (a burst,
+        # or a head that jumped) would put the due time far ahead, and a nap checks no
+        # writer's liveness (a dead writer's WriterGone must not wait for it).
+        return min(nap_end, now + interval)
 
     def due(self, seq: int) -> float:
         """When frame `seq` is expected (only meaningful after nap_until gave a time)."""

@@ -511,14 +511,26 @@ static void raise_tail(Publisher *self, uint64_t floor) {
     }
 }
 
+/* Overwrite, sequenced: how far past head writers can have taken numbers: up to 2 x slots
+ * (publish_owned's check), and a few more by writers that passed the check together. A
+ * next number further ahead is damage (_ring.check_counters allows as much). */
+static uint64_t claims_ahead(const Publisher *self) {
+    return 3 * self->slots + SHMRING_MAX_WRITERS;
+}
+
 /* Move C_HEAD over every published number from where it is. Under the overwrite policy also
  * over a number whose position a later frame took (that frame is lost), raising C_TAIL
  * first so that the window never outgrows the ring (head - tail <= slots). */
 static void help_head(Publisher *self) {
     uint64_t *head_word = &self->control[SHMRING_C_HEAD];
     uint64_t head = __atomic_load_n(head_word, __ATOMIC_SEQ_CST);
-    /* Overwrite: never past the numbers claimed (whatever a damaged descriptor says) */
+    /* Overwrite: never past the numbers claimed (whatever a damaged descriptor says), nor
+     * further than writers can have claimed past head (whatever a damaged next number says:
+     * this loop holds the GIL, and must end) */
     uint64_t limit = self->overwrite ? load(&self->control[SHMRING_C_NEXT_SEQ]) : SHMRING_SEQ_LIMIT;
+    if (self->overwrite && head < SHMRING_SEQ_LIMIT && limit - head > claims_ahead(self)) {
+        limit = head + claims_ahead(self);
+    }
     while (head < SHMRING_SEQ_LIMIT && head < limit) {
         const uint64_t *descriptor =
             self->descriptors + (head % self->slots) * self->descriptor_words;
@@ -908,13 +920,14 @@ static PyObject *publish_owned(Publisher *self, uint64_t buffer, int claimed,
     uint64_t *control = self->control, *claimed_seq = &self->record[SHMRING_W_CLAIMED_SEQ];
     long long result = 0;
     uint64_t seq = load(claimed_seq); /* a number kept from a stalled publish, else NONE */
+    uint64_t head = load(&control[SHMRING_C_HEAD]);
+    uint64_t next = load(&control[SHMRING_C_NEXT_SEQ]);
+    if (next < head || next >= SHMRING_SEQ_LIMIT || next - head > claims_ahead(self) ||
+        (seq != SHMRING_NONE && seq >= next)) {
+        result = PUBLISH_CORRUPTED; /* (a kept number is one taken before: below next) */
+        goto stalled;
+    }
     if (seq == SHMRING_NONE) {
-        uint64_t head = load(&control[SHMRING_C_HEAD]);
-        uint64_t next = load(&control[SHMRING_C_NEXT_SEQ]);
-        if (next < head || next >= SHMRING_SEQ_LIMIT) {
-            result = PUBLISH_CORRUPTED;
-            goto stalled;
-        }
         if (next - head >= 2 * self->slots) {
             goto stalled; /* head waits for a number a stopped or dead writer holds */
         }

@@ -679,9 +679,13 @@ class RingReader(AsyncReading, RingHandle):
 
     def _take_latest(self, deadline: float | None = None) -> Frame | None:
         if self._lock_free:
-            head = load_word(self._control, L.C_HEAD)
-            if head >= L.SEQ_LIMIT:
-                raise self._p.corrupted_head(head)
+            control = self._control
+            head = load_word(control, L.C_HEAD)
+            # Tail read after head is at least the tail of that moment: a head past it by
+            # more than the ring is forged (and would move this reader past every frame).
+            if head >= L.SEQ_LIMIT or head > load_word(control, L.C_TAIL) + self._slots:
+                self._p.window()  # raises RingCorrupted, naming head and tail
+                return None  # (put back meanwhile: look again)
             seq = max(self._next, head - 1)
             return self._take_own(seq, seq - self._next)
         if self._pins_lock_free:

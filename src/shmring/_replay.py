@@ -19,7 +19,10 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import os
+import stat
 import struct
 import time
 from collections.abc import Iterator
@@ -62,11 +65,27 @@ from ._recording import (
     StallNotice,
     StopRequest,
 )
+from ._segment import file_kind
 from ._writer import RingWriter
 
 # What mcap, struct and protobuf raise on bytes that are not what they should be.
 _DAMAGE = (McapError, ValueError, struct.error, DecodeError, EOFError)
 _log = logging.getLogger("shmring.replay")
+
+
+def _open_recording(path: str) -> io.BufferedReader:
+    """`path` opened for reading: a regular file (after symbolic links), never waiting for
+    a writer as the open of a FIFO would; NotARecording for anything else."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotARecording(f"{path} is {file_kind(mode)}, not a recording (a regular file)")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class Recording:
@@ -75,7 +94,7 @@ class Recording:
     def __init__(self, path: str, *, recover: bool = False) -> None:
         self.path = path
         self.recover = recover
-        self._file = open(path, "rb")  # noqa: SIM115 (closed by close())
+        self._file = _open_recording(path)
         try:
             head = self._file.read(len(MCAP0_MAGIC))
             if head != MCAP0_MAGIC:

@@ -373,7 +373,7 @@ def open_regular(path: str, flags: int) -> int:
     instead; FileNotFoundError and PermissionError come through."""
     mode = os.lstat(path).st_mode
     if not stat.S_ISREG(mode):
-        raise IncompatibleRing(_not_a_ring(path, _file_kind(mode)))
+        raise IncompatibleRing(_not_a_ring(path, file_kind(mode)))
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -383,7 +383,7 @@ def open_regular(path: str, flags: int) -> int:
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise IncompatibleRing(_not_a_ring(path, _file_kind(mode)))
+            raise IncompatibleRing(_not_a_ring(path, file_kind(mode)))
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
@@ -391,7 +391,7 @@ def open_regular(path: str, flags: int) -> int:
     return fd
 
 
-def _file_kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
     """What a stat mode says a file is, in words ("a fifo", "a directory", ...)."""
     kinds = (
         (stat.S_ISREG, "a regular file"),
