@@ -32,7 +32,9 @@ from helpers import (
 
 import shmring
 import shmring._layout as L
-from shmring import EndOfStream, RingFull, RingReader, RingWriter, WriterGone
+from shmring import EndOfStream, RingFull, RingReader, RingWriter, WriterGone, _ring, _writer
+
+TIMEOUT = 5.0  # a write or read that does not happen at once fails the test well before WAIT
 
 EXAMPLE = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -508,3 +510,25 @@ def test_an_owner_that_never_writes_does_not_switch_polling_off() -> None:
             for reader in readers:
                 reader.close()
         assert owner.readers == 0
+
+
+def test_without_membarrier_a_lone_block_writer_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a kernel (or sandbox) without membarrier a joiner could not quiesce an exclusive
+    writer, so every writer stays sequenced, the lone one included: it writes, and goes on
+    after a second writer came and left (before, each write waited for its timeout)."""
+    monkeypatch.setattr(_ring, "MEMBARRIER_AVAILABLE", False)
+    monkeypatch.setattr(_writer, "MEMBARRIER_AVAILABLE", False)
+    with (
+        RingWriter.create(unique_name(), SMALL, np.uint8, slots=8) as w,
+        RingReader.attach(w.name, start="oldest") as r,
+    ):
+        for value in range(3):
+            w.write(np.full(SMALL, value, np.uint8), TIMEOUT)
+        with RingWriter.attach(w.name) as other:
+            other.write(np.full(SMALL, 3, np.uint8), TIMEOUT)
+        w.write(np.full(SMALL, 4, np.uint8), TIMEOUT)
+        seen = []
+        for _ in range(5):
+            with r.read(TIMEOUT) as frame:
+                seen.append(int(frame.array.flat[0]))
+        assert seen == [0, 1, 2, 3, 4]

@@ -142,6 +142,7 @@ typedef struct {
     Py_ssize_t descriptor_words;
     uint64_t max_readers;
     int overwrite; /* the ring's policy: buffers come from pop_overwrite(), not a reclaim */
+    int exclusive_when_alone; /* a lone writer may switch to exclusive mode (membarrier) */
     uint64_t meta_size, ndim;
     int reclaim_eagerly;
     int stream_copies; /* shared mode copies stream past the cache (non-temporal stores) */
@@ -166,22 +167,22 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
         "header", "data", "control", "record", "descriptors", "freelist", "reader_records",
         "group_records", "frame_bytes", "buffer_stride", "slots", "nbuffers",
         "descriptor_words", "max_readers", "reclaim_eagerly", "overwrite", "meta_size", "ndim",
-        "pin_table", "name", "stream_copies", NULL,
+        "pin_table", "name", "stream_copies", "exclusive_when_alone", NULL,
     };
     PyObject *header, *data, *control, *record, *descriptors, *freelist, *readers, *groups;
     PyObject *pin_table, *name;
     Py_ssize_t frame_bytes, stride, descriptor_words;
     unsigned long long slots, nbuffers, max_readers, meta_size, ndim;
-    int reclaim_eagerly, overwrite, stream_copies = 0;
+    int reclaim_eagerly, overwrite, stream_copies = 0, exclusive_when_alone = 1;
     if (self->initialized) {
         PyErr_SetString(PyExc_RuntimeError, "a Publisher is initialized once");
         return -1;
     }
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$OOOOOOOOnnKKnKppKKOUp:Publisher", keywords, &header, &data,
+            args, kwargs, "$OOOOOOOOnnKKnKppKKOUpp:Publisher", keywords, &header, &data,
             &control, &record, &descriptors, &freelist, &readers, &groups, &frame_bytes, &stride,
             &slots, &nbuffers, &descriptor_words, &max_readers, &reclaim_eagerly, &overwrite,
-            &meta_size, &ndim, &pin_table, &name, &stream_copies)) {
+            &meta_size, &ndim, &pin_table, &name, &stream_copies, &exclusive_when_alone)) {
         return -1;
     }
     uint64_t table_words, data_bytes, record_table_words;
@@ -237,6 +238,7 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
     self->reclaim_eagerly = reclaim_eagerly;
     self->stream_copies = stream_copies;
     self->overwrite = overwrite;
+    self->exclusive_when_alone = exclusive_when_alone;
     self->meta_size = meta_size;
     self->ndim = ndim;
     self->name = Py_NewRef(name);
@@ -1023,9 +1025,10 @@ static long long claimed_seq(Publisher *self, uint64_t buffer) {
 }
 
 /* Sequenced: whether this writer is the only one left (Python then switches the ring back
- * to exclusive mode under the lock: PUBLISH_ALONE). */
+ * to exclusive mode under the lock: PUBLISH_ALONE). Never without membarrier: a joiner
+ * could not quiesce an exclusive writer, so the ring stays sequenced (_ring.py). */
 static int alone(Publisher *self) {
-    return load(&self->control[SHMRING_C_WRITERS]) <= 1;
+    return self->exclusive_when_alone && load(&self->control[SHMRING_C_WRITERS]) <= 1;
 }
 
 /* publish(frame[, timestamp_ns]): a stamp that is not an int in [0, 2**64) falls back, so

@@ -869,6 +869,7 @@ def publisher_arguments(
         max_readers=g.max_readers,
         reclaim_eagerly=reclaim_eagerly,
         stream_copies=stream_copies,
+        exclusive_when_alone=MEMBARRIER_AVAILABLE,
         overwrite=g.policy == L.POLICY_OVERWRITE,
         pin_table=views.pin_table if views.pins else None,
         meta_size=g.meta_size,
