@@ -25,7 +25,9 @@
 #     (`wait_before_close`, 5 s by default; closing the session waits for it too), so the
 #     sender's thread closes its session itself once the put returns (`closing`), and at
 #     interpreter exit the process waits for that (_finish_closing); `bridge send` exits at
-#     once instead. So close() returns within about a second whatever the peers do.
+#     once instead. So close() returns within about a second whatever the peers do (a
+#     stopped participant of the local ring that holds its header lock adds the ring's own
+#     close limits: up to ~4 s, then ParticipantStalled).
 #   - /dev/shm: Zenoh's own shared-memory transport is always turned off. It adds a
 #     `<number>.zenoh` file to /dev/shm that a SIGKILLed session leaves behind, and the
 #     frames are in shared memory already; a receiver removes the ring it created at close.
