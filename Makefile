@@ -84,15 +84,19 @@ test-python%: .venv-%/.installed
 # would swallow the stderr of a process that aborts, and tests that kill processes on
 # purpose would not notice one that aborted. Undefined behaviour traps (SIGILL), which ASan
 # reports with its stack into the same files (GCC's UBSan runtime writes to stderr whatever
-# its log_path says). The first two lines check what is tested.
+# its log_path says). The first two lines check what is tested, from where tests start
+# their children.
 SANITIZER_REPORTS := $(CURDIR)/build/sanitized/report
-SANITIZED_RUN = LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" PYTHONPATH=build/sanitized \
+# Absolute paths: tests start children in other directories.
+SANITIZED_RUN = LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" \
+	PYTHONPATH=$(CURDIR)/build/sanitized \
 	ASAN_OPTIONS=detect_leaks=0:handle_sigbus=0:handle_sigill=1:log_path=$(SANITIZER_REPORTS) \
-	$(BIN)/python
+	$(CURDIR)/$(BIN)/python
 
 sanitize: build/sanitized/.built
 	ldd build/sanitized/shmring/_fastpath.*.so | grep -q libasan
-	$(SANITIZED_RUN) -c 'import shmring._fastpath as f; assert "build/sanitized" in f.__file__, f.__file__'
+	cd tests && $(SANITIZED_RUN) -c \
+	  'import shmring._fastpath as f; assert "build/sanitized" in f.__file__, f.__file__'
 	rm -f $(SANITIZER_REPORTS).*
 	$(SANITIZED_RUN) -m pytest -q -p no:cacheprovider $(SANITIZED_TESTS); status=$$?; \
 	  if ls $(SANITIZER_REPORTS).* >/dev/null 2>&1; then cat $(SANITIZER_REPORTS).*; exit 1; fi; \

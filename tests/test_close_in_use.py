@@ -1,17 +1,20 @@
 """close() while another thread's call waits on the same handle raises RuntimeError and
 closes nothing (docs/API.md); the waiting call then goes on and returns what it would have.
 Before, only a wait inside the C objects was refused: a wait in Python found its handle
-closed under it and failed with EBADF."""
+closed under it and failed with EBADF. A call that begins while close() runs is refused
+too (ShmringError), and a forked child may close what its parent's threads were using."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
-from helpers import WAIT, started_thread, unique_name, wait_until_asleep_in_futex
+from helpers import WAIT, forked, started_thread, unique_name, wait_until_asleep_in_futex
 
-from shmring import RingReader, RingWriter
+from shmring import RingReader, RingWriter, ShmringError
 
 SHAPE = (4,)
 
@@ -20,28 +23,47 @@ def _frame(value: int) -> np.ndarray:
     return np.full(SHAPE, value, np.uint8)
 
 
-def test_closing_a_writer_while_another_thread_waits_for_space_raises() -> None:
+def _claim_and_fill(w: RingWriter) -> int:
+    claim = w.claim(3 * WAIT)
+    with claim as slot:
+        slot[...] = 2
+    assert claim.seq is not None
+    return claim.seq
+
+
+WRITER_CALLS: dict[str, Callable[[RingWriter], Any]] = {
+    "write": lambda w: w.write(_frame(2), 3 * WAIT),
+    "claim": _claim_and_fill,
+    "skip": lambda w: w.skip(1, 3 * WAIT),
+    "wait_for_readers": lambda w: w.wait_for_readers(2, 3 * WAIT),
+}
+
+
+@pytest.mark.parametrize("call", WRITER_CALLS)
+def test_closing_a_writer_while_another_thread_waits_in_a_call_raises(call: str) -> None:
     with RingWriter.create(unique_name(), SHAPE, np.uint8, slots=2) as w:
         r = RingReader.attach(w.name, start="oldest")
         w.write(_frame(0), WAIT)
         w.write(_frame(1), WAIT)  # the ring is full: the reader holds both back
         out: list[Any] = []
 
-        def write() -> None:
+        def run() -> None:
             try:
-                out.append(w.write(_frame(2), 3 * WAIT))
+                out.append(WRITER_CALLS[call](w))
             except BaseException as exc:  # reported to the test
                 out.append(exc)
 
-        thread = started_thread(write)
+        thread = started_thread(run)
         wait_until_asleep_in_futex(thread)
         with pytest.raises(RuntimeError, match="under way"):
             w.close()
         assert not w.closed
-        r.read(WAIT).release()  # space: the waiting write goes on
+        second = RingReader.attach(w.name)  # the second reader wait_for_readers waits for
+        r.read(WAIT).release()  # space for the others
         thread.join(WAIT)
-        assert not thread.is_alive(), "the write did not go on"
-        assert out == [2]
+        assert not thread.is_alive(), "the call did not go on"
+        assert out == [2], out  # the third frame's number (or the two readers counted)
+        second.close()
         r.close()
     assert w.closed
 
@@ -57,10 +79,13 @@ def test_closing_a_writer_while_another_thread_waits_for_space_raises() -> None:
     ],
 )
 def test_closing_a_reader_while_another_thread_waits_for_a_frame_raises(
-    policy: str, group: str | None, how: str
+    policy: str, group: str | None, how: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4, policy=policy) as w:
         r = RingReader.attach(w.name, group=group, start="oldest")
+        # Polling pays: the wait is Python's (_wait_for), not one sleep in the C Taker,
+        # which refused close() already.
+        monkeypatch.setattr(r._p, "spinning_pays", lambda: True)
         out: list[Any] = []
 
         def take() -> None:
@@ -87,3 +112,37 @@ def test_closing_a_reader_while_another_thread_waits_for_a_frame_raises(
         assert out == [7]
         r.close()
         assert r.closed
+
+
+def test_a_call_that_begins_while_close_runs_is_refused() -> None:
+    """close() has begun (it waits for the header lock, say) when another thread's call
+    counts itself: the call raises ShmringError, instead of finding the handle torn down
+    under it."""
+    with RingWriter.create(unique_name(), SHAPE, np.uint8) as w:
+        r = RingReader.attach(w.name)
+        r._refuse_close_in_call()  # the first step of close(): nothing under way
+        with pytest.raises(ShmringError, match="being closed"):
+            r.read(0.1)
+        r.close()
+        assert r.closed
+
+
+def test_a_forked_child_closes_a_handle_its_parents_thread_was_waiting_in() -> None:
+    with RingWriter.create(unique_name(), SHAPE, np.uint8) as w:
+        r = RingReader.attach(w.name, start="oldest")
+        out: list[Any] = []
+        thread = started_thread(lambda: out.append(int(r.read(3 * WAIT).array[0])))
+        wait_until_asleep_in_futex(thread)
+
+        def child(conn: Any) -> None:
+            r.close()  # the waiting thread is the parent's: nothing to refuse here
+            conn.send(r.closed)
+
+        with forked(child) as (conn, process):
+            assert conn.poll(WAIT) and conn.recv() is True
+            process.join(WAIT)
+        assert not r.closed and os.getpid() == r._p.pid
+        w.write(_frame(5), WAIT)
+        thread.join(WAIT)
+        assert out == [5]
+        r.close()

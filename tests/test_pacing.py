@@ -71,15 +71,15 @@ def test_no_nap_when_the_frame_is_due_too_soon_or_the_stream_is_too_fast_or_slow
     assert slow.interval is None and slow.nap_until(10, last) is None
 
 
-def test_a_nap_lasts_one_interval_at_most_after_frames_taken_without_a_wait() -> None:
+def test_no_nap_for_a_frame_due_more_than_an_interval_ahead() -> None:
     """A burst taken without waiting leaves the reference 300 frames back: its due time is
-    300 intervals ahead, where a writer that died would keep a napping reader from seeing
-    it (a nap checks no liveness). The nap ends within one interval."""
+    300 intervals ahead, extrapolated from frames that came faster. A nap (and the polling
+    after it, up to the due time) would check no writer's liveness, so a writer that died
+    would get its WriterGone that late: the reader waits as it does without pacing."""
     pacer = Pacer(SPIN)
     last = _steady(pacer, 10 * MS, 10)
-    now = last + 5 * MS
-    nap_end = pacer.nap_until(310, now)
-    assert nap_end is not None and nap_end == pytest.approx(now + 10 * MS)
+    assert pacer.nap_until(310, last + 5 * MS) is None
+    assert pacer.nap_until(10, last + 5 * MS) is not None  # the next frame: a nap
 
 
 def test_a_pause_keeps_the_interval_and_a_new_pace_is_relearned() -> None:
@@ -243,14 +243,15 @@ def test_a_paced_reader_naps_and_polls_yielding_when_polling_does_not_pay(
 
 
 def _plan_a_nap(w: shmring.RingWriter, r: shmring.RingReader, seconds: float) -> None:
-    """Pass one frame, then make the reader's pacer expect the next `seconds` from now."""
+    """Pass one frame, then make the reader's pacer expect the next `seconds` from now (a
+    stream of that interval: a nap is at most one interval long)."""
     w.write(np.zeros(w.shape, w.dtype))
     r.read(0).release()
     pacer = r._pacer
-    pacer.interval = _pacing.MAX_INTERVAL
+    pacer.interval = seconds
     pacer.lead = _pacing.LEAD_MIN
     pacer._ref_seq = r._control[L.C_HEAD] - 1
-    pacer._ref_time = time.monotonic() + seconds - _pacing.MAX_INTERVAL
+    pacer._ref_time = time.monotonic()
 
 
 @needs_two_cpus

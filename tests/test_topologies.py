@@ -532,3 +532,32 @@ def test_without_membarrier_a_lone_block_writer_writes(monkeypatch: pytest.Monke
             with r.read(TIMEOUT) as frame:
                 seen.append(int(frame.array.flat[0]))
         assert seen == [0, 1, 2, 3, 4]
+
+
+def test_without_membarrier_a_repaired_switch_leaves_a_block_ring_sequenced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A switch to shared mode cut short (SEQUENCED clear: its writer died before the
+    commit point) is finished by the next joiner's repair: without membarrier into a
+    sequenced ring whatever the number of writers, never exclusive mode (each writer would
+    then go on alone)."""
+    monkeypatch.setattr(_ring, "MEMBARRIER_AVAILABLE", False)
+    monkeypatch.setattr(_writer, "MEMBARRIER_AVAILABLE", False)
+    with (
+        RingWriter.create(unique_name(), SMALL, np.uint8, slots=8) as w,
+        RingWriter.attach(w.name) as second,
+        RingReader.attach(w.name, start="oldest") as r,
+    ):
+        w.write(np.full(SMALL, 0, np.uint8), TIMEOUT)
+        second.write(np.full(SMALL, 1, np.uint8), TIMEOUT)
+        w._control[L.C_FLAGS] &= ~L.F_SEQUENCED  # the switch "cut short"
+        with RingWriter.attach(w.name) as third:
+            assert w._control[L.C_WRITER_MODE] == L.MODE_SHARED
+            assert w._control[L.C_FLAGS] & L.F_SEQUENCED
+            third.write(np.full(SMALL, 2, np.uint8), TIMEOUT)
+        w.write(np.full(SMALL, 3, np.uint8), TIMEOUT)
+        seen = []
+        for _ in range(4):
+            with r.read(TIMEOUT) as frame:
+                seen.append(int(frame.array.flat[0]))
+        assert seen == [0, 1, 2, 3]

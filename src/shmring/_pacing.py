@@ -79,12 +79,12 @@ class Pacer:
         if interval is None or self._ref_seq < 0 or seq <= self._ref_seq:
             return None
         nap_end = self._ref_time + (seq - self._ref_seq) * interval - self.lead
-        if nap_end - now < NAP_MIN:
+        # More than an interval ahead, the frame was extrapolated from a burst (frames taken
+        # without a wait, published faster than the interval) or a head that jumped: no
+        # nap, whose polling afterwards would last as long and checks no writer's liveness.
+        if nap_end - now < NAP_MIN or nap_end - now > interval:
             return None
-        # At most one interval: frames taken without a wait since the reference (a burst,
-        # or a head that jumped) would put the due time far ahead, and a nap checks no
-        # writer's liveness (a dead writer's WriterGone must not wait for it).
-        return min(nap_end, now + interval)
+        return nap_end
 
     def due(self, seq: int) -> float:
         """When frame `seq` is expected (only meaningful after nap_until gave a time)."""

@@ -924,9 +924,13 @@ static PyObject *publish_owned(Publisher *self, uint64_t buffer, int claimed,
     uint64_t seq = load(claimed_seq); /* a number kept from a stalled publish, else NONE */
     uint64_t head = load(&control[SHMRING_C_HEAD]);
     uint64_t next = load(&control[SHMRING_C_NEXT_SEQ]);
-    if (next < head || next >= SHMRING_SEQ_LIMIT || next - head > claims_ahead(self) ||
-        (seq != SHMRING_NONE && seq >= next)) {
+    if (next < head || next >= SHMRING_SEQ_LIMIT || (seq != SHMRING_NONE && seq >= next)) {
         result = PUBLISH_CORRUPTED; /* (a kept number is one taken before: below next) */
+        goto stalled;
+    }
+    if (next - head > claims_ahead(self)) {
+        /* Damage, or a head loaded long before next (this writer was stopped in between):
+         * Python judges with loads it makes consistent (check_counters), then retries. */
         goto stalled;
     }
     if (seq == SHMRING_NONE) {

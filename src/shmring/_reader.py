@@ -257,8 +257,8 @@ class RingReader(AsyncReading, RingHandle):
         deadline = None if timeout is None else deadline_from(timeout)
         self._calls += 1
         try:
-            if self._p.closed:
-                self._p.check_usable()
+            if self._closing or self._p.closed:
+                self._raise_closed()
             frame = self._wait_for(lambda: self._take_next(deadline), deadline)
         except BaseException:
             self._release_pending()
@@ -340,8 +340,8 @@ class RingReader(AsyncReading, RingHandle):
         p, held, taker = self._p, self._held, self._taker
         self._calls += 1
         try:
-            if p.closed:
-                p.check_usable()  # closed by another thread since the loop looked
+            if self._closing or p.closed:
+                self._raise_closed()  # closed by another thread since the loop looked
             # Asking for the next frame means being done with the last: release it before
             # waiting, so the writer reuses that buffer, which is still in cache (a large
             # frame's writer waits for it: _writer.py, "hot buffer").
@@ -396,7 +396,8 @@ class RingReader(AsyncReading, RingHandle):
         stream."""
         self._calls += 1
         try:
-            self._p.check_usable()
+            if self._closing or self._p.closed:
+                self._raise_closed()
             if not self._block:
                 self._release_last()  # pinned frames are scarce: one pin less to ask for
             frame = self._take_next()
@@ -428,7 +429,8 @@ class RingReader(AsyncReading, RingHandle):
         deadline = deadline_from(timeout)
         self._calls += 1
         try:
-            self._p.check_usable()
+            if self._closing or self._p.closed:
+                self._raise_closed()
             if not self._block:
                 self._release_last()  # pinned frames are scarce: one pin less to ask for
             frame = self._wait_for(lambda: self._take_latest(deadline), deadline)
@@ -459,7 +461,8 @@ class RingReader(AsyncReading, RingHandle):
         p, control = self._p, self._control
         self._calls += 1
         try:
-            p.check_usable()  # (closed by another thread since the look above)
+            if self._closing or p.closed:
+                self._raise_closed()  # (closed by another thread since the look above)
             if self._spin:
                 polled = self._poll if p.spinning_pays() else self._yield_poll
                 frame = polled(take, deadline)  # _poll may nap as a counted sleeper

@@ -31,7 +31,7 @@ import secrets
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Any, Self
+from typing import Any, NoReturn, Self
 
 from . import _layout as L
 from ._cpu_use import CpuUse, usable_cpus
@@ -438,7 +438,13 @@ class Participant:
         writer out of its step (it may have entered before the switch began)."""
         self.quiesce_writers(None, repairing=True)
         self.rebuild_free_list()
-        if MEMBARRIER_AVAILABLE and self.live_writers() > 1:
+        # Without membarrier a block ring stays sequenced: none could quiesce an exclusive
+        # writer (and an overwrite ring is never sequenced, so never comes here).
+        if (
+            self.live_writers() > 1
+            if MEMBARRIER_AVAILABLE
+            else self.geometry.policy == L.POLICY_BLOCK
+        ):
             self.start_sequencing()
         else:
             self.control[L.C_WRITER_MODE] = L.MODE_EXCLUSIVE
@@ -754,10 +760,11 @@ class RingHandle:
     _finalizer: Callable[[], object]  # a weakref.finalize: leaves the ring once
     # Calls on this handle under way in a wait or a step of its slow path, in any thread:
     # close() refuses meanwhile (as the C objects refuse while a thread is inside them), so
-    # that no call finds its handle gone half-way. Each such call counts itself first, then
-    # checks that the handle is open (check_usable): a close() before the count is reported
-    # by the call, one after it is refused.
+    # that no call finds its handle gone half-way. A call counts itself, then looks at
+    # _closing; close() sets _closing, then looks at the count (each step atomic under the
+    # GIL): whichever comes second sees the other, and the call raises or close() refuses.
     _calls = 0
+    _closing = False
 
     def _leave_at(self, finalizer: Callable[[], object]) -> None:
         """The last step of construction: how this handle leaves the ring, and tracking
@@ -769,6 +776,7 @@ class RingHandle:
         """In a forked child, drop this inherited handle's descriptors: keeping them would keep
         the parent's liveness locks alive after the parent dies, and share its header-lock
         ownership. Every later call then raises ShmringError (check_usable)."""
+        self._calls = 0  # the threads making them are not in this process
         p = self._p
         if not p.closed:
             p.closed = True
@@ -782,13 +790,20 @@ class RingHandle:
         self._finalizer()
 
     def _refuse_close_in_call(self) -> None:
-        """Raise RuntimeError if a call on this handle is under way (see _calls)."""
-        if self._calls:
+        """Begin closing (see _calls); RuntimeError, and not closing, if a call is under way."""
+        self._closing = True
+        if self._calls and not self._p.closed:
+            self._closing = False
             raise RuntimeError(
                 f"ring {self._p.name!r}: close() while a call on this handle is under way in "
                 "another thread (or in the code a signal handler interrupted); nothing was "
                 "closed. Close it after that call returns: a handle is one thread's at a time"
             )
+
+    def _raise_closed(self) -> NoReturn:
+        """For a call that counted itself and found the handle closed or being closed."""
+        self._p.check_usable()  # closed: "this handle is closed", or inherited across fork()
+        raise ShmringError(f"ring {self._p.name!r}: this handle is being closed by another thread")
 
     def __enter__(self) -> Self:
         return self

@@ -399,7 +399,8 @@ class RingWriter(AsyncWriting, RingHandle):
         """write() for every case: validation, shared mode, overwrite, waiting for space."""
         self._calls += 1
         try:
-            self._p.check_usable()
+            if self._closing or self._p.closed:
+                self._raise_closed()
             return self._write_counted(frame, timeout, timestamp_ns, meta)
         finally:
             self._calls -= 1
@@ -504,7 +505,8 @@ class RingWriter(AsyncWriting, RingHandle):
                 return buffer
         self._calls += 1
         try:
-            self._p.check_usable()  # (closed by another thread: say so)
+            if self._closing or self._p.closed:
+                self._raise_closed()
             if not self._joined:
                 self._join(deadline)
             if self._stranded >= 0:  # still claimed by this writer: fill it again
@@ -664,7 +666,8 @@ class RingWriter(AsyncWriting, RingHandle):
         step runs again, lock-free, up to the deadline."""
         self._calls += 1
         try:
-            self._p.check_usable()
+            if self._closing or self._p.closed:
+                self._raise_closed()
             return self._published_counted(seq, buffer, deadline, step)
         finally:
             self._calls -= 1
@@ -735,7 +738,8 @@ class RingWriter(AsyncWriting, RingHandle):
         """Give a claimed buffer back unpublished."""
         self._calls += 1
         try:
-            self._p.check_usable()
+            if self._closing or self._p.closed:
+                self._raise_closed()
             result = self._publisher.abandon_claimed(buffer, False)
             if result == PUBLISH_FALLBACK:  # shared mode: the same step, one writer at a time
                 result = self._locked_step(
@@ -757,7 +761,8 @@ class RingWriter(AsyncWriting, RingHandle):
         control = self._control
         self._calls += 1
         try:
-            self._p.check_usable()
+            if self._closing or self._p.closed:
+                self._raise_closed()
             while True:
                 self._p.check_size()  # first and after each sleep: a truncated ring raises
                 observed = load_word(control, L.C_MEMBERSHIP)
