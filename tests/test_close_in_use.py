@@ -7,6 +7,7 @@ too (ShmringError), and a forked child may close what its parent's threads were 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,28 @@ def _claim_and_fill(w: RingWriter) -> int:
     return claim.seq
 
 
+def _close_refused_while_waiting(
+    handle: RingWriter | RingReader, call: Callable[[], Any]
+) -> tuple[threading.Thread, list[Any]]:
+    """Run `call` in a thread until it sleeps in futex(2); then `handle.close()` raises
+    RuntimeError and closes nothing. The thread, and a list that gets what the call
+    returned (or raised)."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(call())
+        except BaseException as exc:  # reported to the test
+            out.append(exc)
+
+    thread = started_thread(run)
+    wait_until_asleep_in_futex(thread)
+    with pytest.raises(RuntimeError, match="under way"):
+        handle.close()
+    assert not handle.closed
+    return thread, out
+
+
 WRITER_CALLS: dict[str, Callable[[RingWriter], Any]] = {
     "write": lambda w: w.write(_frame(2), 3 * WAIT),
     "claim": _claim_and_fill,
@@ -45,19 +68,7 @@ def test_closing_a_writer_while_another_thread_waits_in_a_call_raises(call: str)
         r = RingReader.attach(w.name, start="oldest")
         w.write(_frame(0), WAIT)
         w.write(_frame(1), WAIT)  # the ring is full: the reader holds both back
-        out: list[Any] = []
-
-        def run() -> None:
-            try:
-                out.append(WRITER_CALLS[call](w))
-            except BaseException as exc:  # reported to the test
-                out.append(exc)
-
-        thread = started_thread(run)
-        wait_until_asleep_in_futex(thread)
-        with pytest.raises(RuntimeError, match="under way"):
-            w.close()
-        assert not w.closed
+        thread, out = _close_refused_while_waiting(w, lambda: WRITER_CALLS[call](w))
         second = RingReader.attach(w.name)  # the second reader wait_for_readers waits for
         r.read(WAIT).release()  # space for the others
         thread.join(WAIT)
@@ -86,26 +97,16 @@ def test_closing_a_reader_while_another_thread_waits_for_a_frame_raises(
         # Polling pays: the wait is Python's (_wait_for), not one sleep in the C Taker,
         # which refused close() already.
         monkeypatch.setattr(r._p, "spinning_pays", lambda: True)
-        out: list[Any] = []
 
-        def take() -> None:
-            try:
-                if how == "iterate":
-                    for frame in r:
-                        out.append(int(frame.array[0]))
-                        break
-                else:
-                    frame = r.read(3 * WAIT) if how == "read" else r.latest(3 * WAIT)
-                    out.append(int(frame.array[0]))
-                    frame.release()
-            except BaseException as exc:  # reported to the test
-                out.append(exc)
+        def take() -> int:
+            if how == "iterate":
+                frame = next(iter(r))
+            else:
+                frame = r.read(3 * WAIT) if how == "read" else r.latest(3 * WAIT)
+            with frame:
+                return int(frame.array[0])
 
-        thread = started_thread(take)
-        wait_until_asleep_in_futex(thread)
-        with pytest.raises(RuntimeError, match="under way"):
-            r.close()
-        assert not r.closed
+        thread, out = _close_refused_while_waiting(r, take)
         w.write(_frame(7), WAIT)  # the waiting call takes it
         thread.join(WAIT)
         assert not thread.is_alive(), "the reader's call did not go on"

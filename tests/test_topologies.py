@@ -512,6 +512,15 @@ def test_an_owner_that_never_writes_does_not_switch_polling_off() -> None:
         assert owner.readers == 0
 
 
+def _first_values(r: RingReader, count: int) -> list[int]:
+    """The first element of each of the next `count` frames, read one at a time."""
+    values = []
+    for _ in range(count):
+        with r.read(TIMEOUT) as frame:
+            values.append(int(frame.array.flat[0]))
+    return values
+
+
 def test_without_membarrier_a_lone_block_writer_writes(monkeypatch: pytest.MonkeyPatch) -> None:
     """On a kernel (or sandbox) without membarrier a joiner could not quiesce an exclusive
     writer, so every writer stays sequenced, the lone one included: it writes, and goes on
@@ -527,11 +536,7 @@ def test_without_membarrier_a_lone_block_writer_writes(monkeypatch: pytest.Monke
         with RingWriter.attach(w.name) as other:
             other.write(np.full(SMALL, 3, np.uint8), TIMEOUT)
         w.write(np.full(SMALL, 4, np.uint8), TIMEOUT)
-        seen = []
-        for _ in range(5):
-            with r.read(TIMEOUT) as frame:
-                seen.append(int(frame.array.flat[0]))
-        assert seen == [0, 1, 2, 3, 4]
+        assert _first_values(r, 5) == [0, 1, 2, 3, 4]
 
 
 def test_without_membarrier_a_repaired_switch_leaves_a_block_ring_sequenced(
@@ -556,8 +561,4 @@ def test_without_membarrier_a_repaired_switch_leaves_a_block_ring_sequenced(
             assert w._control[L.C_FLAGS] & L.F_SEQUENCED
             third.write(np.full(SMALL, 2, np.uint8), TIMEOUT)
         w.write(np.full(SMALL, 3, np.uint8), TIMEOUT)
-        seen = []
-        for _ in range(4):
-            with r.read(TIMEOUT) as frame:
-                seen.append(int(frame.array.flat[0]))
-        assert seen == [0, 1, 2, 3]
+        assert _first_values(r, 4) == [0, 1, 2, 3]
