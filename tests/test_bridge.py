@@ -543,7 +543,7 @@ def test_bad_arguments_get_one_line_without_zenohs_source_paths() -> None:
 # A receiver's threads in miniature: one allocates, fills and frees a few blocks of 1 MiB,
 # round after round, in a process with a BridgeReceiver (made with argv[2]'s
 # keep_freed_memory, connecting to argv[3], where nobody listens). Prints the page faults
-# the rounds took.
+# the rounds took in that thread, after three rounds that let glibc settle in its arena.
 FREED_MEMORY_CHILD = """
 import ctypes, sys, threading
 from shmring import BridgeReceiver
@@ -556,28 +556,32 @@ libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
 BLOCK, BLOCKS, ROUNDS = 1 << 20, 4, 50
 
 
-def faults():
-    with open("/proc/self/stat") as f:
+def faults():  # this thread's own (Zenoh's threads fault pages too)
+    with open("/proc/thread-self/stat") as f:
         return int(f.read().rsplit(")", 1)[1].split()[7])
 
 
-def rounds(count, out):
-    start = faults()
+def churn(count):
     for _ in range(count):
         blocks = [libc.malloc(BLOCK) for _ in range(BLOCKS)]
         for block in blocks:
             libc.memset(block, 1, BLOCK)
         for block in reversed(blocks):
             libc.free(block)
+
+
+def rounds(out):
+    churn(3)  # first, in this thread's arena, to let glibc settle its thresholds
+    start = faults()
+    churn(ROUNDS)
     out.append(faults() - start)
 
 
 with BridgeReceiver(sys.argv[1], connect=[sys.argv[3]], keep_freed_memory=sys.argv[2] == "keep"):
     out = []
-    for count in (3, ROUNDS):  # the first to let glibc settle its thresholds
-        thread = threading.Thread(target=rounds, args=(count, out))
-        thread.start()
-        thread.join()
+    thread = threading.Thread(target=rounds, args=(out,))
+    thread.start()
+    thread.join()
 print(out[-1])
 """
 
