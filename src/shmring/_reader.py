@@ -452,17 +452,14 @@ class RingReader(AsyncReading, RingHandle):
     def _wait_for(self, take: Callable[[], _Ready | None], deadline: float | None) -> _Ready:
         """Poll `take` (after a nap, for a steady stream: _pacing.py), then sleep on the
         frames futex; raise at end of stream, when every writer is gone, or at the
-        deadline."""
+        deadline. Its callers have counted themselves (_calls): close() waits for them."""
         frame = take()
         if frame is not None:
             if self._counted:  # woken for the last frame: no longer waiting (inline: hot)
                 self._uncount()
             return frame
         p, control = self._p, self._control
-        self._calls += 1
         try:
-            if self._closing or p.closed:
-                self._raise_closed()  # (closed by another thread since the look above)
             if self._spin:
                 polled = self._poll if p.spinning_pays() else self._yield_poll
                 frame = polled(take, deadline)  # _poll may nap as a counted sleeper
@@ -494,8 +491,6 @@ class RingReader(AsyncReading, RingHandle):
         except BaseException:
             self._uncount()  # the caller may not come back for a long time
             raise
-        finally:
-            self._calls -= 1
 
     def _poll(self, take: Callable[[], _Ready | None], deadline: float | None) -> _Ready | None:
         """The polling part of a wait: nap first if the stream is steady (_pacing.py), then
