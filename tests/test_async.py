@@ -575,6 +575,36 @@ def test_an_async_overwrite_writer_held_back_retries_without_sleeping_on_space(
     run(main())
 
 
+def test_an_async_write_held_back_by_a_position_keeps_each_try_short(
+    run: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """awrite() held back by another writer's position: each try (a write with timeout 0,
+    run impatiently on the loop) gives up on the position as soon as a try that waits for
+    the header lock does, so other tasks run between tries; it publishes once let go."""
+    name, slots = unique_name("owshort"), 4
+
+    async def main() -> None:
+        with writer_held_back(name, slots) as (w, held):
+            tries: list[float] = []
+            write = w.write
+
+            def timed_write(*args: Any, **kwargs: Any) -> int:
+                start = time.monotonic()
+                try:
+                    return write(*args, **kwargs)
+                finally:
+                    tries.append(time.monotonic() - start)
+
+            monkeypatch.setattr(w, "write", timed_write)  # awrite's tries
+            blocked = asyncio.create_task(w.awrite(np.full(SMALL, 2, np.uint8), WAIT))
+            await until(lambda: len(tries) >= 5)
+            let_go_position(w, held, slots)
+            assert await asyncio.wait_for(blocked, WAIT) == held + slots
+            assert max(tries) < 0.01, f"a try held the loop for {max(tries):.3f} s"
+
+    run(main())
+
+
 def test_timeouts_and_reader_usable_after(run: Runner) -> None:
     name = unique_name()
 

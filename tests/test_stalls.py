@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -546,3 +547,30 @@ def test_a_claim_given_back_after_a_stalled_write_leaves_no_hole_at_close() -> N
                 with r.read(0.5) as frame:
                     got.append((frame.seq, int(frame.array.flat[0])))
         assert got and got[-1] == (last, 7), got
+
+
+def test_a_write_held_back_by_a_position_lets_other_threads_run() -> None:
+    """A blocking write waiting for another writer's position does not hold the GIL: a
+    thread of the same process counts on meanwhile."""
+    name, slots = unique_name(), 4
+    frame = np.ones(SMALL, np.uint8)
+    gaps: list[float] = []
+    stop = threading.Event()
+
+    def count() -> None:
+        last = time.monotonic()
+        while not stop.is_set():
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    with writer_held_back(name, slots) as (w, _):
+        counter = threading.Thread(target=count)
+        counter.start()
+        try:
+            with pytest.raises(ParticipantStalled):
+                w.write(frame, 0.2)
+        finally:
+            stop.set()
+            counter.join(WAIT)
+    assert len(gaps) > 100 and max(gaps) < 0.015, sorted(gaps)[-3:]

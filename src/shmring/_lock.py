@@ -24,7 +24,8 @@
 # LOCK_FLOOR would stall every other task. It runs them `impatiently`: within that, a wait
 # for the lock gives up after IMPATIENT_WAIT (and one for a writer to leave its lock-free
 # step, which may be copying a large frame, after IMPATIENT_QUIESCE) with LockBusy, a
-# RingTimeout, so the step unwinds as from any timeout; the awaitable call
+# RingTimeout, so the step unwinds as from any timeout, and a publish waiting for a position
+# another writer holds gives up after IMPATIENT_WAIT too (PUBLISH_STALLED); the awaitable call
 # then waits on the loop and runs the step again, up to the deadline the blocking call has.
 # A context variable marks the steps: other threads, and the loop's own synchronous calls
 # (close()), keep waiting as above.
@@ -40,13 +41,14 @@ from typing import TypeVar, overload
 
 from . import _layout as L
 from ._errors import ParticipantStalled, RingTimeout
-from ._fastpath import load_word
+from ._fastpath import load_word, position_patience
 from ._sys import try_lock_range, unlock_range
 
 _FIRST_BACKOFF = 20e-6
 _MAX_BACKOFF = 1e-3
 LOCK_FLOOR = 1.0  # seconds: the shortest wait for the lock, whatever the caller's timeout
 IMPATIENT_WAIT = 200e-6  # seconds an impatient step waits before LockBusy: holds take µs
+IMPATIENT_POSITION_NS = round(IMPATIENT_WAIT * 1e9)
 IMPATIENT_QUIESCE = 20e-3  # ... for a writer to leave its step: that holds a frame's copy
 
 _T = TypeVar("_T")
@@ -59,11 +61,14 @@ class LockBusy(ParticipantStalled):
 
 
 def impatiently(step: Callable[[], _T]) -> _T:
-    """Run `step` with its waits for the lock cut to IMPATIENT_WAIT (LockBusy after)."""
+    """Run `step` with its waits for the lock cut to IMPATIENT_WAIT (LockBusy after), and
+    its publishes' waits for a position (PUBLISH_STALLED after)."""
     token = _impatient.set(True)
+    patience = position_patience(IMPATIENT_POSITION_NS)
     try:
         return step()
     finally:
+        position_patience(patience)
         _impatient.reset(token)
 
 

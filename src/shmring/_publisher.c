@@ -813,6 +813,9 @@ static PyObject *publish_frame(Publisher *self, uint64_t seq, uint64_t buffer, i
  * never placed, the buffer in its hands) is repaired under the header lock with every live
  * writer out of its bracket (_ring.py, resequence): lock-free, only certain states exist. */
 #define POSITION_WAIT_NS 20000000u /* held longer than a preemption: maybe a dead writer */
+/* This thread's wait for a position: POSITION_WAIT_NS, or less within an awaitable call's
+ * step, which runs on the event loop's thread (_lock.impatiently, position_patience()). */
+static _Thread_local uint64_t position_wait_ns = POSITION_WAIT_NS;
 #define POSITION_SPINS 64         /* pauses before yielding the CPU to the holder */
 #if defined(__x86_64__) || defined(__i386__)
 #define CPU_PAUSE() __builtin_ia32_pause()
@@ -966,10 +969,12 @@ static PyObject *publish_owned(Publisher *self, uint64_t buffer, int claimed,
         if (spins < POSITION_SPINS) {
             CPU_PAUSE();
         } else {
+            Py_BEGIN_ALLOW_THREADS /* the holder may be a thread of this process */
             sched_yield();
+            Py_END_ALLOW_THREADS
             uint64_t now = monotonic_ns();
             if (give_up == 0) {
-                give_up = now + POSITION_WAIT_NS;
+                give_up = now + position_wait_ns;
             } else if (now > give_up) {
                 goto stalled;
             }
@@ -1473,6 +1478,23 @@ static PyTypeObject PublisherType = {
 };
 
 
+static PyObject *position_patience(PyObject *Py_UNUSED(module), PyObject *nanoseconds) {
+    uint64_t wait = PyLong_AsUnsignedLongLong(nanoseconds);
+    if (wait == (uint64_t)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    uint64_t previous = position_wait_ns;
+    position_wait_ns = wait;
+    return PyLong_FromUnsignedLongLong(previous);
+}
+
+static PyMethodDef publisher_functions[] = {
+    {"position_patience", position_patience, METH_O,
+     "position_patience(ns) -> the previous value: how long this thread's publishes wait for "
+     "a position another writer holds before PUBLISH_STALLED."},
+    {NULL, NULL, 0, NULL},
+};
+
 int shmring_add_publisher(PyObject *module) {
 #ifdef HAVE_VECTOR_COPY
     __builtin_cpu_init();
@@ -1483,6 +1505,7 @@ int shmring_add_publisher(PyObject *module) {
 #endif
     if (PyType_Ready(&PublisherType) < 0 ||
         PyModule_AddObjectRef(module, "Publisher", (PyObject *)&PublisherType) < 0 ||
+        PyModule_AddFunctions(module, publisher_functions) < 0 ||
         PyModule_AddIntConstant(module, "PUBLISH_FALLBACK", PUBLISH_FALLBACK) < 0 ||
         PyModule_AddIntConstant(module, "PUBLISH_CORRUPTED", PUBLISH_CORRUPTED) < 0 ||
         PyModule_AddIntConstant(module, "PUBLISH_ALONE", PUBLISH_ALONE) < 0 ||
