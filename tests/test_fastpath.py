@@ -21,6 +21,7 @@ from shmring._fastpath import (
     PUBLISH_FALLBACK,
     Publisher,
     reclaim,
+    settle,
 )
 from shmring._writer import _publisher, publisher_arguments
 
@@ -405,6 +406,91 @@ def test_bad_arguments_are_refused_without_leaking_references() -> None:
         gc.collect()
         assert sys.getrefcount(name) == before
         publisher.close()
+
+
+def test_integers_out_of_range_are_refused_not_wrapped() -> None:
+    with joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)) as w:
+        arguments = publisher_arguments(w._p, w._record, reclaim_eagerly=False)
+        for change in ({"slots": (1 << 64) + 4}, {"meta_size": -(1 << 64)}, {"ndim": -1}):
+            with pytest.raises(OverflowError):
+                Publisher(**{**arguments, **change})
+        g, views = w._p.geometry, w._p.views
+        with pytest.raises(OverflowError):
+            settle(
+                views.control,
+                views.descriptor_table,
+                [],
+                slots=(1 << 64) + g.slots,
+                descriptor_words=g.descriptor_bytes // 8,
+            )
+
+
+def test_holes_to_settle_are_all_checked_before_any_is_stored() -> None:
+    with joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)) as w:
+        g, views = w._p.geometry, w._p.views
+        before = [list(views.descriptors[position]) for position in range(g.slots)]
+        with pytest.raises(OverflowError):
+            settle(
+                views.control,
+                views.descriptor_table,
+                [1, 2, -1],
+                slots=g.slots,
+                descriptor_words=g.descriptor_bytes // 8,
+            )
+        assert [list(views.descriptors[position]) for position in range(g.slots)] == before
+
+
+def test_an_init_run_again_from_its_own_arguments_is_refused_and_keeps_nothing() -> None:
+    """Parsing the arguments may run Python code (here __bool__) that calls __init__ again:
+    that call is refused, and the outer one keeps no reference and no export."""
+    with joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)) as w:
+        name = "".join(("not", "interned"))  # a str of its own, to count its references
+        arguments = {**publisher_arguments(w._p, w._record, reclaim_eagerly=False), "name": name}
+        publisher = Publisher.__new__(Publisher)
+
+        class Reentering:
+            def __bool__(self) -> bool:
+                publisher.__init__(**arguments)  # type: ignore[misc]
+                return False
+
+        before = sys.getrefcount(name)
+        refused = ""
+        try:  # (not pytest.raises: its traceback would keep the call's arguments)
+            publisher.__init__(**{**arguments, "reclaim_eagerly": Reentering()})  # type: ignore[misc]
+        except RuntimeError as exc:
+            refused = str(exc)
+        assert "once" in refused
+        publisher.close()
+        after = sys.getrefcount(name)
+        assert after == before
+
+
+def test_forget_in_the_process_that_made_it_is_close() -> None:
+    """forget() (close() in a forked child, whose publishing thread does not exist there) is
+    refused like close() in the process whose publish is under way."""
+    with joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)) as w:
+        publisher = _publisher(w._p, w._record, reclaim_eagerly=True)
+        publisher.on_reclaim = publisher.forget
+        with pytest.raises(RuntimeError, match="under way"):
+            publisher.publish(_frame(0))
+        publisher.on_reclaim = None
+        assert publisher.publish(_frame(0)) >= 0  # still whole
+        publisher.forget()
+        assert publisher.publish(_frame(0)) == PUBLISH_FALLBACK
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="__buffer__ in Python: 3.12")
+def test_a_frame_whose_buffer_closes_the_publisher_is_not_published() -> None:
+    with joined(RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4)) as w:
+        publisher = _publisher(w._p, w._record, reclaim_eagerly=False)
+        frame = _frame(0)
+
+        class Closing:
+            def __buffer__(self, flags: int) -> memoryview:
+                publisher.close()
+                return frame.data
+
+        assert publisher.publish(Closing()) == PUBLISH_FALLBACK  # type: ignore[arg-type]
 
 
 def test_the_reclaim_under_the_lock_refuses_views_that_do_not_fit() -> None:

@@ -6,6 +6,7 @@ Ctrl-C in its sleep (test_signals, "iterate_sleeping")."""
 from __future__ import annotations
 
 import gc
+import subprocess
 import sys
 import threading
 import time
@@ -211,6 +212,104 @@ def test_bad_arguments_are_refused_without_leaking_references() -> None:
         del taker
         gc.collect()
         assert (sys.getrefcount(r._p.views.buffers), sys.getrefcount(Frame)) == before
+
+
+def test_integers_out_of_range_are_refused_not_wrapped() -> None:
+    with (
+        RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w,
+        RingReader.attach(w.name, start="oldest") as r,
+    ):
+        arguments = taker_arguments(r._p, r._record)
+        for change in ({"slots": (1 << 64) + 4}, {"max_readers": -1}, {"nbuffers": 1 << 65}):
+            with pytest.raises(OverflowError):
+                Taker(**{**arguments, **change})
+
+
+def test_an_init_run_again_from_its_own_arguments_is_refused_and_keeps_nothing() -> None:
+    """Parsing the arguments may run Python code (here __index__) that calls __init__ again:
+    that call is refused, and the outer one keeps no reference and no export."""
+    with (
+        RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4) as w,
+        RingReader.attach(w.name, start="oldest") as r,
+    ):
+        arguments = taker_arguments(r._p, r._record)
+        taker = Taker.__new__(Taker)
+
+        class Reentering:
+            def __index__(self) -> int:
+                taker.__init__(**arguments)  # type: ignore[misc]
+                return int(arguments["descriptor_words"])
+
+        before = sys.getrefcount(r._p.views.buffers)
+        refused = ""
+        try:  # (not pytest.raises: its traceback would keep the call's arguments)
+            taker.__init__(**{**arguments, "descriptor_words": Reentering()})  # type: ignore[misc]
+        except RuntimeError as exc:
+            refused = str(exc)
+        assert "once" in refused
+        taker.close()
+        after = sys.getrefcount(r._p.views.buffers)
+        assert after == before
+
+
+@pytest.mark.parametrize("policy", ["block", "overwrite"])
+def test_the_number_that_marks_a_free_pin_is_no_frame(policy: str) -> None:
+    """NONE marks a free pin slot: no frame has that number, so the taker holds none under
+    it (a block ring's taker has no pin line beyond its first slot to clear)."""
+    with (
+        RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4, policy=policy) as w,
+        RingReader.attach(w.name, start="oldest") as r,
+    ):
+        w.write(_frame(1), WAIT)
+        taker = r._taker
+        assert taker.pin(0) >= 0 and taker.held() == 1
+        assert not taker.holds(L.NONE) and not taker.unpin(L.NONE)
+        assert taker.held() == 1 and taker.unpin(0)
+
+
+_FINALIZER_CLOSES = """
+import gc, sys
+import numpy as np
+from shmring import RingReader, RingWriter
+name, what = sys.argv[1], sys.argv[2]
+with RingWriter.create(name, (4, 6), np.uint8, slots=4) as w:
+    r = RingReader.attach(name, start="oldest")
+    w.write(np.ones((4, 6), np.uint8), 5.0)
+    taker, buffers = r._taker, r._p.views.buffers
+
+    class Finalizer:
+        def __del__(self) -> None:
+            buffers.clear() if what == "buffers" else taker.close()
+
+    gc.disable()
+    cycle = Finalizer()
+    cycle.self = cycle  # type: ignore[attr-defined]
+    del cycle
+    gc.set_threshold(1)
+    gc.enable()  # the frame's allocation collects the cycle: its finalizer runs in the call
+    frame = taker.take(r, 0) if what == "buffers" else taker.advance(r, 0)
+    gc.disable()
+    print(type(frame).__name__)
+"""
+
+
+@pytest.mark.parametrize(("what", "returned"), [("buffers", "Frame"), ("taker", "NoneType")])
+def test_a_finalizer_run_while_a_frame_is_built_cannot_pull_the_ring_away(
+    what: str, returned: str
+) -> None:
+    """Allocating the Frame may collect garbage (Python 3.11; 3.12 collects after the call)
+    whose finalizer empties the buffers list or closes the taker: the frame is built from
+    what was checked, or the step answers None; the interpreter does not crash."""
+    if sys.version_info >= (3, 12):
+        returned = "Frame"
+    done = subprocess.run(
+        [sys.executable, "-c", _FINALIZER_CLOSES, unique_name(), what],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == returned
 
 
 def test_frame_fields_are_read_only_and_checked() -> None:

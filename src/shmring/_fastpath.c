@@ -58,6 +58,15 @@ void shmring_futex_wake_all(uint64_t *word) {
     syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
+int shmring_u64(PyObject *object, void *address) {
+    unsigned long long value = PyLong_AsUnsignedLongLong(object);
+    if (value == (unsigned long long)-1 && PyErr_Occurred()) {
+        return 0;
+    }
+    *(unsigned long long *)address = value;
+    return 1;
+}
+
 /* settle(control, descriptors, holes, *, slots, descriptor_words): the repair of a sequenced
  * ring (shared mode, block policy), run under the header lock while live writers go on
  * without it. Publish every number in `holes` (claimed by writers that died) as a skip, then
@@ -69,9 +78,9 @@ static PyObject *settle(PyObject *Py_UNUSED(module), PyObject *args, PyObject *k
     PyObject *control_view, *descriptors_view, *holes;
     unsigned long long slots;
     Py_ssize_t descriptor_words;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO!$Kn:settle", keywords, &control_view,
-                                     &descriptors_view, &PyList_Type, &holes, &slots,
-                                     &descriptor_words)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO!$O&n:settle", keywords, &control_view,
+                                     &descriptors_view, &PyList_Type, &holes, shmring_u64,
+                                     &slots, &descriptor_words)) {
         return NULL;
     }
     Py_buffer control, descriptors;
@@ -94,11 +103,14 @@ static PyObject *settle(PyObject *Py_UNUSED(module), PyObject *args, PyObject *k
         goto done;
     }
     uint64_t *table = descriptors.buf, *head_word = (uint64_t *)control.buf + SHMRING_C_HEAD;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(holes); i++) {
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(holes); i++) { /* all checked before any store */
         uint64_t seq = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(holes, i));
         if (seq == (uint64_t)-1 && PyErr_Occurred()) {
             goto done;
         }
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(holes); i++) {
+        uint64_t seq = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(holes, i));
         uint64_t *descriptor = table + (seq % slots) * (uint64_t)descriptor_words;
         store(&descriptor[SHMRING_D_FLAGS], SHMRING_DF_SKIP);
         __atomic_store_n(&descriptor[SHMRING_D_SEQ], seq, __ATOMIC_SEQ_CST);
@@ -133,10 +145,11 @@ static PyObject *reclaim(PyObject *Py_UNUSED(module), PyObject *args, PyObject *
     PyObject *header_object, *control, *descriptors, *freelist, *readers, *groups;
     ShmringReclaim ring;
     unsigned long long slots, descriptor_words, nbuffers, max_readers;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$OOOOOOKKKKU:reclaim", keywords,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$OOOOOOO&O&O&O&U:reclaim", keywords,
                                      &header_object, &control, &descriptors, &freelist, &readers,
-                                     &groups, &slots, &descriptor_words, &nbuffers, &max_readers,
-                                     &ring.name)) {
+                                     &groups, shmring_u64, &slots, shmring_u64,
+                                     &descriptor_words, shmring_u64, &nbuffers, shmring_u64,
+                                     &max_readers, &ring.name)) {
         return NULL;
     }
     uint64_t table_words, record_table_words;

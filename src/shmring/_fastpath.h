@@ -85,6 +85,10 @@ extern PyObject *shmring_ring_corrupted;
 uint64_t *shmring_word_view(PyObject *view, const Py_buffer *within, const char *owner,
                             const char *what, uint64_t words);
 
+/* PyArg "O&" converter to an unsigned long long: an int in [0, 2**64), else OverflowError
+ * or TypeError ("K" would wrap any int modulo 2**64). */
+int shmring_u64(PyObject *object, void *address);
+
 /* FUTEX_WAKE every sleeper on the futex word at the low half of `word`. */
 void shmring_futex_wake_all(uint64_t *word);
 

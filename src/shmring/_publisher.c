@@ -125,9 +125,10 @@ typedef struct {
     PyObject_HEAD
     Py_buffer header; /* exports that keep the two mappings alive (see _fastpath.c) */
     Py_buffer data;
-    int initialized;   /* __init__ succeeded once; it never runs again */
+    int initialized;   /* __init__ ran (it never runs again, even after failing) */
     int holds_exports; /* until close(): the pointers below are valid */
     int busy;          /* a publish is running (maybe without the GIL) */
+    pid_t pid;         /* the process that made it: forget() is close() there */
     uint64_t *control;
     uint64_t *record;
     uint64_t *descriptors;
@@ -178,11 +179,13 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
         PyErr_SetString(PyExc_RuntimeError, "a Publisher is initialized once");
         return -1;
     }
+    self->initialized = 1; /* once, even if it fails: parsing may run Python code (__index__) */
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$OOOOOOOOnnKKnKppKKOUpp:Publisher", keywords, &header, &data,
+            args, kwargs, "$OOOOOOOOnnO&O&nO&ppO&O&OUpp:Publisher", keywords, &header, &data,
             &control, &record, &descriptors, &freelist, &readers, &groups, &frame_bytes, &stride,
-            &slots, &nbuffers, &descriptor_words, &max_readers, &reclaim_eagerly, &overwrite,
-            &meta_size, &ndim, &pin_table, &name, &stream_copies, &exclusive_when_alone)) {
+            shmring_u64, &slots, shmring_u64, &nbuffers, &descriptor_words, shmring_u64,
+            &max_readers, &reclaim_eagerly, &overwrite, shmring_u64, &meta_size, shmring_u64,
+            &ndim, &pin_table, &name, &stream_copies, &exclusive_when_alone)) {
         return -1;
     }
     uint64_t table_words, data_bytes, record_table_words;
@@ -243,7 +246,7 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
     self->ndim = ndim;
     self->name = Py_NewRef(name);
     self->stalled = -1;
-    self->initialized = 1;
+    self->pid = getpid();
     return 0;
 }
 
@@ -1047,12 +1050,6 @@ static PyObject *Publisher_publish(Publisher *self, PyObject *const *args, Py_ss
         PyErr_SetString(PyExc_TypeError, "publish(frame[, timestamp_ns])");
         return NULL;
     }
-    if (self->busy) {
-        return busy_error();
-    }
-    if (!self->holds_exports) {
-        return PyLong_FromLong(PUBLISH_FALLBACK); /* closed */
-    }
     Description stamped = {0}, *how = NULL;
     if (nargs == 2) {
         if (!PyLong_CheckExact(args[1])) {
@@ -1070,8 +1067,14 @@ static PyObject *Publisher_publish(Publisher *self, PyObject *const *args, Py_ss
     if (PyObject_GetBuffer(frame_object, &frame, PyBUF_STRIDES) < 0) {
         return NULL;
     }
-    if (frame.len != self->frame_bytes || !PyBuffer_IsContiguous(&frame, 'C')) {
-        PyBuffer_Release(&frame); /* strided: numpy copies it in the general path */
+    /* Checked after GetBuffer, which may run Python code (a __buffer__ that closes it). */
+    if (self->busy) {
+        PyBuffer_Release(&frame);
+        return busy_error();
+    }
+    if (!self->holds_exports || frame.len != self->frame_bytes ||
+        !PyBuffer_IsContiguous(&frame, 'C')) {
+        PyBuffer_Release(&frame); /* closed, or strided: the general path (numpy copies it) */
         return PyLong_FromLong(PUBLISH_FALLBACK);
     }
     long long seq = PUBLISH_FALLBACK, buffer = PUBLISH_FALLBACK;
@@ -1191,16 +1194,19 @@ static PyObject *Publisher_publish_claimed(Publisher *self, PyObject *buffer_obj
  * exception (also while another call on this writer is under way). */
 static int claim_arguments(Publisher *self, PyObject *buffer_object, PyObject *locked_object,
                            uint64_t *buffer, int *locked) {
-    if (self->busy) {
-        busy_error();
-        return -1;
-    }
     *buffer = PyLong_AsUnsignedLongLong(buffer_object);
     if (*buffer == (uint64_t)-1 && PyErr_Occurred()) {
         return -1;
     }
-    *locked = PyObject_IsTrue(locked_object);
-    return *locked < 0 ? -1 : 0;
+    *locked = PyObject_IsTrue(locked_object); /* may run Python code (__bool__): then busy */
+    if (*locked < 0) {
+        return -1;
+    }
+    if (self->busy) {
+        busy_error();
+        return -1;
+    }
+    return 0;
 }
 
 /* publish_described(buffer, timestamp_ns, shape, meta, locked): publish_claimed() for any
@@ -1392,6 +1398,9 @@ static PyObject *Publisher_close(Publisher *self, PyObject *Py_UNUSED(ignored)) 
 }
 
 static PyObject *Publisher_forget(Publisher *self, PyObject *Py_UNUSED(ignored)) {
+    if (getpid() == self->pid) {
+        return Publisher_close(self, NULL);
+    }
     /* In a forked child: the thread that was publishing (if any) does not exist here. */
     self->busy = 0;
     release_exports(self);

@@ -130,7 +130,7 @@ static PyTypeObject FrameBaseType = {
 typedef struct {
     PyObject_HEAD
     Py_buffer header;  /* export that keeps the header mapping alive (see _fastpath.c) */
-    int initialized;   /* __init__ succeeded once; it never runs again */
+    int initialized;   /* __init__ ran (it never runs again, even after failing) */
     int holds_exports; /* until close(): the pointers below are valid */
     int busy;          /* a wait is sleeping without the GIL */
     int fd;                  /* the segment's file, to see a truncation after a sleep */
@@ -186,12 +186,13 @@ static int Taker_init(Taker *self, PyObject *args, PyObject *kwargs) {
         PyErr_SetString(PyExc_RuntimeError, "a Taker is initialized once");
         return -1;
     }
+    self->initialized = 1; /* once, even if it fails: parsing may run Python code (__index__) */
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$OOOO!O!KnOOO!KKOiLOO:Taker", keywords, &header, &control,
-            &descriptors, &PyList_Type, &buffers, &PyType_Type, &frame_type, &slots,
+            args, kwargs, "$OOOO!O!O&nOOO!O&O&OiLOO:Taker", keywords, &header, &control,
+            &descriptors, &PyList_Type, &buffers, &PyType_Type, &frame_type, shmring_u64, &slots,
             &descriptor_words, &record, &readers, &PyType_Type, &collectable_frame_type,
-            &max_readers, &nbuffers, &group, &fd, &segment_bytes, &check_size,
-            &pin_table)) {
+            shmring_u64, &max_readers, shmring_u64, &nbuffers, &group, &fd, &segment_bytes,
+            &check_size, &pin_table)) {
         return -1;
     }
     uint64_t table_words, records_words;
@@ -256,19 +257,21 @@ static int Taker_init(Taker *self, PyObject *args, PyObject *kwargs) {
     self->buffers = Py_NewRef(buffers);
     self->frame_type = (PyTypeObject *)Py_NewRef(frame_type);
     self->collectable_frame_type = (PyTypeObject *)Py_NewRef(collectable_frame_type);
-    self->initialized = 1;
     return 0;
 }
 
 /* A new Frame of `type` over buffer `buffer` (in range), held by `reader`. */
 static PyObject *build_frame(Taker *self, PyTypeObject *type, PyObject *reader, uint64_t seq,
                              uint64_t buffer, uint64_t timestamp_ns, uint64_t dropped) {
+    /* Before the allocation: it may collect garbage, whose finalizers may empty the list. */
+    PyObject *array = Py_NewRef(PyList_GET_ITEM(self->buffers, buffer));
     FrameBase *frame = (FrameBase *)type->tp_alloc(type, 0);
     if (frame == NULL) {
+        Py_DECREF(array);
         return NULL;
     }
     frame->reader = Py_NewRef(reader);
-    frame->array = Py_NewRef(PyList_GET_ITEM(self->buffers, buffer));
+    frame->array = array;
     frame->meta = Py_NewRef(self->no_meta);
     frame->seq = seq;
     frame->timestamp_ns = timestamp_ns;
@@ -345,6 +348,10 @@ static PyObject *Taker_advance(Taker *self, PyObject *const *args, Py_ssize_t na
     PyObject *frame = take_frame(self, args[0], seq);
     if (frame == NULL || frame == Py_None) {
         return frame;
+    }
+    if (!self->holds_exports) { /* closed by a finalizer the allocation ran */
+        Py_DECREF(frame);
+        Py_RETURN_NONE;
     }
     release_and_wake(self, seq);
     return frame;
@@ -577,8 +584,11 @@ static int free_pin_slot(Taker *self) {
     return -1;
 }
 
-/* Its slot that holds frame `seq`, or -1. */
+/* Its slot that holds frame `seq`, or -1 (NONE marks a free slot: no frame has it). */
 static int pin_slot_of(Taker *self, uint64_t seq) {
+    if (seq >= SHMRING_SEQ_LIMIT) {
+        return -1;
+    }
     for (int slot = 0; slot < SHMRING_MAX_PINS; slot++) {
         if (self->pin_seq[slot] == seq) {
             return slot;
@@ -983,6 +993,9 @@ static PyObject *Taker_close(Taker *self, PyObject *Py_UNUSED(ignored)) {
 }
 
 static PyObject *Taker_forget(Taker *self, PyObject *Py_UNUSED(ignored)) {
+    if (getpid() == self->pid) {
+        return Taker_close(self, NULL);
+    }
     /* In a forked child: the thread that was waiting (if any) does not exist here. */
     self->busy = 0;
     Taker_release_exports(self);
