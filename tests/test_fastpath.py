@@ -375,12 +375,16 @@ def test_closing_the_writer_during_its_write_raises_and_leaves_it_whole() -> Non
         w._publisher = _publisher(w._p, w._record, reclaim_eagerly=True)
         w._publisher.on_reclaim = close_meanwhile
         w._publish_fast = w._publisher.publish
+        w._claim_buffer_fast = w._publisher.claim_buffer
         assert w.write(_frame(3), WAIT) == 0
         assert len(refused) == 1 and "under way" in str(refused[0])
         assert not w.closed and w.readers == 1
         with r.read(WAIT) as got:
             assert np.array_equal(got.array, _frame(3))
         w._publisher.on_reclaim = None
+        assert w.write(_frame(4)[:, ::-1], WAIT) == 1  # strided: the checked path, not closing
+        with r.read(WAIT) as got:
+            assert np.array_equal(got.array, _frame(4)[:, ::-1])
         w.close()
         assert w.closed
 

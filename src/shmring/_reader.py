@@ -35,7 +35,14 @@ from ._errors import (
 )
 from ._fastpath import TAKE_NO_PIN, TAKE_NO_ROOM, FrameBase, Taker, load_word
 from ._pacing import Pacer
-from ._ring import CLOSE_LIMIT, Participant, RingHandle, left_without_lock, uncount_sleeper
+from ._ring import (
+    CLOSE_LIMIT,
+    Participant,
+    RingHandle,
+    left_without_lock,
+    participant_of,
+    uncount_sleeper,
+)
 from ._segment import Segment, validate_name
 from ._sys import futex_wait, precise_futex_wait
 from ._timing import DEFAULT_SPIN, POLL_SLICE, checked_spin, deadline_from, remaining
@@ -152,11 +159,8 @@ class RingReader(AsyncReading, RingHandle):
         segment = Segment.attach(
             name, timeout, writable_data=False, shape=shape, dtype=dtype, owner=owner
         )
-        try:
-            return cls(Participant(segment), group, start, float(spin), deadline)
-        except BaseException:
-            segment.close()
-            raise
+        with participant_of(segment, owner=False) as p:
+            return cls(p, group, start, float(spin), deadline)
 
     def __init__(
         self,
@@ -966,8 +970,8 @@ class RingReader(AsyncReading, RingHandle):
         return self._p.geometry.dtype
 
     def close(self) -> None:
-        self._refuse_close_in_call()  # first: nothing is closed if a call is under way
-        self._taker.close()  # it raises if another thread waits in it for a frame
+        self._close_in_c(self._taker.close)  # it raises if another thread waits in it
+        self._last = self._pending = None  # a frame refers back to its reader: no cycle
         super().close()
 
     def _forget_after_fork(self) -> None:
@@ -1018,7 +1022,10 @@ def taker_arguments(
 
 def _close_reader(p: Participant, record: memoryview, index: int, taker: Taker) -> None:
     """Leave the ring (also run by the finalizer at garbage collection and interpreter exit)."""
-    taker.close()  # first: it raises if another thread waits in it (idempotent)
+    try:
+        taker.close()  # first: it raises if another thread waits in it (idempotent)
+    except RuntimeError:  # interpreter exit while a daemon thread waits in it: its end frees
+        return
     if p.closed or p.pid != os.getpid():
         return
     try:

@@ -26,6 +26,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import time
@@ -75,6 +76,27 @@ def uncount_sleeper(record: memoryview, sleeping: int, waiters_address: int) -> 
     if record[sleeping]:
         record[sleeping] = 0
         atomic_add32(waiters_address, -1)
+
+
+@contextlib.contextmanager
+def participant_of(segment: Segment, *, owner: bool) -> Iterator[Participant]:
+    """A Participant of `segment` for a handle under construction: if that fails, closed
+    (its views first, so that the mappings go now, not at the next garbage collection) and,
+    for the creator, unlinked."""
+    try:
+        participant = Participant(segment)
+    except BaseException:
+        segment.close()
+        raise
+    try:
+        yield participant
+    except BaseException:
+        try:
+            if owner:
+                segment.unlink()
+        finally:
+            participant.close()
+        raise
 
 
 class Participant:
@@ -788,6 +810,17 @@ class RingHandle:
         the creator also unlinks the ring's name."""
         self._refuse_close_in_call()
         self._finalizer()
+
+    def _close_in_c(self, close: Callable[[], None]) -> None:
+        """Begin closing: `close` the handle's C object, which raises RuntimeError while
+        another thread is inside it; then, as while a call is under way in Python, nothing
+        is closed and the handle stays usable."""
+        self._refuse_close_in_call()  # first: nothing is closed if a call is under way
+        try:
+            close()
+        except BaseException:
+            self._closing = False
+            raise
 
     def _refuse_close_in_call(self) -> None:
         """Begin closing (see _calls); RuntimeError, and not closing, if a call is under way."""

@@ -217,6 +217,7 @@ class Segment:
         geometry.check_size()  # a /dev/shm larger than the limit: what unpack would refuse
         _reclaim_abandoned_temps()
         fd, temp = _new_file()
+        segment: Segment | None = None
         try:
             os.fchmod(fd, mode)  # exact mode, whatever the umask
             try:
@@ -228,18 +229,19 @@ class Segment:
             os.pwrite(fd, geometry.pack(), 0)
             huge = _wants_huge_pages(huge_pages, geometry)
             segment = cls(name, fd, geometry, writable_data=True, huge_pages=huge)
-            try:
-                _initialise(segment, huge)
-                if not try_lock_range(fd, L.LOCK_CREATOR):
-                    raise OSError(errno.EAGAIN, "could not take the creator lock of a new ring")
-                _link_claiming_stale(f"/proc/self/fd/{fd}" if temp is None else temp, name)
-            except BaseException:
-                segment.close()
-                raise
+            _initialise(segment, huge)
+            if not try_lock_range(fd, L.LOCK_CREATOR):
+                raise OSError(errno.EAGAIN, "could not take the creator lock of a new ring")
+            _link_claiming_stale(f"/proc/self/fd/{fd}" if temp is None else temp, name)
             return segment
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            if segment is None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            else:  # it owns fd: closed once, here (a second close could hit a reused number)
+                with contextlib.suppress(OSError):
+                    segment.unlink()  # the name, if it was linked (to this segment) already
+                segment.close()
             raise
         finally:
             if temp is not None:
@@ -342,7 +344,7 @@ class Segment:
         stale, to its owner or root (shmring gc)."""
         path = segment_path(self.name)
         try:
-            if os.stat(path).st_ino == self.inode:
+            if os.lstat(path).st_ino == self.inode:  # a link put at the name is not ours
                 os.unlink(path)
         except FileNotFoundError:
             pass

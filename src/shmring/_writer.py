@@ -31,7 +31,7 @@ from ._fastpath import (
     Publisher,
     load_word,
 )
-from ._ring import CLOSE_LIMIT, Participant, RingHandle, left_without_lock
+from ._ring import CLOSE_LIMIT, Participant, RingHandle, left_without_lock, participant_of
 from ._segment import Segment, checked_huge_pages, checked_mode, validate_name
 from ._sys import (
     BARRIER_REGISTERED,
@@ -205,13 +205,8 @@ class RingWriter(AsyncWriting, RingHandle):
             creator_pid=os.getpid(),
             created_ns=time.time_ns(),
         )
-        segment = Segment.create(name, geometry, mode, huge)
-        try:
-            return cls(Participant(segment), owner=True, spin=spin)
-        except BaseException:
-            segment.unlink()
-            segment.close()
-            raise
+        with participant_of(Segment.create(name, geometry, mode, huge), owner=True) as p:
+            return cls(p, owner=True, spin=spin)
 
     @classmethod
     def attach(
@@ -236,11 +231,8 @@ class RingWriter(AsyncWriting, RingHandle):
         segment = Segment.attach(
             name, timeout, writable_data=True, shape=shape, dtype=dtype, owner=owner
         )
-        try:
-            return cls(Participant(segment), owner=False, spin=spin, deadline=deadline)
-        except BaseException:
-            segment.close()
-            raise
+        with participant_of(segment, owner=False) as p:
+            return cls(p, owner=False, spin=spin, deadline=deadline)
 
     def __init__(
         self, participant: Participant, owner: bool, spin: float, deadline: float | None = None
@@ -787,9 +779,10 @@ class RingWriter(AsyncWriting, RingHandle):
 
     # ---- lifecycle -----------------------------------------------------------------------
     def close(self) -> None:
-        self._refuse_close_in_call()  # first: nothing is closed if a call is under way
         if self._joined:
-            self._publisher.close()  # it raises if another thread's write() is in it
+            self._close_in_c(self._publisher.close)  # it raises if a write() is in it
+        else:
+            self._refuse_close_in_call()
         self._fast_path = False  # before leaving: write() must take the checked path
         super().close()
 
@@ -898,7 +891,12 @@ class _Membership:
 def _close_writer(p: Participant, membership: _Membership, owner: bool) -> None:
     """Leave the ring (also run by the finalizer at garbage collection and interpreter exit)."""
     if membership.publisher is not None:
-        membership.publisher.close()  # its exports would keep the mappings alive (idempotent)
+        try:
+            membership.publisher.close()  # its exports would keep the mappings alive
+        except RuntimeError:  # interpreter exit while a daemon thread's write() copies
+            if owner and not p.closed and p.pid == os.getpid():
+                p.segment.unlink()  # the mappings stay the thread's until the process ends
+            return
     if p.closed or p.pid != os.getpid():
         return
     try:
@@ -914,9 +912,11 @@ def _close_writer(p: Participant, membership: _Membership, owner: bool) -> None:
     except RingTimeout as exc:
         raise left_without_lock(p, "writer") from exc
     finally:
-        if owner:  # even when the header is damaged: the creator must not leak the name
-            p.segment.unlink()
-        p.close()
+        try:
+            if owner:  # even when the header is damaged: the creator must not leak the name
+                p.segment.unlink()
+        finally:
+            p.close()
 
 
 def _leave_as_writer(p: Participant, record: memoryview, index: int) -> None:

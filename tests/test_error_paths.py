@@ -1,0 +1,166 @@
+"""What a call that fails part-way, or a close() that cannot finish, leaves behind: no name
+in /dev/shm, no descriptor closed twice, no mapping kept by a cycle, no handle half closed
+(from a review of every error path)."""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import SMALL, WAIT, mapped_here, seg_path, segment_file_id, unique_name
+
+from shmring import RingExists, RingFull, RingReader, RingWriter, _segment
+
+
+def test_a_create_refused_for_a_taken_name_closes_its_descriptor_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A second close of the same number could close whatever another thread opened
+    meanwhile (another ring's liveness descriptor)."""
+    name = unique_name()
+    made: list[int] = []
+    closed: list[int] = []
+    new_file, close = _segment._new_file, os.close
+
+    def recorded_new_file() -> tuple[int, str | None]:
+        fd, temp = new_file()
+        made.append(fd)
+        return fd, temp
+
+    def recorded_close(fd: int) -> None:
+        closed.append(fd)
+        close(fd)
+
+    with RingWriter.create(name, SMALL, np.uint8):
+        monkeypatch.setattr(_segment, "_new_file", recorded_new_file)
+        monkeypatch.setattr(os, "close", recorded_close)
+        with pytest.raises(RingExists):
+            RingWriter.create(name, SMALL, np.uint8)
+        monkeypatch.undo()
+    assert len(made) == 1 and closed.count(made[0]) == 1, (made, closed)
+
+
+def test_a_create_interrupted_once_its_name_is_linked_removes_the_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    name = unique_name()
+    link = _segment._link_claiming_stale
+
+    def linked_then_interrupted(source: str, target: str) -> None:
+        link(source, target)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_segment, "_link_claiming_stale", linked_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        RingWriter.create(name, SMALL, np.uint8)
+    assert not os.path.lexists(seg_path(name))
+
+
+@pytest.mark.parametrize("how", ["latest", "iterate"])
+def test_a_closed_reader_keeps_no_mapping_through_its_last_frame(how: str) -> None:
+    """The frame iteration or latest() returned last refers back to its reader: a closed
+    reader that kept it would keep the ring mapped until the cyclic garbage collector ran."""
+    name = unique_name()
+    with RingWriter.create(name, SMALL, np.uint8, slots=4, policy="overwrite") as w:
+        file_id = segment_file_id(name)
+        r = RingReader.attach(name, start="oldest")
+        w.write(np.ones(SMALL, np.uint8), WAIT)
+        if how == "latest":
+            r.latest(WAIT)
+        else:
+            next(iter(r))  # not kept here: the reader's own reference must not keep the ring
+        gc.disable()
+        try:
+            r.close()
+            del r
+            w.close()
+            assert not mapped_here(file_id)
+        finally:
+            gc.enable()
+
+
+def _mappings_of(file_id: tuple[int, int]) -> int:
+    """How many mappings of file `file_id` this process has."""
+    inode = str(file_id[0])
+    with open("/proc/self/maps") as maps:
+        return sum(1 for line in maps if line.split(maxsplit=5)[4:5] == [inode])
+
+
+@pytest.mark.parametrize("role", ["reader", "writer"])
+def test_an_attach_refused_for_want_of_a_record_unmaps_at_once(role: str) -> None:
+    """RingFull (as any failure once the handle's views exist): its mappings go with the
+    call, not at the next garbage collection (aattach retries would pile them up)."""
+    name = unique_name()
+    with (
+        RingWriter.create(name, SMALL, np.uint8, max_readers=1, max_writers=1) as w,
+        RingReader.attach(name),
+    ):
+        w.write(np.zeros(SMALL, np.uint8), WAIT)  # the creator's writer record is taken
+        file_id = segment_file_id(name)
+        before = _mappings_of(file_id)
+        attach = RingReader.attach if role == "reader" else RingWriter.attach
+        gc.disable()
+        try:
+            with pytest.raises(RingFull):
+                attach(name)
+            assert _mappings_of(file_id) == before
+        finally:
+            gc.enable()
+
+
+_EXIT_WHILE_WRITING = """
+import sys, threading
+import numpy as np
+from shmring import RingWriter
+name = sys.argv[1]
+shape = (64 << 20,)
+w = RingWriter.create(name, shape, np.uint8, slots=2)
+frame = np.ones(shape, np.uint8)
+w.write(frame, 5.0)
+started = threading.Event()
+
+def write_for_ever() -> None:
+    started.set()
+    while True:
+        w.write(frame, 5.0)
+
+threading.Thread(target=write_for_ever, daemon=True).start()
+started.wait()
+print("exiting", flush=True)
+"""
+
+
+def test_a_creator_exiting_while_a_daemon_thread_writes_removes_its_ring() -> None:
+    """At interpreter exit the writer's finalizer finds a daemon thread inside write() (a
+    large copy runs without the GIL): the name is removed all the same."""
+    name = unique_name()
+    done = subprocess.run(
+        [sys.executable, "-c", _EXIT_WHILE_WRITING, name],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    leaked = os.path.lexists(seg_path(name))
+    if leaked:
+        os.unlink(seg_path(name))
+    assert done.returncode == 0 and done.stdout.strip() == "exiting", done.stderr
+    assert not leaked, done.stderr
+
+
+def test_a_loop_link_at_the_name_does_not_stop_close(tmp_path: Any) -> None:
+    """The name was removed (shmring rm --force) and a link that loops put there (stat
+    follows it: ELOOP): the creator's close() leaves it and closes its handle all the same."""
+    name = unique_name()
+    w = RingWriter.create(name, SMALL, np.uint8)
+    os.unlink(seg_path(name))
+    os.symlink(seg_path(name), seg_path(name))
+    try:
+        w.close()
+        assert w.closed
+    finally:
+        os.unlink(seg_path(name))
