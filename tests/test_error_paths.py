@@ -14,7 +14,16 @@ import numpy as np
 import pytest
 from helpers import SMALL, WAIT, mapped_here, seg_path, segment_file_id, unique_name
 
-from shmring import RingExists, RingFull, RingReader, RingWriter, _segment
+from shmring import (
+    ParticipantStalled,
+    RingExists,
+    RingFull,
+    RingReader,
+    RingWriter,
+    _segment,
+    _writer,
+)
+from shmring import _layout as L
 
 
 def test_a_create_refused_for_a_taken_name_closes_its_descriptor_once(
@@ -164,3 +173,41 @@ def test_a_loop_link_at_the_name_does_not_stop_close(tmp_path: Any) -> None:
         assert w.closed
     finally:
         os.unlink(seg_path(name))
+
+
+def test_a_reader_attach_that_times_out_on_a_stopped_writer_gives_its_record_back() -> None:
+    """Joining a block ring waits for each writer to leave its lock-free step; one stopped
+    inside it (forged here) makes attach raise ParticipantStalled, and the reader record it
+    had taken is free again: not counted as a reader, not left for a reaper."""
+    name = unique_name()
+    with RingWriter.create(name, SMALL, np.uint8, slots=4) as w, RingWriter.attach(name) as other:
+        other._record[L.W_IN_PUBLISH] = 1  # as if stopped mid-publish
+        with pytest.raises(ParticipantStalled):
+            RingReader.attach(name)
+        assert w.readers == 0
+        assert not any(r[L.R_STATE] == L.STATE_ACTIVE for r in w._p.views.readers)
+        other._record[L.W_IN_PUBLISH] = 0
+        with RingReader.attach(name):
+            assert w.readers == 1
+
+
+def test_a_join_interrupted_while_it_builds_its_publisher_gives_its_record_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The creator joins at its first write; Ctrl-C while that join builds the writer's C
+    object leaves no writer record behind, so the next write joins with one record, and
+    its close ends the stream (not WriterGone)."""
+    name = unique_name()
+    build = _writer._publisher
+
+    def interrupted(*args: Any) -> Any:
+        raise KeyboardInterrupt
+
+    with RingWriter.create(name, SMALL, np.uint8, slots=4) as w:
+        monkeypatch.setattr(_writer, "_publisher", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            w.write(np.zeros(SMALL, np.uint8), WAIT)
+        monkeypatch.setattr(_writer, "_publisher", build)
+        assert not any(r[L.W_STATE] == L.STATE_ACTIVE for r in w._p.views.writers)
+        w.write(np.zeros(SMALL, np.uint8), WAIT)
+        assert sum(r[L.W_STATE] == L.STATE_ACTIVE for r in w._p.views.writers) == 1

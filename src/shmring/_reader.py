@@ -199,34 +199,13 @@ class RingReader(AsyncReading, RingHandle):
         with p.lock.until(deadline):
             index = p.take_record(p.views.readers, L.LOCK_READER_BASE, "reader")
             record = p.views.readers[index]
-            tail, head = p.window().start, p.control[L.C_HEAD]
-            first = tail if start == "oldest" or head == tail else head - 1
-            record[L.R_DROPPED] = 0
-            record[L.R_SLEEPING] = 0
-            record[L.R_PINNED] = L.NONE
-            if p.views.pins:  # overwrite: a reaped reader's pins must not outlive it
-                L.clear_pin_line(p.views.pins[index])
-            if group is None:
-                record[L.R_GROUP] = L.NONE
-                record[L.R_RELEASE] = first
-            else:
-                record[L.R_RELEASE] = L.NONE
-                record[L.R_GROUP] = self._join_group(group, first)
-                self._group_record = p.views.groups[record[L.R_GROUP]]
-            p.recount()
-            if self._block:
-                # Writers reclaim without the lock (the exclusive writer, or sequenced ones):
-                # once they have seen this reader, frames from `first` on are safe; any they
-                # freed before, we skip.
-                p.quiesce_writers(deadline)
-                first = max(first, p.control[L.C_TAIL])
-                if group is None:
-                    record[L.R_RELEASE] = first
-                else:
-                    assert self._group_record is not None
-                    tail = p.control[L.C_TAIL]
-                    if self._group_record[L.G_CURSOR] < tail:  # a new group: no member yet
-                        self._group_record[L.G_CURSOR] = tail
+            try:
+                first = self._join(index, record, group, start, deadline)
+                self._taker = _taker(p, record, self._group_record)
+            except BaseException:  # (a writer stopped mid-publish, Ctrl-C): not attached
+                p.free_record(record, L.LOCK_READER_BASE + index)
+                p.recount()
+                raise
         p.announce_membership()
         self._index = index
         self._record = record
@@ -234,8 +213,43 @@ class RingReader(AsyncReading, RingHandle):
         self._lock_free = self._block and group is None
         self._pins_lock_free = not self._block and group is None
         self._group_lock_free = self._block and group is not None
-        self._taker = _taker(p, record, self._group_record)
         self._leave_at(weakref.finalize(self, _close_reader, p, record, index, self._taker))
+
+    def _join(
+        self, index: int, record: memoryview, group: str | None, start: str, deadline: float | None
+    ) -> int:
+        """Under the lock: set up reader record `index` (`record`), taken for this handle,
+        and its group; the first frame it reads."""
+        p = self._p
+        tail, head = p.window().start, p.control[L.C_HEAD]
+        first = tail if start == "oldest" or head == tail else head - 1
+        record[L.R_DROPPED] = 0
+        record[L.R_SLEEPING] = 0
+        record[L.R_PINNED] = L.NONE
+        if p.views.pins:  # overwrite: a reaped reader's pins must not outlive it
+            L.clear_pin_line(p.views.pins[index])
+        if group is None:
+            record[L.R_GROUP] = L.NONE
+            record[L.R_RELEASE] = first
+        else:
+            record[L.R_RELEASE] = L.NONE
+            record[L.R_GROUP] = self._join_group(group, first)
+            self._group_record = p.views.groups[record[L.R_GROUP]]
+        p.recount()
+        if self._block:
+            # Writers reclaim without the lock (the exclusive writer, or sequenced ones):
+            # once they have seen this reader, frames from `first` on are safe; any they
+            # freed before, we skip.
+            p.quiesce_writers(deadline)
+            first = max(first, p.control[L.C_TAIL])
+            if group is None:
+                record[L.R_RELEASE] = first
+            else:
+                assert self._group_record is not None
+                tail = p.control[L.C_TAIL]
+                if self._group_record[L.G_CURSOR] < tail:  # a new group: no member yet
+                    self._group_record[L.G_CURSOR] = tail
+        return first
 
     def _join_group(self, group: str, first: int) -> int:
         p = self._p

@@ -292,6 +292,7 @@ class RingWriter(AsyncWriting, RingHandle):
                     p.enter_shared_mode(deadline)  # may time out on a stopped writer
                 else:
                     p.leave_shared_mode()  # alone: the writers before it have left
+                publisher = _publisher(p, record, self._reclaim_eagerly, self._stream_copies)
             except BaseException:
                 # Not joined: give the record back, or each retry of a write would take
                 # one more until RingFull (an attached handle's close would free it; a
@@ -302,10 +303,7 @@ class RingWriter(AsyncWriting, RingHandle):
                 p.recount()
                 raise
         membership = self._membership
-        membership.index, membership.record = index, record
-        publisher = membership.publisher = _publisher(
-            p, record, self._reclaim_eagerly, self._stream_copies
-        )
+        membership.index, membership.record, membership.publisher = index, record, publisher
         self._record = record
         self._publisher = publisher
         self._joined = True
