@@ -20,10 +20,13 @@ from shmring import (
     RingFull,
     RingReader,
     RingWriter,
+    _lock,
     _segment,
+    _sys,
     _writer,
 )
 from shmring import _layout as L
+from shmring._sys import range_is_locked
 
 
 def test_a_create_refused_for_a_taken_name_closes_its_descriptor_once(
@@ -211,3 +214,45 @@ def test_a_join_interrupted_while_it_builds_its_publisher_gives_its_record_back(
         assert not any(r[L.W_STATE] == L.STATE_ACTIVE for r in w._p.views.writers)
         w.write(np.zeros(SMALL, np.uint8), WAIT)
         assert sum(r[L.W_STATE] == L.STATE_ACTIVE for r in w._p.views.writers) == 1
+
+
+def test_the_header_lock_taken_as_ctrl_c_lands_is_let_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C handled just as the header lock's fcntl returned (taken): the lock is let go,
+    so other processes do not wait for it until this handle closes, and this handle's
+    next call takes it again at once."""
+    name = unique_name()
+    take = _sys.try_lock_range
+
+    def taken_then_interrupted(fd: int, byte: int) -> bool:
+        if not take(fd, byte):
+            return False
+        raise KeyboardInterrupt
+
+    with RingWriter.create(name, SMALL, np.uint8, slots=4) as w, RingReader.attach(name) as r:
+        monkeypatch.setattr(_lock, "try_lock_range", taken_then_interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            w._p.lock.acquire(0.0)
+        monkeypatch.undo()
+        assert not range_is_locked(r._p.segment.fd, L.LOCK_HEADER)
+        w._p.lock.acquire(0.0)
+        w._p.lock.release()
+
+
+def test_the_header_lock_released_as_ctrl_c_lands_is_released_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    name = unique_name()
+    unlock = _sys.unlock_range
+
+    def unlocked_then_interrupted(fd: int, byte: int) -> None:
+        unlock(fd, byte)
+        raise KeyboardInterrupt
+
+    with RingWriter.create(name, SMALL, np.uint8, slots=4) as w:
+        w._p.lock.acquire(0.0)
+        monkeypatch.setattr(_lock, "unlock_range", unlocked_then_interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            w._p.lock.release()
+        monkeypatch.undo()
+        w._p.lock.acquire(0.0)  # the thread lock was let go too: no wait for ever
+        w._p.lock.release()

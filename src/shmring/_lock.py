@@ -138,17 +138,16 @@ class HeaderLock:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
             self.held_until = deadline  # a repair below waits no longer (quiesce_writers)
-            try:
-                if backoff != _FIRST_BACKOFF:  # slept: the file may be truncated since
-                    self._check_size()
-                if self._control[L.C_LOCK_OWNER] != 0:
-                    self._repair()
-                self._control[L.C_LOCK_OWNER] = self._token
-            except BaseException:
-                unlock_range(self._fd, L.LOCK_HEADER)
-                raise
+            if backoff != _FIRST_BACKOFF:  # slept: the file may be truncated since
+                self._check_size()
+            if self._control[L.C_LOCK_OWNER] != 0:
+                self._repair()
+            self._control[L.C_LOCK_OWNER] = self._token
         except BaseException:
-            self._thread_lock.release()
+            try:  # whether or not it was taken (Ctrl-C as try_lock_range returned): a no-op
+                unlock_range(self._fd, L.LOCK_HEADER)
+            finally:
+                self._thread_lock.release()
             raise
 
     def until(self, deadline: float | None) -> Held:
@@ -158,10 +157,14 @@ class HeaderLock:
 
     def release(self, clean: bool = True) -> None:
         """Release; `clean=False` leaves the owner mark so the next holder repairs."""
-        if clean:
-            self._control[L.C_LOCK_OWNER] = 0
-        unlock_range(self._fd, L.LOCK_HEADER)
-        self._thread_lock.release()
+        try:
+            if clean:
+                self._control[L.C_LOCK_OWNER] = 0
+        finally:
+            try:  # each step even if Ctrl-C lands in the one before
+                unlock_range(self._fd, L.LOCK_HEADER)
+            finally:
+                self._thread_lock.release()
 
     def __enter__(self) -> HeaderLock:
         self.acquire()
