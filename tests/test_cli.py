@@ -10,12 +10,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import select
 import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +29,7 @@ from helpers import SMALL, WAIT, Child, Waiter, seg_path, unique_name
 
 from shmring import RingReader, RingWriter
 from shmring import _layout as L
+from shmring._cli import Terminal
 
 
 def shmring(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
@@ -375,6 +378,33 @@ def test_top_on_a_terminal_quits_on_q(prefix: str) -> None:
     assert seen.startswith(b"\x1b[?1049h")  # drawn on the alternate screen...
     assert w.name.encode() in seen
     assert seen.rstrip().endswith(b"\x1b[?1049l")  # ...which is left on exit
+
+
+class _GoneTerminal:
+    """stdout of a terminal that went away: every write fails."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EIO, "the terminal went away")
+
+    def flush(self) -> None:
+        raise OSError(errno.EIO, "the terminal went away")
+
+
+def test_top_restores_the_terminal_settings_when_its_last_write_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    controller, terminal = os.openpty()
+    try:
+        with open(terminal, closefd=False) as stdin:
+            monkeypatch.setattr(sys, "stdin", stdin)
+            before = termios.tcgetattr(terminal)
+            with pytest.raises(OSError), Terminal():
+                assert termios.tcgetattr(terminal) != before  # cbreak
+                monkeypatch.setattr(sys, "stdout", _GoneTerminal())
+            assert termios.tcgetattr(terminal) == before
+    finally:
+        os.close(terminal)
+        os.close(controller)
 
 
 def test_observing_does_not_block_a_streaming_writer(prefix: str) -> None:

@@ -438,9 +438,11 @@ class Terminal:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        sys.stdout.write("\x1b[?25h\x1b[?1049l")
-        sys.stdout.flush()
-        termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+        try:
+            sys.stdout.write("\x1b[?25h\x1b[?1049l")
+            sys.stdout.flush()
+        finally:  # a terminal gone (EIO, EPIPE) must not leave the settings changed
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
 
     def show(self, lines: list[str]) -> None:
         width, height = shutil.get_terminal_size()
