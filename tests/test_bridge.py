@@ -54,6 +54,7 @@ from shmring import (  # noqa: E402 (after the skip: the bridge extra may be abs
     RingReader,
     RingTimeout,
     RingWriter,
+    _bridge,
 )
 
 META_SIZE = 16
@@ -540,12 +541,100 @@ def test_bad_arguments_get_one_line_without_zenohs_source_paths() -> None:
             assert done.stderr.count("\n") == 1, done.stderr
 
 
+def refuse_token(key: str, zid: str) -> str:
+    raise KeyboardInterrupt  # Ctrl-C at a constructor's last Zenoh step
+
+
+@pytest.mark.parametrize(
+    "bridge, failure",
+    [
+        (BridgeSender, "key"),
+        (BridgeSender, "token"),
+        (BridgeSender, "thread"),
+        (BridgeReceiver, "key"),
+        (BridgeReceiver, "token"),
+    ],
+)
+def test_a_constructor_that_fails_after_opening_its_session_closes_it(
+    monkeypatch: pytest.MonkeyPatch, bridge: Any, failure: str
+) -> None:
+    """A bridge's constructor fails, once its session listens, on what is no Zenoh error (a
+    key that is no string, Ctrl-C, a thread that cannot start): the session is closed
+    before the exception is raised, so its port is free while the exception is still held
+    (a caller's log, a retry loop)."""
+    ep = endpoint()
+    kwargs: dict[str, Any] = {"listen": [ep]}
+    if bridge is BridgeReceiver:
+        kwargs["keep_freed_memory"] = False  # (the test process's allocator left alone)
+    if failure == "key":
+        kwargs["key"] = 123
+    elif failure == "token":
+        monkeypatch.setattr(_bridge, "receiver_token", refuse_token)
+    else:
+        start = threading.Thread.start
+
+        def refuse_the_senders(thread: threading.Thread) -> None:
+            if thread.name.startswith("bridge send"):  # (Zenoh starts callback threads too)
+                raise RuntimeError("can't start new thread")
+            start(thread)
+
+        monkeypatch.setattr(threading.Thread, "start", refuse_the_senders)
+    expected = {"key": TypeError, "token": KeyboardInterrupt, "thread": RuntimeError}[failure]
+    with pytest.raises(expected) as caught:
+        bridge(unique_name("bf"), **kwargs)
+    monkeypatch.undo()
+    assert caught.value.__traceback__ is not None  # held, with the constructor's frames
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", int(ep.rsplit(":", 1)[1])))  # EADDRINUSE while it listens
+
+
+def test_a_receiver_that_fails_after_a_frame_made_its_ring_removes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A frame arrives as soon as the receiver subscribed and makes its local ring; the
+    constructor's next step then fails (Ctrl-C): the ring is removed before the exception
+    is raised, not whenever it is freed."""
+    from shmring._bridge_wire import Geometry
+
+    src, dst, ep = unique_name("bs"), unique_name("bd"), endpoint()
+
+    def token_once_the_ring_is_there(key: str, zid: str) -> str:
+        deadline = time.monotonic() + WAIT
+        while not os.path.exists(seg_path(dst)):
+            assert time.monotonic() < deadline, "no frame made the ring"
+            time.sleep(0.01)  # polling a condition with a deadline, not synchronising
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_bridge, "receiver_token", token_once_the_ring_is_there)
+    config = zenoh.Config.from_json5(
+        '{mode: "peer", scouting: {multicast: {enabled: false}}, connect: {endpoints: []},'
+        f' listen: {{endpoints: ["{ep}"]}}, transport: {{shared_memory: {{enabled: false}}}}}}'
+    )
+    sample = frame_sample(Geometry((4, 8), "|u1", 4, "block", 8, 4, 0), (4, 8))
+    with zenoh.open(config) as session:
+        publisher = session.declare_publisher(f"shmring/{src}")
+        matched = threading.Event()
+        listener = publisher.declare_matching_listener(
+            lambda status: matched.set() if status.matching else None
+        )
+        putter = threading.Thread(target=lambda: matched.wait(WAIT) and publisher.put(sample))
+        putter.start()
+        with pytest.raises(KeyboardInterrupt) as caught:
+            BridgeReceiver(src, local=dst, connect=[ep], keep_freed_memory=False)
+        putter.join(WAIT)
+        assert caught.value.__traceback__ is not None  # held, with the receiver in its frames
+        assert not os.path.exists(seg_path(dst))
+        listener.undeclare()
+        publisher.undeclare()
+
+
 # A receiver's threads in miniature: one allocates, fills and frees a few blocks of 1 MiB,
-# round after round, in a process with a BridgeReceiver (made with argv[2]'s
-# keep_freed_memory, connecting to argv[3], where nobody listens). Prints the page faults
-# the rounds took in that thread, after three rounds that let glibc settle in its arena.
+# round after round, in a process with a BridgeReceiver (connecting to argv[3], where nobody
+# listens; argv[2]: "keep" with keep_freed_memory, "default" without, "refused" with it but
+# a policy no ring has, so that the constructor raises). Prints the page faults the rounds
+# took in that thread, after three rounds that let glibc settle in its arena.
 FREED_MEMORY_CHILD = """
-import ctypes, sys, threading
+import contextlib, ctypes, sys, threading
 from shmring import BridgeReceiver
 
 libc = ctypes.CDLL(None)
@@ -577,7 +666,20 @@ def rounds(out):
     out.append(faults() - start)
 
 
-with BridgeReceiver(sys.argv[1], connect=[sys.argv[3]], keep_freed_memory=sys.argv[2] == "keep"):
+def receiver(mode):
+    try:
+        return BridgeReceiver(
+            sys.argv[1],
+            connect=[sys.argv[3]],
+            keep_freed_memory=mode != "default",
+            policy="bogus" if mode == "refused" else None,
+        )
+    except ValueError:
+        assert mode == "refused"
+        return contextlib.nullcontext()
+
+
+with receiver(sys.argv[2]):
     out = []
     thread = threading.Thread(target=rounds, args=(out,))
     thread.start()
@@ -586,25 +688,35 @@ print(out[-1])
 """
 
 
+ROUND_PAGES = 50 * 4 * 256  # every page of every round of FREED_MEMORY_CHILD
+
+
+def freed_memory_faults(mode: str) -> int:
+    """The page faults of FREED_MEMORY_CHILD's rounds, its receiver made as `mode` says."""
+    done = subprocess.run(
+        [sys.executable, "-c", FREED_MEMORY_CHILD, unique_name("fm"), mode, endpoint()],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=True,
+    )
+    return int(done.stdout.split()[-1])
+
+
 def test_a_receivers_process_keeps_the_memory_it_frees() -> None:
     """With glibc's defaults, a thread that frees 4 MiB of blocks and allocates them again
     gets fresh pages each round (a fault per 4 KiB page); in a process with a
     BridgeReceiver (keep_freed_memory, the default) it gets its own pages back."""
-
-    def faults(keep: str) -> int:
-        done = subprocess.run(
-            [sys.executable, "-c", FREED_MEMORY_CHILD, unique_name("fm"), keep, endpoint()],
-            capture_output=True,
-            text=True,
-            timeout=WAIT,
-            check=True,
-        )
-        return int(done.stdout.split()[-1])
-
-    kept, default = faults("keep"), faults("default")
-    pages = 50 * 4 * 256  # every page of every round
+    kept, default = freed_memory_faults("keep"), freed_memory_faults("default")
     assert kept < 256, f"{kept} page faults over 50 rounds with the memory kept"
-    assert default > pages // 4, f"only {default} page faults with glibc's defaults"
+    assert default > ROUND_PAGES // 4, f"only {default} page faults with glibc's defaults"
+
+
+def test_a_receiver_refused_for_its_arguments_leaves_the_allocator_alone() -> None:
+    """keep_freed_memory holds for the whole process: a receiver whose arguments are refused
+    (a policy no ring has) raises before it sets it, and the process keeps glibc's ways."""
+    refused = freed_memory_faults("refused")
+    assert refused > ROUND_PAGES // 4, f"only {refused} page faults: the allocator was set"
 
 
 def test_wire_reuses_checks_only_when_just_seq_and_timestamp_changed() -> None:

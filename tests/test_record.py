@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import multiprocessing as mp
@@ -57,7 +58,7 @@ from mcap.writer import Writer
 from mcap_protobuf.decoder import DecoderFactory
 
 import shmring
-from shmring import EndOfStream, RingReader, RingWriter
+from shmring import EndOfStream, RingReader, RingWriter, _record
 from shmring._recording import StallNotice
 
 SHAPE = (48, 64, 3)
@@ -622,6 +623,40 @@ def test_recording_leaves_the_sdk_logger_as_it_was(tmp_path: Path) -> None:
         logger.setLevel(logging.NOTSET)
 
 
+def test_a_recorder_that_fails_after_opening_its_file_closes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step after the file's open fails (declaring the image channel): the file is closed
+    at once, not whenever the exception and its frames are freed, and finished (summary,
+    metadata), as at any end but a failed write."""
+    declare = _record._channel
+
+    def image_refused(context: Any, topic: str, message_class: Any) -> Any:
+        if topic.endswith("/image"):
+            raise RuntimeError("declaring the channel failed")
+        return declare(context, topic, message_class)
+
+    monkeypatch.setattr(_record, "_channel", image_refused)
+    name, path = unique_name("nochan"), tmp_path / "nochan.mcap"
+    with (
+        RingWriter.create(name, SHAPE, np.uint8, meta_size=META_SIZE),
+        pytest.raises(RuntimeError, match="declaring the channel failed") as caught,
+    ):
+        shmring.record(name, str(path), seconds=WAIT)
+    assert caught.value.__traceback__ is not None  # still held, with the recorder's frames
+    target = os.path.realpath(path)
+    held = [
+        fd
+        for fd in os.listdir("/proc/self/fd")
+        if os.path.realpath(f"/proc/self/fd/{fd}") == target
+    ]
+    assert held == [], f"the file is still open (fds {held})"
+    with open(path, "rb") as f:
+        reader = make_reader(f)
+        assert reader.get_summary() is not None
+        assert [m.name for m in reader.iter_metadata()] == ["shmring.ring"]
+
+
 def test_looping_over_a_recording_without_frames_ends(tmp_path: Path) -> None:
     """A recording stopped before its first frame is a valid file of no frame; replaying
     it with --loop makes one pass and ends (it must not read the file over and over)."""
@@ -705,6 +740,73 @@ def test_disk_full_inside_a_chunk_raises_at_that_frame(tmp_path: Path) -> None:
     assert int(taken.group(1)) <= 16  # 1 MiB holds 15 frames and the file's header
     assert "its last complete chunk (0 frames)" in proc.stderr
     assert (tmp_path / "full.mcap").stat().st_size < 4096  # the header and metadata
+
+
+@pytest.mark.parametrize("there_before", [False, True], ids=["created", "there-before"])
+def test_a_full_disk_removes_only_a_file_the_recording_created(
+    tmp_path: Path, there_before: bool
+) -> None:
+    """The disk is full before the file's start is written: a file the recording created is
+    removed; one that was there before (empty, so that the SDK's truncation frees no room)
+    is kept, cut back to its last complete chunk: none."""
+    name = unique_name("fillfirst")
+    code = (
+        "import errno, sys, numpy as np, shmring\n"
+        "if sys.argv[1] == 'there-before':\n"
+        "    open('{mount}/f.mcap', 'wb').close()\n"
+        "with open('{mount}/filler', 'wb', buffering=0) as filler:\n"
+        "    try:\n"
+        "        while True:\n"
+        "            filler.write(bytes(4096))\n"
+        "    except OSError as full:\n"
+        "        assert full.errno == errno.ENOSPC, full\n"
+        f"with shmring.RingWriter.create({name!r}, (4,), np.uint8):\n"
+        "    try:\n"
+        f"        shmring.record({name!r}, '{{mount}}/f.mcap', seconds={WAIT})\n"
+        "    except shmring.RecordingDiskFull as exc:\n"
+        "        sys.exit(str(exc))\n"
+    )
+    mode = "there-before" if there_before else "created"
+    proc = on_small_tmpfs(tmp_path, "64k", [sys.executable, "-c", code, mode])
+    assert proc.returncode == 1 and "nothing of it was complete" in proc.stderr, proc.stderr
+    copy = tmp_path / "full.mcap"  # what the path held after the recording
+    if there_before:
+        assert "removed" not in proc.stderr and copy.read_bytes() == b"", proc.stderr
+    else:
+        assert "; it was removed" in proc.stderr and not copy.exists(), proc.stderr
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        PermissionError(errno.EACCES, "Permission denied"),  # as another user's file
+        OSError(errno.ENOSPC, "No space left on device"),
+        RuntimeError("FoxgloveError: the SDK's own"),  # (what _writing would probe for)
+    ],
+    ids=["EACCES", "ENOSPC", "SDK-error"],
+)
+def test_a_file_that_cannot_be_opened_is_left_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> None:
+    """A file at the path that the SDK cannot open (another user's, say; the tests run as
+    root, so its open is made to fail) is neither removed nor written to: the open's error
+    is raised (the SDK's own error as an OSError)."""
+    path = tmp_path / "theirs.mcap"
+    before = b"someone else's file\n" * 1000
+    path.write_bytes(before)
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise failure
+
+    monkeypatch.setattr(_record, "open_mcap", refuse)
+    name = unique_name("theirs")
+    with (
+        RingWriter.create(name, SHAPE, np.uint8, meta_size=META_SIZE),
+        pytest.raises(OSError) as caught,
+    ):
+        shmring.record(name, str(path), seconds=WAIT)
+    assert path.read_bytes() == before
+    assert failure in (caught.value, caught.value.__cause__)
 
 
 def test_missing_extra_names_it() -> None:

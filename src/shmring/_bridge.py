@@ -35,6 +35,10 @@
 #     ones given, multicast scouting is off, and a config file that names no listen
 #     endpoints gets none (Zenoh's default would listen on every interface).
 #   - Zenoh is imported when a bridge is made, so `import shmring` works without the extra.
+#   - A constructor that fails once the session is open (a Zenoh error, a `key` of the wrong
+#     type, Ctrl-C) closes it, and a ring a first frame made, before raising: else they, and
+#     the ports the session listens on, would live as long as the exception (a caller's log,
+#     a retry loop).
 #
 # Copies per frame: sender, ring → the sample's buffer (header + metadata + frame, reused
 # frame after frame: _bridge_wire.FrameEncoder) → Zenoh's buffer (zenoh-python 1.10 copies
@@ -51,7 +55,8 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from math import prod
 from types import ModuleType, TracebackType
@@ -243,6 +248,24 @@ class _Bridge:
         self._session = _open_session(listen, connect, config, lossless_sender)
         self._closed = False
 
+    @contextmanager
+    def _closed_on_failure(self) -> Iterator[None]:
+        """The rest of a constructor, after the session opened: any failure closes the
+        session, and leaves what its callbacks took, before it is raised."""
+        try:
+            yield
+        except BaseException:
+            self._closed = True  # a thread or callback already running stops, unlogged
+            self._stop.set()
+            try:
+                self._session.close()
+            finally:
+                self._leave_rings()
+            raise
+
+    def _leave_rings(self) -> None:
+        """Leave the rings the session's callbacks attached to or created (a receiver's)."""
+
     def stats(self) -> BridgeStats:
         info = self._session.info
         peers = len(list(info.peers_zid())) + len(list(info.routers_zid()))
@@ -320,25 +343,25 @@ class BridgeSender(_Bridge):
         self._receivers: set[str] = set()
         self._what = f"bridge send {ring}"
         super().__init__(listen, connect, config, lossless_sender=not latest)
-        z = _zenoh()
-        try:
-            self._publisher = self._session.declare_publisher(
-                self.key,
-                congestion_control=z.CongestionControl.DROP
-                if latest
-                else z.CongestionControl.BLOCK,
-                reliability=z.Reliability.RELIABLE,
-            )
-            self._tokens = self._session.liveliness().declare_subscriber(
-                receiver_token(self.key, "*"), self._on_token, history=True
-            )
-        except z.ZError as exc:
-            self._session.close()
-            raise BridgeError(f"cannot publish on key {self.key!r}: {_said(exc)}") from None
-        self._handoff = threading.Lock()  # who closes the session: see _close_session
-        self._thread_done = self._thread_closes_session = False
-        self._thread = threading.Thread(target=self._run, name=self._what, daemon=True)
-        self._thread.start()
+        with self._closed_on_failure():
+            z = _zenoh()
+            try:
+                self._publisher = self._session.declare_publisher(
+                    self.key,
+                    congestion_control=z.CongestionControl.DROP
+                    if latest
+                    else z.CongestionControl.BLOCK,
+                    reliability=z.Reliability.RELIABLE,
+                )
+                self._tokens = self._session.liveliness().declare_subscriber(
+                    receiver_token(self.key, "*"), self._on_token, history=True
+                )
+            except z.ZError as exc:
+                raise BridgeError(f"cannot publish on key {self.key!r}: {_said(exc)}") from None
+            self._handoff = threading.Lock()  # who closes the session: see _close_session
+            self._thread_done = self._thread_closes_session = False
+            self._thread = threading.Thread(target=self._run, name=self._what, daemon=True)
+            self._thread.start()
 
     def _on_token(self, sample: zenoh.Sample) -> None:
         """Zenoh's callback: a receiver appeared (PUT) or left (DELETE)."""
@@ -548,11 +571,9 @@ class BridgeReceiver(_Bridge):
     ) -> None:
         self.ring = validate_name(ring)
         self.local = validate_name(local or ring)
-        if keep_freed_memory:
-            _sys.keep_freed_memory(KEEP_FREED_BYTES)
-        self.key = key or default_key(ring)
         if policy not in (None, "block", "overwrite"):
             raise ValueError(f"policy must be 'block' or 'overwrite', got {policy!r}")
+        self.key = key or default_key(ring)
         self._slots = slots
         self._policy = policy
         self._wait_readers = wait_readers
@@ -566,15 +587,17 @@ class BridgeReceiver(_Bridge):
         self._warnings = _Warnings()
         super().__init__(listen, connect, config)
         self._n.state = "waiting for a sender"
-        z = _zenoh()
-        try:
-            self._subscriber = self._session.declare_subscriber(self.key, self._on_sample)
-            self._token = self._session.liveliness().declare_token(
-                receiver_token(self.key, str(self._session.zid()))
-            )
-        except z.ZError as exc:
-            self._session.close()
-            raise BridgeError(f"cannot subscribe to key {self.key!r}: {_said(exc)}") from None
+        with self._closed_on_failure():
+            z = _zenoh()
+            try:
+                self._subscriber = self._session.declare_subscriber(self.key, self._on_sample)
+                self._token = self._session.liveliness().declare_token(
+                    receiver_token(self.key, str(self._session.zid()))
+                )
+            except z.ZError as exc:
+                raise BridgeError(f"cannot subscribe to key {self.key!r}: {_said(exc)}") from None
+            if keep_freed_memory:  # process-wide: only once this receiver is there
+                _sys.keep_freed_memory(KEEP_FREED_BYTES)
 
     def _on_sample(self, sample: zenoh.Sample) -> None:
         """Zenoh's callback thread. Blocking here (a full `block` ring) backpressures."""
@@ -739,8 +762,11 @@ class BridgeReceiver(_Bridge):
             self._token.undeclare()
             self._subscriber.undeclare()
         finally:
-            with self._lock:  # a running handler notices the stop flag within POLL
-                self._close_ring()
+            self._leave_rings()
+
+    def _leave_rings(self) -> None:
+        with self._lock:  # a running handler notices the stop flag within POLL
+            self._close_ring()
 
 
 class _Warnings:

@@ -24,6 +24,9 @@
 #   - The SDK opens (creates or truncates) the file itself; the recorder opens it only after
 #     a failure. (Opening it first and letting the SDK truncate it again made ext4 write the
 #     whole file back when the SDK closed it: its rule for files truncated and rewritten.)
+#     It writes nothing on opening (the file's start waits for the first flush), so a failed
+#     open is no failed write: it is raised (as an OSError), and leaves what was at the path
+#     as it was.
 #   - Every failed write raises. flush, write_metadata and close raise it themselves;
 #     Channel.log, which writes too, only logs it as a warning of logger
 #     "foxglove.log_sink_set" (_WriteFailures catches those and add() raises). The SDK's
@@ -31,7 +34,9 @@
 #     chunk's worth of bytes at the end of the file itself, and raises what that write
 #     gets (ENOSPC on a full disk). The file is then cut back to where it ended after the
 #     last chunk the recorder finished (`complete`), which drops the chunk being written
-#     (whatever the SDK patched into it on closing) and that probe.
+#     (whatever the SDK patched into it on closing) and that probe. A file this recording
+#     created is removed instead when the disk filled up before any of it was complete; a
+#     file that was there before is never removed.
 #   - MCAP message fields: the SDK sets publish_time to log_time (when the recorder took the
 #     frame) and numbers each channel's messages 1, 2, ... in `sequence`; a frame's own
 #     sequence number and timestamp are in its Frame message.
@@ -151,8 +156,9 @@ def _cut(path: str, length: int) -> None:
 
 
 class _Recorder:
-    """Writes a ring's frames into an MCAP file: metadata, channels, messages, index. Use
-    it as a context manager: leaving it finishes the file, unless a write failed."""
+    """Writes a ring's frames into an MCAP file: metadata, channels, messages, index. Making
+    one opens the file; use it as a context manager, and start() it there: leaving it
+    finishes the file, unless a write failed."""
 
     def __init__(
         self,
@@ -172,29 +178,32 @@ class _Recorder:
         self.complete = 0  # bytes of the file up to the end of the last finished chunk
         self.complete_frames = 0  # frames in the file up to there
         self._failures = failures
-        context = self._context = Context()  # its channels close when it is freed
+        self._context = Context()  # its channels close when it is freed
+        self._frames_channel: Channel  # declared by start()
+        self._image_topic = image_topic(ring.name) if ring.image_encoding else ""
+        self._image_channel: Channel | None = None
         options = MCAPWriteOptions(
             compression=_COMPRESSION[compression],
             chunk_size=None,  # chunks end in add()
             calculate_chunk_crcs=crc,
             calculate_data_section_crc=False,  # a pass over the whole file again
         )
-        with self._writing():
-            self._mcap = open_mcap(
-                path, allow_overwrite=True, context=context, writer_options=options
-            )
+        self.created = not os.path.lexists(path)  # by the open below: only then ours to remove
         try:
-            with self._writing():
-                self._mcap.write_metadata(RING_METADATA, ring_metadata(ring))
-                self._end_chunk()
-        except BaseException:
-            self._close()
-            raise
-        self._frames_channel = _channel(context, frames_topic(ring.name), Frame)
-        self._image_topic = image_topic(ring.name) if ring.image_encoding else ""
-        self._image_channel: Channel | None = None
-        if ring.image_encoding:
-            self._image_channel = _channel(context, self._image_topic, Image)
+            self._mcap = open_mcap(
+                path, allow_overwrite=True, context=self._context, writer_options=options
+            )
+        except RuntimeError as exc:  # no probe (_writing): it would append to what was there
+            raise OSError(errno.EIO, f"opening {path} failed: {exc}") from exc
+
+    def start(self) -> None:
+        """Write the ring's metadata as the file's first chunk, and declare the channels."""
+        with self._writing():
+            self._mcap.write_metadata(RING_METADATA, ring_metadata(self.ring))
+            self._end_chunk()
+        self._frames_channel = _channel(self._context, frames_topic(self.ring.name), Frame)
+        if self._image_topic:
+            self._image_channel = _channel(self._context, self._image_topic, Image)
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
@@ -329,11 +338,10 @@ def record_ring(
                 Progress(progress, frames, "recording") as bar,
                 _WriteFailures().watching() as failures,
             ):
-                recorder: _Recorder | None = None
+                recorder = _Recorder(path, recorded, compression, chunk_size, crc, failures)
                 try:
-                    with _Recorder(
-                        path, recorded, compression, chunk_size, crc, failures
-                    ) as recorder:
+                    with recorder:
+                        recorder.start()
                         ended = _take_frames(reader, recorder, frames, seconds, stop, bar)
                         recorder.finish(ended)
                 except OSError as exc:
@@ -370,13 +378,19 @@ def _attach(
                 raise
 
 
-def _write_failed(exc: OSError, path: str, recorder: _Recorder | None) -> OSError:
+def _write_failed(exc: OSError, path: str, recorder: _Recorder) -> OSError:
     """What a failed write of the file raises, after cutting the file back to its last
-    complete chunk (or removing it, if not even its start was written)."""
-    removed = recorder is None and os.path.isfile(path)  # (not /dev/full)
-    if removed:  # not even the file's start was written: nothing to keep
+    complete chunk (or removing it, if this recording created it and the disk filled up
+    before even its start was complete)."""
+    removed = (
+        recorder.created
+        and not recorder.complete
+        and exc.errno in _DISK_FULL
+        and os.path.isfile(path)  # (not /dev/full)
+    )
+    if removed:  # nothing to keep, in a file nobody had before
         os.unlink(path)
-    elif recorder is not None:
+    else:
         _cut(path, recorder.complete)
     if exc.errno not in _DISK_FULL:
         return exc
@@ -384,14 +398,13 @@ def _write_failed(exc: OSError, path: str, recorder: _Recorder | None) -> OSErro
         f"the file was cut back to its last complete chunk "
         f"({recorder.complete_frames} frames) and has no index; read it with "
         "`shmring replay --recover` (recover=True)"
-        if recorder is not None
+        if recorder.complete
         else "nothing of it was complete" + ("; it was removed" if removed else "")
     )
     return RecordingDiskFull(
         exc.errno,
         f"{'disk full' if exc.errno == errno.ENOSPC else 'disk quota exceeded'} "
-        f"writing {path} after "
-        f"{recorder.frames if recorder else 0} frames: {kept}; free space "
+        f"writing {path} after {recorder.frames} frames: {kept}; free space "
         "before recording again",
     )
 
