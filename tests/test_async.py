@@ -834,3 +834,26 @@ def test_awrite_aclaim_and_aattach(run: Runner, monkeypatch: pytest.MonkeyPatch)
             await RingReader.aattach(name, timeout=0.02)
 
     run(main())
+
+
+def test_a_loop_closed_while_a_task_waits_leaves_the_handle_to_the_next_loop() -> None:
+    """A loop closed with a task still waiting on a handle (its `finally` never runs): the
+    handle is not left "waited on" for good; a task of another loop waits on it."""
+    name = unique_name("loopgone")
+    with RingWriter.create(name, SMALL, np.uint8, slots=4) as w, RingReader.attach(name) as r:
+        loop = asyncio.new_event_loop()
+        try:
+            abandoned = loop.create_task(r.aread(WAIT))
+            loop.run_until_complete(until(lambda: r._waiter_busy))
+        finally:
+            loop.close()
+        assert not abandoned.done()
+
+        async def wait_then_read() -> int:
+            with pytest.raises(RingTimeout):  # it waited (not "another task is waiting")
+                await r.aread(0.05)
+            w.write(np.full(SMALL, 7, np.uint8), WAIT)
+            with await r.aread(WAIT) as frame:
+                return int(frame.array[0])
+
+        assert asyncio.run(wait_then_read()) == 7

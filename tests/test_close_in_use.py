@@ -147,3 +147,25 @@ def test_a_forked_child_closes_a_handle_its_parents_thread_was_waiting_in() -> N
         thread.join(WAIT)
         assert out == [5]
         r.close()
+
+
+@pytest.mark.parametrize("policy", ["block", "overwrite"])
+def test_close_while_a_claim_is_open_is_refused_and_the_claim_publishes(policy: str) -> None:
+    """close() while a claim's with block runs (in this thread, as from a signal handler,
+    or in another): refused, nothing closed. It used to give the claimed buffer back while
+    the claimer still filled it, for other writers' frames to be torn."""
+    name = unique_name()
+    with (
+        RingWriter.create(name, SHAPE, np.uint8, slots=4, policy=policy) as w,
+        RingReader.attach(name, start="oldest") as r,
+    ):
+        claim = w.claim(WAIT)
+        with claim as slot:
+            slot[...] = 5
+            with pytest.raises(RuntimeError, match="claim on this writer is open"):
+                w.close()
+        assert not w.closed and claim.seq == 0
+        with r.read(WAIT) as frame:
+            assert int(frame.array[0]) == 5
+        w.close()
+        assert w.closed

@@ -21,6 +21,7 @@ from shmring import (
     RingReader,
     RingWriter,
     _lock,
+    _ring,
     _segment,
     _sys,
     _writer,
@@ -256,3 +257,36 @@ def test_the_header_lock_released_as_ctrl_c_lands_is_released_whole(
         monkeypatch.undo()
         w._p.lock.acquire(0.0)  # the thread lock was let go too: no wait for ever
         w._p.lock.release()
+
+
+def _open_on(fd: int, inode: int) -> bool:
+    """Whether descriptor `fd` is open on the file with `inode`."""
+    try:
+        return os.fstat(fd).st_ino == inode
+    except OSError:
+        return False
+
+
+def test_a_child_forked_while_a_handle_is_built_keeps_no_ring_descriptor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """fork() while another thread of the parent builds a handle (here, deterministically,
+    from inside the build, once the segment is open): the child closes the descriptor,
+    whose locks would say the parent is alive for as long as the child lives."""
+    name = unique_name()
+    make = _ring.Participant
+    in_child: list[int] = []
+
+    def forking(segment: _segment.Segment) -> _ring.Participant:
+        fd = segment.fd  # its OFD locks (its mappings' descriptors hold none)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(int(_open_on(fd, segment.inode)))
+        in_child.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+        return make(segment)
+
+    with RingWriter.create(name, SMALL, np.uint8):
+        monkeypatch.setattr(_ring, "Participant", forking)
+        with RingReader.attach(name):
+            pass
+    assert in_child == [0]

@@ -40,6 +40,7 @@ from shmring import (
     RingWriter,
     ShmringError,
     WriterGone,
+    inspect_ring,
 )
 
 MAGIC_OFFSET = 0
@@ -483,3 +484,39 @@ def test_a_closed_writer_says_so_everywhere(ring_name: str) -> None:
     for call in calls:
         with pytest.raises(shmring.ShmringError, match="closed"):
             call()
+
+
+@pytest.mark.parametrize("second", ["claim", "write", "strided write"])
+@pytest.mark.parametrize("policy", ["block", "overwrite"])
+def test_a_second_claim_or_a_write_while_a_claim_is_open_is_refused(
+    second: str, policy: str
+) -> None:
+    """A writer's record keeps one claim: a second claim, or a write, while one is open (a
+    nested `with`, or another thread sharing the writer) is refused with RuntimeError. It
+    used to make the ring forget the first claim, and a repair then corrupted the header.
+    The open claim publishes as usual, and the ring stays sound for the other writers."""
+    name = unique_name()
+    with (
+        RingWriter.create(name, (4,), np.uint8, slots=4, policy=policy) as w,
+        RingReader.attach(name, start="oldest") as r,
+    ):
+        other = RingWriter.attach(name)  # two writers: sequenced, as where it corrupted
+        with w.claim(WAIT) as slot:
+            slot[...] = 1
+            with pytest.raises(RuntimeError, match="holds one claim at a time"):
+                if second == "claim":
+                    with w.claim(WAIT):
+                        pass
+                elif second == "write":
+                    w.write(np.full(4, 9, np.uint8), WAIT)
+                else:
+                    w.write(np.arange(8, dtype=np.uint8)[::2], WAIT)
+        other.write(np.full(4, 2, np.uint8), WAIT)
+        other.close()  # the last other writer leaves: the ring switches back
+        w.write(np.full(4, 3, np.uint8), WAIT)
+        got = []
+        for _ in range(3):
+            with r.read(WAIT) as frame:
+                got.append(int(frame.array[0]))
+        assert got == [1, 2, 3]
+        assert inspect_ring(name).problems == []

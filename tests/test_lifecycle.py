@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import pickle
 import signal
 import textwrap
 import warnings
@@ -29,6 +30,7 @@ from shmring import (
     RingNotFound,
     RingReader,
     RingWriter,
+    ShmringError,
     StaleRingWarning,
 )
 
@@ -200,3 +202,20 @@ def test_attaching_by_name_waits_for_creation() -> None:
             w.write(np.full(SMALL, 42, np.uint8), WAIT)
             kid.expect("attached")
             assert finish(kid) == {"first": 42}
+
+
+def test_a_pickled_handle_keeps_its_settings_and_a_closed_one_does_not_pickle() -> None:
+    """Pickling (multiprocessing's spawn and forkserver) re-attaches by name with the
+    handle's settings; a closed handle refuses, rather than attach later to whatever ring
+    has that name then."""
+    name = unique_name()
+    with RingWriter.create(name, SMALL, np.uint8) as w:
+        with RingWriter.attach(name, spin=0.0) as writer, RingReader.attach(name, spin=0.0) as r:
+            with pickle.loads(pickle.dumps(writer)) as again:
+                assert again._spin == 0.0
+            with pickle.loads(pickle.dumps(r)) as again_r:
+                assert again_r._spin == 0.0
+        for closed in (writer, r):
+            with pytest.raises(ShmringError, match="closed"):
+                pickle.dumps(closed)
+        assert w.readers == 0

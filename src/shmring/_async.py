@@ -177,7 +177,7 @@ class AsyncHandle(RingHandle):
     _sleeper: _Sleeper | None = None
     _timer: MonotonicTimer | None = None
     _waiting: asyncio.Future[bool] | None = None
-    _waiter_busy = False  # a task waits on this handle (_one_waiter)
+    _waiter: asyncio.Task[Any] | None = None  # the task that waits on this handle (_one_waiter)
     _handoff = HANDOFF_START
 
     def close(self) -> None:
@@ -240,11 +240,18 @@ class AsyncHandle(RingHandle):
                 f"ring {self.name!r}: another task is already waiting on this handle; use one "
                 "handle per task (attach another reader or writer)"
             )
-        self._waiter_busy = True
+        self._waiter = asyncio.current_task()
         try:
             yield
         finally:
-            self._waiter_busy = False
+            self._waiter = None
+
+    @property
+    def _waiter_busy(self) -> bool:
+        """Whether a task waits on this handle: not one whose loop was closed while it
+        waited (its `finally` never ran)."""
+        waiter = self._waiter
+        return waiter is not None and not waiter.done() and not waiter.get_loop().is_closed()
 
     async def _until(
         self,

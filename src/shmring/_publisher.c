@@ -128,6 +128,7 @@ typedef struct {
     int initialized;   /* __init__ ran (it never runs again, even after failing) */
     int holds_exports; /* until close(): the pointers below are valid */
     int busy;          /* a publish is running (maybe without the GIL) */
+    int claim_open;    /* claim_buffer() returned a buffer not yet published or given back */
     pid_t pid;         /* the process that made it: forget() is close() there */
     uint64_t *control;
     uint64_t *record;
@@ -261,6 +262,20 @@ static PyObject *busy_error(void) {
                     "RingWriter.write() or claim() was entered while a write() on the same "
                     "writer was under way (from another thread, or a signal handler); give each "
                     "thread its own RingWriter (RingWriter.attach) or serialize the calls");
+    return NULL;
+}
+
+/* A writer's record keeps one claim (W_CLAIMED): a second claim, or a write(), while a claim
+ * is open (a Claim's with block, or the general path between its claim and its publish)
+ * would make the ring forget the first, and a repair would then free a buffer in use. The
+ * claim is over once its publish, skip or abandon is called, whatever that returns (a
+ * stalled publish's buffer is Python's to fill again: RingWriter._strand). */
+static PyObject *claim_open_error(void) {
+    PyErr_SetString(PyExc_RuntimeError,
+                    "RingWriter.write() or claim() while a claim on the same writer is open "
+                    "(its with block has not ended, in this thread or another): a writer "
+                    "holds one claim at a time; leave that with block first, or give each "
+                    "thread its own RingWriter (RingWriter.attach)");
     return NULL;
 }
 
@@ -1077,6 +1092,10 @@ static PyObject *Publisher_publish(Publisher *self, PyObject *const *args, Py_ss
         PyBuffer_Release(&frame); /* closed, or strided: the general path (numpy copies it) */
         return PyLong_FromLong(PUBLISH_FALLBACK);
     }
+    if (self->claim_open) {
+        PyBuffer_Release(&frame);
+        return claim_open_error();
+    }
     long long seq = PUBLISH_FALLBACK, buffer = PUBLISH_FALLBACK;
     int go = enter(self);
     int owned = go == GO_SEQUENCED && self->overwrite; /* its number comes at the publish */
@@ -1123,6 +1142,9 @@ static PyObject *claim_buffer(Publisher *self, int locked) {
     if (!self->holds_exports) {
         return PyLong_FromLong(PUBLISH_FALLBACK); /* closed */
     }
+    if (self->claim_open) {
+        return claim_open_error();
+    }
     long long buffer = PUBLISH_FALLBACK;
     int go = enter_as(self, locked);
     if (go == GO_SEQUENCED && self->overwrite) {
@@ -1138,6 +1160,7 @@ static PyObject *claim_buffer(Publisher *self, int locked) {
     }
     if (buffer >= 0) {
         store(&self->record[SHMRING_W_CLAIMED], (uint64_t)buffer);
+        self->claim_open = 1;
     }
     leave(self);
     return buffer == POP_FAILED ? NULL : PyLong_FromLongLong(buffer);
@@ -1187,6 +1210,7 @@ static PyObject *Publisher_publish_claimed(Publisher *self, PyObject *buffer_obj
     if (buffer == (uint64_t)-1 && PyErr_Occurred()) {
         return NULL;
     }
+    self->claim_open = 0;
     return publish_claim(self, buffer, NULL, 0);
 }
 
@@ -1206,6 +1230,7 @@ static int claim_arguments(Publisher *self, PyObject *buffer_object, PyObject *l
         busy_error();
         return -1;
     }
+    self->claim_open = 0;
     return 0;
 }
 

@@ -993,6 +993,7 @@ class RingReader(AsyncReading, RingHandle):
         super()._forget_after_fork()
 
     def __reduce__(self) -> tuple[Any, ...]:
+        self._p.check_usable()  # a closed handle would attach to whatever has its name now
         return (
             _attach_reader,
             (self._p.name, self._group_name, self._start, self._spin, self._p.segment.owner_uid),

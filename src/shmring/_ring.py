@@ -762,7 +762,8 @@ class Participant:
             if self.pid != os.getpid():
                 raise ShmringError(
                     f"ring {self.name!r}: this handle was inherited across fork(); attach "
-                    "again in the child (handles passed as Process arguments re-attach by name)"
+                    "again in the child (with the spawn or forkserver start method, handles "
+                    "passed as Process arguments re-attach by name)"
                 )
             raise ShmringError(f"ring {self.name!r}: this handle is closed")
 

@@ -52,6 +52,7 @@ import secrets
 import stat
 import struct
 import time
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -188,6 +189,7 @@ class Segment:
         """`huge_pages`: whether to ask for huge pages; None, if the ring's creator did."""
         self.name = name
         self.fd = fd
+        _open_segments.add(self)  # at once: a fork() from here on closes fd in the child
         self.geometry = geometry
         info = os.fstat(fd)
         self.inode, self.owner_uid = info.st_ino, info.st_uid
@@ -365,6 +367,24 @@ class Segment:
         with contextlib.suppress(OSError):
             os.close(self.fd)
         self.fd = -1
+        _open_segments.discard(self)
+
+
+# Segments open in this process. A forked child inherits their descriptors, whose OFD locks
+# say that the parent (creator, writer, reader) is alive: the child closes them at once,
+# whatever it was doing, also while a thread of the parent was building a handle.
+_open_segments: weakref.WeakSet[Segment] = weakref.WeakSet()
+
+
+def _close_inherited_descriptors() -> None:
+    for segment in list(_open_segments):
+        with contextlib.suppress(OSError):
+            os.close(segment.fd)
+        segment.fd = -1
+    _open_segments.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_descriptors)
 
 
 def open_regular(path: str, flags: int) -> int:

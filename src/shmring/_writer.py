@@ -113,7 +113,17 @@ class Claim:
         writer = self._writer
         timeout = self._timeout
         self._deadline = None if timeout is None else deadline_from(timeout)
-        self._buffer = writer._take_buffer(self._deadline)
+        if writer._claim_open:  # (C refuses too, but not for a stalled publish's buffer)
+            raise RuntimeError(
+                f"ring {writer.name!r}: a claim on this writer is open already (a nested "
+                "with, or another thread's): a writer holds one claim at a time"
+            )
+        writer._claim_open = True  # first: close() refuses from here on
+        try:
+            self._buffer = writer._take_buffer(self._deadline)
+        except BaseException:
+            writer._claim_open = False
+            raise
         if self._shape is None:
             return writer._buffers[self._buffer]
         return writer._p.views.buffer_view(writer._p.geometry, self._buffer, self._shape)
@@ -124,8 +134,9 @@ class Claim:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        writer = self._writer
+        writer._claim_open = False  # the publish below counts itself (or runs in C) instead
         if exc_type is None:
-            writer = self._writer
             if (
                 writer._fast_path
                 and self._shape is None
@@ -141,7 +152,7 @@ class Claim:
                 self._buffer, self._shape, timestamp, self._meta, self._deadline
             )
         else:
-            self._writer._abandon(self._buffer, self._deadline)
+            writer._abandon(self._buffer, self._deadline)
 
 
 class RingWriter(AsyncWriting, RingHandle):
@@ -262,6 +273,7 @@ class RingWriter(AsyncWriting, RingHandle):
         self._hot_wait_skips = 0
         self._membership = _Membership()
         self._joined = False
+        self._claim_open = False  # a Claim's with block runs (close() refuses meanwhile)
         self._stranded = -1  # a claimed buffer a timed-out publish kept (see _publish)
         if not owner:
             self._join(deadline)  # an attached writer writes; the creator joins at its first frame
@@ -777,6 +789,12 @@ class RingWriter(AsyncWriting, RingHandle):
 
     # ---- lifecycle -----------------------------------------------------------------------
     def close(self) -> None:
+        if self._claim_open and not self._calls and not self._p.closed:  # (else: under way)
+            raise RuntimeError(
+                f"ring {self._p.name!r}: close() while a claim on this writer is open (its "
+                "with block has not ended, in this thread or another); nothing was closed. "
+                "Leave the with block first"
+            )
         if self._joined:
             self._close_in_c(self._publisher.close)  # it raises if a write() is in it
         else:
@@ -791,7 +809,8 @@ class RingWriter(AsyncWriting, RingHandle):
         super()._forget_after_fork()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_attach_writer, (self._p.name, self._p.segment.owner_uid))
+        self._p.check_usable()  # a closed handle would attach to whatever has its name now
+        return (_attach_writer, (self._p.name, self._p.segment.owner_uid, self._spin))
 
     def __repr__(self) -> str:
         state = "closed" if self._p.closed else ("owner" if self._owner else "attached")
@@ -836,8 +855,8 @@ def _checked_spare_buffers(policy: str, slots: int, spare_buffers: object) -> in
     return L.positive_int(spare_buffers, "spare_buffers", *L.LIMITS["spare_buffers"])
 
 
-def _attach_writer(name: str, owner: int) -> RingWriter:
-    return RingWriter.attach(name, owner=owner)
+def _attach_writer(name: str, owner: int, spin: float) -> RingWriter:
+    return RingWriter.attach(name, owner=owner, spin=spin)
 
 
 def _publisher(
