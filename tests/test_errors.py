@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import os
 import re
@@ -503,7 +504,7 @@ def test_a_second_claim_or_a_write_while_a_claim_is_open_is_refused(
         other = RingWriter.attach(name)  # two writers: sequenced, as where it corrupted
         with w.claim(WAIT) as slot:
             slot[...] = 1
-            with pytest.raises(RuntimeError, match="holds one claim at a time"):
+            with pytest.raises(RuntimeError, match="a writer holds one claim at a time"):
                 if second == "claim":
                     with w.claim(WAIT):
                         pass
@@ -520,3 +521,23 @@ def test_a_second_claim_or_a_write_while_a_claim_is_open_is_refused(
                 got.append(int(frame.array[0]))
         assert got == [1, 2, 3]
         assert inspect_ring(name).problems == []
+
+
+def test_a_claim_whose_exit_never_ran_does_not_refuse_later_writes() -> None:
+    """Ctrl-C can land as a claim's with block ends, before its __exit__ runs (here: the
+    Claim dropped without leaving): that claim is gone, so the writer's next write and
+    claim go through rather than being refused for a claim nobody holds."""
+    name = unique_name()
+    with (
+        RingWriter.create(name, (4,), np.uint8, slots=4) as w,
+        RingReader.attach(name, start="oldest") as r,
+    ):
+        claim = w.claim(WAIT)
+        claim.__enter__()[...] = 1
+        del claim
+        gc.collect()
+        assert w.write(np.full(4, 2, np.uint8), WAIT) >= 0
+        with w.claim(WAIT) as slot:
+            slot[...] = 3
+        with r.read(WAIT) as frame:
+            assert int(frame.array[0]) == 2

@@ -50,6 +50,7 @@ class Publisher:
     def stream_copies(self) -> int: ...
     @property
     def stalled(self) -> int: ...
+    claim_open: int  # a Claim's with block runs: publish() and claim_buffer() refuse
     def __init__(
         self,
         *,

@@ -128,7 +128,7 @@ typedef struct {
     int initialized;   /* __init__ ran (it never runs again, even after failing) */
     int holds_exports; /* until close(): the pointers below are valid */
     int busy;          /* a publish is running (maybe without the GIL) */
-    int claim_open;    /* claim_buffer() returned a buffer not yet published or given back */
+    int claim_open;    /* a Claim's with block runs: the record keeps one claim (_writer.py) */
     pid_t pid;         /* the process that made it: forget() is close() there */
     uint64_t *control;
     uint64_t *record;
@@ -262,20 +262,6 @@ static PyObject *busy_error(void) {
                     "RingWriter.write() or claim() was entered while a write() on the same "
                     "writer was under way (from another thread, or a signal handler); give each "
                     "thread its own RingWriter (RingWriter.attach) or serialize the calls");
-    return NULL;
-}
-
-/* A writer's record keeps one claim (W_CLAIMED): a second claim, or a write(), while a claim
- * is open (a Claim's with block, or the general path between its claim and its publish)
- * would make the ring forget the first, and a repair would then free a buffer in use. The
- * claim is over once its publish, skip or abandon is called, whatever that returns (a
- * stalled publish's buffer is Python's to fill again: RingWriter._strand). */
-static PyObject *claim_open_error(void) {
-    PyErr_SetString(PyExc_RuntimeError,
-                    "RingWriter.write() or claim() while a claim on the same writer is open "
-                    "(its with block has not ended, in this thread or another): a writer "
-                    "holds one claim at a time; leave that with block first, or give each "
-                    "thread its own RingWriter (RingWriter.attach)");
     return NULL;
 }
 
@@ -1092,9 +1078,9 @@ static PyObject *Publisher_publish(Publisher *self, PyObject *const *args, Py_ss
         PyBuffer_Release(&frame); /* closed, or strided: the general path (numpy copies it) */
         return PyLong_FromLong(PUBLISH_FALLBACK);
     }
-    if (self->claim_open) {
+    if (self->claim_open) { /* the general path says why (RingWriter._claim_refused) */
         PyBuffer_Release(&frame);
-        return claim_open_error();
+        return PyLong_FromLong(PUBLISH_FALLBACK);
     }
     long long seq = PUBLISH_FALLBACK, buffer = PUBLISH_FALLBACK;
     int go = enter(self);
@@ -1142,8 +1128,8 @@ static PyObject *claim_buffer(Publisher *self, int locked) {
     if (!self->holds_exports) {
         return PyLong_FromLong(PUBLISH_FALLBACK); /* closed */
     }
-    if (self->claim_open) {
-        return claim_open_error();
+    if (self->claim_open) { /* a Claim's with block runs: a second claim would make the */
+        return PyLong_FromLong(PUBLISH_FALLBACK); /* record forget the first (see claim_open) */
     }
     long long buffer = PUBLISH_FALLBACK;
     int go = enter_as(self, locked);
@@ -1160,7 +1146,6 @@ static PyObject *claim_buffer(Publisher *self, int locked) {
     }
     if (buffer >= 0) {
         store(&self->record[SHMRING_W_CLAIMED], (uint64_t)buffer);
-        self->claim_open = 1;
     }
     leave(self);
     return buffer == POP_FAILED ? NULL : PyLong_FromLongLong(buffer);
@@ -1210,7 +1195,6 @@ static PyObject *Publisher_publish_claimed(Publisher *self, PyObject *buffer_obj
     if (buffer == (uint64_t)-1 && PyErr_Occurred()) {
         return NULL;
     }
-    self->claim_open = 0;
     return publish_claim(self, buffer, NULL, 0);
 }
 
@@ -1230,7 +1214,6 @@ static int claim_arguments(Publisher *self, PyObject *buffer_object, PyObject *l
         busy_error();
         return -1;
     }
-    self->claim_open = 0;
     return 0;
 }
 
@@ -1456,6 +1439,8 @@ static PyMemberDef Publisher_members[] = {
      "raises, the publish raises, nothing published); None (the default) for none."},
     {"stream_copies", T_INT, offsetof(Publisher, stream_copies), READONLY,
      "Whether a frame published in shared mode is copied with non-temporal stores."},
+    {"claim_open", T_INT, offsetof(Publisher, claim_open), 0,
+     "Whether a Claim's with block runs: publish() and claim_buffer() refuse meanwhile."},
     {"stalled", T_LONGLONG, offsetof(Publisher, stalled), READONLY,
      "The buffer the last PUBLISH_STALLED left claimed by this writer (-1 before any)."},
     {NULL, 0, 0, 0, NULL},

@@ -72,6 +72,11 @@ _SECONDS = (int, float)  # timeout types write()'s fast path accepts without a c
 _NDARRAY = np.ndarray  # one global lookup in write()'s fast path, not a global and an attribute
 
 
+def _no_claim() -> None:
+    """RingWriter._open_claim before any claim: a reference to no Claim."""
+    return None
+
+
 class Claim:
     """A buffer claimed for one frame; use as a context manager.
 
@@ -80,6 +85,7 @@ class Claim:
     it, and readers never see it."""
 
     __slots__ = (
+        "__weakref__",
         "_buffer",
         "_deadline",
         "_meta",
@@ -113,17 +119,9 @@ class Claim:
         writer = self._writer
         timeout = self._timeout
         self._deadline = None if timeout is None else deadline_from(timeout)
-        if writer._claim_open:  # (C refuses too, but not for a stalled publish's buffer)
-            raise RuntimeError(
-                f"ring {writer.name!r}: a claim on this writer is open already (a nested "
-                "with, or another thread's): a writer holds one claim at a time"
-            )
-        writer._claim_open = True  # first: close() refuses from here on
-        try:
-            self._buffer = writer._take_buffer(self._deadline)
-        except BaseException:
-            writer._claim_open = False
-            raise
+        self._buffer = writer._take_buffer(self._deadline)  # refused while a claim is open
+        writer._open_claim = weakref.ref(self)
+        writer._publisher.claim_open = 1  # until __exit__ (see RingWriter._claim_refused)
         if self._shape is None:
             return writer._buffers[self._buffer]
         return writer._p.views.buffer_view(writer._p.geometry, self._buffer, self._shape)
@@ -135,7 +133,7 @@ class Claim:
         tb: TracebackType | None,
     ) -> None:
         writer = self._writer
-        writer._claim_open = False  # the publish below counts itself (or runs in C) instead
+        writer._publisher.claim_open = 0  # first: the publish counts itself (or runs in C)
         if exc_type is None:
             if (
                 writer._fast_path
@@ -273,7 +271,7 @@ class RingWriter(AsyncWriting, RingHandle):
         self._hot_wait_skips = 0
         self._membership = _Membership()
         self._joined = False
-        self._claim_open = False  # a Claim's with block runs (close() refuses meanwhile)
+        self._open_claim: Callable[[], Claim | None] = _no_claim  # its with block runs
         self._stranded = -1  # a claimed buffer a timed-out publish kept (see _publish)
         if not owner:
             self._join(deadline)  # an attached writer writes; the creator joins at its first frame
@@ -511,6 +509,8 @@ class RingWriter(AsyncWriting, RingHandle):
                 self._raise_closed()
             if not self._joined:
                 self._join(deadline)
+            if self._publisher.claim_open:
+                self._claim_refused()
             if self._stranded >= 0:  # still claimed by this writer: fill it again
                 return self._unstrand()
             buffer = self._take_buffer_exclusive(deadline)
@@ -521,6 +521,20 @@ class RingWriter(AsyncWriting, RingHandle):
             return self._wait_for_buffer(deadline)
         finally:
             self._calls -= 1
+
+    def _claim_refused(self) -> None:
+        """A Claim's with block runs (publisher.claim_open), so the C steps refused a claim
+        or a write: the writer's record keeps one claim, and would forget that one (a repair
+        would then free a buffer in use). Unless that Claim is gone: Ctrl-C landed as its
+        with block ended, before its __exit__ ran (its buffer stays claimed until close)."""
+        if self._open_claim() is not None:
+            raise RuntimeError(
+                f"ring {self._p.name!r}: write() or claim() while a claim on the same writer "
+                "is open (its with block has not ended, in this thread or another): a writer "
+                "holds one claim at a time; leave that with block first, or give each thread "
+                "its own RingWriter (RingWriter.attach)"
+            )
+        self._publisher.claim_open = 0
 
     def _poll_for_space(self, deadline: float | None) -> int:
         """Poll for a free slot for up to `spin` seconds; the buffer, or -1 (then sleep).
@@ -789,7 +803,13 @@ class RingWriter(AsyncWriting, RingHandle):
 
     # ---- lifecycle -----------------------------------------------------------------------
     def close(self) -> None:
-        if self._claim_open and not self._calls and not self._p.closed:  # (else: under way)
+        if (
+            self._joined
+            and self._publisher.claim_open
+            and self._open_claim() is not None
+            and not self._calls  # (else: "under way")
+            and not self._p.closed
+        ):
             raise RuntimeError(
                 f"ring {self._p.name!r}: close() while a claim on this writer is open (its "
                 "with block has not ended, in this thread or another); nothing was closed. "
