@@ -90,6 +90,17 @@ def let_go_position(writer: RingWriter, held: int, slots: int) -> None:
     descriptors[held % slots][L.D_SEQ] = held
 
 
+def reinit_refused(made: Any, arguments: dict[str, Any], key: str, reentering: object) -> str:
+    """Call made.__init__ with `arguments`, `key` replaced by `reentering` (whose hook calls
+    __init__ again): the RuntimeError's message, "" if none. (Not pytest.raises: its
+    traceback would keep the call's arguments, and the references counted.)"""
+    try:
+        made.__init__(**{**arguments, key: reentering})
+    except RuntimeError as exc:
+        return str(exc)
+    return ""
+
+
 def format_md_table(heading: str) -> list[list[str]]:
     """Rows of the first markdown table after the first occurrence of `heading` in
     docs/FORMAT.md (cells stripped; header and separator rows removed)."""

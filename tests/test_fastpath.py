@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import WAIT, mapped_here, segment_file_id, unique_name
+from helpers import WAIT, mapped_here, reinit_refused, segment_file_id, unique_name
 
 import shmring._layout as L
 from shmring import RingCorrupted, RingReader, RingTimeout, RingWriter, ShmringError
@@ -458,12 +458,7 @@ def test_an_init_run_again_from_its_own_arguments_is_refused_and_keeps_nothing()
                 return False
 
         before = sys.getrefcount(name)
-        refused = ""
-        try:  # (not pytest.raises: its traceback would keep the call's arguments)
-            publisher.__init__(**{**arguments, "reclaim_eagerly": Reentering()})  # type: ignore[misc]
-        except RuntimeError as exc:
-            refused = str(exc)
-        assert "once" in refused
+        assert "once" in reinit_refused(publisher, arguments, "reclaim_eagerly", Reentering())
         publisher.close()
         after = sys.getrefcount(name)
         assert after == before
