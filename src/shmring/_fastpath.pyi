@@ -50,7 +50,7 @@ class Publisher:
     def stream_copies(self) -> int: ...
     @property
     def stalled(self) -> int: ...
-    claim_open: int  # a Claim's with block runs: publish() and claim_buffer() refuse
+    claim_open: int  # a Claim's with block runs: publish() and claim_buffer() fall back
     def __init__(
         self,
         *,

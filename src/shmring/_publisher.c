@@ -1440,7 +1440,7 @@ static PyMemberDef Publisher_members[] = {
     {"stream_copies", T_INT, offsetof(Publisher, stream_copies), READONLY,
      "Whether a frame published in shared mode is copied with non-temporal stores."},
     {"claim_open", T_INT, offsetof(Publisher, claim_open), 0,
-     "Whether a Claim's with block runs: publish() and claim_buffer() refuse meanwhile."},
+     "Whether a Claim's with block runs: publish() and claim_buffer() fall back meanwhile."},
     {"stalled", T_LONGLONG, offsetof(Publisher, stalled), READONLY,
      "The buffer the last PUBLISH_STALLED left claimed by this writer (-1 before any)."},
     {NULL, 0, 0, 0, NULL},
