@@ -573,4 +573,7 @@ def test_a_write_held_back_by_a_position_lets_other_threads_run() -> None:
         finally:
             stop.set()
             counter.join(WAIT)
-    assert len(gaps) > 100 and max(gaps) < 0.015, sorted(gaps)[-3:]
+    # Holding the GIL through a C wait shows as gaps of ~20 ms that add up to most of the
+    # 0.2 s; a scheduling hiccup of the machine is one gap now and then, so count the sum.
+    held = sum(gap for gap in gaps if gap > 0.010)
+    assert len(gaps) > 100 and held < 0.06, sorted(gaps)[-5:]
