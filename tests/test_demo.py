@@ -292,3 +292,15 @@ def test_example_scripts_find_each_other_by_name(tmp_path: Path) -> None:
     image = cv2.imread(str(sheet))
     assert image is not None and image.shape == (480, 960, 3)
     assert glob.glob(f"/dev/shm/*{ring}*") == []
+
+
+def test_without_opencv_the_command_says_what_to_install() -> None:
+    code = (
+        "import runpy, sys; sys.modules['cv2'] = None; sys.argv[1:] = ['--help']; "
+        "runpy.run_module('shmring.demo_camera', run_name='__main__')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "pip install 'shmring[demo]'" in proc.stderr, proc.stderr

@@ -396,7 +396,7 @@ def test_bad_arguments_are_refused_without_leaking_references() -> None:
         publisher = Publisher(**arguments)
         before = sys.getrefcount(name)
         with pytest.raises(RuntimeError, match="initialized once"):
-            publisher.__init__(**arguments)  # type: ignore[misc]
+            publisher.__init__(**arguments)
         for _ in range(20):
             for wrong in (
                 {"frame_bytes": 0},
@@ -454,7 +454,7 @@ def test_an_init_run_again_from_its_own_arguments_is_refused_and_keeps_nothing()
 
         class Reentering:
             def __bool__(self) -> bool:
-                publisher.__init__(**arguments)  # type: ignore[misc]
+                publisher.__init__(**arguments)
                 return False
 
         before = sys.getrefcount(name)

@@ -210,7 +210,7 @@ def test_bad_arguments_are_refused_without_leaking_references() -> None:
                 Taker(**{**arguments, **change})
         taker = Taker(**arguments)
         with pytest.raises(RuntimeError, match="once"):
-            taker.__init__(**arguments)  # type: ignore[misc]
+            taker.__init__(**arguments)
         with pytest.raises(TypeError):
             taker.take(r)  # type: ignore[call-arg]
         with pytest.raises(OverflowError):
@@ -244,7 +244,7 @@ def test_an_init_run_again_from_its_own_arguments_is_refused_and_keeps_nothing()
 
         class Reentering:
             def __index__(self) -> int:
-                taker.__init__(**arguments)  # type: ignore[misc]
+                taker.__init__(**arguments)
                 return int(arguments["descriptor_words"])
 
         before = sys.getrefcount(r._p.views.buffers)

@@ -2,7 +2,7 @@
 from collections.abc import Callable, Coroutine, Generator
 from mmap import mmap
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Self, TypeVar, final
 
 import numpy as np
 
@@ -42,6 +42,7 @@ def load_word(view: memoryview, index: int, /) -> int: ...
 def wake(control: memoryview, index: int, /) -> None: ...
 def position_patience(nanoseconds: int, /) -> int: ...
 
+@final
 class Publisher:
     # A test hook, None in use: called inside the publish bracket before each reclaim, so a
     # test can act at a known point of a publish (re-enter it, close the writer, raise).
@@ -122,6 +123,7 @@ class FrameBase:
 _T = TypeVar("_T")
 
 # An awaitable already done: awaiting it gives `value` without suspending (see _taker.c).
+@final
 class Ready(Coroutine[None, None, _T]):
     def __new__(cls, value: _T) -> Self: ...
     def __await__(self) -> Generator[None, None, _T]: ...
@@ -135,6 +137,7 @@ class Ready(Coroutine[None, None, _T]):
     ) -> None: ...
     def close(self) -> None: ...
 
+@final
 class Taker:
     def __init__(
         self,

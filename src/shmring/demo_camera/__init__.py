@@ -6,6 +6,18 @@ by the command. It needs OpenCV (`pip install 'shmring[demo]'`); the library its
 imports this package.
 """
 
-from ._supervisor import main
+import sys
+from collections.abc import Sequence
 
 __all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the demo (`python -m shmring.demo_camera`); without OpenCV, say what to install."""
+    try:
+        from ._supervisor import main as run
+    except ModuleNotFoundError as exc:
+        if exc.name != "cv2":
+            raise
+        sys.exit("shmring's camera demo needs OpenCV: pip install 'shmring[demo]'")
+    return run(argv)
