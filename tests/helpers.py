@@ -101,6 +101,18 @@ def reinit_refused(made: Any, arguments: dict[str, Any], key: str, reentering: o
     return ""
 
 
+LOOP_BOUND = 0.05  # issue 19: a waiting awaitable call blocks the loop no longer than this
+
+
+def assert_loop_kept_running(gaps: Sequence[float]) -> None:
+    """A 1 ms ticker's gaps show the loop ran throughout: no gap past LOOP_BOUND but one (a
+    scheduling hiccup of a loaded machine), and none ten times as long (a blocking wait)."""
+    longest = sorted(gaps)[-3:]
+    assert len(gaps) > 100, f"the ticker ticked {len(gaps)} times"
+    assert sum(gap > LOOP_BOUND for gap in gaps) <= 1, f"the loop was blocked: {longest}"
+    assert max(gaps) < 10 * LOOP_BOUND, f"the loop was blocked: {longest}"
+
+
 def format_md_table(heading: str) -> list[list[str]]:
     """Rows of the first markdown table after the first occurrence of `heading` in
     docs/FORMAT.md (cells stripped; header and separator rows removed)."""
@@ -576,9 +588,18 @@ def started_thread(run: Callable[[], None]) -> threading.Thread:
 
 
 def wait_until_asleep_in_futex(thread: threading.Thread, timeout: float = WAIT) -> None:
-    """Return once `thread` (started) sleeps in futex(2) waiting (/proc/self/task/TID/syscall),
-    not in the FUTEX_WAKE_OP with which a reader counts itself as a sleeper."""
-    path = f"/proc/self/task/{thread.native_id}/syscall"
+    """Return once `thread` (started) of this process sleeps in futex(2) waiting."""
+    _wait_in_futex(f"/proc/self/task/{thread.native_id}/syscall", timeout)
+
+
+def wait_until_process_asleep_in_futex(pid: int, timeout: float = WAIT) -> None:
+    """Return once the main thread of process `pid` sleeps in futex(2) waiting."""
+    _wait_in_futex(f"/proc/{pid}/syscall", timeout)
+
+
+def _wait_in_futex(path: str, timeout: float) -> None:
+    """Bounded poll of a thread's /proc syscall file until it shows a futex wait, not the
+    FUTEX_WAKE_OP with which a reader counts itself as a sleeper."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with open(path) as f:
@@ -586,7 +607,7 @@ def wait_until_asleep_in_futex(thread: threading.Thread, timeout: float = WAIT) 
         if call[0] == str(SYS_FUTEX) and int(call[2], 16) & _FUTEX_CMD in _FUTEX_WAITS:
             return
         time.sleep(0.001)  # bounded poll for the thread to block
-    raise AssertionError("the thread never slept in futex()")
+    raise AssertionError(f"{path}: never slept in futex()")
 
 
 def bounded(fn: Callable[[], Any], timeout: float = WAIT) -> Any:

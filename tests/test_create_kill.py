@@ -2,9 +2,9 @@
 
 `create` builds the ring in a file with no name (O_TMPFILE) and names it only when it is
 complete, so a kill before that frees the file with the dead process's descriptors. The
-child creates a 256 MiB ring with huge pages (moving them takes a while after the pages
-are allocated); the test watches the child's open files in /proc and kills it at a chosen
-state of that nameless file: just opened, or fully allocated. Where O_TMPFILE is missing,
+child creating a ring stops itself (SIGSTOP) at a chosen step of create: the nameless file
+just opened, or fully allocated, initialised and about to be named; the test finds that
+file among the child's open files in /proc and kills the child. Where O_TMPFILE is missing,
 create falls back to a temporary name, and every create removes such files of dead
 creators: the last test plants some.
 """
@@ -15,26 +15,34 @@ import contextlib
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import SHM_DIR, SMALL, WAIT, seg_path, unique_name
+from helpers import SHM_DIR, SMALL, WAIT, seg_path, unique_name, wait_for_state
 
 from shmring import RingWriter
 from shmring import _layout as L
 from shmring._segment import TEMP_PREFIX
 from shmring._sys import try_lock_range
 
-FRAME = 64 * 1024 * 1024
-SLOTS = 4  # 256 MiB of buffers
-CREATE = (
-    "import sys, numpy as np, shmring\n"
-    f"shmring.RingWriter.create(sys.argv[1], ({FRAME},), np.uint8, slots={SLOTS}, "
-    "huge_pages=True)\n"
-)
+FRAME = 1024 * 1024
+SLOTS = 4
+# The child stops itself before the step that follows the state the test kills it in.
+STOP_BEFORE = {"opened": "os.posix_fallocate", "allocated": "_segment._link_claiming_stale"}
+CREATE = """
+import os, signal, sys, numpy as np, shmring
+from shmring import _segment
+module, attribute = sys.argv[2].split(".")
+owner = {"os": os, "_segment": _segment}[module]
+step = getattr(owner, attribute)
+def stopped_first(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGSTOP)
+    return step(*args, **kwargs)
+setattr(owner, attribute, stopped_first)
+"""
+CREATE += f"shmring.RingWriter.create(sys.argv[1], ({FRAME},), np.uint8, slots={SLOTS})\n"
 
 
 def _nameless_file(pid: int) -> Path | None:
@@ -49,29 +57,16 @@ def _nameless_file(pid: int) -> Path | None:
     return None
 
 
-def _watch(child: subprocess.Popen[bytes], allocated: bool) -> os.stat_result:
-    """Wait (bounded) until the child holds the ring's file unnamed (and, if `allocated`,
-    with every page reserved); return the file's stat."""
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        assert child.poll() is None, "the child finished create before it could be killed"
-        fd = _nameless_file(child.pid)
-        if fd is not None:
-            try:
-                info = os.stat(fd)
-            except FileNotFoundError:
-                continue
-            if not allocated or info.st_blocks * 512 >= FRAME * SLOTS:
-                return info
-    raise AssertionError(f"the child never held an unnamed ring file in {WAIT} s")
-
-
 @pytest.mark.parametrize("state", ["opened", "allocated"])
 def test_a_kill_inside_create_leaves_nothing(state: str) -> None:
     name = unique_name("ck")
-    child = subprocess.Popen([sys.executable, "-c", CREATE, name])
+    child = subprocess.Popen([sys.executable, "-c", CREATE, name, STOP_BEFORE[state]])
     try:
-        info = _watch(child, allocated=state == "allocated")
+        wait_for_state(child.pid, "T")
+        fd = _nameless_file(child.pid)
+        assert fd is not None, "the stopped child holds no unnamed ring file"
+        info = os.stat(fd)
+        assert (info.st_blocks * 512 >= FRAME * SLOTS) == (state == "allocated"), info
         child.kill()
         assert child.wait(WAIT) == -9
     finally:

@@ -54,6 +54,17 @@ def measured(p: Participant) -> bool:
     return p.spinning_pays()
 
 
+def pays_once_the_machine_is_quiet(p: Participant) -> bool:
+    """Whether spinning_pays() says so for some fresh interval within WAIT: with one busy
+    participant beside the poller, it does only while nothing outside the ring keeps
+    half a CPU busy, which another program on the machine may do for a while."""
+    deadline = time.monotonic() + WAIT
+    while not measured(p):
+        if time.monotonic() > deadline:
+            return False
+    return True
+
+
 def test_no_more_participants_than_cpus_poll_before_a_first_measurement() -> None:
     name = unique_name("poll")
     with (
@@ -98,10 +109,10 @@ def test_busy_processes_outside_the_ring_switch_polling_off() -> None:
         RingReader.attach(name) as reader,
         busy_processes(1, name),  # the ring's other participant, busy
     ):
-        assert measured(reader._p)
+        assert pays_once_the_machine_is_quiet(reader._p)
         with busy_processes(CPUS - 1):
             assert not measured(reader._p)
-        assert measured(reader._p)
+        assert pays_once_the_machine_is_quiet(reader._p)
 
 
 @pytest.mark.parametrize(("writers", "group"), [(1, None), (2, None), (1, "workers")])

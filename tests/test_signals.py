@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import WAIT, seg_path, unique_name, wait_pid_exit
+from helpers import WAIT, seg_path, unique_name, wait_pid_exit, wait_until_process_asleep_in_futex
 
 from shmring import Claim, RingReader, RingTimeout, RingWriter
 from shmring._timing import DEFAULT_SPIN
@@ -35,7 +35,6 @@ from shmring._timing import DEFAULT_SPIN
 BOUND = 0.2  # the promise: interrupted within 0.2 s
 SHAPE = (64,)
 SLOTS = 4
-SYS_FUTEX = 202  # x86_64
 CONTROL = 256  # docs/FORMAT.md: the control block's byte offset
 READER_WAITERS, WRITER_WAITERS = 16, 17
 
@@ -110,17 +109,6 @@ def child(name: str, call: str, handle_sigterm: bool = False) -> Iterator[tuple[
         process.join(WAIT)
 
 
-def wait_asleep_in_futex(pid: int) -> None:
-    """Bounded wait until the child's main thread sleeps in futex(2) (blocked for real)."""
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        with open(f"/proc/{pid}/syscall") as f:
-            if f.read().split()[0] == str(SYS_FUTEX):
-                return
-        time.sleep(0.001)
-    raise AssertionError(f"child {pid} never blocked in futex()")
-
-
 def recv(conn: Connection) -> Any:
     assert conn.poll(WAIT), "child is silent"
     return conn.recv()
@@ -165,7 +153,7 @@ def test_signal_interrupts_a_blocked_call(call: str, signum: signal.Signals) -> 
         if call in WRITER_CALLS:
             fill(writer)
         with child(name, call, handle_sigterm=signum == signal.SIGTERM) as (process, conn):
-            wait_asleep_in_futex(process.pid)
+            wait_until_process_asleep_in_futex(process.pid)
             sent = time.monotonic()
             os.kill(process.pid, signum)
             what, exception, caught = recv(conn)
@@ -201,7 +189,7 @@ def test_sigterm_default_action_kills_and_others_carry_on(call: str) -> None:
         if call in WRITER_CALLS:
             fill(writer)
         with child(name, call) as (process, _):
-            wait_asleep_in_futex(process.pid)
+            wait_until_process_asleep_in_futex(process.pid)
             sent = time.monotonic()
             os.kill(process.pid, signal.SIGTERM)
             wait_pid_exit(process.pid, WAIT)
