@@ -52,6 +52,7 @@ SMALL = (64,)
 
 
 FORMAT_MD = os.path.join(os.path.dirname(TESTS_DIR), "docs", "FORMAT.md")
+OPERATIONS_MD = os.path.join(os.path.dirname(TESTS_DIR), "docs", "OPERATIONS.md")
 
 
 def hold_next_position(writer: RingWriter, slots: int) -> int:
@@ -113,10 +114,10 @@ def assert_loop_kept_running(gaps: Sequence[float]) -> None:
     assert max(gaps) < 10 * LOOP_BOUND, f"the loop was blocked: {longest}"
 
 
-def format_md_table(heading: str) -> list[list[str]]:
-    """Rows of the first markdown table after the first occurrence of `heading` in
-    docs/FORMAT.md (cells stripped; header and separator rows removed)."""
-    with open(FORMAT_MD, encoding="utf-8") as f:
+def format_md_table(heading: str, doc: str = FORMAT_MD) -> list[list[str]]:
+    """Rows of the first markdown table after the first occurrence of `heading` in `doc`
+    (docs/FORMAT.md unless given; cells stripped; header and separator rows removed)."""
+    with open(doc, encoding="utf-8") as f:
         text = f.read()
     section = text[text.index(heading) :]
     rows = []

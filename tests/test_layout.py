@@ -1,4 +1,5 @@
-"""The layout module and docs/FORMAT.md describe the same bytes; header fields round-trip."""
+"""The layout module and docs/FORMAT.md describe the same bytes; header fields round-trip;
+OPERATIONS.md sizes rings as create makes them."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import OPERATIONS_MD, seg_path, unique_name
 from helpers import format_md_table as _table_after
-from helpers import unique_name
 
 import shmring
 from shmring import _layout as L
@@ -164,3 +165,21 @@ def test_live_segment_header_fields_round_trip() -> None:
         start = geometry.buffer_offset(buffer)
         frame = np.frombuffer(raw[start : start + geometry.buffer_bytes], np.float32)
         assert frame.tolist() == [1.0] * 24
+
+
+def test_sizing_table_in_operations_md_is_what_create_makes() -> None:
+    """Each ring of docs/OPERATIONS.md's sizing table, created: its file has the size given."""
+    rows = _table_after("## Sizing /dev/shm", OPERATIONS_MD)
+    assert any("overwrite" in row[0] for row in rows)
+    for ring, frame, size in rows:
+        found = re.fullmatch(
+            r"(\d+) slots of (\d+)×(\d+)×3 `uint8`(, `policy=\"overwrite\"`)?", ring
+        )
+        assert found, ring
+        slots, width, height = (int(found[i]) for i in (1, 2, 3))
+        policy = "overwrite" if found[4] else "block"
+        assert int(frame.split()[0].replace(",", "")) == width * height * 3, ring
+        with shmring.RingWriter.create(
+            unique_name("size"), (height, width, 3), np.uint8, slots=slots, policy=policy
+        ) as w:
+            assert Path(seg_path(w.name)).stat().st_size == int(size.split()[0].replace(",", ""))

@@ -179,6 +179,28 @@ def test_create_over_a_planted_non_file_raises_ring_exists_and_leaves_it() -> No
             os.unlink(seg_path(f"{base}-socket"))
 
 
+def test_rm_removes_a_planted_fifo_or_link_and_says_what_a_directory_is() -> None:
+    """`shmring rm NAME` of a planted entry (docs/BAD_INPUT.md): a FIFO or a symbolic link
+    goes (not what a link points to); a directory stays, with a line saying what to do."""
+    with fifo_and_links() as entries:
+        for name in entries:
+            done, _ = cli("rm", name)
+            assert done.returncode == 0 and done.stdout == f"removed {name}\n", done.stderr
+            assert not os.path.lexists(seg_path(name))
+    assert os.path.isfile("/etc/passwd")
+    name = unique_name("plantdir")
+    os.mkdir(seg_path(name))
+    try:
+        for force in ((), ("--force",)):
+            done, _ = cli("rm", *force, name)
+            assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+            assert f"{seg_path(name)} is a directory, not a ring" in done.stderr
+            assert "remove it by hand" in done.stderr
+            assert os.path.isdir(seg_path(name))
+    finally:
+        os.rmdir(seg_path(name))
+
+
 # ---- finding 4: create's limits, sparse files, lazy views -----------------------------------
 
 TOO_LARGE = {  # field: a header one past create's limit there

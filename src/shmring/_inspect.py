@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import stat
@@ -221,6 +222,12 @@ def unlink_ring(name: str, force: bool, how_to_force: str) -> None:
             )
     except FileNotFoundError:
         raise RingNotFound(f"no ring named {name!r} (already removed?)") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(
+            errno.EISDIR,
+            f"{path} is a directory, not a ring (shmring never makes one): remove it by hand "
+            "once you know whose it is",
+        ) from None
 
 
 def _has_liveness_locks(name: str, how_to_force: str) -> bool:

@@ -145,13 +145,15 @@ class RingReader(AsyncReading, RingHandle):
         (uid or name) the ring must belong to; by default, this process's user or root, else
         UntrustedRing."""
         validate_name(name)
-        if group is not None and (
-            not isinstance(group, str) or not group or len(group.encode()) > L.MAX_GROUP_NAME
-        ):
+        if group is not None and not isinstance(group, str):
+            raise TypeError(f"group must be None or a name (a str), got {group!r}")
+        if group is not None and (not group or len(group.encode()) > L.MAX_GROUP_NAME):
             raise ValueError(
                 f"group must be None or a non-empty name of at most {L.MAX_GROUP_NAME} UTF-8 "
                 f"bytes, got {group!r}"
             )
+        if not isinstance(start, str):
+            raise TypeError(f"start must be 'latest' or 'oldest' (a str), got {start!r}")
         if start not in _STARTS:
             raise ValueError(f"start must be 'latest' or 'oldest', got {start!r}")
         checked_spin(spin)
