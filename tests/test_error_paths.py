@@ -165,6 +165,73 @@ def test_a_creator_exiting_while_a_daemon_thread_writes_removes_its_ring() -> No
     assert not leaked, done.stderr
 
 
+_EXIT_WHILE_WAITING = """
+import atexit, sys, threading, time
+
+threads, outcomes = {}, {}
+
+
+def after_the_finalizers():  # registered first, so it runs after weakref's exit hook
+    for role, thread in threads.items():
+        thread.join(5.0)
+        print(role, outcomes.get(role, "still waiting"), flush=True)
+
+
+atexit.register(after_the_finalizers)
+
+import numpy as np
+from shmring import EndOfStream, RingReader, RingWriter
+
+streamed, full = sys.argv[1], sys.argv[2]
+w = RingWriter.create(streamed, (64,), np.uint8)
+r = RingReader.attach(streamed)
+blocked = RingWriter.create(full, (64,), np.uint8, slots=1)
+holder = RingReader.attach(full)
+blocked.write(np.zeros(64, np.uint8))  # full: the next write waits for holder
+
+
+def run(role, call):
+    try:
+        outcomes[role] = call()
+    except EndOfStream:
+        outcomes[role] = "EndOfStream"
+    except BaseException as exc:
+        outcomes[role] = f"{type(exc).__name__}: {exc}"
+
+
+for role, call in {
+    "reader": lambda: r.read(None),
+    "writer": lambda: f"wrote {blocked.write(np.ones(64, np.uint8), None)}",
+}.items():
+    threads[role] = threading.Thread(target=run, args=(role, call), daemon=True)
+    threads[role].start()
+deadline = time.monotonic() + 5.0
+while not (r._p.calls and blocked._p.calls):  # both inside their waits
+    assert time.monotonic() < deadline, "the threads never waited"
+    time.sleep(0.001)
+"""
+
+
+def test_handles_that_daemon_threads_wait_in_at_exit_stay_theirs() -> None:
+    """At interpreter exit, a handle's finalizer that finds a daemon thread's call under way
+    leaves the handle to it (before: it unmapped the ring under the thread, which died with
+    "released memoryview" or EBADF); the rest close as usual, so the waiting reader gets
+    EndOfStream from its writer's close and the blocked writer a slot from its reader's."""
+    streamed, full = unique_name("ew"), unique_name("ew")
+    done = subprocess.run(
+        [sys.executable, "-c", _EXIT_WHILE_WAITING, streamed, full],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    leaked = [name for name in (streamed, full) if os.path.lexists(seg_path(name))]
+    for name in leaked:
+        os.unlink(seg_path(name))
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout.splitlines() == ["reader EndOfStream", "writer wrote 1"], done.stdout
+    assert not leaked
+
+
 def test_a_loop_link_at_the_name_does_not_stop_close(tmp_path: Any) -> None:
     """The name was removed (shmring rm --force) and a link that loops put there (stat
     follows it: ELOOP): the creator's close() leaves it and closes its handle all the same."""

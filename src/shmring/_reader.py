@@ -275,16 +275,16 @@ class RingReader(AsyncReading, RingHandle):
     def read(self, timeout: float | None = None) -> Frame:
         """The next frame, held until released (use `with r.read() as frame:`)."""
         deadline = None if timeout is None else deadline_from(timeout)
-        self._calls += 1
+        self._p.calls += 1
         try:
-            if self._closing or self._p.closed:
+            if self._p.closing or self._p.closed:
                 self._raise_closed()
             frame = self._wait_for(lambda: self._take_next(deadline), deadline)
         except BaseException:
             self._release_pending()
             raise
         finally:
-            self._calls -= 1
+            self._p.calls -= 1
         self._pending = None
         return frame
 
@@ -358,9 +358,9 @@ class RingReader(AsyncReading, RingHandle):
         """_iterate_own's wait for frame `seq`, not yet published: the frame, or None for
         the general path (which also reports the end of the stream)."""
         p, held, taker = self._p, self._held, self._taker
-        self._calls += 1
+        self._p.calls += 1
         try:
-            if self._closing or p.closed:
+            if p.closing or p.closed:
                 self._raise_closed()  # closed by another thread since the loop looked
             # Asking for the next frame means being done with the last: release it before
             # waiting, so the writer reuses that buffer, which is still in cache (a large
@@ -399,7 +399,7 @@ class RingReader(AsyncReading, RingHandle):
             self._pending = None
             return None
         finally:
-            self._calls -= 1
+            self._p.calls -= 1
 
     def _iterate(self) -> Iterator[Frame]:
         try:
@@ -414,9 +414,9 @@ class RingReader(AsyncReading, RingHandle):
     def _next_by_general_path(self) -> Frame | None:
         """One step of iteration: the next frame, the previous one released; None at end of
         stream."""
-        self._calls += 1
+        self._p.calls += 1
         try:
-            if self._closing or self._p.closed:
+            if self._p.closing or self._p.closed:
                 self._raise_closed()
             if not self._block:
                 self._release_last()  # pinned frames are scarce: one pin less to ask for
@@ -432,7 +432,7 @@ class RingReader(AsyncReading, RingHandle):
             self._release_last()
             return None
         finally:
-            self._calls -= 1
+            self._p.calls -= 1
         self._release_last()
         return frame
 
@@ -447,9 +447,9 @@ class RingReader(AsyncReading, RingHandle):
         """The newest published frame; older unread ones are skipped (and counted as
         dropped). Releases the frame the previous `latest()` returned."""
         deadline = deadline_from(timeout)
-        self._calls += 1
+        self._p.calls += 1
         try:
-            if self._closing or self._p.closed:
+            if self._p.closing or self._p.closed:
                 self._raise_closed()
             if not self._block:
                 self._release_last()  # pinned frames are scarce: one pin less to ask for
@@ -458,7 +458,7 @@ class RingReader(AsyncReading, RingHandle):
             self._release_pending()
             raise
         finally:
-            self._calls -= 1
+            self._p.calls -= 1
         self._release_last()
         self._last = frame
         self._pending = None
@@ -472,7 +472,8 @@ class RingReader(AsyncReading, RingHandle):
     def _wait_for(self, take: Callable[[], _Ready | None], deadline: float | None) -> _Ready:
         """Poll `take` (after a nap, for a steady stream: _pacing.py), then sleep on the
         frames futex; raise at end of stream, when every writer is gone, or at the
-        deadline. Its callers have counted themselves (_calls): close() waits for them."""
+        deadline. Its callers have counted themselves (Participant.calls): close() refuses
+        meanwhile."""
         frame = take()
         if frame is not None:
             if self._counted:  # woken for the last frame: no longer waiting (inline: hot)
@@ -1039,9 +1040,11 @@ def taker_arguments(
 
 def _close_reader(p: Participant, record: memoryview, index: int, taker: Taker) -> None:
     """Leave the ring (also run by the finalizer at garbage collection and interpreter exit)."""
+    if not p.begin_closing():  # interpreter exit beside a daemon thread's call (RingHandle):
+        return  # its end frees what the thread uses
     try:
         taker.close()  # first: it raises if another thread waits in it (idempotent)
-    except RuntimeError:  # interpreter exit while a daemon thread waits in it: its end frees
+    except RuntimeError:  # interpreter exit while a daemon thread waits in it: likewise
         return
     if p.closed or p.pid != os.getpid():
         return

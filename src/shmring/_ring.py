@@ -130,6 +130,10 @@ class Participant:
         self.writer_waiters_address = address(L.C_WRITER_WAITERS)
         self.membership_address = address(L.C_MEMBERSHIP)
         self.closed = False
+        # Calls on the handle under way in a wait or a step of its slow path, in any thread,
+        # and whether it is being closed (RingHandle, begin_closing).
+        self.calls = 0
+        self.closing = False
         self.truncated = False  # set by check_size: no shared word may be touched any more
 
     # ---- records -----------------------------------------------------------------------
@@ -755,6 +759,15 @@ class Participant:
         if self.control[L.C_WRITERS] == 0 and self.control[L.C_READERS] == 0:
             self.segment.unlink()
 
+    def begin_closing(self) -> bool:
+        """Mark the handle closing; False, and not closing, while a call on it is under way
+        (the protocol is RingHandle's)."""
+        self.closing = True
+        if self.calls and not self.closed:
+            self.closing = False
+            return False
+        return True
+
     def check_usable(self) -> None:
         # A forked child's copies are closed by _forget_after_fork, so only a closed handle
         # needs the pid test (getpid() is a system call, ~0.8 µs on a per-frame path).
@@ -781,13 +794,15 @@ class RingHandle:
 
     _p: Participant
     _finalizer: Callable[[], object]  # a weakref.finalize: leaves the ring once
-    # Calls on this handle under way in a wait or a step of its slow path, in any thread:
-    # close() refuses meanwhile (as the C objects refuse while a thread is inside them), so
-    # that no call finds its handle gone half-way. A call counts itself, then looks at
-    # _closing; close() sets _closing, then looks at the count (each step atomic under the
-    # GIL): whichever comes second sees the other, and the call raises or close() refuses.
-    _calls = 0
-    _closing = False
+    # Calls on this handle under way in a wait or a step of its slow path, in any thread,
+    # count themselves in Participant.calls: close() refuses meanwhile (as the C objects
+    # refuse while a thread is inside them), so that no call finds its handle gone half-way.
+    # A call counts itself, then looks at Participant.closing; closing sets it, then looks at
+    # the count (begin_closing; each step atomic under the GIL): whichever comes second sees
+    # the other, and the call raises or the close is refused. The finalizer follows the same
+    # protocol: a call under way keeps its handle from garbage collection, so a finalizer
+    # that finds one runs at interpreter exit, beside a daemon thread's call, and leaves the
+    # mappings to that thread until the process ends.
 
     def _leave_at(self, finalizer: Callable[[], object]) -> None:
         """The last step of construction: how this handle leaves the ring, and tracking
@@ -799,8 +814,8 @@ class RingHandle:
         """In a forked child, drop this inherited handle's descriptors: keeping them would keep
         the parent's liveness locks alive after the parent dies, and share its header-lock
         ownership. Every later call then raises ShmringError (check_usable)."""
-        self._calls = 0  # the threads making them are not in this process
         p = self._p
+        p.calls = 0  # the threads making them are not in this process
         if not p.closed:
             p.closed = True
             p.segment.close()
@@ -820,14 +835,12 @@ class RingHandle:
         try:
             close()
         except BaseException:
-            self._closing = False
+            self._p.closing = False
             raise
 
     def _refuse_close_in_call(self) -> None:
-        """Begin closing (see _calls); RuntimeError, and not closing, if a call is under way."""
-        self._closing = True
-        if self._calls and not self._p.closed:
-            self._closing = False
+        """Begin closing; RuntimeError, and not closing, if a call is under way."""
+        if not self._p.begin_closing():
             raise RuntimeError(
                 f"ring {self._p.name!r}: close() while a call on this handle is under way in "
                 "another thread (or in the code a signal handler interrupted); nothing was "
@@ -837,7 +850,10 @@ class RingHandle:
     def _raise_closed(self) -> NoReturn:
         """For a call that counted itself and found the handle closed or being closed."""
         self._p.check_usable()  # closed: "this handle is closed", or inherited across fork()
-        raise ShmringError(f"ring {self._p.name!r}: this handle is being closed by another thread")
+        raise ShmringError(
+            f"ring {self._p.name!r}: this handle is being closed by another thread (or at "
+            "interpreter exit, while this one ran)"
+        )
 
     def __enter__(self) -> Self:
         return self

@@ -397,13 +397,13 @@ class RingWriter(AsyncWriting, RingHandle):
         self, frame: np.ndarray, timeout: float | None, timestamp_ns: int | None, meta: bytes
     ) -> int:
         """write() for every case: validation, shared mode, overwrite, waiting for space."""
-        self._calls += 1
+        self._p.calls += 1
         try:
-            if self._closing or self._p.closed:
+            if self._p.closing or self._p.closed:
                 self._raise_closed()
             return self._write_counted(frame, timeout, timestamp_ns, meta)
         finally:
-            self._calls -= 1
+            self._p.calls -= 1
 
     def _write_counted(
         self, frame: np.ndarray, timeout: float | None, timestamp_ns: int | None, meta: bytes
@@ -503,9 +503,9 @@ class RingWriter(AsyncWriting, RingHandle):
             buffer: int = self._claim_buffer_fast()
             if buffer >= 0:
                 return buffer
-        self._calls += 1
+        self._p.calls += 1
         try:
-            if self._closing or self._p.closed:
+            if self._p.closing or self._p.closed:
                 self._raise_closed()
             if not self._joined:
                 self._join(deadline)
@@ -520,7 +520,7 @@ class RingWriter(AsyncWriting, RingHandle):
                 return buffer
             return self._wait_for_buffer(deadline)
         finally:
-            self._calls -= 1
+            self._p.calls -= 1
 
     def _claim_refused(self) -> None:
         """A Claim's with block runs (publisher.claim_open), so the C steps refused a claim
@@ -680,13 +680,13 @@ class RingWriter(AsyncWriting, RingHandle):
         have died there, or be stopped (SIGSTOP). The buffer and the frame's number stay
         this writer's; dead writers are reaped (which repairs what they left), then the
         step runs again, lock-free, up to the deadline."""
-        self._calls += 1
+        self._p.calls += 1
         try:
-            if self._closing or self._p.closed:
+            if self._p.closing or self._p.closed:
                 self._raise_closed()
             return self._published_counted(seq, buffer, deadline, step)
         finally:
-            self._calls -= 1
+            self._p.calls -= 1
 
     def _published_counted(
         self, seq: int, buffer: int, deadline: float | None, step: Callable[[bool], int]
@@ -752,9 +752,9 @@ class RingWriter(AsyncWriting, RingHandle):
 
     def _abandon(self, buffer: int, deadline: float | None) -> None:
         """Give a claimed buffer back unpublished."""
-        self._calls += 1
+        self._p.calls += 1
         try:
-            if self._closing or self._p.closed:
+            if self._p.closing or self._p.closed:
                 self._raise_closed()
             result = self._publisher.abandon_claimed(buffer, False)
             if result == PUBLISH_FALLBACK:  # shared mode: the same step, one writer at a time
@@ -762,7 +762,7 @@ class RingWriter(AsyncWriting, RingHandle):
                     buffer, deadline, lambda: self._publisher.abandon_claimed(buffer, True)
                 )
         finally:
-            self._calls -= 1
+            self._p.calls -= 1
         if result == PUBLISH_CORRUPTED:
             raise self._corrupted_free_list()
 
@@ -775,9 +775,9 @@ class RingWriter(AsyncWriting, RingHandle):
         L.positive_int(count, "count", 1, self._p.geometry.max_readers)
         deadline = deadline_from(timeout)
         control = self._control
-        self._calls += 1
+        self._p.calls += 1
         try:
-            if self._closing or self._p.closed:
+            if self._p.closing or self._p.closed:
                 self._raise_closed()
             while True:
                 self._p.check_size()  # first and after each sleep: a truncated ring raises
@@ -793,7 +793,7 @@ class RingWriter(AsyncWriting, RingHandle):
                     )
                 futex_wait(self._p.membership_address, observed, wait)
         finally:
-            self._calls -= 1
+            self._p.calls -= 1
 
     @property
     def readers(self) -> int:
@@ -807,7 +807,7 @@ class RingWriter(AsyncWriting, RingHandle):
             self._joined
             and self._publisher.claim_open
             and self._open_claim() is not None
-            and not self._calls  # (else: "under way")
+            and not self._p.calls  # (else: "under way")
             and not self._p.closed
         ):
             raise RuntimeError(
@@ -927,13 +927,16 @@ class _Membership:
 
 def _close_writer(p: Participant, membership: _Membership, owner: bool) -> None:
     """Leave the ring (also run by the finalizer at garbage collection and interpreter exit)."""
-    if membership.publisher is not None:
+    in_use = not p.begin_closing()  # interpreter exit beside a daemon thread's call (RingHandle)
+    if membership.publisher is not None and not in_use:
         try:
             membership.publisher.close()  # its exports would keep the mappings alive
         except RuntimeError:  # interpreter exit while a daemon thread's write() copies
-            if owner and not p.closed and p.pid == os.getpid():
-                p.segment.unlink()  # the mappings stay the thread's until the process ends
-            return
+            in_use = True
+    if in_use:
+        if owner and not p.closed and p.pid == os.getpid():
+            p.segment.unlink()  # the mappings stay the thread's until the process ends
+        return
     if p.closed or p.pid != os.getpid():
         return
     try:
