@@ -43,6 +43,7 @@ from shmring import (
     WriterGone,
     inspect_ring,
 )
+from shmring import _layout as L
 
 MAGIC_OFFSET = 0
 
@@ -520,6 +521,55 @@ def test_a_second_claim_or_a_write_while_a_claim_is_open_is_refused(
             with r.read(WAIT) as frame:
                 got.append(int(frame.array[0]))
         assert got == [1, 2, 3]
+        assert inspect_ring(name).problems == []
+
+
+@pytest.mark.parametrize("policy", ["block", "overwrite"])
+@pytest.mark.parametrize("writers", [1, 2])
+def test_a_claim_interrupted_as_it_returns_is_filled_by_the_next_write(
+    policy: str, writers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C landing as the C claim returns, before its Claim's with block begins: the
+    buffer (and, with several writers, its sequence number) stays claimed in the writer's
+    record. The next write fills it; replacing that claim lost the buffer until close, and
+    with several block writers the number, which held every later frame back for good."""
+    name, slots = unique_name(), 4
+    with (
+        RingWriter.create(name, (4,), np.uint8, slots=slots, policy=policy) as w,
+        RingWriter.attach(name) as other,
+        RingReader.attach(name, start="oldest") as r,
+    ):
+        if writers == 1:
+            other.close()
+        w.write(np.full(4, 0, np.uint8), WAIT)  # joined: the fast path
+        claim_buffer = w._claim_buffer_fast
+
+        def interrupted() -> int:
+            claim_buffer()
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(w, "_claim_buffer_fast", interrupted)
+        with pytest.raises(KeyboardInterrupt), w.claim(WAIT):
+            pass
+        monkeypatch.undo()
+        with r.read(WAIT) as frame:
+            assert int(frame.array[0]) == 0
+        got: list[int] = []
+        for value in range(1, 3 * slots + 1):
+            # A full ring first (block): a lost buffer would leave one short.
+            writer = other if writers == 2 and value % 2 else w
+            writer.write(np.full(4, value, np.uint8), WAIT)
+            if value % slots == 0:
+                for _ in range(slots):
+                    with r.read(WAIT) as frame:
+                        got.append(int(frame.array[0]))
+        # The interrupted claim's number comes before the other writer's next: each
+        # writer's frames in order, every frame once.
+        assert sorted(got) == list(range(1, 3 * slots + 1)), got
+        for odd in (0, 1):
+            mine = [value for value in got if value % 2 == odd]
+            assert mine == sorted(mine), got
+        assert w._record[L.W_CLAIMED] == L.NONE and w._record[L.W_CLAIMED_SEQ] == L.NONE
         assert inspect_ring(name).problems == []
 
 

@@ -1044,6 +1044,15 @@ static int alone(Publisher *self) {
     return self->exclusive_when_alone && load(&self->control[SHMRING_C_WRITERS]) <= 1;
 }
 
+/* Whether this writer's record keeps a claim a new one must not replace (the record holds
+ * one): a Claim's with block runs (claim_open), or a claim's Claim never began its block
+ * (Ctrl-C as the claim returned; RingWriter._take_buffer fills that buffer next). Relaxed:
+ * the record is this writer's own. */
+static int claim_kept(Publisher *self) {
+    return self->claim_open ||
+           __atomic_load_n(&self->record[SHMRING_W_CLAIMED], __ATOMIC_RELAXED) != SHMRING_NONE;
+}
+
 /* publish(frame[, timestamp_ns]): a stamp that is not an int in [0, 2**64) falls back, so
  * that Python's general path says what is wrong with it (or takes a numpy integer). */
 static PyObject *Publisher_publish(Publisher *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -1078,7 +1087,7 @@ static PyObject *Publisher_publish(Publisher *self, PyObject *const *args, Py_ss
         PyBuffer_Release(&frame); /* closed, or strided: the general path (numpy copies it) */
         return PyLong_FromLong(PUBLISH_FALLBACK);
     }
-    if (self->claim_open) { /* the general path says why (RingWriter._claim_refused) */
+    if (claim_kept(self)) { /* the general path refuses, or fills the kept buffer */
         PyBuffer_Release(&frame);
         return PyLong_FromLong(PUBLISH_FALLBACK);
     }
@@ -1128,8 +1137,8 @@ static PyObject *claim_buffer(Publisher *self, int locked) {
     if (!self->holds_exports) {
         return PyLong_FromLong(PUBLISH_FALLBACK); /* closed */
     }
-    if (self->claim_open) { /* a Claim's with block runs: a second claim would make the */
-        return PyLong_FromLong(PUBLISH_FALLBACK); /* record forget the first (see claim_open) */
+    if (claim_kept(self)) { /* a second claim would make the record forget the first */
+        return PyLong_FromLong(PUBLISH_FALLBACK);
     }
     long long buffer = PUBLISH_FALLBACK;
     int go = enter_as(self, locked);

@@ -511,6 +511,10 @@ class RingWriter(AsyncWriting, RingHandle):
                 self._join(deadline)
             if self._publisher.claim_open:
                 self._claim_refused()
+            if self._stranded < 0 and self._record[L.W_CLAIMED] != L.NONE:
+                # Claimed, and its Claim gone before its with block began or before its
+                # __exit__ ran (Ctrl-C): the C steps fell back, lest a new claim replace it.
+                self._stranded = self._record[L.W_CLAIMED]
             if self._stranded >= 0:  # still claimed by this writer: fill it again
                 return self._unstrand()
             buffer = self._take_buffer_exclusive(deadline)
@@ -526,7 +530,7 @@ class RingWriter(AsyncWriting, RingHandle):
         """A Claim's with block runs (publisher.claim_open), so the C steps refused a claim
         or a write: the writer's record keeps one claim, and would forget that one (a repair
         would then free a buffer in use). Unless that Claim is gone: Ctrl-C landed as its
-        with block ended, before its __exit__ ran (its buffer stays claimed until close)."""
+        with block ended, before its __exit__ ran (_take_buffer fills its buffer next)."""
         if self._open_claim() is not None:
             raise RuntimeError(
                 f"ring {self._p.name!r}: write() or claim() while a claim on the same writer "
