@@ -8,19 +8,22 @@
 # skip(), reading, releasing one of several held frames out of order and reading one more,
 # ...) a first victim runs the call under a trace function that counts the lines it executes
 # in shmring's source; then, for k = 1, 2, ..., a fresh victim runs the same call and
-# SIGKILLs itself at its k-th line. After each death
-# the survivor (this process) checks: frames already published are whole and in order; it
-# can write 2 * SLOTS + 1 frames and read each back at once (nothing stays blocked, nothing
-# is lost); what its reader counted dropped adds up (beyond the numbers it passed over, only
-# the victim's gap: SKIP_COUNT - 1, or nothing if the gap was not published whole); under the
-# overwrite policy its reader can hold MAX_PINS frames (a dead reader's pins are reaped); a
-# new reader attaches at once; the header is consistent (no more frames in flight than
-# slots, and under the block policy every buffer is free, queued or claimed); and when
-# everyone has left, the segment is gone.
+# SIGKILLs itself at its k-th line (one whose call ends before line k is a violation: that
+# point was not swept). A victim is a fork of this process that never returns into its code
+# (it leaves by os._exit, whatever happens); one still running after VICTIM_LIMIT is killed
+# and reported. After each death the survivor (this process) checks: frames already
+# published are whole and in order; it can write 2 * SLOTS + 1 frames and read each back at
+# once (nothing stays blocked, nothing is lost); what its reader counted dropped adds up
+# (beyond the numbers it passed over, only the victim's gap: SKIP_COUNT - 1, or nothing if
+# the gap was not published whole); under the overwrite policy its reader can hold MAX_PINS
+# frames (a dead reader's pins are reaped); a new reader attaches at once; the header is
+# consistent (no more frames in flight than slots, and under the block policy every buffer
+# is free, queued or claimed); and when everyone has left, the segment is gone.
 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import struct
 import sys
@@ -28,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -58,6 +61,7 @@ HOLD = 3  # frames the holding victim holds when its traced call starts
 SKIP_COUNT = 5  # frames the victim's gap stands for
 SOURCE = os.path.dirname(shmring.__file__)
 TIMEOUT = 2.0  # every wait of the survivor's checks
+VICTIM_LIMIT = 10 * TIMEOUT  # a victim still running by then (its calls wait TIMEOUT) hangs
 
 
 class KillAt:
@@ -228,29 +232,75 @@ def create(name: str, policy: str) -> RingWriter:
 
 
 # ---- one kill point -------------------------------------------------------------------------
-def run_victim(name: str, policy: str, call: str, kill_at: int, report: int, go: int) -> None:
+def prepare(name: str, policy: str, call: str, report: int, go: int) -> Callable[[], object]:
+    """In the victim, untraced: its handles, and the call to trace. The creator-victim
+    creates the ring, prefills it and reports b"c"; it goes on once the survivor attached."""
+    if call not in CREATOR:
+        return ATTACHED[call](name, PREFILL[policy])
+    writer = create(name, policy)
+    for n in range(PREFILL[policy]):
+        writer.write(_frame(n), TIMEOUT)
+    os.write(report, b"c")
+    os.read(go, 1)
+    return CREATOR[call](writer)
+
+
+def run_victim(
+    name: str, policy: str, call: str, kill_at: int, pipes: tuple[int, int, int, int]
+) -> NoReturn:
     """In the forked victim: prepare untraced, then run the call traced; report the count
-    of lines (when it was not killed) and leave without cleaning up, like a crash."""
-    if call in CREATOR:
-        writer = create(name, policy)
-        for n in range(PREFILL[policy]):
-            writer.write(_frame(n), TIMEOUT)
-        os.write(report, b"c")
-        os.read(go, 1)  # the survivor's reader is attached
-        op = CREATOR[call](writer)
-    else:
-        op = ATTACHED[call](name, PREFILL[policy])
-    tracer = KillAt(kill_at)
-    error = b""
-    sys.settrace(tracer)
+    of lines (when it was not killed) and what raised, if anything. `pipes`: the report and
+    go pipes' ends, (read, write) each; the victim writes reports and reads go."""
+    code = 1
     try:
-        op()
-    except Exception as exc:
-        error = repr(exc).encode()[:4000]
+        report_r, report, go, go_w = pipes
+        os.close(report_r)
+        os.close(go_w)  # so that a survivor that gives up leaves go at end of file
+        tracer = KillAt(kill_at)
+        error = ""
+        try:
+            op = prepare(name, policy, call, report, go)
+        except Exception as exc:
+            error = f"the victim's preparation raised {exc!r}"
+        else:
+            sys.settrace(tracer)
+            try:
+                op()
+            except Exception as exc:
+                error = f"the victim's call raised {exc!r}"
+            finally:
+                sys.settrace(None)
+        # One write of less than PIPE_BUF bytes: the survivor reads it whole. A failed
+        # preparation reports 0 lines, so its first byte is never the creator's b"c".
+        os.write(report, struct.pack("<Q", tracer.lines) + error.encode()[:4000])
+        code = 0
     finally:
-        sys.settrace(None)
-        os.write(report, struct.pack("<Q", tracer.lines) + error)
-        os._exit(0)
+        # Whatever happened, leave like a crash: no finalizer of its handles runs (a creator's
+        # would unlink the ring), and never back into the caller's code (pytest, the sweep).
+        os._exit(code)
+
+
+def read_within(fd: int, size: int, deadline: float) -> bytes:
+    """Up to `size` bytes from pipe `fd` once it is readable; b"" at end of file, or if
+    nothing came by `deadline`."""
+    ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+    return os.read(fd, size) if ready else b""
+
+
+def reap(pid: int, deadline: float) -> int | None:
+    """The victim's wait status, polled (WNOHANG) until `deadline`; None if it was still
+    running then: it is SIGKILLed and reaped."""
+    pause = 1e-4
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        if time.monotonic() >= deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)  # SIGKILL is not ignored: this returns at once
+            return None
+        time.sleep(pause)
+        pause = min(2 * pause, 0.01)
 
 
 @dataclass
@@ -355,26 +405,39 @@ def kill_point(policy: str, call: str, kill_at: int) -> tuple[int, list[str]]:
     go_r, go_w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        os.close(report_r)
-        os.close(go_w)
-        run_victim(survivor.name, policy, call, kill_at, report_w, go_r)
+        run_victim(survivor.name, policy, call, kill_at, (report_r, report_w, go_r, go_w))
     os.close(report_w)
     os.close(go_r)
-    lines = 0
+    deadline = time.monotonic() + VICTIM_LIMIT
+    message = b""
     try:
         if call in CREATOR:
-            if os.read(report_r, 1) != b"c":
-                raise AssertionError("the creator victim died before creating the ring")
-            survivor.reader = RingReader.attach(survivor.name, start="oldest")
-            os.write(go_w, b"g")
-        _, status = os.waitpid(pid, 0)
-        message = os.read(report_r, 4096)
+            message = read_within(report_r, 1, deadline)
+            if message == b"c":  # created: the survivor's reader attaches before it goes on
+                message = b""
+                survivor.reader = RingReader.attach(survivor.name, start="oldest")
+                os.write(go_w, b"g")
+    except ShmringError as exc:
+        survivor.problems.append(f"attaching to the victim's ring: {type(exc).__name__}: {exc}")
+    finally:
+        os.close(go_w)  # a creator-victim still waiting for it goes on, and ends
+        status = reap(pid, deadline)
+    lines = 0
+    try:
+        if status is None:
+            raise AssertionError(f"the victim hung: SIGKILLed after {VICTIM_LIMIT} s")
+        message += read_within(report_r, 4096, deadline)
+        killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
         if len(message) >= 8:
             (lines,) = struct.unpack_from("<Q", message)
             if message[8:]:
-                survivor.problems.append(f"the victim's call raised {message[8:].decode()}")
-        elif not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL):
-            survivor.problems.append(f"the victim ended with status {status}")
+                survivor.problems.append(message[8:].decode())
+            if kill_at:
+                survivor.problems.append(
+                    f"the call ended after {lines} lines, before line {kill_at}: not swept"
+                )
+        elif kill_at == 0 or not killed:
+            survivor.problems.append(f"the victim ended with status {status}, reporting nothing")
         if os.path.lexists(segment_path(survivor.name)):
             survivor.check()
             gap = {0, SKIP_COUNT - 1} if call in ("skip", "own_skip") else {0}
@@ -388,7 +451,6 @@ def kill_point(policy: str, call: str, kill_at: int) -> tuple[int, list[str]]:
         survivor.problems.append(f"{type(exc).__name__}: {exc}")
     finally:
         os.close(report_r)
-        os.close(go_w)
         try:
             survivor.close()
         except ShmringError as exc:

@@ -219,3 +219,31 @@ def test_a_pickled_handle_keeps_its_settings_and_a_closed_one_does_not_pickle() 
             with pytest.raises(ShmringError, match="closed"):
                 pickle.dumps(closed)
         assert w.readers == 0
+
+
+def test_a_frame_does_not_pickle_and_says_what_to_send() -> None:
+    """A Frame is a view its reader holds: pickling one (a multiprocessing.Queue's put)
+    raises a TypeError that says what to send instead, not one naming a private class."""
+    name = unique_name()
+    with (
+        RingWriter.create(name, SMALL, np.uint8) as w,
+        RingReader.attach(name, start="oldest") as r,
+    ):
+        for value in range(3):
+            w.write(np.full(SMALL, value, np.uint8))
+        read = r.read(WAIT)
+        iterated = next(iter(r))  # from the C step of iteration
+        for frame in (read, iterated):
+            with pytest.raises(TypeError, match=r"cannot be pickled: send frame\.array\.copy"):
+                pickle.dumps(frame)
+        read.release()
+
+
+def test_attach_that_waited_for_a_missing_ring_says_how_long() -> None:
+    """RingNotFound after a bounded wait names the wait, rather than advising a timeout=
+    the caller gave already; without one it still advises it."""
+    name = unique_name()
+    with pytest.raises(RingNotFound, match=r"appeared within 0\.05 s .* start its creator"):
+        RingReader.attach(name, timeout=0.05)
+    with pytest.raises(RingNotFound, match="pass timeout= to attach to wait for it"):
+        RingWriter.attach(name)

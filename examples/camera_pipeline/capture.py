@@ -25,6 +25,10 @@ class SourceEnded(Exception):
     """Raised inside a claim, so that slot is abandoned: readers never see it."""
 
 
+class SourceChangedSize(Exception):
+    """Raised inside a claim: the camera's frame no longer fits the ring's shape."""
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """'640x480' -> (640, 480)."""
     width, _, height = text.lower().partition("x")
@@ -95,14 +99,20 @@ def main() -> None:
                 with ring.claim() as slot:  # a buffer inside shared memory: decode into it
                     if camera is None:
                         draw_pattern(slot, count)
-                    elif not camera.read(image=slot)[0]:
-                        raise SourceEnded
+                    else:
+                        ok, image = camera.read(image=slot)
+                        if not ok:
+                            raise SourceEnded
+                        if not np.shares_memory(image, slot):  # another size: OpenCV made
+                            raise SourceChangedSize(image.shape)  # a new array (abandoned)
                 count += 1
                 if time.monotonic() - reported >= 1:
                     reported = time.monotonic()
                     print(f"{count} frames, {count / (reported - started):.1f} fps")
         except SourceEnded:
             print("the source ended")
+        except SourceChangedSize as changed:
+            print(f"the source changed its frame size to {changed.args[0]}: restart capture")
         except KeyboardInterrupt:
             print("interrupted")
         finally:

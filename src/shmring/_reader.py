@@ -100,6 +100,12 @@ class Frame(FrameBase):
             f"dropped={self.dropped}>"
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise TypeError(
+            f"a Frame (seq {self.seq}) is a view into its ring held by this process's reader "
+            "and cannot be pickled: send frame.array.copy(), or its seq and the ring's name"
+        )
+
 
 class _CollectableFrame(Frame):
     """A Frame that only its caller references (from read(), latest() or a slow step of

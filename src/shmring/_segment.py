@@ -326,6 +326,12 @@ class Segment:
                 break
             except RingNotFound:
                 left = _ATTACH_POLL if deadline is None else deadline - time.monotonic()
+                if left <= 0 and timeout:
+                    raise RingNotFound(
+                        f"no ring named {name!r} appeared within {timeout:g} s "
+                        f"({segment_path(name)}); start its creator (RingWriter.create) first, "
+                        "or wait longer"
+                    ) from None
                 if left <= 0:
                     raise
                 time.sleep(min(_ATTACH_POLL, left))
@@ -579,7 +585,8 @@ def _check_expected(
             )
     if dtype is not None and L.checked_dtype(dtype) != geometry.dtype:
         raise IncompatibleRing(
-            f"ring {name!r} has dtype {geometry.dtype}, expected {np.dtype(dtype)}"
+            f"ring {name!r} has dtype {geometry.dtype}, expected {np.dtype(dtype)}; a ring "
+            "left from an earlier run? Remove it (shmring rm) or attach without dtype="
         )
 
 

@@ -614,7 +614,8 @@ class RingWriter(AsyncWriting, RingHandle):
                 if wait <= 0:
                     raise RingTimeout(
                         f"ring {p.name!r}: no free slot within the timeout; every slot holds a "
-                        "frame some reader group has not released (block policy)"
+                        "frame some reader group has not released (block policy); `shmring "
+                        f"inspect {p.name}` shows which reader or group lags"
                     )
                 if time.monotonic() >= next_liveness_check:
                     next_liveness_check = time.monotonic() + POLL_SLICE
