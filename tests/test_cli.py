@@ -258,6 +258,34 @@ def test_rm_leaves_a_ring_created_under_the_name_after_its_check(stale: str) -> 
     assert f"ring {stale!r} is in use (its creator, a writer or a reader holds it" in proc.stderr
 
 
+def test_gc_keeps_a_ring_created_under_the_name_after_it_listed_it(stale: str) -> None:
+    """`gc` lists a stale ring; before it removes it, a new pipeline's create reclaims the
+    name (in the child: wrapped around the listing). gc keeps the new ring and says so."""
+    child = (
+        "import os, sys, warnings\n"
+        "import numpy as np\n"
+        "from shmring import RingWriter, _cli\n"
+        "warnings.simplefilter('ignore')  # create's StaleRingWarning\n"
+        "listing = _cli.stale_rings\n"
+        "created = []\n"
+        "def then_created_again():\n"
+        "    found = listing()\n"
+        f"    created.append(RingWriter.create({stale!r}, (64,), np.uint8))\n"
+        "    return found\n"
+        "_cli.stale_rings = then_created_again\n"
+        f"code = _cli.main(['gc', {stale!r}])\n"
+        f"print('exists' if os.path.exists({seg_path(stale)!r}) else 'unlinked')\n"
+        "created[0].close()\n"
+        "sys.exit(code)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", child], capture_output=True, text=True, timeout=WAIT, check=False
+    )
+    assert (proc.returncode, proc.stdout) == (0, f"kept {stale}: it is in use again\nexists\n"), (
+        proc
+    )
+
+
 def test_rings_are_named_by_their_dev_shm_files_too(prefix: str, stale: str) -> None:
     """`shmring.NAME` (what `ls /dev/shm` shows) and its path name the ring NAME."""
     with RingWriter.create(prefix, SMALL, np.uint8) as w:
