@@ -511,10 +511,16 @@ class RingWriter(AsyncWriting, RingHandle):
                 self._join(deadline)
             if self._publisher.claim_open:
                 self._claim_refused()
-            if self._stranded < 0 and self._record[L.W_CLAIMED] != L.NONE:
+            kept = self._record[L.W_CLAIMED]
+            if self._stranded < 0 and kept != L.NONE:
                 # Claimed, and its Claim gone before its with block began or before its
                 # __exit__ ran (Ctrl-C): the C steps fell back, lest a new claim replace it.
-                self._stranded = self._record[L.W_CLAIMED]
+                if kept >= self._nbuffers:
+                    raise RingCorrupted(
+                        f"ring {self._p.name!r}: this writer's record claims buffer {kept} of "
+                        f"{self._nbuffers}; some process wrote over the ring's header"
+                    )
+                self._stranded = kept
             if self._stranded >= 0:  # still claimed by this writer: fill it again
                 return self._unstrand()
             buffer = self._take_buffer_exclusive(deadline)
