@@ -6,6 +6,9 @@
 # which a steady reader applies to every frame. Every frame is uint64 words `SALT ^ tag`,
 # where the tag packs the writer's id and its own frame counter; word 0 of SALT is 0, so word
 # 0 is the tag itself and a frame mixing two writes (or stale bytes) fails the comparison.
+# A writer learns a frame's sequence number only when its write returns, too late to stamp
+# it in: a StreamCheck made with `tie` keeps the number each STEADY frame came with, and
+# `untied` compares them with the numbers the steady writer's writes returned.
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import multiprocessing as mp
 import os
 import uuid
 import warnings
+from array import array
 from dataclasses import asdict, dataclass, field
 from multiprocessing.context import ForkServerContext
 from pathlib import Path
@@ -107,9 +111,12 @@ def verify(frame: np.ndarray) -> int:
 class StreamCheck:
     """What a steady reader verifies, frame by frame: the pattern (no torn frame), sequence
     numbers (each once, in order; gaps only as reported drops), each writer's counters (in
-    order, once) and, when `lossless`, every frame of the STEADY writer."""
+    order, once) and, when `lossless`, every frame of the STEADY writer. With `tie`, it keeps
+    each STEADY frame's counter and sequence number in `steady_seqs` (pairs, flat), for
+    `untied`; to_json leaves them out."""
 
     lossless: bool
+    tie: bool = False
     frames: int = 0
     steady: int = 0
     dropped: int = 0
@@ -117,6 +124,7 @@ class StreamCheck:
     next_seq: int = 0
     violations: list[str] = field(default_factory=list)
     last: dict[int, int] = field(default_factory=dict)  # writer id -> last counter
+    steady_seqs: array[int] = field(default_factory=lambda: array("q"))
 
     def take(self, frame: Frame) -> None:
         self.frames += 1
@@ -143,6 +151,8 @@ class StreamCheck:
             self.fail(f"steady writer: frame {counter} after {last}: lost frames")
         self.last[writer] = counter
         self.steady += writer == STEADY
+        if self.tie and writer == STEADY:
+            self.steady_seqs.extend((counter, frame.seq))
 
     def fail(self, what: str) -> None:
         if len(self.violations) < 20:
@@ -151,7 +161,23 @@ class StreamCheck:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["last"] = {str(writer): counter for writer, counter in self.last.items()}
+        del data["steady_seqs"]  # two numbers a frame: sent apart, where asked for
         return data
+
+
+def untied(steady_seqs: array[int], returned: array[int]) -> list[str]:
+    """STEADY frames that came with another sequence number than their write returned:
+    `steady_seqs` as a StreamCheck with `tie` kept them (counter, seq pairs), `returned`
+    the steady writer's results by counter (shorter if its last writes did not return)."""
+    counters, seqs = np.frombuffer(steady_seqs, np.int64).reshape(-1, 2).T
+    expected = np.append(np.frombuffer(returned, np.int64), -1)  # -1: for a write not returned
+    wanted = expected[np.minimum(counters, expected.size - 1)]
+    bad = np.flatnonzero(seqs != wanted).tolist()
+    return [
+        f"steady frame {counters[i]} came as seq {seqs[i]}; its write returned "
+        + (str(wanted[i]) if wanted[i] >= 0 else "nothing")
+        for i in bad[:10]
+    ] + [f"and {len(bad) - 10} more steady frames so"] * (len(bad) > 10)
 
 
 def check_next(reader: RingReader, check: StreamCheck, timeout: float) -> bool:

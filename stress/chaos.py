@@ -10,20 +10,27 @@
 # few milliseconds into it. The steady writer publishes a gap now and then too. Under the
 # overwrite policy a reader holds several frames through its pin line, and a second writer
 # makes a block ring sequenced, so kills land in the multi-writer and overwrite paths.
+# --seed fixes the order of the roles, each victim's kill time and its SIGINTs (one random
+# generator each, drawn in spawn order), and every violation names the seed and the victim.
 #
 # Invariants, checked as it runs: every wait is bounded (a stall of STALL seconds anywhere
 # is a deadlock, and no steady write may take over MAX_WRITE_STALL); the steady reader gets
 # no torn frame, every sequence number once and in order, each writer's frames in order and
-# once, and, under the block policy, every steady frame (lossless); a frame a victim holds
-# never changes while held; the reader's dropped count adds up: every number it passed over
-# counts at least one, and what it counted beyond them (a skip of k counts k) equals what
-# the skips made stand for (at most that under the overwrite policy, whose lapped readers
-# count a skip as one; a victim killed inside skip() may have published its gap or not);
-# dead participants are reclaimed (a probe's attach finds no dead record left, attaching
-# never fails for want of a record, and no reader record pins buffers it does not hold); a
-# creator killed inside create leaves nothing in /dev/shm, and one killed after naming its
-# ring leaves a stale ring that the next create reclaims; at the end the ring's name, the
-# steady processes' file descriptors and every child process are gone.
+# once, each steady frame under the number its write returned, and, under the block policy,
+# every steady frame (lossless); a frame a victim holds never changes while held; a victim
+# that takes a SIGINT does a frame after it (within RESUME_LIMIT, before the next signal);
+# the reader's dropped count adds up: every number it passed over counts at least one, and
+# what it counted beyond them (a skip of k counts k) equals what the skips made stand for (at
+# most that under the overwrite policy, whose lapped readers count a skip as one; a victim
+# killed inside skip() may have published its gap or not); a look from outside
+# (inspect_ring) finds no problem but what a live snapshot may show (a joining reader's
+# group: Chaos.joining); dead participants are reclaimed (a probe's attach finds no dead
+# record and no problem left, attaching never fails for want of a record, and no reader
+# but the steady one pins a buffer); a creator killed inside create leaves nothing in
+# /dev/shm, and one killed after naming its ring leaves a stale ring that the next create
+# reclaims; at the end the ring's name, the steady processes' file descriptors and every
+# child process are gone, and whatever the run left in /dev/shm (even when it failed) is
+# removed.
 #
 # Processes come from a forkserver (stress.forkserver), so a victim costs a fork, not an
 # interpreter start. Then the kill-point sweep (stress/killpoints.py) kills a victim at
@@ -33,19 +40,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import multiprocessing as mp
 import os
 import random
+import re
 import signal
 import sys
 import time
 import traceback
 import warnings
+from array import array
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import ForkServerContext
 from typing import Any, Literal
@@ -57,6 +66,7 @@ from shmring import Frame, RingReader, RingTimeout, RingWriter
 from shmring import _layout as L
 
 from . import (
+    SHM_DIR,
     STEADY,
     StreamCheck,
     check_next,
@@ -68,6 +78,7 @@ from . import (
     segment_path,
     shm_entries,
     stamp,
+    untied,
     verify,
 )
 
@@ -93,12 +104,17 @@ STEADY_SKIP_EVERY = 97  # the steady writer publishes a gap after every this man
 STALL = 10.0  # no bounded wait may come close to this
 START_LIMIT = 10.0  # a victim that has not reported ready by then is hung
 KILL_WINDOW = 0.03  # victims are killed up to this long after reporting ready
+# A SIGINT victim must have done a frame this soon after a SIGINT: a write may wait for
+# space (block policy) while a dead participant holds the ring back (MAX_WRITE_STALL).
+RESUME_LIMIT = 5.0
 # A dead participant may hold the steady writer back until it is reclaimed: within a second
 # (README), plus scheduling slack on a busy machine.
 MAX_WRITE_STALL = 2.0
 CREATE_FRAME = 16 * 1024 * 1024  # create victims make rings of 1-8 such uint8 frames
 PROGRESS_EVERY = 256  # frames between the steady processes' progress reports
 INSPECT_EVERY = 10  # kills between looks at the ring from outside (shmring.inspect_ring)
+# How shmring/_inspect.py words a reader record that names a free group (Chaos.joining).
+NAMES_FREE_GROUP = re.compile(r"reader (\d+) names group \d+, which is not active")
 
 
 # ---- victims (each runs in its own forked process) -------------------------------------------
@@ -137,15 +153,23 @@ def writer_loop(writer: RingWriter, writer_id: int, use_claim: bool) -> None:
         n += 1
 
 
-def reader_loop(reader: RingReader) -> None:
-    """read() and latest() in turn: latest() passes frames over (under overwrite its release
-    word then says NONE, and writers may evict what it passed first: docs/FORMAT.md)."""
-    takes = (reader.read, reader.latest)
-    n = 0
-    while True:
-        with takes[n & 1](STALL) as frame:
+def reader_step(reader: RingReader) -> Callable[[], None]:
+    """One frame taken and checked a call: read() and latest() in turn. latest() passes
+    frames over (under overwrite its release word then says NONE, and writers may evict what
+    it passed first: docs/FORMAT.md)."""
+    takes = itertools.cycle((reader.read, reader.latest))
+
+    def step() -> None:
+        with next(takes)(STALL) as frame:
             verify(frame.array)
-        n += 1
+
+    return step
+
+
+def reader_loop(reader: RingReader) -> None:
+    step = reader_step(reader)
+    while True:
+        step()
 
 
 def v_write(conn: Connection, name: str, writer_id: int) -> None:
@@ -282,22 +306,27 @@ def v_attach(conn: Connection, name: str, writer_id: int) -> None:
 
 
 def survive_sigints(conn: Connection, step: Callable[[], None]) -> None:
-    """Report ready, then run `step` for ever, as an application that handles Ctrl-C and
-    carries on would (SIGINTs come once the victim is ready).
+    """Report ready, then run `step` (one frame) for ever, as an application that handles
+    Ctrl-C and carries on would (SIGINTs come once the victim is ready). Once a step is done
+    after a SIGINT, report ("resumed", frames done so far): the orchestrator sends the next
+    signal only then, so each interrupt must be followed by progress.
 
     The handler disarms itself before raising, and the loop arms it only inside the `try`,
-    so a second SIGINT that lands while the first is being handled (or one that comes
-    before the loop starts) is ignored instead of escaping."""
+    so a SIGINT that lands while another is being handled, between two steps or before the
+    loop starts is counted but does not raise: the next step done answers it all the same."""
     armed = False
+    interrupts = 0
 
     def interrupt(signum: int, frame: object) -> None:
-        nonlocal armed
+        nonlocal armed, interrupts
+        interrupts += 1
         if armed:
             armed = False
             raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, interrupt)
     report(conn, "ready")
+    done = answered = 0
     while True:
         try:
             armed = True
@@ -305,6 +334,10 @@ def survive_sigints(conn: Connection, step: Callable[[], None]) -> None:
             armed = False
         except KeyboardInterrupt:
             continue
+        done += 1
+        if answered < interrupts:
+            answered = interrupts
+            report(conn, "resumed", done)
 
 
 def v_sigint_write(conn: Connection, name: str, writer_id: int) -> None:
@@ -321,8 +354,7 @@ def v_sigint_write(conn: Connection, name: str, writer_id: int) -> None:
 
 
 def v_sigint_read(conn: Connection, name: str, writer_id: int) -> None:
-    reader = RingReader.attach(name)
-    survive_sigints(conn, partial(reader_loop, reader))
+    survive_sigints(conn, reader_step(RingReader.attach(name)))
 
 
 def own_ring(name: str, writer_id: int) -> str:
@@ -389,12 +421,13 @@ def steady_writer(conn: Connection, name: str, policy: str) -> None:
     conn.send(("created",))
     frame = np.empty(SHAPE, DTYPE)
     written, worst, skips, skip_excess = 0, 0.0, 0, 0
+    seqs = array("q")  # the sequence number each write returned, by frame counter
 
     def write() -> None:
         nonlocal written, worst
         stamp(frame, make_tag(STEADY, written))
         started = time.monotonic()
-        writer.write(frame, STALL)
+        seqs.append(writer.write(frame, STALL))
         worst = max(worst, time.monotonic() - started)
         written += 1
 
@@ -414,7 +447,7 @@ def steady_writer(conn: Connection, name: str, policy: str) -> None:
         conn.send(("violation", f"steady writer failed:\n{traceback.format_exc()}"))
         conn.recv()
     writer.close()
-    summary = {"written": written, "worst_write_s": worst, "skips": skips}
+    summary = {"written": written, "worst_write_s": worst, "skips": skips, "seqs": seqs}
     conn.send(("done", {**summary, "skip_excess": skip_excess, "fds": [fds, open_fds()]}))
 
 
@@ -422,7 +455,7 @@ def steady_reader(conn: Connection, name: str, policy: str) -> None:
     fds = open_fds()
     reader = RingReader.attach(name, start="oldest", timeout=STALL)
     conn.send(("attached",))
-    check = StreamCheck(lossless=policy == "block")
+    check = StreamCheck(lossless=policy == "block", tie=True)
     try:
         while check_next(reader, check, STALL):
             if check.frames % PROGRESS_EVERY == 0:
@@ -430,25 +463,39 @@ def steady_reader(conn: Connection, name: str, policy: str) -> None:
     except Exception:
         check.fail(f"steady reader failed:\n{traceback.format_exc()}")
     reader.close()
-    conn.send(("done", {**check.to_json(), "fds": [fds, open_fds()]}))
+    done = {**check.to_json(), "fds": [fds, open_fds()], "steady_seqs": check.steady_seqs}
+    conn.send(("done", done))
 
 
 # ---- the orchestrator -------------------------------------------------------------------------
 @dataclass
 class Victim:
+    id: int  # its writer id: victims are numbered in the order spawned
     role: str
     process: Any  # multiprocessing.Process from the forkserver context
     conn: Connection
     started: float
-    kill_at: float | None = None
-    sigints: int = 0  # SIGINTs still to send before the SIGKILL
+    delay: float  # its first strike comes this long after it is ready (attach: started)
+    pauses: list[float]  # SIGINT roles: one SIGINT each, then this pause once it resumed
+    ready: bool = False
+    kill_at: float | None = None  # its next strike (SIGINT or SIGKILL)
+    resume_by: float | None = None  # after a SIGINT: its "resumed" is due by then
+    sigints: int = 0  # SIGINTs sent
+    frames: int = 0  # frames done, as it last reported after a SIGINT
     own_ring: str | None = None  # the ring a create victim makes
     skipping: int = 0  # the count of a skip() announced and not yet confirmed
+
+    def __str__(self) -> str:
+        after = "its start" if self.role == "attach" else "ready"
+        sigints = f", {len(self.pauses)} SIGINTs before its SIGKILL" if self.pauses else ""
+        struck = f"struck {self.delay * 1e3:.1f} ms after {after}"
+        return f"victim {self.id} ({self.role}, {struck}{sigints})"
 
 
 @dataclass
 class Stats:
     policy: str
+    seed: int
     kills: dict[str, int] = field(default_factory=dict)  # role -> SIGKILLs
     sigints: int = 0
     violations: list[str] = field(default_factory=list)
@@ -466,7 +513,7 @@ class Stats:
 
     def violation(self, what: str) -> None:
         if len(self.violations) < 50:
-            self.violations.append(what)
+            self.violations.append(f"seed {self.seed}: {what}")
 
 
 class Chaos:
@@ -477,16 +524,21 @@ class Chaos:
         self.role_set = roles
         self.policy = policy
         self.concurrency = concurrency
-        self.rng = random.Random(seed)
+        # One generator a purpose, drawn from in spawn order (which the roles' order fixes),
+        # so that message timing cannot shift one draw onto another: --seed replays them.
+        self.role_rng, self.kill_rng, self.sigint_rng = (
+            random.Random(f"{seed}:{purpose}") for purpose in ("roles", "kills", "sigints")
+        )
         self.name = ring_name("ch")
-        self.stats = Stats(policy)
+        self.stats = Stats(policy, seed)
         self.victims: list[Victim] = []
         self.next_writer_id = STEADY + 1  # victims' writer ids count up from here
         self.roles: list[str] = []  # this round of role_set, in random order
-        self.recent: list[str] = []  # the roles of the last victims killed
+        self.recent: list[str] = []  # the last victims killed
         self.progress_at = time.monotonic()
         self.temp_prefixes: list[str] = []
         self.steady: dict[Connection, str] = {}  # the steady pair's pipes
+        self.steady_reader_pid = 0
 
     def start(
         self, target: Callable[..., None], *args: object, duplex: bool = True
@@ -503,6 +555,7 @@ class Chaos:
         self.temp_prefixes = [f".shmring-tmp-{writer.pid}-"]  # the creator's temp file
         self.expect(writer_conn, "created")
         reader, reader_conn = self.start(steady_reader, self.name, self.policy)
+        self.steady_reader_pid = reader.pid
         self.expect(reader_conn, "attached")
         writer_conn.send("go")
         self.steady = {writer_conn: "writer", reader_conn: "reader"}
@@ -520,6 +573,7 @@ class Chaos:
         writer_conn.send("stop")
         self.stats.writer = self.final(writer_conn)
         self.stats.reader = self.final(reader_conn)
+        self.check_tied()
         for process in (writer, reader):
             process.join(STALL)
             if process.exitcode != 0:
@@ -541,11 +595,17 @@ class Chaos:
         for v in list(self.victims):
             if v.kill_at is not None and v.kill_at <= now:
                 self.strike(v)
-            elif v.kill_at is None and now - v.started > START_LIMIT:
-                self.stats.violation(f"victim {v.role} did not start within {START_LIMIT} s")
+            elif v.resume_by is not None and now > v.resume_by:
+                self.stats.violation(
+                    f"{v}: no frame done within {RESUME_LIMIT} s of SIGINT {v.sigints} "
+                    f"({v.frames} done before)"
+                )
+                self.kill(v)
+            elif not v.ready and now - v.started > START_LIMIT:
+                self.stats.violation(f"{v} did not start within {START_LIMIT} s")
                 self.kill(v)
             elif v.process.exitcode is not None:
-                self.stats.violation(f"victim {v.role} exited by itself ({v.process.exitcode})")
+                self.stats.violation(f"{v} exited by itself ({v.process.exitcode})")
                 self.victims.remove(v)
         if now - self.progress_at > STALL:
             self.stats.violation(f"the steady stream made no progress for {STALL} s")
@@ -553,18 +613,22 @@ class Chaos:
     def spawn(self) -> None:
         if not self.roles:
             self.roles = list(self.role_set)
-            self.rng.shuffle(self.roles)
+            self.role_rng.shuffle(self.roles)
         role = self.roles.pop()
-        process, conn = self.start(victim, self.name, role, self.next_writer_id, duplex=False)
+        writer_id = self.next_writer_id
         self.next_writer_id += 1
-        v = Victim(role, process, conn, time.monotonic())
-        if role == "create":
-            v.own_ring = own_ring(self.name, self.next_writer_id - 1)
-            self.temp_prefixes.append(f".shmring-tmp-{process.pid}-")
-        if role == "attach":
-            v.kill_at = v.started + self.rng.uniform(0.005, KILL_WINDOW)
+        delay = self.kill_rng.uniform(0.005 if role == "attach" else 0.0, KILL_WINDOW)
+        pauses = []
         if role in SIGINT_ROLES:
-            v.sigints = self.rng.randint(1, 4)
+            count = self.sigint_rng.randint(1, 4)
+            pauses = [self.sigint_rng.uniform(0.0, KILL_WINDOW / 3) for _ in range(count)]
+        process, conn = self.start(victim, self.name, role, writer_id, duplex=False)
+        v = Victim(writer_id, role, process, conn, time.monotonic(), delay, pauses)
+        if role == "create":
+            v.own_ring = own_ring(self.name, writer_id)
+            self.temp_prefixes.append(f".shmring-tmp-{process.pid}-")
+        if role == "attach":  # it attaches and closes from its start on: struck from then
+            v.kill_at = v.started + delay
         self.victims.append(v)
 
     def receive(self, conn: Connection) -> bool:
@@ -575,15 +639,21 @@ class Chaos:
             return False
         kind = message[0]
         if kind == "violation":
-            self.stats.violation(message[1])
+            steady = conn in self.steady
+            self.stats.violation(message[1] if steady else f"{self.victim_of(conn)}: {message[1]}")
         elif kind == "progress":
             self.progress_at = time.monotonic()
         elif kind == "ready":
             if len(message) > 1:  # frames a holder holds
                 self.stats.held[message[1]] = self.stats.held.get(message[1], 0) + 1
             v = self.victim_of(conn)
+            v.ready = True
             if v.kill_at is None:
-                v.kill_at = time.monotonic() + self.rng.uniform(0.0, KILL_WINDOW)
+                v.kill_at = time.monotonic() + v.delay
+        elif kind == "resumed":  # a SIGINT victim did a frame after its last SIGINT
+            v = self.victim_of(conn)
+            v.frames, v.resume_by = message[1], None
+            v.kill_at = time.monotonic() + v.pauses[v.sigints - 1]
         elif kind == "skip":
             self.victim_of(conn).skipping = message[1]
         elif kind == "skipped":
@@ -596,12 +666,13 @@ class Chaos:
         return next(v for v in self.victims if v.conn is conn)
 
     def strike(self, v: Victim) -> None:
-        """SIGINT a few times (the SIGINT roles), then SIGKILL."""
-        if v.sigints:
-            v.sigints -= 1
+        """SIGINT a few times (the SIGINT roles: the next one once the victim reported a frame
+        done after the last, within RESUME_LIMIT), then SIGKILL."""
+        if v.sigints < len(v.pauses):
+            v.sigints += 1
             self.stats.sigints += 1
             os.kill(v.process.pid, signal.SIGINT)
-            v.kill_at = time.monotonic() + self.rng.uniform(0.0, KILL_WINDOW / 3)
+            v.kill_at, v.resume_by = None, time.monotonic() + RESUME_LIMIT
             return
         self.kill(v)
 
@@ -609,7 +680,7 @@ class Chaos:
         os.kill(v.process.pid, signal.SIGKILL)
         v.process.join(STALL)
         if v.process.exitcode != -signal.SIGKILL:
-            self.stats.violation(f"victim {v.role} ended with {v.process.exitcode}, not SIGKILL")
+            self.stats.violation(f"{v} ended with {v.process.exitcode}, not SIGKILL")
         self.drain(v.conn)
         v.conn.close()
         self.victims.remove(v)
@@ -617,11 +688,11 @@ class Chaos:
             self.stats.skips_killed += 1
             self.stats.skip_excess_killed += v.skipping - 1
         if v.own_ring is not None:
-            self.check_killed_creation(v.own_ring)
+            self.check_killed_creation(v, v.own_ring)
         self.stats.kills[v.role] = self.stats.kills.get(v.role, 0) + 1
-        self.recent = [*self.recent[-9:], v.role]
+        self.recent = [*self.recent[-9:], str(v)]
 
-    def check_killed_creation(self, name: str) -> None:
+    def check_killed_creation(self, v: Victim, name: str) -> None:
         """A creator killed before naming its ring leaves nothing (temp files are checked
         at the end); one killed after leaves a stale ring, which the next create reclaims."""
         where = "named" if os.path.lexists(segment_path(name)) else "inside"
@@ -633,9 +704,9 @@ class Chaos:
                 warnings.simplefilter("ignore", shmring.StaleRingWarning)
                 RingWriter.create(name, (8,), np.uint8).close()
         except shmring.ShmringError as exc:
-            self.stats.violation(f"the ring of a killed creator was not reclaimed: {exc!r}")
+            self.stats.violation(f"the ring of killed {v} was not reclaimed: {exc!r}")
         if os.path.lexists(segment_path(name)):
-            self.stats.violation(f"ring {name} outlived the create that reclaimed it")
+            self.stats.violation(f"ring {name} of {v} outlived the create that reclaimed it")
 
     def drain(self, conn: Connection) -> None:
         """Messages a victim sent before it died (a violation it found, say)."""
@@ -673,30 +744,58 @@ class Chaos:
         pinned = sum(len(r.held_buffers) for r in info.readers)
         self.stats.pins_seen = max(self.stats.pins_seen, pinned)
         for problem in info.problems:
-            if "pins buffer" in problem:  # no pin word is ever stored out of range
-                self.stats.violation(f"{problem}; last victims killed: {self.recent}")
+            if not self.joining(problem, info):
+                self.stats.violation(f"inspect: {problem}; last victims killed: {self.recent}")
         if info.published - info.tail > info.slots:
             self.stats.violation(
                 f"{info.published - info.tail} frames in flight in {info.slots} slots "
                 f"(head {info.published}, tail {info.tail}); last victims killed: {self.recent}"
             )
 
+    def joining(self, problem: str, info: shmring.RingInfo) -> bool:
+        """Whether `problem` is one a live snapshot may show: a reader record naming a free
+        group. A record is active (take_record) before its join sets its group word, and
+        the group table is read after the reader table, so a record reaped in between shows
+        it too. Never a member that joined and still runs: a group victim that is ready."""
+        found = NAMES_FREE_GROUP.fullmatch(problem)
+        if found is None:
+            return False
+        pid = next((r.pid for r in info.readers if r.index == int(found[1])), None)
+        return pid not in {v.process.pid for v in self.victims if v.role == "group" and v.ready}
+
     def check_reclaimed(self) -> None:
-        """Every victim is dead: a new participant's attach must find no dead record."""
+        """Every victim is dead: a new participant's attach must find no dead record, the
+        ring no problem, and no reader but the steady one (its current frame) a pin."""
         try:
             with RingReader.attach(self.name), RingWriter.attach(self.name):
                 info = shmring.inspect_ring(self.name)
         except shmring.ShmringError as exc:
             self.stats.violation(f"after the kills, a new participant cannot attach: {exc!r}")
             return
+        for problem in info.problems:
+            self.stats.violation(f"after the kills, inspect: {problem}")
         dead = dead_participants(info)
         if dead:
             self.stats.violation(f"dead participants not reclaimed: {dead}")
-        pinned = [r.held_buffers for r in info.readers if r.held_buffers]
-        if sum(map(len, pinned)) > 1:  # the steady reader holds at most its current frame
-            self.stats.violation(f"after the kills, readers pin buffers {pinned}")
+        pins = [(r.pid, r.held_buffers) for r in info.readers if r.held_buffers]
+        steady = [held for pid, held in pins if pid == self.steady_reader_pid]
+        if len(steady) < len(pins) or sum(map(len, steady)) > 1:
+            self.stats.violation(
+                f"after the kills, readers (pid, buffers) pin {pins}; the steady reader is "
+                f"pid {self.steady_reader_pid}"
+            )
         if info.live_participants != 4:  # steady writer and reader, the two probes
             self.stats.violation(f"{info.live_participants} live participants, expected 4")
+
+    def check_tied(self) -> None:
+        """Each steady frame read came under the number its write returned. Those numbers (a
+        few a frame) leave the summaries here (a steady process that did not finish is
+        reported already)."""
+        steady_seqs = self.stats.reader.pop("steady_seqs", None)
+        returned = self.stats.writer.pop("seqs", None)
+        if steady_seqs is not None and returned is not None:
+            for violation in untied(steady_seqs, returned):
+                self.stats.violation(f"steady reader: {violation}")
 
     def check_final(self) -> None:
         reader, writer = self.stats.reader, self.stats.writer
@@ -734,6 +833,16 @@ class Chaos:
                 f"for {low:,} (up to {high:,} with the gaps of victims killed inside skip)"
             )
 
+    def remove_leftovers(self) -> list[str]:
+        """Remove what this run made and left in /dev/shm (its rings are all named after the
+        steady one, and its creators' temporary files after their pids); their names."""
+        ours = (f"shmring.{self.name}", *self.temp_prefixes)
+        left = sorted(e for e in shm_entries() if e.startswith(ours))
+        for entry in left:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(SHM_DIR, entry))
+        return left
+
 
 def dead_participants(info: shmring.RingInfo) -> list[shmring.WriterInfo | shmring.ReaderInfo]:
     """Records of participants that died and were not reclaimed yet."""
@@ -747,17 +856,16 @@ def run(kills: int, policy: str, concurrency: int, seed: int, roles: list[str]) 
         stats = chaos.run(kills)
     except Exception:
         # Report it like any violation, and clean up after ourselves: the children are
-        # ours, and with the steady writer killed nobody else would unlink the ring.
+        # ours, and with the steady writer killed nobody else would unlink the rings.
         chaos.stats.violation(f"the harness failed:\n{traceback.format_exc()}")
         for child in mp.active_children():
             child.kill()
             child.join(STALL)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(segment_path(chaos.name))
+        chaos.remove_leftovers()
         return chaos.stats
-    temp = [e for e in shm_entries() if e.startswith(tuple(chaos.temp_prefixes))]
-    if temp:
-        stats.violation(f"creation temp files left in /dev/shm: {temp}")
+    left = chaos.remove_leftovers()
+    if left:
+        stats.violation(f"left in {SHM_DIR} (removed now): {left}")
     if mp.active_children():
         stats.violation(f"child processes left: {mp.active_children()}")
     return stats
@@ -796,11 +904,12 @@ def main(argv: list[str] | None = None) -> int:
             print_stats(stats)
     if args.stops:
         stopped = stop_chaos(args.stops, args.seed)
-        failed = failed or bool(stopped.get("hung") or stopped.get("late") or stopped["leaked"])
+        failed = failed or any(stopped.get(key) for key in ("hung", "late", "leaked", "problems"))
         # Text, also with --json: its lines are one per kill run (tests/test_chaos.py).
         print(f"== stopped lock holder: {json.dumps(stopped)}", flush=True)
     if args.truncations:
         truncated = truncate_chaos(args.truncations, args.seed)
+        failed = failed or bool(truncated["problems"])
         print(f"== truncated rings (SIGBUS: docs/BAD_INPUT.md): {json.dumps(truncated)}")
     if args.sweep_stride:
         swept = killpoints.sweep(args.sweep_stride)
@@ -871,10 +980,13 @@ if __name__ == "__main__":
 
 # ---- issue 17: a stopped lock holder, a truncated ring ------------------------------------
 # Not SIGKILLs: a participant SIGSTOPped at random moments (often inside the header lock) for
-# random times, while another one's timed calls must each return within its timeout plus
-# LOCK_FLOOR plus slack; and rings truncated to 0 at random moments under a live writer and
-# reader, counting who died of SIGBUS (the hot paths check no size: docs/BAD_INPUT.md) and
-# what leaked.
+# random times (each SIGSTOP must leave it stopped, state T: one sent to a process that died
+# would test nothing), while another one's timed calls must each return within its timeout
+# plus LOCK_FLOOR plus slack; and rings truncated to 0 at random moments under a live writer
+# and reader, counting who died of SIGBUS (the hot paths check no size: docs/BAD_INPUT.md).
+# Each must end by SIGBUS or by the errors a truncated ring raises, within STALL; a writer
+# killed by SIGBUS never closed, so its ring stays, and must be removable by name (remove_ring,
+# as `shmring rm` does: nobody holds it); any other ring left behind is a leak.
 
 STOP_SLACK = 1.0  # scheduling slack on top of max(timeout, LOCK_FLOOR) for a timed call
 STOP_TIMEOUT = 0.2
@@ -920,6 +1032,23 @@ def _timed_caller(conn: Connection, name: str) -> None:
     conn.send({"calls": calls, "timeouts": timeouts, "late": late, "worst_s": worst})
 
 
+def process_state(pid: int) -> str:
+    """The state letter in /proc/PID/stat ("T": stopped; "Z": dead, not reaped), or "gone"."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
+
+
+def await_stopped(pid: int) -> str:
+    """The state of a process just sent SIGSTOP, once it is "T", or as it is after a second."""
+    deadline = time.monotonic() + 1.0
+    while (state := process_state(pid)) != "T" and time.monotonic() < deadline:
+        time.sleep(1e-3)
+    return state
+
+
 def stop_chaos(stops: int, seed: int) -> dict[str, Any]:
     """SIGSTOP a lock-taking writer `stops` times at random moments for random times."""
     rng = random.Random(seed)
@@ -934,10 +1063,15 @@ def stop_chaos(stops: int, seed: int) -> dict[str, Any]:
     caller = ctx.Process(target=_timed_caller, args=(child, name), daemon=True)
     caller.start()
     stopped_for = 0.0
+    problems: list[str] = []
     try:
-        for _ in range(stops):
+        for n in range(stops):
             time.sleep(rng.random() * 0.05)
             os.kill(stopper.pid or 0, signal.SIGSTOP)
+            state = await_stopped(stopper.pid or 0)
+            if state != "T":
+                problems.append(f"seed {seed}: after SIGSTOP {n + 1}, the lock holder is {state!r}")
+                break
             pause = rng.choice((0.01, 0.1, 0.5, 1.5)) * rng.random()
             stopped_for += pause
             time.sleep(pause)
@@ -952,7 +1086,7 @@ def stop_chaos(stops: int, seed: int) -> dict[str, Any]:
             owner.close()
     result.update(stops=stops, stopped_s=round(stopped_for, 1))
     result["leaked"] = os.path.lexists(segment_path(name))
-    return result
+    return {**result, "problems": problems}
 
 
 def _truncated_writer(name: str) -> None:
@@ -966,20 +1100,27 @@ def _truncated_writer(name: str) -> None:
 
 
 def _truncated_reader(name: str) -> None:
-    quiet = contextlib.suppress(shmring.RingCorrupted, shmring.RingTimeout)
+    # IncompatibleRing and RingNotFound: truncated (then unlinked by its writer) before the
+    # reader attached.
+    quiet = contextlib.suppress(
+        shmring.RingCorrupted, shmring.RingTimeout, shmring.IncompatibleRing, shmring.RingNotFound
+    )
     with quiet, RingReader.attach(name, timeout=STALL) as reader:
         while True:
             reader.read(1.0).release()
 
 
 def truncate_chaos(rounds: int, seed: int) -> dict[str, Any]:
-    """Truncate a live ring to 0 at a random moment, `rounds` times; count the outcomes."""
+    """Truncate a live ring to 0 at a random moment, `rounds` times; count the outcomes, and
+    what does not add up (a hang, another ending, a leak) as problems."""
     rng = random.Random(seed)
     ctx = mp.get_context("fork")
     outcomes = {"writer_sigbus": 0, "reader_sigbus": 0, "writer_raised": 0, "reader_raised": 0}
-    leaks = 0
+    problems: list[str] = []
+    left_by_sigbus = 0
     for round_ in range(rounds):
         name = ring_name(f"trunc{round_}")
+        where = f"seed {seed}, round {round_}"
         writer = ctx.Process(target=_truncated_writer, args=(name,), daemon=True)
         writer.start()
         while not os.path.lexists(segment_path(name)) and writer.is_alive():
@@ -994,9 +1135,21 @@ def truncate_chaos(rounds: int, seed: int) -> dict[str, Any]:
             if process.exitcode is None:
                 process.kill()
                 process.join(STALL)
-            dead = process.exitcode == -signal.SIGBUS
-            outcomes[f"{role}_{'sigbus' if dead else 'raised'}"] += 1
-        if os.path.lexists(segment_path(name)):
-            leaks += 1
+                problems.append(f"{where}: the {role} hung ({STALL} s)")
+            elif process.exitcode in (0, -signal.SIGBUS):  # 0: it raised what it may raise
+                outcomes[f"{role}_{'raised' if process.exitcode == 0 else 'sigbus'}"] += 1
+            else:
+                problems.append(f"{where}: the {role} ended with {process.exitcode}")
+        if not os.path.lexists(segment_path(name)):
+            continue
+        if writer.exitcode != -signal.SIGBUS:
+            problems.append(f"{where}: the ring outlived its writer ({writer.exitcode})")
             os.unlink(segment_path(name))
-    return {"rounds": rounds, **outcomes, "leaked": leaks}
+            continue
+        left_by_sigbus += 1
+        try:
+            shmring.remove_ring(name)
+        except shmring.ShmringError as exc:
+            problems.append(f"{where}: the ring its writer left at its SIGBUS: {exc!r}")
+            os.unlink(segment_path(name))
+    return {"rounds": rounds, **outcomes, "left_by_sigbus": left_by_sigbus, "problems": problems}

@@ -15,11 +15,14 @@
 # (IncompatibleRing) by inspect, attach and a listing, promptly and without memory out of
 # proportion.
 #
-# Pass: every call works or raises a ShmringError subclass; no process dies by a signal;
-# nothing waits past its bound; no worker's memory peaks out of proportion (GIANT_KIB); the
-# owner's close still unlinks the segment and returns its file descriptors. Anything else
-# is a failure, reported with the case's seed
-# (`python -m stress.fuzz --replay SEED` re-runs it and prints the traceback).
+# Pass: every call works or raises a ShmringError subclass; no process dies by a signal, nor
+# exits but with status 0 when its stdin closes; no step waits past its bound (the timeout
+# it passes, plus LOCK_FLOOR, plus STEP_SLACK; close: CLOSE_LIMIT); no worker's memory peaks
+# out of proportion (GIANT_KIB); the owner's close still unlinks the segment and returns its
+# file descriptors; every case asked for is run. Anything else is a failure, reported with
+# the case's seed (`python -m stress.fuzz --replay SEED` re-runs it and prints the
+# traceback); a harness error in a case is one too, and the case's ring (its name chosen by
+# the driver) is removed whatever failed.
 #
 # Layout: a case is plain data (`Case`: `Case.random(seed)` here, a Hypothesis strategy in
 # tests/test_fuzz.py). A `Lane` is two long-lived workers (`python -m stress.fuzz --worker`):
@@ -55,8 +58,10 @@ from typing import IO, Any, TypeVar
 import numpy as np
 
 import shmring
-from shmring import Frame, RingReader, RingTimeout, RingWriter, ShmringError
+from shmring import Frame, IncompatibleRing, RingReader, RingTimeout, RingWriter, ShmringError
 from shmring import _layout as L
+from shmring._lock import LOCK_FLOOR
+from shmring._ring import CLOSE_LIMIT
 
 from . import ROOT, open_fds, ring_name, rss_kib, segment_path
 
@@ -99,7 +104,9 @@ PIN_WORDS = (0, 1, 2, 3, 7, 8, 9, 17, 2**32, 2**33, 2**64 - 2, L.NONE)  # tops a
 }
 PLANT_SHARE = 0.05  # of the cases
 CALL_TIMEOUT = 30.0  # a worker silent this long is hung (the longest legal wait is ~5 s)
+EXIT_LIMIT = 5.0  # a worker whose stdin closed exits within this, or is killed
 SLOW = 2.0  # a step taking longer is counted as slow (bounded, but worth a look)
+STEP_SLACK = 2.0  # scheduling slack of a busy machine, past a step's timeout and LOCK_FLOOR
 GIANT_KIB = 512 * 1024  # a worker whose peak RSS passes this allocated out of proportion
 
 
@@ -278,14 +285,17 @@ class BadFrame(AssertionError):
 
 @dataclass
 class Steps:
-    """Outcome of every step of a case: "ok", a ShmringError subclass name, or a failure."""
+    """Outcome of every step of a case: "ok", a ShmringError subclass name, or a failure;
+    the slow steps, and those that took longer than their bound (`late`)."""
 
     outcomes: dict[str, str] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     slow: dict[str, float] = field(default_factory=dict)
+    late: list[str] = field(default_factory=list)
 
-    def run(self, step: str, call: Callable[[], T]) -> T | None:
-        """Run one step; its result, or None when it raised."""
+    def run(self, step: str, call: Callable[[], T], timeout: float = 0.0) -> T | None:
+        """Run one step, whose waits are bounded by `timeout` (the longest it passes to a
+        call) and LOCK_FLOOR; its result, or None when it raised."""
         started = time.monotonic()
         try:
             result = call()
@@ -303,6 +313,9 @@ class Steps:
             elapsed = time.monotonic() - started
             if elapsed > SLOW:
                 self.slow[step] = round(elapsed, 2)
+            bound = timeout + LOCK_FLOOR + STEP_SLACK
+            if elapsed > bound:
+                self.late.append(f"{step} took {elapsed:.1f} s, past its bound of {bound:.0f} s")
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -373,9 +386,9 @@ def meta_for(n: int, meta_size: int) -> bytes:
 class Owner:
     """The ring's creator: streams, damages the ring, then keeps using it and closes."""
 
-    def __init__(self, case: Case) -> None:
+    def __init__(self, case: Case, name: str) -> None:
         self.case = case
-        self.name = ring_name("fz")
+        self.name = name
         self.path = segment_path(self.name)
         self.fds = open_fds()
         self.writers: list[RingWriter] = []
@@ -444,9 +457,9 @@ class Owner:
         steps.run("owner_latest", self._latest)
         steps.run("owner_inspect", partial(shmring.inspect_ring, self.name))
         for n, writer in reversed(list(enumerate(self.writers))):
-            steps.run(f"owner_close_writer{n}", writer.close)
+            steps.run(f"owner_close_writer{n}", writer.close, CLOSE_LIMIT)
         steps.run("owner_iterate", self._iterate)
-        steps.run("owner_close_reader", reader.close)
+        steps.run("owner_close_reader", reader.close, CLOSE_LIMIT)
 
     def _claim(self) -> int | None:
         claim = self.writers[0].claim(0.0)
@@ -509,9 +522,9 @@ def probe(case: Case, name: str, layout: Layout) -> dict[str, Any]:
         if reader is not None:
             steps.run(f"{phase}read", partial(drain, reader, 3 * case.slots))
     if reader is not None:
-        steps.run("close_reader", reader.close)
+        steps.run("close_reader", reader.close, CLOSE_LIMIT)
     if writer is not None:
-        steps.run("close_writer", writer.close)
+        steps.run("close_writer", writer.close, CLOSE_LIMIT)
     if case.plant is not None:
         probe_plant(steps, name + "-plant")
     return {"steps": steps.as_json(), "peak_rss_kib": rss_kib(field="VmHWM")}
@@ -574,12 +587,18 @@ def plant(path: str, kind: str, rng: random.Random) -> None:
 
 
 def probe_plant(steps: Steps, path: str) -> None:
-    """Inspect, attach to and list the forged ring at `path`: each must refuse it (the
-    outcome to see in the counts is IncompatibleRing; any other ShmringError shows too)."""
+    """Inspect, attach to and list the forged ring at `path`: each must refuse it with
+    IncompatibleRing (the outcome the counts show; every forgery PLANTS makes is refused so),
+    and list it as broken."""
     name = os.path.basename(path).removeprefix("shmring.")
 
     def refused(call: Callable[[str], object]) -> None:
-        call(name)
+        try:
+            call(name)
+        except IncompatibleRing:
+            raise
+        except ShmringError as exc:
+            raise AssertionError(f"a forged ring was refused with {exc!r}") from exc
         raise AssertionError(f"a forged ring was accepted by {call}")
 
     steps.run("plant_inspect", partial(refused, shmring.inspect_ring))
@@ -602,7 +621,7 @@ def worker_main() -> int:
         request = json.loads(line)
         try:
             if request["op"] == "setup":
-                owner = Owner(Case.from_json(request["case"]))
+                owner = Owner(Case.from_json(request["case"]), request["name"])
                 reply = owner.setup()
             elif request["op"] == "resume":
                 assert owner is not None
@@ -619,8 +638,9 @@ def worker_main() -> int:
 
 # ---- the driver: lanes of worker pairs ---------------------------------------------------------
 class WorkerFailed(Exception):
-    def __init__(self, kind: str, detail: str) -> None:
+    def __init__(self, role: str, kind: str, detail: str) -> None:
         super().__init__(f"{kind}: {detail}")
+        self.role = role  # of the worker that failed
         self.kind = kind
         self.detail = detail
 
@@ -630,7 +650,7 @@ class Worker:
 
     def __init__(self, role: str) -> None:
         self.role = role
-        self.stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop)
+        self.stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed in _release)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stress.fuzz", "--worker"],
             cwd=ROOT,
@@ -653,7 +673,9 @@ class Worker:
             left = deadline - time.monotonic()
             ready, _, _ = select.select([proc.stdout], [], [], max(left, 0))
             if not ready:
-                raise WorkerFailed("hang", f"{self.role} silent for {timeout} s; {self.tail()}")
+                raise WorkerFailed(
+                    self.role, "hang", f"{self.role} silent for {timeout} s; {self.tail()}"
+                )
             chunk = os.read(proc.stdout.fileno(), 1 << 16)
             if not chunk:
                 raise self._died()
@@ -662,26 +684,48 @@ class Worker:
         reply: dict[str, Any] = json.loads(line)
         return reply
 
-    def _died(self) -> WorkerFailed:
+    def _died(self, when: str = "") -> WorkerFailed:
         code = self.proc.wait(CALL_TIMEOUT)
         if code < 0:
-            return WorkerFailed("crash", f"{self.role} killed by {signal.Signals(-code).name}")
-        return WorkerFailed("died", f"{self.role} exited with {code}; {self.tail()}")
+            detail = f"{self.role} killed by {signal.Signals(-code).name}{when}"
+            return WorkerFailed(self.role, "crash", detail)
+        return WorkerFailed(
+            self.role, "died", f"{self.role} exited with {code}{when}; {self.tail()}"
+        )
 
     def tail(self) -> str:
         self.stderr.seek(0)
         return self.stderr.read().decode(errors="replace")[-2000:]
 
-    def stop(self) -> None:
-        """Close stdin (the worker exits); kill it if it does not, and reap it."""
+    def stop(self) -> WorkerFailed | None:
+        """Close stdin, so that the worker exits; wait EXIT_LIMIT for it, and kill it only
+        then. What went wrong, unless it exited by itself with status 0 (a crash at exit
+        shows here)."""
         with contextlib.suppress(OSError):
             assert self.proc.stdin is not None
             self.proc.stdin.close()
         try:
-            self.proc.wait(5.0)
+            self.proc.wait(EXIT_LIMIT)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(CALL_TIMEOUT)
+            failed: WorkerFailed | None = WorkerFailed(
+                self.role,
+                "hang",
+                f"{self.role} still running {EXIT_LIMIT} s after its stdin closed",
+            )
+        else:
+            failed = self._died(" at exit") if self.proc.returncode else None
+        self._release()
+        return failed
+
+    def kill(self) -> None:
+        """End a worker that failed (what it did is recorded already), and reap it."""
+        self.proc.kill()
+        self.proc.wait(CALL_TIMEOUT)
+        self._release()
+
+    def _release(self) -> None:
         assert self.proc.stdout is not None
         self.proc.stdout.close()
         self.stderr.close()
@@ -701,35 +745,43 @@ class Lane:
     def __init__(self) -> None:
         self.owner = Worker("owner")
         self.prober = Worker("prober")
+        self.last_seed = -1  # of the case run last: a worker's exit may be its doing
 
     def run(self, case: Case) -> CaseResult:
+        """Run `case`. A worker that fails (crash, hang, exit) or the harness's own error is
+        one of its problems, and the lane goes on with fresh workers; the ring is removed,
+        whatever failed (its name is chosen here, so it is known)."""
         result = CaseResult(case)
-        name = None
+        name = ring_name("fz")
+        self.last_seed = case.seed
         try:
-            setup = self.owner.call({"op": "setup", "case": case.to_json()})
-            if "harness_error" in setup:
-                result.problems.append(("harness", setup["harness_error"]))
-                self._restart()
-                return result
-            name = setup["name"]
-            for role, reply in (
-                ("probe", self.prober.call({**setup, "op": "probe", "case": case.to_json()})),
-                ("owner", self.owner.call({"op": "resume"})),
-            ):
-                if "harness_error" in reply:
-                    result.problems.append(("harness", f"{role}: {reply['harness_error']}"))
-                    continue
-                self._record(result, reply)
+            self._run(case, name, result)
         except WorkerFailed as failure:
             result.problems.append((failure.kind, failure.detail))
-            self._restart()
+            result.problems += self._restart(failure.role)
+        except Exception:  # a reply it cannot read, say: the workers' state is unknown
+            result.problems.append(("harness", traceback.format_exc()))
+            result.problems += self._restart()
         finally:
-            if name is not None and os.path.lexists(segment_path(name)):
-                os.unlink(segment_path(name))  # the owner died before closing
-            if name is not None:
+            for path in (segment_path(name), segment_path(name) + "-plant"):
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(segment_path(name) + "-plant")
+                    os.unlink(path)  # the owner did not get to close, or died first
         return result
+
+    def _run(self, case: Case, name: str, result: CaseResult) -> None:
+        setup = self.owner.call({"op": "setup", "case": case.to_json(), "name": name})
+        if "harness_error" in setup:
+            result.problems.append(("harness", setup["harness_error"]))
+            result.problems += self._restart()
+            return
+        for role, reply in (
+            ("probe", self.prober.call({**setup, "op": "probe", "case": case.to_json()})),
+            ("owner", self.owner.call({"op": "resume"})),
+        ):
+            if "harness_error" in reply:
+                result.problems.append(("harness", f"{role}: {reply['harness_error']}"))
+                continue
+            self._record(result, reply)
 
     @staticmethod
     def _record(result: CaseResult, reply: dict[str, Any]) -> None:
@@ -737,6 +789,7 @@ class Lane:
         result.steps.update(steps["outcomes"])
         result.slow.update(steps["slow"])
         result.problems.extend(("untyped", failure) for failure in steps["failures"])
+        result.problems.extend(("late", late) for late in steps["late"])
         if reply.get("leaked_segment"):
             result.problems.append(("leak", "the owner's close left the segment in /dev/shm"))
         if reply["peak_rss_kib"] > GIANT_KIB:
@@ -746,16 +799,23 @@ class Lane:
                 ("leak", f"owner fds {reply['fds_before']} -> {reply['fds_after']}")
             )
 
-    def _restart(self) -> None:
-        self.close()
+    def _restart(self, failed: str | None = None) -> list[tuple[str, str]]:
+        """Fresh workers; the worker that `failed` is killed (its failure is recorded), the
+        other one closed: what went wrong as it exited."""
+        problems = self.close(failed)
         self.owner = Worker("owner")
         self.prober = Worker("prober")
+        return problems
 
-    def close(self) -> None:
+    def close(self, failed: str | None = None) -> list[tuple[str, str]]:
+        """Close both workers (kill the one that `failed`); what went wrong as they exited."""
+        problems = []
         for worker in (self.owner, self.prober):
-            if worker.proc.poll() is None:
-                worker.proc.kill()
-            worker.stop()
+            if worker.role == failed:
+                worker.kill()
+            elif (exit_failure := worker.stop()) is not None:
+                problems.append((exit_failure.kind, exit_failure.detail))
+        return problems
 
 
 @dataclass
@@ -777,13 +837,16 @@ class Summary:
             if seconds > slow[1]:
                 slow[1:] = [seconds, result.case.seed]
         for kind, detail in result.problems:
-            self.problems[kind] += 1
-            entry = self.signatures.setdefault(
-                signature(kind, detail), {"count": 0, "seeds": [], "detail": detail}
-            )
-            entry["count"] += 1
-            if len(entry["seeds"]) < 5 and result.case.seed not in entry["seeds"]:
-                entry["seeds"].append(result.case.seed)
+            self.problem(kind, detail, result.case.seed)
+
+    def problem(self, kind: str, detail: str, seed: int) -> None:
+        self.problems[kind] += 1
+        entry = self.signatures.setdefault(
+            signature(kind, detail), {"count": 0, "seeds": [], "detail": detail}
+        )
+        entry["count"] += 1
+        if len(entry["seeds"]) < 5 and seed not in entry["seeds"]:
+            entry["seeds"].append(seed)
 
     def report(self) -> str:
         lines = [f"{self.cases:,} cases; outcome of each step:"]
@@ -831,7 +894,10 @@ def run_cases(
                     if progress is not None:
                         progress(summary)
         finally:
-            lane.close()
+            problems = lane.close()  # seen with the seed of the case its workers ran last
+            with lock:
+                for kind, detail in problems:
+                    summary.problem(kind, detail, lane.last_seed)
 
     threads = [threading.Thread(target=lane_loop) for _ in range(lanes)]
     for thread in threads:
@@ -870,6 +936,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = run_cases(cases, args.lanes, progress)
     print(summary.report())
     print(f"{summary.cases:,} cases in {time.monotonic() - started:.0f} s")
+    if summary.cases != args.cases:  # a lane that died took its cases with it
+        print(f"RAN {summary.cases:,} CASES OF {args.cases:,}: a lane died (its traceback above)")
+        return 1
     return 1 if summary.problems else 0
 
 
@@ -887,7 +956,9 @@ def replay(seeds: list[int]) -> int:
                 failed += 1
                 print(f"  PROBLEM {kind}: {detail}")
     finally:
-        lane.close()
+        for kind, detail in lane.close():
+            failed += 1
+            print(f"  PROBLEM as the workers exited, {kind}: {detail}")
     return 1 if failed else 0
 
 

@@ -5,7 +5,9 @@
 # JSON line per policy; this test runs it as a separate program, as `make chaos` does, and
 # asserts on each invariant separately so a failure says which one broke. The checks the
 # steady reader applies to every frame are tested first on made-up frames, so a harness
-# that could not see a torn, lost, duplicated or reordered frame would fail here.
+# that could not see a torn, lost, duplicated or reordered frame, or one under another
+# sequence number than its write returned, would fail here; and so are the kill-point
+# sweep's verdicts on a victim that fails to prepare, hangs, or ends before its kill point.
 from __future__ import annotations
 
 import json
@@ -15,6 +17,8 @@ import subprocess
 import sys
 import threading
 import time
+from array import array
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -23,7 +27,7 @@ import pytest
 from helpers import WAIT, seg_path, unique_name
 
 from shmring import RingWriter
-from stress import ROOT, STEADY, StreamCheck, killpoints, make_tag, stamp
+from stress import ROOT, STEADY, StreamCheck, killpoints, make_tag, stamp, untied
 from stress.chaos import DTYPE, ROLES, SHAPE
 
 pytestmark = pytest.mark.stress  # kills participants at every kill point
@@ -84,6 +88,20 @@ def test_stream_check_adds_up_what_gaps_stand_for() -> None:
         check.take(f)
     assert check.violations == []
     assert (check.dropped, check.excess) == (8, 5)  # numbers 1, 3, 4 passed over
+
+
+def test_stream_check_ties_steady_frames_to_the_numbers_their_writes_returned() -> None:
+    check = StreamCheck(lossless=False, tie=True)
+    for f in (frame(4, STEADY, 0), frame(5, 7, 0), frame(9, STEADY, 2, dropped=3)):
+        check.take(f)
+    assert "steady_seqs" not in check.to_json()
+    assert untied(check.steady_seqs, array("q", [4, 6, 9])) == []
+    assert untied(check.steady_seqs, array("q", [4, 6, 8])) == [
+        "steady frame 2 came as seq 9; its write returned 8"
+    ]
+    assert untied(check.steady_seqs, array("q", [4])) == [
+        "steady frame 2 came as seq 9; its write returned nothing"
+    ]
 
 
 def _chaos(
@@ -187,3 +205,39 @@ def test_kill_point_sweep_sample(policy: str, call: str) -> None:
     swept = killpoints.sweep(stride(call), [(policy, call)])
     assert swept.points[f"{policy}/{call}"] > 0
     assert not swept.violations, "\n".join(swept.violations[:20])
+
+
+def test_kill_point_victim_that_fails_to_prepare_never_returns_here(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The victim is a fork of this process: whatever it raises, it must leave by
+    os._exit, not carry on with the caller's code (here, the rest of the test session)."""
+
+    def unpreparable(name: str, counter: int) -> Any:
+        raise LookupError("no such call")
+
+    monkeypatch.setitem(killpoints.ATTACHED, "unpreparable", unpreparable)
+    me = os.getpid()
+    _, problems = killpoints.kill_point("block", "unpreparable", 0)
+    if os.getpid() != me:  # the victim came back into pytest: tell the parent, and leave
+        (tmp_path / "returned").touch()
+        os._exit(1)
+    assert not (tmp_path / "returned").exists()
+    assert problems == ["the victim's preparation raised LookupError('no such call')"]
+
+
+def test_kill_point_victim_that_hangs_is_killed_and_reported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(killpoints.ATTACHED, "hang", lambda name, counter: lambda: time.sleep(60))
+    monkeypatch.setattr(killpoints, "VICTIM_LIMIT", 0.5)
+    started = time.monotonic()
+    _, problems = killpoints.kill_point("block", "hang", 0)
+    assert time.monotonic() - started < WAIT
+    assert problems == ["AssertionError: the victim hung: SIGKILLed after 0.5 s"]
+
+
+def test_kill_point_past_the_end_of_the_call_is_not_swept() -> None:
+    lines, problems = killpoints.kill_point("block", "write", 10**9)
+    assert lines > 0
+    assert problems == [f"the call ended after {lines} lines, before line {10**9}: not swept"]

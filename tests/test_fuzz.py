@@ -5,7 +5,8 @@
 # lane of two long-lived worker processes runs it: the owner keeps using and then closes the
 # damaged ring, a fresh prober inspects, attaches, writes and reads. So a crash shows up as a
 # signal and a hang as a timeout; either fails the test, as does an exception that is not a
-# ShmringError and a segment or file descriptor that the owner's close left behind. Known
+# ShmringError and a segment or file descriptor that the owner's close left behind, a step
+# past its bound, and a worker that does not exit cleanly once the lane closes. Known
 # damage patterns are pinned as explicit cases beside the generated ones: among them forged
 # skip counts and pin lines, an overwrite reader holding its most frames across the damage,
 # a stream with gaps, and a planted ring whose pin table offset the geometry does not imply.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing as mp
 import os
+import random
 import struct
 import time
 from collections.abc import Iterator
@@ -25,8 +27,10 @@ from helpers import WAIT, seg_path, unique_name, wait_for_state
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shmring import RingReader, RingTimeout, RingWriter
+import shmring
+from shmring import RingCorrupted, RingReader, RingTimeout, RingWriter
 from shmring import _layout as L
+from stress import fuzz
 from stress.fuzz import (
     BLOCK_SLOTS,
     DESCRIPTOR_BYTES,
@@ -43,6 +47,7 @@ from stress.fuzz import (
     CaseResult,
     Lane,
     Patch,
+    Steps,
 )
 
 pytestmark = pytest.mark.stress  # randomized damage and hypothesis rounds
@@ -63,7 +68,8 @@ DESCRIPTOR_WORDS = DESCRIPTOR_BYTES // 8
 def lane() -> Iterator[Lane]:
     lane = Lane()
     yield lane
-    lane.close()
+    exits = lane.close()  # each worker exits by itself, with status 0, when its stdin closes
+    assert not exits, exits
 
 
 def problems(result: CaseResult) -> str:
@@ -318,3 +324,32 @@ def test_file_cut_short_under_a_waiting_process_is_ring_corrupted(call: str) -> 
                     child.join(WAIT)
                 os.truncate(path, size)  # so the owner can close without touching a hole
         assert child.exitcode == 0
+
+
+# ---- the driver's own verdicts ----------------------------------------------------------------
+def test_a_step_past_its_bound_is_late(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fuzz, "LOCK_FLOOR", 0.0)
+    monkeypatch.setattr(fuzz, "STEP_SLACK", 0.01)
+    steps = Steps()
+    steps.run("nap", lambda: time.sleep(0.05))
+    steps.run("nap in its timeout", lambda: time.sleep(0.05), timeout=1.0)
+    assert [late.split(" took ")[0] for late in steps.late] == ["nap"]
+
+
+def test_a_forged_ring_refused_by_another_error_is_a_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    name = unique_name("pl")
+    fuzz.plant(seg_path(name), "slots", random.Random(0))
+    try:
+
+        def corrupted(name: str) -> None:
+            raise RingCorrupted(f"ring {name!r}: said instead of IncompatibleRing")
+
+        monkeypatch.setattr(shmring, "inspect_ring", corrupted)
+        steps = Steps()
+        fuzz.probe_plant(steps, seg_path(name))
+    finally:
+        os.unlink(seg_path(name))
+    assert steps.outcomes["plant_inspect"] == "untyped AssertionError", steps.outcomes
+    assert steps.outcomes["plant_attach_reader"] == "IncompatibleRing", steps.outcomes
