@@ -230,60 +230,47 @@ def test_rm_refuses_a_damaged_ring_that_is_in_use(prefix: str, stale: str, holde
             assert os.path.exists(seg_path(name))
 
 
-def test_rm_leaves_a_ring_created_under_the_name_after_its_check(stale: str) -> None:
-    """`rm` sees a stale ring; before it unlinks, a new pipeline's create reclaims the name
-    (in the child: wrapped around the check). The new ring keeps its name."""
+def created_again_between(
+    stale: str, module: str, step: str, command: str
+) -> subprocess.CompletedProcess[str]:
+    """Run `shmring COMMAND STALE` in a child in which, right after the command's call of
+    `shmring.MODULE.STEP` (its look at the ring), a new pipeline creates ring `stale` again;
+    it prints whether the name exists afterwards."""
     child = (
         "import os, sys, warnings\n"
         "import numpy as np\n"
-        "from shmring import RingWriter, _inspect\n"
-        "from shmring._cli import main\n"
+        f"from shmring import RingWriter, _cli, {module} as looked\n"
         "warnings.simplefilter('ignore')  # create's StaleRingWarning\n"
-        "check = _inspect.inspect_ring\n"
+        f"step = looked.{step}\n"
         "created = []\n"
-        "def then_created_again(name):\n"
-        "    info = check(name)\n"
-        "    created.append(RingWriter.create(name, (64,), np.uint8))\n"
-        "    return info\n"
-        "_inspect.inspect_ring = then_created_again\n"
-        f"code = main(['rm', {stale!r}])\n"
-        f"print('kept' if os.path.exists({seg_path(stale)!r}) else 'unlinked')\n"
+        "def then_created_again(*args):\n"
+        "    found = step(*args)\n"
+        f"    created.append(RingWriter.create({stale!r}, (64,), np.uint8))\n"
+        "    return found\n"
+        f"looked.{step} = then_created_again\n"
+        f"code = _cli.main([{command!r}, {stale!r}])\n"
+        f"print('exists' if os.path.exists({seg_path(stale)!r}) else 'unlinked')\n"
         "created[0].close()\n"
         "sys.exit(code)\n"
     )
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", child], capture_output=True, text=True, timeout=WAIT, check=False
     )
-    assert (proc.returncode, proc.stdout) == (1, "kept\n"), proc
+
+
+def test_rm_leaves_a_ring_created_under_the_name_after_its_check(stale: str) -> None:
+    """`rm` sees a stale ring; before it unlinks, a new pipeline's create reclaims the name.
+    The new ring keeps its name."""
+    proc = created_again_between(stale, "_inspect", "inspect_ring", "rm")
+    assert (proc.returncode, proc.stdout) == (1, "exists\n"), proc
     assert f"ring {stale!r} is in use (its creator, a writer or a reader holds it" in proc.stderr
 
 
 def test_gc_keeps_a_ring_created_under_the_name_after_it_listed_it(stale: str) -> None:
     """`gc` lists a stale ring; before it removes it, a new pipeline's create reclaims the
-    name (in the child: wrapped around the listing). gc keeps the new ring and says so."""
-    child = (
-        "import os, sys, warnings\n"
-        "import numpy as np\n"
-        "from shmring import RingWriter, _cli\n"
-        "warnings.simplefilter('ignore')  # create's StaleRingWarning\n"
-        "listing = _cli.stale_rings\n"
-        "created = []\n"
-        "def then_created_again():\n"
-        "    found = listing()\n"
-        f"    created.append(RingWriter.create({stale!r}, (64,), np.uint8))\n"
-        "    return found\n"
-        "_cli.stale_rings = then_created_again\n"
-        f"code = _cli.main(['gc', {stale!r}])\n"
-        f"print('exists' if os.path.exists({seg_path(stale)!r}) else 'unlinked')\n"
-        "created[0].close()\n"
-        "sys.exit(code)\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", child], capture_output=True, text=True, timeout=WAIT, check=False
-    )
-    assert (proc.returncode, proc.stdout) == (0, f"kept {stale}: it is in use again\nexists\n"), (
-        proc
-    )
+    name. gc keeps the new ring and says so."""
+    proc = created_again_between(stale, "_cli", "stale_rings", "gc")
+    assert (proc.returncode, proc.stdout) == (0, f"kept {stale}: it is in use again\nexists\n")
 
 
 def test_rings_are_named_by_their_dev_shm_files_too(prefix: str, stale: str) -> None:
