@@ -16,6 +16,7 @@ import pytest
 from helpers import WAIT, forked, started_thread, unique_name, wait_until_asleep_in_futex
 
 from shmring import RingReader, RingWriter, ShmringError
+from shmring import _layout as L
 
 SHAPE = (4,)
 
@@ -126,6 +127,27 @@ def test_a_call_that_begins_while_close_runs_is_refused() -> None:
             r.read(0.1)
         r.close()
         assert r.closed
+
+
+@pytest.mark.parametrize("kind", ["reader", "writer"])
+def test_a_call_counted_after_close_began_does_not_stop_it(kind: str) -> None:
+    """close() has marked the handle closing when another thread's call counts itself (it
+    has yet to look at the mark): close() goes on and closes, and the call, looking next,
+    raises. (The finalizer took the count for a call under way, returned having closed
+    nothing, and was spent: the handle could never be closed.)"""
+    with RingWriter.create(unique_name(), SHAPE, np.uint8) as owner:
+        handle: RingReader | RingWriter = (
+            RingReader.attach(owner.name) if kind == "reader" else RingWriter.attach(owner.name)
+        )
+        handle._refuse_close_in_call()  # close()'s first step: nothing under way
+        handle._p.calls += 1  # the other thread's call counts itself here
+        try:
+            handle._finalizer()  # close()'s next step
+            assert handle.closed
+            assert handle._p.closing or handle._p.closed  # what the call looks at next
+        finally:
+            handle._p.calls -= 1
+        assert (owner.readers, owner._control[L.C_WRITERS]) == (0, 0)
 
 
 def test_a_forked_child_closes_a_handle_its_parents_thread_was_waiting_in() -> None:

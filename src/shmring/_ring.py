@@ -761,7 +761,10 @@ class Participant:
 
     def begin_closing(self) -> bool:
         """Mark the handle closing; False, and not closing, while a call on it is under way
-        (the protocol is RingHandle's)."""
+        (the protocol is RingHandle's). True if it is closing already: the close that
+        marked it goes on (a call counted since then sees the mark and raises)."""
+        if self.closing:
+            return True
         self.closing = True
         if self.calls and not self.closed:
             self.closing = False
