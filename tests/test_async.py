@@ -502,6 +502,37 @@ def test_a_claim_retrying_its_publish_keeps_its_buffer_from_other_tasks(
     run(main())
 
 
+def test_a_write_while_an_async_claim_publishes_is_refused(run: Runner) -> None:
+    """A claim's publish held back (another writer holds its position: an overwrite ring)
+    waits on the loop between tries, its buffer still claimed in the writer's record.
+    Another task's write on the same writer is refused, as while a claim is open (a writer
+    holds one claim at a time), instead of adopting that buffer: it filled it with its own
+    frame, and the claim then published that frame."""
+    name, slots = unique_name("owpub"), 4
+
+    async def main() -> None:
+        with writer_held_back(name, slots) as (w, held):
+
+            async def fill() -> None:
+                async with w.aclaim(WAIT) as slot:
+                    slot[...] = 2
+
+            claiming = asyncio.create_task(fill())
+            await until(lambda: w._waiter_busy)  # its publish waits between tries
+            with pytest.raises(RuntimeError, match="still publishing"):
+                await w.awrite(np.full(SMALL, 5, np.uint8), WAIT)
+            let_go_position(w, held, slots)
+            await asyncio.wait_for(claiming, WAIT)
+            with RingReader.attach(name, start="oldest") as r:
+                frame = await r.alatest(WAIT)
+                assert int(frame.array[0]) == 2
+                w.write(np.full(SMALL, 7, np.uint8), WAIT)
+                assert int(frame.array[0]) == 2  # held: its buffer is not written again
+                frame.release()
+
+    run(main())
+
+
 def test_an_async_read_napping_waits_for_a_busy_lock_as_long_as_it_may(
     run: Runner, monkeypatch: pytest.MonkeyPatch
 ) -> None:

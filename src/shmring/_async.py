@@ -716,20 +716,25 @@ class AsyncClaim:
             kept = False
 
         try:
-            try:
-                impatiently(leave)
-                return
-            except RingTimeout as timed_out:
-                if _passed(deadline) and not isinstance(timed_out, LockBusy):
-                    raise
-            with self._writer._one_waiter():  # the next tries wait on the loop
-                try:
-                    await _patiently(leave, deadline)
-                except RingTimeout:
-                    if _passed(deadline):
-                        raise
-                    await self._writer._retry_stalled(leave, deadline)
+            with writer._claim_publishing():  # the buffer stays this claim's between tries
+                await self._publish(leave, deadline)
         except BaseException:
             if kept:  # timed out or cancelled: kept as a publish that timed out keeps it
                 writer._strand(claim._buffer)
             raise
+
+    async def _publish(self, leave: Callable[[], None], deadline: float | None) -> None:
+        """Try `leave` (the claim's publish) now, then on the loop until `deadline`."""
+        try:
+            impatiently(leave)
+            return
+        except RingTimeout as timed_out:
+            if _passed(deadline) and not isinstance(timed_out, LockBusy):
+                raise
+        with self._writer._one_waiter():  # the next tries wait on the loop
+            try:
+                await _patiently(leave, deadline)
+            except RingTimeout:
+                if _passed(deadline):
+                    raise
+                await self._writer._retry_stalled(leave, deadline)

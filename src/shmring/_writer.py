@@ -8,10 +8,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from math import prod
 from time import monotonic_ns
 from types import TracebackType
@@ -146,9 +147,10 @@ class Claim:
                     self.seq = seq
                     return
             timestamp = monotonic_ns() if self._timestamp_ns is None else self._timestamp_ns
-            self.seq = writer._publish(
-                self._buffer, self._shape, timestamp, self._meta, self._deadline
-            )
+            with writer._claim_publishing():
+                self.seq = writer._publish(
+                    self._buffer, self._shape, timestamp, self._meta, self._deadline
+                )
         else:
             writer._abandon(self._buffer, self._deadline)
 
@@ -273,6 +275,7 @@ class RingWriter(AsyncWriting, RingHandle):
         self._joined = False
         self._open_claim: Callable[[], Claim | None] = _no_claim  # its with block runs
         self._stranded = -1  # a claimed buffer a timed-out publish kept (see _publish)
+        self._publishing_claim = False  # a Claim's publish is under way (_claim_publishing)
         if not owner:
             self._join(deadline)  # an attached writer writes; the creator joins at its first frame
         self._leave_at(weakref.finalize(self, _close_writer, p, self._membership, owner))
@@ -511,7 +514,16 @@ class RingWriter(AsyncWriting, RingHandle):
                 self._join(deadline)
             if self._publisher.claim_open:
                 self._claim_refused()
+            if self._publishing_claim:
+                raise RuntimeError(
+                    f"ring {self._p.name!r}: write() or claim() while a claim on the same "
+                    "writer is still publishing (it waits for the header lock or a position, "
+                    "in another task or thread): a writer holds one claim at a time; let it "
+                    "finish first, or give each its own RingWriter (RingWriter.attach)"
+                )
             kept = self._record[L.W_CLAIMED]
+            if self._stranded >= 0 and kept != self._stranded:
+                self._stranded = -1  # published since (a step cut short after it published)
             if self._stranded < 0 and kept != L.NONE:
                 # Claimed, and its Claim gone before its with block began or before its
                 # __exit__ ran (Ctrl-C): the C steps fell back, lest a new claim replace it.
@@ -531,6 +543,18 @@ class RingWriter(AsyncWriting, RingHandle):
             return self._wait_for_buffer(deadline)
         finally:
             self._p.calls -= 1
+
+    @contextlib.contextmanager
+    def _claim_publishing(self) -> Iterator[None]:
+        """Around a Claim's publish, which may wait (and an async one's tries, between which
+        other tasks run): its buffer stays claimed in the record meanwhile, so another
+        write or claim is refused rather than adopting it (_take_buffer)."""
+        outer = self._publishing_claim
+        self._publishing_claim = True
+        try:
+            yield
+        finally:
+            self._publishing_claim = outer
 
     def _claim_refused(self) -> None:
         """A Claim's with block runs (publisher.claim_open), so the C steps refused a claim
