@@ -541,6 +541,13 @@ def test_bad_arguments_get_one_line_without_zenohs_source_paths() -> None:
             assert done.stderr.count("\n") == 1, done.stderr
 
 
+@pytest.mark.parametrize("bridge", [BridgeSender, BridgeReceiver])
+def test_an_endpoint_given_as_a_str_is_refused_naming_the_list_to_pass(bridge: Any) -> None:
+    """A str is a sequence too: its letters went to Zenoh as endpoints ("... form ...: t")."""
+    with pytest.raises(TypeError, match=r"listen=\['tcp/127.0.0.1:7447'\]"):
+        bridge(unique_name("bs"), listen="tcp/127.0.0.1:7447")
+
+
 def refuse_token(key: str, zid: str) -> str:
     raise KeyboardInterrupt  # Ctrl-C at a constructor's last Zenoh step
 

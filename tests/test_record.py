@@ -517,6 +517,17 @@ def test_not_mcap(tmp_path: Path) -> None:
     assert not os.path.exists(seg_path(ring))
 
 
+def test_a_file_cut_inside_its_first_records_says_nothing_can_be_replayed(
+    recording: Path, tmp_path: Path
+) -> None:
+    """Cut inside the ring's metadata (what --recover cannot help): a NotARecording that
+    says so, not a bare unpack error."""
+    cut = tmp_path / "cut.mcap"
+    cut.write_bytes(recording.read_bytes()[:100])
+    with pytest.raises(shmring.NotARecording, match="no frame of it can be replayed"):
+        shmring.replay(str(cut), unique_name("cut"), recover=True)
+
+
 def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
     """Opening a FIFO for reading waits until something opens it for writing: a recording
     is opened without waiting, and only a regular file is read."""
@@ -598,6 +609,7 @@ def test_geometry_mismatch(recording: Path, shape: tuple[int, ...], meta_size: i
     ):
         failed = run("replay", str(recording), name, code=1)
         assert "cannot replay" in failed.stderr and name in failed.stderr
+        assert "without shape=" not in failed.stderr  # no advice for another API
         with pytest.raises(shmring.IncompatibleRing):
             shmring.replay(str(recording), name)
         # nothing left locked or attached, and the stream (no writer yet) did not end
@@ -831,3 +843,20 @@ def test_no_tags_lost_in_order(recording: Path) -> None:
     assert [split_tag(Pattern(SHAPE).check(f.array))[1] for f in frames] == list(range(COUNT))
     log_times = [f.log_time_ns for f in frames]
     assert log_times == sorted(log_times)
+
+
+@pytest.mark.parametrize(
+    ("where", "error"),
+    [("missing/x.mcap", FileNotFoundError), (".", IsADirectoryError)],
+    ids=["no-such-directory", "a-directory"],
+)
+def test_a_path_that_cannot_be_recorded_to_is_named(
+    tmp_path: Path, where: str, error: type[OSError]
+) -> None:
+    """The SDK's open error names neither the file nor what to do (nor its errno)."""
+    path = tmp_path / where
+    name = unique_name("recpath")
+    with RingWriter.create(name, SHAPE, np.uint8), pytest.raises(error) as refused:
+        shmring.record(name, str(path), seconds=WAIT)
+    assert f"cannot record to {path}" in str(refused.value)
+    assert "existing directory you may write to" in str(refused.value)

@@ -155,10 +155,17 @@ def zenoh_config(
     """The Zenoh configuration of a bridge: `config` (a JSON5 file) if given, then the
     endpoints, then the rules at the top of this module (and LOSSLESS_QUEUE)."""
     z = _zenoh()
+    for what, endpoints in (("listen", listen), ("connect", connect)):
+        if isinstance(endpoints, str):  # a sequence of one-letter endpoints otherwise
+            raise TypeError(
+                f"{what} takes a list of endpoints, got the str {endpoints!r}: pass "
+                f"{what}=[{endpoints!r}]"
+            )
     if config is None and not listen and not connect:
         raise BridgeError(
-            "no Zenoh endpoint: give --listen (e.g. tcp/127.0.0.1:7447) on one side and "
-            "--connect to it on the other, or a --config file"
+            "no Zenoh endpoint: give listen endpoints (--listen, e.g. tcp/127.0.0.1:7447) "
+            "on one side and connect endpoints (--connect) to them on the other, or a "
+            "config file (--config)"
         )
     try:
         cfg: zenoh.Config = z.Config.from_file(config) if config is not None else z.Config()

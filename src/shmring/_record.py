@@ -50,6 +50,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -195,6 +196,14 @@ class _Recorder:
             )
         except RuntimeError as exc:  # no probe (_writing): it would append to what was there
             raise OSError(errno.EIO, f"opening {path} failed: {exc}") from exc
+        except OSError as exc:  # the SDK's names neither the file nor a remedy, nor its errno
+            found = re.search(r"\(os error (\d+)\)", str(exc))
+            code = exc.errno or (int(found[1]) if found else errno.EIO)
+            raise OSError(  # the subclass of that errno (FileNotFoundError, ...)
+                code,
+                f"cannot record to {path}: {os.strerror(code)}; give a path in an existing "
+                "directory you may write to",
+            ) from exc
 
     def start(self) -> None:
         """Write the ring's metadata as the file's first chunk, and declare the channels."""

@@ -138,7 +138,10 @@ class Recording:
                 if not isinstance(record, (Header, Metadata)):
                     break
         except (*_DAMAGE, KeyError, TypeError) as exc:
-            raise NotARecording(f"{self.path}: unreadable shmring metadata ({exc})") from exc
+            raise NotARecording(
+                f"{self.path}: its first records (the header and the ring's metadata) are cut "
+                f"short or damaged ({exc}); no frame of it can be replayed, even with recover"
+            ) from exc
         raise NotARecording(
             f"{self.path} is an MCAP file but not a shmring recording (no {RING_METADATA!r} "
             "metadata after its header); give a file made by `shmring record`"
@@ -285,7 +288,8 @@ def _open_ring(
     except RingExists:
         pass
     what = f"cannot replay {path} into the existing ring {name!r}"
-    meta_size = inspect_ring(name).meta_size  # before joining: a writer that left ends it
+    existing = inspect_ring(name)  # before joining: a writer that left ends it
+    meta_size = existing.meta_size
     if meta_size < recorded.meta_size:
         raise IncompatibleRing(
             f"{what}: it keeps {meta_size} bytes of metadata per frame and the recording "
@@ -295,8 +299,9 @@ def _open_ring(
         return RingWriter.attach(name, shape=recorded.shape, dtype=recorded.dtype)
     except IncompatibleRing as exc:
         raise IncompatibleRing(
-            f"{what}: {exc}; the recording holds {recorded.shape} {recorded.dtype} frames. "
-            "Replay into another name, or remove that ring"
+            f"{what}: it holds {tuple(existing.shape)} {existing.dtype} frames and the "
+            f"recording {recorded.shape} {recorded.dtype}. Replay into another name, or "
+            f"remove that ring (shmring rm {name})"
         ) from exc
 
 
