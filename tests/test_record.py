@@ -517,6 +517,21 @@ def test_not_mcap(tmp_path: Path) -> None:
     assert not os.path.exists(seg_path(ring))
 
 
+def test_replay_into_a_ring_whose_reader_stops_times_out_saying_where_to_look(
+    recording: Path,
+) -> None:
+    """Under block, a reader that never reads holds the replay back: RingTimeout after the
+    timeout, naming the recording's frame and how to find the reader (shmring inspect)."""
+    name = unique_name("stuck")
+    with (
+        RingWriter.create(name, SHAPE, np.uint8, meta_size=META_SIZE, slots=4),
+        RingReader.attach(name),
+        pytest.raises(shmring.RingTimeout, match=f"shmring inspect {name}") as stuck,
+    ):
+        shmring.replay(str(recording), name, speed=None, timeout=0.3)
+    assert "no room for the recording's frame" in str(stuck.value)
+
+
 def test_a_file_cut_inside_its_first_records_says_nothing_can_be_replayed(
     recording: Path, tmp_path: Path
 ) -> None:

@@ -386,7 +386,8 @@ def _write(
                 if stall.stalled is not None:
                     raise stall.stalled from None  # its message names the holder
                 raise RingTimeout(
-                    f"ring {writer.name!r}: no room for frame {frame.seq} after {timeout} s: "
-                    "its readers do not keep up; wait longer (--timeout) or replay into an "
+                    f"ring {writer.name!r}: no room for the recording's frame {frame.seq} "
+                    f"after {timeout} s: its readers do not keep up (`shmring inspect "
+                    f"{writer.name}` shows which); wait longer (--timeout) or replay into an "
                     "overwrite ring (--policy overwrite)"
                 ) from None
