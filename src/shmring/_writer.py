@@ -515,24 +515,18 @@ class RingWriter(AsyncWriting, RingHandle):
             if self._publisher.claim_open:
                 self._claim_refused()
             if self._publishing_claim:
-                raise RuntimeError(
-                    f"ring {self._p.name!r}: write() or claim() while a claim on the same "
-                    "writer is still publishing (it waits for the header lock or a position, "
-                    "in another task or thread): a writer holds one claim at a time; let it "
-                    "finish first, or give each its own RingWriter (RingWriter.attach)"
+                raise self._second_claim(
+                    "is still publishing (it waits for the header lock or a position, in "
+                    "another task or thread)",
+                    "let it finish first",
                 )
             kept = self._record[L.W_CLAIMED]
-            if self._stranded >= 0 and kept != self._stranded:
-                self._stranded = -1  # published since (a step cut short after it published)
-            if self._stranded < 0 and kept != L.NONE:
-                # Claimed, and its Claim gone before its with block began or before its
-                # __exit__ ran (Ctrl-C): the C steps fell back, lest a new claim replace it.
-                if kept >= self._nbuffers:
-                    raise RingCorrupted(
-                        f"ring {self._p.name!r}: this writer's record claims buffer {kept} of "
-                        f"{self._nbuffers}; some process wrote over the ring's header"
-                    )
-                self._stranded = kept
+            if kept != self._stranded:
+                # The record says which claim is this writer's: none (a strand published
+                # since, by a step cut short after it published), or one whose Claim was
+                # gone before it could publish (Ctrl-C as the claim returned, or before
+                # __exit__), which the C steps fell back for, lest a new claim replace it.
+                self._stranded = -1 if kept == L.NONE else self._checked_buffer(kept)
             if self._stranded >= 0:  # still claimed by this writer: fill it again
                 return self._unstrand()
             buffer = self._take_buffer_exclusive(deadline)
@@ -562,13 +556,28 @@ class RingWriter(AsyncWriting, RingHandle):
         would then free a buffer in use). Unless that Claim is gone: Ctrl-C landed as its
         with block ended, before its __exit__ ran (_take_buffer fills its buffer next)."""
         if self._open_claim() is not None:
-            raise RuntimeError(
-                f"ring {self._p.name!r}: write() or claim() while a claim on the same writer "
-                "is open (its with block has not ended, in this thread or another): a writer "
-                "holds one claim at a time; leave that with block first, or give each thread "
-                "its own RingWriter (RingWriter.attach)"
+            raise self._second_claim(
+                "is open (its with block has not ended, in this thread or another)",
+                "leave that with block first",
             )
         self._publisher.claim_open = 0
+
+    def _second_claim(self, state: str, remedy: str) -> RuntimeError:
+        """The refusal of a write or claim while this writer's one claim `state`."""
+        return RuntimeError(
+            f"ring {self._p.name!r}: write() or claim() while a claim on the same writer "
+            f"{state}: a writer holds one claim at a time; {remedy}, or give each thread or "
+            "task its own RingWriter (RingWriter.attach)"
+        )
+
+    def _checked_buffer(self, buffer: int) -> int:
+        """`buffer`, read from this writer's record; RingCorrupted if out of range."""
+        if buffer >= self._nbuffers:
+            raise RingCorrupted(
+                f"ring {self._p.name!r}: this writer's record claims buffer {buffer} of "
+                f"{self._nbuffers}; some process wrote over the ring's header"
+            )
+        return buffer
 
     def _poll_for_space(self, deadline: float | None) -> int:
         """Poll for a free slot for up to `spin` seconds; the buffer, or -1 (then sleep).
