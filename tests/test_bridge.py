@@ -16,6 +16,7 @@ explicit endpoints on ports the kernel picked), between real processes.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import multiprocessing as mp
 import os
 import re
@@ -256,6 +257,52 @@ def test_lossless_pipeline_1000_vga_frames(cleanup: list[Any]) -> None:
     assert send.stop(signal.SIGTERM) == {"frames": 1000, "dropped": 0}
     assert recv.stop(signal.SIGINT) == {"frames": 1000, "dropped": 0, "malformed": 0, "rejected": 0}
     assert "1 receiver" in send.text().splitlines()[-1]
+
+
+def test_a_stopped_senders_last_line_counts_every_frame_it_sent(cleanup: list[Any]) -> None:
+    """SIGTERM lands while frames stream: the sender's last line comes after its thread
+    stopped, so it counts the frame that thread was sending then (it used to be printed
+    before, one short of what the receiver got)."""
+    src, dst, ep = unique_name("bs"), unique_name("bd"), endpoint()
+    recv = start(
+        cleanup, Bridge("recv", src, "--as", dst, "--connect", ep, "--policy", "overwrite")
+    )
+    send = start(cleanup, Bridge("send", src, "--listen", ep))
+    streaming, done = threading.Event(), threading.Event()
+    with RingWriter.create(src, (64,), np.uint8) as writer:
+
+        def stream() -> None:  # flat out, until the test is done
+            frame = np.zeros(64, np.uint8)
+            writer.wait_for_readers(1, timeout=WAIT)
+            for n in itertools.count():
+                if done.is_set():
+                    return
+                writer.write(frame, WAIT)  # (once the sender left, nobody keeps them)
+                if n == 20_000:
+                    streaming.set()
+
+        thread = threading.Thread(target=stream)
+        thread.start()
+        try:
+            assert streaming.wait(WAIT), "the sender never took 20,000 frames"
+            sent = send.stop(signal.SIGTERM)["frames"]
+        finally:
+            done.set()
+            thread.join(WAIT)
+    assert sent > 20_000
+    recv.wait_for_output(f" {sent} frames, 0 dropped")  # every sample in flight arrived
+    assert recv.stop()["frames"] == sent
+
+
+def test_a_link_that_is_down_names_the_endpoints_it_waits_on(cleanup: list[Any]) -> None:
+    """A wrong port must not look like a peer that has not started yet."""
+    ring, ep = unique_name("bs"), endpoint()  # nothing listens there
+    recv = start(cleanup, Bridge("recv", ring, "--connect", ep))
+    send = start(cleanup, Bridge("send", ring, "--listen", endpoint()))
+    recv.wait_for_output(f"link down (0 peers; no peer at {ep} yet), waiting for a sender")
+    send.wait_for_output("link down (0 peers, 0 receivers; no peer connected to tcp/127.0.0.1:")
+    recv.stop()
+    assert recv.text().splitlines()[-1].endswith("link down (0 peers), stopped")
 
 
 def test_sigint_ends_bridges_that_zenoh_or_the_local_ring_holds_up(cleanup: list[Any]) -> None:

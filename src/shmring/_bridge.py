@@ -254,6 +254,7 @@ class _Bridge:
         self._n = _Counters()
         self._session = _open_session(listen, connect, config, lossless_sender)
         self._closed = False
+        self._peers_at_close = 0
 
     @contextmanager
     def _closed_on_failure(self) -> Iterator[None]:
@@ -274,9 +275,13 @@ class _Bridge:
         """Leave the rings the session's callbacks attached to or created (a receiver's)."""
 
     def stats(self) -> BridgeStats:
-        info = self._session.info
-        peers = len(list(info.peers_zid())) + len(list(info.routers_zid()))
+        """The counters now; after close(), final, with the peers connected as it closed."""
+        peers = self._peers_at_close if self._closed else self._peers()
         return BridgeStats(**asdict(self._n), peers=peers)
+
+    def _peers(self) -> int:
+        info = self._session.info
+        return len(list(info.peers_zid())) + len(list(info.routers_zid()))
 
     def _fail(self, exc: BaseException) -> None:
         if self._closed:  # a step cut short by close() (e.g. a put the session's close ended)
@@ -297,6 +302,7 @@ class _Bridge:
         """Stop, leave the rings (a receiver removes the ring it created) and the session."""
         if self._closed:
             return
+        self._peers_at_close = self._peers()
         self._closed = True
         self._stop.set()
         try:

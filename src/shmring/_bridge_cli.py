@@ -7,8 +7,9 @@
 #     exits 0 within a second. A failure (a bad endpoint, an incompatible local ring) exits 1
 #     through _cli.main with one line saying what to do.
 #   - Once a second, unless --quiet, one progress line on stdout: frames/s and MB/s over the
-#     last second, then the totals and the link (Zenoh peers connected, what the bridge
-#     waits for). Warnings (gaps, malformed samples) go to stderr through `logging`.
+#     last second, then the totals and the link (Zenoh peers connected, the endpoints while
+#     none is, what the bridge waits for); the last line, once the bridge closed, its
+#     final totals. Warnings (gaps, malformed samples) go to stderr through `logging`.
 
 from __future__ import annotations
 
@@ -171,8 +172,8 @@ def run_bridge(args: argparse.Namespace, make: Callable[[], _Bridge]) -> int:
                 if not args.quiet:
                     print(progress(args, earlier, current, now - since), flush=True)
                 earlier, since = current, now
-        if not args.quiet:
-            print(progress(args, earlier, bridge.stats(), 0.0, "stopped"), flush=True)
+    if not args.quiet:  # after close(): its thread counts no frame more
+        print(progress(args, earlier, bridge.stats(), 0.0, "stopped"), flush=True)
     if bridge.closing:
         # Its thread waits for Zenoh to give up a blocked put (up to 5 s): exit now, as a
         # killed sender would (the ring reaps its reader; the peers see the link close).
@@ -201,4 +202,15 @@ def progress(
     link = f"link {'up' if now.peers else 'down'} ({plural(now.peers, 'peer')}"
     if args.end == "send":
         link += f", {plural(now.receivers, 'receiver')}"
+    if not now.peers and state is None:
+        link += unreached(args)
     return f"bridge {args.end} {args.ring}: {rates}{counts}; {link}), {state or now.state}"
+
+
+def unreached(args: argparse.Namespace) -> str:
+    """Where the link is waited for: a wrong port looks like a peer not started yet."""
+    if args.connect:
+        return f"; no peer at {', '.join(args.connect)} yet"
+    if args.listen:
+        return f"; no peer connected to {', '.join(args.listen)} yet"
+    return ""
