@@ -4,8 +4,7 @@
 # Rules:
 #   1. Polling pays only while the poller can have a CPU of its own beside every process that
 #      runs: a poller on a busy machine takes the CPU from the process it waits for (1 writer
-#      and 3 readers woken by every frame, on 2 CPUs, ran at under half the rate when they
-#      polled).
+#      and 3 readers woken by every frame, on 2 CPUs: docs/performance.md, "Fan-out").
 #   2. Attached is not runnable. A creator that never writes (it has not joined), a reader
 #      asleep between its frames (a monitor taking latest() once a second), a reader of
 #      another group with nothing to do: they use no CPU and must not switch polling off.
@@ -14,8 +13,8 @@
 #      interval of at least SAMPLE seconds; polling pays if the poller, the busy other
 #      participants and the CPUs that other processes keep busy are no more than the
 #      machine's CPUs. (Summing the CPU the participants used instead let 3 readers woken by
-#      every frame, each using a fifth of a CPU, poll beside their writer on 2 CPUs:
-#      640x480x3 fan-out ran at half the rate.)
+#      every frame, each using a small share of a CPU, poll beside their writer on 2 CPUs,
+#      taking the CPUs from each other.)
 #   4. Processes outside the ring count too (a bridge runs two rings of two participants
 #      each, four busy processes, on 2 CPUs: each pair polled, taking the CPU from the
 #      other). What they used is the machine's busy time (/proc/stat, without steal) minus

@@ -22,10 +22,10 @@
  * by one thread at a time, like the handle it belongs to: where it lets go of the GIL, a
  * second thread entering it (or closing it) meanwhile gets a RuntimeError.
  *
- * Theory: a Python step costs ~20-50 ns warm and several times that right after a sleep,
- * when caches are cold; a 64-byte frame's whole budget is a few hundred nanoseconds, and a
- * sleeping reader's wake-up is judged against the kernel's own, which a few microseconds of
- * Python double-count.
+ * Theory: each Python step costs tens of nanoseconds warm and several times that right
+ * after a sleep, when caches are cold; a 64-byte frame's whole budget is a few Python
+ * steps, and a sleeping reader's wake-up is judged against the kernel's own, which Python's
+ * steps would add to (docs/performance.md).
  */
 #include "_fastpath.h"
 

@@ -20,9 +20,8 @@
  * unpinned one, or evicts the oldest unpinned frame of the window; several writers use it
  * as a pool of entries (pool_take).
  *
- * Theory: a Python write() costs ~0.9 µs before its copy (each bytecode ~20-50 ns), which
- * is most of a 64-byte frame's time and a quarter of a 64 KiB frame's. The same steps here
- * cost ~0.2 µs with the call. The order of the shared stores is the protocol's: the
+ * Theory: a write() made of Python steps spends most of a 64-byte frame's time before its
+ * copy; the same steps here cost a fraction of that (docs/performance.md). The order of the shared stores is the protocol's: the
  * W_IN_PUBLISH bracket around everything, descriptor fields, then D_SEQ (the frame is
  * visible), then C_HEAD; then, outside the bracket, a look for sleeping readers, and waking
  * them as Participant.wake_readers does (bump C_FRAMES, FUTEX_WAKE on its low 32 bits): a
@@ -518,8 +517,9 @@ static void raise_tail(Publisher *self, uint64_t floor) {
 }
 
 /* Overwrite, sequenced: how far past head writers can have taken numbers: up to 2 x slots
- * (publish_owned's check), and a few more by writers that passed the check together. A
- * next number further ahead is damage (_ring.check_counters allows as much). */
+ * (publish_owned's check), and one more per writer that passed the check together. A next
+ * number further ahead is damage, or a stale head: Python judges then, against tail and the
+ * ring's own max_writers (_ring.check_counters). */
 static uint64_t claims_ahead(const Publisher *self) {
     return 3 * self->slots + SHMRING_MAX_WRITERS;
 }
@@ -700,8 +700,9 @@ static uint64_t retire_replaced(Publisher *self, uint64_t seq, const uint64_t *d
 }
 
 /* After a publish: make it visible before looking for sleepers (a full fence: the fast side
- * of a store-then-load pair fences, FORMAT.md; a sleeper's membarrier instead cost every
- * sleep a system call and every CPU an interrupt, which at fan-out halved the frame rate),
+ * of a store-then-load pair fences, FORMAT.md; a sleeper's membarrier instead would cost
+ * every sleep a system call and every CPU an interrupt, which fan-out pays for at every
+ * frame),
  * then wake them as Participant.wake_readers does. */
 static void wake_readers(Publisher *self) {
     uint64_t *control = self->control;

@@ -111,7 +111,7 @@ class _CollectableFrame(Frame):
     """A Frame that only its caller references (from read(), latest() or a slow step of
     iteration): released when garbage-collected. Frames from the iteration fast path are
     plain Frames: the reader keeps the last one until the next step releases it, so a
-    finalizer could never run first and would only cost ~0.3 µs per frame."""
+    finalizer could never run first and would only cost time at every frame."""
 
     __slots__ = ()
 
@@ -229,7 +229,8 @@ class RingReader(AsyncReading, RingHandle):
         """Under the lock: set up reader record `index` (`record`), taken for this handle,
         and its group; the first frame it reads."""
         p = self._p
-        tail, head = p.window().start, p.control[L.C_HEAD]
+        window = p.window()
+        tail, head = window.start, window.stop
         first = tail if start == "oldest" or head == tail else head - 1
         record[L.R_DROPPED] = 0
         record[L.R_SLEEPING] = 0
@@ -249,12 +250,12 @@ class RingReader(AsyncReading, RingHandle):
             # once they have seen this reader, frames from `first` on are safe; any they
             # freed before, we skip.
             p.quiesce_writers(deadline)
-            first = max(first, p.control[L.C_TAIL])
+            first = max(first, load_word(p.control, L.C_TAIL))
             if group is None:
                 record[L.R_RELEASE] = first
             else:
                 assert self._group_record is not None
-                tail = p.control[L.C_TAIL]
+                tail = load_word(p.control, L.C_TAIL)
                 if self._group_record[L.G_CURSOR] < tail:  # a new group: no member yet
                     self._group_record[L.G_CURSOR] = tail
         return first
@@ -817,7 +818,8 @@ class RingReader(AsyncReading, RingHandle):
         return frame
 
     def _take_locked(self, latest: bool) -> Frame | None:
-        """Group members and overwrite readers, under the header lock."""
+        """Overwrite policy, under the header lock: group members, and readers of their own
+        whose lock-free take fell back (_take_pinned). (Block readers take lock-free.)"""
         p, group = self._p, self._group_record
         cursor = self._next if group is None else group[L.G_CURSOR]
         window = p.window()
@@ -836,30 +838,20 @@ class RingReader(AsyncReading, RingHandle):
             descriptor = self._descriptors[cursor % self._slots]
             # Acquire loads, D_SEQ first: lock-free writers store these words meanwhile.
             published = load_word(descriptor, L.D_SEQ) == cursor
-            if self._block and not published:
-                break  # a shared-mode writer is between descriptor and head: not yet
             flags = load_word(descriptor, L.D_FLAGS)
             if published and not flags & (L.DF_EVICTED | L.DF_SKIP):
-                if not self._block:
-                    frame = self._pin_and_frame(cursor, skipped)
-                    cursor += 1
-                    if frame is None:  # evicted or replaced by the lock-free writer meanwhile
-                        skipped += 1
-                        continue
-                    break
-                frame = self._frame(cursor, skipped)
-                if self._block:
-                    self._held.append(cursor)
-                    self._record[L.R_RELEASE] = min(self._held)
+                frame = self._pin_and_frame(cursor, skipped)
                 cursor += 1
+                if frame is None:  # evicted or replaced by the lock-free writer meanwhile
+                    skipped += 1
+                    continue
                 break
             # evicted by an overwriting writer, or a skip (standing for its count of frames)
             skipped += L.skip_count(flags) if published and flags & L.DF_SKIP else 1
             cursor += 1
         if group is None:
             self._next = cursor
-            if not self._block:
-                self._record[L.R_RELEASE] = L.NONE if latest else cursor  # (_take_pinned)
+            self._taker.release(L.NONE if latest else cursor)  # (as _take_pinned)
         else:
             group[L.G_CURSOR] = cursor
         if skipped:

@@ -1,8 +1,8 @@
 # Recording: a reader of a ring writes every frame it gets into an MCAP file (the layout is
 # _mcap_format.py's), with the MCAP writer of foxglove-sdk (Foxglove's SDK; its writer is the
 # `mcap` Rust crate). The `mcap` Python package only reads recordings (_replay.py): its
-# writer copies every frame about five times (chunk buffer, record buffer, CRCs), which
-# held recording to a tenth of the disk's speed (docs/performance.md).
+# writer copies every frame several times (chunk buffer, record buffer, CRCs), which
+# held recording far below the disk's speed (docs/performance.md, "Recording and replay").
 #
 # Rules:
 #   - The recorder is an ordinary reader (its own group unless told otherwise): under the

@@ -352,7 +352,9 @@ class Participant:
         claimed_after = load_word(self.control, L.C_NEXT_SEQ)
         if not self.sequenced():
             return
-        # Overwrite writers claim up to 2 x slots past head, a few at once (_publisher.c).
+        # Overwrite writers take numbers up to 2 x slots past head (head is at most slots
+        # past tail), and up to max_writers more that passed that check together
+        # (_publisher.c, publish_owned).
         ahead = self.geometry.slots
         if self.geometry.policy == L.POLICY_OVERWRITE:
             ahead = 3 * self.geometry.slots + self.geometry.max_writers
@@ -360,8 +362,7 @@ class Participant:
             claimed = claimed_before if claimed_after >= window.stop else claimed_after
             raise RingCorrupted(
                 f"ring {self.name!r}: the next number to claim, {claimed}, is outside "
-                f"[{window.stop}, {window.start + self.geometry.slots}]; the header was "
-                "overwritten"
+                f"[{window.stop}, {window.start + ahead}]; the header was overwritten"
             )
 
     def corrupted_head(self, head: int) -> RingCorrupted:
@@ -773,7 +774,7 @@ class Participant:
 
     def check_usable(self) -> None:
         # A forked child's copies are closed by _forget_after_fork, so only a closed handle
-        # needs the pid test (getpid() is a system call, ~0.8 µs on a per-frame path).
+        # needs the pid test (getpid() is a system call: too slow for a per-frame path).
         if self.closed:
             if self.pid != os.getpid():
                 raise ShmringError(

@@ -9,8 +9,6 @@
 #     them when the last descriptor of the holder's open file closes, i.e. when it dies. They
 #     live in the kernel, not in the segment, so no bytes a buggy process scribbles can wedge
 #     them. Each handle opens the file itself, so two handles never share a lock owner.
-#   - fence(): a full memory barrier on x86-64 (a locked read-modify-write inside CPython's
-#     lock), needed where a store must be visible before a following load (Dekker pairs).
 #   - membarrier(): forces a barrier on every CPU (GLOBAL: slow, an RCU grace period); the
 #     slow side of the asymmetric Dekker pair whose fast side (the exclusive writer's
 #     in_publish) has no fence.
@@ -44,8 +42,6 @@ import fcntl
 import mmap
 import os
 import struct
-import threading
-from collections.abc import Callable
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
@@ -302,7 +298,7 @@ if _EXPEDITED:
     os.register_at_fork(after_in_child=_register_expedited)
 
 # Whether this process takes part in expedited barriers: writers say so in their record, so a
-# joiner can quiesce them in microseconds instead of the ~10 ms of the plain command.
+# joiner can quiesce them in microseconds instead of the plain command's grace period.
 BARRIER_REGISTERED = _EXPEDITED
 
 
@@ -314,22 +310,6 @@ def membarrier(expedited: bool) -> None:
     command = _MEMBARRIER_CMD_GLOBAL_EXPEDITED if expedited else _MEMBARRIER_CMD_GLOBAL
     if _syscall(_SYS_MEMBARRIER_NR, command, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), f"membarrier({command}) failed")
-
-
-def fence_halves() -> tuple[Callable[[], bool], Callable[[], None]]:
-    """The two calls that make a full memory barrier when made back to back (x86-64: a
-    lock's atomic read-modify-write), for hot paths that cannot afford a Python call."""
-    lock = threading.Lock()
-    return lock.acquire, lock.release
-
-
-_fence_enter, _fence_exit = fence_halves()
-
-
-def fence() -> None:
-    """Full memory barrier."""
-    _fence_enter()
-    _fence_exit()
 
 
 def try_lock_range(fd: int, start: int) -> bool:

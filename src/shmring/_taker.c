@@ -521,9 +521,9 @@ static PyObject *Taker_wait(Taker *self, PyObject *const *args, Py_ssize_t nargs
  * uncounts it. The add is sequentially consistent and followed by a full fence: the
  * reader's next look for its frame, an acquire load, cannot pass it (C11 lets an acquire
  * load pass a seq_cst add; aarch64's LDAPR does), and a publisher, which fences between its
- * publish and its look, sees it (FORMAT.md, "Store-then-load pairs"). No membarrier here: made at every sleep it cost a
- * system call and an interrupt of every CPU running a participant, and 1 writer -> 3
- * readers on 2 CPUs ran at about half the rate of a fence per publish. A woken reader
+ * publish and its look, sees it (FORMAT.md, "Store-then-load pairs"). No membarrier here: made at every sleep it would
+ * cost a system call and an interrupt of every CPU running a participant, which fan-out
+ * pays for at every frame; a fence per publish costs neither. A woken reader
  * uncounts itself at once: it is running again, which spinning_pays counts, and publishers
  * stop making wake-up calls for it. */
 

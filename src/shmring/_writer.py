@@ -583,7 +583,7 @@ class RingWriter(AsyncWriting, RingHandle):
         """Poll for a free slot for up to `spin` seconds; the buffer, or -1 (then sleep).
 
         Readers release frames microseconds apart when they keep up; catching that by
-        polling is far cheaper than a futex sleep and wake-up (~50 µs). A writer polls while
+        polling is far cheaper than a futex sleep and wake-up. A writer polls while
         every busy participant can have a CPU of its own (spinning_pays); when not, it
         polls only if several writers share the ring, yielding the CPU before each look
         (sched_yield), so that it runs only when no other process wants its CPU.
