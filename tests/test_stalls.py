@@ -318,8 +318,13 @@ def test_a_head_forged_for_a_moment_does_not_move_latest_past_every_frame() -> N
         assert r.latest(WAIT).seq == 0
         head = w._control[L.C_HEAD]
         w._control[L.C_HEAD] = 1 << 40  # forged, for one call
-        with pytest.raises(RingCorrupted, match="inconsistent"):
+        with pytest.raises(RingCorrupted, match="inconsistent") as raised:
             r.latest(TIMEOUT)
+        # what to do, as every damage found says it
+        assert raised.value.args[0].endswith(
+            f"the header was overwritten: remove the ring (shmring rm --force {name}) and "
+            "create it again"
+        )
         w._control[L.C_HEAD] = head  # put back
         for value in range(1, 4):
             w.write(np.full(SMALL, value, np.uint8), WAIT)

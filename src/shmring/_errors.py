@@ -47,6 +47,15 @@ class RingCorrupted(ShmringError):
     Any process that attaches maps the header writable, so a buggy one can scribble on it;
     shmring checks what it reads instead of trusting it."""
 
+    @classmethod
+    def header_overwritten(cls, ring: str, found: str) -> RingCorrupted:
+        """What `found` in ring `ring`'s shared state means, and the one remedy (the C core
+        words it alike: _publisher.c, ring_corrupted)."""
+        return cls(
+            f"ring {ring!r}: {found}; the header was overwritten: remove the ring (shmring rm "
+            f"--force {ring}) and create it again"
+        )
+
 
 class WriterGone(ShmringError):
     """Every writer of the ring died without closing the stream."""

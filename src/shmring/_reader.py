@@ -271,7 +271,7 @@ class RingReader(AsyncReading, RingHandle):
             elif free is None:
                 free = index
         if free is None:
-            raise RingCorrupted(f"ring {p.name!r}: no free group record; header overwritten")
+            raise RingCorrupted.header_overwritten(p.name, "no free group record")
         record = p.views.groups[free]
         record[L.G_CURSOR] = first
         p.views.group_names[free][:] = encoded
@@ -671,9 +671,8 @@ class RingReader(AsyncReading, RingHandle):
         p.check_counters()
         awaited = load_word(self._descriptors[self._next % self._slots], L.D_SEQ)
         if self._lock_free and L.SEQ_LIMIT <= awaited != L.NONE:
-            raise RingCorrupted(
-                f"ring {p.name!r}: a descriptor's sequence number {awaited} is past the "
-                "sequence limit; the header was overwritten"
+            raise RingCorrupted.header_overwritten(
+                p.name, f"a descriptor's sequence number {awaited} is past the sequence limit"
             )
         if p.live_writers() > 0 and not p.dead_writers() and not p.lock_holder_died():
             return
@@ -745,9 +744,10 @@ class RingReader(AsyncReading, RingHandle):
                 frame = self._frame(seq, dropped)
                 self._taker.unbuilt()  # a Frame holds it now
             else:  # a state a block ring cannot be in (no plain store may race the swaps)
-                raise RingCorrupted(
-                    f"ring {self._p.name!r}: group {self._group_name!r}'s cursor is outside "
-                    "the window of published frames; the header was overwritten"
+                raise RingCorrupted.header_overwritten(
+                    self._p.name,
+                    f"group {self._group_name!r}'s cursor is outside the window of published "
+                    "frames",
                 )
         except BaseException:
             unbuilt = self._taker.unbuilt()
@@ -824,9 +824,8 @@ class RingReader(AsyncReading, RingHandle):
         cursor = self._next if group is None else group[L.G_CURSOR]
         window = p.window()
         if cursor > window.stop:
-            raise RingCorrupted(
-                f"ring {p.name!r}: group cursor {cursor} is past head {window.stop}; the "
-                "header was overwritten"
+            raise RingCorrupted.header_overwritten(
+                p.name, f"group cursor {cursor} is past head {window.stop}"
             )
         skipped = 0
         if cursor < window.start:
@@ -909,15 +908,13 @@ class RingReader(AsyncReading, RingHandle):
         if description is None:
             description = self._taker.describe(seq)
             if description is None:
-                raise RingCorrupted(
-                    f"ring {self._p.name!r}: frame {seq} left its descriptor while held; "
-                    "the header was overwritten"
+                raise RingCorrupted.header_overwritten(
+                    self._p.name, f"frame {seq} left its descriptor while held"
                 )
         flags, buffer, timestamp_ns, own_shape, meta = description
         if flags & (L.DF_SKIP | L.DF_EVICTED):  # the caller saw a frame there
-            raise RingCorrupted(
-                f"ring {self._p.name!r}: frame {seq} turned into a gap while taken; the header "
-                "was overwritten"
+            raise RingCorrupted.header_overwritten(
+                self._p.name, f"frame {seq} turned into a gap while taken"
             )
         try:
             if flags & L.DF_OWN_SHAPE and own_shape is not None:  # (set together)
@@ -925,9 +922,8 @@ class RingReader(AsyncReading, RingHandle):
             else:
                 array = self._buffers[buffer]
         except IndexError:
-            raise RingCorrupted(
-                f"ring {self._p.name!r}: frame {seq} names buffer {buffer}, out of range; "
-                "the header was overwritten"
+            raise RingCorrupted.header_overwritten(
+                self._p.name, f"frame {seq} names buffer {buffer}, out of range"
             ) from None
         frame = self._pending = _CollectableFrame(
             self, array, seq, timestamp_ns, dropped, meta[: self._meta_size]
@@ -939,9 +935,8 @@ class RingReader(AsyncReading, RingHandle):
         ring_shape = p.geometry.shape
         shape = own_shape[: len(ring_shape)]
         if any(not 1 <= got <= limit for got, limit in zip(shape, ring_shape, strict=True)):
-            raise RingCorrupted(
-                f"ring {p.name!r}: a frame's shape {shape} does not fit the ring's "
-                f"{ring_shape}; the header was overwritten"
+            raise RingCorrupted.header_overwritten(
+                p.name, f"a frame's shape {shape} does not fit the ring's {ring_shape}"
             )
         view = p.views.buffer_view(p.geometry, p.checked_buffer(buffer), shape)
         view.flags.writeable = False

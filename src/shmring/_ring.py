@@ -252,7 +252,8 @@ class Participant:
             self.truncated = True
             raise RingCorrupted(
                 f"ring {self.name!r}: its file is now {size} bytes, not "
-                f"{self.geometry.segment_bytes}; another process truncated or resized it"
+                f"{self.geometry.segment_bytes}; another process truncated or resized it: "
+                f"remove the ring (shmring rm --force {self.name}) and create it again"
             )
 
     def repair(self) -> None:
@@ -298,16 +299,16 @@ class Participant:
         return index
 
     def corrupted_buffer(self, index: int) -> RingCorrupted:
-        return RingCorrupted(
-            f"ring {self.name!r}: buffer index {index} read from shared memory is out of "
-            f"range (ring has {self.geometry.buffers}); the header was overwritten"
+        return RingCorrupted.header_overwritten(
+            self.name,
+            f"buffer index {index} read from shared memory is out of range (ring has "
+            f"{self.geometry.buffers})",
         )
 
     def checked_group(self, index: int) -> int:
         if index >= len(self.views.groups):
-            raise RingCorrupted(
-                f"ring {self.name!r}: group index {index} read from shared memory is out of "
-                "range; the header was overwritten"
+            raise RingCorrupted.header_overwritten(
+                self.name, f"group index {index} read from shared memory is out of range"
             )
         return index
 
@@ -335,9 +336,8 @@ class Participant:
         if head >= L.SEQ_LIMIT:
             raise self.corrupted_head(head)
         if tail > head or head - tail > self.geometry.slots:
-            raise RingCorrupted(
-                f"ring {self.name!r}: head {head} and tail {tail} are inconsistent; "
-                "the header was overwritten"
+            raise RingCorrupted.header_overwritten(
+                self.name, f"head {head} and tail {tail} are inconsistent"
             )
         return range(tail, head)
 
@@ -360,15 +360,15 @@ class Participant:
             ahead = 3 * self.geometry.slots + self.geometry.max_writers
         if claimed_after < window.stop or claimed_before > window.start + ahead:
             claimed = claimed_before if claimed_after >= window.stop else claimed_after
-            raise RingCorrupted(
-                f"ring {self.name!r}: the next number to claim, {claimed}, is outside "
-                f"[{window.stop}, {window.start + ahead}]; the header was overwritten"
+            raise RingCorrupted.header_overwritten(
+                self.name,
+                f"the next number to claim, {claimed}, is outside [{window.stop}, "
+                f"{window.start + ahead}]",
             )
 
     def corrupted_head(self, head: int) -> RingCorrupted:
-        return RingCorrupted(
-            f"ring {self.name!r}: head {head} is past the sequence limit {L.SEQ_LIMIT}; the "
-            "header was overwritten (remove the ring and create it again)"
+        return RingCorrupted.header_overwritten(
+            self.name, f"head {head} is past the sequence limit {L.SEQ_LIMIT}"
         )
 
     def busy_buffers(self) -> set[int]:
@@ -504,9 +504,8 @@ class Participant:
                 next_seq += 1
         positions = range(next_seq, tail + slots)
         if len(positions) != count:
-            raise RingCorrupted(
-                f"ring {self.name!r}: {count} free buffers for {len(positions)} free "
-                "positions; the header was overwritten"
+            raise RingCorrupted.header_overwritten(
+                self.name, f"{count} free buffers for {len(positions)} free positions"
             )
         for seq, index in zip(positions, range(count), strict=True):
             views.descriptors[seq % slots][L.D_BUFFER] = self.checked_buffer(views.freelist[index])
@@ -535,9 +534,8 @@ class Participant:
             window, slots = self.window(), self.geometry.slots
             head, tail = window.stop, window.start
             if control[L.C_NEXT_SEQ] != head:
-                raise RingCorrupted(
-                    f"ring {self.name!r}: numbers claimed by no live writer remain unpublished "
-                    "after a repair; the header was overwritten"
+                raise RingCorrupted.header_overwritten(
+                    self.name, "numbers claimed by no live writer remain unpublished after a repair"
                 )
             free = [
                 self.checked_buffer(self.views.descriptors[seq % slots][L.D_BUFFER])
@@ -558,9 +556,8 @@ class Participant:
         # (stored before they stop naming it).
         head, claimed = load_word(control, L.C_HEAD), load_word(control, L.C_NEXT_SEQ)
         if not head <= claimed <= head + slots or claimed >= L.SEQ_LIMIT:
-            raise RingCorrupted(
-                f"ring {self.name!r}: head {head} and next number {claimed} are inconsistent; "
-                "the header was overwritten"
+            raise RingCorrupted.header_overwritten(
+                self.name, f"head {head} and next number {claimed} are inconsistent"
             )
         held = {
             load_word(r, L.W_CLAIMED_SEQ) for r in views.writers if r[L.W_STATE] == L.STATE_ACTIVE
@@ -608,9 +605,8 @@ class Participant:
         claimed = max(control[L.C_NEXT_SEQ], head)  # stale (older) after exclusive mode
         tail = self.window().start
         if claimed > tail + 3 * slots + self.geometry.max_writers:  # (see check_counters)
-            raise RingCorrupted(
-                f"ring {self.name!r}: the next number to claim, {claimed}, is too far past "
-                f"head {head}; the header was overwritten"
+            raise RingCorrupted.header_overwritten(
+                self.name, f"the next number to claim, {claimed}, is too far past head {head}"
             )
         for position in range(slots):
             descriptor = views.descriptors[position]
@@ -635,18 +631,17 @@ class Participant:
         """Publish number `seq` in `descriptor` as a skip of one frame, taking its position
         as a writer does: readers that pinned the frame there find it gone."""
         if seq >= L.SEQ_LIMIT:
-            raise RingCorrupted(
-                f"ring {self.name!r}: a descriptor holds number {seq}, past the sequence "
-                "limit; the header was overwritten"
+            raise RingCorrupted.header_overwritten(
+                self.name, f"a descriptor holds number {seq}, past the sequence limit"
             )
         descriptor[L.D_SEQ] = seq | L.SEQ_BUSY
         descriptor[L.D_FLAGS] = L.DF_SKIP | L.DF_EVICTED  # its buffer is free
         descriptor[L.D_SEQ] = seq
 
     def _corrupted_free_count(self, count: int) -> RingCorrupted:
-        return RingCorrupted(
-            f"ring {self.name!r}: free count {count} is inconsistent: the ring has "
-            f"{self.geometry.buffers} buffers; the header was overwritten"
+        return RingCorrupted.header_overwritten(
+            self.name,
+            f"free count {count} is inconsistent: the ring has {self.geometry.buffers} buffers",
         )
 
     # ---- writers' mode switch ----------------------------------------------------------

@@ -365,9 +365,10 @@ class RingWriter(AsyncWriting, RingHandle):
 
     def _corrupted_free_list(self) -> RingCorrupted:
         """What the C fast path's PUBLISH_CORRUPTED means."""
-        return RingCorrupted(
-            f"ring {self._p.name!r}: invalid shared state (a free buffer index, or the next "
-            "sequence number to claim, out of range); the header was overwritten"
+        return RingCorrupted.header_overwritten(
+            self._p.name,
+            "invalid shared state (a free buffer index, or the next sequence number to claim, "
+            "out of range)",
         )
 
     def _await_hot_buffer(self) -> None:
@@ -573,9 +574,8 @@ class RingWriter(AsyncWriting, RingHandle):
     def _checked_buffer(self, buffer: int) -> int:
         """`buffer`, read from this writer's record; RingCorrupted if out of range."""
         if buffer >= self._nbuffers:
-            raise RingCorrupted(
-                f"ring {self._p.name!r}: this writer's record claims buffer {buffer} of "
-                f"{self._nbuffers}; some process wrote over the ring's header"
+            raise RingCorrupted.header_overwritten(
+                self._p.name, f"this writer's record claims buffer {buffer} of {self._nbuffers}"
             )
         return buffer
 
@@ -759,9 +759,7 @@ class RingWriter(AsyncWriting, RingHandle):
         if seq < 0:  # shared mode: the same step, one writer at a time
             seq = self._locked_step(buffer, deadline, lambda: step(True))
         if seq < 0:
-            raise RingCorrupted(
-                f"ring {self._p.name!r}: head is not a sequence number; the header was overwritten"
-            )
+            raise RingCorrupted.header_overwritten(self._p.name, "head is not a sequence number")
         return seq
 
     def _reap(self) -> int:
