@@ -240,6 +240,49 @@ def test_cancelled_read_loses_no_frame_block(run: Runner) -> None:
     run(main())
 
 
+def test_a_step_given_up_before_it_ran_takes_no_frame(run: Runner) -> None:
+    """`async for` takes a frame published already when anext() is called (Ready). A step
+    that is then cancelled before its task ran, timed out at once, closed or dropped without
+    being awaited hands that frame to the next step, of whatever kind: no frame lost, none
+    counted dropped, none held for ever (the ring keeps flowing past its slots)."""
+    name, slots = unique_name(), 4
+
+    async def main() -> None:
+        with (
+            RingWriter.create(name, SMALL, np.uint8, slots=slots) as w,
+            RingReader.attach(name, start="oldest") as r,
+        ):
+            frames, got = aiter(r), []
+            async with asyncio.timeout(WAIT):  # (a frame lost: the next step waits for ever)
+                for n in range(0, 8 * slots, 2):
+                    w.write(np.full(SMALL, n, np.uint8), 0.0)
+                    got.append(int((await anext(frames)).array[0]))  # held, as r._last
+                    w.write(np.full(SMALL, n + 1, np.uint8), 0.0)
+                    how = n // 2 % 4  # each gives up a step that took frame n + 1 (Ready)
+                    if how == 0:  # a task cancelled before it ever ran
+                        task = asyncio.create_task(anext(frames))
+                        task.cancel()
+                        with pytest.raises(asyncio.CancelledError):
+                            await task  # (it gives the step up when it runs)
+                    elif how == 1:  # "one if it is there", in asyncio
+                        with pytest.raises(TimeoutError):
+                            await asyncio.wait_for(anext(frames), 0)
+                    elif how == 2:
+                        anext(frames).close()
+                    else:  # dropped without being awaited
+                        step = anext(frames)
+                        del step
+                    if n // 2 % 3:
+                        got.append(int((await anext(frames)).array[0]))
+                    else:  # a step of another kind gets it too
+                        with r.read(0.0) as frame:
+                            got.append(int(frame.array[0]))
+            assert got == list(range(8 * slots))
+            assert r.dropped == 0
+
+    run(main())
+
+
 def test_cancelled_nap_leaves_no_sleeper_counted(run: Runner) -> None:
     """A task cancelled while it naps before a frame that is due (a paced stream) is no
     longer counted as a sleeper, frees its sleeper thread, and the frame published after

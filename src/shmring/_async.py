@@ -13,7 +13,8 @@
 # Theory of operation: `async for` takes a frame that is published already at once, with
 # iteration's C step (Taker.advance), and hands it over as a Ready (_taker.c: an awaitable
 # already done), so a stream that flows costs no coroutine and no trip through the loop per
-# frame. A wait first polls (a read: yielding to the loop between looks, for up to the
+# frame. A Ready given up before it was awaited hands its frame back (_unsent), so that the
+# next step takes it again. A wait first polls (a read: yielding to the loop between looks, for up to the
 # reader's `spin` seconds, so other tasks run meanwhile; for a steady stream, after a nap
 # that ends before the frame is due: RingReader's pacing, _pacing.py), then the handle counts
 # itself as a sleeper exactly as a blocking wait does (so the writer, or the reader that frees
@@ -348,11 +349,23 @@ class AsyncReading(AsyncHandle):
                     last._reader = None
                     r._last = frame
                     r._pending = None
-                    return Ready(frame)
+                    return Ready(frame, r)  # (r._unsent takes it back if never given)
             except BaseException:  # as in iteration: a frame taken is never left held
                 r._release_pending()
                 raise
         return self._anext_waiting()
+
+    def _unsent(self, frame: Frame) -> None:
+        """Ready's hand-back (_taker.c): the step __anext__ took `frame` for was given up
+        before it ran (its task cancelled first, closed, dropped). The frame is put back,
+        still held in the ring by this reader's release word, for the next step of any kind
+        to take again; the one released for it stays released."""
+        r = self._reader()
+        if r._last is frame and r._held == [frame.seq] and r._next == frame.seq + 1:
+            frame._reader = None  # its hold passes to the next take of frame.seq
+            r._last = None
+            r._held.clear()
+            r._next = frame.seq  # = R_RELEASE, as advance left it
 
     async def _anext_waiting(self) -> Frame:
         """__anext__ when the frame is not there yet (or not for the C step)."""

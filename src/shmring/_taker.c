@@ -1091,40 +1091,87 @@ static PyTypeObject TakerType = {
  * and a StopIteration per step (am_send answers PYGEN_RETURN). A Ready gives its value once,
  * and has a coroutine's send, throw and close: collections.abc.Coroutine counts it as one,
  * so asyncio.create_task(anext(aiter(reader))) takes it as it takes the coroutine of a step
- * that waits. */
+ * that waits.
+ *
+ * The frame is taken before anybody awaits the step. A step given up before it ran (its
+ * task cancelled before its first step, asyncio.wait_for(..., 0), close(), or dropped
+ * unawaited) must not lose it: a Ready made with an owner hands a value it never gave to
+ * owner._unsent(value) (the reader puts the frame back for the next step). */
 
 typedef struct {
     PyObject_HEAD
-    PyObject *value; /* NULL once given */
+    PyObject *value; /* NULL once given (or handed back) */
+    PyObject *owner; /* NULL, or who takes back a value never given */
 } Ready;
 
 static PyObject *Ready_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
-    PyObject *value;
+    PyObject *value, *owner = Py_None;
     if (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) {
         PyErr_SetString(PyExc_TypeError, "Ready() takes no keyword arguments");
         return NULL;
     }
-    if (!PyArg_UnpackTuple(args, "Ready", 1, 1, &value)) {
+    if (!PyArg_UnpackTuple(args, "Ready", 1, 2, &value, &owner)) {
         return NULL;
     }
     Ready *self = (Ready *)type->tp_alloc(type, 0);
     if (self != NULL) {
         self->value = Py_NewRef(value);
+        self->owner = owner == Py_None ? NULL : Py_NewRef(owner);
     }
     return (PyObject *)self;
 }
 
 static int Ready_traverse(Ready *self, visitproc visit, void *arg) {
     Py_VISIT(self->value);
+    Py_VISIT(self->owner);
     return 0;
 }
 
 static int Ready_clear(Ready *self) {
     Py_CLEAR(self->value);
+    Py_CLEAR(self->owner);
     return 0;
 }
 
+/* A value never given goes back to the owner (once). Returns -1 with its error set. */
+static int Ready_hand_back(Ready *self) {
+    PyObject *value = self->value, *owner = self->owner;
+    self->value = self->owner = NULL;
+    int result = 0;
+    if (value != NULL && owner != NULL) {
+        PyObject *done = PyObject_CallMethod(owner, "_unsent", "O", value);
+        result = done == NULL ? -1 : 0;
+        Py_XDECREF(done);
+    }
+    Py_XDECREF(value);
+    Py_XDECREF(owner);
+    return result;
+}
+
+static void Ready_finalize(Ready *self) {
+    if (self->value == NULL || self->owner == NULL) {
+        return;
+    }
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *error = PyErr_GetRaisedException();
+#else
+    PyObject *kind, *error, *traceback;
+    PyErr_Fetch(&kind, &error, &traceback);
+#endif
+    if (Ready_hand_back(self) < 0) {
+        PyErr_WriteUnraisable((PyObject *)self);
+    }
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(error);
+#else
+    PyErr_Restore(kind, error, traceback);
+#endif
+}
+
 static void Ready_dealloc(Ready *self) {
+    if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
+        return; /* resurrected by the owner */
+    }
     PyObject_GC_UnTrack(self);
     Ready_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -1142,6 +1189,7 @@ static PyObject *Ready_take(Ready *self) {
         return NULL;
     }
     self->value = NULL;
+    Py_CLEAR(self->owner);
     return value;
 }
 
@@ -1169,13 +1217,16 @@ static PyObject *Ready_send_method(Ready *self, PyObject *Py_UNUSED(arg)) {
     return Ready_next(self);
 }
 
-/* throw() and close() as for a coroutine that has not started: it never suspends. */
+/* throw() and close() as for a coroutine that has not started: it never suspends; a value
+ * never given goes back to the owner. */
 static PyObject *Ready_throw(Ready *self, PyObject *args) {
     PyObject *type, *value = NULL, *traceback = NULL;
     if (!PyArg_UnpackTuple(args, "throw", 1, 3, &type, &value, &traceback)) {
         return NULL;
     }
-    Py_CLEAR(self->value);
+    if (Ready_hand_back(self) < 0) {
+        return NULL;
+    }
     if (PyExceptionInstance_Check(type)) {
         PyErr_SetObject((PyObject *)Py_TYPE(type), type);
     } else if (PyExceptionClass_Check(type)) {
@@ -1187,14 +1238,16 @@ static PyObject *Ready_throw(Ready *self, PyObject *args) {
 }
 
 static PyObject *Ready_close(Ready *self, PyObject *Py_UNUSED(ignored)) {
-    Py_CLEAR(self->value);
+    if (Ready_hand_back(self) < 0) {
+        return NULL;
+    }
     Py_RETURN_NONE;
 }
 
 static PyMethodDef Ready_methods[] = {
     {"send", (PyCFunction)Ready_send_method, METH_O, "send(None): raise StopIteration(value)."},
     {"throw", (PyCFunction)Ready_throw, METH_VARARGS, "throw(exc): raise exc (never suspended)."},
-    {"close", (PyCFunction)Ready_close, METH_NOARGS, "Drop the value."},
+    {"close", (PyCFunction)Ready_close, METH_NOARGS, "Drop the value (hand it back)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1206,13 +1259,15 @@ static PyAsyncMethods Ready_async = {
 static PyTypeObject ReadyType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "shmring._fastpath.Ready",
-    .tp_doc = "Ready(value): an awaitable already done; awaiting it gives value (see _taker.c).",
+    .tp_doc = "Ready(value, owner=None): an awaitable already done; awaiting it gives value; "
+              "a value never given goes to owner._unsent(value) (see _taker.c).",
     .tp_basicsize = sizeof(Ready),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = Ready_new,
     .tp_dealloc = (destructor)Ready_dealloc,
     .tp_traverse = (traverseproc)Ready_traverse,
     .tp_clear = (inquiry)Ready_clear,
+    .tp_finalize = (destructor)Ready_finalize,
     .tp_as_async = &Ready_async,
     .tp_iter = PyObject_SelfIter,
     .tp_iternext = (iternextfunc)Ready_next,
