@@ -1003,12 +1003,6 @@ static void release_to(struct ring *r, uint64_t release) {
     }
 }
 
-/* The frames a skip descriptor's `flags` stand for (since 2.2; a count of 0: one). */
-static uint64_t skip_count(uint64_t flags) {
-    uint64_t count = flags >> SHMRING_SKIP_COUNT_SHIFT;
-    return count ? count : 1;
-}
-
 /* Block policy, own group, no lock: frame `next` if it is published (1), else 0. Numbers
  * published as skips (DF_SKIP) are passed over, released and counted dropped, each as the
  * frames it stands for. */
@@ -1019,7 +1013,7 @@ static int take_own(struct ring *r, struct frame *frame) {
     uint64_t flags;
     while (ld(&d->seq) == r->next && ((flags = ld(&d->flags)) & SHMRING_DF_SKIP)) {
         r->next++;
-        skipped += skip_count(flags);
+        skipped += shmring_skip_count(flags);
         d = descriptor(r, r->next);
     }
     if (skipped) {
@@ -1110,7 +1104,7 @@ static int take_overwrite(struct ring *r, struct frame *frame) {
             }
             uint64_t flags = ld(&d->flags);
             if (flags & (SHMRING_DF_EVICTED | SHMRING_DF_SKIP)) { /* no frame: dropped */
-                skipped += flags & SHMRING_DF_SKIP ? skip_count(flags) : 1;
+                skipped += flags & SHMRING_DF_SKIP ? shmring_skip_count(flags) : 1;
                 continue;
             }
             uint64_t buffer = ld(&d->buffer);

@@ -246,8 +246,7 @@ static PyObject *wake(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssi
         PyErr_Format(PyExc_ValueError, "wake: word %zd is not a futex word", index);
         return NULL;
     }
-    __atomic_fetch_add((uint32_t *)word, 1, __ATOMIC_SEQ_CST); /* the low half (LE) */
-    shmring_futex_wake_all(word);
+    shmring_bump_and_wake(word);
     PyBuffer_Release(&view);
     Py_RETURN_NONE;
 }

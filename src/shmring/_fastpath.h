@@ -17,12 +17,6 @@ static inline void store(uint64_t *word, uint64_t value) {
     __atomic_store_n(word, value, __ATOMIC_RELEASE);
 }
 
-/* The frames a DF_SKIP descriptor's `flags` stand for (a count of 0, before 2.2: one). */
-static inline uint64_t skip_count(uint64_t flags) {
-    uint64_t count = flags >> SHMRING_SKIP_COUNT_SHIFT;
-    return count ? count : 1;
-}
-
 /* Load `*word` between two loads of `*tail` that agree (bounded tries): then `tail` (which
  * only grows) had that value when `*word` was read, so invariants such as tail <= head <=
  * tail + slots hold between the two values even while writers move both. 0 if tail kept
@@ -91,6 +85,15 @@ int shmring_u64(PyObject *object, void *address);
 
 /* FUTEX_WAKE every sleeper on the futex word at the low half of `word`. */
 void shmring_futex_wake_all(uint64_t *word);
+
+/* Change futex word `word` (the kernel compares its low 32 bits; it stays below 2^32) and
+ * wake every sleeper on it: one that read the old value and was about to sleep returns at
+ * once instead of missing this wake-up. Two wakers racing may store the same new value:
+ * either changes it, which is all a sleeper needs. */
+static inline void shmring_bump_and_wake(uint64_t *word) {
+    store(word, (load(word) + 1) & 0xFFFFFFFFu);
+    shmring_futex_wake_all(word);
+}
 
 /* Ready a file's types and add them (and its constants) to the module: 0, or -1 with an
  * exception set. */

@@ -151,7 +151,8 @@ MAX_SKIP_COUNT = 0xFFFF_FFFF  # the most frames one skip descriptor stands for
 
 
 def skip_count(flags: int) -> int:
-    """The frames a DF_SKIP descriptor whose D_FLAGS word is `flags` stands for."""
+    """The frames a DF_SKIP descriptor whose D_FLAGS word is `flags` stands for. (C has it
+    as shmring_skip_count in shmring_layout.h: _layout_header.SKIP_COUNT.)"""
     return flags >> SKIP_COUNT_SHIFT or 1
 
 

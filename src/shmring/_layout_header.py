@@ -84,6 +84,17 @@ PREAMBLE = """\
 """
 
 
+# _layout.skip_count in C, for every C reader of the format (the one rule it states in code).
+SKIP_COUNT = """\
+/* The frames a skip descriptor (D_FLAGS has SHMRING_DF_SKIP) stands for: the count in its
+ * high bits, or one if that is 0 (skips written before format 2.2). */
+static inline uint64_t shmring_skip_count(uint64_t flags) {
+    uint64_t count = flags >> SHMRING_SKIP_COUNT_SHIFT;
+    return count ? count : 1;
+}
+"""
+
+
 def render() -> str:
     """The header's text."""
     parts = [PREAMBLE.format(major=L.VERSION_MAJOR, minor=L.VERSION_MINOR)]
@@ -96,6 +107,8 @@ def render() -> str:
     parts.append(_define("MAX_NAME", MAX_NAME, "characters of a ring's name"))
     parts.append(_fixed_header())
     parts.extend(_table(prefix, name, words) for prefix, name, words in TABLES)
+    parts.append(_banner("rules on the words' values"))
+    parts.append(SKIP_COUNT)
     parts.append("\n#endif\n")
     return "".join(parts)
 

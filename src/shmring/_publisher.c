@@ -20,11 +20,11 @@
  * unpinned one, or evicts the oldest unpinned frame of the window; several writers use it
  * as a pool of entries (pool_take).
  *
- * Theory: a write() made of Python steps spends most of a 64-byte frame's time before its
- * copy; the same steps here cost a fraction of that (docs/performance.md). The order of the shared stores is the protocol's: the
- * W_IN_PUBLISH bracket around everything, descriptor fields, then D_SEQ (the frame is
- * visible), then C_HEAD; then, outside the bracket, a look for sleeping readers, and waking
- * them as Participant.wake_readers does (bump C_FRAMES, FUTEX_WAKE on its low 32 bits): a
+ * Theory: a write() made of Python steps spends most of a 64-byte frame's time before its copy; the
+ * same steps here cost a fraction of that (docs/performance.md). The order of the shared stores is
+ * the protocol's: the W_IN_PUBLISH bracket around everything, descriptor fields, then D_SEQ (the
+ * frame is visible), then C_HEAD; then, outside the bracket, a look for sleeping readers, and
+ * waking them as Participant.wake_readers does (bump C_FRAMES, FUTEX_WAKE on its low 32 bits): a
  * reader that sleeps is woken by code that ran cold after the writer's own pause, and every
  * Python step there costs microseconds of wake-up latency. Stores that publish are release
  * stores; the bracket's opening store is followed by a compiler barrier only, because
@@ -702,17 +702,12 @@ static uint64_t retire_replaced(Publisher *self, uint64_t seq, const uint64_t *d
 /* After a publish: make it visible before looking for sleepers (a full fence: the fast side
  * of a store-then-load pair fences, FORMAT.md; a sleeper's membarrier instead would cost
  * every sleep a system call and every CPU an interrupt, which fan-out pays for at every
- * frame),
- * then wake them as Participant.wake_readers does. */
+ * frame), then wake them as Participant.wake_readers does. */
 static void wake_readers(Publisher *self) {
     uint64_t *control = self->control;
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     if (load(&control[SHMRING_C_READER_WAITERS])) {
-        /* A changed word cannot be slept through: a reader that read the old value and
-         * was about to sleep returns at once instead of missing this wake-up. */
-        uint64_t *frames = &control[SHMRING_C_FRAMES];
-        store(frames, (load(frames) + 1) & 0xFFFFFFFFu);
-        shmring_futex_wake_all(frames);
+        shmring_bump_and_wake(&control[SHMRING_C_FRAMES]);
     }
 }
 

@@ -329,9 +329,7 @@ static void release_and_wake(Taker *self, uint64_t release) {
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     if (load(&control[SHMRING_C_WRITER_WAITERS]) &&
         release >= load(&control[SHMRING_C_SPACE_WANTED])) {
-        uint64_t *space = &control[SHMRING_C_SPACE];
-        store(space, (load(space) + 1) & 0xFFFFFFFFu); /* a changed word is not slept through */
-        shmring_futex_wake_all(space);
+        shmring_bump_and_wake(&control[SHMRING_C_SPACE]);
     }
 }
 
@@ -521,11 +519,11 @@ static PyObject *Taker_wait(Taker *self, PyObject *const *args, Py_ssize_t nargs
  * uncounts it. The add is sequentially consistent and followed by a full fence: the
  * reader's next look for its frame, an acquire load, cannot pass it (C11 lets an acquire
  * load pass a seq_cst add; aarch64's LDAPR does), and a publisher, which fences between its
- * publish and its look, sees it (FORMAT.md, "Store-then-load pairs"). No membarrier here: made at every sleep it would
- * cost a system call and an interrupt of every CPU running a participant, which fan-out
- * pays for at every frame; a fence per publish costs neither. A woken reader
- * uncounts itself at once: it is running again, which spinning_pays counts, and publishers
- * stop making wake-up calls for it. */
+ * publish and its look, sees it (FORMAT.md, "Store-then-load pairs"). No membarrier here: made at
+ * every sleep it would cost a system call and an interrupt of every CPU running a participant,
+ * which fan-out pays for at every frame; a fence per publish costs neither. A woken reader uncounts
+ * itself at once: it is running again, which spinning_pays counts, and publishers stop making
+ * wake-up calls for it. */
 
 static uint32_t *reader_waiters(Taker *self) {
     return (uint32_t *)&self->control[SHMRING_C_READER_WAITERS]; /* the low half (LE) */
@@ -712,7 +710,7 @@ static PyObject *pin_once(Taker *self, PyObject *reader, uint64_t next, int late
         }
         uint64_t flags = load(&descriptor[SHMRING_D_FLAGS]);
         if (flags & (SHMRING_DF_EVICTED | SHMRING_DF_SKIP)) { /* no frame: dropped */
-            skipped += flags & SHMRING_DF_SKIP ? skip_count(flags) : 1;
+            skipped += flags & SHMRING_DF_SKIP ? shmring_skip_count(flags) : 1;
             continue;
         }
         uint64_t buffer = load(&descriptor[SHMRING_D_BUFFER]);
@@ -851,7 +849,7 @@ static PyObject *Taker_take_group(Taker *self, PyObject *const *args, Py_ssize_t
         uint64_t skipped = seq - cursor, buffer = load(&descriptor[SHMRING_D_BUFFER]);
         uint64_t flags = load(&descriptor[SHMRING_D_FLAGS]);
         if (flags & SHMRING_DF_SKIP) { /* no frame (a sequenced ring's skip): the next one */
-            passed += skipped + skip_count(flags);
+            passed += skipped + shmring_skip_count(flags);
             store(release, held);
             tries = 0;
             continue;

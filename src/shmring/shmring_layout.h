@@ -374,4 +374,12 @@ _Static_assert(offsetof(struct shmring_pin_line, top) == 0, "top");
 _Static_assert(offsetof(struct shmring_pin_line, held) == 8, "held");
 _Static_assert(sizeof(struct shmring_pin_line) == 64, "pin_line size");
 
+/* ---- rules on the words' values -------------------------------------------------------------- */
+/* The frames a skip descriptor (D_FLAGS has SHMRING_DF_SKIP) stands for: the count in its
+ * high bits, or one if that is 0 (skips written before format 2.2). */
+static inline uint64_t shmring_skip_count(uint64_t flags) {
+    uint64_t count = flags >> SHMRING_SKIP_COUNT_SHIFT;
+    return count ? count : 1;
+}
+
 #endif
