@@ -34,7 +34,15 @@ from helpers import (
 )
 
 import shmring
-from shmring import RingReader, RingTimeout, RingWriter, ShmringError, WriterGone, _pacing
+from shmring import (
+    HandleInUse,
+    RingReader,
+    RingTimeout,
+    RingWriter,
+    ShmringError,
+    WriterGone,
+    _pacing,
+)
 from shmring import _layout as L
 from shmring._fastpath import Ready
 from shmring._lock import LockBusy
@@ -399,7 +407,7 @@ def test_a_second_waiting_task_leaves_the_first_counted(run: Runner) -> None:
         with RingWriter.create(name, SMALL, np.uint8) as w, RingReader.attach(name) as r:
             first = asyncio.create_task(r.aread(WAIT))
             await until(lambda: waiting(r))
-            with pytest.raises(RuntimeError, match="another task is already waiting"):
+            with pytest.raises(HandleInUse, match="another task is already waiting"):
                 await r.aread(WAIT)
             assert r._counted and w._control[L.C_READER_WAITERS] == 1
             w.write(np.full(SMALL, 3, np.uint8))

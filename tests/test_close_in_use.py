@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from helpers import WAIT, forked, started_thread, unique_name, wait_until_asleep_in_futex
 
-from shmring import RingReader, RingWriter, ShmringError
+from shmring import HandleInUse, RingReader, RingWriter, ShmringError
 from shmring import _layout as L
 
 SHAPE = (4,)
@@ -49,7 +49,7 @@ def _close_refused_while_waiting(
 
     thread = started_thread(run)
     wait_until_asleep_in_futex(thread)
-    with pytest.raises(RuntimeError, match="under way"):
+    with pytest.raises(HandleInUse, match="under way"):
         handle.close()
     assert not handle.closed
     return thread, out

@@ -25,6 +25,8 @@ from ._bridge import BridgeReceiver, BridgeSender, BridgeStats
 from ._bridge_wire import BridgeError
 from ._errors import (
     EndOfStream,
+    HandleClosed,
+    HandleInUse,
     IncompatibleRing,
     NotARecording,
     ParticipantStalled,
@@ -78,6 +80,8 @@ __all__ = [
     "EndOfStream",
     "Frame",
     "GroupInfo",
+    "HandleClosed",
+    "HandleInUse",
     "IncompatibleRing",
     "NotARecording",
     "ParticipantStalled",

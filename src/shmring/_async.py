@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import numpy as np
 
 from . import _layout as L
-from ._errors import EndOfStream, ParticipantStalled, RingNotFound, RingTimeout
+from ._errors import EndOfStream, HandleInUse, ParticipantStalled, RingNotFound, RingTimeout
 from ._fastpath import Ready, load_word
 from ._lock import LockBusy, impatiently, lock_deadline
 from ._ring import RingHandle
@@ -237,7 +237,7 @@ class AsyncHandle(RingHandle):
         """Around a task's wait: a second task that would wait meanwhile raises, before it
         counts itself as a sleeper (the count is the handle's, one flag for both)."""
         if self._waiter_busy:
-            raise RuntimeError(
+            raise HandleInUse(
                 f"ring {self.name!r}: another task is already waiting on this handle; use one "
                 "handle per task (attach another reader or writer)"
             )

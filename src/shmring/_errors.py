@@ -69,6 +69,16 @@ class RingTimeout(ShmringError, TimeoutError):
     """A bounded wait passed its timeout."""
 
 
+class HandleClosed(ShmringError):
+    """A call on a handle that is closed, or being closed by another thread: attach again."""
+
+
+class HandleInUse(ShmringError, RuntimeError):
+    """A handle used by two threads or tasks at once, or out of turn (a second claim while one
+    is open, close() while a call or a claim is under way): give each thread or task its own
+    handle, or let the first call finish."""
+
+
 class ParticipantStalled(RingTimeout):
     """The wait passed its timeout because another participant, alive but not running (SIGSTOP,
     a debugger, Ctrl-Z), held the header lock or a step the others wait for; the message

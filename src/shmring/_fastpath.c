@@ -20,7 +20,7 @@
  * changed, and Python's general path does the work or raises the error; the reclaim, which
  * has no general path, raises RingCorrupted itself (nothing changed). An object is used
  * by one thread at a time, like the handle it belongs to: where it lets go of the GIL, a
- * second thread entering it (or closing it) meanwhile gets a RuntimeError.
+ * second thread entering it (or closing it) meanwhile gets HandleInUse (a RuntimeError).
  *
  * Theory: each Python step costs tens of nanoseconds warm and several times that right
  * after a sleep, when caches are cold; a 64-byte frame's whole budget is a few Python
@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 PyObject *shmring_ring_corrupted;
+PyObject *shmring_handle_in_use;
 
 uint64_t *shmring_word_view(PyObject *view, const Py_buffer *within, const char *owner,
                             const char *what, uint64_t words) {
@@ -272,8 +273,11 @@ static int fastpath_exec(PyObject *module) {
             return -1;
         }
         shmring_ring_corrupted = PyObject_GetAttrString(errors, "RingCorrupted");
+        shmring_handle_in_use = PyObject_GetAttrString(errors, "HandleInUse");
         Py_DECREF(errors);
-        if (shmring_ring_corrupted == NULL) {
+        if (shmring_ring_corrupted == NULL || shmring_handle_in_use == NULL) {
+            Py_CLEAR(shmring_ring_corrupted);
+            Py_CLEAR(shmring_handle_in_use);
             return -1;
         }
     }

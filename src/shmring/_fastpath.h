@@ -72,6 +72,7 @@ long long shmring_reclaim(const ShmringReclaim *ring);
 
 /* shmring.RingCorrupted, looked up when the module loads (_fastpath.c). */
 extern PyObject *shmring_ring_corrupted;
+extern PyObject *shmring_handle_in_use; /* _errors.HandleInUse, a RuntimeError */
 
 /* The address of a writable memoryview made by _layout.Views, checked to lie inside
  * `within` (one of the held exports), to be 8-byte aligned and to hold `words` words;

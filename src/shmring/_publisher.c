@@ -36,7 +36,8 @@
  * wrong, before it stores anything, and the publish leaves its bracket with nothing done.
  *
  * The copy of a large frame runs without the GIL: a second thread entering meanwhile (or
- * closing the writer) gets a RuntimeError rather than a shared buffer or a half-left ring.
+ * closing the writer) gets HandleInUse (a RuntimeError) rather than a shared buffer or a
+ * half-left ring.
  */
 #include "_fastpath.h"
 
@@ -257,7 +258,7 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
 #define POP_FAILED (-3) /* the reclaim raised: an exception is set */
 
 static PyObject *busy_error(void) {
-    PyErr_SetString(PyExc_RuntimeError,
+    PyErr_SetString(shmring_handle_in_use,
                     "RingWriter.write() or claim() was entered while a write() on the same "
                     "writer was under way (from another thread, or a signal handler); give each "
                     "thread its own RingWriter (RingWriter.attach) or serialize the calls");
@@ -1401,7 +1402,7 @@ static PyObject *Publisher_behind(Publisher *self, PyObject *Py_UNUSED(ignored))
 
 static PyObject *Publisher_close(Publisher *self, PyObject *Py_UNUSED(ignored)) {
     if (self->busy) {
-        PyErr_SetString(PyExc_RuntimeError,
+        PyErr_SetString(shmring_handle_in_use,
                         "RingWriter closed while a write() on it was under way in another "
                         "thread; close it after that write() returns");
         return NULL;

@@ -36,7 +36,15 @@ from typing import Any, NoReturn, Self
 
 from . import _layout as L
 from ._cpu_use import CpuUse, usable_cpus
-from ._errors import ParticipantStalled, RingCorrupted, RingFull, RingTimeout, ShmringError
+from ._errors import (
+    HandleClosed,
+    HandleInUse,
+    ParticipantStalled,
+    RingCorrupted,
+    RingFull,
+    RingTimeout,
+    ShmringError,
+)
 from ._fastpath import load_word, reclaim, settle, wake
 from ._lock import IMPATIENT_QUIESCE, LOCK_FLOOR, HeaderLock, gave_up, give_up_at
 from ._segment import Segment
@@ -777,7 +785,9 @@ class Participant:
                     "again in the child (with the spawn or forkserver start method, handles "
                     "passed as Process arguments re-attach by name)"
                 )
-            raise ShmringError(f"ring {self.name!r}: this handle is closed")
+            raise HandleClosed(
+                f"ring {self.name!r}: this handle is closed; attach again to use the ring"
+            )
 
     def close(self) -> None:
         if self.closed:
@@ -840,7 +850,7 @@ class RingHandle:
     def _refuse_close_in_call(self) -> None:
         """Begin closing; RuntimeError, and not closing, if a call is under way."""
         if not self._p.begin_closing():
-            raise RuntimeError(
+            raise HandleInUse(
                 f"ring {self._p.name!r}: close() while a call on this handle is under way in "
                 "another thread (or in the code a signal handler interrupted); nothing was "
                 "closed. Close it after that call returns: a handle is one thread's at a time"
@@ -849,7 +859,7 @@ class RingHandle:
     def _raise_closed(self) -> NoReturn:
         """For a call that counted itself and found the handle closed or being closed."""
         self._p.check_usable()  # closed: "this handle is closed", or inherited across fork()
-        raise ShmringError(
+        raise HandleClosed(
             f"ring {self._p.name!r}: this handle is being closed by another thread (or at "
             "interpreter exit, while this one ran)"
         )

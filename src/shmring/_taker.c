@@ -465,7 +465,7 @@ static PyObject *Taker_wait(Taker *self, PyObject *const *args, Py_ssize_t nargs
         return NULL;
     }
     if (self->busy) {
-        PyErr_SetString(PyExc_RuntimeError,
+        PyErr_SetString(shmring_handle_in_use,
                         "a RingReader was read from two threads at once; give each thread its "
                         "own RingReader (RingReader.attach) or serialize the calls");
         return NULL;
@@ -980,7 +980,7 @@ static void unpin_all(Taker *self) {
 
 static PyObject *Taker_close(Taker *self, PyObject *Py_UNUSED(ignored)) {
     if (self->busy) {
-        PyErr_SetString(PyExc_RuntimeError,
+        PyErr_SetString(shmring_handle_in_use,
                         "RingReader closed while another thread waits in it for a frame; close "
                         "it from the thread that reads, or after that read returns");
         return NULL;

@@ -23,7 +23,7 @@ from numpy.typing import DTypeLike
 
 from . import _layout as L
 from ._async import AsyncWriting
-from ._errors import ParticipantStalled, RingCorrupted, RingFull, RingTimeout
+from ._errors import HandleInUse, ParticipantStalled, RingCorrupted, RingFull, RingTimeout
 from ._fastpath import (
     PUBLISH_ALONE,
     PUBLISH_CORRUPTED,
@@ -116,7 +116,7 @@ class Claim:
 
     def __enter__(self) -> np.ndarray:
         if self._buffer >= 0:
-            raise RuntimeError("a Claim can be entered once; call claim() again")
+            raise HandleInUse("a Claim can be entered once; call claim() again")
         writer = self._writer
         timeout = self._timeout
         self._deadline = None if timeout is None else deadline_from(timeout)
@@ -563,9 +563,9 @@ class RingWriter(AsyncWriting, RingHandle):
             )
         self._publisher.claim_open = 0
 
-    def _second_claim(self, state: str, remedy: str) -> RuntimeError:
+    def _second_claim(self, state: str, remedy: str) -> HandleInUse:
         """The refusal of a write or claim while this writer's one claim `state`."""
-        return RuntimeError(
+        return HandleInUse(
             f"ring {self._p.name!r}: write() or claim() while a claim on the same writer "
             f"{state}: a writer holds one claim at a time; {remedy}, or give each thread or "
             "task its own RingWriter (RingWriter.attach)"
@@ -852,7 +852,7 @@ class RingWriter(AsyncWriting, RingHandle):
             and not self._p.calls  # (else: "under way")
             and not self._p.closed
         ):
-            raise RuntimeError(
+            raise HandleInUse(
                 f"ring {self._p.name!r}: close() while a claim on this writer is open (its "
                 "with block has not ended, in this thread or another); nothing was closed. "
                 "Leave the with block first"
