@@ -4,11 +4,16 @@
 # Rules: everything is computed from the cells of one run (never from older runs); a failed or
 # missing cell gives no figure ("not measured", never a guess). Targets are evaluated literally
 # and come back met / missed / not measured with their numbers; a miss is a finding, not hidden.
+# A target that rests on a cell whose figures include disturbed runs (`~`, noisy) is not judged
+# (its numbers are still shown), since other processes' load could have made it either way.
 # Theory: a topology's "best peer" is the peer (kind "peer") with the best figure at that size in
 # the same topology, doing the same job (a peer that drops frames, PUB/SUB, is shown beside the
 # others with its drops but ranks only for the latest frame, where every one skips): most
 # frames/s (per reader for fan-out, all readers for groups, the one reader for fan-in), or for
-# the latest frame most writer frames/s and, separately, the lowest staleness p50. The rated
+# the latest frame most writer frames/s and, separately, the lowest staleness p50. A writer
+# rate ranks only where every frame written becomes visible to the reader: a peer that discards
+# frames inside the writer's process (pyzmq-conflate) counts frames no reader could ever see.
+# The copy limit is memcpy-hot times the writers copying in parallel (two for fan-in). The rated
 # shmring ways are write, claim and, for the latest frame, overwrite + latest().
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from bench.cell import ALONE, FAN_IN, FAN_OUT, GROUPS, LATEST_FRAME, MAIN, SUPER
 Cells = list[dict[str, Any]]
 WRITE, CLAIM, LATEST = "shmring-write", "shmring-claim", "shmring-latest"
 RATED = (WRITE, CLAIM, LATEST)
+WRITE_RATE = "write_fps"  # the latest frame's rank: the writer's frames/s
 WRITE_ALONE = "shmring-write-alone"  # scenario ALONE's block writer, the others' base
 SLEEP = "shmring-sleep"  # the wake scenario's blocked shmring reader; its other cells: floors
 PEER_TARGET_TOPOLOGIES = (MAIN, SUPERVISOR, FAN_IN, GROUPS, FAN_OUT)
@@ -59,7 +65,43 @@ def transports(cells: Cells, scenario: str) -> list[str]:
 
 def rate_key(scenario: str) -> str:
     """The frames/s figure a topology is ranked on."""
-    return "write_fps" if scenario == LATEST_FRAME else "fps"
+    return WRITE_RATE if scenario == LATEST_FRAME else "fps"
+
+
+def reaches_reader(cell: dict[str, Any]) -> bool:
+    """Every frame the cell's writer sent became visible to a reader (a results.json from
+    before the field: every transport but pyzmq-conflate, the one whose writer discards)."""
+    return bool(cell.get("writes_reach_reader", cell["transport"] != "pyzmq-conflate"))
+
+
+def unranked(cells: Cells, scenario: str) -> list[str]:
+    """The peers of `scenario` shown but not ranked on its writer rate."""
+    if rate_key(scenario) != WRITE_RATE:
+        return []
+    return ordered(
+        c["transport"]
+        for c in cells
+        if c["scenario"] == scenario and c["kind"] == "peer" and not reaches_reader(c)
+    )
+
+
+def writers(cells: Cells, scenario: str) -> int:
+    """Writer processes in `scenario`: they copy in parallel, so the copy limit is this many
+    times memcpy-hot."""
+    return max((c.get("producers", 1) for c in cells if c["scenario"] == scenario), default=1)
+
+
+def copy_limit_label(count: int) -> str:
+    return "memcpy-hot" if count == 1 else f"memcpy-hot ×{count} ({count} writers)"
+
+
+def disturbed(*found: dict[str, Any] | None) -> list[str]:
+    """`transport size` of each cell among `found` whose figures include disturbed runs."""
+    return [
+        f"{c['transport']} {c['size']}"
+        for c in found
+        if c is not None and c["status"] == "ok" and c.get("noisy")
+    ]
 
 
 def floors(cells: Cells) -> Cells:
@@ -75,7 +117,9 @@ def best_peer(
 ) -> tuple[str | None, float | None]:
     """(name, figure) of the peer with the best `key` at `size` in `scenario`."""
     figures = [
-        (value, c["transport"]) for c in _peers(cells, scenario, size) if (value := metric(c, key))
+        (value, c["transport"])
+        for c in _peers(cells, scenario, size, key)
+        if (value := metric(c, key))
     ]
     if not figures:
         return None, None
@@ -83,48 +127,54 @@ def best_peer(
     return name, value
 
 
-def failed_peers(cells: Cells, scenario: str, size: str) -> list[str]:
-    """Peers whose cell ran at `size` in `scenario` and failed: the best peer is unknown
-    then (a peer that is not installed is skipped instead, and reported as such)."""
-    return [c["transport"] for c in _peers(cells, scenario, size) if c["status"] != "ok"]
+def failed_peers(cells: Cells, scenario: str, size: str, key: str) -> list[str]:
+    """Peers ranked on `key` whose cell ran at `size` in `scenario` and failed: the best peer
+    is unknown then (a peer that is not installed is skipped instead, and reported as such)."""
+    return [c["transport"] for c in _peers(cells, scenario, size, key) if c["status"] != "ok"]
 
 
-def _peers(cells: Cells, scenario: str, size: str) -> Cells:
-    """The peer cells that do `scenario`'s job at `size` (a peer that may drop frames does
-    not do a lossless topology's)."""
+def _peers(cells: Cells, scenario: str, size: str, key: str) -> Cells:
+    """The peer cells ranked on `key` in `scenario` at `size`: those doing its job (a peer
+    that may drop frames does not do a lossless topology's; a writer rate ranks only writers
+    whose every frame reaches the reader)."""
     return [
         c
         for c in cells
         if c["scenario"] == scenario and c["size"] == size and c["kind"] == "peer"
         if not c.get("drops") or scenario == LATEST_FRAME
+        if key != WRITE_RATE or reaches_reader(c)
     ]
 
 
 def ratios(cells: Cells, scenario: str = MAIN) -> list[dict[str, Any]]:
-    """Per size: each rated shmring way against the best peer and the memcpy limits."""
+    """Per size: each rated shmring way against the best peer and the copy limit."""
     key = rate_key(scenario)
+    count = writers(cells, scenario)
     out = []
     for size in sizes(cells, scenario):
         name, fps = best_peer(cells, scenario, size, key)
+        hot = metric(find(cells, "limit", "memcpy-hot", size), "fps")
         row: dict[str, Any] = {
             "size": size,
             "best_peer": name,
             "best_peer_fps": fps,
-            "failed_peers": failed_peers(cells, scenario, size),
-            "memcpy_hot_fps": metric(find(cells, "limit", "memcpy-hot", size), "fps"),
+            "failed_peers": failed_peers(cells, scenario, size, key),
+            "writers": count,
+            "copy_limit_fps": count * hot if hot else None,
             "memcpy_ring_fps": metric(find(cells, "limit", "memcpy-ring", size), "fps"),
             "rated": [n for n in RATED if find(cells, scenario, n, size)],
         }
         for rated in row["rated"]:
             have = metric(find(cells, scenario, rated, size), key)
             row[f"{rated}_fps"] = have
-            for ref in ("best_peer", "memcpy_hot"):
+            for ref in ("best_peer", "copy_limit"):
                 base = row[f"{ref}_fps"]
                 row[f"{rated}_per_{ref}"] = have / base if have and base else None
         if scenario == LATEST_FRAME:
             row["age_peer"], row["age_peer_us"] = best_peer(
                 cells, scenario, size, "age_p50_us", lowest=True
             )
+            row["age_failed_peers"] = failed_peers(cells, scenario, size, "age_p50_us")
             age = metric(find(cells, scenario, LATEST, size), "age_p50_us")
             row["age_us"] = age
             row["age_per_peer"] = age / row["age_peer_us"] if age and row["age_peer_us"] else None
@@ -161,22 +211,40 @@ def _at_least(target: str, value: float | None, need: float | None, detail: str)
     return _target(target, value, need, met, detail)
 
 
+def _judged(target: dict[str, Any], *found: dict[str, Any] | None) -> dict[str, Any]:
+    """`target`, not judged when a cell it rests on (`found`) ran disturbed."""
+    noisy = disturbed(*found)
+    if noisy and target["met"] is not None:
+        target.update(
+            met=None,
+            disturbed=noisy,
+            detail=f"{target['detail']}; not judged: disturbed runs (~) in {', '.join(noisy)}",
+        )
+    return target
+
+
 def _peer_targets(cells: Cells, scenario: str, rated: str) -> list[dict[str, Any]]:
-    """`rated` >= min(1.1x best peer, 0.95x memcpy-hot) at every size of `scenario`."""
+    """`rated` >= min(1.1x best peer, 0.95x the copy limit) at every size of `scenario`."""
     out = []
     for row in ratios(cells, scenario):
-        fps, peer, hot = row.get(f"{rated}_fps"), row["best_peer_fps"], row["memcpy_hot_fps"]
-        limits = [v for v in (1.1 * peer if peer else None, 0.95 * hot if hot else None) if v]
+        size = row["size"]
+        fps, peer, limit = row.get(f"{rated}_fps"), row["best_peer_fps"], row["copy_limit_fps"]
+        limits = [v for v in (1.1 * peer if peer else None, 0.95 * limit if limit else None) if v]
         detail = (
             f"{fmt_rate(fps)} vs best peer {row['best_peer']} {fmt_rate(peer)}, "
-            f"memcpy-hot {fmt_rate(hot)}"
+            f"{copy_limit_label(row['writers'])} {fmt_rate(limit)}"
         )
-        name = f"{scenario}: {rated} frames/s at {row['size']} >= min(1.1x best peer, 0.95x"
-        target = _at_least(f"{name} memcpy)", fps, min(limits) if limits else None, detail)
+        copies = "memcpy" if row["writers"] == 1 else f"{row['writers']}x memcpy"
+        name = f"{scenario}: {rated} frames/s at {size} >= min(1.1x best peer, 0.95x {copies})"
+        target = _at_least(name, fps, min(limits) if limits else None, detail)
+        by_copy = bool(fps and limit and fps >= 0.95 * limit)  # met whatever the peers did
         failed = row["failed_peers"]
-        if failed and not (fps and hot and fps >= 0.95 * hot):  # a failed peer may be best
+        if failed and not by_copy:  # a failed peer may be best
             target.update(met=None, detail=f"{detail}; not judged: {', '.join(failed)} failed")
-        out.append(target)
+        found = [find(cells, scenario, rated, size), find(cells, "limit", "memcpy-hot", size)]
+        if not by_copy and row["best_peer"]:
+            found.append(find(cells, scenario, row["best_peer"], size))
+        out.append(_judged(target, *found))
     return out
 
 
@@ -187,33 +255,33 @@ def _share_targets(
     transport), at every size."""
     out = []
     for size in sizes(cells, scenario):
-        have = metric(find(cells, scenario, rated, size), key)
-        ref = metric(find(cells, base[0], base[1], size), "fps")
-        out.append(
-            _at_least(
-                f"{scenario}: {rated} at {size} >= {share}x {base[0]} {base[1]}",
-                have,
-                share * ref if ref else None,
-                f"{fmt_rate(have)} vs {fmt_rate(ref)}",
-            )
+        mine, theirs = find(cells, scenario, rated, size), find(cells, base[0], base[1], size)
+        have, ref = metric(mine, key), metric(theirs, "fps")
+        target = _at_least(
+            f"{scenario}: {rated} at {size} >= {share}x {base[0]} {base[1]}",
+            have,
+            share * ref if ref else None,
+            f"{fmt_rate(have)} vs {fmt_rate(ref)}",
         )
+        out.append(_judged(target, mine, theirs))
     return out
 
 
 def _staleness_targets(cells: Cells) -> list[dict[str, Any]]:
     out = []
     for row in ratios(cells, LATEST_FRAME):
-        age, peer, failed = row["age_us"], row["age_peer_us"], row["failed_peers"]
+        size, age, peer = row["size"], row["age_us"], row["age_peer_us"]
+        failed = row["age_failed_peers"]
         detail = f"{fmt_us(age)} vs {row['age_peer']} {fmt_us(peer)}"
-        out.append(
-            _target(
-                f"latest: {LATEST} staleness p50 at {row['size']} <= the best peer's",
-                age,
-                peer,
-                None if age is None or peer is None or failed else age <= peer,
-                f"{detail}; not judged: {', '.join(failed)} failed" if failed else detail,
-            )
+        target = _target(
+            f"latest: {LATEST} staleness p50 at {size} <= the best peer's",
+            age,
+            peer,
+            None if age is None or peer is None or failed else age <= peer,
+            f"{detail}; not judged: {', '.join(failed)} failed" if failed else detail,
         )
+        theirs = find(cells, LATEST_FRAME, row["age_peer"], size) if row["age_peer"] else None
+        out.append(_judged(target, find(cells, LATEST_FRAME, LATEST, size), theirs))
     return out
 
 
@@ -225,45 +293,40 @@ def targets(cells: Cells) -> list[dict[str, Any]]:
             out += _peer_targets(cells, scenario, WRITE)
     main_sizes = sizes(cells)
     for name in (WRITE, CLAIM):
-        idle = (
-            metric(find(cells, MAIN, name, main_sizes[0]), "idle_consumer_cores")
-            if main_sizes
-            else None
+        reader = find(cells, MAIN, name, main_sizes[0]) if main_sizes else None
+        idle = metric(reader, "idle_consumer_cores")
+        target = _target(
+            f"{name} idle reader < 1% of a core",
+            idle,
+            0.01,
+            None if idle is None else idle < 0.01,
+            f"{100 * idle:.3f}% of a core" if idle is not None else "not measured",
         )
-        out.append(
-            _target(
-                f"{name} idle reader < 1% of a core",
-                idle,
-                0.01,
-                None if idle is None else idle < 0.01,
-                f"{100 * idle:.3f}% of a core" if idle is not None else "not measured",
-            )
-        )
+        out.append(_judged(target, reader))
     if len(main_sizes) >= 2:
-        small = metric(find(cells, MAIN, CLAIM, main_sizes[0]), "fps")
-        large = metric(find(cells, MAIN, CLAIM, main_sizes[-1]), "fps")
-        out.append(
-            _at_least(
-                f"claim frames/s at {main_sizes[-1]} within 2x of {main_sizes[0]}",
-                large / small if small and large else None,
-                0.5,
-                f"{fmt_rate(large)} vs {fmt_rate(small)}",
-            )
+        first, last = (find(cells, MAIN, CLAIM, s) for s in (main_sizes[0], main_sizes[-1]))
+        small, large = metric(first, "fps"), metric(last, "fps")
+        target = _at_least(
+            f"claim frames/s at {main_sizes[-1]} within 2x of {main_sizes[0]}",
+            large / small if small and large else None,
+            0.5,
+            f"{fmt_rate(large)} vs {fmt_rate(small)}",
         )
+        out.append(_judged(target, first, last))
     sleeper = next((c for c in cells if (c["scenario"], c["transport"]) == ("wake", SLEEP)), None)
     for pct in ("p50", "p99"):
         key = f"latency_{pct}_us"
-        floor = min((v for c in floors(cells) if (v := metric(c, key))), default=None)
-        have = metric(sleeper, key)
-        out.append(
-            _target(
-                f"blocked reader ({SLEEP}) wakes within 1.2x the kernel floor ({pct})",
-                have,
-                1.2 * floor if floor else None,
-                None if not (floor and have) else have <= 1.2 * floor,
-                f"{fmt_us(have)} vs floor {fmt_us(floor)}, 24-byte stamp",
-            )
+        measured = [c for c in floors(cells) if metric(c, key)]
+        kernel = min(measured, key=lambda c: metric(c, key) or 0.0, default=None)
+        floor, have = metric(kernel, key), metric(sleeper, key)
+        target = _target(
+            f"blocked reader ({SLEEP}) wakes within 1.2x the kernel floor ({pct})",
+            have,
+            1.2 * floor if floor else None,
+            None if not (floor and have) else have <= 1.2 * floor,
+            f"{fmt_us(have)} vs floor {fmt_us(floor)}, 24-byte stamp",
         )
+        out.append(_judged(target, sleeper, kernel))
     for name in (WRITE, CLAIM):
         if any(c["scenario"] == SUPERVISOR and c["transport"] == name for c in cells):
             out += _share_targets(cells, SUPERVISOR, name, "fps", (MAIN, name), SUPERVISOR_SHARE)

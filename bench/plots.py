@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.analysis import (
+    WRITE_RATE,
     Cells,
     find,
     floors,
     metric,
     ordered,
+    reaches_reader,
     sizes,
     transports,
 )
@@ -50,19 +52,22 @@ def _lines(
     ax: Any, cells: Cells, scenario: str, key: str, color: dict[str, Any], style: str = "-"
 ) -> None:
     """One line per transport of `scenario`: `key` against frame size (dashed: a peer that
-    drops frames, where the others deliver every one)."""
+    drops frames, where the others deliver every one, or a writer rate that counts frames
+    discarded in the writer's process)."""
     for name in transports(cells, scenario):
         mine = [c for c in cells if c["scenario"] == scenario and c["transport"] == name]
         points = sorted((c["nbytes"], v) for c in mine if (v := metric(c, key)) is not None)
         if points:
             drops = scenario != LATEST_FRAME and any(c.get("drops") for c in mine)
+            discards = key == WRITE_RATE and not all(reaches_reader(c) for c in mine)
+            note = " (drops frames)" if drops else " (discards writes)" if discards else ""
             ax.plot(
                 [p[0] for p in points],
                 [p[1] for p in points],
-                "--" if drops else style,
+                "--" if note else style,
                 lw=2.6 if name.startswith("shmring") else 1.3,
                 marker="o",
-                label=f"{name} (drops frames)" if drops else name,
+                label=name + note,
                 color=color[name],
             )
 
@@ -152,7 +157,7 @@ def _topology(plt: Any, cells: Cells, topology: str, color: dict[str, Any], path
     distinct frames/s the reader got, staleness p50."""
     if topology == LATEST_FRAME:
         panels = (
-            ("write_fps", "writer frames/s", True),
+            (WRITE_RATE, "writer frames/s", True),
             ("read_fps", "distinct frames/s read", True),
             ("age_p50_us", "staleness p50 (µs)", True),
         )

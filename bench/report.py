@@ -18,13 +18,16 @@ from bench.analysis import (
     WRITE_ALONE,
     Cells,
     alone_ratios,
+    copy_limit_label,
     find,
     fmt_rate,
     fmt_us,
     ratios,
+    reaches_reader,
     sizes,
     targets,
     transports,
+    unranked,
 )
 from bench.cell import (
     ALONE,
@@ -59,15 +62,17 @@ HOW = {  # topology: how it is wired and what its figures are
     "(checked per writer). shmring: the parent creates the ring, both writers attach; pyzmq: "
     "PUSH/PULL, the PULL binds. Frames/s = all frames the reader got; CPU both writers / reader.",
     GROUPS: "One writer, two readers sharing the work: each frame reaches exactly one reader "
-    "(each share in order; the shares' frame counts and sums of sequence numbers make up the "
-    "stream exactly once). shmring: both readers attach with `group=`. Frames/s = both readers "
-    "together; CPU writer / both readers.",
+    "(each share in order; each reader marks the sequence numbers it took, and the shares must "
+    "be disjoint and together every frame sent). shmring: both readers attach with `group=`. "
+    "Frames/s = both readers together; CPU writer / both readers.",
     FAN_OUT: "One writer, three readers, each sees every frame. Frames/s = per reader (the "
     "slowest one); CPU writer / all readers. `pyzmq-pubsub` drops a subscriber's frames while it "
     "lags (PUB/SUB by design): its frames/s counts frames delivered, dropped % is of the frames "
     "sent to every reader.",
 }
 
+
+UNRANKED = "†"  # marks a writer rate shown but not ranked (analysis.unranked)
 
 # ---- formatting ----
 
@@ -115,8 +120,9 @@ def _latency(cell: dict[str, Any]) -> str:
 
 def _latest(cell: dict[str, Any]) -> str:
     m = cell["median"]
+    mark = "" if reaches_reader(cell) else UNRANKED
     return (
-        f"write {fmt_rate(m.get('write_fps'))}/s, read {fmt_rate(m.get('read_fps'))}/s, "
+        f"write {fmt_rate(m.get('write_fps'))}/s{mark}, read {fmt_rate(m.get('read_fps'))}/s, "
         f"age {fmt_us(m.get('age_p50_us'))} / {fmt_us(m.get('age_p99_us'))}"
     )
 
@@ -135,7 +141,7 @@ def _with_cpu(cell: dict[str, Any]) -> str:
 
 
 def _ratio_table(cells: Cells, scenario: str) -> list[str]:
-    """Per size: the best peer, memcpy-hot, and each rated shmring way ÷ both."""
+    """Per size: the best peer, the copy limit, and each rated shmring way ÷ both."""
     rows = ratios(cells, scenario)
     rated = list(dict.fromkeys(n for row in rows for n in row["rated"]))
     lines = []
@@ -143,11 +149,11 @@ def _ratio_table(cells: Cells, scenario: str) -> list[str]:
         line = [
             row["size"],
             f"{row['best_peer'] or '—'} {fmt_rate(row['best_peer_fps'])}",
-            fmt_rate(row["memcpy_hot_fps"]),
+            fmt_rate(row["copy_limit_fps"]),
         ]
         line += [
             f"{fmt_rate(row.get(f'{n}_fps'))}: {_x(row.get(f'{n}_per_best_peer'))} peer, "
-            f"{_x(row.get(f'{n}_per_memcpy_hot'))} memcpy"
+            f"{_x(row.get(f'{n}_per_copy_limit'))} memcpy"
             for n in rated
         ]
         if scenario == LATEST_FRAME:
@@ -157,7 +163,8 @@ def _ratio_table(cells: Cells, scenario: str) -> list[str]:
             ]
         lines.append(line)
     what = "writer frames/s" if scenario == LATEST_FRAME else "frames/s"
-    header = ["size", f"best peer ({what})", "memcpy-hot", *(n.split("-", 1)[1] for n in rated)]
+    limit = copy_limit_label(rows[0]["writers"] if rows else 1)
+    header = ["size", f"best peer ({what})", limit, *(n.split("-", 1)[1] for n in rated)]
     if scenario == LATEST_FRAME:
         header += ["best peer (staleness p50)", "shmring staleness p50"]
     return _table(header, lines)
@@ -168,6 +175,16 @@ def _topology(cells: Cells, topology: str, images: dict[str, str]) -> list[str]:
     if topology in images:
         lines += [f"![{topology}]({images[topology]})", ""]
     lines += _grid(cells, topology, _with_cpu)
+    if hidden := unranked(cells, topology):
+        names = ", ".join(f"`{n}`" for n in hidden)
+        lines += [
+            f"{UNRANKED} {names}: writer frames/s shown, not ranked. Its send() returns once "
+            "the frame is in the writer's own queue, which keeps only the newest (ZeroMQ "
+            "`CONFLATE`), so most frames it counts as written never leave the writer's "
+            "process; the other writers count only frames the reader could take. Its read "
+            "rate and staleness are measured like the others', and it ranks on staleness.",
+            "",
+        ]
     lines += ["shmring ÷ best peer and ÷ memcpy limit (same run):", ""]
     return lines + _ratio_table(cells, topology)
 
@@ -204,7 +221,7 @@ def markdown(results: dict[str, Any], images: dict[str, str]) -> str:
     lines += ["## Targets", ""]
     lines += _table(
         ["target", "result", "detail"],
-        [[t["target"], _met(t["met"]), t["detail"]] for t in targets(cells)],
+        [[t["target"], _result(t), t["detail"]] for t in targets(cells)],
     )
     if main:
         lines += _latency_cpu_sections(cells, images)
@@ -318,8 +335,10 @@ def _x(ratio: float | None) -> str:
     return "—" if ratio is None else f"{ratio:.2f}×"
 
 
-def _met(met: bool | None) -> str:
-    return {True: "met", False: "**missed**", None: "not measured"}[met]
+def _result(target: dict[str, Any]) -> str:
+    if target["met"] is None and target.get("disturbed"):
+        return "not judged (disturbed run)"
+    return {True: "met", False: "**missed**", None: "not measured"}[target["met"]]
 
 
 def _problems(results: dict[str, Any]) -> list[str]:
@@ -403,8 +422,8 @@ def console_summary(results: dict[str, Any]) -> str:
                     f"  {row['size']:>12} {name:<14} {fmt_rate(fps):>7}/s = "
                     f"{_x(row[f'{name}_per_best_peer'])} best peer "
                     f"({row['best_peer']} {fmt_rate(row['best_peer_fps'])}), "
-                    f"{_x(row[f'{name}_per_memcpy_hot'])} memcpy-hot "
-                    f"({fmt_rate(row['memcpy_hot_fps'])})"
+                    f"{_x(row[f'{name}_per_copy_limit'])} {copy_limit_label(row['writers'])} "
+                    f"({fmt_rate(row['copy_limit_fps'])})"
                 )
             if topology == LATEST_FRAME:
                 lines.append(
@@ -416,7 +435,7 @@ def console_summary(results: dict[str, Any]) -> str:
         lines += ["asyncio reader (bench/async_reader.py):"]
         lines += async_reader.table(asyncio_run["sizes"], asyncio_run["rows"])
     lines.append("targets:")
-    lines += [f"  [{_met(t['met'])}] {t['target']}: {t['detail']}" for t in targets(cells)]
+    lines += [f"  [{_result(t)}] {t['target']}: {t['detail']}" for t in targets(cells)]
     skipped = results.get("skipped", {})
     lines += [f"  skipped {k}: {v}" for k, v in skipped.items()]
     failed = [c for c in cells if c["status"] != "ok"]

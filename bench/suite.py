@@ -11,7 +11,9 @@
 # Noise: a run is *disturbed* when other processes used more than `noise_threshold` cores during
 # any of its measurement windows; disturbed runs are repeated (up to `max_extra` more runs per
 # cell, within `extra_budget_s` for the whole suite) and the cell's figures are medians over its
-# undisturbed runs — or over all its runs, flagged `noisy`, when too few were undisturbed. Before
+# undisturbed runs — or over all its runs, flagged `noisy`, when too few were undisturbed. The
+# rate (frames/s, or the latest-frame writer's) and the CPU beside it come from one run, the
+# median one by rate (the lower middle of an even count), so they always belong together. Before
 # each run the suite waits for the machine to go quiet (bounded per wait and by a budget for the
 # whole suite). A failed run (error, deadline, gap, duplicate, torn frame, leak) fails the
 # cell: a failure is a finding, never retried away.
@@ -44,7 +46,7 @@ from bench.cell import (
 )
 from bench.frames import FrameSize, stamp_size
 from bench.transports import load, skip_reason
-from bench.verify import verdict
+from bench.verify import TAKEN, verdict
 
 SCENARIOS = ("wake", MAIN, "limit", ALONE, *TOPOLOGIES[1:])
 SHAPES = {  # topology: (producers, consumers)
@@ -117,6 +119,7 @@ class CellResult:
             "transport": self.cell.transport,
             "kind": load(self.cell.transport).kind,
             "drops": load(self.cell.transport).drops,
+            "writes_reach_reader": load(self.cell.transport).writes_reach_reader,
             "size": self.cell.size.label,
             "shape": list(self.cell.size.shape),
             "nbytes": self.cell.size.nbytes,
@@ -134,12 +137,31 @@ class CellResult:
         return out
 
 
+RATES = ("fps", "write_fps")  # a run's rate: the first of these it has
+WITH_RATE = ("gbps", "producer_cores", "consumer_cores")  # figures shown beside the rate
+
+
 def _median(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Each figure's median over `runs`, except the rate and WITH_RATE: those of the median
+    run by rate."""
     keys = sorted({k for r in runs for k, v in r["metrics"].items() if v is not None})
-    return {
+    out = {
         k: statistics.median(r["metrics"][k] for r in runs if r["metrics"].get(k) is not None)
         for k in keys
     }
+    rate = next((k for k in RATES if k in out), None)
+    if rate is not None:
+        rated = sorted(
+            (r["metrics"] for r in runs if r["metrics"].get(rate) is not None),
+            key=lambda m: float(m[rate]),
+        )
+        middle = rated[(len(rated) - 1) // 2]
+        for k in (rate, *WITH_RATE):
+            if middle.get(k) is not None:
+                out[k] = middle[k]
+            else:
+                out.pop(k, None)  # not measured in the run whose rate is shown
+    return out
 
 
 def _other(machine: dict[str, Any], *windows: dict[str, Any]) -> float | None:
@@ -159,6 +181,8 @@ def assess(cell: Cell, run: dict[str, Any], noise_threshold: float) -> dict[str,
     drops = load(cell.transport).drops
     if reason is None:
         reason, counts = verdict(cell, drops, producers, consumers)
+    # the bitmaps served the verdict: results.json keeps the counts, not megabytes of bits
+    consumers = [{k: v for k, v in c.items() if k != TAKEN} for c in consumers]
     metrics: dict[str, float | None] = {}
     others: list[float] = []
     if reason is None:

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bench import analysis
-from bench.cell import FAN_IN, GROUPS, THROUGHPUT, Cell, Timing
+from bench import analysis, report
+from bench.cell import FAN_IN, GROUPS, LATEST_FRAME, THROUGHPUT, Cell, Timing
 from bench.frames import PHASE_END, WRITER_SHIFT, make_source, parse_size, stamper
 from bench.suite import SHAPES, available
 from bench.verify import verdict, verifier
@@ -281,6 +281,64 @@ def test_verdict_catches_what_fan_in_and_groups_must_not_do() -> None:
     assert verdict(groups, False, [{"sent": 5}], shares)[0] is None
     twice = [_consume(groups, [0, 2, 3]), _consume(groups, [1, 3])]  # 3 twice, 4 never
     assert verdict(groups, False, [{"sent": 5}], twice)[0]
+
+
+def test_groups_verdict_refuses_shares_whose_counts_and_sums_match() -> None:
+    """6 frames, shares {0, 1, 4} and {1, 4, 5}: 3 + 3 frames, 5 + 10 = 0 + 1 + ... + 5, yet
+    2 and 3 were lost and 1 and 4 taken twice. The verdict compares the sets the readers
+    took, so it refuses these and accepts a true split."""
+    size = parse_size("64")
+    groups = Cell("x", size, 2, (THROUGHPUT,), Timing(), "t", False, GROUPS, 1)
+    sent = [{"sent": 6}]
+    wrong = [_consume(groups, [0, 1, 4]), _consume(groups, [1, 4, 5])]
+    reason, counts = verdict(groups, False, sent, wrong)
+    assert reason and counts["lost"] == 2 and counts["dups"] == 2
+    split = [_consume(groups, [0, 1, 4]), _consume(groups, [2, 3, 5])]
+    assert verdict(groups, False, sent, split) == (
+        None,
+        {"lost": 0, "dups": 0, "torn": 0, "dropped": 0},
+    )
+    past = [_consume(groups, [0, 1, 4]), _consume(groups, [2, 3, 5, 6])]  # 6 was never sent
+    assert verdict(groups, False, sent, past)[1]["dups"] == 1
+
+
+def test_targets_judge_only_undisturbed_like_for_like_figures() -> None:
+    """A target resting on a cell whose median includes disturbed runs (`~`) is not judged;
+    fan-in's copy limit is memcpy-hot for each of its two writers; a latest-frame peer whose
+    writer discards frames (pyzmq-conflate) is not ranked on its writer rate."""
+
+    def cell(scenario: str, transport: str, key: str, value: float, **extra: Any) -> dict[str, Any]:
+        kind = {"shmring": "shmring", "memcpy": "limit"}.get(transport.split("-")[0], "peer")
+        return {
+            "scenario": scenario, "transport": transport, "size": "64 B", "nbytes": 64,
+            "kind": kind, "status": "ok", "median": {key: value}, "drops": False,
+            "noisy": False, "producers": 2 if scenario == FAN_IN else 1, **extra,
+        }  # fmt: skip
+
+    def fan_in(**hot: Any) -> dict[str, Any]:
+        cells = [
+            cell(FAN_IN, "shmring-write", "fps", 1e6),
+            cell(FAN_IN, "pyzmq", "fps", 1.2e6),
+            cell("limit", "memcpy-hot", "fps", 1e6, **hot),
+        ]
+        (target,) = [t for t in analysis.targets(cells) if t["target"].startswith("fanin:")]
+        return target
+
+    judged = fan_in()  # >= 0.95x one writer's copy limit, not two writers'
+    assert judged["met"] is False and "memcpy-hot ×2 (2 writers) 2M" in judged["detail"]
+    unjudged = fan_in(noisy=True)
+    assert unjudged["met"] is None and "memcpy-hot 64 B" in unjudged["detail"]
+    assert "not judged (disturbed run)" in report._result(unjudged)
+
+    latest = [
+        cell(LATEST_FRAME, "shmring-latest", "write_fps", 2e6),
+        cell(LATEST_FRAME, "iceoryx2-latest", "write_fps", 6e5),
+        cell(LATEST_FRAME, "pyzmq-conflate", "write_fps", 5e6, writes_reach_reader=False),
+    ]
+    (row,) = analysis.ratios(latest, LATEST_FRAME)
+    assert row["best_peer"] == "iceoryx2-latest"
+    del latest[2]["writes_reach_reader"]  # a results.json from before the field
+    assert analysis.ratios(latest, LATEST_FRAME)[0]["best_peer"] == "iceoryx2-latest"
 
 
 def test_frame_sizes_are_read_as_the_tables_label_them() -> None:

@@ -61,6 +61,9 @@ class Transport:
     # It may drop any frame by design (PUB/SUB): its losses are reported, not a failure, and
     # its PHASE_END is re-sent until acknowledged (topologies with one producer only).
     drops: ClassVar[bool] = False
+    # Every frame its writer sends becomes visible to a reader (False: a frame may be discarded
+    # inside the writer's process, so its writer frames/s is not ranked against the others').
+    writes_reach_reader: ClassVar[bool] = True
 
     # Parent side.
     def prepare(self, cell: Cell, ctx: Any) -> Any:

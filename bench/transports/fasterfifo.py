@@ -5,10 +5,11 @@
 # copies it into the shared circular buffer) and loads wraps the received bytes in an ndarray
 # (no copy) — so a frame is copied exactly twice (in, out), the least this API allows; pickling
 # would add two more. The consumer uses get_many(), faster-fifo's batched receive (one lock for
-# every frame waiting) — except in groups, where the consumers share the work: there each takes
-# one frame at a time with get(), since a batch would hand one consumer frames the other could
-# take (and could swallow the other's PHASE_END). The buffer holds 8 frames, like the rings' 8
-# slots. put() copies before it returns, so the producer reuses one source frame.
+# every frame waiting), in every topology. In groups the readers share the work, and the
+# writer's PHASE_END frames (one per reader) come last: a reader whose batch ends with more than
+# its own puts the others back for the other reader. The buffer is faster-fifo's default and
+# its README's size, 1,000,000 bytes, or 8 frames (the rings' 8 slots) where that is more.
+# put() copies before it returns, so the producer reuses one source frame.
 from __future__ import annotations
 
 import ctypes
@@ -22,9 +23,10 @@ import faster_fifo_reduction  # noqa: F401  (pickles the queue for spawn)
 import numpy as np
 
 from bench.cell import FAN_IN, GROUPS, MAIN, SUPERVISOR, Cell
-from bench.frames import Frame, make_source, stamper
+from bench.frames import PHASE_END, Frame, make_source, read_head, stamper
 from bench.transports import Consumer, Producer, Transport
 
+BUFFER_BYTES = 1000 * 1000  # faster-fifo's default max_size_bytes, the size its README uses
 SLOTS = 8
 MESSAGE_HEADER = 8  # faster-fifo stores a size_t before each message
 WAIT_S = 1.0  # each get_many() wait is bounded; the consumer loops
@@ -46,7 +48,7 @@ class FasterFifo(Transport):
 
     def prepare(self, cell: Cell, ctx: Any) -> Any:
         return faster_fifo.Queue(
-            max_size_bytes=SLOTS * (cell.size.nbytes + MESSAGE_HEADER),
+            max_size_bytes=max(BUFFER_BYTES, SLOTS * (cell.size.nbytes + MESSAGE_HEADER)),
             loads=functools.partial(_loads, cell.size.shape),
             dumps=_dumps,
         )
@@ -63,23 +65,23 @@ class FasterFifo(Transport):
         return Producer(send)
 
     def open_consumer(self, endpoint: Any, cell: Cell, index: int) -> Consumer:
+        shared = cell.topology == GROUPS
+
         def frames() -> Generator[Frame, None, None]:
-            get_many = endpoint.get_many
+            get_many, put = endpoint.get_many, endpoint.put
             while True:
                 try:
                     batch = get_many(timeout=WAIT_S)
                 except Empty:
                     continue
+                if shared and read_head(batch[-1]) == PHASE_END:
+                    # the phase's end: keep this reader's PHASE_END, put the others' back
+                    first = next(i for i, f in enumerate(batch) if read_head(f) == PHASE_END)
+                    mine = first + cell.ends_due
+                    for other in batch[mine:]:
+                        put(other)
+                    batch = batch[:mine]
                 yield from batch
 
-        def shared() -> Generator[Frame, None, None]:
-            get = endpoint.get
-            while True:
-                try:
-                    frame: Frame = get(timeout=WAIT_S)
-                except Empty:
-                    continue
-                yield frame
-
-        stream = shared() if cell.topology == GROUPS else frames()
+        stream = frames()
         return Consumer(stream, stream.close)
