@@ -1167,7 +1167,8 @@ static void Ready_finalize(Ready *self) {
 }
 
 static void Ready_dealloc(Ready *self) {
-    if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
+    /* (the common case, a value given, costs no finalizer call) */
+    if (self->owner != NULL && PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
         return; /* resurrected by the owner */
     }
     PyObject_GC_UnTrack(self);
