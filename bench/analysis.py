@@ -95,12 +95,20 @@ def copy_limit_label(count: int) -> str:
     return "memcpy-hot" if count == 1 else f"memcpy-hot ×{count} ({count} writers)"
 
 
+def noisy(cell: dict[str, Any]) -> bool:
+    """The cell's figures are medians over disturbed runs: none of its runs was undisturbed.
+    (Judged by runs_clean: older results flagged `noisy` any cell with fewer undisturbed runs
+    than asked for, whose figures are medians over those all the same.)"""
+    clean = cell.get("runs_clean")
+    return bool(cell.get("noisy")) if clean is None else clean == 0
+
+
 def disturbed(*found: dict[str, Any] | None) -> list[str]:
     """`transport size` of each cell among `found` whose figures include disturbed runs."""
     return [
         f"{c['transport']} {c['size']}"
         for c in found
-        if c is not None and c["status"] == "ok" and c.get("noisy")
+        if c is not None and c["status"] == "ok" and noisy(c)
     ]
 
 

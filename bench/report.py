@@ -22,6 +22,7 @@ from bench.analysis import (
     find,
     fmt_rate,
     fmt_us,
+    noisy,
     ratios,
     reaches_reader,
     sizes,
@@ -86,7 +87,7 @@ def _cell_text(cell: dict[str, Any] | None, text: str) -> str:
         return "·"
     if cell["status"] != "ok":
         return "FAILED"
-    return text + ("~" if cell["noisy"] else "")
+    return text + ("~" if noisy(cell) else "")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -361,13 +362,19 @@ def _problems(results: dict[str, Any]) -> list[str]:
             ],
         )
     ok = [c for c in results["cells"] if c["status"] == "ok"]
-    noisy = [c for c in ok if c["noisy"]]
-    if noisy:
-        names = ", ".join(f"{c['scenario']} {c['transport']} {c['size']}" for c in noisy)
+    disturbed = [c for c in ok if noisy(c)]
+    if disturbed:
+        names = ", ".join(f"{c['scenario']} {c['transport']} {c['size']}" for c in disturbed)
         lines += [
-            f"Noisy cells (`~`, {len(noisy)} of {len(ok)}: fewer than "
-            f"{results['meta']['repeats']} undisturbed runs, so the median includes disturbed "
-            f"ones): {names}.",
+            f"Noisy cells (`~`, {len(disturbed)} of {len(ok)}: no undisturbed run, so their "
+            f"figures are medians over disturbed ones): {names}.",
+            "",
+        ]
+    fewer = [c for c in ok if not noisy(c) and c["runs_clean"] < results["meta"]["repeats"]]
+    if fewer:
+        lines += [
+            f"{len(fewer)} cells had fewer than {results['meta']['repeats']} undisturbed runs "
+            "within the budget for repeats; their figures are medians over those.",
             "",
         ]
     return lines

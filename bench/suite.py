@@ -11,7 +11,7 @@
 # Noise: a run is *disturbed* when other processes used more than `noise_threshold` cores during
 # any of its measurement windows; disturbed runs are repeated (up to `max_extra` more runs per
 # cell, within `extra_budget_s` for the whole suite) and the cell's figures are medians over its
-# undisturbed runs — or over all its runs, flagged `noisy`, when too few were undisturbed. The
+# undisturbed runs — or over all its runs, flagged `noisy`, when none was undisturbed. The
 # rate (frames/s, or the latest-frame writer's) and the CPU beside it come from one run, the
 # median one by rate (the lower middle of an even count), so they always belong together. Before
 # each run the suite waits for the machine to go quiet (bounded per wait and by a budget for the
@@ -130,7 +130,7 @@ class CellResult:
             "reason": failed[0]["reason"] if failed else None,
             "runs_total": len(self.runs),
             "runs_clean": len(clean),
-            "noisy": len(clean) < plan.repeats,
+            "noisy": not clean,  # its figures are medians over disturbed runs
             "median": _median(basis),
             "runs": self.runs,
         }
