@@ -7,14 +7,20 @@
 # A target that rests on a cell whose figures include disturbed runs (`~`, noisy) is not judged
 # (its numbers are still shown), since other processes' load could have made it either way.
 # Theory: a topology's "best peer" is the peer (kind "peer") with the best figure at that size in
-# the same topology, doing the same job (a peer that drops frames, PUB/SUB, is shown beside the
-# others with its drops but ranks only for the latest frame, where every one skips): most
-# frames/s (per reader for fan-out, all readers for groups, the one reader for fan-in), or for
-# the latest frame most writer frames/s and, separately, the lowest staleness p50. A writer
+# the same topology, doing the same job. write (and overwrite + latest()) copies each frame into
+# the channel, so it ranks against the peers that copy every frame; claim fills its slot in
+# place, so it ranks against the zero-copy peers only, those that write a loaned sample in place
+# (the transport's `copies` is False; a results.json from before the field holds copying peers
+# only). A peer that drops frames, PUB/SUB, is shown beside the others with its drops but ranks
+# only for the latest frame, where every one skips. The best figure is the most frames/s (per
+# reader for fan-out, all readers for groups, the one reader for fan-in), or for the latest
+# frame the most writer frames/s and, separately, the lowest staleness p50. A writer
 # rate ranks only where every frame written becomes visible to the reader: a peer that discards
 # frames inside the writer's process (pyzmq-conflate) counts frames no reader could ever see.
-# The copy limit is memcpy-hot times the writers copying in parallel (two for fan-in). The rated
-# shmring ways are write, claim and, for the latest frame, overwrite + latest().
+# The copy limit is memcpy-hot times the writers copying in parallel (two for fan-in); it bounds
+# the ways that copy (write >= min(1.1x best peer, 0.95x the copy limit)), not claim, which
+# copies nothing (claim >= 1.1x the best zero-copy peer). The rated shmring ways are write, claim
+# and, for the latest frame, overwrite + latest().
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -25,6 +31,7 @@ from bench.cell import ALONE, FAN_IN, FAN_OUT, GROUPS, LATEST_FRAME, MAIN, SUPER
 Cells = list[dict[str, Any]]
 WRITE, CLAIM, LATEST = "shmring-write", "shmring-claim", "shmring-latest"
 RATED = (WRITE, CLAIM, LATEST)
+ZERO_COPY = frozenset({CLAIM})  # the rated ways that copy nothing: ranked against zero-copy peers
 WRITE_RATE = "write_fps"  # the latest frame's rank: the writer's frames/s
 WRITE_ALONE = "shmring-write-alone"  # scenario ALONE's block writer, the others' base
 SLEEP = "shmring-sleep"  # the wake scenario's blocked shmring reader; its other cells: floors
@@ -85,6 +92,31 @@ def unranked(cells: Cells, scenario: str) -> list[str]:
     )
 
 
+def copies(cell: dict[str, Any]) -> bool:
+    """The cell's writer copies every frame into the channel (a results.json from before the
+    field: every transport does)."""
+    return bool(cell.get("copies", True))
+
+
+def zero_copy_peers(cells: Cells, scenario: str) -> list[str]:
+    """The peers of `scenario` that write frames in place: claim's, not write's."""
+    return ordered(
+        c["transport"]
+        for c in cells
+        if c["scenario"] == scenario and c["kind"] == "peer" and not copies(c)
+    )
+
+
+def peer_key(rated: str) -> str:
+    """`rated`'s best peer in a ratios() row: best_<key>, best_<key>_fps, failed_<key>s."""
+    return "zero_copy_peer" if rated in ZERO_COPY else "peer"
+
+
+def peer_label(rated: str) -> str:
+    """What `rated`'s best peer is called in targets and tables."""
+    return "zero-copy peer" if rated in ZERO_COPY else "peer"
+
+
 def writers(cells: Cells, scenario: str) -> int:
     """Writer processes in `scenario`: they copy in parallel, so the copy limit is this many
     times memcpy-hot."""
@@ -121,12 +153,13 @@ def floors(cells: Cells) -> Cells:
 
 
 def best_peer(
-    cells: Cells, scenario: str, size: str, key: str, lowest: bool = False
+    cells: Cells, scenario: str, size: str, key: str, lowest: bool = False, copying: bool = True
 ) -> tuple[str | None, float | None]:
-    """(name, figure) of the peer with the best `key` at `size` in `scenario`."""
+    """(name, figure) of the peer with the best `key` at `size` in `scenario`, among the
+    peers that copy every frame (copying=False: the zero-copy ones)."""
     figures = [
         (value, c["transport"])
-        for c in _peers(cells, scenario, size, key)
+        for c in _peers(cells, scenario, size, key, copying)
         if (value := metric(c, key))
     ]
     if not figures:
@@ -135,49 +168,60 @@ def best_peer(
     return name, value
 
 
-def failed_peers(cells: Cells, scenario: str, size: str, key: str) -> list[str]:
+def failed_peers(
+    cells: Cells, scenario: str, size: str, key: str, copying: bool = True
+) -> list[str]:
     """Peers ranked on `key` whose cell ran at `size` in `scenario` and failed: the best peer
     is unknown then (a peer that is not installed is skipped instead, and reported as such)."""
-    return [c["transport"] for c in _peers(cells, scenario, size, key) if c["status"] != "ok"]
+    return [
+        c["transport"] for c in _peers(cells, scenario, size, key, copying) if c["status"] != "ok"
+    ]
 
 
-def _peers(cells: Cells, scenario: str, size: str, key: str) -> Cells:
-    """The peer cells ranked on `key` in `scenario` at `size`: those doing its job (a peer
-    that may drop frames does not do a lossless topology's; a writer rate ranks only writers
-    whose every frame reaches the reader)."""
+def _peers(cells: Cells, scenario: str, size: str, key: str, copying: bool) -> Cells:
+    """The peer cells ranked on `key` in `scenario` at `size`: those doing its job (copying
+    every frame or writing it in place, as `copying` says; a peer that may drop frames does not
+    do a lossless topology's; a writer rate ranks only writers whose every frame reaches the
+    reader)."""
     return [
         c
         for c in cells
         if c["scenario"] == scenario and c["size"] == size and c["kind"] == "peer"
+        if copies(c) == copying
         if not c.get("drops") or scenario == LATEST_FRAME
         if key != WRITE_RATE or reaches_reader(c)
     ]
 
 
 def ratios(cells: Cells, scenario: str = MAIN) -> list[dict[str, Any]]:
-    """Per size: each rated shmring way against the best peer and the copy limit."""
+    """Per size: each rated shmring way against the best peer doing its job (best_peer: the
+    copying peers, best_zero_copy_peer: the zero-copy ones; see peer_key) and, for a way that
+    copies, the copy limit."""
     key = rate_key(scenario)
     count = writers(cells, scenario)
     out = []
     for size in sizes(cells, scenario):
-        name, fps = best_peer(cells, scenario, size, key)
         hot = metric(find(cells, "limit", "memcpy-hot", size), "fps")
         row: dict[str, Any] = {
             "size": size,
-            "best_peer": name,
-            "best_peer_fps": fps,
-            "failed_peers": failed_peers(cells, scenario, size, key),
             "writers": count,
             "copy_limit_fps": count * hot if hot else None,
             "memcpy_ring_fps": metric(find(cells, "limit", "memcpy-ring", size), "fps"),
             "rated": [n for n in RATED if find(cells, scenario, n, size)],
         }
+        for job, copying in (("peer", True), ("zero_copy_peer", False)):
+            row[f"best_{job}"], row[f"best_{job}_fps"] = best_peer(
+                cells, scenario, size, key, copying=copying
+            )
+            row[f"failed_{job}s"] = failed_peers(cells, scenario, size, key, copying)
         for rated in row["rated"]:
             have = metric(find(cells, scenario, rated, size), key)
+            peer = row[f"best_{peer_key(rated)}_fps"]
             row[f"{rated}_fps"] = have
-            for ref in ("best_peer", "copy_limit"):
-                base = row[f"{ref}_fps"]
-                row[f"{rated}_per_{ref}"] = have / base if have and base else None
+            row[f"{rated}_per_best_peer"] = have / peer if have and peer else None
+            if rated not in ZERO_COPY:
+                limit = row["copy_limit_fps"]
+                row[f"{rated}_per_copy_limit"] = have / limit if have and limit else None
         if scenario == LATEST_FRAME:
             row["age_peer"], row["age_peer_us"] = best_peer(
                 cells, scenario, size, "age_p50_us", lowest=True
@@ -232,26 +276,32 @@ def _judged(target: dict[str, Any], *found: dict[str, Any] | None) -> dict[str, 
 
 
 def _peer_targets(cells: Cells, scenario: str, rated: str) -> list[dict[str, Any]]:
-    """`rated` >= min(1.1x best peer, 0.95x the copy limit) at every size of `scenario`."""
+    """At every size of `scenario`: `rated` >= min(1.1x best peer, 0.95x the copy limit), or
+    for a way that copies nothing >= 1.1x the best zero-copy peer (none ran: not measured)."""
+    job, peers = peer_key(rated), peer_label(rated)
+    zero_copy = rated in ZERO_COPY
     out = []
     for row in ratios(cells, scenario):
         size = row["size"]
-        fps, peer, limit = row.get(f"{rated}_fps"), row["best_peer_fps"], row["copy_limit_fps"]
+        fps, best, peer = row.get(f"{rated}_fps"), row[f"best_{job}"], row[f"best_{job}_fps"]
+        limit = None if zero_copy else row["copy_limit_fps"]
         limits = [v for v in (1.1 * peer if peer else None, 0.95 * limit if limit else None) if v]
-        detail = (
-            f"{fmt_rate(fps)} vs best peer {row['best_peer']} {fmt_rate(peer)}, "
-            f"{copy_limit_label(row['writers'])} {fmt_rate(limit)}"
-        )
-        copies = "memcpy" if row["writers"] == 1 else f"{row['writers']}x memcpy"
-        name = f"{scenario}: {rated} frames/s at {size} >= min(1.1x best peer, 0.95x {copies})"
+        detail = f"{fmt_rate(fps)} vs best {peers} {fmt_peer(best, peer)}"
+        bound = f"1.1x best {peers}"
+        found = [find(cells, scenario, rated, size)]
+        if not zero_copy:
+            detail += f", {copy_limit_label(row['writers'])} {fmt_rate(limit)}"
+            memcpy = "memcpy" if row["writers"] == 1 else f"{row['writers']}x memcpy"
+            bound = f"min({bound}, 0.95x {memcpy})"
+            found.append(find(cells, "limit", "memcpy-hot", size))
+        name = f"{scenario}: {rated} frames/s at {size} >= {bound}"
         target = _at_least(name, fps, min(limits) if limits else None, detail)
         by_copy = bool(fps and limit and fps >= 0.95 * limit)  # met whatever the peers did
-        failed = row["failed_peers"]
+        failed = row[f"failed_{job}s"]
         if failed and not by_copy:  # a failed peer may be best
             target.update(met=None, detail=f"{detail}; not judged: {', '.join(failed)} failed")
-        found = [find(cells, scenario, rated, size), find(cells, "limit", "memcpy-hot", size)]
-        if not by_copy and row["best_peer"]:
-            found.append(find(cells, scenario, row["best_peer"], size))
+        if not by_copy and best:
+            found.append(find(cells, scenario, best, size))
         out.append(_judged(target, *found))
     return out
 
@@ -299,6 +349,8 @@ def targets(cells: Cells) -> list[dict[str, Any]]:
     for scenario in PEER_TARGET_TOPOLOGIES:
         if any(c["scenario"] == scenario for c in cells):
             out += _peer_targets(cells, scenario, WRITE)
+        if any(c["scenario"] == scenario and c["transport"] == CLAIM for c in cells):
+            out += _peer_targets(cells, scenario, CLAIM)
     main_sizes = sizes(cells)
     for name in (WRITE, CLAIM):
         reader = find(cells, MAIN, name, main_sizes[0]) if main_sizes else None
@@ -357,6 +409,11 @@ def fmt_rate(fps: float | None) -> str:
         if fps >= scale:
             return f"{fps / scale:.3g}{unit}"
     return f"{fps:.3g}"
+
+
+def fmt_peer(name: str | None, fps: float | None) -> str:
+    """A best peer and its rate; "—" when none was measured."""
+    return f"{name} {fmt_rate(fps)}" if name else "—"
 
 
 def fmt_us(us: float | None) -> str:

@@ -16,19 +16,24 @@ from bench import async_reader
 from bench.analysis import (
     SLEEP,
     WRITE_ALONE,
+    ZERO_COPY,
     Cells,
     alone_ratios,
     copy_limit_label,
     find,
+    fmt_peer,
     fmt_rate,
     fmt_us,
     noisy,
+    peer_key,
+    peer_label,
     ratios,
     reaches_reader,
     sizes,
     targets,
     transports,
     unranked,
+    zero_copy_peers,
 )
 from bench.cell import (
     ALONE,
@@ -142,21 +147,26 @@ def _with_cpu(cell: dict[str, Any]) -> str:
 
 
 def _ratio_table(cells: Cells, scenario: str) -> list[str]:
-    """Per size: the best peer, the copy limit, and each rated shmring way ÷ both."""
+    """Per size: the best copying peer, the copy limit and each rated shmring way that copies ÷
+    both; then the best zero-copy peer and each way that copies nothing (claim) ÷ it."""
     rows = ratios(cells, scenario)
     rated = list(dict.fromkeys(n for row in rows for n in row["rated"]))
+    copying = [n for n in rated if n not in ZERO_COPY]
+    in_place = [n for n in rated if n in ZERO_COPY]
     lines = []
     for row in rows:
-        line = [
-            row["size"],
-            f"{row['best_peer'] or '—'} {fmt_rate(row['best_peer_fps'])}",
-            fmt_rate(row["copy_limit_fps"]),
-        ]
+        line = [row["size"], _best_peer(row, "peer"), fmt_rate(row["copy_limit_fps"])]
         line += [
             f"{fmt_rate(row.get(f'{n}_fps'))}: {_x(row.get(f'{n}_per_best_peer'))} peer, "
             f"{_x(row.get(f'{n}_per_copy_limit'))} memcpy"
-            for n in rated
+            for n in copying
         ]
+        if in_place:
+            line.append(_best_peer(row, peer_key(in_place[0])))
+            line += [
+                f"{fmt_rate(row.get(f'{n}_fps'))}: {_x(row.get(f'{n}_per_best_peer'))} peer"
+                for n in in_place
+            ]
         if scenario == LATEST_FRAME:
             line += [
                 f"{row['age_peer'] or '—'} {fmt_us(row['age_peer_us'])}",
@@ -165,10 +175,33 @@ def _ratio_table(cells: Cells, scenario: str) -> list[str]:
         lines.append(line)
     what = "writer frames/s" if scenario == LATEST_FRAME else "frames/s"
     limit = copy_limit_label(rows[0]["writers"] if rows else 1)
-    header = ["size", f"best peer ({what})", limit, *(n.split("-", 1)[1] for n in rated)]
+    header = ["size", f"best peer ({what})", limit, *(n.split("-", 1)[1] for n in copying)]
+    if in_place:
+        header += [f"best {peer_label(in_place[0])} ({what})"]
+        header += [n.split("-", 1)[1] for n in in_place]
     if scenario == LATEST_FRAME:
         header += ["best peer (staleness p50)", "shmring staleness p50"]
     return _table(header, lines)
+
+
+def _best_peer(row: dict[str, Any], job: str) -> str:
+    """A ratios() row's best peer of a job (analysis.peer_key): its name and figure."""
+    return fmt_peer(row[f"best_{job}"], row[f"best_{job}_fps"])
+
+
+def _in_place_note(cells: Cells, scenario: str) -> list[str]:
+    """The footnote naming the peers of `scenario` that write frames in place, like claim."""
+    peers = zero_copy_peers(cells, scenario)
+    if not peers:
+        return []
+    names = ", ".join(f"`{n}`" for n in peers)
+    return [
+        f"{names}: zero copies, like `shmring-claim`: the producer writes only the frame's "
+        "stamp (sequence number and time in its head, sequence number in its tail) into a "
+        "loaned sample, in place, and sends it, so its GB/s is bytes made available too. It "
+        "ranks against claim (best zero-copy peer), not against write.",
+        "",
+    ]
 
 
 def _topology(cells: Cells, topology: str, images: dict[str, str]) -> list[str]:
@@ -176,6 +209,7 @@ def _topology(cells: Cells, topology: str, images: dict[str, str]) -> list[str]:
     if topology in images:
         lines += [f"![{topology}]({images[topology]})", ""]
     lines += _grid(cells, topology, _with_cpu)
+    lines += _in_place_note(cells, topology)
     if hidden := unranked(cells, topology):
         names = ", ".join(f"`{n}`" for n in hidden)
         lines += [
@@ -267,6 +301,7 @@ def _throughput_sections(cells: Cells, images: dict[str, str]) -> list[str]:
         "fills the slot in place), so its figure is bytes made available.",
         "",
     ]
+    lines += _in_place_note(cells, MAIN)
     limit = _grid(cells, "limit", _throughput)
     if len(limit) > 3:
         lines += ["Physical limit: the same producer loop, one in-process copy, no consumer.", ""]
@@ -424,14 +459,18 @@ def console_summary(results: dict[str, Any]) -> str:
         lines.append(f"{topology}: shmring ÷ best peer and ÷ memcpy limit ({what}, this run):")
         for row in rows:
             for name in row["rated"]:
-                fps = row[f"{name}_fps"]
-                lines.append(
+                fps, job = row[f"{name}_fps"], peer_key(name)
+                line = (
                     f"  {row['size']:>12} {name:<14} {fmt_rate(fps):>7}/s = "
-                    f"{_x(row[f'{name}_per_best_peer'])} best peer "
-                    f"({row['best_peer']} {fmt_rate(row['best_peer_fps'])}), "
-                    f"{_x(row[f'{name}_per_copy_limit'])} {copy_limit_label(row['writers'])} "
-                    f"({fmt_rate(row['copy_limit_fps'])})"
+                    f"{_x(row[f'{name}_per_best_peer'])} best {peer_label(name)} "
+                    f"({_best_peer(row, job)})"
                 )
+                if name not in ZERO_COPY:  # a way that copies nothing has no copy limit
+                    line += (
+                        f", {_x(row[f'{name}_per_copy_limit'])} "
+                        f"{copy_limit_label(row['writers'])} ({fmt_rate(row['copy_limit_fps'])})"
+                    )
+                lines.append(line)
             if topology == LATEST_FRAME:
                 lines.append(
                     f"  {row['size']:>12} staleness p50 {fmt_us(row['age_us'])} = "

@@ -120,6 +120,7 @@ class CellResult:
             "kind": load(self.cell.transport).kind,
             "drops": load(self.cell.transport).drops,
             "writes_reach_reader": load(self.cell.transport).writes_reach_reader,
+            "copies": load(self.cell.transport).copies,
             "size": self.cell.size.label,
             "shape": list(self.cell.size.shape),
             "nbytes": self.cell.size.nbytes,

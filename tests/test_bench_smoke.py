@@ -1,8 +1,9 @@
 # Smoke test of the benchmark suite (bench/): tiny counts, a few seconds, real processes.
 #
 # Rules: it proves the harness runs end to end — shmring and a stdlib peer deliver verified,
-# lossless frames, the limit and wake cells (a floor, a sleeping shmring reader) run, each
-# topology (supervisor, latest frame, fan-in, groups, fan-out) runs at a tiny size with its
+# lossless frames (and so does the zero-copy peer iceoryx2-loan, stamped in place, when
+# installed), the limit and wake cells (a floor, a sleeping shmring reader) run, each topology
+# (supervisor, latest frame, fan-in, groups, fan-out) runs at a tiny size with its
 # verification, reports are written — and that nothing stays in /dev/shm. It needs no optional
 # peer: one that is not installed must be reported as skipped with a reason (checked directly
 # by hiding pyzmq). The full run stays out of `make test`.
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.slow  # a real, if short, benchmark run
 ROOT = Path(__file__).resolve().parent.parent
 SHM = Path("/dev/shm")
 TRANSPORTS = (
-    "shmring-write,mp-pipe,pyzmq,memcpy-hot,floor-pipe,shmring-sleep,"
+    "shmring-write,mp-pipe,pyzmq,iceoryx2-loan,memcpy-hot,floor-pipe,shmring-sleep,"
     "shmring-write-alone,shmring-overwrite-alone,shmring-overwrite-lagging"
 )
 # Each topology: shmring and a stdlib peer; pyzmq-pubsub (optional) for a peer that drops.
@@ -89,9 +90,13 @@ def test_quick_run_is_verified_lossless_and_leaves_nothing(tmp_path: Path) -> No
         wake = cells[("wake", floor_or_sleeper, "24 B stamp")]
         assert wake["status"] == "ok" and wake["median"]["latency_p50_us"] > 0
 
-    zmq_cells = [c for c in results["cells"] if c["transport"] == "pyzmq"]
-    assert zmq_cells or "pyzmq" in results["skipped"]  # ran, or skipped with its reason
-    assert all(c["status"] == "ok" for c in zmq_cells)
+    for optional in ("pyzmq", "iceoryx2-loan"):  # ran verified, or skipped with its reason
+        ran = [c for c in results["cells"] if c["transport"] == optional]
+        assert ran or optional in results["skipped"]
+        for peer in ran:
+            _assert_verified(peer, "fps")
+    loan = cells.get(("main", "iceoryx2-loan", "64 B"))
+    assert loan is None or loan["copies"] is False  # stamped in place: claim's peer
 
     by_size = {row["size"]: row for row in analysis.alone_ratios(results["cells"])}
     assert set(by_size) == {"64 B", "4 KiB"}
@@ -339,6 +344,62 @@ def test_targets_judge_only_undisturbed_like_for_like_figures() -> None:
     assert row["best_peer"] == "iceoryx2-latest"
     del latest[2]["writes_reach_reader"]  # a results.json from before the field
     assert analysis.ratios(latest, LATEST_FRAME)[0]["best_peer"] == "iceoryx2-latest"
+
+
+def test_claim_ranks_against_zero_copy_peers_and_write_against_copying_ones() -> None:
+    """write copies every frame, so it ranks against the peers that copy; claim writes its slot
+    in place, so it ranks against the zero-copy peers only (iceoryx2-loan), with no copy limit;
+    with no zero-copy peer its target is not measured. A results.json from before `copies`
+    holds copying peers only."""
+
+    def cell(scenario: str, transport: str, fps: float, **extra: Any) -> dict[str, Any]:
+        kind = {"shmring": "shmring", "memcpy": "limit"}.get(transport.split("-")[0], "peer")
+        return {
+            "scenario": scenario, "transport": transport, "size": "64 B", "nbytes": 64,
+            "kind": kind, "status": "ok", "median": {"fps": fps}, "drops": False,
+            "noisy": False, "producers": 1, "copies": transport != "iceoryx2-loan", **extra,
+        }  # fmt: skip
+
+    cells = [
+        cell("main", "shmring-write", 2e6),
+        cell("main", "shmring-claim", 1e6),
+        cell("main", "iceoryx2-event", 4e5),
+        cell("main", "iceoryx2-loan", 8e5),  # faster than any copying peer: not write's peer
+        cell("main", "mp-pipe", 1e5),
+        cell("limit", "memcpy-hot", 3e6),
+        cell("fanout", "shmring-claim", 1e5),  # no zero-copy peer ran in fan-out
+        cell("fanout", "iceoryx2-event", 5e4),
+    ]
+    (row,) = analysis.ratios(cells)
+    assert (row["best_peer"], row["best_peer_fps"]) == ("iceoryx2-event", 4e5)
+    assert (row["best_zero_copy_peer"], row["best_zero_copy_peer_fps"]) == ("iceoryx2-loan", 8e5)
+    assert row["shmring-write_per_best_peer"] == 5.0  # ÷ iceoryx2-event
+    assert row["shmring-claim_per_best_peer"] == 1.25  # ÷ iceoryx2-loan
+    assert "shmring-claim_per_copy_limit" not in row  # claim copies nothing: no copy limit
+
+    judged = {t["target"]: t for t in analysis.targets(cells)}
+    write = judged["main: shmring-write frames/s at 64 B >= min(1.1x best peer, 0.95x memcpy)"]
+    assert write["met"] is True and write["need"] == pytest.approx(1.1 * 4e5)
+    claim = judged["main: shmring-claim frames/s at 64 B >= 1.1x best zero-copy peer"]
+    assert claim["met"] is True and claim["need"] == pytest.approx(1.1 * 8e5)
+    assert "iceoryx2-loan 800k" in claim["detail"] and "memcpy" not in claim["detail"]
+    fanout = judged["fanout: shmring-claim frames/s at 64 B >= 1.1x best zero-copy peer"]
+    assert fanout["met"] is None and "best zero-copy peer —" in fanout["detail"]
+    cells[3]["median"]["fps"] = 9.5e5  # claim now below 1.1x its zero-copy peer
+    (claim,) = [t for t in analysis.targets(cells) if t["target"] == claim["target"]]
+    assert claim["met"] is False
+
+    table = "\n".join(report._ratio_table(cells, "main"))
+    assert "| best zero-copy peer (frames/s) | claim |" in table
+    assert "| iceoryx2-loan 950k | 1M: 1.05× peer |" in table
+    summary = report.console_summary({"cells": cells}).splitlines()
+    in_main, in_fanout = [line for line in summary if "shmring-claim" in line and "/s = " in line]
+    assert in_main.endswith("1M/s = 1.05× best zero-copy peer (iceoryx2-loan 950k)")
+    assert in_fanout.endswith("100k/s = — best zero-copy peer (—)")
+
+    old = [{k: v for k, v in c.items() if k != "copies"} for c in cells]  # before the field
+    (row,) = analysis.ratios(old)
+    assert row["best_peer"] == "iceoryx2-loan" and row["best_zero_copy_peer"] is None
 
 
 def test_frame_sizes_are_read_as_the_tables_label_them() -> None:

@@ -64,6 +64,10 @@ class Transport:
     # Every frame its writer sends becomes visible to a reader (False: a frame may be discarded
     # inside the writer's process, so its writer frames/s is not ranked against the others').
     writes_reach_reader: ClassVar[bool] = True
+    # Its writer copies every frame into the channel, write()'s job (False: it fills the slot or
+    # loaned sample in place, claim's job). A peer ranks only against the shmring way doing the
+    # same job (bench/analysis.py).
+    copies: ClassVar[bool] = True
 
     # Parent side.
     def prepare(self, cell: Cell, ctx: Any) -> Any:
@@ -114,6 +118,8 @@ REGISTRY: dict[str, str] = {
     "pyzmq-conflate": "bench.transports.pyzmq:Conflate",
     "iceoryx2-poll": "bench.transports.iox2:Polling",
     "iceoryx2-event": "bench.transports.iox2:EventWait",
+    "iceoryx2-loan": "bench.transports.iox2:Loan",
+    "iceoryx2-loan-poll": "bench.transports.iox2:LoanPolling",
     "iceoryx2-latest": "bench.transports.iox2:Latest",
     "memcpy-hot": "bench.transports.memcpy:CacheHot",
     "memcpy-ring": "bench.transports.memcpy:StrictRing",

@@ -11,6 +11,12 @@
 #   iceoryx2-event: the producer also notify()s an event service after each send and the
 #     reader sleeps in Listener.timed_wait() whenever receive() finds nothing (events latch, so
 #     a notify between the two is not lost).
+#   iceoryx2-loan, iceoryx2-loan-poll: iceoryx2-event and iceoryx2-poll doing shmring-claim's
+#     job, iceoryx2's documented zero-copy use: loan a slice, write the frame into it in
+#     place, send it. Like shmring-claim (the producing of pixels being the application's
+#     work) they write only the stamp, head and tail, straight into the loaned sample, through
+#     a ctypes array over its payload (what Slice.as_memory_view() wraps); zero copies, so
+#     they are ranked against claim, not write.
 # Lossless mode discards samples sent before a subscriber has connected, so the producer waits
 # until every subscriber is registered, then update_connections(), before the first frame. And a
 # subscriber created before the publisher loses samples in lossless mode (iceoryx2 issue #1697,
@@ -44,6 +50,10 @@ from bench.transports import Consumer, Producer, Transport
 SLOTS = 8
 WAIT = iox2.Duration.from_secs(1)  # each Listener wait is bounded; the reader loops
 SHM_DIR = Path("/dev/shm")
+
+Loaner = Callable[[int], Any]  # Publisher.loan_slice_uninit: n elements -> SampleMutUninit
+Notify = Callable[[], Any]
+Send = Callable[[int, int], None]
 
 
 def _node(endpoint: tuple[str, str, str]) -> Any:
@@ -105,24 +115,16 @@ class Polling(Transport):
             entry.unlink(missing_ok=True)
         shutil.rmtree(self._root, ignore_errors=True)
 
-    def open_producer(self, endpoint: Any, cell: Cell) -> Producer:
-        node = _node(endpoint)
-        service = _service(node, endpoint, cell, self.buffer)
+    def _send(self, loan: Loaner, notify: Notify | None, cell: Cell) -> Send:
+        """send(seq, t_ns): stamp the source frame, loan a slice, copy the frame in, send it
+        (and notify, when the reader is event-woken)."""
         n = cell.size.nbytes
-        publisher = (
-            service.publisher_builder()
-            .initial_max_slice_len(n)
-            .backpressure_strategy(iox2.BackpressureStrategy.RetryUntilDelivered)
-            .create()
-        )
-        notifier = _event(node, endpoint).notifier_builder().create() if self.event else None
         src = make_source(cell.size)
         src_address = src.ctypes.data
         stamp = stamper(cell.size)
-        loan = publisher.loan_slice_uninit
         memmove = ctypes.memmove
 
-        if notifier is None:
+        if notify is None:
 
             def send(seq: int, t_ns: int) -> None:
                 stamp(src, seq, t_ns)
@@ -131,7 +133,6 @@ class Polling(Transport):
                 sample.assume_init().send()
 
         else:
-            notify = notifier.notify
 
             def send(seq: int, t_ns: int) -> None:
                 stamp(src, seq, t_ns)
@@ -139,6 +140,21 @@ class Polling(Transport):
                 memmove(sample.payload_ptr, src_address, n)
                 sample.assume_init().send()
                 notify()
+
+        return send
+
+    def open_producer(self, endpoint: Any, cell: Cell) -> Producer:
+        node = _node(endpoint)
+        service = _service(node, endpoint, cell, self.buffer)
+        publisher = (
+            service.publisher_builder()
+            .initial_max_slice_len(cell.size.nbytes)
+            .backpressure_strategy(iox2.BackpressureStrategy.RetryUntilDelivered)
+            .create()
+        )
+        notifier = _event(node, endpoint).notifier_builder().create() if self.event else None
+        notify = None if notifier is None else notifier.notify
+        send = self._send(publisher.loan_slice_uninit, notify, cell)
 
         def start(consumers: int) -> None:
             def subscribed() -> bool:
@@ -203,3 +219,42 @@ class Latest(EventWait):
     name = "iceoryx2-latest"
     topologies = frozenset({LATEST_FRAME})
     buffer = 1
+
+
+class _Loaning(Polling):
+    """iceoryx2 doing shmring-claim's job (the classes below add the reader's way to wait)."""
+
+    topologies = frozenset({MAIN, SUPERVISOR})
+    copies = False
+
+    def _send(self, loan: Loaner, notify: Notify | None, cell: Cell) -> Send:
+        """send(seq, t_ns): loan a slice, stamp it in place (head and tail, where the
+        verifier reads them), send it (and notify, when the reader is event-woken)."""
+        n = cell.size.nbytes
+        at = (ctypes.c_uint8 * n).from_address
+        stamp = stamper(cell.size)
+
+        if notify is None:
+
+            def send(seq: int, t_ns: int) -> None:
+                sample = loan(n)
+                stamp(at(sample.payload_ptr), seq, t_ns)
+                sample.assume_init().send()
+
+        else:
+
+            def send(seq: int, t_ns: int) -> None:
+                sample = loan(n)
+                stamp(at(sample.payload_ptr), seq, t_ns)
+                sample.assume_init().send()
+                notify()
+
+        return send
+
+
+class LoanPolling(_Loaning):
+    name = "iceoryx2-loan-poll"
+
+
+class Loan(_Loaning, EventWait):
+    name = "iceoryx2-loan"

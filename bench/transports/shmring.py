@@ -109,6 +109,7 @@ class Write(Transport):
 class Claim(Write):
     name = "shmring-claim"
     topologies = frozenset({MAIN, SUPERVISOR, FAN_OUT})
+    copies = False
 
     def _send(self, writer: Any, cell: Cell) -> Any:
         stamp = stamper(cell.size)
