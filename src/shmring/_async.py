@@ -13,30 +13,30 @@
 # Theory of operation: `async for` takes a frame that is published already at once, with
 # iteration's C step (Taker.advance), and hands it over as a Ready (_taker.c: an awaitable
 # already done), so a stream that flows costs no coroutine and no trip through the loop per
-# frame. A Ready given up before it was awaited hands its frame back (_unsent), so that the
-# next step takes it again. A wait first polls (a read: yielding to the loop between looks,
-# for up to the reader's `spin` seconds, so other tasks run meanwhile; for a steady stream,
-# after a nap that ends before the frame is due: RingReader's pacing, _pacing.py), then the
-# handle counts itself as a sleeper exactly as a blocking wait does (so the writer, or the
-# reader that frees space, wakes its futex word), reads the word, looks once more, and
-# hands the word's address and value to its _Sleeper: a daemon thread that only calls
-# futex_wait(address, value, timeout) and then resolves the task's future with
-# call_soon_threadsafe. The thread never reads the ring's memory (the kernel compares the
-# word), so a handle closed or unmapped under it cannot crash it: the wait ends in EFAULT
-# or at its timeout (at most POLL_SLICE). A nap is such a sleep (so a frame that comes
-# early ends it) that the loop also ends itself on time, on a timerfd it watches
-# (MonotonicTimer, one per handle): the kernel wakes the loop's thread directly, earlier by
-# the measured time the loop takes to resume the task, instead of through the sleeper
-# thread and call_soon_threadsafe (two wake-ups in a row, each of which waits for a CPU on
-# a busy machine, so that a frame came during that hand-off and the task took it late). The
-# sleeper thread does not touch the loop for a future that is done already. Each sleep
-# lasts at most POLL_SLICE, so liveness checks (WriterGone, dead readers) run on the loop
-# as often as in the blocking calls. Cancelling a task that sleeps wakes its thread
+# frame. A Ready given up before it was awaited (thrown into or closed) hands its frame
+# back (_unsent), so that the next step takes it again. A wait first polls (a read:
+# yielding to the loop between looks, for up to the reader's `spin` seconds, so other tasks
+# run meanwhile; for a steady stream, after a nap that ends before the frame is due:
+# RingReader's pacing, _pacing.py), then the handle counts itself as a sleeper exactly as a
+# blocking wait does (so the writer, or the reader that frees space, wakes its futex word),
+# reads the word, looks once more, and hands the word's address and value to its _Sleeper:
+# a daemon thread that only calls futex_wait(address, value, timeout) and then resolves the
+# task's future with call_soon_threadsafe. The thread never reads the ring's memory (the
+# kernel compares the word), so a handle closed or unmapped under it cannot crash it: the
+# wait ends in EFAULT or at its timeout (at most POLL_SLICE). A nap is such a sleep (so a
+# frame that comes early ends it) that the loop also ends itself on time, on a timerfd it
+# watches (MonotonicTimer, one per handle): the kernel wakes the loop's thread directly,
+# earlier by the measured time the loop takes to resume the task, instead of through the
+# sleeper thread and call_soon_threadsafe (two wake-ups in a row, each of which waits for a
+# CPU on a busy machine, so that a frame came during that hand-off and the task took it
+# late). The sleeper thread does not touch the loop for a future that is done already. Each
+# sleep lasts at most POLL_SLICE, so liveness checks (WriterGone, dead readers) run on the
+# loop as often as in the blocking calls. Cancelling a task that sleeps wakes its thread
 # (FUTEX_WAKE on the word: other sleepers on it look once more and sleep again); close()
 # resolves the waiting future at once, and the woken task raises what the blocking calls
 # raise on a closed handle. A thread with nothing to do for IDLE_EXIT seconds exits;
 # close() stops it at once. One task at a time may wait on a handle (as one thread at a
-# time may use it): a second raises RuntimeError.
+# time may use it): a second raises HandleInUse.
 #
 # Internals this module relies on (keep them when changing the core): RingReader._take_next,
 # _take_latest, _wait_for, _count, _uncount, _check_writers_alive, _release_last,
@@ -356,10 +356,11 @@ class AsyncReading(AsyncHandle):
         return self._anext_waiting()
 
     def _unsent(self, frame: Frame) -> None:
-        """Ready's hand-back (_taker.c): the step __anext__ took `frame` for was given up
-        before it ran (its task cancelled first, closed, dropped). The frame is put back,
-        still held in the ring by this reader's release word, for the next step of any kind
-        to take again; the one released for it stays released."""
+        """Ready's hand-back (_taker.c), between steps: the step __anext__ took `frame` for
+        was given up before it ran (its task cancelled first, or closed). The frame is put
+        back, still held in the ring by this reader's release word, for the next step to
+        take again; the one released for it stays released. If another step ran meanwhile
+        (two steps in flight), that step has moved past it: nothing to put back."""
         r = self._reader()
         if r._last is frame and r._held == [frame.seq] and r._next == frame.seq + 1:
             frame._reader = None  # its hold passes to the next take of frame.seq

@@ -302,13 +302,15 @@ class _Bridge:
         """Stop, leave the rings (a receiver removes the ring it created) and the session."""
         if self._closed:
             return
-        self._peers_at_close = self._peers()
         self._closed = True
         self._stop.set()
         try:
             self._shutdown()
         finally:
-            self._close_session()
+            try:
+                self._peers_at_close = self._peers()  # what stats() says from now on
+            finally:
+                self._close_session()
 
     def _shutdown(self) -> None:
         raise NotImplementedError

@@ -172,7 +172,8 @@ def run_bridge(args: argparse.Namespace, make: Callable[[], _Bridge]) -> int:
                 if not args.quiet:
                     print(progress(args, earlier, current, now - since), flush=True)
                 earlier, since = current, now
-    if not args.quiet:  # after close(): its thread counts no frame more
+    if not args.quiet:  # after close(): its thread sends no frame more (a put that Zenoh
+        # blocks, see below, is abandoned at exit: that frame is neither sent nor counted)
         print(progress(args, earlier, bridge.stats(), 0.0, "stopped"), flush=True)
     if bridge.closing:
         # Its thread waits for Zenoh to give up a blocked put (up to 5 s): exit now, as a

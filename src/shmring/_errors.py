@@ -4,9 +4,10 @@
 # end of a stream) is a subclass of ShmringError and, where Python has a matching built-in
 # (FileNotFoundError, FileExistsError, EOFError, TimeoutError), of that too, so code that
 # already catches the built-in keeps working. Messages name the ring, what was wrong, and
-# what to do about it. Not ShmringErrors, as Python's conventions have them: bad arguments
-# (ValueError, TypeError), errors the OS reports (OSError: ENOSPC when /dev/shm is full,
-# PermissionError), and misuse of a handle (RuntimeError). docs/OPERATIONS.md lists them.
+# what to do about it. Misuse of a handle (two threads at once, a claim out of turn) is
+# HandleInUse, a ShmringError and a RuntimeError, as Python's conventions have it. Not
+# ShmringErrors: bad arguments (ValueError, TypeError) and errors the OS reports (OSError:
+# ENOSPC when /dev/shm is full, PermissionError). docs/OPERATIONS.md lists them.
 #
 # A warning names the user's line that caused it, not a line inside shmring: the stack level
 # is counted at run time, past every frame of this package.
@@ -50,7 +51,7 @@ class RingCorrupted(ShmringError):
     @classmethod
     def header_overwritten(cls, ring: str, found: str) -> RingCorrupted:
         """What `found` in ring `ring`'s shared state means, and the one remedy (the C core
-        words it alike: _publisher.c, ring_corrupted)."""
+        words it alike: _publisher.c, corrupted)."""
         return cls(
             f"ring {ring!r}: {found}; the header was overwritten: remove the ring (shmring rm "
             f"--force {ring}) and create it again"

@@ -231,10 +231,9 @@ static PyObject *load_word(PyObject *Py_UNUSED(module), PyObject *const *args, P
 }
 
 /* wake(control, index): bump control word `index` (a futex word: C_FRAMES, C_SPACE) and wake
- * every sleeper on it, as the per-frame paths in C do (_publisher.c, wake_readers). A
- * changed word cannot be slept through: a sleeper that read the old value and was about to
- * sleep returns at once. The bump is an atomic add (seq_cst): it is also the full barrier
- * between what the caller stored before (a release, a close) and the wake-up. */
+ * every sleeper on it, as the per-frame paths in C do (shmring_bump_and_wake, whose
+ * compare-and-swap is also the full barrier between what the caller stored before, a release
+ * or a close, and the wake-up). */
 static PyObject *wake(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
     Py_ssize_t index;
     Py_buffer view;

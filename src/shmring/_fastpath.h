@@ -89,10 +89,14 @@ void shmring_futex_wake_all(uint64_t *word);
 
 /* Change futex word `word` (the kernel compares its low 32 bits; it stays below 2^32) and
  * wake every sleeper on it: one that read the old value and was about to sleep returns at
- * once instead of missing this wake-up. Two wakers racing may store the same new value:
- * either changes it, which is all a sleeper needs. */
+ * once instead of missing this wake-up. The change is a compare-and-swap (seq_cst): every
+ * waker's counts, and it is a full barrier between what the caller stored before (a frame,
+ * a release, a close) and the wake-up. Reached only while someone sleeps. */
 static inline void shmring_bump_and_wake(uint64_t *word) {
-    store(word, (load(word) + 1) & 0xFFFFFFFFu);
+    uint64_t value = __atomic_load_n(word, __ATOMIC_RELAXED);
+    while (!__atomic_compare_exchange_n(word, &value, (value + 1) & 0xFFFFFFFFu, 0,
+                                        __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {
+    }
     shmring_futex_wake_all(word);
 }
 

@@ -518,9 +518,10 @@ static void raise_tail(Publisher *self, uint64_t floor) {
 }
 
 /* Overwrite, sequenced: how far past head writers can have taken numbers: up to 2 x slots
- * (publish_owned's check), and one more per writer that passed the check together. A next
- * number further ahead is damage, or a stale head: Python judges then, against tail and the
- * ring's own max_writers (_ring.check_counters). */
+ * (publish_owned's check), and one more per writer that passed the check together; a slots'
+ * margin more for a head loaded a little before next. A next number further ahead is
+ * damage, or a stale head: Python judges then, against tail and the ring's own max_writers
+ * (_ring.check_counters). */
 static uint64_t claims_ahead(const Publisher *self) {
     return 3 * self->slots + SHMRING_MAX_WRITERS;
 }

@@ -837,7 +837,7 @@ class RingHandle:
         self._finalizer()
 
     def _close_in_c(self, close: Callable[[], None]) -> None:
-        """Begin closing: `close` the handle's C object, which raises RuntimeError while
+        """Begin closing: `close` the handle's C object, which raises HandleInUse while
         another thread is inside it; then, as while a call is under way in Python, nothing
         is closed and the handle stays usable."""
         self._refuse_close_in_call()  # first: nothing is closed if a call is under way
@@ -848,7 +848,7 @@ class RingHandle:
             raise
 
     def _refuse_close_in_call(self) -> None:
-        """Begin closing; RuntimeError, and not closing, if a call is under way."""
+        """Begin closing; HandleInUse, and not closing, if a call is under way."""
         if not self._p.begin_closing():
             raise HandleInUse(
                 f"ring {self._p.name!r}: close() while a call on this handle is under way in "

@@ -1092,9 +1092,12 @@ static PyTypeObject TakerType = {
  * that waits.
  *
  * The frame is taken before anybody awaits the step. A step given up before it ran (its
- * task cancelled before its first step, asyncio.wait_for(..., 0), close(), or dropped
- * unawaited) must not lose it: a Ready made with an owner hands a value it never gave to
- * owner._unsent(value) (the reader puts the frame back for the next step). */
+ * task cancelled before its first step, as asyncio.wait_for(..., 0) does, or close()d) must
+ * not lose it: a Ready made with an owner hands a value it never gave to
+ * owner._unsent(value) (the reader puts the frame back for the next step). Only throw()
+ * and close() do, which the event loop and the caller make between steps; a finalizer would
+ * not (the cyclic GC runs inside any allocation, in the middle of the reader's next step),
+ * so a step dropped unawaited is a step taken, as next() whose result is dropped. */
 
 typedef struct {
     PyObject_HEAD
@@ -1146,31 +1149,7 @@ static int Ready_hand_back(Ready *self) {
     return result;
 }
 
-static void Ready_finalize(Ready *self) {
-    if (self->value == NULL || self->owner == NULL) {
-        return;
-    }
-#if PY_VERSION_HEX >= 0x030C0000
-    PyObject *error = PyErr_GetRaisedException();
-#else
-    PyObject *kind, *error, *traceback;
-    PyErr_Fetch(&kind, &error, &traceback);
-#endif
-    if (Ready_hand_back(self) < 0) {
-        PyErr_WriteUnraisable((PyObject *)self);
-    }
-#if PY_VERSION_HEX >= 0x030C0000
-    PyErr_SetRaisedException(error);
-#else
-    PyErr_Restore(kind, error, traceback);
-#endif
-}
-
 static void Ready_dealloc(Ready *self) {
-    /* (the common case, a value given, costs no finalizer call) */
-    if (self->owner != NULL && PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
-        return; /* resurrected by the owner */
-    }
     PyObject_GC_UnTrack(self);
     Ready_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -1259,14 +1238,13 @@ static PyTypeObject ReadyType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "shmring._fastpath.Ready",
     .tp_doc = "Ready(value, owner=None): an awaitable already done; awaiting it gives value; "
-              "a value never given goes to owner._unsent(value) (see _taker.c).",
+              "throw() or close() before that hand it to owner._unsent(value) (see _taker.c).",
     .tp_basicsize = sizeof(Ready),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = Ready_new,
     .tp_dealloc = (destructor)Ready_dealloc,
     .tp_traverse = (traverseproc)Ready_traverse,
     .tp_clear = (inquiry)Ready_clear,
-    .tp_finalize = (destructor)Ready_finalize,
     .tp_as_async = &Ready_async,
     .tp_iter = PyObject_SelfIter,
     .tp_iternext = (iternextfunc)Ready_next,
