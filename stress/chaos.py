@@ -1011,6 +1011,7 @@ def _timed_caller(conn: Connection, name: str) -> None:
 
     writer = RingWriter.attach(name, timeout=STALL)
     member = RingReader.attach(name, group="g", timeout=STALL)
+    conn.send("attached")
     frame = np.zeros(SHAPE, DTYPE)
     late, timeouts, worst, calls = 0, 0, 0.0, 0
     while not conn.poll():
@@ -1057,15 +1058,19 @@ def stop_chaos(stops: int, seed: int) -> dict[str, Any]:
     owner = RingWriter.create(
         name, SHAPE, DTYPE, slots=4, policy="overwrite", max_writers=3, max_readers=2
     )
-    stopper = ctx.Process(target=_stopper, args=(name,), daemon=True)
-    stopper.start()
     parent, child = ctx.Pipe()
     caller = ctx.Process(target=_timed_caller, args=(child, name), daemon=True)
     caller.start()
+    stopper = ctx.Process(target=_stopper, args=(name,), daemon=True)
     stopped_for = 0.0
     problems: list[str] = []
     try:
-        for n in range(stops):
+        # Attached first: a lock holder that takes the lock back within microseconds of
+        # each release (the stopper) can keep a waiter's polls out for its whole timeout.
+        attached = parent.poll(STALL) and parent.recv() == "attached"
+        if attached:
+            stopper.start()
+        for n in range(stops if attached else 0):
             time.sleep(rng.random() * 0.05)
             os.kill(stopper.pid or 0, signal.SIGSTOP)
             state = await_stopped(stopper.pid or 0)
@@ -1077,11 +1082,14 @@ def stop_chaos(stops: int, seed: int) -> dict[str, Any]:
             time.sleep(pause)
             os.kill(stopper.pid or 0, signal.SIGCONT)
         parent.send("stop")
-        result: dict[str, Any] = parent.recv() if parent.poll(STALL * 10) else {"hung": True}
+        result: dict[str, Any] = (
+            parent.recv() if attached and parent.poll(STALL * 10) else {"hung": True}
+        )
     finally:
         for process in (stopper, caller):
-            process.kill()
-            process.join(STALL)
+            if process.pid is not None:  # (the stopper starts once the caller attached)
+                process.kill()
+                process.join(STALL)
         with contextlib.suppress(shmring.RingTimeout):
             owner.close()
     result.update(stops=stops, stopped_s=round(stopped_for, 1))
