@@ -16,7 +16,7 @@
 #     place, send it. Like shmring-claim (the producing of pixels being the application's
 #     work) they write only the stamp, head and tail, straight into the loaned sample, through
 #     a ctypes array over its payload (what Slice.as_memory_view() wraps); zero copies, so
-#     they are ranked against claim, not write.
+#     they are ranked against claim, not write (in every topology where claim runs).
 # Lossless mode discards samples sent before a subscriber has connected, so the producer waits
 # until every subscriber is registered, then update_connections(), before the first frame. And a
 # subscriber created before the publisher loses samples in lossless mode (iceoryx2 issue #1697,
@@ -224,7 +224,7 @@ class Latest(EventWait):
 class _Loaning(Polling):
     """iceoryx2 doing shmring-claim's job (the classes below add the reader's way to wait)."""
 
-    topologies = frozenset({MAIN, SUPERVISOR})
+    topologies = frozenset({MAIN, SUPERVISOR, FAN_OUT})
     copies = False
 
     def _send(self, loan: Loaner, notify: Notify | None, cell: Cell) -> Send:
