@@ -12,6 +12,7 @@ import multiprocessing as mp
 import os
 import signal
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -170,6 +171,35 @@ def test_published_frames_are_handed_over_without_suspending(run: Runner) -> Non
             await ready
 
     run(main())
+
+
+def test_a_ready_given_up_hands_its_value_back_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ready(value, owner): throw() and close() before the value was given hand it to
+    owner._unsent, once; a throw() of no exception gives nothing up; an owner that fails
+    to take it back does not replace the thrown exception (a cancellation stays one)."""
+    back: list[int] = []
+    unraisable: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda what: unraisable.append(what.exc_value))
+
+    class Owner:
+        def _unsent(self, value: int) -> None:
+            back.append(value)
+            if value == 3:
+                raise KeyError(value)
+
+    ready = Ready(1, Owner())
+    with pytest.raises(TypeError, match="needs an exception"):
+        ready.throw(3)  # type: ignore[arg-type]
+    with pytest.raises(asyncio.CancelledError):
+        ready.throw(asyncio.CancelledError())
+    ready.close()  # given back already: once
+    Ready(2, Owner()).close()
+    with pytest.raises(StopIteration):
+        Ready(9, Owner()).send(None)  # given: nothing to hand back
+    with pytest.raises(asyncio.CancelledError):
+        Ready(3, Owner()).throw(asyncio.CancelledError)  # its KeyError: reported, not raised
+    assert back == [1, 2, 3]
+    assert [type(error) for error in unraisable] == [KeyError]
 
 
 def test_a_steady_stream_is_paced_by_the_async_reader(

@@ -254,7 +254,7 @@ class _Bridge:
         self._n = _Counters()
         self._session = _open_session(listen, connect, config, lossless_sender)
         self._closed = False
-        self._peers_at_close = 0
+        self._peers_at_close: int | None = None  # close()'s snapshot, once it took one
 
     @contextmanager
     def _closed_on_failure(self) -> Iterator[None]:
@@ -276,7 +276,7 @@ class _Bridge:
 
     def stats(self) -> BridgeStats:
         """The counters now; after close(), final, with the peers connected as it closed."""
-        peers = self._peers_at_close if self._closed else self._peers()
+        peers = self._peers() if self._peers_at_close is None else self._peers_at_close
         return BridgeStats(**asdict(self._n), peers=peers)
 
     def _peers(self) -> int:

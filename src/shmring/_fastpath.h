@@ -91,7 +91,7 @@ void shmring_futex_wake_all(uint64_t *word);
  * wake every sleeper on it: one that read the old value and was about to sleep returns at
  * once instead of missing this wake-up. The change is a compare-and-swap (seq_cst): every
  * waker's counts, and it is a full barrier between what the caller stored before (a frame,
- * a release, a close) and the wake-up. Reached only while someone sleeps. */
+ * a release, a close) and the wake-up. */
 static inline void shmring_bump_and_wake(uint64_t *word) {
     uint64_t value = __atomic_load_n(word, __ATOMIC_RELAXED);
     while (!__atomic_compare_exchange_n(word, &value, (value + 1) & 0xFFFFFFFFu, 0,

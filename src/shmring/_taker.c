@@ -1202,15 +1202,17 @@ static PyObject *Ready_throw(Ready *self, PyObject *args) {
     if (!PyArg_UnpackTuple(args, "throw", 1, 3, &type, &value, &traceback)) {
         return NULL;
     }
+    if (!PyExceptionInstance_Check(type) && !PyExceptionClass_Check(type)) {
+        PyErr_SetString(PyExc_TypeError, "throw() needs an exception");
+        return NULL; /* nothing given up */
+    }
     if (Ready_hand_back(self) < 0) {
-        return NULL;
+        PyErr_WriteUnraisable((PyObject *)self); /* the thrown exception is the one to raise */
     }
     if (PyExceptionInstance_Check(type)) {
         PyErr_SetObject((PyObject *)Py_TYPE(type), type);
-    } else if (PyExceptionClass_Check(type)) {
-        PyErr_SetObject(type, value);
     } else {
-        PyErr_SetString(PyExc_TypeError, "throw() needs an exception");
+        PyErr_SetObject(type, value);
     }
     return NULL;
 }
