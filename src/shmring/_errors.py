@@ -51,11 +51,8 @@ class RingCorrupted(ShmringError):
     @classmethod
     def header_overwritten(cls, ring: str, found: str) -> RingCorrupted:
         """What `found` in ring `ring`'s shared state means, and the one remedy (the C core
-        words it alike: _publisher.c, corrupted)."""
-        return cls(
-            f"ring {ring!r}: {found}; the header was overwritten: remove the ring (shmring rm "
-            f"--force {ring}) and create it again"
-        )
+        raises it through this too: _publisher.c, corrupted)."""
+        return cls(f"ring {ring!r}: {found}; the header was overwritten: {recreate(ring)}")
 
 
 class WriterGone(ShmringError):
@@ -68,6 +65,11 @@ class EndOfStream(ShmringError, EOFError):
 
 class RingTimeout(ShmringError, TimeoutError):
     """A bounded wait passed its timeout."""
+
+
+def recreate(ring: str) -> str:
+    """What to do with a damaged ring."""
+    return f"remove the ring (shmring rm --force {ring}) and create it again"
 
 
 class HandleClosed(ShmringError):

@@ -341,18 +341,21 @@ static uint64_t release_floor(const ShmringReclaim *ring, uint64_t head) {
     return floor;
 }
 
-/* Raise RingCorrupted for `ring`: what is wrong (a format and its values), and what to do. */
+/* Raise RingCorrupted for `ring`: what is wrong (a format and its values), worded with what
+ * to do by RingCorrupted.header_overwritten, as Python's sites are. */
 static long long corrupted(const ShmringReclaim *ring, const char *format, ...) {
     va_list values;
     va_start(values, format);
     PyObject *wrong = PyUnicode_FromFormatV(format, values);
     va_end(values);
     if (wrong != NULL) {
-        PyErr_Format(shmring_ring_corrupted,
-                     "ring %R: %U; the header was overwritten: remove the ring (shmring rm "
-                     "--force %U) and create it again",
-                     ring->name, wrong, ring->name);
+        PyObject *error = PyObject_CallMethod(shmring_ring_corrupted, "header_overwritten", "OO",
+                                              ring->name, wrong);
         Py_DECREF(wrong);
+        if (error != NULL) {
+            PyErr_SetObject(shmring_ring_corrupted, error);
+            Py_DECREF(error);
+        }
     }
     return -1;
 }

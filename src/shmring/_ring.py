@@ -44,6 +44,7 @@ from ._errors import (
     RingFull,
     RingTimeout,
     ShmringError,
+    recreate,
 )
 from ._fastpath import load_word, reclaim, settle, wake
 from ._lock import IMPATIENT_QUIESCE, LOCK_FLOOR, HeaderLock, gave_up, give_up_at
@@ -261,7 +262,7 @@ class Participant:
             raise RingCorrupted(
                 f"ring {self.name!r}: its file is now {size} bytes, not "
                 f"{self.geometry.segment_bytes}; another process truncated or resized it: "
-                f"remove the ring (shmring rm --force {self.name}) and create it again"
+                f"{recreate(self.name)}"
             )
 
     def repair(self) -> None:
