@@ -7,7 +7,7 @@
 # the smoke-test mode (tiny durations, one repeat). Transports whose library cannot be
 # imported are reported as skipped with the reason. Outputs go to bench/results/
 # (gitignored); --readme also writes docs/performance.md and docs/img/*.png, which are
-# committed for the README. --from-json re-renders the reports of an earlier run without
+# committed for the README, and refuses to run with a peer skipped. --from-json re-renders the reports of an earlier run without
 # measuring again.
 from __future__ import annotations
 
@@ -152,6 +152,15 @@ def main(argv: list[str] | None = None) -> int:
             _, skipped = available([name])
             print(f"{name:<16} {skipped.get(name, 'ok')}")
         return 0
+    if args.readme and not args.from_json:
+        _, skipped = _plan(args)
+        if skipped:  # docs/performance.md compares with every peer: none may be left out
+            raise SystemExit(
+                "--readme publishes the comparison with every peer, and these cannot run: "
+                + "; ".join(f"{name} ({reason})" for name, reason in skipped.items())
+                + ". Install the bench extra (pip install -e '.[bench]', as `make bench` "
+                "does), or run without --readme"
+            )
     results = json.loads(args.from_json.read_text()) if args.from_json else _measure(args, argv)
     written = report.write(results, args.out)
     if args.readme:

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from bench import analysis, report
+from bench.__main__ import main as bench_main
 from bench.cell import FAN_IN, GROUPS, LATEST_FRAME, THROUGHPUT, Cell, Timing
 from bench.frames import PHASE_END, WRITER_SHIFT, make_source, parse_size, stamper
 from bench.suite import SHAPES, available
@@ -181,6 +182,18 @@ def test_missing_peer_is_skipped_with_its_reason(monkeypatch: pytest.MonkeyPatch
     ok, skipped = available(["mp-pipe", "pyzmq"])
     assert ok == ("mp-pipe",)
     assert "zmq" in skipped["pyzmq"]
+
+
+def test_readme_run_refuses_to_publish_without_a_peer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A --readme run with a peer that cannot run would publish its targets as 'not
+    measured': it stops before measuring and names the peer and the extra to install."""
+    monkeypatch.setitem(sys.modules, "zmq", None)
+    monkeypatch.delitem(sys.modules, "bench.transports.pyzmq", raising=False)
+    with pytest.raises(SystemExit) as refused:
+        bench_main(["--readme", "--quick", "--transports", "mp-pipe,pyzmq"])
+    message = str(refused.value)
+    assert "pyzmq (" in message and "zmq" in message
+    assert "pip install -e '.[bench]'" in message
 
 
 def bench_stdout(module: str, *args: str, timeout: float = 60) -> str:
