@@ -20,23 +20,22 @@
 # RingReader's pacing, _pacing.py), then the handle counts itself as a sleeper exactly as a
 # blocking wait does (so the writer, or the reader that frees space, wakes its futex word),
 # reads the word, looks once more, and hands the word's address and value to its _Sleeper:
-# a daemon thread that only calls futex_wait(address, value, timeout) and then resolves the
-# task's future with call_soon_threadsafe. The thread never reads the ring's memory (the
-# kernel compares the word), so a handle closed or unmapped under it cannot crash it: the
-# wait ends in EFAULT or at its timeout (at most POLL_SLICE). A nap is such a sleep (so a
-# frame that comes early ends it) that the loop also ends itself on time, on a timerfd it
-# watches (MonotonicTimer, one per handle): the kernel wakes the loop's thread directly,
-# earlier by the measured time the loop takes to resume the task, instead of through the
-# sleeper thread and call_soon_threadsafe (two wake-ups in a row, each of which waits for a
-# CPU on a busy machine, so that a frame came during that hand-off and the task took it
-# late). The sleeper thread does not touch the loop for a future that is done already. Each
-# sleep lasts at most POLL_SLICE, so liveness checks (WriterGone, dead readers) run on the
-# loop as often as in the blocking calls. Cancelling a task that sleeps wakes its thread
-# (FUTEX_WAKE on the word: other sleepers on it look once more and sleep again); close()
-# resolves the waiting future at once, and the woken task raises what the blocking calls
-# raise on a closed handle. A thread with nothing to do for IDLE_EXIT seconds exits;
-# close() stops it at once. One task at a time may wait on a handle (as one thread at a
-# time may use it): a second raises HandleInUse.
+# a daemon thread that only calls futex_wait(address, value, timeout) and then resolves the task's
+# future with call_soon_threadsafe. The thread never reads the ring's memory (the kernel compares
+# the word), so a handle closed or unmapped under it cannot crash it: the wait ends in EFAULT or at
+# its timeout (the wait's Sleeps, _timing.py). A nap is such a sleep (so a frame that comes early
+# ends it) that the loop also ends itself on time, on a timerfd it watches (MonotonicTimer, one per
+# handle): the kernel wakes the loop's thread directly, earlier by the measured time the loop takes
+# to resume the task, instead of through the sleeper thread and call_soon_threadsafe (two wake-ups
+# in a row, each of which waits for a CPU on a busy machine, so that a frame came during that
+# hand-off and the task took it late). The sleeper thread does not touch the loop for a future that
+# is done already. The sleeps of a wait are the blocking calls' (Sleeps), so liveness checks
+# (WriterGone, dead readers) run on the loop as often as in the blocking calls. Cancelling a task
+# that sleeps wakes its thread (FUTEX_WAKE on the word: other sleepers on it look once more and
+# sleep again); close() resolves the waiting future at once, and the woken task raises what the
+# blocking calls raise on a closed handle. A thread with nothing to do for IDLE_EXIT seconds exits;
+# close() stops it at once. One task at a time may wait on a handle (as one thread at a time may use
+# it): a second raises HandleInUse.
 #
 # Internals this module relies on (keep them when changing the core): RingReader._take_next,
 # _take_latest, _wait_for, _count, _uncount, _check_writers_alive, _release_last,
@@ -69,6 +68,7 @@ from ._timing import (
     POLL_SLICE,
     STALLED_FIRST_PAUSE,
     STALLED_LAST_PAUSE,
+    Sleeps,
     deadline_from,
     remaining,
 )
@@ -197,17 +197,17 @@ class AsyncHandle(RingHandle):
             super().close()
 
     async def _sleep(
-        self, address: int, expected: int, deadline: float | None, wake_at: float | None = None
+        self, address: int, expected: int, seconds: float, wake_at: float | None = None
     ) -> bool:
         """Wait (without blocking the loop) until the u32 at `address` is not `expected`,
-        a wake-up, POLL_SLICE, or the deadline, or (a nap) until the loop's timer rings at
-        `wake_at`; then raise if this handle was closed. Whether the timer ended the wait.
-        The caller waits as the handle's one waiting task (_one_waiter)."""
+        a wake-up, or `seconds`, or (a nap) until the loop's timer rings at `wake_at`; then
+        raise if this handle was closed. Whether the timer ended the wait. The caller waits
+        as the handle's one waiting task (_one_waiter)."""
         sleeper = self._sleeper
         if sleeper is None:
             sleeper = self._sleeper = _Sleeper(self.name)
         loop = asyncio.get_running_loop()
-        future = self._waiting = sleeper.sleep(loop, address, expected, remaining(deadline))
+        future = self._waiting = sleeper.sleep(loop, address, expected, seconds)
         timer = None
         try:
             if wake_at is not None:
@@ -264,12 +264,13 @@ class AsyncHandle(RingHandle):
         """Call `attempt` until it returns something, sleeping on the control word `word`
         (whose futex is at `address`) between attempts. `attempt` raises to end the wait."""
         control = self._p.control
+        sleeps = Sleeps()
         while True:
             observed = load_word(control, word)
             result = await _patiently(attempt, deadline)
             if result is not None:
                 return result
-            await self._sleep(address, observed, deadline)
+            await self._sleep(address, observed, sleeps.next(deadline))
 
 
 def _rang(timer: MonotonicTimer, future: asyncio.Future[bool]) -> None:
@@ -542,7 +543,7 @@ class AsyncReading(AsyncHandle):
             wake_at = nap_end - self._handoff
             if time.monotonic() >= wake_at:
                 return None
-            if await self._sleep(p.frames_address, observed, nap_end, wake_at):
+            if await self._sleep(p.frames_address, observed, remaining(nap_end), wake_at):
                 late = time.monotonic() - wake_at  # how long the loop took to resume us
                 handoff = self._handoff + (late - self._handoff) * HANDOFF_SMOOTHING
                 self._handoff = min(handoff, HANDOFF_MAX)

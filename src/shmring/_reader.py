@@ -45,7 +45,7 @@ from ._ring import (
 )
 from ._segment import Segment, validate_name
 from ._sys import futex_wait, precise_futex_wait
-from ._timing import DEFAULT_SPIN, POLL_SLICE, checked_spin, deadline_from, remaining
+from ._timing import DEFAULT_SPIN, POLL_SLICE, Sleeps, checked_spin, deadline_from
 
 _STARTS = ("latest", "oldest")
 
@@ -495,6 +495,7 @@ class RingReader(AsyncReading, RingHandle):
                     return frame
             self._count()
             next_liveness_check = time.monotonic() + POLL_SLICE
+            sleeps = Sleeps()
             while True:
                 observed = load_word(control, L.C_FRAMES)
                 frame = take()
@@ -511,7 +512,7 @@ class RingReader(AsyncReading, RingHandle):
                 if time.monotonic() >= next_liveness_check:
                     next_liveness_check = time.monotonic() + POLL_SLICE
                     self._check_writers_alive(deadline)
-                wait = remaining(deadline)
+                wait = sleeps.next(deadline)
                 if wait <= 0:
                     raise RingTimeout(f"ring {p.name!r}: no frame arrived within the timeout")
                 futex_wait(p.frames_address, observed, wait)

@@ -2,9 +2,11 @@
 #
 # Rules: a user timeout is None (wait forever) or a number of seconds >= 0, turned into an
 # absolute time.monotonic() deadline once, at the start of the call; one past any wait the
-# OS can time (math.inf, or beyond threading.TIMEOUT_MAX) is taken as None. No single
-# sleep lasts longer than POLL_SLICE, so liveness checks run and a lost wake-up costs at
-# most one slice, whatever the timeout.
+# OS can time (math.inf, or beyond threading.TIMEOUT_MAX) is taken as None. A wait that
+# sleeps on a futex sleeps POLL_SLICE first, then twice as long after each sleep nothing
+# ended, up to LONGEST_SLICE (Sleeps): an idle waiter wakes a few times a second, not ten
+# (each wake-up runs with cold caches: docs/performance.md), and still runs its liveness
+# checks and catches a lost wake-up within LONGEST_SLICE, whatever the timeout.
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import math
 import threading
 import time
 
-POLL_SLICE = 0.1  # longest single sleep: bounds liveness checks and any lost wake-up
+POLL_SLICE = 0.1  # a wait's first sleep, and the least time between its liveness checks
+LONGEST_SLICE = 0.4  # an idle wait's sleeps grow to this: "within a second" (docs) holds
 DEFAULT_SPIN = 50e-6  # poll this long before sleeping: catches back-to-back frames
 # A sequenced overwrite writer held back by another writer (_writer._published, and
 # _async's retries) looks again after this pause, doubling up to the last: a stopped writer
@@ -45,3 +48,19 @@ def remaining(deadline: float | None) -> float:
     if deadline is None:
         return POLL_SLICE
     return min(POLL_SLICE, deadline - time.monotonic())
+
+
+class Sleeps:
+    """The lengths of one wait's futex sleeps (see Rules): POLL_SLICE, then doubling up to
+    LONGEST_SLICE, each cut short at the deadline. A wait makes one, and asks it before
+    every sleep."""
+
+    __slots__ = ("_length",)
+
+    def __init__(self) -> None:
+        self._length = POLL_SLICE
+
+    def next(self, deadline: float | None) -> float:
+        length = self._length
+        self._length = max(length, min(2 * length, LONGEST_SLICE))
+        return length if deadline is None else min(length, deadline - time.monotonic())

@@ -45,6 +45,7 @@ from ._timing import (
     POLL_SLICE,
     STALLED_FIRST_PAUSE,
     STALLED_LAST_PAUSE,
+    Sleeps,
     checked_spin,
     deadline_from,
     remaining,
@@ -621,6 +622,7 @@ class RingWriter(AsyncWriting, RingHandle):
         # An awaitable write's tries (_async.py) run counted: the count is theirs to end.
         waiting = counted_before = self._record[L.W_SLEEPING] == 1
         next_liveness_check = time.monotonic() + POLL_SLICE
+        sleeps = Sleeps()
         try:
             while True:
                 observed = load_word(control, L.C_SPACE)
@@ -649,7 +651,7 @@ class RingWriter(AsyncWriting, RingHandle):
                         continue  # (they changed meanwhile: not forged after all)
                     waiting = True
                     continue
-                wait = remaining(deadline)
+                wait = sleeps.next(deadline)
                 if wait <= 0:
                     raise RingTimeout(
                         f"ring {p.name!r}: no free slot within the timeout; every slot holds a "
@@ -821,13 +823,14 @@ class RingWriter(AsyncWriting, RingHandle):
         try:
             if self._p.closing or self._p.closed:
                 self._raise_closed()
+            sleeps = Sleeps()
             while True:
                 self._p.check_size()  # first and after each sleep: a truncated ring raises
                 observed = load_word(control, L.C_MEMBERSHIP)
                 attached = load_word(control, L.C_READERS)
                 if attached >= count:
                     return attached
-                wait = remaining(deadline)
+                wait = sleeps.next(deadline)
                 if wait <= 0:
                     raise RingTimeout(
                         f"ring {self._p.name!r}: {attached} of {count} readers attached "
