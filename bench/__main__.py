@@ -144,6 +144,27 @@ def _measure(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     }
 
 
+def _refuse_partial(args: argparse.Namespace, skipped: dict[str, str]) -> None:
+    """--readme publishes docs/performance.md, the comparison of the whole suite with every
+    peer: refuse a run that leaves any of it out (before measuring, when it is to come)."""
+    narrowed = [
+        f"--{option}"
+        for option in ("sizes", "transports", "scenarios")
+        if getattr(args, option) != _parser().get_default(option)
+    ]
+    if narrowed:
+        raise SystemExit(
+            f"--readme publishes the whole suite: run it without {', '.join(narrowed)}"
+        )
+    if skipped:
+        raise SystemExit(
+            "--readme publishes the comparison with every peer, and these cannot run: "
+            + "; ".join(f"{name} ({reason})" for name, reason in skipped.items())
+            + ". Install them (pip install -e '.[bench,async]', as `make bench` does), or "
+            "run without --readme"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
@@ -153,15 +174,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<16} {skipped.get(name, 'ok')}")
         return 0
     if args.readme and not args.from_json:
-        _, skipped = _plan(args)
-        if skipped:  # docs/performance.md compares with every peer: none may be left out
-            raise SystemExit(
-                "--readme publishes the comparison with every peer, and these cannot run: "
-                + "; ".join(f"{name} ({reason})" for name, reason in skipped.items())
-                + ". Install the bench extra (pip install -e '.[bench]', as `make bench` "
-                "does), or run without --readme"
-            )
+        _refuse_partial(args, _plan(args)[1])
     results = json.loads(args.from_json.read_text()) if args.from_json else _measure(args, argv)
+    if args.readme and args.from_json:
+        _refuse_partial(args, results.get("skipped", {}))
     written = report.write(results, args.out)
     if args.readme:
         written.update(

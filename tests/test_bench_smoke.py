@@ -184,16 +184,33 @@ def test_missing_peer_is_skipped_with_its_reason(monkeypatch: pytest.MonkeyPatch
     assert "zmq" in skipped["pyzmq"]
 
 
-def test_readme_run_refuses_to_publish_without_a_peer(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A --readme run with a peer that cannot run would publish its targets as 'not
-    measured': it stops before measuring and names the peer and the extra to install."""
+def test_readme_run_refuses_to_publish_a_partial_comparison(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A --readme run with a peer that cannot run, or with part of the suite, would publish
+    targets as 'not measured': it stops before measuring (nothing is measured or written
+    here even if it did not) and says why and what to do."""
+    import bench.__main__ as bench_cli
+
+    def must_not_run(*args: object) -> None:
+        raise AssertionError("a refused --readme run went on")
+
+    monkeypatch.setattr(bench_cli, "_measure", must_not_run)
+    monkeypatch.setattr(report, "write_docs", must_not_run)
     monkeypatch.setitem(sys.modules, "zmq", None)
     monkeypatch.delitem(sys.modules, "bench.transports.pyzmq", raising=False)
+    out = ["--out", str(tmp_path)]
     with pytest.raises(SystemExit) as refused:
-        bench_main(["--readme", "--quick", "--transports", "mp-pipe,pyzmq"])
+        bench_main(["--readme", *out])
     message = str(refused.value)
     assert "pyzmq (" in message and "zmq" in message
-    assert "pip install -e '.[bench]'" in message
+    assert "pip install -e '.[bench,async]'" in message
+    with pytest.raises(SystemExit, match="without --transports"):
+        bench_main(["--readme", "--transports", "mp-pipe", *out])
+    earlier = tmp_path / "results.json"  # an earlier run that skipped a peer
+    earlier.write_text(json.dumps({"skipped": {"pyzmq": "not installed"}, "cells": []}))
+    with pytest.raises(SystemExit, match=r"pyzmq \(not installed\)"):
+        bench_main(["--readme", "--from-json", str(earlier), *out])
 
 
 def bench_stdout(module: str, *args: str, timeout: float = 60) -> str:

@@ -10,26 +10,24 @@ from __future__ import annotations
 
 import itertools
 import resource
-import threading
 import time
 
 import numpy as np
 import pytest
-from helpers import SLACK, SMALL, WAIT, Child, Waiter, unique_name
+from helpers import (
+    SLACK,
+    SMALL,
+    WAIT,
+    Child,
+    Waiter,
+    unique_name,
+    wait_until_asleep_in_futex,
+)
 
-from shmring import RingReader, RingTimeout, RingWriter, WriterGone
+from shmring import RingReader, RingTimeout, RingWriter, WriterGone, _reader, _sys
 from shmring._timing import LONGEST_SLICE, POLL_SLICE, Sleeps
 
 GONE_BOUND = 1.0  # documented: waiting readers get WriterGone within a second
-
-
-def voluntary_switches(thread: threading.Thread) -> int:
-    """How often `thread` (started) has blocked so far: once per futex sleep, here."""
-    with open(f"/proc/self/task/{thread.native_id}/status") as status:
-        for line in status:
-            if line.startswith("voluntary_ctxt_switches:"):
-                return int(line.split()[1])
-    raise AssertionError("no voluntary_ctxt_switches in /proc")
 
 
 def test_sleeps_double_up_to_the_longest_slice_and_stop_at_the_deadline() -> None:
@@ -66,28 +64,36 @@ def test_an_idle_reader_sleeps_longer_the_longer_nothing_comes() -> None:
     assert outcome["sleeps"] <= 8, outcome  # slices of POLL_SLICE would take 15
 
 
-def test_a_reader_idle_for_long_still_reports_a_dead_writer_within_a_second() -> None:
+def test_a_reader_idle_for_long_still_reports_a_dead_writer_within_a_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     name = unique_name()
+    sleeps: list[float] = []
+    real_wait = _sys.futex_wait  # what _reader imported
+
+    def recorded_wait(address: int, expected: int, timeout: float) -> None:
+        sleeps.append(timeout)
+        real_wait(address, expected, timeout)
+
+    monkeypatch.setattr(_reader, "futex_wait", recorded_wait)
     with Child("spawn", "lock_holder", name=name, create=True, mode="none", frames=1) as kid:
         kid.expect("ready")
-        r = RingReader.attach(name, start="oldest")
-        kid.send("go")
-        kid.expect("wrote")
-        with r.read(WAIT) as frame:
-            assert frame.seq == 0
-        kid.send("hold")
-        kid.expect("holding")
-        waiter = Waiter(lambda: r.read(10 * WAIT))
-        waiter.start()
-        # Until its sleeps have grown to the longest: the first three (0.1, 0.2, 0.4 s) are
-        # over. Bounded: each ends within LONGEST_SLICE.
-        deadline = time.monotonic() + WAIT
-        while waiter.native_id is None or voluntary_switches(waiter) < 3:
-            assert time.monotonic() < deadline and waiter.is_alive()
-            time.sleep(0.01)  # bounded poll of /proc
-        kid.kill()
-        killed = time.monotonic()
-        waiter.finish()
-        assert isinstance(waiter.exc, WriterGone), repr(waiter.exc)
-        assert waiter.t_end is not None and waiter.t_end - killed < GONE_BOUND + SLACK
-        r.close()
+        with RingReader.attach(name, start="oldest") as r:
+            kid.send("go")
+            kid.expect("wrote")
+            with r.read(WAIT) as frame:
+                assert frame.seq == 0
+            kid.send("hold")
+            kid.expect("holding")
+            waiter = Waiter(lambda: r.read(10 * WAIT))
+            waiter.start()
+            deadline = time.monotonic() + WAIT
+            while LONGEST_SLICE not in sleeps:  # its sleeps have grown to the longest
+                assert time.monotonic() < deadline and waiter.is_alive()
+                time.sleep(0.01)  # bounded poll
+            wait_until_asleep_in_futex(waiter)  # in that longest sleep
+            kid.kill()
+            killed = time.monotonic()
+            waiter.finish()
+            assert isinstance(waiter.exc, WriterGone), repr(waiter.exc)
+            assert waiter.t_end is not None and waiter.t_end - killed < GONE_BOUND + SLACK

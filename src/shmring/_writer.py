@@ -651,13 +651,6 @@ class RingWriter(AsyncWriting, RingHandle):
                         continue  # (they changed meanwhile: not forged after all)
                     waiting = True
                     continue
-                wait = sleeps.next(deadline)
-                if wait <= 0:
-                    raise RingTimeout(
-                        f"ring {p.name!r}: no free slot within the timeout; every slot holds a "
-                        "frame some reader group has not released (block policy); `shmring "
-                        f"inspect {p.name}` shows which reader or group lags"
-                    )
                 if time.monotonic() >= next_liveness_check:
                     next_liveness_check = time.monotonic() + POLL_SLICE
                     p.check_size()
@@ -666,6 +659,13 @@ class RingWriter(AsyncWriting, RingHandle):
                         with p.lock.until(deadline):
                             p.reap_dead()
                         continue
+                wait = sleeps.next(deadline)
+                if wait <= 0:
+                    raise RingTimeout(
+                        f"ring {p.name!r}: no free slot within the timeout; every slot holds a "
+                        "frame some reader group has not released (block policy); `shmring "
+                        f"inspect {p.name}` shows which reader or group lags"
+                    )
                 futex_wait(p.space_address, observed, wait)
                 p.check_size()  # truncated while we slept: raise before a look faults
         finally:
