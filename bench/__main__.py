@@ -7,8 +7,8 @@
 # the smoke-test mode (tiny durations, one repeat). Transports whose library cannot be
 # imported are reported as skipped with the reason. Outputs go to bench/results/
 # (gitignored); --readme also writes docs/performance.md and docs/img/*.png, which are
-# committed for the README, and refuses to run with a peer skipped. --from-json re-renders
-# the reports of an earlier run without measuring again.
+# committed for the README, and refuses a run that leaves part of the suite or a peer out.
+# --from-json re-renders the reports of an earlier run without measuring again.
 from __future__ import annotations
 
 import argparse
