@@ -43,11 +43,10 @@ def checked_spin(spin: object) -> float:
     return float(spin)
 
 
-def remaining(deadline: float | None) -> float:
-    """Seconds left before `deadline`, capped at one poll slice."""
-    if deadline is None:
-        return POLL_SLICE
-    return min(POLL_SLICE, deadline - time.monotonic())
+def remaining(deadline: float | None, cap: float | None = None) -> float:
+    """Seconds left before `deadline`, capped at `cap` (default: one poll slice)."""
+    cap = POLL_SLICE if cap is None else cap
+    return cap if deadline is None else min(cap, deadline - time.monotonic())
 
 
 class Sleeps:
@@ -63,4 +62,4 @@ class Sleeps:
     def next(self, deadline: float | None) -> float:
         length = self._length
         self._length = max(length, min(2 * length, LONGEST_SLICE))
-        return length if deadline is None else min(length, deadline - time.monotonic())
+        return remaining(deadline, length)
