@@ -42,7 +42,8 @@ SANITIZED_TESTS := tests/test_fastpath.py tests/test_taker.py tests/test_overwri
 	tests/test_overwrite_pins.py tests/test_fanout_groups.py tests/test_topologies.py \
 	tests/test_stalls.py tests/test_lockfree_words.py tests/test_skip.py tests/test_hold_rules.py \
 	tests/test_state_machine.py tests/test_crash.py tests/test_lifecycle.py tests/test_stream.py \
-	tests/test_buffer_reuse.py tests/test_bad_input.py tests/test_async.py
+	tests/test_buffer_reuse.py tests/test_bad_input.py tests/test_async.py tests/test_errors.py \
+	tests/test_close_in_use.py
 
 .PHONY: demo test test-pythons python-claims lint typecheck bench wheel clean sanitize
 

@@ -554,10 +554,7 @@ def test_a_claim_retrying_its_publish_keeps_its_buffer_from_other_tasks(
         ):
             w.write(np.zeros(SMALL, np.uint8))
             reader.read(WAIT).release()
-            real_fast, real_publish, busy = w._publish_claimed_fast, w._publish, [True]
-
-            def fast(buffer: int) -> int:
-                return -1 if busy[0] else real_fast(buffer)
+            real_publish, busy = w._publish, [True]
 
             def publish(buffer: int, *rest: Any) -> int:
                 if busy[0]:
@@ -566,7 +563,6 @@ def test_a_claim_retrying_its_publish_keeps_its_buffer_from_other_tasks(
                     raise LockBusy("simulated: the header lock is busy")
                 return real_publish(buffer, *rest)
 
-            monkeypatch.setattr(w, "_publish_claimed_fast", fast)
             monkeypatch.setattr(w, "_publish", publish)
 
             async def fill(value: int, after_a_yield: bool) -> None:

@@ -171,22 +171,28 @@ def test_a_forked_child_closes_a_handle_its_parents_thread_was_waiting_in() -> N
         r.close()
 
 
+@pytest.mark.parametrize("timeout", [WAIT, None], ids=["general", "plain"])
 @pytest.mark.parametrize("policy", ["block", "overwrite"])
-def test_close_while_a_claim_is_open_is_refused_and_the_claim_publishes(policy: str) -> None:
+def test_close_while_a_claim_is_open_is_refused_and_the_claim_publishes(
+    policy: str, timeout: float | None
+) -> None:
     """close() while a claim's with block runs (in this thread, as from a signal handler,
     or in another): refused, nothing closed. It used to give the claimed buffer back while
-    the claimer still filled it, for other writers' frames to be torn."""
+    the claimer still filled it, for other writers' frames to be torn. A plain claim of a
+    writer that has joined runs in C (Claim, _publisher.c), one with a timeout in Python."""
     name = unique_name()
     with (
         RingWriter.create(name, SHAPE, np.uint8, slots=4, policy=policy) as w,
         RingReader.attach(name, start="oldest") as r,
     ):
-        claim = w.claim(WAIT)
+        w.write(np.zeros(SHAPE, np.uint8), WAIT)
+        r.read(WAIT).release()
+        claim = w.claim(timeout)
         with claim as slot:
             slot[...] = 5
             with pytest.raises(RuntimeError, match="claim on this writer is open"):
                 w.close()
-        assert not w.closed and claim.seq == 0
+        assert not w.closed and claim.seq == 1
         with r.read(WAIT) as frame:
             assert int(frame.array[0]) == 5
         w.close()

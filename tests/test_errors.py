@@ -488,10 +488,16 @@ def test_a_closed_writer_says_so_everywhere(ring_name: str) -> None:
             call()
 
 
+# A plain claim (no timeout, shape, stamp or metadata) of a writer that has joined is taken
+# and published in C (Claim, _publisher.c); one with a timeout by RingWriter's general steps.
+CLAIM_TIMEOUTS = pytest.mark.parametrize("timeout", [WAIT, None], ids=["general", "plain"])
+
+
+@CLAIM_TIMEOUTS
 @pytest.mark.parametrize("second", ["claim", "write", "strided write"])
 @pytest.mark.parametrize("policy", ["block", "overwrite"])
 def test_a_second_claim_or_a_write_while_a_claim_is_open_is_refused(
-    second: str, policy: str
+    second: str, policy: str, timeout: float | None
 ) -> None:
     """A writer's record keeps one claim: a second claim, or a write, while one is open (a
     nested `with`, or another thread sharing the writer) is refused with RuntimeError. It
@@ -502,12 +508,13 @@ def test_a_second_claim_or_a_write_while_a_claim_is_open_is_refused(
         RingWriter.create(name, (4,), np.uint8, slots=4, policy=policy) as w,
         RingReader.attach(name, start="oldest") as r,
     ):
+        w.write(np.full(4, 0, np.uint8), WAIT)  # joined: its plain claims are taken in C
         other = RingWriter.attach(name)  # two writers: sequenced, as where it corrupted
-        with w.claim(WAIT) as slot:
+        with w.claim(timeout) as slot:
             slot[...] = 1
             with pytest.raises(RuntimeError, match="a writer holds one claim at a time"):
                 if second == "claim":
-                    with w.claim(WAIT):
+                    with w.claim(timeout):
                         pass
                 elif second == "write":
                     w.write(np.full(4, 9, np.uint8), WAIT)
@@ -517,10 +524,10 @@ def test_a_second_claim_or_a_write_while_a_claim_is_open_is_refused(
         other.close()  # the last other writer leaves: the ring switches back
         w.write(np.full(4, 3, np.uint8), WAIT)
         got = []
-        for _ in range(3):
+        for _ in range(4):
             with r.read(WAIT) as frame:
                 got.append(int(frame.array[0]))
-        assert got == [1, 2, 3]
+        assert got == [0, 1, 2, 3]
         assert inspect_ring(name).problems == []
 
 
@@ -573,21 +580,25 @@ def test_a_claim_interrupted_as_it_returns_is_filled_by_the_next_write(
         assert inspect_ring(name).problems == []
 
 
-def test_a_claim_whose_exit_never_ran_does_not_refuse_later_writes() -> None:
+@CLAIM_TIMEOUTS
+def test_a_claim_whose_exit_never_ran_does_not_refuse_later_writes(timeout: float | None) -> None:
     """Ctrl-C can land as a claim's with block ends, before its __exit__ runs (here: the
     Claim dropped without leaving): that claim is gone, so the writer's next write and
-    claim go through rather than being refused for a claim nobody holds."""
+    claim go through rather than being refused for a claim nobody holds. The next write
+    fills the buffer it left claimed; while the Claim lives, a write is refused."""
     name = unique_name()
     with (
         RingWriter.create(name, (4,), np.uint8, slots=4) as w,
         RingReader.attach(name, start="oldest") as r,
     ):
-        claim = w.claim(WAIT)
+        w.write(np.full(4, 0, np.uint8), WAIT)  # joined: its plain claims are taken in C
+        claim = w.claim(timeout)
         claim.__enter__()[...] = 1
+        with pytest.raises(RuntimeError, match="a writer holds one claim at a time"):
+            w.write(np.full(4, 9, np.uint8), WAIT)
         del claim
         gc.collect()
-        assert w.write(np.full(4, 2, np.uint8), WAIT) >= 0
-        with w.claim(WAIT) as slot:
+        assert w.write(np.full(4, 2, np.uint8), WAIT) == 1
+        with w.claim(timeout) as slot:
             slot[...] = 3
-        with r.read(WAIT) as frame:
-            assert int(frame.array[0]) == 2
+        assert [int(r.read(WAIT).array[0]) for _ in range(3)] == [0, 2, 3]

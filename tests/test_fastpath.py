@@ -189,17 +189,28 @@ def test_claim_takes_a_buffer_and_publishes_it_in_place() -> None:
         assert w._record[L.W_CLAIMED] == buffer and w._record[L.W_IN_PUBLISH] == 0
         assert w._control[L.C_FREE_COUNT] == count - 1 and w._control[L.C_HEAD] == 0
         w._buffers[buffer][...] = _frame(8)
-        assert publisher.publish_claimed(buffer) == 0
+        assert publisher.publish_described(buffer, 123, None, b"", False) == 0
         assert w._record[L.W_CLAIMED] == L.NONE and w._record[L.W_IN_PUBLISH] == 0
         with r.read(WAIT) as got:
-            assert got.seq == 0 and got.timestamp_ns > 0
+            assert got.seq == 0 and got.timestamp_ns == 123
             assert np.array_equal(got.array, _frame(8))
-        with w.claim() as slot:  # ... which claim() uses
-            slot[...] = _frame(9)
+        # A plain claim takes and publishes its buffer in C (Claim), the same steps.
+        count = w._control[L.C_FREE_COUNT]
+        claim = w.claim()
+        slot = claim.__enter__()
+        buffer = claim._buffer
+        assert slot is w._buffers[buffer] and publisher.claim_open
+        assert w._record[L.W_CLAIMED] == buffer and w._record[L.W_IN_PUBLISH] == 0
+        assert w._control[L.C_FREE_COUNT] == count - 1 and w._control[L.C_HEAD] == 1
+        slot[...] = _frame(9)
+        claim.__exit__(None, None, None)
+        assert claim.seq == 1 and not publisher.claim_open
+        assert w._record[L.W_CLAIMED] == L.NONE and w._record[L.W_IN_PUBLISH] == 0
         with r.read(WAIT) as got:
+            assert got.seq == 1 and got.timestamp_ns > 0
             assert np.array_equal(got.array, _frame(9))
         with pytest.raises(ValueError, match="no buffer"):
-            publisher.publish_claimed(1 << 40)
+            publisher.publish_described(1 << 40, 0, None, b"", False)
 
 
 def test_in_shared_mode_claims_hold_numbers_and_an_abandoned_one_is_skipped() -> None:

@@ -44,6 +44,7 @@ from ._errors import (
     UntrustedRing,
     WriterGone,
 )
+from ._fastpath import Claim
 from ._inspect import (
     BrokenRing,
     GroupInfo,
@@ -67,7 +68,7 @@ from ._recording import (
     record,
     replay,
 )
-from ._writer import Claim, RingWriter
+from ._writer import RingWriter
 
 __all__ = [
     "AsyncClaim",

@@ -74,8 +74,9 @@ from ._timing import (
 )
 
 if TYPE_CHECKING:
+    from ._fastpath import Claim
     from ._reader import Frame, RingReader
-    from ._writer import Claim, RingWriter
+    from ._writer import RingWriter
 
 IDLE_EXIT = 1.0  # seconds a sleeper thread waits for work before it exits
 LOCK_FIRST_PAUSE = 1e-3  # between tries of a step that met a busy header lock (_patiently)

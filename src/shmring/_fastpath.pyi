@@ -7,6 +7,7 @@ from typing import Self, TypeVar, final
 import numpy as np
 
 from shmring._reader import Frame, RingReader
+from shmring._writer import RingWriter
 
 PUBLISH_FALLBACK: int
 PUBLISH_CORRUPTED: int
@@ -51,7 +52,8 @@ class Publisher:
     def stream_copies(self) -> int: ...
     @property
     def stalled(self) -> int: ...
-    claim_open: int  # a Claim's with block runs: publish() and claim_buffer() fall back
+    @property
+    def claim_open(self) -> int: ...  # a Claim's with block runs: the C steps fall back
     def __init__(
         self,
         *,
@@ -77,10 +79,11 @@ class Publisher:
         name: str,
         stream_copies: bool = False,
         exclusive_when_alone: bool = True,
+        views: list[np.ndarray] | None = None,
     ) -> None: ...
+    def claim(self, writer: RingWriter, /) -> Claim: ...
     def publish(self, frame: np.ndarray, timestamp_ns: int = ..., /) -> int: ...
     def claim_buffer(self) -> int: ...
-    def publish_claimed(self, buffer: int) -> int: ...
     def claim_buffer_locked(self) -> int: ...
     def publish_described(
         self,
@@ -97,6 +100,46 @@ class Publisher:
     def uncount_sleeper(self) -> None: ...
     def close(self) -> None: ...
     def forget(self) -> None: ...
+
+@final
+class Claim:
+    """A buffer claimed for one frame; use as a context manager.
+
+    Entering yields a writable ndarray inside the shared segment. Leaving the block normally
+    publishes it (then `seq` holds its sequence number); leaving by an exception abandons
+    it, and readers never see it."""
+
+    _buffer: int
+    _deadline: float | None
+    def __new__(
+        cls,
+        writer: RingWriter,
+        timeout: float | None,
+        shape: tuple[int, ...] | None,
+        timestamp_ns: int | None,
+        meta: bytes,
+        /,
+    ) -> Self: ...
+    @property
+    def seq(self) -> int | None: ...
+    @property
+    def _writer(self) -> RingWriter: ...
+    @property
+    def _timeout(self) -> float | None: ...
+    @property
+    def _shape(self) -> tuple[int, ...] | None: ...
+    @property
+    def _timestamp_ns(self) -> int | None: ...
+    @property
+    def _meta(self) -> bytes: ...
+    def __enter__(self) -> np.ndarray: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+        /,
+    ) -> None: ...
 
 class FrameBase:
     _reader: RingReader | None

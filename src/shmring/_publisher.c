@@ -4,8 +4,8 @@
  * writer's record, the descriptor table, the free list, the reader and group records and
  * the buffers. It runs every step a writer takes lock-free (docs/FORMAT.md, "Writers"):
  * take a buffer (claim_buffer), or take one and copy a frame in (publish), publish it
- * (publish_claimed; publish_described for frames with their own shape, stamp or metadata),
- * or give it back (abandon_claimed): alone in exclusive mode; with the other writers in
+ * (a plain Claim's exit; publish_described for frames with their own shape, stamp or
+ * metadata), or give it back (abandon_claimed): alone in exclusive mode; with the other writers in
  * shared mode once the ring is sequenced (F_SEQUENCED), by the block sequencer or the
  * overwrite one (sections further down). It gives up (PUBLISH_FALLBACK, nothing changed)
  * on anything else: a switch or repair under way, no buffer to take, a frame that is not
@@ -150,6 +150,7 @@ typedef struct {
     int stream_copies; /* shared mode copies stream past the cache (non-temporal stores) */
     long long stalled; /* the buffer a publish left claimed with PUBLISH_STALLED, else -1 */
     PyObject *name;       /* the ring's name (a str), for the reclaim's errors */
+    PyObject *views;      /* a list of the buffers' ndarrays, or NULL: see Claim below */
     PyObject *on_reclaim; /* a test hook (NULL or None: none), called before each reclaim */
 } Publisher;
 
@@ -169,10 +170,10 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
         "header", "data", "control", "record", "descriptors", "freelist", "reader_records",
         "group_records", "frame_bytes", "buffer_stride", "slots", "nbuffers",
         "descriptor_words", "max_readers", "reclaim_eagerly", "overwrite", "meta_size", "ndim",
-        "pin_table", "name", "stream_copies", "exclusive_when_alone", NULL,
+        "pin_table", "name", "stream_copies", "exclusive_when_alone", "views", NULL,
     };
     PyObject *header, *data, *control, *record, *descriptors, *freelist, *readers, *groups;
-    PyObject *pin_table, *name;
+    PyObject *pin_table, *name, *views = Py_None;
     Py_ssize_t frame_bytes, stride, descriptor_words;
     unsigned long long slots, nbuffers, max_readers, meta_size, ndim;
     int reclaim_eagerly, overwrite, stream_copies = 0, exclusive_when_alone = 1;
@@ -182,11 +183,16 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
     }
     self->initialized = 1; /* once, even if it fails: parsing may run Python code (__index__) */
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$OOOOOOOOnnO&O&nO&ppO&O&OUpp:Publisher", keywords, &header, &data,
+            args, kwargs, "$OOOOOOOOnnO&O&nO&ppO&O&OUppO:Publisher", keywords, &header, &data,
             &control, &record, &descriptors, &freelist, &readers, &groups, &frame_bytes, &stride,
             shmring_u64, &slots, shmring_u64, &nbuffers, &descriptor_words, shmring_u64,
             &max_readers, &reclaim_eagerly, &overwrite, shmring_u64, &meta_size, shmring_u64,
-            &ndim, &pin_table, &name, &stream_copies, &exclusive_when_alone)) {
+            &ndim, &pin_table, &name, &stream_copies, &exclusive_when_alone, &views)) {
+        return -1;
+    }
+    if (views != Py_None &&
+        (!PyList_CheckExact(views) || (uint64_t)PyList_GET_SIZE(views) != nbuffers)) {
+        PyErr_SetString(PyExc_ValueError, "Publisher: views must be a list of every buffer");
         return -1;
     }
     uint64_t table_words, data_bytes, record_table_words;
@@ -246,13 +252,14 @@ static int Publisher_init(Publisher *self, PyObject *args, PyObject *kwargs) {
     self->meta_size = meta_size;
     self->ndim = ndim;
     self->name = Py_NewRef(name);
+    self->views = views == Py_None ? NULL : Py_NewRef(views);
     self->stalled = -1;
     self->pid = getpid();
     return 0;
 }
 
 /* The steps of a publish, shared by publish() (write()) and by claim_buffer() and
- * publish_claimed() (claim()). They run inside the W_IN_PUBLISH bracket that enter() opens;
+ * publish_claim() (claim()). They run inside the W_IN_PUBLISH bracket that enter() opens;
  * every way out closes it. */
 
 #define POP_FAILED (-3) /* the reclaim raised: an exception is set */
@@ -1131,15 +1138,18 @@ static PyObject *Publisher_publish(Publisher *self, PyObject *const *args, Py_ss
     return publish_frame(self, (uint64_t)seq, (uint64_t)buffer, 0, how, go == GO_SEQUENCED);
 }
 
-static PyObject *claim_buffer(Publisher *self, int locked) {
+/* Take a buffer for a claim: its index (now this writer's claim, W_CLAIMED), a negative
+ * PUBLISH_* code, or POP_FAILED with an exception set. */
+static long long claim_buffer_index(Publisher *self, int locked) {
     if (self->busy) {
-        return busy_error();
+        busy_error();
+        return POP_FAILED;
     }
     if (!self->holds_exports) {
-        return PyLong_FromLong(PUBLISH_FALLBACK); /* closed */
+        return PUBLISH_FALLBACK; /* closed */
     }
     if (claim_kept(self)) { /* a second claim would make the record forget the first */
-        return PyLong_FromLong(PUBLISH_FALLBACK);
+        return PUBLISH_FALLBACK;
     }
     long long buffer = PUBLISH_FALLBACK;
     int go = enter_as(self, locked);
@@ -1158,6 +1168,11 @@ static PyObject *claim_buffer(Publisher *self, int locked) {
         store(&self->record[SHMRING_W_CLAIMED], (uint64_t)buffer);
     }
     leave(self);
+    return buffer;
+}
+
+static PyObject *claim_buffer(Publisher *self, int locked) {
+    long long buffer = claim_buffer_index(self, locked);
     return buffer == POP_FAILED ? NULL : PyLong_FromLongLong(buffer);
 }
 
@@ -1169,8 +1184,8 @@ static PyObject *Publisher_claim_buffer_locked(Publisher *self, PyObject *Py_UNU
     return claim_buffer(self, 1);
 }
 
-/* Publish claimed `buffer` (as `how` says): the steps publish_claimed() and
- * publish_described() share. */
+/* Publish claimed `buffer` (as `how` says): the steps of a plain Claim's exit and of
+ * publish_described(). */
 static PyObject *publish_claim(Publisher *self, uint64_t buffer, const Description *how,
                                int locked) {
     if (!self->holds_exports) {
@@ -1197,17 +1212,6 @@ static PyObject *publish_claim(Publisher *self, uint64_t buffer, const Descripti
     return publish_frame(self, (uint64_t)seq, buffer, 1, how, go == GO_SEQUENCED);
 }
 
-static PyObject *Publisher_publish_claimed(Publisher *self, PyObject *buffer_object) {
-    if (self->busy) {
-        return busy_error();
-    }
-    uint64_t buffer = PyLong_AsUnsignedLongLong(buffer_object);
-    if (buffer == (uint64_t)-1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    return publish_claim(self, buffer, NULL, 0);
-}
-
 /* The claimed buffer's index and the `locked` flag of a call on a claim; -1 with an
  * exception (also while another call on this writer is under way). */
 static int claim_arguments(Publisher *self, PyObject *buffer_object, PyObject *locked_object,
@@ -1227,7 +1231,7 @@ static int claim_arguments(Publisher *self, PyObject *buffer_object, PyObject *l
     return 0;
 }
 
-/* publish_described(buffer, timestamp_ns, shape, meta, locked): publish_claimed() for any
+/* publish_described(buffer, timestamp_ns, shape, meta, locked): publish_claim() for any
  * frame the general path filled: its stamp, shape (a tuple of ndim ints, or None) and
  * metadata (bytes), which the caller has checked against the ring's limits. With `locked`
  * the caller holds the header lock (shared mode, overwrite policy). */
@@ -1427,11 +1431,13 @@ static PyObject *Publisher_forget(Publisher *self, PyObject *Py_UNUSED(ignored))
 
 static int Publisher_traverse(Publisher *self, visitproc visit, void *arg) {
     Py_VISIT(self->on_reclaim);
+    Py_VISIT(self->views);
     return 0;
 }
 
 static int Publisher_clear(Publisher *self) {
     Py_CLEAR(self->on_reclaim);
+    Py_CLEAR(self->views);
     return 0;
 }
 
@@ -1449,23 +1455,26 @@ static PyMemberDef Publisher_members[] = {
      "raises, the publish raises, nothing published); None (the default) for none."},
     {"stream_copies", T_INT, offsetof(Publisher, stream_copies), READONLY,
      "Whether a frame published in shared mode is copied with non-temporal stores."},
-    {"claim_open", T_INT, offsetof(Publisher, claim_open), 0,
+    {"claim_open", T_INT, offsetof(Publisher, claim_open), READONLY,
      "Whether a Claim's with block runs: publish() and claim_buffer() fall back meanwhile."},
     {"stalled", T_LONGLONG, offsetof(Publisher, stalled), READONLY,
      "The buffer the last PUBLISH_STALLED left claimed by this writer (-1 before any)."},
     {NULL, 0, 0, 0, NULL},
 };
 
+static PyTypeObject ClaimType;
+static PyObject *Publisher_claim(Publisher *self, PyObject *writer);
+
 static PyMethodDef Publisher_methods[] = {
+    {"claim", (PyCFunction)Publisher_claim, METH_O,
+     "claim(writer) -> a plain Claim of `writer` (this Publisher's), taken and published in C "
+     "while it can be."},
     {"publish", (PyCFunction)(void (*)(void))Publisher_publish, METH_FASTCALL,
      "publish(frame[, timestamp_ns]) -> sequence number, PUBLISH_FALLBACK or "
      "PUBLISH_CORRUPTED. Without timestamp_ns the frame is stamped now."},
     {"claim_buffer", (PyCFunction)Publisher_claim_buffer, METH_NOARGS,
      "claim_buffer() -> a free buffer's index (now this writer's claim), PUBLISH_FALLBACK or "
      "PUBLISH_CORRUPTED."},
-    {"publish_claimed", (PyCFunction)Publisher_publish_claimed, METH_O,
-     "publish_claimed(buffer) -> sequence number of the claimed buffer, now published, or "
-     "PUBLISH_FALLBACK."},
     {"count_sleeper", (PyCFunction)Publisher_count_sleeper, METH_NOARGS,
      "count_sleeper() -> 0: ask for space, count this writer among the sleepers (_publisher.c)."},
     {"uncount_sleeper", (PyCFunction)Publisher_uncount_sleeper, METH_NOARGS,
@@ -1476,10 +1485,10 @@ static PyMethodDef Publisher_methods[] = {
      "claim_buffer() for a caller that holds the header lock (shared mode)."},
     {"publish_described", (PyCFunction)(void (*)(void))Publisher_publish_described,
      METH_FASTCALL,
-     "publish_described(buffer, timestamp_ns, shape, meta, locked) -> publish_claimed() for a "
-     "frame with its stamp, shape (tuple or None) and metadata (bytes)."},
+     "publish_described(buffer, timestamp_ns, shape, meta, locked) -> the sequence number "
+     "of claimed `buffer`, now published, for a frame with its stamp, shape (tuple or None) and metadata (bytes)."},
     {"publish_skip", (PyCFunction)(void (*)(void))Publisher_publish_skip, METH_FASTCALL,
-     "publish_skip(buffer, count, timestamp_ns, locked) -> publish_claimed() for a gap: no "
+     "publish_skip(buffer, count, timestamp_ns, locked) -> publish_described() for a gap: no "
      "frame, `count` frames dropped (DF_SKIP)."},
     {"abandon_claimed", (PyCFunction)(void (*)(void))Publisher_abandon_claimed, METH_FASTCALL,
      "abandon_claimed(buffer, locked) -> 0 (the buffer is free again), PUBLISH_FALLBACK "
@@ -1506,6 +1515,237 @@ static PyTypeObject PublisherType = {
     .tp_members = Publisher_members,
 };
 
+/* ---- Claim: `with writer.claim() as slot:` ---------------------------------------------
+ *
+ * shmring.Claim. A plain claim (the ring's shape, stamped when published, no metadata, no
+ * timeout) made while its writer is on the fast path (Publisher.claim) takes its buffer on
+ * entering and publishes it on leaving right here, one C call each way; every other claim,
+ * and a plain one whose C step falls back, runs RingWriter's general steps (_enter_claim,
+ * _exit_claim). While its with block runs, the writer's Publisher keeps claim_open set, so
+ * that the C steps refuse a second claim or a write; a Claim freed without leaving its
+ * block (Ctrl-C as the block ended) clears it as it goes, and the writer's next write or
+ * claim fills the buffer its record still claims (RingWriter._take_buffer). */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *writer;    /* the RingWriter */
+    Publisher *fast;     /* a plain claim's Publisher (taken on the fast path), else NULL */
+    Publisher *open_in;  /* the Publisher whose claim_open this claim set, until it leaves */
+    PyObject *timeout, *shape, *timestamp_ns, *meta, *deadline, *seq; /* NULL reads None */
+    long long buffer;    /* the claimed buffer, -1 until entered */
+} Claim;
+
+static PyObject *str_enter_claim, *str_exit_claim, *str_publisher, *empty_meta;
+
+static Claim *new_claim(PyObject *writer) {
+    Claim *self = PyObject_GC_New(Claim, &ClaimType);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->writer = Py_NewRef(writer);
+    self->fast = self->open_in = NULL;
+    self->timeout = self->shape = self->timestamp_ns = self->deadline = self->seq = NULL;
+    self->meta = Py_NewRef(empty_meta);
+    self->buffer = -1;
+    PyObject_GC_Track(self);
+    return self;
+}
+
+/* Claim(writer, timeout, shape, timestamp_ns, meta): RingWriter.claim() checked them. */
+static PyObject *Claim_new(PyTypeObject *Py_UNUSED(type), PyObject *args, PyObject *kwargs) {
+    PyObject *writer, *timeout, *shape, *timestamp_ns, *meta;
+    if ((kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) ||
+        !PyArg_ParseTuple(args, "OOOOS:Claim", &writer, &timeout, &shape, &timestamp_ns,
+                          &meta)) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "Claim takes positional arguments only");
+        }
+        return NULL;
+    }
+    Claim *self = new_claim(writer);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->timeout = timeout == Py_None ? NULL : Py_NewRef(timeout);
+    self->shape = shape == Py_None ? NULL : Py_NewRef(shape);
+    self->timestamp_ns = timestamp_ns == Py_None ? NULL : Py_NewRef(timestamp_ns);
+    Py_SETREF(self->meta, Py_NewRef(meta));
+    return (PyObject *)self;
+}
+
+/* publisher.claim(writer): a plain claim on the fast path (see above). */
+static PyObject *Publisher_claim(Publisher *self, PyObject *writer) {
+    Claim *claim = new_claim(writer);
+    if (claim != NULL && self->views != NULL) {
+        claim->fast = (Publisher *)Py_NewRef(self);
+    }
+    return (PyObject *)claim;
+}
+
+/* The with block begins: `publisher` keeps claim_open set until the claim leaves. */
+static PyObject *opened(Claim *self, Publisher *publisher, PyObject *slot) {
+    publisher->claim_open = 1;
+    Py_XSETREF(self->open_in, (Publisher *)Py_NewRef(publisher));
+    return slot;
+}
+
+/* The with block ends (or the claim is freed): claim_open cleared, first of all. */
+static void closed(Claim *self) {
+    if (self->open_in != NULL) {
+        self->open_in->claim_open = 0;
+        Py_CLEAR(self->open_in);
+    }
+}
+
+static PyObject *Claim_enter(Claim *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->buffer >= 0) {
+        PyErr_SetString(shmring_handle_in_use, "a Claim can be entered once; call claim() again");
+        return NULL;
+    }
+    Publisher *fast = self->fast;
+    if (fast != NULL) {
+        long long buffer = claim_buffer_index(fast, 0);
+        if (buffer == POP_FAILED) {
+            return NULL;
+        }
+        if (buffer >= 0 && buffer < PyList_GET_SIZE(fast->views)) { /* (emptied at close) */
+            self->buffer = buffer;
+            return opened(self, fast, Py_NewRef(PyList_GET_ITEM(fast->views, buffer)));
+        }
+        if (buffer >= 0) {
+            PyErr_SetString(PyExc_ValueError, "Claim: the ring's buffers are gone (closed)");
+            return NULL;
+        }
+    }
+    PyObject *slot = PyObject_CallMethodOneArg(self->writer, str_enter_claim, (PyObject *)self);
+    if (slot == NULL) {
+        return NULL;
+    }
+    PyObject *publisher = PyObject_GetAttr(self->writer, str_publisher); /* joined by now */
+    if (publisher == NULL || !PyObject_TypeCheck(publisher, &PublisherType)) {
+        if (publisher != NULL) {
+            PyErr_SetString(PyExc_TypeError, "Claim: the writer's _publisher is no Publisher");
+        }
+        Py_XDECREF(publisher);
+        Py_DECREF(slot);
+        return NULL;
+    }
+    opened(self, (Publisher *)publisher, slot);
+    Py_DECREF(publisher);
+    return slot;
+}
+
+/* __exit__(exc_type, exc, tb): publish the claimed buffer, or give it back on an exception. */
+static PyObject *Claim_exit(Claim *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "Claim.__exit__ takes 3 arguments");
+        return NULL;
+    }
+    if (self->buffer < 0) {
+        PyErr_SetString(shmring_handle_in_use, "a Claim is left only after it was entered");
+        return NULL;
+    }
+    closed(self); /* first: the publish counts itself (or runs in C) */
+    int failed = args[0] != Py_None;
+    Publisher *fast = self->fast;
+    if (!failed && fast != NULL) {
+        if (fast->busy) {
+            return busy_error();
+        }
+        PyObject *seq = publish_claim(fast, (uint64_t)self->buffer, NULL, 0);
+        if (seq == NULL) {
+            return NULL;
+        }
+        if (PyLong_AsLongLong(seq) >= 0) {
+            Py_XSETREF(self->seq, seq);
+            Py_RETURN_NONE;
+        }
+        Py_DECREF(seq); /* shared mode, say: the general path */
+    }
+    PyObject *seq = PyObject_CallMethodObjArgs(self->writer, str_exit_claim, (PyObject *)self,
+                                               failed ? Py_True : Py_False, NULL);
+    if (seq == NULL) {
+        return NULL;
+    }
+    if (seq == Py_None) {
+        Py_DECREF(seq);
+    } else {
+        Py_XSETREF(self->seq, seq);
+    }
+    Py_RETURN_NONE;
+}
+
+static int Claim_traverse(Claim *self, visitproc visit, void *arg) {
+    Py_VISIT(self->writer);
+    Py_VISIT(self->fast);
+    Py_VISIT(self->open_in);
+    Py_VISIT(self->timeout);
+    Py_VISIT(self->shape);
+    Py_VISIT(self->timestamp_ns);
+    Py_VISIT(self->meta);
+    Py_VISIT(self->deadline);
+    Py_VISIT(self->seq);
+    return 0;
+}
+
+static int Claim_clear(Claim *self) {
+    closed(self);
+    Py_CLEAR(self->writer);
+    Py_CLEAR(self->fast);
+    Py_CLEAR(self->timeout);
+    Py_CLEAR(self->shape);
+    Py_CLEAR(self->timestamp_ns);
+    Py_CLEAR(self->meta);
+    Py_CLEAR(self->deadline);
+    Py_CLEAR(self->seq);
+    return 0;
+}
+
+static void Claim_dealloc(Claim *self) {
+    PyObject_GC_UnTrack(self);
+    Claim_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyMemberDef Claim_members[] = {
+    {"seq", T_OBJECT, offsetof(Claim, seq), READONLY,
+     "The published frame's sequence number (None until published)."},
+    {"_writer", T_OBJECT, offsetof(Claim, writer), READONLY, "The RingWriter."},
+    {"_buffer", T_LONGLONG, offsetof(Claim, buffer), 0, "The claimed buffer (-1: none yet)."},
+    {"_deadline", T_OBJECT, offsetof(Claim, deadline), 0,
+     "The monotonic deadline of its waits (None: none)."},
+    {"_timeout", T_OBJECT, offsetof(Claim, timeout), READONLY, "claim()'s timeout."},
+    {"_shape", T_OBJECT, offsetof(Claim, shape), READONLY, "The frame's own shape, or None."},
+    {"_timestamp_ns", T_OBJECT, offsetof(Claim, timestamp_ns), READONLY,
+     "The caller's stamp, or None (stamped when published)."},
+    {"_meta", T_OBJECT, offsetof(Claim, meta), READONLY, "The frame's metadata (bytes)."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyMethodDef Claim_methods[] = {
+    {"__enter__", (PyCFunction)Claim_enter, METH_NOARGS,
+     "Take a buffer (waiting up to claim()'s timeout); the writable slot."},
+    {"__exit__", (PyCFunction)(void (*)(void))Claim_exit, METH_FASTCALL,
+     "Publish the slot, or give it back unpublished if the block raised."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ClaimType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmring.Claim",
+    .tp_doc = "A buffer claimed for one frame; use as a context manager.\n\n"
+              "Entering yields a writable ndarray inside the shared segment. Leaving the block "
+              "normally publishes it (then `seq` holds its sequence number); leaving by an "
+              "exception abandons it, and readers never see it.",
+    .tp_basicsize = sizeof(Claim),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = Claim_new,
+    .tp_dealloc = (destructor)Claim_dealloc,
+    .tp_traverse = (traverseproc)Claim_traverse,
+    .tp_clear = (inquiry)Claim_clear,
+    .tp_methods = Claim_methods,
+    .tp_members = Claim_members,
+};
 
 static PyObject *position_patience(PyObject *Py_UNUSED(module), PyObject *nanoseconds) {
     uint64_t wait = PyLong_AsUnsignedLongLong(nanoseconds);
@@ -1532,8 +1772,15 @@ int shmring_add_publisher(PyObject *module) {
     int fsrm = __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) && (edx >> 4 & 1);
     aligned_copy_bytes = fsrm ? ALIGNED_COPY_ALWAYS_BYTES : VECTOR_COPY_BYTES;
 #endif
-    if (PyType_Ready(&PublisherType) < 0 ||
+    str_enter_claim = PyUnicode_InternFromString("_enter_claim");
+    str_exit_claim = PyUnicode_InternFromString("_exit_claim");
+    str_publisher = PyUnicode_InternFromString("_publisher");
+    empty_meta = PyBytes_FromStringAndSize(NULL, 0);
+    if (str_enter_claim == NULL || str_exit_claim == NULL || str_publisher == NULL ||
+        empty_meta == NULL || PyType_Ready(&PublisherType) < 0 ||
+        PyType_Ready(&ClaimType) < 0 ||
         PyModule_AddObjectRef(module, "Publisher", (PyObject *)&PublisherType) < 0 ||
+        PyModule_AddObjectRef(module, "Claim", (PyObject *)&ClaimType) < 0 ||
         PyModule_AddFunctions(module, publisher_functions) < 0 ||
         PyModule_AddIntConstant(module, "PUBLISH_FALLBACK", PUBLISH_FALLBACK) < 0 ||
         PyModule_AddIntConstant(module, "PUBLISH_CORRUPTED", PUBLISH_CORRUPTED) < 0 ||

@@ -15,7 +15,6 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from math import prod
 from time import monotonic_ns
-from types import TracebackType
 from typing import Any, Literal
 
 import numpy as np
@@ -29,6 +28,7 @@ from ._fastpath import (
     PUBLISH_CORRUPTED,
     PUBLISH_FALLBACK,
     PUBLISH_STALLED,
+    Claim,
     Publisher,
     load_word,
 )
@@ -74,88 +74,6 @@ _SECONDS = (int, float)  # timeout types write()'s fast path accepts without a c
 _NDARRAY = np.ndarray  # one global lookup in write()'s fast path, not a global and an attribute
 
 
-def _no_claim() -> None:
-    """RingWriter._open_claim before any claim: a reference to no Claim."""
-    return None
-
-
-class Claim:
-    """A buffer claimed for one frame; use as a context manager.
-
-    Entering yields a writable ndarray inside the shared segment. Leaving the block normally
-    publishes it (then `seq` holds its sequence number); leaving by an exception abandons
-    it, and readers never see it."""
-
-    __slots__ = (
-        "__weakref__",
-        "_buffer",
-        "_deadline",
-        "_meta",
-        "_shape",
-        "_timeout",
-        "_timestamp_ns",
-        "_writer",
-        "seq",
-    )
-
-    def __init__(
-        self,
-        writer: RingWriter,
-        timeout: float | None,
-        shape: tuple[int, ...] | None,
-        timestamp_ns: int | None,
-        meta: bytes,
-    ) -> None:
-        self._writer = writer
-        self._timeout = timeout
-        self._shape = shape
-        self._timestamp_ns = timestamp_ns
-        self._meta = meta
-        self._buffer = -1
-        self._deadline: float | None = None
-        self.seq: int | None = None
-
-    def __enter__(self) -> np.ndarray:
-        if self._buffer >= 0:
-            raise HandleInUse("a Claim can be entered once; call claim() again")
-        writer = self._writer
-        timeout = self._timeout
-        self._deadline = None if timeout is None else deadline_from(timeout)
-        self._buffer = writer._take_buffer(self._deadline)  # refused while a claim is open
-        writer._open_claim = weakref.ref(self)
-        writer._publisher.claim_open = 1  # until __exit__ (see RingWriter._claim_refused)
-        if self._shape is None:
-            return writer._buffers[self._buffer]
-        return writer._p.views.buffer_view(writer._p.geometry, self._buffer, self._shape)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        writer = self._writer
-        writer._publisher.claim_open = 0  # first: the publish counts itself (or runs in C)
-        if exc_type is None:
-            if (
-                writer._fast_path
-                and self._shape is None
-                and self._timestamp_ns is None
-                and not self._meta
-            ):  # the common case, in C (_publisher.c); it falls back (-1) in shared mode
-                seq: int = writer._publish_claimed_fast(self._buffer)
-                if seq >= 0:
-                    self.seq = seq
-                    return
-            timestamp = monotonic_ns() if self._timestamp_ns is None else self._timestamp_ns
-            with writer._claim_publishing():
-                self.seq = writer._publish(
-                    self._buffer, self._shape, timestamp, self._meta, self._deadline
-                )
-        else:
-            writer._abandon(self._buffer, self._deadline)
-
-
 class RingWriter(AsyncWriting, RingHandle):
     """Publishes frames into a ring. `create` makes (and owns) a ring; `attach` joins one."""
 
@@ -163,7 +81,7 @@ class RingWriter(AsyncWriting, RingHandle):
     _publisher: Publisher  # the C fast paths, from _join on
     _publish_fast: Callable[..., int]
     _claim_buffer_fast: Callable[[], int]
-    _publish_claimed_fast: Callable[[int], int]
+    _new_claim: Callable[[RingWriter], Claim]
 
     # ---- construction ------------------------------------------------------------------
     @classmethod
@@ -274,7 +192,6 @@ class RingWriter(AsyncWriting, RingHandle):
         self._hot_wait_skips = 0
         self._membership = _Membership()
         self._joined = False
-        self._open_claim: Callable[[], Claim | None] = _no_claim  # its with block runs
         self._stranded = -1  # a claimed buffer a timed-out publish kept (see _publish)
         self._publishing_claim = False  # a Claim's publish is under way (_claim_publishing)
         if not owner:
@@ -323,7 +240,7 @@ class RingWriter(AsyncWriting, RingHandle):
         self._joined = True
         self._publish_fast = publisher.publish
         self._claim_buffer_fast = publisher.claim_buffer
-        self._publish_claimed_fast = publisher.publish_claimed
+        self._new_claim = publisher.claim
         self._fast_path = True
 
     # ---- publishing ----------------------------------------------------------------------
@@ -471,10 +388,14 @@ class RingWriter(AsyncWriting, RingHandle):
         meta: bytes = b"",
     ) -> Claim:
         """Claim a buffer to fill in place (zero copies); see Claim."""
+        if shape is None and timestamp_ns is None and not meta and timeout is None:
+            if self._fast_path:  # the common case: taken and published in C (_publisher.c)
+                return self._new_claim(self)
+            if self._p.closed:
+                self._p.check_usable()
+            return Claim(self, None, None, None, b"")  # nothing to check
         if self._p.closed:
             self._p.check_usable()
-        if shape is None and timestamp_ns is None and not meta and timeout is None:
-            return Claim(self, None, None, None, b"")  # the common case, nothing to check
         own_shape = None
         if shape is not None:
             own_shape = self._check_frame(L.checked_shape(shape), self._dtype)
@@ -503,6 +424,29 @@ class RingWriter(AsyncWriting, RingHandle):
             raise ValueError(f"ring {self._p.name!r}: an empty frame {shape} has no data")
         return tuple(shape)
 
+    def _enter_claim(self, claim: Claim) -> np.ndarray:
+        """Claim.__enter__'s general path (_publisher.c): take a buffer, waiting up to the
+        claim's timeout; the writable slot."""
+        timeout = claim._timeout
+        claim._deadline = deadline = None if timeout is None else deadline_from(timeout)
+        claim._buffer = buffer = self._take_buffer(deadline)
+        if claim._shape is None:
+            return self._buffers[buffer]
+        return self._p.views.buffer_view(self._p.geometry, buffer, claim._shape)
+
+    def _exit_claim(self, claim: Claim, failed: bool) -> int | None:
+        """Claim.__exit__'s general path: publish the claimed buffer (its sequence number),
+        or give it back unpublished when the with block raised (`failed`)."""
+        if failed:
+            self._abandon(claim._buffer, claim._deadline)
+            return None
+        stamp = claim._timestamp_ns
+        timestamp = monotonic_ns() if stamp is None else stamp
+        with self._claim_publishing():
+            return self._publish(
+                claim._buffer, claim._shape, timestamp, claim._meta, claim._deadline
+            )
+
     def _take_buffer(self, deadline: float | None) -> int:
         if self._fast_path:
             buffer: int = self._claim_buffer_fast()
@@ -515,7 +459,10 @@ class RingWriter(AsyncWriting, RingHandle):
             if not self._joined:
                 self._join(deadline)
             if self._publisher.claim_open:
-                self._claim_refused()
+                raise self._second_claim(
+                    "is open (its with block has not ended, in this thread or another)",
+                    "leave that with block first",
+                )
             if self._publishing_claim:
                 raise self._second_claim(
                     "is still publishing (it waits for the header lock or a position, in "
@@ -551,18 +498,6 @@ class RingWriter(AsyncWriting, RingHandle):
             yield
         finally:
             self._publishing_claim = outer
-
-    def _claim_refused(self) -> None:
-        """A Claim's with block runs (publisher.claim_open), so the C steps refused a claim
-        or a write: the writer's record keeps one claim, and would forget that one (a repair
-        would then free a buffer in use). Unless that Claim is gone: Ctrl-C landed as its
-        with block ended, before its __exit__ ran (_take_buffer fills its buffer next)."""
-        if self._open_claim() is not None:
-            raise self._second_claim(
-                "is open (its with block has not ended, in this thread or another)",
-                "leave that with block first",
-            )
-        self._publisher.claim_open = 0
 
     def _second_claim(self, state: str, remedy: str) -> HandleInUse:
         """The refusal of a write or claim while this writer's one claim `state`."""
@@ -851,7 +786,6 @@ class RingWriter(AsyncWriting, RingHandle):
         if (
             self._joined
             and self._publisher.claim_open
-            and self._open_claim() is not None
             and not self._p.calls  # (else: "under way")
             and not self._p.closed
         ):
@@ -952,6 +886,7 @@ def publisher_arguments(
         exclusive_when_alone=MEMBARRIER_AVAILABLE,
         overwrite=g.policy == L.POLICY_OVERWRITE,
         pin_table=views.pin_table if views.pins else None,
+        views=views.buffers,
         meta_size=g.meta_size,
         ndim=len(g.shape),
         name=p.name,
