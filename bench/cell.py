@@ -49,6 +49,9 @@ class Timing:
     latency_s: float = 0.5  # paced phase length (at least latency_min_frames frames)
     latency_min_frames: int = 20
     latency_cap_s: float = 3.0  # a paced phase stops here even short of latency_min_frames
+    # The wake scenario's paced phase: its p99s are compared with each other, and a p99 of
+    # 0.5 s of frames (~470, so the 5th slowest) swung 3x between runs here; ~2,800 frames.
+    wake_latency_s: float = 3.0
     min_interval_s: float = 0.001  # fastest pacing (1000 frames/s)
     idle_s: float = 1.0
     work_s: float = 0.001  # the LATEST reader's per-frame work (it holds the frame meanwhile)
@@ -63,6 +66,7 @@ class Timing:
             latency_s=0.05,
             latency_min_frames=10,
             latency_cap_s=1.0,
+            wake_latency_s=0.05,
             idle_s=0.2,
         )
 

@@ -45,9 +45,12 @@ from bench.cell import (
     SUPERVISOR,
     TITLES,
     TOPOLOGIES,
+    Timing,
 )
 from bench.plots import plots
 from bench.suite import SCENARIOS
+
+TIMING = Timing()  # a full run's (the report describes its pacing)
 
 HOW = {  # topology: how it is wired and what its figures are
     SUPERVISOR: "The parent process (the harness) creates the channel and holds it, never "
@@ -336,7 +339,9 @@ def _latency_cpu_sections(cells: Cells, images: dict[str, str]) -> list[str]:
     if any(c["scenario"] == "wake" for c in cells):
         lines += [
             f"Wake-up: the kernel's floor and `{SLEEP}`, a reader with `spin=0` that sleeps "
-            "until the writer wakes it (24-byte stamp, same pacing):",
+            "until the writer wakes it (24-byte stamp, same pacing, for "
+            f"{TIMING.wake_latency_s:g} s a run rather than the table above's "
+            f"{TIMING.latency_s:g} s, since these p99s are compared with each other):",
             "",
         ]
         lines += _grid(cells, "wake", _latency)

@@ -286,8 +286,12 @@ def _cells(plan: Plan, size: FrameSize) -> list[tuple[str, Cell]]:
 def _wake_cells(plan: Plan) -> list[tuple[str, Cell]]:
     if "wake" not in plan.scenarios:
         return []
+    t = plan.timing
+    timing = replace(
+        t, latency_s=t.wake_latency_s, latency_cap_s=max(t.latency_cap_s, 2 * t.wake_latency_s)
+    )
     return [
-        ("wake", Cell(name, stamp_size(), 1, (LATENCY,), plan.timing, "", plan.pin))
+        ("wake", Cell(name, stamp_size(), 1, (LATENCY,), timing, "", plan.pin))
         for name in plan.transports
         if load(name).kind in ("floor", "wake")
     ]
