@@ -171,15 +171,16 @@ def test_a_forked_child_closes_a_handle_its_parents_thread_was_waiting_in() -> N
         r.close()
 
 
-@pytest.mark.parametrize("timeout", [WAIT, None], ids=["general", "plain"])
+@pytest.mark.parametrize("shape", [None, (2,)], ids=["plain", "own shape"])
 @pytest.mark.parametrize("policy", ["block", "overwrite"])
 def test_close_while_a_claim_is_open_is_refused_and_the_claim_publishes(
-    policy: str, timeout: float | None
+    policy: str, shape: tuple[int, ...] | None
 ) -> None:
     """close() while a claim's with block runs (in this thread, as from a signal handler,
     or in another): refused, nothing closed. It used to give the claimed buffer back while
     the claimer still filled it, for other writers' frames to be torn. A plain claim of a
-    writer that has joined runs in C (Claim, _publisher.c), one with a timeout in Python."""
+    writer that has joined runs in C (Claim, _publisher.c), one with its own shape in
+    Python."""
     name = unique_name()
     with (
         RingWriter.create(name, SHAPE, np.uint8, slots=4, policy=policy) as w,
@@ -187,7 +188,7 @@ def test_close_while_a_claim_is_open_is_refused_and_the_claim_publishes(
     ):
         w.write(np.zeros(SHAPE, np.uint8), WAIT)
         r.read(WAIT).release()
-        claim = w.claim(timeout)
+        claim = w.claim(WAIT, shape=shape)
         with claim as slot:
             slot[...] = 5
             with pytest.raises(RuntimeError, match="claim on this writer is open"):

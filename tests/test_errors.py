@@ -12,6 +12,7 @@ import signal
 import time
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -488,16 +489,17 @@ def test_a_closed_writer_says_so_everywhere(ring_name: str) -> None:
             call()
 
 
-# A plain claim (no timeout, shape, stamp or metadata) of a writer that has joined is taken
-# and published in C (Claim, _publisher.c); one with a timeout by RingWriter's general steps.
-CLAIM_TIMEOUTS = pytest.mark.parametrize("timeout", [WAIT, None], ids=["general", "plain"])
+# A plain claim (a ring-shaped frame without stamp or metadata) of a writer that has joined
+# is taken and published in C (Claim, _publisher.c); one with its own (smaller) shape by
+# RingWriter's general steps.
+CLAIM_SHAPES = pytest.mark.parametrize("shape", [None, (2,)], ids=["plain", "own shape"])
 
 
-@CLAIM_TIMEOUTS
+@CLAIM_SHAPES
 @pytest.mark.parametrize("second", ["claim", "write", "strided write"])
 @pytest.mark.parametrize("policy", ["block", "overwrite"])
 def test_a_second_claim_or_a_write_while_a_claim_is_open_is_refused(
-    second: str, policy: str, timeout: float | None
+    second: str, policy: str, shape: tuple[int, ...] | None
 ) -> None:
     """A writer's record keeps one claim: a second claim, or a write, while one is open (a
     nested `with`, or another thread sharing the writer) is refused with RuntimeError. It
@@ -510,11 +512,11 @@ def test_a_second_claim_or_a_write_while_a_claim_is_open_is_refused(
     ):
         w.write(np.full(4, 0, np.uint8), WAIT)  # joined: its plain claims are taken in C
         other = RingWriter.attach(name)  # two writers: sequenced, as where it corrupted
-        with w.claim(timeout) as slot:
+        with w.claim(WAIT, shape=shape) as slot:
             slot[...] = 1
             with pytest.raises(RuntimeError, match="a writer holds one claim at a time"):
                 if second == "claim":
-                    with w.claim(timeout):
+                    with w.claim(WAIT, shape=shape):
                         pass
                 elif second == "write":
                     w.write(np.full(4, 9, np.uint8), WAIT)
@@ -556,7 +558,9 @@ def test_a_claim_interrupted_as_it_returns_is_filled_by_the_next_write(
             raise KeyboardInterrupt
 
         monkeypatch.setattr(w, "_claim_buffer_fast", interrupted)
-        with pytest.raises(KeyboardInterrupt), w.claim(WAIT):
+        # (A frame with its own shape: the general path. A plain claim takes its buffer and
+        # opens its with block in one C call, where no signal lands.)
+        with pytest.raises(KeyboardInterrupt), w.claim(WAIT, shape=(2,)):
             pass
         monkeypatch.undo()
         with r.read(WAIT) as frame:
@@ -580,25 +584,33 @@ def test_a_claim_interrupted_as_it_returns_is_filled_by_the_next_write(
         assert inspect_ring(name).problems == []
 
 
-@CLAIM_TIMEOUTS
-def test_a_claim_whose_exit_never_ran_does_not_refuse_later_writes(timeout: float | None) -> None:
+@pytest.mark.parametrize("in_a_cycle", [False, True], ids=["dropped", "cycle"])
+@CLAIM_SHAPES
+def test_a_claim_whose_exit_never_ran_does_not_refuse_later_writes(
+    shape: tuple[int, ...] | None, in_a_cycle: bool
+) -> None:
     """Ctrl-C can land as a claim's with block ends, before its __exit__ runs (here: the
-    Claim dropped without leaving): that claim is gone, so the writer's next write and
-    claim go through rather than being refused for a claim nobody holds. The next write
-    fills the buffer it left claimed; while the Claim lives, a write is refused."""
+    Claim dropped without leaving, or left in a reference cycle for the garbage collector):
+    that claim is gone, so the writer's next write and claim go through rather than being
+    refused for a claim nobody holds. The next write fills the buffer it left claimed;
+    while the Claim lives, a write is refused."""
     name = unique_name()
     with (
         RingWriter.create(name, (4,), np.uint8, slots=4) as w,
         RingReader.attach(name, start="oldest") as r,
     ):
         w.write(np.full(4, 0, np.uint8), WAIT)  # joined: its plain claims are taken in C
-        claim = w.claim(timeout)
+        claim = w.claim(shape=shape)
         claim.__enter__()[...] = 1
         with pytest.raises(RuntimeError, match="a writer holds one claim at a time"):
             w.write(np.full(4, 9, np.uint8), WAIT)
+        if in_a_cycle:
+            box: list[Any] = [claim]
+            box.append(box)
+            del box
         del claim
         gc.collect()
         assert w.write(np.full(4, 2, np.uint8), WAIT) == 1
-        with w.claim(timeout) as slot:
+        with w.claim(shape=shape) as slot:
             slot[...] = 3
         assert [int(r.read(WAIT).array[0]) for _ in range(3)] == [0, 2, 3]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import sys
+import weakref
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,15 @@ import pytest
 from helpers import WAIT, mapped_here, reinit_refused, segment_file_id, unique_name
 
 import shmring._layout as L
-from shmring import HandleInUse, RingCorrupted, RingReader, RingTimeout, RingWriter, ShmringError
+from shmring import (
+    HandleInUse,
+    RingCorrupted,
+    RingReader,
+    RingTimeout,
+    RingWriter,
+    ShmringError,
+    inspect_ring,
+)
 from shmring._fastpath import (
     PUBLISH_ALONE,
     PUBLISH_CORRUPTED,
@@ -205,12 +214,77 @@ def test_claim_takes_a_buffer_and_publishes_it_in_place() -> None:
         slot[...] = _frame(9)
         claim.__exit__(None, None, None)
         assert claim.seq == 1 and not publisher.claim_open
+        assert weakref.ref(claim)() is claim  # as the Python class it replaced
         assert w._record[L.W_CLAIMED] == L.NONE and w._record[L.W_IN_PUBLISH] == 0
         with r.read(WAIT) as got:
             assert got.seq == 1 and got.timestamp_ns > 0
             assert np.array_equal(got.array, _frame(9))
         with pytest.raises(ValueError, match="no buffer"):
             publisher.publish_described(1 << 40, 0, None, b"", False)
+
+
+@pytest.mark.parametrize("timeout", [None, WAIT])
+@pytest.mark.parametrize("writers", [1, 2])
+@pytest.mark.parametrize("policy", ["block", "overwrite"])
+def test_a_plain_claim_runs_no_python_step(
+    policy: str, writers: int, timeout: float | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim of a ring-shaped frame without stamp or metadata, made once the writer has
+    joined, is taken and published by the Claim itself, in C: alone (exclusive mode) and
+    beside another writer (sequenced), with or without a timeout. RingWriter's general
+    steps, patched to fail here, never run."""
+    name = unique_name()
+    with (
+        RingWriter.create(name, SHAPE, np.uint8, slots=4, policy=policy) as w,
+        RingReader.attach(name, start="oldest") as r,
+    ):
+        w.write(_frame(0), WAIT)  # joined
+        others = [RingWriter.attach(name) for _ in range(writers - 1)]
+        try:
+
+            def general(*_: Any) -> None:
+                raise AssertionError("the general path ran")
+
+            monkeypatch.setattr(w, "_enter_claim", general)
+            monkeypatch.setattr(w, "_exit_claim", general)
+            seqs = []
+            for value in range(1, 4):
+                claim = w.claim(timeout)
+                with claim as slot:
+                    slot[...] = _frame(value)
+                seqs.append(claim.seq)
+            assert seqs == [1, 2, 3]
+            for value in range(4):
+                with r.read(WAIT) as got:
+                    assert got.seq == value and np.array_equal(got.array, _frame(value))
+        finally:
+            for other in others:
+                other.close()
+
+
+def test_a_claim_is_left_once() -> None:
+    """Leaving a Claim again, after it published or gave its buffer back, is refused: it
+    would publish (or free) the same buffer twice, and a later frame would be torn."""
+    name = unique_name()
+    with (
+        joined(RingWriter.create(name, SHAPE, np.uint8, slots=4)) as w,
+        RingReader.attach(name, start="oldest") as r,
+    ):
+        published = w.claim()
+        with published as slot:
+            slot[...] = _frame(1)
+        with pytest.raises(HandleInUse, match="left once"):
+            published.__exit__(None, None, None)
+        abandoned = w.claim(WAIT)
+        with pytest.raises(ValueError, match="abandon"), abandoned:
+            raise ValueError("abandon")
+        with pytest.raises(HandleInUse, match="left once"):
+            abandoned.__exit__(None, None, None)
+        with pytest.raises(HandleInUse, match="entered once"):
+            published.__enter__()
+        assert w.write(_frame(2), WAIT) == 1
+        assert [int(r.read(WAIT).array[0, 0]) for _ in range(2)] == [1, 2]
+        assert inspect_ring(name).problems == []
 
 
 def test_in_shared_mode_claims_hold_numbers_and_an_abandoned_one_is_skipped() -> None:

@@ -65,9 +65,9 @@ from ._ring import RingHandle
 from ._segment import _ATTACH_POLL
 from ._sys import MonotonicTimer, futex_wait, futex_wake
 from ._timing import (
-    POLL_SLICE,
     STALLED_FIRST_PAUSE,
     STALLED_LAST_PAUSE,
+    Liveness,
     Sleeps,
     deadline_from,
     remaining,
@@ -156,20 +156,6 @@ class _Sleeper:
             if not future.done():  # (racy, but _resolve looks again on the loop)
                 with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
                     loop.call_soon_threadsafe(_resolve, future)
-
-
-class _Liveness:
-    """When a waiting loop is due to check that its peers live (every POLL_SLICE)."""
-
-    def __init__(self) -> None:
-        self._next = time.monotonic() + POLL_SLICE
-
-    def due(self) -> bool:
-        now = time.monotonic()
-        if now < self._next:
-            return False
-        self._next = now + POLL_SLICE
-        return True
 
 
 class AsyncHandle(RingHandle):
@@ -476,7 +462,7 @@ class AsyncReading(AsyncHandle):
                 raise
             if frame is not None:
                 return frame
-        liveness = _Liveness()
+        liveness = Liveness()
 
         def attempt() -> _Ready | None:
             frame = take()
@@ -645,7 +631,7 @@ class AsyncWriting(AsyncHandle):
         release between two looks wakes the sleep."""
         w = self._writer()
         p, publisher = w._p, w._publisher
-        liveness = _Liveness()
+        liveness = Liveness()
 
         def attempt() -> _T | None:
             try:

@@ -1463,12 +1463,15 @@ static PyMemberDef Publisher_members[] = {
 };
 
 static PyTypeObject ClaimType;
-static PyObject *Publisher_claim(Publisher *self, PyObject *writer);
+static PyObject *Publisher_claim(Publisher *self, PyObject *const *args, Py_ssize_t nargs);
+static PyObject *Publisher_open_claim(Publisher *self, PyObject *claim);
 
 static PyMethodDef Publisher_methods[] = {
-    {"claim", (PyCFunction)Publisher_claim, METH_O,
-     "claim(writer) -> a plain Claim of `writer` (this Publisher's), taken and published in C "
-     "while it can be."},
+    {"claim", (PyCFunction)(void (*)(void))Publisher_claim, METH_FASTCALL,
+     "claim(writer[, timeout]) -> a plain Claim of `writer` (this Publisher's), taken and "
+     "published in C while it can be."},
+    {"open_claim", (PyCFunction)Publisher_open_claim, METH_O,
+     "open_claim(claim): the entered claim's with block runs (claim_open, until it leaves)."},
     {"publish", (PyCFunction)(void (*)(void))Publisher_publish, METH_FASTCALL,
      "publish(frame[, timestamp_ns]) -> sequence number, PUBLISH_FALLBACK or "
      "PUBLISH_CORRUPTED. Without timestamp_ns the frame is stamped now."},
@@ -1486,7 +1489,8 @@ static PyMethodDef Publisher_methods[] = {
     {"publish_described", (PyCFunction)(void (*)(void))Publisher_publish_described,
      METH_FASTCALL,
      "publish_described(buffer, timestamp_ns, shape, meta, locked) -> the sequence number "
-     "of claimed `buffer`, now published, for a frame with its stamp, shape (tuple or None) and metadata (bytes)."},
+     "of claimed `buffer`, now published, for a frame with its stamp, shape (tuple or None) "
+     "and metadata (bytes)."},
     {"publish_skip", (PyCFunction)(void (*)(void))Publisher_publish_skip, METH_FASTCALL,
      "publish_skip(buffer, count, timestamp_ns, locked) -> publish_described() for a gap: no "
      "frame, `count` frames dropped (DF_SKIP)."},
@@ -1517,36 +1521,43 @@ static PyTypeObject PublisherType = {
 
 /* ---- Claim: `with writer.claim() as slot:` ---------------------------------------------
  *
- * shmring.Claim. A plain claim (the ring's shape, stamped when published, no metadata, no
- * timeout) made while its writer is on the fast path (Publisher.claim) takes its buffer on
- * entering and publishes it on leaving right here, one C call each way; every other claim,
- * and a plain one whose C step falls back, runs RingWriter's general steps (_enter_claim,
- * _exit_claim). While its with block runs, the writer's Publisher keeps claim_open set, so
- * that the C steps refuse a second claim or a write; a Claim freed without leaving its
- * block (Ctrl-C as the block ended) clears it as it goes, and the writer's next write or
- * claim fills the buffer its record still claims (RingWriter._take_buffer). */
+ * shmring.Claim. A claim of a ring-shaped frame, stamped when published, without metadata
+ * (`plain`), made while its writer is on the fast path (Publisher.claim), takes its buffer
+ * on entering and publishes it on leaving right here, one C call each way; every other
+ * claim, and a plain one whose C step falls back, runs RingWriter's general steps
+ * (_enter_claim, _exit_claim; a plain one still publishes here when it can). While its
+ * with block runs, the writer's Publisher keeps claim_open set (open_claim), so that the C
+ * steps refuse a second claim or a write; a Claim freed without leaving its block (Ctrl-C
+ * as the block ended) clears it as it goes, and the writer's next write or claim fills the
+ * buffer its record still claims (RingWriter._take_buffer). */
 
 typedef struct {
     PyObject_HEAD
     PyObject *writer;    /* the RingWriter */
-    Publisher *fast;     /* a plain claim's Publisher (taken on the fast path), else NULL */
+    Publisher *fast;     /* made on the writer's fast path: its Publisher, else NULL */
     Publisher *open_in;  /* the Publisher whose claim_open this claim set, until it leaves */
     PyObject *timeout, *shape, *timestamp_ns, *meta, *deadline, *seq; /* NULL reads None */
+    PyObject *weakrefs;
     long long buffer;    /* the claimed buffer, -1 until entered */
+    int plain;           /* ring-shaped, stamped when published, no metadata */
+    int finished;        /* published or given back: leaving again would do it twice */
 } Claim;
 
-static PyObject *str_enter_claim, *str_exit_claim, *str_publisher, *empty_meta;
+static PyObject *str_enter_claim, *str_exit_claim, *empty_meta;
 
-static Claim *new_claim(PyObject *writer) {
+static Claim *new_claim(PyObject *writer, PyObject *timeout) {
     Claim *self = PyObject_GC_New(Claim, &ClaimType);
     if (self == NULL) {
         return NULL;
     }
     self->writer = Py_NewRef(writer);
     self->fast = self->open_in = NULL;
-    self->timeout = self->shape = self->timestamp_ns = self->deadline = self->seq = NULL;
+    self->timeout = timeout == Py_None ? NULL : Py_NewRef(timeout);
+    self->shape = self->timestamp_ns = self->deadline = self->seq = self->weakrefs = NULL;
     self->meta = Py_NewRef(empty_meta);
     self->buffer = -1;
+    self->plain = 1;
+    self->finished = 0;
     PyObject_GC_Track(self);
     return self;
 }
@@ -1562,20 +1573,24 @@ static PyObject *Claim_new(PyTypeObject *Py_UNUSED(type), PyObject *args, PyObje
         }
         return NULL;
     }
-    Claim *self = new_claim(writer);
+    Claim *self = new_claim(writer, timeout);
     if (self == NULL) {
         return NULL;
     }
-    self->timeout = timeout == Py_None ? NULL : Py_NewRef(timeout);
     self->shape = shape == Py_None ? NULL : Py_NewRef(shape);
     self->timestamp_ns = timestamp_ns == Py_None ? NULL : Py_NewRef(timestamp_ns);
     Py_SETREF(self->meta, Py_NewRef(meta));
+    self->plain = shape == Py_None && timestamp_ns == Py_None && PyBytes_GET_SIZE(meta) == 0;
     return (PyObject *)self;
 }
 
-/* publisher.claim(writer): a plain claim on the fast path (see above). */
-static PyObject *Publisher_claim(Publisher *self, PyObject *writer) {
-    Claim *claim = new_claim(writer);
+/* publisher.claim(writer[, timeout]): a plain claim on the fast path (see above). */
+static PyObject *Publisher_claim(Publisher *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "claim(writer[, timeout])");
+        return NULL;
+    }
+    Claim *claim = new_claim(args[0], nargs == 2 ? args[1] : Py_None);
     if (claim != NULL && self->views != NULL) {
         claim->fast = (Publisher *)Py_NewRef(self);
     }
@@ -1583,10 +1598,9 @@ static PyObject *Publisher_claim(Publisher *self, PyObject *writer) {
 }
 
 /* The with block begins: `publisher` keeps claim_open set until the claim leaves. */
-static PyObject *opened(Claim *self, Publisher *publisher, PyObject *slot) {
+static void opened(Claim *self, Publisher *publisher) {
     publisher->claim_open = 1;
     Py_XSETREF(self->open_in, (Publisher *)Py_NewRef(publisher));
-    return slot;
 }
 
 /* The with block ends (or the claim is freed): claim_open cleared, first of all. */
@@ -1597,42 +1611,35 @@ static void closed(Claim *self) {
     }
 }
 
+/* publisher.open_claim(claim): the general path's claim, entered (it holds its buffer). */
+static PyObject *Publisher_open_claim(Publisher *self, PyObject *claim) {
+    if (!PyObject_TypeCheck(claim, &ClaimType) || ((Claim *)claim)->buffer < 0) {
+        PyErr_SetString(PyExc_ValueError, "open_claim() takes a Claim that holds a buffer");
+        return NULL;
+    }
+    opened((Claim *)claim, self);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Claim_enter(Claim *self, PyObject *Py_UNUSED(ignored)) {
-    if (self->buffer >= 0) {
+    if (self->buffer >= 0 || self->finished) {
         PyErr_SetString(shmring_handle_in_use, "a Claim can be entered once; call claim() again");
         return NULL;
     }
     Publisher *fast = self->fast;
-    if (fast != NULL) {
+    /* (Its views are emptied when the ring closes: the general path says so.) */
+    if (fast != NULL && (uint64_t)PyList_GET_SIZE(fast->views) == fast->nbuffers) {
         long long buffer = claim_buffer_index(fast, 0);
         if (buffer == POP_FAILED) {
             return NULL;
         }
-        if (buffer >= 0 && buffer < PyList_GET_SIZE(fast->views)) { /* (emptied at close) */
-            self->buffer = buffer;
-            return opened(self, fast, Py_NewRef(PyList_GET_ITEM(fast->views, buffer)));
-        }
         if (buffer >= 0) {
-            PyErr_SetString(PyExc_ValueError, "Claim: the ring's buffers are gone (closed)");
-            return NULL;
+            self->buffer = buffer;
+            opened(self, fast);
+            return Py_NewRef(PyList_GET_ITEM(fast->views, buffer));
         }
     }
-    PyObject *slot = PyObject_CallMethodOneArg(self->writer, str_enter_claim, (PyObject *)self);
-    if (slot == NULL) {
-        return NULL;
-    }
-    PyObject *publisher = PyObject_GetAttr(self->writer, str_publisher); /* joined by now */
-    if (publisher == NULL || !PyObject_TypeCheck(publisher, &PublisherType)) {
-        if (publisher != NULL) {
-            PyErr_SetString(PyExc_TypeError, "Claim: the writer's _publisher is no Publisher");
-        }
-        Py_XDECREF(publisher);
-        Py_DECREF(slot);
-        return NULL;
-    }
-    opened(self, (Publisher *)publisher, slot);
-    Py_DECREF(publisher);
-    return slot;
+    return PyObject_CallMethodOneArg(self->writer, str_enter_claim, (PyObject *)self);
 }
 
 /* __exit__(exc_type, exc, tb): publish the claimed buffer, or give it back on an exception. */
@@ -1641,32 +1648,37 @@ static PyObject *Claim_exit(Claim *self, PyObject *const *args, Py_ssize_t nargs
         PyErr_SetString(PyExc_TypeError, "Claim.__exit__ takes 3 arguments");
         return NULL;
     }
-    if (self->buffer < 0) {
-        PyErr_SetString(shmring_handle_in_use, "a Claim is left only after it was entered");
+    if (self->buffer < 0 || self->finished) {
+        PyErr_SetString(shmring_handle_in_use,
+                        "a Claim is left once, after it was entered; call claim() again");
         return NULL;
     }
+    Publisher *publisher = self->open_in;
+    Py_XINCREF(publisher);
     closed(self); /* first: the publish counts itself (or runs in C) */
     int failed = args[0] != Py_None;
-    Publisher *fast = self->fast;
-    if (!failed && fast != NULL) {
-        if (fast->busy) {
-            return busy_error();
-        }
-        PyObject *seq = publish_claim(fast, (uint64_t)self->buffer, NULL, 0);
+    if (!failed && self->plain && publisher != NULL) {
+        PyObject *seq = publisher->busy ? busy_error()
+                                        : publish_claim(publisher, (uint64_t)self->buffer, NULL, 0);
+        Py_DECREF(publisher);
         if (seq == NULL) {
             return NULL;
         }
         if (PyLong_AsLongLong(seq) >= 0) {
             Py_XSETREF(self->seq, seq);
+            self->finished = 1;
             Py_RETURN_NONE;
         }
         Py_DECREF(seq); /* shared mode, say: the general path */
+    } else {
+        Py_XDECREF(publisher);
     }
     PyObject *seq = PyObject_CallMethodObjArgs(self->writer, str_exit_claim, (PyObject *)self,
                                                failed ? Py_True : Py_False, NULL);
     if (seq == NULL) {
-        return NULL;
+        return NULL; /* (a publish that timed out: AsyncClaim leaves again) */
     }
+    self->finished = 1;
     if (seq == Py_None) {
         Py_DECREF(seq);
     } else {
@@ -1703,6 +1715,9 @@ static int Claim_clear(Claim *self) {
 
 static void Claim_dealloc(Claim *self) {
     PyObject_GC_UnTrack(self);
+    if (self->weakrefs != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
     Claim_clear(self);
     PyObject_GC_Del(self);
 }
@@ -1738,6 +1753,7 @@ static PyTypeObject ClaimType = {
               "normally publishes it (then `seq` holds its sequence number); leaving by an "
               "exception abandons it, and readers never see it.",
     .tp_basicsize = sizeof(Claim),
+    .tp_weaklistoffset = offsetof(Claim, weakrefs),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = Claim_new,
     .tp_dealloc = (destructor)Claim_dealloc,
@@ -1774,11 +1790,9 @@ int shmring_add_publisher(PyObject *module) {
 #endif
     str_enter_claim = PyUnicode_InternFromString("_enter_claim");
     str_exit_claim = PyUnicode_InternFromString("_exit_claim");
-    str_publisher = PyUnicode_InternFromString("_publisher");
     empty_meta = PyBytes_FromStringAndSize(NULL, 0);
-    if (str_enter_claim == NULL || str_exit_claim == NULL || str_publisher == NULL ||
-        empty_meta == NULL || PyType_Ready(&PublisherType) < 0 ||
-        PyType_Ready(&ClaimType) < 0 ||
+    if (str_enter_claim == NULL || str_exit_claim == NULL || empty_meta == NULL ||
+        PyType_Ready(&PublisherType) < 0 || PyType_Ready(&ClaimType) < 0 ||
         PyModule_AddObjectRef(module, "Publisher", (PyObject *)&PublisherType) < 0 ||
         PyModule_AddObjectRef(module, "Claim", (PyObject *)&ClaimType) < 0 ||
         PyModule_AddFunctions(module, publisher_functions) < 0 ||

@@ -45,7 +45,7 @@ from ._ring import (
 )
 from ._segment import Segment, validate_name
 from ._sys import futex_wait, precise_futex_wait
-from ._timing import DEFAULT_SPIN, POLL_SLICE, Sleeps, checked_spin, deadline_from
+from ._timing import DEFAULT_SPIN, POLL_SLICE, Liveness, Sleeps, checked_spin, deadline_from
 
 _STARTS = ("latest", "oldest")
 
@@ -494,8 +494,7 @@ class RingReader(AsyncReading, RingHandle):
                 if frame is not None:
                     return frame
             self._count()
-            next_liveness_check = time.monotonic() + POLL_SLICE
-            sleeps = Sleeps()
+            liveness, sleeps = Liveness(), Sleeps()
             while True:
                 observed = load_word(control, L.C_FRAMES)
                 frame = take()
@@ -509,8 +508,7 @@ class RingReader(AsyncReading, RingHandle):
                     if frame is not None:
                         return frame
                     raise EndOfStream(f"ring {p.name!r}: the stream was closed and drained")
-                if time.monotonic() >= next_liveness_check:
-                    next_liveness_check = time.monotonic() + POLL_SLICE
+                if liveness.due():
                     self._check_writers_alive(deadline)
                 wait = sleeps.next(deadline)
                 if wait <= 0:

@@ -49,6 +49,23 @@ def remaining(deadline: float | None, cap: float | None = None) -> float:
     return cap if deadline is None else min(cap, deadline - time.monotonic())
 
 
+class Liveness:
+    """When a wait is due to check that its peers live: every POLL_SLICE. A wait makes one
+    at its start and asks it before every sleep."""
+
+    __slots__ = ("_next",)
+
+    def __init__(self) -> None:
+        self._next = time.monotonic() + POLL_SLICE
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + POLL_SLICE
+        return True
+
+
 class Sleeps:
     """The lengths of one wait's futex sleeps (see Rules): POLL_SLICE, then doubling up to
     LONGEST_SLICE, each cut short at the deadline. A wait makes one, and asks it before

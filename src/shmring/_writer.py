@@ -42,9 +42,9 @@ from ._sys import (
 )
 from ._timing import (
     DEFAULT_SPIN,
-    POLL_SLICE,
     STALLED_FIRST_PAUSE,
     STALLED_LAST_PAUSE,
+    Liveness,
     Sleeps,
     checked_spin,
     deadline_from,
@@ -81,7 +81,7 @@ class RingWriter(AsyncWriting, RingHandle):
     _publisher: Publisher  # the C fast paths, from _join on
     _publish_fast: Callable[..., int]
     _claim_buffer_fast: Callable[[], int]
-    _new_claim: Callable[[RingWriter], Claim]
+    _new_claim: Callable[..., Claim]
 
     # ---- construction ------------------------------------------------------------------
     @classmethod
@@ -388,12 +388,12 @@ class RingWriter(AsyncWriting, RingHandle):
         meta: bytes = b"",
     ) -> Claim:
         """Claim a buffer to fill in place (zero copies); see Claim."""
-        if shape is None and timestamp_ns is None and not meta and timeout is None:
-            if self._fast_path:  # the common case: taken and published in C (_publisher.c)
+        if self._fast_path and shape is None and timestamp_ns is None and not meta:
+            # The common case: taken and published in C (Claim, _publisher.c).
+            if timeout is None:
                 return self._new_claim(self)
-            if self._p.closed:
-                self._p.check_usable()
-            return Claim(self, None, None, None, b"")  # nothing to check
+            deadline_from(timeout)  # validate now, not at __enter__
+            return self._new_claim(self, timeout)
         if self._p.closed:
             self._p.check_usable()
         own_shape = None
@@ -430,9 +430,14 @@ class RingWriter(AsyncWriting, RingHandle):
         timeout = claim._timeout
         claim._deadline = deadline = None if timeout is None else deadline_from(timeout)
         claim._buffer = buffer = self._take_buffer(deadline)
-        if claim._shape is None:
-            return self._buffers[buffer]
-        return self._p.views.buffer_view(self._p.geometry, buffer, claim._shape)
+        shape = claim._shape
+        slot = (
+            self._buffers[buffer]
+            if shape is None
+            else self._p.views.buffer_view(self._p.geometry, buffer, shape)
+        )
+        self._publisher.open_claim(claim)  # until it leaves: refuse a write or another claim
+        return slot
 
     def _exit_claim(self, claim: Claim, failed: bool) -> int | None:
         """Claim.__exit__'s general path: publish the claimed buffer (its sequence number),
@@ -556,8 +561,7 @@ class RingWriter(AsyncWriting, RingHandle):
         p, control, publisher = self._p, self._control, self._publisher
         # An awaitable write's tries (_async.py) run counted: the count is theirs to end.
         waiting = counted_before = self._record[L.W_SLEEPING] == 1
-        next_liveness_check = time.monotonic() + POLL_SLICE
-        sleeps = Sleeps()
+        liveness, sleeps = Liveness(), Sleeps()
         try:
             while True:
                 observed = load_word(control, L.C_SPACE)
@@ -586,8 +590,7 @@ class RingWriter(AsyncWriting, RingHandle):
                         continue  # (they changed meanwhile: not forged after all)
                     waiting = True
                     continue
-                if time.monotonic() >= next_liveness_check:
-                    next_liveness_check = time.monotonic() + POLL_SLICE
+                if liveness.due():
                     p.check_size()
                     p.check_counters()
                     if p.dead_participant_blocks():
