@@ -120,6 +120,10 @@ def namespace(ring: Ring) -> dict[str, Any]:
             slot[...] = 1
         return claim
 
+    def leave(claim: shmring.Claim) -> shmring.Claim:
+        claim.__exit__(None, None, None)
+        return claim
+
     def roundtrip(frame: np.ndarray) -> shmring.Frame:
         drain(ring.reader)
         ring.writer.write(frame, 1.0)
@@ -143,6 +147,7 @@ def namespace(ring: Ring) -> dict[str, Any]:
         "FRAME": np.zeros(SHAPE, np.uint8),
         "NAN": float("nan"),
         "publish": publish,
+        "leave": leave,
         "roundtrip": roundtrip,
         "closed": closed,
     }
