@@ -568,10 +568,13 @@ def test_a_claim_retrying_its_publish_keeps_its_buffer_from_other_tasks(
             async def fill(value: int, after_a_yield: bool) -> None:
                 if after_a_yield:  # the first task is then between two tries of its publish
                     await asyncio.sleep(0)
-                async with w.aclaim(WAIT) as slot:
+                # (A stamp of its own: the general path, whose publish is patched above. A
+                # plain claim publishes in C, and retries the same way when that falls back.)
+                async with w.aclaim(WAIT, timestamp_ns=value) as slot:
                     slot[...] = value
 
             await asyncio.wait_for(asyncio.gather(fill(1, False), fill(2, True)), WAIT)
+            assert not busy[0], "the simulated busy lock was never met"
             got = []
             for _ in range(2):
                 with reader.read(WAIT) as frame:

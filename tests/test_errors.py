@@ -12,7 +12,6 @@ import signal
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import pytest
@@ -604,10 +603,8 @@ def test_a_claim_whose_exit_never_ran_does_not_refuse_later_writes(
         claim.__enter__()[...] = 1
         with pytest.raises(RuntimeError, match="a writer holds one claim at a time"):
             w.write(np.full(4, 9, np.uint8), WAIT)
-        if in_a_cycle:
-            box: list[Any] = [claim]
-            box.append(box)
-            del box
+        if in_a_cycle:  # the Claim references a list that references it
+            claim._deadline = [claim]  # type: ignore[assignment]
         del claim
         gc.collect()
         assert w.write(np.full(4, 2, np.uint8), WAIT) == 1

@@ -528,6 +528,32 @@ def test_an_interrupted_stalled_write_keeps_its_buffer_for_the_next(
         assert w._record[L.W_CLAIMED] == L.NONE and w._stranded == -1
 
 
+@pytest.mark.parametrize("shape", [None, (1,)], ids=["plain", "own shape"])
+def test_a_claim_held_back_by_a_position_honours_its_timeout(
+    shape: tuple[int, ...] | None,
+) -> None:
+    """A claim whose publish waits for another writer's position (a stopped writer holds
+    it) raises ParticipantStalled at claim()'s timeout, counted from entering the claim,
+    and keeps its buffer and number for the writer's next write. A plain claim is taken in
+    C (Claim, _publisher.c), one with its own shape by the general path: both bounded."""
+    name, slots = unique_name(), 4
+    with writer_held_back(name, slots) as (w, held):
+        claim = w.claim(TIMEOUT, shape=shape)
+
+        def fill_and_publish() -> None:
+            with claim as slot:
+                slot[...] = 1
+
+        started = time.monotonic()
+        raised = _bounded(fill_and_publish, TIMEOUT + HANG_BOUND)
+        assert isinstance(raised, ParticipantStalled), raised
+        assert time.monotonic() - started >= TIMEOUT * 0.9
+        claimed = w._record[L.W_CLAIMED]
+        assert claimed != L.NONE and w._stranded == claimed
+        let_go_position(w, held, slots)
+        assert w.write(np.ones(SMALL, np.uint8), WAIT) == held + slots
+
+
 def test_a_claim_given_back_after_a_stalled_write_leaves_no_hole_at_close() -> None:
     """A write held back by another writer's position times out and keeps its number; the
     next claim (handed the kept buffer) is given back, its `with` block having raised; then

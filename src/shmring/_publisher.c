@@ -128,7 +128,7 @@ typedef struct {
     int initialized;   /* __init__ ran (it never runs again, even after failing) */
     int holds_exports; /* until close(): the pointers below are valid */
     int busy;          /* a publish is running (maybe without the GIL) */
-    int claim_open;    /* a Claim's with block runs: the record keeps one claim (_writer.py) */
+    int claim_open;    /* a Claim's with block runs: the record keeps one claim (Claim, below) */
     pid_t pid;         /* the process that made it: forget() is close() there */
     uint64_t *control;
     uint64_t *record;
@@ -1544,6 +1544,7 @@ typedef struct {
 } Claim;
 
 static PyObject *str_enter_claim, *str_exit_claim, *empty_meta;
+static PyObject *deadline_from; /* shmring._timing.deadline_from: a claim's timeout, at entry */
 
 static Claim *new_claim(PyObject *writer, PyObject *timeout) {
     Claim *self = PyObject_GC_New(Claim, &ClaimType);
@@ -1627,16 +1628,28 @@ static PyObject *Claim_enter(Claim *self, PyObject *Py_UNUSED(ignored)) {
         return NULL;
     }
     Publisher *fast = self->fast;
-    /* (Its views are emptied when the ring closes: the general path says so.) */
-    if (fast != NULL && (uint64_t)PyList_GET_SIZE(fast->views) == fast->nbuffers) {
+    if (fast != NULL) {
+        if (self->timeout != NULL) { /* its publish (or abandon) waits up to the deadline */
+            PyObject *deadline = PyObject_CallOneArg(deadline_from, self->timeout);
+            if (deadline == NULL) {
+                return NULL;
+            }
+            if (deadline == Py_None) {
+                Py_CLEAR(deadline);
+            }
+            Py_XSETREF(self->deadline, deadline);
+        }
         long long buffer = claim_buffer_index(fast, 0);
         if (buffer == POP_FAILED) {
             return NULL;
         }
-        if (buffer >= 0) {
+        PyObject *views = fast->views; /* emptied when the ring closes (or by the reclaim's
+                                          test hook): then the general path, which adopts
+                                          the buffer the record claims or says it closed */
+        if (buffer >= 0 && views != NULL && buffer < PyList_GET_SIZE(views)) {
             self->buffer = buffer;
             opened(self, fast);
-            return Py_NewRef(PyList_GET_ITEM(fast->views, buffer));
+            return Py_NewRef(PyList_GET_ITEM(views, buffer));
         }
     }
     return PyObject_CallMethodOneArg(self->writer, str_enter_claim, (PyObject *)self);
@@ -1788,6 +1801,17 @@ int shmring_add_publisher(PyObject *module) {
     int fsrm = __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) && (edx >> 4 & 1);
     aligned_copy_bytes = fsrm ? ALIGNED_COPY_ALWAYS_BYTES : VECTOR_COPY_BYTES;
 #endif
+    if (deadline_from == NULL) { /* one interpreter: kept for the process's life */
+        PyObject *timing = PyImport_ImportModule("shmring._timing");
+        if (timing == NULL) {
+            return -1;
+        }
+        deadline_from = PyObject_GetAttrString(timing, "deadline_from");
+        Py_DECREF(timing);
+        if (deadline_from == NULL) {
+            return -1;
+        }
+    }
     str_enter_claim = PyUnicode_InternFromString("_enter_claim");
     str_exit_claim = PyUnicode_InternFromString("_exit_claim");
     empty_meta = PyBytes_FromStringAndSize(NULL, 0);

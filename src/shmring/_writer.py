@@ -474,7 +474,7 @@ class RingWriter(AsyncWriting, RingHandle):
                     "another task or thread)",
                     "let it finish first",
                 )
-            kept = self._record[L.W_CLAIMED]
+            kept = load_word(self._record, L.W_CLAIMED)
             if kept != self._stranded:
                 # The record says which claim is this writer's: none (a strand published
                 # since, by a step cut short after it published), or one whose Claim was
@@ -560,7 +560,7 @@ class RingWriter(AsyncWriting, RingHandle):
     def _wait_for_buffer(self, deadline: float | None) -> int:
         p, control, publisher = self._p, self._control, self._publisher
         # An awaitable write's tries (_async.py) run counted: the count is theirs to end.
-        waiting = counted_before = self._record[L.W_SLEEPING] == 1
+        waiting = counted_before = load_word(self._record, L.W_SLEEPING) == 1
         liveness, sleeps = Liveness(), Sleeps()
         try:
             while True:
