@@ -375,6 +375,40 @@ def test_a_program_that_closes_a_blocked_sender_exits_cleanly(tmp_path: Any) -> 
     assert not os.path.exists(seg_path(src)) and not os.path.exists(seg_path(dst))
 
 
+LEFT_OPEN = """
+import sys, numpy as np
+from shmring import BridgeReceiver, BridgeSender, RingReader, RingWriter
+src, dst, ep, how = sys.argv[1:]
+writer = RingWriter.create(src, (64,), np.uint8)
+sender = BridgeSender(src, listen=[ep])
+receiver = BridgeReceiver(src, local=dst, connect=[ep], wait_readers=1)
+writer.write(np.full(64, 7, np.uint8), 10.0)
+reader = RingReader.attach(dst, timeout=10.0)
+frame = reader.read(10.0)
+print(int(frame.array[0]), flush=True)
+frame.release()
+if how == "raise":
+    raise SystemExit("failed")  # the program ends with the bridges and rings open
+"""
+
+
+@pytest.mark.parametrize("how", ["return", "raise"])
+def test_a_program_that_leaves_bridges_open_exits(how: str) -> None:
+    """zenoh-python runs a subscriber's callbacks on a non-daemon thread that ends only with
+    its session: a program that never closed its bridges waited for it at exit for ever.
+    They close before that join; the receiver's ring goes with it."""
+    src, dst, ep = unique_name("os"), unique_name("od"), endpoint()
+    done = subprocess.run(
+        [sys.executable, "-c", LEFT_OPEN, src, dst, ep, how],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (0 if how == "return" else 1, "7\n"), done.stderr
+    assert not os.path.exists(seg_path(src)) and not os.path.exists(seg_path(dst))
+
+
 def test_two_receivers_both_get_every_frame(cleanup: list[Any]) -> None:
     src, ep = unique_name("bs"), endpoint()
     dsts = [unique_name("bd"), unique_name("bd")]

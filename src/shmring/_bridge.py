@@ -28,6 +28,9 @@
 #     once instead. So close() returns within about a second whatever the peers do (a
 #     stopped participant of the local ring that holds its header lock adds the ring's own
 #     close limits: up to ~4 s, then ParticipantStalled).
+#   - A bridge left open closes as the interpreter exits (_close_left_open), before it joins
+#     the program's threads: zenoh-python runs each subscriber's callbacks on a non-daemon
+#     thread that ends only with its session, so that join would wait for ever.
 #   - /dev/shm: Zenoh's own shared-memory transport is always turned off. It adds a
 #     `<number>.zenoh` file to /dev/shm that a SIGKILLed session leaves behind, and the
 #     frames are in shared memory already; a receiver removes the ring it created at close.
@@ -55,6 +58,7 @@ import logging
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -117,6 +121,23 @@ SENDER_SPIN = 0.0
 # long interpreter exit waits for each: past Zenoh's wait_before_close, with a margin.
 _CLOSING: set[threading.Thread] = set()
 CLOSING_LIMIT = 10.0
+
+
+_OPEN: weakref.WeakSet[_Bridge] = weakref.WeakSet()  # bridges whose close() has not begun
+
+
+def _close_left_open() -> None:
+    """Close every bridge the program left open (it would never exit: module rules)."""
+    for bridge in list(_OPEN):
+        try:
+            bridge.close()
+        except Exception as exc:  # the others still close; the program is ending anyway
+            LOG.warning("%s: closing it at exit failed: %s", bridge._what, exc)
+
+
+# CPython's hook for what runs before the interpreter joins non-daemon threads (used by
+# concurrent.futures for the same reason); plain atexit runs only after that join.
+getattr(threading, "_register_atexit", atexit.register)(_close_left_open)
 
 
 @atexit.register
@@ -254,6 +275,7 @@ class _Bridge:
         self._n = _Counters()
         self._session = _open_session(listen, connect, config, lossless_sender)
         self._closed = False
+        _OPEN.add(self)
         self._peers_at_close: int | None = None  # close()'s snapshot, once it took one
 
     @contextmanager
@@ -264,6 +286,7 @@ class _Bridge:
             yield
         except BaseException:
             self._closed = True  # a thread or callback already running stops, unlogged
+            _OPEN.discard(self)
             self._stop.set()
             try:
                 self._session.close()
@@ -303,6 +326,7 @@ class _Bridge:
         if self._closed:
             return
         self._closed = True
+        _OPEN.discard(self)
         self._stop.set()
         try:
             self._shutdown()
