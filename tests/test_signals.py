@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 from helpers import WAIT, seg_path, unique_name, wait_pid_exit, wait_until_process_asleep_in_futex
 
-from shmring import Claim, RingReader, RingTimeout, RingWriter
+from shmring import Claim, Frame, RingReader, RingTimeout, RingWriter
 from shmring._timing import DEFAULT_SPIN
 
 BOUND = 0.2  # the promise: interrupted within 0.2 s
@@ -207,9 +207,14 @@ def test_sigterm_default_action_kills_and_others_carry_on(call: str) -> None:
         assert sleeper_counts(name) == (0, 0)
 
 
-def _interrupt(cls: type, method: str, event: str) -> Callable[..., Any]:
+def _interrupt(
+    cls: type, method: str, event: str, passed: int = 0, where: list[Any] | None = None
+) -> Callable[..., Any]:
     """A trace function that raises KeyboardInterrupt at the first `event` ("line" or
-    "return") of `cls.method`: what a SIGINT delivered at that instant does."""
+    "return") of `cls.method` after `passed` such events: what a SIGINT delivered at that
+    instant does. `where` gets the types of the method's local variables of that instant
+    (not the values: they would keep a Frame alive)."""
+    seen = [0]
 
     def trace(frame: FrameType, event_: str, arg: object) -> Any:
         own = isinstance(frame.f_locals.get("self"), cls)  # Frame subclasses too
@@ -219,27 +224,33 @@ def _interrupt(cls: type, method: str, event: str) -> Callable[..., Any]:
 
     def interrupting(frame: FrameType, event_: str, arg: object) -> Any:
         if event_ == event:
-            sys.settrace(None)
-            raise KeyboardInterrupt
+            seen[0] += 1
+            if seen[0] > passed:
+                sys.settrace(None)
+                if where is not None:
+                    where.append({k: type(v) for k, v in frame.f_locals.items()})
+                raise KeyboardInterrupt
         return interrupting
 
     return trace
 
 
 @pytest.mark.parametrize(
-    ("policy", "cls", "method", "event"),
+    ("policy", "cls", "method", "event", "passed"),
     [
-        pytest.param("block", RingReader, "read", "return", id="as read returns-block"),
-        pytest.param("overwrite", RingReader, "read", "return", id="as read returns-overwrite"),
-        pytest.param("block", RingReader, "_frame", "return", id="as the Frame is built-block"),
+        pytest.param("block", RingReader, "read", "return", 0, id="as read returns-block"),
+        pytest.param("overwrite", RingReader, "read", "return", 0, id="as read returns-overwrite"),
+        # A block reader's Frame is built in C (Taker.take, the second line of _take_own):
+        # interrupt at the line after it, before the frame is recorded.
+        pytest.param("block", RingReader, "_take_own", "line", 2, id="as the Frame is built-block"),
         # An overwrite reader's Frame is built in C (take_pinned): interrupt as it is recorded.
         pytest.param(
-            "overwrite", RingReader, "_take_pinned", "return", id="as the Frame is pinned"
+            "overwrite", RingReader, "_take_pinned", "return", 0, id="as the Frame is pinned"
         ),
     ],
 )
 def test_ctrl_c_inside_read_does_not_wedge_the_reader(
-    policy: str, cls: type, method: str, event: str
+    policy: str, cls: type, method: str, event: str, passed: int
 ) -> None:
     """Ctrl-C can land after read() took the frame but before the caller holds it (even
     before the reader has recorded it). An application that handles Ctrl-C and carries on
@@ -253,7 +264,8 @@ def test_ctrl_c_inside_read_does_not_wedge_the_reader(
     ):
         writer.write(np.zeros(SHAPE, np.uint8), 1.0)
         hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
-        sys.settrace(_interrupt(cls, method, event))
+        where: list[Any] = []
+        sys.settrace(_interrupt(cls, method, event, passed, where))
         try:
             with pytest.raises(KeyboardInterrupt):
                 reader.read(1.0)
@@ -261,6 +273,8 @@ def test_ctrl_c_inside_read_does_not_wedge_the_reader(
         finally:
             sys.settrace(None)
             sys.unraisablehook = hook
+        if method == "_take_own":  # interrupted with the Frame built, not yet recorded
+            assert issubclass(where[0]["frame"], Frame) and "held" not in where[0], where
         assert not unraisable, [f"{u.exc_type.__name__}: {u.exc_value}" for u in unraisable]
         with contextlib.suppress(RingTimeout), reader.read(0.0) as again:
             assert again.seq == 0  # the interrupted frame, handed out again (or not at all)

@@ -26,7 +26,7 @@ from helpers import (
 import shmring._layout as L
 from shmring import Frame, HandleInUse, RingCorrupted, RingReader, RingWriter
 from shmring._fastpath import FrameBase, Taker
-from shmring._reader import taker_arguments
+from shmring._reader import _CollectableFrame, taker_arguments
 
 SHAPE = (4, 6)
 
@@ -42,7 +42,10 @@ def test_take_builds_the_frame_and_records_nothing() -> None:
     ):
         w.write(_frame(7), WAIT)
         release_before = r._record[L.R_RELEASE]
-        frame = r._taker.take(r, 0)
+        collectable = r._taker.take(r, 0, 5, True)  # read()'s: released when collected
+        assert type(collectable) is _CollectableFrame and collectable.dropped == 5
+        collectable._reader = None  # (never recorded: nothing to release)
+        frame = r._taker.take(r, 0, 0, False)  # iteration's: the reader releases it
         assert type(frame) is Frame
         assert frame.seq == 0 and frame.dropped == 0 and frame.meta == b""
         assert frame.timestamp_ns > 0 and frame._reader is r
@@ -59,16 +62,21 @@ def test_take_declines_what_the_general_path_must_handle() -> None:
         RingWriter.create(unique_name(), SHAPE, np.uint8, slots=4, meta_size=8) as w,
         RingReader.attach(w.name, start="oldest") as r,
     ):
-        take = r._taker.take
-        assert take(r, 0) is None  # not published yet
+
+        def take(seq: int) -> Frame | None:
+            return r._taker.take(r, seq, 0, False)
+
+        assert take(0) is None  # not published yet
         w.write(_frame(1), WAIT, meta=b"m")
         with w.claim(WAIT, shape=(2, 6)) as slot:
             slot[...] = 2
         w.write(_frame(3), WAIT)
-        assert take(r, 0) is None  # metadata
-        assert take(r, 1) is None  # its own shape
-        assert take(r, 2) is not None
-        assert take(r, 6) is None  # the descriptor slot holds frame 2, not 6
+        w.skip(2)
+        assert take(0) is None  # metadata
+        assert take(1) is None  # its own shape
+        assert take(2) is not None
+        assert take(3) is None  # a skip
+        assert take(6) is None  # the descriptor slot holds frame 2, not 6
         got = [(f.seq, f.meta, f.array.shape) for f in _first(r, 3)]
         assert got == [(0, b"m", SHAPE), (1, b"", (2, 6)), (2, b"", SHAPE)]
 
@@ -89,7 +97,7 @@ def test_an_out_of_range_buffer_index_is_reported_as_corruption() -> None:
     ):
         w.write(_frame(1), WAIT)
         r._descriptors[0][L.D_BUFFER] = 1000
-        assert r._taker.take(r, 0) is None
+        assert r._taker.take(r, 0, 0, False) is None
         with pytest.raises(RingCorrupted, match="buffer"):
             next(iter(r))
 
@@ -186,7 +194,7 @@ def test_after_close_take_and_wait_decline() -> None:
         w.write(_frame(1), WAIT)
         taker = r._taker
         r.close()
-        assert taker.take(r, 0) is None
+        assert taker.take(r, 0, 0, False) is None
         assert taker.wait(r, 0, WAIT) is None
 
 
@@ -214,7 +222,9 @@ def test_bad_arguments_are_refused_without_leaking_references() -> None:
         with pytest.raises(TypeError):
             taker.take(r)  # type: ignore[call-arg]
         with pytest.raises(OverflowError):
-            taker.take(r, -1)
+            taker.take(r, -1, 0, False)
+        with pytest.raises(OverflowError):
+            taker.take(r, 0, -1, False)
         taker.close()
         del taker
         gc.collect()
@@ -289,7 +299,7 @@ with RingWriter.create(name, (4, 6), np.uint8, slots=4) as w:
     del cycle
     gc.set_threshold(1)
     gc.enable()  # the frame's allocation collects the cycle: its finalizer runs in the call
-    frame = taker.take(r, 0) if what == "buffers" else taker.advance(r, 0)
+    frame = taker.take(r, 0, 0, False) if what == "buffers" else taker.advance(r, 0)
     gc.disable()
     print(type(frame).__name__)
 """

@@ -397,7 +397,7 @@ class AsyncReading(AsyncHandle):
             return seq if is_published(seq) else None
 
         await self._wait_frame(published, None)
-        frame = r._pending = None if r._carried_drops else r._taker.take(r, seq)
+        frame = r._pending = None if r._carried_drops else r._taker.take(r, seq, 0, False)
         if frame is None or r._held:  # (held: frames kept from aread())
             r._pending = None
             return None

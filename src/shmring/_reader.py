@@ -282,16 +282,22 @@ class RingReader(AsyncReading, RingHandle):
     def read(self, timeout: float | None = None) -> Frame:
         """The next frame, held until released (use `with r.read() as frame:`)."""
         deadline = None if timeout is None else deadline_from(timeout)
-        self._p.calls += 1
+        p = self._p
+        p.calls += 1
         try:
-            if self._p.closing or self._p.closed:
+            if p.closing or p.closed:
                 self._raise_closed()
-            frame = self._wait_for(lambda: self._take_next(deadline), deadline)
+            # A published frame of a block reader of its own: no wait to set up.
+            frame = self._take_own(self._next, 0) if self._lock_free else None
+            if frame is None:
+                frame = self._wait_for(lambda: self._take_next(deadline), deadline)
+            elif self._counted:  # (an exception in a wait left it counted)
+                self._uncount()
         except BaseException:
             self._release_pending()
             raise
         finally:
-            self._p.calls -= 1
+            p.calls -= 1
         self._pending = None
         return frame
 
@@ -397,7 +403,9 @@ class RingReader(AsyncReading, RingHandle):
                     self._wait_for(published, None)
                 except EndOfStream:
                     return None
-                frame = self._pending = None if self._carried_drops else taker.take(self, seq)
+                frame = self._pending = (
+                    None if self._carried_drops else taker.take(self, seq, 0, False)
+                )
             if frame is not None and not held:  # (held: frames kept from read())
                 # R_RELEASE reads seq already (_release stored self._next).
                 self._next = seq + 1
@@ -460,7 +468,12 @@ class RingReader(AsyncReading, RingHandle):
                 self._raise_closed()
             if not self._block:
                 self._release_last()  # pinned frames are scarce: one pin less to ask for
-            frame = self._wait_for(lambda: self._take_latest(deadline), deadline)
+            # A published frame of a block reader of its own: no wait to set up.
+            frame = self._take_latest(deadline) if self._lock_free else None
+            if frame is None:
+                frame = self._wait_for(lambda: self._take_latest(deadline), deadline)
+            elif self._counted:  # (an exception in a wait left it counted)
+                self._uncount()
         except BaseException:
             self._release_pending()
             raise
@@ -792,26 +805,28 @@ class RingReader(AsyncReading, RingHandle):
     def _take_own(self, seq: int, skipped: int) -> Frame | None:
         """Block policy, own group, no lock: frame `seq` if published (numbers published
         as skips, DF_SKIP, are passed over and counted dropped, each as the frames it stands
-        for)."""
-        describe = self._taker.describe
-        description = describe(seq)
-        while description is not None and description[0] & L.DF_SKIP:
-            seq, skipped = seq + 1, skipped + L.skip_count(description[0])
-            description = describe(seq)
-        if description is None:
-            if skipped:  # passed over skips: release them; the next frame reports them
-                self._next = seq
-                if not self._held:
-                    self._taker.release(seq)
-                self._count_dropped(skipped)
-                self._carried_drops += skipped
-            return None
-        frame = self._frame(seq, skipped + self._carried_drops, description)
+        for). A ring-shaped frame without metadata is built in C; any other, here."""
+        taker = self._taker
+        frame = self._pending = taker.take(self, seq, skipped + self._carried_drops, True)
+        if frame is None:
+            description = taker.describe(seq)
+            while description is not None and description[0] & L.DF_SKIP:
+                seq, skipped = seq + 1, skipped + L.skip_count(description[0])
+                description = taker.describe(seq)
+            if description is None:
+                if skipped:  # passed over skips: release them; the next frame reports them
+                    self._next = seq
+                    if not self._held:
+                        taker.release(seq)
+                    self._count_dropped(skipped)
+                    self._carried_drops += skipped
+                return None
+            frame = self._frame(seq, skipped + self._carried_drops, description)
         self._carried_drops = 0
         self._next = seq + 1
         held = self._held
         held.append(seq)
-        self._taker.release(held[0] if len(held) == 1 else min(held))
+        taker.release(held[0] if len(held) == 1 else min(held))
         if skipped:
             self._count_dropped(skipped)
         return frame

@@ -5,9 +5,11 @@
  * the descriptor table, the list of buffer arrays, and shmring.Frame, a Python subclass of
  * FrameBase with no fields of its own. take() builds the Frame of a published, ring-shaped
  * frame without metadata whose buffer index is in range, and answers None for anything
- * else: not published yet, an own shape or metadata, an index out of range (the general path
- * then reports RingCorrupted). It records nothing: the caller holds the frame (its held
- * list, R_RELEASE) and moves on, as for a frame it built itself. The frame cannot be reused
+ * else: not published yet, an own shape or metadata, a skip, an index out of range (the
+ * general path then reports RingCorrupted). It records nothing: the caller holds the frame
+ * (its held list, R_RELEASE) and moves on, as for a frame it built itself. A frame for
+ * read() or latest() is collectable (released when garbage-collected: the caller may drop
+ * it); iteration's is not (the reader releases it at the next step). The frame cannot be reused
  * under it meanwhile: it is at or past the reader's release cursor. wait() is one sleep of
  * the caller's wait loop, done after the caller counted itself as a sleeper (C_READER_WAITERS,
  * then the barrier), in the same order as Python's loop: read C_FRAMES, look for the frame
@@ -279,9 +281,11 @@ static PyObject *build_frame(Taker *self, PyTypeObject *type, PyObject *reader, 
     return (PyObject *)frame;
 }
 
-/* The Frame of frame `seq` (see Rules); a new reference to None if there is none to build,
- * NULL with an exception if building it failed. */
-static PyObject *take_frame(Taker *self, PyObject *reader, uint64_t seq) {
+/* The Frame of frame `seq` (see Rules), of `type`, counting `dropped` frames lost before
+ * it; a new reference to None if there is none to build, NULL with an exception if building
+ * it failed. */
+static PyObject *take_frame(Taker *self, PyTypeObject *type, PyObject *reader, uint64_t seq,
+                            uint64_t dropped) {
     if (!self->holds_exports) {
         Py_RETURN_NONE; /* closed: the caller's general path raises */
     }
@@ -293,8 +297,8 @@ static PyObject *take_frame(Taker *self, PyObject *reader, uint64_t seq) {
     if (buffer >= (uint64_t)PyList_GET_SIZE(self->buffers)) {
         Py_RETURN_NONE;
     }
-    return build_frame(self, self->frame_type, reader, seq, buffer,
-                       load(&descriptor[SHMRING_D_TIMESTAMP]), 0);
+    return build_frame(self, type, reader, seq, buffer, load(&descriptor[SHMRING_D_TIMESTAMP]),
+                       dropped);
 }
 
 static int positional(const char *method, Py_ssize_t given, Py_ssize_t wanted) {
@@ -311,12 +315,19 @@ static int sequence_number(PyObject *value, uint64_t *seq) {
     return *seq == (uint64_t)-1 && PyErr_Occurred() ? -1 : 0;
 }
 
+/* take(reader, seq, dropped, collectable) */
 static PyObject *Taker_take(Taker *self, PyObject *const *args, Py_ssize_t nargs) {
-    uint64_t seq;
-    if (!positional("take", nargs, 2) || sequence_number(args[1], &seq) < 0) {
+    uint64_t seq, dropped;
+    if (!positional("take", nargs, 4) || sequence_number(args[1], &seq) < 0 ||
+        sequence_number(args[2], &dropped) < 0) {
         return NULL;
     }
-    return take_frame(self, args[0], seq);
+    int collectable = PyObject_IsTrue(args[3]);
+    if (collectable < 0) {
+        return NULL;
+    }
+    PyTypeObject *type = collectable ? self->collectable_frame_type : self->frame_type;
+    return take_frame(self, type, args[0], seq, dropped);
 }
 
 /* R_RELEASE = `release`, then wake the writers that sleep for the space it frees (C_SPACE,
@@ -343,7 +354,7 @@ static PyObject *Taker_advance(Taker *self, PyObject *const *args, Py_ssize_t na
     if (!positional("advance", nargs, 2) || sequence_number(args[1], &seq) < 0) {
         return NULL;
     }
-    PyObject *frame = take_frame(self, args[0], seq);
+    PyObject *frame = take_frame(self, self->frame_type, args[0], seq, 0);
     if (frame == NULL || frame == Py_None) {
         return frame;
     }
@@ -475,7 +486,7 @@ static PyObject *Taker_wait(Taker *self, PyObject *const *args, Py_ssize_t nargs
     }
     uint64_t *frames = &self->control[SHMRING_C_FRAMES];
     uint32_t observed = (uint32_t)load(frames);
-    PyObject *frame = take_frame(self, args[0], seq);
+    PyObject *frame = take_frame(self, self->frame_type, args[0], seq, 0);
     if (frame != Py_None) {
         return frame;
     }
@@ -509,7 +520,7 @@ static PyObject *Taker_wait(Taker *self, PyObject *const *args, Py_ssize_t nargs
         Py_XDECREF(result);
         return result == NULL ? NULL : Py_NewRef(Py_None);
     }
-    return take_frame(self, args[0], seq);
+    return take_frame(self, self->frame_type, args[0], seq, 0);
 }
 
 /* ---- count, uncount: this reader among the sleepers ---------------------------------------
@@ -1026,7 +1037,7 @@ static void Taker_dealloc(Taker *self) {
 
 static PyMethodDef Taker_methods[] = {
     {"take", (PyCFunction)(void (*)(void))Taker_take, METH_FASTCALL,
-     "take(reader, seq) -> Frame of frame seq, or None (see _taker.c)."},
+     "take(reader, seq, dropped, collectable) -> Frame of frame seq, or None (see _taker.c)."},
     {"advance", (PyCFunction)(void (*)(void))Taker_advance, METH_FASTCALL,
      "advance(reader, seq) -> take()'s answer; if a Frame, this reader now holds seq only."},
     {"release", (PyCFunction)Taker_release, METH_O,
