@@ -415,6 +415,67 @@ def test_close_from_the_loop_ends_a_waiting_iteration(
     run(main())
 
 
+@pytest.mark.parametrize("policy", ["block", "overwrite"])
+def test_close_from_a_thread_waits_for_the_loops_step(run: Runner, policy: str) -> None:
+    """`await asyncio.to_thread(r.close)` (docs/API.md) while a task's step touches the ring
+    on the loop's thread: close() waits for that step to end instead of unmapping the ring
+    under it (the step met a released memoryview or a closed descriptor: ValueError,
+    OSError); the task then finds the handle closed. The closer starts inside the step, as
+    a thread switch there would, and the step goes on once the close has begun."""
+    name = unique_name()
+    taking = "_take_pinned" if policy == "overwrite" else "_take_own"
+
+    async def main() -> None:
+        with RingWriter.create(name, SMALL, np.uint8, policy=policy) as w:
+            r = RingReader.attach(name)
+            w.write(np.zeros(SMALL, np.uint8), WAIT)
+            closing: list[BaseException | None] = []
+
+            def close() -> None:
+                try:
+                    r.close()
+                    closing.append(None)
+                except BaseException as exc:
+                    closing.append(exc)
+
+            closer = threading.Thread(target=close)
+
+            def trace(frame: Any, event: str, arg: object) -> Any:
+                if event == "call" and frame.f_code.co_name == taking and not closer.ident:
+                    closer.start()
+                    deadline = time.monotonic() + WAIT
+                    while not r._p.closing and time.monotonic() < deadline:
+                        time.sleep(0.001)  # bounded: until the close has begun
+                    assert r._p.closing and not r._p.closed  # it waits for this step
+                return None
+
+            sys.settrace(trace)
+            try:
+                got = await r.aread(WAIT)
+            finally:
+                sys.settrace(None)
+            assert got.seq == 0
+            closer.join(WAIT)
+            assert closing == [None] and r.closed
+            with pytest.raises(ShmringError, match="closed"):
+                await r.aread(WAIT)
+
+    run(main())
+
+
+def test_close_inside_a_step_of_its_own_thread_is_refused_at_once() -> None:
+    """A close() that a signal handler (or a finalizer) makes inside the loop's step, in
+    the step's own thread, cannot wait for the step: HandleInUse at once, nothing closed."""
+    name = unique_name()
+    with RingWriter.create(name, SMALL, np.uint8) as w, RingReader.attach(name) as r:
+        t0 = time.monotonic()
+        with pytest.raises(HandleInUse):
+            r._step(r.close)
+        assert time.monotonic() - t0 < SLACK and not r.closed
+        w.write(np.zeros(SMALL, np.uint8), WAIT)
+        assert r.read(WAIT).seq == 0
+
+
 def test_close_after_the_loop_closed_leaves_the_ring() -> None:
     """A task left waiting when its loop was closed (no one cancelled it): closing the
     handle afterwards still leaves the ring, without an error from the dead loop."""
@@ -949,8 +1010,13 @@ def test_awrite_aclaim_and_aattach(run: Runner, monkeypatch: pytest.MonkeyPatch)
                 with await r.aread(1.0) as frame:
                     values.append(int(frame.array[0]))
             assert values == [6, 9]
-        with pytest.raises(shmring.RingNotFound):
-            await RingReader.aattach(name, timeout=0.02)
+        # The blocking attach's words: it waited, so not "pass timeout=" (either class).
+        for cls in (RingReader, RingWriter):
+            with pytest.raises(shmring.RingNotFound, match=r"appeared within 0\.02 s") as gone:
+                await cls.aattach(name, timeout=0.02)
+            assert "timeout=" not in str(gone.value)
+        with pytest.raises(shmring.RingNotFound, match="pass timeout="):
+            await RingReader.aattach(name)  # timeout 0: it did not wait
 
     run(main())
 

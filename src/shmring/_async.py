@@ -62,7 +62,7 @@ from ._errors import EndOfStream, HandleInUse, ParticipantStalled, RingNotFound,
 from ._fastpath import Ready, load_word
 from ._lock import LockBusy, impatiently, lock_deadline
 from ._ring import RingHandle
-from ._segment import _ATTACH_POLL
+from ._segment import _ATTACH_POLL, never_appeared
 from ._sys import MonotonicTimer, futex_wait, futex_wake
 from ._timing import (
     STALLED_FIRST_PAUSE,
@@ -183,6 +183,24 @@ class AsyncHandle(RingHandle):
         finally:
             super().close()
 
+    def _step(self, step: Callable[[], _T]) -> _T:
+        """Run `step`, a synchronous step of a wait that touches the ring, as one step on
+        this handle (RingHandle's protocol, Participant.steps): a close() in another thread
+        waits for it to end, and a step begun while close() runs raises HandleClosed."""
+        p = self._p
+        p.steps += 1
+        p.step_thread = threading.get_ident()
+        try:
+            if p.closing or p.closed:
+                self._raise_closed()
+            return step()
+        finally:
+            p.steps -= 1
+
+    def _stepwise(self, step: Callable[[], _T]) -> Callable[[], _T]:
+        """`step`, to be run as a step on this handle (_step)."""
+        return lambda: self._step(step)
+
     async def _sleep(
         self, address: int, expected: int, seconds: float, wake_at: float | None = None
     ) -> bool:
@@ -252,9 +270,12 @@ class AsyncHandle(RingHandle):
         (whose futex is at `address`) between attempts. `attempt` raises to end the wait."""
         control = self._p.control
         sleeps = Sleeps()
+
+        def look() -> tuple[int, _T | None]:
+            return load_word(control, word), attempt()  # the word first: then a change wakes
+
         while True:
-            observed = load_word(control, word)
-            result = await _patiently(attempt, deadline)
+            observed, result = await _patiently(self._stepwise(look), deadline)
             if result is not None:
                 return result
             await self._sleep(address, observed, sleeps.next(deadline))
@@ -275,7 +296,7 @@ async def _patiently(step: Callable[[], _T], deadline: float | None) -> _T:
     with its waits for the lock cut short (_lock.impatiently). While another process holds
     the lock (it may be stopped), wait here on the loop between tries, for as long as the
     blocking call waits for the lock: until lock_deadline(deadline), then raise the
-    ParticipantStalled it would raise."""
+    ParticipantStalled it would raise. A step on a handle runs as AsyncHandle._step."""
     try:
         return impatiently(step)
     except LockBusy:
@@ -304,7 +325,7 @@ class AsyncReading(AsyncHandle):
     async def aattach(cls, name: str, *, timeout: float | None = 0.0, **options: Any) -> RingReader:
         """RingReader.attach, waiting for the ring to appear without blocking the loop."""
         attach = cast("type[RingReader]", cls).attach
-        return await _attach(lambda: attach(name, timeout=0.0, **options), timeout)
+        return await _attach(lambda: attach(name, timeout=0.0, **options), name, timeout)
 
     def __aiter__(self) -> AsyncReading:
         self._p.check_usable()
@@ -365,7 +386,7 @@ class AsyncReading(AsyncHandle):
             if frame is None:
                 if not r._block:
                     r._release_last()  # an overwrite reader pins one frame at a time
-                frame = await _patiently(r._take_next, None)
+                frame = await _patiently(self._stepwise(r._take_next), None)
                 if frame is None:
                     r._release_last()  # done with it: the writer may reuse its buffer meanwhile
                     frame = await self._wait_frame(r._take_next, None)
@@ -441,6 +462,7 @@ class AsyncReading(AsyncHandle):
         """RingReader._wait_for for the event loop: poll, yielding to the loop, for up to
         `spin` s; then sleep on the frames futex as a counted sleeper."""
         r = self._reader()
+        take = self._stepwise(take)
         frame = take() if r._lock_free else await _patiently(take, deadline)
         if frame is not None:
             r._uncount()
@@ -522,10 +544,12 @@ class AsyncReading(AsyncHandle):
         r = self._reader()
         p, control = r._p, r._control
         r._count()
+        observe = self._stepwise(lambda: load_word(control, L.C_FRAMES))
+        closed = self._stepwise(lambda: load_word(control, L.C_FLAGS) & L.F_CLOSED)
         while True:
-            observed = load_word(control, L.C_FRAMES)
+            observed = observe()  # before the look: then a frame published after it wakes
             frame = take() if r._lock_free else await _patiently(take, deadline)
-            if frame is not None or load_word(control, L.C_FLAGS) & L.F_CLOSED:
+            if frame is not None or closed():
                 return frame
             wake_at = nap_end - self._handoff
             if time.monotonic() >= wake_at:
@@ -536,15 +560,17 @@ class AsyncReading(AsyncHandle):
                 self._handoff = min(handoff, HANDOFF_MAX)
 
 
-async def _attach(attach: Callable[[], _T], timeout: float | None) -> _T:
-    """Call `attach` (an attach with timeout 0) until the ring exists or `timeout` passes,
-    sleeping on the loop between looks as the blocking attach sleeps."""
+async def _attach(attach: Callable[[], _T], name: str, timeout: float | None) -> _T:
+    """Call `attach` (an attach of ring `name` with timeout 0) until the ring exists or
+    `timeout` passes, sleeping on the loop between looks as the blocking attach sleeps."""
     deadline = deadline_from(timeout)
     while True:
         try:
             return await _patiently(attach, deadline)
         except RingNotFound:
             left = _ATTACH_POLL if deadline is None else deadline - time.monotonic()
+            if left <= 0 and timeout:
+                raise never_appeared(name, timeout) from None
             if left <= 0:
                 raise
             await asyncio.sleep(min(_ATTACH_POLL, left))
@@ -563,7 +589,7 @@ class AsyncWriting(AsyncHandle):
     async def aattach(cls, name: str, *, timeout: float | None = 0.0, **options: Any) -> RingWriter:
         """RingWriter.attach, waiting for the ring to appear without blocking the loop."""
         attach = cast("type[RingWriter]", cls).attach
-        return await _attach(lambda: attach(name, timeout=0.0, **options), timeout)
+        return await _attach(lambda: attach(name, timeout=0.0, **options), name, timeout)
 
     async def awrite(
         self,
@@ -613,6 +639,7 @@ class AsyncWriting(AsyncHandle):
         sleeping meanwhile as a counted space waiter, as RingWriter's blocking wait does."""
         deadline = deadline_from(timeout)
         w = self._writer()
+        take = self._stepwise(take)
         try:
             return await _patiently(take, deadline)
         except RingTimeout:
@@ -727,6 +754,7 @@ class AsyncClaim:
 
     async def _publish(self, leave: Callable[[], None], deadline: float | None) -> None:
         """Try `leave` (the claim's publish) now, then on the loop until `deadline`."""
+        leave = self._writer._stepwise(leave)
         try:
             impatiently(leave)
             return

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -63,6 +64,8 @@ from ._sys import (
 QUIESCE_LIMIT = 5.0  # how long a new writer waits for the exclusive writer to step aside
 REPAIR_FLOOR = 50e-3  # a repair's least wait for writers to leave their steps (a frame copy)
 CLOSE_LIMIT = 2.0  # how long close() waits for the header lock (it takes no timeout)
+STEP_WAIT = 1.0  # how long close() waits for an event loop's step in another thread
+STEP_PAUSE = 100e-6  # between its looks
 
 _live_handles: weakref.WeakSet[RingHandle] = weakref.WeakSet()  # see _forget_after_fork
 
@@ -143,6 +146,10 @@ class Participant:
         # and whether it is being closed (RingHandle, begin_closing).
         self.calls = 0
         self.closing = False
+        # Steps of an event loop's wait under way (_async.py: synchronous, microseconds
+        # each), and the thread that runs them: close() in another thread waits for them.
+        self.steps = 0
+        self.step_thread = 0
         self.truncated = False  # set by check_size: no shared word may be touched any more
 
     # ---- records -----------------------------------------------------------------------
@@ -767,14 +774,29 @@ class Participant:
     def begin_closing(self) -> bool:
         """Mark the handle closing; False, and not closing, while a call on it is under way
         (the protocol is RingHandle's). True if it is closing already: the close that
-        marked it goes on (a call counted since then sees the mark and raises)."""
+        marked it goes on (a call counted since then sees the mark and raises). An event
+        loop's step under way in another thread is waited for (up to STEP_WAIT): it ends
+        in microseconds, and its task then finds the handle closed."""
         if self.closing:
             return True
         self.closing = True
-        if self.calls and not self.closed:
+        if self.closed:
+            return True
+        if (self.steps and not self._steps_ended()) or self.calls:
             self.closing = False
             return False
         return True
+
+    def _steps_ended(self) -> bool:
+        """Wait up to STEP_WAIT for the event loop's step under way to end (calls it makes
+        end with it). Not in the step's own thread (a signal handler, a finalizer): there
+        it cannot end first."""
+        ends = time.monotonic() + STEP_WAIT
+        while self.step_thread != threading.get_ident() and time.monotonic() < ends:
+            time.sleep(STEP_PAUSE)  # lets the loop's thread run its step to the end
+            if not self.steps:
+                return True
+        return False
 
     def check_usable(self) -> None:
         # A forked child's copies are closed by _forget_after_fork, so only a closed handle
@@ -809,7 +831,10 @@ class RingHandle:
     # refuse while a thread is inside them), so that no call finds its handle gone half-way.
     # A call counts itself, then looks at Participant.closing; closing sets it, then looks at
     # the count (begin_closing; each step atomic under the GIL): whichever comes second sees
-    # the other, and the call raises or the close is refused. The finalizer follows the same
+    # the other, and the call raises or the close is refused. The synchronous steps of an
+    # event loop's waits (_async.py) count themselves in Participant.steps instead, by the
+    # same protocol, except that a close() in another thread waits for the step to end
+    # rather than refuse: the task finds the handle closed. The finalizer follows the same
     # protocol: a call under way keeps its handle from garbage collection, so a finalizer
     # that finds one runs at interpreter exit, beside a daemon thread's call, and leaves the
     # mappings to that thread until the process ends.
@@ -825,7 +850,7 @@ class RingHandle:
         the parent's liveness locks alive after the parent dies, and share its header-lock
         ownership. Every later call then raises ShmringError (check_usable)."""
         p = self._p
-        p.calls = 0  # the threads making them are not in this process
+        p.calls = p.steps = 0  # the threads making them are not in this process
         if not p.closed:
             p.closed = True
             p.segment.close()

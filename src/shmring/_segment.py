@@ -170,6 +170,15 @@ def temp_owner_alive(entry: str) -> bool:
     return True
 
 
+def never_appeared(name: str, timeout: float) -> RingNotFound:
+    """What an attach that waited `timeout` s for ring `name` in vain raises (a blocking
+    attach, or an awaited one)."""
+    return RingNotFound(
+        f"no ring named {name!r} appeared within {timeout:g} s ({segment_path(name)}); "
+        "start its creator (RingWriter.create) first, or wait longer"
+    )
+
+
 class Segment:
     """One open, mapped ring segment.
 
@@ -327,11 +336,7 @@ class Segment:
             except RingNotFound:
                 left = _ATTACH_POLL if deadline is None else deadline - time.monotonic()
                 if left <= 0 and timeout:
-                    raise RingNotFound(
-                        f"no ring named {name!r} appeared within {timeout:g} s "
-                        f"({segment_path(name)}); start its creator (RingWriter.create) first, "
-                        "or wait longer"
-                    ) from None
+                    raise never_appeared(name, timeout) from None
                 if left <= 0:
                     raise
                 time.sleep(min(_ATTACH_POLL, left))
