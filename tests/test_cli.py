@@ -14,6 +14,7 @@ import errno
 import json
 import os
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -364,7 +365,10 @@ def read_ready(fd: int, timeout: float) -> bytes:
         return b""
 
 
-def test_top_on_a_terminal_quits_on_q(prefix: str) -> None:
+@pytest.mark.parametrize("quit_by", ["q", "SIGINT", "SIGTERM"])
+def test_top_on_a_terminal_quits_on_q_ctrl_c_and_sigterm(prefix: str, quit_by: str) -> None:
+    """OPERATIONS.md: Ctrl-C and SIGTERM stop top cleanly (exit 0), as q does; the terminal
+    is left as it was."""
     controller, terminal = os.openpty()
     with RingWriter.create(prefix, SMALL, np.uint8) as w:
         proc = subprocess.Popen(
@@ -380,7 +384,10 @@ def test_top_on_a_terminal_quits_on_q(prefix: str) -> None:
             while proc.poll() is None and time.monotonic() < deadline:
                 seen += read_ready(controller, 0.1)
                 if not asked and b"q or Ctrl-C quits" in seen:
-                    os.write(controller, b"q")
+                    if quit_by == "q":
+                        os.write(controller, b"q")
+                    else:
+                        proc.send_signal(getattr(signal, quit_by))
                     asked = True
             while chunk := read_ready(controller, 0):
                 seen += chunk

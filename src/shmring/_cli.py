@@ -28,6 +28,7 @@ import math
 import os
 import select
 import shutil
+import signal
 import sys
 import termios
 import time
@@ -37,7 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from math import prod
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
@@ -528,13 +529,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_top(args: argparse.Namespace) -> int:
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how one leaves top
-        if sys.stdin.isatty() and sys.stdout.isatty():
-            with Terminal() as terminal:
-                run_top(terminal, args)
-        else:
-            run_top(Lines(), args)
+    # Ctrl-C is how one leaves top, and SIGTERM (a service manager's stop) as cleanly.
+    previous = signal.signal(signal.SIGTERM, _interrupted)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            if sys.stdin.isatty() and sys.stdout.isatty():
+                with Terminal() as terminal:
+                    run_top(terminal, args)
+            else:
+                run_top(Lines(), args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
