@@ -775,7 +775,11 @@ class RingReader(AsyncReading, RingHandle):
 
     def _take_pinned(self, latest: bool, deadline: float | None) -> Frame | None:
         """Overwrite policy, own group: the next (or newest) frame, pinned lock-free in C
-        (_taker.c, take_pinned); the general path for what that declines."""
+        (_taker.c, take_pinned); the general path for what that declines, and while it
+        carries frames it passed over (the C step counts only from self._next)."""
+        if self._carried_drops:
+            with self._p.lock.until(deadline):
+                return self._take_locked(latest)
         frame = self._taker.take_pinned(self, self._next, latest)
         if frame in (TAKE_NO_ROOM, TAKE_NO_PIN) and self._reaped_dead_readers(deadline):
             frame = self._taker.take_pinned(self, self._next, latest)  # their pins are gone
@@ -847,13 +851,14 @@ class RingReader(AsyncReading, RingHandle):
         if latest and cursor < window.stop - 1:
             skipped, cursor = skipped + window.stop - 1 - cursor, window.stop - 1
         frame = None
+        carried = self._carried_drops  # passed over by an earlier look
         while cursor < window.stop:
             descriptor = self._descriptors[cursor % self._slots]
             # Acquire loads, D_SEQ first: lock-free writers store these words meanwhile.
             published = load_word(descriptor, L.D_SEQ) == cursor
             flags = load_word(descriptor, L.D_FLAGS)
             if published and not flags & (L.DF_EVICTED | L.DF_SKIP):
-                frame = self._pin_and_frame(cursor, skipped)
+                frame = self._pin_and_frame(cursor, carried + skipped)
                 cursor += 1
                 if frame is None:  # evicted or replaced by the lock-free writer meanwhile
                     skipped += 1
@@ -869,6 +874,8 @@ class RingReader(AsyncReading, RingHandle):
             group[L.G_CURSOR] = cursor
         if skipped:
             self._count_dropped(skipped)
+        # The cursor moved past them: without a frame now, the next frame reports them.
+        self._carried_drops = carried + skipped if frame is None else 0
         return frame
 
     def _pin_and_frame(self, seq: int, dropped: int) -> Frame | None:
