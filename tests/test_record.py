@@ -11,9 +11,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
+import math
 import multiprocessing as mp
 import os
 import pty
@@ -59,6 +61,7 @@ from mcap_protobuf.decoder import DecoderFactory
 
 import shmring
 from shmring import EndOfStream, RingReader, RingWriter, _record
+from shmring._cli import human_bytes
 from shmring._recording import StallNotice
 
 SHAPE = (48, 64, 3)
@@ -875,3 +878,109 @@ def test_a_path_that_cannot_be_recorded_to_is_named(
         shmring.record(name, str(path), seconds=WAIT)
     assert f"cannot record to {path}" in str(refused.value)
     assert "existing directory you may write to" in str(refused.value)
+
+
+# ------------------------------------------------------------------ where a recording goes
+
+
+@pytest.mark.parametrize("kind", ["fifo", "terminal"])
+def test_a_path_that_cannot_seek_is_refused_before_the_ring_is_held(
+    tmp_path: Path, kind: str
+) -> None:
+    """A FIFO (opening it waited for a reader, deaf to Ctrl-C and SIGTERM, while the ring's
+    writer was held back) or a terminal (the failure probe wrote 1 MiB of zeros into it):
+    refused at once, naming the path (before the recorder attaches)."""
+    name = unique_name("seekless")
+    if kind == "fifo":
+        path = str(tmp_path / "f.mcap")
+        os.mkfifo(path)
+        controller = terminal = -1
+    else:
+        controller, terminal = os.openpty()
+        path = os.ttyname(terminal)
+    try:
+        with RingWriter.create(name, SHAPE, np.uint8):  # (a FIFO hung: `run` times out)
+            failed = run("record", name, path, "--timeout", str(WAIT), code=1)
+            assert f"cannot record to {path}" in failed.stderr and "not a file" in failed.stderr
+        if kind == "terminal":
+            os.set_blocking(controller, False)
+            with contextlib.suppress(BlockingIOError):
+                assert os.read(controller, 1 << 16) == b""  # nothing was written to it
+    finally:
+        for fd in (controller, terminal):
+            if fd >= 0:
+                os.close(fd)
+
+
+def test_a_seekable_device_takes_a_recording_and_its_summary_says_so(tmp_path: Path) -> None:
+    name = unique_name("devnull")
+    with Writer_(name, SHAPE, 5) as writer:
+        proc = run("record", name, "/dev/null", "--frames", "5")
+        assert writer.finish() == 5
+    assert "recorded 5 frames (0 B)" in proc.stdout, proc.stdout  # not "stopped before"
+
+
+def test_a_recording_moved_while_it_runs_ends_cleanly_and_counts_its_bytes(
+    tmp_path: Path,
+) -> None:
+    """Log rotation: the file renamed under the recorder. Its sizes follow the open file,
+    not the path (the path's size raised FileNotFoundError once it was gone)."""
+    name, path, moved = unique_name("moved"), tmp_path / "r.mcap", tmp_path / "moved.mcap"
+    with Writer_(name, SHAPE, 10**9) as writer:
+        recorder = start("record", name, str(path), "--timeout", str(WAIT))
+        wait_for_size(path, 2 * CHUNK)  # a few chunks in
+        path.rename(moved)
+        wait_for_size(moved, 4 * CHUNK)  # chunks finished since, in the moved file
+        recorder.send_signal(signal.SIGINT)
+        out, err = recorder.communicate(timeout=WAIT)
+        assert recorder.returncode == 0, err
+        writer.finish(stop=True)
+    assert not path.exists()
+    with shmring.read_recording(str(moved)) as done:
+        frames = sum(1 for _ in done.frames())
+    assert f"recorded {frames} frames ({human_bytes(moved.stat().st_size)})" in out, out
+
+
+def test_every_damaged_word_is_a_typed_error_or_frames(tmp_path: Path) -> None:
+    """Each 8-byte word of a small recording overwritten with all ones (a length of 2**64 -
+    1 among them: OverflowError inside mcap's reader, raised raw before): replaying it
+    either reads frames or raises NotARecording / RecordingTruncated, with and without
+    recover, and never another exception."""
+    name, path = unique_name("dmg"), tmp_path / "small.mcap"
+    with RingWriter.create(name, (4,), np.uint8) as writer:
+        recorder = mp.get_context("spawn").Process(
+            target=shmring.record, args=(name, str(path)), kwargs={"frames": 3, "timeout": WAIT}
+        )
+        recorder.start()
+        writer.wait_for_readers(1, WAIT)
+        for n in range(3):
+            writer.write(np.full(4, n, np.uint8), WAIT)
+        recorder.join(WAIT)
+    assert recorder.exitcode == 0
+    clean = path.read_bytes()
+    damaged = tmp_path / "damaged.mcap"
+    outcomes: set[str] = set()
+    for offset in range(8, len(clean) - 8, 8):  # (the magic at each end: NotARecording)
+        damaged.write_bytes(clean[:offset] + b"\xff" * 8 + clean[offset + 8 :])
+        for recover in (False, True):
+            try:
+                with shmring.read_recording(str(damaged), recover=recover) as recording:
+                    frames = list(recording.frames())
+                outcomes.add(f"{len(frames)} frames")
+            except (shmring.NotARecording, shmring.RecordingTruncated) as exc:
+                outcomes.add(type(exc).__name__)
+    assert "NotARecording" in outcomes and "3 frames" in outcomes, outcomes
+
+
+def test_replay_and_record_check_their_timeout_first(recording: Path) -> None:
+    """A NaN timeout waited for ever (no comparison with it is true), -1 counted as 0."""
+    bad_timeouts: list[tuple[Any, type[Exception]]] = [
+        (math.nan, ValueError),
+        (-1.0, ValueError),
+        ("1", TypeError),
+    ]
+    for bad, error in bad_timeouts:
+        with pytest.raises(error, match="timeout"):
+            shmring.replay(str(recording), unique_name("rt"), timeout=bad, wait_readers=1)
+        with pytest.raises(error, match="timeout"):
+            shmring.record(unique_name("rt"), str(recording) + ".x", timeout=bad)

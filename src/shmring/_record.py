@@ -51,6 +51,7 @@ import errno
 import logging
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -97,6 +98,7 @@ from ._recording import (
     StopRequest,
     choice,
 )
+from ._timing import deadline_from
 
 _COMPRESSION = {"none": None, "zstd": MCAPCompression.Zstd, "lz4": MCAPCompression.Lz4}
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -190,6 +192,7 @@ class _Recorder:
             calculate_data_section_crc=False,  # a pass over the whole file again
         )
         self.created = not os.path.lexists(path)  # by the open below: only then ours to remove
+        self._file: int | None = None  # the file the SDK opened: sizes follow it if moved
         try:
             self._mcap = open_mcap(
                 path, allow_overwrite=True, context=self._context, writer_options=options
@@ -204,6 +207,11 @@ class _Recorder:
                 f"cannot record to {path}: {os.strerror(code)}; give a path in an existing "
                 "directory you may write to",
             ) from exc
+        try:
+            self._file = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except BaseException:
+            self._close()
+            raise
 
     def start(self) -> None:
         """Write the ring's metadata as the file's first chunk, and declare the channels."""
@@ -265,8 +273,14 @@ class _Recorder:
         self._pending = 0
         with self._writing():
             self._mcap.flush()
-        self.complete = os.path.getsize(self._path) if os.path.isfile(self._path) else 0
+        self.complete = self.size()
         self.complete_frames = self.frames
+
+    def size(self) -> int:
+        """Bytes in the file now (0 for a device), wherever it was moved meanwhile."""
+        assert self._file is not None
+        status = os.fstat(self._file)
+        return status.st_size if stat.S_ISREG(status.st_mode) else 0
 
     def finish(self, ended: str) -> None:
         with self._writing():
@@ -281,6 +295,9 @@ class _Recorder:
         that again)."""
         with suppress(RuntimeError):
             self._mcap.close()  # a no-op once closed
+        if self._file is not None:
+            os.close(self._file)
+            self._file = None
 
     def __enter__(self) -> _Recorder:
         return self
@@ -325,6 +342,8 @@ def record_ring(
         raise ValueError(f"seconds must be positive, got {seconds}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of bytes, got {chunk_size}")
+    deadline_from(timeout)  # checked before anything waits for it
+    _check_destination(path)
     began = time.monotonic()
     with StopRequest() as stop:
         attached = _attach(ring, group, start, timeout, stop)
@@ -353,6 +372,7 @@ def record_ring(
                         recorder.start()
                         ended = _take_frames(reader, recorder, frames, seconds, stop, bar)
                         recorder.finish(ended)
+                        size = recorder.size()
                 except OSError as exc:
                     failure = _write_failed(exc, path, recorder)
                     if failure is exc:
@@ -361,11 +381,40 @@ def record_ring(
                 return RecordResult(
                     path=path,
                     frames=recorder.frames,
-                    bytes=os.path.getsize(path),
+                    bytes=size,
                     seconds=time.monotonic() - began,
                     dropped=recorder.dropped,
                     ended=ended,
                 )
+
+
+def _check_destination(path: str) -> None:
+    """Refuse a path that exists but cannot take a recording, before the ring is attached:
+    the writer finishes each chunk by seeking back into it (a pipe or a terminal fails, after
+    a write of the failure probe into it), and opening a FIFO waits for a reader, deaf to
+    Ctrl-C and SIGTERM. Files, and devices that seek (/dev/null), may be recorded to."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # (nothing there: the SDK creates the file, or says why it cannot)
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return  # (a directory: the SDK's open says so, _Recorder names it)
+    kind = "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device"
+    if kind == "device":
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            os.lseek(fd, 0, os.SEEK_CUR)
+            return
+        except OSError:
+            kind = "device that cannot seek (a terminal?)"
+        finally:
+            os.close(fd)
+    raise OSError(
+        errno.ESPIPE,
+        f"cannot record to {path}: it is a {kind}, not a file, and an MCAP recording is "
+        "finished by seeking back into it; give the path of a file (copy it elsewhere "
+        "afterwards)",
+    )
 
 
 def _attach(

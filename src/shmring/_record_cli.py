@@ -44,7 +44,8 @@ def cmd_record(args: argparse.Namespace) -> int:
             f"no ring named {args.ring!r} {waited}; start its writer first, or wait for it "
             "with --timeout SECONDS"
         ) from None
-    if not args.quiet and result.bytes == 0:  # no file: stopped before the ring appeared
+    if not args.quiet and result.ended == "stop request" and not result.frames and not result.bytes:
+        # no file: stopped before the ring appeared
         print(f"nothing recorded: stopped before ring {args.ring} appeared")
     elif not args.quiet:
         print(

@@ -66,10 +66,12 @@ from ._recording import (
     StopRequest,
 )
 from ._segment import file_kind
+from ._timing import deadline_from
 from ._writer import RingWriter
 
 # What mcap, struct and protobuf raise on bytes that are not what they should be.
-_DAMAGE = (McapError, ValueError, struct.error, DecodeError, EOFError)
+# OverflowError, MemoryError: a damaged length, read() of that many bytes.
+_DAMAGE = (McapError, ValueError, struct.error, DecodeError, EOFError, OverflowError, MemoryError)
 _log = logging.getLogger("shmring.replay")
 
 
@@ -242,6 +244,7 @@ def replay_file(
         raise ValueError(f"speed must be positive (or None: as fast as possible), got {speed}")
     if wait_readers < 0:
         raise ValueError(f"wait_readers must be 0 or more, got {wait_readers}")
+    deadline_from(timeout)  # checked before anything waits for it
     began = time.monotonic()
     with (
         Recording(path, recover=recover) as recording,
@@ -306,7 +309,7 @@ def _open_ring(
 
 
 def _deadline(timeout: float | None) -> float | None:
-    return None if timeout is None else time.monotonic() + timeout
+    return deadline_from(timeout)
 
 
 def _slice(deadline: float | None) -> float:
