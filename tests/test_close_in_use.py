@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from helpers import WAIT, forked, started_thread, unique_name, wait_until_asleep_in_futex
 
-from shmring import HandleInUse, RingReader, RingWriter, ShmringError
+from shmring import HandleInUse, RingReader, RingTimeout, RingWriter, ShmringError, inspect_ring
 from shmring import _layout as L
 
 SHAPE = (4,)
@@ -198,3 +198,67 @@ def test_close_while_a_claim_is_open_is_refused_and_the_claim_publishes(
             assert int(frame.array[0]) == 5
         w.close()
         assert w.closed
+
+
+@pytest.mark.parametrize("how", ["write", "write with meta", "smaller frame", "claim"])
+def test_two_threads_writing_through_one_writer_get_handle_in_use_not_a_broken_ring(
+    how: str,
+) -> None:
+    """A write (or claim) that takes its buffer in Python while another thread's holds one:
+    it took that thread's buffer, claimed in the writer's record, for a strand of its own
+    and published it too (two frames in one buffer; the free list broken: RingCorrupted for
+    every process, within a few hundred frames). Now each call either goes through or
+    raises HandleInUse; every frame published arrives once, whole, and the ring stays
+    sound."""
+    name, shape = unique_name("twothreads"), (64, 64)
+    per_thread = 1000
+    with (
+        RingWriter.create(name, shape, np.uint8, slots=8, meta_size=4),
+        RingWriter.attach(name) as w,  # (the supervisor's wiring: joined at attach)
+        RingReader.attach(name, start="oldest") as r,
+    ):
+        refused: list[int] = [0, 0]
+
+        def write(thread: int) -> None:
+            for n in range(per_thread):
+                value = (thread * 100 + n) % 256
+                frame = np.full(shape, value, np.uint8)
+                try:
+                    if how == "write":
+                        w.write(frame, WAIT)
+                    elif how == "write with meta":
+                        w.write(frame, WAIT, meta=bytes([value]))
+                    elif how == "smaller frame":
+                        w.write(frame[:32], WAIT)
+                    else:
+                        with w.claim(WAIT) as slot:
+                            slot[...] = value
+                except HandleInUse:
+                    refused[thread] += 1
+
+        seqs: list[int] = []
+        writers = [threading.Thread(target=write, args=(k,)) for k in range(2)]
+
+        def read() -> None:
+            while True:
+                try:
+                    frame = r.read(0.1)
+                except RingTimeout:
+                    if not any(t.is_alive() for t in writers):
+                        return  # every write returned, and nothing more came
+                    continue
+                with frame:
+                    value = int(frame.array.flat[0])
+                    assert (frame.array == value).all(), f"frame {frame.seq} is torn"
+                    assert frame.meta in (b"", bytes([value])), frame.meta
+                    seqs.append(frame.seq)
+
+        for thread in writers:
+            thread.start()
+        read()
+        for thread in writers:
+            thread.join(WAIT)
+        assert 0 < 2 * per_thread - sum(refused) == len(seqs)
+        assert seqs == list(range(len(seqs)))  # each once, in order
+        assert inspect_ring(name).problems == []
+        w.write(np.zeros(shape, np.uint8), WAIT)  # the writer still works

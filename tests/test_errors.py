@@ -611,3 +611,18 @@ def test_a_claim_whose_exit_never_ran_does_not_refuse_later_writes(
         with w.claim(shape=shape) as slot:
             slot[...] = 3
         assert [int(r.read(WAIT).array[0]) for _ in range(3)] == [0, 2, 3]
+
+
+def test_the_dtype_advice_works_for_a_ring_of_another_byte_order() -> None:
+    """For a '>f4' ring, "frame.astype(np.float32)" (its name) gave the same error again."""
+    with RingWriter.create(unique_name("endian"), (4,), ">f4") as w:
+        frame = np.arange(4, dtype=np.float32)
+        with pytest.raises(ValueError, match=re.escape("frame.astype(writer.dtype)")):
+            w.write(frame)
+        writer = w
+        w.write(frame.astype(writer.dtype))  # the advice, as given
+    with (
+        RingWriter.create(unique_name("native"), (4,), np.float32) as w,
+        pytest.raises(ValueError, match=re.escape("frame.astype(np.float32)")),
+    ):
+        w.write(np.zeros(4, np.float64))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -72,6 +73,9 @@ HOT_BUFFER_BACKOFF = 32  # writes that skip the wait after one that gave up
 OVERWRITE_SPARE_BUFFERS = 2
 _SECONDS = (int, float)  # timeout types write()'s fast path accepts without a call
 _NDARRAY = np.ndarray  # one global lookup in write()'s fast path, not a global and an attribute
+# The default meta: only it takes the fast paths (a test of identity: `not meta` let 0, None
+# or "" through, unchecked, as no metadata). Any other empty bytes takes the checked path.
+_NO_META = b""
 
 
 class RingWriter(AsyncWriting, RingHandle):
@@ -194,6 +198,7 @@ class RingWriter(AsyncWriting, RingHandle):
         self._joined = False
         self._stranded = -1  # a claimed buffer a timed-out publish kept (see _publish)
         self._publishing_claim = False  # a Claim's publish is under way (_claim_publishing)
+        self._taking_thread = 0  # the thread whose write or claim takes a buffer in Python
         if not owner:
             self._join(deadline)  # an attached writer writes; the creator joins at its first frame
         self._leave_at(weakref.finalize(self, _close_writer, p, self._membership, owner))
@@ -250,14 +255,14 @@ class RingWriter(AsyncWriting, RingHandle):
         timeout: float | None = None,
         *,
         timestamp_ns: int | None = None,
-        meta: bytes = b"",
+        meta: bytes = _NO_META,
     ) -> int:
         """Copy `frame` into the ring and publish it; returns its sequence number.
 
         Blocks (block policy) while a reader group would lose a frame, up to `timeout`."""
         if (
             self._fast_path
-            and not meta
+            and meta is _NO_META
             and (timeout is None or (timeout.__class__ in _SECONDS and timeout >= 0))
             and type(frame) is _NDARRAY
             and frame.shape == self._shape
@@ -323,9 +328,30 @@ class RingWriter(AsyncWriting, RingHandle):
         try:
             if self._p.closing or self._p.closed:
                 self._raise_closed()
-            return self._write_counted(frame, timeout, timestamp_ns, meta)
+            with self._one_thread_taking():
+                return self._write_counted(frame, timeout, timestamp_ns, meta)
         finally:
             self._p.calls -= 1
+
+    @contextlib.contextmanager
+    def _one_thread_taking(self) -> Iterator[None]:
+        """Around a write or claim that takes its buffer in Python, and fills (a write) or
+        opens (a claim) it: another thread's write or claim meanwhile raises HandleInUse.
+        Until published, the buffer is claimed in this writer's record, where the other
+        thread's step would take it for a strand of its own and publish it too (two frames
+        in one buffer, and the ring's free list broken for every process)."""
+        me, outer = threading.get_ident(), self._taking_thread
+        if outer not in (0, me):  # (the same thread: a signal handler's write, as before)
+            raise HandleInUse(
+                f"ring {self._p.name!r}: write() or claim() while another thread's write or "
+                "claim on the same writer is under way; give each thread its own RingWriter "
+                "(RingWriter.attach), or serialize the calls"
+            )
+        self._taking_thread = me
+        try:
+            yield
+        finally:
+            self._taking_thread = outer
 
     def _write_counted(
         self, frame: np.ndarray, timeout: float | None, timestamp_ns: int | None, meta: bytes
@@ -385,10 +411,10 @@ class RingWriter(AsyncWriting, RingHandle):
         *,
         shape: Sequence[int] | None = None,
         timestamp_ns: int | None = None,
-        meta: bytes = b"",
+        meta: bytes = _NO_META,
     ) -> Claim:
         """Claim a buffer to fill in place (zero copies); see Claim."""
-        if self._fast_path and shape is None and timestamp_ns is None and not meta:
+        if self._fast_path and shape is None and timestamp_ns is None and meta is _NO_META:
             # The common case: taken and published in C (Claim, _publisher.c).
             if timeout is None:
                 return self._new_claim(self)
@@ -406,9 +432,12 @@ class RingWriter(AsyncWriting, RingHandle):
     def _check_frame(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> tuple[int, ...] | None:
         """Validate a frame that is not exactly ring-shaped; returns its own shape."""
         if dtype != self._dtype:
+            scalar = getattr(np, self._dtype.name, None)  # np.float32, or none that says it all
+            named = scalar is not None and np.dtype(scalar) == self._dtype  # (not '>f4')
             raise ValueError(
                 f"ring {self._p.name!r} carries dtype {self._dtype}, got a frame of dtype "
-                f"{dtype}; convert it with frame.astype(np.{self._dtype.name})"
+                f"{dtype}; convert it with frame.astype("
+                f"{f'np.{self._dtype.name}' if named else 'writer.dtype'})"
             )
         if len(shape) != len(self._shape) or any(
             got > limit for got, limit in zip(shape, self._shape, strict=True)
@@ -429,14 +458,15 @@ class RingWriter(AsyncWriting, RingHandle):
         claim's timeout; the writable slot."""
         timeout = claim._timeout
         claim._deadline = deadline = None if timeout is None else deadline_from(timeout)
-        claim._buffer = buffer = self._take_buffer(deadline)
-        shape = claim._shape
-        slot = (
-            self._buffers[buffer]
-            if shape is None
-            else self._p.views.buffer_view(self._p.geometry, buffer, shape)
-        )
-        self._publisher.open_claim(claim)  # until it leaves: refuse a write or another claim
+        with self._one_thread_taking():
+            claim._buffer = buffer = self._take_buffer(deadline)
+            shape = claim._shape
+            slot = (
+                self._buffers[buffer]
+                if shape is None
+                else self._p.views.buffer_view(self._p.geometry, buffer, shape)
+            )
+            self._publisher.open_claim(claim)  # until it leaves: refuse a write or another claim
         return slot
 
     def _exit_claim(self, claim: Claim, failed: bool) -> int | None:
