@@ -631,6 +631,43 @@ def test_sigint_leaves_the_ring(c_reader: Path, start_writer: Any) -> None:
     writer.finish()
 
 
+def test_a_closed_stdout_never_gets_the_ring(c_reader: Path, start_writer: Any) -> None:
+    """With fd 1 closed by the caller, the ring's file was opened as fd 1, and the frame
+    lines were written into its header: the writer then died with RingCorrupted. Now the
+    standard descriptors a caller closed are opened on /dev/null, and the ring stays sound
+    (the same code keeps fd 0 and 2 from the ring)."""
+    writer = start_writer(count=200)
+    reader = subprocess.Popen(
+        ["sh", "-c", 'exec "$0" "$@" >&-', str(c_reader), writer.name, "200"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    STARTED_PIDS.add(reader.pid)
+    _READERS.append(reader)
+    code, out, err = _run(reader)
+    assert (code, out) == (0, ""), err
+    assert len(writer.hashes()) == 200
+    writer.finish()  # (RingCorrupted before: the lines were in its header)
+
+
+def test_a_ring_truncated_while_the_reader_sleeps_is_reported_not_a_bus_error(
+    c_reader: Path, start_stepped: Any
+) -> None:
+    """Truncated to nothing while the reader slept on the futex: its next look at the
+    control block faulted (SIGBUS, exit 135). The size is checked after every wake-up."""
+    name = unique_name("ctrunc")
+    stepped = start_stepped(name)
+    reader = _start(c_reader, name, 5)
+    _until(lambda: _control(name, L.C_READER_WAITERS) == 1, "the reader sleeps")
+    os.truncate(seg_path(name), 0)
+    code, _, err = _run(reader)
+    assert code == 6 and "no longer" in err, (code, err)
+    stepped.proc.kill()
+    stepped.proc.wait(WAIT)
+    os.unlink(seg_path(name))  # (a ring cut to nothing: nobody can close it any more)
+
+
 # ---- several writers: a sequenced ring, skips ---------------------------------------------
 
 

@@ -112,6 +112,7 @@ struct ring {
     uint64_t next;    /* the sequence number it reads next */
     uint64_t dropped; /* overwrite: frames it lost */
     int counted;      /* counted in reader_waiters (me->sleeping set) */
+    int truncated;    /* its file was cut short: no look at the mapping may follow (SIGBUS) */
     int leave_mark;   /* while holding the lock: release it with lock_owner still set, so
                          that shmring repairs what this reader does not (FORMAT.md, "A
                          minimal correct reader") */
@@ -497,9 +498,10 @@ static struct shmring_descriptor *descriptor(const struct ring *r, uint64_t seq)
 
 /* ---- repair under the header lock ("Header lock and repair") ------------------------ */
 
-static int check_size(const struct ring *r) {
+static int check_size(struct ring *r) {
     struct stat file;
     if (fstat(r->fd, &file) != 0 || (uint64_t)file.st_size != r->h.segment_bytes) {
+        r->truncated = 1;
         return fail(r, EXIT_DAMAGED,
                     "its file is no longer %" PRIu64 " bytes; another process truncated or "
                     "resized it",
@@ -915,6 +917,9 @@ static int unlink_if_orphaned(struct ring *r) {
 }
 
 static int leave(struct ring *r) {
+    if (r->truncated) {
+        return 0; /* exiting closes our descriptor: others reap the record */
+    }
     struct shmring_reader *me = r->me;
     int result = lock_header(r);
     if (result < 0) {
@@ -1278,6 +1283,9 @@ static int wait_for_frame(struct ring *r) {
         }
         struct timespec slice = {0, SLICE_NS};
         sys_futex(&r->control->frames, FUTEX_WAIT, observed, &slice);
+        if ((result = check_size(r)) < 0) { /* truncated meanwhile: a look would fault */
+            return result;
+        }
     }
 }
 
@@ -1365,7 +1373,22 @@ static int parse_uid(const char *text, uid_t *uid) {
     return 1;
 }
 
+/* Standard descriptors the caller closed are opened on /dev/null: else the ring's file
+ * would get the lowest free one, and this program's output would be written into it. */
+static int keep_standard_descriptors(void) {
+    for (int fd = 0; fd <= 2; fd++) {
+        if (fcntl(fd, F_GETFD) < 0 && errno == EBADF &&
+            open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY) != fd) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (keep_standard_descriptors() < 0) {
+        return EXIT_DAMAGED; /* (nowhere to say so) */
+    }
     struct ring ring;
     memset(&ring, 0, sizeof ring);
     int hash = 1, first = 1;
