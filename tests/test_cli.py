@@ -21,6 +21,7 @@ import sys
 import termios
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -201,31 +202,36 @@ def test_rm_refuses_a_live_ring_and_force_removes_it(prefix: str) -> None:
 
 
 @contextlib.contextmanager
-def header_damaged(name: str) -> Iterator[None]:
-    """Ring `name` with its fixed header's checksum wrong (a damaged ring), put right at exit."""
+def header_damaged(name: str, offset: int = L.CHECKSUM_OFFSET) -> Iterator[None]:
+    """Ring `name` with the byte at `offset` of its fixed header flipped (by default its
+    checksum: a damaged ring; 0, its magic: no ring at all), put right at exit."""
     with open(seg_path(name), "r+b") as f:
-        f.seek(L.CHECKSUM_OFFSET)
-        checksum = f.read(1)
-        f.seek(L.CHECKSUM_OFFSET)
-        f.write(bytes([checksum[0] ^ 0xFF]))
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
         f.flush()
         try:
             yield
         finally:
-            f.seek(L.CHECKSUM_OFFSET)
-            f.write(checksum)
+            f.seek(offset)
+            f.write(byte)
 
 
+@pytest.mark.parametrize(("damage", "offset"), [("damaged", L.CHECKSUM_OFFSET), ("not-a-ring", 0)])
 @pytest.mark.parametrize("holder", ["creator", "reader"])
-def test_rm_refuses_a_damaged_ring_that_is_in_use(prefix: str, stale: str, holder: str) -> None:
-    """A damaged ring has no snapshot to show who uses it; its liveness locks do."""
+def test_rm_refuses_a_damaged_ring_that_is_in_use(
+    prefix: str, stale: str, holder: str, damage: str, offset: int
+) -> None:
+    """A damaged ring has no snapshot to show who uses it; its liveness locks do. So do
+    those of a live ring whose magic was overwritten (rm removed it: "no ring")."""
     with contextlib.ExitStack() as stack:
         if holder == "creator":
             name = stack.enter_context(RingWriter.create(prefix, SMALL, np.uint8)).name
         else:  # the only participant left of a ring whose creator died
             name = stack.enter_context(RingReader.attach(stale)).name
-        with header_damaged(name):
-            assert as_json("ls", "--no-rate", name)["broken"][0]["kind"] == "damaged"
+        with header_damaged(name, offset):
+            assert as_json("ls", "--no-rate", name)["broken"][0]["kind"] == damage
             err = shmring("rm", name, code=1).stderr
             assert f"ring {name!r} is in use (its creator, a writer or a reader holds it" in err
             assert os.path.exists(seg_path(name))
@@ -321,6 +327,20 @@ def test_a_file_that_is_not_a_ring_is_reported_broken(junk: str) -> None:
     assert os.path.exists(seg_path(junk))
 
 
+def test_inspect_reports_the_rings_own_minor_format_version(prefix: str) -> None:
+    """A ring of a later minor version (which this version reads) is reported as what it
+    is, not as this library's version."""
+    with RingWriter.create(prefix, SMALL, np.uint8) as w, open(seg_path(w.name), "r+b") as f:
+        header = bytearray(f.read(L.FIXED_HEADER_BYTES))
+        struct.pack_into("<H", header, 10, L.VERSION_MINOR + 1)  # after magic and major
+        struct.pack_into("<Q", header, L.CHECKSUM_OFFSET, zlib.crc32(header[: L.CHECKSUM_OFFSET]))
+        f.seek(0)
+        f.write(header)
+        f.flush()
+        version = as_json("inspect", w.name)["format_version"]
+        assert version == f"{L.VERSION_MAJOR}.{L.VERSION_MINOR + 1}"
+
+
 def test_a_ring_of_another_format_version_is_reported_and_kept(prefix: str) -> None:
     """A ring made by a shmring with another major format version is nothing this version
     can read, but it may be in use by programs of that version: reported, never collected."""
@@ -363,6 +383,31 @@ def read_ready(fd: int, timeout: float) -> bytes:
         return os.read(fd, 1 << 16)
     except OSError:
         return b""
+
+
+def test_top_iterations_on_a_terminal_leaves_its_blocks_on_it(prefix: str) -> None:
+    """The redrawn screen is an alternate one, left at exit: `--iterations` drew there and
+    left the user back at the prompt having seen nothing. It prints its blocks instead."""
+    controller, terminal = os.openpty()
+    with RingWriter.create(prefix, SMALL, np.uint8) as w:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shmring", "top", "--iterations", "1", w.name],
+            stdin=terminal,
+            stdout=terminal,
+            stderr=terminal,
+        )
+        os.close(terminal)
+        seen = b""
+        try:
+            assert proc.wait(WAIT) == 0
+            while chunk := read_ready(controller, 0.1):
+                seen += chunk
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(WAIT)
+            os.close(controller)
+    assert b"\x1b[?1049h" not in seen and w.name.encode() in seen, seen
 
 
 @pytest.mark.parametrize("quit_by", ["q", "SIGINT", "SIGTERM"])

@@ -175,3 +175,31 @@ def test_0660_shares_the_ring_with_its_group() -> None:
             ATTEMPTS, "ok"
         )
         assert results["roundtrip"][1] == "read 42"
+
+
+def _remove_as_nobody(conn: Connection, name: str) -> None:
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+    try:
+        shmring.remove_ring(name)
+        conn.send(("removed", ""))
+    except Exception as exc:
+        conn.send((type(exc).__name__, str(exc)))
+
+
+@needs_root
+def test_rm_of_a_ring_its_owner_may_not_open_is_refused() -> None:
+    """nobody's own live ring, mode 000: its liveness locks cannot be looked at, so rm
+    cannot tell that its creator is alive. It removed it ("not a ring it can read");
+    now it refuses, saying --force would."""
+    name = unique_name("pm")
+    with RingWriter.create(name, SHAPE, np.uint8) as writer:
+        os.chown(seg_path(name), NOBODY, NOBODY)
+        os.chmod(seg_path(name), 0)
+        with forked(_remove_as_nobody, name) as (ours, _):
+            assert ours.poll(WAIT), "child did not report"
+            outcome, message = ours.recv()
+        assert outcome == "RingExists" and "cannot tell whether" in message, message
+        assert os.path.exists(seg_path(name))
+        writer.write(np.zeros(SHAPE, np.uint8), 1.0)  # the ring goes on

@@ -533,7 +533,9 @@ def cmd_top(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupted)
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            if sys.stdin.isatty() and sys.stdout.isatty():
+            # A screen redrawn in place is left (with all it showed) at exit: a run of
+            # --iterations prints its blocks, to stay on the terminal.
+            if args.iterations is None and sys.stdin.isatty() and sys.stdout.isatty():
                 with Terminal() as terminal:
                     run_top(terminal, args)
             else:

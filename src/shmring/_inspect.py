@@ -231,10 +231,12 @@ def unlink_ring(name: str, force: bool, how_to_force: str) -> None:
 
 
 def _has_liveness_locks(name: str, how_to_force: str) -> bool:
-    """Whether entry `name` is a ring whose liveness locks say who uses it: one this version
-    reads (RingExists at once if its snapshot shows it in use) or a damaged one; not a file
-    that is no ring, nor one we may not open. RingExists for a ring of another format
-    version, whose locks may mean something else."""
+    """Whether entry `name` is a file whose liveness locks say who uses it: a ring this
+    version reads (RingExists at once if its snapshot shows it in use), a damaged one, or a
+    regular file that is no ring (a live ring whose magic was overwritten keeps its
+    participants' locks); not an entry that is no regular file. RingExists for a ring of
+    another format version, whose locks may mean something else, and for a file we may not
+    open, whose locks we cannot look at."""
     try:
         info = inspect_ring(name)
     except FileNotFoundError:
@@ -247,7 +249,12 @@ def _has_liveness_locks(name: str, how_to_force: str) -> bool:
                 "programs of that version may be using it: stop them, then "
                 f"{how_to_force}"
             ) from None
-        return kind == "damaged"
+        if kind == "unreadable":
+            raise RingExists(
+                f"cannot tell whether ring {name!r} is in use: {exc}. If nobody uses it, "
+                f"{how_to_force}"
+            ) from None
+        return kind == "damaged" or stat.S_ISREG(os.lstat(segment_path(name)).st_mode)
     if info.live_participants or info.creator_alive:
         raise RingExists(
             f"ring {name!r} is in use (live participants: {info.live_participants}, "
@@ -484,7 +491,7 @@ def _describe(
         max_readers=g.max_readers,
         max_writers=g.max_writers,
         meta_size=g.meta_size,
-        format_version=f"{L.VERSION_MAJOR}.{L.VERSION_MINOR}",
+        format_version=f"{L.VERSION_MAJOR}.{g.version_minor}",
         created_ns=g.created_ns,
         creator_pid=g.creator_pid,
         creator_alive=alive(L.LOCK_CREATOR),

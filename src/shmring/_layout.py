@@ -219,6 +219,7 @@ class Geometry:
     meta_size: int
     creator_pid: int = 0
     created_ns: int = 0
+    version_minor: int = VERSION_MINOR  # the ring's, read from its header (pack writes ours)
 
     @property
     def buffer_bytes(self) -> int:
@@ -384,6 +385,7 @@ class Geometry:
             meta_size=number("meta_size", *LIMITS["meta_size"]),
             creator_pid=number("creator_pid", 0, 1 << 32),
             created_ns=number("created_ns", 0, (1 << 64) - 1),
+            version_minor=number("version_minor", 0, (1 << 16) - 1),
         )
         geometry.check_size()
         expected = {
