@@ -984,3 +984,32 @@ def test_replay_and_record_check_their_timeout_first(recording: Path) -> None:
             shmring.replay(str(recording), unique_name("rt"), timeout=bad, wait_readers=1)
         with pytest.raises(error, match="timeout"):
             shmring.record(unique_name("rt"), str(recording) + ".x", timeout=bad)
+
+
+def test_a_loop_keeps_the_pace_across_its_wrap(tmp_path: Path) -> None:
+    """A pass's first frame came right after the last one (each pass was paced from its own
+    first frame): a loop of a short recording ran faster than recorded. Now it comes the
+    recording's mean interval later."""
+    name, path, interval = unique_name("loopp"), tmp_path / "three.mcap", 0.1
+    with RingWriter.create(name, (4,), np.uint8) as writer:
+        recorder = mp.get_context("spawn").Process(
+            target=shmring.record, args=(name, str(path)), kwargs={"frames": 3, "timeout": WAIT}
+        )
+        recorder.start()
+        writer.wait_for_readers(1, WAIT)
+        for n in range(3):
+            writer.write(np.full(4, n, np.uint8), WAIT, timestamp_ns=int(n * interval * 1e9))
+        recorder.join(WAIT)
+    assert recorder.exitcode == 0
+    ring = unique_name("loopr")
+    replayer = start("replay", str(path), ring, "--loop", "--wait-readers", "1")
+    arrivals = []
+    with RingReader.attach(ring, timeout=WAIT) as reader:
+        for _ in range(9):  # three passes: two wraps
+            with reader.read(WAIT) as frame:
+                arrivals.append((int(frame.array[0]), time.monotonic()))
+    replayer.send_signal(signal.SIGINT)
+    assert replayer.wait(WAIT) == 0
+    assert [value for value, _ in arrivals] == [0, 1, 2] * 3
+    wraps = [arrivals[i + 1][1] - arrivals[i][1] for i in (2, 5)]
+    assert min(wraps) >= interval / 2, wraps  # (about 0 before)

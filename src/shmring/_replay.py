@@ -255,8 +255,11 @@ def replay_file(
         frames = passes = 0
         complete = _wait_for_readers(writer, wait_readers, timeout, stop)
         with Progress(progress, total, "replaying") as bar:  # (its clock starts here)
+            start: float | None = None  # when the pass's first frame is due (None: now)
             while complete:
-                written, complete = _replay_pass(writer, recording, speed, timeout, stop, bar)
+                written, complete, start = _replay_pass(
+                    writer, recording, speed, timeout, stop, bar, start
+                )
                 frames += written
                 passes += complete
                 complete = complete and loop and written > 0  # (a loop over no frame ends)
@@ -343,23 +346,31 @@ def _replay_pass(
     timeout: float | None,
     stop: StopRequest,
     bar: Progress,
-) -> tuple[int, bool]:
-    """Write every frame once, paced: (frames written, False if asked to stop first)."""
-    written = 0
+    start: float | None,
+) -> tuple[int, bool, float | None]:
+    """Write every frame once, paced, the first due at `start` (None: now): (frames
+    written, False if asked to stop first, when a next pass's first frame is due: the
+    recording's mean interval after its last frame, so a loop keeps its pace)."""
+    written, due = 0, 0.0
     origin: tuple[float, int] | None = None  # (monotonic time, timestamp) of the first frame
+    last = 0  # the last frame's timestamp
     stall = StallNotice(_log)
     for frame in recording.frames():
         if speed is not None:
             if origin is None:
-                origin = (time.monotonic(), frame.timestamp_ns)
+                origin = (time.monotonic() if start is None else start, frame.timestamp_ns)
             due = origin[0] + (frame.timestamp_ns - origin[1]) / 1e9 / speed
             while (left := due - time.monotonic()) > 0 and not stop.requested:
                 time.sleep(min(left, STOP_POLL))
         if stop.requested or not _write(writer, frame, timeout, stop, stall):
-            return written, False
+            return written, False, None
         written += 1
+        last = frame.timestamp_ns
         bar.add(1, frame.array.nbytes)
-    return written, True
+    if speed is None or origin is None or written < 2:  # back to back, or no interval
+        return written, True, None
+    interval = (last - origin[1]) / 1e9 / speed / (written - 1)
+    return written, True, due + max(interval, 0.0)
 
 
 def _write(
