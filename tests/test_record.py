@@ -1013,3 +1013,32 @@ def test_a_loop_keeps_the_pace_across_its_wrap(tmp_path: Path) -> None:
     assert [value for value, _ in arrivals] == [0, 1, 2] * 3
     wraps = [arrivals[i + 1][1] - arrivals[i][1] for i in (2, 5)]
     assert min(wraps) >= interval / 2, wraps  # (about 0 before)
+
+
+@pytest.mark.parametrize(
+    ("call", "arguments", "error", "words"),
+    [
+        ("record", {"frames": "10"}, TypeError, "frames must be an integer"),
+        ("record", {"frames": 2.5}, TypeError, "frames must be an integer"),
+        ("record", {"frames": True}, TypeError, "frames must be an integer"),
+        ("record", {"frames": 0}, ValueError, "frames must be between 1"),
+        ("record", {"seconds": "1"}, TypeError, "seconds must be a number"),
+        ("record", {"seconds": math.inf}, ValueError, "seconds must be a positive number"),
+        ("record", {"chunk_size": 1.5}, TypeError, "chunk_size must be an integer"),
+        ("record", {"chunk_size": 1 << 40}, ValueError, "chunk_size must be between"),
+        ("replay", {"speed": 0}, ValueError, "speed must be a positive number"),
+        ("replay", {"speed": "1"}, TypeError, "speed must be a number"),
+        ("replay", {"wait_readers": "1"}, TypeError, "wait_readers must be an integer"),
+        ("replay", {"wait_readers": -1}, ValueError, "wait_readers must be between 0"),
+    ],
+)
+def test_the_api_names_a_bad_argument(
+    tmp_path: Path, call: str, arguments: dict[str, Any], error: type[Exception], words: str
+) -> None:
+    """Checked before anything is opened or attached (raw comparison errors before, or
+    values taken: frames=2.5 recorded 3 frames, frames=True 1)."""
+    with pytest.raises(error, match=words):
+        if call == "record":
+            shmring.record(unique_name("arg"), str(tmp_path / "x.mcap"), **arguments)
+        else:
+            shmring.replay(str(tmp_path / "missing.mcap"), unique_name("arg"), **arguments)

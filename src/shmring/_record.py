@@ -72,6 +72,7 @@ from ._errors import (
     WriterGone,
 )
 from ._inspect import inspect_ring
+from ._layout import SEQ_LIMIT, positive_int
 from ._mcap_format import (
     END_METADATA,
     FRAME_DATA_FIELD,
@@ -97,11 +98,13 @@ from ._recording import (
     StallNotice,
     StopRequest,
     choice,
+    positive_number,
 )
 from ._timing import deadline_from
 
 _COMPRESSION = {"none": None, "zstd": MCAPCompression.Zstd, "lz4": MCAPCompression.Lz4}
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+MAX_CHUNK_BYTES = 1 << 30  # chunks are written, and after a failure probed, whole
 _SDK_WRITE_LOG = "foxglove.log_sink_set"  # where foxglove-sdk reports a failed Channel.log
 _log = logging.getLogger("shmring.record")
 
@@ -336,12 +339,11 @@ def record_ring(
     """shmring.record (_recording.py), once the optional packages are imported."""
     choice(compression, COMPRESSIONS, "compression")
     choice(color, COLORS, "color")
-    if frames is not None and frames < 1:
-        raise ValueError(f"frames must be a positive number of frames, got {frames}")
-    if seconds is not None and not seconds > 0:
-        raise ValueError(f"seconds must be positive, got {seconds}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive number of bytes, got {chunk_size}")
+    if frames is not None:
+        positive_int(frames, "frames", 1, SEQ_LIMIT)
+    if seconds is not None:
+        positive_number(seconds, "seconds", "seconds")
+    positive_int(chunk_size, "chunk_size", 1, MAX_CHUNK_BYTES)
     deadline_from(timeout)  # checked before anything waits for it
     _check_destination(path)
     began = time.monotonic()

@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 from collections.abc import Sequence
@@ -202,6 +203,15 @@ def read_recording(path: str, *, recover: bool = False) -> Recording:
     except ImportError as exc:
         raise extra_missing(exc) or exc from exc
     return Recording(path, recover=recover)
+
+
+def positive_number(value: object, what: str, unit: str) -> float:
+    """`value`, a finite number above 0 (of `unit`s); TypeError or ValueError naming `what`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a number of {unit}, got {value!r}")
+    if not 0 < value < math.inf:  # (NaN fails too)
+        raise ValueError(f"{what} must be a positive number of {unit}, got {value}")
+    return float(value)
 
 
 def choice(value: str, allowed: Sequence[str], what: str) -> str:

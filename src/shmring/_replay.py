@@ -47,6 +47,7 @@ from ._errors import (
     RingTimeout,
 )
 from ._inspect import inspect_ring
+from ._layout import LIMITS, positive_int
 from ._mcap_format import (
     RING_METADATA,
     Frame,
@@ -64,6 +65,7 @@ from ._recording import (
     ReplayResult,
     StallNotice,
     StopRequest,
+    positive_number,
 )
 from ._segment import file_kind
 from ._timing import deadline_from
@@ -240,10 +242,9 @@ def replay_file(
     progress: bool,
 ) -> ReplayResult:
     """shmring.replay (_recording.py), once the optional packages are imported."""
-    if speed is not None and not speed > 0:
-        raise ValueError(f"speed must be positive (or None: as fast as possible), got {speed}")
-    if wait_readers < 0:
-        raise ValueError(f"wait_readers must be 0 or more, got {wait_readers}")
+    if speed is not None:
+        positive_number(speed, "speed", "times the recorded pace (or None: back to back)")
+    positive_int(wait_readers, "wait_readers", 0, LIMITS["max_readers"][1])
     deadline_from(timeout)  # checked before anything waits for it
     began = time.monotonic()
     with (
