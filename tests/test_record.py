@@ -411,6 +411,27 @@ def test_sigkilled_recorder_leaves_every_complete_chunk(tmp_path: Path) -> None:
         assert [Pattern(VGA).check(f.array) for f in rec.frames()] == tags
 
 
+def test_a_slow_stream_loses_at_most_a_second_to_a_sigkill(tmp_path: Path) -> None:
+    """Small frames at 50 per second fill a 1 MiB chunk in hours: a killed recorder lost
+    everything. A chunk now ends after 1 s too (CHUNK_SECONDS)."""
+    name, path = unique_name("slow"), tmp_path / "slow.mcap"
+    period, count = 0.02, 150  # 3 s of frames
+    with RingWriter.create(name, (4,), np.uint8) as writer:
+        recorder = start("record", name, str(path), "--timeout", str(WAIT))
+        writer.wait_for_readers(1, WAIT)
+        for n in range(count):
+            writer.write(np.full(4, n % 256, np.uint8), WAIT)
+            time.sleep(period)  # the stream's pace, not a synchronisation
+        recorder.kill()
+        recorder.wait(WAIT)
+    with shmring.read_recording(str(path), recover=True) as rec:
+        values = [int(frame.array[0]) for frame in rec.frames()]
+    assert values == list(range(len(values)))  # in order from the first, none torn
+    # all but the last second or so (the chunk being written), and with a margin for a
+    # slow machine: at least half of the frames
+    assert len(values) >= count // 2, len(values)
+
+
 def chunk_crcs(path: Path) -> list[int]:
     """Every chunk's uncompressed CRC, each checked by mcap's reader (0: none written)."""
     with open(path, "rb") as f:

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import re
 import stat
@@ -105,6 +106,9 @@ from ._timing import deadline_from
 _COMPRESSION = {"none": None, "zstd": MCAPCompression.Zstd, "lz4": MCAPCompression.Lz4}
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 MAX_CHUNK_BYTES = 1 << 30  # chunks are written, and after a failure probed, whole
+# A chunk ends after this long even if it holds fewer than chunk_size bytes: what a killed
+# recorder loses (the chunk being written) is then at most this much of a slow stream.
+CHUNK_SECONDS = 1.0
 _SDK_WRITE_LOG = "foxglove.log_sink_set"  # where foxglove-sdk reports a failed Channel.log
 _log = logging.getLogger("shmring.record")
 
@@ -181,6 +185,7 @@ class _Recorder:
         self._path = path
         self._chunk_size = chunk_size
         self._pending = 0  # bytes of messages in the chunk being written
+        self._chunk_ends = math.inf  # when the chunk being written ends, at the latest
         self.complete = 0  # bytes of the file up to the end of the last finished chunk
         self.complete_frames = 0  # frames in the file up to there
         self._failures = failures
@@ -267,13 +272,15 @@ class _Recorder:
             raise _failure(self._path, RuntimeError(self._failures.first), self._chunk_size)
         self.frames += 1
         self.dropped += frame.dropped
-        if self._pending >= self._chunk_size:
+        if self._pending >= self._chunk_size or time.monotonic() >= self._chunk_ends:
             self._end_chunk()
+        elif self._chunk_ends == math.inf:  # the chunk's first frame
+            self._chunk_ends = time.monotonic() + CHUNK_SECONDS
 
     def _end_chunk(self) -> None:
         """Finish the chunk being written (its header, message indexes) and hand it, with
         everything before it, to the kernel."""
-        self._pending = 0
+        self._pending, self._chunk_ends = 0, math.inf
         with self._writing():
             self._mcap.flush()
         self.complete = self.size()

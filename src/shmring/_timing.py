@@ -14,6 +14,8 @@ import math
 import threading
 import time
 
+import numpy as np
+
 POLL_SLICE = 0.1  # a wait's first sleep, and the least time between its liveness checks
 LONGEST_SLICE = 0.4  # an idle wait's sleeps grow to this: "within a second" (docs) holds
 DEFAULT_SPIN = 50e-6  # poll this long before sleeping: catches back-to-back frames
@@ -28,8 +30,11 @@ def deadline_from(timeout: float | None) -> float | None:
     """Absolute time.monotonic() deadline for a user timeout (None: wait forever)."""
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+    if isinstance(timeout, (bool, np.bool_)) or not isinstance(
+        timeout, (int, float, np.integer, np.floating)
+    ):
         raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    timeout = float(timeout)  # (NumPy's numbers too: a timeout computed with NumPy)
     if math.isnan(timeout) or timeout < 0:
         raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
     if timeout >= threading.TIMEOUT_MAX:
