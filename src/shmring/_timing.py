@@ -30,11 +30,13 @@ def deadline_from(timeout: float | None) -> float | None:
     """Absolute time.monotonic() deadline for a user timeout (None: wait forever)."""
     if timeout is None:
         return None
-    if isinstance(timeout, (bool, np.bool_)) or not isinstance(
-        timeout, (int, float, np.integer, np.floating)
-    ):
-        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
-    timeout = float(timeout)  # (NumPy's numbers too: a timeout computed with NumPy)
+    kind = type(timeout)
+    if kind is not float and kind is not int:  # (the common types first: every timed call)
+        if isinstance(timeout, (bool, np.bool_)) or not isinstance(
+            timeout, (int, float, np.integer, np.floating)
+        ):
+            raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+        timeout = float(timeout)  # NumPy's numbers too: a timeout computed with NumPy
     if math.isnan(timeout) or timeout < 0:
         raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
     if timeout >= threading.TIMEOUT_MAX:
