@@ -463,6 +463,50 @@ def test_close_from_a_thread_waits_for_the_loops_step(run: Runner, policy: str) 
     run(main())
 
 
+@pytest.mark.parametrize("at", ["spinning_pays", "_nap_plan", "_poll_window"])
+def test_close_from_a_thread_between_a_waits_looks(run: Runner, at: str) -> None:
+    """The looks a wait makes between two awaits are steps too: a close() from another
+    thread begun at one of them (a thread switch there) waits for it, and the task raises
+    HandleClosed (a released memoryview before at spinning_pays, which reads the ring's
+    counts; the other two read it in some states, e.g. a steady stream's nap plan)."""
+    name = unique_name()
+
+    async def main() -> None:
+        with RingWriter.create(name, SMALL, np.uint8, policy="overwrite"):
+            r = RingReader.attach(name)
+            if at != "spinning_pays":  # (to reach the other two whatever the CPUs do)
+                r._p.spinning_pays = lambda: True  # type: ignore[method-assign]
+            closing: list[BaseException | None] = []
+
+            def close() -> None:
+                try:
+                    r.close()
+                    closing.append(None)
+                except BaseException as exc:
+                    closing.append(exc)
+
+            closer = threading.Thread(target=close)
+
+            def trace(frame: Any, event: str, arg: object) -> Any:
+                if event == "call" and frame.f_code.co_name == at and not closer.ident:
+                    closer.start()
+                    deadline = time.monotonic() + WAIT
+                    while not r._p.closing and time.monotonic() < deadline:
+                        time.sleep(0.001)  # bounded: until the close has begun
+                return None
+
+            sys.settrace(trace)
+            try:
+                with pytest.raises(ShmringError, match="clos"):
+                    await r.aread(WAIT)
+            finally:
+                sys.settrace(None)
+            closer.join(WAIT)
+            assert closer.ident and closing == [None] and r.closed
+
+    run(main())
+
+
 def test_close_inside_a_step_of_its_own_thread_is_refused_at_once() -> None:
     """A close() that a signal handler (or a finalizer) makes inside the loop's step, in
     the step's own thread, cannot wait for the step: HandleInUse at once, nothing closed."""

@@ -409,6 +409,38 @@ def test_a_program_that_leaves_bridges_open_exits(how: str) -> None:
     assert not os.path.exists(seg_path(src)) and not os.path.exists(seg_path(dst))
 
 
+LEFT_OPEN_BY_A_THREAD = """
+import sys, threading, numpy as np
+from shmring import BridgeReceiver, BridgeSender, RingWriter
+src, dst, ep = sys.argv[1:]
+writer = RingWriter.create(src, (64,), np.uint8)
+made = threading.Event()
+
+def work():
+    sender = BridgeSender(src, listen=[ep])
+    BridgeReceiver(src, local=dst, connect=[ep])
+    made.set()
+    print("stopped under its thread:", sender.wait(1.0), flush=True)  # main has returned
+
+threading.Thread(target=work).start()  # (not a daemon)
+made.wait(10.0)
+"""
+
+
+def test_a_bridge_left_open_by_a_thread_closes_after_that_thread() -> None:
+    """Closed at exit, but not under a thread that still uses it: once it has ended."""
+    src, dst, ep = unique_name("ts"), unique_name("td"), endpoint()
+    done = subprocess.run(
+        [sys.executable, "-c", LEFT_OPEN_BY_A_THREAD, src, dst, ep],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (0, "stopped under its thread: False\n"), done
+    assert not os.path.exists(seg_path(src)) and not os.path.exists(seg_path(dst))
+
+
 def test_two_receivers_both_get_every_frame(cleanup: list[Any]) -> None:
     src, ep = unique_name("bs"), endpoint()
     dsts = [unique_name("bd"), unique_name("bd")]

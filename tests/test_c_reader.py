@@ -659,7 +659,7 @@ def test_a_ring_truncated_while_the_reader_sleeps_is_reported_not_a_bus_error(
     name = unique_name("ctrunc")
     stepped = start_stepped(name)
     reader = _start(c_reader, name, 5)
-    _until(lambda: _control(name, L.C_READER_WAITERS) == 1, "the reader sleeps")
+    helpers.wait_until_process_asleep_in_futex(reader.pid)  # (counted, and in its sleep)
     os.truncate(seg_path(name), 0)
     code, _, err = _run(reader)
     assert code == 6 and "no longer" in err, (code, err)

@@ -200,11 +200,13 @@ def test_close_while_a_claim_is_open_is_refused_and_the_claim_publishes(
         assert w.closed
 
 
-@pytest.mark.parametrize("how", ["write", "write with meta", "smaller frame", "claim"])
+@pytest.mark.parametrize(
+    "how", ["write", "write with meta", "smaller frame", "claim", "write with meta, and skip"]
+)
 def test_two_threads_writing_through_one_writer_get_handle_in_use_not_a_broken_ring(
     how: str,
 ) -> None:
-    """A write (or claim) that takes its buffer in Python while another thread's holds one:
+    """A write (claim, skip) that takes its buffer in Python while another thread's holds one:
     it took that thread's buffer, claimed in the writer's record, for a strand of its own
     and published it too (two frames in one buffer; the free list broken: RingCorrupted for
     every process, within a few hundred frames). Now each call either goes through or
@@ -218,15 +220,18 @@ def test_two_threads_writing_through_one_writer_get_handle_in_use_not_a_broken_r
         RingReader.attach(name, start="oldest") as r,
     ):
         refused: list[int] = [0, 0]
+        skips = how.endswith("skip")
 
         def write(thread: int) -> None:
             for n in range(per_thread):
                 value = (thread * 100 + n) % 256
                 frame = np.full(shape, value, np.uint8)
                 try:
-                    if how == "write":
+                    if skips and thread == 1:
+                        w.skip(1, WAIT)  # (a gap: no frame, one number)
+                    elif how == "write":
                         w.write(frame, WAIT)
-                    elif how == "write with meta":
+                    elif how.startswith("write with meta"):
                         w.write(frame, WAIT, meta=bytes([value]))
                     elif how == "smaller frame":
                         w.write(frame[:32], WAIT)
@@ -258,7 +263,11 @@ def test_two_threads_writing_through_one_writer_get_handle_in_use_not_a_broken_r
         read()
         for thread in writers:
             thread.join(WAIT)
-        assert 0 < 2 * per_thread - sum(refused) == len(seqs)
-        assert seqs == list(range(len(seqs)))  # each once, in order
+        if skips:  # the frames of thread 0, in order, among the gaps' numbers
+            assert 0 < per_thread - refused[0] == len(seqs) and seqs == sorted(set(seqs))
+            assert r.dropped == per_thread - refused[1]
+        else:
+            assert 0 < 2 * per_thread - sum(refused) == len(seqs)
+            assert seqs == list(range(len(seqs)))  # each once, in order
         assert inspect_ring(name).problems == []
         w.write(np.zeros(shape, np.uint8), WAIT)  # the writer still works

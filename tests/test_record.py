@@ -432,6 +432,29 @@ def test_a_slow_stream_loses_at_most_a_second_to_a_sigkill(tmp_path: Path) -> No
     assert len(values) >= count // 2, len(values)
 
 
+def recovered_frames(path: Path) -> int:
+    with shmring.read_recording(str(path), recover=True) as rec:
+        return sum(1 for _ in rec.frames())
+
+
+def test_the_frames_before_a_pause_reach_the_file_within_a_second(tmp_path: Path) -> None:
+    """A chunk ended only when a frame came: the frames before a pause stayed in the open
+    chunk for as long as the pause lasted, lost to a SIGKILL meanwhile."""
+    name, path = unique_name("pause"), tmp_path / "paused.mcap"
+    with RingWriter.create(name, (4,), np.uint8) as writer:
+        recorder = start("record", name, str(path), "--timeout", str(WAIT))
+        writer.wait_for_readers(1, WAIT)
+        for n in range(5):
+            writer.write(np.full(4, n, np.uint8), WAIT)
+        deadline = time.monotonic() + WAIT
+        while not (path.exists() and recovered_frames(path) == 5):  # (the stream paused)
+            assert time.monotonic() < deadline, "the frames before the pause stayed unwritten"
+            time.sleep(0.05)  # polling a condition with a deadline, not synchronising
+        recorder.kill()
+        recorder.wait(WAIT)
+    assert recovered_frames(path) == 5
+
+
 def chunk_crcs(path: Path) -> list[int]:
     """Every chunk's uncompressed CRC, each checked by mcap's reader (0: none written)."""
     with open(path, "rb") as f:
@@ -1033,7 +1056,7 @@ def test_a_loop_keeps_the_pace_across_its_wrap(tmp_path: Path) -> None:
     assert replayer.wait(WAIT) == 0
     assert [value for value, _ in arrivals] == [0, 1, 2] * 3
     wraps = [arrivals[i + 1][1] - arrivals[i][1] for i in (2, 5)]
-    assert min(wraps) >= interval / 2, wraps  # (about 0 before)
+    assert min(wraps) >= interval / 4, wraps  # (about 0 before; late frames shorten it)
 
 
 @pytest.mark.parametrize(

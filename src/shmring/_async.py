@@ -188,8 +188,8 @@ class AsyncHandle(RingHandle):
         this handle (RingHandle's protocol, Participant.steps): a close() in another thread
         waits for it to end, and a step begun while close() runs raises HandleClosed."""
         p = self._p
-        p.steps += 1
         p.step_thread = threading.get_ident()
+        p.steps += 1  # (the last statement before `try`: a signal cannot land in between)
         try:
             if p.closing or p.closed:
                 self._raise_closed()
@@ -475,7 +475,7 @@ class AsyncReading(AsyncHandle):
     ) -> _Ready:
         r = self._reader()
         p = r._p
-        if r._spin and p.spinning_pays():
+        if r._spin and self._step(p.spinning_pays):
             try:
                 frame = await self._poll_async(take, deadline)
             except BaseException:
@@ -516,9 +516,9 @@ class AsyncReading(AsyncHandle):
         """RingReader._poll's steps on the loop: the nap as _nap_async, and the loop runs
         between two looks."""
         r = self._reader()
-        nap = r._nap_plan(deadline)
+        nap = self._step(lambda: r._nap_plan(deadline))
         frame = None if nap is None else await self._nap_async(take, nap[0], deadline)
-        window = r._poll_window(nap, frame, deadline)
+        window = self._step(lambda: r._poll_window(nap, frame, deadline))
         if window is None:
             return frame
         poll_until, now = window

@@ -30,7 +30,8 @@
 #     close limits: up to ~4 s, then ParticipantStalled).
 #   - A bridge left open closes as the interpreter exits (_close_left_open), before it joins
 #     the program's threads: zenoh-python runs each subscriber's callbacks on a non-daemon
-#     thread that ends only with its session, so that join would wait for ever.
+#     thread that ends only with its session, so that join would wait for ever. One made by
+#     a thread that still runs then (not the main thread) closes once that thread ends.
 #   - /dev/shm: Zenoh's own shared-memory transport is always turned off. It adds a
 #     `<number>.zenoh` file to /dev/shm that a SIGKILLed session leaves behind, and the
 #     frames are in shared memory already; a receiver removes the ring it created at close.
@@ -127,8 +128,13 @@ _OPEN: weakref.WeakSet[_Bridge] = weakref.WeakSet()  # bridges whose close() has
 
 
 def _close_left_open() -> None:
-    """Close every bridge the program left open (it would never exit: module rules)."""
+    """Close every bridge the program left open (it would never exit: module rules); one
+    made by a non-daemon thread still running, once that thread ends (the interpreter
+    would wait for it next anyway; a daemon thread is not waited for)."""
     for bridge in list(_OPEN):
+        maker = bridge._maker
+        if maker is not threading.current_thread() and not maker.daemon:
+            maker.join()
         try:
             bridge.close()
         except Exception as exc:  # the others still close; the program is ending anyway
@@ -275,6 +281,7 @@ class _Bridge:
         self._n = _Counters()
         self._session = _open_session(listen, connect, config, lossless_sender)
         self._closed = False
+        self._maker = threading.current_thread()
         _OPEN.add(self)
         self._peers_at_close: int | None = None  # close()'s snapshot, once it took one
 

@@ -216,7 +216,8 @@ class _Recorder:
                 "directory you may write to",
             ) from exc
         try:
-            self._file = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            # O_PATH: fstat needs no permission to read it (a write-only file)
+            self._file = os.open(path, os.O_PATH | os.O_CLOEXEC)
         except BaseException:
             self._close()
             raise
@@ -272,10 +273,17 @@ class _Recorder:
             raise _failure(self._path, RuntimeError(self._failures.first), self._chunk_size)
         self.frames += 1
         self.dropped += frame.dropped
-        if self._pending >= self._chunk_size or time.monotonic() >= self._chunk_ends:
+        if self._pending >= self._chunk_size:
             self._end_chunk()
         elif self._chunk_ends == math.inf:  # the chunk's first frame
             self._chunk_ends = time.monotonic() + CHUNK_SECONDS
+        else:
+            self.end_chunk_if_due()
+
+    def end_chunk_if_due(self) -> None:
+        """End the chunk being written if it holds frames taken CHUNK_SECONDS ago or more."""
+        if time.monotonic() >= self._chunk_ends:
+            self._end_chunk()
 
     def _end_chunk(self) -> None:
         """Finish the chunk being written (its header, message indexes) and hand it, with
@@ -410,7 +418,10 @@ def _check_destination(path: str) -> None:
         return  # (a directory: the SDK's open says so, _Recorder names it)
     kind = "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device"
     if kind == "device":
-        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot record to {path}: {exc.strerror}") from None
         try:
             os.lseek(fd, 0, os.SEEK_CUR)
             return
@@ -504,6 +515,7 @@ def _take_frames(
             continue
         except RingTimeout:
             stall.clear()
+            recorder.end_chunk_if_due()  # a stream that paused: its frames reach the file
             continue
         except EndOfStream:
             return "end of stream"

@@ -72,8 +72,8 @@ from ._timing import deadline_from
 from ._writer import RingWriter
 
 # What mcap, struct and protobuf raise on bytes that are not what they should be.
-# OverflowError, MemoryError: a damaged length, read() of that many bytes.
-_DAMAGE = (McapError, ValueError, struct.error, DecodeError, EOFError, OverflowError, MemoryError)
+# OverflowError: a damaged length, read() of more bytes than an index holds.
+_DAMAGE = (McapError, ValueError, struct.error, DecodeError, EOFError, OverflowError)
 _log = logging.getLogger("shmring.replay")
 
 

@@ -328,30 +328,31 @@ class RingWriter(AsyncWriting, RingHandle):
         try:
             if self._p.closing or self._p.closed:
                 self._raise_closed()
-            with self._one_thread_taking():
+            outer = self._begin_taking()
+            try:
                 return self._write_counted(frame, timeout, timestamp_ns, meta)
+            finally:
+                self._taking_thread = outer
         finally:
             self._p.calls -= 1
 
-    @contextlib.contextmanager
-    def _one_thread_taking(self) -> Iterator[None]:
-        """Around a write or claim that takes its buffer in Python, and fills (a write) or
-        opens (a claim) it: another thread's write or claim meanwhile raises HandleInUse.
-        Until published, the buffer is claimed in this writer's record, where the other
-        thread's step would take it for a strand of its own and publish it too (two frames
-        in one buffer, and the ring's free list broken for every process)."""
+    def _begin_taking(self) -> int:
+        """Before a write, claim or skip that takes its buffer in Python, and fills, opens
+        or publishes it: another thread's meanwhile raises HandleInUse. Until published,
+        the buffer is claimed in this writer's record, where the other thread's step would
+        take it for a strand of its own and publish it too (two frames in one buffer, and
+        the ring's free list broken for every process). The thread that was taking before
+        (0, or this one: a signal handler's write); the caller restores it in a `finally`
+        right after."""
         me, outer = threading.get_ident(), self._taking_thread
-        if outer not in (0, me):  # (the same thread: a signal handler's write, as before)
+        if outer not in (0, me):
             raise HandleInUse(
-                f"ring {self._p.name!r}: write() or claim() while another thread's write or "
-                "claim on the same writer is under way; give each thread its own RingWriter "
+                f"ring {self._p.name!r}: write(), claim() or skip() while another thread's "
+                "on the same writer is under way; give each thread its own RingWriter "
                 "(RingWriter.attach), or serialize the calls"
             )
         self._taking_thread = me
-        try:
-            yield
-        finally:
-            self._taking_thread = outer
+        return outer
 
     def _write_counted(
         self, frame: np.ndarray, timeout: float | None, timestamp_ns: int | None, meta: bytes
@@ -458,7 +459,8 @@ class RingWriter(AsyncWriting, RingHandle):
         claim's timeout; the writable slot."""
         timeout = claim._timeout
         claim._deadline = deadline = None if timeout is None else deadline_from(timeout)
-        with self._one_thread_taking():
+        outer = self._begin_taking()
+        try:
             claim._buffer = buffer = self._take_buffer(deadline)
             shape = claim._shape
             slot = (
@@ -467,6 +469,8 @@ class RingWriter(AsyncWriting, RingHandle):
                 else self._p.views.buffer_view(self._p.geometry, buffer, shape)
             )
             self._publisher.open_claim(claim)  # until it leaves: refuse a write or another claim
+        finally:
+            self._taking_thread = outer
         return slot
 
     def _exit_claim(self, claim: Claim, failed: bool) -> int | None:
@@ -656,12 +660,16 @@ class RingWriter(AsyncWriting, RingHandle):
         count = L.positive_int(count, "count", 1, L.MAX_SKIP_COUNT)
         self._p.check_usable()
         deadline = deadline_from(timeout)
-        buffer = self._take_buffer(deadline)
-        publish, timestamp_ns = self._publisher.publish_skip, monotonic_ns()
-        seq: int = publish(buffer, count, timestamp_ns, False)
-        return self._published(
-            seq, buffer, deadline, lambda locked: publish(buffer, count, timestamp_ns, locked)
-        )
+        outer = self._begin_taking()
+        try:
+            buffer = self._take_buffer(deadline)
+            publish, timestamp_ns = self._publisher.publish_skip, monotonic_ns()
+            seq: int = publish(buffer, count, timestamp_ns, False)
+            return self._published(
+                seq, buffer, deadline, lambda locked: publish(buffer, count, timestamp_ns, locked)
+            )
+        finally:
+            self._taking_thread = outer
 
     def _publish(
         self,
