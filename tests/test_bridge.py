@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -48,6 +48,7 @@ from helpers import (
 zenoh = pytest.importorskip("zenoh")
 
 from shmring import (  # noqa: E402 (after the skip: the bridge extra may be absent)
+    BridgeError,
     BridgeReceiver,
     BridgeSender,
     EndOfStream,
@@ -439,6 +440,48 @@ def test_a_bridge_left_open_by_a_thread_closes_after_that_thread() -> None:
     )
     assert (done.returncode, done.stdout) == (0, "stopped under its thread: False\n"), done
     assert not os.path.exists(seg_path(src)) and not os.path.exists(seg_path(dst))
+
+
+def test_a_reader_that_does_not_read_holds_the_writer_back_within_a_few_frames() -> None:
+    """Lossless: a receiver's full ring stops Zenoh's receiving thread, hence the link, the
+    sender and the writer. Zenoh's default callback queued samples for a Python thread
+    without bound: ~256 frames went into the receiver's memory first."""
+    src, dst, ep = unique_name("hs"), unique_name("hd"), endpoint()
+    frame = np.zeros((1 << 20,), np.uint8)
+    with (
+        RingWriter.create(src, frame.shape, np.uint8, slots=4) as writer,
+        BridgeReceiver(src, local=dst, connect=[ep], slots=2, wait_readers=1),
+        BridgeSender(src, listen=[ep]),
+    ):
+        writer.write(frame, WAIT)  # its ring is made on this frame, which waits for a reader
+        written = 1
+        stuck = RingReader.attach(dst, timeout=WAIT)  # never reads
+        with stuck, contextlib.suppress(RingTimeout):
+            while written < 400:
+                writer.write(frame, 2.0 if written else WAIT)
+                written += 1
+        assert written < 64, written  # (its ring, Zenoh's queues and the sockets)
+        assert stuck.dropped == 0
+
+
+def test_wrong_arguments_are_refused_when_the_bridge_is_made() -> None:
+    """They failed later in the bridge's thread (a str for a number), or did the wrong thing
+    (latest="no" turned latest on, slots=0 took the sender's)."""
+    ep = endpoint()
+    cases: list[tuple[Callable[[], object], type[Exception], str]] = [
+        (lambda: BridgeSender("r", listen=[ep], wait_receivers="1"), TypeError, "wait_receivers"),  # type: ignore[arg-type]
+        (lambda: BridgeSender("r", listen=[ep], wait_receivers=-1), ValueError, "wait_receivers"),
+        (lambda: BridgeSender("r", listen=[ep], latest="no"), TypeError, "latest"),  # type: ignore[arg-type]
+        (lambda: BridgeSender("r", listen=[ep], key=""), ValueError, "key"),
+        (lambda: BridgeReceiver("r", connect=[ep], slots="4"), TypeError, "slots"),  # type: ignore[arg-type]
+        (lambda: BridgeReceiver("r", connect=[ep], slots=0), ValueError, "slots"),
+        (lambda: BridgeReceiver("r", connect=[ep], wait_readers="1"), TypeError, "wait_readers"),  # type: ignore[arg-type]
+        (lambda: BridgeSender("r", listen=["udp/127.0.0.1:1"]), BridgeError, "udp/"),
+    ]
+    for make, error, words in cases:
+        with pytest.raises(error, match=words):
+            make()
+    BridgeSender("r", listen=["udp/127.0.0.1:0"], latest=True).close()  # may lose frames
 
 
 def test_two_receivers_both_get_every_frame(cleanup: list[Any]) -> None:

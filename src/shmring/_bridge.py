@@ -91,7 +91,7 @@ from ._errors import (
     WriterGone,
 )
 from ._inspect import RingInfo, inspect_ring
-from ._layout import MAX_SKIP_COUNT
+from ._layout import LIMITS, MAX_READERS, MAX_SKIP_COUNT, positive_int
 from ._reader import RingReader
 from ._segment import validate_name
 from ._writer import RingWriter
@@ -167,6 +167,23 @@ def default_key(ring: str) -> str:
     return f"shmring/{ring}"
 
 
+def _checked_key(key: object, ring: str) -> str:
+    """`key`, or the default for `ring` if None; TypeError or ValueError naming it."""
+    if key is None:
+        return default_key(ring)
+    if not isinstance(key, str):
+        raise TypeError(f"key must be a Zenoh key expression (a str) or None, got {key!r}")
+    if not key:
+        raise ValueError("key must not be empty: give a Zenoh key, or None for shmring/RING")
+    return key
+
+
+def _checked_flag(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{what} must be True or False, got {value!r}")
+    return value
+
+
 def receiver_token(key: str, zid: str) -> str:
     """The liveliness token by which a receiver of `key` tells senders it is there."""
     return f"{key}/@shmring-receiver/{zid}"
@@ -214,7 +231,25 @@ def zenoh_config(
             cfg.insert_json5(key, json.dumps(value))
     except z.ZError as exc:
         raise BridgeError(f"bad Zenoh configuration: {_said(exc)}") from None
+    if lossless_sender:
+        _refuse_unreliable_links(cfg)
     return cfg
+
+
+def _refuse_unreliable_links(cfg: zenoh.Config) -> None:
+    """A lossless sender's links must be reliable: Zenoh's udp/ links drop what the network
+    drops (a bridge over one lost frames, counted only as gaps by its receivers)."""
+    for what in ("listen", "connect"):
+        endpoints = json.loads(cfg.get_json(f"{what}/endpoints"))
+        if isinstance(endpoints, dict):  # (per mode: {"peer": [...], ...})
+            endpoints = [e for mode in endpoints.values() for e in mode]
+        unreliable = [e for e in endpoints if isinstance(e, str) and e.startswith("udp/")]
+        if unreliable:
+            raise BridgeError(
+                f"a lossless bridge cannot {what} on {', '.join(unreliable)}: udp/ links drop "
+                "what the network drops; use tcp/, tls/, quic/ or unixsock-stream/, or "
+                "--latest (latest=True), which may lose frames anyway"
+            )
 
 
 def _said(error: Exception) -> str:
@@ -383,9 +418,9 @@ class BridgeSender(_Bridge):
         wait_receivers: int = 1,
     ) -> None:
         self.ring = validate_name(ring)
-        self.key = key or default_key(ring)
-        self.latest = latest
-        self.wait_receivers = wait_receivers
+        self.key = _checked_key(key, ring)
+        self.latest = _checked_flag(latest, "latest")
+        self.wait_receivers = positive_int(wait_receivers, "wait_receivers", 0, MAX_READERS)
         self._receivers: set[str] = set()
         self._what = f"bridge send {ring}"
         super().__init__(listen, connect, config, lossless_sender=not latest)
@@ -619,10 +654,10 @@ class BridgeReceiver(_Bridge):
         self.local = validate_name(local or ring)
         if policy not in (None, "block", "overwrite"):
             raise ValueError(f"policy must be 'block' or 'overwrite', got {policy!r}")
-        self.key = key or default_key(ring)
-        self._slots = slots
+        self.key = _checked_key(key, ring)
+        self._slots = None if slots is None else positive_int(slots, "slots", *LIMITS["slots"])
         self._policy = policy
-        self._wait_readers = wait_readers
+        self._wait_readers = positive_int(wait_readers, "wait_readers", 0, MAX_READERS)
         self._what = f"bridge recv {self.local}"
         self._lock = threading.Lock()  # the sample handler vs close()
         self._writer: RingWriter | None = None
@@ -636,7 +671,13 @@ class BridgeReceiver(_Bridge):
         with self._closed_on_failure():
             z = _zenoh()
             try:
-                self._subscriber = self._session.declare_subscriber(self.key, self._on_sample)
+                # On Zenoh's own receiving thread (indirect=False): a write that waits for
+                # space stops the link, and so the sender. Zenoh's default hands each sample
+                # to a Python thread through a queue without bound: a slow local reader let
+                # ~256 frames pile up in memory (1.6 GB at 1080p), lost at close.
+                self._subscriber = self._session.declare_subscriber(
+                    self.key, z.handlers.Callback(self._on_sample, indirect=False)
+                )
                 self._token = self._session.liveliness().declare_token(
                     receiver_token(self.key, str(self._session.zid()))
                 )
@@ -646,7 +687,7 @@ class BridgeReceiver(_Bridge):
                 _sys.keep_freed_memory(KEEP_FREED_BYTES)
 
     def _on_sample(self, sample: zenoh.Sample) -> None:
-        """Zenoh's callback thread. Blocking here (a full `block` ring) backpressures."""
+        """Zenoh's receiving thread. Blocking here (a full `block` ring) backpressures."""
         with self._lock:
             if self._stop.is_set():
                 return
