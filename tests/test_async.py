@@ -466,9 +466,9 @@ def test_close_from_a_thread_waits_for_the_loops_step(run: Runner, policy: str) 
 @pytest.mark.parametrize("at", ["spinning_pays", "_nap_plan", "_poll_window"])
 def test_close_from_a_thread_between_a_waits_looks(run: Runner, at: str) -> None:
     """The looks a wait makes between two awaits are steps too: a close() from another
-    thread begun at one of them (a thread switch there) waits for it, and the task raises
-    HandleClosed (a released memoryview before at spinning_pays, which reads the ring's
-    counts; the other two read it in some states, e.g. a steady stream's nap plan)."""
+    thread begun at one of them (a thread switch there) waits for it (it closed under it
+    before: at spinning_pays, which reads the ring's counts, a released memoryview), and
+    the task raises HandleClosed."""
     name = unique_name()
 
     async def main() -> None:
@@ -486,6 +486,7 @@ def test_close_from_a_thread_between_a_waits_looks(run: Runner, at: str) -> None
                     closing.append(exc)
 
             closer = threading.Thread(target=close)
+            closed_meanwhile: list[bool] = []
 
             def trace(frame: Any, event: str, arg: object) -> Any:
                 if event == "call" and frame.f_code.co_name == at and not closer.ident:
@@ -493,6 +494,8 @@ def test_close_from_a_thread_between_a_waits_looks(run: Runner, at: str) -> None
                     deadline = time.monotonic() + WAIT
                     while not r._p.closing and time.monotonic() < deadline:
                         time.sleep(0.001)  # bounded: until the close has begun
+                    time.sleep(0.05)  # the closer's chance to close under the step
+                    closed_meanwhile.append(r._p.closed)
                 return None
 
             sys.settrace(trace)
@@ -502,7 +505,8 @@ def test_close_from_a_thread_between_a_waits_looks(run: Runner, at: str) -> None
             finally:
                 sys.settrace(None)
             closer.join(WAIT)
-            assert closer.ident and closing == [None] and r.closed
+            assert closed_meanwhile == [False]  # it waited for the step
+            assert closing == [None] and r.closed
 
     run(main())
 

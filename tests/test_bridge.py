@@ -458,10 +458,9 @@ def test_a_reader_that_does_not_read_holds_the_writer_back_within_a_few_frames()
         stuck = RingReader.attach(dst, timeout=WAIT)  # never reads
         with stuck, contextlib.suppress(RingTimeout):
             while written < 400:
-                writer.write(frame, 2.0 if written else WAIT)
+                writer.write(frame, 2.0)
                 written += 1
         assert written < 64, written  # (its ring, Zenoh's queues and the sockets)
-        assert stuck.dropped == 0
 
 
 def test_wrong_arguments_are_refused_when_the_bridge_is_made() -> None:

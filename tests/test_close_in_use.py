@@ -246,11 +246,12 @@ def test_two_threads_writing_through_one_writer_get_handle_in_use_not_a_broken_r
 
         def read() -> None:
             while True:
+                done = not any(t.is_alive() for t in writers)  # (before the look)
                 try:
                     frame = r.read(0.1)
                 except RingTimeout:
-                    if not any(t.is_alive() for t in writers):
-                        return  # every write returned, and nothing more came
+                    if done:
+                        return  # every write had returned, and nothing more came
                     continue
                 with frame:
                     value = int(frame.array.flat[0])

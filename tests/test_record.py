@@ -437,7 +437,7 @@ def recovered_frames(path: Path) -> int:
         return sum(1 for _ in rec.frames())
 
 
-def test_the_frames_before_a_pause_reach_the_file_within_a_second(tmp_path: Path) -> None:
+def test_the_frames_before_a_pause_reach_the_file_while_it_lasts(tmp_path: Path) -> None:
     """A chunk ended only when a frame came: the frames before a pause stayed in the open
     chunk for as long as the pause lasted, lost to a SIGKILL meanwhile."""
     name, path = unique_name("pause"), tmp_path / "paused.mcap"

@@ -28,10 +28,10 @@
 #     once instead. So close() returns within about a second whatever the peers do (a
 #     stopped participant of the local ring that holds its header lock adds the ring's own
 #     close limits: up to ~4 s, then ParticipantStalled).
-#   - A bridge left open closes as the interpreter exits (_close_left_open), before it joins
-#     the program's threads: zenoh-python runs each subscriber's callbacks on a non-daemon
-#     thread that ends only with its session, so that join would wait for ever. One made by
-#     a thread that still runs then (not the main thread) closes once that thread ends.
+#   - Zenoh calls the bridges' callbacks on its own threads (_on_zenoh_thread): its default,
+#     a non-daemon Python thread per subscriber that ends only with the session, kept a
+#     program that never closed its bridges from exiting. A bridge left open closes at
+#     interpreter exit, after the program's threads have ended (_close_left_open).
 #   - /dev/shm: Zenoh's own shared-memory transport is always turned off. It adds a
 #     `<number>.zenoh` file to /dev/shm that a SIGKILLed session leaves behind, and the
 #     frames are in shared memory already; a receiver removes the ring it created at close.
@@ -127,31 +127,32 @@ CLOSING_LIMIT = 10.0
 _OPEN: weakref.WeakSet[_Bridge] = weakref.WeakSet()  # bridges whose close() has not begun
 
 
-def _close_left_open() -> None:
-    """Close every bridge the program left open (it would never exit: module rules); one
-    made by a non-daemon thread still running, once that thread ends (the interpreter
-    would wait for it next anyway; a daemon thread is not waited for)."""
-    for bridge in list(_OPEN):
-        maker = bridge._maker
-        if maker is not threading.current_thread() and not maker.daemon:
-            maker.join()
-        try:
-            bridge.close()
-        except Exception as exc:  # the others still close; the program is ending anyway
-            LOG.warning("%s: closing it at exit failed: %s", bridge._what, exc)
-
-
-# CPython's hook for what runs before the interpreter joins non-daemon threads (used by
-# concurrent.futures for the same reason); plain atexit runs only after that join.
-getattr(threading, "_register_atexit", atexit.register)(_close_left_open)
-
-
 @atexit.register
 def _finish_closing() -> None:
     """Wait for the senders' threads still in a put Zenoh blocks: one that got its put back
     while the interpreter finalized would abort the process ("exception not rethrown")."""
     for thread in list(_CLOSING):
         thread.join(CLOSING_LIMIT)
+
+
+@atexit.register  # (after _finish_closing: atexit runs the last registered first)
+def _close_left_open() -> None:
+    """Close every bridge the program left open, once its threads have ended (module
+    rules): its session then ends before the interpreter does."""
+    for bridge in list(_OPEN):
+        try:
+            bridge.close()
+        except Exception as exc:  # the others still close; the program is ending anyway
+            LOG.warning("%s: closing it at exit failed: %s", bridge._what, exc)
+
+
+def _on_zenoh_thread(callback: Callable[[Any], None]) -> Any:
+    """`callback`, to be run by Zenoh on its own thread. Zenoh's default hands samples to a
+    non-daemon Python thread that ends only with the session (a program that never closed
+    its bridge never exited) through a queue of 256 samples (a receiver whose local reader
+    was slow took 256 frames into memory before the link felt it: 1.6 GB at 1080p, lost at
+    close). `indirect` is marked unstable in zenoh-python 1.10."""
+    return _zenoh().handlers.Callback(callback, indirect=False)
 
 
 def _zenoh() -> ModuleType:
@@ -316,7 +317,6 @@ class _Bridge:
         self._n = _Counters()
         self._session = _open_session(listen, connect, config, lossless_sender)
         self._closed = False
-        self._maker = threading.current_thread()
         _OPEN.add(self)
         self._peers_at_close: int | None = None  # close()'s snapshot, once it took one
 
@@ -435,7 +435,7 @@ class BridgeSender(_Bridge):
                     reliability=z.Reliability.RELIABLE,
                 )
                 self._tokens = self._session.liveliness().declare_subscriber(
-                    receiver_token(self.key, "*"), self._on_token, history=True
+                    receiver_token(self.key, "*"), _on_zenoh_thread(self._on_token), history=True
                 )
             except z.ZError as exc:
                 raise BridgeError(f"cannot publish on key {self.key!r}: {_said(exc)}") from None
@@ -671,12 +671,10 @@ class BridgeReceiver(_Bridge):
         with self._closed_on_failure():
             z = _zenoh()
             try:
-                # On Zenoh's own receiving thread (indirect=False): a write that waits for
-                # space stops the link, and so the sender. Zenoh's default hands each sample
-                # to a Python thread through a queue without bound: a slow local reader let
-                # ~256 frames pile up in memory (1.6 GB at 1080p), lost at close.
+                # A write that waits for space stops Zenoh's receiving thread, hence the
+                # link and the sender.
                 self._subscriber = self._session.declare_subscriber(
-                    self.key, z.handlers.Callback(self._on_sample, indirect=False)
+                    self.key, _on_zenoh_thread(self._on_sample)
                 )
                 self._token = self._session.liveliness().declare_token(
                     receiver_token(self.key, str(self._session.zid()))

@@ -357,7 +357,7 @@ def record_ring(
     if frames is not None:
         positive_int(frames, "frames", 1, SEQ_LIMIT)
     if seconds is not None:
-        positive_number(seconds, "seconds", "seconds")
+        seconds = positive_number(seconds, "seconds", "seconds")
     positive_int(chunk_size, "chunk_size", 1, MAX_CHUNK_BYTES)
     deadline_from(timeout)  # checked before anything waits for it
     _check_destination(path)
@@ -512,6 +512,7 @@ def _take_frames(
             frame = reader.read(wait)
         except ParticipantStalled as stalled:
             stall.stall(stalled)
+            recorder.end_chunk_if_due()
             continue
         except RingTimeout:
             stall.clear()

@@ -243,7 +243,7 @@ def replay_file(
 ) -> ReplayResult:
     """shmring.replay (_recording.py), once the optional packages are imported."""
     if speed is not None:
-        positive_number(speed, "speed", "times the recorded pace (or None: back to back)")
+        speed = positive_number(speed, "speed", "times the recorded pace (or None: back to back)")
     positive_int(wait_readers, "wait_readers", 0, LIMITS["max_readers"][1])
     deadline_from(timeout)  # checked before anything waits for it
     began = time.monotonic()
