@@ -415,6 +415,39 @@ def test_close_from_the_loop_ends_a_waiting_iteration(
     run(main())
 
 
+class ClosedFromAThreadAt:
+    """A trace function (`trace`) that, at the first call of `handle`'s method `method`,
+    starts `handle.close()` in another thread (as a thread switch there would), waits
+    until that close has begun, gives it 50 ms to close under the step, and notes whether
+    it did (`closed_meanwhile`); `outcome` gets what the close returned or raised."""
+
+    def __init__(self, handle: RingReader, method: str) -> None:
+        self.handle, self.method = handle, method
+        self.outcome: list[BaseException | None] = []
+        self.closed_meanwhile: list[bool] = []
+        self.thread = threading.Thread(target=self._close)
+
+    def _close(self) -> None:
+        try:
+            self.handle.close()
+            self.outcome.append(None)
+        except BaseException as exc:
+            self.outcome.append(exc)
+
+    def trace(self, frame: Any, event: str, arg: object) -> Any:
+        if event == "call" and frame.f_code.co_name == self.method and not self.thread.ident:
+            self.thread.start()
+            deadline = time.monotonic() + WAIT
+            while not self.handle._p.closing and time.monotonic() < deadline:
+                time.sleep(0.001)  # bounded: until the close has begun
+            time.sleep(0.05)  # the closer's chance to close under the step
+            self.closed_meanwhile.append(self.handle._p.closed)
+        return None
+
+    def join(self) -> None:
+        self.thread.join(WAIT)
+
+
 @pytest.mark.parametrize("policy", ["block", "overwrite"])
 def test_close_from_a_thread_waits_for_the_loops_step(run: Runner, policy: str) -> None:
     """`await asyncio.to_thread(r.close)` (docs/API.md) while a task's step touches the ring
@@ -429,34 +462,16 @@ def test_close_from_a_thread_waits_for_the_loops_step(run: Runner, policy: str) 
         with RingWriter.create(name, SMALL, np.uint8, policy=policy) as w:
             r = RingReader.attach(name)
             w.write(np.zeros(SMALL, np.uint8), WAIT)
-            closing: list[BaseException | None] = []
-
-            def close() -> None:
-                try:
-                    r.close()
-                    closing.append(None)
-                except BaseException as exc:
-                    closing.append(exc)
-
-            closer = threading.Thread(target=close)
-
-            def trace(frame: Any, event: str, arg: object) -> Any:
-                if event == "call" and frame.f_code.co_name == taking and not closer.ident:
-                    closer.start()
-                    deadline = time.monotonic() + WAIT
-                    while not r._p.closing and time.monotonic() < deadline:
-                        time.sleep(0.001)  # bounded: until the close has begun
-                    assert r._p.closing and not r._p.closed  # it waits for this step
-                return None
-
-            sys.settrace(trace)
+            closer = ClosedFromAThreadAt(r, taking)
+            sys.settrace(closer.trace)
             try:
                 got = await r.aread(WAIT)
             finally:
                 sys.settrace(None)
             assert got.seq == 0
-            closer.join(WAIT)
-            assert closing == [None] and r.closed
+            closer.join()
+            assert closer.closed_meanwhile == [False]  # it waited for the step
+            assert closer.outcome == [None] and r.closed
             with pytest.raises(ShmringError, match="closed"):
                 await r.aread(WAIT)
 
@@ -476,37 +491,16 @@ def test_close_from_a_thread_between_a_waits_looks(run: Runner, at: str) -> None
             r = RingReader.attach(name)
             if at != "spinning_pays":  # (to reach the other two whatever the CPUs do)
                 r._p.spinning_pays = lambda: True  # type: ignore[method-assign]
-            closing: list[BaseException | None] = []
-
-            def close() -> None:
-                try:
-                    r.close()
-                    closing.append(None)
-                except BaseException as exc:
-                    closing.append(exc)
-
-            closer = threading.Thread(target=close)
-            closed_meanwhile: list[bool] = []
-
-            def trace(frame: Any, event: str, arg: object) -> Any:
-                if event == "call" and frame.f_code.co_name == at and not closer.ident:
-                    closer.start()
-                    deadline = time.monotonic() + WAIT
-                    while not r._p.closing and time.monotonic() < deadline:
-                        time.sleep(0.001)  # bounded: until the close has begun
-                    time.sleep(0.05)  # the closer's chance to close under the step
-                    closed_meanwhile.append(r._p.closed)
-                return None
-
-            sys.settrace(trace)
+            closer = ClosedFromAThreadAt(r, at)
+            sys.settrace(closer.trace)
             try:
                 with pytest.raises(ShmringError, match="clos"):
                     await r.aread(WAIT)
             finally:
                 sys.settrace(None)
-            closer.join(WAIT)
-            assert closed_meanwhile == [False]  # it waited for the step
-            assert closing == [None] and r.closed
+            closer.join()
+            assert closer.closed_meanwhile == [False]  # it waited for the step
+            assert closer.outcome == [None] and r.closed
 
     run(main())
 

@@ -385,28 +385,38 @@ def read_ready(fd: int, timeout: float) -> bytes:
         return b""
 
 
+@contextlib.contextmanager
+def top_on_a_terminal(*args: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """`shmring top ARGS` on a pseudo-terminal: the process and the terminal's controller
+    side, both ended on the way out."""
+    controller, terminal = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shmring", "top", *args],
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    try:
+        yield proc, controller
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(WAIT)
+        os.close(controller)
+
+
 def test_top_iterations_on_a_terminal_leaves_its_blocks_on_it(prefix: str) -> None:
     """The redrawn screen is an alternate one, left at exit: `--iterations` drew there and
     left the user back at the prompt having seen nothing. It prints its blocks instead."""
-    controller, terminal = os.openpty()
-    with RingWriter.create(prefix, SMALL, np.uint8) as w:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "shmring", "top", "--iterations", "1", w.name],
-            stdin=terminal,
-            stdout=terminal,
-            stderr=terminal,
-        )
-        os.close(terminal)
-        seen = b""
-        try:
-            assert proc.wait(WAIT) == 0
-            while chunk := read_ready(controller, 0.1):
-                seen += chunk
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(WAIT)
-            os.close(controller)
+    seen = b""
+    with (
+        RingWriter.create(prefix, SMALL, np.uint8) as w,
+        top_on_a_terminal("--iterations", "1", w.name) as (proc, controller),
+    ):
+        assert proc.wait(WAIT) == 0
+        while chunk := read_ready(controller, 0.1):
+            seen += chunk
     assert b"\x1b[?1049h" not in seen and w.name.encode() in seen, seen
 
 
@@ -414,34 +424,23 @@ def test_top_iterations_on_a_terminal_leaves_its_blocks_on_it(prefix: str) -> No
 def test_top_on_a_terminal_quits_on_q_ctrl_c_and_sigterm(prefix: str, quit_by: str) -> None:
     """OPERATIONS.md: Ctrl-C and SIGTERM stop top cleanly (exit 0), as q does; the terminal
     is left as it was."""
-    controller, terminal = os.openpty()
-    with RingWriter.create(prefix, SMALL, np.uint8) as w:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "shmring", "top", "--interval", "0.05", w.name],
-            stdin=terminal,
-            stdout=terminal,
-            stderr=terminal,
-        )
-        os.close(terminal)
-        seen, asked = b"", False
-        try:
-            deadline = time.monotonic() + WAIT
-            while proc.poll() is None and time.monotonic() < deadline:
-                seen += read_ready(controller, 0.1)
-                if not asked and b"q or Ctrl-C quits" in seen:
-                    if quit_by == "q":
-                        os.write(controller, b"q")
-                    else:
-                        proc.send_signal(getattr(signal, quit_by))
-                    asked = True
-            while chunk := read_ready(controller, 0):
-                seen += chunk
-            assert asked and proc.wait(WAIT) == 0, seen
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(WAIT)
-            os.close(controller)
+    seen, asked = b"", False
+    with (
+        RingWriter.create(prefix, SMALL, np.uint8) as w,
+        top_on_a_terminal("--interval", "0.05", w.name) as (proc, controller),
+    ):
+        deadline = time.monotonic() + WAIT
+        while proc.poll() is None and time.monotonic() < deadline:
+            seen += read_ready(controller, 0.1)
+            if not asked and b"q or Ctrl-C quits" in seen:
+                if quit_by == "q":
+                    os.write(controller, b"q")
+                else:
+                    proc.send_signal(getattr(signal, quit_by))
+                asked = True
+        while chunk := read_ready(controller, 0):
+            seen += chunk
+        assert asked and proc.wait(WAIT) == 0, seen
     assert seen.startswith(b"\x1b[?1049h")  # drawn on the alternate screen...
     assert w.name.encode() in seen
     assert seen.rstrip().endswith(b"\x1b[?1049l")  # ...which is left on exit

@@ -985,12 +985,10 @@ def test_a_recording_moved_while_it_runs_ends_cleanly_and_counts_its_bytes(
     assert f"recorded {frames} frames ({human_bytes(moved.stat().st_size)})" in out, out
 
 
-def test_every_damaged_word_is_a_typed_error_or_frames(tmp_path: Path) -> None:
-    """Each 8-byte word of a small recording overwritten with all ones (a length of 2**64 -
-    1 among them: OverflowError inside mcap's reader, raised raw before): replaying it
-    either reads frames or raises NotARecording / RecordingTruncated, with and without
-    recover, and never another exception."""
-    name, path = unique_name("dmg"), tmp_path / "small.mcap"
+def record_three(path: Path, interval: float) -> None:
+    """Record three 4-byte frames (values 0, 1, 2; stamped `interval` s apart, from 0) into
+    `path`, with shmring.record in a spawned process."""
+    name = unique_name("three")
     with RingWriter.create(name, (4,), np.uint8) as writer:
         recorder = mp.get_context("spawn").Process(
             target=shmring.record, args=(name, str(path)), kwargs={"frames": 3, "timeout": WAIT}
@@ -998,9 +996,18 @@ def test_every_damaged_word_is_a_typed_error_or_frames(tmp_path: Path) -> None:
         recorder.start()
         writer.wait_for_readers(1, WAIT)
         for n in range(3):
-            writer.write(np.full(4, n, np.uint8), WAIT)
+            writer.write(np.full(4, n, np.uint8), WAIT, timestamp_ns=int(n * interval * 1e9))
         recorder.join(WAIT)
     assert recorder.exitcode == 0
+
+
+def test_every_damaged_word_is_a_typed_error_or_frames(tmp_path: Path) -> None:
+    """Each 8-byte word of a small recording overwritten with all ones (a length of 2**64 -
+    1 among them: OverflowError inside mcap's reader, raised raw before): replaying it
+    either reads frames or raises NotARecording / RecordingTruncated, with and without
+    recover, and never another exception."""
+    path = tmp_path / "small.mcap"
+    record_three(path, 0.0)
     clean = path.read_bytes()
     damaged = tmp_path / "damaged.mcap"
     outcomes: set[str] = set()
@@ -1034,17 +1041,8 @@ def test_a_loop_keeps_the_pace_across_its_wrap(tmp_path: Path) -> None:
     """A pass's first frame came right after the last one (each pass was paced from its own
     first frame): a loop of a short recording ran faster than recorded. Now it comes the
     recording's mean interval later."""
-    name, path, interval = unique_name("loopp"), tmp_path / "three.mcap", 0.1
-    with RingWriter.create(name, (4,), np.uint8) as writer:
-        recorder = mp.get_context("spawn").Process(
-            target=shmring.record, args=(name, str(path)), kwargs={"frames": 3, "timeout": WAIT}
-        )
-        recorder.start()
-        writer.wait_for_readers(1, WAIT)
-        for n in range(3):
-            writer.write(np.full(4, n, np.uint8), WAIT, timestamp_ns=int(n * interval * 1e9))
-        recorder.join(WAIT)
-    assert recorder.exitcode == 0
+    path, interval = tmp_path / "three.mcap", 0.1
+    record_three(path, interval)
     ring = unique_name("loopr")
     replayer = start("replay", str(path), ring, "--loop", "--wait-readers", "1")
     arrivals = []
