@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._errors import ParticipantStalled, RecordExtraMissing
+from ._timing import is_number
 
 if TYPE_CHECKING:
     from ._replay import Recording
@@ -207,9 +208,7 @@ def read_recording(path: str, *, recover: bool = False) -> Recording:
 
 def positive_number(value: object, what: str, unit: str) -> float:
     """`value`, a finite number above 0 (of `unit`s); TypeError or ValueError naming `what`."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(
-        value, (int, float, np.integer, np.floating)
-    ):
+    if not is_number(value):
         raise TypeError(f"{what} must be a number of {unit}, got {value!r}")
     if not 0 < value < math.inf:  # (NaN fails too)
         raise ValueError(f"{what} must be a positive number of {unit}, got {value}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from typing import TypeGuard
 
 import numpy as np
 
@@ -26,17 +27,23 @@ STALLED_FIRST_PAUSE = 50e-6
 STALLED_LAST_PAUSE = 1e-3
 
 
+def is_number(value: object) -> TypeGuard[float]:
+    """Whether `value` is a real number: Python's or NumPy's (one computed with NumPy), not
+    a bool."""
+    return not isinstance(value, (bool, np.bool_)) and isinstance(
+        value, (int, float, np.integer, np.floating)
+    )
+
+
 def deadline_from(timeout: float | None) -> float | None:
     """Absolute time.monotonic() deadline for a user timeout (None: wait forever)."""
     if timeout is None:
         return None
     kind = type(timeout)
     if kind is not float and kind is not int:  # (the common types first: every timed call)
-        if isinstance(timeout, (bool, np.bool_)) or not isinstance(
-            timeout, (int, float, np.integer, np.floating)
-        ):
+        if not is_number(timeout):
             raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
-        timeout = float(timeout)  # NumPy's numbers too: a timeout computed with NumPy
+        timeout = float(timeout)
     if math.isnan(timeout) or timeout < 0:
         raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
     if timeout >= threading.TIMEOUT_MAX:
