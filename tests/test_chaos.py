@@ -32,7 +32,7 @@ from stress.chaos import DTYPE, ROLES, SHAPE
 
 pytestmark = pytest.mark.stress  # kills participants at every kill point
 
-KILLS = 50
+KILLS = 30  # two rounds of the 15 roles: every role is killed twice
 WRITERS_OFFSET = 192  # docs/FORMAT.md: fixed-header field writers_offset
 WRITER_IN_PUBLISH = 3  # word of a writer record
 
@@ -124,7 +124,7 @@ def _chaos(
 
 def test_quick_chaos_run_keeps_every_invariant() -> None:
     started = time.monotonic()
-    done, runs = _chaos("--kills", str(KILLS), "--sweep-stride=0")
+    done, runs = _chaos("--kills", str(KILLS), "--stops=20", "--truncations=10", "--sweep-stride=0")
     for run in runs:
         policy = run["policy"]
         assert run["violations"] == [], f"{policy}: {run['violations']}"
@@ -141,7 +141,7 @@ def test_quick_chaos_run_keeps_every_invariant() -> None:
             assert reader["steady"] == writer["written"]
         assert writer["fds"][0] == writer["fds"][1] and reader["fds"][0] == reader["fds"][1]
     assert done.returncode == 0, done.stderr[-3000:]
-    assert time.monotonic() - started < 60  # ~20 s on 2 busy cores; a hang would take 120
+    assert time.monotonic() - started < 60  # ~8 s on 2 busy cores; a hang would take 120
 
 
 def test_quick_chaos_run_with_large_frames_keeps_every_invariant() -> None:
