@@ -329,6 +329,75 @@ def test_sigint_ends_bridges_that_zenoh_or_the_local_ring_holds_up(cleanup: list
         writer.write(frame, WAIT)
 
 
+def caught_signals(pid: int) -> int:
+    """The signals process `pid` has handlers for (SigCgt, bit n-1 for signal n)."""
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1], 16) for line in status if line.startswith("SigCgt:"))
+
+
+def client_of_nobody(tmp_path: Any) -> str:
+    """A Zenoh config whose session opens only once a router answers at a free port: for
+    ever (connect timeout_ms -1)."""
+    config = tmp_path / "client.json5"
+    config.write_text(
+        f'{{mode: "client", connect: {{endpoints: ["{endpoint()}"], timeout_ms: -1}}}}'
+    )
+    return str(config)
+
+
+@pytest.mark.parametrize("end, signum", [("send", signal.SIGTERM), ("recv", signal.SIGINT)])
+def test_a_bridge_whose_session_never_opens_still_ends_on_a_signal(
+    tmp_path: Any, cleanup: list[Any], end: str, signum: int
+) -> None:
+    """zenoh.open waited for the router in the main thread, where no signal handler ran:
+    only SIGKILL ended the bridge. Once its handlers are in place (before the session
+    opens), a signal ends it as it ends a running bridge."""
+    bridge = start(cleanup, Bridge(end, unique_name("bs"), "--config", client_of_nobody(tmp_path)))
+    deadline = time.monotonic() + WAIT
+    while not caught_signals(bridge.proc.pid) & 1 << signal.SIGTERM - 1:
+        assert time.monotonic() < deadline, "the bridge never set its SIGTERM handler"
+        time.sleep(0.01)  # polling a condition with a deadline, not synchronising
+    totals = bridge.stop(signum)
+    assert totals["frames"] == 0
+    assert "link down (0 peers" in bridge.text().splitlines()[-1]
+
+
+INTERRUPTED_OPENING = """
+import os, signal, sys, threading, time
+from shmring import BridgeSender
+
+def interrupt_once_opening():
+    main = threading.main_thread().ident
+    while True:  # until the main thread is in _open_session: then Ctrl-C
+        frame = sys._current_frames().get(main)
+        while frame is not None and frame.f_code.co_name != "_open_session":
+            frame = frame.f_back
+        if frame is not None:
+            os.kill(os.getpid(), signal.SIGINT)
+            return
+        time.sleep(0.001)
+
+threading.Thread(target=interrupt_once_opening, daemon=True).start()
+try:
+    BridgeSender(sys.argv[1], config=sys.argv[2])
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+def test_ctrl_c_interrupts_a_bridge_whose_session_never_opens(tmp_path: Any) -> None:
+    """The API: Ctrl-C while a constructor waits for its session to open (the program
+    interrupts itself once its main thread is in there) raises KeyboardInterrupt."""
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_OPENING, unique_name("bs"), client_of_nobody(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (0, "interrupted\n"), done.stderr
+
+
 CLOSED_WHILE_BLOCKED = """
 import sys, time, numpy as np
 from shmring import BridgeReceiver, BridgeSender, RingReader, RingTimeout, RingWriter
@@ -684,6 +753,7 @@ def test_bad_arguments_get_one_line_without_zenohs_source_paths() -> None:
     for args, code, said in (
         (["--config", "/nonexistent.json5"], 1, "cannot read the Zenoh config file"),
         (["--listen", "bogus"], 1, "Endpoints must be of the form"),
+        (["--connect", "tcp/nonsense"], 1, "endpoint 'tcp/nonsense' has no port"),
         (["--listen", "tcp/127.0.0.1:0", "--key", ""], 2, "expected a Zenoh key expression"),
     ):
         done = subprocess.run(

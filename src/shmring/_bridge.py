@@ -206,6 +206,9 @@ def zenoh_config(
                 f"{what} takes a list of endpoints, got the str {endpoints!r}: pass "
                 f"{what}=[{endpoints!r}]"
             )
+    for what, endpoints in (("listen", listen), ("connect", connect)):
+        for endpoint in endpoints:
+            _check_endpoint(endpoint, what)
     if config is None and not listen and not connect:
         raise BridgeError(
             "no Zenoh endpoint: give listen endpoints (--listen, e.g. tcp/127.0.0.1:7447) "
@@ -237,6 +240,23 @@ def zenoh_config(
     return cfg
 
 
+# Zenoh endpoints: PROTOCOL/ADDRESS[?metadata][#config]; these protocols' addresses are
+# HOST:PORT. Zenoh accepts a connect endpoint without a port and retries it for ever.
+_PORTED_PROTOCOLS = ("tcp", "udp", "tls", "quic", "ws")
+_PORTED_ADDRESS = re.compile(r"[^?#]+:[0-9]{1,5}(?:[?#].*)?")
+
+
+def _check_endpoint(endpoint: object, what: str) -> None:
+    if not isinstance(endpoint, str):
+        raise TypeError(f"{what} endpoints are str, got {endpoint!r}")
+    protocol, _, address = endpoint.partition("/")
+    if protocol in _PORTED_PROTOCOLS and not _PORTED_ADDRESS.fullmatch(address):
+        raise BridgeError(
+            f"the {what} endpoint {endpoint!r} has no port: write {protocol}/HOST:PORT, e.g. "
+            f"{protocol}/127.0.0.1:7447"
+        )
+
+
 def _refuse_unreliable_links(cfg: zenoh.Config) -> None:
     """A lossless sender's links must be reliable: Zenoh's udp/ links drop what the network
     drops (a bridge over one lost frames, counted only as gaps by its receivers)."""
@@ -261,15 +281,67 @@ def _said(error: Exception) -> str:
 def _open_session(
     listen: Sequence[str], connect: Sequence[str], config: str | None, lossless_sender: bool
 ) -> Any:
+    """Open the bridge's Zenoh session, waiting for it in slices of POLL while a thread of
+    its own opens it: zenoh.open waits for a peer for ever under some configs (a client's
+    connect timeout_ms -1), and a signal's handler (Ctrl-C, the CLI's SIGTERM) runs only
+    between slices. An exception in the wait abandons the opening (_Opening)."""
     z = _zenoh()
-    cfg = zenoh_config(listen, connect, config, lossless_sender=lossless_sender)
+    opening = _Opening(z, zenoh_config(listen, connect, config, lossless_sender=lossless_sender))
     try:
-        return z.open(cfg)
-    except z.ZError as exc:
-        raise BridgeError(
-            f"cannot open a Zenoh session: {_said(exc)}; check the --listen/--connect endpoints "
-            "(a port in use, an address this host does not have) and the --config file"
-        ) from None
+        while not opening.done.wait(POLL):
+            pass
+        return opening.session()
+    except BaseException:
+        opening.abandon()
+        raise
+
+
+class _Opening:
+    """zenoh.open(config) on a daemon thread: a session it opens after its caller gave up
+    (abandon) is closed there, not left open for the rest of the process."""
+
+    def __init__(self, z: ModuleType, config: zenoh.Config) -> None:
+        self.done = threading.Event()
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._session: Any = None
+        self._error: Exception | None = None
+        self._z = z
+        threading.Thread(
+            target=self._open, args=(config,), name="shmring-bridge-open", daemon=True
+        ).start()
+
+    def _open(self, config: zenoh.Config) -> None:
+        try:
+            session = self._z.open(config)
+        except Exception as exc:  # (ZError) raised in the caller's thread: session()
+            self._error = exc
+            session = None
+        with self._lock:
+            abandoned, self._session = self._abandoned, session
+        if abandoned and session is not None:
+            session.close()
+        self.done.set()
+
+    def session(self) -> Any:
+        """The open session, once `done`; or the failure, as a BridgeError."""
+        if self._error is not None:
+            if not isinstance(self._error, self._z.ZError):
+                raise self._error
+            raise BridgeError(
+                f"cannot open a Zenoh session: {_said(self._error)}; check the --listen/"
+                "--connect endpoints (a port in use, an address this host does not have) and "
+                "the --config file"
+            ) from None
+        return self._session
+
+    def abandon(self) -> None:
+        """The caller gives up: close the session if it is open, else when it opens."""
+        with self._lock:
+            self._abandoned = True
+            session, self._session = self._session, None
+        if session is not None:
+            session.close()
 
 
 @dataclass(frozen=True)

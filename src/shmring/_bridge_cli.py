@@ -3,7 +3,8 @@
 # Rules:
 #   - add_bridge_command() is the only entry point: _cli.build_parser calls it, and the rest
 #     of the `shmring` tool (which only observes rings) is untouched by it.
-#   - A bridge runs until SIGINT or SIGTERM, then leaves its rings and its Zenoh session and
+#   - A bridge runs until SIGINT or SIGTERM (heard while its Zenoh session opens too: a
+#     config may make that wait for a peer for ever), then leaves its rings and its session and
 #     exits 0 within a second. A failure (a bad endpoint, an incompatible local ring) exits 1
 #     through _cli.main with one line saying what to do.
 #   - Once a second, unless --quiet, one progress line on stdout: frames/s and MB/s over the
@@ -155,13 +156,23 @@ def run_bridge(args: argparse.Namespace, make: Callable[[], _Bridge]) -> int:
         lambda record: not getattr(record, "bridge_failed", False)
     )
     stop = threading.Event()
+    starting = True
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
+        if starting:  # the constructor may wait for Zenoh for ever: it is interrupted
+            raise _StoppedStarting
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, on_signal)
-    with make() as bridge:
+    try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, on_signal)
+        bridge = make()
+        starting = False
+    except _StoppedStarting:  # (what it had opened, it closed: _Bridge's constructor)
+        if not args.quiet:
+            print(progress(args, BridgeStats(), BridgeStats(), 0.0, "stopped"), flush=True)
+        return 0
+    with bridge:
         earlier, since = bridge.stats(), time.monotonic()
         while not stop.is_set():
             if bridge.wait(min(0.1, PROGRESS_INTERVAL)):
@@ -183,6 +194,11 @@ def run_bridge(args: argparse.Namespace, make: Callable[[], _Bridge]) -> int:
         sys.stderr.flush()
         os._exit(0)
     return 0
+
+
+class _StoppedStarting(BaseException):
+    """SIGINT or SIGTERM while the bridge was being made (not an Exception: no handler of
+    the constructor's may take it for a failure of its own)."""
 
 
 def progress(
