@@ -9,13 +9,19 @@
 # past the cache and the destination stops mattering. docs/OPERATIONS.md ("Large frames")
 # shows how to read this probe's output and what GLIBC_TUNABLES changes. The copies land in
 # pages of a /dev/shm segment, as in a ring; one process, one CPU, no reader.
+# --copiers N: N processes copy at once, each pinned to a CPU of its own if there are enough,
+# into the buffers of one segment, copier i into buffers i, i+N, ... of each row's buffers
+# (the ring's two writers of the fan-in topology, 8 buffers in turn: 4 each); a row prints
+# all copiers' frames/s together, then each copier's.
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import subprocess
 import time
 from multiprocessing import shared_memory
+from multiprocessing.synchronize import Barrier
 
 import numpy as np
 
@@ -55,12 +61,70 @@ def copies_per_second(source: np.ndarray, buffers: list[np.ndarray], seconds: fl
     return count / elapsed
 
 
+def _copier(
+    name: str,
+    size_text: str,
+    stride: int,
+    indices: list[int],
+    seconds: float,
+    cpu: int | None,
+    start: Barrier,
+    results: mp.SimpleQueue[float],
+) -> None:
+    """One of --copiers: copy into buffers `indices` of segment `name` once `start` opens."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    size = parse_size(size_text)
+    flat = np.memmap(f"/dev/shm/{name}", np.uint8, "r+")
+    buffers = [flat[i * stride : i * stride + size.nbytes].reshape(size.shape) for i in indices]
+    source = make_source(size)
+    start.wait()
+    results.put(copies_per_second(source, buffers, seconds))
+
+
+def _rates_together(
+    name: str, size_text: str, stride: int, count: int, copiers: int, seconds: float
+) -> list[float]:
+    """Frames/s of each of `copiers` processes copying at once into `count` buffers."""
+    cpus = sorted(os.sched_getaffinity(0))
+    spawn = mp.get_context("spawn")
+    start, results = spawn.Barrier(copiers), spawn.SimpleQueue()
+    processes = [
+        spawn.Process(
+            target=_copier,
+            args=(name, size_text, stride, list(range(i, count, copiers)), seconds),
+            kwargs={
+                "cpu": cpus[i] if copiers <= len(cpus) else None,
+                "start": start,
+                "results": results,
+            },
+        )
+        for i in range(copiers)
+    ]
+    for process in processes:
+        process.start()
+    rates = [results.get() for _ in processes]
+    for process in processes:
+        process.join()
+        if process.exitcode:
+            raise RuntimeError(f"a copier exited with {process.exitcode}")
+    return rates
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", default="1920x1080x3", help="bytes or WxHxC")
     parser.add_argument("--seconds", type=float, default=1.0, help="per row")
+    parser.add_argument(
+        "--copiers",
+        type=int,
+        default=1,
+        choices=range(1, MOST_BUFFERS + 1),
+        metavar="N",
+        help=f"processes copying at once (1-{MOST_BUFFERS})",
+    )
     args = parser.parse_args(argv)
-    if hasattr(os, "sched_setaffinity"):
+    if hasattr(os, "sched_setaffinity") and args.copiers == 1:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     size = parse_size(args.size)
     source = make_source(size)
@@ -74,13 +138,26 @@ def main(argv: list[str] | None = None) -> None:
             flat[i * stride : i * stride + size.nbytes].reshape(size.shape)
             for i in range(MOST_BUFFERS)
         ]
+        for view in views:
+            view[...] = source  # pages touched here, not in the first row's copies
         print(f"glibc x86_non_temporal_threshold: {non_temporal_threshold()}")
         print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')}")
-        print(f"{size.label} copies into /dev/shm, frames/s:")
-        for count in BUFFER_COUNTS:
-            rate = copies_per_second(source, views[:count], args.seconds)
-            label = "the same buffer every time" if count == 1 else f"{count} buffers in turn"
-            print(f"  {label:27s} {rate:10,.0f}")
+        together = f", {args.copiers} processes at once" if args.copiers > 1 else ""
+        print(f"{size.label} copies into /dev/shm{together}, frames/s:")
+        for count in sorted({min(count * args.copiers, MOST_BUFFERS) for count in BUFFER_COUNTS}):
+            label = f"{count} buffers in turn"
+            if count == args.copiers:
+                label = "the same buffer every time" if count == 1 else "each the same buffer"
+            if args.copiers == 1:
+                print(
+                    f"  {label:27s} {copies_per_second(source, views[:count], args.seconds):10,.0f}"
+                )
+                continue
+            rates = _rates_together(
+                segment.name, args.size, stride, count, args.copiers, args.seconds
+            )
+            each = ", ".join(f"{rate:,.0f}" for rate in rates)
+            print(f"  {label:27s} {sum(rates):10,.0f}  ({each})")
         del flat, views  # the segment cannot close while numpy views export its buffer
     finally:
         segment.close()

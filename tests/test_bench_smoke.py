@@ -237,13 +237,20 @@ def test_cold_path_probe_runs_and_reports_every_row() -> None:
 
 def test_copy_probe_reports_the_threshold_and_every_buffer_count() -> None:
     """`python -m bench.copies` (docs/OPERATIONS.md, "Large frames") runs with a tiny frame
-    and duration, prints glibc's threshold and one positive rate per buffer count, and
-    unlinks its segment."""
+    and duration, prints glibc's threshold and one positive rate per buffer count, alone and
+    with two processes copying at once, and unlinks its segment."""
     out = bench_stdout("bench.copies", "--size", "65536", "--seconds", "0.05")
     assert "x86_non_temporal_threshold: " in out
     rates = [line.split()[-1] for line in out.splitlines() if line.startswith("  ")]
     assert len(rates) == 3, out
     assert all(int(rate.replace(",", "")) > 0 for rate in rates)
+    assert not [p for p in SHM.iterdir() if p.name.startswith("shmring-copies-")]
+    out = bench_stdout("bench.copies", "--size", "65536", "--seconds", "0.05", "--copiers", "2")
+    rows = [line.split() for line in out.splitlines() if line.startswith("  ")]
+    assert [row[0] for row in rows] == ["each", "4", "8"], out
+    for row in rows:  # the total, then each copier's rate in parentheses
+        total, first, second = (int(n.strip("(),").replace(",", "")) for n in row[-3:])
+        assert total > 0 and first > 0 and second > 0 and abs(total - first - second) <= 1, out
     assert not [p for p in SHM.iterdir() if p.name.startswith("shmring-copies-")]
 
 
