@@ -217,13 +217,61 @@ def test_truncated_ring_raises_in_a_waiting_reader_and_the_creator_still_unlinks
         assert proc.wait(WAIT) == 0  # not killed by SIGBUS
         with pytest.raises(RingCorrupted):
             w.wait_for_readers(2, TIMEOUT)
-        # (A write now would fault: the fast path checks no size; docs/BAD_INPUT.md.)
+        with pytest.raises(RingCorrupted):  # no longer the fast path, which checks no size
+            w.write(np.zeros(SMALL, np.uint8), TIMEOUT)
     finally:
         proc.kill()
         proc.wait(WAIT)
         with pytest.raises(RingCorrupted):
             w.close()
     assert w.closed and not os.path.exists(path)
+
+
+TRUNCATED_CALLS = (
+    "w.write(frame, 0.1)",
+    "w.claim(0.1).__enter__()",
+    "w.skip(1, 0.1)",
+    "r.read(0.1)",
+    "r.latest(0.1)",
+    "next(iter(r))",
+    "r.close()",
+    "w.close()",
+)
+
+
+def test_once_a_truncated_ring_raised_no_handle_of_the_process_touches_it() -> None:
+    """A handle that raised RingCorrupted for a truncated ring, and every other handle of
+    its process on that ring, raise it again at every call instead of touching the mapping
+    (the writer's next write faulted: SIGBUS); the creator's close still unlinks."""
+    name = unique_name()
+    proc = _child(
+        f"""
+        import os, numpy as np
+        from shmring import RingCorrupted, RingReader, RingWriter
+        frame = np.zeros({SMALL!r}, np.uint8)
+        w = RingWriter.create({name!r}, frame.shape, np.uint8, slots=4)
+        w.write(frame)  # joined: its writes take the C fast path
+        r = RingReader.attach({name!r}, start="oldest")
+        os.truncate({seg_path(name)!r}, 0)
+        try:
+            w.wait_for_readers(2, 0.1)  # a wait: it looks at the file's size first
+        except RingCorrupted:
+            print("found", flush=True)
+        for call in {TRUNCATED_CALLS!r}:
+            try:
+                eval(call)
+            except RingCorrupted:
+                print(call, flush=True)
+        print(os.path.exists({seg_path(name)!r}), flush=True)
+        """
+    )
+    try:
+        for line in ("found", *TRUNCATED_CALLS, "False"):
+            _expect_line(proc, line)
+        assert proc.wait(WAIT) == 0
+    finally:
+        proc.kill()
+        proc.wait(WAIT)
 
 
 @pytest.mark.parametrize("word", ["head", "tail"])

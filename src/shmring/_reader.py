@@ -28,6 +28,7 @@ from . import _layout as L
 from ._async import AsyncReading
 from ._errors import (
     EndOfStream,
+    HandleInUse,
     RingCorrupted,
     RingFull,
     RingTimeout,
@@ -222,6 +223,13 @@ class RingReader(AsyncReading, RingHandle):
         self._pins_lock_free = not self._block and group is None
         self._group_lock_free = self._block and group is not None
         self._leave_at(weakref.finalize(self, _close_reader, p, record, index, self._taker))
+        p.on_truncation = weakref.WeakMethod(self._stop_fast_paths)
+
+    def _stop_fast_paths(self) -> None:
+        """The ring was found truncated (Participant.check_size): the C steps touch nothing
+        from now on (an iteration under way then reaches the checks that raise)."""
+        with contextlib.suppress(HandleInUse):  # found inside it: it goes on raising
+            self._taker.close()  # (it looks at the file's size before it unpins)
 
     def _join(
         self, index: int, record: memoryview, group: str | None, start: str, deadline: float | None

@@ -150,7 +150,11 @@ class Participant:
         # each), and the thread that runs them: close() in another thread waits for them.
         self.steps = 0
         self.step_thread = 0
-        self.truncated = False  # set by check_size: no shared word may be touched any more
+        # Set by check_size: no shared word may be touched any more. Every later call raises
+        # `truncation` (check_usable), and the handle's fast paths are off (on_truncation).
+        self.truncated = False
+        self.truncation = ""
+        self.on_truncation: weakref.WeakMethod[Callable[[], None]] | None = None
 
     # ---- records -----------------------------------------------------------------------
     def take_record(self, records: list[memoryview], lock_base: int, what: str) -> int:
@@ -265,12 +269,22 @@ class Participant:
         repair) look before the fast paths can fault."""
         size = os.fstat(self.segment.fd).st_size
         if size != self.geometry.segment_bytes:
-            self.truncated = True
-            raise RingCorrupted(
-                f"ring {self.name!r}: its file is now {size} bytes, not "
-                f"{self.geometry.segment_bytes}; another process truncated or resized it: "
-                f"{recreate(self.name)}"
-            )
+            if not self.truncated:
+                self.truncation = (
+                    f"ring {self.name!r}: its file is now {size} bytes, not "
+                    f"{self.geometry.segment_bytes}; another process truncated or resized it: "
+                    f"{recreate(self.name)}"
+                )
+                self.truncated = True
+                self.closing = True  # a call that looks at it raises (check_usable)
+                stop_fast_paths = self.on_truncation and self.on_truncation()
+                if stop_fast_paths is not None:
+                    stop_fast_paths()
+                for handle in list(_live_handles):  # the process's other handles on it, too
+                    with contextlib.suppress(RingCorrupted):
+                        if not handle._p.closed:
+                            handle._p.check_size()
+            raise RingCorrupted(self.truncation)
 
     def repair(self) -> None:
         """Undo what a holder that died inside the header lock may have left half-done."""
@@ -811,6 +825,8 @@ class Participant:
             raise HandleClosed(
                 f"ring {self.name!r}: this handle is closed; attach again to use the ring"
             )
+        if self.truncated:  # (it is closing, too: the calls that look at that come here)
+            raise RingCorrupted(self.truncation)
 
     def close(self) -> None:
         if self.closed:

@@ -198,6 +198,7 @@ class RingWriter(AsyncWriting, RingHandle):
         self._joined = False
         self._stranded = -1  # a claimed buffer a timed-out publish kept (see _publish)
         self._publishing_claim = False  # a Claim's publish is under way (_claim_publishing)
+        p.on_truncation = weakref.WeakMethod(self._stop_fast_paths)
         self._taking_thread = 0  # the thread whose write or claim takes a buffer in Python
         if not owner:
             self._join(deadline)  # an attached writer writes; the creator joins at its first frame
@@ -285,6 +286,15 @@ class RingWriter(AsyncWriting, RingHandle):
             if seq == PUBLISH_STALLED:  # the buffer it filled is still claimed: fill it again
                 self._strand(self._publisher.stalled)
         return self._write(frame, timeout, timestamp_ns, meta)
+
+    def _stop_fast_paths(self) -> None:
+        """The ring was found truncated (Participant.check_size): write(), claim() and skip()
+        take the checked paths, which raise RingCorrupted before touching the mapping (its
+        lost pages fault: SIGBUS), and the C object's steps (an open claim's) touch nothing."""
+        self._fast_path = False
+        if self._joined:
+            with contextlib.suppress(HandleInUse):  # found inside it: it goes on raising
+                self._publisher.close()
 
     def _corrupted_free_list(self) -> RingCorrupted:
         """What the C fast path's PUBLISH_CORRUPTED means."""
@@ -766,7 +776,7 @@ class RingWriter(AsyncWriting, RingHandle):
     def _unstrand(self) -> int:
         """The stranded buffer, no longer stranded (-1: none); the fast path again."""
         buffer, self._stranded = self._stranded, -1
-        if buffer >= 0 and self._joined and not self._p.closed:
+        if buffer >= 0 and self._joined and not self._p.closed and not self._p.truncated:
             self._fast_path = True
         return buffer
 
