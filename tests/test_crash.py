@@ -176,6 +176,26 @@ def test_reader_killed_holding_a_frame_unblocks_writer() -> None:
             assert collect(r2, pat, limit=2, timeout=1.0).seqs == [n + 19, n + 20]
 
 
+def test_a_killed_reader_is_no_longer_counted_among_the_readers() -> None:
+    """`readers` and wait_for_readers count live readers: a reader SIGKILLed while idle
+    (nothing reaps its record, as nobody waits on it) was counted for ever, and a producer's
+    wait_for_readers(1) returned at once with no consumer left."""
+    name = unique_name()
+    with (
+        RingWriter.create(name, SMALL, np.uint8) as w,
+        Child("spawn", "hold_reader", name=name) as kid,
+    ):
+        kid.expect("ready")
+        assert w.readers == 1 and w.wait_for_readers(1, 0) == 1
+        kid.kill()
+        assert kid.join() == -signal.SIGKILL
+        assert w.readers == 0
+        with pytest.raises(RingTimeout, match="0 of 1 readers"):
+            w.wait_for_readers(1, 0.1)
+        with RingReader.attach(name):
+            assert w.wait_for_readers(1, 0) == 1 and w.readers == 1
+
+
 def test_killed_reader_in_group_does_not_lose_the_groups_frames() -> None:
     """A group member killed while holding a frame: the other member carries on and
     receives every later frame (the dead member's cursor share is not stuck)."""

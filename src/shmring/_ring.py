@@ -196,12 +196,19 @@ class Participant:
         )
 
     def live_writers(self, besides_me: bool = False) -> int:
+        return self._live(self.views.writers, L.LOCK_WRITER_BASE, besides_me)
+
+    def live_readers(self) -> int:
+        """Readers attached and alive: `readers` counts a dead one until it is reaped."""
+        return self._live(self.views.readers, L.LOCK_READER_BASE, besides_me=False)
+
+    def _live(self, records: list[memoryview], lock_base: int, besides_me: bool) -> int:
         return sum(
             1
-            for index, record in enumerate(self.views.writers)
-            if load_word(record, L.W_STATE) == L.STATE_ACTIVE
-            and not (besides_me and load_word(record, L.W_TOKEN) == self.token)
-            and self.is_alive(L.LOCK_WRITER_BASE + index, record)
+            for index, record in enumerate(records)
+            if load_word(record, L.R_STATE) == L.STATE_ACTIVE
+            and not (besides_me and load_word(record, L.R_TOKEN) == self.token)
+            and self.is_alive(lock_base + index, record)
         )
 
     def reap_dead(self) -> bool:

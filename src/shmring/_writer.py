@@ -814,8 +814,10 @@ class RingWriter(AsyncWriting, RingHandle):
                 self._p.check_size()  # first and after each sleep: a truncated ring raises
                 observed = load_word(control, L.C_MEMBERSHIP)
                 attached = load_word(control, L.C_READERS)
-                if attached >= count:
-                    return attached
+                if attached >= count:  # counting a reader killed since, until it is reaped
+                    attached = self._p.live_readers()
+                    if attached >= count:
+                        return attached
                 wait = sleeps.next(deadline)
                 if wait <= 0:
                     raise RingTimeout(
@@ -828,9 +830,9 @@ class RingWriter(AsyncWriting, RingHandle):
 
     @property
     def readers(self) -> int:
-        """Readers attached now."""
+        """Readers attached now (alive: a reader killed is no longer counted)."""
         self._p.check_usable()
-        return load_word(self._control, L.C_READERS)
+        return self._p.live_readers()
 
     # ---- lifecycle -----------------------------------------------------------------------
     def close(self) -> None:
