@@ -138,6 +138,38 @@ def test_group_in_process_round_robin_and_independent_reader() -> None:
             m.close()
 
 
+@pytest.mark.parametrize("policy", ["block", "overwrite"])
+def test_a_group_whose_members_all_left_goes_on_from_its_cursor(policy: str) -> None:
+    """A restarted worker of a one-member group repeats no frame: the group's record keeps
+    its cursor while free (a new member took `start` again, the newest frame, delivered
+    already), unless another group had to take it; frames published meanwhile come next."""
+    name = unique_name()
+    frame = np.zeros(SMALL, np.uint8)
+    with RingWriter.create(name, SMALL, np.uint8, slots=8, policy=policy) as w:
+
+        def seqs(member: RingReader, count: int) -> list[int]:
+            taken = []
+            for _ in range(count):
+                with member.read(WAIT) as got:
+                    taken.append(got.seq)
+            return taken
+
+        with RingReader.attach(name, group="workers") as worker:
+            for _ in range(3):
+                w.write(frame, WAIT)
+            assert seqs(worker, 3) == [0, 1, 2]
+        with RingReader.attach(name, group="workers", start="oldest") as restarted:
+            with pytest.raises(RingTimeout):
+                restarted.read(0.0)  # not frame 0 (oldest) or 2 (newest) again
+            w.write(frame, WAIT)
+            assert seqs(restarted, 1) == [3]
+        w.write(frame, WAIT)  # 4, while the group has no member
+        with RingReader.attach(name, group="others") as other:  # a record never used
+            assert seqs(other, 1) == [4]
+        with RingReader.attach(name, group="workers") as again:
+            assert seqs(again, 1) == [4]
+
+
 def test_two_writer_processes_one_reader() -> None:
     """Two writers (a spawn child given an attached RingWriter pickled by name, and an
     unrelated python attaching by name) → one reader: every frame exactly once, each

@@ -269,22 +269,31 @@ class RingReader(AsyncReading, RingHandle):
         return first
 
     def _join_group(self, group: str, first: int) -> int:
+        """Under the lock: the index of group `group`'s record, made active. A free record
+        keeps the name and cursor of the group that had it last (docs/FORMAT.md, "Group
+        record"): a group whose members all left goes on from its cursor when one joins
+        again (a restarted worker repeats no frame), as long as no new group took the
+        record; free records never used are taken first, then the lowest free one."""
         p = self._p
         encoded = group.encode().ljust(L.MAX_GROUP_NAME, b"\0")
-        free = None
+        free: dict[str, int] = {}  # "own", "unused", "other": the first free record of each
         for index, record in enumerate(p.views.groups):
+            name = bytes(p.views.group_names[index])
             if record[L.G_STATE] == L.STATE_ACTIVE:
-                if bytes(p.views.group_names[index]) == encoded:
+                if name == encoded:
                     return index
-            elif free is None:
-                free = index
-        if free is None:
+                continue
+            kind = "own" if name == encoded else "unused" if not any(name) else "other"
+            free.setdefault(kind, index)
+        chosen = free.get("own", free.get("unused", free.get("other")))
+        if chosen is None:
             raise RingCorrupted.header_overwritten(p.name, "no free group record")
-        record = p.views.groups[free]
-        record[L.G_CURSOR] = first
-        p.views.group_names[free][:] = encoded
+        record = p.views.groups[chosen]
+        if "own" not in free:
+            record[L.G_CURSOR] = first
+            p.views.group_names[chosen][:] = encoded
         record[L.G_STATE] = L.STATE_ACTIVE
-        return free
+        return chosen
 
     # ---- reading -----------------------------------------------------------------------
     def read(self, timeout: float | None = None) -> Frame:
