@@ -892,9 +892,14 @@ static int join(struct ring *r) {
     return result;
 }
 
+/* A changed word cannot be slept through. An atomic add (docs/FORMAT.md, "Memory
+ * ordering"): another waker's increment at the same moment must count too. */
 static void wake_writers(struct ring *r) {
     uint64_t *space = &r->control->space;
-    st(space, (ld(space) + 1) & 0xFFFFFFFFu); /* a changed word cannot be slept through */
+    uint64_t value = __atomic_load_n(space, __ATOMIC_RELAXED);
+    while (!__atomic_compare_exchange_n(space, &value, (value + 1) & 0xFFFFFFFFu, 0,
+                                        __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {
+    }
     futex_wake_all(space);
 }
 
