@@ -16,7 +16,7 @@ from helpers import SMALL, WAIT, Child, Pattern, finish, make_tag, unique_name
 
 from shmring import RingReader, RingTimeout, RingWriter
 from shmring import _layout as L
-from shmring._fastpath import load_word, wake
+from shmring._fastpath import load_word, store_word, wake
 
 
 def _until(condition: object, what: str, timeout: float = WAIT) -> None:
@@ -74,12 +74,20 @@ def test_a_write_that_times_out_leaves_no_sleeper_counted() -> None:
         assert reader.join() == 0
 
 
-def test_load_word_and_wake_refuse_words_they_do_not_serve() -> None:
+def test_load_word_store_word_and_wake_refuse_words_they_do_not_serve() -> None:
     name = unique_name("cw")
     with RingWriter.create(name, SMALL, np.uint8) as writer:
         control = writer._p.control
         with pytest.raises(IndexError):
             load_word(control, L.CONTROL_WORDS + 1000)
+        with pytest.raises(IndexError):
+            store_word(control, L.CONTROL_WORDS + 1000, 0)
+        for bad in (-1, 2**64, "7"):
+            with pytest.raises((OverflowError, TypeError)):
+                store_word(control, L.C_SPACE_WANTED, bad)  # type: ignore[arg-type]
+        store_word(control, L.C_SPACE_WANTED, 2**64 - 2)
+        assert control[L.C_SPACE_WANTED] == load_word(control, L.C_SPACE_WANTED) == 2**64 - 2
+        store_word(control, L.C_SPACE_WANTED, 0)
         with pytest.raises(ValueError, match="not a futex word"):
             wake(control, L.C_HEAD)
         before = load_word(control, L.C_FRAMES)

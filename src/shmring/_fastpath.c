@@ -5,8 +5,9 @@
  *   settle()      (here) the repair of a sequenced ring: dead writers' numbers, head.
  *   reclaim()     (here) the reclaim (_publisher.c, shmring_reclaim) for Python, which runs it
  *                 under the header lock; the exclusive writer runs the same one lock-free.
- *   load_word(), wake()  (here) Python's lock-free look at a shared word (acquire) and its
- *                 wake-up of a futex word's sleepers (bump, FUTEX_WAKE).
+ *   load_word(), store_word(), wake()  (here) Python's lock-free look at a shared word
+ *                 (acquire), its ordered store of one that lock-free participants load
+ *                 (seq_cst), and its wake-up of a futex word's sleepers (bump, FUTEX_WAKE).
  *   _taker.c      Taker: an own-group block reader's taking of (and one sleep for) the next
  *                 frame, and FrameBase, the fields of shmring.Frame, so that a Frame is built
  *                 without running Python.
@@ -230,6 +231,29 @@ static PyObject *load_word(PyObject *Py_UNUSED(module), PyObject *const *args, P
     return PyLong_FromUnsignedLongLong(value);
 }
 
+/* store_word(view, index, value): store `value` in u64 word `index` of `view`, seq_cst. How
+ * Python, under the header lock, writes a word that lock-free participants may load
+ * meanwhile in a set order (a repair's skips and its moves of head and tail: docs/FORMAT.md,
+ * "Memory ordering"), which plain CPython stores do not keep on aarch64. */
+static PyObject *store_word(PyObject *Py_UNUSED(module), PyObject *const *args,
+                            Py_ssize_t nargs) {
+    Py_ssize_t index;
+    Py_buffer view;
+    uint64_t *word;
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "store_word takes 3 arguments, got %zd", nargs);
+        return NULL;
+    }
+    uint64_t value = PyLong_AsUnsignedLongLong(args[2]);
+    if ((value == (uint64_t)-1 && PyErr_Occurred()) ||
+        word_arguments("store_word", args, 2, &view, &word, &index) < 0) {
+        return NULL;
+    }
+    __atomic_store_n(word, value, __ATOMIC_SEQ_CST);
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+}
+
 /* wake(control, index): bump control word `index` (a futex word: C_FRAMES, C_SPACE) and wake
  * every sleeper on it, as the per-frame paths in C do (shmring_bump_and_wake, whose
  * compare-and-swap is also the full barrier between what the caller stored before, a release
@@ -254,6 +278,8 @@ static PyObject *wake(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssi
 static PyMethodDef fastpath_functions[] = {
     {"load_word", (PyCFunction)(void (*)(void))load_word, METH_FASTCALL,
      "load_word(view, index) -> word index of a u64 view, loaded with acquire (_fastpath.c)."},
+    {"store_word", (PyCFunction)(void (*)(void))store_word, METH_FASTCALL,
+     "store_word(view, index, value): store a u64 word of a view, seq_cst (_fastpath.c)."},
     {"wake", (PyCFunction)(void (*)(void))wake, METH_FASTCALL,
      "wake(control, index): bump futex word index (C_FRAMES, C_SPACE) and wake its sleepers."},
     {"settle", (PyCFunction)(void (*)(void))settle, METH_VARARGS | METH_KEYWORDS,

@@ -47,7 +47,7 @@ from ._errors import (
     ShmringError,
     recreate,
 )
-from ._fastpath import load_word, reclaim, settle, wake
+from ._fastpath import load_word, reclaim, settle, store_word, wake
 from ._lock import IMPATIENT_QUIESCE, LOCK_FLOOR, HeaderLock, gave_up, give_up_at
 from ._segment import Segment
 from ._sys import (
@@ -655,11 +655,11 @@ class Participant:
                 newest = claimed - 1 - (claimed - 1 - position) % slots
                 if newest >= head and (seq == L.NONE or seq < newest):
                     self._place_skip(descriptor, newest)
-        while head < claimed:
+        while head < claimed:  # (ordered stores: lock-free readers load head and tail)
             head = min(claimed, tail + slots)
-            control[L.C_HEAD] = head
+            store_word(control, L.C_HEAD, head)
             tail = max(tail, min(head, claimed - slots))
-            control[L.C_TAIL] = tail
+            store_word(control, L.C_TAIL, tail)
         for record in views.writers:  # a number a stalled writer kept is placed: it takes anew
             if record[L.W_STATE] == L.STATE_ACTIVE:
                 record[L.W_CLAIMED_SEQ] = L.NONE
@@ -671,9 +671,10 @@ class Participant:
             raise RingCorrupted.header_overwritten(
                 self.name, f"a descriptor holds number {seq}, past the sequence limit"
             )
-        descriptor[L.D_SEQ] = seq | L.SEQ_BUSY
-        descriptor[L.D_FLAGS] = L.DF_SKIP | L.DF_EVICTED  # its buffer is free
-        descriptor[L.D_SEQ] = seq
+        # Ordered stores: lock-free readers load seq, then flags (docs/FORMAT.md).
+        store_word(descriptor, L.D_SEQ, seq | L.SEQ_BUSY)
+        store_word(descriptor, L.D_FLAGS, L.DF_SKIP | L.DF_EVICTED)  # its buffer is free
+        store_word(descriptor, L.D_SEQ, seq)
 
     def _corrupted_free_count(self, count: int) -> RingCorrupted:
         return RingCorrupted.header_overwritten(
