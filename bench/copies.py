@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import queue
 import subprocess
 import time
 from multiprocessing import shared_memory
@@ -61,25 +62,34 @@ def copies_per_second(source: np.ndarray, buffers: list[np.ndarray], seconds: fl
     return count / elapsed
 
 
+STARTUP_LIMIT = 60.0  # seconds a copier may take to start and report beyond its copying
+
+
 def _copier(
+    index: int,
     name: str,
     size_text: str,
     stride: int,
-    indices: list[int],
+    copiers: int,
+    count: int,
     seconds: float,
     cpu: int | None,
     start: Barrier,
-    results: mp.SimpleQueue[float],
+    results: mp.Queue[tuple[int, float]],
 ) -> None:
-    """One of --copiers: copy into buffers `indices` of segment `name` once `start` opens."""
+    """Copier `index` of `copiers`: copy into buffers index, index + copiers, ... of the
+    first `count` of segment `name` once `start` opens; report (index, frames/s)."""
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     size = parse_size(size_text)
     flat = np.memmap(f"/dev/shm/{name}", np.uint8, "r+")
-    buffers = [flat[i * stride : i * stride + size.nbytes].reshape(size.shape) for i in indices]
+    buffers = [
+        flat[i * stride : i * stride + size.nbytes].reshape(size.shape)
+        for i in range(index, count, copiers)
+    ]
     source = make_source(size)
-    start.wait()
-    results.put(copies_per_second(source, buffers, seconds))
+    start.wait(STARTUP_LIMIT)
+    results.put((index, copies_per_second(source, buffers, seconds)))
 
 
 def _rates_together(
@@ -88,11 +98,11 @@ def _rates_together(
     """Frames/s of each of `copiers` processes copying at once into `count` buffers."""
     cpus = sorted(os.sched_getaffinity(0))
     spawn = mp.get_context("spawn")
-    start, results = spawn.Barrier(copiers), spawn.SimpleQueue()
+    start, results = spawn.Barrier(copiers), spawn.Queue()
     processes = [
         spawn.Process(
             target=_copier,
-            args=(name, size_text, stride, list(range(i, count, copiers)), seconds),
+            args=(i, name, size_text, stride, copiers, count, seconds),
             kwargs={
                 "cpu": cpus[i] if copiers <= len(cpus) else None,
                 "start": start,
@@ -103,12 +113,18 @@ def _rates_together(
     ]
     for process in processes:
         process.start()
-    rates = [results.get() for _ in processes]
-    for process in processes:
-        process.join()
-        if process.exitcode:
-            raise RuntimeError(f"a copier exited with {process.exitcode}")
-    return rates
+    try:
+        rates = dict(results.get(timeout=seconds + STARTUP_LIMIT) for _ in processes)
+    except queue.Empty:
+        raise RuntimeError(
+            "a copier did not report: exit codes " + str([p.exitcode for p in processes])
+        ) from None
+    finally:
+        for process in processes:
+            process.join(STARTUP_LIMIT)
+            if process.is_alive():
+                process.kill()
+    return [rates[i] for i in range(copiers)]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -278,3 +278,31 @@ def test_writer_finding_every_buffer_taken_reaps_a_dead_holder_first() -> None:
         finally:
             for writer in others:
                 writer.close()
+
+
+@pytest.mark.parametrize("writers", [1, 2])
+def test_inspect_counts_no_buffer_a_reader_holds_as_free(writers: int) -> None:
+    """Frames a reader holds after they left the window keep their buffers: writers skip
+    them, and `free_buffers` does not count them (it did, from the free list or pool)."""
+    name = unique_name()
+    frame = np.zeros(16, np.uint8)
+    with (
+        RingWriter.create(name, (16,), np.uint8, slots=4, policy="overwrite") as w,
+        RingWriter.attach(name) as other,
+        RingReader.attach(name, start="oldest") as r,
+    ):
+        if writers == 2:
+            other.write(frame, WAIT)  # two writers: sequenced, the free list a pool
+        w.write(frame, WAIT)
+        w.write(frame, WAIT)
+        held = [r.read(WAIT), r.read(WAIT)]
+        for _ in range(8):  # every frame in the window replaced: the held ones left it
+            w.write(frame, WAIT)
+        info = inspect_ring(name)
+        pinned = {b for reader in info.readers for b in reader.held_buffers}
+        queued = {s.buffer for s in info.slot_states if s.state == "queued"}
+        assert len(pinned) == 2 and not pinned & queued
+        assert info.free_buffers == w._p.geometry.buffers - len(pinned | queued)
+        for frame_held in held:
+            frame_held.release()
+        assert inspect_ring(name).free_buffers == w._p.geometry.buffers - len(queued)

@@ -30,6 +30,7 @@ from helpers import (
     SMALL,
     WAIT,
     Child,
+    Waiter,
     assert_loop_kept_running,
     let_go_position,
     readline_within,
@@ -39,7 +40,14 @@ from helpers import (
     writer_held_back,
 )
 
-from shmring import ParticipantStalled, RingCorrupted, RingReader, RingTimeout, RingWriter
+from shmring import (
+    HandleInUse,
+    ParticipantStalled,
+    RingCorrupted,
+    RingReader,
+    RingTimeout,
+    RingWriter,
+)
 from shmring import _layout as L
 from shmring._lock import LOCK_FLOOR
 from shmring._ring import CLOSE_LIMIT
@@ -225,6 +233,68 @@ def test_truncated_ring_raises_in_a_waiting_reader_and_the_creator_still_unlinks
         with pytest.raises(RingCorrupted):
             w.close()
     assert w.closed and not os.path.exists(path)
+
+
+def test_a_handle_another_found_truncated_refuses_close_while_its_call_waits() -> None:
+    """Marked truncated by another handle of the process while a thread waits in it, a
+    handle still refuses close() (HandleInUse) until that call ends, with RingCorrupted:
+    closing under it left the call an OSError (EBADF) from its closed descriptor."""
+    name = unique_name()
+    w = RingWriter.create(name, SMALL, np.uint8)
+    finder = RingWriter.attach(name)
+    waiter = Waiter(lambda: w.wait_for_readers(2, WAIT))
+    waiter.start()
+    deadline = time.monotonic() + WAIT
+    while not w._p.calls:  # counted: in its wait
+        assert time.monotonic() < deadline, "the wait never began"
+        time.sleep(0.001)  # polling a condition with a deadline, not synchronising
+    os.truncate(seg_path(name), 0)
+    with pytest.raises(RingCorrupted):
+        finder.wait_for_readers(2, 0)  # looks at the size first, and marks `w` too
+    with pytest.raises(HandleInUse):
+        w.close()
+    waiter.finish()
+    assert isinstance(waiter.exc, RingCorrupted), repr(waiter.exc)
+    for handle in (finder, w):
+        with pytest.raises(RingCorrupted):
+            handle.close()
+    assert w.closed and not os.path.exists(seg_path(name))
+
+
+def test_timeouts_name_the_writer_whose_claim_the_others_wait_for() -> None:
+    """Two writers (the ring sequenced), one holding a claim it does not publish: the
+    reader waits for that frame and the other writer for the slots behind it. Both
+    timeouts name the frame and that writer's process, not a lagging reader."""
+    name = unique_name()
+    frame = np.zeros(SMALL, np.uint8)
+    with (
+        RingWriter.create(name, SMALL, np.uint8, slots=4) as w,
+        RingReader.attach(name, start="oldest") as r,
+    ):
+        w.write(frame, WAIT)
+        r.read(WAIT).release()
+        proc = _child(
+            f"""
+            import threading
+            from shmring import RingWriter
+            w = RingWriter.attach({name!r})
+            with w.claim():
+                print("claimed", flush=True)
+                threading.Event().wait(60)  # holding it until killed
+            """
+        )
+        try:
+            _expect_line(proc, "claimed")
+            for _ in range(3):  # frames 2-4: with frame 1 the ring's 4 slots
+                w.write(frame, WAIT)
+            held_up = f"frame 1 is claimed by writer process {proc.pid}, which has not published"
+            with pytest.raises(RingTimeout, match=held_up):
+                w.write(frame, TIMEOUT)
+            with pytest.raises(RingTimeout, match=held_up):
+                r.read(TIMEOUT)
+        finally:
+            proc.kill()
+            proc.wait(WAIT)
 
 
 TRUNCATED_CALLS = (

@@ -288,6 +288,7 @@ def _open_session(
     z = _zenoh()
     opening = _Opening(z, zenoh_config(listen, connect, config, lossless_sender=lossless_sender))
     try:
+        opening.start()  # (in the try: a signal once its thread runs abandons it)
         while not opening.done.wait(POLL):
             pass
         return opening.session()
@@ -307,9 +308,12 @@ class _Opening:
         self._session: Any = None
         self._error: Exception | None = None
         self._z = z
-        threading.Thread(
+        self._thread = threading.Thread(
             target=self._open, args=(config,), name="shmring-bridge-open", daemon=True
-        ).start()
+        )
+
+    def start(self) -> None:
+        self._thread.start()
 
     def _open(self, config: zenoh.Config) -> None:
         try:

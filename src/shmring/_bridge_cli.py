@@ -159,8 +159,10 @@ def run_bridge(args: argparse.Namespace, make: Callable[[], _Bridge]) -> int:
     starting = True
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal starting
         stop.set()
         if starting:  # the constructor may wait for Zenoh for ever: it is interrupted
+            starting = False  # once: a second signal only sets `stop`
             raise _StoppedStarting
 
     try:

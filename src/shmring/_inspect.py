@@ -497,7 +497,7 @@ def _describe(
         creator_alive=alive(L.LOCK_CREATOR),
         published=int(head),
         tail=int(tail),
-        free_buffers=_free_buffers(control, views, g),
+        free_buffers=_free_buffers(control, views, g, readers),
         writer_mode="exclusive" if control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE else "shared",
         closed=bool(control[L.C_FLAGS] & L.F_CLOSED),
         writers=writers,
@@ -564,12 +564,18 @@ def _held_buffers(
     return tuple(held)
 
 
-def _free_buffers(control: memoryview, views: L.Views, g: L.Geometry) -> int:
+def _free_buffers(
+    control: memoryview, views: L.Views, g: L.Geometry, readers: list[ReaderInfo]
+) -> int:
     """Buffers no frame, claim or write holds: the free list's; in a sequenced ring (several
     writers) those of the positions nobody has claimed (block policy) or the pool's
-    (overwrite policy: its entries that name a buffer)."""
+    (overwrite policy: its entries that name a buffer). Under the overwrite policy a free
+    buffer a reader still holds (its frame left the window) is not free: writers skip it."""
     if control[L.C_WRITER_MODE] == L.MODE_SHARED and control[L.C_FLAGS] & L.F_SEQUENCED:
-        if g.policy == L.POLICY_OVERWRITE:
-            return sum(1 for entry in views.freelist if entry != L.NONE)
-        return int(control[L.C_TAIL] + g.slots - control[L.C_NEXT_SEQ])
-    return int(control[L.C_FREE_COUNT])
+        if g.policy == L.POLICY_BLOCK:
+            return int(control[L.C_TAIL] + g.slots - control[L.C_NEXT_SEQ])
+        free = [entry for entry in views.freelist if entry != L.NONE]
+    else:
+        free = list(views.freelist[: min(control[L.C_FREE_COUNT], len(views.freelist))])
+    held = {buffer for reader in readers for buffer in reader.held_buffers}
+    return sum(1 for buffer in free if buffer not in held)

@@ -154,10 +154,12 @@ class RingReader(AsyncReading, RingHandle):
         validate_name(name)
         if group is not None and not isinstance(group, str):
             raise TypeError(f"group must be None or a name (a str), got {group!r}")
-        if group is not None and (not group or len(group.encode()) > L.MAX_GROUP_NAME):
+        if group is not None and (
+            not group or len(group.encode()) > L.MAX_GROUP_NAME or "\0" in group
+        ):  # (NUL pads names in the ring: "a" and "a\0" would be one group)
             raise ValueError(
                 f"group must be None or a non-empty name of at most {L.MAX_GROUP_NAME} UTF-8 "
-                f"bytes, got {group!r}"
+                f"bytes without NUL, got {group!r}"
             )
         if not isinstance(start, str):
             raise TypeError(f"start must be 'latest' or 'oldest' (a str), got {start!r}")
@@ -542,7 +544,11 @@ class RingReader(AsyncReading, RingHandle):
                     self._check_writers_alive(deadline)
                 wait = sleeps.next(deadline)
                 if wait <= 0:
-                    raise RingTimeout(f"ring {p.name!r}: no frame arrived within the timeout")
+                    claim = p.unpublished_claim()
+                    raise RingTimeout(
+                        f"ring {p.name!r}: no frame arrived within the timeout"
+                        + (f"; {claim}" if claim else "")
+                    )
                 futex_wait(p.frames_address, observed, wait)
                 p.check_size()  # truncated while we slept: raise before a look faults
         except BaseException:

@@ -145,7 +145,8 @@ class Participant:
         # Calls on the handle under way in a wait or a step of its slow path, in any thread,
         # and whether it is being closed (RingHandle, begin_closing).
         self.calls = 0
-        self.closing = False
+        self.closing = False  # calls raise: a close began, or the ring was found truncated
+        self.close_begun = False
         # Steps of an event loop's wait under way (_async.py: synchronous, microseconds
         # each), and the thread that runs them: close() in another thread waits for them.
         self.steps = 0
@@ -172,6 +173,28 @@ class Participant:
             f"ring {self.name!r}: all {len(records)} {what} records are taken by live "
             f"{what}s; close one, or create the ring with a larger max_{what}s"
         )
+
+    def unpublished_claim(self) -> str:
+        """For a timeout's message: the writer that claimed the oldest number not yet
+        published while later ones were claimed (a sequenced ring's readers wait for it, and
+        its writers for the slots behind it), or "". Lock-free, for messages only."""
+        control = self.control
+        head = load_word(control, L.C_HEAD)
+        if head >= load_word(control, L.C_NEXT_SEQ):
+            return ""
+        for index, record in enumerate(self.views.writers):
+            if (
+                load_word(record, L.W_STATE) == L.STATE_ACTIVE
+                and load_word(record, L.W_CLAIMED_SEQ) == head
+                and load_word(record, L.W_TOKEN) != self.token
+                and self.is_alive(L.LOCK_WRITER_BASE + index, record)
+            ):
+                return (
+                    f"frame {head} is claimed by writer process {load_word(record, L.W_PID)}, "
+                    "which has not published it (stopped, or not scheduled): the frames after "
+                    "it wait for it"
+                )
+        return ""
 
     def pid_of_token(self, token: int) -> int | None:
         """The pid in the active record that `token` owns (None: no such record, e.g. a
@@ -288,7 +311,8 @@ class Participant:
                 if stop_fast_paths is not None:
                     stop_fast_paths()
                 for handle in list(_live_handles):  # the process's other handles on it, too
-                    with contextlib.suppress(RingCorrupted):
+                    # (OSError: a handle another thread closed meanwhile)
+                    with contextlib.suppress(RingCorrupted, OSError):
                         if not handle._p.closed:
                             handle._p.check_size()
             raise RingCorrupted(self.truncation)
@@ -324,9 +348,9 @@ class Participant:
             if head >= L.SEQ_LIMIT or self.views.descriptors[head % slots][L.D_SEQ] != head:
                 break
             head += 1  # a publish that wrote its descriptor but died before head
-        control[L.C_HEAD] = head
+        store_word(control, L.C_HEAD, head)  # (ordered: lock-free readers load it)
         if self.geometry.policy == L.POLICY_OVERWRITE:
-            control[L.C_TAIL] = min(max(control[L.C_TAIL], head - slots), head)
+            store_word(control, L.C_TAIL, min(max(control[L.C_TAIL], head - slots), head))
         self.rebuild_free_list()
 
     # ---- buffers -----------------------------------------------------------------------
@@ -799,15 +823,21 @@ class Participant:
         marked it goes on (a call counted since then sees the mark and raises). An event
         loop's step under way in another thread is waited for (up to STEP_WAIT): it ends
         in microseconds, and its task then finds the handle closed."""
-        if self.closing:
+        if self.close_begun:
             return True
-        self.closing = True
+        self.close_begun = self.closing = True
         if self.closed:
             return True
         if (self.steps and not self._steps_ended()) or self.calls:
-            self.closing = False
+            self.abandon_closing()
             return False
         return True
+
+    def abandon_closing(self) -> None:
+        """The close that begin_closing began does not go on: calls may be made again
+        (unless the ring was found truncated)."""
+        self.close_begun = False
+        self.closing = self.truncated
 
     def _steps_ended(self) -> bool:
         """Wait up to STEP_WAIT for the event loop's step under way to end (calls it makes
@@ -894,7 +924,7 @@ class RingHandle:
         try:
             close()
         except BaseException:
-            self._p.closing = False
+            self._p.abandon_closing()
             raise
 
     def _refuse_close_in_call(self) -> None:

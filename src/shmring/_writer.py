@@ -247,7 +247,7 @@ class RingWriter(AsyncWriting, RingHandle):
         self._publish_fast = publisher.publish
         self._claim_buffer_fast = publisher.claim_buffer
         self._new_claim = publisher.claim
-        self._fast_path = True
+        self._fast_path = not p.truncated  # (another handle may have found it meanwhile)
 
     # ---- publishing ----------------------------------------------------------------------
     def write(
@@ -551,7 +551,7 @@ class RingWriter(AsyncWriting, RingHandle):
     def _second_claim(self, state: str, remedy: str) -> HandleInUse:
         """The refusal of a write or claim while this writer's one claim `state`."""
         return HandleInUse(
-            f"ring {self._p.name!r}: write() or claim() while a claim on the same writer "
+            f"ring {self._p.name!r}: write(), claim() or skip() while a claim on the same writer "
             f"{state}: a writer holds one claim at a time; {remedy}, or give each thread or "
             "task its own RingWriter (RingWriter.attach)"
         )
@@ -643,10 +643,16 @@ class RingWriter(AsyncWriting, RingHandle):
                         continue
                 wait = sleeps.next(deadline)
                 if wait <= 0:
+                    claim = p.unpublished_claim()
                     raise RingTimeout(
-                        f"ring {p.name!r}: no free slot within the timeout; every slot holds a "
-                        "frame some reader group has not released (block policy); `shmring "
-                        f"inspect {p.name}` shows which reader or group lags"
+                        f"ring {p.name!r}: no free slot within the timeout; "
+                        + (
+                            claim
+                            if claim
+                            else "every slot holds a frame some reader group has not released "
+                            f"(block policy); `shmring inspect {p.name}` shows which reader or "
+                            "group lags"
+                        )
                     )
                 futex_wait(p.space_address, observed, wait)
                 p.check_size()  # truncated while we slept: raise before a look faults
