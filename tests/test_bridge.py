@@ -357,6 +357,11 @@ def test_a_bridge_whose_session_never_opens_still_ends_on_a_signal(
     while not caught_signals(bridge.proc.pid) & 1 << signal.SIGTERM - 1:
         assert time.monotonic() < deadline, "the bridge never set its SIGTERM handler"
         time.sleep(0.01)  # polling a condition with a deadline, not synchronising
+    if end == "send":  # what it waits for, once, after a second
+        while "has not opened after 1 s" not in bridge.text("err"):
+            assert time.monotonic() < deadline, f"no notice: {bridge.text('err')!r}"
+            time.sleep(0.05)  # polling a condition with a deadline, not synchronising
+        assert "connect endpoints: tcp/127.0.0.1:" in bridge.text("err")
     totals = bridge.stop(signum)
     assert totals["frames"] == 0
     assert "link down (0 peers" in bridge.text().splitlines()[-1]
@@ -754,6 +759,9 @@ def test_bad_arguments_get_one_line_without_zenohs_source_paths() -> None:
         (["--config", "/nonexistent.json5"], 1, "cannot read the Zenoh config file"),
         (["--listen", "bogus"], 1, "Endpoints must be of the form"),
         (["--connect", "tcp/nonsense"], 1, "endpoint 'tcp/nonsense' has no port"),
+        (["--connect", "tcp/127.0.0.1:0"], 1, "has port 0, which no peer listens on"),
+        (["--connect", "tcp/localhost:99999"], 1, "has port 99999, which no peer listens on"),
+        (["--connect", "tcp/:7447"], 1, "endpoint 'tcp/:7447' has no host"),
         (["--listen", "tcp/127.0.0.1:0", "--key", ""], 2, "expected a Zenoh key expression"),
     ):
         done = subprocess.run(

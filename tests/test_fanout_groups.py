@@ -26,7 +26,7 @@ from helpers import (
     variable_shape,
 )
 
-from shmring import EndOfStream, RingReader, RingTimeout, RingWriter
+from shmring import EndOfStream, RingReader, RingTimeout, RingWriter, inspect_ring
 from shmring import _layout as L
 
 SHAPE = (32, 32, 3)
@@ -158,6 +158,8 @@ def test_a_group_whose_members_all_left_goes_on_from_its_cursor(policy: str) -> 
             for _ in range(3):
                 w.write(frame, WAIT)
             assert seqs(worker, 3) == [0, 1, 2]
+        kept = [(g.name, g.cursor, g.members) for g in inspect_ring(name).groups]
+        assert kept == [("workers", 3, 0)]  # listed without members, its cursor kept
         with RingReader.attach(name, group="workers", start="oldest") as restarted:
             with pytest.raises(RingTimeout):
                 restarted.read(0.0)  # not frame 0 (oldest) or 2 (newest) again

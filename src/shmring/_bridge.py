@@ -100,6 +100,7 @@ if TYPE_CHECKING:
     import zenoh
 
 POLL = 0.1  # seconds: the longest slice of any wait (stop flag re-checked after each)
+OPENING_NOTICE = 1.0  # seconds a session may take to open before the bridge says so
 LOG = logging.getLogger("shmring.bridge")
 WARN_EVERY = 1.0  # seconds: at most one warning of each kind (samples skipped, frames lost)
 RETRY = {"period_init_ms": 200, "period_max_ms": 1000, "period_increase_factor": 2}
@@ -241,36 +242,52 @@ def zenoh_config(
 
 
 # Zenoh endpoints: PROTOCOL/ADDRESS[?metadata][#config]; these protocols' addresses are
-# HOST:PORT. Zenoh accepts a connect endpoint without a port and retries it for ever.
+# HOST:PORT. Zenoh accepts a connect endpoint it can never reach (no port, port 0, a port
+# past 65535) and retries it for ever.
 _PORTED_PROTOCOLS = ("tcp", "udp", "tls", "quic", "ws")
-_PORTED_ADDRESS = re.compile(r"[^?#]+:[0-9]{1,5}(?:[?#].*)?")
+_HOST_PORT = re.compile(r"(?P<host>[^?#]*):(?P<port>[^:?#]*)(?:[?#].*)?")
 
 
 def _check_endpoint(endpoint: object, what: str) -> None:
     if not isinstance(endpoint, str):
         raise TypeError(f"{what} endpoints are str, got {endpoint!r}")
     protocol, _, address = endpoint.partition("/")
-    if protocol in _PORTED_PROTOCOLS and not _PORTED_ADDRESS.fullmatch(address):
-        raise BridgeError(
-            f"the {what} endpoint {endpoint!r} has no port: write {protocol}/HOST:PORT, e.g. "
-            f"{protocol}/127.0.0.1:7447"
-        )
+    if protocol not in _PORTED_PROTOCOLS:
+        return
+    parts = _HOST_PORT.fullmatch(address)
+    if parts is None or not parts["port"].isdigit():
+        wrong = "has no port"
+    elif not parts["host"]:
+        wrong = "has no host"
+    elif not int(parts["port"]) <= 65535 or (what == "connect" and int(parts["port"]) == 0):
+        wrong = f"has port {parts['port']}, which no peer listens on"
+    else:
+        return
+    raise BridgeError(
+        f"the {what} endpoint {endpoint!r} {wrong}: write {protocol}/HOST:PORT, PORT 1-65535, "
+        f"e.g. {protocol}/127.0.0.1:7447"
+    )
 
 
 def _refuse_unreliable_links(cfg: zenoh.Config) -> None:
     """A lossless sender's links must be reliable: Zenoh's udp/ links drop what the network
     drops (a bridge over one lost frames, counted only as gaps by its receivers)."""
     for what in ("listen", "connect"):
-        endpoints = json.loads(cfg.get_json(f"{what}/endpoints"))
-        if isinstance(endpoints, dict):  # (per mode: {"peer": [...], ...})
-            endpoints = [e for mode in endpoints.values() for e in mode]
-        unreliable = [e for e in endpoints if isinstance(e, str) and e.startswith("udp/")]
+        unreliable = [e for e in _endpoints(cfg, what) if e.startswith("udp/")]
         if unreliable:
             raise BridgeError(
                 f"a lossless bridge cannot {what} on {', '.join(unreliable)}: udp/ links drop "
                 "what the network drops; use tcp/, tls/, quic/ or unixsock-stream/, or "
                 "--latest (latest=True), which may lose frames anyway"
             )
+
+
+def _endpoints(cfg: zenoh.Config, what: str) -> list[str]:
+    """The `what` ("listen" or "connect") endpoints of a Zenoh config."""
+    endpoints = json.loads(cfg.get_json(f"{what}/endpoints"))
+    if isinstance(endpoints, dict):  # (per mode: {"peer": [...], ...})
+        endpoints = [e for mode in endpoints.values() for e in mode]
+    return [e for e in endpoints if isinstance(e, str)]
 
 
 def _said(error: Exception) -> str:
@@ -286,11 +303,20 @@ def _open_session(
     connect timeout_ms -1), and a signal's handler (Ctrl-C, the CLI's SIGTERM) runs only
     between slices. An exception in the wait abandons the opening (_Opening)."""
     z = _zenoh()
-    opening = _Opening(z, zenoh_config(listen, connect, config, lossless_sender=lossless_sender))
+    cfg = zenoh_config(listen, connect, config, lossless_sender=lossless_sender)
+    opening = _Opening(z, cfg)
     try:
         opening.start()  # (in the try: a signal once its thread runs abandons it)
+        told_at = time.monotonic() + OPENING_NOTICE
         while not opening.done.wait(POLL):
-            pass
+            if time.monotonic() >= told_at:  # once: what it waits for, on the CLI's stderr
+                told_at = float("inf")
+                LOG.info(
+                    "the Zenoh session has not opened after %g s: its config waits for a "
+                    "peer or router to answer (connect endpoints: %s)",
+                    OPENING_NOTICE,
+                    ", ".join(_endpoints(cfg, "connect")) or "none",
+                )
         return opening.session()
     except BaseException:
         opening.abandon()

@@ -141,7 +141,7 @@ def total_drops(info: RingInfo) -> int:
 
 
 def max_lag(info: RingInfo) -> int | None:
-    lags = [group.lag for group in info.groups]
+    lags = [group.lag for group in info.groups if group.members]  # (none: it holds nothing)
     lags += [reader.lag for reader in info.readers if reader.lag is not None]
     return max(lags, default=None)
 
@@ -228,6 +228,8 @@ def describe_reader(reader: ReaderInfo) -> str:
 
 
 def describe_group(group: GroupInfo) -> str:
+    if not group.members:
+        return f"group {group.name!r}: no members; the next one goes on from cursor {group.cursor}"
     members = plural(group.members, "member")
     return f"group {group.name!r}: {members}, cursor {group.cursor}, lag {group.lag}"
 

@@ -448,12 +448,15 @@ def _describe(
     group_names: dict[int, str] = {}
     groups = []
     for i, record in enumerate(views.groups):
-        if record[L.G_STATE] != L.STATE_ACTIVE:
-            continue
+        active = record[L.G_STATE] == L.STATE_ACTIVE
+        if not active and not any(views.group_names[i]):
+            continue  # never used
         name = bytes(views.group_names[i]).rstrip(b"\0").decode("utf-8", "replace")
-        group_names[i] = name
         cursor = int(record[L.G_CURSOR])
-        groups.append(GroupInfo(name, cursor, int(record[L.G_MEMBERS]), max(head - cursor, 0)))
+        members = int(record[L.G_MEMBERS]) if active else 0  # free: kept for its next member
+        if active:
+            group_names[i] = name
+        groups.append(GroupInfo(name, cursor, members, max(head - cursor, 0)))
     readers = []
     for i, record in enumerate(views.readers):
         if record[L.R_STATE] != L.STATE_ACTIVE:

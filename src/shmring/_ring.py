@@ -191,8 +191,8 @@ class Participant:
             ):
                 return (
                     f"frame {head} is claimed by writer process {load_word(record, L.W_PID)}, "
-                    "which has not published it (stopped, or not scheduled): the frames after "
-                    "it wait for it"
+                    "which has not published it (its claim is open, or it is stopped or not "
+                    "scheduled): the frames after it wait for it"
                 )
         return ""
 
