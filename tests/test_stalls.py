@@ -235,6 +235,29 @@ def test_truncated_ring_raises_in_a_waiting_reader_and_the_creator_still_unlinks
     assert w.closed and not os.path.exists(path)
 
 
+def test_handles_of_a_truncated_ring_left_open_leave_quietly_at_exit() -> None:
+    """A program that found its ring truncated and exits without closing: the finalizers
+    leave (the creator's unlinks the name) without a RingCorrupted traceback on stderr,
+    which nobody could act on any more."""
+    name = unique_name()
+    proc = _child(
+        f"""
+        import os, numpy as np
+        from shmring import RingCorrupted, RingReader, RingWriter
+        w = RingWriter.create({name!r}, {SMALL!r}, np.uint8)
+        r = RingReader.attach({name!r})
+        os.truncate({seg_path(name)!r}, 0)
+        try:
+            w.wait_for_readers(2, 0)
+        except RingCorrupted:
+            print("found", flush=True)
+        """
+    )
+    out, err = proc.communicate(timeout=WAIT)
+    assert (proc.returncode, out, err) == (0, "found\n", "")
+    assert not os.path.exists(seg_path(name))
+
+
 def test_a_handle_another_found_truncated_refuses_close_while_its_call_waits() -> None:
     """Marked truncated by another handle of the process while a thread waits in it, a
     handle still refuses close() (HandleInUse) until that call ends, with RingCorrupted:

@@ -224,7 +224,7 @@ class RingReader(AsyncReading, RingHandle):
         self._lock_free = self._block and group is None
         self._pins_lock_free = not self._block and group is None
         self._group_lock_free = self._block and group is not None
-        self._leave_at(weakref.finalize(self, _close_reader, p, record, index, self._taker))
+        self._leave_at(_close_reader, record, index, self._taker)
         p.on_truncation = weakref.WeakMethod(self._stop_fast_paths)
 
     def _stop_fast_paths(self) -> None:

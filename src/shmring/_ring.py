@@ -147,6 +147,7 @@ class Participant:
         self.calls = 0
         self.closing = False  # calls raise: a close began, or the ring was found truncated
         self.close_begun = False
+        self.close_called = False  # by close(), not garbage collection or interpreter exit
         # Steps of an event loop's wait under way (_async.py: synchronous, microseconds
         # each), and the thread that runs them: close() in another thread waits for them.
         self.steps = 0
@@ -874,6 +875,16 @@ class Participant:
         self.segment.close()
 
 
+def _leave(leave: Callable[..., None], p: Participant, *args: object) -> None:
+    """A handle's finalizer: `leave(p, *args)`. A truncated ring's RingCorrupted goes to
+    close()'s caller; at garbage collection or exit nobody would read it but stderr."""
+    try:
+        leave(p, *args)
+    except RingCorrupted:
+        if p.close_called or not p.truncated:
+            raise
+
+
 class RingHandle:
     """The lifecycle RingReader and RingWriter share: a Participant, and a finalizer that
     leaves the ring at close(), at garbage collection or at interpreter exit."""
@@ -893,10 +904,11 @@ class RingHandle:
     # that finds one runs at interpreter exit, beside a daemon thread's call, and leaves the
     # mappings to that thread until the process ends.
 
-    def _leave_at(self, finalizer: Callable[[], object]) -> None:
-        """The last step of construction: how this handle leaves the ring, and tracking
+    def _leave_at(self, leave: Callable[..., None], *args: object) -> None:
+        """The last step of construction: how this handle leaves the ring (`leave(*args)`,
+        by close() or, once, at garbage collection or interpreter exit), and tracking
         across fork()."""
-        self._finalizer = finalizer
+        self._finalizer = weakref.finalize(self, _leave, leave, self._p, *args)
         _live_handles.add(self)
 
     def _forget_after_fork(self) -> None:
@@ -914,6 +926,7 @@ class RingHandle:
         to leave ends the stream (readers drain what was published, then get EndOfStream);
         the creator also unlinks the ring's name."""
         self._refuse_close_in_call()
+        self._p.close_called = True
         self._finalizer()
 
     def _close_in_c(self, close: Callable[[], None]) -> None:

@@ -202,7 +202,7 @@ class RingWriter(AsyncWriting, RingHandle):
         self._taking_thread = 0  # the thread whose write or claim takes a buffer in Python
         if not owner:
             self._join(deadline)  # an attached writer writes; the creator joins at its first frame
-        self._leave_at(weakref.finalize(self, _close_writer, p, self._membership, owner))
+        self._leave_at(_close_writer, self._membership, owner)
 
     def _join(self, deadline: float | None = None) -> None:
         """Become one of the ring's writers: take a writer record (from here on readers wait
