@@ -905,7 +905,7 @@ class RingHandle:
     # mappings to that thread until the process ends.
 
     def _leave_at(self, leave: Callable[..., None], *args: object) -> None:
-        """The last step of construction: how this handle leaves the ring (`leave(*args)`,
+        """The last step of construction: how this handle leaves the ring (`leave(p, *args)`,
         by close() or, once, at garbage collection or interpreter exit), and tracking
         across fork()."""
         self._finalizer = weakref.finalize(self, _leave, leave, self._p, *args)
