@@ -579,6 +579,6 @@ def _free_buffers(
             return int(control[L.C_TAIL] + g.slots - control[L.C_NEXT_SEQ])
         free = [entry for entry in views.freelist if entry != L.NONE]
     else:
-        free = list(views.freelist[: min(control[L.C_FREE_COUNT], len(views.freelist))])
+        free = list(views.freelist[: control[L.C_FREE_COUNT]])  # (a slice stops at the end)
     held = {buffer for reader in readers for buffer in reader.held_buffers}
     return sum(1 for buffer in free if buffer not in held)

@@ -648,8 +648,7 @@ class RingWriter(AsyncWriting, RingHandle):
                         f"ring {p.name!r}: no free slot within the timeout; "
                         + (
                             claim
-                            if claim
-                            else "every slot holds a frame some reader group has not released "
+                            or "every slot holds a frame some reader group has not released "
                             f"(block policy); `shmring inspect {p.name}` shows which reader or "
                             "group lags"
                         )
