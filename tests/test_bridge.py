@@ -672,6 +672,32 @@ def test_sender_follows_a_ring_whose_writer_comes_back(cleanup: list[Any]) -> No
         assert recv.stop()["frames"] == 10
 
 
+def test_a_ring_removed_right_after_the_senders_attach_is_forwarded_whole(
+    cleanup: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer writes its few frames and closes (removing the name) between the sender's
+    attach and its look at the ring's header: every frame is forwarded. The header was read
+    by name; the sender, finding no ring, left its reader and the frames in it."""
+    src, dst, ep = unique_name("bs"), unique_name("bd"), endpoint()
+    pat = Pattern(VGA)
+    start(cleanup, Bridge("recv", src, "--as", dst, "--listen", ep, "--wait-readers", "1"))
+    reader = start(cleanup, Spawned(reader_child, name=dst))
+    writer = RingWriter.create(src, VGA, np.uint8, meta_size=META_SIZE)
+    attach = RingReader.attach
+
+    def attached_then_writer_done(*args: Any, **kwargs: Any) -> RingReader:
+        attached = attach(*args, **kwargs)
+        if not writer.closed:
+            for n in range(5):
+                writer.write(pat.make(make_tag(0, n)), WAIT, timestamp_ns=stamp(n), meta=b"%d" % n)
+            writer.close()
+        return attached
+
+    monkeypatch.setattr(RingReader, "attach", attached_then_writer_done)
+    with BridgeSender(src, connect=[ep]):
+        check_frames(reader.finish()["got"], list(range(5)))
+
+
 def test_garbage_samples_are_counted_and_skipped(cleanup: list[Any]) -> None:
     src, dst, ep = unique_name("bs"), unique_name("bd"), endpoint()
     recv = start(cleanup, Bridge("recv", src, "--as", dst, "--listen", ep, "--wait-readers", "1"))

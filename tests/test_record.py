@@ -697,6 +697,32 @@ def test_recording_leaves_the_sdk_logger_as_it_was(tmp_path: Path) -> None:
         logger.setLevel(logging.NOTSET)
 
 
+def test_a_ring_whose_writer_removes_it_right_after_the_attach_is_recorded_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer writes its few frames and closes (removing the name) between the
+    recorder's attach and its look at the ring's header: every frame is recorded. The header
+    was read by name, which raised RingNotFound ("no ring named ...") for a ring attached."""
+    name, path = unique_name("gone"), tmp_path / "gone.mcap"
+    pat = Pattern(SHAPE)
+    writer = RingWriter.create(name, SHAPE, np.uint8, meta_size=META_SIZE)
+    attach = _record._attach
+
+    def attached_then_writer_done(*args: Any) -> RingReader | None:
+        reader = attach(*args)
+        for n in range(3):
+            writer.write(pat.make(make_tag(0, n)), WAIT, timestamp_ns=stamp_of(n), meta=meta_of(n))
+        writer.close()
+        assert not os.path.exists(seg_path(name))
+        return reader
+
+    monkeypatch.setattr(_record, "_attach", attached_then_writer_done)
+    result = shmring.record(name, str(path), seconds=WAIT)
+    assert (result.frames, result.ended) == (3, "end of stream"), result
+    with shmring.read_recording(str(path)) as done:
+        assert [f.seq for f in done.frames()] == [0, 1, 2]
+
+
 def test_a_recorder_that_fails_after_opening_its_file_closes_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -90,7 +90,7 @@ from ._errors import (
     RingTimeout,
     WriterGone,
 )
-from ._inspect import RingInfo, inspect_ring
+from ._inspect import RingInfo, inspect_ring, inspect_segment
 from ._layout import LIMITS, MAX_READERS, MAX_SKIP_COUNT, positive_int
 from ._reader import RingReader
 from ._segment import validate_name
@@ -591,16 +591,10 @@ class BridgeSender(_Bridge):
         except (RingNotFound, RingTimeout):
             return None
         try:
-            info = inspect_ring(self.ring)
-        except RingNotFound:
-            info = None
+            info = inspect_segment(reader._p.segment)  # (its writer may have removed the name)
         except BaseException:
             reader.close()
             raise
-        if info is None or info.created_ns != reader._p.geometry.created_ns:
-            reader.close()  # gone again, or another ring of that name since the attach
-            self._stop.wait(POLL)
-            return None
         LOG.info("%s: attached to ring %s (%s)", self._what, self.ring, _describe(info))
         return reader, info
 

@@ -160,6 +160,12 @@ def inspect_ring(name: str) -> RingInfo:
     return _inspect(name, slot_states=True)
 
 
+def inspect_segment(segment: Segment) -> RingInfo:
+    """Snapshot the ring a handle has open, through its own descriptor: the ring the handle
+    uses, even if its name was removed or given to a newer ring since it attached."""
+    return _snapshot(segment.name, segment.fd, segment.geometry, with_states=True)
+
+
 def _inspect(name: str, slot_states: bool) -> RingInfo:
     validate_name(name)
     fd, geometry = Segment.open_file(name)

@@ -72,7 +72,7 @@ from ._errors import (
     RingTimeout,
     WriterGone,
 )
-from ._inspect import inspect_ring
+from ._inspect import inspect_segment
 from ._layout import SEQ_LIMIT, positive_int
 from ._mcap_format import (
     END_METADATA,
@@ -367,7 +367,7 @@ def record_ring(
         if attached is None:  # stopped before the ring appeared: nothing recorded, no file
             return RecordResult(path, 0, 0, time.monotonic() - began, 0, "stop request")
         with attached as reader:
-            info = inspect_ring(ring)
+            info = inspect_segment(reader._p.segment)  # (its writer may have removed the name)
             recorded = RecordedRing(
                 name=ring,
                 shape=reader.shape,
