@@ -360,6 +360,42 @@ def test_a_position_a_dead_writer_owned_becomes_a_skip_and_the_stream_goes_on() 
         assert received == [(0, 0), (1, 1), (2, 0), (3, 0)]  # the skip counted once
 
 
+@pytest.mark.parametrize("goes_on", ["the writer left", "a writer joining later"])
+def test_a_repair_cut_short_is_finished_before_a_lone_writer_goes_on(goes_on: str) -> None:
+    """A repair of a sequenced overwrite ring cut short (its quiesce timed out on a stopped
+    writer: F_SEQUENCED cleared, nothing placed yet; forged here) while a number is held
+    and frames were published past it; then the writers leave normally, but one (or all,
+    and one joins). The lone writer finishes the repair before it goes on: the held number
+    becomes a skip, head passes the frames published meanwhile. It used to switch to
+    exclusive mode at once and publish from head again, replacing those frames under their
+    own numbers, uncounted."""
+    name, pat, slots = unique_name("owcut"), Pattern(SMALL), 8
+    with (
+        RingWriter.create(name, SMALL, np.uint8, policy="overwrite", slots=slots),  # the owner
+        RingReader.attach(name, start="oldest") as reader,
+    ):
+        first, second = RingWriter.attach(name), RingWriter.attach(name)
+        first.write(pat.make(make_tag(0, 0)))
+        assert first._p.sequenced()
+        control = reader._p.control
+        held = hold_next_position(first, slots)
+        assert [first.write(pat.make(make_tag(0, n))) for n in (1, 2)] == [held + 1, held + 2]
+        control[L.C_FLAGS] &= ~L.F_SEQUENCED  # the repair's first step, and its last
+        second.close()
+        writer = first
+        if goes_on == "a writer joining later":
+            first.close()
+            writer = RingWriter.attach(name)
+        with writer:
+            assert writer.write(pat.make(make_tag(0, 3)), WAIT) == held + 3
+            assert control[L.C_WRITER_MODE] == L.MODE_EXCLUSIVE and not writer._p.sequenced()
+        received = []
+        for _ in range(4):
+            with reader.read(WAIT) as frame:
+                received.append((split_tag(pat.check(frame.array))[1], frame.dropped))
+        assert received == [(0, 0), (1, 1), (2, 0), (3, 0)]  # the skip counted once
+
+
 def test_a_writer_stopped_holding_a_position_makes_the_others_wait_up_to_their_timeout() -> None:
     """A live writer that holds a position (forged: D_SEQ = number | SEQ_BUSY, as if it were
     stopped inside its publish) holds head back; another writer goes on until its next

@@ -281,18 +281,6 @@ class Participant:
             if count == 0:
                 group_record[L.G_STATE] = L.STATE_FREE
         control[L.C_MEMBERSHIP] = (control[L.C_MEMBERSHIP] + 1) & L.U64_MASK
-        if (
-            writers <= 1
-            and MEMBARRIER_AVAILABLE
-            and self.geometry.policy == L.POLICY_OVERWRITE
-            and control[L.C_WRITER_MODE] != L.MODE_EXCLUSIVE
-            and not control[L.C_FLAGS] & L.F_SEQUENCED
-        ):
-            # Safe: the lock is held and the ring is not sequenced, so no shared-mode writer
-            # is mid-publish, and the one remaining writer re-reads the mode at the start of
-            # each lock-free section. (A sequenced ring: the writer left switches back
-            # itself, leave_shared_mode, since its sequenced steps take no lock.)
-            control[L.C_WRITER_MODE] = L.MODE_EXCLUSIVE
 
     def check_size(self) -> None:
         """Raise RingCorrupted if someone truncated or grew the segment file. Touching pages
@@ -519,6 +507,16 @@ class Participant:
             and not self.control[L.C_FLAGS] & L.F_SEQUENCED
         )
 
+    def finish_interrupted_switch(self) -> bool:
+        """Under the lock: finish a switch, or a repair, that was cut short (switch_interrupted)
+        before any writer steps on: an overwrite ring's repair may have left numbers unplaced
+        below frames already published, which a writer publishing from head would replace.
+        Whether there was one (it may raise RingTimeout again, on a writer still stopped)."""
+        if not self.switch_interrupted():
+            return False
+        self.repair_buffers()
+        return True
+
     def finish_switch(self) -> None:
         """Under the lock: finish an interrupted switch to shared mode, or undo it when
         fewer than two writers are left (the free list is still whole until the switch's
@@ -584,6 +582,8 @@ class Participant:
             or not MEMBARRIER_AVAILABLE
             or control[L.C_WRITERS] > 1
         ):
+            return
+        if self.finish_interrupted_switch():  # (which ends in exclusive mode: one writer)
             return
         if self.sequenced() and self.geometry.policy == L.POLICY_OVERWRITE:
             self.reap_dead()
@@ -713,8 +713,7 @@ class Participant:
         more; the writers sequence their frames (without membarrier, overwrite writers take
         the lock for each step instead)."""
         if self.control[L.C_WRITER_MODE] == L.MODE_SHARED:
-            if self.switch_interrupted():
-                self.repair_buffers()  # finishes the switch, or the repair, that was cut short
+            self.finish_interrupted_switch()
             return
         self.control[L.C_FLAGS] &= ~L.F_SEQUENCED  # a kill in leave_shared_mode may leave it
         self.control[L.C_WRITER_MODE] = L.MODE_SHARED

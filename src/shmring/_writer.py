@@ -613,6 +613,7 @@ class RingWriter(AsyncWriting, RingHandle):
                     buffer = self._take_buffer_exclusive(deadline)
                 else:
                     with p.lock.until(deadline):
+                        p.finish_interrupted_switch()
                         buffer = self._publisher.claim_buffer_locked()
                         if buffer == PUBLISH_ALONE:  # sequenced, the others gone: switch back
                             p.leave_shared_mode()
@@ -766,6 +767,7 @@ class RingWriter(AsyncWriting, RingHandle):
         back, so a stopped lock holder cannot make it leak."""
         try:
             with self._p.lock.until(deadline):
+                self._p.finish_interrupted_switch()
                 return step()
         except BaseException:  # a timeout, or Ctrl-C in the wait: the buffer is still ours
             self._strand(buffer)
