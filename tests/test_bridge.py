@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from typing import Any
@@ -807,6 +808,14 @@ def test_an_endpoint_given_as_a_str_is_refused_naming_the_list_to_pass(bridge: A
         bridge(unique_name("bs"), listen="tcp/127.0.0.1:7447")
 
 
+class InterruptedAdding(weakref.WeakSet[Any]):
+    """The set of open bridges, with Ctrl-C arriving as a bridge is added to it."""
+
+    def add(self, item: Any) -> None:
+        super().add(item)
+        raise KeyboardInterrupt
+
+
 def refuse_token(key: str, zid: str) -> str:
     raise KeyboardInterrupt  # Ctrl-C at a constructor's last Zenoh step
 
@@ -817,8 +826,10 @@ def refuse_token(key: str, zid: str) -> str:
         (BridgeSender, "key"),
         (BridgeSender, "token"),
         (BridgeSender, "thread"),
+        (BridgeSender, "register"),
         (BridgeReceiver, "key"),
         (BridgeReceiver, "token"),
+        (BridgeReceiver, "register"),
     ],
 )
 def test_a_constructor_that_fails_after_opening_its_session_closes_it(
@@ -836,6 +847,8 @@ def test_a_constructor_that_fails_after_opening_its_session_closes_it(
         kwargs["key"] = 123
     elif failure == "token":
         monkeypatch.setattr(_bridge, "receiver_token", refuse_token)
+    elif failure == "register":  # Ctrl-C right after the session opened
+        monkeypatch.setattr(_bridge, "_OPEN", InterruptedAdding())
     else:
         start = threading.Thread.start
 
@@ -845,9 +858,10 @@ def test_a_constructor_that_fails_after_opening_its_session_closes_it(
             start(thread)
 
         monkeypatch.setattr(threading.Thread, "start", refuse_the_senders)
-    expected = {"key": TypeError, "token": KeyboardInterrupt, "thread": RuntimeError}[failure]
+    expected = {"key": TypeError, "thread": RuntimeError}.get(failure, KeyboardInterrupt)
     with pytest.raises(expected) as caught:
         bridge(unique_name("bf"), **kwargs)
+    assert not list(_bridge._OPEN), "left for the exit to close, half made"
     monkeypatch.undo()
     assert caught.value.__traceback__ is not None  # held, with the constructor's frames
     with socket.socket() as s:

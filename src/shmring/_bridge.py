@@ -60,8 +60,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from math import prod
 from types import ModuleType, TracebackType
@@ -417,26 +416,28 @@ class _Bridge:
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._n = _Counters()
-        self._session = _open_session(listen, connect, config, lossless_sender)
         self._closed = False
-        _OPEN.add(self)
         self._peers_at_close: int | None = None  # close()'s snapshot, once it took one
-
-    @contextmanager
-    def _closed_on_failure(self) -> Iterator[None]:
-        """The rest of a constructor, after the session opened: any failure closes the
-        session, and leaves what its callbacks took, before it is raised."""
-        try:
-            yield
+        self._session: Any = None
+        try:  # (from the session's open on: a signal anywhere after it is cleaned up too)
+            self._session = _open_session(listen, connect, config, lossless_sender)
+            _OPEN.add(self)
+            self._start()
         except BaseException:
             self._closed = True  # a thread or callback already running stops, unlogged
             _OPEN.discard(self)
             self._stop.set()
-            try:
-                self._session.close()
-            finally:
-                self._leave_rings()
+            if self._session is not None:
+                try:
+                    self._session.close()
+                finally:
+                    self._leave_rings()
             raise
+
+    def _start(self) -> None:
+        """The rest of the constructor, once the session is open: declarations, threads. A
+        failure closes the session, and leaves what its callbacks took, before it is raised."""
+        raise NotImplementedError
 
     def _leave_rings(self) -> None:
         """Leave the rings the session's callbacks attached to or created (a receiver's)."""
@@ -526,25 +527,26 @@ class BridgeSender(_Bridge):
         self._receivers: set[str] = set()
         self._what = f"bridge send {ring}"
         super().__init__(listen, connect, config, lossless_sender=not latest)
-        with self._closed_on_failure():
-            z = _zenoh()
-            try:
-                self._publisher = self._session.declare_publisher(
-                    self.key,
-                    congestion_control=z.CongestionControl.DROP
-                    if latest
-                    else z.CongestionControl.BLOCK,
-                    reliability=z.Reliability.RELIABLE,
-                )
-                self._tokens = self._session.liveliness().declare_subscriber(
-                    receiver_token(self.key, "*"), _on_zenoh_thread(self._on_token), history=True
-                )
-            except z.ZError as exc:
-                raise BridgeError(f"cannot publish on key {self.key!r}: {_said(exc)}") from None
-            self._handoff = threading.Lock()  # who closes the session: see _close_session
-            self._thread_done = self._thread_closes_session = False
-            self._thread = threading.Thread(target=self._run, name=self._what, daemon=True)
-            self._thread.start()
+
+    def _start(self) -> None:
+        z = _zenoh()
+        try:
+            self._publisher = self._session.declare_publisher(
+                self.key,
+                congestion_control=z.CongestionControl.DROP
+                if self.latest
+                else z.CongestionControl.BLOCK,
+                reliability=z.Reliability.RELIABLE,
+            )
+            self._tokens = self._session.liveliness().declare_subscriber(
+                receiver_token(self.key, "*"), _on_zenoh_thread(self._on_token), history=True
+            )
+        except z.ZError as exc:
+            raise BridgeError(f"cannot publish on key {self.key!r}: {_said(exc)}") from None
+        self._handoff = threading.Lock()  # who closes the session: see _close_session
+        self._thread_done = self._thread_closes_session = False
+        self._thread = threading.Thread(target=self._run, name=self._what, daemon=True)
+        self._thread.start()
 
     def _on_token(self, sample: zenoh.Sample) -> None:
         """Zenoh's callback: a receiver appeared (PUT) or left (DELETE)."""
@@ -762,23 +764,25 @@ class BridgeReceiver(_Bridge):
         self._last: int | None = None
         self._decode = Decoder().decode
         self._warnings = _Warnings()
+        self._keep_freed_memory = keep_freed_memory
         super().__init__(listen, connect, config)
+
+    def _start(self) -> None:
         self._n.state = "waiting for a sender"
-        with self._closed_on_failure():
-            z = _zenoh()
-            try:
-                # A write that waits for space stops Zenoh's receiving thread, hence the
-                # link and the sender.
-                self._subscriber = self._session.declare_subscriber(
-                    self.key, _on_zenoh_thread(self._on_sample)
-                )
-                self._token = self._session.liveliness().declare_token(
-                    receiver_token(self.key, str(self._session.zid()))
-                )
-            except z.ZError as exc:
-                raise BridgeError(f"cannot subscribe to key {self.key!r}: {_said(exc)}") from None
-            if keep_freed_memory:  # process-wide: only once this receiver is there
-                _sys.keep_freed_memory(KEEP_FREED_BYTES)
+        z = _zenoh()
+        try:
+            # A write that waits for space stops Zenoh's receiving thread, hence the link
+            # and the sender.
+            self._subscriber = self._session.declare_subscriber(
+                self.key, _on_zenoh_thread(self._on_sample)
+            )
+            self._token = self._session.liveliness().declare_token(
+                receiver_token(self.key, str(self._session.zid()))
+            )
+        except z.ZError as exc:
+            raise BridgeError(f"cannot subscribe to key {self.key!r}: {_said(exc)}") from None
+        if self._keep_freed_memory:  # process-wide: only once this receiver is there
+            _sys.keep_freed_memory(KEEP_FREED_BYTES)
 
     def _on_sample(self, sample: zenoh.Sample) -> None:
         """Zenoh's receiving thread. Blocking here (a full `block` ring) backpressures."""
