@@ -60,7 +60,7 @@ from mcap.writer import Writer
 from mcap_protobuf.decoder import DecoderFactory
 
 import shmring
-from shmring import EndOfStream, RingReader, RingWriter, _record
+from shmring import EndOfStream, RingReader, RingWriter, _record, _replay
 from shmring._cli import human_bytes
 from shmring._recording import StallNotice
 
@@ -562,6 +562,25 @@ def test_not_mcap(tmp_path: Path) -> None:
             shmring.replay(str(path), ring)
         assert words in run("replay", str(path), ring, code=1).stderr
     assert not os.path.exists(seg_path(ring))
+
+
+def test_a_ring_removed_as_replay_finds_it_is_created_anew(
+    recording: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ring exists when replay tries to create it, and its owner removes it before
+    replay looks at it: replay creates it after all. It raised RingNotFound, which told the
+    user to create the ring replay creates."""
+    name = unique_name("vanish")
+    owner = RingWriter.create(name, SHAPE, np.uint8, meta_size=META_SIZE)
+    inspect = _replay.inspect_ring
+
+    def removed_first(ring: str) -> shmring.RingInfo:
+        owner.close()
+        return inspect(ring)
+
+    monkeypatch.setattr(_replay, "inspect_ring", removed_first)
+    assert shmring.replay(str(recording), name, speed=None).frames == COUNT
+    assert owner.closed and not os.path.exists(seg_path(name))
 
 
 def test_replay_into_a_ring_whose_reader_stops_times_out_saying_where_to_look(

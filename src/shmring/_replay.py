@@ -44,6 +44,7 @@ from ._errors import (
     ParticipantStalled,
     RecordingTruncated,
     RingExists,
+    RingNotFound,
     RingTimeout,
 )
 from ._inspect import inspect_ring
@@ -281,19 +282,28 @@ def _open_ring(
         slots = recorded.slots
         if policy == "overwrite":  # (a block ring of 1 slot replayed as latest frames)
             slots = max(slots, 2)
-    try:
-        return RingWriter.create(
-            name,
-            recorded.shape,
-            recorded.dtype,
-            slots=slots,
-            policy=policy,
-            max_readers=recorded.max_readers,
-            max_writers=recorded.max_writers,
-            meta_size=recorded.meta_size,
-        )
-    except RingExists:
-        pass
+    while True:
+        try:
+            return RingWriter.create(
+                name,
+                recorded.shape,
+                recorded.dtype,
+                slots=slots,
+                policy=policy,
+                max_readers=recorded.max_readers,
+                max_writers=recorded.max_writers,
+                meta_size=recorded.meta_size,
+            )
+        except RingExists:
+            pass
+        try:
+            return _attach_existing(path, name, recorded)
+        except RingNotFound:
+            continue  # removed since the create found it: create it after all
+
+
+def _attach_existing(path: str, name: str, recorded: RecordedRing) -> RingWriter:
+    """Attach to ring `name` as a writer, if its frames are the recording's."""
     what = f"cannot replay {path} into the existing ring {name!r}"
     existing = inspect_ring(name)  # before joining: a writer that left ends it
     meta_size = existing.meta_size
