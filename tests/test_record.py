@@ -572,7 +572,7 @@ def test_a_ring_removed_as_replay_finds_it_is_created_anew(
     user to create the ring replay creates."""
     name = unique_name("vanish")
     owner = RingWriter.create(name, SHAPE, np.uint8, meta_size=META_SIZE)
-    inspect = _replay.inspect_ring
+    inspect = shmring.inspect_ring
 
     def removed_first(ring: str) -> shmring.RingInfo:
         owner.close()
