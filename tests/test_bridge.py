@@ -54,10 +54,12 @@ from shmring import (  # noqa: E402 (after the skip: the bridge extra may be abs
     BridgeSender,
     EndOfStream,
     IncompatibleRing,
+    RingInfo,
     RingReader,
     RingTimeout,
     RingWriter,
     _bridge,
+    inspect_ring,
 )
 
 META_SIZE = 16
@@ -906,6 +908,46 @@ def test_a_receiver_that_fails_after_a_frame_made_its_ring_removes_it(
         assert not os.path.exists(seg_path(dst))
         listener.undeclare()
         publisher.undeclare()
+
+
+def test_a_local_ring_removed_as_the_receiver_finds_it_is_created_anew(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The local ring exists when the first frame comes (create: RingExists), and its owner
+    removes it before the receiver looks at it: the receiver creates it after all. Its
+    RingNotFound stopped the bridge."""
+    from shmring._bridge_wire import Geometry
+
+    src, dst, ep = unique_name("bs"), unique_name("bd"), endpoint()
+    owner = RingWriter.create(dst, (4, 8), np.uint8)
+    inspect = inspect_ring
+
+    def removed_first(ring: str) -> RingInfo:
+        owner.close()
+        return inspect(ring)
+
+    monkeypatch.setattr(_bridge, "inspect_ring", removed_first)
+    config = zenoh.Config.from_json5(
+        '{mode: "peer", scouting: {multicast: {enabled: false}}, connect: {endpoints: []},'
+        f' listen: {{endpoints: ["{ep}"]}}, transport: {{shared_memory: {{enabled: false}}}}}}'
+    )
+    sample = frame_sample(Geometry((4, 8), "|u1", 4, "block", 8, 4, 0), (4, 8))
+    with (
+        zenoh.open(config) as session,
+        BridgeReceiver(src, local=dst, connect=[ep], keep_freed_memory=False) as receiver,
+    ):
+        publisher = session.declare_publisher(f"shmring/{src}")
+        deadline = time.monotonic() + WAIT
+        while not publisher.matching_status.matching:
+            assert time.monotonic() < deadline, "the receiver never subscribed"
+            time.sleep(0.01)  # polling a condition with a deadline, not synchronising
+        publisher.put(sample)
+        while receiver.stats().frames < 1:
+            assert not receiver.wait(0.01), "the receiver stopped"
+            assert time.monotonic() < deadline, "the frame never arrived"
+        assert owner.closed and os.path.exists(seg_path(dst))
+        publisher.undeclare()
+    assert not os.path.exists(seg_path(dst))  # created by the receiver, removed at its close
 
 
 # A receiver's threads in miniature: one allocates, fills and frees a few blocks of 1 MiB,

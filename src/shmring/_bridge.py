@@ -84,7 +84,6 @@ from ._bridge_wire import (
 from ._errors import (
     EndOfStream,
     IncompatibleRing,
-    RingExists,
     RingNotFound,
     RingTimeout,
     WriterGone,
@@ -93,7 +92,7 @@ from ._inspect import RingInfo, inspect_ring, inspect_segment
 from ._layout import LIMITS, MAX_READERS, MAX_SKIP_COUNT, positive_int
 from ._reader import RingReader
 from ._segment import validate_name
-from ._writer import RingWriter
+from ._writer import RingWriter, created_or_attached
 
 if TYPE_CHECKING:
     import zenoh
@@ -894,19 +893,21 @@ class BridgeReceiver(_Bridge):
         if policy == "overwrite":
             slots = max(slots, 2)  # (a block ring of 1 slot received as latest frames)
         try:
-            writer = RingWriter.create(
-                self.local,
-                geometry.shape,
-                geometry.dtype,
-                slots=slots,
-                policy=policy,
-                max_readers=geometry.max_readers,
-                max_writers=geometry.max_writers,
-                meta_size=geometry.meta_size,
+            writer = created_or_attached(
+                lambda: RingWriter.create(
+                    self.local,
+                    geometry.shape,
+                    geometry.dtype,
+                    slots=slots,
+                    policy=policy,
+                    max_readers=geometry.max_readers,
+                    max_writers=geometry.max_writers,
+                    meta_size=geometry.meta_size,
+                ),
+                lambda: self._attach_existing(geometry),
             )
-        except RingExists:
-            writer = self._attach_existing(geometry)
-        except (ValueError, OSError) as exc:  # (not here: /dev/shm has no room for it, ...)
+        except (ValueError, OSError) as exc:  # no room in /dev/shm, another user's ring, ...
+            # (IncompatibleRing is neither: it stops the bridge)
             self._n.rejected += 1
             self._warnings.warn(
                 "create",

@@ -43,8 +43,6 @@ from ._errors import (
     NotARecording,
     ParticipantStalled,
     RecordingTruncated,
-    RingExists,
-    RingNotFound,
     RingTimeout,
 )
 from ._inspect import inspect_ring
@@ -70,7 +68,7 @@ from ._recording import (
 )
 from ._segment import file_kind
 from ._timing import deadline_from
-from ._writer import RingWriter
+from ._writer import RingWriter, created_or_attached
 
 # What mcap, struct and protobuf raise on bytes that are not what they should be.
 # OverflowError: a damaged length, read() of more bytes than an index holds.
@@ -282,24 +280,19 @@ def _open_ring(
         slots = recorded.slots
         if policy == "overwrite":  # (a block ring of 1 slot replayed as latest frames)
             slots = max(slots, 2)
-    while True:
-        try:
-            return RingWriter.create(
-                name,
-                recorded.shape,
-                recorded.dtype,
-                slots=slots,
-                policy=policy,
-                max_readers=recorded.max_readers,
-                max_writers=recorded.max_writers,
-                meta_size=recorded.meta_size,
-            )
-        except RingExists:
-            pass
-        try:
-            return _attach_existing(path, name, recorded)
-        except RingNotFound:
-            continue  # removed since the create found it: create it after all
+    return created_or_attached(
+        lambda: RingWriter.create(
+            name,
+            recorded.shape,
+            recorded.dtype,
+            slots=slots,
+            policy=policy,
+            max_readers=recorded.max_readers,
+            max_writers=recorded.max_writers,
+            meta_size=recorded.meta_size,
+        ),
+        lambda: _attach_existing(path, name, recorded),
+    )
 
 
 def _attach_existing(path: str, name: str, recorded: RecordedRing) -> RingWriter:

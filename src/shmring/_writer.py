@@ -23,7 +23,15 @@ from numpy.typing import DTypeLike
 
 from . import _layout as L
 from ._async import AsyncWriting
-from ._errors import HandleInUse, ParticipantStalled, RingCorrupted, RingFull, RingTimeout
+from ._errors import (
+    HandleInUse,
+    ParticipantStalled,
+    RingCorrupted,
+    RingExists,
+    RingFull,
+    RingNotFound,
+    RingTimeout,
+)
 from ._fastpath import (
     PUBLISH_ALONE,
     PUBLISH_CORRUPTED,
@@ -893,6 +901,22 @@ class RingWriter(AsyncWriting, RingHandle):
     @property
     def policy(self) -> str:
         return "block" if self._block else "overwrite"
+
+
+def created_or_attached(
+    create: Callable[[], RingWriter], attach: Callable[[], RingWriter]
+) -> RingWriter:
+    """`create()`, or `attach()` if the ring exists; again if it was removed in between (its
+    owner closed it meanwhile: `attach` raised RingNotFound)."""
+    while True:
+        try:
+            return create()
+        except RingExists:
+            pass
+        try:
+            return attach()
+        except RingNotFound:
+            continue
 
 
 def _checked_spare_buffers(policy: str, slots: int, spare_buffers: object) -> int:
