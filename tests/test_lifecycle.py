@@ -9,6 +9,7 @@ import signal
 import textwrap
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,6 +33,7 @@ from shmring import (
     RingWriter,
     ShmringError,
     StaleRingWarning,
+    _writer,
 )
 
 CONFTEST = Path(__file__).with_name("conftest.py")
@@ -145,6 +147,33 @@ def test_creator_unlinks_in_process() -> None:
         assert not os.path.exists(seg_path(name)), how
         with pytest.raises(RingNotFound):
             RingReader.attach(name)
+
+
+@pytest.mark.parametrize("wrote", [True, False])
+def test_a_creators_close_removes_the_name_before_it_ends_the_stream(
+    wrote: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader told the stream ended (EndOfStream) finds the name gone: a program that
+    then looks for the ring, or creates it anew, sees the end it was told of."""
+    name = unique_name()
+    seen: list[bool] = []
+    for step in ("_leave_as_writer", "_end_unwritten_stream"):
+        original = getattr(_writer, step)
+
+        def looked(*args: Any, _original: Any = original) -> None:
+            seen.append(os.path.exists(seg_path(name)))
+            _original(*args)
+
+        monkeypatch.setattr(_writer, step, looked)
+    w = RingWriter.create(name, SMALL, np.uint8)
+    with RingReader.attach(name) as r:
+        if wrote:
+            w.write(np.zeros(SMALL, np.uint8))
+            r.read(WAIT).release()
+        w.close()
+        assert seen == [False]
+        with pytest.raises(EndOfStream):
+            r.read(0)
 
 
 def test_attached_writer_close_does_not_end_stream_or_unlink() -> None:

@@ -6,20 +6,34 @@ another group, a creator that never writes) must not switch polling off; busy on
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 import numpy as np
 import pytest
-from conftest import YieldCount
+from conftest import YieldCount, is_ours
 from helpers import SMALL, WAIT, Child, unique_name
 
-from shmring import RingReader, RingTimeout, RingWriter
+from shmring import RingReader, RingTimeout, RingWriter, _cpu_use
 from shmring._cpu_use import SAMPLE, usable_cpus
 from shmring._ring import Participant
 
 CPUS = usable_cpus()
+
+
+def this_tests_busy_seconds() -> float:
+    """machine_busy_seconds() of a machine that runs this test and nothing else: the CPU
+    time of this process and of its running descendants (the busy outsiders among them), so
+    that another program busy on the machine meanwhile changes no answer."""
+    pids = [int(d) for d in os.listdir("/proc") if d.isdigit() and is_ours(int(d))]
+    return sum(seconds for pid in pids if (seconds := _cpu_use.cpu_seconds(pid)) is not None)
+
+
+@pytest.fixture(autouse=True)
+def machine_of_this_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_cpu_use, "machine_busy_seconds", this_tests_busy_seconds)
 
 
 @contextmanager
@@ -57,7 +71,7 @@ def measured(p: Participant) -> bool:
 def pays_once_the_machine_is_quiet(p: Participant) -> bool:
     """Whether spinning_pays() says so for some fresh interval within WAIT: with one busy
     participant beside the poller, it does only while nothing outside the ring keeps
-    half a CPU busy, which another program on the machine may do for a while."""
+    half a CPU busy (the busy outsiders of the test: they may take a moment to stop)."""
     deadline = time.monotonic() + WAIT
     while not measured(p):
         if time.monotonic() > deadline:

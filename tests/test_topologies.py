@@ -32,7 +32,16 @@ from helpers import (
 
 import shmring
 import shmring._layout as L
-from shmring import EndOfStream, RingFull, RingReader, RingWriter, WriterGone, _ring, _writer
+from shmring import (
+    EndOfStream,
+    RingFull,
+    RingReader,
+    RingWriter,
+    WriterGone,
+    _cpu_use,
+    _ring,
+    _writer,
+)
 
 TIMEOUT = 5.0  # a write or read that does not happen at once fails the test well before WAIT
 
@@ -533,7 +542,11 @@ def test_bad_geometry_gets_a_typed_error(
 # ---- polling is decided by who is runnable ---------------------------------------------
 
 
-def test_an_owner_that_never_writes_does_not_switch_polling_off() -> None:
+def test_an_owner_that_never_writes_does_not_switch_polling_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Counted before any measurement (which would find them all idle, and polling paying)."""
+    monkeypatch.setattr(_cpu_use, "SAMPLE", 10 * WAIT)  # (a slow start must not measure)
     name = unique_name("poll")
     cpus = os.cpu_count() or 1
     with RingWriter.create(name, SMALL, np.uint8) as owner, RingWriter.attach(name) as writer:

@@ -1004,6 +1004,8 @@ def _close_writer(p: Participant, membership: _Membership, owner: bool) -> None:
     if p.closed or p.pid != os.getpid():
         return
     try:
+        if owner:  # first: a reader told the stream ended finds the name gone
+            p.segment.unlink()
         p.check_size()  # a truncated ring: touch nothing, unlink and close (RingCorrupted)
         with p.lock.until(time.monotonic() + CLOSE_LIMIT):
             if membership.record is not None:
