@@ -35,6 +35,7 @@ from shmring import (
     StaleRingWarning,
     _writer,
 )
+from shmring._inspect import inspect_segment
 
 CONFTEST = Path(__file__).with_name("conftest.py")
 
@@ -276,3 +277,18 @@ def test_attach_that_waited_for_a_missing_ring_says_how_long() -> None:
         RingReader.attach(name, timeout=0.05)
     with pytest.raises(RingNotFound, match="pass timeout= to attach to wait for it"):
         RingWriter.attach(name)
+
+
+def test_a_handles_own_snapshot_sees_it_alive_after_its_name_is_gone() -> None:
+    """inspect_segment (record's and the bridge sender's look at the ring they attached):
+    through a description of its own, so the handle's own locks count (a query through the
+    handle's description would find its own liveness byte and creator lock free)."""
+    name = unique_name()
+    with RingWriter.create(name, SMALL, np.uint8) as w, RingReader.attach(name) as r:
+        w.write(np.zeros(SMALL, np.uint8))
+        os.unlink(seg_path(name))  # the name gone, or given to another ring: no matter
+        for handle in (w, r):
+            info = inspect_segment(handle._p.segment)
+            assert info.creator_alive, handle
+            assert [wr.alive for wr in info.writers] == [True], handle
+            assert [rd.alive for rd in info.readers] == [True], handle

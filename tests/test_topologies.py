@@ -371,13 +371,14 @@ def test_a_position_a_dead_writer_owned_becomes_a_skip_and_the_stream_goes_on() 
 
 @pytest.mark.parametrize("goes_on", ["the writer left", "a writer joining later"])
 def test_a_repair_cut_short_is_finished_before_a_lone_writer_goes_on(goes_on: str) -> None:
-    """A repair of a sequenced overwrite ring cut short (its quiesce timed out on a stopped
-    writer: F_SEQUENCED cleared, nothing placed yet; forged here) while a number is held
-    and frames were published past it; then the writers leave normally, but one (or all,
-    and one joins). The lone writer finishes the repair before it goes on: the held number
-    becomes a skip, head passes the frames published meanwhile. It used to switch to
-    exclusive mode at once and publish from head again, replacing those frames under their
-    own numbers, uncounted."""
+    """A sequenced overwrite ring with a number nobody will place (a dead writer's; forged)
+    and frames published past it, down to one writer (or none, then one joins); then a
+    repair is cut short, as a reader's is when the writer is stopped in its lock-free step
+    past the repair's wait (forged: SEQUENCED cleared, nothing placed, the lock's owner
+    mark left set). The next lock holder's repair finishes it: the number becomes a skip,
+    head passes the frames published meanwhile. Its recount switched the ring to exclusive
+    mode first, so the repair was skipped and the writer published from head again,
+    replacing those frames under their own numbers, uncounted."""
     name, pat, slots = unique_name("owcut"), Pattern(SMALL), 8
     with (
         RingWriter.create(name, SMALL, np.uint8, policy="overwrite", slots=slots),  # the owner
@@ -389,11 +390,13 @@ def test_a_repair_cut_short_is_finished_before_a_lone_writer_goes_on(goes_on: st
         control = reader._p.control
         held = hold_next_position(first, slots)
         assert [first.write(pat.make(make_tag(0, n))) for n in (1, 2)] == [held + 1, held + 2]
-        control[L.C_FLAGS] &= ~L.F_SEQUENCED  # the repair's first step, and its last
         second.close()
         writer = first
         if goes_on == "a writer joining later":
             first.close()
+        control[L.C_FLAGS] &= ~L.F_SEQUENCED  # the repair's first step, and its last
+        control[L.C_LOCK_OWNER] = reader._p.token  # (the reader's: taken, never cleared)
+        if goes_on == "a writer joining later":
             writer = RingWriter.attach(name)
         with writer:
             assert writer.write(pat.make(make_tag(0, 3)), WAIT) == held + 3
@@ -403,6 +406,42 @@ def test_a_repair_cut_short_is_finished_before_a_lone_writer_goes_on(goes_on: st
             with reader.read(WAIT) as frame:
                 received.append((split_tag(pat.check(frame.array))[1], frame.dropped))
         assert received == [(0, 0), (1, 1), (2, 0), (3, 0)]  # the skip counted once
+
+
+def test_a_publish_held_back_after_the_repair_it_waited_for_times_out_as_stalled() -> None:
+    """A claim's publish finds a repair cut short (forged: SEQUENCED cleared, the owner mark
+    left), so it takes the lock, whose repair sequences the ring again; then its number
+    falls on a position another writer holds (forged after the repair). The publish waits
+    for it as any stalled publish does, up to its timeout (ParticipantStalled). It raised
+    RingCorrupted ("head is not a sequence number") at once."""
+    name, pat, slots = unique_name("owheld"), Pattern(SMALL), 2
+    with (
+        RingWriter.create(name, SMALL, np.uint8, policy="overwrite", slots=slots) as w,
+        RingWriter.attach(name) as other,
+    ):
+        w.write(pat.make(make_tag(0, 0)))
+        other.write(pat.make(make_tag(1, 0)))
+        assert w._p.sequenced()
+        control, descriptors = w._control, w._p.views.descriptors
+        repair = w._p.lock._repair
+
+        def repaired_then_held() -> None:
+            w._p.lock._repair = repair  # once
+            repair()
+            assert w._p.sequenced()
+            held = hold_next_position(w, slots)  # the number after it falls on its position
+            descriptors[(held + 1) % slots][L.D_FLAGS] = L.DF_SKIP
+            descriptors[(held + 1) % slots][L.D_SEQ] = held + 1
+            control[L.C_NEXT_SEQ] = held + 2
+
+        w._p.lock._repair = repaired_then_held
+        with (
+            pytest.raises(shmring.ParticipantStalled, match="holds back"),
+            w.claim(0.2) as buffer,
+        ):
+            buffer[:] = pat.make(make_tag(0, 1))
+            control[L.C_FLAGS] &= ~L.F_SEQUENCED
+            control[L.C_LOCK_OWNER] = other._p.token
 
 
 def test_a_writer_stopped_holding_a_position_makes_the_others_wait_up_to_their_timeout() -> None:

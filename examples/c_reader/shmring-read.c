@@ -727,7 +727,7 @@ static int reap_dead(struct ring *r) {
         }
     }
     if (reaped_writer) {
-        result = repair_buffers(r); /* before recount: the ring is still in shared mode */
+        result = repair_buffers(r);
     }
     if (result >= 0 && (reaped_writer || reaped_reader)) {
         result = recount(r);

@@ -84,6 +84,7 @@ from ._bridge_wire import (
 from ._errors import (
     EndOfStream,
     IncompatibleRing,
+    RingExists,
     RingNotFound,
     RingTimeout,
     WriterGone,
@@ -723,6 +724,10 @@ def _describe(info: RingInfo) -> str:
     return f"{shape} {info.dtype}, {info.policy}, {info.slots} slots"
 
 
+class _NotCreated(Exception):
+    """The receiver could not create its local ring (the cause says why)."""
+
+
 class BridgeReceiver(_Bridge):
     """Subscribes to Zenoh key `key` (default "shmring/RING") and writes every frame into
     local ring `local` (default `ring`), created on the first frame with the sender's
@@ -894,27 +899,17 @@ class BridgeReceiver(_Bridge):
             slots = max(slots, 2)  # (a block ring of 1 slot received as latest frames)
         try:
             writer = created_or_attached(
-                lambda: RingWriter.create(
-                    self.local,
-                    geometry.shape,
-                    geometry.dtype,
-                    slots=slots,
-                    policy=policy,
-                    max_readers=geometry.max_readers,
-                    max_writers=geometry.max_writers,
-                    meta_size=geometry.meta_size,
-                ),
+                lambda: self._create_local(geometry, slots, policy),
                 lambda: self._attach_existing(geometry),
             )
-        except (ValueError, OSError) as exc:  # no room in /dev/shm, another user's ring, ...
-            # (IncompatibleRing is neither: it stops the bridge)
+        except _NotCreated as exc:  # (a ring that exists but does not fit stops the bridge)
             self._n.rejected += 1
             self._warnings.warn(
                 "create",
                 "%s: skipped a frame of %s: %s",
                 self._what,
                 geometry.describe(),
-                exc,
+                exc.__cause__,
             )
             return None
         LOG.info("%s: ring %s ready (%s, %s)", self._what, self.local, geometry.describe(), policy)
@@ -927,6 +922,23 @@ class BridgeReceiver(_Bridge):
             except RingTimeout:
                 continue
         return writer
+
+    def _create_local(self, geometry: Geometry, slots: int, policy: str) -> RingWriter:
+        try:
+            return RingWriter.create(
+                self.local,
+                geometry.shape,
+                geometry.dtype,
+                slots=slots,
+                policy=policy,
+                max_readers=geometry.max_readers,
+                max_writers=geometry.max_writers,
+                meta_size=geometry.meta_size,
+            )
+        except RingExists:
+            raise
+        except (ValueError, OSError) as exc:  # no room in /dev/shm, ...: this frame is lost
+            raise _NotCreated from exc
 
     def _attach_existing(self, geometry: Geometry) -> RingWriter:
         mine = geometry_of(inspect_ring(self.local))

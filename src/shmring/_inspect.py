@@ -161,9 +161,15 @@ def inspect_ring(name: str) -> RingInfo:
 
 
 def inspect_segment(segment: Segment) -> RingInfo:
-    """Snapshot the ring a handle has open, through its own descriptor: the ring the handle
-    uses, even if its name was removed or given to a newer ring since it attached."""
-    return _snapshot(segment.name, segment.fd, segment.geometry, with_states=True)
+    """Snapshot the ring a handle has open: the ring the handle uses, even if its name was
+    removed or given to a newer ring since it attached. Through a description of its own
+    (/proc/self/fd), since a lock query through the handle's would not see the handle's
+    own locks (its liveness byte, a creator's lock), and report it dead."""
+    fd = os.open(f"/proc/self/fd/{segment.fd}", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        return _snapshot(segment.name, fd, segment.geometry, with_states=True)
+    finally:
+        os.close(fd)
 
 
 def _inspect(name: str, slot_states: bool) -> RingInfo:

@@ -274,8 +274,10 @@ static PyObject *busy_error(void) {
 
 /* How a step may go on (enter_as): not at all (shared mode while a switch or a repair is
  * under way, without the lock); as the only writer (exclusive mode, or, overwrite policy,
- * holding the header lock during such a switch); or sequenced with the other writers
- * (shared mode: the multi-producer steps further down, one set per policy). */
+ * holding the header lock in shared mode without membarrier: with it, a switch or repair
+ * cut short left the lock's owner mark, and taking the lock finished it, _ring.py); or
+ * sequenced with the other writers (shared mode: the multi-producer steps further down,
+ * one set per policy). */
 enum { GO_NOT = 0, GO_ALONE = 1, GO_SEQUENCED = 2 };
 
 /* Open the bracket; how this writer may go on (see above). */

@@ -245,8 +245,6 @@ class Participant:
             self.views.readers, L.LOCK_READER_BASE, L.R_SLEEPING, self.reader_waiters_address
         )
         if reaped_writer:
-            # Before recount: with another writer alive the ring is still in shared mode
-            # here, so every writer uses the lock and the free list may be rebuilt.
             self.repair_buffers()
         if reaped_writer or reaped_reader:
             self.recount()
@@ -498,24 +496,16 @@ class Participant:
 
     def switch_interrupted(self) -> bool:
         """Whether a ring is in shared mode but not sequenced: the writer switching it (or a
-        repair) died or timed out between the two; until it is finished, block writers
-        wait and overwrite writers take the lock for each step. (Without membarrier an
-        overwrite ring stays so: a repair could not quiesce its writers.)"""
+        repair) died or timed out between the two, under the lock, whose owner mark it left
+        set: the lock's next holder repairs (repair_buffers) before anything else. Until
+        then block writers wait and overwrite writers wait for the lock. (Without membarrier
+        an overwrite ring stays so, its writers taking the lock for each step: a repair
+        could not quiesce its writers.)"""
         return (
             (self.geometry.policy == L.POLICY_BLOCK or MEMBARRIER_AVAILABLE)
             and self.control[L.C_WRITER_MODE] == L.MODE_SHARED
             and not self.control[L.C_FLAGS] & L.F_SEQUENCED
         )
-
-    def finish_interrupted_switch(self) -> bool:
-        """Under the lock: finish a switch, or a repair, that was cut short (switch_interrupted)
-        before any writer steps on: an overwrite ring's repair may have left numbers unplaced
-        below frames already published, which a writer publishing from head would replace.
-        Whether there was one (it may raise RingTimeout again, on a writer still stopped)."""
-        if not self.switch_interrupted():
-            return False
-        self.repair_buffers()
-        return True
 
     def finish_switch(self) -> None:
         """Under the lock: finish an interrupted switch to shared mode, or undo it when
@@ -582,8 +572,6 @@ class Participant:
             or not MEMBARRIER_AVAILABLE
             or control[L.C_WRITERS] > 1
         ):
-            return
-        if self.finish_interrupted_switch():  # (which ends in exclusive mode: one writer)
             return
         if self.sequenced() and self.geometry.policy == L.POLICY_OVERWRITE:
             self.reap_dead()
@@ -713,7 +701,8 @@ class Participant:
         more; the writers sequence their frames (without membarrier, overwrite writers take
         the lock for each step instead)."""
         if self.control[L.C_WRITER_MODE] == L.MODE_SHARED:
-            self.finish_interrupted_switch()
+            if self.switch_interrupted():
+                self.repair_buffers()  # finishes the switch, or the repair, that was cut short
             return
         self.control[L.C_FLAGS] &= ~L.F_SEQUENCED  # a kill in leave_shared_mode may leave it
         self.control[L.C_WRITER_MODE] = L.MODE_SHARED

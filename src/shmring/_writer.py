@@ -621,7 +621,6 @@ class RingWriter(AsyncWriting, RingHandle):
                     buffer = self._take_buffer_exclusive(deadline)
                 else:
                     with p.lock.until(deadline):
-                        p.finish_interrupted_switch()
                         buffer = self._publisher.claim_buffer_locked()
                         if buffer == PUBLISH_ALONE:  # sequenced, the others gone: switch back
                             p.leave_shared_mode()
@@ -737,6 +736,25 @@ class RingWriter(AsyncWriting, RingHandle):
     def _published_counted(
         self, seq: int, buffer: int, deadline: float | None, step: Callable[[bool], int]
     ) -> int:
+        while True:
+            seq = self._published_unlocked(seq, buffer, deadline, step)
+            if seq >= 0:
+                return seq
+            # Shared mode: the same step, one writer at a time; a repair there may sequence
+            # the ring, whose step may then stall as the lock-free one does.
+            seq = self._locked_step(buffer, deadline, lambda: step(True))
+            if seq == PUBLISH_STALLED:
+                continue
+            if seq < 0:
+                raise RingCorrupted.header_overwritten(
+                    self._p.name, "head is not a sequence number"
+                )
+            return seq
+
+    def _published_unlocked(
+        self, seq: int, buffer: int, deadline: float | None, step: Callable[[bool], int]
+    ) -> int:
+        """`seq`, or what the lock-free step returns once no other writer stalls it."""
         pause = STALLED_FIRST_PAUSE
         while seq == PUBLISH_STALLED:
             p = self._p
@@ -758,10 +776,6 @@ class RingWriter(AsyncWriting, RingHandle):
                     self._strand(buffer)
                     raise
                 pause = min(pause * 2, STALLED_LAST_PAUSE)
-        if seq < 0:  # shared mode: the same step, one writer at a time
-            seq = self._locked_step(buffer, deadline, lambda: step(True))
-        if seq < 0:
-            raise RingCorrupted.header_overwritten(self._p.name, "head is not a sequence number")
         return seq
 
     def _reap(self) -> int:
@@ -775,7 +789,6 @@ class RingWriter(AsyncWriting, RingHandle):
         back, so a stopped lock holder cannot make it leak."""
         try:
             with self._p.lock.until(deadline):
-                self._p.finish_interrupted_switch()
                 return step()
         except BaseException:  # a timeout, or Ctrl-C in the wait: the buffer is still ours
             self._strand(buffer)
@@ -1005,7 +1018,8 @@ def _close_writer(p: Participant, membership: _Membership, owner: bool) -> None:
         return
     try:
         if owner:  # first: a reader told the stream ended finds the name gone
-            p.segment.unlink()
+            with contextlib.suppress(OSError):  # (the finally's unlink says why)
+                p.segment.unlink()
         p.check_size()  # a truncated ring: touch nothing, unlink and close (RingCorrupted)
         with p.lock.until(time.monotonic() + CLOSE_LIMIT):
             if membership.record is not None:
