@@ -93,7 +93,7 @@ from ._inspect import RingInfo, inspect_ring, inspect_segment
 from ._layout import LIMITS, MAX_READERS, MAX_SKIP_COUNT, positive_int
 from ._reader import RingReader
 from ._segment import validate_name
-from ._writer import RingWriter, created_or_attached
+from ._writer import RingWriter, create_like, created_or_attached
 
 if TYPE_CHECKING:
     import zenoh
@@ -925,16 +925,7 @@ class BridgeReceiver(_Bridge):
 
     def _create_local(self, geometry: Geometry, slots: int, policy: str) -> RingWriter:
         try:
-            return RingWriter.create(
-                self.local,
-                geometry.shape,
-                geometry.dtype,
-                slots=slots,
-                policy=policy,
-                max_readers=geometry.max_readers,
-                max_writers=geometry.max_writers,
-                meta_size=geometry.meta_size,
-            )
+            return create_like(self.local, geometry, slots, policy)
         except RingExists:
             raise
         except (ValueError, OSError) as exc:  # no room in /dev/shm, ...: this frame is lost

@@ -68,7 +68,7 @@ from ._recording import (
 )
 from ._segment import file_kind
 from ._timing import deadline_from
-from ._writer import RingWriter, created_or_attached
+from ._writer import RingWriter, create_like, created_or_attached
 
 # What mcap, struct and protobuf raise on bytes that are not what they should be.
 # OverflowError: a damaged length, read() of more bytes than an index holds.
@@ -281,16 +281,7 @@ def _open_ring(
         if policy == "overwrite":  # (a block ring of 1 slot replayed as latest frames)
             slots = max(slots, 2)
     return created_or_attached(
-        lambda: RingWriter.create(
-            name,
-            recorded.shape,
-            recorded.dtype,
-            slots=slots,
-            policy=policy,
-            max_readers=recorded.max_readers,
-            max_writers=recorded.max_writers,
-            meta_size=recorded.meta_size,
-        ),
+        lambda: create_like(name, recorded, slots, policy),
         lambda: _attach_existing(path, name, recorded),
     )
 

@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from math import prod
 from time import monotonic_ns
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from numpy.typing import DTypeLike
@@ -914,6 +914,36 @@ class RingWriter(AsyncWriting, RingHandle):
     @property
     def policy(self) -> str:
         return "block" if self._block else "overwrite"
+
+
+class FramesOf(Protocol):
+    """The frames and limits of a ring to create like another (a recording's, a bridge
+    sender's)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def dtype(self) -> DTypeLike: ...
+    @property
+    def max_readers(self) -> int: ...
+    @property
+    def max_writers(self) -> int: ...
+    @property
+    def meta_size(self) -> int: ...
+
+
+def create_like(name: str, like: FramesOf, slots: int, policy: str) -> RingWriter:
+    """Create ring `name` with the frames and limits of `like`, `slots` and `policy`."""
+    return RingWriter.create(
+        name,
+        like.shape,
+        like.dtype,
+        slots=slots,
+        policy=policy,
+        max_readers=like.max_readers,
+        max_writers=like.max_writers,
+        meta_size=like.meta_size,
+    )
 
 
 def created_or_attached(
