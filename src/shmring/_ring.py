@@ -227,6 +227,8 @@ class Participant:
         return self._live(self.views.readers, L.LOCK_READER_BASE, besides_me=False)
 
     def _live(self, records: list[memoryview], lock_base: int, besides_me: bool) -> int:
+        """Live records of a table (readers' or writers': both begin with state and token,
+        R_STATE = W_STATE and R_TOKEN = W_TOKEN, _layout.py)."""
         return sum(
             1
             for index, record in enumerate(records)
